@@ -1,0 +1,11 @@
+"""jupyter-sac: Sandbox Agent Cluster for Jupyter."""
+
+from ._version import __version__
+
+__all__ = ["__version__"]
+
+
+def _jupyter_server_extension_points() -> list[dict[str, object]]:
+    from .server_extension import SacExtensionApp
+
+    return [{"module": "jupyter_sac.server_extension", "app": SacExtensionApp}]

@@ -1,0 +1,109 @@
+"""The embedded stack's JupyterHub configuration, applied by hub_config/jupyterhub_config.py.
+
+Everything comes from environment variables that ``sac up`` sets, with defaults for
+running ``jupyterhub -f hub_config/jupyterhub_config.py`` by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import nativeauthenticator
+
+from .spawner.mixin import max_agents_for, shared_store
+
+SERVICE_NAME = "sac"
+# Environment the `sac` service needs (secrets stay between the hub and the service).
+SERVICE_ENV = (
+    "SAC_DATABASE_URL",
+    "SAC_FERNET_KEY",
+    "SAC_ORGANISATION_API_KEY",
+    "SAC_DATA_DIR",
+    "SAC_EXTRA_CONFIG",
+    "SAC_HUB_IP",
+    "SAC_HUB_PORT",
+    "SAC_SERVICE_PORT",
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "HOME",
+)
+
+
+def env(name: str, fallback: str) -> str:
+    return os.environ.get(name) or fallback
+
+
+async def named_server_limit(handler: Any) -> int:
+    """JupyterHub's named-server limit follows each user's resolved max_agents_per_user."""
+    user = handler.current_user
+    url = os.environ.get("SAC_DATABASE_URL")
+    if user is None or not url or getattr(user, "kind", "user") != "user":
+        return 0
+    limit = await max_agents_for(await shared_store(url), user.name)
+    return max(limit, 1)  # 0 would mean "unlimited" to JupyterHub; the spawner refuses
+
+
+def configure(c: Any, config_file: str) -> None:
+    data_dir = env("SAC_DATA_DIR", os.path.expanduser("~/.local/share/jupyter-sac"))
+    hub_ip = env("SAC_HUB_IP", "127.0.0.1")
+    hub_port = int(env("SAC_HUB_PORT", "8000"))
+    service_port = int(env("SAC_SERVICE_PORT", "10101"))
+    service_url = f"http://127.0.0.1:{service_port}"
+
+    c.JupyterHub.bind_url = f"http://{hub_ip}:{hub_port}"
+    c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{env('SAC_HUB_API_PORT', '8081')}"
+    c.JupyterHub.db_url = "sqlite:///" + os.path.join(data_dir, "jupyterhub.sqlite")
+    c.JupyterHub.cookie_secret_file = os.path.join(data_dir, "jupyterhub_cookie_secret")
+    c.JupyterHub.cleanup_servers = True
+    c.JupyterHub.redirect_to_server = False
+
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{env('SAC_PROXY_API_PORT', '8001')}"
+    c.ConfigurableHTTPProxy.command = [env("SAC_CHP_COMMAND", "configurable-http-proxy")]
+    c.ConfigurableHTTPProxy.pid_file = os.path.join(data_dir, "jupyterhub-proxy.pid")
+
+    c.JupyterHub.authenticator_class = "jupyter_sac.auth.SacNativeAuthenticator"
+    c.Authenticator.admin_users = {"admin"}
+    # NativeAuthenticator decides who may log in (signed up and authorised by an admin).
+    c.Authenticator.allow_all = True
+    c.JupyterHub.template_paths = [
+        os.path.join(os.path.dirname(nativeauthenticator.__file__), "templates")
+    ]
+
+    c.JupyterHub.allow_named_servers = True
+    c.JupyterHub.named_server_limit_per_user = named_server_limit
+    c.JupyterHub.spawner_class = "jupyter_sac.spawner.LocalAgentSpawner"
+    c.Spawner.default_url = "/lab"
+    c.Spawner.http_timeout = 60
+    c.Spawner.start_timeout = 120
+    os.environ.setdefault("SAC_CREDENTIAL_PROXY_URL", f"{service_url}/services/{SERVICE_NAME}/llm")
+    os.environ.setdefault("SAC_SERVICE_URL", f"{service_url}/services/{SERVICE_NAME}/")
+
+    c.JupyterHub.custom_scopes = {
+        "custom:sac:admin": {"description": "Administer SAC: every user's agents and settings."},
+    }
+    c.JupyterHub.services = [
+        {
+            "name": SERVICE_NAME,
+            "url": service_url,
+            "display": True,
+            "oauth_no_confirm": True,
+            "command": [sys.executable, "-m", "jupyter_sac.service", "--config", config_file],
+            "environment": {k: os.environ[k] for k in SERVICE_ENV if k in os.environ},
+        }
+    ]
+    c.JupyterHub.load_roles = [
+        {"name": "user", "scopes": ["self", f"access:services!service={SERVICE_NAME}"]},
+        {
+            "name": "sac-service",
+            "services": [SERVICE_NAME],
+            "scopes": ["list:users", "read:users", "read:groups", "servers", "read:roles:users"],
+        },
+        {
+            "name": "sac-admin",
+            "description": "SAC administrators (grant to users or groups)",
+            "scopes": ["custom:sac:admin"],
+        },
+    ]

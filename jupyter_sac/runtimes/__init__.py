@@ -1,0 +1,1 @@
+"""Agent runtime adapters (claude first)."""

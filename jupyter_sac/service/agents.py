@@ -1,0 +1,204 @@
+"""Agent endpoints: /api/agents and /api/users/<user>/agents[/<slug>]."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from .. import settings as sac_settings
+from ..store import AgentExistsError, AgentLimitError, AgentRecord
+from .base import BaseHandler
+from .errors import ApiError
+from .hub import HubError
+from .validation import CREATE_FIELDS, UPDATE_FIELDS, agent_fields, check_fields, valid_slug
+
+
+def agent_model(
+    agent: AgentRecord,
+    resolved: dict[str, Any],
+    hub_user: dict[str, Any] | None,
+    hub_prefix: str,
+    org_keys: dict[str, str],
+) -> dict[str, Any]:
+    server = (hub_user or {}).get("servers", {}).get(agent.slug)
+    return {
+        "owner": agent.owner,
+        "slug": agent.slug,
+        "display_name": agent.display_name,
+        "runtime": agent.runtime,
+        "provider": agent.provider,
+        "model": agent.model,
+        "base_url": agent.base_url,
+        "key_set": agent.encrypted_key is not None,
+        "uses_organisation_key": agent.encrypted_key is None,
+        "organisation_key_available": agent.provider in org_keys,
+        "overrides": agent.overrides,
+        "resolved": sac_settings.jsonable(resolved),
+        "created_at": agent.created_at.isoformat(),
+        "updated_at": agent.updated_at.isoformat(),
+        "url": f"{hub_prefix}user/{quote(agent.owner, safe='')}/{agent.slug}/",
+        "server": None
+        if server is None
+        else {
+            "ready": server.get("ready", False),
+            "pending": server.get("pending"),
+            "started": server.get("started"),
+            "last_activity": server.get("last_activity"),
+        },
+    }
+
+
+class AgentHandlerMixin(BaseHandler):
+    async def ceiling_for(self, owner: str) -> tuple[dict[str, Any], dict[str, Any], dict]:
+        system, user = await self.sac.store.settings.for_user(owner)
+        return system, user, sac_settings.resolve_user(system, user)
+
+    async def models(self, agents: list[AgentRecord]) -> list[dict[str, Any]]:
+        out, hub_users, settings_cache = [], {}, {}
+        for agent in agents:
+            if agent.owner not in hub_users:
+                try:
+                    hub_users[agent.owner] = await self.sac.hub.get_user(agent.owner)
+                except HubError:
+                    hub_users[agent.owner] = None
+                settings_cache[agent.owner] = await self.sac.store.settings.for_user(agent.owner)
+            system, user = settings_cache[agent.owner]
+            resolved = sac_settings.resolve(system, user, agent.overrides)
+            out.append(
+                agent_model(
+                    agent,
+                    resolved,
+                    hub_users[agent.owner],
+                    self.sac.hub_prefix,
+                    self.sac.organisation_api_keys,
+                )
+            )
+        return out
+
+    async def get_agent(self, owner: str, slug: str) -> AgentRecord:
+        self.authorize_user(owner)
+        agent = await self.sac.store.agents.get(owner, slug)
+        if agent is None:
+            raise ApiError(404, "not_found", "no such agent")
+        return agent
+
+
+class AgentsHandler(AgentHandlerMixin):
+    """GET: the caller's agents (admins: ?user=NAME, or ?all=1). POST: create."""
+
+    async def get(self, user: str | None = None) -> None:
+        ident = self.require_user()
+        if user is None:
+            if self.get_argument("all", "") in ("1", "true") and ident.admin:
+                owner = None
+            else:
+                owner = self.get_argument("user", ident.name)
+        else:
+            owner = user
+        if owner is not None:
+            self.authorize_user(owner)
+        agents = await self.sac.store.agents.list(owner)
+        self.write_json({"agents": await self.models(agents)})
+
+    async def post(self, user: str | None = None) -> None:
+        ident = self.require_user()
+        body = self.json_body()
+        check_fields(body, CREATE_FIELDS)
+        owner = user or body.get("user") or ident.name
+        if not isinstance(owner, str):
+            raise ApiError(400, "invalid_field", "user: expected a user name", field="user")
+        self.authorize_user(owner)
+        if owner != ident.name and await self.sac.hub.get_user(owner) is None:
+            raise ApiError(404, "not_found", f"no such user {owner!r}")
+        if "slug" not in body:
+            raise ApiError(400, "missing_field", "slug: required", field="slug")
+        slug = valid_slug(body["slug"])
+        _, _, ceiling = await self.ceiling_for(owner)
+        fields = agent_fields(body, ceiling)
+        api_key = fields.pop("api_key", None)
+        fields.setdefault("display_name", slug)
+        try:
+            agent = await self.sac.store.agents.create(
+                limit=int(ceiling["max_agents_per_user"]),
+                owner=owner,
+                slug=slug,
+                encrypted_key=self.sac.keybox.encrypt(api_key) if api_key else None,
+                **fields,
+            )
+        except AgentExistsError:
+            raise ApiError(
+                409, "agent_exists", f"{owner} already has an agent {slug!r}", field="slug"
+            ) from None
+        except AgentLimitError as e:
+            raise ApiError(
+                403, "agent_limit_reached", f"{owner} already has the maximum of {e.limit} agents"
+            ) from None
+        try:
+            await self.sac.hub.create_server(owner, slug, agent.display_name)
+        except HubError as e:
+            # Keep the two in step: no agent without its named server.
+            await self.sac.store.agents.delete(owner, slug)
+            raise ApiError(
+                e.status if 400 <= e.status < 500 else 502,
+                "hub_refused",
+                f"JupyterHub refused the named server: {e.message}",
+            ) from None
+        self.set_header(
+            "Location", f"{self.sac.prefix}api/users/{quote(owner, safe='')}/agents/{slug}"
+        )
+        self.write_json((await self.models([agent]))[0], status=201)
+
+
+class AgentHandler(AgentHandlerMixin):
+    async def get(self, owner: str, slug: str) -> None:
+        agent = await self.get_agent(owner, slug)
+        self.write_json((await self.models([agent]))[0])
+
+    async def patch(self, owner: str, slug: str) -> None:
+        agent = await self.get_agent(owner, slug)
+        body = self.json_body()
+        check_fields(body, UPDATE_FIELDS)
+        _, _, ceiling = await self.ceiling_for(owner)
+        current = {"provider": agent.provider, "base_url": agent.base_url}
+        changes = agent_fields(body, ceiling, current=current)
+        if "api_key" in changes:
+            key = changes.pop("api_key")
+            changes["encrypted_key"] = self.sac.keybox.encrypt(key) if key else None
+        updated = await self.sac.store.agents.update(owner, slug, changes)
+        if updated is None:
+            raise ApiError(404, "not_found", "no such agent")
+        model = (await self.models([updated]))[0]
+        # Provider, model and resources reach a sandbox through its environment.
+        model["restart_required"] = bool(model["server"] and model["server"]["ready"])
+        self.write_json(model)
+
+    async def delete(self, owner: str, slug: str) -> None:
+        await self.get_agent(owner, slug)
+        try:
+            await self.sac.hub.remove_server(owner, slug)
+        except HubError as e:
+            raise ApiError(
+                502 if e.status >= 500 else 409,
+                "hub_refused",
+                f"could not stop and remove the agent's server: {e.message}",
+            ) from None
+        await self.sac.store.agents.delete(owner, slug)
+        self.set_status(204)
+        self.finish()
+
+
+class AgentUsageHandler(AgentHandlerMixin):
+    async def get(self, owner: str, slug: str) -> None:
+        agent = await self.get_agent(owner, slug)
+        days = await self.sac.store.usage.for_agent(agent.id)
+        totals = {
+            k: sum(d[k] for d in days)
+            for k in (
+                "requests",
+                "input_tokens",
+                "output_tokens",
+                "cache_creation_input_tokens",
+                "cache_read_input_tokens",
+            )
+        }
+        self.write_json({"owner": owner, "slug": slug, "days": days, "totals": totals})

@@ -1,0 +1,207 @@
+"""SacService: the hub-managed `sac` service (tornado), configured with traitlets.
+
+JupyterHub starts it (c.JupyterHub.services) with its own API token; it loads the
+same configuration file as the hub, so `c.SacService.*` lives beside the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from urllib.parse import urlsplit
+
+import httpx
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
+from tornado import web
+from traitlets import Dict, Integer, List, Unicode, default
+from traitlets.config import Application
+
+from .. import __version__
+from ..crypto import KeyBox
+from ..providers import PRESETS
+from ..store import Store
+from .agents import AgentHandler, AgentsHandler, AgentUsageHandler
+from .base import BaseHandler, NotFoundHandler
+from .llm_proxy import LlmProxyHandler
+from .openapi import OpenApiHandler
+from .settings_handlers import (
+    MySettingsHandler,
+    ProvidersHandler,
+    SystemSettingsHandler,
+    UserSettingsHandler,
+)
+
+SLUG = r"([a-z0-9-]+)"
+USER = r"([^/]+)"
+
+
+class IndexHandler(BaseHandler):
+    async def get(self) -> None:
+        self.write_json(
+            {
+                "service": "sac",
+                "version": __version__,
+                "api": f"{self.sac.prefix}api/",
+                "openapi": f"{self.sac.prefix}api/openapi.json",
+            }
+        )
+
+
+class SacService(Application):
+    name = "sac-service"
+    description = "The jupyter-sac service: agents, settings and the credential proxy."
+
+    config_file = Unicode(
+        "", help="Configuration file to load (the hub's jupyterhub_config.py)."
+    ).tag(config=True)
+
+    database_url = Unicode(help="PostgreSQL URL (default: $SAC_DATABASE_URL).").tag(config=True)
+
+    @default("database_url")
+    def _default_database_url(self) -> str:
+        return os.environ.get("SAC_DATABASE_URL", "")
+
+    fernet_keys = List(
+        Unicode(),
+        help="""Fernet keys that encrypt provider keys at rest; the first encrypts, all
+        decrypt (rotate by prepending). Default: $SAC_FERNET_KEY (comma-separated).""",
+    ).tag(config=True)
+
+    @default("fernet_keys")
+    def _default_fernet_keys(self) -> list[str]:
+        return [k for k in os.environ.get("SAC_FERNET_KEY", "").split(",") if k]
+
+    organisation_api_keys = Dict(
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        help="""Organisation provider keys by preset name (e.g. {'anthropic': 'sk-ant-…'}),
+        used by agents without their own key. Default: $SAC_ORGANISATION_API_KEY for
+        'anthropic'.""",
+    ).tag(config=True)
+
+    @default("organisation_api_keys")
+    def _default_organisation_api_keys(self) -> dict[str, str]:
+        key = os.environ.get("SAC_ORGANISATION_API_KEY")
+        return {"anthropic": key} if key else {}
+
+    provider_base_urls = Dict(
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        help="""Override a preset's base URL (e.g. an internal gateway):
+        {'anthropic': 'https://llm-gateway.example.org'}.""",
+    ).tag(config=True)
+
+    admin_scope = Unicode(
+        "custom:sac:admin",
+        help="Scope that makes a non-admin JupyterHub user a SAC administrator.",
+    ).tag(config=True)
+
+    upstream_timeout = Integer(
+        600, help="Seconds a model call may take through the credential proxy."
+    ).tag(config=True)
+
+    port = Integer(help="Port to listen on (default: from $JUPYTERHUB_SERVICE_URL).").tag(
+        config=True
+    )
+
+    @default("port")
+    def _default_port(self) -> int:
+        url = os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
+        return urlsplit(url).port or 80
+
+    ip = Unicode(help="IP to listen on (default: from $JUPYTERHUB_SERVICE_URL).").tag(config=True)
+
+    @default("ip")
+    def _default_ip(self) -> str:
+        url = os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
+        return urlsplit(url).hostname or "127.0.0.1"
+
+    prefix = Unicode(help="URL prefix (default: $JUPYTERHUB_SERVICE_PREFIX).").tag(config=True)
+
+    @default("prefix")
+    def _default_prefix(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/sac/")
+
+    hub_prefix = Unicode(help="The hub's public base URL (default: $JUPYTERHUB_BASE_URL).")
+
+    @default("hub_prefix")
+    def _default_hub_prefix(self) -> str:
+        return os.environ.get("JUPYTERHUB_BASE_URL", "/")
+
+    aliases = {"config": "SacService.config_file", "port": "SacService.port"}
+
+    def initialize(self, argv: list[str] | None = None) -> None:
+        super().initialize(argv)
+        if self.config_file:
+            self.load_config_file(self.config_file)
+            # command-line values win over the file
+            self.update_config(self.cli_config)
+        unknown = set(self.organisation_api_keys) - set(PRESETS)
+        if unknown:
+            raise ValueError(f"organisation_api_keys has unknown providers {sorted(unknown)}")
+
+    def make_app(self) -> web.Application:
+        p = self.prefix
+        handlers = [
+            (p, IndexHandler),
+            (p + "oauth_callback", HubOAuthCallbackHandler),
+            (p + "api/openapi.json", OpenApiHandler),
+            (p + "api/agents", AgentsHandler),
+            (p + f"api/users/{USER}/agents", AgentsHandler),
+            (p + f"api/users/{USER}/agents/{SLUG}", AgentHandler),
+            (p + f"api/users/{USER}/agents/{SLUG}/usage", AgentUsageHandler),
+            (p + "api/settings", MySettingsHandler),
+            (p + "api/settings/system", SystemSettingsHandler),
+            (p + f"api/users/{USER}/settings", UserSettingsHandler),
+            (p + "api/providers", ProvidersHandler),
+            (p + r"llm/(.*)", LlmProxyHandler),
+            (p + r"api/.*", NotFoundHandler),
+        ]
+        hub_auth = HubOAuth(api_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""), cache_max_age=60)
+        return web.Application(
+            handlers,
+            sac=self,
+            hub_auth=hub_auth,
+            cookie_secret=os.urandom(32),
+            default_handler_class=NotFoundHandler,
+        )
+
+    async def start_async(self) -> None:
+        from .hub import HubClient
+
+        if not self.database_url:
+            raise SystemExit("sac service: no database URL (SAC_DATABASE_URL)")
+        self.keybox = KeyBox(self.fernet_keys)
+        self.store = await Store.open(self.database_url)
+        self.hub = HubClient()
+        self.upstream = httpx.AsyncClient(
+            timeout=httpx.Timeout(self.upstream_timeout, connect=15), follow_redirects=False
+        )
+        app = self.make_app()
+        server = app.listen(self.port, self.ip, xheaders=True, max_body_size=64 * 1024 * 1024)
+        self.log.info(
+            "sac service %s listening on http://%s:%s%s",
+            __version__,
+            self.ip,
+            self.port,
+            self.prefix,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        server.stop()
+        await self.upstream.aclose()
+        await self.hub.close()
+        await self.store.close()
+
+    def start(self) -> None:
+        asyncio.run(self.start_async())
+
+
+def main(argv: list[str] | None = None) -> None:
+    app = SacService.instance()
+    app.initialize(argv)
+    app.start()

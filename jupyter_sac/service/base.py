@@ -1,0 +1,142 @@
+"""Base handler of the `sac` service: JupyterHub auth, JSON bodies, JSON errors."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from jupyterhub.services.auth import HubOAuthenticated
+from tornado import web
+
+from .errors import ApiError
+
+MAX_JSON_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    kind: str
+    admin: bool
+    groups: tuple[str, ...]
+    scopes: frozenset[str]
+
+
+class BaseHandler(HubOAuthenticated, web.RequestHandler):
+    """Thin handlers: parse, authorise, call the store, serialise."""
+
+    @property
+    def hub_auth(self):  # type: ignore[override]
+        return self.settings["hub_auth"]
+
+    @property
+    def sac(self):
+        """The SacService application (store, hub client, key box, configuration)."""
+        return self.settings["sac"]
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    def prepare(self) -> None:
+        length = self.request.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > MAX_JSON_BYTES:
+            raise ApiError(
+                413, "too_large", f"request bodies are limited to {MAX_JSON_BYTES} bytes"
+            )
+
+    # ---- identity ---------------------------------------------------------------
+
+    def get_login_url(self) -> str:
+        if self.request.headers.get("Authorization") or self.request.path.startswith(
+            self.settings["sac"].prefix + "api/"
+        ):
+            # API clients get a JSON 401/403, not a redirect to the login page.
+            raise ApiError(401, "unauthorized", "a JupyterHub API token or login is required")
+        return super().get_login_url()
+
+    @property
+    def identity(self) -> Identity:
+        model = self.current_user
+        if not model:
+            raise ApiError(401, "unauthorized", "a JupyterHub API token or login is required")
+        scopes = frozenset(model.get("scopes", ()))
+        admin = bool(model.get("admin")) or self.sac.admin_scope in scopes
+        return Identity(
+            name=model["name"],
+            kind=model.get("kind", "user"),
+            admin=admin,
+            groups=tuple(model.get("groups") or ()),
+            scopes=scopes,
+        )
+
+    def require_user(self) -> Identity:
+        ident = self.identity
+        if ident.kind != "user" and not ident.admin:
+            raise ApiError(403, "forbidden", "only users can manage agents")
+        return ident
+
+    def require_admin(self) -> Identity:
+        ident = self.identity
+        if not ident.admin:
+            raise ApiError(
+                403,
+                "forbidden",
+                f"this needs an administrator (or the {self.sac.admin_scope} scope)",
+            )
+        return ident
+
+    def authorize_user(self, target: str) -> Identity:
+        """The caller may act on ``target``'s resources: it is them, or an admin."""
+        ident = self.require_user()
+        if target != ident.name and not ident.admin:
+            # 404, not 403: do not reveal whether another user's agent exists.
+            raise ApiError(404, "not_found", "no such agent")
+        return ident
+
+    # ---- bodies -----------------------------------------------------------------
+
+    def json_body(self) -> dict[str, Any]:
+        if not self.request.body:
+            raise ApiError(400, "invalid_json", "a JSON object body is required")
+        try:
+            body = json.loads(self.request.body)
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalid_json", "the body must be a JSON object")
+        return body
+
+    def write_json(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(data, default=str))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            body = {"error": exc.code, "message": exc.message, **exc.extra}
+        elif isinstance(exc, web.HTTPError):
+            body = {"error": _code_for(status_code), "message": exc.log_message or self._reason}
+        else:
+            body = {"error": "internal_error", "message": "internal error, see the service log"}
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps(body))
+
+
+def _code_for(status: int) -> str:
+    return {
+        400: "bad_request",
+        401: "unauthorized",
+        403: "forbidden",
+        404: "not_found",
+        405: "method_not_allowed",
+        409: "conflict",
+        413: "too_large",
+    }.get(status, "error")
+
+
+class NotFoundHandler(BaseHandler):
+    def prepare(self) -> None:
+        raise ApiError(404, "not_found", "no such endpoint")

@@ -1,0 +1,77 @@
+"""The service's client for the JupyterHub REST API (named servers of agents)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+
+class HubError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class HubClient:
+    def __init__(self, api_url: str | None = None, token: str | None = None):
+        self.api_url = (api_url or os.environ["JUPYTERHUB_API_URL"]).rstrip("/")
+        token = token or os.environ["JUPYTERHUB_API_TOKEN"]
+        self.client = httpx.AsyncClient(headers={"Authorization": f"token {token}"}, timeout=30)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.client.request(method, self.api_url + path, **kwargs)
+
+    @staticmethod
+    def _raise(resp: httpx.Response) -> None:
+        try:
+            message = resp.json().get("message", resp.text)
+        except ValueError:
+            message = resp.text
+        raise HubError(resp.status_code, message or f"hub answered {resp.status_code}")
+
+    async def get_user(self, name: str) -> dict[str, Any] | None:
+        resp = await self._request(
+            "GET", f"/users/{quote(name, safe='')}", params={"include_stopped_servers": "1"}
+        )
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            self._raise(resp)
+        return resp.json()
+
+    async def create_server(self, user: str, name: str, display_name: str) -> None:
+        """Create a named server without starting it (so it shows on the hub's home page)."""
+        resp = await self._request(
+            "PUT",
+            f"/users/{quote(user, safe='')}/servers/{quote(name, safe='')}",
+            json={"display_name": display_name},
+        )
+        if resp.status_code not in (201, 409):
+            self._raise(resp)
+
+    async def remove_server(self, user: str, name: str, timeout: float = 120) -> None:
+        """Stop (if running) and remove a named server; wait until it is gone."""
+        path = f"/users/{quote(user, safe='')}/servers/{quote(name, safe='')}"
+        deadline = time.monotonic() + timeout
+        while True:
+            resp = await self._request("DELETE", path, json={"remove": True})
+            if resp.status_code == 404:
+                return
+            if resp.status_code not in (202, 204, 400):
+                self._raise(resp)
+            if resp.status_code == 204:
+                model = await self.get_user(user)
+                if model is None or name not in model.get("servers", {}):
+                    return
+            if time.monotonic() > deadline:
+                raise HubError(504, f"server {user}/{name} did not stop within {timeout} s")
+            await asyncio.sleep(0.25)

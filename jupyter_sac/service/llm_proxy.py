@@ -1,0 +1,232 @@
+"""The credential proxy: an Anthropic-compatible endpoint for sandboxes.
+
+A sandbox's ANTHROPIC_BASE_URL points here and its ANTHROPIC_API_KEY is a
+per-agent token. The proxy maps the token to the agent, injects the real key
+(the agent's own, decrypted, or the organisation's) and the provider's base URL,
+streams the response back unchanged, and meters requests and tokens per agent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import httpx
+from tornado import web
+
+from ..providers import ProviderError, auth_headers, upstream_base_url
+from ..store.usage import UsageDelta
+
+log = logging.getLogger("jupyter_sac.llm_proxy")
+
+# Request headers never forwarded upstream: hop-by-hop, our auth, and encodings
+# (responses must arrive uncompressed so usage can be read from them).
+DROP_REQUEST_HEADERS = {
+    "host",
+    "content-length",
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "x-api-key",
+    "authorization",
+    "cookie",
+    "accept-encoding",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+}
+DROP_RESPONSE_HEADERS = {
+    "content-length",
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-encoding",
+    "set-cookie",
+    "server",
+    "date",
+}
+ALLOWED_PATHS = {"v1/messages", "v1/messages/count_tokens"}
+MAX_REQUEST_BYTES = 32 * 1024 * 1024
+MAX_METERED_JSON_BYTES = 8 * 1024 * 1024
+
+
+class UsageMeter:
+    """Reads Anthropic usage from a response as it streams past (SSE or JSON)."""
+
+    def __init__(self, streaming: bool):
+        self.streaming = streaming
+        self._buffer = b""
+        self._json_parts: list[bytes] = []
+        self._json_size = 0
+        self.usage = UsageDelta(requests=1)
+
+    def feed(self, chunk: bytes) -> None:
+        if not self.streaming:
+            self._json_size += len(chunk)
+            if self._json_size <= MAX_METERED_JSON_BYTES:
+                self._json_parts.append(chunk)
+            return
+        self._buffer += chunk
+        # Events end with a blank line; a CRLF split across chunks stays in the buffer.
+        *events, self._buffer = self._buffer.replace(b"\r\n", b"\n").split(b"\n\n")
+        for event in events:
+            self._event(event)
+
+    def _event(self, raw: bytes) -> None:
+        data = b"".join(
+            line[5:].lstrip()
+            for line in raw.replace(b"\r\n", b"\n").split(b"\n")
+            if line.startswith(b"data:")
+        )
+        if not data:
+            return
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            return
+        if not isinstance(payload, dict):
+            return
+        if payload.get("type") == "message_start":
+            self._add((payload.get("message") or {}).get("usage") or {}, replace_output=True)
+        elif payload.get("type") == "message_delta":
+            self._add(payload.get("usage") or {}, replace_output=True)
+
+    def _add(self, usage: dict[str, Any], replace_output: bool = False) -> None:
+        def num(key: str) -> int | None:
+            value = usage.get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+        for key in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
+            value = num(key)
+            if value is not None:
+                # message_delta may repeat the input counts: keep the largest seen.
+                setattr(self.usage, key, max(getattr(self.usage, key), value))
+        output = num("output_tokens")
+        if output is not None:
+            # output_tokens in message_delta is cumulative for the message.
+            self.usage.output_tokens = (
+                max(self.usage.output_tokens, output)
+                if replace_output
+                else self.usage.output_tokens + output
+            )
+
+    def finish(self) -> UsageDelta:
+        if not self.streaming and self._json_parts:
+            try:
+                payload = json.loads(b"".join(self._json_parts))
+                if isinstance(payload, dict) and isinstance(payload.get("usage"), dict):
+                    self._add(payload["usage"])
+            except ValueError:
+                pass
+        elif self.streaming and self._buffer.strip():
+            self._event(self._buffer)
+            self._buffer = b""
+        return self.usage
+
+
+def anthropic_error(status: int, kind: str, message: str) -> tuple[int, bytes]:
+    return status, json.dumps(
+        {"type": "error", "error": {"type": kind, "message": message}}
+    ).encode()
+
+
+class LlmProxyHandler(web.RequestHandler):
+    """POST <prefix>llm/v1/messages[...]: authenticated by the per-agent token."""
+
+    @property
+    def sac(self):
+        return self.settings["sac"]
+
+    def _fail(self, status: int, kind: str, message: str) -> None:
+        status, body = anthropic_error(status, kind, message)
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(body)
+
+    def _token(self) -> str | None:
+        token = self.request.headers.get("x-api-key")
+        if token:
+            return token.strip()
+        auth = self.request.headers.get("Authorization", "")
+        if auth.lower().startswith("bearer "):
+            return auth[7:].strip()
+        return None
+
+    async def post(self, path: str) -> None:
+        if path not in ALLOWED_PATHS:
+            return self._fail(404, "not_found_error", f"/{path} is not proxied")
+        if len(self.request.body) > MAX_REQUEST_BYTES:
+            return self._fail(413, "request_too_large", "request body too large")
+        token = self._token()
+        store = self.sac.store
+        agent_id = await store.tokens.agent_for(token) if token else None
+        agent = await store.agents.get_by_id(agent_id) if agent_id else None
+        if agent is None:
+            return self._fail(
+                401,
+                "authentication_error",
+                "invalid agent token: restart the agent to get a new one",
+            )
+        try:
+            key = (
+                self.sac.keybox.decrypt(agent.encrypted_key)
+                if agent.encrypted_key
+                else self.sac.organisation_api_keys.get(agent.provider)
+            )
+            base = upstream_base_url(agent.provider, agent.base_url, self.sac.provider_base_urls)
+        except (ValueError, ProviderError) as e:
+            return self._fail(500, "api_error", f"agent misconfigured: {e}")
+        if not key:
+            return self._fail(
+                401,
+                "authentication_error",
+                f"no {agent.provider} key is configured for agent {agent.slug!r}:"
+                " set one on the agent or ask an administrator for an"
+                " organisation key",
+            )
+        headers = {
+            k: v for k, v in self.request.headers.items() if k.lower() not in DROP_REQUEST_HEADERS
+        }
+        headers.update(auth_headers(agent.provider, key))
+        headers["Accept-Encoding"] = "identity"
+        url = f"{base}/{path}"
+        if self.request.query:
+            url += "?" + self.request.query
+        meter: UsageMeter | None = None
+        try:
+            async with self.sac.upstream.stream(
+                "POST", url, content=self.request.body, headers=headers
+            ) as resp:
+                self.set_status(resp.status_code)
+                for name, value in resp.headers.items():
+                    if name.lower() not in DROP_RESPONSE_HEADERS:
+                        self.set_header(name, value)
+                streaming = "text/event-stream" in resp.headers.get("content-type", "")
+                meter = UsageMeter(streaming) if resp.status_code < 400 else None
+                async for chunk in resp.aiter_raw():
+                    if meter is not None:
+                        meter.feed(chunk)
+                    self.write(chunk)
+                    if streaming:
+                        await self.flush()
+        except httpx.HTTPError as e:
+            log.warning("upstream %s failed for agent %s/%s: %s", base, agent.owner, agent.slug, e)
+            if not self._headers_written:
+                return self._fail(
+                    502, "api_error", f"the model provider could not be reached: {type(e).__name__}"
+                )
+            return self.finish()
+        finally:
+            delta = meter.finish() if meter is not None else UsageDelta(requests=1)
+            if path == "v1/messages":
+                try:
+                    await store.usage.record(agent.id, agent.owner, agent.slug, delta)
+                except Exception:
+                    log.exception("could not record usage for %s/%s", agent.owner, agent.slug)
+        self.finish()

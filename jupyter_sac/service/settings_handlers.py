@@ -1,0 +1,112 @@
+"""Settings endpoints: resolved values, system and per-user overrides, provider presets."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from .. import settings as sac_settings
+from ..providers import PRESETS
+from .base import BaseHandler
+from .errors import ApiError
+
+
+def _specs() -> list[dict]:
+    out = []
+    for spec in sac_settings.SPECS.values():
+        item = asdict(spec)
+        item["levels"] = sorted(spec.levels)
+        item["default"] = list(spec.default) if isinstance(spec.default, tuple) else spec.default
+        item["choices"] = list(spec.choices)
+        out.append(item)
+    return out
+
+
+def _validated(body: dict, level: str) -> dict:
+    try:
+        return sac_settings.validate_overrides(body, level)  # type: ignore[arg-type]
+    except sac_settings.SettingsError as e:
+        raise ApiError(400, "invalid_setting", f"{e.field}: {e.message}", field=e.field) from None
+
+
+class MySettingsHandler(BaseHandler):
+    async def get(self) -> None:
+        ident = self.require_user()
+        system, user = await self.sac.store.settings.for_user(ident.name)
+        self.write_json(
+            {
+                "user": ident.name,
+                "resolved": sac_settings.jsonable(sac_settings.resolve_user(system, user)),
+                "specs": _specs(),
+            }
+        )
+
+
+class SystemSettingsHandler(BaseHandler):
+    async def get(self) -> None:
+        self.require_admin()
+        overrides = await self.sac.store.settings.get("system")
+        self.write_json(
+            {
+                "overrides": sac_settings.jsonable(overrides),
+                "resolved": sac_settings.jsonable(sac_settings.resolve_user(overrides, {})),
+                "specs": _specs(),
+            }
+        )
+
+    async def put(self) -> None:
+        ident = self.require_admin()
+        overrides = _validated(self.json_body(), "system")
+        await self.sac.store.settings.put(
+            "system", "", sac_settings.jsonable(overrides), ident.name
+        )
+        await self.get()
+
+
+class UserSettingsHandler(BaseHandler):
+    async def get(self, user: str) -> None:
+        ident = self.require_user()
+        if user != ident.name and not ident.admin:
+            raise ApiError(404, "not_found", "no such user")
+        system, overrides = await self.sac.store.settings.for_user(user)
+        self.write_json(
+            {
+                "user": user,
+                "overrides": sac_settings.jsonable(overrides),
+                "resolved": sac_settings.jsonable(sac_settings.resolve_user(system, overrides)),
+            }
+        )
+
+    async def put(self, user: str) -> None:
+        ident = self.require_admin()
+        overrides = _validated(self.json_body(), "user")
+        if await self.sac.hub.get_user(user) is None:
+            raise ApiError(404, "not_found", f"no such user {user!r}")
+        await self.sac.store.settings.put(
+            "user", user, sac_settings.jsonable(overrides), ident.name
+        )
+        await self.get(user)
+
+    async def delete(self, user: str) -> None:
+        ident = self.require_admin()
+        await self.sac.store.settings.put("user", user, {}, ident.name)
+        self.set_status(204)
+        self.finish()
+
+
+class ProvidersHandler(BaseHandler):
+    async def get(self) -> None:
+        ident = self.require_user()
+        system, user = await self.sac.store.settings.for_user(ident.name)
+        allowed = sac_settings.resolve_user(system, user)["allowed_providers"]
+        self.write_json(
+            {
+                "providers": [
+                    {
+                        **asdict(p),
+                        "allowed": p.name in allowed,
+                        "organisation_key_available": p.name in self.sac.organisation_api_keys,
+                    }
+                    for p in PRESETS.values()
+                ]
+            }
+        )

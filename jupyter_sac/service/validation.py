@@ -1,0 +1,152 @@
+"""Validation of agent requests (pure functions; raise ApiError with a field name)."""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Mapping
+from typing import Any
+
+from jupyterhub.slugs import is_valid_safe_slug
+
+from .. import settings as sac_settings
+from ..providers import PRESETS, ProviderError, validate_base_url
+from .errors import ApiError
+
+CREATE_FIELDS = {
+    "slug",
+    "display_name",
+    "provider",
+    "model",
+    "base_url",
+    "api_key",
+    "overrides",
+    "user",
+}
+UPDATE_FIELDS = {"display_name", "provider", "model", "base_url", "api_key", "overrides"}
+
+
+def bad(field: str, message: str, code: str = "invalid_field") -> ApiError:
+    return ApiError(400, code, f"{field}: {message}", field=field)
+
+
+def check_fields(body: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise bad(unknown[0], f"unknown field; allowed: {sorted(allowed)}", "unknown_field")
+
+
+def valid_slug(value: Any) -> str:
+    """Agent slugs are JupyterHub 6 safe server names (a letter first, 1-30 of a-z0-9-)."""
+    if not isinstance(value, str):
+        raise bad("slug", "expected a string", "invalid_slug")
+    if not is_valid_safe_slug(value):
+        raise bad(
+            "slug",
+            "use 1-30 lowercase letters, digits and single hyphens, starting with a letter"
+            " and ending with a letter or digit",
+            "invalid_slug",
+        )
+    return value
+
+
+def _text(field: str, value: Any, max_len: int) -> str:
+    if not isinstance(value, str):
+        raise bad(field, "expected a string")
+    value = unicodedata.normalize("NFC", value).strip()
+    if not value or len(value) > max_len:
+        raise bad(field, f"expected 1-{max_len} characters")
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn") for ch in value):
+        raise bad(field, "control, format or unassigned characters are not allowed")
+    return value
+
+
+def valid_display_name(value: Any) -> str:
+    return _text("display_name", value, 100)
+
+
+def valid_model(value: Any) -> str:
+    value = _text("model", value, 200)
+    if any(ch.isspace() for ch in value):
+        raise bad("model", "must not contain spaces")
+    return value
+
+
+def valid_api_key(value: Any) -> str:
+    if not isinstance(value, str) or not 8 <= len(value) <= 512:
+        raise bad("api_key", "expected a key of 8-512 characters")
+    if not value.isascii() or not value.isprintable() or any(ch.isspace() for ch in value):
+        raise bad("api_key", "expected printable ASCII without spaces")
+    return value
+
+
+def valid_provider(value: Any, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in PRESETS:
+        raise bad("provider", f"unknown provider; known: {list(PRESETS)}", "unknown_provider")
+    if value not in allowed:
+        raise ApiError(
+            403,
+            "provider_not_allowed",
+            f"provider {value!r} is not allowed here; allowed: {list(allowed)}",
+            field="provider",
+        )
+    return value
+
+
+def valid_overrides(value: Any, ceiling: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        overrides = sac_settings.validate_overrides(value, "agent")
+        sac_settings.check_agent_overrides(overrides, ceiling)
+    except sac_settings.SettingsError as e:
+        raise bad(
+            f"overrides.{e.field}" if e.field != "settings" else "overrides",
+            e.message,
+            "invalid_setting",
+        ) from None
+    return overrides
+
+
+def valid_base_url(value: Any) -> str:
+    try:
+        return validate_base_url(value)
+    except ProviderError as e:
+        raise bad("base_url", e.message) from None
+
+
+def agent_fields(
+    body: Mapping[str, Any], ceiling: Mapping[str, Any], *, current: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Validated column values for a create (current None) or an update.
+
+    ``api_key`` stays plaintext here; the handler encrypts it. ``api_key: null`` on
+    update means "forget the agent's own key and use the organisation key".
+    """
+    out: dict[str, Any] = {}
+    allowed = tuple(ceiling["allowed_providers"])
+    if "display_name" in body:
+        out["display_name"] = valid_display_name(body["display_name"])
+    if "provider" in body:
+        out["provider"] = valid_provider(body["provider"], allowed)
+    elif current is None:
+        if not allowed:
+            raise ApiError(403, "provider_not_allowed", "no provider is allowed for this user")
+        out["provider"] = allowed[0]
+    provider = out.get("provider") or (current or {}).get("provider")
+    if "model" in body:
+        out["model"] = valid_model(body["model"])
+    elif current is None or ("provider" in out and out["provider"] != current.get("provider")):
+        out["model"] = PRESETS[provider].default_model
+    if provider == "custom":
+        if body.get("base_url") is not None:
+            out["base_url"] = valid_base_url(body["base_url"])
+        elif not (current or {}).get("base_url"):
+            raise bad("base_url", "the custom provider needs a base_url", "missing_field")
+    else:
+        if body.get("base_url") is not None:
+            raise bad("base_url", "only the custom provider takes a base_url")
+        if current is not None and current.get("base_url"):
+            out["base_url"] = None
+    if "api_key" in body:
+        out["api_key"] = None if body["api_key"] is None else valid_api_key(body["api_key"])
+    if "overrides" in body:
+        out["overrides"] = valid_overrides(body["overrides"], ceiling)
+    return out

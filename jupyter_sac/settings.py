@@ -1,0 +1,301 @@
+"""Settings: system defaults -> per-user overrides -> per-agent overrides.
+
+Pure functions, no I/O: the store keeps the override dictionaries, this module
+validates them and resolves the values that apply to one agent. Admins set the
+system and user levels; an agent's owner sets the agent level, which may ask for
+less than the user's resolved ceiling but never more.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .providers import PRESETS
+
+Level = Literal["system", "user", "agent"]
+LEVELS: tuple[Level, ...] = ("system", "user", "agent")
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
+
+class SettingsError(ValueError):
+    """An override that cannot be accepted; ``field`` names the offending key."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    name: str
+    kind: Literal["int", "float", "bytes", "seconds", "choice", "providers"]
+    default: Any
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    levels: frozenset[Level] = field(default_factory=lambda: frozenset(LEVELS))
+    # An agent may lower this value but not raise it above the user's resolved value.
+    ceiling: bool = False
+
+
+def _spec(*args: Any, **kwargs: Any) -> SettingSpec:
+    return SettingSpec(*args, **kwargs)
+
+
+SPECS: dict[str, SettingSpec] = {
+    s.name: s
+    for s in [
+        _spec(
+            "max_agents_per_user",
+            "int",
+            5,
+            "Most agents one user may have.",
+            minimum=0,
+            maximum=1000,
+            levels=frozenset({"system", "user"}),
+        ),
+        _spec(
+            "cpu_request",
+            "float",
+            0.25,
+            "CPU cores reserved for a sandbox.",
+            minimum=0.01,
+            maximum=256,
+            ceiling=True,
+        ),
+        _spec(
+            "cpu_limit",
+            "float",
+            2.0,
+            "Most CPU cores a sandbox may use.",
+            minimum=0.01,
+            maximum=256,
+            ceiling=True,
+        ),
+        _spec(
+            "mem_request",
+            "bytes",
+            512 * MIB,
+            "Memory reserved for a sandbox.",
+            minimum=64 * MIB,
+            maximum=4096 * GIB,
+            ceiling=True,
+        ),
+        _spec(
+            "mem_limit",
+            "bytes",
+            4 * GIB,
+            "Most memory a sandbox may use.",
+            minimum=64 * MIB,
+            maximum=4096 * GIB,
+            ceiling=True,
+        ),
+        _spec(
+            "max_processes",
+            "int",
+            1024,
+            "Most processes (and threads) in one sandbox.",
+            minimum=16,
+            maximum=1_000_000,
+            ceiling=True,
+        ),
+        _spec(
+            "storage_quota_bytes",
+            "bytes",
+            1 * GIB,
+            "Bytes an agent's private workspace may hold.",
+            minimum=0,
+            maximum=100 * 1024 * GIB,
+            ceiling=True,
+        ),
+        _spec(
+            "storage_quota_files",
+            "int",
+            1000,
+            "Files an agent's private workspace may hold.",
+            minimum=0,
+            maximum=10_000_000,
+            ceiling=True,
+        ),
+        _spec(
+            "idle_timeout",
+            "seconds",
+            3600,
+            "Stop an agent idle this long (0: never).",
+            minimum=0,
+            maximum=30 * 86400,
+            ceiling=True,
+        ),
+        _spec(
+            "hitl_timeout",
+            "seconds",
+            600,
+            "How long a human-in-the-loop request waits.",
+            minimum=5,
+            maximum=7 * 86400,
+        ),
+        _spec(
+            "hitl_default",
+            "choice",
+            "deny",
+            "Decision applied when a HITL request times out.",
+            choices=("deny", "approve"),
+        ),
+        _spec(
+            "allowed_providers",
+            "providers",
+            tuple(PRESETS),
+            "Provider presets agents may use.",
+            levels=frozenset({"system", "user"}),
+        ),
+    ]
+}
+
+DEFAULTS: dict[str, Any] = {name: spec.default for name, spec in SPECS.items()}
+
+_QUANTITY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?|[kMGT]B?|B)?\s*$")
+_QUANTITY_FACTORS = {
+    None: 1,
+    "B": 1,
+    "K": 1000,
+    "k": 1000,
+    "kB": 1000,
+    "KB": 1000,
+    "M": 1000**2,
+    "MB": 1000**2,
+    "G": 1000**3,
+    "GB": 1000**3,
+    "T": 1000**4,
+    "TB": 1000**4,
+    "Ki": KIB,
+    "Mi": MIB,
+    "Gi": GIB,
+    "Ti": 1024 * GIB,
+}
+
+
+def parse_bytes(value: Any) -> int:
+    """Accept an integer or a Kubernetes-style quantity such as ``"512Mi"`` or ``"2G"``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a byte count, not a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        match = _QUANTITY_RE.match(value)
+        if match:
+            return int(float(match[1]) * _QUANTITY_FACTORS[match[2]])
+    raise ValueError(f"expected a byte count like 536870912 or '512Mi', got {value!r}")
+
+
+def _coerce(spec: SettingSpec, value: Any) -> Any:
+    if spec.kind in ("int", "seconds"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise SettingsError(spec.name, f"expected an integer, got {value!r}")
+    elif spec.kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SettingsError(spec.name, f"expected a number, got {value!r}")
+        value = float(value)
+    elif spec.kind == "bytes":
+        try:
+            value = parse_bytes(value)
+        except ValueError as e:
+            raise SettingsError(spec.name, str(e)) from None
+    elif spec.kind == "choice":
+        if value not in spec.choices:
+            raise SettingsError(spec.name, f"expected one of {list(spec.choices)}, got {value!r}")
+    elif spec.kind == "providers":
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise SettingsError(spec.name, "expected a list of provider names")
+        unknown = [v for v in value if v not in PRESETS]
+        if unknown:
+            raise SettingsError(spec.name, f"unknown providers {unknown}; known: {list(PRESETS)}")
+        value = tuple(dict.fromkeys(value))
+    if spec.minimum is not None and isinstance(value, int | float) and value < spec.minimum:
+        raise SettingsError(spec.name, f"must be at least {spec.minimum:g}")
+    if spec.maximum is not None and isinstance(value, int | float) and value > spec.maximum:
+        raise SettingsError(spec.name, f"must be at most {spec.maximum:g}")
+    return value
+
+
+def validate_overrides(values: Any, level: Level) -> dict[str, Any]:
+    """Check one level's overrides; return them normalised (bytes as ints, and so on).
+
+    ``None`` as a value means "clear this override" and is dropped.
+    """
+    if not isinstance(values, Mapping):
+        raise SettingsError("settings", "expected an object of setting names to values")
+    clean: dict[str, Any] = {}
+    for name, value in values.items():
+        spec = SPECS.get(name)
+        if spec is None:
+            raise SettingsError(name, f"unknown setting; known: {sorted(SPECS)}")
+        if level not in spec.levels:
+            raise SettingsError(name, f"cannot be set per {level}")
+        if value is None:
+            continue
+        clean[name] = _coerce(spec, value)
+    return clean
+
+
+def _merge(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(DEFAULTS)
+    for layer in layers:
+        merged.update({k: v for k, v in layer.items() if k in SPECS and v is not None})
+    return merged
+
+
+def resolve_user(system: Mapping[str, Any], user: Mapping[str, Any]) -> dict[str, Any]:
+    """Values that apply to a user (and are the ceiling for that user's agents)."""
+    return _fix_requests(_merge(system, user))
+
+
+def resolve(
+    system: Mapping[str, Any], user: Mapping[str, Any], agent: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Values that apply to one agent.
+
+    Agent overrides of ceiling settings are clamped to the user's resolved value,
+    so lowering a user's limit later also lowers their agents.
+    """
+    ceiling = resolve_user(system, user)
+    resolved = dict(ceiling)
+    for name, value in agent.items():
+        spec = SPECS.get(name)
+        if spec is None or "agent" not in spec.levels or value is None:
+            continue
+        resolved[name] = min(value, ceiling[name]) if spec.ceiling else value
+    return _fix_requests(resolved)
+
+
+def check_agent_overrides(agent: Mapping[str, Any], ceiling: Mapping[str, Any]) -> None:
+    """Refuse agent overrides that ask for more than the user's resolved ceiling."""
+    for name, value in agent.items():
+        spec = SPECS[name]
+        if spec.ceiling and value > ceiling[name]:
+            raise SettingsError(name, f"{value} is above this user's limit of {ceiling[name]}")
+
+
+def _fix_requests(values: dict[str, Any]) -> dict[str, Any]:
+    # A request above its limit is meaningless (Kubernetes rejects it): cap it.
+    for request, limit in (("cpu_request", "cpu_limit"), ("mem_request", "mem_limit")):
+        if values[request] > values[limit]:
+            values[request] = values[limit]
+    return values
+
+
+def jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Resolved values for JSON output (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}

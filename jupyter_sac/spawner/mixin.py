@@ -1,0 +1,216 @@
+"""What every agent spawner does, whatever runs the sandbox (local process or pod).
+
+Before a sandbox starts: find (or create) the agent's record, enforce the user's
+agent limit, resolve its settings and issue a per-agent credential-proxy token.
+The sandbox's environment then points ``ANTHROPIC_BASE_URL`` at the `sac`
+service and carries only that token, never a provider key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from traitlets import Dict, Unicode, default
+from traitlets.config import LoggingConfigurable
+
+from .. import settings as sac_settings
+from ..providers import PRESETS
+from ..store import AgentLimitError, AgentRecord, Store
+
+# Variables that must never reach a sandbox, whatever the hub's environment holds.
+FORBIDDEN_ENV_PREFIXES = (
+    "SAC_DATABASE",
+    "SAC_FERNET",
+    "SAC_ADMIN",
+    "SAC_ORGANISATION",
+    "AWS_",
+    "PG",
+    "ANTHROPIC_AUTH_TOKEN",
+)
+
+
+class AgentSpawnError(Exception):
+    """A spawn refused for a reason the user should read (shown on the spawn page)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.jupyterhub_message = message
+
+
+@dataclass
+class AgentContext:
+    agent: AgentRecord
+    resolved: dict[str, Any]
+    token: str
+
+
+_stores: dict[str, Store] = {}
+_store_lock = asyncio.Lock()
+
+
+async def shared_store(database_url: str) -> Store:
+    """One store (connection pool) per database per hub process."""
+    async with _store_lock:
+        store = _stores.get(database_url)
+        if store is None:
+            store = await Store.open(database_url, min_size=1, max_size=4)
+            _stores[database_url] = store
+        return store
+
+
+async def max_agents_for(store: Store, user: str) -> int:
+    system, user_overrides = await store.settings.for_user(user)
+    return int(sac_settings.resolve_user(system, user_overrides)["max_agents_per_user"])
+
+
+class AgentSpawnerMixin(LoggingConfigurable):
+    """Mixed into LocalAgentSpawner and KubeAgentSpawner (before the Spawner base)."""
+
+    database_url = Unicode(
+        help="PostgreSQL URL of the SAC store (default: $SAC_DATABASE_URL).",
+    ).tag(config=True)
+
+    @default("database_url")
+    def _default_database_url(self) -> str:
+        return os.environ.get("SAC_DATABASE_URL", "")
+
+    credential_proxy_url = Unicode(
+        help="""URL of the `sac` service's Anthropic-compatible credential proxy, as
+        reachable from inside a sandbox; becomes the sandbox's ANTHROPIC_BASE_URL
+        (default: $SAC_CREDENTIAL_PROXY_URL).""",
+    ).tag(config=True)
+
+    @default("credential_proxy_url")
+    def _default_credential_proxy_url(self) -> str:
+        return os.environ.get("SAC_CREDENTIAL_PROXY_URL", "")
+
+    sac_service_url = Unicode(
+        help="URL of the `sac` service as reachable from a sandbox (default: $SAC_SERVICE_URL).",
+    ).tag(config=True)
+
+    @default("sac_service_url")
+    def _default_sac_service_url(self) -> str:
+        return os.environ.get("SAC_SERVICE_URL", "")
+
+    agent_environment = Dict(
+        help="Extra environment variables for every sandbox (never put secrets here).",
+    ).tag(config=True)
+
+    # ---- progress -----------------------------------------------------------------
+
+    def _progress_state(self) -> tuple[list[dict[str, Any]], asyncio.Event]:
+        if not hasattr(self, "_sac_progress"):
+            self._sac_progress: list[dict[str, Any]] = []
+            self._sac_progress_event = asyncio.Event()
+        return self._sac_progress, self._sac_progress_event
+
+    def report(self, message: str, progress: int) -> None:
+        events, changed = self._progress_state()
+        events.append({"progress": progress, "message": message})
+        self.log.info("[%s] %s", self._log_name, message)
+        changed.set()
+
+    def reset_progress(self) -> None:
+        events, _ = self._progress_state()
+        events.clear()
+
+    async def progress(self) -> AsyncIterator[dict[str, Any]]:
+        """Spawn progress for JupyterHub's progress API and spawn page."""
+        events, changed = self._progress_state()
+        sent = 0
+        while True:
+            while sent < len(events):
+                yield events[sent]
+                sent += 1
+            if not self.pending and sent >= len(events):
+                return
+            changed.clear()
+            try:
+                await asyncio.wait_for(changed.wait(), 1)
+            except TimeoutError:
+                pass
+
+    # ---- agent preparation --------------------------------------------------------
+
+    async def sac_store(self) -> Store:
+        if not self.database_url:
+            raise AgentSpawnError("SAC is not configured: no database URL for the agent store")
+        return await shared_store(self.database_url)
+
+    async def prepare_agent(self) -> AgentContext:
+        if not self.name:
+            raise AgentSpawnError(
+                "Agents run as named servers: create an agent (a named server) instead of"
+                " starting the default server."
+            )
+        store = await self.sac_store()
+        owner, slug = self.user.name, self.name
+        system, user_overrides = await store.settings.for_user(owner)
+        ceiling = sac_settings.resolve_user(system, user_overrides)
+        limit = int(ceiling["max_agents_per_user"])
+        agent = await store.agents.get(owner, slug)
+        if agent is None:
+            # A named server created from the hub's home page: give it an agent record
+            # with the defaults, within the user's limit.
+            provider = next(iter(ceiling["allowed_providers"]), "anthropic")
+            try:
+                agent = await store.agents.create(
+                    limit=limit,
+                    owner=owner,
+                    slug=slug,
+                    display_name=getattr(self.orm_spawner, "display_name", None) or slug,
+                    provider=provider,
+                    model=PRESETS[provider].default_model,
+                )
+            except AgentLimitError:
+                raise AgentSpawnError(
+                    f"{owner} already has the maximum of {limit} agents;"
+                    " delete one before creating another."
+                ) from None
+            self.report(f"Created agent {slug!r} with default settings", 5)
+        rank = await store.agents.rank(owner, slug)
+        if rank is None or rank > limit:
+            raise AgentSpawnError(
+                f"Agent {slug!r} is beyond {owner}'s limit of {limit} agents;"
+                " an administrator lowered it. Delete an agent or ask for a higher limit."
+            )
+        resolved = sac_settings.resolve(system, user_overrides, agent.overrides)
+        token = await store.tokens.issue(agent.id)
+        return AgentContext(agent=agent, resolved=resolved, token=token)
+
+    def agent_env(self, ctx: AgentContext) -> dict[str, str]:
+        """Environment a sandbox gets on top of JupyterHub's own variables."""
+        env = {
+            "ANTHROPIC_BASE_URL": self.credential_proxy_url,
+            "ANTHROPIC_API_KEY": ctx.token,
+            "ANTHROPIC_MODEL": ctx.agent.model,
+            "SAC_AGENT": ctx.agent.slug,
+            "SAC_AGENT_DISPLAY_NAME": ctx.agent.display_name,
+            "SAC_AGENT_PROVIDER": ctx.agent.provider,
+            "SAC_RUNTIME": ctx.agent.runtime,
+            "SAC_SERVICE_URL": self.sac_service_url,
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "DISABLE_AUTOUPDATER": "1",
+            # The sandbox *is* the isolation boundary (claude checks this for bypassPermissions).
+            "IS_SANDBOX": "1",
+        }
+        for key, value in self.agent_environment.items():
+            if not key.startswith(FORBIDDEN_ENV_PREFIXES):
+                env[key] = str(value)
+        return env
+
+    @staticmethod
+    def scrub_env(env: dict[str, str]) -> dict[str, str]:
+        return {k: v for k, v in env.items() if not k.startswith(FORBIDDEN_ENV_PREFIXES)}
+
+    async def revoke_agent_token(self) -> None:
+        if not self.database_url or not self.name:
+            return
+        store = await self.sac_store()
+        agent = await store.agents.get(self.user.name, self.name)
+        if agent is not None:
+            await store.tokens.revoke(agent.id)

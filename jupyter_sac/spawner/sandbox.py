@@ -1,0 +1,329 @@
+"""Local sandboxes: bubblewrap command lines, sandbox processes and the warm pool.
+
+A sandbox is a bubblewrap-confined process tree: the whole system read-only,
+the data dir (database, secrets, other agents) and other sensitive trees hidden
+behind empty tmpfs mounts, only the agent's own home and workspace writable,
+its own PID/IPC/UTS namespaces, a new session (no terminal injection into the
+hub's tty) and death with its parent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("jupyter_sac.sandbox")
+
+SANDBOX_HOME = "/home/sac"
+SANDBOX_WORKSPACE = "/workspace"
+LAUNCHER = ["-m", "jupyter_sac.spawner.launcher"]
+# Files that stay unreadable even though the system is visible read-only.
+MASKED_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/sudoers")
+
+
+@dataclass(frozen=True)
+class SandboxLayout:
+    """Host paths of one sandbox's writable directories."""
+
+    root: Path
+
+    @property
+    def home(self) -> Path:
+        return self.root / "home"
+
+    @property
+    def workspace(self) -> Path:
+        return self.root / "workspace"
+
+    def create(self) -> None:
+        for path in (self.root, self.home, self.workspace):
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def bwrap_argv(
+    bwrap: str,
+    layout: SandboxLayout,
+    *,
+    hidden_paths: Iterable[str],
+    reexposed_paths: Iterable[str],
+    data_dir: str,
+    hostname: str,
+    command: Sequence[str],
+) -> list[str]:
+    """The bubblewrap command line for one sandbox (pure: no I/O beyond existence checks).
+
+    Mount order matters: system read-only, then tmpfs over hidden trees, then the
+    read-only paths the sandbox needs from inside them (Python, the venv), then a
+    tmpfs over the data dir, and last the agent's own directories.
+    """
+    argv = [bwrap]
+    # The sandbox root is bubblewrap's own tmpfs (so /workspace and /home/sac can be
+    # created in it) holding read-only binds of the host's top-level directories.
+    for name in sorted(os.listdir("/")):
+        path = "/" + name
+        if name in ("proc", "dev", "tmp", SANDBOX_WORKSPACE.strip("/")):
+            continue
+        if os.path.islink(path):
+            argv += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            argv += ["--ro-bind", path, path]
+    argv += ["--dev", "/dev", "--proc", "/proc"]
+    for path in hidden_paths:
+        if os.path.isdir(path):
+            argv += ["--tmpfs", path]
+    for path in reexposed_paths:
+        if os.path.exists(path):
+            argv += ["--ro-bind", path, path]
+    argv += ["--tmpfs", data_dir]
+    for path in MASKED_FILES:
+        if os.path.exists(path):
+            argv += ["--ro-bind", "/dev/null", path]
+    argv += [
+        "--tmpfs",
+        "/tmp",
+        "--bind",
+        str(layout.home),
+        SANDBOX_HOME,
+        "--bind",
+        str(layout.workspace),
+        SANDBOX_WORKSPACE,
+        "--remount-ro",
+        "/",
+        "--chdir",
+        SANDBOX_WORKSPACE,
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--hostname",
+        hostname,
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--",
+        *command,
+    ]
+    return argv
+
+
+def launcher_command(python: str = sys.executable) -> list[str]:
+    return [python, *LAUNCHER]
+
+
+def descendants(pid: int) -> list[int]:
+    """All descendant pids of ``pid`` (from /proc children lists), parents first."""
+    found: list[int] = []
+    queue = [pid]
+    while queue:
+        current = queue.pop(0)
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    children = [int(c) for c in f.read().split()]
+            except OSError:
+                continue
+            found += children
+            queue += children
+    return found
+
+
+@dataclass
+class Sandbox:
+    """One sandbox process: started, pre-imported, then assigned to exactly one agent."""
+
+    proc: subprocess.Popen[bytes]
+    layout: SandboxLayout
+    confined: bool
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    _ready_fd: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @classmethod
+    def launch(
+        cls,
+        argv: list[str],
+        layout: SandboxLayout,
+        *,
+        confined: bool,
+        cwd: str | None = None,
+        preexec_fn=None,
+    ) -> Sandbox:
+        read_fd, write_fd = os.pipe()
+        # Until assigned, a sandbox knows nothing of any agent: a bare environment.
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL")}
+        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        # The launcher writes "ready" to this inherited pipe once its imports are done.
+        env["SAC_READY_FD"] = str(write_fd)
+        # Every confined sandbox sees the same paths, so anything cached at import
+        # time (under HOME) is right for whichever agent it later serves.
+        env["HOME"] = SANDBOX_HOME if confined else str(layout.home)
+
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            cwd=cwd,
+            env=env,
+            pass_fds=(write_fd,),
+            preexec_fn=preexec_fn,
+            start_new_session=not confined,  # bwrap --new-session does it when confined
+        )
+        os.close(write_fd)
+        sandbox = cls(proc=proc, layout=layout, confined=confined, _ready_fd=read_fd)
+        asyncio.get_running_loop().add_reader(read_fd, sandbox._on_ready_fd)
+        return sandbox
+
+    def _on_ready_fd(self) -> None:
+        assert self._ready_fd is not None
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._ready_fd)
+        with contextlib.suppress(OSError):
+            os.read(self._ready_fd, 64)
+        os.close(self._ready_fd)
+        self._ready_fd = None
+        # EOF without "ready" means the launcher died; alive() tells which.
+        self.ready.set()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    async def wait_ready(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self.ready.wait(), timeout)
+        except TimeoutError:
+            return False
+        return self.alive()
+
+    def assign(self, env: dict[str, str], argv: list[str], cwd: str) -> None:
+        """Hand this sandbox its agent: one JSON line on its stdin, then EOF."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"env": env, "argv": argv, "cwd": cwd}).encode() + b"\n")
+        self.proc.stdin.close()
+
+    def server_pid(self) -> int:
+        """The pid to signal for a graceful stop: the launcher inside bubblewrap."""
+        if not self.confined:
+            return self.pid
+        for pid in descendants(self.pid):
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    if f.read().strip() != "bwrap":
+                        return pid
+            except OSError:
+                continue
+        return self.pid
+
+    def discard(self) -> None:
+        if self._ready_fd is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._ready_fd)
+            os.close(self._ready_fd)
+            self._ready_fd = None
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                self.proc.wait(timeout=5)
+        shutil.rmtree(self.layout.root, ignore_errors=True)
+
+
+def adopt_layout(spare: SandboxLayout, target: SandboxLayout) -> None:
+    """Make a warm sandbox's directories become an agent's directories.
+
+    Bind mounts follow the directory, not its path, so renaming the spare's root
+    to the agent's root moves the sandbox's view along with it. An existing agent
+    keeps its files: they are moved (renamed, not copied) into the spare first.
+    A marker names the target until the move is complete, so a crash half way is
+    repaired by ``recover_layouts``.
+    """
+    marker = spare.root / ".adopting"
+    marker.write_text(str(target.root))
+    if target.root.exists():
+        for sub in ("home", "workspace"):
+            src, dst = target.root / sub, spare.root / sub
+            if src.is_dir():
+                for entry in os.listdir(src):
+                    os.rename(src / entry, dst / entry)
+        shutil.rmtree(target.root)
+    target.root.parent.mkdir(parents=True, exist_ok=True)
+    marker.unlink()
+    os.rename(spare.root, target.root)
+
+
+def recover_layouts(spares_dir: Path) -> None:
+    """Finish or undo adoptions interrupted by a crash; remove unused spares."""
+    if not spares_dir.is_dir():
+        return
+    for spare_root in spares_dir.iterdir():
+        marker = spare_root / ".adopting"
+        if marker.exists():
+            target = Path(marker.read_text())
+            log.warning("finishing an interrupted sandbox adoption into %s", target)
+            adopt_layout(SandboxLayout(spare_root), SandboxLayout(target))
+        else:
+            shutil.rmtree(spare_root, ignore_errors=True)
+
+
+class WarmPool:
+    """Pre-started, pre-imported sandboxes waiting for an agent (per hub process)."""
+
+    def __init__(self, spares_dir: Path, size: int, make_argv, preexec_fn=None):
+        self.spares_dir = spares_dir
+        self.size = size
+        self._make_argv = make_argv
+        self._preexec_fn = preexec_fn
+        self._spares: list[Sandbox] = []
+
+    def _launch_one(self) -> None:
+        layout = SandboxLayout(self.spares_dir / uuid.uuid4().hex)
+        layout.create()
+        argv = self._make_argv(layout)
+        self._spares.append(
+            Sandbox.launch(argv, layout, confined=True, preexec_fn=self._preexec_fn)
+        )
+
+    def fill(self) -> None:
+        """Top the pool up. Called when no sandbox is starting, so that the imports of a
+        new spare do not compete for CPU with an agent that is being started."""
+        live = []
+        for spare in self._spares:
+            if spare.alive():
+                live.append(spare)
+            else:
+                spare.discard()
+        self._spares = live
+        while len(self._spares) < self.size:
+            self._launch_one()
+
+    def take(self) -> Sandbox | None:
+        """The oldest live spare (possibly still importing), or None."""
+        while self._spares:
+            candidate = self._spares.pop(0)
+            if candidate.alive():
+                return candidate
+            candidate.discard()
+        return None
+
+    def close(self) -> None:
+        for spare in self._spares:
+            spare.discard()
+        self._spares = []

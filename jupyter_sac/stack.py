@@ -1,0 +1,257 @@
+"""`sac up`: the embedded stack (PostgreSQL, JupyterHub + proxy + `sac` service).
+
+This process is a child subreaper: whatever its children leave behind (the proxy,
+the service, sandboxes, postgres) is reparented to it, so on Ctrl-C it can stop
+everything it started and leave no orphans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .crypto import generate_key
+from .store import migrate
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("SAC_DATA_DIR") or "~/.local/share/jupyter-sac").expanduser()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def find_hub_config() -> Path:
+    """hub_config/jupyterhub_config.py from the source tree, else the installed copy."""
+    source = Path(__file__).resolve().parent.parent / "hub_config" / "jupyterhub_config.py"
+    if source.is_file():
+        return source
+    installed = Path(sys.prefix) / "share" / "jupyter-sac" / "hub_config" / "jupyterhub_config.py"
+    if installed.is_file():
+        return installed
+    raise FileNotFoundError("hub_config/jupyterhub_config.py not found")
+
+
+def find_chp() -> str | None:
+    """configurable-http-proxy: $SAC_CHP_COMMAND, the project-local npm prefix, or PATH."""
+    if os.environ.get("SAC_CHP_COMMAND"):
+        return os.environ["SAC_CHP_COMMAND"]
+    local = (
+        Path(__file__).resolve().parent.parent
+        / ".npm"
+        / "node_modules"
+        / ".bin"
+        / "configurable-http-proxy"
+    )
+    if local.exists():
+        return str(local)
+    return shutil.which("configurable-http-proxy")
+
+
+def read_or_create_secret(path: Path, make) -> tuple[str, bool]:
+    if path.exists():
+        return path.read_text().strip(), False
+    value = make()
+    path.touch(mode=0o600)
+    path.write_text(value + "\n")
+    return value, True
+
+
+@dataclass
+class Stack:
+    data_dir: Path = field(default_factory=default_data_dir)
+    ip: str = "127.0.0.1"
+    port: int = 8000
+    config: Path | None = None
+    database_url: str | None = None
+    quiet: bool = False
+    hub: subprocess.Popen[bytes] | None = None
+    pg: object | None = None
+    started: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.ip}:{self.port}/"
+
+    def say(self, message: str) -> None:
+        if not self.quiet:
+            print(f"[sac] {message}", flush=True)
+
+    def start(self) -> None:
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)
+        secrets_dir = self.data_dir / "secrets"
+        secrets_dir.mkdir(mode=0o700, exist_ok=True)
+        fernet_key, _ = read_or_create_secret(secrets_dir / "fernet.key", generate_key)
+        explicit_password = os.environ.get("SAC_ADMIN_PASSWORD")
+        if explicit_password:
+            password, generated = explicit_password, False
+        else:
+            password, generated = read_or_create_secret(
+                secrets_dir / "admin-password", lambda: secrets.token_urlsafe(12)
+            )
+
+        database_url = self.database_url or os.environ.get("SAC_DATABASE_URL")
+        if database_url:
+            self.say("PostgreSQL: external ($SAC_DATABASE_URL)")
+        else:
+            import pgserver
+
+            self.say(f"PostgreSQL: starting the embedded server in {self.data_dir / 'postgres'}")
+            self.pg = pgserver.get_server(self.data_dir / "postgres", cleanup_mode="stop")
+            database_url = self.pg.get_uri()  # type: ignore[attr-defined]
+            self.started.append("embedded PostgreSQL 16 (pgserver)")
+        applied = asyncio.run(migrate(database_url))
+        self.say(f"Database schema: {'applied ' + str(applied) if applied else 'up to date'}")
+
+        chp = find_chp()
+        if chp is None:
+            raise SystemExit(
+                "configurable-http-proxy not found: run `make up` (installs it with"
+                " npm) or set SAC_CHP_COMMAND; see `sac doctor`"
+            )
+        config = self.config or find_hub_config()
+        env = dict(os.environ)
+        env.update(
+            {
+                "SAC_DATA_DIR": str(self.data_dir),
+                "SAC_DATABASE_URL": database_url,
+                "SAC_FERNET_KEY": os.environ.get("SAC_FERNET_KEY") or fernet_key,
+                "SAC_ADMIN_PASSWORD": password,
+                "SAC_ADMIN_PASSWORD_EXPLICIT": "1" if explicit_password else "0",
+                "SAC_HUB_IP": self.ip,
+                "SAC_HUB_PORT": str(self.port),
+                "SAC_HUB_API_PORT": os.environ.get("SAC_HUB_API_PORT") or str(free_port()),
+                "SAC_PROXY_API_PORT": os.environ.get("SAC_PROXY_API_PORT") or str(free_port()),
+                "SAC_SERVICE_PORT": os.environ.get("SAC_SERVICE_PORT") or str(free_port()),
+                "SAC_CHP_COMMAND": chp,
+            }
+        )
+        self.say(f"JupyterHub: starting with {config}")
+        self.hub = subprocess.Popen(
+            [sys.executable, "-m", "jupyterhub", "-f", str(config)],
+            cwd=self.data_dir,
+            env=env,
+            start_new_session=True,
+        )
+        self._wait_hub()
+        self.started += [
+            f"JupyterHub {self._hub_version()} (pid {self.hub.pid})",
+            f"configurable-http-proxy on {self.url}",
+            f"`sac` service on 127.0.0.1:{env['SAC_SERVICE_PORT']}",
+        ]
+        self.say("Started: " + "; ".join(self.started))
+        self.say(f"Data dir: {self.data_dir}")
+        if generated:
+            self.say(
+                f"First admin: admin / {password}  (stored in {secrets_dir / 'admin-password'})"
+            )
+        elif not explicit_password:
+            self.say(f"Admin password: in {secrets_dir / 'admin-password'}")
+        self.say(f"Open {self.url}  (Ctrl-C stops everything)")
+
+    def _hub_version(self) -> str:
+        import jupyterhub
+
+        return jupyterhub.__version__
+
+    def _wait_hub(self, timeout: float = 90) -> None:
+        assert self.hub is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.hub.poll() is not None:
+                raise SystemExit(f"JupyterHub exited with code {self.hub.returncode}")
+            try:
+                with urllib.request.urlopen(self.url + "hub/api", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.5)
+        raise SystemExit(f"JupyterHub did not answer on {self.url} within {timeout} s")
+
+    def wait(self) -> int:
+        assert self.hub is not None
+        return self.hub.wait()
+
+    def stop(self) -> None:
+        if self.hub is not None and self.hub.poll() is None:
+            self.say("Stopping JupyterHub (and its agents, proxy and service)")
+            self.hub.send_signal(signal.SIGTERM)
+            try:
+                self.hub.wait(60)
+            except subprocess.TimeoutExpired:
+                self.hub.kill()
+                self.hub.wait()
+        if self.pg is not None:
+            self.say("Stopping PostgreSQL")
+            with contextlib.suppress(Exception):
+                self.pg.cleanup()  # type: ignore[attr-defined]
+            self.pg = None
+        kill_orphans()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as f:
+            out += [int(c) for c in f.read().split()]
+    return out
+
+
+def kill_orphans(grace: float = 5) -> None:
+    """Stop whatever was reparented to us (TERM, then KILL) and reap it."""
+    deadline = time.monotonic() + grace
+    sent_term: set[int] = set()
+    while True:
+        children = _children(os.getpid())
+        for pid in children:
+            sig = signal.SIGTERM if pid not in sent_term else None
+            if time.monotonic() > deadline:
+                sig = signal.SIGKILL
+            if sig is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+                sent_term.add(pid)
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        if not children:
+            return
+        time.sleep(0.1)
+
+
+def run(stack: Stack) -> int:
+    def on_signal(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.start()
+        code = stack.wait()
+        stack.say(f"JupyterHub exited (code {code})")
+        return code
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stack.stop()

@@ -1,0 +1,154 @@
+"""Agent rows: who owns which agent, its provider, model and overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg.errors import UniqueViolation
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+
+class AgentExistsError(Exception):
+    pass
+
+
+class AgentLimitError(Exception):
+    def __init__(self, owner: str, limit: int):
+        super().__init__(f"{owner} already has the maximum of {limit} agents")
+        self.owner = owner
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    id: int
+    owner: str
+    slug: str
+    display_name: str
+    runtime: str
+    provider: str
+    model: str
+    base_url: str | None
+    encrypted_key: bytes | None
+    overrides: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> AgentRecord:
+        fields = {k: row[k] for k in cls.__dataclass_fields__}
+        if fields["encrypted_key"] is not None:
+            fields["encrypted_key"] = bytes(fields["encrypted_key"])
+        return cls(**fields)
+
+
+_COLUMNS = (
+    "id, owner, slug, display_name, runtime, provider, model, base_url, encrypted_key,"
+    " overrides, created_at, updated_at"
+)
+# Fields an update may change (slug and owner are the identity, never updated).
+UPDATABLE = ("display_name", "provider", "model", "base_url", "encrypted_key", "overrides")
+
+
+def _owner_lock_key(owner: str) -> str:
+    return f"sac-agents:{owner}"
+
+
+class Agents:
+    def __init__(self, pool: AsyncConnectionPool):
+        self.pool = pool
+
+    async def create(self, *, limit: int, **fields: Any) -> AgentRecord:
+        """Insert an agent unless its owner already has ``limit`` agents (atomic per owner)."""
+        fields["overrides"] = Jsonb(fields.get("overrides") or {})
+        columns = ", ".join(fields)
+        placeholders = ", ".join(f"%({k})s" for k in fields)
+        async with self.pool.connection() as conn, conn.transaction():
+            # Serialise creations of one owner so two concurrent requests cannot both
+            # pass the count check.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(%s))", (_owner_lock_key(fields["owner"]),)
+            )
+            cur = await conn.execute(
+                "SELECT count(*) AS n FROM agents WHERE owner = %s", (fields["owner"],)
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            if row["n"] >= limit:
+                raise AgentLimitError(fields["owner"], limit)
+            try:
+                cur = await conn.execute(
+                    f"INSERT INTO agents ({columns}) VALUES ({placeholders}) RETURNING {_COLUMNS}",
+                    fields,
+                )
+            except UniqueViolation:
+                raise AgentExistsError(fields["slug"]) from None
+            row = await cur.fetchone()
+            assert row is not None
+            return AgentRecord.from_row(row)
+
+    async def get(self, owner: str, slug: str) -> AgentRecord | None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {_COLUMNS} FROM agents WHERE owner = %s AND slug = %s", (owner, slug)
+            )
+            row = await cur.fetchone()
+        return AgentRecord.from_row(row) if row else None
+
+    async def get_by_id(self, agent_id: int) -> AgentRecord | None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(f"SELECT {_COLUMNS} FROM agents WHERE id = %s", (agent_id,))
+            row = await cur.fetchone()
+        return AgentRecord.from_row(row) if row else None
+
+    async def list(self, owner: str | None = None) -> list[AgentRecord]:
+        """Agents of one owner (or of everyone), oldest first."""
+        async with self.pool.connection() as conn:
+            if owner is None:
+                cur = await conn.execute(
+                    f"SELECT {_COLUMNS} FROM agents ORDER BY owner, created_at, id"
+                )
+            else:
+                cur = await conn.execute(
+                    f"SELECT {_COLUMNS} FROM agents WHERE owner = %s ORDER BY created_at, id",
+                    (owner,),
+                )
+            rows = await cur.fetchall()
+        return [AgentRecord.from_row(r) for r in rows]
+
+    async def rank(self, owner: str, slug: str) -> int | None:
+        """1-based position of an agent among its owner's agents by creation."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT n FROM (SELECT slug, row_number() OVER (ORDER BY created_at, id) AS n"
+                " FROM agents WHERE owner = %s) ranked WHERE slug = %s",
+                (owner, slug),
+            )
+            row = await cur.fetchone()
+        return int(row["n"]) if row else None
+
+    async def update(self, owner: str, slug: str, changes: dict[str, Any]) -> AgentRecord | None:
+        changes = {k: v for k, v in changes.items() if k in UPDATABLE}
+        if not changes:
+            return await self.get(owner, slug)
+        if "overrides" in changes:
+            changes["overrides"] = Jsonb(changes["overrides"])
+        assignments = ", ".join(f"{k} = %({k})s" for k in changes)
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"UPDATE agents SET {assignments}, updated_at = now()"
+                f" WHERE owner = %(_owner)s AND slug = %(_slug)s RETURNING {_COLUMNS}",
+                {**changes, "_owner": owner, "_slug": slug},
+            )
+            row = await cur.fetchone()
+        return AgentRecord.from_row(row) if row else None
+
+    async def delete(self, owner: str, slug: str) -> bool:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "DELETE FROM agents WHERE owner = %s AND slug = %s", (owner, slug)
+            )
+            return cur.rowcount > 0

@@ -1,0 +1,66 @@
+"""Model usage per agent per UTC day, written by the credential proxy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+USAGE_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
+
+
+@dataclass
+class UsageDelta:
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+
+class Usage:
+    def __init__(self, pool: AsyncConnectionPool):
+        self.pool = pool
+
+    async def record(self, agent_id: int, owner: str, slug: str, delta: UsageDelta) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO usage_daily (agent_id, owner, agent_slug, day, requests,"
+                " input_tokens, output_tokens, cache_creation_input_tokens,"
+                " cache_read_input_tokens)"
+                " VALUES (%s, %s, %s, (now() AT TIME ZONE 'UTC')::date, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (agent_id, day) DO UPDATE SET"
+                " requests = usage_daily.requests + EXCLUDED.requests,"
+                " input_tokens = usage_daily.input_tokens + EXCLUDED.input_tokens,"
+                " output_tokens = usage_daily.output_tokens + EXCLUDED.output_tokens,"
+                " cache_creation_input_tokens = usage_daily.cache_creation_input_tokens"
+                "   + EXCLUDED.cache_creation_input_tokens,"
+                " cache_read_input_tokens = usage_daily.cache_read_input_tokens"
+                "   + EXCLUDED.cache_read_input_tokens",
+                (
+                    agent_id,
+                    owner,
+                    slug,
+                    delta.requests,
+                    delta.input_tokens,
+                    delta.output_tokens,
+                    delta.cache_creation_input_tokens,
+                    delta.cache_read_input_tokens,
+                ),
+            )
+
+    async def for_agent(self, agent_id: int) -> list[dict[str, Any]]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT day, requests, input_tokens, output_tokens, cache_creation_input_tokens,"
+                " cache_read_input_tokens FROM usage_daily WHERE agent_id = %s ORDER BY day",
+                (agent_id,),
+            )
+            rows = await cur.fetchall()
+        return [{**r, "day": r["day"].isoformat()} for r in rows]

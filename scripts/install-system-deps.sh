@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# System packages the embedded stack needs: bubblewrap (local sandboxes) and
+# node/npm (configurable-http-proxy). Installs only what is missing.
+set -euo pipefail
+missing=()
+command -v bwrap >/dev/null || missing+=(bubblewrap)
+command -v npm >/dev/null || missing+=(nodejs npm)
+if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "installing system packages: ${missing[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
