@@ -1,0 +1,1 @@
+"""Test helpers that speak real wire protocols (used by tests/ and bench/)."""

@@ -1,0 +1,99 @@
+"""Helpers for tests that drive the real stack through its public interfaces."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+from tornado.websocket import websocket_connect
+
+
+class HubApi:
+    """JupyterHub REST API plus the `sac` service API, through the proxy."""
+
+    def __init__(self, url: str, token: str):
+        self.url = url.rstrip("/") + "/"
+        self.token = token
+        self.client = httpx.Client(base_url=self.url, timeout=60,
+                                   headers={"Authorization": f"token {token}"})
+
+    def hub(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        return self.client.request(method, "hub/api/" + path.lstrip("/"), **kw)
+
+    def sac(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        return self.client.request(method, "services/sac/api/" + path.lstrip("/"), **kw)
+
+    def create_user(self, name: str, admin: bool = False) -> HubApi:
+        resp = self.hub("POST", f"users/{name}", json={"admin": admin})
+        assert resp.status_code in (201, 409), resp.text
+        resp = self.hub("POST", f"users/{name}/tokens", json={"note": "test"})
+        assert resp.status_code == 201, resp.text
+        return HubApi(self.url, resp.json()["token"])
+
+    def start(self, user: str, agent: str, timeout: float = 120) -> dict[str, Any]:
+        resp = self.hub("POST", f"users/{user}/servers/{agent}")
+        assert resp.status_code in (201, 202), resp.text
+        return self.wait_ready(user, agent, timeout)
+
+    def wait_ready(self, user: str, agent: str, timeout: float = 120) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            model = self.hub("GET", f"users/{user}").json()
+            server = model.get("servers", {}).get(agent)
+            if server and server.get("ready"):
+                return server
+            if not server or not server.get("pending"):
+                raise AssertionError(f"server {user}/{agent} is not starting: {model}")
+            time.sleep(0.1)
+        raise AssertionError(f"server {user}/{agent} not ready after {timeout} s")
+
+    def stop(self, user: str, agent: str) -> None:
+        resp = self.hub("DELETE", f"users/{user}/servers/{agent}")
+        assert resp.status_code in (202, 204), resp.text
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            server = self.hub("GET", f"users/{user}").json().get("servers", {}).get(agent)
+            if not server:
+                return
+            time.sleep(0.1)
+        raise AssertionError("server did not stop")
+
+
+async def run_in_terminal(url: str, token: str, user: str, agent: str, command: str,
+                          timeout: float = 60) -> str:
+    """Run a shell command in an agent's sandbox through Jupyter's terminal API.
+
+    Returns what the command printed (between two markers the shell itself prints).
+    """
+    import asyncio
+
+    base = f"{url.rstrip('/')}/user/{user}/{agent}/"
+    async with httpx.AsyncClient(headers={"Authorization": f"token {token}"}) as client:
+        resp = await client.post(base + "api/terminals")
+        assert resp.status_code == 200, resp.text
+        name = resp.json()["name"]
+    ws_url = base.replace("http", "ws", 1) + f"terminals/websocket/{name}?token={token}"
+    conn = await websocket_connect(ws_url)
+    # The markers are split with quotes so the echoed command line never matches.
+    conn.write_message(json.dumps(
+        ["stdin", f"echo SAC''START; {command}; echo SAC''END\r"]))
+    output = ""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while "SACEND" not in output:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise AssertionError(f"command timed out; output so far: {output!r}")
+        msg = await asyncio.wait_for(conn.read_message(), remaining)
+        if msg is None:
+            break
+        kind, *rest = json.loads(msg)
+        if kind == "stdout":
+            output += rest[0]
+    conn.close()
+    async with httpx.AsyncClient(headers={"Authorization": f"token {token}"}) as client:
+        await client.delete(base + f"api/terminals/{name}")
+    start = output.rfind("SACSTART")
+    end = output.rfind("SACEND")
+    return output[start + len("SACSTART"):end].replace("\r\n", "\n").strip()
