@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import sys
 
 import psycopg
@@ -63,7 +64,7 @@ async def test_two_processes_at_once(database_url: str) -> None:
 
 @pytest.mark.asyncio
 async def test_failed_migration_leaves_nothing_half_applied(database_url: str, monkeypatch) -> None:
-    import jupyter_sac.store.migrate as migrate_module
+    migrate_module = importlib.import_module("jupyter_sac.store.migrate")
     from jupyter_sac.store.migrate import Migration
 
     good = list_migrations()
