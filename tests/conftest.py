@@ -28,13 +28,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, timeout: float = 60, proc: subprocess.Popen | None = None) -> None:
+def wait_http(url: str, timeout: float = 60, proc: subprocess.Popen | None = None,
+              want: int = 200) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
         try:
-            if httpx.get(url, timeout=2).status_code < 500:
+            if httpx.get(url, timeout=2).status_code == want:
                 return
         except httpx.HTTPError:
             pass
