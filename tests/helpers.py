@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from typing import Any
 
 import httpx
+from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
 
@@ -74,18 +76,24 @@ async def run_in_terminal(url: str, token: str, user: str, agent: str, command: 
         resp = await client.post(base + "api/terminals")
         assert resp.status_code == 200, resp.text
         name = resp.json()["name"]
-    ws_url = base.replace("http", "ws", 1) + f"terminals/websocket/{name}?token={token}"
-    conn = await websocket_connect(ws_url)
-    # The markers are split with quotes so the echoed command line never matches.
-    conn.write_message(json.dumps(
-        ["stdin", f"echo SAC''START; {command}; echo SAC''END\r"]))
+    ws_url = base.replace("http", "ws", 1) + f"terminals/websocket/{name}"
+    conn = await websocket_connect(HTTPRequest(ws_url, headers={"Authorization": f"token {token}"}))
+    # One input line: the script travels base64-encoded (heredocs and quotes survive),
+    # and the markers are split with quotes so the echoed line never matches.
+    script = base64.b64encode(command.encode()).decode()
+    line = (f"echo {script} | base64 -d > /tmp/sac-test.sh; echo SAC''START;"
+            f" bash /tmp/sac-test.sh; echo SAC''END\r")
+    conn.write_message(json.dumps(["stdin", line]))
     output = ""
     deadline = asyncio.get_running_loop().time() + timeout
     while "SACEND" not in output:
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
             raise AssertionError(f"command timed out; output so far: {output!r}")
-        msg = await asyncio.wait_for(conn.read_message(), remaining)
+        try:
+            msg = await asyncio.wait_for(conn.read_message(), remaining)
+        except TimeoutError:
+            raise AssertionError(f"command timed out; output so far: {output!r}") from None
         if msg is None:
             break
         kind, *rest = json.loads(msg)

@@ -22,6 +22,7 @@ from traitlets import Bool, Enum, Float, Integer, List, Unicode, default
 
 import jupyter_sac
 
+from ..runtimes.claude import claude_binary
 from .limits import AppliedLimits, apply_limits, release
 from .mixin import AgentContext, AgentSpawnerMixin, AgentSpawnError
 from .sandbox import (
@@ -197,6 +198,9 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         args = super().get_args()
         if os.geteuid() == 0:
             args.append("--allow-root")
+        # A non-login shell: login shells reset PATH from /etc/profile, losing the
+        # sandbox's tools (this Python, the pinned claude CLI).
+        args.append('--ServerApp.terminado_settings={"shell_command": ["/bin/bash"]}')
         return args
 
     def user_env(self, env: dict[str, str]) -> dict[str, str]:
@@ -231,6 +235,12 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         env["HOME"] = home
         env["SAC_WORKSPACE"] = workspace
         env["CLAUDE_CONFIG_DIR"] = f"{home}/.claude"
+        # This Python's tools (jupyter, python) and the pinned claude CLI come first.
+        tool_dirs = [os.path.dirname(sys.executable)]
+        claude = claude_binary()
+        if claude:
+            tool_dirs.append(os.path.dirname(claude))
+        env["PATH"] = os.pathsep.join([*tool_dirs, env.get("PATH", "/usr/bin:/bin")])
         argv = [*self.cmd, *self.get_args()]
 
         pool = self._pool() if mode == "bubblewrap" else None

@@ -1,0 +1,124 @@
+"""The credential proxy: sandbox -> `sac` service -> provider, with the real key injected."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from helpers import HubApi, run_in_terminal
+
+pytestmark = pytest.mark.stack
+
+REAL_KEY = "sk-ant-real-provider-key-42"
+
+CALL = r"""python3 - <<'PY'
+import json, os, urllib.request
+req = urllib.request.Request(
+    os.environ["ANTHROPIC_BASE_URL"] + "/v1/messages?beta=true",
+    data=json.dumps({"model": os.environ["ANTHROPIC_MODEL"], "max_tokens": 64, "stream": True,
+                     "messages": [{"role": "user", "content": "hello"}]}).encode(),
+    headers={"x-api-key": os.environ["ANTHROPIC_API_KEY"], "content-type": "application/json",
+             "anthropic-version": "2023-06-01"})
+with urllib.request.urlopen(req) as resp:
+    body = resp.read().decode()
+text = "".join(json.loads(l[5:])["delta"].get("text", "") for l in body.splitlines()
+               if l.startswith("data:") and '"content_block_delta"' in l)
+print("ANSWER:" + text)
+PY"""
+
+
+@pytest.fixture
+def fake(fake_anthropic: str):
+    httpx.delete(fake_anthropic + "/_fake/requests")
+    yield fake_anthropic
+
+
+def _requests(fake: str) -> list[dict]:
+    return httpx.get(fake + "/_fake/requests").json()["requests"]
+
+
+@pytest.mark.asyncio
+async def test_sandbox_call_reaches_provider_with_real_key(stack: dict, fake: str) -> None:
+    admin: HubApi = stack["admin"]
+    name = "proxyuser"
+    user = admin.create_user(name)
+    resp = user.sac("POST", "agents", json={
+        "slug": "caller", "provider": "custom", "base_url": fake, "api_key": REAL_KEY,
+        "model": "claude-test-model"})
+    assert resp.status_code == 201, resp.text
+    httpx.post(fake + "/_fake/script", json={"replies": ["hello from the fake model"]})
+    user.start(name, "caller")
+    try:
+        out = await run_in_terminal(stack["url"], user.token, name, "caller", CALL)
+        assert "ANSWER:hello from the fake model" in out, out
+        requests = _requests(fake)
+        assert len(requests) == 1
+        seen = {k.lower(): v for k, v in requests[0]["headers"].items()}
+        assert seen["x-api-key"] == REAL_KEY  # injected by the proxy
+        assert seen["authorization"] == f"Bearer {REAL_KEY}"  # custom: both styles
+        assert seen["anthropic-version"] == "2023-06-01"
+        assert requests[0]["query"] == "beta=true"
+        assert requests[0]["body"]["model"] == "claude-test-model"
+
+        usage = user.sac("GET", f"users/{name}/agents/caller/usage").json()["totals"]
+        assert usage["requests"] == 1
+        assert usage["input_tokens"] == 17 and usage["output_tokens"] == 5
+        assert usage["cache_read_input_tokens"] == 3
+    finally:
+        user.sac("DELETE", f"users/{name}/agents/caller")
+
+
+def test_proxy_rejects_unknown_tokens(stack: dict, fake: str) -> None:
+    url = stack["url"] + "services/sac/llm/v1/messages"
+    for headers in ({}, {"x-api-key": "sac-agent-forged"}, {"x-api-key": REAL_KEY},
+                    {"Authorization": "Bearer sac-agent-nope"}):
+        resp = httpx.post(url, headers=headers, json={"model": "m", "messages": []})
+        assert resp.status_code == 401
+        assert resp.json()["error"]["type"] == "authentication_error"
+    resp = httpx.post(stack["url"] + "services/sac/llm/v1/files", json={})
+    assert resp.status_code == 404
+    assert _requests(fake) == []
+
+
+@pytest.mark.asyncio
+async def test_stopped_agent_token_stops_working(stack: dict, fake: str) -> None:
+    admin: HubApi = stack["admin"]
+    name = "tokenuser"
+    user = admin.create_user(name)
+    assert user.sac("POST", "agents", json={
+        "slug": "short", "provider": "custom", "base_url": fake, "api_key": REAL_KEY}).is_success
+    user.start(name, "short")
+    try:
+        out = await run_in_terminal(stack["url"], user.token, name, "short",
+                                    "echo $ANTHROPIC_API_KEY")
+        token = out.strip().splitlines()[-1]
+        assert token.startswith("sac-agent-")
+        url = stack["url"] + "services/sac/llm/v1/messages"
+        body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+        assert httpx.post(url, headers={"x-api-key": token}, json=body).status_code == 200
+        user.stop(name, "short")
+        resp = httpx.post(url, headers={"x-api-key": token}, json=body)
+        assert resp.status_code == 401
+    finally:
+        user.sac("DELETE", f"users/{name}/agents/short")
+
+
+@pytest.mark.asyncio
+async def test_claude_cli_in_sandbox_talks_through_the_proxy(stack: dict, fake: str) -> None:
+    """The real claude CLI, inside the sandbox, gets its answer via the credential proxy."""
+    admin: HubApi = stack["admin"]
+    name = "clauderunner"
+    user = admin.create_user(name)
+    assert user.sac("POST", "agents", json={
+        "slug": "cli", "provider": "custom", "base_url": fake, "api_key": REAL_KEY}).is_success
+    httpx.post(fake + "/_fake/script", json={"replies": ["four"] * 5})
+    user.start(name, "cli")
+    try:
+        out = await run_in_terminal(stack["url"], user.token, name, "cli",
+                                    "claude -p 'what is 2+2' 2>&1 | tail -3", timeout=120)
+        assert "four" in out, out
+        keys = {r["headers"].get("X-Api-Key") or r["headers"].get("x-api-key")
+                for r in _requests(fake)}
+        assert keys == {REAL_KEY}
+    finally:
+        user.sac("DELETE", f"users/{name}/agents/cli")
