@@ -6,10 +6,12 @@
 #   c.LocalAgentSpawner.warm_sandboxes = 2
 import os
 
-from jupyter_sac.hubconfig import configure
+from jupyter_sac.hubconfig import configure, prewarm_when_running
 
 configure(c, config_file=os.path.abspath(__file__))
 
 # Extra configuration (tests, site overrides) from $SAC_EXTRA_CONFIG.
 if os.environ.get("SAC_EXTRA_CONFIG"):
     load_subconfig(os.environ["SAC_EXTRA_CONFIG"])
+
+prewarm_when_running(c)

@@ -6,6 +6,7 @@ running ``jupyterhub -f hub_config/jupyterhub_config.py`` by hand.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from typing import Any
@@ -44,6 +45,27 @@ async def named_server_limit(handler: Any) -> int:
         return 0
     limit = await max_agents_for(await shared_store(url), user.name)
     return max(limit, 1)  # 0 would mean "unlimited" to JupyterHub; the spawner refuses
+
+
+def prewarm_when_running(c: Any) -> None:
+    """Fill the warm sandbox pool as soon as the hub runs, so the first agent is fast.
+
+    The hub loads its config inside its event loop; the `sac` service loads the same
+    file before its loop starts, and skips this.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+
+    def start() -> None:
+        from .spawner.local import LocalAgentSpawner
+
+        spawner_class = c.JupyterHub.get("spawner_class")
+        if spawner_class in (LocalAgentSpawner, "jupyter_sac.spawner.LocalAgentSpawner"):
+            LocalAgentSpawner(config=c).prewarm()
+
+    loop.call_later(1, start)
 
 
 def configure(c: Any, config_file: str) -> None:

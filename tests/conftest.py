@@ -15,7 +15,6 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-
 from helpers import HubApi
 
 ADMIN_PASSWORD = "admin-test-password"
@@ -28,8 +27,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, timeout: float = 60, proc: subprocess.Popen | None = None,
-              want: int = 200) -> None:
+def wait_http(
+    url: str, timeout: float = 60, proc: subprocess.Popen | None = None, want: int = 200
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -97,15 +97,29 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     env.pop("SAC_DATABASE_URL", None)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyter_sac.cli", "up", "--port", str(port),
-             "--data-dir", str(data_dir)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "jupyter_sac.cli",
+                "up",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data_dir),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
         )
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_http(url + "hub/api", timeout=120, proc=proc)
-        resp = httpx.post(url + "hub/api/users/admin/tokens", timeout=30, json={
-            "auth": {"username": "admin", "password": ADMIN_PASSWORD}, "note": "tests"})
+        resp = httpx.post(
+            url + "hub/api/users/admin/tokens",
+            timeout=30,
+            json={"auth": {"username": "admin", "password": ADMIN_PASSWORD}, "note": "tests"},
+        )
         assert resp.status_code == 201, resp.text
         admin = HubApi(url, resp.json()["token"])
         # the service starts beside the hub: wait for it too
@@ -128,7 +142,9 @@ def admin(stack: dict) -> HubApi:
 @pytest.fixture
 def new_user(admin: HubApi):
     """Factory: a fresh hub user and an API client holding their token."""
+
     def make(prefix: str = "u") -> tuple[str, HubApi]:
         name = f"{prefix}{uuid.uuid4().hex[:8]}"
         return name, admin.create_user(name)
+
     return make

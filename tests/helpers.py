@@ -18,8 +18,9 @@ class HubApi:
     def __init__(self, url: str, token: str):
         self.url = url.rstrip("/") + "/"
         self.token = token
-        self.client = httpx.Client(base_url=self.url, timeout=60,
-                                   headers={"Authorization": f"token {token}"})
+        self.client = httpx.Client(
+            base_url=self.url, timeout=60, headers={"Authorization": f"token {token}"}
+        )
 
     def hub(self, method: str, path: str, **kw: Any) -> httpx.Response:
         return self.client.request(method, "hub/api/" + path.lstrip("/"), **kw)
@@ -63,8 +64,9 @@ class HubApi:
         raise AssertionError("server did not stop")
 
 
-async def run_in_terminal(url: str, token: str, user: str, agent: str, command: str,
-                          timeout: float = 60) -> str:
+async def run_in_terminal(
+    url: str, token: str, user: str, agent: str, command: str, timeout: float = 60
+) -> str:
     """Run a shell command in an agent's sandbox through Jupyter's terminal API.
 
     Returns what the command printed (between two markers the shell itself prints).
@@ -81,8 +83,10 @@ async def run_in_terminal(url: str, token: str, user: str, agent: str, command: 
     # One input line: the script travels base64-encoded (heredocs and quotes survive),
     # and the markers are split with quotes so the echoed line never matches.
     script = base64.b64encode(command.encode()).decode()
-    line = (f"echo {script} | base64 -d > /tmp/sac-test.sh; echo SAC''START;"
-            f" bash /tmp/sac-test.sh; echo SAC''END\r")
+    line = (
+        f"echo {script} | base64 -d > /tmp/sac-test.sh; echo SAC''START;"
+        f" bash /tmp/sac-test.sh; echo SAC''END\r"
+    )
     conn.write_message(json.dumps(["stdin", line]))
     output = ""
     deadline = asyncio.get_running_loop().time() + timeout
@@ -104,4 +108,4 @@ async def run_in_terminal(url: str, token: str, user: str, agent: str, command: 
         await client.delete(base + f"api/terminals/{name}")
     start = output.rfind("SACSTART")
     end = output.rfind("SACEND")
-    return output[start + len("SACSTART"):end].replace("\r\n", "\n").strip()
+    return output[start + len("SACSTART") : end].replace("\r\n", "\n").strip()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from helpers import HubApi
 
 pytestmark = pytest.mark.stack
@@ -11,9 +10,16 @@ pytestmark = pytest.mark.stack
 
 def test_agent_lifecycle(stack: dict, admin: HubApi, new_user) -> None:
     name, alice = new_user("alice")
-    resp = alice.sac("POST", "agents", json={
-        "slug": "helper", "display_name": "Data helper ✨", "provider": "anthropic",
-        "api_key": "sk-ant-secret-123456"})
+    resp = alice.sac(
+        "POST",
+        "agents",
+        json={
+            "slug": "helper",
+            "display_name": "Data helper ✨",
+            "provider": "anthropic",
+            "api_key": "sk-ant-secret-123456",
+        },
+    )
     assert resp.status_code == 201, resp.text
     agent = resp.json()
     assert agent["owner"] == name and agent["key_set"] is True
@@ -58,15 +64,22 @@ def test_delete_running_agent_stops_it(admin: HubApi, new_user) -> None:
 def test_update_agent(new_user) -> None:
     name, carol = new_user("carol")
     assert carol.sac("POST", "agents", json={"slug": "x1"}).status_code == 201
-    resp = carol.sac("PATCH", f"users/{name}/agents/x1", json={
-        "provider": "custom", "base_url": "http://127.0.0.1:9/llm/", "model": "my-model",
-        "api_key": "k-12345678", "overrides": {"mem_limit": "1Gi"}})
+    resp = carol.sac(
+        "PATCH",
+        f"users/{name}/agents/x1",
+        json={
+            "provider": "custom",
+            "base_url": "http://127.0.0.1:9/llm/",
+            "model": "my-model",
+            "api_key": "k-12345678",
+            "overrides": {"mem_limit": "1Gi"},
+        },
+    )
     assert resp.status_code == 200, resp.text
     agent = resp.json()
     assert agent["base_url"] == "http://127.0.0.1:9/llm" and agent["model"] == "my-model"
     assert agent["key_set"] and agent["resolved"]["mem_limit"] == 2**30
-    resp = carol.sac("PATCH", f"users/{name}/agents/x1", json={"api_key": None,
-                                                                  "provider": "glm"})
+    resp = carol.sac("PATCH", f"users/{name}/agents/x1", json={"api_key": None, "provider": "glm"})
     agent = resp.json()
     assert agent["key_set"] is False and agent["base_url"] is None
     assert agent["model"] == "glm-4.6"
@@ -104,8 +117,9 @@ BAD_CREATES = [
 
 
 @pytest.mark.parametrize("body, status, code", BAD_CREATES)
-def test_bad_create_is_a_clear_4xx_and_writes_nothing(admin: HubApi, new_user, body, status,
-                                                       code) -> None:
+def test_bad_create_is_a_clear_4xx_and_writes_nothing(
+    admin: HubApi, new_user, body, status, code
+) -> None:
     name, dave = new_user("dave")
     resp = dave.sac("POST", "agents", json=body)
     assert resp.status_code == status, resp.text
@@ -116,8 +130,9 @@ def test_bad_create_is_a_clear_4xx_and_writes_nothing(admin: HubApi, new_user, b
     assert [k for k in servers if k] == []  # no named server either
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b"", "\"\ud800\"".encode("utf-8",
-                                                                                 "surrogatepass")])
+@pytest.mark.parametrize(
+    "raw", [b"{not json", b"[1, 2]", b"", '"\ud800"'.encode("utf-8", "surrogatepass")]
+)
 def test_malformed_bodies(new_user, raw: bytes) -> None:
     _, erin = new_user("erin")
     resp = erin.sac("POST", "agents", content=raw)
@@ -178,8 +193,10 @@ def test_other_users_agents_are_invisible(admin: HubApi, new_user) -> None:
     resp = jon.sac("POST", "agents", json={"slug": "planted", "user": ivy_name})
     assert resp.status_code == 404
     assert jon.sac("GET", "settings/system").status_code == 403
-    assert jon.sac("PUT", f"users/{ivy_name}/settings", json={"max_agents_per_user": 99}
-                   ).status_code == 403
+    assert (
+        jon.sac("PUT", f"users/{ivy_name}/settings", json={"max_agents_per_user": 99}).status_code
+        == 403
+    )
     assert [a["model"] for a in _snapshot(ivy)] == ["claude-sonnet-4-5"]
     # admins see and manage everyone's agents
     assert admin.sac("GET", f"users/{ivy_name}/agents/mine").status_code == 200
@@ -197,8 +214,9 @@ def test_unauthenticated_and_bad_tokens(stack: dict) -> None:
 
 def test_disallowed_provider(admin: HubApi, new_user) -> None:
     name, kim = new_user("kim")
-    assert admin.sac("PUT", f"users/{name}/settings",
-                     json={"allowed_providers": ["glm"]}).is_success
+    assert admin.sac(
+        "PUT", f"users/{name}/settings", json={"allowed_providers": ["glm"]}
+    ).is_success
     resp = kim.sac("POST", "agents", json={"slug": "a1", "provider": "anthropic"})
     assert resp.status_code == 403 and resp.json()["error"] == "provider_not_allowed"
     resp = kim.sac("POST", "agents", json={"slug": "a1"})

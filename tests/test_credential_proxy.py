@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
 from helpers import HubApi, run_in_terminal
 
 pytestmark = pytest.mark.stack
@@ -42,9 +41,17 @@ async def test_sandbox_call_reaches_provider_with_real_key(stack: dict, fake: st
     admin: HubApi = stack["admin"]
     name = "proxyuser"
     user = admin.create_user(name)
-    resp = user.sac("POST", "agents", json={
-        "slug": "caller", "provider": "custom", "base_url": fake, "api_key": REAL_KEY,
-        "model": "claude-test-model"})
+    resp = user.sac(
+        "POST",
+        "agents",
+        json={
+            "slug": "caller",
+            "provider": "custom",
+            "base_url": fake,
+            "api_key": REAL_KEY,
+            "model": "claude-test-model",
+        },
+    )
     assert resp.status_code == 201, resp.text
     httpx.post(fake + "/_fake/script", json={"replies": ["hello from the fake model"]})
     user.start(name, "caller")
@@ -70,8 +77,12 @@ async def test_sandbox_call_reaches_provider_with_real_key(stack: dict, fake: st
 
 def test_proxy_rejects_unknown_tokens(stack: dict, fake: str) -> None:
     url = stack["url"] + "services/sac/llm/v1/messages"
-    for headers in ({}, {"x-api-key": "sac-agent-forged"}, {"x-api-key": REAL_KEY},
-                    {"Authorization": "Bearer sac-agent-nope"}):
+    for headers in (
+        {},
+        {"x-api-key": "sac-agent-forged"},
+        {"x-api-key": REAL_KEY},
+        {"Authorization": "Bearer sac-agent-nope"},
+    ):
         resp = httpx.post(url, headers=headers, json={"model": "m", "messages": []})
         assert resp.status_code == 401
         assert resp.json()["error"]["type"] == "authentication_error"
@@ -85,12 +96,16 @@ async def test_stopped_agent_token_stops_working(stack: dict, fake: str) -> None
     admin: HubApi = stack["admin"]
     name = "tokenuser"
     user = admin.create_user(name)
-    assert user.sac("POST", "agents", json={
-        "slug": "short", "provider": "custom", "base_url": fake, "api_key": REAL_KEY}).is_success
+    assert user.sac(
+        "POST",
+        "agents",
+        json={"slug": "short", "provider": "custom", "base_url": fake, "api_key": REAL_KEY},
+    ).is_success
     user.start(name, "short")
     try:
-        out = await run_in_terminal(stack["url"], user.token, name, "short",
-                                    "echo $ANTHROPIC_API_KEY")
+        out = await run_in_terminal(
+            stack["url"], user.token, name, "short", "echo $ANTHROPIC_API_KEY"
+        )
         token = out.strip().splitlines()[-1]
         assert token.startswith("sac-agent-")
         url = stack["url"] + "services/sac/llm/v1/messages"
@@ -109,16 +124,26 @@ async def test_claude_cli_in_sandbox_talks_through_the_proxy(stack: dict, fake: 
     admin: HubApi = stack["admin"]
     name = "clauderunner"
     user = admin.create_user(name)
-    assert user.sac("POST", "agents", json={
-        "slug": "cli", "provider": "custom", "base_url": fake, "api_key": REAL_KEY}).is_success
+    assert user.sac(
+        "POST",
+        "agents",
+        json={"slug": "cli", "provider": "custom", "base_url": fake, "api_key": REAL_KEY},
+    ).is_success
     httpx.post(fake + "/_fake/script", json={"replies": ["four"] * 5})
     user.start(name, "cli")
     try:
-        out = await run_in_terminal(stack["url"], user.token, name, "cli",
-                                    "claude -p 'what is 2+2' 2>&1 | tail -3", timeout=120)
+        out = await run_in_terminal(
+            stack["url"],
+            user.token,
+            name,
+            "cli",
+            "claude -p 'what is 2+2' 2>&1 | tail -3",
+            timeout=120,
+        )
         assert "four" in out, out
-        keys = {r["headers"].get("X-Api-Key") or r["headers"].get("x-api-key")
-                for r in _requests(fake)}
+        keys = {
+            r["headers"].get("X-Api-Key") or r["headers"].get("x-api-key") for r in _requests(fake)
+        }
         assert keys == {REAL_KEY}
     finally:
         user.sac("DELETE", f"users/{name}/agents/cli")

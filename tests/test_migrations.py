@@ -17,25 +17,40 @@ ALL_VERSIONS = [m.version for m in list_migrations()]
 def _tables(url: str) -> set[str]:
     with psycopg.connect(url) as conn:
         rows = conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchall()
     return {r[0] for r in rows}
 
 
 def _recorded(url: str) -> list[int]:
     with psycopg.connect(url) as conn:
-        return [r[0] for r in conn.execute(
-            "SELECT version FROM schema_migrations ORDER BY version").fetchall()]
+        return [
+            r[0]
+            for r in conn.execute(
+                "SELECT version FROM schema_migrations ORDER BY version"
+            ).fetchall()
+        ]
 
 
 @pytest.mark.asyncio
 async def test_fresh_database_gets_every_migration(database_url: str) -> None:
     applied = await migrate(database_url)
     assert applied == ALL_VERSIONS
-    assert {"agents", "settings_overrides", "agent_tokens", "usage_daily",
-            "conversation_events", "schema_migrations"} <= _tables(database_url)
+    assert {
+        "agents",
+        "settings_overrides",
+        "agent_tokens",
+        "usage_daily",
+        "conversation_events",
+        "schema_migrations",
+    } <= _tables(database_url)
     with psycopg.connect(database_url) as conn:
-        indexes = {r[0] for r in conn.execute(
-            "SELECT indexname FROM pg_indexes WHERE tablename = 'conversation_events'")}
+        indexes = {
+            r[0]
+            for r in conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE tablename = 'conversation_events'"
+            )
+        }
     # no TimescaleDB here: a plain table with a time index
     assert "conversation_events_ts" in indexes
 
@@ -49,11 +64,21 @@ async def test_rerun_applies_nothing(database_url: str) -> None:
 
 @pytest.mark.asyncio
 async def test_two_processes_at_once(database_url: str) -> None:
-    code = ("import asyncio, sys; from jupyter_sac.store import migrate;"
-            " print(asyncio.run(migrate(sys.argv[1])))")
-    procs = [await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code, database_url,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE) for _ in range(2)]
+    code = (
+        "import asyncio, sys; from jupyter_sac.store import migrate;"
+        " print(asyncio.run(migrate(sys.argv[1])))"
+    )
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            code,
+            database_url,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
     results = [await p.communicate() for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
     outputs = sorted(out.decode().strip() for out, _ in results)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from helpers import HubApi, run_in_terminal
 
 pytestmark = pytest.mark.stack
@@ -30,8 +29,13 @@ async def test_agent_cannot_see_other_agents_files_or_processes(stack: dict, two
     (ann, ann_api), (ben, ben_api) = two_agents
     url = stack["url"]
     # ben writes a file in his workspace
-    out = await run_in_terminal(url, ben_api.token, ben, "box",
-                                "echo ben-secret > /workspace/mine.txt && cat /workspace/mine.txt")
+    out = await run_in_terminal(
+        url,
+        ben_api.token,
+        ben,
+        "box",
+        "echo ben-secret > /workspace/mine.txt && cat /workspace/mine.txt",
+    )
     assert out == "ben-secret"
     ben_dir = next((stack["data_dir"] / "agents").glob("*-box"), None)
     host_files = [p for p in (stack["data_dir"] / "agents").rglob("mine.txt")]
@@ -40,17 +44,26 @@ async def test_agent_cannot_see_other_agents_files_or_processes(stack: dict, two
 
     # ann cannot reach it by its host path, nor list the data dir or other agents
     host_path = str(host_files[0])
-    out = await run_in_terminal(url, ann_api.token, ann, "box",
-                                f"cat {host_path} 2>&1; ls -A {stack['data_dir']} 2>/dev/null | wc -l;"
-                                " ls /workspace")
+    out = await run_in_terminal(
+        url,
+        ann_api.token,
+        ann,
+        "box",
+        f"cat {host_path} 2>&1; ls -A {stack['data_dir']} 2>/dev/null | wc -l; ls /workspace",
+    )
     lines = out.splitlines()
     assert "No such file or directory" in lines[0]
     assert lines[1].strip() == "0", "the data dir is hidden (empty or absent) in the sandbox"
     assert "mine.txt" not in lines[2:], "ann's workspace is her own"
 
     # ann sees only her own processes: no hub, no postgres, no other sandbox
-    out = await run_in_terminal(url, ann_api.token, ann, "box",
-                                "for p in /proc/[0-9]*; do cat $p/comm; done | sort -u | tr '\\n' ' '")
+    out = await run_in_terminal(
+        url,
+        ann_api.token,
+        ann,
+        "box",
+        "for p in /proc/[0-9]*; do cat $p/comm; done | sort -u | tr '\\n' ' '",
+    )
     assert "jupyterhub" not in out and "postgres" not in out and "node" not in out
     out = await run_in_terminal(url, ann_api.token, ann, "box", "ls /proc | grep -c '^[0-9]'")
     assert int(out) < 30
@@ -60,9 +73,13 @@ async def test_agent_cannot_see_other_agents_files_or_processes(stack: dict, two
 async def test_system_is_read_only_and_secrets_masked(stack: dict, two_agents) -> None:
     (ann, ann_api), _ = two_agents
     out = await run_in_terminal(
-        stack["url"], ann_api.token, ann, "box",
+        stack["url"],
+        ann_api.token,
+        ann,
+        "box",
         "touch /usr/x 2>&1 | grep -c Read-only; touch /etc/x 2>&1 | grep -c Read-only;"
-        " cat /etc/shadow 2>/dev/null | wc -c; touch /workspace/ok && echo writable")
+        " cat /etc/shadow 2>/dev/null | wc -c; touch /workspace/ok && echo writable",
+    )
     assert out.splitlines() == ["1", "1", "0", "writable"]
 
 
@@ -74,7 +91,13 @@ async def test_sandbox_environment_holds_no_credentials(stack: dict, two_agents)
     assert env["ANTHROPIC_API_KEY"].startswith("sac-agent-")
     assert env["ANTHROPIC_BASE_URL"].endswith("/services/sac/llm")
     assert "sk-real-provider-key" not in out
-    for name in ("SAC_DATABASE_URL", "SAC_FERNET_KEY", "SAC_ADMIN_PASSWORD", "PGHOST",
-                 "ANTHROPIC_AUTH_TOKEN", "AWS_SECRET_ACCESS_KEY"):
+    for name in (
+        "SAC_DATABASE_URL",
+        "SAC_FERNET_KEY",
+        "SAC_ADMIN_PASSWORD",
+        "PGHOST",
+        "ANTHROPIC_AUTH_TOKEN",
+        "AWS_SECRET_ACCESS_KEY",
+    ):
         assert name not in env
     assert env["HOME"] == "/home/sac" and env["IS_SANDBOX"] == "1"

@@ -38,9 +38,16 @@ def test_request_never_exceeds_limit() -> None:
     assert resolved["mem_request"] == 256 * s.MIB
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("512Mi", 512 * s.MIB), ("2Gi", 2 * s.GIB), ("1G", 10**9), (1024, 1024), ("3 GiB", None),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("512Mi", 512 * s.MIB),
+        ("2Gi", 2 * s.GIB),
+        ("1G", 10**9),
+        (1024, 1024),
+        ("3 GiB", None),
+    ],
+)
 def test_parse_bytes(value, expected) -> None:
     if expected is None:
         with pytest.raises(ValueError):
@@ -49,18 +56,21 @@ def test_parse_bytes(value, expected) -> None:
         assert s.parse_bytes(value) == expected
 
 
-@pytest.mark.parametrize("level, values, field", [
-    ("agent", {"max_agents_per_user": 3}, "max_agents_per_user"),
-    ("agent", {"allowed_providers": ["anthropic"]}, "allowed_providers"),
-    ("system", {"no_such_setting": 1}, "no_such_setting"),
-    ("system", {"max_agents_per_user": "5"}, "max_agents_per_user"),
-    ("system", {"max_agents_per_user": True}, "max_agents_per_user"),
-    ("system", {"max_agents_per_user": -1}, "max_agents_per_user"),
-    ("user", {"allowed_providers": ["anthropic", "bogus"]}, "allowed_providers"),
-    ("user", {"hitl_default": "maybe"}, "hitl_default"),
-    ("user", {"mem_limit": "lots"}, "mem_limit"),
-    ("user", {"cpu_limit": 0}, "cpu_limit"),
-])
+@pytest.mark.parametrize(
+    "level, values, field",
+    [
+        ("agent", {"max_agents_per_user": 3}, "max_agents_per_user"),
+        ("agent", {"allowed_providers": ["anthropic"]}, "allowed_providers"),
+        ("system", {"no_such_setting": 1}, "no_such_setting"),
+        ("system", {"max_agents_per_user": "5"}, "max_agents_per_user"),
+        ("system", {"max_agents_per_user": True}, "max_agents_per_user"),
+        ("system", {"max_agents_per_user": -1}, "max_agents_per_user"),
+        ("user", {"allowed_providers": ["anthropic", "bogus"]}, "allowed_providers"),
+        ("user", {"hitl_default": "maybe"}, "hitl_default"),
+        ("user", {"mem_limit": "lots"}, "mem_limit"),
+        ("user", {"cpu_limit": 0}, "cpu_limit"),
+    ],
+)
 def test_invalid_overrides_name_the_field(level, values, field) -> None:
     with pytest.raises(s.SettingsError) as err:
         s.validate_overrides(values, level)
@@ -68,8 +78,9 @@ def test_invalid_overrides_name_the_field(level, values, field) -> None:
 
 
 def test_validate_normalises_and_none_clears() -> None:
-    clean = s.validate_overrides({"mem_limit": "1Gi", "idle_timeout": None,
-                                  "allowed_providers": ["glm", "glm"]}, "user")
+    clean = s.validate_overrides(
+        {"mem_limit": "1Gi", "idle_timeout": None, "allowed_providers": ["glm", "glm"]}, "user"
+    )
     assert clean == {"mem_limit": s.GIB, "allowed_providers": ("glm",)}
 
 

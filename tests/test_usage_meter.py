@@ -9,14 +9,27 @@ from jupyter_sac.testing.fake_anthropic import sse
 
 
 def _stream() -> bytes:
-    return b"".join([
-        sse("message_start", {"type": "message_start", "message": {"usage": {
-            "input_tokens": 120, "output_tokens": 1, "cache_read_input_tokens": 30,
-            "cache_creation_input_tokens": 7}}}),
-        sse("content_block_delta", {"type": "content_block_delta", "delta": {"text": "hi"}}),
-        sse("message_delta", {"type": "message_delta", "usage": {"output_tokens": 42}}),
-        sse("message_stop", {"type": "message_stop"}),
-    ])
+    return b"".join(
+        [
+            sse(
+                "message_start",
+                {
+                    "type": "message_start",
+                    "message": {
+                        "usage": {
+                            "input_tokens": 120,
+                            "output_tokens": 1,
+                            "cache_read_input_tokens": 30,
+                            "cache_creation_input_tokens": 7,
+                        }
+                    },
+                },
+            ),
+            sse("content_block_delta", {"type": "content_block_delta", "delta": {"text": "hi"}}),
+            sse("message_delta", {"type": "message_delta", "usage": {"output_tokens": 42}}),
+            sse("message_stop", {"type": "message_stop"}),
+        ]
+    )
 
 
 def test_sse_usage_in_one_chunk() -> None:
@@ -31,7 +44,7 @@ def test_sse_usage_split_at_every_byte_and_crlf() -> None:
     data = _stream().replace(b"\n", b"\r\n")
     meter = UsageMeter(streaming=True)
     for i in range(len(data)):
-        meter.feed(data[i:i + 1])
+        meter.feed(data[i : i + 1])
     usage = meter.finish()
     assert (usage.input_tokens, usage.output_tokens) == (120, 42)
 

@@ -9,6 +9,7 @@ service and carries only that token, never a provider key.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -129,10 +130,8 @@ class AgentSpawnerMixin(LoggingConfigurable):
             if not self.pending and sent >= len(events):
                 return
             changed.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), 1)
-            except TimeoutError:
-                pass
 
     # ---- agent preparation --------------------------------------------------------
 

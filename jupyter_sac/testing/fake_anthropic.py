@@ -45,51 +45,102 @@ class MessagesHandler(web.RequestHandler):
 
     async def post(self) -> None:
         body = json.loads(self.request.body or b"{}")
-        self.state.requests.append({
-            "path": self.request.path, "query": self.request.query,
-            "headers": dict(self.request.headers), "body": body,
-        })
+        self.state.requests.append(
+            {
+                "path": self.request.path,
+                "query": self.request.query,
+                "headers": dict(self.request.headers),
+                "body": body,
+            }
+        )
         key = self.request.headers.get("x-api-key") or self.request.headers.get(
-            "Authorization", "").removeprefix("Bearer ")
+            "Authorization", ""
+        ).removeprefix("Bearer ")
         if self.state.required_key and key != self.state.required_key:
             self.set_status(401)
-            self.finish({"type": "error", "error": {"type": "authentication_error",
-                                                    "message": "invalid x-api-key"}})
+            self.finish(
+                {
+                    "type": "error",
+                    "error": {"type": "authentication_error", "message": "invalid x-api-key"},
+                }
+            )
             return
         text = self.state.next_text()
         model = body.get("model", "claude-test")
         output_tokens = max(1, len(text.split()))
         message_id = f"msg_{uuid.uuid4().hex[:24]}"
-        usage = {"input_tokens": INPUT_TOKENS, "output_tokens": 1,
-                 "cache_creation_input_tokens": 0, "cache_read_input_tokens": CACHE_READ_TOKENS}
+        usage = {
+            "input_tokens": INPUT_TOKENS,
+            "output_tokens": 1,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": CACHE_READ_TOKENS,
+        }
         if not body.get("stream"):
-            self.finish({
-                "id": message_id, "type": "message", "role": "assistant", "model": model,
-                "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
-                "stop_sequence": None, "usage": {**usage, "output_tokens": output_tokens},
-            })
+            self.finish(
+                {
+                    "id": message_id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": [{"type": "text", "text": text}],
+                    "stop_reason": "end_turn",
+                    "stop_sequence": None,
+                    "usage": {**usage, "output_tokens": output_tokens},
+                }
+            )
             return
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
         events = [
-            sse("message_start", {"type": "message_start", "message": {
-                "id": message_id, "type": "message", "role": "assistant", "model": model,
-                "content": [], "stop_reason": None, "stop_sequence": None, "usage": usage}}),
-            sse("content_block_start", {"type": "content_block_start", "index": 0,
-                                        "content_block": {"type": "text", "text": ""}}),
+            sse(
+                "message_start",
+                {
+                    "type": "message_start",
+                    "message": {
+                        "id": message_id,
+                        "type": "message",
+                        "role": "assistant",
+                        "model": model,
+                        "content": [],
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        "usage": usage,
+                    },
+                },
+            ),
+            sse(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            ),
             sse("ping", {"type": "ping"}),
         ]
         words = text.split(" ")
         for i, word in enumerate(words):
             piece = word if i == 0 else " " + word
-            events.append(sse("content_block_delta", {
-                "type": "content_block_delta", "index": 0,
-                "delta": {"type": "text_delta", "text": piece}}))
+            events.append(
+                sse(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": piece},
+                    },
+                )
+            )
         events += [
             sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
-            sse("message_delta", {"type": "message_delta",
-                                  "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                  "usage": {"output_tokens": output_tokens}}),
+            sse(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": output_tokens},
+                },
+            ),
             sse("message_stop", {"type": "message_stop"}),
         ]
         for event in events:
@@ -122,12 +173,15 @@ class ScriptHandler(web.RequestHandler):
 
 
 def make_app(state: State | None = None) -> web.Application:
-    return web.Application([
-        (r"/v1/messages", MessagesHandler),
-        (r"/v1/messages/count_tokens", CountTokensHandler),
-        (r"/_fake/requests", RequestsHandler),
-        (r"/_fake/script", ScriptHandler),
-    ], state=state or State())
+    return web.Application(
+        [
+            (r"/v1/messages", MessagesHandler),
+            (r"/v1/messages/count_tokens", CountTokensHandler),
+            (r"/_fake/requests", RequestsHandler),
+            (r"/_fake/script", ScriptHandler),
+        ],
+        state=state or State(),
+    )
 
 
 async def serve(port: int) -> None:
