@@ -3,8 +3,9 @@
 It imports the single-user server's heavy modules (about 3 s of CPU on a small
 machine) *before* it knows which agent it will serve, tells the spawner so on
 the inherited pipe named by $SAC_READY_FD, then waits on stdin for one JSON
-line: the agent's environment, argv and working directory. A warm sandbox therefore starts serving in well under a
-second once assigned. Each launcher serves exactly one agent, once.
+line: the agent's environment, argv and working directory. A warm sandbox
+therefore starts serving in well under a second once assigned. Each launcher
+serves exactly one agent, once.
 """
 
 from __future__ import annotations
