@@ -78,9 +78,10 @@ def bwrap_argv(
             argv += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
             argv += ["--ro-bind", path, path]
-    argv += ["--dev", "/dev", "--proc", "/proc"]
+    # A private /tmp first, so that paths re-exposed below may live under /tmp.
+    argv += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
     for path in hidden_paths:
-        if os.path.isdir(path):
+        if os.path.isdir(path) and path != "/tmp":
             argv += ["--tmpfs", path]
     for path in reexposed_paths:
         if os.path.exists(path):
@@ -90,8 +91,6 @@ def bwrap_argv(
         if os.path.exists(path):
             argv += ["--ro-bind", "/dev/null", path]
     argv += [
-        "--tmpfs",
-        "/tmp",
         "--bind",
         str(layout.home),
         SANDBOX_HOME,
