@@ -65,7 +65,7 @@ def prewarm_when_running(c: Any) -> None:
         if spawner_class in (LocalAgentSpawner, "jupyter_sac.spawner.LocalAgentSpawner"):
             LocalAgentSpawner(config=c).prewarm()
 
-    loop.call_later(1, start)
+    loop.call_soon(start)
 
 
 def configure(c: Any, config_file: str) -> None:

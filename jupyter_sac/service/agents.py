@@ -48,7 +48,7 @@ def agent_model(
     }
 
 
-class AgentHandlerMixin(BaseHandler):
+class AgentBaseHandler(BaseHandler):
     async def ceiling_for(self, owner: str) -> tuple[dict[str, Any], dict[str, Any], dict]:
         system, user = await self.sac.store.settings.for_user(owner)
         return system, user, sac_settings.resolve_user(system, user)
@@ -83,7 +83,7 @@ class AgentHandlerMixin(BaseHandler):
         return agent
 
 
-class AgentsHandler(AgentHandlerMixin):
+class AgentsHandler(AgentBaseHandler):
     """GET: the caller's agents (admins: ?user=NAME, or ?all=1). POST: create."""
 
     async def get(self, user: str | None = None) -> None:
@@ -149,7 +149,7 @@ class AgentsHandler(AgentHandlerMixin):
         self.write_json((await self.models([agent]))[0], status=201)
 
 
-class AgentHandler(AgentHandlerMixin):
+class AgentHandler(AgentBaseHandler):
     async def get(self, owner: str, slug: str) -> None:
         agent = await self.get_agent(owner, slug)
         self.write_json((await self.models([agent]))[0])
@@ -187,7 +187,7 @@ class AgentHandler(AgentHandlerMixin):
         self.finish()
 
 
-class AgentUsageHandler(AgentHandlerMixin):
+class AgentUsageHandler(AgentBaseHandler):
     async def get(self, owner: str, slug: str) -> None:
         agent = await self.get_agent(owner, slug)
         days = await self.sac.store.usage.for_agent(agent.id)

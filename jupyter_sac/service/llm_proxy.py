@@ -16,7 +16,7 @@ import httpx
 from tornado import web
 
 from ..providers import ProviderError, auth_headers, upstream_base_url
-from ..store.usage import UsageDelta
+from ..store.usage import USAGE_FIELDS, UsageDelta
 
 log = logging.getLogger("jupyter_sac.llm_proxy")
 
@@ -93,28 +93,17 @@ class UsageMeter:
         if not isinstance(payload, dict):
             return
         if payload.get("type") == "message_start":
-            self._add((payload.get("message") or {}).get("usage") or {}, replace_output=True)
+            self._add((payload.get("message") or {}).get("usage") or {})
         elif payload.get("type") == "message_delta":
-            self._add(payload.get("usage") or {}, replace_output=True)
+            self._add(payload.get("usage") or {})
 
-    def _add(self, usage: dict[str, Any], replace_output: bool = False) -> None:
-        def num(key: str) -> int | None:
+    def _add(self, usage: dict[str, Any]) -> None:
+        # Anthropic's counts are cumulative for a message (message_delta repeats or
+        # raises them), so the largest value seen is the message's count.
+        for key in USAGE_FIELDS:
             value = usage.get(key)
-            return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-        for key in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
-            value = num(key)
-            if value is not None:
-                # message_delta may repeat the input counts: keep the largest seen.
+            if isinstance(value, int) and not isinstance(value, bool):
                 setattr(self.usage, key, max(getattr(self.usage, key), value))
-        output = num("output_tokens")
-        if output is not None:
-            # output_tokens in message_delta is cumulative for the message.
-            self.usage.output_tokens = (
-                max(self.usage.output_tokens, output)
-                if replace_output
-                else self.usage.output_tokens + output
-            )
 
     def finish(self) -> UsageDelta:
         if not self.streaming and self._json_parts:

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from .sandbox import (
     WarmPool,
     adopt_layout,
     bwrap_argv,
+    descendants,
     launcher_command,
     recover_layouts,
 )
@@ -79,9 +79,9 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
 
     hidden_paths = List(
         Unicode(),
-        default_value=["/root", "/home", "/tmp", "/var/tmp", "/run", "/mnt", "/media", "/srv"],
+        default_value=["/root", "/home", "/var/tmp", "/run", "/mnt", "/media", "/srv"],
         help="""Directories replaced by an empty tmpfs inside a sandbox (the data dir
-        always is). Paths a sandbox needs inside them (Python, the venv) are re-exposed
+        and /tmp always are). Paths a sandbox needs inside them (Python, the venv) are re-exposed
         read-only through `readonly_paths`.""",
     ).tag(config=True)
 
@@ -179,13 +179,6 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
             _pools[key] = pool
             pool.fill()
         return pool
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        # Fill the warm pool as soon as the hub creates its first spawner, so that
-        # even the first agent finds a pre-imported sandbox.
-        with contextlib.suppress(RuntimeError):
-            asyncio.get_running_loop().call_soon(self.prewarm)
 
     def prewarm(self) -> None:
         """Start filling the warm pool (called by the hub config at startup)."""
@@ -291,18 +284,12 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         resolved = ctx.resolved
         applied = apply_limits(
             f"{ctx.agent.id}-{ctx.agent.slug}",
-            [sandbox.pid, *self._descendants(sandbox)],
+            [sandbox.pid, *descendants(sandbox.pid)],
             int(resolved["mem_limit"]),
             int(resolved["max_processes"]),
         )
         self.report(f"Limits: {applied.describe()}", 40)
         return applied
-
-    @staticmethod
-    def _descendants(sandbox: Sandbox) -> list[int]:
-        from .sandbox import descendants
-
-        return descendants(sandbox.pid)
 
     async def _wait_listening(self, sandbox: Sandbox) -> None:
         deadline = time.monotonic() + self.http_timeout
@@ -313,9 +300,13 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
                     f"The agent's server exited while starting (code {sandbox.proc.poll()});"
                     " see the hub log"
                 )
-            with contextlib.suppress(OSError), socket.create_connection((host, self.port), 0.5):
-                return
-            await asyncio.sleep(self.ready_poll_interval)
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, self.port), 1)
+            except (OSError, TimeoutError):
+                await asyncio.sleep(self.ready_poll_interval)
+                continue
+            writer.close()
+            return
         raise AgentSpawnError(f"The agent's server did not listen within {self.http_timeout} s")
 
     async def _signal(self, sig: int) -> bool:
@@ -350,4 +341,6 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         store = await self.sac_store()
         agent = await store.agents.get(self.user.name, self.name)
         if agent is not None:
-            shutil.rmtree(self.agent_layout(agent.id, agent.slug).root, ignore_errors=True)
+            # A workspace can be large: delete it off the hub's event loop.
+            root = self.agent_layout(agent.id, agent.slug).root
+            await asyncio.to_thread(shutil.rmtree, root, ignore_errors=True)

@@ -58,7 +58,9 @@ async def shared_store(database_url: str) -> Store:
     async with _store_lock:
         store = _stores.get(database_url)
         if store is None:
-            store = await Store.open(database_url, min_size=1, max_size=4)
+            # Migrations belong to `sac up` and the `sac` service (both run them before
+            # any spawn can happen), not to the first spawn's critical path.
+            store = await Store.open(database_url, min_size=1, max_size=4, run_migrations=False)
             _stores[database_url] = store
         return store
 
@@ -103,25 +105,22 @@ class AgentSpawnerMixin(LoggingConfigurable):
 
     # ---- progress -----------------------------------------------------------------
 
-    def _progress_state(self) -> tuple[list[dict[str, Any]], asyncio.Event]:
-        if not hasattr(self, "_sac_progress"):
-            self._sac_progress: list[dict[str, Any]] = []
-            self._sac_progress_event = asyncio.Event()
-        return self._sac_progress, self._sac_progress_event
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._progress_events: list[dict[str, Any]] = []
+        self._progress_changed = asyncio.Event()
 
     def report(self, message: str, progress: int) -> None:
-        events, changed = self._progress_state()
-        events.append({"progress": progress, "message": message})
+        self._progress_events.append({"progress": progress, "message": message})
         self.log.info("[%s] %s", self._log_name, message)
-        changed.set()
+        self._progress_changed.set()
 
     def reset_progress(self) -> None:
-        events, _ = self._progress_state()
-        events.clear()
+        self._progress_events.clear()
 
     async def progress(self) -> AsyncIterator[dict[str, Any]]:
         """Spawn progress for JupyterHub's progress API and spawn page."""
-        events, changed = self._progress_state()
+        events, changed = self._progress_events, self._progress_changed
         sent = 0
         while True:
             while sent < len(events):

@@ -81,7 +81,7 @@ def bwrap_argv(
     # A private /tmp first, so that paths re-exposed below may live under /tmp.
     argv += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
     for path in hidden_paths:
-        if os.path.isdir(path) and path != "/tmp":
+        if os.path.isdir(path):
             argv += ["--tmpfs", path]
     for path in reexposed_paths:
         if os.path.exists(path):
@@ -164,7 +164,6 @@ class Sandbox:
         *,
         confined: bool,
         cwd: str | None = None,
-        preexec_fn=None,
     ) -> Sandbox:
         read_fd, write_fd = os.pipe()
         # Until assigned, a sandbox knows nothing of any agent: a bare environment.
@@ -183,7 +182,6 @@ class Sandbox:
             cwd=cwd,
             env=env,
             pass_fds=(write_fd,),
-            preexec_fn=preexec_fn,
             start_new_session=not confined,  # bwrap --new-session does it when confined
         )
         os.close(write_fd)
@@ -285,11 +283,10 @@ def recover_layouts(spares_dir: Path) -> None:
 class WarmPool:
     """Pre-started, pre-imported sandboxes waiting for an agent (per hub process)."""
 
-    def __init__(self, spares_dir: Path, size: int, make_argv, preexec_fn=None):
+    def __init__(self, spares_dir: Path, size: int, make_argv):
         self.spares_dir = spares_dir
         self.size = size
         self._make_argv = make_argv
-        self._preexec_fn = preexec_fn
         self._spares: list[Sandbox] = []
 
     def _launch_one(self) -> None:
@@ -297,7 +294,7 @@ class WarmPool:
         layout.create()
         argv = self._make_argv(layout)
         self._spares.append(
-            Sandbox.launch(argv, layout, confined=True, preexec_fn=self._preexec_fn)
+            Sandbox.launch(argv, layout, confined=True)
         )
 
     def fill(self) -> None:

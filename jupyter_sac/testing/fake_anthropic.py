@@ -28,7 +28,6 @@ class State:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.script: list[str] = []
-        self.required_key: str | None = None
 
     def next_text(self) -> str:
         return self.script.pop(0) if self.script else "ok"
@@ -53,18 +52,6 @@ class MessagesHandler(web.RequestHandler):
                 "body": body,
             }
         )
-        key = self.request.headers.get("x-api-key") or self.request.headers.get(
-            "Authorization", ""
-        ).removeprefix("Bearer ")
-        if self.state.required_key and key != self.state.required_key:
-            self.set_status(401)
-            self.finish(
-                {
-                    "type": "error",
-                    "error": {"type": "authentication_error", "message": "invalid x-api-key"},
-                }
-            )
-            return
         text = self.state.next_text()
         model = body.get("model", "claude-test")
         output_tokens = max(1, len(text.split()))
@@ -167,8 +154,6 @@ class ScriptHandler(web.RequestHandler):
         data = json.loads(self.request.body)
         state: State = self.settings["state"]
         state.script.extend(data.get("replies", []))
-        if "required_key" in data:
-            state.required_key = data["required_key"]
         self.set_status(204)
 
 
