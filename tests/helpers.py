@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
+
+from jupyter_sac.testing.stack import poll_until
 
 
 class HubApi:
@@ -40,28 +43,35 @@ class HubApi:
         assert resp.status_code in (201, 202), resp.text
         return self.wait_ready(user, agent, timeout)
 
+    def server(self, user: str, agent: str) -> dict[str, Any] | None:
+        return self.hub("GET", f"users/{user}").json().get("servers", {}).get(agent)
+
     def wait_ready(self, user: str, agent: str, timeout: float = 120) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            model = self.hub("GET", f"users/{user}").json()
-            server = model.get("servers", {}).get(agent)
-            if server and server.get("ready"):
-                return server
-            if not server or not server.get("pending"):
-                raise AssertionError(f"server {user}/{agent} is not starting: {model}")
-            time.sleep(0.1)
-        raise AssertionError(f"server {user}/{agent} not ready after {timeout} s")
+        def ready() -> dict[str, Any] | None:
+            server = self.server(user, agent)
+            if not server or not (server.get("ready") or server.get("pending")):
+                raise AssertionError(f"server {user}/{agent} is not starting: {server}")
+            return server if server.get("ready") else None
+
+        return poll_until(ready, timeout, f"server {user}/{agent} ready")
 
     def stop(self, user: str, agent: str) -> None:
         resp = self.hub("DELETE", f"users/{user}/servers/{agent}")
         assert resp.status_code in (202, 204), resp.text
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            server = self.hub("GET", f"users/{user}").json().get("servers", {}).get(agent)
-            if not server:
-                return
-            time.sleep(0.1)
-        raise AssertionError("server did not stop")
+        poll_until(lambda: not self.server(user, agent), 60, f"server {user}/{agent} stopped")
+
+
+@contextmanager
+def running_agent(admin: HubApi, user: str, slug: str, **fields: Any) -> Iterator[HubApi]:
+    """A new user with one started agent; the agent is deleted afterwards."""
+    client = admin.create_user(user)
+    resp = client.sac("POST", "agents", json={"slug": slug, **fields})
+    assert resp.status_code == 201, resp.text
+    try:
+        client.start(user, slug)
+        yield client
+    finally:
+        client.sac("DELETE", f"users/{user}/agents/{slug}")
 
 
 async def run_in_terminal(

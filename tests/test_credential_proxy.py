@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from helpers import HubApi, run_in_terminal
+from helpers import run_in_terminal, running_agent
 
 pytestmark = pytest.mark.stack
 
@@ -36,26 +36,18 @@ def _requests(fake: str) -> list[dict]:
     return httpx.get(fake + "/_fake/requests").json()["requests"]
 
 
+def _custom_agent(fake: str, **fields: str) -> dict[str, str]:
+    """Agent fields for a custom provider pointing at the fake, with the real key."""
+    return {"provider": "custom", "base_url": fake, "api_key": REAL_KEY, **fields}
+
+
 @pytest.mark.asyncio
 async def test_sandbox_call_reaches_provider_with_real_key(stack: dict, fake: str) -> None:
-    admin: HubApi = stack["admin"]
-    name = "proxyuser"
-    user = admin.create_user(name)
-    resp = user.sac(
-        "POST",
-        "agents",
-        json={
-            "slug": "caller",
-            "provider": "custom",
-            "base_url": fake,
-            "api_key": REAL_KEY,
-            "model": "claude-test-model",
-        },
-    )
-    assert resp.status_code == 201, resp.text
     httpx.post(fake + "/_fake/script", json={"replies": ["hello from the fake model"]})
-    user.start(name, "caller")
-    try:
+    name = "proxyuser"
+    with running_agent(
+        stack["admin"], name, "caller", **_custom_agent(fake, model="claude-test-model")
+    ) as user:
         out = await run_in_terminal(stack["url"], user.token, name, "caller", CALL)
         assert "ANSWER:hello from the fake model" in out, out
         requests = _requests(fake)
@@ -71,8 +63,6 @@ async def test_sandbox_call_reaches_provider_with_real_key(stack: dict, fake: st
         assert usage["requests"] == 1
         assert usage["input_tokens"] == 17 and usage["output_tokens"] == 5
         assert usage["cache_read_input_tokens"] == 3
-    finally:
-        user.sac("DELETE", f"users/{name}/agents/caller")
 
 
 def test_proxy_rejects_unknown_tokens(stack: dict, fake: str) -> None:
@@ -93,16 +83,8 @@ def test_proxy_rejects_unknown_tokens(stack: dict, fake: str) -> None:
 
 @pytest.mark.asyncio
 async def test_stopped_agent_token_stops_working(stack: dict, fake: str) -> None:
-    admin: HubApi = stack["admin"]
     name = "tokenuser"
-    user = admin.create_user(name)
-    assert user.sac(
-        "POST",
-        "agents",
-        json={"slug": "short", "provider": "custom", "base_url": fake, "api_key": REAL_KEY},
-    ).is_success
-    user.start(name, "short")
-    try:
+    with running_agent(stack["admin"], name, "short", **_custom_agent(fake)) as user:
         out = await run_in_terminal(
             stack["url"], user.token, name, "short", "echo $ANTHROPIC_API_KEY"
         )
@@ -114,24 +96,14 @@ async def test_stopped_agent_token_stops_working(stack: dict, fake: str) -> None
         user.stop(name, "short")
         resp = httpx.post(url, headers={"x-api-key": token}, json=body)
         assert resp.status_code == 401
-    finally:
-        user.sac("DELETE", f"users/{name}/agents/short")
 
 
 @pytest.mark.asyncio
 async def test_claude_cli_in_sandbox_talks_through_the_proxy(stack: dict, fake: str) -> None:
     """The real claude CLI, inside the sandbox, gets its answer via the credential proxy."""
-    admin: HubApi = stack["admin"]
-    name = "clauderunner"
-    user = admin.create_user(name)
-    assert user.sac(
-        "POST",
-        "agents",
-        json={"slug": "cli", "provider": "custom", "base_url": fake, "api_key": REAL_KEY},
-    ).is_success
     httpx.post(fake + "/_fake/script", json={"replies": ["four"] * 5})
-    user.start(name, "cli")
-    try:
+    name = "clauderunner"
+    with running_agent(stack["admin"], name, "cli", **_custom_agent(fake)) as user:
         out = await run_in_terminal(
             stack["url"],
             user.token,
@@ -145,5 +117,3 @@ async def test_claude_cli_in_sandbox_talks_through_the_proxy(stack: dict, fake: 
             r["headers"].get("X-Api-Key") or r["headers"].get("x-api-key") for r in _requests(fake)
         }
         assert keys == {REAL_KEY}
-    finally:
-        user.sac("DELETE", f"users/{name}/agents/cli")

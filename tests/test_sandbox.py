@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import pytest
-from helpers import HubApi, run_in_terminal
+from helpers import HubApi, run_in_terminal, running_agent
 
 pytestmark = pytest.mark.stack
 
@@ -11,17 +13,12 @@ pytestmark = pytest.mark.stack
 @pytest.fixture(scope="module")
 def two_agents(stack: dict):
     admin: HubApi = stack["admin"]
-    agents = []
-    for prefix in ("ann", "ben"):
-        name = f"{prefix}sandbox"
-        client = admin.create_user(name)
-        resp = client.sac("POST", "agents", json={"slug": "box", "api_key": "sk-real-provider-key"})
-        assert resp.status_code == 201, resp.text
-        client.start(name, "box")
-        agents.append((name, client))
-    yield agents
-    for name, client in agents:
-        client.sac("DELETE", f"users/{name}/agents/box")
+    with ExitStack() as agents:
+        yield [
+            (name, agents.enter_context(
+                running_agent(admin, name, "box", api_key="sk-real-provider-key")))
+            for name in ("annsandbox", "bensandbox")
+        ]  # fmt: skip
 
 
 @pytest.mark.asyncio

@@ -293,9 +293,7 @@ class WarmPool:
         layout = SandboxLayout(self.spares_dir / uuid.uuid4().hex)
         layout.create()
         argv = self._make_argv(layout)
-        self._spares.append(
-            Sandbox.launch(argv, layout, confined=True)
-        )
+        self._spares.append(Sandbox.launch(argv, layout, confined=True))
 
     def fill(self) -> None:
         """Top the pool up. Called when no sandbox is starting, so that the imports of a

@@ -1,0 +1,100 @@
+"""Run the embedded stack exactly as `sac up` starts it, on free ports (tests, bench)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+from ..stack import free_port
+
+T = TypeVar("T")
+
+
+def poll_until(check: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
+    """Call ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout} s")
+        time.sleep(interval)
+
+
+def http_status(url: str, **kwargs: object) -> int | None:
+    try:
+        return httpx.get(url, timeout=2, **kwargs).status_code  # type: ignore[arg-type]
+    except httpx.HTTPError:
+        return None
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 90) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class RunningStack:
+    url: str
+    admin_token: str
+    data_dir: Path
+    log_path: Path
+    proc: subprocess.Popen
+
+
+@contextmanager
+def embedded_stack(
+    workdir: Path, admin_password: str, extra_config: Path | None = None
+) -> Iterator[RunningStack]:
+    """`sac up` in a subprocess; yields once the hub and the `sac` service answer."""
+    data_dir = workdir / "data"
+    log_path = workdir / "sac-up.log"
+    env = dict(os.environ, SAC_ADMIN_PASSWORD=admin_password, SAC_DATA_DIR=str(data_dir))
+    env.pop("SAC_DATABASE_URL", None)
+    if extra_config is not None:
+        env["SAC_EXTRA_CONFIG"] = str(extra_config)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyter_sac.cli", "up", "--port", str(port),
+             "--data-dir", str(data_dir)],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+
+        def hub_up() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"`sac up` exited with {proc.returncode}; see {log_path}")
+            return http_status(url + "hub/api") == 200
+
+        poll_until(hub_up, 120, "JupyterHub", interval=0.2)
+        credentials = {"username": "admin", "password": admin_password}
+        resp = httpx.post(
+            url + "hub/api/users/admin/tokens", timeout=30, json={"auth": credentials}
+        )
+        resp.raise_for_status()
+        token = resp.json()["token"]
+        headers = {"Authorization": f"token {token}"}
+        # The service starts beside the hub: wait for it too.
+        poll_until(lambda: http_status(url + "services/sac/api/agents", headers=headers) == 200,
+                   60, "the sac service", interval=0.2)  # fmt: skip
+        yield RunningStack(url, token, data_dir, log_path, proc)
+    finally:
+        stop_process(proc)
