@@ -3,10 +3,39 @@
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
+from typing import Any
 
 import bcrypt
 from nativeauthenticator import NativeAuthenticator
+from nativeauthenticator.handlers import LoginHandler as NativeLoginHandler
 from traitlets import Unicode, default
+
+
+class _NoStatsd:
+    """JupyterHub 6 removed ``handler.statsd``; NativeAuthenticator 1.3 still times logins."""
+
+    def timer(self, name: str) -> Any:
+        return _NoTimer()
+
+
+class _NoTimer(nullcontext):
+    def start(self) -> _NoTimer:
+        return self
+
+    def stop(self, send: bool = True) -> None:
+        return None
+
+
+class LoginHandler(NativeLoginHandler):
+    """NativeAuthenticator's login page, made to work on JupyterHub 6."""
+
+    statsd = _NoStatsd()
+
+    def _render(self, login_error: str | None = None, username: str | None = None,
+                **_error_page: Any):  # fmt: skip
+        # JupyterHub 6 renders failed form posts through _render(**error namespace).
+        return super()._render(login_error=login_error, username=username)
 
 
 class SacNativeAuthenticator(NativeAuthenticator):
@@ -23,6 +52,12 @@ class SacNativeAuthenticator(NativeAuthenticator):
     @default("first_admin_password")
     def _default_first_admin_password(self) -> str:
         return os.environ.get("SAC_ADMIN_PASSWORD", "")
+
+    def get_handlers(self, app: Any) -> list[tuple[str, Any]]:
+        return [
+            (url, LoginHandler if handler is NativeLoginHandler else handler)
+            for url, handler in super().get_handlers(app)
+        ]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
