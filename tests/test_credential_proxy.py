@@ -15,6 +15,7 @@ import json, os, urllib.request
 req = urllib.request.Request(
     os.environ["ANTHROPIC_BASE_URL"] + "/v1/messages?beta=true",
     data=json.dumps({"model": os.environ["ANTHROPIC_MODEL"], "max_tokens": 64, "stream": True,
+                     "tools": [{"name": "noop", "input_schema": {"type": "object"}}],
                      "messages": [{"role": "user", "content": "hello"}]}).encode(),
     headers={"x-api-key": os.environ["ANTHROPIC_API_KEY"], "content-type": "application/json",
              "anthropic-version": "2023-06-01"})
@@ -29,6 +30,7 @@ PY"""
 @pytest.fixture
 def fake(fake_anthropic: str):
     httpx.delete(fake_anthropic + "/_fake/requests")
+    httpx.delete(fake_anthropic + "/_fake/script")
     yield fake_anthropic
 
 

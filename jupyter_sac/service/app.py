@@ -21,6 +21,7 @@ from .. import __version__
 from ..crypto import KeyBox
 from ..providers import PRESETS
 from ..store import Store
+from . import history, hitl
 from .agents import AgentHandler, AgentsHandler, AgentUsageHandler
 from .base import BaseHandler, NotFoundHandler
 from .llm_proxy import LlmProxyHandler
@@ -156,6 +157,8 @@ class SacService(Application):
             (p + f"api/users/{USER}/settings", UserSettingsHandler),
             (p + "api/providers", ProvidersHandler),
             (p + r"llm/(.*)", LlmProxyHandler),
+            *history.routes(p),
+            *hitl.routes(p),
             (p + r"api/.*", NotFoundHandler),
         ]
         hub_auth = HubOAuth(api_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""), cache_max_age=60)

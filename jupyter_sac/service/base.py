@@ -9,6 +9,7 @@ from typing import Any
 from jupyterhub.services.auth import HubOAuthenticated
 from tornado import web
 
+from ..store import AgentRecord
 from .errors import ApiError
 
 MAX_JSON_BYTES = 1024 * 1024
@@ -95,6 +96,26 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             # 404, not 403: do not reveal whether another user's agent exists.
             raise ApiError(404, "not_found", "no such agent")
         return ident
+
+    async def require_agent(self) -> AgentRecord:
+        """The agent whose sandbox sent this request (its per-agent ``sac-agent-`` token).
+
+        Sandbox-facing endpoints (history ingest, HITL filing) accept only this token,
+        so a sandbox can act for exactly one agent: its own.
+        """
+        auth = self.request.headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        token = token.strip()
+        if scheme.lower() not in ("bearer", "token") or not token:
+            raise ApiError(401, "unauthorized", "an agent token is required")
+        store = self.sac.store
+        agent_id = await store.tokens.agent_for(token)
+        agent = await store.agents.get_by_id(agent_id) if agent_id else None
+        if agent is None:
+            raise ApiError(
+                401, "unauthorized", "invalid agent token: restart the agent to get a new one"
+            )
+        return agent
 
     # ---- bodies -----------------------------------------------------------------
 

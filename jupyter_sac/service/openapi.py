@@ -47,6 +47,9 @@ def _path_params(*names: str) -> list[dict[str, Any]]:
 
 
 def document(prefix: str) -> dict[str, Any]:
+    # Imported here: those modules use this module's helpers (_op, _resp, ...).
+    from . import history, hitl
+
     agent = {"$ref": "#/components/schemas/Agent"}
     create = {"$ref": "#/components/schemas/AgentCreate"}
     update = {"$ref": "#/components/schemas/AgentUpdate"}
@@ -142,6 +145,8 @@ def document(prefix: str) -> dict[str, Any]:
         "paths": {
             "/": {"get": _op("Service identity", {"200": _resp("ok")})},
             "/api/openapi.json": {"get": _op("This document", {"200": _resp("ok")})},
+            **history.openapi_paths(),
+            **hitl.openapi_paths(),
             "/api/agents": {
                 "get": _op(
                     "My agents (admins: ?user=NAME or ?all=1)",

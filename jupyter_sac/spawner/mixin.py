@@ -191,6 +191,8 @@ class AgentSpawnerMixin(LoggingConfigurable):
             "SAC_AGENT_PROVIDER": ctx.agent.provider,
             "SAC_RUNTIME": ctx.agent.runtime,
             "SAC_SERVICE_URL": self.sac_service_url,
+            # The same per-agent token authenticates history ingest and HITL filing.
+            "SAC_AGENT_TOKEN": ctx.token,
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
             "DISABLE_AUTOUPDATER": "1",
             # The sandbox *is* the isolation boundary (claude checks this for bypassPermissions).

@@ -1,7 +1,7 @@
 """The one owner of SQL. The hub (spawner) and the `sac` service share this module.
 
 ``Store`` wraps a psycopg AsyncConnectionPool and exposes one object per domain
-(agents, settings, tokens, usage); nothing outside ``store/`` writes SQL.
+(agents, settings, tokens, usage, history, hitl); nothing outside ``store/`` writes SQL.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from .agents import AgentExistsError, AgentLimitError, AgentRecord, Agents
+from .history import History
+from .hitl import HitlRequests
 from .migrate import list_migrations, migrate
 from .settings import SettingsRows
 from .tokens import AgentTokens
@@ -32,6 +34,8 @@ class Store:
         self.settings = SettingsRows(pool)
         self.tokens = AgentTokens(pool)
         self.usage = Usage(pool)
+        self.history = History(pool)
+        self.hitl = HitlRequests(pool)
 
     @classmethod
     async def open(

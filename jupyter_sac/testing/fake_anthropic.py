@@ -4,8 +4,15 @@ Speaks the real wire protocol: ``POST /v1/messages`` answered as server-sent
 events when ``"stream": true`` (message_start, content_block_*, message_delta,
 message_stop) or as one JSON message otherwise. It records every request
 (headers and body) for tests to inspect at ``GET /_fake/requests`` and accepts
-the next answers at ``POST /_fake/script`` (a list of strings; when empty it
-answers "ok").
+the next answers at ``POST /_fake/script`` ``{"replies": [...]}``; when the
+script is empty it answers "ok".
+
+A reply is a string (a text answer) or an object:
+``{"text": "...", "tool_use": {"name": "Bash", "input": {...}}, "delay": 0.2}``
+(text and/or one tool call; ``delay`` seconds between streamed pieces, for
+turns that must stay running while a test cancels them). Only agent-loop
+requests (those offering ``tools``) consume the script, so the CLI's side
+requests (titles, summaries) never eat a test's scripted answer.
 
 Run: ``python -m jupyter_sac.testing.fake_anthropic --port 9999``
 """
@@ -27,10 +34,13 @@ CACHE_READ_TOKENS = 3
 class State:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
-        self.script: list[str] = []
+        self.script: list[str | dict[str, Any]] = []
 
-    def next_text(self) -> str:
-        return self.script.pop(0) if self.script else "ok"
+    def next_reply(self, body: dict[str, Any]) -> dict[str, Any]:
+        if not body.get("tools") or not self.script:
+            return {"text": "ok"}
+        reply = self.script.pop(0)
+        return {"text": reply} if isinstance(reply, str) else dict(reply)
 
 
 def sse(event: str, data: dict[str, Any]) -> bytes:
@@ -52,10 +62,26 @@ class MessagesHandler(web.RequestHandler):
                 "body": body,
             }
         )
-        text = self.state.next_text()
+        reply = self.state.next_reply(body)
+        text: str = reply.get("text") or ""
+        tool = reply.get("tool_use")
+        delay = float(reply.get("delay") or 0)
         model = body.get("model", "claude-test")
         output_tokens = max(1, len(text.split()))
         message_id = f"msg_{uuid.uuid4().hex[:24]}"
+        stop_reason = "tool_use" if tool else "end_turn"
+        blocks: list[dict[str, Any]] = []
+        if text or not tool:
+            blocks.append({"type": "text", "text": text or "ok"})
+        if tool:
+            blocks.append(
+                {
+                    "type": "tool_use",
+                    "id": f"toolu_{uuid.uuid4().hex[:24]}",
+                    "name": tool["name"],
+                    "input": tool.get("input", {}),
+                }
+            )
         usage = {
             "input_tokens": INPUT_TOKENS,
             "output_tokens": 1,
@@ -69,8 +95,8 @@ class MessagesHandler(web.RequestHandler):
                     "type": "message",
                     "role": "assistant",
                     "model": model,
-                    "content": [{"type": "text", "text": text}],
-                    "stop_reason": "end_turn",
+                    "content": blocks,
+                    "stop_reason": stop_reason,
                     "stop_sequence": None,
                     "usage": {**usage, "output_tokens": output_tokens},
                 }
@@ -95,36 +121,16 @@ class MessagesHandler(web.RequestHandler):
                     },
                 },
             ),
-            sse(
-                "content_block_start",
-                {
-                    "type": "content_block_start",
-                    "index": 0,
-                    "content_block": {"type": "text", "text": ""},
-                },
-            ),
             sse("ping", {"type": "ping"}),
         ]
-        words = text.split(" ")
-        for i, word in enumerate(words):
-            piece = word if i == 0 else " " + word
-            events.append(
-                sse(
-                    "content_block_delta",
-                    {
-                        "type": "content_block_delta",
-                        "index": 0,
-                        "delta": {"type": "text_delta", "text": piece},
-                    },
-                )
-            )
+        for index, block in enumerate(blocks):
+            events += _block_events(index, block)
         events += [
-            sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
             sse(
                 "message_delta",
                 {
                     "type": "message_delta",
-                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "delta": {"stop_reason": stop_reason, "stop_sequence": None},
                     "usage": {"output_tokens": output_tokens},
                 },
             ),
@@ -133,6 +139,36 @@ class MessagesHandler(web.RequestHandler):
         for event in events:
             self.write(event)
             await self.flush()
+            if delay and b"content_block_delta" in event:
+                await asyncio.sleep(delay)
+
+
+def _block_events(index: int, block: dict[str, Any]) -> list[bytes]:
+    """The SSE events that stream one content block (text word by word, tool input whole)."""
+    if block["type"] == "text":
+        start = {"type": "text", "text": ""}
+        words = block["text"].split(" ")
+        deltas = [
+            {"type": "text_delta", "text": word if i == 0 else " " + word}
+            for i, word in enumerate(words)
+        ]
+    else:
+        start = {**block, "input": {}}
+        deltas = [{"type": "input_json_delta", "partial_json": json.dumps(block["input"])}]
+    return [
+        sse(
+            "content_block_start",
+            {"type": "content_block_start", "index": index, "content_block": start},
+        ),
+        *(
+            sse(
+                "content_block_delta",
+                {"type": "content_block_delta", "index": index, "delta": delta},
+            )
+            for delta in deltas
+        ),
+        sse("content_block_stop", {"type": "content_block_stop", "index": index}),
+    ]
 
 
 class CountTokensHandler(web.RequestHandler):
@@ -150,6 +186,10 @@ class RequestsHandler(web.RequestHandler):
 
 
 class ScriptHandler(web.RequestHandler):
+    def delete(self) -> None:
+        self.settings["state"].script.clear()
+        self.set_status(204)
+
     def post(self) -> None:
         data = json.loads(self.request.body)
         state: State = self.settings["state"]
