@@ -3,12 +3,37 @@
 from __future__ import annotations
 
 import os
+import secrets
+from pathlib import Path
 
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Unicode, default
+from traitlets import Bool, Integer, List, Unicode, default
 
-from .handlers import StatusHandler
+from ..runtimes.claude import claude_binary
+from ..runtimes.claude_config import hook_command, seed_claude_config
+from .handlers import (
+    HistoryStatusHandler,
+    HitlStatusHandler,
+    PreToolUseHookHandler,
+    StatusHandler,
+    TerminalHandler,
+    TerminalRestartHandler,
+    TranscriptHookHandler,
+)
+from .hitl import (
+    HITL_EVENT_SCHEMA,
+    HITL_EVENT_SCHEMA_ID,
+    HitlBridge,
+    ServiceClient,
+    TerminalPromptWatcher,
+)
 from .runtime_info import RuntimeInfo
+from .spool import HistorySpool, HistoryUploader
+from .terminal import TERMINAL_NAME, ClaudeTerminal
+
+# The longest HITL timeout the settings allow, plus slack: the PreToolUse hook
+# must outlive any wait the service can impose.
+MAX_HITL_WAIT = 7 * 86400 + 120
 
 
 class SacExtensionApp(ExtensionApp):
@@ -23,8 +48,161 @@ class SacExtensionApp(ExtensionApp):
     def _default_runtime(self) -> str:
         return os.environ.get("SAC_RUNTIME", "claude")
 
+    workspace = Unicode(
+        help="Directory the agent works in (default: $SAC_WORKSPACE, else the server's root)."
+    ).tag(config=True)
+
+    @default("workspace")
+    def _default_workspace(self) -> str:
+        return os.environ.get("SAC_WORKSPACE") or str(self.serverapp.root_dir)
+
+    state_dir = Unicode(
+        help="""Where the extension keeps its durable state (history spool, transcript
+        offsets, chat sessions). Default: ~/.local/share/jupyter-sac.""",
+    ).tag(config=True)
+
+    @default("state_dir")
+    def _default_state_dir(self) -> str:
+        return os.path.expanduser("~/.local/share/jupyter-sac")
+
+    claude_config_dir = Unicode(
+        help="CLAUDE_CONFIG_DIR of the agent (default: $CLAUDE_CONFIG_DIR, else ~/.claude).",
+    ).tag(config=True)
+
+    @default("claude_config_dir")
+    def _default_claude_config_dir(self) -> str:
+        return os.environ.get("CLAUDE_CONFIG_DIR") or os.path.expanduser("~/.claude")
+
+    terminal_args = List(
+        Unicode(),
+        ["--permission-mode", "default"],
+        help="""Arguments of the claude CLI in the Claude terminal. The default
+        permission mode shows Claude Code's own approval menus, which the prompt
+        watcher turns into human-in-the-loop requests.""",
+    ).tag(config=True)
+
+    start_terminal = Bool(
+        False,
+        help="""Start the Claude terminal when the server starts. By default it starts
+        on first use (POST sac/api/terminal, which JupyterLab calls when it opens).""",
+    ).tag(config=True)
+
+    watch_terminal_prompts = Bool(
+        True,
+        help="File HITL requests for prompts the Claude terminal shows (the prompt detector).",
+    ).tag(config=True)
+
+    hook_python = Unicode(
+        help="Python that runs the Claude Code hook entry point (default: this server's).",
+    ).tag(config=True)
+
+    @default("hook_python")
+    def _default_hook_python(self) -> str:
+        import sys
+
+        return sys.executable
+
+    spool_segment_bytes = Integer(
+        8 * 1024 * 1024, help="Size at which the history spool starts a new segment file."
+    ).tag(config=True)
+
+    # ---- setup ------------------------------------------------------------------
+
+    def _hook_url(self) -> str:
+        server = self.serverapp
+        scheme = "https" if server.certfile else "http"
+        return f"{scheme}://127.0.0.1:{server.port}{server.base_url}sac/api/hooks/"
+
     def initialize_settings(self) -> None:
-        self.settings["sac_runtime_info"] = RuntimeInfo(runtime=self.runtime)
+        state = Path(self.state_dir)
+        api_key = os.environ.get("ANTHROPIC_API_KEY")
+        # Children (terminals, chat turns, their hooks) inherit these.
+        hook_secret = secrets.token_urlsafe(32)
+        os.environ.update(
+            {
+                "CLAUDE_CONFIG_DIR": self.claude_config_dir,
+                "SAC_HOOK_URL": self._hook_url(),
+                "SAC_HOOK_SECRET": hook_secret,
+                "SAC_HOOK_STATE_DIR": str(state / "transcripts"),
+            }
+        )
+        seed_claude_config(
+            Path(self.claude_config_dir),
+            workspace=self.workspace,
+            api_key=api_key,
+            hook=hook_command(self.hook_python),
+            pre_tool_timeout=MAX_HITL_WAIT,
+        )
+
+        service_url = os.environ.get("SAC_SERVICE_URL", "")
+        token = os.environ.get("SAC_AGENT_TOKEN", "")
+        spool = HistorySpool(state / "history-spool", self.spool_segment_bytes)
+        uploader = HistoryUploader(spool, service_url, token)
+        client = ServiceClient(service_url, token)
+        logger = self.serverapp.event_logger
+        logger.register_event_schema(HITL_EVENT_SCHEMA)
+        bridge = HitlBridge(
+            client,
+            lambda action, request: logger.emit(
+                schema_id=HITL_EVENT_SCHEMA_ID, data={"action": action, "request": request}
+            ),
+        )
+
+        def watch(term: object) -> None:
+            if self.watch_terminal_prompts:
+                try:
+                    watcher = TerminalPromptWatcher(term, bridge, TERMINAL_NAME)
+                    watcher.attach()
+                    bridge.watcher = watcher
+                except Exception:
+                    # The terminal works without its watcher; HITL from the UI doesn't.
+                    self.log.exception("could not watch the Claude terminal for prompts")
+
+        binary = claude_binary() or "claude"
+        terminal = ClaudeTerminal(
+            lambda: self.serverapp.web_app.settings["terminal_manager"],
+            argv=[binary, *self.terminal_args],
+            cwd=self.workspace,
+            env={"SAC_CLAUDE_MODE": "terminal"},
+            on_start=watch,
+        )
+        self.settings.update(
+            {
+                "sac_runtime_info": RuntimeInfo(runtime=self.runtime),
+                "sac_hook_secret": hook_secret,
+                "sac_history_spool": spool,
+                "sac_history_uploader": uploader,
+                "sac_service_client": client,
+                "sac_hitl": bridge,
+                "sac_claude_terminal": terminal,
+            }
+        )
 
     def initialize_handlers(self) -> None:
-        self.handlers.extend([(r"/sac/api/status", StatusHandler)])
+        self.handlers.extend(
+            [
+                (r"/sac/api/status", StatusHandler),
+                (r"/sac/api/terminal", TerminalHandler),
+                (r"/sac/api/terminal/restart", TerminalRestartHandler),
+                (r"/sac/api/history/status", HistoryStatusHandler),
+                (r"/sac/api/hitl", HitlStatusHandler),
+                (r"/sac/api/hooks/transcript", TranscriptHookHandler),
+                (r"/sac/api/hooks/pre-tool-use", PreToolUseHookHandler),
+            ]
+        )
+
+    async def _start_jupyter_server_extension(self, serverapp: object) -> None:
+        self.settings["sac_history_uploader"].start()
+        if self.start_terminal:
+            try:
+                await self.settings["sac_claude_terminal"].ensure()
+            except Exception:
+                self.log.exception("could not start the Claude terminal")
+
+    async def stop_extension(self) -> None:
+        uploader = self.settings.get("sac_history_uploader")
+        if uploader is not None:
+            await uploader.stop()
+        client = self.settings.get("sac_service_client")
+        if client is not None:
+            await client.close()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hmac
 import json
+from typing import Any
 
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
@@ -13,3 +17,120 @@ class StatusHandler(APIHandler):
     async def get(self) -> None:
         info = self.settings["sac_runtime_info"]
         self.finish(json.dumps(await info.status()))
+
+
+class TerminalHandler(APIHandler):
+    """GET: the Claude terminal's status; POST: make sure it runs (returns its name)."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        self.finish(json.dumps(self.settings["sac_claude_terminal"].status()))
+
+    @web.authenticated
+    async def post(self) -> None:
+        self.finish(json.dumps(await self.settings["sac_claude_terminal"].ensure()))
+
+
+class TerminalRestartHandler(APIHandler):
+    @web.authenticated
+    async def post(self) -> None:
+        self.finish(json.dumps(await self.settings["sac_claude_terminal"].restart()))
+
+
+class HistoryStatusHandler(APIHandler):
+    """The history spool: events waiting for upload, last error."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        self.finish(json.dumps(await self.settings["sac_history_uploader"].status()))
+
+
+class HitlStatusHandler(APIHandler):
+    """Requests this sandbox is waiting on, and the terminal prompt watcher's view."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        bridge = self.settings["sac_hitl"]
+        watcher = bridge.watcher
+        current = watcher.current if watcher is not None else None
+        self.finish(
+            json.dumps(
+                {
+                    "pending": list(bridge.pending.values()),
+                    "terminal_prompt": None
+                    if current is None
+                    else {
+                        "kind": current.kind,
+                        "question": current.question,
+                        "options": [{"key": o.key, "label": o.label} for o in current.options],
+                    },
+                },
+                default=str,
+            )
+        )
+
+
+class HookHandler(web.RequestHandler):
+    """Base of the endpoints the Claude Code hook entry point calls.
+
+    Not a Jupyter API: authenticated by the per-server hook secret that only
+    processes started by this server inherit (no cookies, so no XSRF).
+    """
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+
+    def prepare(self) -> None:
+        secret = self.settings["sac_hook_secret"]
+        given = self.request.headers.get("X-SAC-Hook-Secret", "")
+        if not hmac.compare_digest(given.encode(), secret.encode()):
+            raise web.HTTPError(403, "bad hook secret")
+
+    def body(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.request.body)
+        except ValueError:
+            raise web.HTTPError(400, "invalid JSON") from None
+        if not isinstance(data, dict):
+            raise web.HTTPError(400, "a JSON object is required")
+        return data
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = exc.log_message if isinstance(exc, web.HTTPError) else "internal error"
+        self.finish(json.dumps({"error": status_code, "message": message}))
+
+
+class TranscriptHookHandler(HookHandler):
+    """New transcript entries: durably spooled before we answer, then uploaded."""
+
+    async def post(self) -> None:
+        events = self.body().get("events")
+        if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+            raise web.HTTPError(400, "events must be a list of objects")
+        await asyncio.to_thread(self.settings["sac_history_spool"].append, events)
+        self.settings["sac_history_uploader"].wake()
+        self.finish(json.dumps({"accepted": len(events)}))
+
+
+class PreToolUseHookHandler(HookHandler):
+    """The HITL decision for one tool call (may wait for a human)."""
+
+    _task: asyncio.Task[dict[str, Any]] | None = None
+
+    async def post(self) -> None:
+        data = self.body()
+        mode = str(data.pop("mode", "cli"))
+        self._task = asyncio.create_task(self.settings["sac_hitl"].decide_tool(data, mode))
+        try:
+            answer = await self._task
+        except asyncio.CancelledError:
+            return
+        self.finish(json.dumps(answer))
+
+    def on_connection_close(self) -> None:
+        # The hook process died (the turn was cancelled): withdraw its request.
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        with contextlib.suppress(Exception):
+            super().on_connection_close()

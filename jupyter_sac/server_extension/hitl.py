@@ -1,0 +1,312 @@
+"""Human-in-the-loop inside the sandbox.
+
+Two ways a human gets asked:
+
+- **Tool calls** (any mode): Claude Code's PreToolUse hook asks the extension,
+  which applies the agent's policy (``jupyter_sac.hitl.decide``). ``allow`` and
+  ``deny`` answer at once. ``ask`` in a headless chat turn files a request at
+  the `sac` service and waits for the decision (or its timeout default). In an
+  interactive terminal ``ask`` is left to Claude Code's own permission menu,
+  which the prompt watcher below turns into a request.
+- **Terminal prompts**: ``TerminalPromptWatcher`` reads the Claude terminal's
+  output into a screen model, and when the prompt detector sees a prompt
+  waiting for input it files one request per prompt; the chosen answer is typed
+  into the PTY. A prompt answered in the terminal itself cancels its request.
+
+New and decided requests are emitted as jupyter_events
+(``HITL_EVENT_SCHEMA_ID``) so JupyterLab and notebooks learn of them live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+if TYPE_CHECKING:
+    from ..runtimes.prompt_detector import PromptMatch
+
+log = logging.getLogger("jupyter_sac.hitl")
+
+HITL_EVENT_SCHEMA_ID = "https://events.jupyter-sac.org/hitl"
+HITL_EVENT_SCHEMA: dict[str, Any] = {
+    "$id": HITL_EVENT_SCHEMA_ID,
+    "version": "1",
+    "title": "Human-in-the-loop requests",
+    "personal-data": True,
+    "description": "A HITL request of this agent was filed, decided or cancelled.",
+    "type": "object",
+    "required": ["action", "request"],
+    "properties": {
+        "action": {"enum": ["requested", "decided", "cancelled"]},
+        "request": {"type": "object"},
+    },
+}
+
+WAIT_SLICE = 25  # seconds per long-poll to the service
+POLICY_CACHE_SECONDS = 5
+QUIET_SECONDS = 0.15  # the screen is read once output pauses this long
+
+
+class ServiceError(Exception):
+    pass
+
+
+class ServiceClient:
+    """The sandbox's view of the `sac` service, authenticated by its agent token."""
+
+    def __init__(self, base_url: str, token: str):
+        self.base = base_url.rstrip("/") + "/api/"
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(WAIT_SLICE + 15, connect=10),
+            headers={"Authorization": f"Bearer {token}"},
+        )
+
+    async def _call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        try:
+            resp = await self.client.request(method, self.base + path, **kw)
+        except httpx.HTTPError as e:
+            raise ServiceError(f"the sac service is unreachable: {type(e).__name__}") from e
+        if resp.status_code >= 400:
+            try:
+                message = resp.json().get("message") or resp.text
+            except ValueError:
+                message = resp.text
+            raise ServiceError(f"HTTP {resp.status_code}: {message[:300]}")
+        return resp.json() if resp.content else {}
+
+    async def hitl_info(self) -> dict[str, Any]:
+        return await self._call("GET", "agent/hitl")
+
+    async def file_request(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._call("POST", "hitl/requests", json=body)
+
+    async def wait(self, request_id: str, timeout: int = WAIT_SLICE) -> dict[str, Any]:
+        return await self._call(
+            "GET", f"hitl/requests/{request_id}/wait", params={"timeout": timeout}
+        )
+
+    async def cancel(self, request_id: str) -> dict[str, Any]:
+        return await self._call("POST", f"hitl/requests/{request_id}/cancel")
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class HitlBridge:
+    def __init__(self, client: ServiceClient, emit: Callable[[str, dict[str, Any]], None]):
+        self.client = client
+        self._emit = emit
+        self._policy: tuple[float, dict[str, Any]] | None = None
+        self.pending: dict[str, dict[str, Any]] = {}
+        self.watcher: TerminalPromptWatcher | None = None
+
+    def emit(self, action: str, request: dict[str, Any]) -> None:
+        try:
+            self._emit(action, request)
+        except Exception:
+            log.exception("could not emit the HITL %s event", action)
+
+    async def info(self) -> dict[str, Any]:
+        """Policy, timeout and default of this agent (briefly cached; stale if the
+        service is away, so known rules still apply)."""
+        now = time.monotonic()
+        if self._policy and now - self._policy[0] < POLICY_CACHE_SECONDS:
+            return self._policy[1]
+        try:
+            info = await self.client.hitl_info()
+        except ServiceError:
+            if self._policy:
+                return self._policy[1]
+            raise
+        self._policy = (now, info)
+        return info
+
+    async def file_and_wait(self, body: dict[str, Any]) -> dict[str, Any]:
+        """File a request and wait until it is decided, times out or is cancelled."""
+        request = await self.client.file_request(body)
+        return await self.wait(request)
+
+    async def wait(self, request: dict[str, Any]) -> dict[str, Any]:
+        rid = request["id"]
+        self.pending[rid] = request
+        self.emit("requested", request)
+        try:
+            while request.get("status") == "pending":
+                try:
+                    request = await self.client.wait(rid)
+                except ServiceError as e:
+                    log.warning("waiting for HITL request %s: %s", rid, e)
+                    await asyncio.sleep(2)
+            self.emit("decided" if request.get("status") != "cancelled" else "cancelled", request)
+            return request
+        except asyncio.CancelledError:
+            # The hook went away (turn cancelled) or the prompt left the screen.
+            with contextlib.suppress(ServiceError):
+                request = await self.client.cancel(rid)
+            self.emit("cancelled", {**request, "status": "cancelled"})
+            raise
+        finally:
+            self.pending.pop(rid, None)
+
+    async def decide_tool(self, hook: dict[str, Any], mode: str) -> dict[str, Any]:
+        """The PreToolUse answer: ``{"decision": "allow"|"deny"|None, "reason": str}``."""
+        tool = str(hook.get("tool_name") or "")
+        tool_input = hook.get("tool_input")
+        try:
+            info = await self.info()
+        except ServiceError as e:
+            if mode == "chat":
+                return {"decision": "deny", "reason": f"no HITL policy available ({e})"}
+            return {"decision": None, "reason": str(e)}
+        from .. import hitl as policy_rules
+
+        verdict = policy_rules.decide(info.get("policy") or {}, tool, tool_input)
+        if verdict.action in ("allow", "deny"):
+            return {"decision": verdict.action, "reason": verdict.reason}
+        if mode != "chat":
+            # Interactive: Claude Code shows its own menu; the watcher files it.
+            return {"decision": None, "reason": verdict.reason}
+        try:
+            decided = await self.file_and_wait(
+                {
+                    "session_id": hook.get("session_id"),
+                    "kind": "tool",
+                    "tool": tool,
+                    "input": tool_input if isinstance(tool_input, dict) else {"value": tool_input},
+                    "question": f"Allow {tool}?",
+                }
+            )
+        except ServiceError as e:
+            return {"decision": "deny", "reason": f"could not ask a human ({e})"}
+        return {"decision": decided.get("decision") or "deny", "reason": _reason(decided)}
+
+
+def _reason(request: dict[str, Any]) -> str:
+    status = request.get("status")
+    who = request.get("decided_by")
+    reason = request.get("reason") or ""
+    if status == "timed_out":
+        return f"no decision within the timeout; the default ({request.get('decision')}) applied"
+    if status == "cancelled":
+        return "the request was cancelled"
+    text = f"{status} by {who}" if who else str(status)
+    return f"{text}: {reason}" if reason else text
+
+
+def keys_for(match: PromptMatch, request: dict[str, Any]) -> str | None:
+    """What to type into the PTY for a decided terminal request."""
+    options = {o.key: o for o in match.options}
+    chosen = request.get("option")
+    if chosen in options:
+        return chosen
+    if request.get("decision") == "allow":
+        return match.options[0].key if match.options else "\r"
+    for option in match.options:
+        if option.label.strip().lower().startswith(("no", "n)", "deny", "cancel")):
+            return option.key
+    # Escape dismisses Claude Code's menus (and most TUIs) without choosing.
+    return "\x1b"
+
+
+class TerminalPromptWatcher:
+    """A silent client of the Claude terminal's PTY that files its prompts as requests."""
+
+    is_browser = False
+    size = (None, None)  # never constrains the PTY size (terminado resizes to clients)
+
+    def __init__(self, term: Any, bridge: HitlBridge, terminal_name: str):
+        self.term = term
+        self.bridge = bridge
+        self.terminal_name = terminal_name
+        from ..runtimes.screen import TerminalScreen
+
+        rows, cols = term.ptyproc.getwinsize()
+        self.screen = TerminalScreen(rows, cols)
+        self.current: PromptMatch | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        # The prompt we just answered stays on screen until the program redraws;
+        # it must not be filed a second time.
+        self._answered: str | None = None
+        self.filed = 0
+
+    def attach(self) -> None:
+        self.term.clients.append(self)
+        # What the terminal printed before we attached (a restart replays nothing).
+        for chunk in list(self.term.read_buffer):
+            self.screen.feed(chunk)
+
+    # terminado client interface
+    def on_pty_read(self, text: str) -> None:
+        self.screen.feed(text)
+        loop = asyncio.get_running_loop()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_later(QUIET_SECONDS, self.check)
+
+    def on_pty_died(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._cancel_task()
+        self.current = None
+
+    def _cancel_task(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._task = None
+
+    def check(self) -> None:
+        """Read the screen now that output has paused."""
+        rows, cols = self.term.ptyproc.getwinsize()
+        if (rows, cols) != (self.screen.rows, self.screen.cols):
+            self.screen.resize(rows, cols)
+        from ..runtimes.prompt_detector import detect
+
+        match = detect(self.screen.lines(), self.screen.cursor_row)
+        if match is None:
+            self._answered = None
+            if self.current is not None:
+                # Answered in the terminal itself (or gone): withdraw the request.
+                self.current = None
+                self._cancel_task()
+            return
+        if match.fingerprint == self._answered or (
+            self.current is not None and match.fingerprint == self.current.fingerprint
+        ):
+            return
+        self._cancel_task()
+        self.current = match
+        self._task = asyncio.create_task(self._ask(match))
+
+    async def _ask(self, match: PromptMatch) -> None:
+        body = {
+            "session_id": None,
+            "kind": "terminal",
+            "tool": self.terminal_name,
+            "input": {"screen": "\n".join(self.screen.lines()[-40:]).strip()},
+            "question": match.question,
+            "options": [{"key": o.key, "label": o.label} for o in match.options],
+            "dedupe_key": f"{self.terminal_name}:{match.fingerprint}",
+        }
+        try:
+            self.filed += 1
+            decided = await self.bridge.file_and_wait(body)
+        except ServiceError as e:
+            log.warning("could not file the terminal prompt: %s", e)
+            return
+        if decided.get("status") == "cancelled":
+            return
+        # Type the answer only if the very same prompt still waits for it.
+        if self.current is None or self.current.fingerprint != match.fingerprint:
+            return
+        keys = keys_for(match, decided)
+        if keys and self.term.ptyproc.isalive():
+            self.term.ptyproc.write(keys)
+        self._answered = match.fingerprint
+        self.current = None
