@@ -59,6 +59,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     with embedded_stack(workdir, ADMIN_PASSWORD) as running:
         try:
             yield {"url": running.url, "admin": HubApi(running.url, running.admin_token),
+                   "pid": running.proc.pid,
                    "data_dir": running.data_dir, "log": running.log_path}  # fmt: skip
         finally:
             if os.environ.get("SAC_TEST_SHOW_LOG"):

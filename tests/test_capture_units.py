@@ -1,0 +1,115 @@
+"""Transcript reading, the durable history spool and Claude config seeding (no stack)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from jupyter_sac.runtimes.claude_config import (
+    HOOK_MODULE,
+    merge_hooks,
+    merge_state,
+    seed_claude_config,
+)
+from jupyter_sac.runtimes.transcript import EPOCH, ReadState, parse_new_lines, read_new_entries
+from jupyter_sac.server_extension.spool import HistorySpool, Position
+
+
+def _line(**entry: object) -> bytes:
+    return json.dumps(entry).encode() + b"\n"
+
+
+def test_only_complete_lines_are_read_and_offsets_advance(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    first = _line(uuid="u1", type="user", timestamp="2026-01-01T00:00:00Z", message={})
+    path.write_bytes(first + b'{"uuid": "u2", "type": "assi')  # second line half-written
+    events, state = read_new_entries(str(path), "S", ReadState())
+    assert [e["uuid"] for e in events] == ["u1"]
+    assert state.offset == len(first)
+    with open(path, "ab") as f:
+        f.write(b'stant", "timestamp": "2026-01-01T00:00:01Z"}\n')
+    events, state = read_new_entries(str(path), "S", state)
+    assert [(e["uuid"], e["kind"]) for e in events] == [("u2", "assistant")]
+    assert read_new_entries(str(path), "S", state)[0] == []
+
+
+def test_entries_without_uuid_or_time_get_stable_keys() -> None:
+    data = _line(type="summary", summary="x") + b"not json\n"
+    a, _ = parse_new_lines("S", data, ReadState(last_ts="2026-02-02T00:00:00Z"))
+    b, _ = parse_new_lines("S", data, ReadState(last_ts="2026-02-02T00:00:00Z"))
+    assert [e["uuid"] for e in a] == [e["uuid"] for e in b]
+    assert a[0]["uuid"] != a[1]["uuid"]
+    assert all(e["ts"] == "2026-02-02T00:00:00Z" for e in a)
+    assert a[1]["kind"] == "invalid" and a[1]["payload"]["raw"] == "not json"
+    fresh, _ = parse_new_lines("S", data, ReadState())
+    assert fresh[0]["ts"] == EPOCH
+
+
+def test_spool_survives_a_torn_append_and_commits_in_order(tmp_path: Path) -> None:
+    spool = HistorySpool(tmp_path / "spool", segment_bytes=300)
+    spool.append([{"uuid": f"e{i}", "pad": "x" * 50} for i in range(10)])
+    assert spool.backlog() == 10
+    assert len(list((tmp_path / "spool").glob("*.jsonl"))) == 1  # rotation is per append
+    spool.append([{"uuid": "e10"}])
+    assert len(list((tmp_path / "spool").glob("*.jsonl"))) == 2
+
+    batch, end = spool.read_batch(max_events=4)
+    assert [e["uuid"] for e in batch] == ["e0", "e1", "e2", "e3"]
+    spool.commit(end)
+    # A crash after commit, then a torn write at the end of the newest segment.
+    newest = sorted((tmp_path / "spool").glob("*.jsonl"))[-1]
+    with open(newest, "ab") as f:
+        f.write(b'{"uuid": "torn')
+    again = HistorySpool(tmp_path / "spool", segment_bytes=300)
+    assert again.cursor == end
+    seen = []
+    while True:
+        batch, end = again.read_batch(max_events=3)
+        if not batch:
+            break
+        seen += [e["uuid"] for e in batch]
+        again.commit(end)
+    assert seen == [f"e{i}" for i in range(4, 11)]
+    assert again.backlog() == 0
+    # Appends after a full drain are read too (the cursor never skips ahead of them).
+    again.append([{"uuid": "late"}])
+    batch, end = again.read_batch()
+    assert [e["uuid"] for e in batch] == ["late"]
+    assert end > Position(0, 0)
+    # Consumed segments are removed; the newest stays for appends.
+    assert len(list((tmp_path / "spool").glob("*.jsonl"))) == 1
+
+
+def test_hooks_are_installed_once_and_user_hooks_are_kept() -> None:
+    user_hook = {"matcher": "Bash", "hooks": [{"type": "command", "command": "my-linter"}]}
+    settings = {"model": "x", "hooks": {"PreToolUse": [user_hook]}}
+    once = merge_hooks(settings, f"python -m {HOOK_MODULE}", 999)
+    twice = merge_hooks(once, f"/other/python -m {HOOK_MODULE}", 999)
+    pre = twice["hooks"]["PreToolUse"]
+    assert len(pre) == 2 and pre[1] == user_hook
+    assert pre[0]["hooks"][0]["command"] == f"/other/python -m {HOOK_MODULE}"
+    assert pre[0]["hooks"][0]["timeout"] == 999
+    for event in ("UserPromptSubmit", "Stop", "SubagentStop", "SessionEnd"):
+        assert len(twice["hooks"][event]) == 1
+    assert twice["model"] == "x"
+
+
+def test_state_trusts_workspace_and_approves_key(tmp_path: Path) -> None:
+    state = merge_state(
+        {"numStartups": 7, "customApiKeyResponses": {"approved": ["old"], "rejected": []}},
+        "/workspace",
+        "sac-agent-" + "k" * 40,
+        None,
+    )
+    assert state["numStartups"] == 7 and state["hasCompletedOnboarding"] is True
+    assert state["customApiKeyResponses"]["approved"] == ["old", "k" * 20]
+    assert state["projects"]["/workspace"]["hasTrustDialogAccepted"] is True
+    seed_claude_config(
+        tmp_path, workspace="/w", api_key="sac-agent-abc", hook="h", pre_tool_timeout=5
+    )
+    seed_claude_config(
+        tmp_path, workspace="/w", api_key="sac-agent-abc", hook="h", pre_tool_timeout=5
+    )
+    saved = json.loads((tmp_path / ".claude.json").read_text())
+    assert saved["customApiKeyResponses"]["approved"] == ["sac-agent-abc"]
+    assert json.loads((tmp_path / "settings.json").read_text())["hooks"]

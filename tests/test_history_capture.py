@@ -1,0 +1,203 @@
+"""Conversation capture end to end: claude's hooks -> extension spool -> `sac` service
+-> PostgreSQL, checked against the transcript files claude itself wrote; also while
+the service is away and after the single-user server is killed mid-upload."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from helpers import HubApi, run_in_terminal, running_agent
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
+
+from jupyter_sac.testing.stack import poll_until
+
+pytestmark = pytest.mark.stack
+
+# Read every transcript of the agent: one JSON object per line, as claude wrote them.
+TRANSCRIPTS = "cat $CLAUDE_CONFIG_DIR/projects/*/*.jsonl 2>/dev/null"
+
+
+def _claude(prompt: str, base_url: str | None = None) -> str:
+    env = f"ANTHROPIC_BASE_URL={base_url} " if base_url else ""
+    return f"cd /workspace && {env}claude -p {json.dumps(prompt)} --output-format text"
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _service_pid(stack: dict) -> int:
+    for pid in _descendants(stack["pid"]):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"jupyter_sac.service" in cmd:
+            return pid
+    raise AssertionError("the sac service process of this stack was not found")
+
+
+@contextmanager
+def service_paused(stack: dict) -> Iterator[None]:
+    """The `sac` service is unreachable (stopped, not killed) for the block's duration."""
+    pid = _service_pid(stack)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def _transcript_keys(text: str) -> list[tuple[str, str]]:
+    keys = []
+    for line in text.splitlines():
+        entry = json.loads(line)
+        if entry.get("uuid"):
+            keys.append((entry.get("sessionId"), entry["uuid"]))
+    return keys
+
+
+def _stored(client: HubApi, user: str, slug: str) -> list[dict]:
+    events, cursor = [], None
+    while True:
+        params = {"limit": 1000, "order": "asc", **({"cursor": cursor} if cursor else {})}
+        resp = client.sac("GET", f"users/{user}/agents/{slug}/history/events", params=params)
+        assert resp.status_code == 200, resp.text
+        page = resp.json()
+        events += page["events"]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            return events
+
+
+def _allow_all(client: HubApi, user: str, slug: str) -> None:
+    resp = client.sac(
+        "PUT", f"users/{user}/agents/{slug}/hitl-policy", json={"policy": {"default": "allow"}}
+    )
+    assert resp.status_code == 200, resp.text
+
+
+@pytest.fixture
+def fake(fake_anthropic: str) -> str:
+    httpx.delete(fake_anthropic + "/_fake/requests")
+    httpx.delete(fake_anthropic + "/_fake/script")
+    return fake_anthropic
+
+
+def _agent_fields(fake: str) -> dict[str, str]:
+    return {"provider": "custom", "base_url": fake, "api_key": "sk-ant-real-provider-key-42"}
+
+
+async def _matches_transcripts(stack: dict, client: HubApi, user: str, slug: str) -> list:
+    text = await run_in_terminal(stack["url"], client.token, user, slug, TRANSCRIPTS)
+    lines = [line for line in text.splitlines() if line.strip()]
+    expected = _transcript_keys(text)
+    assert expected, "claude wrote transcript entries"
+
+    def stored_all() -> list | None:
+        events = _stored(client, user, slug)
+        return events if len(events) >= len(lines) else None
+
+    events = poll_until(stored_all, 60, "history rows for every transcript line")
+    # Exactly one row per transcript line: nothing lost, nothing doubled.
+    assert len(events) == len(lines)
+    stored_keys = {(e["session_id"], e["uuid"]) for e in events}
+    assert set(expected) <= stored_keys
+    return events
+
+
+@pytest.mark.asyncio
+async def test_history_rows_equal_transcript_entries(stack: dict, fake: str) -> None:
+    user = f"hist{uuid.uuid4().hex[:6]}"
+    with running_agent(stack["admin"], user, "rec", **_agent_fields(fake)) as client:
+        _allow_all(client, user, "rec")
+        httpx.post(
+            fake + "/_fake/script",
+            json={
+                "replies": [
+                    {"tool_use": {"name": "Bash", "input": {"command": "echo captured"}}},
+                    "first answer",
+                    "second answer",
+                ]
+            },
+        )
+        out = await run_in_terminal(
+            stack["url"],
+            client.token,
+            user,
+            "rec",
+            _claude("run echo") + "; " + _claude("say more"),
+            timeout=180,
+        )
+        assert "first answer" in out and "second answer" in out
+        events = await _matches_transcripts(stack, client, user, "rec")
+        prompts = [e for e in events if e["kind"] == "user"]
+        assert any("run echo" in json.dumps(e["payload"]) for e in prompts)
+
+        sessions = client.sac("GET", f"users/{user}/agents/rec/history/sessions").json()
+        assert {s["first_prompt"] for s in sessions["sessions"]} == {"run echo", "say more"}
+
+
+@pytest.mark.asyncio
+async def test_capture_survives_service_outage_and_server_kill(stack: dict, fake: str) -> None:
+    user = f"outage{uuid.uuid4().hex[:6]}"
+    base = f"{stack['url']}user/{user}/rec/"
+    with running_agent(stack["admin"], user, "rec", **_agent_fields(fake)) as client:
+        _allow_all(client, user, "rec")
+        api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=30)
+        httpx.post(fake + "/_fake/script", json={"replies": ["while away", "still away"]})
+        with service_paused(stack):
+            # The model is reached directly here: the service (and its proxy) is down.
+            await run_in_terminal(
+                stack["url"],
+                client.token,
+                user,
+                "rec",
+                _claude("during outage", fake) + "; " + _claude("again", fake),
+                timeout=180,
+            )
+            status = api.get(base + "sac/api/history/status").json()
+            assert status["backlog"] > 0, status
+
+            # Kill -9 the single-user server while its upload hangs on the paused service.
+            ws = base.replace("http", "ws", 1) + "terminals/websocket/killer"
+            api.post(base + "api/terminals", json={"name": "killer"})
+            conn = await websocket_connect(
+                HTTPRequest(ws, headers={"Authorization": f"token {client.token}"})
+            )
+            conn.write_message(json.dumps(["stdin", "kill -9 $PPID\r"]))
+            while await conn.read_message() is not None:
+                pass
+        client.stop(user, "rec")
+
+        client.start(user, "rec")
+        await _matches_transcripts(stack, client, user, "rec")
+        status = poll_until(
+            lambda: (s := api.get(base + "sac/api/history/status").json())["backlog"] == 0
+            and s,
+            60,
+            "the spool to drain",
+        )
+        assert status["last_error"] is None
