@@ -1,0 +1,240 @@
+"""Human-in-the-loop end to end: the real claude CLI's PreToolUse hook and the
+Claude terminal's permission menu become requests at the `sac` service; decisions
+made through the service API reach the agent; jupyter_events announce them."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+
+import httpx
+import pytest
+from helpers import HubApi, running_agent
+from test_claude_terminal import TerminalClient, _ready
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+from jupyter_sac.testing.stack import poll_until
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture
+def fake(fake_anthropic: str) -> str:
+    httpx.delete(fake_anthropic + "/_fake/requests")
+    httpx.delete(fake_anthropic + "/_fake/script")
+    return fake_anthropic
+
+
+def _agent_fields(fake: str) -> dict[str, str]:
+    return {"provider": "custom", "base_url": fake, "api_key": "sk-ant-real-provider-key-42"}
+
+
+class Background:
+    """A shell command running in the agent's terminal while the test does other things."""
+
+    def __init__(self, conn: WebSocketClientConnection):
+        self.conn = conn
+        self.output = ""
+
+    @classmethod
+    async def start(cls, base: str, token: str, command: str) -> Background:
+        async with httpx.AsyncClient(headers={"Authorization": f"token {token}"}) as c:
+            name = (await c.post(base + "api/terminals")).json()["name"]
+        conn = await websocket_connect(
+            HTTPRequest(
+                base.replace("http", "ws", 1) + f"terminals/websocket/{name}",
+                headers={"Authorization": f"token {token}"},
+            )
+        )
+        script = base64.b64encode(command.encode()).decode()
+        conn.write_message(
+            json.dumps(["stdin", f"echo {script} | base64 -d | bash; echo SAC''END\r"])
+        )
+        return cls(conn)
+
+    async def finish(self, timeout: float = 120) -> str:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while "SACEND" not in self.output:
+            remaining = deadline - loop.time()
+            assert remaining > 0, f"command did not finish: {self.output!r}"
+            msg = await asyncio.wait_for(self.conn.read_message(), remaining)
+            assert msg is not None, self.output
+            kind, *rest = json.loads(msg)
+            if kind == "stdout":
+                self.output += rest[0]
+        self.conn.close()
+        return self.output
+
+
+def _chat_turn(prompt: str) -> str:
+    # Exactly how chat mode runs a turn: headless, bypass mode, the hook decides.
+    return (
+        f"cd /workspace && SAC_CLAUDE_MODE=chat claude -p {json.dumps(prompt)}"
+        " --permission-mode bypassPermissions --output-format text"
+    )
+
+
+def _pending(client: HubApi, user: str) -> list[dict]:
+    resp = client.sac("GET", "hitl/requests", params={"status": "pending"})
+    assert resp.status_code == 200, resp.text
+    return [r for r in resp.json()["requests"] if r["user"] == user]
+
+
+def _one_pending(client: HubApi, user: str) -> dict:
+    return poll_until(lambda: (p := _pending(client, user)) and p[0], 60, "a pending request")
+
+
+async def _events(base: str, token: str) -> WebSocketClientConnection:
+    return await websocket_connect(
+        HTTPRequest(
+            base.replace("http", "ws", 1) + "api/events/subscribe",
+            headers={"Authorization": f"token {token}"},
+        )
+    )
+
+
+async def _next_hitl_event(conn: WebSocketClientConnection, action: str) -> dict:
+    while True:
+        msg = await asyncio.wait_for(conn.read_message(), 60)
+        assert msg is not None
+        event = json.loads(msg)
+        if event.get("schema_id", "").endswith("/hitl") and event.get("action") == action:
+            return event
+
+
+def _write_tool(path: str) -> dict:
+    return {"tool_use": {"name": "Bash", "input": {"command": f"echo yes > {path}"}}}
+
+
+@pytest.mark.asyncio
+async def test_tool_call_waits_for_approval_and_deny_blocks_it(stack: dict, fake: str) -> None:
+    user = f"hitl{uuid.uuid4().hex[:6]}"
+    base = f"{stack['url']}user/{user}/ask/"
+    with running_agent(stack["admin"], user, "ask", **_agent_fields(fake)) as client:
+        contents = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=30)
+        events = await _events(base, client.token)
+
+        # approve -> the tool runs
+        httpx.post(
+            fake + "/_fake/script",
+            json={"replies": [_write_tool("/workspace/approved.txt"), "tool finished"]},
+        )
+        turn = await Background.start(base, client.token, _chat_turn("write it"))
+        request = _one_pending(client, user)
+        assert request["kind"] == "tool" and request["tool"] == "Bash"
+        assert request["input"]["command"] == "echo yes > /workspace/approved.txt"
+        assert request["agent"] == "ask" and request["status"] == "pending"
+        announced = await _next_hitl_event(events, "requested")
+        assert announced["request"]["id"] == request["id"]
+        assert contents.get(base + "api/contents/approved.txt").status_code == 404
+
+        resp = client.sac(
+            "POST", f"hitl/requests/{request['id']}/decision", json={"decision": "allow"}
+        )
+        assert resp.status_code == 200, resp.text
+        decided = await _next_hitl_event(events, "decided")
+        assert decided["request"]["status"] == "approved"
+        assert "tool finished" in await turn.finish()
+        assert contents.get(base + "api/contents/approved.txt").status_code == 200
+
+        # deny -> it does not, and the model is told why
+        httpx.post(
+            fake + "/_fake/script",
+            json={"replies": [_write_tool("/workspace/denied.txt"), "gave up"]},
+        )
+        turn = await Background.start(base, client.token, _chat_turn("write another"))
+        request = _one_pending(client, user)
+        resp = client.sac(
+            "POST",
+            f"hitl/requests/{request['id']}/decision",
+            json={"decision": "deny", "reason": "not today"},
+        )
+        assert resp.status_code == 200, resp.text
+        assert "gave up" in await turn.finish()
+        assert contents.get(base + "api/contents/denied.txt").status_code == 404
+        sent = httpx.get(fake + "/_fake/requests").json()["requests"][-1]["body"]
+        assert "not today" in json.dumps(sent["messages"])
+        events.close()
+
+
+@pytest.mark.asyncio
+async def test_unanswered_request_times_out_to_the_default(stack: dict, fake: str) -> None:
+    user = f"tmo{uuid.uuid4().hex[:6]}"
+    admin: HubApi = stack["admin"]
+    base = f"{stack['url']}user/{user}/slow/"
+    with running_agent(admin, user, "slow", **_agent_fields(fake)) as client:
+        resp = admin.sac("PUT", f"users/{user}/settings", json={"hitl_timeout": 5})
+        assert resp.status_code == 200, resp.text
+        httpx.post(
+            fake + "/_fake/script",
+            json={"replies": [_write_tool("/workspace/late.txt"), "no answer came"]},
+        )
+        turn = await Background.start(base, client.token, _chat_turn("write late"))
+        request = _one_pending(client, user)
+        assert "no answer came" in await turn.finish()
+        done = client.sac("GET", f"hitl/requests/{request['id']}").json()
+        assert done["status"] == "timed_out" and done["decision"] == "deny"
+        files = httpx.get(
+            base + "api/contents/late.txt", headers={"Authorization": f"token {client.token}"}
+        )
+        assert files.status_code == 404
+
+
+@pytest.mark.asyncio
+async def test_terminal_permission_menu_is_answered_from_the_api(stack: dict, fake: str) -> None:
+    user = f"menu{uuid.uuid4().hex[:6]}"
+    base = f"{stack['url']}user/{user}/tty/"
+    with running_agent(stack["admin"], user, "tty", **_agent_fields(fake)) as client:
+        api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=30)
+        assert api.post(base + "sac/api/terminal").status_code == 200
+        httpx.post(
+            fake + "/_fake/script",
+            json={"replies": [_write_tool("/workspace/menu.txt"), "menu answered"]},
+        )
+        term = await TerminalClient.connect(base, client.token)
+        await term.wait_for(_ready, 60, "claude's input box")
+        term.type("write via the menu")
+        await asyncio.sleep(0.3)
+        term.type("\r")
+        await term.wait_for(lambda t: "Do you want to proceed?" in t.text(), 60, "the menu")
+
+        request = _one_pending(client, user)
+        assert request["kind"] == "terminal" and "proceed" in request["question"].lower()
+        assert [o["key"] for o in request["options"]][:1] == ["1"]
+        # Only one request for one prompt, however often the screen redraws.
+        assert len(_pending(client, user)) == 1
+        resp = client.sac(
+            "POST",
+            f"hitl/requests/{request['id']}/decision",
+            json={"decision": "allow", "option": "1"},
+        )
+        assert resp.status_code == 200, resp.text
+        await term.wait_for(lambda t: "menu answered" in t.text(), 60, "the answer")
+        assert api.get(base + "api/contents/menu.txt").status_code == 200
+        term.close()
+
+
+@pytest.mark.asyncio
+async def test_other_users_cannot_see_or_answer(stack: dict, fake: str, new_user) -> None:
+    user = f"own{uuid.uuid4().hex[:6]}"
+    base = f"{stack['url']}user/{user}/mine/"
+    _, stranger = new_user("stranger")
+    with running_agent(stack["admin"], user, "mine", **_agent_fields(fake)) as client:
+        httpx.post(
+            fake + "/_fake/script",
+            json={"replies": [_write_tool("/workspace/x.txt"), "stranger denied"]},
+        )
+        turn = await Background.start(base, client.token, _chat_turn("write x"))
+        request = _one_pending(client, user)
+        assert _pending(stranger, user) == []
+        rid = request["id"]
+        assert stranger.sac("GET", f"hitl/requests/{rid}").status_code == 404
+        resp = stranger.sac("POST", f"hitl/requests/{rid}/decision", json={"decision": "allow"})
+        assert resp.status_code == 404
+        assert client.sac("GET", f"hitl/requests/{rid}").json()["status"] == "pending"
+        client.sac("POST", f"hitl/requests/{rid}/decision", json={"decision": "deny"})
+        await turn.finish()
