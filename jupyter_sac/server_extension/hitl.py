@@ -36,7 +36,7 @@ log = logging.getLogger("jupyter_sac.hitl")
 HITL_EVENT_SCHEMA_ID = "https://events.jupyter-sac.org/hitl"
 HITL_EVENT_SCHEMA: dict[str, Any] = {
     "$id": HITL_EVENT_SCHEMA_ID,
-    "version": 1,
+    "version": "1",
     "title": "Human-in-the-loop requests",
     "description": "A HITL request of this agent was filed, decided or cancelled.",
     "type": "object",
