@@ -194,7 +194,7 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         # A non-login shell: login shells reset PATH from /etc/profile, losing the
         # sandbox's tools (this Python, the pinned claude CLI).
         args.append('--ServerApp.terminado_settings={"shell_command": ["/bin/bash"]}')
-        return args
+        return [*args, *self.sac_server_args()]
 
     def user_env(self, env: dict[str, str]) -> dict[str, str]:
         env["USER"] = self.user.name

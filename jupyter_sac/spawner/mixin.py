@@ -204,6 +204,15 @@ class AgentSpawnerMixin(LoggingConfigurable):
         return env
 
     @staticmethod
+    def sac_server_args() -> list[str]:
+        """Single-user server arguments every sandbox gets, whatever the spawner."""
+        return [
+            # Terminal output in fewer, larger websocket messages (see terminal_manager).
+            "--TerminalsExtensionApp.terminal_manager_class="
+            "jupyter_sac.server_extension.terminal_manager.SacTerminalManager",
+        ]
+
+    @staticmethod
     def scrub_env(env: dict[str, str]) -> dict[str, str]:
         return {k: v for k, v in env.items() if not k.startswith(FORBIDDEN_ENV_PREFIXES)}
 

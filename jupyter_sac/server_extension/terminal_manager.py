@@ -1,0 +1,126 @@
+"""A terminal manager that reads each PTY in its own thread.
+
+terminado reads PTYs on the event loop, one tty buffer (about 4 KiB) per loop
+turn, and forwards each read as its own websocket message. A command printing a
+lot then spends its time in per-message overhead, and the PTY is not drained
+while the loop is busy sending, so the writer stalls. Here a reader thread per
+terminal drains the PTY continuously; the loop forwards everything read since
+its last turn as one message. A lone keystroke echo is forwarded as soon as it
+is read, so typing latency does not change.
+
+The scrollback kept for reconnecting clients is bounded by size rather than by
+read count. Enabled for every sandbox by the spawner
+(``--TerminalsExtensionApp.terminal_manager_class``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from typing import Any
+
+from jupyter_server_terminals.terminalmanager import TerminalManager
+from traitlets import Float, Integer
+
+# A read this long means the PTY's buffer was full (its size is about 4 KiB).
+STREAMING_READ = 4000
+
+
+class _PtyReader:
+    """Blocking reads in a thread; hands text to the loop, coalesced."""
+
+    def __init__(self, manager: SacTerminalManager, term: Any, loop: asyncio.AbstractEventLoop):
+        self.manager = manager
+        self.term = term
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.drained = threading.Condition(self.lock)
+        self.pending: list[str] = []
+        self.pending_size = 0
+        self.scheduled = False
+
+    def run(self) -> None:
+        limit = self.manager.coalesce_chars
+        while True:
+            try:
+                text = self.term.ptyproc.read(65536)
+            except (EOFError, OSError, ValueError):
+                self._call(self.manager.on_eof, self.term)
+                return
+            with self.lock:
+                # Backpressure: don't read further ahead of the loop than one message.
+                while self.pending_size >= limit:
+                    self.drained.wait(1)
+                self.pending.append(text)
+                self.pending_size += len(text)
+                schedule = not self.scheduled
+                self.scheduled = True
+            if schedule:
+                if len(text) >= STREAMING_READ:
+                    # A full tty buffer: a program is streaming output. Let a few
+                    # milliseconds of it gather into one message.
+                    self._call(self.loop.call_later, self.manager.coalesce_delay, self.flush)
+                else:
+                    self._call(self.flush)
+
+    def _call(self, fn: Any, *args: Any) -> None:
+        # RuntimeError: the loop is closed because the server is shutting down.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    def flush(self) -> None:
+        with self.lock:
+            text = "".join(self.pending)
+            self.pending.clear()
+            self.pending_size = 0
+            self.scheduled = False
+            self.drained.notify_all()
+        if text:
+            self.manager.dispatch(self.term, text)
+
+
+class SacTerminalManager(TerminalManager):
+    coalesce_chars = Integer(
+        1024 * 1024,
+        help="Most terminal output (characters) forwarded to clients in one message.",
+    ).tag(config=True)
+
+    coalesce_delay = Float(
+        0.003,
+        help="""Seconds output may gather before it is forwarded while a program streams
+        (full PTY reads); short reads such as keystroke echo are forwarded at once.""",
+    ).tag(config=True)
+
+    replay_chars = Integer(
+        4 * 1024 * 1024,
+        help="""Scrollback kept per terminal for clients that reconnect (characters;
+        terminado itself keeps its last 1,000 reads whatever their size).""",
+    ).tag(config=True)
+
+    def start_reading(self, ptywclients: Any) -> None:
+        fd = ptywclients.ptyproc.fd
+        self.ptys_by_fd[fd] = ptywclients
+        reader = _PtyReader(self, ptywclients, asyncio.get_running_loop())
+        threading.Thread(target=reader.run, name=f"pty-reader-{fd}", daemon=True).start()
+
+    def dispatch(self, ptywclients: Any, text: str) -> None:
+        self.pre_pty_read_hook(ptywclients)  # last activity, for the culler
+        buffer = ptywclients.read_buffer
+        buffer.append(text)
+        total = sum(map(len, buffer))
+        while len(buffer) > 1 and total > self.replay_chars:
+            total -= len(buffer.popleft())
+        for client in list(ptywclients.clients):
+            client.on_pty_read(text)
+
+    def on_eof(self, ptywclients: Any) -> None:
+        # terminado's on_eof also removes an event-loop reader, which we never added.
+        self.ptys_by_fd.pop(ptywclients.ptyproc.fd, None)
+        ptywclients.ptyproc.close()
+        name = ptywclients.term_name
+        if name is not None and self.terminals.get(name) is ptywclients:
+            del self.terminals[name]
+        self.log.info("Terminal %s closed", name)
+        for client in list(ptywclients.clients):
+            client.on_pty_died()
