@@ -181,6 +181,8 @@ class SacService(Application):
         self.upstream = httpx.AsyncClient(
             timeout=httpx.Timeout(self.upstream_timeout, connect=15), follow_redirects=False
         )
+        self.hitl_waiters = hitl.Waiters()
+        reaper = asyncio.create_task(hitl.reaper(self))
         app = self.make_app()
         server = app.listen(self.port, self.ip, xheaders=True, max_body_size=64 * 1024 * 1024)
         self.log.info(
@@ -196,6 +198,7 @@ class SacService(Application):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         server.stop()
+        reaper.cancel()
         await self.upstream.aclose()
         await self.hub.close()
         await self.store.close()

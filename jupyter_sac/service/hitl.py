@@ -1,13 +1,444 @@
-"""Human-in-the-loop requests: filed by sandboxes, decided by owners and admins."""
+"""Human-in-the-loop requests: filed by sandboxes, decided by owners and admins.
+
+Sandboxes (per-agent token) read their policy, file requests, long-poll for the
+decision and cancel requests whose prompt went away. Users list, read and
+decide the requests of their own agents; admins those of everyone. The
+database is the source of truth; waiters in this process are woken at once
+when a decision lands here, and re-check the database every few seconds.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import uuid
+from collections import defaultdict
+from datetime import datetime
 from typing import Any
+
+from .. import settings as sac_settings
+from ..hitl import DEFAULT_POLICY, PolicyError, validate_policy
+from ..store.hitl import PENDING, request_model
+from .base import BaseHandler
+from .errors import ApiError
+from .openapi import _op, _path_params, _resp
+from .validation import bad, check_fields, without_nul
+
+log = logging.getLogger("jupyter_sac.hitl")
+
+MAX_WAIT = 60
+DEFAULT_WAIT = 25
+RECHECK_SECONDS = 5
+REAPER_SECONDS = 1.0
+MAX_QUESTION = 2000
+MAX_REASON = 2000
+MAX_OPTIONS = 20
+MAX_INPUT_BYTES = 256 * 1024
+LIST_LIMIT = 100
+LIST_MAX = 500
+
+
+class Waiters:
+    """In-process wake-ups for long-polls on request ids."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, set[asyncio.Event]] = defaultdict(set)
+
+    async def wait(self, request_id: str, timeout: float) -> None:
+        event = asyncio.Event()
+        self._events[request_id].add(event)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout)
+        finally:
+            self._events[request_id].discard(event)
+            if not self._events[request_id]:
+                self._events.pop(request_id, None)
+
+    def notify(self, request_id: str) -> None:
+        for event in self._events.get(request_id, ()):
+            event.set()
+
+
+async def reaper(sac: Any) -> None:
+    """Time out expired requests even if nobody waits on them."""
+    while True:
+        try:
+            for row in await sac.store.hitl.expire_due():
+                sac.hitl_waiters.notify(str(row["id"]))
+        except Exception:
+            log.exception("HITL reaper failed")
+        await asyncio.sleep(REAPER_SECONDS)
+
+
+def default_decision(resolved: dict[str, Any]) -> str:
+    return "allow" if resolved.get("hitl_default") == "approve" else "deny"
+
+
+def _cursor(row: dict[str, Any]) -> str:
+    raw = json.dumps([row["created_at"].isoformat(), str(row["id"])])
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def _parse_cursor(value: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        created, rid = json.loads(base64.urlsafe_b64decode(value.encode()))
+        return datetime.fromisoformat(created), uuid.UUID(rid)
+    except (ValueError, TypeError):
+        raise bad("cursor", "not a cursor returned by this endpoint") from None
+
+
+def _int_arg(handler: BaseHandler, name: str, default: int, low: int, high: int) -> int:
+    raw = handler.get_argument(name, None)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad(name, "expected an integer") from None
+    if not low <= value <= high:
+        raise bad(name, f"expected {low}-{high}")
+    return value
+
+
+class HitlBaseHandler(BaseHandler):
+    async def resolved_for(self, agent: Any) -> dict[str, Any]:
+        system, user = await self.sac.store.settings.for_user(agent.owner)
+        return sac_settings.resolve(system, user, agent.overrides)
+
+    async def own_request(self, request_id: str) -> dict[str, Any]:
+        """A request the calling user may see (their agent's, or any for admins)."""
+        ident = self.require_user()
+        row = await self.sac.store.hitl.get(request_id)
+        if row is None or (row["owner"] != ident.name and not ident.admin):
+            raise ApiError(404, "not_found", "no such request")
+        return row
+
+    async def agent_request(self, request_id: str) -> tuple[Any, dict[str, Any]]:
+        """A request of the calling sandbox's own agent."""
+        agent = await self.require_agent()
+        row = await self.sac.store.hitl.get(request_id)
+        if row is None or row["agent_id"] != agent.id:
+            raise ApiError(404, "not_found", "no such request")
+        return agent, row
+
+
+class AgentHitlInfoHandler(HitlBaseHandler):
+    """GET api/agent/hitl: the calling agent's policy, timeout and default."""
+
+    async def get(self) -> None:
+        agent = await self.require_agent()
+        policy = await self.sac.store.hitl.get_policy(agent.id)
+        resolved = await self.resolved_for(agent)
+        self.write_json(
+            {
+                "policy": policy if policy is not None else DEFAULT_POLICY,
+                "timeout": resolved["hitl_timeout"],
+                "default": default_decision(resolved),
+            }
+        )
+
+
+def _valid_options(value: Any) -> list[dict[str, str]]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_OPTIONS:
+        raise bad("options", f"expected a list of at most {MAX_OPTIONS} options")
+    out, keys = [], set()
+    for i, option in enumerate(value):
+        if (
+            not isinstance(option, dict)
+            or not isinstance(option.get("key"), str)
+            or not isinstance(option.get("label"), str)
+            or not 0 < len(option["key"]) <= 16
+            or len(option["label"]) > 500
+        ):
+            raise bad(f"options[{i}]", "expected {key: 1-16 characters, label: text}")
+        if option["key"] in keys:
+            raise bad(f"options[{i}].key", "duplicate option key")
+        keys.add(option["key"])
+        out.append({"key": option["key"], "label": without_nul(option["label"])})
+    return out
+
+
+def _optional_text(body: dict[str, Any], name: str, max_len: int) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > max_len:
+        raise bad(name, f"expected text of at most {max_len} characters")
+    return without_nul(value)
+
+
+class RequestsHandler(HitlBaseHandler):
+    """POST (agent): file a request. GET (user): list requests."""
+
+    async def post(self) -> None:
+        agent = await self.require_agent()
+        body = self.json_body()
+        check_fields(
+            body, {"session_id", "kind", "tool", "input", "question", "options", "dedupe_key"}
+        )
+        kind = body.get("kind")
+        if kind not in ("tool", "terminal"):
+            raise bad("kind", "expected 'tool' or 'terminal'")
+        tool_input = body.get("input", {})
+        if not isinstance(tool_input, dict):
+            raise bad("input", "expected a JSON object")
+        if len(json.dumps(tool_input)) > MAX_INPUT_BYTES:
+            raise bad("input", f"at most {MAX_INPUT_BYTES} bytes")
+        options = _valid_options(body.get("options"))
+        if kind == "terminal" and not options:
+            raise bad("options", "a terminal prompt needs the options it offers")
+        resolved = await self.resolved_for(agent)
+        row, created = await self.sac.store.hitl.file(
+            agent_id=agent.id,
+            owner=agent.owner,
+            agent_slug=agent.slug,
+            session_id=_optional_text(body, "session_id", 200),
+            kind=kind,
+            tool=_optional_text(body, "tool", 200),
+            input=without_nul(tool_input),
+            question=_optional_text(body, "question", MAX_QUESTION),
+            options=options,
+            dedupe_key=_optional_text(body, "dedupe_key", 500),
+            timeout=float(resolved["hitl_timeout"]),
+            default_decision=default_decision(resolved),
+        )
+        self.write_json(request_model(row), 201 if created else 200)
+
+    async def get(self) -> None:
+        ident = self.require_user()
+        status = self.get_argument("status", PENDING)
+        if status not in (PENDING, "decided", "all"):
+            raise bad("status", "expected pending, decided or all")
+        owner: str | None = ident.name
+        user = self.get_argument("user", None)
+        if user is not None and user != ident.name:
+            if not ident.admin:
+                raise ApiError(404, "not_found", "no such user")
+            owner = user
+        elif ident.admin and self.get_argument("all", "") in ("1", "true"):
+            owner = None
+        limit = _int_arg(self, "limit", LIST_LIMIT, 1, LIST_MAX)
+        cursor = self.get_argument("cursor", None)
+        rows = await self.sac.store.hitl.list(
+            owner=owner,
+            agent_slug=self.get_argument("agent", None),
+            status=status,
+            limit=limit + 1,
+            before=_parse_cursor(cursor) if cursor else None,
+        )
+        page = rows[:limit]
+        self.write_json(
+            {
+                "requests": [request_model(r) for r in page],
+                "next_cursor": _cursor(page[-1]) if len(rows) > limit else None,
+            }
+        )
+
+
+class RequestHandler(HitlBaseHandler):
+    async def get(self, request_id: str) -> None:
+        self.write_json(request_model(await self.own_request(request_id)))
+
+
+class WaitHandler(HitlBaseHandler):
+    """GET (agent): long-poll until the request is decided, times out or is cancelled."""
+
+    async def get(self, request_id: str) -> None:
+        _, row = await self.agent_request(request_id)
+        timeout = _int_arg(self, "timeout", DEFAULT_WAIT, 0, MAX_WAIT)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        store = self.sac.store.hitl
+        while row["status"] == PENDING:
+            now = datetime.now(row["expires_at"].tzinfo)
+            until_expiry = (row["expires_at"] - now).total_seconds()
+            if until_expiry <= 0:
+                for expired in await store.expire_due():
+                    self.sac.hitl_waiters.notify(str(expired["id"]))
+                row = await store.get(request_id) or row
+                break
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            await self.sac.hitl_waiters.wait(
+                request_id, min(remaining, until_expiry + 0.05, RECHECK_SECONDS)
+            )
+            row = await store.get(request_id) or row
+        self.write_json(request_model(row))
+
+
+class CancelHandler(HitlBaseHandler):
+    async def post(self, request_id: str) -> None:
+        agent, row = await self.agent_request(request_id)
+        cancelled = await self.sac.store.hitl.cancel(request_id, agent.id)
+        if cancelled is None:
+            raise ApiError(409, "already_decided", f"the request is {row['status']}")
+        self.sac.hitl_waiters.notify(request_id)
+        self.write_json(request_model(cancelled))
+
+
+def _default_option(row: dict[str, Any], decision: str) -> str | None:
+    options = row["options"] or []
+    if not options:
+        return None
+    if decision == "allow":
+        return options[0]["key"]
+    for option in options:
+        if option["label"].strip().lower().startswith(("no", "deny", "cancel", "n)")):
+            return option["key"]
+    return None
+
+
+class DecisionHandler(HitlBaseHandler):
+    """POST (owner/admin): allow or deny a pending request."""
+
+    async def post(self, request_id: str) -> None:
+        ident = self.require_user()
+        row = await self.own_request(request_id)
+        body = self.json_body()
+        check_fields(body, {"decision", "reason", "option"})
+        decision = body.get("decision")
+        if decision == "approve":
+            decision = "allow"
+        if decision not in ("allow", "deny"):
+            raise bad("decision", "expected 'allow' or 'deny'")
+        reason = _optional_text(body, "reason", MAX_REASON)
+        option = body.get("option")
+        if row["kind"] == "terminal":
+            keys = [o["key"] for o in row["options"] or []]
+            if option is None:
+                option = _default_option(row, decision)
+            elif option not in keys:
+                raise bad("option", f"expected one of {keys}")
+        elif option is not None:
+            raise bad("option", "only terminal prompts have options")
+        if row["status"] != PENDING:
+            raise ApiError(409, "already_decided", f"the request is already {row['status']}")
+        decided = await self.sac.store.hitl.decide(request_id, decision, option, reason, ident.name)
+        if decided is None:
+            current = await self.sac.store.hitl.get(request_id)
+            status = current["status"] if current else "gone"
+            if status == PENDING:  # past its expiry, not yet reaped
+                status = "timed out"
+            raise ApiError(409, "already_decided", f"the request is already {status}")
+        self.sac.hitl_waiters.notify(request_id)
+        self.write_json(request_model(decided))
+
+
+class PolicyHandler(HitlBaseHandler):
+    """GET/PUT (owner/admin): an agent's HITL policy."""
+
+    async def _agent(self, owner: str, slug: str) -> Any:
+        self.authorize_user(owner)
+        agent = await self.sac.store.agents.get(owner, slug)
+        if agent is None:
+            raise ApiError(404, "not_found", "no such agent")
+        return agent
+
+    async def get(self, owner: str, slug: str) -> None:
+        agent = await self._agent(owner, slug)
+        policy = await self.sac.store.hitl.get_policy(agent.id)
+        self.write_json({"policy": policy if policy is not None else DEFAULT_POLICY})
+
+    async def put(self, owner: str, slug: str) -> None:
+        agent = await self._agent(owner, slug)
+        body = self.json_body()
+        check_fields(body, {"policy"})
+        try:
+            policy = validate_policy(body.get("policy"))
+        except PolicyError as e:
+            raise bad(e.field, e.message) from None
+        await self.sac.store.hitl.put_policy(agent.id, policy, self.identity.name)
+        self.write_json({"policy": policy})
+
+
+REQUEST_ID = r"([^/]+)"
 
 
 def routes(prefix: str) -> list[tuple[str, Any]]:
-    return []
+    return [
+        (prefix + "api/agent/hitl", AgentHitlInfoHandler),
+        (prefix + "api/hitl/requests", RequestsHandler),
+        (prefix + f"api/hitl/requests/{REQUEST_ID}", RequestHandler),
+        (prefix + f"api/hitl/requests/{REQUEST_ID}/wait", WaitHandler),
+        (prefix + f"api/hitl/requests/{REQUEST_ID}/cancel", CancelHandler),
+        (prefix + f"api/hitl/requests/{REQUEST_ID}/decision", DecisionHandler),
+        (prefix + r"api/users/([^/]+)/agents/([a-z0-9-]+)/hitl-policy", PolicyHandler),
+    ]
 
 
 def openapi_paths() -> dict[str, Any]:
-    return {}
+    req = {"$ref": "#/components/schemas/HitlRequest"}
+    rid = _path_params("id")
+    ok = {"200": _resp("the request", req)}
+    return {
+        "/api/agent/hitl": {
+            "get": _op("The calling agent's HITL policy, timeout and default (agent token)", ok)
+        },
+        "/api/hitl/requests": {
+            "post": _op(
+                "File a HITL request (agent token); an equal pending one is returned with 200",
+                {"201": _resp("filed", req), "200": _resp("already pending", req)},
+                400,
+                413,
+                body={"type": "object"},
+            ),
+            "get": _op(
+                "HITL requests of my agents (admins: ?all=1 or ?user=NAME);"
+                " ?status=pending|decided|all, ?agent=, ?limit=, ?cursor=",
+                {"200": _resp("requests")},
+                400,
+                404,
+            ),
+        },
+        "/api/hitl/requests/{id}": {"get": _op("One HITL request", ok, 404, params=rid)},
+        "/api/hitl/requests/{id}/wait": {
+            "get": _op(
+                "Long-poll until decided (agent token; ?timeout=0-60 s)", ok, 404, params=rid
+            )
+        },
+        "/api/hitl/requests/{id}/cancel": {
+            "post": _op("Withdraw a pending request (agent token)", ok, 404, 409, params=rid)
+        },
+        "/api/hitl/requests/{id}/decision": {
+            "post": _op(
+                "Allow or deny a pending request (owner or admin)",
+                ok,
+                400,
+                404,
+                409,
+                body={
+                    "type": "object",
+                    "required": ["decision"],
+                    "properties": {
+                        "decision": {"enum": ["allow", "deny"]},
+                        "reason": {"type": "string"},
+                        "option": {"type": "string"},
+                    },
+                },
+                params=rid,
+            )
+        },
+        "/api/users/{user}/agents/{slug}/hitl-policy": {
+            "get": _op(
+                "An agent's HITL policy",
+                {"200": _resp("policy")},
+                404,
+                params=_path_params("user", "slug"),
+            ),
+            "put": _op(
+                "Replace an agent's HITL policy",
+                {"200": _resp("policy")},
+                400,
+                404,
+                body={"type": "object", "properties": {"policy": {"type": "object"}}},
+                params=_path_params("user", "slug"),
+            ),
+        },
+    }

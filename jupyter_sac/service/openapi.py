@@ -71,6 +71,31 @@ def document(prefix: str) -> dict[str, Any]:
                 }
             },
             "schemas": {
+                "HitlRequest": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string", "format": "uuid"},
+                        "user": {"type": "string"},
+                        "agent": {"type": "string"},
+                        "session_id": {"type": "string", "nullable": True},
+                        "kind": {"enum": ["tool", "terminal"]},
+                        "tool": {"type": "string", "nullable": True},
+                        "input": {"type": "object"},
+                        "question": {"type": "string", "nullable": True},
+                        "options": {"type": "array", "items": {"type": "object"}},
+                        "status": {
+                            "enum": ["pending", "approved", "denied", "timed_out", "cancelled"]
+                        },
+                        "decision": {"enum": ["allow", "deny", None], "nullable": True},
+                        "option": {"type": "string", "nullable": True},
+                        "reason": {"type": "string", "nullable": True},
+                        "decided_by": {"type": "string", "nullable": True},
+                        "default_decision": {"enum": ["allow", "deny"]},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "decided_at": {"type": "string", "format": "date-time", "nullable": True},
+                        "expires_at": {"type": "string", "format": "date-time"},
+                    },
+                },
                 "Error": {
                     "type": "object",
                     "required": ["error", "message"],

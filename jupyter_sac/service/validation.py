@@ -25,6 +25,18 @@ CREATE_FIELDS = {
 UPDATE_FIELDS = {"display_name", "provider", "model", "base_url", "api_key", "overrides"}
 
 
+def without_nul(value: Any) -> Any:
+    """``value`` with NUL characters removed from every string (PostgreSQL's text and
+    jsonb cannot store them; sandboxes may send any bytes a tool printed)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nul(v) for v in value]
+    return value
+
+
 def bad(field: str, message: str, code: str = "invalid_field") -> ApiError:
     return ApiError(400, code, f"{field}: {message}", field=field)
 

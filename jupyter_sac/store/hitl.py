@@ -1,10 +1,205 @@
-"""Human-in-the-loop requests: filed by sandboxes, decided by owners and admins."""
+"""Human-in-the-loop requests and policies: filed by sandboxes, decided by owners and admins."""
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
+
+PENDING = "pending"
+DECIDED_STATUSES = ("approved", "denied", "timed_out", "cancelled")
+
+_COLUMNS = (
+    "id, agent_id, owner, agent_slug, session_id, kind, tool, input, question, options,"
+    " dedupe_key, status, decision, option, reason, decided_by, default_decision,"
+    " created_at, decided_at, expires_at"
+)
+
+
+def request_model(row: dict[str, Any]) -> dict[str, Any]:
+    """The JSON shape of a request everywhere (API, events)."""
+
+    def iso(value: datetime | None) -> str | None:
+        return value.isoformat() if value is not None else None
+
+    return {
+        "id": str(row["id"]),
+        "user": row["owner"],
+        "agent": row["agent_slug"],
+        "session_id": row["session_id"],
+        "kind": row["kind"],
+        "tool": row["tool"],
+        "input": row["input"],
+        "question": row["question"],
+        "options": row["options"],
+        "status": row["status"],
+        "decision": row["decision"],
+        "option": row["option"],
+        "reason": row["reason"],
+        "decided_by": row["decided_by"],
+        "default_decision": row["default_decision"],
+        "created_at": iso(row["created_at"]),
+        "decided_at": iso(row["decided_at"]),
+        "expires_at": iso(row["expires_at"]),
+    }
 
 
 class HitlRequests:
     def __init__(self, pool: AsyncConnectionPool):
         self.pool = pool
+
+    # ---- policies -----------------------------------------------------------------
+
+    async def get_policy(self, agent_id: int) -> dict[str, Any] | None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT policy FROM hitl_policies WHERE agent_id = %s", (agent_id,)
+            )
+            row = await cur.fetchone()
+        return dict(row["policy"]) if row else None
+
+    async def put_policy(self, agent_id: int, policy: dict[str, Any], by: str) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO hitl_policies (agent_id, policy, updated_by) VALUES (%s, %s, %s)"
+                " ON CONFLICT (agent_id) DO UPDATE SET policy = EXCLUDED.policy,"
+                " updated_at = now(), updated_by = EXCLUDED.updated_by",
+                (agent_id, Jsonb(policy), by),
+            )
+
+    # ---- requests -----------------------------------------------------------------
+
+    async def file(
+        self,
+        *,
+        agent_id: int,
+        owner: str,
+        agent_slug: str,
+        session_id: str | None,
+        kind: str,
+        tool: str | None,
+        input: dict[str, Any],
+        question: str | None,
+        options: list[dict[str, str]],
+        dedupe_key: str | None,
+        timeout: float,
+        default_decision: str,
+    ) -> tuple[dict[str, Any], bool]:
+        """(the request, whether it is new). A pending request of the same agent with
+        the same dedupe key is returned instead of filing a second one."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                f"INSERT INTO hitl_requests (id, agent_id, owner, agent_slug, session_id, kind,"
+                f" tool, input, question, options, dedupe_key, default_decision, expires_at)"
+                f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                f"         now() + make_interval(secs => %s))"
+                f" ON CONFLICT (agent_id, dedupe_key)"
+                f"   WHERE status = 'pending' AND dedupe_key IS NOT NULL DO NOTHING"
+                f" RETURNING {_COLUMNS}",
+                (
+                    uuid.uuid4(),
+                    agent_id,
+                    owner,
+                    agent_slug,
+                    session_id,
+                    kind,
+                    tool,
+                    Jsonb(input),
+                    question,
+                    Jsonb(options),
+                    dedupe_key,
+                    default_decision,
+                    timeout,
+                ),
+            )
+            row = await cur.fetchone()
+            if row is not None:
+                return row, True
+            cur = await conn.execute(
+                f"SELECT {_COLUMNS} FROM hitl_requests WHERE agent_id = %s AND dedupe_key = %s"
+                f" AND status = 'pending'",
+                (agent_id, dedupe_key),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            return row, False
+
+    async def get(self, request_id: str) -> dict[str, Any] | None:
+        try:
+            rid = uuid.UUID(request_id)
+        except ValueError:
+            return None
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(f"SELECT {_COLUMNS} FROM hitl_requests WHERE id = %s", (rid,))
+            return await cur.fetchone()
+
+    async def expire_due(self) -> list[dict[str, Any]]:
+        """Resolve every pending request past its expiry with its default decision."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"UPDATE hitl_requests SET status = 'timed_out', decision = default_decision,"
+                f" decided_at = now(),"
+                f" reason = 'no decision within the timeout; the default applied'"
+                f" WHERE status = 'pending' AND expires_at <= now() RETURNING {_COLUMNS}"
+            )
+            return await cur.fetchall()
+
+    async def decide(
+        self, request_id: str, decision: str, option: str | None, reason: str | None, by: str
+    ) -> dict[str, Any] | None:
+        """Decide a pending request; None if it is no longer pending (or past expiry)."""
+        status = "approved" if decision == "allow" else "denied"
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"UPDATE hitl_requests SET status = %s, decision = %s, option = %s, reason = %s,"
+                f" decided_by = %s, decided_at = now()"
+                f" WHERE id = %s AND status = 'pending' AND expires_at > now()"
+                f" RETURNING {_COLUMNS}",
+                (status, decision, option, reason, by, uuid.UUID(request_id)),
+            )
+            return await cur.fetchone()
+
+    async def cancel(self, request_id: str, agent_id: int) -> dict[str, Any] | None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"UPDATE hitl_requests SET status = 'cancelled', decided_at = now()"
+                f" WHERE id = %s AND agent_id = %s AND status = 'pending' RETURNING {_COLUMNS}",
+                (uuid.UUID(request_id), agent_id),
+            )
+            return await cur.fetchone()
+
+    async def list(
+        self,
+        *,
+        owner: str | None,
+        agent_slug: str | None,
+        status: str,
+        limit: int,
+        before: tuple[datetime, uuid.UUID] | None,
+    ) -> list[dict[str, Any]]:
+        """Newest first; ``before`` is the keyset cursor (created_at, id) of the last row."""
+        where, params = [], []
+        if owner is not None:
+            where.append("owner = %s")
+            params.append(owner)
+        if agent_slug is not None:
+            where.append("agent_slug = %s")
+            params.append(agent_slug)
+        if status == PENDING:
+            where.append("status = 'pending'")
+        elif status == "decided":
+            where.append("status <> 'pending'")
+        if before is not None:
+            where.append("(created_at, id) < (%s, %s)")
+            params += list(before)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {_COLUMNS} FROM hitl_requests {clause}"
+                f" ORDER BY created_at DESC, id DESC LIMIT %s",
+                (*params, limit),
+            )
+            return await cur.fetchall()
