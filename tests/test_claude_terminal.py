@@ -144,7 +144,7 @@ async def test_claude_terminal_runs_tools_survives_reconnects_and_restarts(
 
         # Reconnect: the same process, its scrollback replayed (CJK intact).
         again = await TerminalClient.connect(base, client.token)
-        await again.wait_for(lambda t: "完了 written" in t.raw, 30, "replayed scrollback")
+        await again.wait_for(lambda t: "完了 written" in t.text(), 30, "replayed scrollback")
         assert api.get(base + "sac/api/terminal").json()["pid"] == status["pid"]
 
         # Resize follows the (smallest) attached client.
