@@ -120,7 +120,15 @@ async def _matches_transcripts(stack: dict, client: HubApi, user: str, slug: str
         events = _stored(client, user, slug)
         return events if len(events) >= len(lines) else None
 
-    events = poll_until(stored_all, 60, "history rows for every transcript line")
+    try:
+        events = poll_until(stored_all, 60, "history rows for every transcript line")
+    except TimeoutError:
+        status = httpx.get(
+            f"{stack['url']}user/{user}/{slug}/sac/api/history/status",
+            headers={"Authorization": f"token {client.token}"},
+        ).text
+        raise AssertionError(f"{len(lines)} lines, {len(_stored(client, user, slug))} stored;"
+                             f" the sandbox's spool: {status}") from None
     # Exactly one row per transcript line: nothing lost, nothing doubled.
     assert len(events) == len(lines)
     stored_keys = {(e["session_id"], e["uuid"]) for e in events}

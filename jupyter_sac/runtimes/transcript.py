@@ -43,14 +43,19 @@ class ReadState:
         )
 
 
-def entry_to_event(session_id: str, raw: bytes, entry: Any, last_ts: str) -> dict[str, Any]:
-    """One transcript line as a history event (uuid and ts stable for the same bytes)."""
+def entry_to_event(
+    session_id: str, raw: bytes, entry: Any, last_ts: str, offset: int
+) -> dict[str, Any]:
+    """One transcript line as a history event (uuid and ts stable for the same line)."""
     if not isinstance(entry, dict):
         entry = {"type": "invalid", "value": entry}
     uuid = entry.get("uuid")
     if not isinstance(uuid, str) or not uuid or len(uuid) > 200:
-        # Summaries, snapshots and other entries without a uuid: a content hash.
-        uuid = "sha256:" + hashlib.sha256(session_id.encode() + b"\0" + raw).hexdigest()
+        # Summaries, markers and other entries without a uuid: a hash of the line and
+        # where it starts in the transcript (Claude Code writes some markers twice,
+        # byte for byte; each line is still one entry).
+        key = f"{session_id}\0{offset}\0".encode() + raw
+        uuid = "sha256:" + hashlib.sha256(key).hexdigest()
     ts = entry.get("timestamp")
     if not isinstance(ts, str) or not ts:
         snapshot = entry.get("snapshot")
@@ -81,15 +86,17 @@ def parse_new_lines(
         return [], state
     events = []
     last_ts = state.last_ts
-    for raw in data[: end + 1].split(b"\n"):
-        raw = raw.strip()
+    offset = state.offset
+    for line in data[: end + 1].split(b"\n")[:-1]:
+        start, offset = offset, offset + len(line) + 1
+        raw = line.strip()
         if not raw:
             continue
         try:
             entry = json.loads(raw)
         except ValueError:
             entry = {"type": "invalid", "raw": raw.decode("utf-8", "replace")}
-        event = entry_to_event(session_id, raw, entry, last_ts)
+        event = entry_to_event(session_id, raw, entry, last_ts, start)
         last_ts = event["ts"]
         events.append(event)
     return events, ReadState(offset=state.offset + end + 1, last_ts=last_ts)
@@ -116,3 +123,63 @@ def read_new_entries(
     except FileNotFoundError:
         return [], state
     return parse_new_lines(session_id, data, state)
+
+
+# ---- reading entries as text (the service: session titles, CSV export, search) ----
+
+PROMPT_CHARS = 500
+
+
+def _blocks(payload: dict[str, Any]) -> Any:
+    message = payload.get("message")
+    return message.get("content") if isinstance(message, dict) else None
+
+
+def prompt_text(kind: str, payload: Any) -> str | None:
+    """The text a user typed, if this entry is a user prompt (not a tool result)."""
+    if kind != "user" or not isinstance(payload, dict) or payload.get("isMeta"):
+        return None
+    content = _blocks(payload)
+    if isinstance(content, str):
+        text = content
+    elif isinstance(content, list):
+        if any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content):
+            return None
+        texts = [
+            b["text"]
+            for b in content
+            if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
+        ]
+        text = texts[0] if texts else ""
+    else:
+        return None
+    text = text.strip()
+    return text[:PROMPT_CHARS] if text else None
+
+
+def readable_text(kind: str, payload: Any, limit: int = 4000) -> str:
+    """A one-cell rendering of an entry: text, tool calls and results, summaries."""
+    if not isinstance(payload, dict):
+        return ""
+    if kind == "summary":
+        return str(payload.get("summary") or "")[:limit]
+    content = _blocks(payload)
+    if isinstance(content, str):
+        return content[:limit]
+    parts: list[str] = []
+    for block in content if isinstance(content, list) else ():
+        if not isinstance(block, dict):
+            continue
+        kind_ = block.get("type")
+        if kind_ == "text":
+            parts.append(str(block.get("text") or ""))
+        elif kind_ == "thinking":
+            parts.append("[thinking] " + str(block.get("thinking") or ""))
+        elif kind_ == "tool_use":
+            parts.append(f"[tool_use {block.get('name')}] " + json.dumps(block.get("input"))[:500])
+        elif kind_ == "tool_result":
+            result = block.get("content")
+            if isinstance(result, list):
+                result = " ".join(str(r.get("text") or "") for r in result if isinstance(r, dict))
+            parts.append("[tool_result] " + str(result or "")[:500])
+    return "\n".join(p for p in parts if p)[:limit]
