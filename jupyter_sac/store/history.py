@@ -58,8 +58,11 @@ class EventFilter:
             clauses.append("ts < %s")
             params.append(self.until)
         if self.text:
-            # The search text is literal: LIKE's own metacharacters are escaped.
-            escaped = self.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            # Matched against the JSON text of the entry, so the query is escaped the way
+            # JSON writes strings (quotes, backslashes); then LIKE's metacharacters are
+            # escaped, so the search text is literal.
+            as_json = json.dumps(self.text, ensure_ascii=False)[1:-1]
+            escaped = as_json.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             clauses.append("payload::text ILIKE %s ESCAPE '\\'")
             params.append(f"%{escaped}%")
         return clauses, params

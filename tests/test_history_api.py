@@ -1,0 +1,199 @@
+"""The history API of the `sac` service: ingest with an agent's own token, pages,
+CSV export, search, and what other users and bad input get."""
+
+from __future__ import annotations
+
+import csv
+import io
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from helpers import HubApi, run_in_terminal, running_agent
+
+pytestmark = pytest.mark.stack
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def agent(stack: dict) -> Iterator[dict]:
+    """A running agent, its owner's client and the agent's own sandbox token."""
+    import asyncio
+
+    user = f"hapi{uuid.uuid4().hex[:6]}"
+    with running_agent(stack["admin"], user, "scribe", api_key="sk-unused") as client:
+        token = asyncio.run(
+            run_in_terminal(stack["url"], client.token, user, "scribe", "echo $SAC_AGENT_TOKEN")
+        )
+        assert token.startswith("sac-agent-")
+        ingest = httpx.Client(
+            base_url=stack["url"] + "services/sac/api/",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+        )
+        yield {"user": user, "client": client, "ingest": ingest, "token": token}
+
+
+def _event(session: str, n: int, kind: str = "assistant", text: str = "") -> dict:
+    message = {"role": kind, "content": text or f"message {n}"}
+    return {
+        "session_id": session,
+        "uuid": f"{session}-{n}",
+        "ts": (T0 + timedelta(seconds=n)).isoformat(),
+        "kind": kind,
+        "payload": {"type": kind, "uuid": f"{session}-{n}", "message": message},
+    }
+
+
+def _all_events(client: HubApi, user: str, params: dict | None = None) -> list[dict]:
+    out, cursor = [], None
+    while True:
+        query = {"limit": 7, **(params or {}), **({"cursor": cursor} if cursor else {})}
+        resp = client.sac("GET", f"users/{user}/agents/scribe/history/events", params=query)
+        assert resp.status_code == 200, resp.text
+        out += resp.json()["events"]
+        cursor = resp.json()["next_cursor"]
+        if not cursor:
+            return out
+
+
+def test_ingest_is_idempotent_and_summarised(agent: dict) -> None:
+    session = f"s-{uuid.uuid4().hex[:8]}"
+    batch = [_event(session, 1, "user", "  summarise the sales CSV  "), _event(session, 2)]
+    batch += [_event(session, n) for n in range(3, 30)]
+    first = agent["ingest"].post("history/ingest", json={"events": batch})
+    assert first.status_code == 200, first.text
+    assert first.json() == {"received": 29, "stored": 29}
+    again = agent["ingest"].post("history/ingest", json={"events": batch + batch[:3]})
+    assert again.json() == {"received": 32, "stored": 0}
+
+    client, user = agent["client"], agent["user"]
+    sessions = client.sac("GET", f"users/{user}/agents/scribe/history/sessions").json()
+    mine = next(s for s in sessions["sessions"] if s["session_id"] == session)
+    assert mine["first_prompt"] == "summarise the sales CSV"
+    assert mine["events"] == 29 and mine["prompts"] == 1
+    assert mine["first_ts"] == (T0 + timedelta(seconds=1)).isoformat()
+    assert mine["last_ts"] == (T0 + timedelta(seconds=29)).isoformat()
+
+    events = _all_events(client, user, {"session": session})
+    assert [e["uuid"] for e in events] == [f"{session}-{n}" for n in range(1, 30)]
+    newest = _all_events(client, user, {"session": session, "order": "desc"})
+    assert [e["uuid"] for e in newest] == [e["uuid"] for e in reversed(events)]
+    window = _all_events(
+        client,
+        user,
+        {
+            "session": session,
+            "since": (T0 + timedelta(seconds=5)).isoformat(),
+            "until": (T0 + timedelta(seconds=8)).isoformat(),
+        },
+    )
+    assert [e["uuid"] for e in window] == [f"{session}-{n}" for n in (5, 6, 7)]
+
+
+def test_pages_stay_correct_while_events_arrive(agent: dict) -> None:
+    session = f"c-{uuid.uuid4().hex[:8]}"
+    existing = [_event(session, n) for n in range(0, 400, 2)]  # even seconds
+    assert agent["ingest"].post("history/ingest", json={"events": existing}).status_code == 200
+    stop = threading.Event()
+
+    def insert_odd() -> None:
+        n = 1
+        while not stop.is_set() and n < 400:
+            agent["ingest"].post("history/ingest", json={"events": [_event(session, n)]})
+            n += 2
+
+    writer = threading.Thread(target=insert_odd)
+    writer.start()
+    try:
+        seen = _all_events(agent["client"], agent["user"], {"session": session})
+    finally:
+        stop.set()
+        writer.join()
+    uuids = [e["uuid"] for e in seen]
+    assert len(uuids) == len(set(uuids)), "no event twice"
+    assert {e["uuid"] for e in existing} <= set(uuids), "no event that existed was skipped"
+    times = [e["ts"] for e in seen]
+    assert times == sorted(times)
+
+
+def test_csv_export_and_search(agent: dict, admin: HubApi) -> None:
+    session = f"x-{uuid.uuid4().hex[:8]}"
+    odd = "100% of rows_with 'quotes' \\ and 漢字 and emoji 🧪"
+    batch = [_event(session, 1, "user", odd), _event(session, 2, "assistant", "plain answer")]
+    agent["ingest"].post("history/ingest", json={"events": batch})
+    client, user = agent["client"], agent["user"]
+
+    resp = client.sac(
+        "GET", f"users/{user}/agents/scribe/history/export.csv", params={"session": session}
+    )
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(resp.text)))
+    assert [r["uuid"] for r in rows] == [f"{session}-1", f"{session}-2"]
+    assert rows[0]["text"] == odd and rows[0]["agent"] == "scribe" and rows[0]["owner"] == user
+
+    # Search: LIKE metacharacters and quotes are literal; the owner finds their own text.
+    for q in ("100% of rows_with", "'quotes' \\", "漢字", "🧪"):
+        found = client.sac("GET", "history/search", params={"q": q}).json()["events"]
+        assert [e["uuid"] for e in found] == [f"{session}-1"], q
+    assert client.sac("GET", "history/search", params={"q": "0%_"}).json()["events"] == []
+    # Admins search everyone and export the result.
+    found = admin.sac("GET", "history/search", params={"q": odd, "user": user}).json()
+    assert [e["user"] for e in found["events"]] == [user]
+    exported = admin.sac("GET", "history/export.csv", params={"q": "plain answer", "user": user})
+    assert [r["uuid"] for r in csv.DictReader(io.StringIO(exported.text))] == [f"{session}-2"]
+
+
+def test_other_users_cannot_read_or_export(agent: dict, new_user) -> None:
+    user = agent["user"]
+    _, stranger = new_user("nosy")
+    for path in ("sessions", "events", "export.csv"):
+        resp = stranger.sac("GET", f"users/{user}/agents/scribe/history/{path}")
+        assert resp.status_code == 404, (path, resp.text)
+        assert resp.json()["error"] == "not_found"
+    assert stranger.sac("GET", "history/search", params={"user": user}).status_code == 404
+    # Their own search never reaches another user's events.
+    everything = stranger.sac("GET", "history/search", params={"q": "message"}).json()
+    assert everything["events"] == []
+
+
+def test_bad_ingest_is_refused_and_stores_nothing(agent: dict, stack: dict) -> None:
+    session = f"bad-{uuid.uuid4().hex[:8]}"
+    good = _event(session, 1)
+    url = stack["url"] + "services/sac/api/history/ingest"
+    assert httpx.post(url, json={"events": [good]}).status_code == 401
+    forged = httpx.post(
+        url, json={"events": [good]}, headers={"Authorization": "Bearer sac-agent-forged"}
+    )
+    assert forged.status_code == 401 and forged.json()["error"] == "unauthorized"
+    cases = [
+        ({"events": [good, {**good, "uuid": "u2", "ts": "yesterday"}]}, "events[1].ts"),
+        ({"events": [good, {**good, "uuid": "u3", "payload": "text"}]}, "events[1].payload"),
+        ({"events": [{**good, "session_id": ""}]}, "events[0].session_id"),
+        ({"events": [good] * 1001}, "events"),
+        ({"events": [good], "agent": "someone-else"}, "agent"),
+    ]
+    for body, field in cases:
+        resp = agent["ingest"].post("history/ingest", json=body)
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["field"] == field
+    assert agent["ingest"].post("history/ingest", content=b"{nope").status_code == 400
+    huge = {"events": [{**good, "payload": {"x": "y" * (17 * 1024 * 1024)}}]}
+    assert agent["ingest"].post("history/ingest", json=huge).status_code == 413
+    events = agent["client"].sac(
+        "GET", f"users/{agent['user']}/agents/scribe/history/events", params={"session": session}
+    )
+    assert events.json()["events"] == []
+
+    # NUL characters (which PostgreSQL cannot store) are dropped, not a 500.
+    nul = {**good, "payload": {"type": "assistant", "message": {"content": "a\x00b"}}}
+    resp = agent["ingest"].post("history/ingest", json={"events": [nul]})
+    assert resp.status_code == 200, resp.text
+    stored = agent["client"].sac(
+        "GET", f"users/{agent['user']}/agents/scribe/history/events", params={"session": session}
+    )
+    assert stored.json()["events"][0]["payload"]["message"]["content"] == "ab"
