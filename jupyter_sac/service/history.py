@@ -48,7 +48,7 @@ def _key(value: Any, field: str, max_len: int) -> str:
     return value
 
 
-def parse_events(body: dict[str, Any]) -> list[IngestEvent]:
+def parse_events(body: dict[str, Any], may_contain_nul: bool = True) -> list[IngestEvent]:
     check_fields(body, {"events"})
     events = body.get("events")
     if not isinstance(events, list):
@@ -67,7 +67,7 @@ def parse_events(body: dict[str, Any]) -> list[IngestEvent]:
         if not isinstance(payload, dict):
             raise bad(f"{field}.payload", "expected a JSON object")
         kind = _key(event.get("kind"), f"{field}.kind", MAX_KIND)
-        clean = without_nul(payload)
+        clean = without_nul(payload) if may_contain_nul else payload
         out.append(
             IngestEvent(
                 session_id=_key(event.get("session_id"), f"{field}.session_id", MAX_KEY),
@@ -214,7 +214,8 @@ class IngestHandler(HistoryBaseHandler):
 
     async def post(self) -> None:
         agent = await self.require_agent()
-        events = parse_events(self.json_body())
+        # Only a body that spells a NUL escape can hold one (JSON has no raw NULs).
+        events = parse_events(self.json_body(), b"\\u0000" in self.request.body)
         stored = await self.sac.store.history.ingest(agent.id, agent.owner, agent.slug, events)
         self.write_json({"received": len(events), "stored": stored})
 
