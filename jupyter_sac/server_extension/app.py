@@ -12,7 +12,13 @@ from traitlets import Bool, Integer, List, Unicode, default
 
 from ..runtimes.claude import claude_binary
 from ..runtimes.claude_config import hook_command, seed_claude_config
+from .chat import ChatManager
 from .handlers import (
+    ChatCancelHandler,
+    ChatEventsSocket,
+    ChatHandler,
+    ChatSessionHandler,
+    ChatSessionsHandler,
     HistoryStatusHandler,
     HitlStatusHandler,
     PreToolUseHookHandler,
@@ -176,6 +182,9 @@ class SacExtensionApp(ExtensionApp):
                 "sac_service_client": client,
                 "sac_hitl": bridge,
                 "sac_claude_terminal": terminal,
+                "sac_chat": ChatManager(
+                    state / "chat", argv=lambda: [claude_binary() or "claude"], cwd=self.workspace
+                ),
             }
         )
 
@@ -189,6 +198,11 @@ class SacExtensionApp(ExtensionApp):
                 (r"/sac/api/hitl", HitlStatusHandler),
                 (r"/sac/api/hooks/transcript", TranscriptHookHandler),
                 (r"/sac/api/hooks/pre-tool-use", PreToolUseHookHandler),
+                (r"/sac/api/chat", ChatHandler),
+                (r"/sac/api/chat/sessions", ChatSessionsHandler),
+                (r"/sac/api/chat/sessions/([^/]+)", ChatSessionHandler),
+                (r"/sac/api/chat/sessions/([^/]+)/cancel", ChatCancelHandler),
+                (r"/sac/api/chat/events", ChatEventsSocket),
             ]
         )
 
@@ -206,6 +220,9 @@ class SacExtensionApp(ExtensionApp):
                 self.log.exception("could not start the Claude terminal")
 
     async def stop_extension(self) -> None:
+        chat = self.settings.get("sac_chat")
+        if chat is not None:
+            await chat.stop()
         uploader = self.settings.get("sac_history_uploader")
         if uploader is not None:
             await uploader.stop()
