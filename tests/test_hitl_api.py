@@ -1,0 +1,151 @@
+"""The HITL API of the `sac` service, driven with an agent's own sandbox token (as the
+extension does) and with users' tokens (as the sidebar and notebooks do)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from helpers import HubApi, run_in_terminal, running_agent
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture(scope="module")
+def agent(stack: dict) -> Iterator[dict]:
+    user = f"hitlapi{uuid.uuid4().hex[:6]}"
+    with running_agent(stack["admin"], user, "gate", api_key="sk-unused-key") as client:
+        token = asyncio.run(
+            run_in_terminal(stack["url"], client.token, user, "gate", "echo $SAC_AGENT_TOKEN")
+        )
+        sandbox = httpx.Client(
+            base_url=stack["url"] + "services/sac/api/",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=90,
+        )
+        yield {"user": user, "client": client, "sandbox": sandbox}
+
+
+def _file(agent: dict, **body: object) -> httpx.Response:
+    return agent["sandbox"].post(
+        "hitl/requests",
+        json={"kind": "tool", "tool": "Bash", "input": {"command": "ls"}, **body},
+    )
+
+
+def test_policy_info_and_validation(agent: dict) -> None:
+    client, user, sandbox = agent["client"], agent["user"], agent["sandbox"]
+    info = sandbox.get("agent/hitl").json()
+    assert info["policy"]["default"] == "ask" and "Read" in info["policy"]["allow"]
+    assert info["timeout"] == 600 and info["default"] == "deny"
+    bad = client.sac(
+        "PUT", f"users/{user}/agents/gate/hitl-policy", json={"policy": {"allow": ["Bash("]}}
+    )
+    assert bad.status_code == 400 and bad.json()["field"] == "policy.allow[0]"
+    policy = {"default": "ask", "allow": ["Read"], "ask": [], "deny": ["Bash(rm *)"]}
+    ok = client.sac("PUT", f"users/{user}/agents/gate/hitl-policy", json={"policy": policy})
+    assert ok.status_code == 200 and ok.json()["policy"] == policy
+    assert sandbox.get("agent/hitl").json()["policy"] == policy
+
+
+def test_file_dedupe_wait_decide(agent: dict) -> None:
+    client, user = agent["client"], agent["user"]
+    key = f"prompt-{uuid.uuid4().hex[:6]}"
+    options = [{"key": "1", "label": "Yes"}, {"key": "3", "label": "No"}]
+    first = _file(agent, kind="terminal", tool="claude", options=options, dedupe_key=key,
+                  question="Do you want to proceed?", input={"screen": "…"})  # fmt: skip
+    assert first.status_code == 201, first.text
+    again = _file(agent, kind="terminal", tool="claude", options=options, dedupe_key=key,
+                  question="Do you want to proceed?", input={"screen": "…"})  # fmt: skip
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    rid = first.json()["id"]
+
+    answered: dict = {}
+
+    def wait() -> None:
+        answered.update(agent["sandbox"].get(f"hitl/requests/{rid}/wait?timeout=30").json())
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    pending = client.sac("GET", "hitl/requests").json()["requests"]
+    assert rid in [r["id"] for r in pending]
+    bad = client.sac("POST", f"hitl/requests/{rid}/decision", json={"decision": "allow",
+                                                                    "option": "9"})  # fmt: skip
+    assert bad.status_code == 400 and bad.json()["field"] == "option"
+    resp = client.sac("POST", f"hitl/requests/{rid}/decision", json={"decision": "deny"})
+    assert resp.status_code == 200, resp.text
+    waiter.join()
+    assert answered["status"] == "denied" and answered["option"] == "3"
+    assert answered["decided_by"] == user
+    again = client.sac("POST", f"hitl/requests/{rid}/decision", json={"decision": "allow"})
+    assert again.status_code == 409 and again.json()["error"] == "already_decided"
+    history = client.sac("GET", "hitl/requests", params={"status": "decided"}).json()
+    assert rid in [r["id"] for r in history["requests"]]
+
+
+def test_cancel_and_admin_queue(agent: dict, admin: HubApi) -> None:
+    rid = _file(agent).json()["id"]
+    assert agent["sandbox"].post(f"hitl/requests/{rid}/cancel").json()["status"] == "cancelled"
+    assert agent["sandbox"].post(f"hitl/requests/{rid}/cancel").status_code == 409
+    rid = _file(agent, input={"command": "make deploy"}).json()["id"]
+    queue = admin.sac("GET", "hitl/requests", params={"all": "1"}).json()["requests"]
+    assert rid in [r["id"] for r in queue]
+    mine = admin.sac("GET", "hitl/requests").json()["requests"]
+    assert rid not in [r["id"] for r in mine], "without ?all=1 an admin sees their own"
+    decided = admin.sac("POST", f"hitl/requests/{rid}/decision", json={"decision": "allow"})
+    assert decided.status_code == 200 and decided.json()["decided_by"] == "admin"
+
+
+def test_paging(agent: dict) -> None:
+    ids = [_file(agent, input={"command": f"echo {i}"}).json()["id"] for i in range(5)]
+    seen, cursor = [], None
+    while True:
+        params = {"status": "all", "limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = agent["client"].sac("GET", "hitl/requests", params=params).json()
+        seen += [r["id"] for r in page["requests"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert len(seen) == len(set(seen))
+    assert seen[:5] == list(reversed(ids)), "newest first"
+
+
+def test_others_and_bad_input(agent: dict, stack: dict, new_user) -> None:
+    rid = _file(agent).json()["id"]
+    _, stranger = new_user("hitlnosy")
+    assert stranger.sac("GET", f"hitl/requests/{rid}").status_code == 404
+    resp = stranger.sac("POST", f"hitl/requests/{rid}/decision", json={"decision": "allow"})
+    assert resp.status_code == 404
+    user = agent["user"]
+    assert stranger.sac("GET", "hitl/requests", params={"user": user}).status_code == 404
+    assert stranger.sac("GET", f"users/{user}/agents/gate/hitl-policy").status_code == 404
+    base = stack["url"] + "services/sac/api/"
+    forged = httpx.post(
+        base + "hitl/requests",
+        json={"kind": "tool", "input": {}},
+        headers={"Authorization": "Bearer sac-agent-nope"},
+    )
+    assert forged.status_code == 401
+    # A user's token is not an agent token: users cannot file requests as an agent.
+    assert stranger.sac("POST", "hitl/requests", json={"kind": "tool"}).status_code == 401
+    before = len(agent["client"].sac("GET", "hitl/requests").json()["requests"])
+    for body, field in [
+        ({"kind": "shell"}, "kind"),
+        ({"kind": "tool", "input": "ls"}, "input"),
+        ({"kind": "terminal", "input": {}}, "options"),
+        ({"kind": "terminal", "options": [{"key": "", "label": "x"}]}, "options[0]"),
+        ({"kind": "tool", "question": "q" * 2001}, "question"),
+        ({"kind": "tool", "agent": "other"}, "agent"),
+    ]:
+        resp = agent["sandbox"].post("hitl/requests", json=body)
+        assert resp.status_code == 400 and resp.json()["field"] == field, (body, resp.text)
+    assert len(agent["client"].sac("GET", "hitl/requests").json()["requests"]) == before
+    assert agent["client"].sac("GET", "hitl/requests/not-a-uuid").status_code == 404
+    bad = agent["client"].sac("POST", f"hitl/requests/{rid}/decision", json={"decision": "ok"})
+    assert bad.status_code == 400 and bad.json()["field"] == "decision"
+    nul = _file(agent, input={"command": "echo a\x00b"})
+    assert nul.status_code == 201 and nul.json()["input"]["command"] == "echo ab"
