@@ -1,0 +1,33 @@
+"""Every endpoint the `sac` service routes is described in its OpenAPI document."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from jupyter_sac.service.app import SacService
+from jupyter_sac.service.openapi import document
+
+PREFIX = "/services/sac/"
+# OAuth plumbing; the 404 catch-all; the credential proxy's route, whose two
+# allowed paths (llm/v1/messages, llm/v1/messages/count_tokens) are documented.
+NOT_PATHS = {"oauth_callback", "api/.*", "llm/(.*)"}
+
+
+def _template(pattern: str) -> str:
+    """A route regex as an OpenAPI path with anonymous parameters."""
+    return re.sub(r"\([^)]*\)", "{}", pattern).replace("\\.", ".")
+
+
+def test_every_route_is_documented(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "unused")
+    app = SacService(prefix=PREFIX).make_app()
+    routes = [
+        rule.matcher.regex.pattern.rstrip("$")[len(PREFIX) :]
+        for rule in app.default_router.rules[0].target.rules
+    ]
+    documented = {re.sub(r"\{[^}]+\}", "{}", p.lstrip("/")) for p in document(PREFIX)["paths"]}
+    missing = [r for r in routes if r not in NOT_PATHS and _template(r) not in documented]
+    assert len(routes) > 20 and not missing, f"not in the OpenAPI document: {missing}"
+    assert {"llm/v1/messages", "llm/v1/messages/count_tokens"} <= documented
