@@ -266,6 +266,17 @@ def document(prefix: str) -> dict[str, Any]:
                     },
                 }
             },
+            "/llm/v1/messages/count_tokens": {
+                "post": {
+                    "summary": "Anthropic token counting through the credential proxy"
+                    " (x-api-key: per-agent token)",
+                    "security": [],
+                    "responses": {
+                        "200": _resp("the provider's count"),
+                        "401": _resp("Anthropic-format error"),
+                    },
+                }
+            },
         },
     }
 
