@@ -8,20 +8,39 @@ A policy::
     {"default": "ask", "allow": ["Read", "Bash(git status:*)"],
      "ask": [], "deny": ["Bash(rm -rf *)"]}
 
-A rule is ``"Tool"`` (every call of that tool) or ``"Tool(pattern)"``, matched
-against the tool's main argument: the command for Bash, the path for
-Read/Write/Edit/MultiEdit/NotebookEdit/NotebookRead/Glob/Grep, the URL for
-WebFetch. Patterns are shell globs (``fnmatch``); ``"prefix:*"`` is Claude
-Code's prefix form (``Bash(git status:*)`` matches ``git status`` and
-``git status --short``); ``domain:example.org`` matches a WebFetch host and its
-subdomains. Precedence follows Claude Code: deny, then ask, then allow, then
-the default.
+A rule is ``"Tool"`` (every call of that tool; the name may be a glob such as
+``mcp__docs__*``) or ``"Tool(pattern)"``, matched against the tool's main
+argument: the command for Bash, the path for Read/Write/Edit/MultiEdit/
+NotebookEdit/NotebookRead/Glob/Grep (normalised, so ``..`` cannot step out of
+an allowed folder), the URL for WebFetch. Patterns are shell globs
+(``fnmatch``: ``*`` also matches ``/``); ``"prefix:*"`` is Claude Code's prefix
+form (``Bash(git status:*)`` matches ``git status`` and ``git status --short``);
+``domain:example.org`` matches a WebFetch host and its subdomains. Precedence
+follows Claude Code: deny, then ask, then allow, then the default.
+
+Bash commands are read the way a shell would split them, in the direction that
+fails safe:
+
+- an ``allow`` pattern allows a compound command (``a && b; c | d``) only when
+  every part is allowed, and never a command with command or process
+  substitution (``$(...)``, backticks, ``<(...)``), an unclosed quote or output
+  redirected to a file;
+- ``deny`` and ``ask`` patterns match the whole command or any part of it, also
+  after leading ``VAR=value`` assignments, shell keywords and common wrappers
+  (``sudo``, ``env``, ``timeout``, ...) are dropped and quotes removed.
+
+Deny patterns on Bash arguments remain best-effort (a shell can spell a command
+in endless ways); the sandbox is the security boundary, the policy decides what
+needs a human.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
+import posixpath
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,7 +48,10 @@ from urllib.parse import urlsplit
 ACTIONS = ("allow", "ask", "deny")
 MAX_RULES = 200
 MAX_RULE_LENGTH = 500
-# Read-only tools that only look at the agent's own sandbox.
+# Longer arguments are not pattern-matched (only whole-tool rules apply): nothing
+# legitimate is this long, and scanning megabytes on every tool call is not free.
+MAX_SUBJECT_LENGTH = 100_000
+# Tools that only read the agent's own sandbox (or its to-do list).
 READ_ONLY_TOOLS = ("Read", "Glob", "Grep", "LS", "NotebookRead", "TodoWrite", "BashOutput")
 DEFAULT_POLICY: dict[str, Any] = {
     "default": "ask",
@@ -43,8 +65,10 @@ _PATH_KEYS = ("file_path", "notebook_path", "path")
 
 
 class PolicyError(ValueError):
+    """A policy that cannot be stored; ``field`` is its JSON path (``policy.allow[2]``)."""
+
     def __init__(self, field: str, message: str):
-        super().__init__(message)
+        super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
 
@@ -60,10 +84,9 @@ def validate_policy(obj: Any) -> dict[str, Any]:
     """A normalised copy of ``obj``; raises PolicyError naming the bad field."""
     if not isinstance(obj, dict):
         raise PolicyError("policy", "the policy must be a JSON object")
-    unknown = set(obj) - {"default", *ACTIONS}
+    unknown = sorted(str(k) for k in set(obj) - {"default", *ACTIONS})
     if unknown:
-        name = sorted(unknown)[0]
-        raise PolicyError(f"policy.{name}", f"unknown policy field {name!r}")
+        raise PolicyError(f"policy.{unknown[0][:50]}", "unknown policy field")
     default = obj.get("default", DEFAULT_POLICY["default"])
     if default not in ACTIONS:
         raise PolicyError("policy.default", "default must be one of allow, ask, deny")
@@ -80,12 +103,39 @@ def validate_policy(obj: Any) -> dict[str, Any]:
             field = f"policy.{action}[{i}]"
             if not isinstance(rule, str) or not rule.strip():
                 raise PolicyError(field, "a rule is a non-empty string like 'Bash(git *)'")
-            if len(rule) > MAX_RULE_LENGTH or "\x00" in rule:
+            if len(rule) > MAX_RULE_LENGTH:
                 raise PolicyError(field, f"rules are at most {MAX_RULE_LENGTH} characters")
+            if "\x00" in rule:
+                raise PolicyError(field, "rules cannot contain NUL characters")
             if not _RULE.match(rule.strip()):
-                raise PolicyError(field, f"{rule!r} is not 'Tool' or 'Tool(pattern)'")
+                raise PolicyError(field, "expected 'Tool' or 'Tool(pattern)'")
         out[action] = [r.strip() for r in rules]
     return out
+
+
+def timeout_decision(hitl_default: Any) -> str:
+    """The decision a request gets when nobody answers in time (setting ``hitl_default``)."""
+    return "allow" if hitl_default in ("approve", "allow") else "deny"
+
+
+_NO_LABEL = re.compile(r"^\s*(?:no\b|n\)|deny|reject|cancel|esc\b)|\(esc\)\s*$", re.IGNORECASE)
+
+
+def default_option(options: list[dict[str, str]] | None, decision: str) -> str | None:
+    """The key to type for a terminal prompt decided without choosing an option:
+    allow takes the first option (Claude Code's "Yes"), deny the one that reads
+    like no/deny/cancel/esc, else none (the caller presses Escape)."""
+    if not options:
+        return None
+    if decision == "allow":
+        return options[0]["key"]
+    for option in options:
+        if _NO_LABEL.search(option.get("label") or ""):
+            return option["key"]
+    return None
+
+
+# ---- matching -------------------------------------------------------------------------
 
 
 def _subject(tool: str, tool_input: Any) -> str | None:
@@ -96,35 +146,179 @@ def _subject(tool: str, tool_input: Any) -> str | None:
         value = tool_input.get("command")
     elif tool == "WebFetch":
         value = tool_input.get("url")
-    elif tool in ("Glob", "Grep"):
-        value = tool_input.get("path") or tool_input.get("pattern")
     else:
         value = next((tool_input[k] for k in _PATH_KEYS if k in tool_input), None)
-    return value if isinstance(value, str) else None
+        if isinstance(value, str) and value.strip():
+            # "/workspace/output/../private/key" must not pass for /workspace/output/*.
+            return posixpath.normpath(value.strip())
+        if tool in ("Glob", "Grep"):
+            value = tool_input.get("pattern")
+    return value.strip() if isinstance(value, str) else None
+
+
+def _host(value: str) -> str:
+    host = value.strip().rstrip(".").lower()
+    try:
+        return host.encode("idna").decode("ascii")
+    except (UnicodeError, ValueError):
+        return host
 
 
 def _pattern_matches(pattern: str, subject: str, tool: str) -> bool:
     if tool == "WebFetch" and pattern.startswith("domain:"):
-        host = (urlsplit(subject).hostname or "").lower()
-        domain = pattern[len("domain:") :].lower()
-        return host == domain or host.endswith("." + domain)
+        try:
+            host = urlsplit(subject).hostname or ""
+        except ValueError:  # "http://[::1" and friends
+            return False
+        host, domain = _host(host), _host(pattern[len("domain:") :])
+        return bool(domain) and (host == domain or host.endswith("." + domain))
     if pattern.endswith(":*"):
         prefix = pattern[:-2]
         return subject == prefix or subject.startswith(prefix + " ")
     return fnmatch.fnmatchcase(subject, pattern)
 
 
-def rule_matches(rule: str, tool: str, tool_input: Any) -> bool:
+def _parse(rule: str) -> tuple[str, str | None] | None:
+    """(tool glob, pattern or None for a whole-tool rule)."""
     match = _RULE.match(rule)
     if not match:
-        return False
-    if not fnmatch.fnmatchcase(tool, match["tool"]):
-        return False
+        return None
     pattern = match["pattern"]
-    if pattern is None or pattern in ("", "*"):
-        return True
+    return match["tool"], (None if pattern in (None, "", "*") else pattern)
+
+
+# One shell token: quoted strings, escapes, substitutions, output redirections
+# (with the harmless targets &N and /dev/null captured as "safe"), control
+# operators, and runs of anything else.
+_SHELL_TOKEN = re.compile(
+    r"""'[^']*'?
+      | "(?:\\.|[^"\\])*"?
+      | \\.
+      | \$\( | <\( | >\( | `
+      | &?>>?\|?[ \t]*(?P<safe>&[0-9]*-?|/dev/null(?![^\s;&|)]))?
+      | &&|\|\||\|&|[;&|\n\r]
+      | [^'"\\$<>;&|\n\r`]+
+      | .""",
+    re.VERBOSE | re.DOTALL,
+)
+_CONTROL = {"&&", "||", "|&", ";", "&", "|", "\n", "\r"}
+_SUBSTITUTION = {"$(", "<(", ">(", "`"}
+_CLOSED_DOUBLE = re.compile(r'"(?:\\.|[^"\\])*"', re.DOTALL)
+_LOOSE_SPLIT = re.compile(r"[;&|\n\r(){}`]|\$\(|<\(|>\(")
+_UNQUOTE = re.compile(r"['\"\\]")
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+_KEYWORDS = {"then", "do", "else", "elif", "if", "while", "until", "!", "{", "(", "time"}
+_WRAPPERS = {
+    *("sudo", "env", "nohup", "exec", "command", "builtin", "nice", "timeout", "xargs"),
+    *("bash", "sh", "zsh", "dash", "eval"),  # bash -c '...' runs its quoted argument
+}
+
+
+def shell_parts(command: str) -> tuple[list[str], bool]:
+    """The parts of a shell command split at unquoted control operators, and whether
+    the command can be judged from its parts alone (no substitution, no unclosed
+    quote, no output written to a file)."""
+    parts: list[str] = []
+    current: list[str] = []
+    analysable = True
+    for m in _SHELL_TOKEN.finditer(command):
+        token = m.group()
+        if token in _CONTROL:
+            parts.append("".join(current).strip())
+            current = []
+            continue
+        if token in _SUBSTITUTION:
+            analysable = False
+        elif token[0] == "'":
+            analysable = analysable and len(token) > 1 and token.endswith("'")
+        elif token[0] == '"':
+            closed = _CLOSED_DOUBLE.fullmatch(token) is not None
+            analysable = analysable and closed and "$(" not in token and "`" not in token
+        elif token[0] in "&>" and ">" in token and m.group("safe") is None:
+            analysable = False  # writes a file: not what "git status:*" allowed
+        current.append(token)
+    parts.append("".join(current).strip())
+    return [p for p in parts if p], analysable
+
+
+def _unwrapped(part: str) -> str:
+    """``part`` without leading assignments, keywords and wrapper commands (and
+    the options or numbers those wrappers take)."""
+    words = part.split()
+    i, after_wrapper = 0, False
+    while i < len(words):
+        word = words[i]
+        if word in _KEYWORDS or _ASSIGNMENT.match(word):
+            after_wrapper = False
+        elif word in _WRAPPERS:
+            after_wrapper = True
+        elif not (after_wrapper and (word.startswith("-") or word[:1].isdigit())):
+            break
+        i += 1
+    return " ".join(words[i:])
+
+
+@functools.lru_cache(maxsize=64)
+def _deny_candidates(command: str) -> frozenset[str]:
+    """Every spelling of the command and its parts a deny/ask pattern is tried on
+    (cached: the deny and the ask rules of one call look at the same command)."""
+    parts, _ = shell_parts(command)
+    raw = {command, *parts, *(p.strip() for p in _LOOSE_SPLIT.split(command))}
+    out: set[str] = set()
+    for text in raw:
+        out.add(text)
+        out.add(_unwrapped(text))
+        # Quotes and escapes removed ("r\"m\" -rf /" is rm -rf /); cruder than
+        # shlex, and linear, which matters on long heredocs.
+        out.add(_unwrapped(_UNQUOTE.sub("", text)))
+    out.discard("")
+    return frozenset(out)
+
+
+def _tool_rules(rules: Iterable[str], tool: str) -> list[tuple[str, str | None]]:
+    """(rule, pattern) of the rules that name this tool."""
+    out = []
+    for rule in rules:
+        parsed = _parse(rule)
+        if parsed and fnmatch.fnmatchcase(tool, parsed[0]):
+            out.append((rule, parsed[1]))
+    return out
+
+
+def rule_matches(rule: str, tool: str, tool_input: Any) -> bool:
+    """Whether one rule matches a call on its own (the deny/ask reading for Bash)."""
     subject = _subject(tool, tool_input)
-    return subject is not None and _pattern_matches(pattern, subject.strip(), tool)
+    return bool(_first_match([rule], tool, subject, strict=False))
+
+
+def _first_match(rules: Iterable[str], tool: str, subject: str | None, strict: bool) -> str | None:
+    """The first rule matching the call. ``strict`` is the allow reading (every part
+    of a Bash command must be allowed), else the deny/ask reading (any part)."""
+    candidates = _tool_rules(rules, tool)
+    whole = next((rule for rule, pattern in candidates if pattern is None), None)
+    if whole is not None:
+        return whole
+    patterned = [(rule, p) for rule, p in candidates if p is not None]
+    if not patterned or subject is None or len(subject) > MAX_SUBJECT_LENGTH:
+        return None
+    if tool != "Bash":
+        return next((r for r, p in patterned if _pattern_matches(p, subject, tool)), None)
+    if not strict:
+        texts = _deny_candidates(subject)
+        return next(
+            (r for r, p in patterned if any(_pattern_matches(p, t, tool) for t in texts)), None
+        )
+    parts, analysable = shell_parts(subject)
+    if not analysable or not parts:
+        return None
+    used: list[str] = []
+    for part in parts:
+        rule = next((r for r, p in patterned if _pattern_matches(p, part, tool)), None)
+        if rule is None:
+            return None
+        if rule not in used:
+            used.append(rule)
+    return ", ".join(used)
 
 
 def decide(policy: dict[str, Any], tool: str, tool_input: Any) -> Decision:
@@ -132,11 +326,21 @@ def decide(policy: dict[str, Any], tool: str, tool_input: Any) -> Decision:
     try:
         policy = validate_policy(policy)
     except PolicyError as e:
-        return Decision("ask", None, f"the agent's policy is invalid ({e.message}): asking")
-    for action in ("deny", "ask", "allow"):
-        for rule in policy[action]:
-            if rule_matches(rule, tool, tool_input):
-                verb = {"deny": "denied", "ask": "needs approval", "allow": "allowed"}[action]
-                return Decision(action, rule, f"{tool} {verb} by the rule {rule!r}")
+        return Decision("ask", None, f"the agent's policy is invalid ({e}): asking")
+    tool = tool if isinstance(tool, str) else str(tool)
+    subject = _subject(tool, tool_input)
+    for action, verb in (("deny", "denied"), ("ask", "needs approval")):
+        rule = _first_match(policy[action], tool, subject, strict=False)
+        if rule is not None:
+            return Decision(action, rule, f"{tool} {verb} by the rule {rule!r}")
+    if subject is not None and len(subject) > MAX_SUBJECT_LENGTH:
+        checks = [r for r, p in _tool_rules(policy["deny"] + policy["ask"], tool) if p]
+        if checks:
+            # Its deny/ask patterns were not tried on it: never let it through unseen.
+            action = "deny" if policy["default"] == "deny" else "ask"
+            return Decision(action, None, f"{tool}: the argument is too long to check")
+    rule = _first_match(policy["allow"], tool, subject, strict=True)
+    if rule is not None:
+        return Decision("allow", rule, f"{tool} allowed by the rule {rule!r}")
     default = policy["default"]
     return Decision(default, None, f"{tool}: no rule matched, the policy's default is {default}")
