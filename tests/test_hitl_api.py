@@ -12,6 +12,8 @@ import httpx
 import pytest
 from helpers import HubApi, run_in_terminal, running_agent
 
+from jupyter_sac.testing.stack import poll_until
+
 pytestmark = pytest.mark.stack
 
 
@@ -137,7 +139,12 @@ def test_others_and_bad_input(agent: dict, stack: dict, new_user) -> None:
         ({"kind": "shell"}, "kind"),
         ({"kind": "tool", "input": "ls"}, "input"),
         ({"kind": "terminal", "input": {}}, "options"),
-        ({"kind": "terminal", "options": [{"key": "", "label": "x"}]}, "options[0]"),
+        ({"kind": "terminal", "options": [{"key": "", "label": "x"}]}, "options[0].key"),
+        ({"kind": "terminal", "options": [{"key": "\x00", "label": "x"}]}, "options[0].key"),
+        ({"kind": "terminal", "options": ["1"]}, "options[0]"),
+        ({"kind": "terminal", "options": [{"key": "1", "label": "a"}] * 2}, "options[1].key"),
+        ({"kind": "tool", "session_id": 7}, "session_id"),
+        ({"kind": "tool", "input": {"blob": "x" * 300_000}}, "input"),
         ({"kind": "tool", "question": "q" * 2001}, "question"),
         ({"kind": "tool", "agent": "other"}, "agent"),
     ]:
@@ -149,3 +156,109 @@ def test_others_and_bad_input(agent: dict, stack: dict, new_user) -> None:
     assert bad.status_code == 400 and bad.json()["field"] == "decision"
     nul = _file(agent, input={"command": "echo a\x00b"})
     assert nul.status_code == 201 and nul.json()["input"]["command"] == "echo ab"
+
+
+def test_approve_wakes_the_waiting_sandbox(agent: dict) -> None:
+    rid = _file(agent, session_id="s-1", input={"command": "make test"}).json()["id"]
+    answered: dict = {}
+    waiter = threading.Thread(
+        target=lambda: answered.update(
+            agent["sandbox"].get(f"hitl/requests/{rid}/wait", params={"timeout": 60}).json()
+        )
+    )
+    waiter.start()
+    resp = agent["client"].sac(
+        "POST", f"hitl/requests/{rid}/decision", json={"decision": "allow", "reason": "ok ✓"}
+    )
+    assert resp.status_code == 200, resp.text
+    waiter.join()
+    assert answered["status"] == "approved" and answered["decision"] == "allow"
+    assert answered["reason"] == "ok ✓" and answered["option"] is None
+    assert answered["session_id"] == "s-1" and answered["decided_at"]
+    # A finished request answers a wait at once, whatever the timeout.
+    again = agent["sandbox"].get(f"hitl/requests/{rid}/wait", params={"timeout": 60}).json()
+    assert again == answered
+    assert agent["sandbox"].get(f"hitl/requests/{rid}/wait?timeout=61").status_code == 400
+    # An unanswered wait returns the pending request after its timeout; the caller loops.
+    other = _file(agent).json()["id"]
+    pending = agent["sandbox"].get(f"hitl/requests/{other}/wait", params={"timeout": 0})
+    assert pending.status_code == 200 and pending.json()["status"] == "pending"
+
+
+def test_timeout_applies_the_resolved_default(agent: dict) -> None:
+    client, user = agent["client"], agent["user"]
+    path = f"users/{user}/agents/gate"
+    resp = client.sac(
+        "PATCH", path, json={"overrides": {"hitl_timeout": 5, "hitl_default": "approve"}}
+    )
+    assert resp.status_code == 200, resp.text
+    try:
+        info = agent["sandbox"].get("agent/hitl").json()
+        assert info["timeout"] == 5 and info["default"] == "allow"
+        options = [{"key": "1", "label": "Yes"}, {"key": "2", "label": "No (esc)"}]
+        waited = _file(agent, kind="terminal", options=options).json()
+        assert waited["default_decision"] == "allow"
+        unwatched = _file(agent, input={"command": "make deploy"}).json()["id"]
+
+        def decided() -> dict | None:
+            # The sandbox loops on wait until the request is no longer pending.
+            resp = agent["sandbox"].get(f"hitl/requests/{waited['id']}/wait")
+            return resp.json() if resp.json()["status"] != "pending" else None
+
+        done = poll_until(decided, 60, "the request timed out")
+        assert done["status"] == "timed_out" and done["decision"] == "allow"
+        assert done["option"] is None and done["decided_by"] is None
+        # Nobody waits on the other one: it times out all the same.
+        poll_until(
+            lambda: client.sac("GET", f"hitl/requests/{unwatched}").json()["status"] == "timed_out",
+            60,
+            "the unwatched request timed out",
+        )
+        late = client.sac("POST", f"hitl/requests/{unwatched}/decision", json={"decision": "deny"})
+        assert late.status_code == 409 and late.json()["error"] == "already_decided"
+        assert agent["sandbox"].post(f"hitl/requests/{unwatched}/cancel").status_code == 409
+        assert client.sac("GET", f"hitl/requests/{unwatched}").json()["decision"] == "allow"
+    finally:
+        client.sac("PATCH", path, json={"overrides": {}})
+    assert agent["sandbox"].get("agent/hitl").json()["timeout"] == 600
+
+
+def test_another_agents_token_cannot_touch_a_request(agent: dict, stack: dict) -> None:
+    rid = _file(agent).json()["id"]
+    user = f"hitlother{uuid.uuid4().hex[:6]}"
+    with running_agent(stack["admin"], user, "other", api_key="sk-unused-key") as client:
+        token = asyncio.run(
+            run_in_terminal(stack["url"], client.token, user, "other", "echo $SAC_AGENT_TOKEN")
+        )
+        other = httpx.Client(
+            base_url=stack["url"] + "services/sac/api/",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=90,
+        )
+        assert other.get(f"hitl/requests/{rid}/wait?timeout=0").status_code == 404
+        assert other.post(f"hitl/requests/{rid}/cancel").status_code == 404
+        # Its own key space: the same dedupe key files its own request.
+        key = f"k-{uuid.uuid4().hex[:6]}"
+        mine = _file(agent, dedupe_key=key).json()["id"]
+        theirs = other.post(
+            "hitl/requests", json={"kind": "tool", "dedupe_key": key, "input": None}
+        )
+        assert theirs.status_code == 201 and theirs.json()["id"] != mine
+        assert theirs.json()["user"] == user and theirs.json()["agent"] == "other"
+    assert agent["sandbox"].get(f"hitl/requests/{rid}").status_code == 401, "user endpoint"
+    assert agent["client"].sac("GET", f"hitl/requests/{rid}").json()["status"] == "pending"
+
+
+def test_odd_text_is_stored_as_sent(agent: dict) -> None:
+    odd = {"command": "echo 'a; b' && printf '%s' \"$(id)\" -- 漢字 🙂 \u202e", "n": [1, None]}
+    resp = _file(agent, input=odd, question="Robert'); DROP TABLE hitl_requests;--")
+    assert resp.status_code == 201, resp.text
+    got = agent["client"].sac("GET", f"hitl/requests/{resp.json()['id']}").json()
+    assert got["input"] == odd and got["question"].endswith("DROP TABLE hitl_requests;--")
+    # A lone surrogate is valid JSON but not Unicode: stored as U+FFFD, not a 500.
+    raw = b'{"kind": "tool", "tool": "Bash", "input": {"command": "echo \\ud800"}}'
+    resp = agent["sandbox"].post(
+        "hitl/requests", content=raw, headers={"Content-Type": "application/json"}
+    )
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["input"]["command"] == "echo \ufffd"

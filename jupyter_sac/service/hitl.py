@@ -14,13 +14,14 @@ import base64
 import contextlib
 import json
 import logging
+import re
 import uuid
 from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
 from .. import settings as sac_settings
-from ..hitl import DEFAULT_POLICY, PolicyError, validate_policy
+from ..hitl import DEFAULT_POLICY, PolicyError, default_option, timeout_decision, validate_policy
 from ..store.hitl import PENDING, request_model
 from .base import BaseHandler
 from .errors import ApiError
@@ -63,19 +64,24 @@ class Waiters:
             event.set()
 
 
+async def expire_due(sac: Any) -> None:
+    """Resolve every request past its expiry (the default decision) and wake its waiters."""
+    for row in await sac.store.hitl.expire_due():
+        sac.hitl_waiters.notify(str(row["id"]))
+
+
 async def reaper(sac: Any) -> None:
     """Time out expired requests even if nobody waits on them."""
     while True:
         try:
-            for row in await sac.store.hitl.expire_due():
-                sac.hitl_waiters.notify(str(row["id"]))
+            await expire_due(sac)
         except Exception:
             log.exception("HITL reaper failed")
         await asyncio.sleep(REAPER_SECONDS)
 
 
 def default_decision(resolved: dict[str, Any]) -> str:
-    return "allow" if resolved.get("hitl_default") == "approve" else "deny"
+    return timeout_decision(resolved.get("hitl_default"))
 
 
 def _cursor(row: dict[str, Any]) -> str:
@@ -149,19 +155,38 @@ def _valid_options(value: Any) -> list[dict[str, str]]:
         raise bad("options", f"expected a list of at most {MAX_OPTIONS} options")
     out, keys = [], set()
     for i, option in enumerate(value):
-        if (
-            not isinstance(option, dict)
-            or not isinstance(option.get("key"), str)
-            or not isinstance(option.get("label"), str)
-            or not 0 < len(option["key"]) <= 16
-            or len(option["label"]) > 500
-        ):
+        if not isinstance(option, dict) or set(option) - {"key", "label"}:
             raise bad(f"options[{i}]", "expected {key: 1-16 characters, label: text}")
-        if option["key"] in keys:
+        key, label = _storable(option.get("key")), _storable(option.get("label"))
+        if not isinstance(key, str) or not 0 < len(key) <= 16:
+            raise bad(f"options[{i}].key", "expected 1-16 characters (what is typed)")
+        if not isinstance(label, str) or len(label) > 500:
+            raise bad(f"options[{i}].label", "expected text of at most 500 characters")
+        if key in keys:
             raise bad(f"options[{i}].key", "duplicate option key")
-        keys.add(option["key"])
-        out.append({"key": option["key"], "label": without_nul(option["label"])})
+        keys.add(key)
+        out.append({"key": key, "label": label})
     return out
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _storable(value: Any) -> Any:
+    """``value`` as PostgreSQL can store it: no NUL characters, and lone UTF-16
+    surrogates (valid JSON escapes, invalid Unicode) replaced by U+FFFD."""
+    if isinstance(value, str):
+        value = without_nul(value)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = _SURROGATE.sub("\ufffd", value)
+        return value
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    return value
 
 
 def _optional_text(body: dict[str, Any], name: str, max_len: int) -> str | None:
@@ -170,7 +195,7 @@ def _optional_text(body: dict[str, Any], name: str, max_len: int) -> str | None:
         return None
     if not isinstance(value, str) or len(value) > max_len:
         raise bad(name, f"expected text of at most {max_len} characters")
-    return without_nul(value)
+    return _storable(value)
 
 
 class RequestsHandler(HitlBaseHandler):
@@ -185,7 +210,9 @@ class RequestsHandler(HitlBaseHandler):
         kind = body.get("kind")
         if kind not in ("tool", "terminal"):
             raise bad("kind", "expected 'tool' or 'terminal'")
-        tool_input = body.get("input", {})
+        tool_input = body.get("input")
+        if tool_input is None:
+            tool_input = {}
         if not isinstance(tool_input, dict):
             raise bad("input", "expected a JSON object")
         if len(json.dumps(tool_input)) > MAX_INPUT_BYTES:
@@ -193,20 +220,27 @@ class RequestsHandler(HitlBaseHandler):
         options = _valid_options(body.get("options"))
         if kind == "terminal" and not options:
             raise bad("options", "a terminal prompt needs the options it offers")
+        fields = {
+            "session_id": _optional_text(body, "session_id", 200),
+            "tool": _optional_text(body, "tool", 200),
+            "question": _optional_text(body, "question", MAX_QUESTION),
+            "dedupe_key": _optional_text(body, "dedupe_key", 500),
+        }
+        if fields["dedupe_key"] is not None:
+            # A twin past its expiry is over even if the reaper has not got to it yet:
+            # the prompt gets a fresh request rather than one already timed out.
+            await expire_due(self.sac)
         resolved = await self.resolved_for(agent)
         row, created = await self.sac.store.hitl.file(
             agent_id=agent.id,
             owner=agent.owner,
             agent_slug=agent.slug,
-            session_id=_optional_text(body, "session_id", 200),
             kind=kind,
-            tool=_optional_text(body, "tool", 200),
-            input=without_nul(tool_input),
-            question=_optional_text(body, "question", MAX_QUESTION),
+            input=_storable(tool_input),
             options=options,
-            dedupe_key=_optional_text(body, "dedupe_key", 500),
             timeout=float(resolved["hitl_timeout"]),
             default_decision=default_decision(resolved),
+            **fields,
         )
         self.write_json(request_model(row), 201 if created else 200)
 
@@ -249,28 +283,43 @@ class RequestHandler(HitlBaseHandler):
 class WaitHandler(HitlBaseHandler):
     """GET (agent): long-poll until the request is decided, times out or is cancelled."""
 
+    _gone = False
+    _request_id: str | None = None
+
+    def on_connection_close(self) -> None:
+        # The sandbox gave up (turn cancelled): stop waiting on its behalf.
+        self._gone = True
+        if self._request_id is not None:
+            self.sac.hitl_waiters.notify(self._request_id)
+
     async def get(self, request_id: str) -> None:
         _, row = await self.agent_request(request_id)
         timeout = _int_arg(self, "timeout", DEFAULT_WAIT, 0, MAX_WAIT)
+        self._request_id = request_id
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         store = self.sac.store.hitl
-        while row["status"] == PENDING:
-            now = datetime.now(row["expires_at"].tzinfo)
-            until_expiry = (row["expires_at"] - now).total_seconds()
-            if until_expiry <= 0:
-                for expired in await store.expire_due():
-                    self.sac.hitl_waiters.notify(str(expired["id"]))
-                row = await store.get(request_id) or row
-                break
+        while row["status"] == PENDING and not self._gone:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
+            now = datetime.now(row["expires_at"].tzinfo)
+            until_expiry = (row["expires_at"] - now).total_seconds()
+            if until_expiry <= 0:
+                await expire_due(self.sac)
+                row = await store.get(request_id) or row
+                if row["status"] != PENDING:
+                    break
+                # Still pending: the database clock is behind ours. Look again soon.
+                until_expiry = 0.2
+            # Every few seconds the database is asked again, for decisions landing
+            # in another process of the service.
             await self.sac.hitl_waiters.wait(
                 request_id, min(remaining, until_expiry + 0.05, RECHECK_SECONDS)
             )
             row = await store.get(request_id) or row
-        self.write_json(request_model(row))
+        if not self._gone:
+            self.write_json(request_model(row))
 
 
 class CancelHandler(HitlBaseHandler):
@@ -281,18 +330,6 @@ class CancelHandler(HitlBaseHandler):
             raise ApiError(409, "already_decided", f"the request is {row['status']}")
         self.sac.hitl_waiters.notify(request_id)
         self.write_json(request_model(cancelled))
-
-
-def _default_option(row: dict[str, Any], decision: str) -> str | None:
-    options = row["options"] or []
-    if not options:
-        return None
-    if decision == "allow":
-        return options[0]["key"]
-    for option in options:
-        if option["label"].strip().lower().startswith(("no", "deny", "cancel", "n)")):
-            return option["key"]
-    return None
 
 
 class DecisionHandler(HitlBaseHandler):
@@ -313,7 +350,7 @@ class DecisionHandler(HitlBaseHandler):
         if row["kind"] == "terminal":
             keys = [o["key"] for o in row["options"] or []]
             if option is None:
-                option = _default_option(row, decision)
+                option = default_option(row["options"], decision)
             elif option not in keys:
                 raise bad("option", f"expected one of {keys}")
         elif option is not None:

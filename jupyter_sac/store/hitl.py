@@ -90,42 +90,48 @@ class HitlRequests:
     ) -> tuple[dict[str, Any], bool]:
         """(the request, whether it is new). A pending request of the same agent with
         the same dedupe key is returned instead of filing a second one."""
-        async with self.pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                f"INSERT INTO hitl_requests (id, agent_id, owner, agent_slug, session_id, kind,"
-                f" tool, input, question, options, dedupe_key, default_decision, expires_at)"
-                f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-                f"         now() + make_interval(secs => %s))"
-                f" ON CONFLICT (agent_id, dedupe_key)"
-                f"   WHERE status = 'pending' AND dedupe_key IS NOT NULL DO NOTHING"
-                f" RETURNING {_COLUMNS}",
-                (
-                    uuid.uuid4(),
-                    agent_id,
-                    owner,
-                    agent_slug,
-                    session_id,
-                    kind,
-                    tool,
-                    Jsonb(input),
-                    question,
-                    Jsonb(options),
-                    dedupe_key,
-                    default_decision,
-                    timeout,
-                ),
-            )
-            row = await cur.fetchone()
-            if row is not None:
-                return row, True
-            cur = await conn.execute(
-                f"SELECT {_COLUMNS} FROM hitl_requests WHERE agent_id = %s AND dedupe_key = %s"
-                f" AND status = 'pending'",
-                (agent_id, dedupe_key),
-            )
-            row = await cur.fetchone()
-            assert row is not None
-            return row, False
+        params = (
+            agent_id,
+            owner,
+            agent_slug,
+            session_id,
+            kind,
+            tool,
+            Jsonb(input),
+            question,
+            Jsonb(options),
+            dedupe_key,
+            default_decision,
+            timeout,
+        )
+        async with self.pool.connection() as conn:
+            # The twin found by the conflict may be decided before we read it; then
+            # the slot is free again and the next round files. (Read committed: each
+            # statement sees what committed before it.)
+            for _ in range(5):
+                cur = await conn.execute(
+                    f"INSERT INTO hitl_requests (id, agent_id, owner, agent_slug, session_id,"
+                    f" kind, tool, input, question, options, dedupe_key, default_decision,"
+                    f" expires_at)"
+                    f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                    f"         now() + make_interval(secs => %s))"
+                    f" ON CONFLICT (agent_id, dedupe_key)"
+                    f"   WHERE status = 'pending' AND dedupe_key IS NOT NULL DO NOTHING"
+                    f" RETURNING {_COLUMNS}",
+                    (uuid.uuid4(), *params),
+                )
+                row = await cur.fetchone()
+                if row is not None:
+                    return row, True
+                cur = await conn.execute(
+                    f"SELECT {_COLUMNS} FROM hitl_requests WHERE agent_id = %s"
+                    f" AND dedupe_key = %s AND status = 'pending'",
+                    (agent_id, dedupe_key),
+                )
+                row = await cur.fetchone()
+                if row is not None:
+                    return row, False
+        raise RuntimeError(f"could not file a HITL request with dedupe key {dedupe_key!r}")
 
     async def get(self, request_id: str) -> dict[str, Any] | None:
         try:
