@@ -4,6 +4,8 @@ extension does) and with users' tokens (as the sidebar and notebooks do)."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -114,6 +116,20 @@ def test_paging(agent: dict) -> None:
             break
     assert len(seen) == len(set(seen))
     assert seen[:5] == list(reversed(ids)), "newest first"
+    forged = [
+        base64.urlsafe_b64encode(json.dumps(v).encode()).decode()
+        for v in (["2026-01-01T00:00:00+00:00", 123], {"a": 1}, [None, None], "x")
+    ]
+    for params in [
+        *({"cursor": c} for c in [*forged, "%%%", "not base64 ☃"]),
+        {"limit": "0"},
+        {"limit": "10000"},
+        {"limit": "ten"},
+        {"status": "maybe"},
+    ]:
+        resp = agent["client"].sac("GET", "hitl/requests", params=params)
+        assert resp.status_code == 400, (params, resp.text)
+        assert resp.json()["field"] == next(iter(params))
 
 
 def test_others_and_bad_input(agent: dict, stack: dict, new_user) -> None:

@@ -93,7 +93,7 @@ def _parse_cursor(value: str) -> tuple[datetime, uuid.UUID]:
     try:
         created, rid = json.loads(base64.urlsafe_b64decode(value.encode()))
         return datetime.fromisoformat(created), uuid.UUID(rid)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, AttributeError):  # any shape a client can forge
         raise bad("cursor", "not a cursor returned by this endpoint") from None
 
 
