@@ -5,20 +5,23 @@ from __future__ import annotations
 import gc
 import os
 import secrets
+from datetime import UTC, datetime
 from pathlib import Path
 
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Integer, List, Unicode, default
+from traitlets import Bool, Float, Integer, List, Unicode, default
 
 from ..runtimes.claude import claude_binary
 from ..runtimes.claude_config import hook_command, seed_claude_config
 from .chat import ChatManager
-from .handlers import (
+from .chat_handlers import (
     ChatCancelHandler,
     ChatEventsSocket,
     ChatHandler,
     ChatSessionHandler,
     ChatSessionsHandler,
+)
+from .handlers import (
     HistoryStatusHandler,
     HitlStatusHandler,
     PreToolUseHookHandler,
@@ -86,6 +89,21 @@ class SacExtensionApp(ExtensionApp):
         help="""Arguments of the claude CLI in the Claude terminal. The default
         permission mode shows Claude Code's own approval menus, which the prompt
         watcher turns into human-in-the-loop requests.""",
+    ).tag(config=True)
+
+    chat_args = List(
+        Unicode(),
+        [],
+        help="""Extra arguments of the claude CLI in chat turns, besides the fixed
+        headless ones (-p --output-format stream-json --verbose --permission-mode
+        bypassPermissions, --session-id or --resume).""",
+    ).tag(config=True)
+
+    chat_interrupt_grace = Float(
+        3.0,
+        help="""Seconds a cancelled chat turn gets to stop after SIGINT (claude then
+        ends its tools and saves the conversation) before SIGTERM, and as long again
+        before SIGKILL.""",
     ).tag(config=True)
 
     start_terminal = Bool(
@@ -183,10 +201,20 @@ class SacExtensionApp(ExtensionApp):
                 "sac_hitl": bridge,
                 "sac_claude_terminal": terminal,
                 "sac_chat": ChatManager(
-                    state / "chat", argv=lambda: [claude_binary() or "claude"], cwd=self.workspace
+                    state / "chat",
+                    argv=[binary, *self.chat_args],
+                    cwd=self.workspace,
+                    claude_config_dir=Path(self.claude_config_dir),
+                    interrupt_grace=self.chat_interrupt_grace,
+                    terminate_grace=self.chat_interrupt_grace,
+                    on_activity=self._chat_activity,
                 ),
             }
         )
+
+    def _chat_activity(self) -> None:
+        # A running chat turn is activity: the hub's idle culler must not stop it.
+        self.serverapp.web_app.settings["api_last_activity"] = datetime.now(UTC)
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(
