@@ -3,8 +3,10 @@ CSV export, search, and what other users and bad input get."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -95,30 +97,39 @@ def test_ingest_is_idempotent_and_summarised(agent: dict) -> None:
     assert [e["uuid"] for e in window] == [f"{session}-{n}" for n in (5, 6, 7)]
 
 
-def test_pages_stay_correct_while_events_arrive(agent: dict) -> None:
+@pytest.mark.parametrize("order", ["asc", "desc"])
+def test_pages_stay_correct_while_events_arrive(agent: dict, order: str) -> None:
     session = f"c-{uuid.uuid4().hex[:8]}"
     existing = [_event(session, n) for n in range(0, 400, 2)]  # even seconds
     assert agent["ingest"].post("history/ingest", json={"events": existing}).status_code == 200
     stop = threading.Event()
+    inserted = []
 
     def insert_odd() -> None:
+        # Odd seconds land between the pages being read, before and after the cursor.
         n = 1
         while not stop.is_set() and n < 400:
-            agent["ingest"].post("history/ingest", json={"events": [_event(session, n)]})
+            resp = agent["ingest"].post("history/ingest", json={"events": [_event(session, n)]})
+            assert resp.json()["stored"] == 1
+            inserted.append(n)
             n += 2
 
     writer = threading.Thread(target=insert_odd)
     writer.start()
     try:
-        seen = _all_events(agent["client"], agent["user"], {"session": session})
+        seen = _all_events(agent["client"], agent["user"], {"session": session, "order": order})
     finally:
         stop.set()
         writer.join()
+    assert inserted, "the writer ran while the pages were read"
     uuids = [e["uuid"] for e in seen]
     assert len(uuids) == len(set(uuids)), "no event twice"
     assert {e["uuid"] for e in existing} <= set(uuids), "no event that existed was skipped"
     times = [e["ts"] for e in seen]
-    assert times == sorted(times)
+    assert times == sorted(times, reverse=order == "desc")
+    # Every odd event is there once writing has stopped.
+    everything = _all_events(agent["client"], agent["user"], {"session": session})
+    assert len(everything) == len(existing) + len(inserted)
 
 
 def test_csv_export_and_search(agent: dict, admin: HubApi) -> None:
@@ -141,11 +152,26 @@ def test_csv_export_and_search(agent: dict, admin: HubApi) -> None:
         found = client.sac("GET", "history/search", params={"q": q}).json()["events"]
         assert [e["uuid"] for e in found] == [f"{session}-1"], q
     assert client.sac("GET", "history/search", params={"q": "0%_"}).json()["events"] == []
+    # Text inside string values is found, key names are not.
+    marker = f"zq{uuid.uuid4().hex[:10]}"
+    keyed = _event(session, 3)
+    keyed["payload"][f"{marker}-key"] = f"{marker}-value"
+    agent["ingest"].post("history/ingest", json={"events": [keyed]})
+    found = client.sac("GET", "history/search", params={"q": f"{marker.upper()}-VALUE"}).json()
+    assert [e["uuid"] for e in found["events"]] == [f"{session}-3"]
+    assert client.sac("GET", "history/search", params={"q": f"{marker}-key"}).json() == {
+        "events": [],
+        "next_cursor": None,
+    }
     # Admins search everyone and export the result.
     found = admin.sac("GET", "history/search", params={"q": odd, "user": user}).json()
     assert [e["user"] for e in found["events"]] == [user]
     exported = admin.sac("GET", "history/export.csv", params={"q": "plain answer", "user": user})
     assert [r["uuid"] for r in csv.DictReader(io.StringIO(exported.text))] == [f"{session}-2"]
+    # The owner's own export of a search: the same filters, parsed back from CSV.
+    mine = client.sac("GET", "history/export.csv", params={"q": "漢字"})
+    (row,) = csv.DictReader(io.StringIO(mine.text))
+    assert row["text"] == odd and json.loads(row["payload"]) == batch[0]["payload"]
 
 
 def test_other_users_cannot_read_or_export(agent: dict, new_user) -> None:
@@ -197,3 +223,85 @@ def test_bad_ingest_is_refused_and_stores_nothing(agent: dict, stack: dict) -> N
         "GET", f"users/{agent['user']}/agents/scribe/history/events", params={"session": session}
     )
     assert stored.json()["events"][0]["payload"]["message"]["content"] == "ab"
+
+
+def test_odd_input_is_stored_cleanly_or_refused(agent: dict) -> None:
+    session = f"odd-{uuid.uuid4().hex[:8]}"
+    good = json.dumps(_event(session, 1))
+    user, client = agent["user"], agent["client"]
+
+    def post(raw: str) -> httpx.Response:
+        return agent["ingest"].post(
+            "history/ingest",
+            content=raw.encode("utf-8", "surrogatepass"),
+            headers={"Content-Type": "application/json"},
+        )
+
+    # A lone UTF-16 surrogate (JavaScript writes them when a string is cut mid-emoji)
+    # cannot be stored as such: it becomes U+FFFD; the rest of the entry is kept.
+    lone = good.replace('"message 1"', '"cut \\ud83d here"')
+    assert post(f'{{"events": [{lone}]}}').json() == {"received": 1, "stored": 1}
+    (event,) = _all_events(client, user, {"session": session})
+    assert event["payload"]["message"]["content"] == "cut \ufffd here"
+
+    refused = {
+        "NaN": good.replace('"message 1"', "NaN"),
+        "1e999": good.replace('"message 1"', "1e999"),
+        "deep": good.replace('"message 1"', "[" * 5000 + "]" * 5000),
+        "year 10000": good.replace("2026-03-01", "9999-12-31").replace("+00:00", "-14:00"),
+        "year 1": good.replace("2026-03-01", "0001-01-01"),
+        "surrogate key": good.replace(f'"uuid": "{session}-1", "ts"', '"uuid": "\\udc00", "ts"'),
+    }
+    for what, raw in refused.items():
+        resp = post(f'{{"events": [{raw}]}}')
+        assert resp.status_code == 400, (what, resp.text)
+        assert resp.json()["error"] in ("invalid_json", "invalid_field"), what
+    assert len(_all_events(client, user, {"session": session})) == 1
+
+    # A time without an offset is taken as UTC.
+    naive = {**_event(session, 2), "ts": "2026-03-01T12:00:02"}
+    assert agent["ingest"].post("history/ingest", json={"events": [naive]}).status_code == 200
+    assert _all_events(client, user, {"session": session})[-1]["ts"] == "2026-03-01T12:00:02+00:00"
+
+
+def test_unknown_agents_and_bad_queries(agent: dict) -> None:
+    user, client = agent["user"], agent["client"]
+    for path in ("sessions", "events", "export.csv"):
+        resp = client.sac("GET", f"users/{user}/agents/never-made/history/{path}")
+        assert resp.status_code == 404 and resp.json()["error"] == "not_found", path
+    base = f"users/{user}/agents/scribe/history/"
+    forged = base64.urlsafe_b64encode(b'["2026-01-01T00:00:00+00:00", "a\\u0000", "b"]').decode()
+    for path, params, field in [
+        ("events", {"cursor": "not-a-cursor"}, "cursor"),
+        ("events", {"cursor": forged}, "cursor"),
+        ("events", {"limit": "1001"}, "limit"),
+        ("events", {"limit": "-1"}, "limit"),
+        ("events", {"order": "sideways"}, "order"),
+        ("events", {"since": "last tuesday"}, "since"),
+        ("sessions", {"cursor": forged}, "cursor"),
+        ("export.csv", {"until": "soon"}, "until"),
+    ]:
+        resp = client.sac("GET", base + path, params=params)
+        assert resp.status_code == 400, (path, params, resp.text)
+        assert resp.json()["field"] == field
+    resp = client.sac("GET", "history/search", params={"q": "x" * 201})
+    assert resp.status_code == 400 and resp.json()["field"] == "q"
+
+
+def test_history_outlives_the_agent(agent: dict, admin: HubApi) -> None:
+    """Runs last in this module: it deletes the module's agent."""
+    user, client = agent["user"], agent["client"]
+    session = f"gone-{uuid.uuid4().hex[:8]}"
+    agent["ingest"].post("history/ingest", json={"events": [_event(session, 1, "user", "hi")]})
+    assert client.sac("DELETE", f"users/{user}/agents/scribe").status_code == 204
+    # The deleted agent's token no longer ingests anything...
+    late = agent["ingest"].post("history/ingest", json={"events": [_event(session, 2)]})
+    assert late.status_code == 401
+    # ...but what it sent stays readable, by its owner and by admins.
+    for reader in (client, admin):
+        sessions = reader.sac("GET", f"users/{user}/agents/scribe/history/sessions").json()
+        assert session in [s["session_id"] for s in sessions["sessions"]]
+        events = reader.sac(
+            "GET", f"users/{user}/agents/scribe/history/events", params={"session": session}
+        )
+        assert [e["uuid"] for e in events.json()["events"]] == [f"{session}-1"]

@@ -11,15 +11,18 @@ import base64
 import csv
 import io
 import json
+import math
+import re
+from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any
 
 from ..runtimes.transcript import prompt_text, readable_text
-from ..store.history import EventFilter, EventKey, IngestEvent, payload_json
+from ..store.history import EventFilter, EventKey, IngestBatch, IngestEvent
 from .base import BaseHandler
 from .errors import ApiError
 from .openapi import _op, _path_params, _resp
-from .validation import bad, check_fields, without_nul
+from .validation import bad, check_fields
 
 READ_ALL_SCOPE = "custom:sac:history:read-all"
 MAX_BATCH = 1000
@@ -30,6 +33,16 @@ PAGE = 100
 MAX_PAGE = 1000
 CSV_COLUMNS = ("owner", "agent", "session_id", "uuid", "ts", "kind", "text", "payload")
 CSV_FLUSH_BYTES = 256 * 1024
+# Times outside this range are refused: PostgreSQL would store them, but reading
+# them back into Python (year 1 to 9999 in the session's time zone) would fail.
+MIN_TS = datetime(1900, 1, 1, tzinfo=UTC)
+MAX_TS = datetime(9000, 1, 1, tzinfo=UTC)
+EVENT_FIELDS = frozenset({"session_id", "uuid", "ts", "kind", "payload"})
+
+# What jsonb cannot store but a JSON body can carry: NUL (only ever written as the
+# escape \u0000), lone UTF-16 surrogates (escaped, or raw bytes that Python's JSON
+# reader lets through). A body without any of these is stored as it came.
+_NEEDS_SCRUB = re.compile(rb"\\u0000|\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 
 
 def _parse_ts(value: Any, field: str) -> datetime:
@@ -37,48 +50,112 @@ def _parse_ts(value: Any, field: str) -> datetime:
         raise bad(field, "expected an ISO 8601 time")
     try:
         ts = datetime.fromisoformat(value)
-    except ValueError:
+        ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise bad(field, "expected an ISO 8601 time") from None
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+    if not MIN_TS <= ts < MAX_TS:
+        raise bad(field, "expected a time between the years 1900 and 9000")
+    return ts
 
 
-def _key(value: Any, field: str, max_len: int) -> str:
+def _key(value: Any, field: str, max_len: int, check_unicode: bool) -> str:
     if not isinstance(value, str) or not value or len(value) > max_len or "\x00" in value:
         raise bad(field, f"expected 1-{max_len} characters")
+    if check_unicode and not _encodable(value):
+        raise bad(field, "expected valid Unicode (no lone surrogates)")
     return value
 
 
-def parse_events(body: dict[str, Any], may_contain_nul: bool = True) -> list[IngestEvent]:
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def clean_text(text: str) -> str:
+    """``text`` as jsonb can store it: NUL characters dropped, lone surrogates replaced
+    by U+FFFD (a surrogate pair that arrived as two halves becomes its character)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    if not _encodable(text):
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def clean(value: Any) -> Any:
+    """``value`` with :func:`clean_text` applied to every string, keys included."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(k): clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean(v) for v in value]
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError("number out of range")
+    return value
+
+
+def load_json(raw: bytes) -> tuple[Any, str, bool]:
+    """The body, its text, and whether that text needs scrubbing before PostgreSQL.
+
+    Stricter than ``json.loads``: UTF-8 only, no NaN/Infinity (jsonb has neither),
+    and nesting beyond Python's recursion limit is a 400, not a 500.
+    """
+    dirty = _NEEDS_SCRUB.search(raw) is not None
+    try:
+        text = raw.decode("utf-8", "surrogatepass" if dirty else "strict")
+        body = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "invalid_json", "the body is not valid JSON (UTF-8)") from None
+    return body, text, dirty
+
+
+def parse_batch(raw: bytes) -> IngestBatch:
+    """Validate an ingest body; any invalid event refuses the whole batch (400)."""
+    body, text, dirty = load_json(raw)
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "the body must be a JSON object")
     check_fields(body, {"events"})
-    events = body.get("events")
-    if not isinstance(events, list):
+    items = body.get("events")
+    if not isinstance(items, list):
         raise bad("events", "expected a list of events")
-    if len(events) > MAX_BATCH:
+    if len(items) > MAX_BATCH:
         raise bad("events", f"at most {MAX_BATCH} events per batch", "too_many")
-    out = []
-    for i, event in enumerate(events):
+    events = []
+    for i, item in enumerate(items):
         field = f"events[{i}]"
-        if not isinstance(event, dict):
+        if not isinstance(item, dict):
             raise bad(field, "expected an object")
-        unknown = set(event) - {"session_id", "uuid", "ts", "kind", "payload"}
-        if unknown:
-            raise bad(f"{field}.{sorted(unknown)[0]}", "unknown field", "unknown_field")
-        payload = event.get("payload")
+        if not item.keys() <= EVENT_FIELDS:
+            raise bad(f"{field}.{sorted(item.keys() - EVENT_FIELDS)[0]}", "unknown field",
+                      "unknown_field")  # fmt: skip
+        payload = item.get("payload")
         if not isinstance(payload, dict):
             raise bad(f"{field}.payload", "expected a JSON object")
-        kind = _key(event.get("kind"), f"{field}.kind", MAX_KIND)
-        clean = without_nul(payload) if may_contain_nul else payload
-        out.append(
-            IngestEvent(
-                session_id=_key(event.get("session_id"), f"{field}.session_id", MAX_KEY),
-                uuid=_key(event.get("uuid"), f"{field}.uuid", MAX_KEY),
-                ts=_parse_ts(event.get("ts"), f"{field}.ts"),
-                kind=kind,
-                payload_json=payload_json(clean),
-                prompt=prompt_text(kind, clean),
-            )
-        )
-    return out
+        session_id = _key(item.get("session_id"), f"{field}.session_id", MAX_KEY, dirty)
+        uuid = _key(item.get("uuid"), f"{field}.uuid", MAX_KEY, dirty)
+        kind = _key(item.get("kind"), f"{field}.kind", MAX_KIND, dirty)
+        ts = _parse_ts(item.get("ts"), f"{field}.ts")
+        if dirty:
+            try:
+                item["payload"] = payload = clean(payload)
+            except RecursionError:
+                raise bad(f"{field}.payload", "nested too deeply") from None
+        events.append(IngestEvent(session_id, uuid, ts, kind, prompt_text(kind, payload)))
+    if dirty:
+        text = json.dumps({"events": items}, ensure_ascii=False)
+    return IngestBatch(events, text)
 
 
 def event_model(row: dict[str, Any]) -> dict[str, Any]:
@@ -97,12 +174,17 @@ def _encode(values: list[Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(values).encode()).decode()
 
 
-def _decode(value: str, size: int) -> list[Any]:
+def _decode(value: str, size: int) -> list[str]:
+    """A cursor's values (strings); anything else is a 400, never a database error."""
     try:
         values = json.loads(base64.urlsafe_b64decode(value.encode()))
     except (ValueError, TypeError):
         raise bad("cursor", "not a cursor returned by this endpoint") from None
-    if not isinstance(values, list) or len(values) != size:
+    if (
+        not isinstance(values, list)
+        or len(values) != size
+        or not all(isinstance(v, str) and "\x00" not in v and _encodable(v) for v in values)
+    ):
         raise bad("cursor", "not a cursor returned by this endpoint")
     return values
 
@@ -113,7 +195,25 @@ def event_cursor(row: dict[str, Any]) -> str:
 
 def parse_event_cursor(value: str) -> EventKey:
     ts, session_id, entry_uuid = _decode(value, 3)
-    return _parse_ts(ts, "cursor"), str(session_id), str(entry_uuid)
+    return _parse_ts(ts, "cursor"), session_id, entry_uuid
+
+
+def _filename(*parts: str) -> str:
+    name = "-".join(parts)
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:120] + ".csv"
+
+
+def csv_row(row: dict[str, Any]) -> tuple[str, ...]:
+    return (
+        row["owner"],
+        row["agent_slug"],
+        row["session_id"],
+        row["entry_uuid"],
+        row["ts"].isoformat(),
+        row["kind"],
+        readable_text(row["kind"], row["payload"]),
+        json.dumps(row["payload"], ensure_ascii=False),
+    )
 
 
 class HistoryBaseHandler(BaseHandler):
@@ -121,10 +221,14 @@ class HistoryBaseHandler(BaseHandler):
         ident = self.require_user()
         return ident.admin or READ_ALL_SCOPE in ident.scopes
 
-    def authorize_owner(self, owner: str) -> None:
+    async def authorize_agent(self, owner: str, slug: str) -> None:
+        """The caller may read this agent's history, and there is an agent or history
+        under that name (a deleted agent's history stays readable)."""
         ident = self.require_user()
         if owner != ident.name and not self.can_read_all():
-            # 404 as for agents: do not reveal another user's history exists.
+            # 404 as for agents: do not reveal that another user's agent exists.
+            raise ApiError(404, "not_found", "no such agent")
+        if not await self.sac.store.history.known(owner, slug):
             raise ApiError(404, "not_found", "no such agent")
 
     def int_arg(self, name: str, default: int, high: int) -> int:
@@ -140,10 +244,11 @@ class HistoryBaseHandler(BaseHandler):
         return _parse_ts(raw, name) if raw else None
 
     def text_arg(self, name: str, max_len: int = 200) -> str | None:
+        # tornado has already refused invalid UTF-8 and dropped control characters
         raw = self.get_argument(name, None)
         if raw is None or raw == "":
             return None
-        if len(raw) > max_len or "\x00" in raw:
+        if len(raw) > max_len:
             raise bad(name, f"at most {max_len} characters")
         return raw
 
@@ -155,8 +260,8 @@ class HistoryBaseHandler(BaseHandler):
             **fixed,
         )
 
-    async def write_page(self, where: EventFilter) -> None:
-        order = self.get_argument("order", "asc")
+    async def write_page(self, where: EventFilter, default_order: str = "asc") -> None:
+        order = self.get_argument("order", default_order)
         if order not in ("asc", "desc"):
             raise bad("order", "expected asc or desc")
         limit = self.int_arg("limit", PAGE, MAX_PAGE)
@@ -176,76 +281,72 @@ class HistoryBaseHandler(BaseHandler):
         )
 
     async def write_csv(self, where: EventFilter, filename: str) -> None:
+        """Stream the events as CSV from a server-side cursor, a chunk at a time."""
         self.set_header("Content-Type", "text/csv; charset=utf-8")
         self.set_header("Content-Disposition", f'attachment; filename="{filename}"')
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(CSV_COLUMNS)
-        async for row in self.sac.store.history.stream(where):
-            writer.writerow(
-                (
-                    row["owner"],
-                    row["agent_slug"],
-                    row["session_id"],
-                    row["entry_uuid"],
-                    row["ts"].isoformat(),
-                    row["kind"],
-                    readable_text(row["kind"], row["payload"]),
-                    json.dumps(row["payload"], ensure_ascii=False),
-                )
-            )
-            if buffer.tell() >= CSV_FLUSH_BYTES:
-                self.write(buffer.getvalue())
-                buffer.seek(0)
-                buffer.truncate()
-                # Wait for the client to take it: memory stays flat however big the export.
-                await self.flush()
-        self.write(buffer.getvalue())
-        self.finish()
+        # aclosing: a client that goes away mid-export closes the cursor at once.
+        async with aclosing(self.sac.store.history.stream(where)) as rows:
+            async for row in rows:
+                writer.writerow(csv_row(row))
+                if buffer.tell() >= CSV_FLUSH_BYTES:
+                    self.write(buffer.getvalue())
+                    buffer.seek(0)
+                    buffer.truncate()
+                    # Wait for the client to take it: memory stays flat however big.
+                    await self.flush()
+        self.finish(buffer.getvalue())
 
 
 class IngestHandler(HistoryBaseHandler):
     """POST api/history/ingest (agent token): a batch of transcript entries."""
 
     def prepare(self) -> None:
+        # Replaces BaseHandler's 1 MiB limit: a batch may be up to 16 MiB.
         length = self.request.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) > MAX_INGEST_BYTES:
+        too_long = length is not None and length.isdigit() and int(length) > MAX_INGEST_BYTES
+        if too_long or len(self.request.body) > MAX_INGEST_BYTES:
             raise ApiError(413, "too_large", f"batches are limited to {MAX_INGEST_BYTES} bytes")
 
     async def post(self) -> None:
         agent = await self.require_agent()
-        # Only a body that spells a NUL escape can hold one (JSON has no raw NULs).
-        events = parse_events(self.json_body(), b"\\u0000" in self.request.body)
-        stored = await self.sac.store.history.ingest(agent.id, agent.owner, agent.slug, events)
-        self.write_json({"received": len(events), "stored": stored})
+        if not self.request.body:
+            raise ApiError(400, "invalid_json", "a JSON object body is required")
+        batch = parse_batch(self.request.body)
+        stored = await self.sac.store.history.ingest(agent.id, agent.owner, agent.slug, batch)
+        self.write_json({"received": len(batch.events), "stored": stored})
+
+
+def session_model(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "session_id": row["session_id"],
+        "first_prompt": row["first_prompt"],
+        "events": row["events"],
+        "prompts": row["prompts"],
+        "first_ts": row["first_ts"].isoformat(),
+        "last_ts": row["last_ts"].isoformat(),
+    }
 
 
 class SessionsHandler(HistoryBaseHandler):
     async def get(self, owner: str, slug: str) -> None:
-        self.authorize_owner(owner)
+        await self.authorize_agent(owner, slug)
         limit = self.int_arg("limit", PAGE, MAX_PAGE)
         cursor = self.get_argument("cursor", None)
         before = None
         if cursor:
             last_ts, session_id = _decode(cursor, 2)
-            before = (_parse_ts(last_ts, "cursor"), str(session_id))
+            before = (_parse_ts(last_ts, "cursor"), session_id)
         rows = await self.sac.store.history.sessions(owner, slug, limit + 1, before)
         page = rows[:limit]
+        last = page[-1] if len(rows) > limit else None
         self.write_json(
             {
-                "sessions": [
-                    {
-                        "session_id": r["session_id"],
-                        "first_prompt": r["first_prompt"],
-                        "events": r["events"],
-                        "prompts": r["prompts"],
-                        "first_ts": r["first_ts"].isoformat(),
-                        "last_ts": r["last_ts"].isoformat(),
-                    }
-                    for r in page
-                ],
-                "next_cursor": _encode([page[-1]["last_ts"].isoformat(), page[-1]["session_id"]])
-                if len(rows) > limit
+                "sessions": [session_model(r) for r in page],
+                "next_cursor": _encode([last["last_ts"].isoformat(), last["session_id"]])
+                if last
                 else None,
             }
         )
@@ -253,16 +354,15 @@ class SessionsHandler(HistoryBaseHandler):
 
 class EventsHandler(HistoryBaseHandler):
     async def get(self, owner: str, slug: str) -> None:
-        self.authorize_owner(owner)
+        await self.authorize_agent(owner, slug)
         await self.write_page(self.event_filter(owner=owner, agent_slug=slug))
 
 
 class ExportHandler(HistoryBaseHandler):
     async def get(self, owner: str, slug: str) -> None:
-        self.authorize_owner(owner)
-        await self.write_csv(
-            self.event_filter(owner=owner, agent_slug=slug), f"history-{owner}-{slug}.csv"
-        )
+        await self.authorize_agent(owner, slug)
+        where = self.event_filter(owner=owner, agent_slug=slug)
+        await self.write_csv(where, _filename("history", owner, slug))
 
 
 class SearchBaseHandler(HistoryBaseHandler):
@@ -271,6 +371,7 @@ class SearchBaseHandler(HistoryBaseHandler):
         user = self.text_arg("user")
         if not self.can_read_all():
             if user is not None and user != ident.name:
+                # As for another user's agents: 404, whether or not that user exists.
                 raise ApiError(404, "not_found", "no such user")
             user = ident.name
         return self.event_filter(
@@ -282,9 +383,7 @@ class SearchHandler(SearchBaseHandler):
     """Events across agents (admins: across users), newest first by default."""
 
     async def get(self) -> None:
-        if "order" not in self.request.arguments:
-            self.request.arguments["order"] = [b"desc"]
-        await self.write_page(self.search_filter())
+        await self.write_page(self.search_filter(), default_order="desc")
 
 
 class SearchExportHandler(SearchBaseHandler):

@@ -1,9 +1,11 @@
 """Conversation history: batch ingest from sandboxes, sessions, events, search, export.
 
-One row per transcript entry, keyed by (agent, session, entry uuid) — the sender
-always sends an entry with the same timestamp, so re-sending a batch stores
-nothing twice. A per-session summary (first prompt, counts, first/last time) is
-kept in the same transaction as the events it counts.
+One row per transcript entry, keyed by (agent, session, entry uuid, ts). The
+time is part of the key because a TimescaleDB hypertable needs it in every
+unique index; the sender always sends an entry with the same timestamp (it is
+derived from the transcript line alone), so re-sending a batch stores nothing
+twice. A per-session summary (first prompt, counts, first/last time) is kept in
+the same transaction as the events it counts.
 
 Reads go by (owner, agent slug), not agent id: history outlives a deleted agent.
 Pagination is keyset-based on (ts, session_id, entry_uuid), which stays correct
@@ -28,8 +30,23 @@ class IngestEvent:
     uuid: str
     ts: datetime
     kind: str
-    payload_json: str
     prompt: str | None
+
+
+@dataclass(frozen=True)
+class IngestBatch:
+    """Validated events and the JSON text they were read from.
+
+    ``document`` is ``{"events": [{..., "payload": {...}}, ...]}`` whose i-th
+    element's ``payload`` belongs to ``events[i]``. PostgreSQL reads the payloads
+    straight out of that text, so a 1,000-event batch is not re-encoded in Python
+    (that was most of the service's time per event). The caller guarantees that
+    the text is valid for ``jsonb`` (no NUL characters, no lone surrogates, no
+    NaN) and that its session_id/uuid/kind match ``events``.
+    """
+
+    events: list[IngestEvent]
+    document: str
 
 
 @dataclass(frozen=True)
@@ -42,7 +59,8 @@ class EventFilter:
     text: str | None = None
 
     def where(self) -> tuple[list[str], list[Any]]:
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[Any] = []
         for column, value in (
             ("owner", self.owner),
             ("agent_slug", self.agent_slug),
@@ -58,39 +76,64 @@ class EventFilter:
             clauses.append("ts < %s")
             params.append(self.until)
         if self.text:
-            # Matched against the JSON text of the entry, so the query is escaped the way
-            # JSON writes strings (quotes, backslashes); then LIKE's metacharacters are
-            # escaped, so the search text is literal.
-            as_json = json.dumps(self.text, ensure_ascii=False)[1:-1]
-            escaped = as_json.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            clauses.append("payload::text ILIKE %s ESCAPE '\\'")
-            params.append(f"%{escaped}%")
+            clauses.append(_TEXT_MATCH)
+            params += text_match_params(self.text)
         return clauses, params
+
+
+# Text search matches inside the string values of an entry (not its key names:
+# "message" or "content" would otherwise match every entry). The jsonpath test
+# is exact but slow, so a cheaper necessary condition runs first: the value's
+# JSON-escaped form must occur in the entry's JSON text. Both are
+# case-insensitive and literal (LIKE's % _ \ are escaped; like_regex flag "q"
+# quotes the whole pattern). CASE fixes the order of evaluation.
+_TEXT_MATCH = (
+    "CASE WHEN payload::text ILIKE %s ESCAPE '\\' THEN payload @? %s::jsonpath ELSE false END"
+)
+
+
+def text_match_params(text: str) -> list[str]:
+    as_json = json.dumps(text, ensure_ascii=False)
+    like = as_json[1:-1].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    # A JSON string literal is also a valid jsonpath string literal.
+    path = f'strict $.** ? (@ like_regex {as_json} flag "iq")'
+    return [f"%{like}%", path]
 
 
 EventKey = tuple[datetime, str, str]  # (ts, session_id, entry_uuid): the keyset order
 
 _EVENT_COLUMNS = "owner, agent_slug, session_id, entry_uuid, ts, kind, payload"
 
+# Rows are inserted in key order: two requests carrying the same entries (a
+# sender retrying while its first attempt is still running) then wait for each
+# other instead of deadlocking. Sessions are upserted in session order likewise.
 _INGEST = """
-WITH ins AS (
+WITH src AS (
+    SELECT d.ev ->> 'session_id' AS session_id, d.ev ->> 'uuid' AS entry_uuid, a.ts,
+           d.ev ->> 'kind' AS kind, d.ev -> 'payload' AS payload, a.prompt
+    FROM jsonb_array_elements(%(document)s::jsonb -> 'events') WITH ORDINALITY AS d (ev, i)
+    JOIN unnest(%(ts)s::text[]::timestamptz[], %(prompt)s::text[], %(keep)s::bool[])
+         WITH ORDINALITY AS a (ts, prompt, keep, i) USING (i)
+    WHERE a.keep
+), ins AS (
     INSERT INTO conversation_events
         (agent_id, owner, agent_slug, session_id, entry_uuid, ts, kind, payload)
     SELECT %(agent_id)s, %(owner)s, %(slug)s, session_id, entry_uuid, ts, kind, payload
-    FROM _sac_ingest
+    FROM src
+    ORDER BY session_id COLLATE "C", entry_uuid COLLATE "C"
     ON CONFLICT DO NOTHING
-    RETURNING session_id, entry_uuid, ts
+    RETURNING session_id, entry_uuid
 ), agg AS (
-    SELECT ins.session_id,
+    SELECT session_id,
            count(*) AS n,
-           count(g.prompt) AS prompts,
-           min(ins.ts) AS first_ts,
-           max(ins.ts) AS last_ts,
-           (array_agg(g.prompt ORDER BY ins.ts) FILTER (WHERE g.prompt IS NOT NULL))[1]
+           count(src.prompt) AS prompts,
+           min(src.ts) AS first_ts,
+           max(src.ts) AS last_ts,
+           (array_agg(src.prompt ORDER BY src.ts) FILTER (WHERE src.prompt IS NOT NULL))[1]
                AS first_prompt,
-           min(ins.ts) FILTER (WHERE g.prompt IS NOT NULL) AS first_prompt_ts
-    FROM ins JOIN _sac_ingest g USING (session_id, entry_uuid)
-    GROUP BY ins.session_id
+           min(src.ts) FILTER (WHERE src.prompt IS NOT NULL) AS first_prompt_ts
+    FROM ins JOIN src USING (session_id, entry_uuid)
+    GROUP BY session_id
 ), up AS (
     INSERT INTO conversation_sessions AS s
         (agent_id, owner, agent_slug, session_id, first_prompt, first_prompt_ts,
@@ -98,6 +141,7 @@ WITH ins AS (
     SELECT %(agent_id)s, %(owner)s, %(slug)s, session_id, first_prompt, first_prompt_ts,
            n, prompts, first_ts, last_ts
     FROM agg
+    ORDER BY session_id COLLATE "C"
     ON CONFLICT (agent_id, session_id) DO UPDATE SET
         events = s.events + EXCLUDED.events,
         prompts = s.prompts + EXCLUDED.prompts,
@@ -113,39 +157,58 @@ WITH ins AS (
             THEN EXCLUDED.first_prompt_ts ELSE s.first_prompt_ts END
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM ins) AS stored, (SELECT count(*) FROM up) AS sessions
+SELECT (SELECT sum(n) FROM agg) AS stored, (SELECT count(*) FROM up) AS sessions
 """
+
+
+def first_occurrences(events: list[IngestEvent]) -> list[bool]:
+    """Which events to store: a batch may repeat an entry, and one INSERT must not
+    touch the same key twice (the first one is kept)."""
+    seen: set[tuple[str, str]] = set()
+    keep = []
+    for e in events:
+        key = (e.session_id, e.uuid)
+        keep.append(key not in seen)
+        seen.add(key)
+    return keep
 
 
 class History:
     def __init__(self, pool: AsyncConnectionPool):
         self.pool = pool
 
-    async def ingest(self, agent_id: int, owner: str, slug: str, events: list[IngestEvent]) -> int:
-        """Store a batch in one transaction; returns how many rows were new."""
+    async def ingest(self, agent_id: int, owner: str, slug: str, batch: IngestBatch) -> int:
+        """Store a batch in one statement (so one transaction); returns how many rows were new."""
+        events = batch.events
         if not events:
             return 0
-        async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS _sac_ingest (session_id text, entry_uuid text,"
-                " ts timestamptz, kind text, payload jsonb, prompt text) ON COMMIT DELETE ROWS"
-            )
-            cur = conn.cursor()
-            async with cur.copy(
-                "COPY _sac_ingest (session_id, entry_uuid, ts, kind, payload, prompt) FROM STDIN"
-            ) as copy:
-                for e in events:
-                    await copy.write_row(
-                        (e.session_id, e.uuid, e.ts, e.kind, e.payload_json, e.prompt)
-                    )
-            # A batch may repeat an entry: keep one (the key must be unique per statement).
-            await conn.execute(
-                "DELETE FROM _sac_ingest a USING _sac_ingest b WHERE a.ctid > b.ctid"
-                " AND a.session_id = b.session_id AND a.entry_uuid = b.entry_uuid"
-            )
-            cur = await conn.execute(_INGEST, {"agent_id": agent_id, "owner": owner, "slug": slug})
+        params = {
+            "document": batch.document,
+            # as text: psycopg adapts a list of datetimes element by element in Python
+            "ts": [e.ts.isoformat() for e in events],
+            "prompt": [e.prompt for e in events],
+            "keep": first_occurrences(events),
+            "agent_id": agent_id,
+            "owner": owner,
+            "slug": slug,
+        }
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(_INGEST, params)
             row = await cur.fetchone()
-        return int(row["stored"]) if row else 0
+        return int(row["stored"] or 0) if row else 0
+
+    async def known(self, owner: str, slug: str) -> bool:
+        """An agent row exists for (owner, slug), or history stored under that name does
+        (the agent was deleted; its history stays readable)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM agents WHERE owner = %s AND slug = %s)"
+                " OR EXISTS (SELECT 1 FROM conversation_events"
+                "            WHERE owner = %s AND agent_slug = %s) AS known",
+                (owner, slug, owner, slug),
+            )
+            row = await cur.fetchone()
+        return bool(row and row["known"])
 
     async def sessions(
         self, owner: str, slug: str, limit: int, before: tuple[datetime, str] | None
@@ -168,10 +231,15 @@ class History:
         self, where: EventFilter, limit: int, after: EventKey | None, descending: bool
     ) -> list[dict[str, Any]]:
         clauses, params = where.where()
-        if after is not None:
-            clauses.append(
-                f"(ts, session_id, entry_uuid) {'<' if descending else '>'} (%s, %s, %s)"
-            )
+        op = "<" if descending else ">"
+        if after is not None and where.session_id is not None:
+            # Within one session the key is (ts, entry_uuid): the same columns, in the
+            # same order, as the session index, so each page starts with an index seek
+            # instead of re-reading the session from its beginning.
+            clauses.append(f"(ts, entry_uuid) {op} (%s, %s)")
+            params += [after[0], after[2]]
+        elif after is not None:
+            clauses.append(f"(ts, session_id, entry_uuid) {op} (%s, %s, %s)")
             params += list(after)
         order = "DESC" if descending else "ASC"
         clause = f"WHERE {' AND '.join(clauses)}" if clauses else ""
@@ -184,7 +252,11 @@ class History:
             return await cur.fetchall()
 
     async def stream(self, where: EventFilter, batch: int = 2000) -> AsyncIterator[dict[str, Any]]:
-        """Every matching event in time order, through a server-side cursor (flat memory)."""
+        """Every matching event in time order, through a server-side cursor (flat memory).
+
+        Use it inside ``contextlib.aclosing`` so that a client going away mid-export
+        closes the cursor and returns the connection at once.
+        """
         clauses, params = where.where()
         clause = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         async with (
@@ -200,7 +272,3 @@ class History:
             )
             async for row in cur:
                 yield row
-
-
-def payload_json(payload: Any) -> str:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
