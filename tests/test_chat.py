@@ -333,3 +333,44 @@ async def test_bad_chat_requests(stack: dict, new_user) -> None:
             assert err.value.code == status, query
     finally:
         client.sac("DELETE", f"users/{user}/agents/bad")
+
+
+@pytest.mark.asyncio
+async def test_manager_survives_a_missing_cli_and_a_crash(tmp_path) -> None:
+    """Without the stack: the ChatManager's own bookkeeping on disk."""
+    from jupyter_sac.server_extension.chat import ChatManager
+
+    def manager() -> ChatManager:
+        return ChatManager(
+            tmp_path / "chat", [str(tmp_path / "no-such-claude")], str(tmp_path), tmp_path
+        )
+
+    chat = manager()
+    _, sub = chat.subscribe(None, 0, lambda: None)
+    started = await chat.send("hello", None)
+    events = [sub.queue.get_nowait() for _ in range(sub.queue.qsize())]
+    assert [e["type"] for e in events] == ["turn_start", "error", "turn_end"]
+    assert "could not start the agent" in events[1]["message"]
+    assert events[2]["exit_code"] is None
+    sid = started["session_id"]
+    (listed,) = chat.list()
+    assert listed["running"] is False and listed["turns"] == 1
+    # Another message is accepted (nothing is left "running").
+    await chat.send("again", sid)
+    await chat.stop()
+
+    # A server that stopped during a turn: the next start closes that turn in the log.
+    index = json.loads((tmp_path / "chat" / "sessions.json").read_text())
+    index[sid]["running_turn"] = "lostturn"
+    (tmp_path / "chat" / "sessions.json").write_text(json.dumps(index))
+    chat = manager()
+    session = await chat.session_with_events(sid)
+    assert session["running"] is False and session["turns"] == 2
+    tail = session["events"][-2:]
+    assert [(e["type"], e["turn_id"]) for e in tail] == [
+        ("error", "lostturn"), ("turn_end", "lostturn")
+    ]  # fmt: skip
+    assert [e["seq"] for e in session["events"]] == list(range(1, 9))
+    backlog, _ = chat.subscribe(sid, 6, lambda: None)
+    assert [e["seq"] for e in backlog] == [7, 8]
+    await chat.stop()

@@ -531,7 +531,7 @@ class ChatManager:
                 start_new_session=True,  # its own process group: cancel reaches its children
                 limit=STDOUT_LIMIT,
             )
-        except OSError as e:
+        except Exception as e:  # no binary, bad cwd, out of processes: the turn says so
             log.error("chat: could not start claude: %s", e)
             self.emit_error(session, turn.turn_id, f"could not start the agent: {e}")
             self.emit(session, turn.turn_id, {"type": "turn_end", "exit_code": None})
