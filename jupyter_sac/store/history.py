@@ -103,6 +103,8 @@ def text_match_params(text: str) -> list[str]:
 EventKey = tuple[datetime, str, str]  # (ts, session_id, entry_uuid): the keyset order
 
 _EVENT_COLUMNS = "owner, agent_slug, session_id, entry_uuid, ts, kind, payload"
+# Pages carry the payload as JSON text (``payload_json``), ready to be sent on.
+_PAGE_COLUMNS = "owner, agent_slug, session_id, entry_uuid, ts, kind, payload::text AS payload_json"
 
 # Rows are inserted in key order: two requests carrying the same entries (a
 # sender retrying while its first attempt is still running) then wait for each
@@ -230,6 +232,7 @@ class History:
     async def events(
         self, where: EventFilter, limit: int, after: EventKey | None, descending: bool
     ) -> list[dict[str, Any]]:
+        """A page of events in keyset order, each with its payload as ``payload_json``."""
         clauses, params = where.where()
         op = "<" if descending else ">"
         if after is not None and where.session_id is not None:
@@ -245,7 +248,7 @@ class History:
         clause = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM conversation_events {clause}"
+                f"SELECT {_PAGE_COLUMNS} FROM conversation_events {clause}"
                 f" ORDER BY ts {order}, session_id {order}, entry_uuid {order} LIMIT %s",
                 (*params, limit),
             )
