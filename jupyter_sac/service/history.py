@@ -209,6 +209,7 @@ def _filename(*parts: str) -> str:
 
 
 def csv_row(row: dict[str, Any]) -> tuple[str, ...]:
+    payload_json = row["payload_json"]
     return (
         row["owner"],
         row["agent_slug"],
@@ -216,8 +217,8 @@ def csv_row(row: dict[str, Any]) -> tuple[str, ...]:
         row["entry_uuid"],
         row["ts"].isoformat(),
         row["kind"],
-        readable_text(row["kind"], row["payload"]),
-        json.dumps(row["payload"], ensure_ascii=False),
+        readable_text(row["kind"], json.loads(payload_json)),
+        payload_json,
     )
 
 

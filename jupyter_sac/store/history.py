@@ -102,8 +102,7 @@ def text_match_params(text: str) -> list[str]:
 
 EventKey = tuple[datetime, str, str]  # (ts, session_id, entry_uuid): the keyset order
 
-_EVENT_COLUMNS = "owner, agent_slug, session_id, entry_uuid, ts, kind, payload"
-# Pages carry the payload as JSON text (``payload_json``), ready to be sent on.
+# Pages and exports carry the payload as JSON text (``payload_json``), ready to be sent on.
 _PAGE_COLUMNS = "owner, agent_slug, session_id, entry_uuid, ts, kind, payload::text AS payload_json"
 
 # Rows are inserted in key order: two requests carrying the same entries (a
@@ -255,7 +254,8 @@ class History:
             return await cur.fetchall()
 
     async def stream(self, where: EventFilter, batch: int = 2000) -> AsyncIterator[dict[str, Any]]:
-        """Every matching event in time order, through a server-side cursor (flat memory).
+        """Every matching event in time order, through a server-side cursor (flat memory),
+        each with its payload as ``payload_json``.
 
         Use it inside ``contextlib.aclosing`` so that a client going away mid-export
         closes the cursor and returns the connection at once.
@@ -269,7 +269,7 @@ class History:
         ):
             cur.itersize = batch
             await cur.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM conversation_events {clause}"
+                f"SELECT {_PAGE_COLUMNS} FROM conversation_events {clause}"
                 " ORDER BY ts, session_id, entry_uuid",
                 params,
             )
