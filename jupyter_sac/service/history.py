@@ -413,47 +413,124 @@ def routes(prefix: str) -> list[tuple[str, Any]]:
     return [
         (prefix + "api/history/ingest", IngestHandler),
         (prefix + "api/history/search", SearchHandler),
-        (prefix + "api/history/export.csv", SearchExportHandler),
+        (prefix + r"api/history/export\.csv", SearchExportHandler),
         (agent + "sessions", SessionsHandler),
         (agent + "events", EventsHandler),
-        (agent + "export.csv", ExportHandler),
+        (agent + r"export\.csv", ExportHandler),
     ]
 
 
+_PARAMS: dict[str, tuple[dict[str, Any], str]] = {
+    "user": ({"type": "string"}, "only this user's agents (others: their own only)"),
+    "agent": ({"type": "string"}, "only agents with this name"),
+    "session": ({"type": "string"}, "only this session"),
+    "since": ({"type": "string", "format": "date-time"}, "from this time (inclusive)"),
+    "until": ({"type": "string", "format": "date-time"}, "before this time (exclusive)"),
+    "q": ({"type": "string", "maxLength": 200}, "text in the entry's string values"),
+    "order": ({"type": "string", "enum": ["asc", "desc"]}, "time order"),
+    "limit": ({"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": PAGE}, "page size"),
+    "cursor": ({"type": "string"}, "next_cursor of the previous page (opaque)"),
+}
+
+
 def _query(*names: str) -> list[dict[str, Any]]:
-    return [{"name": n, "in": "query", "schema": {"type": "string"}} for n in names]
+    return [
+        {"name": n, "in": "query", "schema": _PARAMS[n][0], "description": _PARAMS[n][1]}
+        for n in names
+    ]
+
+
+_TIME = {"type": "string", "format": "date-time"}
+_EVENT_IN = {
+    "type": "object",
+    "required": ["session_id", "uuid", "ts", "kind", "payload"],
+    "additionalProperties": False,
+    "properties": {
+        "session_id": {"type": "string", "minLength": 1, "maxLength": MAX_KEY},
+        "uuid": {"type": "string", "minLength": 1, "maxLength": MAX_KEY},
+        "ts": _TIME,
+        "kind": {"type": "string", "minLength": 1, "maxLength": MAX_KIND},
+        "payload": {"type": "object"},
+    },
+}
+_EVENT = {
+    "type": "object",
+    "properties": {
+        "user": {"type": "string"},
+        "agent": {"type": "string"},
+        "session_id": {"type": "string"},
+        "uuid": {"type": "string"},
+        "ts": _TIME,
+        "kind": {"type": "string"},
+        "payload": {"type": "object"},
+    },
+}
+_CURSOR = {"type": "string", "nullable": True}
+_EVENTS = {
+    "type": "object",
+    "properties": {"events": {"type": "array", "items": _EVENT}, "next_cursor": _CURSOR},
+}
+_SESSIONS = {
+    "type": "object",
+    "properties": {
+        "sessions": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "session_id": {"type": "string"},
+                    "first_prompt": {"type": "string", "nullable": True},
+                    "events": {"type": "integer"},
+                    "prompts": {"type": "integer"},
+                    "first_ts": _TIME,
+                    "last_ts": _TIME,
+                },
+            },
+        },
+        "next_cursor": _CURSOR,
+    },
+}
 
 
 def openapi_paths() -> dict[str, Any]:
     ua = _path_params("user", "slug")
     filters = _query("session", "since", "until")
-    csv_ok = {"200": {"description": "CSV", "content": {"text/csv": {}}}}
+    csv_ok = {"200": {"description": "CSV (" + ", ".join(CSV_COLUMNS) + ")",
+                      "content": {"text/csv": {}}}}  # fmt: skip
+    counts = {
+        "type": "object",
+        "properties": {"received": {"type": "integer"}, "stored": {"type": "integer"}},
+    }
     return {
         "/api/history/ingest": {
             "post": _op(
-                "Ingest transcript entries (agent token; at most 1,000 per batch, idempotent)",
-                {"200": _resp("received and newly stored counts")},
+                "Ingest transcript entries (agent token; at most 1,000 per batch and 16 MiB;"
+                " idempotent per session and uuid; all or nothing)",
+                {"200": _resp("received and newly stored counts", counts)},
                 400,
                 413,
                 body={
                     "type": "object",
                     "required": ["events"],
-                    "properties": {"events": {"type": "array", "maxItems": MAX_BATCH}},
+                    "additionalProperties": False,
+                    "properties": {
+                        "events": {"type": "array", "maxItems": MAX_BATCH, "items": _EVENT_IN}
+                    },
                 },
             )
         },
         "/api/history/search": {
             "get": _op(
-                "Search events (admins: every user); newest first",
-                {"200": _resp("a page of events")},
+                "Search events (own agents; admins and read-all: every user); newest first",
+                {"200": _resp("a page of events", _EVENTS)},
                 400,
                 404,
-                params=_query("user", "agent", "since", "until", "q", "limit", "cursor", "order"),
+                params=_query("user", "agent", "since", "until", "q", "order", "limit", "cursor"),
             )
         },
         "/api/history/export.csv": {
             "get": _op(
-                "Export a search as CSV",
+                "Export a search as CSV (oldest first, streamed)",
                 csv_ok,
                 400,
                 404,
@@ -462,8 +539,8 @@ def openapi_paths() -> dict[str, Any]:
         },
         "/api/users/{user}/agents/{slug}/history/sessions": {
             "get": _op(
-                "An agent's sessions, newest first",
-                {"200": _resp("sessions")},
+                "An agent's sessions, most recently active first",
+                {"200": _resp("a page of sessions", _SESSIONS)},
                 400,
                 404,
                 params=ua + _query("limit", "cursor"),
@@ -472,13 +549,19 @@ def openapi_paths() -> dict[str, Any]:
         "/api/users/{user}/agents/{slug}/history/events": {
             "get": _op(
                 "An agent's events (keyset pages)",
-                {"200": _resp("events")},
+                {"200": _resp("a page of events", _EVENTS)},
                 400,
                 404,
                 params=ua + filters + _query("order", "limit", "cursor"),
             ),
         },
         "/api/users/{user}/agents/{slug}/history/export.csv": {
-            "get": _op("An agent's events as CSV", csv_ok, 400, 404, params=ua + filters),
+            "get": _op(
+                "An agent's events as CSV (oldest first, streamed)",
+                csv_ok,
+                400,
+                404,
+                params=ua + filters,
+            ),
         },
     }
