@@ -132,3 +132,22 @@ async def test_history_is_read_by_owner_and_name(store: Store) -> None:
     # No agent row (it was deleted, or never in this database): the history is known.
     assert await store.history.known("ann", "bot")
     assert not await store.history.known("bob", "bot")
+
+
+def test_parse_batch_makes_text_storable() -> None:
+    """What jsonb cannot hold is scrubbed in the text PostgreSQL reads, however it came:
+    NUL escapes, escaped lone surrogates, raw surrogate bytes (a pair sent as two
+    halves becomes its character)."""
+    event = {**entry("s", 1), "payload": {"a\x00b": "x\x00y", "cut": "\ud83d", "pair": "PAIR"}}
+    raw = json.dumps({"events": [event]}, ensure_ascii=False)
+    raw = raw.replace("PAIR", "\ud83e\uddea").encode("utf-8", "surrogatepass")
+    parsed = parse_batch(raw)
+    assert json.loads(parsed.document)["events"][0]["payload"] == {
+        "ab": "xy",
+        "cut": "\ufffd",
+        "pair": "🧪",
+    }
+    parsed.document.encode()  # valid UTF-8 all through
+    # A clean body is passed on as it came.
+    clean = json.dumps({"events": [entry("s", 2)]}).encode()
+    assert parse_batch(clean).document == clean.decode()
