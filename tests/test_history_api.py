@@ -276,6 +276,7 @@ def test_unknown_agents_and_bad_queries(agent: dict) -> None:
         ("events", {"cursor": forged}, "cursor"),
         ("events", {"limit": "1001"}, "limit"),
         ("events", {"limit": "-1"}, "limit"),
+        ("events", {"limit": "²"}, "limit"),
         ("events", {"order": "sideways"}, "order"),
         ("events", {"since": "last tuesday"}, "since"),
         ("sessions", {"cursor": forged}, "cursor"),
@@ -286,6 +287,14 @@ def test_unknown_agents_and_bad_queries(agent: dict) -> None:
         assert resp.json()["field"] == field
     resp = client.sac("GET", "history/search", params={"q": "x" * 201})
     assert resp.status_code == 400 and resp.json()["field"] == "q"
+
+    # A time typed into a URL with its "+" unencoded (which arrives as a space) works.
+    session = f"url-{uuid.uuid4().hex[:8]}"
+    agent["ingest"].post("history/ingest", json={"events": [_event(session, n) for n in (1, 2)]})
+    since = (T0 + timedelta(seconds=2)).isoformat()
+    assert "+00:00" in since
+    resp = client.sac("GET", base + f"events?session={session}&since={since}")
+    assert [e["uuid"] for e in resp.json()["events"]] == [f"{session}-2"]
 
 
 def test_history_outlives_the_agent(agent: dict, admin: HubApi) -> None:

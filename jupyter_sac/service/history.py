@@ -45,6 +45,9 @@ EVENT_FIELDS = frozenset({"session_id", "uuid", "ts", "kind", "payload"})
 _NEEDS_SCRUB = re.compile(rb"\\u0000|\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 
 
+_UNENCODED_PLUS = re.compile(r"(\d\d:\d\d(?::\d\d(?:\.\d+)?)?) (\d\d:?\d\d)$")
+
+
 def _parse_ts(value: Any, field: str) -> datetime:
     if not isinstance(value, str) or len(value) > 64:
         raise bad(field, "expected an ISO 8601 time")
@@ -245,13 +248,17 @@ class HistoryBaseHandler(BaseHandler):
         raw = self.get_argument(name, None)
         if raw is None:
             return default
-        if not raw.isdigit() or not 1 <= int(raw) <= high:
+        # isascii: int() refuses some characters isdigit() accepts ("²")
+        if not (raw.isascii() and raw.isdigit() and len(raw) < 10) or not 1 <= int(raw) <= high:
             raise bad(name, f"expected 1-{high}")
         return int(raw)
 
     def time_arg(self, name: str) -> datetime | None:
         raw = self.get_argument(name, None)
-        return _parse_ts(raw, name) if raw else None
+        if not raw:
+            return None
+        # An offset's "+" typed into a URL unencoded arrives as a space.
+        return _parse_ts(_UNENCODED_PLUS.sub(r"\1+\2", raw), name)
 
     def text_arg(self, name: str, max_len: int = 200) -> str | None:
         # tornado has already refused invalid UTF-8 and dropped control characters
