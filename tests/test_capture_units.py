@@ -113,3 +113,12 @@ def test_state_trusts_workspace_and_approves_key(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / ".claude.json").read_text())
     assert saved["customApiKeyResponses"]["approved"] == ["sac-agent-abc"]
     assert json.loads((tmp_path / "settings.json").read_text())["hooks"]
+
+
+def test_spool_keeps_lone_surrogates(tmp_path: Path) -> None:
+    # JavaScript writes "\ud83d" when it cuts a string in the middle of an emoji.
+    events, _ = parse_new_lines("S", b'{"uuid": "u", "text": "cut \\ud83d"}\n', ReadState())
+    spool = HistorySpool(tmp_path / "spool")
+    spool.append(events)
+    batch, _ = spool.read_batch()
+    assert batch[0]["payload"]["text"] == "cut \ud83d"

@@ -151,3 +151,19 @@ def test_parse_batch_makes_text_storable() -> None:
     # A clean body is passed on as it came.
     clean = json.dumps({"events": [entry("s", 2)]}).encode()
     assert parse_batch(clean).document == clean.decode()
+
+
+@pytest.mark.asyncio
+async def test_untimed_leading_entries_do_not_date_the_session(store: Store) -> None:
+    # Markers before the transcript's first timestamp arrive with the epoch
+    # (runtimes/transcript.py); the session still starts at its first real time.
+    marker = {**entry("m", 0), "ts": "1970-01-01T00:00:00Z", "uuid": "marker"}
+    await store.history.ingest(1, "ann", "bot", batch(marker))
+    assert (await summary(store, "m"))["first_ts"] == datetime(1970, 1, 1, tzinfo=UTC)
+    await store.history.ingest(1, "ann", "bot", batch(entry("m", 5), entry("m", 9)))
+    row = await summary(store, "m")
+    assert (row["first_ts"], row["last_ts"], row["events"]) == (
+        T0 + timedelta(seconds=5),
+        T0 + timedelta(seconds=9),
+        3,
+    )

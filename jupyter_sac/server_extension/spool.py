@@ -90,7 +90,9 @@ class HistorySpool:
         if not events:
             return
         payload = b"".join(
-            json.dumps(e, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+            # ASCII escapes: a transcript may hold a lone surrogate (a string cut
+            # mid-emoji), which has no UTF-8 encoding.
+            json.dumps(e, separators=(",", ":")).encode() + b"\n"
             for e in events
         )
         with self._lock:
@@ -155,7 +157,7 @@ class HistorySpool:
     def set_aside(self, events: list[dict[str, Any]]) -> None:
         with open(self.dir / "rejected.jsonl", "a", encoding="utf-8") as f:
             for event in events:
-                f.write(json.dumps(event, ensure_ascii=False) + "\n")
+                f.write(json.dumps(event) + "\n")
 
     def backlog(self) -> int:
         """Events not yet acknowledged by the service (blocking: counts lines)."""

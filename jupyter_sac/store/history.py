@@ -128,7 +128,9 @@ WITH src AS (
     SELECT session_id,
            count(*) AS n,
            count(src.prompt) AS prompts,
-           min(src.ts) AS first_ts,
+           -- Entries written before the transcript's first timestamp carry the epoch
+           -- (see runtimes/transcript.py): they don't date the session.
+           coalesce(min(src.ts) FILTER (WHERE src.ts > 'epoch'), min(src.ts)) AS first_ts,
            max(src.ts) AS last_ts,
            (array_agg(src.prompt ORDER BY src.ts) FILTER (WHERE src.prompt IS NOT NULL))[1]
                AS first_prompt,
@@ -146,7 +148,10 @@ WITH src AS (
     ON CONFLICT (agent_id, session_id) DO UPDATE SET
         events = s.events + EXCLUDED.events,
         prompts = s.prompts + EXCLUDED.prompts,
-        first_ts = least(s.first_ts, EXCLUDED.first_ts),
+        first_ts = CASE
+            WHEN s.first_ts <= 'epoch' THEN EXCLUDED.first_ts
+            WHEN EXCLUDED.first_ts <= 'epoch' THEN s.first_ts
+            ELSE least(s.first_ts, EXCLUDED.first_ts) END,
         last_ts = greatest(s.last_ts, EXCLUDED.last_ts),
         first_prompt = CASE
             WHEN EXCLUDED.first_prompt_ts IS NOT NULL AND
