@@ -200,17 +200,18 @@ def _reason(request: dict[str, Any]) -> str:
 
 def keys_for(match: PromptMatch, request: dict[str, Any]) -> str | None:
     """What to type into the PTY for a decided terminal request."""
-    options = {o.key: o for o in match.options}
-    chosen = request.get("option")
-    if chosen in options:
-        return chosen
-    if request.get("decision") == "allow":
-        return match.options[0].key if match.options else "\r"
-    for option in match.options:
-        if option.label.strip().lower().startswith(("no", "n)", "deny", "cancel")):
-            return option.key
-    # Escape dismisses Claude Code's menus (and most TUIs) without choosing.
-    return "\x1b"
+    from .. import hitl as policy_rules
+
+    if request.get("option") in {o.key for o in match.options}:
+        return request["option"]
+    options = [{"key": o.key, "label": o.label} for o in match.options]
+    decision = request.get("decision") or "deny"
+    key = policy_rules.default_option(options, decision)
+    if key is not None:
+        return key
+    # No options (a bare "Press Enter") or nothing that reads like "no": Enter to
+    # go on, Escape to dismiss Claude Code's menus (and most TUIs) without choosing.
+    return "\r" if decision == "allow" else "\x1b"
 
 
 class TerminalPromptWatcher:
