@@ -179,7 +179,7 @@ def test_fingerprint_is_stable_across_redraws_and_selection_moves() -> None:
     assert first is not None
     # Claude blinks the tool bullet above the dialog while it waits: a redraw.
     term = replay(menu)
-    bullet = next(i for i, line in enumerate(menu.lines) if line.startswith("● "))
+    bullet = next(i for i, line in enumerate(menu.lines) if "Writing hi to f.txt" in line)
     for blink in ("\x1b[{}H ", "\x1b[{}H●", "\x1b[{}H "):
         term.feed(blink.format(bullet + 1) + f"\x1b[{menu.cursor_row + 1};2H")
         again = detect(term.lines(), term.cursor_row)
@@ -190,12 +190,21 @@ def test_fingerprint_is_stable_across_redraws_and_selection_moves() -> None:
     same = detect(moved.lines, moved.cursor_row)
     assert same is not None and same.fingerprint == first.fingerprint
     assert same.options == first.options
+    # Nor does a narrower terminal, where Claude wraps the same menu differently.
+    resized = by_name("claude_bash_menu_resized")
+    assert resized.meta["cols"] < menu.meta["cols"]
+    rewrapped = detect(resized.lines, resized.cursor_row)
+    assert rewrapped is not None and rewrapped.fingerprint == first.fingerprint
+    assert [o.label for o in rewrapped.options] == [o.label for o in first.options]
+
+
+SAME_PROMPT_AS_BASH_MENU = ("claude_bash_menu_moved", "claude_bash_menu_resized")
 
 
 def test_fingerprints_differ_between_prompts() -> None:
     found = {}
     for screen in SCREENS:
-        if screen.expect and screen.name != "claude_bash_menu_moved":
+        if screen.expect and screen.name not in SAME_PROMPT_AS_BASH_MENU:
             match = detect(screen.lines, screen.cursor_row)
             assert match is not None
             found[screen.name] = match.fingerprint

@@ -282,12 +282,11 @@ def _labels(view: _View, run: list[_Item]) -> list[str]:
     labels = []
     for k, item in enumerate(run):
         parts = [item.label]
+        # Unnumbered options are one row each: the next row is the next option.
         stop = run[k + 1].row if k + 1 < len(run) else min(len(view.lines), item.row + 4)
-        for j in range(item.row + 1, stop):
+        for j in range(item.row + 1, stop if item.num is not None else item.row + 1):
             text = view.lines[j]
             if view.blank(j) or view.rule(j) or _indent(text) < item.label_col:
-                break
-            if item.num is None:
                 break
             parts.append(text.strip())
         labels.append(_norm(" ".join(parts))[:300])

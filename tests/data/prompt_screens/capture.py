@@ -124,6 +124,10 @@ class Pty:
             if not self.read(quiet):
                 return
 
+    def resize(self, rows: int, cols: int) -> None:
+        self.screen.resize(rows, cols)
+        self.proc.setwinsize(rows, cols)  # SIGWINCH: the program redraws
+
     def type(self, text: str) -> None:
         self.proc.write(text.encode())
 
@@ -304,6 +308,15 @@ def claude_bash(ctx: Context) -> None:
     p.type(UP)
     p.wait_for(lambda q: re.search(r"❯ 1\.", q.text()) is not None, 10, "selection on 1")
     p.settle()
+    # The browser window narrows: Claude redraws the same menu, wrapped differently.
+    p.resize(30, 72)
+    p.settle(1.5)
+    ctx.keep(
+        "claude_bash_menu_resized",
+        p,
+        f"{CLAUDE}: the same Bash permission after the terminal shrank to 72 columns",
+        expect("claude_permission", keys, "Do you want to proceed?"),
+    )
     p.type("1")
     p.wait_text("All done")
     p.settle()
