@@ -33,9 +33,7 @@ class TerminalClient:
         cls, base: str, token: str, name: str = "claude", rows: int = 40, cols: int = 120
     ) -> TerminalClient:
         ws = base.replace("http", "ws", 1) + f"terminals/websocket/{name}"
-        conn = await websocket_connect(
-            HTTPRequest(ws, headers={"Authorization": f"token {token}"})
-        )
+        conn = await websocket_connect(HTTPRequest(ws, headers={"Authorization": f"token {token}"}))
         client = cls(conn, rows, cols)
         client.send(["set_size", rows, cols, rows * 16, cols * 8])
         return client

@@ -127,8 +127,10 @@ async def _matches_transcripts(stack: dict, client: HubApi, user: str, slug: str
             f"{stack['url']}user/{user}/{slug}/sac/api/history/status",
             headers={"Authorization": f"token {client.token}"},
         ).text
-        raise AssertionError(f"{len(lines)} lines, {len(_stored(client, user, slug))} stored;"
-                             f" the sandbox's spool: {status}") from None
+        raise AssertionError(
+            f"{len(lines)} lines, {len(_stored(client, user, slug))} stored;"
+            f" the sandbox's spool: {status}"
+        ) from None
     # Exactly one row per transcript line: nothing lost, nothing doubled.
     assert len(events) == len(lines)
     stored_keys = {(e["session_id"], e["uuid"]) for e in events}
@@ -203,8 +205,7 @@ async def test_capture_survives_service_outage_and_server_kill(stack: dict, fake
         client.start(user, "rec")
         await _matches_transcripts(stack, client, user, "rec")
         status = poll_until(
-            lambda: (s := api.get(base + "sac/api/history/status").json())["backlog"] == 0
-            and s,
+            lambda: (s := api.get(base + "sac/api/history/status").json())["backlog"] == 0 and s,
             60,
             "the spool to drain",
         )
