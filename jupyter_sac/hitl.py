@@ -118,16 +118,22 @@ def timeout_decision(hitl_default: Any) -> str:
     return "allow" if hitl_default in ("approve", "allow") else "deny"
 
 
+_YES_LABEL = re.compile(r"^\s*(?:yes\b|y\)|allow|approve|proceed|continue|ok\b)", re.IGNORECASE)
 _NO_LABEL = re.compile(r"^\s*(?:no\b|n\)|deny|reject|cancel|esc\b)|\(esc\)\s*$", re.IGNORECASE)
 
 
 def default_option(options: list[dict[str, str]] | None, decision: str) -> str | None:
     """The key to type for a terminal prompt decided without choosing an option:
-    allow takes the first option (Claude Code's "Yes"), deny the one that reads
+    allow takes the first option that reads like yes (else the first), deny the one that reads
     like no/deny/cancel/esc, else none (the caller presses Escape)."""
     if not options:
         return None
     if decision == "allow":
+        # The first option that reads like yes: on Claude Code's trust and bypass
+        # dialogs the first option is "No, exit".
+        for option in options:
+            if _YES_LABEL.search(option.get("label") or ""):
+                return option["key"]
         return options[0]["key"]
     for option in options:
         if _NO_LABEL.search(option.get("label") or ""):

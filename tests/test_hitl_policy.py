@@ -266,3 +266,16 @@ def test_timeout_decision_and_terminal_default_options() -> None:
     )
     assert default_option([{"key": "q", "label": "Quit (esc)"}], "deny") == "q"
     assert default_option([], "allow") is None
+
+
+def test_a_bare_allow_on_a_dialog_that_starts_with_no_picks_yes() -> None:
+    # Claude Code's trust dialog lists "No, exit" first.
+    trust = [
+        {"key": "\r", "label": "No, exit"},
+        {"key": "\x1b[B\r", "label": "Yes, I trust this folder"},
+    ]
+    assert default_option(trust, "allow") == "\x1b[B\r"
+    assert default_option(trust, "deny") == "\r"
+    menu = [{"key": "1", "label": "Yes"}, {"key": "2", "label": "Yes, and don't ask again"},
+            {"key": "3", "label": "No, and tell Claude what to do differently (esc)"}]  # fmt: skip
+    assert default_option(menu, "allow") == "1" and default_option(menu, "deny") == "3"

@@ -50,6 +50,7 @@ HITL_EVENT_SCHEMA: dict[str, Any] = {
 WAIT_SLICE = 25  # seconds per long-poll to the service
 POLICY_CACHE_SECONDS = 5
 QUIET_SECONDS = 0.15  # the screen is read once output pauses this long
+RETYPE_AFTER = 2.0  # seconds before an answer the prompt ignored is typed again
 
 
 class ServiceError(Exception):
@@ -306,7 +307,22 @@ class TerminalPromptWatcher:
         if self.current is None or self.current.fingerprint != match.fingerprint:
             return
         keys = keys_for(match, decided)
-        if keys and self.term.ptyproc.isalive():
-            self.term.ptyproc.write(keys)
         self._answered = match.fingerprint
         self.current = None
+        if not keys:
+            return
+        # Claude Code drops keys typed in the instant a dialog first appears: if the
+        # same prompt is still on screen a moment later, type the answer once more.
+        for attempt in range(2):
+            if not self.term.ptyproc.isalive():
+                return
+            self.term.ptyproc.write(keys)
+            if attempt:
+                return
+            await asyncio.sleep(RETYPE_AFTER)
+            from ..runtimes.prompt_detector import detect
+
+            still = detect(self.screen.lines(), self.screen.cursor_row)
+            if still is None or still.fingerprint != match.fingerprint:
+                return
+            log.info("the terminal prompt is still waiting; typing the answer again")
