@@ -165,6 +165,12 @@ async def test_claude_terminal_runs_tools_survives_reconnects_and_restarts(
 async def test_claude_config_is_seeded_with_hooks(stack: dict, fake: str) -> None:
     user = f"seed{uuid.uuid4().hex[:6]}"
     with running_agent(stack["admin"], user, "cfg", **_agent_fields(fake)) as client:
+        doc = httpx.get(
+            f"{stack['url']}user/{user}/cfg/sac/api/openapi.json",
+            headers={"Authorization": f"token {client.token}"},
+        )
+        assert doc.status_code == 200 and "/sac/api/terminal" in doc.json()["paths"]
+        assert doc.json()["servers"] == [{"url": f"/user/{user}/cfg"}]
         out = await run_in_terminal(
             stack["url"],
             client.token,

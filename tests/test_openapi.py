@@ -31,3 +31,12 @@ def test_every_route_is_documented(monkeypatch: pytest.MonkeyPatch) -> None:
     missing = [r for r in routes if r not in NOT_PATHS and _template(r) not in documented]
     assert len(routes) > 20 and not missing, f"not in the OpenAPI document: {missing}"
     assert {"llm/v1/messages", "llm/v1/messages/count_tokens"} <= documented
+
+
+def test_every_extension_route_is_documented() -> None:
+    from jupyter_sac.server_extension.app import ROUTES
+    from jupyter_sac.server_extension.openapi import document
+
+    documented = {re.sub(r"\{[^}]+\}", "{}", p) for p in document("/user/u/a/")["paths"]}
+    missing = [p for p, _ in ROUTES if _template(p) not in documented]
+    assert len(ROUTES) > 10 and not missing, f"not in the extension's document: {missing}"

@@ -7,6 +7,7 @@ import os
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Float, Integer, List, Unicode, default
@@ -37,6 +38,7 @@ from .hitl import (
     ServiceClient,
     TerminalPromptWatcher,
 )
+from .openapi import OpenApiHandler
 from .runtime_info import RuntimeInfo
 from .spool import HistorySpool, HistoryUploader
 from .terminal import TERMINAL_NAME, ClaudeTerminal
@@ -44,6 +46,23 @@ from .terminal import TERMINAL_NAME, ClaudeTerminal
 # The longest HITL timeout the settings allow, plus slack: the PreToolUse hook
 # must outlive any wait the service can impose.
 MAX_HITL_WAIT = 7 * 86400 + 120
+
+
+ROUTES: list[tuple[str, Any]] = [
+    (r"/sac/api/openapi.json", OpenApiHandler),
+    (r"/sac/api/status", StatusHandler),
+    (r"/sac/api/terminal", TerminalHandler),
+    (r"/sac/api/terminal/restart", TerminalRestartHandler),
+    (r"/sac/api/history/status", HistoryStatusHandler),
+    (r"/sac/api/hitl", HitlStatusHandler),
+    (r"/sac/api/hooks/transcript", TranscriptHookHandler),
+    (r"/sac/api/hooks/pre-tool-use", PreToolUseHookHandler),
+    (r"/sac/api/chat", ChatHandler),
+    (r"/sac/api/chat/sessions", ChatSessionsHandler),
+    (r"/sac/api/chat/sessions/([^/]+)", ChatSessionHandler),
+    (r"/sac/api/chat/sessions/([^/]+)/cancel", ChatCancelHandler),
+    (r"/sac/api/chat/events", ChatEventsSocket),
+]
 
 
 class SacExtensionApp(ExtensionApp):
@@ -217,22 +236,7 @@ class SacExtensionApp(ExtensionApp):
         self.serverapp.web_app.settings["api_last_activity"] = datetime.now(UTC)
 
     def initialize_handlers(self) -> None:
-        self.handlers.extend(
-            [
-                (r"/sac/api/status", StatusHandler),
-                (r"/sac/api/terminal", TerminalHandler),
-                (r"/sac/api/terminal/restart", TerminalRestartHandler),
-                (r"/sac/api/history/status", HistoryStatusHandler),
-                (r"/sac/api/hitl", HitlStatusHandler),
-                (r"/sac/api/hooks/transcript", TranscriptHookHandler),
-                (r"/sac/api/hooks/pre-tool-use", PreToolUseHookHandler),
-                (r"/sac/api/chat", ChatHandler),
-                (r"/sac/api/chat/sessions", ChatSessionsHandler),
-                (r"/sac/api/chat/sessions/([^/]+)", ChatSessionHandler),
-                (r"/sac/api/chat/sessions/([^/]+)/cancel", ChatCancelHandler),
-                (r"/sac/api/chat/events", ChatEventsSocket),
-            ]
-        )
+        self.handlers.extend(ROUTES)
 
     async def _start_jupyter_server_extension(self, serverapp: object) -> None:
         # Everything imported so far (Jupyter Server, JupyterLab, this extension) lives

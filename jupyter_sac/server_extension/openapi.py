@@ -1,0 +1,86 @@
+"""The OpenAPI document of the sandbox extension (every route it adds is listed)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from jupyter_server.base.handlers import APIHandler
+from tornado import web
+
+from .. import __version__
+
+
+def _op(summary: str, *errors: int, body: dict | None = None, ok: str = "200") -> dict:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "responses": {ok: {"description": "ok"}, **{str(e): {"description": "error"}
+                                                    for e in (401, 403, *errors)}},
+    }  # fmt: skip
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    return op
+
+
+SESSION = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+HOOK = "Claude Code hook entry point only (X-SAC-Hook-Secret; not a user API)"
+
+
+def document(base_url: str) -> dict[str, Any]:
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "jupyter-sac sandbox extension API", "version": __version__},
+        "servers": [{"url": base_url.rstrip("/")}],
+        "paths": {
+            "/sac/api/openapi.json": {"get": _op("This document")},
+            "/sac/api/status": {"get": _op("Agent identity, runtime and versions")},
+            "/sac/api/terminal": {
+                "get": _op("The Claude terminal's status"),
+                "post": _op("Start the Claude terminal unless it runs; its status"),
+            },
+            "/sac/api/terminal/restart": {"post": _op("Restart the Claude terminal")},
+            "/sac/api/history/status": {"get": _op("History spool: backlog, last upload/error")},
+            "/sac/api/hitl": {"get": _op("HITL requests this sandbox waits on; terminal prompt")},
+            "/sac/api/hooks/transcript": {"post": _op(HOOK, 400)},
+            "/sac/api/hooks/pre-tool-use": {"post": _op(HOOK, 400)},
+            "/sac/api/chat": {
+                "post": _op(
+                    "Start a chat turn (202 {session_id, turn_id})",
+                    400,
+                    404,
+                    409,
+                    413,
+                    ok="202",
+                    body={
+                        "type": "object",
+                        "required": ["message"],
+                        "properties": {
+                            "message": {"type": "string", "maxLength": 100_000},
+                            "session_id": {"type": "string", "nullable": True},
+                        },
+                    },
+                )
+            },
+            "/sac/api/chat/sessions": {"get": _op("Chat sessions, newest first")},
+            "/sac/api/chat/sessions/{id}": {
+                "get": {**_op("A chat session and its event log", 400, 404), "parameters": SESSION}
+            },
+            "/sac/api/chat/sessions/{id}/cancel": {
+                "post": {**_op("Cancel the running turn", 400, 404), "parameters": SESSION}
+            },
+            "/sac/api/chat/events": {
+                "get": _op(
+                    "WebSocket: chat events (?session_id=&since= replays the log first)",
+                    400,
+                    404,
+                    ok="101",
+                )
+            },
+        },
+    }
+
+
+class OpenApiHandler(APIHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        self.finish(json.dumps(document(self.base_url)))
