@@ -1,0 +1,449 @@
+"""Skill rules (pure): the skill model, typed parameters, rendering, bundle checks.
+
+A skill is a ``SKILL.md`` in Claude Code's skill format plus metadata
+(``skill.yaml`` for the official skills shipped in ``skills/``): a kebab-case
+command, title, description, typed parameters and a prompt template whose
+``{{name}}`` placeholders take the parameter values. Installed into an agent it
+becomes ``skills/<command>/SKILL.md`` and a slash command
+``commands/<command>.md``; run with values, the template renders the message
+sent to the agent.
+
+No I/O here except ``load_skill_dir``/``load_official_skills`` (reading a folder)
+and the archive readers, which only list entries.
+"""
+
+from __future__ import annotations
+
+import re
+import tarfile
+import zipfile
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+import yaml
+
+COMMAND_RE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
+PARAM_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+PLACEHOLDER_RE = re.compile(r"\{\{\s*([a-z][a-z0-9_]*)\s*\}\}")
+PARAM_TYPES = ("text", "number", "date", "select")
+MAX_COMMAND = 64
+MAX_TITLE = 120
+MAX_DESCRIPTION = 1000
+MAX_BODY = 200_000
+MAX_PARAMS = 20
+MAX_OPTIONS = 50
+MAX_TEXT_VALUE = 10_000
+MAX_TEMPLATE = 20_000
+
+# Bundles: what a skill may carry besides SKILL.md.
+MAX_BUNDLE_FILES = 200
+MAX_BUNDLE_FILE_BYTES = 20 * 1024 * 1024
+MAX_BUNDLE_BYTES = 50 * 1024 * 1024
+MAX_COMPRESSION_RATIO = 100  # more than this is treated as a decompression bomb
+MAX_PATH_LENGTH = 255
+
+
+class SkillError(ValueError):
+    """Bad skill input; ``field`` names what is wrong (``parameters[2].options``)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    type: str
+    required: bool = False
+    default: Any = None
+    help: str = ""
+    options: tuple[str, ...] = ()
+    min: float | None = None
+    max: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "type": self.type, "required": self.required}
+        for key in ("default", "help", "min", "max"):
+            value = getattr(self, key)
+            if value not in (None, ""):
+                out[key] = value
+        if self.type == "select":
+            out["options"] = list(self.options)
+        return out
+
+
+@dataclass(frozen=True)
+class SkillSpec:
+    command: str
+    title: str
+    description: str
+    body: str
+    parameters: tuple[Parameter, ...] = ()
+    prompt: str = ""
+    tags: tuple[str, ...] = ()
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+# ---- validation -------------------------------------------------------------------
+
+
+def _text(field: str, value: Any, max_len: int, required: bool = True) -> str:
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise SkillError(field, "expected text")
+    if len(value) > max_len or "\x00" in value:
+        raise SkillError(field, f"at most {max_len} characters")
+    return value.strip()
+
+
+def valid_command(value: Any, field: str = "command") -> str:
+    if not isinstance(value, str) or not COMMAND_RE.match(value) or len(value) > MAX_COMMAND:
+        raise SkillError(field, "use kebab-case: lowercase letters and digits in words joined by -")
+    return value
+
+
+def _number(field: str, value: Any) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SkillError(field, "expected a number")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise SkillError(field, "expected a finite number")
+    return value
+
+
+def parse_parameter(raw: Any, field: str) -> Parameter:
+    if not isinstance(raw, dict):
+        raise SkillError(field, "expected an object with name and type")
+    unknown = set(raw) - {"name", "type", "required", "default", "help", "options", "min", "max"}
+    if unknown:
+        raise SkillError(f"{field}.{sorted(unknown)[0]}", "unknown field")
+    name = raw.get("name")
+    if not isinstance(name, str) or not PARAM_NAME_RE.match(name):
+        raise SkillError(f"{field}.name", "1-40 of a-z, 0-9 and _, starting with a letter")
+    kind = raw.get("type", "text")
+    if kind not in PARAM_TYPES:
+        raise SkillError(f"{field}.type", f"one of {', '.join(PARAM_TYPES)}")
+    required = raw.get("required", False)
+    if not isinstance(required, bool):
+        raise SkillError(f"{field}.required", "expected true or false")
+    options: tuple[str, ...] = ()
+    if kind == "select":
+        opts = raw.get("options")
+        if not isinstance(opts, list) or not opts or len(opts) > MAX_OPTIONS:
+            raise SkillError(f"{field}.options", f"a select needs 1-{MAX_OPTIONS} options")
+        options = tuple(_text(f"{field}.options[{i}]", o, 200) for i, o in enumerate(opts))
+        if len(set(options)) != len(options):
+            raise SkillError(f"{field}.options", "options must be different")
+    elif "options" in raw:
+        raise SkillError(f"{field}.options", "only select parameters have options")
+    low = _number(f"{field}.min", raw["min"]) if raw.get("min") is not None else None
+    high = _number(f"{field}.max", raw["max"]) if raw.get("max") is not None else None
+    if (low is not None or high is not None) and kind != "number":
+        raise SkillError(f"{field}.min", "only number parameters have min and max")
+    if low is not None and high is not None and low > high:
+        raise SkillError(f"{field}.min", "min is above max")
+    param = Parameter(
+        name=name,
+        type=kind,
+        required=required,
+        help=_text(f"{field}.help", raw.get("help"), 500, required=False),
+        options=options,
+        min=low,
+        max=high,
+    )
+    default = raw.get("default")
+    if default is not None:
+        if isinstance(default, date):  # YAML reads 2026-01-31 as a date
+            default = default.isoformat()
+        default = coerce_value(param, default, f"{field}.default")
+        param = Parameter(**{**param.__dict__, "default": default})
+    return param
+
+
+def parse_parameters(raw: Any) -> tuple[Parameter, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > MAX_PARAMS:
+        raise SkillError("parameters", f"expected a list of at most {MAX_PARAMS} parameters")
+    params = tuple(parse_parameter(p, f"parameters[{i}]") for i, p in enumerate(raw))
+    names = [p.name for p in params]
+    if len(set(names)) != len(names):
+        raise SkillError("parameters", "parameter names must be different")
+    return params
+
+
+def coerce_value(param: Parameter, value: Any, field: str) -> Any:
+    """One parameter value, checked against its type (raises SkillError)."""
+    if param.type == "text":
+        if not isinstance(value, str):
+            raise SkillError(field, "expected text")
+        if len(value) > MAX_TEXT_VALUE or "\x00" in value:
+            raise SkillError(field, f"at most {MAX_TEXT_VALUE} characters")
+        return value
+    if param.type == "number":
+        if isinstance(value, str):
+            try:
+                value = float(value) if any(c in value for c in ".eE") else int(value)
+            except ValueError:
+                raise SkillError(field, "expected a number") from None
+        number = _number(field, value)
+        if param.min is not None and number < param.min:
+            raise SkillError(field, f"at least {param.min:g}")
+        if param.max is not None and number > param.max:
+            raise SkillError(field, f"at most {param.max:g}")
+        return number
+    if param.type == "date":
+        if not isinstance(value, str):
+            raise SkillError(field, "expected a date like 2026-01-31")
+        try:
+            return date.fromisoformat(value).isoformat()
+        except ValueError:
+            raise SkillError(field, "expected a date like 2026-01-31") from None
+    if value not in param.options:
+        raise SkillError(field, f"one of {', '.join(param.options)}")
+    return value
+
+
+def validate_values(params: tuple[Parameter, ...], values: Any) -> dict[str, Any]:
+    """Checked values for a run: defaults filled in, unknown names and missing
+    required ones refused."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise SkillError("values", "expected an object of parameter values")
+    known = {p.name for p in params}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SkillError(f"values.{unknown[0]}", "this skill has no such parameter")
+    out: dict[str, Any] = {}
+    for param in params:
+        value = values.get(param.name)
+        if value is None or value == "":
+            if param.required and param.default is None:
+                raise SkillError(f"values.{param.name}", "required")
+            if param.default is not None:
+                out[param.name] = param.default
+            continue
+        out[param.name] = coerce_value(param, value, f"values.{param.name}")
+    return out
+
+
+# ---- rendering --------------------------------------------------------------------
+
+
+def _format(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def render_prompt(spec: SkillSpec, values: dict[str, Any]) -> str:
+    """The message a run sends to the agent: the template with the values in, or a
+    call of the skill listing the values."""
+    if spec.prompt:
+        text = PLACEHOLDER_RE.sub(lambda m: _format(values.get(m[1], "")), spec.prompt)
+        return text.strip()
+    lines = [f"Use the {spec.command} skill."]
+    lines += [f"- {name}: {_format(value)}" for name, value in values.items()]
+    return "\n".join(lines)
+
+
+def command_markdown(spec: SkillSpec) -> str:
+    """``commands/<command>.md``: the slash command; parameters become positional
+    arguments ($1, $2, ...) in their declared order."""
+    positions = {p.name: f"${i}" for i, p in enumerate(spec.parameters, start=1)}
+    hint = " ".join(f"<{p.name}>" if p.required else f"[{p.name}]" for p in spec.parameters)
+    if spec.prompt:
+        body = PLACEHOLDER_RE.sub(lambda m: positions.get(m[1], ""), spec.prompt).strip()
+    else:
+        body = f"Use the {spec.command} skill with: $ARGUMENTS"
+    front = {"description": spec.description}
+    if hint:
+        front["argument-hint"] = hint
+    return (
+        "---\n"
+        + yaml.safe_dump(front, allow_unicode=True, sort_keys=False)
+        + "---\n\n"
+        + body
+        + "\n"
+    )
+
+
+def skill_markdown(spec: SkillSpec) -> str:
+    """``skills/<command>/SKILL.md`` with name and description in its front matter."""
+    _, body = split_front_matter(spec.body)
+    front = {"name": spec.command, "description": spec.description}
+    return (
+        "---\n"
+        + yaml.safe_dump(front, allow_unicode=True, sort_keys=False)
+        + "---\n\n"
+        + body.lstrip()
+    )
+
+
+def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
+    if not text.startswith("---\n"):
+        return {}, text
+    end = text.find("\n---", 4)
+    if end < 0:
+        return {}, text
+    try:
+        front = yaml.safe_load(text[4:end]) or {}
+    except yaml.YAMLError:
+        raise SkillError("body", "the SKILL.md front matter is not valid YAML") from None
+    if not isinstance(front, dict):
+        raise SkillError("body", "the SKILL.md front matter must be a mapping")
+    rest = text[end + 4 :]
+    return front, rest[1:] if rest.startswith("\n") else rest
+
+
+def build_spec(meta: Any, body: str, files: dict[str, bytes] | None = None) -> SkillSpec:
+    """A checked SkillSpec from metadata (skill.yaml or an API body) and SKILL.md."""
+    if not isinstance(meta, dict):
+        raise SkillError("skill", "expected a mapping")
+    unknown = set(meta) - {"command", "title", "description", "parameters", "prompt", "tags"}
+    if unknown:
+        raise SkillError(sorted(unknown)[0], "unknown field")
+    _text("body", body, MAX_BODY)
+    split_front_matter(body)  # reject broken front matter early
+    params = parse_parameters(meta.get("parameters"))
+    prompt = _text("prompt", meta.get("prompt"), MAX_TEMPLATE, required=False)
+    names = {p.name for p in params}
+    for placeholder in PLACEHOLDER_RE.findall(prompt):
+        if placeholder not in names:
+            raise SkillError("prompt", f"{{{{{placeholder}}}}} is not a parameter")
+    tags = meta.get("tags") or []
+    if not isinstance(tags, list) or len(tags) > 20:
+        raise SkillError("tags", "expected a list of at most 20 tags")
+    return SkillSpec(
+        command=valid_command(meta.get("command")),
+        title=_text("title", meta.get("title"), MAX_TITLE),
+        description=_text("description", meta.get("description"), MAX_DESCRIPTION),
+        body=body,
+        parameters=params,
+        prompt=prompt,
+        tags=tuple(_text(f"tags[{i}]", t, 40) for i, t in enumerate(tags)),
+        files=dict(files or {}),
+    )
+
+
+# ---- bundles ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BundleEntry:
+    name: str
+    kind: str  # file | dir | symlink | hardlink | device | other
+    size: int
+    compressed: int | None = None
+
+
+def check_bundle(entries: list[BundleEntry]) -> list[BundleEntry]:
+    """The regular files of a bundle, or SkillError naming the first bad entry."""
+    files, total = [], 0
+    seen: set[str] = set()
+    for entry in entries:
+        field = f"bundle: {entry.name!r}"
+        if entry.kind not in ("file", "dir"):
+            raise SkillError(field, f"only regular files and folders ({entry.kind} found)")
+        name = entry.name
+        if not name or len(name) > MAX_PATH_LENGTH or "\x00" in name or "\\" in name:
+            raise SkillError(field, "not an acceptable file name")
+        path = PurePosixPath(name)
+        if path.is_absolute() or name.startswith("/"):
+            raise SkillError(field, "absolute paths are not allowed")
+        if any(part in ("..", ".") for part in path.parts) or not path.parts:
+            raise SkillError(field, "'..' and '.' are not allowed in paths")
+        if entry.kind == "dir":
+            continue
+        key = str(path)
+        if key in seen or key == "SKILL.md":
+            raise SkillError(field, "duplicate file (SKILL.md is the skill's body)")
+        seen.add(key)
+        if entry.size > MAX_BUNDLE_FILE_BYTES:
+            raise SkillError(field, f"files are limited to {MAX_BUNDLE_FILE_BYTES} bytes")
+        if entry.compressed is not None and entry.size > MAX_COMPRESSION_RATIO * max(
+            entry.compressed, 1
+        ):
+            raise SkillError(field, "compressed more than 100:1 (a decompression bomb?)")
+        total += entry.size
+        files.append(entry)
+        if len(files) > MAX_BUNDLE_FILES:
+            raise SkillError(field, f"bundles hold at most {MAX_BUNDLE_FILES} files")
+        if total > MAX_BUNDLE_BYTES:
+            raise SkillError(field, f"bundles are limited to {MAX_BUNDLE_BYTES} bytes")
+    return files
+
+
+def tar_entries(fileobj: IO[bytes]) -> list[BundleEntry]:
+    out = []
+    with tarfile.open(fileobj=fileobj, mode="r:*") as tar:
+        for info in tar.getmembers():
+            if info.isreg():
+                kind = "file"
+            elif info.isdir():
+                kind = "dir"
+            elif info.issym():
+                kind = "symlink"
+            elif info.islnk():
+                kind = "hardlink"
+            elif info.ischr() or info.isblk() or info.isfifo():
+                kind = "device"
+            else:
+                kind = "other"
+            out.append(BundleEntry(info.name, kind, info.size))
+    return out
+
+
+def zip_entries(fileobj: IO[bytes]) -> list[BundleEntry]:
+    out = []
+    with zipfile.ZipFile(fileobj) as archive:
+        for info in archive.infolist():
+            mode = (info.external_attr >> 16) & 0o170000
+            if info.is_dir():
+                kind = "dir"
+            elif mode in (0, 0o100000):
+                kind = "file"
+            elif mode == 0o120000:
+                kind = "symlink"
+            else:
+                kind = "other"
+            out.append(BundleEntry(info.filename, kind, info.file_size, info.compress_size))
+    return out
+
+
+# ---- the official skills folder -----------------------------------------------------
+
+
+def load_skill_dir(path: Path) -> SkillSpec:
+    """A skill folder: skill.yaml, SKILL.md and any other files (the bundle)."""
+    try:
+        meta = yaml.safe_load((path / "skill.yaml").read_text("utf-8"))
+        body = (path / "SKILL.md").read_text("utf-8")
+    except (OSError, yaml.YAMLError) as e:
+        raise SkillError(path.name, f"unreadable skill folder: {e}") from None
+    entries, files = [], {}
+    for item in sorted(path.rglob("*")):
+        rel = item.relative_to(path).as_posix()
+        if rel in ("skill.yaml", "SKILL.md"):
+            continue
+        if item.is_symlink():
+            entries.append(BundleEntry(rel, "symlink", 0))
+        elif item.is_dir():
+            entries.append(BundleEntry(rel, "dir", 0))
+        elif item.is_file():
+            entries.append(BundleEntry(rel, "file", item.stat().st_size))
+            files[rel] = item.read_bytes()
+        else:
+            entries.append(BundleEntry(rel, "other", 0))
+    check_bundle(entries)
+    spec = build_spec(meta, body, files)
+    if spec.command != path.name:
+        raise SkillError(path.name, f"the folder must be named after the command {spec.command!r}")
+    return spec
+
+
+def load_official_skills(root: Path) -> list[SkillSpec]:
+    return [load_skill_dir(p) for p in sorted(root.iterdir()) if p.is_dir()]
