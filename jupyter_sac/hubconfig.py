@@ -105,6 +105,9 @@ def configure(c: Any, config_file: str) -> None:
 
     c.JupyterHub.custom_scopes = {
         "custom:sac:admin": {"description": "Administer SAC: every user's agents and settings."},
+        "custom:sac:skills:official": {
+            "description": "Publish and curate official skills in the SAC marketplace."
+        },
         "custom:sac:history:read-all": {
             "description": "Read and export every user's conversation history."
         },

@@ -447,3 +447,54 @@ def load_skill_dir(path: Path) -> SkillSpec:
 
 def load_official_skills(root: Path) -> list[SkillSpec]:
     return [load_skill_dir(p) for p in sorted(root.iterdir()) if p.is_dir()]
+
+
+# ---- visibility ---------------------------------------------------------------------
+
+TIERS = ("official", "public", "group", "private")
+OFFICIAL_SCOPE = "custom:sac:skills:official"
+
+
+@dataclass(frozen=True)
+class Viewer:
+    name: str
+    admin: bool = False
+    groups: tuple[str, ...] = ()
+    scopes: frozenset[str] = frozenset()
+
+    @property
+    def curates_official(self) -> bool:
+        return self.admin or OFFICIAL_SCOPE in self.scopes
+
+
+def can_read(skill: dict[str, Any], viewer: Viewer) -> bool:
+    """Official and public skills: everyone; group: its members; private: the owner."""
+    if viewer.admin or skill["owner"] == viewer.name:
+        return True
+    if skill["visibility"] in ("official", "public"):
+        return True
+    return skill["visibility"] == "group" and skill["group_name"] in viewer.groups
+
+
+def can_edit(skill: dict[str, Any], viewer: Viewer) -> bool:
+    """The owner or an admin; official skills also whoever curates official skills."""
+    if viewer.admin or (skill["owner"] and skill["owner"] == viewer.name):
+        return True
+    return skill["visibility"] == "official" and viewer.curates_official
+
+
+def check_tier(viewer: Viewer, visibility: Any, group: Any) -> tuple[str, str | None]:
+    """(visibility, group) the viewer may publish at, or SkillError."""
+    if visibility not in TIERS:
+        raise SkillError("visibility", f"one of {', '.join(TIERS)}")
+    if visibility == "official" and not viewer.curates_official:
+        raise SkillError("visibility", f"official skills need an admin or {OFFICIAL_SCOPE}")
+    if visibility == "group":
+        if not isinstance(group, str) or not group:
+            raise SkillError("group", "a group skill names the JupyterHub group it is shared with")
+        if group not in viewer.groups and not viewer.admin:
+            raise SkillError("group", f"you are not a member of the group {group!r}")
+        return visibility, group
+    if group is not None:
+        raise SkillError("group", "only group skills name a group")
+    return visibility, None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -21,7 +22,7 @@ from .. import __version__
 from ..crypto import KeyBox
 from ..providers import PRESETS
 from ..store import Store
-from . import history, hitl
+from . import history, hitl, skills
 from .agents import AgentHandler, AgentsHandler, AgentUsageHandler
 from .base import BaseHandler, NotFoundHandler
 from .llm_proxy import LlmProxyHandler
@@ -130,6 +131,24 @@ class SacService(Application):
     def _default_hub_prefix(self) -> str:
         return os.environ.get("JUPYTERHUB_BASE_URL", "/")
 
+    official_skills_dir = Unicode(
+        help="""Folder of the official skills upserted at start (one folder per skill:
+        SKILL.md, skill.yaml, optional files). Default: the skills shipped with
+        jupyter-sac.""",
+    ).tag(config=True)
+
+    @default("official_skills_dir")
+    def _default_official_skills_dir(self) -> str:
+        import sys
+
+        for candidate in (
+            Path(__file__).resolve().parents[2] / "skills",  # a source checkout
+            Path(sys.prefix) / "share" / "jupyter-sac" / "skills",  # an installed wheel
+        ):
+            if candidate.is_dir():
+                return str(candidate)
+        return ""
+
     aliases = {"config": "SacService.config_file", "port": "SacService.port"}
 
     def initialize(self, argv: list[str] | None = None) -> None:
@@ -159,6 +178,7 @@ class SacService(Application):
             (p + r"llm/(.*)", LlmProxyHandler),
             *history.routes(p),
             *hitl.routes(p),
+            *skills.routes(p),
             (p + r"api/.*", NotFoundHandler),
         ]
         hub_auth = HubOAuth(api_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""), cache_max_age=60)
@@ -181,6 +201,11 @@ class SacService(Application):
         self.upstream = httpx.AsyncClient(
             timeout=httpx.Timeout(self.upstream_timeout, connect=15), follow_redirects=False
         )
+        try:
+            await skills.upsert_official(self, self.official_skills_dir)
+        except Exception:
+            # A broken shipped skill must not keep the whole service down.
+            self.log.exception("could not load the official skills")
         self.hitl_waiters = hitl.Waiters()
         reaper = asyncio.create_task(hitl.reaper(self))
         app = self.make_app()

@@ -48,7 +48,7 @@ def _path_params(*names: str) -> list[dict[str, Any]]:
 
 def document(prefix: str) -> dict[str, Any]:
     # Imported here: those modules use this module's helpers (_op, _resp, ...).
-    from . import history, hitl
+    from . import history, hitl, skills
 
     agent = {"$ref": "#/components/schemas/Agent"}
     create = {"$ref": "#/components/schemas/AgentCreate"}
@@ -172,6 +172,7 @@ def document(prefix: str) -> dict[str, Any]:
             "/api/openapi.json": {"get": _op("This document", {"200": _resp("ok")})},
             **history.openapi_paths(),
             **hitl.openapi_paths(),
+            **skills.openapi_paths(),
             "/api/agents": {
                 "get": _op(
                     "My agents (admins: ?user=NAME or ?all=1)",

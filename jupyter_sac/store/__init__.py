@@ -14,6 +14,7 @@ from .history import History
 from .hitl import HitlRequests
 from .migrate import list_migrations, migrate
 from .settings import SettingsRows
+from .skills import Skills
 from .tokens import AgentTokens
 from .usage import Usage
 
@@ -36,6 +37,7 @@ class Store:
         self.usage = Usage(pool)
         self.history = History(pool)
         self.hitl = HitlRequests(pool)
+        self.skills = Skills(pool)
 
     @classmethod
     async def open(

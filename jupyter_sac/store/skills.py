@@ -1,0 +1,241 @@
+"""Skills and their installs into agents.
+
+Visibility is applied in SQL for listings (``visible`` below) and by the service's
+pure rules (``jupyter_sac.skills.can_read``) for single reads, so one rule governs
+both. Shipped official skills belong to no user (owner ``''``) and are upserted by
+command: an unchanged skill keeps its version, a changed one gets the next
+version, and installs survive either way (same row).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from psycopg.errors import UniqueViolation
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from ..skills import SkillSpec
+
+OFFICIAL_OWNER = ""
+
+_COLUMNS = (
+    "s.id, s.owner, s.command, s.title, s.description, s.body, s.parameters, s.prompt,"
+    " s.tags, s.visibility, s.group_name, s.version, s.parent_id, s.bundle_sha256,"
+    " s.checksum, s.created_at, s.updated_at,"
+    " (SELECT count(*) FROM skill_installs i WHERE i.skill_id = s.id) AS installs"
+)
+
+
+class SkillExistsError(Exception):
+    pass
+
+
+class CommandTakenError(Exception):
+    """The agent already has another installed skill with this command."""
+
+
+def checksum(spec: SkillSpec, bundle_sha256: str | None = None) -> str:
+    content = {
+        "title": spec.title,
+        "description": spec.description,
+        "body": spec.body,
+        "parameters": [p.to_json() for p in spec.parameters],
+        "prompt": spec.prompt,
+        "tags": list(spec.tags),
+        "bundle": bundle_sha256,
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _values(spec: SkillSpec) -> dict[str, Any]:
+    return {
+        "command": spec.command,
+        "title": spec.title,
+        "description": spec.description,
+        "body": spec.body,
+        "parameters": Jsonb([p.to_json() for p in spec.parameters]),
+        "prompt": spec.prompt,
+        "tags": Jsonb(list(spec.tags)),
+    }
+
+
+VISIBLE = (
+    "(%(admin)s OR s.visibility IN ('official', 'public') OR s.owner = %(me)s"
+    " OR (s.visibility = 'group' AND s.group_name = ANY(%(groups)s)))"
+)
+
+
+class Skills:
+    def __init__(self, pool: AsyncConnectionPool):
+        self.pool = pool
+
+    async def upsert_official(self, specs: list[SkillSpec], bundle_sha: dict[str, str]) -> int:
+        """Shipped skills, by command; returns how many were new or changed."""
+        changed = 0
+        async with self.pool.connection() as conn, conn.transaction():
+            for spec in specs:
+                sha = bundle_sha.get(spec.command)
+                cur = await conn.execute(
+                    "INSERT INTO skills (owner, command, title, description, body, parameters,"
+                    " prompt, tags, visibility, bundle_sha256, checksum)"
+                    " VALUES (%(owner)s, %(command)s, %(title)s, %(description)s, %(body)s,"
+                    " %(parameters)s, %(prompt)s, %(tags)s, 'official', %(sha)s, %(checksum)s)"
+                    " ON CONFLICT (owner, command) DO UPDATE SET title = EXCLUDED.title,"
+                    " description = EXCLUDED.description, body = EXCLUDED.body,"
+                    " parameters = EXCLUDED.parameters, prompt = EXCLUDED.prompt,"
+                    " tags = EXCLUDED.tags, bundle_sha256 = EXCLUDED.bundle_sha256,"
+                    " checksum = EXCLUDED.checksum, version = skills.version + 1,"
+                    " updated_at = now() WHERE skills.checksum <> EXCLUDED.checksum"
+                    " RETURNING id",
+                    {
+                        **_values(spec),
+                        "owner": OFFICIAL_OWNER,
+                        "sha": sha,
+                        "checksum": checksum(spec, sha),
+                    },
+                )
+                changed += cur.rowcount
+        return changed
+
+    async def create(
+        self,
+        owner: str,
+        spec: SkillSpec,
+        visibility: str,
+        group: str | None,
+        parent_id: int | None = None,
+    ) -> dict[str, Any]:
+        async with self.pool.connection() as conn:
+            try:
+                cur = await conn.execute(
+                    "INSERT INTO skills (owner, command, title, description, body, parameters,"
+                    " prompt, tags, visibility, group_name, parent_id, checksum)"
+                    " VALUES (%(owner)s, %(command)s, %(title)s, %(description)s, %(body)s,"
+                    " %(parameters)s, %(prompt)s, %(tags)s, %(visibility)s, %(group)s,"
+                    " %(parent)s, %(checksum)s) RETURNING id",
+                    {
+                        **_values(spec),
+                        "owner": owner,
+                        "visibility": visibility,
+                        "group": group,
+                        "parent": parent_id,
+                        "checksum": checksum(spec),
+                    },
+                )
+            except UniqueViolation:
+                raise SkillExistsError(spec.command) from None
+            row = await cur.fetchone()
+        assert row is not None
+        created = await self.get(row["id"])
+        assert created is not None
+        return created
+
+    async def get(self, skill_id: int) -> dict[str, Any] | None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {_COLUMNS} FROM skills s WHERE s.id = %s", (skill_id,)
+            )
+            return await cur.fetchone()
+
+    async def update(
+        self, skill_id: int, spec: SkillSpec, visibility: str, group: str | None
+    ) -> dict[str, Any] | None:
+        """Replace a skill's content; the version goes up when the content changed."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE skills SET title = %(title)s, description = %(description)s,"
+                " body = %(body)s, parameters = %(parameters)s, prompt = %(prompt)s,"
+                " tags = %(tags)s, visibility = %(visibility)s, group_name = %(group)s,"
+                " version = version + CASE WHEN checksum <> %(checksum)s THEN 1 ELSE 0 END,"
+                " checksum = %(checksum)s, updated_at = now() WHERE id = %(id)s",
+                {
+                    **_values(spec),
+                    "visibility": visibility,
+                    "group": group,
+                    "checksum": checksum(spec),
+                    "id": skill_id,
+                },
+            )
+        return await self.get(skill_id)
+
+    async def delete(self, skill_id: int) -> bool:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("DELETE FROM skills WHERE id = %s", (skill_id,))
+            return cur.rowcount > 0
+
+    async def search(
+        self,
+        *,
+        me: str,
+        groups: list[str],
+        admin: bool,
+        text: str | None,
+        tier: str | None,
+        owner: str | None,
+        group: str | None,
+        limit: int,
+        offset: int,
+    ) -> list[dict[str, Any]]:
+        """Visible skills, most installed first, then most recently changed."""
+        where = [VISIBLE]
+        params: dict[str, Any] = {"admin": admin, "me": me, "groups": groups}
+        if text:
+            escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append(
+                "(s.command ILIKE %(q)s OR s.title ILIKE %(q)s OR s.description ILIKE %(q)s)"
+            )
+            params["q"] = f"%{escaped}%"
+        if tier:
+            where.append("s.visibility = %(tier)s")
+            params["tier"] = tier
+        if owner is not None:
+            where.append("s.owner = %(owner)s")
+            params["owner"] = owner
+        if group:
+            where.append("s.group_name = %(group)s")
+            params["group"] = group
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {_COLUMNS} FROM skills s WHERE {' AND '.join(where)}"
+                " ORDER BY installs DESC, s.updated_at DESC, s.id DESC"
+                " LIMIT %(limit)s OFFSET %(offset)s",
+                {**params, "limit": limit, "offset": offset},
+            )
+            return await cur.fetchall()
+
+    async def install(self, agent_id: int, skill: dict[str, Any]) -> None:
+        async with self.pool.connection() as conn, conn.transaction():
+            # One installed skill per command inside an agent (the slash command name).
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (agent_id,))
+            cur = await conn.execute(
+                "SELECT s.id FROM skill_installs i JOIN skills s ON s.id = i.skill_id"
+                " WHERE i.agent_id = %s AND s.command = %s AND s.id <> %s",
+                (agent_id, skill["command"], skill["id"]),
+            )
+            if await cur.fetchone():
+                raise CommandTakenError(skill["command"])
+            await conn.execute(
+                "INSERT INTO skill_installs (agent_id, skill_id) VALUES (%s, %s)"
+                " ON CONFLICT DO NOTHING",
+                (agent_id, skill["id"]),
+            )
+
+    async def uninstall(self, agent_id: int, skill_id: int) -> bool:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "DELETE FROM skill_installs WHERE agent_id = %s AND skill_id = %s",
+                (agent_id, skill_id),
+            )
+            return cur.rowcount > 0
+
+    async def installed(self, agent_id: int) -> list[dict[str, Any]]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {_COLUMNS} FROM skills s JOIN skill_installs i ON i.skill_id = s.id"
+                " WHERE i.agent_id = %s ORDER BY s.command",
+                (agent_id,),
+            )
+            return await cur.fetchall()
