@@ -187,3 +187,48 @@ def test_zip_bomb_and_zip_symlink_are_refused() -> None:
     buf.seek(0)
     with pytest.raises(SkillError, match="symlink"):
         check_bundle(zip_entries(buf))
+
+
+def _row(owner: str, visibility: str, group: str | None = None) -> dict:
+    return {"owner": owner, "visibility": visibility, "group_name": group}
+
+
+@pytest.mark.parametrize(
+    ("row", "reader", "readable"),
+    [
+        (_row("ann", "private"), "ann", True),
+        (_row("ann", "private"), "bob", False),
+        (_row("ann", "public"), "bob", True),
+        (_row("", "official"), "bob", True),
+        (_row("ann", "group", "lab"), "cat", True),  # cat is in "lab"
+        (_row("ann", "group", "lab"), "bob", False),
+    ],
+)
+def test_who_reads_what(row: dict, reader: str, readable: bool) -> None:
+    from jupyter_sac.skills import Viewer, can_read
+
+    groups = ("lab",) if reader == "cat" else ()
+    assert can_read(row, Viewer(reader, groups=groups)) is readable
+    assert can_read(row, Viewer("root", admin=True)) is True
+
+
+def test_who_edits_and_publishes_what() -> None:
+    from jupyter_sac.skills import OFFICIAL_SCOPE, Viewer, can_edit, check_tier
+
+    curator = Viewer("cur", scopes=frozenset({OFFICIAL_SCOPE}))
+    assert can_edit(_row("", "official"), curator)
+    assert not can_edit(_row("", "official"), Viewer("bob"))
+    assert not can_edit(_row("ann", "public"), Viewer("bob"))
+    assert can_edit(_row("ann", "public"), Viewer("ann"))
+    assert check_tier(curator, "official", None) == ("official", None)
+    assert check_tier(Viewer("cat", groups=("lab",)), "group", "lab") == ("group", "lab")
+    for viewer, tier, group, field in [
+        (Viewer("bob"), "official", None, "visibility"),
+        (Viewer("bob"), "group", "lab", "group"),
+        (Viewer("bob"), "group", None, "group"),
+        (Viewer("bob"), "private", "lab", "group"),
+        (Viewer("bob"), "everyone", None, "visibility"),
+    ]:
+        with pytest.raises(SkillError) as info:
+            check_tier(viewer, tier, group)
+        assert info.value.field == field
