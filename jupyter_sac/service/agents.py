@@ -75,13 +75,6 @@ class AgentBaseHandler(BaseHandler):
             )
         return out
 
-    async def get_agent(self, owner: str, slug: str) -> AgentRecord:
-        self.authorize_user(owner)
-        agent = await self.sac.store.agents.get(owner, slug)
-        if agent is None:
-            raise ApiError(404, "not_found", "no such agent")
-        return agent
-
 
 class AgentsHandler(AgentBaseHandler):
     """GET: the caller's agents (admins: ?user=NAME, or ?all=1). POST: create."""

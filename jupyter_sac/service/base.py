@@ -97,6 +97,24 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             raise ApiError(404, "not_found", "no such agent")
         return ident
 
+    async def get_agent(self, owner: str, slug: str) -> AgentRecord:
+        """``owner``'s agent ``slug``, if the caller may act on it (else 404)."""
+        self.authorize_user(owner)
+        agent = await self.sac.store.agents.get(owner, slug)
+        if agent is None:
+            raise ApiError(404, "not_found", "no such agent")
+        return agent
+
+    def int_arg(self, name: str, default: int, low: int, high: int) -> int:
+        """An integer query argument within [low, high] (else a 400 naming it)."""
+        raw = self.get_argument(name, None)
+        if raw is None:
+            return default
+        # isascii: int() refuses some characters isdigit() accepts ("²")
+        if not (raw.isascii() and raw.isdigit() and len(raw) < 10) or not low <= int(raw) <= high:
+            raise ApiError(400, "invalid_field", f"{name}: expected {low}-{high}", field=name)
+        return int(raw)
+
     async def require_agent(self) -> AgentRecord:
         """The agent whose sandbox sent this request (its per-agent ``sac-agent-`` token).
 

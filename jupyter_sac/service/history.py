@@ -7,7 +7,6 @@ admins (and holders of ``custom:sac:history:read-all``) everyone's.
 
 from __future__ import annotations
 
-import base64
 import csv
 import io
 import json
@@ -22,7 +21,7 @@ from ..store.history import EventFilter, EventKey, IngestBatch, IngestEvent
 from .base import BaseHandler
 from .errors import ApiError
 from .openapi import _op, _path_params, _resp
-from .validation import bad, check_fields
+from .validation import bad, check_fields, decode_cursor, encode_cursor, utf8_encodable
 
 READ_ALL_SCOPE = "custom:sac:history:read-all"
 MAX_BATCH = 1000
@@ -64,17 +63,9 @@ def _parse_ts(value: Any, field: str) -> datetime:
 def _key(value: Any, field: str, max_len: int, check_unicode: bool) -> str:
     if not isinstance(value, str) or not value or len(value) > max_len or "\x00" in value:
         raise bad(field, f"expected 1-{max_len} characters")
-    if check_unicode and not _encodable(value):
+    if check_unicode and not utf8_encodable(value):
         raise bad(field, "expected valid Unicode (no lone surrogates)")
     return value
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def clean_text(text: str) -> str:
@@ -82,7 +73,7 @@ def clean_text(text: str) -> str:
     by U+FFFD (a surrogate pair that arrived as two halves becomes its character)."""
     if "\x00" in text:
         text = text.replace("\x00", "")
-    if not _encodable(text):
+    if not utf8_encodable(text):
         text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return text
 
@@ -178,31 +169,12 @@ def event_json(row: dict[str, Any]) -> str:
     return f'{head[:-1]}, "payload": {row["payload_json"]}}}'
 
 
-def _encode(values: list[Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode()
-
-
-def _decode(value: str, size: int) -> list[str]:
-    """A cursor's values (strings); anything else is a 400, never a database error."""
-    try:
-        values = json.loads(base64.urlsafe_b64decode(value.encode()))
-    except (ValueError, TypeError):
-        raise bad("cursor", "not a cursor returned by this endpoint") from None
-    if (
-        not isinstance(values, list)
-        or len(values) != size
-        or not all(isinstance(v, str) and "\x00" not in v and _encodable(v) for v in values)
-    ):
-        raise bad("cursor", "not a cursor returned by this endpoint")
-    return values
-
-
 def event_cursor(row: dict[str, Any]) -> str:
-    return _encode([row["ts"].isoformat(), row["session_id"], row["entry_uuid"]])
+    return encode_cursor([row["ts"].isoformat(), row["session_id"], row["entry_uuid"]])
 
 
 def parse_event_cursor(value: str) -> EventKey:
-    ts, session_id, entry_uuid = _decode(value, 3)
+    ts, session_id, entry_uuid = decode_cursor(value, 3)
     return _parse_ts(ts, "cursor"), session_id, entry_uuid
 
 
@@ -244,15 +216,6 @@ class HistoryBaseHandler(BaseHandler):
         if not await self.sac.store.history.known(owner, slug):
             raise ApiError(404, "not_found", "no such agent")
 
-    def int_arg(self, name: str, default: int, high: int) -> int:
-        raw = self.get_argument(name, None)
-        if raw is None:
-            return default
-        # isascii: int() refuses some characters isdigit() accepts ("²")
-        if not (raw.isascii() and raw.isdigit() and len(raw) < 10) or not 1 <= int(raw) <= high:
-            raise bad(name, f"expected 1-{high}")
-        return int(raw)
-
     def time_arg(self, name: str) -> datetime | None:
         raw = self.get_argument(name, None)
         if not raw:
@@ -282,7 +245,7 @@ class HistoryBaseHandler(BaseHandler):
         order = self.get_argument("order", default_order)
         if order not in ("asc", "desc"):
             raise bad("order", "expected asc or desc")
-        limit = self.int_arg("limit", PAGE, MAX_PAGE)
+        limit = self.int_arg("limit", PAGE, 1, MAX_PAGE)
         cursor = self.get_argument("cursor", None)
         rows = await self.sac.store.history.events(
             where,
@@ -350,11 +313,11 @@ def session_model(row: dict[str, Any]) -> dict[str, Any]:
 class SessionsHandler(HistoryBaseHandler):
     async def get(self, owner: str, slug: str) -> None:
         self.authorize_owner(owner)
-        limit = self.int_arg("limit", PAGE, MAX_PAGE)
+        limit = self.int_arg("limit", PAGE, 1, MAX_PAGE)
         cursor = self.get_argument("cursor", None)
         before = None
         if cursor:
-            last_ts, session_id = _decode(cursor, 2)
+            last_ts, session_id = decode_cursor(cursor, 2)
             before = (_parse_ts(last_ts, "cursor"), session_id)
         rows = await self.sac.store.history.sessions(owner, slug, limit + 1, before)
         if not rows:
@@ -364,7 +327,7 @@ class SessionsHandler(HistoryBaseHandler):
         self.write_json(
             {
                 "sessions": [session_model(r) for r in page],
-                "next_cursor": _encode([last["last_ts"].isoformat(), last["session_id"]])
+                "next_cursor": encode_cursor([last["last_ts"].isoformat(), last["session_id"]])
                 if last
                 else None,
             }

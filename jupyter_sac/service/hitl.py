@@ -10,7 +10,6 @@ when a decision lands here, and re-check the database every few seconds.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
@@ -26,7 +25,7 @@ from ..store.hitl import PENDING, request_model
 from .base import BaseHandler
 from .errors import ApiError
 from .openapi import _op, _path_params, _resp
-from .validation import bad, check_fields, without_nul
+from .validation import bad, check_fields, decode_cursor, encode_cursor, without_nul
 
 log = logging.getLogger("jupyter_sac.hitl")
 
@@ -85,29 +84,15 @@ def default_decision(resolved: dict[str, Any]) -> str:
 
 
 def _cursor(row: dict[str, Any]) -> str:
-    raw = json.dumps([row["created_at"].isoformat(), str(row["id"])])
-    return base64.urlsafe_b64encode(raw.encode()).decode()
+    return encode_cursor([row["created_at"].isoformat(), str(row["id"])])
 
 
 def _parse_cursor(value: str) -> tuple[datetime, uuid.UUID]:
+    created, rid = decode_cursor(value, 2)
     try:
-        created, rid = json.loads(base64.urlsafe_b64decode(value.encode()))
         return datetime.fromisoformat(created), uuid.UUID(rid)
-    except (ValueError, TypeError, AttributeError):  # any shape a client can forge
-        raise bad("cursor", "not a cursor returned by this endpoint") from None
-
-
-def _int_arg(handler: BaseHandler, name: str, default: int, low: int, high: int) -> int:
-    raw = handler.get_argument(name, None)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
     except ValueError:
-        raise bad(name, "expected an integer") from None
-    if not low <= value <= high:
-        raise bad(name, f"expected {low}-{high}")
-    return value
+        raise bad("cursor", "not a cursor returned by this endpoint") from None
 
 
 class HitlBaseHandler(BaseHandler):
@@ -257,7 +242,7 @@ class RequestsHandler(HitlBaseHandler):
             owner = user
         elif ident.admin and self.get_argument("all", "") in ("1", "true"):
             owner = None
-        limit = _int_arg(self, "limit", LIST_LIMIT, 1, LIST_MAX)
+        limit = self.int_arg("limit", LIST_LIMIT, 1, LIST_MAX)
         cursor = self.get_argument("cursor", None)
         rows = await self.sac.store.hitl.list(
             owner=owner,
@@ -294,7 +279,7 @@ class WaitHandler(HitlBaseHandler):
 
     async def get(self, request_id: str) -> None:
         _, row = await self.agent_request(request_id)
-        timeout = _int_arg(self, "timeout", DEFAULT_WAIT, 0, MAX_WAIT)
+        timeout = self.int_arg("timeout", DEFAULT_WAIT, 0, MAX_WAIT)
         self._request_id = request_id
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -371,20 +356,13 @@ class DecisionHandler(HitlBaseHandler):
 class PolicyHandler(HitlBaseHandler):
     """GET/PUT (owner/admin): an agent's HITL policy."""
 
-    async def _agent(self, owner: str, slug: str) -> Any:
-        self.authorize_user(owner)
-        agent = await self.sac.store.agents.get(owner, slug)
-        if agent is None:
-            raise ApiError(404, "not_found", "no such agent")
-        return agent
-
     async def get(self, owner: str, slug: str) -> None:
-        agent = await self._agent(owner, slug)
+        agent = await self.get_agent(owner, slug)
         policy = await self.sac.store.hitl.get_policy(agent.id)
         self.write_json({"policy": policy if policy is not None else DEFAULT_POLICY})
 
     async def put(self, owner: str, slug: str) -> None:
-        agent = await self._agent(owner, slug)
+        agent = await self.get_agent(owner, slug)
         body = self.json_body()
         check_fields(body, {"policy"})
         try:

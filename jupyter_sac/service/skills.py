@@ -38,13 +38,7 @@ def skill_model(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": row["id"],
         "owner": row["owner"] or None,
-        "command": row["command"],
-        "title": row["title"],
-        "description": row["description"],
-        "body": row["body"],
-        "parameters": row["parameters"],
-        "prompt": row["prompt"],
-        "tags": row["tags"],
+        **_content(row),
         "visibility": row["visibility"],
         "group": row["group_name"],
         "version": row["version"],
@@ -53,6 +47,11 @@ def skill_model(row: dict[str, Any]) -> dict[str, Any]:
         "created_at": row["created_at"].isoformat(),
         "updated_at": row["updated_at"].isoformat(),
     }
+
+
+def _content(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored skill's content fields, as a create body would give them."""
+    return {key: row[key] for key in SPEC_FIELDS}
 
 
 async def upsert_official(sac: Any, directory: str) -> None:
@@ -117,13 +116,8 @@ class SkillsHandler(SkillBaseHandler):
         tier = self.get_argument("tier", None)
         if tier is not None and tier not in ("official", "public", "group", "private"):
             raise bad("tier", "one of official, public, group, private")
-        limit_raw = self.get_argument("limit", str(PAGE))
-        cursor = self.get_argument("cursor", "0")
-        if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= MAX_PAGE:
-            raise bad("limit", f"expected 1-{MAX_PAGE}")
-        if not cursor.isdigit() or len(cursor) > 9:
-            raise bad("cursor", "not a cursor returned by this endpoint")
-        limit, offset = int(limit_raw), int(cursor)
+        limit = self.int_arg("limit", PAGE, 1, MAX_PAGE)
+        offset = self.int_arg("cursor", 0, 0, 999_999_999)  # the cursor is an offset
         q = self.get_argument("q", None)
         if q is not None and (len(q) > 200 or "\x00" in q):
             raise bad("q", "at most 200 characters")
@@ -164,16 +158,7 @@ class SkillHandler(SkillBaseHandler):
         check_fields(body, SPEC_FIELDS | {"visibility", "group"})
         if "command" in body and body["command"] != row["command"]:
             raise bad("command", "the command of a skill cannot change (fork it instead)")
-        current = {
-            "command": row["command"],
-            "title": row["title"],
-            "description": row["description"],
-            "body": row["body"],
-            "parameters": row["parameters"],
-            "prompt": row["prompt"],
-            "tags": row["tags"],
-        }
-        spec = self.spec({**current, **body})
+        spec = self.spec({**_content(row), **body})
         group = body.get("group", row["group_name"] if "visibility" not in body else None)
         tier = self.tier({"visibility": body.get("visibility", row["visibility"]), "group": group})
         updated = await self.sac.store.skills.update(row["id"], spec, *tier)
@@ -194,17 +179,7 @@ class ForkHandler(SkillBaseHandler):
         row = await self.readable(skill_id)
         body = self.json_body() if self.request.body else {}
         check_fields(body, {"command"})
-        spec = self.spec(
-            {
-                "command": body.get("command", row["command"]),
-                "title": row["title"],
-                "description": row["description"],
-                "body": row["body"],
-                "parameters": row["parameters"],
-                "prompt": row["prompt"],
-                "tags": row["tags"],
-            }
-        )
+        spec = self.spec({**_content(row), **body})
         forked = await self.create(self.viewer.name, spec, ("private", None), parent=row["id"])
         self.write_json(skill_model(forked), 201)
 
@@ -212,20 +187,13 @@ class ForkHandler(SkillBaseHandler):
 class AgentSkillsHandler(SkillBaseHandler):
     """GET: skills installed in an agent; POST {"skill_id"}: install one."""
 
-    async def agent(self, owner: str, slug: str) -> Any:
-        self.authorize_user(owner)
-        agent = await self.sac.store.agents.get(owner, slug)
-        if agent is None:
-            raise ApiError(404, "not_found", "no such agent")
-        return agent
-
     async def get(self, owner: str, slug: str) -> None:
-        agent = await self.agent(owner, slug)
+        agent = await self.get_agent(owner, slug)
         rows = await self.sac.store.skills.installed(agent.id)
         self.write_json({"skills": [skill_model(r) for r in rows]})
 
     async def post(self, owner: str, slug: str) -> None:
-        agent = await self.agent(owner, slug)
+        agent = await self.get_agent(owner, slug)
         body = self.json_body()
         check_fields(body, {"skill_id"})
         skill_id = body.get("skill_id")
@@ -246,7 +214,7 @@ class AgentSkillsHandler(SkillBaseHandler):
 
 class AgentSkillHandler(AgentSkillsHandler):
     async def delete(self, owner: str, slug: str, skill_id: str) -> None:
-        agent = await self.agent(owner, slug)
+        agent = await self.get_agent(owner, slug)
         removed = skill_id.isdigit() and await self.sac.store.skills.uninstall(
             agent.id, int(skill_id)
         )

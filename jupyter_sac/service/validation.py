@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import unicodedata
 from collections.abc import Mapping
 from typing import Any
@@ -35,6 +37,36 @@ def without_nul(value: Any) -> Any:
     if isinstance(value, list):
         return [without_nul(v) for v in value]
     return value
+
+
+def encode_cursor(values: list[str]) -> str:
+    """An opaque pagination cursor holding ``values`` (the keyset of the last row)."""
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode()
+
+
+def decode_cursor(value: str, size: int) -> list[str]:
+    """The ``size`` strings in a cursor; anything else a client forges is a 400,
+    never a database error (so no NULs or lone surrogates either)."""
+    try:
+        values = json.loads(base64.urlsafe_b64decode(value.encode()))
+    except (ValueError, TypeError):
+        raise bad("cursor", "not a cursor returned by this endpoint") from None
+    if (
+        not isinstance(values, list)
+        or len(values) != size
+        or not all(isinstance(v, str) and "\x00" not in v and utf8_encodable(v) for v in values)
+    ):
+        raise bad("cursor", "not a cursor returned by this endpoint")
+    return values
+
+
+def utf8_encodable(text: str) -> bool:
+    """False for text PostgreSQL cannot store (lone surrogates)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def bad(field: str, message: str, code: str = "invalid_field") -> ApiError:
