@@ -126,9 +126,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         token = token.strip()
         if scheme.lower() not in ("bearer", "token") or not token:
             raise ApiError(401, "unauthorized", "an agent token is required")
-        store = self.sac.store
-        agent_id = await store.tokens.agent_for(token)
-        agent = await store.agents.get_by_id(agent_id) if agent_id else None
+        agent = await self.sac.store.tokens.agent(token)
         if agent is None:
             raise ApiError(
                 401, "unauthorized", "invalid agent token: restart the agent to get a new one"

@@ -154,8 +154,7 @@ class LlmProxyHandler(web.RequestHandler):
             return self._fail(413, "request_too_large", "request body too large")
         token = self._token()
         store = self.sac.store
-        agent_id = await store.tokens.agent_for(token) if token else None
-        agent = await store.agents.get_by_id(agent_id) if agent_id else None
+        agent = await store.tokens.agent(token) if token else None
         if agent is None:
             return self._fail(
                 401,

@@ -49,6 +49,13 @@ _COLUMNS = (
     "id, owner, slug, display_name, runtime, provider, model, base_url, encrypted_key,"
     " overrides, created_at, updated_at"
 )
+
+
+def agent_columns(alias: str) -> str:
+    """The agent columns qualified by a table alias, for queries that join agents."""
+    return ", ".join(f"{alias}.{c.strip()}" for c in _COLUMNS.split(","))
+
+
 # Fields an update may change (slug and owner are the identity, never updated).
 UPDATABLE = ("display_name", "provider", "model", "base_url", "encrypted_key", "overrides")
 
@@ -95,12 +102,6 @@ class Agents:
             cur = await conn.execute(
                 f"SELECT {_COLUMNS} FROM agents WHERE owner = %s AND slug = %s", (owner, slug)
             )
-            row = await cur.fetchone()
-        return AgentRecord.from_row(row) if row else None
-
-    async def get_by_id(self, agent_id: int) -> AgentRecord | None:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(f"SELECT {_COLUMNS} FROM agents WHERE id = %s", (agent_id,))
             row = await cur.fetchone()
         return AgentRecord.from_row(row) if row else None
 

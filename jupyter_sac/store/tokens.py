@@ -7,6 +7,8 @@ import secrets
 
 from psycopg_pool import AsyncConnectionPool
 
+from .agents import AgentRecord, agent_columns
+
 TOKEN_PREFIX = "sac-agent-"
 
 
@@ -33,15 +35,19 @@ class AgentTokens:
             )
         return token
 
-    async def agent_for(self, token: str) -> int | None:
+    async def agent(self, token: str) -> AgentRecord | None:
+        """The agent a token belongs to, in one query (every model call and every
+        sandbox request asks this)."""
         if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             return None
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT agent_id FROM agent_tokens WHERE token_hash = %s", (token_hash(token),)
+                f"SELECT {agent_columns('a')} FROM agent_tokens t"
+                " JOIN agents a ON a.id = t.agent_id WHERE t.token_hash = %s",
+                (token_hash(token),),
             )
             row = await cur.fetchone()
-        return int(row["agent_id"]) if row else None
+        return AgentRecord.from_row(row) if row else None
 
     async def revoke(self, agent_id: int) -> None:
         async with self.pool.connection() as conn:
