@@ -38,7 +38,7 @@ import httpx
 import psycopg
 
 from jupyter_sac.store import Store
-from jupyter_sac.testing.stack import embedded_stack
+from jupyter_sac.testing.stack import embedded_stack, find_descendant
 
 PASSWORD = "bench-admin-password"
 # Bulk rows (read and exported) from T0 on, one per millisecond; ingested rows
@@ -155,25 +155,6 @@ def database_url(data_dir: Path) -> str:
     return pgserver.get_server(data_dir / "postgres", cleanup_mode=None).get_uri()
 
 
-def service_pid(root: int) -> int:
-    """The `sac` service process of this stack (a descendant of `sac up`)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if b"jupyter_sac.service" in Path(f"/proc/{child}/cmdline").read_bytes():
-                return child
-            todo.append(child)
-    raise RuntimeError("sac service process not found")
-
-
 def status_kib(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -270,7 +251,7 @@ def run(events: int, ingest_events: int, export_events: int, queries: int, round
               f" target p99 <= 20 ms: {'met' if p99 <= 20 else 'NOT met'}")  # fmt: skip
 
         # 3. CSV export of --export-events with the service's peak memory
-        pid = service_pid(stack.proc.pid)
+        pid = find_descendant(stack.proc.pid, b"jupyter_sac.service")
         rss_before = status_kib(pid, "VmRSS")
         hwm_before = status_kib(pid, "VmHWM")
         Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := current RSS

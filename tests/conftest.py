@@ -8,6 +8,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 
+import httpx
 import psycopg
 import pytest
 from helpers import HubApi
@@ -50,6 +51,14 @@ def fake_anthropic() -> Iterator[str]:
     poll_until(lambda: http_status(url + "/_fake/requests") == 200, 60, "fake Anthropic API")
     yield url
     stop_process(proc)
+
+
+@pytest.fixture
+def fake(fake_anthropic: str) -> str:
+    """The fake model API with no recorded requests and no scripted replies."""
+    httpx.delete(fake_anthropic + "/_fake/requests")
+    httpx.delete(fake_anthropic + "/_fake/script")
+    return fake_anthropic
 
 
 @pytest.fixture(scope="session")

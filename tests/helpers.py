@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import pyte
 from tornado.httpclient import HTTPRequest
-from tornado.websocket import websocket_connect
+from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from jupyter_sac.testing.stack import poll_until
 
@@ -119,3 +121,76 @@ async def run_in_terminal(
     start = output.rfind("SACSTART")
     end = output.rfind("SACEND")
     return output[start + len("SACSTART") : end].replace("\r\n", "\n").strip()
+
+
+def model_agent(fake: str) -> dict[str, str]:
+    """Agent fields that send the real CLI's model calls to the fake, through the proxy."""
+    return {"provider": "custom", "base_url": fake, "api_key": "sk-ant-real-provider-key-42"}
+
+
+def allow_all(client: HubApi, user: str, slug: str) -> None:
+    """Let the agent run every tool without a human (tool calls go through the HITL
+    PreToolUse hook in every mode)."""
+    resp = client.sac(
+        "PUT", f"users/{user}/agents/{slug}/hitl-policy", json={"policy": {"default": "allow"}}
+    )
+    assert resp.status_code == 200, resp.text
+
+
+class TerminalClient:
+    """A terminals-websocket client with a screen model, like xterm.js in the browser."""
+
+    def __init__(self, conn: WebSocketClientConnection, rows: int = 40, cols: int = 120):
+        self.conn = conn
+        self.screen = pyte.Screen(cols, rows)
+        self.stream = pyte.Stream(self.screen)
+        self.raw = ""
+        self.closed = False
+
+    @classmethod
+    async def connect(
+        cls, base: str, token: str, name: str = "claude", rows: int = 40, cols: int = 120
+    ) -> TerminalClient:
+        ws = base.replace("http", "ws", 1) + f"terminals/websocket/{name}"
+        conn = await websocket_connect(HTTPRequest(ws, headers={"Authorization": f"token {token}"}))
+        client = cls(conn, rows, cols)
+        client.send(["set_size", rows, cols, rows * 16, cols * 8])
+        return client
+
+    def send(self, message: list) -> None:
+        self.conn.write_message(json.dumps(message))
+
+    def type(self, text: str) -> None:
+        self.send(["stdin", text])
+
+    def text(self) -> str:
+        return "\n".join(line.rstrip() for line in self.screen.display)
+
+    async def wait_for(
+        self, predicate: Callable[[TerminalClient], bool], timeout: float, what: str
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate(self):
+            remaining = deadline - loop.time()
+            if remaining <= 0 or self.closed:
+                raise AssertionError(f"timed out waiting for {what}; screen:\n{self.text()}")
+            try:
+                msg = await asyncio.wait_for(self.conn.read_message(), remaining)
+            except TimeoutError:
+                continue
+            if msg is None:
+                self.closed = True
+                continue
+            kind, *rest = json.loads(msg)
+            if kind == "stdout":
+                self.raw += rest[0]
+                self.stream.feed(rest[0])
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def claude_ready(t: TerminalClient) -> bool:
+    # Claude Code's idle input box shows its shortcuts hint under the prompt line.
+    return "? for shortcuts" in t.text() or "for shortcuts" in t.raw

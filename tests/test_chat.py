@@ -10,32 +10,13 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import HubApi, run_in_terminal, running_agent
+from helpers import allow_all, model_agent, run_in_terminal, running_agent
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from jupyter_sac.testing.stack import poll_until
 
 pytestmark = pytest.mark.stack
-
-
-@pytest.fixture
-def fake(fake_anthropic: str) -> str:
-    httpx.delete(fake_anthropic + "/_fake/requests")
-    httpx.delete(fake_anthropic + "/_fake/script")
-    return fake_anthropic
-
-
-def _agent_fields(fake: str) -> dict[str, str]:
-    return {"provider": "custom", "base_url": fake, "api_key": "sk-ant-real-provider-key-42"}
-
-
-def _allow_all(client: HubApi, user: str, slug: str) -> None:
-    # Tool calls go through the HITL PreToolUse hook even in bypass mode.
-    resp = client.sac(
-        "PUT", f"users/{user}/agents/{slug}/hitl-policy", json={"policy": {"default": "allow"}}
-    )
-    assert resp.status_code == 200, resp.text
 
 
 def _script(fake: str, *replies: Any) -> None:
@@ -71,8 +52,8 @@ async def _until(conn: WebSocketClientConnection, kind: str, timeout: float = 12
 async def test_chat_turn_events_in_order_file_written_and_resumed(stack: dict, fake: str) -> None:
     user = f"chat{uuid.uuid4().hex[:6]}"
     base = f"{stack['url']}user/{user}/talk/"
-    with running_agent(stack["admin"], user, "talk", **_agent_fields(fake)) as client:
-        _allow_all(client, user, "talk")
+    with running_agent(stack["admin"], user, "talk", **model_agent(fake)) as client:
+        allow_all(client, user, "talk")
         api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=60)
         todos = [
             {"content": "write out.txt", "status": "in_progress", "activeForm": "Writing out.txt"},
@@ -184,8 +165,8 @@ async def test_chat_turn_events_in_order_file_written_and_resumed(stack: dict, f
 async def test_cancel_stops_a_long_turn(stack: dict, fake: str) -> None:
     user = f"stop{uuid.uuid4().hex[:6]}"
     base = f"{stack['url']}user/{user}/long/"
-    with running_agent(stack["admin"], user, "long", **_agent_fields(fake)) as client:
-        _allow_all(client, user, "long")
+    with running_agent(stack["admin"], user, "long", **model_agent(fake)) as client:
+        allow_all(client, user, "long")
         api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=60)
         _script(
             fake,

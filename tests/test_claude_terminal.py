@@ -3,96 +3,21 @@ through the terminals websocket exactly as JupyterLab's Terminal widget does."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
-from collections.abc import Callable
 
 import httpx
-import pyte
 import pytest
-from helpers import HubApi, run_in_terminal, running_agent
-from tornado.httpclient import HTTPRequest
-from tornado.websocket import WebSocketClientConnection, websocket_connect
+from helpers import (
+    TerminalClient,
+    allow_all,
+    claude_ready,
+    model_agent,
+    run_in_terminal,
+    running_agent,
+)
 
 pytestmark = pytest.mark.stack
-
-
-class TerminalClient:
-    """A terminals-websocket client with a screen model, like xterm.js in the browser."""
-
-    def __init__(self, conn: WebSocketClientConnection, rows: int = 40, cols: int = 120):
-        self.conn = conn
-        self.screen = pyte.Screen(cols, rows)
-        self.stream = pyte.Stream(self.screen)
-        self.raw = ""
-        self.closed = False
-
-    @classmethod
-    async def connect(
-        cls, base: str, token: str, name: str = "claude", rows: int = 40, cols: int = 120
-    ) -> TerminalClient:
-        ws = base.replace("http", "ws", 1) + f"terminals/websocket/{name}"
-        conn = await websocket_connect(HTTPRequest(ws, headers={"Authorization": f"token {token}"}))
-        client = cls(conn, rows, cols)
-        client.send(["set_size", rows, cols, rows * 16, cols * 8])
-        return client
-
-    def send(self, message: list) -> None:
-        self.conn.write_message(json.dumps(message))
-
-    def type(self, text: str) -> None:
-        self.send(["stdin", text])
-
-    def text(self) -> str:
-        return "\n".join(line.rstrip() for line in self.screen.display)
-
-    async def wait_for(
-        self, predicate: Callable[[TerminalClient], bool], timeout: float, what: str
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not predicate(self):
-            remaining = deadline - loop.time()
-            if remaining <= 0 or self.closed:
-                raise AssertionError(f"timed out waiting for {what}; screen:\n{self.text()}")
-            try:
-                msg = await asyncio.wait_for(self.conn.read_message(), remaining)
-            except TimeoutError:
-                continue
-            if msg is None:
-                self.closed = True
-                continue
-            kind, *rest = json.loads(msg)
-            if kind == "stdout":
-                self.raw += rest[0]
-                self.stream.feed(rest[0])
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-def _ready(t: TerminalClient) -> bool:
-    # Claude Code's idle input box shows its shortcuts hint under the prompt line.
-    return "? for shortcuts" in t.text() or "for shortcuts" in t.raw
-
-
-@pytest.fixture
-def fake(fake_anthropic: str) -> str:
-    httpx.delete(fake_anthropic + "/_fake/requests")
-    httpx.delete(fake_anthropic + "/_fake/script")
-    return fake_anthropic
-
-
-def _agent_fields(fake: str) -> dict[str, str]:
-    return {"provider": "custom", "base_url": fake, "api_key": "sk-ant-real-provider-key-42"}
-
-
-def _allow_all(client: HubApi, user: str, slug: str) -> None:
-    resp = client.sac(
-        "PUT", f"users/{user}/agents/{slug}/hitl-policy", json={"policy": {"default": "allow"}}
-    )
-    assert resp.status_code == 200, resp.text
 
 
 @pytest.mark.asyncio
@@ -100,8 +25,8 @@ async def test_claude_terminal_runs_tools_survives_reconnects_and_restarts(
     stack: dict, fake: str
 ) -> None:
     user = f"term{uuid.uuid4().hex[:6]}"
-    with running_agent(stack["admin"], user, "coder", **_agent_fields(fake)) as client:
-        _allow_all(client, user, "coder")
+    with running_agent(stack["admin"], user, "coder", **model_agent(fake)) as client:
+        allow_all(client, user, "coder")
         base = f"{stack['url']}user/{user}/coder/"
         api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=60)
 
@@ -131,9 +56,10 @@ async def test_claude_terminal_runs_tools_survives_reconnects_and_restarts(
             },
         )
         term = await TerminalClient.connect(base, client.token)
-        await term.wait_for(_ready, 60, "claude's input box")
+        await term.wait_for(claude_ready, 60, "claude's input box")
         term.type("please write the file")
-        await asyncio.sleep(0.3)  # Ink treats text+Enter in one chunk as a paste
+        # Enter only once the text is echoed: Ink takes text+Enter in one chunk as a paste.
+        await term.wait_for(lambda t: "please write the file" in t.text(), 20, "the typed prompt")
         term.type("\r")
         await term.wait_for(lambda t: "All done: 完了 written" in t.text(), 90, "the answer")
         content = api.get(base + "api/contents/from-claude.txt").json()
@@ -157,14 +83,14 @@ async def test_claude_terminal_runs_tools_survives_reconnects_and_restarts(
         assert restarted["running"] is True and restarted["pid"] != status["pid"]
         assert restarted["restarts"] == 1
         fresh = await TerminalClient.connect(base, client.token)
-        await fresh.wait_for(_ready, 60, "claude's input box after restart")
+        await fresh.wait_for(claude_ready, 60, "claude's input box after restart")
         fresh.close()
 
 
 @pytest.mark.asyncio
 async def test_claude_config_is_seeded_with_hooks(stack: dict, fake: str) -> None:
     user = f"seed{uuid.uuid4().hex[:6]}"
-    with running_agent(stack["admin"], user, "cfg", **_agent_fields(fake)) as client:
+    with running_agent(stack["admin"], user, "cfg", **model_agent(fake)) as client:
         doc = httpx.get(
             f"{stack['url']}user/{user}/cfg/sac/api/openapi.json",
             headers={"Authorization": f"token {client.token}"},

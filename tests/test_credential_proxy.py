@@ -27,13 +27,6 @@ print("ANSWER:" + text)
 PY"""
 
 
-@pytest.fixture
-def fake(fake_anthropic: str):
-    httpx.delete(fake_anthropic + "/_fake/requests")
-    httpx.delete(fake_anthropic + "/_fake/script")
-    yield fake_anthropic
-
-
 def _requests(fake: str) -> list[dict]:
     return httpx.get(fake + "/_fake/requests").json()["requests"]
 

@@ -10,15 +10,14 @@ import signal
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 import pytest
-from helpers import HubApi, run_in_terminal, running_agent
+from helpers import HubApi, allow_all, model_agent, run_in_terminal, running_agent
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from jupyter_sac.testing.stack import poll_until
+from jupyter_sac.testing.stack import find_descendant, poll_until
 
 pytestmark = pytest.mark.stack
 
@@ -31,38 +30,10 @@ def _claude(prompt: str, base_url: str | None = None) -> str:
     return f"cd /workspace && {env}claude -p {json.dumps(prompt)} --output-format text"
 
 
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def _service_pid(stack: dict) -> int:
-    for pid in _descendants(stack["pid"]):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"jupyter_sac.service" in cmd:
-            return pid
-    raise AssertionError("the sac service process of this stack was not found")
-
-
 @contextmanager
 def service_paused(stack: dict) -> Iterator[None]:
     """The `sac` service is unreachable (stopped, not killed) for the block's duration."""
-    pid = _service_pid(stack)
+    pid = find_descendant(stack["pid"], b"jupyter_sac.service")
     os.kill(pid, signal.SIGSTOP)
     try:
         yield
@@ -90,24 +61,6 @@ def _stored(client: HubApi, user: str, slug: str) -> list[dict]:
         cursor = page.get("next_cursor")
         if not cursor:
             return events
-
-
-def _allow_all(client: HubApi, user: str, slug: str) -> None:
-    resp = client.sac(
-        "PUT", f"users/{user}/agents/{slug}/hitl-policy", json={"policy": {"default": "allow"}}
-    )
-    assert resp.status_code == 200, resp.text
-
-
-@pytest.fixture
-def fake(fake_anthropic: str) -> str:
-    httpx.delete(fake_anthropic + "/_fake/requests")
-    httpx.delete(fake_anthropic + "/_fake/script")
-    return fake_anthropic
-
-
-def _agent_fields(fake: str) -> dict[str, str]:
-    return {"provider": "custom", "base_url": fake, "api_key": "sk-ant-real-provider-key-42"}
 
 
 async def _matches_transcripts(stack: dict, client: HubApi, user: str, slug: str) -> list:
@@ -141,8 +94,8 @@ async def _matches_transcripts(stack: dict, client: HubApi, user: str, slug: str
 @pytest.mark.asyncio
 async def test_history_rows_equal_transcript_entries(stack: dict, fake: str) -> None:
     user = f"hist{uuid.uuid4().hex[:6]}"
-    with running_agent(stack["admin"], user, "rec", **_agent_fields(fake)) as client:
-        _allow_all(client, user, "rec")
+    with running_agent(stack["admin"], user, "rec", **model_agent(fake)) as client:
+        allow_all(client, user, "rec")
         httpx.post(
             fake + "/_fake/script",
             json={
@@ -174,8 +127,8 @@ async def test_history_rows_equal_transcript_entries(stack: dict, fake: str) -> 
 async def test_capture_survives_service_outage_and_server_kill(stack: dict, fake: str) -> None:
     user = f"outage{uuid.uuid4().hex[:6]}"
     base = f"{stack['url']}user/{user}/rec/"
-    with running_agent(stack["admin"], user, "rec", **_agent_fields(fake)) as client:
-        _allow_all(client, user, "rec")
+    with running_agent(stack["admin"], user, "rec", **model_agent(fake)) as client:
+        allow_all(client, user, "rec")
         api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=30)
         httpx.post(fake + "/_fake/script", json={"replies": ["while away", "still away"]})
         with service_paused(stack):

@@ -11,25 +11,13 @@ import uuid
 
 import httpx
 import pytest
-from helpers import HubApi, running_agent
-from test_claude_terminal import TerminalClient, _ready
+from helpers import HubApi, TerminalClient, claude_ready, model_agent, running_agent
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from jupyter_sac.testing.stack import poll_until
 
 pytestmark = pytest.mark.stack
-
-
-@pytest.fixture
-def fake(fake_anthropic: str) -> str:
-    httpx.delete(fake_anthropic + "/_fake/requests")
-    httpx.delete(fake_anthropic + "/_fake/script")
-    return fake_anthropic
-
-
-def _agent_fields(fake: str) -> dict[str, str]:
-    return {"provider": "custom", "base_url": fake, "api_key": "sk-ant-real-provider-key-42"}
 
 
 class Background:
@@ -114,7 +102,7 @@ def _write_tool(path: str) -> dict:
 async def test_tool_call_waits_for_approval_and_deny_blocks_it(stack: dict, fake: str) -> None:
     user = f"hitl{uuid.uuid4().hex[:6]}"
     base = f"{stack['url']}user/{user}/ask/"
-    with running_agent(stack["admin"], user, "ask", **_agent_fields(fake)) as client:
+    with running_agent(stack["admin"], user, "ask", **model_agent(fake)) as client:
         contents = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=30)
         events = await _events(base, client.token)
 
@@ -166,7 +154,7 @@ async def test_unanswered_request_times_out_to_the_default(stack: dict, fake: st
     user = f"tmo{uuid.uuid4().hex[:6]}"
     admin: HubApi = stack["admin"]
     base = f"{stack['url']}user/{user}/slow/"
-    with running_agent(admin, user, "slow", **_agent_fields(fake)) as client:
+    with running_agent(admin, user, "slow", **model_agent(fake)) as client:
         resp = admin.sac("PUT", f"users/{user}/settings", json={"hitl_timeout": 5})
         assert resp.status_code == 200, resp.text
         httpx.post(
@@ -188,7 +176,7 @@ async def test_unanswered_request_times_out_to_the_default(stack: dict, fake: st
 async def test_terminal_permission_menu_is_answered_from_the_api(stack: dict, fake: str) -> None:
     user = f"menu{uuid.uuid4().hex[:6]}"
     base = f"{stack['url']}user/{user}/tty/"
-    with running_agent(stack["admin"], user, "tty", **_agent_fields(fake)) as client:
+    with running_agent(stack["admin"], user, "tty", **model_agent(fake)) as client:
         api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=30)
         assert api.post(base + "sac/api/terminal").status_code == 200
         httpx.post(
@@ -196,9 +184,9 @@ async def test_terminal_permission_menu_is_answered_from_the_api(stack: dict, fa
             json={"replies": [_write_tool("/workspace/menu.txt"), "menu answered"]},
         )
         term = await TerminalClient.connect(base, client.token)
-        await term.wait_for(_ready, 60, "claude's input box")
+        await term.wait_for(claude_ready, 60, "claude's input box")
         term.type("write via the menu")
-        await asyncio.sleep(0.3)
+        await term.wait_for(lambda t: "write via the menu" in t.text(), 20, "the typed prompt")
         term.type("\r")
         await term.wait_for(lambda t: "Do you want to proceed?" in t.text(), 60, "the menu")
 
@@ -223,7 +211,7 @@ async def test_other_users_cannot_see_or_answer(stack: dict, fake: str, new_user
     user = f"own{uuid.uuid4().hex[:6]}"
     base = f"{stack['url']}user/{user}/mine/"
     _, stranger = new_user("stranger")
-    with running_agent(stack["admin"], user, "mine", **_agent_fields(fake)) as client:
+    with running_agent(stack["admin"], user, "mine", **model_agent(fake)) as client:
         httpx.post(
             fake + "/_fake/script",
             json={"replies": [_write_tool("/workspace/x.txt"), "stranger denied"]},

@@ -98,3 +98,26 @@ def embedded_stack(
         yield RunningStack(url, token, data_dir, log_path, proc)
     finally:
         stop_process(proc)
+
+
+def find_descendant(root: int, marker: bytes) -> int:
+    """The first process under ``root`` whose command line contains ``marker``
+    (e.g. the `sac` service of one `sac up`, among several stacks on this machine)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            try:
+                if marker in Path(f"/proc/{child}/cmdline").read_bytes():
+                    return child
+            except OSError:
+                continue
+            todo.append(child)
+    raise LookupError(f"no process under {root} runs {marker!r}")
