@@ -106,11 +106,17 @@ class SacTerminalManager(TerminalManager):
 
     def dispatch(self, ptywclients: Any, text: str) -> None:
         self.pre_pty_read_hook(ptywclients)  # last activity, for the culler
+        # The scrollback's size is kept as a running count: this runs for every
+        # keystroke echo, and terminado's buffer holds up to 1,000 reads.
         buffer = ptywclients.read_buffer
+        total = getattr(ptywclients, "_sac_buffered", 0)
+        if buffer.maxlen is not None and len(buffer) == buffer.maxlen:
+            total -= len(buffer[0])  # append() below drops it
         buffer.append(text)
-        total = sum(map(len, buffer))
+        total += len(text)
         while len(buffer) > 1 and total > self.replay_chars:
             total -= len(buffer.popleft())
+        ptywclients._sac_buffered = total
         for client in list(ptywclients.clients):
             client.on_pty_read(text)
 
