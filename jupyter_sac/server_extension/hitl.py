@@ -24,12 +24,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
-if TYPE_CHECKING:
-    from ..runtimes.prompt_detector import PromptMatch
+from .. import hitl as policy_rules
+from ..runtimes.prompt_detector import PromptMatch, detect
+from ..runtimes.screen import TerminalScreen
 
 log = logging.getLogger("jupyter_sac.hitl")
 
@@ -164,8 +165,6 @@ class HitlBridge:
             if mode == "chat":
                 return {"decision": "deny", "reason": f"no HITL policy available ({e})"}
             return {"decision": None, "reason": str(e)}
-        from .. import hitl as policy_rules
-
         verdict = policy_rules.decide(info.get("policy") or {}, tool, tool_input)
         if verdict.action in ("allow", "deny"):
             return {"decision": verdict.action, "reason": verdict.reason}
@@ -201,8 +200,6 @@ def _reason(request: dict[str, Any]) -> str:
 
 def keys_for(match: PromptMatch, request: dict[str, Any]) -> str | None:
     """What to type into the PTY for a decided terminal request."""
-    from .. import hitl as policy_rules
-
     if request.get("option") in {o.key for o in match.options}:
         return request["option"]
     options = [{"key": o.key, "label": o.label} for o in match.options]
@@ -225,8 +222,6 @@ class TerminalPromptWatcher:
         self.term = term
         self.bridge = bridge
         self.terminal_name = terminal_name
-        from ..runtimes.screen import TerminalScreen
-
         rows, cols = term.ptyproc.getwinsize()
         self.screen = TerminalScreen(rows, cols)
         self.current: PromptMatch | None = None
@@ -267,8 +262,6 @@ class TerminalPromptWatcher:
         rows, cols = self.term.ptyproc.getwinsize()
         if (rows, cols) != (self.screen.rows, self.screen.cols):
             self.screen.resize(rows, cols)
-        from ..runtimes.prompt_detector import detect
-
         match = detect(self.screen.lines(), self.screen.cursor_row)
         if match is None:
             self._answered = None
@@ -320,8 +313,6 @@ class TerminalPromptWatcher:
             if attempt:
                 return
             await asyncio.sleep(RETYPE_AFTER)
-            from ..runtimes.prompt_detector import detect
-
             still = detect(self.screen.lines(), self.screen.cursor_row)
             if still is None or still.fingerprint != match.fingerprint:
                 return

@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 from jupyter_sac.runtimes.claude import claude_binary  # noqa: E402
 from jupyter_sac.runtimes.screen import TerminalScreen  # noqa: E402
+from jupyter_sac.testing.stack import http_status, poll_until  # noqa: E402
 
 API_KEY = "sk-ant-test-key-123456789012345678901234"
 PS1 = r"\u@sandbox:\w\$ "
@@ -1334,17 +1335,7 @@ def fake_api() -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        import httpx
-
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(url + "/_fake/requests", timeout=2)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        poll_until(lambda: http_status(url + "/_fake/requests") == 200, 60, "the fake model API")
         yield url
     finally:
         proc.terminate()
