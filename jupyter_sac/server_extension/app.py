@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import secrets
 from datetime import UTC, datetime
@@ -239,11 +238,6 @@ class SacExtensionApp(ExtensionApp):
         self.handlers.extend(ROUTES)
 
     async def _start_jupyter_server_extension(self, serverapp: object) -> None:
-        # Everything imported so far (Jupyter Server, JupyterLab, this extension) lives
-        # as long as the server: keep it out of the collector's full passes, which
-        # otherwise stall the loop for milliseconds (keystroke echo tail latency).
-        gc.collect()
-        gc.freeze()
         self.settings["sac_history_uploader"].start()
         if self.start_terminal:
             try:
