@@ -16,9 +16,11 @@ from jupyter_sac.skills import (
     SkillError,
     build_spec,
     check_bundle,
-    command_markdown,
     load_official_skills,
+    pack_bundle,
+    read_bundle,
     render_prompt,
+    run_command,
     skill_markdown,
     split_front_matter,
     tar_entries,
@@ -36,10 +38,11 @@ def test_the_official_skills_load_and_render() -> None:
             "notebook-to-script"} <= set(specs)  # fmt: skip
     for spec in specs.values():
         front, body = split_front_matter(skill_markdown(spec))
-        assert front == {"name": spec.command, "description": spec.description}
+        assert front["name"] == spec.command and front["description"] == spec.description
         assert len(body) > 300, f"{spec.command}: the SKILL.md says what to do"
-        command_front, _ = split_front_matter(command_markdown(spec))
-        assert command_front["description"] == spec.description
+        if spec.parameters:
+            # where Claude Code puts the request typed after /<command>
+            assert body.rstrip().endswith("$ARGUMENTS")
         required = {p.name: "x" for p in spec.parameters if p.required}
         values = validate_values(spec.parameters, {k: _example(spec, k) for k in required})
         assert "{{" not in render_prompt(spec, values)
@@ -74,9 +77,18 @@ def test_values_are_typed_defaulted_and_rendered() -> None:
     )
     assert values == {"file": "a.csv", "bins": 25, "since": "2026-02-01", "style": "bar"}
     assert render_prompt(spec, values) == "Plot a.csv as a bar chart with 25 bins since 2026-02-01."
-    md = command_markdown(spec)
-    assert md.endswith("Plot $1 as a $4 chart with $2 bins since $3.\n")
-    assert yaml.safe_load(md.split("---")[1])["argument-hint"] == "<file> [bins] [since] [style]"
+    assert run_command(spec, values) == (
+        "/plot-it Plot a.csv as a bar chart with 25 bins since 2026-02-01."
+    )
+    md = skill_markdown(spec)
+    front = yaml.safe_load(md.split("---")[1])
+    assert front["argument-hint"] == "<file> [bins] [since] [style]"
+    assert "- `style` (one of bar, line; optional; default bar)" in md
+    assert md.endswith("## This request\n\n$ARGUMENTS\n")
+    # a skill without parameters and without a template is called by name
+    plain = build_spec({**META, "parameters": [], "prompt": ""}, BODY)
+    assert run_command(plain, {}) == "/plot-it Use the plot-it skill."
+    assert "$ARGUMENTS" not in skill_markdown(plain)
 
 
 @pytest.mark.parametrize(
@@ -232,3 +244,74 @@ def test_who_edits_and_publishes_what() -> None:
         with pytest.raises(SkillError) as info:
             check_tier(viewer, tier, group)
         assert info.value.field == field
+
+
+def test_bundles_are_read_checked_and_packed_canonically() -> None:
+    raw = _tar(_member("data", tarfile.DIRTYPE), _member("data/a.csv"), _member("r.md"))
+    files = read_bundle(raw.getvalue())
+    assert files == {"data/a.csv": b"x", "r.md": b"x"}
+    packed = pack_bundle(files)
+    # the same files give the same bytes whatever order or archive they came in
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as z:
+        z.writestr("r.md", b"x")
+        z.writestr("data/a.csv", b"x")
+    assert pack_bundle(read_bundle(zipped.getvalue())) == packed
+    assert read_bundle(packed) == files
+    with pytest.raises(SkillError, match="not a readable"):
+        read_bundle(b"this is not an archive")
+    with pytest.raises(SkillError) as info:
+        read_bundle(_tar(_member("ok"), _member("../escape")).getvalue())
+    assert "'../escape'" in info.value.field
+
+
+def test_a_gzip_bomb_is_refused_before_extraction() -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("zeros.bin")
+        info.size = 15 * 1024 * 1024
+        tar.addfile(info, io.BytesIO(b"\0" * info.size))
+    assert len(buf.getvalue()) < 100_000
+    with pytest.raises(SkillError, match="bomb"):
+        read_bundle(buf.getvalue())
+
+
+def test_the_sync_plan_writes_only_what_changed_and_never_touches_user_skills() -> None:
+    from jupyter_sac.server_extension.skills_sync import plan
+
+    record = {"a": {"checksum": "1"}, "b": {"checksum": "2"}, "gone": {"checksum": "3"}}
+    remote = [
+        {"command": "a", "checksum": "1"},  # unchanged
+        {"command": "b", "checksum": "9"},  # changed
+        {"command": "c", "checksum": "4"},  # new
+        {"command": "mine", "checksum": "5"},  # the user has a folder of that name
+    ]
+    present = {"a", "b", "gone", "mine"}
+    write, remove, conflicts = plan(record, remote, present, intact=present)
+    assert [e["command"] for e in write] == ["b", "c"]
+    assert remove == ["gone"] and conflicts == ["mine"]
+    # a folder of ours that lost its SKILL.md is written again
+    write, _, _ = plan(record, remote[:1], present, intact=present - {"a"})
+    assert [e["command"] for e in write] == ["a"]
+
+
+def test_the_summarise_csv_profile_script_reads_a_messy_csv(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    data = tmp_path / "sales 2026.csv"
+    data.write_text(
+        "day;region;sales;note\n2026-01-01;north;10.5;ok\n2026-01-02;south;12;\n"
+        "2026-01-03;north;400;big\n2026-01-04;east;11;ok\n",
+        "utf-8",
+    )
+    script = SKILLS / "summarise-csv" / "scripts" / "profile_csv.py"
+    out = subprocess.run(
+        [sys.executable, str(script), str(data)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "4 rows x 4 columns" in out
+    assert "| day | datetime64" in out  # dates parsed, the ; delimiter sniffed
+    assert "| note | str | 1 | 2 |" in out or "| note | object | 1 | 2 |" in out
+    # 400 is the one outlier by the 1.5 IQR rule
+    assert "| 400 | 1 |" in out
+    assert "north (2)" in out
