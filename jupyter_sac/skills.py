@@ -4,9 +4,14 @@ A skill is a ``SKILL.md`` in Claude Code's skill format plus metadata
 (``skill.yaml`` for the official skills shipped in ``skills/``): a kebab-case
 command, title, description, typed parameters and a prompt template whose
 ``{{name}}`` placeholders take the parameter values. Installed into an agent it
-becomes ``skills/<command>/SKILL.md`` and a slash command
-``commands/<command>.md``; run with values, the template renders the message
-sent to the agent.
+becomes ``skills/<command>/SKILL.md`` (plus its attachment files), which Claude
+Code offers both to the model (by its description) and to the user as the slash
+command ``/<command>``. Run with values, the template renders the arguments of
+that slash command, which Claude Code puts in place of ``$ARGUMENTS``.
+
+Why no ``commands/<command>.md`` as well: with the pinned CLI a skill shadows a
+command of the same name (``/<command>`` always runs the skill, the command file
+is never read), so the parameter template lives in the skill itself.
 
 No I/O here except ``load_skill_dir``/``load_official_skills`` (reading a folder)
 and the archive readers, which only list entries.
@@ -14,9 +19,12 @@ and the archive readers, which only list entries.
 
 from __future__ import annotations
 
+import gzip
+import io
 import re
 import tarfile
 import zipfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path, PurePosixPath
@@ -250,37 +258,40 @@ def render_prompt(spec: SkillSpec, values: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def command_markdown(spec: SkillSpec) -> str:
-    """``commands/<command>.md``: the slash command; parameters become positional
-    arguments ($1, $2, ...) in their declared order."""
-    positions = {p.name: f"${i}" for i, p in enumerate(spec.parameters, start=1)}
-    hint = " ".join(f"<{p.name}>" if p.required else f"[{p.name}]" for p in spec.parameters)
-    if spec.prompt:
-        body = PLACEHOLDER_RE.sub(lambda m: positions.get(m[1], ""), spec.prompt).strip()
-    else:
-        body = f"Use the {spec.command} skill with: $ARGUMENTS"
-    front = {"description": spec.description}
-    if hint:
-        front["argument-hint"] = hint
-    return (
-        "---\n"
-        + yaml.safe_dump(front, allow_unicode=True, sort_keys=False)
-        + "---\n\n"
-        + body
-        + "\n"
-    )
+def run_command(spec: SkillSpec, values: dict[str, Any]) -> str:
+    """The slash command a run types: ``/<command>`` and the rendered request."""
+    request = render_prompt(spec, values)
+    return f"/{spec.command} {request}" if request else f"/{spec.command}"
+
+
+def argument_hint(spec: SkillSpec) -> str:
+    return " ".join(f"<{p.name}>" if p.required else f"[{p.name}]" for p in spec.parameters)
+
+
+def _parameter_line(param: Parameter) -> str:
+    kind = param.type
+    if param.type == "select":
+        kind = "one of " + ", ".join(param.options)
+    notes = [kind, "required" if param.required else "optional"]
+    if param.default not in (None, ""):
+        notes.append(f"default {_format(param.default)}")
+    line = f"- `{param.name}` ({'; '.join(notes)})"
+    return f"{line}: {param.help}" if param.help else line
 
 
 def skill_markdown(spec: SkillSpec) -> str:
-    """``skills/<command>/SKILL.md`` with name and description in its front matter."""
+    """``skills/<command>/SKILL.md``: name, description and argument hint in the
+    front matter; for a skill with parameters, a section saying what they are and
+    ``$ARGUMENTS``, where Claude Code puts what follows ``/<command>``."""
     _, body = split_front_matter(spec.body)
     front = {"name": spec.command, "description": spec.description}
-    return (
-        "---\n"
-        + yaml.safe_dump(front, allow_unicode=True, sort_keys=False)
-        + "---\n\n"
-        + body.lstrip()
-    )
+    if spec.parameters:
+        front["argument-hint"] = argument_hint(spec)
+    text = body.strip() + "\n"
+    if spec.parameters and "$ARGUMENTS" not in body:
+        text += "\n## Parameters\n\n" + "\n".join(map(_parameter_line, spec.parameters))
+        text += "\n\n## This request\n\n$ARGUMENTS\n"
+    return "---\n" + yaml.safe_dump(front, allow_unicode=True, sort_keys=False) + "---\n\n" + text
 
 
 def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
@@ -340,8 +351,11 @@ class BundleEntry:
     compressed: int | None = None
 
 
-def check_bundle(entries: list[BundleEntry]) -> list[BundleEntry]:
-    """The regular files of a bundle, or SkillError naming the first bad entry."""
+def check_bundle(entries: Iterable[BundleEntry]) -> list[BundleEntry]:
+    """The regular files of a bundle, or SkillError naming the first bad entry.
+
+    ``entries`` may be a lazy listing: checking stops at the first bad entry, so a
+    bomb is refused before the rest of it is read."""
     files, total = [], 0
     seen: set[str] = set()
     for entry in entries:
@@ -378,40 +392,108 @@ def check_bundle(entries: list[BundleEntry]) -> list[BundleEntry]:
 
 
 def tar_entries(fileobj: IO[bytes]) -> list[BundleEntry]:
-    out = []
     with tarfile.open(fileobj=fileobj, mode="r:*") as tar:
-        for info in tar.getmembers():
-            if info.isreg():
-                kind = "file"
-            elif info.isdir():
-                kind = "dir"
-            elif info.issym():
-                kind = "symlink"
-            elif info.islnk():
-                kind = "hardlink"
-            elif info.ischr() or info.isblk() or info.isfifo():
-                kind = "device"
-            else:
-                kind = "other"
-            out.append(BundleEntry(info.name, kind, info.size))
-    return out
+        return [_tar_entry(info) for info in tar]
+
+
+def _tar_entry(info: tarfile.TarInfo) -> BundleEntry:
+    if info.isreg():
+        kind = "file"
+    elif info.isdir():
+        kind = "dir"
+    elif info.issym():
+        kind = "symlink"
+    elif info.islnk():
+        kind = "hardlink"
+    elif info.ischr() or info.isblk() or info.isfifo():
+        kind = "device"
+    else:
+        kind = "other"
+    return BundleEntry(info.name, kind, info.size)
 
 
 def zip_entries(fileobj: IO[bytes]) -> list[BundleEntry]:
-    out = []
     with zipfile.ZipFile(fileobj) as archive:
-        for info in archive.infolist():
-            mode = (info.external_attr >> 16) & 0o170000
-            if info.is_dir():
-                kind = "dir"
-            elif mode in (0, 0o100000):
-                kind = "file"
-            elif mode == 0o120000:
-                kind = "symlink"
-            else:
-                kind = "other"
-            out.append(BundleEntry(info.filename, kind, info.file_size, info.compress_size))
-    return out
+        return [_zip_entry(info) for info in archive.infolist()]
+
+
+def _zip_entry(info: zipfile.ZipInfo) -> BundleEntry:
+    mode = (info.external_attr >> 16) & 0o170000
+    if info.is_dir():
+        kind = "dir"
+    elif mode in (0, 0o100000):
+        kind = "file"
+    elif mode == 0o120000:
+        kind = "symlink"
+    else:
+        kind = "other"
+    return BundleEntry(info.filename, kind, info.file_size, info.compress_size)
+
+
+def read_bundle(data: bytes) -> dict[str, bytes]:
+    """The files of an uploaded bundle (tar, tar.gz/bz2/xz or zip), checked entry by
+    entry before anything is extracted; SkillError names the offending entry.
+
+    Sizes are taken from the archive's headers (tarfile and zipfile never return
+    more than a header declares) and enforced again while reading."""
+    if len(data) > MAX_BUNDLE_BYTES:
+        raise SkillError("bundle", f"bundles are limited to {MAX_BUNDLE_BYTES} bytes")
+    raw = io.BytesIO(data)
+    if zipfile.is_zipfile(raw):
+        with zipfile.ZipFile(raw) as archive:
+            files = check_bundle(map(_zip_entry, archive.infolist()))
+            _check_ratio(files, len(data))
+            return {e.name: _read_capped(archive.open(e.name), e.name) for e in files}
+    raw.seek(0)
+    try:
+        with tarfile.open(fileobj=raw, mode="r:*") as tar:
+            members: dict[str, tarfile.TarInfo] = {}
+
+            def listing() -> Iterator[BundleEntry]:
+                for info in tar:
+                    members[info.name] = info
+                    yield _tar_entry(info)
+
+            files = check_bundle(listing())
+            _check_ratio(files, len(data))
+            out = {}
+            for entry in files:
+                member = tar.extractfile(members[entry.name])
+                assert member is not None  # a regular file
+                out[str(PurePosixPath(entry.name))] = _read_capped(member, entry.name)
+            return out
+    except (tarfile.TarError, EOFError, OSError, zipfile.BadZipFile) as e:
+        raise SkillError("bundle", f"not a readable tar or zip archive ({e})") from None
+
+
+def _check_ratio(files: list[BundleEntry], compressed: int) -> None:
+    total = sum(e.size for e in files)
+    if total > MAX_COMPRESSION_RATIO * max(compressed, 1) and total > 1024 * 1024:
+        raise SkillError("bundle", "compressed more than 100:1 (a decompression bomb?)")
+
+
+def _read_capped(stream: IO[bytes], name: str) -> bytes:
+    with stream:
+        data = stream.read(MAX_BUNDLE_FILE_BYTES + 1)
+    if len(data) > MAX_BUNDLE_FILE_BYTES:
+        raise SkillError(f"bundle: {name!r}", f"files are limited to {MAX_BUNDLE_FILE_BYTES} bytes")
+    return data
+
+
+def pack_bundle(files: dict[str, bytes]) -> bytes:
+    """A canonical tar.gz of the files: sorted, no times or owners, so the same
+    files always give the same bytes (and sha256), whoever uploaded them."""
+    buf = io.BytesIO()
+    with (
+        gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for name in sorted(files):
+            info = tarfile.TarInfo(name)
+            info.size = len(files[name])
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(files[name]))
+    return buf.getvalue()
 
 
 # ---- the official skills folder -----------------------------------------------------

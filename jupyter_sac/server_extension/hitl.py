@@ -95,6 +95,35 @@ class ServiceClient:
     async def cancel(self, request_id: str) -> dict[str, Any]:
         return await self._call("POST", f"hitl/requests/{request_id}/cancel")
 
+    async def skills_manifest(self, etag: str | None) -> tuple[str, list[dict[str, Any]]] | None:
+        """(etag, installed skills), or None when they are unchanged since ``etag``."""
+        headers = {"If-None-Match": etag} if etag else {}
+        try:
+            resp = await self.client.get(self.base + "agent/skills", headers=headers)
+        except httpx.HTTPError as e:
+            raise ServiceError(f"the sac service is unreachable: {type(e).__name__}") from e
+        if resp.status_code == 304:
+            return None
+        if resp.status_code != 200:
+            raise ServiceError(f"HTTP {resp.status_code}: {resp.text[:300]}")
+        data = resp.json()
+        return data["etag"], data["skills"]
+
+    async def skill_bundle(self, skill_id: int, presigned_url: str | None) -> bytes:
+        """An installed skill's bundle: from the object store when the service gave a
+        presigned URL (no credentials of ours go there), else through the service."""
+        try:
+            if presigned_url:
+                async with httpx.AsyncClient(timeout=60) as plain:
+                    resp = await plain.get(presigned_url)
+            else:
+                resp = await self.client.get(self.base + f"agent/skills/{skill_id}/bundle")
+        except httpx.HTTPError as e:
+            raise ServiceError(f"bundle download failed: {type(e).__name__}") from e
+        if resp.status_code != 200:
+            raise ServiceError(f"bundle download failed: HTTP {resp.status_code}")
+        return resp.content
+
     async def close(self) -> None:
         await self.client.aclose()
 
