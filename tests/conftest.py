@@ -89,3 +89,12 @@ def new_user(admin: HubApi):
         return name, admin.create_user(name)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory):
+    """A real S3-compatible HTTP server (moto in server mode) for the whole session."""
+    from jupyter_sac.testing.s3_server import s3_server
+
+    with s3_server(tmp_path_factory.mktemp("s3") / "moto.log") as endpoint:
+        yield endpoint
