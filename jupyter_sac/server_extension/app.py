@@ -39,6 +39,8 @@ from .hitl import (
 )
 from .openapi import OpenApiHandler
 from .runtime_info import RuntimeInfo
+from .skills_handlers import InstalledSkillsHandler, RunHandler, SyncHandler
+from .skills_sync import SkillSync
 from .spool import HistorySpool, HistoryUploader
 from .terminal import TERMINAL_NAME, ClaudeTerminal
 
@@ -61,6 +63,9 @@ ROUTES: list[tuple[str, Any]] = [
     (r"/sac/api/chat/sessions/([^/]+)", ChatSessionHandler),
     (r"/sac/api/chat/sessions/([^/]+)/cancel", ChatCancelHandler),
     (r"/sac/api/chat/events", ChatEventsSocket),
+    (r"/sac/api/skills", InstalledSkillsHandler),
+    (r"/sac/api/skills/sync", SyncHandler),
+    (r"/sac/api/skills/([^/]+)/run", RunHandler),
 ]
 
 
@@ -149,6 +154,13 @@ class SacExtensionApp(ExtensionApp):
         8 * 1024 * 1024, help="Size at which the history spool starts a new segment file."
     ).tag(config=True)
 
+    skills_sync_interval = Float(
+        15.0,
+        help="""Seconds between checks for changed skill installs (a conditional GET
+        that costs one small query when nothing changed; 0 turns polling off, leaving
+        the sync at start and POST sac/api/skills/sync).""",
+    ).tag(config=True)
+
     # ---- setup ------------------------------------------------------------------
 
     def _hook_url(self) -> str:
@@ -218,6 +230,7 @@ class SacExtensionApp(ExtensionApp):
                 "sac_service_client": client,
                 "sac_hitl": bridge,
                 "sac_claude_terminal": terminal,
+                "sac_skill_sync": SkillSync(client, Path(self.claude_config_dir)),
                 "sac_chat": ChatManager(
                     state / "chat",
                     argv=[binary, *self.chat_args],
@@ -239,6 +252,9 @@ class SacExtensionApp(ExtensionApp):
 
     async def _start_jupyter_server_extension(self, serverapp: object) -> None:
         self.settings["sac_history_uploader"].start()
+        # The first poll is the sync at start; it runs in the background so a slow
+        # service never delays the server (a run syncs on demand anyway).
+        self.settings["sac_skill_sync"].start(self.skills_sync_interval)
         if self.start_terminal:
             try:
                 await self.settings["sac_claude_terminal"].ensure()
@@ -249,6 +265,9 @@ class SacExtensionApp(ExtensionApp):
         chat = self.settings.get("sac_chat")
         if chat is not None:
             await chat.stop()
+        skill_sync = self.settings.get("sac_skill_sync")
+        if skill_sync is not None:
+            await skill_sync.stop()
         uploader = self.settings.get("sac_history_uploader")
         if uploader is not None:
             await uploader.stop()

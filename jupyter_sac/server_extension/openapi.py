@@ -76,6 +76,34 @@ def document(base_url: str) -> dict[str, Any]:
                     ok="101",
                 )
             },
+            "/sac/api/skills": {"get": _op("Skills installed in this agent and the sync status")},
+            "/sac/api/skills/sync": {
+                "post": _op("Sync installed skills from the service now", 502)
+            },
+            "/sac/api/skills/{command}/run": {
+                "post": {
+                    **_op(
+                        "Run an installed skill with parameter values (202), in chat or terminal",
+                        400,
+                        404,
+                        409,
+                        502,
+                        ok="202",
+                        body={
+                            "type": "object",
+                            "properties": {
+                                "values": {"type": "object"},
+                                "mode": {"type": "string", "enum": ["chat", "terminal"]},
+                                "session_id": {"type": "string", "nullable": True},
+                            },
+                        },
+                    ),
+                    "parameters": [
+                        {"name": "command", "in": "path", "required": True,
+                         "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"}}
+                    ],
+                }  # fmt: skip
+            },
         },
     }
 

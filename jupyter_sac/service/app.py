@@ -15,12 +15,14 @@ from urllib.parse import urlsplit
 import httpx
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
 from tornado import web
-from traitlets import Dict, Integer, List, Unicode, default
+from traitlets import CaselessStrEnum, Dict, Integer, List, Unicode, default
 from traitlets.config import Application
 
 from .. import __version__
 from ..crypto import KeyBox
+from ..objects import ObjectStore, store_from_config
 from ..providers import PRESETS
+from ..stack import default_data_dir
 from ..store import Store
 from . import history, hitl, skills
 from .agents import AgentHandler, AgentsHandler, AgentUsageHandler
@@ -149,6 +151,16 @@ class SacService(Application):
                 return str(candidate)
         return ""
 
+    object_store = CaselessStrEnum(
+        ["local", "s3"],
+        "local",
+        help="""Where skill bundles (and later workspace files) are kept: "local", a
+        folder (c.LocalStore.root, default $SAC_DATA_DIR/objects), or "s3", any
+        S3-compatible store (c.S3Store.endpoint_url, bucket, credentials). Sandboxes
+        never get the store's credentials: they download through presigned URLs (S3)
+        or through this service (local). See docs/objects.md.""",
+    ).tag(config=True)
+
     aliases = {"config": "SacService.config_file", "port": "SacService.port"}
 
     def initialize(self, argv: list[str] | None = None) -> None:
@@ -190,6 +202,12 @@ class SacService(Application):
             default_handler_class=NotFoundHandler,
         )
 
+    def make_object_store(self) -> ObjectStore:
+        overrides = {}
+        if self.object_store == "local" and "root" not in self.config.LocalStore:
+            overrides["root"] = str(default_data_dir() / "objects")
+        return store_from_config(self.object_store, self.config, **overrides)
+
     async def start_async(self) -> None:
         from .hub import HubClient
 
@@ -198,6 +216,7 @@ class SacService(Application):
         self.keybox = KeyBox(self.fernet_keys)
         self.store = await Store.open(self.database_url)
         self.hub = HubClient()
+        self.objects = self.make_object_store()
         self.upstream = httpx.AsyncClient(
             timeout=httpx.Timeout(self.upstream_timeout, connect=15), follow_redirects=False
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from psycopg.errors import UniqueViolation
@@ -24,9 +25,33 @@ OFFICIAL_OWNER = ""
 _COLUMNS = (
     "s.id, s.owner, s.command, s.title, s.description, s.body, s.parameters, s.prompt,"
     " s.tags, s.visibility, s.group_name, s.version, s.parent_id, s.bundle_sha256,"
-    " s.checksum, s.created_at, s.updated_at,"
+    " s.bundle_files, s.bundle_size, s.checksum, s.created_at, s.updated_at,"
     " (SELECT count(*) FROM skill_installs i WHERE i.skill_id = s.id) AS installs"
 )
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A stored attachment bundle: its sha256 and what it holds (empty: none)."""
+
+    sha256: str | None = None
+    files: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def size(self) -> int:
+        return sum(f["size"] for f in self.files)
+
+    def values(self) -> dict[str, Any]:
+        return {"sha": self.sha256, "files": Jsonb(list(self.files)), "size": self.size}
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> Bundle:
+        return cls(row["bundle_sha256"], tuple(row["bundle_files"]))
+
+
+async def _bundle_used(conn: Any, sha256: str) -> bool:
+    cur = await conn.execute("SELECT 1 FROM skills WHERE bundle_sha256 = %s LIMIT 1", (sha256,))
+    return await cur.fetchone() is not None
 
 
 class SkillExistsError(Exception):
@@ -72,28 +97,32 @@ class Skills:
     def __init__(self, pool: AsyncConnectionPool):
         self.pool = pool
 
-    async def upsert_official(self, specs: list[SkillSpec], bundle_sha: dict[str, str]) -> int:
+    async def upsert_official(self, specs: list[SkillSpec], bundles: dict[str, Bundle]) -> int:
         """Shipped skills, by command; returns how many were new or changed."""
         changed = 0
         async with self.pool.connection() as conn, conn.transaction():
             for spec in specs:
-                sha = bundle_sha.get(spec.command)
+                bundle = bundles.get(spec.command) or Bundle()
+                sha = bundle.sha256
                 cur = await conn.execute(
                     "INSERT INTO skills (owner, command, title, description, body, parameters,"
-                    " prompt, tags, visibility, bundle_sha256, checksum)"
+                    " prompt, tags, visibility, bundle_sha256, bundle_files, bundle_size,"
+                    " checksum)"
                     " VALUES (%(owner)s, %(command)s, %(title)s, %(description)s, %(body)s,"
-                    " %(parameters)s, %(prompt)s, %(tags)s, 'official', %(sha)s, %(checksum)s)"
+                    " %(parameters)s, %(prompt)s, %(tags)s, 'official', %(sha)s, %(files)s,"
+                    " %(size)s, %(checksum)s)"
                     " ON CONFLICT (owner, command) DO UPDATE SET title = EXCLUDED.title,"
                     " description = EXCLUDED.description, body = EXCLUDED.body,"
                     " parameters = EXCLUDED.parameters, prompt = EXCLUDED.prompt,"
                     " tags = EXCLUDED.tags, bundle_sha256 = EXCLUDED.bundle_sha256,"
+                    " bundle_files = EXCLUDED.bundle_files, bundle_size = EXCLUDED.bundle_size,"
                     " checksum = EXCLUDED.checksum, version = skills.version + 1,"
                     " updated_at = now() WHERE skills.checksum <> EXCLUDED.checksum"
                     " RETURNING id",
                     {
                         **_values(spec),
+                        **bundle.values(),
                         "owner": OFFICIAL_OWNER,
-                        "sha": sha,
                         "checksum": checksum(spec, sha),
                     },
                 )
@@ -107,22 +136,27 @@ class Skills:
         visibility: str,
         group: str | None,
         parent_id: int | None = None,
+        bundle: Bundle | None = None,
     ) -> dict[str, Any]:
+        """A new skill; a fork passes its parent's bundle (content-addressed, shared)."""
+        bundle = bundle or Bundle()
         async with self.pool.connection() as conn:
             try:
                 cur = await conn.execute(
                     "INSERT INTO skills (owner, command, title, description, body, parameters,"
-                    " prompt, tags, visibility, group_name, parent_id, checksum)"
+                    " prompt, tags, visibility, group_name, parent_id, bundle_sha256,"
+                    " bundle_files, bundle_size, checksum)"
                     " VALUES (%(owner)s, %(command)s, %(title)s, %(description)s, %(body)s,"
                     " %(parameters)s, %(prompt)s, %(tags)s, %(visibility)s, %(group)s,"
-                    " %(parent)s, %(checksum)s) RETURNING id",
+                    " %(parent)s, %(sha)s, %(files)s, %(size)s, %(checksum)s) RETURNING id",
                     {
                         **_values(spec),
+                        **bundle.values(),
                         "owner": owner,
                         "visibility": visibility,
                         "group": group,
                         "parent": parent_id,
-                        "checksum": checksum(spec),
+                        "checksum": checksum(spec, bundle.sha256),
                     },
                 )
             except UniqueViolation:
@@ -141,7 +175,12 @@ class Skills:
             return await cur.fetchone()
 
     async def update(
-        self, skill_id: int, spec: SkillSpec, visibility: str, group: str | None
+        self,
+        skill_id: int,
+        spec: SkillSpec,
+        visibility: str,
+        group: str | None,
+        bundle_sha256: str | None = None,
     ) -> dict[str, Any] | None:
         """Replace a skill's content; the version goes up when the content changed."""
         async with self.pool.connection() as conn:
@@ -155,11 +194,38 @@ class Skills:
                     **_values(spec),
                     "visibility": visibility,
                     "group": group,
-                    "checksum": checksum(spec),
+                    "checksum": checksum(spec, bundle_sha256),
                     "id": skill_id,
                 },
             )
         return await self.get(skill_id)
+
+    async def set_bundle(self, skill_id: int, spec: SkillSpec, bundle: Bundle) -> str | None:
+        """Attach (or with an empty Bundle, remove) a skill's bundle: a new version.
+        Returns the sha256 of the bundle it replaced when no skill uses it any more
+        (the caller deletes that object)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "SELECT bundle_sha256 FROM skills WHERE id = %s FOR UPDATE", (skill_id,)
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            old = row["bundle_sha256"]
+            await conn.execute(
+                "UPDATE skills SET bundle_sha256 = %(sha)s, bundle_files = %(files)s,"
+                " bundle_size = %(size)s,"
+                " version = version + CASE WHEN checksum <> %(checksum)s THEN 1 ELSE 0 END,"
+                " checksum = %(checksum)s, updated_at = now() WHERE id = %(id)s",
+                {**bundle.values(), "checksum": checksum(spec, bundle.sha256), "id": skill_id},
+            )
+            if old and old != bundle.sha256 and not await _bundle_used(conn, old):
+                return old
+        return None
+
+    async def bundle_used(self, sha256: str) -> bool:
+        async with self.pool.connection() as conn:
+            return await _bundle_used(conn, sha256)
 
     async def delete(self, skill_id: int) -> bool:
         async with self.pool.connection() as conn:
@@ -231,11 +297,28 @@ class Skills:
             )
             return cur.rowcount > 0
 
-    async def installed(self, agent_id: int) -> list[dict[str, Any]]:
+    async def installed(
+        self,
+        agent_id: int,
+        *,
+        visible_to: tuple[str, list[str], bool] | None = None,
+        skill_id: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """An agent's installed skills by command; with ``visible_to`` (owner, groups,
+        admin) only those its owner may still read (a skill made private or moved to
+        another group drops out of the agent until it is visible again)."""
+        where = ["i.agent_id = %(agent)s"]
+        params: dict[str, Any] = {"agent": agent_id}
+        if visible_to is not None:
+            where.append(VISIBLE)
+            params.update(me=visible_to[0], groups=visible_to[1], admin=visible_to[2])
+        if skill_id is not None:
+            where.append("s.id = %(skill)s")
+            params["skill"] = skill_id
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 f"SELECT {_COLUMNS} FROM skills s JOIN skill_installs i ON i.skill_id = s.id"
-                " WHERE i.agent_id = %s ORDER BY s.command",
-                (agent_id,),
+                f" WHERE {' AND '.join(where)} ORDER BY s.command",
+                params,
             )
             return await cur.fetchall()

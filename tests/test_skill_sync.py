@@ -1,0 +1,242 @@
+"""Installed skills reach the agent: sync into its Claude config, run with values.
+
+Against the real stack (hub, service, PostgreSQL, LocalStore, a bubblewrap sandbox)
+with the real claude CLI talking to the fake Anthropic API: what the model is sent
+shows that Claude Code itself read the synced skill.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from helpers import HubApi, allow_all, model_agent, running_agent
+
+from jupyter_sac.testing.stack import poll_until
+
+pytestmark = pytest.mark.stack
+
+BODY = "---\nname: x\ndescription: x\n---\n\n# Plot a column\n\nRead the file and plot it.\n"
+
+
+def skill(command: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "command": command,
+        "title": f"Plot with {command}",
+        "description": f"Plots one column of a CSV ({command}).",
+        "body": BODY,
+        "parameters": [
+            {"name": "file", "type": "text", "required": True, "help": "CSV path"},
+            {"name": "since", "type": "date"},
+            {"name": "style", "type": "select", "options": ["bar", "line"], "default": "bar"},
+            {"name": "bins", "type": "number", "default": 10, "min": 1, "max": 100},
+        ],
+        "prompt": "Plot {{file}} as a {{style}} chart with {{bins}} bins since {{since}}.",
+        **extra,
+    }
+
+
+def tar_of(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def skills_dir(stack: dict, slug: str) -> Path:
+    (root,) = (stack["data_dir"] / "agents").glob(f"*-{slug}")
+    return root / "home" / ".claude" / "skills"
+
+
+def mtimes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+class Agent:
+    """The agent's own API (the extension), as the sidebar uses it."""
+
+    def __init__(self, stack: dict, client: HubApi, user: str, slug: str):
+        self.base = f"{stack['url']}user/{user}/{slug}/sac/api/"
+        self.http = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=60)
+
+    def sync(self) -> httpx.Response:
+        return self.http.post(self.base + "skills/sync")
+
+    def run(self, command: str, **body: Any) -> httpx.Response:
+        return self.http.post(self.base + f"skills/{command}/run", json=body)
+
+    def installed(self) -> dict[str, Any]:
+        return self.http.get(self.base + "skills").json()
+
+
+def model_requests(fake: str) -> list[dict[str, Any]]:
+    requests = httpx.get(fake + "/_fake/requests").json()["requests"]
+    return [r["body"] for r in requests if r["body"].get("tools")]
+
+
+def texts(body: dict[str, Any]) -> str:
+    return json.dumps(body["messages"]) + json.dumps(body.get("system", ""))
+
+
+def test_installed_skills_sync_run_update_and_leave(stack: dict, fake: str, new_user) -> None:
+    user, slug = f"sk{uuid.uuid4().hex[:6]}", f"s{uuid.uuid4().hex[:6]}"
+    other_name, other = new_user("pub")
+    cmd = f"plot-{uuid.uuid4().hex[:4]}"
+    with running_agent(stack["admin"], user, slug, **model_agent(fake)) as client:
+        allow_all(client, user, slug)
+        agent = Agent(stack, client, user, slug)
+        created = client.sac("POST", "skills", json=skill(cmd))
+        assert created.status_code == 201, created.text
+        sid = created.json()["id"]
+        bundle = tar_of({"templates/report.md": b"# Report\n", "data/ref.csv": b"a,b\n1,2\n"})
+        put = client.sac("PUT", f"skills/{sid}/bundle", content=bundle)
+        assert put.status_code == 200, put.text
+        assert put.json()["version"] == 2
+        assert [f["name"] for f in put.json()["bundle"]["files"]] == [
+            "data/ref.csv", "templates/report.md"
+        ]  # fmt: skip
+        shared = other.sac("POST", "skills", json=skill("shared-plot", visibility="public"))
+        assert shared.status_code == 201, shared.text
+        for skill_id in (sid, shared.json()["id"]):
+            resp = client.sac(
+                "POST", f"users/{user}/agents/{slug}/skills", json={"skill_id": skill_id}
+            )
+            assert resp.status_code == 201, resp.text
+
+        # Sync: each skill a folder with its SKILL.md and bundle files.
+        synced = agent.sync()
+        assert synced.status_code == 200, synced.text
+        assert sorted(synced.json()["skills"]) == sorted([cmd, "shared-plot"])
+        folder = skills_dir(stack, slug)
+        skill_md = (folder / cmd / "SKILL.md").read_text()
+        assert skill_md.startswith(f"---\nname: {cmd}\n")
+        assert "Read the file and plot it." in skill_md and "$ARGUMENTS" in skill_md
+        assert (folder / cmd / "templates" / "report.md").read_bytes() == b"# Report\n"
+        assert (folder / cmd / "data" / "ref.csv").read_bytes() == b"a,b\n1,2\n"
+        before = mtimes(folder)
+
+        # Nothing changed: nothing is rewritten.
+        again = agent.sync().json()["sync"]
+        assert again["last_error"] is None
+        assert mtimes(folder) == before
+
+        # Run with values: the real claude CLI expands the skill and sends it on.
+        httpx.delete(fake + "/_fake/requests")
+        run = agent.run(cmd, values={"file": "data/sales 2026.csv", "since": "2026-03-01"})
+        assert run.status_code == 202, run.text
+        assert run.json()["command"] == (
+            f"/{cmd} Plot data/sales 2026.csv as a bar chart with 10 bins since 2026-03-01."
+        )
+        sent = poll_until(lambda: model_requests(fake), 90, "the model call of the skill run")
+        seen = texts(sent[0])
+        assert f"/.claude/skills/{cmd}" in seen  # "Base directory for this skill: ..."
+        assert "Read the file and plot it." in seen
+        assert "Plot data/sales 2026.csv as a bar chart with 10 bins since 2026-03-01." in seen
+        # and the model is told the skills exist, by their descriptions
+        assert f"- {cmd}: Plots one column of a CSV ({cmd})." in seen
+        assert "- shared-plot: Plots one column" in seen
+
+        # Bad values are refused before anything reaches the agent.
+        count = len(model_requests(fake))
+        for values, field in [
+            ({}, "values.file"),
+            ({"file": "a.csv", "since": "2026-02-30"}, "values.since"),
+            ({"file": "a.csv", "style": "pie"}, "values.style"),
+            ({"file": "a.csv", "bins": 1000}, "values.bins"),
+            ({"file": "a.csv", "colour": "red"}, "values.colour"),
+        ]:
+            bad = agent.run(cmd, values=values)
+            assert bad.status_code == 400 and bad.json()["field"] == field, bad.text
+        assert agent.run("no-such-skill", values={}).status_code == 404
+        assert agent.run(cmd, values={"file": "a"}, mode="shell").status_code == 400
+        assert len(model_requests(fake)) == count
+
+        # A new version is rewritten; the other skill is not touched.
+        other_before = mtimes(folder / "shared-plot")
+        patched = client.sac("PATCH", f"skills/{sid}", json={"body": BODY + "\nVersion two.\n"})
+        assert patched.status_code == 200 and patched.json()["version"] == 3
+        assert agent.sync().status_code == 200
+        assert "Version two." in (folder / cmd / "SKILL.md").read_text()
+        assert (folder / cmd / "templates" / "report.md").exists()
+        assert mtimes(folder / "shared-plot") == other_before
+
+        # A skill its author makes private leaves the agents of others at the next sync.
+        hidden = other.sac("PATCH", f"skills/{shared.json()['id']}", json={"visibility": "private"})
+        assert hidden.status_code == 200, hidden.text
+        assert sorted(agent.sync().json()["skills"]) == [cmd]
+        assert not (folder / "shared-plot").exists()
+
+        # Uninstalled: gone, and a run of it is refused.
+        assert client.sac("DELETE", f"users/{user}/agents/{slug}/skills/{sid}").status_code == 204
+        assert agent.sync().json()["skills"] == []
+        assert not (folder / cmd).exists()
+        assert agent.run(cmd, values={"file": "a.csv"}).status_code == 404
+        assert other_name
+
+
+def test_a_failed_sync_leaves_the_previous_skills_and_user_skills_alone(
+    stack: dict, fake: str
+) -> None:
+    user, slug = f"sf{uuid.uuid4().hex[:6]}", f"f{uuid.uuid4().hex[:6]}"
+    with running_agent(stack["admin"], user, slug, **model_agent(fake)) as client:
+        agent = Agent(stack, client, user, slug)
+        ids = {}
+        for command in ("alpha-one", "beta-two"):
+            resp = client.sac("POST", "skills", json=skill(command))
+            assert resp.status_code == 201, resp.text
+            ids[command] = resp.json()["id"]
+        bundle = tar_of({"notes.md": b"alpha notes\n"})
+        put = client.sac("PUT", f"skills/{ids['alpha-one']}/bundle", content=bundle)
+        assert put.status_code == 200, put.text
+        sha = put.json()["bundle"]["sha256"]
+        for skill_id in ids.values():
+            resp = client.sac(
+                "POST", f"users/{user}/agents/{slug}/skills", json={"skill_id": skill_id}
+            )
+            assert resp.status_code == 201, resp.text
+        # The user's own hand-made skill of the same name as a later install.
+        folder = skills_dir(stack, slug)
+        (folder / "mine-too").mkdir(parents=True, exist_ok=True)
+        (folder / "mine-too" / "SKILL.md").write_text("---\nname: mine-too\n---\nby hand\n")
+        assert agent.sync().status_code == 200
+        state = {p: (folder / p).read_bytes() for p in ("alpha-one/SKILL.md", "beta-two/SKILL.md")}
+
+        # Both change; the store has lost alpha's bundle: the sync fails as a whole.
+        for command in ids:
+            resp = client.sac("PATCH", f"skills/{ids[command]}", json={"body": BODY + "\nNew.\n"})
+            assert resp.status_code == 200, resp.text
+        blob = stack["data_dir"] / "objects" / "skill-bundles" / f"{sha}.tar.gz"
+        saved = blob.read_bytes()
+        blob.unlink()
+        failed = agent.sync()
+        assert failed.status_code == 502 and failed.json()["error"] == "sync_failed", failed.text
+        for path, data in state.items():
+            assert (folder / path).read_bytes() == data, f"{path} changed by a failed sync"
+        assert (folder / "alpha-one" / "notes.md").read_bytes() == b"alpha notes\n"
+        assert not [p.name for p in folder.iterdir() if p.name.startswith(".sac-st")]
+
+        # The object is back: the next sync completes both.
+        blob.write_bytes(saved)
+        assert agent.sync().status_code == 200
+        assert "New." in (folder / "alpha-one" / "SKILL.md").read_text()
+        assert "New." in (folder / "beta-two" / "SKILL.md").read_text()
+
+        # A skill named like the user's own folder is reported, never written over it.
+        mine = client.sac("POST", "skills", json=skill("mine-too"))
+        resp = client.sac(
+            "POST", f"users/{user}/agents/{slug}/skills", json={"skill_id": mine.json()["id"]}
+        )
+        assert resp.status_code == 201, resp.text
+        status = agent.sync().json()["sync"]
+        assert status["conflicts"] == ["mine-too"]
+        assert (folder / "mine-too" / "SKILL.md").read_text().endswith("by hand\n")
+        assert "mine-too" not in [s["command"] for s in agent.installed()["skills"]]
