@@ -26,7 +26,7 @@ _COLUMNS = (
     "s.id, s.owner, s.command, s.title, s.description, s.body, s.parameters, s.prompt,"
     " s.tags, s.visibility, s.group_name, s.version, s.parent_id, s.bundle_sha256,"
     " s.bundle_files, s.bundle_size, s.checksum, s.created_at, s.updated_at,"
-    " (SELECT count(*) FROM skill_installs i WHERE i.skill_id = s.id) AS installs"
+    " s.installs"
 )
 
 
@@ -266,7 +266,7 @@ class Skills:
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 f"SELECT {_COLUMNS} FROM skills s WHERE {' AND '.join(where)}"
-                " ORDER BY installs DESC, s.updated_at DESC, s.id DESC"
+                " ORDER BY s.installs DESC, s.updated_at DESC, s.id DESC"
                 " LIMIT %(limit)s OFFSET %(offset)s",
                 {**params, "limit": limit, "offset": offset},
             )
