@@ -32,6 +32,11 @@ from typing import IO, Any
 
 import yaml
 
+# libyaml's safe loader and dumper when PyYAML has them: the pure-Python ones made
+# rendering 200 skills' front matter half of a cold sync's CPU time.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
 COMMAND_RE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 PARAM_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 PLACEHOLDER_RE = re.compile(r"\{\{\s*([a-z][a-z0-9_]*)\s*\}\}")
@@ -291,7 +296,8 @@ def skill_markdown(spec: SkillSpec) -> str:
     if spec.parameters and "$ARGUMENTS" not in body:
         text += "\n## Parameters\n\n" + "\n".join(map(_parameter_line, spec.parameters))
         text += "\n\n## This request\n\n$ARGUMENTS\n"
-    return "---\n" + yaml.safe_dump(front, allow_unicode=True, sort_keys=False) + "---\n\n" + text
+    front_matter = yaml.dump(front, Dumper=_YAML_DUMPER, allow_unicode=True, sort_keys=False)
+    return "---\n" + front_matter + "---\n\n" + text
 
 
 def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
@@ -301,7 +307,7 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
     if end < 0:
         return {}, text
     try:
-        front = yaml.safe_load(text[4:end]) or {}
+        front = yaml.load(text[4:end], Loader=_YAML_LOADER) or {}
     except yaml.YAMLError:
         raise SkillError("body", "the SKILL.md front matter is not valid YAML") from None
     if not isinstance(front, dict):
@@ -502,7 +508,7 @@ def pack_bundle(files: dict[str, bytes]) -> bytes:
 def load_skill_dir(path: Path) -> SkillSpec:
     """A skill folder: skill.yaml, SKILL.md and any other files (the bundle)."""
     try:
-        meta = yaml.safe_load((path / "skill.yaml").read_text("utf-8"))
+        meta = yaml.load((path / "skill.yaml").read_text("utf-8"), Loader=_YAML_LOADER)
         body = (path / "SKILL.md").read_text("utf-8")
     except (OSError, yaml.YAMLError) as e:
         raise SkillError(path.name, f"unreadable skill folder: {e}") from None

@@ -20,6 +20,7 @@ New and decided requests are emitted as jupyter_events
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
@@ -67,6 +68,8 @@ class ServiceClient:
             timeout=httpx.Timeout(WAIT_SLICE + 15, connect=10),
             headers={"Authorization": f"Bearer {token}"},
         )
+        # Presigned object-store URLs carry their own signature: no token goes there.
+        self.plain = httpx.AsyncClient(timeout=60)
 
     async def _call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
         try:
@@ -109,13 +112,22 @@ class ServiceClient:
         data = resp.json()
         return data["etag"], data["skills"]
 
+    async def skill_bundles(self, ids: list[int]) -> dict[str, bytes]:
+        """Bundles of installed skills in one request, by sha256; big ones are left
+        out (fetch those with ``skill_bundle``)."""
+        data = await self._call("POST", "agent/skills/bundles", json={"ids": ids})
+        try:
+            bundles = data["bundles"].items()
+            return {sha: base64.b64decode(b64, validate=True) for sha, b64 in bundles}
+        except (KeyError, AttributeError, ValueError) as e:
+            raise ServiceError(f"bad bundles answer: {type(e).__name__}") from e
+
     async def skill_bundle(self, skill_id: int, presigned_url: str | None) -> bytes:
         """An installed skill's bundle: from the object store when the service gave a
         presigned URL (no credentials of ours go there), else through the service."""
         try:
             if presigned_url:
-                async with httpx.AsyncClient(timeout=60) as plain:
-                    resp = await plain.get(presigned_url)
+                resp = await self.plain.get(presigned_url)
             else:
                 resp = await self.client.get(self.base + f"agent/skills/{skill_id}/bundle")
         except httpx.HTTPError as e:
@@ -126,6 +138,7 @@ class ServiceClient:
 
     async def close(self) -> None:
         await self.client.aclose()
+        await self.plain.aclose()
 
 
 class HitlBridge:

@@ -23,6 +23,12 @@ def _op(summary: str, *errors: int, body: dict | None = None, ok: str = "200") -
 
 
 SESSION = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+COMMAND = {
+    "name": "command",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"},
+}
 HOOK = "Claude Code hook entry point only (X-SAC-Hook-Secret; not a user API)"
 
 
@@ -98,11 +104,8 @@ def document(base_url: str) -> dict[str, Any]:
                             },
                         },
                     ),
-                    "parameters": [
-                        {"name": "command", "in": "path", "required": True,
-                         "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"}}
-                    ],
-                }  # fmt: skip
+                    "parameters": [COMMAND],
+                }
             },
         },
     }

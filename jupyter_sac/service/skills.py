@@ -11,7 +11,11 @@ import asyncio
 import hashlib
 import json
 import logging
+import tarfile
 import time
+import unicodedata
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +49,22 @@ MAX_PAGE = 200
 
 
 BUNDLE_PREFIX = "skill-bundles/"
+# What a damaged or unsupported archive raises from zipfile/tarfile while it is read
+# (an encrypted or wrongly checksummed zip member, a name that is not UTF-8...).
+ARCHIVE_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    tarfile.TarError,
+    zlib.error,
+    EOFError,
+    OSError,
+    RuntimeError,
+    NotImplementedError,
+    UnicodeError,
+)
+# Bidirectional embedding, override and isolate controls: a name holding one shows
+# differently from what it is ("invoice\u202etxt.sh" reads as "invoicehs.txt").
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 OWNER_CACHE_SECONDS = 30
 _OWNER_VIEWS: dict[str, tuple[float, tuple[str, list[str], bool]]] = {}
 
@@ -104,6 +124,21 @@ def _content(row: dict[str, Any]) -> dict[str, Any]:
 
 def spec_of(row: dict[str, Any]) -> SkillSpec:
     return build_spec({k: row[k] for k in SPEC_FIELDS - {"body"}}, row["body"])
+
+
+def check_file_names(files: dict[str, bytes]) -> None:
+    """Refuse bundle file names a listing, a terminal or the database cannot show
+    faithfully: not UTF-8 (a tar name of raw bytes), control characters, bidi
+    controls. (A rule for ``check_bundle``; here until it moves there.)"""
+    for name in files:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise SkillError(f"bundle: {name!r}", "file names must be UTF-8") from None
+        if any(unicodedata.category(c) == "Cc" or c in BIDI_CONTROLS for c in name):
+            raise SkillError(
+                f"bundle: {name!r}", "control and bidirectional characters are not allowed"
+            )
 
 
 async def store_bundle(sac: Any, files: dict[str, bytes]) -> Bundle:
@@ -314,7 +349,8 @@ class BundleHandler(SkillBaseHandler):
     DELETE removes it. A bundle change is a new version."""
 
     def prepare(self) -> None:
-        super().prepare()
+        if self.request.method != "PUT":
+            super().prepare()  # the JSON body limit; an upload has its own below
         self._chunks: list[bytes] = []
         self._received = 0
         if self.request.method == "PUT":
@@ -344,9 +380,17 @@ class BundleHandler(SkillBaseHandler):
             raise bad("bundle", "the request body must be a tar, tar.gz or zip archive")
         try:
             files = await asyncio.to_thread(read_bundle, data)
+            check_file_names(files)
         except SkillError as e:
             raise ApiError(
                 400, "invalid_bundle", f"{e.field}: {e.message}", field="bundle"
+            ) from None
+        except ARCHIVE_ERRORS as e:
+            raise ApiError(
+                400,
+                "invalid_bundle",
+                f"bundle: not a readable tar or zip archive ({e})",
+                field="bundle",
             ) from None
         if not files:
             raise bad("bundle", "the archive holds no files (DELETE removes a bundle)")
@@ -361,7 +405,9 @@ class BundleHandler(SkillBaseHandler):
         unused = await self.sac.store.skills.set_bundle(row["id"], spec_of(row), bundle)
         await drop_bundle(self.sac, unused)
         updated = await self.sac.store.skills.get(row["id"])
-        assert updated is not None
+        if updated is None:  # deleted meanwhile: do not keep the new bundle
+            await drop_bundle(self.sac, bundle.sha256)
+            raise ApiError(404, "not_found", "no such skill")
         self.write_json(skill_model(updated))
 
 
