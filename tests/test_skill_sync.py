@@ -145,6 +145,18 @@ def test_installed_skills_sync_run_update_and_leave(stack: dict, fake: str, new_
         assert f"- {cmd}: Plots one column of a CSV ({cmd})." in seen
         assert "- shared-plot: Plots one column" in seen
 
+        # The same skill typed into the Claude terminal (started for the run).
+        term = agent.run(cmd, values={"file": "t.csv", "style": "line"}, mode="terminal")
+        assert term.status_code == 202, term.text
+        assert term.json()["mode"] == "terminal"
+        wanted = "Plot t.csv as a line chart with 10 bins since ."
+        typed = poll_until(
+            lambda: [r for r in model_requests(fake) if wanted in texts(r)],
+            90,
+            "the model call of the terminal run",
+        )
+        assert "Read the file and plot it." in texts(typed[0])
+
         # Bad values are refused before anything reaches the agent.
         count = len(model_requests(fake))
         for values, field in [
