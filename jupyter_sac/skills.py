@@ -56,6 +56,10 @@ MAX_BUNDLE_FILE_BYTES = 20 * 1024 * 1024
 MAX_BUNDLE_BYTES = 50 * 1024 * 1024
 MAX_COMPRESSION_RATIO = 100  # more than this is treated as a decompression bomb
 MAX_PATH_LENGTH = 255
+# Below this many unpacked bytes a high compression ratio is harmless (a page of
+# blank lines compresses 1000:1); above it, over 100:1 is treated as a bomb.
+RATIO_CHECK_BYTES = 1024 * 1024
+_UNSAFE_NAME = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 class SkillError(ValueError):
@@ -369,7 +373,9 @@ def check_bundle(entries: Iterable[BundleEntry]) -> list[BundleEntry]:
         if entry.kind not in ("file", "dir"):
             raise SkillError(field, f"only regular files and folders ({entry.kind} found)")
         name = entry.name
-        if not name or len(name) > MAX_PATH_LENGTH or "\x00" in name or "\\" in name:
+        if not name or len(name) > MAX_PATH_LENGTH or "\\" in name or _UNSAFE_NAME.search(name):
+            # Control characters and bidi overrides let a name display as another
+            # (``report\u202egnp.exe``) in listings and terminals.
             raise SkillError(field, "not an acceptable file name")
         path = PurePosixPath(name)
         if path.is_absolute() or name.startswith("/"):
@@ -384,8 +390,10 @@ def check_bundle(entries: Iterable[BundleEntry]) -> list[BundleEntry]:
         seen.add(key)
         if entry.size > MAX_BUNDLE_FILE_BYTES:
             raise SkillError(field, f"files are limited to {MAX_BUNDLE_FILE_BYTES} bytes")
-        if entry.compressed is not None and entry.size > MAX_COMPRESSION_RATIO * max(
-            entry.compressed, 1
+        if (
+            entry.compressed is not None
+            and entry.size > RATIO_CHECK_BYTES
+            and entry.size > MAX_COMPRESSION_RATIO * max(entry.compressed, 1)
         ):
             raise SkillError(field, "compressed more than 100:1 (a decompression bomb?)")
         total += entry.size
@@ -474,7 +482,7 @@ def read_bundle(data: bytes) -> dict[str, bytes]:
 
 def _check_ratio(files: list[BundleEntry], compressed: int) -> None:
     total = sum(e.size for e in files)
-    if total > MAX_COMPRESSION_RATIO * max(compressed, 1) and total > 1024 * 1024:
+    if total > MAX_COMPRESSION_RATIO * max(compressed, 1) and total > RATIO_CHECK_BYTES:
         raise SkillError("bundle", "compressed more than 100:1 (a decompression bomb?)")
 
 

@@ -184,6 +184,23 @@ def test_a_clean_bundle_passes_and_limits_hold() -> None:
         check_bundle([BundleEntry(f"f{i}", "file", 1) for i in range(201)])
 
 
+@pytest.mark.parametrize(
+    "name", ["notes\nmore.md", "report\u202egnp.exe", "tab\there", "esc\x1b[31m.md", "del\x7f"]
+)
+def test_names_that_display_as_something_else_are_refused(name: str) -> None:
+    with pytest.raises(SkillError, match="acceptable file name") as info:
+        check_bundle([BundleEntry("ok.md", "file", 1), BundleEntry(name, "file", 1)])
+    assert repr(name) in info.value.field
+
+
+def test_unicode_names_and_small_very_compressible_files_are_fine() -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("café/naïve-日本.md", "# Notes\n" + "\n" * 200_000)  # ~1000:1, 200 kB
+    data = buf.getvalue()
+    assert read_bundle(data) == {"café/naïve-日本.md": ("# Notes\n" + "\n" * 200_000).encode()}
+
+
 def test_zip_bomb_and_zip_symlink_are_refused() -> None:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
