@@ -252,6 +252,9 @@ def validate_values(params: tuple[Parameter, ...], values: Any) -> dict[str, Any
 # ---- rendering --------------------------------------------------------------------
 
 
+NOT_GIVEN = "(not given)"
+
+
 def _format(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -260,7 +263,11 @@ def render_prompt(spec: SkillSpec, values: dict[str, Any]) -> str:
     """The message a run sends to the agent: the template with the values in, or a
     call of the skill listing the values."""
     if spec.prompt:
-        text = PLACEHOLDER_RE.sub(lambda m: _format(values.get(m[1], "")), spec.prompt)
+        # An optional value left out reads as such ("since (not given).") rather
+        # than vanishing into a sentence the model then has to guess at.
+        text = PLACEHOLDER_RE.sub(
+            lambda m: _format(values[m[1]]) if m[1] in values else NOT_GIVEN, spec.prompt
+        )
         return text.strip()
     lines = [f"Use the {spec.command} skill."]
     lines += [f"- {name}: {_format(value)}" for name, value in values.items()]

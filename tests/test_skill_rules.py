@@ -80,6 +80,9 @@ def test_values_are_typed_defaulted_and_rendered() -> None:
     assert run_command(spec, values) == (
         "/plot-it Plot a.csv as a bar chart with 25 bins since 2026-02-01."
     )
+    # an optional value left out says so
+    unset = validate_values(spec.parameters, {"file": "a.csv"})
+    assert render_prompt(spec, unset) == "Plot a.csv as a bar chart with 10 bins since (not given)."
     md = skill_markdown(spec)
     front = yaml.safe_load(md.split("---")[1])
     assert front["argument-hint"] == "<file> [bins] [since] [style]"

@@ -149,7 +149,7 @@ def test_installed_skills_sync_run_update_and_leave(stack: dict, fake: str, new_
         term = agent.run(cmd, values={"file": "t.csv", "style": "line"}, mode="terminal")
         assert term.status_code == 202, term.text
         assert term.json()["mode"] == "terminal"
-        wanted = "Plot t.csv as a line chart with 10 bins since ."
+        wanted = "Plot t.csv as a line chart with 10 bins since (not given)."
         typed = poll_until(
             lambda: [r for r in model_requests(fake) if wanted in texts(r)],
             90,
