@@ -24,6 +24,7 @@ import io
 import re
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -375,6 +376,7 @@ def check_bundle(entries: Iterable[BundleEntry]) -> list[BundleEntry]:
     bomb is refused before the rest of it is read."""
     files, total = [], 0
     seen: set[str] = set()
+    folders: set[str] = set()
     for entry in entries:
         field = f"bundle: {entry.name!r}"
         if entry.kind not in ("file", "dir"):
@@ -384,6 +386,11 @@ def check_bundle(entries: Iterable[BundleEntry]) -> list[BundleEntry]:
             # Control characters and bidi overrides let a name display as another
             # (``report\u202egnp.exe``) in listings and terminals.
             raise SkillError(field, "not an acceptable file name")
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            # a tar name of raw bytes arrives as lone surrogates: no JSON, no database
+            raise SkillError(field, "file names must be UTF-8") from None
         path = PurePosixPath(name)
         if path.is_absolute() or name.startswith("/"):
             raise SkillError(field, "absolute paths are not allowed")
@@ -394,7 +401,12 @@ def check_bundle(entries: Iterable[BundleEntry]) -> list[BundleEntry]:
         key = str(path)
         if key in seen or key == "SKILL.md":
             raise SkillError(field, "duplicate file (SKILL.md is the skill's body)")
+        # A file cannot also be a folder on disk ("data" and "data/a.csv").
+        parents = {str(p) for p in path.parents if str(p) != "."}
+        if key in folders or parents & seen:
+            raise SkillError(field, "a file and a folder of the same name")
         seen.add(key)
+        folders |= parents
         if entry.size > MAX_BUNDLE_FILE_BYTES:
             raise SkillError(field, f"files are limited to {MAX_BUNDLE_FILE_BYTES} bytes")
         if (
@@ -459,6 +471,29 @@ def read_bundle(data: bytes) -> dict[str, bytes]:
     more than a header declares) and enforced again while reading."""
     if len(data) > MAX_BUNDLE_BYTES:
         raise SkillError("bundle", f"bundles are limited to {MAX_BUNDLE_BYTES} bytes")
+    try:
+        return _read_archive(data)
+    except ARCHIVE_ERRORS as e:
+        raise SkillError("bundle", f"not a readable tar or zip archive ({e})") from None
+
+
+# What a damaged or unsupported archive raises from zipfile/tarfile while it is read
+# (a wrongly checksummed or encrypted zip member, an unknown compression method, a
+# truncated gzip stream, a name that is not UTF-8 ...).
+ARCHIVE_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    tarfile.TarError,
+    zlib.error,
+    EOFError,
+    OSError,
+    RuntimeError,
+    NotImplementedError,
+    UnicodeError,
+)
+
+
+def _read_archive(data: bytes) -> dict[str, bytes]:
     raw = io.BytesIO(data)
     if zipfile.is_zipfile(raw):
         with zipfile.ZipFile(raw) as archive:
@@ -466,25 +501,22 @@ def read_bundle(data: bytes) -> dict[str, bytes]:
             _check_ratio(files, len(data))
             return {e.name: _read_capped(archive.open(e.name), e.name) for e in files}
     raw.seek(0)
-    try:
-        with tarfile.open(fileobj=raw, mode="r:*") as tar:
-            members: dict[str, tarfile.TarInfo] = {}
+    with tarfile.open(fileobj=raw, mode="r:*") as tar:
+        members: dict[str, tarfile.TarInfo] = {}
 
-            def listing() -> Iterator[BundleEntry]:
-                for info in tar:
-                    members[info.name] = info
-                    yield _tar_entry(info)
+        def listing() -> Iterator[BundleEntry]:
+            for info in tar:
+                members[info.name] = info
+                yield _tar_entry(info)
 
-            files = check_bundle(listing())
-            _check_ratio(files, len(data))
-            out = {}
-            for entry in files:
-                member = tar.extractfile(members[entry.name])
-                assert member is not None  # a regular file
-                out[str(PurePosixPath(entry.name))] = _read_capped(member, entry.name)
-            return out
-    except (tarfile.TarError, EOFError, OSError, zipfile.BadZipFile) as e:
-        raise SkillError("bundle", f"not a readable tar or zip archive ({e})") from None
+        files = check_bundle(listing())
+        _check_ratio(files, len(data))
+        out = {}
+        for entry in files:
+            member = tar.extractfile(members[entry.name])
+            assert member is not None  # a regular file
+            out[str(PurePosixPath(entry.name))] = _read_capped(member, entry.name)
+        return out
 
 
 def _check_ratio(files: list[BundleEntry], compressed: int) -> None:

@@ -196,6 +196,19 @@ def test_names_that_display_as_something_else_are_refused(name: str) -> None:
     assert repr(name) in info.value.field
 
 
+@pytest.mark.parametrize(
+    "names",
+    [["data", "data/a.csv"], ["data/a.csv", "data"], ["a/b/c.md", "a/b"], ["x.md", "x.md/y"]],
+)
+def test_a_file_and_a_folder_of_one_name_are_refused(names: list[str]) -> None:
+    with pytest.raises(SkillError, match="a file and a folder") as info:
+        check_bundle([BundleEntry(n, "file", 1) for n in names])
+    assert repr(names[1]) in info.value.field
+    assert [
+        e.name for e in check_bundle([BundleEntry("a/b", "file", 1), BundleEntry("a/c", "file", 1)])
+    ]
+
+
 def test_unicode_names_and_small_very_compressible_files_are_fine() -> None:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:

@@ -100,7 +100,8 @@ def test_install_uninstall_and_collisions(new_user) -> None:
     assert user.sac("GET", f"skills/{official['id']}").json()["installs"] >= 1
 
     other = user.sac("POST", "skills", json=_skill("greeter")).json()
-    assert user.sac("POST", path, json={"skill_id": other["id"]}).status_code == 201
+    installed = user.sac("POST", path, json={"skill_id": other["id"]})
+    assert installed.status_code == 201 and installed.json()["installs"] == 1
     # Deleting a skill removes its installs.
     assert user.sac("DELETE", f"skills/{other['id']}").status_code == 204
     assert [s["command"] for s in user.sac("GET", path).json()["skills"]] == ["draft-sql"]

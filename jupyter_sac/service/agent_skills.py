@@ -1,6 +1,11 @@
-"""Skill bundles for sandboxes, many at once (agent token only).
+"""The skills API for sandboxes (the agent's own token only): what to install,
+and the bundles.
 
-A cold sync of a few hundred installed skills fetched each bundle in its own
+``GET api/agent/skills`` is the manifest of the agent's installed skills that its
+owner may still read, with an ETag so a poll with nothing changed is one small
+query and a 304. ``POST api/agent/skills/bundles`` returns small bundles inline
+and ``GET api/agent/skills/{id}/bundle`` streams one (for stores that cannot
+presign). A cold sync of a few hundred installed skills fetched each bundle in its own
 request through the hub's proxy: ~200 round trips, most of a second. Bundles are
 small and content-addressed, so the sandbox asks for the ones it lacks in one
 request and gets them inline; big ones (over ``INLINE_BUNDLE_BYTES``) are left
@@ -11,13 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import json
+import time
 from typing import Any
 
 from ..objects import ObjectNotFound
 from .base import BaseHandler
 from .errors import ApiError
-from .openapi import _op, _resp
-from .skills import bundle_key, owner_view
+from .openapi import _op, _path_params, _resp
+from .skills import bundle_key, bundle_model, content_fields, stream_object
 from .validation import bad, check_fields
 
 # A bundle this small travels inline; a bigger one gets its own download.
@@ -27,6 +35,80 @@ INLINE_TOTAL_BYTES = 16 * 1024 * 1024
 MAX_IDS = 1000
 # Object store reads in flight for one request.
 READ_CONCURRENCY = 8
+# How long the owner's groups and admin flag (from the hub) are reused.
+OWNER_CACHE_SECONDS = 30
+_OWNER_VIEWS: dict[str, tuple[float, tuple[str, list[str], bool]]] = {}
+
+
+def manifest_entry(row: dict[str, Any]) -> dict[str, Any]:
+    """What a sandbox needs to materialise one installed skill."""
+    return {
+        "id": row["id"],
+        **content_fields(row),
+        "version": row["version"],
+        "checksum": row["checksum"],
+        "bundle": bundle_model(row),
+    }
+
+
+def manifest_etag(rows: list[dict[str, Any]]) -> str:
+    # The checksum covers content and bundle; id and command cover installs and renames.
+    keys = [(r["id"], r["command"], r["checksum"]) for r in rows]
+    return '"' + hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:32] + '"'
+
+
+class AgentManifestHandler(BaseHandler):
+    """GET api/agent/skills (agent token): what the sandbox should have installed.
+
+    Answers 304 to a matching If-None-Match, so polling costs one small query."""
+
+    async def get(self) -> None:
+        agent = await self.require_agent()
+        rows = await self.sac.store.skills.installed(
+            agent.id, visible_to=await owner_view(self.sac, agent.owner)
+        )
+        etag = manifest_etag(rows)
+        self.set_header("ETag", etag)
+        if etag in self.request.headers.get("If-None-Match", ""):
+            self.set_status(304)
+            self.finish()
+            return
+        entries = [manifest_entry(r) for r in rows]
+        for entry in entries:
+            if entry["bundle"]:
+                # S3: the sandbox fetches straight from the store, without credentials.
+                entry["bundle"]["url"] = self.sac.objects.presign_get(
+                    bundle_key(entry["bundle"]["sha256"]), expires=300
+                )
+        self.write_json({"skills": entries, "etag": etag})
+
+
+class AgentBundleHandler(BaseHandler):
+    """GET api/agent/skills/{id}/bundle (agent token): an installed skill's bundle,
+    for stores that cannot presign (the local store)."""
+
+    async def get(self, skill_id: str) -> None:
+        agent = await self.require_agent()
+        rows = skill_id.isdigit() and await self.sac.store.skills.installed(
+            agent.id, visible_to=await owner_view(self.sac, agent.owner), skill_id=int(skill_id)
+        )
+        if not rows or not rows[0]["bundle_sha256"]:
+            raise ApiError(404, "not_found", "no such installed skill with a bundle")
+        row = rows[0]
+        await stream_object(self, bundle_key(row["bundle_sha256"]), f"{row['command']}.tar.gz")
+
+
+async def owner_view(sac: Any, owner: str) -> tuple[str, list[str], bool]:
+    """(name, groups, admin) of an agent's owner, from the hub, briefly cached: the
+    visibility of installed skills follows group membership."""
+    cache = _OWNER_VIEWS
+    hit = cache.get(owner)
+    if hit and time.monotonic() - hit[0] < OWNER_CACHE_SECONDS:
+        return hit[1]
+    user = await sac.hub.get_user(owner) or {}
+    view = (owner, list(user.get("groups") or []), bool(user.get("admin")))
+    cache[owner] = (time.monotonic(), view)
+    return view
 
 
 class AgentBundlesHandler(BaseHandler):
@@ -84,11 +166,32 @@ class AgentBundlesHandler(BaseHandler):
 
 
 def routes(prefix: str) -> list[tuple[str, Any]]:
-    return [(prefix + "api/agent/skills/bundles", AgentBundlesHandler)]
+    return [
+        (prefix + "api/agent/skills", AgentManifestHandler),
+        (prefix + "api/agent/skills/bundles", AgentBundlesHandler),
+        (prefix + r"api/agent/skills/([^/]+)/bundle", AgentBundleHandler),
+    ]
 
 
 def openapi_paths() -> dict[str, Any]:
+    sid = _path_params("id")
     return {
+        "/api/agent/skills": {
+            "get": _op(
+                "The calling agent's installed skills, for sync (agent token; ETag)",
+                {"200": _resp("manifest"), "304": _resp("unchanged")},
+                401,
+            ),
+        },
+        "/api/agent/skills/{id}/bundle": {
+            "get": _op(
+                "An installed skill's bundle (agent token)",
+                {"200": _resp("the archive")},
+                401,
+                404,
+                params=sid,
+            ),
+        },
         "/api/agent/skills/bundles": {
             "post": _op(
                 "Sandbox only (agent token): bundles of installed skills, inline by sha256",
@@ -101,5 +204,5 @@ def openapi_paths() -> dict[str, Any]:
                     "properties": {"ids": {"type": "array", "items": {"type": "integer"}}},
                 },
             )
-        }
+        },
     }

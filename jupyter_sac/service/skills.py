@@ -9,13 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
-import tarfile
-import time
-import unicodedata
-import zipfile
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -49,24 +43,10 @@ MAX_PAGE = 200
 
 
 BUNDLE_PREFIX = "skill-bundles/"
-# What a damaged or unsupported archive raises from zipfile/tarfile while it is read
-# (an encrypted or wrongly checksummed zip member, a name that is not UTF-8...).
-ARCHIVE_ERRORS = (
-    zipfile.BadZipFile,
-    zipfile.LargeZipFile,
-    tarfile.TarError,
-    zlib.error,
-    EOFError,
-    OSError,
-    RuntimeError,
-    NotImplementedError,
-    UnicodeError,
-)
-# Bidirectional embedding, override and isolate controls: a name holding one shows
-# differently from what it is ("invoice\u202etxt.sh" reads as "invoicehs.txt").
-BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-OWNER_CACHE_SECONDS = 30
-_OWNER_VIEWS: dict[str, tuple[float, tuple[str, list[str], bool]]] = {}
+# The most of an over-large upload read (and dropped) to answer it with a 413.
+DRAIN_BYTES = 2 * MAX_BUNDLE_BYTES
+# The most of an upload read (and dropped) to answer a caller who may not make it.
+REFUSED_DRAIN_BYTES = 1024 * 1024
 
 
 def bundle_key(sha256: str) -> str:
@@ -88,7 +68,7 @@ def skill_model(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": row["id"],
         "owner": row["owner"] or None,
-        **_content(row),
+        **content_fields(row),
         "visibility": row["visibility"],
         "group": row["group_name"],
         "version": row["version"],
@@ -100,45 +80,13 @@ def skill_model(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def manifest_entry(row: dict[str, Any]) -> dict[str, Any]:
-    """What a sandbox needs to materialise one installed skill."""
-    return {
-        "id": row["id"],
-        **_content(row),
-        "version": row["version"],
-        "checksum": row["checksum"],
-        "bundle": bundle_model(row),
-    }
-
-
-def manifest_etag(rows: list[dict[str, Any]]) -> str:
-    # The checksum covers content and bundle; id and command cover installs and renames.
-    keys = [(r["id"], r["command"], r["checksum"]) for r in rows]
-    return '"' + hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:32] + '"'
-
-
-def _content(row: dict[str, Any]) -> dict[str, Any]:
+def content_fields(row: dict[str, Any]) -> dict[str, Any]:
     """A stored skill's content fields, as a create body would give them."""
     return {key: row[key] for key in SPEC_FIELDS}
 
 
 def spec_of(row: dict[str, Any]) -> SkillSpec:
     return build_spec({k: row[k] for k in SPEC_FIELDS - {"body"}}, row["body"])
-
-
-def check_file_names(files: dict[str, bytes]) -> None:
-    """Refuse bundle file names a listing, a terminal or the database cannot show
-    faithfully: not UTF-8 (a tar name of raw bytes), control characters, bidi
-    controls. (A rule for ``check_bundle``; here until it moves there.)"""
-    for name in files:
-        try:
-            name.encode("utf-8")
-        except UnicodeEncodeError:
-            raise SkillError(f"bundle: {name!r}", "file names must be UTF-8") from None
-        if any(unicodedata.category(c) == "Cc" or c in BIDI_CONTROLS for c in name):
-            raise SkillError(
-                f"bundle: {name!r}", "control and bidirectional characters are not allowed"
-            )
 
 
 async def store_bundle(sac: Any, files: dict[str, bytes]) -> Bundle:
@@ -271,7 +219,7 @@ class SkillHandler(SkillBaseHandler):
         check_fields(body, SPEC_FIELDS | {"visibility", "group"})
         if "command" in body and body["command"] != row["command"]:
             raise bad("command", "the command of a skill cannot change (fork it instead)")
-        spec = self.spec({**_content(row), **body})
+        spec = self.spec({**content_fields(row), **body})
         group = body.get("group", row["group_name"] if "visibility" not in body else None)
         tier = self.tier({"visibility": body.get("visibility", row["visibility"]), "group": group})
         updated = await self.sac.store.skills.update(
@@ -295,7 +243,7 @@ class ForkHandler(SkillBaseHandler):
         row = await self.readable(skill_id)
         body = self.json_body() if self.request.body else {}
         check_fields(body, {"command"})
-        spec = self.spec({**_content(row), **body})
+        spec = self.spec({**content_fields(row), **body})
         forked = await self.create(
             self.viewer.name, spec, ("private", None), parent=row["id"], bundle=Bundle.of(row)
         )
@@ -327,7 +275,7 @@ class AgentSkillsHandler(SkillBaseHandler):
                 f"the agent already has another skill named {row['command']!r}",
                 field="skill_id",
             ) from None
-        self.write_json(skill_model(row), 201)
+        self.write_json(skill_model(await self.readable(str(skill_id))), 201)
 
 
 class AgentSkillHandler(AgentSkillsHandler):
@@ -348,20 +296,34 @@ class BundleHandler(SkillBaseHandler):
     uploaded tar/tar.gz/zip (checked entry by entry, stored as a canonical tar.gz),
     DELETE removes it. A bundle change is a new version."""
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         if self.request.method != "PUT":
             super().prepare()  # the JSON body limit; an upload has its own below
         self._chunks: list[bytes] = []
         self._received = 0
+        self._refused: ApiError | None = None
         if self.request.method == "PUT":
+            # Who may upload is settled before the body is read: a caller who may not
+            # change the skill gets its 401/403/404 after at most REFUSED_DRAIN_BYTES
+            # are read and dropped, not after the service has taken in 50 MiB.
+            try:
+                self._row = await self.editable(self.path_args[0])
+            except ApiError as e:
+                self._refused = e
+                self.request.connection.set_max_body_size(REFUSED_DRAIN_BYTES)
+                return
+            # An upload somewhat over the limit is read to its end (and dropped) so
+            # that put() can answer 413: answering before the body is in means
+            # closing the connection mid-upload, and the hub's proxy then tells the
+            # client 503. Beyond DRAIN_BYTES the connection is cut all the same.
             declared = self.request.headers.get("Content-Length", "")
-            if declared.isdigit() and int(declared) > MAX_BUNDLE_BYTES:
+            if declared.isdigit() and int(declared) > DRAIN_BYTES:
                 raise ApiError(413, "too_large", f"bundles are limited to {MAX_BUNDLE_BYTES} bytes")
-            self.request.connection.set_max_body_size(MAX_BUNDLE_BYTES + 1)
+            self.request.connection.set_max_body_size(DRAIN_BYTES)
 
     def data_received(self, chunk: bytes) -> None:
         self._received += len(chunk)
-        if self._received <= MAX_BUNDLE_BYTES:
+        if self._refused is None and self._received <= MAX_BUNDLE_BYTES:
             self._chunks.append(chunk)
 
     async def get(self, skill_id: str) -> None:
@@ -372,7 +334,9 @@ class BundleHandler(SkillBaseHandler):
         await stream_object(self, bundle_key(row["bundle_sha256"]), name)
 
     async def put(self, skill_id: str) -> None:
-        row = await self.editable(skill_id)
+        if self._refused is not None:
+            raise self._refused
+        row = self._row
         if self._received > MAX_BUNDLE_BYTES:
             raise ApiError(413, "too_large", f"bundles are limited to {MAX_BUNDLE_BYTES} bytes")
         data = b"".join(self._chunks)
@@ -380,22 +344,19 @@ class BundleHandler(SkillBaseHandler):
             raise bad("bundle", "the request body must be a tar, tar.gz or zip archive")
         try:
             files = await asyncio.to_thread(read_bundle, data)
-            check_file_names(files)
         except SkillError as e:
             raise ApiError(
                 400, "invalid_bundle", f"{e.field}: {e.message}", field="bundle"
             ) from None
-        except ARCHIVE_ERRORS as e:
-            raise ApiError(
-                400,
-                "invalid_bundle",
-                f"bundle: not a readable tar or zip archive ({e})",
-                field="bundle",
-            ) from None
         if not files:
             raise bad("bundle", "the archive holds no files (DELETE removes a bundle)")
         bundle = await store_bundle(self.sac, files)
-        await self._replace(row, bundle)
+        try:
+            await self._replace(row, bundle)
+        except Exception:
+            # The object went in first; without its row it would be an orphan.
+            await drop_bundle(self.sac, bundle.sha256)
+            raise
 
     async def delete(self, skill_id: str) -> None:
         row = await self.editable(skill_id)
@@ -426,60 +387,6 @@ async def stream_object(handler: BaseHandler, key: str, filename: str) -> None:
     handler.finish()
 
 
-class AgentManifestHandler(BaseHandler):
-    """GET api/agent/skills (agent token): what the sandbox should have installed.
-
-    Answers 304 to a matching If-None-Match, so polling costs one small query."""
-
-    async def get(self) -> None:
-        agent = await self.require_agent()
-        rows = await self.sac.store.skills.installed(
-            agent.id, visible_to=await owner_view(self.sac, agent.owner)
-        )
-        etag = manifest_etag(rows)
-        self.set_header("ETag", etag)
-        if etag in self.request.headers.get("If-None-Match", ""):
-            self.set_status(304)
-            self.finish()
-            return
-        entries = [manifest_entry(r) for r in rows]
-        for entry in entries:
-            if entry["bundle"]:
-                # S3: the sandbox fetches straight from the store, without credentials.
-                entry["bundle"]["url"] = self.sac.objects.presign_get(
-                    bundle_key(entry["bundle"]["sha256"]), expires=300
-                )
-        self.write_json({"skills": entries, "etag": etag})
-
-
-class AgentBundleHandler(BaseHandler):
-    """GET api/agent/skills/{id}/bundle (agent token): an installed skill's bundle,
-    for stores that cannot presign (the local store)."""
-
-    async def get(self, skill_id: str) -> None:
-        agent = await self.require_agent()
-        rows = skill_id.isdigit() and await self.sac.store.skills.installed(
-            agent.id, visible_to=await owner_view(self.sac, agent.owner), skill_id=int(skill_id)
-        )
-        if not rows or not rows[0]["bundle_sha256"]:
-            raise ApiError(404, "not_found", "no such installed skill with a bundle")
-        row = rows[0]
-        await stream_object(self, bundle_key(row["bundle_sha256"]), f"{row['command']}.tar.gz")
-
-
-async def owner_view(sac: Any, owner: str) -> tuple[str, list[str], bool]:
-    """(name, groups, admin) of an agent's owner, from the hub, briefly cached: the
-    visibility of installed skills follows group membership."""
-    cache = _OWNER_VIEWS
-    hit = cache.get(owner)
-    if hit and time.monotonic() - hit[0] < OWNER_CACHE_SECONDS:
-        return hit[1]
-    user = await sac.hub.get_user(owner) or {}
-    view = (owner, list(user.get("groups") or []), bool(user.get("admin")))
-    cache[owner] = (time.monotonic(), view)
-    return view
-
-
 def routes(prefix: str) -> list[tuple[str, Any]]:
     agent = prefix + r"api/users/([^/]+)/agents/([a-z0-9-]+)/skills"
     return [
@@ -487,8 +394,6 @@ def routes(prefix: str) -> list[tuple[str, Any]]:
         (prefix + r"api/skills/([^/]+)", SkillHandler),
         (prefix + r"api/skills/([^/]+)/fork", ForkHandler),
         (prefix + r"api/skills/([^/]+)/bundle", BundleHandler),
-        (prefix + "api/agent/skills", AgentManifestHandler),
-        (prefix + r"api/agent/skills/([^/]+)/bundle", AgentBundleHandler),
         (agent, AgentSkillsHandler),
         (agent + r"/([^/]+)", AgentSkillHandler),
     ]
@@ -523,14 +428,6 @@ def openapi_paths() -> dict[str, Any]:
                        body={"type": "string", "format": "binary"}),
             "delete": _op("Remove a skill's bundle", {"200": _resp("skill")}, 403, 404,
                           params=sid),
-        },
-        "/api/agent/skills": {
-            "get": _op("The calling agent's installed skills, for sync (agent token; ETag)",
-                       {"200": _resp("manifest"), "304": _resp("unchanged")}, 401),
-        },
-        "/api/agent/skills/{id}/bundle": {
-            "get": _op("An installed skill's bundle (agent token)",
-                       {"200": _resp("the archive")}, 401, 404, params=sid),
         },
         "/api/users/{user}/agents/{slug}/skills": {
             "get": _op("Skills installed in an agent", {"200": _resp("skills")}, 404, params=ua),

@@ -189,7 +189,12 @@ class Skills:
                 " body = %(body)s, parameters = %(parameters)s, prompt = %(prompt)s,"
                 " tags = %(tags)s, visibility = %(visibility)s, group_name = %(group)s,"
                 " version = version + CASE WHEN checksum <> %(checksum)s THEN 1 ELSE 0 END,"
-                " checksum = %(checksum)s, updated_at = now() WHERE id = %(id)s",
+                # "recently changed" in the marketplace means changed: a PATCH that
+                # changes nothing does not move the skill up the list.
+                " updated_at = CASE WHEN checksum <> %(checksum)s"
+                "   OR visibility <> %(visibility)s OR group_name IS DISTINCT FROM %(group)s"
+                "   THEN now() ELSE updated_at END,"
+                " checksum = %(checksum)s WHERE id = %(id)s",
                 {
                     **_values(spec),
                     "visibility": visibility,
@@ -216,7 +221,8 @@ class Skills:
                 "UPDATE skills SET bundle_sha256 = %(sha)s, bundle_files = %(files)s,"
                 " bundle_size = %(size)s,"
                 " version = version + CASE WHEN checksum <> %(checksum)s THEN 1 ELSE 0 END,"
-                " checksum = %(checksum)s, updated_at = now() WHERE id = %(id)s",
+                " updated_at = CASE WHEN checksum <> %(checksum)s THEN now() ELSE updated_at END,"
+                " checksum = %(checksum)s WHERE id = %(id)s",
                 {**bundle.values(), "checksum": checksum(spec, bundle.sha256), "id": skill_id},
             )
             if old and old != bundle.sha256 and not await _bundle_used(conn, old):
