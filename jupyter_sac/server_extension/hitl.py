@@ -282,11 +282,20 @@ class TerminalPromptWatcher:
 
     # terminado client interface
     def on_pty_read(self, text: str) -> None:
+        # Follow the PTY's size before feeding: a browser that attaches resizes the
+        # PTY and Claude redraws at the new width at once; fed into the old width,
+        # that redraw wrapped and overwrote the menu (seen as a flaky HITL test).
+        self._follow_size()
         self.screen.feed(text)
         loop = asyncio.get_running_loop()
         if self._timer is not None:
             self._timer.cancel()
         self._timer = loop.call_later(QUIET_SECONDS, self.check)
+
+    def _follow_size(self) -> None:
+        rows, cols = self.term.ptyproc.getwinsize()
+        if (rows, cols) != (self.screen.rows, self.screen.cols):
+            self.screen.resize(rows, cols)
 
     def on_pty_died(self) -> None:
         if self._timer is not None:
@@ -301,9 +310,7 @@ class TerminalPromptWatcher:
 
     def check(self) -> None:
         """Read the screen now that output has paused."""
-        rows, cols = self.term.ptyproc.getwinsize()
-        if (rows, cols) != (self.screen.rows, self.screen.cols):
-            self.screen.resize(rows, cols)
+        self._follow_size()
         match = detect(self.screen.lines(), self.screen.cursor_row)
         if match is None:
             self._answered = None
