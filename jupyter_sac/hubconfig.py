@@ -98,10 +98,27 @@ def configure(c: Any, config_file: str) -> None:
     c.JupyterHub.named_server_limit_per_user = named_server_limit
     c.JupyterHub.spawner_class = "jupyter_sac.spawner.LocalAgentSpawner"
     c.Spawner.default_url = "/lab"
+    # What $JUPYTERHUB_API_TOKEN in a sandbox may do: besides the defaults (its own
+    # server, activity), act for its user on the hub and the `sac` service, so a
+    # notebook can drive the user's agents (jupyter_sac.client). The token keeps
+    # `access:servers!server=<user>/<agent>`, which user tokens never have: the
+    # service tells a sandbox's token by it (an agent may not approve its own
+    # HITL requests).
+    c.Spawner.server_token_scopes = [
+        "access:servers!server",
+        "users:activity!user",
+        "access:servers!user",
+        "servers!user",
+        "read:users!user",
+        f"access:services!service={SERVICE_NAME}",
+    ]
     c.Spawner.http_timeout = 60
     c.Spawner.start_timeout = 120
     os.environ.setdefault("SAC_CREDENTIAL_PROXY_URL", f"{service_url}/services/{SERVICE_NAME}/llm")
     os.environ.setdefault("SAC_SERVICE_URL", f"{service_url}/services/{SERVICE_NAME}/")
+    # A sandbox reaches a hub bound to every address through the loopback one.
+    reach_ip = "127.0.0.1" if hub_ip in ("", "0.0.0.0", "::") else hub_ip
+    os.environ.setdefault("SAC_HUB_URL", f"http://{reach_ip}:{hub_port}/")
 
     c.JupyterHub.custom_scopes = {
         "custom:sac:admin": {"description": "Administer SAC: every user's agents and settings."},

@@ -317,12 +317,29 @@ class CancelHandler(HitlBaseHandler):
         self.write_json(request_model(cancelled))
 
 
+def sandbox_servers(scopes: frozenset[str]) -> set[str]:
+    """The servers ("user/agent") whose sandbox token this is: JupyterHub gives each
+    server's $JUPYTERHUB_API_TOKEN ``access:servers!server=<user>/<agent>``, which a
+    user's own tokens (``self``) never hold."""
+    prefix = "access:servers!server="
+    return {scope[len(prefix) :] for scope in scopes if scope.startswith(prefix)}
+
+
 class DecisionHandler(HitlBaseHandler):
     """POST (owner/admin): allow or deny a pending request."""
 
     async def post(self, request_id: str) -> None:
         ident = self.require_user()
         row = await self.own_request(request_id)
+        if f"{row['owner']}/{row['agent_slug']}" in sandbox_servers(ident.scopes):
+            # The token of the agent's own sandbox: its notebook and its model are
+            # indistinguishable, and an agent must not approve its own requests.
+            raise ApiError(
+                403,
+                "forbidden",
+                "a request cannot be decided from its own agent's sandbox; answer it in"
+                " the SAC sidebar, the hub, or a notebook of another agent",
+            )
         body = self.json_body()
         check_fields(body, {"decision", "reason", "option"})
         decision = body.get("decision")

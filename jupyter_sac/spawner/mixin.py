@@ -99,6 +99,16 @@ class AgentSpawnerMixin(LoggingConfigurable):
     def _default_sac_service_url(self) -> str:
         return os.environ.get("SAC_SERVICE_URL", "")
 
+    hub_public_url = Unicode(
+        help="""The hub's public URL (its proxy) as reachable from a sandbox, for notebooks
+        that drive agents (jupyter_sac.client reads it as $SAC_HUB_URL). Default:
+        $SAC_HUB_URL.""",
+    ).tag(config=True)
+
+    @default("hub_public_url")
+    def _default_hub_public_url(self) -> str:
+        return os.environ.get("SAC_HUB_URL", "")
+
     agent_environment = Dict(
         help="Extra environment variables for every sandbox (never put secrets here).",
     ).tag(config=True)
@@ -191,6 +201,7 @@ class AgentSpawnerMixin(LoggingConfigurable):
             "SAC_AGENT_PROVIDER": ctx.agent.provider,
             "SAC_RUNTIME": ctx.agent.runtime,
             "SAC_SERVICE_URL": self.sac_service_url,
+            "SAC_HUB_URL": self.hub_public_url,
             # The same per-agent token authenticates history ingest and HITL filing.
             "SAC_AGENT_TOKEN": ctx.token,
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",

@@ -1,0 +1,455 @@
+"""The asynchronous client: agents, work, skills, history and approvals.
+
+Everything goes through the hub's public URL (its proxy), with one JupyterHub
+token: the hub's REST API for starting and stopping servers, the `sac` service
+for agents, skills, history and approvals, and each agent's own server for chat
+and skill runs. Inside a sandbox the URL and token come from the environment
+(``SAC_HUB_URL``, ``JUPYTERHUB_API_TOKEN``); elsewhere pass them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import httpx
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.websocket import websocket_connect
+
+from .errors import SacError, SacTimeout, error_for
+
+# How long one request may take (a start has its own timeout).
+REQUEST_TIMEOUT = 60.0
+# The fields every chat event has; the rest is the event's own.
+ENVELOPE = ("seq", "session_id", "turn_id", "time", "type")
+
+
+@dataclass
+class Answer:
+    """The outcome of one chat turn: what the agent answered and everything it did."""
+
+    text: str
+    session_id: str
+    turn_id: str
+    events: list[dict[str, Any]] = field(default_factory=list)
+    result: dict[str, Any] | None = None
+
+    @property
+    def is_error(self) -> bool:
+        """The turn failed (the model API, the CLI) or was cancelled."""
+        if any(e["type"] == "cancelled" for e in self.events):
+            return True
+        return self.result is None or bool(self.result.get("is_error"))
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == "tool_use"]
+
+    @property
+    def cost_usd(self) -> float | None:
+        return None if self.result is None else self.result.get("cost_usd")
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _from_environment() -> tuple[str, str]:
+    url = os.environ.get("SAC_HUB_URL", "")
+    token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
+    if not url or not token:
+        raise SacError(
+            0,
+            "not_configured",
+            "no hub URL or token: pass url= and token= (a JupyterHub API token from"
+            " /hub/token), or run inside an agent's server, which sets $SAC_HUB_URL"
+            " and $JUPYTERHUB_API_TOKEN",
+        )
+    return url, token
+
+
+class AsyncClient:
+    """``await AsyncClient().agents()``; see ``jupyter_sac.client.Client`` for the
+    same calls without ``await``."""
+
+    def __init__(self, url: str | None = None, token: str | None = None):
+        if url is None or token is None:
+            env_url, env_token = _from_environment()
+            url, token = url or env_url, token or env_token
+        self.url = url.rstrip("/") + "/"
+        self.token = token
+        self.http = httpx.AsyncClient(
+            base_url=self.url,
+            headers={"Authorization": f"token {token}"},
+            timeout=httpx.Timeout(REQUEST_TIMEOUT, connect=10),
+        )
+        self._user: str | None = None
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    # ---- plumbing -------------------------------------------------------------------
+
+    async def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        """A request to ``path`` under the hub's URL; a 4xx/5xx raises its SacError."""
+        try:
+            resp = await self.http.request(method, path, **kw)
+        except httpx.TimeoutException as e:
+            raise SacTimeout(f"{method} {path}: no answer in time") from e
+        except httpx.HTTPError as e:
+            raise SacError(0, "unreachable", f"{method} {path}: {type(e).__name__}: {e}") from e
+        if resp.status_code >= 400:
+            raise error_for(resp.status_code, resp.text)
+        return resp
+
+    async def json(self, method: str, path: str, **kw: Any) -> Any:
+        resp = await self.request(method, path, **kw)
+        return resp.json() if resp.content else None
+
+    async def sac(self, method: str, path: str, **kw: Any) -> Any:
+        """The `sac` service's API (``path`` under ``services/sac/api/``)."""
+        return await self.json(method, "services/sac/api/" + path, **kw)
+
+    async def hub(self, method: str, path: str, **kw: Any) -> Any:
+        return await self.json(method, "hub/api/" + path, **kw)
+
+    async def whoami(self) -> str:
+        """The name of the user this token acts for."""
+        if self._user is None:
+            self._user = (await self.hub("GET", "user"))["name"]
+        return self._user
+
+    # ---- agents ---------------------------------------------------------------------
+
+    async def agents(self) -> list[dict[str, Any]]:
+        """My agents, each with its server state (``running``, ``pending``, ``stopped``)."""
+        listed = (await self.sac("GET", "agents"))["agents"]
+        servers = (await self.hub("GET", f"users/{quote(await self.whoami())}"))["servers"]
+        for agent in listed:
+            agent["state"] = _state(servers.get(agent["slug"]))
+        return listed
+
+    def agent(self, slug: str, owner: str | None = None) -> AsyncAgent:
+        """An agent by name (mine unless ``owner`` is given, for administrators)."""
+        return AsyncAgent(self, slug, owner)
+
+    async def create_agent(self, slug: str, **fields: Any) -> AsyncAgent:
+        """Create an agent (fields as in the service API: display_name, provider,
+        model, base_url, api_key, overrides); it is not started."""
+        created = await self.sac("POST", "agents", json={"slug": slug, **fields})
+        return AsyncAgent(self, created["slug"], created["owner"])
+
+    # ---- skills ---------------------------------------------------------------------
+
+    async def skills(self, q: str | None = None, tier: str | None = None,
+                     limit: int = 50) -> list[dict[str, Any]]:  # fmt: skip
+        """Marketplace skills I may see, most installed first."""
+        params = {k: v for k, v in {"q": q, "tier": tier, "limit": limit}.items() if v}
+        return (await self.sac("GET", "skills", params=params))["skills"]
+
+    # ---- approvals (human in the loop) -----------------------------------------------
+
+    async def pending(self, agent: str | None = None) -> list[dict[str, Any]]:
+        """HITL requests of my agents waiting for a decision, oldest first."""
+        params = {"status": "pending", **({"agent": agent} if agent else {})}
+        requests = (await self.sac("GET", "hitl/requests", params=params))["requests"]
+        return sorted(requests, key=lambda r: r["created_at"])
+
+    async def approve(self, request_id: str, option: str | None = None,
+                      reason: str | None = None) -> dict[str, Any]:  # fmt: skip
+        """Allow a request (for a terminal prompt, ``option`` picks the menu entry)."""
+        return await self._decide(request_id, "allow", option, reason)
+
+    async def deny(self, request_id: str, reason: str | None = None) -> dict[str, Any]:
+        return await self._decide(request_id, "deny", None, reason)
+
+    async def _decide(self, request_id: str, decision: str, option: str | None,
+                      reason: str | None) -> dict[str, Any]:  # fmt: skip
+        body = {"decision": decision, "option": option, "reason": reason}
+        body = {k: v for k, v in body.items() if v is not None}
+        return await self.sac("POST", f"hitl/requests/{quote(request_id)}/decision", json=body)
+
+    async def watch_pending(self, interval: float = 1.0) -> AsyncIterator[dict[str, Any]]:
+        """Each new pending request once, as it appears (polls every ``interval`` s)."""
+        seen: set[str] = set()
+        while True:
+            for request in await self.pending():
+                if request["id"] not in seen:
+                    seen.add(request["id"])
+                    yield request
+            await asyncio.sleep(interval)
+
+    def on_request(
+        self, callback: Callable[[dict[str, Any]], Awaitable[None] | None], interval: float = 1.0
+    ) -> asyncio.Task[None]:
+        """Call ``callback(request)`` for each new pending request until the returned
+        task is cancelled. The callback may approve or deny it."""
+
+        async def run() -> None:
+            async for request in self.watch_pending(interval):
+                outcome = callback(request)
+                if asyncio.iscoroutine(outcome):
+                    await outcome
+
+        return asyncio.ensure_future(run())
+
+
+def _state(server: dict[str, Any] | None) -> str:
+    if not server:
+        return "stopped"
+    if server.get("ready"):
+        return "running"
+    return "pending" if server.get("pending") else "stopped"
+
+
+class AsyncAgent:
+    """One agent: its server, its work and its history."""
+
+    def __init__(self, client: AsyncClient, slug: str, owner: str | None = None):
+        self.client = client
+        self.slug = slug
+        self._owner = owner
+
+    def __repr__(self) -> str:
+        return f"<Agent {self._owner or '?'}/{self.slug}>"
+
+    async def owner(self) -> str:
+        if self._owner is None:
+            self._owner = await self.client.whoami()
+        return self._owner
+
+    async def _base(self) -> str:
+        return f"users/{quote(await self.owner())}/agents/{self.slug}"
+
+    async def _server(self) -> str:
+        return f"user/{quote(await self.owner())}/{self.slug}/"
+
+    # ---- lifecycle ------------------------------------------------------------------
+
+    async def info(self) -> dict[str, Any]:
+        """The agent's record (provider, model, resolved settings) and server state."""
+        record = await self.client.sac("GET", await self._base())
+        user = await self.client.hub("GET", f"users/{quote(await self.owner())}")
+        record["state"] = _state(user["servers"].get(self.slug))
+        return record
+
+    async def status(self) -> str:
+        """``running``, ``pending`` or ``stopped``."""
+        return (await self.info())["state"]
+
+    async def start(self, progress: Callable[[dict[str, Any]], None] | None = None,
+                    timeout: float = 300) -> None:  # fmt: skip
+        """Start the agent's server and wait until it is ready; ``progress`` gets each
+        of the hub's progress events (``{"progress", "message"}``)."""
+        owner, hub = await self.owner(), self.client
+        path = f"users/{quote(owner)}/servers/{self.slug}"
+        try:
+            await hub.hub("POST", path)
+        except SacError as e:
+            if "already running" not in e.message and "pending" not in e.message:
+                raise
+        try:
+            await asyncio.wait_for(self._follow_progress(path, progress), timeout)
+        except TimeoutError:
+            raise SacTimeout(f"{self.slug} did not start within {timeout} s") from None
+
+    async def _follow_progress(self, path: str, progress: Callable | None) -> None:
+        url = "hub/api/" + path + "/progress"
+        async with self.client.http.stream("GET", url, timeout=None) as resp:
+            if resp.status_code >= 400:
+                raise error_for(resp.status_code, (await resp.aread()).decode())
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                event = json.loads(line[5:])
+                if progress is not None:
+                    progress(event)
+                if event.get("failed"):
+                    raise SacError(500, "spawn_failed", event.get("message", "the start failed"))
+                if event.get("ready"):
+                    return
+        if await self.status() != "running":
+            raise SacError(500, "spawn_failed", f"{self.slug} stopped while starting")
+
+    async def stop(self, timeout: float = 120) -> None:
+        owner = await self.owner()
+        try:
+            await self.client.hub("DELETE", f"users/{quote(owner)}/servers/{self.slug}")
+        except SacError as e:
+            if e.status != 404 and "not running" not in e.message:
+                raise
+        # A 202 means the hub is still stopping it; its state says when it is done.
+        deadline = asyncio.get_running_loop().time() + timeout
+        while await self.status() != "stopped":
+            if asyncio.get_running_loop().time() > deadline:
+                raise SacTimeout(f"{self.slug} did not stop within {timeout} s")
+            await asyncio.sleep(0.2)
+
+    async def delete(self) -> None:
+        """Stop the agent and delete it (its files go; its history stays readable)."""
+        await self.client.sac("DELETE", await self._base())
+
+    # ---- work -----------------------------------------------------------------------
+
+    async def _turn(self, message: str, session_id: str | None) -> dict[str, Any]:
+        return await self.client.json(
+            "POST", await self._server() + "sac/api/chat",
+            json={"message": message, "session_id": session_id},
+        )  # fmt: skip
+
+    async def _events(self, session_id: str, turn_id: str) -> AsyncIterator[dict[str, Any]]:
+        """The events of one turn, from its first to its ``turn_end``."""
+        query = urlencode({"session_id": session_id, "since": 0})
+        ws_url = self.client.url.replace("http", "ws", 1) + (
+            await self._server() + f"sac/api/chat/events?{query}"
+        )
+        request = HTTPRequest(ws_url, headers={"Authorization": f"token {self.client.token}"})
+        try:
+            conn = await websocket_connect(request)
+        except HTTPClientError as e:
+            body = e.response.body.decode() if e.response is not None and e.response.body else ""
+            raise error_for(e.code, body) from None
+        try:
+            while True:
+                message = await conn.read_message()
+                if message is None:
+                    raise SacError(0, "disconnected", "the agent's event stream closed")
+                event = json.loads(message)
+                if event.get("turn_id") != turn_id:
+                    continue
+                yield event
+                if event["type"] == "turn_end":
+                    return
+        finally:
+            conn.close()
+
+    async def stream(self, prompt: str, session_id: str | None = None
+                     ) -> AsyncIterator[dict[str, Any]]:  # fmt: skip
+        """Send ``prompt`` (a new session, or continue ``session_id``) and yield the
+        turn's events as they happen (types in docs/api.md#events)."""
+        started = await self._turn(prompt, session_id)
+        async for event in self._events(started["session_id"], started["turn_id"]):
+            yield event
+
+    async def ask(self, prompt: str, session_id: str | None = None,
+                  timeout: float | None = 900) -> Answer:  # fmt: skip
+        """Send ``prompt`` and wait for the whole answer (text, events, result)."""
+        started = await self._turn(prompt, session_id)
+        return await self._collect(started, timeout)
+
+    async def _collect(self, started: dict[str, Any], timeout: float | None) -> Answer:
+        answer = Answer("", started["session_id"], started["turn_id"])
+
+        async def follow() -> None:
+            async for event in self._events(answer.session_id, answer.turn_id):
+                answer.events.append(event)
+                if event["type"] == "result":
+                    answer.result = {k: v for k, v in event.items() if k not in ENVELOPE}
+
+        try:
+            await asyncio.wait_for(follow(), timeout)
+        except TimeoutError:
+            raise SacTimeout(f"no answer within {timeout} s (the turn goes on)") from None
+        texts = [e["text"] for e in answer.events if e["type"] == "text"]
+        answer.text = (answer.result or {}).get("text") or "\n".join(texts)
+        return answer
+
+    async def cancel(self, session_id: str) -> bool:
+        done = await self.client.json(
+            "POST", await self._server() + f"sac/api/chat/sessions/{session_id}/cancel"
+        )
+        return bool(done["cancelled"])
+
+    async def sessions(self) -> list[dict[str, Any]]:
+        """The agent's chat sessions, most recently active first."""
+        return (await self.client.json("GET", await self._server() + "sac/api/chat/sessions"))[
+            "sessions"
+        ]
+
+    # ---- skills ---------------------------------------------------------------------
+
+    async def install(self, skill: int | str) -> dict[str, Any]:
+        """Install a marketplace skill (by id, or by command among those I may see)."""
+        skill_id = skill if isinstance(skill, int) else await self._skill_id(skill)
+        return await self.client.sac(
+            "POST", await self._base() + "/skills", json={"skill_id": skill_id}
+        )
+
+    async def uninstall(self, skill: int | str) -> None:
+        skill_id = skill if isinstance(skill, int) else await self._skill_id(skill, installed=True)
+        await self.client.sac("DELETE", await self._base() + f"/skills/{skill_id}")
+
+    async def installed(self) -> list[dict[str, Any]]:
+        return (await self.client.sac("GET", await self._base() + "/skills"))["skills"]
+
+    async def _skill_id(self, command: str, installed: bool = False) -> int:
+        found = await self.installed() if installed else await self.client.skills(q=command)
+        matches = [s for s in found if s["command"] == command]
+        if not matches:
+            raise SacError(404, "not_found", f"no skill {command!r}")
+        # Mine first, then official, then the most installed (the listing's order).
+        matches.sort(key=lambda s: (s["owner"] != self._owner, s["visibility"] != "official"))
+        return matches[0]["id"]
+
+    async def run_skill(self, command: str, *, session_id: str | None = None,
+                        timeout: float | None = 900, **values: Any) -> Answer:  # fmt: skip
+        """Run an installed skill with parameter values (checked by the agent: a bad
+        value raises BadRequest naming it) and wait for the answer."""
+        started = await self.client.json(
+            "POST", await self._server() + f"sac/api/skills/{quote(command)}/run",
+            json={"values": values, "mode": "chat", "session_id": session_id},
+        )  # fmt: skip
+        return await self._collect(started, timeout)
+
+    # ---- history --------------------------------------------------------------------
+
+    async def history_sessions(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Recorded conversations (terminal and chat), most recent first."""
+        data = await self.client.sac(
+            "GET", await self._base() + "/history/sessions", params={"limit": limit}
+        )
+        return data["sessions"]
+
+    async def history_events(self, session: str | None = None, limit: int | None = None
+                             ) -> list[dict[str, Any]]:  # fmt: skip
+        """Recorded events, oldest first (all pages, or the first ``limit``)."""
+        events: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": 1000, "order": "asc"}
+            if session:
+                params["session"] = session
+            if cursor:
+                params["cursor"] = cursor
+            page = await self.client.sac("GET", await self._base() + "/history/events",
+                                         params=params)  # fmt: skip
+            events += page["events"]
+            cursor = page["next_cursor"]
+            if cursor is None or (limit is not None and len(events) >= limit):
+                return events[:limit] if limit is not None else events
+
+    async def history_frame(self, session: str | None = None) -> Any:
+        """The events as a pandas DataFrame (needs pandas): one row per event."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise SacError(0, "no_pandas", "history_frame needs pandas") from None
+        events = await self.history_events(session)
+        frame = pd.DataFrame(events, columns=["user", "agent", "session_id", "uuid", "ts",
+                                              "kind", "payload"])  # fmt: skip
+        frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+        return frame
+
+    async def pending(self) -> list[dict[str, Any]]:
+        """This agent's HITL requests waiting for a decision."""
+        return await self.client.pending(agent=self.slug)

@@ -1,0 +1,224 @@
+"""The same client without ``await``, usable in notebooks and scripts.
+
+The asynchronous client runs on an event loop in a background thread of its own,
+so the blocking calls work where an event loop already runs (a Jupyter kernel)
+and widget callbacks may call them too."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from ._async import Answer, AsyncAgent, AsyncClient
+
+T = TypeVar("T")
+_END = object()
+
+
+class _Loop:
+    """An event loop in a daemon thread; ``run`` blocks on a coroutine there."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="sac-client",
+                                       daemon=True)  # fmt: skip
+        self.thread.start()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if threading.current_thread() is self.thread:
+            raise RuntimeError("a blocking client call from the client's own loop")
+        return self.submit(coro).result()
+
+    def iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
+        """Yield what ``agen`` yields, one item at a time (it runs ahead by a queue)."""
+        items: queue.Queue[Any] = queue.Queue()
+
+        async def pump() -> None:
+            try:
+                async for item in agen:
+                    items.put(item)
+            except BaseException as e:  # handed to the consumer
+                items.put(e)
+            finally:
+                items.put(_END)
+
+        future = self.submit(pump())
+        try:
+            while (item := items.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            future.cancel()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+
+class Client:
+    """Drive my agents from Python.
+
+    >>> sac = Client()                         # inside an agent's server
+    >>> sac = Client(url="http://hub:8000/", token="...")
+    >>> helper = sac.agent("helper")
+    >>> helper.start(); print(helper.ask("list the CSV files").text)
+    """
+
+    def __init__(self, url: str | None = None, token: str | None = None):
+        self._loop = _Loop()
+        # httpx binds its connection pool to the loop it first runs on: make it there.
+        self.aio: AsyncClient = self._loop.run(_make(url, token))
+
+    @property
+    def url(self) -> str:
+        return self.aio.url
+
+    def close(self) -> None:
+        self._loop.run(self.aio.close())
+        self._loop.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def whoami(self) -> str:
+        return self._loop.run(self.aio.whoami())
+
+    def agents(self) -> list[dict[str, Any]]:
+        return self._loop.run(self.aio.agents())
+
+    def agent(self, slug: str, owner: str | None = None) -> Agent:
+        return Agent(self, self.aio.agent(slug, owner))
+
+    def create_agent(self, slug: str, **fields: Any) -> Agent:
+        return Agent(self, self._loop.run(self.aio.create_agent(slug, **fields)))
+
+    def skills(self, q: str | None = None, tier: str | None = None,
+               limit: int = 50) -> list[dict[str, Any]]:  # fmt: skip
+        return self._loop.run(self.aio.skills(q, tier, limit))
+
+    def pending(self, agent: str | None = None) -> list[dict[str, Any]]:
+        return self._loop.run(self.aio.pending(agent))
+
+    def approve(self, request_id: str, option: str | None = None,
+                reason: str | None = None) -> dict[str, Any]:  # fmt: skip
+        return self._loop.run(self.aio.approve(request_id, option, reason))
+
+    def deny(self, request_id: str, reason: str | None = None) -> dict[str, Any]:
+        return self._loop.run(self.aio.deny(request_id, reason))
+
+    def watch_pending(self, interval: float = 1.0) -> Iterator[dict[str, Any]]:
+        return self._loop.iterate(self.aio.watch_pending(interval))
+
+    def on_request(self, callback: Callable[[dict[str, Any]], Any],
+                   interval: float = 1.0) -> Subscription:  # fmt: skip
+        """Call ``callback(request)`` (in the client's thread) for each new pending
+        request until ``.stop()``; the callback may call ``approve``/``deny``."""
+
+        async def start() -> asyncio.Task[None]:
+            async def call(request: dict[str, Any]) -> None:
+                await asyncio.to_thread(callback, request)
+
+            return self.aio.on_request(call, interval)
+
+        return Subscription(self._loop, self._loop.run(start()))
+
+
+async def _make(url: str | None, token: str | None) -> AsyncClient:
+    return AsyncClient(url, token)
+
+
+class Subscription:
+    def __init__(self, loop: _Loop, task: asyncio.Task[None]):
+        self._loop, self._task = loop, task
+
+    def stop(self) -> None:
+        self._loop.loop.call_soon_threadsafe(self._task.cancel)
+
+    @property
+    def running(self) -> bool:
+        return not self._task.done()
+
+
+class Agent:
+    """One of my agents; see AsyncAgent for what each call does."""
+
+    def __init__(self, client: Client, aio: AsyncAgent):
+        self.client = client
+        self.aio = aio
+
+    def __repr__(self) -> str:
+        return repr(self.aio)
+
+    @property
+    def slug(self) -> str:
+        return self.aio.slug
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.client._loop.run(coro)
+
+    def info(self) -> dict[str, Any]:
+        return self._run(self.aio.info())
+
+    def status(self) -> str:
+        return self._run(self.aio.status())
+
+    def start(self, progress: Callable[[dict[str, Any]], None] | None = None,
+              timeout: float = 300) -> None:  # fmt: skip
+        self._run(self.aio.start(progress, timeout))
+
+    def stop(self) -> None:
+        self._run(self.aio.stop())
+
+    def delete(self) -> None:
+        self._run(self.aio.delete())
+
+    def ask(self, prompt: str, session_id: str | None = None,
+            timeout: float | None = 900) -> Answer:  # fmt: skip
+        return self._run(self.aio.ask(prompt, session_id, timeout))
+
+    def stream(self, prompt: str, session_id: str | None = None) -> Iterator[dict[str, Any]]:
+        return self.client._loop.iterate(self.aio.stream(prompt, session_id))
+
+    def cancel(self, session_id: str) -> bool:
+        return self._run(self.aio.cancel(session_id))
+
+    def sessions(self) -> list[dict[str, Any]]:
+        return self._run(self.aio.sessions())
+
+    def install(self, skill: int | str) -> dict[str, Any]:
+        return self._run(self.aio.install(skill))
+
+    def uninstall(self, skill: int | str) -> None:
+        self._run(self.aio.uninstall(skill))
+
+    def installed(self) -> list[dict[str, Any]]:
+        return self._run(self.aio.installed())
+
+    def run_skill(self, command: str, *, session_id: str | None = None,
+                  timeout: float | None = 900, **values: Any) -> Answer:  # fmt: skip
+        return self._run(self.aio.run_skill(command, session_id=session_id, timeout=timeout,
+                                            **values))  # fmt: skip
+
+    def history_sessions(self, limit: int = 50) -> list[dict[str, Any]]:
+        return self._run(self.aio.history_sessions(limit))
+
+    def history_events(self, session: str | None = None,
+                       limit: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
+        return self._run(self.aio.history_events(session, limit))
+
+    def history_frame(self, session: str | None = None) -> Any:
+        return self._run(self.aio.history_frame(session))
+
+    def pending(self) -> list[dict[str, Any]]:
+        return self._run(self.aio.pending())
