@@ -253,32 +253,47 @@ class AsyncAgent:
         of the hub's progress events (``{"progress", "message"}``)."""
         owner, hub = await self.owner(), self.client
         path = f"users/{quote(owner)}/servers/{self.slug}"
+        # The hub answers the start request only once the server is ready (or after
+        # its slow-spawn timeout), so the progress stream is followed alongside it:
+        # a stream opened after a fast start would only say "ready".
+        started = asyncio.ensure_future(hub.hub("POST", path))
         try:
-            await hub.hub("POST", path)
+            await asyncio.wait_for(self._follow_progress(path, progress, started), timeout)
+        except TimeoutError:
+            raise SacTimeout(f"{self.slug} did not start within {timeout} s") from None
+        finally:
+            if not started.done():
+                started.cancel()
+        try:
+            await started
         except SacError as e:
             if "already running" not in e.message and "pending" not in e.message:
                 raise
-        try:
-            await asyncio.wait_for(self._follow_progress(path, progress), timeout)
-        except TimeoutError:
-            raise SacTimeout(f"{self.slug} did not start within {timeout} s") from None
 
-    async def _follow_progress(self, path: str, progress: Callable | None) -> None:
+    async def _follow_progress(self, path: str, progress: Callable | None,
+                               started: asyncio.Future[Any]) -> None:  # fmt: skip
         url = "hub/api/" + path + "/progress"
-        async with self.client.http.stream("GET", url, timeout=None) as resp:
-            if resp.status_code >= 400:
-                raise error_for(resp.status_code, (await resp.aread()).decode())
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
+        while True:
+            async with self.client.http.stream("GET", url, timeout=None) as resp:
+                if resp.status_code == 400 and not started.done():
+                    # Not pending yet: the hub has not taken the start request in.
+                    await asyncio.sleep(0.05)
                     continue
-                event = json.loads(line[5:])
-                if progress is not None:
-                    progress(event)
-                if event.get("failed"):
-                    raise SacError(500, "spawn_failed", event.get("message", "the start failed"))
-                if event.get("ready"):
-                    return
-        if await self.status() != "running":
+                if resp.status_code >= 400:
+                    await started  # its error says more than the stream's
+                    raise error_for(resp.status_code, (await resp.aread()).decode())
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    event = json.loads(line[5:])
+                    if progress is not None:
+                        progress(event)
+                    if event.get("failed"):
+                        raise SacError(500, "spawn_failed", event.get("message", "start failed"))
+                    if event.get("ready"):
+                        return
+            if await self.status() == "running":
+                return
             raise SacError(500, "spawn_failed", f"{self.slug} stopped while starting")
 
     async def stop(self, timeout: float = 120) -> None:

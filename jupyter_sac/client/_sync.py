@@ -74,8 +74,12 @@ class Client:
 
     def __init__(self, url: str | None = None, token: str | None = None):
         self._loop = _Loop()
-        # httpx binds its connection pool to the loop it first runs on: make it there.
-        self.aio: AsyncClient = self._loop.run(_make(url, token))
+        try:
+            # httpx binds its connection pool to the loop it first runs on: make it there.
+            self.aio: AsyncClient = self._loop.run(_make(url, token))
+        except BaseException:
+            self._loop.close()
+            raise
 
     @property
     def url(self) -> str:

@@ -1,0 +1,225 @@
+"""jupyter_sac.client against the real stack: agents, chat turns with the real claude
+CLI and the fake model, skills, history, and approvals answered from another
+thread; then from inside a sandbox, where it finds the hub by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from helpers import HubApi, allow_all, model_agent, run_in_terminal, running_agent
+
+from jupyter_sac.client import (
+    Agent,
+    AsyncClient,
+    BadRequest,
+    Client,
+    NotFound,
+    SacError,
+    Unauthorized,
+)
+from jupyter_sac.testing.stack import poll_until
+
+pytestmark = pytest.mark.stack
+
+
+def script(fake: str, *replies: Any) -> None:
+    httpx.delete(fake + "/_fake/script")
+    assert httpx.post(fake + "/_fake/script", json={"replies": list(replies)}).status_code == 204
+
+
+def bash(command: str) -> dict[str, Any]:
+    return {"tool_use": {"name": "Bash", "input": {"command": command}}}
+
+
+def workspace(stack: dict, slug: str) -> Path:
+    (root,) = (stack["data_dir"] / "agents").glob(f"*-{slug}")
+    return root / "workspace"
+
+
+@pytest.fixture(scope="module")
+def driven(stack: dict, fake_anthropic: str) -> Iterator[dict[str, Any]]:
+    """A user, their client (from outside, with URL and token) and a started agent."""
+    user = f"cli{uuid.uuid4().hex[:6]}"
+    hub: HubApi = stack["admin"].create_user(user)
+    client = Client(url=stack["url"], token=hub.token)
+    progress: list[dict[str, Any]] = []
+    agent = client.create_agent("driven", display_name="Driven", **model_agent(fake_anthropic))
+    agent.start(progress=progress.append)
+    try:
+        yield {"user": user, "hub": hub, "client": client, "agent": agent, "progress": progress}
+    finally:
+        agent.delete()
+        client.close()
+
+
+def test_agents_start_and_answer(driven: dict[str, Any], stack: dict, fake: str) -> None:
+    client: Client = driven["client"]
+    agent: Agent = driven["agent"]
+    assert client.whoami() == driven["user"]
+    # Start reported the hub's progress up to ready.
+    messages = [e.get("message", "") for e in driven["progress"]]
+    assert driven["progress"][-1].get("ready") and any("Agent" in m for m in messages), messages
+    listed = {a["slug"]: a for a in client.agents()}
+    assert listed["driven"]["state"] == "running" and listed["driven"]["display_name"] == "Driven"
+    assert agent.status() == "running"
+
+    script(fake, "The answer is 42.")
+    answer = agent.ask("What is the answer?")
+    assert answer.text == "The answer is 42." and not answer.is_error
+    assert answer.events[0]["type"] == "turn_start"
+    assert answer.events[-1]["type"] == "turn_end" and answer.result is not None
+
+    # stream: the same turn structure, event by event; the session continues.
+    allow_all(driven["hub"], driven["user"], "driven")
+    script(fake, bash("echo streamed > /workspace/streamed.txt"), "Wrote it.")
+    events = list(agent.stream("write a file", session_id=answer.session_id))
+    types = [e["type"] for e in events]
+    assert types[0] == "turn_start" and types[-1] == "turn_end"
+    assert "tool_use" in types and "tool_result" in types and "result" in types
+    assert {e["session_id"] for e in events} == {answer.session_id}
+    assert (workspace(stack, "driven") / "streamed.txt").read_text() == "streamed\n"
+    sessions = agent.sessions()
+    assert sessions[0]["session_id"] == answer.session_id and sessions[0]["turns"] == 2
+
+
+def test_an_approval_from_another_thread_lets_the_turn_go_on(
+    driven: dict[str, Any], stack: dict, fake: str
+) -> None:
+    client: Client = driven["client"]
+    # A fresh agent: its policy is the default one (Bash needs a human). (The
+    # extension caches an agent's policy for 5 s, so changing the other agent's
+    # policy here would race with its cache.)
+    agent = client.create_agent("gated", **model_agent(fake))
+    agent.start()
+    script(fake, bash("echo approved > /workspace/approved.txt"), "Done after approval.")
+
+    seen: list[dict[str, Any]] = []
+
+    def decide(request: dict[str, Any]) -> None:
+        seen.append(request)
+        client.approve(request["id"], reason="looks fine")
+
+    subscription = client.on_request(decide, interval=0.2)
+    answers: list[Any] = []
+    worker = threading.Thread(target=lambda: answers.append(agent.ask("write approved.txt")))
+    worker.start()
+    worker.join(180)
+    subscription.stop()
+    assert answers and answers[0].text == "Done after approval.", answers
+    assert [r["tool"] for r in seen] == ["Bash"] and seen[0]["agent"] == "gated"
+    assert (workspace(stack, "gated") / "approved.txt").read_text() == "approved\n"
+    assert client.pending() == []
+    agent.delete()
+
+
+def test_skills_history_and_errors(driven: dict[str, Any], stack: dict, fake: str) -> None:
+    client: Client = driven["client"]
+    agent: Agent = driven["agent"]
+    allow_all(driven["hub"], driven["user"], "driven")
+    assert "summarise-csv" in {s["command"] for s in client.skills(q="csv")}
+    agent.install("summarise-csv")
+    assert [s["command"] for s in agent.installed()] == ["summarise-csv"]
+
+    with pytest.raises(BadRequest) as bad:
+        agent.run_skill("summarise-csv", file="sales.csv", max_plots=99)
+    assert bad.value.field == "values.max_plots" and "at most 40" in bad.value.message
+    with pytest.raises(BadRequest) as missing:
+        agent.run_skill("summarise-csv")
+    assert missing.value.field == "values.file"
+
+    script(fake, "Summary written.")
+    answer = agent.run_skill("summarise-csv", file="sales.csv", max_plots=3)
+    assert answer.text == "Summary written."
+    sent = httpx.get(fake + "/_fake/requests").json()["requests"][-1]["body"]
+    assert "Summarise sales.csv with at most 3 plots." in json.dumps(sent["messages"])
+    agent.uninstall("summarise-csv")
+    assert agent.installed() == []
+
+    # History: what the turns above said, recorded by the service.
+    sessions = poll_until(lambda: agent.history_sessions(), 60, "recorded sessions")
+    assert any("What is the answer?" in (s["first_prompt"] or "") for s in sessions)
+    frame = agent.history_frame()  # the sessions above are recorded, so are their events
+    assert len(frame) > 0
+    assert {"session_id", "ts", "kind", "payload"} <= set(frame.columns)
+    assert str(frame["ts"].dtype).startswith("datetime64")
+
+    # Typed errors carrying the service's message.
+    with pytest.raises(NotFound):
+        client.agent("no-such-agent").info()
+    with pytest.raises(Unauthorized):
+        Client(url=stack["url"], token="not-a-token").agents()
+
+
+def test_without_url_and_token_it_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SAC_HUB_URL", raising=False)
+    monkeypatch.delenv("JUPYTERHUB_API_TOKEN", raising=False)
+    with pytest.raises(SacError, match="no hub URL or token: pass url= and token="):
+        Client()
+
+
+def test_the_async_client_streams_too(driven: dict[str, Any], stack: dict, fake: str) -> None:
+    async def main() -> list[str]:
+        async with AsyncClient(stack["url"], driven["hub"].token) as client:
+            agent = client.agent("driven")
+            return [e["type"] async for e in agent.stream("hello again")]
+
+    script(fake, "Hello.")
+    types = asyncio.run(main())
+    assert types[0] == "turn_start" and "text" in types and types[-1] == "turn_end"
+
+
+INSIDE = r"""
+import json
+from jupyter_sac.client import Client, Forbidden
+c = Client()
+out = {"user": c.whoami(), "agents": sorted(a["slug"] for a in c.agents())}
+for rid in __IDS__:
+    try:
+        c.approve(rid)
+        out[rid] = "approved"
+    except Forbidden as e:
+        out[rid] = "forbidden: " + e.message
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_inside_a_sandbox_it_finds_the_hub_and_cannot_approve_itself(
+    driven: dict[str, Any], stack: dict
+) -> None:
+    user, hub = driven["user"], driven["hub"]
+    with running_agent(stack["admin"], user, "notebook", api_key="sk-unused-key"):
+        ids = {}
+        for slug in ("notebook", "driven"):
+            token = asyncio.run(
+                run_in_terminal(stack["url"], hub.token, user, slug, "echo $SAC_AGENT_TOKEN")
+            )
+            filed = httpx.post(
+                stack["url"] + "services/sac/api/hitl/requests",
+                headers={"Authorization": f"Bearer {token}"},
+                json={"kind": "tool", "tool": "Bash", "input": {"command": f"ls {slug}"}},
+            )
+            assert filed.status_code == 201, filed.text
+            ids[slug] = filed.json()["id"]
+        code = INSIDE.replace("__IDS__", json.dumps([ids["notebook"], ids["driven"]]))
+        out = asyncio.run(
+            run_in_terminal(
+                stack["url"], hub.token, user, "notebook",
+                f"python3 - <<'EOF'\n{code}\nEOF", timeout=90,
+            )
+        )  # fmt: skip
+        result = json.loads(out[out.index("RESULT") + len("RESULT") :].splitlines()[0])
+        assert result["user"] == user and result["agents"] == ["driven", "notebook"]
+        # The sandbox's own requests are for a human elsewhere; another agent's are fine.
+        assert result[ids["notebook"]].startswith("forbidden: a request cannot be decided")
+        assert result[ids["driven"]] == "approved"
+        states = {r["id"]: r["status"] for r in driven["client"].pending()}
+        assert states == {ids["notebook"]: "pending"}
+        driven["client"].deny(ids["notebook"], reason="cleanup")
