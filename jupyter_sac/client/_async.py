@@ -275,8 +275,9 @@ class AsyncAgent:
         url = "hub/api/" + path + "/progress"
         while True:
             async with self.client.http.stream("GET", url, timeout=None) as resp:
-                if resp.status_code == 400 and not started.done():
-                    # Not pending yet: the hub has not taken the start request in.
+                if resp.status_code in (400, 404) and not started.done():
+                    # Not pending yet: the hub has not taken the start request in (a
+                    # server stopped a moment ago is even unknown to it: 404).
                     await asyncio.sleep(0.05)
                     continue
                 if resp.status_code >= 400:
@@ -416,10 +417,13 @@ class AsyncAgent:
         matches.sort(key=lambda s: (s["owner"] != self._owner, s["visibility"] != "official"))
         return matches[0]["id"]
 
-    async def run_skill(self, command: str, *, session_id: str | None = None,
-                        timeout: float | None = 900, **values: Any) -> Answer:  # fmt: skip
-        """Run an installed skill with parameter values (checked by the agent: a bad
-        value raises BadRequest naming it) and wait for the answer."""
+    async def run_skill(self, command: str, values: dict[str, Any] | None = None, *,
+                        session_id: str | None = None, timeout: float | None = 900,
+                        **more: Any) -> Answer:  # fmt: skip
+        """Run an installed skill with parameter values, as ``values`` or keywords
+        (checked by the agent: a bad value raises BadRequest naming it), and wait
+        for the answer."""
+        values = {**(values or {}), **more}
         started = await self.client.json(
             "POST", await self._server() + f"sac/api/skills/{quote(command)}/run",
             json={"values": values, "mode": "chat", "session_id": session_id},

@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from ._async import Answer, AsyncAgent, AsyncClient
+from .errors import SacError
 
 T = TypeVar("T")
 _END = object()
@@ -33,7 +34,11 @@ class _Loop:
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         if threading.current_thread() is self.thread:
+            coro.close()
             raise RuntimeError("a blocking client call from the client's own loop")
+        if not self.loop.is_running():
+            coro.close()  # a stopped loop would never run it: say so instead of hanging
+            raise SacError(0, "closed", "the client is closed")
         return self.submit(coro).result()
 
     def iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
@@ -209,10 +214,11 @@ class Agent:
     def installed(self) -> list[dict[str, Any]]:
         return self._run(self.aio.installed())
 
-    def run_skill(self, command: str, *, session_id: str | None = None,
-                  timeout: float | None = 900, **values: Any) -> Answer:  # fmt: skip
-        return self._run(self.aio.run_skill(command, session_id=session_id, timeout=timeout,
-                                            **values))  # fmt: skip
+    def run_skill(self, command: str, values: dict[str, Any] | None = None, *,
+                  session_id: str | None = None, timeout: float | None = 900,
+                  **more: Any) -> Answer:  # fmt: skip
+        return self._run(self.aio.run_skill(command, values, session_id=session_id,
+                                            timeout=timeout, **more))  # fmt: skip
 
     def history_sessions(self, limit: int = 50) -> list[dict[str, Any]]:
         return self._run(self.aio.history_sessions(limit))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 
 
 class SacError(Exception):
@@ -66,7 +67,15 @@ def error_for(status: int, body: str) -> SacError:
         data = None
     if isinstance(data, dict):
         code = str(data.get("error") or code)
-        message = str(data.get("message") or message)
+        # The hub answers {"status": 404, "message": null} for some errors.
+        message = str(data.get("message") or f"HTTP {status}: {_phrase(status)}")
         field = data.get("field")
     cls = _BY_STATUS.get(status, ServerError if status >= 500 else SacError)
     return cls(status, code, message, field)
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "error"

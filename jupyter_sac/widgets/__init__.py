@@ -1,0 +1,40 @@
+"""Notebook widgets (ipywidgets 8) for driving SAC agents.
+
+- ``AgentsPanel(client=None)``: my agents, their state and model; Start (with the
+  hub's progress), Stop, Open; a create form; Refresh.
+- ``AgentChat(agent)``: a prompt box and a transcript that streams the answer:
+  text, tool calls (collapsible, with input and result), the todo list, errors,
+  and the turn's cost and tokens.
+- ``ApprovalsPanel(client=None, interval=1.0)``: pending human-in-the-loop
+  requests, live, with Approve / Deny (and the option of a terminal prompt).
+- ``SkillRunner(agent)``: pick an installed skill, fill the form its parameters
+  make, Run, read the answer.
+
+Each takes a ``jupyter_sac.client.Client`` (or the agent's) and makes ``Client()``
+from the environment when none is given. Network calls run in background
+threads; widget updates from them are handed to the kernel's own thread. In a
+plain console each prints a text summary instead of ``VBox(...)``.
+
+>>> from jupyter_sac.client import Client
+>>> from jupyter_sac.widgets import AgentChat, AgentsPanel
+>>> sac = Client()
+>>> AgentsPanel(sac)
+>>> AgentChat(sac.agent("helper"))
+"""
+
+from .agents import AgentRow, AgentsPanel
+from .approvals import ApprovalRow, ApprovalsPanel
+from .chat import AgentChat, ChatItem, ToolCall
+from .skills import SkillField, SkillRunner
+
+__all__ = [
+    "AgentChat",
+    "AgentRow",
+    "AgentsPanel",
+    "ApprovalRow",
+    "ApprovalsPanel",
+    "ChatItem",
+    "SkillField",
+    "SkillRunner",
+    "ToolCall",
+]

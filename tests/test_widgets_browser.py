@@ -1,0 +1,146 @@
+"""The widgets in a real browser: headless Chromium logs in to the hub, opens a
+notebook in an agent's JupyterLab, runs it (the kernel is inside the sandbox and
+finds the hub by itself), sees AgentsPanel and ApprovalsPanel render, and clicks
+Approve on a request another agent is waiting on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import ADMIN_PASSWORD
+from helpers import HubApi, run_in_terminal
+
+from jupyter_sac.testing.stack import poll_until
+
+pytestmark = pytest.mark.stack
+
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+NOTEBOOK = {
+    "cells": [
+        {
+            "cell_type": "code",
+            "metadata": {},
+            "outputs": [],
+            "execution_count": None,
+            "source": src,
+        }
+        for src in (
+            "from jupyter_sac.widgets import AgentsPanel, ApprovalsPanel",
+            "AgentsPanel()",
+            "ApprovalsPanel(interval=0.5)",
+        )
+    ],
+    "metadata": {
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+    },
+    "nbformat": 4,
+    "nbformat_minor": 5,
+}
+
+
+@pytest.fixture
+def agents(stack: dict) -> Iterator[tuple[HubApi, str, str]]:
+    """Two of the admin's agents: "desk" (where the notebook runs) and "worker"."""
+    admin: HubApi = stack["admin"]
+    suffix = uuid.uuid4().hex[:4]
+    desk, worker = f"desk{suffix}", f"worker{suffix}"
+    for slug in (desk, worker):
+        resp = admin.sac("POST", "agents", json={"slug": slug, "api_key": "sk-unused-key"})
+        assert resp.status_code == 201, resp.text
+        admin.start("admin", slug)
+    try:
+        yield admin, desk, worker
+    finally:
+        for slug in (desk, worker):
+            admin.sac("DELETE", f"users/admin/agents/{slug}")
+
+
+def test_approvals_panel_approves_from_jupyterlab(
+    stack: dict, agents: tuple[HubApi, str, str], tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    admin, desk, worker = agents
+    artifacts = Path(os.environ.get("SAC_TEST_ARTIFACTS", tmp_path))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    (root,) = (stack["data_dir"] / "agents").glob(f"*-{desk}")
+    (root / "workspace" / "widgets.ipynb").write_text(json.dumps(NOTEBOOK))
+
+    # The worker agent waits on a human for a command (filed with its own token).
+    token = asyncio.run(
+        run_in_terminal(stack["url"], admin.token, "admin", worker, "echo $SAC_AGENT_TOKEN")
+    )
+    command = f"make report-{uuid.uuid4().hex[:6]}"
+    filed = httpx.post(
+        stack["url"] + "services/sac/api/hitl/requests",
+        headers={"Authorization": f"Bearer {token}"},
+        json={"kind": "tool", "tool": "Bash", "input": {"command": command}},
+    )
+    assert filed.status_code == 201, filed.text
+    request_id = filed.json()["id"]
+
+    # The notebook's kernel session exists before the page opens, so JupyterLab
+    # attaches to it instead of (sometimes) asking which kernel to start.
+    session = httpx.post(
+        stack["url"] + f"user/admin/{desk}/api/sessions",
+        headers={"Authorization": f"token {admin.token}"},
+        json={"path": "widgets.ipynb", "name": "widgets.ipynb", "type": "notebook",
+              "kernel": {"name": "python3"}},
+        timeout=60,
+    )  # fmt: skip
+    assert session.status_code == 201, session.text
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        try:
+            page.goto(stack["url"] + "hub/login")
+            page.fill("input[name=username]", "admin")
+            page.fill("input[name=password]", ADMIN_PASSWORD)
+            page.click("input[type=submit], button[type=submit]")
+            page.wait_for_url("**/hub/**")
+            page.goto(stack["url"] + f"user/admin/{desk}/lab/tree/widgets.ipynb")
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+            page.wait_for_selector(
+                ".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000
+            )
+            page.get_by_role("menuitem", name="Run", exact=True).click()
+            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+
+            # AgentsPanel lists both agents as running.
+            agents_out = page.locator(".jp-OutputArea-output").filter(has_text="My agents")
+            expect(agents_out).to_contain_text(worker, timeout=90_000)
+            expect(agents_out).to_contain_text(desk)
+            expect(agents_out.get_by_text("running")).to_have_count(2)
+            # ApprovalsPanel shows the worker's request; Approve decides it.
+            approvals = page.locator(".jp-OutputArea-output").filter(
+                has_text="Waiting for approval"
+            )
+            expect(approvals).to_contain_text(command, timeout=60_000)
+            page.screenshot(path=str(artifacts / "widgets-1-pending.png"))
+            approvals.get_by_role("button", name="Approve").click()
+
+            def decided() -> str | None:
+                got = admin.sac("GET", f"hitl/requests/{request_id}").json()
+                return got["status"] if got["status"] != "pending" else None
+
+            assert poll_until(decided, 30, "the request decided") == "approved"
+            expect(approvals).not_to_contain_text(command, timeout=30_000)
+            expect(approvals).to_contain_text("Waiting for approval (0)")
+            page.screenshot(path=str(artifacts / "widgets-2-approved.png"))
+        finally:
+            browser.close()
+    assert not errors, errors
