@@ -44,6 +44,8 @@ class SettingSpec:
     levels: frozenset[Level] = field(default_factory=lambda: frozenset(LEVELS))
     # An agent may lower this value but not raise it above the user's resolved value.
     ceiling: bool = False
+    # 0 means "no limit" (so it is the highest value, not the lowest, for ceilings).
+    zero_is_unlimited: bool = False
 
 
 def _spec(*args: Any, **kwargs: Any) -> SettingSpec:
@@ -133,6 +135,7 @@ SPECS: dict[str, SettingSpec] = {
             minimum=0,
             maximum=30 * 86400,
             ceiling=True,
+            zero_is_unlimited=True,
         ),
         _spec(
             "hitl_timeout",
@@ -148,6 +151,26 @@ SPECS: dict[str, SettingSpec] = {
             "deny",
             "Decision applied when a HITL request times out.",
             choices=("deny", "approve"),
+        ),
+        _spec(
+            "user_monthly_tokens",
+            "int",
+            0,
+            "Most model tokens (input, output, cache writes and reads) all of a user's"
+            " agents may use per calendar month, UTC (0: no limit).",
+            minimum=0,
+            maximum=10**13,
+            levels=frozenset({"system", "user"}),
+        ),
+        _spec(
+            "agent_monthly_tokens",
+            "int",
+            0,
+            "Most model tokens one agent may use per calendar month, UTC (0: no limit).",
+            minimum=0,
+            maximum=10**13,
+            ceiling=True,
+            zero_is_unlimited=True,
         ),
         _spec(
             "allowed_providers",
@@ -276,16 +299,27 @@ def resolve(
         spec = SPECS.get(name)
         if spec is None or "agent" not in spec.levels or value is None:
             continue
-        resolved[name] = min(value, ceiling[name]) if spec.ceiling else value
+        resolved[name] = _at_most(spec, value, ceiling[name]) if spec.ceiling else value
     return _fix_requests(resolved)
+
+
+def _above(spec: SettingSpec, value: Any, limit: Any) -> bool:
+    if spec.zero_is_unlimited:
+        return limit != 0 and (value == 0 or value > limit)
+    return value > limit
+
+
+def _at_most(spec: SettingSpec, value: Any, limit: Any) -> Any:
+    return limit if _above(spec, value, limit) else value
 
 
 def check_agent_overrides(agent: Mapping[str, Any], ceiling: Mapping[str, Any]) -> None:
     """Refuse agent overrides that ask for more than the user's resolved ceiling."""
     for name, value in agent.items():
         spec = SPECS[name]
-        if spec.ceiling and value > ceiling[name]:
-            raise SettingsError(name, f"{value} is above this user's limit of {ceiling[name]}")
+        if spec.ceiling and _above(spec, value, ceiling[name]):
+            shown = "0 (no limit)" if spec.zero_is_unlimited and value == 0 else value
+            raise SettingsError(name, f"{shown} is above this user's limit of {ceiling[name]}")
 
 
 def _fix_requests(values: dict[str, Any]) -> dict[str, Any]:

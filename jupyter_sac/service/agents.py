@@ -6,6 +6,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .. import settings as sac_settings
+from ..budgets import budgets
 from ..store import AgentExistsError, AgentLimitError, AgentRecord
 from .base import BaseHandler
 from .errors import ApiError
@@ -194,4 +195,17 @@ class AgentUsageHandler(AgentBaseHandler):
                 "cache_read_input_tokens",
             )
         }
-        self.write_json({"owner": owner, "slug": slug, "days": days, "totals": totals})
+        system, user = await self.sac.store.settings.for_user(agent.owner)
+        resolved = sac_settings.resolve(system, user, agent.overrides)
+        agent_used, user_used = await self.sac.store.usage.month_tokens(agent.id, agent.owner)
+        found = budgets(resolved, agent_used, user_used)
+        self.write_json(
+            {
+                "owner": owner,
+                "slug": slug,
+                "days": days,
+                "totals": totals,
+                # this calendar month (UTC): the agent's and its owner's token budgets
+                "budget": {name: b.model() for name, b in found.items()},
+            }
+        )

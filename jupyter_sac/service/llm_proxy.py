@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 from tornado import web
 
+from .. import settings as sac_settings
+from ..budgets import refusal as budget_refusal
 from ..providers import ProviderError, auth_headers, upstream_base_url
 from ..store.usage import USAGE_FIELDS, UsageDelta
 
@@ -147,6 +150,18 @@ class LlmProxyHandler(web.RequestHandler):
             return auth[7:].strip()
         return None
 
+    async def _over_budget(self, agent: Any) -> str | None:
+        """Why this agent may not call the model now (its or its owner's monthly
+        token budget is spent), or None. Checked before each call, so calls already
+        under way may take a budget a little past its limit."""
+        store = self.sac.store
+        system, user = await store.settings.for_user(agent.owner)
+        resolved = sac_settings.resolve(system, user, agent.overrides)
+        if not resolved["agent_monthly_tokens"] and not resolved["user_monthly_tokens"]:
+            return None
+        agent_used, user_used = await store.usage.month_tokens(agent.id, agent.owner)
+        return budget_refusal(resolved, agent_used, user_used, datetime.now(UTC).date())
+
     async def post(self, path: str) -> None:
         if path not in ALLOWED_PATHS:
             return self._fail(404, "not_found_error", f"/{path} is not proxied")
@@ -178,6 +193,11 @@ class LlmProxyHandler(web.RequestHandler):
                 " set one on the agent or ask an administrator for an"
                 " organisation key",
             )
+        if path == "v1/messages" and (refused := await self._over_budget(agent)):
+            # 429 as the model API says "rate limited", but not worth retrying: the
+            # Anthropic SDKs (and so Claude Code) honour x-should-retry.
+            self.set_header("x-should-retry", "false")
+            return self._fail(429, "rate_limit_error", refused)
         headers = {
             k: v for k, v in self.request.headers.items() if k.lower() not in DROP_REQUEST_HEADERS
         }

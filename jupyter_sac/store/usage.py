@@ -64,3 +64,19 @@ class Usage:
             )
             rows = await cur.fetchall()
         return [{**r, "day": r["day"].isoformat()} for r in rows]
+
+    async def month_tokens(self, agent_id: int, owner: str) -> tuple[int, int]:
+        """Tokens used this calendar month (UTC) by one agent, and by all of its
+        owner's agents (deleted ones too: usage outlives them)."""
+        tokens = " + ".join(USAGE_FIELDS)
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT coalesce(sum({tokens}) FILTER (WHERE agent_id = %s), 0) AS agent,"
+                f" coalesce(sum({tokens}), 0) AS owner FROM usage_daily"
+                " WHERE owner = %s"
+                " AND day >= date_trunc('month', now() AT TIME ZONE 'UTC')::date",
+                (agent_id, owner),
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row["agent"]), int(row["owner"])
