@@ -144,7 +144,15 @@ def configure(c: Any, config_file: str) -> None:
         {
             "name": "sac-service",
             "services": [SERVICE_NAME],
-            "scopes": ["list:users", "read:users", "read:groups", "servers", "read:roles:users"],
+            # access:servers: the idle culler asks each agent whether it is busy.
+            "scopes": [
+                "list:users",
+                "read:users",
+                "read:groups",
+                "servers",
+                "read:roles:users",
+                "access:servers",
+            ],
         },
         {
             "name": "sac-admin",

@@ -22,6 +22,7 @@ from .chat_handlers import (
     ChatSessionsHandler,
 )
 from .handlers import (
+    ActivityHandler,
     HistoryStatusHandler,
     HitlStatusHandler,
     PreToolUseHookHandler,
@@ -52,6 +53,7 @@ MAX_HITL_WAIT = 7 * 86400 + 120
 ROUTES: list[tuple[str, Any]] = [
     (r"/sac/api/openapi.json", OpenApiHandler),
     (r"/sac/api/status", StatusHandler),
+    (r"/sac/api/activity", ActivityHandler),
     (r"/sac/api/terminal", TerminalHandler),
     (r"/sac/api/terminal/restart", TerminalRestartHandler),
     (r"/sac/api/history/status", HistoryStatusHandler),

@@ -19,6 +19,31 @@ class StatusHandler(APIHandler):
         self.finish(json.dumps(await info.status()))
 
 
+class ActivityHandler(APIHandler):
+    """What keeps this agent from being idle: running chat turns, HITL requests it
+    waits on, and the server's own last activity (the `sac` service's idle culler
+    asks before stopping the agent)."""
+
+    # Asking must not count as activity, or the culler would keep every agent alive.
+    _track_activity = False
+
+    @web.authenticated
+    async def get(self) -> None:
+        turns = sum(1 for s in self.settings["sac_chat"].sessions.values() if s.running)
+        waiting = len(self.settings["sac_hitl"].pending)
+        last = self.application.last_activity()
+        self.finish(
+            json.dumps(
+                {
+                    "busy": bool(turns or waiting),
+                    "chat_turns_running": turns,
+                    "hitl_waiting": waiting,
+                    "last_activity": last.isoformat() if last else None,
+                }
+            )
+        )
+
+
 class TerminalHandler(APIHandler):
     """GET: the Claude terminal's status; POST: make sure it runs (returns its name)."""
 

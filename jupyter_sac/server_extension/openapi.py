@@ -40,6 +40,9 @@ def document(base_url: str) -> dict[str, Any]:
         "paths": {
             "/sac/api/openapi.json": {"get": _op("This document")},
             "/sac/api/status": {"get": _op("Agent identity, runtime and versions")},
+            "/sac/api/activity": {
+                "get": _op("Busy (chat turns, HITL waits) and last activity, for idle culling")
+            },
             "/sac/api/terminal": {
                 "get": _op("The Claude terminal's status"),
                 "post": _op("Start the Claude terminal unless it runs; its status"),

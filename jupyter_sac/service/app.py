@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import httpx
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
 from tornado import web
-from traitlets import CaselessStrEnum, Dict, Integer, List, Unicode, default
+from traitlets import CaselessStrEnum, Dict, Float, Integer, List, Unicode, default
 from traitlets.config import Application
 
 from .. import __version__
@@ -24,7 +24,7 @@ from ..objects import ObjectStore, store_from_config
 from ..providers import PRESETS
 from ..stack import default_data_dir
 from ..store import Store
-from . import agent_skills, history, hitl, skills
+from . import agent_skills, culler, history, hitl, skills
 from .agents import AgentHandler, AgentsHandler, AgentUsageHandler
 from .base import BaseHandler, NotFoundHandler
 from .llm_proxy import LlmProxyHandler
@@ -151,6 +151,14 @@ class SacService(Application):
                 return str(candidate)
         return ""
 
+    cull_interval = Float(
+        60.0,
+        help="""Seconds between idle-culling passes: running agents idle longer than
+        their resolved idle_timeout setting are stopped, unless a HITL request of
+        theirs is pending or a chat turn runs. 0 turns culling off (for example
+        when jupyterhub-idle-culler runs instead). See docs/configuration.md.""",
+    ).tag(config=True)
+
     object_store = CaselessStrEnum(
         ["local", "s3"],
         "local",
@@ -192,6 +200,7 @@ class SacService(Application):
             *hitl.routes(p),
             *skills.routes(p),
             *agent_skills.routes(p),
+            *culler.routes(p),
             (p + r"api/.*", NotFoundHandler),
         ]
         hub_auth = HubOAuth(api_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""), cache_max_age=60)
@@ -228,6 +237,8 @@ class SacService(Application):
             self.log.exception("could not load the official skills")
         self.hitl_waiters = hitl.Waiters()
         reaper = asyncio.create_task(hitl.reaper(self))
+        self.culler = culler.Culler(self, self.cull_interval) if self.cull_interval > 0 else None
+        culling = asyncio.create_task(self.culler.run()) if self.culler else None
         app = self.make_app()
         server = app.listen(self.port, self.ip, xheaders=True, max_body_size=64 * 1024 * 1024)
         self.log.info(
@@ -244,6 +255,9 @@ class SacService(Application):
         await stop.wait()
         server.stop()
         reaper.cancel()
+        if culling is not None:
+            culling.cancel()
+            await self.culler.close()
         await self.upstream.aclose()
         await self.hub.close()
         await self.store.close()

@@ -58,6 +58,30 @@ class HubClient:
         if resp.status_code not in (201, 409):
             self._raise(resp)
 
+    async def active_users(self) -> list[dict[str, Any]]:
+        """Users with at least one running or pending server (all pages)."""
+        users: list[dict[str, Any]] = []
+        offset = 0
+        while True:
+            resp = await self._request(
+                "GET", "/users", params={"state": "active", "offset": offset, "limit": 200}
+            )
+            if resp.status_code != 200:
+                self._raise(resp)
+            page = resp.json()
+            page = page["items"] if isinstance(page, dict) else page
+            users += page
+            if len(page) < 200:
+                return users
+            offset += len(page)
+
+    async def stop_server(self, user: str, name: str) -> None:
+        """Stop a named server (it stays, stopped, on the hub's home page)."""
+        path = f"/users/{quote(user, safe='')}/servers/{quote(name, safe='')}"
+        resp = await self._request("DELETE", path)
+        if resp.status_code not in (202, 204, 404):
+            self._raise(resp)
+
     async def remove_server(self, user: str, name: str, timeout: float = 120) -> None:
         """Stop (if running) and remove a named server; wait until it is gone."""
         path = f"/users/{quote(user, safe='')}/servers/{quote(name, safe='')}"

@@ -1,0 +1,181 @@
+"""Idle culling: stop agents idle longer than their resolved ``idle_timeout``.
+
+jupyterhub-idle-culler's rule (the hub's ``last_activity`` of each running server
+against a timeout), with what only SAC knows added: the timeout is a per-agent
+setting, and an agent is never stopped while one of its HITL requests is pending
+or a chat turn runs (the agent's own ``sac/api/activity`` says so), nor when it
+cannot be asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from .. import settings as sac_settings
+from .base import BaseHandler
+from .openapi import _op, _resp
+
+log = logging.getLogger("jupyter_sac.culler")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    cull: bool
+    reason: str
+
+
+def idle_verdict(
+    now: datetime,
+    hub_last_activity: datetime | None,
+    idle_timeout: float,
+    hitl_pending: int,
+    activity: dict[str, Any] | None,
+) -> Verdict:
+    """Whether to stop one running agent now, and why (pure: the rule itself)."""
+    if idle_timeout <= 0:
+        return Verdict(False, "no idle timeout")
+    if hitl_pending:
+        return Verdict(False, f"{hitl_pending} HITL request(s) pending")
+    if activity is None:
+        return Verdict(False, "the agent did not say whether it is busy")
+    if activity.get("chat_turns_running"):
+        return Verdict(False, "a chat turn is running")
+    if activity.get("busy"):
+        return Verdict(False, "busy")
+    seen = [t for t in (hub_last_activity, _parse(activity.get("last_activity"))) if t]
+    if not seen:
+        return Verdict(False, "no activity known")
+    idle = (now - max(seen)).total_seconds()
+    if idle < idle_timeout:
+        return Verdict(False, f"active {idle:.0f} s ago")
+    return Verdict(True, f"idle for {idle:.0f} s (idle_timeout {idle_timeout:.0f} s)")
+
+
+def _parse(value: Any) -> datetime | None:
+    if not value:
+        return None
+    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+class Culler:
+    """Checks every running agent each ``interval`` seconds; ``status`` tells an
+    administrator what the last pass did."""
+
+    def __init__(self, sac: Any, interval: float):
+        self.sac = sac
+        self.interval = interval
+        self.status: dict[str, Any] = {
+            "interval": interval,
+            "passes": 0,
+            "last_pass": None,
+            "last_error": None,
+            "culled": [],
+            "kept": {},
+        }
+        # The agents' own servers, through the hub's proxy, with the service's token.
+        base = os.environ.get("SAC_HUB_URL", "").rstrip("/") + "/"
+        self.http = httpx.AsyncClient(
+            base_url=base,
+            headers={"Authorization": f"token {os.environ.get('JUPYTERHUB_API_TOKEN', '')}"},
+            timeout=10,
+        )
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+                self.status["last_error"] = None
+            except Exception as e:  # the next pass tries again
+                self.status["last_error"] = f"{type(e).__name__}: {e}"
+                log.exception("idle culling pass failed")
+            await asyncio.sleep(self.interval)
+
+    async def run_once(self) -> None:
+        now = datetime.now(UTC)
+        kept: dict[str, str] = {}
+        for owner, name, server in await self._running():
+            agent = await self.sac.store.agents.get(owner, name)
+            if agent is None:
+                continue  # a server SAC does not manage
+            system, user = await self.sac.store.settings.for_user(owner)
+            resolved = sac_settings.resolve(system, user, agent.overrides)
+            pending = await self.sac.store.hitl.list(
+                owner=owner, agent_slug=name, status="pending", limit=100, before=None
+            )
+            verdict = idle_verdict(
+                now,
+                _parse(server.get("last_activity")),
+                float(resolved["idle_timeout"]),
+                len(pending),
+                await self._activity(owner, name),
+            )
+            key = f"{owner}/{name}"
+            if not verdict.cull:
+                kept[key] = verdict.reason
+                continue
+            log.info("stopping idle agent %s: %s", key, verdict.reason)
+            self.status["culled"] = [
+                *self.status["culled"][-99:],
+                {"agent": key, "at": now.isoformat(), "reason": verdict.reason},
+            ]
+            await self.sac.hub.stop_server(owner, name)
+        self.status["kept"] = kept
+        self.status["passes"] += 1
+        self.status["last_pass"] = now.isoformat()
+
+    async def _running(self) -> list[tuple[str, str, dict[str, Any]]]:
+        users = await self.sac.hub.active_users()
+        return [
+            (user["name"], name, server)
+            for user in users
+            for name, server in (user.get("servers") or {}).items()
+            if name and server.get("ready")
+        ]
+
+    async def _activity(self, owner: str, name: str) -> dict[str, Any] | None:
+        try:
+            resp = await self.http.get(f"user/{quote(owner)}/{quote(name)}/sac/api/activity")
+        except httpx.HTTPError as e:
+            log.warning("agent %s/%s did not answer: %s", owner, name, e)
+            return None
+        if resp.status_code != 200:
+            log.warning("agent %s/%s answered %s", owner, name, resp.status_code)
+            return None
+        return resp.json()
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+class CullerHandler(BaseHandler):
+    """GET api/culler (admins): the idle culler's last pass."""
+
+    async def get(self) -> None:
+        self.require_admin()
+        culler = self.sac.culler
+        self.write_json(culler.status if culler else {"interval": 0, "passes": 0})
+
+
+def routes(prefix: str) -> list[tuple[str, Any]]:
+    return [(prefix + "api/culler", CullerHandler)]
+
+
+def openapi_paths() -> dict[str, Any]:
+    return {
+        "/api/culler": {
+            "get": _op(
+                "Admins: the idle culler's last pass (culled, kept and why)",
+                {"200": _resp("status")},
+                403,
+            )
+        }
+    }
