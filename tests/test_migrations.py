@@ -42,6 +42,7 @@ async def test_fresh_database_gets_every_migration(database_url: str) -> None:
         "agent_tokens",
         "usage_daily",
         "conversation_events",
+        "audit_log",
         "schema_migrations",
     } <= _tables(database_url)
     with psycopg.connect(database_url) as conn:

@@ -49,6 +49,19 @@ def agent_model(
     }
 
 
+def agent_snapshot(agent: AgentRecord) -> dict[str, Any]:
+    """An agent as the audit log records it: never its key, only whether one is set."""
+    return {
+        "display_name": agent.display_name,
+        "runtime": agent.runtime,
+        "provider": agent.provider,
+        "model": agent.model,
+        "base_url": agent.base_url,
+        "key_set": agent.encrypted_key is not None,
+        "overrides": agent.overrides,
+    }
+
+
 class AgentBaseHandler(BaseHandler):
     async def ceiling_for(self, owner: str) -> tuple[dict[str, Any], dict[str, Any], dict]:
         system, user = await self.sac.store.settings.for_user(owner)
@@ -137,6 +150,9 @@ class AgentsHandler(AgentBaseHandler):
                 "hub_refused",
                 f"JupyterHub refused the named server: {e.message}",
             ) from None
+        if owner != ident.name:
+            # After the hub took the server: an agent that never came to be is not logged.
+            await self.audit("agent.create", slug, target_user=owner, after=agent_snapshot(agent))
         self.set_header(
             "Location", f"{self.sac.prefix}api/users/{quote(owner, safe='')}/agents/{slug}"
         )
@@ -149,6 +165,7 @@ class AgentHandler(AgentBaseHandler):
         self.write_json((await self.models([agent]))[0])
 
     async def patch(self, owner: str, slug: str) -> None:
+        ident = self.identity
         agent = await self.get_agent(owner, slug)
         body = self.json_body()
         check_fields(body, UPDATE_FIELDS)
@@ -158,15 +175,38 @@ class AgentHandler(AgentBaseHandler):
         if "api_key" in changes:
             key = changes.pop("api_key")
             changes["encrypted_key"] = self.sac.keybox.encrypt(key) if key else None
-        updated = await self.sac.store.agents.update(owner, slug, changes)
-        if updated is None:
-            raise ApiError(404, "not_found", "no such agent")
+        agents = self.sac.store.agents
+        async with self.sac.store.transaction() as conn:
+            before = await agents.get(owner, slug, conn=conn, lock=True)
+            updated = await agents.update(owner, slug, changes, conn=conn) if before else None
+            if before is None or updated is None:
+                raise ApiError(404, "not_found", "no such agent")
+            if owner != ident.name:
+                await self.audit(
+                    "agent.update",
+                    slug,
+                    target_user=owner,
+                    before=agent_snapshot(before),
+                    after=agent_snapshot(updated),
+                    conn=conn,
+                )
+            elif updated.overrides != before.overrides:
+                # An owner's own agent edits are not logged, but settings changes are.
+                await self.audit(
+                    "settings.agent.replace",
+                    slug,
+                    target_user=owner,
+                    before=before.overrides,
+                    after=updated.overrides,
+                    conn=conn,
+                )
         model = (await self.models([updated]))[0]
         # Provider, model and resources reach a sandbox through its environment.
         model["restart_required"] = bool(model["server"] and model["server"]["ready"])
         self.write_json(model)
 
     async def delete(self, owner: str, slug: str) -> None:
+        ident = self.identity
         await self.get_agent(owner, slug)
         try:
             await self.sac.hub.remove_server(owner, slug)
@@ -176,7 +216,18 @@ class AgentHandler(AgentBaseHandler):
                 "hub_refused",
                 f"could not stop and remove the agent's server: {e.message}",
             ) from None
-        await self.sac.store.agents.delete(owner, slug)
+        agents = self.sac.store.agents
+        async with self.sac.store.transaction() as conn:
+            before = await agents.get(owner, slug, conn=conn, lock=True)
+            deleted = before is not None and await agents.delete(owner, slug, conn=conn)
+            if deleted and owner != ident.name:
+                await self.audit(
+                    "agent.delete",
+                    slug,
+                    target_user=owner,
+                    before=agent_snapshot(before),
+                    conn=conn,
+                )
         self.set_status(204)
         self.finish()
 

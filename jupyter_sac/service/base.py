@@ -133,6 +133,36 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             )
         return agent
 
+    # ---- audit log --------------------------------------------------------------
+
+    async def audit(
+        self,
+        action: str,
+        target: str,
+        *,
+        target_user: str | None = None,
+        before: Any = None,
+        after: Any = None,
+        conn: Any = None,
+    ) -> None:
+        """Record what the caller just did in the audit log (docs/audit.md). Pass the
+        connection of ``self.sac.store.transaction()`` that made the change: the entry
+        is then stored with the change, or neither is. Secrets are redacted by the store."""
+        ident = self.identity
+        request_id = self.request.headers.get("X-Request-Id", "")[:200]
+        await self.sac.store.audit.record(
+            action,
+            actor=ident.name,
+            actor_admin=ident.admin,
+            target=target,
+            target_user=target_user,
+            before=before,
+            after=after,
+            request_id=request_id if request_id.isprintable() and request_id else None,
+            ip=self.request.remote_ip,
+            conn=conn,
+        )
+
     # ---- bodies -----------------------------------------------------------------
 
     def json_body(self) -> dict[str, Any]:

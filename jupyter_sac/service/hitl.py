@@ -325,6 +325,16 @@ def sandbox_servers(scopes: frozenset[str]) -> set[str]:
     return {scope[len(prefix) :] for scope in scopes if scope.startswith(prefix)}
 
 
+def decision_snapshots(
+    pending: dict[str, Any], decided: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A decided request before and after, as the audit log records it."""
+    asked = ("kind", "tool", "input", "question", "options")
+    before = {"agent": pending["agent_slug"], **{k: pending[k] for k in asked}, "status": PENDING}
+    after = {k: decided[k] for k in ("status", "decision", "option", "reason")}
+    return before, after
+
+
 class DecisionHandler(HitlBaseHandler):
     """POST (owner/admin): allow or deny a pending request."""
 
@@ -359,7 +369,20 @@ class DecisionHandler(HitlBaseHandler):
             raise bad("option", "only terminal prompts have options")
         if row["status"] != PENDING:
             raise ApiError(409, "already_decided", f"the request is already {row['status']}")
-        decided = await self.sac.store.hitl.decide(request_id, decision, option, reason, ident.name)
+        async with self.sac.store.transaction() as conn:
+            decided = await self.sac.store.hitl.decide(
+                request_id, decision, option, reason, ident.name, conn=conn
+            )
+            if decided is not None and row["owner"] != ident.name:
+                before, after = decision_snapshots(row, decided)
+                await self.audit(
+                    "hitl.decide",
+                    request_id,
+                    target_user=row["owner"],
+                    before=before,
+                    after=after,
+                    conn=conn,
+                )
         if decided is None:
             current = await self.sac.store.hitl.get(request_id)
             status = current["status"] if current else "gone"
@@ -386,7 +409,18 @@ class PolicyHandler(HitlBaseHandler):
             policy = validate_policy(body.get("policy"))
         except PolicyError as e:
             raise bad(e.field, e.message) from None
-        await self.sac.store.hitl.put_policy(agent.id, policy, self.identity.name)
+        ident = self.identity
+        async with self.sac.store.transaction() as conn:
+            before = await self.sac.store.hitl.put_policy(agent.id, policy, ident.name, conn=conn)
+            if owner != ident.name:
+                await self.audit(
+                    "hitl.policy.replace",
+                    slug,
+                    target_user=owner,
+                    before=before,
+                    after=policy,
+                    conn=conn,
+                )
         self.write_json({"policy": policy})
 
 

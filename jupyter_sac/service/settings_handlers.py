@@ -55,10 +55,14 @@ class SystemSettingsHandler(BaseHandler):
 
     async def put(self) -> None:
         ident = self.require_admin()
-        overrides = _validated(self.json_body(), "system")
-        await self.sac.store.settings.put(
-            "system", "", sac_settings.jsonable(overrides), ident.name
-        )
+        overrides = sac_settings.jsonable(_validated(self.json_body(), "system"))
+        async with self.sac.store.transaction() as conn:
+            before = await self.sac.store.settings.put(
+                "system", "", overrides, ident.name, conn=conn
+            )
+            await self.audit(
+                "settings.system.replace", "system", before=before, after=overrides, conn=conn
+            )
         await self.get()
 
 
@@ -78,17 +82,30 @@ class UserSettingsHandler(BaseHandler):
 
     async def put(self, user: str) -> None:
         ident = self.require_admin()
-        overrides = _validated(self.json_body(), "user")
+        overrides = sac_settings.jsonable(_validated(self.json_body(), "user"))
         if await self.sac.hub.get_user(user) is None:
             raise ApiError(404, "not_found", f"no such user {user!r}")
-        await self.sac.store.settings.put(
-            "user", user, sac_settings.jsonable(overrides), ident.name
-        )
+        async with self.sac.store.transaction() as conn:
+            before = await self.sac.store.settings.put(
+                "user", user, overrides, ident.name, conn=conn
+            )
+            await self.audit(
+                "settings.user.replace",
+                user,
+                target_user=user,
+                before=before,
+                after=overrides,
+                conn=conn,
+            )
         await self.get(user)
 
     async def delete(self, user: str) -> None:
         ident = self.require_admin()
-        await self.sac.store.settings.put("user", user, {}, ident.name)
+        async with self.sac.store.transaction() as conn:
+            before = await self.sac.store.settings.put("user", user, {}, ident.name, conn=conn)
+            await self.audit(
+                "settings.user.clear", user, target_user=user, before=before, after={}, conn=conn
+            )
         self.set_status(204)
         self.finish()
 

@@ -80,6 +80,12 @@ def skill_model(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def skill_snapshot(row: dict[str, Any]) -> dict[str, Any]:
+    """A skill as the audit log records it (its content, tier, version and bundle)."""
+    model = skill_model(row)
+    return {k: v for k, v in model.items() if k not in ("installs", "created_at", "updated_at")}
+
+
 def content_fields(row: dict[str, Any]) -> dict[str, Any]:
     """A stored skill's content fields, as a create body would give them."""
     return {key: row[key] for key in SPEC_FIELDS}
@@ -153,6 +159,27 @@ class SkillBaseHandler(BaseHandler):
             raise ApiError(403, "forbidden", "only the owner or an administrator may change it")
         return row
 
+    async def audit_skill(
+        self, verb: str, before: dict[str, Any] | None, after: dict[str, Any] | None, conn: Any
+    ) -> None:
+        """Log a change to a skill if it is curation of an official skill or a change to
+        someone else's skill (a user's changes to their own skills are not logged)."""
+        rows = [r for r in (before, after) if r is not None]
+        if any(r["visibility"] == "official" for r in rows):
+            action = f"skill.official.{verb}"
+        elif any(r["owner"] != self.viewer.name for r in rows):
+            action = f"skill.{verb}"
+        else:
+            return
+        await self.audit(
+            action,
+            str(rows[0]["id"]),
+            target_user=rows[0]["owner"] or None,
+            before=skill_snapshot(before) if before else None,
+            after=skill_snapshot(after) if after else None,
+            conn=conn,
+        )
+
     async def create(
         self,
         owner: str,
@@ -160,10 +187,11 @@ class SkillBaseHandler(BaseHandler):
         tier: tuple[str, str | None],
         parent: int | None = None,
         bundle: Bundle | None = None,
+        conn: Any = None,
     ) -> dict[str, Any]:
         try:
             return await self.sac.store.skills.create(
-                owner, spec, *tier, parent_id=parent, bundle=bundle
+                owner, spec, *tier, parent_id=parent, bundle=bundle, conn=conn
             )
         except SkillExistsError:
             raise ApiError(
@@ -205,7 +233,9 @@ class SkillsHandler(SkillBaseHandler):
         check_fields(body, SPEC_FIELDS | {"visibility", "group"})
         spec = self.spec(body)
         tier = self.tier(body)
-        row = await self.create(self.viewer.name, spec, tier)
+        async with self.sac.store.transaction() as conn:
+            row = await self.create(self.viewer.name, spec, tier, conn=conn)
+            await self.audit_skill("create", None, row, conn)
         self.write_json(skill_model(row), 201)
 
 
@@ -222,16 +252,27 @@ class SkillHandler(SkillBaseHandler):
         spec = self.spec({**content_fields(row), **body})
         group = body.get("group", row["group_name"] if "visibility" not in body else None)
         tier = self.tier({"visibility": body.get("visibility", row["visibility"]), "group": group})
-        updated = await self.sac.store.skills.update(
-            row["id"], spec, *tier, bundle_sha256=row["bundle_sha256"]
-        )
+        skills = self.sac.store.skills
+        async with self.sac.store.transaction() as conn:
+            current = await skills.get(row["id"], conn=conn, lock=True)
+            if current is None:
+                raise ApiError(404, "not_found", "no such skill")
+            updated = await skills.update(
+                row["id"], spec, *tier, bundle_sha256=current["bundle_sha256"], conn=conn
+            )
+            await self.audit_skill("update", current, updated, conn)
         assert updated is not None
         self.write_json(skill_model(updated))
 
     async def delete(self, skill_id: str) -> None:
         row = await self.editable(skill_id)
-        await self.sac.store.skills.delete(row["id"])
-        await drop_bundle(self.sac, row["bundle_sha256"])
+        async with self.sac.store.transaction() as conn:
+            current = await self.sac.store.skills.get(row["id"], conn=conn, lock=True)
+            if current is None:
+                raise ApiError(404, "not_found", "no such skill")
+            await self.sac.store.skills.delete(row["id"], conn=conn)
+            await self.audit_skill("delete", current, None, conn)
+        await drop_bundle(self.sac, current["bundle_sha256"])
         self.set_status(204)
         self.finish()
 
@@ -267,7 +308,13 @@ class AgentSkillsHandler(SkillBaseHandler):
             raise bad("skill_id", "expected a skill id")
         row = await self.readable(str(skill_id))
         try:
-            await self.sac.store.skills.install(agent.id, row)
+            async with self.sac.store.transaction() as conn:
+                await self.sac.store.skills.install(agent.id, row, conn=conn)
+                if owner != self.viewer.name:
+                    installed = {"skill_id": row["id"], "command": row["command"]}
+                    await self.audit(
+                        "agent.skill.install", slug, target_user=owner, after=installed, conn=conn
+                    )
         except CommandTakenError:
             raise ApiError(
                 409,
@@ -281,9 +328,18 @@ class AgentSkillsHandler(SkillBaseHandler):
 class AgentSkillHandler(AgentSkillsHandler):
     async def delete(self, owner: str, slug: str, skill_id: str) -> None:
         agent = await self.get_agent(owner, slug)
-        removed = skill_id.isdigit() and await self.sac.store.skills.uninstall(
-            agent.id, int(skill_id)
-        )
+        async with self.sac.store.transaction() as conn:
+            removed = skill_id.isdigit() and await self.sac.store.skills.uninstall(
+                agent.id, int(skill_id), conn=conn
+            )
+            if removed and owner != self.viewer.name:
+                await self.audit(
+                    "agent.skill.uninstall",
+                    slug,
+                    target_user=owner,
+                    before={"skill_id": int(skill_id)},
+                    conn=conn,
+                )
         if not removed:
             raise ApiError(404, "not_found", "that skill is not installed in this agent")
         self.set_status(204)
@@ -363,9 +419,17 @@ class BundleHandler(SkillBaseHandler):
         await self._replace(row, Bundle())
 
     async def _replace(self, row: dict[str, Any], bundle: Bundle) -> None:
-        unused = await self.sac.store.skills.set_bundle(row["id"], spec_of(row), bundle)
+        skills = self.sac.store.skills
+        unused = updated = None
+        async with self.sac.store.transaction() as conn:
+            current = await skills.get(row["id"], conn=conn, lock=True)
+            if current is not None:
+                unused = await skills.set_bundle(row["id"], spec_of(current), bundle, conn=conn)
+                updated = await skills.get(row["id"], conn=conn)
+                verb = "bundle.replace" if bundle.sha256 else "bundle.delete"
+                await self.audit_skill(verb, current, updated, conn)
+        # Objects go only once the rows that stopped using them are committed.
         await drop_bundle(self.sac, unused)
-        updated = await self.sac.store.skills.get(row["id"])
         if updated is None:  # deleted meanwhile: do not keep the new bundle
             await drop_bundle(self.sac, bundle.sha256)
             raise ApiError(404, "not_found", "no such skill")

@@ -1,15 +1,23 @@
 """The one owner of SQL. The hub (spawner) and the `sac` service share this module.
 
 ``Store`` wraps a psycopg AsyncConnectionPool and exposes one object per domain
-(agents, settings, tokens, usage, history, hitl); nothing outside ``store/`` writes SQL.
+(agents, settings, tokens, usage, history, hitl, skills, audit); nothing outside
+``store/`` writes SQL. ``Store.transaction()`` gives a connection in a transaction
+that the methods taking ``conn`` join (see ``tx.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from .agents import AgentExistsError, AgentLimitError, AgentRecord, Agents
+from .audit import Audit
 from .history import History
 from .hitl import HitlRequests
 from .migrate import list_migrations, migrate
@@ -38,6 +46,14 @@ class Store:
         self.history = History(pool)
         self.hitl = HitlRequests(pool)
         self.skills = Skills(pool)
+        self.audit = Audit(pool)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection[Any]]:
+        """A connection in a transaction, committed when the block ends (rolled back
+        if it raises). Keep the block short: no HTTP calls inside it."""
+        async with self.pool.connection() as conn, conn.transaction():
+            yield conn
 
     @classmethod
     async def open(

@@ -6,9 +6,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from psycopg import AsyncConnection
 from psycopg.errors import UniqueViolation
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
+
+from .tx import using
 
 
 class AgentExistsError(Exception):
@@ -97,10 +100,21 @@ class Agents:
             assert row is not None
             return AgentRecord.from_row(row)
 
-    async def get(self, owner: str, slug: str) -> AgentRecord | None:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                f"SELECT {_COLUMNS} FROM agents WHERE owner = %s AND slug = %s", (owner, slug)
+    async def get(
+        self,
+        owner: str,
+        slug: str,
+        *,
+        conn: AsyncConnection[Any] | None = None,
+        lock: bool = False,
+    ) -> AgentRecord | None:
+        """An agent; with ``lock`` (inside a transaction) its row is locked until the
+        transaction ends, so the caller changes exactly the version it read."""
+        async with using(self.pool, conn) as c:
+            cur = await c.execute(
+                f"SELECT {_COLUMNS} FROM agents WHERE owner = %s AND slug = %s"
+                + (" FOR NO KEY UPDATE" if lock else ""),
+                (owner, slug),
             )
             row = await cur.fetchone()
         return AgentRecord.from_row(row) if row else None
@@ -131,15 +145,22 @@ class Agents:
             row = await cur.fetchone()
         return int(row["n"]) if row else None
 
-    async def update(self, owner: str, slug: str, changes: dict[str, Any]) -> AgentRecord | None:
+    async def update(
+        self,
+        owner: str,
+        slug: str,
+        changes: dict[str, Any],
+        *,
+        conn: AsyncConnection[Any] | None = None,
+    ) -> AgentRecord | None:
         changes = {k: v for k, v in changes.items() if k in UPDATABLE}
         if not changes:
-            return await self.get(owner, slug)
+            return await self.get(owner, slug, conn=conn)
         if "overrides" in changes:
             changes["overrides"] = Jsonb(changes["overrides"])
         assignments = ", ".join(f"{k} = %({k})s" for k in changes)
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
+        async with using(self.pool, conn) as c:
+            cur = await c.execute(
                 f"UPDATE agents SET {assignments}, updated_at = now()"
                 f" WHERE owner = %(_owner)s AND slug = %(_slug)s RETURNING {_COLUMNS}",
                 {**changes, "_owner": owner, "_slug": slug},
@@ -147,9 +168,11 @@ class Agents:
             row = await cur.fetchone()
         return AgentRecord.from_row(row) if row else None
 
-    async def delete(self, owner: str, slug: str) -> bool:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
+    async def delete(
+        self, owner: str, slug: str, *, conn: AsyncConnection[Any] | None = None
+    ) -> bool:
+        async with using(self.pool, conn) as c:
+            cur = await c.execute(
                 "DELETE FROM agents WHERE owner = %s AND slug = %s", (owner, slug)
             )
             return cur.rowcount > 0

@@ -6,8 +6,11 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
+
+from .tx import using
 
 PENDING = "pending"
 DECIDED_STATUSES = ("approved", "denied", "timed_out", "cancelled")
@@ -61,14 +64,29 @@ class HitlRequests:
             row = await cur.fetchone()
         return dict(row["policy"]) if row else None
 
-    async def put_policy(self, agent_id: int, policy: dict[str, Any], by: str) -> None:
-        async with self.pool.connection() as conn:
-            await conn.execute(
+    async def put_policy(
+        self,
+        agent_id: int,
+        policy: dict[str, Any],
+        by: str,
+        *,
+        conn: AsyncConnection[Any] | None = None,
+    ) -> dict[str, Any] | None:
+        """Replace an agent's policy; returns the one it replaced (None: the default).
+        The agent's row lock orders replacements, so that is exactly what was replaced."""
+        async with using(self.pool, conn) as c, c.transaction():
+            await c.execute("SELECT 1 FROM agents WHERE id = %s FOR NO KEY UPDATE", (agent_id,))
+            cur = await c.execute(
+                "SELECT policy FROM hitl_policies WHERE agent_id = %s", (agent_id,)
+            )
+            row = await cur.fetchone()
+            await c.execute(
                 "INSERT INTO hitl_policies (agent_id, policy, updated_by) VALUES (%s, %s, %s)"
                 " ON CONFLICT (agent_id) DO UPDATE SET policy = EXCLUDED.policy,"
                 " updated_at = now(), updated_by = EXCLUDED.updated_by",
                 (agent_id, Jsonb(policy), by),
             )
+        return dict(row["policy"]) if row else None
 
     # ---- requests -----------------------------------------------------------------
 
@@ -154,12 +172,19 @@ class HitlRequests:
             return await cur.fetchall()
 
     async def decide(
-        self, request_id: str, decision: str, option: str | None, reason: str | None, by: str
+        self,
+        request_id: str,
+        decision: str,
+        option: str | None,
+        reason: str | None,
+        by: str,
+        *,
+        conn: AsyncConnection[Any] | None = None,
     ) -> dict[str, Any] | None:
         """Decide a pending request; None if it is no longer pending (or past expiry)."""
         status = "approved" if decision == "allow" else "denied"
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
+        async with using(self.pool, conn) as c:
+            cur = await c.execute(
                 f"UPDATE hitl_requests SET status = %s, decision = %s, option = %s, reason = %s,"
                 f" decided_by = %s, decided_at = now()"
                 f" WHERE id = %s AND status = 'pending' AND expires_at > now()"

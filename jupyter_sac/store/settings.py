@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
+
+from .tx import using
 
 
 class SettingsRows:
@@ -33,11 +36,29 @@ class SettingsRows:
         found = {r["scope"]: dict(r["overrides"]) for r in rows}
         return found.get("system", {}), found.get("user", {})
 
-    async def put(self, scope: str, subject: str, overrides: dict[str, Any], by: str) -> None:
-        """Replace one level's overrides (an empty dict clears them)."""
-        async with self.pool.connection() as conn:
+    async def put(
+        self,
+        scope: str,
+        subject: str,
+        overrides: dict[str, Any],
+        by: str,
+        *,
+        conn: AsyncConnection[Any] | None = None,
+    ) -> dict[str, Any]:
+        """Replace one level's overrides (an empty dict clears them); returns the
+        overrides it replaced. Changes of one level are serialised, so what it returns
+        is exactly what this call replaced."""
+        async with using(self.pool, conn) as c, c.transaction():
+            await c.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"sac-settings:{scope}:{subject}",)
+            )
+            cur = await c.execute(
+                "SELECT overrides FROM settings_overrides WHERE scope = %s AND subject = %s",
+                (scope, subject),
+            )
+            row = await cur.fetchone()
             if overrides:
-                await conn.execute(
+                await c.execute(
                     "INSERT INTO settings_overrides (scope, subject, overrides, updated_by)"
                     " VALUES (%s, %s, %s, %s) ON CONFLICT (scope, subject) DO UPDATE"
                     " SET overrides = EXCLUDED.overrides, updated_at = now(),"
@@ -45,10 +66,11 @@ class SettingsRows:
                     (scope, subject, Jsonb(overrides), by),
                 )
             else:
-                await conn.execute(
+                await c.execute(
                     "DELETE FROM settings_overrides WHERE scope = %s AND subject = %s",
                     (scope, subject),
                 )
+        return dict(row["overrides"]) if row else {}
 
     async def list_users(self) -> dict[str, dict[str, Any]]:
         async with self.pool.connection() as conn:

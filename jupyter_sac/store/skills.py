@@ -14,11 +14,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg import AsyncConnection
 from psycopg.errors import UniqueViolation
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from ..skills import SkillSpec
+from .tx import using
 
 OFFICIAL_OWNER = ""
 
@@ -137,12 +139,14 @@ class Skills:
         group: str | None,
         parent_id: int | None = None,
         bundle: Bundle | None = None,
+        *,
+        conn: AsyncConnection[Any] | None = None,
     ) -> dict[str, Any]:
         """A new skill; a fork passes its parent's bundle (content-addressed, shared)."""
         bundle = bundle or Bundle()
-        async with self.pool.connection() as conn:
+        async with using(self.pool, conn) as c:
             try:
-                cur = await conn.execute(
+                cur = await c.execute(
                     "INSERT INTO skills (owner, command, title, description, body, parameters,"
                     " prompt, tags, visibility, group_name, parent_id, bundle_sha256,"
                     " bundle_files, bundle_size, checksum)"
@@ -162,15 +166,21 @@ class Skills:
             except UniqueViolation:
                 raise SkillExistsError(spec.command) from None
             row = await cur.fetchone()
-        assert row is not None
-        created = await self.get(row["id"])
+            assert row is not None
+            created = await self.get(row["id"], conn=c)
         assert created is not None
         return created
 
-    async def get(self, skill_id: int) -> dict[str, Any] | None:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                f"SELECT {_COLUMNS} FROM skills s WHERE s.id = %s", (skill_id,)
+    async def get(
+        self, skill_id: int, *, conn: AsyncConnection[Any] | None = None, lock: bool = False
+    ) -> dict[str, Any] | None:
+        """A skill; with ``lock`` (inside a transaction) its row stays locked until the
+        transaction ends, so the caller changes exactly the version it read."""
+        async with using(self.pool, conn) as c:
+            cur = await c.execute(
+                f"SELECT {_COLUMNS} FROM skills s WHERE s.id = %s"
+                + (" FOR NO KEY UPDATE" if lock else ""),
+                (skill_id,),
             )
             return await cur.fetchone()
 
@@ -181,10 +191,12 @@ class Skills:
         visibility: str,
         group: str | None,
         bundle_sha256: str | None = None,
+        *,
+        conn: AsyncConnection[Any] | None = None,
     ) -> dict[str, Any] | None:
         """Replace a skill's content; the version goes up when the content changed."""
-        async with self.pool.connection() as conn:
-            await conn.execute(
+        async with using(self.pool, conn) as c:
+            await c.execute(
                 "UPDATE skills SET title = %(title)s, description = %(description)s,"
                 " body = %(body)s, parameters = %(parameters)s, prompt = %(prompt)s,"
                 " tags = %(tags)s, visibility = %(visibility)s, group_name = %(group)s,"
@@ -203,13 +215,20 @@ class Skills:
                     "id": skill_id,
                 },
             )
-        return await self.get(skill_id)
+            return await self.get(skill_id, conn=c)
 
-    async def set_bundle(self, skill_id: int, spec: SkillSpec, bundle: Bundle) -> str | None:
+    async def set_bundle(
+        self,
+        skill_id: int,
+        spec: SkillSpec,
+        bundle: Bundle,
+        *,
+        conn: AsyncConnection[Any] | None = None,
+    ) -> str | None:
         """Attach (or with an empty Bundle, remove) a skill's bundle: a new version.
         Returns the sha256 of the bundle it replaced when no skill uses it any more
-        (the caller deletes that object)."""
-        async with self.pool.connection() as conn, conn.transaction():
+        (the caller deletes that object, once the transaction has committed)."""
+        async with using(self.pool, conn) as conn, conn.transaction():
             cur = await conn.execute(
                 "SELECT bundle_sha256 FROM skills WHERE id = %s FOR UPDATE", (skill_id,)
             )
@@ -233,9 +252,9 @@ class Skills:
         async with self.pool.connection() as conn:
             return await _bundle_used(conn, sha256)
 
-    async def delete(self, skill_id: int) -> bool:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute("DELETE FROM skills WHERE id = %s", (skill_id,))
+    async def delete(self, skill_id: int, *, conn: AsyncConnection[Any] | None = None) -> bool:
+        async with using(self.pool, conn) as c:
+            cur = await c.execute("DELETE FROM skills WHERE id = %s", (skill_id,))
             return cur.rowcount > 0
 
     async def search(
@@ -278,8 +297,10 @@ class Skills:
             )
             return await cur.fetchall()
 
-    async def install(self, agent_id: int, skill: dict[str, Any]) -> None:
-        async with self.pool.connection() as conn, conn.transaction():
+    async def install(
+        self, agent_id: int, skill: dict[str, Any], *, conn: AsyncConnection[Any] | None = None
+    ) -> None:
+        async with using(self.pool, conn) as conn, conn.transaction():
             # One installed skill per command inside an agent (the slash command name).
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (agent_id,))
             cur = await conn.execute(
@@ -295,9 +316,11 @@ class Skills:
                 (agent_id, skill["id"]),
             )
 
-    async def uninstall(self, agent_id: int, skill_id: int) -> bool:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
+    async def uninstall(
+        self, agent_id: int, skill_id: int, *, conn: AsyncConnection[Any] | None = None
+    ) -> bool:
+        async with using(self.pool, conn) as c:
+            cur = await c.execute(
                 "DELETE FROM skill_installs WHERE agent_id = %s AND skill_id = %s",
                 (agent_id, skill_id),
             )

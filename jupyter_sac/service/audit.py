@@ -1,0 +1,230 @@
+"""The audit log API (administrators only): list and export the entries that
+settings changes and administrators' actions on other users' resources leave.
+
+Handlers record entries with ``BaseHandler.audit`` (see docs/audit.md for what is
+recorded); this module reads them back: ``GET api/audit`` pages newest first,
+``GET api/audit/export.csv`` streams every matching entry in the same order.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from contextlib import aclosing
+from datetime import datetime
+from typing import Any
+
+from ..store.audit import AuditFilter, AuditKey
+from .base import BaseHandler
+from .history import _UNENCODED_PLUS, CSV_FLUSH_BYTES, _parse_ts
+from .openapi import _op, _resp
+from .validation import bad, decode_cursor, encode_cursor
+
+PAGE = 100
+MAX_PAGE = 500
+MAX_TEXT = 200
+CSV_COLUMNS = ("at", "actor", "action", "target_user", "target", "before", "after")
+# An exact action ("agent.update") or every action under a prefix ("settings.*").
+_ACTION = re.compile(r"[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)*(\.\*)?")
+
+
+def entry_model(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "at": row["at"].isoformat(),
+        "actor": row["actor"],
+        "actor_admin": row["actor_admin"],
+        "action": row["action"],
+        "target_user": row["target_user"],
+        "target": row["target"],
+        "before": row["before"],
+        "after": row["after"],
+        "request_id": row["request_id"],
+        "ip": row["ip"],
+    }
+
+
+def _json_cell(value: Any) -> str:
+    return "" if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def csv_row(row: dict[str, Any]) -> tuple[str, ...]:
+    return (
+        row["at"].isoformat(),
+        row["actor"],
+        row["action"],
+        row["target_user"] or "",
+        row["target"],
+        _json_cell(row["before"]),
+        _json_cell(row["after"]),
+    )
+
+
+def entry_cursor(row: dict[str, Any]) -> str:
+    return encode_cursor([row["at"].isoformat(), str(row["id"])])
+
+
+def parse_entry_cursor(value: str) -> AuditKey:
+    at, entry_id = decode_cursor(value, 2)
+    if not (entry_id.isascii() and entry_id.isdigit() and len(entry_id) < 19):
+        raise bad("cursor", "not a cursor returned by this endpoint")
+    return _parse_ts(at, "cursor"), int(entry_id)
+
+
+class AuditBaseHandler(BaseHandler):
+    def text_arg(self, name: str) -> str | None:
+        # tornado has already refused invalid UTF-8 and replaced control characters
+        raw = self.get_argument(name, None)
+        if raw is None or raw == "":
+            return None
+        if len(raw) > MAX_TEXT:
+            raise bad(name, f"at most {MAX_TEXT} characters")
+        return raw
+
+    def time_arg(self, name: str) -> datetime | None:
+        raw = self.get_argument(name, None)
+        if not raw:
+            return None
+        # An offset's "+" typed into a URL unencoded arrives as a space.
+        return _parse_ts(_UNENCODED_PLUS.sub(r"\1+\2", raw), name)
+
+    def audit_filter(self) -> AuditFilter:
+        """The query's filters, for an administrator (else 403 before any is read)."""
+        self.require_admin()
+        action = self.text_arg("action")
+        if action is not None and not _ACTION.fullmatch(action):
+            raise bad("action", "expected an action such as agent.update, or a prefix: settings.*")
+        since, until = self.time_arg("since"), self.time_arg("until")
+        if since is not None and until is not None and until <= since:
+            raise bad("until", "must be after since")
+        return AuditFilter(
+            actor=self.text_arg("actor"),
+            target_user=self.text_arg("user"),
+            target=self.text_arg("target"),
+            action=action,
+            since=since,
+            until=until,
+        )
+
+
+class AuditHandler(AuditBaseHandler):
+    """GET api/audit: a page of entries, newest first."""
+
+    async def get(self) -> None:
+        where = self.audit_filter()
+        limit = self.int_arg("limit", PAGE, 1, MAX_PAGE)
+        cursor = self.get_argument("cursor", None)
+        rows = await self.sac.store.audit.list(
+            where, limit + 1, parse_entry_cursor(cursor) if cursor else None
+        )
+        page = rows[:limit]
+        self.write_json(
+            {
+                "entries": [entry_model(r) for r in page],
+                "next_cursor": entry_cursor(page[-1]) if len(rows) > limit else None,
+            }
+        )
+
+
+class AuditExportHandler(AuditBaseHandler):
+    """GET api/audit/export.csv: every matching entry as CSV, newest first, streamed
+    from a server-side cursor a chunk at a time (as the history export)."""
+
+    async def get(self) -> None:
+        where = self.audit_filter()
+        self.set_header("Content-Type", "text/csv; charset=utf-8")
+        self.set_header("Content-Disposition", 'attachment; filename="audit.csv"')
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(CSV_COLUMNS)
+        # aclosing: a client that goes away mid-export closes the cursor at once.
+        async with aclosing(self.sac.store.audit.stream(where)) as rows:
+            async for row in rows:
+                writer.writerow(csv_row(row))
+                if buffer.tell() >= CSV_FLUSH_BYTES:
+                    self.write(buffer.getvalue())
+                    buffer.seek(0)
+                    buffer.truncate()
+                    # Wait for the client to take it: memory stays flat however big.
+                    await self.flush()
+        self.finish(buffer.getvalue())
+
+
+def routes(prefix: str) -> list[tuple[str, Any]]:
+    return [
+        (prefix + "api/audit", AuditHandler),
+        (prefix + r"api/audit/export\.csv", AuditExportHandler),
+    ]
+
+
+_TIME = {"type": "string", "format": "date-time"}
+_PARAMS: dict[str, tuple[dict[str, Any], str]] = {
+    "actor": ({"type": "string", "maxLength": MAX_TEXT}, "only entries of this actor"),
+    "user": ({"type": "string", "maxLength": MAX_TEXT}, "only entries about this user's resources"),
+    "target": ({"type": "string", "maxLength": MAX_TEXT}, "only entries about this target"),
+    "action": ({"type": "string"}, "an action (agent.update) or a prefix (settings.*)"),
+    "since": (_TIME, "from this time (inclusive)"),
+    "until": (_TIME, "before this time (exclusive)"),
+    "limit": ({"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": PAGE}, "page size"),
+    "cursor": ({"type": "string"}, "next_cursor of the previous page (opaque)"),
+}
+
+
+def _query(*names: str) -> list[dict[str, Any]]:
+    return [
+        {"name": n, "in": "query", "schema": _PARAMS[n][0], "description": _PARAMS[n][1]}
+        for n in names
+    ]
+
+
+_ENTRY = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "integer"},
+        "at": _TIME,
+        "actor": {"type": "string"},
+        "actor_admin": {"type": "boolean"},
+        "action": {"type": "string"},
+        "target_user": {"type": "string", "nullable": True},
+        "target": {"type": "string"},
+        "before": {"nullable": True},
+        "after": {"nullable": True},
+        "request_id": {"type": "string", "nullable": True},
+        "ip": {"type": "string", "nullable": True},
+    },
+}
+
+
+def openapi_paths() -> dict[str, Any]:
+    filters = ("actor", "user", "target", "action", "since", "until")
+    page = {
+        "type": "object",
+        "properties": {
+            "entries": {"type": "array", "items": _ENTRY},
+            "next_cursor": {"type": "string", "nullable": True},
+        },
+    }
+    csv_ok = {"200": {"description": "CSV (" + ", ".join(CSV_COLUMNS) + ")",
+                      "content": {"text/csv": {}}}}  # fmt: skip
+    return {
+        "/api/audit": {
+            "get": _op(
+                "The audit log, newest first (admins)",
+                {"200": _resp("a page of entries", page)},
+                400,
+                403,
+                params=_query(*filters, "limit", "cursor"),
+            )
+        },
+        "/api/audit/export.csv": {
+            "get": _op(
+                "The audit log as CSV, newest first, streamed (admins)",
+                csv_ok,
+                400,
+                403,
+                params=_query(*filters),
+            )
+        },
+    }
