@@ -57,7 +57,7 @@ def kept_because(admin: HubApi, key: str, passes: int = 3) -> str:
 
 
 def test_idle_agents_stop_but_not_while_waiting_on_a_human_or_working(
-    culling_stack: dict[str, Any], fake_anthropic: str
+    culling_stack: dict[str, Any], fake: str
 ) -> None:
     admin: HubApi = culling_stack["admin"]
     user = f"idle{uuid.uuid4().hex[:6]}"
@@ -70,7 +70,7 @@ def test_idle_agents_stop_but_not_while_waiting_on_a_human_or_working(
     for slug, fields in (
         ("forever", {}),
         ("waiting", hour),
-        ("working", {**hour, **model_agent(fake_anthropic)}),
+        ("working", {**hour, **model_agent(fake)}),
     ):
         created = hub.sac("POST", "agents", json={"slug": slug, "api_key": "sk-unused-key",
                                                   **fields})  # fmt: skip
@@ -93,7 +93,7 @@ def test_idle_agents_stop_but_not_while_waiting_on_a_human_or_working(
     # "working" runs a long chat turn (its tool sleeps): kept while it runs.
     hub.start(user, "working")
     allow_all(hub, user, "working")
-    httpx.post(fake_anthropic + "/_fake/script", json={"replies": [
+    httpx.post(fake + "/_fake/script", json={"replies": [
         {"tool_use": {"name": "Bash", "input": {"command": "echo busy && sleep 127"}}},
         "done"]})  # fmt: skip
     base = f"{culling_stack['url']}user/{user}/working/sac/api/"
@@ -128,6 +128,10 @@ def test_idle_agents_stop_but_not_while_waiting_on_a_human_or_working(
     culled = {c["agent"]: c["reason"] for c in culler(admin)["culled"]}
     assert culled[f"{user}/waiting"].startswith("idle for")
     assert f"{user}/working" in culled
+    # ... and each stop is in the audit log, by the service.
+    log = admin.sac("GET", "audit", params={"action": "agent.cull", "user": user}).json()
+    assert sorted(e["target"] for e in log["entries"]) == ["waiting", "working"]
+    assert {e["actor"] for e in log["entries"]} == {"sac-service"}
     assert running(admin, user, "forever")
     # A culled agent is only stopped: it starts again.
     one = hub.sac(

@@ -25,6 +25,9 @@ from .openapi import _op, _resp
 
 log = logging.getLogger("jupyter_sac.culler")
 
+# Who the audit log names for what the service does on its own.
+SYSTEM_ACTOR = "sac-service"
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -127,6 +130,15 @@ class Culler:
                 *self.status["culled"][-99:],
                 {"agent": key, "at": now.isoformat(), "reason": verdict.reason},
             ]
+            await self.sac.store.audit.record(
+                "agent.cull",
+                actor=SYSTEM_ACTOR,
+                actor_admin=True,
+                target=name,
+                target_user=owner,
+                before={"state": "running"},
+                after={"state": "stopped", "reason": verdict.reason},
+            )
             await self.sac.hub.stop_server(owner, name)
         self.status["kept"] = kept
         self.status["passes"] += 1
