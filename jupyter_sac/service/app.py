@@ -24,7 +24,7 @@ from ..objects import ObjectStore, store_from_config
 from ..providers import PRESETS
 from ..stack import default_data_dir
 from ..store import Store
-from . import agent_skills, audit, culler, history, hitl, skills
+from . import agent_skills, audit, culler, history, hitl, metrics, skills
 from .agents import AgentHandler, AgentsHandler, AgentUsageHandler
 from .base import BaseHandler, NotFoundHandler
 from .llm_proxy import LlmProxyHandler
@@ -201,6 +201,7 @@ class SacService(Application):
             *skills.routes(p),
             *agent_skills.routes(p),
             *culler.routes(p),
+            *metrics.routes(p),
             *audit.routes(p),
             (p + r"api/.*", NotFoundHandler),
         ]

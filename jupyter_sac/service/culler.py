@@ -20,6 +20,7 @@ from urllib.parse import quote
 import httpx
 
 from .. import settings as sac_settings
+from . import metrics
 from .base import BaseHandler
 from .openapi import _op, _resp
 
@@ -140,6 +141,7 @@ class Culler:
                 after={"state": "stopped", "reason": verdict.reason},
             )
             await self.sac.hub.stop_server(owner, name)
+            metrics.AGENTS_CULLED.inc()
         self.status["kept"] = kept
         self.status["passes"] += 1
         self.status["last_pass"] = now.isoformat()

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..runtimes.transcript import prompt_text, readable_text
 from ..store.history import EventFilter, EventKey, IngestBatch, IngestEvent
+from . import metrics
 from .base import BaseHandler
 from .csv_export import stream_csv
 from .errors import ApiError
@@ -278,7 +279,13 @@ class IngestHandler(HistoryBaseHandler):
             raise ApiError(400, "invalid_json", "a JSON object body is required")
         batch = parse_batch(self.request.body)
         stored = await self.sac.store.history.ingest(agent.id, agent.owner, agent.slug, batch)
+        metrics.HISTORY_EVENTS.inc(stored)
         self.write_json({"received": len(batch.events), "stored": stored})
+
+    def on_finish(self) -> None:
+        status = self.get_status()
+        if status == 200 or (400 <= status < 500 and status not in (401, 403)):
+            metrics.HISTORY_BATCHES.labels("stored" if status == 200 else "rejected").inc()
 
 
 def session_model(row: dict[str, Any]) -> dict[str, Any]:

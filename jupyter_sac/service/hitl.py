@@ -22,6 +22,7 @@ from typing import Any
 from .. import settings as sac_settings
 from ..hitl import DEFAULT_POLICY, PolicyError, default_option, timeout_decision, validate_policy
 from ..store.hitl import PENDING, request_model
+from . import metrics
 from .base import BaseHandler
 from .errors import ApiError
 from .openapi import _op, _path_params, _resp
@@ -66,6 +67,7 @@ class Waiters:
 async def expire_due(sac: Any) -> None:
     """Resolve every request past its expiry (the default decision) and wake its waiters."""
     for row in await sac.store.hitl.expire_due():
+        metrics.observe_decision("timeout")
         sac.hitl_waiters.notify(str(row["id"]))
 
 
@@ -227,6 +229,8 @@ class RequestsHandler(HitlBaseHandler):
             default_decision=default_decision(resolved),
             **fields,
         )
+        if created:
+            metrics.HITL_REQUESTS.labels(row["kind"]).inc()
         self.write_json(request_model(row), 201 if created else 200)
 
     async def get(self) -> None:
@@ -389,6 +393,7 @@ class DecisionHandler(HitlBaseHandler):
             if status == PENDING:  # past its expiry, not yet reaped
                 status = "timed out"
             raise ApiError(409, "already_decided", f"the request is already {status}")
+        metrics.observe_decision(decision, row["created_at"])
         self.sac.hitl_waiters.notify(request_id)
         self.write_json(request_model(decided))
 

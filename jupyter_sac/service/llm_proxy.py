@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +21,7 @@ from .. import settings as sac_settings
 from ..budgets import refusal as budget_refusal
 from ..providers import ProviderError, auth_headers, upstream_base_url
 from ..store.usage import USAGE_FIELDS, UsageDelta
+from . import metrics
 
 log = logging.getLogger("jupyter_sac.llm_proxy")
 
@@ -162,7 +164,13 @@ class LlmProxyHandler(web.RequestHandler):
         agent_used, user_used = await store.usage.month_tokens(agent.id, agent.owner)
         return budget_refusal(resolved, agent_used, user_used, datetime.now(UTC).date())
 
+    def on_finish(self) -> None:
+        started = getattr(self, "_started", None)
+        if started is not None:
+            metrics.observe_proxy(self._provider, self.get_status(), started, self._usage)
+
     async def post(self, path: str) -> None:
+        self._started, self._provider, self._usage = time.monotonic(), "unknown", None
         if path not in ALLOWED_PATHS:
             return self._fail(404, "not_found_error", f"/{path} is not proxied")
         if len(self.request.body) > MAX_REQUEST_BYTES:
@@ -170,6 +178,8 @@ class LlmProxyHandler(web.RequestHandler):
         token = self._token()
         store = self.sac.store
         agent = await store.tokens.agent(token) if token else None
+        if agent is not None:
+            self._provider = agent.provider
         if agent is None:
             return self._fail(
                 401,
@@ -232,6 +242,7 @@ class LlmProxyHandler(web.RequestHandler):
             return self.finish()
         finally:
             delta = meter.finish() if meter is not None else UsageDelta(requests=1)
+            self._usage = delta
             if path == "v1/messages":
                 try:
                     await store.usage.record(agent.id, agent.owner, agent.slug, delta)

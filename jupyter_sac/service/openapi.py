@@ -48,7 +48,7 @@ def _path_params(*names: str) -> list[dict[str, Any]]:
 
 def document(prefix: str) -> dict[str, Any]:
     # Imported here: those modules use this module's helpers (_op, _resp, ...).
-    from . import agent_skills, audit, culler, history, hitl, skills
+    from . import agent_skills, audit, culler, history, hitl, metrics, skills
 
     agent = {"$ref": "#/components/schemas/Agent"}
     create = {"$ref": "#/components/schemas/AgentCreate"}
@@ -175,6 +175,7 @@ def document(prefix: str) -> dict[str, Any]:
             **skills.openapi_paths(),
             **agent_skills.openapi_paths(),
             **culler.openapi_paths(),
+            **metrics.openapi_paths(),
             **audit.openapi_paths(),
             "/api/agents": {
                 "get": _op(

@@ -168,6 +168,12 @@ class Agents:
             row = await cur.fetchone()
         return AgentRecord.from_row(row) if row else None
 
+    async def count(self) -> int:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("SELECT count(*) AS n FROM agents")
+            row = await cur.fetchone()
+        return int(row["n"]) if row else 0
+
     async def delete(
         self, owner: str, slug: str, *, conn: AsyncConnection[Any] | None = None
     ) -> bool:

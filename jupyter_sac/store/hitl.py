@@ -151,6 +151,14 @@ class HitlRequests:
                     return row, False
         raise RuntimeError(f"could not file a HITL request with dedupe key {dedupe_key!r}")
 
+    async def count_pending(self) -> int:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT count(*) AS n FROM hitl_requests WHERE status = 'pending'"
+            )
+            row = await cur.fetchone()
+        return int(row["n"]) if row else 0
+
     async def get(self, request_id: str) -> dict[str, Any] | None:
         try:
             rid = uuid.UUID(request_id)
