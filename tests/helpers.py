@@ -194,3 +194,45 @@ class TerminalClient:
 def claude_ready(t: TerminalClient) -> bool:
     # Claude Code's idle input box shows its shortcuts hint under the prompt line.
     return "? for shortcuts" in t.text() or "for shortcuts" in t.raw
+
+
+def script_model(fake: str, *replies: Any) -> None:
+    """Replace the fake model's scripted replies (text, or {"tool_use": ...})."""
+    httpx.delete(fake + "/_fake/script")
+    assert httpx.post(fake + "/_fake/script", json={"replies": list(replies)}).status_code == 204
+
+
+def tar_gz(files: dict[str, bytes]) -> bytes:
+    """A tar.gz of regular files, as a user would upload as a skill bundle."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def agent_home(data_dir: Any, slug: str) -> Any:
+    """An agent's folder on the host (``<data dir>/agents/<id>-<slug>``)."""
+    (root,) = (data_dir / "agents").glob(f"*-{slug}")
+    return root
+
+
+GREETING_BODY = "---\nname: x\ndescription: x\n---\n\nSay hello to {{who}}.\n"
+
+
+def greeting_skill(command: str, **extra: Any) -> dict[str, Any]:
+    """A small valid skill body for the marketplace API (one required parameter)."""
+    return {
+        "command": command,
+        "title": f"Skill {command}",
+        "description": "Greets someone.",
+        "body": GREETING_BODY,
+        "parameters": [{"name": "who", "type": "text", "required": True}],
+        "prompt": "Greet {{who}}.",
+        **extra,
+    }

@@ -9,18 +9,13 @@ from datetime import date
 
 import httpx
 import pytest
-from helpers import HubApi, model_agent, running_agent
+from helpers import HubApi, model_agent, running_agent, script_model
 
 from jupyter_sac import settings as sac_settings
 from jupyter_sac.budgets import next_month, refusal
 from jupyter_sac.client import Client
 
 pytestmark = pytest.mark.stack
-
-
-def script(fake: str, *replies: str) -> None:
-    httpx.delete(fake + "/_fake/script")
-    assert httpx.post(fake + "/_fake/script", json={"replies": list(replies)}).status_code == 204
 
 
 def model_calls(fake: str) -> int:
@@ -36,7 +31,7 @@ def test_a_spent_user_budget_refuses_model_calls_until_raised(stack: dict, fake:
         assert put.status_code == 200, put.text
         client = Client(url=stack["url"], token=hub.token)
         agent = client.agent("spender")
-        script(fake, "First answer.")
+        script_model(fake, "First answer.")
         first = agent.ask("hello")
         assert first.text == "First answer." and not first.is_error
         usage = hub.sac("GET", f"users/{user}/agents/spender/usage").json()
@@ -52,7 +47,7 @@ def test_a_spent_user_budget_refuses_model_calls_until_raised(stack: dict, fake:
 
         # An administrator lifts the limit: the same conversation goes on.
         assert admin.sac("DELETE", f"users/{user}/settings").status_code in (200, 204)
-        script(fake, "Back in business.")
+        script_model(fake, "Back in business.")
         again = agent.ask("once more", session_id=first.session_id)
         assert again.text == "Back in business." and not again.is_error
         client.close()
@@ -68,7 +63,7 @@ def test_an_owner_can_cap_one_agent(stack: dict, fake: str) -> None:
         assert capped.json()["resolved"]["agent_monthly_tokens"] == 1
         client = Client(url=stack["url"], token=hub.token)
         agent = client.agent("capped")
-        script(fake, "Only one.")
+        script_model(fake, "Only one.")
         assert agent.ask("one").text == "Only one."
         refused = agent.ask("two", timeout=120)
         assert refused.is_error and "this agent has used" in refused.text

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import HubApi, allow_all, model_agent, run_in_terminal, running_agent
+from helpers import HubApi, allow_all, model_agent, run_in_terminal, running_agent, script_model
 
 from jupyter_sac.client import (
     Agent,
@@ -28,11 +28,6 @@ from jupyter_sac.client import (
 from jupyter_sac.testing.stack import poll_until
 
 pytestmark = pytest.mark.stack
-
-
-def script(fake: str, *replies: Any) -> None:
-    httpx.delete(fake + "/_fake/script")
-    assert httpx.post(fake + "/_fake/script", json={"replies": list(replies)}).status_code == 204
 
 
 def bash(command: str) -> dict[str, Any]:
@@ -71,7 +66,7 @@ def test_agents_start_and_answer(driven: dict[str, Any], stack: dict, fake: str)
     assert listed["driven"]["state"] == "running" and listed["driven"]["display_name"] == "Driven"
     assert agent.status() == "running"
 
-    script(fake, "The answer is 42.")
+    script_model(fake, "The answer is 42.")
     answer = agent.ask("What is the answer?")
     assert answer.text == "The answer is 42." and not answer.is_error
     assert answer.events[0]["type"] == "turn_start"
@@ -79,7 +74,7 @@ def test_agents_start_and_answer(driven: dict[str, Any], stack: dict, fake: str)
 
     # stream: the same turn structure, event by event; the session continues.
     allow_all(driven["hub"], driven["user"], "driven")
-    script(fake, bash("echo streamed > /workspace/streamed.txt"), "Wrote it.")
+    script_model(fake, bash("echo streamed > /workspace/streamed.txt"), "Wrote it.")
     events = list(agent.stream("write a file", session_id=answer.session_id))
     types = [e["type"] for e in events]
     assert types[0] == "turn_start" and types[-1] == "turn_end"
@@ -99,7 +94,7 @@ def test_an_approval_from_another_thread_lets_the_turn_go_on(
     # policy here would race with its cache.)
     agent = client.create_agent("gated", **model_agent(fake))
     agent.start()
-    script(fake, bash("echo approved > /workspace/approved.txt"), "Done after approval.")
+    script_model(fake, bash("echo approved > /workspace/approved.txt"), "Done after approval.")
 
     seen: list[dict[str, Any]] = []
 
@@ -135,7 +130,7 @@ def test_skills_history_and_errors(driven: dict[str, Any], stack: dict, fake: st
         agent.run_skill("summarise-csv")
     assert missing.value.field == "values.file"
 
-    script(fake, "Summary written.")
+    script_model(fake, "Summary written.")
     answer = agent.run_skill("summarise-csv", file="sales.csv", max_plots=3)
     assert answer.text == "Summary written."
     sent = httpx.get(fake + "/_fake/requests").json()["requests"][-1]["body"]
@@ -171,7 +166,7 @@ def test_the_async_client_streams_too(driven: dict[str, Any], stack: dict, fake:
             agent = client.agent("driven")
             return [e["type"] async for e in agent.stream("hello again")]
 
-    script(fake, "Hello.")
+    script_model(fake, "Hello.")
     types = asyncio.run(main())
     assert types[0] == "turn_start" and "text" in types and types[-1] == "turn_end"
 

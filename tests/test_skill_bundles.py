@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import HubApi
+from helpers import HubApi, greeting_skill
 
 from jupyter_sac.skills import (
     MAX_BUNDLE_BYTES,
@@ -28,7 +28,6 @@ from jupyter_sac.skills import (
 
 pytestmark = pytest.mark.stack
 
-BODY = "---\nname: x\ndescription: x\n---\n\nSay hello to {{who}}.\n"
 FILES = {
     "templates/report.md": b"# Report\n\n{{table}}\n",
     "data/ref.csv": b"a,b\n1,2\n3,4\n",
@@ -36,20 +35,8 @@ FILES = {
 }
 
 
-def _skill(command: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "command": command,
-        "title": f"Skill {command}",
-        "description": "Greets someone.",
-        "body": BODY,
-        "parameters": [{"name": "who", "type": "text", "required": True}],
-        "prompt": "Greet {{who}}.",
-        **extra,
-    }
-
-
 def _create(client: HubApi, command: str, **extra: Any) -> dict[str, Any]:
-    resp = client.sac("POST", "skills", json=_skill(command, **extra))
+    resp = client.sac("POST", "skills", json=greeting_skill(command, **extra))
     assert resp.status_code == 201, resp.text
     return resp.json()
 

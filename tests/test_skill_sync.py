@@ -7,16 +7,14 @@ shows that Claude Code itself read the synced skill.
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from helpers import HubApi, allow_all, model_agent, running_agent
+from helpers import HubApi, agent_home, allow_all, model_agent, running_agent, tar_gz
 
 from jupyter_sac.testing.stack import poll_until
 
@@ -42,19 +40,8 @@ def skill(command: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-def tar_of(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def skills_dir(stack: dict, slug: str) -> Path:
-    (root,) = (stack["data_dir"] / "agents").glob(f"*-{slug}")
-    return root / "home" / ".claude" / "skills"
+    return agent_home(stack["data_dir"], slug) / "home" / ".claude" / "skills"
 
 
 def mtimes(folder: Path) -> dict[str, int]:
@@ -97,7 +84,7 @@ def test_installed_skills_sync_run_update_and_leave(stack: dict, fake: str, new_
         created = client.sac("POST", "skills", json=skill(cmd))
         assert created.status_code == 201, created.text
         sid = created.json()["id"]
-        bundle = tar_of({"templates/report.md": b"# Report\n", "data/ref.csv": b"a,b\n1,2\n"})
+        bundle = tar_gz({"templates/report.md": b"# Report\n", "data/ref.csv": b"a,b\n1,2\n"})
         put = client.sac("PUT", f"skills/{sid}/bundle", content=bundle)
         assert put.status_code == 200, put.text
         assert put.json()["version"] == 2
@@ -206,7 +193,7 @@ def test_a_failed_sync_leaves_the_previous_skills_and_user_skills_alone(
             resp = client.sac("POST", "skills", json=skill(command))
             assert resp.status_code == 201, resp.text
             ids[command] = resp.json()["id"]
-        bundle = tar_of({"notes.md": b"alpha notes\n"})
+        bundle = tar_gz({"notes.md": b"alpha notes\n"})
         put = client.sac("PUT", f"skills/{ids['alpha-one']}/bundle", content=bundle)
         assert put.status_code == 200, put.text
         sha = put.json()["bundle"]["sha256"]

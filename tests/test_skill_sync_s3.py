@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import os
-import tarfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import ADMIN_PASSWORD
-from helpers import HubApi, run_in_terminal, running_agent
+from helpers import HubApi, agent_home, run_in_terminal, running_agent, tar_gz
 
 from jupyter_sac.objects import S3Store
 from jupyter_sac.testing.s3_server import S3Endpoint, s3_server
@@ -29,16 +27,6 @@ pytestmark = pytest.mark.stack
 
 BUCKET = "sac-skills"
 BODY = "---\nname: x\ndescription: x\n---\n\n# Use the attached files\n"
-
-
-def tar_of(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def skill(command: str, **extra: Any) -> dict[str, Any]:
@@ -64,8 +52,7 @@ def s3_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
 
 
 def skills_dir(stack: dict[str, Any], slug: str) -> Path:
-    (root,) = (stack["data_dir"] / "agents").glob(f"*-{slug}")
-    return root / "home" / ".claude" / "skills"
+    return agent_home(stack["data_dir"], slug) / "home" / ".claude" / "skills"
 
 
 def agent_token(stack: dict[str, Any], client: HubApi, user: str, slug: str) -> str:
@@ -91,7 +78,7 @@ def test_bundles_live_in_s3_and_reach_the_sandbox_without_its_keys(
             created = client.sac("POST", "skills", json=skill(command))
             assert created.status_code == 201, created.text
             ids[command] = created.json()["id"]
-            put = client.sac("PUT", f"skills/{ids[command]}/bundle", content=tar_of(files))
+            put = client.sac("PUT", f"skills/{ids[command]}/bundle", content=tar_gz(files))
             assert put.status_code == 200, put.text
             installed = client.sac(
                 "POST", f"users/{user}/agents/{slug}/skills", json={"skill_id": ids[command]}
@@ -135,7 +122,7 @@ def test_sandbox_bundle_endpoints_answer_only_for_the_agents_own_skills(
     other = admin.create_user(other_name)
     theirs = other.sac("POST", "skills", json=skill("their-private"))
     assert theirs.status_code == 201, theirs.text
-    bundle = tar_of({"secret.txt": b"not for you\n"})
+    bundle = tar_gz({"secret.txt": b"not for you\n"})
     assert (
         other.sac("PUT", f"skills/{theirs.json()['id']}/bundle", content=bundle).status_code == 200
     )

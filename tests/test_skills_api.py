@@ -6,23 +6,9 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from helpers import HubApi
+from helpers import HubApi, greeting_skill
 
 pytestmark = pytest.mark.stack
-
-BODY = "---\nname: x\ndescription: x\n---\n\nSay hello to {{who}}.\n"
-
-
-def _skill(command: str, **extra: object) -> dict:
-    return {
-        "command": command,
-        "title": f"Skill {command}",
-        "description": "Greets someone.",
-        "body": BODY,
-        "parameters": [{"name": "who", "type": "text", "required": True}],
-        "prompt": "Greet {{who}}.",
-        **extra,
-    }
 
 
 def _ids(client: HubApi, **params: str) -> set[int]:
@@ -49,10 +35,12 @@ def test_tiers_visibility_versions_and_forks(admin: HubApi, new_user) -> None:
     assert admin.hub("POST", f"groups/{group}").status_code in (201, 409)
     assert admin.hub("POST", f"groups/{group}/users", json={"users": [ann_name]}).status_code == 200
 
-    private = ann.sac("POST", "skills", json=_skill("greet")).json()
+    private = ann.sac("POST", "skills", json=greeting_skill("greet")).json()
     assert private["visibility"] == "private" and private["version"] == 1
-    public = ann.sac("POST", "skills", json=_skill("greet-all", visibility="public")).json()
-    shared = ann.sac("POST", "skills", json=_skill("greet-team", visibility="group", group=group))
+    public = ann.sac("POST", "skills", json=greeting_skill("greet-all", visibility="public")).json()
+    shared = ann.sac(
+        "POST", "skills", json=greeting_skill("greet-team", visibility="group", group=group)
+    )
     assert shared.status_code == 201, shared.text
     shared = shared.json()
 
@@ -66,11 +54,13 @@ def test_tiers_visibility_versions_and_forks(admin: HubApi, new_user) -> None:
     assert {private["id"], shared["id"]} <= _ids(admin)
 
     # Only admins publish official skills; only members share with a group.
-    denied = bob.sac("POST", "skills", json=_skill("official-x", visibility="official"))
+    denied = bob.sac("POST", "skills", json=greeting_skill("official-x", visibility="official"))
     assert denied.status_code == 403 and denied.json()["field"] == "visibility"
-    denied = bob.sac("POST", "skills", json=_skill("team-x", visibility="group", group=group))
+    denied = bob.sac(
+        "POST", "skills", json=greeting_skill("team-x", visibility="group", group=group)
+    )
     assert denied.status_code == 403 and denied.json()["field"] == "group"
-    assert ann.sac("POST", "skills", json=_skill("greet")).status_code == 409
+    assert ann.sac("POST", "skills", json=greeting_skill("greet")).status_code == 409
 
     # A content change is a new version; the same content is not.
     changed = ann.sac("PATCH", f"skills/{public['id']}", json={"prompt": "Hi {{who}}!"}).json()
@@ -92,14 +82,14 @@ def test_install_uninstall_and_collisions(new_user) -> None:
     path = f"users/{name}/agents/helper/skills"
     assert user.sac("POST", path, json={"skill_id": official["id"]}).status_code == 201
     assert user.sac("POST", path, json={"skill_id": official["id"]}).status_code == 201
-    mine = user.sac("POST", "skills", json=_skill("draft-sql")).json()
+    mine = user.sac("POST", "skills", json=greeting_skill("draft-sql")).json()
     clash = user.sac("POST", path, json={"skill_id": mine["id"]})
     assert clash.status_code == 409 and "draft-sql" in clash.json()["message"]
     installed = user.sac("GET", path).json()["skills"]
     assert [s["id"] for s in installed] == [official["id"]]
     assert user.sac("GET", f"skills/{official['id']}").json()["installs"] >= 1
 
-    other = user.sac("POST", "skills", json=_skill("greeter")).json()
+    other = user.sac("POST", "skills", json=greeting_skill("greeter")).json()
     installed = user.sac("POST", path, json={"skill_id": other["id"]})
     assert installed.status_code == 201 and installed.json()["installs"] == 1
     # Deleting a skill removes its installs.
@@ -122,13 +112,13 @@ def test_bad_input_and_other_users(new_user) -> None:
         ({"visibility": "secret"}, "visibility"),
         ({"owner": "someone"}, "owner"),
     ]:  # fmt: skip
-        resp = user.sac("POST", "skills", json={**_skill("x-skill"), **change})
+        resp = user.sac("POST", "skills", json={**greeting_skill("x-skill"), **change})
         assert resp.status_code == 400 and resp.json()["field"] == field, resp.text
-    mine = user.sac("POST", "skills", json=_skill("secret-one")).json()
+    mine = user.sac("POST", "skills", json=greeting_skill("secret-one")).json()
     path = f"users/{name}/agents/helper/skills"
     assert stranger.sac("GET", path).status_code == 404
     assert stranger.sac("POST", path, json={"skill_id": mine["id"]}).status_code == 404
-    theirs = stranger.sac("POST", "skills", json=_skill("their-one")).json()
+    theirs = stranger.sac("POST", "skills", json=greeting_skill("their-one")).json()
     assert user.sac("POST", path, json={"skill_id": theirs["id"]}).status_code == 404
     assert user.sac("POST", path, json={"skill_id": "1; DROP TABLE skills"}).status_code == 400
     assert user.sac("GET", "skills", params={"q": "%_'\\"}).status_code == 200

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import nbformat
 import pytest
-from helpers import HubApi, allow_all, model_agent, run_in_terminal, running_agent
+from helpers import HubApi, allow_all, model_agent, run_in_terminal, running_agent, script_model
 from nbclient import NotebookClient
 
 from jupyter_sac.testing.stack import poll_until
@@ -93,11 +93,6 @@ def kernel(stack: dict, token: str, cwd: Path) -> Iterator[Kernel]:
         running = Kernel(client, nb)
         running.run(SETUP)
         yield running
-
-
-def script(fake: str, *replies: Any) -> None:
-    httpx.delete(fake + "/_fake/script")
-    assert httpx.post(fake + "/_fake/script", json={"replies": list(replies)}).status_code == 204
 
 
 def bash(command: str, text: str = "") -> dict[str, Any]:
@@ -213,7 +208,7 @@ def test_agent_chat_streams_text_tools_todos_and_cost(
         kernel(stack, hub.token, tmp_path) as k,
     ):
         allow_all(hub, user, slug)
-        script(
+        script_model(
             fake,
             {"text": "Planning.", "tool_use": {"name": "TodoWrite", "input": {"todos": todos}}},
             bash("echo from-widget | tee /workspace/chat.txt", "Writing it."),
@@ -274,7 +269,7 @@ def test_agent_chat_streams_text_tools_todos_and_cost(
         assert "[tool] Bash: echo from-widget" in console and "VBox" not in console
 
         # Cancel stops a running turn.
-        script(fake, bash("sleep 600", "Waiting."))
+        script_model(fake, bash("sleep 600", "Waiting."))
         count = len(k.value("chat.items"))
         k.run("chat.prompt.value = 'wait'\nchat.send_button.click()")
         k.until(
@@ -317,7 +312,7 @@ def test_approvals_panel_decides_live(stack: dict, fake: str, tmp_path: Path) ->
         policy = {"policy": {"default": "ask", "allow": [], "ask": [], "deny": []}}
         resp = hub.sac("PUT", f"users/{user}/agents/{slug}/hitl-policy", json=policy)
         assert resp.status_code == 200, resp.text
-        script(fake, bash("echo approved > /workspace/approved.txt"), "Done after approval.")
+        script_model(fake, bash("echo approved > /workspace/approved.txt"), "Done after approval.")
 
         # A chat turn whose tool needs a human; the panel shows the request.
         k.run(f"chat = AgentChat(Client().agent({slug!r}))\nbefore = set(threading.enumerate())")
@@ -491,7 +486,7 @@ def test_skill_runner_builds_the_form_and_runs(stack: dict, fake: str, tmp_path:
         assert k.value("text(runner.status)") == "file: required"
 
         # Good values: the run's answer.
-        script(fake, "Plotted data.csv.")
+        script_model(fake, "Plotted data.csv.")
         httpx.delete(fake + "/_fake/requests")
         k.run(
             "import datetime\n"
@@ -560,7 +555,7 @@ def test_widgets_print_readable_text_in_a_plain_console(stack: dict, fake: str) 
             json={"kind": "tool", "tool": "Bash", "input": {"command": "make deploy"}},
         )
         assert filed.status_code == 201, filed.text
-        script(fake, "Hello from the console.")
+        script_model(fake, "Hello from the console.")
         env = {**os.environ, "SAC_HUB_URL": stack["url"], "JUPYTERHUB_API_TOKEN": hub.token}
         done = subprocess.run([sys.executable, "-c", CONSOLE, slug], env=env, timeout=WAIT,
                               capture_output=True, text=True)  # fmt: skip

@@ -123,6 +123,10 @@ class SkillSync:
                 self.status["last_error"] = str(e)
                 log.warning("skill sync failed (the previous skills stay): %s", e)
                 raise
+            except Exception as e:  # a bug, or a manifest we cannot read: say so
+                self.status["last_error"] = f"{type(e).__name__}: {e}"
+                log.exception("skill sync failed unexpectedly (the previous skills stay)")
+                raise
             finally:
                 self.status["last_sync"] = time.time()
                 self.status["seconds"] = round(time.perf_counter() - started, 4)
@@ -256,7 +260,7 @@ class SkillSync:
 
     async def _poll(self, interval: float) -> None:
         while True:
-            with contextlib.suppress(Exception):  # logged in sync(); the next poll retries
+            with contextlib.suppress(Exception):  # sync() logged it; the next poll retries
                 await self.sync()
             if interval <= 0:
                 return

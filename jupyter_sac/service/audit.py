@@ -17,7 +17,7 @@ from ..store.audit import AuditFilter, AuditKey
 from .base import BaseHandler
 from .csv_export import stream_csv
 from .history import _UNENCODED_PLUS, _parse_ts
-from .openapi import _op, _resp
+from .openapi import _op, _resp, query_params
 from .validation import bad, decode_cursor, encode_cursor
 
 PAGE = 100
@@ -157,10 +157,7 @@ _PARAMS: dict[str, tuple[dict[str, Any], str]] = {
 
 
 def _query(*names: str) -> list[dict[str, Any]]:
-    return [
-        {"name": n, "in": "query", "schema": _PARAMS[n][0], "description": _PARAMS[n][1]}
-        for n in names
-    ]
+    return query_params(_PARAMS, *names)
 
 
 _ENTRY = {

@@ -106,7 +106,9 @@ class Culler:
     async def run_once(self) -> None:
         now = datetime.now(UTC)
         kept: dict[str, str] = {}
-        for owner, name, server in await self._running():
+        for owner, name, server in await self.sac.hub.named_servers():
+            if not server.get("ready"):
+                continue  # still starting or stopping
             agent = await self.sac.store.agents.get(owner, name)
             if agent is None:
                 continue  # a server SAC does not manage
@@ -145,15 +147,6 @@ class Culler:
         self.status["kept"] = kept
         self.status["passes"] += 1
         self.status["last_pass"] = now.isoformat()
-
-    async def _running(self) -> list[tuple[str, str, dict[str, Any]]]:
-        users = await self.sac.hub.active_users()
-        return [
-            (user["name"], name, server)
-            for user in users
-            for name, server in (user.get("servers") or {}).items()
-            if name and server.get("ready")
-        ]
 
     async def _activity(self, owner: str, name: str) -> dict[str, Any] | None:
         try:

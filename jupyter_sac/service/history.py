@@ -19,7 +19,7 @@ from . import metrics
 from .base import BaseHandler
 from .csv_export import stream_csv
 from .errors import ApiError
-from .openapi import _op, _path_params, _resp
+from .openapi import _op, _path_params, _resp, query_params
 from .validation import bad, check_fields, decode_cursor, encode_cursor, utf8_encodable
 
 READ_ALL_SCOPE = "custom:sac:history:read-all"
@@ -393,10 +393,7 @@ _PARAMS: dict[str, tuple[dict[str, Any], str]] = {
 
 
 def _query(*names: str) -> list[dict[str, Any]]:
-    return [
-        {"name": n, "in": "query", "schema": _PARAMS[n][0], "description": _PARAMS[n][1]}
-        for n in names
-    ]
+    return query_params(_PARAMS, *names)
 
 
 _TIME = {"type": "string", "format": "date-time"}

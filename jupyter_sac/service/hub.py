@@ -75,6 +75,16 @@ class HubClient:
                 return users
             offset += len(page)
 
+    async def named_servers(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(user, server name, server model) of every running or pending named
+        server: the agents that are up (the default server is never an agent)."""
+        return [
+            (user["name"], name, server)
+            for user in await self.active_users()
+            for name, server in (user.get("servers") or {}).items()
+            if name
+        ]
+
     async def stop_server(self, user: str, name: str) -> None:
         """Stop a named server (it stays, stopped, on the hub's home page)."""
         path = f"/users/{quote(user, safe='')}/servers/{quote(name, safe='')}"

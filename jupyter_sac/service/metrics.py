@@ -122,15 +122,9 @@ class MetricsHandler(BaseHandler):
         store = self.sac.store
         HITL_PENDING.set(await store.hitl.count_pending())
         total = await store.agents.count()
-        running = pending = 0
-        for user in await self.sac.hub.active_users():
-            for name, server in (user.get("servers") or {}).items():
-                if not name:
-                    continue
-                if server.get("ready"):
-                    running += 1
-                elif server.get("pending"):
-                    pending += 1
+        servers = [server for _, _, server in await self.sac.hub.named_servers()]
+        running = sum(1 for s in servers if s.get("ready"))
+        pending = sum(1 for s in servers if not s.get("ready") and s.get("pending"))
         AGENTS.labels("running").set(running)
         AGENTS.labels("pending").set(pending)
         AGENTS.labels("stopped").set(max(total - running - pending, 0))

@@ -25,6 +25,14 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(c): _resp("error", _ERROR) for c in codes}
 
 
+def query_params(table: dict[str, tuple[dict[str, Any], str]], *names: str) -> list[dict]:
+    """OpenAPI query parameters ``names`` from ``table``: name -> (schema, description)."""
+    return [
+        {"name": n, "in": "query", "schema": table[n][0], "description": table[n][1]}
+        for n in names
+    ]
+
+
 def _op(
     summary: str,
     ok: dict[str, Any],
