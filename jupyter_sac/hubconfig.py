@@ -33,6 +33,10 @@ SERVICE_ENV = (
 )
 
 
+# Groups whose members get SAC's roles (see load_roles below and docs/operator-guide.md).
+SAC_ROLE_GROUPS = ("sac-admins", "sac-skill-curators", "sac-history-auditors")
+
+
 def env(name: str, fallback: str) -> str:
     return os.environ.get(name) or fallback
 
@@ -120,7 +124,7 @@ def configure(c: Any, config_file: str) -> None:
     reach_ip = "127.0.0.1" if hub_ip in ("", "0.0.0.0", "::") else hub_ip
     os.environ.setdefault("SAC_HUB_URL", f"http://{reach_ip}:{hub_port}/")
 
-    c.JupyterHub.custom_scopes = {
+    custom_scopes = {
         "custom:sac:admin": {"description": "Administer SAC: every user's agents and settings."},
         "custom:sac:skills:official": {
             "description": "Publish and curate official skills in the SAC marketplace."
@@ -129,12 +133,17 @@ def configure(c: Any, config_file: str) -> None:
             "description": "Read and export every user's conversation history."
         },
     }
+    c.JupyterHub.custom_scopes = custom_scopes
     c.JupyterHub.services = [
         {
             "name": SERVICE_NAME,
             "url": service_url,
             "display": True,
             "oauth_no_confirm": True,
+            # A browser's login to the service carries the SAC scopes its user holds
+            # (through a role), so the admin pages honour custom:sac:admin and the
+            # others, not only JupyterHub's admin flag.
+            "oauth_client_allowed_scopes": sorted(custom_scopes),
             "command": [sys.executable, "-m", "jupyter_sac.service", "--config", config_file],
             "environment": {k: os.environ[k] for k in SERVICE_ENV if k in os.environ},
         }
@@ -154,9 +163,27 @@ def configure(c: Any, config_file: str) -> None:
                 "access:servers",
             ],
         },
+        # Grant SAC's scopes by adding people to these groups on the hub's admin
+        # page (or by giving the roles to other users, groups or services).
         {
             "name": "sac-admin",
-            "description": "SAC administrators (grant to users or groups)",
+            "description": "SAC administrators: every agent, setting, conversation and request",
             "scopes": ["custom:sac:admin"],
+            "groups": ["sac-admins"],
+        },
+        {
+            "name": "sac-skill-curator",
+            "description": "Publish and curate the official skills of the SAC marketplace",
+            "scopes": ["custom:sac:skills:official"],
+            "groups": ["sac-skill-curators"],
+        },
+        {
+            "name": "sac-history-auditor",
+            "description": "Read and export every user's SAC conversation history",
+            "scopes": ["custom:sac:history:read-all"],
+            "groups": ["sac-history-auditors"],
         },
     ]
+    # The groups must exist for the roles above; loading them only creates them
+    # (members added on the hub's admin page stay across restarts).
+    c.JupyterHub.load_groups.update({name: {"users": []} for name in SAC_ROLE_GROUPS})

@@ -153,15 +153,13 @@ class AgentsHandler(AgentBaseHandler):
         self.write_json((await self.models([agent]))[0], status=201)
 
 
-class AgentHandler(AgentBaseHandler):
-    async def get(self, owner: str, slug: str) -> None:
-        agent = await self.get_agent(owner, slug)
-        self.write_json((await self.models([agent]))[0])
+class AgentOps(AgentBaseHandler):
+    """Changes to an agent, shared by the API and the admin pages. Acting on another
+    user's agent (an admin) is recorded in the audit log."""
 
-    async def patch(self, owner: str, slug: str) -> None:
+    async def update_agent(self, owner: str, slug: str, body: dict[str, Any]) -> AgentRecord:
         ident = self.identity
         agent = await self.get_agent(owner, slug)
-        body = self.json_body()
         check_fields(body, UPDATE_FIELDS)
         _, _, ceiling = await self.ceiling_for(owner)
         current = {"provider": agent.provider, "base_url": agent.base_url}
@@ -194,22 +192,15 @@ class AgentHandler(AgentBaseHandler):
                     after=updated.overrides,
                     conn=conn,
                 )
-        model = (await self.models([updated]))[0]
-        # Provider, model and resources reach a sandbox through its environment.
-        model["restart_required"] = bool(model["server"] and model["server"]["ready"])
-        self.write_json(model)
+        return updated
 
-    async def delete(self, owner: str, slug: str) -> None:
+    async def delete_agent(self, owner: str, slug: str) -> None:
         ident = self.identity
         await self.get_agent(owner, slug)
         try:
             await self.sac.hub.remove_server(owner, slug)
         except HubError as e:
-            raise ApiError(
-                502 if e.status >= 500 else 409,
-                "hub_refused",
-                f"could not stop and remove the agent's server: {e.message}",
-            ) from None
+            raise hub_refused("could not stop and remove the agent's server", e) from None
         agents = self.sac.store.agents
         async with self.sac.store.transaction() as conn:
             before = await agents.get(owner, slug, conn=conn, lock=True)
@@ -222,8 +213,68 @@ class AgentHandler(AgentBaseHandler):
                     before=agent_snapshot(before),
                     conn=conn,
                 )
+
+    async def stop_agent(self, owner: str, slug: str) -> None:
+        """Stop the agent's sandbox and wait until the hub reports it stopped."""
+        await self.get_agent(owner, slug)
+        try:
+            await self.sac.hub.stop_server_and_wait(owner, slug)
+        except HubError as e:
+            raise hub_refused("could not stop the agent", e) from None
+        if owner != self.identity.name:
+            await self.audit("agent.stop", slug, target_user=owner)
+
+    async def restart_agent(self, owner: str, slug: str) -> None:
+        """Stop the agent's sandbox if it runs, then start it (the spawn goes on in
+        the background; the hub's progress API follows it). New settings, provider
+        and model reach a sandbox only this way."""
+        await self.get_agent(owner, slug)
+        try:
+            await self.sac.hub.stop_server_and_wait(owner, slug)
+            await self.sac.hub.start_server(owner, slug)
+        except HubError as e:
+            raise hub_refused("could not restart the agent", e) from None
+        if owner != self.identity.name:
+            await self.audit("agent.restart", slug, target_user=owner)
+
+
+def hub_refused(what: str, e: HubError) -> ApiError:
+    return ApiError(502 if e.status >= 500 else 409, "hub_refused", f"{what}: {e.message}")
+
+
+class AgentHandler(AgentOps):
+    async def get(self, owner: str, slug: str) -> None:
+        agent = await self.get_agent(owner, slug)
+        self.write_json((await self.models([agent]))[0])
+
+    async def patch(self, owner: str, slug: str) -> None:
+        updated = await self.update_agent(owner, slug, self.json_body())
+        model = (await self.models([updated]))[0]
+        # Provider, model and resources reach a sandbox through its environment.
+        model["restart_required"] = bool(model["server"] and model["server"]["ready"])
+        self.write_json(model)
+
+    async def delete(self, owner: str, slug: str) -> None:
+        await self.delete_agent(owner, slug)
         self.set_status(204)
         self.finish()
+
+
+class AgentActionHandler(AgentOps):
+    """POST .../agents/<slug>/stop or /restart: the agent's model afterwards."""
+
+    def initialize(self, action: str) -> None:
+        self.action = action
+
+    async def post(self, owner: str, slug: str) -> None:
+        if self.action == "stop":
+            await self.stop_agent(owner, slug)
+        else:
+            await self.restart_agent(owner, slug)
+        agent = await self.get_agent(owner, slug)
+        self.write_json(
+            (await self.models([agent]))[0], status=202 if self.action == "restart" else 200
+        )
 
 
 class AgentUsageHandler(AgentBaseHandler):

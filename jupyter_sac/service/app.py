@@ -24,11 +24,12 @@ from ..objects import ObjectStore, store_from_config
 from ..providers import PRESETS
 from ..stack import default_data_dir
 from ..store import Store
-from . import agent_skills, audit, culler, history, hitl, metrics, skills
-from .agents import AgentHandler, AgentsHandler, AgentUsageHandler
-from .base import BaseHandler, NotFoundHandler
+from . import admin_pages, agent_skills, audit, culler, history, hitl, metrics, skills
+from .agents import AgentActionHandler, AgentHandler, AgentsHandler, AgentUsageHandler
+from .base import NotFoundHandler
 from .llm_proxy import LlmProxyHandler
 from .openapi import OpenApiHandler
+from .pages import STATIC, ApiIndexHandler, IndexPage
 from .settings_handlers import (
     MySettingsHandler,
     ProvidersHandler,
@@ -38,18 +39,6 @@ from .settings_handlers import (
 
 SLUG = r"([a-z0-9-]+)"
 USER = r"([^/]+)"
-
-
-class IndexHandler(BaseHandler):
-    async def get(self) -> None:
-        self.write_json(
-            {
-                "service": "sac",
-                "version": __version__,
-                "api": f"{self.sac.prefix}api/",
-                "openapi": f"{self.sac.prefix}api/openapi.json",
-            }
-        )
 
 
 class SacService(Application):
@@ -184,13 +173,21 @@ class SacService(Application):
     def make_app(self) -> web.Application:
         p = self.prefix
         handlers = [
-            (p, IndexHandler),
+            (p, IndexPage),
+            (p + r"static/(.*)", web.StaticFileHandler, {"path": str(STATIC)}),
+            (p + "api/", ApiIndexHandler),
             (p + "oauth_callback", HubOAuthCallbackHandler),
             (p + "api/openapi.json", OpenApiHandler),
             (p + "api/agents", AgentsHandler),
             (p + f"api/users/{USER}/agents", AgentsHandler),
             (p + f"api/users/{USER}/agents/{SLUG}", AgentHandler),
             (p + f"api/users/{USER}/agents/{SLUG}/usage", AgentUsageHandler),
+            (p + f"api/users/{USER}/agents/{SLUG}/stop", AgentActionHandler, {"action": "stop"}),
+            (
+                p + f"api/users/{USER}/agents/{SLUG}/restart",
+                AgentActionHandler,
+                {"action": "restart"},
+            ),
             (p + "api/settings", MySettingsHandler),
             (p + "api/settings/system", SystemSettingsHandler),
             (p + f"api/users/{USER}/settings", UserSettingsHandler),
@@ -203,6 +200,7 @@ class SacService(Application):
             *culler.routes(p),
             *metrics.routes(p),
             *audit.routes(p),
+            *admin_pages.routes(p),
             (p + r"api/.*", NotFoundHandler),
         ]
         hub_auth = HubOAuth(api_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""), cache_max_age=60)

@@ -339,10 +339,12 @@ def decision_snapshots(
     return before, after
 
 
-class DecisionHandler(HitlBaseHandler):
-    """POST (owner/admin): allow or deny a pending request."""
+class DecisionOps(HitlBaseHandler):
+    """Deciding a request, shared by the API and the admin pages."""
 
-    async def post(self, request_id: str) -> None:
+    async def decide_request(self, request_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Allow or deny a pending request (its owner or an admin, never from the
+        agent's own sandbox); the decided request."""
         ident = self.require_user()
         row = await self.own_request(request_id)
         if f"{row['owner']}/{row['agent_slug']}" in sandbox_servers(ident.scopes):
@@ -354,7 +356,6 @@ class DecisionHandler(HitlBaseHandler):
                 "a request cannot be decided from its own agent's sandbox; answer it in"
                 " the SAC sidebar, the hub, or a notebook of another agent",
             )
-        body = self.json_body()
         check_fields(body, {"decision", "reason", "option"})
         decision = body.get("decision")
         if decision == "approve":
@@ -395,6 +396,14 @@ class DecisionHandler(HitlBaseHandler):
             raise ApiError(409, "already_decided", f"the request is already {status}")
         metrics.observe_decision(decision, row["created_at"])
         self.sac.hitl_waiters.notify(request_id)
+        return decided
+
+
+class DecisionHandler(DecisionOps):
+    """POST (owner/admin): allow or deny a pending request."""
+
+    async def post(self, request_id: str) -> None:
+        decided = await self.decide_request(request_id, self.json_body())
         self.write_json(request_model(decided))
 
 

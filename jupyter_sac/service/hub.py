@@ -60,11 +60,18 @@ class HubClient:
 
     async def active_users(self) -> list[dict[str, Any]]:
         """Users with at least one running or pending server (all pages)."""
+        return await self._users({"state": "active"})
+
+    async def all_users(self) -> list[dict[str, Any]]:
+        """Every user, with their stopped servers too (all pages)."""
+        return await self._users({"include_stopped_servers": "1"})
+
+    async def _users(self, params: dict[str, str]) -> list[dict[str, Any]]:
         users: list[dict[str, Any]] = []
         offset = 0
         while True:
             resp = await self._request(
-                "GET", "/users", params={"state": "active", "offset": offset, "limit": 200}
+                "GET", "/users", params={**params, "offset": offset, "limit": 200}
             )
             if resp.status_code != 200:
                 self._raise(resp)
@@ -91,6 +98,26 @@ class HubClient:
         resp = await self._request("DELETE", path)
         if resp.status_code not in (202, 204, 404):
             self._raise(resp)
+
+    async def start_server(self, user: str, name: str) -> None:
+        """Ask the hub to start a named server (it spawns in the background)."""
+        path = f"/users/{quote(user, safe='')}/servers/{quote(name, safe='')}"
+        resp = await self._request("POST", path)
+        if resp.status_code not in (201, 202):
+            self._raise(resp)
+
+    async def stop_server_and_wait(self, user: str, name: str, timeout: float = 120) -> None:
+        """Stop a named server and wait until the hub reports it stopped."""
+        await self.stop_server(user, name)
+        deadline = time.monotonic() + timeout
+        while True:
+            model = await self.get_user(user)
+            server = (model or {}).get("servers", {}).get(name)
+            if not server or not (server.get("ready") or server.get("pending")):
+                return
+            if time.monotonic() > deadline:
+                raise HubError(504, f"server {user}/{name} did not stop within {timeout} s")
+            await asyncio.sleep(0.25)
 
     async def remove_server(self, user: str, name: str, timeout: float = 120) -> None:
         """Stop (if running) and remove a named server; wait until it is gone."""

@@ -47,9 +47,7 @@ PROXY_DURATION = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
     registry=REGISTRY,
 )
-HITL_PENDING = Gauge(
-    "sac_hitl_pending", "HITL requests waiting for a decision.", registry=REGISTRY
-)
+HITL_PENDING = Gauge("sac_hitl_pending", "HITL requests waiting for a decision.", registry=REGISTRY)
 HITL_REQUESTS = Counter(
     "sac_hitl_requests", "HITL requests filed, by kind.", ["kind"], registry=REGISTRY
 )

@@ -28,8 +28,7 @@ def _errors(*codes: int) -> dict[str, Any]:
 def query_params(table: dict[str, tuple[dict[str, Any], str]], *names: str) -> list[dict]:
     """OpenAPI query parameters ``names`` from ``table``: name -> (schema, description)."""
     return [
-        {"name": n, "in": "query", "schema": table[n][0], "description": table[n][1]}
-        for n in names
+        {"name": n, "in": "query", "schema": table[n][0], "description": table[n][1]} for n in names
     ]
 
 
@@ -177,6 +176,7 @@ def document(prefix: str) -> dict[str, Any]:
         "security": [{"token": []}],
         "paths": {
             "/": {"get": _op("Service identity", {"200": _resp("ok")})},
+            "/api/": {"get": _op("Where the API and this document are", {"200": _resp("ok")})},
             "/api/openapi.json": {"get": _op("This document", {"200": _resp("ok")})},
             **history.openapi_paths(),
             **hitl.openapi_paths(),
@@ -237,6 +237,25 @@ def document(prefix: str) -> dict[str, Any]:
                     409,
                     params=ua,
                 ),
+            },
+            "/api/users/{user}/agents/{slug}/stop": {
+                "post": _op(
+                    "Stop the agent's sandbox (waits until stopped)",
+                    {"200": _resp("agent", agent)},
+                    404,
+                    409,
+                    params=ua,
+                )
+            },
+            "/api/users/{user}/agents/{slug}/restart": {
+                "post": _op(
+                    "Stop the agent's sandbox if it runs, then start it (spawns in the"
+                    " background; follow it with the hub's progress API)",
+                    {"202": _resp("agent", agent)},
+                    404,
+                    409,
+                    params=ua,
+                )
             },
             "/api/users/{user}/agents/{slug}/usage": {
                 "get": _op("Model usage per day", {"200": _resp("usage")}, 404, params=ua)

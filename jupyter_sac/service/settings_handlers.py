@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Any
 
 from .. import settings as sac_settings
 from ..providers import PRESETS
@@ -10,7 +11,7 @@ from .base import BaseHandler
 from .errors import ApiError
 
 
-def _specs() -> list[dict]:
+def specs_model() -> list[dict]:
     out = []
     for spec in sac_settings.SPECS.values():
         item = asdict(spec)
@@ -28,34 +29,13 @@ def _validated(body: dict, level: str) -> dict:
         raise ApiError(400, "invalid_setting", f"{e.field}: {e.message}", field=e.field) from None
 
 
-class MySettingsHandler(BaseHandler):
-    async def get(self) -> None:
-        ident = self.require_user()
-        system, user = await self.sac.store.settings.for_user(ident.name)
-        self.write_json(
-            {
-                "user": ident.name,
-                "resolved": sac_settings.jsonable(sac_settings.resolve_user(system, user)),
-                "specs": _specs(),
-            }
-        )
+class SettingsOps(BaseHandler):
+    """Settings changes, shared by the API and the admin pages: validated, stored and
+    audited in one transaction."""
 
-
-class SystemSettingsHandler(BaseHandler):
-    async def get(self) -> None:
-        self.require_admin()
-        overrides = await self.sac.store.settings.get("system")
-        self.write_json(
-            {
-                "overrides": sac_settings.jsonable(overrides),
-                "resolved": sac_settings.jsonable(sac_settings.resolve_user(overrides, {})),
-                "specs": _specs(),
-            }
-        )
-
-    async def put(self) -> None:
+    async def replace_system_settings(self, body: dict[str, Any]) -> None:
         ident = self.require_admin()
-        overrides = sac_settings.jsonable(_validated(self.json_body(), "system"))
+        overrides = sac_settings.jsonable(_validated(body, "system"))
         async with self.sac.store.transaction() as conn:
             before = await self.sac.store.settings.put(
                 "system", "", overrides, ident.name, conn=conn
@@ -63,26 +43,10 @@ class SystemSettingsHandler(BaseHandler):
             await self.audit(
                 "settings.system.replace", "system", before=before, after=overrides, conn=conn
             )
-        await self.get()
 
-
-class UserSettingsHandler(BaseHandler):
-    async def get(self, user: str) -> None:
-        ident = self.require_user()
-        if user != ident.name and not ident.admin:
-            raise ApiError(404, "not_found", "no such user")
-        system, overrides = await self.sac.store.settings.for_user(user)
-        self.write_json(
-            {
-                "user": user,
-                "overrides": sac_settings.jsonable(overrides),
-                "resolved": sac_settings.jsonable(sac_settings.resolve_user(system, overrides)),
-            }
-        )
-
-    async def put(self, user: str) -> None:
+    async def replace_user_settings(self, user: str, body: dict[str, Any]) -> None:
         ident = self.require_admin()
-        overrides = sac_settings.jsonable(_validated(self.json_body(), "user"))
+        overrides = sac_settings.jsonable(_validated(body, "user"))
         if await self.sac.hub.get_user(user) is None:
             raise ApiError(404, "not_found", f"no such user {user!r}")
         async with self.sac.store.transaction() as conn:
@@ -97,15 +61,66 @@ class UserSettingsHandler(BaseHandler):
                 after=overrides,
                 conn=conn,
             )
-        await self.get(user)
 
-    async def delete(self, user: str) -> None:
+    async def clear_user_settings(self, user: str) -> None:
         ident = self.require_admin()
         async with self.sac.store.transaction() as conn:
             before = await self.sac.store.settings.put("user", user, {}, ident.name, conn=conn)
             await self.audit(
                 "settings.user.clear", user, target_user=user, before=before, after={}, conn=conn
             )
+
+
+class MySettingsHandler(BaseHandler):
+    async def get(self) -> None:
+        ident = self.require_user()
+        system, user = await self.sac.store.settings.for_user(ident.name)
+        self.write_json(
+            {
+                "user": ident.name,
+                "resolved": sac_settings.jsonable(sac_settings.resolve_user(system, user)),
+                "specs": specs_model(),
+            }
+        )
+
+
+class SystemSettingsHandler(SettingsOps):
+    async def get(self) -> None:
+        self.require_admin()
+        overrides = await self.sac.store.settings.get("system")
+        self.write_json(
+            {
+                "overrides": sac_settings.jsonable(overrides),
+                "resolved": sac_settings.jsonable(sac_settings.resolve_user(overrides, {})),
+                "specs": specs_model(),
+            }
+        )
+
+    async def put(self) -> None:
+        await self.replace_system_settings(self.json_body())
+        await self.get()
+
+
+class UserSettingsHandler(SettingsOps):
+    async def get(self, user: str) -> None:
+        ident = self.require_user()
+        if user != ident.name and not ident.admin:
+            raise ApiError(404, "not_found", "no such user")
+        system, overrides = await self.sac.store.settings.for_user(user)
+        self.write_json(
+            {
+                "user": user,
+                "overrides": sac_settings.jsonable(overrides),
+                "resolved": sac_settings.jsonable(sac_settings.resolve_user(system, overrides)),
+            }
+        )
+
+    async def put(self, user: str) -> None:
+        await self.replace_user_settings(user, self.json_body())
+        await self.get(user)
+
+    async def delete(self, user: str) -> None:
+        await self.clear_user_settings(user)
         self.set_status(204)
         self.finish()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -80,3 +81,39 @@ class Usage:
             row = await cur.fetchone()
         assert row is not None
         return int(row["agent"]), int(row["owner"])
+
+    async def daily(
+        self, since: date, until: date, owner: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Usage per (UTC day, user, agent) with since <= day < until, newest day first
+        (deleted agents too: usage outlives them)."""
+        where, params = ["day >= %s", "day < %s"], [since, until]
+        if owner is not None:
+            where.append("owner = %s")
+            params.append(owner)
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT day, owner, agent_slug, sum(requests) AS requests,"
+                + ", ".join(f" sum({f}) AS {f}" for f in USAGE_FIELDS)
+                + f" FROM usage_daily WHERE {' AND '.join(where)}"
+                " GROUP BY day, owner, agent_slug ORDER BY day DESC, owner, agent_slug",
+                params,
+            )
+            rows = await cur.fetchall()
+        return [{**r, **{k: int(r[k]) for k in ("requests", *USAGE_FIELDS)}} for r in rows]
+
+    async def month_by_agent(self) -> dict[int, dict[str, int]]:
+        """Requests and tokens of every agent this calendar month (UTC), by agent id."""
+        tokens = " + ".join(USAGE_FIELDS)
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT agent_id, sum(requests) AS requests, sum({tokens}) AS tokens"
+                " FROM usage_daily"
+                " WHERE day >= date_trunc('month', now() AT TIME ZONE 'UTC')::date"
+                " GROUP BY agent_id"
+            )
+            rows = await cur.fetchall()
+        return {
+            r["agent_id"]: {"requests": int(r["requests"]), "tokens": int(r["tokens"])}
+            for r in rows
+        }

@@ -1,0 +1,404 @@
+"""The admin pages (/services/sac/admin/...): settings, per-user overrides, every
+user's agents, conversations, the HITL queue, usage and the audit log.
+
+Each page is a thin view over what the API does: filters come from the API's own
+handlers (so a page accepts exactly the API's query), and every change goes
+through the same operations as the API (validated, stored and audited together).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from .. import settings as sac_settings
+from ..providers import PRESETS
+from ..runtimes.transcript import readable_text
+from ..settings import SettingsError
+from ..store.hitl import PENDING
+from .agents import AgentOps
+from .audit import AuditBaseHandler, entry_cursor, parse_entry_cursor
+from .errors import ApiError
+from .forms import (
+    PROVIDERS_OVERRIDE,
+    describe,
+    level_specs,
+    row_tokens,
+    show_value,
+    usage_totals,
+    validated_form,
+)
+from .history import SearchBaseHandler, event_cursor, parse_event_cursor
+from .hitl import DecisionOps
+from .pages import PageHandler, admin_page, server_status
+from .settings_handlers import SettingsOps
+from .validation import bad
+
+RESOURCE_SETTINGS = ("cpu_request", "cpu_limit", "mem_request", "mem_limit")
+PAGE = 50
+
+
+def invalid(e: SettingsError) -> ApiError:
+    return ApiError(400, "invalid_setting", f"{e.field}: {e.message}", field=e.field)
+
+
+def settings_rows(
+    level: str, overrides: dict[str, Any], resolved: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """One row per setting of a form: its spec, the override shown in the field and
+    the value that applies."""
+    return [
+        {
+            "spec": spec,
+            "value": show_value(spec, overrides.get(spec.name)),
+            "overridden": spec.name in overrides,
+            "resolved": describe(spec, resolved[spec.name]),
+            "default": describe(spec, spec.default),
+        }
+        for spec in level_specs(level)
+    ]
+
+
+class SettingsPage(PageHandler, SettingsOps):
+    @admin_page
+    async def get(self) -> None:
+        await self.show()
+
+    async def show(self, status: int = 200, error: ApiError | None = None, form: Any = None):
+        overrides = await self.sac.store.settings.get("system")
+        resolved = sac_settings.resolve_user(overrides, {})
+        rows = settings_rows("system", overrides, resolved)
+        if form is not None:  # a refused form keeps what was typed
+            for row in rows:
+                row["value"] = (form.get(row["spec"].name) or [""])[-1]
+        self.render_page(
+            "admin/settings.html",
+            status=status,
+            active="settings",
+            error=error,
+            rows=rows,
+            providers=list(PRESETS),
+            allowed=resolved["allowed_providers"],
+            providers_overridden="allowed_providers" in overrides,
+            org_keys=sorted(self.sac.organisation_api_keys),
+        )
+
+    @admin_page
+    async def post(self) -> None:
+        form = self.form()
+        try:
+            overrides = validated_form(form, "system")
+            await self.replace_system_settings(overrides)
+        except SettingsError as e:
+            return await self.show(400, invalid(e), form)
+        except ApiError as e:
+            return await self.show(e.status_code, e, form)
+        self.redirect_done("admin/settings", "settings-saved")
+
+
+class UsersPage(PageHandler):
+    @admin_page
+    async def get(self) -> None:
+        users = await self.sac.hub.all_users()
+        overrides = await self.sac.store.settings.list_users()
+        agents = await self.sac.store.agents.list(None)
+        counts: dict[str, int] = {}
+        for agent in agents:
+            counts[agent.owner] = counts.get(agent.owner, 0) + 1
+        rows = [
+            {
+                "name": u["name"],
+                "admin": u.get("admin", False),
+                "groups": u.get("groups") or [],
+                "agents": counts.get(u["name"], 0),
+                "overrides": overrides.get(u["name"], {}),
+            }
+            for u in sorted(users, key=lambda u: u["name"])
+        ]
+        self.render_page("admin/users.html", active="users", rows=rows)
+
+
+class UserPage(PageHandler, SettingsOps):
+    @admin_page
+    async def get(self, user: str) -> None:
+        await self.show(user)
+
+    async def show(
+        self, user: str, status: int = 200, error: ApiError | None = None, form: Any = None
+    ) -> None:
+        if await self.sac.hub.get_user(user) is None:
+            raise ApiError(404, "not_found", f"no such user {user!r}")
+        system, overrides = await self.sac.store.settings.for_user(user)
+        resolved = sac_settings.resolve_user(system, overrides)
+        rows = settings_rows("user", overrides, resolved)
+        if form is not None:
+            for row in rows:
+                row["value"] = (form.get(row["spec"].name) or [""])[-1]
+        self.render_page(
+            "admin/user.html",
+            status=status,
+            active="users",
+            error=error,
+            user=user,
+            rows=rows,
+            providers=list(PRESETS),
+            allowed=resolved["allowed_providers"],
+            providers_overridden="allowed_providers" in overrides,
+            agents=await self.sac.store.agents.list(user),
+        )
+
+    @admin_page
+    async def post(self, user: str) -> None:
+        form = self.form()
+        action = (form.get("action") or ["save"])[-1]
+        try:
+            if action == "clear":
+                await self.clear_user_settings(user)
+                return self.redirect_done(f"admin/users/{user}", "user-cleared", user)
+            if action != "save":
+                raise bad("action", "expected save or clear")
+            await self.replace_user_settings(user, validated_form(form, "user"))
+        except SettingsError as e:
+            return await self.show(user, 400, invalid(e), form)
+        except ApiError as e:
+            if e.status_code == 404:
+                raise
+            return await self.show(user, e.status_code, e, form)
+        self.redirect_done(f"admin/users/{user}", "user-saved", user)
+
+
+class AgentsPage(PageHandler, AgentOps):
+    @admin_page
+    async def get(self, *_: str) -> None:
+        await self.show()
+
+    async def show(self, status: int = 200, error: ApiError | None = None) -> None:
+        owner = self.get_argument("user", "") or None
+        agents = await self.sac.store.agents.list(owner)
+        servers = {
+            (u["name"], name): server
+            for u in await self.sac.hub.all_users()
+            for name, server in (u.get("servers") or {}).items()
+            if name
+        }
+        usage = await self.sac.store.usage.month_by_agent()
+        system = await self.sac.store.settings.get("system")
+        user_overrides = await self.sac.store.settings.list_users()
+        rows = []
+        for agent in agents:
+            server = servers.get((agent.owner, agent.slug))
+            resolved = sac_settings.resolve(
+                system, user_overrides.get(agent.owner, {}), agent.overrides
+            )
+            rows.append(
+                {
+                    "agent": agent,
+                    "status": server_status(server),
+                    "last_activity": (server or {}).get("last_activity"),
+                    "resolved": resolved,
+                    "shown": {
+                        n: show_value(sac_settings.SPECS[n], resolved[n]) for n in RESOURCE_SETTINGS
+                    },
+                    "usage": usage.get(agent.id, {"requests": 0, "tokens": 0}),
+                }
+            )
+        status_filter = self.get_argument("status", "")
+        if status_filter:
+            rows = [r for r in rows if r["status"] == status_filter]
+        self.render_page(
+            "admin/agents.html",
+            status=status,
+            active="agents",
+            error=error,
+            rows=rows,
+            user_filter=owner or "",
+            status_filter=status_filter,
+        )
+
+    @admin_page
+    async def post(self, owner: str, slug: str) -> None:
+        form = self.form()
+        action = (form.get("action") or [""])[-1]
+        target = f"{owner}/{slug}"
+        try:
+            if action == "restart":
+                await self.restart_agent(owner, slug)
+                done = "agent-restarted"
+            elif action == "stop":
+                await self.stop_agent(owner, slug)
+                done = "agent-stopped"
+            elif action == "delete":
+                if not form.get("confirm"):
+                    raise bad("confirm", "tick the box to confirm deleting the agent")
+                await self.delete_agent(owner, slug)
+                done = "agent-deleted"
+            elif action == "resources":
+                await self.set_resources(owner, slug, form)
+                done = "agent-updated"
+            else:
+                raise bad("action", "expected restart, stop, delete or resources")
+        except SettingsError as e:
+            return await self.show(400, invalid(e))
+        except ApiError as e:
+            if e.status_code == 404:
+                raise
+            e.message = f"{target}: {e.message}"
+            return await self.show(e.status_code, e)
+        self.redirect_done("admin/agents", done, target)
+
+    async def set_resources(self, owner: str, slug: str, form: dict[str, list[str]]) -> None:
+        """Replace the agent's CPU and memory overrides (an empty field: inherit)."""
+        agent = await self.get_agent(owner, slug)
+        new = validated_form(form, "agent", RESOURCE_SETTINGS)
+        kept = {k: v for k, v in agent.overrides.items() if k not in RESOURCE_SETTINGS}
+        await self.update_agent(owner, slug, {"overrides": {**kept, **new}})
+
+
+class ConversationsPage(PageHandler, SearchBaseHandler):
+    @admin_page
+    async def get(self) -> None:
+        where = self.search_filter()
+        cursor = self.get_argument("cursor", None)
+        rows = await self.sac.store.history.events(
+            where, PAGE + 1, parse_event_cursor(cursor) if cursor else None, descending=True
+        )
+        page = rows[:PAGE]
+        events = [
+            {
+                "row": r,
+                "text": readable_text(r["kind"], json.loads(r["payload_json"])),
+            }
+            for r in page
+        ]
+        self.render_page(
+            "admin/conversations.html",
+            active="conversations",
+            events=events,
+            next_cursor=event_cursor(page[-1]) if len(rows) > PAGE else None,
+            export_query=self.query_without(cursor=None),
+            args=self.args_of("user", "agent", "q", "since", "until"),
+        )
+
+
+class HitlPage(PageHandler, DecisionOps):
+    @admin_page
+    async def get(self, *_: str) -> None:
+        await self.show()
+
+    async def show(self, status: int = 200, error: ApiError | None = None) -> None:
+        owner = self.get_argument("user", "") or None
+        rows = await self.sac.store.hitl.list(
+            owner=owner, agent_slug=None, status=PENDING, limit=200, before=None
+        )
+        now = datetime.now(UTC)
+        self.render_page(
+            "admin/hitl.html",
+            status=status,
+            active="hitl",
+            error=error,
+            requests=[r for r in rows if r["expires_at"] is None or r["expires_at"] > now],
+            user_filter=owner or "",
+        )
+
+    @admin_page
+    async def post(self, request_id: str) -> None:
+        form = self.form()
+        body: dict[str, Any] = {"decision": (form.get("decision") or [""])[-1]}
+        reason = (form.get("reason") or [""])[-1].strip()
+        if reason:
+            body["reason"] = reason
+        option = (form.get("option") or [""])[-1]
+        if option:
+            body["option"] = option
+        try:
+            decided = await self.decide_request(request_id, body)
+        except ApiError as e:
+            if e.status_code == 404:
+                raise
+            return await self.show(e.status_code, e)
+        self.redirect_done("admin/hitl", f"hitl-{decided['decision']}")
+
+
+def _date_arg(handler: PageHandler, name: str, default: date) -> date:
+    raw = handler.get_argument(name, "")
+    if not raw:
+        return default
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise bad(name, "expected a date such as 2026-11-01") from None
+
+
+class UsagePage(PageHandler):
+    @admin_page
+    async def get(self) -> None:
+        today = datetime.now(UTC).date()
+        since = _date_arg(self, "since", today.replace(day=1))
+        until = _date_arg(self, "until", today)
+        if until < since:
+            raise bad("until", "must not be before since")
+        if (until - since).days > 366:
+            raise bad("until", "at most 366 days at a time")
+        owner = self.get_argument("user", "") or None
+        rows = await self.sac.store.usage.daily(since, until + timedelta(days=1), owner)
+        for row in rows:
+            row["tokens"] = row_tokens(row)
+        self.render_page(
+            "admin/usage.html",
+            active="usage",
+            rows=rows,
+            totals=usage_totals(rows),
+            since=since.isoformat(),
+            until=until.isoformat(),
+            user_filter=owner or "",
+        )
+
+
+class AuditPage(PageHandler, AuditBaseHandler):
+    @admin_page
+    async def get(self) -> None:
+        where = self.audit_filter()
+        cursor = self.get_argument("cursor", None)
+        rows = await self.sac.store.audit.list(
+            where, PAGE + 1, parse_entry_cursor(cursor) if cursor else None
+        )
+        page = rows[:PAGE]
+        self.render_page(
+            "admin/audit.html",
+            active="audit",
+            entries=page,
+            next_cursor=entry_cursor(page[-1]) if len(rows) > PAGE else None,
+            export_query=self.query_without(cursor=None),
+            args=self.args_of("actor", "user", "action", "since", "until"),
+        )
+
+
+class AdminHome(PageHandler):
+    @admin_page
+    async def get(self) -> None:
+        self.redirect(f"{self.sac.prefix}admin/agents")
+
+
+USER = r"([^/]+)"
+SLUG = r"([a-z0-9-]+)"
+
+
+def routes(prefix: str) -> list[tuple[str, Any]]:
+    admin = prefix + "admin/"
+    return [
+        (admin, AdminHome),
+        (admin + "settings", SettingsPage),
+        (admin + "users", UsersPage),
+        (admin + f"users/{USER}", UserPage),
+        (admin + "agents", AgentsPage),
+        (admin + f"agents/{USER}/{SLUG}", AgentsPage),
+        (admin + "conversations", ConversationsPage),
+        (admin + "hitl", HitlPage),
+        (admin + r"hitl/([0-9a-f-]+)", HitlPage),
+        (admin + "usage", UsagePage),
+        (admin + "audit", AuditPage),
+    ]
+
+
+__all__ = ["PROVIDERS_OVERRIDE", "routes"]

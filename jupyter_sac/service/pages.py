@@ -1,0 +1,229 @@
+"""Server-rendered pages of the `sac` service: the base every page shares, and the
+landing page (/services/sac/, the hub's Services menu links here).
+
+Pages sit beside the hub's own: they use its stylesheet and navigation bar, log in
+through JupyterHub OAuth like any service, and work without JavaScript (plain
+forms, each with the service's XSRF token, answered with a redirect back).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
+from tornado import web
+
+from .. import __version__
+from .base import BaseHandler
+from .errors import ApiError
+
+TEMPLATES = Path(__file__).parent / "templates"
+STATIC = Path(__file__).parent / "static"
+
+# What a page says after a form succeeded (the redirect carries only the key, so
+# nothing a link could inject is shown).
+DONE_MESSAGES = {
+    "settings-saved": "System settings saved.",
+    "user-saved": "Overrides saved for {target}.",
+    "user-cleared": "Overrides cleared for {target}.",
+    "agent-updated": "Resources of {target} changed; they apply at its next start.",
+    "agent-restarted": "{target} is restarting.",
+    "agent-stopped": "{target} is stopped.",
+    "agent-deleted": "{target} is deleted.",
+    "hitl-allow": "Request allowed.",
+    "hitl-deny": "Request denied.",
+    "key-saved": "Organisation key for {target} saved.",
+    "key-cleared": "Organisation key for {target} removed.",
+}
+
+ADMIN_NAV = (
+    ("agents", "Agents"),
+    ("conversations", "Conversations"),
+    ("hitl", "Approvals"),
+    ("usage", "Usage"),
+    ("settings", "Settings"),
+    ("users", "Users"),
+    ("audit", "Audit log"),
+)
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["when"] = format_time
+    env.filters["number"] = lambda n: f"{int(n):,}"
+    env.filters["pretty_json"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False, default=str)
+    return env
+
+
+
+def format_time(value: Any) -> str:
+    """A time as the pages show it: UTC, to the second."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+ENV = _environment()
+
+
+class PageHandler(BaseHandler):
+    """HTML instead of JSON: errors as a page, a login redirect instead of a 401."""
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        # No scripts at all; styles only from this origin (the hub's and ours).
+        self.set_header(
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self';"
+            " frame-ancestors 'self'; base-uri 'none'",
+        )
+
+    def get_template_namespace(self) -> dict[str, Any]:
+        ident = self.identity if self.current_user else None
+        return {
+            "prefix": self.sac.prefix,
+            "hub_prefix": self.sac.hub_prefix,
+            "ident": ident,
+            # JupyterHub's own admin page is for hub admins only (not custom:sac:admin).
+            "hub_admin": bool(ident and (self.current_user or {}).get("admin")),
+            "version": __version__,
+            "admin_nav": ADMIN_NAV,
+            "xsrf": Markup(self.xsrf_form_html()) if ident else "",
+            "done": self.done_message(),
+            "query": self.query_without,
+        }
+
+    def done_message(self) -> str:
+        key = self.get_argument("done", "")
+        template = DONE_MESSAGES.get(key)
+        return template.format(target=self.get_argument("target", "")[:200]) if template else ""
+
+    def query_without(self, **changes: Any) -> str:
+        """This page's query string with ``changes`` applied (None drops a key)."""
+        args = {k: self.get_argument(k) for k in self.request.arguments if k not in ("done",)}
+        args.update(changes)
+        return urlencode({k: v for k, v in args.items() if v not in (None, "")})
+
+    def args_of(self, *names: str) -> dict[str, str]:
+        """Query arguments to refill a filter form."""
+        return {name: self.get_argument(name, "") for name in names}
+
+    def render_page(self, template: str, status: int = 200, **context: Any) -> None:
+        self.set_status(status)
+        namespace = self.get_template_namespace()
+        namespace.update(context)
+        self.finish(ENV.get_template(template).render(**namespace))
+
+    def redirect_done(self, path: str, done: str, target: str = "") -> None:
+        query = urlencode({"done": done, **({"target": target} if target else {})})
+        self.redirect(f"{self.sac.prefix}{path}?{query}", status=303)
+
+    def form(self) -> dict[str, list[str]]:
+        """The submitted form's fields (the XSRF token left out)."""
+        return {
+            name: [v.decode("utf-8", "replace") for v in values]
+            for name, values in self.request.body_arguments.items()
+            if name != "_xsrf"
+        }
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            message = exc.message
+        elif isinstance(exc, web.HTTPError) and exc.log_message and status_code < 500:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        elif status_code >= 500:
+            message = "Internal error: see the service log."
+        else:
+            message = self._reason
+        if status_code == 403 and self.current_user and not self.identity.admin:
+            message = (
+                "This page is for SAC administrators: JupyterHub admins, or holders of"
+                f" the {self.sac.admin_scope} scope."
+            )
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        namespace = self.get_template_namespace() if self.current_user else {
+            "prefix": self.sac.prefix, "hub_prefix": self.sac.hub_prefix, "ident": None,
+            "version": __version__, "admin_nav": ADMIN_NAV, "xsrf": "", "done": "",
+        }  # fmt: skip
+        namespace.update(status=status_code, message=message)
+        self.finish(ENV.get_template("error.html").render(**namespace))
+
+
+def admin_page(method: Any) -> Any:
+    """Log in (GET redirects to the hub's login), then require an administrator."""
+
+    @web.authenticated
+    async def wrapper(self: PageHandler, *args: Any, **kwargs: Any) -> Any:
+        self.require_admin()
+        return await method(self, *args, **kwargs)
+
+    return wrapper
+
+
+class IndexPage(PageHandler):
+    """The service's home: my agents and usage this month; the admin pages' menu."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        ident = self.require_user()
+        agents = await self.sac.store.agents.list(ident.name)
+        usage = await self.sac.store.usage.month_by_agent()
+        hub_user = await self.sac.hub.get_user(ident.name) or {}
+        servers: Mapping[str, Any] = hub_user.get("servers") or {}
+        rows = [
+            {
+                "agent": a,
+                "status": server_status(servers.get(a.slug)),
+                "usage": usage.get(a.id, {"requests": 0, "tokens": 0}),
+            }
+            for a in agents
+        ]
+        self.render_page("index.html", agents=rows)
+
+
+class ApiIndexHandler(BaseHandler):
+    """GET api/: where the API and its description are."""
+
+    async def get(self) -> None:
+        self.write_json(
+            {
+                "service": "sac",
+                "version": __version__,
+                "api": f"{self.sac.prefix}api/",
+                "openapi": f"{self.sac.prefix}api/openapi.json",
+            }
+        )
+
+
+def server_status(server: Mapping[str, Any] | None) -> str:
+    """running, starting, stopping or stopped, from the hub's server model."""
+    if not server:
+        return "stopped"
+    if server.get("pending") == "spawn":
+        return "starting"
+    if server.get("pending") == "stop":
+        return "stopping"
+    if server.get("ready"):
+        return "running"
+    return "stopped"

@@ -1,0 +1,270 @@
+"""The admin pages over HTTP: who may see and use them, what bad forms do, and that
+their actions go through the same rules (and the audit log) as the API. The browser
+walk through the same pages is in test_admin_browser.py."""
+
+from __future__ import annotations
+
+import html
+import re
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from helpers import HubApi
+
+from jupyter_sac.testing.stack import poll_until
+
+pytestmark = pytest.mark.stack
+
+PAGES = [
+    "admin/",
+    "admin/settings",
+    "admin/users",
+    "admin/users/admin",
+    "admin/agents",
+    "admin/conversations",
+    "admin/hitl",
+    "admin/usage",
+    "admin/audit",
+]
+
+
+def page(client: HubApi, path: str, **kw) -> httpx.Response:
+    return client.client.get("services/sac/" + path, **kw)
+
+
+def post(client: HubApi, path: str, form: dict) -> httpx.Response:
+    return client.client.post("services/sac/" + path, data=form)
+
+
+@pytest.fixture
+def other(stack: dict, new_user) -> Iterator[tuple[str, HubApi, str]]:
+    """Another user with a stopped agent."""
+    name, client = new_user("own")
+    slug = "tool"
+    assert (
+        client.sac("POST", "agents", json={"slug": slug, "api_key": "sk-unused-key"}).status_code
+        == 201
+    )
+    yield name, client, slug
+    client.sac("DELETE", f"users/{name}/agents/{slug}")
+
+
+def audit_count(admin: HubApi) -> int:
+    return len(admin.sac("GET", "audit", params={"limit": 500}).json()["entries"])
+
+
+def test_non_admins_get_403_on_every_page_and_form_and_nothing_changes(
+    admin: HubApi, new_user, other: tuple[str, HubApi, str]
+) -> None:
+    owner, _, slug = other
+    name, user = new_user("plain")
+    system_before = admin.sac("GET", "settings/system").json()["overrides"]
+    audit_before = audit_count(admin)
+    for path in PAGES:
+        resp = page(user, path, follow_redirects=True)
+        assert resp.status_code == 403, (path, resp.status_code)
+        assert resp.headers["content-type"].startswith("text/html")
+        assert "for SAC administrators" in resp.text, path
+    forms = [
+        ("admin/settings", {"hitl_timeout": "5"}),
+        (f"admin/users/{name}", {"action": "save", "max_agents_per_user": "99"}),
+        (f"admin/users/{owner}", {"action": "clear"}),
+        (f"admin/agents/{owner}/{slug}", {"action": "delete", "confirm": "1"}),
+        (f"admin/agents/{owner}/{slug}", {"action": "resources", "cpu_limit": "0.5"}),
+        (f"admin/hitl/{uuid.uuid4()}", {"decision": "allow"}),
+    ]
+    for path, form in forms:
+        resp = post(user, path, form)
+        assert resp.status_code == 403, (path, resp.text[:300])
+    # The API behind the pages refuses them too (403, or 404 for others' things).
+    api = [
+        ("GET", "settings/system", None, 403),
+        ("PUT", "settings/system", {"hitl_timeout": 5}, 403),
+        ("PUT", f"users/{name}/settings", {"max_agents_per_user": 99}, 403),
+        ("DELETE", f"users/{owner}/settings", None, 403),
+        ("GET", "audit", None, 403),
+        ("GET", "audit/export.csv", None, 403),
+        ("GET", f"users/{owner}/agents", None, 404),
+        ("POST", f"users/{owner}/agents/{slug}/restart", None, 404),
+        ("POST", f"users/{owner}/agents/{slug}/stop", None, 404),
+        ("PATCH", f"users/{owner}/agents/{slug}", {"overrides": {}}, 404),
+        ("GET", "history/search", {"user": owner}, 404),
+        ("GET", "hitl/requests", {"user": owner}, 404),
+    ]
+    for method, path, body, code in api:
+        kw = {"params": body} if method == "GET" and body else {"json": body} if body else {}
+        resp = user.sac(method, path, **kw)
+        assert resp.status_code == code, (method, path, resp.text[:200])
+        assert resp.headers["content-type"].startswith("application/json")
+    assert admin.sac("GET", "settings/system").json()["overrides"] == system_before
+    assert admin.sac("GET", f"users/{owner}/agents/{slug}").status_code == 200
+    assert audit_count(admin) == audit_before
+
+
+def test_a_member_of_sac_admins_administers_without_being_a_hub_admin(
+    admin: HubApi, new_user
+) -> None:
+    name, before = new_user("deputy")
+    assert page(before, "admin/agents").status_code == 403
+    resp = admin.hub("POST", "groups/sac-admins/users", json={"users": [name]})
+    assert resp.status_code == 200, resp.text
+    try:
+        # A token made now carries the role the group grants (custom:sac:admin).
+        deputy = admin.create_user(name)
+        for path in PAGES:
+            resp = page(deputy, path, follow_redirects=True)
+            assert resp.status_code == 200, (path, resp.text[:300])
+        assert "Hub admin" not in page(deputy, "admin/agents").text
+    finally:
+        admin.hub("DELETE", "groups/sac-admins/users", json={"users": [name]})
+
+
+def test_bad_forms_are_refused_with_the_reason_and_change_nothing(
+    admin: HubApi, other: tuple[str, HubApi, str]
+) -> None:
+    owner, _, slug = other
+    system_before = admin.sac("GET", "settings/system").json()["overrides"]
+    agent_before = admin.sac("GET", f"users/{owner}/agents/{slug}").json()
+    audit_before = audit_count(admin)
+    bad_system = [
+        ({"hitl_timeout": "soon"}, "hitl_timeout: expected a whole number"),
+        ({"cpu_limit": "-1"}, "cpu_limit: must be at least 0.01"),
+        ({"mem_limit": "lots"}, "mem_limit: expected a byte count"),
+        ({"hitl_default": "maybe"}, "hitl_default: expected one of"),
+        ({"allowed_providers__override": "1", "allowed_providers": "evil"}, "unknown providers"),
+        ({"max_agents_per_user": "1'; DROP TABLE agents; --"}, "max_agents_per_user"),
+    ]
+    for form, message in bad_system:
+        resp = post(admin, "admin/settings", form)
+        assert resp.status_code == 400, (form, resp.status_code)
+        assert message in _error(resp.text), (form, _error(resp.text))
+        # What was typed stays in the form (a select cannot show a wrong choice).
+        field = next(iter(form))
+        if field not in ("allowed_providers__override", "hitl_default"):
+            assert f'value="{form[field]}"'.replace("'", "&#39;") in resp.text
+    resp = post(admin, f"admin/agents/{owner}/{slug}", {"action": "resources", "cpu_limit": "99"})
+    assert resp.status_code == 400 and "above this user's limit" in _error(resp.text)
+    resp = post(admin, f"admin/agents/{owner}/{slug}", {"action": "delete"})
+    assert resp.status_code == 400 and "tick the box" in _error(resp.text)
+    resp = post(admin, f"admin/agents/{owner}/{slug}", {"action": "explode"})
+    assert resp.status_code == 400
+    resp = post(admin, f"admin/users/{owner}", {"action": "save", "cpu_limit": "1e999"})
+    assert resp.status_code == 400
+    # Unknown users, agents and requests: 404 pages.
+    assert post(admin, "admin/users/nobody-" + uuid.uuid4().hex[:6], {}).status_code == 404
+    assert page(admin, "admin/users/%E2%80%AEnobody").status_code == 404
+    assert post(admin, f"admin/agents/{owner}/nope", {"action": "stop"}).status_code == 404
+    assert post(admin, f"admin/hitl/{uuid.uuid4()}", {"decision": "allow"}).status_code == 404
+    # Bad filters: 400 pages, SQL metacharacters are only text.
+    assert page(admin, "admin/conversations", params={"since": "yesterday"}).status_code == 400
+    assert page(admin, "admin/audit", params={"action": "'; --"}).status_code == 400
+    assert page(admin, "admin/usage", params={"since": "2026-13-01"}).status_code == 400
+    found = page(admin, "admin/agents", params={"user": "x' OR '1'='1"})
+    assert found.status_code == 200 and "No agents." in found.text
+    assert admin.sac("GET", "settings/system").json()["overrides"] == system_before
+    assert admin.sac("GET", f"users/{owner}/agents/{slug}").json() == agent_before
+    assert audit_count(admin) == audit_before
+
+
+def _error(text: str) -> str:
+    match = re.search(r'id="error">([^<]*)<', text)
+    return html.unescape(match.group(1)) if match else ""
+
+
+def test_pages_change_what_the_api_shows_and_the_audit_log_records_it(
+    admin: HubApi, other: tuple[str, HubApi, str]
+) -> None:
+    owner, _, slug = other
+    saved = admin.sac("GET", "settings/system").json()["overrides"]
+    try:
+        resp = post(admin, "admin/settings", {"hitl_timeout": "900", "mem_limit": "8Gi"})
+        assert resp.status_code == 303
+        assert resp.headers["location"].endswith("admin/settings?done=settings-saved")
+        assert admin.sac("GET", "settings/system").json()["overrides"] == {
+            "hitl_timeout": 900,
+            "mem_limit": 8 * 1024**3,
+        }
+        shown = page(admin, "admin/settings?done=settings-saved").text
+        assert "System settings saved." in shown and 'value="8Gi"' in shown
+        # A user's override, then the agent's resources, then clearing the user.
+        resp = post(admin, f"admin/users/{owner}", {"action": "save", "cpu_limit": "1.5"})
+        assert resp.status_code == 303
+        user_page = page(admin, f"admin/users/{owner}").text
+        assert 'value="1.5"' in user_page
+        resp = post(
+            admin,
+            f"admin/agents/{owner}/{slug}",
+            {"action": "resources", "cpu_limit": "0.5", "mem_limit": "1Gi", "cpu_request": ""},
+        )
+        assert resp.status_code == 303
+        agent = admin.sac("GET", f"users/{owner}/agents/{slug}").json()
+        assert agent["overrides"] == {"cpu_limit": 0.5, "mem_limit": 1024**3}
+        assert agent["resolved"]["cpu_limit"] == 0.5
+        assert post(admin, f"admin/users/{owner}", {"action": "clear"}).status_code == 303
+        assert admin.sac("GET", f"users/{owner}/settings").json()["overrides"] == {}
+        actions = [
+            (e["action"], e["target"])
+            for e in admin.sac("GET", "audit", params={"limit": 10}).json()["entries"]
+        ]
+        assert actions[:4] == [
+            ("settings.user.clear", owner),
+            ("agent.update", slug),
+            ("settings.user.replace", owner),
+            ("settings.system.replace", "system"),
+        ]
+    finally:
+        admin.sac("PUT", "settings/system", json=saved)
+
+
+def test_stop_and_restart_through_the_api_and_the_page(
+    admin: HubApi, stack: dict, other: tuple[str, HubApi, str]
+) -> None:
+    owner, client, slug = other
+    resp = admin.sac("POST", f"users/{owner}/agents/{slug}/restart")
+    assert resp.status_code == 202, resp.text
+    poll_until(lambda: (client.server(owner, slug) or {}).get("ready"), 90, "agent started")
+    started = client.server(owner, slug)["started"]
+    listed = page(admin, "admin/agents", params={"user": owner}).text
+    assert 'data-status="running"' in listed
+    resp = post(admin, f"admin/agents/{owner}/{slug}", {"action": "restart"})
+    assert resp.status_code == 303 and "done=agent-restarted" in resp.headers["location"]
+
+    def restarted() -> bool:
+        server = client.server(owner, slug) or {}
+        return bool(server.get("ready")) and server.get("started") != started
+
+    poll_until(restarted, 90, "agent restarted")
+    resp = admin.sac("POST", f"users/{owner}/agents/{slug}/stop")
+    assert resp.status_code == 200 and resp.json()["server"]["ready"] is False
+    assert not client.server(owner, slug)
+    actions = [
+        e["action"] for e in admin.sac("GET", "audit", params={"limit": 3}).json()["entries"]
+    ]
+    assert actions == ["agent.stop", "agent.restart", "agent.restart"]
+    # The owner's own stop is not an admin action: no audit entry.
+    client.sac("POST", f"users/{owner}/agents/{slug}/restart")
+    poll_until(lambda: (client.server(owner, slug) or {}).get("ready"), 90, "agent started")
+    assert client.sac("POST", f"users/{owner}/agents/{slug}/stop").status_code == 200
+    assert admin.sac("GET", "audit", params={"limit": 1}).json()["entries"][0]["action"] == (
+        "agent.stop"
+    )
+    assert len(admin.sac("GET", "audit", params={"user": owner}).json()["entries"]) == 3
+
+
+def test_the_home_page_lists_my_agents_and_the_api_index_moved(
+    stack: dict, other: tuple[str, HubApi, str]
+) -> None:
+    owner, client, slug = other
+    home = page(client, "")
+    assert home.status_code == 200 and home.headers["content-type"].startswith("text/html")
+    assert slug in home.text and "stopped" in home.text
+    assert f"spawn/{owner}/{slug}" in home.text
+    assert "SAC administration" not in home.text  # no admin tabs for users
+    index = client.sac("GET", "")
+    assert index.json()["openapi"].endswith("api/openapi.json")
+    # Without a login a browser is sent to the hub's OAuth, an API client gets 401.
+    anonymous = httpx.get(stack["url"] + "services/sac/admin/settings")
+    assert anonymous.status_code == 302 and "oauth2/authorize" in anonymous.headers["location"]
+    assert httpx.get(stack["url"] + "services/sac/api/settings").status_code == 401
