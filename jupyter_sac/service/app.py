@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
+from jupyterhub.services.auth import HubOAuth
 from tornado import web
 from traitlets import CaselessStrEnum, Dict, Float, Integer, List, Unicode, default
 from traitlets.config import Application
@@ -29,7 +29,7 @@ from .agents import AgentActionHandler, AgentHandler, AgentsHandler, AgentUsageH
 from .base import NotFoundHandler
 from .llm_proxy import LlmProxyHandler
 from .openapi import OpenApiHandler
-from .pages import STATIC, ApiIndexHandler, IndexPage
+from .pages import STATIC, ApiIndexHandler, IndexPage, OAuthCallbackHandler
 from .settings_handlers import (
     MySettingsHandler,
     ProvidersHandler,
@@ -176,7 +176,7 @@ class SacService(Application):
             (p, IndexPage),
             (p + r"static/(.*)", web.StaticFileHandler, {"path": str(STATIC)}),
             (p + "api/", ApiIndexHandler),
-            (p + "oauth_callback", HubOAuthCallbackHandler),
+            (p + "oauth_callback", OAuthCallbackHandler),
             (p + "api/openapi.json", OpenApiHandler),
             (p + "api/agents", AgentsHandler),
             (p + f"api/users/{USER}/agents", AgentsHandler),

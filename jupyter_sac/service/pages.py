@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jupyterhub.services.auth import HubOAuthCallbackHandler
 from markupsafe import Markup
 from tornado import web
 
@@ -66,7 +67,6 @@ def _environment() -> Environment:
     return env
 
 
-
 def format_time(value: Any) -> str:
     """A time as the pages show it: UTC, to the second."""
     if value is None or value == "":
@@ -94,7 +94,8 @@ class PageHandler(BaseHandler):
         # No scripts at all; styles only from this origin (the hub's and ours).
         self.set_header(
             "Content-Security-Policy",
-            "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self';"
+            "default-src 'none'; style-src 'self'; font-src 'self'; img-src 'self' data:;"
+            " form-action 'self';"
             " frame-ancestors 'self'; base-uri 'none'",
         )
 
@@ -227,3 +228,13 @@ def server_status(server: Mapping[str, Any] | None) -> str:
     if server.get("ready"):
         return "running"
     return "stopped"
+
+
+class OAuthCallbackHandler(HubOAuthCallbackHandler):
+    """JupyterHub's OAuth callback with the service's own HubOAuth: the login
+    redirect kept its OAuth state (and PKCE verifier) there, not in the class's
+    default singleton."""
+
+    @property
+    def hub_auth(self):  # type: ignore[override]
+        return self.settings["hub_auth"]
