@@ -268,3 +268,71 @@ def test_the_home_page_lists_my_agents_and_the_api_index_moved(
     anonymous = httpx.get(stack["url"] + "services/sac/admin/settings")
     assert anonymous.status_code == 302 and "oauth2/authorize" in anonymous.headers["location"]
     assert httpx.get(stack["url"] + "services/sac/api/settings").status_code == 401
+
+
+def test_organisation_keys_are_set_on_the_settings_page_and_used_by_the_proxy(
+    stack: dict, admin: HubApi, new_user, fake: str
+) -> None:
+    import asyncio
+
+    from helpers import run_in_terminal, running_agent
+
+    key = f"sk-org-{uuid.uuid4().hex}-7x9Q"
+    user = f"orgk{uuid.uuid4().hex[:6]}"
+    # An agent with no key of its own, on a provider with no organisation key yet.
+    fields = {"provider": "custom", "base_url": fake}
+    with running_agent(admin, user, "lean", **fields) as client:
+        token = asyncio.run(
+            run_in_terminal(stack["url"], client.token, user, "lean", "echo $SAC_AGENT_TOKEN")
+        )
+        proxy = httpx.Client(
+            base_url=stack["url"] + "services/sac/llm/",
+            headers={"x-api-key": token},
+            timeout=60,
+        )
+        message = {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+        refused = proxy.post("v1/messages", json=message)
+        assert refused.status_code == 401 and "organisation key" in refused.text
+
+        # Refused changes: not an admin, bad keys, unknown providers.
+        _, plain = new_user("nokey")
+        assert (
+            plain.sac("PUT", "organisation-keys/custom", json={"api_key": key}).status_code == 403
+        )
+        assert (
+            post(plain, "admin/settings/keys/custom", {"action": "set", "api_key": key}).status_code
+            == 403
+        )
+        for bad_key in ("short", "has spaces in it", "ключ-ключ-ключ", "x" * 1001, 42):
+            resp = admin.sac("PUT", "organisation-keys/custom", json={"api_key": bad_key})
+            assert resp.status_code == 400, bad_key
+        assert admin.sac("PUT", "organisation-keys/nope", json={"api_key": key}).status_code == 404
+        assert admin.sac("DELETE", "organisation-keys/custom").status_code == 404
+        keys = {k["provider"]: k for k in admin.sac("GET", "organisation-keys").json()["keys"]}
+        assert keys["custom"]["source"] is None
+
+        try:
+            resp = post(admin, "admin/settings/keys/custom", {"action": "set", "api_key": key})
+            assert resp.status_code == 303 and "done=key-saved" in resp.headers["location"]
+            shown = page(admin, "admin/settings").text
+            assert "…7x9Q" in shown and key not in shown
+            keys = {k["provider"]: k for k in admin.sac("GET", "organisation-keys").json()["keys"]}
+            assert keys["custom"]["source"] == "service" and keys["custom"]["hint"] == "…7x9Q"
+            assert keys["custom"]["updated_by"] == "admin"
+            # The proxy now adds it; the sandbox never had it.
+            httpx.delete(fake + "/_fake/requests")
+            assert proxy.post("v1/messages", json=message).status_code == 200
+            (sent,) = httpx.get(fake + "/_fake/requests").json()["requests"]
+            assert sent["headers"].get("Authorization") == f"Bearer {key}" or (
+                sent["headers"].get("X-Api-Key") == key
+            )
+            # The audit log says a key was set, never which.
+            entry = admin.sac("GET", "audit", params={"action": "org_key.*"}).json()["entries"][0]
+            assert entry["action"] == "org_key.set" and entry["after"]["hint"] == "…7x9Q"
+            assert key not in admin.client.get("services/sac/api/audit/export.csv").text
+        finally:
+            resp = post(admin, "admin/settings/keys/custom", {"action": "clear"})
+        assert resp.status_code == 303
+        assert proxy.post("v1/messages", json=message).status_code == 401
+        entry = admin.sac("GET", "audit", params={"action": "org_key.*"}).json()["entries"][0]
+        assert entry["action"] == "org_key.clear" and entry["after"] is None

@@ -31,6 +31,7 @@ from .forms import (
 )
 from .history import SearchBaseHandler, event_cursor, parse_event_cursor
 from .hitl import DecisionOps
+from .org_keys import OrgKeyOps, keys_model
 from .pages import PageHandler, admin_page, server_status
 from .settings_handlers import SettingsOps
 from .validation import bad
@@ -62,7 +63,7 @@ def settings_rows(
 
 class SettingsPage(PageHandler, SettingsOps):
     @admin_page
-    async def get(self) -> None:
+    async def get(self, *_: str) -> None:
         await self.show()
 
     async def show(self, status: int = 200, error: ApiError | None = None, form: Any = None):
@@ -81,7 +82,7 @@ class SettingsPage(PageHandler, SettingsOps):
             providers=list(PRESETS),
             allowed=resolved["allowed_providers"],
             providers_overridden="allowed_providers" in overrides,
-            org_keys=sorted(self.sac.organisation_api_keys),
+            org_keys=keys_model(self.sac, await self.sac.store.org_keys.list()),
         )
 
     @admin_page
@@ -95,6 +96,29 @@ class SettingsPage(PageHandler, SettingsOps):
         except ApiError as e:
             return await self.show(e.status_code, e, form)
         self.redirect_done("admin/settings", "settings-saved")
+
+
+class OrgKeyPage(SettingsPage, OrgKeyOps):
+    """POST admin/settings/keys/<provider>: set (a new key) or clear it."""
+
+    @admin_page
+    async def post(self, provider: str) -> None:  # type: ignore[override]
+        form = self.form()
+        action = (form.get("action") or [""])[-1]
+        try:
+            if action == "set":
+                await self.set_org_key(provider, (form.get("api_key") or [""])[-1])
+                done = "key-saved"
+            elif action == "clear":
+                await self.clear_org_key(provider)
+                done = "key-cleared"
+            else:
+                raise bad("action", "expected set or clear")
+        except ApiError as e:
+            if e.status_code == 404:
+                raise
+            return await self.show(e.status_code, e)
+        self.redirect_done("admin/settings", done, provider)
 
 
 class UsersPage(PageHandler):
@@ -389,6 +413,7 @@ def routes(prefix: str) -> list[tuple[str, Any]]:
     return [
         (admin, AdminHome),
         (admin + "settings", SettingsPage),
+        (admin + r"settings/keys/([a-z0-9-]+)", OrgKeyPage),
         (admin + "users", UsersPage),
         (admin + f"users/{USER}", UserPage),
         (admin + "agents", AgentsPage),

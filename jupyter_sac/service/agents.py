@@ -78,7 +78,7 @@ class AgentBaseHandler(BaseHandler):
                     resolved,
                     hub_users[agent.owner],
                     self.sac.hub_prefix,
-                    self.sac.organisation_api_keys,
+                    self.sac.org_keys,
                 )
             )
         return out

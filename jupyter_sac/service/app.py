@@ -24,7 +24,17 @@ from ..objects import ObjectStore, store_from_config
 from ..providers import PRESETS
 from ..stack import default_data_dir
 from ..store import Store
-from . import admin_pages, agent_skills, audit, culler, history, hitl, metrics, skills
+from . import (
+    admin_pages,
+    agent_skills,
+    audit,
+    culler,
+    history,
+    hitl,
+    metrics,
+    org_keys,
+    skills,
+)
 from .agents import AgentActionHandler, AgentHandler, AgentsHandler, AgentUsageHandler
 from .base import NotFoundHandler
 from .llm_proxy import LlmProxyHandler
@@ -200,6 +210,7 @@ class SacService(Application):
             *culler.routes(p),
             *metrics.routes(p),
             *audit.routes(p),
+            *org_keys.routes(p),
             *admin_pages.routes(p),
             (p + r"api/.*", NotFoundHandler),
         ]
@@ -211,6 +222,24 @@ class SacService(Application):
             cookie_secret=os.urandom(32),
             default_handler_class=NotFoundHandler,
         )
+
+    # Organisation keys in use: the configuration's, overridden by those set in the
+    # service (settings page or API). Reloaded after each change; this process is
+    # the only writer.
+    org_keys: dict[str, str] = {}
+
+    async def reload_org_keys(self) -> None:
+        keys = dict(self.organisation_api_keys)
+        for provider, row in (await self.store.org_keys.list()).items():
+            try:
+                keys[provider] = self.keybox.decrypt(row["encrypted_key"])
+            except ValueError:
+                self.log.error(
+                    "the organisation key for %s cannot be decrypted with the configured"
+                    " Fernet keys (SAC_FERNET_KEY); set it again",
+                    provider,
+                )
+        self.org_keys = keys
 
     def make_object_store(self) -> ObjectStore:
         overrides = {}
@@ -225,6 +254,7 @@ class SacService(Application):
             raise SystemExit("sac service: no database URL (SAC_DATABASE_URL)")
         self.keybox = KeyBox(self.fernet_keys)
         self.store = await Store.open(self.database_url)
+        await self.reload_org_keys()
         self.hub = HubClient()
         self.objects = self.make_object_store()
         self.upstream = httpx.AsyncClient(

@@ -190,7 +190,7 @@ class LlmProxyHandler(web.RequestHandler):
             key = (
                 self.sac.keybox.decrypt(agent.encrypted_key)
                 if agent.encrypted_key
-                else self.sac.organisation_api_keys.get(agent.provider)
+                else self.sac.org_keys.get(agent.provider)
             )
             base = upstream_base_url(agent.provider, agent.base_url, self.sac.provider_base_urls)
         except (ValueError, ProviderError) as e:

@@ -55,7 +55,7 @@ def _path_params(*names: str) -> list[dict[str, Any]]:
 
 def document(prefix: str) -> dict[str, Any]:
     # Imported here: those modules use this module's helpers (_op, _resp, ...).
-    from . import agent_skills, audit, culler, history, hitl, metrics, skills
+    from . import agent_skills, audit, culler, history, hitl, metrics, org_keys, skills
 
     agent = {"$ref": "#/components/schemas/Agent"}
     create = {"$ref": "#/components/schemas/AgentCreate"}
@@ -175,7 +175,6 @@ def document(prefix: str) -> dict[str, Any]:
         },
         "security": [{"token": []}],
         "paths": {
-            "/": {"get": _op("Service identity", {"200": _resp("ok")})},
             "/api/": {"get": _op("Where the API and this document are", {"200": _resp("ok")})},
             "/api/openapi.json": {"get": _op("This document", {"200": _resp("ok")})},
             **history.openapi_paths(),
@@ -185,6 +184,7 @@ def document(prefix: str) -> dict[str, Any]:
             **culler.openapi_paths(),
             **metrics.openapi_paths(),
             **audit.openapi_paths(),
+            **org_keys.openapi_paths(),
             "/api/agents": {
                 "get": _op(
                     "My agents (admins: ?user=NAME or ?all=1)",

@@ -99,20 +99,32 @@ class PageHandler(BaseHandler):
             " frame-ancestors 'self'; base-uri 'none'",
         )
 
-    def get_template_namespace(self) -> dict[str, Any]:
-        ident = self.identity if self.current_user else None
+    def base_namespace(self) -> dict[str, Any]:
         return {
             "prefix": self.sac.prefix,
-            "hub_prefix": self.sac.hub_prefix,
-            "ident": ident,
-            # JupyterHub's own admin page is for hub admins only (not custom:sac:admin).
-            "hub_admin": bool(ident and (self.current_user or {}).get("admin")),
+            # hub_prefix is JupyterHub's base URL; the hub's own pages are under hub/.
+            "hub": self.sac.hub_prefix + "hub/",
+            "ident": None,
+            "hub_admin": False,
             "version": __version__,
             "admin_nav": ADMIN_NAV,
-            "xsrf": Markup(self.xsrf_form_html()) if ident else "",
-            "done": self.done_message(),
-            "query": self.query_without,
+            "xsrf": "",
+            "done": "",
         }
+
+    def get_template_namespace(self) -> dict[str, Any]:
+        namespace = self.base_namespace()
+        if self.current_user:
+            ident = self.identity
+            namespace.update(
+                ident=ident,
+                # JupyterHub's admin page is for hub admins only (not custom:sac:admin).
+                hub_admin=bool(self.current_user.get("admin")),
+                xsrf=Markup(self.xsrf_form_html()),
+                done=self.done_message(),
+            )
+        namespace["query"] = self.query_without
+        return namespace
 
     def done_message(self) -> str:
         key = self.get_argument("done", "")
@@ -163,10 +175,7 @@ class PageHandler(BaseHandler):
                 f" the {self.sac.admin_scope} scope."
             )
         self.set_header("Content-Type", "text/html; charset=utf-8")
-        namespace = self.get_template_namespace() if self.current_user else {
-            "prefix": self.sac.prefix, "hub_prefix": self.sac.hub_prefix, "ident": None,
-            "version": __version__, "admin_nav": ADMIN_NAV, "xsrf": "", "done": "",
-        }  # fmt: skip
+        namespace = self.get_template_namespace()
         namespace.update(status=status_code, message=message)
         self.finish(ENV.get_template("error.html").render(**namespace))
 

@@ -136,7 +136,7 @@ class ProvidersHandler(BaseHandler):
                     {
                         **asdict(p),
                         "allowed": p.name in allowed,
-                        "organisation_key_available": p.name in self.sac.organisation_api_keys,
+                        "organisation_key_available": p.name in self.sac.org_keys,
                     }
                     for p in PRESETS.values()
                 ]

@@ -1,7 +1,7 @@
 """The one owner of SQL. The hub (spawner) and the `sac` service share this module.
 
 ``Store`` wraps a psycopg AsyncConnectionPool and exposes one object per domain
-(agents, settings, tokens, usage, history, hitl, skills, audit); nothing outside
+(agents, settings, tokens, usage, history, hitl, skills, audit, org_keys); nothing outside
 ``store/`` writes SQL. ``Store.transaction()`` gives a connection in a transaction
 that the methods taking ``conn`` join (see ``tx.py``).
 """
@@ -21,6 +21,7 @@ from .audit import Audit
 from .history import History
 from .hitl import HitlRequests
 from .migrate import list_migrations, migrate
+from .org_keys import OrganisationKeys
 from .settings import SettingsRows
 from .skills import Skills
 from .tokens import AgentTokens
@@ -47,6 +48,7 @@ class Store:
         self.hitl = HitlRequests(pool)
         self.skills = Skills(pool)
         self.audit = Audit(pool)
+        self.org_keys = OrganisationKeys(pool)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection[Any]]:

@@ -1,0 +1,57 @@
+"""Organisation provider keys kept in the database (encrypted by the caller)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from .tx import using
+
+
+class OrganisationKeys:
+    def __init__(self, pool: AsyncConnectionPool):
+        self.pool = pool
+
+    async def list(self) -> dict[str, dict[str, Any]]:
+        """provider -> {encrypted_key, hint, updated_by, updated_at}."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT provider, encrypted_key, hint, updated_by, updated_at"
+                " FROM organisation_keys ORDER BY provider"
+            )
+            rows = await cur.fetchall()
+        return {r["provider"]: {**r, "encrypted_key": bytes(r["encrypted_key"])} for r in rows}
+
+    async def put(
+        self,
+        provider: str,
+        encrypted_key: bytes,
+        hint: str,
+        by: str,
+        conn: AsyncConnection[Any] | None = None,
+    ) -> str | None:
+        """Set a provider's key; the hint of the key it replaced (None: there was none)."""
+        async with using(self.pool, conn) as c:
+            cur = await c.execute(
+                "SELECT hint FROM organisation_keys WHERE provider = %s FOR UPDATE", (provider,)
+            )
+            before = await cur.fetchone()
+            await c.execute(
+                "INSERT INTO organisation_keys (provider, encrypted_key, hint, updated_by)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT (provider) DO UPDATE SET"
+                " encrypted_key = EXCLUDED.encrypted_key, hint = EXCLUDED.hint,"
+                " updated_by = EXCLUDED.updated_by, updated_at = now()",
+                (provider, encrypted_key, hint, by),
+            )
+        return before["hint"] if before else None
+
+    async def delete(self, provider: str, conn: AsyncConnection[Any] | None = None) -> str | None:
+        """Remove a provider's key; the hint of the removed key (None: there was none)."""
+        async with using(self.pool, conn) as c:
+            cur = await c.execute(
+                "DELETE FROM organisation_keys WHERE provider = %s RETURNING hint", (provider,)
+            )
+            row = await cur.fetchone()
+        return row["hint"] if row else None
