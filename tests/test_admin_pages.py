@@ -336,3 +336,21 @@ def test_organisation_keys_are_set_on_the_settings_page_and_used_by_the_proxy(
         assert proxy.post("v1/messages", json=message).status_code == 401
         entry = admin.sac("GET", "audit", params={"action": "org_key.*"}).json()["entries"][0]
         assert entry["action"] == "org_key.clear" and entry["after"] is None
+
+
+def test_a_history_auditor_gets_the_conversations_page_only(admin: HubApi, new_user) -> None:
+    name, _ = new_user("auditor")
+    resp = admin.hub("POST", "groups/sac-history-auditors/users", json={"users": [name]})
+    assert resp.status_code == 200, resp.text
+    try:
+        auditor = admin.create_user(name)  # a token with the group's role
+        found = page(auditor, "admin/conversations", params={"user": "admin"})
+        assert found.status_code == 200
+        tabs = re.findall(r'href="/services/sac/admin/(\w+)"', found.text)
+        assert tabs == ["conversations"]
+        for path in PAGES:
+            if path != "admin/conversations":
+                assert page(auditor, path, follow_redirects=True).status_code == 403, path
+        assert auditor.client.get("services/sac/api/history/export.csv").status_code == 200
+    finally:
+        admin.hub("DELETE", "groups/sac-history-auditors/users", json={"users": [name]})

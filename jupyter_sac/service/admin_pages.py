@@ -12,6 +12,8 @@ import json
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from tornado import web
+
 from .. import settings as sac_settings
 from ..providers import PRESETS
 from ..runtimes.transcript import readable_text
@@ -280,8 +282,12 @@ class AgentsPage(PageHandler, AgentOps):
 
 
 class ConversationsPage(PageHandler, SearchBaseHandler):
-    @admin_page
+    """For admins and for holders of custom:sac:history:read-all (auditors)."""
+
+    @web.authenticated
     async def get(self) -> None:
+        if not self.can_read_all():
+            self.require_admin()  # the same 403 page as the other admin pages
         where = self.search_filter()
         cursor = self.get_argument("cursor", None)
         rows = await self.sac.store.history.events(

@@ -23,6 +23,7 @@ from tornado import web
 from .. import __version__
 from .base import BaseHandler
 from .errors import ApiError
+from .history import READ_ALL_SCOPE
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
@@ -52,6 +53,16 @@ ADMIN_NAV = (
     ("users", "Users"),
     ("audit", "Audit log"),
 )
+
+
+def visible_tabs(admin: bool, scopes: frozenset[str]) -> tuple[tuple[str, str], ...]:
+    """The admin tabs a caller may open: all for admins; Conversations for holders of
+    the read-all history scope (auditors)."""
+    if admin:
+        return ADMIN_NAV
+    if READ_ALL_SCOPE in scopes:
+        return tuple(tab for tab in ADMIN_NAV if tab[0] == "conversations")
+    return ()
 
 
 def _environment() -> Environment:
@@ -107,7 +118,7 @@ class PageHandler(BaseHandler):
             "ident": None,
             "hub_admin": False,
             "version": __version__,
-            "admin_nav": ADMIN_NAV,
+            "admin_nav": (),
             "xsrf": "",
             "done": "",
         }
@@ -120,6 +131,7 @@ class PageHandler(BaseHandler):
                 ident=ident,
                 # JupyterHub's admin page is for hub admins only (not custom:sac:admin).
                 hub_admin=bool(self.current_user.get("admin")),
+                admin_nav=visible_tabs(ident.admin, ident.scopes),
                 xsrf=Markup(self.xsrf_form_html()),
                 done=self.done_message(),
             )
