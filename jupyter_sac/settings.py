@@ -8,6 +8,7 @@ less than the user's resolved ceiling but never more.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -231,6 +232,9 @@ def _coerce(spec: SettingSpec, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise SettingsError(spec.name, f"expected a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):
+            # NaN passes every bounds check (comparisons with it are false).
+            raise SettingsError(spec.name, f"expected a finite number, got {value!r}")
     elif spec.kind == "bytes":
         try:
             value = parse_bytes(value)

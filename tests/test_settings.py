@@ -87,3 +87,10 @@ def test_validate_normalises_and_none_clears() -> None:
 def test_not_a_mapping() -> None:
     with pytest.raises(s.SettingsError):
         s.validate_overrides(["mem_limit"], "system")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_numbers_are_refused(value: float) -> None:
+    # json.loads accepts NaN and Infinity, and NaN would pass every bounds check.
+    with pytest.raises(s.SettingsError, match="cpu_limit"):
+        s.validate_overrides({"cpu_limit": value}, "system")
