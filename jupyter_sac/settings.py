@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from .providers import PRESETS
 
-Level = Literal["system", "user", "agent"]
+Level = Literal["system", "user", "agent", "group"]
 LEVELS: tuple[Level, ...] = ("system", "user", "agent")
 
 KIB = 1024
@@ -127,6 +127,24 @@ SPECS: dict[str, SettingSpec] = {
             minimum=0,
             maximum=10_000_000,
             ceiling=True,
+        ),
+        _spec(
+            "group_quota_bytes",
+            "bytes",
+            10 * GIB,
+            "Bytes one group's shared workspace may hold.",
+            minimum=0,
+            maximum=100 * 1024 * GIB,
+            levels=frozenset({"system", "group"}),
+        ),
+        _spec(
+            "group_quota_files",
+            "int",
+            10000,
+            "Files one group's shared workspace may hold.",
+            minimum=0,
+            maximum=10_000_000,
+            levels=frozenset({"system", "group"}),
         ),
         _spec(
             "idle_timeout",
@@ -287,6 +305,11 @@ def _merge(*layers: Mapping[str, Any]) -> dict[str, Any]:
 def resolve_user(system: Mapping[str, Any], user: Mapping[str, Any]) -> dict[str, Any]:
     """Values that apply to a user (and are the ceiling for that user's agents)."""
     return _fix_requests(_merge(system, user))
+
+
+def resolve_group(system: Mapping[str, Any], group: Mapping[str, Any]) -> dict[str, Any]:
+    """Values that apply to a group's shared workspace (its quotas)."""
+    return _merge(system, {k: v for k, v in group.items() if "group" in SPECS[k].levels})
 
 
 def resolve(

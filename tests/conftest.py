@@ -7,6 +7,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import psycopg
@@ -98,3 +99,27 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory):
 
     with s3_server(tmp_path_factory.mktemp("s3") / "moto.log") as endpoint:
         yield endpoint
+
+
+S3_BUCKET = "sac-skills"
+
+
+@pytest.fixture(scope="session")
+def s3_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A second `sac up` stack whose service keeps objects (skill bundles, workspace
+    files) in a real S3-compatible server (moto, over HTTP)."""
+    from jupyter_sac.testing.s3_server import s3_server
+
+    workdir = tmp_path_factory.mktemp("sac-s3")
+    moto_log = workdir / "moto.log"
+    with s3_server(moto_log) as endpoint:
+        config = workdir / "s3_config.py"
+        traits = endpoint.store_config(S3_BUCKET, prefix="sac/")
+        config.write_text(
+            'c.SacService.object_store = "s3"\n'
+            + "".join(f"c.S3Store.{name} = {value!r}\n" for name, value in traits.items())
+        )
+        with embedded_stack(workdir, ADMIN_PASSWORD, extra_config=config) as running:
+            yield {"url": running.url, "admin": HubApi(running.url, running.admin_token),
+                   "data_dir": running.data_dir, "endpoint": endpoint,
+                   "moto_log": moto_log}  # fmt: skip

@@ -10,45 +10,27 @@ import asyncio
 import hashlib
 import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import ADMIN_PASSWORD
+from conftest import S3_BUCKET
 from helpers import HubApi, agent_home, run_in_terminal, running_agent, tar_gz
 
 from jupyter_sac.objects import S3Store
-from jupyter_sac.testing.s3_server import S3Endpoint, s3_server
-from jupyter_sac.testing.stack import embedded_stack
+from jupyter_sac.testing.s3_server import S3Endpoint
 
 pytestmark = pytest.mark.stack
 
-BUCKET = "sac-skills"
+BUCKET = S3_BUCKET
+
 BODY = "---\nname: x\ndescription: x\n---\n\n# Use the attached files\n"
 
 
 def skill(command: str, **extra: Any) -> dict[str, Any]:
     return {"command": command, "title": command, "description": f"{command} skill",
             "body": BODY, **extra}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def s3_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    workdir = tmp_path_factory.mktemp("sac-s3")
-    moto_log = workdir / "moto.log"
-    with s3_server(moto_log) as endpoint:
-        config = workdir / "s3_config.py"
-        traits = endpoint.store_config(BUCKET, prefix="sac/")
-        config.write_text(
-            'c.SacService.object_store = "s3"\n'
-            + "".join(f"c.S3Store.{name} = {value!r}\n" for name, value in traits.items())
-        )
-        with embedded_stack(workdir, ADMIN_PASSWORD, extra_config=config) as running:
-            yield {"url": running.url, "admin": HubApi(running.url, running.admin_token),
-                   "data_dir": running.data_dir, "endpoint": endpoint,
-                   "moto_log": moto_log}  # fmt: skip
 
 
 def skills_dir(stack: dict[str, Any], slug: str) -> Path:

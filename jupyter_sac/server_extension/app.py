@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,8 @@ from .skills_handlers import InstalledSkillsHandler, RunHandler, SyncHandler
 from .skills_sync import SkillSync
 from .spool import HistorySpool, HistoryUploader
 from .terminal import TERMINAL_NAME, ClaudeTerminal
+from .workspace_handlers import PreviewHandler, WorkspaceHandler
+from .workspace_sync import WorkspaceSync
 
 # The longest HITL timeout the settings allow, plus slack: the PreToolUse hook
 # must outlive any wait the service can impose.
@@ -68,7 +72,24 @@ ROUTES: list[tuple[str, Any]] = [
     (r"/sac/api/skills", InstalledSkillsHandler),
     (r"/sac/api/skills/sync", SyncHandler),
     (r"/sac/api/skills/([^/]+)/run", RunHandler),
+    (r"/sac/api/workspace", WorkspaceHandler),
+    (r"/sac/api/workspace/preview", PreviewHandler),
 ]
+
+WORKSPACE_EVENT_SCHEMA_ID = "https://events.jupyter-sac.org/workspace/output/v1"
+WORKSPACE_EVENT_SCHEMA = {
+    "$id": WORKSPACE_EVENT_SCHEMA_ID,
+    "version": "1",
+    "title": "A file under /workspace/output changed",
+    "description": "Emitted when the agent's output files are stored, changed or removed.",
+    "type": "object",
+    "properties": {
+        "action": {"enum": ["created", "modified", "updated", "deleted"]},
+        "path": {"type": "string"},
+        "size": {"type": "integer"},
+    },
+    "required": ["action", "path"],
+}
 
 
 class SacExtensionApp(ExtensionApp):
@@ -163,6 +184,19 @@ class SacExtensionApp(ExtensionApp):
         the sync at start and POST sac/api/skills/sync).""",
     ).tag(config=True)
 
+    workspace_poll_interval = Float(
+        15.0,
+        help="""Seconds between checks for workspace files changed elsewhere (a
+        conditional GET; 0: only at start and on POST sac/api/workspace). Local
+        changes are uploaded as they happen.""",
+    ).tag(config=True)
+
+    workspace_debounce_ms = Integer(
+        300,
+        help="""Milliseconds the workspace watcher waits for more changes before it
+        uploads a batch (editors write a file in several steps).""",
+    ).tag(config=True)
+
     # ---- setup ------------------------------------------------------------------
 
     def _hook_url(self) -> str:
@@ -198,6 +232,7 @@ class SacExtensionApp(ExtensionApp):
         client = ServiceClient(service_url, token)
         logger = self.serverapp.event_logger
         logger.register_event_schema(HITL_EVENT_SCHEMA)
+        logger.register_event_schema(WORKSPACE_EVENT_SCHEMA)
         bridge = HitlBridge(
             client,
             lambda action, request: logger.emit(
@@ -233,6 +268,19 @@ class SacExtensionApp(ExtensionApp):
                 "sac_hitl": bridge,
                 "sac_claude_terminal": terminal,
                 "sac_skill_sync": SkillSync(client, Path(self.claude_config_dir)),
+                "sac_workspace_sync": WorkspaceSync(
+                    service_url,
+                    token,
+                    Path(self.workspace),
+                    state / "workspace.json",
+                    who=os.environ.get("JUPYTERHUB_USER", "")
+                    + "/"
+                    + os.environ.get("JUPYTERHUB_SERVER_NAME", ""),
+                    on_output=lambda action, path, size: logger.emit(
+                        schema_id=WORKSPACE_EVENT_SCHEMA_ID,
+                        data={"action": action, "path": path, "size": size},
+                    ),
+                ),
                 "sac_chat": ChatManager(
                     state / "chat",
                     argv=[binary, *self.chat_args],
@@ -257,6 +305,16 @@ class SacExtensionApp(ExtensionApp):
         # The first poll is the sync at start; it runs in the background so a slow
         # service never delays the server (a run syncs on demand anyway).
         self.settings["sac_skill_sync"].start(self.skills_sync_interval)
+        # JupyterHub stops a server with SIGINT, which (without a terminal) ends
+        # jupyter_server's loop at once, skipping every extension's stop hook. Stop as
+        # on SIGTERM instead, so the workspace is flushed and chat turns end cleanly.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self.serverapp._signal_stop)
+        workspace_sync = self.settings["sac_workspace_sync"]
+        # The areas exist before the first pull, so the agent can write at once.
+        workspace_sync.ensure_layout()
+        if os.environ.get("SAC_SERVICE_URL") and os.environ.get("SAC_AGENT_TOKEN"):
+            workspace_sync.start(self.workspace_poll_interval, self.workspace_debounce_ms)
         if self.start_terminal:
             try:
                 await self.settings["sac_claude_terminal"].ensure()
@@ -267,6 +325,9 @@ class SacExtensionApp(ExtensionApp):
         chat = self.settings.get("sac_chat")
         if chat is not None:
             await chat.stop()
+        workspace_sync = self.settings.get("sac_workspace_sync")
+        if workspace_sync is not None:
+            await workspace_sync.stop()
         skill_sync = self.settings.get("sac_skill_sync")
         if skill_sync is not None:
             await skill_sync.stop()

@@ -86,6 +86,24 @@ def document(base_url: str) -> dict[str, Any]:
                 )
             },
             "/sac/api/skills": {"get": _op("Skills installed in this agent and the sync status")},
+            "/sac/api/workspace": {
+                "get": _op("Workspace sync status: groups, usage against quota, refused files"),
+                "post": _op("Sync the workspace now (pull, then upload changes)"),
+            },
+            "/sac/api/workspace/preview": {
+                "get": _op(
+                    "Preview ?path=<workspace path>: text, image (raw=1: the bytes), or an"
+                    " info card",
+                    400,
+                    404,
+                ),
+                "put": _op(
+                    "Save a text file ?path= from {\"text\"} (not under public/)",
+                    400,
+                    403,
+                    body={"type": "object", "properties": {"text": {"type": "string"}}},
+                ),
+            },
             "/sac/api/skills/sync": {
                 "post": _op("Sync installed skills from the service now", 502)
             },

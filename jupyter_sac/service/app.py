@@ -34,6 +34,7 @@ from . import (
     metrics,
     org_keys,
     skills,
+    workspace,
 )
 from .agents import AgentActionHandler, AgentHandler, AgentsHandler, AgentUsageHandler
 from .base import NotFoundHandler
@@ -168,6 +169,13 @@ class SacService(Application):
         or through this service (local). See docs/objects.md.""",
     ).tag(config=True)
 
+    workspace_max_file_bytes = Integer(
+        256 * 1024 * 1024,
+        help="""Largest single workspace file an upload may carry (bytes). Quotas
+        (storage_quota_bytes, group_quota_bytes) limit the total. See
+        docs/workspaces.md.""",
+    ).tag(config=True)
+
     aliases = {"config": "SacService.config_file", "port": "SacService.port"}
 
     def initialize(self, argv: list[str] | None = None) -> None:
@@ -211,6 +219,7 @@ class SacService(Application):
             *metrics.routes(p),
             *audit.routes(p),
             *org_keys.routes(p),
+            *workspace.routes(p),
             *admin_pages.routes(p),
             (p + r"api/.*", NotFoundHandler),
         ]
@@ -270,7 +279,12 @@ class SacService(Application):
         self.culler = culler.Culler(self, self.cull_interval) if self.cull_interval > 0 else None
         culling = asyncio.create_task(self.culler.run()) if self.culler else None
         app = self.make_app()
-        server = app.listen(self.port, self.ip, xheaders=True, max_body_size=64 * 1024 * 1024)
+        server = app.listen(
+            self.port,
+            self.ip,
+            xheaders=True,
+            max_body_size=max(64 * 1024 * 1024, self.workspace_max_file_bytes),
+        )
         self.log.info(
             "sac service %s listening on http://%s:%s%s",
             __version__,

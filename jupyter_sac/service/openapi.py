@@ -55,7 +55,7 @@ def _path_params(*names: str) -> list[dict[str, Any]]:
 
 def document(prefix: str) -> dict[str, Any]:
     # Imported here: those modules use this module's helpers (_op, _resp, ...).
-    from . import agent_skills, audit, culler, history, hitl, metrics, org_keys, skills
+    from . import agent_skills, audit, culler, history, hitl, metrics, org_keys, skills, workspace
 
     agent = {"$ref": "#/components/schemas/Agent"}
     create = {"$ref": "#/components/schemas/AgentCreate"}
@@ -185,6 +185,7 @@ def document(prefix: str) -> dict[str, Any]:
             **metrics.openapi_paths(),
             **audit.openapi_paths(),
             **org_keys.openapi_paths(),
+            **workspace.openapi_paths(),
             "/api/agents": {
                 "get": _op(
                     "My agents (admins: ?user=NAME or ?all=1)",

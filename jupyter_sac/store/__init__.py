@@ -1,9 +1,9 @@
 """The one owner of SQL. The hub (spawner) and the `sac` service share this module.
 
 ``Store`` wraps a psycopg AsyncConnectionPool and exposes one object per domain
-(agents, settings, tokens, usage, history, hitl, skills, audit, org_keys); nothing outside
-``store/`` writes SQL. ``Store.transaction()`` gives a connection in a transaction
-that the methods taking ``conn`` join (see ``tx.py``).
+(agents, settings, tokens, usage, history, hitl, skills, audit, org_keys,
+workspace); nothing outside ``store/`` writes SQL. ``Store.transaction()`` gives a
+connection in a transaction that the methods taking ``conn`` join (see ``tx.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from .settings import SettingsRows
 from .skills import Skills
 from .tokens import AgentTokens
 from .usage import Usage
+from .workspace import WorkspaceFiles
 
 __all__ = [
     "AgentExistsError",
@@ -49,6 +50,7 @@ class Store:
         self.skills = Skills(pool)
         self.audit = Audit(pool)
         self.org_keys = OrganisationKeys(pool)
+        self.workspace = WorkspaceFiles(pool)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection[Any]]:

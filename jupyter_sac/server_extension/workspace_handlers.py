@@ -1,0 +1,117 @@
+"""The sandbox's workspace endpoints: sync status, a sync now, and previews of files
+for the sidebar (text, editable; images; an info card for anything else)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mimetypes
+import os
+from pathlib import Path
+from typing import Any
+
+from jupyter_server.base.handlers import APIHandler
+from tornado import web
+
+from ..workspace import PathError, clean_relative
+
+TEXT_PREVIEW_BYTES = 1024 * 1024
+IMAGE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
+
+
+def preview_kind(name: str, head: bytes) -> str:
+    """text, image or binary, from the name and the first bytes."""
+    mime = mimetypes.guess_type(name)[0] or ""
+    if mime in IMAGE_TYPES:
+        return "image"
+    if b"\x00" in head:
+        return "binary"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        # A multi-byte character cut at the end of the sample is still text.
+        if e.start < len(head) - 4:
+            return "binary"
+    return "text"
+
+
+class WorkspaceHandler(APIHandler):
+    """GET: the sync's status (groups, usage against quota, refused files).
+    POST: sync now (pull, then upload what changed)."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        self.finish(json.dumps(self.settings["sac_workspace_sync"].status()))
+
+    @web.authenticated
+    async def post(self) -> None:
+        self.finish(json.dumps(await self.settings["sac_workspace_sync"].sync()))
+
+
+class PreviewHandler(APIHandler):
+    """GET ?path=<workspace path>: a preview. PUT ?path= {"text"}: save a text file."""
+
+    def _file(self) -> tuple[str, Path]:
+        raw = self.get_argument("path", "")
+        try:
+            wpath = clean_relative(raw)
+        except PathError as e:
+            raise web.HTTPError(400, str(e)) from None
+        root = Path(self.settings["sac_workspace_sync"].root).resolve()
+        path = (root / wpath).resolve()
+        if root not in path.parents:
+            raise web.HTTPError(400, "the path leaves the workspace")
+        return wpath, path
+
+    @web.authenticated
+    async def get(self) -> None:
+        wpath, path = self._file()
+        if not path.is_file():
+            raise web.HTTPError(404, f"no file {wpath}")
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(min(size, TEXT_PREVIEW_BYTES))
+        kind = preview_kind(path.name, head[:8192])
+        if kind == "image" and self.get_argument("raw", "") == "1":
+            self.set_header("Content-Type", mimetypes.guess_type(path.name)[0] or "")
+            self.set_header("X-Content-Type-Options", "nosniff")
+            self.set_header("Content-Security-Policy", "default-src 'none'; sandbox")
+            self.finish(path.read_bytes())
+            return
+        body: dict[str, Any] = {
+            "path": wpath,
+            "kind": kind,
+            "size": size,
+            "mime": mimetypes.guess_type(path.name)[0] or "application/octet-stream",
+            "mtime": path.stat().st_mtime,
+            "editable": kind == "text" and not wpath.startswith("public/"),
+        }
+        if kind == "text":
+            body["text"] = head.decode("utf-8", "replace")
+            body["truncated"] = size > TEXT_PREVIEW_BYTES
+        elif kind == "image":
+            body["url"] = f"{self.base_url}sac/api/workspace/preview?path={wpath}&raw=1"
+        else:
+            digest = hashlib.sha256()
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            body["sha256"] = digest.hexdigest()
+        self.finish(json.dumps(body))
+
+    @web.authenticated
+    async def put(self) -> None:
+        wpath, path = self._file()
+        if wpath.startswith("public/"):
+            raise web.HTTPError(403, "the public workspace is read-only")
+        try:
+            text = json.loads(self.request.body)["text"]
+        except (ValueError, KeyError, TypeError):
+            raise web.HTTPError(400, 'expected {"text": "..."}') from None
+        if not isinstance(text, str):
+            raise web.HTTPError(400, "text must be a string")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".sac-part")
+        tmp.write_text(text, "utf-8")
+        os.replace(tmp, path)  # the watcher uploads it
+        self.finish(json.dumps({"path": wpath, "size": path.stat().st_size}))

@@ -1,0 +1,570 @@
+"""Workspaces (docs/workspaces.md): files that outlive sandboxes, with quotas.
+
+Sandboxes (their agent token) read a manifest of every file they may see, download
+through presigned URLs (S3) or this service (local store), and upload through this
+service, which hashes what it receives: objects are content-addressed per space, so
+a key always holds what its name says, even in a group's space that several
+people's agents write. A row is written only after its object is stored; a file
+whose upload was stored but not recorded is recorded when the sandbox retries.
+
+Users (their own tokens or browser) list, download, upload and delete their agents'
+files, the public tree (admins write it) and their groups' trees (members write).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from tornado import web
+
+from .. import settings as sac_settings
+from ..objects import ObjectNotFound
+from ..store import AgentRecord
+from ..store.workspace import Quota, QuotaExceeded, VersionConflict
+from ..workspace import Location, PathError, clean_relative, locate, object_key, space_prefix
+from .base import BaseHandler
+from .errors import ApiError
+from .openapi import _op, _path_params, _resp
+from .validation import bad
+
+# Presigned download URLs in a manifest stay valid this long.
+URL_SECONDS = 900
+# Unreferenced objects older than this are swept (an upload in flight is younger).
+ORPHAN_SECONDS = 600
+UNLIMITED = Quota(10**18, 10**12)
+SPOOL_BYTES = 8 * 1024 * 1024
+
+
+def file_model(row: dict[str, Any], workspace_path: str | None = None) -> dict[str, Any]:
+    return {
+        "path": workspace_path or row["path"],
+        "size": row["size"],
+        "sha256": row["sha256"],
+        "version": row["version"],
+        "mtime": row["mtime"].isoformat(),
+        "written_by": row["written_by"],
+        "updated_at": row["updated_at"].isoformat(),
+    }
+
+
+def usage_model(used: tuple[int, int], quota: Quota) -> dict[str, Any]:
+    return {
+        "bytes": used[0],
+        "files": used[1],
+        "max_bytes": quota.max_bytes if quota is not UNLIMITED else None,
+        "max_files": quota.max_files if quota is not UNLIMITED else None,
+    }
+
+
+def _mtime(raw: str | None) -> datetime:
+    if not raw:
+        return datetime.now(UTC)
+    try:
+        value = float(raw)
+        return datetime.fromtimestamp(value, UTC)
+    except (ValueError, OverflowError, OSError):
+        raise bad("X-Sac-Mtime", "expected seconds since the epoch") from None
+
+
+def _base_version(raw: str | None) -> int | None:
+    if raw is None or raw == "":
+        return None
+    if not (raw.isascii() and raw.isdigit() and len(raw) < 19):
+        raise bad("X-Sac-Base-Version", "expected a version number (0: a new file)")
+    return int(raw)
+
+
+class WorkspaceBase(BaseHandler):
+    """Quotas, membership, upload, download and delete, shared by every endpoint."""
+
+    # ---- who may touch what -----------------------------------------------------
+
+    async def groups_of(self, user: str) -> list[str]:
+        model = await self.sac.hub.get_user(user)
+        return sorted((model or {}).get("groups") or [])
+
+    async def quota_of(self, space: str, agent: AgentRecord | None = None) -> Quota:
+        kind, _, name = space.partition(":")
+        if kind == "agent":
+            assert agent is not None
+            system, user = await self.sac.store.settings.for_user(agent.owner)
+            resolved = sac_settings.resolve(system, user, agent.overrides)
+            return Quota(int(resolved["storage_quota_bytes"]), int(resolved["storage_quota_files"]))
+        if kind == "group":
+            system = await self.sac.store.settings.get("system")
+            group = await self.sac.store.settings.get("group", name)
+            resolved = sac_settings.resolve_group(system, group)
+            return Quota(int(resolved["group_quota_bytes"]), int(resolved["group_quota_files"]))
+        return UNLIMITED
+
+    # ---- uploads: the body is streamed to a spooled file while it is hashed -------
+
+    def begin_upload(self) -> None:
+        limit = self.sac.workspace_max_file_bytes
+        declared = self.request.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, "too_large", f"workspace files are limited to {limit} bytes")
+        self.request.connection.set_max_body_size(limit)
+        # Closed in on_finish (a handler's body outlives any with-block here).
+        self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115
+        self._hash = hashlib.sha256()
+        self._size = 0
+
+    def data_received(self, chunk: bytes) -> None:
+        if getattr(self, "_spool", None) is None:
+            return
+        self._spool.write(chunk)
+        self._hash.update(chunk)
+        self._size += len(chunk)
+
+    def on_finish(self) -> None:
+        spool = getattr(self, "_spool", None)
+        if spool is not None:
+            spool.close()
+
+    async def store_upload(
+        self,
+        loc: Location,
+        written_by: str,
+        agent: AgentRecord | None = None,
+        *,
+        sandbox: bool = False,
+    ) -> dict[str, Any]:
+        """Store the received body as ``loc`` (quota and version checked); its row.
+        ``agent``: the agent whose space it is; ``sandbox``: sent by a sandbox."""
+        if loc.area == "public" and sandbox:
+            raise ApiError(403, "forbidden", "the public workspace is read-only for agents")
+        base = _base_version(self.request.headers.get("X-Sac-Base-Version"))
+        mtime = _mtime(self.request.headers.get("X-Sac-Mtime"))
+        sha, size = self._hash.hexdigest(), self._size
+        quota = await self.quota_of(loc.space, agent)
+        current = await self.sac.store.workspace.get(loc.space, loc.path)
+        if current is not None and current["sha256"] == sha and base in (None, current["version"]):
+            return current  # unchanged: nothing to store or record
+        # Refuse before storing anything: an upload over quota leaves nothing behind.
+        used_bytes, used_files = await self.sac.store.workspace.usage(loc.space)
+        freed = current["size"] if current else 0
+        if used_bytes - freed + size > quota.max_bytes or (
+            current is None and used_files + 1 > quota.max_files
+        ):
+            raise self.over_quota(loc, used_bytes - freed, used_files, size, quota)
+        key = object_key(loc.space, sha)
+        stored_here = await self.put_object(key)
+        try:
+            row, before = await self.sac.store.workspace.commit(
+                loc.space,
+                loc.path,
+                size=size,
+                sha256=sha,
+                mtime=mtime,
+                written_by=written_by,
+                quota=quota,
+                base_version=base,
+            )
+        except QuotaExceeded as e:
+            if stored_here:
+                await self.release(loc.space, sha)
+            raise ApiError(413, "quota_exceeded", self.quota_message(loc, str(e))) from None
+        except VersionConflict as e:
+            if stored_here:
+                await self.release(loc.space, sha)
+            raise self.conflict(loc, e) from None
+        # Another upload may have released this content in between: store it again.
+        if not stored_here and await self.sac.objects.head(key) is None:
+            await self.put_object(key)
+        if before is not None and before["sha256"] != sha:
+            await self.release(loc.space, before["sha256"])
+        return row
+
+    async def put_object(self, key: str) -> bool:
+        """Store the spooled body under ``key`` unless it is there; True if stored."""
+        if await self.sac.objects.head(key) is not None:
+            return False
+        self._spool.seek(0)
+        await self.sac.objects.put(key, self._spool.read())
+        return True
+
+    async def release(self, space: str, sha256: str) -> None:
+        key = object_key(space, sha256)
+
+        async def delete() -> None:
+            await self.sac.objects.delete(key)
+
+        await self.sac.store.workspace.release_if_unused(space, sha256, delete)
+
+    def over_quota(
+        self, loc: Location, used_bytes: int, used_files: int, size: int, quota: Quota
+    ) -> ApiError:
+        if used_bytes + size > quota.max_bytes:
+            what = f"{size:,} bytes would take it to {used_bytes + size:,} of {quota.max_bytes:,}"
+        else:
+            what = f"it already holds {used_files:,} of {quota.max_files:,} files"
+        return ApiError(413, "quota_exceeded", self.quota_message(loc, what))
+
+    @staticmethod
+    def quota_message(loc: Location, detail: str) -> str:
+        where = {
+            "group": f"the {loc.group} group's workspace",
+            "public": "the public workspace",
+        }.get(loc.area, "this agent's workspace")
+        return f"over quota: {where} is full ({detail}); nothing was stored"
+
+    @staticmethod
+    def conflict(loc: Location, e: VersionConflict) -> ApiError:
+        current = e.current
+        return ApiError(
+            409,
+            "conflict",
+            f"{loc.workspace_path} changed since it was read",
+            current=None if current is None else file_model(current, loc.workspace_path),
+        )
+
+    # ---- downloads and deletes ----------------------------------------------------
+
+    async def send_file(self, loc: Location) -> None:
+        row = await self.sac.store.workspace.get(loc.space, loc.path)
+        if row is None:
+            raise ApiError(404, "not_found", f"no file {loc.workspace_path}")
+        try:
+            chunks = self.sac.objects.stream(object_key(loc.space, row["sha256"]))
+            first = await anext(chunks, b"")
+        except ObjectNotFound:
+            raise ApiError(404, "not_found", "the file is missing from the object store") from None
+        self.set_header("Content-Type", "application/octet-stream")
+        self.set_header("X-Sac-Version", str(row["version"]))
+        self.set_header("X-Sac-Sha256", row["sha256"])
+        self.set_header("Content-Length", str(row["size"]))
+        self.write(first)
+        async for chunk in chunks:
+            self.write(chunk)
+            await self.flush()
+        self.finish()
+
+    async def remove_file(self, loc: Location) -> None:
+        base = _base_version(self.request.headers.get("X-Sac-Base-Version"))
+        try:
+            before = await self.sac.store.workspace.delete(loc.space, loc.path, base)
+        except VersionConflict as e:
+            raise self.conflict(loc, e) from None
+        if before is None:
+            raise ApiError(404, "not_found", f"no file {loc.workspace_path}")
+        await self.release(loc.space, before["sha256"])
+
+    async def sweep(self, space: str) -> int:
+        """Delete objects of ``space`` no file refers to, once they are old enough
+        not to be an upload in flight (a crash between storing and recording)."""
+        shas = await self.sac.store.workspace.shas(space)
+        removed = 0
+        cutoff = time.time() - ORPHAN_SECONDS
+        for info in await self.sac.objects.list(space_prefix(space)):
+            sha = info.key.rsplit("/", 1)[-1]
+            if sha not in shas and info.modified.timestamp() < cutoff:
+                await self.release(space, sha)
+                removed += 1
+        return removed
+
+
+# ---- the sandbox's side (its agent token) -----------------------------------------
+
+
+class AgentWorkspaceBase(WorkspaceBase):
+    async def agent_location(self, raw: str) -> tuple[AgentRecord, Location]:
+        agent = await self.require_agent()
+        try:
+            loc = locate(raw, agent.id)
+        except PathError as e:
+            raise bad("path", str(e)) from None
+        if loc.area == "group" and loc.group not in await self.groups_of(agent.owner):
+            raise ApiError(404, "not_found", f"no group workspace {loc.group!r}")
+        return agent, loc
+
+
+class AgentManifestHandler(AgentWorkspaceBase):
+    """GET api/agent/workspace: every file the agent may see (ETag'd)."""
+
+    async def get(self) -> None:
+        agent = await self.require_agent()
+        groups = await self.groups_of(agent.owner)
+        own = f"agent:{agent.id}"
+        spaces = [own, "public", *(f"group:{g}" for g in groups)]
+        generations = await self.sac.store.workspace.generations(spaces)
+        etag = (
+            '"'
+            + hashlib.sha256(
+                json.dumps([[s, generations.get(s, 0)] for s in spaces]).encode()
+            ).hexdigest()[:32]
+            + '"'
+        )
+        if self.request.headers.get("If-None-Match") == etag:
+            self.set_status(304)
+            return self.finish()
+        await self.sweep(own)
+        files = []
+        for space in spaces:
+            for row in await self.sac.store.workspace.list(space):
+                kind, _, name = space.partition(":")
+                path = {"agent": row["path"], "public": f"public/{row['path']}"}.get(
+                    kind, f"group/{name}/{row['path']}"
+                )
+                model = file_model(row, path)
+                model["url"] = self.sac.objects.presign_get(
+                    object_key(space, row["sha256"]), URL_SECONDS
+                )
+                files.append(model)
+        quota = await self.quota_of(own, agent)
+        self.set_header("ETag", etag)
+        self.write_json(
+            {
+                "groups": groups,
+                "files": files,
+                "usage": usage_model(await self.sac.store.workspace.usage(own), quota),
+            }
+        )
+
+
+@web.stream_request_body
+class AgentFileHandler(AgentWorkspaceBase):
+    """GET, PUT, DELETE api/agent/workspace/files/<workspace path>."""
+
+    async def prepare(self) -> None:
+        if self.request.method == "PUT":
+            self.begin_upload()
+        else:
+            super().prepare()
+
+    async def get(self, raw: str) -> None:
+        _, loc = await self.agent_location(raw)
+        await self.send_file(loc)
+
+    async def put(self, raw: str) -> None:
+        agent, loc = await self.agent_location(raw)
+        row = await self.store_upload(loc, f"{agent.owner}/{agent.slug}", agent, sandbox=True)
+        self.write_json(file_model(row, loc.workspace_path))
+
+    async def delete(self, raw: str) -> None:
+        _, loc = await self.agent_location(raw)
+        if loc.area == "public":
+            raise ApiError(403, "forbidden", "the public workspace is read-only for agents")
+        await self.remove_file(loc)
+        self.set_status(204)
+        self.finish()
+
+
+# ---- users' side --------------------------------------------------------------------
+
+
+class UserWorkspaceBase(WorkspaceBase):
+    async def space_of(self, kind: str, name: str | None, slug: str | None, write: bool):
+        """(space, agent or None, path prefix in workspace paths) the caller may use."""
+        ident = self.require_user()
+        if kind == "agent":
+            assert name is not None and slug is not None
+            agent = await self.get_agent(name, slug)
+            return f"agent:{agent.id}", agent, ""
+        if kind == "public":
+            if write and not ident.admin:
+                raise ApiError(403, "forbidden", "only administrators change the public workspace")
+            return "public", None, "public/"
+        assert name is not None
+        if not ident.admin and name not in await self.groups_of(ident.name):
+            raise ApiError(404, "not_found", f"no group workspace {name!r}")
+        return f"group:{name}", None, f"group/{name}/"
+
+    def location(self, space: str, raw: str, agent: AgentRecord | None) -> Location:
+        try:
+            if agent is not None:
+                return locate(raw, agent.id)
+            path = clean_relative(raw)
+        except PathError as e:
+            raise bad("path", str(e)) from None
+        kind, _, name = space.partition(":")
+        return Location("group" if kind == "group" else "public", space, path, name or None)
+
+
+class UserListingHandler(UserWorkspaceBase):
+    """GET: files and usage of an agent's, the public or a group's workspace."""
+
+    def initialize(self, kind: str) -> None:
+        self.kind = kind
+
+    async def get(self, *args: str) -> None:
+        name, slug = [*args, None, None][:2]
+        space, agent, prefix = await self.space_of(self.kind, name, slug, write=False)
+        sub = self.get_argument("prefix", "")
+        rows = await self.sac.store.workspace.list(space, sub)
+        quota = await self.quota_of(space, agent)
+        self.write_json(
+            {
+                "files": [file_model(r, prefix + r["path"]) for r in rows],
+                "usage": usage_model(await self.sac.store.workspace.usage(space), quota),
+            }
+        )
+
+
+@web.stream_request_body
+class UserFileHandler(UserWorkspaceBase):
+    """GET, PUT, DELETE of one file of an agent's, the public or a group's workspace."""
+
+    def initialize(self, kind: str) -> None:
+        self.kind = kind
+
+    def _split(self, args: tuple[str, ...]) -> tuple[str | None, str | None, str]:
+        if self.kind == "agent":
+            return args[0], args[1], args[2]
+        if self.kind == "group":
+            return args[0], None, args[1]
+        return None, None, args[0]
+
+    async def prepare(self) -> None:
+        if self.request.method == "PUT":
+            name, slug, _ = self._split(self.path_args)
+            # Who may write is settled before the body is read.
+            await self.space_of(self.kind, name, slug, write=True)
+            self.begin_upload()
+        else:
+            super().prepare()
+
+    async def get(self, *args: str) -> None:
+        name, slug, raw = self._split(args)
+        space, agent, _ = await self.space_of(self.kind, name, slug, write=False)
+        await self.send_file(self.location(space, raw, agent))
+
+    async def put(self, *args: str) -> None:
+        name, slug, raw = self._split(args)
+        space, agent, _ = await self.space_of(self.kind, name, slug, write=True)
+        loc = self.location(space, raw, agent)
+        row = await self.store_upload(loc, self.identity.name, agent)
+        self.write_json(file_model(row, loc.workspace_path))
+
+    async def delete(self, *args: str) -> None:
+        name, slug, raw = self._split(args)
+        space, agent, _ = await self.space_of(self.kind, name, slug, write=True)
+        await self.remove_file(self.location(space, raw, agent))
+        self.set_status(204)
+        self.finish()
+
+
+class GroupQuotaHandler(BaseHandler):
+    """GET (members, admins) and PUT (admins) a group's quota overrides."""
+
+    async def get(self, group: str) -> None:
+        ident = self.require_user()
+        if not ident.admin:
+            model = await self.sac.hub.get_user(ident.name)
+            if group not in ((model or {}).get("groups") or []):
+                raise ApiError(404, "not_found", f"no group workspace {group!r}")
+        await self._write(group)
+
+    async def put(self, group: str) -> None:
+        ident = self.require_admin()
+        try:
+            overrides = sac_settings.jsonable(
+                sac_settings.validate_overrides(self.json_body(), "group")
+            )
+        except sac_settings.SettingsError as e:
+            raise ApiError(
+                400, "invalid_setting", f"{e.field}: {e.message}", field=e.field
+            ) from None
+        async with self.sac.store.transaction() as conn:
+            before = await self.sac.store.settings.put(
+                "group", group, overrides, ident.name, conn=conn
+            )
+            await self.audit(
+                "settings.group.replace", group, before=before, after=overrides, conn=conn
+            )
+        await self._write(group)
+
+    async def _write(self, group: str) -> None:
+        system = await self.sac.store.settings.get("system")
+        overrides = await self.sac.store.settings.get("group", group)
+        resolved = sac_settings.resolve_group(system, overrides)
+        self.write_json(
+            {
+                "group": group,
+                "overrides": overrides,
+                "resolved": {k: resolved[k] for k in ("group_quota_bytes", "group_quota_files")},
+            }
+        )
+
+
+FILE = r"(.+)"
+USER = r"([^/]+)"
+SLUG = r"([a-z0-9-]+)"
+
+
+def routes(prefix: str) -> list[tuple[str, Any, dict[str, Any]] | tuple[str, Any]]:
+    api = prefix + "api/"
+    agent = api + f"users/{USER}/agents/{SLUG}/workspace"
+    return [
+        (api + "agent/workspace", AgentManifestHandler),
+        (api + f"agent/workspace/files/{FILE}", AgentFileHandler),
+        (agent, UserListingHandler, {"kind": "agent"}),
+        (agent + f"/files/{FILE}", UserFileHandler, {"kind": "agent"}),
+        (api + "workspace/public", UserListingHandler, {"kind": "public"}),
+        (api + f"workspace/public/files/{FILE}", UserFileHandler, {"kind": "public"}),
+        (api + f"groups/{USER}/workspace", UserListingHandler, {"kind": "group"}),
+        (api + f"groups/{USER}/workspace/files/{FILE}", UserFileHandler, {"kind": "group"}),
+        (api + f"groups/{USER}/workspace/quota", GroupQuotaHandler),
+    ]
+
+
+def openapi_paths() -> dict[str, Any]:
+    ua = _path_params("user", "slug")
+    path = _path_params("path")
+    group = _path_params("group")
+    listing = {"200": _resp("files and usage against quota")}
+    upload = {
+        "200": _resp("the stored file (path, size, sha256, version, mtime, written_by)"),
+    }
+
+    def file_ops(params: list[dict[str, Any]], who: str) -> dict[str, Any]:
+        return {
+            "get": _op("Download a file", {"200": _resp("the file's bytes")}, 404, params=params),
+            "put": _op(
+                f"Upload a file (raw body; {who}); X-Sac-Base-Version makes it conditional",
+                upload,
+                400,
+                403,
+                404,
+                409,
+                413,
+                params=params,
+            ),
+            "delete": _op("Delete a file", {"204": _resp("deleted")}, 403, 404, 409, params=params),
+        }
+
+    return {
+        "/api/agent/workspace": {
+            "get": _op("The calling agent's workspace manifest (ETag)", listing, 401)
+        },
+        "/api/agent/workspace/files/{path}": file_ops(path, "per-agent token"),
+        "/api/users/{user}/agents/{slug}/workspace": {
+            "get": _op("An agent's files and usage", listing, 404, params=ua)
+        },
+        "/api/users/{user}/agents/{slug}/workspace/files/{path}": file_ops(
+            ua + path, "owner or admin"
+        ),
+        "/api/workspace/public": {"get": _op("The public workspace's files", listing)},
+        "/api/workspace/public/files/{path}": file_ops(path, "admins"),
+        "/api/groups/{group}/workspace": {
+            "get": _op("A group's files and usage (members, admins)", listing, 404, params=group)
+        },
+        "/api/groups/{group}/workspace/files/{path}": file_ops(group + path, "members, admins"),
+        "/api/groups/{group}/workspace/quota": {
+            "get": _op(
+                "A group's quota", {"200": _resp("overrides and resolved")}, 404, params=group
+            ),
+            "put": _op(
+                "Set a group's quota overrides (admins; audited)",
+                {"200": _resp("overrides and resolved")},
+                400,
+                403,
+                params=group,
+            ),
+        },
+    }
