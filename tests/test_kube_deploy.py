@@ -196,3 +196,16 @@ def test_helm_merge_and_schema_check() -> None:
     assert violations(schema, defaults, {"hub": {"bogus": 1}}) == [
         "hub: Additional properties are not allowed ('bogus' was unexpected)"
     ]
+
+
+def test_extra_hub_rbac_validates_and_covers_network_policies() -> None:
+    import kubernetes_validate
+
+    documents = list(yaml.safe_load_all((ROOT / "hub_config" / "sac-hub-rbac.yaml").read_text()))
+    for document in documents:
+        kubernetes_validate.validate(document, "1.31.0", strict=True)
+    (role,) = [d for d in documents if d["kind"] == "Role"]
+    (rule,) = role["rules"]
+    assert rule["resources"] == ["networkpolicies"]
+    # KubeAgentSpawner creates, deletes (and on a name clash deletes then re-creates).
+    assert {"create", "delete"} <= set(rule["verbs"])

@@ -347,15 +347,20 @@ class KubeAgentSpawner(AgentSpawnerMixin, KubeSpawner):
         return shared_client("NetworkingV1Api")
 
     async def _apply(self, kind: str, manifest: dict[str, Any]) -> None:
-        """Create ``manifest``, replacing an object of the same name left from before."""
+        """Create ``manifest``, replacing an object of the same name left from before.
+
+        Replacing is delete-then-create: the chart's hub Role grants create and
+        delete, not update.
+        """
         api = self.networking_api if kind == "network_policy" else self.api
-        name = manifest["metadata"]["name"]
+        create = getattr(api, f"create_namespaced_{kind}")
         try:
-            await getattr(api, f"create_namespaced_{kind}")(self.namespace, manifest)
+            await create(self.namespace, manifest)
         except ApiException as e:
             if e.status != 409:
                 raise
-            await getattr(api, f"replace_namespaced_{kind}")(name, self.namespace, manifest)
+            await self._delete_quietly(kind, manifest["metadata"]["name"])
+            await create(self.namespace, manifest)
 
     async def _delete_quietly(self, kind: str, name: str) -> None:
         api = self.networking_api if kind == "network_policy" else self.api
