@@ -236,9 +236,20 @@ def test_pod_failures_read_as_sentences() -> None:
 
     assert describe_pod_failure(None) is None
     assert describe_pod_failure(pod(state={"running": {}})) is None
-    pull = pod(state={"waiting": {"reason": "ImagePullBackOff", "message": "not found"}})
+    # A first failed pull may be retried; the back-off is final for a spawn.
+    assert describe_pod_failure(pod(state={"waiting": {"reason": "ErrImagePull"}})) is None
+    pull = pod(state={"waiting": {"reason": "ImagePullBackOff", "message": "Back-off"}})
     assert describe_pod_failure(pull) == (
-        "The agent's image 'img:1' could not be pulled (ImagePullBackOff): not found"
+        "The agent's image 'img:1' could not be pulled (ImagePullBackOff): Back-off"
+    )
+    events = [
+        {"reason": "Pulling", "message": 'Pulling image "img:1"'},
+        {"reason": "Failed", "message": 'Failed to pull image "img:1": not found'},
+        {"reason": "Failed", "message": "Error: ErrImagePull"},
+    ]
+    assert describe_pod_failure(pull, events) == (
+        "The agent's image 'img:1' could not be pulled (ImagePullBackOff):"
+        ' Failed to pull image "img:1": not found'
     )
     crash = pod(
         state={"waiting": {"reason": "CrashLoopBackOff"}},

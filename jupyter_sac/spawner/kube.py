@@ -420,7 +420,8 @@ class KubeAgentSpawner(AgentSpawnerMixin, KubeSpawner):
             if done:
                 return start.result()
             reflector = self.pod_reflector
-            failure = describe_pod_failure(reflector.pods.get(key) if reflector else None)
+            pod = reflector.pods.get(key) if reflector else None
+            failure = describe_pod_failure(pod, self.events)
             if failure:
                 raise AgentSpawnError(failure)
 

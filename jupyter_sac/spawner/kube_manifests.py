@@ -10,7 +10,7 @@ camelCase, so the tests can validate it against the real schemas.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,9 +27,9 @@ SECRET_ENV: dict[str, str] = {
 }
 
 # Statuses a kubelet reports for containers that will not become ready by waiting.
-IMAGE_PULL_REASONS = frozenset(
-    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
-)
+# ErrImagePull alone is not final: the kubelet retries a pull that failed once (a
+# registry hiccup), and reports ImagePullBackOff when it has given up for now.
+IMAGE_PULL_REASONS = frozenset({"ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
 CONFIG_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
 
 
@@ -208,11 +208,16 @@ def network_policy(
     }
 
 
-def describe_pod_failure(pod: Mapping[str, Any] | None, container: str = "notebook") -> str | None:
+def describe_pod_failure(
+    pod: Mapping[str, Any] | None,
+    events: Sequence[Mapping[str, Any]] = (),
+    container: str = "notebook",
+) -> str | None:
     """A sentence for the user when ``pod`` will not start by waiting longer, else None.
 
-    Reads what a kubelet reports: image pull errors, configuration errors
-    (a missing Secret), a crash loop, or a pod that failed outright.
+    Reads what a kubelet reports: image pull errors (with the registry's answer,
+    which only the pod's ``events`` carry), configuration errors (a missing
+    Secret), a crash loop, or a pod that failed outright.
     """
     if not pod:
         return None
@@ -226,9 +231,15 @@ def describe_pod_failure(pod: Mapping[str, Any] | None, container: str = "notebo
         reason = waiting.get("reason", "")
         message = waiting.get("message") or ""
         if reason in IMAGE_PULL_REASONS:
+            pulls = [
+                e.get("message", "")
+                for e in events
+                if e.get("reason") == "Failed" and "ailed to pull image" in e.get("message", "")
+            ]
+            detail = pulls[-1] if pulls else message
             return (
                 f"The agent's image {cs.get('image', '')!r} could not be pulled ({reason}):"
-                f" {message}".rstrip(": ")
+                f" {detail}".rstrip(": ")
             )
         if reason in CONFIG_REASONS:
             return f"The agent's container could not be created ({reason}): {message}"

@@ -358,7 +358,8 @@ class Kubelet:
             await asyncio.wait_for(run.deleting.wait(), self.backoff)
         await self.event(pod, "Normal", "BackOff", f'Back-off pulling image "{image}"')
         await self.event(pod, "Warning", "Failed", "Error: ImagePullBackOff")
-        raise ContainerError("ImagePullBackOff", f'Back-off pulling image "{image}": {message}')
+        # As a kubelet: the registry's answer is in the events, the status says only this.
+        raise ContainerError("ImagePullBackOff", f'Back-off pulling image "{image}"')
 
     async def _environment(self, pod: dict[str, Any], image_path: list[str]) -> dict[str, str]:
         namespace = pod["metadata"]["namespace"]
