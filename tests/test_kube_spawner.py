@@ -10,6 +10,7 @@ through the hub's proxy, and the objects in the cluster.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import sys
@@ -22,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import ADMIN_PASSWORD
-from helpers import HubApi
+from helpers import HubApi, run_in_terminal
 
 from jupyter_sac.stack import free_port
 from jupyter_sac.testing.kube_cluster import RunningCluster, kube_cluster
@@ -211,6 +212,18 @@ def test_agent_lifecycle_as_a_pod(kube: KubeStack) -> None:
         "sac.jupyter.org/sandbox": pod["metadata"]["name"]
     }
 
+    # Inside the pod: the sandbox user, a read-only root, the token from the Secret,
+    # and a writable workspace on the agent's volume.
+    output = asyncio.run(
+        run_in_terminal(
+            kube.url, client.token, user, "lab",
+            "id -u; touch /probe 2>/dev/null || echo read-only;"
+            ' case "$ANTHROPIC_API_KEY" in sac-agent-*) echo agent-token;; esac;'
+            " echo kept > /workspace/notes.txt && pwd",
+        )
+    )  # fmt: skip
+    assert output.split() == ["1000", "read-only", "agent-token", "/workspace"], output
+
     # Stopping removes the pod, its Secret and its NetworkPolicy; the workspace stays.
     client.stop(user, "lab")
     objects = agent_objects(kube, user)
@@ -219,6 +232,14 @@ def test_agent_lifecycle_as_a_pod(kube: KubeStack) -> None:
     assert [p["metadata"]["name"] for p in objects["persistentvolumeclaims"]] == [
         pvc["metadata"]["name"]
     ]
+
+    # Started again, the agent finds its workspace as it left it.
+    assert spawn_with_progress(client, user, "lab")[-1].get("ready")
+    output = asyncio.run(
+        run_in_terminal(kube.url, client.token, user, "lab", "cat /workspace/notes.txt")
+    )
+    assert output == "kept"
+    client.stop(user, "lab")
 
     # Deleting the agent deletes its workspace volume too.
     resp = client.sac("DELETE", f"users/{user}/agents/lab")
