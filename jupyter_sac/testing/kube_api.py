@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import copy
 import json
 import re
@@ -197,33 +198,40 @@ async def _watch(
         line = json.dumps({"type": kind, "object": obj}) + "\n"
         await response.write(line.encode())
 
-    if since == 0:
-        # "Any" version: start with the current state, as the API server does.
-        for obj in cluster.items(plural, namespace):
-            if matches(obj, labels, fields):
-                await send("ADDED", obj)
-        since = cluster.version
-    while True:
-        for version, p, kind, obj in list(cluster.history):
-            if version <= since or p != plural:
-                continue
-            since = version
-            if namespace is not None and obj["metadata"].get("namespace") != namespace:
-                continue
-            if matches(obj, labels, fields):
-                await send(kind, obj)
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            break
-        async with cluster.changed:
-            try:
-                await asyncio.wait_for(
-                    cluster.changed.wait_for(lambda seen=since: cluster.version > seen),
-                    remaining,
-                )
-            except TimeoutError:
+    try:
+        if since == 0:
+            # "Any" version: start with the current state, as the API server does.
+            for obj in cluster.items(plural, namespace):
+                if matches(obj, labels, fields):
+                    await send("ADDED", obj)
+            since = cluster.version
+        while True:
+            for version, p, kind, obj in list(cluster.history):
+                if version <= since:
+                    continue
+                # Past every change, of any kind, or the wait below would not wait.
+                since = version
+                if p != plural:
+                    continue
+                if namespace is not None and obj["metadata"].get("namespace") != namespace:
+                    continue
+                if matches(obj, labels, fields):
+                    await send(kind, obj)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
                 break
-    await response.write_eof()
+            async with cluster.changed:
+                try:
+                    await asyncio.wait_for(
+                        cluster.changed.wait_for(lambda seen=since: cluster.version > seen),
+                        remaining,
+                    )
+                except TimeoutError:
+                    break
+    except ConnectionError:
+        return response  # the client went away
+    with contextlib.suppress(ConnectionError):  # the client went away first
+        await response.write_eof()
     return response
 
 
