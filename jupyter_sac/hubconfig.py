@@ -236,6 +236,8 @@ def configure_kubernetes(
     # The service's own config file must set c.SacService.ip = "0.0.0.0": its URL
     # names the Service, which is not an address of the hub's pod.
     environment = {k: os.environ[k] for k in KUBERNETES_SERVICE_ENV if k in os.environ}
+    # The idle culler asks agents whether they are busy through the proxy.
+    environment["SAC_HUB_URL"] = proxy_url
     register_service(
         c,
         service_url,

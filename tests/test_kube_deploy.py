@@ -135,6 +135,8 @@ def test_values_extra_config_configures_the_hub() -> None:
         "--config",
         values["hub"]["extraFiles"]["sac-service-config"]["mountPath"],
     ]
+    # The service's idle culler reaches agents through the proxy's in-cluster Service.
+    assert sac["environment"]["SAC_HUB_URL"] == "http://proxy-public/"
     roles = {r["name"] for r in c.JupyterHub.load_roles}
     assert {"chart-role", "user", "sac-service", "sac-admin"} <= roles
     assert c.KubeAgentSpawner.credential_proxy_url == "http://hub:10101/services/sac/llm"
