@@ -33,6 +33,15 @@ SERVICE_ENV = (
 )
 
 
+SAC_SCOPES = {
+    "custom:sac:admin": {"description": "Administer SAC: every user's agents and settings."},
+    "custom:sac:skills:official": {
+        "description": "Publish and curate official skills in the SAC marketplace."
+    },
+    "custom:sac:history:read-all": {
+        "description": "Read and export every user's conversation history."
+    },
+}
 # Groups whose members get SAC's roles (see load_roles below and docs/operator-guide.md).
 SAC_ROLE_GROUPS = ("sac-admins", "sac-skill-curators", "sac-history-auditors")
 
@@ -98,9 +107,28 @@ def configure(c: Any, config_file: str) -> None:
         os.path.join(os.path.dirname(nativeauthenticator.__file__), "templates")
     ]
 
+    configure_agents(c)
+    c.JupyterHub.spawner_class = "jupyter_sac.spawner.LocalAgentSpawner"
+    c.Spawner.http_timeout = 60
+    c.Spawner.start_timeout = 120
+    os.environ.setdefault("SAC_CREDENTIAL_PROXY_URL", f"{service_url}/services/{SERVICE_NAME}/llm")
+    os.environ.setdefault("SAC_SERVICE_URL", f"{service_url}/services/{SERVICE_NAME}/")
+    # A sandbox reaches a hub bound to every address through the loopback one.
+    reach_ip = "127.0.0.1" if hub_ip in ("", "0.0.0.0", "::") else hub_ip
+    os.environ.setdefault("SAC_HUB_URL", f"http://{reach_ip}:{hub_port}/")
+
+    register_service(
+        c,
+        service_url,
+        [sys.executable, "-m", "jupyter_sac.service", "--config", config_file],
+        {k: os.environ[k] for k in SERVICE_ENV if k in os.environ},
+    )
+
+
+def configure_agents(c: Any) -> None:
+    """Agents are named servers, whatever spawner runs them (shared by every deployment)."""
     c.JupyterHub.allow_named_servers = True
     c.JupyterHub.named_server_limit_per_user = named_server_limit
-    c.JupyterHub.spawner_class = "jupyter_sac.spawner.LocalAgentSpawner"
     c.Spawner.default_url = "/lab"
     # What $JUPYTERHUB_API_TOKEN in a sandbox may do: besides the defaults (its own
     # server, activity), act for its user on the hub and the `sac` service, so a
@@ -116,39 +144,34 @@ def configure(c: Any, config_file: str) -> None:
         "read:users!user",
         f"access:services!service={SERVICE_NAME}",
     ]
-    c.Spawner.http_timeout = 60
-    c.Spawner.start_timeout = 120
-    os.environ.setdefault("SAC_CREDENTIAL_PROXY_URL", f"{service_url}/services/{SERVICE_NAME}/llm")
-    os.environ.setdefault("SAC_SERVICE_URL", f"{service_url}/services/{SERVICE_NAME}/")
-    # A sandbox reaches a hub bound to every address through the loopback one.
-    reach_ip = "127.0.0.1" if hub_ip in ("", "0.0.0.0", "::") else hub_ip
-    os.environ.setdefault("SAC_HUB_URL", f"http://{reach_ip}:{hub_port}/")
 
-    custom_scopes = {
-        "custom:sac:admin": {"description": "Administer SAC: every user's agents and settings."},
-        "custom:sac:skills:official": {
-            "description": "Publish and curate official skills in the SAC marketplace."
-        },
-        "custom:sac:history:read-all": {
-            "description": "Read and export every user's conversation history."
-        },
+
+def register_service(
+    c: Any, service_url: str, command: list[str], environment: dict[str, str]
+) -> None:
+    """The `sac` service (started and stopped by the hub), its scopes and roles.
+
+    Appends to services and roles already configured (the zero-to-jupyterhub chart
+    sets its own before extraConfig runs).
+    """
+    scopes = dict(c.JupyterHub.get("custom_scopes") or {})
+    scopes.update(SAC_SCOPES)
+    c.JupyterHub.custom_scopes = scopes
+    service = {
+        "name": SERVICE_NAME,
+        "url": service_url,
+        "display": True,
+        "oauth_no_confirm": True,
+        # A browser's login to the service carries the SAC scopes its user holds
+        # (through a role), so the admin pages honour custom:sac:admin and the
+        # others, not only JupyterHub's admin flag.
+        "oauth_client_allowed_scopes": sorted(SAC_SCOPES),
+        "command": command,
+        "environment": environment,
     }
-    c.JupyterHub.custom_scopes = custom_scopes
-    c.JupyterHub.services = [
-        {
-            "name": SERVICE_NAME,
-            "url": service_url,
-            "display": True,
-            "oauth_no_confirm": True,
-            # A browser's login to the service carries the SAC scopes its user holds
-            # (through a role), so the admin pages honour custom:sac:admin and the
-            # others, not only JupyterHub's admin flag.
-            "oauth_client_allowed_scopes": sorted(custom_scopes),
-            "command": [sys.executable, "-m", "jupyter_sac.service", "--config", config_file],
-            "environment": {k: os.environ[k] for k in SERVICE_ENV if k in os.environ},
-        }
-    ]
-    c.JupyterHub.load_roles = [
+    services = [s for s in c.JupyterHub.get("services") or [] if s.get("name") != SERVICE_NAME]
+    c.JupyterHub.services = [*services, service]
+    roles = [
         {"name": "user", "scopes": ["self", f"access:services!service={SERVICE_NAME}"]},
         {
             "name": "sac-service",
@@ -184,6 +207,63 @@ def configure(c: Any, config_file: str) -> None:
             "groups": ["sac-history-auditors"],
         },
     ]
+    ours = {r["name"] for r in roles}
+    kept = [r for r in c.JupyterHub.get("load_roles") or [] if r.get("name") not in ours]
+    c.JupyterHub.load_roles = [*kept, *roles]
     # The groups must exist for the roles above; loading them only creates them
     # (members added on the hub's admin page stay across restarts).
     c.JupyterHub.load_groups.update({name: {"users": []} for name in SAC_ROLE_GROUPS})
+
+
+# Variables the `sac` service needs on Kubernetes besides SERVICE_ENV: the object
+# store's settings and credentials (held by the hub pod, never by a sandbox).
+KUBERNETES_SERVICE_ENV = (
+    *SERVICE_ENV,
+    "SAC_S3_BUCKET",
+    "SAC_S3_ENDPOINT_URL",
+    "SAC_S3_PREFIX",
+    "SAC_S3_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "SSL_CERT_FILE",
+)
+
+
+def configure_kubernetes(
+    c: Any,
+    service_config: str = "/usr/local/etc/jupyter-sac/sac_service_config.py",
+    hub_host: str = "hub",
+    proxy_url: str = "http://proxy-public/",
+    service_port: int = 10101,
+) -> None:
+    """jupyter-sac inside the zero-to-jupyterhub chart (called from hub.extraConfig).
+
+    The chart configures the hub, the proxy and KubeSpawner from its values; this
+    adds agents (named servers run by KubeAgentSpawner) and the `sac` service,
+    which runs inside the hub's pod on ``service_port`` and is reached by agents
+    and the proxy through the hub's Kubernetes Service (``hub_host``) on an extra
+    port. ``service_config`` is the service's own configuration file (object
+    store and other c.SacService options), mounted with hub.extraFiles.
+    """
+    service_url = f"http://{hub_host}:{service_port}"
+    configure_agents(c)
+    c.JupyterHub.spawner_class = "jupyter_sac.spawner.KubeAgentSpawner"
+    # Pods outlive a hub restart; the restarted hub re-attaches to them.
+    c.JupyterHub.cleanup_servers = False
+    c.KubeAgentSpawner.credential_proxy_url = f"{service_url}/services/{SERVICE_NAME}/llm"
+    c.KubeAgentSpawner.sac_service_url = f"{service_url}/services/{SERVICE_NAME}/"
+    c.KubeAgentSpawner.hub_public_url = proxy_url
+    c.KubeAgentSpawner.sac_service_ports = [service_port]
+    # The service's own config file must set c.SacService.ip = "0.0.0.0": its URL
+    # names the Service, which is not an address of the hub's pod.
+    environment = {k: os.environ[k] for k in KUBERNETES_SERVICE_ENV if k in os.environ}
+    # The idle culler asks agents whether they are busy through the proxy.
+    environment["SAC_HUB_URL"] = proxy_url
+    register_service(
+        c,
+        service_url,
+        [sys.executable, "-m", "jupyter_sac.service", "--config", service_config],
+        environment,
+    )

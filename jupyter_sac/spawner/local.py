@@ -188,7 +188,9 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
     # ---- JupyterHub Spawner API ---------------------------------------------------
 
     def get_args(self) -> list[str]:
-        args = super().get_args()
+        # A copy: Spawner.get_args returns the `args` trait itself, which appending
+        # would grow at every start of the same agent.
+        args = list(super().get_args())
         if os.geteuid() == 0:
             args.append("--allow-root")
         # A non-login shell: login shells reset PATH from /etc/profile, losing the

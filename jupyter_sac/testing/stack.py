@@ -60,18 +60,30 @@ class RunningStack:
 
 @contextmanager
 def embedded_stack(
-    workdir: Path, admin_password: str, extra_config: Path | None = None
+    workdir: Path,
+    admin_password: str,
+    extra_config: Path | None = None,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> Iterator[RunningStack]:
-    """`sac up` in a subprocess; yields once the hub and the `sac` service answer."""
+    """`sac up` in a subprocess; yields once the hub and the `sac` service answer.
+
+    ``env`` adds variables to `sac up`'s environment (e.g. KUBECONFIG, or fixed
+    SAC_*_PORT values so a restarted stack keeps its addresses); ``port`` fixes the
+    public port (default: a free one). Starting again with the same ``workdir``
+    reuses the data dir: that is a hub restart.
+    """
     data_dir = workdir / "data"
     log_path = workdir / "sac-up.log"
+    extra_env = env or {}
     env = dict(os.environ, SAC_ADMIN_PASSWORD=admin_password, SAC_DATA_DIR=str(data_dir))
     env.pop("SAC_DATABASE_URL", None)
+    env.update(extra_env)
     if extra_config is not None:
         env["SAC_EXTRA_CONFIG"] = str(extra_config)
-    port = free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}/"
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "jupyter_sac.cli", "up", "--port", str(port),
              "--data-dir", str(data_dir)],

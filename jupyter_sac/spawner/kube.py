@@ -1,0 +1,444 @@
+"""KubeAgentSpawner: each agent as a pod, through KubeSpawner.
+
+KubeSpawner does the Kubernetes work (pod manifest, PVC, reflectors, state
+across hub restarts); this subclass adds what makes the pod an agent sandbox:
+
+- the agent's record, limit check, resolved settings and per-agent token
+  (AgentSpawnerMixin), with CPU/memory requests and limits from the settings;
+- credentials only through the agent's Secret (``valueFrom.secretKeyRef``);
+- a hardened security context, home and /tmp as emptyDirs, the workspace on a
+  per-agent PVC (or an emptyDir), optional runtimeClassName;
+- a NetworkPolicy that lets the pod reach only the hub, the `sac` service,
+  DNS and configured destinations;
+- spawn progress from the pod's events, and a clear failure (image pull error,
+  crash loop, missing Secret) instead of waiting for the start timeout;
+- removal of the pod, Secret and NetworkPolicy on stop, and of the PVC when
+  the agent is deleted (``delete_pvc``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from kubernetes_asyncio.client import ApiClient
+from kubernetes_asyncio.client.rest import ApiException
+from kubespawner import KubeSpawner
+from kubespawner.clients import shared_client
+from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default
+
+from .._version import __version__
+from .kube_manifests import (
+    SANDBOX_HOME,
+    SANDBOX_WORKSPACE,
+    NetworkRules,
+    Peer,
+    describe_pod_failure,
+    network_policy,
+    resource_traits,
+    sandbox_volumes,
+    security_contexts,
+    split_secret_env,
+    token_secret,
+)
+from .kube_names import agent_object_name, label_value
+from .mixin import AgentContext, AgentSpawnerMixin, AgentSpawnError
+
+LABEL_PREFIX = "sac.jupyter.org"
+
+
+def serialize(obj: Any) -> Any:
+    """A kubernetes_asyncio model (or a dict holding some) as plain API JSON."""
+    return ApiClient().sanitize_for_serialization(obj)
+
+
+class KubeAgentSpawner(AgentSpawnerMixin, KubeSpawner):
+    """Runs each agent in its own pod on Kubernetes."""
+
+    @default("image")
+    def _default_image(self) -> str:
+        return f"jupyter-sac-sandbox:{__version__}"
+
+    @default("cmd")
+    def _default_cmd(self) -> list[str]:
+        return ["jupyterhub-singleuser"]
+
+    @default("default_url")
+    def _default_default_url(self) -> str:
+        return "/lab"
+
+    @default("working_dir")
+    def _default_working_dir(self) -> str:
+        return SANDBOX_WORKSPACE
+
+    @default("uid")
+    def _default_uid(self) -> int:
+        return 1000
+
+    @default("gid")
+    def _default_gid(self) -> int:
+        return 1000
+
+    @default("fs_gid")
+    def _default_fs_gid(self) -> int:
+        return 1000
+
+    @default("automount_service_account_token")
+    def _default_automount(self) -> bool:
+        # A sandbox never talks to the Kubernetes API.
+        return False
+
+    @default("pod_security_context")
+    def _default_pod_security_context(self) -> dict[str, Any]:
+        return self._security_contexts()[0]
+
+    @default("container_security_context")
+    def _default_container_security_context(self) -> dict[str, Any]:
+        return self._security_contexts()[1]
+
+    @default("storage_pvc_ensure")
+    def _default_storage_pvc_ensure(self) -> bool:
+        return self.workspace_storage == "pvc"
+
+    @default("pvc_name_template")
+    def _default_pvc_name_template(self) -> str:
+        # Only a fallback (start() names the PVC after the agent); it must hold
+        # {user_server} or KubeSpawner.delete_forever refuses to delete it.
+        return "sac-{user_server}-workspace"
+
+    workspace_storage = Enum(
+        ["pvc", "emptyDir"],
+        default_value="pvc",
+        help="""Where an agent's /workspace lives: "pvc" (a PersistentVolumeClaim per
+        agent, sized by the agent's storage_quota_bytes setting, in `storage_class`)
+        or "emptyDir" (lost when the pod stops).""",
+    ).tag(config=True)
+
+    read_only_root_filesystem = Bool(
+        True,
+        help="""Mount the image's root filesystem read-only. Home (/home/sac), /tmp and
+        /workspace are writable volumes. Turn off only for images that write elsewhere.""",
+    ).tag(config=True)
+
+    tmp_size_limit = Unicode(
+        "1Gi",
+        allow_none=True,
+        help="sizeLimit of the /tmp emptyDir (a Kubernetes quantity; None: no limit).",
+    ).tag(config=True)
+
+    runtime_class_name = Unicode(
+        "",
+        help="""runtimeClassName of agent pods, e.g. "gvisor" or "kata" for a sandboxed
+        container runtime installed on the nodes. Empty: the cluster's default runtime.""",
+    ).tag(config=True)
+
+    readiness_period = Integer(
+        1,
+        help="""Seconds between the kubelet's readiness checks of a starting agent (an
+        HTTP GET of the server's /api). A spawn completes at the first success.""",
+    ).tag(config=True)
+
+    network_policy_enabled = Bool(
+        True,
+        help="Create a NetworkPolicy per agent that allows only the listed peers.",
+    ).tag(config=True)
+
+    hub_pod_selector = Dict(
+        {"component": "hub"},
+        help="Labels of the hub's pod (zero-to-jupyterhub: component=hub); agents may reach it.",
+    ).tag(config=True)
+
+    hub_ports = List(Integer(), [8081], help="Ports of the hub's API that agents may reach.").tag(
+        config=True
+    )
+
+    sac_service_pod_selector = Dict(
+        {"component": "hub"},
+        help="""Labels of the pod running the `sac` service. The service runs inside the
+        hub's pod by default (a hub-managed service).""",
+    ).tag(config=True)
+
+    sac_service_ports = List(
+        Integer(), [10101], help="Ports of the `sac` service that agents may reach."
+    ).tag(config=True)
+
+    proxy_pod_selector = Dict(
+        {"component": "proxy"},
+        help="""Labels of the proxy's pod. Agents may reach it (notebooks drive agents
+        through the public proxy) and it may reach them.""",
+    ).tag(config=True)
+
+    proxy_ports = List(Integer(), [8000], help="Ports of the proxy that agents may reach.").tag(
+        config=True
+    )
+
+    egress_destinations = List(
+        Dict(),
+        help="""Extra NetworkPolicy egress rules (Kubernetes NetworkPolicyEgressRule
+        objects), e.g. a package mirror or a git server:
+        {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}], "ports": [{"port": 443}]}.""",
+    ).tag(config=True)
+
+    allow_dns = Bool(
+        True, help="Allow DNS (port 53) to the kube-system namespace in the NetworkPolicy."
+    ).tag(config=True)
+
+    failure_check_interval = Float(
+        0.5,
+        help="Seconds between checks of a starting pod's status for errors that end the spawn.",
+    ).tag(config=True)
+
+    # ---- names ------------------------------------------------------------------
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._set_names()
+        self._agent: AgentContext | None = None
+        self._secret_data: dict[str, str] = {}
+
+    def _set_names(self) -> None:
+        if self.name:
+            self.pod_name = agent_object_name(self.user.name, self.name)
+            self.dns_name = self.dns_name_template.format(
+                namespace=self.namespace, name=self.pod_name
+            )
+
+    def clear_state(self) -> None:
+        super().clear_state()
+        self._set_names()
+
+    @property
+    def agent_secret_name(self) -> str:
+        return f"{self.pod_name}-token"
+
+    def _security_contexts(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        ints = [v if isinstance(v, int) else 1000 for v in (self.uid, self.gid, self.fs_gid)]
+        return security_contexts(*ints, read_only_root=self.read_only_root_filesystem)
+
+    def sac_labels(self) -> dict[str, str]:
+        labels = {
+            "app.kubernetes.io/name": "jupyter-sac",
+            f"{LABEL_PREFIX}/sandbox": self.pod_name,
+            f"{LABEL_PREFIX}/user": label_value(self.user.name),
+            f"{LABEL_PREFIX}/agent": label_value(self.name or ""),
+        }
+        if self._agent is not None:
+            labels[f"{LABEL_PREFIX}/runtime"] = label_value(self._agent.agent.runtime)
+        return labels
+
+    def sac_annotations(self) -> dict[str, str]:
+        annotations = {f"{LABEL_PREFIX}/user": self.user.name, f"{LABEL_PREFIX}/agent": self.name}
+        if self._agent is not None:
+            annotations[f"{LABEL_PREFIX}/agent-id"] = str(self._agent.agent.id)
+            annotations[f"{LABEL_PREFIX}/runtime"] = self._agent.agent.runtime
+        return annotations
+
+    # ---- manifests --------------------------------------------------------------
+
+    def use_agent(self, ctx: AgentContext) -> None:
+        """Take the agent's resolved settings: resources, storage size, PVC name."""
+        self._agent = ctx
+        for trait, value in resource_traits(ctx.resolved).items():
+            setattr(self, trait, value)
+        self.storage_capacity = str(int(ctx.resolved["storage_quota_bytes"]))
+        if not self._pvc_exists:
+            # The agent's id keeps a re-created agent of the same name off an old workspace.
+            self.pvc_name = f"{self.pod_name}-ws-{ctx.agent.id}"
+
+    def get_env(self) -> dict[str, Any]:
+        env = super().get_env()
+        if self._agent is None:
+            return env
+        env = self.scrub_env(env)
+        env.update(self.agent_env(self._agent))
+        env.update(
+            {
+                "HOME": SANDBOX_HOME,
+                "SAC_WORKSPACE": SANDBOX_WORKSPACE,
+                "CLAUDE_CONFIG_DIR": f"{SANDBOX_HOME}/.claude",
+                "USER": self.user.name,
+                "SHELL": "/bin/bash",
+            }
+        )
+        pod_env, self._secret_data = split_secret_env(env, self.agent_secret_name)
+        return pod_env
+
+    def get_args(self) -> list[str]:
+        # A copy: Spawner.get_args returns the `args` trait itself.
+        return [
+            *super().get_args(),
+            # A non-login shell keeps the image's PATH (see LocalAgentSpawner.get_args).
+            '--ServerApp.terminado_settings={"shell_command": ["/bin/bash"]}',
+            *self.sac_server_args(),
+        ]
+
+    async def get_pod_manifest(self) -> Any:
+        pod = await super().get_pod_manifest()
+        claim = self.pvc_name if self.workspace_storage == "pvc" else None
+        volumes, mounts = sandbox_volumes(claim, self.tmp_size_limit)
+        spec = pod.spec
+        spec.volumes = [*volumes, *(spec.volumes or [])]
+        container = spec.containers[0]
+        container.volume_mounts = [*mounts, *(container.volume_mounts or [])]
+        # A crashing server's last output becomes the termination message the user sees.
+        container.termination_message_policy = "FallbackToLogsOnError"
+        # Ready only once the server answers, so a server that dies while starting
+        # shows as a crash loop (and fails the spawn) instead of a silent HTTP timeout.
+        base_url = self.server.base_url if self.server else f"/user/{self.user.name}/{self.name}/"
+        container.readiness_probe = {
+            "httpGet": {"path": base_url + "api", "port": "notebook-port"},
+            "periodSeconds": self.readiness_period,
+            "failureThreshold": 3,
+        }
+        if self.runtime_class_name:
+            spec.runtime_class_name = self.runtime_class_name
+        pod.metadata.labels.update(self.sac_labels())
+        pod.metadata.annotations.update(self.sac_annotations())
+        return pod
+
+    def get_pvc_manifest(self) -> Any:
+        pvc = super().get_pvc_manifest()
+        pvc.metadata.labels.update(self.sac_labels())
+        pvc.metadata.annotations.update(self.sac_annotations())
+        return pvc
+
+    def secret_manifest(self) -> dict[str, Any]:
+        return token_secret(
+            self.agent_secret_name,
+            self.namespace,
+            self._secret_data,
+            self.sac_labels(),
+            self.sac_annotations(),
+        )
+
+    def network_policy_manifest(self) -> dict[str, Any]:
+        rules = NetworkRules(
+            egress=(
+                Peer(self.hub_pod_selector, tuple(self.hub_ports)),
+                Peer(self.sac_service_pod_selector, tuple(self.sac_service_ports)),
+                Peer(self.proxy_pod_selector, tuple(self.proxy_ports)),
+            ),
+            ingress=(
+                Peer(self.hub_pod_selector, (self.port,)),
+                Peer(self.proxy_pod_selector, (self.port,)),
+            ),
+            extra_egress=tuple(self.egress_destinations),
+            allow_dns=self.allow_dns,
+        )
+        selector = {f"{LABEL_PREFIX}/sandbox": self.pod_name}
+        return network_policy(self.pod_name, self.namespace, selector, rules, self.sac_labels())
+
+    async def agent_manifests(self) -> dict[str, dict[str, Any]]:
+        """Every object this agent's start creates, as API JSON (after use_agent)."""
+        manifests = {"pod": serialize(await self.get_pod_manifest())}
+        manifests["secret"] = self.secret_manifest()
+        if self.storage_pvc_ensure:
+            manifests["pvc"] = serialize(self.get_pvc_manifest())
+        if self.network_policy_enabled:
+            manifests["networkpolicy"] = self.network_policy_manifest()
+        return manifests
+
+    # ---- Kubernetes calls -------------------------------------------------------
+
+    @property
+    def networking_api(self) -> Any:
+        return shared_client("NetworkingV1Api")
+
+    async def _apply(self, kind: str, manifest: dict[str, Any]) -> None:
+        """Create ``manifest``, replacing an object of the same name left from before.
+
+        Replacing is delete-then-create: the chart's hub Role grants create and
+        delete, not update.
+        """
+        api = self.networking_api if kind == "network_policy" else self.api
+        create = getattr(api, f"create_namespaced_{kind}")
+        try:
+            await create(self.namespace, manifest)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            await self._delete_quietly(kind, manifest["metadata"]["name"])
+            await create(self.namespace, manifest)
+
+    async def _delete_quietly(self, kind: str, name: str) -> None:
+        api = self.networking_api if kind == "network_policy" else self.api
+        try:
+            await getattr(api, f"delete_namespaced_{kind}")(name, self.namespace)
+        except ApiException as e:
+            if e.status != 404:
+                self.log.warning("Could not delete %s %s: %s", kind, name, e.reason)
+
+    # ---- JupyterHub Spawner API -------------------------------------------------
+
+    async def _start(self) -> str:
+        self.reset_progress()
+        started = time.monotonic()
+        self.report("Preparing agent", 0)
+        ctx = await self.prepare_agent()
+        self.use_agent(ctx)
+        resolved = ctx.resolved
+        self.report(
+            f"Agent {ctx.agent.display_name!r}: {ctx.agent.provider} / {ctx.agent.model},"
+            f" {resolved['cpu_limit']:g} CPU, {resolved['mem_limit'] // 2**20} MiB",
+            10,
+        )
+        # The Secret must exist before the pod that refers to it.
+        await self.get_pod_manifest()
+        await self._apply("secret", self.secret_manifest())
+        if self.network_policy_enabled:
+            await self._apply("network_policy", self.network_policy_manifest())
+        self.report(f"Creating pod {self.namespace}/{self.pod_name} ({self.image})", 20)
+
+        start = asyncio.ensure_future(super()._start())
+        try:
+            url = await self._watch_start(start)
+        except BaseException:
+            start.cancel()
+            with contextlib.suppress(Exception):
+                await self._remove_objects(now=True)
+            raise
+        self.report(f"Agent ready in {time.monotonic() - started:.1f} s", 95)
+        return url
+
+    async def _watch_start(self, start: asyncio.Future[str]) -> str:
+        """Wait for KubeSpawner's start, relaying pod events and failing early on errors."""
+        interval = self.failure_check_interval
+        relayed: set[str] = set()
+        key = f"{self.namespace}/{self.pod_name}"
+        progress = 30
+        while True:
+            done, _ = await asyncio.wait({start}, timeout=interval)
+            for event in self.events:
+                uid = event["metadata"].get("uid") or event["metadata"]["name"]
+                if uid in relayed:
+                    continue
+                relayed.add(uid)
+                progress = min(90, progress + 8)
+                self.report(f"[{event.get('type')}] {event.get('message')}", progress)
+            if done:
+                return start.result()
+            reflector = self.pod_reflector
+            pod = reflector.pods.get(key) if reflector else None
+            failure = describe_pod_failure(pod, self.events)
+            if failure:
+                raise AgentSpawnError(failure)
+
+    async def _remove_objects(self, now: bool = False) -> None:
+        await super().stop(now=now)
+        await self._delete_quietly("secret", self.agent_secret_name)
+        if self.network_policy_enabled:
+            await self._delete_quietly("network_policy", self.pod_name)
+
+    async def stop(self, now: bool = False) -> None:
+        await self._remove_objects(now=now)
+        with contextlib.suppress(Exception):
+            await self.revoke_agent_token()
+
+    async def delete_forever(self) -> None:
+        """The named server is removed: its PVC goes too when ``delete_pvc`` (the default)."""
+        await self._delete_quietly("secret", self.agent_secret_name)
+        if self.network_policy_enabled:
+            await self._delete_quietly("network_policy", self.pod_name)
+        await super().delete_forever()

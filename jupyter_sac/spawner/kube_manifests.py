@@ -1,0 +1,256 @@
+"""Kubernetes manifests for an agent's sandbox: pure functions, no I/O.
+
+KubeAgentSpawner builds the pod through KubeSpawner's own ``make_pod`` and
+decorates it with what these functions return: the hardened security contexts,
+the sandbox volumes, the token Secret and its ``valueFrom`` references, and the
+agent's NetworkPolicy. Everything here is plain dicts in the Kubernetes API's
+camelCase, so the tests can validate it against the real schemas.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+SANDBOX_HOME = "/home/sac"
+SANDBOX_WORKSPACE = "/workspace"
+
+# Environment variables that carry a credential. They reach the pod only as
+# valueFrom.secretKeyRef into the agent's Secret, never as literal values.
+SECRET_ENV: dict[str, str] = {
+    "JUPYTERHUB_API_TOKEN": "jupyterhub-api-token",
+    "JPY_API_TOKEN": "jupyterhub-api-token",
+    "ANTHROPIC_API_KEY": "sac-agent-token",
+    "SAC_AGENT_TOKEN": "sac-agent-token",
+}
+
+# Statuses a kubelet reports for containers that will not become ready by waiting.
+# ErrImagePull alone is not final: the kubelet retries a pull that failed once (a
+# registry hiccup), and reports ImagePullBackOff when it has given up for now.
+IMAGE_PULL_REASONS = frozenset({"ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
+CONFIG_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
+
+
+def split_secret_env(
+    env: Mapping[str, Any], secret_name: str, secret_env: Mapping[str, str] = SECRET_ENV
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Split ``env`` into the pod's env (secrets as ``valueFrom`` refs) and the Secret's data.
+
+    Returns (pod env, {secret key: value}). Two variables with the same key must
+    hold the same value (JupyterHub sets JPY_API_TOKEN to JUPYTERHUB_API_TOKEN).
+    Values that are already EnvVar sources (dicts, from ``c.KubeSpawner.environment``)
+    pass through.
+    """
+    pod_env: dict[str, Any] = {}
+    data: dict[str, str] = {}
+    for name, value in env.items():
+        key = secret_env.get(name)
+        if key is None or not isinstance(value, str):
+            pod_env[name] = value
+            continue
+        if key in data and data[key] != value:
+            raise ValueError(f"{name} differs from another variable stored as {key!r}")
+        data[key] = value
+        pod_env[name] = {"valueFrom": {"secretKeyRef": {"name": secret_name, "key": key}}}
+    return pod_env, data
+
+
+def token_secret(
+    name: str,
+    namespace: str,
+    data: Mapping[str, str],
+    labels: Mapping[str, str],
+    annotations: Mapping[str, str],
+) -> dict[str, Any]:
+    """The agent's Secret (base64 ``data``, as the API server stores it)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": dict(labels),
+            "annotations": dict(annotations),
+        },
+        "type": "Opaque",
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in sorted(data.items())},
+    }
+
+
+def cpu_quantity(cores: float) -> str:
+    """Cores as a Kubernetes CPU quantity in millicores (``0.25`` -> ``"250m"``)."""
+    return f"{max(1, round(cores * 1000))}m"
+
+
+def resource_traits(resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """KubeSpawner's resource traits from the agent's resolved settings."""
+    return {
+        "cpu_guarantee": float(resolved["cpu_request"]),
+        "cpu_limit": float(resolved["cpu_limit"]),
+        "mem_guarantee": int(resolved["mem_request"]),
+        "mem_limit": int(resolved["mem_limit"]),
+    }
+
+
+def security_contexts(
+    uid: int, gid: int, fs_gid: int, read_only_root: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pod securityContext, container securityContext) for an untrusted sandbox.
+
+    Non-root, no privilege escalation, every capability dropped, the runtime's
+    default seccomp profile, and (when the image allows) a read-only root
+    filesystem: the writable paths are emptyDirs and the workspace volume.
+    """
+    pod = {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": gid,
+        "fsGroup": fs_gid,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    container = {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": gid,
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": read_only_root,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    return pod, container
+
+
+def sandbox_volumes(
+    workspace_claim: str | None, tmp_size: str | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, volumeMounts): home and /tmp as emptyDirs, the workspace as a PVC or emptyDir."""
+    tmp: dict[str, Any] = {"sizeLimit": tmp_size} if tmp_size else {}
+    workspace: dict[str, Any] = (
+        {"persistentVolumeClaim": {"claimName": workspace_claim}}
+        if workspace_claim
+        else {"emptyDir": {}}
+    )
+    volumes = [
+        {"name": "sac-home", "emptyDir": {}},
+        {"name": "sac-tmp", "emptyDir": tmp},
+        {"name": "sac-workspace", **workspace},
+    ]
+    mounts = [
+        {"name": "sac-home", "mountPath": SANDBOX_HOME},
+        {"name": "sac-tmp", "mountPath": "/tmp"},
+        {"name": "sac-workspace", "mountPath": SANDBOX_WORKSPACE},
+    ]
+    return volumes, mounts
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Pods a sandbox may reach (egress) or be reached from (ingress), on some ports."""
+
+    pod_selector: Mapping[str, str]
+    ports: tuple[int, ...] = ()
+    namespace_selector: Mapping[str, str] | None = None
+
+    def rule(self, direction: str) -> dict[str, Any]:
+        peer: dict[str, Any] = {"podSelector": {"matchLabels": dict(self.pod_selector)}}
+        if self.namespace_selector is not None:
+            peer["namespaceSelector"] = {"matchLabels": dict(self.namespace_selector)}
+        rule: dict[str, Any] = {direction: [peer]}
+        if self.ports:
+            rule["ports"] = [{"port": p, "protocol": "TCP"} for p in self.ports]
+        return rule
+
+
+@dataclass(frozen=True)
+class NetworkRules:
+    egress: tuple[Peer, ...] = ()
+    ingress: tuple[Peer, ...] = ()
+    extra_egress: tuple[Mapping[str, Any], ...] = field(default=())
+    allow_dns: bool = True
+
+
+DNS_EGRESS: dict[str, Any] = {
+    # kube-dns / CoreDNS in kube-system, whatever its labels in this distribution.
+    "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}],
+    "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}],
+}
+
+
+def network_policy(
+    name: str,
+    namespace: str,
+    pod_labels: Mapping[str, str],
+    rules: NetworkRules,
+    labels: Mapping[str, str],
+) -> dict[str, Any]:
+    """The agent's NetworkPolicy: only the listed peers, DNS and configured destinations.
+
+    Both directions are restricted, so anything not listed (other agents, the
+    database, the cloud's metadata endpoint, the internet) is unreachable.
+    """
+    egress = [peer.rule("to") for peer in rules.egress]
+    if rules.allow_dns:
+        egress.append(DNS_EGRESS)
+    egress += [dict(rule) for rule in rules.extra_egress]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
+        "spec": {
+            "podSelector": {"matchLabels": dict(pod_labels)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [peer.rule("from") for peer in rules.ingress],
+            "egress": egress,
+        },
+    }
+
+
+def describe_pod_failure(
+    pod: Mapping[str, Any] | None,
+    events: Sequence[Mapping[str, Any]] = (),
+    container: str = "notebook",
+) -> str | None:
+    """A sentence for the user when ``pod`` will not start by waiting longer, else None.
+
+    Reads what a kubelet reports: image pull errors (with the registry's answer,
+    which only the pod's ``events`` carry), configuration errors (a missing
+    Secret), a crash loop, or a pod that failed outright.
+    """
+    if not pod:
+        return None
+    status = pod.get("status") or {}
+    if status.get("phase") == "Failed":
+        return f"The agent's pod failed: {status.get('message') or status.get('reason') or ''}"
+    for cs in status.get("containerStatuses") or []:
+        if cs.get("name") != container:
+            continue
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason", "")
+        message = waiting.get("message") or ""
+        if reason in IMAGE_PULL_REASONS:
+            pulls = [
+                e.get("message", "")
+                for e in events
+                if e.get("reason") == "Failed" and "ailed to pull image" in e.get("message", "")
+            ]
+            detail = pulls[-1] if pulls else message
+            return (
+                f"The agent's image {cs.get('image', '')!r} could not be pulled ({reason}):"
+                f" {detail}".rstrip(": ")
+            )
+        if reason in CONFIG_REASONS:
+            return f"The agent's container could not be created ({reason}): {message}"
+        if reason == "CrashLoopBackOff":
+            last = (cs.get("lastState") or {}).get("terminated") or {}
+            code = last.get("exitCode", "?")
+            detail = (last.get("message") or "").strip()
+            restarts = int(cs.get("restartCount", 0))
+            text = (
+                f"The agent's server keeps crashing (exit code {code},"
+                f" {restarts} restart{'' if restarts == 1 else 's'})"
+            )
+            return f"{text}. Its last output:\n{detail}" if detail else text + "."
+    return None

@@ -1,0 +1,123 @@
+"""A one-node test "cluster": the Kubernetes API emulator plus the test kubelet.
+
+``python -m jupyter_sac.testing.kube_cluster --port P --root DIR --image NAME=DIR ...``
+serves the API on 127.0.0.1:P (plain HTTP, no authentication) and runs the
+kubelet against it over HTTP. ``kube_cluster()`` starts it in a subprocess and
+writes a kubeconfig for clients (KubeSpawner loads it through kubernetes_asyncio).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ..stack import free_port
+from .stack import http_status, poll_until, stop_process
+
+
+def parse_images(specs: list[str]) -> dict[str, list[str]]:
+    """``name=dir1:dir2`` -> {name: [dir1, dir2]} (the image's PATH directories)."""
+    images = {}
+    for spec in specs:
+        name, _, path = spec.partition("=")
+        images[name] = [p for p in path.split(os.pathsep) if p]
+    return images
+
+
+async def serve(port: int, root: Path, images: dict[str, list[str]], backoff: float) -> None:
+    from aiohttp import web
+
+    from .kube_api import make_app
+    from .kubelet import Kubelet
+
+    runner = web.AppRunner(make_app())
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise SystemExit("the test kubelet needs bubblewrap (apt-get install bubblewrap)")
+    kubelet = Kubelet(f"http://127.0.0.1:{port}", root, images, backoff=backoff, bwrap=bwrap)
+    try:
+        await kubelet.run()
+    finally:
+        await runner.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--image", action="append", default=[])
+    parser.add_argument("--backoff", type=float, default=0.5)
+    args = parser.parse_args()
+    args.root.mkdir(parents=True, exist_ok=True)
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # asyncio.run then cancels the kubelet, which stops its pods
+
+    signal.signal(signal.SIGTERM, on_term)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(args.port, args.root, parse_images(args.image), args.backoff))
+
+
+def write_kubeconfig(path: Path, server: str, namespace: str) -> Path:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "sac-test", "cluster": {"server": server}}],
+        "users": [{"name": "sac-test", "user": {}}],
+        "contexts": [
+            {
+                "name": "sac-test",
+                "context": {"cluster": "sac-test", "user": "sac-test", "namespace": namespace},
+            }
+        ],
+        "current-context": "sac-test",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@dataclass
+class RunningCluster:
+    url: str
+    kubeconfig: Path
+    root: Path
+    log_path: Path
+
+
+@contextlib.contextmanager
+def kube_cluster(
+    workdir: Path, images: dict[str, list[str]], namespace: str = "sac"
+) -> Iterator[RunningCluster]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    root = workdir / "node"
+    log_path = workdir / "kube-cluster.log"
+    argv = [sys.executable, "-m", "jupyter_sac.testing.kube_cluster", "--port", str(port),
+            "--root", str(root)]  # fmt: skip
+    for name, dirs in images.items():
+        argv += ["--image", f"{name}={os.pathsep.join(dirs)}"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        poll_until(lambda: http_status(url + "/version") == 200, 60, "Kubernetes API emulator")
+        kubeconfig = write_kubeconfig(workdir / "kubeconfig", url, namespace)
+        yield RunningCluster(url, kubeconfig, root, log_path)
+    finally:
+        stop_process(proc, timeout=30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""The deployment files: the two Dockerfiles and the zero-to-jupyterhub values.
+
+No Docker engine and no Helm here, so the images are not built and the chart is
+not rendered (docs/kubernetes.md says so). These tests check what can be checked
+offline: pinned versions agree with pyproject.toml and the Makefile, the images
+run as a non-root user with a HEALTHCHECK, the values parse, their Python
+(extraConfig, the service's config file) compiles and configures a real
+traitlets Config, and no credential is written in them.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.version import Version
+from traitlets.config import Config
+
+from jupyter_sac.testing.z2jh import helm_merge, violations
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGES = {name: ROOT / "images" / name / "Dockerfile" for name in ("sandbox", "hub")}
+VALUES = ROOT / "hub_config" / "z2jh-values.yaml"
+
+
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    joined, out = "", []
+    for line in dockerfile.read_text().splitlines():
+        if line.lstrip().startswith("#") and not joined:
+            continue
+        if line.rstrip().endswith("\\"):
+            joined += line.rstrip()[:-1] + " "
+            continue
+        joined += line
+        if joined.strip():
+            word, _, rest = joined.strip().partition(" ")
+            out.append((word.upper(), rest.strip()))
+        joined = ""
+    return out
+
+
+def final_stage(steps: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    last_from = max(i for i, (word, _) in enumerate(steps) if word == "FROM")
+    return steps[last_from:]
+
+
+def args(steps: list[tuple[str, str]]) -> dict[str, str]:
+    return dict(rest.split("=", 1) for word, rest in steps if word == "ARG" and "=" in rest)
+
+
+def pyproject_requirements() -> dict[str, Requirement]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = [Requirement(r) for r in project["dependencies"]]
+    return {r.name: r for r in reqs}
+
+
+@pytest.mark.parametrize("name", sorted(IMAGES))
+def test_image_runs_as_non_root_with_a_healthcheck(name: str) -> None:
+    steps = instructions(IMAGES[name])
+    stage = final_stage(steps)
+    defaults = {**args(steps), **args(stage)}
+    users = [rest for word, rest in stage if word == "USER"]
+    assert users, "the final stage must switch to a non-root USER"
+    user = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], users[-1])
+    assert user not in ("root", "0") and not user.startswith("0:"), user
+    assert any(word == "HEALTHCHECK" for word, _ in stage)
+    assert any(word == "ENTRYPOINT" and "tini" in rest for word, rest in stage)
+    # Every file the build copies from the source tree exists.
+    for word, rest in steps:
+        if word == "COPY" and not rest.startswith("--from"):
+            for source in rest.split()[:-1]:
+                assert (ROOT / source).exists(), source
+
+
+@pytest.mark.parametrize("name", sorted(IMAGES))
+def test_image_versions_are_pinned_and_match_pyproject(name: str) -> None:
+    steps = instructions(IMAGES[name])
+    versions = {k: v for k, v in args(steps).items() if k.endswith("_VERSION")}
+    assert versions
+    for key, value in versions.items():
+        assert re.fullmatch(r"\d+(\.\d+)+", value), f"{key}={value} is not an exact version"
+    base = args(steps)["PYTHON_IMAGE"]
+    assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base), base
+    requirements = pyproject_requirements()
+    by_arg = {
+        "JUPYTERHUB_VERSION": "jupyterhub",
+        "JUPYTERLAB_VERSION": "jupyterlab",
+        "CLAUDE_AGENT_SDK_VERSION": "claude-agent-sdk",
+        "KUBESPAWNER_VERSION": "jupyterhub-kubespawner",
+    }
+    for key, package in by_arg.items():
+        if key in versions:
+            assert Version(versions[key]) in requirements[package].specifier, (key, package)
+    # The claude CLI is pinned by its wheel: exactly the version the tests run.
+    if "CLAUDE_AGENT_SDK_VERSION" in versions:
+        assert str(requirements["claude-agent-sdk"].specifier) == (
+            f"=={versions['CLAUDE_AGENT_SDK_VERSION']}"
+        )
+    if "CHP_VERSION" in versions:
+        makefile = (ROOT / "Makefile").read_text()
+        assert f"CHP_VERSION := {versions['CHP_VERSION']}" in makefile
+    # Every package installed with pip is the wheel just built or an exact pin.
+    for word, rest in final_stage(steps):
+        if word == "RUN" and "pip install" in rest:
+            for spec in re.findall(r'"([^"]+)"', rest):
+                assert "==" in spec, spec
+
+
+def load_values() -> dict[str, Any]:
+    return yaml.safe_load(VALUES.read_text())
+
+
+def test_values_extra_config_configures_the_hub() -> None:
+    values = load_values()
+    c = Config()
+    # The chart has configured its own services and roles before extraConfig runs.
+    c.JupyterHub.services = [{"name": "other", "api_token": "x"}]
+    c.JupyterHub.load_roles = [{"name": "chart-role", "scopes": ["read:users"]}]
+    for name, snippet in sorted(values["hub"]["extraConfig"].items()):
+        exec(compile(snippet, f"extraConfig/{name}", "exec"), {"c": c})
+    assert c.JupyterHub.spawner_class == "jupyter_sac.spawner.KubeAgentSpawner"
+    assert c.JupyterHub.allow_named_servers is True
+    assert c.JupyterHub.cleanup_servers is False
+    services = {s["name"]: s for s in c.JupyterHub.services}
+    assert set(services) == {"other", "sac"}
+    sac = services["sac"]
+    assert sac["url"] == "http://hub:10101"
+    assert sac["command"][-2:] == [
+        "--config",
+        values["hub"]["extraFiles"]["sac-service-config"]["mountPath"],
+    ]
+    # The service's idle culler reaches agents through the proxy's in-cluster Service.
+    assert sac["environment"]["SAC_HUB_URL"] == "http://proxy-public/"
+    roles = {r["name"] for r in c.JupyterHub.load_roles}
+    assert {"chart-role", "user", "sac-service", "sac-admin"} <= roles
+    assert c.KubeAgentSpawner.credential_proxy_url == "http://hub:10101/services/sac/llm"
+    # The port agents may reach in their NetworkPolicy is the one the hub's Service opens.
+    extra_ports = {p["port"] for p in values["hub"]["service"]["extraPorts"]}
+    assert set(c.KubeAgentSpawner.sac_service_ports) <= extra_ports
+    ingress_ports = {
+        p["port"] for rule in values["hub"]["networkPolicy"]["ingress"] for p in rule["ports"]
+    }
+    assert extra_ports <= ingress_ports
+
+
+def test_values_service_config_sets_the_object_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = load_values()
+    monkeypatch.setenv("SAC_S3_BUCKET", "bucket-from-env")
+    monkeypatch.setenv("SAC_S3_ENDPOINT_URL", "https://s3.internal")
+    source = values["hub"]["extraFiles"]["sac-service-config"]["stringData"]
+    c = Config()
+    exec(compile(source, "sac_service_config.py", "exec"), {"c": c})
+    assert c.SacService.ip == "0.0.0.0"
+    assert c.SacService.object_store == "s3"
+    assert c.S3Store.bucket == "bucket-from-env"
+    assert c.S3Store.endpoint_url == "https://s3.internal"
+
+
+def test_values_hold_no_credentials_and_keep_agents_confined() -> None:
+    values = load_values()
+    for name, env in values["hub"]["extraEnv"].items():
+        if re.search(r"KEY|PASSWORD|TOKEN|SECRET|DATABASE_URL", name):
+            assert isinstance(env, dict) and "secretKeyRef" in env["valueFrom"], name
+    assert "password" not in (values["hub"]["db"] or {})
+    assert ":" not in values["hub"]["db"]["url"].split("@")[0].split("//")[1]
+    single = values["singleuser"]
+    # The chart's own singleuser NetworkPolicy would add (allow) internet egress.
+    assert single["networkPolicy"]["enabled"] is False
+    assert single["storage"]["type"] == "none"
+    assert single["cloudMetadata"]["blockWithIptables"] is False
+    assert single["uid"] != 0
+    # SAC's service culls idle agents; the chart's culler would not know HITL or chat turns.
+    assert values["cull"]["enabled"] is False
+
+
+def test_helm_merge_and_schema_check() -> None:
+    defaults = {"hub": {"db": {"type": "sqlite-pvc", "url": None}, "image": {"tag": "x"}}}
+    values = {"hub": {"db": {"type": "postgres"}, "image": None}}
+    assert helm_merge(defaults, values) == {"hub": {"db": {"type": "postgres", "url": None}}}
+    schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "hub": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"db": {"type": "object"}, "image": {"type": "object"}},
+            }
+        },
+    }
+    assert violations(schema, defaults, values) == []
+    assert violations(schema, defaults, {"hub": {"bogus": 1}}) == [
+        "hub: Additional properties are not allowed ('bogus' was unexpected)"
+    ]
+
+
+def test_extra_hub_rbac_validates_and_covers_network_policies() -> None:
+    import kubernetes_validate
+
+    documents = list(yaml.safe_load_all((ROOT / "hub_config" / "sac-hub-rbac.yaml").read_text()))
+    for document in documents:
+        kubernetes_validate.validate(document, "1.31.0", strict=True)
+    (role,) = [d for d in documents if d["kind"] == "Role"]
+    (rule,) = role["rules"]
+    assert rule["resources"] == ["networkpolicies"]
+    # KubeAgentSpawner creates, deletes (and on a name clash deletes then re-creates).
+    assert {"create", "delete"} <= set(rule["verbs"])

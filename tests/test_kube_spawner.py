@@ -1,0 +1,305 @@
+"""KubeAgentSpawner end to end: the real stack, the real spawner, a test cluster.
+
+The hub (started exactly as `sac up` starts it) runs KubeAgentSpawner, which talks
+through kubernetes_asyncio to the Kubernetes API emulator; the test kubelet runs
+each pod's real command (jupyterhub-singleuser with the jupyter_sac extension)
+under bubblewrap on its own 127.0.0.N address. Everything is checked the way a
+user or an operator would see it: the hub's progress API, the agent's own API
+through the hub's proxy, and the objects in the cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import ADMIN_PASSWORD
+from helpers import HubApi, run_in_terminal
+
+from jupyter_sac.stack import free_port
+from jupyter_sac.testing.kube_cluster import RunningCluster, kube_cluster
+from jupyter_sac.testing.stack import embedded_stack, poll_until
+
+pytestmark = pytest.mark.stack
+
+NAMESPACE = "sac-agents"
+IMAGE = "sac-sandbox:test"
+BROKEN_IMAGE = "sac-sandbox:broken"
+MISSING_IMAGE = "registry.example.invalid/sac-sandbox:missing"
+
+HUB_CONFIG = f"""
+c.JupyterHub.spawner_class = "jupyter_sac.spawner.KubeAgentSpawner"
+# Pods outlive the hub, as in a cluster: a restarted hub re-attaches to them.
+c.JupyterHub.cleanup_servers = False
+# Answer a spawn request at once (202), so the test reads progress as the spawn page does.
+c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
+c.KubeAgentSpawner.namespace = {NAMESPACE!r}
+c.KubeAgentSpawner.image = {IMAGE!r}
+c.KubeAgentSpawner.workspace_storage = "pvc"
+
+
+def choose_image(spawner):
+    # Agents named crash-* get an image whose server exits at once; pull-* one
+    # that no registry has.
+    if spawner.name.startswith("crash"):
+        spawner.image = {BROKEN_IMAGE!r}
+    elif spawner.name.startswith("pull"):
+        spawner.image = {MISSING_IMAGE!r}
+
+
+c.KubeAgentSpawner.pre_spawn_hook = choose_image
+"""
+
+BROKEN_SERVER = """#!/bin/sh
+echo "jupyterhub-singleuser: cannot import jupyter_sac.server_extension" >&2
+echo "ModuleNotFoundError: No module named 'pyte'" >&2
+exit 3
+"""
+
+
+class KubeApi:
+    """Reads the cluster's objects over the Kubernetes REST API, as kubectl would."""
+
+    def __init__(self, url: str):
+        self.client = httpx.Client(base_url=url, timeout=10)
+
+    def _path(self, plural: str) -> str:
+        group = "apis/networking.k8s.io/v1" if plural == "networkpolicies" else "api/v1"
+        return f"/{group}/namespaces/{NAMESPACE}/{plural}"
+
+    def get(self, plural: str, name: str) -> dict[str, Any] | None:
+        resp = self.client.get(f"{self._path(plural)}/{name}")
+        return resp.json() if resp.status_code == 200 else None
+
+    def list(self, plural: str, selector: str) -> list[dict[str, Any]]:
+        resp = self.client.get(self._path(plural), params={"labelSelector": selector})
+        resp.raise_for_status()
+        return resp.json()["items"]
+
+
+class KubeStack:
+    """The embedded stack on Kubernetes; restart() stops and starts the hub on the same data."""
+
+    def __init__(self, workdir: Path, cluster: RunningCluster):
+        self.workdir = workdir
+        self.cluster = cluster
+        self.config = workdir / "kube_hub_config.py"
+        self.config.write_text(HUB_CONFIG)
+        # Fixed addresses, so pods started before a restart still reach the hub.
+        self.env = {
+            "KUBECONFIG": str(cluster.kubeconfig),
+            "SAC_HUB_API_PORT": str(free_port()),
+            "SAC_PROXY_API_PORT": str(free_port()),
+            "SAC_SERVICE_PORT": str(free_port()),
+        }
+        self.port = free_port()
+        self.exits = ExitStack()
+        self.kube = KubeApi(cluster.url)
+
+    def start(self) -> None:
+        running = self.exits.enter_context(
+            embedded_stack(self.workdir, ADMIN_PASSWORD, self.config, self.env, self.port)
+        )
+        self.url = running.url
+        self.log = running.log_path
+        self.admin = HubApi(running.url, running.admin_token)
+
+    def stop(self) -> None:
+        self.exits.close()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def new_user(self) -> tuple[str, HubApi]:
+        name = f"k{uuid.uuid4().hex[:8]}"
+        return name, self.admin.create_user(name)
+
+
+@pytest.fixture(scope="module")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeStack]:
+    workdir = tmp_path_factory.mktemp("kube")
+    broken = workdir / "broken-image-bin"
+    broken.mkdir()
+    (broken / "jupyterhub-singleuser").write_text(BROKEN_SERVER)
+    (broken / "jupyterhub-singleuser").chmod(0o755)
+    venv_bin = str(Path(sys.executable).parent)
+    images = {IMAGE: [venv_bin], BROKEN_IMAGE: [str(broken), venv_bin]}
+    with kube_cluster(workdir, images, namespace=NAMESPACE) as cluster:
+        stack = KubeStack(workdir, cluster)
+        stack.start()
+        try:
+            yield stack
+        finally:
+            stack.stop()
+
+
+def spawn_with_progress(client: HubApi, user: str, agent: str) -> list[dict[str, Any]]:
+    """Start an agent and read the hub's progress stream to its end, as the spawn page does."""
+    resp = client.hub("POST", f"users/{user}/servers/{agent}")
+    assert resp.status_code in (201, 202), resp.text
+    events = []
+    with client.client.stream(
+        "GET", f"hub/api/users/{user}/servers/{agent}/progress", timeout=180
+    ) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                events.append(json.loads(line[len("data:") :]))
+    return events
+
+
+def create_agent(client: HubApi, slug: str) -> None:
+    resp = client.sac("POST", "agents", json={"slug": slug})
+    assert resp.status_code == 201, resp.text
+
+
+def agent_objects(kube: KubeStack, user: str) -> dict[str, list[dict[str, Any]]]:
+    selector = f"sac.jupyter.org/user={user}"
+    return {
+        plural: kube.kube.list(plural, selector)
+        for plural in ("pods", "secrets", "persistentvolumeclaims", "networkpolicies")
+    }
+
+
+def test_agent_lifecycle_as_a_pod(kube: KubeStack) -> None:
+    user, client = kube.new_user()
+    create_agent(client, "lab")
+
+    events = spawn_with_progress(client, user, "lab")
+    messages = [e.get("message", "") for e in events]
+    assert events[-1].get("ready"), messages
+    # The spawner's own steps and the kubelet's pod events reach the spawn page.
+    assert any("Preparing agent" in m for m in messages), messages
+    assert any("Successfully assigned" in m for m in messages), messages
+    assert any("Started container notebook" in m for m in messages), messages
+
+    # The agent's server answers through the hub's proxy, from inside its pod.
+    resp = client.client.get(f"user/{user}/lab/sac/api/status")
+    assert resp.status_code == 200, resp.text
+    status = resp.json()
+    assert status["agent"]["user"] == user
+    assert status["agent"]["name"] == "lab"
+    assert status["workspace"] == "/workspace"
+
+    objects = agent_objects(kube, user)
+    (pod,) = objects["pods"]
+    (secret,) = objects["secrets"]
+    (pvc,) = objects["persistentvolumeclaims"]
+    (policy,) = objects["networkpolicies"]
+    assert pod["metadata"]["name"] == f"sac-{user}-lab"
+    assert pod["status"]["podIP"].startswith("127.0.0.")
+    assert pod["metadata"]["annotations"]["sac.jupyter.org/agent"] == "lab"
+    # Every credential came from the Secret: none of its values is in the pod.
+    pod_text = json.dumps(pod)
+    for value in secret["data"].values():
+        assert base64.b64decode(value).decode() not in pod_text
+    assert set(secret["data"]) == {"jupyterhub-api-token", "sac-agent-token"}
+    container = pod["spec"]["containers"][0]
+    assert container["resources"]["limits"]["memory"]
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    volume = {v["name"]: v for v in pod["spec"]["volumes"]}["sac-workspace"]
+    assert volume["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == {
+        "sac.jupyter.org/sandbox": pod["metadata"]["name"]
+    }
+
+    # Inside the pod: the sandbox user, a read-only root, the token from the Secret,
+    # and a writable workspace on the agent's volume.
+    output = asyncio.run(
+        run_in_terminal(
+            kube.url, client.token, user, "lab",
+            "id -u; touch /probe 2>/dev/null || echo read-only;"
+            ' case "$ANTHROPIC_API_KEY" in sac-agent-*) echo agent-token;; esac;'
+            " echo kept > /workspace/notes.txt && pwd",
+        )
+    )  # fmt: skip
+    assert output.split() == ["1000", "read-only", "agent-token", "/workspace"], output
+
+    # Stopping removes the pod, its Secret and its NetworkPolicy; the workspace stays.
+    client.stop(user, "lab")
+    objects = agent_objects(kube, user)
+    assert objects["pods"] == [] and objects["secrets"] == []
+    assert objects["networkpolicies"] == []
+    assert [p["metadata"]["name"] for p in objects["persistentvolumeclaims"]] == [
+        pvc["metadata"]["name"]
+    ]
+
+    # Started again, the agent finds its workspace as it left it.
+    assert spawn_with_progress(client, user, "lab")[-1].get("ready")
+    output = asyncio.run(
+        run_in_terminal(kube.url, client.token, user, "lab", "cat /workspace/notes.txt")
+    )
+    assert output == "kept"
+    client.stop(user, "lab")
+
+    # Deleting the agent deletes its workspace volume too.
+    resp = client.sac("DELETE", f"users/{user}/agents/lab")
+    assert resp.status_code == 204, resp.text
+    assert agent_objects(kube, user) == {
+        "pods": [],
+        "secrets": [],
+        "persistentvolumeclaims": [],
+        "networkpolicies": [],
+    }
+
+
+def assert_spawn_failed(
+    kube: KubeStack, client: HubApi, user: str, agent: str, *expected: str
+) -> str:
+    events = spawn_with_progress(client, user, agent)
+    final = events[-1]
+    assert final.get("failed"), events
+    for text in expected:
+        assert text in final["message"], final["message"]
+    # Nothing is left running or holding the agent's token.
+    poll_until(lambda: not client.server(user, agent), 60, "the failed server to clear")
+    objects = agent_objects(kube, user)
+    assert objects["pods"] == [] and objects["secrets"] == [], objects
+    return final["message"]
+
+
+def test_image_pull_error_is_a_clear_spawn_failure(kube: KubeStack) -> None:
+    user, client = kube.new_user()
+    create_agent(client, "pull-me")
+    assert_spawn_failed(
+        kube, client, user, "pull-me", "could not be pulled", MISSING_IMAGE, "not found"
+    )
+
+
+def test_crash_loop_is_a_clear_spawn_failure(kube: KubeStack) -> None:
+    user, client = kube.new_user()
+    create_agent(client, "crash-me")
+    message = assert_spawn_failed(kube, client, user, "crash-me", "keeps crashing", "exit code 3")
+    # The server's last output (the pod's termination message) tells why.
+    assert "No module named 'pyte'" in message
+
+
+def test_hub_restart_reattaches_to_running_agent(kube: KubeStack) -> None:
+    user, client = kube.new_user()
+    create_agent(client, "steady")
+    events = spawn_with_progress(client, user, "steady")
+    assert events[-1].get("ready"), events
+    (pod,) = kube.kube.list("pods", f"sac.jupyter.org/user={user}")
+
+    kube.restart()
+
+    # The restarted hub loaded the saved state and found the same pod running.
+    server = client.server(user, "steady")
+    assert server and server["ready"], server
+    resp = client.client.get(f"user/{user}/steady/sac/api/status")
+    assert resp.status_code == 200, resp.text
+    (after,) = kube.kube.list("pods", f"sac.jupyter.org/user={user}")
+    assert after["metadata"]["uid"] == pod["metadata"]["uid"]
+    assert after["status"]["containerStatuses"][0]["restartCount"] == 0
+
+    client.stop(user, "steady")
+    assert kube.kube.list("pods", f"sac.jupyter.org/user={user}") == []
