@@ -98,7 +98,7 @@ def document(base_url: str) -> dict[str, Any]:
                     404,
                 ),
                 "put": _op(
-                    "Save a text file ?path= from {\"text\"} (not under public/)",
+                    'Save a text file ?path= from {"text"} (not under public/)',
                     400,
                     403,
                     body={"type": "object", "properties": {"text": {"type": "string"}}},

@@ -40,6 +40,9 @@ from ..workspace import AGENT_AREAS, conflict_name, ignored
 log = logging.getLogger("jupyter_sac.workspace_sync")
 
 FETCH_CONCURRENCY = 8
+# Files fetched from the service in one request (their total is also capped).
+BATCH_FILES = 100
+BATCH_BYTES = 16 * 1024 * 1024
 PUSH_CONCURRENCY = 4
 PART_SUFFIX = ".sac-part"
 READ_ONLY_AREA = "public/"
@@ -209,15 +212,62 @@ class WorkspaceSync:
                     self._output("deleted", wpath, 0)
                 else:
                     self.record.pop(wpath, None)  # changed here: uploaded by the next scan
-            limit = asyncio.Semaphore(FETCH_CONCURRENCY)
-
-            async def one(entry: dict[str, Any]) -> None:
-                async with limit:
-                    await self._download(entry)
-
-            await asyncio.gather(*(one(e) for e in fetch))
+            await self._fetch(fetch)
             self._save()
             return len(fetch)
+
+    async def _fetch(self, entries: list[dict[str, Any]]) -> None:
+        """Download entries: presigned ones one by one (the object store serves them),
+        the rest in batches from the service (one request for many small files)."""
+        limit = asyncio.Semaphore(FETCH_CONCURRENCY)
+        single = [e for e in entries if e.get("url")]
+        batches: list[list[dict[str, Any]]] = [[]]
+        for entry in (e for e in entries if not e.get("url")):
+            last = batches[-1]
+            if last and (len(last) >= BATCH_FILES or sum(e["size"] for e in last) >= BATCH_BYTES):
+                batches.append([])
+            batches[-1].append(entry)
+
+        async def one(entry: dict[str, Any]) -> None:
+            async with limit:
+                await self._download(entry)
+
+        async def batch(group: list[dict[str, Any]]) -> None:
+            async with limit:
+                leftover = await self._download_batch(group)
+            await asyncio.gather(*(one(e) for e in leftover))
+
+        await asyncio.gather(*(one(e) for e in single), *(batch(b) for b in batches if b))
+
+    async def _download_batch(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Fetch ``entries`` in one request; those still to fetch one by one (all of
+        them if a file changed meanwhile, 409)."""
+        body = {"files": [{"path": e["path"], "version": e["version"]} for e in entries]}
+        async with self.client.stream("POST", f"{self.base}/batch", json=body) as resp:
+            if resp.status_code == 409:
+                return entries
+            resp.raise_for_status()
+            chunks = resp.aiter_bytes(1 << 20)
+            carry = b""
+            for entry in entries:
+                local = self.root / entry["path"]
+                local.parent.mkdir(parents=True, exist_ok=True)
+                part = local.with_name(local.name + PART_SUFFIX)
+                digest = hashlib.sha256()
+                left = entry["size"]
+                with part.open("wb") as f:
+                    while left:
+                        if not carry:
+                            carry = await anext(chunks, b"")
+                            if not carry:
+                                raise OSError("the batch ended early")
+                        piece, carry = carry[:left], carry[left:]
+                        # Hashing and writing release the GIL: off the loop, they
+                        # overlap with the other batches' network reads.
+                        await asyncio.to_thread(_hash_and_write, digest, f, piece)
+                        left -= len(piece)
+                self._place(entry, part, local, digest.hexdigest())
+        return []
 
     async def _download(self, entry: dict[str, Any]) -> None:
         wpath = entry["path"]
@@ -233,15 +283,19 @@ class WorkspaceSync:
                 async for chunk in resp.aiter_bytes(1 << 20):
                     digest.update(chunk)
                     f.write(chunk)
-        if digest.hexdigest() != entry["sha256"]:
+        self._place(entry, part, local, digest.hexdigest())
+
+    def _place(self, entry: dict[str, Any], part: Path, local: Path, sha256: str) -> None:
+        """Check a downloaded file and move it into place with its stored mtime."""
+        if sha256 != entry["sha256"]:
             part.unlink(missing_ok=True)
-            raise OSError(f"{wpath}: downloaded content does not match its sha256")
+            raise OSError(f"{entry['path']}: downloaded content does not match its sha256")
         mtime = datetime.fromisoformat(entry["mtime"]).timestamp()
         os.utime(part, (mtime, mtime))
         os.replace(part, local)
-        self._remember(wpath, entry, local)
+        self._remember(entry["path"], entry, local)
         self.downloaded += 1
-        self._output("updated", wpath, entry["size"])
+        self._output("updated", entry["path"], entry["size"])
 
     async def _keep_as_conflict(self, wpath: str, local: Path) -> None:
         target = conflict_name(wpath, self.who, datetime.now(UTC))
@@ -467,6 +521,11 @@ class WorkspaceSync:
             log.warning("workspace flush at stop failed: %s", e)
         await self.client.aclose()
         await self.plain.aclose()
+
+
+def _hash_and_write(digest: Any, f: Any, piece: bytes) -> None:
+    digest.update(piece)
+    f.write(piece)
 
 
 def _message(resp: httpx.Response) -> str:

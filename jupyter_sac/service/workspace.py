@@ -38,6 +38,7 @@ URL_SECONDS = 900
 ORPHAN_SECONDS = 600
 UNLIMITED = Quota(10**18, 10**12)
 SPOOL_BYTES = 8 * 1024 * 1024
+BATCH_MAX_FILES = 1000
 
 
 def file_model(row: dict[str, Any], workspace_path: str | None = None) -> dict[str, Any]:
@@ -327,6 +328,58 @@ class AgentManifestHandler(AgentWorkspaceBase):
         )
 
 
+class AgentBatchHandler(AgentWorkspaceBase):
+    """POST api/agent/workspace/batch {"files": [{"path", "version"}, ...]}: the
+    files' bytes one after the other, in the order asked (the manifest gave their
+    sizes and sha256). One request instead of one per file: a sandbox's pull of many
+    small files is otherwise all request overhead. 409 if any file is no longer at
+    the version asked (the sandbox then fetches those one by one)."""
+
+    async def post(self) -> None:
+        agent = await self.require_agent()
+        body = self.json_body()
+        wanted = body.get("files")
+        if not isinstance(wanted, list) or not 0 < len(wanted) <= BATCH_MAX_FILES:
+            raise bad("files", f"expected 1-{BATCH_MAX_FILES} files")
+        groups = set(await self.groups_of(agent.owner))
+        locations = []
+        for item in wanted:
+            if not isinstance(item, dict) or not isinstance(item.get("version"), int):
+                raise bad("files", 'expected {"path", "version"} objects')
+            try:
+                loc = locate(item.get("path"), agent.id)
+            except PathError as e:
+                raise bad("files", str(e)) from None
+            if loc.area == "group" and loc.group not in groups:
+                raise ApiError(404, "not_found", f"no group workspace {loc.group!r}")
+            locations.append((loc, item["version"]))
+        keys = [(loc.space, loc.path) for loc, _ in locations]
+        rows = await self.sac.store.workspace.get_many(keys)
+        plan = []
+        for loc, version in locations:
+            row = rows.get((loc.space, loc.path))
+            if row is None or row["version"] != version:
+                raise ApiError(409, "conflict", f"{loc.workspace_path} changed; fetch it alone")
+            plan.append((object_key(loc.space, row["sha256"]), row["size"]))
+        self.set_header("Content-Type", "application/octet-stream")
+        self.set_header("Content-Length", str(sum(size for _, size in plan)))
+        pending = 0
+        for key, _ in plan:
+            try:
+                async for chunk in self.sac.objects.stream(key):
+                    self.write(chunk)
+                    pending += len(chunk)
+                    if pending >= 1 << 20:  # hand it to the socket a MiB at a time
+                        await self.flush()
+                        pending = 0
+            except ObjectNotFound:
+                # Headers are out: all the client can be told is a short body.
+                self.log.error("workspace object %s is missing from the store", key)
+                self.request.connection.close()
+                return
+        self.finish()
+
+
 @web.stream_request_body
 class AgentFileHandler(AgentWorkspaceBase):
     """GET, PUT, DELETE api/agent/workspace/files/<workspace path>."""
@@ -502,6 +555,7 @@ def routes(prefix: str) -> list[tuple[str, Any, dict[str, Any]] | tuple[str, Any
     agent = api + f"users/{USER}/agents/{SLUG}/workspace"
     return [
         (api + "agent/workspace", AgentManifestHandler),
+        (api + "agent/workspace/batch", AgentBatchHandler),
         (api + f"agent/workspace/files/{FILE}", AgentFileHandler),
         (agent, UserListingHandler, {"kind": "agent"}),
         (agent + f"/files/{FILE}", UserFileHandler, {"kind": "agent"}),
@@ -541,6 +595,15 @@ def openapi_paths() -> dict[str, Any]:
     return {
         "/api/agent/workspace": {
             "get": _op("The calling agent's workspace manifest (ETag)", listing, 401)
+        },
+        "/api/agent/workspace/batch": {
+            "post": _op(
+                "Many files' bytes back to back, in the order asked (per-agent token)",
+                {"200": _resp("the files' bytes")},
+                400,
+                404,
+                409,
+            )
         },
         "/api/agent/workspace/files/{path}": file_ops(path, "per-agent token"),
         "/api/users/{user}/agents/{slug}/workspace": {

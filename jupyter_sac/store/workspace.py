@@ -54,6 +54,19 @@ class WorkspaceFiles:
             )
             return await cur.fetchone()
 
+    async def get_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+        """Rows of many (space, path) pairs in one query."""
+        if not keys:
+            return {}
+        spaces, paths = zip(*keys, strict=True)
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {_COLUMNS} FROM workspace_files"
+                " WHERE (space, path) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
+                (list(spaces), list(paths)),
+            )
+            return {(r["space"], r["path"]): r for r in await cur.fetchall()}
+
     async def usage(self, space: str) -> tuple[int, int]:
         """(bytes, files) a space holds."""
         async with self.pool.connection() as conn:
