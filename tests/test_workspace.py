@@ -283,3 +283,92 @@ def test_odd_names_round_trip_and_a_lost_commit_heals(stack: dict) -> None:
         env = asyncio.run(run_in_terminal(stack["url"], client.token, user, slug, "env"))
         for secret in ("SAC_DATABASE_URL", "SAC_FERNET_KEY", "AWS_", "S3_"):
             assert secret not in env, secret
+
+
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201e221bc330000000049454e44ae426082"
+)
+
+
+@pytest.mark.asyncio
+async def test_previews_and_live_output_events(stack: dict) -> None:
+    import json
+
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    admin: HubApi = stack["admin"]
+    user, slug = f"wp{uuid.uuid4().hex[:6]}", f"prev{uuid.uuid4().hex[:4]}"
+    with running_agent(admin, user, slug, api_key="sk-unused-key") as client:
+        base = f"{stack['url']}user/{user}/{slug}/"
+        events = await websocket_connect(
+            HTTPRequest(
+                base.replace("http", "ws", 1) + "api/events/subscribe",
+                headers={"Authorization": f"token {client.token}"},
+            )
+        )
+        out = agent_home(stack["data_dir"], slug) / "workspace" / "output"
+        (out / "chart.png").write_bytes(PNG)
+
+        async def next_output_event() -> dict:
+            while True:
+                msg = await asyncio.wait_for(events.read_message(), 60)
+                assert msg is not None
+                event = json.loads(msg)
+                if event.get("schema_id", "").endswith("/workspace/output/v1"):
+                    return event
+
+        event = await next_output_event()
+        assert (event["action"], event["path"], event["size"]) == (
+            "created",
+            "output/chart.png",
+            len(PNG),
+        )
+        (out / "notes.txt").write_text("line one\nligne deux é\n")
+        (out / "model.bin").write_bytes(b"\x00\x01\x02" * 100)
+        seen = {(await next_output_event())["path"] for _ in range(2)}
+        assert seen == {"output/notes.txt", "output/model.bin"}
+
+        def preview(path: str, **params: str) -> httpx.Response:
+            return client.client.get(
+                f"user/{user}/{slug}/sac/api/workspace/preview", params={"path": path, **params}
+            )
+
+        text = preview("output/notes.txt").json()
+        assert text["kind"] == "text" and text["text"] == "line one\nligne deux é\n"
+        assert text["editable"] is True
+        image = preview("output/chart.png").json()
+        assert image["kind"] == "image" and image["mime"] == "image/png"
+        raw = preview("output/chart.png", raw="1")
+        assert raw.content == PNG and raw.headers["content-type"] == "image/png"
+        card = preview("output/model.bin").json()
+        assert card["kind"] == "binary" and card["size"] == 300
+        assert card["sha256"] == hashlib.sha256(b"\x00\x01\x02" * 100).hexdigest()
+        # Editing text from the sidebar: saved, then stored by the watcher.
+        saved = client.client.put(
+            f"user/{user}/{slug}/sac/api/workspace/preview",
+            params={"path": "output/notes.txt"},
+            json={"text": "edited\n"},
+        )
+        assert saved.status_code == 200
+        poll_until(
+            lambda: (
+                client.sac(
+                    "GET", f"users/{user}/agents/{slug}/workspace/files/output/notes.txt"
+                ).content
+                == b"edited\n"
+            ),
+            30,
+            "the edit stored",
+        )
+        # Refused: traversal, missing files, editing the public tree.
+        assert preview("output/../../etc/passwd").status_code == 400
+        assert preview("output/nothing.txt").status_code == 404
+        refused = client.client.put(
+            f"user/{user}/{slug}/sac/api/workspace/preview",
+            params={"path": "public/x.md"},
+            json={"text": "no"},
+        )
+        assert refused.status_code == 403
+        events.close()

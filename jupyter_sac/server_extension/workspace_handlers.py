@@ -73,10 +73,10 @@ class PreviewHandler(APIHandler):
             head = f.read(min(size, TEXT_PREVIEW_BYTES))
         kind = preview_kind(path.name, head[:8192])
         if kind == "image" and self.get_argument("raw", "") == "1":
-            self.set_header("Content-Type", mimetypes.guess_type(path.name)[0] or "")
             self.set_header("X-Content-Type-Options", "nosniff")
             self.set_header("Content-Security-Policy", "default-src 'none'; sandbox")
-            self.finish(path.read_bytes())
+            mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            self.finish(path.read_bytes(), set_content_type=mime)
             return
         body: dict[str, Any] = {
             "path": wpath,
