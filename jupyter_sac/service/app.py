@@ -40,7 +40,7 @@ from .agents import AgentActionHandler, AgentHandler, AgentsHandler, AgentUsageH
 from .base import NotFoundHandler
 from .llm_proxy import LlmProxyHandler
 from .openapi import OpenApiHandler
-from .pages import STATIC, ApiIndexHandler, IndexPage, OAuthCallbackHandler
+from .pages import STATIC, ApiIndexHandler, IndexPage, OAuthCallbackHandler, SessionPage
 from .settings_handlers import (
     MySettingsHandler,
     ProvidersHandler,
@@ -192,6 +192,7 @@ class SacService(Application):
         p = self.prefix
         handlers = [
             (p, IndexPage),
+            (p + "session", SessionPage),
             (p + r"static/(.*)", web.StaticFileHandler, {"path": str(STATIC)}),
             (p + "api/", ApiIndexHandler),
             (p + "oauth_callback", OAuthCallbackHandler),

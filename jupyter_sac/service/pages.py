@@ -224,6 +224,30 @@ class IndexPage(PageHandler):
         self.render_page("index.html", agents=rows)
 
 
+class SessionPage(PageHandler):
+    """GET session: logs a browser in to the service and hands its XSRF token to the
+    JupyterLab sidebar.
+
+    The sidebar runs under /user/<name>/<agent>/ and cannot read the service's
+    cookies, and JupyterHub checks an XSRF token on every cookie-authenticated
+    fetch. It loads this page in a hidden same-origin frame: as a navigation it may
+    go through the OAuth login (no confirmation: the service is trusted), and the
+    page carries the token in a meta tag the sidebar reads. Decisions made with it
+    are the user's own, never the sandbox's token (which may not decide its own
+    agent's HITL requests).
+    """
+
+    @web.authenticated
+    async def get(self) -> None:
+        ident = self.require_user()
+        self.render_page(
+            "session.html",
+            session_user=ident.name,
+            session_admin=ident.admin,
+            xsrf_token=self.xsrf_token.decode("ascii"),
+        )
+
+
 class ApiIndexHandler(BaseHandler):
     """GET api/: where the API and its description are."""
 

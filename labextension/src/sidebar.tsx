@@ -1,0 +1,527 @@
+/**
+ * The SAC sidebar: this agent, skills, workspace, history and approvals.
+ * Each section loads what it shows from the service (as the user) or the
+ * agent's own server, and approvals and new output arrive live as events.
+ */
+
+import { Dialog, Notification, showDialog } from '@jupyterlab/apputils';
+import { ReactWidget } from '@jupyterlab/ui-components';
+import * as React from 'react';
+
+import { ErrorLine, Section, SmallButton, UsageBar, useLoad } from './components';
+import { COMMANDS, ISacContext } from './context';
+import {
+  agentLabUrl,
+  applyHitlEvent,
+  applyOutputEvent,
+  formatBytes,
+  formatCount,
+  formatCpu,
+  formatTime,
+  IArtifact,
+  IHitlRequest,
+  monthUsage,
+  secondsLeft,
+  serverStatus,
+  toolSummary,
+  transcriptRows,
+  utcMonth
+} from './logic';
+import { SkillsSection } from './skills';
+
+// ---- Agent -------------------------------------------------------------------------
+
+function AgentSection(props: { ctx: ISacContext }): JSX.Element {
+  const { ctx } = props;
+  const { trans } = ctx;
+  const record = useLoad(() => ctx.service.agentRecord(), []);
+  const usage = useLoad(() => ctx.service.usage(), []);
+  const status = useLoad(() => ctx.ext.status(), []);
+  const others = useLoad(() => ctx.service.agents(), []);
+  const [busy, setBusy] = React.useState(false);
+  const [error, setError] = React.useState<unknown>(null);
+
+  const agent = record.value;
+  const resolved = agent?.resolved ?? {};
+  const month = usage.value ? monthUsage(usage.value.days ?? [], utcMonth()) : null;
+  const budget = usage.value?.budget?.agent;
+
+  const restart = async () => {
+    const answer = await showDialog({
+      title: trans.__('Restart %1?', agent?.display_name ?? ctx.agent.slug),
+      body: trans.__(
+        'The sandbox stops and starts again: running commands end, files in the workspace are kept. This page reconnects when it is back.'
+      ),
+      buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: trans.__('Restart') })]
+    });
+    if (!answer.button.accept) {
+      return;
+    }
+    setBusy(true);
+    try {
+      await ctx.service.restart();
+      Notification.info(trans.__('%1 is restarting.', ctx.agent.slug), { autoClose: 5000 });
+    } catch (e) {
+      setError(e);
+    } finally {
+      setBusy(false);
+    }
+  };
+
+  const switchTo = (slug: string) => {
+    if (slug && slug !== ctx.agent.slug) {
+      window.location.assign(agentLabUrl(ctx.agent.hubPrefix, ctx.agent.user, slug));
+    }
+  };
+
+  return (
+    <Section
+      id="agent"
+      title={trans.__('Agent')}
+      actions={<SmallButton label="↻" title={trans.__('Refresh')} onClick={() => { record.reload(); usage.reload(); }} />}
+    >
+      <ErrorLine error={record.error || usage.error || error} />
+      <dl className="jp-SacFacts">
+        <dt>{trans.__('Name')}</dt>
+        <dd data-fact="name">{agent?.display_name ?? ctx.agent.slug}</dd>
+        <dt>{trans.__('Model')}</dt>
+        <dd data-fact="model">{agent?.model ?? status.value?.agent?.model ?? '—'}</dd>
+        <dt>{trans.__('Provider')}</dt>
+        <dd data-fact="provider">{agent?.provider ?? '—'}</dd>
+        <dt>{trans.__('Sandbox')}</dt>
+        <dd data-fact="status">
+          {agent ? serverStatus(agent.server) : '—'}
+          {status.value?.runtime?.version ? ` · claude ${status.value.runtime.version}` : ''}
+        </dd>
+        <dt>{trans.__('Resources')}</dt>
+        <dd data-fact="resources">
+          {agent
+            ? `${formatCpu(resolved.cpu_limit)} · ${formatBytes(resolved.mem_limit)}`
+            : '—'}
+        </dd>
+        <dt>{trans.__('This month')}</dt>
+        <dd data-fact="usage">
+          {month
+            ? trans.__('%1 requests · %2 tokens', formatCount(month.requests), formatCount(month.tokens))
+            : '—'}
+          {budget?.limit ? ` · ${trans.__('%1 left', formatCount(budget.left))}` : ''}
+        </dd>
+      </dl>
+      <div className="jp-SacRow">
+        <SmallButton label={trans.__('Claude Terminal')} onClick={() => void ctx.app.commands.execute(COMMANDS.terminal)} />
+        <SmallButton label={trans.__('Chat')} onClick={() => void ctx.app.commands.execute(COMMANDS.chat)} />
+        <SmallButton label={trans.__('Restart')} kind="warn" disabled={busy} onClick={() => void restart()} />
+      </div>
+      {others.value && others.value.agents.length > 1 ? (
+        <label className="jp-SacField">
+          <span>{trans.__('Switch to')}</span>
+          <select
+            className="jp-mod-styled"
+            aria-label={trans.__('Switch to another agent')}
+            value={ctx.agent.slug}
+            onChange={e => switchTo(e.target.value)}
+          >
+            {others.value.agents.map((a: any) => (
+              <option key={a.slug} value={a.slug}>
+                {a.display_name} ({serverStatus(a.server)})
+              </option>
+            ))}
+          </select>
+        </label>
+      ) : null}
+    </Section>
+  );
+}
+
+// ---- Workspace ---------------------------------------------------------------------------
+
+function WorkspaceSection(props: { ctx: ISacContext }): JSX.Element {
+  const { ctx } = props;
+  const { trans } = ctx;
+  const status = useLoad(() => ctx.ext.workspace(), []);
+  const [groupUsage, setGroupUsage] = React.useState<Record<string, any>>({});
+  const [artifacts, setArtifacts] = React.useState<IArtifact[]>([]);
+  const [error, setError] = React.useState<unknown>(null);
+
+  const groups: string[] = status.value?.groups ?? [];
+  React.useEffect(() => {
+    let live = true;
+    Promise.all(
+      groups.map(g =>
+        ctx.service
+          .get<any>(`groups/${encodeURIComponent(g)}/workspace`)
+          .then(r => [g, r.usage] as const)
+          .catch(() => [g, null] as const)
+      )
+    ).then(pairs => live && setGroupUsage(Object.fromEntries(pairs)));
+    return () => {
+      live = false;
+    };
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [groups.join('\n')]);
+
+  // What is already in output/ shows first; new artifacts arrive as events.
+  React.useEffect(() => {
+    let live = true;
+    ctx.service
+      .workspace('output/')
+      .then(r => {
+        if (!live) {
+          return;
+        }
+        const files = (r.files ?? []) as any[];
+        files.sort((a, b) => String(b.mtime ?? '').localeCompare(String(a.mtime ?? '')));
+        setArtifacts(current =>
+          current.length
+            ? current
+            : files.slice(0, 20).map(f => ({ path: f.path, size: f.size, action: 'stored', at: f.mtime ?? '' }))
+        );
+      })
+      .catch(() => undefined);
+    const onOutput = (_: unknown, event: { action: string; path: string; size?: number | null }) => {
+      setArtifacts(current => applyOutputEvent(current, event, new Date().toISOString()));
+      status.reload();
+    };
+    ctx.events.output.connect(onOutput);
+    return () => {
+      live = false;
+      ctx.events.output.disconnect(onOutput);
+    };
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, []);
+
+  const usage = status.value?.usage ?? {};
+  const sync = async () => {
+    try {
+      await ctx.ext.syncWorkspace();
+      status.reload();
+    } catch (e) {
+      setError(e);
+    }
+  };
+  const folders: [string, string][] = [
+    ['private', trans.__('Private')],
+    ['output', trans.__('Output')],
+    ['public', trans.__('Public')],
+    ...groups.map(g => [`group/${g}`, trans.__('Group %1', g)] as [string, string])
+  ];
+
+  return (
+    <Section
+      id="workspace"
+      title={trans.__('Workspace')}
+      actions={<SmallButton label="⟳" title={trans.__('Sync now')} onClick={() => void sync()} />}
+    >
+      <ErrorLine error={status.error || error || status.value?.last_error} />
+      <UsageBar label={trans.__('Storage')} used={usage.bytes ?? 0} limit={usage.max_bytes} bytes />
+      <UsageBar label={trans.__('Files')} used={usage.files ?? 0} limit={usage.max_files} />
+      {groups.map(g =>
+        groupUsage[g] ? (
+          <UsageBar key={g} label={trans.__('Group %1', g)} used={groupUsage[g].bytes ?? 0} limit={groupUsage[g].max_bytes} bytes />
+        ) : null
+      )}
+      <div className="jp-SacRow jp-SacFolders">
+        {folders.map(([path, label]) => (
+          <SmallButton key={path} label={label} title={`/workspace/${path}`} onClick={() => void ctx.showFolder(path)} />
+        ))}
+      </div>
+      {Object.keys(status.value?.errors ?? {}).length ? (
+        <ul className="jp-SacList jp-SacRefused">
+          {Object.entries(status.value.errors).map(([path, why]) => (
+            <li key={path} title={String(why)}>
+              {trans.__('Not stored: %1 (%2)', path, String(why))}
+            </li>
+          ))}
+        </ul>
+      ) : null}
+      <h4 className="jp-SacSubhead">{trans.__('New output')}</h4>
+      {artifacts.length ? (
+        <ul className="jp-SacList jp-SacArtifacts">
+          {artifacts.map(a => (
+            <li key={a.path}>
+              <button
+                className="jp-SacLink"
+                title={trans.__('Open %1', a.path)}
+                onClick={() => void ctx.app.commands.execute('docmanager:open', { path: a.path })}
+              >
+                {a.path.replace(/^output\//, '')}
+              </button>
+              <span className="jp-SacMuted">{formatBytes(a.size)}</span>
+            </li>
+          ))}
+        </ul>
+      ) : (
+        <p className="jp-SacMuted">{trans.__('Files the agent writes to output/ appear here.')}</p>
+      )}
+    </Section>
+  );
+}
+
+// ---- History ------------------------------------------------------------------------------
+
+function Transcript(props: { ctx: ISacContext; session: any; onBack: () => void }): JSX.Element {
+  const { ctx, session } = props;
+  const { trans } = ctx;
+  const [events, setEvents] = React.useState<any[]>([]);
+  const [cursor, setCursor] = React.useState<string | null>(null);
+  const [error, setError] = React.useState<unknown>(null);
+  const [loading, setLoading] = React.useState(false);
+
+  const load = async (from: string | null) => {
+    setLoading(true);
+    try {
+      const page = await ctx.service.historyEvents(session.session_id, from);
+      setEvents(current => (from ? [...current, ...page.events] : page.events));
+      setCursor(page.next_cursor);
+    } catch (e) {
+      setError(e);
+    } finally {
+      setLoading(false);
+    }
+  };
+  React.useEffect(() => {
+    void load(null);
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [session.session_id]);
+
+  const rows = transcriptRows(events);
+  return (
+    <div className="jp-SacTranscript">
+      <div className="jp-SacRow">
+        <SmallButton label={trans.__('‹ Sessions')} onClick={props.onBack} />
+        <a className="jp-SacLink" href={ctx.service.historyCsvUrl(session.session_id)} download>
+          {trans.__('CSV')}
+        </a>
+      </div>
+      <ErrorLine error={error} />
+      {rows.map(row =>
+        row.collapsed ? (
+          <details key={row.key} className={`jp-SacTurn jp-mod-${row.role}`}>
+            <summary>{row.title}</summary>
+            <pre>{row.text}</pre>
+          </details>
+        ) : (
+          <div key={row.key} className={`jp-SacTurn jp-mod-${row.role}`}>
+            <div className="jp-SacTurn-who">
+              {row.role === 'prompt' ? trans.__('You') : trans.__('Claude')}
+              <span className="jp-SacMuted"> {formatTime(row.ts)}</span>
+            </div>
+            <div className="jp-SacTurn-text">{row.text}</div>
+          </div>
+        )
+      )}
+      {cursor ? (
+        <SmallButton label={trans.__('More')} disabled={loading} onClick={() => void load(cursor)} />
+      ) : null}
+    </div>
+  );
+}
+
+function HistorySection(props: { ctx: ISacContext }): JSX.Element {
+  const { ctx } = props;
+  const { trans } = ctx;
+  const [sessions, setSessions] = React.useState<any[]>([]);
+  const [cursor, setCursor] = React.useState<string | null>(null);
+  const [open, setOpen] = React.useState<any | null>(null);
+  const [error, setError] = React.useState<unknown>(null);
+
+  const load = async (from: string | null) => {
+    try {
+      const page = await ctx.service.historySessions(from, ctx.preferences().historyPageSize);
+      setSessions(current => (from ? [...current, ...page.sessions] : page.sessions));
+      setCursor(page.next_cursor);
+      setError(null);
+    } catch (e) {
+      setError(e);
+    }
+  };
+  React.useEffect(() => {
+    void load(null);
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, []);
+
+  return (
+    <Section
+      id="history"
+      title={trans.__('History')}
+      defaultOpen={false}
+      actions={
+        <>
+          <a className="jp-SacLink" href={ctx.service.historyCsvUrl()} download title={trans.__('Export all sessions as CSV')}>
+            CSV
+          </a>
+          <SmallButton label="↻" title={trans.__('Refresh')} onClick={() => { setOpen(null); void load(null); }} />
+        </>
+      }
+    >
+      <ErrorLine error={error} />
+      {open ? (
+        <Transcript ctx={ctx} session={open} onBack={() => setOpen(null)} />
+      ) : (
+        <>
+          {sessions.length ? (
+            <ul className="jp-SacList jp-SacSessions">
+              {sessions.map(s => (
+                <li key={s.session_id}>
+                  <button className="jp-SacLink" onClick={() => setOpen(s)} title={s.first_prompt ?? ''}>
+                    {s.first_prompt || trans.__('(no prompt)')}
+                  </button>
+                  <span className="jp-SacMuted">
+                    {formatTime(s.last_ts)} · {trans._n('%1 prompt', '%1 prompts', s.prompts ?? 0)} ·{' '}
+                    {trans._n('%1 entry', '%1 entries', s.events ?? 0)}
+                  </span>
+                </li>
+              ))}
+            </ul>
+          ) : (
+            <p className="jp-SacMuted">{trans.__('No conversations yet.')}</p>
+          )}
+          {cursor ? <SmallButton label={trans.__('More')} onClick={() => void load(cursor)} /> : null}
+        </>
+      )}
+    </Section>
+  );
+}
+
+// ---- Approvals ------------------------------------------------------------------------------
+
+function ApprovalsSection(props: { ctx: ISacContext; onCount: (n: number) => void }): JSX.Element {
+  const { ctx, onCount } = props;
+  const { trans } = ctx;
+  const [pending, setPending] = React.useState<IHitlRequest[]>([]);
+  const [error, setError] = React.useState<unknown>(null);
+  const [working, setWorking] = React.useState<string | null>(null);
+
+  const refresh = React.useCallback(async () => {
+    try {
+      const { requests } = await ctx.service.pendingRequests();
+      setPending(requests);
+      setError(null);
+    } catch (e) {
+      setError(e);
+    }
+  }, [ctx]);
+
+  React.useEffect(() => {
+    void refresh();
+    const onHitl = (_: unknown, ev: { action: string; request: IHitlRequest }) => {
+      setPending(current => applyHitlEvent(current, ev.action, ev.request));
+      if (ev.action === 'requested' && ctx.preferences().notifyApprovals) {
+        Notification.warning(
+          trans.__('Claude asks: %1', ev.request.question || ev.request.tool || trans.__('approval')),
+          {
+            autoClose: 8000,
+            actions: [{ label: trans.__('Review'), callback: () => void ctx.app.commands.execute(COMMANDS.sidebar) }]
+          }
+        );
+      }
+      // the event carries the sandbox's view; the service's list is the truth
+      void refresh();
+    };
+    ctx.events.hitl.connect(onHitl);
+    return () => {
+      ctx.events.hitl.disconnect(onHitl);
+    };
+  }, [ctx, refresh, trans]);
+
+  React.useEffect(() => onCount(pending.length), [pending.length, onCount]);
+
+  const decide = async (request: IHitlRequest, decision: 'allow' | 'deny', option?: string) => {
+    setWorking(request.id);
+    try {
+      await ctx.service.decide(request.id, decision, option);
+      setPending(current => current.filter(r => r.id !== request.id));
+      setError(null);
+    } catch (e) {
+      setError(e);
+      void refresh();
+    } finally {
+      setWorking(null);
+    }
+  };
+
+  return (
+    <Section
+      id="approvals"
+      title={trans.__('Approvals')}
+      badge={pending.length}
+      actions={<SmallButton label="↻" title={trans.__('Refresh')} onClick={() => void refresh()} />}
+    >
+      <ErrorLine error={error} />
+      {pending.length ? (
+        <ul className="jp-SacList jp-SacApprovals">
+          {pending.map(r => {
+            const left = secondsLeft(r.expires_at);
+            return (
+              <li key={r.id} className="jp-SacApproval" data-request={r.id}>
+                <div className="jp-SacApproval-tool">
+                  <strong>{r.tool ?? trans.__('Terminal prompt')}</strong>
+                  {left !== null ? <span className="jp-SacMuted"> · {trans.__('%1 s left', left)}</span> : null}
+                </div>
+                {r.question ? <div className="jp-SacApproval-question">{r.question}</div> : null}
+                {r.tool ? <code className="jp-SacApproval-input">{toolSummary(r.tool, r.input)}</code> : null}
+                <details>
+                  <summary>{trans.__('Input')}</summary>
+                  <pre>{JSON.stringify(r.input, null, 2)}</pre>
+                </details>
+                <div className="jp-SacRow">
+                  {r.kind === 'terminal' && r.options?.length ? (
+                    r.options.map(o => (
+                      <SmallButton
+                        key={o.key}
+                        label={o.label}
+                        disabled={working === r.id}
+                        kind={/^(no|deny|cancel)/i.test(o.label) ? 'reject' : 'accept'}
+                        onClick={() => void decide(r, /^(no|deny|cancel)/i.test(o.label) ? 'deny' : 'allow', o.key)}
+                      />
+                    ))
+                  ) : (
+                    <>
+                      <SmallButton label={trans.__('Approve')} kind="accept" disabled={working === r.id} onClick={() => void decide(r, 'allow')} />
+                      <SmallButton label={trans.__('Deny')} kind="reject" disabled={working === r.id} onClick={() => void decide(r, 'deny')} />
+                    </>
+                  )}
+                </div>
+              </li>
+            );
+          })}
+        </ul>
+      ) : (
+        <p className="jp-SacMuted">{trans.__('Nothing waits for you.')}</p>
+      )}
+    </Section>
+  );
+}
+
+// ---- the sidebar ----------------------------------------------------------------------------
+
+export class SacSidebar extends ReactWidget {
+  constructor(private readonly ctx: ISacContext) {
+    super();
+    this.id = 'jp-sac-sidebar';
+    this.addClass('jp-SacSidebar');
+    this.title.caption = ctx.trans.__('SAC: agent, skills, workspace, history, approvals');
+  }
+
+  /** The pending approvals show as a badge on the sidebar's tab. */
+  private setPending = (count: number): void => {
+    this.title.dataset = { ...this.title.dataset, sacPending: String(count) };
+    this.title.caption = count
+      ? this.ctx.trans._n('%1 approval waits', '%1 approvals wait', count)
+      : this.ctx.trans.__('SAC: agent, skills, workspace, history, approvals');
+  };
+
+  protected render(): JSX.Element {
+    const { ctx } = this;
+    return (
+      <div className="jp-SacSidebar-content">
+        <h2 className="jp-SacSidebar-heading">{ctx.trans.__('Agent %1', ctx.agent.slug)}</h2>
+        <ApprovalsSection ctx={ctx} onCount={this.setPending} />
+        <AgentSection ctx={ctx} />
+        <SkillsSection ctx={ctx} />
+        <WorkspaceSection ctx={ctx} />
+        <HistorySection ctx={ctx} />
+      </div>
+    );
+  }
+}

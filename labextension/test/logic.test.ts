@@ -1,0 +1,293 @@
+import { describe, expect, it } from 'vitest';
+
+import {
+  agentLabUrl,
+  applyHitlEvent,
+  applyOutputEvent,
+  checkParameters,
+  checkValues,
+  cleanParameters,
+  emptyChat,
+  enterSends,
+  formatBytes,
+  formatCount,
+  formatTurnCost,
+  IChatEvent,
+  IHitlRequest,
+  initialValues,
+  isCommand,
+  ISkillParameter,
+  monthUsage,
+  quotaLevel,
+  quotaPercent,
+  reduceChat,
+  secondsLeft,
+  serverStatus,
+  serviceBase,
+  toolKind,
+  toolSummary,
+  transcriptRows
+} from '../src/logic';
+
+describe('where things are', () => {
+  it('finds the service beside the hub, under any base URL', () => {
+    expect(serviceBase('/hub/')).toBe('/services/sac/');
+    expect(serviceBase('/jupyter/hub/')).toBe('/jupyter/services/sac/');
+    expect(serviceBase('/jupyter/hub')).toBe('/jupyter/services/sac/');
+    expect(serviceBase('')).toBe('/services/sac/');
+  });
+
+  it("builds another agent's JupyterLab URL with escaped names", () => {
+    expect(agentLabUrl('/hub/', 'ann', 'helper')).toBe('/user/ann/helper/lab');
+    expect(agentLabUrl('/base/hub/', 'a b', 'x')).toBe('/base/user/a%20b/x/lab');
+  });
+});
+
+describe('numbers people read', () => {
+  it('formats bytes in binary units', () => {
+    expect(formatBytes(0)).toBe('0 B');
+    expect(formatBytes(1023)).toBe('1023 B');
+    expect(formatBytes(1536)).toBe('1.5 KiB');
+    expect(formatBytes(1073741824)).toBe('1.0 GiB');
+    expect(formatBytes(null)).toBe('—');
+  });
+
+  it('shortens counts', () => {
+    expect(formatCount(999)).toBe('999');
+    expect(formatCount(12345)).toBe('12.3k');
+    expect(formatCount(1234567)).toBe('1.2M');
+  });
+
+  it('turns usage into a bar level, capped at 100', () => {
+    expect(quotaPercent(50, 100)).toBe(50);
+    expect(quotaPercent(150, 100)).toBe(100);
+    expect(quotaPercent(5, null)).toBe(0);
+    expect(quotaLevel(79.9)).toBe('ok');
+    expect(quotaLevel(80)).toBe('warn');
+    expect(quotaLevel(95)).toBe('full');
+  });
+
+  it("sums this month's requests and tokens only", () => {
+    const days = [
+      { day: '2026-02-28', requests: 9, input_tokens: 900 },
+      { day: '2026-03-01', requests: 2, input_tokens: 100, output_tokens: 20, cache_read_input_tokens: 5 },
+      { day: '2026-03-02', requests: 1, output_tokens: 7 }
+    ];
+    expect(monthUsage(days, '2026-03')).toEqual({ requests: 3, tokens: 132 });
+  });
+
+  it('reads the hub server model', () => {
+    expect(serverStatus(null)).toBe('stopped');
+    expect(serverStatus({ pending: 'spawn' })).toBe('starting');
+    expect(serverStatus({ pending: 'stop', ready: true })).toBe('stopping');
+    expect(serverStatus({ ready: true })).toBe('running');
+  });
+});
+
+describe('tools', () => {
+  it('says what a call does in one line', () => {
+    expect(toolSummary('Bash', { command: 'ls  -la\n/tmp' })).toBe('ls -la /tmp');
+    expect(toolSummary('Write', { file_path: '/workspace/output/a.txt', content: 'x' })).toBe(
+      '/workspace/output/a.txt'
+    );
+    expect(toolSummary('mcp__x__y', { a: 1 })).toBe('{"a":1}');
+    expect(toolSummary('Bash', { command: 'x'.repeat(300) })).toHaveLength(160);
+    expect(toolKind('Edit')).toBe('file');
+    expect(toolKind('Bash')).toBe('command');
+    expect(toolKind('Grep')).toBe('search');
+  });
+});
+
+describe('chat', () => {
+  const ev = (seq: number, type: string, extra: Record<string, unknown> = {}): IChatEvent => ({
+    seq,
+    session_id: 's1',
+    turn_id: 't1',
+    type,
+    ...extra
+  });
+
+  const turn = [
+    ev(1, 'turn_start', { message: 'list files' }),
+    ev(2, 'session', { model: 'm' }),
+    ev(3, 'text', { text: 'Let me look.' }),
+    ev(4, 'tool_use', { id: 'tu1', name: 'Bash', input: { command: 'ls' } }),
+    ev(5, 'todos', { todos: [{ content: 'look', status: 'in_progress', activeForm: 'Looking' }] }),
+    ev(6, 'tool_result', { tool_use_id: 'tu1', content: 'a.txt', is_error: false }),
+    ev(7, 'text', { text: 'There is **a.txt**.' }),
+    ev(8, 'text', { text: 'Done.' }),
+    ev(9, 'result', { usage: { input_tokens: 10, cache_read_input_tokens: 5, output_tokens: 3 }, cost_usd: 0.0012, duration_ms: 2100 }),
+    ev(10, 'turn_end', { exit_code: 0 })
+  ];
+
+  it('builds the timeline: prompt, text, tool call with its result, merged text, cost', () => {
+    let state = emptyChat('s1');
+    for (const e of turn.slice(0, 6)) {
+      state = reduceChat(state, e);
+    }
+    expect(state.running).toBe(true);
+    expect(state.todos[0].activeForm).toBe('Looking');
+    for (const e of turn.slice(6)) {
+      state = reduceChat(state, e);
+    }
+    expect(state.running).toBe(false);
+    expect(state.items.map(i => i.kind)).toEqual(['user', 'text', 'tool', 'text', 'result']);
+    const tool = state.items[2];
+    expect(tool.kind === 'tool' && tool.step.result).toBe('a.txt');
+    const text = state.items[3];
+    expect(text.kind === 'text' && text.text).toBe('There is **a.txt**.\n\nDone.');
+    const result = state.items[4];
+    expect(result.kind === 'result' && formatTurnCost(result.result)).toBe('$0.0012 · 15 in / 3 out · 2.1 s');
+  });
+
+  it('ignores replayed events and other sessions', () => {
+    let state = emptyChat('s1');
+    for (const e of turn) {
+      state = reduceChat(state, e);
+    }
+    const again = turn.reduce(reduceChat, state);
+    expect(again).toBe(state);
+    const other = reduceChat(state, { ...ev(11, 'text', { text: 'x' }), session_id: 's2' });
+    expect(other).toBe(state);
+  });
+
+  it('shows errors and cancellation', () => {
+    let state = reduceChat(emptyChat(), ev(1, 'turn_start', { message: 'x' }));
+    state = reduceChat(state, ev(2, 'error', { message: 'overloaded', retry: { attempt: 1 } }));
+    state = reduceChat(state, ev(3, 'cancelled'));
+    state = reduceChat(state, ev(4, 'turn_end', { exit_code: null }));
+    expect(state.sessionId).toBe('s1');
+    expect(state.items.map(i => i.kind)).toEqual(['user', 'error', 'cancelled']);
+    expect(state.items[1].kind === 'error' && state.items[1].retrying).toBe(true);
+  });
+
+  it('sends on Enter, not on Shift+Enter or while composing', () => {
+    expect(enterSends('Enter', { shiftKey: false })).toBe(true);
+    expect(enterSends('Enter', { shiftKey: true })).toBe(false);
+    expect(enterSends('Enter', { shiftKey: false, isComposing: true })).toBe(false);
+    expect(enterSends('Enter', { shiftKey: false }, false)).toBe(false);
+    expect(enterSends('a', { shiftKey: false })).toBe(false);
+  });
+});
+
+describe('history transcript', () => {
+  it('shows prompts and answers open, tool calls and results collapsed', () => {
+    const rows = transcriptRows([
+      { session_id: 's', uuid: 'u1', ts: '2026-03-01T10:00:00Z', kind: 'user', payload: { type: 'user', message: { role: 'user', content: 'hello' } } },
+      {
+        session_id: 's', uuid: 'u2', ts: '2026-03-01T10:00:01Z', kind: 'assistant',
+        payload: { type: 'assistant', message: { content: [{ type: 'text', text: 'Hi' }, { type: 'tool_use', id: 't', name: 'Bash', input: { command: 'pwd' } }] } }
+      },
+      {
+        session_id: 's', uuid: 'u3', ts: '2026-03-01T10:00:02Z', kind: 'user',
+        payload: { type: 'user', message: { content: [{ type: 'tool_result', tool_use_id: 't', content: [{ type: 'text', text: '/workspace' }] }] } }
+      },
+      { session_id: 's', uuid: 'u4', ts: '2026-03-01T10:00:03Z', kind: 'summary', payload: { type: 'summary', summary: 'A greeting' } }
+    ]);
+    expect(rows.map(r => [r.role, r.collapsed])).toEqual([
+      ['prompt', false],
+      ['answer', false],
+      ['tool', true],
+      ['result', true],
+      ['other', true]
+    ]);
+    expect(rows[2].title).toBe('Bash: pwd');
+    expect(rows[3].text).toBe('/workspace');
+  });
+});
+
+describe('skills', () => {
+  const params: ISkillParameter[] = [
+    { name: 'file', type: 'text', required: true },
+    { name: 'rows', type: 'number', min: 1, max: 100, default: 10 },
+    { name: 'since', type: 'date' },
+    { name: 'style', type: 'select', options: ['short', 'long'], default: 'short' }
+  ];
+
+  it('starts the form from the defaults', () => {
+    expect(initialValues(params)).toEqual({ file: '', rows: '10', since: '', style: 'short' });
+  });
+
+  it('checks values by type before they are sent', () => {
+    const bad = checkValues(params, { file: ' ', rows: '500', since: '2026-13-45', style: 'medium' });
+    expect(bad.errors).toEqual({
+      file: 'required',
+      rows: 'at most 100',
+      since: 'not a date (YYYY-MM-DD)',
+      style: 'one of short, long'
+    });
+    const good = checkValues(params, { file: 'a.csv', rows: '5', since: '2026-03-01', style: 'long' });
+    expect(good.errors).toEqual({});
+    expect(good.values).toEqual({ file: 'a.csv', rows: 5, since: '2026-03-01', style: 'long' });
+  });
+
+  it('refuses bad parameter definitions in the editor', () => {
+    const problems = checkParameters([
+      { name: 'Bad Name', type: 'text' },
+      { name: 'ok', type: 'select', options: [' '] },
+      { name: 'n', type: 'number', min: 5, max: 1 },
+      { name: 'n', type: 'text' }
+    ]);
+    expect(Object.keys(problems)).toEqual(['0', '1', '2', '3']);
+    expect(problems[3]).toBe('n is used twice');
+    expect(checkParameters(params)).toEqual({});
+  });
+
+  it('stores parameters without empty fields', () => {
+    expect(
+      cleanParameters([
+        { name: ' n ', type: 'number', default: '3', min: null, max: 9, help: '' },
+        { name: 's', type: 'select', options: [' a', '', 'b '] }
+      ])
+    ).toEqual([
+      { name: 'n', type: 'number', required: false, default: 3, max: 9 },
+      { name: 's', type: 'select', required: false, options: ['a', 'b'] }
+    ]);
+  });
+
+  it('accepts kebab-case commands only', () => {
+    expect(isCommand('draft-sql')).toBe(true);
+    expect(isCommand('Draft')).toBe(false);
+    expect(isCommand('a--b')).toBe(false);
+    expect(isCommand('../x')).toBe(false);
+  });
+});
+
+describe('approvals and output', () => {
+  const req = (id: string, created: string, status = 'pending'): IHitlRequest => ({
+    id, user: 'ann', agent: 'a', kind: 'tool', tool: 'Bash', input: {}, question: null,
+    options: [], status, created_at: created, expires_at: null
+  });
+
+  it('keeps the pending list newest first, without duplicates or decided ones', () => {
+    let pending = applyHitlEvent([], 'requested', req('1', '2026-03-01T10:00:00Z'));
+    pending = applyHitlEvent(pending, 'requested', req('2', '2026-03-01T10:01:00Z'));
+    pending = applyHitlEvent(pending, 'requested', req('1', '2026-03-01T10:00:00Z'));
+    expect(pending.map(r => r.id)).toEqual(['2', '1']);
+    pending = applyHitlEvent(pending, 'decided', req('2', '2026-03-01T10:01:00Z', 'approved'));
+    expect(pending.map(r => r.id)).toEqual(['1']);
+  });
+
+  it('counts down to the timeout', () => {
+    const now = new Date('2026-03-01T10:00:00Z');
+    expect(secondsLeft('2026-03-01T10:01:00Z', now)).toBe(60);
+    expect(secondsLeft('2026-03-01T09:00:00Z', now)).toBe(0);
+    expect(secondsLeft(null, now)).toBeNull();
+  });
+
+  it('lists the newest artifacts once each and drops deleted ones', () => {
+    let list = applyOutputEvent([], { action: 'created', path: 'output/a.png', size: 10 }, 't1');
+    list = applyOutputEvent(list, { action: 'created', path: 'output/b.csv', size: 5 }, 't2');
+    list = applyOutputEvent(list, { action: 'modified', path: 'output/a.png', size: 12 }, 't3');
+    expect(list.map(a => [a.path, a.size])).toEqual([
+      ['output/a.png', 12],
+      ['output/b.csv', 5]
+    ]);
+    list = applyOutputEvent(list, { action: 'deleted', path: 'output/b.csv' }, 't4');
+    expect(list.map(a => a.path)).toEqual(['output/a.png']);
+    for (let i = 0; i < 30; i++) {
+      list = applyOutputEvent(list, { action: 'created', path: `output/${i}` }, 't');
+    }
+    expect(list).toHaveLength(20);
+  });
+});
