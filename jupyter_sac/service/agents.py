@@ -8,7 +8,7 @@ from urllib.parse import quote
 from .. import settings as sac_settings
 from ..budgets import budgets
 from ..store import AgentExistsError, AgentLimitError, AgentRecord
-from .base import BaseHandler
+from .base import BaseHandler, Identity
 from .errors import ApiError
 from .hub import HubError
 from .validation import CREATE_FIELDS, UPDATE_FIELDS, agent_fields, check_fields, valid_slug
@@ -84,28 +84,14 @@ class AgentBaseHandler(BaseHandler):
         return out
 
 
-class AgentsHandler(AgentBaseHandler):
-    """GET: the caller's agents (admins: ?user=NAME, or ?all=1). POST: create."""
+class AgentOps(AgentBaseHandler):
+    """Changes to an agent, shared by the API and the admin pages. Acting on another
+    user's agent (an admin) is recorded in the audit log."""
 
-    async def get(self, user: str | None = None) -> None:
-        ident = self.require_user()
-        if user is None:
-            if self.get_argument("all", "") in ("1", "true") and ident.admin:
-                owner = None
-            else:
-                owner = self.get_argument("user", ident.name)
-        else:
-            owner = user
-        if owner is not None:
-            self.authorize_user(owner)
-        agents = await self.sac.store.agents.list(owner)
-        self.write_json({"agents": await self.models(agents)})
-
-    async def post(self, user: str | None = None) -> None:
-        ident = self.require_user()
-        body = self.json_body()
+    async def create_agent(self, ident: Identity, owner: Any, body: dict[str, Any]) -> AgentRecord:
+        """Create ``owner``'s agent from an API body (or a form turned into one): the
+        record, then its JupyterHub named server; nothing is left if either refuses."""
         check_fields(body, CREATE_FIELDS)
-        owner = user or body.get("user") or ident.name
         if not isinstance(owner, str):
             raise ApiError(400, "invalid_field", "user: expected a user name", field="user")
         self.authorize_user(owner)
@@ -147,15 +133,7 @@ class AgentsHandler(AgentBaseHandler):
         if owner != ident.name:
             # After the hub took the server: an agent that never came to be is not logged.
             await self.audit("agent.create", slug, target_user=owner, after=agent_snapshot(agent))
-        self.set_header(
-            "Location", f"{self.sac.prefix}api/users/{quote(owner, safe='')}/agents/{slug}"
-        )
-        self.write_json((await self.models([agent]))[0], status=201)
-
-
-class AgentOps(AgentBaseHandler):
-    """Changes to an agent, shared by the API and the admin pages. Acting on another
-    user's agent (an admin) is recorded in the audit log."""
+        return agent
 
     async def update_agent(self, owner: str, slug: str, body: dict[str, Any]) -> AgentRecord:
         ident = self.identity
@@ -236,6 +214,34 @@ class AgentOps(AgentBaseHandler):
             raise hub_refused("could not restart the agent", e) from None
         if owner != self.identity.name:
             await self.audit("agent.restart", slug, target_user=owner)
+
+
+class AgentsHandler(AgentOps):
+    """GET: the caller's agents (admins: ?user=NAME, or ?all=1). POST: create."""
+
+    async def get(self, user: str | None = None) -> None:
+        ident = self.require_user()
+        if user is None:
+            if self.get_argument("all", "") in ("1", "true") and ident.admin:
+                owner = None
+            else:
+                owner = self.get_argument("user", ident.name)
+        else:
+            owner = user
+        if owner is not None:
+            self.authorize_user(owner)
+        agents = await self.sac.store.agents.list(owner)
+        self.write_json({"agents": await self.models(agents)})
+
+    async def post(self, user: str | None = None) -> None:
+        ident = self.require_user()
+        body = self.json_body()
+        owner = user or body.get("user") or ident.name
+        agent = await self.create_agent(ident, owner, body)
+        self.set_header(
+            "Location", f"{self.sac.prefix}api/users/{quote(owner, safe='')}/agents/{agent.slug}"
+        )
+        self.write_json((await self.models([agent]))[0], status=201)
 
 
 def hub_refused(what: str, e: HubError) -> ApiError:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from jupyterhub.services.auth import HubOAuthCallbackHandler
@@ -21,6 +21,8 @@ from markupsafe import Markup
 from tornado import web
 
 from .. import __version__
+from ..providers import PRESETS
+from .agents import AgentOps
 from .base import BaseHandler
 from .errors import ApiError
 from .history import READ_ALL_SCOPE
@@ -203,11 +205,15 @@ def admin_page(method: Any) -> Any:
     return wrapper
 
 
-class IndexPage(PageHandler):
-    """The service's home: my agents and usage this month; the admin pages' menu."""
+# The fields of the home page's "New agent" form (the API's create fields).
+NEW_AGENT_FIELDS = ("slug", "display_name", "provider", "model", "base_url", "api_key")
 
-    @web.authenticated
-    async def get(self) -> None:
+
+class IndexPage(PageHandler, AgentOps):
+    """The service's home: my agents and usage this month, and a form to create an
+    agent (so nobody needs the API or a terminal to get started)."""
+
+    async def render_home(self, status: int = 200, **context: Any) -> None:
         ident = self.require_user()
         agents = await self.sac.store.agents.list(ident.name)
         usage = await self.sac.store.usage.month_by_agent()
@@ -221,7 +227,42 @@ class IndexPage(PageHandler):
             }
             for a in agents
         ]
-        self.render_page("index.html", agents=rows)
+        _, _, ceiling = await self.ceiling_for(ident.name)
+        allowed = [PRESETS[name] for name in ceiling["allowed_providers"] if name in PRESETS]
+        context.setdefault("entered", {})
+        self.render_page(
+            "index.html",
+            status=status,
+            agents=rows,
+            providers=allowed,
+            org_keys=self.sac.org_keys,
+            room=len(agents) < int(ceiling["max_agents_per_user"]),
+            **context,
+        )
+
+    @web.authenticated
+    async def get(self) -> None:
+        await self.render_home()
+
+    @web.authenticated
+    async def post(self) -> None:
+        """Create an agent from the form, then start it: the hub's spawn page leads
+        on to the agent's JupyterLab."""
+        ident = self.require_user()
+        form = self.form()
+        body = {
+            name: form[name][0].strip()
+            for name in NEW_AGENT_FIELDS
+            if form.get(name) and form[name][0].strip()
+        }
+        try:
+            agent = await self.create_agent(ident, ident.name, body)
+        except ApiError as e:
+            entered = {k: v for k, v in body.items() if k != "api_key"}
+            await self.render_home(status=e.status, error=e, entered=entered)
+            return
+        user = quote(ident.name, safe="")
+        self.redirect(f"{self.sac.hub_prefix}hub/spawn/{user}/{agent.slug}", status=303)
 
 
 class SessionPage(PageHandler):
