@@ -79,9 +79,10 @@ def test_wheel_ships_labextension_and_installs_without_node(tmp_path: Path) -> N
         assert install["packageManager"] == "python"
         assert install["packageName"] == "jupyter-sac"
 
-    # Install it into an empty prefix, still with no node on PATH.
+    # Install it into an empty prefix, still with no node on PATH. --ignore-installed:
+    # otherwise pip uninstalls the venv's own (editable) jupyter-sac first.
     target = tmp_path / "prefix"
-    _run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--prefix", str(target), str(wheel)], env)
+    _run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed", "-q", "--prefix", str(target), str(wheel)], env)
     installed = target / LABEXT
     assert (installed / "package.json").is_file()
     assert (installed / meta["jupyterlab"]["_build"]["load"]).is_file()
