@@ -63,6 +63,7 @@ export function SmallButton(props: {
     <button
       className={`jp-Button jp-mod-styled jp-SacButton jp-mod-${props.kind ?? 'plain'}`}
       title={props.title ?? props.label}
+      aria-label={props.title ?? props.label}
       disabled={props.disabled}
       onClick={props.onClick}
     >

@@ -433,7 +433,7 @@ export interface ITranscriptRow {
 
 function contentBlocks(payload: Record<string, unknown>): unknown[] {
   const message = payload.message as Record<string, unknown> | undefined;
-  const content = message ? message.content : payload.content;
+  const content = message?.content;
   if (typeof content === 'string') {
     return [{ type: 'text', text: content }];
   }
@@ -456,23 +456,46 @@ function blockText(content: unknown): string {
   return content === undefined || content === null ? '' : JSON.stringify(content);
 }
 
+/** Text Claude Code adds to a conversation for the model, not typed by anyone. */
+function isContext(text: string): boolean {
+  return /^\s*<(system-reminder|command-name|command-message|local-command-stdout|user-prompt-submit-hook)/.test(
+    text
+  );
+}
+
 /**
- * A Claude Code transcript entry (as history stores it) as readable rows: the
- * user's prompts and the answers open, tool calls and results collapsed.
+ * Claude Code transcript entries (as history stores them) as readable rows: the
+ * user's prompts and the answers open; tool calls, results, thinking and the
+ * context Claude Code adds for the model collapsed; bookkeeping entries (queue
+ * operations, snapshots, …) left out.
  */
 export function transcriptRows(events: IHistoryEvent[]): ITranscriptRow[] {
   const rows: ITranscriptRow[] = [];
   for (const e of events) {
-    const role = (e.payload.type as string) ?? e.kind;
-    const blocks = contentBlocks(e.payload);
-    blocks.forEach((raw, i) => {
+    const type = (e.payload.type as string) ?? e.kind;
+    if (type === 'summary') {
+      const summary = String(e.payload.summary ?? '');
+      if (summary) {
+        rows.push({ key: e.uuid, role: 'other', title: 'Summary', text: summary, ts: e.ts, collapsed: true });
+      }
+      continue;
+    }
+    if (type !== 'user' && type !== 'assistant') {
+      continue;
+    }
+    const meta = Boolean(e.payload.isMeta);
+    contentBlocks(e.payload).forEach((raw, i) => {
       const b = (raw ?? {}) as Record<string, unknown>;
       const key = `${e.uuid}:${i}`;
       if (b.type === 'text' && typeof b.text === 'string') {
         if (!b.text.trim()) {
           return;
         }
-        const prompt = role === 'user';
+        if (type === 'user' && (meta || isContext(b.text))) {
+          rows.push({ key, role: 'other', title: 'Context', text: b.text, ts: e.ts, collapsed: true });
+          return;
+        }
+        const prompt = type === 'user';
         rows.push({
           key,
           role: prompt ? 'prompt' : 'answer',
@@ -504,12 +527,6 @@ export function transcriptRows(events: IHistoryEvent[]): ITranscriptRow[] {
         });
       }
     });
-    if (!blocks.length && e.kind !== 'user' && e.kind !== 'assistant') {
-      const summary = (e.payload.summary as string) ?? '';
-      if (summary) {
-        rows.push({ key: e.uuid, role: 'other', title: e.kind, text: summary, ts: e.ts, collapsed: true });
-      }
-    }
   }
   return rows;
 }

@@ -31,6 +31,8 @@ import { SkillsSection } from './skills';
 
 // ---- Agent -------------------------------------------------------------------------
 
+const USAGE_REFRESH_MS = 30000;
+
 function AgentSection(props: { ctx: ISacContext }): JSX.Element {
   const { ctx } = props;
   const { trans } = ctx;
@@ -40,6 +42,18 @@ function AgentSection(props: { ctx: ISacContext }): JSX.Element {
   const others = useLoad(() => ctx.service.agents(), []);
   const [busy, setBusy] = React.useState(false);
   const [error, setError] = React.useState<unknown>(null);
+
+  // Usage moves with every model call: refresh it while the sidebar is open.
+  React.useEffect(() => {
+    const timer = window.setInterval(() => {
+      if (!document.hidden) {
+        usage.reload();
+        record.reload();
+      }
+    }, USAGE_REFRESH_MS);
+    return () => window.clearInterval(timer);
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, []);
 
   const agent = record.value;
   const resolved = agent?.resolved ?? {};
@@ -160,41 +174,42 @@ function WorkspaceSection(props: { ctx: ISacContext }): JSX.Element {
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [groups.join('\n')]);
 
-  // What is already in output/ shows first; new artifacts arrive as events.
+  // The store's view (usage against quota, what is in output/) is the service's;
+  // new artifacts arrive as events, and usage is read again once they are stored.
+  const stored = useLoad(() => ctx.service.workspace('output/'), []);
   React.useEffect(() => {
-    let live = true;
-    ctx.service
-      .workspace('output/')
-      .then(r => {
-        if (!live) {
-          return;
-        }
-        const files = (r.files ?? []) as any[];
-        files.sort((a, b) => String(b.mtime ?? '').localeCompare(String(a.mtime ?? '')));
-        setArtifacts(current =>
-          current.length
-            ? current
-            : files.slice(0, 20).map(f => ({ path: f.path, size: f.size, action: 'stored', at: f.mtime ?? '' }))
-        );
-      })
-      .catch(() => undefined);
+    const files = (stored.value?.files ?? []) as any[];
+    files.sort((a, b) => String(b.mtime ?? '').localeCompare(String(a.mtime ?? '')));
+    setArtifacts(current =>
+      current.length
+        ? current
+        : files.slice(0, 20).map(f => ({ path: f.path, size: f.size, action: 'stored', at: f.mtime ?? '' }))
+    );
+  }, [stored.value]);
+  React.useEffect(() => {
+    let timer = 0;
     const onOutput = (_: unknown, event: { action: string; path: string; size?: number | null }) => {
       setArtifacts(current => applyOutputEvent(current, event, new Date().toISOString()));
-      status.reload();
+      window.clearTimeout(timer);
+      timer = window.setTimeout(() => {
+        stored.reload();
+        status.reload();
+      }, 2000);
     };
     ctx.events.output.connect(onOutput);
     return () => {
-      live = false;
+      window.clearTimeout(timer);
       ctx.events.output.disconnect(onOutput);
     };
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, []);
 
-  const usage = status.value?.usage ?? {};
+  const usage = stored.value?.usage ?? status.value?.usage ?? {};
   const sync = async () => {
     try {
       await ctx.ext.syncWorkspace();
       status.reload();
+      stored.reload();
     } catch (e) {
       setError(e);
     }

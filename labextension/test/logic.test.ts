@@ -182,15 +182,27 @@ describe('history transcript', () => {
         session_id: 's', uuid: 'u3', ts: '2026-03-01T10:00:02Z', kind: 'user',
         payload: { type: 'user', message: { content: [{ type: 'tool_result', tool_use_id: 't', content: [{ type: 'text', text: '/workspace' }] }] } }
       },
-      { session_id: 's', uuid: 'u4', ts: '2026-03-01T10:00:03Z', kind: 'summary', payload: { type: 'summary', summary: 'A greeting' } }
+      { session_id: 's', uuid: 'u4', ts: '2026-03-01T10:00:03Z', kind: 'summary', payload: { type: 'summary', summary: 'A greeting' } },
+      { session_id: 's', uuid: 'u5', ts: '2026-03-01T10:00:04Z', kind: 'queue-operation', payload: { type: 'queue-operation', content: 'hello' } },
+      {
+        session_id: 's', uuid: 'u6', ts: '2026-03-01T10:00:05Z', kind: 'user',
+        payload: { type: 'user', isMeta: true, message: { content: [{ type: 'text', text: 'Caveat: local commands' }] } }
+      },
+      {
+        session_id: 's', uuid: 'u7', ts: '2026-03-01T10:00:06Z', kind: 'user',
+        payload: { type: 'user', message: { content: [{ type: 'text', text: '<system-reminder>env</system-reminder>' }] } }
+      }
     ]);
     expect(rows.map(r => [r.role, r.collapsed])).toEqual([
       ['prompt', false],
       ['answer', false],
       ['tool', true],
       ['result', true],
+      ['other', true],
+      ['other', true],
       ['other', true]
     ]);
+    expect(rows.slice(5).map(r => r.title)).toEqual(['Context', 'Context']);
     expect(rows[2].title).toBe('Bash: pwd');
     expect(rows[3].text).toBe('/workspace');
   });

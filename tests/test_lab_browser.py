@@ -1,0 +1,338 @@
+"""A new user's walk through JupyterLab with the SAC extension, in headless Chromium,
+against the real stack (hub, proxy, service, PostgreSQL, a local sandbox) with the
+real claude CLI answered by the fake Anthropic API:
+
+sign up and log in -> create an agent on the SAC home page -> its JupyterLab opens
+with the Claude terminal -> a prompt typed there is answered -> the chat panel sends
+a message and shows the tool timeline -> the tool needs approval, which shows in the
+sidebar's Approvals and is approved there -> the tool runs and its file shows under
+the workspace's new output -> History lists the session and shows its transcript ->
+an official skill is installed and run with its form.
+
+Screenshots of each step are kept as test artifacts ($SAC_TEST_ARTIFACTS/lab).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pyte
+import pytest
+from conftest import ADMIN_PASSWORD
+from helpers import HubApi, script_model
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
+
+from jupyter_sac.testing.stack import poll_until
+
+pytestmark = pytest.mark.stack
+
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+PASSWORD = "a-long-enough-password-1"
+
+
+def terminal_shows(lab: str, token: str, text: str, timeout: float = 90) -> None:
+    """Wait until the agent's `claude` terminal (the one the browser shows; xterm.js
+    draws on a canvas, so its text is read from the terminal's own stream) has
+    printed ``text``. A viewer that attaches gets the scrollback first, and sends
+    nothing (no resize), so the browser's terminal is left as it is."""
+
+    async def watch() -> None:
+        url = lab.replace("http", "ws", 1) + "terminals/websocket/claude"
+        conn = await websocket_connect(HTTPRequest(url, headers={"Authorization": f"token {token}"}))
+        # Wider and taller than the browser's terminal, so nothing wraps differently.
+        screen = pyte.Screen(250, 120)
+        stream = pyte.Stream(screen)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+
+        def shown() -> str:
+            return "\n".join(line.rstrip() for line in screen.display if line.strip())
+
+        try:
+            while text not in shown():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise AssertionError(f"the terminal never showed {text!r}; it shows:\n{shown()}")
+                try:
+                    msg = await asyncio.wait_for(conn.read_message(), remaining)
+                except TimeoutError:
+                    continue
+                if msg is None:
+                    raise AssertionError("the terminal closed")
+                kind, *rest = json.loads(msg)
+                if kind == "stdout":
+                    stream.feed(rest[0])
+        finally:
+            conn.close()
+
+    # Playwright's sync API runs an event loop in this thread: watch from another.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, watch()).result()
+
+
+@pytest.fixture
+def browser_page(tmp_path: Path) -> Iterator[tuple]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            yield p, browser
+        finally:
+            browser.close()
+
+
+def sign_up_and_log_in(browser, base: str, name: str) -> object:
+    """A person signs up, an admin authorises them (NativeAuthenticator), they log in."""
+    person = browser.new_context(viewport={"width": 1500, "height": 950}, accept_downloads=True)
+    page = person.new_page()
+    page.goto(base + "hub/signup")
+    page.fill("input[name=username]", name)
+    page.fill("input[name=signup_password]", PASSWORD)
+    page.fill("input[name=signup_password_confirmation]", PASSWORD)
+    page.click("input[type=submit], button[type=submit]")
+    operator = browser.new_context()
+    op = operator.new_page()
+    op.goto(base + "hub/login")
+    op.fill("input[name=username]", "admin")
+    op.fill("input[name=password]", ADMIN_PASSWORD)
+    op.click("input[type=submit], button[type=submit]")
+    op.wait_for_url("**/hub/**")
+    op.goto(base + f"hub/authorize/{name}")
+    operator.close()
+    page.goto(base + "hub/login")
+    page.fill("input[name=username]", name)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("input[type=submit], button[type=submit]")
+    page.wait_for_url("**/hub/**")
+    return page
+
+
+def test_a_new_user_works_with_an_agent_in_jupyterlab(
+    stack: dict, fake: str, browser_page: tuple, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    _, browser = browser_page
+    base = stack["url"]
+    admin: HubApi = stack["admin"]
+    name = f"lab{uuid.uuid4().hex[:6]}"
+    artifacts = Path(os.environ.get("SAC_TEST_ARTIFACTS", tmp_path)) / "lab"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    word = uuid.uuid4().hex[:8]
+
+    page = sign_up_and_log_in(browser, base, name)
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(f"pageerror: {e}"))
+    page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
+
+    def shot(step: str) -> None:
+        page.screenshot(path=str(artifacts / f"{step}.png"))
+
+    def section(sid: str):
+        return page.locator(f"#jp-sac-sidebar [data-section={sid}]")
+
+    try:
+        # 1. Create an agent on the SAC home page; its JupyterLab opens.
+        page.goto(base + "services/sac/")
+        expect(page.get_by_text("You have no agents yet.")).to_be_visible()
+        form = page.locator("#new-agent")
+        form.get_by_label("Name", exact=True).fill("desk")
+        form.get_by_label("Model provider").select_option("custom")
+        form.get_by_label("Base URL (custom provider only)").fill(fake)
+        form.get_by_label("Your API key (optional)").fill("sk-ant-real-provider-key-42")
+        shot("1-new-agent")
+        form.get_by_role("button", name="Create and open").click()
+        page.wait_for_url(f"**/user/{name}/desk/lab**", timeout=180_000)
+        token = admin.hub("POST", f"users/{name}/tokens", json={"note": "test"}).json()["token"]
+        client = HubApi(base, token)
+        lab = f"{base}user/{name}/desk/"
+        api = httpx.Client(headers={"Authorization": f"token {token}"}, timeout=60)
+
+        # 2. The Claude terminal opened by itself: the agent's one `claude` terminal.
+        terminal = page.locator(".jp-Terminal")
+        expect(terminal).to_be_visible(timeout=60_000)
+        expect(page.locator("#jp-sac-sidebar")).to_be_attached()
+        assert [t["name"] for t in api.get(lab + "api/terminals").json()] == ["claude"]
+        terminal_shows(lab, token, "for shortcuts", 60)
+        shot("2-terminal")
+
+        # 3. A prompt typed in the terminal is answered.
+        script_model(fake, f"Terminal answer {word}")
+        terminal.click()
+        page.keyboard.type("say something")
+        # Enter only once the text is echoed: Ink takes text+Enter in one chunk as a paste.
+        terminal_shows(lab, token, "say something", 30)
+        page.keyboard.press("Enter")
+        terminal_shows(lab, token, f"Terminal answer {word}", 90)
+        shot("3-terminal-answer")
+
+        # 4. Chat: a message whose tool call needs approval.
+        script_model(
+            fake,
+            {
+                "text": "Writing the report.",
+                "tool_use": {
+                    "name": "Bash",
+                    "input": {"command": f"echo {word} > /workspace/output/report-{word}.txt"},
+                },
+            },
+            f"Report written: report-{word}.txt",
+        )
+        # The SAC sidebar, from its tab in the left area.
+        page.locator(".jp-SideBar .lm-TabBar-tab[data-id=jp-sac-sidebar]").click()
+        expect(section("agent").locator("[data-fact=model]")).to_have_text("claude-sonnet-4-5")
+        expect(section("agent").locator("[data-fact=status]")).to_contain_text("running")
+        expect(section("agent").locator("[data-fact=usage]")).to_contain_text("requests")
+        shot("3b-sidebar")
+        section("agent").get_by_role("button", name="Chat").click()
+        chat = page.locator(".jp-SacChat")
+        expect(chat).to_be_visible()
+        box = chat.get_by_label("Message to Claude")
+        box.fill("write the report")
+        box.press("Shift+Enter")
+        box.type("please")
+        expect(box).to_have_value("write the report\nplease")
+        box.press("Enter")
+        expect(chat.locator(".jp-SacChat-user")).to_contain_text("write the report")
+        tool = chat.locator(".jp-SacChat-tool[data-tool=Bash]")
+        expect(tool).to_contain_text(f"report-{word}.txt", timeout=90_000)
+        expect(tool).to_contain_text("running")
+
+        # 5. The request shows in Approvals, live, with a badge; approve it.
+        approvals = section("approvals")
+        card = approvals.locator(".jp-SacApproval")
+        expect(card).to_have_count(1, timeout=30_000)
+        expect(card).to_contain_text(f"report-{word}.txt")
+        expect(approvals.locator(".jp-SacBadge")).to_have_text("1")
+        shot("5-approval")
+        card.get_by_role("button", name="Approve").click()
+        expect(card).to_have_count(0)
+        decided = client.sac("GET", "hitl/requests", params={"status": "decided"}).json()
+        assert decided["requests"][0]["status"] == "approved"
+        assert decided["requests"][0]["decided_by"] == name
+
+        # The tool ran; the answer, the tool result and the turn's cost show.
+        expect(chat.locator(".jp-SacChat-answer").last).to_contain_text(
+            f"Report written: report-{word}.txt", timeout=90_000
+        )
+        expect(tool).not_to_contain_text("running")
+        tool.locator("summary").click()
+        expect(tool.locator(".jp-SacChat-toolInput")).to_contain_text("echo")
+        expect(chat.locator("[data-cost]")).to_contain_text("in /")
+        shot("4-chat")
+        stored = api.get(lab + f"api/contents/output/report-{word}.txt")
+        assert stored.status_code == 200 and stored.json()["content"].strip() == word
+
+        # 6. The new file shows under the workspace's output, live.
+        workspace = section("workspace")
+        artifact = workspace.get_by_role("button", name=f"report-{word}.txt")
+        expect(artifact).to_be_visible(timeout=30_000)
+        # usage against the quota, as the store has it once the file is uploaded
+        expect(workspace.get_by_role("progressbar", name="Files")).not_to_have_attribute(
+            "aria-valuenow", "0", timeout=30_000
+        )
+        workspace.scroll_into_view_if_needed()
+        shot("6-workspace")
+        artifact.click()
+        expect(page.get_by_role("tab", name=f"report-{word}.txt")).to_be_visible()
+        expect(page.locator(".jp-FileEditor .cm-content")).to_contain_text(word)
+
+        # 7. History lists the chat's session and shows its transcript.
+        history = section("history")
+        history.get_by_role("button", name="History").click()
+
+        def listed() -> bool:
+            history.get_by_role("button", name="Refresh").click()
+            return history.get_by_role("button", name="write the report").count() > 0
+
+        poll_until(listed, 60, "the chat session in History")
+        history.get_by_role("button", name="write the report").first.click()
+        transcript = history.locator(".jp-SacTranscript")
+        expect(transcript.locator(".jp-SacTurn.jp-mod-prompt").first).to_contain_text("write the report")
+        expect(transcript.locator(".jp-SacTurn.jp-mod-answer").first).to_contain_text("Writing the report.")
+        expect(transcript.locator("details summary").filter(has_text="Bash")).to_have_count(1)
+        history.scroll_into_view_if_needed()
+        shot("7-history")
+
+        # 8. An official skill: installed, then run with its form (in chat).
+        skills = section("skills")
+        skills.get_by_label("Tier").select_option("official")
+        row = skills.locator("[data-command=summarise-csv]")
+        expect(row).to_be_visible()
+        row.get_by_role("button", name="Install").click()
+        expect(row.get_by_role("button", name="Run")).to_be_visible()
+        installed = client.sac("GET", f"users/{name}/agents/desk/skills").json()["skills"]
+        assert [s["command"] for s in installed] == ["summarise-csv"]
+        row.get_by_role("button", name="Run").click()
+        run_form = skills.get_by_role("form", name="Run summarise-csv")
+        run_form.get_by_role("button", name="Run").click()
+        expect(run_form.locator(".jp-SacError")).to_contain_text("required")
+        run_form.locator("input[name=file]").fill("output/sales.csv")
+        run_form.locator("input[name=max_plots]").fill("3")
+        skills.scroll_into_view_if_needed()
+        shot("8-skill-form")
+        script_model(fake, f"Summary of sales {word}")
+        run_form.get_by_role("button", name="Run").click()
+        expect(chat.locator(".jp-SacChat-user").last).to_contain_text("/summarise-csv")
+        expect(chat.locator(".jp-SacChat-user").last).to_contain_text("output/sales.csv")
+        expect(chat.locator(".jp-SacChat-answer").last).to_contain_text(
+            f"Summary of sales {word}", timeout=90_000
+        )
+        shot("9-skill-run")
+
+        # 9. A skill of one's own: made with the parameter editor, then shared.
+        skills.get_by_role("button", name="Create a skill").click()
+        editor = skills.get_by_role("form", name="Edit skill")
+        editor.locator("input[name=command]").fill(f"tidy-{word}")
+        editor.locator("input[name=title]").fill("Tidy a folder")
+        editor.locator("input[name=description]").fill("Sorts a folder's files into subfolders.")
+        editor.locator("textarea[name=body]").fill("Tidy the folder the user names.")
+        editor.locator("textarea[name=prompt]").fill("Tidy {{folder}} in {{style}} style.")
+        editor.get_by_role("button", name="+ Parameter").click()
+        editor.get_by_label("Parameter name").nth(0).fill("folder")
+        editor.get_by_role("button", name="+ Parameter").click()
+        editor.get_by_label("Parameter name").nth(1).fill("style")
+        editor.get_by_label("Parameter type").nth(1).select_option("select")
+        editor.get_by_label("Options").fill("short, thorough")
+        shot("10-skill-editor")
+        editor.get_by_role("button", name="Save").click()
+        skills.get_by_label("Tier").select_option("private")
+        mine = skills.locator(f"[data-command=tidy-{word}]")
+        expect(mine).to_contain_text("private")
+        created = client.sac("GET", "skills", params={"q": f"tidy-{word}"}).json()["skills"][0]
+        assert [p["name"] for p in created["parameters"]] == ["folder", "style"]
+        assert created["parameters"][1]["options"] == ["short", "thorough"]
+        mine.get_by_role("button", name="Edit").click()
+        editor.locator("select[name=visibility]").select_option("public")
+        editor.get_by_role("button", name="Save").click()
+        skills.get_by_label("Tier").select_option("public")
+        expect(skills.locator(f"[data-command=tidy-{word}]")).to_contain_text("public")
+
+        # 10. The commands are in the palette; the sidebar follows the dark theme.
+        page.keyboard.press("Control+Shift+C")
+        palette = page.locator("#modal-command-palette")
+        palette.locator("input").fill("Claude Terminal")
+        expect(palette.get_by_text("Claude Terminal", exact=True)).to_be_visible()
+        palette.locator("input").fill("Use Theme: JupyterLab Dark")
+        palette.locator("input").press("Enter")
+        expect(page.locator("body")).to_have_attribute("data-jp-theme-light", "false")
+        page.locator("#jp-sac-sidebar").screenshot(path=str(artifacts / "11-dark.png"))
+    finally:
+        shot("last")
+        client_token = locals().get("token")
+        if client_token:
+            HubApi(base, client_token).sac("DELETE", f"users/{name}/agents/desk")
+    assert not problems, problems
