@@ -133,7 +133,12 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeStack]:
     (broken / "jupyterhub-singleuser").write_text(BROKEN_SERVER)
     (broken / "jupyterhub-singleuser").chmod(0o755)
     venv_bin = str(Path(sys.executable).parent)
-    images = {IMAGE: [venv_bin], BROKEN_IMAGE: [str(broken), venv_bin]}
+    # The "image" is this checkout: its venv's commands first on PATH, and the
+    # checkout itself bound in (the venv's libraries and the editable jupyter_sac
+    # live there), also when it sits under a folder a container gets its own of
+    # (a clone in /tmp).
+    checkout = str(Path(__file__).resolve().parent.parent)
+    images = {IMAGE: [venv_bin, checkout], BROKEN_IMAGE: [str(broken), venv_bin, checkout]}
     with kube_cluster(workdir, images, namespace=NAMESPACE) as cluster:
         stack = KubeStack(workdir, cluster)
         stack.start()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -232,6 +233,10 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
         tool.locator("summary").click()
         expect(tool.locator(".jp-SacChat-toolInput")).to_contain_text("echo")
         expect(chat.locator("[data-cost]")).to_contain_text("in /")
+        # The turn's model calls are metered, and the sidebar's usage follows.
+        expect(section("agent").locator("[data-fact=usage]")).to_have_text(
+            re.compile(r"^[1-9][0-9.]*[kM]? requests")
+        )
         shot("4-chat")
         stored = api.get(lab + f"api/contents/output/report-{word}.txt")
         assert stored.status_code == 200 and stored.json()["content"].strip() == word
@@ -321,7 +326,13 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
         skills.get_by_label("Tier").select_option("public")
         expect(skills.locator(f"[data-command=tidy-{word}]")).to_contain_text("public")
 
-        # 10. The commands are in the palette; the sidebar follows the dark theme.
+        # 10. The workspace's folder shortcuts open the file browser there.
+        section("workspace").get_by_role("button", name="/workspace/output").click()
+        browser_list = page.locator("#filebrowser .jp-DirListing-content")
+        expect(page.locator("#filebrowser .jp-BreadCrumbs")).to_contain_text("output")
+        expect(browser_list).to_contain_text(f"report-{word}.txt")
+
+        # 11. The commands are in the palette; the sidebar follows the dark theme.
         page.keyboard.press("Control+Shift+C")
         palette = page.locator("#modal-command-palette")
         palette.locator("input").fill("Claude Terminal")
@@ -329,6 +340,7 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
         palette.locator("input").fill("Use Theme: JupyterLab Dark")
         palette.locator("input").press("Enter")
         expect(page.locator("body")).to_have_attribute("data-jp-theme-light", "false")
+        page.locator(".jp-SideBar .lm-TabBar-tab[data-id=jp-sac-sidebar]").click()
         page.locator("#jp-sac-sidebar").screenshot(path=str(artifacts / "11-dark.png"))
     finally:
         shot("last")

@@ -126,6 +126,7 @@ function ChatView(props: { ctx: ISacContext; initialSession: string | null; pane
           setChat(state => reduceChat(state, event));
           if (event.type === 'turn_end') {
             loadSessions();
+            ctx.events.endedTurn(event.session_id);
           }
         };
         ws.onclose = () => {

@@ -30,6 +30,7 @@ export class SacEvents {
   private _hitl = new Signal<this, { action: string; request: IHitlRequest }>(this);
   private _output = new Signal<this, IOutputEvent>(this);
   private _sessionStarted = new Signal<this, string>(this);
+  private _turnEnded = new Signal<this, string>(this);
 
   get hitl(): ISignal<this, { action: string; request: IHitlRequest }> {
     return this._hitl;
@@ -40,6 +41,15 @@ export class SacEvents {
   /** A chat session was started from the sidebar (a skill run): the chat shows it. */
   get sessionStarted(): ISignal<this, string> {
     return this._sessionStarted;
+  }
+
+  /** A chat turn ended (its model calls are metered: usage moved). */
+  get turnEnded(): ISignal<this, string> {
+    return this._turnEnded;
+  }
+
+  endedTurn(sessionId: string): void {
+    this._turnEnded.emit(sessionId);
   }
 
   /** Route one event of the server's event stream. */

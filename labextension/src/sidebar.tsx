@@ -51,7 +51,12 @@ function AgentSection(props: { ctx: ISacContext }): JSX.Element {
         record.reload();
       }
     }, USAGE_REFRESH_MS);
-    return () => window.clearInterval(timer);
+    const onTurn = () => usage.reload();
+    ctx.events.turnEnded.connect(onTurn);
+    return () => {
+      window.clearInterval(timer);
+      ctx.events.turnEnded.disconnect(onTurn);
+    };
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, []);
 
