@@ -4,10 +4,13 @@ real claude CLI answered by the fake Anthropic API:
 
 sign up and log in -> create an agent on the SAC home page -> its JupyterLab opens
 with the Claude terminal -> a prompt typed there is answered -> the chat panel sends
-a message and shows the tool timeline -> the tool needs approval, which shows in the
-sidebar's Approvals and is approved there -> the tool runs and its file shows under
-the workspace's new output -> History lists the session and shows its transcript ->
-an official skill is installed and run with its form.
+a message and shows the todo list and the tool timeline -> the tool needs approval,
+which shows in the sidebar's Approvals and is approved there -> the tool runs, the
+turn's cost and the month's usage show -> a slow turn is cancelled -> the file shows
+under the workspace's new output -> History lists the session and shows its
+transcript -> an official skill is installed and run with its form -> a skill of
+one's own is made with the parameter editor and shared -> the folder shortcuts, the
+command palette and the dark theme -> switching to another agent opens its JupyterLab.
 
 Screenshots of each step are kept as test artifacts ($SAC_TEST_ARTIFACTS/lab).
 """
@@ -181,8 +184,13 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
         shot("3-terminal-answer")
 
         # 4. Chat: a message whose tool call needs approval.
+        todos = [
+            {"content": "write the report", "status": "in_progress", "activeForm": "Writing the report"},
+            {"content": "say where it is", "status": "pending", "activeForm": "Saying where"},
+        ]
         script_model(
             fake,
+            {"text": "Planning.", "tool_use": {"name": "TodoWrite", "input": {"todos": todos}}},
             {
                 "text": "Writing the report.",
                 "tool_use": {
@@ -208,6 +216,9 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
         expect(box).to_have_value("write the report\nplease")
         box.press("Enter")
         expect(chat.locator(".jp-SacChat-user")).to_contain_text("write the report")
+        # The agent's todo list (TodoWrite is allowed without asking) shows beside the answer.
+        expect(chat.locator(".jp-SacChat-todos")).to_contain_text("Writing the report", timeout=90_000)
+        expect(chat.locator(".jp-SacChat-todos li")).to_have_count(2)
         tool = chat.locator(".jp-SacChat-tool[data-tool=Bash]")
         expect(tool).to_contain_text(f"report-{word}.txt", timeout=90_000)
         expect(tool).to_contain_text("running")
@@ -241,6 +252,16 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
         stored = api.get(lab + f"api/contents/output/report-{word}.txt")
         assert stored.status_code == 200 and stored.json()["content"].strip() == word
 
+        # A slow answer is cancelled; the conversation stays usable.
+        script_model(fake, {"text": "a very slow answer " * 40, "delay": 0.5})
+        box.fill("take your time")
+        box.press("Enter")
+        cancel = chat.get_by_role("button", name="Cancel")
+        expect(cancel).to_be_visible()
+        cancel.click()
+        expect(chat.get_by_text("Cancelled.")).to_be_visible(timeout=30_000)
+        expect(chat.get_by_role("button", name="Send")).to_be_visible()
+
         # 6. The new file shows under the workspace's output, live.
         workspace = section("workspace")
         artifact = workspace.get_by_role("button", name=f"report-{word}.txt")
@@ -267,7 +288,8 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
         history.get_by_role("button", name="write the report").first.click()
         transcript = history.locator(".jp-SacTranscript")
         expect(transcript.locator(".jp-SacTurn.jp-mod-prompt").first).to_contain_text("write the report")
-        expect(transcript.locator(".jp-SacTurn.jp-mod-answer").first).to_contain_text("Writing the report.")
+        answers = transcript.locator(".jp-SacTurn.jp-mod-answer")
+        expect(answers.filter(has_text="Writing the report.")).to_have_count(1)
         expect(transcript.locator("details summary").filter(has_text="Bash")).to_have_count(1)
         history.scroll_into_view_if_needed()
         shot("7-history")
@@ -342,9 +364,21 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
         expect(page.locator("body")).to_have_attribute("data-jp-theme-light", "false")
         page.locator(".jp-SideBar .lm-TabBar-tab[data-id=jp-sac-sidebar]").click()
         page.locator("#jp-sac-sidebar").screenshot(path=str(artifacts / "11-dark.png"))
+
+        # 12. Switch to another of my agents: its JupyterLab opens.
+        made = client.sac("POST", "agents", json={"slug": "spare", **{"provider": "custom",
+                          "base_url": fake, "api_key": "sk-ant-real-provider-key-42"}})  # fmt: skip
+        assert made.status_code == 201, made.text
+        section("agent").get_by_role("button", name="Refresh").click()
+        switch = section("agent").get_by_label("Switch to another agent")
+        expect(switch.locator("option")).to_have_count(2)
+        switch.select_option("spare")
+        page.wait_for_url(f"**/user/{name}/spare/**", timeout=180_000)
+        expect(page.locator("#jp-sac-sidebar h2")).to_have_text("Agent spare", timeout=120_000)
     finally:
         shot("last")
         client_token = locals().get("token")
         if client_token:
-            HubApi(base, client_token).sac("DELETE", f"users/{name}/agents/desk")
+            for slug in ("desk", "spare"):
+                HubApi(base, client_token).sac("DELETE", f"users/{name}/agents/{slug}")
     assert not problems, problems

@@ -15,6 +15,20 @@ export function serviceBase(hubPrefix: string, service = 'sac'): string {
   return `${base}services/${encodeURIComponent(service)}/`;
 }
 
+/**
+ * Where to send the browser to open one of the user's agents: the hub's spawn
+ * page, which starts it if it is stopped (showing progress) and then goes on to
+ * its JupyterLab.
+ */
+export function agentOpenUrl(hubPrefix: string, user: string, slug: string): string {
+  let hub = hubPrefix || '/hub/';
+  if (!hub.endsWith('/')) {
+    hub += '/';
+  }
+  const next = agentLabUrl(hub, user, slug);
+  return `${hub}spawn/${encodeURIComponent(user)}/${encodeURIComponent(slug)}?next=${encodeURIComponent(next)}`;
+}
+
 /** The URL of one of the user's agents' JupyterLab (`/user/<name>/<agent>/lab`). */
 export function agentLabUrl(hubPrefix: string, user: string, slug: string): string {
   const base = (hubPrefix || '/hub/').replace(/hub\/?$/, '');

@@ -11,7 +11,7 @@ import * as React from 'react';
 import { ErrorLine, Section, SmallButton, UsageBar, useLoad } from './components';
 import { COMMANDS, ISacContext } from './context';
 import {
-  agentLabUrl,
+  agentOpenUrl,
   applyHitlEvent,
   applyOutputEvent,
   formatBytes,
@@ -89,7 +89,7 @@ function AgentSection(props: { ctx: ISacContext }): JSX.Element {
 
   const switchTo = (slug: string) => {
     if (slug && slug !== ctx.agent.slug) {
-      window.location.assign(agentLabUrl(ctx.agent.hubPrefix, ctx.agent.user, slug));
+      window.location.assign(agentOpenUrl(ctx.agent.hubPrefix, ctx.agent.user, slug));
     }
   };
 
@@ -97,7 +97,7 @@ function AgentSection(props: { ctx: ISacContext }): JSX.Element {
     <Section
       id="agent"
       title={trans.__('Agent')}
-      actions={<SmallButton label="↻" title={trans.__('Refresh')} onClick={() => { record.reload(); usage.reload(); }} />}
+      actions={<SmallButton label="↻" title={trans.__('Refresh')} onClick={() => { record.reload(); usage.reload(); others.reload(); }} />}
     >
       <ErrorLine error={record.error || usage.error || error} />
       <dl className="jp-SacFacts">

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 
 import {
   agentLabUrl,
+  agentOpenUrl,
   applyHitlEvent,
   applyOutputEvent,
   checkParameters,
@@ -40,6 +41,10 @@ describe('where things are', () => {
   it("builds another agent's JupyterLab URL with escaped names", () => {
     expect(agentLabUrl('/hub/', 'ann', 'helper')).toBe('/user/ann/helper/lab');
     expect(agentLabUrl('/base/hub/', 'a b', 'x')).toBe('/base/user/a%20b/x/lab');
+  });
+
+  it("opens another agent through the hub's spawn page, which starts it if needed", () => {
+    expect(agentOpenUrl('/hub/', 'ann', 'spare')).toBe('/hub/spawn/ann/spare?next=%2Fuser%2Fann%2Fspare%2Flab');
   });
 });
 
