@@ -256,10 +256,21 @@ class IndexPage(PageHandler, AgentOps):
             if form.get(name) and form[name][0].strip()
         }
         try:
+            provider = body.get("provider")
+            if provider in PRESETS and "api_key" not in body and provider not in self.sac.org_keys:
+                # The API allows it (an organisation key may come later), but a person
+                # creating an agent here would only meet a 401 at their first prompt.
+                raise ApiError(
+                    400,
+                    "missing_field",
+                    f"api_key: {PRESETS[provider].label} has no organisation key here;"
+                    " enter your own API key (or ask an administrator for an organisation key)",
+                    field="api_key",
+                )
             agent = await self.create_agent(ident, ident.name, body)
         except ApiError as e:
             entered = {k: v for k, v in body.items() if k != "api_key"}
-            await self.render_home(status=e.status, error=e, entered=entered)
+            await self.render_home(status=e.status_code, error=e, entered=entered)
             return
         user = quote(ident.name, safe="")
         self.redirect(f"{self.sac.hub_prefix}hub/spawn/{user}/{agent.slug}", status=303)

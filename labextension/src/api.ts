@@ -295,6 +295,9 @@ export class ServiceClient {
   agents(): Promise<{ agents: any[] }> {
     return this.get('agents');
   }
+  updateAgent(body: Record<string, unknown>): Promise<any> {
+    return this.request('PATCH', this.agentPath(), body);
+  }
   usage(): Promise<any> {
     return this.get(this.agentPath('/usage'));
   }

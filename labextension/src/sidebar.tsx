@@ -42,6 +42,8 @@ function AgentSection(props: { ctx: ISacContext }): JSX.Element {
   const others = useLoad(() => ctx.service.agents(), []);
   const [busy, setBusy] = React.useState(false);
   const [error, setError] = React.useState<unknown>(null);
+  const [editing, setEditing] = React.useState(false);
+  const [saved, setSaved] = React.useState<string | null>(null);
 
   // Usage moves with every model call: refresh it while the sidebar is open.
   React.useEffect(() => {
@@ -130,7 +132,33 @@ function AgentSection(props: { ctx: ISacContext }): JSX.Element {
         <SmallButton label={trans.__('Claude Terminal')} onClick={() => void ctx.app.commands.execute(COMMANDS.terminal)} />
         <SmallButton label={trans.__('Chat')} onClick={() => void ctx.app.commands.execute(COMMANDS.chat)} />
         <SmallButton label={trans.__('Restart')} kind="warn" disabled={busy} onClick={() => void restart()} />
+        {agent && !editing ? (
+          <SmallButton label={trans.__('Settings')} title={trans.__('Change the model or API key')} onClick={() => setEditing(true)} />
+        ) : null}
       </div>
+      {editing && agent ? (
+        <AgentSettings
+          ctx={ctx}
+          agent={agent}
+          onClose={() => setEditing(false)}
+          onSaved={(updated, changed) => {
+            setEditing(false);
+            // The credential proxy reads the key on every call; the model is the
+            // sandbox's environment, so it needs a restart.
+            setSaved(
+              changed.includes('model') && updated.restart_required
+                ? trans.__('Saved. The new model applies when the agent restarts.')
+                : trans.__('Saved. The next model call uses it.')
+            );
+            record.reload();
+          }}
+        />
+      ) : null}
+      {saved ? (
+        <div className="jp-SacNotice" role="status">
+          {saved}
+        </div>
+      ) : null}
       {others.value && others.value.agents.length > 1 ? (
         <label className="jp-SacField">
           <span>{trans.__('Switch to')}</span>
@@ -149,6 +177,88 @@ function AgentSection(props: { ctx: ISacContext }): JSX.Element {
         </label>
       ) : null}
     </Section>
+  );
+}
+
+/** Change this agent's model or provider key (they apply at the next start). */
+function AgentSettings(props: {
+  ctx: ISacContext;
+  agent: any;
+  onSaved: (agent: any, changed: string[]) => void;
+  onClose: () => void;
+}): JSX.Element {
+  const { ctx, agent } = props;
+  const { trans } = ctx;
+  const [model, setModel] = React.useState<string>(agent.model ?? '');
+  const [apiKey, setApiKey] = React.useState('');
+  const [useOrgKey, setUseOrgKey] = React.useState<boolean>(Boolean(agent.uses_organisation_key));
+  const [error, setError] = React.useState<unknown>(null);
+  const [busy, setBusy] = React.useState(false);
+
+  const save = async (event: React.FormEvent) => {
+    event.preventDefault();
+    const body: Record<string, unknown> = {};
+    if (model.trim() && model.trim() !== agent.model) {
+      body.model = model.trim();
+    }
+    if (useOrgKey && !agent.uses_organisation_key) {
+      body.api_key = null;
+    } else if (!useOrgKey && apiKey) {
+      body.api_key = apiKey;
+    }
+    if (!Object.keys(body).length) {
+      props.onClose();
+      return;
+    }
+    setBusy(true);
+    try {
+      props.onSaved(await ctx.service.updateAgent(body), Object.keys(body));
+    } catch (e) {
+      setError(e);
+    } finally {
+      setBusy(false);
+    }
+  };
+
+  return (
+    <form className="jp-SacForm" aria-label={trans.__('Agent settings')} onSubmit={e => void save(e)}>
+      <label className="jp-SacField">
+        <span>{trans.__('Model')}</span>
+        <input className="jp-mod-styled" name="model" value={model} onChange={e => setModel(e.target.value)} />
+      </label>
+      <label className="jp-SacCheck">
+        <input
+          type="checkbox"
+          name="use_org_key"
+          checked={useOrgKey}
+          disabled={!agent.organisation_key_available && !agent.uses_organisation_key}
+          onChange={e => setUseOrgKey(e.target.checked)}
+        />
+        {agent.organisation_key_available
+          ? trans.__("Use the organisation's key")
+          : trans.__('No organisation key for %1', agent.provider)}
+      </label>
+      {useOrgKey ? null : (
+        <label className="jp-SacField">
+          <span>{agent.key_set ? trans.__('New API key (empty: keep the current one)') : trans.__('API key')}</span>
+          <input
+            className="jp-mod-styled"
+            name="api_key"
+            type="password"
+            autoComplete="off"
+            value={apiKey}
+            onChange={e => setApiKey(e.target.value)}
+          />
+        </label>
+      )}
+      <ErrorLine error={error} />
+      <div className="jp-SacRow">
+        <button type="submit" className="jp-Button jp-mod-styled jp-SacButton jp-mod-accept" disabled={busy}>
+          {trans.__('Save')}
+        </button>
+        <SmallButton label={trans.__('Cancel')} onClick={props.onClose} />
+      </div>
+    </form>
   );
 }
 
