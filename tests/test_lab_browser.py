@@ -254,8 +254,11 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
         expect(card).to_contain_text(f"report-{word}.txt")
         expect(approvals.locator(".jp-SacBadge")).to_have_text("1")
         shot("5-approval")
+        expect(page.locator(".Toastify__toast").filter(has_text="Claude asks")).to_have_count(1)
         card.get_by_role("button", name="Approve").click()
         expect(card).to_have_count(0)
+        # its notification goes with it
+        expect(page.locator(".Toastify__toast").filter(has_text="Claude asks")).to_have_count(0)
         decided = client.sac("GET", "hitl/requests", params={"status": "decided"}).json()
         assert decided["requests"][0]["status"] == "approved"
         assert decided["requests"][0]["decided_by"] == name

@@ -521,6 +521,15 @@ function ApprovalsSection(props: { ctx: ISacContext; onCount: (n: number) => voi
   const [pending, setPending] = React.useState<IHitlRequest[]>([]);
   const [error, setError] = React.useState<unknown>(null);
   const [working, setWorking] = React.useState<string | null>(null);
+  // The notification shown for each request, taken away once it is decided.
+  const notices = React.useRef(new Map<string, string>());
+  const dismissNotice = (id: string) => {
+    const notice = notices.current.get(id);
+    if (notice) {
+      Notification.dismiss(notice);
+      notices.current.delete(id);
+    }
+  };
 
   const refresh = React.useCallback(async () => {
     try {
@@ -537,13 +546,18 @@ function ApprovalsSection(props: { ctx: ISacContext; onCount: (n: number) => voi
     const onHitl = (_: unknown, ev: { action: string; request: IHitlRequest }) => {
       setPending(current => applyHitlEvent(current, ev.action, ev.request));
       if (ev.action === 'requested' && ctx.preferences().notifyApprovals) {
-        Notification.warning(
-          trans.__('Claude asks: %1', ev.request.question || ev.request.tool || trans.__('approval')),
-          {
-            autoClose: 8000,
-            actions: [{ label: trans.__('Review'), callback: () => void ctx.app.commands.execute(COMMANDS.sidebar) }]
-          }
+        notices.current.set(
+          ev.request.id,
+          Notification.warning(
+            trans.__('Claude asks: %1', ev.request.question || ev.request.tool || trans.__('approval')),
+            {
+              autoClose: 8000,
+              actions: [{ label: trans.__('Review'), callback: () => void ctx.app.commands.execute(COMMANDS.sidebar) }]
+            }
+          )
         );
+      } else if (ev.action !== 'requested') {
+        dismissNotice(ev.request.id);
       }
       // the event carries the sandbox's view; the service's list is the truth
       void refresh();
@@ -561,6 +575,7 @@ function ApprovalsSection(props: { ctx: ISacContext; onCount: (n: number) => voi
     try {
       await ctx.service.decide(request.id, decision, option);
       setPending(current => current.filter(r => r.id !== request.id));
+      dismissNotice(request.id);
       setError(null);
     } catch (e) {
       setError(e);
