@@ -85,3 +85,49 @@ def test_preview_kinds() -> None:
     assert preview_kind("a.csv", "é".encode()[:1]) == "text"  # a character cut at the end
     assert preview_kind("a.bin", b"\x00\x01\x02") == "binary"
     assert preview_kind("a.dat", b"\xff\xfe\xfd" * 100) == "binary"
+
+
+def test_batch_reads_group_small_objects_and_stream_big_ones_alone() -> None:
+    from jupyter_sac.service.workspace import READ_GROUP_BYTES, SMALL_OBJECT_BYTES, read_groups
+
+    big = SMALL_OBJECT_BYTES + 1
+    plan = [("a", 10), ("b", 20), ("c", big), ("d", 5), *[(f"s{i}", 1 << 20) for i in range(5)]]
+    groups = read_groups(plan)
+    assert [[k for k, _ in g] for g in groups] == [
+        ["a", "b"], ["c"], ["d", "s0", "s1", "s2"], ["s3", "s4"],
+    ]  # fmt: skip
+    assert all(sum(s for _, s in g) <= READ_GROUP_BYTES for g in groups if len(g) > 1)
+    assert [k for g in groups for k, _ in g] == [k for k, _ in plan]  # order kept
+    assert read_groups([]) == []
+
+
+def test_batch_writer_cuts_a_stream_into_files_whatever_the_chunking(tmp_path) -> None:
+    import hashlib
+
+    from jupyter_sac.server_extension.workspace_sync import _BatchWriter
+
+    contents = {"private/a.txt": b"alpha", "private/empty": b"", "output/x/b.bin": b"\x00" * 3000,
+                "private/last-empty": b""}  # fmt: skip
+    entries = [{"path": p, "size": len(d)} for p, d in contents.items()]
+    stream = b"".join(contents.values())
+    for cut in (1, 7, 1000, len(stream)):
+        root = tmp_path / f"cut{cut}"
+        writer = _BatchWriter(root, entries)
+        done = []
+        for i in range(0, len(stream), cut):
+            done += writer.feed(stream[i : i + cut])
+        done += writer.feed(b"")
+        assert writer.finished
+        assert [e["path"] for e, *_ in done] == list(contents)
+        for entry, part, local, sha in done:
+            assert part.read_bytes() == contents[entry["path"]]
+            assert sha == hashlib.sha256(contents[entry["path"]]).hexdigest()
+            assert local == root / entry["path"]
+    short = _BatchWriter(tmp_path / "short", entries)
+    short.feed(stream[:-1])
+    assert not short.finished
+    short.close()
+    extra = _BatchWriter(tmp_path / "extra", entries)
+    with pytest.raises(OSError, match="more bytes"):
+        extra.feed(stream + b"!")
+    extra.close()

@@ -247,26 +247,22 @@ class WorkspaceSync:
             if resp.status_code == 409:
                 return entries
             resp.raise_for_status()
-            chunks = resp.aiter_bytes(1 << 20)
-            carry = b""
-            for entry in entries:
-                local = self.root / entry["path"]
-                local.parent.mkdir(parents=True, exist_ok=True)
-                part = local.with_name(local.name + PART_SUFFIX)
-                digest = hashlib.sha256()
-                left = entry["size"]
-                with part.open("wb") as f:
-                    while left:
-                        if not carry:
-                            carry = await anext(chunks, b"")
-                            if not carry:
-                                raise OSError("the batch ended early")
-                        piece, carry = carry[:left], carry[left:]
-                        # Hashing and writing release the GIL: off the loop, they
-                        # overlap with the other batches' network reads.
-                        await asyncio.to_thread(_hash_and_write, digest, f, piece)
-                        left -= len(piece)
-                self._place(entry, part, local, digest.hexdigest())
+            writer = _BatchWriter(self.root, entries)
+            try:
+                async for chunk in resp.aiter_bytes(1 << 20):
+                    # Splitting, hashing and writing a whole chunk (often many small
+                    # files) in one trip off the loop: they release the GIL and
+                    # overlap with the other batches' network reads.
+                    done = await asyncio.to_thread(writer.feed, chunk)
+                    for entry, part, local, sha256 in done:
+                        self._place(entry, part, local, sha256)
+                # empty files at the end of the batch have no bytes to wait for
+                for entry, part, local, sha256 in writer.feed(b""):
+                    self._place(entry, part, local, sha256)
+                if not writer.finished:
+                    raise OSError("the batch ended early")
+            finally:
+                writer.close()
         return []
 
     async def _download(self, entry: dict[str, Any]) -> None:
@@ -523,9 +519,63 @@ class WorkspaceSync:
         await self.plain.aclose()
 
 
-def _hash_and_write(digest: Any, f: Any, piece: bytes) -> None:
-    digest.update(piece)
-    f.write(piece)
+class _BatchWriter:
+    """Cuts a batch download (the files' bytes back to back, in the order asked)
+    into its files: each is written to its ``.sac-part`` file and hashed; a file
+    is handed back (entry, part, final path, sha256) when its last byte is in."""
+
+    def __init__(self, root: Path, entries: list[dict[str, Any]]) -> None:
+        self.root = root
+        self.entries = entries
+        self.index = 0
+        self.file: Any = None
+        self.digest: Any = None
+        self.left = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.index >= len(self.entries) and self.file is None
+
+    def _open_next(self) -> None:
+        entry = self.entries[self.index]
+        local = self.root / entry["path"]
+        local.parent.mkdir(parents=True, exist_ok=True)
+        self.file = local.with_name(local.name + PART_SUFFIX).open("wb")
+        self.digest = hashlib.sha256()
+        self.left = entry["size"]
+
+    def _close_current(self) -> tuple[dict[str, Any], Path, Path, str]:
+        entry = self.entries[self.index]
+        local = self.root / entry["path"]
+        self.file.close()
+        self.file = None
+        self.index += 1
+        return entry, local.with_name(local.name + PART_SUFFIX), local, self.digest.hexdigest()
+
+    def feed(self, chunk: bytes) -> list[tuple[dict[str, Any], Path, Path, str]]:
+        done = []
+        view = memoryview(chunk)  # slices of a view copy nothing
+        while True:
+            if self.file is None:
+                if self.index >= len(self.entries):
+                    if view:
+                        raise OSError("the batch sent more bytes than asked")
+                    return done
+                self._open_next()
+            piece = view[: self.left]
+            self.digest.update(piece)
+            self.file.write(piece)
+            self.left -= len(piece)
+            view = view[len(piece) :]
+            if self.left == 0:
+                done.append(self._close_current())
+            elif not view:
+                return done
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
 
 def _message(resp: httpx.Response) -> str:

@@ -363,21 +363,49 @@ class AgentBatchHandler(AgentWorkspaceBase):
             plan.append((object_key(loc.space, row["sha256"]), row["size"]))
         self.set_header("Content-Type", "application/octet-stream")
         self.set_header("Content-Length", str(sum(size for _, size in plan)))
-        pending = 0
-        for key, _ in plan:
-            try:
-                async for chunk in self.sac.objects.stream(key):
-                    self.write(chunk)
-                    pending += len(chunk)
-                    if pending >= 1 << 20:  # hand it to the socket a MiB at a time
-                        await self.flush()
-                        pending = 0
-            except ObjectNotFound:
-                # Headers are out: all the client can be told is a short body.
-                self.log.error("workspace object %s is missing from the store", key)
-                self.request.connection.close()
-                return
+        try:
+            for group in read_groups(plan):
+                if len(group) == 1 and group[0][1] > SMALL_OBJECT_BYTES:
+                    async for chunk in self.sac.objects.stream(group[0][0]):
+                        self.write(chunk)
+                        await self.flush()  # a MiB at a time to the socket
+                else:
+                    for data in await self.sac.objects.get_many([key for key, _ in group]):
+                        self.write(data)
+                    await self.flush()
+        except ObjectNotFound as e:
+            # Headers are out: all the client can be told is a short body.
+            self.log.error("workspace object %s is missing from the store", e)
+            self.request.connection.close()
+            return
         self.finish()
+
+
+SMALL_OBJECT_BYTES = 1 << 20  # read whole, several at a time; bigger ones are streamed
+READ_GROUP_BYTES = 4 << 20
+
+
+def read_groups(plan: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
+    """The batch's objects in order, as groups to read at once: runs of small ones
+    up to READ_GROUP_BYTES together, each big one alone."""
+    groups: list[list[tuple[str, int]]] = []
+    run: list[tuple[str, int]] = []
+    run_bytes = 0
+    for key, size in plan:
+        if size > SMALL_OBJECT_BYTES:
+            if run:
+                groups.append(run)
+                run, run_bytes = [], 0
+            groups.append([(key, size)])
+            continue
+        if run and run_bytes + size > READ_GROUP_BYTES:
+            groups.append(run)
+            run, run_bytes = [], 0
+        run.append((key, size))
+        run_bytes += size
+    if run:
+        groups.append(run)
+    return groups
 
 
 @web.stream_request_body
