@@ -79,6 +79,24 @@ def test_image_runs_as_non_root_with_a_healthcheck(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(IMAGES))
+def test_image_build_stage_has_what_the_wheel_build_needs(name: str) -> None:
+    """The wheel's build hooks build the JupyterLab extension (npm, rspack on Node
+    20.19+) and add it with hatch_build.py: the build stage must have them."""
+    steps = instructions(IMAGES[name])
+    copied = {src for word, rest in steps if word == "COPY" and not rest.startswith("--from")
+              for src in rest.split()[:-1]}  # fmt: skip
+    assert {"labextension", "hatch_build.py", "pyproject.toml"} <= copied
+    assert any(word == "COPY" and rest.startswith("--from=node") and "bin/node" in rest
+               for word, rest in steps)  # fmt: skip
+    node = args(steps)["NODE_VERSION"]
+    assert tuple(int(x) for x in node.split(".")[:2]) >= (20, 19), node
+    hooks = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["hatch"]
+    assert hooks["build"]["targets"]["wheel"]["hooks"]["custom"]["path"] == "hatch_build.py"
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert "jupyter_sac/labextension" in ignored and "**/node_modules" in ignored
+
+
+@pytest.mark.parametrize("name", sorted(IMAGES))
 def test_image_versions_are_pinned_and_match_pyproject(name: str) -> None:
     steps = instructions(IMAGES[name])
     versions = {k: v for k, v in args(steps).items() if k.endswith("_VERSION")}
