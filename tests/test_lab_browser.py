@@ -330,6 +330,9 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
         expect(row.get_by_role("button", name="Run")).to_be_visible()
         installed = client.sac("GET", f"users/{name}/agents/desk/skills").json()["skills"]
         assert [s["command"] for s in installed] == ["summarise-csv"]
+        skills.get_by_label("Tier").select_option("installed")
+        expect(skills.locator(".jp-SacSkill")).to_have_count(1)
+        expect(row).to_contain_text("Summarise a CSV")
         row.get_by_role("button", name="Run").click()
         run_form = skills.get_by_role("form", name="Run summarise-csv")
         run_form.get_by_role("button", name="Run").click()

@@ -15,7 +15,8 @@ import {
   ParamType
 } from './logic';
 
-const TIERS = ['', 'official', 'public', 'group', 'private'];
+// '' is every tier; 'installed' lists this agent's installed skills.
+const TIERS = ['', 'installed', 'official', 'public', 'group', 'private'];
 const VISIBILITIES = ['private', 'group', 'public', 'official'];
 const PARAM_TYPES: ParamType[] = ['text', 'number', 'date', 'select'];
 
@@ -334,6 +335,18 @@ export function SkillsSection(props: { ctx: ISacContext }): JSX.Element {
   const load = React.useCallback(
     async (from: string | null) => {
       try {
+        if (tier === 'installed') {
+          const mine = await ctx.service.installed();
+          const words = query.trim().toLowerCase();
+          const shown = (mine.skills ?? []).filter(
+            (s: any) => !words || `${s.command} ${s.title} ${s.description}`.toLowerCase().includes(words)
+          );
+          setSkills(shown);
+          setCursor(null);
+          setInstalled(new Set((mine.skills ?? []).map((s: any) => s.id)));
+          setError(null);
+          return;
+        }
         const [page, mine] = await Promise.all([
           ctx.service.skills({ q: query, tier, limit: '25', cursor: from ?? '' }),
           from ? Promise.resolve(null) : ctx.service.installed()
@@ -412,7 +425,7 @@ export function SkillsSection(props: { ctx: ISacContext }): JSX.Element {
         <select className="jp-mod-styled" aria-label={trans.__('Tier')} value={tier} onChange={e => setTier(e.target.value)}>
           {TIERS.map(t => (
             <option key={t} value={t}>
-              {t ? t : trans.__('all tiers')}
+              {t === '' ? trans.__('all tiers') : t === 'installed' ? trans.__('installed here') : t}
             </option>
           ))}
         </select>
