@@ -194,6 +194,26 @@ def test_an_operator_runs_sac_from_the_admin_pages(
             expect(usage_row).to_contain_text("desk")
             shot("6-usage")
 
+            # 6b. Workspaces: upload a file to the public tree from the page.
+            tab("Workspaces")
+            expect(page.get_by_role("heading", name="Public workspace")).to_be_visible()
+            upload = page.locator("#public-upload")
+            notice = {
+                "name": f"notice-{operated['word']}.txt",
+                "mimeType": "text/plain",
+                "buffer": b"Office closed on Friday.\n",
+            }
+            upload.get_by_label("File (up to 32 MiB)").set_input_files(files=[notice])
+            upload.get_by_label("Into folder (optional)").fill("notices")
+            upload.get_by_role("button", name="Upload").click()
+            expect(page.locator("#done")).to_have_text(
+                f"public/notices/notice-{operated['word']}.txt stored in the public workspace."
+            )
+            expect(page.locator("#public-files")).to_contain_text(f"notice-{operated['word']}.txt")
+            shot("6b-workspaces")
+            page.get_by_role("button", name=f"Delete notices/notice-{operated['word']}.txt").click()
+            expect(page.locator("#done")).to_contain_text("deleted from the public workspace")
+
             # 7. The audit log has each of these actions.
             tab("Audit log")
             entries = page.locator("#entries tbody")

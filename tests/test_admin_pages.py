@@ -27,6 +27,7 @@ PAGES = [
     "admin/hitl",
     "admin/usage",
     "admin/audit",
+    "admin/workspaces",
 ]
 
 
@@ -74,6 +75,8 @@ def test_non_admins_get_403_on_every_page_and_form_and_nothing_changes(
         (f"admin/agents/{owner}/{slug}", {"action": "delete", "confirm": "1"}),
         (f"admin/agents/{owner}/{slug}", {"action": "resources", "cpu_limit": "0.5"}),
         (f"admin/hitl/{uuid.uuid4()}", {"decision": "allow"}),
+        ("admin/workspaces", {"action": "quota", "group": "g", "group_quota_files": "5"}),
+        ("admin/workspaces", {"action": "delete", "path": "anything.txt"}),
     ]
     for path, form in forms:
         resp = post(user, path, form)
@@ -354,3 +357,59 @@ def test_a_history_auditor_gets_the_conversations_page_only(admin: HubApi, new_u
         assert auditor.client.get("services/sac/api/history/export.csv").status_code == 200
     finally:
         admin.hub("DELETE", "groups/sac-history-auditors/users", json={"users": [name]})
+
+
+def test_an_admin_manages_the_public_tree_and_group_quotas_from_the_page(
+    admin: HubApi, new_user
+) -> None:
+    name, member = new_user("grp")
+    group = f"team{uuid.uuid4().hex[:6]}"
+    assert admin.hub("POST", f"groups/{group}").status_code == 201
+    assert admin.hub("POST", f"groups/{group}/users", json={"users": [name]}).status_code == 200
+    fname = f"guide-{uuid.uuid4().hex[:6]}.md"
+    audit_before = audit_count(admin)
+    try:
+        # Upload into a folder: stored under that path, readable by any user.
+        resp = admin.client.post(
+            "services/sac/admin/workspaces",
+            data={"action": "upload", "folder": "handbooks/2026"},
+            files={"file": (fname, b"# Read me\n", "text/markdown")},
+        )
+        assert resp.status_code == 303, resp.text[:300]
+        path = f"handbooks/2026/{fname}"
+        got = member.sac("GET", f"workspace/public/files/{path}")
+        assert got.status_code == 200 and got.content == b"# Read me\n"
+        listing = page(admin, "admin/workspaces")
+        assert path in listing.text and group in listing.text and name in listing.text
+        # A folder that climbs out, or no file: a 400 page with the reason, nothing stored.
+        files_before = member.sac("GET", "workspace/public").json()["usage"]["files"]
+        bad = admin.client.post(
+            "services/sac/admin/workspaces",
+            data={"action": "upload", "folder": "../etc"},
+            files={"file": ("x.txt", b"x", "text/plain")},
+        )
+        assert bad.status_code == 400 and 'id="error"' in bad.text
+        empty = post(admin, "admin/workspaces", {"action": "upload"})
+        assert empty.status_code == 400 and "choose a file" in empty.text
+        assert member.sac("GET", "workspace/public").json()["usage"]["files"] == files_before
+        # The group's quota: refused when bad, saved and resolved when good.
+        wrong = post(admin, "admin/workspaces", {"action": "quota", "group": group,
+                                                  "group_quota_bytes": "lots"})  # fmt: skip
+        assert wrong.status_code == 400 and "group_quota_bytes" in wrong.text
+        ok = post(admin, "admin/workspaces", {"action": "quota", "group": group,
+                                               "group_quota_bytes": "2Mi",
+                                               "group_quota_files": "3"})  # fmt: skip
+        assert ok.status_code == 303, ok.text[:300]
+        quota = member.sac("GET", f"groups/{group}/workspace/quota").json()
+        assert quota["resolved"] == {"group_quota_bytes": 2 * 1024 * 1024, "group_quota_files": 3}
+        # Delete the public file from the page.
+        gone = post(admin, "admin/workspaces", {"action": "delete", "path": path})
+        assert gone.status_code == 303
+        assert member.sac("GET", f"workspace/public/files/{path}").status_code == 404
+        entries = admin.sac("GET", "audit", params={"limit": 500}).json()["entries"]
+        actions = [e["action"] for e in entries[: audit_count(admin) - audit_before]]
+        assert sorted(actions) == [
+            "settings.group.replace", "workspace.public.delete", "workspace.public.put",
+        ]  # fmt: skip
+    finally:
+        admin.hub("DELETE", f"groups/{group}")

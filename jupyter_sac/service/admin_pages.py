@@ -37,6 +37,7 @@ from .org_keys import OrgKeyOps, keys_model
 from .pages import PageHandler, admin_page, server_status
 from .settings_handlers import SettingsOps
 from .validation import bad
+from .workspace import GroupQuotaOps, UserWorkspaceBase
 
 RESOURCE_SETTINGS = ("cpu_request", "cpu_limit", "mem_request", "mem_limit")
 PAGE = 50
@@ -414,6 +415,92 @@ USER = r"([^/]+)"
 SLUG = r"([a-z0-9-]+)"
 
 
+FORM_UPLOAD_BYTES = 32 * 1024 * 1024  # bigger public files: the API (streamed)
+
+
+class WorkspacesPage(PageHandler, UserWorkspaceBase, GroupQuotaOps):
+    """admin/workspaces: the public tree (upload, delete) and every group's usage
+    against its quota (set the quota). Changes go through the API's operations."""
+
+    def prepare(self) -> None:
+        length = self.request.headers.get("Content-Length", "")
+        if self.request.method == "POST" and length.isdigit():
+            if int(length) > FORM_UPLOAD_BYTES + 65536:
+                mib = FORM_UPLOAD_BYTES // (1024 * 1024)
+                raise ApiError(413, "too_large", f"uploads here are limited to {mib} MiB")
+            return
+        super().prepare()
+
+    @admin_page
+    async def get(self) -> None:
+        await self.show()
+
+    async def show(self, status: int = 200, error: ApiError | None = None) -> None:
+        public = await self.sac.store.workspace.list("public")
+        public_usage = await self.sac.store.workspace.usage("public")
+        users = await self.sac.hub.all_users()
+        names = {g for u in users for g in (u.get("groups") or [])}
+        members = {g: sorted(u["name"] for u in users if g in (u.get("groups") or []))
+                   for g in names}  # fmt: skip
+        system = await self.sac.store.settings.get("system")
+        groups = []
+        for group in sorted(names):
+            overrides = await self.sac.store.settings.get("group", group)
+            resolved = sac_settings.resolve_group(system, overrides)
+            used_bytes, used_files = await self.sac.store.workspace.usage(f"group:{group}")
+            groups.append({
+                "name": group,
+                "members": members[group],
+                "bytes": used_bytes,
+                "files": used_files,
+                "rows": settings_rows("group", overrides, resolved),
+            })  # fmt: skip
+        self.render_page(
+            "admin/workspaces.html",
+            status=status,
+            active="workspaces",
+            public=public,
+            public_usage=public_usage,
+            groups=groups,
+            error=error,
+            max_upload=FORM_UPLOAD_BYTES,
+        )
+
+    @admin_page
+    async def post(self) -> None:
+        form = self.form()
+        action = (form.get("action") or [""])[-1]
+        try:
+            if action == "upload":
+                files = self.request.files.get("file") or []
+                if not files or not files[0]["filename"]:
+                    raise bad("file", "choose a file to upload")
+                folder = (form.get("folder") or [""])[-1].strip().strip("/")
+                name = files[0]["filename"].replace("\\", "/").rsplit("/", 1)[-1]
+                path = f"{folder}/{name}" if folder else name
+                loc = self.location("public", path, None)
+                self.spool_bytes(files[0]["body"])
+                await self.put_file(loc, None)
+                return self.redirect_done("admin/workspaces", "public-saved", loc.workspace_path)
+            if action == "delete":
+                loc = self.location("public", (form.get("path") or [""])[-1], None)
+                await self.delete_file(loc)
+                return self.redirect_done("admin/workspaces", "public-deleted", loc.workspace_path)
+            if action == "quota":
+                group = (form.get("group") or [""])[-1]
+                try:
+                    overrides = validated_form(form, "group")
+                except SettingsError as e:
+                    raise invalid(e) from None
+                await self.set_group_quota(group, overrides)
+                return self.redirect_done("admin/workspaces", "group-saved", group)
+            raise bad("action", "expected upload, delete or quota")
+        except ApiError as e:
+            if e.status_code == 403:
+                raise
+            await self.show(e.status_code, e)
+
+
 def routes(prefix: str) -> list[tuple[str, Any]]:
     admin = prefix + "admin/"
     return [
@@ -428,6 +515,7 @@ def routes(prefix: str) -> list[tuple[str, Any]]:
         (admin + "hitl", HitlPage),
         (admin + r"hitl/([0-9a-f-]+)", HitlPage),
         (admin + "usage", UsagePage),
+        (admin + "workspaces", WorkspacesPage),
         (admin + "audit", AuditPage),
     ]
 

@@ -44,6 +44,9 @@ DONE_MESSAGES = {
     "hitl-deny": "Request denied.",
     "key-saved": "Organisation key for {target} saved.",
     "key-cleared": "Organisation key for {target} removed.",
+    "public-saved": "{target} stored in the public workspace.",
+    "public-deleted": "{target} deleted from the public workspace.",
+    "group-saved": "Quota of group {target} saved.",
 }
 
 ADMIN_NAV = (
@@ -51,6 +54,7 @@ ADMIN_NAV = (
     ("conversations", "Conversations"),
     ("hitl", "Approvals"),
     ("usage", "Usage"),
+    ("workspaces", "Workspaces"),
     ("settings", "Settings"),
     ("users", "Users"),
     ("audit", "Audit log"),

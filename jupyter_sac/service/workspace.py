@@ -116,6 +116,16 @@ class WorkspaceBase(BaseHandler):
         self._hash = hashlib.sha256()
         self._size = 0
 
+    def spool_bytes(self, data: bytes) -> None:
+        """Take ``data`` as the upload (a file from a form, not a streamed body)."""
+        limit = self.sac.workspace_max_file_bytes
+        if len(data) > limit:
+            raise ApiError(413, "too_large", f"workspace files are limited to {limit} bytes")
+        self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self.data_received(data)
+
     def data_received(self, chunk: bytes) -> None:
         if getattr(self, "_spool", None) is None:
             return
@@ -456,6 +466,20 @@ class UserWorkspaceBase(WorkspaceBase):
             raise ApiError(404, "not_found", f"no group workspace {name!r}")
         return f"group:{name}", None, f"group/{name}/"
 
+    async def put_file(self, loc: Location, agent: AgentRecord | None) -> dict[str, Any]:
+        """Store the upload at ``loc``; a change of the public tree (administrators
+        only) is an admin action and goes in the audit log."""
+        row = await self.store_upload(loc, self.identity.name, agent)
+        if loc.area == "public":
+            await self.audit("workspace.public.put", loc.workspace_path,
+                             after={k: row[k] for k in ("size", "sha256", "version")})  # fmt: skip
+        return row
+
+    async def delete_file(self, loc: Location) -> None:
+        await self.remove_file(loc)
+        if loc.area == "public":
+            await self.audit("workspace.public.delete", loc.workspace_path)
+
     def location(self, space: str, raw: str, agent: AgentRecord | None) -> Location:
         try:
             if agent is not None:
@@ -519,34 +543,25 @@ class UserFileHandler(UserWorkspaceBase):
         name, slug, raw = self._split(args)
         space, agent, _ = await self.space_of(self.kind, name, slug, write=True)
         loc = self.location(space, raw, agent)
-        row = await self.store_upload(loc, self.identity.name, agent)
+        row = await self.put_file(loc, agent)
         self.write_json(file_model(row, loc.workspace_path))
 
     async def delete(self, *args: str) -> None:
         name, slug, raw = self._split(args)
         space, agent, _ = await self.space_of(self.kind, name, slug, write=True)
-        await self.remove_file(self.location(space, raw, agent))
+        await self.delete_file(self.location(space, raw, agent))
         self.set_status(204)
         self.finish()
 
 
-class GroupQuotaHandler(BaseHandler):
-    """GET (members, admins) and PUT (admins) a group's quota overrides."""
+class GroupQuotaOps(BaseHandler):
+    """Replace a group's quota overrides (validated, stored and audited together),
+    shared by the API and the admin page."""
 
-    async def get(self, group: str) -> None:
-        ident = self.require_user()
-        if not ident.admin:
-            model = await self.sac.hub.get_user(ident.name)
-            if group not in ((model or {}).get("groups") or []):
-                raise ApiError(404, "not_found", f"no group workspace {group!r}")
-        await self._write(group)
-
-    async def put(self, group: str) -> None:
+    async def set_group_quota(self, group: str, body: Any) -> dict[str, Any]:
         ident = self.require_admin()
         try:
-            overrides = sac_settings.jsonable(
-                sac_settings.validate_overrides(self.json_body(), "group")
-            )
+            overrides = sac_settings.jsonable(sac_settings.validate_overrides(body, "group"))
         except sac_settings.SettingsError as e:
             raise ApiError(
                 400, "invalid_setting", f"{e.field}: {e.message}", field=e.field
@@ -558,6 +573,23 @@ class GroupQuotaHandler(BaseHandler):
             await self.audit(
                 "settings.group.replace", group, before=before, after=overrides, conn=conn
             )
+        return overrides
+
+
+class GroupQuotaHandler(GroupQuotaOps):
+    """GET (members, admins) and PUT (admins) a group's quota overrides."""
+
+    async def get(self, group: str) -> None:
+        ident = self.require_user()
+        if not ident.admin:
+            model = await self.sac.hub.get_user(ident.name)
+            if group not in ((model or {}).get("groups") or []):
+                raise ApiError(404, "not_found", f"no group workspace {group!r}")
+        await self._write(group)
+
+    async def put(self, group: str) -> None:
+        self.require_admin()
+        await self.set_group_quota(group, self.json_body())
         await self._write(group)
 
     async def _write(self, group: str) -> None:
