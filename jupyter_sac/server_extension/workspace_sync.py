@@ -104,8 +104,12 @@ class WorkspaceSync:
         tmp.write_text(json.dumps(self.record), "utf-8")
         os.replace(tmp, self.state_file)
 
-    def _remember(self, wpath: str, remote: dict[str, Any], local: Path) -> None:
-        st = local.stat()
+    def _remember(
+        self, wpath: str, remote: dict[str, Any], local: Path, st: os.stat_result | None = None
+    ) -> None:
+        """Record ``remote`` as what ``local`` holds; ``st``: the file's stat taken
+        before its bytes were read (default: now, for a file just placed)."""
+        st = st or local.stat()
         self.record[wpath] = {
             "sha256": remote["sha256"],
             "version": remote["version"],
@@ -358,8 +362,13 @@ class WorkspaceSync:
     async def _push(self, wpath: str, path: Path) -> bool:
         mine = self.record.get(wpath)
         try:
-            sha = await asyncio.to_thread(file_sha256, path)
-            stat = await asyncio.to_thread(path.stat)
+            # One read for both the hash and the upload, and the stat taken before it:
+            # a file still being written (Jupyter writes a saved file in place) is
+            # stored as read, and its later bytes show as a change at the next scan.
+            # (Hashing, then reading again, then stat-ing after the upload recorded
+            # the final size and time against the empty first version, so the
+            # change was never uploaded.)
+            stat, data, sha = await asyncio.to_thread(_snapshot, path)
         except OSError:
             return False  # gone again already: the delete comes with the next event
         if mine and mine["sha256"] == sha:
@@ -369,10 +378,9 @@ class WorkspaceSync:
             "X-Sac-Base-Version": str(mine["version"] if mine else 0),
             "X-Sac-Mtime": str(stat.st_mtime),
         }
-        with path.open("rb") as body:
-            resp = await self.client.put(
-                f"{self.base}/files/{quote(wpath)}", content=body.read(), headers=headers
-            )
+        resp = await self.client.put(
+            f"{self.base}/files/{quote(wpath)}", content=data, headers=headers
+        )
         if resp.status_code == 409:
             # Someone changed it first: keep ours aside, take theirs.
             current = resp.json().get("current")
@@ -395,7 +403,7 @@ class WorkspaceSync:
             }
             return False
         self.errors.pop(wpath, None)
-        self._remember(wpath, resp.json(), path)
+        self._remember(wpath, resp.json(), path, stat)
         self.uploaded += 1
         self._output("created" if mine is None else "modified", wpath, stat.st_size)
         return True
@@ -517,6 +525,13 @@ class WorkspaceSync:
             log.warning("workspace flush at stop failed: %s", e)
         await self.client.aclose()
         await self.plain.aclose()
+
+
+def _snapshot(path: Path) -> tuple[os.stat_result, bytes, str]:
+    """A file's stat, then its bytes and their sha256 (in that order)."""
+    stat = path.stat()
+    data = path.read_bytes()
+    return stat, data, hashlib.sha256(data).hexdigest()
 
 
 class _BatchWriter:

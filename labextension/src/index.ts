@@ -14,6 +14,7 @@ import { ILauncher } from '@jupyterlab/launcher';
 import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { ITranslator, nullTranslator } from '@jupyterlab/translation';
+import { PageConfig } from '@jupyterlab/coreutils';
 import { LabIcon } from '@jupyterlab/ui-components';
 
 import claudeSvg from '../style/icons/claude.svg';
@@ -163,10 +164,16 @@ const plugin: JupyterFrontEndPlugin<void> = {
     launcher?.add({ command: COMMANDS.terminal, category: trans.__('Agent'), rank: 0 });
     launcher?.add({ command: COMMANDS.chat, category: trans.__('Agent'), rank: 1 });
 
-    // ---- the first time this browser opens the agent, its terminal opens
+    // ---- the first time this browser opens the agent, its terminal opens (not when
+    // the page was opened on a document, /lab/tree/<path>: that one is what the
+    // person asked for; the terminal waits for the next plain load)
     void app.restored.then(async () => {
       const key = openedKey(agent.user, agent.slug);
-      if (!preferences.openTerminalOnFirstLoad || window.localStorage.getItem(key)) {
+      if (
+        !preferences.openTerminalOnFirstLoad ||
+        window.localStorage.getItem(key) ||
+        PageConfig.getOption('treePath')
+      ) {
         return;
       }
       window.localStorage.setItem(key, new Date().toISOString());
