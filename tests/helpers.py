@@ -236,3 +236,42 @@ def greeting_skill(command: str, **extra: Any) -> dict[str, Any]:
         "prompt": "Greet {{who}}.",
         **extra,
     }
+
+
+# ---- browser tests (Playwright driving Debian's Chromium, never a downloaded one) ----
+
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+def log_in(page: Any, base: str, name: str, password: str) -> None:
+    """Log a browser page in to the hub's login form."""
+    page.goto(base + "hub/login")
+    page.fill("input[name=username]", name)
+    page.fill("input[name=password]", password)
+    page.click("input[type=submit], button[type=submit]")
+    page.wait_for_url("**/hub/**")
+
+
+def sign_up_and_log_in(
+    browser: Any, base: str, name: str, password: str, admin_password: str, **context: Any
+) -> Any:
+    """A person signs up at /hub/signup, an admin authorises them in another browser
+    context (NativeAuthenticator), and they log in: their page."""
+    page = browser.new_context(**context).new_page()
+    page.goto(base + "hub/signup")
+    page.fill("input[name=username]", name)
+    page.fill("input[name=signup_password]", password)
+    page.fill("input[name=signup_password_confirmation]", password)
+    page.click("input[type=submit], button[type=submit]")
+    operator = browser.new_context()
+    try:
+        admin_page = operator.new_page()
+        log_in(admin_page, base, "admin", admin_password)
+        admin_page.goto(base + f"hub/authorize/{name}")
+    finally:
+        operator.close()
+    log_in(page, base, name, password)
+    return page

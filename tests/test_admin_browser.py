@@ -16,16 +16,20 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import ADMIN_PASSWORD
-from helpers import HubApi, model_agent, run_in_terminal, running_agent
+from helpers import (
+    CHROMIUM_ARGS,
+    HubApi,
+    log_in,
+    model_agent,
+    run_in_terminal,
+    running_agent,
+    sign_up_and_log_in,
+)
 
 from jupyter_sac.testing.stack import poll_until
 
 pytestmark = pytest.mark.stack
 
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 
 
 @pytest.fixture
@@ -106,11 +110,7 @@ def test_an_operator_runs_sac_from_the_admin_pages(
             page.screenshot(path=str(artifacts / f"{name}.png"), full_page=True)
 
         try:
-            page.goto(stack["url"] + "hub/login")
-            page.fill("input[name=username]", "admin")
-            page.fill("input[name=password]", ADMIN_PASSWORD)
-            page.click("input[type=submit], button[type=submit]")
-            page.wait_for_url("**/hub/**")
+            log_in(page, stack["url"], "admin", ADMIN_PASSWORD)
             # The hub's Services menu leads to the service; OAuth logs the admin in.
             page.goto(base)
             expect(page.locator("#sac-user")).to_have_text("admin")
@@ -247,25 +247,8 @@ def test_a_user_who_signed_up_gets_403_pages_and_their_home(stack: dict, tmp_pat
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         try:
-            person = browser.new_page()
-            person.goto(base + "hub/signup")
-            person.fill("input[name=username]", name)
-            person.fill("input[name=signup_password]", password)
-            person.fill("input[name=signup_password_confirmation]", password)
-            person.click("input[type=submit], button[type=submit]")
-            # An admin authorises the new account (NativeAuthenticator).
-            operator = browser.new_page()
-            operator.goto(base + "hub/login")
-            operator.fill("input[name=username]", "admin")
-            operator.fill("input[name=password]", ADMIN_PASSWORD)
-            operator.click("input[type=submit], button[type=submit]")
-            operator.wait_for_url("**/hub/**")
-            operator.goto(base + f"hub/authorize/{name}")
-            person.goto(base + "hub/login")
-            person.fill("input[name=username]", name)
-            person.fill("input[name=password]", password)
-            person.click("input[type=submit], button[type=submit]")
-            person.wait_for_url("**/hub/**")
+            # Signed up, authorised by an admin (NativeAuthenticator), logged in.
+            person = sign_up_and_log_in(browser, base, name, password, ADMIN_PASSWORD)
             for path in ("admin/settings", "admin/agents", "admin/conversations",
                          "admin/hitl", "admin/usage", "admin/audit", "admin/users"):  # fmt: skip
                 response = person.goto(base + "services/sac/" + path)

@@ -30,7 +30,7 @@ import httpx
 import pyte
 import pytest
 from conftest import ADMIN_PASSWORD
-from helpers import HubApi, script_model
+from helpers import CHROMIUM_ARGS, HubApi, script_model, sign_up_and_log_in
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
@@ -38,10 +38,6 @@ from jupyter_sac.testing.stack import poll_until
 
 pytestmark = pytest.mark.stack
 
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 
 PASSWORD = "a-long-enough-password-1"
 
@@ -98,32 +94,6 @@ def browser_page(tmp_path: Path) -> Iterator[tuple]:
             browser.close()
 
 
-def sign_up_and_log_in(browser, base: str, name: str) -> object:
-    """A person signs up, an admin authorises them (NativeAuthenticator), they log in."""
-    person = browser.new_context(viewport={"width": 1500, "height": 950}, accept_downloads=True)
-    page = person.new_page()
-    page.goto(base + "hub/signup")
-    page.fill("input[name=username]", name)
-    page.fill("input[name=signup_password]", PASSWORD)
-    page.fill("input[name=signup_password_confirmation]", PASSWORD)
-    page.click("input[type=submit], button[type=submit]")
-    operator = browser.new_context()
-    op = operator.new_page()
-    op.goto(base + "hub/login")
-    op.fill("input[name=username]", "admin")
-    op.fill("input[name=password]", ADMIN_PASSWORD)
-    op.click("input[type=submit], button[type=submit]")
-    op.wait_for_url("**/hub/**")
-    op.goto(base + f"hub/authorize/{name}")
-    operator.close()
-    page.goto(base + "hub/login")
-    page.fill("input[name=username]", name)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("input[type=submit], button[type=submit]")
-    page.wait_for_url("**/hub/**")
-    return page
-
-
 def test_a_new_user_works_with_an_agent_in_jupyterlab(
     stack: dict, fake: str, browser_page: tuple, tmp_path: Path
 ) -> None:
@@ -137,7 +107,10 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
     artifacts.mkdir(parents=True, exist_ok=True)
     word = uuid.uuid4().hex[:8]
 
-    page = sign_up_and_log_in(browser, base, name)
+    page = sign_up_and_log_in(
+        browser, base, name, PASSWORD, ADMIN_PASSWORD,
+        viewport={"width": 1500, "height": 950}, accept_downloads=True,
+    )  # fmt: skip
     problems: list[str] = []
     page.on("pageerror", lambda e: problems.append(f"pageerror: {e}"))
     # Chromium logs each 4xx page as a console error: the refused form's 400 is

@@ -15,16 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import ADMIN_PASSWORD
-from helpers import HubApi, run_in_terminal
+from helpers import CHROMIUM_ARGS, HubApi, log_in, run_in_terminal
 
 from jupyter_sac.testing.stack import poll_until
 
 pytestmark = pytest.mark.stack
 
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 
 NOTEBOOK = {
     "cells": [
@@ -107,11 +103,7 @@ def test_approvals_panel_approves_from_jupyterlab(
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         try:
-            page.goto(stack["url"] + "hub/login")
-            page.fill("input[name=username]", "admin")
-            page.fill("input[name=password]", ADMIN_PASSWORD)
-            page.click("input[type=submit], button[type=submit]")
-            page.wait_for_url("**/hub/**")
+            log_in(page, stack["url"], "admin", ADMIN_PASSWORD)
             page.goto(stack["url"] + f"user/admin/{desk}/lab/tree/widgets.ipynb")
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
             page.wait_for_selector(

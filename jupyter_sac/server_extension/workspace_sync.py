@@ -546,6 +546,7 @@ class _BatchWriter:
         self.file: Any = None
         self.digest: Any = None
         self.left = 0
+        self.local = self.part = root
 
     @property
     def finished(self) -> bool:
@@ -553,19 +554,19 @@ class _BatchWriter:
 
     def _open_next(self) -> None:
         entry = self.entries[self.index]
-        local = self.root / entry["path"]
-        local.parent.mkdir(parents=True, exist_ok=True)
-        self.file = local.with_name(local.name + PART_SUFFIX).open("wb")
+        self.local = self.root / entry["path"]
+        self.local.parent.mkdir(parents=True, exist_ok=True)
+        self.part = self.local.with_name(self.local.name + PART_SUFFIX)
+        self.file = self.part.open("wb")
         self.digest = hashlib.sha256()
         self.left = entry["size"]
 
     def _close_current(self) -> tuple[dict[str, Any], Path, Path, str]:
         entry = self.entries[self.index]
-        local = self.root / entry["path"]
         self.file.close()
         self.file = None
         self.index += 1
-        return entry, local.with_name(local.name + PART_SUFFIX), local, self.digest.hexdigest()
+        return entry, self.part, self.local, self.digest.hexdigest()
 
     def feed(self, chunk: bytes) -> list[tuple[dict[str, Any], Path, Path, str]]:
         done = []

@@ -422,14 +422,7 @@ class WorkspacesPage(PageHandler, UserWorkspaceBase, GroupQuotaOps):
     """admin/workspaces: the public tree (upload, delete) and every group's usage
     against its quota (set the quota). Changes go through the API's operations."""
 
-    def prepare(self) -> None:
-        length = self.request.headers.get("Content-Length", "")
-        if self.request.method == "POST" and length.isdigit():
-            if int(length) > FORM_UPLOAD_BYTES + 65536:
-                mib = FORM_UPLOAD_BYTES // (1024 * 1024)
-                raise ApiError(413, "too_large", f"uploads here are limited to {mib} MiB")
-            return
-        super().prepare()
+    max_body_bytes = FORM_UPLOAD_BYTES + 65536  # the file and the form around it
 
     @admin_page
     async def get(self) -> None:

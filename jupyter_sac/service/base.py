@@ -41,11 +41,15 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Content-Type-Options", "nosniff")
 
+    # The largest request body a handler takes (JSON bodies; a page taking file
+    # uploads sets its own).
+    max_body_bytes = MAX_JSON_BYTES
+
     def prepare(self) -> None:
         length = self.request.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) > MAX_JSON_BYTES:
+        if length and length.isdigit() and int(length) > self.max_body_bytes:
             raise ApiError(
-                413, "too_large", f"request bodies are limited to {MAX_JSON_BYTES} bytes"
+                413, "too_large", f"request bodies are limited to {self.max_body_bytes} bytes"
             )
 
     # ---- identity ---------------------------------------------------------------

@@ -111,20 +111,21 @@ class WorkspaceBase(BaseHandler):
         if declared.isdigit() and int(declared) > limit:
             raise ApiError(413, "too_large", f"workspace files are limited to {limit} bytes")
         self.request.connection.set_max_body_size(limit)
-        # Closed in on_finish (a handler's body outlives any with-block here).
-        self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115
-        self._hash = hashlib.sha256()
-        self._size = 0
+        self._start_spool()
 
     def spool_bytes(self, data: bytes) -> None:
         """Take ``data`` as the upload (a file from a form, not a streamed body)."""
         limit = self.sac.workspace_max_file_bytes
         if len(data) > limit:
             raise ApiError(413, "too_large", f"workspace files are limited to {limit} bytes")
+        self._start_spool()
+        self.data_received(data)
+
+    def _start_spool(self) -> None:
+        # Closed in on_finish (a handler's body outlives any with-block here).
         self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115
         self._hash = hashlib.sha256()
         self._size = 0
-        self.data_received(data)
 
     def data_received(self, chunk: bytes) -> None:
         if getattr(self, "_spool", None) is None:

@@ -72,6 +72,27 @@ export function SmallButton(props: {
   );
 }
 
+/** The end of a form: its error, the submit button and Cancel. */
+export function FormFooter(props: {
+  error: unknown;
+  submitLabel: string;
+  cancelLabel: string;
+  busy: boolean;
+  onCancel: () => void;
+}): JSX.Element {
+  return (
+    <>
+      <ErrorLine error={props.error} />
+      <div className="jp-SacRow">
+        <button type="submit" className="jp-Button jp-mod-styled jp-SacButton jp-mod-accept" disabled={props.busy}>
+          {props.submitLabel}
+        </button>
+        <SmallButton label={props.cancelLabel} onClick={props.onCancel} />
+      </div>
+    </>
+  );
+}
+
 /** A usage bar: used of limit, coloured as it fills. */
 export function UsageBar(props: {
   label: string;

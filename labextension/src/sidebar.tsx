@@ -8,7 +8,7 @@ import { Dialog, Notification, showDialog } from '@jupyterlab/apputils';
 import { ReactWidget } from '@jupyterlab/ui-components';
 import * as React from 'react';
 
-import { ErrorLine, Section, SmallButton, UsageBar, useLoad } from './components';
+import { ErrorLine, FormFooter, Section, SmallButton, UsageBar, useLoad } from './components';
 import { COMMANDS, ISacContext } from './context';
 import {
   agentOpenUrl,
@@ -251,13 +251,13 @@ function AgentSettings(props: {
           />
         </label>
       )}
-      <ErrorLine error={error} />
-      <div className="jp-SacRow">
-        <button type="submit" className="jp-Button jp-mod-styled jp-SacButton jp-mod-accept" disabled={busy}>
-          {trans.__('Save')}
-        </button>
-        <SmallButton label={trans.__('Cancel')} onClick={props.onClose} />
-      </div>
+      <FormFooter
+        error={error}
+        submitLabel={trans.__('Save')}
+        cancelLabel={trans.__('Cancel')}
+        busy={busy}
+        onCancel={props.onClose}
+      />
     </form>
   );
 }

@@ -3,7 +3,7 @@
 import { Notification } from '@jupyterlab/apputils';
 import * as React from 'react';
 
-import { ErrorLine, Section, SmallButton } from './components';
+import { ErrorLine, FormFooter, Section, SmallButton } from './components';
 import { COMMANDS, ISacContext } from './context';
 import {
   checkParameters,
@@ -110,13 +110,13 @@ function RunForm(props: { ctx: ISacContext; skill: any; onDone: () => void }): J
           <option value="terminal">{trans.__('Claude Terminal')}</option>
         </select>
       </label>
-      <ErrorLine error={error} />
-      <div className="jp-SacRow">
-        <button type="submit" className="jp-Button jp-mod-styled jp-SacButton jp-mod-accept" disabled={busy}>
-          {trans.__('Run')}
-        </button>
-        <SmallButton label={trans.__('Cancel')} onClick={props.onDone} />
-      </div>
+      <FormFooter
+        error={error}
+        submitLabel={trans.__('Run')}
+        cancelLabel={trans.__('Cancel')}
+        busy={busy}
+        onCancel={props.onDone}
+      />
     </form>
   );
 }
@@ -188,22 +188,17 @@ function ParameterEditor(props: {
           ) : null}
           {p.type === 'number' ? (
             <div className="jp-SacRow">
-              <input
-                className="jp-mod-styled"
-                type="number"
-                aria-label={trans.__('Minimum')}
-                placeholder="min"
-                value={p.min ?? ''}
-                onChange={e => set(i, { min: e.target.value === '' ? null : Number(e.target.value) })}
-              />
-              <input
-                className="jp-mod-styled"
-                type="number"
-                aria-label={trans.__('Maximum')}
-                placeholder="max"
-                value={p.max ?? ''}
-                onChange={e => set(i, { max: e.target.value === '' ? null : Number(e.target.value) })}
-              />
+              {(['min', 'max'] as const).map(bound => (
+                <input
+                  key={bound}
+                  className="jp-mod-styled"
+                  type="number"
+                  aria-label={bound === 'min' ? trans.__('Minimum') : trans.__('Maximum')}
+                  placeholder={bound}
+                  value={p[bound] ?? ''}
+                  onChange={e => set(i, { [bound]: e.target.value === '' ? null : Number(e.target.value) })}
+                />
+              ))}
             </div>
           ) : null}
           {problems[i] ? <small className="jp-SacError">{problems[i]}</small> : null}
@@ -307,13 +302,13 @@ function SkillEditor(props: { ctx: ISacContext; skill: any | null; onDone: (save
           <input className="jp-mod-styled" name="group" value={group} onChange={e => setGroup(e.target.value)} />
         </label>
       ) : null}
-      <ErrorLine error={error} />
-      <div className="jp-SacRow">
-        <button type="submit" className="jp-Button jp-mod-styled jp-SacButton jp-mod-accept" disabled={busy}>
-          {trans.__('Save')}
-        </button>
-        <SmallButton label={trans.__('Cancel')} onClick={() => props.onDone(null)} />
-      </div>
+      <FormFooter
+        error={error}
+        submitLabel={trans.__('Save')}
+        cancelLabel={trans.__('Cancel')}
+        busy={busy}
+        onCancel={() => props.onDone(null)}
+      />
     </form>
   );
 }
