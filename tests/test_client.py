@@ -218,3 +218,17 @@ def test_inside_a_sandbox_it_finds_the_hub_and_cannot_approve_itself(
         states = {r["id"]: r["status"] for r in driven["client"].pending()}
         assert states == {ids["notebook"]: "pending"}
         driven["client"].deny(ids["notebook"], reason="cleanup")
+
+
+def test_history_frame_reads_times_with_and_without_a_fraction() -> None:
+    from jupyter_sac.client._async import events_frame
+
+    events = [
+        {"user": "u", "agent": "a", "session_id": "s", "uuid": str(i), "ts": ts,
+         "kind": "user", "payload": {}}
+        for i, ts in enumerate(["2026-12-05T21:57:22.123456+00:00", "2026-12-05T21:57:23+00:00"])
+    ]  # fmt: skip
+    frame = events_frame(events)
+    assert [t.isoformat() for t in frame["ts"]] == [
+        "2026-12-05T21:57:22.123456+00:00", "2026-12-05T21:57:23+00:00",
+    ]  # fmt: skip

@@ -459,16 +459,24 @@ class AsyncAgent:
 
     async def history_frame(self, session: str | None = None) -> Any:
         """The events as a pandas DataFrame (needs pandas): one row per event."""
-        try:
-            import pandas as pd
-        except ImportError:
-            raise SacError(0, "no_pandas", "history_frame needs pandas") from None
-        events = await self.history_events(session)
-        frame = pd.DataFrame(events, columns=["user", "agent", "session_id", "uuid", "ts",
-                                              "kind", "payload"])  # fmt: skip
-        frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
-        return frame
+        return events_frame(await self.history_events(session))
 
     async def pending(self) -> list[dict[str, Any]]:
         """This agent's HITL requests waiting for a decision."""
         return await self.client.pending(agent=self.slug)
+
+
+def events_frame(events: list[dict[str, Any]]) -> Any:
+    """History events as a pandas DataFrame, one row per event, ``ts`` as UTC times.
+
+    The service's times are ISO 8601 with microseconds, except on a whole second
+    (Python leaves the fraction out then): parsed as ISO 8601, not by the first
+    row's shape."""
+    try:
+        import pandas as pd
+    except ImportError:
+        raise SacError(0, "no_pandas", "history_frame needs pandas") from None
+    frame = pd.DataFrame(events, columns=["user", "agent", "session_id", "uuid", "ts",
+                                          "kind", "payload"])  # fmt: skip
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True, format="ISO8601")
+    return frame
