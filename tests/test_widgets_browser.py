@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -43,6 +45,32 @@ NOTEBOOK = {
     "nbformat": 4,
     "nbformat_minor": 5,
 }
+
+
+def run_cells_one_by_one(page: Any, artifacts: Path, count: int) -> None:
+    """Run the notebook's cells as a person does, Shift+Enter on each once the one
+    before has its execution count. (A CI run once had "Run All Cells" run only the
+    first cell; the page never said why, so a failure here keeps the notebook's text,
+    JupyterLab's notifications and a screenshot.)"""
+    from playwright.sync_api import expect
+
+    cells = page.locator(".jp-Notebook .jp-CodeCell")
+    for index in range(count):
+        cell = cells.nth(index)
+        try:
+            cell.locator(".jp-InputArea-editor").click()
+            page.keyboard.press("Shift+Enter")
+            expect(cell.locator(".jp-InputPrompt")).to_have_text(
+                re.compile(r"^\[\d+\]:$"), timeout=90_000
+            )
+        except AssertionError as failed:
+            page.screenshot(path=str(artifacts / f"widgets-cell-{index + 1}-failed.png"))
+            notebook = page.locator(".jp-Notebook").inner_text()
+            toasts = page.locator(".jp-toast-message, .Toastify__toast").all_inner_texts()
+            raise AssertionError(
+                f"cell {index + 1} did not run: {failed}\n"
+                f"notebook:\n{notebook}\nnotifications: {toasts}"
+            ) from None
 
 
 @pytest.fixture
@@ -109,8 +137,7 @@ def test_approvals_panel_approves_from_jupyterlab(
             page.wait_for_selector(
                 ".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000
             )
-            page.get_by_role("menuitem", name="Run", exact=True).click()
-            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            run_cells_one_by_one(page, artifacts, len(NOTEBOOK["cells"]))
 
             # AgentsPanel lists both agents as running.
             agents_out = page.locator(".jp-OutputArea-output").filter(has_text="My agents")
