@@ -180,6 +180,7 @@ def register_service(
             "scopes": [
                 "list:users",
                 "read:users",
+                "list:groups",
                 "read:groups",
                 "servers",
                 "read:roles:users",

@@ -366,6 +366,8 @@ def test_an_admin_manages_the_public_tree_and_group_quotas_from_the_page(
     group = f"team{uuid.uuid4().hex[:6]}"
     assert admin.hub("POST", f"groups/{group}").status_code == 201
     assert admin.hub("POST", f"groups/{group}/users", json={"users": [name]}).status_code == 200
+    newcomers = f"new{uuid.uuid4().hex[:6]}"  # nobody in it yet
+    assert admin.hub("POST", f"groups/{newcomers}").status_code == 201
     fname = f"guide-{uuid.uuid4().hex[:6]}.md"
     audit_before = audit_count(admin)
     try:
@@ -381,6 +383,8 @@ def test_an_admin_manages_the_public_tree_and_group_quotas_from_the_page(
         assert got.status_code == 200 and got.content == b"# Read me\n"
         listing = page(admin, "admin/workspaces")
         assert path in listing.text and group in listing.text and name in listing.text
+        # A group without members is listed too, so its quota can be set beforehand.
+        assert f'value="{newcomers}"' in listing.text
         # A folder that climbs out, or no file: a 400 page with the reason, nothing stored.
         files_before = member.sac("GET", "workspace/public").json()["usage"]["files"]
         bad = admin.client.post(
@@ -413,3 +417,4 @@ def test_an_admin_manages_the_public_tree_and_group_quotas_from_the_page(
         ]  # fmt: skip
     finally:
         admin.hub("DELETE", f"groups/{group}")
+        admin.hub("DELETE", f"groups/{newcomers}")

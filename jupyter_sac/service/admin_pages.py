@@ -431,13 +431,12 @@ class WorkspacesPage(PageHandler, UserWorkspaceBase, GroupQuotaOps):
     async def show(self, status: int = 200, error: ApiError | None = None) -> None:
         public = await self.sac.store.workspace.list("public")
         public_usage = await self.sac.store.workspace.usage("public")
-        users = await self.sac.hub.all_users()
-        names = {g for u in users for g in (u.get("groups") or [])}
-        members = {g: sorted(u["name"] for u in users if g in (u.get("groups") or []))
-                   for g in names}  # fmt: skip
+        # From the hub's group list, so a group nobody has joined yet can get its
+        # quota before its first member arrives.
+        members = {g["name"]: sorted(g.get("users") or []) for g in await self.sac.hub.groups()}
         system = await self.sac.store.settings.get("system")
         groups = []
-        for group in sorted(names):
+        for group in sorted(members):
             overrides = await self.sac.store.settings.get("group", group)
             resolved = sac_settings.resolve_group(system, overrides)
             used_bytes, used_files = await self.sac.store.workspace.usage(f"group:{group}")

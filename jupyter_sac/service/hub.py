@@ -66,20 +66,28 @@ class HubClient:
         """Every user, with their stopped servers too (all pages)."""
         return await self._users({"include_stopped_servers": "1"})
 
+    async def groups(self) -> list[dict[str, Any]]:
+        """Every group on the hub with its members (`users`), empty groups too."""
+        return await self._all_pages("/groups", {})
+
     async def _users(self, params: dict[str, str]) -> list[dict[str, Any]]:
-        users: list[dict[str, Any]] = []
+        return await self._all_pages("/users", params)
+
+    async def _all_pages(self, path: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        """Every item of a paginated hub list (the hub caps a page at its own limit)."""
+        items: list[dict[str, Any]] = []
         offset = 0
         while True:
             resp = await self._request(
-                "GET", "/users", params={**params, "offset": offset, "limit": 200}
+                "GET", path, params={**params, "offset": offset, "limit": 200}
             )
             if resp.status_code != 200:
                 self._raise(resp)
             page = resp.json()
             page = page["items"] if isinstance(page, dict) else page
-            users += page
+            items += page
             if len(page) < 200:
-                return users
+                return items
             offset += len(page)
 
     async def named_servers(self) -> list[tuple[str, str, dict[str, Any]]]:
