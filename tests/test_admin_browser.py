@@ -31,7 +31,6 @@ from jupyter_sac.testing.stack import poll_until
 pytestmark = pytest.mark.stack
 
 
-
 @pytest.fixture
 def operated(stack: dict, fake: str) -> Iterator[dict]:
     """A user whose running agent has a conversation, a model call (usage) and a

@@ -50,7 +50,9 @@ def terminal_shows(lab: str, token: str, text: str, timeout: float = 90) -> None
 
     async def watch() -> None:
         url = lab.replace("http", "ws", 1) + "terminals/websocket/claude"
-        conn = await websocket_connect(HTTPRequest(url, headers={"Authorization": f"token {token}"}))
+        conn = await websocket_connect(
+            HTTPRequest(url, headers={"Authorization": f"token {token}"})
+        )
         # Wider and taller than the browser's terminal, so nothing wraps differently.
         screen = pyte.Screen(250, 120)
         stream = pyte.Stream(screen)
@@ -64,7 +66,9 @@ def terminal_shows(lab: str, token: str, text: str, timeout: float = 90) -> None
             while text not in shown():
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    raise AssertionError(f"the terminal never showed {text!r}; it shows:\n{shown()}")
+                    raise AssertionError(
+                        f"the terminal never showed {text!r}; it shows:\n{shown()}"
+                    )
                 try:
                     msg = await asyncio.wait_for(conn.read_message(), remaining)
                 except TimeoutError:
@@ -173,7 +177,11 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
 
         # 4. Chat: a message whose tool call needs approval.
         todos = [
-            {"content": "write the report", "status": "in_progress", "activeForm": "Writing the report"},
+            {
+                "content": "write the report",
+                "status": "in_progress",
+                "activeForm": "Writing the report",
+            },
             {"content": "say where it is", "status": "pending", "activeForm": "Saying where"},
         ]
         script_model(
@@ -200,7 +208,9 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
         settings_form = agent_section.get_by_role("form", name="Agent settings")
         settings_form.locator("input[name=model]").fill("claude-opus-4-1")
         settings_form.get_by_role("button", name="Save").click()
-        expect(agent_section.get_by_role("status")).to_contain_text("applies when the agent restarts")
+        expect(agent_section.get_by_role("status")).to_contain_text(
+            "applies when the agent restarts"
+        )
         expect(agent_section.locator("[data-fact=model]")).to_have_text("claude-opus-4-1")
         assert client.sac("GET", f"users/{name}/agents/desk").json()["model"] == "claude-opus-4-1"
         section("agent").get_by_role("button", name="Chat").click()
@@ -214,7 +224,9 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
         box.press("Enter")
         expect(chat.locator(".jp-SacChat-user")).to_contain_text("write the report")
         # The agent's todo list (TodoWrite is allowed without asking) shows beside the answer.
-        expect(chat.locator(".jp-SacChat-todos")).to_contain_text("Writing the report", timeout=90_000)
+        expect(chat.locator(".jp-SacChat-todos")).to_contain_text(
+            "Writing the report", timeout=90_000
+        )
         expect(chat.locator(".jp-SacChat-todos li")).to_have_count(2)
         tool = chat.locator(".jp-SacChat-tool[data-tool=Bash]")
         expect(tool).to_contain_text(f"report-{word}.txt", timeout=90_000)
@@ -287,7 +299,9 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
         poll_until(listed, 60, "the chat session in History")
         history.get_by_role("button", name="write the report").first.click()
         transcript = history.locator(".jp-SacTranscript")
-        expect(transcript.locator(".jp-SacTurn.jp-mod-prompt").first).to_contain_text("write the report")
+        expect(transcript.locator(".jp-SacTurn.jp-mod-prompt").first).to_contain_text(
+            "write the report"
+        )
         answers = transcript.locator(".jp-SacTurn.jp-mod-answer")
         expect(answers.filter(has_text="Writing the report.")).to_have_count(1)
         expect(transcript.locator("details summary").filter(has_text="Bash")).to_have_count(1)

@@ -51,7 +51,10 @@ def test_wheel_ships_labextension_and_installs_without_node(tmp_path: Path) -> N
 
     # The wheel, from the source tree, with no node on PATH: the prebuilt extension is used.
     wheel_dir = tmp_path / "wheel"
-    _run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(wheel_dir)], env)
+    _run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(wheel_dir)],
+        env,
+    )
     wheels = list(wheel_dir.glob("jupyter_sac-*.whl"))
     assert len(wheels) == 1, wheels
     wheel = wheels[0]
@@ -60,16 +63,20 @@ def test_wheel_ships_labextension_and_installs_without_node(tmp_path: Path) -> N
         names = zf.namelist()
         data = [n for n in names if ".data/data/" in n]
         prefix = data[0].split("/data/", 1)[0] + f"/data/{LABEXT}/"
-        shipped = {n[len(prefix):] for n in names if n.startswith(prefix)}
+        shipped = {n[len(prefix) :] for n in names if n.startswith(prefix)}
         assert "package.json" in shipped, sorted(shipped)
         assert "install.json" in shipped, sorted(shipped)
-        assert any(re.fullmatch(r"static/remoteEntry\.[0-9a-f]+\.js", n) for n in shipped), sorted(shipped)
+        assert any(re.fullmatch(r"static/remoteEntry\.[0-9a-f]+\.js", n) for n in shipped), sorted(
+            shipped
+        )
         for schema in SCHEMAS:
             assert f"schemas/jupyter-sac/{schema}" in shipped, (schema, sorted(shipped))
         # exactly the built tree (plus install.json), nothing from node_modules or lib
         on_disk = {p.relative_to(BUILT).as_posix() for p in BUILT.rglob("*") if p.is_file()}
         assert shipped == on_disk | {"install.json"}
-        assert not [n for n in names if "node_modules" in n or n.startswith("jupyter_sac/labextension/")]
+        assert not [
+            n for n in names if "node_modules" in n or n.startswith("jupyter_sac/labextension/")
+        ]
 
         meta = json.loads(zf.read(prefix + "package.json"))
         assert meta["name"] == "jupyter-sac"
@@ -82,7 +89,22 @@ def test_wheel_ships_labextension_and_installs_without_node(tmp_path: Path) -> N
     # Install it into an empty prefix, still with no node on PATH. --ignore-installed:
     # otherwise pip uninstalls the venv's own (editable) jupyter-sac first.
     target = tmp_path / "prefix"
-    _run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed", "-q", "--prefix", str(target), str(wheel)], env)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--ignore-installed",
+            "-q",
+            "--prefix",
+            str(target),
+            str(wheel),
+        ],
+        env,
+    )
     installed = target / LABEXT
     assert (installed / "package.json").is_file()
     assert (installed / meta["jupyterlab"]["_build"]["load"]).is_file()
@@ -100,4 +122,6 @@ def test_wheel_ships_labextension_and_installs_without_node(tmp_path: Path) -> N
     ]
     assert len(ours) == 1, listing
     version = re.escape(meta["version"])
-    assert re.search(rf"^\s+jupyter-sac v{version} enabled OK \(python, jupyter-sac\)$", ours[0], re.M), listing
+    assert re.search(
+        rf"^\s+jupyter-sac v{version} enabled OK \(python, jupyter-sac\)$", ours[0], re.M
+    ), listing
