@@ -361,7 +361,7 @@ export class ServiceClient {
   workspace(prefix?: string): Promise<any> {
     return this.get(this.agentPath('/workspace'), prefix ? { prefix } : undefined);
   }
-  groupQuota(group: string): Promise<any> {
-    return this.get(`groups/${encodeURIComponent(group)}/workspace/quota`);
+  groupWorkspace(group: string): Promise<any> {
+    return this.get(`groups/${encodeURIComponent(group)}/workspace`);
   }
 }

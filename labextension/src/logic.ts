@@ -713,6 +713,12 @@ export function applyHitlEvent(
   return others;
 }
 
+/** What answering a terminal prompt with one of its options means: the ones that
+ * refuse (No…, Deny…, Cancel…) deny, every other option allows. */
+export function optionDecision(label: string): 'allow' | 'deny' {
+  return /^(no|deny|cancel)/i.test(label) ? 'deny' : 'allow';
+}
+
 /** Seconds left before a request times out (0 when past), or null without a deadline. */
 export function secondsLeft(expiresAt: string | null, now: Date = new Date()): number | null {
   if (!expiresAt) {
@@ -755,9 +761,4 @@ export function applyOutputEvent(
     0,
     limit
   );
-}
-
-/** The file browser path of a workspace path (`output/plot.png` lives in the server's root). */
-export function browserPath(workspacePath: string): string {
-  return workspacePath.replace(/^\/+/, '').replace(/^workspace\//, '');
 }

@@ -21,6 +21,7 @@ import {
   IArtifact,
   IHitlRequest,
   monthUsage,
+  optionDecision,
   secondsLeft,
   serverStatus,
   toolSummary,
@@ -80,8 +81,7 @@ function AgentSection(props: { ctx: ISacContext }): JSX.Element {
     }
     setBusy(true);
     try {
-      await ctx.service.restart();
-      Notification.info(trans.__('%1 is restarting.', ctx.agent.slug), { autoClose: 5000 });
+      await ctx.app.commands.execute(COMMANDS.restart);
     } catch (e) {
       setError(e);
     } finally {
@@ -278,7 +278,7 @@ function WorkspaceSection(props: { ctx: ISacContext }): JSX.Element {
     Promise.all(
       groups.map(g =>
         ctx.service
-          .get<any>(`groups/${encodeURIComponent(g)}/workspace`)
+          .groupWorkspace(g)
           .then(r => [g, r.usage] as const)
           .catch(() => [g, null] as const)
       )
@@ -611,15 +611,18 @@ function ApprovalsSection(props: { ctx: ISacContext; onCount: (n: number) => voi
                 </details>
                 <div className="jp-SacRow">
                   {r.kind === 'terminal' && r.options?.length ? (
-                    r.options.map(o => (
-                      <SmallButton
-                        key={o.key}
-                        label={o.label}
-                        disabled={working === r.id}
-                        kind={/^(no|deny|cancel)/i.test(o.label) ? 'reject' : 'accept'}
-                        onClick={() => void decide(r, /^(no|deny|cancel)/i.test(o.label) ? 'deny' : 'allow', o.key)}
-                      />
-                    ))
+                    r.options.map(o => {
+                      const decision = optionDecision(o.label);
+                      return (
+                        <SmallButton
+                          key={o.key}
+                          label={o.label}
+                          disabled={working === r.id}
+                          kind={decision === 'deny' ? 'reject' : 'accept'}
+                          onClick={() => void decide(r, decision, o.key)}
+                        />
+                      );
+                    })
                   ) : (
                     <>
                       <SmallButton label={trans.__('Approve')} kind="accept" disabled={working === r.id} onClick={() => void decide(r, 'allow')} />
@@ -645,7 +648,11 @@ export class SacSidebar extends ReactWidget {
     super();
     this.id = 'jp-sac-sidebar';
     this.addClass('jp-SacSidebar');
-    this.title.caption = ctx.trans.__('SAC: agent, skills, workspace, history, approvals');
+    this.title.caption = this.caption;
+  }
+
+  private get caption(): string {
+    return this.ctx.trans.__('SAC: agent, skills, workspace, history, approvals');
   }
 
   /** The pending approvals show as a badge on the sidebar's tab. */
@@ -653,7 +660,7 @@ export class SacSidebar extends ReactWidget {
     this.title.dataset = { ...this.title.dataset, sacPending: String(count) };
     this.title.caption = count
       ? this.ctx.trans._n('%1 approval waits', '%1 approvals wait', count)
-      : this.ctx.trans.__('SAC: agent, skills, workspace, history, approvals');
+      : this.caption;
   };
 
   protected render(): JSX.Element {

@@ -19,6 +19,7 @@ import {
   isCommand,
   ISkillParameter,
   monthUsage,
+  optionDecision,
   quotaLevel,
   quotaPercent,
   reduceChat,
@@ -283,6 +284,12 @@ describe('approvals and output', () => {
     expect(pending.map(r => r.id)).toEqual(['2', '1']);
     pending = applyHitlEvent(pending, 'decided', req('2', '2026-03-01T10:01:00Z', 'approved'));
     expect(pending.map(r => r.id)).toEqual(['1']);
+  });
+
+  it('denies with the refusing options of a terminal prompt and allows with the others', () => {
+    expect(['1. Yes', 'Yes, and do not ask again', 'No, and tell Claude what to do differently', 'Deny', 'cancel'].map(optionDecision)).toEqual(
+      ['allow', 'allow', 'deny', 'deny', 'deny']
+    );
   });
 
   it('counts down to the timeout', () => {
