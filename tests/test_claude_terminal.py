@@ -88,6 +88,29 @@ async def test_claude_terminal_runs_tools_survives_reconnects_and_restarts(
 
 
 @pytest.mark.asyncio
+async def test_a_terminal_made_by_the_name_claude_runs_claude(stack: dict, fake: str) -> None:
+    """JupyterLab re-creates the terminals of its saved layout by name when a page
+    loads (after an agent restart, before anything started Claude): the terminal it
+    makes under the name "claude" is the Claude terminal, and the Claude Terminal
+    command attaches to that one instead of leaving a plain shell there."""
+    user = f"named{uuid.uuid4().hex[:6]}"
+    with running_agent(stack["admin"], user, "coder", **model_agent(fake)) as client:
+        base = f"{stack['url']}user/{user}/coder/"
+        api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=60)
+        assert api.get(base + "sac/api/terminal").json()["running"] is False
+
+        made = api.post(base + "api/terminals", json={"name": "claude", "cwd": ""})
+        assert made.status_code == 200, made.text
+        term = await TerminalClient.connect(base, client.token)
+        await term.wait_for(claude_ready, 60, "claude's input box")
+        pid = api.get(base + "sac/api/terminal").json()["pid"]
+        status = api.post(base + "sac/api/terminal").json()
+        assert status["running"] is True and status["pid"] == pid
+        assert [t["name"] for t in api.get(base + "api/terminals").json()] == ["claude"]
+        term.close()
+
+
+@pytest.mark.asyncio
 async def test_claude_config_is_seeded_with_hooks(stack: dict, fake: str) -> None:
     user = f"seed{uuid.uuid4().hex[:6]}"
     with running_agent(stack["admin"], user, "cfg", **model_agent(fake)) as client:

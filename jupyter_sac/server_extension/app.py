@@ -46,6 +46,7 @@ from .skills_handlers import InstalledSkillsHandler, RunHandler, SyncHandler
 from .skills_sync import SkillSync
 from .spool import HistorySpool, HistoryUploader
 from .terminal import TERMINAL_NAME, ClaudeTerminal
+from .terminal_manager import SacTerminalManager
 from .workspace_handlers import PreviewHandler, WorkspaceHandler
 from .workspace_sync import WorkspaceSync
 
@@ -315,6 +316,11 @@ class SacExtensionApp(ExtensionApp):
         workspace_sync.ensure_layout()
         if os.environ.get("SAC_SERVICE_URL") and os.environ.get("SAC_AGENT_TOKEN"):
             workspace_sync.start(self.workspace_poll_interval, self.workspace_debounce_ms)
+        manager = self.serverapp.web_app.settings.get("terminal_manager")
+        if isinstance(manager, SacTerminalManager):
+            # A terminal made by name "claude" (JupyterLab restoring its layout)
+            # is the Claude terminal, not a shell under its name.
+            manager.claude = self.settings["sac_claude_terminal"]
         if self.start_terminal:
             try:
                 await self.settings["sac_claude_terminal"].ensure()

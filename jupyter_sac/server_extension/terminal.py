@@ -35,6 +35,7 @@ class ClaudeTerminal:
         self.started_at: float | None = None
         self.restarts = 0
         self._lock = asyncio.Lock()
+        self._started_term: Any = None
 
     @property
     def manager(self) -> Any:
@@ -55,17 +56,30 @@ class ClaudeTerminal:
                     # The process exited but terminado has not read its EOF yet.
                     await self.manager.terminate(TERMINAL_NAME, force=True)
                     self.manager.terminals.pop(TERMINAL_NAME, None)
-                self.manager.create(
-                    name=TERMINAL_NAME,
-                    shell_command=self.argv,
-                    cwd=self.cwd,
-                    extra_env=self.env,
-                )
-                self.started_at = time.time()
-                term = self.manager.terminals[TERMINAL_NAME]
-                if self.on_start is not None:
-                    self.on_start(term)
+            # (again: JupyterLab may have made it by name while that was awaited)
+            if self._term() is None:
+                self.manager.create(**self.spawn_options())
+                self.started(self.manager.terminals[TERMINAL_NAME])
             return self.status()
+
+    def spawn_options(self) -> dict[str, Any]:
+        """The terminal manager's ``create`` arguments of the Claude terminal."""
+        return {
+            "name": TERMINAL_NAME,
+            "shell_command": self.argv,
+            "cwd": self.cwd,
+            "extra_env": self.env,
+        }
+
+    def started(self, term: Any) -> None:
+        """Note a new Claude terminal (once each, whoever created it): its start
+        time, and the ``on_start`` hook (the prompt watcher)."""
+        if term is self._started_term:
+            return
+        self._started_term = term
+        self.started_at = time.time()
+        if self.on_start is not None:
+            self.on_start(term)
 
     async def restart(self) -> dict[str, Any]:
         async with self._lock:

@@ -9,8 +9,9 @@ its last turn as one message. A lone keystroke echo is forwarded as soon as it
 is read, so typing latency does not change.
 
 The scrollback kept for reconnecting clients is bounded by size rather than by
-read count. Enabled for every sandbox by the spawner
-(``--TerminalsExtensionApp.terminal_manager_class``).
+read count. And the terminal named ``claude`` is always the agent's Claude
+terminal, whoever asks for it (see ``SacTerminalManager.create``). Enabled for
+every sandbox by the spawner (``--TerminalsExtensionApp.terminal_manager_class``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any
 
 from jupyter_server_terminals.terminalmanager import TerminalManager
 from traitlets import Float, Integer
+
+from .terminal import TERMINAL_NAME
 
 # A read this long means the PTY's buffer was full (its size is about 4 KiB).
 STREAMING_READ = 4000
@@ -97,6 +100,20 @@ class SacTerminalManager(TerminalManager):
         help="""Scrollback kept per terminal for clients that reconnect (characters;
         terminado itself keeps its last 1,000 reads whatever their size).""",
     ).tag(config=True)
+
+    # The agent's ClaudeTerminal, set by the sandbox extension when it starts.
+    claude: Any = None
+
+    def create(self, **kwargs: Any) -> dict[str, Any]:
+        # JupyterLab re-creates the terminals of its saved layout by name when a page
+        # loads (POST api/terminals {"name": "claude"}). After an agent restart that
+        # came before anything had started Claude, and made a plain shell under
+        # Claude's name, which the Claude Terminal command then attached to.
+        if self.claude is None or kwargs.get("name") != TERMINAL_NAME:
+            return super().create(**kwargs)
+        model = super().create(**{**kwargs, **self.claude.spawn_options()})
+        self.claude.started(self.terminals[TERMINAL_NAME])
+        return model
 
     def start_reading(self, ptywclients: Any) -> None:
         fd = ptywclients.ptyproc.fd
