@@ -10,7 +10,8 @@ turn's cost and the month's usage show -> a slow turn is cancelled -> the file s
 under the workspace's new output -> History lists the session and shows its
 transcript -> an official skill is installed and run with its form -> a skill of
 one's own is made with the parameter editor and shared -> the folder shortcuts, the
-command palette and the dark theme -> switching to another agent opens its JupyterLab.
+command palette and the dark theme -> a restart reopens the page with the new model
+and the Claude terminal -> switching to another agent opens its JupyterLab.
 
 Screenshots of each step are kept as test artifacts ($SAC_TEST_ARTIFACTS/lab).
 """
@@ -382,7 +383,35 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
         page.locator(".jp-SideBar .lm-TabBar-tab[data-id=jp-sac-sidebar]").click()
         page.locator("#jp-sac-sidebar").screenshot(path=str(artifacts / "11-dark.png"))
 
-        # 12. Switch to another of my agents: its JupyterLab opens.
+        # 12. Restart, confirmed: the page goes by the hub's start page and reopens
+        # JupyterLab; the sandbox now runs the model chosen in step 3, and the
+        # terminal tab JupyterLab restores (by name, before anything else starts
+        # the terminal) is Claude again, not a shell.
+        # While the old server stops, the old page's JupyterLab logs its lost kernel
+        # and terminal connections: expected of a restart, so only the messages from
+        # the click until the page leaves are set aside.
+        before = len(problems)
+        left: list[int] = []
+        page.on(
+            "framenavigated",
+            lambda frame: frame == page.main_frame and not left and left.append(len(problems)),
+        )
+        section("agent").get_by_role("button", name="Restart").click()
+        with page.expect_navigation(url=f"**/user/{name}/desk/lab**", timeout=180_000):
+            page.locator(".jp-Dialog").get_by_role("button", name="Restart").click()
+        del problems[before : left[0]]
+        expect(page.locator("#jp-sac-sidebar h2")).to_have_text("Agent desk", timeout=120_000)
+        status = api.get(lab + "sac/api/status").json()
+        assert status["agent"]["model"] == "claude-opus-4-1"
+        poll_until(
+            lambda: [t["name"] for t in api.get(lab + "api/terminals").json()] == ["claude"],
+            60,
+            "the restored Claude terminal",
+        )
+        terminal_shows(lab, token, "for shortcuts", 90)
+        shot("12-restarted")
+
+        # 13. Switch to another of my agents: its JupyterLab opens.
         made = client.sac("POST", "agents", json={"slug": "spare", **{"provider": "custom",
                           "base_url": fake, "api_key": "sk-ant-real-provider-key-42"}})  # fmt: skip
         assert made.status_code == 201, made.text

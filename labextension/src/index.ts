@@ -21,6 +21,7 @@ import claudeSvg from '../style/icons/claude.svg';
 import { currentAgent, ExtensionClient, ServiceClient } from './api';
 import { ChatPanel } from './chat';
 import { COMMANDS, DEFAULT_PREFERENCES, IPreferences, ISacContext, SacEvents } from './context';
+import { agentOpenUrl } from './logic';
 import { SacSidebar } from './sidebar';
 
 const PLUGIN_ID = 'jupyter-sac:plugin';
@@ -154,6 +155,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
       execute: async () => {
         await ctx.service.restart();
         Notification.info(trans.__('%1 is restarting.', agent.slug), { autoClose: 5000 });
+        // This page belongs to the server that just stopped (its login too): go by
+        // the hub's spawn page, which shows the start and then reopens JupyterLab.
+        window.location.assign(agentOpenUrl(agent.hubPrefix, agent.user, agent.slug));
       }
     });
 

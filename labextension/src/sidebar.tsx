@@ -72,7 +72,7 @@ function AgentSection(props: { ctx: ISacContext }): JSX.Element {
     const answer = await showDialog({
       title: trans.__('Restart %1?', agent?.display_name ?? ctx.agent.slug),
       body: trans.__(
-        'The sandbox stops and starts again: running commands end, files in the workspace are kept. This page reconnects when it is back.'
+        'The sandbox stops and starts again: running commands end, files in the workspace are kept. This page reopens once it is back.'
       ),
       buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: trans.__('Restart') })]
     });
