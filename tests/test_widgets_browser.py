@@ -49,9 +49,10 @@ NOTEBOOK = {
 
 def run_cells_one_by_one(page: Any, artifacts: Path, count: int) -> None:
     """Run the notebook's cells as a person does, Shift+Enter on each once the one
-    before has its execution count. (A CI run once had "Run All Cells" run only the
-    first cell; the page never said why, so a failure here keeps the notebook's text,
-    JupyterLab's notifications and a screenshot.)"""
+    before has its execution count. A failure here keeps the notebook's text,
+    JupyterLab's notifications and a screenshot. (A CI run once had "Run All Cells"
+    run only the first cell: it ran before JupyterLab had attached the notebook to its
+    kernel, see the wait for the kernel's name below.)"""
     from playwright.sync_api import expect
 
     cells = page.locator(".jp-Notebook .jp-CodeCell")
@@ -130,10 +131,21 @@ def test_approvals_panel_approves_from_jupyterlab(
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
+        # The page's console goes to the artifacts: when a page error comes from
+        # inside JupyterLab, its warnings around it are what tell why.
+        console: list[str] = []
+        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
         try:
             log_in(page, stack["url"], "admin", ADMIN_PASSWORD)
             page.goto(stack["url"] + f"user/admin/{desk}/lab/tree/widgets.ipynb")
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+            # JupyterLab attaches the notebook to its kernel's session a moment after
+            # the cells show. A cell run before then makes JupyterLab start a second
+            # kernel and shut down the first, together with anything it was doing
+            # (two CI runs lost cells or a widget's comm that way), so wait until the
+            # toolbar names the kernel, as a person would see before running a cell.
+            kernel_name = page.locator(".jp-NotebookPanel-toolbar .jp-Toolbar-kernelName")
+            expect(kernel_name).to_contain_text("Python 3", timeout=90_000)
             page.wait_for_selector(
                 ".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000
             )
@@ -160,6 +172,15 @@ def test_approvals_panel_approves_from_jupyterlab(
             expect(approvals).not_to_contain_text(command, timeout=30_000)
             expect(approvals).to_contain_text("Waiting for approval (0)")
             page.screenshot(path=str(artifacts / "widgets-2-approved.png"))
+
+            # The cells ran on the kernel of the session made above: JupyterLab did
+            # not replace it with a kernel of its own.
+            kernels = httpx.get(
+                stack["url"] + f"user/admin/{desk}/api/kernels",
+                headers={"Authorization": f"token {admin.token}"},
+            ).json()
+            assert [k["id"] for k in kernels] == [session.json()["kernel"]["id"]]
         finally:
+            (artifacts / "widgets-console.txt").write_text("\n".join(console))
             browser.close()
-    assert not errors, errors
+    assert not errors, f"page errors: {errors}\nconsole, last lines:\n" + "\n".join(console[-30:])
