@@ -1,6 +1,7 @@
 /** Small React pieces the SAC widgets share. */
 
 import { IRenderMimeRegistry, MimeModel } from '@jupyterlab/rendermime';
+import { TranslationBundle } from '@jupyterlab/translation';
 import { caretDownIcon, caretRightIcon } from '@jupyterlab/ui-components';
 import * as React from 'react';
 
@@ -74,9 +75,9 @@ export function SmallButton(props: {
 
 /** The end of a form: its error, the submit button and Cancel. */
 export function FormFooter(props: {
+  trans: TranslationBundle;
   error: unknown;
   submitLabel: string;
-  cancelLabel: string;
   busy: boolean;
   onCancel: () => void;
 }): JSX.Element {
@@ -87,7 +88,7 @@ export function FormFooter(props: {
         <button type="submit" className="jp-Button jp-mod-styled jp-SacButton jp-mod-accept" disabled={props.busy}>
           {props.submitLabel}
         </button>
-        <SmallButton label={props.cancelLabel} onClick={props.onCancel} />
+        <SmallButton label={props.trans.__('Cancel')} onClick={props.onCancel} />
       </div>
     </>
   );

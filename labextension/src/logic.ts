@@ -713,6 +713,17 @@ export function applyHitlEvent(
   return others;
 }
 
+/** Whether a skill matches the words typed in the search box (its command, title or
+ * description, case-insensitive; no words match every skill). */
+export function skillMatches(
+  skill: { command?: string; title?: string; description?: string },
+  query: string
+): boolean {
+  const words = query.trim().toLowerCase();
+  const text = `${skill.command ?? ''} ${skill.title ?? ''} ${skill.description ?? ''}`;
+  return !words || text.toLowerCase().includes(words);
+}
+
 /** What answering a terminal prompt with one of its options means: the ones that
  * refuse (No…, Deny…, Cancel…) deny, every other option allows. */
 export function optionDecision(label: string): 'allow' | 'deny' {

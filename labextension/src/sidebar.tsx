@@ -252,9 +252,9 @@ function AgentSettings(props: {
         </label>
       )}
       <FormFooter
+        trans={trans}
         error={error}
         submitLabel={trans.__('Save')}
-        cancelLabel={trans.__('Cancel')}
         busy={busy}
         onCancel={props.onClose}
       />

@@ -12,7 +12,8 @@ import {
   initialValues,
   isCommand,
   ISkillParameter,
-  ParamType
+  ParamType,
+  skillMatches
 } from './logic';
 
 // '' is every tier; 'installed' lists this agent's installed skills.
@@ -111,9 +112,9 @@ function RunForm(props: { ctx: ISacContext; skill: any; onDone: () => void }): J
         </select>
       </label>
       <FormFooter
+        trans={trans}
         error={error}
         submitLabel={trans.__('Run')}
-        cancelLabel={trans.__('Cancel')}
         busy={busy}
         onCancel={props.onDone}
       />
@@ -303,9 +304,9 @@ function SkillEditor(props: { ctx: ISacContext; skill: any | null; onDone: (save
         </label>
       ) : null}
       <FormFooter
+        trans={trans}
         error={error}
         submitLabel={trans.__('Save')}
-        cancelLabel={trans.__('Cancel')}
         busy={busy}
         onCancel={() => props.onDone(null)}
       />
@@ -332,11 +333,7 @@ export function SkillsSection(props: { ctx: ISacContext }): JSX.Element {
       try {
         if (tier === 'installed') {
           const mine = await ctx.service.installed();
-          const words = query.trim().toLowerCase();
-          const shown = (mine.skills ?? []).filter(
-            (s: any) => !words || `${s.command} ${s.title} ${s.description}`.toLowerCase().includes(words)
-          );
-          setSkills(shown);
+          setSkills((mine.skills ?? []).filter((s: any) => skillMatches(s, query)));
           setCursor(null);
           setInstalled(new Set((mine.skills ?? []).map((s: any) => s.id)));
           setError(null);

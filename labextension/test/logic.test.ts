@@ -26,6 +26,7 @@ import {
   secondsLeft,
   serverStatus,
   serviceBase,
+  skillMatches,
   toolKind,
   toolSummary,
   transcriptRows
@@ -290,6 +291,13 @@ describe('approvals and output', () => {
     expect(['1. Yes', 'Yes, and do not ask again', 'No, and tell Claude what to do differently', 'Deny', 'cancel'].map(optionDecision)).toEqual(
       ['allow', 'allow', 'deny', 'deny', 'deny']
     );
+  });
+
+  it('finds a skill by its command, title or description, whatever the case', () => {
+    const skill = { command: 'summarise-csv', title: 'Summarise a CSV', description: 'Columns and totals.' };
+    expect(['', '  ', 'CSV', 'summarise-', 'totals'].map(q => skillMatches(skill, q))).toEqual([true, true, true, true, true]);
+    expect(skillMatches(skill, 'pdf')).toBe(false);
+    expect(skillMatches({ command: 'bare' }, 'bare')).toBe(true);
   });
 
   it('counts down to the timeout', () => {
