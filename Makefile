@@ -57,9 +57,7 @@ lint: install
 	$(BIN)/ruff check jupyter_sac tests bench hub_config
 	$(BIN)/ruff format --check jupyter_sac tests bench hub_config
 
-test: system-deps install
-	$(BIN)/ruff check jupyter_sac tests bench hub_config
-	$(BIN)/ruff format --check jupyter_sac tests bench hub_config
+test: system-deps lint
 	cd labextension && npx tsc --noEmit && npm test
 	SAC_CHP_COMMAND=$(CURDIR)/$(CHP) $(BIN)/python -m pytest -q -p no:cacheprovider
 
