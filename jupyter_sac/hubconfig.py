@@ -13,6 +13,7 @@ from typing import Any
 
 import nativeauthenticator
 
+from .service.principals import DRIVE_SCOPE, SAC_SCOPES, USER_SCOPE
 from .spawner.mixin import max_agents_for, shared_store
 
 SERVICE_NAME = "sac"
@@ -33,21 +34,68 @@ SERVICE_ENV = (
 )
 
 
-SAC_SCOPES = {
-    "custom:sac:admin": {"description": "Administer SAC: every user's agents and settings."},
-    "custom:sac:skills:official": {
-        "description": "Publish and curate official skills in the SAC marketplace."
-    },
-    "custom:sac:history:read-all": {
-        "description": "Read and export every user's conversation history."
-    },
-}
 # Groups whose members get SAC's roles (see load_roles below and docs/operator-guide.md).
-SAC_ROLE_GROUPS = ("sac-admins", "sac-skill-curators", "sac-history-auditors")
+SAC_ROLE_GROUPS = (
+    "sac-operators",
+    "sac-admins",
+    "sac-skill-curators",
+    "sac-history-auditors",
+)
+
+# What $JUPYTERHUB_API_TOKEN in every agent's sandbox may do: JupyterHub's own
+# defaults (its server, its activity). Nothing in the sac service, no other server.
+AGENT_SERVER_SCOPES = ("access:servers!server", "users:activity!user")
+# What it may do besides when the agent's owner lets it drive their other agents
+# (docs/security.md#principals): read their server models and the hub's spawn
+# progress, talk to their servers (chat), and use the service as a driver (list,
+# create, start, stop, restart). Not `servers`: that would let it delete named
+# servers (and with them agents' files) on the hub directly.
+DRIVER_SERVER_SCOPES = (
+    "read:users!user",
+    "read:servers!user",
+    "access:servers!user",
+    f"access:services!service={SERVICE_NAME}",
+    DRIVE_SCOPE,
+)
+
+# JupyterHub's admin role, less what lets an administrator into other users' servers
+# silently: access:servers (open anyone's JupyterLab), shares (share anyone's server
+# with themselves) and tokens (mint a token with anyone's permissions). The first
+# administrator gets this role; JupyterHub's `admin` flag (which cannot be narrowed)
+# is given by nobody unless an operator configures it (docs/security.md#operators).
+OPERATOR_SCOPES = (
+    "admin-ui",
+    "admin:users",
+    "admin:servers",
+    "admin:services",
+    "admin:groups",
+    "list:services",
+    "read:services",
+    "read:hub",
+    "proxy",
+    "shutdown",
+    "access:services",
+    "read:roles",
+    "read:metrics",
+    "custom:sac:admin",
+)
 
 
 def env(name: str, fallback: str) -> str:
     return os.environ.get(name) or fallback
+
+
+async def agent_server_token_scopes(spawner: Any) -> list[str]:
+    """c.Spawner.server_token_scopes: the agent's sandbox token gets JupyterHub's
+    defaults, plus the driver's scopes if its owner turned on ``drive_agents``
+    (read at each start, so a change applies from the agent's next start)."""
+    scopes = list(AGENT_SERVER_SCOPES)
+    url = getattr(spawner, "database_url", "") or os.environ.get("SAC_DATABASE_URL", "")
+    if url and spawner.name:
+        agent = await (await shared_store(url)).agents.get(spawner.user.name, spawner.name)
+        if agent is not None and agent.drive_agents:
+            scopes += DRIVER_SERVER_SCOPES
+    return scopes
 
 
 async def named_server_limit(handler: Any) -> int:
@@ -100,11 +148,15 @@ def configure(c: Any, config_file: str) -> None:
     c.ConfigurableHTTPProxy.pid_file = os.path.join(data_dir, "jupyterhub-proxy.pid")
 
     c.JupyterHub.authenticator_class = "jupyter_sac.auth.SacNativeAuthenticator"
-    c.Authenticator.admin_users = {"admin"}
+    # Nobody gets JupyterHub's admin flag (its role opens every user's server); the
+    # first administrator, `admin`, gets the operator role instead (register_service).
+    c.Authenticator.admin_users = set()
     # NativeAuthenticator decides who may log in (signed up and authorised by an admin).
     c.Authenticator.allow_all = True
     c.JupyterHub.template_paths = [
-        os.path.join(os.path.dirname(nativeauthenticator.__file__), "templates")
+        # ours first: page.html adds NativeAuthenticator's links by scope, not admin flag
+        os.path.join(os.path.dirname(__file__), "hub_templates"),
+        os.path.join(os.path.dirname(nativeauthenticator.__file__), "templates"),
     ]
 
     configure_agents(c)
@@ -130,24 +182,17 @@ def configure_agents(c: Any) -> None:
     c.JupyterHub.allow_named_servers = True
     c.JupyterHub.named_server_limit_per_user = named_server_limit
     c.Spawner.default_url = "/lab"
-    # What $JUPYTERHUB_API_TOKEN in a sandbox may do: besides the defaults (its own
-    # server, activity), act for its user on the hub and the `sac` service, so a
-    # notebook can drive the user's agents (jupyter_sac.client). The token keeps
-    # `access:servers!server=<user>/<agent>`, which user tokens never have: the
-    # service tells a sandbox's token by it (an agent may not approve its own
-    # HITL requests).
-    c.Spawner.server_token_scopes = [
-        "access:servers!server",
-        "users:activity!user",
-        "access:servers!user",
-        "servers!user",
-        "read:users!user",
-        f"access:services!service={SERVICE_NAME}",
-    ]
+    # What $JUPYTERHUB_API_TOKEN in a sandbox may do (AGENT_SERVER_SCOPES, and the
+    # driver's scopes for agents that may drive the others).
+    c.Spawner.server_token_scopes = agent_server_token_scopes
 
 
 def register_service(
-    c: Any, service_url: str, command: list[str], environment: dict[str, str]
+    c: Any,
+    service_url: str,
+    command: list[str],
+    environment: dict[str, str],
+    first_admin: str = "admin",
 ) -> None:
     """The `sac` service (started and stopped by the hub), its scopes and roles.
 
@@ -163,8 +208,8 @@ def register_service(
         "display": True,
         "oauth_no_confirm": True,
         # A browser's login to the service carries the SAC scopes its user holds
-        # (through a role), so the admin pages honour custom:sac:admin and the
-        # others, not only JupyterHub's admin flag.
+        # (through roles): custom:sac:user (acting as themselves), the admin,
+        # curator and auditor scopes.
         "oauth_client_allowed_scopes": sorted(SAC_SCOPES),
         "command": command,
         "environment": environment,
@@ -172,7 +217,24 @@ def register_service(
     services = [s for s in c.JupyterHub.get("services") or [] if s.get("name") != SERVICE_NAME]
     c.JupyterHub.services = [*services, service]
     roles = [
-        {"name": "user", "scopes": ["self", f"access:services!service={SERVICE_NAME}"]},
+        # Every user uses SAC as themselves, and may drive their agents from code.
+        {
+            "name": "user",
+            "scopes": [
+                "self",
+                f"access:services!service={SERVICE_NAME}",
+                USER_SCOPE,
+                DRIVE_SCOPE,
+            ],
+        },
+        {
+            "name": "sac-operator",
+            "description": "Run the hub and SAC (users, groups, servers, every SAC setting)"
+            " without access to other users' servers",
+            "scopes": list(OPERATOR_SCOPES),
+            "users": [first_admin] if first_admin else [],
+            "groups": ["sac-operators"],
+        },
         {
             "name": "sac-service",
             "services": [SERVICE_NAME],

@@ -68,7 +68,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     workdir = tmp_path_factory.mktemp("sac")
     with embedded_stack(workdir, ADMIN_PASSWORD) as running:
         try:
-            yield {"url": running.url, "admin": HubApi(running.url, running.admin_token),
+            yield {"url": running.url, "admin": HubApi(running.url, running.admin_token, running.harness_token),
                    "pid": running.proc.pid,
                    "data_dir": running.data_dir, "log": running.log_path}  # fmt: skip
         finally:
@@ -120,6 +120,6 @@ def s3_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
             + "".join(f"c.S3Store.{name} = {value!r}\n" for name, value in traits.items())
         )
         with embedded_stack(workdir, ADMIN_PASSWORD, extra_config=config) as running:
-            yield {"url": running.url, "admin": HubApi(running.url, running.admin_token),
+            yield {"url": running.url, "admin": HubApi(running.url, running.admin_token, running.harness_token),
                    "data_dir": running.data_dir, "endpoint": endpoint,
                    "moto_log": moto_log}  # fmt: skip

@@ -20,12 +20,15 @@ from jupyter_sac.testing.stack import poll_until
 class HubApi:
     """JupyterHub REST API plus the `sac` service API, through the proxy."""
 
-    def __init__(self, url: str, token: str):
+    def __init__(self, url: str, token: str, harness: str = ""):
         self.url = url.rstrip("/") + "/"
         self.token = token
         self.client = httpx.Client(
             base_url=self.url, timeout=60, headers={"Authorization": f"token {token}"}
         )
+        # The test harness's hub service token (jupyter_sac.testing.stack): it makes
+        # users and their API tokens, as people do for themselves at /hub/token.
+        self.harness = harness
 
     def hub(self, method: str, path: str, **kw: Any) -> httpx.Response:
         return self.client.request(method, "hub/api/" + path.lstrip("/"), **kw)
@@ -33,12 +36,23 @@ class HubApi:
     def sac(self, method: str, path: str, **kw: Any) -> httpx.Response:
         return self.client.request(method, "services/sac/api/" + path.lstrip("/"), **kw)
 
-    def create_user(self, name: str, admin: bool = False) -> HubApi:
-        resp = self.hub("POST", f"users/{name}", json={"admin": admin})
+    def create_user(self, name: str, admin: bool = False, **token: Any) -> HubApi:
+        """A hub user and a client with an API token of theirs (``token``: the body
+        of the token request, e.g. ``scopes`` for a narrowed one). ``admin``: a SAC
+        administrator (a member of the sac-admins group)."""
+        harness = HubApi(self.url, self.harness, self.harness) if self.harness else self
+        resp = harness.hub("POST", f"users/{name}")
         assert resp.status_code in (201, 409), resp.text
-        resp = self.hub("POST", f"users/{name}/tokens", json={"note": "test"})
+        if admin:
+            resp = harness.hub("POST", "groups/sac-admins/users", json={"users": [name]})
+            assert resp.status_code == 200, resp.text
+        return harness.token_for(name, **token)
+
+    def token_for(self, name: str, **body: Any) -> HubApi:
+        """A new API token of user ``name`` (made with the harness's token)."""
+        resp = self.hub("POST", f"users/{name}/tokens", json={"note": "test", **body})
         assert resp.status_code == 201, resp.text
-        return HubApi(self.url, resp.json()["token"])
+        return HubApi(self.url, resp.json()["token"], self.harness)
 
     def start(self, user: str, agent: str, timeout: float = 120) -> dict[str, Any]:
         resp = self.hub("POST", f"users/{user}/servers/{agent}")

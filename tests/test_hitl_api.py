@@ -261,7 +261,12 @@ def test_another_agents_token_cannot_touch_a_request(agent: dict, stack: dict) -
         )
         assert theirs.status_code == 201 and theirs.json()["id"] != mine
         assert theirs.json()["user"] == user and theirs.json()["agent"] == "other"
-    assert agent["sandbox"].get(f"hitl/requests/{rid}").status_code == 401, "user endpoint"
+        # Another user's agent cannot even see the request.
+        assert other.get(f"hitl/requests/{rid}").status_code == 404
+    # Its own sandbox shows it (the sidebar hands it over) but can never decide it.
+    assert agent["sandbox"].get(f"hitl/requests/{rid}").json()["status"] == "pending"
+    decided = agent["sandbox"].post(f"hitl/requests/{rid}/decision", json={"decision": "allow"})
+    assert decided.status_code == 403, decided.text
     assert agent["client"].sac("GET", f"hitl/requests/{rid}").json()["status"] == "pending"
 
 

@@ -111,7 +111,7 @@ class KubeStack:
         )
         self.url = running.url
         self.log = running.log_path
-        self.admin = HubApi(running.url, running.admin_token)
+        self.admin = HubApi(running.url, running.admin_token, running.harness_token)
 
     def stop(self) -> None:
         self.exits.close()

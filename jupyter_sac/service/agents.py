@@ -53,6 +53,7 @@ def agent_snapshot(agent: AgentRecord) -> dict[str, Any]:
         "base_url": agent.base_url,
         "key_set": agent.encrypted_key is not None,
         "overrides": agent.overrides,
+        "drive_agents": agent.drive_agents,
     }
 
 
@@ -91,10 +92,10 @@ class AgentOps(AgentBaseHandler):
     async def create_agent(self, ident: Identity, owner: Any, body: dict[str, Any]) -> AgentRecord:
         """Create ``owner``'s agent from an API body (or a form turned into one): the
         record, then its JupyterHub named server; nothing is left if either refuses."""
-        check_fields(body, CREATE_FIELDS)
         if not isinstance(owner, str):
             raise ApiError(400, "invalid_field", "user: expected a user name", field="user")
-        self.authorize_user(owner)
+        self.authorize_user(owner, "create agents", driver_may=True)
+        check_fields(body, CREATE_FIELDS)
         if owner != ident.name and await self.sac.hub.get_user(owner) is None:
             raise ApiError(404, "not_found", f"no such user {owner!r}")
         if "slug" not in body:
@@ -102,6 +103,9 @@ class AgentOps(AgentBaseHandler):
         slug = valid_slug(body["slug"])
         _, _, ceiling = await self.ceiling_for(owner)
         fields = agent_fields(body, ceiling)
+        if fields.get("drive_agents"):
+            # An agent that drives others is a person's choice, not a driver's.
+            self.require_person("create agents that drive others")
         api_key = fields.pop("api_key", None)
         fields.setdefault("display_name", slug)
         try:
@@ -137,7 +141,7 @@ class AgentOps(AgentBaseHandler):
 
     async def update_agent(self, owner: str, slug: str, body: dict[str, Any]) -> AgentRecord:
         ident = self.identity
-        agent = await self.get_agent(owner, slug)
+        agent = await self.get_agent(owner, slug, "change an agent")
         check_fields(body, UPDATE_FIELDS)
         _, _, ceiling = await self.ceiling_for(owner)
         current = {"provider": agent.provider, "base_url": agent.base_url}
@@ -170,11 +174,22 @@ class AgentOps(AgentBaseHandler):
                     after=updated.overrides,
                     conn=conn,
                 )
+            if owner == ident.name and updated.drive_agents != before.drive_agents:
+                # Letting an agent drive the others widens what its sandbox can reach:
+                # always on the record, whoever does it.
+                await self.audit(
+                    "agent.drive_agents",
+                    slug,
+                    target_user=owner,
+                    before={"drive_agents": before.drive_agents},
+                    after={"drive_agents": updated.drive_agents},
+                    conn=conn,
+                )
         return updated
 
     async def delete_agent(self, owner: str, slug: str) -> None:
         ident = self.identity
-        await self.get_agent(owner, slug)
+        await self.get_agent(owner, slug, "delete an agent")
         try:
             await self.sac.hub.remove_server(owner, slug)
         except HubError as e:
@@ -194,7 +209,7 @@ class AgentOps(AgentBaseHandler):
 
     async def stop_agent(self, owner: str, slug: str) -> None:
         """Stop the agent's sandbox and wait until the hub reports it stopped."""
-        await self.get_agent(owner, slug)
+        await self.get_agent(owner, slug, "stop an agent", driver_may=True)
         try:
             await self.sac.hub.stop_server_and_wait(owner, slug)
         except HubError as e:
@@ -202,11 +217,24 @@ class AgentOps(AgentBaseHandler):
         if owner != self.identity.name:
             await self.audit("agent.stop", slug, target_user=owner)
 
+    async def start_agent(self, owner: str, slug: str) -> None:
+        """Ask the hub to start the agent's sandbox (in the background; the hub's
+        progress API follows it). Starting a running agent changes nothing."""
+        await self.get_agent(owner, slug, "start an agent", driver_may=True)
+        try:
+            await self.sac.hub.start_server(owner, slug)
+        except HubError as e:
+            if not (e.status == 400 and "already" in e.message):
+                raise hub_refused("could not start the agent", e) from None
+        if owner != self.identity.name:
+            await self.audit("agent.start", slug, target_user=owner)
+
     async def restart_agent(self, owner: str, slug: str) -> None:
         """Stop the agent's sandbox if it runs, then start it (the spawn goes on in
         the background; the hub's progress API follows it). New settings, provider
-        and model reach a sandbox only this way."""
-        await self.get_agent(owner, slug)
+        and model reach a sandbox only this way. An agent's own sandbox may restart
+        it (its sidebar's Restart), not a sibling."""
+        await self.get_agent(owner, slug, "restart an agent", driver_may=True, agent_may=True)
         try:
             await self.sac.hub.stop_server_and_wait(owner, slug)
             await self.sac.hub.start_server(owner, slug)
@@ -220,7 +248,7 @@ class AgentsHandler(AgentOps):
     """GET: the caller's agents (admins: ?user=NAME, or ?all=1). POST: create."""
 
     async def get(self, user: str | None = None) -> None:
-        ident = self.require_user()
+        ident = self.require_signed_in()
         if user is None:
             if self.get_argument("all", "") in ("1", "true") and ident.admin:
                 owner = None
@@ -229,12 +257,14 @@ class AgentsHandler(AgentOps):
         else:
             owner = user
         if owner is not None:
-            self.authorize_user(owner)
+            # The sidebar of an agent lists its owner's agents (to switch between them).
+            self.authorize_user(owner, "list agents", driver_may=True, agent_may=True)
         agents = await self.sac.store.agents.list(owner)
         self.write_json({"agents": await self.models(agents)})
 
     async def post(self, user: str | None = None) -> None:
-        ident = self.require_user()
+        ident = self.require_signed_in()
+        self.authorize_user(user or ident.name, "create agents", driver_may=True)
         body = self.json_body()
         owner = user or body.get("user") or ident.name
         agent = await self.create_agent(ident, owner, body)
@@ -250,10 +280,11 @@ def hub_refused(what: str, e: HubError) -> ApiError:
 
 class AgentHandler(AgentOps):
     async def get(self, owner: str, slug: str) -> None:
-        agent = await self.get_agent(owner, slug)
+        agent = await self.get_agent(owner, slug, "read an agent", driver_may=True, agent_may=True)
         self.write_json((await self.models([agent]))[0])
 
     async def patch(self, owner: str, slug: str) -> None:
+        await self.get_agent(owner, slug, "change an agent")
         updated = await self.update_agent(owner, slug, self.json_body())
         model = (await self.models([updated]))[0]
         # Provider, model and resources reach a sandbox through its environment.
@@ -267,7 +298,7 @@ class AgentHandler(AgentOps):
 
 
 class AgentActionHandler(AgentOps):
-    """POST .../agents/<slug>/stop or /restart: the agent's model afterwards."""
+    """POST .../agents/<slug>/start, /stop or /restart: the agent's model afterwards."""
 
     def initialize(self, action: str) -> None:
         self.action = action
@@ -275,17 +306,21 @@ class AgentActionHandler(AgentOps):
     async def post(self, owner: str, slug: str) -> None:
         if self.action == "stop":
             await self.stop_agent(owner, slug)
+        elif self.action == "start":
+            await self.start_agent(owner, slug)
         else:
             await self.restart_agent(owner, slug)
-        agent = await self.get_agent(owner, slug)
+        agent = await self.get_agent(owner, slug, driver_may=True, agent_may=True)
         self.write_json(
-            (await self.models([agent]))[0], status=202 if self.action == "restart" else 200
+            (await self.models([agent]))[0], status=200 if self.action == "stop" else 202
         )
 
 
 class AgentUsageHandler(AgentBaseHandler):
     async def get(self, owner: str, slug: str) -> None:
-        agent = await self.get_agent(owner, slug)
+        agent = await self.get_agent(
+            owner, slug, "read an agent's usage", driver_may=True, agent_may=True
+        )
         days = await self.sac.store.usage.for_agent(agent.id)
         totals = {
             k: sum(d[k] for d in days)

@@ -40,7 +40,7 @@ from .agents import AgentActionHandler, AgentHandler, AgentsHandler, AgentUsageH
 from .base import NotFoundHandler
 from .llm_proxy import LlmProxyHandler
 from .openapi import OpenApiHandler
-from .pages import STATIC, ApiIndexHandler, IndexPage, OAuthCallbackHandler, SessionPage
+from .pages import STATIC, ApiIndexHandler, IndexPage, OAuthCallbackHandler
 from .settings_handlers import (
     MySettingsHandler,
     ProvidersHandler,
@@ -192,7 +192,6 @@ class SacService(Application):
         p = self.prefix
         handlers = [
             (p, IndexPage),
-            (p + "session", SessionPage),
             (p + r"static/(.*)", web.StaticFileHandler, {"path": str(STATIC)}),
             (p + "api/", ApiIndexHandler),
             (p + "oauth_callback", OAuthCallbackHandler),
@@ -201,6 +200,7 @@ class SacService(Application):
             (p + f"api/users/{USER}/agents", AgentsHandler),
             (p + f"api/users/{USER}/agents/{SLUG}", AgentHandler),
             (p + f"api/users/{USER}/agents/{SLUG}/usage", AgentUsageHandler),
+            (p + f"api/users/{USER}/agents/{SLUG}/start", AgentActionHandler, {"action": "start"}),
             (p + f"api/users/{USER}/agents/{SLUG}/stop", AgentActionHandler, {"action": "stop"}),
             (
                 p + f"api/users/{USER}/agents/{SLUG}/restart",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from jupyterhub.services.auth import HubOAuthenticated
@@ -11,17 +10,17 @@ from tornado import web
 
 from ..store import AgentRecord
 from .errors import ApiError
+from .principals import (
+    AGENT_TOKEN_PREFIX,
+    Denial,
+    Identity,
+    agent_access,
+    needs_admin,
+    needs_person,
+    user_access,
+)
 
 MAX_JSON_BYTES = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Identity:
-    name: str
-    kind: str
-    admin: bool
-    groups: tuple[str, ...]
-    scopes: frozenset[str]
 
 
 class BaseHandler(HubOAuthenticated, web.RequestHandler):
@@ -45,7 +44,11 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
     # uploads sets its own).
     max_body_bytes = MAX_JSON_BYTES
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
+        self.check_declared_length()
+        await self.authenticate()
+
+    def check_declared_length(self) -> None:
         length = self.request.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > self.max_body_bytes:
             raise ApiError(
@@ -53,6 +56,41 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             )
 
     # ---- identity ---------------------------------------------------------------
+
+    _agent_caller: AgentRecord | None = None
+    _authenticated = False
+
+    def bearer_token(self) -> str:
+        auth = self.request.headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        return token.strip() if scheme.lower() in ("bearer", "token") else ""
+
+    async def authenticate(self) -> None:
+        """Settle who calls, before any body is read (docs/security.md#principals).
+
+        A sandbox's agent token is looked up here and never sent to the hub; any
+        other token or login cookie is checked with the hub (cached for a minute)."""
+        if self._authenticated:
+            return
+        self._authenticated = True
+        token = self.bearer_token()
+        if token.startswith(AGENT_TOKEN_PREFIX):
+            self._agent_caller = await self.sac.store.tokens.agent(token)
+            # Never fall back to a login cookie for a request that sent an agent token.
+            self._hub_auth_user_cache = None
+            if self._agent_caller is None:
+                raise ApiError(
+                    401, "unauthorized", "invalid agent token: restart the agent to get a new one"
+                )
+            return
+        # Resolves (and caches on this handler) the hub's model of the token or cookie,
+        # so the synchronous current_user below never blocks the event loop.
+        await self.hub_auth.get_user(self, sync=False)
+
+    def get_current_user(self) -> dict[str, Any] | None:
+        if self._agent_caller is not None:
+            return None
+        return super().get_current_user()
 
     def get_login_url(self) -> str:
         if self.request.headers.get("Authorization") or self.request.path.startswith(
@@ -63,51 +101,81 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         return super().get_login_url()
 
     @property
+    def signed_in(self) -> bool:
+        return self._agent_caller is not None or bool(self.current_user)
+
+    @property
     def identity(self) -> Identity:
+        """The caller (docs/security.md#principals); 401 when nobody is signed in."""
+        agent = self._agent_caller
+        if agent is not None:
+            return Identity(name=agent.owner, kind="agent", agent=agent)
         model = self.current_user
         if not model:
             raise ApiError(401, "unauthorized", "a JupyterHub API token or login is required")
-        scopes = frozenset(model.get("scopes", ()))
-        admin = bool(model.get("admin")) or self.sac.admin_scope in scopes
         return Identity(
             name=model["name"],
             kind=model.get("kind", "user"),
-            admin=admin,
             groups=tuple(model.get("groups") or ()),
-            scopes=scopes,
+            scopes=frozenset(model.get("scopes", ())),
+            admin_scope=self.sac.admin_scope,
         )
 
-    def require_user(self) -> Identity:
+    def deny_if(self, denial: Denial | None) -> None:
+        if denial is not None:
+            raise ApiError(denial.status, denial.code, denial.message)
+
+    def require_person(self, what: str = "do this") -> Identity:
+        """A person acting as themselves (or an administrator)."""
         ident = self.identity
-        if ident.kind != "user" and not ident.admin:
-            raise ApiError(403, "forbidden", "only users can manage agents")
+        self.deny_if(needs_person(ident, what))
+        return ident
+
+    def require_signed_in(self) -> Identity:
+        """Any principal: a person, a driver, an agent's sandbox (read-only lookups)."""
+        ident = self.identity
+        if ident.kind == "service" and not ident.admin:
+            raise ApiError(403, "forbidden", "JupyterHub services may not use SAC")
         return ident
 
     def require_admin(self) -> Identity:
         ident = self.identity
-        if not ident.admin:
-            raise ApiError(
-                403,
-                "forbidden",
-                f"this needs an administrator (or the {self.sac.admin_scope} scope)",
-            )
+        self.deny_if(needs_admin(ident, self.sac.admin_scope))
         return ident
 
-    def authorize_user(self, target: str) -> Identity:
-        """The caller may act on ``target``'s resources: it is them, or an admin."""
-        ident = self.require_user()
-        if target != ident.name and not ident.admin:
-            # 404, not 403: do not reveal whether another user's agent exists.
-            raise ApiError(404, "not_found", "no such agent")
+    def authorize_user(
+        self, target: str, what: str = "do this", *, driver_may: bool = False,
+        agent_may: bool = False,
+    ) -> Identity:  # fmt: skip
+        """The caller may act on user ``target``'s resources (else 404 or 403)."""
+        ident = self.identity
+        self.deny_if(user_access(ident, target, what, driver_may=driver_may, agent_may=agent_may))
         return ident
 
-    async def get_agent(self, owner: str, slug: str) -> AgentRecord:
-        """``owner``'s agent ``slug``, if the caller may act on it (else 404)."""
-        self.authorize_user(owner)
+    async def get_agent(
+        self, owner: str, slug: str, what: str = "do this", *, driver_may: bool = False,
+        agent_may: bool = False,
+    ) -> AgentRecord:  # fmt: skip
+        """``owner``'s agent ``slug``, if the caller may do ``what`` on it (else 404/403).
+
+        Persons act on their own agents, administrators on all; ``driver_may`` lets
+        a driver of the owner, ``agent_may`` the agent's own sandbox."""
+        ident = self.identity
+        # Checked before the lookup too, so other users' agents are not probed.
+        self.deny_if(user_access(ident, owner, what, driver_may=driver_may, agent_may=agent_may))
         agent = await self.sac.store.agents.get(owner, slug)
         if agent is None:
             raise ApiError(404, "not_found", "no such agent")
+        self.deny_if(
+            agent_access(ident, owner, agent.id, what, driver_may=driver_may, agent_may=agent_may)
+        )
         return agent
+
+    async def groups_of(self, user: str) -> list[str]:
+        """``user``'s JupyterHub groups, asked of the hub (an agent token carries none,
+        and a login's may be a minute old)."""
+        model = await self.sac.hub.get_user(user)
+        return sorted((model or {}).get("groups") or [])
 
     def int_arg(self, name: str, default: int, low: int, high: int) -> int:
         """An integer query argument within [low, high] (else a 400 naming it)."""
@@ -122,20 +190,11 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
     async def require_agent(self) -> AgentRecord:
         """The agent whose sandbox sent this request (its per-agent ``sac-agent-`` token).
 
-        Sandbox-facing endpoints (history ingest, HITL filing) accept only this token,
-        so a sandbox can act for exactly one agent: its own.
-        """
-        auth = self.request.headers.get("Authorization", "")
-        scheme, _, token = auth.partition(" ")
-        token = token.strip()
-        if scheme.lower() not in ("bearer", "token") or not token:
+        Sandbox-facing endpoints (history ingest, HITL filing, sync) accept only this
+        token, so a sandbox can act for exactly one agent: its own."""
+        if self._agent_caller is None:
             raise ApiError(401, "unauthorized", "an agent token is required")
-        agent = await self.sac.store.tokens.agent(token)
-        if agent is None:
-            raise ApiError(
-                401, "unauthorized", "invalid agent token: restart the agent to get a new one"
-            )
-        return agent
+        return self._agent_caller
 
     # ---- audit log --------------------------------------------------------------
 

@@ -22,7 +22,6 @@ from .errors import ApiError
 from .openapi import _op, _path_params, _resp, query_params
 from .validation import bad, check_fields, decode_cursor, encode_cursor, utf8_encodable
 
-READ_ALL_SCOPE = "custom:sac:history:read-all"
 MAX_BATCH = 1000
 MAX_INGEST_BYTES = 16 * 1024 * 1024
 MAX_KEY = 200
@@ -197,16 +196,20 @@ def csv_row(row: dict[str, Any]) -> tuple[str, ...]:
 
 class HistoryBaseHandler(BaseHandler):
     def can_read_all(self) -> bool:
-        ident = self.require_user()
-        return ident.admin or READ_ALL_SCOPE in ident.scopes
+        return self.identity.auditor
 
-    def authorize_owner(self, owner: str) -> None:
-        """The caller may read ``owner``'s history: it is them, an admin, or a holder
-        of the read-all scope."""
-        ident = self.require_user()
-        if owner != ident.name and not self.can_read_all():
-            # 404 as for agents: do not reveal that another user's agent exists.
-            raise ApiError(404, "not_found", "no such agent")
+    def authorize_owner(self, owner: str, slug: str | None = None) -> None:
+        """The caller may read ``owner``'s history (of agent ``slug``): they are that
+        user acting as themselves, an admin, a holder of the read-all scope, or the
+        sandbox of that very agent (its sidebar's History)."""
+        ident = self.identity
+        if ident.auditor:
+            return
+        if ident.kind == "agent" and slug is not None:
+            if owner != ident.name or slug != ident.agent.slug:
+                raise ApiError(403, "forbidden", f"{ident.describe()} reads only its own history")
+            return
+        self.authorize_user(owner, "read history")
 
     async def require_known(self, owner: str, slug: str) -> None:
         """There is an agent or history under that name (a deleted agent's history
@@ -266,7 +269,8 @@ class HistoryBaseHandler(BaseHandler):
 class IngestHandler(HistoryBaseHandler):
     """POST api/history/ingest (agent token): a batch of transcript entries."""
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
+        await self.authenticate()
         # Replaces BaseHandler's 1 MiB limit: a batch may be up to 16 MiB.
         length = self.request.headers.get("Content-Length")
         too_long = length is not None and length.isdigit() and int(length) > MAX_INGEST_BYTES
@@ -301,7 +305,7 @@ def session_model(row: dict[str, Any]) -> dict[str, Any]:
 
 class SessionsHandler(HistoryBaseHandler):
     async def get(self, owner: str, slug: str) -> None:
-        self.authorize_owner(owner)
+        self.authorize_owner(owner, slug)
         limit = self.int_arg("limit", PAGE, 1, MAX_PAGE)
         cursor = self.get_argument("cursor", None)
         before = None
@@ -325,13 +329,13 @@ class SessionsHandler(HistoryBaseHandler):
 
 class EventsHandler(HistoryBaseHandler):
     async def get(self, owner: str, slug: str) -> None:
-        self.authorize_owner(owner)
+        self.authorize_owner(owner, slug)
         await self.write_page(self.event_filter(owner=owner, agent_slug=slug))
 
 
 class ExportHandler(HistoryBaseHandler):
     async def get(self, owner: str, slug: str) -> None:
-        self.authorize_owner(owner)
+        self.authorize_owner(owner, slug)
         where = self.event_filter(owner=owner, agent_slug=slug)
         await self.require_known(owner, slug)
         await self.write_csv(where, _filename("history", owner, slug))
@@ -339,7 +343,7 @@ class ExportHandler(HistoryBaseHandler):
 
 class SearchBaseHandler(HistoryBaseHandler):
     def search_filter(self) -> EventFilter:
-        ident = self.require_user()
+        ident = self.require_person("search history")
         user = self.text_arg("user")
         if not self.can_read_all():
             if user is not None and user != ident.name:

@@ -102,12 +102,17 @@ class HitlBaseHandler(BaseHandler):
         system, user = await self.sac.store.settings.for_user(agent.owner)
         return sac_settings.resolve(system, user, agent.overrides)
 
-    async def own_request(self, request_id: str) -> dict[str, Any]:
-        """A request the calling user may see (their agent's, or any for admins)."""
-        ident = self.require_user()
+    async def own_request(self, request_id: str, *, readers: bool = False) -> dict[str, Any]:
+        """A request the caller may see: its owner's (as a person), any for admins;
+        with ``readers`` also its owner's drivers and the sandbox of the agent that
+        filed it (they show requests and hand over; they never decide them)."""
+        ident = self.identity
         row = await self.sac.store.hitl.get(request_id)
         if row is None or (row["owner"] != ident.name and not ident.admin):
             raise ApiError(404, "not_found", "no such request")
+        if ident.kind == "agent" and readers and row["agent_id"] != ident.agent.id:
+            raise ApiError(404, "not_found", "no such request")
+        self.authorize_user(row["owner"], "see approvals", driver_may=readers, agent_may=readers)
         return row
 
     async def agent_request(self, request_id: str) -> tuple[Any, dict[str, Any]]:
@@ -234,7 +239,14 @@ class RequestsHandler(HitlBaseHandler):
         self.write_json(request_model(row), 201 if created else 200)
 
     async def get(self) -> None:
-        ident = self.require_user()
+        # Drivers and an agent's own sandbox list requests to show them and hand over
+        # to the service's pages; a sandbox sees only its own agent's.
+        ident = self.authorize_user(
+            self.get_argument("user", None) or self.identity.name,
+            "see approvals",
+            driver_may=True,
+            agent_may=True,
+        )
         status = self.get_argument("status", PENDING)
         if status not in (PENDING, "decided", "all"):
             raise bad("status", "expected pending, decided or all")
@@ -248,9 +260,14 @@ class RequestsHandler(HitlBaseHandler):
             owner = None
         limit = self.int_arg("limit", LIST_LIMIT, 1, LIST_MAX)
         cursor = self.get_argument("cursor", None)
+        agent_slug = self.get_argument("agent", None)
+        if ident.kind == "agent":
+            if agent_slug not in (None, ident.agent.slug):
+                raise ApiError(403, "forbidden", f"{ident.describe()} sees only its own requests")
+            agent_slug = ident.agent.slug
         rows = await self.sac.store.hitl.list(
             owner=owner,
-            agent_slug=self.get_argument("agent", None),
+            agent_slug=agent_slug,
             status=status,
             limit=limit + 1,
             before=_parse_cursor(cursor) if cursor else None,
@@ -266,7 +283,7 @@ class RequestsHandler(HitlBaseHandler):
 
 class RequestHandler(HitlBaseHandler):
     async def get(self, request_id: str) -> None:
-        self.write_json(request_model(await self.own_request(request_id)))
+        self.write_json(request_model(await self.own_request(request_id, readers=True)))
 
 
 class WaitHandler(HitlBaseHandler):
@@ -321,14 +338,6 @@ class CancelHandler(HitlBaseHandler):
         self.write_json(request_model(cancelled))
 
 
-def sandbox_servers(scopes: frozenset[str]) -> set[str]:
-    """The servers ("user/agent") whose sandbox token this is: JupyterHub gives each
-    server's $JUPYTERHUB_API_TOKEN ``access:servers!server=<user>/<agent>``, which a
-    user's own tokens (``self``) never hold."""
-    prefix = "access:servers!server="
-    return {scope[len(prefix) :] for scope in scopes if scope.startswith(prefix)}
-
-
 def decision_snapshots(
     pending: dict[str, Any], decided: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -343,19 +352,11 @@ class DecisionOps(HitlBaseHandler):
     """Deciding a request, shared by the API and the admin pages."""
 
     async def decide_request(self, request_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Allow or deny a pending request (its owner or an admin, never from the
-        agent's own sandbox); the decided request."""
-        ident = self.require_user()
-        row = await self.own_request(request_id)
-        if f"{row['owner']}/{row['agent_slug']}" in sandbox_servers(ident.scopes):
-            # The token of the agent's own sandbox: its notebook and its model are
-            # indistinguishable, and an agent must not approve its own requests.
-            raise ApiError(
-                403,
-                "forbidden",
-                "a request cannot be decided from its own agent's sandbox; answer it in"
-                " the SAC sidebar, the hub, or a notebook of another agent",
-            )
+        """Allow or deny a pending request: its owner or an administrator, as a
+        person. No token an agent holds can (its agent token, its server token, a
+        sibling's): their scripts and their model are indistinguishable."""
+        row = await self.own_request(request_id, readers=True)
+        ident = self.require_person("decide approvals")
         check_fields(body, {"decision", "reason", "option"})
         decision = body.get("decision")
         if decision == "approve":
@@ -403,6 +404,9 @@ class DecisionHandler(DecisionOps):
     """POST (owner/admin): allow or deny a pending request."""
 
     async def post(self, request_id: str) -> None:
+        # Who may decide is settled before the body is read.
+        await self.own_request(request_id, readers=True)
+        self.require_person("decide approvals")
         decided = await self.decide_request(request_id, self.json_body())
         self.write_json(request_model(decided))
 
@@ -411,12 +415,12 @@ class PolicyHandler(HitlBaseHandler):
     """GET/PUT (owner/admin): an agent's HITL policy."""
 
     async def get(self, owner: str, slug: str) -> None:
-        agent = await self.get_agent(owner, slug)
+        agent = await self.get_agent(owner, slug, "read a HITL policy", agent_may=True)
         policy = await self.sac.store.hitl.get_policy(agent.id)
         self.write_json({"policy": policy if policy is not None else DEFAULT_POLICY})
 
     async def put(self, owner: str, slug: str) -> None:
-        agent = await self.get_agent(owner, slug)
+        agent = await self.get_agent(owner, slug, "change a HITL policy")
         body = self.json_body()
         check_fields(body, {"policy"})
         try:

@@ -99,6 +99,7 @@ class OrgKeysHandler(BaseHandler):
 
 class OrgKeyHandler(OrgKeyOps):
     async def put(self, provider: str) -> None:
+        self.require_admin()
         body = self.json_body()
         check_fields(body, {"api_key"})
         await self.set_org_key(provider, body.get("api_key"))
@@ -106,6 +107,7 @@ class OrgKeyHandler(OrgKeyOps):
         self.write_json(next(k for k in keys_model(self.sac, rows) if k["provider"] == provider))
 
     async def delete(self, provider: str) -> None:
+        self.require_admin()
         await self.clear_org_key(provider)
         self.set_status(204)
         self.finish()

@@ -25,7 +25,7 @@ from ..providers import PRESETS
 from .agents import AgentOps
 from .base import BaseHandler
 from .errors import ApiError
-from .history import READ_ALL_SCOPE
+from .principals import READ_ALL_SCOPE
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
@@ -218,7 +218,7 @@ class IndexPage(PageHandler, AgentOps):
     agent (so nobody needs the API or a terminal to get started)."""
 
     async def render_home(self, status: int = 200, **context: Any) -> None:
-        ident = self.require_user()
+        ident = self.require_person("use the SAC home page")
         agents = await self.sac.store.agents.list(ident.name)
         usage = await self.sac.store.usage.month_by_agent()
         hub_user = await self.sac.hub.get_user(ident.name) or {}
@@ -252,7 +252,7 @@ class IndexPage(PageHandler, AgentOps):
     async def post(self) -> None:
         """Create an agent from the form, then start it: the hub's spawn page leads
         on to the agent's JupyterLab."""
-        ident = self.require_user()
+        ident = self.require_person("create agents")
         form = self.form()
         body = {
             name: form[name][0].strip()
@@ -278,30 +278,6 @@ class IndexPage(PageHandler, AgentOps):
             return
         user = quote(ident.name, safe="")
         self.redirect(f"{self.sac.hub_prefix}hub/spawn/{user}/{agent.slug}", status=303)
-
-
-class SessionPage(PageHandler):
-    """GET session: logs a browser in to the service and hands its XSRF token to the
-    JupyterLab sidebar.
-
-    The sidebar runs under /user/<name>/<agent>/ and cannot read the service's
-    cookies, and JupyterHub checks an XSRF token on every cookie-authenticated
-    fetch. It loads this page in a hidden same-origin frame: as a navigation it may
-    go through the OAuth login (no confirmation: the service is trusted), and the
-    page carries the token in a meta tag the sidebar reads. Decisions made with it
-    are the user's own, never the sandbox's token (which may not decide its own
-    agent's HITL requests).
-    """
-
-    @web.authenticated
-    async def get(self) -> None:
-        ident = self.require_user()
-        self.render_page(
-            "session.html",
-            session_user=ident.name,
-            session_admin=ident.admin,
-            xsrf_token=self.xsrf_token.decode("ascii"),
-        )
 
 
 class ApiIndexHandler(BaseHandler):

@@ -73,7 +73,7 @@ class SettingsOps(BaseHandler):
 
 class MySettingsHandler(BaseHandler):
     async def get(self) -> None:
-        ident = self.require_user()
+        ident = self.require_person("read settings")
         system, user = await self.sac.store.settings.for_user(ident.name)
         self.write_json(
             {
@@ -97,15 +97,14 @@ class SystemSettingsHandler(SettingsOps):
         )
 
     async def put(self) -> None:
+        self.require_admin()
         await self.replace_system_settings(self.json_body())
         await self.get()
 
 
 class UserSettingsHandler(SettingsOps):
     async def get(self, user: str) -> None:
-        ident = self.require_user()
-        if user != ident.name and not ident.admin:
-            raise ApiError(404, "not_found", "no such user")
+        self.authorize_user(user, "read settings")
         system, overrides = await self.sac.store.settings.for_user(user)
         self.write_json(
             {
@@ -116,10 +115,12 @@ class UserSettingsHandler(SettingsOps):
         )
 
     async def put(self, user: str) -> None:
+        self.require_admin()
         await self.replace_user_settings(user, self.json_body())
         await self.get(user)
 
     async def delete(self, user: str) -> None:
+        self.require_admin()
         await self.clear_user_settings(user)
         self.set_status(204)
         self.finish()
@@ -127,7 +128,7 @@ class UserSettingsHandler(SettingsOps):
 
 class ProvidersHandler(BaseHandler):
     async def get(self) -> None:
-        ident = self.require_user()
+        ident = self.require_signed_in()
         system, user = await self.sac.store.settings.for_user(ident.name)
         allowed = sac_settings.resolve_user(system, user)["allowed_providers"]
         self.write_json(

@@ -124,10 +124,41 @@ async def upsert_official(sac: Any, directory: str) -> None:
 
 
 class SkillBaseHandler(BaseHandler):
+    _viewer: Viewer | None = None
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        await self.settle_viewer()
+
+    async def settle_viewer(self) -> None:
+        """An agent's sandbox sees the marketplace as its owner does: their groups
+        come from the hub (an agent token carries none)."""
+        if self.signed_in and self.identity.kind == "agent":
+            ident = self.identity
+            self._viewer = Viewer(ident.name, False, tuple(await self.groups_of(ident.name)))
+
     @property
     def viewer(self) -> Viewer:
-        ident = self.require_user()
+        if self._viewer is not None:
+            return self._viewer
+        ident = self.require_signed_in()
         return Viewer(ident.name, ident.admin, ident.groups, ident.scopes)
+
+    def require_author(
+        self, tier: tuple[str, str | None], before: dict[str, Any] | None = None
+    ) -> None:
+        """Authoring: persons publish at any tier they may; an agent's sandbox (its
+        sidebar) writes only its owner's private skills, so a model can never
+        publish to other people or change what they installed (sharing is done by a
+        person, on the service's own pages or API). Drivers author nothing."""
+        ident = self.identity
+        if ident.person:
+            return
+        private = tier[0] == "private" and (before is None or before["visibility"] == "private")
+        if ident.kind == "agent" and private:
+            return
+        what = "publish or change shared skills" if ident.kind == "agent" else "author skills"
+        self.require_person(what)
 
     def spec(self, body: dict[str, Any]) -> Any:
         meta = {k: body[k] for k in SPEC_FIELDS - {"body"} if k in body}
@@ -229,10 +260,12 @@ class SkillsHandler(SkillBaseHandler):
         )
 
     async def post(self) -> None:
+        self.require_signed_in()
         body = self.json_body()
         check_fields(body, SPEC_FIELDS | {"visibility", "group"})
         spec = self.spec(body)
         tier = self.tier(body)
+        self.require_author(tier)
         async with self.sac.store.transaction() as conn:
             row = await self.create(self.viewer.name, spec, tier, conn=conn)
             await self.audit_skill("create", None, row, conn)
@@ -252,6 +285,7 @@ class SkillHandler(SkillBaseHandler):
         spec = self.spec({**content_fields(row), **body})
         group = body.get("group", row["group_name"] if "visibility" not in body else None)
         tier = self.tier({"visibility": body.get("visibility", row["visibility"]), "group": group})
+        self.require_author(tier, row)
         skills = self.sac.store.skills
         async with self.sac.store.transaction() as conn:
             current = await skills.get(row["id"], conn=conn, lock=True)
@@ -266,6 +300,7 @@ class SkillHandler(SkillBaseHandler):
 
     async def delete(self, skill_id: str) -> None:
         row = await self.editable(skill_id)
+        self.require_author((row["visibility"], row["group_name"]), row)
         async with self.sac.store.transaction() as conn:
             current = await self.sac.store.skills.get(row["id"], conn=conn, lock=True)
             if current is None:
@@ -282,6 +317,7 @@ class ForkHandler(SkillBaseHandler):
 
     async def post(self, skill_id: str) -> None:
         row = await self.readable(skill_id)
+        self.require_author(("private", None))
         body = self.json_body() if self.request.body else {}
         check_fields(body, {"command"})
         spec = self.spec({**content_fields(row), **body})
@@ -295,12 +331,14 @@ class AgentSkillsHandler(SkillBaseHandler):
     """GET: skills installed in an agent; POST {"skill_id"}: install one."""
 
     async def get(self, owner: str, slug: str) -> None:
-        agent = await self.get_agent(owner, slug)
+        agent = await self.get_agent(
+            owner, slug, "read installed skills", driver_may=True, agent_may=True
+        )
         rows = await self.sac.store.skills.installed(agent.id)
         self.write_json({"skills": [skill_model(r) for r in rows]})
 
     async def post(self, owner: str, slug: str) -> None:
-        agent = await self.get_agent(owner, slug)
+        agent = await self.get_agent(owner, slug, "install skills", agent_may=True)
         body = self.json_body()
         check_fields(body, {"skill_id"})
         skill_id = body.get("skill_id")
@@ -327,7 +365,7 @@ class AgentSkillsHandler(SkillBaseHandler):
 
 class AgentSkillHandler(AgentSkillsHandler):
     async def delete(self, owner: str, slug: str, skill_id: str) -> None:
-        agent = await self.get_agent(owner, slug)
+        agent = await self.get_agent(owner, slug, "uninstall skills", agent_may=True)
         async with self.sac.store.transaction() as conn:
             removed = skill_id.isdigit() and await self.sac.store.skills.uninstall(
                 agent.id, int(skill_id), conn=conn
@@ -354,7 +392,10 @@ class BundleHandler(SkillBaseHandler):
 
     async def prepare(self) -> None:
         if self.request.method != "PUT":
-            super().prepare()  # the JSON body limit; an upload has its own below
+            await super().prepare()  # the JSON body limit; an upload has its own below
+        else:
+            await self.authenticate()
+            await self.settle_viewer()
         self._chunks: list[bytes] = []
         self._received = 0
         self._refused: ApiError | None = None
@@ -364,6 +405,7 @@ class BundleHandler(SkillBaseHandler):
             # are read and dropped, not after the service has taken in 50 MiB.
             try:
                 self._row = await self.editable(self.path_args[0])
+                self.require_author((self._row["visibility"], self._row["group_name"]), self._row)
             except ApiError as e:
                 self._refused = e
                 self.request.connection.set_max_body_size(REFUSED_DRAIN_BYTES)
@@ -416,6 +458,7 @@ class BundleHandler(SkillBaseHandler):
 
     async def delete(self, skill_id: str) -> None:
         row = await self.editable(skill_id)
+        self.require_author((row["visibility"], row["group_name"]), row)
         await self._replace(row, Bundle())
 
     async def _replace(self, row: dict[str, Any], bundle: Bundle) -> None:

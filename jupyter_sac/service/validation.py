@@ -23,8 +23,17 @@ CREATE_FIELDS = {
     "api_key",
     "overrides",
     "user",
+    "drive_agents",
 }
-UPDATE_FIELDS = {"display_name", "provider", "model", "base_url", "api_key", "overrides"}
+UPDATE_FIELDS = {
+    "display_name",
+    "provider",
+    "model",
+    "base_url",
+    "api_key",
+    "overrides",
+    "drive_agents",
+}
 
 
 def without_nul(value: Any) -> Any:
@@ -193,4 +202,8 @@ def agent_fields(
         out["api_key"] = None if body["api_key"] is None else valid_api_key(body["api_key"])
     if "overrides" in body:
         out["overrides"] = valid_overrides(body["overrides"], ceiling)
+    if "drive_agents" in body:
+        if not isinstance(body["drive_agents"], bool):
+            raise bad("drive_agents", "expected true or false")
+        out["drive_agents"] = body["drive_agents"]
     return out

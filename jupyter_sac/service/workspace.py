@@ -85,10 +85,6 @@ class WorkspaceBase(BaseHandler):
 
     # ---- who may touch what -----------------------------------------------------
 
-    async def groups_of(self, user: str) -> list[str]:
-        model = await self.sac.hub.get_user(user)
-        return sorted((model or {}).get("groups") or [])
-
     async def quota_of(self, space: str, agent: AgentRecord | None = None) -> Quota:
         kind, _, name = space.partition(":")
         if kind == "agent":
@@ -425,9 +421,11 @@ class AgentFileHandler(AgentWorkspaceBase):
 
     async def prepare(self) -> None:
         if self.request.method == "PUT":
+            await self.authenticate()
+            await self.require_agent()
             self.begin_upload()
         else:
-            super().prepare()
+            await super().prepare()
 
     async def get(self, raw: str) -> None:
         _, loc = await self.agent_location(raw)
@@ -452,12 +450,20 @@ class AgentFileHandler(AgentWorkspaceBase):
 
 class UserWorkspaceBase(WorkspaceBase):
     async def space_of(self, kind: str, name: str | None, slug: str | None, write: bool):
-        """(space, agent or None, path prefix in workspace paths) the caller may use."""
-        ident = self.require_user()
+        """(space, agent or None, path prefix in workspace paths) the caller may use.
+
+        Persons read and write their agents' spaces and their groups' (admins: all);
+        administrators write the public tree. An agent's sandbox may read its own
+        agent's, the public and its owner's groups' spaces here (its sidebar); it
+        writes only through the sync API (api/agent/workspace), under its rules."""
+        what = "change workspace files" if write else "read workspace files"
         if kind == "agent":
             assert name is not None and slug is not None
-            agent = await self.get_agent(name, slug)
+            agent = await self.get_agent(name, slug, what, agent_may=not write)
             return f"agent:{agent.id}", agent, ""
+        ident = self.identity
+        if ident.kind != "agent" or write:
+            self.require_person(what)
         if kind == "public":
             if write and not ident.admin:
                 raise ApiError(403, "forbidden", "only administrators change the public workspace")
@@ -484,7 +490,16 @@ class UserWorkspaceBase(WorkspaceBase):
     def location(self, space: str, raw: str, agent: AgentRecord | None) -> Location:
         try:
             if agent is not None:
-                return locate(raw, agent.id)
+                loc = locate(raw, agent.id)
+                if loc.space != space:
+                    # An agent's files are its private/ and output/; the public and
+                    # group trees have their own endpoints and rules (admins write
+                    # the public tree, members their groups').
+                    raise PathError(
+                        "an agent's workspace holds private/ and output/; use"
+                        " api/workspace/public or api/groups/<group>/workspace"
+                    )
+                return loc
             path = clean_relative(raw)
         except PathError as e:
             raise bad("path", str(e)) from None
@@ -528,12 +543,13 @@ class UserFileHandler(UserWorkspaceBase):
 
     async def prepare(self) -> None:
         if self.request.method == "PUT":
+            await self.authenticate()
             name, slug, _ = self._split(self.path_args)
             # Who may write is settled before the body is read.
             await self.space_of(self.kind, name, slug, write=True)
             self.begin_upload()
         else:
-            super().prepare()
+            await super().prepare()
 
     async def get(self, *args: str) -> None:
         name, slug, raw = self._split(args)
@@ -581,15 +597,18 @@ class GroupQuotaHandler(GroupQuotaOps):
     """GET (members, admins) and PUT (admins) a group's quota overrides."""
 
     async def get(self, group: str) -> None:
-        ident = self.require_user()
+        # Members (and their agents' sidebars) see their group's quota.
+        ident = self.require_signed_in()
         if not ident.admin:
-            model = await self.sac.hub.get_user(ident.name)
-            if group not in ((model or {}).get("groups") or []):
+            if ident.kind != "agent":
+                self.require_person("read a group's quota")
+            if group not in await self.groups_of(ident.name):
                 raise ApiError(404, "not_found", f"no group workspace {group!r}")
         await self._write(group)
 
     async def put(self, group: str) -> None:
-        await self.set_group_quota(group, self.json_body())  # admins only (it checks)
+        self.require_admin()
+        await self.set_group_quota(group, self.json_body())
         await self._write(group)
 
     async def _write(self, group: str) -> None:

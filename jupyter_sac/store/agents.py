@@ -39,6 +39,8 @@ class AgentRecord:
     overrides: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+    # May its sandbox's JupyterHub token drive the owner's other agents?
+    drive_agents: bool = False
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> AgentRecord:
@@ -50,7 +52,7 @@ class AgentRecord:
 
 _COLUMNS = (
     "id, owner, slug, display_name, runtime, provider, model, base_url, encrypted_key,"
-    " overrides, created_at, updated_at"
+    " overrides, created_at, updated_at, drive_agents"
 )
 
 
@@ -60,7 +62,15 @@ def agent_columns(alias: str) -> str:
 
 
 # Fields an update may change (slug and owner are the identity, never updated).
-UPDATABLE = ("display_name", "provider", "model", "base_url", "encrypted_key", "overrides")
+UPDATABLE = (
+    "display_name",
+    "provider",
+    "model",
+    "base_url",
+    "encrypted_key",
+    "overrides",
+    "drive_agents",
+)
 
 
 def _owner_lock_key(owner: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -56,6 +57,34 @@ class RunningStack:
     data_dir: Path
     log_path: Path
     proc: subprocess.Popen
+    # A token of the test harness's own hub service (admin:users, tokens): it stands
+    # in for people making their API tokens at /hub/token, which the administrator
+    # may not do for them (docs/security.md#operators).
+    harness_token: str = ""
+
+
+HARNESS_SERVICE = "sac-test-harness"
+HARNESS_CONFIG = """
+# Written by jupyter_sac.testing.stack: the test harness's service, which makes
+# users' API tokens as each user would at /hub/token. (A subconfig starts from an
+# empty config that is merged into the hub's: append, don't assign, to lists.)
+import os
+c.JupyterHub.services.append(
+    {{"name": {name!r}, "api_token": os.environ.get("SAC_TEST_HARNESS_TOKEN", "")}}
+)
+c.JupyterHub.load_roles.append(
+    {{"name": {name!r}, "services": [{name!r}],
+      "scopes": ["admin:users", "tokens", "read:users", "admin:groups"]}}
+)
+{extra}
+"""
+
+
+def harness_config(path: Path, extra_config: Path | None) -> Path:
+    """A config file that adds the harness service, then loads ``extra_config``."""
+    extra = f"load_subconfig({str(extra_config)!r})" if extra_config is not None else ""
+    path.write_text(HARNESS_CONFIG.format(name=HARNESS_SERVICE, extra=extra))
+    return path
 
 
 @contextmanager
@@ -78,9 +107,12 @@ def embedded_stack(
     extra_env = env or {}
     env = dict(os.environ, SAC_ADMIN_PASSWORD=admin_password, SAC_DATA_DIR=str(data_dir))
     env.pop("SAC_DATABASE_URL", None)
+    harness_token = (workdir / "harness.token").read_text() if (
+        workdir / "harness.token").exists() else secrets.token_hex(32)  # fmt: skip
+    (workdir / "harness.token").write_text(harness_token)
+    env["SAC_TEST_HARNESS_TOKEN"] = harness_token
     env.update(extra_env)
-    if extra_config is not None:
-        env["SAC_EXTRA_CONFIG"] = str(extra_config)
+    env["SAC_EXTRA_CONFIG"] = str(harness_config(workdir / "harness_config.py", extra_config))
     port = port or free_port()
     url = f"http://127.0.0.1:{port}/"
     with open(log_path, "ab") as log:
@@ -107,7 +139,7 @@ def embedded_stack(
         # The service starts beside the hub: wait for it too.
         poll_until(lambda: http_status(url + "services/sac/api/agents", headers=headers) == 200,
                    60, "the sac service", interval=0.2)  # fmt: skip
-        yield RunningStack(url, token, data_dir, log_path, proc)
+        yield RunningStack(url, token, data_dir, log_path, proc, harness_token)
     finally:
         stop_process(proc)
 
