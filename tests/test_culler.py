@@ -27,7 +27,10 @@ def culling_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
     config = workdir / "cull.py"
     config.write_text("c.SacService.cull_interval = 0.5\n")
     with embedded_stack(workdir, ADMIN_PASSWORD, extra_config=config) as running:
-        yield {"url": running.url, "admin": HubApi(running.url, running.admin_token, running.harness_token)}
+        yield {
+            "url": running.url,
+            "admin": HubApi(running.url, running.admin_token, running.harness_token),
+        }
 
 
 def culler(admin: HubApi) -> dict[str, Any]:
