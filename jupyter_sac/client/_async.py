@@ -88,6 +88,7 @@ class AsyncClient:
             timeout=httpx.Timeout(REQUEST_TIMEOUT, connect=10),
         )
         self._user: str | None = None
+        self._scopes: frozenset[str] | None = None
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -126,8 +127,29 @@ class AsyncClient:
     async def whoami(self) -> str:
         """The name of the user this token acts for."""
         if self._user is None:
-            self._user = (await self.hub("GET", "user"))["name"]
+            await self._identify()
+        assert self._user is not None
         return self._user
+
+    async def _identify(self) -> None:
+        model = await self.hub("GET", "user")
+        self._user = model["name"]
+        self._scopes = frozenset(model.get("scopes") or ())
+
+    async def can_decide(self) -> bool:
+        """May this token decide approvals? A person's own token may; the token of an
+        agent's sandbox never may (docs/security.md#principals): there, approvals
+        are handed over to the service's page (``service_page``)."""
+        if self._scopes is None:
+            await self._identify()
+        assert self._scopes is not None
+        return bool({"custom:sac:user", "custom:sac:admin"} & self._scopes)
+
+    def service_page(self, path: str = "") -> str:
+        """The public URL of one of the `sac` service's pages (e.g.
+        ``approvals/<id>``), on the service's own origin, for a person to open."""
+        base = os.environ.get("SAC_SERVICE_PUBLIC_URL") or self.url + "services/sac/"
+        return base.rstrip("/") + "/" + "/".join(quote(p, safe="") for p in path.split("/") if p)
 
     # ---- agents ---------------------------------------------------------------------
 
@@ -251,12 +273,13 @@ class AsyncAgent:
                     timeout: float = 300) -> None:  # fmt: skip
         """Start the agent's server and wait until it is ready; ``progress`` gets each
         of the hub's progress events (``{"progress", "message"}``)."""
-        owner, hub = await self.owner(), self.client
+        owner, client = await self.owner(), self.client
         path = f"users/{quote(owner)}/servers/{self.slug}"
-        # The hub answers the start request only once the server is ready (or after
-        # its slow-spawn timeout), so the progress stream is followed alongside it:
-        # a stream opened after a fast start would only say "ready".
-        started = asyncio.ensure_future(hub.hub("POST", path))
+        # The service starts it (an agent's token may drive its owner's agents there,
+        # never create or delete named servers on the hub); the hub's progress stream
+        # is followed alongside, as a stream opened after a fast start would only say
+        # "ready".
+        started = asyncio.ensure_future(client.sac("POST", await self._base() + "/start"))
         try:
             await asyncio.wait_for(self._follow_progress(path, progress, started), timeout)
         except TimeoutError:
@@ -264,11 +287,7 @@ class AsyncAgent:
         finally:
             if not started.done():
                 started.cancel()
-        try:
-            await started
-        except SacError as e:
-            if "already running" not in e.message and "pending" not in e.message:
-                raise
+        await started
 
     async def _follow_progress(self, path: str, progress: Callable | None,
                                started: asyncio.Future[Any]) -> None:  # fmt: skip
@@ -298,18 +317,8 @@ class AsyncAgent:
             raise SacError(500, "spawn_failed", f"{self.slug} stopped while starting")
 
     async def stop(self, timeout: float = 120) -> None:
-        owner = await self.owner()
-        try:
-            await self.client.hub("DELETE", f"users/{quote(owner)}/servers/{self.slug}")
-        except SacError as e:
-            if e.status != 404 and "not running" not in e.message:
-                raise
-        # A 202 means the hub is still stopping it; its state says when it is done.
-        deadline = asyncio.get_running_loop().time() + timeout
-        while await self.status() != "stopped":
-            if asyncio.get_running_loop().time() > deadline:
-                raise SacTimeout(f"{self.slug} did not stop within {timeout} s")
-            await asyncio.sleep(0.2)
+        """Stop the agent's server (the service waits until the hub reports it stopped)."""
+        await self.client.sac("POST", await self._base() + "/stop", timeout=timeout + 10)
 
     async def delete(self) -> None:
         """Stop the agent and delete it (its files go; its history stays readable)."""

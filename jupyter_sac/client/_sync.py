@@ -103,6 +103,14 @@ class Client:
     def whoami(self) -> str:
         return self._loop.run(self.aio.whoami())
 
+    def can_decide(self) -> bool:
+        """May this token decide approvals (a person's own token; never an agent's)?"""
+        return self._loop.run(self.aio.can_decide())
+
+    def service_page(self, path: str = "") -> str:
+        """The public URL of a `sac` service page (e.g. ``approvals/<id>``)."""
+        return self.aio.service_page(path)
+
     def agents(self) -> list[dict[str, Any]]:
         return self._loop.run(self.aio.agents())
 

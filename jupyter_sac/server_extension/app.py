@@ -42,6 +42,7 @@ from .hitl import (
 )
 from .openapi import OpenApiHandler
 from .runtime_info import RuntimeInfo
+from .service_relay import ServiceRelayHandler
 from .skills_handlers import InstalledSkillsHandler, RunHandler, SyncHandler
 from .skills_sync import SkillSync
 from .spool import HistorySpool, HistoryUploader
@@ -75,6 +76,7 @@ ROUTES: list[tuple[str, Any]] = [
     (r"/sac/api/skills/([^/]+)/run", RunHandler),
     (r"/sac/api/workspace", WorkspaceHandler),
     (r"/sac/api/workspace/preview", PreviewHandler),
+    (r"/sac/api/service/(.*)", ServiceRelayHandler),
 ]
 
 WORKSPACE_EVENT_SCHEMA_ID = "https://events.jupyter-sac.org/workspace/output/v1"

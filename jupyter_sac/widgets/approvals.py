@@ -69,6 +69,9 @@ class ApprovalRow:
             icon="times", tooltip="Dismiss", layout=w.Layout(width="2.5em", display="none")
         )
         self.status = w.HTML()
+        # Where a person decides it: the service's own page, opened in a new window
+        # (a notebook in an agent's sandbox holds no token that may decide).
+        self.review = w.HTML(_review_html(panel, self.id))
         self.approve_button.on_click(lambda _: self.approve())
         self.deny_button.on_click(lambda _: self.deny())
         self.dismiss_button.on_click(lambda _: self.panel._dismiss(self))
@@ -81,6 +84,7 @@ class ApprovalRow:
                         *controls,
                         self.approve_button,
                         self.deny_button,
+                        self.review,
                         self.status,
                         self.dismiss_button,
                     ]
@@ -132,6 +136,11 @@ class ApprovalRow:
         if self.option is not None:
             self.option.disabled = off
         self.reason.disabled = off
+        # Only a person's token decides here; an agent's hands over to the service.
+        shown = "" if self.panel.can_decide else "none"
+        for control in (self.approve_button, self.deny_button, self.option, self.reason):
+            if control is not None:
+                control.layout.display = shown
 
     def _decided(self, decided: dict[str, Any]) -> None:
         self.working = False
@@ -184,6 +193,15 @@ def _summary_html(request: dict[str, Any]) -> str:
     return f"<code style='white-space: pre-wrap'>{esc(text)}</code>"
 
 
+def _review_html(panel: ApprovalsPanel, request_id: str) -> str:
+    client = panel.client
+    if client is None:
+        return ""
+    url = client.service_page(f"approvals/{request_id}")
+    label = "Open on SAC" if panel.can_decide else "Review and decide on SAC"
+    return f'<a href="{esc(url)}" target="_blank" rel="noopener noreferrer">{esc(label)} ↗</a>'
+
+
 def _refresher(ref: weakref.ref[ApprovalsPanel], stop: threading.Event, interval: float) -> None:
     """Poll for pending requests until ``stop``; holds the panel only while polling."""
     while not stop.is_set():
@@ -203,9 +221,12 @@ class ApprovalsPanel(SacWidget):
     >>> panel                           # Approve / Deny each request
 
     Each row shows the agent, the tool and a short rendering of its input (for a
-    terminal prompt: the question, its options and a Dropdown to pick one), an
-    optional reason, and Approve / Deny. A refusal shows in the row: 403 when this
-    token may not decide (the request's own agent's sandbox), 409 when it was
+    terminal prompt: the question and its options) and a link to the request's
+    page on the `sac` service. A person's own token (``Client(url, token)`` outside
+    a sandbox) also gets an optional reason, an option Dropdown and Approve / Deny;
+    the token of an agent's sandbox never decides (docs/security.md#principals), so
+    there the link is how the person decides, in their own browser session. A
+    refusal shows in the row: 403 when this token may not decide, 409 when it was
     already decided or timed out (such rows stay until dismissed).
 
     The kernel applies the refresher's updates, and the buttons' clicks, between
@@ -224,6 +245,9 @@ class ApprovalsPanel(SacWidget):
         self.interval = interval
         self.rows: list[ApprovalRow] = []
         self.requests: list[dict[str, Any]] | None = None
+        # May this client's token decide? Learnt at the first poll (a notebook in an
+        # agent's sandbox may not: its rows link to the service's page instead).
+        self.can_decide = False
         self.error: str | None = None
         self._poll_lock = threading.Lock()
         self._generation = 0
@@ -278,6 +302,8 @@ class ApprovalsPanel(SacWidget):
             self._generation += 1
             generation = self._generation
         try:
+            if self.requests is None:
+                self.can_decide = client.can_decide()
             requests = client.pending()
         except Exception as e:
             self.error = error_text(e)
@@ -302,6 +328,7 @@ class ApprovalsPanel(SacWidget):
             row = by_id.get(request["id"])
             if row is None:
                 row = ApprovalRow(self, request)
+                row._buttons()
             rows.append(row)
         # Rows no longer pending go, unless they show an outcome to read (409).
         for row in self.rows:

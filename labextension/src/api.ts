@@ -1,20 +1,20 @@
 /**
- * The two servers the frontend talks to:
+ * Where the frontend's calls go. This page is served by the agent's own server, on
+ * the agent's own origin, which the sandbox controls: it holds no more authority
+ * than the sandbox does.
  *
- * - the agent's own Jupyter server (`sac/api/...`, the sandbox extension): the
- *   terminal, chat, installed skills and runs, workspace sync and previews;
- * - the `sac` service (`/services/sac/api/...`) as the logged-in user: the
- *   agent's record and usage, the marketplace, history, HITL decisions.
- *
- * The service is called with the browser's own login (JupyterHub OAuth), never
- * with the sandbox's token: a sandbox may not decide its own agent's HITL
- * requests, a person may.
+ * - The agent's own Jupyter server (`sac/api/...`, the sandbox extension): the
+ *   terminal, chat, installed skills and runs, workspace sync and previews.
+ * - The `sac` service, through the extension's relay (`sac/api/service/...`), which
+ *   adds this agent's token: the agent's record and usage, the marketplace, its
+ *   history and its pending requests (read), installs, private skills, restart.
+ * - What a person must do (decide a request, change settings or keys, share a
+ *   skill) happens on the service's own pages, on the service's origin, which the
+ *   sidebar opens in a new window (`servicePage`).
  */
 
 import { PageConfig, URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
-
-import { serviceBase } from './logic';
 
 /** An error answered by either server, with the service's `error` code. */
 export class SacError extends Error {
@@ -61,7 +61,6 @@ export interface IAgentRef {
   user: string;
   slug: string;
   hubPrefix: string;
-  service: string;
 }
 
 export function currentAgent(): IAgentRef {
@@ -69,8 +68,7 @@ export function currentAgent(): IAgentRef {
   return {
     user: PageConfig.getOption('hubUser'),
     slug: PageConfig.getOption('hubServerName'),
-    hubPrefix,
-    service: serviceBase(hubPrefix)
+    hubPrefix
   };
 }
 
@@ -169,70 +167,13 @@ export class ExtensionClient {
   }
 }
 
-// ---- the sac service, as the logged-in user ------------------------------------------------
-
-interface ISession {
-  xsrf: string;
-  user: string;
-  admin: boolean;
-}
-
-const SESSION_TIMEOUT_MS = 30000;
-
-/**
- * Signs the browser in to the service: loads its `session` page in a hidden
- * same-origin frame (a navigation, so it may pass through the hub's OAuth
- * login), then reads the XSRF token the page carries.
- */
-function openSession(service: string): Promise<ISession> {
-  return new Promise((resolve, reject) => {
-    const frame = document.createElement('iframe');
-    frame.style.display = 'none';
-    frame.setAttribute('aria-hidden', 'true');
-    frame.title = 'SAC session';
-    const done = (error: Error | null, session?: ISession) => {
-      window.clearTimeout(timer);
-      frame.remove();
-      if (error) {
-        reject(error);
-      } else {
-        resolve(session!);
-      }
-    };
-    const timer = window.setTimeout(
-      () => done(new SacError(0, 'session_timeout', 'the SAC service did not answer')),
-      SESSION_TIMEOUT_MS
-    );
-    frame.addEventListener('load', () => {
-      let doc: Document | null = null;
-      try {
-        doc = frame.contentDocument;
-      } catch {
-        doc = null;
-      }
-      const meta = (name: string) =>
-        doc?.querySelector(`meta[name="${name}"]`)?.getAttribute('content') ?? null;
-      const xsrf = meta('sac-xsrf');
-      if (xsrf) {
-        done(null, { xsrf, user: meta('sac-user') ?? '', admin: meta('sac-admin') === 'true' });
-      } else if (doc && doc.location.pathname.startsWith(`${service}session`)) {
-        done(new SacError(403, 'forbidden', doc.body?.innerText?.slice(0, 300) || 'the SAC service refused the session'));
-      }
-      // else: an OAuth redirect page on the way; wait for the next load
-    });
-    frame.src = `${service}session`;
-    document.body.appendChild(frame);
-  });
-}
+// ---- the sac service, through the extension's relay (as this agent) ----------------
 
 export class ServiceClient {
-  private _session: Promise<ISession> | null = null;
-
-  constructor(readonly agent: IAgentRef) {}
-
-  get base(): string {
-    return this.agent.service;
-  }
+  constructor(
+    readonly agent: IAgentRef,
+    readonly ext: ExtensionClient = new ExtensionClient()
+  ) {}
 
   /** The agent's own API path under the service: `users/<u>/agents/<slug>/…`. */
   agentPath(rest = ''): string {
@@ -240,48 +181,27 @@ export class ServiceClient {
     return `users/${encodeURIComponent(user)}/agents/${encodeURIComponent(slug)}${rest}`;
   }
 
-  session(): Promise<ISession> {
-    if (!this._session) {
-      this._session = openSession(this.base).catch(error => {
-        this._session = null;
-        throw error;
-      });
-    }
-    return this._session;
-  }
-
+  /** The relay's URL for a service API path (same origin: links and downloads work). */
   url(path: string, query?: Record<string, string>): string {
     const clean = query
       ? Object.fromEntries(Object.entries(query).filter(([, v]) => v !== '' && v !== undefined && v !== null))
       : undefined;
-    const qs = clean && Object.keys(clean).length ? URLExt.objectToQueryString(clean) : '';
-    return `${this.base}api/${path}${qs}`;
+    return this.ext.url(`service/${path}`, clean && Object.keys(clean).length ? clean : undefined);
   }
 
-  async request<T>(
-    method: string,
-    path: string,
-    body?: unknown,
-    query?: Record<string, string>
-  ): Promise<T> {
-    for (let attempt = 0; ; attempt++) {
-      const session = await this.session();
-      const response = await fetch(this.url(path, query), {
+  request<T>(method: string, path: string, body?: unknown, query?: Record<string, string>): Promise<T> {
+    const clean = query
+      ? Object.fromEntries(Object.entries(query).filter(([, v]) => v !== '' && v !== undefined && v !== null))
+      : undefined;
+    return this.ext.request<T>(
+      `service/${path}`,
+      {
         method,
-        credentials: 'same-origin',
-        headers: {
-          'X-XSRFToken': session.xsrf,
-          ...(body === undefined ? {} : { 'Content-Type': 'application/json' })
-        },
-        body: body === undefined ? undefined : JSON.stringify(body)
-      });
-      if (response.status === 401 && attempt === 0) {
-        // The service's login expired: sign in again once.
-        this._session = null;
-        continue;
-      }
-      return jsonOf<T>(response);
-    }
+        body: body === undefined ? undefined : JSON.stringify(body),
+        headers: body === undefined ? undefined : { 'Content-Type': 'application/json' }
+      },
+      clean && Object.keys(clean).length ? clean : undefined
+    );
   }
 
   get<T>(path: string, query?: Record<string, string>): Promise<T> {
@@ -294,9 +214,6 @@ export class ServiceClient {
   }
   agents(): Promise<{ agents: any[] }> {
     return this.get('agents');
-  }
-  updateAgent(body: Record<string, unknown>): Promise<any> {
-    return this.request('PATCH', this.agentPath(), body);
   }
   usage(): Promise<any> {
     return this.get(this.agentPath('/usage'));
@@ -348,13 +265,6 @@ export class ServiceClient {
   // approvals
   pendingRequests(): Promise<{ requests: any[] }> {
     return this.get('hitl/requests', { status: 'pending', agent: this.agent.slug, limit: '100' });
-  }
-  decide(id: string, decision: 'allow' | 'deny', option?: string | null): Promise<any> {
-    const body: Record<string, unknown> = { decision };
-    if (option) {
-      body.option = option;
-    }
-    return this.request('POST', `hitl/requests/${encodeURIComponent(id)}/decision`, body);
   }
 
   // workspace

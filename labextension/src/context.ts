@@ -81,6 +81,13 @@ export interface ISacContext {
   preferences: () => IPreferences;
   /** Open a folder of the workspace in the file browser. */
   showFolder: (path: string) => Promise<void>;
+  /**
+   * Open one of the `sac` service's pages (`approvals/<id>`, `agents/<u>/<a>`,
+   * `skills/<id>`) in a new window, on the service's own origin: where a person
+   * decides, changes settings and keys, and shares skills with their own login,
+   * out of reach of this page's scripts.
+   */
+  openServicePage: (path: string) => void;
 }
 
 export const COMMANDS = {

@@ -21,7 +21,7 @@ import claudeSvg from '../style/icons/claude.svg';
 import { currentAgent, ExtensionClient, ServiceClient } from './api';
 import { ChatPanel } from './chat';
 import { COMMANDS, DEFAULT_PREFERENCES, IPreferences, ISacContext, SacEvents } from './context';
-import { agentOpenUrl } from './logic';
+import { agentOpenUrl, servicePageUrl } from './logic';
 import { SacSidebar } from './sidebar';
 
 const PLUGIN_ID = 'jupyter-sac:plugin';
@@ -79,17 +79,46 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const events = new SacEvents();
     app.serviceManager.events.stream.connect((_, event) => events.dispatch(event as any));
 
+    const ext = new ExtensionClient();
+    // The service's public URL (its own origin) comes from this sandbox's status.
+    let serviceUrl: string | null = null;
+    const serviceUrlLoaded = ext
+      .status()
+      .then(status => {
+        serviceUrl = typeof status?.service_url === 'string' ? status.service_url : null;
+      })
+      .catch(reason => console.warn('jupyter-sac: the service address is unknown', reason));
+
     const ctx: ISacContext = {
       app,
       agent,
-      ext: new ExtensionClient(),
-      service: new ServiceClient(agent),
+      ext,
+      service: new ServiceClient(agent, ext),
       events,
       trans,
       rendermime,
       preferences: () => preferences,
       showFolder: async (path: string) => {
         await app.commands.execute('filebrowser:go-to-path', { path: `/${path}` });
+      },
+      openServicePage: (path: string) => {
+        const open = (base: string) => window.open(servicePageUrl(base, path), '_blank', 'noopener');
+        if (serviceUrl) {
+          open(serviceUrl);
+          return;
+        }
+        // Not known yet: offer the link once it is (a new window needs a click).
+        void serviceUrlLoaded.then(() => {
+          if (!serviceUrl) {
+            Notification.error(trans.__('The SAC service cannot be reached from here.'));
+            return;
+          }
+          const base = serviceUrl;
+          Notification.info(trans.__('Continue on the SAC service.'), {
+            autoClose: false,
+            actions: [{ label: trans.__('Open'), callback: () => void open(base) }]
+          });
+        });
       }
     };
 

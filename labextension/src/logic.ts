@@ -35,6 +35,29 @@ export function agentLabUrl(hubPrefix: string, user: string, slug: string): stri
   return `${base}user/${encodeURIComponent(user)}/${encodeURIComponent(slug)}/lab`;
 }
 
+/**
+ * One of the `sac` service's pages from its public base URL (which ends in `/`),
+ * e.g. `approvals/<id>`: only relative paths under the base, so a request id or
+ * a name can never send the window elsewhere.
+ */
+export function servicePageUrl(serviceUrl: string, path: string): string {
+  const base = serviceUrl.endsWith('/') ? serviceUrl : `${serviceUrl}/`;
+  const decode = (part: string): string => {
+    try {
+      return decodeURIComponent(part);
+    } catch {
+      return part;
+    }
+  };
+  const clean = path
+    .split('/')
+    .map(decode)
+    .filter(part => part !== '' && part !== '.' && part !== '..')
+    .map(encodeURIComponent)
+    .join('/');
+  return base + clean;
+}
+
 // ---- numbers people read --------------------------------------------------------
 
 const BYTE_UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];

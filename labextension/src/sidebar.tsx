@@ -8,7 +8,7 @@ import { Dialog, Notification, showDialog } from '@jupyterlab/apputils';
 import { ReactWidget } from '@jupyterlab/ui-components';
 import * as React from 'react';
 
-import { ErrorLine, FormFooter, Section, SmallButton, UsageBar, useLoad } from './components';
+import { ErrorLine, Section, SmallButton, UsageBar, useLoad } from './components';
 import { COMMANDS, ISacContext } from './context';
 import {
   agentOpenUrl,
@@ -43,8 +43,6 @@ function AgentSection(props: { ctx: ISacContext }): JSX.Element {
   const others = useLoad(() => ctx.service.agents(), []);
   const [busy, setBusy] = React.useState(false);
   const [error, setError] = React.useState<unknown>(null);
-  const [editing, setEditing] = React.useState(false);
-  const [saved, setSaved] = React.useState<string | null>(null);
 
   // Usage moves with every model call: refresh it while the sidebar is open.
   React.useEffect(() => {
@@ -132,33 +130,12 @@ function AgentSection(props: { ctx: ISacContext }): JSX.Element {
         <SmallButton label={trans.__('Claude Terminal')} onClick={() => void ctx.app.commands.execute(COMMANDS.terminal)} />
         <SmallButton label={trans.__('Chat')} onClick={() => void ctx.app.commands.execute(COMMANDS.chat)} />
         <SmallButton label={trans.__('Restart')} kind="warn" disabled={busy} onClick={() => void restart()} />
-        {agent && !editing ? (
-          <SmallButton label={trans.__('Settings')} title={trans.__('Change the model or API key')} onClick={() => setEditing(true)} />
-        ) : null}
-      </div>
-      {editing && agent ? (
-        <AgentSettings
-          ctx={ctx}
-          agent={agent}
-          onClose={() => setEditing(false)}
-          onSaved={(updated, changed) => {
-            setEditing(false);
-            // The credential proxy reads the key on every call; the model is the
-            // sandbox's environment, so it needs a restart.
-            setSaved(
-              changed.includes('model') && updated.restart_required
-                ? trans.__('Saved. The new model applies when the agent restarts.')
-                : trans.__('Saved. The next model call uses it.')
-            );
-            record.reload();
-          }}
+        <SmallButton
+          label={trans.__('Settings…')}
+          title={trans.__('Change the model, API key, approvals policy or driving on the SAC service')}
+          onClick={() => ctx.openServicePage(`agents/${encodeURIComponent(ctx.agent.user)}/${encodeURIComponent(ctx.agent.slug)}`)}
         />
-      ) : null}
-      {saved ? (
-        <div className="jp-SacNotice" role="status">
-          {saved}
-        </div>
-      ) : null}
+      </div>
       {others.value && others.value.agents.length > 1 ? (
         <label className="jp-SacField">
           <span>{trans.__('Switch to')}</span>
@@ -177,88 +154,6 @@ function AgentSection(props: { ctx: ISacContext }): JSX.Element {
         </label>
       ) : null}
     </Section>
-  );
-}
-
-/** Change this agent's model or provider key (they apply at the next start). */
-function AgentSettings(props: {
-  ctx: ISacContext;
-  agent: any;
-  onSaved: (agent: any, changed: string[]) => void;
-  onClose: () => void;
-}): JSX.Element {
-  const { ctx, agent } = props;
-  const { trans } = ctx;
-  const [model, setModel] = React.useState<string>(agent.model ?? '');
-  const [apiKey, setApiKey] = React.useState('');
-  const [useOrgKey, setUseOrgKey] = React.useState<boolean>(Boolean(agent.uses_organisation_key));
-  const [error, setError] = React.useState<unknown>(null);
-  const [busy, setBusy] = React.useState(false);
-
-  const save = async (event: React.FormEvent) => {
-    event.preventDefault();
-    const body: Record<string, unknown> = {};
-    if (model.trim() && model.trim() !== agent.model) {
-      body.model = model.trim();
-    }
-    if (useOrgKey && !agent.uses_organisation_key) {
-      body.api_key = null;
-    } else if (!useOrgKey && apiKey) {
-      body.api_key = apiKey;
-    }
-    if (!Object.keys(body).length) {
-      props.onClose();
-      return;
-    }
-    setBusy(true);
-    try {
-      props.onSaved(await ctx.service.updateAgent(body), Object.keys(body));
-    } catch (e) {
-      setError(e);
-    } finally {
-      setBusy(false);
-    }
-  };
-
-  return (
-    <form className="jp-SacForm" aria-label={trans.__('Agent settings')} onSubmit={e => void save(e)}>
-      <label className="jp-SacField">
-        <span>{trans.__('Model')}</span>
-        <input className="jp-mod-styled" name="model" value={model} onChange={e => setModel(e.target.value)} />
-      </label>
-      <label className="jp-SacCheck">
-        <input
-          type="checkbox"
-          name="use_org_key"
-          checked={useOrgKey}
-          disabled={!agent.organisation_key_available && !agent.uses_organisation_key}
-          onChange={e => setUseOrgKey(e.target.checked)}
-        />
-        {agent.organisation_key_available
-          ? trans.__("Use the organisation's key")
-          : trans.__('No organisation key for %1', agent.provider)}
-      </label>
-      {useOrgKey ? null : (
-        <label className="jp-SacField">
-          <span>{agent.key_set ? trans.__('New API key (empty: keep the current one)') : trans.__('API key')}</span>
-          <input
-            className="jp-mod-styled"
-            name="api_key"
-            type="password"
-            autoComplete="off"
-            value={apiKey}
-            onChange={e => setApiKey(e.target.value)}
-          />
-        </label>
-      )}
-      <FormFooter
-        trans={trans}
-        error={error}
-        submitLabel={trans.__('Save')}
-        busy={busy}
-        onCancel={props.onClose}
-      />
-    </form>
   );
 }
 
@@ -520,7 +415,6 @@ function ApprovalsSection(props: { ctx: ISacContext; onCount: (n: number) => voi
   const { trans } = ctx;
   const [pending, setPending] = React.useState<IHitlRequest[]>([]);
   const [error, setError] = React.useState<unknown>(null);
-  const [working, setWorking] = React.useState<string | null>(null);
   // The notification shown for each request, taken away once it is decided.
   const notices = React.useRef(new Map<string, string>());
   const dismissNotice = (id: string) => {
@@ -529,6 +423,12 @@ function ApprovalsSection(props: { ctx: ISacContext; onCount: (n: number) => voi
       Notification.dismiss(notice);
       notices.current.delete(id);
     }
+  };
+
+  // Requests are decided by the person on the service's own page (its origin, their
+  // login), never from here: this page's scripts run with the sandbox's authority.
+  const review = (request: IHitlRequest) => {
+    ctx.openServicePage(`approvals/${encodeURIComponent(request.id)}`);
   };
 
   const refresh = React.useCallback(async () => {
@@ -552,7 +452,7 @@ function ApprovalsSection(props: { ctx: ISacContext; onCount: (n: number) => voi
             trans.__('Claude asks: %1', ev.request.question || ev.request.tool || trans.__('approval')),
             {
               autoClose: 8000,
-              actions: [{ label: trans.__('Review'), callback: () => void ctx.app.commands.execute(COMMANDS.sidebar) }]
+              actions: [{ label: trans.__('Review'), callback: () => review(ev.request) }]
             }
           )
         );
@@ -569,21 +469,6 @@ function ApprovalsSection(props: { ctx: ISacContext; onCount: (n: number) => voi
   }, [ctx, refresh, trans]);
 
   React.useEffect(() => onCount(pending.length), [pending.length, onCount]);
-
-  const decide = async (request: IHitlRequest, decision: 'allow' | 'deny', option?: string) => {
-    setWorking(request.id);
-    try {
-      await ctx.service.decide(request.id, decision, option);
-      setPending(current => current.filter(r => r.id !== request.id));
-      dismissNotice(request.id);
-      setError(null);
-    } catch (e) {
-      setError(e);
-      void refresh();
-    } finally {
-      setWorking(null);
-    }
-  };
 
   return (
     <Section
@@ -609,26 +494,22 @@ function ApprovalsSection(props: { ctx: ISacContext; onCount: (n: number) => voi
                   <summary>{trans.__('Input')}</summary>
                   <pre>{JSON.stringify(r.input, null, 2)}</pre>
                 </details>
+                {r.kind === 'terminal' && r.options?.length ? (
+                  <ol className="jp-SacApproval-options">
+                    {r.options.map(o => (
+                      <li key={o.key} data-decision={optionDecision(o.label)}>
+                        {o.label}
+                      </li>
+                    ))}
+                  </ol>
+                ) : null}
                 <div className="jp-SacRow">
-                  {r.kind === 'terminal' && r.options?.length ? (
-                    r.options.map(o => {
-                      const decision = optionDecision(o.label);
-                      return (
-                        <SmallButton
-                          key={o.key}
-                          label={o.label}
-                          disabled={working === r.id}
-                          kind={decision === 'deny' ? 'reject' : 'accept'}
-                          onClick={() => void decide(r, decision, o.key)}
-                        />
-                      );
-                    })
-                  ) : (
-                    <>
-                      <SmallButton label={trans.__('Approve')} kind="accept" disabled={working === r.id} onClick={() => void decide(r, 'allow')} />
-                      <SmallButton label={trans.__('Deny')} kind="reject" disabled={working === r.id} onClick={() => void decide(r, 'deny')} />
-                    </>
-                  )}
+                  <SmallButton
+                    label={trans.__('Review and decide…')}
+                    kind="accept"
+                    title={trans.__('Opens the request on the SAC service, where you approve or deny it')}
+                    onClick={() => review(r)}
+                  />
                 </div>
               </li>
             );

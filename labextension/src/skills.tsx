@@ -18,7 +18,6 @@ import {
 
 // '' is every tier; 'installed' lists this agent's installed skills.
 const TIERS = ['', 'installed', 'official', 'public', 'group', 'private'];
-const VISIBILITIES = ['private', 'group', 'public', 'official'];
 const PARAM_TYPES: ParamType[] = ['text', 'number', 'date', 'select'];
 
 type View =
@@ -223,8 +222,6 @@ function SkillEditor(props: { ctx: ISacContext; skill: any | null; onDone: (save
   const [body, setBody] = React.useState(skill?.body ?? '');
   const [prompt, setPrompt] = React.useState(skill?.prompt ?? '');
   const [params, setParams] = React.useState<ISkillParameter[]>(skill?.parameters ?? []);
-  const [visibility, setVisibility] = React.useState(skill?.visibility ?? 'private');
-  const [group, setGroup] = React.useState(skill?.group ?? '');
   const [error, setError] = React.useState<unknown>(null);
   const [busy, setBusy] = React.useState(false);
 
@@ -243,9 +240,7 @@ function SkillEditor(props: { ctx: ISacContext; skill: any | null; onDone: (save
       description,
       body,
       prompt,
-      parameters: cleanParameters(params),
-      visibility,
-      group: visibility === 'group' ? group : null
+      parameters: cleanParameters(params)
     };
     setBusy(true);
     try {
@@ -287,22 +282,11 @@ function SkillEditor(props: { ctx: ISacContext; skill: any | null; onDone: (save
         <textarea className="jp-mod-styled" name="prompt" rows={3} value={prompt} onChange={e => setPrompt(e.target.value)} />
       </label>
       <ParameterEditor ctx={ctx} params={params} onChange={setParams} />
-      <label className="jp-SacField">
-        <span>{trans.__('Shared with')}</span>
-        <select className="jp-mod-styled" name="visibility" value={visibility} onChange={e => setVisibility(e.target.value)}>
-          {VISIBILITIES.map(v => (
-            <option key={v} value={v}>
-              {v}
-            </option>
-          ))}
-        </select>
-      </label>
-      {visibility === 'group' ? (
-        <label className="jp-SacField">
-          <span>{trans.__('Group')}</span>
-          <input className="jp-mod-styled" name="group" value={group} onChange={e => setGroup(e.target.value)} />
-        </label>
-      ) : null}
+      <p className="jp-SacMuted">
+        {trans.__(
+          'Skills made here are private. Share one with a group or everyone from its page on the SAC service (Share…).'
+        )}
+      </p>
       <FormFooter
         trans={trans}
         error={error}
@@ -455,7 +439,18 @@ export function SkillsSection(props: { ctx: ISacContext }): JSX.Element {
                   />
                 )}
                 <SmallButton label={trans.__('Fork')} disabled={working === s.id} onClick={() => void act(s, () => ctx.service.forkSkill(s.id))} />
-                {mine ? <SmallButton label={trans.__('Edit')} onClick={() => setView({ kind: 'edit', skill: s })} /> : null}
+                {mine && s.visibility === 'private' ? (
+                  <SmallButton label={trans.__('Edit')} onClick={() => setView({ kind: 'edit', skill: s })} />
+                ) : null}
+                {mine ? (
+                  // Sharing, and changing what others installed, is a person's act on
+                  // the service's own page, out of reach of this page's scripts.
+                  <SmallButton
+                    label={s.visibility === 'private' ? trans.__('Share…') : trans.__('Manage…')}
+                    title={trans.__('Open this skill on the SAC service')}
+                    onClick={() => ctx.openServicePage(`skills/${encodeURIComponent(String(s.id))}`)}
+                  />
+                ) : null}
               </div>
             </li>
           );

@@ -26,6 +26,7 @@ import {
   secondsLeft,
   serverStatus,
   serviceBase,
+  servicePageUrl,
   skillMatches,
   toolKind,
   toolSummary,
@@ -321,5 +322,21 @@ describe('approvals and output', () => {
       list = applyOutputEvent(list, { action: 'created', path: `output/${i}` }, 't');
     }
     expect(list).toHaveLength(20);
+  });
+});
+
+describe('servicePageUrl', () => {
+  const base = 'http://sac--service.localhost:8000/services/sac/';
+
+  it('puts a page under the service base', () => {
+    expect(servicePageUrl(base, 'approvals/6f1c-9b2e')).toBe(`${base}approvals/6f1c-9b2e`);
+    expect(servicePageUrl(base.slice(0, -1), 'agents/alice/a1')).toBe(`${base}agents/alice/a1`);
+  });
+
+  it('keeps encoded names encoded and never climbs out of the base', () => {
+    expect(servicePageUrl(base, 'agents/a%2Fb/x')).toBe(`${base}agents/a%2Fb/x`);
+    expect(servicePageUrl(base, '../../hub/admin')).toBe(`${base}hub/admin`);
+    expect(servicePageUrl(base, 'skills/%2e%2e/%2E/7')).toBe(`${base}skills/7`);
+    expect(servicePageUrl(base, 'skills/%zz')).toBe(`${base}skills/%25zz`);
   });
 });
