@@ -36,12 +36,15 @@ class HubApi:
     def sac(self, method: str, path: str, **kw: Any) -> httpx.Response:
         return self.client.request(method, "services/sac/api/" + path.lstrip("/"), **kw)
 
-    def create_user(self, name: str, admin: bool = False, **token: Any) -> HubApi:
+    def create_user(
+        self, name: str, admin: bool = False, hub_admin: bool = False, **token: Any
+    ) -> HubApi:
         """A hub user and a client with an API token of theirs (``token``: the body
         of the token request, e.g. ``scopes`` for a narrowed one). ``admin``: a SAC
-        administrator (a member of the sac-admins group)."""
+        administrator (a member of the sac-admins group); ``hub_admin``: JupyterHub's
+        admin flag (which gives nothing in SAC)."""
         harness = HubApi(self.url, self.harness, self.harness) if self.harness else self
-        resp = harness.hub("POST", f"users/{name}")
+        resp = harness.hub("POST", f"users/{name}", json={"admin": hub_admin})
         assert resp.status_code in (201, 409), resp.text
         if admin:
             resp = harness.hub("POST", "groups/sac-admins/users", json={"users": [name]})

@@ -493,6 +493,18 @@ class WorkspacesPage(PageHandler, UserWorkspaceBase, GroupQuotaOps):
             await self.show(e.status_code, e)
 
 
+class AgentsListPage(AgentsPage):
+    """The agents list: forms post to one agent's URL, so the list takes no POST."""
+
+    post = web.RequestHandler.post  # type: ignore[assignment]
+
+
+class HitlListPage(HitlPage):
+    """The approvals list: each request's form posts to its own URL."""
+
+    post = web.RequestHandler.post  # type: ignore[assignment]
+
+
 def routes(prefix: str) -> list[tuple[str, Any]]:
     admin = prefix + "admin/"
     return [
@@ -501,10 +513,10 @@ def routes(prefix: str) -> list[tuple[str, Any]]:
         (admin + r"settings/keys/([a-z0-9-]+)", OrgKeyPage),
         (admin + "users", UsersPage),
         (admin + f"users/{USER}", UserPage),
-        (admin + "agents", AgentsPage),
+        (admin + "agents", AgentsListPage),
         (admin + f"agents/{USER}/{SLUG}", AgentsPage),
         (admin + "conversations", ConversationsPage),
-        (admin + "hitl", HitlPage),
+        (admin + "hitl", HitlListPage),
         (admin + r"hitl/([0-9a-f-]+)", HitlPage),
         (admin + "usage", UsagePage),
         (admin + "workspaces", WorkspacesPage),

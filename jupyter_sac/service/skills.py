@@ -144,6 +144,13 @@ class SkillBaseHandler(BaseHandler):
         ident = self.require_signed_in()
         return Viewer(ident.name, ident.admin, ident.groups, ident.scopes)
 
+    def may_author(self) -> None:
+        """Checked before a body is read: persons and agents' sandboxes author skills
+        (the sandboxes only private ones, see require_author); nobody else does."""
+        ident = self.identity
+        if not (ident.person or ident.kind == "agent"):
+            self.require_person("author skills")
+
     def require_author(
         self, tier: tuple[str, str | None], before: dict[str, Any] | None = None
     ) -> None:
@@ -260,7 +267,7 @@ class SkillsHandler(SkillBaseHandler):
         )
 
     async def post(self) -> None:
-        self.require_signed_in()
+        self.may_author()
         body = self.json_body()
         check_fields(body, SPEC_FIELDS | {"visibility", "group"})
         spec = self.spec(body)
@@ -278,6 +285,9 @@ class SkillHandler(SkillBaseHandler):
 
     async def patch(self, skill_id: str) -> None:
         row = await self.editable(skill_id)
+        self.may_author()
+        if row["visibility"] != "private" and self.identity.kind == "agent":
+            self.require_author((row["visibility"], row["group_name"]), row)
         body = self.json_body()
         check_fields(body, SPEC_FIELDS | {"visibility", "group"})
         if "command" in body and body["command"] != row["command"]:
@@ -363,7 +373,19 @@ class AgentSkillsHandler(SkillBaseHandler):
         self.write_json(skill_model(await self.readable(str(skill_id))), 201)
 
 
-class AgentSkillHandler(AgentSkillsHandler):
+class AgentSkillHandler(SkillBaseHandler):
+    """GET: one skill installed in an agent; DELETE: uninstall it."""
+
+    async def get(self, owner: str, slug: str, skill_id: str) -> None:
+        agent = await self.get_agent(
+            owner, slug, "read installed skills", driver_may=True, agent_may=True
+        )
+        rows = await self.sac.store.skills.installed(agent.id)
+        row = next((r for r in rows if str(r["id"]) == skill_id), None)
+        if row is None:
+            raise ApiError(404, "not_found", "that skill is not installed in this agent")
+        self.write_json(skill_model(row))
+
     async def delete(self, owner: str, slug: str, skill_id: str) -> None:
         agent = await self.get_agent(owner, slug, "uninstall skills", agent_may=True)
         async with self.sac.store.transaction() as conn:

@@ -57,7 +57,7 @@ class RunningStack:
     data_dir: Path
     log_path: Path
     proc: subprocess.Popen
-    # A token of the test harness's own hub service (admin:users, tokens): it stands
+    # A token of the test harness's own hub service (a hub admin): it stands
     # in for people making their API tokens at /hub/token, which the administrator
     # may not do for them (docs/security.md#operators).
     harness_token: str = ""
@@ -69,12 +69,11 @@ HARNESS_CONFIG = """
 # users' API tokens as each user would at /hub/token. (A subconfig starts from an
 # empty config that is merged into the hub's: append, don't assign, to lists.)
 import os
+# admin: it may also make a user a JupyterHub admin (to test that the flag gives
+# nothing in SAC), which only admins may.
 c.JupyterHub.services.append(
-    {{"name": {name!r}, "api_token": os.environ.get("SAC_TEST_HARNESS_TOKEN", "")}}
-)
-c.JupyterHub.load_roles.append(
-    {{"name": {name!r}, "services": [{name!r}],
-      "scopes": ["admin:users", "tokens", "read:users", "admin:groups"]}}
+    {{"name": {name!r}, "api_token": os.environ.get("SAC_TEST_HARNESS_TOKEN", ""),
+      "admin": True}}
 )
 {extra}
 """
