@@ -370,11 +370,12 @@ DELIVERED_FIELDS = ("command", "title", "description", "body", "parameters", "pr
 def delivery_checksum(fields: Mapping[str, Any], bundle_sha256: str | None) -> str:
     """The sha256 an install records for what its sandbox receives: the delivered
     fields as canonical JSON, and the bundle's sha256 (its bytes are checked against
-    that). The service computes it when an install is made or updated, from the
-    version the install pins.
+    that). The service computes it when an install is made or updated; the sandbox
+    recomputes it from the manifest entry and refuses to write a skill that differs.
 
     It covers the fields SKILL.md is rendered from rather than the rendered text, so
-    it does not depend on the renderer of whichever package version computes it."""
+    a sandbox image whose renderer differs from the service's does not refuse every
+    skill; the sandbox renders only what it has verified."""
     content = {key: fields[key] for key in DELIVERED_FIELDS}
     content["bundle_sha256"] = bundle_sha256
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)

@@ -3,7 +3,7 @@ and the bundles.
 
 ``GET api/agent/skills`` is the manifest of the agent's installed skills that its
 owner may still read, each at the version its install pins (content, bundle, and
-the install's checksum), with an ETag
+the install's checksum, which the sandbox verifies before writing), with an ETag
 so a poll with nothing changed is one small query and a 304. An edit of the skill
 changes nothing here until the installer updates the pin.
 ``POST api/agent/skills/bundles`` returns small bundles inline and

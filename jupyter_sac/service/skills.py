@@ -631,7 +631,8 @@ INSTALLED_SCHEMA: dict[str, Any] = {
         },
         "checksum": {
             "type": "string",
-            "description": "sha256 of what the sandbox receives for the pinned version",
+            "description": "sha256 of what the sandbox receives for the pinned version; the"
+            " sandbox refuses content that does not match it",
         },
         "available": {
             "type": "boolean",
