@@ -101,10 +101,19 @@ def bulk_catalogue(url: str, count: int) -> None:
                      f"Catalogue skill about {word}, number {i}.", BODY, "[]", "",
                      "public", f"c{i}")
                 )  # fmt: skip
-        # Installs spread over the catalogue so "most installed first" has work to do.
+        # Each version's content is kept (installs pin one): the first version.
         cur.execute(
-            "INSERT INTO skill_installs (agent_id, skill_id)"
-            " SELECT a.id, s.id FROM skills s CROSS JOIN agents a"
+            "INSERT INTO skill_versions (skill_id, version, title, description, body,"
+            " parameters, prompt, tags, checksum)"
+            " SELECT id, version, title, description, body, parameters, prompt, tags, checksum"
+            " FROM skills WHERE owner LIKE 'author%'"
+        )
+        # Installs spread over the catalogue so "most installed first" has work to do.
+        # They are never synced (the sync figures are taken before), so their checksum
+        # is a stand-in, not the sha256 a sandbox would verify.
+        cur.execute(
+            "INSERT INTO skill_installs (agent_id, skill_id, version, checksum)"
+            " SELECT a.id, s.id, s.version, s.checksum FROM skills s CROSS JOIN agents a"
             " WHERE s.owner LIKE 'author%' AND s.id % 7 = 0"
         )
     # A marketplace grows a skill at a time and autovacuum keeps its statistics;

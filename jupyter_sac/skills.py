@@ -20,12 +20,14 @@ and the archive readers, which only list entries.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
+import json
 import re
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path, PurePosixPath
@@ -356,6 +358,28 @@ def build_spec(meta: Any, body: str, files: dict[str, bytes] | None = None) -> S
         tags=tuple(_text(f"tags[{i}]", t, 40) for i, t in enumerate(tags)),
         files=dict(files or {}),
     )
+
+
+# ---- what a sandbox receives --------------------------------------------------------
+
+# The fields of an installed skill that reach its agent: SKILL.md is rendered from
+# them, and a run's request from ``parameters`` and ``prompt``.
+DELIVERED_FIELDS = ("command", "title", "description", "body", "parameters", "prompt", "tags")
+
+
+def delivery_checksum(fields: Mapping[str, Any], bundle_sha256: str | None) -> str:
+    """The sha256 an install records for what its sandbox receives: the delivered
+    fields as canonical JSON, and the bundle's sha256 (its bytes are checked against
+    that). The service computes it when an install is made or updated; the sandbox
+    recomputes it from the manifest entry and refuses to write a skill that differs.
+
+    It covers the fields SKILL.md is rendered from rather than the rendered text, so
+    a sandbox image whose renderer differs from the service's does not refuse every
+    skill; the sandbox renders only what it has verified."""
+    content = {key: fields[key] for key in DELIVERED_FIELDS}
+    content["bundle_sha256"] = bundle_sha256
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 # ---- bundles ----------------------------------------------------------------------

@@ -233,6 +233,14 @@ def tar_gz(files: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
+def stack_database_url(data_dir: Any) -> str:
+    """The URL of a running embedded stack's PostgreSQL (its pgserver folder), for
+    tests that must change what no API may: tampering with stored rows."""
+    import pgserver
+
+    return pgserver.get_server(data_dir / "postgres", cleanup_mode=None).get_uri()
+
+
 def agent_home(data_dir: Any, slug: str) -> Any:
     """An agent's folder on the host (``<data dir>/agents/<id>-<slug>``)."""
     (root,) = (data_dir / "agents").glob(f"*-{slug}")

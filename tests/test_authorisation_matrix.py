@@ -340,6 +340,13 @@ SERVICE_ROWS: list[Row] = [
     Row("POST", AGENT + "/skills", OWN_READERS, body=NO_BODY, ok=frozenset({400})),
     Row("GET", AGENT + "/skills/{pskill}", DRIVEN_READERS, ok=frozenset({200})),
     Row(
+        "POST",
+        AGENT + "/skills/{pskill}/update",
+        OWN_READERS,
+        body={"version": "newest"},
+        ok=frozenset({400}),
+    ),
+    Row(
         "DELETE",
         AGENT + "/skills/{pskill}",
         OWN_READERS,

@@ -360,11 +360,30 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
         created = client.sac("GET", "skills", params={"q": f"tidy-{word}"}).json()["skills"][0]
         assert [p["name"] for p in created["parameters"]] == ["folder", "style"]
         assert created["parameters"][1]["options"] == ["short", "thorough"]
+        mine.get_by_role("button", name="Install").click()
+        expect(mine).to_contain_text("v1 installed")
         mine.get_by_role("button", name="Edit").click()
+        editor.locator("input[name=description]").fill("Sorts a folder's files, by type.")
         editor.locator("select[name=visibility]").select_option("public")
         editor.get_by_role("button", name="Save").click()
         skills.get_by_label("Tier").select_option("public")
-        expect(skills.locator(f"[data-command=tidy-{word}]")).to_contain_text("public")
+        shared = skills.locator(f"[data-command=tidy-{word}]")
+        expect(shared).to_contain_text("public")
+        # The edit is version 2; this agent keeps version 1 until it is updated. The
+        # installed view lists version 1, but editing starts from the newest.
+        expect(shared).to_contain_text("v1 installed")
+        skills.get_by_label("Tier").select_option("installed")
+        expect(shared).to_contain_text("v1 installed")
+        shared.get_by_role("button", name="Edit").click()
+        expect(editor.locator("input[name=description]")).to_have_value(
+            "Sorts a folder's files, by type."
+        )
+        editor.get_by_role("button", name="Cancel").click()
+        shared.get_by_role("button", name="Update to v2").click()
+        expect(shared).to_contain_text("v2 installed")
+        expect(shared.get_by_role("button", name="Update to v2")).to_have_count(0)
+        pins = client.sac("GET", f"users/{name}/agents/desk/skills").json()["skills"]
+        assert {s["command"]: s["installed_version"] for s in pins}[f"tidy-{word}"] == 2
 
         # 10. The workspace's folder shortcuts open the file browser there.
         section("workspace").get_by_role("button", name="/workspace/output").click()

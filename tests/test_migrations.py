@@ -9,7 +9,8 @@ import sys
 import psycopg
 import pytest
 
-from jupyter_sac.store import list_migrations, migrate
+from jupyter_sac.skills import delivery_checksum
+from jupyter_sac.store import Store, list_migrations, migrate
 
 ALL_VERSIONS = [m.version for m in list_migrations()]
 
@@ -100,3 +101,49 @@ async def test_failed_migration_leaves_nothing_half_applied(database_url: str, m
         await migrate_module.migrate(database_url)
     assert "half_done" not in _tables(database_url)
     assert _recorded(database_url) == ALL_VERSIONS
+
+
+@pytest.mark.asyncio
+async def test_upgrade_pins_existing_installs_at_their_current_version(
+    database_url: str, monkeypatch
+) -> None:
+    """A database from before pinned installs: each skill's current content becomes
+    its first kept version, each install is pinned there, and the service's start
+    records the checksum the sandbox will verify."""
+    migrate_module = importlib.import_module("jupyter_sac.store.migrate")
+    every = list_migrations()
+    before = [m for m in every if m.version < 11]
+    monkeypatch.setattr(migrate_module, "list_migrations", lambda: before)
+    await migrate_module.migrate(database_url)
+    with psycopg.connect(database_url) as conn:
+        agent = conn.execute(
+            "INSERT INTO agents (owner, slug, display_name, provider, model)"
+            " VALUES ('bob', 'old', 'old', 'anthropic', 'm') RETURNING id"
+        ).fetchone()[0]
+        skill = conn.execute(
+            "INSERT INTO skills (owner, command, title, description, body, parameters, prompt,"
+            " tags, visibility, version, checksum, bundle_sha256, bundle_files, bundle_size)"
+            " VALUES ('ann', 'legacy', 'Legacy', 'Old one.', 'Do it.',"
+            ' \'[{"name": "file", "type": "text", "required": true}]\', \'On {{file}}.\','
+            " '[\"x\"]', 'public', 7, 'c7', %s, '[{\"name\": \"a.txt\", \"size\": 1}]', 1)"
+            " RETURNING id",
+            ("d" * 64,),
+        ).fetchone()[0]
+        conn.execute("INSERT INTO skill_installs (agent_id, skill_id) VALUES (%s, %s)",
+                     (agent, skill))  # fmt: skip
+
+    monkeypatch.setattr(migrate_module, "list_migrations", lambda: every)
+    assert await migrate_module.migrate(database_url) == [
+        m.version for m in every if m.version >= 11
+    ]
+    store = await Store.open(database_url)
+    try:
+        assert await store.skills.fill_install_checksums() == 1
+        assert await store.skills.fill_install_checksums() == 0
+        [row] = await store.skills.installed(agent)
+        assert (row["version"], row["latest_version"], row["body"]) == (7, 7, "Do it.")
+        assert row["bundle_sha256"] == "d" * 64 and row["parameters"][0]["name"] == "file"
+        assert row["checksum"] == delivery_checksum(row, "d" * 64)
+        assert await store.skills.bundle_used("d" * 64)
+    finally:
+        await store.close()

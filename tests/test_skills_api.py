@@ -123,3 +123,88 @@ def test_bad_input_and_other_users(new_user) -> None:
     assert user.sac("POST", path, json={"skill_id": "1; DROP TABLE skills"}).status_code == 400
     assert user.sac("GET", "skills", params={"q": "%_'\\"}).status_code == 200
     assert user.sac("GET", "skills/..%2Fagents").status_code == 404
+
+
+def test_installs_are_pinned_and_only_their_installer_moves_them(admin: HubApi, new_user) -> None:
+    ann_name, ann = new_user("pia")
+    bob_name, bob = new_user("pib")
+    command = f"pin-{uuid.uuid4().hex[:6]}"
+    skill = ann.sac("POST", "skills", json=greeting_skill(command, visibility="public")).json()
+    sid = skill["id"]
+    for client in (bob, ann):
+        assert client.sac("POST", "agents", json={"slug": "helper"}).status_code == 201
+    bob_path, ann_path = (f"users/{u}/agents/helper/skills" for u in (bob_name, ann_name))
+
+    installed = bob.sac("POST", bob_path, json={"skill_id": sid})
+    assert installed.status_code == 201, installed.text
+    pin = installed.json()
+    assert (pin["installed_version"], pin["latest_version"], pin["update_available"]) == (
+        1, 1, False
+    )  # fmt: skip
+    assert pin["available"] and len(pin["checksum"]) == 64
+    assert ann.sac("POST", ann_path, json={"skill_id": sid}).status_code == 201
+
+    def mine(client: HubApi, path: str) -> dict:
+        listed = client.sac("GET", path)
+        assert listed.status_code == 200, listed.text
+        return next(s for s in listed.json()["skills"] if s["id"] == sid)
+
+    # The owner's edits make new versions; every install, the owner's own too, keeps
+    # the version it has, and is told about the newer one.
+    for n in (2, 3):
+        edited = ann.sac("PATCH", f"skills/{sid}", json={"prompt": f"Greet {{{{who}}}} ({n})."})
+        assert edited.status_code == 200 and edited.json()["version"] == n, edited.text
+    for client, path in ((bob, bob_path), (ann, ann_path)):
+        now = mine(client, path)
+        assert (now["installed_version"], now["version"], now["latest_version"]) == (1, 1, 3)
+        assert now["update_available"] and now["prompt"] == "Greet {{who}}."
+        assert now["checksum"] == pin["checksum"]
+    again = bob.sac("POST", bob_path, json={"skill_id": sid})  # installing again moves nothing
+    assert again.status_code == 201 and again.json()["installed_version"] == 1, again.text
+
+    # An update names the version the installer saw: a newer one is refused.
+    stale = bob.sac("POST", f"{bob_path}/{sid}/update", json={"version": 2})
+    assert stale.status_code == 409 and stale.json()["error"] == "version_changed", stale.text
+    assert stale.json()["field"] == "version" and mine(bob, bob_path)["installed_version"] == 1
+    for body, status in (({"version": "3"}, 400), ({"version": 0}, 400), ({"colour": 1}, 400)):
+        resp = bob.sac("POST", f"{bob_path}/{sid}/update", json=body)
+        assert resp.status_code == status, (body, resp.text)
+    assert ann.sac("POST", f"{bob_path}/{sid}/update", json={}).status_code == 404
+    other = bob.sac("POST", "skills", json=greeting_skill(f"other-{command}")).json()
+    assert bob.sac("POST", f"{bob_path}/{other['id']}/update").status_code == 404
+
+    updated = bob.sac("POST", f"{bob_path}/{sid}/update", json={"version": 3})
+    assert updated.status_code == 200, updated.text
+    now = updated.json()
+    assert (now["installed_version"], now["latest_version"], now["update_available"]) == (
+        3, 3, False
+    )  # fmt: skip
+    assert now["prompt"] == "Greet {{who}} (3)." and now["checksum"] != pin["checksum"]
+    assert mine(bob, bob_path) == now
+    assert mine(ann, ann_path)["installed_version"] == 1  # each install moves on its own
+
+    # An administrator updating someone's install is audited, like an install.
+    assert admin.sac("POST", f"{ann_path}/{sid}/update").status_code == 200
+    entries = admin.sac("GET", "audit", params={"user": ann_name, "action": "agent.skill.update"})
+    [entry] = entries.json()["entries"]  # ann is new: only this one
+    assert entry["target"] == "helper" and entry["actor"] == "admin"
+    assert (entry["before"]["version"], entry["after"]["version"]) == (1, 3)
+    assert entry["after"]["skill_id"] == sid
+
+    # No longer shared with Bob: still listed (it is installed), but not available,
+    # and nothing announced about versions he may not see; shared again, it is.
+    assert ann.sac("PATCH", f"skills/{sid}", json={"visibility": "private"}).status_code == 200
+    assert ann.sac("PATCH", f"skills/{sid}", json={"prompt": "Hidden {{who}}."}).status_code == 200
+    hidden = mine(bob, bob_path)
+    assert (hidden["available"], hidden["latest_version"], hidden["update_available"]) == (
+        False, None, False
+    )  # fmt: skip
+    assert hidden["installed_version"] == 3 and hidden["prompt"] == "Greet {{who}} (3)."
+    assert bob.sac("POST", f"{bob_path}/{sid}/update").status_code == 404
+    assert ann.sac("PATCH", f"skills/{sid}", json={"visibility": "public"}).status_code == 200
+    shown = mine(bob, bob_path)
+    assert shown["available"] and shown["latest_version"] == 4 and shown["update_available"]
+
+    # Deleted: gone from every agent, as before.
+    assert ann.sac("DELETE", f"skills/{sid}").status_code == 204
+    assert bob.sac("GET", bob_path).json()["skills"] == []

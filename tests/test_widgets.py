@@ -452,7 +452,7 @@ def test_skill_runner_builds_the_form_and_runs(stack: dict, fake: str, tmp_path:
         k.run(f"runner = SkillRunner(Client().agent({slug!r}))")
         k.until("list(runner.fields)", "the form of the first skill")
         assert k.value("runner.skill_picker.value") == command
-        assert k.value("text(runner.description)") == "Plots one column of a CSV."
+        assert k.value("text(runner.description)") == "Plots one column of a CSV. (version 1)"
         form = k.value(
             "{n: {'widget': type(f.input).__name__, 'label': f.input.description,"
             " 'value': f.input.value, 'tooltip': f.input.tooltip,"
@@ -475,7 +475,7 @@ def test_skill_runner_builds_the_form_and_runs(stack: dict, fake: str, tmp_path:
         k.run("runner.fields['bins'].input.value = 1000")
         assert k.value("runner.fields['bins'].input.value") == 100
         console = k.value("repr(runner)")
-        assert f"/{command}: file* (text), since (date)" in console and "VBox" not in console
+        assert f"/{command} (v1): file* (text), since (date)" in console and "VBox" not in console
 
         # The required file left empty: the agent's refusal shows beside that input.
         k.run("runner.run_button.click()")
@@ -509,6 +509,28 @@ def test_skill_runner_builds_the_form_and_runs(stack: dict, fake: str, tmp_path:
         wanted = "Plot data.csv as a line chart with 20 bins since 2026-03-01 at scale (not given)."
         assert any(wanted in json.dumps(body["messages"]) for body in sent)
         assert "Answer: Plotted data.csv." in k.value("repr(runner)")
+
+        # The skill is changed: the runner keeps the installed version and offers the
+        # new one; taking it brings the new version's form.
+        assert k.value("runner.update_button.layout.display") == "none"
+        changed = hub.sac("PATCH", f"skills/{created.json()['id']}",
+                          json={"description": "Plots a column, better.", "prompt": "Plot {{file}}.",
+                                "parameters": skill["parameters"][:1]})  # fmt: skip
+        assert changed.status_code == 200 and changed.json()["version"] == 2, changed.text
+        k.run("runner.refresh()")
+        k.until("runner.update_button.layout.display != 'none'", "the update offer")
+        assert k.value("runner.update_button.description") == "Update to v2"
+        assert k.value("text(runner.description)") == (
+            "Plots one column of a CSV. (version 1, v2 available)"
+        )
+        assert len(k.value("list(runner.fields)")) == 5
+        assert f"/{command} (v1, v2 available):" in k.value("repr(runner)")
+        k.run("runner.update_button.click()")
+        k.until("list(runner.fields) == ['file']", "the new version's form")
+        assert k.value("text(runner.description)") == "Plots a column, better. (version 2)"
+        assert k.value("runner.update_button.layout.display") == "none"
+        [now] = hub.sac("GET", f"users/{user}/agents/{slug}/skills").json()["skills"]
+        assert (now["installed_version"], now["update_available"]) == (2, False)
 
 
 # ---- a plain console -----------------------------------------------------------------
@@ -576,7 +598,7 @@ def test_widgets_print_readable_text_in_a_plain_console(stack: dict, fake: str) 
     assert chat[3].startswith("  done · ") and len(chat) == 4
     assert out["skills"].splitlines() == [
         f"Skills of {slug}",
-        " */summarise-csv: file* (text), target (text), max_plots (number)",
+        " */summarise-csv (v1): file* (text), target (text), max_plots (number)",
     ]
     assert out["pretty"] and out["bundle"]
     assert out["threads"] == []

@@ -10,6 +10,7 @@ and skill runs. Inside a sandbox the URL and token come from the environment
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -404,7 +405,12 @@ class AsyncAgent:
     # ---- skills ---------------------------------------------------------------------
 
     async def install(self, skill: int | str) -> dict[str, Any]:
-        """Install a marketplace skill (by id, or by command among those I may see)."""
+        """Install a marketplace skill (by id, or by command among those I may see).
+
+        The install is pinned at the skill's current version: later edits (by its
+        owner, an administrator, a package upgrade) do not reach this agent until
+        ``update_skill``. Installing it again changes nothing. Returns the installed
+        skill (``installed_version``, ``latest_version``, ``update_available``)."""
         skill_id = skill if isinstance(skill, int) else await self._skill_id(skill)
         return await self.client.sac(
             "POST", await self._base() + "/skills", json={"skill_id": skill_id}
@@ -415,7 +421,26 @@ class AsyncAgent:
         await self.client.sac("DELETE", await self._base() + f"/skills/{skill_id}")
 
     async def installed(self) -> list[dict[str, Any]]:
+        """The installed skills, each as this agent has it (the pinned version's
+        content), with ``installed_version``, ``latest_version`` and
+        ``update_available``."""
         return (await self.client.sac("GET", await self._base() + "/skills"))["skills"]
+
+    async def update_skill(self, skill: int | str, version: int | None = None) -> dict[str, Any]:
+        """Move an installed skill (by id or command) to the skill's newest version
+        and return it as installed. ``version``: the version you looked at; if the
+        skill has a newer one by now, nothing changes and ``Conflict`` (409
+        ``version_changed``) says so. A running agent syncs at once, so a
+        ``run_skill`` right after uses the new version."""
+        skill_id = skill if isinstance(skill, int) else await self._skill_id(skill, installed=True)
+        body = {} if version is None else {"version": version}
+        path = await self._base() + f"/skills/{skill_id}/update"
+        entry = await self.client.sac("POST", path, json=body)
+        with contextlib.suppress(SacError):
+            # Best effort: a stopped agent syncs when it starts, and a sync that
+            # fails is reported by the agent (``sync.last_error``) and retried.
+            await self.client.json("POST", await self._server() + "sac/api/skills/sync")
+        return entry
 
     async def _skill_id(self, command: str, installed: bool = False) -> int:
         found = await self.installed() if installed else await self.client.skills(q=command)

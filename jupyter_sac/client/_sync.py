@@ -222,6 +222,9 @@ class Agent:
     def installed(self) -> list[dict[str, Any]]:
         return self._run(self.aio.installed())
 
+    def update_skill(self, skill: int | str, version: int | None = None) -> dict[str, Any]:
+        return self._run(self.aio.update_skill(skill, version))
+
     def run_skill(self, command: str, values: dict[str, Any] | None = None, *,
                   session_id: str | None = None, timeout: float | None = 900,
                   **more: Any) -> Answer:  # fmt: skip

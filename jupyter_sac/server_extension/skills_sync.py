@@ -7,12 +7,18 @@ is polled with its ETag, so an unchanged set costs one small request; a sync
 can also be asked for (``POST sac/api/skills/sync``, which the sidebar calls
 after an install).
 
+Each entry of the manifest is the version its install pins, with the checksum
+the install recorded (``delivery_checksum``): a skill whose content does not hash
+to it (changed behind the install's back, or not what was installed) is refused
+before anything is fetched or written, and the sync fails as a whole.
+
 Sync is incremental and all-or-nothing:
 - a skill whose checksum matches what was last written (and whose folder is
   still there) is not touched, so its files keep their mtimes;
-- every changed skill is first written complete into a staging folder, bundles
-  downloaded and checked against their sha256; any failure removes the staging
-  folder and leaves the previous state exactly as it was;
+- every changed skill is verified against its checksum, then first written
+  complete into a staging folder, bundles downloaded and checked against their
+  sha256; any failure removes the staging folder and leaves the previous state
+  exactly as it was;
 - then each changed folder is swapped in by rename, removed skills are deleted,
   and the record of what was written (``.sac-skills.json``) is replaced last.
 
@@ -34,7 +40,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..skills import SkillError, SkillSpec, build_spec, read_bundle, skill_markdown
+from ..skills import (
+    SkillError,
+    SkillSpec,
+    build_spec,
+    delivery_checksum,
+    read_bundle,
+    skill_markdown,
+)
 from .hitl import ServiceClient, ServiceError
 
 log = logging.getLogger("jupyter_sac.skills_sync")
@@ -54,6 +67,21 @@ class SyncError(Exception):
 def entry_spec(entry: dict[str, Any]) -> SkillSpec:
     """The SkillSpec of a manifest entry (the same checks the service applied)."""
     return build_spec({k: entry[k] for k in SPEC_FIELDS if k in entry}, entry["body"])
+
+
+def verify(entry: dict[str, Any]) -> None:
+    """SyncError unless the entry hashes to the checksum its install recorded: the
+    agent gets exactly the version its installer chose, or nothing new."""
+    try:
+        bundle = entry.get("bundle")
+        actual = delivery_checksum(entry, bundle["sha256"] if bundle else None)
+    except (KeyError, TypeError):
+        actual = None
+    if actual is None or actual != entry.get("checksum"):
+        raise SyncError(
+            f"{entry.get('command')!r}: the content does not match the checksum its install"
+            " recorded; it was not written"
+        )
 
 
 def plan(
@@ -141,6 +169,8 @@ class SkillSync:
             log.warning("skills not synced, a folder of that name is the user's: %s", conflicts)
         if not write and not remove:
             return
+        for entry in write:
+            verify(entry)  # before any download or write
         blobs = await self._bundles(write)
         files = await asyncio.to_thread(
             lambda: {entry["command"]: self._files(entry, blobs) for entry in write}

@@ -2,10 +2,13 @@
 and the bundles.
 
 ``GET api/agent/skills`` is the manifest of the agent's installed skills that its
-owner may still read, with an ETag so a poll with nothing changed is one small
-query and a 304. ``POST api/agent/skills/bundles`` returns small bundles inline
-and ``GET api/agent/skills/{id}/bundle`` streams one (for stores that cannot
-presign). A cold sync of a few hundred installed skills fetched each bundle in its own
+owner may still read, each at the version its install pins (content, bundle, and
+the install's checksum, which the sandbox verifies before writing), with an ETag
+so a poll with nothing changed is one small query and a 304. An edit of the skill
+changes nothing here until the installer updates the pin.
+``POST api/agent/skills/bundles`` returns small bundles inline and
+``GET api/agent/skills/{id}/bundle`` streams one (for stores that cannot presign).
+A cold sync of a few hundred installed skills fetched each bundle in its own
 request through the hub's proxy: ~200 round trips, most of a second. Bundles are
 small and content-addressed, so the sandbox asks for the ones it lacks in one
 request and gets them inline; big ones (over ``INLINE_BUNDLE_BYTES``) are left
@@ -18,14 +21,13 @@ import asyncio
 import base64
 import hashlib
 import json
-import time
 from typing import Any
 
 from ..objects import ObjectNotFound
 from .base import BaseHandler
 from .errors import ApiError
 from .openapi import _op, _path_params, _resp
-from .skills import bundle_key, bundle_model, content_fields, stream_object
+from .skills import bundle_key, bundle_model, content_fields, owner_view, stream_object
 from .validation import bad, check_fields
 
 # A bundle this small travels inline; a bigger one gets its own download.
@@ -35,13 +37,11 @@ INLINE_TOTAL_BYTES = 16 * 1024 * 1024
 MAX_IDS = 1000
 # Object store reads in flight for one request.
 READ_CONCURRENCY = 8
-# How long the owner's groups and admin flag (from the hub) are reused.
-OWNER_CACHE_SECONDS = 30
-_OWNER_VIEWS: dict[str, tuple[float, tuple[str, list[str], bool]]] = {}
 
 
 def manifest_entry(row: dict[str, Any]) -> dict[str, Any]:
-    """What a sandbox needs to materialise one installed skill."""
+    """What a sandbox needs to materialise one installed skill: the pinned version,
+    and the checksum its install recorded (``delivery_checksum`` of these fields)."""
     return {
         "id": row["id"],
         **content_fields(row),
@@ -52,7 +52,8 @@ def manifest_entry(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def manifest_etag(rows: list[dict[str, Any]]) -> str:
-    # The checksum covers content and bundle; id and command cover installs and renames.
+    # The install's checksum covers the pinned content and bundle, so it changes when
+    # the pin moves (not when the skill is edited); id and command cover installs.
     keys = [(r["id"], r["command"], r["checksum"]) for r in rows]
     return '"' + hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:32] + '"'
 
@@ -96,19 +97,6 @@ class AgentBundleHandler(BaseHandler):
             raise ApiError(404, "not_found", "no such installed skill with a bundle")
         row = rows[0]
         await stream_object(self, bundle_key(row["bundle_sha256"]), f"{row['command']}.tar.gz")
-
-
-async def owner_view(sac: Any, owner: str) -> tuple[str, list[str], bool]:
-    """(name, groups, admin) of an agent's owner, from the hub, briefly cached: the
-    visibility of installed skills follows group membership."""
-    cache = _OWNER_VIEWS
-    hit = cache.get(owner)
-    if hit and time.monotonic() - hit[0] < OWNER_CACHE_SECONDS:
-        return hit[1]
-    user = await sac.hub.get_user(owner) or {}
-    view = (owner, list(user.get("groups") or []), bool(user.get("admin")))
-    cache[owner] = (time.monotonic(), view)
-    return view
 
 
 class AgentBundlesHandler(BaseHandler):

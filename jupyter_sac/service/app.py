@@ -264,6 +264,11 @@ class SacService(Application):
             raise SystemExit("sac service: no database URL (SAC_DATABASE_URL)")
         self.keybox = KeyBox(self.fernet_keys)
         self.store = await Store.open(self.database_url)
+        # Installs pinned by a migration get their checksum before any manifest is
+        # served (it is computed here, not in SQL).
+        filled = await self.store.skills.fill_install_checksums()
+        if filled:
+            self.log.info("recorded the checksum of %d pinned skill installs", filled)
         await self.reload_org_keys()
         self.hub = HubClient()
         self.objects = self.make_object_store()

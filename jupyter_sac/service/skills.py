@@ -3,6 +3,11 @@
 Thin handlers over ``store.skills`` and the pure rules in ``jupyter_sac.skills``
 (model, parameters, visibility). A skill the caller may not read answers 404,
 as if it did not exist.
+
+Installs are pinned: an agent runs the version its installer installed (or last
+updated to), whoever edits the skill afterwards, and the installed-skills listing
+says when a newer version exists. Moving the pin is the installer's explicit
+``POST .../skills/{id}/update``.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +35,13 @@ from ..skills import (
     pack_bundle,
     read_bundle,
 )
-from ..store.skills import Bundle, CommandTakenError, SkillExistsError
+from ..store.skills import (
+    Bundle,
+    CommandTakenError,
+    SkillExistsError,
+    SkillGoneError,
+    VersionChangedError,
+)
 from .base import BaseHandler
 from .errors import ApiError
 from .openapi import _op, _path_params, _resp
@@ -80,6 +92,23 @@ def skill_model(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def installed_model(row: dict[str, Any], available: bool) -> dict[str, Any]:
+    """An installed skill as its agent has it: the pinned version's content, and
+    whether a newer version exists. ``available``: the agent's owner may still read
+    the skill (else it is not in the sandbox, and no newer version is announced:
+    that would tell them about a skill they may no longer see)."""
+    latest = row["latest_version"] if available else None
+    return {
+        **skill_model(row),
+        "installed_version": row["version"],
+        "latest_version": latest,
+        "update_available": latest is not None and latest > row["version"],
+        "checksum": row["checksum"],
+        "available": available,
+        "installed_at": row["installed_at"].isoformat(),
+    }
+
+
 def skill_snapshot(row: dict[str, Any]) -> dict[str, Any]:
     """A skill as the audit log records it (its content, tier, version and bundle)."""
     model = skill_model(row)
@@ -106,9 +135,32 @@ async def store_bundle(sac: Any, files: dict[str, bytes]) -> Bundle:
 
 
 async def drop_bundle(sac: Any, sha256: str | None) -> None:
-    """Delete a bundle object no skill refers to any more."""
+    """Delete a bundle object no skill (or kept version of one) refers to any more."""
     if sha256 and not await sac.store.skills.bundle_used(sha256):
         await sac.objects.delete(bundle_key(sha256))
+
+
+async def drop_bundles(sac: Any, shas: list[str]) -> None:
+    for sha in shas:
+        await drop_bundle(sac, sha)
+
+
+# How long the owner's groups and admin flag (from the hub) are reused.
+OWNER_CACHE_SECONDS = 30
+_OWNER_VIEWS: dict[str, tuple[float, tuple[str, list[str], bool]]] = {}
+
+
+async def owner_view(sac: Any, owner: str) -> tuple[str, list[str], bool]:
+    """(name, groups, admin) of an agent's owner, from the hub, briefly cached: the
+    visibility of installed skills follows group membership."""
+    cache = _OWNER_VIEWS
+    hit = cache.get(owner)
+    if hit and time.monotonic() - hit[0] < OWNER_CACHE_SECONDS:
+        return hit[1]
+    user = await sac.hub.get_user(owner) or {}
+    view = (owner, list(user.get("groups") or []), bool(user.get("admin")))
+    cache[owner] = (time.monotonic(), view)
+    return view
 
 
 async def upsert_official(sac: Any, directory: str) -> None:
@@ -119,7 +171,10 @@ async def upsert_official(sac: Any, directory: str) -> None:
     # Reading the folder happens once at start; a thread keeps the loop free anyway.
     specs = await asyncio.to_thread(load_official_skills, Path(directory))
     bundles = {s.command: await store_bundle(sac, s.files) for s in specs if s.files}
-    changed = await sac.store.skills.upsert_official(specs, bundles)
+    # A changed official skill is a new version: agents keep the version they have
+    # and are offered the new one.
+    changed, unused = await sac.store.skills.upsert_official(specs, bundles)
+    await drop_bundles(sac, unused)
     log.info("official skills: %d shipped, %d new or changed", len(specs), changed)
 
 
@@ -304,7 +359,9 @@ class SkillHandler(SkillBaseHandler):
             updated = await skills.update(
                 row["id"], spec, *tier, bundle_sha256=current["bundle_sha256"], conn=conn
             )
+            unused = await skills.prune_versions(row["id"], conn=conn)
             await self.audit_skill("update", current, updated, conn)
+        await drop_bundles(self.sac, unused)
         assert updated is not None
         self.write_json(skill_model(updated))
 
@@ -315,9 +372,11 @@ class SkillHandler(SkillBaseHandler):
             current = await self.sac.store.skills.get(row["id"], conn=conn, lock=True)
             if current is None:
                 raise ApiError(404, "not_found", "no such skill")
+            # Its versions (and the installs pinning them) go with it.
+            bundles = await self.sac.store.skills.version_bundles(row["id"], conn=conn)
             await self.sac.store.skills.delete(row["id"], conn=conn)
             await self.audit_skill("delete", current, None, conn)
-        await drop_bundle(self.sac, current["bundle_sha256"])
+        await drop_bundles(self.sac, bundles)
         self.set_status(204)
         self.finish()
 
@@ -338,14 +397,33 @@ class ForkHandler(SkillBaseHandler):
 
 
 class AgentSkillsHandler(SkillBaseHandler):
-    """GET: skills installed in an agent; POST {"skill_id"}: install one."""
+    """GET: skills installed in an agent, as pinned; POST {"skill_id"}: install one
+    (its current version)."""
+
+    async def installed_models(
+        self, agent: Any, skill_id: int | None = None
+    ) -> list[dict[str, Any]]:
+        rows = await self.sac.store.skills.installed(agent.id, skill_id=skill_id)
+        # Readable by the agent's owner (not the caller, who may be an admin): that is
+        # what decides whether the skill reaches the sandbox.
+        if agent.owner == self.viewer.name:
+            reader = self.viewer
+        else:
+            name, groups, admin = await owner_view(self.sac, agent.owner)
+            reader = Viewer(name, admin, tuple(groups))
+        return [installed_model(r, can_read(r, reader)) for r in rows]
+
+    async def installed_model(self, agent: Any, skill_id: int) -> dict[str, Any]:
+        found = await self.installed_models(agent, skill_id)
+        if not found:
+            raise ApiError(404, "not_found", "that skill is not installed in this agent")
+        return found[0]
 
     async def get(self, owner: str, slug: str) -> None:
         agent = await self.get_agent(
             owner, slug, "read installed skills", driver_may=True, agent_may=True
         )
-        rows = await self.sac.store.skills.installed(agent.id)
-        self.write_json({"skills": [skill_model(r) for r in rows]})
+        self.write_json({"skills": await self.installed_models(agent)})
 
     async def post(self, owner: str, slug: str) -> None:
         agent = await self.get_agent(owner, slug, "install skills", agent_may=True)
@@ -355,11 +433,17 @@ class AgentSkillsHandler(SkillBaseHandler):
         if not isinstance(skill_id, int) or isinstance(skill_id, bool):
             raise bad("skill_id", "expected a skill id")
         row = await self.readable(str(skill_id))
+        skills = self.sac.store.skills
         try:
             async with self.sac.store.transaction() as conn:
-                await self.sac.store.skills.install(agent.id, row, conn=conn)
+                await skills.install(agent.id, row, conn=conn)
                 if owner != self.viewer.name:
-                    installed = {"skill_id": row["id"], "command": row["command"]}
+                    pinned = await skills.installed(agent.id, skill_id=row["id"], conn=conn)
+                    installed = {
+                        "skill_id": row["id"],
+                        "command": row["command"],
+                        "version": pinned[0]["version"],
+                    }
                     await self.audit(
                         "agent.skill.install", slug, target_user=owner, after=installed, conn=conn
                     )
@@ -370,28 +454,34 @@ class AgentSkillsHandler(SkillBaseHandler):
                 f"the agent already has another skill named {row['command']!r}",
                 field="skill_id",
             ) from None
-        self.write_json(skill_model(await self.readable(str(skill_id))), 201)
+        except SkillGoneError:
+            raise ApiError(404, "not_found", "no such skill") from None
+        self.write_json(await self.installed_model(agent, row["id"]), 201)
 
 
-class AgentSkillHandler(SkillBaseHandler):
-    """GET: one skill installed in an agent; DELETE: uninstall it."""
+class AgentSkillHandler(AgentSkillsHandler):
+    """GET: one skill installed in an agent, as pinned; DELETE: uninstall it."""
 
-    async def get(self, owner: str, slug: str, skill_id: str) -> None:
+    async def get(self, owner: str, slug: str, skill_id: str) -> None:  # type: ignore[override]
         agent = await self.get_agent(
             owner, slug, "read installed skills", driver_may=True, agent_may=True
         )
-        rows = await self.sac.store.skills.installed(agent.id)
-        row = next((r for r in rows if str(r["id"]) == skill_id), None)
-        if row is None:
+        if not (skill_id.isascii() and skill_id.isdigit()):
             raise ApiError(404, "not_found", "that skill is not installed in this agent")
-        self.write_json(skill_model(row))
+        self.write_json(await self.installed_model(agent, int(skill_id)))
+
+    post = web.RequestHandler.post  # type: ignore[assignment]
 
     async def delete(self, owner: str, slug: str, skill_id: str) -> None:
         agent = await self.get_agent(owner, slug, "uninstall skills", agent_may=True)
+        unused: list[str] = []
         async with self.sac.store.transaction() as conn:
             removed = skill_id.isdigit() and await self.sac.store.skills.uninstall(
                 agent.id, int(skill_id), conn=conn
             )
+            if removed:
+                # The version it pinned may have been the last pin of an old version.
+                unused = await self.sac.store.skills.prune_versions(int(skill_id), conn=conn)
             if removed and owner != self.viewer.name:
                 await self.audit(
                     "agent.skill.uninstall",
@@ -402,8 +492,64 @@ class AgentSkillHandler(SkillBaseHandler):
                 )
         if not removed:
             raise ApiError(404, "not_found", "that skill is not installed in this agent")
+        await drop_bundles(self.sac, unused)
         self.set_status(204)
         self.finish()
+
+
+class AgentSkillUpdateHandler(AgentSkillsHandler):
+    """POST {"version"?}: move an installed skill's pin to the skill's latest version.
+
+    Nothing else moves a pin: not the owner's edits, not a package upgrade of an
+    official skill, not installing it again. ``version`` (optional) is the version
+    the installer was shown; if the skill has moved on since, the answer is 409
+    ``version_changed`` and nothing changes, so what lands is what they looked at."""
+
+    get = web.RequestHandler.get  # type: ignore[assignment]
+
+    async def post(self, owner: str, slug: str, skill_id: str) -> None:  # type: ignore[override]
+        # Like installing (an agent's sandbox may update its own agent's skills: it can
+        # write skill files itself anyway); drivers may not change another agent.
+        agent = await self.get_agent(owner, slug, "update installed skills", agent_may=True)
+        body = self.json_body() if self.request.body else {}
+        check_fields(body, {"version"})
+        expected = body.get("version")
+        if expected is not None and (
+            not isinstance(expected, int) or isinstance(expected, bool) or expected < 1
+        ):
+            raise bad("version", "expected a version number")
+        # Updating is installing the newer version: the caller must be able to read it.
+        row = await self.readable(skill_id)
+        skills = self.sac.store.skills
+        unused: list[str] = []
+        try:
+            async with self.sac.store.transaction() as conn:
+                moved = await skills.update_install(agent.id, row["id"], expected, conn=conn)
+                if moved is None:
+                    raise ApiError(404, "not_found", "that skill is not installed in this agent")
+                before, after = moved
+                if before != after:
+                    unused = await skills.prune_versions(row["id"], conn=conn)
+                    if owner != self.viewer.name:
+                        pin = {"skill_id": row["id"], "command": row["command"]}
+                        await self.audit(
+                            "agent.skill.update",
+                            slug,
+                            target_user=owner,
+                            before={**pin, "version": before},
+                            after={**pin, "version": after},
+                            conn=conn,
+                        )
+        except VersionChangedError as e:
+            raise ApiError(
+                409,
+                "version_changed",
+                f"the skill is at version {e.latest} now, not {expected}: look at it and"
+                " update again",
+                field="version",
+            ) from None
+        await drop_bundles(self.sac, unused)
+        self.write_json(await self.installed_model(agent, row["id"]))
 
 
 @web.stream_request_body
@@ -485,16 +631,19 @@ class BundleHandler(SkillBaseHandler):
 
     async def _replace(self, row: dict[str, Any], bundle: Bundle) -> None:
         skills = self.sac.store.skills
-        unused = updated = None
+        updated = None
+        unused: list[str] = []
         async with self.sac.store.transaction() as conn:
             current = await skills.get(row["id"], conn=conn, lock=True)
             if current is not None:
-                unused = await skills.set_bundle(row["id"], spec_of(current), bundle, conn=conn)
+                await skills.set_bundle(row["id"], spec_of(current), bundle, conn=conn)
+                # The old bundle stays while an install pins the version that has it.
+                unused = await skills.prune_versions(row["id"], conn=conn)
                 updated = await skills.get(row["id"], conn=conn)
                 verb = "bundle.replace" if bundle.sha256 else "bundle.delete"
                 await self.audit_skill(verb, current, updated, conn)
         # Objects go only once the rows that stopped using them are committed.
-        await drop_bundle(self.sac, unused)
+        await drop_bundles(self.sac, unused)
         if updated is None:  # deleted meanwhile: do not keep the new bundle
             await drop_bundle(self.sac, bundle.sha256)
             raise ApiError(404, "not_found", "no such skill")
@@ -525,13 +674,74 @@ def routes(prefix: str) -> list[tuple[str, Any]]:
         (prefix + r"api/skills/([^/]+)/bundle", BundleHandler),
         (agent, AgentSkillsHandler),
         (agent + r"/([^/]+)", AgentSkillHandler),
+        (agent + r"/([^/]+)/update", AgentSkillUpdateHandler),
     ]
+
+
+# An installed skill: the skill object with the pinned version's content, plus the pin.
+INSTALLED_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "A skill as installed in an agent: content, bundle and `version` are the"
+    " pinned version's; owner, tier and installs are the skill's.",
+    "properties": {
+        "installed_version": {
+            "type": "integer",
+            "description": "the version this agent runs (the same as `version`)",
+        },
+        "latest_version": {
+            "type": "integer",
+            "nullable": True,
+            "description": "the skill's newest version; null when the agent's owner may"
+            " no longer read the skill",
+        },
+        "update_available": {
+            "type": "boolean",
+            "description": "a newer version exists (POST .../skills/{id}/update moves to it)",
+        },
+        "checksum": {
+            "type": "string",
+            "description": "sha256 of what the sandbox receives for the pinned version; the"
+            " sandbox refuses content that does not match it",
+        },
+        "available": {
+            "type": "boolean",
+            "description": "the agent's owner may read the skill, so it is in the sandbox",
+        },
+        "installed_at": {"type": "string", "format": "date-time"},
+    },
+}
 
 
 def openapi_paths() -> dict[str, Any]:
     sid = _path_params("id")
     ua = _path_params("user", "slug")
     obj = {"type": "object"}
+    installed = {
+        "type": "object",
+        "properties": {"skills": {"type": "array", "items": INSTALLED_SCHEMA}},
+    }
+    update_body = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "version": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "the version the installer was shown; 409 version_changed if the"
+                " skill has a newer one by now",
+            }
+        },
+    }
+    update = _op(
+        "Move an installed skill's pin to the skill's latest version",
+        {"200": _resp("installed", INSTALLED_SCHEMA)},
+        400,
+        404,
+        409,
+        body=update_body,
+        params=_path_params("user", "slug", "id"),
+    )
+    update["requestBody"]["required"] = False  # no body: the latest, whatever it is
     return {
         "/api/skills": {
             "get": _op("Skills I may see (?q=&tier=&owner=&group=&limit=&cursor=)",
@@ -559,12 +769,15 @@ def openapi_paths() -> dict[str, Any]:
                           params=sid),
         },
         "/api/users/{user}/agents/{slug}/skills": {
-            "get": _op("Skills installed in an agent", {"200": _resp("skills")}, 404, params=ua),
-            "post": _op("Install a skill ({skill_id})", {"201": _resp("installed")},
+            "get": _op("Skills installed in an agent, each at its pinned version",
+                       {"200": _resp("skills", installed)}, 404, params=ua),
+            "post": _op("Install a skill ({skill_id}), pinned at its current version (again:"
+                        " no change)", {"201": _resp("installed", INSTALLED_SCHEMA)},
                         400, 404, 409, body=obj, params=ua),
         },
         "/api/users/{user}/agents/{slug}/skills/{id}": {
             "delete": _op("Uninstall a skill", {"204": _resp("removed")}, 404,
                           params=_path_params("user", "slug", "id")),
         },
+        "/api/users/{user}/agents/{slug}/skills/{id}/update": {"post": update},
     }  # fmt: skip

@@ -1,10 +1,23 @@
-"""Skills and their installs into agents.
+"""Skills, their versions, and their installs into agents.
 
 Visibility is applied in SQL for listings (``visible`` below) and by the service's
 pure rules (``jupyter_sac.skills.can_read``) for single reads, so one rule governs
 both. Shipped official skills belong to no user (owner ``''``) and are upserted by
 command: an unchanged skill keeps its version, a changed one gets the next
 version, and installs survive either way (same row).
+
+Versions and pins: ``skills`` holds each skill's current content (the head, what
+listings read); every version's content is also in ``skill_versions``, written when
+the version is made. An install pins a version and records the checksum of what
+its sandbox receives (``jupyter_sac.skills.delivery_checksum``); the agent gets
+that version until its installer moves the pin (``update_install``). A version
+that is neither current nor pinned is deleted by ``prune_versions``, which the
+service calls after each change that can leave one behind.
+
+Whatever pins a version locks the skill's row ``FOR SHARE`` first and pins its
+current version; a content change holds the same row for update. So a version is
+never pruned while an install of it is being written, and only old (non-current)
+versions are ever pruned.
 """
 
 from __future__ import annotations
@@ -19,7 +32,7 @@ from psycopg.errors import UniqueViolation
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from ..skills import SkillSpec
+from ..skills import SkillSpec, delivery_checksum
 from .tx import using
 
 OFFICIAL_OWNER = ""
@@ -29,6 +42,27 @@ _COLUMNS = (
     " s.tags, s.visibility, s.group_name, s.version, s.parent_id, s.bundle_sha256,"
     " s.bundle_files, s.bundle_size, s.checksum, s.created_at, s.updated_at,"
     " s.installs"
+)
+# An installed skill: the pinned version's content under the head's identity and
+# tier; ``version`` and ``checksum`` are the install's, ``latest_version`` the head's.
+_INSTALLED_COLUMNS = (
+    "s.id, s.owner, s.command, v.title, v.description, v.body, v.parameters, v.prompt,"
+    " v.tags, s.visibility, s.group_name, i.version, s.parent_id, v.bundle_sha256,"
+    " v.bundle_files, v.bundle_size, i.checksum, s.created_at, s.updated_at, s.installs,"
+    " s.version AS latest_version, i.installed_at"
+)
+_INSTALLED_FROM = (
+    "skill_installs i JOIN skills s ON s.id = i.skill_id"
+    " JOIN skill_versions v ON v.skill_id = i.skill_id AND v.version = i.version"
+)
+# The head's content as a version row; the same (skill, version) is the same
+# content, so writing it again is a no-op.
+_SNAPSHOT = (
+    "INSERT INTO skill_versions (skill_id, version, title, description, body, parameters,"
+    " prompt, tags, bundle_sha256, bundle_files, bundle_size, checksum)"
+    " SELECT id, version, title, description, body, parameters, prompt, tags, bundle_sha256,"
+    " bundle_files, bundle_size, checksum FROM skills WHERE id = %s"
+    " ON CONFLICT (skill_id, version) DO NOTHING"
 )
 
 
@@ -52,8 +86,29 @@ class Bundle:
 
 
 async def _bundle_used(conn: Any, sha256: str) -> bool:
-    cur = await conn.execute("SELECT 1 FROM skills WHERE bundle_sha256 = %s LIMIT 1", (sha256,))
-    return await cur.fetchone() is not None
+    # A version an install still pins keeps its bundle after the skill moved on.
+    cur = await conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM skills WHERE bundle_sha256 = %(sha)s)"
+        " OR EXISTS (SELECT 1 FROM skill_versions WHERE bundle_sha256 = %(sha)s) AS used",
+        {"sha": sha256},
+    )
+    row = await cur.fetchone()
+    return bool(row and row["used"])
+
+
+async def _pin_target(conn: Any, skill_id: int) -> dict[str, Any] | None:
+    """The skill's current version and the checksum an install of it records, with
+    the skill's row locked FOR SHARE until the transaction ends (a concurrent edit
+    waits, so the version pinned here is still current, hence never pruned)."""
+    cur = await conn.execute(
+        "SELECT s.command, v.* FROM skills s JOIN skill_versions v"
+        " ON v.skill_id = s.id AND v.version = s.version WHERE s.id = %s FOR SHARE OF s",
+        (skill_id,),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    return {"version": row["version"], "checksum": delivery_checksum(row, row["bundle_sha256"])}
 
 
 class SkillExistsError(Exception):
@@ -62,6 +117,18 @@ class SkillExistsError(Exception):
 
 class CommandTakenError(Exception):
     """The agent already has another installed skill with this command."""
+
+
+class SkillGoneError(Exception):
+    """The skill was deleted while it was being installed."""
+
+
+class VersionChangedError(Exception):
+    """An update asked for a version that is no longer the skill's latest."""
+
+    def __init__(self, latest: int):
+        super().__init__(f"the skill is at version {latest}")
+        self.latest = latest
 
 
 def checksum(spec: SkillSpec, bundle_sha256: str | None = None) -> str:
@@ -99,9 +166,14 @@ class Skills:
     def __init__(self, pool: AsyncConnectionPool):
         self.pool = pool
 
-    async def upsert_official(self, specs: list[SkillSpec], bundles: dict[str, Bundle]) -> int:
-        """Shipped skills, by command; returns how many were new or changed."""
+    async def upsert_official(
+        self, specs: list[SkillSpec], bundles: dict[str, Bundle]
+    ) -> tuple[int, list[str]]:
+        """Shipped skills, by command: (how many were new or changed, bundles no
+        longer used). A changed skill is a new version; its installs stay pinned
+        where they were, so a package upgrade offers the change, it never pushes it."""
         changed = 0
+        unused: list[str] = []
         async with self.pool.connection() as conn, conn.transaction():
             for spec in specs:
                 bundle = bundles.get(spec.command) or Bundle()
@@ -128,8 +200,11 @@ class Skills:
                         "checksum": checksum(spec, sha),
                     },
                 )
-                changed += cur.rowcount
-        return changed
+                for row in await cur.fetchall():
+                    changed += 1
+                    await conn.execute(_SNAPSHOT, (row["id"],))
+                    unused += await self.prune_versions(row["id"], conn=conn)
+        return changed, unused
 
     async def create(
         self,
@@ -167,6 +242,7 @@ class Skills:
                 raise SkillExistsError(spec.command) from None
             row = await cur.fetchone()
             assert row is not None
+            await c.execute(_SNAPSHOT, (row["id"],))
             created = await self.get(row["id"], conn=c)
         assert created is not None
         return created
@@ -194,7 +270,8 @@ class Skills:
         *,
         conn: AsyncConnection[Any] | None = None,
     ) -> dict[str, Any] | None:
-        """Replace a skill's content; the version goes up when the content changed."""
+        """Replace a skill's content; the version goes up when the content changed
+        (and is kept in ``skill_versions``; call ``prune_versions`` afterwards)."""
         async with using(self.pool, conn) as c:
             await c.execute(
                 "UPDATE skills SET title = %(title)s, description = %(description)s,"
@@ -215,6 +292,7 @@ class Skills:
                     "id": skill_id,
                 },
             )
+            await c.execute(_SNAPSHOT, (skill_id,))
             return await self.get(skill_id, conn=c)
 
     async def set_bundle(
@@ -224,18 +302,14 @@ class Skills:
         bundle: Bundle,
         *,
         conn: AsyncConnection[Any] | None = None,
-    ) -> str | None:
+    ) -> bool:
         """Attach (or with an empty Bundle, remove) a skill's bundle: a new version.
-        Returns the sha256 of the bundle it replaced when no skill uses it any more
-        (the caller deletes that object, once the transaction has committed)."""
+        The replaced bundle stays with the old version until ``prune_versions``
+        (which says when its object may go). False if there is no such skill."""
         async with using(self.pool, conn) as conn, conn.transaction():
-            cur = await conn.execute(
-                "SELECT bundle_sha256 FROM skills WHERE id = %s FOR UPDATE", (skill_id,)
-            )
-            row = await cur.fetchone()
-            if row is None:
-                return None
-            old = row["bundle_sha256"]
+            cur = await conn.execute("SELECT 1 FROM skills WHERE id = %s FOR UPDATE", (skill_id,))
+            if await cur.fetchone() is None:
+                return False
             await conn.execute(
                 "UPDATE skills SET bundle_sha256 = %(sha)s, bundle_files = %(files)s,"
                 " bundle_size = %(size)s,"
@@ -244,9 +318,38 @@ class Skills:
                 " checksum = %(checksum)s WHERE id = %(id)s",
                 {**bundle.values(), "checksum": checksum(spec, bundle.sha256), "id": skill_id},
             )
-            if old and old != bundle.sha256 and not await _bundle_used(conn, old):
-                return old
-        return None
+            await conn.execute(_SNAPSHOT, (skill_id,))
+        return True
+
+    async def prune_versions(
+        self, skill_id: int, *, conn: AsyncConnection[Any] | None = None
+    ) -> list[str]:
+        """Delete the skill's versions that are neither current nor pinned by any
+        install. Returns the sha256 of bundles that nothing refers to any more: the
+        caller deletes those objects once the transaction has committed."""
+        async with using(self.pool, conn) as c:
+            cur = await c.execute(
+                "DELETE FROM skill_versions v USING skills s"
+                " WHERE s.id = %s AND v.skill_id = s.id AND v.version <> s.version"
+                " AND NOT EXISTS (SELECT 1 FROM skill_installs i"
+                "   WHERE i.skill_id = v.skill_id AND i.version = v.version)"
+                " RETURNING v.bundle_sha256",
+                (skill_id,),
+            )
+            shas = {r["bundle_sha256"] for r in await cur.fetchall() if r["bundle_sha256"]}
+            return [sha for sha in sorted(shas) if not await _bundle_used(c, sha)]
+
+    async def version_bundles(
+        self, skill_id: int, *, conn: AsyncConnection[Any] | None = None
+    ) -> list[str]:
+        """The bundles of every kept version of a skill (what deleting it may free)."""
+        async with using(self.pool, conn) as c:
+            cur = await c.execute(
+                "SELECT DISTINCT bundle_sha256 FROM skill_versions"
+                " WHERE skill_id = %s AND bundle_sha256 IS NOT NULL",
+                (skill_id,),
+            )
+            return sorted(r["bundle_sha256"] for r in await cur.fetchall())
 
     async def bundle_used(self, sha256: str) -> bool:
         async with self.pool.connection() as conn:
@@ -300,6 +403,8 @@ class Skills:
     async def install(
         self, agent_id: int, skill: dict[str, Any], *, conn: AsyncConnection[Any] | None = None
     ) -> None:
+        """Install the skill's current version, pinned. Installing it again changes
+        nothing (``update_install`` moves a pin)."""
         async with using(self.pool, conn) as conn, conn.transaction():
             # One installed skill per command inside an agent (the slash command name).
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (agent_id,))
@@ -310,11 +415,70 @@ class Skills:
             )
             if await cur.fetchone():
                 raise CommandTakenError(skill["command"])
+            target = await _pin_target(conn, skill["id"])
+            if target is None:
+                raise SkillGoneError(skill["id"])
             await conn.execute(
-                "INSERT INTO skill_installs (agent_id, skill_id) VALUES (%s, %s)"
-                " ON CONFLICT DO NOTHING",
-                (agent_id, skill["id"]),
+                "INSERT INTO skill_installs (agent_id, skill_id, version, checksum)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (agent_id, skill["id"], target["version"], target["checksum"]),
             )
+
+    async def update_install(
+        self,
+        agent_id: int,
+        skill_id: int,
+        expected: int | None = None,
+        *,
+        conn: AsyncConnection[Any] | None = None,
+    ) -> tuple[int, int] | None:
+        """Move an install's pin to the skill's current version: (from, to), equal
+        when it was there already; None when the skill is not installed in the agent.
+        With ``expected``, only if that is the current version (VersionChangedError
+        otherwise): the installer gets the version they were shown, not a newer one
+        they have not seen."""
+        async with using(self.pool, conn) as conn, conn.transaction():
+            target = await _pin_target(conn, skill_id)
+            if target is None:
+                return None
+            cur = await conn.execute(
+                "SELECT version FROM skill_installs WHERE agent_id = %s AND skill_id = %s"
+                " FOR UPDATE",
+                (agent_id, skill_id),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            if expected is not None and expected != target["version"]:
+                raise VersionChangedError(target["version"])
+            if row["version"] != target["version"]:
+                await conn.execute(
+                    "UPDATE skill_installs SET version = %s, checksum = %s"
+                    " WHERE agent_id = %s AND skill_id = %s",
+                    (target["version"], target["checksum"], agent_id, skill_id),
+                )
+            return row["version"], target["version"]
+
+    async def fill_install_checksums(self) -> int:
+        """Record the checksum of installs that have none (those pinned by migration
+        011, which cannot compute it in SQL); returns how many. The service runs
+        this at start, before it serves a manifest."""
+        filled = 0
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "SELECT i.agent_id, s.command, v.* FROM skill_installs i"
+                " JOIN skills s ON s.id = i.skill_id"
+                " JOIN skill_versions v ON v.skill_id = i.skill_id AND v.version = i.version"
+                " WHERE i.checksum IS NULL FOR UPDATE OF i"
+            )
+            for row in await cur.fetchall():
+                await conn.execute(
+                    "UPDATE skill_installs SET checksum = %(checksum)s"
+                    " WHERE agent_id = %(agent_id)s AND skill_id = %(skill_id)s",
+                    {**row, "checksum": delivery_checksum(row, row["bundle_sha256"])},
+                )
+                filled += 1
+        return filled
 
     async def uninstall(
         self, agent_id: int, skill_id: int, *, conn: AsyncConnection[Any] | None = None
@@ -332,10 +496,13 @@ class Skills:
         *,
         visible_to: tuple[str, list[str], bool] | None = None,
         skill_id: int | None = None,
+        conn: AsyncConnection[Any] | None = None,
     ) -> list[dict[str, Any]]:
-        """An agent's installed skills by command; with ``visible_to`` (owner, groups,
-        admin) only those its owner may still read (a skill made private or moved to
-        another group drops out of the agent until it is visible again)."""
+        """An agent's installed skills by command, each with the content of the
+        version it pins (``version``, ``checksum``: the install's; ``latest_version``:
+        the skill's). With ``visible_to`` (owner, groups, admin) only those its owner
+        may still read (a skill made private or moved to another group drops out of
+        the agent until it is visible again)."""
         where = ["i.agent_id = %(agent)s"]
         params: dict[str, Any] = {"agent": agent_id}
         if visible_to is not None:
@@ -344,9 +511,9 @@ class Skills:
         if skill_id is not None:
             where.append("s.id = %(skill)s")
             params["skill"] = skill_id
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                f"SELECT {_COLUMNS} FROM skills s JOIN skill_installs i ON i.skill_id = s.id"
+        async with using(self.pool, conn) as c:
+            cur = await c.execute(
+                f"SELECT {_INSTALLED_COLUMNS} FROM {_INSTALLED_FROM}"
                 f" WHERE {' AND '.join(where)} ORDER BY s.command",
                 params,
             )

@@ -128,11 +128,16 @@ class SkillRunner(SacWidget):
     and shows the answer; a value the agent refuses shows its message next to
     that input.
 
+    Each skill is shown as the agent has it: the version its install pins. When
+    the skill has a newer version, "Update to vN" moves the install to it
+    (``agent.update_skill``); nothing updates by itself.
+
     Attributes for code: ``skill_picker`` (Dropdown of commands), ``skills`` (the
     installed skills as listed), ``refresh_button``, ``description`` (HTML),
-    ``form`` (VBox), ``fields`` (``{name: SkillField}``), ``run_button``,
-    ``status`` (HTML), ``answer_view`` (HTML), ``answer`` (the last ``Answer``),
-    ``running``, ``values()`` (what Run would send)."""
+    ``update_button`` (shown when an update is available), ``form`` (VBox),
+    ``fields`` (``{name: SkillField}``), ``run_button``, ``status`` (HTML),
+    ``answer_view`` (HTML), ``answer`` (the last ``Answer``), ``running``,
+    ``values()`` (what Run would send)."""
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
@@ -153,6 +158,11 @@ class SkillRunner(SacWidget):
             icon="refresh", tooltip="List the installed skills again", layout=w.Layout(width="3em")
         )
         self.description = w.HTML()
+        self.update_button = w.Button(
+            icon="arrow-up",
+            tooltip="Install the skill's newest version in this agent",
+            layout=w.Layout(display="none"),
+        )
         self.form = w.VBox()
         self.run_button = w.Button(
             description="Run", icon="play", button_style="primary", disabled=True
@@ -161,11 +171,12 @@ class SkillRunner(SacWidget):
         self.answer_view = w.HTML()
         self.skill_picker.observe(lambda _: self._build_form(), names="value")
         self.refresh_button.on_click(lambda _: self.refresh())
+        self.update_button.on_click(lambda _: self.update())
         self.run_button.on_click(lambda _: self.run())
         self.children = (
             w.HTML(f"<b>Skills of {esc(agent.slug)}</b>"),
             w.HBox([self.skill_picker, self.refresh_button]),
-            self.description,
+            w.HBox([self.description, self.update_button]),
             self.form,
             w.HBox([self.run_button, self.status]),
             self.answer_view,
@@ -203,8 +214,10 @@ class SkillRunner(SacWidget):
         current = self.skill_picker.value
         commands = [s["command"] for s in skills]
         self.skill_picker.options = [
-            (f"/{s['command']} — {s.get('title') or ''}".rstrip(" —"), s["command"]) for s in skills
-        ]
+            (f"/{s['command']} v{s.get('version')} — {s.get('title') or ''}".rstrip(" —"),
+             s["command"])
+            for s in skills
+        ]  # fmt: skip
         if current in commands:
             self.skill_picker.value = current
         elif commands:
@@ -232,14 +245,54 @@ class SkillRunner(SacWidget):
         self.fields = {}
         if skill is None:
             self.description.value = ""
+            self.update_button.layout.display = "none"
             self.form.children = ()
             self.run_button.disabled = True
             return
-        self.description.value = muted_html(skill.get("description") or "")
+        notes = [f"version {skill.get('version')}"]
+        if skill.get("update_available"):
+            notes.append(f"v{skill['latest_version']} available")
+        self.description.value = muted_html(
+            f"{skill.get('description') or ''} ({', '.join(notes)})"
+        )
+        if skill.get("update_available"):
+            self.update_button.description = f"Update to v{skill['latest_version']}"
+            self.update_button.layout.display = None
+            self.update_button.disabled = False
+        else:
+            self.update_button.layout.display = "none"
         self.fields = {p["name"]: SkillField(p) for p in skill.get("parameters") or []}
         self.form.children = tuple(f.box for f in self.fields.values())
         self.run_button.disabled = self.running
         self.answer_view.value = ""
+
+    # ---- updating --------------------------------------------------------------------
+
+    def update(self) -> None:
+        """Move the chosen skill's install to the version the button names (in the
+        background), then list the skills again."""
+        skill = self.skill()
+        if skill is None or not skill.get("update_available"):
+            return
+        version = skill["latest_version"]
+        self.update_button.disabled = True
+        self.status.value = muted_html(f"updating /{skill['command']} to v{version}…")
+
+        def work() -> None:
+            try:
+                # The version shown: if the skill moved on meanwhile, the service
+                # refuses (409) rather than install a version nobody looked at.
+                self.agent.update_skill(skill["id"], version=version)
+            except Exception as e:
+                self._later(self._update_failed, error_text(e))
+                return
+            self._load()
+
+        self._spawn("update-skill", work)
+
+    def _update_failed(self, message: str) -> None:
+        self.status.value = error_html(message)
+        self.update_button.disabled = False
 
     # ---- running ---------------------------------------------------------------------
 
@@ -317,7 +370,10 @@ class SkillRunner(SacWidget):
                 p["name"] + ("*" if p.get("required") else "") + f" ({p.get('type', 'text')})"
                 for p in skill.get("parameters") or []
             )
-            lines.append(f" {mark}/{skill['command']}: {params or 'no parameters'}")
+            version = f"v{skill.get('version')}"
+            if skill.get("update_available"):
+                version += f", v{skill['latest_version']} available"
+            lines.append(f" {mark}/{skill['command']} ({version}): {params or 'no parameters'}")
         for name, field in self.fields.items():
             error = plain_text(field.error.value)
             if error:

@@ -250,6 +250,11 @@ export class ServiceClient {
   uninstall(skillId: string): Promise<void> {
     return this.request('DELETE', this.agentPath(`/skills/${encodeURIComponent(skillId)}`));
   }
+  /** Move an installed skill to `version`, the newest one the person was shown (the
+   * service answers 409 version_changed if the skill has a newer one by now). */
+  updateInstall(skillId: string, version: number): Promise<any> {
+    return this.request('POST', this.agentPath(`/skills/${encodeURIComponent(skillId)}/update`), { version });
+  }
 
   // history
   historySessions(cursor?: string | null, limit = 20): Promise<{ sessions: any[]; next_cursor: string | null }> {

@@ -736,6 +736,25 @@ export function applyHitlEvent(
   return others;
 }
 
+/** An installed skill as the service lists it: the version the agent runs (pinned)
+ * and the skill's newest one (null when its owner may no longer read the skill). */
+export interface IInstalledSkill {
+  installed_version: number;
+  latest_version: number | null;
+  update_available: boolean;
+}
+
+/** The version an installed skill can be updated to, or null when there is none.
+ * Updates are offered, never applied by themselves (installs are pinned), so the
+ * sidebar shows "Update to vN" and sends N: the service refuses if the skill has
+ * moved past the version the person was shown. */
+export function updateOffer(installed: IInstalledSkill | null | undefined): number | null {
+  if (!installed || !installed.update_available || installed.latest_version === null) {
+    return null;
+  }
+  return installed.latest_version > installed.installed_version ? installed.latest_version : null;
+}
+
 /** Whether a skill matches the words typed in the search box (its command, title or
  * description, case-insensitive; no words match every skill). */
 export function skillMatches(

@@ -10,10 +10,12 @@ import {
   checkValues,
   cleanParameters,
   initialValues,
+  IInstalledSkill,
   isCommand,
   ISkillParameter,
   ParamType,
-  skillMatches
+  skillMatches,
+  updateOffer
 } from './logic';
 
 // '' is every tier; 'installed' lists this agent's installed skills.
@@ -308,7 +310,8 @@ export function SkillsSection(props: { ctx: ISacContext }): JSX.Element {
   const [tier, setTier] = React.useState('');
   const [skills, setSkills] = React.useState<any[]>([]);
   const [cursor, setCursor] = React.useState<string | null>(null);
-  const [installed, setInstalled] = React.useState<Set<string>>(new Set());
+  // This agent's installs by skill id, as pinned (content of the installed version).
+  const [installed, setInstalled] = React.useState<Map<string, any>>(new Map());
   const [error, setError] = React.useState<unknown>(null);
   const [working, setWorking] = React.useState<string | null>(null);
 
@@ -319,7 +322,7 @@ export function SkillsSection(props: { ctx: ISacContext }): JSX.Element {
           const mine = await ctx.service.installed();
           setSkills((mine.skills ?? []).filter((s: any) => skillMatches(s, query)));
           setCursor(null);
-          setInstalled(new Set((mine.skills ?? []).map((s: any) => s.id)));
+          setInstalled(new Map((mine.skills ?? []).map((s: any) => [s.id, s])));
           setError(null);
           return;
         }
@@ -330,7 +333,7 @@ export function SkillsSection(props: { ctx: ISacContext }): JSX.Element {
         setSkills(current => (from ? [...current, ...page.skills] : page.skills));
         setCursor(page.next_cursor);
         if (mine) {
-          setInstalled(new Set((mine.skills ?? []).map((s: any) => s.id)));
+          setInstalled(new Map((mine.skills ?? []).map((s: any) => [s.id, s])));
         }
         setError(null);
       } catch (e) {
@@ -344,6 +347,20 @@ export function SkillsSection(props: { ctx: ISacContext }): JSX.Element {
     const timer = window.setTimeout(() => void load(null), 250);
     return () => window.clearTimeout(timer);
   }, [load]);
+
+  // An edit starts from the skill's newest version: the installed view lists the
+  // versions this agent has pinned, and saving an older one over the newest would
+  // silently undo the edits made since.
+  const edit = async (skill: any) => {
+    setWorking(skill.id);
+    try {
+      setView({ kind: 'edit', skill: await ctx.service.skill(skill.id) });
+    } catch (e) {
+      setError(e);
+    } finally {
+      setWorking(null);
+    }
+  };
 
   const act = async (skill: any, what: () => Promise<unknown>, sync = false) => {
     setWorking(skill.id);
@@ -409,7 +426,11 @@ export function SkillsSection(props: { ctx: ISacContext }): JSX.Element {
       <ErrorLine error={error} />
       <ul className="jp-SacList jp-SacSkills">
         {skills.map(s => {
-          const isInstalled = installed.has(s.id);
+          // What this agent has: the pinned version, which may be older than the
+          // marketplace's `s`; runs use its parameters.
+          const here: (IInstalledSkill & Record<string, any>) | undefined = installed.get(s.id);
+          const isInstalled = here !== undefined;
+          const offer = updateOffer(here);
           const mine = s.owner === ctx.agent.user;
           return (
             <li key={s.id} className="jp-SacSkill" data-command={s.command}>
@@ -418,13 +439,24 @@ export function SkillsSection(props: { ctx: ISacContext }): JSX.Element {
                 <span className={`jp-SacTier jp-mod-${s.visibility}`}>{s.visibility}</span>
               </div>
               <div className="jp-SacMuted">
-                /{s.command} · {trans._n('%1 install', '%1 installs', s.installs ?? 0)}
+                /{s.command} ·{' '}
+                <span className="jp-SacSkill-version">
+                  {here ? trans.__('v%1 installed', here.installed_version) : `v${s.version}`}
+                </span>{' '}
+                · {trans._n('%1 install', '%1 installs', s.installs ?? 0)}
                 {s.owner ? ` · ${s.owner}` : ''}
               </div>
               <div className="jp-SacRow">
                 {isInstalled ? (
                   <>
-                    <SmallButton label={trans.__('Run')} kind="accept" onClick={() => setView({ kind: 'run', skill: s })} />
+                    <SmallButton label={trans.__('Run')} kind="accept" onClick={() => setView({ kind: 'run', skill: here })} />
+                    {offer !== null ? (
+                      <SmallButton
+                        label={trans.__('Update to v%1', offer)}
+                        disabled={working === s.id}
+                        onClick={() => void act(s, () => ctx.service.updateInstall(s.id, offer), true)}
+                      />
+                    ) : null}
                     <SmallButton
                       label={trans.__('Uninstall')}
                       disabled={working === s.id}
@@ -440,7 +472,7 @@ export function SkillsSection(props: { ctx: ISacContext }): JSX.Element {
                 )}
                 <SmallButton label={trans.__('Fork')} disabled={working === s.id} onClick={() => void act(s, () => ctx.service.forkSkill(s.id))} />
                 {mine && s.visibility === 'private' ? (
-                  <SmallButton label={trans.__('Edit')} onClick={() => setView({ kind: 'edit', skill: s })} />
+                  <SmallButton label={trans.__('Edit')} disabled={working === s.id} onClick={() => void edit(s)} />
                 ) : null}
                 {mine ? (
                   // Sharing, and changing what others installed, is a person's act on

@@ -30,7 +30,8 @@ import {
   skillMatches,
   toolKind,
   toolSummary,
-  transcriptRows
+  transcriptRows,
+  updateOffer
 } from '../src/logic';
 
 describe('where things are', () => {
@@ -263,6 +264,15 @@ describe('skills', () => {
       { name: 'n', type: 'number', required: false, default: 3, max: 9 },
       { name: 's', type: 'select', required: false, options: ['a', 'b'] }
     ]);
+  });
+
+  it('offers an update only to a newer version the owner may still see', () => {
+    expect(updateOffer({ installed_version: 2, latest_version: 4, update_available: true })).toBe(4);
+    expect(updateOffer({ installed_version: 4, latest_version: 4, update_available: false })).toBeNull();
+    // no longer readable: no version announced, nothing offered
+    expect(updateOffer({ installed_version: 2, latest_version: null, update_available: false })).toBeNull();
+    expect(updateOffer({ installed_version: 5, latest_version: 4, update_available: true })).toBeNull();
+    expect(updateOffer(undefined)).toBeNull();
   });
 
   it('accepts kebab-case commands only', () => {
