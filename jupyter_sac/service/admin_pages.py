@@ -288,7 +288,7 @@ class ConversationsPage(PageHandler, SearchBaseHandler):
     @web.authenticated
     async def get(self) -> None:
         if not self.can_read_all():
-            self.require_admin()  # the same 403 page as the other admin pages
+            self.require_admin_page()  # the same 403 page as the other admin pages
         where = self.search_filter()
         cursor = self.get_argument("cursor", None)
         rows = await self.sac.store.history.events(
