@@ -28,6 +28,7 @@ from ..providers import PRESETS
 from .agents import AgentOps
 from .base import BaseHandler
 from .errors import ApiError
+from .forms import decision_text
 from .principals import READ_ALL_SCOPE
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -50,6 +51,7 @@ DONE_MESSAGES = {
     "public-saved": "{target} stored in the public workspace.",
     "public-deleted": "{target} deleted from the public workspace.",
     "group-saved": "Quota of group {target} saved.",
+    "skill-deleted": "Skill {target} deleted.",
 }
 
 ADMIN_NAV = (
@@ -84,6 +86,7 @@ def _environment() -> Environment:
     env.filters["when"] = format_time
     env.filters["number"] = lambda n: f"{int(n):,}"
     env.filters["pretty_json"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False, default=str)
+    env.filters["decided"] = decision_text
     return env
 
 
@@ -106,6 +109,9 @@ ENV = _environment()
 
 class PageHandler(BaseHandler):
     """HTML instead of JSON: errors as a page, a login redirect instead of a 401."""
+
+    # The fixed texts a page shows after ?done=<key> (a page may add its own).
+    done_messages: Mapping[str, str] = DONE_MESSAGES
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "text/html; charset=utf-8")
@@ -150,7 +156,7 @@ class PageHandler(BaseHandler):
 
     def done_message(self) -> str:
         key = self.get_argument("done", "")
-        template = DONE_MESSAGES.get(key)
+        template = self.done_messages.get(key)
         return template.format(target=self.get_argument("target", "")[:200]) if template else ""
 
     def query_without(self, **changes: Any) -> str:
@@ -265,6 +271,7 @@ class IndexPage(PageHandler, AgentOps):
     async def render_home(self, status: int = 200, **context: Any) -> None:
         ident = self.require_person("use the SAC home page")
         agents = await self.sac.store.agents.list(ident.name)
+        waiting = await self.sac.store.hitl.count_waiting(ident.name)
         usage = await self.sac.store.usage.month_by_agent()
         hub_user = await self.sac.hub.get_user(ident.name) or {}
         servers: Mapping[str, Any] = hub_user.get("servers") or {}
@@ -286,6 +293,7 @@ class IndexPage(PageHandler, AgentOps):
             providers=allowed,
             org_keys=self.sac.org_keys,
             room=len(agents) < int(ceiling["max_agents_per_user"]),
+            waiting=waiting,
             **context,
         )
 
