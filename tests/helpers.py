@@ -263,6 +263,50 @@ def greeting_skill(command: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+# ---- people in a browser, without one (httpx keeps the cookies) ---------------------
+
+
+def xsrf_of(page: str) -> str:
+    """The XSRF token a page's forms carry (``_xsrf``)."""
+    import re
+
+    found = re.search(r'name="_xsrf" value="([^"]+)"', page)
+    assert found, "the page has no XSRF token"
+    return found.group(1)
+
+
+def sign_up(url: str, name: str, password: str, admin_password: str) -> None:
+    """A person signs up at /hub/signup and the admin, logged in, authorises them
+    (NativeAuthenticator), as on the hub's pages."""
+    with httpx.Client(base_url=url, timeout=30) as client:
+        form = client.get("hub/signup")
+        resp = client.post(
+            "hub/signup",
+            data={"username": name, "signup_password": password,
+                  "signup_password_confirmation": password, "_xsrf": xsrf_of(form.text)},
+        )  # fmt: skip
+        assert resp.status_code == 200, resp.text[:300]
+    operator = browser_client(url, "admin", admin_password)
+    try:
+        resp = operator.get(f"hub/authorize/{name}")
+        assert resp.status_code == 200, resp.text[:300]
+    finally:
+        operator.close()
+
+
+def browser_client(url: str, name: str, password: str) -> httpx.Client:
+    """Cookies and redirects like a browser, logged in to the hub; its first visit to
+    a service page passes through the hub's OAuth and gets the service's login."""
+    client = httpx.Client(base_url=url, timeout=60, follow_redirects=True)
+    form = client.get("hub/login")
+    resp = client.post(
+        "hub/login",
+        data={"username": name, "password": password, "_xsrf": xsrf_of(form.text)},
+    )
+    assert resp.status_code == 200 and "/hub/login" not in str(resp.url), resp.text[:300]
+    return client
+
+
 # ---- browser tests (Playwright driving Debian's Chromium, never a downloaded one) ----
 
 CHROMIUM_ARGS = [

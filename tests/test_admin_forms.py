@@ -1,20 +1,34 @@
-"""The pure rules behind the admin pages' forms: form fields to overrides, values
-back to fields, resolved values for reading, usage totals."""
+"""The pure rules behind the pages' forms: form fields to overrides, values back to
+fields, resolved values for reading, usage totals; the person's pages' forms to the
+API's bodies (an agent's settings, a decision, a skill's visibility)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
+from jupyter_sac.service.errors import ApiError
 from jupyter_sac.service.forms import (
+    agent_settings_body,
+    decision_body,
+    decision_text,
     describe,
+    needs_restart,
     parse_form,
     show_bytes,
     show_value,
     usage_totals,
     validated_form,
+    visibility_body,
+    visibility_choices,
+    visibility_value,
 )
 from jupyter_sac.service.pages import server_status, visible_tabs
 from jupyter_sac.settings import SPECS, SettingsError
+from jupyter_sac.skills import Viewer
+from jupyter_sac.store import AgentRecord
 
 
 def test_empty_fields_inherit_and_values_are_typed() -> None:
@@ -113,3 +127,112 @@ def test_server_status_and_tabs() -> None:
         ("conversations", "Conversations"),
     )
     assert visible_tabs(False, frozenset({"self"})) == ()
+
+
+# ---- the person's pages ---------------------------------------------------------------
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+AGENT = AgentRecord(
+    id=1, owner="ann", slug="desk", display_name="desk", runtime="claude",
+    provider="anthropic", model="claude-sonnet-4-5", base_url=None, encrypted_key=b"k",
+    overrides={}, created_at=NOW, updated_at=NOW, drive_agents=False,
+)  # fmt: skip
+UNTOUCHED = {"action": ["save"], "display_name": ["desk"], "provider": ["anthropic"],
+             "model": ["claude-sonnet-4-5"], "base_url": [""], "api_key": [""]}  # fmt: skip
+
+
+def settings(agent: AgentRecord = AGENT, org_keys: dict | None = None, **fields: str) -> dict:
+    form = {**UNTOUCHED, **{k: [v] for k, v in fields.items()}}
+    return agent_settings_body(agent, form, org_keys or {})
+
+
+def test_the_settings_form_sends_only_what_changed() -> None:
+    assert settings() == {}
+    assert settings(model="claude-opus-4-1") == {"model": "claude-opus-4-1"}
+    assert settings(display_name="  Desk  ") == {"display_name": "Desk"}
+    assert settings(display_name="") == {"display_name": ""}  # the API's 400 names it
+    assert settings(drive_agents="1") == {"drive_agents": True}
+    on = replace(AGENT, drive_agents=True)
+    assert settings(on) == {"drive_agents": False}  # an unticked box
+    # An empty model: the provider's default.
+    assert settings(replace(AGENT, model="other"), model="") == {"model": "claude-sonnet-4-5"}
+
+
+def test_a_new_provider_gets_its_default_model_unless_another_is_typed() -> None:
+    assert settings(provider="glm") == {"provider": "glm"}
+    assert settings(provider="glm", model="glm-4.5") == {"provider": "glm", "model": "glm-4.5"}
+    custom = replace(AGENT, provider="custom", base_url="https://llm.example.org")
+    leaving = settings(custom, provider="anthropic", base_url="https://llm.example.org")
+    assert leaving == {"provider": "anthropic"}  # the old base URL is not sent (cleared)
+    joining = settings(provider="custom", base_url="https://gw.example.org")
+    assert joining == {"provider": "custom", "base_url": "https://gw.example.org"}
+
+
+def test_the_key_is_replaced_or_forgotten_never_both() -> None:
+    assert settings(api_key=" sk-new-key-123 ") == {"api_key": "sk-new-key-123"}
+    assert settings(use_organisation_key="1", org_keys={"anthropic": "sk-org"}) == {"api_key": None}
+    with pytest.raises(ApiError) as refused:
+        settings(use_organisation_key="1")  # no organisation key for Anthropic here
+    assert refused.value.extra["field"] == "api_key"
+    with pytest.raises(ApiError):
+        settings(api_key="sk-new-key-123", use_organisation_key="1")
+    # Already on the organisation key: nothing to forget.
+    assert settings(replace(AGENT, encrypted_key=None), use_organisation_key="1") == {}
+
+
+def test_only_a_key_change_needs_no_restart() -> None:
+    assert not needs_restart({"api_key": "sk-new-key-123"})
+    assert not needs_restart({})
+    assert needs_restart({"api_key": None, "model": "m"})
+    assert needs_restart({"drive_agents": True})
+
+
+def _request(**row: object) -> dict:
+    base = {"status": "pending", "decision": None, "option": None, "reason": None,
+            "decided_by": None, "decided_at": None, "default_decision": "deny",
+            "expires_at": NOW + timedelta(minutes=5), "options": []}  # fmt: skip
+    return {**base, **row}
+
+
+def test_what_became_of_a_request_in_a_sentence() -> None:
+    at = NOW - timedelta(minutes=1)
+    assert decision_text(_request(), NOW) == "Waiting for a decision."
+    assert decision_text(_request(expires_at=NOW), NOW) == "Timing out: the default (deny) applies."
+    allowed = _request(status="approved", decision="allow", decided_by="ann", decided_at=at)
+    assert decision_text(allowed, NOW) == "Decided: allowed by ann at 2026-12-01 11:59:00 UTC."
+    terminal = _request(status="denied", decision="deny", decided_by="bob", decided_at=at,
+                        option="2", reason="not now",
+                        options=[{"key": "1", "label": "Yes"}, {"key": "2", "label": "No"}])  # fmt: skip
+    assert decision_text(terminal, NOW) == (
+        "Decided: denied by bob at 2026-12-01 11:59:00 UTC, answer 2 (No). Reason: not now"
+    )
+    timed_out = _request(status="timed_out", decision="deny", decided_at=at)
+    assert "nobody decided, so the default (deny) applied" in decision_text(timed_out, NOW)
+    assert decision_text(_request(status="cancelled", decided_at=at), NOW).startswith("Withdrawn")
+
+
+def test_decision_forms_are_the_apis_bodies() -> None:
+    assert decision_body({"decision": ["allow"], "reason": ["  "], "option": [""]}) == {
+        "decision": "allow"
+    }
+    assert decision_body({"decision": ["deny"], "reason": [" no "], "option": ["3"]}) == {
+        "decision": "deny", "reason": "no", "option": "3",
+    }  # fmt: skip
+    assert decision_body({}) == {"decision": ""}  # the API's 400 names the field
+
+
+def test_visibility_choices_and_values() -> None:
+    row = {"visibility": "group", "group_name": "lab", "owner": "ann"}
+    ann = Viewer("ann", groups=("data",))
+    assert [v for v, _ in visibility_choices(ann, row)] == [
+        "private", "group:data", "group:lab", "public",
+    ]  # fmt: skip
+    curator = Viewer("cur", scopes=frozenset({"custom:sac:skills:official"}))
+    assert visibility_choices(curator, row)[-1][0] == "official"
+    assert visibility_value(row) == "group:lab"
+    assert visibility_value({**row, "visibility": "public", "group_name": None}) == "public"
+    assert visibility_body({"visibility": ["group:data"]}) == {
+        "visibility": "group",
+        "group": "data",
+    }
+    assert visibility_body({"visibility": ["public"]}) == {"visibility": "public", "group": None}

@@ -24,6 +24,7 @@ from .audit import AuditBaseHandler, entry_cursor, parse_entry_cursor
 from .errors import ApiError
 from .forms import (
     PROVIDERS_OVERRIDE,
+    decision_body,
     describe,
     level_specs,
     row_tokens,
@@ -288,7 +289,7 @@ class ConversationsPage(PageHandler, SearchBaseHandler):
     @web.authenticated
     async def get(self) -> None:
         if not self.can_read_all():
-            self.require_admin()  # the same 403 page as the other admin pages
+            self.require_admin_page()  # the same 403 page as the other admin pages
         where = self.search_filter()
         cursor = self.get_argument("cursor", None)
         rows = await self.sac.store.history.events(
@@ -329,21 +330,14 @@ class HitlPage(PageHandler, DecisionOps):
             active="hitl",
             error=error,
             requests=[r for r in rows if r["expires_at"] is None or r["expires_at"] > now],
+            now=now,
             user_filter=owner or "",
         )
 
     @admin_page
     async def post(self, request_id: str) -> None:
-        form = self.form()
-        body: dict[str, Any] = {"decision": (form.get("decision") or [""])[-1]}
-        reason = (form.get("reason") or [""])[-1].strip()
-        if reason:
-            body["reason"] = reason
-        option = (form.get("option") or [""])[-1]
-        if option:
-            body["option"] = option
         try:
-            decided = await self.decide_request(request_id, body)
+            decided = await self.decide_request(request_id, decision_body(self.form()))
         except ApiError as e:
             if e.status_code == 404:
                 raise

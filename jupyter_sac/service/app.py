@@ -33,6 +33,7 @@ from . import (
     hitl,
     metrics,
     org_keys,
+    person_pages,
     skills,
     workspace,
 )
@@ -222,6 +223,7 @@ class SacService(Application):
             *org_keys.routes(p),
             *workspace.routes(p),
             *admin_pages.routes(p),
+            *person_pages.routes(p),
             (p + r"api/.*", NotFoundHandler),
         ]
         hub_auth = HubOAuth(api_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""), cache_max_age=60)

@@ -1,17 +1,25 @@
-"""HTML form values to settings and back: the pure rules behind the admin pages.
+"""HTML form values to API bodies and back: the pure rules behind the pages.
 
 A settings form has one field per setting of the level. An empty field means "no
 override here" (the value is inherited); the list of providers is overridden only
 when its "override" box is ticked, so an empty list stays expressible.
+
+The person's pages (an agent's settings, approvals, a skill) turn their forms into
+the bodies the API's operations take, so the API's validation applies unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 from .. import settings as sac_settings
+from ..providers import PRESETS
 from ..settings import SPECS, SettingsError, SettingSpec
+from ..skills import Viewer
+from ..store import AgentRecord
+from .validation import bad
 
 PROVIDERS_OVERRIDE = "allowed_providers__override"
 _BINARY_UNITS = (("Ti", 1024**4), ("Gi", 1024**3), ("Mi", 1024**2), ("Ki", 1024))
@@ -137,3 +145,130 @@ def row_tokens(row: Mapping[str, Any]) -> int:
             "cache_read_input_tokens",
         )
     )
+
+
+# ---- the person's pages ---------------------------------------------------------------
+
+
+def last(form: Mapping[str, list[str]], name: str) -> str:
+    """A form field's value (the last one sent), or ""."""
+    values = form.get(name) or [""]
+    return values[-1]
+
+
+def decision_body(form: Mapping[str, list[str]]) -> dict[str, Any]:
+    """A decision form (decision, optional reason and option) as the API's body."""
+    body: dict[str, Any] = {"decision": last(form, "decision")}
+    reason = last(form, "reason").strip()
+    if reason:
+        body["reason"] = reason
+    option = last(form, "option")
+    if option:
+        body["option"] = option
+    return body
+
+
+def decision_text(row: Mapping[str, Any], now: datetime) -> str:
+    """What became of a request, in a sentence ("Decided: allowed by alice at ...")."""
+    when = row["decided_at"].strftime("%Y-%m-%d %H:%M:%S") if row["decided_at"] else ""
+    status = row["status"]
+    if status in ("approved", "denied"):
+        verb = "allowed" if status == "approved" else "denied"
+        text = f"Decided: {verb} by {row['decided_by']} at {when} UTC"
+        if row["option"]:
+            labels = {o["key"]: o["label"] for o in row["options"] or []}
+            label = labels.get(row["option"])
+            text += f", answer {row['option']}" + (f" ({label})" if label else "")
+        return text + (f". Reason: {row['reason']}" if row["reason"] else ".")
+    if status == "timed_out":
+        default = row["decision"]
+        return f"Timed out at {when} UTC: nobody decided, so the default ({default}) applied."
+    if status == "cancelled":
+        return f"Withdrawn at {when} UTC: the prompt went away or the turn was cancelled."
+    if row["expires_at"] is not None and row["expires_at"] <= now:
+        return f"Timing out: the default ({row['default_decision']}) applies."
+    return "Waiting for a decision."
+
+
+def agent_settings_body(
+    agent: AgentRecord, form: Mapping[str, list[str]], org_keys: Mapping[str, str]
+) -> dict[str, Any]:
+    """The agent settings form as a PATCH body holding only what changed, so an
+    untouched field never trips a rule (a provider no longer allowed, a base URL left
+    over from the custom provider).
+
+    A plain form cannot update one field when another changes, so: a model left as it
+    was when the provider changes means the new provider's default model; a base URL
+    left as it was means nothing once the provider is not ``custom``. The key is never
+    shown: a typed key replaces the agent's, the organisation box forgets it."""
+    body: dict[str, Any] = {}
+    display_name = last(form, "display_name").strip()
+    if display_name != agent.display_name:
+        body["display_name"] = display_name  # empty: the API's 400 names the field
+    provider = last(form, "provider").strip() or agent.provider
+    if provider != agent.provider:
+        body["provider"] = provider
+    model = last(form, "model").strip()
+    if "provider" in body:
+        if model and model != agent.model:
+            body["model"] = model
+    elif not model:
+        preset = PRESETS.get(provider)
+        if preset is not None and preset.default_model and preset.default_model != agent.model:
+            body["model"] = preset.default_model
+    elif model != agent.model:
+        body["model"] = model
+    base_url = last(form, "base_url").strip()
+    if base_url and base_url != agent.base_url:
+        body["base_url"] = base_url  # refused by the API unless the provider is custom
+    api_key = last(form, "api_key").strip()
+    use_organisation_key = bool(last(form, "use_organisation_key"))
+    if api_key and use_organisation_key:
+        raise bad("api_key", "enter a new key or choose the organisation key, not both")
+    if api_key:
+        body["api_key"] = api_key
+    elif use_organisation_key and agent.encrypted_key is not None:
+        if provider in PRESETS and provider not in org_keys:
+            raise bad(
+                "api_key",
+                f"{PRESETS[provider].label} has no organisation key here; keep or enter"
+                " the agent's own key",
+            )
+        body["api_key"] = None
+    drive_agents = bool(last(form, "drive_agents"))
+    if drive_agents != agent.drive_agents:
+        body["drive_agents"] = drive_agents
+    return body
+
+
+def needs_restart(body: Mapping[str, Any]) -> bool:
+    """Do these agent changes reach a running sandbox only at its next start? All but
+    the key do (its environment and the hub token's scopes are made at start); the
+    credential proxy reads the key at every model call."""
+    return any(name != "api_key" for name in body)
+
+
+def visibility_choices(viewer: Viewer, row: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The visibility select of a skill page: (value, label), ``group:<name>`` for a
+    group. The viewer's groups, the skill's current one, and official for curators."""
+    groups = set(viewer.groups)
+    if row["group_name"]:
+        groups.add(row["group_name"])
+    choices = [("private", "private: only me")]
+    choices += [(f"group:{g}", f"group {g}: its members") for g in sorted(groups)]
+    choices.append(("public", "public: everyone"))
+    if viewer.curates_official or row["visibility"] == "official":
+        choices.append(("official", "official: everyone, curated"))
+    return choices
+
+
+def visibility_value(row: Mapping[str, Any]) -> str:
+    return f"group:{row['group_name']}" if row["visibility"] == "group" else row["visibility"]
+
+
+def visibility_body(form: Mapping[str, list[str]]) -> dict[str, Any]:
+    """The visibility select as the API's PATCH body ({"visibility", "group"})."""
+    value = last(form, "visibility")
+    if value.startswith("group:"):
+        return {"visibility": "group", "group": value.removeprefix("group:")}
+    return {"visibility": value, "group": None}

@@ -411,20 +411,17 @@ class DecisionHandler(DecisionOps):
         self.write_json(request_model(decided))
 
 
-class PolicyHandler(HitlBaseHandler):
-    """GET/PUT (owner/admin): an agent's HITL policy."""
+class PolicyOps(HitlBaseHandler):
+    """Replacing an agent's HITL policy, shared by the API and the agent's settings
+    page (the same validation, the same audit entry)."""
 
-    async def get(self, owner: str, slug: str) -> None:
-        agent = await self.get_agent(owner, slug, "read a HITL policy", agent_may=True)
-        policy = await self.sac.store.hitl.get_policy(agent.id)
-        self.write_json({"policy": policy if policy is not None else DEFAULT_POLICY})
-
-    async def put(self, owner: str, slug: str) -> None:
+    async def replace_policy(self, owner: str, slug: str, raw: Any) -> dict[str, Any]:
+        """Validate ``raw`` (400 naming the field, e.g. ``policy.deny[2]``) and store it
+        as the agent's policy; returns the normalised policy. Persons and administrators
+        only: a policy decides what the agent may do without asking them."""
         agent = await self.get_agent(owner, slug, "change a HITL policy")
-        body = self.json_body()
-        check_fields(body, {"policy"})
         try:
-            policy = validate_policy(body.get("policy"))
+            policy = validate_policy(raw)
         except PolicyError as e:
             raise bad(e.field, e.message) from None
         ident = self.identity
@@ -439,7 +436,23 @@ class PolicyHandler(HitlBaseHandler):
                     after=policy,
                     conn=conn,
                 )
-        self.write_json({"policy": policy})
+        return policy
+
+
+class PolicyHandler(PolicyOps):
+    """GET/PUT (owner/admin): an agent's HITL policy."""
+
+    async def get(self, owner: str, slug: str) -> None:
+        agent = await self.get_agent(owner, slug, "read a HITL policy", agent_may=True)
+        policy = await self.sac.store.hitl.get_policy(agent.id)
+        self.write_json({"policy": policy if policy is not None else DEFAULT_POLICY})
+
+    async def put(self, owner: str, slug: str) -> None:
+        # Who may is settled before the body is read.
+        await self.get_agent(owner, slug, "change a HITL policy")
+        body = self.json_body()
+        check_fields(body, {"policy"})
+        self.write_json({"policy": await self.replace_policy(owner, slug, body.get("policy"))})
 
 
 REQUEST_ID = r"([^/]+)"

@@ -3,13 +3,16 @@ landing page (/services/sac/, the hub's Services menu links here).
 
 Pages sit beside the hub's own: they use its stylesheet and navigation bar, log in
 through JupyterHub OAuth like any service, and work without JavaScript (plain
-forms, each with the service's XSRF token, answered with a redirect back).
+forms, each with the service's XSRF token, answered with a redirect back). No page
+may be framed: each changes something, and a page framed by another origin (an
+agent's JupyterLab is one, and its sandbox controls it) could be clicked through.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from ..providers import PRESETS
 from .agents import AgentOps
 from .base import BaseHandler
 from .errors import ApiError
+from .forms import decision_text
 from .principals import READ_ALL_SCOPE
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -47,6 +51,7 @@ DONE_MESSAGES = {
     "public-saved": "{target} stored in the public workspace.",
     "public-deleted": "{target} deleted from the public workspace.",
     "group-saved": "Quota of group {target} saved.",
+    "skill-deleted": "Skill {target} deleted.",
 }
 
 ADMIN_NAV = (
@@ -81,6 +86,7 @@ def _environment() -> Environment:
     env.filters["when"] = format_time
     env.filters["number"] = lambda n: f"{int(n):,}"
     env.filters["pretty_json"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False, default=str)
+    env.filters["decided"] = decision_text
     return env
 
 
@@ -104,16 +110,20 @@ ENV = _environment()
 class PageHandler(BaseHandler):
     """HTML instead of JSON: errors as a page, a login redirect instead of a 401."""
 
+    # The fixed texts a page shows after ?done=<key> (a page may add its own).
+    done_messages: Mapping[str, str] = DONE_MESSAGES
+
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Content-Type-Options", "nosniff")
-        # No scripts at all; styles only from this origin (the hub's and ours).
+        # No scripts at all; styles only from this origin (the hub's and ours). Never
+        # framed (frame-ancestors 'none'): every page has forms that change things.
         self.set_header(
             "Content-Security-Policy",
             "default-src 'none'; style-src 'self'; font-src 'self'; img-src 'self' data:;"
             " form-action 'self';"
-            " frame-ancestors 'self'; base-uri 'none'",
+            " frame-ancestors 'none'; base-uri 'none'",
         )
 
     def base_namespace(self) -> dict[str, Any]:
@@ -146,7 +156,7 @@ class PageHandler(BaseHandler):
 
     def done_message(self) -> str:
         key = self.get_argument("done", "")
-        template = DONE_MESSAGES.get(key)
+        template = self.done_messages.get(key)
         return template.format(target=self.get_argument("target", "")[:200]) if template else ""
 
     def query_without(self, **changes: Any) -> str:
@@ -187,15 +197,22 @@ class PageHandler(BaseHandler):
             message = "Internal error: see the service log."
         else:
             message = self._reason
-        if status_code == 403 and self.current_user and not self.identity.admin:
-            message = (
-                "This page is for SAC administrators: JupyterHub admins, or holders of"
-                f" the {self.sac.admin_scope} scope."
-            )
         self.set_header("Content-Type", "text/html; charset=utf-8")
         namespace = self.get_template_namespace()
         namespace.update(status=status_code, message=message)
         self.finish(ENV.get_template("error.html").render(**namespace))
+
+    def require_admin_page(self) -> None:
+        """An administrator, else a 403 page that says who may use the admin pages."""
+        try:
+            self.require_admin()
+        except ApiError as e:
+            raise ApiError(
+                403,
+                "forbidden",
+                "This page is for SAC administrators: holders of the"
+                f" {self.sac.admin_scope} scope.",
+            ) from e
 
 
 def admin_page(method: Any) -> Any:
@@ -203,10 +220,44 @@ def admin_page(method: Any) -> Any:
 
     @web.authenticated
     async def wrapper(self: PageHandler, *args: Any, **kwargs: Any) -> Any:
-        self.require_admin()
+        self.require_admin_page()
         return await method(self, *args, **kwargs)
 
     return wrapper
+
+
+PageMethod = Callable[..., Awaitable[None]]
+
+
+def person_page(what: str) -> Callable[[PageMethod], PageMethod]:
+    """A page only a person acting as themselves uses (``require_person``): a browser
+    login to the service or a user's full API token, or an administrator. Every token
+    an agent holds (its agent token, its server's hub token) gets 403: the sandbox
+    must never act with its person's authority.
+
+    Nobody signed in: a browser GET goes to the hub's login; anything else is 403.
+    That includes a form posted with the login cookie but without the page's XSRF
+    token: JupyterHub then ignores the cookie, so such a post changes nothing."""
+
+    def decorate(method: PageMethod) -> PageMethod:
+        @functools.wraps(method)
+        async def wrapper(self: PageHandler, *args: Any, **kwargs: Any) -> None:
+            if not self.signed_in:
+                if self.request.method in ("GET", "HEAD"):
+                    web.authenticated(lambda handler: None)(self)  # the login redirect
+                    return
+                raise ApiError(
+                    403,
+                    "forbidden",
+                    "not signed in, or the form did not come from this page (its XSRF"
+                    " token is missing or stale): open the page again and resend it",
+                )
+            self.require_person(what)
+            await method(self, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 # The fields of the home page's "New agent" form (the API's create fields).
@@ -220,6 +271,7 @@ class IndexPage(PageHandler, AgentOps):
     async def render_home(self, status: int = 200, **context: Any) -> None:
         ident = self.require_person("use the SAC home page")
         agents = await self.sac.store.agents.list(ident.name)
+        waiting = await self.sac.store.hitl.count_waiting(ident.name)
         usage = await self.sac.store.usage.month_by_agent()
         hub_user = await self.sac.hub.get_user(ident.name) or {}
         servers: Mapping[str, Any] = hub_user.get("servers") or {}
@@ -241,18 +293,19 @@ class IndexPage(PageHandler, AgentOps):
             providers=allowed,
             org_keys=self.sac.org_keys,
             room=len(agents) < int(ceiling["max_agents_per_user"]),
+            waiting=waiting,
             **context,
         )
 
-    @web.authenticated
+    @person_page("use the SAC home page")
     async def get(self) -> None:
         await self.render_home()
 
-    @web.authenticated
+    @person_page("create agents")
     async def post(self) -> None:
         """Create an agent from the form, then start it: the hub's spawn page leads
         on to the agent's JupyterLab."""
-        ident = self.require_person("create agents")
+        ident = self.identity
         form = self.form()
         body = {
             name: form[name][0].strip()

@@ -334,16 +334,13 @@ class SkillsHandler(SkillBaseHandler):
         self.write_json(skill_model(row), 201)
 
 
-class SkillHandler(SkillBaseHandler):
-    async def get(self, skill_id: str) -> None:
-        self.write_json(skill_model(await self.readable(skill_id)))
+class SkillOps(SkillBaseHandler):
+    """Changing and deleting a skill, shared by the API and the skill's page (the same
+    rules, the same audit entries)."""
 
-    async def patch(self, skill_id: str) -> None:
-        row = await self.editable(skill_id)
-        self.may_author()
-        if row["visibility"] != "private" and self.identity.kind == "agent":
-            self.require_author((row["visibility"], row["group_name"]), row)
-        body = self.json_body()
+    async def change_skill(self, row: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+        """Apply a PATCH body to ``row`` (a skill from ``editable``): content changes
+        make a new version; a new visibility must be one the caller may publish at."""
         check_fields(body, SPEC_FIELDS | {"visibility", "group"})
         if "command" in body and body["command"] != row["command"]:
             raise bad("command", "the command of a skill cannot change (fork it instead)")
@@ -363,10 +360,11 @@ class SkillHandler(SkillBaseHandler):
             await self.audit_skill("update", current, updated, conn)
         await drop_bundles(self.sac, unused)
         assert updated is not None
-        self.write_json(skill_model(updated))
+        return updated
 
-    async def delete(self, skill_id: str) -> None:
-        row = await self.editable(skill_id)
+    async def delete_skill(self, row: dict[str, Any]) -> None:
+        """Delete ``row`` (a skill from ``editable``), its installs, and its bundle
+        object once no other skill shares it."""
         self.require_author((row["visibility"], row["group_name"]), row)
         async with self.sac.store.transaction() as conn:
             current = await self.sac.store.skills.get(row["id"], conn=conn, lock=True)
@@ -377,6 +375,23 @@ class SkillHandler(SkillBaseHandler):
             await self.sac.store.skills.delete(row["id"], conn=conn)
             await self.audit_skill("delete", current, None, conn)
         await drop_bundles(self.sac, bundles)
+
+
+class SkillHandler(SkillOps):
+    async def get(self, skill_id: str) -> None:
+        self.write_json(skill_model(await self.readable(skill_id)))
+
+    async def patch(self, skill_id: str) -> None:
+        row = await self.editable(skill_id)
+        # Who may author is settled before the body is read (docs/security.md).
+        self.may_author()
+        if row["visibility"] != "private" and self.identity.kind == "agent":
+            self.require_author((row["visibility"], row["group_name"]), row)
+        updated = await self.change_skill(row, self.json_body())
+        self.write_json(skill_model(updated))
+
+    async def delete(self, skill_id: str) -> None:
+        await self.delete_skill(await self.editable(skill_id))
         self.set_status(204)
         self.finish()
 

@@ -159,6 +159,18 @@ class HitlRequests:
             row = await cur.fetchone()
         return int(row["n"]) if row else 0
 
+    async def count_waiting(self, owner: str) -> int:
+        """How many of ``owner``'s requests still wait for a decision (pending and not
+        past their expiry), for the home page."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT count(*) AS n FROM hitl_requests"
+                " WHERE owner = %s AND status = 'pending' AND expires_at > now()",
+                (owner,),
+            )
+            row = await cur.fetchone()
+        return int(row["n"]) if row else 0
+
     async def get(self, request_id: str) -> dict[str, Any] | None:
         try:
             rid = uuid.UUID(request_id)

@@ -1,0 +1,283 @@
+"""The person's own pages: approvals, an agent's settings, a skill.
+
+An agent's JupyterLab runs on an origin its sandbox controls, so its sidebar and the
+notebook widgets only show things (with the agent's token) and hand over to these
+pages, on the service's own origin, for what a person must do: decide an approval,
+change an agent's settings, key or HITL policy, share or delete a skill. The URLs
+are a contract: the JupyterLab extension and the widgets open them (often as a
+pop-up), so keep them as they are:
+
+- ``approvals``, ``approvals/<request id>`` (GET; POST decides),
+- ``agents/<user>/<slug>`` (GET; POST with ``action`` save, policy or restart),
+- ``skills/<id>`` (GET; POST with ``action`` share or delete).
+
+Only a person acting as themselves may use them (``person_page``); every token an
+agent holds gets 403, other users' things 404 (administrators may act for anyone,
+audited). Every change goes through the API's own operation, so validation, the
+404-for-others rule and the audit log are the API's.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+from ..hitl import DEFAULT_POLICY
+from ..providers import PRESETS
+from ..skills import can_edit
+from ..store.hitl import PENDING
+from .agents import AgentOps
+from .errors import ApiError
+from .forms import (
+    agent_settings_body,
+    decision_body,
+    last,
+    needs_restart,
+    visibility_body,
+    visibility_choices,
+    visibility_value,
+)
+from .hitl import DecisionOps, PolicyOps
+from .pages import DONE_MESSAGES, PageHandler, person_page, server_status
+from .skills import SkillOps
+from .validation import bad
+
+# How many decided requests the approvals page lists under the waiting ones.
+RECENT_DECIDED = 20
+WAITING_MAX = 200
+
+PERSON_DONE = {
+    **DONE_MESSAGES,
+    # The pop-up opened by the sidebar or a widget: the person goes back to it.
+    "hitl-allow": "Allowed. You can close this window.",
+    "hitl-deny": "Denied. You can close this window.",
+    "agent-saved": "Settings saved.",
+    "agent-saved-restart": "Settings saved. The agent is running: restart it to apply them.",
+    "agent-unchanged": "Nothing to change.",
+    "policy-saved": "HITL policy saved. The agent applies it from its next tool call.",
+    "agent-restarting": "The agent is restarting; open it again once it is ready.",
+    "skill-saved": "Visibility saved.",
+}
+
+
+def expired(row: dict[str, Any], now: datetime) -> bool:
+    return row["expires_at"] is not None and row["expires_at"] <= now
+
+
+def agent_path(owner: str, slug: str) -> str:
+    """The settings page of an agent, under the service's prefix."""
+    return f"agents/{quote(owner, safe='')}/{slug}"
+
+
+class ApprovalsPage(PageHandler, DecisionOps):
+    """GET approvals: my requests waiting for a decision, and the last ones decided."""
+
+    done_messages = PERSON_DONE
+
+    @person_page("decide approvals")
+    async def get(self) -> None:
+        me = self.identity.name
+        hitl = self.sac.store.hitl
+        pending = await hitl.list(
+            owner=me, agent_slug=None, status=PENDING, limit=WAITING_MAX, before=None
+        )
+        decided = await hitl.list(
+            owner=me, agent_slug=None, status="decided", limit=RECENT_DECIDED, before=None
+        )
+        now = datetime.now(UTC)
+        self.render_page(
+            "approvals.html",
+            active="approvals",
+            now=now,
+            # Past its expiry a request is as good as timed out (the reaper is a second
+            # behind at most): it is listed with the decided ones.
+            waiting=[r for r in pending if not expired(r, now)],
+            decided=[r for r in pending if expired(r, now)] + decided,
+        )
+
+
+class ApprovalPage(PageHandler, DecisionOps):
+    """GET approvals/<id>: one request (the sidebar's and widgets' pop-up); POST
+    decides it through the API's operation and comes back here."""
+
+    done_messages = PERSON_DONE
+
+    def show(self, row: dict[str, Any], status: int = 200, error: ApiError | None = None) -> None:
+        self.render_page(
+            "approval.html",
+            status=status,
+            active="approvals",
+            now=datetime.now(UTC),
+            r=row,
+            error=error,
+        )
+
+    @person_page("decide approvals")
+    async def get(self, request_id: str) -> None:
+        self.show(await self.own_request(request_id))
+
+    @person_page("decide approvals")
+    async def post(self, request_id: str) -> None:
+        await self.own_request(request_id)  # 404 for others' before the form is read
+        try:
+            decided = await self.decide_request(request_id, decision_body(self.form()))
+        except ApiError as e:
+            if e.status_code == 404:
+                raise
+            # 409: decided meanwhile (elsewhere, or timed out). The page shows what
+            # became of it, with the reason this decision did not count.
+            self.show(await self.own_request(request_id), e.status_code, e)
+            return
+        self.redirect_done(f"approvals/{request_id}", f"hitl-{decided['decision']}")
+
+
+class AgentSettingsPage(PageHandler, AgentOps, PolicyOps):
+    """GET agents/<user>/<slug>: the agent's settings, key, drive permission, HITL
+    policy and Restart. POST ``action``: save, policy or restart."""
+
+    done_messages = PERSON_DONE
+
+    async def show(
+        self,
+        owner: str,
+        slug: str,
+        status: int = 200,
+        error: ApiError | None = None,
+        entered: dict[str, str] | None = None,
+        policy_text: str | None = None,
+    ) -> None:
+        agent = await self.get_agent(owner, slug, "change an agent's settings")
+        hub_user = await self.sac.hub.get_user(owner) or {}
+        _, _, ceiling = await self.ceiling_for(owner)
+        allowed = list(ceiling["allowed_providers"])
+        if agent.provider not in allowed:
+            # Shown so the select keeps it; choosing it again is no change.
+            allowed.append(agent.provider)
+        policy = await self.sac.store.hitl.get_policy(agent.id)
+        if policy_text is None:
+            policy_text = json.dumps(policy if policy is not None else DEFAULT_POLICY, indent=2)
+        self.render_page(
+            "agent.html",
+            status=status,
+            error=error,
+            agent=agent,
+            path=agent_path(owner, slug),
+            state=server_status((hub_user.get("servers") or {}).get(slug)),
+            providers=[PRESETS[name] for name in allowed if name in PRESETS],
+            not_allowed=agent.provider not in ceiling["allowed_providers"],
+            org_keys=self.sac.org_keys,
+            entered=entered or {},
+            policy_text=policy_text,
+            policy_is_default=policy is None,
+            restart_hint=self.get_argument("done", "") == "agent-saved-restart",
+        )
+
+    @person_page("change an agent's settings")
+    async def get(self, owner: str, slug: str) -> None:
+        await self.show(owner, slug)
+
+    @person_page("change an agent's settings")
+    async def post(self, owner: str, slug: str) -> None:
+        agent = await self.get_agent(owner, slug, "change an agent's settings")
+        form = self.form()
+        action = last(form, "action")
+        try:
+            if action == "save":
+                body = agent_settings_body(agent, form, self.sac.org_keys)
+                if not body:
+                    done = "agent-unchanged"
+                else:
+                    await self.update_agent(owner, slug, body)
+                    restart = needs_restart(body) and await self.running(owner, slug)
+                    done = "agent-saved-restart" if restart else "agent-saved"
+            elif action == "policy":
+                text = last(form, "policy")
+                try:
+                    raw = json.loads(text)
+                except ValueError as e:
+                    raise bad("policy", f"not valid JSON ({e})") from None
+                await self.replace_policy(owner, slug, raw)
+                done = "policy-saved"
+            elif action == "restart":
+                await self.restart_agent(owner, slug)
+                done = "agent-restarting"
+            else:
+                raise bad("action", "expected save, policy or restart")
+        except ApiError as e:
+            if e.status_code == 404:
+                raise
+            # What was typed stays (never the key); the policy keeps its text.
+            entered = {k: last(form, k) for k in ("display_name", "provider", "model", "base_url")}
+            if action == "save":
+                entered["drive_agents"] = last(form, "drive_agents")
+            await self.show(
+                owner,
+                slug,
+                e.status_code,
+                e,
+                entered=entered if action == "save" else None,
+                policy_text=last(form, "policy") if action == "policy" else None,
+            )
+            return
+        self.redirect_done(agent_path(owner, slug), done)
+
+    async def running(self, owner: str, slug: str) -> bool:
+        hub_user = await self.sac.hub.get_user(owner) or {}
+        return server_status((hub_user.get("servers") or {}).get(slug)) in ("running", "starting")
+
+
+class SkillPage(PageHandler, SkillOps):
+    """GET skills/<id>: a skill I may read. Its owner (or an administrator, or a
+    curator for an official skill) may change its visibility or delete it: POST
+    ``action`` share or delete, through the API's operations."""
+
+    done_messages = PERSON_DONE
+
+    def show(self, row: dict[str, Any], status: int = 200, error: ApiError | None = None) -> None:
+        viewer = self.viewer
+        self.render_page(
+            "skill.html",
+            status=status,
+            error=error,
+            s=row,
+            editable=can_edit(row, viewer),
+            choices=visibility_choices(viewer, row),
+            current=visibility_value(row),
+        )
+
+    @person_page("use the skill pages")
+    async def get(self, skill_id: str) -> None:
+        self.show(await self.readable(skill_id))
+
+    @person_page("share or delete skills")
+    async def post(self, skill_id: str) -> None:
+        row = await self.editable(skill_id)  # 404 or 403 before the form is read
+        form = self.form()
+        action = last(form, "action")
+        try:
+            if action == "share":
+                row = await self.change_skill(row, visibility_body(form))
+                self.redirect_done(f"skills/{row['id']}", "skill-saved")
+                return
+            if action == "delete":
+                if not last(form, "confirm"):
+                    raise bad("confirm", "tick the box to confirm deleting the skill")
+                await self.delete_skill(row)
+                self.redirect_done("", "skill-deleted", f"/{row['command']}")
+                return
+            raise bad("action", "expected share or delete")
+        except ApiError as e:
+            if e.status_code == 404:
+                raise
+            self.show(row, e.status_code, e)
+
+
+def routes(prefix: str) -> list[tuple[str, Any]]:
+    return [
+        (prefix + "approvals", ApprovalsPage),
+        (prefix + r"approvals/([^/]+)", ApprovalPage),
+        (prefix + r"agents/([^/]+)/([a-z0-9-]+)", AgentSettingsPage),
+        (prefix + r"skills/([^/]+)", SkillPage),
+    ]
