@@ -218,6 +218,14 @@ SERVICE_ROWS: list[Row] = [
     Row("GET", P + "static/sac.css", EVERYONE, ok=frozenset({200})),
     Row("GET", A, EVERYONE, ok=frozenset({200})),
     Row("GET", A + "openapi.json", EVERYONE, ok=frozenset({200})),
+    # the person's pages (never any token an agent holds)
+    Row("GET", P + "approvals", PERSONS, ok=frozenset({200})),
+    Row("GET", P + "approvals/{rid}", OWNER, ok=frozenset({200})),
+    Row("POST", P + "approvals/{rid}", OWNER, form={"decision": "maybe"}, ok=frozenset({400})),
+    Row("GET", P + "agents/{user}/{slug}", OWNER, ok=frozenset({200})),
+    Row("POST", P + "agents/{user}/{slug}", OWNER, form={"action": "nope"}, ok=frozenset({400})),
+    Row("GET", P + "skills/{skill}", OWNER, ok=frozenset({200})),
+    Row("POST", P + "skills/{skill}", OWNER, form={"action": "nope"}, ok=frozenset({400})),
     # OAuth's callback: without the state of a login under way, everyone gets a 400.
     Row("GET", P + "oauth_callback", EVERYONE, ok=frozenset({400})),
     # agents
