@@ -33,7 +33,7 @@ from ..store.skills import Bundle, CommandTakenError, SkillExistsError
 from .base import BaseHandler
 from .errors import ApiError
 from .openapi import _op, _path_params, _resp
-from .validation import bad, check_fields
+from .validation import bad, check_fields, path_id
 
 log = logging.getLogger("jupyter_sac.skills")
 
@@ -148,7 +148,8 @@ class SkillBaseHandler(BaseHandler):
             ) from None
 
     async def readable(self, skill_id: str) -> dict[str, Any]:
-        row = await self.sac.store.skills.get(int(skill_id)) if skill_id.isdigit() else None
+        sid = path_id(skill_id)
+        row = await self.sac.store.skills.get(sid) if sid is not None else None
         if row is None or not can_read(row, self.viewer):
             raise ApiError(404, "not_found", "no such skill")
         return row
@@ -328,16 +329,17 @@ class AgentSkillsHandler(SkillBaseHandler):
 class AgentSkillHandler(AgentSkillsHandler):
     async def delete(self, owner: str, slug: str, skill_id: str) -> None:
         agent = await self.get_agent(owner, slug)
+        sid = path_id(skill_id)
         async with self.sac.store.transaction() as conn:
-            removed = skill_id.isdigit() and await self.sac.store.skills.uninstall(
-                agent.id, int(skill_id), conn=conn
+            removed = sid is not None and await self.sac.store.skills.uninstall(
+                agent.id, sid, conn=conn
             )
             if removed and owner != self.viewer.name:
                 await self.audit(
                     "agent.skill.uninstall",
                     slug,
                     target_user=owner,
-                    before={"skill_id": int(skill_id)},
+                    before={"skill_id": sid},
                     conn=conn,
                 )
         if not removed:
