@@ -39,7 +39,14 @@ class LoginHandler(NativeLoginHandler):
 
 
 class SacNativeAuthenticator(NativeAuthenticator):
-    """Creates the first admin (``admin``) with the password ``sac up`` prepared."""
+    """Creates the first admin (``admin``) with the password ``sac up`` prepared.
+
+    The first admin's name is reserved: its account comes only from the configured
+    password, never from a sign-up. NativeAuthenticator authorises a sign-up at once
+    when its name is in ``admin_users`` (and under ``open_signup``), so without this
+    the first visitor of a hub started without a password could claim ``admin``; and
+    whatever grants that name its rights (``admin_users``, a role) would follow.
+    """
 
     first_admin = Unicode("admin", help="Name of the administrator created at first start.").tag(
         config=True
@@ -63,11 +70,41 @@ class SacNativeAuthenticator(NativeAuthenticator):
         super().__init__(*args, **kwargs)
         self.ensure_first_admin()
 
+    def is_first_admin(self, username: str) -> bool:
+        """``username`` is the first admin's, as the hub will see it (after the same
+        normalisation: case, username_map), so ``Admin`` is ``admin`` too."""
+        return self.normalize_username(username) == self.normalize_username(self.first_admin)
+
+    def user_exists(self, username: str) -> bool:
+        # The sign-up page asks this first: the reserved name is always taken, so a
+        # sign-up under it is refused with "this username is already in use".
+        return self.is_first_admin(username) or super().user_exists(username)
+
+    def create_user(self, username: str, password: str, **kwargs: Any) -> Any:
+        if self.is_first_admin(username):
+            self.log.warning(
+                "Refused a sign-up as %r: that name is reserved for the first SAC"
+                " administrator, created only from first_admin_password"
+                " ($SAC_ADMIN_PASSWORD)",
+                username,
+            )
+            return None
+        return super().create_user(username, password, **kwargs)
+
     def ensure_first_admin(self) -> None:
         password = self.first_admin_password
-        if not password:
-            return
         info = self.get_user(self.first_admin)
+        if not password:
+            if info is None:
+                self.log.warning(
+                    "The first SAC administrator %r was NOT created: no password is"
+                    " configured (c.SacNativeAuthenticator.first_admin_password or"
+                    " $SAC_ADMIN_PASSWORD). Nobody can sign up under that name. To"
+                    " create it, start the hub with SAC_ADMIN_PASSWORD set (`sac up`"
+                    " sets one and prints it).",
+                    self.first_admin,
+                )
+            return
         if info is None:
             # create_user honours enable_signup; the first admin must exist regardless.
             from nativeauthenticator.orm import UserInfo

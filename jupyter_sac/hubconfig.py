@@ -13,6 +13,7 @@ from typing import Any
 
 import nativeauthenticator
 
+from .service.forwarded import PRIVATE_NETWORKS
 from .service.principals import DRIVE_SCOPE, SAC_SCOPES, USER_SCOPE
 from .spawner.mixin import max_agents_for, shared_store
 
@@ -27,6 +28,7 @@ SERVICE_ENV = (
     "SAC_HUB_IP",
     "SAC_HUB_PORT",
     "SAC_SERVICE_PORT",
+    "SAC_TRUSTED_PROXIES",
     "PATH",
     "LANG",
     "LC_ALL",
@@ -324,6 +326,10 @@ def configure_kubernetes(
     environment = {k: os.environ[k] for k in KUBERNETES_SERVICE_ENV if k in os.environ}
     # The idle culler asks agents whether they are busy through the proxy.
     environment["SAC_HUB_URL"] = proxy_url
+    # The proxy pod reaches the service from the pod network, whose range is the
+    # cluster's: believe X-Forwarded-For from private addresses (the audit log's
+    # client address), unless the hub's environment names the proxies itself.
+    environment.setdefault("SAC_TRUSTED_PROXIES", ",".join(PRIVATE_NETWORKS))
     register_service(
         c,
         service_url,

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from helpers import HubApi, run_in_terminal, running_agent
 
+from jupyter_sac.service.forwarded import TrustedProxies
 from jupyter_sac.store.audit import redact
 
 pytestmark = pytest.mark.stack
@@ -126,6 +127,40 @@ def test_settings_changes_are_recorded(admin: HubApi, new_user) -> None:
     assert _new(admin, own["id"], user=name) == []
     assert user.sac("DELETE", agent).status_code == 204
     assert _new(admin, own["id"], user=name) == [], "deleting one's own agent is not logged"
+
+
+def test_the_recorded_address_is_the_clients_not_one_it_claims(admin: HubApi, new_user) -> None:
+    """Through the public proxy, forged X-Real-Ip / X-Forwarded-For headers do not
+    reach the audit log: the proxy (trusted, on loopback) appends the address it saw,
+    and only that right-most entry is believed."""
+    name, _ = new_user("ip")
+    forged = {"X-Real-Ip": "203.0.113.9", "X-Forwarded-For": "198.51.100.7, 192.0.2.1"}
+    for headers in (forged, {"X-Real-Ip": "203.0.113.9"}, {"X-Forwarded-For": "198.51.100.7"}):
+        mark = _newest_id(admin)
+        path = f"users/{name}/settings"
+        resp = admin.sac("PUT", path, json={"max_agents_per_user": 2}, headers=headers)
+        assert resp.status_code == 200, resp.text
+        assert _one(admin, mark, user=name)["ip"] == "127.0.0.1", headers
+
+
+def test_only_trusted_proxies_name_the_client() -> None:
+    proxies = TrustedProxies(["127.0.0.0/8", "::1", "10.0.0.0/8"])
+    # A trusted proxy: the entry it appended, whatever the client put before it.
+    assert proxies.client_ip("127.0.0.1", ["198.51.100.7, 192.0.2.33"]) == "192.0.2.33"
+    assert proxies.client_ip("10.1.2.3", ["198.51.100.7", "192.0.2.33"]) == "192.0.2.33"
+    assert proxies.client_ip("::1", ["2001:db8::5"]) == "2001:db8::5"
+    assert proxies.client_ip("::ffff:127.0.0.1", ["192.0.2.33"]) == "192.0.2.33"
+    assert proxies.client_ip("127.0.0.1", ["::ffff:192.0.2.33"]) == "192.0.2.33"
+    # ... and its own address when it sent none, or not an address.
+    assert proxies.client_ip("127.0.0.1", []) == "127.0.0.1"
+    assert proxies.client_ip("127.0.0.1", ["192.0.2.33, unknown"]) == "127.0.0.1"
+    assert proxies.client_ip("127.0.0.1", ["192.0.2.33,"]) == "127.0.0.1"
+    # Anyone else: the connection's address, whatever it claims.
+    assert proxies.client_ip("192.0.2.50", ["127.0.0.1"]) == "192.0.2.50"
+    assert proxies.client_ip("2001:db8::9", ["10.0.0.1"]) == "2001:db8::9"
+    assert TrustedProxies([]).client_ip("127.0.0.1", ["192.0.2.33"]) == "127.0.0.1"
+    with pytest.raises(ValueError):
+        TrustedProxies(["not-a-network"])
 
 
 def test_admin_agent_actions_are_recorded_without_secrets(admin: HubApi, new_user) -> None:

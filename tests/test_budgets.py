@@ -1,19 +1,30 @@
 """Token budgets: once a user's or an agent's monthly budget is spent, the credential
 proxy answers model calls with a clear Anthropic-style 429 that the real claude
-CLI shows to the user (and does not retry), and nothing reaches the provider."""
+CLI shows to the user (and does not retry), and nothing reaches the provider.
+Calls made at once reserve their tokens first, so together they cannot pass a
+budget either."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from datetime import date
 
 import httpx
 import pytest
-from helpers import HubApi, model_agent, running_agent, script_model
+from helpers import HubApi, model_agent, run_in_terminal, running_agent, script_model
 
 from jupyter_sac import settings as sac_settings
-from jupyter_sac.budgets import next_month, refusal
+from jupyter_sac.budgets import (
+    RESERVE_OVERHEAD_TOKENS,
+    next_month,
+    refusal,
+    reservation_tokens,
+)
 from jupyter_sac.client import Client
+from jupyter_sac.testing.fake_anthropic import CACHE_READ_TOKENS, INPUT_TOKENS
+from jupyter_sac.testing.stack import poll_until
 
 pytestmark = pytest.mark.stack
 
@@ -26,17 +37,20 @@ def test_a_spent_user_budget_refuses_model_calls_until_raised(stack: dict, fake:
     admin: HubApi = stack["admin"]
     user = f"bud{uuid.uuid4().hex[:6]}"
     with running_agent(admin, user, "spender", **model_agent(fake)) as hub:
-        # One token: the first call goes out (nothing used yet), then the budget is spent.
-        put = admin.sac("PUT", f"users/{user}/settings", json={"user_monthly_tokens": 1})
-        assert put.status_code == 200, put.text
         client = Client(url=stack["url"], token=hub.token)
         agent = client.agent("spender")
         script_model(fake, "First answer.")
         first = agent.ask("hello")
         assert first.text == "First answer." and not first.is_error
+        # The budget becomes what was used: it is spent.
+        used = hub.sac("GET", f"users/{user}/agents/spender/usage").json()["budget"]["user"]
+        assert used["used"] >= 1 and used["limit"] is None
+        put = admin.sac("PUT", f"users/{user}/settings", json={"user_monthly_tokens": used["used"]})
+        assert put.status_code == 200, put.text
         usage = hub.sac("GET", f"users/{user}/agents/spender/usage").json()
-        assert usage["budget"]["user"]["limit"] == 1 and usage["budget"]["user"]["left"] == 0
-        assert usage["budget"]["user"]["used"] >= 1 and usage["budget"]["agent"]["limit"] is None
+        assert usage["budget"]["user"]["limit"] == used["used"]
+        assert usage["budget"]["user"]["left"] == 0 and usage["budget"]["user"]["reserved"] == 0
+        assert usage["budget"]["agent"]["limit"] is None
 
         before = model_calls(fake)
         refused = agent.ask("and again", session_id=first.session_id, timeout=120)
@@ -58,13 +72,14 @@ def test_an_owner_can_cap_one_agent(stack: dict, fake: str) -> None:
     user = f"cap{uuid.uuid4().hex[:6]}"
     with running_agent(admin, user, "capped", **model_agent(fake)) as hub:
         path = f"users/{user}/agents/capped"
-        capped = hub.sac("PATCH", path, json={"overrides": {"agent_monthly_tokens": 1}})
-        assert capped.status_code == 200, capped.text
-        assert capped.json()["resolved"]["agent_monthly_tokens"] == 1
         client = Client(url=stack["url"], token=hub.token)
         agent = client.agent("capped")
         script_model(fake, "Only one.")
         assert agent.ask("one").text == "Only one."
+        used = hub.sac("GET", f"{path}/usage").json()["budget"]["agent"]["used"]
+        capped = hub.sac("PATCH", path, json={"overrides": {"agent_monthly_tokens": used}})
+        assert capped.status_code == 200, capped.text
+        assert capped.json()["resolved"]["agent_monthly_tokens"] == used
         refused = agent.ask("two", timeout=120)
         assert refused.is_error and "this agent has used" in refused.text
         assert "agent_monthly_tokens" in refused.text
@@ -79,17 +94,113 @@ def test_an_owner_can_cap_one_agent(stack: dict, fake: str) -> None:
         assert "0 (no limit) is above" in above.json()["message"]
 
 
+BURST_BODY = json.dumps(
+    {
+        "model": "claude-test",
+        "max_tokens": 10_000,
+        "stream": True,
+        "tools": [{"name": "noop", "input_schema": {"type": "object"}}],
+        "messages": [{"role": "user", "content": "hello"}],
+    }
+).encode()
+
+
+def test_calls_made_at_once_cannot_pass_a_budget(stack: dict, fake: str) -> None:
+    """Six slow calls at once with room for two: two go out, four get the budget's
+    429, and what is recorded stays within the budget; a call whose client leaves
+    mid-answer gives its reservation back."""
+    admin: HubApi = stack["admin"]
+    user = f"par{uuid.uuid4().hex[:6]}"
+    with running_agent(admin, user, "burst", **model_agent(fake)) as hub:
+        out = asyncio.run(
+            run_in_terminal(stack["url"], hub.token, user, "burst", "echo $ANTHROPIC_API_KEY")
+        )
+        token = out.strip().splitlines()[-1]
+        assert token.startswith("sac-agent-")
+        url = stack["url"] + "services/sac/llm/v1/messages"
+        headers = {"x-api-key": token, "content-type": "application/json",
+                   "anthropic-version": "2023-06-01"}  # fmt: skip
+        each = reservation_tokens(BURST_BODY)
+        limit = 2 * each + each // 2
+        put = admin.sac("PUT", f"users/{user}/settings", json={"user_monthly_tokens": limit})
+        assert put.status_code == 200, put.text
+        # Each answer streams for about 6 s, so all six calls overlap.
+        script_model(fake, *[{"text": "one two three", "delay": 2.0}] * 6)
+        before = model_calls(fake)
+
+        async def burst() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=120) as http:
+                calls = (http.post(url, content=BURST_BODY, headers=headers) for _ in range(6))
+                return await asyncio.gather(*calls)
+
+        answers = asyncio.run(burst())
+        seen = [(r.status_code, r.text[:300]) for r in answers]
+        assert sorted(r.status_code for r in answers) == [200] * 2 + [429] * 4, seen
+        for refused in (r for r in answers if r.status_code == 429):
+            error = refused.json()["error"]
+            assert error["type"] == "rate_limit_error"
+            assert "too low for this call" in error["message"], error
+            assert "user_monthly_tokens" not in error["message"]  # room comes back
+            assert refused.headers["x-should-retry"] == "true"
+        assert model_calls(fake) - before == 2, httpx.get(fake + "/_fake/requests").json()
+        budget = hub.sac("GET", f"users/{user}/agents/burst/usage").json()["budget"]["user"]
+        answer_tokens = INPUT_TOKENS + CACHE_READ_TOKENS + 3
+        assert budget["used"] == 2 * answer_tokens <= budget["limit"]
+        assert budget["reserved"] == 0
+
+        # A client that leaves mid-answer: the reservation holds while the call
+        # runs and is settled (with what was metered) once the proxy notices.
+        script_model(fake, {"text": "a slow answer of many words", "delay": 1.5})
+        with httpx.stream("POST", url, content=BURST_BODY, headers=headers, timeout=60) as resp:
+            assert resp.status_code == 200
+            next(resp.iter_raw())
+            during = hub.sac("GET", f"users/{user}/agents/burst/usage").json()["budget"]
+            assert during["user"]["reserved"] == each
+        poll_until(
+            lambda: (
+                hub.sac("GET", f"users/{user}/agents/burst/usage").json()["budget"]["user"][
+                    "reserved"
+                ]
+                == 0
+            ),
+            30,
+            "the reservation of the abandoned call settled",
+        )
+        budget = hub.sac("GET", f"users/{user}/agents/burst/usage").json()["budget"]["user"]
+        assert 2 * answer_tokens < budget["used"] <= budget["limit"]
+
+
 def test_budget_rules() -> None:
     resolved = sac_settings.resolve({"user_monthly_tokens": 100}, {}, {})
     today = date(2026, 12, 31)
     assert next_month(today) == date(2027, 1, 1) and next_month(date(2026, 2, 3)) == date(
         2026, 3, 1
     )
-    assert refusal(resolved, 10, 99, today) is None
-    message = refusal(resolved, 10, 100, today)
-    assert message is not None and "100 of 100" in message and "2027-01-01" in message
+    assert refusal(resolved, 10, 99, today, tokens=1) is None
+    spent = refusal(resolved, 10, 100, today, tokens=1)
+    assert spent is not None and not spent.retry
+    assert "spent" in spent.message and "100 of 100" in spent.message
+    assert "2027-01-01" in spent.message and "user_monthly_tokens" in spent.message
+    # A call must fit with what is used and what calls under way reserved.
+    assert refusal(resolved, 0, 60, today, tokens=40) is None
+    too_big = refusal(resolved, 0, 60, today, tokens=41)
+    assert too_big is not None and not too_big.retry and "up to 41 tokens" in too_big.message
+    held = refusal(resolved, 0, 10, today, tokens=50, user_reserved=50)
+    assert held is not None and held.retry and "calls under way hold 50" in held.message
+    agent_capped = sac_settings.resolve({"agent_monthly_tokens": 30}, {}, {})
+    capped = refusal(agent_capped, 0, 0, today, tokens=31)
+    assert capped is not None and "this agent has used" in capped.message
+    both = sac_settings.resolve({"agent_monthly_tokens": 30, "user_monthly_tokens": 100}, {}, {})
+    final = refusal(both, 30, 60, today, tokens=20, user_reserved=30)
+    assert final is not None and not final.retry and "agent_monthly_tokens" in final.message
     unlimited = sac_settings.resolve({}, {}, {})
-    assert refusal(unlimited, 10**12, 10**12, today) is None
+    assert refusal(unlimited, 10**12, 10**12, today, tokens=10**12) is None
+    # What a call reserves: max_tokens, a token per byte of the body, the overhead.
+    body = json.dumps({"max_tokens": 64, "messages": []}).encode()
+    assert reservation_tokens(body) == 64 + len(body) + RESERVE_OVERHEAD_TOKENS
+    for odd in (b"not json", b'{"max_tokens": "64"}', b'{"max_tokens": true}', b"[1]"):
+        assert reservation_tokens(odd) == len(odd) + RESERVE_OVERHEAD_TOKENS
+    assert reservation_tokens(b'{"max_tokens": 1e400}') == 21 + RESERVE_OVERHEAD_TOKENS
     # 0 is "no limit": an agent may go below its owner's unlimited budget, and an
     # agent cap stays when the owner's is lowered below it.
     assert sac_settings.resolve({}, {}, {"agent_monthly_tokens": 5})["agent_monthly_tokens"] == 5

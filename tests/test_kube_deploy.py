@@ -21,6 +21,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 from traitlets.config import Config
 
+from jupyter_sac.service.forwarded import TrustedProxies
 from jupyter_sac.testing.z2jh import helm_merge, violations
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,6 +156,10 @@ def test_values_extra_config_configures_the_hub() -> None:
     ]
     # The service's idle culler reaches agents through the proxy's in-cluster Service.
     assert sac["environment"]["SAC_HUB_URL"] == "http://proxy-public/"
+    # The proxy pod is on the pod network: its X-Forwarded-For is believed there.
+    trusted = TrustedProxies(sac["environment"]["SAC_TRUSTED_PROXIES"].split(","))
+    assert trusted.trusts("10.42.0.17") and trusted.trusts("192.168.3.4")
+    assert not trusted.trusts("203.0.113.9")
     roles = {r["name"] for r in c.JupyterHub.load_roles}
     assert {"chart-role", "user", "sac-service", "sac-admin"} <= roles
     assert c.KubeAgentSpawner.credential_proxy_url == "http://hub:10101/services/sac/llm"

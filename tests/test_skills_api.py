@@ -3,10 +3,12 @@ sees what, versions, forks, installs into agents."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
+import httpx
 import pytest
-from helpers import HubApi, greeting_skill
+from helpers import HubApi, greeting_skill, run_in_terminal, running_agent, tar_gz
 
 pytestmark = pytest.mark.stack
 
@@ -208,3 +210,77 @@ def test_installs_are_pinned_and_only_their_installer_moves_them(admin: HubApi, 
     # Deleted: gone from every agent, as before.
     assert ann.sac("DELETE", f"skills/{sid}").status_code == 204
     assert bob.sac("GET", bob_path).json()["skills"] == []
+
+
+# Path parts that look like numbers but name no skill. "²" and "٣" pass str.isdigit();
+# int() refuses the first (a 500 once) and reads the second as 3 (another skill's id),
+# the third is past PostgreSQL's bigint, the last two have a sign.
+ARABIC_INDIC = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
+
+
+def _not_ids(real_id: int) -> list[str]:
+    return ["²", str(real_id).translate(ARABIC_INDIC), "9" * 30, "9223372036854775808",
+            "-1", f"-{real_id}", f"+{real_id}"]  # fmt: skip
+
+
+def _assert_json_error(resp, status: int) -> None:
+    assert resp.status_code == status, (resp.request.url, resp.status_code, resp.text)
+    assert resp.headers["content-type"].startswith("application/json")
+    assert resp.json()["error"] == ("not_found" if status == 404 else "invalid_field")
+
+
+def test_ids_that_are_not_plain_numbers_name_no_skill(new_user) -> None:
+    name, user = new_user("ids")
+    assert user.sac("POST", "agents", json={"slug": "helper"}).status_code == 201
+    mine = user.sac("POST", "skills", json=greeting_skill("id-probe")).json()
+    path = f"users/{name}/agents/helper/skills"
+    assert user.sac("POST", path, json={"skill_id": mine["id"]}).status_code == 201
+    for raw in _not_ids(mine["id"]):
+        for method, route in [
+            ("GET", f"skills/{raw}"),
+            ("PATCH", f"skills/{raw}"),
+            ("DELETE", f"skills/{raw}"),
+            ("POST", f"skills/{raw}/fork"),
+            ("GET", f"skills/{raw}/bundle"),
+            ("DELETE", f"skills/{raw}/bundle"),
+            ("DELETE", f"{path}/{raw}"),
+        ]:
+            body = {"json": {"description": "Changed."}} if method in ("PATCH", "POST") else {}
+            _assert_json_error(user.sac(method, route, **body), 404)
+        upload = user.sac("PUT", f"skills/{raw}/bundle", content=b"not read",
+                          headers={"Content-Type": "application/gzip"})  # fmt: skip
+        _assert_json_error(upload, 404)
+    for value in (10**30, 2**63, -1, -mine["id"]):
+        _assert_json_error(user.sac("POST", path, json={"skill_id": value}), 404)
+    # Integer query arguments answer 400 naming the field.
+    for raw in ("²", "٣", "9" * 30, "-1"):
+        for route, arg in [("skills", "limit"), ("skills", "cursor"), ("hitl/requests", "limit")]:
+            resp = user.sac("GET", route, params={arg: raw})
+            _assert_json_error(resp, 400)
+            assert resp.json()["field"] == arg
+    # Nothing was changed or removed on the way.
+    assert user.sac("GET", f"skills/{mine['id']}").json()["description"] == "Greets someone."
+    assert [s["id"] for s in user.sac("GET", path).json()["skills"]] == [mine["id"]]
+
+
+def test_an_agent_asks_for_bundles_by_plain_ids_only(stack: dict) -> None:
+    """GET api/agent/skills/{id}/bundle (the sandbox's token) takes the same ids."""
+    name = f"aid{uuid.uuid4().hex[:6]}"
+    with running_agent(stack["admin"], name, "bundler", api_key="sk-unused") as user:
+        skill = user.sac("POST", "skills", json=greeting_skill("with-files")).json()
+        put = user.sac("PUT", f"skills/{skill['id']}/bundle",
+                       content=tar_gz({"notes.txt": b"hello"}),
+                       headers={"Content-Type": "application/gzip"})  # fmt: skip
+        assert put.status_code == 200, put.text
+        path = f"users/{name}/agents/bundler/skills"
+        assert user.sac("POST", path, json={"skill_id": skill["id"]}).status_code == 201
+        out = asyncio.run(
+            run_in_terminal(stack["url"], user.token, name, "bundler", "echo $SAC_AGENT_TOKEN")
+        )
+        token = out.strip().splitlines()[-1]
+        assert token.startswith("sac-agent-")
+        agent = httpx.Client(base_url=stack["url"] + "services/sac/api/agent/",
+                             headers={"Authorization": f"Bearer {token}"}, timeout=60)  # fmt: skip
+        assert agent.get(f"skills/{skill['id']}/bundle").status_code == 200
+        for raw in _not_ids(skill["id"]):
+            _assert_json_error(agent.get(f"skills/{raw}/bundle"), 404)

@@ -28,7 +28,7 @@ from .base import BaseHandler
 from .errors import ApiError
 from .openapi import _op, _path_params, _resp
 from .skills import bundle_key, bundle_model, content_fields, owner_view, stream_object
-from .validation import bad, check_fields
+from .validation import bad, check_fields, path_id
 
 # A bundle this small travels inline; a bigger one gets its own download.
 INLINE_BUNDLE_BYTES = 256 * 1024
@@ -90,8 +90,9 @@ class AgentBundleHandler(BaseHandler):
 
     async def get(self, skill_id: str) -> None:
         agent = await self.require_agent()
-        rows = skill_id.isdigit() and await self.sac.store.skills.installed(
-            agent.id, visible_to=await owner_view(self.sac, agent.owner), skill_id=int(skill_id)
+        sid = path_id(skill_id)
+        rows = sid is not None and await self.sac.store.skills.installed(
+            agent.id, visible_to=await owner_view(self.sac, agent.owner), skill_id=sid
         )
         if not rows or not rows[0]["bundle_sha256"]:
             raise ApiError(404, "not_found", "no such installed skill with a bundle")

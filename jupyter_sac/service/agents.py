@@ -334,8 +334,10 @@ class AgentUsageHandler(AgentBaseHandler):
         }
         system, user = await self.sac.store.settings.for_user(agent.owner)
         resolved = sac_settings.resolve(system, user, agent.overrides)
-        agent_used, user_used = await self.sac.store.usage.month_tokens(agent.id, agent.owner)
-        found = budgets(resolved, agent_used, user_used)
+        month = await self.sac.store.usage.month_budget(agent.id, agent.owner)
+        found = budgets(
+            resolved, month.agent_used, month.owner_used, month.agent_reserved, month.owner_reserved
+        )
         self.write_json(
             {
                 "owner": owner,

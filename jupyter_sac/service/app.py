@@ -39,6 +39,7 @@ from . import (
 )
 from .agents import AgentActionHandler, AgentHandler, AgentsHandler, AgentUsageHandler
 from .base import NotFoundHandler
+from .forwarded import LOOPBACK, ForwardedApplication, TrustedProxies
 from .llm_proxy import LlmProxyHandler
 from .openapi import OpenApiHandler
 from .pages import STATIC, ApiIndexHandler, IndexPage, OAuthCallbackHandler
@@ -101,6 +102,25 @@ class SacService(Application):
         "custom:sac:admin",
         help="Scope that makes a non-admin JupyterHub user a SAC administrator.",
     ).tag(config=True)
+
+    trusted_proxies = List(
+        Unicode(),
+        help="""Addresses of the proxies in front of the service (CIDRs, or single
+        addresses). A request whose connection comes from one of them is taken to come
+        from the right-most address in its X-Forwarded-For header (the one that proxy
+        appended); any other request from the connection's own address. X-Real-Ip is
+        never believed. This is the address the audit log records. Default:
+        $SAC_TRUSTED_PROXIES (comma-separated), else loopback (127.0.0.0/8, ::1), where
+        `sac up` runs configurable-http-proxy; configure_kubernetes sets the private
+        ranges of pod networks. See docs/security.md.""",
+    ).tag(config=True)
+
+    @default("trusted_proxies")
+    def _default_trusted_proxies(self) -> list[str]:
+        configured = os.environ.get("SAC_TRUSTED_PROXIES")
+        if configured is not None:
+            return [c.strip() for c in configured.split(",") if c.strip()]
+        return list(LOOPBACK)
 
     upstream_timeout = Integer(
         600, help="Seconds a model call may take through the credential proxy."
@@ -188,6 +208,10 @@ class SacService(Application):
         unknown = set(self.organisation_api_keys) - set(PRESETS)
         if unknown:
             raise ValueError(f"organisation_api_keys has unknown providers {sorted(unknown)}")
+        try:
+            TrustedProxies(self.trusted_proxies)  # refuse a bad entry at start, not later
+        except ValueError as e:
+            raise ValueError(f"trusted_proxies: {e}") from None
 
     def make_app(self) -> web.Application:
         p = self.prefix
@@ -227,8 +251,9 @@ class SacService(Application):
             (p + r"api/.*", NotFoundHandler),
         ]
         hub_auth = HubOAuth(api_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""), cache_max_age=60)
-        return web.Application(
+        return ForwardedApplication(
             handlers,
+            TrustedProxies(self.trusted_proxies),
             sac=self,
             hub_auth=hub_auth,
             cookie_secret=os.urandom(32),
@@ -290,7 +315,9 @@ class SacService(Application):
         server = app.listen(
             self.port,
             self.ip,
-            xheaders=True,
+            # Not xheaders=True: tornado would believe X-Real-Ip / X-Forwarded-For from
+            # any client; ForwardedApplication believes only trusted_proxies.
+            xheaders=False,
             max_body_size=max(64 * 1024 * 1024, self.workspace_max_file_bytes),
         )
         self.log.info(

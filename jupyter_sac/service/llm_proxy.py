@@ -8,6 +8,8 @@ streams the response back unchanged, and meters requests and tokens per agent.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -15,9 +17,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from tornado import web
+from tornado import iostream, web
 
 from .. import settings as sac_settings
+from ..budgets import Refusal, reservation_tokens
 from ..budgets import refusal as budget_refusal
 from ..providers import ProviderError, auth_headers, upstream_base_url
 from ..store.usage import USAGE_FIELDS, UsageDelta
@@ -59,6 +62,13 @@ DROP_RESPONSE_HEADERS = {
 ALLOWED_PATHS = {"v1/messages", "v1/messages/count_tokens"}
 MAX_REQUEST_BYTES = 32 * 1024 * 1024
 MAX_METERED_JSON_BYTES = 8 * 1024 * 1024
+# A call's budget reservation counts for RESERVATION_TTL seconds unless renewed; a
+# running call renews it every RESERVATION_RENEW seconds, so only the reservations
+# of calls that can no longer settle (the service died) lapse.
+RESERVATION_TTL = 300.0
+RESERVATION_RENEW = 60.0
+# Bodies past this are parsed for max_tokens off the event loop.
+PARSE_INLINE_BYTES = 1024 * 1024
 
 
 class UsageMeter:
@@ -152,17 +162,59 @@ class LlmProxyHandler(web.RequestHandler):
             return auth[7:].strip()
         return None
 
-    async def _over_budget(self, agent: Any) -> str | None:
-        """Why this agent may not call the model now (its or its owner's monthly
-        token budget is spent), or None. Checked before each call, so calls already
-        under way may take a budget a little past its limit."""
+    async def _reserve(self, agent: Any) -> tuple[int | None, Refusal | None]:
+        """Reserve this call's tokens against the agent's and its owner's monthly
+        budgets: (the reservation's id, None), or (None, why not). No budget set:
+        (None, None), nothing reserved.
+
+        The reservation is what the call may use at most (budgets.reservation_tokens)
+        and is admitted atomically next to the reservations of calls under way, so
+        calls made at once cannot together pass a budget. ``post`` settles it with
+        the real usage when the call ends, however it ends."""
         store = self.sac.store
         system, user = await store.settings.for_user(agent.owner)
         resolved = sac_settings.resolve(system, user, agent.overrides)
-        if not resolved["agent_monthly_tokens"] and not resolved["user_monthly_tokens"]:
-            return None
-        agent_used, user_used = await store.usage.month_tokens(agent.id, agent.owner)
-        return budget_refusal(resolved, agent_used, user_used, datetime.now(UTC).date())
+        agent_limit = int(resolved["agent_monthly_tokens"])
+        user_limit = int(resolved["user_monthly_tokens"])
+        if not agent_limit and not user_limit:
+            return None, None
+        body = self.request.body
+        if len(body) > PARSE_INLINE_BYTES:
+            tokens = await asyncio.to_thread(reservation_tokens, body)
+        else:
+            tokens = reservation_tokens(body)
+        made = await store.usage.reserve(
+            agent.id,
+            agent.owner,
+            tokens,
+            agent_limit=agent_limit,
+            user_limit=user_limit,
+            ttl=RESERVATION_TTL,
+        )
+        if made.id is not None:
+            return made.id, None
+        seen = made.seen
+        refused = budget_refusal(
+            resolved,
+            seen.agent_used,
+            seen.owner_used,
+            datetime.now(UTC).date(),
+            tokens=tokens,
+            agent_reserved=seen.agent_reserved,
+            user_reserved=seen.owner_reserved,
+        )
+        # The store and budgets.refusal apply the same rule; should they ever
+        # disagree, refuse all the same.
+        return None, refused or Refusal("Monthly token budget too low for this call.", False)
+
+    async def _renew(self, reservation_id: int) -> None:
+        """Keep the reservation of this (long) call counting while it runs."""
+        while True:
+            await asyncio.sleep(RESERVATION_RENEW)
+            try:
+                await self.sac.store.usage.extend(reservation_id, RESERVATION_TTL)
+            except Exception:
+                log.exception("could not renew budget reservation %s", reservation_id)
 
     def on_finish(self) -> None:
         started = getattr(self, "_started", None)
@@ -203,11 +255,6 @@ class LlmProxyHandler(web.RequestHandler):
                 " set one on the agent or ask an administrator for an"
                 " organisation key",
             )
-        if path == "v1/messages" and (refused := await self._over_budget(agent)):
-            # 429 as the model API says "rate limited", but not worth retrying: the
-            # Anthropic SDKs (and so Claude Code) honour x-should-retry.
-            self.set_header("x-should-retry", "false")
-            return self._fail(429, "rate_limit_error", refused)
         headers = {
             k: v for k, v in self.request.headers.items() if k.lower() not in DROP_REQUEST_HEADERS
         }
@@ -216,6 +263,22 @@ class LlmProxyHandler(web.RequestHandler):
         url = f"{base}/{path}"
         if self.request.query:
             url += "?" + self.request.query
+        reservation: int | None = None
+        if path == "v1/messages":
+            reservation, refused = await self._reserve(agent)
+            if refused is not None:
+                # 429 as the model API says "rate limited". The Anthropic SDKs (and so
+                # Claude Code) honour x-should-retry: a spent budget is not worth
+                # retrying; room held by calls under way frees up when they end.
+                self.set_header("x-should-retry", "true" if refused.retry else "false")
+                if refused.retry:
+                    self.set_header("retry-after", "2")
+                return self._fail(429, "rate_limit_error", refused.message)
+        # Nothing may fail between the reservation and the try below, whose finally
+        # settles it.
+        renewing = (
+            asyncio.create_task(self._renew(reservation)) if reservation is not None else None
+        )
         meter: UsageMeter | None = None
         try:
             async with self.sac.upstream.stream(
@@ -240,12 +303,23 @@ class LlmProxyHandler(web.RequestHandler):
                     502, "api_error", f"the model provider could not be reached: {type(e).__name__}"
                 )
             return self.finish()
+        except iostream.StreamClosedError:
+            # The client went away mid-answer: leaving the block above closed the
+            # provider's stream; what was metered until then is settled below.
+            log.info("client of agent %s/%s left during a model call", agent.owner, agent.slug)
+            return None
         finally:
+            if renewing is not None:
+                renewing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewing
             delta = meter.finish() if meter is not None else UsageDelta(requests=1)
             self._usage = delta
             if path == "v1/messages":
                 try:
-                    await store.usage.record(agent.id, agent.owner, agent.slug, delta)
+                    # The usage and the end of the reservation in one transaction. If
+                    # this fails, the reservation lapses after RESERVATION_TTL.
+                    await store.usage.settle(reservation, agent.id, agent.owner, agent.slug, delta)
                 except Exception:
                     log.exception("could not record usage for %s/%s", agent.owner, agent.slug)
         self.finish()

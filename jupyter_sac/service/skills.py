@@ -45,7 +45,7 @@ from ..store.skills import (
 from .base import BaseHandler
 from .errors import ApiError
 from .openapi import _op, _path_params, _resp
-from .validation import bad, check_fields
+from .validation import bad, check_fields, path_id
 
 log = logging.getLogger("jupyter_sac.skills")
 
@@ -241,7 +241,8 @@ class SkillBaseHandler(BaseHandler):
             ) from None
 
     async def readable(self, skill_id: str) -> dict[str, Any]:
-        row = await self.sac.store.skills.get(int(skill_id)) if skill_id.isdigit() else None
+        sid = path_id(skill_id)
+        row = await self.sac.store.skills.get(sid) if sid is not None else None
         if row is None or not can_read(row, self.viewer):
             raise ApiError(404, "not_found", "no such skill")
         return row
@@ -481,28 +482,30 @@ class AgentSkillHandler(AgentSkillsHandler):
         agent = await self.get_agent(
             owner, slug, "read installed skills", driver_may=True, agent_may=True
         )
-        if not (skill_id.isascii() and skill_id.isdigit()):
+        sid = path_id(skill_id)
+        if sid is None:
             raise ApiError(404, "not_found", "that skill is not installed in this agent")
-        self.write_json(await self.installed_model(agent, int(skill_id)))
+        self.write_json(await self.installed_model(agent, sid))
 
     post = web.RequestHandler.post  # type: ignore[assignment]
 
     async def delete(self, owner: str, slug: str, skill_id: str) -> None:
         agent = await self.get_agent(owner, slug, "uninstall skills", agent_may=True)
         unused: list[str] = []
+        sid = path_id(skill_id)
         async with self.sac.store.transaction() as conn:
-            removed = skill_id.isdigit() and await self.sac.store.skills.uninstall(
-                agent.id, int(skill_id), conn=conn
+            removed = sid is not None and await self.sac.store.skills.uninstall(
+                agent.id, sid, conn=conn
             )
             if removed:
                 # The version it pinned may have been the last pin of an old version.
-                unused = await self.sac.store.skills.prune_versions(int(skill_id), conn=conn)
+                unused = await self.sac.store.skills.prune_versions(sid, conn=conn)
             if removed and owner != self.viewer.name:
                 await self.audit(
                     "agent.skill.uninstall",
                     slug,
                     target_user=owner,
-                    before={"skill_id": int(skill_id)},
+                    before={"skill_id": sid},
                     conn=conn,
                 )
         if not removed:

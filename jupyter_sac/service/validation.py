@@ -48,6 +48,24 @@ def without_nul(value: Any) -> Any:
     return value
 
 
+# The largest PostgreSQL bigint (the type of every numeric id): past it a number
+# names no row, and sending it would be a database error rather than a 404.
+MAX_ID = 2**63 - 1
+
+
+def path_id(raw: str) -> int | None:
+    """The row id a URL path part spells, or None when it spells none.
+
+    Only ASCII digits count: str.isdigit() also takes "²" (which int() refuses) and
+    int() also takes "٣", "+3", " 3" and "3_0", so a check with either alone turns
+    some paths into a 500 and gives others a second spelling of an existing id.
+    """
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > len(str(MAX_ID)):
+        return None
+    value = int(raw)
+    return value if value <= MAX_ID else None
+
+
 def encode_cursor(values: list[str]) -> str:
     """An opaque pagination cursor holding ``values`` (the keyset of the last row)."""
     return base64.urlsafe_b64encode(json.dumps(values).encode()).decode()
