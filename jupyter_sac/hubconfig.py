@@ -249,6 +249,8 @@ def register_service(
                 "servers",
                 "read:roles:users",
                 "access:servers",
+                # the access audit reads who holds tokens for other users' servers
+                "read:tokens",
             ],
         },
         # Grant SAC's scopes by adding people to these groups on the hub's admin

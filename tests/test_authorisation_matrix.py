@@ -752,6 +752,7 @@ def world(stack: dict, fake_anthropic: str) -> Iterator[World]:
                 "pskill": str(public.json()["id"]),
                 "server": f"user/{alice}/a1/",
                 "hook_secret": a1[2],
+                "hub_admin": f"hadm{tag}",
             },
             agent_api=agent_api,
             sync_clients=sync_clients,
@@ -892,3 +893,111 @@ def test_the_table_has_a_row_for_every_extension_route_and_no_other() -> None:
     routes = [(re.compile(pattern + "$"), handler) for pattern, handler in EXTENSION_ROUTES]
     problems = check_coverage(routes, EXTENSION_ROWS, "user/alice/a1/")
     assert not problems, "\n".join(problems)
+
+
+# ---- the security review's findings, each as it was reproduced ------------------------
+
+
+def api(world: World, principal: str) -> httpx.Client:
+    return httpx.Client(
+        base_url=world.url + A, timeout=60, headers={"Authorization": world.tokens[principal]}
+    )
+
+
+def test_an_agents_workspace_holds_only_its_own_files(world: World) -> None:
+    """Finding 1: the agent file endpoints took public/ and group/<g>/ paths and wrote
+    the organisation's public tree and any group's files."""
+    owner = api(world, "owner")
+    base = f"users/{world.user}/agents/a1/workspace/files/"
+    public_before = owner.get("workspace/public").json()["files"]
+    group_before = owner.get(f"groups/{world.group}/workspace").json()["files"]
+    for path in ("public/shared.txt", "public/new.txt", f"group/{world.group}/shared.txt",
+                 "group/someone-elses/x.txt"):  # fmt: skip
+        for method in ("PUT", "DELETE", "GET"):
+            resp = owner.request(method, base + path, content=b"x" if method == "PUT" else None)
+            assert resp.status_code == 400, (method, path, resp.text)
+            assert resp.json()["field"] == "path"
+    assert owner.get("workspace/public").json()["files"] == public_before
+    assert owner.get(f"groups/{world.group}/workspace").json()["files"] == group_before
+
+
+def test_sac_admin_comes_only_from_the_admin_scope(world: World) -> None:
+    """Finding 2: a token counted as SAC admin when its *user* was a JupyterHub admin,
+    whatever its scopes: an admin's narrowed token, or the token in an admin's agent."""
+    admin_only = ("settings/system", "audit", "organisation-keys", "culler")
+    for principal in ("hub_admin", "admin_narrow", "admins_server", "admins_agent"):
+        client = api(world, principal)
+        for path in admin_only:
+            resp = client.get(path)
+            assert resp.status_code in (401, 403), (principal, path, resp.status_code)
+        # and nobody else's things
+        resp = client.get(f"users/{world.user}/agents/a1/history/events")
+        assert resp.status_code in (401, 403, 404), (principal, resp.status_code)
+        listed = client.get("hitl/requests", params={"all": "1", "status": "all"})
+        if listed.status_code == 200:
+            assert all(r["user"] != world.user for r in listed.json()["requests"]), principal
+    # The administrator's own full token still is one.
+    assert api(world, "admin").get("settings/system").status_code == 200
+
+
+def test_no_token_an_agent_holds_decides_or_changes_its_policy(world: World) -> None:
+    """Finding 3: a sibling agent's JupyterHub token decided a request, and an agent's
+    own sandbox token rewrote its HITL policy to allow everything."""
+    rid = world.values["rid"]
+    policy_path = f"users/{world.user}/agents/a1/hitl-policy"
+    before = api(world, "owner").get(policy_path).json()
+    for principal in ("agent", "server", "sibling_agent", "sibling_server", "foreign_server"):
+        client = api(world, principal)
+        decided = client.post(f"hitl/requests/{rid}/decision", json={"decision": "allow"})
+        assert decided.status_code in (401, 403, 404), (principal, decided.text)
+        changed = client.put(policy_path, json={"policy": {"default": "allow"}})
+        assert changed.status_code in (401, 403, 404), (principal, changed.text)
+        # drive_agents is a person's choice too
+        more = client.patch(f"users/{world.user}/agents/a1", json={"drive_agents": True})
+        assert more.status_code in (401, 403, 404), (principal, more.text)
+    assert api(world, "owner").get(f"hitl/requests/{rid}").json()["status"] == "pending"
+    assert api(world, "owner").get(policy_path).json() == before
+    # Nor can a sandbox's token start or make the user's servers on the hub any more.
+    hub = httpx.Client(base_url=world.url + "hub/api/", timeout=60)
+    for principal in ("server", "sibling_server"):
+        headers = {"Authorization": world.tokens[principal]}
+        made = hub.post(f"users/{world.user}/servers/sneaky", headers=headers)
+        assert made.status_code == 403, (principal, made.text)
+        dropped = hub.request("DELETE", f"users/{world.user}/servers/a1", headers=headers,
+                              json={"remove": True})  # fmt: skip
+        assert dropped.status_code == 403, (principal, dropped.text)
+
+
+def test_admins_get_into_no_agent_and_whoever_is_let_in_is_audited(world: World) -> None:
+    """Admins do not get silent access to other users' agents: the operator role has no
+    access:servers (nor tokens or shares to get it); a JupyterHub admin flag given by an
+    operator does, and each token it opens someone's agent with is in the audit log."""
+    scope = f"access:servers!server={world.user}/a1"
+    status = f"{world.values['server']}sac/api/status"
+    hub = httpx.Client(base_url=world.url, timeout=60)
+    admin = {"Authorization": world.tokens["admin"]}
+    assert hub.get(status, headers=admin).status_code == 403
+    minted = hub.post("hub/api/users/admin/tokens", headers=admin, json={"scopes": [scope]})
+    assert minted.status_code in (400, 403), minted.text
+    for_alice = hub.post(f"hub/api/users/{world.user}/tokens", headers=admin, json={})
+    assert for_alice.status_code == 403, for_alice.text
+
+    flagged = world.values["hub_admin"]
+    made = hub.post(f"hub/api/users/{flagged}/tokens",
+                    headers={"Authorization": world.tokens["hub_admin"]},
+                    json={"note": "looking in", "scopes": [scope]})  # fmt: skip
+    assert made.status_code == 201, made.text
+    token = made.json()
+    looked = hub.get(status, headers={"Authorization": f"token {token['token']}"})
+    assert looked.status_code == 200, looked.text
+
+    def recorded() -> list[dict[str, Any]]:
+        resp = hub.get(A + "audit", headers=admin,
+                       params={"action": "server.access", "target_user": world.user})  # fmt: skip
+        return [e for e in resp.json()["entries"] if e["actor"] == flagged]
+
+    from jupyter_sac.testing.stack import poll_until
+
+    entries = poll_until(recorded, 30, "the access audit's entry")
+    assert entries[0]["target"] == f"{world.user}/a1#{token['id']}"
+    assert entries[0]["after"]["note"] == "looking in"

@@ -37,6 +37,7 @@ from . import (
     skills,
     workspace,
 )
+from .access_audit import AccessAudit
 from .agents import AgentActionHandler, AgentHandler, AgentsHandler, AgentUsageHandler
 from .base import NotFoundHandler
 from .forwarded import LOOPBACK, ForwardedApplication, TrustedProxies
@@ -180,6 +181,14 @@ class SacService(Application):
         when jupyterhub-idle-culler runs instead). See docs/configuration.md.""",
     ).tag(config=True)
 
+    access_audit_interval = Float(
+        60.0,
+        help="""Seconds between looks at who holds access to other users' servers
+        (JupyterHub's admin flag, a role or a share an operator granted): each token
+        that opens someone else's agent gets a ``server.access`` audit entry. 0 turns
+        it off. See docs/security.md#operators.""",
+    ).tag(config=True)
+
     object_store = CaselessStrEnum(
         ["local", "s3"],
         "local",
@@ -311,6 +320,12 @@ class SacService(Application):
         reaper = asyncio.create_task(hitl.reaper(self))
         self.culler = culler.Culler(self, self.cull_interval) if self.cull_interval > 0 else None
         culling = asyncio.create_task(self.culler.run()) if self.culler else None
+        self.access_audit = (
+            AccessAudit(self, self.access_audit_interval)
+            if self.access_audit_interval > 0
+            else None
+        )
+        watching = asyncio.create_task(self.access_audit.run()) if self.access_audit else None
         app = self.make_app()
         server = app.listen(
             self.port,
@@ -334,6 +349,8 @@ class SacService(Application):
         await stop.wait()
         server.stop()
         reaper.cancel()
+        if watching is not None:
+            watching.cancel()
         if culling is not None:
             culling.cancel()
             await self.culler.close()

@@ -66,6 +66,16 @@ class HubClient:
         """Every user, with their stopped servers too (all pages)."""
         return await self._users({"include_stopped_servers": "1"})
 
+    async def tokens(self, user: str) -> list[dict[str, Any]]:
+        """``user``'s API and OAuth tokens (their models: id, scopes, client; never the
+        tokens themselves). Needs ``read:tokens``."""
+        resp = await self._request("GET", f"/users/{quote(user, safe='')}/tokens")
+        if resp.status_code == 404:
+            return []
+        if resp.status_code != 200:
+            self._raise(resp)
+        return resp.json().get("api_tokens") or []
+
     async def groups(self) -> list[dict[str, Any]]:
         """Every group on the hub with its members (`users`), empty groups too."""
         return await self._all_pages("/groups", {})

@@ -75,6 +75,8 @@ c.JupyterHub.services.append(
     {{"name": {name!r}, "api_token": os.environ.get("SAC_TEST_HARNESS_TOKEN", ""),
       "admin": True}}
 )
+# Tests do not wait a minute for the access audit's next look.
+c.SacService.access_audit_interval = 2
 {extra}
 """
 
