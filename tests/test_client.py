@@ -175,8 +175,13 @@ INSIDE = r"""
 import json
 from jupyter_sac.client import Client, Forbidden
 c = Client()
-out = {"user": c.whoami(), "agents": sorted(a["slug"] for a in c.agents())}
+out = {"user": c.whoami(), "can_decide": c.can_decide()}
+try:
+    out["agents"] = sorted(a["slug"] for a in c.agents())
+except Forbidden as e:
+    out["agents"] = "forbidden: " + e.message
 for rid in __IDS__:
+    out["page:" + rid] = c.service_page(f"approvals/{rid}")
     try:
         c.approve(rid)
         out[rid] = "approved"
@@ -186,11 +191,25 @@ print("RESULT" + json.dumps(out))
 """
 
 
-def test_inside_a_sandbox_it_finds_the_hub_and_cannot_approve_itself(
+def run_inside(stack: dict, hub: HubApi, user: str, slug: str, ids: list[str]) -> dict[str, Any]:
+    code = INSIDE.replace("__IDS__", json.dumps(ids))
+    out = asyncio.run(
+        run_in_terminal(
+            stack["url"], hub.token, user, slug, f"python3 - <<'EOF'\n{code}\nEOF", timeout=90
+        )
+    )
+    return json.loads(out[out.index("RESULT") + len("RESULT") :].splitlines()[0])
+
+
+def test_inside_a_sandbox_it_drives_agents_only_when_allowed_and_never_decides(
     driven: dict[str, Any], stack: dict
 ) -> None:
+    """A notebook in an agent uses the sandbox's own token: it drives the owner's other
+    agents only if the owner let this agent do so, and decides no approval, not even
+    another agent's (docs/security.md#principals); it links to the service's page."""
     user, hub = driven["user"], driven["hub"]
-    with running_agent(stack["admin"], user, "notebook", api_key="sk-unused-key"):
+    with running_agent(stack["admin"], user, "notebook", api_key="sk-unused-key",
+                       drive_agents=True):  # fmt: skip
         ids = {}
         for slug in ("notebook", "driven"):
             token = asyncio.run(
@@ -203,21 +222,21 @@ def test_inside_a_sandbox_it_finds_the_hub_and_cannot_approve_itself(
             )
             assert filed.status_code == 201, filed.text
             ids[slug] = filed.json()["id"]
-        code = INSIDE.replace("__IDS__", json.dumps([ids["notebook"], ids["driven"]]))
-        out = asyncio.run(
-            run_in_terminal(
-                stack["url"], hub.token, user, "notebook",
-                f"python3 - <<'EOF'\n{code}\nEOF", timeout=90,
-            )
-        )  # fmt: skip
-        result = json.loads(out[out.index("RESULT") + len("RESULT") :].splitlines()[0])
+        wanted = [ids["notebook"], ids["driven"]]
+        result = run_inside(stack, hub, user, "notebook", wanted)
         assert result["user"] == user and result["agents"] == ["driven", "notebook"]
-        # The sandbox's own requests are for a human elsewhere; another agent's are fine.
-        assert result[ids["notebook"]].startswith("forbidden: a request cannot be decided")
-        assert result[ids["driven"]] == "approved"
+        assert result["can_decide"] is False
+        for rid in wanted:
+            assert result[rid].startswith("forbidden: ") and "a person does this" in result[rid]
+            assert result["page:" + rid].endswith(f"/services/sac/approvals/{rid}")
+        # Without drive_agents, the sandbox's token cannot use the service at all.
+        plain = run_inside(stack, hub, user, "driven", [ids["driven"]])
+        assert plain["agents"].startswith("forbidden: this agent (driven) may not drive")
+        assert plain[ids["driven"]].startswith("forbidden: this agent (driven)")
         states = {r["id"]: r["status"] for r in driven["client"].pending()}
-        assert states == {ids["notebook"]: "pending"}
-        driven["client"].deny(ids["notebook"], reason="cleanup")
+        assert states == {ids["notebook"]: "pending", ids["driven"]: "pending"}
+        for rid in wanted:
+            driven["client"].deny(rid, reason="cleanup")
 
 
 def test_history_frame_reads_times_with_and_without_a_fraction() -> None:

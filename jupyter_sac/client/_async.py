@@ -22,7 +22,7 @@ import httpx
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from .errors import SacError, SacTimeout, error_for
+from .errors import Forbidden, SacError, SacTimeout, Unauthorized, error_for
 
 # How long one request may take (a start has its own timeout).
 REQUEST_TIMEOUT = 60.0
@@ -78,6 +78,8 @@ class AsyncClient:
     same calls without ``await``."""
 
     def __init__(self, url: str | None = None, token: str | None = None):
+        # Inside an agent's sandbox, with the sandbox's own token (not one passed in).
+        self._sandbox_token = token is None and bool(os.environ.get("JUPYTERHUB_SERVER_NAME"))
         if url is None or token is None:
             env_url, env_token = _from_environment()
             url, token = url or env_url, token or env_token
@@ -120,7 +122,23 @@ class AsyncClient:
 
     async def sac(self, method: str, path: str, **kw: Any) -> Any:
         """The `sac` service's API (``path`` under ``services/sac/api/``)."""
-        return await self.json(method, "services/sac/api/" + path, **kw)
+        try:
+            return await self.json(method, "services/sac/api/" + path, **kw)
+        except Unauthorized as e:
+            if not self._sandbox_token:
+                raise
+            # The token of an agent's sandbox reaches the service only when its owner
+            # let the agent drive their other agents (docs/notebooks.md).
+            user = os.environ.get("JUPYTERHUB_USER", "")
+            server = os.environ.get("JUPYTERHUB_SERVER_NAME", "")
+            page = self.service_page(f"agents/{user}/{server}")
+            raise Forbidden(
+                403,
+                "forbidden",
+                f"this agent ({server}) may not drive your other agents: turn on 'Let this"
+                f" agent drive my other agents' on its settings page ({page}) and restart"
+                " it, or use an API token of yours from the hub's token page",
+            ) from e
 
     async def hub(self, method: str, path: str, **kw: Any) -> Any:
         return await self.json(method, "hub/api/" + path, **kw)
@@ -284,10 +302,12 @@ class AsyncAgent:
         try:
             await asyncio.wait_for(self._follow_progress(path, progress, started), timeout)
         except TimeoutError:
+            started.cancel()
             raise SacTimeout(f"{self.slug} did not start within {timeout} s") from None
-        finally:
-            if not started.done():
-                started.cancel()
+        except BaseException:
+            started.cancel()
+            raise
+        # Ready: the service's own answer (202) follows the hub's at once.
         await started
 
     async def _follow_progress(self, path: str, progress: Callable | None,
