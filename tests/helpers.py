@@ -51,6 +51,10 @@ class HubApi:
             assert resp.status_code == 200, resp.text
         return harness.token_for(name, **token)
 
+    def harness_api(self) -> HubApi:
+        """The test harness's own client (a hub admin service): makes users' tokens."""
+        return HubApi(self.url, self.harness, self.harness) if self.harness else self
+
     def token_for(self, name: str, **body: Any) -> HubApi:
         """A new API token of user ``name`` (made with the harness's token)."""
         resp = self.hub("POST", f"users/{name}/tokens", json={"note": "test", **body})
