@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +13,61 @@ from tornado import web
 from ..store import AgentRecord
 from .errors import ApiError
 
+# JSON bodies (every handler but the uploads) are limited to this.
 MAX_JSON_BYTES = 1024 * 1024
+# An upload over its limit (but within this many times it) is read to its end and
+# dropped, so that its 413 reaches the client: answering mid-upload means closing
+# the connection, and the hub's proxy then tells the client 503 instead.
+DRAIN_FACTOR = 2
+
+
+class StreamedBody:
+    """The body of a ``@web.stream_request_body`` handler, taken as it arrives.
+
+    Such a handler settles who may send the body in ``prepare()`` (answering anyone
+    else at once, before the body is read) and only then calls ``accept_body``,
+    which raises this connection's limit to the handler's own and hands each chunk
+    to a sink (a list, a spooled file, a parser). A body that is not accepted is
+    dropped as it arrives, within the server's limit."""
+
+    request: Any  # the handler's request (tornado.web.RequestHandler)
+    body_size = 0
+    _body_limit = MAX_JSON_BYTES
+    _body_sink: Callable[[bytes], None] | None = None
+
+    def accept_body(self, limit: int, sink: Callable[[bytes], None]) -> bool:
+        """Take a body of up to ``limit`` bytes into ``sink``; False when its
+        Content-Length says it is too large even to drain (answer 413 at once)."""
+        declared = self.request.headers.get("Content-Length", "")
+        self._body_limit = limit
+        if declared.isdigit() and int(declared) > DRAIN_FACTOR * limit:
+            return False
+        self.request.connection.set_max_body_size(DRAIN_FACTOR * limit)
+        if not (declared.isdigit() and int(declared) > limit):
+            self._body_sink = sink
+        return True
+
+    def data_received(self, chunk: bytes) -> None:
+        self.body_size += len(chunk)
+        if self.body_size > self._body_limit:
+            self._body_sink = None  # too large: the rest is dropped, the answer is 413
+        elif self._body_sink is not None:
+            self._body_sink(chunk)
+
+    @property
+    def body_too_large(self) -> bool:
+        return self.body_size > self._body_limit
+
+    def finish(self, chunk: Any = None) -> Any:
+        # Answered before the body was read (in prepare()): tornado then closes the
+        # connection once it has read what the limit allows, without saying so. Say
+        # it, or the hub's proxy sends its next request on that connection and
+        # answers 503 when it is gone. (tornado sets _body_future on the requests of
+        # streaming handlers and resolves it once the body is in.)
+        body = getattr(self.request, "_body_future", None)
+        if body is not None and not body.done():
+            self.set_header("Connection", "close")  # type: ignore[attr-defined]
+        return super().finish(chunk)  # type: ignore[misc]
 
 
 @dataclass(frozen=True)
@@ -24,7 +79,7 @@ class Identity:
     scopes: frozenset[str]
 
 
-class BaseHandler(HubOAuthenticated, web.RequestHandler):
+class BaseHandler(StreamedBody, HubOAuthenticated, web.RequestHandler):
     """Thin handlers: parse, authorise, call the store, serialise."""
 
     @property
