@@ -37,7 +37,7 @@ from . import (
     workspace,
 )
 from .agents import AgentActionHandler, AgentHandler, AgentsHandler, AgentUsageHandler
-from .base import NotFoundHandler
+from .base import SERVER_BODY_BYTES, NotFoundHandler
 from .llm_proxy import LlmProxyHandler
 from .openapi import OpenApiHandler
 from .pages import STATIC, ApiIndexHandler, IndexPage, OAuthCallbackHandler, SessionPage
@@ -284,7 +284,9 @@ class SacService(Application):
             self.port,
             self.ip,
             xheaders=True,
-            max_body_size=max(64 * 1024 * 1024, self.workspace_max_file_bytes),
+            # About the JSON limit for every body: uploads raise their own
+            # connection's limit once they know who is sending (base.StreamedBody).
+            max_body_size=SERVER_BODY_BYTES,
         )
         self.log.info(
             "sac service %s listening on http://%s:%s%s",

@@ -19,6 +19,13 @@ MAX_JSON_BYTES = 1024 * 1024
 # dropped, so that its 413 reaches the client: answering mid-upload means closing
 # the connection, and the hub's proxy then tells the client 503 instead.
 DRAIN_FACTOR = 2
+# The HTTP server's limit for every request body (app.py): tornado reads a
+# handler's whole body before the handler runs, so this is what anyone can make the
+# service hold. A JSON body a little too large is read and answered 413; a bigger
+# Content-Length is refused by tornado itself before any handler exists (a bare 400,
+# and the connection closed). Uploads stream their bodies (StreamedBody) and raise
+# their own connection's limit once they know who is sending.
+SERVER_BODY_BYTES = DRAIN_FACTOR * MAX_JSON_BYTES
 
 
 class StreamedBody:
@@ -26,9 +33,10 @@ class StreamedBody:
 
     Such a handler settles who may send the body in ``prepare()`` (answering anyone
     else at once, before the body is read) and only then calls ``accept_body``,
-    which raises this connection's limit to the handler's own and hands each chunk
-    to a sink (a list, a spooled file, a parser). A body that is not accepted is
-    dropped as it arrives, within the server's limit."""
+    which raises this connection's limit from SERVER_BODY_BYTES to the handler's own
+    and hands each chunk to a sink (a list, a spooled file, a parser). A body that
+    is not accepted is dropped as it arrives; tornado closes the connection once
+    more than SERVER_BODY_BYTES of it have come."""
 
     request: Any  # the handler's request (tornado.web.RequestHandler)
     body_size = 0
@@ -96,15 +104,14 @@ class BaseHandler(StreamedBody, HubOAuthenticated, web.RequestHandler):
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Content-Type-Options", "nosniff")
 
-    # The largest request body a handler takes (JSON bodies; a page taking file
-    # uploads sets its own).
-    max_body_bytes = MAX_JSON_BYTES
-
     def prepare(self) -> None:
-        length = self.request.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) > self.max_body_bytes:
+        # JSON bodies (the server reads up to SERVER_BODY_BYTES, so that a body a
+        # little too large is answered here); uploads take theirs in prepare().
+        length = self.request.headers.get("Content-Length", "")
+        declared = int(length) if length.isdigit() else 0
+        if max(declared, len(self.request.body)) > MAX_JSON_BYTES:
             raise ApiError(
-                413, "too_large", f"request bodies are limited to {self.max_body_bytes} bytes"
+                413, "too_large", f"request bodies are limited to {MAX_JSON_BYTES} bytes"
             )
 
     # ---- identity ---------------------------------------------------------------

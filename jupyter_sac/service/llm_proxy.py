@@ -137,7 +137,8 @@ class LlmProxyHandler(StreamedBody, web.RequestHandler):
     """POST <prefix>llm/v1/messages[...]: authenticated by the per-agent token.
 
     Request bodies may be tens of MiB (images, documents): the body is streamed, and
-    taken only once the path and the token are good."""
+    taken only once the path and the token are good, so nobody else can make the
+    service hold more than SERVER_BODY_BYTES."""
 
     @property
     def sac(self):

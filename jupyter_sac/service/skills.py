@@ -352,8 +352,8 @@ class BundleHandler(SkillBaseHandler):
         if self.request.method != "PUT":
             return super().prepare()
         # Who may upload is settled before the body is read: a caller who may not
-        # change the skill is answered 401/403/404 at once, and what they send is
-        # dropped.
+        # change the skill is answered 401/403/404 at once, and the service reads
+        # (and drops) at most SERVER_BODY_BYTES of what they send.
         self._row = await self.editable(self.path_args[0])
         self._chunks: list[bytes] = []
         if not self.accept_body(MAX_BUNDLE_BYTES, self._chunks.append):

@@ -111,13 +111,6 @@ class WorkspaceBase(BaseHandler):
         if not self.accept_body(self.sac.workspace_max_file_bytes, self.spool_write):
             raise self.file_too_large()
 
-    def spool_bytes(self, data: bytes) -> None:
-        """Take ``data`` as the upload (a file from a form, not a streamed body)."""
-        if len(data) > self.sac.workspace_max_file_bytes:
-            raise self.file_too_large()
-        self.start_spool()
-        self.spool_write(data)
-
     def file_too_large(self) -> ApiError:
         limit = self.sac.workspace_max_file_bytes
         return ApiError(413, "too_large", f"workspace files are limited to {limit} bytes")
