@@ -24,10 +24,12 @@ import hashlib
 import io
 import json
 import re
+import struct
 import tarfile
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path, PurePosixPath
@@ -59,6 +61,16 @@ MAX_BUNDLE_FILE_BYTES = 20 * 1024 * 1024
 MAX_BUNDLE_BYTES = 50 * 1024 * 1024
 MAX_COMPRESSION_RATIO = 100  # more than this is treated as a decompression bomb
 MAX_PATH_LENGTH = 255
+# What reading an archive may cost, bounded while it is read: every entry counts
+# (files, folders, links, and a tar's pax, GNU long-name and global headers, which
+# tarfile reads as headers of their own), and so do the bytes of all headers (a
+# tar's header blocks and what extended headers carry, a zip's central directory).
+MAX_BUNDLE_ENTRIES = 2000
+MAX_BUNDLE_HEADER_BYTES = 4 * 1024 * 1024
+MAX_EXTENDED_HEADERS = 16  # pax/GNU headers in a row before the entry they describe
+# All the unpacked bytes of a tar: the files, their headers, and the padding of
+# each to 512-byte blocks plus the end-of-archive blocks (well under 1 MiB).
+MAX_BUNDLE_UNPACKED_BYTES = MAX_BUNDLE_BYTES + MAX_BUNDLE_HEADER_BYTES + 1024 * 1024
 # Below this many unpacked bytes a high compression ratio is harmless (a page of
 # blank lines compresses 1000:1); above it, over 100:1 is treated as a bomb.
 RATIO_CHECK_BYTES = 1024 * 1024
@@ -393,16 +405,21 @@ class BundleEntry:
     compressed: int | None = None
 
 
-def check_bundle(entries: Iterable[BundleEntry]) -> list[BundleEntry]:
+def check_bundle(
+    entries: Iterable[BundleEntry], compressed: int | None = None
+) -> list[BundleEntry]:
     """The regular files of a bundle, or SkillError naming the first bad entry.
 
     ``entries`` may be a lazy listing: checking stops at the first bad entry, so a
-    bomb is refused before the rest of it is read."""
+    bomb is refused before the rest of it is read. ``compressed``: the archive's
+    size, against which the files' total is held to MAX_COMPRESSION_RATIO."""
     files, total = [], 0
     seen: set[str] = set()
     folders: set[str] = set()
-    for entry in entries:
+    for count, entry in enumerate(entries, 1):
         field = f"bundle: {entry.name!r}"
+        if count > MAX_BUNDLE_ENTRIES:
+            raise SkillError(field, _TOO_MANY_ENTRIES)
         if entry.kind not in ("file", "dir"):
             raise SkillError(field, f"only regular files and folders ({entry.kind} found)")
         name = entry.name
@@ -445,11 +462,26 @@ def check_bundle(entries: Iterable[BundleEntry]) -> list[BundleEntry]:
             raise SkillError(field, f"bundles hold at most {MAX_BUNDLE_FILES} files")
         if total > MAX_BUNDLE_BYTES:
             raise SkillError(field, f"bundles are limited to {MAX_BUNDLE_BYTES} bytes")
+        # Checked on the running total (sizes from the headers), so a bomb is refused
+        # before its bytes are unpacked, not after.
+        if (
+            compressed is not None
+            and total > RATIO_CHECK_BYTES
+            and total > MAX_COMPRESSION_RATIO * max(compressed, 1)
+        ):
+            raise SkillError(field, "compressed more than 100:1 (a decompression bomb?)")
     return files
 
 
+_TOO_MANY_ENTRIES = (
+    f"archives hold at most {MAX_BUNDLE_ENTRIES} entries"
+    " (files, folders, links and extended headers all count)"
+)
+
+
 def tar_entries(fileobj: IO[bytes]) -> list[BundleEntry]:
-    with tarfile.open(fileobj=fileobj, mode="r:*") as tar:
+    """Every member of a tar (tar.gz/bz2/xz), read within the bundle limits."""
+    with _open_tar(fileobj.read()) as tar:
         return [_tar_entry(info) for info in tar]
 
 
@@ -470,7 +502,8 @@ def _tar_entry(info: tarfile.TarInfo) -> BundleEntry:
 
 
 def zip_entries(fileobj: IO[bytes]) -> list[BundleEntry]:
-    with zipfile.ZipFile(fileobj) as archive:
+    """Every member of a zip, read within the bundle limits."""
+    with _open_zip(fileobj.read()) as archive:
         return [_zip_entry(info) for info in archive.infolist()]
 
 
@@ -489,10 +522,13 @@ def _zip_entry(info: zipfile.ZipInfo) -> BundleEntry:
 
 def read_bundle(data: bytes) -> dict[str, bytes]:
     """The files of an uploaded bundle (tar, tar.gz/bz2/xz or zip), checked entry by
-    entry before anything is extracted; SkillError names the offending entry.
+    entry as the archive is read; SkillError names the offending entry or limit.
 
-    Sizes are taken from the archive's headers (tarfile and zipfile never return
-    more than a header declares) and enforced again while reading."""
+    Nothing is unpacked ahead of the checks: a tar is read in one pass, each file's
+    bytes right after its header has passed, and what the reader may take is bounded
+    as it reads (entries, header bytes, unpacked bytes; see MAX_BUNDLE_*). File sizes
+    come from the headers (tarfile and zipfile never return more than a header
+    declares) and are enforced again while reading."""
     if len(data) > MAX_BUNDLE_BYTES:
         raise SkillError("bundle", f"bundles are limited to {MAX_BUNDLE_BYTES} bytes")
     try:
@@ -504,7 +540,7 @@ def read_bundle(data: bytes) -> dict[str, bytes]:
 # What a damaged or unsupported archive raises from zipfile/tarfile while it is read
 # (a wrongly checksummed or encrypted zip member, an unknown compression method, a
 # truncated gzip stream, a name that is not UTF-8 ...).
-ARCHIVE_ERRORS = (
+ARCHIVE_ERRORS: tuple[type[BaseException], ...] = (
     zipfile.BadZipFile,
     zipfile.LargeZipFile,
     tarfile.TarError,
@@ -515,38 +551,35 @@ ARCHIVE_ERRORS = (
     NotImplementedError,
     UnicodeError,
 )
+try:
+    import lzma
+
+    ARCHIVE_ERRORS += (lzma.LZMAError,)
+except ImportError:  # a Python built without xz: such bundles are unreadable anyway
+    pass
 
 
 def _read_archive(data: bytes) -> dict[str, bytes]:
-    raw = io.BytesIO(data)
-    if zipfile.is_zipfile(raw):
-        with zipfile.ZipFile(raw) as archive:
-            files = check_bundle(map(_zip_entry, archive.infolist()))
-            _check_ratio(files, len(data))
+    if zipfile.is_zipfile(io.BytesIO(data)):
+        with _open_zip(data) as archive:
+            files = check_bundle(map(_zip_entry, archive.infolist()), compressed=len(data))
             return {e.name: _read_capped(archive.open(e.name), e.name) for e in files}
-    raw.seek(0)
-    with tarfile.open(fileobj=raw, mode="r:*") as tar:
-        members: dict[str, tarfile.TarInfo] = {}
+    out: dict[str, bytes] = {}
+    with _open_tar(data) as tar:
 
         def listing() -> Iterator[BundleEntry]:
             for info in tar:
-                members[info.name] = info
-                yield _tar_entry(info)
+                entry = _tar_entry(info)
+                yield entry
+                # check_bundle asks for the next entry only once this one has passed:
+                # read its bytes now, while the stream is at them.
+                if entry.kind == "file":
+                    member = tar.extractfile(info)
+                    assert member is not None  # a regular file
+                    out[str(PurePosixPath(entry.name))] = _read_capped(member, entry.name)
 
-        files = check_bundle(listing())
-        _check_ratio(files, len(data))
-        out = {}
-        for entry in files:
-            member = tar.extractfile(members[entry.name])
-            assert member is not None  # a regular file
-            out[str(PurePosixPath(entry.name))] = _read_capped(member, entry.name)
-        return out
-
-
-def _check_ratio(files: list[BundleEntry], compressed: int) -> None:
-    total = sum(e.size for e in files)
-    if total > MAX_COMPRESSION_RATIO * max(compressed, 1) and total > RATIO_CHECK_BYTES:
-        raise SkillError("bundle", "compressed more than 100:1 (a decompression bomb?)")
+        check_bundle(listing(), compressed=len(data))
+    return out
 
 
 def _read_capped(stream: IO[bytes], name: str) -> bytes:
@@ -555,6 +588,178 @@ def _read_capped(stream: IO[bytes], name: str) -> bytes:
     if len(data) > MAX_BUNDLE_FILE_BYTES:
         raise SkillError(f"bundle: {name!r}", f"files are limited to {MAX_BUNDLE_FILE_BYTES} bytes")
     return data
+
+
+# ---- reading archives within bounds ---------------------------------------------------
+
+
+def _open_zip(data: bytes) -> zipfile.ZipFile:
+    """A zip opened within the bundle limits. zipfile reads the whole central
+    directory (one header per entry) in one read when it opens the archive and
+    makes an object of each entry: that read is held to MAX_BUNDLE_HEADER_BYTES,
+    and its entries are counted before zipfile sees them."""
+    raw = _ZipHeaders(data)
+    archive = zipfile.ZipFile(raw)
+    raw.opened = True  # the members' own bytes are bounded by their checked sizes
+    return archive
+
+
+# What zipfile reads to find the central directory besides it: the end record (22
+# bytes), searched for in the last 64 KiB (its comment) when it is not last, and
+# the zip64 locator and end record (20 + 56 bytes).
+_ZIP_END_SEARCH_BYTES = 2 * (22 + 65535) + 20 + 56
+_ZIP_CENTRAL = b"PK\x01\x02"
+
+
+class _ZipHeaders(io.BytesIO):
+    """A zip in memory that, until ``opened``, refuses zipfile any read over
+    MAX_BUNDLE_HEADER_BYTES (and more than that plus the end-record search in all),
+    and a central directory of more than MAX_BUNDLE_ENTRIES entries."""
+
+    def __init__(self, data: bytes):
+        super().__init__(data)
+        self.opened = False
+        self._size = len(data)
+        self._given = 0
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        if self.opened:
+            return super().read(size)
+        if size is None or size < 0:
+            size = self._size - self.tell()
+        # The central directory comes in one read: no read may exceed the limit.
+        if (
+            size > MAX_BUNDLE_HEADER_BYTES
+            or self._given + size > MAX_BUNDLE_HEADER_BYTES + _ZIP_END_SEARCH_BYTES
+        ):
+            raise SkillError(
+                "bundle", f"archive headers are limited to {MAX_BUNDLE_HEADER_BYTES} bytes"
+            )
+        data = super().read(size)
+        self._given += len(data)
+        if data.startswith(_ZIP_CENTRAL) and _zip_records(data) > MAX_BUNDLE_ENTRIES:
+            raise SkillError("bundle", _TOO_MANY_ENTRIES)
+        return data
+
+
+def _zip_records(data: bytes) -> int:
+    """How many central-directory records ``data`` starts with (counting stops just
+    past MAX_BUNDLE_ENTRIES): 46 fixed bytes, then a name, an extra field and a
+    comment whose lengths are at offsets 28, 30 and 32."""
+    count = at = 0
+    while count <= MAX_BUNDLE_ENTRIES and data.startswith(_ZIP_CENTRAL, at):
+        if at + 46 > len(data):
+            break
+        name, extra, comment = struct.unpack_from("<3H", data, at + 28)
+        at += 46 + name + extra + comment
+        count += 1
+    return count
+
+
+def _open_tar(data: bytes) -> tarfile.TarFile:
+    """A tar (plain, gz, bz2 or xz) read forward through a _TarStream, so that every
+    header tarfile reads is counted and bounded as it is read."""
+    stream = _TarStream(_unpacking(data))
+    return tarfile.open(fileobj=stream, mode="r:", tarinfo=_CountedTarInfo)  # type: ignore[arg-type]
+
+
+def _unpacking(data: bytes) -> IO[bytes]:
+    """``data`` unpacked as it is read (never ahead of the reader). The formats are
+    told by their magic numbers (bzip2's with its first block's, as a plain tar
+    starts with a file name, which could be "BZh")."""
+    raw = io.BytesIO(data)
+    if data.startswith(b"\x1f\x8b\x08"):
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    try:
+        if data.startswith(b"BZh") and data[4:10] == b"1AY&SY":
+            import bz2
+
+            return bz2.BZ2File(raw)
+        if data.startswith(b"\xfd7zXZ\x00"):
+            import lzma
+
+            return lzma.LZMAFile(raw)
+    except ImportError:  # a Python built without bz2 or xz
+        raise SkillError("bundle", "this archive's compression is not available here") from None
+    return raw
+
+
+class _TarStream:
+    """The unpacked bytes of a tar as tarfile reads them, forward only.
+
+    It counts what tarfile reads and refuses, before reading, what would go past a
+    bound: every header (members, pax and GNU long-name headers, global headers)
+    against MAX_BUNDLE_ENTRIES, the bytes read as headers against
+    MAX_BUNDLE_HEADER_BYTES (a pax header of 2 GiB of zeros is a few MiB gzipped,
+    and tarfile would read it whole), and all unpacked bytes against
+    MAX_BUNDLE_UNPACKED_BYTES. tarfile keeps an object per member for the life of
+    the archive, so the entry count is what bounds its memory."""
+
+    def __init__(self, stream: IO[bytes]):
+        self._stream = stream
+        self._pos = 0
+        self._entries = 0
+        self._header_bytes = 0
+        self._header_depth = 0  # > 0 while tarfile reads a header (pax ones nest)
+
+    @contextmanager
+    def header(self) -> Iterator[None]:
+        """Around tarfile's reading of one header block and what it carries."""
+        self._entries += 1
+        if self._entries > MAX_BUNDLE_ENTRIES:
+            raise SkillError("bundle", _TOO_MANY_ENTRIES)
+        if self._header_depth >= MAX_EXTENDED_HEADERS:
+            # tarfile reads the header an extended header describes by recursion
+            raise SkillError(
+                "bundle", f"more than {MAX_EXTENDED_HEADERS} extended headers in a row"
+            )
+        self._header_depth += 1
+        try:
+            yield
+        finally:
+            self._header_depth -= 1
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:  # tarfile always asks for a size; bounded anyway
+            size = MAX_BUNDLE_UNPACKED_BYTES - self._pos
+        if self._header_depth and self._header_bytes + size > MAX_BUNDLE_HEADER_BYTES:
+            raise SkillError(
+                "bundle", f"archive headers are limited to {MAX_BUNDLE_HEADER_BYTES} bytes"
+            )
+        if self._pos + size > MAX_BUNDLE_UNPACKED_BYTES:
+            raise SkillError(
+                "bundle", f"bundles unpack to at most {MAX_BUNDLE_UNPACKED_BYTES} bytes"
+            )
+        data = self._stream.read(size)
+        self._pos += len(data)
+        if self._header_depth:
+            self._header_bytes += len(data)
+        return data
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = offset + (self._pos if whence == io.SEEK_CUR else 0)
+        if whence not in (io.SEEK_SET, io.SEEK_CUR) or target < self._pos:
+            raise io.UnsupportedOperation("bundles are read forward only")
+        while self._pos < target:  # skipping still unpacks: read, counted, dropped
+            if not self.read(min(target - self._pos, 1 << 16)):
+                break
+        return self._pos
+
+
+class _CountedTarInfo(tarfile.TarInfo):
+    """Has each header tarfile reads (through the documented TarInfo.fromtarfile,
+    which pax and GNU long-name headers call again for the header they describe)
+    counted and bounded by the _TarStream under it."""
+
+    @classmethod
+    def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        stream = tar.fileobj
+        assert isinstance(stream, _TarStream)
+        with stream.header():
+            return super().fromtarfile(tar)
 
 
 def pack_bundle(files: dict[str, bytes]) -> bytes:

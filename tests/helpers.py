@@ -7,6 +7,7 @@ import base64
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,7 +15,7 @@ import pyte
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from jupyter_sac.testing.stack import poll_until
+from jupyter_sac.testing.stack import find_descendant, poll_until
 
 
 class HubApi:
@@ -348,3 +349,34 @@ def sign_up_and_log_in(
         operator.close()
     log_in(page, base, name, password)
     return page
+
+
+class PeakMemory:
+    """How much a process's peak resident memory grew over a ``with`` block, in MiB.
+
+    Linux keeps the peak (VmHWM in /proc/<pid>/status); writing 5 to clear_refs
+    resets it to the current size, so a short spike is seen even though the memory
+    has been given back by the time the block ends."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.growth = 0
+
+    def _status(self, key: str) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) // 1024
+        raise LookupError(key)
+
+    def __enter__(self) -> PeakMemory:
+        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+        self._before = self._status("VmRSS")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.growth = self._status("VmHWM") - self._before
+
+
+def service_pid(stack: dict) -> int:
+    """The `sac` service's process in the test stack."""
+    return find_descendant(stack["pid"], b"jupyter_sac.service")

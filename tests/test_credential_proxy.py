@@ -6,6 +6,8 @@ import httpx
 import pytest
 from helpers import run_in_terminal, running_agent
 
+from jupyter_sac.service.llm_proxy import MAX_REQUEST_BYTES
+
 pytestmark = pytest.mark.stack
 
 REAL_KEY = "sk-ant-real-provider-key-42"
@@ -88,6 +90,21 @@ async def test_stopped_agent_token_stops_working(stack: dict, fake: str) -> None
         url = stack["url"] + "services/sac/llm/v1/messages"
         body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
         assert httpx.post(url, headers={"x-api-key": token}, json=body).status_code == 200
+        # A request of tens of MiB (images, documents) goes through whole, though the
+        # service takes at most 1 MiB from anyone it does not know; over 32 MiB is
+        # refused before anything reaches the provider.
+        text = "A" * (20 * 1024 * 1024)
+        big = {**body, "messages": [{"role": "user", "content": [{"type": "text", "text": text}]}]}
+        resp = httpx.post(url, headers={"x-api-key": token}, json=big, timeout=60)
+        assert resp.status_code == 200, resp.text[:300]
+        calls = _requests(fake)
+        assert calls[-1]["body"]["messages"][0]["content"][0]["text"] == text
+        over = httpx.post(
+            url, headers={"x-api-key": token}, content=bytes(MAX_REQUEST_BYTES + 1), timeout=60
+        )
+        assert over.status_code == 413, over.text[:300]
+        assert over.json()["error"]["type"] == "request_too_large"
+        assert len(_requests(fake)) == len(calls)
         user.stop(name, "short")
         resp = httpx.post(url, headers={"x-api-key": token}, json=body)
         assert resp.status_code == 401

@@ -218,6 +218,10 @@ def test_bad_ingest_is_refused_and_stores_nothing(agent: dict, stack: dict) -> N
         "GET", f"users/{agent['user']}/agents/scribe/history/events", params={"session": session}
     )
     assert events.json()["events"] == []
+    # Above the 1 MiB of other JSON bodies, a batch from the agent's own token is fine.
+    large = {**_event(f"large-{session}", 1), "payload": {"x": "y" * (3 * 1024 * 1024)}}
+    resp = agent["ingest"].post("history/ingest", json={"events": [large]})
+    assert resp.status_code == 200 and resp.json()["stored"] == 1, resp.text
 
     # NUL characters (which PostgreSQL cannot store) are dropped, not a 500.
     nul = {**good, "payload": {"type": "assistant", "message": {"content": "a\x00b"}}}

@@ -11,19 +11,23 @@ import os
 import tarfile
 import uuid
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from helpers import HubApi, greeting_skill
+from helpers import HubApi, PeakMemory, greeting_skill, service_pid
 
 from jupyter_sac.skills import (
     MAX_BUNDLE_BYTES,
+    MAX_BUNDLE_ENTRIES,
     MAX_BUNDLE_FILE_BYTES,
     MAX_BUNDLE_FILES,
+    MAX_BUNDLE_HEADER_BYTES,
     MAX_COMPRESSION_RATIO,
+    MAX_EXTENDED_HEADERS,
 )
 
 pytestmark = pytest.mark.stack
@@ -353,6 +357,121 @@ def test_bundle_attacks_are_refused_and_change_nothing(stack: dict, new_user) ->
     assert [f["name"] for f in resp.json()["bundle"]["files"]] == ["evil.sh"]
     got = owner.sac("GET", f"skills/{skill['id']}/bundle")
     assert list(_files_of(got.content)) == ["evil.sh"]
+
+
+# ---- 2b. archives that cost more to read than they weigh ------------------------------
+
+
+def _repeated_tar_gz(unit: bytes, times: int) -> bytes:
+    """A tar.gz of ``unit`` (whole 512-byte blocks: headers and what they carry)
+    ``times`` over, then the end-of-archive blocks; compressed as it is built, so
+    the test never holds the unpacked archive."""
+    gz = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: a gzip stream
+    parts, batch = [], 1000
+    for done in range(0, times, batch):
+        parts.append(gz.compress(unit * min(batch, times - done)))
+    parts.append(gz.compress(bytes(1024)) + gz.flush())
+    return b"".join(parts)
+
+
+def _folder(fmt: int, name: str = "d", **pax: str) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    info.mode = 0o755
+    info.pax_headers = pax
+    return info.tobuf(format=fmt)
+
+
+def _bombs() -> Iterator[tuple[str, bytes, str]]:
+    """(what, body, text the error message must hold): each a few MiB at most, each
+    far more expensive to read than its size unless reading is bounded."""
+    entries = f"at most {MAX_BUNDLE_ENTRIES} entries"
+    # The review's finding: 300,000 folder headers (150 MB unpacked).
+    yield "300,000 folders", _repeated_tar_gz(_folder(tarfile.USTAR_FORMAT), 300_000), entries
+    # A pax header before each folder: the extended headers are entries too.
+    pax = _folder(tarfile.PAX_FORMAT, comment="x")
+    yield "150,000 pax headers", _repeated_tar_gz(pax, 150_000), entries
+    # GNU long names: a header and a data block before each folder.
+    long_name = _folder(tarfile.GNU_FORMAT, "d/" + "x" * 150)
+    yield "100,000 GNU long names", _repeated_tar_gz(long_name, 100_000), entries
+    # Global headers, each read before the next by tarfile (a chain, not entries).
+    glob = tarfile.TarInfo.create_pax_global_header({"comment": "x"})
+    yield (
+        "100,000 global headers",
+        _repeated_tar_gz(glob, 100_000),
+        (f"more than {MAX_EXTENDED_HEADERS} extended headers in a row"),
+    )
+    # One pax header that says it carries 2 GiB: refused before a byte of it is read.
+    huge = tarfile.TarInfo("././@PaxHeader")
+    huge.type, huge.size = tarfile.XHDTYPE, 2 * 1024**3
+    unit = huge.tobuf(format=tarfile.USTAR_FORMAT) + bytes(512)
+    yield (
+        "a 2 GiB pax header",
+        _repeated_tar_gz(unit, 1000),
+        (f"archive headers are limited to {MAX_BUNDLE_HEADER_BYTES} bytes"),
+    )
+    folders = io.BytesIO()
+    with zipfile.ZipFile(folders, "w") as archive:
+        for i in range(MAX_BUNDLE_ENTRIES + 1):
+            archive.writestr(f"d{i}/", b"")
+    yield f"a zip of {MAX_BUNDLE_ENTRIES + 1} folders", folders.getvalue(), entries
+    # A central directory over the header limit (comments live only there).
+    comments = io.BytesIO()
+    with zipfile.ZipFile(comments, "w") as archive:
+        for i in range(MAX_BUNDLE_HEADER_BYTES // 65535 + 1):
+            info = zipfile.ZipInfo(f"f{i}.txt")
+            info.comment = b"c" * 65535
+            archive.writestr(info, b"x")
+    yield (
+        "a zip whose central directory is too big",
+        comments.getvalue(),
+        (f"archive headers are limited to {MAX_BUNDLE_HEADER_BYTES} bytes"),
+    )
+
+
+def test_archives_are_bounded_while_they_are_read(stack: dict, new_user) -> None:
+    _, owner = new_user("bmb")
+    skill = _create(owner, "bombs")
+    assert _put_bundle(owner, skill["id"], _tar(FILES)).status_code == 200
+    before = _get(owner, skill["id"])
+    objects = _objects(stack)
+    pid = service_pid(stack)
+    failures = []
+    for what, body, named in _bombs():
+        assert len(body) < MAX_BUNDLE_BYTES, what
+        with PeakMemory(pid) as peak:
+            resp = _put_bundle(owner, skill["id"], body)
+        error = resp.json() if resp.status_code == 400 else {}
+        if error.get("error") != "invalid_bundle" or named not in error.get("message", ""):
+            failures.append(f"{what}: {resp.status_code} {resp.text[:300]!r} (want {named!r})")
+        # The archive itself is at most a few MiB; reading it must not cost much more
+        # (unbounded, the 300,000 folders alone took the service up by 160 MiB).
+        if peak.growth > 32:
+            failures.append(f"{what}: the service's memory grew by {peak.growth} MiB")
+        now = _get(owner, skill["id"])
+        if (now["version"], now["bundle"]) != (before["version"], before["bundle"]):
+            failures.append(f"{what}: the skill changed")
+            before = now
+        if _objects(stack) != objects:
+            failures.append(f"{what}: the object store changed")
+            objects = _objects(stack)
+    assert not failures, "\n".join(failures)
+
+    # Within the limits a bundle of several MiB, in a pax tar with a folder and an
+    # extended header per entry (as Python and bsdtar write them), still goes in.
+    files = {f"data/part{i}.bin": os.urandom(512 * 1024) for i in range(12)}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+        folder = tarfile.TarInfo("data")
+        folder.type, folder.mtime = tarfile.DIRTYPE, 1.5
+        tar.addfile(folder)
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1.5  # a float mtime: a pax header each
+            tar.addfile(info, io.BytesIO(data))
+    put = _put_bundle(owner, skill["id"], buf.getvalue())
+    assert put.status_code == 200, put.text
+    assert put.json()["bundle"]["size"] == sum(map(len, files.values()))
 
 
 # ---- 3. who may do what -------------------------------------------------------------

@@ -76,6 +76,16 @@ def test_files_outlive_the_sandbox_and_reach_a_new_one(stack: dict) -> None:
         files = listing(client, user, slug)
         assert files["private/notes.md"]["sha256"] == hashlib.sha256(b"# my notes\n").hexdigest()
         assert files["private/notes.md"]["written_by"] == f"{user}/{slug}"
+        # A file of several MiB: the sandbox's upload is more than the 1 MiB the
+        # service takes from anyone before it knows them.
+        big = "0123456789abcdef" * (3 * 1024 * 1024 // 16)
+        write(client, user, slug, "output/big.txt", big)
+        poll_until(lambda: "output/big.txt" in listing(client, user, slug), 30, "stored")
+        stored = listing(client, user, slug)["output/big.txt"]
+        assert (stored["size"], stored["sha256"]) == (
+            len(big),
+            hashlib.sha256(big.encode()).hexdigest(),
+        )
         # The owner downloads through the service API.
         got = client.sac("GET", f"users/{user}/agents/{slug}/workspace/files/private/notes.md")
         assert got.status_code == 200 and got.content == b"# my notes\n"
@@ -102,11 +112,12 @@ def test_files_outlive_the_sandbox_and_reach_a_new_one(stack: dict) -> None:
             "results\n"
         )
         assert contents(client, user, slug, "private/scratch.txt").status_code == 404
+        assert contents(client, user, slug, "output/big.txt").json()["content"] == big
         status = sync_now(client, user, slug)
-        assert status["usage"]["files"] == 2 and status["usage"]["max_files"] == 1000
+        assert status["usage"]["files"] == 3 and status["usage"]["max_files"] == 1000
         # Nothing was uploaded again: each content is stored once.
         agent_id = home.name.split("-", 1)[0]
-        assert len(objects_of(stack, f"workspace/agents/{agent_id}")) == 2
+        assert len(objects_of(stack, f"workspace/agents/{agent_id}")) == 3
 
 
 def test_public_is_read_only_and_groups_share(stack: dict, new_user) -> None:

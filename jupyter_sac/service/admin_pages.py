@@ -12,7 +12,7 @@ import json
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from tornado import web
+from tornado import httputil, web
 
 from .. import settings as sac_settings
 from ..providers import PRESETS
@@ -21,6 +21,7 @@ from ..settings import SettingsError
 from ..store.hitl import PENDING
 from .agents import AgentOps
 from .audit import AuditBaseHandler, entry_cursor, parse_entry_cursor
+from .base import MAX_JSON_BYTES
 from .errors import ApiError
 from .forms import (
     PROVIDERS_OVERRIDE,
@@ -34,6 +35,7 @@ from .forms import (
 )
 from .history import SearchBaseHandler, event_cursor, parse_event_cursor
 from .hitl import DecisionOps
+from .multipart import FormError, MultipartForm
 from .org_keys import OrgKeyOps, keys_model
 from .pages import PageHandler, admin_page, server_status
 from .settings_handlers import SettingsOps
@@ -410,13 +412,82 @@ SLUG = r"([a-z0-9-]+)"
 
 
 FORM_UPLOAD_BYTES = 32 * 1024 * 1024  # bigger public files: the API (streamed)
+FORM_AROUND_BYTES = 256 * 1024  # the form's other fields and multipart framing
 
 
+@web.stream_request_body
 class WorkspacesPage(PageHandler, UserWorkspaceBase, GroupQuotaOps):
     """admin/workspaces: the public tree (upload, delete) and every group's usage
-    against its quota (set the quota). Changes go through the API's operations."""
+    against its quota (set the quota). Changes go through the API's operations.
 
-    max_body_bytes = FORM_UPLOAD_BYTES + 65536  # the file and the form around it
+    Its form posts are streamed: an upload's file goes to a spooled file as it
+    arrives (MultipartForm), and only once prepare() has found the caller to be an
+    administrator; anyone else is answered before the body is read."""
+
+    _form: MultipartForm | None = None
+    _form_error: FormError | None = None
+    _xsrf_later = False
+
+    async def prepare(self) -> None:
+        if self.request.method != "POST":
+            return await super().prepare()
+        # A cookie login's XSRF token is a field of the form, in the body that is not
+        # read yet: the login is taken now, and the token is checked in post() as
+        # soon as the body is in, before anything else is done.
+        self._xsrf_later = True
+        await self.authenticate()
+        if not self.current_user:
+            raise web.HTTPError(403)  # what @web.authenticated answers a POST
+        self.require_admin()
+        content_type = self.request.headers.get("Content-Type", "")
+        if content_type.lower().startswith("multipart/form-data"):
+            self.start_spool()
+            try:
+                self._form = MultipartForm(content_type, "file", self.spool_write)
+            except FormError as e:
+                raise bad("file", str(e)) from None
+            taken = self.accept_body(FORM_UPLOAD_BYTES + FORM_AROUND_BYTES, self._feed_form)
+        else:
+            self._raw: list[bytes] = []
+            taken = self.accept_body(MAX_JSON_BYTES, self._raw.append)
+        if not taken:
+            raise self.upload_too_large()
+
+    def check_xsrf_cookie(self) -> None:
+        if not self._xsrf_later:
+            super().check_xsrf_cookie()
+
+    def _feed_form(self, chunk: bytes) -> None:
+        if self._form is not None and self._form_error is None:
+            try:
+                self._form.feed(chunk)
+            except FormError as e:
+                self._form_error = e  # answered (400) once the body is in
+
+    def _read_form(self) -> None:
+        """The streamed body as the request's arguments (as tornado would have parsed
+        it), then the XSRF check that prepare() left for now."""
+        args = self.request.body_arguments
+        if self._form is not None:
+            if self._form_error is None and not self.body_too_large:
+                try:
+                    self._form.close()
+                except FormError as e:
+                    self._form_error = e
+            args.update(self._form.fields)
+        elif not self.body_too_large:
+            body = b"".join(self._raw)
+            self._raw.clear()
+            ctype = self.request.headers.get("Content-Type", "")
+            httputil.parse_body_arguments(ctype, body, args, {}, self.request.headers)
+        for name, values in args.items():
+            self.request.arguments.setdefault(name, []).extend(values)
+        self._xsrf_later = False
+        self.check_xsrf_cookie()
+
+    def upload_too_large(self) -> ApiError:
+        limit = min(FORM_UPLOAD_BYTES, self.sac.workspace_max_file_bytes)
+        return ApiError(413, "too_large", f"files uploaded here are limited to {limit} bytes")
 
     @admin_page
     async def get(self) -> None:
@@ -454,18 +525,24 @@ class WorkspacesPage(PageHandler, UserWorkspaceBase, GroupQuotaOps):
 
     @admin_page
     async def post(self) -> None:
+        self._read_form()  # first: it checks the XSRF token
         form = self.form()
         action = (form.get("action") or [""])[-1]
         try:
+            if self.body_too_large:
+                raise self.upload_too_large()
+            if self._form_error is not None:
+                raise bad("file", f"the form could not be read: {self._form_error}")
             if action == "upload":
-                files = self.request.files.get("file") or []
-                if not files or not files[0]["filename"]:
+                filename = self._form.filename if self._form is not None else None
+                if not filename:
                     raise bad("file", "choose a file to upload")
+                if self._size > min(FORM_UPLOAD_BYTES, self.sac.workspace_max_file_bytes):
+                    raise self.upload_too_large()
                 folder = (form.get("folder") or [""])[-1].strip().strip("/")
-                name = files[0]["filename"].replace("\\", "/").rsplit("/", 1)[-1]
+                name = filename.replace("\\", "/").rsplit("/", 1)[-1]
                 path = f"{folder}/{name}" if folder else name
                 loc = self.location("public", path, None)
-                self.spool_bytes(files[0]["body"])
                 await self.put_file(loc, None)
                 return self.redirect_done("admin/workspaces", "public-saved", loc.workspace_path)
             if action == "delete":

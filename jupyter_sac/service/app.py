@@ -39,7 +39,7 @@ from . import (
 )
 from .access_audit import AccessAudit
 from .agents import AgentActionHandler, AgentHandler, AgentsHandler, AgentUsageHandler
-from .base import NotFoundHandler
+from .base import SERVER_BODY_BYTES, NotFoundHandler
 from .forwarded import LOOPBACK, ForwardedApplication, TrustedProxies
 from .llm_proxy import LlmProxyHandler
 from .openapi import OpenApiHandler
@@ -333,7 +333,9 @@ class SacService(Application):
             # Not xheaders=True: tornado would believe X-Real-Ip / X-Forwarded-For from
             # any client; ForwardedApplication believes only trusted_proxies.
             xheaders=False,
-            max_body_size=max(64 * 1024 * 1024, self.workspace_max_file_bytes),
+            # About the JSON limit for every body: uploads raise their own
+            # connection's limit once they know who is sending (base.StreamedBody).
+            max_body_size=SERVER_BODY_BYTES,
         )
         self.log.info(
             "sac service %s listening on http://%s:%s%s",

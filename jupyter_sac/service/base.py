@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from jupyterhub.services.auth import HubOAuthenticated
@@ -20,10 +21,72 @@ from .principals import (
     user_access,
 )
 
+# JSON bodies (every handler but the uploads) are limited to this.
 MAX_JSON_BYTES = 1024 * 1024
+# An upload over its limit (but within this many times it) is read to its end and
+# dropped, so that its 413 reaches the client: answering mid-upload means closing
+# the connection, and the hub's proxy then tells the client 503 instead.
+DRAIN_FACTOR = 2
+# The HTTP server's limit for every request body (app.py): tornado reads a
+# handler's whole body before the handler runs, so this is what anyone can make the
+# service hold. A JSON body a little too large is read and answered 413; a bigger
+# Content-Length is refused by tornado itself before any handler exists (a bare 400,
+# and the connection closed). Uploads stream their bodies (StreamedBody) and raise
+# their own connection's limit once they know who is sending.
+SERVER_BODY_BYTES = DRAIN_FACTOR * MAX_JSON_BYTES
 
 
-class BaseHandler(HubOAuthenticated, web.RequestHandler):
+class StreamedBody:
+    """The body of a ``@web.stream_request_body`` handler, taken as it arrives.
+
+    Such a handler settles who may send the body in ``prepare()`` (answering anyone
+    else at once, before the body is read) and only then calls ``accept_body``,
+    which raises this connection's limit from SERVER_BODY_BYTES to the handler's own
+    and hands each chunk to a sink (a list, a spooled file, a parser). A body that
+    is not accepted is dropped as it arrives; tornado closes the connection once
+    more than SERVER_BODY_BYTES of it have come."""
+
+    request: Any  # the handler's request (tornado.web.RequestHandler)
+    body_size = 0
+    _body_limit = MAX_JSON_BYTES
+    _body_sink: Callable[[bytes], None] | None = None
+
+    def accept_body(self, limit: int, sink: Callable[[bytes], None]) -> bool:
+        """Take a body of up to ``limit`` bytes into ``sink``; False when its
+        Content-Length says it is too large even to drain (answer 413 at once)."""
+        declared = self.request.headers.get("Content-Length", "")
+        self._body_limit = limit
+        if declared.isdigit() and int(declared) > DRAIN_FACTOR * limit:
+            return False
+        self.request.connection.set_max_body_size(DRAIN_FACTOR * limit)
+        if not (declared.isdigit() and int(declared) > limit):
+            self._body_sink = sink
+        return True
+
+    def data_received(self, chunk: bytes) -> None:
+        self.body_size += len(chunk)
+        if self.body_size > self._body_limit:
+            self._body_sink = None  # too large: the rest is dropped, the answer is 413
+        elif self._body_sink is not None:
+            self._body_sink(chunk)
+
+    @property
+    def body_too_large(self) -> bool:
+        return self.body_size > self._body_limit
+
+    def finish(self, chunk: Any = None) -> Any:
+        # Answered before the body was read (in prepare()): tornado then closes the
+        # connection once it has read what the limit allows, without saying so. Say
+        # it, or the hub's proxy sends its next request on that connection and
+        # answers 503 when it is gone. (tornado sets _body_future on the requests of
+        # streaming handlers and resolves it once the body is in.)
+        body = getattr(self.request, "_body_future", None)
+        if body is not None and not body.done():
+            self.set_header("Connection", "close")  # type: ignore[attr-defined]
+        return super().finish(chunk)  # type: ignore[misc]
+
+
+class BaseHandler(StreamedBody, HubOAuthenticated, web.RequestHandler):
     """Thin handlers: parse, authorise, call the store, serialise."""
 
     @property
@@ -40,19 +103,18 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Content-Type-Options", "nosniff")
 
-    # The largest request body a handler takes (JSON bodies; a page taking file
-    # uploads sets its own).
-    max_body_bytes = MAX_JSON_BYTES
-
     async def prepare(self) -> None:
-        self.check_declared_length()
+        self.check_json_length()
         await self.authenticate()
 
-    def check_declared_length(self) -> None:
-        length = self.request.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) > self.max_body_bytes:
+    def check_json_length(self) -> None:
+        # JSON bodies (the server reads up to SERVER_BODY_BYTES, so that a body a
+        # little too large is answered here); uploads take theirs in prepare().
+        length = self.request.headers.get("Content-Length", "")
+        declared = int(length) if length.isdigit() else 0
+        if max(declared, len(self.request.body)) > MAX_JSON_BYTES:
             raise ApiError(
-                413, "too_large", f"request bodies are limited to {self.max_body_bytes} bytes"
+                413, "too_large", f"request bodies are limited to {MAX_JSON_BYTES} bytes"
             )
 
     # ---- identity ---------------------------------------------------------------

@@ -13,6 +13,8 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+from tornado import web
+
 from ..runtimes.transcript import prompt_text, readable_text
 from ..store.history import EventFilter, EventKey, IngestBatch, IngestEvent
 from . import metrics
@@ -266,22 +268,27 @@ class HistoryBaseHandler(BaseHandler):
                          csv_row)  # fmt: skip
 
 
+@web.stream_request_body
 class IngestHandler(HistoryBaseHandler):
-    """POST api/history/ingest (agent token): a batch of transcript entries."""
+    """POST api/history/ingest (agent token): a batch of transcript entries, up to
+    16 MiB (more than the JSON limit), taken only from an agent's own token."""
 
     async def prepare(self) -> None:
         await self.authenticate()
-        # Replaces BaseHandler's 1 MiB limit: a batch may be up to 16 MiB.
-        length = self.request.headers.get("Content-Length")
-        too_long = length is not None and length.isdigit() and int(length) > MAX_INGEST_BYTES
-        if too_long or len(self.request.body) > MAX_INGEST_BYTES:
-            raise ApiError(413, "too_large", f"batches are limited to {MAX_INGEST_BYTES} bytes")
+        self._agent = await self.require_agent()
+        self._chunks: list[bytes] = []
+        if not self.accept_body(MAX_INGEST_BYTES, self._chunks.append):
+            raise _batch_too_large()
 
     async def post(self) -> None:
-        agent = await self.require_agent()
-        if not self.request.body:
+        agent = self._agent
+        if self.body_too_large:
+            raise _batch_too_large()
+        body = b"".join(self._chunks)
+        self._chunks.clear()
+        if not body:
             raise ApiError(400, "invalid_json", "a JSON object body is required")
-        batch = parse_batch(self.request.body)
+        batch = parse_batch(body)
         stored = await self.sac.store.history.ingest(agent.id, agent.owner, agent.slug, batch)
         metrics.HISTORY_EVENTS.inc(stored)
         self.write_json({"received": len(batch.events), "stored": stored})
@@ -290,6 +297,10 @@ class IngestHandler(HistoryBaseHandler):
         status = self.get_status()
         if status == 200 or (400 <= status < 500 and status not in (401, 403)):
             metrics.HISTORY_BATCHES.labels("stored" if status == 200 else "rejected").inc()
+
+
+def _batch_too_large() -> ApiError:
+    return ApiError(413, "too_large", f"batches are limited to {MAX_INGEST_BYTES} bytes")
 
 
 def session_model(row: dict[str, Any]) -> dict[str, Any]:

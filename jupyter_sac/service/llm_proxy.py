@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +26,7 @@ from ..budgets import refusal as budget_refusal
 from ..providers import ProviderError, auth_headers, upstream_base_url
 from ..store.usage import USAGE_FIELDS, UsageDelta
 from . import metrics
+from .base import StreamedBody
 
 log = logging.getLogger("jupyter_sac.llm_proxy")
 
@@ -140,8 +142,13 @@ def anthropic_error(status: int, kind: str, message: str) -> tuple[int, bytes]:
     ).encode()
 
 
-class LlmProxyHandler(web.RequestHandler):
-    """POST <prefix>llm/v1/messages[...]: authenticated by the per-agent token."""
+@web.stream_request_body
+class LlmProxyHandler(StreamedBody, web.RequestHandler):
+    """POST <prefix>llm/v1/messages[...]: authenticated by the per-agent token.
+
+    Request bodies may be tens of MiB (images, documents): the body is streamed, and
+    taken only once the path and the token are good, so nobody else can make the
+    service hold more than SERVER_BODY_BYTES."""
 
     @property
     def sac(self):
@@ -178,7 +185,9 @@ class LlmProxyHandler(web.RequestHandler):
         user_limit = int(resolved["user_monthly_tokens"])
         if not agent_limit and not user_limit:
             return None, None
-        body = self.request.body
+        # The body arrived in chunks (streamed); the estimate reads it whole, once,
+        # and only when a budget is set.
+        body = b"".join(self._chunks)
         if len(body) > PARSE_INLINE_BYTES:
             tokens = await asyncio.to_thread(reservation_tokens, body)
         else:
@@ -221,23 +230,29 @@ class LlmProxyHandler(web.RequestHandler):
         if started is not None:
             metrics.observe_proxy(self._provider, self.get_status(), started, self._usage)
 
-    async def post(self, path: str) -> None:
+    async def prepare(self) -> None:
         self._started, self._provider, self._usage = time.monotonic(), "unknown", None
-        if path not in ALLOWED_PATHS:
-            return self._fail(404, "not_found_error", f"/{path} is not proxied")
-        if len(self.request.body) > MAX_REQUEST_BYTES:
-            return self._fail(413, "request_too_large", "request body too large")
+        if self.request.method != "POST":
+            return  # 405 from tornado, without reading a body
+        if self.path_args[0] not in ALLOWED_PATHS:
+            return self._fail(404, "not_found_error", f"/{self.path_args[0]} is not proxied")
         token = self._token()
-        store = self.sac.store
-        agent = await store.tokens.agent(token) if token else None
-        if agent is not None:
-            self._provider = agent.provider
+        agent = await self.sac.store.tokens.agent(token) if token else None
         if agent is None:
             return self._fail(
                 401,
                 "authentication_error",
                 "invalid agent token: restart the agent to get a new one",
             )
+        self._agent, self._provider = agent, agent.provider
+        self._chunks: list[bytes] = []
+        if not self.accept_body(MAX_REQUEST_BYTES, self._chunks.append):
+            return self._fail(413, "request_too_large", "request body too large")
+
+    async def post(self, path: str) -> None:
+        if self.body_too_large:
+            return self._fail(413, "request_too_large", "request body too large")
+        agent, store = self._agent, self.sac.store
         try:
             key = (
                 self.sac.keybox.decrypt(agent.encrypted_key)
@@ -263,6 +278,15 @@ class LlmProxyHandler(web.RequestHandler):
         url = f"{base}/{path}"
         if self.request.query:
             url += "?" + self.request.query
+        # The body goes upstream as it was received, without joining it into one
+        # more copy of up to 32 MiB.
+        chunks = self._chunks
+        headers["Content-Length"] = str(self.body_size)
+
+        async def body() -> AsyncIterator[bytes]:
+            for chunk in chunks:
+                yield chunk
+
         reservation: int | None = None
         if path == "v1/messages":
             reservation, refused = await self._reserve(agent)
@@ -282,7 +306,7 @@ class LlmProxyHandler(web.RequestHandler):
         meter: UsageMeter | None = None
         try:
             async with self.sac.upstream.stream(
-                "POST", url, content=self.request.body, headers=headers
+                "POST", url, content=body(), headers=headers
             ) as resp:
                 self.set_status(resp.status_code)
                 for name, value in resp.headers.items():

@@ -55,10 +55,6 @@ MAX_PAGE = 200
 
 
 BUNDLE_PREFIX = "skill-bundles/"
-# The most of an over-large upload read (and dropped) to answer it with a 413.
-DRAIN_BYTES = 2 * MAX_BUNDLE_BYTES
-# The most of an upload read (and dropped) to answer a caller who may not make it.
-REFUSED_DRAIN_BYTES = 1024 * 1024
 
 
 def bundle_key(sha256: str) -> str:
@@ -578,37 +574,17 @@ class BundleHandler(SkillBaseHandler):
 
     async def prepare(self) -> None:
         if self.request.method != "PUT":
-            await super().prepare()  # the JSON body limit; an upload has its own below
-        else:
-            await self.authenticate()
-            await self.settle_viewer()
+            return await super().prepare()
+        # Who may upload is settled before the body is read: a caller who may not
+        # change the skill is answered 401/403/404 at once, and the service reads
+        # (and drops) at most SERVER_BODY_BYTES of what they send.
+        await self.authenticate()
+        await self.settle_viewer()
+        self._row = await self.editable(self.path_args[0])
+        self.require_author((self._row["visibility"], self._row["group_name"]), self._row)
         self._chunks: list[bytes] = []
-        self._received = 0
-        self._refused: ApiError | None = None
-        if self.request.method == "PUT":
-            # Who may upload is settled before the body is read: a caller who may not
-            # change the skill gets its 401/403/404 after at most REFUSED_DRAIN_BYTES
-            # are read and dropped, not after the service has taken in 50 MiB.
-            try:
-                self._row = await self.editable(self.path_args[0])
-                self.require_author((self._row["visibility"], self._row["group_name"]), self._row)
-            except ApiError as e:
-                self._refused = e
-                self.request.connection.set_max_body_size(REFUSED_DRAIN_BYTES)
-                return
-            # An upload somewhat over the limit is read to its end (and dropped) so
-            # that put() can answer 413: answering before the body is in means
-            # closing the connection mid-upload, and the hub's proxy then tells the
-            # client 503. Beyond DRAIN_BYTES the connection is cut all the same.
-            declared = self.request.headers.get("Content-Length", "")
-            if declared.isdigit() and int(declared) > DRAIN_BYTES:
-                raise ApiError(413, "too_large", f"bundles are limited to {MAX_BUNDLE_BYTES} bytes")
-            self.request.connection.set_max_body_size(DRAIN_BYTES)
-
-    def data_received(self, chunk: bytes) -> None:
-        self._received += len(chunk)
-        if self._refused is None and self._received <= MAX_BUNDLE_BYTES:
-            self._chunks.append(chunk)
+        if not self.accept_body(MAX_BUNDLE_BYTES, self._chunks.append):
+            raise _bundle_too_large()
 
     async def get(self, skill_id: str) -> None:
         row = await self.readable(skill_id)
@@ -618,12 +594,11 @@ class BundleHandler(SkillBaseHandler):
         await stream_object(self, bundle_key(row["bundle_sha256"]), name)
 
     async def put(self, skill_id: str) -> None:
-        if self._refused is not None:
-            raise self._refused
         row = self._row
-        if self._received > MAX_BUNDLE_BYTES:
-            raise ApiError(413, "too_large", f"bundles are limited to {MAX_BUNDLE_BYTES} bytes")
+        if self.body_too_large:
+            raise _bundle_too_large()
         data = b"".join(self._chunks)
+        self._chunks.clear()
         if not data:
             raise bad("bundle", "the request body must be a tar, tar.gz or zip archive")
         try:
@@ -666,6 +641,10 @@ class BundleHandler(SkillBaseHandler):
             await drop_bundle(self.sac, bundle.sha256)
             raise ApiError(404, "not_found", "no such skill")
         self.write_json(skill_model(updated))
+
+
+def _bundle_too_large() -> ApiError:
+    return ApiError(413, "too_large", f"bundles are limited to {MAX_BUNDLE_BYTES} bytes")
 
 
 async def stream_object(handler: BaseHandler, key: str, filename: str) -> None:

@@ -102,30 +102,23 @@ class WorkspaceBase(BaseHandler):
     # ---- uploads: the body is streamed to a spooled file while it is hashed -------
 
     def begin_upload(self) -> None:
-        limit = self.sac.workspace_max_file_bytes
-        declared = self.request.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, "too_large", f"workspace files are limited to {limit} bytes")
-        self.request.connection.set_max_body_size(limit)
-        self._start_spool()
+        """Take the request body as the upload; call once the caller may write."""
+        self.start_spool()
+        if not self.accept_body(self.sac.workspace_max_file_bytes, self.spool_write):
+            raise self.file_too_large()
 
-    def spool_bytes(self, data: bytes) -> None:
-        """Take ``data`` as the upload (a file from a form, not a streamed body)."""
+    def file_too_large(self) -> ApiError:
         limit = self.sac.workspace_max_file_bytes
-        if len(data) > limit:
-            raise ApiError(413, "too_large", f"workspace files are limited to {limit} bytes")
-        self._start_spool()
-        self.data_received(data)
+        return ApiError(413, "too_large", f"workspace files are limited to {limit} bytes")
 
-    def _start_spool(self) -> None:
+    def start_spool(self) -> None:
         # Closed in on_finish (a handler's body outlives any with-block here).
         self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115
         self._hash = hashlib.sha256()
         self._size = 0
 
-    def data_received(self, chunk: bytes) -> None:
-        if getattr(self, "_spool", None) is None:
-            return
+    def spool_write(self, chunk: bytes) -> None:
+        """Another piece of the upload (from the body, or a form's file part)."""
         self._spool.write(chunk)
         self._hash.update(chunk)
         self._size += len(chunk)
@@ -147,6 +140,8 @@ class WorkspaceBase(BaseHandler):
         ``agent``: the agent whose space it is; ``sandbox``: sent by a sandbox."""
         if loc.area == "public" and sandbox:
             raise ApiError(403, "forbidden", "the public workspace is read-only for agents")
+        if self.body_too_large:
+            raise self.file_too_large()
         base = _base_version(self.request.headers.get("X-Sac-Base-Version"))
         mtime = _mtime(self.request.headers.get("X-Sac-Mtime"))
         sha, size = self._hash.hexdigest(), self._size
@@ -420,19 +415,21 @@ class AgentFileHandler(AgentWorkspaceBase):
     """GET, PUT, DELETE api/agent/workspace/files/<workspace path>."""
 
     async def prepare(self) -> None:
-        if self.request.method == "PUT":
-            await self.authenticate()
-            await self.require_agent()
-            self.begin_upload()
-        else:
-            await super().prepare()
+        if self.request.method != "PUT":
+            return await super().prepare()
+        # The agent's token and the path are checked before the body is read.
+        await self.authenticate()
+        self._target = await self.agent_location(self.path_args[0])
+        if self._target[1].area == "public":
+            raise ApiError(403, "forbidden", "the public workspace is read-only for agents")
+        self.begin_upload()
 
     async def get(self, raw: str) -> None:
         _, loc = await self.agent_location(raw)
         await self.send_file(loc)
 
     async def put(self, raw: str) -> None:
-        agent, loc = await self.agent_location(raw)
+        agent, loc = self._target
         row = await self.store_upload(loc, f"{agent.owner}/{agent.slug}", agent, sandbox=True)
         self.write_json(file_model(row, loc.workspace_path))
 
@@ -542,14 +539,13 @@ class UserFileHandler(UserWorkspaceBase):
         return None, None, args[0]
 
     async def prepare(self) -> None:
-        if self.request.method == "PUT":
-            await self.authenticate()
-            name, slug, _ = self._split(self.path_args)
-            # Who may write is settled before the body is read.
-            await self.space_of(self.kind, name, slug, write=True)
-            self.begin_upload()
-        else:
-            await super().prepare()
+        if self.request.method != "PUT":
+            return await super().prepare()
+        await self.authenticate()
+        name, slug, _ = self._split(tuple(self.path_args))
+        # Who may write is settled before the body is read.
+        await self.space_of(self.kind, name, slug, write=True)
+        self.begin_upload()
 
     async def get(self, *args: str) -> None:
         name, slug, raw = self._split(args)
