@@ -175,7 +175,11 @@ INSIDE = r"""
 import json
 from jupyter_sac.client import Client, Forbidden
 c = Client()
-out = {"user": c.whoami(), "agents": sorted(a["slug"] for a in c.agents())}
+out = {"user": c.whoami(), "agents": sorted(a["slug"] for a in c.agents()),
+       "service": c.aio.service_url}
+# Another agent's server, on the user's own host (the sandbox's /etc/hosts names
+# it): a chat turn over HTTP and its events over a websocket.
+out["answer"] = c.agent("driven").ask("from a notebook").text
 for rid in __IDS__:
     try:
         c.approve(rid)
@@ -187,9 +191,10 @@ print("RESULT" + json.dumps(out))
 
 
 def test_inside_a_sandbox_it_finds_the_hub_and_cannot_approve_itself(
-    driven: dict[str, Any], stack: dict
+    driven: dict[str, Any], stack: dict, fake: str
 ) -> None:
     user, hub = driven["user"], driven["hub"]
+    script_model(fake, "Answered inside.")
     with running_agent(stack["admin"], user, "notebook", api_key="sk-unused-key"):
         ids = {}
         for slug in ("notebook", "driven"):
@@ -197,7 +202,7 @@ def test_inside_a_sandbox_it_finds_the_hub_and_cannot_approve_itself(
                 run_in_terminal(stack["url"], hub.token, user, slug, "echo $SAC_AGENT_TOKEN")
             )
             filed = httpx.post(
-                stack["url"] + "services/sac/api/hitl/requests",
+                stack["service_url"] + "api/hitl/requests",
                 headers={"Authorization": f"Bearer {token}"},
                 json={"kind": "tool", "tool": "Bash", "input": {"command": f"ls {slug}"}},
             )
@@ -212,6 +217,8 @@ def test_inside_a_sandbox_it_finds_the_hub_and_cannot_approve_itself(
         )  # fmt: skip
         result = json.loads(out[out.index("RESULT") + len("RESULT") :].splitlines()[0])
         assert result["user"] == user and result["agents"] == ["driven", "notebook"]
+        assert result["service"] == stack["service_url"]
+        assert result["answer"] == "Answered inside."
         # The sandbox's own requests are for a human elsewhere; another agent's are fine.
         assert result[ids["notebook"]].startswith("forbidden: a request cannot be decided")
         assert result[ids["driven"]] == "approved"

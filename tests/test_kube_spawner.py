@@ -188,7 +188,7 @@ def test_agent_lifecycle_as_a_pod(kube: KubeStack) -> None:
     assert any("Started container notebook" in m for m in messages), messages
 
     # The agent's server answers through the hub's proxy, from inside its pod.
-    resp = client.client.get(f"user/{user}/lab/sac/api/status")
+    resp = client.agent(user, "lab", "GET", "sac/api/status")
     assert resp.status_code == 200, resp.text
     status = resp.json()
     assert status["agent"]["user"] == user
@@ -300,7 +300,7 @@ def test_hub_restart_reattaches_to_running_agent(kube: KubeStack) -> None:
     # The restarted hub loaded the saved state and found the same pod running.
     server = client.server(user, "steady")
     assert server and server["ready"], server
-    resp = client.client.get(f"user/{user}/steady/sac/api/status")
+    resp = client.agent(user, "steady", "GET", "sac/api/status")
     assert resp.status_code == 200, resp.text
     (after,) = kube.kube.list("pods", f"sac.jupyter.org/user={user}")
     assert after["metadata"]["uid"] == pod["metadata"]["uid"]

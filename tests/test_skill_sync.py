@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import HubApi, agent_home, allow_all, model_agent, running_agent, tar_gz
+from helpers import HubApi, agent_home, allow_all, model_agent, running_agent, server_url, tar_gz
 
 from jupyter_sac.testing.stack import poll_until
 
@@ -52,7 +52,7 @@ class Agent:
     """The agent's own API (the extension), as the sidebar uses it."""
 
     def __init__(self, stack: dict, client: HubApi, user: str, slug: str):
-        self.base = f"{stack['url']}user/{user}/{slug}/sac/api/"
+        self.base = server_url(stack["url"], user, slug) + "sac/api/"
         self.http = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=60)
 
     def sync(self) -> httpx.Response:

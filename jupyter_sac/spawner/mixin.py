@@ -109,6 +109,27 @@ class AgentSpawnerMixin(LoggingConfigurable):
     def _default_hub_public_url(self) -> str:
         return os.environ.get("SAC_HUB_URL", "")
 
+    sac_service_public_url = Unicode(
+        help="""The `sac` service's public URL, where browsers find it (with subdomains
+        its own host: http://sac--service.localhost:8000/services/sac/). Sandboxes get
+        it as $SAC_SERVICE_PUBLIC_URL: the JupyterLab sidebar opens service pages
+        there and jupyter_sac.client calls the service API there. Default:
+        $SAC_SERVICE_PUBLIC_URL.""",
+    ).tag(config=True)
+
+    @default("sac_service_public_url")
+    def _default_sac_service_public_url(self) -> str:
+        return os.environ.get("SAC_SERVICE_PUBLIC_URL", "")
+
+    sandbox_proxy_url = Unicode(
+        "",
+        help="""Where a sandbox connects for public URLs (the hub, the service, agents)
+        when it cannot resolve their names, e.g. the proxy's Service in a cluster
+        without wildcard DNS: requests go there with the public host in their Host
+        header, so the proxy's host routing still applies ($SAC_PROXY_URL in the
+        sandbox, read by jupyter_sac.client). Empty: connect to the public URLs.""",
+    ).tag(config=True)
+
     agent_environment = Dict(
         help="Extra environment variables for every sandbox (never put secrets here).",
     ).tag(config=True)
@@ -201,6 +222,7 @@ class AgentSpawnerMixin(LoggingConfigurable):
             "SAC_AGENT_PROVIDER": ctx.agent.provider,
             "SAC_RUNTIME": ctx.agent.runtime,
             "SAC_SERVICE_URL": self.sac_service_url,
+            "SAC_SERVICE_PUBLIC_URL": self.sac_service_public_url,
             "SAC_HUB_URL": self.hub_public_url,
             # The same per-agent token authenticates history ingest and HITL filing.
             "SAC_AGENT_TOKEN": ctx.token,
@@ -209,6 +231,8 @@ class AgentSpawnerMixin(LoggingConfigurable):
             # The sandbox *is* the isolation boundary (claude checks this for bypassPermissions).
             "IS_SANDBOX": "1",
         }
+        if self.sandbox_proxy_url:
+            env["SAC_PROXY_URL"] = self.sandbox_proxy_url
         for key, value in self.agent_environment.items():
             if not key.startswith(FORBIDDEN_ENV_PREFIXES):
                 env[key] = str(value)

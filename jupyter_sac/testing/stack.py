@@ -16,6 +16,7 @@ from typing import TypeVar
 import httpx
 
 from ..stack import free_port
+from ..urls import PublicUrls, via_proxy
 
 T = TypeVar("T")
 
@@ -51,11 +52,29 @@ def stop_process(proc: subprocess.Popen, timeout: float = 90) -> None:
 
 @dataclass
 class RunningStack:
-    url: str
+    url: str  # the hub's public URL (http://localhost:<port>/); its pages under hub/
     admin_token: str
     data_dir: Path
     log_path: Path
     proc: subprocess.Popen
+    public: PublicUrls  # the service's and users' hosts (subdomains, as `sac up` has them)
+    proxy_url: str  # the proxy's own address (http://127.0.0.1:<port>/)
+
+    @property
+    def service_url(self) -> str:
+        """The `sac` service's public URL (http://sac--service.localhost:<port>/services/sac/)."""
+        return self.public.service()
+
+    def server_url(self, user: str, server: str) -> str:
+        """A user's named server's public URL, on the user's host."""
+        return self.public.server(user, server)
+
+
+def proxied(url: str, proxy_url: str) -> tuple[str, dict[str, str]]:
+    """(URL, headers) reaching a public URL through the proxy's own address, for
+    processes that do not resolve *.localhost (Python does not)."""
+    target, host = via_proxy(url, proxy_url)
+    return target, ({"Host": host} if host else {})
 
 
 @contextmanager
@@ -82,7 +101,9 @@ def embedded_stack(
     if extra_config is not None:
         env["SAC_EXTRA_CONFIG"] = str(extra_config)
     port = port or free_port()
-    url = f"http://127.0.0.1:{port}/"
+    public = PublicUrls(f"http://localhost:{port}")
+    url = public.hub
+    proxy_url = f"http://127.0.0.1:{port}/"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "jupyter_sac.cli", "up", "--port", str(port),
@@ -104,10 +125,11 @@ def embedded_stack(
         resp.raise_for_status()
         token = resp.json()["token"]
         headers = {"Authorization": f"token {token}"}
-        # The service starts beside the hub: wait for it too.
-        poll_until(lambda: http_status(url + "services/sac/api/agents", headers=headers) == 200,
+        # The service starts beside the hub, on its own host: wait for it too.
+        agents, host = proxied(public.service() + "api/agents", proxy_url)
+        poll_until(lambda: http_status(agents, headers={**headers, **host}) == 200,
                    60, "the sac service", interval=0.2)  # fmt: skip
-        yield RunningStack(url, token, data_dir, log_path, proc)
+        yield RunningStack(url, token, data_dir, log_path, proc, public, proxy_url)
     finally:
         stop_process(proc)
 
