@@ -61,6 +61,8 @@ export interface IAgentRef {
   user: string;
   slug: string;
   hubPrefix: string;
+  /** The hub's origin with subdomains (`http://localhost:8000`), else empty. */
+  hubHost: string;
   service: string;
 }
 
@@ -70,6 +72,7 @@ export function currentAgent(): IAgentRef {
     user: PageConfig.getOption('hubUser'),
     slug: PageConfig.getOption('hubServerName'),
     hubPrefix,
+    hubHost: PageConfig.getOption('hubHost') || '',
     service: serviceBase(hubPrefix)
   };
 }

@@ -157,7 +157,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
         Notification.info(trans.__('%1 is restarting.', agent.slug), { autoClose: 5000 });
         // This page belongs to the server that just stopped (its login too): go by
         // the hub's spawn page, which shows the start and then reopens JupyterLab.
-        window.location.assign(agentOpenUrl(agent.hubPrefix, agent.user, agent.slug));
+        window.location.assign(agentOpenUrl(agent.hubHost, agent.hubPrefix, agent.user, agent.slug));
       }
     });
 
