@@ -45,6 +45,8 @@ c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
 c.KubeAgentSpawner.namespace = {NAMESPACE!r}
 c.KubeAgentSpawner.image = {IMAGE!r}
 c.KubeAgentSpawner.workspace_storage = "pvc"
+# The test "image" is this checkout's venv: its Python's prefix holds the extensions.
+c.KubeAgentSpawner.sandbox_python_prefix = {sys.prefix!r}
 
 
 def choose_image(spawner):

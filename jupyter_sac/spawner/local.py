@@ -24,7 +24,7 @@ import jupyter_sac
 from ..runtimes.claude import claude_binary
 from ..urls import PublicUrls
 from .limits import AppliedLimits, apply_limits, release
-from .mixin import AgentContext, AgentSpawnerMixin, AgentSpawnError
+from .mixin import AgentContext, AgentSpawnerMixin, AgentSpawnError, locked_jupyter_env
 from .sandbox import (
     SANDBOX_HOME,
     SANDBOX_WORKSPACE,
@@ -227,7 +227,8 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         # A non-login shell: login shells reset PATH from /etc/profile, losing the
         # sandbox's tools (this Python, the pinned claude CLI).
         args.append('--ServerApp.terminado_settings={"shell_command": ["/bin/bash"]}')
-        return [*args, *self.sac_server_args()]
+        home = getattr(self, "_home", SANDBOX_HOME)
+        return [*args, *self.sac_server_args(sys.prefix, home)]
 
     def user_env(self, env: dict[str, str]) -> dict[str, str]:
         env["USER"] = self.user.name
@@ -256,8 +257,12 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         else:
             home, workspace = str(layout.home), str(layout.workspace)
         self.notebook_dir = workspace
+        self._home = home
         env = self.scrub_env(self.get_env())
         env.update(self.agent_env(ctx))
+        # JupyterLab's extensions and the server's config only from this Python's
+        # installation, which every sandbox mounts read-only.
+        env.update(locked_jupyter_env(sys.prefix, home))
         env["HOME"] = home
         env["SAC_WORKSPACE"] = workspace
         env["CLAUDE_CONFIG_DIR"] = f"{home}/.claude"

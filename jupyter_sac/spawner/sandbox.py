@@ -222,6 +222,9 @@ class Sandbox:
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL")}
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         env["PYTHONDONTWRITEBYTECODE"] = "1"
+        # Python decides at start whether ~/.local is on its paths: never, in a
+        # sandbox (the agent could put modules, or Jupyter data, there).
+        env["PYTHONNOUSERSITE"] = "1"
         # The launcher writes "ready" to this inherited pipe once its imports are done.
         env["SAC_READY_FD"] = str(write_fd)
         # Every confined sandbox sees the same paths, so anything cached at import
