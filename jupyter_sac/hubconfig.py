@@ -308,13 +308,26 @@ def configure_kubernetes(
     c.JupyterHub.cleanup_servers = False
     c.KubeAgentSpawner.credential_proxy_url = f"{service_url}/services/{SERVICE_NAME}/llm"
     c.KubeAgentSpawner.sac_service_url = f"{service_url}/services/{SERVICE_NAME}/"
-    c.KubeAgentSpawner.hub_public_url = proxy_url
     c.KubeAgentSpawner.sac_service_ports = [service_port]
+    # hub.config (JupyterHub.subdomain_host above all) is applied before extraConfig.
+    public = public_urls(c)
+    # Where the JupyterLab sidebar finds the service's pages (a path on the hub's
+    # origin without subdomains, which clients resolve against $SAC_HUB_URL).
+    c.KubeAgentSpawner.sac_service_public_url = public.service()
+    if public.subdomains:
+        # Notebooks in a pod use the public names (the hub's, the service's, each
+        # user's host) but connect to the proxy's in-cluster Service, with the
+        # public host in the Host header for CHP's host routing: no wildcard DNS
+        # or ingress egress needed from pods.
+        c.KubeAgentSpawner.hub_public_url = public.hub
+        c.KubeAgentSpawner.sandbox_proxy_url = proxy_url
+    else:
+        c.KubeAgentSpawner.hub_public_url = proxy_url
     # The service's own config file must set c.SacService.ip = "0.0.0.0": its URL
     # names the Service, which is not an address of the hub's pod.
     environment = {k: os.environ[k] for k in KUBERNETES_SERVICE_ENV if k in os.environ}
     # The idle culler asks agents whether they are busy through the proxy.
-    environment["SAC_HUB_URL"] = proxy_url
+    environment["SAC_PROXY_URL"] = proxy_url
     register_service(
         c,
         service_url,
