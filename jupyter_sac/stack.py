@@ -90,6 +90,9 @@ class Stack:
     database_url: str | None = None
     quiet: bool = False
     hub: subprocess.Popen[bytes] | None = None
+    # Set by `run`'s SIGTERM handler: its KeyboardInterrupt can be swallowed where
+    # Python ignores exceptions (e.g. an import lock's callback), so wait() checks.
+    stop_requested: bool = False
     pg: object | None = None
     started: list[str] = field(default_factory=list)
 
@@ -171,6 +174,9 @@ class Stack:
                 "SAC_CHP_COMMAND": chp,
             }
         )
+        # Where things are, worked out now (it imports jupyterhub.utils): once the hub
+        # runs, a stop may come at any moment.
+        where = self._where()
         self.say(f"JupyterHub: starting with {config}")
         self.hub = subprocess.Popen(
             [sys.executable, "-m", "jupyterhub", "-f", str(config)],
@@ -192,17 +198,22 @@ class Stack:
             )
         elif not explicit_password:
             self.say(f"Admin password: in {secrets_dir / 'admin-password'}")
-        if self.subdomains:
-            self.say(f"Hub: {self.url}hub/")
-            self.say(f"Agents: {self.public.hub.replace('//', '//<user>.', 1)}user/<user>/<agent>/")
-            self.say(f"SAC service: {self.public.service()}")
-        else:
-            self.say(
+        for line in where:
+            self.say(line)
+        self.say(f"Open {self.url}  (Ctrl-C stops everything)")
+
+    def _where(self) -> list[str]:
+        if not self.subdomains:
+            return [
                 "WARNING: subdomains are off (--no-subdomains): agents' pages share the"
                 " hub's origin, so script a model writes into a sandbox runs with the"
                 " hub's and the service's authority in the browser of whoever opens it."
-            )
-        self.say(f"Open {self.url}  (Ctrl-C stops everything)")
+            ]
+        return [
+            f"Hub: {self.url}hub/",
+            f"Agents: {self.public.hub.replace('//', '//<user>.', 1)}user/<user>/<agent>/",
+            f"SAC service: {self.public.service()}",
+        ]
 
     def _hub_version(self) -> str:
         import jupyterhub
@@ -231,7 +242,13 @@ class Stack:
 
     def wait(self) -> int:
         assert self.hub is not None
-        return self.hub.wait()
+        while True:
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            try:
+                return self.hub.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                continue
 
     def stop(self) -> None:
         if self.hub is not None and self.hub.poll() is None:
@@ -282,6 +299,7 @@ def kill_orphans(grace: float = 5) -> None:
 
 def run(stack: Stack) -> int:
     def on_signal(signum: int, frame: object) -> None:
+        stack.stop_requested = True
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
