@@ -38,7 +38,11 @@ import httpx
 import psycopg
 
 from jupyter_sac.store import Store
+from jupyter_sac.testing.resolve import resolve_localhost
 from jupyter_sac.testing.stack import embedded_stack, find_descendant
+
+# The stack serves the hub, the service and each user on *.localhost hosts.
+resolve_localhost()
 
 PASSWORD = "bench-admin-password"
 # Bulk rows (read and exported) from T0 on, one per millisecond; ingested rows
@@ -172,7 +176,7 @@ def run(events: int, ingest_events: int, export_events: int, queries: int, round
         tempfile.TemporaryDirectory(prefix="sac-bench-") as tmp,
         embedded_stack(Path(tmp), PASSWORD) as stack,
     ):
-        base = stack.url + "services/sac/api/"
+        base = stack.service_url + "api/"
         headers = {"Authorization": f"token {stack.admin_token}"}
         api = httpx.Client(base_url=base, headers=headers, timeout=600)
         assert api.post("agents", json={"slug": "bench"}).status_code == 201

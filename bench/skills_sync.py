@@ -40,7 +40,11 @@ from jupyter_sac.server_extension.hitl import ServiceClient
 from jupyter_sac.server_extension.skills_sync import SkillSync, entry_spec
 from jupyter_sac.skills import read_bundle, skill_markdown
 from jupyter_sac.store import Store
+from jupyter_sac.testing.resolve import resolve_localhost
 from jupyter_sac.testing.stack import embedded_stack
+
+# The stack serves the hub, the service and each user on *.localhost hosts.
+resolve_localhost()
 
 PASSWORD = "bench-admin-password"
 BODY = (
@@ -142,7 +146,7 @@ def run(installed: int, catalogue: int, queries: int, rounds: int) -> None:
         embedded_stack(Path(tmp), PASSWORD) as stack,
     ):
         root = Path(tmp)
-        base = stack.url + "services/sac/api/"
+        base = stack.service_url + "api/"
         headers = {"Authorization": f"token {stack.admin_token}"}
         api = httpx.Client(base_url=base, headers=headers, timeout=600)
         assert api.post("agents", json={"slug": "bench"}).status_code == 201

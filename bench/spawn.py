@@ -24,7 +24,11 @@ from pathlib import Path
 
 import httpx
 
-from jupyter_sac.testing.stack import embedded_stack, poll_until
+from jupyter_sac.testing.resolve import resolve_localhost
+from jupyter_sac.testing.stack import RunningStack, embedded_stack, poll_until
+
+# The stack serves the hub, the service and each user on *.localhost hosts.
+resolve_localhost()
 
 PASSWORD = "bench-admin-password"
 STOCK_CONFIG = """
@@ -37,7 +41,9 @@ c.Spawner.default_url = "/lab"
 
 
 @contextmanager
-def stack_client(extra_config: str | None = None) -> Iterator[httpx.Client]:
+def stack_client(
+    extra_config: str | None = None,
+) -> Iterator[tuple[httpx.Client, RunningStack]]:
     """`sac up` on free ports (the same launcher the tests use); an admin client for it."""
     with tempfile.TemporaryDirectory(prefix="sac-bench-") as tmp:
         workdir = Path(tmp)
@@ -58,7 +64,7 @@ def stack_client(extra_config: str | None = None) -> Iterator[httpx.Client]:
                 headers={"Authorization": f"token {stack.admin_token}"},
             ) as client,
         ):
-            yield client
+            yield client, stack
 
 
 def wait_status(client: httpx.Client, path: str) -> None:
@@ -72,32 +78,33 @@ def wait_status(client: httpx.Client, path: str) -> None:
 
 def bench_agents(runs: int, interval: float) -> list[float]:
     times = []
-    with stack_client() as client:
+    with stack_client() as (client, stack):
         for i in range(runs):
             slug = f"bench{i}"
             t0 = time.perf_counter()
-            assert client.post("services/sac/api/agents", json={"slug": slug}).status_code == 201
+            sac = stack.service_url
+            assert client.post(sac + "api/agents", json={"slug": slug}).status_code == 201
             assert client.post(f"hub/api/users/admin/servers/{slug}").status_code in (
                 201,
                 202,
             )
-            wait_status(client, f"user/admin/{slug}/sac/api/status")
+            wait_status(client, stack.server_url("admin", slug) + "sac/api/status")
             times.append(time.perf_counter() - t0)
             print(f"  sac agent {i + 1}/{runs}: {times[-1]:.2f} s", flush=True)
-            assert client.delete(f"services/sac/api/users/admin/agents/{slug}").status_code == 204
+            assert client.delete(sac + f"api/users/admin/agents/{slug}").status_code == 204
             time.sleep(interval)
     return times
 
 
 def bench_stock(runs: int, interval: float) -> list[float]:
     times = []
-    with stack_client(STOCK_CONFIG) as client:
+    with stack_client(STOCK_CONFIG) as (client, stack):
         for i in range(runs):
             name = f"stock{i}"
             t0 = time.perf_counter()
             resp = client.post(f"hub/api/users/admin/servers/{name}")
             assert resp.status_code in (201, 202), resp.text
-            wait_status(client, f"user/admin/{name}/api/status")
+            wait_status(client, stack.server_url("admin", name) + "api/status")
             times.append(time.perf_counter() - t0)
             print(f"  stock server {i + 1}/{runs}: {times[-1]:.2f} s", flush=True)
             client.request("DELETE", f"hub/api/users/admin/servers/{name}", json={"remove": True})

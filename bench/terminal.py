@@ -30,7 +30,11 @@ from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from jupyter_sac.stack import free_port
+from jupyter_sac.testing.resolve import resolve_localhost
 from jupyter_sac.testing.stack import embedded_stack, http_status, poll_until, stop_process
+
+# The stack serves the hub, the service and each user on *.localhost hosts.
+resolve_localhost()
 
 PASSWORD = "bench-admin-password"
 
@@ -190,21 +194,23 @@ def run(keys: int, megabytes: int) -> None:
 
             headers = {"Authorization": f"token {stack.admin_token}"}
             api = httpx.Client(base_url=stack.url, headers=headers, timeout=120)
-            created = api.post("services/sac/api/agents", json={"slug": "bench"})
+            created = api.post(stack.service_url + "api/agents", json={"slug": "bench"})
             assert created.status_code == 201, created.text
             assert api.post("hub/api/users/admin/servers/bench").status_code in (201, 202)
+            server = stack.server_url("admin", "bench")
             poll_until(
-                lambda: api.get("user/admin/bench/sac/api/status").status_code == 200,
+                lambda: api.get(server + "sac/api/status").status_code == 200,
                 120,
                 "agent",
             )
-            name = api.post("user/admin/bench/api/terminals").json()["name"]
-            agent_ws = (
-                stack.url.replace("http", "ws", 1) + f"user/admin/bench/terminals/websocket/{name}"
-            )
+            name = api.post(server + "api/terminals").json()["name"]
+            agent_ws = server.replace("http", "ws", 1) + f"terminals/websocket/{name}"
             if os.environ.get("SAC_BENCH_DEBUG"):
                 # The same agent server without the proxy hop (its route's target).
-                target = api.get("hub/api/proxy").json()["/user/admin/bench/"]["target"]
+                routes = api.get("hub/api/proxy").json()
+                (target,) = [
+                    r["target"] for k, r in routes.items() if k.endswith("/user/admin/bench/")
+                ]
                 direct_ws = target.replace("http", "ws", 1) + (
                     f"/user/admin/bench/terminals/websocket/{name}"
                 )

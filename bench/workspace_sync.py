@@ -32,8 +32,12 @@ from jupyter_sac.objects import LocalStore
 from jupyter_sac.server_extension.workspace_sync import WorkspaceSync
 from jupyter_sac.stack import free_port
 from jupyter_sac.store import Store
+from jupyter_sac.testing.resolve import resolve_localhost
 from jupyter_sac.testing.stack import embedded_stack
 from jupyter_sac.workspace import object_key
+
+# The stack serves the hub, the service and each user on *.localhost hosts.
+resolve_localhost()
 
 PASSWORD = "bench-admin-password"
 
@@ -109,7 +113,7 @@ def run(files: int, size: int, rounds: int, writes: int, debounce: int) -> None:
         root = Path(tmp)
         service = f"http://127.0.0.1:{port}/services/sac/"
         api = httpx.Client(
-            base_url=stack.url + "services/sac/api/",
+            base_url=stack.service_url + "api/",
             headers={"Authorization": f"token {stack.admin_token}"},
             timeout=600,
         )

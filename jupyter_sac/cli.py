@@ -20,6 +20,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir).expanduser() if args.data_dir else default_data_dir(),
         ip=args.ip,
         port=args.port,
+        domain=args.domain,
+        subdomains=args.subdomains,
         config=Path(args.config) if args.config else None,
     )
     return run(stack)
@@ -120,6 +122,21 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="run the embedded stack (PostgreSQL, JupyterHub, sac)")
     up.add_argument("--ip", default=os.environ.get("SAC_HUB_IP", "127.0.0.1"))
     up.add_argument("--port", type=int, default=int(os.environ.get("SAC_HUB_PORT", "8000")))
+    up.add_argument(
+        "--domain",
+        default=os.environ.get("SAC_DOMAIN") or "localhost",
+        help="the hub's host name; the `sac` service and each user get subdomains of it"
+        " (default: $SAC_DOMAIN or localhost; another name needs wildcard DNS)",
+    )
+    up.add_argument(
+        "--no-subdomains",
+        dest="subdomains",
+        action="store_false",
+        default=os.environ.get("SAC_SUBDOMAINS", "1").strip().lower()
+        not in ("0", "false", "no", "off"),
+        help="serve everything on one origin (UNSAFE: agents' pages then share the"
+        " hub's origin; for setups that cannot have subdomains; also $SAC_SUBDOMAINS=0)",
+    )
     up.add_argument(
         "--data-dir", default=None, help="default: $SAC_DATA_DIR or ~/.local/share/jupyter-sac"
     )

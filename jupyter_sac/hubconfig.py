@@ -16,6 +16,7 @@ import nativeauthenticator
 from .service.forwarded import PRIVATE_NETWORKS
 from .service.principals import DRIVE_SCOPE, SAC_SCOPES, USER_SCOPE
 from .spawner.mixin import max_agents_for, shared_store
+from .urls import PublicUrls
 
 SERVICE_NAME = "sac"
 # Environment the `sac` service needs (secrets stay between the hub and the service).
@@ -29,6 +30,11 @@ SERVICE_ENV = (
     "SAC_HUB_PORT",
     "SAC_SERVICE_PORT",
     "SAC_TRUSTED_PROXIES",
+    "SAC_DOMAIN",
+    "SAC_SUBDOMAINS",
+    "SAC_HUB_URL",
+    "SAC_SERVICE_PUBLIC_URL",
+    "SAC_PROXY_URL",
     "PATH",
     "LANG",
     "LC_ALL",
@@ -131,14 +137,49 @@ def prewarm_when_running(c: Any) -> None:
     loop.call_soon(start)
 
 
+def subdomains_enabled() -> bool:
+    """`sac up` serves the hub, the service and each user on hosts of their own
+    unless $SAC_SUBDOMAINS says no (0, false, no, off)."""
+    return env("SAC_SUBDOMAINS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def public_urls(c: Any) -> PublicUrls:
+    """Where browsers find the hub, the `sac` service and agents, from the hub's
+    configuration (JupyterHub.subdomain_host and base_url): computed once here and
+    handed to the service and to sandboxes ($SAC_SERVICE_PUBLIC_URL)."""
+    return PublicUrls.from_config(c)
+
+
+SHARED_ORIGIN_WARNING = (
+    "!!! SAC_SUBDOMAINS=0: agents' JupyterLab is served on the hub's own origin. Script a"
+    " model writes into a sandbox then runs with the hub's and the sac service's authority"
+    " in the browser of whoever opens that agent (its owner, or an administrator). Use"
+    " subdomains (the default) wherever browsers can resolve them. !!!"
+)
+
+
 def configure(c: Any, config_file: str) -> None:
     data_dir = env("SAC_DATA_DIR", os.path.expanduser("~/.local/share/jupyter-sac"))
     hub_ip = env("SAC_HUB_IP", "127.0.0.1")
     hub_port = int(env("SAC_HUB_PORT", "8000"))
     service_port = int(env("SAC_SERVICE_PORT", "10101"))
     service_url = f"http://127.0.0.1:{service_port}"
+    # A sandbox and the service reach a proxy bound to every address through the loopback one.
+    reach_ip = "127.0.0.1" if hub_ip in ("", "0.0.0.0", "::") else hub_ip
 
     c.JupyterHub.bind_url = f"http://{hub_ip}:{hub_port}"
+    if subdomains_enabled():
+        # The hub, the `sac` service and each user's servers on hosts of their own
+        # (see jupyter_sac/urls.py): nothing a sandbox serves shares an origin with
+        # the hub or the service. Browsers resolve *.localhost to the loopback.
+        domain = env("SAC_DOMAIN", "localhost")
+        c.JupyterHub.subdomain_host = f"http://{domain}:{hub_port}"
+        # The hub (its login page above all) only on its own host, never on an
+        # agent's or the service's: CHP routes by host, and this is the hub's route.
+        c.JupyterHub.hub_routespec = f"{domain}/"
+    else:
+        print(SHARED_ORIGIN_WARNING, file=sys.stderr, flush=True)
+    public = public_urls(c)
     c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{env('SAC_HUB_API_PORT', '8081')}"
     c.JupyterHub.db_url = "sqlite:///" + os.path.join(data_dir, "jupyterhub.sqlite")
     c.JupyterHub.cookie_secret_file = os.path.join(data_dir, "jupyterhub_cookie_secret")
@@ -155,11 +196,14 @@ def configure(c: Any, config_file: str) -> None:
     c.Authenticator.admin_users = set()
     # NativeAuthenticator decides who may log in (signed up and authorised by an admin).
     c.Authenticator.allow_all = True
+    # Ours first: page.html keeps NativeAuthenticator's links and fixes the port of
+    # the Services menu's links under subdomains (hub_templates/page.html).
     c.JupyterHub.template_paths = [
         # ours first: page.html adds NativeAuthenticator's links by scope, not admin flag
         os.path.join(os.path.dirname(__file__), "hub_templates"),
         os.path.join(os.path.dirname(nativeauthenticator.__file__), "templates"),
     ]
+    c.JupyterHub.template_vars = {"sac_public_port": f":{hub_port}"}
 
     configure_agents(c)
     c.JupyterHub.spawner_class = "jupyter_sac.spawner.LocalAgentSpawner"
@@ -167,9 +211,19 @@ def configure(c: Any, config_file: str) -> None:
     c.Spawner.start_timeout = 120
     os.environ.setdefault("SAC_CREDENTIAL_PROXY_URL", f"{service_url}/services/{SERVICE_NAME}/llm")
     os.environ.setdefault("SAC_SERVICE_URL", f"{service_url}/services/{SERVICE_NAME}/")
-    # A sandbox reaches a hub bound to every address through the loopback one.
-    reach_ip = "127.0.0.1" if hub_ip in ("", "0.0.0.0", "::") else hub_ip
-    os.environ.setdefault("SAC_HUB_URL", f"http://{reach_ip}:{hub_port}/")
+    # The proxy's own address: the service reaches agents there (its idle culler),
+    # with the agent's public host in the Host header.
+    proxy_url = f"http://{reach_ip}:{hub_port}/"
+    os.environ.setdefault("SAC_PROXY_URL", proxy_url)
+    # The service's public URL, for the JupyterLab sidebar and for notebooks (a path
+    # on the hub's origin without subdomains; clients resolve it against the hub).
+    os.environ.setdefault("SAC_SERVICE_PUBLIC_URL", public.service())
+    if public.subdomains:
+        # Public URLs: a sandbox's /etc/hosts maps these names to the proxy's address.
+        os.environ.setdefault("SAC_HUB_URL", public.hub)
+        c.LocalAgentSpawner.proxy_ip = reach_ip
+    else:
+        os.environ.setdefault("SAC_HUB_URL", proxy_url)
 
     register_service(
         c,
@@ -321,13 +375,26 @@ def configure_kubernetes(
     c.JupyterHub.cleanup_servers = False
     c.KubeAgentSpawner.credential_proxy_url = f"{service_url}/services/{SERVICE_NAME}/llm"
     c.KubeAgentSpawner.sac_service_url = f"{service_url}/services/{SERVICE_NAME}/"
-    c.KubeAgentSpawner.hub_public_url = proxy_url
     c.KubeAgentSpawner.sac_service_ports = [service_port]
+    # hub.config (JupyterHub.subdomain_host above all) is applied before extraConfig.
+    public = public_urls(c)
+    # Where the JupyterLab sidebar finds the service's pages (a path on the hub's
+    # origin without subdomains, which clients resolve against $SAC_HUB_URL).
+    c.KubeAgentSpawner.sac_service_public_url = public.service()
+    if public.subdomains:
+        # Notebooks in a pod use the public names (the hub's, the service's, each
+        # user's host) but connect to the proxy's in-cluster Service, with the
+        # public host in the Host header for CHP's host routing: no wildcard DNS
+        # or ingress egress needed from pods.
+        c.KubeAgentSpawner.hub_public_url = public.hub
+        c.KubeAgentSpawner.sandbox_proxy_url = proxy_url
+    else:
+        c.KubeAgentSpawner.hub_public_url = proxy_url
     # The service's own config file must set c.SacService.ip = "0.0.0.0": its URL
     # names the Service, which is not an address of the hub's pod.
     environment = {k: os.environ[k] for k in KUBERNETES_SERVICE_ENV if k in os.environ}
     # The idle culler asks agents whether they are busy through the proxy.
-    environment["SAC_HUB_URL"] = proxy_url
+    environment["SAC_PROXY_URL"] = proxy_url
     # The proxy pod reaches the service from the pod network, whose range is the
     # cluster's: believe X-Forwarded-For from private addresses (the audit log's
     # client address), unless the hub's environment names the proxies itself.

@@ -22,9 +22,11 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .crypto import generate_key
 from .store import migrate
+from .urls import PublicUrls
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -80,16 +82,39 @@ class Stack:
     data_dir: Path = field(default_factory=default_data_dir)
     ip: str = "127.0.0.1"
     port: int = 8000
+    # Hub, service and users on hosts of their own under this domain (browsers
+    # resolve *.localhost to the loopback); subdomains=False shares one origin.
+    domain: str = "localhost"
+    subdomains: bool = True
     config: Path | None = None
     database_url: str | None = None
     quiet: bool = False
     hub: subprocess.Popen[bytes] | None = None
+    # Set by `run`'s SIGTERM handler: its KeyboardInterrupt can be swallowed where
+    # Python ignores exceptions (e.g. an import lock's callback), so wait() checks.
+    stop_requested: bool = False
     pg: object | None = None
     started: list[str] = field(default_factory=list)
 
     @property
+    def public(self) -> PublicUrls:
+        """Where browsers find the hub, the `sac` service and agents."""
+        if self.subdomains:
+            return PublicUrls(f"http://{self.domain}:{self.port}")
+        return PublicUrls()
+
+    @property
     def url(self) -> str:
+        """The hub's public URL (its pages are under hub/)."""
+        if self.subdomains:
+            return self.public.hub
         return f"http://{self.ip}:{self.port}/"
+
+    @property
+    def proxy_url(self) -> str:
+        """The proxy's own address, whatever host names it serves."""
+        ip = "127.0.0.1" if self.ip in ("", "0.0.0.0", "::") else self.ip
+        return f"http://{ip}:{self.port}/"
 
     def say(self, message: str) -> None:
         if not self.quiet:
@@ -141,12 +166,17 @@ class Stack:
                 "SAC_ADMIN_PASSWORD_EXPLICIT": "1" if explicit_password else "0",
                 "SAC_HUB_IP": self.ip,
                 "SAC_HUB_PORT": str(self.port),
+                "SAC_DOMAIN": self.domain,
+                "SAC_SUBDOMAINS": "1" if self.subdomains else "0",
                 "SAC_HUB_API_PORT": os.environ.get("SAC_HUB_API_PORT") or str(free_port()),
                 "SAC_PROXY_API_PORT": os.environ.get("SAC_PROXY_API_PORT") or str(free_port()),
                 "SAC_SERVICE_PORT": os.environ.get("SAC_SERVICE_PORT") or str(free_port()),
                 "SAC_CHP_COMMAND": chp,
             }
         )
+        # Where things are, worked out now (it imports jupyterhub.utils): once the hub
+        # runs, a stop may come at any moment.
+        where = self._where()
         self.say(f"JupyterHub: starting with {config}")
         self.hub = subprocess.Popen(
             [sys.executable, "-m", "jupyterhub", "-f", str(config)],
@@ -157,7 +187,7 @@ class Stack:
         self._wait_hub()
         self.started += [
             f"JupyterHub {self._hub_version()} (pid {self.hub.pid})",
-            f"configurable-http-proxy on {self.url}",
+            f"configurable-http-proxy on {self.ip}:{self.port}",
             f"`sac` service on 127.0.0.1:{env['SAC_SERVICE_PORT']}",
         ]
         self.say("Started: " + "; ".join(self.started))
@@ -168,7 +198,22 @@ class Stack:
             )
         elif not explicit_password:
             self.say(f"Admin password: in {secrets_dir / 'admin-password'}")
+        for line in where:
+            self.say(line)
         self.say(f"Open {self.url}  (Ctrl-C stops everything)")
+
+    def _where(self) -> list[str]:
+        if not self.subdomains:
+            return [
+                "WARNING: subdomains are off (--no-subdomains): agents' pages share the"
+                " hub's origin, so script a model writes into a sandbox runs with the"
+                " hub's and the service's authority in the browser of whoever opens it."
+            ]
+        return [
+            f"Hub: {self.url}hub/",
+            f"Agents: {self.public.hub.replace('//', '//<user>.', 1)}user/<user>/<agent>/",
+            f"SAC service: {self.public.service()}",
+        ]
 
     def _hub_version(self) -> str:
         import jupyterhub
@@ -181,8 +226,13 @@ class Stack:
         while time.monotonic() < deadline:
             if self.hub.poll() is not None:
                 raise SystemExit(f"JupyterHub exited with code {self.hub.returncode}")
+            # The proxy's own address, with the hub's host name (which this machine
+            # may not resolve, e.g. a wildcard DNS name not yet set up).
+            request = urllib.request.Request(
+                self.proxy_url + "hub/api", headers={"Host": urlsplit(self.url).netloc}
+            )
             try:
-                with urllib.request.urlopen(self.url + "hub/api", timeout=2) as resp:
+                with urllib.request.urlopen(request, timeout=2) as resp:
                     if resp.status == 200:
                         return
             except (urllib.error.URLError, OSError):
@@ -192,7 +242,13 @@ class Stack:
 
     def wait(self) -> int:
         assert self.hub is not None
-        return self.hub.wait()
+        while True:
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            try:
+                return self.hub.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                continue
 
     def stop(self) -> None:
         if self.hub is not None and self.hub.poll() is None:
@@ -243,6 +299,7 @@ def kill_orphans(grace: float = 5) -> None:
 
 def run(stack: Stack) -> int:
     def on_signal(signum: int, frame: object) -> None:
+        stack.stop_requested = True
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)

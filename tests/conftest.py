@@ -15,9 +15,16 @@ import pytest
 from helpers import HubApi
 
 from jupyter_sac.stack import free_port
+from jupyter_sac.testing.resolve import resolve_localhost
 from jupyter_sac.testing.stack import embedded_stack, http_status, poll_until, stop_process
 
 ADMIN_PASSWORD = "admin-test-password"
+
+# The stack runs as `sac up` runs it, with subdomains: the hub on localhost, the
+# `sac` service on sac--service.localhost, each user on <user>.localhost. Browsers
+# resolve those names themselves; this process (httpx, tornado websockets) now
+# does too, for the whole session.
+resolve_localhost()
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +76,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     with embedded_stack(workdir, ADMIN_PASSWORD) as running:
         try:
             yield {"url": running.url, "admin": HubApi(running.url, running.admin_token, running.harness_token),
-                   "pid": running.proc.pid,
+                   "service_url": running.service_url, "pid": running.proc.pid,
                    "data_dir": running.data_dir, "log": running.log_path}  # fmt: skip
         finally:
             if os.environ.get("SAC_TEST_SHOW_LOG"):
@@ -121,5 +128,6 @@ def s3_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         )
         with embedded_stack(workdir, ADMIN_PASSWORD, extra_config=config) as running:
             yield {"url": running.url, "admin": HubApi(running.url, running.admin_token, running.harness_token),
+                   "service_url": running.service_url,
                    "data_dir": running.data_dir, "endpoint": endpoint,
                    "moto_log": moto_log}  # fmt: skip

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import httpx
 import pyte
@@ -16,13 +17,28 @@ from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from jupyter_sac.testing.stack import find_descendant, poll_until
+from jupyter_sac.urls import PublicUrls, default_service_url
+
+
+def service_url(hub_url: str) -> str:
+    """The `sac` service's public URL beside the hub at ``hub_url``, on its own host
+    as `sac up` serves it (http://sac--service.localhost:<port>/services/sac/)."""
+    return default_service_url(hub_url)
+
+
+def server_url(hub_url: str, user: str, agent: str) -> str:
+    """A user's agent's (named server's) public URL, on the user's own host
+    (http://<user>.localhost:<port>/user/<user>/<agent>/), as the hub reports it."""
+    return urljoin(hub_url, PublicUrls.for_hub(hub_url).server(user, agent))
 
 
 class HubApi:
-    """JupyterHub REST API plus the `sac` service API, through the proxy."""
+    """JupyterHub REST API plus the `sac` service API, through the proxy: the hub at
+    ``url`` (http://localhost:<port>/), the service and agents on their own hosts."""
 
     def __init__(self, url: str, token: str, harness: str = ""):
         self.url = url.rstrip("/") + "/"
+        self.service_url = service_url(self.url)
         self.token = token
         self.client = httpx.Client(
             base_url=self.url, timeout=60, headers={"Authorization": f"token {token}"}
@@ -31,11 +47,19 @@ class HubApi:
         # users and their API tokens, as people do for themselves at /hub/token.
         self.harness = harness
 
+    def server_url(self, user: str, agent: str) -> str:
+        """``user``'s agent's public URL (on the user's host)."""
+        return server_url(self.url, user, agent)
+
     def hub(self, method: str, path: str, **kw: Any) -> httpx.Response:
         return self.client.request(method, "hub/api/" + path.lstrip("/"), **kw)
 
     def sac(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        return self.client.request(method, "services/sac/api/" + path.lstrip("/"), **kw)
+        return self.client.request(method, self.service_url + "api/" + path.lstrip("/"), **kw)
+
+    def agent(self, user: str, agent: str, method: str, path: str, **kw: Any) -> httpx.Response:
+        """A request to ``path`` under ``user``'s agent's server (e.g. ``sac/api/status``)."""
+        return self.client.request(method, self.server_url(user, agent) + path.lstrip("/"), **kw)
 
     def create_user(
         self, name: str, admin: bool = False, hub_admin: bool = False, **token: Any
@@ -107,7 +131,7 @@ async def run_in_terminal(
     """
     import asyncio
 
-    base = f"{url.rstrip('/')}/user/{user}/{agent}/"
+    base = server_url(url, user, agent)
     async with httpx.AsyncClient(headers={"Authorization": f"token {token}"}) as client:
         resp = await client.post(base + "api/terminals")
         assert resp.status_code == 200, resp.text

@@ -42,7 +42,7 @@ def operated(stack: dict, fake: str) -> Iterator[dict]:
             run_in_terminal(stack["url"], client.token, user, "desk", "echo $SAC_AGENT_TOKEN")
         )
         sac = httpx.Client(
-            base_url=stack["url"] + "services/sac/",
+            base_url=stack["service_url"],
             headers={"Authorization": f"Bearer {token}"},
             timeout=60,
         )
@@ -78,7 +78,7 @@ def test_an_operator_runs_sac_from_the_admin_pages(
 
     admin: HubApi = stack["admin"]
     user, client = operated["user"], operated["client"]
-    base = stack["url"] + "services/sac/"
+    base = stack["service_url"]
     artifacts = Path(os.environ.get("SAC_TEST_ARTIFACTS", tmp_path)) / "admin"
     artifacts.mkdir(parents=True, exist_ok=True)
     saved_system = admin.sac("GET", "settings/system").json()["overrides"]
@@ -110,8 +110,12 @@ def test_an_operator_runs_sac_from_the_admin_pages(
 
         try:
             log_in(page, stack["url"], "admin", ADMIN_PASSWORD)
-            # The hub's Services menu leads to the service; OAuth logs the admin in.
-            page.goto(base)
+            # The hub's Services menu leads to the service, on its own host with the
+            # hub's port (JupyterHub's own link drops it); OAuth logs the admin in.
+            page.goto(stack["url"] + "hub/home")
+            page.get_by_role("button", name="Services").click()
+            page.get_by_role("link", name="sac", exact=True).click()
+            page.wait_for_url(base + "**")
             expect(page.locator("#sac-user")).to_have_text("admin")
             tab("Settings")
             expect(page.get_by_role("heading", name="System settings")).to_be_visible()
@@ -224,9 +228,14 @@ def test_an_operator_runs_sac_from_the_admin_pages(
             expect(page.locator("#entries tbody tr")).to_have_count(3)
             shot("7-audit")
 
-            # A form posted without the page's XSRF token (another site's form) is refused.
-            forged = page.request.post(base + "admin/settings", form={"hitl_timeout": "5"})
-            assert forged.status == 403
+            # A form posted without the page's XSRF token (another site's form) is refused,
+            # though it carries the browser's cookies for the service. (Sent from here:
+            # Playwright's own request context does not resolve *.localhost.)
+            cookies = "; ".join(f"{c['name']}={c['value']}" for c in context.cookies(base))
+            forged = httpx.post(
+                base + "admin/settings", data={"hitl_timeout": "5"}, headers={"Cookie": cookies}
+            )
+            assert forged.status_code == 403
             assert admin.sac("GET", "settings/system").json()["overrides"] == system
         finally:
             context.close()
@@ -250,11 +259,11 @@ def test_a_user_who_signed_up_gets_403_pages_and_their_home(stack: dict, tmp_pat
             person = sign_up_and_log_in(browser, base, name, password, ADMIN_PASSWORD)
             for path in ("admin/settings", "admin/agents", "admin/conversations",
                          "admin/hitl", "admin/usage", "admin/audit", "admin/users"):  # fmt: skip
-                response = person.goto(base + "services/sac/" + path)
+                response = person.goto(stack["service_url"] + path)
                 assert response is not None and response.status == 403, path
                 expect(person.locator("#message")).to_contain_text("for SAC administrators")
             person.screenshot(path=str(artifacts / "8-forbidden.png"))
-            response = person.goto(base + "services/sac/")
+            response = person.goto(stack["service_url"])
             assert response is not None and response.status == 200
             expect(person.locator("#sac-user")).to_have_text(name)
             expect(person.get_by_text("You have no agents yet.")).to_be_visible()

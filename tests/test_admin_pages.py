@@ -32,11 +32,11 @@ PAGES = [
 
 
 def page(client: HubApi, path: str, **kw) -> httpx.Response:
-    return client.client.get("services/sac/" + path, **kw)
+    return client.client.get(client.service_url + path, **kw)
 
 
 def post(client: HubApi, path: str, form: dict) -> httpx.Response:
-    return client.client.post("services/sac/" + path, data=form)
+    return client.client.post(client.service_url + path, data=form)
 
 
 @pytest.fixture
@@ -268,9 +268,9 @@ def test_the_home_page_lists_my_agents_and_the_api_index_moved(
     index = client.sac("GET", "")
     assert index.json()["openapi"].endswith("api/openapi.json")
     # Without a login a browser is sent to the hub's OAuth, an API client gets 401.
-    anonymous = httpx.get(stack["url"] + "services/sac/admin/settings")
+    anonymous = httpx.get(stack["service_url"] + "admin/settings")
     assert anonymous.status_code == 302 and "oauth2/authorize" in anonymous.headers["location"]
-    assert httpx.get(stack["url"] + "services/sac/api/settings").status_code == 401
+    assert httpx.get(stack["service_url"] + "api/settings").status_code == 401
 
 
 def test_organisation_keys_are_set_on_the_settings_page_and_used_by_the_proxy(
@@ -289,7 +289,7 @@ def test_organisation_keys_are_set_on_the_settings_page_and_used_by_the_proxy(
             run_in_terminal(stack["url"], client.token, user, "lean", "echo $SAC_AGENT_TOKEN")
         )
         proxy = httpx.Client(
-            base_url=stack["url"] + "services/sac/llm/",
+            base_url=stack["service_url"] + "llm/",
             headers={"x-api-key": token},
             timeout=60,
         )
@@ -332,7 +332,7 @@ def test_organisation_keys_are_set_on_the_settings_page_and_used_by_the_proxy(
             # The audit log says a key was set, never which.
             entry = admin.sac("GET", "audit", params={"action": "org_key.*"}).json()["entries"][0]
             assert entry["action"] == "org_key.set" and entry["after"]["hint"] == "…7x9Q"
-            assert key not in admin.client.get("services/sac/api/audit/export.csv").text
+            assert key not in admin.client.get(admin.service_url + "api/audit/export.csv").text
         finally:
             resp = post(admin, "admin/settings/keys/custom", {"action": "clear"})
         assert resp.status_code == 303
@@ -354,7 +354,7 @@ def test_a_history_auditor_gets_the_conversations_page_only(admin: HubApi, new_u
         for path in PAGES:
             if path != "admin/conversations":
                 assert page(auditor, path, follow_redirects=True).status_code == 403, path
-        assert auditor.client.get("services/sac/api/history/export.csv").status_code == 200
+        assert auditor.client.get(auditor.service_url + "api/history/export.csv").status_code == 200
     finally:
         admin.hub("DELETE", "groups/sac-history-auditors/users", json={"users": [name]})
 
@@ -373,7 +373,7 @@ def test_an_admin_manages_the_public_tree_and_group_quotas_from_the_page(
     try:
         # Upload into a folder: stored under that path, readable by any user.
         resp = admin.client.post(
-            "services/sac/admin/workspaces",
+            admin.service_url + "admin/workspaces",
             data={"action": "upload", "folder": "handbooks/2026"},
             files={"file": (fname, b"# Read me\n", "text/markdown")},
         )
@@ -388,7 +388,7 @@ def test_an_admin_manages_the_public_tree_and_group_quotas_from_the_page(
         # A folder that climbs out, or no file: a 400 page with the reason, nothing stored.
         files_before = member.sac("GET", "workspace/public").json()["usage"]["files"]
         bad = admin.client.post(
-            "services/sac/admin/workspaces",
+            admin.service_url + "admin/workspaces",
             data={"action": "upload", "folder": "../etc"},
             files={"file": ("x.txt", b"x", "text/plain")},
         )

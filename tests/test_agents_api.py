@@ -30,12 +30,15 @@ def test_agent_lifecycle(stack: dict, admin: HubApi, new_user) -> None:
     assert servers["helper"]["display_name"] == "Data helper ✨"
 
     alice.start(name, "helper")
-    status = alice.client.get(f"user/{name}/helper/sac/api/status")
+    status = alice.agent(name, "helper", "GET", "sac/api/status")
     assert status.status_code == 200, status.text
     body = status.json()
     assert body["agent"]["user"] == name and body["agent"]["name"] == "helper"
     assert body["runtime"]["name"] == "claude" and body["runtime"]["version"]
     assert body["workspace"] == "/workspace"
+    # Where the sidebar opens the service's pages: on the service's own host.
+    assert body["service_url"] == stack["service_url"]
+    assert body["service_url"].startswith("http://sac--service.localhost:")
 
     listed = alice.sac("GET", "agents").json()["agents"]
     assert [a["slug"] for a in listed] == ["helper"]
@@ -58,7 +61,7 @@ def test_delete_running_agent_stops_it(admin: HubApi, new_user) -> None:
     bob.start(name, "runner")
     assert bob.sac("DELETE", f"users/{name}/agents/runner").status_code == 204
     assert "runner" not in admin.hub("GET", f"users/{name}").json()["servers"]
-    assert bob.client.get(f"user/{name}/runner/sac/api/status").status_code != 200
+    assert bob.agent(name, "runner", "GET", "sac/api/status").status_code != 200
 
 
 def test_update_agent(new_user) -> None:
@@ -207,7 +210,7 @@ def test_unauthenticated_and_bad_tokens(stack: dict) -> None:
     import httpx
 
     for headers in ({}, {"Authorization": "token not-a-real-token"}):
-        resp = httpx.get(stack["url"] + "services/sac/api/agents", headers=headers)
+        resp = httpx.get(stack["service_url"] + "api/agents", headers=headers)
         assert resp.status_code in (401, 403), resp.text
         assert resp.json()["error"]
 

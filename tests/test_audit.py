@@ -237,7 +237,7 @@ def test_admin_decision_on_another_users_request(stack: dict, admin: HubApi) -> 
             run_in_terminal(stack["url"], client.token, user, "gate", "echo $SAC_AGENT_TOKEN")
         )
         with httpx.Client(
-            base_url=stack["url"] + "services/sac/api/",
+            base_url=stack["service_url"] + "api/",
             headers={"Authorization": f"Bearer {token}"},
             timeout=60,
         ) as sandbox:

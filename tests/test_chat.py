@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import allow_all, model_agent, run_in_terminal, running_agent
+from helpers import allow_all, model_agent, run_in_terminal, running_agent, server_url
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
@@ -51,7 +51,7 @@ async def _until(conn: WebSocketClientConnection, kind: str, timeout: float = 12
 @pytest.mark.asyncio
 async def test_chat_turn_events_in_order_file_written_and_resumed(stack: dict, fake: str) -> None:
     user = f"chat{uuid.uuid4().hex[:6]}"
-    base = f"{stack['url']}user/{user}/talk/"
+    base = server_url(stack["url"], user, "talk")
     with running_agent(stack["admin"], user, "talk", **model_agent(fake)) as client:
         allow_all(client, user, "talk")
         api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=60)
@@ -164,7 +164,7 @@ async def test_chat_turn_events_in_order_file_written_and_resumed(stack: dict, f
 @pytest.mark.asyncio
 async def test_cancel_stops_a_long_turn(stack: dict, fake: str) -> None:
     user = f"stop{uuid.uuid4().hex[:6]}"
-    base = f"{stack['url']}user/{user}/long/"
+    base = server_url(stack["url"], user, "long")
     with running_agent(stack["admin"], user, "long", **model_agent(fake)) as client:
         allow_all(client, user, "long")
         api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=60)
@@ -257,7 +257,7 @@ async def test_bad_chat_requests(stack: dict, new_user) -> None:
     resp = client.sac("POST", "agents", json={"slug": "bad", "api_key": "sk-unused-key"})
     assert resp.status_code == 201, resp.text
     client.start(user, "bad")
-    base = f"{stack['url']}user/{user}/bad/"
+    base = server_url(stack["url"], user, "bad")
     api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=60)
     try:
         cases = [

@@ -15,6 +15,7 @@ from helpers import (
     model_agent,
     run_in_terminal,
     running_agent,
+    server_url,
 )
 
 pytestmark = pytest.mark.stack
@@ -27,7 +28,7 @@ async def test_claude_terminal_runs_tools_survives_reconnects_and_restarts(
     user = f"term{uuid.uuid4().hex[:6]}"
     with running_agent(stack["admin"], user, "coder", **model_agent(fake)) as client:
         allow_all(client, user, "coder")
-        base = f"{stack['url']}user/{user}/coder/"
+        base = server_url(stack["url"], user, "coder")
         api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=60)
 
         started = api.post(base + "sac/api/terminal")
@@ -95,7 +96,7 @@ async def test_a_terminal_made_by_the_name_claude_runs_claude(stack: dict, fake:
     command attaches to that one instead of leaving a plain shell there."""
     user = f"named{uuid.uuid4().hex[:6]}"
     with running_agent(stack["admin"], user, "coder", **model_agent(fake)) as client:
-        base = f"{stack['url']}user/{user}/coder/"
+        base = server_url(stack["url"], user, "coder")
         api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=60)
         assert api.get(base + "sac/api/terminal").json()["running"] is False
 
@@ -115,7 +116,7 @@ async def test_claude_config_is_seeded_with_hooks(stack: dict, fake: str) -> Non
     user = f"seed{uuid.uuid4().hex[:6]}"
     with running_agent(stack["admin"], user, "cfg", **model_agent(fake)) as client:
         doc = httpx.get(
-            f"{stack['url']}user/{user}/cfg/sac/api/openapi.json",
+            server_url(stack["url"], user, "cfg") + "sac/api/openapi.json",
             headers={"Authorization": f"token {client.token}"},
         )
         assert doc.status_code == 200 and "/sac/api/terminal" in doc.json()["paths"]

@@ -175,9 +175,12 @@ INSIDE = r"""
 import json
 from jupyter_sac.client import Client, Forbidden
 c = Client()
-out = {"user": c.whoami(), "can_decide": c.can_decide()}
+out = {"user": c.whoami(), "can_decide": c.can_decide(), "service": c.aio.service_url}
 try:
     out["agents"] = sorted(a["slug"] for a in c.agents())
+    # Another agent's server, on the user's own host (the sandbox's /etc/hosts names
+    # it): a chat turn over HTTP and its events over a websocket.
+    out["answer"] = c.agent("driven").ask("from a notebook").text
 except Forbidden as e:
     out["agents"] = "forbidden: " + e.message
 for rid in __IDS__:
@@ -202,12 +205,13 @@ def run_inside(stack: dict, hub: HubApi, user: str, slug: str, ids: list[str]) -
 
 
 def test_inside_a_sandbox_it_drives_agents_only_when_allowed_and_never_decides(
-    driven: dict[str, Any], stack: dict
+    driven: dict[str, Any], stack: dict, fake: str
 ) -> None:
     """A notebook in an agent uses the sandbox's own token: it drives the owner's other
     agents only if the owner let this agent do so, and decides no approval, not even
     another agent's (docs/security.md#principals); it links to the service's page."""
     user, hub = driven["user"], driven["hub"]
+    script_model(fake, "Answered inside.")
     with running_agent(stack["admin"], user, "notebook", api_key="sk-unused-key",
                        drive_agents=True):  # fmt: skip
         ids = {}
@@ -216,7 +220,7 @@ def test_inside_a_sandbox_it_drives_agents_only_when_allowed_and_never_decides(
                 run_in_terminal(stack["url"], hub.token, user, slug, "echo $SAC_AGENT_TOKEN")
             )
             filed = httpx.post(
-                stack["url"] + "services/sac/api/hitl/requests",
+                stack["service_url"] + "api/hitl/requests",
                 headers={"Authorization": f"Bearer {token}"},
                 json={"kind": "tool", "tool": "Bash", "input": {"command": f"ls {slug}"}},
             )
@@ -225,10 +229,12 @@ def test_inside_a_sandbox_it_drives_agents_only_when_allowed_and_never_decides(
         wanted = [ids["notebook"], ids["driven"]]
         result = run_inside(stack, hub, user, "notebook", wanted)
         assert result["user"] == user and result["agents"] == ["driven", "notebook"]
+        assert result["service"] == stack["service_url"]
+        assert result["answer"] == "Answered inside."
         assert result["can_decide"] is False
         for rid in wanted:
             assert result[rid].startswith("forbidden: ") and "a person does this" in result[rid]
-            assert result["page:" + rid].endswith(f"/services/sac/approvals/{rid}")
+            assert result["page:" + rid] == f"{stack['service_url']}approvals/{rid}"
         # Without drive_agents, the sandbox's token cannot use the service at all.
         plain = run_inside(stack, hub, user, "driven", [ids["driven"]])
         assert plain["agents"].startswith("forbidden: this agent (driven) may not drive")

@@ -63,7 +63,7 @@ async def test_sandbox_call_reaches_provider_with_real_key(stack: dict, fake: st
 
 
 def test_proxy_rejects_unknown_tokens(stack: dict, fake: str) -> None:
-    url = stack["url"] + "services/sac/llm/v1/messages"
+    url = stack["service_url"] + "llm/v1/messages"
     for headers in (
         {},
         {"x-api-key": "sac-agent-forged"},
@@ -73,7 +73,7 @@ def test_proxy_rejects_unknown_tokens(stack: dict, fake: str) -> None:
         resp = httpx.post(url, headers=headers, json={"model": "m", "messages": []})
         assert resp.status_code == 401
         assert resp.json()["error"]["type"] == "authentication_error"
-    resp = httpx.post(stack["url"] + "services/sac/llm/v1/files", json={})
+    resp = httpx.post(stack["service_url"] + "llm/v1/files", json={})
     assert resp.status_code == 404
     assert _requests(fake) == []
 
@@ -87,7 +87,7 @@ async def test_stopped_agent_token_stops_working(stack: dict, fake: str) -> None
         )
         token = out.strip().splitlines()[-1]
         assert token.startswith("sac-agent-")
-        url = stack["url"] + "services/sac/llm/v1/messages"
+        url = stack["service_url"] + "llm/v1/messages"
         body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
         assert httpx.post(url, headers={"x-api-key": token}, json=body).status_code == 200
         # A request of tens of MiB (images, documents) goes through whole, though the

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import ADMIN_PASSWORD
-from helpers import HubApi, allow_all, model_agent, run_in_terminal
+from helpers import HubApi, allow_all, model_agent, run_in_terminal, server_url
 
 from jupyter_sac.service.culler import idle_verdict
 from jupyter_sac.testing.stack import embedded_stack, poll_until
@@ -27,10 +27,8 @@ def culling_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
     config = workdir / "cull.py"
     config.write_text("c.SacService.cull_interval = 0.5\n")
     with embedded_stack(workdir, ADMIN_PASSWORD, extra_config=config) as running:
-        yield {
-            "url": running.url,
-            "admin": HubApi(running.url, running.admin_token, running.harness_token),
-        }
+        yield {"url": running.url, "service_url": running.service_url,
+               "admin": HubApi(running.url, running.admin_token, running.harness_token)}  # fmt: skip
 
 
 def culler(admin: HubApi) -> dict[str, Any]:
@@ -84,7 +82,7 @@ def test_idle_agents_stop_but_not_while_waiting_on_a_human_or_working(
         run_in_terminal(culling_stack["url"], hub.token, user, "waiting", "echo $SAC_AGENT_TOKEN")
     )
     filed = httpx.post(
-        culling_stack["url"] + "services/sac/api/hitl/requests",
+        culling_stack["service_url"] + "api/hitl/requests",
         headers={"Authorization": f"Bearer {token}"},
         json={"kind": "tool", "tool": "Bash", "input": {"command": "ls"}},
     )
@@ -99,7 +97,7 @@ def test_idle_agents_stop_but_not_while_waiting_on_a_human_or_working(
     httpx.post(fake + "/_fake/script", json={"replies": [
         {"tool_use": {"name": "Bash", "input": {"command": "echo busy && sleep 127"}}},
         "done"]})  # fmt: skip
-    base = f"{culling_stack['url']}user/{user}/working/sac/api/"
+    base = server_url(culling_stack["url"], user, "working") + "sac/api/"
     auth = {"Authorization": f"token {hub.token}"}
     turn = httpx.post(base + "chat", json={"message": "sleep"}, headers=auth, timeout=30)
     assert turn.status_code == 202, turn.text

@@ -33,7 +33,7 @@ def agent(stack: dict) -> Iterator[dict]:
         )
         assert token.startswith("sac-agent-")
         ingest = httpx.Client(
-            base_url=stack["url"] + "services/sac/api/",
+            base_url=stack["service_url"] + "api/",
             headers={"Authorization": f"Bearer {token}"},
             timeout=60,
         )
@@ -194,7 +194,7 @@ def test_other_users_cannot_read_or_export(agent: dict, new_user) -> None:
 def test_bad_ingest_is_refused_and_stores_nothing(agent: dict, stack: dict) -> None:
     session = f"bad-{uuid.uuid4().hex[:8]}"
     good = _event(session, 1)
-    url = stack["url"] + "services/sac/api/history/ingest"
+    url = stack["service_url"] + "api/history/ingest"
     assert httpx.post(url, json={"events": [good]}).status_code == 401
     forged = httpx.post(
         url, json={"events": [good]}, headers={"Authorization": "Bearer sac-agent-forged"}

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
-from helpers import HubApi, allow_all, model_agent, run_in_terminal, running_agent
+from helpers import HubApi, allow_all, model_agent, run_in_terminal, running_agent, server_url
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
@@ -77,7 +77,7 @@ async def _matches_transcripts(stack: dict, client: HubApi, user: str, slug: str
         events = poll_until(stored_all, 60, "history rows for every transcript line")
     except TimeoutError:
         status = httpx.get(
-            f"{stack['url']}user/{user}/{slug}/sac/api/history/status",
+            server_url(stack["url"], user, slug) + "sac/api/history/status",
             headers={"Authorization": f"token {client.token}"},
         ).text
         raise AssertionError(
@@ -126,7 +126,7 @@ async def test_history_rows_equal_transcript_entries(stack: dict, fake: str) -> 
 @pytest.mark.asyncio
 async def test_capture_survives_service_outage_and_server_kill(stack: dict, fake: str) -> None:
     user = f"outage{uuid.uuid4().hex[:6]}"
-    base = f"{stack['url']}user/{user}/rec/"
+    base = server_url(stack["url"], user, "rec")
     with running_agent(stack["admin"], user, "rec", **model_agent(fake)) as client:
         allow_all(client, user, "rec")
         api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=30)

@@ -27,7 +27,7 @@ def agent(stack: dict) -> Iterator[dict]:
             run_in_terminal(stack["url"], client.token, user, "gate", "echo $SAC_AGENT_TOKEN")
         )
         sandbox = httpx.Client(
-            base_url=stack["url"] + "services/sac/api/",
+            base_url=stack["service_url"] + "api/",
             headers={"Authorization": f"Bearer {token}"},
             timeout=90,
         )
@@ -141,7 +141,7 @@ def test_others_and_bad_input(agent: dict, stack: dict, new_user) -> None:
     user = agent["user"]
     assert stranger.sac("GET", "hitl/requests", params={"user": user}).status_code == 404
     assert stranger.sac("GET", f"users/{user}/agents/gate/hitl-policy").status_code == 404
-    base = stack["url"] + "services/sac/api/"
+    base = stack["service_url"] + "api/"
     forged = httpx.post(
         base + "hitl/requests",
         json={"kind": "tool", "input": {}},
@@ -247,7 +247,7 @@ def test_another_agents_token_cannot_touch_a_request(agent: dict, stack: dict) -
             run_in_terminal(stack["url"], client.token, user, "other", "echo $SAC_AGENT_TOKEN")
         )
         other = httpx.Client(
-            base_url=stack["url"] + "services/sac/api/",
+            base_url=stack["service_url"] + "api/",
             headers={"Authorization": f"Bearer {token}"},
             timeout=90,
         )

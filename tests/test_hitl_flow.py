@@ -11,7 +11,7 @@ import uuid
 
 import httpx
 import pytest
-from helpers import HubApi, TerminalClient, claude_ready, model_agent, running_agent
+from helpers import HubApi, TerminalClient, claude_ready, model_agent, running_agent, server_url
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
@@ -101,7 +101,7 @@ def _write_tool(path: str) -> dict:
 @pytest.mark.asyncio
 async def test_tool_call_waits_for_approval_and_deny_blocks_it(stack: dict, fake: str) -> None:
     user = f"hitl{uuid.uuid4().hex[:6]}"
-    base = f"{stack['url']}user/{user}/ask/"
+    base = server_url(stack["url"], user, "ask")
     with running_agent(stack["admin"], user, "ask", **model_agent(fake)) as client:
         contents = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=30)
         events = await _events(base, client.token)
@@ -153,7 +153,7 @@ async def test_tool_call_waits_for_approval_and_deny_blocks_it(stack: dict, fake
 async def test_unanswered_request_times_out_to_the_default(stack: dict, fake: str) -> None:
     user = f"tmo{uuid.uuid4().hex[:6]}"
     admin: HubApi = stack["admin"]
-    base = f"{stack['url']}user/{user}/slow/"
+    base = server_url(stack["url"], user, "slow")
     with running_agent(admin, user, "slow", **model_agent(fake)) as client:
         resp = admin.sac("PUT", f"users/{user}/settings", json={"hitl_timeout": 5})
         assert resp.status_code == 200, resp.text
@@ -175,7 +175,7 @@ async def test_unanswered_request_times_out_to_the_default(stack: dict, fake: st
 @pytest.mark.asyncio
 async def test_terminal_permission_menu_is_answered_from_the_api(stack: dict, fake: str) -> None:
     user = f"menu{uuid.uuid4().hex[:6]}"
-    base = f"{stack['url']}user/{user}/tty/"
+    base = server_url(stack["url"], user, "tty")
     with running_agent(stack["admin"], user, "tty", **model_agent(fake)) as client:
         api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=30)
         assert api.post(base + "sac/api/terminal").status_code == 200
@@ -209,7 +209,7 @@ async def test_terminal_permission_menu_is_answered_from_the_api(stack: dict, fa
 @pytest.mark.asyncio
 async def test_other_users_cannot_see_or_answer(stack: dict, fake: str, new_user) -> None:
     user = f"own{uuid.uuid4().hex[:6]}"
-    base = f"{stack['url']}user/{user}/mine/"
+    base = server_url(stack["url"], user, "mine")
     _, stranger = new_user("stranger")
     with running_agent(stack["admin"], user, "mine", **model_agent(fake)) as client:
         httpx.post(

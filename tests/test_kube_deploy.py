@@ -141,6 +141,9 @@ def test_values_extra_config_configures_the_hub() -> None:
     # The chart has configured its own services and roles before extraConfig runs.
     c.JupyterHub.services = [{"name": "other", "api_token": "x"}]
     c.JupyterHub.load_roles = [{"name": "chart-role", "scopes": ["read:users"]}]
+    # ... and applied hub.config (the chart's jupyterhub_config.py does that first).
+    for app, section in values["hub"]["config"].items():
+        c[app].update(section)
     for name, snippet in sorted(values["hub"]["extraConfig"].items()):
         exec(compile(snippet, f"extraConfig/{name}", "exec"), {"c": c})
     assert c.JupyterHub.spawner_class == "jupyter_sac.spawner.KubeAgentSpawner"
@@ -155,7 +158,21 @@ def test_values_extra_config_configures_the_hub() -> None:
         values["hub"]["extraFiles"]["sac-service-config"]["mountPath"],
     ]
     # The service's idle culler reaches agents through the proxy's in-cluster Service.
-    assert sac["environment"]["SAC_HUB_URL"] == "http://proxy-public/"
+    assert sac["environment"]["SAC_PROXY_URL"] == "http://proxy-public/"
+    # Subdomains: the hub, the service and each user on their own host; pods use
+    # the public names through the proxy's Service.
+    domain = "jupyter.example.org"
+    assert c.JupyterHub.subdomain_host == f"https://{domain}"
+    assert c.KubeAgentSpawner.hub_public_url == f"https://{domain}/"
+    assert c.KubeAgentSpawner.sac_service_public_url == (
+        f"https://sac--service.{domain}/services/sac/"
+    )
+    assert c.KubeAgentSpawner.sandbox_proxy_url == "http://proxy-public/"
+    # The ingress serves the hub's host and every subdomain, with one wildcard certificate.
+    ingress = values["ingress"]
+    assert ingress["enabled"] is True
+    assert set(ingress["hosts"]) == {domain, f"*.{domain}"}
+    assert {h for tls in ingress["tls"] for h in tls["hosts"]} == {domain, f"*.{domain}"}
     # The proxy pod is on the pod network: its X-Forwarded-For is believed there.
     trusted = TrustedProxies(sac["environment"]["SAC_TRUSTED_PROXIES"].split(","))
     assert trusted.trusts("10.42.0.17") and trusted.trusts("192.168.3.4")

@@ -45,6 +45,8 @@ c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
 c.KubeAgentSpawner.namespace = {NAMESPACE!r}
 c.KubeAgentSpawner.image = {IMAGE!r}
 c.KubeAgentSpawner.workspace_storage = "pvc"
+# The test "image" is this checkout's venv: its Python's prefix holds the extensions.
+c.KubeAgentSpawner.sandbox_python_prefix = {sys.prefix!r}
 
 
 def choose_image(spawner):
@@ -188,7 +190,7 @@ def test_agent_lifecycle_as_a_pod(kube: KubeStack) -> None:
     assert any("Started container notebook" in m for m in messages), messages
 
     # The agent's server answers through the hub's proxy, from inside its pod.
-    resp = client.client.get(f"user/{user}/lab/sac/api/status")
+    resp = client.agent(user, "lab", "GET", "sac/api/status")
     assert resp.status_code == 200, resp.text
     status = resp.json()
     assert status["agent"]["user"] == user
@@ -300,7 +302,7 @@ def test_hub_restart_reattaches_to_running_agent(kube: KubeStack) -> None:
     # The restarted hub loaded the saved state and found the same pod running.
     server = client.server(user, "steady")
     assert server and server["ready"], server
-    resp = client.client.get(f"user/{user}/steady/sac/api/status")
+    resp = client.agent(user, "steady", "GET", "sac/api/status")
     assert resp.status_code == 200, resp.text
     (after,) = kube.kube.list("pods", f"sac.jupyter.org/user={user}")
     assert after["metadata"]["uid"] == pod["metadata"]["uid"]

@@ -137,7 +137,7 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
 
     try:
         # 1. Create an agent on the SAC home page; its JupyterLab opens.
-        page.goto(base + "services/sac/")
+        page.goto(stack["service_url"])
         expect(page.get_by_text("You have no agents yet.")).to_be_visible()
         form = page.locator("#new-agent")
         form.get_by_label("Name", exact=True).fill("desk")
@@ -155,7 +155,9 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
         page.wait_for_url(f"**/user/{name}/desk/lab**", timeout=180_000)
         token = admin.hub("POST", f"users/{name}/tokens", json={"note": "test"}).json()["token"]
         client = HubApi(base, token)
-        lab = f"{base}user/{name}/desk/"
+        lab = admin.server_url(name, "desk")
+        # JupyterLab is on the user's own host, not the hub's or the service's.
+        assert page.url.startswith(lab), page.url
         api = httpx.Client(headers={"Authorization": f"token {token}"}, timeout=60)
 
         # 2. The Claude terminal opened by itself: the agent's one `claude` terminal.

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.stack
 
 
 def scrape(stack: dict, token: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    resp = httpx.get(stack["url"] + "services/sac/metrics",
+    resp = httpx.get(stack["service_url"] + "metrics",
                      headers={"Authorization": f"token {token}"}, timeout=30)  # fmt: skip
     assert resp.status_code == 200, resp.text
     assert resp.headers["content-type"].startswith("text/plain")
@@ -86,7 +86,7 @@ def test_metrics_move_with_activity(stack: dict, fake: str) -> None:
         token = asyncio.run(
             run_in_terminal(stack["url"], hub.token, user, "measured", "echo $SAC_AGENT_TOKEN")
         )
-        filed = httpx.post(stack["url"] + "services/sac/api/hitl/requests",
+        filed = httpx.post(stack["service_url"] + "api/hitl/requests",
                            headers={"Authorization": f"Bearer {token}"},
                            json={"kind": "tool", "tool": "Bash", "input": {"command": "ls"}})  # fmt: skip
         assert filed.status_code == 201, filed.text
@@ -106,10 +106,10 @@ def test_metrics_move_with_activity(stack: dict, fake: str) -> None:
 def test_who_may_scrape(stack: dict, new_user: Any) -> None:
     admin: HubApi = stack["admin"]
     _, someone = new_user("nometrics")
-    refused = httpx.get(stack["url"] + "services/sac/metrics",
+    refused = httpx.get(stack["service_url"] + "metrics",
                         headers={"Authorization": f"token {someone.token}"}, timeout=30)  # fmt: skip
     assert refused.status_code == 403 and refused.json()["error"] == "forbidden"
-    anonymous = httpx.get(stack["url"] + "services/sac/metrics", timeout=30)
+    anonymous = httpx.get(stack["service_url"] + "metrics", timeout=30)
     assert anonymous.status_code in (401, 403)
     # A scraper token: only read:metrics (the scope JupyterHub's /hub/metrics asks for).
     made = admin.hub("POST", "users/admin/tokens",

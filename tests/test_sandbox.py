@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from contextlib import ExitStack
+from urllib.parse import urlsplit
 
 import pytest
 from helpers import HubApi, run_in_terminal, running_agent
@@ -98,3 +100,41 @@ async def test_sandbox_environment_holds_no_credentials(stack: dict, two_agents)
     ):
         assert name not in env
     assert env["HOME"] == "/home/sac" and env["IS_SANDBOX"] == "1"
+
+
+@pytest.mark.asyncio
+async def test_a_sandbox_resolves_the_hub_the_service_and_its_owner_only(
+    stack: dict, two_agents
+) -> None:
+    """Subdomains: a sandbox's own read-only /etc/hosts names the hub's, the service's
+    and its owner's hosts (named in any way JupyterHub allows), and no other user's;
+    code inside reaches the hub and the service by their public URLs."""
+    admin: HubApi = stack["admin"]
+    (_, _), (ben, _) = two_agents
+    name = f"ann.lee_{uuid.uuid4().hex[:4]}"
+    with running_agent(admin, name, "box", api_key="sk-real-provider-key") as client:
+        server = admin.server(name, "box")
+        assert server is not None and server["url"] == client.server_url(name, "box")
+        own = urlsplit(server["url"]).hostname
+        assert own is not None and own.startswith("u-annlee") and own.endswith(".localhost")
+        service = urlsplit(stack["service_url"]).hostname
+        out = await run_in_terminal(
+            stack["url"], client.token, name, "box",
+            f"for h in localhost {service} {own} {ben}.localhost other.localhost; do"
+            " getent hosts $h >/dev/null && echo $h yes || echo $h no; done;"
+            " touch /etc/hosts 2>&1 | grep -c Read-only;"
+            ' A="Authorization: token $JUPYTERHUB_API_TOKEN";'
+            " curl -s -o /dev/null -w '%{http_code}\\n' -H \"$A\" ${SAC_HUB_URL}hub/api/user;"
+            " curl -s -o /dev/null -w '%{http_code}\\n' -H \"$A\""
+            " ${SAC_SERVICE_PUBLIC_URL}api/agents",
+        )  # fmt: skip
+    assert out.splitlines() == [
+        "localhost yes",
+        f"{service} yes",
+        f"{own} yes",
+        f"{ben}.localhost no",
+        "other.localhost no",
+        "1",
+        "200",
+        "200",
+    ]

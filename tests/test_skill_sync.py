@@ -21,6 +21,7 @@ from helpers import (
     allow_all,
     model_agent,
     running_agent,
+    server_url,
     stack_database_url,
     tar_gz,
 )
@@ -61,7 +62,7 @@ class Agent:
     """The agent's own API (the extension), as the sidebar uses it."""
 
     def __init__(self, stack: dict, client: HubApi, user: str, slug: str):
-        self.base = f"{stack['url']}user/{user}/{slug}/sac/api/"
+        self.base = server_url(stack["url"], user, slug) + "sac/api/"
         self.http = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=60)
 
     def sync(self) -> httpx.Response:

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import S3_BUCKET
-from helpers import HubApi, agent_home, run_in_terminal, running_agent, tar_gz
+from helpers import HubApi, agent_home, run_in_terminal, running_agent, server_url, tar_gz
 
 from jupyter_sac.objects import S3Store
 from jupyter_sac.testing.s3_server import S3Endpoint
@@ -77,7 +77,7 @@ def test_bundles_live_in_s3_and_reach_the_sandbox_without_its_keys(
         assert {f"skill-bundles/{sha}.tar.gz" for sha in shas.values()} <= set(keys)
         assert not list((s3_stack["data_dir"]).glob("objects/skill-bundles/*"))
 
-        base = f"{s3_stack['url']}user/{user}/{slug}/sac/api/"
+        base = server_url(s3_stack["url"], user, slug) + "sac/api/"
         auth = {"Authorization": f"token {client.token}"}
         synced = httpx.post(base + "skills/sync", headers=auth, timeout=60)
         assert synced.status_code == 200, synced.text
@@ -117,7 +117,7 @@ def test_sandbox_bundle_endpoints_answer_only_for_the_agents_own_skills(
             "POST", f"users/{user}/agents/{slug}/skills", json={"skill_id": mine_id}
         ).status_code == 201  # fmt: skip
         token = agent_token(s3_stack, client, user, slug)
-        api = httpx.Client(base_url=s3_stack["url"] + "services/sac/api/", timeout=60)
+        api = httpx.Client(base_url=s3_stack["service_url"] + "api/", timeout=60)
         as_agent = {"Authorization": f"Bearer {token}"}
 
         ok = api.post("agent/skills/bundles", json={"ids": [mine_id]}, headers=as_agent)

@@ -34,6 +34,10 @@ WAIT = 180
 # Run once in every kernel: the widgets, and small readers for the assertions.
 SETUP = """
 import html, json, re, threading
+# This kernel runs on the host, not in a sandbox (whose /etc/hosts names the hub's,
+# the service's and the user's hosts): resolve *.localhost as a browser would.
+from jupyter_sac.testing.resolve import resolve_localhost
+resolve_localhost()
 from jupyter_sac.client import Client
 from jupyter_sac.widgets import AgentChat, AgentsPanel, ApprovalsPanel, SkillRunner
 
@@ -344,7 +348,7 @@ def test_approvals_panel_decides_live(stack: dict, fake: str, tmp_path: Path) ->
         k.run("panel.stop()")
         k.until("not panel.refreshing", "the refresher to end")
         agent_token, sandbox_hub_token = sandbox_tokens(stack, hub, user, slug)
-        sandbox = httpx.Client(base_url=stack["url"] + "services/sac/api/", timeout=60,
+        sandbox = httpx.Client(base_url=stack["service_url"] + "api/", timeout=60,
                                headers={"Authorization": f"Bearer {agent_token}"})  # fmt: skip
 
         def file(**body: Any) -> str:
@@ -547,6 +551,8 @@ def test_skill_runner_builds_the_form_and_runs(stack: dict, fake: str, tmp_path:
 CONSOLE = """
 import json, sys, threading
 from IPython.lib.pretty import pretty
+from jupyter_sac.testing.resolve import resolve_localhost
+resolve_localhost()  # on the host, not in a sandbox: *.localhost as a browser has it
 from jupyter_sac.client import Client
 from jupyter_sac.widgets import AgentChat, AgentsPanel, ApprovalsPanel, SkillRunner
 
@@ -581,7 +587,7 @@ def test_widgets_print_readable_text_in_a_plain_console(stack: dict, fake: str) 
                        json={"skill_id": skill_id(hub, "summarise-csv")}).status_code == 201  # fmt: skip
         agent_token, _ = sandbox_tokens(stack, hub, user, slug)
         filed = httpx.post(
-            stack["url"] + "services/sac/api/hitl/requests",
+            stack["service_url"] + "api/hitl/requests",
             headers={"Authorization": f"Bearer {agent_token}"},
             json={"kind": "tool", "tool": "Bash", "input": {"command": "make deploy"}},
         )

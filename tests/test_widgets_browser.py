@@ -108,7 +108,7 @@ def test_approvals_panel_approves_from_jupyterlab(
     )
     command = f"make report-{uuid.uuid4().hex[:6]}"
     filed = httpx.post(
-        stack["url"] + "services/sac/api/hitl/requests",
+        stack["service_url"] + "api/hitl/requests",
         headers={"Authorization": f"Bearer {token}"},
         json={"kind": "tool", "tool": "Bash", "input": {"command": command}},
     )
@@ -118,7 +118,7 @@ def test_approvals_panel_approves_from_jupyterlab(
     # The notebook's kernel session exists before the page opens, so JupyterLab
     # attaches to it instead of (sometimes) asking which kernel to start.
     session = httpx.post(
-        stack["url"] + f"user/admin/{desk}/api/sessions",
+        admin.server_url("admin", desk) + "api/sessions",
         headers={"Authorization": f"token {admin.token}"},
         json={"path": "widgets.ipynb", "name": "widgets.ipynb", "type": "notebook",
               "kernel": {"name": "python3"}},
@@ -137,7 +137,7 @@ def test_approvals_panel_approves_from_jupyterlab(
         page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
         try:
             log_in(page, stack["url"], "admin", ADMIN_PASSWORD)
-            page.goto(stack["url"] + f"user/admin/{desk}/lab/tree/widgets.ipynb")
+            page.goto(admin.server_url("admin", desk) + "lab/tree/widgets.ipynb")
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
             # JupyterLab attaches the notebook to its kernel's session a moment after
             # the cells show. A cell run before then makes JupyterLab start a second
@@ -176,7 +176,7 @@ def test_approvals_panel_approves_from_jupyterlab(
             # The cells ran on the kernel of the session made above: JupyterLab did
             # not replace it with a kernel of its own.
             kernels = httpx.get(
-                stack["url"] + f"user/admin/{desk}/api/kernels",
+                admin.server_url("admin", desk) + "api/kernels",
                 headers={"Authorization": f"token {admin.token}"},
             ).json()
             assert [k["id"] for k in kernels] == [session.json()["kernel"]["id"]]

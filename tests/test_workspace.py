@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import HubApi, agent_home, run_in_terminal, running_agent
+from helpers import HubApi, agent_home, run_in_terminal, running_agent, server_url
 
 from jupyter_sac.testing.stack import poll_until
 from jupyter_sac.workspace import object_key
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.stack
 
 def contents(client: HubApi, user: str, slug: str, path: str) -> httpx.Response:
     """A file through the sandbox's Jupyter contents API (what JupyterLab reads)."""
-    return client.client.get(f"user/{user}/{slug}/api/contents/{path}", params={"content": 1})
+    return client.agent(user, slug, "GET", f"api/contents/{path}", params={"content": 1})
 
 
 def write(client: HubApi, user: str, slug: str, path: str, text: str) -> None:
@@ -33,9 +33,9 @@ def write(client: HubApi, user: str, slug: str, path: str, text: str) -> None:
     parts = path.split("/")[:-1]
     for depth in range(2, len(parts) + 1):
         folder = "/".join(parts[:depth])
-        client.client.put(f"user/{user}/{slug}/api/contents/{folder}", json={"type": "directory"})
+        client.agent(user, slug, "PUT", f"api/contents/{folder}", json={"type": "directory"})
     resp = client.client.put(
-        f"user/{user}/{slug}/api/contents/{path}",
+        client.server_url(user, slug) + f"api/contents/{path}",
         json={"type": "file", "format": "text", "content": text},
     )
     assert resp.status_code in (200, 201), resp.text
@@ -48,7 +48,7 @@ def listing(client: HubApi, user: str, slug: str) -> dict[str, dict[str, Any]]:
 
 
 def sync_now(client: HubApi, user: str, slug: str) -> dict[str, Any]:
-    resp = client.client.post(f"user/{user}/{slug}/sac/api/workspace")
+    resp = client.agent(user, slug, "POST", "sac/api/workspace")
     assert resp.status_code == 200, resp.text
     return resp.json()
 
@@ -93,7 +93,7 @@ def test_files_outlive_the_sandbox_and_reach_a_new_one(stack: dict) -> None:
         write(client, user, slug, "private/scratch.txt", "temporary")
         poll_until(lambda: "private/scratch.txt" in listing(client, user, slug), 30, "stored")
         assert (
-            client.client.delete(f"user/{user}/{slug}/api/contents/private/scratch.txt").status_code
+            client.agent(user, slug, "DELETE", "api/contents/private/scratch.txt").status_code
             == 204
         )
         poll_until(lambda: "private/scratch.txt" not in listing(client, user, slug), 30, "deleted")
@@ -247,7 +247,7 @@ def test_quota_holds_at_the_byte_and_leaves_nothing_behind(stack: dict) -> None:
         assert other.sac("PUT", f"{base}/files/private/z", content=b"z").status_code == 404
         for bad in ("private/%2e%2e/%2e%2e/etc/passwd", "private/a%00b", "etc/passwd",
                     "private/" + "x" * 256, "private/a%0Ab", "private/a%5Cb"):  # fmt: skip
-            resp = client.client.put(f"services/sac/api/{base}/files/{bad}", content=b"x")
+            resp = client.sac("PUT", f"{base}/files/{bad}", content=b"x")
             assert resp.status_code in (400, 404), (bad, resp.status_code)
             assert resp.headers["content-type"].startswith("application/json")
         assert client.sac("GET", base).json()["usage"]["files"] == 3
@@ -312,7 +312,7 @@ async def test_previews_and_live_output_events(stack: dict) -> None:
     admin: HubApi = stack["admin"]
     user, slug = f"wp{uuid.uuid4().hex[:6]}", f"prev{uuid.uuid4().hex[:4]}"
     with running_agent(admin, user, slug, api_key="sk-unused-key") as client:
-        base = f"{stack['url']}user/{user}/{slug}/"
+        base = server_url(stack["url"], user, slug)
         events = await websocket_connect(
             HTTPRequest(
                 base.replace("http", "ws", 1) + "api/events/subscribe",
@@ -343,7 +343,8 @@ async def test_previews_and_live_output_events(stack: dict) -> None:
 
         def preview(path: str, **params: str) -> httpx.Response:
             return client.client.get(
-                f"user/{user}/{slug}/sac/api/workspace/preview", params={"path": path, **params}
+                client.server_url(user, slug) + "sac/api/workspace/preview",
+                params={"path": path, **params},
             )
 
         text = preview("output/notes.txt").json()
@@ -358,7 +359,7 @@ async def test_previews_and_live_output_events(stack: dict) -> None:
         assert card["sha256"] == hashlib.sha256(b"\x00\x01\x02" * 100).hexdigest()
         # Editing text from the sidebar: saved, then stored by the watcher.
         saved = client.client.put(
-            f"user/{user}/{slug}/sac/api/workspace/preview",
+            client.server_url(user, slug) + "sac/api/workspace/preview",
             params={"path": "output/notes.txt"},
             json={"text": "edited\n"},
         )
@@ -377,7 +378,7 @@ async def test_previews_and_live_output_events(stack: dict) -> None:
         assert preview("output/../../etc/passwd").status_code == 400
         assert preview("output/nothing.txt").status_code == 404
         refused = client.client.put(
-            f"user/{user}/{slug}/sac/api/workspace/preview",
+            client.server_url(user, slug) + "sac/api/workspace/preview",
             params={"path": "public/x.md"},
             json={"text": "no"},
         )

@@ -1,10 +1,14 @@
 """The asynchronous client: agents, work, skills, history and approvals.
 
-Everything goes through the hub's public URL (its proxy), with one JupyterHub
+Everything goes through the hub's public side (its proxy), with one JupyterHub
 token: the hub's REST API for starting and stopping servers, the `sac` service
 for agents, skills, history and approvals, and each agent's own server for chat
-and skill runs. Inside a sandbox the URL and token come from the environment
-(``SAC_HUB_URL``, ``JUPYTERHUB_API_TOKEN``); elsewhere pass them.
+and skill runs. With subdomains these are three kinds of host (the hub's, the
+service's ``sac--service.<hub host>``, and each user's); an agent's server URL is
+the one the hub reports. Inside a sandbox the URLs and token come from the
+environment (``SAC_HUB_URL``, ``SAC_SERVICE_PUBLIC_URL``, ``JUPYTERHUB_API_TOKEN``,
+and ``SAC_PROXY_URL`` where the sandbox reaches public names through the proxy's
+own address); elsewhere pass the hub's URL and a token.
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urljoin
 
 import httpx
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
+from ..urls import ProxyTransport, default_service_url, via_proxy
 from .errors import Forbidden, SacError, SacTimeout, Unauthorized, error_for
 
 # How long one request may take (a start has its own timeout).
@@ -77,7 +82,12 @@ class AsyncClient:
     """``await AsyncClient().agents()``; see ``jupyter_sac.client.Client`` for the
     same calls without ``await``."""
 
-    def __init__(self, url: str | None = None, token: str | None = None):
+    def __init__(self, url: str | None = None, token: str | None = None,
+                 service_url: str | None = None):  # fmt: skip
+        """``url``: the hub's public URL; ``service_url``: the `sac` service's, by
+        default ``$SAC_SERVICE_PUBLIC_URL`` inside a sandbox of that hub, else beside
+        the hub (``sac--service.<hub host>``, or ``<hub>/services/sac/`` for a hub
+        reached by its address): pass it where the hub runs without subdomains."""
         # Inside an agent's sandbox, with the sandbox's own token (not one passed in).
         self._sandbox_token = token is None and bool(os.environ.get("JUPYTERHUB_SERVER_NAME"))
         if url is None or token is None:
@@ -85,10 +95,20 @@ class AsyncClient:
             url, token = url or env_url, token or env_token
         self.url = url.rstrip("/") + "/"
         self.token = token
+        # Inside a sandbox of this hub, its environment says where things are.
+        here = os.environ.get("SAC_HUB_URL", "").rstrip("/") + "/" == self.url
+        if service_url is None:
+            service_url = (here and os.environ.get("SAC_SERVICE_PUBLIC_URL")) or (
+                default_service_url(self.url)
+            )
+        # A path (the service beside a hub without subdomains) is on the hub's origin.
+        self.service_url = urljoin(self.url, service_url.rstrip("/") + "/")
+        self.proxy_url = os.environ.get("SAC_PROXY_URL", "") if here else ""
         self.http = httpx.AsyncClient(
             base_url=self.url,
             headers={"Authorization": f"token {token}"},
             timeout=httpx.Timeout(REQUEST_TIMEOUT, connect=10),
+            transport=ProxyTransport(self.proxy_url) if self.proxy_url else None,
         )
         self._user: str | None = None
         self._scopes: frozenset[str] | None = None
@@ -105,7 +125,8 @@ class AsyncClient:
     # ---- plumbing -------------------------------------------------------------------
 
     async def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        """A request to ``path`` under the hub's URL; a 4xx/5xx raises its SacError."""
+        """A request to ``path`` under the hub's URL (or to an absolute URL); a
+        4xx/5xx raises its SacError."""
         try:
             resp = await self.http.request(method, path, **kw)
         except httpx.TimeoutException as e:
@@ -121,9 +142,9 @@ class AsyncClient:
         return resp.json() if resp.content else None
 
     async def sac(self, method: str, path: str, **kw: Any) -> Any:
-        """The `sac` service's API (``path`` under ``services/sac/api/``)."""
+        """The `sac` service's API (``path`` under ``<service URL>api/``)."""
         try:
-            return await self.json(method, "services/sac/api/" + path, **kw)
+            return await self.json(method, self.service_url + "api/" + path, **kw)
         except Unauthorized as e:
             if not self._sandbox_token:
                 raise
@@ -167,8 +188,8 @@ class AsyncClient:
     def service_page(self, path: str = "") -> str:
         """The public URL of one of the `sac` service's pages (e.g.
         ``approvals/<id>``), on the service's own origin, for a person to open."""
-        base = os.environ.get("SAC_SERVICE_PUBLIC_URL") or self.url + "services/sac/"
-        return base.rstrip("/") + "/" + "/".join(quote(p, safe="") for p in path.split("/") if p)
+        parts = (quote(p, safe="") for p in path.split("/") if p not in ("", ".", ".."))
+        return self.service_url + "/".join(parts)
 
     # ---- agents ---------------------------------------------------------------------
 
@@ -260,6 +281,7 @@ class AsyncAgent:
         self.client = client
         self.slug = slug
         self._owner = owner
+        self._server_url: str | None = None
 
     def __repr__(self) -> str:
         return f"<Agent {self._owner or '?'}/{self.slug}>"
@@ -273,7 +295,17 @@ class AsyncAgent:
         return f"users/{quote(await self.owner())}/agents/{self.slug}"
 
     async def _server(self) -> str:
-        return f"user/{quote(await self.owner())}/{self.slug}/"
+        """The agent's server URL as the hub reports it (with subdomains, on its
+        owner's host); for a server the hub does not list (stopped), the path under
+        the hub's URL, which the hub itself answers."""
+        if self._server_url is None:
+            owner = await self.owner()
+            user = await self.client.hub("GET", f"users/{quote(owner)}")
+            server = (user.get("servers") or {}).get(self.slug) or {}
+            if not server.get("url"):
+                return urljoin(self.client.url, f"user/{quote(owner)}/{self.slug}/")
+            self._server_url = urljoin(self.client.url, server["url"])
+        return self._server_url
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -356,10 +388,12 @@ class AsyncAgent:
     async def _events(self, session_id: str, turn_id: str) -> AsyncIterator[dict[str, Any]]:
         """The events of one turn, from its first to its ``turn_end``."""
         query = urlencode({"session_id": session_id, "since": 0})
-        ws_url = self.client.url.replace("http", "ws", 1) + (
-            await self._server() + f"sac/api/chat/events?{query}"
-        )
-        request = HTTPRequest(ws_url, headers={"Authorization": f"token {self.client.token}"})
+        ws_url = (await self._server()).replace("http", "ws", 1) + f"sac/api/chat/events?{query}"
+        ws_url, host = via_proxy(ws_url, self.client.proxy_url)
+        headers = {"Authorization": f"token {self.client.token}"}
+        if host:
+            headers["Host"] = host
+        request = HTTPRequest(ws_url, headers=headers)
         try:
             conn = await websocket_connect(request)
         except HTTPClientError as e:

@@ -72,16 +72,18 @@ class Client:
     """Drive my agents from Python.
 
     >>> sac = Client()                         # inside an agent's server
-    >>> sac = Client(url="http://hub:8000/", token="...")
+    >>> sac = Client(url="http://localhost:8000/", token="...")   # from elsewhere
     >>> helper = sac.agent("helper")
     >>> helper.start(); print(helper.ask("list the CSV files").text)
     """
 
-    def __init__(self, url: str | None = None, token: str | None = None):
+    def __init__(self, url: str | None = None, token: str | None = None,
+                 service_url: str | None = None):  # fmt: skip
+        """``url``: the hub's public URL; ``service_url``: see AsyncClient."""
         self._loop = _Loop()
         try:
             # httpx binds its connection pool to the loop it first runs on: make it there.
-            self.aio: AsyncClient = self._loop.run(_make(url, token))
+            self.aio: AsyncClient = self._loop.run(_make(url, token, service_url))
         except BaseException:
             self._loop.close()
             raise
@@ -151,8 +153,8 @@ class Client:
         return Subscription(self._loop, self._loop.run(start()))
 
 
-async def _make(url: str | None, token: str | None) -> AsyncClient:
-    return AsyncClient(url, token)
+async def _make(url: str | None, token: str | None, service_url: str | None) -> AsyncClient:
+    return AsyncClient(url, token, service_url)
 
 
 class Subscription:

@@ -37,6 +37,9 @@ class RuntimeInfo:
             },
             "runtime": {"name": self.runtime, "version": await self.runtime_version()},
             "workspace": os.environ.get("SAC_WORKSPACE"),
+            # Where the browser finds the `sac` service's pages: on a host of its own
+            # with subdomains, never this server's origin.
+            "service_url": os.environ.get("SAC_SERVICE_PUBLIC_URL") or None,
             "versions": {
                 "jupyter_sac": __version__,
                 "jupyter_server": jupyter_server.__version__,

@@ -8,6 +8,7 @@ from urllib.parse import quote
 from .. import settings as sac_settings
 from ..budgets import budgets
 from ..store import AgentExistsError, AgentLimitError, AgentRecord
+from ..urls import PublicUrls
 from .base import BaseHandler, Identity
 from .errors import ApiError
 from .hub import HubError
@@ -18,7 +19,7 @@ def agent_model(
     agent: AgentRecord,
     resolved: dict[str, Any],
     hub_user: dict[str, Any] | None,
-    hub_prefix: str,
+    public: PublicUrls,
     org_keys: dict[str, str],
 ) -> dict[str, Any]:
     server = (hub_user or {}).get("servers", {}).get(agent.slug)
@@ -31,7 +32,8 @@ def agent_model(
         "resolved": sac_settings.jsonable(resolved),
         "created_at": agent.created_at.isoformat(),
         "updated_at": agent.updated_at.isoformat(),
-        "url": f"{hub_prefix}user/{quote(agent.owner, safe='')}/{agent.slug}/",
+        # The agent's server on its owner's host (with subdomains), as the hub has it.
+        "url": public.server(agent.owner, agent.slug),
         "server": None
         if server is None
         else {
@@ -78,7 +80,7 @@ class AgentBaseHandler(BaseHandler):
                     agent,
                     resolved,
                     hub_users[agent.owner],
-                    self.sac.hub_prefix,
+                    self.sac.public,
                     self.sac.org_keys,
                 )
             )

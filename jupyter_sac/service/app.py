@@ -24,6 +24,7 @@ from ..objects import ObjectStore, store_from_config
 from ..providers import PRESETS
 from ..stack import default_data_dir
 from ..store import Store
+from ..urls import PublicUrls
 from . import (
     admin_pages,
     agent_skills,
@@ -154,6 +155,22 @@ class SacService(Application):
     @default("hub_prefix")
     def _default_hub_prefix(self) -> str:
         return os.environ.get("JUPYTERHUB_BASE_URL", "/")
+
+    public_host = Unicode(
+        help="""The hub's public origin when it serves users and services on subdomains
+        (JupyterHub.subdomain_host, e.g. http://localhost:8000): links to the hub's
+        pages and to agents are then absolute, on their own hosts. Empty without
+        subdomains. Default: $JUPYTERHUB_HOST.""",
+    ).tag(config=True)
+
+    @default("public_host")
+    def _default_public_host(self) -> str:
+        return os.environ.get("JUPYTERHUB_HOST", "")
+
+    @property
+    def public(self) -> PublicUrls:
+        """Where browsers find the hub, this service and agents (jupyter_sac.urls)."""
+        return PublicUrls(self.public_host.rstrip("/"), self.hub_prefix)
 
     official_skills_dir = Unicode(
         help="""Folder of the official skills upserted at start (one folder per skill:

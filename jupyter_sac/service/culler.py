@@ -15,11 +15,12 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urljoin
 
 import httpx
 
 from .. import settings as sac_settings
+from ..urls import ProxyTransport
 from . import metrics
 from .base import BaseHandler
 from .openapi import _op, _resp
@@ -85,12 +86,15 @@ class Culler:
             "culled": [],
             "kept": {},
         }
-        # The agents' own servers, through the hub's proxy, with the service's token.
-        base = os.environ.get("SAC_HUB_URL", "").rstrip("/") + "/"
+        # The agents' own servers, through the hub's proxy, with the service's token:
+        # connected to the proxy's own address, with each agent's public host (its
+        # owner's subdomain) in the Host header, which this machine may not resolve.
+        proxy = os.environ.get("SAC_PROXY_URL") or os.environ.get("SAC_HUB_URL", "")
+        self.proxy = proxy.rstrip("/") + "/"
         self.http = httpx.AsyncClient(
-            base_url=base,
             headers={"Authorization": f"token {os.environ.get('JUPYTERHUB_API_TOKEN', '')}"},
             timeout=10,
+            transport=ProxyTransport(self.proxy),
         )
 
     async def run(self) -> None:
@@ -122,7 +126,7 @@ class Culler:
                 _parse(server.get("last_activity")),
                 float(resolved["idle_timeout"]),
                 len(pending),
-                await self._activity(owner, name),
+                await self._activity(owner, name, server),
             )
             key = f"{owner}/{name}"
             if not verdict.cull:
@@ -148,9 +152,12 @@ class Culler:
         self.status["passes"] += 1
         self.status["last_pass"] = now.isoformat()
 
-    async def _activity(self, owner: str, name: str) -> dict[str, Any] | None:
+    async def _activity(self, owner: str, name: str, server: dict[str, Any]
+                        ) -> dict[str, Any] | None:  # fmt: skip
+        # The server's public URL as the hub reports it (absolute with subdomains).
+        base = urljoin(self.proxy, server.get("url") or f"user/{quote(owner)}/{quote(name)}/")
         try:
-            resp = await self.http.get(f"user/{quote(owner)}/{quote(name)}/sac/api/activity")
+            resp = await self.http.get(base + "sac/api/activity")
         except httpx.HTTPError as e:
             log.warning("agent %s/%s did not answer: %s", owner, name, e)
             return None

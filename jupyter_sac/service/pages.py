@@ -117,20 +117,24 @@ class PageHandler(BaseHandler):
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Content-Type-Options", "nosniff")
-        # No scripts at all; styles only from this origin (the hub's and ours). Never
-        # framed (frame-ancestors 'none'): every page has forms that change things.
+        # No scripts at all; styles only from this origin and the hub's (its own,
+        # with subdomains), forms only to them (a new agent goes on to the hub's
+        # spawn page). Never framed (frame-ancestors 'none'): every page has forms
+        # that change things, and an agent's JupyterLab (an origin its sandbox
+        # controls) must not frame one and have a person click through.
+        hub = self.sac.public.host
         self.set_header(
             "Content-Security-Policy",
-            "default-src 'none'; style-src 'self'; font-src 'self'; img-src 'self' data:;"
-            " form-action 'self';"
+            f"default-src 'none'; style-src 'self' {hub}; font-src 'self' {hub};"
+            f" img-src 'self' {hub} data:; form-action 'self' {hub};"
             " frame-ancestors 'none'; base-uri 'none'",
         )
 
     def base_namespace(self) -> dict[str, Any]:
         return {
             "prefix": self.sac.prefix,
-            # hub_prefix is JupyterHub's base URL; the hub's own pages are under hub/.
-            "hub": self.sac.hub_prefix + "hub/",
+            # The hub's base URL (on its own host with subdomains); its pages are under hub/.
+            "hub": self.sac.public.hub + "hub/",
             "ident": None,
             "hub_admin": False,
             "version": __version__,
@@ -330,7 +334,7 @@ class IndexPage(PageHandler, AgentOps):
             await self.render_home(status=e.status_code, error=e, entered=entered)
             return
         user = quote(ident.name, safe="")
-        self.redirect(f"{self.sac.hub_prefix}hub/spawn/{user}/{agent.slug}", status=303)
+        self.redirect(f"{self.sac.public.hub}hub/spawn/{user}/{agent.slug}", status=303)
 
 
 class ApiIndexHandler(BaseHandler):

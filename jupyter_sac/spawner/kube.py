@@ -44,7 +44,7 @@ from .kube_manifests import (
     token_secret,
 )
 from .kube_names import agent_object_name, label_value
-from .mixin import AgentContext, AgentSpawnerMixin, AgentSpawnError
+from .mixin import AgentContext, AgentSpawnerMixin, AgentSpawnError, locked_jupyter_env
 
 LABEL_PREFIX = "sac.jupyter.org"
 
@@ -132,6 +132,15 @@ class KubeAgentSpawner(AgentSpawnerMixin, KubeSpawner):
         "",
         help="""runtimeClassName of agent pods, e.g. "gvisor" or "kata" for a sandboxed
         container runtime installed on the nodes. Empty: the cluster's default runtime.""",
+    ).tag(config=True)
+
+    sandbox_python_prefix = Unicode(
+        "/usr/local",
+        help="""sys.prefix of the sandbox image's Python (images/sandbox: /usr/local).
+        JupyterLab in an agent's pod loads federated extensions only from
+        <prefix>/share/jupyter/labextensions, and its Jupyter data and config dirs
+        are the image's <prefix>/share/jupyter and <prefix>/etc/jupyter (read-only),
+        never the agent's home.""",
     ).tag(config=True)
 
     readiness_period = Integer(
@@ -253,6 +262,7 @@ class KubeAgentSpawner(AgentSpawnerMixin, KubeSpawner):
             return env
         env = self.scrub_env(env)
         env.update(self.agent_env(self._agent))
+        env.update(locked_jupyter_env(self.sandbox_python_prefix, SANDBOX_HOME))
         env.update(
             {
                 "HOME": SANDBOX_HOME,
@@ -271,7 +281,7 @@ class KubeAgentSpawner(AgentSpawnerMixin, KubeSpawner):
             *super().get_args(),
             # A non-login shell keeps the image's PATH (see LocalAgentSpawner.get_args).
             '--ServerApp.terminado_settings={"shell_command": ["/bin/bash"]}',
-            *self.sac_server_args(),
+            *self.sac_server_args(self.sandbox_python_prefix, SANDBOX_HOME),
         ]
 
     async def get_pod_manifest(self) -> Any:

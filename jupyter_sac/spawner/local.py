@@ -22,8 +22,9 @@ from traitlets import Bool, Enum, Float, Integer, List, Unicode, default
 import jupyter_sac
 
 from ..runtimes.claude import claude_binary
+from ..urls import PublicUrls
 from .limits import AppliedLimits, apply_limits, release
-from .mixin import AgentContext, AgentSpawnerMixin, AgentSpawnError
+from .mixin import AgentContext, AgentSpawnerMixin, AgentSpawnError, locked_jupyter_env
 from .sandbox import (
     SANDBOX_HOME,
     SANDBOX_WORKSPACE,
@@ -35,6 +36,8 @@ from .sandbox import (
     descendants,
     launcher_command,
     recover_layouts,
+    sandbox_hosts,
+    write_in_place,
 )
 
 _pools: dict[tuple, WarmPool] = {}
@@ -109,6 +112,14 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         " where this machine lets the hub create them.",
     ).tag(config=True)
 
+    proxy_ip = Unicode(
+        "",
+        help="""The proxy's address as a sandbox reaches it. With subdomains (the hub
+        config sets this then), each sandbox gets its own read-only /etc/hosts that
+        maps the hub's, the `sac` service's and its owner's public host names to it.
+        Empty: sandboxes resolve names as this machine does.""",
+    ).tag(config=True)
+
     ready_poll_interval = Float(
         0.05, help="Seconds between checks that a starting sandbox listens on its port."
     ).tag(config=True)
@@ -151,7 +162,25 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         )
         return "none"
 
-    def _bwrap_argv(self, layout: SandboxLayout, hostname: str = "sac-agent") -> list[str]:
+    def _write_hosts(self, layout: SandboxLayout, owner: str | None) -> bool:
+        """Write the sandbox's /etc/hosts (in place: a running sandbox has it bound);
+        a warm sandbox's names only the hub and the service until it gets its owner."""
+        if not self.proxy_ip:
+            return False
+        public = PublicUrls.from_config(self.config)
+        try:
+            with open("/etc/hosts") as f:
+                base = f.read()
+        except OSError:
+            base = "127.0.0.1 localhost\n"
+        names = public.host_names(owner)
+        write_in_place(layout.hosts, sandbox_hosts(base, names, self.proxy_ip, public.domain))
+        return True
+
+    def _bwrap_argv(
+        self, layout: SandboxLayout, hostname: str = "sac-agent", owner: str | None = None
+    ) -> list[str]:
+        hosts = layout.hosts if self._write_hosts(layout, owner) else None
         return bwrap_argv(
             self.bwrap_path,
             layout,
@@ -160,6 +189,7 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
             data_dir=self.data_dir,
             hostname=hostname,
             command=launcher_command(),
+            hosts_file=hosts,
         )
 
     def _pool(self) -> WarmPool | None:
@@ -171,6 +201,7 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
             tuple(self.hidden_paths),
             tuple(self.readonly_paths),
             self.warm_sandboxes,
+            self.proxy_ip,
         )
         pool = _pools.get(key)
         if pool is None:
@@ -196,7 +227,8 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         # A non-login shell: login shells reset PATH from /etc/profile, losing the
         # sandbox's tools (this Python, the pinned claude CLI).
         args.append('--ServerApp.terminado_settings={"shell_command": ["/bin/bash"]}')
-        return [*args, *self.sac_server_args()]
+        home = getattr(self, "_home", SANDBOX_HOME)
+        return [*args, *self.sac_server_args(sys.prefix, home)]
 
     def user_env(self, env: dict[str, str]) -> dict[str, str]:
         env["USER"] = self.user.name
@@ -225,8 +257,12 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         else:
             home, workspace = str(layout.home), str(layout.workspace)
         self.notebook_dir = workspace
+        self._home = home
         env = self.scrub_env(self.get_env())
         env.update(self.agent_env(ctx))
+        # JupyterLab's extensions and the server's config only from this Python's
+        # installation, which every sandbox mounts read-only.
+        env.update(locked_jupyter_env(sys.prefix, home))
         env["HOME"] = home
         env["SAC_WORKSPACE"] = workspace
         env["CLAUDE_CONFIG_DIR"] = f"{home}/.claude"
@@ -249,13 +285,13 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
             self.report("Using a warm sandbox", 30)
             adopt_layout(sandbox.layout, layout)
             sandbox.layout = layout
+            self._write_hosts(layout, self.user.name)
         else:
             layout.create()
             if mode == "bubblewrap":
                 self.report("Starting a new bubblewrap sandbox", 30)
-                sandbox = Sandbox.launch(
-                    self._bwrap_argv(layout, f"sac-{ctx.agent.slug}"), layout, confined=True
-                )
+                confined = self._bwrap_argv(layout, f"sac-{ctx.agent.slug}", self.user.name)
+                sandbox = Sandbox.launch(confined, layout, confined=True)
             else:
                 self.report("Starting an UNCONFINED agent process", 30)
                 sandbox = Sandbox.launch(launcher_command(), layout, confined=False, cwd=workspace)

@@ -34,6 +34,55 @@ FORBIDDEN_ENV_PREFIXES = (
 )
 
 
+# Variables that would add places JupyterLab and the server read from (extensions,
+# config): a sandbox's server gets none of them.
+UNSET_JUPYTER_ENV = ("JUPYTER_PATH", "JUPYTER_CONFIG_PATH")
+
+
+def locked_jupyter_env(prefix: str, home: str) -> dict[str, str]:
+    """Where a sandbox's Jupyter server reads from and writes to.
+
+    JupyterLab loads federated extensions from every ``share/jupyter/labextensions``
+    on its data path, ``~/.local/share/jupyter`` and ``~/.jupyter`` included, which
+    an agent can write: script put there would run in the page of whoever opens
+    the agent. Here the data and config dirs are the Python installation's own
+    (``prefix``: read-only in every sandbox, provided by the image), so nothing
+    the agent writes can add or shadow an extension or configure the server; the
+    files the server and JupyterLab write (runtime files, settings, workspaces)
+    stay in the agent's home, where they have always been. The installation's own
+    configuration (``<prefix>/etc/jupyter``: the jupyter_sac server extension,
+    JupyterLab's page config) is read as always.
+    """
+    return {
+        "JUPYTER_DATA_DIR": f"{prefix}/share/jupyter",
+        # Empty but for jupyter_core's "migrated" marker, shipped with jupyter-sac
+        # (jupyter-config/sandbox): a server never tries to write there.
+        "JUPYTER_CONFIG_DIR": f"{prefix}/etc/jupyter-sac/sandbox",
+        "JUPYTER_RUNTIME_DIR": f"{home}/.local/share/jupyter/runtime",
+        "JUPYTERLAB_SETTINGS_DIR": f"{home}/.jupyter/lab/user-settings",
+        "JUPYTERLAB_WORKSPACES_DIR": f"{home}/.jupyter/lab/workspaces",
+        # The installation's paths before any user's, so nothing shadows them.
+        "JUPYTER_PREFER_ENV_PATH": "1",
+        # No ~/.local/lib/python*/site-packages (modules a restarted server would
+        # import) and no ~/.local/share/jupyter on the data path.
+        "PYTHONNOUSERSITE": "1",
+    }
+
+
+def locked_jupyter_args(prefix: str, home: str) -> list[str]:
+    """Server arguments that pin JupyterLab's federated extensions to the
+    installation's (command-line values win over any config file). The plain
+    path form on purpose: ``--LabApp.labextensions_path=['…']`` is parsed as one
+    path string through jupyterhub-singleuser and would load no extension at all."""
+    return [
+        f"--LabApp.labextensions_path={prefix}/share/jupyter/labextensions",
+        "--LabApp.extra_labextensions_path=[]",
+        # Notebook trust (signing key and database) stays in the agent's home, as
+        # before: the data dir is read-only now.
+        f"--NotebookNotary.data_dir={home}/.local/share/jupyter",
+    ]
+
+
 class AgentSpawnError(Exception):
     """A spawn refused for a reason the user should read (shown on the spawn page)."""
 
@@ -109,9 +158,36 @@ class AgentSpawnerMixin(LoggingConfigurable):
     def _default_hub_public_url(self) -> str:
         return os.environ.get("SAC_HUB_URL", "")
 
+    sac_service_public_url = Unicode(
+        help="""The `sac` service's public URL, where browsers find it (with subdomains
+        its own host: http://sac--service.localhost:8000/services/sac/). Sandboxes get
+        it as $SAC_SERVICE_PUBLIC_URL: the JupyterLab sidebar opens service pages
+        there and jupyter_sac.client calls the service API there. Default:
+        $SAC_SERVICE_PUBLIC_URL.""",
+    ).tag(config=True)
+
+    @default("sac_service_public_url")
+    def _default_sac_service_public_url(self) -> str:
+        return os.environ.get("SAC_SERVICE_PUBLIC_URL", "")
+
+    sandbox_proxy_url = Unicode(
+        "",
+        help="""Where a sandbox connects for public URLs (the hub, the service, agents)
+        when it cannot resolve their names, e.g. the proxy's Service in a cluster
+        without wildcard DNS: requests go there with the public host in their Host
+        header, so the proxy's host routing still applies ($SAC_PROXY_URL in the
+        sandbox, read by jupyter_sac.client). Empty: connect to the public URLs.""",
+    ).tag(config=True)
+
     agent_environment = Dict(
         help="Extra environment variables for every sandbox (never put secrets here).",
     ).tag(config=True)
+
+    @default("disable_user_config")
+    def _default_disable_user_config(self) -> bool:
+        # jupyterhub-singleuser then reads no configuration from the agent's home
+        # (and never tries to migrate IPython config into the read-only config dir).
+        return True
 
     # ---- progress -----------------------------------------------------------------
 
@@ -201,6 +277,7 @@ class AgentSpawnerMixin(LoggingConfigurable):
             "SAC_AGENT_PROVIDER": ctx.agent.provider,
             "SAC_RUNTIME": ctx.agent.runtime,
             "SAC_SERVICE_URL": self.sac_service_url,
+            "SAC_SERVICE_PUBLIC_URL": self.sac_service_public_url,
             "SAC_HUB_URL": self.hub_public_url,
             # The same per-agent token authenticates history ingest and HITL filing.
             "SAC_AGENT_TOKEN": ctx.token,
@@ -209,23 +286,31 @@ class AgentSpawnerMixin(LoggingConfigurable):
             # The sandbox *is* the isolation boundary (claude checks this for bypassPermissions).
             "IS_SANDBOX": "1",
         }
+        if self.sandbox_proxy_url:
+            env["SAC_PROXY_URL"] = self.sandbox_proxy_url
         for key, value in self.agent_environment.items():
             if not key.startswith(FORBIDDEN_ENV_PREFIXES):
                 env[key] = str(value)
         return env
 
     @staticmethod
-    def sac_server_args() -> list[str]:
-        """Single-user server arguments every sandbox gets, whatever the spawner."""
+    def sac_server_args(prefix: str, home: str) -> list[str]:
+        """Single-user server arguments every sandbox gets, whatever the spawner
+        (``prefix``: sys.prefix of the sandbox's Python; ``home``: its home)."""
         return [
             # Terminal output in fewer, larger websocket messages (see terminal_manager).
             "--TerminalsExtensionApp.terminal_manager_class="
             "jupyter_sac.server_extension.terminal_manager.SacTerminalManager",
+            *locked_jupyter_args(prefix, home),
         ]
 
     @staticmethod
     def scrub_env(env: dict[str, str]) -> dict[str, str]:
-        return {k: v for k, v in env.items() if not k.startswith(FORBIDDEN_ENV_PREFIXES)}
+        return {
+            k: v
+            for k, v in env.items()
+            if not k.startswith(FORBIDDEN_ENV_PREFIXES) and k not in UNSET_JUPYTER_ENV
+        }
 
     async def revoke_agent_token(self) -> None:
         if not self.database_url or not self.name:

@@ -46,9 +46,57 @@ class SandboxLayout:
     def workspace(self) -> Path:
         return self.root / "workspace"
 
+    @property
+    def hosts(self) -> Path:
+        """The sandbox's /etc/hosts (outside its writable directories)."""
+        return self.root / "hosts"
+
     def create(self) -> None:
         for path in (self.root, self.home, self.workspace):
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def _under(name: str, domain: str) -> bool:
+    name, domain = name.lower().rstrip("."), domain.lower().rstrip(".")
+    return name == domain or name.endswith("." + domain)
+
+
+def sandbox_hosts(base: str, names: Sequence[str], ip: str, domain: str) -> str:
+    """A sandbox's /etc/hosts: the machine's ``base`` without any name in the hub's
+    ``domain``, then exactly ``names`` (the hub's, the service's and the owner's
+    host) on the proxy's address ``ip``.
+
+    Python and most tools do not resolve ``*.localhost`` as browsers do; with this
+    file, code in the sandbox (jupyter_sac.client, curl) finds the hub, the
+    service and its own user's servers by their public names, and no other name
+    under the domain. It is name resolution, not a boundary: the sandbox can still
+    send any Host header to the proxy, and every server checks its own tokens.
+    """
+    lines = ["# Written by jupyter-sac for this sandbox (read-only inside it)."]
+    for line in base.splitlines():
+        fields = line.partition("#")[0].split()
+        if not fields:
+            if line.strip():
+                lines.append(line)  # a comment
+            continue
+        address, *aliases = fields
+        kept = [a for a in aliases if not _under(a, domain) and a not in names]
+        if kept:
+            lines.append(" ".join([address, *kept]))
+    if names:
+        lines.append(" ".join([ip, *dict.fromkeys(names)]))
+    return "\n".join(lines) + "\n"
+
+
+def write_in_place(path: Path, text: str) -> None:
+    """Replace a file's content keeping its inode: a running sandbox has it bound
+    (as /etc/hosts), and a bind mount follows the inode, not the name."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 def bwrap_argv(
@@ -60,6 +108,7 @@ def bwrap_argv(
     data_dir: str,
     hostname: str,
     command: Sequence[str],
+    hosts_file: Path | None = None,
 ) -> list[str]:
     """The bubblewrap command line for one sandbox (pure: no I/O beyond existence checks).
 
@@ -90,6 +139,9 @@ def bwrap_argv(
     for path in MASKED_FILES:
         if os.path.exists(path):
             argv += ["--ro-bind", "/dev/null", path]
+    if hosts_file is not None:
+        # Its own name resolution (sandbox_hosts), read-only like the rest of /etc.
+        argv += ["--ro-bind", str(hosts_file), "/etc/hosts"]
     argv += [
         "--bind",
         str(layout.home),
@@ -170,6 +222,9 @@ class Sandbox:
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL")}
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         env["PYTHONDONTWRITEBYTECODE"] = "1"
+        # Python decides at start whether ~/.local is on its paths: never, in a
+        # sandbox (the agent could put modules, or Jupyter data, there).
+        env["PYTHONNOUSERSITE"] = "1"
         # The launcher writes "ready" to this inherited pipe once its imports are done.
         env["SAC_READY_FD"] = str(write_fd)
         # Every confined sandbox sees the same paths, so anything cached at import

@@ -17,6 +17,7 @@ from typing import TypeVar
 import httpx
 
 from ..stack import free_port
+from ..urls import PublicUrls, via_proxy
 
 T = TypeVar("T")
 
@@ -52,15 +53,27 @@ def stop_process(proc: subprocess.Popen, timeout: float = 90) -> None:
 
 @dataclass
 class RunningStack:
-    url: str
+    url: str  # the hub's public URL (http://localhost:<port>/); its pages under hub/
     admin_token: str
     data_dir: Path
     log_path: Path
     proc: subprocess.Popen
+    public: PublicUrls  # the service's and users' hosts (subdomains, as `sac up` has them)
+    proxy_url: str  # the proxy's own address (http://127.0.0.1:<port>/)
+
     # A token of the test harness's own hub service (a hub admin): it stands
     # in for people making their API tokens at /hub/token, which the administrator
     # may not do for them (docs/security.md#operators).
     harness_token: str = ""
+
+    @property
+    def service_url(self) -> str:
+        """The `sac` service's public URL (http://sac--service.localhost:<port>/services/sac/)."""
+        return self.public.service()
+
+    def server_url(self, user: str, server: str) -> str:
+        """A user's named server's public URL, on the user's host."""
+        return self.public.server(user, server)
 
 
 HARNESS_SERVICE = "sac-test-harness"
@@ -86,6 +99,13 @@ def harness_config(path: Path, extra_config: Path | None) -> Path:
     extra = f"load_subconfig({str(extra_config)!r})" if extra_config is not None else ""
     path.write_text(HARNESS_CONFIG.format(name=HARNESS_SERVICE, extra=extra))
     return path
+
+
+def proxied(url: str, proxy_url: str) -> tuple[str, dict[str, str]]:
+    """(URL, headers) reaching a public URL through the proxy's own address, for
+    processes that do not resolve *.localhost (Python does not)."""
+    target, host = via_proxy(url, proxy_url)
+    return target, ({"Host": host} if host else {})
 
 
 @contextmanager
@@ -115,7 +135,9 @@ def embedded_stack(
     env.update(extra_env)
     env["SAC_EXTRA_CONFIG"] = str(harness_config(workdir / "harness_config.py", extra_config))
     port = port or free_port()
-    url = f"http://127.0.0.1:{port}/"
+    public = PublicUrls(f"http://localhost:{port}")
+    url = public.hub
+    proxy_url = f"http://127.0.0.1:{port}/"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "jupyter_sac.cli", "up", "--port", str(port),
@@ -137,10 +159,11 @@ def embedded_stack(
         resp.raise_for_status()
         token = resp.json()["token"]
         headers = {"Authorization": f"token {token}"}
-        # The service starts beside the hub: wait for it too.
-        poll_until(lambda: http_status(url + "services/sac/api/agents", headers=headers) == 200,
+        # The service starts beside the hub, on its own host: wait for it too.
+        agents, host = proxied(public.service() + "api/agents", proxy_url)
+        poll_until(lambda: http_status(agents, headers={**headers, **host}) == 200,
                    60, "the sac service", interval=0.2)  # fmt: skip
-        yield RunningStack(url, token, data_dir, log_path, proc, harness_token)
+        yield RunningStack(url, token, data_dir, log_path, proc, public, proxy_url, harness_token)
     finally:
         stop_process(proc)
 

@@ -61,6 +61,8 @@ export interface IAgentRef {
   user: string;
   slug: string;
   hubPrefix: string;
+  /** The hub's origin with subdomains (`http://localhost:8000`), else empty. */
+  hubHost: string;
 }
 
 export function currentAgent(): IAgentRef {
@@ -68,7 +70,8 @@ export function currentAgent(): IAgentRef {
   return {
     user: PageConfig.getOption('hubUser'),
     slug: PageConfig.getOption('hubServerName'),
-    hubPrefix
+    hubPrefix,
+    hubHost: PageConfig.getOption('hubHost') || ''
   };
 }
 

@@ -21,7 +21,7 @@ import claudeSvg from '../style/icons/claude.svg';
 import { currentAgent, ExtensionClient, ServiceClient } from './api';
 import { ChatPanel } from './chat';
 import { COMMANDS, DEFAULT_PREFERENCES, IPreferences, ISacContext, SacEvents } from './context';
-import { agentOpenUrl, servicePageUrl } from './logic';
+import { agentOpenUrl, serviceBase, servicePageUrl } from './logic';
 import { SacSidebar } from './sidebar';
 
 const PLUGIN_ID = 'jupyter-sac:plugin';
@@ -82,7 +82,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const ext = new ExtensionClient();
     // The service's public URL (its own origin) comes from this sandbox's status.
     let serviceUrl: string | null = null;
-    const serviceUrlLoaded = ext
+    void ext
       .status()
       .then(status => {
         serviceUrl = typeof status?.service_url === 'string' ? status.service_url : null;
@@ -102,23 +102,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
         await app.commands.execute('filebrowser:go-to-path', { path: `/${path}` });
       },
       openServicePage: (path: string) => {
-        const open = (base: string) => window.open(servicePageUrl(base, path), '_blank', 'noopener');
-        if (serviceUrl) {
-          open(serviceUrl);
-          return;
-        }
-        // Not known yet: offer the link once it is (a new window needs a click).
-        void serviceUrlLoaded.then(() => {
-          if (!serviceUrl) {
-            Notification.error(trans.__('The SAC service cannot be reached from here.'));
-            return;
-          }
-          const base = serviceUrl;
-          Notification.info(trans.__('Continue on the SAC service.'), {
-            autoClose: false,
-            actions: [{ label: trans.__('Open'), callback: () => void open(base) }]
-          });
-        });
+        // The sandbox's status says where the service is; until it has answered,
+        // JupyterHub's own layout does (sac--service.<hub host>, or /services/sac/).
+        const base = serviceUrl ?? serviceBase(agent.hubPrefix, agent.hubHost);
+        window.open(servicePageUrl(base, path), '_blank', 'noopener');
       }
     };
 
@@ -186,7 +173,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
         Notification.info(trans.__('%1 is restarting.', agent.slug), { autoClose: 5000 });
         // This page belongs to the server that just stopped (its login too): go by
         // the hub's spawn page, which shows the start and then reopens JupyterLab.
-        window.location.assign(agentOpenUrl(agent.hubPrefix, agent.user, agent.slug));
+        window.location.assign(agentOpenUrl(agent.hubHost, agent.hubPrefix, agent.user, agent.slug));
       }
     });
 

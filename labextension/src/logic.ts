@@ -5,34 +5,56 @@
 
 // ---- where things are -----------------------------------------------------------
 
-/** The `sac` service's base URL from JupyterHub's prefix (`/hub/` -> `/services/sac/`). */
-export function serviceBase(hubPrefix: string, service = 'sac'): string {
-  let base = hubPrefix || '/hub/';
-  if (!base.endsWith('/')) {
-    base += '/';
-  }
-  base = base.replace(/hub\/$/, '');
-  return `${base}services/${encodeURIComponent(service)}/`;
+/** `http://localhost:8000` -> `{ scheme: 'http:', hostname: 'localhost', port: ':8000' }`. */
+function splitHost(hubHost: string): { scheme: string; hostname: string; port: string } | null {
+  const match = /^(https?:)\/\/([^/:]+)(:\d+)?\/?$/.exec(hubHost || '');
+  return match ? { scheme: match[1], hostname: match[2], port: match[3] || '' } : null;
 }
 
-/**
- * Where to send the browser to open one of the user's agents: the hub's spawn
- * page, which starts it if it is stopped (showing progress) and then goes on to
- * its JupyterLab.
- */
-export function agentOpenUrl(hubPrefix: string, user: string, slug: string): string {
+function hubBase(hubPrefix: string): string {
   let hub = hubPrefix || '/hub/';
   if (!hub.endsWith('/')) {
     hub += '/';
   }
-  const next = agentLabUrl(hub, user, slug);
-  return `${hub}spawn/${encodeURIComponent(user)}/${encodeURIComponent(slug)}?next=${encodeURIComponent(next)}`;
+  return hub;
 }
 
-/** The URL of one of the user's agents' JupyterLab (`/user/<name>/<agent>/lab`). */
-export function agentLabUrl(hubPrefix: string, user: string, slug: string): string {
-  const base = (hubPrefix || '/hub/').replace(/hub\/?$/, '');
-  return `${base}user/${encodeURIComponent(user)}/${encodeURIComponent(slug)}/lab`;
+/**
+ * The `sac` service's base URL. `hubHost` is JupyterHub's `hubHost` page config
+ * option: with subdomains the hub's origin (`http://localhost:8000`), and the
+ * service has a host of its own (`http://sac--service.localhost:8000/services/sac/`,
+ * JupyterHub's default subdomain hook; the name `sac` needs no escaping); without
+ * subdomains it is empty and the service is a path beside the hub
+ * (`/hub/` -> `/services/sac/`).
+ */
+export function serviceBase(hubPrefix: string, hubHost = '', service = 'sac'): string {
+  const base = hubBase(hubPrefix).replace(/hub\/$/, '');
+  const host = splitHost(hubHost);
+  const origin = host ? `${host.scheme}//${service}--service.${host.hostname}${host.port}` : '';
+  return `${origin}${base}services/${encodeURIComponent(service)}/`;
+}
+
+/**
+ * Where to send the browser to open one of the user's agents: the hub's spawn
+ * page (on the hub's own host), which starts it if it is stopped (showing
+ * progress) and then goes on to its JupyterLab. `next` is a path: the hub
+ * keeps only the path of any URL it is given, and sends a path under /user/ on
+ * to the server's own host.
+ */
+export function agentOpenUrl(hubHost: string, hubPrefix: string, user: string, slug: string): string {
+  const hub = hubBase(hubPrefix);
+  const next = agentLabUrl('', hub, user, slug);
+  return `${hubHost || ''}${hub}spawn/${encodeURIComponent(user)}/${encodeURIComponent(slug)}?next=${encodeURIComponent(next)}`;
+}
+
+/**
+ * The URL of one of the user's agents' JupyterLab (`/user/<name>/<agent>/lab`),
+ * on the hub's host (`hubHost`, empty without subdomains), which redirects to the
+ * agent's own host: the hub knows how it spells a user's host name.
+ */
+export function agentLabUrl(hubHost: string, hubPrefix: string, user: string, slug: string): string {
+  const base = hubBase(hubPrefix).replace(/hub\/$/, '');
+  return `${hubHost || ''}${base}user/${encodeURIComponent(user)}/${encodeURIComponent(slug)}/lab`;
 }
 
 /**

@@ -89,7 +89,7 @@ function AgentSection(props: { ctx: ISacContext }): JSX.Element {
 
   const switchTo = (slug: string) => {
     if (slug && slug !== ctx.agent.slug) {
-      window.location.assign(agentOpenUrl(ctx.agent.hubPrefix, ctx.agent.user, slug));
+      window.location.assign(agentOpenUrl(ctx.agent.hubHost, ctx.agent.hubPrefix, ctx.agent.user, slug));
     }
   };
 

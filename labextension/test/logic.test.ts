@@ -35,20 +35,36 @@ import {
 } from '../src/logic';
 
 describe('where things are', () => {
-  it('finds the service beside the hub, under any base URL', () => {
+  it('finds the service on its own host with subdomains', () => {
+    expect(serviceBase('/hub/', 'http://localhost:8000')).toBe('http://sac--service.localhost:8000/services/sac/');
+    expect(serviceBase('/hub/', 'https://jupyter.example.org')).toBe(
+      'https://sac--service.jupyter.example.org/services/sac/'
+    );
+    expect(serviceBase('/jupyter/hub/', 'http://localhost:8000/')).toBe(
+      'http://sac--service.localhost:8000/jupyter/services/sac/'
+    );
+  });
+
+  it('finds the service beside the hub without subdomains, under any base URL', () => {
     expect(serviceBase('/hub/')).toBe('/services/sac/');
-    expect(serviceBase('/jupyter/hub/')).toBe('/jupyter/services/sac/');
+    expect(serviceBase('/jupyter/hub/', '')).toBe('/jupyter/services/sac/');
     expect(serviceBase('/jupyter/hub')).toBe('/jupyter/services/sac/');
     expect(serviceBase('')).toBe('/services/sac/');
   });
 
-  it("builds another agent's JupyterLab URL with escaped names", () => {
-    expect(agentLabUrl('/hub/', 'ann', 'helper')).toBe('/user/ann/helper/lab');
-    expect(agentLabUrl('/base/hub/', 'a b', 'x')).toBe('/base/user/a%20b/x/lab');
+  it("builds another agent's JupyterLab URL on the hub's host, with escaped names", () => {
+    expect(agentLabUrl('http://localhost:8000', '/hub/', 'ann', 'helper')).toBe(
+      'http://localhost:8000/user/ann/helper/lab'
+    );
+    expect(agentLabUrl('', '/hub/', 'ann', 'helper')).toBe('/user/ann/helper/lab');
+    expect(agentLabUrl('', '/base/hub/', 'a b', 'x')).toBe('/base/user/a%20b/x/lab');
   });
 
   it("opens another agent through the hub's spawn page, which starts it if needed", () => {
-    expect(agentOpenUrl('/hub/', 'ann', 'spare')).toBe('/hub/spawn/ann/spare?next=%2Fuser%2Fann%2Fspare%2Flab');
+    expect(agentOpenUrl('http://localhost:8000', '/hub/', 'ann', 'spare')).toBe(
+      'http://localhost:8000/hub/spawn/ann/spare?next=%2Fuser%2Fann%2Fspare%2Flab'
+    );
+    expect(agentOpenUrl('', '/hub/', 'ann', 'spare')).toBe('/hub/spawn/ann/spare?next=%2Fuser%2Fann%2Fspare%2Flab');
   });
 });
 
