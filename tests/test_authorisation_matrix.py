@@ -570,7 +570,9 @@ EXTENSION_ROWS = [
 
 @dataclass
 class World:
-    url: str
+    url: str  # the hub's (http://localhost:<port>/)
+    service_origin: str  # the service's host (http://sac--service.localhost:<port>/)
+    user_origin: str  # alice's host, where her agents' servers are
     user: str  # alice
     group: str
     model: dict[str, str]
@@ -585,6 +587,15 @@ class World:
 
     def fill(self, template: str) -> str:
         return template.format(**self.values)
+
+    def origin(self, path: str) -> str:
+        """Where a site-relative path is served: the service's host, the agent owner's
+        host, or the hub's."""
+        if path.startswith(P):
+            return self.service_origin
+        if path.startswith("user/"):
+            return self.user_origin
+        return self.url
 
     def clean(self) -> None:
         """Delete the throwaway agents made for one call (stopping any it started)."""
@@ -691,7 +702,9 @@ def world(stack: dict, fake_anthropic: str) -> Iterator[World]:
         }
         sync_clients = {
             name: httpx.Client(
-                base_url=stack["url"] + A, timeout=60, headers={"Authorization": tokens[name]}
+                base_url=admin.service_url + "api/",
+                timeout=60,
+                headers={"Authorization": tokens[name]},
             )
             for name in AGENT_TOKENS
         }
@@ -735,8 +748,12 @@ def world(stack: dict, fake_anthropic: str) -> Iterator[World]:
             (f"groups/{group}/workspace/files/shared.txt", owner),
         ):
             assert client.sac("PUT", path, content=b"shared").status_code == 200, path
+        service_url = admin.service_url
+        server = admin.server_url(alice, "a1")
         world = World(
             url=stack["url"],
+            service_origin=service_url[: -len(P)],
+            user_origin=server[: -len(f"user/{alice}/a1/")],
             user=alice,
             group=group,
             model=model,
@@ -794,15 +811,17 @@ def call(world: World, row: Row, path: str, principal: str, client: httpx.Client
 
 def play(world: World, rows: list[Row]) -> list[str]:
     failures = []
-    with httpx.Client(base_url=world.url, timeout=120, follow_redirects=False) as client:
+    with httpx.Client(timeout=120, follow_redirects=False) as client:
         for row in rows:
             for principal in PRINCIPALS:
                 allowed = principal in row.allowed
                 path = row.fresh(world, principal) if row.fresh else world.fill(row.path)
-                resp = call(world, row, path, principal, client)
+                resp = call(world, row, world.origin(path) + path, principal, client)
                 cell = f"{row.method} {row.path} as {principal}: {resp.status_code}"
                 if row.intact and not allowed:
-                    still = client.get(path, headers={"Authorization": world.tokens["admin"]})
+                    still = client.get(
+                        world.origin(path) + path, headers={"Authorization": world.tokens["admin"]}
+                    )
                     if still.status_code != 200:
                         failures.append(f"{cell}: refused, but its target is gone")
                 world.clean()
@@ -900,7 +919,9 @@ def test_the_table_has_a_row_for_every_extension_route_and_no_other() -> None:
 
 def api(world: World, principal: str) -> httpx.Client:
     return httpx.Client(
-        base_url=world.url + A, timeout=60, headers={"Authorization": world.tokens[principal]}
+        base_url=world.service_origin + A,
+        timeout=60,
+        headers={"Authorization": world.tokens[principal]},
     )
 
 
@@ -973,7 +994,7 @@ def test_admins_get_into_no_agent_and_whoever_is_let_in_is_audited(world: World)
     access:servers (nor tokens or shares to get it); a JupyterHub admin flag given by an
     operator does, and each token it opens someone's agent with is in the audit log."""
     scope = f"access:servers!server={world.user}/a1"
-    status = f"{world.values['server']}sac/api/status"
+    status = world.user_origin + f"{world.values['server']}sac/api/status"
     hub = httpx.Client(base_url=world.url, timeout=60)
     admin = {"Authorization": world.tokens["admin"]}
     assert hub.get(status, headers=admin).status_code == 403
@@ -992,7 +1013,7 @@ def test_admins_get_into_no_agent_and_whoever_is_let_in_is_audited(world: World)
     assert looked.status_code == 200, looked.text
 
     def recorded() -> list[dict[str, Any]]:
-        resp = hub.get(A + "audit", headers=admin,
+        resp = hub.get(world.service_origin + A + "audit", headers=admin,
                        params={"action": "server.access", "target_user": world.user})  # fmt: skip
         return [e for e in resp.json()["entries"] if e["actor"] == flagged]
 

@@ -117,7 +117,7 @@ def test_calls_made_at_once_cannot_pass_a_budget(stack: dict, fake: str) -> None
         )
         token = out.strip().splitlines()[-1]
         assert token.startswith("sac-agent-")
-        url = stack["url"] + "services/sac/llm/v1/messages"
+        url = stack["service_url"] + "llm/v1/messages"
         headers = {"x-api-key": token, "content-type": "application/json",
                    "anthropic-version": "2023-06-01"}  # fmt: skip
         each = reservation_tokens(BURST_BODY)

@@ -56,7 +56,8 @@ def hub_without_password(tmp_path: Path, database_url: str) -> Iterator[tuple[st
             cwd=data_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/"
+    # The hub's host under subdomains (the proxy routes /hub/ only there).
+    url = f"http://localhost:{port}/"
     try:
 
         def up() -> bool:

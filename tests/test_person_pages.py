@@ -31,6 +31,7 @@ from helpers import (
 )
 
 from jupyter_sac.testing.stack import poll_until
+from jupyter_sac.urls import default_service_url
 
 pytestmark = pytest.mark.stack
 
@@ -75,9 +76,15 @@ def sandbox_tokens(stack: dict, person: dict) -> tuple[str, str]:
     return agent_token, hub_token
 
 
+def sac(client: httpx.Client | HubApi, path: str = "") -> str:
+    """A page of the service, on its own host beside the hub the client talks to."""
+    base = client.url if isinstance(client, HubApi) else str(client.base_url)
+    return default_service_url(base) + path
+
+
 def sandbox_api(stack: dict, token: str) -> httpx.Client:
     return httpx.Client(
-        base_url=stack["url"] + "services/sac/",
+        base_url=stack["service_url"],
         headers={"Authorization": f"Bearer {token}"},
         timeout=60,
     )
@@ -91,7 +98,7 @@ def file_request(sandbox: httpx.Client, **body: object) -> str:
 
 def page(client: httpx.Client | HubApi, path: str) -> httpx.Response:
     http = client.client if isinstance(client, HubApi) else client
-    return http.get("services/sac/" + path)
+    return http.get(sac(http, path))
 
 
 def submit(
@@ -100,9 +107,7 @@ def submit(
     """Post a page's form as a browser does: with the XSRF token of the page (or of
     ``from_page``, a page opened earlier in the same session)."""
     token = xsrf_of(page(browser, path if from_page is None else from_page).text)
-    return browser.post(
-        "services/sac/" + path, data={**form, "_xsrf": token}, follow_redirects=False
-    )
+    return browser.post(sac(browser, path), data={**form, "_xsrf": token}, follow_redirects=False)
 
 
 def error_of(text: str) -> str:
@@ -147,13 +152,13 @@ def test_a_person_decides_a_request_on_its_page_and_the_sandbox_sees_it(
     assert page(stranger, f"approvals/{rid}").status_code == 404
     assert (
         stranger.client.post(
-            f"services/sac/approvals/{rid}", data={"decision": "allow"}
+            sac(browser, f"approvals/{rid}"), data={"decision": "allow"}
         ).status_code
         == 404
     )
     assert f"request-{rid}" not in page(stranger, "approvals").text
     # A form posted without the page's XSRF token (another site's form): refused.
-    forged = browser.post(f"services/sac/approvals/{rid}", data={"decision": "allow"},
+    forged = browser.post(sac(browser, f"approvals/{rid}"), data={"decision": "allow"},
                           follow_redirects=False)  # fmt: skip
     assert forged.status_code == 403, forged.text[:300]
     assert client.sac("GET", f"hitl/requests/{rid}").json()["status"] == "pending"
@@ -251,7 +256,7 @@ def test_the_settings_page_changes_model_key_drive_and_policy_through_the_api_ru
     # Others: 404, as if it did not exist. An administrator may, audited.
     _, stranger = new_user("stranger")
     assert page(stranger, path).status_code == 404
-    assert stranger.client.post("services/sac/" + path, data={**form, "model": "x"}
+    assert stranger.client.post(sac(stranger, path), data={**form, "model": "x"}
                                 ).status_code == 404  # fmt: skip
     assert page(admin, path).status_code == 200
 
@@ -298,7 +303,7 @@ def test_the_settings_page_changes_model_key_drive_and_policy_through_the_api_ru
     assert got == policy
     # An administrator's change of someone's policy is audited, as through the API.
     by_admin = admin.client.post(
-        "services/sac/" + path, data={"action": "policy", "policy": json.dumps(policy)}
+        sac(browser, path), data={"action": "policy", "policy": json.dumps(policy)}
     )
     assert by_admin.status_code == 303
     assert audit(admin, name)[0]["action"] == "hitl.policy.replace"
@@ -340,7 +345,7 @@ def test_the_skill_page_shares_a_private_skill_and_only_its_owner_may(
     _, stranger = new_user("stranger")
     assert page(stranger, path).status_code == 404
     share = {"action": "share", "visibility": "public"}
-    assert stranger.client.post("services/sac/" + path, data=share).status_code == 404
+    assert stranger.client.post(sac(stranger, path), data=share).status_code == 404
 
     # To a group of mine, then a group I am not in (refused), then public.
     grouped = submit(browser, path, {"action": "share", "visibility": f"group:{group}"})
@@ -361,7 +366,7 @@ def test_the_skill_page_shares_a_private_skill_and_only_its_owner_may(
         {"action": "share", "visibility": "private"},
         {"action": "delete", "confirm": "1"},
     ):
-        assert stranger.client.post("services/sac/" + path, data=form).status_code == 403
+        assert stranger.client.post(sac(stranger, path), data=form).status_code == 403
     assert client.sac("GET", path).json()["visibility"] == "public"
 
     unconfirmed = submit(browser, path, {"action": "delete"})
@@ -388,7 +393,7 @@ def test_a_person_approves_in_a_browser_from_the_pop_up_page(
     command = f"publish-{uuid.uuid4().hex[:6]}"
     rid = file_request(sandbox_api(stack, agent_token), input={"command": command})
     skill = client.sac("POST", "skills", json=greeting_skill(f"shown-{uuid.uuid4().hex[:6]}"))
-    base = stack["url"] + "services/sac/"
+    base = stack["service_url"]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         try:

@@ -59,7 +59,7 @@ def test_a_big_body_is_answered_without_being_read(stack: dict, new_user) -> Non
         ("a user's token, the admin upload form", "POST", "admin/workspaces", token, 403, None),
     ]  # fmt: skip
     direct = admin.hub("GET", "services/sac").json()["url"].rstrip("/") + "/services/sac/"
-    proxied = stack["url"] + "services/sac/"
+    proxied = stack["service_url"]
     pid = service_pid(stack)
     failures = []
     for what, method, path, headers, status, code in cases:
@@ -137,7 +137,7 @@ def test_large_uploads_still_go_in(stack: dict, new_user) -> None:
 
     # The admin page's upload form, with an API token, then as a browser does it: a
     # login cookie, and the form's XSRF field (checked once the body is in).
-    page = "services/sac/admin/workspaces"
+    page = admin.service_url + "admin/workspaces"
     form_file = os.urandom(5 * 1024 * 1024)
     sent = admin.client.post(
         page,
