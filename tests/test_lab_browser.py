@@ -5,7 +5,7 @@ real claude CLI answered by the fake Anthropic API:
 sign up and log in -> create an agent on the SAC home page -> its JupyterLab opens
 with the Claude terminal -> a prompt typed there is answered -> the chat panel sends
 a message and shows the todo list and the tool timeline -> the tool needs approval,
-which shows in the sidebar's Approvals and is approved there -> the tool runs, the
+which shows in the sidebar's Approvals and is approved on the service's page -> the tool runs, the
 turn's cost and the month's usage show -> a slow turn is cancelled -> the file shows
 under the workspace's new output -> History lists the session and shows its
 transcript -> an official skill is installed and run with its form -> a skill of
@@ -153,7 +153,8 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
         shot("1-new-agent")
         form.get_by_role("button", name="Create and open").click()
         page.wait_for_url(f"**/user/{name}/desk/lab**", timeout=180_000)
-        token = admin.hub("POST", f"users/{name}/tokens", json={"note": "test"}).json()["token"]
+        made = admin.harness_api().hub("POST", f"users/{name}/tokens", json={"note": "test"})
+        token = made.json()["token"]
         client = HubApi(base, token)
         lab = admin.server_url(name, "desk")
         # JupyterLab is on the user's own host, not the hub's or the service's.
@@ -205,15 +206,21 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
         expect(section("agent").locator("[data-fact=status]")).to_contain_text("running")
         expect(section("agent").locator("[data-fact=usage]")).to_contain_text("requests")
         shot("3b-sidebar")
-        # The agent's model is changed from the sidebar (it applies at the next start).
+        # The agent's settings are the person's to change: the sidebar opens the
+        # service's own page (its own origin, the person's own login) in a new window.
         agent_section = section("agent")
-        agent_section.get_by_role("button", name="Change the model or API key").click()
-        settings_form = agent_section.get_by_role("form", name="Agent settings")
-        settings_form.locator("input[name=model]").fill("claude-opus-4-1")
-        settings_form.get_by_role("button", name="Save").click()
-        expect(agent_section.get_by_role("status")).to_contain_text(
-            "applies when the agent restarts"
-        )
+        with page.context.expect_page() as opened:
+            agent_section.get_by_role("button", name="Settings…").click()
+        settings = opened.value
+        settings.wait_for_load_state()
+        assert settings.url.startswith(stack["service_url"] + f"agents/{name}/desk")
+        assert not settings.url.startswith(base)  # another origin than the agent's page
+        settings.get_by_label("Model", exact=True).fill("claude-opus-4-1")
+        settings.get_by_role("button", name="Save", exact=True).click()
+        expect(settings.locator("#done")).to_contain_text("restart")
+        settings.screenshot(path=str(artifacts / "3c-settings-page.png"))
+        settings.close()
+        agent_section.get_by_role("button", name="Refresh").click()
         expect(agent_section.locator("[data-fact=model]")).to_have_text("claude-opus-4-1")
         assert client.sac("GET", f"users/{name}/agents/desk").json()["model"] == "claude-opus-4-1"
         section("agent").get_by_role("button", name="Chat").click()
@@ -235,16 +242,27 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
         expect(tool).to_contain_text(f"report-{word}.txt", timeout=90_000)
         expect(tool).to_contain_text("running")
 
-        # 5. The request shows in Approvals, live, with a badge; approve it.
+        # 5. The request shows in Approvals, live, with a badge. The sidebar only shows
+        # it: the person decides on the service's page, which it opens.
         approvals = section("approvals")
         card = approvals.locator(".jp-SacApproval")
         expect(card).to_have_count(1, timeout=30_000)
         expect(card).to_contain_text(f"report-{word}.txt")
         expect(approvals.locator(".jp-SacBadge")).to_have_text("1")
+        expect(card.get_by_role("button", name="Approve")).to_have_count(0)
         shot("5-approval")
         expect(page.locator(".Toastify__toast").filter(has_text="Claude asks")).to_have_count(1)
-        card.get_by_role("button", name="Approve").click()
-        expect(card).to_have_count(0)
+        with page.context.expect_page() as opened:
+            card.get_by_role("button", name="Review and decide…").click()
+        decide = opened.value
+        decide.wait_for_load_state()
+        assert decide.url.startswith(stack["service_url"] + "approvals/")
+        expect(decide.locator(".sac-request")).to_contain_text(f"report-{word}.txt")
+        decide.get_by_role("button", name="Approve").click()
+        expect(decide.locator("#done")).to_contain_text("Allowed")
+        decide.screenshot(path=str(artifacts / "5b-approved-on-the-service.png"))
+        decide.close()
+        expect(card).to_have_count(0, timeout=30_000)
         # its notification goes with it
         expect(page.locator(".Toastify__toast").filter(has_text="Claude asks")).to_have_count(0)
         decided = client.sac("GET", "hitl/requests", params={"status": "decided"}).json()
@@ -366,8 +384,17 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
         expect(mine).to_contain_text("v1 installed")
         mine.get_by_role("button", name="Edit").click()
         editor.locator("input[name=description]").fill("Sorts a folder's files, by type.")
-        editor.locator("select[name=visibility]").select_option("public")
         editor.get_by_role("button", name="Save").click()
+        # Sharing it is the person's act, on the skill's page on the service.
+        with page.context.expect_page() as opened:
+            mine.get_by_role("button", name="Share…").click()
+        skill_page = opened.value
+        skill_page.wait_for_load_state()
+        assert skill_page.url.startswith(stack["service_url"] + "skills/")
+        skill_page.get_by_label("Who may see and install it").select_option("public")
+        skill_page.locator("#share").get_by_role("button", name="Save").click()
+        expect(skill_page.locator("#done")).to_be_visible()
+        skill_page.close()
         skills.get_by_label("Tier").select_option("public")
         shared = skills.locator(f"[data-command=tidy-{word}]")
         expect(shared).to_contain_text("public")
@@ -376,11 +403,9 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
         expect(shared).to_contain_text("v1 installed")
         skills.get_by_label("Tier").select_option("installed")
         expect(shared).to_contain_text("v1 installed")
-        shared.get_by_role("button", name="Edit").click()
-        expect(editor.locator("input[name=description]")).to_have_value(
-            "Sorts a folder's files, by type."
-        )
-        editor.get_by_role("button", name="Cancel").click()
+        # A shared skill is not edited in the sidebar any more: Manage… opens its page.
+        expect(shared.get_by_role("button", name="Edit")).to_have_count(0)
+        expect(shared.get_by_role("button", name="Manage…")).to_have_count(1)
         shared.get_by_role("button", name="Update to v2").click()
         expect(shared).to_contain_text("v2 installed")
         expect(shared.get_by_role("button", name="Update to v2")).to_have_count(0)

@@ -1,7 +1,8 @@
 """The widgets in a real browser: headless Chromium logs in to the hub, opens a
 notebook in an agent's JupyterLab, runs it (the kernel is inside the sandbox and
-finds the hub by itself), sees AgentsPanel and ApprovalsPanel render, and clicks
-Approve on a request another agent is waiting on."""
+finds the hub by itself: the agent may drive the others), sees AgentsPanel and
+ApprovalsPanel render, and decides a request another agent is waiting on through
+the panel's link to the service's page (no token in a sandbox decides)."""
 
 from __future__ import annotations
 
@@ -76,12 +77,14 @@ def run_cells_one_by_one(page: Any, artifacts: Path, count: int) -> None:
 
 @pytest.fixture
 def agents(stack: dict) -> Iterator[tuple[HubApi, str, str]]:
-    """Two of the admin's agents: "desk" (where the notebook runs) and "worker"."""
+    """Two of the admin's agents: "desk" (where the notebook runs; it may drive the
+    others) and "worker"."""
     admin: HubApi = stack["admin"]
     suffix = uuid.uuid4().hex[:4]
     desk, worker = f"desk{suffix}", f"worker{suffix}"
     for slug in (desk, worker):
-        resp = admin.sac("POST", "agents", json={"slug": slug, "api_key": "sk-unused-key"})
+        fields = {"slug": slug, "api_key": "sk-unused-key", "drive_agents": slug == desk}
+        resp = admin.sac("POST", "agents", json=fields)
         assert resp.status_code == 201, resp.text
         admin.start("admin", slug)
     try:
@@ -91,7 +94,7 @@ def agents(stack: dict) -> Iterator[tuple[HubApi, str, str]]:
             admin.sac("DELETE", f"users/admin/agents/{slug}")
 
 
-def test_approvals_panel_approves_from_jupyterlab(
+def test_approvals_panel_hands_over_to_the_service_from_jupyterlab(
     stack: dict, agents: tuple[HubApi, str, str], tmp_path: Path
 ) -> None:
     from playwright.sync_api import expect, sync_playwright
@@ -156,13 +159,23 @@ def test_approvals_panel_approves_from_jupyterlab(
             expect(agents_out).to_contain_text(worker, timeout=90_000)
             expect(agents_out).to_contain_text(desk)
             expect(agents_out.get_by_text("running")).to_have_count(2)
-            # ApprovalsPanel shows the worker's request; Approve decides it.
+            # ApprovalsPanel shows the worker's request, without Approve (the kernel's
+            # token is the sandbox's): its link opens the service's page, where the
+            # person decides with their own login.
             approvals = page.locator(".jp-OutputArea-output").filter(
                 has_text="Waiting for approval"
             )
             expect(approvals).to_contain_text(command, timeout=60_000)
+            expect(approvals.get_by_role("button", name="Approve")).to_have_count(0)
             page.screenshot(path=str(artifacts / "widgets-1-pending.png"))
-            approvals.get_by_role("button", name="Approve").click()
+            with page.context.expect_page() as opened:
+                approvals.get_by_role("link", name=re.compile("Review and decide on SAC")).click()
+            decide = opened.value
+            decide.wait_for_load_state()
+            assert decide.url == stack["service_url"] + f"approvals/{request_id}", decide.url
+            decide.get_by_role("button", name="Approve").click()
+            expect(decide.locator("#done")).to_contain_text("Allowed")
+            decide.close()
 
             def decided() -> str | None:
                 got = admin.sac("GET", f"hitl/requests/{request_id}").json()
