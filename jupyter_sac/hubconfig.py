@@ -248,7 +248,7 @@ def register_service(
     service_url: str,
     command: list[str],
     environment: dict[str, str],
-    first_admin: str = "admin",
+    operators: tuple[str, ...] = ("admin",),
 ) -> None:
     """The `sac` service (started and stopped by the hub), its scopes and roles.
 
@@ -288,7 +288,7 @@ def register_service(
             "description": "Run the hub and SAC (users, groups, servers, every SAC setting)"
             " without access to other users' servers",
             "scopes": list(OPERATOR_SCOPES),
-            "users": [first_admin] if first_admin else [],
+            "users": list(operators),
             "groups": ["sac-operators"],
         },
         {
@@ -358,6 +358,7 @@ def configure_kubernetes(
     hub_host: str = "hub",
     proxy_url: str = "http://proxy-public/",
     service_port: int = 10101,
+    operators: tuple[str, ...] = ("admin",),
 ) -> None:
     """jupyter-sac inside the zero-to-jupyterhub chart (called from hub.extraConfig).
 
@@ -367,6 +368,9 @@ def configure_kubernetes(
     and the proxy through the hub's Kubernetes Service (``hub_host``) on an extra
     port. ``service_config`` is the service's own configuration file (object
     store and other c.SacService options), mounted with hub.extraFiles.
+    ``operators`` get the sac-operator role (the hub's administration without
+    access to anyone's servers; docs/security.md#operators), as members of the
+    sac-operators group do.
     """
     service_url = f"http://{hub_host}:{service_port}"
     configure_agents(c)
@@ -404,4 +408,5 @@ def configure_kubernetes(
         service_url,
         [sys.executable, "-m", "jupyter_sac.service", "--config", service_config],
         environment,
+        operators,
     )
