@@ -16,6 +16,7 @@ import nativeauthenticator
 from .service.forwarded import PRIVATE_NETWORKS
 from .service.principals import DRIVE_SCOPE, SAC_SCOPES, USER_SCOPE
 from .spawner.mixin import max_agents_for, shared_store
+from .store.agents import may_drive_agents
 from .urls import PublicUrls
 
 SERVICE_NAME = "sac"
@@ -93,16 +94,19 @@ def env(name: str, fallback: str) -> str:
     return os.environ.get(name) or fallback
 
 
-async def agent_server_token_scopes(spawner: Any) -> list[str]:
+def agent_server_token_scopes(spawner: Any) -> list[str]:
     """c.Spawner.server_token_scopes: the agent's sandbox token gets JupyterHub's
     defaults, plus the driver's scopes if its owner turned on ``drive_agents``
-    (read at each start, so a change applies from the agent's next start)."""
+    (read at each start, so a change applies from the agent's next start).
+
+    Synchronous on purpose: JupyterHub calls it between making the server's record
+    and committing it, and an await here let other requests roll the hub's shared
+    database session back under the spawn (the server then started without its
+    URL prefix)."""
     scopes = list(AGENT_SERVER_SCOPES)
     url = getattr(spawner, "database_url", "") or os.environ.get("SAC_DATABASE_URL", "")
-    if url and spawner.name:
-        agent = await (await shared_store(url)).agents.get(spawner.user.name, spawner.name)
-        if agent is not None and agent.drive_agents:
-            scopes += DRIVER_SERVER_SCOPES
+    if url and spawner.name and may_drive_agents(url, spawner.user.name, spawner.name):
+        scopes += DRIVER_SERVER_SCOPES
     return scopes
 
 

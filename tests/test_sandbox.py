@@ -124,8 +124,9 @@ async def test_a_sandbox_resolves_the_hub_the_service_and_its_owner_only(
             " getent hosts $h >/dev/null && echo $h yes || echo $h no; done;"
             " touch /etc/hosts 2>&1 | grep -c Read-only;"
             ' A="Authorization: token $JUPYTERHUB_API_TOKEN";'
+            ' B="Authorization: Bearer $SAC_AGENT_TOKEN";'
             " curl -s -o /dev/null -w '%{http_code}\\n' -H \"$A\" ${SAC_HUB_URL}hub/api/user;"
-            " curl -s -o /dev/null -w '%{http_code}\\n' -H \"$A\""
+            " curl -s -o /dev/null -w '%{http_code}\\n' -H \"$B\""
             " ${SAC_SERVICE_PUBLIC_URL}api/agents",
         )  # fmt: skip
     assert out.splitlines() == [

@@ -279,7 +279,7 @@ def test_an_agent_asks_for_bundles_by_plain_ids_only(stack: dict) -> None:
         )
         token = out.strip().splitlines()[-1]
         assert token.startswith("sac-agent-")
-        agent = httpx.Client(base_url=stack["url"] + "services/sac/api/agent/",
+        agent = httpx.Client(base_url=stack["service_url"] + "api/agent/",
                              headers={"Authorization": f"Bearer {token}"}, timeout=60)  # fmt: skip
         assert agent.get(f"skills/{skill['id']}/bundle").status_code == 200
         for raw in _not_ids(skill["id"]):

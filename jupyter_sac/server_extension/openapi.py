@@ -29,6 +29,13 @@ COMMAND = {
     "required": True,
     "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"},
 }
+SERVICE_PATH = {
+    "name": "path",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "a path of the sac service's API, under api/",
+}
 HOOK = "Claude Code hook entry point only (X-SAC-Hook-Secret; not a user API)"
 
 
@@ -89,6 +96,21 @@ def document(base_url: str) -> dict[str, Any]:
             "/sac/api/workspace": {
                 "get": _op("Workspace sync status: groups, usage against quota, refused files"),
                 "post": _op("Sync the workspace now (pull, then upload changes)"),
+            },
+            "/sac/api/service/{path}": {
+                method: {
+                    **_op(
+                        "The sidebar's way to the sac service: the same request to the"
+                        " service's api/<path> with this agent's own token (what an agent"
+                        " token may do there, no more); the answer as the service gives it",
+                        400,
+                        404,
+                        413,
+                        502,
+                    ),
+                    "parameters": [SERVICE_PATH],
+                }
+                for method in ("get", "post", "put", "patch", "delete")
             },
             "/sac/api/workspace/preview": {
                 "get": _op(

@@ -239,6 +239,18 @@ def document(prefix: str) -> dict[str, Any]:
                     params=ua,
                 ),
             },
+            "/api/users/{user}/agents/{slug}/start": {
+                "post": _op(
+                    "Start the agent's sandbox (spawns in the background; follow it with"
+                    " the hub's progress API). Owners, administrators and the owner's"
+                    " drivers",
+                    {"202": _resp("agent", agent)},
+                    403,
+                    404,
+                    409,
+                    params=ua,
+                )
+            },
             "/api/users/{user}/agents/{slug}/stop": {
                 "post": _op(
                     "Stop the agent's sandbox (waits until stopped)",

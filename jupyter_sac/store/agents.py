@@ -192,3 +192,17 @@ class Agents:
                 "DELETE FROM agents WHERE owner = %s AND slug = %s", (owner, slug)
             )
             return cur.rowcount > 0
+
+
+def may_drive_agents(database_url: str, owner: str, slug: str) -> bool:
+    """Whether ``owner``'s agent ``slug`` may drive its owner's other agents, read
+    with a short synchronous connection: JupyterHub asks for a server token's scopes
+    in the middle of a spawn (c.Spawner.server_token_scopes), where awaiting other
+    work lets the hub's shared database session be rolled back under the spawn."""
+    import psycopg
+
+    with psycopg.connect(database_url, connect_timeout=10) as conn:
+        row = conn.execute(
+            "SELECT drive_agents FROM agents WHERE owner = %s AND slug = %s", (owner, slug)
+        ).fetchone()
+    return bool(row and row[0])
