@@ -210,7 +210,7 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
         # service's own page (its own origin, the person's own login) in a new window.
         agent_section = section("agent")
         with page.context.expect_page() as opened:
-            agent_section.get_by_role("button", name="Settings…").click()
+            agent_section.get_by_role("button", name=re.compile("on the SAC service")).click()
         settings = opened.value
         settings.wait_for_load_state()
         assert settings.url.startswith(stack["service_url"] + f"agents/{name}/desk")
@@ -249,11 +249,11 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
         expect(card).to_have_count(1, timeout=30_000)
         expect(card).to_contain_text(f"report-{word}.txt")
         expect(approvals.locator(".jp-SacBadge")).to_have_text("1")
-        expect(card.get_by_role("button", name="Approve")).to_have_count(0)
+        expect(card.get_by_text("Approve", exact=True)).to_have_count(0)
         shot("5-approval")
         expect(page.locator(".Toastify__toast").filter(has_text="Claude asks")).to_have_count(1)
         with page.context.expect_page() as opened:
-            card.get_by_role("button", name="Review and decide…").click()
+            card.get_by_role("button", name=re.compile("where you approve or deny it")).click()
         decide = opened.value
         decide.wait_for_load_state()
         assert decide.url.startswith(stack["service_url"] + "approvals/")
@@ -387,7 +387,7 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
         editor.get_by_role("button", name="Save").click()
         # Sharing it is the person's act, on the skill's page on the service.
         with page.context.expect_page() as opened:
-            mine.get_by_role("button", name="Share…").click()
+            mine.get_by_text("Share…").click()
         skill_page = opened.value
         skill_page.wait_for_load_state()
         assert skill_page.url.startswith(stack["service_url"] + "skills/")
@@ -405,7 +405,7 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
         expect(shared).to_contain_text("v1 installed")
         # A shared skill is not edited in the sidebar any more: Manage… opens its page.
         expect(shared.get_by_role("button", name="Edit")).to_have_count(0)
-        expect(shared.get_by_role("button", name="Manage…")).to_have_count(1)
+        expect(shared.get_by_text("Manage…")).to_have_count(1)
         shared.get_by_role("button", name="Update to v2").click()
         expect(shared).to_contain_text("v2 installed")
         expect(shared.get_by_role("button", name="Update to v2")).to_have_count(0)

@@ -18,7 +18,7 @@ import { PageConfig } from '@jupyterlab/coreutils';
 import { LabIcon } from '@jupyterlab/ui-components';
 
 import claudeSvg from '../style/icons/claude.svg';
-import { currentAgent, ExtensionClient, ServiceClient } from './api';
+import { currentAgent, ExtensionClient, SacError, ServiceClient } from './api';
 import { ChatPanel } from './chat';
 import { COMMANDS, DEFAULT_PREFERENCES, IPreferences, ISacContext, SacEvents } from './context';
 import { agentOpenUrl, serviceBase, servicePageUrl } from './logic';
@@ -169,7 +169,16 @@ const plugin: JupyterFrontEndPlugin<void> = {
     app.commands.addCommand(COMMANDS.restart, {
       label: trans.__('Restart This Agent'),
       execute: async () => {
-        await ctx.service.restart();
+        try {
+          await ctx.service.restart();
+        } catch (reason) {
+          // The request goes through this agent's own server, which the restart
+          // stops: its answer may be lost with it (a 5xx from the proxy, or no
+          // answer). Only a refusal (4xx) means the restart did not happen.
+          if (reason instanceof SacError && reason.status >= 400 && reason.status < 500) {
+            throw reason;
+          }
+        }
         Notification.info(trans.__('%1 is restarting.', agent.slug), { autoClose: 5000 });
         // This page belongs to the server that just stopped (its login too): go by
         // the hub's spawn page, which shows the start and then reopens JupyterLab.
