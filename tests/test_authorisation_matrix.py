@@ -778,6 +778,9 @@ def world(stack: dict, fake_anthropic: str) -> Iterator[World]:
         )
         yield world
     finally:
+        # Leave the stack as found for the tests after this one: no organisation key
+        # the table set, no agents.
+        admin.sac("DELETE", "organisation-keys/openrouter")
         for client, user, slug, _ in agents:
             client.sac("DELETE", f"users/{user}/agents/{slug}")
         for slug in throwaway:

@@ -283,7 +283,17 @@ def test_odd_names_round_trip_and_a_lost_commit_heals(stack: dict) -> None:
         orphan.write_bytes(b"never recorded")
         old = time.time() - 3600
         os.utime(orphan, (old, old))
-        sync_now(client, user, slug)
+
+        # The sweep runs when the sandbox's manifest has changed (not on a 304): the
+        # late file's record changes it, so it comes at the latest with the sync
+        # after the one that records it (the watcher may upload it before or after
+        # the first sync asks).
+        def swept() -> bool:
+            sync_now(client, user, slug)
+            names = {p.name for p in objects_of(stack, f"workspace/agents/{agent_id}")}
+            return "private/late.txt" in listing(client, user, slug) and orphan.name not in names
+
+        poll_until(swept, 60, "the late file recorded and the orphan swept", interval=1)
         files = listing(client, user, slug)
         assert files["private/late.txt"]["sha256"] == sha
         stored = sorted(p.name for p in objects_of(stack, f"workspace/agents/{agent_id}"))
