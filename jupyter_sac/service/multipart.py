@@ -1,9 +1,10 @@
 """A multipart/form-data body read as it arrives (the admin Workspaces page's upload).
 
 tornado parses a form only once its whole body is in memory (and then copies the
-file out of it). Here the file field's bytes go to a sink (a spooled file) as they
-come, and everything else a form may carry is bounded: the other fields' bytes,
-the number of parts and the size of each part's headers.
+file out of it). Here the body goes through python-multipart's streaming parser
+(the one Starlette uses): the file field's bytes go to a sink (a spooled file) as
+they come, and everything else a form may carry is bounded: the other fields'
+bytes, the number of parts and the size of each part's headers.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import email.message
 from collections.abc import Callable
 
-from tornado import httputil
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser
 
 MAX_FIELD_BYTES = 64 * 1024  # all the fields but the file, together
 MAX_PARTS = 100
@@ -45,91 +47,82 @@ class MultipartForm:
     dropped. Memory stays at about one received chunk whatever the body's size."""
 
     def __init__(self, content_type: str, file_field: str, file_sink: Callable[[bytes], None]):
-        self._delimiter = b"--" + boundary_of(content_type)
         self._file_field = file_field
         self._file_sink = file_sink
-        self._buf = bytearray()
-        self._state = "preamble"  # preamble | next | headers | body | done
         self._parts = 0
         self._field_bytes = 0
+        self._ended = False
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._header_bytes = 0
+        self._disposition = ""
         self._target: Callable[[bytes], None] | None = None
         self.fields: dict[str, list[bytes]] = {}
         self.filename: str | None = None
+        self._parser = MultipartParser(
+            boundary_of(content_type),
+            {
+                "on_part_begin": self._part_begin,
+                "on_header_field": self._header_field_data,
+                "on_header_value": self._header_value_data,
+                "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_finished,
+                "on_part_data": self._part_data,
+                "on_end": self._end,
+            },
+            # python-multipart's own per-part bounds (it raises past them).
+            max_header_count=16,
+            max_header_size=MAX_PART_HEADER_BYTES,
+        )
 
     def feed(self, data: bytes) -> None:
-        self._buf += data
-        while self._step():
-            pass
+        try:
+            self._parser.write(data)
+        except MultipartParseError as e:
+            if "header" in str(e).lower():
+                raise FormError(f"a form part's headers are too many or too long: {e}") from None
+            raise FormError(f"a malformed multipart form: {e}") from None
 
     def close(self) -> None:
-        if self._state != "done":
+        if not self._ended:
             raise FormError("the form ended before its closing boundary")
 
-    def _step(self) -> bool:
-        """Take what the buffer allows in the current state; False: wait for more."""
-        buf, delimiter = self._buf, self._delimiter
-        if self._state == "preamble":
-            at = buf.find(delimiter)
-            if at < 0:
-                del buf[: max(0, len(buf) - len(delimiter))]  # the preamble is dropped
-                return False
-            del buf[: at + len(delimiter)]
-            self._state = "next"
-            return True
-        if self._state == "next":  # after a delimiter: "--" ends the form, CRLF a part
-            if len(buf) < 2:
-                return False
-            if buf[:2] == b"--":
-                self._state = "done"
-                buf.clear()  # the epilogue is dropped
-                return False
-            if buf[:2] != b"\r\n":
-                raise FormError("a malformed multipart boundary")
-            del buf[:2]
-            self._state = "headers"
-            return True
-        if self._state == "headers":  # header lines, then an empty line
-            if buf.startswith(b"\r\n"):  # no header lines
-                headers, end = b"", 2
-            else:
-                at = buf.find(b"\r\n\r\n", 0, MAX_PART_HEADER_BYTES + 4)
-                if at < 0:
-                    if len(buf) > MAX_PART_HEADER_BYTES:
-                        raise FormError(
-                            f"a form part's headers are over {MAX_PART_HEADER_BYTES} bytes"
-                        )
-                    return False
-                headers, end = bytes(buf[:at]), at + 4
-            self._start_part(headers)
-            del buf[:end]
-            self._state = "body"
-            return True
-        if self._state == "body":
-            end = buf.find(b"\r\n" + delimiter)
-            if end < 0:
-                # The last bytes may be the start of the delimiter: keep them.
-                keep = len(delimiter) + 1
-                if len(buf) > keep:
-                    self._emit(bytes(buf[:-keep]))
-                    del buf[:-keep]
-                return False
-            self._emit(bytes(buf[:end]))
-            del buf[: end + 2 + len(delimiter)]
-            self._state = "next"
-            return True
-        buf.clear()  # done: the epilogue is dropped
-        return False
+    # ---- python-multipart's callbacks ---------------------------------------------
 
-    def _start_part(self, raw: bytes) -> None:
+    def _part_begin(self) -> None:
         self._parts += 1
         if self._parts > MAX_PARTS:
             raise FormError(f"a form has at most {MAX_PARTS} parts")
-        try:
-            headers = httputil.HTTPHeaders.parse(raw.decode("utf-8"))
-        except (UnicodeDecodeError, httputil.HTTPInputError):
-            raise FormError("a form part's headers are not readable") from None
+        self._disposition = ""
+        self._header_bytes = 0
+        self._target = None
+
+    def _header_field_data(self, data: bytes, start: int, end: int) -> None:
+        self._count_header(end - start)
+        self._header_field += data[start:end]
+
+    def _header_value_data(self, data: bytes, start: int, end: int) -> None:
+        self._count_header(end - start)
+        self._header_value += data[start:end]
+
+    def _count_header(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > MAX_PART_HEADER_BYTES:
+            raise FormError(f"a form part's headers are over {MAX_PART_HEADER_BYTES} bytes")
+
+    def _header_end(self) -> None:
+        name = bytes(self._header_field).decode("latin-1").strip().lower()
+        if name == "content-disposition":
+            try:
+                self._disposition = bytes(self._header_value).decode("utf-8")
+            except UnicodeDecodeError:
+                raise FormError("a form part's headers are not readable") from None
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def _headers_finished(self) -> None:
         disposition = email.message.Message()
-        disposition["content-disposition"] = headers.get("Content-Disposition", "")
+        disposition["content-disposition"] = self._disposition
         name = disposition.get_param("name", header="content-disposition")
         if disposition.get_content_disposition() != "form-data" or not isinstance(name, str):
             raise FormError("a form part without a form-data name")
@@ -138,8 +131,7 @@ class MultipartForm:
             if name == self._file_field and self.filename is None:
                 self.filename = filename
                 self._target = self._file_sink
-            else:
-                self._target = None  # a file the form does not take: dropped
+            # else: a file the form does not take: dropped
             return
         values = self.fields.setdefault(name, [])
         values.append(b"")
@@ -153,6 +145,9 @@ class MultipartForm:
 
         self._target = keep
 
-    def _emit(self, data: bytes) -> None:
-        if data and self._target is not None:
-            self._target(data)
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if end > start and self._target is not None:
+            self._target(data[start:end])
+
+    def _end(self) -> None:
+        self._ended = True
