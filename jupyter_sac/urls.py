@@ -99,6 +99,12 @@ class PublicUrls:
         """The hub's base URL (its pages are under ``hub/``)."""
         return f"{self.host}{self.base_url}"
 
+    @property
+    def users_origin(self) -> str:
+        """A CSP source for every user's host (``http://*.localhost:8000``); empty
+        without subdomains."""
+        return self._origin(f"*.{self.domain}") if self.subdomains else ""
+
     def service_host(self, name: str = SERVICE_NAME) -> str:
         return _subdomain(name, self.domain, "service") if self.subdomains else ""
 

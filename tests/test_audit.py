@@ -413,3 +413,24 @@ def test_paging_filters_and_csv_export(admin: HubApi, new_user) -> None:
     filtered = _export(admin, user=name, action="settings.user.replace", since=pivot)
     assert len(list(csv.reader(io.StringIO(filtered.text)))) == 1 + 2
     assert user.sac("DELETE", f"users/{name}/agents/a").status_code == 204
+
+
+def test_the_access_audit_reads_only_moved_users_and_names_foreign_servers() -> None:
+    from jupyter_sac.service.access_audit import changed_since, foreign_servers
+
+    scopes = [
+        "access:servers!server=alice/a1",
+        "access:servers!server=ann/x",  # the holder's own
+        "access:servers!user=bob",
+        "read:users!user=alice",
+        "access:servers!server=alice/a1",
+    ]
+    assert foreign_servers("ann", scopes) == [("alice", "a1")]
+    users = [
+        {"name": "ann", "last_activity": "2026-12-06T06:00:00Z"},
+        {"name": "bob", "last_activity": None},
+        {"name": "cid", "last_activity": "2026-12-06T06:01:00Z"},
+    ]
+    assert changed_since(users, {}) == ["ann", "bob", "cid"]
+    seen = {"ann": "2026-12-06T06:00:00Z", "bob": None, "cid": "2026-12-06T05:00:00Z"}
+    assert changed_since(users, seen) == ["cid"]

@@ -137,6 +137,11 @@ def test_a_person_decides_a_request_on_its_page_and_the_sandbox_sees_it(
 
     home = page(browser, "")
     assert home.status_code == 200 and 'href="/services/sac/approvals"' in home.text
+    # The New agent form's redirects end on the agent's own host (the hub's spawn
+    # page sends a ready agent straight there): CSP's form-action must allow it.
+    policy = home.headers["content-security-policy"]
+    form_action = next(d for d in policy.split(";") if d.strip().startswith("form-action"))
+    assert re.search(r"http://\*\.localhost:\d+", form_action), form_action
     assert re.search(r"<strong>\d+</strong> approvals? waiting", home.text)
     listed = page(browser, "approvals")
     assert listed.status_code == 200 and NO_FRAMING in listed.headers["content-security-policy"]

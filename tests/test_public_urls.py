@@ -24,6 +24,8 @@ def test_the_hub_the_service_and_each_user_have_their_own_host() -> None:
     # Named servers of one user share the user's host.
     assert HUB.server("alice", "other").startswith("http://alice.localhost:8000/")
     assert HUB.host_names("alice") == ["localhost", "sac--service.localhost", "alice.localhost"]
+    # Every user's host, as a CSP source (a form's redirects may end there).
+    assert HUB.users_origin == "http://*.localhost:8000"
 
 
 def test_names_that_are_not_dns_safe_are_encoded_as_jupyterhub_does() -> None:

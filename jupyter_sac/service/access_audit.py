@@ -6,8 +6,11 @@ first administrator's role has no ``access:servers``. An operator may grant it b
 the service reads the tokens of the users active since its last look, and each token
 that opens a server of another user (``access:servers!server=<user>/<agent>``, as an
 OAuth login to that server or a token made for it carries) gets one audit entry,
-``server.access``, with the token's holder as actor. The hub is the witness, not the
-sandbox, so a sandbox can neither forge nor hide one.
+``server.access``, with the token's holder as actor. Only users whose hub activity
+moved since the last look are read again (getting or making a token moves it, at
+JupyterHub's activity resolution), and everyone's every FULL_LOOKS looks.
+The hub is the witness, not the sandbox, so a sandbox can neither forge nor hide
+one.
 
 Not covered: a token that carries ``access:servers`` for every server (the admin
 flag's own API tokens) used directly on a server's API; its holder is someone an
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..store.audit import AuditFilter
@@ -26,6 +28,10 @@ from ..store.audit import AuditFilter
 log = logging.getLogger("jupyter_sac.access_audit")
 
 SERVER_SCOPE = "access:servers!server="
+# Every this many looks, every user's tokens are read again: JupyterHub records a
+# user's activity at most every 30 s, so a token made just after another request
+# may not move it.
+FULL_LOOKS = 10
 ACTION = "server.access"
 
 
@@ -42,15 +48,15 @@ def foreign_servers(holder: str, scopes: list[str]) -> list[tuple[str, str]]:
     return sorted(set(out))
 
 
-def recently_active(users: list[dict[str, Any]], since: datetime | None) -> list[str]:
-    """Names of the users whose hub activity is at or after ``since`` (all if None):
-    a login to any server moves its user's ``last_activity``. Pure."""
-    names = []
-    for user in users:
-        last = user.get("last_activity")
-        if since is None or (last and datetime.fromisoformat(last) >= since):
-            names.append(user["name"])
-    return names
+def changed_since(users: list[dict[str, Any]], seen: dict[str, str | None]) -> list[str]:
+    """Names of the users whose hub activity moved since the last look (``seen``: name
+    -> last_activity then); everyone on the first look. Getting or making a token is
+    an authenticated request, which moves its holder's ``last_activity``. Pure."""
+    return [
+        u["name"]
+        for u in users
+        if u["name"] not in seen or seen[u["name"]] != u.get("last_activity")
+    ]
 
 
 class AccessAudit:
@@ -59,7 +65,8 @@ class AccessAudit:
     def __init__(self, sac: Any, interval: float):
         self.sac = sac
         self.interval = interval
-        self.since: datetime | None = None
+        self.seen: dict[str, str | None] = {}
+        self.looks = 0
         self.recorded = 0
 
     async def run(self) -> None:
@@ -71,16 +78,17 @@ class AccessAudit:
             await asyncio.sleep(self.interval)
 
     async def scan(self) -> None:
-        started = datetime.now(UTC)
+        """One look: the tokens of every user whose activity moved since the last one
+        (a token recorded before is not recorded again)."""
         hub = self.sac.hub
         users = await hub.all_users()
-        # Activity is recorded by the hub at most every few minutes: look back a bit.
-        since = self.since - timedelta(minutes=10) if self.since else None
-        for name in recently_active(users, since):
+        seen = {} if self.looks % FULL_LOOKS == 0 else self.seen
+        self.looks += 1
+        for name in changed_since(users, seen):
             for token in await hub.tokens(name):
                 for owner, server in foreign_servers(name, token.get("scopes") or []):
                     await self.record(name, owner, server, token)
-        self.since = started
+        self.seen = {u["name"]: u.get("last_activity") for u in users}
 
     async def record(self, holder: str, owner: str, server: str, token: dict[str, Any]) -> None:
         target = f"{owner}/{server}"

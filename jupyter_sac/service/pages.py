@@ -123,10 +123,14 @@ class PageHandler(BaseHandler):
         # that change things, and an agent's JupyterLab (an origin its sandbox
         # controls) must not frame one and have a person click through.
         hub = self.sac.public.host
+        # form-action covers a form's whole redirect chain in the browser: creating
+        # an agent goes on to the hub's spawn page, which redirects straight to the
+        # agent's own host once a (warm) sandbox is ready.
+        users = self.sac.public.users_origin
         self.set_header(
             "Content-Security-Policy",
             f"default-src 'none'; style-src 'self' {hub}; font-src 'self' {hub};"
-            f" img-src 'self' {hub} data:; form-action 'self' {hub};"
+            f" img-src 'self' {hub} data:; form-action 'self' {hub} {users};"
             " frame-ancestors 'none'; base-uri 'none'",
         )
 
