@@ -14,10 +14,30 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .egress import parse_pattern
 from .providers import PRESETS
 
 Level = Literal["system", "user", "agent", "group"]
 LEVELS: tuple[Level, ...] = ("system", "user", "agent")
+
+MAX_HOST_PATTERNS = 256
+MAX_HOST_PATTERN_CHARS = 253
+
+# What a sandbox may reach unless an administrator says otherwise: Claude Code's own
+# service (model calls go through the credential proxy, and the sandbox's
+# environment turns telemetry off) and the package registries and code hosts that
+# installing tools needs. Tight on purpose: an administrator widens it (``*`` for
+# the whole public internet), per user if need be.
+EGRESS_SEED: tuple[str, ...] = (
+    "api.anthropic.com",
+    "pypi.org",
+    "files.pythonhosted.org",
+    "registry.npmjs.org",
+    "github.com",
+    "codeload.github.com",
+    "*.githubusercontent.com",
+    "deb.debian.org",
+)
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -36,7 +56,7 @@ class SettingsError(ValueError):
 @dataclass(frozen=True)
 class SettingSpec:
     name: str
-    kind: Literal["int", "float", "bytes", "seconds", "choice", "providers"]
+    kind: Literal["int", "float", "bytes", "seconds", "choice", "providers", "hosts"]
     default: Any
     help: str
     minimum: float | None = None
@@ -47,6 +67,10 @@ class SettingSpec:
     ceiling: bool = False
     # 0 means "no limit" (so it is the highest value, not the lowest, for ceilings).
     zero_is_unlimited: bool = False
+    # A list whose levels add up instead of replacing each other: the system level (or
+    # the default) plus the user's plus the agent's entries. For deny lists, so that
+    # an agent's owner can narrow what the agent may do, never widen it.
+    accumulate: bool = False
 
 
 def _spec(*args: Any, **kwargs: Any) -> SettingSpec:
@@ -198,6 +222,26 @@ SPECS: dict[str, SettingSpec] = {
             "Provider presets agents may use.",
             levels=frozenset({"system", "user"}),
         ),
+        _spec(
+            "egress_allow",
+            "hosts",
+            EGRESS_SEED,
+            "Hosts a sandbox may reach through the egress proxy, its only way to the"
+            " network: * (any public host), a name (pypi.org), *.domain (the domain and"
+            " its subdomains), an address or a CIDR. Non-public addresses (loopback,"
+            " private, link-local, cloud metadata) need an explicit name or network;"
+            " * does not open them.",
+            levels=frozenset({"system", "user"}),
+        ),
+        _spec(
+            "egress_deny",
+            "hosts",
+            (),
+            "Hosts a sandbox may not reach, whatever egress_allow says; same patterns."
+            " The levels add up: a user's or an agent's entries are refused on top of"
+            " the system's.",
+            accumulate=True,
+        ),
     ]
 }
 
@@ -268,11 +312,37 @@ def _coerce(spec: SettingSpec, value: Any) -> Any:
         if unknown:
             raise SettingsError(spec.name, f"unknown providers {unknown}; known: {list(PRESETS)}")
         value = tuple(dict.fromkeys(value))
+    elif spec.kind == "hosts":
+        value = _host_patterns(spec, value)
     if spec.minimum is not None and isinstance(value, int | float) and value < spec.minimum:
         raise SettingsError(spec.name, f"must be at least {spec.minimum:g}")
     if spec.maximum is not None and isinstance(value, int | float) and value > spec.maximum:
         raise SettingsError(spec.name, f"must be at most {spec.maximum:g}")
     return value
+
+
+def _host_patterns(spec: SettingSpec, value: Any) -> tuple[str, ...]:
+    """A list of egress host patterns, each normalised (``PyPI.org.`` -> ``pypi.org``),
+    duplicates dropped in order."""
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise SettingsError(spec.name, "expected a list of host patterns")
+    if len(value) > MAX_HOST_PATTERNS:
+        raise SettingsError(spec.name, f"at most {MAX_HOST_PATTERNS} patterns, got {len(value)}")
+    out: list[str] = []
+    for text in value:
+        if len(text) > MAX_HOST_PATTERN_CHARS:
+            raise SettingsError(
+                spec.name, f"a pattern has at most {MAX_HOST_PATTERN_CHARS} characters"
+            )
+        try:
+            out.append(parse_pattern(text).text)
+        except ValueError as e:
+            raise SettingsError(spec.name, str(e)) from None
+    return tuple(dict.fromkeys(out))
+
+
+def _union(first: Any, more: Any) -> tuple[Any, ...]:
+    return tuple(dict.fromkeys([*first, *more]))
 
 
 def validate_overrides(values: Any, level: Level) -> dict[str, Any]:
@@ -296,9 +366,14 @@ def validate_overrides(values: Any, level: Level) -> dict[str, Any]:
 
 
 def _merge(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """The defaults overridden by each layer in turn; for ``accumulate`` settings the
+    first layer (the system's) replaces the default and later layers add to it."""
     merged = dict(DEFAULTS)
-    for layer in layers:
-        merged.update({k: v for k, v in layer.items() if k in SPECS and v is not None})
+    for i, layer in enumerate(layers):
+        for k, v in layer.items():
+            if k not in SPECS or v is None:
+                continue
+            merged[k] = _union(merged[k], v) if i and SPECS[k].accumulate else v
     return merged
 
 
@@ -318,7 +393,8 @@ def resolve(
     """Values that apply to one agent.
 
     Agent overrides of ceiling settings are clamped to the user's resolved value,
-    so lowering a user's limit later also lowers their agents.
+    so lowering a user's limit later also lowers their agents; those of
+    ``accumulate`` settings add to the user's entries.
     """
     ceiling = resolve_user(system, user)
     resolved = dict(ceiling)
@@ -326,7 +402,12 @@ def resolve(
         spec = SPECS.get(name)
         if spec is None or "agent" not in spec.levels or value is None:
             continue
-        resolved[name] = _at_most(spec, value, ceiling[name]) if spec.ceiling else value
+        if spec.accumulate:
+            resolved[name] = _union(ceiling[name], value)
+        elif spec.ceiling:
+            resolved[name] = _at_most(spec, value, ceiling[name])
+        else:
+            resolved[name] = value
     return _fix_requests(resolved)
 
 
