@@ -156,6 +156,8 @@ def parse_pattern(text: str) -> Pattern:
         raise ValueError(f"{raw!r} is not ASCII: write internationalised names as xn--")
     if raw == "*":
         return Pattern("*", "any")
+    if "://" in raw:
+        raise ValueError(f"{raw!r}: patterns name hosts, without a port or scheme")
     if "/" in raw:
         try:
             network = ipaddress.ip_network(raw.strip("[]"), strict=True)
@@ -579,7 +581,10 @@ async def serve_unix(
             os.unlink(path)
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await handle_client(reader, writer, lists, counter)
+        # Cancelled when the loop shuts down: nothing awaits this task, and Python
+        # 3.11's stream callback logs a cancelled one as an error, so end quietly.
+        with contextlib.suppress(asyncio.CancelledError):
+            await handle_client(reader, writer, lists, counter)
 
     server = await asyncio.start_unix_server(on_client, path=path)
     os.chmod(path, 0o666)
