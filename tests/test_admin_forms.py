@@ -60,6 +60,54 @@ def test_providers_are_overridden_only_when_ticked() -> None:
     assert parse_form({"allowed_providers__override": ["1"]}, "user") == {"allowed_providers": []}
 
 
+def test_host_lists_are_one_pattern_per_line_and_empty_inherits() -> None:
+    text = "pypi.org\r\n  *.GitHub.com \n\n10.0.0.0/8, example.org"
+    assert parse_form({"egress_allow": [text]}, "system") == {
+        "egress_allow": ["pypi.org", "*.GitHub.com", "10.0.0.0/8", "example.org"]
+    }
+    assert validated_form({"egress_allow": [text]}, "user") == {
+        "egress_allow": ["pypi.org", "*.github.com", "10.0.0.0/8", "example.org"]
+    }
+    assert parse_form({"egress_allow": ["  "], "egress_deny": [""]}, "system") == {}
+    # The "none" box: an empty allow list (this user's agents reach nothing).
+    assert parse_form({"egress_allow": [""], "egress_allow__none": ["1"]}, "user") == {
+        "egress_allow": []
+    }
+    # egress_allow is not an agent's; the form of that level leaves it out.
+    assert parse_form({"egress_allow": ["*"], "egress_deny": ["a.org"]}, "agent") == {
+        "egress_deny": ["a.org"]
+    }
+    shown = show_value(SPECS["egress_deny"], ("a.org", "*.b.org"))
+    assert shown == "a.org\n*.b.org"
+    assert validated_form({"egress_deny": [shown]}, "system") == {
+        "egress_deny": ["a.org", "*.b.org"]
+    }
+    assert describe(SPECS["egress_deny"], ()) == "none"
+    assert describe(SPECS["egress_allow"], ("*", "a.org")) == "*, a.org"
+
+
+def test_the_settings_table_renders_host_lists_as_text_boxes() -> None:
+    from pathlib import Path
+
+    import jinja2
+
+    import jupyter_sac.service
+    from jupyter_sac.service.admin_pages import settings_rows
+    from jupyter_sac.settings import resolve_user
+
+    templates = Path(jupyter_sac.service.__file__).parent / "templates"
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates), autoescape=True)
+    overrides = {"egress_allow": ("pypi.org", "<b>.org")}
+    rows = settings_rows("user", overrides, resolve_user({}, overrides))
+    html = env.get_template("_settings.html").module.settings_table(rows, [], (), False)
+    assert (
+        '<textarea class="form-control form-control-sm font-monospace" id="f-egress_allow"' in html
+    )
+    assert "pypi.org\n&lt;b&gt;.org</textarea>" in html
+    assert 'name="egress_allow__none"' in html
+    assert 'name="egress_deny__none"' not in html  # adding nothing is an empty box
+
+
 @pytest.mark.parametrize(
     ("form", "field"),
     [
@@ -74,6 +122,8 @@ def test_providers_are_overridden_only_when_ticked() -> None:
             {"allowed_providers__override": ["1"], "allowed_providers": ["evil"]},
             "allowed_providers",
         ),
+        ({"egress_allow": ["pypi.org:443"]}, "egress_allow"),
+        ({"egress_deny": ["bücher.example"]}, "egress_deny"),
     ],
 )
 def test_bad_values_name_their_field(form: dict, field: str) -> None:

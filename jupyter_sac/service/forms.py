@@ -2,7 +2,9 @@
 
 A settings form has one field per setting of the level. An empty field means "no
 override here" (the value is inherited); the list of providers is overridden only
-when its "override" box is ticked, so an empty list stays expressible.
+when its "override" box is ticked, so an empty list stays expressible. Host lists
+(``egress_allow``, ``egress_deny``) are a textarea, one pattern per line; an empty
+one inherits, and an empty list is its "none" box (``<name>__none``).
 
 The person's pages (an agent's settings, approvals, a skill) turn their forms into
 the bodies the API's operations take, so the API's validation applies unchanged.
@@ -22,6 +24,7 @@ from ..store import AgentRecord
 from .validation import bad
 
 PROVIDERS_OVERRIDE = "allowed_providers__override"
+HOSTS_NONE = "__none"  # suffix of a host list's "override with an empty list" box
 _BINARY_UNITS = (("Ti", 1024**4), ("Gi", 1024**3), ("Mi", 1024**2), ("Ki", 1024))
 
 
@@ -60,6 +63,13 @@ def parse_form(
                 out[spec.name] = [v for v in values if v]
             continue
         raw = values[-1].strip() if values else ""
+        if spec.kind == "hosts":
+            # Patterns hold neither spaces nor commas: any of them separates, so a
+            # pasted "a.org, b.org" works as well as one per line.
+            lines = raw.replace(",", " ").split()
+            if lines or form.get(spec.name + HOSTS_NONE):
+                out[spec.name] = lines
+            continue
         if not raw:
             continue
         if spec.kind in ("int", "seconds", "float"):
@@ -84,6 +94,8 @@ def show_value(spec: SettingSpec, value: Any) -> str:
         return show_bytes(int(value))
     if spec.kind == "providers":
         return ", ".join(value)
+    if spec.kind == "hosts":
+        return "\n".join(value)
     if spec.kind == "float":
         return f"{value:g}"
     if spec.kind in ("int", "seconds") and spec.zero_is_unlimited and value == 0:
@@ -97,6 +109,8 @@ def describe(spec: SettingSpec, value: Any) -> str:
         return "no limit"
     if spec.name.endswith("_monthly_tokens") and value == 0:
         return "no limit"
+    if spec.kind == "hosts":
+        return ", ".join(value) if value else "none"
     if spec.kind == "seconds":
         return _duration(int(value))
     if spec.kind == "bytes":
