@@ -200,6 +200,29 @@ def _refuse(reason: str) -> Decision:
     return Decision(False, reason, None)
 
 
+def decide_name(host: str, allow: Sequence[str], deny: Sequence[str]) -> Decision | None:
+    """The refusal that needs no resolution, or None when the addresses decide.
+
+    The proxy asks this before resolving, so a name the policy refuses anyway is
+    never looked up: otherwise a sandbox could send data out through DNS queries
+    for ``<data>.attacker.example``, or probe which names resolve. A name is
+    resolved only when an allow pattern names it or an allowed network might hold
+    its addresses, and no deny pattern names it.
+    """
+    try:
+        name = normalise_host(host)
+        allow_p = [parse_pattern(p) for p in allow]
+        deny_p = [parse_pattern(p) for p in deny]
+    except ValueError as e:
+        return _refuse(str(e))
+    denied = next((p for p in deny_p if p.matches_name(name)), None)
+    if denied is not None:
+        return _refuse(f"denied by {denied.text!r}")
+    if any(p.matches_name(name) or p.kind == "network" for p in allow_p):
+        return None
+    return _refuse("not in egress_allow")
+
+
 def decide(
     host: str, addresses: Sequence[Address], allow: Sequence[str], deny: Sequence[str]
 ) -> Decision:
@@ -501,34 +524,44 @@ async def handle_client(
     writer: asyncio.StreamWriter,
     lists: Lists,
     counter: ByteCounter | None = None,
+    label: str = "",
 ) -> None:
     """Serve one proxy connection: one CONNECT tunnel or one plain HTTP request.
 
     ``lists`` gives the (allow, deny) patterns that apply now; it is called for each
-    connection, so a settings change applies to the next one."""
+    connection, so a settings change applies to the next one. ``label`` (say the
+    agent, ``alice/helper``) starts each log line."""
     counter = counter if counter is not None else ByteCounter()
+    who = f"egress[{label}]" if label else "egress"
     try:
         try:
             head, early = await _read_head(reader)
             req = parse_head(head)
         except (_BadRequest, TimeoutError) as e:
             reason = str(e) or "request head not received in time"
-            log.info("egress: bad request: %s", reason)
+            log.info("%s: bad request: %s", who, reason)
             await _answer(reader, writer, _response("400 Bad Request", f"{reason}\n"))
             return
-        try:
-            addresses = await resolve(req.host)
-        except (OSError, ValueError, TimeoutError) as e:
-            log.info(
-                "egress %s:%d allowed=False reason=does not resolve (%s)", req.host, req.port, e
-            )
-            body = f"{req.host} does not resolve\n"
-            await _answer(reader, writer, _response("502 Bad Gateway", body))
-            return
         allow, deny = lists()
-        decision = decide(req.host, addresses, allow, deny)
+        decision = decide_name(req.host, allow, deny)
+        if decision is None:
+            try:
+                addresses = await resolve(req.host)
+            except (OSError, ValueError, TimeoutError) as e:
+                log.info(
+                    "%s %s:%d allowed=False reason=does not resolve (%s)",
+                    who,
+                    req.host,
+                    req.port,
+                    e,
+                )
+                body = f"{req.host} does not resolve\n"
+                await _answer(reader, writer, _response("502 Bad Gateway", body))
+                return
+            decision = decide(req.host, addresses, allow, deny)
         log.info(
-            "egress %s:%d allowed=%s reason=%s",
+            "%s %s:%d allowed=%s reason=%s",
+            who,
             req.host,
             req.port,
             decision.allowed,
@@ -546,7 +579,7 @@ async def handle_client(
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 up_r, up_w = await asyncio.open_connection(str(decision.address), req.port)
         except (OSError, TimeoutError) as e:
-            log.info("egress %s:%d upstream unreachable: %s", req.host, req.port, e)
+            log.info("%s %s:%d upstream unreachable: %s", who, req.host, req.port, e)
             body = f"cannot reach {req.host}:{req.port} ({decision.address})\n"
             await _answer(reader, writer, _response("502 Bad Gateway", body))
             return
@@ -565,13 +598,13 @@ async def handle_client(
         finally:
             await _close(up_w)
     except Exception:  # a handler's exception would only be logged by asyncio, unclosed
-        log.exception("egress: connection failed")
+        log.exception("%s: connection failed", who)
     finally:
         await _close(writer)
 
 
 async def serve_unix(
-    path: str, lists: Lists, counter: ByteCounter | None = None
+    path: str, lists: Lists, counter: ByteCounter | None = None, label: str = ""
 ) -> asyncio.AbstractServer:
     """Start the proxy on a unix socket at ``path`` (a stale socket there is replaced),
     writable by everyone: the sandbox runs as another uid, and the directory holding
@@ -584,7 +617,7 @@ async def serve_unix(
         # Cancelled when the loop shuts down: nothing awaits this task, and Python
         # 3.11's stream callback logs a cancelled one as an error, so end quietly.
         with contextlib.suppress(asyncio.CancelledError):
-            await handle_client(reader, writer, lists, counter)
+            await handle_client(reader, writer, lists, counter, label)
 
     server = await asyncio.start_unix_server(on_client, path=path)
     os.chmod(path, 0o666)

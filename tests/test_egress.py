@@ -20,6 +20,7 @@ from jupyter_sac.egress import (
     Address,
     ByteCounter,
     decide,
+    decide_name,
     is_public,
     parse_pattern,
     resolve,
@@ -140,6 +141,17 @@ def test_decide(
     assert d.allowed is allowed, d.reason
     assert d.address == (ipaddress.ip_address(address) if address else None)
     assert d.reason
+
+
+def test_names_the_policy_refuses_are_refused_before_any_lookup() -> None:
+    assert decide_name("x.attacker.example", ["pypi.org"], []) == decide(
+        "x.attacker.example", ips(PUBLIC), ["pypi.org"], []
+    )
+    assert decide_name("pypi.org", ["*"], ["pypi.org"]) is not None
+    assert decide_name("pypi.org", ["pypi.org"], []) is None
+    assert decide_name("anything.example", ["*"], []) is None
+    # an allowed network may hold any name's addresses: those are looked up
+    assert decide_name("db.corp", ["10.0.0.0/8"], []) is None
 
 
 def test_is_public() -> None:
@@ -333,6 +345,19 @@ async def test_a_name_not_allowed_is_refused_with_403(
         assert b"app.localhost is not allowed by this sandbox's network policy" in body
         assert b"egress_allow" in body
     assert (counter.sent, counter.received) == (0, 0)
+
+
+@pytest.mark.asyncio
+async def test_a_refused_name_is_never_looked_up(
+    proxy: tuple[str, Policy, ByteCounter], caplog: pytest.LogCaptureFixture
+) -> None:
+    path, policy, _ = proxy
+    policy.allow = ["pypi.org"]
+    caplog.set_level("INFO", "jupyter_sac.egress")
+    # it does not resolve: 403 (not 502) shows nothing asked DNS about it
+    answer = await exchange(path, b"CONNECT secret-data.nonexistent.invalid:443 HTTP/1.1\r\n\r\n")
+    assert status(answer) == 403
+    assert "egress secret-data.nonexistent.invalid:443 allowed=False" in caplog.text
 
 
 @pytest.mark.parametrize("target", ["169.254.169.254:80", "127.0.0.1:{port}", "localhost:{port}"])
