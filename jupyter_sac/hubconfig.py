@@ -226,8 +226,14 @@ def configure(c: Any, config_file: str) -> None:
         # Public URLs: a sandbox's /etc/hosts maps these names to the proxy's address.
         os.environ.setdefault("SAC_HUB_URL", public.hub)
         c.LocalAgentSpawner.proxy_ip = reach_ip
+        hub_for_sandboxes = public.hub
     else:
         os.environ.setdefault("SAC_HUB_URL", proxy_url)
+        hub_for_sandboxes = proxy_url
+    # What a sandbox reaches of this machine, each on the same port of its own
+    # loopback: the proxy (the hub's API too, never its own port) and the service.
+    c.LocalAgentSpawner.host_endpoints = [f"{reach_ip}:{hub_port}", f"127.0.0.1:{service_port}"]
+    c.LocalAgentSpawner.hub_connect_url = hub_for_sandboxes.rstrip("/")
 
     register_service(
         c,

@@ -150,16 +150,15 @@ def test_the_hosts_file_is_bound_read_only_over_etc_hosts(tmp_path: Path) -> Non
     layout.create()
     write_in_place(layout.hosts, "127.0.0.1 localhost\n")
     argv = bwrap_argv(
-        "bwrap", layout, hidden_paths=[], reexposed_paths=[], data_dir=str(tmp_path),
-        hostname="sac-x", command=["true"], hosts_file=layout.hosts,
+        "bwrap", layout, readonly_paths=[], hostname="sac-x", command=["true"],
+        hosts_file=layout.hosts,
     )  # fmt: skip
     i = argv.index(str(layout.hosts))
     assert argv[i - 1 : i + 2] == ["--ro-bind", str(layout.hosts), "/etc/hosts"]
     # After the system's own /etc (bound read-only first), so it wins.
     assert argv.index("/etc") < i
     without = bwrap_argv(
-        "bwrap", layout, hidden_paths=[], reexposed_paths=[], data_dir=str(tmp_path),
-        hostname="sac-x", command=["true"],
+        "bwrap", layout, readonly_paths=[], hostname="sac-x", command=["true"],
     )  # fmt: skip
     assert "/etc/hosts" not in without
 

@@ -41,7 +41,18 @@ def _signal_ready() -> None:
         pass
 
 
+def _start_relays(net: dict | None, server_fd: str) -> None:
+    """Inside a sandbox's own network namespace: its endpoints, relayed (netrelay.py)."""
+    if not net:
+        return
+    from jupyter_sac.spawner.netrelay import SandboxRelays
+
+    fd = int(server_fd) if server_fd.isdigit() else None
+    SandboxRelays.from_assignment(net, fd).start()
+
+
 def main() -> None:
+    server_fd = os.environ.pop("SAC_SERVER_FD", "")
     _preimport()
     _signal_ready()
     line = sys.stdin.buffer.readline()
@@ -53,6 +64,7 @@ def main() -> None:
     os.dup2(devnull, 0)
     os.close(devnull)
 
+    _start_relays(assignment.get("net"), server_fd)
     os.environ.clear()
     os.environ.update(assignment["env"])
     os.chdir(assignment["cwd"])

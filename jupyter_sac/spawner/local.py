@@ -25,15 +25,18 @@ from ..runtimes.claude import claude_binary
 from ..urls import PublicUrls
 from .limits import AppliedLimits, apply_limits, release
 from .mixin import AgentContext, AgentSpawnerMixin, AgentSpawnError, locked_jupyter_env
+from .netrelay import EGRESS_PORT, HostRelays, egress_env
 from .sandbox import (
     SANDBOX_HOME,
     SANDBOX_WORKSPACE,
+    SYSTEM_PATHS,
     Sandbox,
     SandboxLayout,
     WarmPool,
     adopt_layout,
     bwrap_argv,
     descendants,
+    hand_over,
     launcher_command,
     recover_layouts,
     sandbox_hosts,
@@ -41,6 +44,23 @@ from .sandbox import (
 )
 
 _pools: dict[tuple, WarmPool] = {}
+
+
+async def http_answers(host: str, port: int, timeout: float = 2.0) -> bool:
+    """Whether an HTTP server answers at ``host:port`` (any status)."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(b"HEAD / HTTP/1.0\r\nHost: sac-probe\r\n\r\n")
+        await writer.drain()
+        first = await asyncio.wait_for(reader.read(5), timeout)
+        return first == b"HTTP/"
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
 
 
 def default_data_dir() -> str:
@@ -80,18 +100,53 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
     def _default_bwrap_path(self) -> str:
         return shutil.which("bwrap") or ""
 
-    hidden_paths = List(
+    system_paths = List(
         Unicode(),
-        default_value=["/root", "/home", "/var/tmp", "/run", "/mnt", "/media", "/srv"],
-        help="""Directories replaced by an empty tmpfs inside a sandbox (the data dir
-        and /tmp always are). Paths a sandbox needs inside them (Python, the venv) are re-exposed
-        read-only through `readonly_paths`.""",
+        default_value=list(SYSTEM_PATHS),
+        help="""What of this machine a sandbox sees, read-only: the system's programs,
+        libraries and configuration. Nothing else appears (no /var, /opt, /srv, /root,
+        /home, /mnt, no data dir) but `readonly_paths`.""",
     ).tag(config=True)
 
     readonly_paths = List(
         Unicode(),
-        help="""Paths re-exposed read-only inside hidden directories (default: this
-        Python's prefix and base prefix and the jupyter_sac package's source tree).""",
+        help="""Further paths a sandbox sees read-only (default: this Python's prefix and
+        base prefix and the jupyter_sac package's source tree).""",
+    ).tag(config=True)
+
+    hidden_paths = List(
+        Unicode(),
+        help="""Directories inside `system_paths` or `readonly_paths` replaced by an empty
+        tmpfs (the data dir always is, when it lies inside one of them).""",
+    ).tag(config=True)
+
+    sandbox_uid = Integer(
+        1_000_000,
+        help="""When the hub runs as root: the unprivileged uid (and gid) of this machine
+        that sandboxes run as (uid 1000, "sac", inside their user namespace). It owns the
+        agents' home and workspace directories and nothing else; files only root may read
+        stay unreadable. When the hub is not root, sandboxes run as the hub's own uid.""",
+    ).tag(config=True)
+
+    isolate_network = Bool(
+        True,
+        help="""Give each sandbox a network namespace of its own: it reaches only
+        `host_endpoints` and, through the egress proxy, the hosts its settings allow
+        (egress_allow, egress_deny); never this machine's other ports, the link-local
+        metadata address or private ranges that are not allowed.""",
+    ).tag(config=True)
+
+    host_endpoints = List(
+        Unicode(),
+        help="""`host:port` endpoints of this machine a sandbox reaches at 127.0.0.1:<port>
+        on its own loopback (the hub config sets the proxy's and the `sac` service's).""",
+    ).tag(config=True)
+
+    require_limits = Bool(
+        False,
+        help="""Refuse to start an agent whose CPU, memory and process limits this machine
+        cannot enforce (cgroups not writable by the hub), with a message saying so.
+        Off: such agents start, and the spawn page says which limits hold.""",
     ).tag(config=True)
 
     @default("readonly_paths")
@@ -174,8 +229,21 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         except OSError:
             base = "127.0.0.1 localhost\n"
         names = public.host_names(owner)
-        write_in_place(layout.hosts, sandbox_hosts(base, names, self.proxy_ip, public.domain))
+        # With a network of its own, the proxy is on the sandbox's loopback (relayed).
+        ip = "127.0.0.1" if self.isolate_network else self.proxy_ip
+        write_in_place(layout.hosts, sandbox_hosts(base, names, ip, public.domain))
         return True
+
+    def machine_uid(self) -> int | None:
+        """The uid of this machine sandboxes run as, when the hub may choose one."""
+        return self.sandbox_uid if os.geteuid() == 0 else None
+
+    def endpoints(self) -> list[tuple[str, int]]:
+        found = []
+        for endpoint in self.host_endpoints:
+            host, _, port = endpoint.rpartition(":")
+            found.append((host or "127.0.0.1", int(port)))
+        return found
 
     def _bwrap_argv(
         self, layout: SandboxLayout, hostname: str = "sac-agent", owner: str | None = None
@@ -184,12 +252,15 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         return bwrap_argv(
             self.bwrap_path,
             layout,
-            hidden_paths=self.hidden_paths,
-            reexposed_paths=self.readonly_paths,
-            data_dir=self.data_dir,
+            system_paths=self.system_paths,
+            readonly_paths=self.readonly_paths,
+            hidden_paths=[*self.hidden_paths, self.data_dir],
             hostname=hostname,
             command=launcher_command(),
             hosts_file=hosts,
+            sandbox_uid=self.machine_uid(),
+            setpriv=shutil.which("setpriv") or "setpriv",
+            isolate_network=self.isolate_network,
         )
 
     def _pool(self) -> WarmPool | None:
@@ -198,15 +269,20 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         key = (
             self.data_dir,
             self.bwrap_path,
+            tuple(self.system_paths),
             tuple(self.hidden_paths),
             tuple(self.readonly_paths),
             self.warm_sandboxes,
             self.proxy_ip,
+            self.machine_uid(),
+            self.isolate_network,
         )
         pool = _pools.get(key)
         if pool is None:
             recover_layouts(self.spares_dir)
-            pool = WarmPool(self.spares_dir, self.warm_sandboxes, self._bwrap_argv)
+            pool = WarmPool(
+                self.spares_dir, self.warm_sandboxes, self._bwrap_argv, self.machine_uid()
+            )
             _pools[key] = pool
             pool.fill()
         return pool
@@ -242,15 +318,17 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         mode = self.confinement()
         ctx = await self.prepare_agent()
         self._sac_agent_id = ctx.agent.id
-        resolved = ctx.resolved
         self.report(
-            f"Agent {ctx.agent.display_name!r}: {ctx.agent.provider} / {ctx.agent.model},"
-            f" {resolved['cpu_limit']:g} CPU, {resolved['mem_limit'] // 2**20} MiB",
-            10,
+            f"Agent {ctx.agent.display_name!r}: {ctx.agent.provider} / {ctx.agent.model}", 10
         )
         layout = self.agent_layout(ctx.agent.id, ctx.agent.slug)
-        if self.port == 0:
+        isolated = mode == "bubblewrap" and self.isolate_network
+        reserved = {EGRESS_PORT, *(port for _, port in self.endpoints())}
+        if self.port == 0 or (isolated and self.port in reserved):
+            # Inside its namespace the sandbox listens on the endpoints' ports itself.
             self.port = random_port()
+            while isolated and self.port in reserved:
+                self.port = random_port()
 
         if mode == "bubblewrap":
             home, workspace = SANDBOX_HOME, SANDBOX_WORKSPACE
@@ -272,6 +350,8 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         if claude:
             tool_dirs.append(os.path.dirname(claude))
         env["PATH"] = os.pathsep.join([*tool_dirs, env.get("PATH", "/usr/bin:/bin")])
+        if isolated:
+            env.update(egress_env(PublicUrls.from_config(self.config).domain))
         argv = [*self.cmd, *self.get_args()]
 
         pool = self._pool() if mode == "bubblewrap" else None
@@ -285,9 +365,11 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
             self.report("Using a warm sandbox", 30)
             adopt_layout(sandbox.layout, layout)
             sandbox.layout = layout
+            if self.machine_uid() is not None:
+                hand_over(layout, self.machine_uid())
             self._write_hosts(layout, self.user.name)
         else:
-            layout.create()
+            layout.create(self.machine_uid())
             if mode == "bubblewrap":
                 self.report("Starting a new bubblewrap sandbox", 30)
                 confined = self._bwrap_argv(layout, f"sac-{ctx.agent.slug}", self.user.name)
@@ -302,8 +384,11 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         if not await sandbox.wait_ready(self.start_timeout):
             raise AgentSpawnError(f"The sandbox exited while starting (code {sandbox.proc.poll()})")
         self._limits = self._apply_limits(ctx, sandbox)
+        net = None
+        if isolated:
+            net = await self._serve_relays(ctx, sandbox)
         try:
-            sandbox.assign(env, argv, workspace)
+            sandbox.assign(env, argv, workspace, net)
         except OSError:
             raise AgentSpawnError(
                 f"The sandbox exited before it could start (code {sandbox.proc.poll()})"
@@ -316,20 +401,61 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
             pool.fill()
         return (self.ip or "127.0.0.1", self.port)
 
+    async def _serve_relays(self, ctx: AgentContext, sandbox: Sandbox) -> dict:
+        """The hub's side of the sandbox's network: its server on our port, the host's
+        endpoints, and the egress proxy with the agent's allow and deny lists."""
+        from ..egress import handle_client
+
+        relays = HostRelays(sandbox.layout.net)
+        sandbox.relays = relays
+        try:
+            await relays.serve_inbound(self.ip or "127.0.0.1", self.port)
+        except OSError as e:
+            raise AgentSpawnError(f"Cannot listen on port {self.port} for the agent: {e}") from e
+        for host, port in self.endpoints():
+            await relays.serve_forward(port, host, port)
+        allow = tuple(ctx.resolved.get("egress_allow", ()))
+        deny = tuple(ctx.resolved.get("egress_deny", ()))
+        label = f"{self.user.name}/{ctx.agent.slug}"
+        await relays.serve_egress(
+            lambda reader, writer, traffic: handle_client(
+                reader, writer, lambda: (allow, deny), traffic, label
+            )
+        )
+        return {
+            "server_port": self.port,
+            "forwards": [port for _, port in self.endpoints()],
+            "egress": True,
+        }
+
     def _apply_limits(self, ctx: AgentContext, sandbox: Sandbox) -> AppliedLimits:
-        if not self.enforce_limits:
+        if not self.enforce_limits and not self.require_limits:
+            self.report("Limits: none enforced (enforce_limits is off)", 40)
             return AppliedLimits()
         resolved = ctx.resolved
         applied = apply_limits(
             f"{ctx.agent.id}-{ctx.agent.slug}",
             [sandbox.pid, *descendants(sandbox.pid)],
-            int(resolved["mem_limit"]),
-            int(resolved["max_processes"]),
+            cpu_limit=float(resolved["cpu_limit"]),
+            mem_limit=int(resolved["mem_limit"]),
+            max_processes=int(resolved["max_processes"]),
         )
+        missing = applied.missing()
+        if missing and self.require_limits:
+            release(applied)
+            raise AgentSpawnError(
+                f"This machine cannot enforce the agent's {', '.join(missing)} limit"
+                f"{'s' if len(missing) > 1 else ''} (the hub cannot write the cgroups they"
+                " need), and the operator requires limits (c.LocalAgentSpawner.require_limits)."
+                " Run the hub where it may create cgroups (as root, or with a delegated"
+                " cgroup v2 subtree)."
+            )
         self.report(f"Limits: {applied.describe()}", 40)
         return applied
 
     async def _wait_listening(self, sandbox: Sandbox) -> None:
+        """Until the agent's server answers HTTP on our port (with a relayed network
+        the port always accepts; only an answer says the server is up)."""
         deadline = time.monotonic() + self.http_timeout
         host = self.ip or "127.0.0.1"
         while time.monotonic() < deadline:
@@ -338,13 +464,9 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
                     f"The agent's server exited while starting (code {sandbox.proc.poll()});"
                     " see the hub log"
                 )
-            try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(host, self.port), 1)
-            except (OSError, TimeoutError):
-                await asyncio.sleep(self.ready_poll_interval)
-                continue
-            writer.close()
-            return
+            if await http_answers(host, self.port):
+                return
+            await asyncio.sleep(self.ready_poll_interval)
         raise AgentSpawnError(f"The agent's server did not listen within {self.http_timeout} s")
 
     async def _signal(self, sig: int) -> bool:
@@ -360,6 +482,10 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
 
     async def stop(self, now: bool = False) -> None:
         await super().stop(now=now)
+        sandbox = getattr(self, "_sandbox", None)
+        if sandbox is not None and sandbox.relays is not None:
+            sandbox.relays.close()
+            sandbox.relays = None
         limits = getattr(self, "_limits", None)
         if limits is not None:
             release(limits)

@@ -1,10 +1,16 @@
 """Local sandboxes: bubblewrap command lines, sandbox processes and the warm pool.
 
-A sandbox is a bubblewrap-confined process tree: the whole system read-only,
-the data dir (database, secrets, other agents) and other sensitive trees hidden
-behind empty tmpfs mounts, only the agent's own home and workspace writable,
-its own PID/IPC/UTS namespaces, a new session (no terminal injection into the
-hub's tty) and death with its parent.
+A sandbox sees a minimal filesystem: the system's programs and libraries
+(``/usr``, ``/etc`` and the top-level links into them) and this Python's
+installation read-only, its own home and workspace writable, private ``/tmp`` and
+``/run``, nothing else of the machine (no ``/var``, ``/opt``, ``/srv``, ``/root``,
+``/home``, no data dir). It runs as uid 1000 ("sac") inside a user namespace of
+its own; when the hub runs as root, that uid is an unprivileged uid of this
+machine (``sandbox_uid``), so files only root may read stay unreadable even where
+the system is visible. It has its own network namespace with nothing but a
+loopback interface (what it may reach is relayed: netrelay.py), its own PID, IPC
+and UTS namespaces, a new session (no terminal injection into the hub's tty), and
+it dies with its parent.
 """
 
 from __future__ import annotations
@@ -23,10 +29,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .netrelay import SERVER_SOCKET, HostRelays, listening_unix_socket
+
 log = logging.getLogger("jupyter_sac.sandbox")
 
 SANDBOX_HOME = "/home/sac"
 SANDBOX_WORKSPACE = "/workspace"
+# The sandbox's own user, inside its user namespace.
+SANDBOX_USER = "sac"
+SANDBOX_UID = 1000
+# What of the machine a sandbox sees (read-only): programs, libraries, configuration.
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 LAUNCHER = ["-m", "jupyter_sac.spawner.launcher"]
 # Files that stay unreadable even though the system is visible read-only.
 MASKED_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/sudoers")
@@ -51,9 +64,74 @@ class SandboxLayout:
         """The sandbox's /etc/hosts (outside its writable directories)."""
         return self.root / "hosts"
 
-    def create(self) -> None:
-        for path in (self.root, self.home, self.workspace):
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    @property
+    def passwd(self) -> Path:
+        return self.root / "passwd"
+
+    @property
+    def group(self) -> Path:
+        return self.root / "group"
+
+    @property
+    def net(self) -> Path:
+        """The relays' sockets: the hub's, read-only inside (netrelay.py)."""
+        return self.root / "net"
+
+    def create(self, uid: int | None = None) -> None:
+        """Make the directories; ``uid``: the machine's uid the sandbox runs as, which
+        must own what it writes (files an older sandbox left are handed over once)."""
+        self.root.mkdir(mode=0o711, parents=True, exist_ok=True)
+        os.chmod(self.root, 0o711)
+        self.net.mkdir(mode=0o755, exist_ok=True)
+        for path in (self.home, self.workspace):
+            path.mkdir(mode=0o700, exist_ok=True)
+        if uid is not None:
+            hand_over(self, uid)
+        write_identity(self)
+
+
+def hand_over(layout: SandboxLayout, uid: int) -> None:
+    """Give the sandbox's uid its home and workspace (and everything in them), once:
+    a marker outside the sandbox's reach records the uid they belong to."""
+    marker = layout.root / ".uid"
+    with contextlib.suppress(OSError):
+        if marker.read_text() == str(uid):
+            return
+    for top in (layout.home, layout.workspace):
+        os.chown(top, uid, uid)
+        for dirpath, dirnames, filenames in os.walk(top):
+            for name in dirnames + filenames:
+                with contextlib.suppress(OSError):
+                    os.chown(os.path.join(dirpath, name), uid, uid, follow_symlinks=False)
+    marker.write_text(str(uid))
+
+
+def identity_files(passwd: str, group: str) -> tuple[str, str]:
+    """The sandbox's /etc/passwd and /etc/group: the machine's, with uid and gid
+    1000 (someone of this machine's, often) named ``sac``, at home in /home/sac."""
+
+    def keep(line: str) -> bool:
+        fields = line.split(":")
+        return len(fields) > 2 and fields[0] != SANDBOX_USER and fields[2] != str(SANDBOX_UID)
+
+    users = [line for line in passwd.splitlines() if keep(line)]
+    users.append(f"{SANDBOX_USER}:x:{SANDBOX_UID}:{SANDBOX_UID}:SAC agent:{SANDBOX_HOME}:/bin/bash")
+    groups = [line for line in group.splitlines() if keep(line)]
+    groups.append(f"{SANDBOX_USER}:x:{SANDBOX_UID}:")
+    return "\n".join(users) + "\n", "\n".join(groups) + "\n"
+
+
+def write_identity(layout: SandboxLayout) -> None:
+    texts = []
+    for path in ("/etc/passwd", "/etc/group"):
+        try:
+            with open(path) as f:
+                texts.append(f.read())
+        except OSError:
+            texts.append("")
+    passwd, group = identity_files(*texts)
+    layout.passwd.write_text(passwd)
+    layout.group.write_text(group)
 
 
 def _under(name: str, domain: str) -> bool:
@@ -99,74 +177,111 @@ def write_in_place(path: Path, text: str) -> None:
         os.close(fd)
 
 
+def _covered(path: str, by: Iterable[str]) -> bool:
+    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in by)
+
+
 def bwrap_argv(
     bwrap: str,
     layout: SandboxLayout,
     *,
-    hidden_paths: Iterable[str],
-    reexposed_paths: Iterable[str],
-    data_dir: str,
+    system_paths: Iterable[str] = SYSTEM_PATHS,
+    readonly_paths: Iterable[str],
+    hidden_paths: Iterable[str] = (),
     hostname: str,
     command: Sequence[str],
     hosts_file: Path | None = None,
+    sandbox_uid: int | None = None,
+    setpriv: str = "setpriv",
+    isolate_network: bool = True,
 ) -> list[str]:
     """The bubblewrap command line for one sandbox (pure: no I/O beyond existence checks).
 
-    Mount order matters: system read-only, then tmpfs over hidden trees, then the
-    read-only paths the sandbox needs from inside them (Python, the venv), then a
-    tmpfs over the data dir, and last the agent's own directories.
+    ``sandbox_uid`` (the hub runs as root): an outer bubblewrap, as root, builds the
+    filesystem and the PID, IPC and UTS namespaces; ``setpriv`` becomes that
+    unprivileged uid with no capabilities; an inner bubblewrap, unprivileged, makes
+    the user and network namespaces. Without it (the hub is not root) one bubblewrap
+    does all of it, the sandbox's uid outside being the hub's own.
+    Mount order matters: the system read-only, the Python installation (possibly
+    inside a directory that is otherwise absent), hidden trees under those, the
+    agent's own directories, then everything read-only but those.
     """
     argv = [bwrap]
-    # The sandbox root is bubblewrap's own tmpfs (so /workspace and /home/sac can be
-    # created in it) holding read-only binds of the host's top-level directories.
-    for name in sorted(os.listdir("/")):
-        path = "/" + name
-        if name in ("proc", "dev", "tmp", SANDBOX_WORKSPACE.strip("/")):
-            continue
+    exposed: list[str] = []
+    # bubblewrap's root is its own tmpfs; only these of the machine appear in it.
+    for path in system_paths:
         if os.path.islink(path):
             argv += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
             argv += ["--ro-bind", path, path]
-    # A private /tmp first, so that paths re-exposed below may live under /tmp.
-    argv += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+            exposed.append(path)
+    argv += ["--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp"]
+    argv += ["--tmpfs", "/run", "--dir", "/var", "--perms", "1777", "--tmpfs", "/var/tmp"]
+    made: set[str] = set()
+    for path in sorted(dict.fromkeys(readonly_paths)):
+        if not os.path.exists(path) or _covered(path, exposed):
+            continue
+        # Parents bubblewrap would otherwise make unreadable (0700) for the sandbox.
+        parent = os.path.dirname(path)
+        parents = []
+        while parent not in ("/", "") and parent not in made and not _covered(parent, exposed):
+            parents.append(parent)
+            parent = os.path.dirname(parent)
+        for p in reversed(parents):
+            argv += ["--dir", p]
+            made.add(p)
+        argv += ["--ro-bind", path, path]
+        exposed.append(path)
     for path in hidden_paths:
-        if os.path.isdir(path):
+        if os.path.isdir(path) and _covered(path, exposed):
             argv += ["--tmpfs", path]
-    for path in reexposed_paths:
-        if os.path.exists(path):
-            argv += ["--ro-bind", path, path]
-    argv += ["--tmpfs", data_dir]
     for path in MASKED_FILES:
         if os.path.exists(path):
             argv += ["--ro-bind", "/dev/null", path]
     if hosts_file is not None:
         # Its own name resolution (sandbox_hosts), read-only like the rest of /etc.
         argv += ["--ro-bind", str(hosts_file), "/etc/hosts"]
+    argv += ["--ro-bind", str(layout.passwd), "/etc/passwd"]
+    argv += ["--ro-bind", str(layout.group), "/etc/group"]
     argv += [
-        "--bind",
-        str(layout.home),
-        SANDBOX_HOME,
-        "--bind",
-        str(layout.workspace),
-        SANDBOX_WORKSPACE,
-        "--remount-ro",
-        "/",
-        "--chdir",
-        SANDBOX_WORKSPACE,
-        "--unshare-pid",
-        "--unshare-ipc",
-        "--unshare-uts",
-        "--unshare-cgroup-try",
-        "--hostname",
-        hostname,
+        "--dir", "/home",
+        "--bind", str(layout.home), SANDBOX_HOME,
+        "--bind", str(layout.workspace), SANDBOX_WORKSPACE,
+        "--ro-bind", str(layout.net), "/run/sac",
+        "--remount-ro", "/",
+        "--chdir", SANDBOX_WORKSPACE,
+        "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+        "--hostname", hostname,
         "--die-with-parent",
         "--new-session",
-        "--cap-drop",
-        "ALL",
+    ]  # fmt: skip
+    own_namespaces = [
+        "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
+        *(["--unshare-net"] if isolate_network else []),
+        "--die-with-parent",
+        "--cap-drop", "ALL",
+        "--chdir", SANDBOX_WORKSPACE,
+    ]  # fmt: skip
+    if sandbox_uid is None:
+        return [*argv, *own_namespaces, "--", *command]
+    return [
+        *argv,
+        "--",
+        setpriv,
+        f"--reuid={sandbox_uid}",
+        f"--regid={sandbox_uid}",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--no-new-privs",
+        "--",
+        # The inner one binds the tree the outer one made, devices included.
+        bwrap,
+        "--dev-bind", "/", "/",
+        *own_namespaces,
         "--",
         *command,
-    ]
-    return argv
+    ]  # fmt: skip
 
 
 def launcher_command(python: str = sys.executable) -> list[str]:
@@ -203,6 +318,8 @@ class Sandbox:
     confined: bool
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     _ready_fd: int | None = None
+    # The hub's side of its relays, once it serves an agent (netrelay.py).
+    relays: HostRelays | None = None
 
     @property
     def pid(self) -> int:
@@ -217,6 +334,9 @@ class Sandbox:
         confined: bool,
         cwd: str | None = None,
     ) -> Sandbox:
+        """Start ``argv``; a confined sandbox gets the listening socket its server is
+        reached through (made here, in the hub's directory, so that the hub connects
+        to a socket the sandbox cannot replace)."""
         read_fd, write_fd = os.pipe()
         # Until assigned, a sandbox knows nothing of any agent: a bare environment.
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL")}
@@ -230,16 +350,24 @@ class Sandbox:
         # Every confined sandbox sees the same paths, so anything cached at import
         # time (under HOME) is right for whichever agent it later serves.
         env["HOME"] = SANDBOX_HOME if confined else str(layout.home)
+        pass_fds = [write_fd]
+        server = None
+        if confined:
+            server = listening_unix_socket(layout.net / SERVER_SOCKET, mode=0o600)
+            env["SAC_SERVER_FD"] = str(server.fileno())
+            pass_fds.append(server.fileno())
 
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
             cwd=cwd,
             env=env,
-            pass_fds=(write_fd,),
+            pass_fds=pass_fds,
             start_new_session=not confined,  # bwrap --new-session does it when confined
         )
         os.close(write_fd)
+        if server is not None:
+            server.close()  # the sandbox accepts on it; the hub only connects
         sandbox = cls(proc=proc, layout=layout, confined=confined, _ready_fd=read_fd)
         asyncio.get_running_loop().add_reader(read_fd, sandbox._on_ready_fd)
         return sandbox
@@ -265,10 +393,14 @@ class Sandbox:
             return False
         return self.alive()
 
-    def assign(self, env: dict[str, str], argv: list[str], cwd: str) -> None:
-        """Hand this sandbox its agent: one JSON line on its stdin, then EOF."""
+    def assign(
+        self, env: dict[str, str], argv: list[str], cwd: str, net: dict | None = None
+    ) -> None:
+        """Hand this sandbox its agent: one JSON line on its stdin, then EOF
+        (``net``: what its relays serve, netrelay.SandboxRelays)."""
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"env": env, "argv": argv, "cwd": cwd}).encode() + b"\n")
+        assignment = {"env": env, "argv": argv, "cwd": cwd, "net": net}
+        self.proc.stdin.write(json.dumps(assignment).encode() + b"\n")
         self.proc.stdin.close()
 
     def server_pid(self) -> int:
@@ -285,6 +417,9 @@ class Sandbox:
         return self.pid
 
     def discard(self) -> None:
+        if self.relays is not None:
+            self.relays.close()
+            self.relays = None
         if self._ready_fd is not None:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self._ready_fd)
@@ -338,15 +473,16 @@ def recover_layouts(spares_dir: Path) -> None:
 class WarmPool:
     """Pre-started, pre-imported sandboxes waiting for an agent (per hub process)."""
 
-    def __init__(self, spares_dir: Path, size: int, make_argv):
+    def __init__(self, spares_dir: Path, size: int, make_argv, uid: int | None = None):
         self.spares_dir = spares_dir
         self.size = size
         self._make_argv = make_argv
+        self._uid = uid
         self._spares: list[Sandbox] = []
 
     def _launch_one(self) -> None:
         layout = SandboxLayout(self.spares_dir / uuid.uuid4().hex)
-        layout.create()
+        layout.create(self._uid)
         argv = self._make_argv(layout)
         self._spares.append(Sandbox.launch(argv, layout, confined=True))
 

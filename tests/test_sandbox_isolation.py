@@ -1,0 +1,220 @@
+"""Local sandboxes hold: read from inside a real sandbox through its terminal, the
+machine's files, users, ports and networks are out of reach, and its limits bite."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import HubApi, run_in_terminal, running_agent
+
+from jupyter_sac.spawner.local import LocalAgentSpawner
+from jupyter_sac.testing.stack import find_descendant
+
+pytestmark = pytest.mark.stack
+SANDBOX_UID = LocalAgentSpawner().sandbox_uid
+
+
+class _Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"hello from the allowed site\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[int]:
+    """A web server on this machine's loopback: a host port the sandbox must not
+    reach directly, and the 'allowed site' when its name is allowed."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def canaries() -> Iterator[dict[str, Path]]:
+    """Files of this machine a sandbox must not see or read."""
+    made = {
+        "var": Path(f"/var/lib/sac-canary-{uuid.uuid4().hex[:6]}"),
+        "opt": Path(f"/opt/sac-canary-{uuid.uuid4().hex[:6]}"),
+        "root_only": Path(f"/etc/sac-canary-{uuid.uuid4().hex[:6]}"),
+    }
+    for path in made.values():
+        path.write_text("machine secret\n")
+    made["root_only"].chmod(0o600)
+    yield made
+    for path in made.values():
+        path.unlink(missing_ok=True)
+
+
+def hub_api_port(stack: dict) -> int:
+    hub = find_descendant(stack["pid"], b"jupyterhub")
+    environ = Path(f"/proc/{hub}/environ").read_bytes().split(b"\0")
+    value = next(v for v in environ if v.startswith(b"SAC_HUB_API_PORT="))
+    return int(value.split(b"=", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def limited(stack: dict) -> Iterator[tuple[str, HubApi]]:
+    """An agent whose owner allows it the test's site and gives it small limits."""
+    admin: HubApi = stack["admin"]
+    name = f"iso{uuid.uuid4().hex[:6]}"
+    admin.create_user(name)
+    resp = admin.sac(
+        "PUT",
+        f"users/{name}/settings",
+        json={"egress_allow": ["allowed-site.localhost", "pypi.org"]},
+    )
+    assert resp.status_code == 200, resp.text
+    overrides = {"cpu_limit": 0.5, "mem_limit": "512Mi", "max_processes": 64}
+    with running_agent(admin, name, "box", overrides=overrides) as client:
+        yield name, client
+
+
+@pytest.mark.asyncio
+async def test_nothing_of_the_machine_outside_its_mounts_is_visible(
+    stack: dict, limited, canaries: dict[str, Path]
+) -> None:
+    name, client = limited
+    out = await run_in_terminal(
+        stack["url"], client.token, name, "box",
+        "ls -A / | tr '\\n' ' '; echo;"
+        " ls -A /var | tr '\\n' ' '; echo;"
+        f" cat {canaries['var']} {canaries['opt']} 2>&1 | grep -c 'No such file';"
+        f" cat {canaries['root_only']} 2>&1 | grep -c 'Permission denied';"
+        f" ls -A {stack['data_dir']} 2>&1 | grep -c 'No such file';"
+        " ls /srv /mnt /media /opt 2>&1 | grep -c 'No such file'",
+    )  # fmt: skip
+    top, var, missing, denied, data_dir, absent = out.splitlines()
+    visible = set(top.split())
+    assert visible <= {"bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "dev",
+                       "proc", "tmp", "run", "var", "home", "workspace", "root", "work"}  # fmt: skip
+    assert not {"srv", "opt", "mnt", "media", "boot"} & visible
+    assert var.split() == ["tmp"]
+    assert (missing, denied, data_dir, absent) == ("2", "1", "1", "4")
+
+
+@pytest.mark.asyncio
+async def test_it_runs_as_an_unprivileged_user_of_its_own(stack: dict, limited) -> None:
+    name, client = limited
+    out = await run_in_terminal(
+        stack["url"], client.token, name, "box",
+        "id -u; id -un; grep CapEff /proc/self/status | tr -d '\\t';"
+        " cat /proc/self/uid_map | tr -s ' ' | sed 's/^ //';"
+        " echo made > /workspace/owned.txt; echo done",
+    )  # fmt: skip
+    uid, user, caps, uid_map, done = out.splitlines()
+    assert (uid, user, caps, done) == ("1000", "sac", "CapEff:0000000000000000", "done")
+    inside, outside, count = uid_map.split()
+    assert (inside, count) == ("1000", "1")
+    written = next((stack["data_dir"] / "agents").rglob("owned.txt"))
+    if os.geteuid() == 0:
+        # The hub is root here: the sandbox is an unprivileged uid of this machine.
+        assert int(outside) == SANDBOX_UID
+        assert written.stat().st_uid == SANDBOX_UID
+    else:
+        assert int(outside) == os.geteuid()
+
+
+@pytest.mark.asyncio
+async def test_the_machine_and_private_networks_are_out_of_reach(
+    stack: dict, limited, site: int
+) -> None:
+    name, client = limited
+    curl = "curl -s -m 5 -o /dev/null -w '%{http_code}\\n'"
+    # The proxy even for what NO_PROXY sends directly (the loopback).
+    via = "-x $HTTP_PROXY --noproxy ''"
+    out = await run_in_terminal(
+        stack["url"], client.token, name, "box",
+        # Directly: nothing but its loopback, so no route and nothing listening.
+        f"{curl} --noproxy '*' http://127.0.0.1:{site}/;"
+        f" {curl} --noproxy '*' http://127.0.0.1:{hub_api_port(stack)}/hub/api/;"
+        f" {curl} --noproxy '*' http://169.254.169.254/latest/meta-data/;"
+        f" {curl} --noproxy '*' http://10.0.0.1/;"
+        # Through the egress proxy: the machine's ports, the metadata address, private
+        # ranges and hosts not allowed are refused.
+        f" {curl} {via} http://127.0.0.1:{site}/;"
+        f" {curl} {via} http://127.0.0.1:{hub_api_port(stack)}/hub/api/;"
+        f" {curl} {via} http://169.254.169.254/latest/meta-data/;"
+        f" {curl} {via} http://10.0.0.1/;"
+        f" {curl} {via} http://denied-site.localhost:{site}/;"
+        # The allowed site, by its name (through the proxy: *.localhost is the hub's
+        # domain here, which NO_PROXY sends directly).
+        f" curl -s -m 5 {via} http://allowed-site.localhost:{site}/;"
+        # The hub's API through the proxy, and the model through the service.
+        ' A="Authorization: token $JUPYTERHUB_API_TOKEN";'
+        f' {curl} -H "$A" $JUPYTERHUB_API_URL/user;'
+        f' {curl} -H "x-api-key: $ANTHROPIC_API_KEY" $ANTHROPIC_BASE_URL/v1/models',
+    )  # fmt: skip
+    lines = out.splitlines()
+    assert lines[:4] == ["000"] * 4, "direct connections leave no sandbox"
+    assert lines[4:9] == ["403"] * 5, "the egress proxy refuses what is not allowed"
+    assert lines[9] == "hello from the allowed site"
+    assert lines[10] == "200"
+    assert lines[11] != "000", "the credential proxy answers"
+
+
+@pytest.mark.asyncio
+async def test_cpu_memory_and_process_limits_hold(stack: dict, limited) -> None:
+    name, client = limited
+    out = await run_in_terminal(
+        stack["url"], client.token, name, "box",
+        # A busy loop for 3 s of wall time gets at most its half core.
+        "python3 -c 'import time\nt=time.monotonic()\nc=time.process_time()\n"
+        "while time.monotonic()-t<3: pass\n"
+        "print(\"share\", round((time.process_time()-c)/(time.monotonic()-t),2))';"
+        # 1 GiB does not fit in 512 MiB: the allocating process is killed.
+        " python3 -c 'b=bytearray(1<<30); b[::4096]=b\"x\"*len(b[::4096]); print(\"fit\")';"
+        " echo exit $?;"
+        # A fork bomb stops at the process limit.
+        " python3 -c 'import os,time\nn=0\ntry:\n  while n<500:\n"
+        "    pid=os.fork()\n    if pid==0:\n      time.sleep(5); os._exit(0)\n    n+=1\n"
+        "except OSError as e:\n  print(\"forks\", n, e.errno)\nelse:\n  print(\"forks\", n, 0)'",
+        timeout=120,
+    )  # fmt: skip
+    said = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}
+    share = float(said["share"][0])
+    assert share <= 0.65, f"a 0.5 CPU sandbox used {share} of a core"
+    assert said["exit"] == ["137"], "the process that did not fit was killed"
+    made, errno = said["forks"]
+    assert int(made) < 64 and errno == "11", said["forks"]  # EAGAIN
+
+
+def test_required_limits_refuse_an_agent_this_machine_cannot_limit(tmp_path: Path) -> None:
+    """With require_limits, an agent whose limits cannot be enforced is refused, and
+    the message says what and how to fix it."""
+    import jupyter_sac.spawner.limits as limits
+    from jupyter_sac.spawner.local import AgentSpawnError
+
+    spawner = LocalAgentSpawner(require_limits=True)
+    spawner.reset_progress()
+
+    class Ctx:
+        class agent:
+            id, slug = 1, "x"
+
+        resolved = {"cpu_limit": 1.0, "mem_limit": 2**30, "max_processes": 100}
+
+    class Box:
+        pid = os.getpid()
+
+    saved = limits.CGROUP_ROOT
+    limits.CGROUP_ROOT = tmp_path  # a machine without writable cgroups
+    try:
+        with pytest.raises(
+            AgentSpawnError, match="cannot enforce the agent's CPU, memory, process"
+        ):
+            spawner._apply_limits(Ctx, Box)  # type: ignore[arg-type]
+    finally:
+        limits.CGROUP_ROOT = saved
