@@ -192,10 +192,17 @@ def test_pages_change_what_the_api_shows_and_the_audit_log_records_it(
         shown = page(admin, "admin/settings?done=settings-saved").text
         assert "System settings saved." in shown and 'value="8Gi"' in shown
         # A user's override, then the agent's resources, then clearing the user.
-        resp = post(admin, f"admin/users/{owner}", {"action": "save", "cpu_limit": "1.5"})
+        resp = post(
+            admin,
+            f"admin/users/{owner}",
+            {"action": "save", "cpu_limit": "1.5", "egress_deny": "Evil.example.\r\n10.0.0.0/8"},
+        )
         assert resp.status_code == 303
         user_page = page(admin, f"admin/users/{owner}").text
         assert 'value="1.5"' in user_page
+        assert ">evil.example\n10.0.0.0/8</textarea>" in user_page
+        user_settings = admin.sac("GET", f"users/{owner}/settings").json()
+        assert user_settings["overrides"]["egress_deny"] == ["evil.example", "10.0.0.0/8"]
         resp = post(
             admin,
             f"admin/agents/{owner}/{slug}",
