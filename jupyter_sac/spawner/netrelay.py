@@ -104,10 +104,9 @@ async def splice(
             pump(reader, up_writer, add(outward)), pump(up_reader, writer, add(inward))
         )
     finally:
-        for w in (writer, up_writer):
-            w.close()
-            with contextlib.suppress(Exception):
-                await w.wait_closed()
+        # No await here: at a sandbox's exit its relays' tasks are closed mid-way.
+        writer.close()
+        up_writer.close()
 
 
 def listening_unix_socket(path: Path, mode: int = 0o666) -> socket.socket:
