@@ -10,6 +10,7 @@ import signal
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -26,7 +27,9 @@ TRANSCRIPTS = "cat $CLAUDE_CONFIG_DIR/projects/*/*.jsonl 2>/dev/null"
 
 
 def _claude(prompt: str, base_url: str | None = None) -> str:
-    env = f"ANTHROPIC_BASE_URL={base_url} " if base_url else ""
+    # A model on this machine's loopback is reached through the sandbox's egress
+    # proxy (in the hub, not the service), which NO_PROXY would otherwise bypass.
+    env = f"ANTHROPIC_BASE_URL={base_url} NO_PROXY= no_proxy= " if base_url else ""
     return f"cd /workspace && {env}claude -p {json.dumps(prompt)} --output-format text"
 
 
@@ -127,7 +130,13 @@ async def test_history_rows_equal_transcript_entries(stack: dict, fake: str) -> 
 async def test_capture_survives_service_outage_and_server_kill(stack: dict, fake: str) -> None:
     user = f"outage{uuid.uuid4().hex[:6]}"
     base = server_url(stack["url"], user, "rec")
-    with running_agent(stack["admin"], user, "rec", **model_agent(fake)) as client:
+    # The fake model's address may be reached from this user's sandboxes.
+    admin: HubApi = stack["admin"]
+    admin.create_user(user)
+    host = urlsplit(fake).hostname
+    resp = admin.sac("PUT", f"users/{user}/settings", json={"egress_allow": [host]})
+    assert resp.status_code == 200, resp.text
+    with running_agent(admin, user, "rec", **model_agent(fake)) as client:
         allow_all(client, user, "rec")
         api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=30)
         httpx.post(fake + "/_fake/script", json={"replies": ["while away", "still away"]})
