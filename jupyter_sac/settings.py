@@ -135,6 +135,17 @@ SPECS: dict[str, SettingSpec] = {
             ceiling=True,
         ),
         _spec(
+            "disk_limit",
+            "bytes",
+            10 * GIB,
+            "Most bytes an agent's home and workspace may hold on a local sandbox's disk;"
+            " measured while it runs, and an agent over it does not start (0: no limit).",
+            minimum=0,
+            maximum=100 * 1024 * GIB,
+            ceiling=True,
+            zero_is_unlimited=True,
+        ),
+        _spec(
             "storage_quota_bytes",
             "bytes",
             1 * GIB,

@@ -3,6 +3,7 @@ machine's files, users, ports and networks are out of reach, and its limits bite
 
 from __future__ import annotations
 
+import base64
 import http.server
 import os
 import threading
@@ -14,7 +15,7 @@ import pytest
 from helpers import HubApi, run_in_terminal, running_agent
 
 from jupyter_sac.spawner.local import LocalAgentSpawner
-from jupyter_sac.testing.stack import find_descendant
+from jupyter_sac.testing.stack import find_descendant, poll_until
 
 pytestmark = pytest.mark.stack
 SANDBOX_UID = LocalAgentSpawner().sandbox_uid
@@ -189,6 +190,71 @@ async def test_cpu_memory_and_process_limits_hold(stack: dict, limited) -> None:
     assert said["exit"] == ["137"], "the process that did not fit was killed"
     made, errno = said["forks"]
     assert int(made) < 64 and errno == "11", said["forks"]  # EAGAIN
+
+
+def sandbox_usage(client: HubApi, name: str) -> dict | None:
+    resp = client.sac("GET", f"users/{name}/agents/box")
+    assert resp.status_code == 200, resp.text
+    return resp.json()["sandbox_usage"]
+
+
+@pytest.mark.asyncio
+async def test_what_it_uses_is_shown_beside_the_limits_that_hold(
+    stack: dict, limited, site: int
+) -> None:
+    name, client = limited
+    await run_in_terminal(
+        stack["url"], client.token, name, "box",
+        "head -c 3000000 /dev/urandom > /workspace/three-mb.bin;"
+        ' curl -s -o /dev/null -H "Authorization: token $JUPYTERHUB_API_TOKEN"'
+        " $JUPYTERHUB_API_URL/user",
+    )  # fmt: skip
+
+    def sampled() -> dict | None:
+        usage = sandbox_usage(client, name)
+        if usage and usage["running"] and (usage["disk_bytes"] or 0) >= 3_000_000:
+            return usage
+        return None
+
+    usage = poll_until(sampled, 60, "a sample that counts the new file")
+    assert usage["limits"] == {"cpu": 0.5, "memory": 512 * 2**20, "processes": 64,
+                               "disk": 10 * 2**30}  # fmt: skip
+    assert 0 < usage["memory_bytes"] <= 512 * 2**20
+    assert 0 < usage["processes"] <= 64
+    assert usage["cpu_seconds"] > 0
+    assert usage["net_sent_bytes"] > 0 and usage["net_received_bytes"] > 0
+    # The admin Agents page says the same, in words.
+    admin: HubApi = stack["admin"]
+    page = admin.client.get(admin.service_url + "admin/agents", params={"user": name})
+    assert page.status_code == 200
+    assert "/ 0.5 CPU" in page.text and "/ 512 MiB" in page.text and "/ 64" in page.text
+    assert "/ 10.0 GiB" in page.text and "↑ " in page.text
+
+
+def test_an_agent_over_its_disk_limit_does_not_start(stack: dict) -> None:
+    admin: HubApi = stack["admin"]
+    name = f"disk{uuid.uuid4().hex[:6]}"
+    with running_agent(admin, name, "box", overrides={"disk_limit": "1Mi"}) as client:
+        resp = client.agent(name, "box", "PUT", "api/contents/big.bin",
+                            json={"type": "file", "format": "base64",
+                                  "content": base64.b64encode(os.urandom(2_000_000)).decode()})  # fmt: skip
+        assert resp.status_code in (200, 201), resp.text
+        poll_until(
+            lambda: (sandbox_usage(client, name) or {}).get("disk_bytes", 0) > 2**20,
+            60,
+            "a sample over the disk limit",
+        )
+        client.stop(name, "box")
+        stopped = sandbox_usage(client, name)
+        assert stopped is not None and not stopped["running"] and stopped["disk_bytes"] > 2**20
+        resp = client.hub("POST", f"users/{name}/servers/box")
+        assert resp.status_code >= 400
+        assert "over its disk limit of 1 MiB" in resp.json()["message"]
+        # Within their own limit, the owner raises the agent's, and it starts again.
+        resp = client.sac("PATCH", f"users/{name}/agents/box",
+                          json={"overrides": {"disk_limit": "1Gi"}})  # fmt: skip
+        assert resp.status_code == 200, resp.text
+        client.start(name, "box")
 
 
 def test_required_limits_refuse_an_agent_this_machine_cannot_limit(tmp_path: Path) -> None:

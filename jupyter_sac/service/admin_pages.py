@@ -39,6 +39,7 @@ from .multipart import FormError, MultipartForm
 from .org_keys import OrgKeyOps, keys_model
 from .pages import PageHandler, admin_page, server_status
 from .settings_handlers import SettingsOps
+from .usage_text import usage_cells
 from .validation import bad
 from .workspace import GroupQuotaOps, UserWorkspaceBase
 
@@ -213,6 +214,7 @@ class AgentsPage(PageHandler, AgentOps):
             if name
         }
         usage = await self.sac.store.usage.month_by_agent()
+        sandboxes = await self.sac.store.sandbox_usage.for_agents(a.id for a in agents)
         system = await self.sac.store.settings.get("system")
         user_overrides = await self.sac.store.settings.list_users()
         rows = []
@@ -231,6 +233,7 @@ class AgentsPage(PageHandler, AgentOps):
                         n: show_value(sac_settings.SPECS[n], resolved[n]) for n in RESOURCE_SETTINGS
                     },
                     "usage": usage.get(agent.id, {"requests": 0, "tokens": 0}),
+                    "sandbox": usage_cells(sandboxes.get(agent.id), resolved),
                 }
             )
         status_filter = self.get_argument("status", "")

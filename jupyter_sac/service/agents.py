@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 from .. import settings as sac_settings
 from ..budgets import budgets
-from ..store import AgentExistsError, AgentLimitError, AgentRecord
+from ..store import AgentExistsError, AgentLimitError, AgentRecord, SandboxUsage
 from ..urls import PublicUrls
 from .base import BaseHandler, Identity
 from .errors import ApiError
@@ -21,6 +21,7 @@ def agent_model(
     hub_user: dict[str, Any] | None,
     public: PublicUrls,
     org_keys: dict[str, str],
+    sandbox_usage: SandboxUsage | None = None,
 ) -> dict[str, Any]:
     server = (hub_user or {}).get("servers", {}).get(agent.slug)
     return {
@@ -42,6 +43,9 @@ def agent_model(
             "started": server.get("started"),
             "last_activity": server.get("last_activity"),
         },
+        # What its sandbox uses now and the limits that hold there, as its spawner
+        # last sampled them (null: never sampled).
+        "sandbox_usage": sandbox_usage.to_json() if sandbox_usage else None,
     }
 
 
@@ -66,6 +70,7 @@ class AgentBaseHandler(BaseHandler):
 
     async def models(self, agents: list[AgentRecord]) -> list[dict[str, Any]]:
         out, hub_users, settings_cache = [], {}, {}
+        usage = await self.sac.store.sandbox_usage.for_agents(a.id for a in agents)
         for agent in agents:
             if agent.owner not in hub_users:
                 try:
@@ -82,6 +87,7 @@ class AgentBaseHandler(BaseHandler):
                     hub_users[agent.owner],
                     self.sac.public,
                     self.sac.org_keys,
+                    usage.get(agent.id),
                 )
             )
         return out

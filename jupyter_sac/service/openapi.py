@@ -162,6 +162,33 @@ def document(prefix: str) -> dict[str, Any]:
                             ("created_at", "string"),
                             ("updated_at", "string"),
                         ]
+                    }
+                    | {"sandbox_usage": {"$ref": "#/components/schemas/SandboxUsage"}},
+                },
+                "SandboxUsage": {
+                    "type": "object",
+                    "nullable": True,
+                    "description": "What the agent's sandbox uses now and the limits that"
+                    " hold there, as its spawner last sampled them; null where not measurable.",
+                    "properties": {
+                        "sampled_at": {"type": "string", "format": "date-time"},
+                        "running": {"type": "boolean"},
+                        "cpu_seconds": {"type": "number", "nullable": True},
+                        "cpu_percent": {"type": "number", "nullable": True},
+                        "memory_bytes": {"type": "integer", "nullable": True},
+                        "processes": {"type": "integer", "nullable": True},
+                        "disk_bytes": {"type": "integer", "nullable": True},
+                        "net_sent_bytes": {"type": "integer", "nullable": True},
+                        "net_received_bytes": {"type": "integer", "nullable": True},
+                        "limits": {
+                            "type": "object",
+                            "properties": {
+                                "cpu": {"type": "number", "nullable": True},
+                                "memory": {"type": "integer", "nullable": True},
+                                "processes": {"type": "integer", "nullable": True},
+                                "disk": {"type": "integer", "nullable": True},
+                            },
+                        },
                     },
                 },
                 "SettingsOverrides": {

@@ -14,6 +14,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from jupyterhub.spawner import LocalProcessSpawner
 from jupyterhub.utils import random_port
@@ -22,8 +23,9 @@ from traitlets import Bool, Enum, Float, Integer, List, Unicode, default
 import jupyter_sac
 
 from ..runtimes.claude import claude_binary
+from ..store import SandboxUsage
 from ..urls import PublicUrls
-from .limits import AppliedLimits, apply_limits, release
+from .limits import AppliedLimits, apply_limits, read_usage, release
 from .mixin import AgentContext, AgentSpawnerMixin, AgentSpawnError, locked_jupyter_env
 from .netrelay import EGRESS_PORT, HostRelays, egress_env
 from .sandbox import (
@@ -36,6 +38,7 @@ from .sandbox import (
     adopt_layout,
     bwrap_argv,
     descendants,
+    disk_usage,
     hand_over,
     launcher_command,
     recover_layouts,
@@ -173,6 +176,19 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         config sets this then), each sandbox gets its own read-only /etc/hosts that
         maps the hub's, the `sac` service's and its owner's public host names to it.
         Empty: sandboxes resolve names as this machine does.""",
+    ).tag(config=True)
+
+    usage_interval = Float(
+        10.0,
+        help="""Seconds between samples of what a running sandbox uses (CPU, memory and
+        processes from its cgroups, bytes through its network relays), stored for the
+        API, the admin Agents page and the JupyterLab sidebar.""",
+    ).tag(config=True)
+
+    disk_usage_interval = Float(
+        60.0,
+        help="""Seconds between measures of a running agent's home and workspace on disk
+        (a walk of its files). An agent over its disk_limit does not start again.""",
     ).tag(config=True)
 
     ready_poll_interval = Float(
@@ -322,6 +338,7 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
             f"Agent {ctx.agent.display_name!r}: {ctx.agent.provider} / {ctx.agent.model}", 10
         )
         layout = self.agent_layout(ctx.agent.id, ctx.agent.slug)
+        await self._check_disk(ctx, layout)
         isolated = mode == "bubblewrap" and self.isolate_network
         reserved = {EGRESS_PORT, *(port for _, port in self.endpoints())}
         if self.port == 0 or (isolated and self.port in reserved):
@@ -396,6 +413,7 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         self.report("Starting JupyterLab in the sandbox", 60)
         await self._wait_listening(sandbox)
         self.report(f"Agent ready in {time.monotonic() - started:.1f} s", 95)
+        self._sampler = asyncio.create_task(self._sample_usage(ctx, sandbox))
         if pool is not None:
             # Refill only now: a new spare's imports would otherwise compete for CPU.
             pool.fill()
@@ -453,6 +471,79 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         self.report(f"Limits: {applied.describe()}", 40)
         return applied
 
+    async def _check_disk(self, ctx: AgentContext, layout: SandboxLayout) -> None:
+        """Refuse an agent whose home and workspace were over its disk limit when last
+        measured (and still are: they are measured again then)."""
+        limit = int(ctx.resolved.get("disk_limit") or 0)
+        if not limit:
+            return
+        store = await self.sac_store()
+        last = await store.sandbox_usage.get(ctx.agent.id)
+        if last is None or last.disk_bytes is None or last.disk_bytes <= limit:
+            return
+        used = await asyncio.to_thread(disk_usage, [layout.home, layout.workspace])
+        await store.sandbox_usage.record(
+            ctx.agent.id, SandboxUsage(running=False, disk_bytes=used, limits=last.limits)
+        )
+        if used > limit:
+            raise AgentSpawnError(
+                f"Agent {ctx.agent.slug!r} holds {used / 2**20:.0f} MiB in its home and"
+                f" workspace, over its disk limit of {limit / 2**20:.0f} MiB, so it does not"
+                " start. Raise the agent's disk_limit within your own limit, or ask an"
+                " administrator to raise yours."
+            )
+
+    def _limit_values(self, ctx: AgentContext) -> dict[str, Any]:
+        """The limits that hold on this sandbox (None: nothing enforces it)."""
+        held = getattr(self, "_limits", None)
+        held_kinds = held.held if held is not None else {}
+        resolved = ctx.resolved
+        return {
+            "cpu": float(resolved["cpu_limit"]) if "CPU" in held_kinds else None,
+            "memory": int(resolved["mem_limit"]) if "memory" in held_kinds else None,
+            "processes": int(resolved["max_processes"]) if "process" in held_kinds else None,
+            "disk": int(resolved.get("disk_limit") or 0) or None,
+        }
+
+    async def _sample_usage(self, ctx: AgentContext, sandbox: Sandbox) -> None:
+        """Record what the sandbox uses every usage_interval until it stops."""
+        store = await self.sac_store()
+        limits = self._limit_values(ctx)
+        previous: tuple[float, float] | None = None
+        disk: int | None = None
+        disk_at = 0.0
+        while sandbox.alive():
+            now = time.monotonic()
+            if disk is None or now - disk_at >= self.disk_usage_interval:
+                layout = sandbox.layout
+                disk = await asyncio.to_thread(disk_usage, [layout.home, layout.workspace])
+                disk_at = now
+            applied = getattr(self, "_limits", None)
+            cgroup = read_usage(applied) if applied is not None else None
+            cpu = cgroup.cpu_seconds if cgroup else None
+            percent = None
+            if cpu is not None and previous is not None and now > previous[0]:
+                percent = round(100 * (cpu - previous[1]) / (now - previous[0]), 1)
+            if cpu is not None:
+                previous = (now, cpu)
+            traffic = sandbox.relays.traffic if sandbox.relays is not None else None
+            sample = SandboxUsage(
+                running=True,
+                cpu_seconds=round(cpu, 3) if cpu is not None else None,
+                cpu_percent=percent,
+                memory_bytes=cgroup.memory_bytes if cgroup else None,
+                processes=cgroup.processes if cgroup else None,
+                disk_bytes=disk,
+                net_sent_bytes=traffic.sent if traffic else None,
+                net_received_bytes=traffic.received if traffic else None,
+                limits=limits,
+            )
+            try:
+                await store.sandbox_usage.record(ctx.agent.id, sample)
+            except Exception as e:  # a database hiccup must not end the sampling
+                self.log.warning("Could not record the sandbox usage of %s: %s", self._log_name, e)
+            await asyncio.sleep(self.usage_interval)
+
     async def _wait_listening(self, sandbox: Sandbox) -> None:
         """Until the agent's server answers HTTP on our port (with a relayed network
         the port always accepts; only an answer says the server is up)."""
@@ -481,7 +572,15 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         return True
 
     async def stop(self, now: bool = False) -> None:
+        sampler = getattr(self, "_sampler", None)
+        if sampler is not None:
+            sampler.cancel()
+            self._sampler = None
         await super().stop(now=now)
+        agent_id = getattr(self, "_sac_agent_id", None)
+        if agent_id is not None and self.database_url:
+            with contextlib.suppress(Exception):
+                await (await self.sac_store()).sandbox_usage.stopped(agent_id)
         sandbox = getattr(self, "_sandbox", None)
         if sandbox is not None and sandbox.relays is not None:
             sandbox.relays.close()

@@ -284,6 +284,31 @@ def bwrap_argv(
     ]  # fmt: skip
 
 
+def disk_usage(paths: Iterable[Path]) -> int:
+    """Bytes the files under ``paths`` take on disk (allocated blocks, as ``du``
+    counts them; links not followed, each inode once)."""
+    total = 0
+    seen: set[tuple[int, int]] = set()
+    stack = [str(p) for p in paths]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_blocks * 512
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+    return total
+
+
 def launcher_command(python: str = sys.executable) -> list[str]:
     return [python, *LAUNCHER]
 

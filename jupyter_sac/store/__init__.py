@@ -22,6 +22,7 @@ from .history import History
 from .hitl import HitlRequests
 from .migrate import list_migrations, migrate
 from .org_keys import OrganisationKeys
+from .sandbox_usage import SandboxUsage, SandboxUsageRows
 from .settings import SettingsRows
 from .skills import Skills
 from .tokens import AgentTokens
@@ -32,6 +33,7 @@ __all__ = [
     "AgentExistsError",
     "AgentLimitError",
     "AgentRecord",
+    "SandboxUsage",
     "Store",
     "list_migrations",
     "migrate",
@@ -51,6 +53,7 @@ class Store:
         self.audit = Audit(pool)
         self.org_keys = OrganisationKeys(pool)
         self.workspace = WorkspaceFiles(pool)
+        self.sandbox_usage = SandboxUsageRows(pool)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection[Any]]:

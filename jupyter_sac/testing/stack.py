@@ -88,8 +88,11 @@ c.JupyterHub.services.append(
     {{"name": {name!r}, "api_token": os.environ.get("SAC_TEST_HARNESS_TOKEN", ""),
       "admin": True}}
 )
-# Tests do not wait a minute for the access audit's next look.
+# Tests do not wait a minute for the access audit's next look, nor for a sample of
+# what a sandbox uses.
 c.SacService.access_audit_interval = 2
+c.LocalAgentSpawner.usage_interval = 1
+c.LocalAgentSpawner.disk_usage_interval = 1
 {extra}
 """
 

@@ -837,3 +837,54 @@ export function applyOutputEvent(
     limit
   );
 }
+
+/** What the sandbox uses now and the limits that hold, as the service reports it. */
+export interface ISandboxUsage {
+  running: boolean;
+  cpu_percent: number | null;
+  memory_bytes: number | null;
+  processes: number | null;
+  disk_bytes: number | null;
+  net_sent_bytes: number | null;
+  net_received_bytes: number | null;
+  limits: {
+    cpu?: number | null;
+    memory?: number | null;
+    processes?: number | null;
+    disk?: number | null;
+  };
+}
+
+/** The sidebar's resource lines: use now / limit that holds ("not enforced" where
+ * none does); before a sample, the limits the settings ask for. */
+export function sandboxFacts(
+  usage: ISandboxUsage | null | undefined,
+  resolved: Record<string, any>
+): { cpu: string; memory: string; processes: string; disk: string; network: string } {
+  const running = !!usage && usage.running;
+  const limits = running && usage ? usage.limits : {};
+  const limit = (held: number | null | undefined, asked: any, show: (v: number) => string) => {
+    if (!running) {
+      return asked ? `${show(asked)} (at start)` : 'no limit';
+    }
+    return held === null || held === undefined ? 'not enforced' : show(held);
+  };
+  const now = (value: number | null | undefined, show: (v: number) => string) =>
+    running && value !== null && value !== undefined ? show(value) : '—';
+  const diskLimit = Number(resolved.disk_limit || 0);
+  const disk = usage?.disk_bytes ?? null;
+  let diskText = `${disk === null ? '—' : formatBytes(disk)} / ${diskLimit ? formatBytes(diskLimit) : 'no limit'}`;
+  if (disk !== null && diskLimit && disk > diskLimit) {
+    diskText += ' (over the limit: it will not start again)';
+  }
+  return {
+    cpu: `${now(usage?.cpu_percent, v => `${v}%`)} / ${limit(limits.cpu, resolved.cpu_limit, formatCpu)}`,
+    memory: `${now(usage?.memory_bytes, formatBytes)} / ${limit(limits.memory, resolved.mem_limit, formatBytes)}`,
+    processes: `${now(usage?.processes, String)} / ${limit(limits.processes, resolved.max_processes, String)}`,
+    disk: diskText,
+    network:
+      running && usage && usage.net_sent_bytes !== null && usage.net_received_bytes !== null
+        ? `↑ ${formatBytes(usage.net_sent_bytes)} ↓ ${formatBytes(usage.net_received_bytes)}`
+        : '—'
+  };
+}

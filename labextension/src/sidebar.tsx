@@ -16,12 +16,12 @@ import {
   applyOutputEvent,
   formatBytes,
   formatCount,
-  formatCpu,
   formatTime,
   IArtifact,
   IHitlRequest,
   monthUsage,
   optionDecision,
+  sandboxFacts,
   secondsLeft,
   serverStatus,
   toolSummary,
@@ -63,6 +63,7 @@ function AgentSection(props: { ctx: ISacContext }): JSX.Element {
 
   const agent = record.value;
   const resolved = agent?.resolved ?? {};
+  const facts = sandboxFacts(agent?.sandbox_usage, resolved);
   const month = usage.value ? monthUsage(usage.value.days ?? [], utcMonth()) : null;
   const budget = usage.value?.budget?.agent;
 
@@ -112,12 +113,16 @@ function AgentSection(props: { ctx: ISacContext }): JSX.Element {
           {agent ? serverStatus(agent.server) : '—'}
           {status.value?.runtime?.version ? ` · claude ${status.value.runtime.version}` : ''}
         </dd>
-        <dt>{trans.__('Resources')}</dt>
-        <dd data-fact="resources">
-          {agent
-            ? `${formatCpu(resolved.cpu_limit)} · ${formatBytes(resolved.mem_limit)}`
-            : '—'}
-        </dd>
+        <dt>{trans.__('CPU')}</dt>
+        <dd data-fact="cpu" title={trans.__('now / the limit that holds')}>{facts.cpu}</dd>
+        <dt>{trans.__('Memory')}</dt>
+        <dd data-fact="memory">{facts.memory}</dd>
+        <dt>{trans.__('Processes')}</dt>
+        <dd data-fact="processes">{facts.processes}</dd>
+        <dt>{trans.__('Disk')}</dt>
+        <dd data-fact="disk" title={trans.__('home and workspace / the disk limit')}>{facts.disk}</dd>
+        <dt>{trans.__('Network')}</dt>
+        <dd data-fact="network" title={trans.__('sent / received since it started')}>{facts.network}</dd>
         <dt>{trans.__('This month')}</dt>
         <dd data-fact="usage">
           {month

@@ -22,6 +22,7 @@ import {
   optionDecision,
   quotaLevel,
   quotaPercent,
+  sandboxFacts,
   reduceChat,
   secondsLeft,
   serverStatus,
@@ -364,5 +365,45 @@ describe('servicePageUrl', () => {
     expect(servicePageUrl(base, '../../hub/admin')).toBe(`${base}hub/admin`);
     expect(servicePageUrl(base, 'skills/%2e%2e/%2E/7')).toBe(`${base}skills/7`);
     expect(servicePageUrl(base, 'skills/%zz')).toBe(`${base}skills/%25zz`);
+  });
+});
+
+describe('sandboxFacts', () => {
+  const resolved = { cpu_limit: 0.5, mem_limit: 512 * 2 ** 20, max_processes: 64, disk_limit: 2 ** 30 };
+
+  it('shows use now beside the limits that hold, and says which do not', () => {
+    const facts = sandboxFacts(
+      {
+        running: true,
+        cpu_percent: 12.5,
+        memory_bytes: 200 * 2 ** 20,
+        processes: 14,
+        disk_bytes: 3 * 2 ** 20,
+        net_sent_bytes: 2048,
+        net_received_bytes: 3 * 2 ** 20,
+        limits: { cpu: 0.5, memory: null, processes: 64, disk: 2 ** 30 }
+      },
+      resolved
+    );
+    expect(facts).toEqual({
+      cpu: '12.5% / 0.5 CPUs',
+      memory: '200 MiB / not enforced',
+      processes: '14 / 64',
+      disk: '3.0 MiB / 1.0 GiB',
+      network: '↑ 2.0 KiB ↓ 3.0 MiB'
+    });
+  });
+
+  it('before a sample, or stopped, shows what the settings ask for and the last disk use', () => {
+    expect(sandboxFacts(null, resolved).cpu).toBe('— / 0.5 CPUs (at start)');
+    const stopped = sandboxFacts(
+      {
+        running: false, cpu_percent: null, memory_bytes: null, processes: null,
+        disk_bytes: 2 * 2 ** 30, net_sent_bytes: null, net_received_bytes: null, limits: {}
+      },
+      resolved
+    );
+    expect(stopped.disk).toBe('2.0 GiB / 1.0 GiB (over the limit: it will not start again)');
+    expect(stopped.network).toBe('—');
   });
 });
