@@ -97,6 +97,16 @@ def canonical_address(address: Address) -> Address:
     return address
 
 
+def is_loopback_host(host: str) -> bool:
+    """Is ``host`` this machine's loopback by its text alone (``localhost``, a
+    ``*.localhost`` name, ``127.0.0.0/8``, ``::1``)? No resolution."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    address = _ip_literal(name)
+    return address is not None and canonical_address(address).is_loopback
+
+
 def is_public(address: Address) -> bool:
     """Is this address globally routable? Refuses loopback, private, link-local (the
     cloud metadata address 169.254.169.254 among them), shared (CGNAT 100.64/10),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import os
 import re
 import tempfile
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from traitlets import Bool, CaselessStrEnum, Unicode
 from traitlets.config import Config, LoggingConfigurable
@@ -116,6 +118,11 @@ class ObjectStore(LoggingConfigurable):
         self, key: str, expires: int = 300, *, content_type: str = "application/octet-stream"
     ) -> str | None:
         return None
+
+    def presign_hosts(self) -> list[tuple[str, int]]:
+        """The (host, port) pairs this store's presigned URLs name: what a sandbox must
+        reach to use them. Empty when the store cannot presign."""
+        return []
 
 
 class LocalStore(ObjectStore):
@@ -434,6 +441,25 @@ class S3Store(ObjectStore):
                 found.append(info)
         return found
 
+    def presign_hosts(self) -> list[tuple[str, int]]:
+        """From the configuration alone (no request, no credentials): the endpoint's
+        host, with the bucket in front of it for virtual addressing ("auto" may use
+        either), or AWS's global and regional S3 names when no endpoint is set."""
+        if self.endpoint_url:
+            url = urlsplit(self.endpoint_url)
+            bases = [url.hostname or ""]
+            port = url.port or (443 if url.scheme == "https" else 80)
+        else:
+            bases = ["s3.amazonaws.com", f"s3.{self.region or 'us-east-1'}.amazonaws.com"]
+            port = 443
+        names = []
+        if self.addressing_style != "virtual":
+            names += bases
+        if self.addressing_style != "path":
+            # An address has no subdomains: boto3 uses path addressing for it.
+            names += [f"{self.bucket}.{base}" for base in bases if not _is_address(base)]
+        return [(name, port) for name in dict.fromkeys(names) if name]
+
     def presign_get(self, key: str, expires: int = 300) -> str | None:
         self._ensure_bucket()
         return self.client.generate_presigned_url(
@@ -452,6 +478,14 @@ class S3Store(ObjectStore):
 
 
 STORES: dict[str, type[ObjectStore]] = {"local": LocalStore, "s3": S3Store}
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def store_from_config(kind: str, config: Config | None = None, **overrides: Any) -> ObjectStore:

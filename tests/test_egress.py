@@ -21,11 +21,13 @@ from jupyter_sac.egress import (
     ByteCounter,
     decide,
     decide_name,
+    is_loopback_host,
     is_public,
     parse_pattern,
     resolve,
     serve_unix,
 )
+from jupyter_sac.objects import LocalStore, S3Store
 
 
 def ips(*texts: str) -> list[Address]:
@@ -159,6 +161,58 @@ def test_is_public() -> None:
     assert is_public(ipaddress.ip_address("2606:4700::1"))
     assert not is_public(ipaddress.ip_address("::ffff:169.254.169.254"))
     assert not is_public(ipaddress.ip_address("ff02::1"))
+
+
+def test_loopback_hosts_are_known_by_their_text() -> None:
+    for host in ("localhost", "sac--service.localhost.", "127.0.0.1", "127.9.9.9", "[::1]",
+                 "::ffff:127.0.0.1"):  # fmt: skip
+        assert is_loopback_host(host), host
+    for host in ("10.0.0.1", "169.254.169.254", "s3.amazonaws.com", "localhost.example"):
+        assert not is_loopback_host(host), host
+
+
+@pytest.mark.parametrize(
+    ("traits", "hosts"),
+    [
+        ({"endpoint_url": "http://127.0.0.1:9000"}, [("127.0.0.1", 9000)]),
+        ({"endpoint_url": "https://minio.corp.example", "addressing_style": "virtual"},
+         [("b.minio.corp.example", 443)]),
+        ({"endpoint_url": "https://minio.corp.example", "addressing_style": "auto"},
+         [("minio.corp.example", 443), ("b.minio.corp.example", 443)]),
+        ({"region": "eu-west-1"}, [("s3.amazonaws.com", 443), ("s3.eu-west-1.amazonaws.com", 443)]),
+    ],
+)  # fmt: skip
+def test_an_s3_store_names_where_its_presigned_urls_point(
+    traits: dict, hosts: list[tuple[str, int]]
+) -> None:
+    assert S3Store(bucket="b", **traits).presign_hosts() == hosts
+    assert LocalStore(root="/nowhere").presign_hosts() == []
+
+
+def test_a_sandbox_reaches_the_object_store_its_presigned_urls_name() -> None:
+    """On this machine's loopback: relayed to the same port inside. Elsewhere: allowed
+    through the egress proxy beside the agent's own list, whatever the settings say."""
+    from traitlets.config import Config
+
+    from jupyter_sac.spawner.local import LocalAgentSpawner
+
+    def spawner(endpoint: str) -> LocalAgentSpawner:
+        config = Config()
+        config.SacService.object_store = "s3"
+        config.S3Store.bucket = "b"
+        config.S3Store.endpoint_url = endpoint
+        return LocalAgentSpawner(config=config, host_endpoints=["127.0.0.1:8081"])
+
+    local = spawner("http://127.0.0.1:9000")
+    assert local.endpoints() == [("127.0.0.1", 8081), ("127.0.0.1", 9000)]
+    assert local.egress_allowed({"egress_allow": ["pypi.org"]}) == ("pypi.org",)
+    remote = spawner("https://minio.corp.example:9443")
+    assert remote.endpoints() == [("127.0.0.1", 8081)]
+    assert remote.egress_allowed({"egress_allow": ["pypi.org"]}) == (
+        "pypi.org",
+        "minio.corp.example",
+    )
+    assert LocalAgentSpawner().egress_allowed({"egress_allow": []}) == ()
 
 
 @pytest.mark.asyncio

@@ -22,6 +22,8 @@ from traitlets import Bool, Enum, Float, Integer, List, Unicode, default
 
 import jupyter_sac
 
+from ..egress import is_loopback_host
+from ..objects import store_from_config
 from ..runtimes.claude import claude_binary
 from ..store import SandboxUsage
 from ..urls import PublicUrls
@@ -254,12 +256,32 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         """The uid of this machine sandboxes run as, when the hub may choose one."""
         return self.sandbox_uid if os.geteuid() == 0 else None
 
+    def object_store_hosts(self) -> list[tuple[str, int]]:
+        """Where the service's presigned URLs point (the same configuration file
+        configures the hub and the service): sandboxes download and upload there."""
+        kind = str(self.config.SacService.get("object_store", "local"))
+        try:
+            return store_from_config(kind, self.config).presign_hosts()
+        except ValueError:
+            return []
+
     def endpoints(self) -> list[tuple[str, int]]:
+        """Host endpoints relayed onto the same port of the sandbox's loopback: the
+        configured ones, and an object store on this machine's loopback (its presigned
+        URLs then work unchanged inside)."""
         found = []
         for endpoint in self.host_endpoints:
             host, _, port = endpoint.rpartition(":")
             found.append((host or "127.0.0.1", int(port)))
-        return found
+        found += [(h, p) for h, p in self.object_store_hosts() if is_loopback_host(h)]
+        return list(dict.fromkeys(found))
+
+    def egress_allowed(self, resolved: dict) -> tuple[str, ...]:
+        """The agent's egress_allow, plus an object store elsewhere than this machine's
+        loopback: presigned URLs are how a sandbox moves workspace files and skill
+        bundles, so the store's host is reachable whatever the settings say."""
+        stores = [h for h, _ in self.object_store_hosts() if not is_loopback_host(h)]
+        return tuple(dict.fromkeys([*resolved.get("egress_allow", ()), *stores]))
 
     def _bwrap_argv(
         self, layout: SandboxLayout, hostname: str = "sac-agent", owner: str | None = None
@@ -432,7 +454,7 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
             raise AgentSpawnError(f"Cannot listen on port {self.port} for the agent: {e}") from e
         for host, port in self.endpoints():
             await relays.serve_forward(port, host, port)
-        allow = tuple(ctx.resolved.get("egress_allow", ()))
+        allow = self.egress_allowed(ctx.resolved)
         deny = tuple(ctx.resolved.get("egress_deny", ()))
         label = f"{self.user.name}/{ctx.agent.slug}"
         await relays.serve_egress(
