@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -274,6 +275,18 @@ def agent_home(data_dir: Any, slug: str) -> Any:
     """An agent's folder on the host (``<data dir>/agents/<id>-<slug>``)."""
     (root,) = (data_dir / "agents").glob(f"*-{slug}")
     return root
+
+
+def write_as_agent(home: Path, path: Path, text: str) -> None:
+    """Write a file into an agent's home on the host as its sandbox's user would:
+    missing folders and the file owned by the home's owner (the sandbox's uid when
+    the hub runs as root), so the sandbox can change them afterwards."""
+    owner = home.stat()
+    missing = [p for p in (path, *path.parents) if not p.exists() and home in p.parents]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    for created in missing:
+        os.chown(created, owner.st_uid, owner.st_gid)
 
 
 GREETING_BODY = "---\nname: x\ndescription: x\n---\n\nSay hello to {{who}}.\n"

@@ -24,6 +24,7 @@ from helpers import (
     server_url,
     stack_database_url,
     tar_gz,
+    write_as_agent,
 )
 
 from jupyter_sac.testing.stack import poll_until
@@ -217,9 +218,12 @@ def test_a_failed_sync_leaves_the_previous_skills_and_user_skills_alone(
             assert resp.status_code == 201, resp.text
         # The user's own hand-made skill of the same name as a later install.
         folder = skills_dir(stack, slug)
-        (folder / "mine-too").mkdir(parents=True, exist_ok=True)
-        (folder / "mine-too" / "SKILL.md").write_text("---\nname: mine-too\n---\nby hand\n")
-        assert agent.sync().status_code == 200
+        home = agent_home(stack["data_dir"], slug) / "home"
+        write_as_agent(
+            home, folder / "mine-too" / "SKILL.md", "---\nname: mine-too\n---\nby hand\n"
+        )
+        synced = agent.sync()
+        assert synced.status_code == 200, synced.text
         state = {p: (folder / p).read_bytes() for p in ("alpha-one/SKILL.md", "beta-two/SKILL.md")}
 
         # Both change (and the agent is updated to them); the store has lost alpha's
