@@ -231,7 +231,7 @@ async def test_what_it_uses_is_shown_beside_the_limits_that_hold(
     page = admin.client.get(admin.service_url + "admin/agents", params={"user": name})
     assert page.status_code == 200
     assert "/ 0.5 CPU" in page.text and "/ 512 MiB" in page.text and "/ 64" in page.text
-    assert "/ 10 GiB" in page.text and "↑ " in page.text
+    assert "/ 10.0 GiB" in page.text and "↑ " in page.text
 
 
 def test_an_agent_over_its_disk_limit_does_not_start(stack: dict) -> None:

@@ -10,13 +10,14 @@ NOT_ENFORCED = "not enforced"
 
 
 def human_bytes(value: int | None) -> str:
-    """``1536`` -> ``1.5 KiB``: short, for people (the API keeps exact numbers)."""
+    """``1536`` -> ``1.5 KiB``: short, for people (the API keeps exact numbers). The
+    same rule as the sidebar's ``formatBytes``, so both say the same figure."""
     if value is None:
         return "—"
     size = float(value)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" or size >= 10 else f"{size:.1f} {unit}"
+            return f"{size:.0f} {unit}" if unit == "B" or size >= 100 else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
 
