@@ -103,6 +103,18 @@ class SacExtensionApp(ExtensionApp):
         config=True
     )
 
+    agent_sandbox = Bool(
+        help="""Whether this server is an agent's sandbox (default: $SAC_AGENT is set,
+        as every agent spawner sets it). Outside one (a developer's own `jupyter lab`
+        in an environment where the wheel enabled this extension), only
+        sac/api/status is served: ~/.claude, the environment and signals are left
+        alone.""",
+    ).tag(config=True)
+
+    @default("agent_sandbox")
+    def _default_agent_sandbox(self) -> bool:
+        return bool(os.environ.get("SAC_AGENT"))
+
     @default("runtime")
     def _default_runtime(self) -> str:
         return os.environ.get("SAC_RUNTIME", "claude")
@@ -208,6 +220,14 @@ class SacExtensionApp(ExtensionApp):
         return f"{scheme}://127.0.0.1:{server.port}{server.base_url}sac/api/hooks/"
 
     def initialize_settings(self) -> None:
+        if not self.agent_sandbox:
+            self.settings["sac_runtime_info"] = RuntimeInfo(runtime=self.runtime)
+            self.log.info(
+                "jupyter_sac: not an agent's sandbox ($SAC_AGENT is not set); serving"
+                " sac/api/status only and leaving %s alone",
+                self.claude_config_dir,
+            )
+            return
         state = Path(self.state_dir)
         api_key = os.environ.get("ANTHROPIC_API_KEY")
         # Children (terminals, chat turns, their hooks) inherit these.
@@ -301,9 +321,14 @@ class SacExtensionApp(ExtensionApp):
         self.serverapp.web_app.settings["api_last_activity"] = datetime.now(UTC)
 
     def initialize_handlers(self) -> None:
+        if not self.agent_sandbox:
+            self.handlers.extend(r for r in ROUTES if r[1] is StatusHandler)
+            return
         self.handlers.extend(ROUTES)
 
     async def _start_jupyter_server_extension(self, serverapp: object) -> None:
+        if not self.agent_sandbox:
+            return
         self.settings["sac_history_uploader"].start()
         # The first poll is the sync at start; it runs in the background so a slow
         # service never delays the server (a run syncs on demand anyway).
