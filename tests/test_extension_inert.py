@@ -1,6 +1,6 @@
 """The server extension is inert outside an agent's sandbox: installing the wheel
 enables it for every Jupyter server in the environment, and a developer's own
-server must keep its ~/.claude and its routes as they were."""
+server must keep its ~/.claude, its routes and JupyterLab's settings as they were."""
 
 from __future__ import annotations
 
@@ -67,19 +67,27 @@ def test_outside_a_sandbox_it_serves_its_status_and_touches_nothing(
 ) -> None:
     home = tmp_path / "home"
     home.mkdir()
-    env = {"SAC_AGENT": agent} if agent else {}
+    # An agent's server also has the sandbox's config dir (as every spawner sets it).
+    sandbox_config = f"{sys.prefix}/etc/jupyter-sac/sandbox"
+    env = {"SAC_AGENT": agent, "JUPYTER_CONFIG_DIR": sandbox_config} if agent else {}
     with jupyter_server(home, env) as url:
         auth = {"Authorization": f"token {TOKEN}"}
         status = httpx.get(url + "sac/api/status", headers=auth)
         assert status.status_code == 200, status.text
         assert status.json()["versions"]["jupyter_sac"]
         activity = httpx.get(url + "sac/api/activity", headers=auth)
+        lab = httpx.get(url + "lab", headers=auth)
+        assert lab.status_code == 200
     if agent is None:
         # A developer's server: no Claude settings written, no agent routes.
         assert not (home / ".claude").exists()
         assert activity.status_code == 404
+        # JupyterLab's own page config: announcements are the developer's to keep.
+        assert "apputils-extension:announcements" not in lab.text
     else:
         # The same server as an agent's sandbox seeds Claude's settings (the
         # control that shows this test can see the difference).
         assert (home / ".claude" / "settings.json").exists()
         assert activity.status_code == 200
+        # Sandboxes have no internet for JupyterLab's news: turned off there only.
+        assert "apputils-extension:announcements" in lab.text
