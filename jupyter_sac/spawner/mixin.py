@@ -50,13 +50,14 @@ def locked_jupyter_env(prefix: str, home: str) -> dict[str, str]:
     the agent writes can add or shadow an extension or configure the server; the
     files the server and JupyterLab write (runtime files, settings, workspaces)
     stay in the agent's home, where they have always been. The installation's own
-    configuration (``<prefix>/etc/jupyter``: the jupyter_sac server extension,
-    JupyterLab's page config) is read as always.
+    configuration (``<prefix>/etc/jupyter``: the jupyter_sac server extension) is
+    read as always, and the sandbox's (``<prefix>/etc/jupyter-sac/sandbox``:
+    JupyterLab's page config) applies to sandboxes only.
     """
     return {
         "JUPYTER_DATA_DIR": f"{prefix}/share/jupyter",
-        # Empty but for jupyter_core's "migrated" marker, shipped with jupyter-sac
-        # (jupyter-config/sandbox): a server never tries to write there.
+        # jupyter_core's "migrated" marker and the sandbox's labconfig, shipped with
+        # jupyter-sac (jupyter-config/sandbox): a server never tries to write there.
         "JUPYTER_CONFIG_DIR": f"{prefix}/etc/jupyter-sac/sandbox",
         "JUPYTER_RUNTIME_DIR": f"{home}/.local/share/jupyter/runtime",
         "JUPYTERLAB_SETTINGS_DIR": f"{home}/.jupyter/lab/user-settings",
