@@ -97,13 +97,24 @@ def canonical_address(address: Address) -> Address:
     return address
 
 
+def address_without_dns(name: str) -> Address | None:
+    """The address a normalised host name has without asking DNS: an IP literal as
+    it is, ``localhost`` and its subdomains 127.0.0.1 (RFC 6761, as browsers do)."""
+    literal = _ip_literal(name)
+    if literal is not None:
+        return literal
+    if name == "localhost" or name.endswith(".localhost"):
+        return ipaddress.IPv4Address("127.0.0.1")
+    return None
+
+
 def is_loopback_host(host: str) -> bool:
     """Is ``host`` this machine's loopback by its text alone (``localhost``, a
     ``*.localhost`` name, ``127.0.0.0/8``, ``::1``)? No resolution."""
-    name = host.strip("[]").rstrip(".").lower()
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    address = _ip_literal(name)
+    try:
+        address = address_without_dns(normalise_host(host))
+    except ValueError:
+        return False
     return address is not None and canonical_address(address).is_loopback
 
 
@@ -300,11 +311,9 @@ async def resolve(host: str) -> list[Address]:
     Raises ValueError for an invalid host, OSError when the name does not resolve.
     """
     name = normalise_host(host)
-    literal = _ip_literal(name)
-    if literal is not None:
-        return [literal]
-    if name == "localhost" or name.endswith(".localhost"):
-        return [ipaddress.IPv4Address("127.0.0.1")]
+    known = address_without_dns(name)
+    if known is not None:
+        return [known]
     loop = asyncio.get_running_loop()
     infos = await asyncio.wait_for(
         loop.getaddrinfo(name, None, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT

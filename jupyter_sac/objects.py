@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import os
 import re
 import tempfile
@@ -27,6 +26,8 @@ from urllib.parse import urlsplit
 
 from traitlets import Bool, CaselessStrEnum, Unicode
 from traitlets.config import Config, LoggingConfigurable
+
+from .urls import is_ip
 
 # Letters, digits and a few separators per segment: a key names a blob this
 # service chose (for example ``skill-bundles/<sha256>.tar.gz``), never a user's
@@ -457,7 +458,7 @@ class S3Store(ObjectStore):
             names += bases
         if self.addressing_style != "path":
             # An address has no subdomains: boto3 uses path addressing for it.
-            names += [f"{self.bucket}.{base}" for base in bases if not _is_address(base)]
+            names += [f"{self.bucket}.{base}" for base in bases if not is_ip(base)]
         return [(name, port) for name in dict.fromkeys(names) if name]
 
     def presign_get(self, key: str, expires: int = 300) -> str | None:
@@ -478,14 +479,6 @@ class S3Store(ObjectStore):
 
 
 STORES: dict[str, type[ObjectStore]] = {"local": LocalStore, "s3": S3Store}
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
 
 
 def store_from_config(kind: str, config: Config | None = None, **overrides: Any) -> ObjectStore:

@@ -452,7 +452,8 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
             await relays.serve_inbound(self.ip or "127.0.0.1", self.port)
         except OSError as e:
             raise AgentSpawnError(f"Cannot listen on port {self.port} for the agent: {e}") from e
-        for host, port in self.endpoints():
+        endpoints = self.endpoints()
+        for host, port in endpoints:
             await relays.serve_forward(port, host, port)
         allow = self.egress_allowed(ctx.resolved)
         deny = tuple(ctx.resolved.get("egress_deny", ()))
@@ -464,7 +465,7 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         )
         return {
             "server_port": self.port,
-            "forwards": [port for _, port in self.endpoints()],
+            "forwards": [port for _, port in endpoints],
             "egress": True,
         }
 
