@@ -85,8 +85,16 @@ export class ExtensionClient {
     return query ? url + URLExt.objectToQueryString(query) : url;
   }
 
-  async request<T>(path: string, init: RequestInit = {}, query?: Record<string, string>): Promise<T> {
-    const response = await ServerConnection.makeRequest(this.url(path, query), init, this.settings);
+  async request<T>(
+    path: string,
+    init: RequestInit = {},
+    query?: Record<string, string>
+  ): Promise<T> {
+    const response = await ServerConnection.makeRequest(
+      this.url(path, query),
+      init,
+      this.settings
+    );
     return jsonOf<T>(response);
   }
 
@@ -110,7 +118,10 @@ export class ExtensionClient {
     return this.post('terminal/restart');
   }
 
-  chatSend(message: string, sessionId: string | null): Promise<{ session_id: string; turn_id: string }> {
+  chatSend(
+    message: string,
+    sessionId: string | null
+  ): Promise<{ session_id: string; turn_id: string }> {
     return this.post('chat', { message, session_id: sessionId });
   }
 
@@ -132,7 +143,9 @@ export class ExtensionClient {
     if (sessionId) {
       query.session_id = sessionId;
     }
-    let url = URLExt.join(this.settings.wsUrl, 'sac/api/chat/events') + URLExt.objectToQueryString(query);
+    let url =
+      URLExt.join(this.settings.wsUrl, 'sac/api/chat/events') +
+      URLExt.objectToQueryString(query);
     const token = this.settings.token;
     if (token && this.settings.appendToken) {
       url += `&token=${encodeURIComponent(token)}`;
@@ -154,7 +167,11 @@ export class ExtensionClient {
     mode: 'chat' | 'terminal',
     sessionId: string | null = null
   ): Promise<any> {
-    return this.post(`skills/${encodeURIComponent(command)}/run`, { values, mode, session_id: sessionId });
+    return this.post(`skills/${encodeURIComponent(command)}/run`, {
+      values,
+      mode,
+      session_id: sessionId
+    });
   }
 
   workspace(): Promise<any> {
@@ -187,14 +204,30 @@ export class ServiceClient {
   /** The relay's URL for a service API path (same origin: links and downloads work). */
   url(path: string, query?: Record<string, string>): string {
     const clean = query
-      ? Object.fromEntries(Object.entries(query).filter(([, v]) => v !== '' && v !== undefined && v !== null))
+      ? Object.fromEntries(
+          Object.entries(query).filter(
+            ([, v]) => v !== '' && v !== undefined && v !== null
+          )
+        )
       : undefined;
-    return this.ext.url(`service/${path}`, clean && Object.keys(clean).length ? clean : undefined);
+    return this.ext.url(
+      `service/${path}`,
+      clean && Object.keys(clean).length ? clean : undefined
+    );
   }
 
-  request<T>(method: string, path: string, body?: unknown, query?: Record<string, string>): Promise<T> {
+  request<T>(
+    method: string,
+    path: string,
+    body?: unknown,
+    query?: Record<string, string>
+  ): Promise<T> {
     const clean = query
-      ? Object.fromEntries(Object.entries(query).filter(([, v]) => v !== '' && v !== undefined && v !== null))
+      ? Object.fromEntries(
+          Object.entries(query).filter(
+            ([, v]) => v !== '' && v !== undefined && v !== null
+          )
+        )
       : undefined;
     return this.ext.request<T>(
       `service/${path}`,
@@ -226,7 +259,9 @@ export class ServiceClient {
   }
 
   // skills
-  skills(query: Record<string, string>): Promise<{ skills: any[]; next_cursor: string | null }> {
+  skills(
+    query: Record<string, string>
+  ): Promise<{ skills: any[]; next_cursor: string | null }> {
     return this.get('skills', query);
   }
   skill(id: string): Promise<any> {
@@ -239,7 +274,11 @@ export class ServiceClient {
     return this.request('PATCH', `skills/${encodeURIComponent(id)}`, body);
   }
   forkSkill(id: string, command?: string): Promise<any> {
-    return this.request('POST', `skills/${encodeURIComponent(id)}/fork`, command ? { command } : {});
+    return this.request(
+      'POST',
+      `skills/${encodeURIComponent(id)}/fork`,
+      command ? { command } : {}
+    );
   }
   deleteSkill(id: string): Promise<void> {
     return this.request('DELETE', `skills/${encodeURIComponent(id)}`);
@@ -251,28 +290,56 @@ export class ServiceClient {
     return this.request('POST', this.agentPath('/skills'), { skill_id: skillId });
   }
   uninstall(skillId: string): Promise<void> {
-    return this.request('DELETE', this.agentPath(`/skills/${encodeURIComponent(skillId)}`));
+    return this.request(
+      'DELETE',
+      this.agentPath(`/skills/${encodeURIComponent(skillId)}`)
+    );
   }
   /** Move an installed skill to `version`, the newest one the person was shown (the
    * service answers 409 version_changed if the skill has a newer one by now). */
   updateInstall(skillId: string, version: number): Promise<any> {
-    return this.request('POST', this.agentPath(`/skills/${encodeURIComponent(skillId)}/update`), { version });
+    return this.request(
+      'POST',
+      this.agentPath(`/skills/${encodeURIComponent(skillId)}/update`),
+      { version }
+    );
   }
 
   // history
-  historySessions(cursor?: string | null, limit = 20): Promise<{ sessions: any[]; next_cursor: string | null }> {
-    return this.get(this.agentPath('/history/sessions'), { limit: String(limit), cursor: cursor ?? '' });
+  historySessions(
+    cursor?: string | null,
+    limit = 20
+  ): Promise<{ sessions: any[]; next_cursor: string | null }> {
+    return this.get(this.agentPath('/history/sessions'), {
+      limit: String(limit),
+      cursor: cursor ?? ''
+    });
   }
-  historyEvents(session: string, cursor?: string | null, limit = 200): Promise<{ events: any[]; next_cursor: string | null }> {
-    return this.get(this.agentPath('/history/events'), { session, limit: String(limit), cursor: cursor ?? '' });
+  historyEvents(
+    session: string,
+    cursor?: string | null,
+    limit = 200
+  ): Promise<{ events: any[]; next_cursor: string | null }> {
+    return this.get(this.agentPath('/history/events'), {
+      session,
+      limit: String(limit),
+      cursor: cursor ?? ''
+    });
   }
   historyCsvUrl(session?: string): string {
-    return this.url(this.agentPath('/history/export.csv'), session ? { session } : undefined);
+    return this.url(
+      this.agentPath('/history/export.csv'),
+      session ? { session } : undefined
+    );
   }
 
   // approvals
   pendingRequests(): Promise<{ requests: any[] }> {
-    return this.get('hitl/requests', { status: 'pending', agent: this.agent.slug, limit: '100' });
+    return this.get('hitl/requests', {
+      status: 'pending',
+      agent: this.agent.slug,
+      limit: '100'
+    });
   }
 
   // workspace

@@ -10,9 +10,24 @@ import * as React from 'react';
 
 import { ErrorLine, Markdown, SmallButton } from './components';
 import { COMMANDS, ISacContext } from './context';
-import { ChatItem, emptyChat, enterSends, formatTime, formatTurnCost, IChatEvent, IChatState, reduceChat } from './logic';
+import {
+  ChatItem,
+  emptyChat,
+  enterSends,
+  formatTime,
+  formatTurnCost,
+  IChatEvent,
+  IChatState,
+  reduceChat
+} from './logic';
 
-const KIND_ICON: Record<string, string> = { command: '$', file: '📄', search: '🔎', web: '🌐', other: '⚙' };
+const KIND_ICON: Record<string, string> = {
+  command: '$',
+  file: '📄',
+  search: '🔎',
+  web: '🌐',
+  other: '⚙'
+};
 
 function Timeline(props: { ctx: ISacContext; items: ChatItem[] }): JSX.Element {
   const { ctx } = props;
@@ -53,10 +68,16 @@ function Timeline(props: { ctx: ISacContext; items: ChatItem[] }): JSX.Element {
                     {KIND_ICON[item.step.kind]}
                   </span>
                   <strong>{item.step.name}</strong> <code>{item.step.summary}</code>
-                  {item.step.result === null ? <span className="jp-SacMuted"> {trans.__('running…')}</span> : null}
+                  {item.step.result === null ? (
+                    <span className="jp-SacMuted"> {trans.__('running…')}</span>
+                  ) : null}
                 </summary>
-                <pre className="jp-SacChat-toolInput">{JSON.stringify(item.step.input, null, 2)}</pre>
-                {item.step.result !== null ? <pre className="jp-SacChat-toolResult">{item.step.result}</pre> : null}
+                <pre className="jp-SacChat-toolInput">
+                  {JSON.stringify(item.step.input, null, 2)}
+                </pre>
+                {item.step.result !== null ? (
+                  <pre className="jp-SacChat-toolResult">{item.step.result}</pre>
+                ) : null}
               </details>
             );
           case 'error':
@@ -83,10 +104,16 @@ function Timeline(props: { ctx: ISacContext; items: ChatItem[] }): JSX.Element {
   );
 }
 
-function ChatView(props: { ctx: ISacContext; initialSession: string | null; panel: ChatPanel }): JSX.Element {
+function ChatView(props: {
+  ctx: ISacContext;
+  initialSession: string | null;
+  panel: ChatPanel;
+}): JSX.Element {
   const { ctx, panel } = props;
   const { trans } = ctx;
-  const [chat, setChat] = React.useState<IChatState>(() => emptyChat(props.initialSession));
+  const [chat, setChat] = React.useState<IChatState>(() =>
+    emptyChat(props.initialSession)
+  );
   const [sessions, setSessions] = React.useState<any[]>([]);
   const [draft, setDraft] = React.useState('');
   const [error, setError] = React.useState<unknown>(null);
@@ -148,6 +175,8 @@ function ChatView(props: { ctx: ISacContext; initialSession: string | null; pane
     ctx.events.sessionStarted.connect(onStarted);
     return () => {
       ctx.events.sessionStarted.disconnect(onStarted);
+      // a counter, not a DOM node: bumping it on unmount makes late replies stale
+      // eslint-disable-next-line react-hooks/exhaustive-deps
       generation.current++;
       socket.current?.close();
       socket.current = null;
@@ -155,9 +184,10 @@ function ChatView(props: { ctx: ISacContext; initialSession: string | null; pane
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, []);
 
+  const lastItem = chat.items[chat.items.length - 1];
   React.useEffect(() => {
     logEnd.current?.scrollIntoView?.({ block: 'end' });
-  }, [chat.items.length, chat.items[chat.items.length - 1]]);
+  }, [chat.items.length, lastItem]);
 
   const send = async () => {
     const message = draft.trim();
@@ -191,7 +221,13 @@ function ChatView(props: { ctx: ISacContext; initialSession: string | null; pane
   };
 
   const onKeyDown = (e: React.KeyboardEvent<HTMLTextAreaElement>) => {
-    if (enterSends(e.key, { shiftKey: e.shiftKey, isComposing: e.nativeEvent.isComposing }, ctx.preferences().enterSends)) {
+    if (
+      enterSends(
+        e.key,
+        { shiftKey: e.shiftKey, isComposing: e.nativeEvent.isComposing },
+        ctx.preferences().enterSends
+      )
+    ) {
       e.preventDefault();
       void send();
     }
@@ -229,8 +265,16 @@ function ChatView(props: { ctx: ISacContext; initialSession: string | null; pane
             <ul>
               {chat.todos.map((t, i) => (
                 <li key={i} className={`jp-mod-${t.status}`}>
-                  <span aria-hidden="true">{t.status === 'completed' ? '☑' : t.status === 'in_progress' ? '▶' : '☐'}</span>{' '}
-                  {t.status === 'in_progress' && t.activeForm ? t.activeForm : t.content}
+                  <span aria-hidden="true">
+                    {t.status === 'completed'
+                      ? '☑'
+                      : t.status === 'in_progress'
+                        ? '▶'
+                        : '☐'}
+                  </span>{' '}
+                  {t.status === 'in_progress' && t.activeForm
+                    ? t.activeForm
+                    : t.content}
                 </li>
               ))}
             </ul>
@@ -243,16 +287,27 @@ function ChatView(props: { ctx: ISacContext; initialSession: string | null; pane
         <textarea
           className="jp-mod-styled"
           aria-label={trans.__('Message to Claude')}
-          placeholder={trans.__('Ask Claude… (Enter sends, Shift+Enter for a new line)')}
+          placeholder={trans.__(
+            'Ask Claude… (Enter sends, Shift+Enter for a new line)'
+          )}
           rows={3}
           value={draft}
           onChange={e => setDraft(e.target.value)}
           onKeyDown={onKeyDown}
         />
         {chat.running ? (
-          <SmallButton label={trans.__('Cancel')} kind="reject" onClick={() => void cancel()} />
+          <SmallButton
+            label={trans.__('Cancel')}
+            kind="reject"
+            onClick={() => void cancel()}
+          />
         ) : (
-          <SmallButton label={trans.__('Send')} kind="accept" disabled={sending || !draft.trim()} onClick={() => void send()} />
+          <SmallButton
+            label={trans.__('Send')}
+            kind="accept"
+            disabled={sending || !draft.trim()}
+            onClick={() => void send()}
+          />
         )}
       </div>
     </div>

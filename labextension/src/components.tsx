@@ -45,7 +45,8 @@ export function ErrorLine(props: { error: unknown }): JSX.Element | null {
   if (!props.error) {
     return null;
   }
-  const message = props.error instanceof Error ? props.error.message : String(props.error);
+  const message =
+    props.error instanceof Error ? props.error.message : String(props.error);
   return (
     <div className="jp-SacError" role="alert">
       {message}
@@ -85,7 +86,11 @@ export function FormFooter(props: {
     <>
       <ErrorLine error={props.error} />
       <div className="jp-SacRow">
-        <button type="submit" className="jp-Button jp-mod-styled jp-SacButton jp-mod-accept" disabled={props.busy}>
+        <button
+          type="submit"
+          className="jp-Button jp-mod-styled jp-SacButton jp-mod-accept"
+          disabled={props.busy}
+        >
           {props.submitLabel}
         </button>
         <SmallButton label={props.trans.__('Cancel')} onClick={props.onCancel} />
@@ -120,14 +125,20 @@ export function UsageBar(props: {
         aria-valuemax={100}
         aria-valuenow={percent}
       >
-        <div className={`jp-SacUsage-fill jp-mod-${quotaLevel(percent)}`} style={{ width: `${percent}%` }} />
+        <div
+          className={`jp-SacUsage-fill jp-mod-${quotaLevel(percent)}`}
+          style={{ width: `${percent}%` }}
+        />
       </div>
     </div>
   );
 }
 
 /** Markdown rendered by JupyterLab's own renderer (sanitised, themed); plain text without it. */
-export function Markdown(props: { text: string; rendermime: IRenderMimeRegistry | null }): JSX.Element {
+export function Markdown(props: {
+  text: string;
+  rendermime: IRenderMimeRegistry | null;
+}): JSX.Element {
   const host = React.useRef<HTMLDivElement>(null);
   React.useEffect(() => {
     const node = host.current;

@@ -55,7 +55,10 @@ export class SacEvents {
   /** Route one event of the server's event stream. */
   dispatch(event: { schema_id?: string; [key: string]: unknown }): void {
     if (event.schema_id === HITL_SCHEMA && event.request) {
-      this._hitl.emit({ action: String(event.action), request: event.request as IHitlRequest });
+      this._hitl.emit({
+        action: String(event.action),
+        request: event.request as IHitlRequest
+      });
     } else if (event.schema_id === OUTPUT_SCHEMA && typeof event.path === 'string') {
       this._output.emit({
         action: String(event.action),

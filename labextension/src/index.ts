@@ -20,13 +20,22 @@ import { LabIcon } from '@jupyterlab/ui-components';
 import claudeSvg from '../style/icons/claude.svg';
 import { currentAgent, ExtensionClient, SacError, ServiceClient } from './api';
 import { ChatPanel } from './chat';
-import { COMMANDS, DEFAULT_PREFERENCES, IPreferences, ISacContext, SacEvents } from './context';
+import {
+  COMMANDS,
+  DEFAULT_PREFERENCES,
+  IPreferences,
+  ISacContext,
+  SacEvents
+} from './context';
 import { agentOpenUrl, serviceBase, servicePageUrl } from './logic';
 import { SacSidebar } from './sidebar';
 
 const PLUGIN_ID = 'jupyter-sac:plugin';
 
-export const claudeIcon = new LabIcon({ name: 'jupyter-sac:claude', svgstr: claudeSvg });
+export const claudeIcon = new LabIcon({
+  name: 'jupyter-sac:claude',
+  svgstr: claudeSvg
+});
 
 /** Key of "this browser has opened this agent before" in local storage. */
 function openedKey(user: string, slug: string): string {
@@ -67,7 +76,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
       try {
         const settings = await settingRegistry.load(PLUGIN_ID);
         const read = () => {
-          preferences = { ...DEFAULT_PREFERENCES, ...(settings.composite as Partial<IPreferences>) };
+          preferences = {
+            ...DEFAULT_PREFERENCES,
+            ...(settings.composite as Partial<IPreferences>)
+          };
         };
         read();
         settings.changed.connect(read);
@@ -77,7 +89,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
     }
 
     const events = new SacEvents();
-    app.serviceManager.events.stream.connect((_, event) => events.dispatch(event as any));
+    app.serviceManager.events.stream.connect((_, event) =>
+      events.dispatch(event as any)
+    );
 
     const ext = new ExtensionClient();
     // The service's public URL (its own origin) comes from this sandbox's status.
@@ -85,9 +99,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
     void ext
       .status()
       .then(status => {
-        serviceUrl = typeof status?.service_url === 'string' ? status.service_url : null;
+        serviceUrl =
+          typeof status?.service_url === 'string' ? status.service_url : null;
       })
-      .catch(reason => console.warn('jupyter-sac: the service address is unknown', reason));
+      .catch(reason =>
+        console.warn('jupyter-sac: the service address is unknown', reason)
+      );
 
     const ctx: ISacContext = {
       app,
@@ -123,9 +140,13 @@ const plugin: JupyterFrontEndPlugin<void> = {
       execute: async () => {
         try {
           const { name } = await ctx.ext.ensureTerminal();
-          return await app.commands.execute('terminal:open', { name: name || 'claude' });
+          return await app.commands.execute('terminal:open', {
+            name: name || 'claude'
+          });
         } catch (reason) {
-          Notification.error(trans.__('The Claude terminal could not start: %1', String(reason)));
+          Notification.error(
+            trans.__('The Claude terminal could not start: %1', String(reason))
+          );
         }
       }
     });
@@ -175,19 +196,33 @@ const plugin: JupyterFrontEndPlugin<void> = {
           // The request goes through this agent's own server, which the restart
           // stops: its answer may be lost with it (a 5xx from the proxy, or no
           // answer). Only a refusal (4xx) means the restart did not happen.
-          if (reason instanceof SacError && reason.status >= 400 && reason.status < 500) {
+          if (
+            reason instanceof SacError &&
+            reason.status >= 400 &&
+            reason.status < 500
+          ) {
             throw reason;
           }
         }
-        Notification.info(trans.__('%1 is restarting.', agent.slug), { autoClose: 5000 });
+        Notification.info(trans.__('%1 is restarting.', agent.slug), {
+          autoClose: 5000
+        });
         // This page belongs to the server that just stopped (its login too): go by
         // the hub's spawn page, which shows the start and then reopens JupyterLab.
-        window.location.assign(agentOpenUrl(agent.hubHost, agent.hubPrefix, agent.user, agent.slug));
+        window.location.assign(
+          agentOpenUrl(agent.hubHost, agent.hubPrefix, agent.user, agent.slug)
+        );
       }
     });
 
     const category = trans.__('SAC');
-    for (const command of [COMMANDS.terminal, COMMANDS.chat, COMMANDS.toggle, COMMANDS.sidebar, COMMANDS.restart]) {
+    for (const command of [
+      COMMANDS.terminal,
+      COMMANDS.chat,
+      COMMANDS.toggle,
+      COMMANDS.sidebar,
+      COMMANDS.restart
+    ]) {
       palette?.addItem({ command, category });
     }
     launcher?.add({ command: COMMANDS.terminal, category: trans.__('Agent'), rank: 0 });

@@ -6,7 +6,9 @@
 // ---- where things are -----------------------------------------------------------
 
 /** `http://localhost:8000` -> `{ scheme: 'http:', hostname: 'localhost', port: ':8000' }`. */
-function splitHost(hubHost: string): { scheme: string; hostname: string; port: string } | null {
+function splitHost(
+  hubHost: string
+): { scheme: string; hostname: string; port: string } | null {
   const match = /^(https?:)\/\/([^/:]+)(:\d+)?\/?$/.exec(hubHost || '');
   return match ? { scheme: match[1], hostname: match[2], port: match[3] || '' } : null;
 }
@@ -30,7 +32,9 @@ function hubBase(hubPrefix: string): string {
 export function serviceBase(hubPrefix: string, hubHost = '', service = 'sac'): string {
   const base = hubBase(hubPrefix).replace(/hub\/$/, '');
   const host = splitHost(hubHost);
-  const origin = host ? `${host.scheme}//${service}--service.${host.hostname}${host.port}` : '';
+  const origin = host
+    ? `${host.scheme}//${service}--service.${host.hostname}${host.port}`
+    : '';
   return `${origin}${base}services/${encodeURIComponent(service)}/`;
 }
 
@@ -41,7 +45,12 @@ export function serviceBase(hubPrefix: string, hubHost = '', service = 'sac'): s
  * keeps only the path of any URL it is given, and sends a path under /user/ on
  * to the server's own host.
  */
-export function agentOpenUrl(hubHost: string, hubPrefix: string, user: string, slug: string): string {
+export function agentOpenUrl(
+  hubHost: string,
+  hubPrefix: string,
+  user: string,
+  slug: string
+): string {
   const hub = hubBase(hubPrefix);
   const next = agentLabUrl('', hub, user, slug);
   return `${hubHost || ''}${hub}spawn/${encodeURIComponent(user)}/${encodeURIComponent(slug)}?next=${encodeURIComponent(next)}`;
@@ -52,7 +61,12 @@ export function agentOpenUrl(hubHost: string, hubPrefix: string, user: string, s
  * on the hub's host (`hubHost`, empty without subdomains), which redirects to the
  * agent's own host: the hub knows how it spells a user's host name.
  */
-export function agentLabUrl(hubHost: string, hubPrefix: string, user: string, slug: string): string {
+export function agentLabUrl(
+  hubHost: string,
+  hubPrefix: string,
+  user: string,
+  slug: string
+): string {
   const base = hubBase(hubPrefix).replace(/hub\/$/, '');
   return `${hubHost || ''}${base}user/${encodeURIComponent(user)}/${encodeURIComponent(slug)}/lab`;
 }
@@ -135,7 +149,10 @@ export function quotaLevel(percent: number): 'ok' | 'warn' | 'full' {
 }
 
 /** A time as the sidebar shows it: "14:03" today, else "2026-03-01 14:03" (local time). */
-export function formatTime(iso: string | null | undefined, now: Date = new Date()): string {
+export function formatTime(
+  iso: string | null | undefined,
+  now: Date = new Date()
+): string {
   if (!iso) {
     return '—';
   }
@@ -215,7 +232,10 @@ export function utcMonth(now: Date = new Date()): string {
 
 /** One line that says what a tool call does: the command, the file, the pattern. */
 export function toolSummary(name: string, input: unknown): string {
-  const args = (input && typeof input === 'object' ? input : {}) as Record<string, unknown>;
+  const args = (input && typeof input === 'object' ? input : {}) as Record<
+    string,
+    unknown
+  >;
   const pick = (...keys: string[]): string => {
     for (const key of keys) {
       const v = args[key];
@@ -265,11 +285,23 @@ export function toolSummary(name: string, input: unknown): string {
 }
 
 /** What kind of step a tool is, for its icon and grouping in the timeline. */
-export function toolKind(name: string): 'command' | 'file' | 'search' | 'web' | 'other' {
+export function toolKind(
+  name: string
+): 'command' | 'file' | 'search' | 'web' | 'other' {
   if (name === 'Bash' || name === 'BashOutput' || name === 'KillShell') {
     return 'command';
   }
-  if (['Read', 'Write', 'Edit', 'MultiEdit', 'NotebookEdit', 'NotebookRead', 'LS'].includes(name)) {
+  if (
+    [
+      'Read',
+      'Write',
+      'Edit',
+      'MultiEdit',
+      'NotebookEdit',
+      'NotebookRead',
+      'LS'
+    ].includes(name)
+  ) {
     return 'file';
   }
   if (name === 'Glob' || name === 'Grep') {
@@ -362,7 +394,10 @@ export function reduceChat(state: IChatState, event: IChatEvent): IChatState {
       break;
     case 'text':
       if (last && last.kind === 'text') {
-        items[items.length - 1] = { ...last, text: `${last.text}\n\n${String(event.text ?? '')}` };
+        items[items.length - 1] = {
+          ...last,
+          text: `${last.text}\n\n${String(event.text ?? '')}`
+        };
       } else {
         items.push({ kind: 'text', key, text: String(event.text ?? '') });
       }
@@ -395,7 +430,11 @@ export function reduceChat(state: IChatState, event: IChatEvent): IChatState {
         const item = items[at] as Extract<ChatItem, { kind: 'tool' }>;
         items[at] = {
           ...item,
-          step: { ...item.step, result: String(event.content ?? ''), isError: Boolean(event.is_error) }
+          step: {
+            ...item.step,
+            result: String(event.content ?? ''),
+            isError: Boolean(event.is_error)
+          }
         };
       }
       break;
@@ -455,7 +494,9 @@ export function formatTurnCost(result: ITurnResult): string {
   if (result.cost_usd !== null) {
     parts.push(`$${result.cost_usd.toFixed(4)}`);
   }
-  parts.push(`${formatCount(result.input_tokens)} in / ${formatCount(result.output_tokens)} out`);
+  parts.push(
+    `${formatCount(result.input_tokens)} in / ${formatCount(result.output_tokens)} out`
+  );
   if (result.duration_ms !== null) {
     parts.push(`${(result.duration_ms / 1000).toFixed(1)} s`);
   }
@@ -535,7 +576,14 @@ export function transcriptRows(events: IHistoryEvent[]): ITranscriptRow[] {
     if (type === 'summary') {
       const summary = String(e.payload.summary ?? '');
       if (summary) {
-        rows.push({ key: e.uuid, role: 'other', title: 'Summary', text: summary, ts: e.ts, collapsed: true });
+        rows.push({
+          key: e.uuid,
+          role: 'other',
+          title: 'Summary',
+          text: summary,
+          ts: e.ts,
+          collapsed: true
+        });
       }
       continue;
     }
@@ -551,7 +599,14 @@ export function transcriptRows(events: IHistoryEvent[]): ITranscriptRow[] {
           return;
         }
         if (type === 'user' && (meta || isContext(b.text))) {
-          rows.push({ key, role: 'other', title: 'Context', text: b.text, ts: e.ts, collapsed: true });
+          rows.push({
+            key,
+            role: 'other',
+            title: 'Context',
+            text: b.text,
+            ts: e.ts,
+            collapsed: true
+          });
           return;
         }
         const prompt = type === 'user';
@@ -564,7 +619,14 @@ export function transcriptRows(events: IHistoryEvent[]): ITranscriptRow[] {
           collapsed: false
         });
       } else if (b.type === 'thinking') {
-        rows.push({ key, role: 'thinking', title: 'Thinking', text: String(b.thinking ?? ''), ts: e.ts, collapsed: true });
+        rows.push({
+          key,
+          role: 'thinking',
+          title: 'Thinking',
+          text: String(b.thinking ?? ''),
+          ts: e.ts,
+          collapsed: true
+        });
       } else if (b.type === 'tool_use') {
         const name = String(b.name ?? 'tool');
         rows.push({
@@ -609,7 +671,8 @@ export interface ISkillParameter {
 export function initialValues(params: ISkillParameter[]): Record<string, string> {
   const values: Record<string, string> = {};
   for (const p of params) {
-    values[p.name] = p.default === undefined || p.default === null ? '' : String(p.default);
+    values[p.name] =
+      p.default === undefined || p.default === null ? '' : String(p.default);
   }
   return values;
 }
@@ -627,7 +690,10 @@ export function checkValues(
   for (const p of params) {
     const text = (raw[p.name] ?? '').trim();
     if (!text) {
-      if (p.required && (p.default === undefined || p.default === null || p.default === '')) {
+      if (
+        p.required &&
+        (p.default === undefined || p.default === null || p.default === '')
+      ) {
         errors[p.name] = 'required';
       }
       continue;
@@ -644,7 +710,9 @@ export function checkValues(
         values[p.name] = n;
       }
     } else if (p.type === 'date') {
-      const ok = /^\d{4}-\d{2}-\d{2}$/.test(text) && !Number.isNaN(Date.parse(`${text}T00:00:00Z`));
+      const ok =
+        /^\d{4}-\d{2}-\d{2}$/.test(text) &&
+        !Number.isNaN(Date.parse(`${text}T00:00:00Z`));
       if (ok) {
         values[p.name] = text;
       } else {
@@ -687,8 +755,10 @@ export function checkParameters(params: ISkillParameter[]): Record<number, strin
       problems[i] = 'a select needs options';
     } else if (
       p.type === 'number' &&
-      p.min !== null && p.min !== undefined &&
-      p.max !== null && p.max !== undefined &&
+      p.min !== null &&
+      p.min !== undefined &&
+      p.max !== null &&
+      p.max !== undefined &&
       p.min > p.max
     ) {
       problems[i] = 'min is above max';
@@ -704,7 +774,11 @@ export function checkParameters(params: ISkillParameter[]): Record<number, strin
 /** Parameters as the service stores them: empty fields left out, numbers as numbers. */
 export function cleanParameters(params: ISkillParameter[]): ISkillParameter[] {
   return params.map(p => {
-    const out: ISkillParameter = { name: p.name.trim(), type: p.type, required: Boolean(p.required) };
+    const out: ISkillParameter = {
+      name: p.name.trim(),
+      type: p.type,
+      required: Boolean(p.required)
+    };
     if (p.help) {
       out.help = p.help;
     }
@@ -753,7 +827,9 @@ export function applyHitlEvent(
 ): IHitlRequest[] {
   const others = pending.filter(r => r.id !== request.id);
   if (action === 'requested' && request.status === 'pending') {
-    return [request, ...others].sort((a, b) => b.created_at.localeCompare(a.created_at));
+    return [request, ...others].sort((a, b) =>
+      b.created_at.localeCompare(a.created_at)
+    );
   }
   return others;
 }
@@ -770,11 +846,15 @@ export interface IInstalledSkill {
  * Updates are offered, never applied by themselves (installs are pinned), so the
  * sidebar shows "Update to vN" and sends N: the service refuses if the skill has
  * moved past the version the person was shown. */
-export function updateOffer(installed: IInstalledSkill | null | undefined): number | null {
+export function updateOffer(
+  installed: IInstalledSkill | null | undefined
+): number | null {
   if (!installed || !installed.update_available || installed.latest_version === null) {
     return null;
   }
-  return installed.latest_version > installed.installed_version ? installed.latest_version : null;
+  return installed.latest_version > installed.installed_version
+    ? installed.latest_version
+    : null;
 }
 
 /** Whether a skill matches the words typed in the search box (its command, title or
@@ -795,7 +875,10 @@ export function optionDecision(label: string): 'allow' | 'deny' {
 }
 
 /** Seconds left before a request times out (0 when past), or null without a deadline. */
-export function secondsLeft(expiresAt: string | null, now: Date = new Date()): number | null {
+export function secondsLeft(
+  expiresAt: string | null,
+  now: Date = new Date()
+): number | null {
   if (!expiresAt) {
     return null;
   }
@@ -832,10 +915,10 @@ export function applyOutputEvent(
   if (event.action === 'deleted') {
     return others;
   }
-  return [{ path: event.path, size: event.size ?? null, action: event.action, at }, ...others].slice(
-    0,
-    limit
-  );
+  return [
+    { path: event.path, size: event.size ?? null, action: event.action, at },
+    ...others
+  ].slice(0, limit);
 }
 
 /** What the sandbox uses now and the limits that hold, as the service reports it. */
@@ -863,7 +946,11 @@ export function sandboxFacts(
 ): { cpu: string; memory: string; processes: string; disk: string; network: string } {
   const running = !!usage && usage.running;
   const limits = running && usage ? usage.limits : {};
-  const limit = (held: number | null | undefined, asked: any, show: (v: number) => string) => {
+  const limit = (
+    held: number | null | undefined,
+    asked: any,
+    show: (v: number) => string
+  ) => {
     if (!running) {
       return asked ? `${show(asked)} (at start)` : 'no limit';
     }
@@ -883,7 +970,10 @@ export function sandboxFacts(
     processes: `${now(usage?.processes, String)} / ${limit(limits.processes, resolved.max_processes, String)}`,
     disk: diskText,
     network:
-      running && usage && usage.net_sent_bytes !== null && usage.net_received_bytes !== null
+      running &&
+      usage &&
+      usage.net_sent_bytes !== null &&
+      usage.net_received_bytes !== null
         ? `↑ ${formatBytes(usage.net_sent_bytes)} ↓ ${formatBytes(usage.net_received_bytes)}`
         : '—'
   };

@@ -73,7 +73,10 @@ function AgentSection(props: { ctx: ISacContext }): JSX.Element {
       body: trans.__(
         'The sandbox stops and starts again: running commands end, files in the workspace are kept. This page reopens once it is back.'
       ),
-      buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: trans.__('Restart') })]
+      buttons: [
+        Dialog.cancelButton(),
+        Dialog.warnButton({ label: trans.__('Restart') })
+      ]
     });
     if (!answer.button.accept) {
       return;
@@ -90,7 +93,9 @@ function AgentSection(props: { ctx: ISacContext }): JSX.Element {
 
   const switchTo = (slug: string) => {
     if (slug && slug !== ctx.agent.slug) {
-      window.location.assign(agentOpenUrl(ctx.agent.hubHost, ctx.agent.hubPrefix, ctx.agent.user, slug));
+      window.location.assign(
+        agentOpenUrl(ctx.agent.hubHost, ctx.agent.hubPrefix, ctx.agent.user, slug)
+      );
     }
   };
 
@@ -98,7 +103,17 @@ function AgentSection(props: { ctx: ISacContext }): JSX.Element {
     <Section
       id="agent"
       title={trans.__('Agent')}
-      actions={<SmallButton label="↻" title={trans.__('Refresh')} onClick={() => { record.reload(); usage.reload(); others.reload(); }} />}
+      actions={
+        <SmallButton
+          label="↻"
+          title={trans.__('Refresh')}
+          onClick={() => {
+            record.reload();
+            usage.reload();
+            others.reload();
+          }}
+        />
+      }
     >
       <ErrorLine error={record.error || usage.error || error} />
       <dl className="jp-SacFacts">
@@ -111,34 +126,63 @@ function AgentSection(props: { ctx: ISacContext }): JSX.Element {
         <dt>{trans.__('Sandbox')}</dt>
         <dd data-fact="status">
           {agent ? serverStatus(agent.server) : '—'}
-          {status.value?.runtime?.version ? ` · claude ${status.value.runtime.version}` : ''}
+          {status.value?.runtime?.version
+            ? ` · claude ${status.value.runtime.version}`
+            : ''}
         </dd>
         <dt>{trans.__('CPU')}</dt>
-        <dd data-fact="cpu" title={trans.__('now / the limit that holds')}>{facts.cpu}</dd>
+        <dd data-fact="cpu" title={trans.__('now / the limit that holds')}>
+          {facts.cpu}
+        </dd>
         <dt>{trans.__('Memory')}</dt>
         <dd data-fact="memory">{facts.memory}</dd>
         <dt>{trans.__('Processes')}</dt>
         <dd data-fact="processes">{facts.processes}</dd>
         <dt>{trans.__('Disk')}</dt>
-        <dd data-fact="disk" title={trans.__('home and workspace / the disk limit')}>{facts.disk}</dd>
+        <dd data-fact="disk" title={trans.__('home and workspace / the disk limit')}>
+          {facts.disk}
+        </dd>
         <dt>{trans.__('Network')}</dt>
-        <dd data-fact="network" title={trans.__('sent / received since it started')}>{facts.network}</dd>
+        <dd data-fact="network" title={trans.__('sent / received since it started')}>
+          {facts.network}
+        </dd>
         <dt>{trans.__('This month')}</dt>
         <dd data-fact="usage">
           {month
-            ? trans.__('%1 requests · %2 tokens', formatCount(month.requests), formatCount(month.tokens))
+            ? trans.__(
+                '%1 requests · %2 tokens',
+                formatCount(month.requests),
+                formatCount(month.tokens)
+              )
             : '—'}
           {budget?.limit ? ` · ${trans.__('%1 left', formatCount(budget.left))}` : ''}
         </dd>
       </dl>
       <div className="jp-SacRow">
-        <SmallButton label={trans.__('Claude Terminal')} onClick={() => void ctx.app.commands.execute(COMMANDS.terminal)} />
-        <SmallButton label={trans.__('Chat')} onClick={() => void ctx.app.commands.execute(COMMANDS.chat)} />
-        <SmallButton label={trans.__('Restart')} kind="warn" disabled={busy} onClick={() => void restart()} />
+        <SmallButton
+          label={trans.__('Claude Terminal')}
+          onClick={() => void ctx.app.commands.execute(COMMANDS.terminal)}
+        />
+        <SmallButton
+          label={trans.__('Chat')}
+          onClick={() => void ctx.app.commands.execute(COMMANDS.chat)}
+        />
+        <SmallButton
+          label={trans.__('Restart')}
+          kind="warn"
+          disabled={busy}
+          onClick={() => void restart()}
+        />
         <SmallButton
           label={trans.__('Settings…')}
-          title={trans.__('Change the model, API key, approvals policy or driving on the SAC service')}
-          onClick={() => ctx.openServicePage(`agents/${encodeURIComponent(ctx.agent.user)}/${encodeURIComponent(ctx.agent.slug)}`)}
+          title={trans.__(
+            'Change the model, API key, approvals policy or driving on the SAC service'
+          )}
+          onClick={() =>
+            ctx.openServicePage(
+              `agents/${encodeURIComponent(ctx.agent.user)}/${encodeURIComponent(ctx.agent.slug)}`
+            )
+          }
         />
       </div>
       {others.value && others.value.agents.length > 1 ? (
@@ -198,13 +242,23 @@ function WorkspaceSection(props: { ctx: ISacContext }): JSX.Element {
     setArtifacts(current =>
       current.length
         ? current
-        : files.slice(0, 20).map(f => ({ path: f.path, size: f.size, action: 'stored', at: f.mtime ?? '' }))
+        : files.slice(0, 20).map(f => ({
+            path: f.path,
+            size: f.size,
+            action: 'stored',
+            at: f.mtime ?? ''
+          }))
     );
   }, [stored.value]);
   React.useEffect(() => {
     let timer = 0;
-    const onOutput = (_: unknown, event: { action: string; path: string; size?: number | null }) => {
-      setArtifacts(current => applyOutputEvent(current, event, new Date().toISOString()));
+    const onOutput = (
+      _: unknown,
+      event: { action: string; path: string; size?: number | null }
+    ) => {
+      setArtifacts(current =>
+        applyOutputEvent(current, event, new Date().toISOString())
+      );
       window.clearTimeout(timer);
       timer = window.setTimeout(() => {
         stored.reload();
@@ -240,19 +294,45 @@ function WorkspaceSection(props: { ctx: ISacContext }): JSX.Element {
     <Section
       id="workspace"
       title={trans.__('Workspace')}
-      actions={<SmallButton label="⟳" title={trans.__('Sync now')} onClick={() => void sync()} />}
+      actions={
+        <SmallButton
+          label="⟳"
+          title={trans.__('Sync now')}
+          onClick={() => void sync()}
+        />
+      }
     >
       <ErrorLine error={status.error || error || status.value?.last_error} />
-      <UsageBar label={trans.__('Storage')} used={usage.bytes ?? 0} limit={usage.max_bytes} bytes />
-      <UsageBar label={trans.__('Files')} used={usage.files ?? 0} limit={usage.max_files} />
+      <UsageBar
+        label={trans.__('Storage')}
+        used={usage.bytes ?? 0}
+        limit={usage.max_bytes}
+        bytes
+      />
+      <UsageBar
+        label={trans.__('Files')}
+        used={usage.files ?? 0}
+        limit={usage.max_files}
+      />
       {groups.map(g =>
         groupUsage[g] ? (
-          <UsageBar key={g} label={trans.__('Group %1', g)} used={groupUsage[g].bytes ?? 0} limit={groupUsage[g].max_bytes} bytes />
+          <UsageBar
+            key={g}
+            label={trans.__('Group %1', g)}
+            used={groupUsage[g].bytes ?? 0}
+            limit={groupUsage[g].max_bytes}
+            bytes
+          />
         ) : null
       )}
       <div className="jp-SacRow jp-SacFolders">
         {folders.map(([path, label]) => (
-          <SmallButton key={path} label={label} title={`/workspace/${path}`} onClick={() => void ctx.showFolder(path)} />
+          <SmallButton
+            key={path}
+            label={label}
+            title={`/workspace/${path}`}
+            onClick={() => void ctx.showFolder(path)}
+          />
         ))}
       </div>
       {Object.keys(status.value?.errors ?? {}).length ? (
@@ -272,7 +352,9 @@ function WorkspaceSection(props: { ctx: ISacContext }): JSX.Element {
               <button
                 className="jp-SacLink"
                 title={trans.__('Open %1', a.path)}
-                onClick={() => void ctx.app.commands.execute('docmanager:open', { path: a.path })}
+                onClick={() =>
+                  void ctx.app.commands.execute('docmanager:open', { path: a.path })
+                }
               >
                 {a.path.replace(/^output\//, '')}
               </button>
@@ -281,7 +363,9 @@ function WorkspaceSection(props: { ctx: ISacContext }): JSX.Element {
           ))}
         </ul>
       ) : (
-        <p className="jp-SacMuted">{trans.__('Files the agent writes to output/ appear here.')}</p>
+        <p className="jp-SacMuted">
+          {trans.__('Files the agent writes to output/ appear here.')}
+        </p>
       )}
     </Section>
   );
@@ -289,7 +373,11 @@ function WorkspaceSection(props: { ctx: ISacContext }): JSX.Element {
 
 // ---- History ------------------------------------------------------------------------------
 
-function Transcript(props: { ctx: ISacContext; session: any; onBack: () => void }): JSX.Element {
+function Transcript(props: {
+  ctx: ISacContext;
+  session: any;
+  onBack: () => void;
+}): JSX.Element {
   const { ctx, session } = props;
   const { trans } = ctx;
   const [events, setEvents] = React.useState<any[]>([]);
@@ -319,7 +407,11 @@ function Transcript(props: { ctx: ISacContext; session: any; onBack: () => void 
     <div className="jp-SacTranscript">
       <div className="jp-SacRow">
         <SmallButton label={trans.__('‹ Sessions')} onClick={props.onBack} />
-        <a className="jp-SacLink" href={ctx.service.historyCsvUrl(session.session_id)} download>
+        <a
+          className="jp-SacLink"
+          href={ctx.service.historyCsvUrl(session.session_id)}
+          download
+        >
           {trans.__('CSV')}
         </a>
       </div>
@@ -341,7 +433,11 @@ function Transcript(props: { ctx: ISacContext; session: any; onBack: () => void 
         )
       )}
       {cursor ? (
-        <SmallButton label={trans.__('More')} disabled={loading} onClick={() => void load(cursor)} />
+        <SmallButton
+          label={trans.__('More')}
+          disabled={loading}
+          onClick={() => void load(cursor)}
+        />
       ) : null}
     </div>
   );
@@ -357,7 +453,10 @@ function HistorySection(props: { ctx: ISacContext }): JSX.Element {
 
   const load = async (from: string | null) => {
     try {
-      const page = await ctx.service.historySessions(from, ctx.preferences().historyPageSize);
+      const page = await ctx.service.historySessions(
+        from,
+        ctx.preferences().historyPageSize
+      );
       setSessions(current => (from ? [...current, ...page.sessions] : page.sessions));
       setCursor(page.next_cursor);
       setError(null);
@@ -377,10 +476,22 @@ function HistorySection(props: { ctx: ISacContext }): JSX.Element {
       defaultOpen={false}
       actions={
         <>
-          <a className="jp-SacLink" href={ctx.service.historyCsvUrl()} download title={trans.__('Export all sessions as CSV')}>
+          <a
+            className="jp-SacLink"
+            href={ctx.service.historyCsvUrl()}
+            download
+            title={trans.__('Export all sessions as CSV')}
+          >
             CSV
           </a>
-          <SmallButton label="↻" title={trans.__('Refresh')} onClick={() => { setOpen(null); void load(null); }} />
+          <SmallButton
+            label="↻"
+            title={trans.__('Refresh')}
+            onClick={() => {
+              setOpen(null);
+              void load(null);
+            }}
+          />
         </>
       }
     >
@@ -393,11 +504,16 @@ function HistorySection(props: { ctx: ISacContext }): JSX.Element {
             <ul className="jp-SacList jp-SacSessions">
               {sessions.map(s => (
                 <li key={s.session_id}>
-                  <button className="jp-SacLink" onClick={() => setOpen(s)} title={s.first_prompt ?? ''}>
+                  <button
+                    className="jp-SacLink"
+                    onClick={() => setOpen(s)}
+                    title={s.first_prompt ?? ''}
+                  >
                     {s.first_prompt || trans.__('(no prompt)')}
                   </button>
                   <span className="jp-SacMuted">
-                    {formatTime(s.last_ts)} · {trans._n('%1 prompt', '%1 prompts', s.prompts ?? 0)} ·{' '}
+                    {formatTime(s.last_ts)} ·{' '}
+                    {trans._n('%1 prompt', '%1 prompts', s.prompts ?? 0)} ·{' '}
                     {trans._n('%1 entry', '%1 entries', s.events ?? 0)}
                   </span>
                 </li>
@@ -406,7 +522,9 @@ function HistorySection(props: { ctx: ISacContext }): JSX.Element {
           ) : (
             <p className="jp-SacMuted">{trans.__('No conversations yet.')}</p>
           )}
-          {cursor ? <SmallButton label={trans.__('More')} onClick={() => void load(cursor)} /> : null}
+          {cursor ? (
+            <SmallButton label={trans.__('More')} onClick={() => void load(cursor)} />
+          ) : null}
         </>
       )}
     </Section>
@@ -415,7 +533,10 @@ function HistorySection(props: { ctx: ISacContext }): JSX.Element {
 
 // ---- Approvals ------------------------------------------------------------------------------
 
-function ApprovalsSection(props: { ctx: ISacContext; onCount: (n: number) => void }): JSX.Element {
+function ApprovalsSection(props: {
+  ctx: ISacContext;
+  onCount: (n: number) => void;
+}): JSX.Element {
   const { ctx, onCount } = props;
   const { trans } = ctx;
   const [pending, setPending] = React.useState<IHitlRequest[]>([]);
@@ -432,9 +553,12 @@ function ApprovalsSection(props: { ctx: ISacContext; onCount: (n: number) => voi
 
   // Requests are decided by the person on the service's own page (its origin, their
   // login), never from here: this page's scripts run with the sandbox's authority.
-  const review = (request: IHitlRequest) => {
-    ctx.openServicePage(`approvals/${encodeURIComponent(request.id)}`);
-  };
+  const review = React.useCallback(
+    (request: IHitlRequest) => {
+      ctx.openServicePage(`approvals/${encodeURIComponent(request.id)}`);
+    },
+    [ctx]
+  );
 
   const refresh = React.useCallback(async () => {
     try {
@@ -454,10 +578,15 @@ function ApprovalsSection(props: { ctx: ISacContext; onCount: (n: number) => voi
         notices.current.set(
           ev.request.id,
           Notification.warning(
-            trans.__('Claude asks: %1', ev.request.question || ev.request.tool || trans.__('approval')),
+            trans.__(
+              'Claude asks: %1',
+              ev.request.question || ev.request.tool || trans.__('approval')
+            ),
             {
               autoClose: 8000,
-              actions: [{ label: trans.__('Review'), callback: () => review(ev.request) }]
+              actions: [
+                { label: trans.__('Review'), callback: () => review(ev.request) }
+              ]
             }
           )
         );
@@ -471,7 +600,7 @@ function ApprovalsSection(props: { ctx: ISacContext; onCount: (n: number) => voi
     return () => {
       ctx.events.hitl.disconnect(onHitl);
     };
-  }, [ctx, refresh, trans]);
+  }, [ctx, refresh, review, trans]);
 
   React.useEffect(() => onCount(pending.length), [pending.length, onCount]);
 
@@ -480,7 +609,13 @@ function ApprovalsSection(props: { ctx: ISacContext; onCount: (n: number) => voi
       id="approvals"
       title={trans.__('Approvals')}
       badge={pending.length}
-      actions={<SmallButton label="↻" title={trans.__('Refresh')} onClick={() => void refresh()} />}
+      actions={
+        <SmallButton
+          label="↻"
+          title={trans.__('Refresh')}
+          onClick={() => void refresh()}
+        />
+      }
     >
       <ErrorLine error={error} />
       {pending.length ? (
@@ -491,10 +626,21 @@ function ApprovalsSection(props: { ctx: ISacContext; onCount: (n: number) => voi
               <li key={r.id} className="jp-SacApproval" data-request={r.id}>
                 <div className="jp-SacApproval-tool">
                   <strong>{r.tool ?? trans.__('Terminal prompt')}</strong>
-                  {left !== null ? <span className="jp-SacMuted"> · {trans.__('%1 s left', left)}</span> : null}
+                  {left !== null ? (
+                    <span className="jp-SacMuted">
+                      {' '}
+                      · {trans.__('%1 s left', left)}
+                    </span>
+                  ) : null}
                 </div>
-                {r.question ? <div className="jp-SacApproval-question">{r.question}</div> : null}
-                {r.tool ? <code className="jp-SacApproval-input">{toolSummary(r.tool, r.input)}</code> : null}
+                {r.question ? (
+                  <div className="jp-SacApproval-question">{r.question}</div>
+                ) : null}
+                {r.tool ? (
+                  <code className="jp-SacApproval-input">
+                    {toolSummary(r.tool, r.input)}
+                  </code>
+                ) : null}
                 <details>
                   <summary>{trans.__('Input')}</summary>
                   <pre>{JSON.stringify(r.input, null, 2)}</pre>
@@ -512,7 +658,9 @@ function ApprovalsSection(props: { ctx: ISacContext; onCount: (n: number) => voi
                   <SmallButton
                     label={trans.__('Review and decide…')}
                     kind="accept"
-                    title={trans.__('Opens the request on the SAC service, where you approve or deny it')}
+                    title={trans.__(
+                      'Opens the request on the SAC service, where you approve or deny it'
+                    )}
                     onClick={() => review(r)}
                   />
                 </div>
@@ -553,7 +701,9 @@ export class SacSidebar extends ReactWidget {
     const { ctx } = this;
     return (
       <div className="jp-SacSidebar-content">
-        <h2 className="jp-SacSidebar-heading">{ctx.trans.__('Agent %1', ctx.agent.slug)}</h2>
+        <h2 className="jp-SacSidebar-heading">
+          {ctx.trans.__('Agent %1', ctx.agent.slug)}
+        </h2>
         <ApprovalsSection ctx={ctx} onCount={this.setPending} />
         <AgentSection ctx={ctx} />
         <SkillsSection ctx={ctx} />

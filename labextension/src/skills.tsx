@@ -23,17 +23,21 @@ const TIERS = ['', 'installed', 'official', 'public', 'group', 'private'];
 const PARAM_TYPES: ParamType[] = ['text', 'number', 'date', 'select'];
 
 type View =
-  | { kind: 'list' }
-  | { kind: 'edit'; skill: any | null }
-  | { kind: 'run'; skill: any };
+  { kind: 'list' } | { kind: 'edit'; skill: any | null } | { kind: 'run'; skill: any };
 
 // ---- run with a generated form -----------------------------------------------------------
 
-function RunForm(props: { ctx: ISacContext; skill: any; onDone: () => void }): JSX.Element {
+function RunForm(props: {
+  ctx: ISacContext;
+  skill: any;
+  onDone: () => void;
+}): JSX.Element {
   const { ctx, skill } = props;
   const { trans } = ctx;
   const params: ISkillParameter[] = skill.parameters ?? [];
-  const [raw, setRaw] = React.useState<Record<string, string>>(() => initialValues(params));
+  const [raw, setRaw] = React.useState<Record<string, string>>(() =>
+    initialValues(params)
+  );
   const [errors, setErrors] = React.useState<Record<string, string>>({});
   const [mode, setMode] = React.useState<'chat' | 'terminal'>('chat');
   const [error, setError] = React.useState<unknown>(null);
@@ -67,7 +71,11 @@ function RunForm(props: { ctx: ISacContext; skill: any; onDone: () => void }): J
   };
 
   return (
-    <form className="jp-SacForm" onSubmit={e => void run(e)} aria-label={trans.__('Run %1', skill.command)}>
+    <form
+      className="jp-SacForm"
+      onSubmit={e => void run(e)}
+      aria-label={trans.__('Run %1', skill.command)}
+    >
       <h4 className="jp-SacSubhead">/{skill.command}</h4>
       <p className="jp-SacMuted">{skill.description}</p>
       {params.map(p => (
@@ -94,7 +102,9 @@ function RunForm(props: { ctx: ISacContext; skill: any; onDone: () => void }): J
             <input
               className="jp-mod-styled"
               name={p.name}
-              type={p.type === 'number' ? 'number' : p.type === 'date' ? 'date' : 'text'}
+              type={
+                p.type === 'number' ? 'number' : p.type === 'date' ? 'date' : 'text'
+              }
               min={p.min ?? undefined}
               max={p.max ?? undefined}
               value={raw[p.name] ?? ''}
@@ -102,12 +112,18 @@ function RunForm(props: { ctx: ISacContext; skill: any; onDone: () => void }): J
             />
           )}
           {p.help ? <small className="jp-SacMuted">{p.help}</small> : null}
-          {errors[p.name] ? <small className="jp-SacError">{errors[p.name]}</small> : null}
+          {errors[p.name] ? (
+            <small className="jp-SacError">{errors[p.name]}</small>
+          ) : null}
         </label>
       ))}
       <label className="jp-SacField">
         <span>{trans.__('Run in')}</span>
-        <select className="jp-mod-styled" value={mode} onChange={e => setMode(e.target.value as 'chat' | 'terminal')}>
+        <select
+          className="jp-mod-styled"
+          value={mode}
+          onChange={e => setMode(e.target.value as 'chat' | 'terminal')}
+        >
           <option value="chat">{trans.__('Chat')}</option>
           <option value="terminal">{trans.__('Claude Terminal')}</option>
         </select>
@@ -160,10 +176,18 @@ function ParameterEditor(props: {
               ))}
             </select>
             <label className="jp-SacCheck">
-              <input type="checkbox" checked={Boolean(p.required)} onChange={e => set(i, { required: e.target.checked })} />
+              <input
+                type="checkbox"
+                checked={Boolean(p.required)}
+                onChange={e => set(i, { required: e.target.checked })}
+              />
               {trans.__('required')}
             </label>
-            <SmallButton label="✕" title={trans.__('Remove parameter')} onClick={() => props.onChange(props.params.filter((_, j) => j !== i))} />
+            <SmallButton
+              label="✕"
+              title={trans.__('Remove parameter')}
+              onClick={() => props.onChange(props.params.filter((_, j) => j !== i))}
+            />
           </div>
           <input
             className="jp-mod-styled"
@@ -176,7 +200,9 @@ function ParameterEditor(props: {
             className="jp-mod-styled"
             aria-label={trans.__('Default')}
             placeholder={trans.__('default')}
-            value={p.default === undefined || p.default === null ? '' : String(p.default)}
+            value={
+              p.default === undefined || p.default === null ? '' : String(p.default)
+            }
             onChange={e => set(i, { default: e.target.value })}
           />
           {p.type === 'select' ? (
@@ -195,10 +221,16 @@ function ParameterEditor(props: {
                   key={bound}
                   className="jp-mod-styled"
                   type="number"
-                  aria-label={bound === 'min' ? trans.__('Minimum') : trans.__('Maximum')}
+                  aria-label={
+                    bound === 'min' ? trans.__('Minimum') : trans.__('Maximum')
+                  }
                   placeholder={bound}
                   value={p[bound] ?? ''}
-                  onChange={e => set(i, { [bound]: e.target.value === '' ? null : Number(e.target.value) })}
+                  onChange={e =>
+                    set(i, {
+                      [bound]: e.target.value === '' ? null : Number(e.target.value)
+                    })
+                  }
                 />
               ))}
             </div>
@@ -209,13 +241,19 @@ function ParameterEditor(props: {
       <SmallButton
         label={trans.__('+ Parameter')}
         disabled={props.params.length >= 20}
-        onClick={() => props.onChange([...props.params, { name: '', type: 'text', required: false }])}
+        onClick={() =>
+          props.onChange([...props.params, { name: '', type: 'text', required: false }])
+        }
       />
     </fieldset>
   );
 }
 
-function SkillEditor(props: { ctx: ISacContext; skill: any | null; onDone: (saved: any | null) => void }): JSX.Element {
+function SkillEditor(props: {
+  ctx: ISacContext;
+  skill: any | null;
+  onDone: (saved: any | null) => void;
+}): JSX.Element {
   const { ctx, skill } = props;
   const { trans } = ctx;
   const [command, setCommand] = React.useState(skill?.command ?? '');
@@ -223,14 +261,20 @@ function SkillEditor(props: { ctx: ISacContext; skill: any | null; onDone: (save
   const [description, setDescription] = React.useState(skill?.description ?? '');
   const [body, setBody] = React.useState(skill?.body ?? '');
   const [prompt, setPrompt] = React.useState(skill?.prompt ?? '');
-  const [params, setParams] = React.useState<ISkillParameter[]>(skill?.parameters ?? []);
+  const [params, setParams] = React.useState<ISkillParameter[]>(
+    skill?.parameters ?? []
+  );
   const [error, setError] = React.useState<unknown>(null);
   const [busy, setBusy] = React.useState(false);
 
   const save = async (event: React.FormEvent) => {
     event.preventDefault();
     if (!skill && !isCommand(command)) {
-      setError(new Error(trans.__('command: lowercase letters, digits and single hyphens (kebab-case)')));
+      setError(
+        new Error(
+          trans.__('command: lowercase letters, digits and single hyphens (kebab-case)')
+        )
+      );
       return;
     }
     if (Object.keys(checkParameters(params)).length) {
@@ -249,7 +293,9 @@ function SkillEditor(props: { ctx: ISacContext; skill: any | null; onDone: (save
       const saved = skill
         ? await ctx.service.updateSkill(skill.id, fields)
         : await ctx.service.createSkill({ command, ...fields });
-      Notification.success(trans.__('Skill /%1 saved', saved.command), { autoClose: 3000 });
+      Notification.success(trans.__('Skill /%1 saved', saved.command), {
+        autoClose: 3000
+      });
       props.onDone(saved);
     } catch (e) {
       setError(e);
@@ -259,29 +305,63 @@ function SkillEditor(props: { ctx: ISacContext; skill: any | null; onDone: (save
   };
 
   return (
-    <form className="jp-SacForm" onSubmit={e => void save(e)} aria-label={trans.__('Edit skill')}>
-      <h4 className="jp-SacSubhead">{skill ? trans.__('Edit /%1', skill.command) : trans.__('New skill')}</h4>
+    <form
+      className="jp-SacForm"
+      onSubmit={e => void save(e)}
+      aria-label={trans.__('Edit skill')}
+    >
+      <h4 className="jp-SacSubhead">
+        {skill ? trans.__('Edit /%1', skill.command) : trans.__('New skill')}
+      </h4>
       {skill ? null : (
         <label className="jp-SacField">
           <span>{trans.__('Command')}</span>
-          <input className="jp-mod-styled" name="command" value={command} placeholder="draft-report" onChange={e => setCommand(e.target.value)} />
+          <input
+            className="jp-mod-styled"
+            name="command"
+            value={command}
+            placeholder="draft-report"
+            onChange={e => setCommand(e.target.value)}
+          />
         </label>
       )}
       <label className="jp-SacField">
         <span>{trans.__('Title')}</span>
-        <input className="jp-mod-styled" name="title" value={title} onChange={e => setTitle(e.target.value)} />
+        <input
+          className="jp-mod-styled"
+          name="title"
+          value={title}
+          onChange={e => setTitle(e.target.value)}
+        />
       </label>
       <label className="jp-SacField">
         <span>{trans.__('Description')}</span>
-        <input className="jp-mod-styled" name="description" value={description} onChange={e => setDescription(e.target.value)} />
+        <input
+          className="jp-mod-styled"
+          name="description"
+          value={description}
+          onChange={e => setDescription(e.target.value)}
+        />
       </label>
       <label className="jp-SacField">
         <span>{trans.__('Instructions (SKILL.md)')}</span>
-        <textarea className="jp-mod-styled" name="body" rows={8} value={body} onChange={e => setBody(e.target.value)} />
+        <textarea
+          className="jp-mod-styled"
+          name="body"
+          rows={8}
+          value={body}
+          onChange={e => setBody(e.target.value)}
+        />
       </label>
       <label className="jp-SacField">
         <span>{trans.__('Request, with {{parameter}} placeholders')}</span>
-        <textarea className="jp-mod-styled" name="prompt" rows={3} value={prompt} onChange={e => setPrompt(e.target.value)} />
+        <textarea
+          className="jp-mod-styled"
+          name="prompt"
+          rows={3}
+          value={prompt}
+          onChange={e => setPrompt(e.target.value)}
+        />
       </label>
       <ParameterEditor ctx={ctx} params={params} onChange={setParams} />
       <p className="jp-SacMuted">
@@ -381,7 +461,11 @@ export function SkillsSection(props: { ctx: ISacContext }): JSX.Element {
   if (view.kind === 'run') {
     return (
       <Section id="skills" title={trans.__('Skills')}>
-        <RunForm ctx={ctx} skill={view.skill} onDone={() => setView({ kind: 'list' })} />
+        <RunForm
+          ctx={ctx}
+          skill={view.skill}
+          onDone={() => setView({ kind: 'list' })}
+        />
       </Section>
     );
   }
@@ -404,7 +488,13 @@ export function SkillsSection(props: { ctx: ISacContext }): JSX.Element {
     <Section
       id="skills"
       title={trans.__('Skills')}
-      actions={<SmallButton label={trans.__('+ New')} title={trans.__('Create a skill')} onClick={() => setView({ kind: 'edit', skill: null })} />}
+      actions={
+        <SmallButton
+          label={trans.__('+ New')}
+          title={trans.__('Create a skill')}
+          onClick={() => setView({ kind: 'edit', skill: null })}
+        />
+      }
     >
       <div className="jp-SacRow">
         <input
@@ -415,10 +505,19 @@ export function SkillsSection(props: { ctx: ISacContext }): JSX.Element {
           value={query}
           onChange={e => setQuery(e.target.value)}
         />
-        <select className="jp-mod-styled" aria-label={trans.__('Tier')} value={tier} onChange={e => setTier(e.target.value)}>
+        <select
+          className="jp-mod-styled"
+          aria-label={trans.__('Tier')}
+          value={tier}
+          onChange={e => setTier(e.target.value)}
+        >
           {TIERS.map(t => (
             <option key={t} value={t}>
-              {t === '' ? trans.__('all tiers') : t === 'installed' ? trans.__('installed here') : t}
+              {t === ''
+                ? trans.__('all tiers')
+                : t === 'installed'
+                  ? trans.__('installed here')
+                  : t}
             </option>
           ))}
         </select>
@@ -428,7 +527,8 @@ export function SkillsSection(props: { ctx: ISacContext }): JSX.Element {
         {skills.map(s => {
           // What this agent has: the pinned version, which may be older than the
           // marketplace's `s`; runs use its parameters.
-          const here: (IInstalledSkill & Record<string, any>) | undefined = installed.get(s.id);
+          const here: (IInstalledSkill & Record<string, any>) | undefined =
+            installed.get(s.id);
           const isInstalled = here !== undefined;
           const offer = updateOffer(here);
           const mine = s.owner === ctx.agent.user;
@@ -436,12 +536,16 @@ export function SkillsSection(props: { ctx: ISacContext }): JSX.Element {
             <li key={s.id} className="jp-SacSkill" data-command={s.command}>
               <div className="jp-SacSkill-head">
                 <strong title={s.description}>{s.title || s.command}</strong>
-                <span className={`jp-SacTier jp-mod-${s.visibility}`}>{s.visibility}</span>
+                <span className={`jp-SacTier jp-mod-${s.visibility}`}>
+                  {s.visibility}
+                </span>
               </div>
               <div className="jp-SacMuted">
                 /{s.command} ·{' '}
                 <span className="jp-SacSkill-version">
-                  {here ? trans.__('v%1 installed', here.installed_version) : `v${s.version}`}
+                  {here
+                    ? trans.__('v%1 installed', here.installed_version)
+                    : `v${s.version}`}
                 </span>{' '}
                 · {trans._n('%1 install', '%1 installs', s.installs ?? 0)}
                 {s.owner ? ` · ${s.owner}` : ''}
@@ -449,18 +553,30 @@ export function SkillsSection(props: { ctx: ISacContext }): JSX.Element {
               <div className="jp-SacRow">
                 {isInstalled ? (
                   <>
-                    <SmallButton label={trans.__('Run')} kind="accept" onClick={() => setView({ kind: 'run', skill: here })} />
+                    <SmallButton
+                      label={trans.__('Run')}
+                      kind="accept"
+                      onClick={() => setView({ kind: 'run', skill: here })}
+                    />
                     {offer !== null ? (
                       <SmallButton
                         label={trans.__('Update to v%1', offer)}
                         disabled={working === s.id}
-                        onClick={() => void act(s, () => ctx.service.updateInstall(s.id, offer), true)}
+                        onClick={() =>
+                          void act(
+                            s,
+                            () => ctx.service.updateInstall(s.id, offer),
+                            true
+                          )
+                        }
                       />
                     ) : null}
                     <SmallButton
                       label={trans.__('Uninstall')}
                       disabled={working === s.id}
-                      onClick={() => void act(s, () => ctx.service.uninstall(s.id), true)}
+                      onClick={() =>
+                        void act(s, () => ctx.service.uninstall(s.id), true)
+                      }
                     />
                   </>
                 ) : (
@@ -470,17 +586,31 @@ export function SkillsSection(props: { ctx: ISacContext }): JSX.Element {
                     onClick={() => void act(s, () => ctx.service.install(s.id), true)}
                   />
                 )}
-                <SmallButton label={trans.__('Fork')} disabled={working === s.id} onClick={() => void act(s, () => ctx.service.forkSkill(s.id))} />
+                <SmallButton
+                  label={trans.__('Fork')}
+                  disabled={working === s.id}
+                  onClick={() => void act(s, () => ctx.service.forkSkill(s.id))}
+                />
                 {mine && s.visibility === 'private' ? (
-                  <SmallButton label={trans.__('Edit')} disabled={working === s.id} onClick={() => void edit(s)} />
+                  <SmallButton
+                    label={trans.__('Edit')}
+                    disabled={working === s.id}
+                    onClick={() => void edit(s)}
+                  />
                 ) : null}
                 {mine ? (
                   // Sharing, and changing what others installed, is a person's act on
                   // the service's own page, out of reach of this page's scripts.
                   <SmallButton
-                    label={s.visibility === 'private' ? trans.__('Share…') : trans.__('Manage…')}
+                    label={
+                      s.visibility === 'private'
+                        ? trans.__('Share…')
+                        : trans.__('Manage…')
+                    }
                     title={trans.__('Open this skill on the SAC service')}
-                    onClick={() => ctx.openServicePage(`skills/${encodeURIComponent(String(s.id))}`)}
+                    onClick={() =>
+                      ctx.openServicePage(`skills/${encodeURIComponent(String(s.id))}`)
+                    }
                   />
                 ) : null}
               </div>
@@ -488,8 +618,12 @@ export function SkillsSection(props: { ctx: ISacContext }): JSX.Element {
           );
         })}
       </ul>
-      {!skills.length && !error ? <p className="jp-SacMuted">{trans.__('No skills match.')}</p> : null}
-      {cursor ? <SmallButton label={trans.__('More')} onClick={() => void load(cursor)} /> : null}
+      {!skills.length && !error ? (
+        <p className="jp-SacMuted">{trans.__('No skills match.')}</p>
+      ) : null}
+      {cursor ? (
+        <SmallButton label={trans.__('More')} onClick={() => void load(cursor)} />
+      ) : null}
     </Section>
   );
 }

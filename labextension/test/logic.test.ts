@@ -37,7 +37,9 @@ import {
 
 describe('where things are', () => {
   it('finds the service on its own host with subdomains', () => {
-    expect(serviceBase('/hub/', 'http://localhost:8000')).toBe('http://sac--service.localhost:8000/services/sac/');
+    expect(serviceBase('/hub/', 'http://localhost:8000')).toBe(
+      'http://sac--service.localhost:8000/services/sac/'
+    );
     expect(serviceBase('/hub/', 'https://jupyter.example.org')).toBe(
       'https://sac--service.jupyter.example.org/services/sac/'
     );
@@ -65,7 +67,9 @@ describe('where things are', () => {
     expect(agentOpenUrl('http://localhost:8000', '/hub/', 'ann', 'spare')).toBe(
       'http://localhost:8000/hub/spawn/ann/spare?next=%2Fuser%2Fann%2Fspare%2Flab'
     );
-    expect(agentOpenUrl('', '/hub/', 'ann', 'spare')).toBe('/hub/spawn/ann/spare?next=%2Fuser%2Fann%2Fspare%2Flab');
+    expect(agentOpenUrl('', '/hub/', 'ann', 'spare')).toBe(
+      '/hub/spawn/ann/spare?next=%2Fuser%2Fann%2Fspare%2Flab'
+    );
   });
 });
 
@@ -96,7 +100,13 @@ describe('numbers people read', () => {
   it("sums this month's requests and tokens only", () => {
     const days = [
       { day: '2026-02-28', requests: 9, input_tokens: 900 },
-      { day: '2026-03-01', requests: 2, input_tokens: 100, output_tokens: 20, cache_read_input_tokens: 5 },
+      {
+        day: '2026-03-01',
+        requests: 2,
+        input_tokens: 100,
+        output_tokens: 20,
+        cache_read_input_tokens: 5
+      },
       { day: '2026-03-02', requests: 1, output_tokens: 7 }
     ];
     expect(monthUsage(days, '2026-03')).toEqual({ requests: 3, tokens: 132 });
@@ -113,9 +123,9 @@ describe('numbers people read', () => {
 describe('tools', () => {
   it('says what a call does in one line', () => {
     expect(toolSummary('Bash', { command: 'ls  -la\n/tmp' })).toBe('ls -la /tmp');
-    expect(toolSummary('Write', { file_path: '/workspace/output/a.txt', content: 'x' })).toBe(
-      '/workspace/output/a.txt'
-    );
+    expect(
+      toolSummary('Write', { file_path: '/workspace/output/a.txt', content: 'x' })
+    ).toBe('/workspace/output/a.txt');
     expect(toolSummary('mcp__x__y', { a: 1 })).toBe('{"a":1}');
     expect(toolSummary('Bash', { command: 'x'.repeat(300) })).toHaveLength(160);
     expect(toolKind('Edit')).toBe('file');
@@ -125,7 +135,11 @@ describe('tools', () => {
 });
 
 describe('chat', () => {
-  const ev = (seq: number, type: string, extra: Record<string, unknown> = {}): IChatEvent => ({
+  const ev = (
+    seq: number,
+    type: string,
+    extra: Record<string, unknown> = {}
+  ): IChatEvent => ({
     seq,
     session_id: 's1',
     turn_id: 't1',
@@ -138,11 +152,17 @@ describe('chat', () => {
     ev(2, 'session', { model: 'm' }),
     ev(3, 'text', { text: 'Let me look.' }),
     ev(4, 'tool_use', { id: 'tu1', name: 'Bash', input: { command: 'ls' } }),
-    ev(5, 'todos', { todos: [{ content: 'look', status: 'in_progress', activeForm: 'Looking' }] }),
+    ev(5, 'todos', {
+      todos: [{ content: 'look', status: 'in_progress', activeForm: 'Looking' }]
+    }),
     ev(6, 'tool_result', { tool_use_id: 'tu1', content: 'a.txt', is_error: false }),
     ev(7, 'text', { text: 'There is **a.txt**.' }),
     ev(8, 'text', { text: 'Done.' }),
-    ev(9, 'result', { usage: { input_tokens: 10, cache_read_input_tokens: 5, output_tokens: 3 }, cost_usd: 0.0012, duration_ms: 2100 }),
+    ev(9, 'result', {
+      usage: { input_tokens: 10, cache_read_input_tokens: 5, output_tokens: 3 },
+      cost_usd: 0.0012,
+      duration_ms: 2100
+    }),
     ev(10, 'turn_end', { exit_code: 0 })
   ];
 
@@ -157,13 +177,21 @@ describe('chat', () => {
       state = reduceChat(state, e);
     }
     expect(state.running).toBe(false);
-    expect(state.items.map(i => i.kind)).toEqual(['user', 'text', 'tool', 'text', 'result']);
+    expect(state.items.map(i => i.kind)).toEqual([
+      'user',
+      'text',
+      'tool',
+      'text',
+      'result'
+    ]);
     const tool = state.items[2];
     expect(tool.kind === 'tool' && tool.step.result).toBe('a.txt');
     const text = state.items[3];
     expect(text.kind === 'text' && text.text).toBe('There is **a.txt**.\n\nDone.');
     const result = state.items[4];
-    expect(result.kind === 'result' && formatTurnCost(result.result)).toBe('$0.0012 · 15 in / 3 out · 2.1 s');
+    expect(result.kind === 'result' && formatTurnCost(result.result)).toBe(
+      '$0.0012 · 15 in / 3 out · 2.1 s'
+    );
   });
 
   it('ignores replayed events and other sessions', () => {
@@ -173,13 +201,19 @@ describe('chat', () => {
     }
     const again = turn.reduce(reduceChat, state);
     expect(again).toBe(state);
-    const other = reduceChat(state, { ...ev(11, 'text', { text: 'x' }), session_id: 's2' });
+    const other = reduceChat(state, {
+      ...ev(11, 'text', { text: 'x' }),
+      session_id: 's2'
+    });
     expect(other).toBe(state);
   });
 
   it('shows errors and cancellation', () => {
     let state = reduceChat(emptyChat(), ev(1, 'turn_start', { message: 'x' }));
-    state = reduceChat(state, ev(2, 'error', { message: 'overloaded', retry: { attempt: 1 } }));
+    state = reduceChat(
+      state,
+      ev(2, 'error', { message: 'overloaded', retry: { attempt: 1 } })
+    );
     state = reduceChat(state, ev(3, 'cancelled'));
     state = reduceChat(state, ev(4, 'turn_end', { exit_code: null }));
     expect(state.sessionId).toBe('s1');
@@ -199,24 +233,82 @@ describe('chat', () => {
 describe('history transcript', () => {
   it('shows prompts and answers open, tool calls and results collapsed', () => {
     const rows = transcriptRows([
-      { session_id: 's', uuid: 'u1', ts: '2026-03-01T10:00:00Z', kind: 'user', payload: { type: 'user', message: { role: 'user', content: 'hello' } } },
       {
-        session_id: 's', uuid: 'u2', ts: '2026-03-01T10:00:01Z', kind: 'assistant',
-        payload: { type: 'assistant', message: { content: [{ type: 'text', text: 'Hi' }, { type: 'tool_use', id: 't', name: 'Bash', input: { command: 'pwd' } }] } }
+        session_id: 's',
+        uuid: 'u1',
+        ts: '2026-03-01T10:00:00Z',
+        kind: 'user',
+        payload: { type: 'user', message: { role: 'user', content: 'hello' } }
       },
       {
-        session_id: 's', uuid: 'u3', ts: '2026-03-01T10:00:02Z', kind: 'user',
-        payload: { type: 'user', message: { content: [{ type: 'tool_result', tool_use_id: 't', content: [{ type: 'text', text: '/workspace' }] }] } }
+        session_id: 's',
+        uuid: 'u2',
+        ts: '2026-03-01T10:00:01Z',
+        kind: 'assistant',
+        payload: {
+          type: 'assistant',
+          message: {
+            content: [
+              { type: 'text', text: 'Hi' },
+              { type: 'tool_use', id: 't', name: 'Bash', input: { command: 'pwd' } }
+            ]
+          }
+        }
       },
-      { session_id: 's', uuid: 'u4', ts: '2026-03-01T10:00:03Z', kind: 'summary', payload: { type: 'summary', summary: 'A greeting' } },
-      { session_id: 's', uuid: 'u5', ts: '2026-03-01T10:00:04Z', kind: 'queue-operation', payload: { type: 'queue-operation', content: 'hello' } },
       {
-        session_id: 's', uuid: 'u6', ts: '2026-03-01T10:00:05Z', kind: 'user',
-        payload: { type: 'user', isMeta: true, message: { content: [{ type: 'text', text: 'Caveat: local commands' }] } }
+        session_id: 's',
+        uuid: 'u3',
+        ts: '2026-03-01T10:00:02Z',
+        kind: 'user',
+        payload: {
+          type: 'user',
+          message: {
+            content: [
+              {
+                type: 'tool_result',
+                tool_use_id: 't',
+                content: [{ type: 'text', text: '/workspace' }]
+              }
+            ]
+          }
+        }
       },
       {
-        session_id: 's', uuid: 'u7', ts: '2026-03-01T10:00:06Z', kind: 'user',
-        payload: { type: 'user', message: { content: [{ type: 'text', text: '<system-reminder>env</system-reminder>' }] } }
+        session_id: 's',
+        uuid: 'u4',
+        ts: '2026-03-01T10:00:03Z',
+        kind: 'summary',
+        payload: { type: 'summary', summary: 'A greeting' }
+      },
+      {
+        session_id: 's',
+        uuid: 'u5',
+        ts: '2026-03-01T10:00:04Z',
+        kind: 'queue-operation',
+        payload: { type: 'queue-operation', content: 'hello' }
+      },
+      {
+        session_id: 's',
+        uuid: 'u6',
+        ts: '2026-03-01T10:00:05Z',
+        kind: 'user',
+        payload: {
+          type: 'user',
+          isMeta: true,
+          message: { content: [{ type: 'text', text: 'Caveat: local commands' }] }
+        }
+      },
+      {
+        session_id: 's',
+        uuid: 'u7',
+        ts: '2026-03-01T10:00:06Z',
+        kind: 'user',
+        payload: {
+          type: 'user',
+          message: {
+            content: [{ type: 'text', text: '<system-reminder>env</system-reminder>' }]
+          }
+        }
       }
     ]);
     expect(rows.map(r => [r.role, r.collapsed])).toEqual([
@@ -243,20 +335,40 @@ describe('skills', () => {
   ];
 
   it('starts the form from the defaults', () => {
-    expect(initialValues(params)).toEqual({ file: '', rows: '10', since: '', style: 'short' });
+    expect(initialValues(params)).toEqual({
+      file: '',
+      rows: '10',
+      since: '',
+      style: 'short'
+    });
   });
 
   it('checks values by type before they are sent', () => {
-    const bad = checkValues(params, { file: ' ', rows: '500', since: '2026-13-45', style: 'medium' });
+    const bad = checkValues(params, {
+      file: ' ',
+      rows: '500',
+      since: '2026-13-45',
+      style: 'medium'
+    });
     expect(bad.errors).toEqual({
       file: 'required',
       rows: 'at most 100',
       since: 'not a date (YYYY-MM-DD)',
       style: 'one of short, long'
     });
-    const good = checkValues(params, { file: 'a.csv', rows: '5', since: '2026-03-01', style: 'long' });
+    const good = checkValues(params, {
+      file: 'a.csv',
+      rows: '5',
+      since: '2026-03-01',
+      style: 'long'
+    });
     expect(good.errors).toEqual({});
-    expect(good.values).toEqual({ file: 'a.csv', rows: 5, since: '2026-03-01', style: 'long' });
+    expect(good.values).toEqual({
+      file: 'a.csv',
+      rows: 5,
+      since: '2026-03-01',
+      style: 'long'
+    });
   });
 
   it('refuses bad parameter definitions in the editor', () => {
@@ -284,11 +396,23 @@ describe('skills', () => {
   });
 
   it('offers an update only to a newer version the owner may still see', () => {
-    expect(updateOffer({ installed_version: 2, latest_version: 4, update_available: true })).toBe(4);
-    expect(updateOffer({ installed_version: 4, latest_version: 4, update_available: false })).toBeNull();
+    expect(
+      updateOffer({ installed_version: 2, latest_version: 4, update_available: true })
+    ).toBe(4);
+    expect(
+      updateOffer({ installed_version: 4, latest_version: 4, update_available: false })
+    ).toBeNull();
     // no longer readable: no version announced, nothing offered
-    expect(updateOffer({ installed_version: 2, latest_version: null, update_available: false })).toBeNull();
-    expect(updateOffer({ installed_version: 5, latest_version: 4, update_available: true })).toBeNull();
+    expect(
+      updateOffer({
+        installed_version: 2,
+        latest_version: null,
+        update_available: false
+      })
+    ).toBeNull();
+    expect(
+      updateOffer({ installed_version: 5, latest_version: 4, update_available: true })
+    ).toBeNull();
     expect(updateOffer(undefined)).toBeNull();
   });
 
@@ -302,8 +426,17 @@ describe('skills', () => {
 
 describe('approvals and output', () => {
   const req = (id: string, created: string, status = 'pending'): IHitlRequest => ({
-    id, user: 'ann', agent: 'a', kind: 'tool', tool: 'Bash', input: {}, question: null,
-    options: [], status, created_at: created, expires_at: null
+    id,
+    user: 'ann',
+    agent: 'a',
+    kind: 'tool',
+    tool: 'Bash',
+    input: {},
+    question: null,
+    options: [],
+    status,
+    created_at: created,
+    expires_at: null
   });
 
   it('keeps the pending list newest first, without duplicates or decided ones', () => {
@@ -311,19 +444,35 @@ describe('approvals and output', () => {
     pending = applyHitlEvent(pending, 'requested', req('2', '2026-03-01T10:01:00Z'));
     pending = applyHitlEvent(pending, 'requested', req('1', '2026-03-01T10:00:00Z'));
     expect(pending.map(r => r.id)).toEqual(['2', '1']);
-    pending = applyHitlEvent(pending, 'decided', req('2', '2026-03-01T10:01:00Z', 'approved'));
+    pending = applyHitlEvent(
+      pending,
+      'decided',
+      req('2', '2026-03-01T10:01:00Z', 'approved')
+    );
     expect(pending.map(r => r.id)).toEqual(['1']);
   });
 
   it('denies with the refusing options of a terminal prompt and allows with the others', () => {
-    expect(['1. Yes', 'Yes, and do not ask again', 'No, and tell Claude what to do differently', 'Deny', 'cancel'].map(optionDecision)).toEqual(
-      ['allow', 'allow', 'deny', 'deny', 'deny']
-    );
+    expect(
+      [
+        '1. Yes',
+        'Yes, and do not ask again',
+        'No, and tell Claude what to do differently',
+        'Deny',
+        'cancel'
+      ].map(optionDecision)
+    ).toEqual(['allow', 'allow', 'deny', 'deny', 'deny']);
   });
 
   it('finds a skill by its command, title or description, whatever the case', () => {
-    const skill = { command: 'summarise-csv', title: 'Summarise a CSV', description: 'Columns and totals.' };
-    expect(['', '  ', 'CSV', 'summarise-', 'totals'].map(q => skillMatches(skill, q))).toEqual([true, true, true, true, true]);
+    const skill = {
+      command: 'summarise-csv',
+      title: 'Summarise a CSV',
+      description: 'Columns and totals.'
+    };
+    expect(
+      ['', '  ', 'CSV', 'summarise-', 'totals'].map(q => skillMatches(skill, q))
+    ).toEqual([true, true, true, true, true]);
     expect(skillMatches(skill, 'pdf')).toBe(false);
     expect(skillMatches({ command: 'bare' }, 'bare')).toBe(true);
   });
@@ -336,9 +485,21 @@ describe('approvals and output', () => {
   });
 
   it('lists the newest artifacts once each and drops deleted ones', () => {
-    let list = applyOutputEvent([], { action: 'created', path: 'output/a.png', size: 10 }, 't1');
-    list = applyOutputEvent(list, { action: 'created', path: 'output/b.csv', size: 5 }, 't2');
-    list = applyOutputEvent(list, { action: 'modified', path: 'output/a.png', size: 12 }, 't3');
+    let list = applyOutputEvent(
+      [],
+      { action: 'created', path: 'output/a.png', size: 10 },
+      't1'
+    );
+    list = applyOutputEvent(
+      list,
+      { action: 'created', path: 'output/b.csv', size: 5 },
+      't2'
+    );
+    list = applyOutputEvent(
+      list,
+      { action: 'modified', path: 'output/a.png', size: 12 },
+      't3'
+    );
     expect(list.map(a => [a.path, a.size])).toEqual([
       ['output/a.png', 12],
       ['output/b.csv', 5]
@@ -356,8 +517,12 @@ describe('servicePageUrl', () => {
   const base = 'http://sac--service.localhost:8000/services/sac/';
 
   it('puts a page under the service base', () => {
-    expect(servicePageUrl(base, 'approvals/6f1c-9b2e')).toBe(`${base}approvals/6f1c-9b2e`);
-    expect(servicePageUrl(base.slice(0, -1), 'agents/alice/a1')).toBe(`${base}agents/alice/a1`);
+    expect(servicePageUrl(base, 'approvals/6f1c-9b2e')).toBe(
+      `${base}approvals/6f1c-9b2e`
+    );
+    expect(servicePageUrl(base.slice(0, -1), 'agents/alice/a1')).toBe(
+      `${base}agents/alice/a1`
+    );
   });
 
   it('keeps encoded names encoded and never climbs out of the base', () => {
@@ -369,7 +534,12 @@ describe('servicePageUrl', () => {
 });
 
 describe('sandboxFacts', () => {
-  const resolved = { cpu_limit: 0.5, mem_limit: 512 * 2 ** 20, max_processes: 64, disk_limit: 2 ** 30 };
+  const resolved = {
+    cpu_limit: 0.5,
+    mem_limit: 512 * 2 ** 20,
+    max_processes: 64,
+    disk_limit: 2 ** 30
+  };
 
   it('shows use now beside the limits that hold, and says which do not', () => {
     const facts = sandboxFacts(
@@ -398,12 +568,20 @@ describe('sandboxFacts', () => {
     expect(sandboxFacts(null, resolved).cpu).toBe('— / 0.5 CPUs (at start)');
     const stopped = sandboxFacts(
       {
-        running: false, cpu_percent: null, memory_bytes: null, processes: null,
-        disk_bytes: 2 * 2 ** 30, net_sent_bytes: null, net_received_bytes: null, limits: {}
+        running: false,
+        cpu_percent: null,
+        memory_bytes: null,
+        processes: null,
+        disk_bytes: 2 * 2 ** 30,
+        net_sent_bytes: null,
+        net_received_bytes: null,
+        limits: {}
       },
       resolved
     );
-    expect(stopped.disk).toBe('2.0 GiB / 1.0 GiB (over the limit: it will not start again)');
+    expect(stopped.disk).toBe(
+      '2.0 GiB / 1.0 GiB (over the limit: it will not start again)'
+    );
     expect(stopped.network).toBe('—');
   });
 });
