@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CHP := .npm/node_modules/.bin/configurable-http-proxy
 CHP_VERSION := 4.6.3
 
-.PHONY: up test install system-deps lint bench clean labextension
+.PHONY: up test test-fast install system-deps lint bench clean labextension
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,10 +56,18 @@ up: system-deps install
 lint: install
 	$(BIN)/ruff check jupyter_sac tests bench hub_config
 	$(BIN)/ruff format --check jupyter_sac tests bench hub_config
+	cd labextension && npm run --silent lint
 
 test: system-deps lint
 	cd labextension && npx tsc --noEmit && npm test
 	SAC_CHP_COMMAND=$(CURDIR)/$(CHP) $(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Everything that needs no whole stack (pure rules, the store on a real PostgreSQL,
+# the extension in-process, manifests, the labextension's unit tests): the loop to
+# run while changing code. Tests that start a stack are marked `stack` (conftest.py).
+test-fast: install
+	cd labextension && npm test --silent
+	SAC_CHP_COMMAND=$(CURDIR)/$(CHP) $(BIN)/python -m pytest -q -p no:cacheprovider -m "not stack"
 
 bench: system-deps install
 	SAC_CHP_COMMAND=$(CURDIR)/$(CHP) $(BIN)/python bench/spawn.py

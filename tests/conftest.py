@@ -131,3 +131,15 @@ def s3_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
                    "service_url": running.service_url,
                    "data_dir": running.data_dir, "endpoint": endpoint,
                    "moto_log": moto_log}  # fmt: skip
+
+
+# Fixtures that start a whole `sac up` stack (or a Kubernetes emulator with one).
+# A test that uses any of them, directly or through another fixture, is a `stack`
+# test; `make test-fast` runs the others.
+STACK_FIXTURES = frozenset({"stack", "s3_stack", "culling_stack"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if STACK_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.stack)
