@@ -54,8 +54,8 @@ up: system-deps install
 	SAC_CHP_COMMAND=$(CURDIR)/$(CHP) $(BIN)/sac up
 
 lint: install
-	$(BIN)/ruff check jupyter_sac tests bench hub_config
-	$(BIN)/ruff format --check jupyter_sac tests bench hub_config
+	$(BIN)/ruff check jupyter_sac sac_testing tests bench hub_config
+	$(BIN)/ruff format --check jupyter_sac sac_testing tests bench hub_config
 
 test: system-deps lint
 	cd labextension && npx tsc --noEmit && npm test

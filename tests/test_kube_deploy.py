@@ -22,7 +22,7 @@ from packaging.version import Version
 from traitlets.config import Config
 
 from jupyter_sac.service.forwarded import TrustedProxies
-from jupyter_sac.testing.z2jh import helm_merge, violations
+from sac_testing.z2jh import helm_merge, violations
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = {name: ROOT / "images" / name / "Dockerfile" for name in ("sandbox", "hub")}
