@@ -15,7 +15,7 @@ $(BIN)/python:
 
 # The labextension is built and linked by `make labextension`, not by the build hook.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	SKIP_JUPYTER_BUILDER=1 $(BIN)/pip install -q -e ".[test]"
+	SKIP_JUPYTER_BUILDER=1 $(BIN)/pip install -q -e ".[all,test]"
 	touch $@
 
 $(CHP):
@@ -56,6 +56,7 @@ up: system-deps install
 lint: install
 	$(BIN)/ruff check jupyter_sac sac_testing tests bench hub_config
 	$(BIN)/ruff format --check jupyter_sac sac_testing tests bench hub_config
+	$(BIN)/deptry .
 
 test: system-deps lint
 	cd labextension && npx tsc --noEmit && npm test

@@ -56,9 +56,13 @@ def args(steps: list[tuple[str, str]]) -> dict[str, str]:
 
 
 def pyproject_requirements() -> dict[str, Requirement]:
+    """The base dependencies and every extra's, without the extras that name others."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    reqs = [Requirement(r) for r in project["dependencies"]]
-    return {r.name: r for r in reqs}
+    lines = project["dependencies"] + [
+        line for extra in project["optional-dependencies"].values() for line in extra
+    ]
+    reqs = [Requirement(line) for line in lines]
+    return {r.name: r for r in reqs if r.name != project["name"]}
 
 
 @pytest.mark.parametrize("name", sorted(IMAGES))
