@@ -65,6 +65,12 @@ def pyproject_requirements() -> dict[str, Requirement]:
     return {r.name: r for r in reqs if r.name != project["name"]}
 
 
+def pyproject_extras() -> set[str]:
+    return set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    )
+
+
 @pytest.mark.parametrize("name", sorted(IMAGES))
 def test_image_runs_as_non_root_with_a_healthcheck(name: str) -> None:
     steps = instructions(IMAGES[name])
@@ -132,7 +138,23 @@ def test_image_versions_are_pinned_and_match_pyproject(name: str) -> None:
     for word, rest in final_stage(steps):
         if word == "RUN" and "pip install" in rest:
             for spec in re.findall(r'"([^"]+)"', rest):
-                assert "==" in spec, spec
+                assert "==" in spec or spec.startswith("${wheel}["), spec
+
+
+@pytest.mark.parametrize(
+    ("name", "extras"),
+    [("sandbox", {"sandbox", "notebook"}), ("hub", {"hub", "kubernetes", "s3"})],
+)
+def test_image_installs_only_its_part_of_the_wheel(name: str, extras: set[str]) -> None:
+    """The sandbox image carries no hub parts and the hub image no sandbox parts
+    (tests/test_packaging.py checks what each extra pulls in)."""
+    installs = [rest for word, rest in final_stage(instructions(IMAGES[name]))
+                if word == "RUN" and "pip install" in rest]  # fmt: skip
+    assert len(installs) == 1, installs
+    assert re.search(r"wheel=\$\(echo /wheels/jupyter_sac-\*\.whl\)", installs[0])
+    (wanted,) = re.findall(r'"\$\{wheel\}\[([^\]]*)\]"', installs[0])
+    assert set(wanted.split(",")) == extras
+    assert extras <= pyproject_extras()
 
 
 def load_values() -> dict[str, Any]:
