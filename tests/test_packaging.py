@@ -5,18 +5,20 @@ PostgreSQL or the Kubernetes client, nor the hub image JupyterLab and the claude
 CLI (pyproject.toml says which part each extra is for). The wheel is built from
 the source tree as `pip wheel` would, without build isolation (the test extra
 has the build backend; `make install` has built the JupyterLab extension), and
-its METADATA, entry points and files are read back.
+its METADATA, entry points and files are read back. Each part's modules are
+then imported with every package that its extra does not install out of reach.
 """
 
 from __future__ import annotations
 
 import configparser
+import json
 import subprocess
 import sys
 import zipfile
 from collections.abc import Iterator
 from email.parser import Parser
-from importlib.metadata import EntryPoint
+from importlib.metadata import EntryPoint, packages_distributions
 from pathlib import Path
 
 import pytest
@@ -125,3 +127,58 @@ def test_wheel_has_the_labextension_and_no_test_fakes(wheel: zipfile.ZipFile) ->
     assert (Path(jupyter_sac.__file__).parent / path["src"] / "package.json").is_file()
     assert not [n for n in names if n.startswith(("jupyter_sac/testing/", "sac_testing/"))]
     assert "jupyter_sac/server_extension/__init__.py" in names
+
+
+# What each part's process imports; its extra (and the base) must cover it.
+PART_ENTRY_MODULES: dict[str | None, list[str]] = {
+    None: ["jupyter_sac", "jupyter_sac.cli", "jupyter_sac.client", "jupyter_sac.localhost"],
+    "sandbox": ["jupyter_sac.server_extension", "jupyter_sac.runtimes.claude"],
+    "hub": [
+        "jupyter_sac.hubconfig",
+        "jupyter_sac.auth",
+        "jupyter_sac.service.app",
+        "jupyter_sac.spawner",
+    ],
+    "kubernetes": ["jupyter_sac.spawner.kube"],
+    "notebook": ["jupyter_sac.widgets"],
+}
+
+# Runs in a fresh interpreter: any import that a jupyter_sac module makes of a
+# package outside the part's extra fails, as it would where only that extra is installed.
+ONLY_THE_EXTRA = """
+import json, sys
+blocked, modules = json.loads(sys.argv[1])
+
+class OutsideTheExtra:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] not in blocked:
+            return None
+        frame = sys._getframe(1)
+        while frame and frame.f_code.co_filename.startswith("<frozen"):
+            frame = frame.f_back
+        importer = frame.f_globals.get("__name__", "") if frame else ""
+        if importer.split(".")[0] == "jupyter_sac":
+            raise ImportError(f"{importer} imports {name}, which its extra does not install")
+        return None
+
+sys.meta_path.insert(0, OutsideTheExtra())
+for module in modules:
+    __import__(module)
+"""
+
+
+@pytest.mark.parametrize("part", list(PART_ENTRY_MODULES), ids=str)
+def test_each_part_imports_only_its_extra(wheel: zipfile.ZipFile, part: str | None) -> None:
+    declared = set().union(*(requirements(wheel, extra) for extra in PARTS))
+    outside = declared - requirements(wheel, part)
+    blocked = sorted(
+        module
+        for module, dists in packages_distributions().items()
+        if {canonicalize_name(d) for d in dists} & outside
+    )
+    assert blocked
+    proc = subprocess.run(
+        [sys.executable, "-c", ONLY_THE_EXTRA, json.dumps([blocked, PART_ENTRY_MODULES[part]])],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
