@@ -22,6 +22,7 @@ from importlib.metadata import EntryPoint, packages_distributions
 from pathlib import Path
 
 import pytest
+from jupyterhub.app import JupyterHub
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -115,6 +116,11 @@ def test_entry_points_name_the_spawners_and_the_authenticator(wheel: zipfile.Zip
     for (group, name), class_name in expected.items():
         loaded = EntryPoint(name, parser[group][name], group).load()
         assert loaded.__name__ == class_name
+    # ... and JupyterHub resolves the names (from the installed distribution's entry points).
+    hub = JupyterHub(spawner_class="sac-kubernetes", authenticator_class="sac-native")
+    assert hub.spawner_class.__name__ == "KubeAgentSpawner"
+    assert hub.authenticator_class.__name__ == "SacNativeAuthenticator"
+    assert JupyterHub(spawner_class="sac-local").spawner_class.__name__ == "LocalAgentSpawner"
 
 
 def test_wheel_has_the_labextension_and_no_test_fakes(wheel: zipfile.ZipFile) -> None:
