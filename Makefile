@@ -15,7 +15,7 @@ $(BIN)/python:
 
 # The labextension is built and linked by `make labextension`, not by the build hook.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	SKIP_JUPYTER_BUILDER=1 $(BIN)/pip install -q -e ".[test]"
+	SKIP_JUPYTER_BUILDER=1 $(BIN)/pip install -q -e ".[all,test]"
 	touch $@
 
 $(CHP):
@@ -54,8 +54,9 @@ up: system-deps install
 	SAC_CHP_COMMAND=$(CURDIR)/$(CHP) $(BIN)/sac up
 
 lint: install
-	$(BIN)/ruff check jupyter_sac tests bench hub_config
-	$(BIN)/ruff format --check jupyter_sac tests bench hub_config
+	$(BIN)/ruff check jupyter_sac sac_testing tests bench hub_config
+	$(BIN)/ruff format --check jupyter_sac sac_testing tests bench hub_config
+	$(BIN)/deptry .
 	cd labextension && npm run --silent lint
 
 test: system-deps lint

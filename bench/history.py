@@ -37,9 +37,9 @@ from pathlib import Path
 import httpx
 import psycopg
 
+from jupyter_sac.localhost import resolve_localhost
 from jupyter_sac.store import Store
-from jupyter_sac.testing.resolve import resolve_localhost
-from jupyter_sac.testing.stack import embedded_stack, find_descendant
+from sac_testing.stack import embedded_stack, find_descendant
 
 # The stack serves the hub, the service and each user on *.localhost hosts.
 resolve_localhost()

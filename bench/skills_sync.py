@@ -36,12 +36,12 @@ from pathlib import Path
 import httpx
 import psycopg
 
+from jupyter_sac.localhost import resolve_localhost
 from jupyter_sac.server_extension.hitl import ServiceClient
 from jupyter_sac.server_extension.skills_sync import SkillSync, entry_spec
 from jupyter_sac.skills import read_bundle, skill_markdown
 from jupyter_sac.store import Store
-from jupyter_sac.testing.resolve import resolve_localhost
-from jupyter_sac.testing.stack import embedded_stack
+from sac_testing.stack import embedded_stack
 
 # The stack serves the hub, the service and each user on *.localhost hosts.
 resolve_localhost()

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import httpx
 
-from jupyter_sac.testing.resolve import resolve_localhost
-from jupyter_sac.testing.stack import RunningStack, embedded_stack, poll_until
+from jupyter_sac.localhost import resolve_localhost
+from sac_testing.stack import RunningStack, embedded_stack, poll_until
 
 # The stack serves the hub, the service and each user on *.localhost hosts.
 resolve_localhost()

@@ -29,9 +29,9 @@ import httpx
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
+from jupyter_sac.localhost import resolve_localhost
 from jupyter_sac.stack import free_port
-from jupyter_sac.testing.resolve import resolve_localhost
-from jupyter_sac.testing.stack import embedded_stack, http_status, poll_until, stop_process
+from sac_testing.stack import embedded_stack, http_status, poll_until, stop_process
 
 # The stack serves the hub, the service and each user on *.localhost hosts.
 resolve_localhost()

@@ -28,13 +28,13 @@ from pathlib import Path
 
 import httpx
 
+from jupyter_sac.localhost import resolve_localhost
 from jupyter_sac.objects import LocalStore
 from jupyter_sac.server_extension.workspace_sync import WorkspaceSync
 from jupyter_sac.stack import free_port
 from jupyter_sac.store import Store
-from jupyter_sac.testing.resolve import resolve_localhost
-from jupyter_sac.testing.stack import embedded_stack
 from jupyter_sac.workspace import object_key
+from sac_testing.stack import embedded_stack
 
 # The stack serves the hub, the service and each user on *.localhost hosts.
 resolve_localhost()

@@ -135,7 +135,13 @@ def prewarm_when_running(c: Any) -> None:
         from .spawner.local import LocalAgentSpawner
 
         spawner_class = c.JupyterHub.get("spawner_class")
-        if spawner_class in (LocalAgentSpawner, "jupyter_sac.spawner.LocalAgentSpawner"):
+        # the class, its import string, or its entry point's name (pyproject.toml)
+        if spawner_class in (
+            LocalAgentSpawner,
+            "jupyter_sac.spawner.LocalAgentSpawner",
+            "jupyter_sac.spawner.local.LocalAgentSpawner",
+            "sac-local",
+        ):
             LocalAgentSpawner(config=c).prewarm()
 
     loop.call_soon(start)

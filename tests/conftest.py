@@ -14,9 +14,9 @@ import psycopg
 import pytest
 from helpers import HubApi
 
+from jupyter_sac.localhost import resolve_localhost
 from jupyter_sac.stack import free_port
-from jupyter_sac.testing.resolve import resolve_localhost
-from jupyter_sac.testing.stack import embedded_stack, http_status, poll_until, stop_process
+from sac_testing.stack import embedded_stack, http_status, poll_until, stop_process
 
 ADMIN_PASSWORD = "admin-test-password"
 
@@ -52,7 +52,7 @@ def database_url(pg_server: str) -> Iterator[str]:
 def fake_anthropic() -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter_sac.testing.fake_anthropic", "--port", str(port)],
+        [sys.executable, "-m", "sac_testing.fake_anthropic", "--port", str(port)],
         stdout=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
@@ -102,7 +102,7 @@ def new_user(admin: HubApi):
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory):
     """A real S3-compatible HTTP server (moto in server mode) for the whole session."""
-    from jupyter_sac.testing.s3_server import s3_server
+    from sac_testing.s3_server import s3_server
 
     with s3_server(tmp_path_factory.mktemp("s3") / "moto.log") as endpoint:
         yield endpoint
@@ -115,7 +115,7 @@ S3_BUCKET = "sac-skills"
 def s3_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A second `sac up` stack whose service keeps objects (skill bundles, workspace
     files) in a real S3-compatible server (moto, over HTTP)."""
-    from jupyter_sac.testing.s3_server import s3_server
+    from sac_testing.s3_server import s3_server
 
     workdir = tmp_path_factory.mktemp("sac-s3")
     moto_log = workdir / "moto.log"

@@ -17,8 +17,8 @@ import pyte
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from jupyter_sac.testing.stack import find_descendant, poll_until
 from jupyter_sac.urls import PublicUrls, default_service_url
+from sac_testing.stack import find_descendant, poll_until
 
 
 def service_url(hub_url: str) -> str:
@@ -44,7 +44,7 @@ class HubApi:
         self.client = httpx.Client(
             base_url=self.url, timeout=60, headers={"Authorization": f"token {token}"}
         )
-        # The test harness's hub service token (jupyter_sac.testing.stack): it makes
+        # The test harness's hub service token (sac_testing.stack): it makes
         # users and their API tokens, as people do for themselves at /hub/token.
         self.harness = harness
 

@@ -26,7 +26,7 @@ from helpers import (
     sign_up_and_log_in,
 )
 
-from jupyter_sac.testing.stack import poll_until
+from sac_testing.stack import poll_until
 
 pytestmark = pytest.mark.stack
 

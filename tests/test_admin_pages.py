@@ -13,7 +13,7 @@ import httpx
 import pytest
 from helpers import HubApi
 
-from jupyter_sac.testing.stack import poll_until
+from sac_testing.stack import poll_until
 
 pytestmark = pytest.mark.stack
 

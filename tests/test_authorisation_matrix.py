@@ -1020,7 +1020,7 @@ def test_admins_get_into_no_agent_and_whoever_is_let_in_is_audited(world: World)
                        params={"action": "server.access", "target_user": world.user})  # fmt: skip
         return [e for e in resp.json()["entries"] if e["actor"] == flagged]
 
-    from jupyter_sac.testing.stack import poll_until
+    from sac_testing.stack import poll_until
 
     # Within a look at the holder's moved activity, or the next full look (20 s here).
     entries = poll_until(recorded, 60, "the access audit's entry")

@@ -23,8 +23,8 @@ from jupyter_sac.budgets import (
     reservation_tokens,
 )
 from jupyter_sac.client import Client
-from jupyter_sac.testing.fake_anthropic import CACHE_READ_TOKENS, INPUT_TOKENS
-from jupyter_sac.testing.stack import poll_until
+from sac_testing.fake_anthropic import CACHE_READ_TOKENS, INPUT_TOKENS
+from sac_testing.stack import poll_until
 
 pytestmark = pytest.mark.stack
 

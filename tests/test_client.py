@@ -25,7 +25,7 @@ from jupyter_sac.client import (
     SacError,
     Unauthorized,
 )
-from jupyter_sac.testing.stack import poll_until
+from sac_testing.stack import poll_until
 
 pytestmark = pytest.mark.stack
 

@@ -16,7 +16,7 @@ from conftest import ADMIN_PASSWORD
 from helpers import HubApi, allow_all, model_agent, run_in_terminal, server_url
 
 from jupyter_sac.service.culler import idle_verdict
-from jupyter_sac.testing.stack import embedded_stack, poll_until
+from sac_testing.stack import embedded_stack, poll_until
 
 pytestmark = pytest.mark.stack
 

@@ -65,7 +65,7 @@ def test_the_example_notebook_runs(stack: dict, fake: str, new_user, tmp_path: P
     # The kernel runs on the host, not in a sandbox (whose /etc/hosts names the
     # hub's, the service's and the user's hosts): *.localhost as a browser has it.
     nb.cells.insert(0, nbformat.v4.new_code_cell(
-        "from jupyter_sac.testing.resolve import resolve_localhost\nresolve_localhost()"
+        "from jupyter_sac.localhost import resolve_localhost\nresolve_localhost()"
     ))  # fmt: skip
     client = NotebookClient(
         nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(tmp_path)}}

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from jupyter_sac.testing.stack import poll_until
+from sac_testing.stack import poll_until
 
 TOKEN = "inert-test-token"
 

@@ -22,7 +22,7 @@ import pytest
 from jupyter_sac.crypto import generate_key
 from jupyter_sac.stack import find_chp, find_hub_config, free_port
 from jupyter_sac.store import migrate
-from jupyter_sac.testing.stack import http_status, poll_until, stop_process
+from sac_testing.stack import http_status, poll_until, stop_process
 
 pytestmark = pytest.mark.stack
 

@@ -18,7 +18,7 @@ from helpers import HubApi, allow_all, model_agent, run_in_terminal, running_age
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from jupyter_sac.testing.stack import find_descendant, poll_until
+from sac_testing.stack import find_descendant, poll_until
 
 pytestmark = pytest.mark.stack
 

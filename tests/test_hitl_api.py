@@ -14,7 +14,7 @@ import httpx
 import pytest
 from helpers import HubApi, run_in_terminal, running_agent
 
-from jupyter_sac.testing.stack import poll_until
+from sac_testing.stack import poll_until
 
 pytestmark = pytest.mark.stack
 

@@ -15,7 +15,7 @@ from helpers import HubApi, TerminalClient, claude_ready, model_agent, running_a
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from jupyter_sac.testing.stack import poll_until
+from sac_testing.stack import poll_until
 
 pytestmark = pytest.mark.stack
 

@@ -22,7 +22,7 @@ from packaging.version import Version
 from traitlets.config import Config
 
 from jupyter_sac.service.forwarded import TrustedProxies
-from jupyter_sac.testing.z2jh import helm_merge, violations
+from sac_testing.z2jh import helm_merge, violations
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = {name: ROOT / "images" / name / "Dockerfile" for name in ("sandbox", "hub")}
@@ -56,9 +56,19 @@ def args(steps: list[tuple[str, str]]) -> dict[str, str]:
 
 
 def pyproject_requirements() -> dict[str, Requirement]:
+    """The base dependencies and every extra's, without the extras that name others."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    reqs = [Requirement(r) for r in project["dependencies"]]
-    return {r.name: r for r in reqs}
+    lines = project["dependencies"] + [
+        line for extra in project["optional-dependencies"].values() for line in extra
+    ]
+    reqs = [Requirement(line) for line in lines]
+    return {r.name: r for r in reqs if r.name != project["name"]}
+
+
+def pyproject_extras() -> set[str]:
+    return set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    )
 
 
 @pytest.mark.parametrize("name", sorted(IMAGES))
@@ -128,7 +138,23 @@ def test_image_versions_are_pinned_and_match_pyproject(name: str) -> None:
     for word, rest in final_stage(steps):
         if word == "RUN" and "pip install" in rest:
             for spec in re.findall(r'"([^"]+)"', rest):
-                assert "==" in spec, spec
+                assert "==" in spec or spec.startswith("${wheel}["), spec
+
+
+@pytest.mark.parametrize(
+    ("name", "extras"),
+    [("sandbox", {"sandbox", "notebook"}), ("hub", {"hub", "kubernetes", "s3"})],
+)
+def test_image_installs_only_its_part_of_the_wheel(name: str, extras: set[str]) -> None:
+    """The sandbox image carries no hub parts and the hub image no sandbox parts
+    (tests/test_packaging.py checks what each extra pulls in)."""
+    installs = [rest for word, rest in final_stage(instructions(IMAGES[name]))
+                if word == "RUN" and "pip install" in rest]  # fmt: skip
+    assert len(installs) == 1, installs
+    assert re.search(r"wheel=\$\(echo /wheels/jupyter_sac-\*\.whl\)", installs[0])
+    (wanted,) = re.findall(r'"\$\{wheel\}\[([^\]]*)\]"', installs[0])
+    assert set(wanted.split(",")) == extras
+    assert extras <= pyproject_extras()
 
 
 def load_values() -> dict[str, Any]:

@@ -23,7 +23,7 @@ from jupyter_sac.spawner.kube_manifests import describe_pod_failure
 from jupyter_sac.spawner.kube_names import is_dns_label
 from jupyter_sac.spawner.mixin import AgentContext
 from jupyter_sac.store import AgentRecord
-from jupyter_sac.testing.kube_cluster import write_kubeconfig
+from sac_testing.kube_cluster import write_kubeconfig
 
 KUBERNETES_VERSIONS = ["1.28.0", "1.31.0", "1.34.0", "1.37.0"]
 HUB_TOKEN = "hub-api-token-5f1d8c0e2b7a"

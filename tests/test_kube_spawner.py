@@ -26,8 +26,8 @@ from conftest import ADMIN_PASSWORD
 from helpers import HubApi, run_in_terminal
 
 from jupyter_sac.stack import free_port
-from jupyter_sac.testing.kube_cluster import RunningCluster, kube_cluster
-from jupyter_sac.testing.stack import embedded_stack, poll_until
+from sac_testing.kube_cluster import RunningCluster, kube_cluster
+from sac_testing.stack import embedded_stack, poll_until
 
 pytestmark = pytest.mark.stack
 

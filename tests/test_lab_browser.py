@@ -35,7 +35,7 @@ from helpers import CHROMIUM_ARGS, HubApi, script_model, sign_up_and_log_in
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from jupyter_sac.testing.stack import poll_until
+from sac_testing.stack import poll_until
 
 pytestmark = pytest.mark.stack
 

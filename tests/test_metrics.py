@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from jupyter_sac.client import Client
 from jupyter_sac.service.metrics import may_scrape
-from jupyter_sac.testing.stack import poll_until
+from sac_testing.stack import poll_until
 
 pytestmark = pytest.mark.stack
 

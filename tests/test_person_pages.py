@@ -30,8 +30,8 @@ from helpers import (
     xsrf_of,
 )
 
-from jupyter_sac.testing.stack import poll_until
 from jupyter_sac.urls import default_service_url
+from sac_testing.stack import poll_until
 
 pytestmark = pytest.mark.stack
 

@@ -15,7 +15,7 @@ import pytest
 from helpers import HubApi, run_in_terminal, running_agent
 
 from jupyter_sac.spawner.local import LocalAgentSpawner
-from jupyter_sac.testing.stack import find_descendant, poll_until
+from sac_testing.stack import find_descendant, poll_until
 
 pytestmark = pytest.mark.stack
 SANDBOX_UID = LocalAgentSpawner().sandbox_uid

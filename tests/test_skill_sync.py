@@ -27,7 +27,7 @@ from helpers import (
     write_as_agent,
 )
 
-from jupyter_sac.testing.stack import poll_until
+from sac_testing.stack import poll_until
 
 pytestmark = pytest.mark.stack
 

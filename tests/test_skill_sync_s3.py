@@ -19,7 +19,7 @@ from conftest import S3_BUCKET
 from helpers import HubApi, agent_home, run_in_terminal, running_agent, server_url, tar_gz
 
 from jupyter_sac.objects import S3Store
-from jupyter_sac.testing.s3_server import S3Endpoint
+from sac_testing.s3_server import S3Endpoint
 
 pytestmark = pytest.mark.stack
 

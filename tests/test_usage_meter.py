@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from jupyter_sac.service.llm_proxy import UsageMeter
-from jupyter_sac.testing.fake_anthropic import sse
+from sac_testing.fake_anthropic import sse
 
 
 def _stream() -> bytes:

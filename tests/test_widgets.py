@@ -23,7 +23,7 @@ import pytest
 from helpers import HubApi, allow_all, model_agent, run_in_terminal, running_agent, script_model
 from nbclient import NotebookClient
 
-from jupyter_sac.testing.stack import poll_until
+from sac_testing.stack import poll_until
 
 pytestmark = pytest.mark.stack
 
@@ -36,7 +36,7 @@ SETUP = """
 import html, json, re, threading
 # This kernel runs on the host, not in a sandbox (whose /etc/hosts names the hub's,
 # the service's and the user's hosts): resolve *.localhost as a browser would.
-from jupyter_sac.testing.resolve import resolve_localhost
+from jupyter_sac.localhost import resolve_localhost
 resolve_localhost()
 from jupyter_sac.client import Client
 from jupyter_sac.widgets import AgentChat, AgentsPanel, ApprovalsPanel, SkillRunner
@@ -551,7 +551,7 @@ def test_skill_runner_builds_the_form_and_runs(stack: dict, fake: str, tmp_path:
 CONSOLE = """
 import json, sys, threading
 from IPython.lib.pretty import pretty
-from jupyter_sac.testing.resolve import resolve_localhost
+from jupyter_sac.localhost import resolve_localhost
 resolve_localhost()  # on the host, not in a sandbox: *.localhost as a browser has it
 from jupyter_sac.client import Client
 from jupyter_sac.widgets import AgentChat, AgentsPanel, ApprovalsPanel, SkillRunner

@@ -20,7 +20,7 @@ import pytest
 from conftest import ADMIN_PASSWORD
 from helpers import CHROMIUM_ARGS, HubApi, log_in, run_in_terminal
 
-from jupyter_sac.testing.stack import poll_until
+from sac_testing.stack import poll_until
 
 pytestmark = pytest.mark.stack
 

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from helpers import HubApi, agent_home, run_in_terminal, running_agent, server_url
 
-from jupyter_sac.testing.stack import poll_until
 from jupyter_sac.workspace import object_key
+from sac_testing.stack import poll_until
 
 pytestmark = pytest.mark.stack
 

@@ -15,7 +15,7 @@ scenario, never derived from the detector. Synthetic screens (hand-written
 for formats this machine cannot run) are not touched by this script.
 
 Claude Code runs against the scripted fake Anthropic API
-(``jupyter_sac.testing.fake_anthropic``); the shell scenarios run real
+(``sac_testing.fake_anthropic``); the shell scenarios run real
 programs (apt-get, rm, cp, pip, ssh, ssh-keygen, git, unzip, npx, bash, python,
 man, less). The ssh scenario needs ``asyncssh`` importable by
 ``$CAPTURE_SSH_PYTHON`` (default: this interpreter) for a throwaway SSH server;
@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 from jupyter_sac.runtimes.claude import claude_binary  # noqa: E402
 from jupyter_sac.runtimes.screen import TerminalScreen  # noqa: E402
-from jupyter_sac.testing.stack import http_status, poll_until  # noqa: E402
+from sac_testing.stack import http_status, poll_until  # noqa: E402
 
 API_KEY = "sk-ant-test-key-123456789012345678901234"
 PS1 = r"\u@sandbox:\w\$ "
@@ -1328,7 +1328,7 @@ def fake_api() -> Iterator[str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter_sac.testing.fake_anthropic", "--port", str(port)],
+        [sys.executable, "-m", "sac_testing.fake_anthropic", "--port", str(port)],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -4,7 +4,7 @@ Helm merges the user's values over the chart's values.yaml (a null deletes a
 default) and validates the result against values.schema.json/yaml. The chart is
 not part of this repository; point this at a checkout of it:
 
-    python -m jupyter_sac.testing.z2jh CHART_DIR hub_config/z2jh-values.yaml
+    python -m sac_testing.z2jh CHART_DIR hub_config/z2jh-values.yaml
 
 where CHART_DIR holds the chart's values.yaml and values.schema.yaml (the
 `jupyterhub/` folder of jupyterhub/zero-to-jupyterhub-k8s). Prints each

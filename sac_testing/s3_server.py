@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..stack import free_port
+from jupyter_sac.stack import free_port
+
 from .stack import http_status, poll_until, stop_process
 
 

@@ -1,6 +1,6 @@
 """A one-node test "cluster": the Kubernetes API emulator plus the test kubelet.
 
-``python -m jupyter_sac.testing.kube_cluster --port P --root DIR --image NAME=DIR ...``
+``python -m sac_testing.kube_cluster --port P --root DIR --image NAME=DIR ...``
 serves the API on 127.0.0.1:P (plain HTTP, no authentication) and runs the
 kubelet against it over HTTP. ``kube_cluster()`` starts it in a subprocess and
 writes a kubeconfig for clients (KubeSpawner loads it through kubernetes_asyncio).
@@ -22,7 +22,8 @@ from pathlib import Path
 
 import yaml
 
-from ..stack import free_port
+from jupyter_sac.stack import free_port
+
 from .stack import http_status, poll_until, stop_process
 
 
@@ -105,7 +106,7 @@ def kube_cluster(
     url = f"http://127.0.0.1:{port}"
     root = workdir / "node"
     log_path = workdir / "kube-cluster.log"
-    argv = [sys.executable, "-m", "jupyter_sac.testing.kube_cluster", "--port", str(port),
+    argv = [sys.executable, "-m", "sac_testing.kube_cluster", "--port", str(port),
             "--root", str(root)]  # fmt: skip
     for name, dirs in images.items():
         argv += ["--image", f"{name}={os.pathsep.join(dirs)}"]

@@ -16,8 +16,8 @@ from typing import TypeVar
 
 import httpx
 
-from ..stack import free_port
-from ..urls import PublicUrls, via_proxy
+from jupyter_sac.stack import free_port
+from jupyter_sac.urls import PublicUrls, via_proxy
 
 T = TypeVar("T")
 
@@ -78,7 +78,7 @@ class RunningStack:
 
 HARNESS_SERVICE = "sac-test-harness"
 HARNESS_CONFIG = """
-# Written by jupyter_sac.testing.stack: the test harness's service, which makes
+# Written by sac_testing.stack: the test harness's service, which makes
 # users' API tokens as each user would at /hub/token. (A subconfig starts from an
 # empty config that is merged into the hub's: append, don't assign, to lists.)
 import os

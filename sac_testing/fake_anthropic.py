@@ -14,7 +14,7 @@ turns that must stay running while a test cancels them). Only agent-loop
 requests (those offering ``tools``) consume the script, so the CLI's side
 requests (titles, summaries) never eat a test's scripted answer.
 
-Run: ``python -m jupyter_sac.testing.fake_anthropic --port 9999``
+Run: ``python -m sac_testing.fake_anthropic --port 9999``
 """
 
 from __future__ import annotations

@@ -1,1 +1,0 @@
-"""Test helpers that speak real wire protocols (used by tests/ and bench/)."""
