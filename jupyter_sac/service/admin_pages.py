@@ -38,6 +38,7 @@ from .hitl import DecisionOps
 from .multipart import FormError, MultipartForm
 from .org_keys import OrgKeyOps, keys_model
 from .pages import PageHandler, admin_page, server_status
+from .routes import PROVIDER, SLUG, USER, UUID
 from .settings_handlers import SettingsOps
 from .usage_text import usage_cells
 from .validation import bad
@@ -410,10 +411,6 @@ class AdminHome(PageHandler):
         self.redirect(f"{self.sac.prefix}admin/agents")
 
 
-USER = r"([^/]+)"
-SLUG = r"([a-z0-9-]+)"
-
-
 FORM_UPLOAD_BYTES = 32 * 1024 * 1024  # bigger public files: the API (streamed)
 FORM_AROUND_BYTES = 256 * 1024  # the form's other fields and multipart framing
 
@@ -584,14 +581,14 @@ def routes(prefix: str) -> list[tuple[str, Any]]:
     return [
         (admin, AdminHome),
         (admin + "settings", SettingsPage),
-        (admin + r"settings/keys/([a-z0-9-]+)", OrgKeyPage),
+        (admin + f"settings/keys/{PROVIDER}", OrgKeyPage),
         (admin + "users", UsersPage),
         (admin + f"users/{USER}", UserPage),
         (admin + "agents", AgentsListPage),
         (admin + f"agents/{USER}/{SLUG}", AgentsPage),
         (admin + "conversations", ConversationsPage),
         (admin + "hitl", HitlListPage),
-        (admin + r"hitl/([0-9a-f-]+)", HitlPage),
+        (admin + f"hitl/{UUID}", HitlPage),
         (admin + "usage", UsagePage),
         (admin + "workspaces", WorkspacesPage),
         (admin + "audit", AuditPage),

@@ -27,6 +27,7 @@ from ..objects import ObjectNotFound
 from .base import BaseHandler
 from .errors import ApiError
 from .openapi import _op, _path_params, _resp
+from .routes import NAME
 from .skills import bundle_key, bundle_model, content_fields, owner_view, stream_object
 from .validation import bad, check_fields, path_id
 
@@ -158,7 +159,7 @@ def routes(prefix: str) -> list[tuple[str, Any]]:
     return [
         (prefix + "api/agent/skills", AgentManifestHandler),
         (prefix + "api/agent/skills/bundles", AgentBundlesHandler),
-        (prefix + r"api/agent/skills/([^/]+)/bundle", AgentBundleHandler),
+        (prefix + f"api/agent/skills/{NAME}/bundle", AgentBundleHandler),
     ]
 
 

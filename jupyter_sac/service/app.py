@@ -45,15 +45,13 @@ from .forwarded import LOOPBACK, ForwardedApplication, TrustedProxies
 from .llm_proxy import LlmProxyHandler
 from .openapi import OpenApiHandler
 from .pages import STATIC, ApiIndexHandler, IndexPage, OAuthCallbackHandler
+from .routes import SLUG, USER
 from .settings_handlers import (
     MySettingsHandler,
     ProvidersHandler,
     SystemSettingsHandler,
     UserSettingsHandler,
 )
-
-SLUG = r"([a-z0-9-]+)"
-USER = r"([^/]+)"
 
 
 class SacService(Application):

@@ -22,6 +22,7 @@ from .base import BaseHandler
 from .csv_export import stream_csv
 from .errors import ApiError
 from .openapi import _op, _path_params, _resp, query_params
+from .routes import SLUG, USER
 from .validation import bad, check_fields, decode_cursor, encode_cursor, utf8_encodable
 
 MAX_BATCH = 1000
@@ -376,10 +377,6 @@ class SearchHandler(SearchBaseHandler):
 class SearchExportHandler(SearchBaseHandler):
     async def get(self) -> None:
         await self.write_csv(self.search_filter(), "history.csv")
-
-
-USER = r"([^/]+)"
-SLUG = r"([a-z0-9-]+)"
 
 
 def routes(prefix: str) -> list[tuple[str, Any]]:

@@ -26,6 +26,7 @@ from . import metrics
 from .base import BaseHandler
 from .errors import ApiError
 from .openapi import _op, _path_params, _resp
+from .routes import NAME, SLUG, USER
 from .validation import bad, check_fields, decode_cursor, encode_cursor, without_nul
 
 log = logging.getLogger("jupyter_sac.hitl")
@@ -455,18 +456,15 @@ class PolicyHandler(PolicyOps):
         self.write_json({"policy": await self.replace_policy(owner, slug, body.get("policy"))})
 
 
-REQUEST_ID = r"([^/]+)"
-
-
 def routes(prefix: str) -> list[tuple[str, Any]]:
     return [
         (prefix + "api/agent/hitl", AgentHitlInfoHandler),
         (prefix + "api/hitl/requests", RequestsHandler),
-        (prefix + f"api/hitl/requests/{REQUEST_ID}", RequestHandler),
-        (prefix + f"api/hitl/requests/{REQUEST_ID}/wait", WaitHandler),
-        (prefix + f"api/hitl/requests/{REQUEST_ID}/cancel", CancelHandler),
-        (prefix + f"api/hitl/requests/{REQUEST_ID}/decision", DecisionHandler),
-        (prefix + r"api/users/([^/]+)/agents/([a-z0-9-]+)/hitl-policy", PolicyHandler),
+        (prefix + f"api/hitl/requests/{NAME}", RequestHandler),
+        (prefix + f"api/hitl/requests/{NAME}/wait", WaitHandler),
+        (prefix + f"api/hitl/requests/{NAME}/cancel", CancelHandler),
+        (prefix + f"api/hitl/requests/{NAME}/decision", DecisionHandler),
+        (prefix + f"api/users/{USER}/agents/{SLUG}/hitl-policy", PolicyHandler),
     ]
 
 

@@ -13,6 +13,7 @@ from ..providers import PRESETS
 from .base import BaseHandler
 from .errors import ApiError
 from .openapi import _op, _path_params, _resp
+from .routes import PROVIDER
 from .validation import bad, check_fields
 
 # Printable ASCII without spaces: what provider keys are made of.
@@ -116,7 +117,7 @@ class OrgKeyHandler(OrgKeyOps):
 def routes(prefix: str) -> list[tuple[str, Any]]:
     return [
         (prefix + "api/organisation-keys", OrgKeysHandler),
-        (prefix + r"api/organisation-keys/([a-z0-9-]+)", OrgKeyHandler),
+        (prefix + f"api/organisation-keys/{PROVIDER}", OrgKeyHandler),
     ]
 
 

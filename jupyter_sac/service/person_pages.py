@@ -41,6 +41,7 @@ from .forms import (
 )
 from .hitl import DecisionOps, PolicyOps
 from .pages import DONE_MESSAGES, PageHandler, person_page, server_status
+from .routes import NAME, SLUG, USER
 from .skills import SkillOps
 from .validation import bad
 
@@ -277,7 +278,7 @@ class SkillPage(PageHandler, SkillOps):
 def routes(prefix: str) -> list[tuple[str, Any]]:
     return [
         (prefix + "approvals", ApprovalsPage),
-        (prefix + r"approvals/([^/]+)", ApprovalPage),
-        (prefix + r"agents/([^/]+)/([a-z0-9-]+)", AgentSettingsPage),
-        (prefix + r"skills/([^/]+)", SkillPage),
+        (prefix + f"approvals/{NAME}", ApprovalPage),
+        (prefix + f"agents/{USER}/{SLUG}", AgentSettingsPage),
+        (prefix + f"skills/{NAME}", SkillPage),
     ]

@@ -45,6 +45,7 @@ from ..store.skills import (
 from .base import BaseHandler
 from .errors import ApiError
 from .openapi import _op, _path_params, _resp
+from .routes import NAME, SLUG, USER
 from .validation import bad, check_fields, path_id
 
 log = logging.getLogger("jupyter_sac.skills")
@@ -663,15 +664,15 @@ async def stream_object(handler: BaseHandler, key: str, filename: str) -> None:
 
 
 def routes(prefix: str) -> list[tuple[str, Any]]:
-    agent = prefix + r"api/users/([^/]+)/agents/([a-z0-9-]+)/skills"
+    agent = prefix + f"api/users/{USER}/agents/{SLUG}/skills"
     return [
         (prefix + "api/skills", SkillsHandler),
-        (prefix + r"api/skills/([^/]+)", SkillHandler),
-        (prefix + r"api/skills/([^/]+)/fork", ForkHandler),
-        (prefix + r"api/skills/([^/]+)/bundle", BundleHandler),
+        (prefix + f"api/skills/{NAME}", SkillHandler),
+        (prefix + f"api/skills/{NAME}/fork", ForkHandler),
+        (prefix + f"api/skills/{NAME}/bundle", BundleHandler),
         (agent, AgentSkillsHandler),
-        (agent + r"/([^/]+)", AgentSkillHandler),
-        (agent + r"/([^/]+)/update", AgentSkillUpdateHandler),
+        (agent + f"/{NAME}", AgentSkillHandler),
+        (agent + f"/{NAME}/update", AgentSkillUpdateHandler),
     ]
 
 

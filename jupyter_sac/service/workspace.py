@@ -30,6 +30,7 @@ from ..workspace import Location, PathError, clean_relative, locate, object_key,
 from .base import BaseHandler
 from .errors import ApiError
 from .openapi import _op, _path_params, _resp
+from .routes import FILE, GROUP, SLUG, USER
 from .validation import bad
 
 # Presigned download URLs in a manifest stay valid this long.
@@ -620,11 +621,6 @@ class GroupQuotaHandler(GroupQuotaOps):
         )
 
 
-FILE = r"(.+)"
-USER = r"([^/]+)"
-SLUG = r"([a-z0-9-]+)"
-
-
 def routes(prefix: str) -> list[tuple[str, Any, dict[str, Any]] | tuple[str, Any]]:
     api = prefix + "api/"
     agent = api + f"users/{USER}/agents/{SLUG}/workspace"
@@ -636,9 +632,9 @@ def routes(prefix: str) -> list[tuple[str, Any, dict[str, Any]] | tuple[str, Any
         (agent + f"/files/{FILE}", UserFileHandler, {"kind": "agent"}),
         (api + "workspace/public", UserListingHandler, {"kind": "public"}),
         (api + f"workspace/public/files/{FILE}", UserFileHandler, {"kind": "public"}),
-        (api + f"groups/{USER}/workspace", UserListingHandler, {"kind": "group"}),
-        (api + f"groups/{USER}/workspace/files/{FILE}", UserFileHandler, {"kind": "group"}),
-        (api + f"groups/{USER}/workspace/quota", GroupQuotaHandler),
+        (api + f"groups/{GROUP}/workspace", UserListingHandler, {"kind": "group"}),
+        (api + f"groups/{GROUP}/workspace/files/{FILE}", UserFileHandler, {"kind": "group"}),
+        (api + f"groups/{GROUP}/workspace/quota", GroupQuotaHandler),
     ]
 
 
