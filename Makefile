@@ -56,6 +56,7 @@ up: system-deps install
 lint: install
 	$(BIN)/ruff check jupyter_sac tests bench hub_config
 	$(BIN)/ruff format --check jupyter_sac tests bench hub_config
+	$(BIN)/mypy
 
 test: system-deps lint
 	cd labextension && npx tsc --noEmit && npm test

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
-
-from .tx import using
+from .tx import Conn, Pool, using
 
 
 class OrganisationKeys:
-    def __init__(self, pool: AsyncConnectionPool):
+    def __init__(self, pool: Pool):
         self.pool = pool
 
     async def list(self) -> dict[str, dict[str, Any]]:
@@ -30,7 +27,7 @@ class OrganisationKeys:
         encrypted_key: bytes,
         hint: str,
         by: str,
-        conn: AsyncConnection[Any] | None = None,
+        conn: Conn | None = None,
     ) -> str | None:
         """Set a provider's key; the hint of the key it replaced (None: there was none)."""
         async with using(self.pool, conn) as c:
@@ -47,7 +44,7 @@ class OrganisationKeys:
             )
         return before["hint"] if before else None
 
-    async def delete(self, provider: str, conn: AsyncConnection[Any] | None = None) -> str | None:
+    async def delete(self, provider: str, conn: Conn | None = None) -> str | None:
         """Remove a provider's key; the hint of the removed key (None: there was none)."""
         async with using(self.pool, conn) as c:
             cur = await c.execute(
