@@ -342,7 +342,7 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
     return front, rest[1:] if rest.startswith("\n") else rest
 
 
-def build_spec(meta: Any, body: str, files: dict[str, bytes] | None = None) -> SkillSpec:
+def build_spec(meta: Any, body: Any, files: dict[str, bytes] | None = None) -> SkillSpec:
     """A checked SkillSpec from metadata (skill.yaml or an API body) and SKILL.md."""
     if not isinstance(meta, dict):
         raise SkillError("skill", "expected a mapping")
