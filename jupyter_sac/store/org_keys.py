@@ -2,24 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
 
 from .tx import Conn, Pool, using
+
+
+@dataclass(frozen=True)
+class OrganisationKey:
+    """A provider's organisation key as stored: encrypted, with the hint shown
+    instead of it (its last four characters), who set it and when."""
+
+    provider: str
+    encrypted_key: bytes
+    hint: str
+    updated_by: str
+    updated_at: datetime
 
 
 class OrganisationKeys:
     def __init__(self, pool: Pool):
         self.pool = pool
 
-    async def list(self) -> dict[str, dict[str, Any]]:
-        """provider -> {encrypted_key, hint, updated_by, updated_at}."""
+    async def list(self) -> dict[str, OrganisationKey]:
+        """Every key set in the service, by provider."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT provider, encrypted_key, hint, updated_by, updated_at"
                 " FROM organisation_keys ORDER BY provider"
             )
             rows = await cur.fetchall()
-        return {r["provider"]: {**r, "encrypted_key": bytes(r["encrypted_key"])} for r in rows}
+        return {
+            r["provider"]: OrganisationKey(**{**r, "encrypted_key": bytes(r["encrypted_key"])})
+            for r in rows
+        }
 
     async def put(
         self,

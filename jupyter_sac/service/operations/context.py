@@ -47,7 +47,7 @@ class OrganisationKeys(Mapping[str, str]):
         keys = dict(self.configured)
         for provider, row in (await store.org_keys.list()).items():
             try:
-                keys[provider] = keybox.decrypt(row["encrypted_key"])
+                keys[provider] = keybox.decrypt(row.encrypted_key)
             except ValueError:
                 log.error(
                     "the organisation key for %s cannot be decrypted with the configured"

@@ -36,9 +36,9 @@ async def list_org_keys(ctx: ServiceContext) -> list[dict[str, Any]]:
             {
                 "provider": provider,
                 "source": "service" if row else "configuration" if configured else None,
-                "hint": row["hint"] if row else key_hint(configured) if configured else None,
-                "updated_by": row["updated_by"] if row else None,
-                "updated_at": row["updated_at"].isoformat() if row else None,
+                "hint": row.hint if row else key_hint(configured) if configured else None,
+                "updated_by": row.updated_by if row else None,
+                "updated_at": row.updated_at.isoformat() if row else None,
             }
         )
     return out
