@@ -17,11 +17,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from psycopg import AsyncConnection
-
 from ...crypto import KeyBox
 from ...objects import ObjectStore
 from ...store import Store
+from ...store.tx import Conn
 from ...urls import PublicUrls
 from ..principals import Identity
 
@@ -139,7 +138,7 @@ async def audit(
     target_user: str | None = None,
     before: Any = None,
     after: Any = None,
-    conn: AsyncConnection[Any] | None = None,
+    conn: Conn | None = None,
 ) -> None:
     """Record what ``actor`` just did in the audit log (docs/audit.md). Pass the
     connection of ``ctx.store.transaction()`` that made the change: the entry is then

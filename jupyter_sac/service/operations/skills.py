@@ -19,6 +19,7 @@ from ...skills import (
     pack_bundle,
 )
 from ...store.skills import Bundle, SkillExistsError
+from ...store.tx import Conn
 from ..errors import ApiError
 from ..principals import Identity
 from ..validation import bad, check_fields, path_id
@@ -165,7 +166,7 @@ async def audit_skill(
     verb: str,
     before: dict[str, Any] | None,
     after: dict[str, Any] | None,
-    conn: Any,
+    conn: Conn | None,
 ) -> None:
     """Log a change to a skill if it is curation of an official skill or a change to
     someone else's skill (a user's changes to their own skills are not logged)."""
@@ -196,7 +197,7 @@ async def create_skill(
     tier: tuple[str, str | None],
     parent: int | None = None,
     bundle: Bundle | None = None,
-    conn: Any = None,
+    conn: Conn | None = None,
 ) -> dict[str, Any]:
     """Store a new skill of ``owner`` (409 when they have one of that command)."""
     try:
