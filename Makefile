@@ -57,6 +57,7 @@ lint: install
 	$(BIN)/ruff check jupyter_sac sac_testing tests bench hub_config
 	$(BIN)/ruff format --check jupyter_sac sac_testing tests bench hub_config
 	$(BIN)/deptry .
+	$(BIN)/mypy
 	cd labextension && npm run --silent lint
 
 test: system-deps lint

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, Self
 
 import yaml
 
@@ -342,7 +342,7 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
     return front, rest[1:] if rest.startswith("\n") else rest
 
 
-def build_spec(meta: Any, body: str, files: dict[str, bytes] | None = None) -> SkillSpec:
+def build_spec(meta: Any, body: Any, files: dict[str, bytes] | None = None) -> SkillSpec:
     """A checked SkillSpec from metadata (skill.yaml or an API body) and SKILL.md."""
     if not isinstance(meta, dict):
         raise SkillError("skill", "expected a mapping")
@@ -660,10 +660,12 @@ def _open_tar(data: bytes) -> tarfile.TarFile:
     """A tar (plain, gz, bz2 or xz) read forward through a _TarStream, so that every
     header tarfile reads is counted and bounded as it is read."""
     stream = _TarStream(_unpacking(data))
-    return tarfile.open(fileobj=stream, mode="r:", tarinfo=_CountedTarInfo)  # type: ignore[arg-type]
+    # _TarStream has the file methods tarfile uses (read, tell, seek), not all of
+    # typeshed's _Fileobj protocol.
+    return tarfile.open(fileobj=stream, mode="r:", tarinfo=_CountedTarInfo)  # type: ignore[call-overload]
 
 
-def _unpacking(data: bytes) -> IO[bytes]:
+def _unpacking(data: bytes) -> io.BufferedIOBase:
     """``data`` unpacked as it is read (never ahead of the reader). The formats are
     told by their magic numbers (bzip2's with its first block's, as a plain tar
     starts with a file name, which could be "BZh")."""
@@ -695,7 +697,7 @@ class _TarStream:
     MAX_BUNDLE_UNPACKED_BYTES. tarfile keeps an object per member for the life of
     the archive, so the entry count is what bounds its memory."""
 
-    def __init__(self, stream: IO[bytes]):
+    def __init__(self, stream: io.BufferedIOBase):
         self._stream = stream
         self._pos = 0
         self._entries = 0
@@ -755,7 +757,7 @@ class _CountedTarInfo(tarfile.TarInfo):
     counted and bounded by the _TarStream under it."""
 
     @classmethod
-    def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:
+    def fromtarfile(cls, tar: tarfile.TarFile) -> Self:
         stream = tar.fileobj
         assert isinstance(stream, _TarStream)
         with stream.header():

@@ -24,6 +24,7 @@ import logging
 from typing import Any
 
 from ..store.audit import AuditFilter
+from .operations.context import ServiceContext
 
 log = logging.getLogger("jupyter_sac.access_audit")
 
@@ -62,8 +63,8 @@ def changed_since(users: list[dict[str, Any]], seen: dict[str, str | None]) -> l
 class AccessAudit:
     """The service's watch over access to other users' servers (one pass a ``interval``)."""
 
-    def __init__(self, sac: Any, interval: float):
-        self.sac = sac
+    def __init__(self, ctx: ServiceContext, interval: float):
+        self.ctx = ctx
         self.interval = interval
         self.seen: dict[str, str | None] = {}
         self.looks = 0
@@ -80,7 +81,7 @@ class AccessAudit:
     async def scan(self) -> None:
         """One look: the tokens of every user whose activity moved since the last one
         (a token recorded before is not recorded again)."""
-        hub = self.sac.hub
+        hub = self.ctx.hub
         users = await hub.all_users()
         seen = {} if self.looks % FULL_LOOKS == 0 else self.seen
         self.looks += 1
@@ -93,7 +94,7 @@ class AccessAudit:
     async def record(self, holder: str, owner: str, server: str, token: dict[str, Any]) -> None:
         target = f"{owner}/{server}"
         key = f"{target}#{token['id']}"
-        audit = self.sac.store.audit
+        audit = self.ctx.store.audit
         if await audit.list(AuditFilter(action=ACTION, target=key), 1):
             return  # this token was recorded on an earlier pass
         await audit.record(

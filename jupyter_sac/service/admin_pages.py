@@ -1,9 +1,10 @@
 """The admin pages (/services/sac/admin/...): settings, per-user overrides, every
 user's agents, conversations, the HITL queue, usage and the audit log.
 
-Each page is a thin view over what the API does: filters come from the API's own
-handlers (so a page accepts exactly the API's query), and every change goes
-through the same operations as the API (validated, stored and audited together).
+Each page is a thin view over what the API does: filters are parsed by the API's
+own query parsers (so a page accepts exactly the API's query), and every change
+goes through the same operations as the API (operations/: validated, stored and
+audited together).
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from ..providers import PRESETS
 from ..runtimes.transcript import readable_text
 from ..settings import SettingsError
 from ..store.hitl import PENDING
-from .agents import AgentOps
-from .audit import AuditBaseHandler, entry_cursor, parse_entry_cursor
+from .audit import audit_filter, entry_cursor, parse_entry_cursor
 from .base import MAX_JSON_BYTES
 from .errors import ApiError
 from .forms import (
@@ -33,22 +33,20 @@ from .forms import (
     usage_totals,
     validated_form,
 )
-from .history import SearchBaseHandler, event_cursor, parse_event_cursor
-from .hitl import DecisionOps
+from .history import event_cursor, parse_event_cursor, search_filter
 from .multipart import FormError, MultipartForm
-from .org_keys import OrgKeyOps, keys_model
+from .operations import agents as agent_ops
+from .operations import hitl as hitl_ops
+from .operations import org_keys as org_key_ops
+from .operations import settings as settings_ops
+from .operations import workspace as ws_ops
 from .pages import PageHandler, admin_page, server_status
-from .settings_handlers import SettingsOps
+from .routes import PROVIDER, SLUG, USER, UUID
 from .usage_text import usage_cells
-from .validation import bad
-from .workspace import GroupQuotaOps, UserWorkspaceBase
+from .validation import bad, invalid_setting
 
 RESOURCE_SETTINGS = ("cpu_request", "cpu_limit", "mem_request", "mem_limit")
 PAGE = 50
-
-
-def invalid(e: SettingsError) -> ApiError:
-    return ApiError(400, "invalid_setting", f"{e.field}: {e.message}", field=e.field)
 
 
 def settings_rows(
@@ -68,13 +66,13 @@ def settings_rows(
     ]
 
 
-class SettingsPage(PageHandler, SettingsOps):
+class SettingsPage(PageHandler):
     @admin_page
     async def get(self, *_: str) -> None:
         await self.show()
 
     async def show(self, status: int = 200, error: ApiError | None = None, form: Any = None):
-        overrides = await self.sac.store.settings.get("system")
+        overrides = await self.ctx.store.settings.get("system")
         resolved = sac_settings.resolve_user(overrides, {})
         rows = settings_rows("system", overrides, resolved)
         if form is not None:  # a refused form keeps what was typed
@@ -89,7 +87,7 @@ class SettingsPage(PageHandler, SettingsOps):
             providers=list(PRESETS),
             allowed=resolved["allowed_providers"],
             providers_overridden="allowed_providers" in overrides,
-            org_keys=keys_model(self.sac, await self.sac.store.org_keys.list()),
+            org_keys=await org_key_ops.list_org_keys(self.ctx),
         )
 
     @admin_page
@@ -97,15 +95,15 @@ class SettingsPage(PageHandler, SettingsOps):
         form = self.form()
         try:
             overrides = validated_form(form, "system")
-            await self.replace_system_settings(overrides)
+            await settings_ops.replace_system_settings(self.ctx, self.actor, overrides)
         except SettingsError as e:
-            return await self.show(400, invalid(e), form)
+            return await self.show(400, invalid_setting(e), form)
         except ApiError as e:
             return await self.show(e.status_code, e, form)
         self.redirect_done("admin/settings", "settings-saved")
 
 
-class OrgKeyPage(SettingsPage, OrgKeyOps):
+class OrgKeyPage(SettingsPage):
     """POST admin/settings/keys/<provider>: set (a new key) or clear it."""
 
     @admin_page
@@ -114,10 +112,12 @@ class OrgKeyPage(SettingsPage, OrgKeyOps):
         action = (form.get("action") or [""])[-1]
         try:
             if action == "set":
-                await self.set_org_key(provider, (form.get("api_key") or [""])[-1])
+                await org_key_ops.set_org_key(
+                    self.ctx, self.actor, provider, (form.get("api_key") or [""])[-1]
+                )
                 done = "key-saved"
             elif action == "clear":
-                await self.clear_org_key(provider)
+                await org_key_ops.clear_org_key(self.ctx, self.actor, provider)
                 done = "key-cleared"
             else:
                 raise bad("action", "expected set or clear")
@@ -131,9 +131,9 @@ class OrgKeyPage(SettingsPage, OrgKeyOps):
 class UsersPage(PageHandler):
     @admin_page
     async def get(self) -> None:
-        users = await self.sac.hub.all_users()
-        overrides = await self.sac.store.settings.list_users()
-        agents = await self.sac.store.agents.list(None)
+        users = await self.ctx.hub.all_users()
+        overrides = await self.ctx.store.settings.list_users()
+        agents = await self.ctx.store.agents.list(None)
         counts: dict[str, int] = {}
         for agent in agents:
             counts[agent.owner] = counts.get(agent.owner, 0) + 1
@@ -150,7 +150,7 @@ class UsersPage(PageHandler):
         self.render_page("admin/users.html", active="users", rows=rows)
 
 
-class UserPage(PageHandler, SettingsOps):
+class UserPage(PageHandler):
     @admin_page
     async def get(self, user: str) -> None:
         await self.show(user)
@@ -158,9 +158,9 @@ class UserPage(PageHandler, SettingsOps):
     async def show(
         self, user: str, status: int = 200, error: ApiError | None = None, form: Any = None
     ) -> None:
-        if await self.sac.hub.get_user(user) is None:
+        if await self.ctx.hub.get_user(user) is None:
             raise ApiError(404, "not_found", f"no such user {user!r}")
-        system, overrides = await self.sac.store.settings.for_user(user)
+        system, overrides = await settings_ops.user_settings(self.ctx, user)
         resolved = sac_settings.resolve_user(system, overrides)
         rows = settings_rows("user", overrides, resolved)
         if form is not None:
@@ -176,7 +176,7 @@ class UserPage(PageHandler, SettingsOps):
             providers=list(PRESETS),
             allowed=resolved["allowed_providers"],
             providers_overridden="allowed_providers" in overrides,
-            agents=await self.sac.store.agents.list(user),
+            agents=await self.ctx.store.agents.list(user),
         )
 
     @admin_page
@@ -185,13 +185,15 @@ class UserPage(PageHandler, SettingsOps):
         action = (form.get("action") or ["save"])[-1]
         try:
             if action == "clear":
-                await self.clear_user_settings(user)
+                await settings_ops.clear_user_settings(self.ctx, self.actor, user)
                 return self.redirect_done(f"admin/users/{user}", "user-cleared", user)
             if action != "save":
                 raise bad("action", "expected save or clear")
-            await self.replace_user_settings(user, validated_form(form, "user"))
+            await settings_ops.replace_user_settings(
+                self.ctx, self.actor, user, validated_form(form, "user")
+            )
         except SettingsError as e:
-            return await self.show(user, 400, invalid(e), form)
+            return await self.show(user, 400, invalid_setting(e), form)
         except ApiError as e:
             if e.status_code == 404:
                 raise
@@ -199,24 +201,24 @@ class UserPage(PageHandler, SettingsOps):
         self.redirect_done(f"admin/users/{user}", "user-saved", user)
 
 
-class AgentsPage(PageHandler, AgentOps):
+class AgentsPage(PageHandler):
     @admin_page
     async def get(self, *_: str) -> None:
         await self.show()
 
     async def show(self, status: int = 200, error: ApiError | None = None) -> None:
         owner = self.get_argument("user", "") or None
-        agents = await self.sac.store.agents.list(owner)
+        agents = await self.ctx.store.agents.list(owner)
         servers = {
             (u["name"], name): server
-            for u in await self.sac.hub.all_users()
+            for u in await self.ctx.hub.all_users()
             for name, server in (u.get("servers") or {}).items()
             if name
         }
-        usage = await self.sac.store.usage.month_by_agent()
-        sandboxes = await self.sac.store.sandbox_usage.for_agents(a.id for a in agents)
-        system = await self.sac.store.settings.get("system")
-        user_overrides = await self.sac.store.settings.list_users()
+        usage = await self.ctx.store.usage.month_by_agent()
+        sandboxes = await self.ctx.store.sandbox_usage.for_agents(a.id for a in agents)
+        system = await self.ctx.store.settings.get("system")
+        user_overrides = await self.ctx.store.settings.list_users()
         rows = []
         for agent in agents:
             server = servers.get((agent.owner, agent.slug))
@@ -256,23 +258,26 @@ class AgentsPage(PageHandler, AgentOps):
         target = f"{owner}/{slug}"
         try:
             if action == "restart":
-                await self.restart_agent(owner, slug)
+                await agent_ops.restart_agent(self.ctx, self.actor, owner, slug)
                 done = "agent-restarted"
             elif action == "stop":
-                await self.stop_agent(owner, slug)
+                await agent_ops.stop_agent(self.ctx, self.actor, owner, slug)
                 done = "agent-stopped"
             elif action == "delete":
                 if not form.get("confirm"):
                     raise bad("confirm", "tick the box to confirm deleting the agent")
-                await self.delete_agent(owner, slug)
+                await agent_ops.delete_agent(self.ctx, self.actor, owner, slug)
                 done = "agent-deleted"
             elif action == "resources":
-                await self.set_resources(owner, slug, form)
+                resources = validated_form(form, "agent", RESOURCE_SETTINGS)
+                await agent_ops.set_resources(
+                    self.ctx, self.actor, owner, slug, resources, RESOURCE_SETTINGS
+                )
                 done = "agent-updated"
             else:
                 raise bad("action", "expected restart, stop, delete or resources")
         except SettingsError as e:
-            return await self.show(400, invalid(e))
+            return await self.show(400, invalid_setting(e))
         except ApiError as e:
             if e.status_code == 404:
                 raise
@@ -280,24 +285,17 @@ class AgentsPage(PageHandler, AgentOps):
             return await self.show(e.status_code, e)
         self.redirect_done("admin/agents", done, target)
 
-    async def set_resources(self, owner: str, slug: str, form: dict[str, list[str]]) -> None:
-        """Replace the agent's CPU and memory overrides (an empty field: inherit)."""
-        agent = await self.get_agent(owner, slug)
-        new = validated_form(form, "agent", RESOURCE_SETTINGS)
-        kept = {k: v for k, v in agent.overrides.items() if k not in RESOURCE_SETTINGS}
-        await self.update_agent(owner, slug, {"overrides": {**kept, **new}})
 
-
-class ConversationsPage(PageHandler, SearchBaseHandler):
+class ConversationsPage(PageHandler):
     """For admins and for holders of custom:sac:history:read-all (auditors)."""
 
     @web.authenticated
     async def get(self) -> None:
-        if not self.can_read_all():
+        if not self.identity.auditor:
             self.require_admin_page()  # the same 403 page as the other admin pages
-        where = self.search_filter()
+        where = search_filter(self.actor, self.query_arg)
         cursor = self.get_argument("cursor", None)
-        rows = await self.sac.store.history.events(
+        rows = await self.ctx.store.history.events(
             where, PAGE + 1, parse_event_cursor(cursor) if cursor else None, descending=True
         )
         page = rows[:PAGE]
@@ -318,14 +316,14 @@ class ConversationsPage(PageHandler, SearchBaseHandler):
         )
 
 
-class HitlPage(PageHandler, DecisionOps):
+class HitlPage(PageHandler):
     @admin_page
     async def get(self, *_: str) -> None:
         await self.show()
 
     async def show(self, status: int = 200, error: ApiError | None = None) -> None:
         owner = self.get_argument("user", "") or None
-        rows = await self.sac.store.hitl.list(
+        rows = await self.ctx.store.hitl.list(
             owner=owner, agent_slug=None, status=PENDING, limit=200, before=None
         )
         now = datetime.now(UTC)
@@ -342,7 +340,9 @@ class HitlPage(PageHandler, DecisionOps):
     @admin_page
     async def post(self, request_id: str) -> None:
         try:
-            decided = await self.decide_request(request_id, decision_body(self.form()))
+            decided = await hitl_ops.decide_request(
+                self.ctx, self.actor, request_id, decision_body(self.form())
+            )
         except ApiError as e:
             if e.status_code == 404:
                 raise
@@ -371,7 +371,7 @@ class UsagePage(PageHandler):
         if (until - since).days > 366:
             raise bad("until", "at most 366 days at a time")
         owner = self.get_argument("user", "") or None
-        rows = await self.sac.store.usage.daily(since, until + timedelta(days=1), owner)
+        rows = await self.ctx.store.usage.daily(since, until + timedelta(days=1), owner)
         for row in rows:
             row["tokens"] = row_tokens(row)
         self.render_page(
@@ -385,12 +385,12 @@ class UsagePage(PageHandler):
         )
 
 
-class AuditPage(PageHandler, AuditBaseHandler):
+class AuditPage(PageHandler):
     @admin_page
     async def get(self) -> None:
-        where = self.audit_filter()
+        where = audit_filter(self.query_arg)
         cursor = self.get_argument("cursor", None)
-        rows = await self.sac.store.audit.list(
+        rows = await self.ctx.store.audit.list(
             where, PAGE + 1, parse_entry_cursor(cursor) if cursor else None
         )
         page = rows[:PAGE]
@@ -407,11 +407,7 @@ class AuditPage(PageHandler, AuditBaseHandler):
 class AdminHome(PageHandler):
     @admin_page
     async def get(self) -> None:
-        self.redirect(f"{self.sac.prefix}admin/agents")
-
-
-USER = r"([^/]+)"
-SLUG = r"([a-z0-9-]+)"
+        self.redirect(f"{self.ctx.prefix}admin/agents")
 
 
 FORM_UPLOAD_BYTES = 32 * 1024 * 1024  # bigger public files: the API (streamed)
@@ -419,7 +415,7 @@ FORM_AROUND_BYTES = 256 * 1024  # the form's other fields and multipart framing
 
 
 @web.stream_request_body
-class WorkspacesPage(PageHandler, UserWorkspaceBase, GroupQuotaOps):
+class WorkspacesPage(PageHandler):
     """admin/workspaces: the public tree (upload, delete) and every group's usage
     against its quota (set the quota). Changes go through the API's operations.
 
@@ -429,6 +425,7 @@ class WorkspacesPage(PageHandler, UserWorkspaceBase, GroupQuotaOps):
 
     _form: MultipartForm | None = None
     _form_error: FormError | None = None
+    _upload: ws_ops.Upload | None = None
     _xsrf_later = False
 
     async def prepare(self) -> None:
@@ -444,9 +441,10 @@ class WorkspacesPage(PageHandler, UserWorkspaceBase, GroupQuotaOps):
         self.require_admin()
         content_type = self.request.headers.get("Content-Type", "")
         if content_type.lower().startswith("multipart/form-data"):
-            self.start_spool()
+            # Closed in on_finish (the body outlives any with-block here).
+            self._upload = ws_ops.Upload()
             try:
-                self._form = MultipartForm(content_type, "file", self.spool_write)
+                self._form = MultipartForm(content_type, "file", self._upload.write)
             except FormError as e:
                 raise bad("file", str(e)) from None
             taken = self.accept_body(FORM_UPLOAD_BYTES + FORM_AROUND_BYTES, self._feed_form)
@@ -455,6 +453,10 @@ class WorkspacesPage(PageHandler, UserWorkspaceBase, GroupQuotaOps):
             taken = self.accept_body(MAX_JSON_BYTES, self._raw.append)
         if not taken:
             raise self.upload_too_large()
+
+    def on_finish(self) -> None:
+        if self._upload is not None:
+            self._upload.close()
 
     def check_xsrf_cookie(self) -> None:
         if not self._xsrf_later:
@@ -489,7 +491,7 @@ class WorkspacesPage(PageHandler, UserWorkspaceBase, GroupQuotaOps):
         self.check_xsrf_cookie()
 
     def upload_too_large(self) -> ApiError:
-        limit = min(FORM_UPLOAD_BYTES, self.sac.workspace_max_file_bytes)
+        limit = min(FORM_UPLOAD_BYTES, self.ctx.workspace_max_file_bytes)
         return ApiError(413, "too_large", f"files uploaded here are limited to {limit} bytes")
 
     @admin_page
@@ -497,17 +499,17 @@ class WorkspacesPage(PageHandler, UserWorkspaceBase, GroupQuotaOps):
         await self.show()
 
     async def show(self, status: int = 200, error: ApiError | None = None) -> None:
-        public = await self.sac.store.workspace.list("public")
-        public_usage = await self.sac.store.workspace.usage("public")
+        public = await self.ctx.store.workspace.list("public")
+        public_usage = await self.ctx.store.workspace.usage("public")
         # From the hub's group list, so a group nobody has joined yet can get its
         # quota before its first member arrives.
-        members = {g["name"]: sorted(g.get("users") or []) for g in await self.sac.hub.groups()}
-        system = await self.sac.store.settings.get("system")
+        members = {g["name"]: sorted(g.get("users") or []) for g in await self.ctx.hub.groups()}
+        system = await self.ctx.store.settings.get("system")
         groups = []
         for group in sorted(members):
-            overrides = await self.sac.store.settings.get("group", group)
+            overrides = await self.ctx.store.settings.get("group", group)
             resolved = sac_settings.resolve_group(system, overrides)
-            used_bytes, used_files = await self.sac.store.workspace.usage(f"group:{group}")
+            used_bytes, used_files = await self.ctx.store.workspace.usage(f"group:{group}")
             groups.append({
                 "name": group,
                 "members": members[group],
@@ -540,25 +542,27 @@ class WorkspacesPage(PageHandler, UserWorkspaceBase, GroupQuotaOps):
                 filename = self._form.filename if self._form is not None else None
                 if not filename:
                     raise bad("file", "choose a file to upload")
-                if self._size > min(FORM_UPLOAD_BYTES, self.sac.workspace_max_file_bytes):
+                assert self._upload is not None  # a multipart form was taken
+                if self._upload.size > min(FORM_UPLOAD_BYTES, self.ctx.workspace_max_file_bytes):
                     raise self.upload_too_large()
                 folder = (form.get("folder") or [""])[-1].strip().strip("/")
                 name = filename.replace("\\", "/").rsplit("/", 1)[-1]
                 path = f"{folder}/{name}" if folder else name
-                loc = self.location("public", path, None)
-                await self.put_file(loc, None)
+                loc = ws_ops.location("public", path, None)
+                await ws_ops.put_file(self.ctx, self.actor, self._upload, loc, None,
+                                      base_version=None, mtime=datetime.now(UTC))  # fmt: skip
                 return self.redirect_done("admin/workspaces", "public-saved", loc.workspace_path)
             if action == "delete":
-                loc = self.location("public", (form.get("path") or [""])[-1], None)
-                await self.delete_file(loc)
+                loc = ws_ops.location("public", (form.get("path") or [""])[-1], None)
+                await ws_ops.delete_file(self.ctx, self.actor, loc, base_version=None)
                 return self.redirect_done("admin/workspaces", "public-deleted", loc.workspace_path)
             if action == "quota":
                 group = (form.get("group") or [""])[-1]
                 try:
                     overrides = validated_form(form, "group")
                 except SettingsError as e:
-                    raise invalid(e) from None
-                await self.set_group_quota(group, overrides)
+                    raise invalid_setting(e) from None
+                await settings_ops.replace_group_quota(self.ctx, self.actor, group, overrides)
                 return self.redirect_done("admin/workspaces", "group-saved", group)
             raise bad("action", "expected upload, delete or quota")
         except ApiError as e:
@@ -584,14 +588,14 @@ def routes(prefix: str) -> list[tuple[str, Any]]:
     return [
         (admin, AdminHome),
         (admin + "settings", SettingsPage),
-        (admin + r"settings/keys/([a-z0-9-]+)", OrgKeyPage),
+        (admin + f"settings/keys/{PROVIDER}", OrgKeyPage),
         (admin + "users", UsersPage),
         (admin + f"users/{USER}", UserPage),
         (admin + "agents", AgentsListPage),
         (admin + f"agents/{USER}/{SLUG}", AgentsPage),
         (admin + "conversations", ConversationsPage),
         (admin + "hitl", HitlListPage),
-        (admin + r"hitl/([0-9a-f-]+)", HitlPage),
+        (admin + f"hitl/{UUID}", HitlPage),
         (admin + "usage", UsagePage),
         (admin + "workspaces", WorkspacesPage),
         (admin + "audit", AuditPage),

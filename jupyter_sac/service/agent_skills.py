@@ -27,7 +27,9 @@ from ..objects import ObjectNotFound
 from .base import BaseHandler
 from .errors import ApiError
 from .openapi import _op, _path_params, _resp
-from .skills import bundle_key, bundle_model, content_fields, owner_view, stream_object
+from .operations.skills import bundle_key, bundle_model, content_fields
+from .routes import NAME
+from .skills import owner_view, stream_object
 from .validation import bad, check_fields, path_id
 
 # A bundle this small travels inline; a bigger one gets its own download.
@@ -65,8 +67,8 @@ class AgentManifestHandler(BaseHandler):
 
     async def get(self) -> None:
         agent = await self.require_agent()
-        rows = await self.sac.store.skills.installed(
-            agent.id, visible_to=await owner_view(self.sac, agent.owner)
+        rows = await self.ctx.store.skills.installed(
+            agent.id, visible_to=await owner_view(self.ctx, agent.owner)
         )
         etag = manifest_etag(rows)
         self.set_header("ETag", etag)
@@ -78,7 +80,7 @@ class AgentManifestHandler(BaseHandler):
         for entry in entries:
             if entry["bundle"]:
                 # S3: the sandbox fetches straight from the store, without credentials.
-                entry["bundle"]["url"] = self.sac.objects.presign_get(
+                entry["bundle"]["url"] = self.ctx.objects.presign_get(
                     bundle_key(entry["bundle"]["sha256"]), expires=300
                 )
         self.write_json({"skills": entries, "etag": etag})
@@ -91,8 +93,8 @@ class AgentBundleHandler(BaseHandler):
     async def get(self, skill_id: str) -> None:
         agent = await self.require_agent()
         sid = path_id(skill_id)
-        rows = sid is not None and await self.sac.store.skills.installed(
-            agent.id, visible_to=await owner_view(self.sac, agent.owner), skill_id=sid
+        rows = sid is not None and await self.ctx.store.skills.installed(
+            agent.id, visible_to=await owner_view(self.ctx, agent.owner), skill_id=sid
         )
         if not rows or not rows[0]["bundle_sha256"]:
             raise ApiError(404, "not_found", "no such installed skill with a bundle")
@@ -116,8 +118,8 @@ class AgentBundlesHandler(BaseHandler):
             or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
         ):
             raise bad("ids", f"a list of at most {MAX_IDS} skill ids")
-        rows = await self.sac.store.skills.installed(
-            agent.id, visible_to=await owner_view(self.sac, agent.owner)
+        rows = await self.ctx.store.skills.installed(
+            agent.id, visible_to=await owner_view(self.ctx, agent.owner)
         )
         by_id = {row["id"]: row for row in rows}
         missing = [i for i in ids if i not in by_id]
@@ -141,7 +143,7 @@ class AgentBundlesHandler(BaseHandler):
         async def read(sha: str) -> tuple[str, bytes | None]:
             async with gate:
                 try:
-                    return sha, await self.sac.objects.get(bundle_key(sha))
+                    return sha, await self.ctx.objects.get(bundle_key(sha))
                 except ObjectNotFound:
                     return sha, None
 
@@ -158,7 +160,7 @@ def routes(prefix: str) -> list[tuple[str, Any]]:
     return [
         (prefix + "api/agent/skills", AgentManifestHandler),
         (prefix + "api/agent/skills/bundles", AgentBundlesHandler),
-        (prefix + r"api/agent/skills/([^/]+)/bundle", AgentBundleHandler),
+        (prefix + f"api/agent/skills/{NAME}/bundle", AgentBundleHandler),
     ]
 
 

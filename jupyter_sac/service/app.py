@@ -42,18 +42,18 @@ from .access_audit import AccessAudit
 from .agents import AgentActionHandler, AgentHandler, AgentsHandler, AgentUsageHandler
 from .base import SERVER_BODY_BYTES, NotFoundHandler
 from .forwarded import LOOPBACK, ForwardedApplication, TrustedProxies
+from .hub import HubClient
 from .llm_proxy import LlmProxyHandler
 from .openapi import OpenApiHandler
+from .operations.context import OrganisationKeys, ServiceContext, Waiters
 from .pages import STATIC, ApiIndexHandler, IndexPage, OAuthCallbackHandler
+from .routes import SLUG, USER
 from .settings_handlers import (
     MySettingsHandler,
     ProvidersHandler,
     SystemSettingsHandler,
     UserSettingsHandler,
 )
-
-SLUG = r"([a-z0-9-]+)"
-USER = r"([^/]+)"
 
 
 class SacService(Application):
@@ -239,7 +239,11 @@ class SacService(Application):
         except ValueError as e:
             raise ValueError(f"trusted_proxies: {e}") from None
 
-    def make_app(self) -> web.Application:
+    def make_app(
+        self, ctx: ServiceContext | None = None, idle_culler: culler.Culler | None = None
+    ) -> web.Application:
+        """The tornado application serving ``ctx`` (None: only its route table, for
+        the tests that read it; no handler can run without a context)."""
         p = self.prefix
         handlers = [
             (p, IndexPage),
@@ -280,29 +284,13 @@ class SacService(Application):
         return ForwardedApplication(
             handlers,
             TrustedProxies(self.trusted_proxies),
-            sac=self,
+            ctx=ctx,
+            # The idle culler's state, shown by api/culler (None: culling is off).
+            culler=idle_culler,
             hub_auth=hub_auth,
             cookie_secret=os.urandom(32),
             default_handler_class=NotFoundHandler,
         )
-
-    # Organisation keys in use: the configuration's, overridden by those set in the
-    # service (settings page or API). Reloaded after each change; this process is
-    # the only writer.
-    org_keys: dict[str, str] = {}
-
-    async def reload_org_keys(self) -> None:
-        keys = dict(self.organisation_api_keys)
-        for provider, row in (await self.store.org_keys.list()).items():
-            try:
-                keys[provider] = self.keybox.decrypt(row["encrypted_key"])
-            except ValueError:
-                self.log.error(
-                    "the organisation key for %s cannot be decrypted with the configured"
-                    " Fernet keys (SAC_FERNET_KEY); set it again",
-                    provider,
-                )
-        self.org_keys = keys
 
     def make_object_store(self) -> ObjectStore:
         overrides = {}
@@ -311,39 +299,46 @@ class SacService(Application):
         return store_from_config(self.object_store, self.config, **overrides)
 
     async def start_async(self) -> None:
-        from .hub import HubClient
-
         if not self.database_url:
             raise SystemExit("sac service: no database URL (SAC_DATABASE_URL)")
-        self.keybox = KeyBox(self.fernet_keys)
-        self.store = await Store.open(self.database_url)
+        keybox = KeyBox(self.fernet_keys)
+        store = await Store.open(self.database_url)
         # Installs pinned by a migration get their checksum before any manifest is
         # served (it is computed here, not in SQL).
-        filled = await self.store.skills.fill_install_checksums()
+        filled = await store.skills.fill_install_checksums()
         if filled:
             self.log.info("recorded the checksum of %d pinned skill installs", filled)
-        await self.reload_org_keys()
-        self.hub = HubClient()
-        self.objects = self.make_object_store()
-        self.upstream = httpx.AsyncClient(
-            timeout=httpx.Timeout(self.upstream_timeout, connect=15), follow_redirects=False
+        org_keys = OrganisationKeys(self.organisation_api_keys)
+        await org_keys.reload(store, keybox)
+        ctx = ServiceContext(
+            store=store,
+            hub=HubClient(),
+            keybox=keybox,
+            objects=self.make_object_store(),
+            org_keys=org_keys,
+            hitl_waiters=Waiters(),
+            upstream=httpx.AsyncClient(
+                timeout=httpx.Timeout(self.upstream_timeout, connect=15), follow_redirects=False
+            ),
+            prefix=self.prefix,
+            public=self.public,
+            admin_scope=self.admin_scope,
+            provider_base_urls=dict(self.provider_base_urls),
+            workspace_max_file_bytes=self.workspace_max_file_bytes,
         )
         try:
-            await skills.upsert_official(self, self.official_skills_dir)
+            await skills.upsert_official(ctx, self.official_skills_dir)
         except Exception:
             # A broken shipped skill must not keep the whole service down.
             self.log.exception("could not load the official skills")
-        self.hitl_waiters = hitl.Waiters()
-        reaper = asyncio.create_task(hitl.reaper(self))
-        self.culler = culler.Culler(self, self.cull_interval) if self.cull_interval > 0 else None
-        culling = asyncio.create_task(self.culler.run()) if self.culler else None
-        self.access_audit = (
-            AccessAudit(self, self.access_audit_interval)
-            if self.access_audit_interval > 0
-            else None
+        reaper = asyncio.create_task(hitl.reaper(ctx))
+        idle_culler = culler.Culler(ctx, self.cull_interval) if self.cull_interval > 0 else None
+        culling = asyncio.create_task(idle_culler.run()) if idle_culler else None
+        access_audit = (
+            AccessAudit(ctx, self.access_audit_interval) if self.access_audit_interval > 0 else None
         )
-        watching = asyncio.create_task(self.access_audit.run()) if self.access_audit else None
-        app = self.make_app()
+        watching = asyncio.create_task(access_audit.run()) if access_audit else None
+        app = self.make_app(ctx, idle_culler)
         server = app.listen(
             self.port,
             self.ip,
@@ -370,12 +365,12 @@ class SacService(Application):
         reaper.cancel()
         if watching is not None:
             watching.cancel()
-        if culling is not None:
+        if culling is not None and idle_culler is not None:
             culling.cancel()
-            await self.culler.close()
-        await self.upstream.aclose()
-        await self.hub.close()
-        await self.store.close()
+            await idle_culler.close()
+        await ctx.upstream.aclose()
+        await ctx.hub.close()
+        await store.close()
 
     def start(self) -> None:
         asyncio.run(self.start_async())

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
 from typing import Any
 
 from ..store.audit import AuditFilter, AuditKey
 from .base import BaseHandler
 from .csv_export import stream_csv
-from .history import _UNENCODED_PLUS, _parse_ts
+from .history import QueryArg, _parse_ts, text_arg, time_arg
 from .openapi import _op, _resp, query_params
 from .validation import bad, decode_cursor, encode_cursor
 
@@ -71,40 +70,30 @@ def parse_entry_cursor(value: str) -> AuditKey:
     return _parse_ts(at, "cursor"), int(entry_id)
 
 
+def audit_filter(arg: QueryArg) -> AuditFilter:
+    """The filters of an audit query (the API's and the Audit log page's): actor,
+    user, target, action (exact, or a prefix ending in ``.*``), since and until."""
+    action = text_arg(arg, "action")
+    if action is not None and not _ACTION.fullmatch(action):
+        raise bad("action", "expected an action such as agent.update, or a prefix: settings.*")
+    since, until = time_arg(arg, "since"), time_arg(arg, "until")
+    if since is not None and until is not None and until <= since:
+        raise bad("until", "must be after since")
+    return AuditFilter(
+        actor=text_arg(arg, "actor"),
+        target_user=text_arg(arg, "user"),
+        target=text_arg(arg, "target"),
+        action=action,
+        since=since,
+        until=until,
+    )
+
+
 class AuditBaseHandler(BaseHandler):
-    def text_arg(self, name: str) -> str | None:
-        # tornado has already refused invalid UTF-8 and replaced control characters
-        raw = self.get_argument(name, None)
-        if raw is None or raw == "":
-            return None
-        if len(raw) > MAX_TEXT:
-            raise bad(name, f"at most {MAX_TEXT} characters")
-        return raw
-
-    def time_arg(self, name: str) -> datetime | None:
-        raw = self.get_argument(name, None)
-        if not raw:
-            return None
-        # An offset's "+" typed into a URL unencoded arrives as a space.
-        return _parse_ts(_UNENCODED_PLUS.sub(r"\1+\2", raw), name)
-
     def audit_filter(self) -> AuditFilter:
         """The query's filters, for an administrator (else 403 before any is read)."""
         self.require_admin()
-        action = self.text_arg("action")
-        if action is not None and not _ACTION.fullmatch(action):
-            raise bad("action", "expected an action such as agent.update, or a prefix: settings.*")
-        since, until = self.time_arg("since"), self.time_arg("until")
-        if since is not None and until is not None and until <= since:
-            raise bad("until", "must be after since")
-        return AuditFilter(
-            actor=self.text_arg("actor"),
-            target_user=self.text_arg("user"),
-            target=self.text_arg("target"),
-            action=action,
-            since=since,
-            until=until,
-        )
+        return audit_filter(self.query_arg)
 
 
 class AuditHandler(AuditBaseHandler):
@@ -114,7 +103,7 @@ class AuditHandler(AuditBaseHandler):
         where = self.audit_filter()
         limit = self.int_arg("limit", PAGE, 1, MAX_PAGE)
         cursor = self.get_argument("cursor", None)
-        rows = await self.sac.store.audit.list(
+        rows = await self.ctx.store.audit.list(
             where, limit + 1, parse_entry_cursor(cursor) if cursor else None
         )
         page = rows[:limit]
@@ -132,7 +121,7 @@ class AuditExportHandler(AuditBaseHandler):
 
     async def get(self) -> None:
         where = self.audit_filter()
-        await stream_csv(self, "audit.csv", CSV_COLUMNS, self.sac.store.audit.stream(where),
+        await stream_csv(self, "audit.csv", CSV_COLUMNS, self.ctx.store.audit.stream(where),
                          csv_row)  # fmt: skip
 
 

@@ -11,15 +11,9 @@ from tornado import web
 
 from ..store import AgentRecord
 from .errors import ApiError
-from .principals import (
-    AGENT_TOKEN_PREFIX,
-    Denial,
-    Identity,
-    agent_access,
-    needs_admin,
-    needs_person,
-    user_access,
-)
+from .operations import access
+from .operations.context import Actor, ServiceContext, audit
+from .principals import AGENT_TOKEN_PREFIX, Denial, Identity
 
 # JSON bodies (every handler but the uploads) are limited to this.
 MAX_JSON_BYTES = 1024 * 1024
@@ -87,16 +81,27 @@ class StreamedBody:
 
 
 class BaseHandler(StreamedBody, HubOAuthenticated, web.RequestHandler):
-    """Thin handlers: parse, authorise, call the store, serialise."""
+    """Thin handlers: parse, authorise, call an operation (operations/), serialise."""
 
     @property
     def hub_auth(self):  # type: ignore[override]
         return self.settings["hub_auth"]
 
     @property
-    def sac(self):
-        """The SacService application (store, hub client, key box, configuration)."""
-        return self.settings["sac"]
+    def ctx(self) -> ServiceContext:
+        """The service's collaborators (store, hub client, key box, configuration)."""
+        ctx: ServiceContext = self.settings["ctx"]
+        return ctx
+
+    @property
+    def actor(self) -> Actor:
+        """The caller, as operations take it and the audit log records it."""
+        request_id = self.request.headers.get("X-Request-Id", "")[:200]
+        return Actor(
+            self.identity,
+            request_id=request_id if request_id.isprintable() and request_id else None,
+            ip=self.request.remote_ip,
+        )
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
@@ -137,7 +142,7 @@ class BaseHandler(StreamedBody, HubOAuthenticated, web.RequestHandler):
         self._authenticated = True
         token = self.bearer_token()
         if token.startswith(AGENT_TOKEN_PREFIX):
-            self._agent_caller = await self.sac.store.tokens.agent(token)
+            self._agent_caller = await self.ctx.store.tokens.agent(token)
             # Never fall back to a login cookie for a request that sent an agent token.
             self._hub_auth_user_cache = None
             if self._agent_caller is None:
@@ -156,7 +161,7 @@ class BaseHandler(StreamedBody, HubOAuthenticated, web.RequestHandler):
 
     def get_login_url(self) -> str:
         if self.request.headers.get("Authorization") or self.request.path.startswith(
-            self.settings["sac"].prefix + "api/"
+            self.ctx.prefix + "api/"
         ):
             # API clients get a JSON 401/403, not a redirect to the login page.
             raise ApiError(401, "unauthorized", "a JupyterHub API token or login is required")
@@ -180,18 +185,15 @@ class BaseHandler(StreamedBody, HubOAuthenticated, web.RequestHandler):
             kind=model.get("kind", "user"),
             groups=tuple(model.get("groups") or ()),
             scopes=frozenset(model.get("scopes", ())),
-            admin_scope=self.sac.admin_scope,
+            admin_scope=self.ctx.admin_scope,
         )
 
     def deny_if(self, denial: Denial | None) -> None:
-        if denial is not None:
-            raise ApiError(denial.status, denial.code, denial.message)
+        access.deny_if(denial)
 
     def require_person(self, what: str = "do this") -> Identity:
         """A person acting as themselves (or an administrator)."""
-        ident = self.identity
-        self.deny_if(needs_person(ident, what))
-        return ident
+        return access.require_person(self.actor, what)
 
     def require_signed_in(self) -> Identity:
         """Any principal: a person, a driver, an agent's sandbox (read-only lookups)."""
@@ -201,43 +203,35 @@ class BaseHandler(StreamedBody, HubOAuthenticated, web.RequestHandler):
         return ident
 
     def require_admin(self) -> Identity:
-        ident = self.identity
-        self.deny_if(needs_admin(ident, self.sac.admin_scope))
-        return ident
+        return access.require_admin(self.ctx, self.actor)
 
     def authorize_user(
         self, target: str, what: str = "do this", *, driver_may: bool = False,
         agent_may: bool = False,
     ) -> Identity:  # fmt: skip
         """The caller may act on user ``target``'s resources (else 404 or 403)."""
-        ident = self.identity
-        self.deny_if(user_access(ident, target, what, driver_may=driver_may, agent_may=agent_may))
-        return ident
+        return access.authorize_user(
+            self.actor, target, what, driver_may=driver_may, agent_may=agent_may
+        )
 
     async def get_agent(
         self, owner: str, slug: str, what: str = "do this", *, driver_may: bool = False,
         agent_may: bool = False,
     ) -> AgentRecord:  # fmt: skip
-        """``owner``'s agent ``slug``, if the caller may do ``what`` on it (else 404/403).
-
-        Persons act on their own agents, administrators on all; ``driver_may`` lets
-        a driver of the owner, ``agent_may`` the agent's own sandbox."""
-        ident = self.identity
-        # Checked before the lookup too, so other users' agents are not probed.
-        self.deny_if(user_access(ident, owner, what, driver_may=driver_may, agent_may=agent_may))
-        agent = await self.sac.store.agents.get(owner, slug)
-        if agent is None:
-            raise ApiError(404, "not_found", "no such agent")
-        self.deny_if(
-            agent_access(ident, owner, agent.id, what, driver_may=driver_may, agent_may=agent_may)
+        """``owner``'s agent ``slug``, if the caller may do ``what`` on it (else 404/403)."""
+        return await access.get_agent(
+            self.ctx, self.actor, owner, slug, what, driver_may=driver_may, agent_may=agent_may
         )
-        return agent
 
     async def groups_of(self, user: str) -> list[str]:
         """``user``'s JupyterHub groups, asked of the hub (an agent token carries none,
         and a login's may be a minute old)."""
-        model = await self.sac.hub.get_user(user)
+        model = await self.ctx.hub.get_user(user)
         return sorted((model or {}).get("groups") or [])
+
+    def query_arg(self, name: str) -> str | None:
+        """A query argument (None when absent): what the shared query parsers take."""
+        return self.get_argument(name, None)
 
     def int_arg(self, name: str, default: int, low: int, high: int) -> int:
         """An integer query argument within [low, high] (else a 400 naming it)."""
@@ -270,21 +264,15 @@ class BaseHandler(StreamedBody, HubOAuthenticated, web.RequestHandler):
         after: Any = None,
         conn: Any = None,
     ) -> None:
-        """Record what the caller just did in the audit log (docs/audit.md). Pass the
-        connection of ``self.sac.store.transaction()`` that made the change: the entry
-        is then stored with the change, or neither is. Secrets are redacted by the store."""
-        ident = self.identity
-        request_id = self.request.headers.get("X-Request-Id", "")[:200]
-        await self.sac.store.audit.record(
+        """Record what the caller just did in the audit log (operations.context.audit)."""
+        await audit(
+            self.ctx,
+            self.actor,
             action,
-            actor=ident.name,
-            actor_admin=ident.admin,
-            target=target,
+            target,
             target_user=target_user,
             before=before,
             after=after,
-            request_id=request_id if request_id.isprintable() and request_id else None,
-            ip=self.request.remote_ip,
             conn=conn,
         )
 

@@ -19,11 +19,12 @@ from urllib.parse import quote, urljoin
 
 import httpx
 
-from .. import settings as sac_settings
 from ..urls import ProxyTransport
 from . import metrics
 from .base import BaseHandler
 from .openapi import _op, _resp
+from .operations.context import ServiceContext
+from .operations.settings import effective_settings_for_agent
 
 log = logging.getLogger("jupyter_sac.culler")
 
@@ -75,8 +76,8 @@ class Culler:
     """Checks every running agent each ``interval`` seconds; ``status`` tells an
     administrator what the last pass did."""
 
-    def __init__(self, sac: Any, interval: float):
-        self.sac = sac
+    def __init__(self, ctx: ServiceContext, interval: float):
+        self.ctx = ctx
         self.interval = interval
         self.status: dict[str, Any] = {
             "interval": interval,
@@ -110,15 +111,14 @@ class Culler:
     async def run_once(self) -> None:
         now = datetime.now(UTC)
         kept: dict[str, str] = {}
-        for owner, name, server in await self.sac.hub.named_servers():
+        for owner, name, server in await self.ctx.hub.named_servers():
             if not server.get("ready"):
                 continue  # still starting or stopping
-            agent = await self.sac.store.agents.get(owner, name)
+            agent = await self.ctx.store.agents.get(owner, name)
             if agent is None:
                 continue  # a server SAC does not manage
-            system, user = await self.sac.store.settings.for_user(owner)
-            resolved = sac_settings.resolve(system, user, agent.overrides)
-            pending = await self.sac.store.hitl.list(
+            resolved = await effective_settings_for_agent(self.ctx, agent)
+            pending = await self.ctx.store.hitl.list(
                 owner=owner, agent_slug=name, status="pending", limit=100, before=None
             )
             verdict = idle_verdict(
@@ -137,7 +137,7 @@ class Culler:
                 *self.status["culled"][-99:],
                 {"agent": key, "at": now.isoformat(), "reason": verdict.reason},
             ]
-            await self.sac.store.audit.record(
+            await self.ctx.store.audit.record(
                 "agent.cull",
                 actor=SYSTEM_ACTOR,
                 actor_admin=True,
@@ -146,7 +146,7 @@ class Culler:
                 before={"state": "running"},
                 after={"state": "stopped", "reason": verdict.reason},
             )
-            await self.sac.hub.stop_server(owner, name)
+            await self.ctx.hub.stop_server(owner, name)
             metrics.AGENTS_CULLED.inc()
         self.status["kept"] = kept
         self.status["passes"] += 1
@@ -175,7 +175,7 @@ class CullerHandler(BaseHandler):
 
     async def get(self) -> None:
         self.require_admin()
-        culler = self.sac.culler
+        culler = self.settings["culler"]
         self.write_json(culler.status if culler else {"interval": 0, "passes": 0})
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +23,9 @@ from .base import BaseHandler
 from .csv_export import stream_csv
 from .errors import ApiError
 from .openapi import _op, _path_params, _resp, query_params
+from .operations.access import require_person
+from .operations.context import Actor
+from .routes import SLUG, USER
 from .validation import bad, check_fields, decode_cursor, encode_cursor, utf8_encodable
 
 MAX_BATCH = 1000
@@ -196,6 +200,51 @@ def csv_row(row: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
+# A request's query argument by name (None when absent): handlers pass
+# ``self.query_arg``, so the API and the pages parse the same query the same way.
+QueryArg = Callable[[str], str | None]
+
+
+def time_arg(arg: QueryArg, name: str) -> datetime | None:
+    raw = arg(name)
+    if not raw:
+        return None
+    # An offset's "+" typed into a URL unencoded arrives as a space.
+    return _parse_ts(_UNENCODED_PLUS.sub(r"\1+\2", raw), name)
+
+
+def text_arg(arg: QueryArg, name: str, max_len: int = 200) -> str | None:
+    # tornado has already refused invalid UTF-8 and dropped control characters
+    raw = arg(name)
+    if raw is None or raw == "":
+        return None
+    if len(raw) > max_len:
+        raise bad(name, f"at most {max_len} characters")
+    return raw
+
+
+def event_filter(arg: QueryArg, **fixed: Any) -> EventFilter:
+    return EventFilter(
+        session_id=text_arg(arg, "session"),
+        since=time_arg(arg, "since"),
+        until=time_arg(arg, "until"),
+        **fixed,
+    )
+
+
+def search_filter(actor: Actor, arg: QueryArg) -> EventFilter:
+    """A history search's filters (the API's and the Conversations page's): a
+    person searches their own agents; auditors and administrators anyone's."""
+    ident = require_person(actor, "search history")
+    user = text_arg(arg, "user")
+    if not ident.auditor:
+        if user is not None and user != ident.name:
+            # As for another user's agents: 404, whether or not that user exists.
+            raise ApiError(404, "not_found", "no such user")
+        user = ident.name
+    return event_filter(arg, owner=user, agent_slug=text_arg(arg, "agent"), text=text_arg(arg, "q"))
+
+
 class HistoryBaseHandler(BaseHandler):
     def can_read_all(self) -> bool:
         return self.identity.auditor
@@ -216,32 +265,11 @@ class HistoryBaseHandler(BaseHandler):
     async def require_known(self, owner: str, slug: str) -> None:
         """There is an agent or history under that name (a deleted agent's history
         stays readable). Called when a page comes back empty: rows prove it already."""
-        if not await self.sac.store.history.known(owner, slug):
+        if not await self.ctx.store.history.known(owner, slug):
             raise ApiError(404, "not_found", "no such agent")
 
-    def time_arg(self, name: str) -> datetime | None:
-        raw = self.get_argument(name, None)
-        if not raw:
-            return None
-        # An offset's "+" typed into a URL unencoded arrives as a space.
-        return _parse_ts(_UNENCODED_PLUS.sub(r"\1+\2", raw), name)
-
-    def text_arg(self, name: str, max_len: int = 200) -> str | None:
-        # tornado has already refused invalid UTF-8 and dropped control characters
-        raw = self.get_argument(name, None)
-        if raw is None or raw == "":
-            return None
-        if len(raw) > max_len:
-            raise bad(name, f"at most {max_len} characters")
-        return raw
-
     def event_filter(self, **fixed: Any) -> EventFilter:
-        return EventFilter(
-            session_id=self.text_arg("session"),
-            since=self.time_arg("since"),
-            until=self.time_arg("until"),
-            **fixed,
-        )
+        return event_filter(self.query_arg, **fixed)
 
     async def write_page(self, where: EventFilter, default_order: str = "asc") -> None:
         """A page of events; for one agent (``where.agent_slug``), 404 if it is unknown."""
@@ -250,7 +278,7 @@ class HistoryBaseHandler(BaseHandler):
             raise bad("order", "expected asc or desc")
         limit = self.int_arg("limit", PAGE, 1, MAX_PAGE)
         cursor = self.get_argument("cursor", None)
-        rows = await self.sac.store.history.events(
+        rows = await self.ctx.store.history.events(
             where,
             limit + 1,
             parse_event_cursor(cursor) if cursor else None,
@@ -264,7 +292,7 @@ class HistoryBaseHandler(BaseHandler):
         self.finish(f'{{"events": [{events}], "next_cursor": {json.dumps(next_cursor)}}}')
 
     async def write_csv(self, where: EventFilter, filename: str) -> None:
-        await stream_csv(self, filename, CSV_COLUMNS, self.sac.store.history.stream(where),
+        await stream_csv(self, filename, CSV_COLUMNS, self.ctx.store.history.stream(where),
                          csv_row)  # fmt: skip
 
 
@@ -289,7 +317,7 @@ class IngestHandler(HistoryBaseHandler):
         if not body:
             raise ApiError(400, "invalid_json", "a JSON object body is required")
         batch = parse_batch(body)
-        stored = await self.sac.store.history.ingest(agent.id, agent.owner, agent.slug, batch)
+        stored = await self.ctx.store.history.ingest(agent.id, agent.owner, agent.slug, batch)
         metrics.HISTORY_EVENTS.inc(stored)
         self.write_json({"received": len(batch.events), "stored": stored})
 
@@ -323,7 +351,7 @@ class SessionsHandler(HistoryBaseHandler):
         if cursor:
             last_ts, session_id = decode_cursor(cursor, 2)
             before = (_parse_ts(last_ts, "cursor"), session_id)
-        rows = await self.sac.store.history.sessions(owner, slug, limit + 1, before)
+        rows = await self.ctx.store.history.sessions(owner, slug, limit + 1, before)
         if not rows:
             await self.require_known(owner, slug)
         page = rows[:limit]
@@ -354,16 +382,7 @@ class ExportHandler(HistoryBaseHandler):
 
 class SearchBaseHandler(HistoryBaseHandler):
     def search_filter(self) -> EventFilter:
-        ident = self.require_person("search history")
-        user = self.text_arg("user")
-        if not self.can_read_all():
-            if user is not None and user != ident.name:
-                # As for another user's agents: 404, whether or not that user exists.
-                raise ApiError(404, "not_found", "no such user")
-            user = ident.name
-        return self.event_filter(
-            owner=user, agent_slug=self.text_arg("agent"), text=self.text_arg("q")
-        )
+        return search_filter(self.actor, self.query_arg)
 
 
 class SearchHandler(SearchBaseHandler):
@@ -376,10 +395,6 @@ class SearchHandler(SearchBaseHandler):
 class SearchExportHandler(SearchBaseHandler):
     async def get(self) -> None:
         await self.write_csv(self.search_filter(), "history.csv")
-
-
-USER = r"([^/]+)"
-SLUG = r"([a-z0-9-]+)"
 
 
 def routes(prefix: str) -> list[tuple[str, Any]]:

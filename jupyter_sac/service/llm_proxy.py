@@ -20,13 +20,14 @@ from typing import Any
 import httpx
 from tornado import iostream, web
 
-from .. import settings as sac_settings
 from ..budgets import Refusal, reservation_tokens
 from ..budgets import refusal as budget_refusal
 from ..providers import ProviderError, auth_headers, upstream_base_url
 from ..store.usage import USAGE_FIELDS, UsageDelta
 from . import metrics
 from .base import StreamedBody
+from .operations.context import ServiceContext
+from .operations.settings import effective_settings_for_agent
 
 log = logging.getLogger("jupyter_sac.llm_proxy")
 
@@ -151,8 +152,9 @@ class LlmProxyHandler(StreamedBody, web.RequestHandler):
     service hold more than SERVER_BODY_BYTES."""
 
     @property
-    def sac(self):
-        return self.settings["sac"]
+    def ctx(self) -> ServiceContext:
+        ctx: ServiceContext = self.settings["ctx"]
+        return ctx
 
     def _fail(self, status: int, kind: str, message: str) -> None:
         status, body = anthropic_error(status, kind, message)
@@ -178,9 +180,8 @@ class LlmProxyHandler(StreamedBody, web.RequestHandler):
         and is admitted atomically next to the reservations of calls under way, so
         calls made at once cannot together pass a budget. ``post`` settles it with
         the real usage when the call ends, however it ends."""
-        store = self.sac.store
-        system, user = await store.settings.for_user(agent.owner)
-        resolved = sac_settings.resolve(system, user, agent.overrides)
+        store = self.ctx.store
+        resolved = await effective_settings_for_agent(self.ctx, agent)
         agent_limit = int(resolved["agent_monthly_tokens"])
         user_limit = int(resolved["user_monthly_tokens"])
         if not agent_limit and not user_limit:
@@ -221,7 +222,7 @@ class LlmProxyHandler(StreamedBody, web.RequestHandler):
         while True:
             await asyncio.sleep(RESERVATION_RENEW)
             try:
-                await self.sac.store.usage.extend(reservation_id, RESERVATION_TTL)
+                await self.ctx.store.usage.extend(reservation_id, RESERVATION_TTL)
             except Exception:
                 log.exception("could not renew budget reservation %s", reservation_id)
 
@@ -237,7 +238,7 @@ class LlmProxyHandler(StreamedBody, web.RequestHandler):
         if self.path_args[0] not in ALLOWED_PATHS:
             return self._fail(404, "not_found_error", f"/{self.path_args[0]} is not proxied")
         token = self._token()
-        agent = await self.sac.store.tokens.agent(token) if token else None
+        agent = await self.ctx.store.tokens.agent(token) if token else None
         if agent is None:
             return self._fail(
                 401,
@@ -252,14 +253,14 @@ class LlmProxyHandler(StreamedBody, web.RequestHandler):
     async def post(self, path: str) -> None:
         if self.body_too_large:
             return self._fail(413, "request_too_large", "request body too large")
-        agent, store = self._agent, self.sac.store
+        agent, store = self._agent, self.ctx.store
         try:
             key = (
-                self.sac.keybox.decrypt(agent.encrypted_key)
+                self.ctx.keybox.decrypt(agent.encrypted_key)
                 if agent.encrypted_key
-                else self.sac.org_keys.get(agent.provider)
+                else self.ctx.org_keys.get(agent.provider)
             )
-            base = upstream_base_url(agent.provider, agent.base_url, self.sac.provider_base_urls)
+            base = upstream_base_url(agent.provider, agent.base_url, self.ctx.provider_base_urls)
         except (ValueError, ProviderError) as e:
             return self._fail(500, "api_error", f"agent misconfigured: {e}")
         if not key:
@@ -305,7 +306,7 @@ class LlmProxyHandler(StreamedBody, web.RequestHandler):
         )
         meter: UsageMeter | None = None
         try:
-            async with self.sac.upstream.stream(
+            async with self.ctx.upstream.stream(
                 "POST", url, content=body(), headers=headers
             ) as resp:
                 self.set_status(resp.status_code)

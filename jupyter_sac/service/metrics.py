@@ -117,10 +117,10 @@ class MetricsHandler(BaseHandler):
         self.finish(generate_latest(REGISTRY))
 
     async def _refresh_gauges(self) -> None:
-        store = self.sac.store
+        store = self.ctx.store
         HITL_PENDING.set(await store.hitl.count_pending())
         total = await store.agents.count()
-        servers = [server for _, _, server in await self.sac.hub.named_servers()]
+        servers = [server for _, _, server in await self.ctx.hub.named_servers()]
         running = sum(1 for s in servers if s.get("ready"))
         pending = sum(1 for s in servers if not s.get("ready") and s.get("pending"))
         AGENTS.labels("running").set(running)

@@ -355,4 +355,4 @@ def document(prefix: str) -> dict[str, Any]:
 
 class OpenApiHandler(BaseHandler):
     async def get(self) -> None:
-        self.finish(json.dumps(document(self.sac.prefix)))
+        self.finish(json.dumps(document(self.ctx.prefix)))

@@ -25,10 +25,11 @@ from tornado import web
 
 from .. import __version__
 from ..providers import PRESETS
-from .agents import AgentOps
 from .base import BaseHandler
 from .errors import ApiError
 from .forms import decision_text
+from .operations.agents import create_agent
+from .operations.settings import settings_for_user
 from .principals import READ_ALL_SCOPE
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -122,11 +123,11 @@ class PageHandler(BaseHandler):
         # spawn page). Never framed (frame-ancestors 'none'): every page has forms
         # that change things, and an agent's JupyterLab (an origin its sandbox
         # controls) must not frame one and have a person click through.
-        hub = self.sac.public.host
+        hub = self.ctx.public.host
         # form-action covers a form's whole redirect chain in the browser: creating
         # an agent goes on to the hub's spawn page, which redirects straight to the
         # agent's own host once a (warm) sandbox is ready.
-        users = self.sac.public.users_origin
+        users = self.ctx.public.users_origin
         self.set_header(
             "Content-Security-Policy",
             f"default-src 'none'; style-src 'self' {hub}; font-src 'self' {hub};"
@@ -136,9 +137,9 @@ class PageHandler(BaseHandler):
 
     def base_namespace(self) -> dict[str, Any]:
         return {
-            "prefix": self.sac.prefix,
+            "prefix": self.ctx.prefix,
             # The hub's base URL (on its own host with subdomains); its pages are under hub/.
-            "hub": self.sac.public.hub + "hub/",
+            "hub": self.ctx.public.hub + "hub/",
             "ident": None,
             "hub_admin": False,
             "version": __version__,
@@ -185,7 +186,7 @@ class PageHandler(BaseHandler):
 
     def redirect_done(self, path: str, done: str, target: str = "") -> None:
         query = urlencode({"done": done, **({"target": target} if target else {})})
-        self.redirect(f"{self.sac.prefix}{path}?{query}", status=303)
+        self.redirect(f"{self.ctx.prefix}{path}?{query}", status=303)
 
     def form(self) -> dict[str, list[str]]:
         """The submitted form's fields (the XSRF token left out)."""
@@ -219,7 +220,7 @@ class PageHandler(BaseHandler):
                 403,
                 "forbidden",
                 "This page is for SAC administrators: holders of the"
-                f" {self.sac.admin_scope} scope.",
+                f" {self.ctx.admin_scope} scope.",
             ) from e
 
 
@@ -272,16 +273,16 @@ def person_page(what: str) -> Callable[[PageMethod], PageMethod]:
 NEW_AGENT_FIELDS = ("slug", "display_name", "provider", "model", "base_url", "api_key")
 
 
-class IndexPage(PageHandler, AgentOps):
+class IndexPage(PageHandler):
     """The service's home: my agents and usage this month, and a form to create an
     agent (so nobody needs the API or a terminal to get started)."""
 
     async def render_home(self, status: int = 200, **context: Any) -> None:
         ident = self.require_person("use the SAC home page")
-        agents = await self.sac.store.agents.list(ident.name)
-        waiting = await self.sac.store.hitl.count_waiting(ident.name)
-        usage = await self.sac.store.usage.month_by_agent()
-        hub_user = await self.sac.hub.get_user(ident.name) or {}
+        agents = await self.ctx.store.agents.list(ident.name)
+        waiting = await self.ctx.store.hitl.count_waiting(ident.name)
+        usage = await self.ctx.store.usage.month_by_agent()
+        hub_user = await self.ctx.hub.get_user(ident.name) or {}
         servers: Mapping[str, Any] = hub_user.get("servers") or {}
         rows = [
             {
@@ -291,7 +292,7 @@ class IndexPage(PageHandler, AgentOps):
             }
             for a in agents
         ]
-        _, _, ceiling = await self.ceiling_for(ident.name)
+        ceiling = await settings_for_user(self.ctx, ident.name)
         allowed = [PRESETS[name] for name in ceiling["allowed_providers"] if name in PRESETS]
         context.setdefault("entered", {})
         self.render_page(
@@ -299,7 +300,7 @@ class IndexPage(PageHandler, AgentOps):
             status=status,
             agents=rows,
             providers=allowed,
-            org_keys=self.sac.org_keys,
+            org_keys=self.ctx.org_keys,
             room=len(agents) < int(ceiling["max_agents_per_user"]),
             waiting=waiting,
             **context,
@@ -322,7 +323,7 @@ class IndexPage(PageHandler, AgentOps):
         }
         try:
             provider = body.get("provider")
-            if provider in PRESETS and "api_key" not in body and provider not in self.sac.org_keys:
+            if provider in PRESETS and "api_key" not in body and provider not in self.ctx.org_keys:
                 # The API allows it (an organisation key may come later), but a person
                 # creating an agent here would only meet a 401 at their first prompt.
                 raise ApiError(
@@ -332,13 +333,13 @@ class IndexPage(PageHandler, AgentOps):
                     " enter your own API key (or ask an administrator for an organisation key)",
                     field="api_key",
                 )
-            agent = await self.create_agent(ident, ident.name, body)
+            agent = await create_agent(self.ctx, self.actor, ident.name, body)
         except ApiError as e:
             entered = {k: v for k, v in body.items() if k != "api_key"}
             await self.render_home(status=e.status_code, error=e, entered=entered)
             return
         user = quote(ident.name, safe="")
-        self.redirect(f"{self.sac.public.hub}hub/spawn/{user}/{agent.slug}", status=303)
+        self.redirect(f"{self.ctx.public.hub}hub/spawn/{user}/{agent.slug}", status=303)
 
 
 class ApiIndexHandler(BaseHandler):
@@ -349,8 +350,8 @@ class ApiIndexHandler(BaseHandler):
             {
                 "service": "sac",
                 "version": __version__,
-                "api": f"{self.sac.prefix}api/",
-                "openapi": f"{self.sac.prefix}api/openapi.json",
+                "api": f"{self.ctx.prefix}api/",
+                "openapi": f"{self.ctx.prefix}api/openapi.json",
             }
         )
 

@@ -26,9 +26,8 @@ from urllib.parse import quote
 
 from ..hitl import DEFAULT_POLICY
 from ..providers import PRESETS
-from ..skills import can_edit
+from ..skills import Viewer, can_edit
 from ..store.hitl import PENDING
-from .agents import AgentOps
 from .errors import ApiError
 from .forms import (
     agent_settings_body,
@@ -39,9 +38,12 @@ from .forms import (
     visibility_choices,
     visibility_value,
 )
-from .hitl import DecisionOps, PolicyOps
+from .operations import agents as agent_ops
+from .operations import hitl as hitl_ops
+from .operations import skills as skill_ops
+from .operations.settings import settings_for_user
 from .pages import DONE_MESSAGES, PageHandler, person_page, server_status
-from .skills import SkillOps
+from .routes import NAME, SLUG, USER
 from .validation import bad
 
 # How many decided requests the approvals page lists under the waiting ones.
@@ -71,7 +73,7 @@ def agent_path(owner: str, slug: str) -> str:
     return f"agents/{quote(owner, safe='')}/{slug}"
 
 
-class ApprovalsPage(PageHandler, DecisionOps):
+class ApprovalsPage(PageHandler):
     """GET approvals: my requests waiting for a decision, and the last ones decided."""
 
     done_messages = PERSON_DONE
@@ -79,7 +81,7 @@ class ApprovalsPage(PageHandler, DecisionOps):
     @person_page("decide approvals")
     async def get(self) -> None:
         me = self.identity.name
-        hitl = self.sac.store.hitl
+        hitl = self.ctx.store.hitl
         pending = await hitl.list(
             owner=me, agent_slug=None, status=PENDING, limit=WAITING_MAX, before=None
         )
@@ -98,7 +100,7 @@ class ApprovalsPage(PageHandler, DecisionOps):
         )
 
 
-class ApprovalPage(PageHandler, DecisionOps):
+class ApprovalPage(PageHandler):
     """GET approvals/<id>: one request (the sidebar's and widgets' pop-up); POST
     decides it through the API's operation and comes back here."""
 
@@ -116,24 +118,29 @@ class ApprovalPage(PageHandler, DecisionOps):
 
     @person_page("decide approvals")
     async def get(self, request_id: str) -> None:
-        self.show(await self.own_request(request_id))
+        self.show(await hitl_ops.own_request(self.ctx, self.actor, request_id))
 
     @person_page("decide approvals")
     async def post(self, request_id: str) -> None:
-        await self.own_request(request_id)  # 404 for others' before the form is read
+        # 404 for others' before the form is read
+        await hitl_ops.own_request(self.ctx, self.actor, request_id)
         try:
-            decided = await self.decide_request(request_id, decision_body(self.form()))
+            decided = await hitl_ops.decide_request(
+                self.ctx, self.actor, request_id, decision_body(self.form())
+            )
         except ApiError as e:
             if e.status_code == 404:
                 raise
             # 409: decided meanwhile (elsewhere, or timed out). The page shows what
             # became of it, with the reason this decision did not count.
-            self.show(await self.own_request(request_id), e.status_code, e)
+            self.show(
+                await hitl_ops.own_request(self.ctx, self.actor, request_id), e.status_code, e
+            )
             return
         self.redirect_done(f"approvals/{request_id}", f"hitl-{decided['decision']}")
 
 
-class AgentSettingsPage(PageHandler, AgentOps, PolicyOps):
+class AgentSettingsPage(PageHandler):
     """GET agents/<user>/<slug>: the agent's settings, key, drive permission, HITL
     policy and Restart. POST ``action``: save, policy or restart."""
 
@@ -149,13 +156,13 @@ class AgentSettingsPage(PageHandler, AgentOps, PolicyOps):
         policy_text: str | None = None,
     ) -> None:
         agent = await self.get_agent(owner, slug, "change an agent's settings")
-        hub_user = await self.sac.hub.get_user(owner) or {}
-        _, _, ceiling = await self.ceiling_for(owner)
+        hub_user = await self.ctx.hub.get_user(owner) or {}
+        ceiling = await settings_for_user(self.ctx, owner)
         allowed = list(ceiling["allowed_providers"])
         if agent.provider not in allowed:
             # Shown so the select keeps it; choosing it again is no change.
             allowed.append(agent.provider)
-        policy = await self.sac.store.hitl.get_policy(agent.id)
+        policy = await self.ctx.store.hitl.get_policy(agent.id)
         if policy_text is None:
             policy_text = json.dumps(policy if policy is not None else DEFAULT_POLICY, indent=2)
         self.render_page(
@@ -167,7 +174,7 @@ class AgentSettingsPage(PageHandler, AgentOps, PolicyOps):
             state=server_status((hub_user.get("servers") or {}).get(slug)),
             providers=[PRESETS[name] for name in allowed if name in PRESETS],
             not_allowed=agent.provider not in ceiling["allowed_providers"],
-            org_keys=self.sac.org_keys,
+            org_keys=self.ctx.org_keys,
             entered=entered or {},
             policy_text=policy_text,
             policy_is_default=policy is None,
@@ -185,11 +192,11 @@ class AgentSettingsPage(PageHandler, AgentOps, PolicyOps):
         action = last(form, "action")
         try:
             if action == "save":
-                body = agent_settings_body(agent, form, self.sac.org_keys)
+                body = agent_settings_body(agent, form, self.ctx.org_keys)
                 if not body:
                     done = "agent-unchanged"
                 else:
-                    await self.update_agent(owner, slug, body)
+                    await agent_ops.update_agent(self.ctx, self.actor, owner, slug, body)
                     restart = needs_restart(body) and await self.running(owner, slug)
                     done = "agent-saved-restart" if restart else "agent-saved"
             elif action == "policy":
@@ -198,10 +205,10 @@ class AgentSettingsPage(PageHandler, AgentOps, PolicyOps):
                     raw = json.loads(text)
                 except ValueError as e:
                     raise bad("policy", f"not valid JSON ({e})") from None
-                await self.replace_policy(owner, slug, raw)
+                await hitl_ops.replace_policy(self.ctx, self.actor, owner, slug, raw)
                 done = "policy-saved"
             elif action == "restart":
-                await self.restart_agent(owner, slug)
+                await agent_ops.restart_agent(self.ctx, self.actor, owner, slug)
                 done = "agent-restarting"
             else:
                 raise bad("action", "expected save, policy or restart")
@@ -224,16 +231,21 @@ class AgentSettingsPage(PageHandler, AgentOps, PolicyOps):
         self.redirect_done(agent_path(owner, slug), done)
 
     async def running(self, owner: str, slug: str) -> bool:
-        hub_user = await self.sac.hub.get_user(owner) or {}
+        hub_user = await self.ctx.hub.get_user(owner) or {}
         return server_status((hub_user.get("servers") or {}).get(slug)) in ("running", "starting")
 
 
-class SkillPage(PageHandler, SkillOps):
+class SkillPage(PageHandler):
     """GET skills/<id>: a skill I may read. Its owner (or an administrator, or a
     curator for an official skill) may change its visibility or delete it: POST
     ``action`` share or delete, through the API's operations."""
 
     done_messages = PERSON_DONE
+
+    @property
+    def viewer(self) -> Viewer:
+        # Persons only (person_page): no sandbox's view of the marketplace here.
+        return skill_ops.person_viewer(self.identity)
 
     def show(self, row: dict[str, Any], status: int = 200, error: ApiError | None = None) -> None:
         viewer = self.viewer
@@ -249,22 +261,25 @@ class SkillPage(PageHandler, SkillOps):
 
     @person_page("use the skill pages")
     async def get(self, skill_id: str) -> None:
-        self.show(await self.readable(skill_id))
+        self.show(await skill_ops.readable(self.ctx, self.viewer, skill_id))
 
     @person_page("share or delete skills")
     async def post(self, skill_id: str) -> None:
-        row = await self.editable(skill_id)  # 404 or 403 before the form is read
+        # 404 or 403 before the form is read
+        row = await skill_ops.editable(self.ctx, self.viewer, skill_id)
         form = self.form()
         action = last(form, "action")
         try:
             if action == "share":
-                row = await self.change_skill(row, visibility_body(form))
+                row = await skill_ops.change_skill(
+                    self.ctx, self.actor, self.viewer, row, visibility_body(form)
+                )
                 self.redirect_done(f"skills/{row['id']}", "skill-saved")
                 return
             if action == "delete":
                 if not last(form, "confirm"):
                     raise bad("confirm", "tick the box to confirm deleting the skill")
-                await self.delete_skill(row)
+                await skill_ops.delete_skill(self.ctx, self.actor, self.viewer, row)
                 self.redirect_done("", "skill-deleted", f"/{row['command']}")
                 return
             raise bad("action", "expected share or delete")
@@ -277,7 +292,7 @@ class SkillPage(PageHandler, SkillOps):
 def routes(prefix: str) -> list[tuple[str, Any]]:
     return [
         (prefix + "approvals", ApprovalsPage),
-        (prefix + r"approvals/([^/]+)", ApprovalPage),
-        (prefix + r"agents/([^/]+)/([a-z0-9-]+)", AgentSettingsPage),
-        (prefix + r"skills/([^/]+)", SkillPage),
+        (prefix + f"approvals/{NAME}", ApprovalPage),
+        (prefix + f"agents/{USER}/{SLUG}", AgentSettingsPage),
+        (prefix + f"skills/{NAME}", SkillPage),
     ]

@@ -13,7 +13,6 @@ says when a newer version exists. Moving the pin is the installer's explicit
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from pathlib import Path
@@ -28,64 +27,37 @@ from ..skills import (
     SkillSpec,
     Viewer,
     build_spec,
-    can_edit,
     can_read,
-    check_tier,
     load_official_skills,
-    pack_bundle,
     read_bundle,
 )
 from ..store.skills import (
     Bundle,
     CommandTakenError,
-    SkillExistsError,
     SkillGoneError,
     VersionChangedError,
 )
 from .base import BaseHandler
 from .errors import ApiError
 from .openapi import _op, _path_params, _resp
+from .operations import skills as ops
+from .operations.context import ServiceContext
+from .operations.skills import (
+    SPEC_FIELDS,
+    bundle_key,
+    content_fields,
+    drop_bundle,
+    drop_bundles,
+    skill_model,
+    store_bundle,
+)
+from .routes import NAME, SLUG, USER
 from .validation import bad, check_fields, path_id
 
 log = logging.getLogger("jupyter_sac.skills")
 
-SPEC_FIELDS = {"command", "title", "description", "body", "parameters", "prompt", "tags"}
 PAGE = 50
 MAX_PAGE = 200
-
-
-BUNDLE_PREFIX = "skill-bundles/"
-
-
-def bundle_key(sha256: str) -> str:
-    # Content-addressed: forks and re-uploads of the same files share one object.
-    return f"{BUNDLE_PREFIX}{sha256}.tar.gz"
-
-
-def bundle_model(row: dict[str, Any]) -> dict[str, Any] | None:
-    if not row["bundle_sha256"]:
-        return None
-    return {
-        "sha256": row["bundle_sha256"],
-        "size": row["bundle_size"],
-        "files": row["bundle_files"],
-    }
-
-
-def skill_model(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "owner": row["owner"] or None,
-        **content_fields(row),
-        "visibility": row["visibility"],
-        "group": row["group_name"],
-        "version": row["version"],
-        "parent_id": row["parent_id"],
-        "bundle": bundle_model(row),
-        "installs": row["installs"],
-        "created_at": row["created_at"].isoformat(),
-        "updated_at": row["updated_at"].isoformat(),
-    }
 
 
 def installed_model(row: dict[str, Any], available: bool) -> dict[str, Any]:
@@ -105,40 +77,8 @@ def installed_model(row: dict[str, Any], available: bool) -> dict[str, Any]:
     }
 
 
-def skill_snapshot(row: dict[str, Any]) -> dict[str, Any]:
-    """A skill as the audit log records it (its content, tier, version and bundle)."""
-    model = skill_model(row)
-    return {k: v for k, v in model.items() if k not in ("installs", "created_at", "updated_at")}
-
-
-def content_fields(row: dict[str, Any]) -> dict[str, Any]:
-    """A stored skill's content fields, as a create body would give them."""
-    return {key: row[key] for key in SPEC_FIELDS}
-
-
 def spec_of(row: dict[str, Any]) -> SkillSpec:
     return build_spec({k: row[k] for k in SPEC_FIELDS - {"body"}}, row["body"])
-
-
-async def store_bundle(sac: Any, files: dict[str, bytes]) -> Bundle:
-    """Put a checked bundle's canonical archive in the object store (once per content)."""
-    packed = await asyncio.to_thread(pack_bundle, files)
-    sha = hashlib.sha256(packed).hexdigest()
-    if await sac.objects.head(bundle_key(sha)) is None:
-        await sac.objects.put(bundle_key(sha), packed, content_type="application/gzip")
-    listing = tuple({"name": name, "size": len(files[name])} for name in sorted(files))
-    return Bundle(sha, listing)
-
-
-async def drop_bundle(sac: Any, sha256: str | None) -> None:
-    """Delete a bundle object no skill (or kept version of one) refers to any more."""
-    if sha256 and not await sac.store.skills.bundle_used(sha256):
-        await sac.objects.delete(bundle_key(sha256))
-
-
-async def drop_bundles(sac: Any, shas: list[str]) -> None:
-    for sha in shas:
-        await drop_bundle(sac, sha)
 
 
 # How long the owner's groups and admin flag (from the hub) are reused.
@@ -146,31 +86,31 @@ OWNER_CACHE_SECONDS = 30
 _OWNER_VIEWS: dict[str, tuple[float, tuple[str, list[str], bool]]] = {}
 
 
-async def owner_view(sac: Any, owner: str) -> tuple[str, list[str], bool]:
+async def owner_view(ctx: ServiceContext, owner: str) -> tuple[str, list[str], bool]:
     """(name, groups, admin) of an agent's owner, from the hub, briefly cached: the
     visibility of installed skills follows group membership."""
     cache = _OWNER_VIEWS
     hit = cache.get(owner)
     if hit and time.monotonic() - hit[0] < OWNER_CACHE_SECONDS:
         return hit[1]
-    user = await sac.hub.get_user(owner) or {}
+    user = await ctx.hub.get_user(owner) or {}
     view = (owner, list(user.get("groups") or []), bool(user.get("admin")))
     cache[owner] = (time.monotonic(), view)
     return view
 
 
-async def upsert_official(sac: Any, directory: str) -> None:
+async def upsert_official(ctx: ServiceContext, directory: str) -> None:
     """Load the shipped official skills at service start (idempotent)."""
     if not directory:
         log.warning("no official skills folder")
         return
     # Reading the folder happens once at start; a thread keeps the loop free anyway.
     specs = await asyncio.to_thread(load_official_skills, Path(directory))
-    bundles = {s.command: await store_bundle(sac, s.files) for s in specs if s.files}
+    bundles = {s.command: await store_bundle(ctx, s.files) for s in specs if s.files}
     # A changed official skill is a new version: agents keep the version they have
     # and are offered the new one.
-    changed, unused = await sac.store.skills.upsert_official(specs, bundles)
-    await drop_bundles(sac, unused)
+    changed, unused = await ctx.store.skills.upsert_official(specs, bundles)
+    await drop_bundles(ctx, unused)
     log.info("official skills: %d shipped, %d new or changed", len(specs), changed)
 
 
@@ -192,8 +132,42 @@ class SkillBaseHandler(BaseHandler):
     def viewer(self) -> Viewer:
         if self._viewer is not None:
             return self._viewer
-        ident = self.require_signed_in()
-        return Viewer(ident.name, ident.admin, ident.groups, ident.scopes)
+        return ops.person_viewer(self.require_signed_in())
+
+    def require_author(
+        self, tier: tuple[str, str | None], before: dict[str, Any] | None = None
+    ) -> None:
+        ops.require_author(self.actor, tier, before)
+
+    def spec(self, body: dict[str, Any]) -> SkillSpec:
+        return ops.spec_from(body)
+
+    def tier(self, body: dict[str, Any], default: str = "private") -> tuple[str, str | None]:
+        return ops.tier_from(self.viewer, body, default)
+
+    async def readable(self, skill_id: str) -> dict[str, Any]:
+        return await ops.readable(self.ctx, self.viewer, skill_id)
+
+    async def editable(self, skill_id: str) -> dict[str, Any]:
+        return await ops.editable(self.ctx, self.viewer, skill_id)
+
+    async def audit_skill(
+        self, verb: str, before: dict[str, Any] | None, after: dict[str, Any] | None, conn: Any
+    ) -> None:
+        await ops.audit_skill(self.ctx, self.actor, self.viewer, verb, before, after, conn)
+
+    async def create(
+        self,
+        owner: str,
+        spec: SkillSpec,
+        tier: tuple[str, str | None],
+        parent: int | None = None,
+        bundle: Bundle | None = None,
+        conn: Any = None,
+    ) -> dict[str, Any]:
+        return await ops.create_skill(
+            ctx=self.ctx, owner=owner, spec=spec, tier=tier, parent=parent, bundle=bundle, conn=conn
+        )
 
     def may_author(self) -> None:
         """Checked before a body is read: persons and agents' sandboxes author skills
@@ -201,92 +175,6 @@ class SkillBaseHandler(BaseHandler):
         ident = self.identity
         if not (ident.person or ident.kind == "agent"):
             self.require_person("author skills")
-
-    def require_author(
-        self, tier: tuple[str, str | None], before: dict[str, Any] | None = None
-    ) -> None:
-        """Authoring: persons publish at any tier they may; an agent's sandbox (its
-        sidebar) writes only its owner's private skills, so a model can never
-        publish to other people or change what they installed (sharing is done by a
-        person, on the service's own pages or API). Drivers author nothing."""
-        ident = self.identity
-        if ident.person:
-            return
-        private = tier[0] == "private" and (before is None or before["visibility"] == "private")
-        if ident.kind == "agent" and private:
-            return
-        what = "publish or change shared skills" if ident.kind == "agent" else "author skills"
-        self.require_person(what)
-
-    def spec(self, body: dict[str, Any]) -> Any:
-        meta = {k: body[k] for k in SPEC_FIELDS - {"body"} if k in body}
-        try:
-            return build_spec(meta, body.get("body"))
-        except SkillError as e:
-            raise bad(e.field, e.message) from None
-
-    def tier(self, body: dict[str, Any], default: str = "private") -> tuple[str, str | None]:
-        try:
-            return check_tier(self.viewer, body.get("visibility", default), body.get("group"))
-        except SkillError as e:
-            raise ApiError(
-                403 if "need" in e.message or "member" in e.message else 400,
-                "forbidden" if "need" in e.message or "member" in e.message else "invalid_field",
-                f"{e.field}: {e.message}",
-                field=e.field,
-            ) from None
-
-    async def readable(self, skill_id: str) -> dict[str, Any]:
-        sid = path_id(skill_id)
-        row = await self.sac.store.skills.get(sid) if sid is not None else None
-        if row is None or not can_read(row, self.viewer):
-            raise ApiError(404, "not_found", "no such skill")
-        return row
-
-    async def editable(self, skill_id: str) -> dict[str, Any]:
-        row = await self.readable(skill_id)
-        if not can_edit(row, self.viewer):
-            raise ApiError(403, "forbidden", "only the owner or an administrator may change it")
-        return row
-
-    async def audit_skill(
-        self, verb: str, before: dict[str, Any] | None, after: dict[str, Any] | None, conn: Any
-    ) -> None:
-        """Log a change to a skill if it is curation of an official skill or a change to
-        someone else's skill (a user's changes to their own skills are not logged)."""
-        rows = [r for r in (before, after) if r is not None]
-        if any(r["visibility"] == "official" for r in rows):
-            action = f"skill.official.{verb}"
-        elif any(r["owner"] != self.viewer.name for r in rows):
-            action = f"skill.{verb}"
-        else:
-            return
-        await self.audit(
-            action,
-            str(rows[0]["id"]),
-            target_user=rows[0]["owner"] or None,
-            before=skill_snapshot(before) if before else None,
-            after=skill_snapshot(after) if after else None,
-            conn=conn,
-        )
-
-    async def create(
-        self,
-        owner: str,
-        spec: Any,
-        tier: tuple[str, str | None],
-        parent: int | None = None,
-        bundle: Bundle | None = None,
-        conn: Any = None,
-    ) -> dict[str, Any]:
-        try:
-            return await self.sac.store.skills.create(
-                owner, spec, *tier, parent_id=parent, bundle=bundle, conn=conn
-            )
-        except SkillExistsError:
-            raise ApiError(
-                409, "conflict", f"you already have a skill {spec.command!r}", field="command"
-            ) from None
 
 
 class SkillsHandler(SkillBaseHandler):
@@ -300,7 +188,7 @@ class SkillsHandler(SkillBaseHandler):
         q = self.get_argument("q", None)
         if q is not None and (len(q) > 200 or "\x00" in q):
             raise bad("q", "at most 200 characters")
-        rows = await self.sac.store.skills.search(
+        rows = await self.ctx.store.skills.search(
             me=viewer.name,
             groups=list(viewer.groups),
             admin=viewer.admin,
@@ -325,56 +213,13 @@ class SkillsHandler(SkillBaseHandler):
         spec = self.spec(body)
         tier = self.tier(body)
         self.require_author(tier)
-        async with self.sac.store.transaction() as conn:
+        async with self.ctx.store.transaction() as conn:
             row = await self.create(self.viewer.name, spec, tier, conn=conn)
             await self.audit_skill("create", None, row, conn)
         self.write_json(skill_model(row), 201)
 
 
-class SkillOps(SkillBaseHandler):
-    """Changing and deleting a skill, shared by the API and the skill's page (the same
-    rules, the same audit entries)."""
-
-    async def change_skill(self, row: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
-        """Apply a PATCH body to ``row`` (a skill from ``editable``): content changes
-        make a new version; a new visibility must be one the caller may publish at."""
-        check_fields(body, SPEC_FIELDS | {"visibility", "group"})
-        if "command" in body and body["command"] != row["command"]:
-            raise bad("command", "the command of a skill cannot change (fork it instead)")
-        spec = self.spec({**content_fields(row), **body})
-        group = body.get("group", row["group_name"] if "visibility" not in body else None)
-        tier = self.tier({"visibility": body.get("visibility", row["visibility"]), "group": group})
-        self.require_author(tier, row)
-        skills = self.sac.store.skills
-        async with self.sac.store.transaction() as conn:
-            current = await skills.get(row["id"], conn=conn, lock=True)
-            if current is None:
-                raise ApiError(404, "not_found", "no such skill")
-            updated = await skills.update(
-                row["id"], spec, *tier, bundle_sha256=current["bundle_sha256"], conn=conn
-            )
-            unused = await skills.prune_versions(row["id"], conn=conn)
-            await self.audit_skill("update", current, updated, conn)
-        await drop_bundles(self.sac, unused)
-        assert updated is not None
-        return updated
-
-    async def delete_skill(self, row: dict[str, Any]) -> None:
-        """Delete ``row`` (a skill from ``editable``), its installs, and its bundle
-        object once no other skill shares it."""
-        self.require_author((row["visibility"], row["group_name"]), row)
-        async with self.sac.store.transaction() as conn:
-            current = await self.sac.store.skills.get(row["id"], conn=conn, lock=True)
-            if current is None:
-                raise ApiError(404, "not_found", "no such skill")
-            # Its versions (and the installs pinning them) go with it.
-            bundles = await self.sac.store.skills.version_bundles(row["id"], conn=conn)
-            await self.sac.store.skills.delete(row["id"], conn=conn)
-            await self.audit_skill("delete", current, None, conn)
-        await drop_bundles(self.sac, bundles)
-
-
-class SkillHandler(SkillOps):
+class SkillHandler(SkillBaseHandler):
     async def get(self, skill_id: str) -> None:
         self.write_json(skill_model(await self.readable(skill_id)))
 
@@ -384,11 +229,11 @@ class SkillHandler(SkillOps):
         self.may_author()
         if row["visibility"] != "private" and self.identity.kind == "agent":
             self.require_author((row["visibility"], row["group_name"]), row)
-        updated = await self.change_skill(row, self.json_body())
+        updated = await ops.change_skill(self.ctx, self.actor, self.viewer, row, self.json_body())
         self.write_json(skill_model(updated))
 
     async def delete(self, skill_id: str) -> None:
-        await self.delete_skill(await self.editable(skill_id))
+        await ops.delete_skill(self.ctx, self.actor, self.viewer, await self.editable(skill_id))
         self.set_status(204)
         self.finish()
 
@@ -415,13 +260,13 @@ class AgentSkillsHandler(SkillBaseHandler):
     async def installed_models(
         self, agent: Any, skill_id: int | None = None
     ) -> list[dict[str, Any]]:
-        rows = await self.sac.store.skills.installed(agent.id, skill_id=skill_id)
+        rows = await self.ctx.store.skills.installed(agent.id, skill_id=skill_id)
         # Readable by the agent's owner (not the caller, who may be an admin): that is
         # what decides whether the skill reaches the sandbox.
         if agent.owner == self.viewer.name:
             reader = self.viewer
         else:
-            name, groups, admin = await owner_view(self.sac, agent.owner)
+            name, groups, admin = await owner_view(self.ctx, agent.owner)
             reader = Viewer(name, admin, tuple(groups))
         return [installed_model(r, can_read(r, reader)) for r in rows]
 
@@ -445,9 +290,9 @@ class AgentSkillsHandler(SkillBaseHandler):
         if not isinstance(skill_id, int) or isinstance(skill_id, bool):
             raise bad("skill_id", "expected a skill id")
         row = await self.readable(str(skill_id))
-        skills = self.sac.store.skills
+        skills = self.ctx.store.skills
         try:
-            async with self.sac.store.transaction() as conn:
+            async with self.ctx.store.transaction() as conn:
                 await skills.install(agent.id, row, conn=conn)
                 if owner != self.viewer.name:
                     pinned = await skills.installed(agent.id, skill_id=row["id"], conn=conn)
@@ -489,13 +334,13 @@ class AgentSkillHandler(AgentSkillsHandler):
         agent = await self.get_agent(owner, slug, "uninstall skills", agent_may=True)
         unused: list[str] = []
         sid = path_id(skill_id)
-        async with self.sac.store.transaction() as conn:
-            removed = sid is not None and await self.sac.store.skills.uninstall(
+        async with self.ctx.store.transaction() as conn:
+            removed = sid is not None and await self.ctx.store.skills.uninstall(
                 agent.id, sid, conn=conn
             )
             if removed:
                 # The version it pinned may have been the last pin of an old version.
-                unused = await self.sac.store.skills.prune_versions(sid, conn=conn)
+                unused = await self.ctx.store.skills.prune_versions(sid, conn=conn)
             if removed and owner != self.viewer.name:
                 await self.audit(
                     "agent.skill.uninstall",
@@ -506,7 +351,7 @@ class AgentSkillHandler(AgentSkillsHandler):
                 )
         if not removed:
             raise ApiError(404, "not_found", "that skill is not installed in this agent")
-        await drop_bundles(self.sac, unused)
+        await drop_bundles(self.ctx, unused)
         self.set_status(204)
         self.finish()
 
@@ -534,10 +379,10 @@ class AgentSkillUpdateHandler(AgentSkillsHandler):
             raise bad("version", "expected a version number")
         # Updating is installing the newer version: the caller must be able to read it.
         row = await self.readable(skill_id)
-        skills = self.sac.store.skills
+        skills = self.ctx.store.skills
         unused: list[str] = []
         try:
-            async with self.sac.store.transaction() as conn:
+            async with self.ctx.store.transaction() as conn:
                 moved = await skills.update_install(agent.id, row["id"], expected, conn=conn)
                 if moved is None:
                     raise ApiError(404, "not_found", "that skill is not installed in this agent")
@@ -562,7 +407,7 @@ class AgentSkillUpdateHandler(AgentSkillsHandler):
                 " update again",
                 field="version",
             ) from None
-        await drop_bundles(self.sac, unused)
+        await drop_bundles(self.ctx, unused)
         self.write_json(await self.installed_model(agent, row["id"]))
 
 
@@ -609,12 +454,12 @@ class BundleHandler(SkillBaseHandler):
             ) from None
         if not files:
             raise bad("bundle", "the archive holds no files (DELETE removes a bundle)")
-        bundle = await store_bundle(self.sac, files)
+        bundle = await store_bundle(self.ctx, files)
         try:
             await self._replace(row, bundle)
         except Exception:
             # The object went in first; without its row it would be an orphan.
-            await drop_bundle(self.sac, bundle.sha256)
+            await drop_bundle(self.ctx, bundle.sha256)
             raise
 
     async def delete(self, skill_id: str) -> None:
@@ -623,10 +468,10 @@ class BundleHandler(SkillBaseHandler):
         await self._replace(row, Bundle())
 
     async def _replace(self, row: dict[str, Any], bundle: Bundle) -> None:
-        skills = self.sac.store.skills
+        skills = self.ctx.store.skills
         updated = None
         unused: list[str] = []
-        async with self.sac.store.transaction() as conn:
+        async with self.ctx.store.transaction() as conn:
             current = await skills.get(row["id"], conn=conn, lock=True)
             if current is not None:
                 await skills.set_bundle(row["id"], spec_of(current), bundle, conn=conn)
@@ -636,9 +481,9 @@ class BundleHandler(SkillBaseHandler):
                 verb = "bundle.replace" if bundle.sha256 else "bundle.delete"
                 await self.audit_skill(verb, current, updated, conn)
         # Objects go only once the rows that stopped using them are committed.
-        await drop_bundles(self.sac, unused)
+        await drop_bundles(self.ctx, unused)
         if updated is None:  # deleted meanwhile: do not keep the new bundle
-            await drop_bundle(self.sac, bundle.sha256)
+            await drop_bundle(self.ctx, bundle.sha256)
             raise ApiError(404, "not_found", "no such skill")
         self.write_json(skill_model(updated))
 
@@ -649,7 +494,7 @@ def _bundle_too_large() -> ApiError:
 
 async def stream_object(handler: BaseHandler, key: str, filename: str) -> None:
     try:
-        chunks = handler.sac.objects.stream(key)
+        chunks = handler.ctx.objects.stream(key)
         first = await anext(chunks)
     except (ObjectNotFound, StopAsyncIteration):
         raise ApiError(404, "not_found", "the bundle is missing from the object store") from None
@@ -663,15 +508,15 @@ async def stream_object(handler: BaseHandler, key: str, filename: str) -> None:
 
 
 def routes(prefix: str) -> list[tuple[str, Any]]:
-    agent = prefix + r"api/users/([^/]+)/agents/([a-z0-9-]+)/skills"
+    agent = prefix + f"api/users/{USER}/agents/{SLUG}/skills"
     return [
         (prefix + "api/skills", SkillsHandler),
-        (prefix + r"api/skills/([^/]+)", SkillHandler),
-        (prefix + r"api/skills/([^/]+)/fork", ForkHandler),
-        (prefix + r"api/skills/([^/]+)/bundle", BundleHandler),
+        (prefix + f"api/skills/{NAME}", SkillHandler),
+        (prefix + f"api/skills/{NAME}/fork", ForkHandler),
+        (prefix + f"api/skills/{NAME}/bundle", BundleHandler),
         (agent, AgentSkillsHandler),
-        (agent + r"/([^/]+)", AgentSkillHandler),
-        (agent + r"/([^/]+)/update", AgentSkillUpdateHandler),
+        (agent + f"/{NAME}", AgentSkillHandler),
+        (agent + f"/{NAME}/update", AgentSkillUpdateHandler),
     ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import unicodedata
 from collections.abc import Mapping
 from typing import Any
@@ -142,9 +143,16 @@ def valid_model(value: Any) -> str:
     return value
 
 
+# Provider keys, an agent's own or an organisation's: 8-1000 printable ASCII characters
+# without spaces (what providers' keys are made of; long enough for a gateway's token).
+API_KEY_LENGTH = (8, 1000)
+
+
 def valid_api_key(value: Any) -> str:
-    if not isinstance(value, str) or not 8 <= len(value) <= 512:
-        raise bad("api_key", "expected a key of 8-512 characters")
+    """A provider key (an agent's own or an organisation key): the one rule for both."""
+    low, high = API_KEY_LENGTH
+    if not isinstance(value, str) or not low <= len(value) <= high:
+        raise bad("api_key", f"expected a key of {low}-{high} characters")
     if not value.isascii() or not value.isprintable() or any(ch.isspace() for ch in value):
         raise bad("api_key", "expected printable ASCII without spaces")
     return value
@@ -163,16 +171,29 @@ def valid_provider(value: Any, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def invalid_setting(e: sac_settings.SettingsError, within: str = "") -> ApiError:
+    """The 400 a refused setting gets, naming its field (``within.field`` for the
+    settings inside a body's field, e.g. an agent's ``overrides``)."""
+    if not within:
+        return ApiError(400, "invalid_setting", f"{e.field}: {e.message}", field=e.field)
+    field = f"{within}.{e.field}" if e.field != "settings" else within
+    return bad(field, e.message, "invalid_setting")
+
+
+def valid_settings(value: Any, level: sac_settings.Level) -> dict[str, Any]:
+    """Validated overrides of ``level`` (system, user, group), as stored (JSON)."""
+    try:
+        return sac_settings.jsonable(sac_settings.validate_overrides(value, level))
+    except sac_settings.SettingsError as e:
+        raise invalid_setting(e) from None
+
+
 def valid_overrides(value: Any, ceiling: Mapping[str, Any]) -> dict[str, Any]:
     try:
         overrides = sac_settings.validate_overrides(value, "agent")
         sac_settings.check_agent_overrides(overrides, ceiling)
     except sac_settings.SettingsError as e:
-        raise bad(
-            f"overrides.{e.field}" if e.field != "settings" else "overrides",
-            e.message,
-            "invalid_setting",
-        ) from None
+        raise invalid_setting(e, "overrides") from None
     return overrides
 
 
@@ -225,3 +246,33 @@ def agent_fields(
             raise bad("drive_agents", "expected true or false")
         out["drive_agents"] = body["drive_agents"]
     return out
+
+
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def storable(value: Any) -> Any:
+    """``value`` as PostgreSQL can store it: no NUL characters, and lone UTF-16
+    surrogates (valid JSON escapes, invalid Unicode) replaced by U+FFFD."""
+    if isinstance(value, str):
+        value = without_nul(value)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = SURROGATE.sub("\ufffd", value)
+        return value
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [storable(v) for v in value]
+    return value
+
+
+def optional_text(body: dict[str, Any], name: str, max_len: int) -> str | None:
+    """``body[name]``: absent or null, or a text of at most ``max_len`` characters."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > max_len:
+        raise bad(name, f"expected text of at most {max_len} characters")
+    return storable(value)

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,32 +23,20 @@ from tornado import web
 from .. import settings as sac_settings
 from ..objects import ObjectNotFound
 from ..store import AgentRecord
-from ..store.workspace import Quota, QuotaExceeded, VersionConflict
-from ..workspace import Location, PathError, clean_relative, locate, object_key, space_prefix
+from ..store.workspace import Quota
+from ..workspace import Location, PathError, locate, object_key
 from .base import BaseHandler
 from .errors import ApiError
 from .openapi import _op, _path_params, _resp
+from .operations import workspace as ws_ops
+from .operations.settings import replace_group_quota
+from .operations.workspace import UNLIMITED, file_model
+from .routes import FILE, GROUP, SLUG, USER
 from .validation import bad
 
 # Presigned download URLs in a manifest stay valid this long.
 URL_SECONDS = 900
-# Unreferenced objects older than this are swept (an upload in flight is younger).
-ORPHAN_SECONDS = 600
-UNLIMITED = Quota(10**18, 10**12)
-SPOOL_BYTES = 8 * 1024 * 1024
 BATCH_MAX_FILES = 1000
-
-
-def file_model(row: dict[str, Any], workspace_path: str | None = None) -> dict[str, Any]:
-    return {
-        "path": workspace_path or row["path"],
-        "size": row["size"],
-        "sha256": row["sha256"],
-        "version": row["version"],
-        "mtime": row["mtime"].isoformat(),
-        "written_by": row["written_by"],
-        "updated_at": row["updated_at"].isoformat(),
-    }
 
 
 def usage_model(used: tuple[int, int], quota: Quota) -> dict[str, Any]:
@@ -83,50 +69,41 @@ def _base_version(raw: str | None) -> int | None:
 class WorkspaceBase(BaseHandler):
     """Quotas, membership, upload, download and delete, shared by every endpoint."""
 
-    # ---- who may touch what -----------------------------------------------------
+    _upload: ws_ops.Upload | None = None
 
     async def quota_of(self, space: str, agent: AgentRecord | None = None) -> Quota:
-        kind, _, name = space.partition(":")
-        if kind == "agent":
-            assert agent is not None
-            system, user = await self.sac.store.settings.for_user(agent.owner)
-            resolved = sac_settings.resolve(system, user, agent.overrides)
-            return Quota(int(resolved["storage_quota_bytes"]), int(resolved["storage_quota_files"]))
-        if kind == "group":
-            system = await self.sac.store.settings.get("system")
-            group = await self.sac.store.settings.get("group", name)
-            resolved = sac_settings.resolve_group(system, group)
-            return Quota(int(resolved["group_quota_bytes"]), int(resolved["group_quota_files"]))
-        return UNLIMITED
+        return await ws_ops.quota_of(self.ctx, space, agent)
 
     # ---- uploads: the body is streamed to a spooled file while it is hashed -------
 
     def begin_upload(self) -> None:
         """Take the request body as the upload; call once the caller may write."""
-        self.start_spool()
-        if not self.accept_body(self.sac.workspace_max_file_bytes, self.spool_write):
+        upload = self.start_spool()
+        if not self.accept_body(self.ctx.workspace_max_file_bytes, upload.write):
             raise self.file_too_large()
 
     def file_too_large(self) -> ApiError:
-        limit = self.sac.workspace_max_file_bytes
+        limit = self.ctx.workspace_max_file_bytes
         return ApiError(413, "too_large", f"workspace files are limited to {limit} bytes")
 
-    def start_spool(self) -> None:
+    def start_spool(self) -> ws_ops.Upload:
         # Closed in on_finish (a handler's body outlives any with-block here).
-        self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115
-        self._hash = hashlib.sha256()
-        self._size = 0
-
-    def spool_write(self, chunk: bytes) -> None:
-        """Another piece of the upload (from the body, or a form's file part)."""
-        self._spool.write(chunk)
-        self._hash.update(chunk)
-        self._size += len(chunk)
+        self._upload = ws_ops.Upload()
+        return self._upload
 
     def on_finish(self) -> None:
-        spool = getattr(self, "_spool", None)
-        if spool is not None:
-            spool.close()
+        if self._upload is not None:
+            self._upload.close()
+
+    def received(self) -> ws_ops.Upload:
+        """The upload this request carried (413 when it was too large)."""
+        if self.body_too_large:
+            raise self.file_too_large()
+        assert self._upload is not None
+        return self._upload
+
+    def base_version(self) -> int | None:
+        return _base_version(self.request.headers.get("X-Sac-Base-Version"))
 
     async def store_upload(
         self,
@@ -140,101 +117,21 @@ class WorkspaceBase(BaseHandler):
         ``agent``: the agent whose space it is; ``sandbox``: sent by a sandbox."""
         if loc.area == "public" and sandbox:
             raise ApiError(403, "forbidden", "the public workspace is read-only for agents")
-        if self.body_too_large:
-            raise self.file_too_large()
-        base = _base_version(self.request.headers.get("X-Sac-Base-Version"))
+        upload = self.received()
+        base = self.base_version()
         mtime = _mtime(self.request.headers.get("X-Sac-Mtime"))
-        sha, size = self._hash.hexdigest(), self._size
-        quota = await self.quota_of(loc.space, agent)
-        current = await self.sac.store.workspace.get(loc.space, loc.path)
-        if current is not None and current["sha256"] == sha and base in (None, current["version"]):
-            return current  # unchanged: nothing to store or record
-        # Refuse before storing anything: an upload over quota leaves nothing behind.
-        used_bytes, used_files = await self.sac.store.workspace.usage(loc.space)
-        freed = current["size"] if current else 0
-        if used_bytes - freed + size > quota.max_bytes or (
-            current is None and used_files + 1 > quota.max_files
-        ):
-            raise self.over_quota(loc, used_bytes - freed, used_files, size, quota)
-        key = object_key(loc.space, sha)
-        stored_here = await self.put_object(key)
-        try:
-            row, before = await self.sac.store.workspace.commit(
-                loc.space,
-                loc.path,
-                size=size,
-                sha256=sha,
-                mtime=mtime,
-                written_by=written_by,
-                quota=quota,
-                base_version=base,
-            )
-        except QuotaExceeded as e:
-            if stored_here:
-                await self.release(loc.space, sha)
-            raise ApiError(413, "quota_exceeded", self.quota_message(loc, str(e))) from None
-        except VersionConflict as e:
-            if stored_here:
-                await self.release(loc.space, sha)
-            raise self.conflict(loc, e) from None
-        # Another upload may have released this content in between: store it again.
-        if not stored_here and await self.sac.objects.head(key) is None:
-            await self.put_object(key)
-        if before is not None and before["sha256"] != sha:
-            await self.release(loc.space, before["sha256"])
-        return row
-
-    async def put_object(self, key: str) -> bool:
-        """Store the spooled body under ``key`` unless it is there; True if stored."""
-        if await self.sac.objects.head(key) is not None:
-            return False
-        self._spool.seek(0)
-        await self.sac.objects.put(key, self._spool.read())
-        return True
-
-    async def release(self, space: str, sha256: str) -> None:
-        key = object_key(space, sha256)
-
-        async def delete() -> None:
-            await self.sac.objects.delete(key)
-
-        await self.sac.store.workspace.release_if_unused(space, sha256, delete)
-
-    def over_quota(
-        self, loc: Location, used_bytes: int, used_files: int, size: int, quota: Quota
-    ) -> ApiError:
-        if used_bytes + size > quota.max_bytes:
-            what = f"{size:,} bytes would take it to {used_bytes + size:,} of {quota.max_bytes:,}"
-        else:
-            what = f"it already holds {used_files:,} of {quota.max_files:,} files"
-        return ApiError(413, "quota_exceeded", self.quota_message(loc, what))
-
-    @staticmethod
-    def quota_message(loc: Location, detail: str) -> str:
-        where = {
-            "group": f"the {loc.group} group's workspace",
-            "public": "the public workspace",
-        }.get(loc.area, "this agent's workspace")
-        return f"over quota: {where} is full ({detail}); nothing was stored"
-
-    @staticmethod
-    def conflict(loc: Location, e: VersionConflict) -> ApiError:
-        current = e.current
-        return ApiError(
-            409,
-            "conflict",
-            f"{loc.workspace_path} changed since it was read",
-            current=None if current is None else file_model(current, loc.workspace_path),
+        return await ws_ops.store_upload(
+            self.ctx, upload, loc, written_by, agent, base_version=base, mtime=mtime
         )
 
     # ---- downloads and deletes ----------------------------------------------------
 
     async def send_file(self, loc: Location) -> None:
-        row = await self.sac.store.workspace.get(loc.space, loc.path)
+        row = await self.ctx.store.workspace.get(loc.space, loc.path)
         if row is None:
             raise ApiError(404, "not_found", f"no file {loc.workspace_path}")
         try:
-            chunks = self.sac.objects.stream(object_key(loc.space, row["sha256"]))
+            chunks = self.ctx.objects.stream(object_key(loc.space, row["sha256"]))
             first = await anext(chunks, b"")
         except ObjectNotFound:
             raise ApiError(404, "not_found", "the file is missing from the object store") from None
@@ -249,27 +146,10 @@ class WorkspaceBase(BaseHandler):
         self.finish()
 
     async def remove_file(self, loc: Location) -> None:
-        base = _base_version(self.request.headers.get("X-Sac-Base-Version"))
-        try:
-            before = await self.sac.store.workspace.delete(loc.space, loc.path, base)
-        except VersionConflict as e:
-            raise self.conflict(loc, e) from None
-        if before is None:
-            raise ApiError(404, "not_found", f"no file {loc.workspace_path}")
-        await self.release(loc.space, before["sha256"])
+        await ws_ops.remove_file(self.ctx, loc, self.base_version())
 
     async def sweep(self, space: str) -> int:
-        """Delete objects of ``space`` no file refers to, once they are old enough
-        not to be an upload in flight (a crash between storing and recording)."""
-        shas = await self.sac.store.workspace.shas(space)
-        removed = 0
-        cutoff = time.time() - ORPHAN_SECONDS
-        for info in await self.sac.objects.list(space_prefix(space)):
-            sha = info.key.rsplit("/", 1)[-1]
-            if sha not in shas and info.modified.timestamp() < cutoff:
-                await self.release(space, sha)
-                removed += 1
-        return removed
+        return await ws_ops.sweep(self.ctx, space)
 
 
 # ---- the sandbox's side (its agent token) -----------------------------------------
@@ -295,7 +175,7 @@ class AgentManifestHandler(AgentWorkspaceBase):
         groups = await self.groups_of(agent.owner)
         own = f"agent:{agent.id}"
         spaces = [own, "public", *(f"group:{g}" for g in groups)]
-        generations = await self.sac.store.workspace.generations(spaces)
+        generations = await self.ctx.store.workspace.generations(spaces)
         etag = (
             '"'
             + hashlib.sha256(
@@ -309,13 +189,13 @@ class AgentManifestHandler(AgentWorkspaceBase):
         await self.sweep(own)
         files = []
         for space in spaces:
-            for row in await self.sac.store.workspace.list(space):
+            for row in await self.ctx.store.workspace.list(space):
                 kind, _, name = space.partition(":")
                 path = {"agent": row["path"], "public": f"public/{row['path']}"}.get(
                     kind, f"group/{name}/{row['path']}"
                 )
                 model = file_model(row, path)
-                model["url"] = self.sac.objects.presign_get(
+                model["url"] = self.ctx.objects.presign_get(
                     object_key(space, row["sha256"]), URL_SECONDS
                 )
                 files.append(model)
@@ -325,7 +205,7 @@ class AgentManifestHandler(AgentWorkspaceBase):
             {
                 "groups": groups,
                 "files": files,
-                "usage": usage_model(await self.sac.store.workspace.usage(own), quota),
+                "usage": usage_model(await self.ctx.store.workspace.usage(own), quota),
             }
         )
 
@@ -356,7 +236,7 @@ class AgentBatchHandler(AgentWorkspaceBase):
                 raise ApiError(404, "not_found", f"no group workspace {loc.group!r}")
             locations.append((loc, item["version"]))
         keys = [(loc.space, loc.path) for loc, _ in locations]
-        rows = await self.sac.store.workspace.get_many(keys)
+        rows = await self.ctx.store.workspace.get_many(keys)
         plan = []
         for loc, version in locations:
             row = rows.get((loc.space, loc.path))
@@ -368,11 +248,11 @@ class AgentBatchHandler(AgentWorkspaceBase):
         try:
             for group in read_groups(plan):
                 if len(group) == 1 and group[0][1] > SMALL_OBJECT_BYTES:
-                    async for chunk in self.sac.objects.stream(group[0][0]):
+                    async for chunk in self.ctx.objects.stream(group[0][0]):
                         self.write(chunk)
                         await self.flush()  # a MiB at a time to the socket
                 else:
-                    for data in await self.sac.objects.get_many([key for key, _ in group]):
+                    for data in await self.ctx.objects.get_many([key for key, _ in group]):
                         self.write(data)
                     await self.flush()
         except ObjectNotFound as e:
@@ -471,37 +351,22 @@ class UserWorkspaceBase(WorkspaceBase):
         return f"group:{name}", None, f"group/{name}/"
 
     async def put_file(self, loc: Location, agent: AgentRecord | None) -> dict[str, Any]:
-        """Store the upload at ``loc``; a change of the public tree (administrators
-        only) is an admin action and goes in the audit log."""
-        row = await self.store_upload(loc, self.identity.name, agent)
-        if loc.area == "public":
-            await self.audit("workspace.public.put", loc.workspace_path,
-                             after={k: row[k] for k in ("size", "sha256", "version")})  # fmt: skip
-        return row
+        """Store the upload at ``loc`` (operations.workspace.put_file)."""
+        return await ws_ops.put_file(
+            self.ctx,
+            self.actor,
+            self.received(),
+            loc,
+            agent,
+            base_version=self.base_version(),
+            mtime=_mtime(self.request.headers.get("X-Sac-Mtime")),
+        )
 
     async def delete_file(self, loc: Location) -> None:
-        await self.remove_file(loc)
-        if loc.area == "public":
-            await self.audit("workspace.public.delete", loc.workspace_path)
+        await ws_ops.delete_file(self.ctx, self.actor, loc, self.base_version())
 
     def location(self, space: str, raw: str, agent: AgentRecord | None) -> Location:
-        try:
-            if agent is not None:
-                loc = locate(raw, agent.id)
-                if loc.space != space:
-                    # An agent's files are its private/ and output/; the public and
-                    # group trees have their own endpoints and rules (admins write
-                    # the public tree, members their groups').
-                    raise PathError(
-                        "an agent's workspace holds private/ and output/; use"
-                        " api/workspace/public or api/groups/<group>/workspace"
-                    )
-                return loc
-            path = clean_relative(raw)
-        except PathError as e:
-            raise bad("path", str(e)) from None
-        kind, _, name = space.partition(":")
-        return Location("group" if kind == "group" else "public", space, path, name or None)
+        return ws_ops.location(space, raw, agent)
 
 
 class UserListingHandler(UserWorkspaceBase):
@@ -514,12 +379,12 @@ class UserListingHandler(UserWorkspaceBase):
         name, slug = [*args, None, None][:2]
         space, agent, prefix = await self.space_of(self.kind, name, slug, write=False)
         sub = self.get_argument("prefix", "")
-        rows = await self.sac.store.workspace.list(space, sub)
+        rows = await self.ctx.store.workspace.list(space, sub)
         quota = await self.quota_of(space, agent)
         self.write_json(
             {
                 "files": [file_model(r, prefix + r["path"]) for r in rows],
-                "usage": usage_model(await self.sac.store.workspace.usage(space), quota),
+                "usage": usage_model(await self.ctx.store.workspace.usage(space), quota),
             }
         )
 
@@ -567,29 +432,7 @@ class UserFileHandler(UserWorkspaceBase):
         self.finish()
 
 
-class GroupQuotaOps(BaseHandler):
-    """Replace a group's quota overrides (validated, stored and audited together),
-    shared by the API and the admin page."""
-
-    async def set_group_quota(self, group: str, body: Any) -> dict[str, Any]:
-        ident = self.require_admin()
-        try:
-            overrides = sac_settings.jsonable(sac_settings.validate_overrides(body, "group"))
-        except sac_settings.SettingsError as e:
-            raise ApiError(
-                400, "invalid_setting", f"{e.field}: {e.message}", field=e.field
-            ) from None
-        async with self.sac.store.transaction() as conn:
-            before = await self.sac.store.settings.put(
-                "group", group, overrides, ident.name, conn=conn
-            )
-            await self.audit(
-                "settings.group.replace", group, before=before, after=overrides, conn=conn
-            )
-        return overrides
-
-
-class GroupQuotaHandler(GroupQuotaOps):
+class GroupQuotaHandler(BaseHandler):
     """GET (members, admins) and PUT (admins) a group's quota overrides."""
 
     async def get(self, group: str) -> None:
@@ -604,12 +447,12 @@ class GroupQuotaHandler(GroupQuotaOps):
 
     async def put(self, group: str) -> None:
         self.require_admin()
-        await self.set_group_quota(group, self.json_body())
+        await replace_group_quota(self.ctx, self.actor, group, self.json_body())
         await self._write(group)
 
     async def _write(self, group: str) -> None:
-        system = await self.sac.store.settings.get("system")
-        overrides = await self.sac.store.settings.get("group", group)
+        system = await self.ctx.store.settings.get("system")
+        overrides = await self.ctx.store.settings.get("group", group)
         resolved = sac_settings.resolve_group(system, overrides)
         self.write_json(
             {
@@ -618,11 +461,6 @@ class GroupQuotaHandler(GroupQuotaOps):
                 "resolved": {k: resolved[k] for k in ("group_quota_bytes", "group_quota_files")},
             }
         )
-
-
-FILE = r"(.+)"
-USER = r"([^/]+)"
-SLUG = r"([a-z0-9-]+)"
 
 
 def routes(prefix: str) -> list[tuple[str, Any, dict[str, Any]] | tuple[str, Any]]:
@@ -636,9 +474,9 @@ def routes(prefix: str) -> list[tuple[str, Any, dict[str, Any]] | tuple[str, Any
         (agent + f"/files/{FILE}", UserFileHandler, {"kind": "agent"}),
         (api + "workspace/public", UserListingHandler, {"kind": "public"}),
         (api + f"workspace/public/files/{FILE}", UserFileHandler, {"kind": "public"}),
-        (api + f"groups/{USER}/workspace", UserListingHandler, {"kind": "group"}),
-        (api + f"groups/{USER}/workspace/files/{FILE}", UserFileHandler, {"kind": "group"}),
-        (api + f"groups/{USER}/workspace/quota", GroupQuotaHandler),
+        (api + f"groups/{GROUP}/workspace", UserListingHandler, {"kind": "group"}),
+        (api + f"groups/{GROUP}/workspace/files/{FILE}", UserFileHandler, {"kind": "group"}),
+        (api + f"groups/{GROUP}/workspace/quota", GroupQuotaHandler),
     ]
 
 

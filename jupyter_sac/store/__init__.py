@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from .agents import AgentExistsError, AgentLimitError, AgentRecord, Agents
@@ -26,6 +25,7 @@ from .sandbox_usage import SandboxUsage, SandboxUsageRows
 from .settings import SettingsRows
 from .skills import Skills
 from .tokens import AgentTokens
+from .tx import Conn, Pool
 from .usage import Usage
 from .workspace import WorkspaceFiles
 
@@ -41,7 +41,7 @@ __all__ = [
 
 
 class Store:
-    def __init__(self, pool: AsyncConnectionPool):
+    def __init__(self, pool: Pool):
         self.pool = pool
         self.agents = Agents(pool)
         self.settings = SettingsRows(pool)
@@ -56,7 +56,7 @@ class Store:
         self.sandbox_usage = SandboxUsageRows(pool)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection[Any]]:
+    async def transaction(self) -> AsyncIterator[Conn]:
         """A connection in a transaction, committed when the block ends (rolled back
         if it raises). Keep the block short: no HTTP calls inside it."""
         async with self.pool.connection() as conn, conn.transaction():
@@ -68,8 +68,9 @@ class Store:
     ) -> Store:
         if run_migrations:
             await migrate(database_url)
-        pool = AsyncConnectionPool(
+        pool: Pool = AsyncConnectionPool(
             database_url,
+            connection_class=AsyncConnection[DictRow],
             min_size=min_size,
             max_size=max_size,
             kwargs={"row_factory": dict_row, "autocommit": True},

@@ -6,12 +6,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from psycopg import AsyncConnection
 from psycopg.errors import UniqueViolation
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
-from .tx import using
+from .tx import Conn, Pool, using
 
 
 class AgentExistsError(Exception):
@@ -78,7 +76,7 @@ def _owner_lock_key(owner: str) -> str:
 
 
 class Agents:
-    def __init__(self, pool: AsyncConnectionPool):
+    def __init__(self, pool: Pool):
         self.pool = pool
 
     async def create(self, *, limit: int, **fields: Any) -> AgentRecord:
@@ -115,7 +113,7 @@ class Agents:
         owner: str,
         slug: str,
         *,
-        conn: AsyncConnection[Any] | None = None,
+        conn: Conn | None = None,
         lock: bool = False,
     ) -> AgentRecord | None:
         """An agent; with ``lock`` (inside a transaction) its row is locked until the
@@ -161,7 +159,7 @@ class Agents:
         slug: str,
         changes: dict[str, Any],
         *,
-        conn: AsyncConnection[Any] | None = None,
+        conn: Conn | None = None,
     ) -> AgentRecord | None:
         changes = {k: v for k, v in changes.items() if k in UPDATABLE}
         if not changes:
@@ -184,9 +182,7 @@ class Agents:
             row = await cur.fetchone()
         return int(row["n"]) if row else 0
 
-    async def delete(
-        self, owner: str, slug: str, *, conn: AsyncConnection[Any] | None = None
-    ) -> bool:
+    async def delete(self, owner: str, slug: str, *, conn: Conn | None = None) -> bool:
         async with using(self.pool, conn) as c:
             cur = await c.execute(
                 "DELETE FROM agents WHERE owner = %s AND slug = %s", (owner, slug)

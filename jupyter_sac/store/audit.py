@@ -19,11 +19,9 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
-from .tx import using
+from .tx import Conn, Pool, using
 
 REDACTED = "[redacted]"
 # An agent's provider key is recorded as whether one is set, never as its value.
@@ -98,7 +96,7 @@ AuditKey = tuple[datetime, int]  # (at, id): the keyset order, newest first
 
 
 class Audit:
-    def __init__(self, pool: AsyncConnectionPool):
+    def __init__(self, pool: Pool):
         self.pool = pool
 
     async def record(
@@ -113,7 +111,7 @@ class Audit:
         after: Any = None,
         request_id: str | None = None,
         ip: str | None = None,
-        conn: AsyncConnection[Any] | None = None,
+        conn: Conn | None = None,
     ) -> int:
         """Insert one entry (in ``conn``'s transaction when given); returns its id."""
         snapshots = [None if v is None else Jsonb(redact(v), dumps=_dumps) for v in (before, after)]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from psycopg_pool import AsyncConnectionPool
+from .tx import Pool
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ def first_occurrences(events: list[IngestEvent]) -> list[bool]:
 
 
 class History:
-    def __init__(self, pool: AsyncConnectionPool):
+    def __init__(self, pool: Pool):
         self.pool = pool
 
     async def ingest(self, agent_id: int, owner: str, slug: str, batch: IngestBatch) -> int:

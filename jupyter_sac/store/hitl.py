@@ -6,11 +6,9 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
-from .tx import using
+from .tx import Conn, Pool, using
 
 PENDING = "pending"
 DECIDED_STATUSES = ("approved", "denied", "timed_out", "cancelled")
@@ -51,7 +49,7 @@ def request_model(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class HitlRequests:
-    def __init__(self, pool: AsyncConnectionPool):
+    def __init__(self, pool: Pool):
         self.pool = pool
 
     # ---- policies -----------------------------------------------------------------
@@ -70,7 +68,7 @@ class HitlRequests:
         policy: dict[str, Any],
         by: str,
         *,
-        conn: AsyncConnection[Any] | None = None,
+        conn: Conn | None = None,
     ) -> dict[str, Any] | None:
         """Replace an agent's policy; returns the one it replaced (None: the default).
         The agent's row lock orders replacements, so that is exactly what was replaced."""
@@ -199,7 +197,7 @@ class HitlRequests:
         reason: str | None,
         by: str,
         *,
-        conn: AsyncConnection[Any] | None = None,
+        conn: Conn | None = None,
     ) -> dict[str, Any] | None:
         """Decide a pending request; None if it is no longer pending (or past expiry)."""
         status = "approved" if decision == "allow" else "denied"
@@ -232,7 +230,8 @@ class HitlRequests:
         before: tuple[datetime, uuid.UUID] | None,
     ) -> list[dict[str, Any]]:
         """Newest first; ``before`` is the keyset cursor (created_at, id) of the last row."""
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if owner is not None:
             where.append("owner = %s")
             params.append(owner)

@@ -2,27 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
 
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
+from .tx import Conn, Pool, using
 
-from .tx import using
+
+@dataclass(frozen=True)
+class OrganisationKey:
+    """A provider's organisation key as stored: encrypted, with the hint shown
+    instead of it (its last four characters), who set it and when."""
+
+    provider: str
+    encrypted_key: bytes
+    hint: str
+    updated_by: str
+    updated_at: datetime
 
 
 class OrganisationKeys:
-    def __init__(self, pool: AsyncConnectionPool):
+    def __init__(self, pool: Pool):
         self.pool = pool
 
-    async def list(self) -> dict[str, dict[str, Any]]:
-        """provider -> {encrypted_key, hint, updated_by, updated_at}."""
+    async def list(self) -> dict[str, OrganisationKey]:
+        """Every key set in the service, by provider."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT provider, encrypted_key, hint, updated_by, updated_at"
                 " FROM organisation_keys ORDER BY provider"
             )
             rows = await cur.fetchall()
-        return {r["provider"]: {**r, "encrypted_key": bytes(r["encrypted_key"])} for r in rows}
+        return {
+            r["provider"]: OrganisationKey(**{**r, "encrypted_key": bytes(r["encrypted_key"])})
+            for r in rows
+        }
 
     async def put(
         self,
@@ -30,7 +43,7 @@ class OrganisationKeys:
         encrypted_key: bytes,
         hint: str,
         by: str,
-        conn: AsyncConnection[Any] | None = None,
+        conn: Conn | None = None,
     ) -> str | None:
         """Set a provider's key; the hint of the key it replaced (None: there was none)."""
         async with using(self.pool, conn) as c:
@@ -47,7 +60,7 @@ class OrganisationKeys:
             )
         return before["hint"] if before else None
 
-    async def delete(self, provider: str, conn: AsyncConnection[Any] | None = None) -> str | None:
+    async def delete(self, provider: str, conn: Conn | None = None) -> str | None:
         """Remove a provider's key; the hint of the removed key (None: there was none)."""
         async with using(self.pool, conn) as c:
             cur = await c.execute(

@@ -8,7 +8,8 @@ from datetime import datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
+
+from .tx import Pool
 
 COLUMNS = (
     "running",
@@ -46,7 +47,7 @@ class SandboxUsage:
 
 
 class SandboxUsageRows:
-    def __init__(self, pool: AsyncConnectionPool):
+    def __init__(self, pool: Pool):
         self.pool = pool
 
     async def record(self, agent_id: int, usage: SandboxUsage) -> None:

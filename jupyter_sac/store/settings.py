@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
-from .tx import using
+from .tx import Conn, Pool, using
 
 
 class SettingsRows:
-    def __init__(self, pool: AsyncConnectionPool):
+    def __init__(self, pool: Pool):
         self.pool = pool
 
     async def get(self, scope: str, subject: str = "") -> dict[str, Any]:
@@ -43,7 +41,7 @@ class SettingsRows:
         overrides: dict[str, Any],
         by: str,
         *,
-        conn: AsyncConnection[Any] | None = None,
+        conn: Conn | None = None,
     ) -> dict[str, Any]:
         """Replace one level's overrides (an empty dict clears them); returns the
         overrides it replaced. Changes of one level are serialised, so what it returns

@@ -27,13 +27,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from psycopg import AsyncConnection
 from psycopg.errors import UniqueViolation
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
 from ..skills import SkillSpec, delivery_checksum
-from .tx import using
+from .tx import Conn, Pool, using
 
 OFFICIAL_OWNER = ""
 
@@ -163,7 +161,7 @@ VISIBLE = (
 
 
 class Skills:
-    def __init__(self, pool: AsyncConnectionPool):
+    def __init__(self, pool: Pool):
         self.pool = pool
 
     async def upsert_official(
@@ -215,7 +213,7 @@ class Skills:
         parent_id: int | None = None,
         bundle: Bundle | None = None,
         *,
-        conn: AsyncConnection[Any] | None = None,
+        conn: Conn | None = None,
     ) -> dict[str, Any]:
         """A new skill; a fork passes its parent's bundle (content-addressed, shared)."""
         bundle = bundle or Bundle()
@@ -248,7 +246,7 @@ class Skills:
         return created
 
     async def get(
-        self, skill_id: int, *, conn: AsyncConnection[Any] | None = None, lock: bool = False
+        self, skill_id: int, *, conn: Conn | None = None, lock: bool = False
     ) -> dict[str, Any] | None:
         """A skill; with ``lock`` (inside a transaction) its row stays locked until the
         transaction ends, so the caller changes exactly the version it read."""
@@ -268,7 +266,7 @@ class Skills:
         group: str | None,
         bundle_sha256: str | None = None,
         *,
-        conn: AsyncConnection[Any] | None = None,
+        conn: Conn | None = None,
     ) -> dict[str, Any] | None:
         """Replace a skill's content; the version goes up when the content changed
         (and is kept in ``skill_versions``; call ``prune_versions`` afterwards)."""
@@ -301,7 +299,7 @@ class Skills:
         spec: SkillSpec,
         bundle: Bundle,
         *,
-        conn: AsyncConnection[Any] | None = None,
+        conn: Conn | None = None,
     ) -> bool:
         """Attach (or with an empty Bundle, remove) a skill's bundle: a new version.
         The replaced bundle stays with the old version until ``prune_versions``
@@ -321,9 +319,7 @@ class Skills:
             await conn.execute(_SNAPSHOT, (skill_id,))
         return True
 
-    async def prune_versions(
-        self, skill_id: int, *, conn: AsyncConnection[Any] | None = None
-    ) -> list[str]:
+    async def prune_versions(self, skill_id: int, *, conn: Conn | None = None) -> list[str]:
         """Delete the skill's versions that are neither current nor pinned by any
         install. Returns the sha256 of bundles that nothing refers to any more: the
         caller deletes those objects once the transaction has committed."""
@@ -339,9 +335,7 @@ class Skills:
             shas = {r["bundle_sha256"] for r in await cur.fetchall() if r["bundle_sha256"]}
             return [sha for sha in sorted(shas) if not await _bundle_used(c, sha)]
 
-    async def version_bundles(
-        self, skill_id: int, *, conn: AsyncConnection[Any] | None = None
-    ) -> list[str]:
+    async def version_bundles(self, skill_id: int, *, conn: Conn | None = None) -> list[str]:
         """The bundles of every kept version of a skill (what deleting it may free)."""
         async with using(self.pool, conn) as c:
             cur = await c.execute(
@@ -355,7 +349,7 @@ class Skills:
         async with self.pool.connection() as conn:
             return await _bundle_used(conn, sha256)
 
-    async def delete(self, skill_id: int, *, conn: AsyncConnection[Any] | None = None) -> bool:
+    async def delete(self, skill_id: int, *, conn: Conn | None = None) -> bool:
         async with using(self.pool, conn) as c:
             cur = await c.execute("DELETE FROM skills WHERE id = %s", (skill_id,))
             return cur.rowcount > 0
@@ -401,7 +395,7 @@ class Skills:
             return await cur.fetchall()
 
     async def install(
-        self, agent_id: int, skill: dict[str, Any], *, conn: AsyncConnection[Any] | None = None
+        self, agent_id: int, skill: dict[str, Any], *, conn: Conn | None = None
     ) -> None:
         """Install the skill's current version, pinned. Installing it again changes
         nothing (``update_install`` moves a pin)."""
@@ -430,7 +424,7 @@ class Skills:
         skill_id: int,
         expected: int | None = None,
         *,
-        conn: AsyncConnection[Any] | None = None,
+        conn: Conn | None = None,
     ) -> tuple[int, int] | None:
         """Move an install's pin to the skill's current version: (from, to), equal
         when it was there already; None when the skill is not installed in the agent.
@@ -480,9 +474,7 @@ class Skills:
                 filled += 1
         return filled
 
-    async def uninstall(
-        self, agent_id: int, skill_id: int, *, conn: AsyncConnection[Any] | None = None
-    ) -> bool:
+    async def uninstall(self, agent_id: int, skill_id: int, *, conn: Conn | None = None) -> bool:
         async with using(self.pool, conn) as c:
             cur = await c.execute(
                 "DELETE FROM skill_installs WHERE agent_id = %s AND skill_id = %s",
@@ -496,7 +488,7 @@ class Skills:
         *,
         visible_to: tuple[str, list[str], bool] | None = None,
         skill_id: int | None = None,
-        conn: AsyncConnection[Any] | None = None,
+        conn: Conn | None = None,
     ) -> list[dict[str, Any]]:
         """An agent's installed skills by command, each with the content of the
         version it pins (``version``, ``checksum``: the install's; ``latest_version``:

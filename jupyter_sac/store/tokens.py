@@ -5,9 +5,8 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from psycopg_pool import AsyncConnectionPool
-
 from .agents import AgentRecord, agent_columns
+from .tx import Pool
 
 TOKEN_PREFIX = "sac-agent-"
 
@@ -21,7 +20,7 @@ def token_hash(token: str) -> bytes:
 
 
 class AgentTokens:
-    def __init__(self, pool: AsyncConnectionPool):
+    def __init__(self, pool: Pool):
         self.pool = pool
 
     async def issue(self, agent_id: int) -> str:

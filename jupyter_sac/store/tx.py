@@ -10,16 +10,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TypeAlias
 
 from psycopg import AsyncConnection
+from psycopg.rows import DictRow
 from psycopg_pool import AsyncConnectionPool
+
+# Every connection of the store's pool returns rows as dicts (Store.open sets
+# dict_row); these say so to the type checker.
+Conn: TypeAlias = AsyncConnection[DictRow]
+Pool: TypeAlias = AsyncConnectionPool[Conn]
 
 
 @asynccontextmanager
-async def using(
-    pool: AsyncConnectionPool, conn: AsyncConnection[Any] | None = None
-) -> AsyncIterator[AsyncConnection[Any]]:
+async def using(pool: Pool, conn: Conn | None = None) -> AsyncIterator[Conn]:
     """``conn`` if the caller passed one, else a connection from ``pool``."""
     if conn is not None:
         yield conn

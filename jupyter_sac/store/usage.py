@@ -7,10 +7,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
-
-from .tx import using
+from .tx import Conn, Pool, using
 
 USAGE_FIELDS = (
     "input_tokens",
@@ -67,7 +64,7 @@ _MONTH_SQL = f"""
 
 
 class Usage:
-    def __init__(self, pool: AsyncConnectionPool):
+    def __init__(self, pool: Pool):
         self.pool = pool
 
     async def reserve(
@@ -174,7 +171,7 @@ class Usage:
         slug: str,
         delta: UsageDelta,
         *,
-        conn: AsyncConnection[Any] | None = None,
+        conn: Conn | None = None,
     ) -> None:
         async with using(self.pool, conn) as conn:
             await conn.execute(
@@ -217,7 +214,8 @@ class Usage:
     ) -> list[dict[str, Any]]:
         """Usage per (UTC day, user, agent) with since <= day < until, newest day first
         (deleted agents too: usage outlives them)."""
-        where, params = ["day >= %s", "day < %s"], [since, until]
+        where = ["day >= %s", "day < %s"]
+        params: list[Any] = [since, until]
         if owner is not None:
             where.append("owner = %s")
             params.append(owner)

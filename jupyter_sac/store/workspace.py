@@ -3,14 +3,12 @@ version and who wrote them. Content is in the object store (``objects.py``)."""
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
-
-from .tx import using
+from .tx import Conn, Pool, using
 
 _COLUMNS = "space, path, size, sha256, mtime, version, written_by, updated_at"
 
@@ -34,7 +32,7 @@ class Quota:
 
 
 class WorkspaceFiles:
-    def __init__(self, pool: AsyncConnectionPool):
+    def __init__(self, pool: Pool):
         self.pool = pool
 
     async def list(self, space: str, prefix: str = "") -> list[dict[str, Any]]:
@@ -54,7 +52,9 @@ class WorkspaceFiles:
             )
             return await cur.fetchone()
 
-    async def get_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+    async def get_many(
+        self, keys: builtins.list[tuple[str, str]]
+    ) -> dict[tuple[str, str], dict[str, Any]]:
         """Rows of many (space, path) pairs in one query."""
         if not keys:
             return {}
@@ -79,7 +79,7 @@ class WorkspaceFiles:
         assert row is not None
         return int(row["bytes"]), int(row["files"])
 
-    async def generations(self, spaces: list[str]) -> dict[str, int]:
+    async def generations(self, spaces: builtins.list[str]) -> dict[str, int]:
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT space, generation FROM workspace_spaces WHERE space = ANY(%s)", (spaces,)
@@ -94,11 +94,11 @@ class WorkspaceFiles:
             )
             return await cur.fetchone() is not None
 
-    async def _lock(self, conn: AsyncConnection[Any], space: str) -> None:
+    async def _lock(self, conn: Conn, space: str) -> None:
         # Writes to one space are serialised, so the quota check sees every row.
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"sac-ws:{space}",))
 
-    async def _bump(self, conn: AsyncConnection[Any], space: str) -> None:
+    async def _bump(self, conn: Conn, space: str) -> None:
         await conn.execute(
             "INSERT INTO workspace_spaces (space, generation) VALUES (%s, 1)"
             " ON CONFLICT (space) DO UPDATE SET generation = workspace_spaces.generation + 1",
@@ -116,7 +116,7 @@ class WorkspaceFiles:
         written_by: str,
         quota: Quota,
         base_version: int | None = None,
-        conn: AsyncConnection[Any] | None = None,
+        conn: Conn | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """Record a file whose content is stored; (the new row, the row it replaced).
 
@@ -163,7 +163,7 @@ class WorkspaceFiles:
         space: str,
         path: str,
         base_version: int | None = None,
-        conn: AsyncConnection[Any] | None = None,
+        conn: Conn | None = None,
     ) -> dict[str, Any] | None:
         """Forget a file (or every file under ``path/``); the removed row of ``path``."""
         async with using(self.pool, conn) as c, c.transaction():

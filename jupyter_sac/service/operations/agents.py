@@ -1,0 +1,317 @@
+"""Agents: their models, and creating, changing, deleting, starting, stopping and
+restarting them. An administrator acting on another user's agent is recorded in
+the audit log; an owner's own changes only where they widen what the agent may do."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ... import settings as sac_settings
+from ...budgets import budgets
+from ...store import AgentExistsError, AgentLimitError, AgentRecord, SandboxUsage
+from ...urls import PublicUrls
+from ..errors import ApiError
+from ..hub import HubError
+from ..validation import CREATE_FIELDS, UPDATE_FIELDS, agent_fields, check_fields, valid_slug
+from .access import authorize_user, get_agent, require_person
+from .context import Actor, ServiceContext, audit
+from .settings import effective_settings_for_agent, settings_for_user, user_settings
+
+USAGE_TOTALS = (
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
+
+
+def agent_model(
+    agent: AgentRecord,
+    resolved: Mapping[str, Any],
+    hub_user: Mapping[str, Any] | None,
+    public: PublicUrls,
+    org_keys: Mapping[str, str],
+    sandbox_usage: SandboxUsage | None = None,
+) -> dict[str, Any]:
+    server = (hub_user or {}).get("servers", {}).get(agent.slug)
+    return {
+        "owner": agent.owner,
+        "slug": agent.slug,
+        **agent_snapshot(agent),
+        "uses_organisation_key": agent.encrypted_key is None,
+        "organisation_key_available": agent.provider in org_keys,
+        "resolved": sac_settings.jsonable(resolved),
+        "created_at": agent.created_at.isoformat(),
+        "updated_at": agent.updated_at.isoformat(),
+        # The agent's server on its owner's host (with subdomains), as the hub has it.
+        "url": public.server(agent.owner, agent.slug),
+        "server": None
+        if server is None
+        else {
+            "ready": server.get("ready", False),
+            "pending": server.get("pending"),
+            "started": server.get("started"),
+            "last_activity": server.get("last_activity"),
+        },
+        # What its sandbox uses now and the limits that hold there, as its spawner
+        # last sampled them (null: never sampled).
+        "sandbox_usage": sandbox_usage.to_json() if sandbox_usage else None,
+    }
+
+
+def agent_snapshot(agent: AgentRecord) -> dict[str, Any]:
+    """An agent as the audit log records it: never its key, only whether one is set."""
+    return {
+        "display_name": agent.display_name,
+        "runtime": agent.runtime,
+        "provider": agent.provider,
+        "model": agent.model,
+        "base_url": agent.base_url,
+        "key_set": agent.encrypted_key is not None,
+        "overrides": agent.overrides,
+        "drive_agents": agent.drive_agents,
+    }
+
+
+def hub_refused(what: str, e: HubError) -> ApiError:
+    return ApiError(502 if e.status >= 500 else 409, "hub_refused", f"{what}: {e.message}")
+
+
+async def agent_models(ctx: ServiceContext, agents: list[AgentRecord]) -> list[dict[str, Any]]:
+    """The API's model of each agent: its record, resolved settings, server state
+    (asked of the hub once per owner) and what its sandbox uses."""
+    out = []
+    hub_users: dict[str, dict[str, Any] | None] = {}
+    settings_cache: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    usage = await ctx.store.sandbox_usage.for_agents(a.id for a in agents)
+    for agent in agents:
+        if agent.owner not in hub_users:
+            try:
+                hub_users[agent.owner] = await ctx.hub.get_user(agent.owner)
+            except HubError:
+                hub_users[agent.owner] = None
+            settings_cache[agent.owner] = await user_settings(ctx, agent.owner)
+        system, user = settings_cache[agent.owner]
+        resolved = sac_settings.resolve(system, user, agent.overrides)
+        out.append(
+            agent_model(
+                agent,
+                resolved,
+                hub_users[agent.owner],
+                ctx.public,
+                ctx.org_keys,
+                usage.get(agent.id),
+            )
+        )
+    return out
+
+
+async def create_agent(
+    ctx: ServiceContext, actor: Actor, owner: Any, body: dict[str, Any]
+) -> AgentRecord:
+    """Create ``owner``'s agent from an API body (or a form turned into one): the
+    record, then its JupyterHub named server; nothing is left if either refuses."""
+    if not isinstance(owner, str):
+        raise ApiError(400, "invalid_field", "user: expected a user name", field="user")
+    authorize_user(actor, owner, "create agents", driver_may=True)
+    check_fields(body, CREATE_FIELDS)
+    if owner != actor.name and await ctx.hub.get_user(owner) is None:
+        raise ApiError(404, "not_found", f"no such user {owner!r}")
+    if "slug" not in body:
+        raise ApiError(400, "missing_field", "slug: required", field="slug")
+    slug = valid_slug(body["slug"])
+    ceiling = await settings_for_user(ctx, owner)
+    fields = agent_fields(body, ceiling)
+    if fields.get("drive_agents"):
+        # An agent that drives others is a person's choice, not a driver's.
+        require_person(actor, "create agents that drive others")
+    api_key = fields.pop("api_key", None)
+    fields.setdefault("display_name", slug)
+    try:
+        agent = await ctx.store.agents.create(
+            limit=int(ceiling["max_agents_per_user"]),
+            owner=owner,
+            slug=slug,
+            encrypted_key=ctx.keybox.encrypt(api_key) if api_key else None,
+            **fields,
+        )
+    except AgentExistsError:
+        raise ApiError(
+            409, "agent_exists", f"{owner} already has an agent {slug!r}", field="slug"
+        ) from None
+    except AgentLimitError as e:
+        raise ApiError(
+            403, "agent_limit_reached", f"{owner} already has the maximum of {e.limit} agents"
+        ) from None
+    try:
+        await ctx.hub.create_server(owner, slug, agent.display_name)
+    except HubError as e:
+        # Keep the two in step: no agent without its named server.
+        await ctx.store.agents.delete(owner, slug)
+        raise ApiError(
+            e.status if 400 <= e.status < 500 else 502,
+            "hub_refused",
+            f"JupyterHub refused the named server: {e.message}",
+        ) from None
+    if owner != actor.name:
+        # After the hub took the server: an agent that never came to be is not logged.
+        await audit(
+            ctx, actor, "agent.create", slug, target_user=owner, after=agent_snapshot(agent)
+        )
+    return agent
+
+
+async def update_agent(
+    ctx: ServiceContext, actor: Actor, owner: str, slug: str, body: dict[str, Any]
+) -> AgentRecord:
+    """Change an agent from an API body (persons and administrators)."""
+    agent = await get_agent(ctx, actor, owner, slug, "change an agent")
+    check_fields(body, UPDATE_FIELDS)
+    ceiling = await settings_for_user(ctx, owner)
+    current = {"provider": agent.provider, "base_url": agent.base_url}
+    changes = agent_fields(body, ceiling, current=current)
+    if "api_key" in changes:
+        key = changes.pop("api_key")
+        changes["encrypted_key"] = ctx.keybox.encrypt(key) if key else None
+    agents = ctx.store.agents
+    async with ctx.store.transaction() as conn:
+        before = await agents.get(owner, slug, conn=conn, lock=True)
+        updated = await agents.update(owner, slug, changes, conn=conn) if before else None
+        if before is None or updated is None:
+            raise ApiError(404, "not_found", "no such agent")
+        if owner != actor.name:
+            await audit(
+                ctx,
+                actor,
+                "agent.update",
+                slug,
+                target_user=owner,
+                before=agent_snapshot(before),
+                after=agent_snapshot(updated),
+                conn=conn,
+            )
+        elif updated.overrides != before.overrides:
+            # An owner's own agent edits are not logged, but settings changes are.
+            await audit(
+                ctx,
+                actor,
+                "settings.agent.replace",
+                slug,
+                target_user=owner,
+                before=before.overrides,
+                after=updated.overrides,
+                conn=conn,
+            )
+        if owner == actor.name and updated.drive_agents != before.drive_agents:
+            # Letting an agent drive the others widens what its sandbox can reach:
+            # always on the record, whoever does it.
+            await audit(
+                ctx,
+                actor,
+                "agent.drive_agents",
+                slug,
+                target_user=owner,
+                before={"drive_agents": before.drive_agents},
+                after={"drive_agents": updated.drive_agents},
+                conn=conn,
+            )
+    return updated
+
+
+async def set_resources(
+    ctx: ServiceContext,
+    actor: Actor,
+    owner: str,
+    slug: str,
+    resources: Mapping[str, Any],
+    names: tuple[str, ...],
+) -> AgentRecord:
+    """Replace the agent's overrides named ``names`` by ``resources`` (a name left
+    out: inherit), keeping its other overrides."""
+    agent = await get_agent(ctx, actor, owner, slug)
+    kept = {k: v for k, v in agent.overrides.items() if k not in names}
+    return await update_agent(ctx, actor, owner, slug, {"overrides": {**kept, **resources}})
+
+
+async def delete_agent(ctx: ServiceContext, actor: Actor, owner: str, slug: str) -> None:
+    """Remove the agent's named server (stopping it), then its record."""
+    await get_agent(ctx, actor, owner, slug, "delete an agent")
+    try:
+        await ctx.hub.remove_server(owner, slug)
+    except HubError as e:
+        raise hub_refused("could not stop and remove the agent's server", e) from None
+    agents = ctx.store.agents
+    async with ctx.store.transaction() as conn:
+        before = await agents.get(owner, slug, conn=conn, lock=True)
+        deleted = before is not None and await agents.delete(owner, slug, conn=conn)
+        if deleted and before is not None and owner != actor.name:
+            await audit(
+                ctx,
+                actor,
+                "agent.delete",
+                slug,
+                target_user=owner,
+                before=agent_snapshot(before),
+                conn=conn,
+            )
+
+
+async def stop_agent(ctx: ServiceContext, actor: Actor, owner: str, slug: str) -> None:
+    """Stop the agent's sandbox and wait until the hub reports it stopped."""
+    await get_agent(ctx, actor, owner, slug, "stop an agent", driver_may=True)
+    try:
+        await ctx.hub.stop_server_and_wait(owner, slug)
+    except HubError as e:
+        raise hub_refused("could not stop the agent", e) from None
+    if owner != actor.name:
+        await audit(ctx, actor, "agent.stop", slug, target_user=owner)
+
+
+async def start_agent(ctx: ServiceContext, actor: Actor, owner: str, slug: str) -> None:
+    """Ask the hub to start the agent's sandbox (in the background; the hub's
+    progress API follows it). Starting a running agent changes nothing."""
+    await get_agent(ctx, actor, owner, slug, "start an agent", driver_may=True)
+    try:
+        await ctx.hub.start_server(owner, slug)
+    except HubError as e:
+        if not (e.status == 400 and "already" in e.message):
+            raise hub_refused("could not start the agent", e) from None
+    if owner != actor.name:
+        await audit(ctx, actor, "agent.start", slug, target_user=owner)
+
+
+async def restart_agent(ctx: ServiceContext, actor: Actor, owner: str, slug: str) -> None:
+    """Stop the agent's sandbox if it runs, then start it (the spawn goes on in
+    the background; the hub's progress API follows it). New settings, provider
+    and model reach a sandbox only this way. An agent's own sandbox may restart
+    it (its sidebar's Restart), not a sibling."""
+    await get_agent(ctx, actor, owner, slug, "restart an agent", driver_may=True, agent_may=True)
+    try:
+        await ctx.hub.stop_server_and_wait(owner, slug)
+        await ctx.hub.start_server(owner, slug)
+    except HubError as e:
+        raise hub_refused("could not restart the agent", e) from None
+    if owner != actor.name:
+        await audit(ctx, actor, "agent.restart", slug, target_user=owner)
+
+
+async def agent_usage(ctx: ServiceContext, agent: AgentRecord) -> dict[str, Any]:
+    """The agent's token use by day, its totals, and this calendar month's (UTC)
+    token budgets of the agent and of its owner."""
+    days = await ctx.store.usage.for_agent(agent.id)
+    totals = {k: sum(d[k] for d in days) for k in USAGE_TOTALS}
+    resolved = await effective_settings_for_agent(ctx, agent)
+    month = await ctx.store.usage.month_budget(agent.id, agent.owner)
+    found = budgets(
+        resolved, month.agent_used, month.owner_used, month.agent_reserved, month.owner_reserved
+    )
+    return {
+        "owner": agent.owner,
+        "slug": agent.slug,
+        "days": days,
+        "totals": totals,
+        # this calendar month (UTC): the agent's and its owner's token budgets
+        "budget": {name: b.model() for name, b in found.items()},
+    }

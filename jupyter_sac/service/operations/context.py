@@ -1,0 +1,157 @@
+"""What every operation is given: the service's collaborators (ServiceContext) and
+who acts (Actor).
+
+The application builds one ServiceContext at start (app.py) and handlers reach it
+as ``self.ctx``; tests build their own around a real Store. Nothing here is a
+handler: operations run without tornado, so a rule change is tested without the
+stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ...crypto import KeyBox
+from ...objects import ObjectStore
+from ...store import Store
+from ...store.tx import Conn
+from ...urls import PublicUrls
+from ..principals import Identity
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ..hub import HubClient
+
+log = logging.getLogger("jupyter_sac.service")
+
+
+class OrganisationKeys(Mapping[str, str]):
+    """The organisation keys in use, by provider: the configuration's
+    (``c.SacService.organisation_api_keys``), overridden by those set in the service
+    (settings page or API). Reloaded after each change; this process is the only
+    writer, so the mapping is always current here."""
+
+    def __init__(self, configured: Mapping[str, str]) -> None:
+        self.configured: dict[str, str] = dict(configured)
+        self._keys: dict[str, str] = dict(configured)
+
+    async def reload(self, store: Store, keybox: KeyBox) -> None:
+        keys = dict(self.configured)
+        for provider, row in (await store.org_keys.list()).items():
+            try:
+                keys[provider] = keybox.decrypt(row.encrypted_key)
+            except ValueError:
+                log.error(
+                    "the organisation key for %s cannot be decrypted with the configured"
+                    " Fernet keys (SAC_FERNET_KEY); set it again",
+                    provider,
+                )
+        self._keys = keys
+
+    def __getitem__(self, provider: str) -> str:
+        return self._keys[provider]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+class Waiters:
+    """In-process wake-ups for HITL long-polls on request ids."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, set[asyncio.Event]] = defaultdict(set)
+
+    async def wait(self, request_id: str, timeout: float) -> None:
+        event = asyncio.Event()
+        self._events[request_id].add(event)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout)
+        finally:
+            self._events[request_id].discard(event)
+            if not self._events[request_id]:
+                self._events.pop(request_id, None)
+
+    def notify(self, request_id: str) -> None:
+        for event in self._events.get(request_id, ()):
+            event.set()
+
+
+@dataclass(frozen=True)
+class ServiceContext:
+    """The `sac` service's collaborators and the configuration operations read."""
+
+    store: Store
+    hub: HubClient
+    keybox: KeyBox
+    objects: ObjectStore
+    org_keys: OrganisationKeys
+    hitl_waiters: Waiters
+    # The credential proxy's client for model providers.
+    upstream: httpx.AsyncClient
+    # The service's URL prefix (/services/sac/) and where browsers find things.
+    prefix: str
+    public: PublicUrls
+    # c.SacService.admin_scope: the scope that makes a caller an administrator.
+    admin_scope: str
+    # c.SacService.provider_base_urls: a preset's base URL overridden (a gateway).
+    provider_base_urls: Mapping[str, str]
+    # c.SacService.workspace_max_file_bytes: the largest single workspace file.
+    workspace_max_file_bytes: int
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who does an operation, as the audit log records it: the caller's identity,
+    the request's X-Request-Id (None when absent or unprintable) and its client's
+    address (after trusted proxies)."""
+
+    identity: Identity
+    request_id: str | None = None
+    ip: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.identity.name
+
+    @property
+    def admin(self) -> bool:
+        return self.identity.admin
+
+
+async def audit(
+    ctx: ServiceContext,
+    actor: Actor,
+    action: str,
+    target: str,
+    *,
+    target_user: str | None = None,
+    before: Any = None,
+    after: Any = None,
+    conn: Conn | None = None,
+) -> None:
+    """Record what ``actor`` just did in the audit log (docs/audit.md). Pass the
+    connection of ``ctx.store.transaction()`` that made the change: the entry is then
+    stored with the change, or neither is. Secrets are redacted by the store."""
+    await ctx.store.audit.record(
+        action,
+        actor=actor.name,
+        actor_admin=actor.admin,
+        target=target,
+        target_user=target_user,
+        before=before,
+        after=after,
+        request_id=actor.request_id,
+        ip=actor.ip,
+        conn=conn,
+    )

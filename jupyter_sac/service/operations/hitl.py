@@ -1,0 +1,128 @@
+"""Human-in-the-loop: reading and deciding requests, and agents' HITL policies
+(the same rules for the API, the approvals pages and the admin queue)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...hitl import DEFAULT_POLICY, PolicyError, default_option, validate_policy
+from ...store.hitl import PENDING
+from .. import metrics
+from ..errors import ApiError
+from ..validation import bad, check_fields, optional_text
+from .access import authorize_user, get_agent, require_person
+from .context import Actor, ServiceContext, audit
+
+MAX_REASON = 2000
+
+
+def decision_snapshots(
+    pending: dict[str, Any], decided: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A decided request before and after, as the audit log records it."""
+    asked = ("kind", "tool", "input", "question", "options")
+    before = {"agent": pending["agent_slug"], **{k: pending[k] for k in asked}, "status": PENDING}
+    after = {k: decided[k] for k in ("status", "decision", "option", "reason")}
+    return before, after
+
+
+async def own_request(
+    ctx: ServiceContext, actor: Actor, request_id: str, *, readers: bool = False
+) -> dict[str, Any]:
+    """A request the actor may see: its owner's (as a person), any for admins;
+    with ``readers`` also its owner's drivers and the sandbox of the agent that
+    filed it (they show requests and hand over; they never decide them)."""
+    ident = actor.identity
+    row = await ctx.store.hitl.get(request_id)
+    if row is None or (row["owner"] != ident.name and not ident.admin):
+        raise ApiError(404, "not_found", "no such request")
+    if ident.kind == "agent" and readers and row["agent_id"] != ident.agent.id:
+        raise ApiError(404, "not_found", "no such request")
+    authorize_user(actor, row["owner"], "see approvals", driver_may=readers, agent_may=readers)
+    return row
+
+
+async def decide_request(
+    ctx: ServiceContext, actor: Actor, request_id: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    """Allow or deny a pending request: its owner or an administrator, as a
+    person. No token an agent holds can (its agent token, its server token, a
+    sibling's): their scripts and their model are indistinguishable."""
+    row = await own_request(ctx, actor, request_id, readers=True)
+    ident = require_person(actor, "decide approvals")
+    check_fields(body, {"decision", "reason", "option"})
+    decision = body.get("decision")
+    if decision == "approve":
+        decision = "allow"
+    if decision not in ("allow", "deny"):
+        raise bad("decision", "expected 'allow' or 'deny'")
+    reason = optional_text(body, "reason", MAX_REASON)
+    option = body.get("option")
+    if row["kind"] == "terminal":
+        keys = [o["key"] for o in row["options"] or []]
+        if option is None:
+            option = default_option(row["options"], decision)
+        elif option not in keys:
+            raise bad("option", f"expected one of {keys}")
+    elif option is not None:
+        raise bad("option", "only terminal prompts have options")
+    if row["status"] != PENDING:
+        raise ApiError(409, "already_decided", f"the request is already {row['status']}")
+    async with ctx.store.transaction() as conn:
+        decided = await ctx.store.hitl.decide(
+            request_id, decision, option, reason, ident.name, conn=conn
+        )
+        if decided is not None and row["owner"] != ident.name:
+            before, after = decision_snapshots(row, decided)
+            await audit(
+                ctx,
+                actor,
+                "hitl.decide",
+                request_id,
+                target_user=row["owner"],
+                before=before,
+                after=after,
+                conn=conn,
+            )
+    if decided is None:
+        current = await ctx.store.hitl.get(request_id)
+        status = current["status"] if current else "gone"
+        if status == PENDING:  # past its expiry, not yet reaped
+            status = "timed out"
+        raise ApiError(409, "already_decided", f"the request is already {status}")
+    metrics.observe_decision(decision, row["created_at"])
+    ctx.hitl_waiters.notify(request_id)
+    return decided
+
+
+async def agent_policy(ctx: ServiceContext, agent_id: int) -> dict[str, Any]:
+    """The agent's HITL policy (the default when it has none of its own)."""
+    policy = await ctx.store.hitl.get_policy(agent_id)
+    return policy if policy is not None else DEFAULT_POLICY
+
+
+async def replace_policy(
+    ctx: ServiceContext, actor: Actor, owner: str, slug: str, raw: Any
+) -> dict[str, Any]:
+    """Validate ``raw`` (400 naming the field, e.g. ``policy.deny[2]``) and store it
+    as the agent's policy; returns the normalised policy. Persons and administrators
+    only: a policy decides what the agent may do without asking them."""
+    agent = await get_agent(ctx, actor, owner, slug, "change a HITL policy")
+    try:
+        policy = validate_policy(raw)
+    except PolicyError as e:
+        raise bad(e.field, e.message) from None
+    async with ctx.store.transaction() as conn:
+        before = await ctx.store.hitl.put_policy(agent.id, policy, actor.name, conn=conn)
+        if owner != actor.name:
+            await audit(
+                ctx,
+                actor,
+                "hitl.policy.replace",
+                slug,
+                target_user=owner,
+                before=before,
+                after=policy,
+                conn=conn,
+            )
+    return policy
