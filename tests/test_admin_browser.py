@@ -7,11 +7,14 @@ Screenshots of each step are kept as test artifacts ($SAC_TEST_ARTIFACTS)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,9 +26,11 @@ from helpers import (
     model_agent,
     run_in_terminal,
     running_agent,
+    script_model,
     sign_up_and_log_in,
 )
 
+from jupyter_sac.client import Client
 from sac_testing.stack import poll_until
 
 pytestmark = pytest.mark.stack
@@ -72,7 +77,7 @@ def operated(stack: dict, fake: str) -> Iterator[dict]:
 
 
 def test_an_operator_runs_sac_from_the_admin_pages(
-    stack: dict, operated: dict, tmp_path: Path
+    stack: dict, operated: dict, fake: str, tmp_path: Path
 ) -> None:
     from playwright.sync_api import expect, sync_playwright
 
@@ -190,6 +195,42 @@ def test_an_operator_runs_sac_from_the_admin_pages(
             assert decided["status"] == "approved" and decided["decided_by"] == "admin"
             assert decided["reason"] == "checked by ops"
 
+            # 5b. A real tool call of the agent, denied from the page: it does not run,
+            # and the model is told why.
+            (home,) = (stack["data_dir"] / "agents").glob("*-desk")
+            denied_file = home / "workspace" / "denied-by-ops.txt"
+            write = {"tool_use": {"name": "Bash",
+                                  "input": {"command": f"echo no > /workspace/{denied_file.name}"}}}  # fmt: skip
+            script_model(fake, write, "Stopped by the operator.")
+            answers: list[Any] = []
+            with Client(url=stack["url"], token=client.token) as agent_client:
+                turn = threading.Thread(
+                    target=lambda: answers.append(agent_client.agent("desk").ask("write it"))
+                )
+                turn.start()
+
+                def asked() -> dict | None:
+                    queue = admin.sac("GET", "hitl/requests", params={"all": "1"}).json()
+                    mine = [r for r in queue["requests"] if r["user"] == user]
+                    return mine[0] if mine else None
+
+                tool_request = poll_until(asked, 90, "the tool call waiting for a human")
+                assert tool_request["input"]["command"] == write["tool_use"]["input"]["command"]
+                page.reload()
+                card = page.locator(f"#request-{tool_request['id']}")
+                card.get_by_label("Reason (optional)").fill("not on a Friday")
+                card.get_by_role("button", name="Deny").click()
+                expect(page.locator("#done")).to_have_text("Request denied.")
+                expect(page.locator(f"#request-{tool_request['id']}")).to_have_count(0)
+                turn.join(180)
+                assert not turn.is_alive(), "the turn never ended"
+            assert answers and answers[0].text == "Stopped by the operator.", answers
+            assert not denied_file.exists(), "the denied tool ran"
+            decided = admin.sac("GET", f"hitl/requests/{tool_request['id']}").json()
+            assert decided["status"] == "denied" and decided["decided_by"] == "admin"
+            sent = httpx.get(fake + "/_fake/requests").json()["requests"][-1]["body"]
+            assert "not on a Friday" in json.dumps(sent["messages"])
+
             # 6. Usage from the credential proxy.
             tab("Usage")
             usage_row = page.locator("#usage-days tbody tr").filter(has_text=user)
@@ -225,7 +266,7 @@ def test_an_operator_runs_sac_from_the_admin_pages(
                 expect(entries).to_contain_text(action)
             page.fill("#a-user", user)
             page.get_by_role("button", name="Filter").click()
-            expect(page.locator("#entries tbody tr")).to_have_count(3)
+            expect(page.locator("#entries tbody tr")).to_have_count(4)
             shot("7-audit")
 
             # A form posted without the page's XSRF token (another site's form) is refused,

@@ -138,11 +138,18 @@ def test_skills_history_and_errors(driven: dict[str, Any], stack: dict, fake: st
     agent.uninstall("summarise-csv")
     assert agent.installed() == []
 
-    # History: what the turns above said, recorded by the service.
-    sessions = poll_until(lambda: agent.history_sessions(), 60, "recorded sessions")
-    assert any("What is the answer?" in (s["first_prompt"] or "") for s in sessions)
-    frame = agent.history_frame()  # the sessions above are recorded, so are their events
-    assert len(frame) > 0
+    # History: what a turn of this test said, recorded by the service.
+    question = f"What is {uuid.uuid4().hex[:8]}?"
+    script_model(fake, "Recorded.")
+    recorded = agent.ask(question)
+    assert recorded.text == "Recorded."
+    session = poll_until(
+        lambda: next((s for s in agent.history_sessions() if s["first_prompt"] == question), None),
+        60,
+        "the turn's session recorded",
+    )
+    frame = agent.history_frame(session["session_id"])  # recorded, so are its events
+    assert len(frame) > 0 and set(frame["session_id"]) == {session["session_id"]}
     assert {"session_id", "ts", "kind", "payload"} <= set(frame.columns)
     assert str(frame["ts"].dtype).startswith("datetime64")
 

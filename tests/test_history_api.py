@@ -10,6 +10,7 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -21,9 +22,10 @@ pytestmark = pytest.mark.stack
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
-@pytest.fixture(scope="module")
-def agent(stack: dict) -> Iterator[dict]:
-    """A running agent, its owner's client and the agent's own sandbox token."""
+@contextmanager
+def scribe(stack: dict) -> Iterator[dict]:
+    """A new user's running agent "scribe", their client and the agent's own sandbox
+    token; the agent is deleted afterwards."""
     import asyncio
 
     user = f"hapi{uuid.uuid4().hex[:6]}"
@@ -38,6 +40,13 @@ def agent(stack: dict) -> Iterator[dict]:
             timeout=60,
         )
         yield {"user": user, "client": client, "ingest": ingest, "token": token}
+
+
+@pytest.fixture(scope="module")
+def agent(stack: dict) -> Iterator[dict]:
+    """The module's agent (no test deletes it)."""
+    with scribe(stack) as made:
+        yield made
 
 
 def _event(session: str, n: int, kind: str = "assistant", text: str = "") -> dict:
@@ -103,14 +112,18 @@ def test_pages_stay_correct_while_events_arrive(agent: dict, order: str) -> None
     existing = [_event(session, n) for n in range(0, 400, 2)]  # even seconds
     assert agent["ingest"].post("history/ingest", json={"events": existing}).status_code == 200
     stop = threading.Event()
-    inserted = []
+    inserted: list[int] = []
+    answers: list[tuple[int, int, str]] = []  # (second, status, body): checked below
 
     def insert_odd() -> None:
         # Odd seconds land between the pages being read, before and after the cursor.
+        # (An assert here would only end this thread: what it saw is checked after.)
         n = 1
         while not stop.is_set() and n < 400:
             resp = agent["ingest"].post("history/ingest", json={"events": [_event(session, n)]})
-            assert resp.json()["stored"] == 1
+            answers.append((n, resp.status_code, resp.text))
+            if resp.status_code != 200:
+                return
             inserted.append(n)
             n += 2
 
@@ -122,6 +135,11 @@ def test_pages_stay_correct_while_events_arrive(agent: dict, order: str) -> None
         stop.set()
         writer.join()
     assert inserted, "the writer ran while the pages were read"
+    refused = [(n, status, body) for n, status, body in answers if status != 200]
+    assert refused == [], "every insert was accepted"
+    assert [json.loads(body) for _, _, body in answers] == [{"received": 1, "stored": 1}] * len(
+        answers
+    ), "every insert stored its new event"
     uuids = [e["uuid"] for e in seen]
     assert len(uuids) == len(set(uuids)), "no event twice"
     assert {e["uuid"] for e in existing} <= set(uuids), "no event that existed was skipped"
@@ -305,20 +323,24 @@ def test_unknown_agents_and_bad_queries(agent: dict) -> None:
     assert [e["uuid"] for e in resp.json()["events"]] == [f"{session}-2"]
 
 
-def test_history_outlives_the_agent(agent: dict, admin: HubApi) -> None:
-    """Runs last in this module: it deletes the module's agent."""
-    user, client = agent["user"], agent["client"]
-    session = f"gone-{uuid.uuid4().hex[:8]}"
-    agent["ingest"].post("history/ingest", json={"events": [_event(session, 1, "user", "hi")]})
-    assert client.sac("DELETE", f"users/{user}/agents/scribe").status_code == 204
-    # The deleted agent's token no longer ingests anything...
-    late = agent["ingest"].post("history/ingest", json={"events": [_event(session, 2)]})
-    assert late.status_code == 401
-    # ...but what it sent stays readable, by its owner and by admins.
-    for reader in (client, admin):
-        sessions = reader.sac("GET", f"users/{user}/agents/scribe/history/sessions").json()
-        assert session in [s["session_id"] for s in sessions["sessions"]]
-        events = reader.sac(
-            "GET", f"users/{user}/agents/scribe/history/events", params={"session": session}
+def test_history_outlives_the_agent(stack: dict, admin: HubApi) -> None:
+    # Its own agent, since it deletes it (the module's agent stays for the others).
+    with scribe(stack) as agent:
+        user, client = agent["user"], agent["client"]
+        session = f"gone-{uuid.uuid4().hex[:8]}"
+        sent = agent["ingest"].post(
+            "history/ingest", json={"events": [_event(session, 1, "user", "hi")]}
         )
-        assert [e["uuid"] for e in events.json()["events"]] == [f"{session}-1"]
+        assert sent.status_code == 200 and sent.json()["stored"] == 1, sent.text
+        assert client.sac("DELETE", f"users/{user}/agents/scribe").status_code == 204
+        # The deleted agent's token no longer ingests anything...
+        late = agent["ingest"].post("history/ingest", json={"events": [_event(session, 2)]})
+        assert late.status_code == 401
+        # ...but what it sent stays readable, by its owner and by admins.
+        for reader in (client, admin):
+            sessions = reader.sac("GET", f"users/{user}/agents/scribe/history/sessions").json()
+            assert session in [s["session_id"] for s in sessions["sessions"]]
+            events = reader.sac(
+                "GET", f"users/{user}/agents/scribe/history/events", params={"session": session}
+            )
+            assert [e["uuid"] for e in events.json()["events"]] == [f"{session}-1"]

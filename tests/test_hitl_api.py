@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from helpers import HubApi, run_in_terminal, running_agent
+from prometheus_client.parser import text_string_to_metric_families
 
 from sac_testing.stack import poll_until
 
@@ -31,7 +32,52 @@ def agent(stack: dict) -> Iterator[dict]:
             headers={"Authorization": f"Bearer {token}"},
             timeout=90,
         )
-        yield {"user": user, "client": client, "sandbox": sandbox}
+        yield {"user": user, "client": client, "sandbox": sandbox, "stack": stack}
+
+
+def _waiting(stack: dict) -> float:
+    """The service's ``sac_hitl_waiting`` gauge: long-polls parked on the server."""
+    resp = stack["admin"].client.get(stack["service_url"] + "metrics")
+    assert resp.status_code == 200, resp.text
+    for family in text_string_to_metric_families(resp.text):
+        if family.name == "sac_hitl_waiting":
+            return family.samples[0].value
+    raise AssertionError("no sac_hitl_waiting gauge")
+
+
+class Waiter:
+    """The sandbox's long-poll for the decision on ``rid``, in a thread, parked on the
+    server before the test goes on; the test checks what it answered."""
+
+    def __init__(self, stack: dict, sandbox: httpx.Client, rid: str):
+        self.answers: list[httpx.Response | BaseException] = []
+        before = _waiting(stack)
+
+        def wait() -> None:
+            try:
+                self.answers.append(sandbox.get(f"hitl/requests/{rid}/wait?timeout=60"))
+            except BaseException as e:  # handed to the test, which fails on it
+                self.answers.append(e)
+
+        self.thread = threading.Thread(target=wait)
+        self.thread.start()
+
+        def parked() -> bool:
+            if self.answers:
+                raise AssertionError(f"the wait returned before any decision: {self.answers}")
+            return _waiting(stack) > before
+
+        poll_until(parked, 60, "the sandbox's wait parked on the server")
+
+    def answer(self) -> dict:
+        """What the wait answered (a 60 s wait, so a wait that was never woken answers
+        the pending request)."""
+        self.thread.join(120)
+        assert not self.thread.is_alive(), "the wait never answered"
+        (resp,) = self.answers
+        assert isinstance(resp, httpx.Response), resp
+        assert resp.status_code == 200, resp.text
+        return resp.json()
 
 
 def _file(agent: dict, **body: object) -> httpx.Response:
@@ -68,13 +114,9 @@ def test_file_dedupe_wait_decide(agent: dict) -> None:
     assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
     rid = first.json()["id"]
 
-    answered: dict = {}
-
-    def wait() -> None:
-        answered.update(agent["sandbox"].get(f"hitl/requests/{rid}/wait?timeout=30").json())
-
-    waiter = threading.Thread(target=wait)
-    waiter.start()
+    # The sandbox waits on the server first, so its answer can only be the decision
+    # waking it (not a request already decided when the wait arrived).
+    waiter = Waiter(agent["stack"], agent["sandbox"], rid)
     pending = client.sac("GET", "hitl/requests").json()["requests"]
     assert rid in [r["id"] for r in pending]
     bad = client.sac("POST", f"hitl/requests/{rid}/decision", json={"decision": "allow",
@@ -82,7 +124,7 @@ def test_file_dedupe_wait_decide(agent: dict) -> None:
     assert bad.status_code == 400 and bad.json()["field"] == "option"
     resp = client.sac("POST", f"hitl/requests/{rid}/decision", json={"decision": "deny"})
     assert resp.status_code == 200, resp.text
-    waiter.join()
+    answered = waiter.answer()
     assert answered["status"] == "denied" and answered["option"] == "3"
     assert answered["decided_by"] == user
     again = client.sac("POST", f"hitl/requests/{rid}/decision", json={"decision": "allow"})
@@ -176,18 +218,12 @@ def test_others_and_bad_input(agent: dict, stack: dict, new_user) -> None:
 
 def test_approve_wakes_the_waiting_sandbox(agent: dict) -> None:
     rid = _file(agent, session_id="s-1", input={"command": "make test"}).json()["id"]
-    answered: dict = {}
-    waiter = threading.Thread(
-        target=lambda: answered.update(
-            agent["sandbox"].get(f"hitl/requests/{rid}/wait", params={"timeout": 60}).json()
-        )
-    )
-    waiter.start()
+    waiter = Waiter(agent["stack"], agent["sandbox"], rid)  # parked before the decision
     resp = agent["client"].sac(
         "POST", f"hitl/requests/{rid}/decision", json={"decision": "allow", "reason": "ok ✓"}
     )
     assert resp.status_code == 200, resp.text
-    waiter.join()
+    answered = waiter.answer()
     assert answered["status"] == "approved" and answered["decision"] == "allow"
     assert answered["reason"] == "ok ✓" and answered["option"] is None
     assert answered["session_id"] == "s-1" and answered["decided_at"]

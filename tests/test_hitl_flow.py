@@ -193,8 +193,31 @@ async def test_terminal_permission_menu_is_answered_from_the_api(stack: dict, fa
         request = _one_pending(client, user)
         assert request["kind"] == "terminal" and "proceed" in request["question"].lower()
         assert [o["key"] for o in request["options"]][:1] == ["1"]
-        # Only one request for one prompt, however often the screen redraws.
-        assert len(_pending(client, user)) == 1
+
+        # Only one request for one prompt, however often the screen redraws: make it
+        # redraw (a widened terminal is drawn again at its new width: its rules span
+        # it; widened, as narrowing would cut the old rules to the new width here),
+        # twice, each redraw seen here and then read by the extension's watcher.
+        def redrawn(t: TerminalClient, cols: int) -> bool:
+            lines = t.text().splitlines()
+            return "─" * cols in lines and "Do you want to proceed?" in t.text()
+
+        def reads() -> int:
+            resp = api.get(base + "sac/api/hitl")
+            assert resp.status_code == 200, resp.text
+            return resp.json()["terminal_reads"]
+
+        for cols in (140, 160):
+            term.send(["set_size", 40, cols, 40 * 16, cols * 8])
+            term.screen.resize(40, cols)
+            await term.wait_for(
+                lambda t, c=cols: redrawn(t, c), 60, f"the menu redrawn at {cols} columns"
+            )
+            # The watcher got that output before this client did; a read counted
+            # from now on saw it.
+            seen = reads()
+            poll_until(lambda n=seen: reads() > n, 30, "the watcher reading the redrawn screen")
+        assert [r["id"] for r in _pending(client, user)] == [request["id"]]
         resp = client.sac(
             "POST",
             f"hitl/requests/{request['id']}/decision",
@@ -203,6 +226,12 @@ async def test_terminal_permission_menu_is_answered_from_the_api(stack: dict, fa
         assert resp.status_code == 200, resp.text
         await term.wait_for(lambda t: "menu answered" in t.text(), 60, "the answer")
         assert api.get(base + "api/contents/menu.txt").status_code == 200
+        # Nothing else was ever filed for it (a request filed again after a redraw
+        # and then cancelled, or one filed after the decision, would be listed here).
+        filed = client.sac("GET", "hitl/requests", params={"status": "all"}).json()["requests"]
+        assert [(r["id"], r["status"]) for r in filed if r["user"] == user] == [
+            (request["id"], "approved")
+        ]
         term.close()
 
 

@@ -329,6 +329,37 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
         history.scroll_into_view_if_needed()
         shot("7-history")
 
+        # 7b. Another tool call, denied on the service's page opened from the sidebar:
+        # the tool does not run, and the turn goes on without it.
+        denied = f"output/denied-{word}.txt"
+        script_model(
+            fake,
+            {"tool_use": {"name": "Bash", "input": {"command": f"echo no > /workspace/{denied}"}}},
+            f"Not written: denied-{word}.txt",
+        )
+        section("agent").get_by_role("button", name="Chat").click()  # back to the chat
+        expect(chat).to_be_visible()
+        box.fill("write another file")
+        box.press("Enter")
+        expect(card).to_have_count(1, timeout=90_000)
+        expect(card).to_contain_text(f"denied-{word}.txt")
+        with page.context.expect_page() as opened:
+            card.get_by_role("button", name=re.compile("where you approve or deny it")).click()
+        decide = opened.value
+        decide.wait_for_load_state()
+        expect(decide.locator(".sac-request")).to_contain_text(f"denied-{word}.txt")
+        decide.get_by_role("button", name="Deny").click()
+        expect(decide.locator("#done")).to_contain_text("Denied")
+        decide.close()
+        expect(card).to_have_count(0, timeout=30_000)
+        expect(chat.locator(".jp-SacChat-answer").last).to_contain_text(
+            f"Not written: denied-{word}.txt", timeout=90_000
+        )
+        newest = client.sac("GET", "hitl/requests", params={"status": "decided"}).json()
+        assert newest["requests"][0]["status"] == "denied"
+        assert newest["requests"][0]["input"]["command"] == f"echo no > /workspace/{denied}"
+        assert api.get(lab + f"api/contents/{denied}").status_code == 404
+
         # 8. An official skill: installed, then run with its form (in chat).
         skills = section("skills")
         skills.get_by_label("Tier").select_option("official")

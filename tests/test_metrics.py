@@ -43,7 +43,7 @@ def value(samples: dict, name: str, **labels: str) -> float:
 def test_metrics_move_with_activity(stack: dict, fake: str) -> None:
     admin: HubApi = stack["admin"]
     before = scrape(stack, admin.token)
-    for name in ("sac_agents", "sac_hitl_pending", "sac_proxy_requests", "sac_proxy_tokens",
+    for name in ("sac_agents", "sac_hitl_pending", "sac_hitl_waiting", "sac_proxy_requests", "sac_proxy_tokens",
                  "sac_proxy_request_duration_seconds", "sac_hitl_requests", "sac_hitl_decisions",
                  "sac_hitl_decision_latency_seconds", "sac_history_events_ingested",
                  "sac_history_ingest_batches", "sac_agents_culled"):  # fmt: skip

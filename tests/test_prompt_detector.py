@@ -29,6 +29,7 @@ from jupyter_sac.runtimes.prompt_detector import (
     score,
 )
 from jupyter_sac.runtimes.screen import TerminalScreen
+from jupyter_sac.server_extension.hitl import RETYPE_AFTER
 
 CORPUS = Path(__file__).parent / "data" / "prompt_screens"
 
@@ -376,30 +377,33 @@ def test_detected_keys_answer_the_real_claude_dialogs(fake_anthropic: str, tmp_p
         return match
 
     def choose(p: Any, label: str) -> PromptMatch:
-        """Type the key of the option starting with ``label`` until the prompt goes away.
+        """Type the key of the option starting with ``label`` as the extension does
+        (jupyter_sac.server_extension.hitl): once, and once more, the same key, only
+        if the very same prompt still waits a moment later (Claude Code drops keys
+        that arrive in the instant its dialog first appears). Never a third time:
+        the prompt must then be gone."""
+        match = wait_match(p, label)
+        key = next(o.key for o in match.options if o.label.startswith(label))
 
-        Claude Code drops keys that arrive in the instant its dialog first
-        appears (its input handler attaches after the first frame), so a key
-        that changed nothing is typed again, from a fresh reading of the screen
-        (keys of unnumbered dialogs depend on the current selection).
-        """
-        for _ in range(5):
-            match = wait_match(p, label)
-            p.type(next(o.key for o in match.options if o.label.startswith(label)))
-            try:
-                # Gone, not just changed: a dialog redrawn with another selection
-                # has another fingerprint but still waits.
-                p.wait_for(
-                    lambda q, asked=match.question: (
-                        (m := current(q)) is None or m.question != asked
-                    ),
-                    5,
-                    "the prompt to go",
-                )
-                return match
-            except TimeoutError:
-                continue
-        raise AssertionError(f"typing the key for {label!r} never answered the prompt")
+        def gone(q: Any) -> bool:
+            # Gone, not just changed: a dialog redrawn with another selection has
+            # another fingerprint but still waits.
+            return (m := current(q)) is None or m.question != match.question
+
+        p.type(key)
+        try:
+            # Longer than the extension waits before typing again (RETYPE_AFTER):
+            # when the test types twice, the extension would have too.
+            p.wait_for(gone, max(5, 2 * RETYPE_AFTER), "the prompt to go")
+            return match
+        except TimeoutError:
+            still = current(p)
+            assert still is not None and still.fingerprint == match.fingerprint, (
+                "the prompt changed without going: the extension would not type again\n" + p.text()
+            )
+        p.type(key)
+        p.wait_for(gone, 60, f"the prompt to go once {label!r}'s key was typed again")
+        return match
 
     try:
         # The trust dialog first: an unnumbered menu answered with arrow keys.

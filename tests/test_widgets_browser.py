@@ -186,6 +186,35 @@ def test_approvals_panel_hands_over_to_the_service_from_jupyterlab(
             expect(approvals).to_contain_text("Waiting for approval (0)")
             page.screenshot(path=str(artifacts / "widgets-2-approved.png"))
 
+            # The next request is denied the same way: the worker, waiting on it, is
+            # told no.
+            refused = f"make purge-{uuid.uuid4().hex[:6]}"
+            second = httpx.post(
+                stack["service_url"] + "api/hitl/requests",
+                headers={"Authorization": f"Bearer {token}"},
+                json={"kind": "tool", "tool": "Bash", "input": {"command": refused}},
+            )
+            assert second.status_code == 201, second.text
+            expect(approvals).to_contain_text(refused, timeout=60_000)
+            with page.context.expect_page() as opened:
+                approvals.get_by_role("link", name=re.compile("Review and decide on SAC")).click()
+            decide = opened.value
+            decide.wait_for_load_state()
+            assert decide.url == stack["service_url"] + f"approvals/{second.json()['id']}"
+            decide.get_by_role("button", name="Deny").click()
+            expect(decide.locator("#done")).to_contain_text("Denied")
+            decide.close()
+            waited = httpx.get(
+                stack["service_url"] + f"api/hitl/requests/{second.json()['id']}/wait",
+                headers={"Authorization": f"Bearer {token}"},
+                params={"timeout": 30},
+                timeout=60,
+            )
+            assert waited.status_code == 200, waited.text
+            assert (waited.json()["status"], waited.json()["decision"]) == ("denied", "deny")
+            expect(approvals).not_to_contain_text(refused, timeout=30_000)
+            expect(approvals).to_contain_text("Waiting for approval (0)")
+
             # The cells ran on the kernel of the session made above: JupyterLab did
             # not replace it with a kernel of its own.
             kernels = httpx.get(

@@ -89,6 +89,7 @@ class HitlStatusHandler(APIHandler):
                         "question": current.question,
                         "options": [{"key": o.key, "label": o.label} for o in current.options],
                     },
+                    "terminal_reads": watcher.reads if watcher is not None else 0,
                 },
                 default=str,
             )

@@ -273,6 +273,7 @@ class TerminalPromptWatcher:
         # it must not be filed a second time.
         self._answered: str | None = None
         self.filed = 0
+        self.reads = 0  # how often the screen was read (GET sac/api/hitl: terminal_reads)
 
     def attach(self) -> None:
         self.term.clients.append(self)
@@ -310,6 +311,7 @@ class TerminalPromptWatcher:
 
     def check(self) -> None:
         """Read the screen now that output has paused."""
+        self.reads += 1
         self._follow_size()
         match = detect(self.screen.lines(), self.screen.cursor_row)
         if match is None:

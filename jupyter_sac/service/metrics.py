@@ -48,6 +48,11 @@ PROXY_DURATION = Histogram(
     registry=REGISTRY,
 )
 HITL_PENDING = Gauge("sac_hitl_pending", "HITL requests waiting for a decision.", registry=REGISTRY)
+HITL_WAITING = Gauge(
+    "sac_hitl_waiting",
+    "Sandboxes' long-polls parked in this process, waiting on a HITL decision.",
+    registry=REGISTRY,
+)
 HITL_REQUESTS = Counter(
     "sac_hitl_requests", "HITL requests filed, by kind.", ["kind"], registry=REGISTRY
 )
@@ -119,6 +124,7 @@ class MetricsHandler(BaseHandler):
     async def _refresh_gauges(self) -> None:
         store = self.ctx.store
         HITL_PENDING.set(await store.hitl.count_pending())
+        HITL_WAITING.set(self.ctx.hitl_waiters.waiting())
         total = await store.agents.count()
         servers = [server for _, _, server in await self.ctx.hub.named_servers()]
         running = sum(1 for s in servers if s.get("ready"))

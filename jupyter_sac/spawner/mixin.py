@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from jupyterhub.spawner import SpawnException
 from traitlets import Dict, Unicode, default
 from traitlets.config import LoggingConfigurable
 
@@ -89,6 +90,16 @@ class AgentSpawnError(Exception):
 
     def __init__(self, message: str):
         super().__init__(message)
+        self.jupyterhub_message = message
+
+
+class AgentLimitSpawnError(AgentSpawnError, SpawnException):
+    """A start refused by the user's agent limit: a refusal, not a failure. JupyterHub
+    answers it as a 400 with the message (as its own named-server limit), not a 500,
+    and logs it without a traceback."""
+
+    def __init__(self, message: str):
+        SpawnException.__init__(self, message, reason="agent_limit")
         self.jupyterhub_message = message
 
 
@@ -252,14 +263,14 @@ class AgentSpawnerMixin(LoggingConfigurable):
                     model=PRESETS[provider].default_model,
                 )
             except AgentLimitError:
-                raise AgentSpawnError(
+                raise AgentLimitSpawnError(
                     f"{owner} already has the maximum of {limit} agents;"
                     " delete one before creating another."
                 ) from None
             self.report(f"Created agent {slug!r} with default settings", 5)
         rank = await store.agents.rank(owner, slug)
         if rank is None or rank > limit:
-            raise AgentSpawnError(
+            raise AgentLimitSpawnError(
                 f"Agent {slug!r} is beyond {owner}'s limit of {limit} agents;"
                 " an administrator lowered it. Delete an agent or ask for a higher limit."
             )

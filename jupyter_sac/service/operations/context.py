@@ -86,6 +86,10 @@ class Waiters:
         for event in self._events.get(request_id, ()):
             event.set()
 
+    def waiting(self) -> int:
+        """How many long-polls are parked here now (the ``sac_hitl_waiting`` gauge)."""
+        return sum(len(events) for events in self._events.values())
+
 
 @dataclass(frozen=True)
 class ServiceContext:
