@@ -14,11 +14,11 @@ that are not DNS-safe are encoded (``Ann.Lee`` -> ``u-annlee--<hash>``).
 Without ``subdomain_host`` everything is a path on one origin, and the URLs
 built here are paths (as JupyterHub's own are).
 
-Also here: ``via_proxy``/``ProxyTransport``, which send a request for a public URL
-to the proxy's address inside a machine or cluster, keeping the public host in
-its ``Host`` header so the proxy's host routing still finds the target. Processes
-that cannot resolve the public names (the `sac` service on the hub's machine,
-pods without wildcard DNS) use them.
+Also here: ``via_proxy``, where to send a request for a public URL inside a
+machine or cluster: the proxy's address, with the public host in the ``Host``
+header so the proxy's host routing still finds the target. Processes that cannot
+resolve the public names (the `sac` service on the hub's machine, pods without
+wildcard DNS) use it, through ``jupyter_sac.proxy_transport`` for httpx.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
-
-import httpx
 
 SERVICE_NAME = "sac"
 
@@ -162,29 +160,3 @@ def via_proxy(url: str, proxy_url: str) -> tuple[str, str | None]:
     if parts.scheme in ("ws", "wss"):
         scheme = "wss" if proxy.scheme == "https" else "ws"
     return urlunsplit((scheme, proxy.netloc, parts.path, parts.query, "")), parts.netloc
-
-
-class ProxyTransport(httpx.AsyncBaseTransport):
-    """An httpx transport that connects every request to the proxy at ``proxy_url``
-    and keeps the request's public host in its Host header (see ``via_proxy``)."""
-
-    def __init__(self, proxy_url: str, transport: httpx.AsyncBaseTransport | None = None):
-        self.proxy_url = proxy_url
-        self.transport = transport or httpx.AsyncHTTPTransport()
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        target, host = via_proxy(str(request.url), self.proxy_url)
-        if host is not None:
-            headers = httpx.Headers(request.headers)
-            headers["Host"] = host
-            request = httpx.Request(
-                request.method,
-                target,
-                headers=headers,
-                stream=request.stream,
-                extensions=request.extensions,
-            )
-        return await self.transport.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self.transport.aclose()

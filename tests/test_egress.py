@@ -16,18 +16,16 @@ import pytest
 import pytest_asyncio
 
 from jupyter_sac import settings as s
-from jupyter_sac.egress import (
+from jupyter_sac.egress import ByteCounter, resolve, serve_unix
+from jupyter_sac.objects import LocalStore, S3Store
+from jupyter_sac.rules.egress import (
     Address,
-    ByteCounter,
     decide,
     decide_name,
     is_loopback_host,
     is_public,
     parse_pattern,
-    resolve,
-    serve_unix,
 )
-from jupyter_sac.objects import LocalStore, S3Store
 
 
 def ips(*texts: str) -> list[Address]:

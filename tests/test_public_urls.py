@@ -11,8 +11,9 @@ import httpx
 import pytest
 from traitlets.config import Config
 
+from jupyter_sac.proxy_transport import ProxyTransport
 from jupyter_sac.spawner.sandbox import SandboxLayout, bwrap_argv, sandbox_hosts, write_in_place
-from jupyter_sac.urls import ProxyTransport, PublicUrls, default_service_url, via_proxy
+from jupyter_sac.urls import PublicUrls, default_service_url, via_proxy
 
 HUB = PublicUrls("http://localhost:8000")
 

@@ -19,7 +19,7 @@ from urllib.parse import quote, urljoin
 
 import httpx
 
-from ..urls import ProxyTransport
+from ..proxy_transport import ProxyTransport
 from . import metrics
 from .base import BaseHandler
 from .openapi import _op, _resp

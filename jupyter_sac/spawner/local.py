@@ -22,8 +22,8 @@ from traitlets import Bool, Enum, Float, Integer, List, Unicode, default
 
 import jupyter_sac
 
-from ..egress import is_loopback_host
 from ..objects import store_from_config
+from ..rules.egress import is_loopback_host
 from ..runtimes.claude import claude_binary
 from ..store import SandboxUsage
 from ..urls import PublicUrls
