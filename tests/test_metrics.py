@@ -14,7 +14,7 @@ from helpers import HubApi, model_agent, run_in_terminal, running_agent
 from prometheus_client.parser import text_string_to_metric_families
 
 from jupyter_sac.client import Client
-from jupyter_sac.service.metrics import may_scrape
+from jupyter_sac.service.metrics_handler import may_scrape
 from sac_testing.stack import poll_until
 
 pytestmark = pytest.mark.stack

@@ -1,12 +1,11 @@
-"""Prometheus metrics of the `sac` service: ``GET /services/sac/metrics``.
+"""Prometheus metrics of the `sac` service (served by metrics_handler.py at
+``GET /services/sac/metrics``).
 
 Counters and histograms are updated where things happen (the credential proxy,
 HITL filing and decisions, history ingest, the idle culler); gauges that describe
 state (agents by status, pending HITL requests) are read when scraped. Labels
 stay low-cardinality: providers, kinds, outcomes — never users or agents.
-Who may scrape: administrators, or any JupyterHub token with ``read:metrics``
-(the scope JupyterHub's own /hub/metrics asks for), so one scraper token serves
-both.
+Operations update them, so this module is plain metric objects, no handler.
 """
 
 from __future__ import annotations
@@ -15,12 +14,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import generate_latest
-
-from .base import BaseHandler
-from .errors import ApiError
-from .openapi import _op, _resp
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -106,45 +100,3 @@ def observe_decision(decision: str, created_at: datetime | None = None) -> None:
     HITL_DECISIONS.labels(decision).inc()
     if created_at is not None:
         HITL_LATENCY.observe(max((datetime.now(UTC) - created_at).total_seconds(), 0))
-
-
-def may_scrape(admin: bool, scopes: frozenset[str]) -> bool:
-    return admin or "read:metrics" in scopes
-
-
-class MetricsHandler(BaseHandler):
-    async def get(self) -> None:
-        ident = self.identity
-        if not may_scrape(ident.admin, ident.scopes):
-            raise ApiError(403, "forbidden", "metrics need an administrator or read:metrics")
-        await self._refresh_gauges()
-        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.finish(generate_latest(REGISTRY))
-
-    async def _refresh_gauges(self) -> None:
-        store = self.ctx.store
-        HITL_PENDING.set(await store.hitl.count_pending())
-        HITL_WAITING.set(self.ctx.hitl_waiters.waiting())
-        total = await store.agents.count()
-        servers = [server for _, _, server in await self.ctx.hub.named_servers()]
-        running = sum(1 for s in servers if s.get("ready"))
-        pending = sum(1 for s in servers if not s.get("ready") and s.get("pending"))
-        AGENTS.labels("running").set(running)
-        AGENTS.labels("pending").set(pending)
-        AGENTS.labels("stopped").set(max(total - running - pending, 0))
-
-
-def routes(prefix: str) -> list[tuple[str, Any]]:
-    return [(prefix + "metrics", MetricsHandler)]
-
-
-def openapi_paths() -> dict[str, Any]:
-    return {
-        "/metrics": {
-            "get": _op(
-                "Prometheus metrics (text format); admins or a token with read:metrics",
-                {"200": _resp("metrics")},
-                403,
-            )
-        }
-    }

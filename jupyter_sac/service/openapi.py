@@ -55,7 +55,17 @@ def _path_params(*names: str) -> list[dict[str, Any]]:
 
 def document(prefix: str) -> dict[str, Any]:
     # Imported here: those modules use this module's helpers (_op, _resp, ...).
-    from . import agent_skills, audit, culler, history, hitl, metrics, org_keys, skills, workspace
+    from . import (
+        agent_skills,
+        audit,
+        culler,
+        history,
+        hitl,
+        metrics_handler,
+        org_keys,
+        skills,
+        workspace,
+    )
 
     agent = {"$ref": "#/components/schemas/Agent"}
     create = {"$ref": "#/components/schemas/AgentCreate"}
@@ -209,7 +219,7 @@ def document(prefix: str) -> dict[str, Any]:
             **skills.openapi_paths(),
             **agent_skills.openapi_paths(),
             **culler.openapi_paths(),
-            **metrics.openapi_paths(),
+            **metrics_handler.openapi_paths(),
             **audit.openapi_paths(),
             **org_keys.openapi_paths(),
             **workspace.openapi_paths(),
