@@ -18,15 +18,13 @@ from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web, websocket
 
-from ..service.errors import ApiError
+from ..errors import ApiError, error_body
 from .chat import ChatManager, Subscription, validate_session_id
 
 # A message is at most 100,000 characters; JSON-escaped that stays under 1 MiB.
 MAX_BODY_BYTES = 1024 * 1024
 # Who may use the agent's terminals may chat with it: both run code in the sandbox.
 AUTH_RESOURCE = "terminals"
-ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 409: "conflict", 413: "too_large"}  # fmt: skip
 
 
 async def _authorize(handler: JupyterHandler, action: str) -> None:
@@ -44,17 +42,8 @@ class ChatBaseHandler(APIHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, ApiError):
-            body = {"error": exc.code, "message": exc.message, **exc.extra}
-        elif isinstance(exc, web.HTTPError):
-            body = {
-                "error": ERROR_CODES.get(status_code, "error"),
-                "message": exc.log_message or self._reason,
-            }
-        else:
-            body = {"error": "internal_error", "message": "internal error, see the server log"}
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(json.dumps(body))
+        self.finish(json.dumps(error_body(status_code, exc, "the server log")))
 
     def json_body(self) -> dict[str, Any]:
         if len(self.request.body) > MAX_BODY_BYTES:

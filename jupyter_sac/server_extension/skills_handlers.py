@@ -13,7 +13,7 @@ from typing import Any
 
 from tornado import web
 
-from ..service.errors import ApiError
+from ..errors import ApiError
 from ..skills import COMMAND_RE, SkillError, run_command, validate_values
 from .chat import validate_session_id
 from .chat_handlers import ChatBaseHandler, _authorize

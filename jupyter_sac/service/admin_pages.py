@@ -15,6 +15,7 @@ from typing import Any
 from tornado import httputil, web
 
 from .. import settings as sac_settings
+from ..errors import ApiError
 from ..providers import PRESETS
 from ..runtimes.transcript import readable_text
 from ..settings import SettingsError
@@ -22,7 +23,6 @@ from ..store.hitl import PENDING
 from .agents import AgentOps
 from .audit import AuditBaseHandler, entry_cursor, parse_entry_cursor
 from .base import MAX_JSON_BYTES
-from .errors import ApiError
 from .forms import (
     PROVIDERS_OVERRIDE,
     decision_body,

@@ -7,10 +7,10 @@ from urllib.parse import quote
 
 from .. import settings as sac_settings
 from ..budgets import budgets
+from ..errors import ApiError
 from ..store import AgentExistsError, AgentLimitError, AgentRecord, SandboxUsage
 from ..urls import PublicUrls
 from .base import BaseHandler, Identity
-from .errors import ApiError
 from .hub import HubError
 from .validation import CREATE_FIELDS, UPDATE_FIELDS, agent_fields, check_fields, valid_slug
 

@@ -20,11 +20,11 @@ from datetime import datetime
 from typing import Any
 
 from .. import settings as sac_settings
+from ..errors import ApiError
 from ..hitl import DEFAULT_POLICY, PolicyError, default_option, timeout_decision, validate_policy
 from ..store.hitl import PENDING, request_model
 from . import metrics
 from .base import BaseHandler
-from .errors import ApiError
 from .openapi import _op, _path_params, _resp
 from .validation import bad, check_fields, decode_cursor, encode_cursor, without_nul
 

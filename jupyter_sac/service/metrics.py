@@ -18,8 +18,8 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
+from ..errors import ApiError
 from .base import BaseHandler
-from .errors import ApiError
 from .openapi import _op, _resp
 
 REGISTRY = CollectorRegistry(auto_describe=True)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ..errors import ApiError
 from ..providers import PRESETS
 from .base import BaseHandler
-from .errors import ApiError
 from .openapi import _op, _path_params, _resp
 from .validation import bad, check_fields
 

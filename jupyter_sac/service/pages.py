@@ -24,10 +24,10 @@ from markupsafe import Markup
 from tornado import web
 
 from .. import __version__
+from ..errors import ApiError
 from ..providers import PRESETS
 from .agents import AgentOps
 from .base import BaseHandler
-from .errors import ApiError
 from .forms import decision_text
 from .principals import READ_ALL_SCOPE
 

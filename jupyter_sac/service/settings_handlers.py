@@ -6,9 +6,9 @@ from dataclasses import asdict
 from typing import Any
 
 from .. import settings as sac_settings
+from ..errors import ApiError
 from ..providers import PRESETS
 from .base import BaseHandler
-from .errors import ApiError
 
 
 def specs_model() -> list[dict]:

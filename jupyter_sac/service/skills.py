@@ -21,6 +21,7 @@ from typing import Any
 
 from tornado import web
 
+from ..errors import ApiError
 from ..objects import ObjectNotFound
 from ..skills import (
     MAX_BUNDLE_BYTES,
@@ -43,7 +44,6 @@ from ..store.skills import (
     VersionChangedError,
 )
 from .base import BaseHandler
-from .errors import ApiError
 from .openapi import _op, _path_params, _resp
 from .validation import bad, check_fields, path_id
 

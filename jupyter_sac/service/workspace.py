@@ -23,12 +23,12 @@ from typing import Any
 from tornado import web
 
 from .. import settings as sac_settings
+from ..errors import ApiError
 from ..objects import ObjectNotFound
 from ..store import AgentRecord
 from ..store.workspace import Quota, QuotaExceeded, VersionConflict
 from ..workspace import Location, PathError, clean_relative, locate, object_key, space_prefix
 from .base import BaseHandler
-from .errors import ApiError
 from .openapi import _op, _path_params, _resp
 from .validation import bad
 
