@@ -230,3 +230,20 @@ def test_a_preview_saves_text_in_the_workspace(fetch: Fetch, tmp_path: Path) -> 
     assert (tmp_path / "workspace" / "output" / "notes.txt").read_text() == "hello\n"
     preview = json.loads(fetch("sac/api/workspace/preview?path=output/notes.txt").body)
     assert preview["kind"] == "text" and preview["text"] == "hello\n"
+
+
+def test_one_service_client_is_shared_and_closed_at_the_stop(
+    jp_serverapp: Any, jp_asyncio_loop: Any
+) -> None:
+    """One connection to the service per sandbox (and one without the agent's token
+    for the object store), whichever part uses it; the server's stop closes both."""
+    settings = jp_serverapp.web_app.settings
+    service = settings["sac_service_client"]
+    assert settings["sac_history_uploader"].service is service
+    assert settings["sac_hitl"].client is service
+    assert settings["sac_skill_sync"].client is service
+    assert settings["sac_workspace_sync"].client is service.client
+    assert settings["sac_workspace_sync"].plain is service.plain
+    assert "Authorization" not in service.plain.headers
+    jp_asyncio_loop.run_until_complete(jp_serverapp.extension_manager.stop_all_extensions())
+    assert service.client.is_closed and service.plain.is_closed

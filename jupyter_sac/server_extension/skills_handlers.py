@@ -18,7 +18,7 @@ from ..errors import ApiError
 from ..skills import COMMAND_RE, SkillError, run_command, validate_values
 from .chat import validate_session_id
 from .chat_handlers import ChatBaseHandler
-from .hitl import ServiceError
+from .service_client import ServiceError
 from .skills_sync import SkillSync, SyncError, entry_spec
 
 # How long a run in the terminal waits for a just-started Claude terminal to be ready.
