@@ -113,11 +113,20 @@ def _query(path: str) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in query.split("&") if pair)
 
 
-def error_of(resp: HTTPResponse) -> dict[str, Any]:
-    """The house error shape (docs/api.md#errors): JSON with error and message."""
-    assert resp.headers["Content-Type"].startswith("application/json"), resp.headers
+def house_error(resp: HTTPResponse) -> dict[str, Any] | None:
+    """The body if it is the house error shape (docs/api.md#errors): JSON with
+    ``error`` and ``message``; else None."""
+    if not resp.headers.get("Content-Type", "").startswith("application/json"):
+        return None
     body = json.loads(resp.body)
-    assert isinstance(body.get("error"), str) and isinstance(body.get("message"), str), body
+    if isinstance(body.get("error"), str) and isinstance(body.get("message"), str):
+        return body
+    return None
+
+
+def error_of(resp: HTTPResponse) -> dict[str, Any]:
+    body = house_error(resp)
+    assert body is not None, (resp.headers.get("Content-Type"), resp.body)
     return body
 
 
@@ -157,7 +166,7 @@ def refusals(fetch: Fetch, probes: list[tuple[str, str, Any]], **kwargs: Any) ->
             continue
         if resp.code != 403:
             wrong.append(f"{method} {path}: {resp.code} {resp.body[:200]!r}")
-        elif error_of(resp)["error"] != "forbidden":
+        elif (house_error(resp) or {}).get("error") != "forbidden":
             wrong.append(f"{method} {path}: {resp.body[:200]!r}")
     return wrong
 
