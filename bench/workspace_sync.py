@@ -30,6 +30,7 @@ import httpx
 
 from jupyter_sac.localhost import resolve_localhost
 from jupyter_sac.objects import LocalStore
+from jupyter_sac.server_extension.service_client import ServiceClient
 from jupyter_sac.server_extension.workspace_sync import WorkspaceSync
 from jupyter_sac.stack import free_port
 from jupyter_sac.store import Store
@@ -68,19 +69,20 @@ async def raw_pull(store: LocalStore, keys: dict[str, str], target: Path) -> flo
 
 
 async def sync_pull(service: str, token: str, target: Path, state: Path) -> float:
-    sync = WorkspaceSync(service, token, target, state, who="admin/bench")
+    client = ServiceClient(service, token)
+    sync = WorkspaceSync(client, target, state, who="admin/bench")
     started = time.perf_counter()
     await sync.pull()
     elapsed = time.perf_counter() - started
-    await sync.client.aclose()
-    await sync.plain.aclose()
+    await client.close()
     return elapsed
 
 
 async def upload_latency(
     service: str, token: str, api: httpx.Client, root: Path, size: int, writes: int, debounce: int
 ) -> list[float]:
-    sync = WorkspaceSync(service, token, root, root.parent / "latency-state.json", who="x/y")
+    client = ServiceClient(service, token)
+    sync = WorkspaceSync(client, root, root.parent / "latency-state.json", who="x/y")
     await sync.pull()
     sync.start(0, debounce)
     out = []
@@ -100,6 +102,7 @@ async def upload_latency(
             out.append(time.perf_counter() - started)
     finally:
         await sync.stop()
+        await client.close()
     return out
 
 

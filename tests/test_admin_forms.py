@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from jupyter_sac.service.errors import ApiError
+from jupyter_sac.errors import ApiError
 from jupyter_sac.service.forms import (
     agent_settings_body,
     decision_body,

@@ -17,9 +17,9 @@ import pytest
 import pytest_asyncio
 
 from jupyter_sac.crypto import KeyBox, generate_key
+from jupyter_sac.errors import ApiError
 from jupyter_sac.hitl import DEFAULT_POLICY
 from jupyter_sac.objects import LocalStore
-from jupyter_sac.service.errors import ApiError
 from jupyter_sac.service.hub import HubClient
 from jupyter_sac.service.operations import agents, hitl, org_keys, settings, skills, workspace
 from jupyter_sac.service.operations.context import (

@@ -33,15 +33,10 @@ from .handlers import (
     TerminalRestartHandler,
     TranscriptHookHandler,
 )
-from .hitl import (
-    HITL_EVENT_SCHEMA,
-    HITL_EVENT_SCHEMA_ID,
-    HitlBridge,
-    ServiceClient,
-    TerminalPromptWatcher,
-)
+from .hitl import HITL_EVENT_SCHEMA, HITL_EVENT_SCHEMA_ID, HitlBridge, TerminalPromptWatcher
 from .openapi import OpenApiHandler
 from .runtime_info import RuntimeInfo
+from .service_client import ServiceClient
 from .service_relay import ServiceRelayHandler
 from .skills_handlers import InstalledSkillsHandler, RunHandler, SyncHandler
 from .skills_sync import SkillSync
@@ -248,11 +243,12 @@ class SacExtensionApp(ExtensionApp):
             pre_tool_timeout=MAX_HITL_WAIT,
         )
 
-        service_url = os.environ.get("SAC_SERVICE_URL", "")
-        token = os.environ.get("SAC_AGENT_TOKEN", "")
+        # One client for every part that talks to the service (closed at the stop).
+        client = ServiceClient(
+            os.environ.get("SAC_SERVICE_URL", ""), os.environ.get("SAC_AGENT_TOKEN", "")
+        )
         spool = HistorySpool(state / "history-spool", self.spool_segment_bytes)
-        uploader = HistoryUploader(spool, service_url, token)
-        client = ServiceClient(service_url, token)
+        uploader = HistoryUploader(spool, client)
         logger = self.serverapp.event_logger
         logger.register_event_schema(HITL_EVENT_SCHEMA)
         logger.register_event_schema(WORKSPACE_EVENT_SCHEMA)
@@ -292,8 +288,7 @@ class SacExtensionApp(ExtensionApp):
                 "sac_claude_terminal": terminal,
                 "sac_skill_sync": SkillSync(client, Path(self.claude_config_dir)),
                 "sac_workspace_sync": WorkspaceSync(
-                    service_url,
-                    token,
+                    client,
                     Path(self.workspace),
                     state / "workspace.json",
                     who=os.environ.get("JUPYTERHUB_USER", "")
@@ -341,7 +336,7 @@ class SacExtensionApp(ExtensionApp):
         workspace_sync = self.settings["sac_workspace_sync"]
         # The areas exist before the first pull, so the agent can write at once.
         workspace_sync.ensure_layout()
-        if os.environ.get("SAC_SERVICE_URL") and os.environ.get("SAC_AGENT_TOKEN"):
+        if self.settings["sac_service_client"].configured:
             workspace_sync.start(self.workspace_poll_interval, self.workspace_debounce_ms)
         manager = self.serverapp.web_app.settings.get("terminal_manager")
         if isinstance(manager, SacTerminalManager):
@@ -367,6 +362,7 @@ class SacExtensionApp(ExtensionApp):
         uploader = self.settings.get("sac_history_uploader")
         if uploader is not None:
             await uploader.stop()
+        # Last: the parts above may still talk to the service while they stop.
         client = self.settings.get("sac_service_client")
         if client is not None:
             await client.close()

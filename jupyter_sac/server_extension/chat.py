@@ -36,8 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..errors import ApiError
 from ..runtimes.claude_stream import ClaudeStream
-from ..service.errors import ApiError
 
 log = logging.getLogger("jupyter_sac.chat")
 

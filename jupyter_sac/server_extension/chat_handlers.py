@@ -12,49 +12,26 @@ import asyncio
 import json
 from typing import Any
 
-from jupyter_core.utils import ensure_async
-from jupyter_server.auth.decorator import ws_authenticated
-from jupyter_server.base.handlers import APIHandler, JupyterHandler
+from jupyter_server.auth.decorator import authorized, ws_authenticated
+from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web, websocket
 
-from ..service.errors import ApiError
+from ..errors import ApiError
+from .base import TERMINALS_RESOURCE, JsonErrors, SacHandler
 from .chat import ChatManager, Subscription, validate_session_id
 
 # A message is at most 100,000 characters; JSON-escaped that stays under 1 MiB.
 MAX_BODY_BYTES = 1024 * 1024
-# Who may use the agent's terminals may chat with it: both run code in the sandbox.
-AUTH_RESOURCE = "terminals"
-ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 409: "conflict", 413: "too_large"}  # fmt: skip
 
 
-async def _authorize(handler: JupyterHandler, action: str) -> None:
-    authorizer = handler.authorizer
-    if authorizer is not None and not await ensure_async(
-        authorizer.is_authorized(handler, handler.current_user, action, AUTH_RESOURCE)
-    ):
-        raise ApiError(403, "forbidden", f"not allowed to {action} {AUTH_RESOURCE}")
+class ChatBaseHandler(SacHandler):
+    # Who may use the agent's terminals may chat with it: both run code in the sandbox.
+    auth_resource = TERMINALS_RESOURCE
 
-
-class ChatBaseHandler(APIHandler):
     @property
     def chat(self) -> ChatManager:
         return self.settings["sac_chat"]
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, ApiError):
-            body = {"error": exc.code, "message": exc.message, **exc.extra}
-        elif isinstance(exc, web.HTTPError):
-            body = {
-                "error": ERROR_CODES.get(status_code, "error"),
-                "message": exc.log_message or self._reason,
-            }
-        else:
-            body = {"error": "internal_error", "message": "internal error, see the server log"}
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(json.dumps(body))
 
     def json_body(self) -> dict[str, Any]:
         if len(self.request.body) > MAX_BODY_BYTES:
@@ -72,8 +49,8 @@ class ChatHandler(ChatBaseHandler):
     """POST sac/api/chat {"message", "session_id"}: start a turn (202)."""
 
     @web.authenticated
+    @authorized("execute")
     async def post(self) -> None:
-        await _authorize(self, "execute")
         body = self.json_body()
         for name in body:
             if name not in ("message", "session_id"):
@@ -90,8 +67,8 @@ class ChatSessionsHandler(ChatBaseHandler):
     """GET sac/api/chat/sessions: every session, newest first."""
 
     @web.authenticated
+    @authorized
     async def get(self) -> None:
-        await _authorize(self, "read")
         self.finish(json.dumps({"sessions": self.chat.list()}))
 
 
@@ -99,8 +76,8 @@ class ChatSessionHandler(ChatBaseHandler):
     """GET sac/api/chat/sessions/{id}: the session and its whole event log."""
 
     @web.authenticated
+    @authorized
     async def get(self, session_id: str) -> None:
-        await _authorize(self, "read")
         self.finish(json.dumps(await self.chat.session_with_events(session_id)))
 
 
@@ -108,18 +85,20 @@ class ChatCancelHandler(ChatBaseHandler):
     """POST sac/api/chat/sessions/{id}/cancel: stop the running turn."""
 
     @web.authenticated
+    @authorized("execute")
     async def post(self, session_id: str) -> None:
-        await _authorize(self, "execute")
         self.finish(json.dumps({"cancelled": await self.chat.cancel(session_id)}))
 
 
-class ChatEventsSocket(WebSocketMixin, websocket.WebSocketHandler, JupyterHandler):  # type: ignore[misc]
+class ChatEventsSocket(JsonErrors, WebSocketMixin, websocket.WebSocketHandler, JupyterHandler):  # type: ignore[misc]
     """WebSocket sac/api/chat/events?session_id=&since=: logged events, then live ones.
 
     Authenticated like Jupyter's kernel and terminal websockets (cookie or token,
-    including ``Authorization: token …``; no login redirect) and authorised on
-    the ``terminals`` resource.
+    including ``Authorization: token …``; no login redirect) and authorised to
+    read the ``terminals`` resource, as the chat's other reads are.
     """
+
+    auth_resource = TERMINALS_RESOURCE
 
     _session: str | None = None
     _since: int = 0
@@ -127,23 +106,18 @@ class ChatEventsSocket(WebSocketMixin, websocket.WebSocketHandler, JupyterHandle
     _pump: asyncio.Task[None] | None = None
 
     @ws_authenticated
+    @authorized("read")
     async def get(self, *args: Any, **kwargs: Any) -> None:
-        user = self.current_user
-        if self.authorizer is not None and not await ensure_async(
-            self.authorizer.is_authorized(self, user, "read", AUTH_RESOURCE)
-        ):
-            raise web.HTTPError(403)
         chat: ChatManager = self.settings["sac_chat"]
         sid = self.get_argument("session_id", None) or None
         since = self.get_argument("since", "0")
         if not since.isascii() or not since.isdigit() or len(since) > 18:
-            raise web.HTTPError(400, "since: expected a non-negative integer")
-        try:
-            if sid is not None:
-                # Loaded before the upgrade, so open() replays from memory at once.
-                await chat.session_with_events(sid)
-        except ApiError as e:
-            raise web.HTTPError(e.status_code, e.message) from None
+            raise ApiError(
+                400, "invalid_field", "since: expected a non-negative integer", field="since"
+            )
+        if sid is not None:
+            # Loaded before the upgrade, so open() replays from memory at once.
+            await chat.session_with_events(sid)
         self._session, self._since = sid, int(since)
         res = super().get(*args, **kwargs)
         if res is not None:

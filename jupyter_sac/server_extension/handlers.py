@@ -8,18 +8,21 @@ import hmac
 import json
 from typing import Any
 
-from jupyter_server.base.handlers import APIHandler
+from jupyter_server.auth.decorator import authorized
 from tornado import web
 
+from .base import TERMINALS_RESOURCE, JsonErrors, SacHandler
 
-class StatusHandler(APIHandler):
+
+class StatusHandler(SacHandler):
     @web.authenticated
+    @authorized
     async def get(self) -> None:
         info = self.settings["sac_runtime_info"]
         self.finish(json.dumps(await info.status()))
 
 
-class ActivityHandler(APIHandler):
+class ActivityHandler(SacHandler):
     """What keeps this agent from being idle: running chat turns, HITL requests it
     waits on, and the server's own last activity (the `sac` service's idle culler
     asks before stopping the agent)."""
@@ -28,6 +31,7 @@ class ActivityHandler(APIHandler):
     _track_activity = False
 
     @web.authenticated
+    @authorized
     async def get(self) -> None:
         turns = sum(1 for s in self.settings["sac_chat"].sessions.values() if s.running)
         waiting = len(self.settings["sac_hitl"].pending)
@@ -44,36 +48,45 @@ class ActivityHandler(APIHandler):
         )
 
 
-class TerminalHandler(APIHandler):
+class TerminalHandler(SacHandler):
     """GET: the Claude terminal's status; POST: make sure it runs (returns its name)."""
 
+    auth_resource = TERMINALS_RESOURCE
+
     @web.authenticated
+    @authorized
     async def get(self) -> None:
         self.finish(json.dumps(self.settings["sac_claude_terminal"].status()))
 
     @web.authenticated
+    @authorized("execute")
     async def post(self) -> None:
         self.finish(json.dumps(await self.settings["sac_claude_terminal"].ensure()))
 
 
-class TerminalRestartHandler(APIHandler):
+class TerminalRestartHandler(SacHandler):
+    auth_resource = TERMINALS_RESOURCE
+
     @web.authenticated
+    @authorized("execute")
     async def post(self) -> None:
         self.finish(json.dumps(await self.settings["sac_claude_terminal"].restart()))
 
 
-class HistoryStatusHandler(APIHandler):
+class HistoryStatusHandler(SacHandler):
     """The history spool: events waiting for upload, last error."""
 
     @web.authenticated
+    @authorized
     async def get(self) -> None:
         self.finish(json.dumps(await self.settings["sac_history_uploader"].status()))
 
 
-class HitlStatusHandler(APIHandler):
+class HitlStatusHandler(SacHandler):
     """Requests this sandbox is waiting on, and the terminal prompt watcher's view."""
 
     @web.authenticated
+    @authorized
     async def get(self) -> None:
         bridge = self.settings["sac_hitl"]
         watcher = bridge.watcher
@@ -96,11 +109,12 @@ class HitlStatusHandler(APIHandler):
         )
 
 
-class HookHandler(web.RequestHandler):
+class HookHandler(JsonErrors, web.RequestHandler):
     """Base of the endpoints the Claude Code hook entry point calls.
 
     Not a Jupyter API: authenticated by the per-server hook secret that only
-    processes started by this server inherit (no cookies, so no XSRF).
+    processes started by this server inherit (no cookies, so no XSRF), not by
+    jupyter_server's authenticator and authorizer (no Jupyter user calls them).
     """
 
     def set_default_headers(self) -> None:
@@ -120,11 +134,6 @@ class HookHandler(web.RequestHandler):
         if not isinstance(data, dict):
             raise web.HTTPError(400, "a JSON object is required")
         return data
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        message = exc.log_message if isinstance(exc, web.HTTPError) else "internal error"
-        self.finish(json.dumps({"error": status_code, "message": message}))
 
 
 class TranscriptHookHandler(HookHandler):

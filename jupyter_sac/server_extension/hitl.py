@@ -20,18 +20,16 @@ New and decided requests are emitted as jupyter_events
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
-
 from .. import hitl as policy_rules
 from ..runtimes.prompt_detector import PromptMatch, detect
 from ..runtimes.screen import TerminalScreen
+from .service_client import ServiceClient, ServiceError
 
 log = logging.getLogger("jupyter_sac.hitl")
 
@@ -49,96 +47,9 @@ HITL_EVENT_SCHEMA: dict[str, Any] = {
     },
 }
 
-WAIT_SLICE = 25  # seconds per long-poll to the service
 POLICY_CACHE_SECONDS = 5
 QUIET_SECONDS = 0.15  # the screen is read once output pauses this long
 RETYPE_AFTER = 2.0  # seconds before an answer the prompt ignored is typed again
-
-
-class ServiceError(Exception):
-    pass
-
-
-class ServiceClient:
-    """The sandbox's view of the `sac` service, authenticated by its agent token."""
-
-    def __init__(self, base_url: str, token: str):
-        self.base = base_url.rstrip("/") + "/api/"
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(WAIT_SLICE + 15, connect=10),
-            headers={"Authorization": f"Bearer {token}"},
-        )
-        # Presigned object-store URLs carry their own signature: no token goes there.
-        self.plain = httpx.AsyncClient(timeout=60)
-
-    async def _call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
-        try:
-            resp = await self.client.request(method, self.base + path, **kw)
-        except httpx.HTTPError as e:
-            raise ServiceError(f"the sac service is unreachable: {type(e).__name__}") from e
-        if resp.status_code >= 400:
-            try:
-                message = resp.json().get("message") or resp.text
-            except ValueError:
-                message = resp.text
-            raise ServiceError(f"HTTP {resp.status_code}: {message[:300]}")
-        return resp.json() if resp.content else {}
-
-    async def hitl_info(self) -> dict[str, Any]:
-        return await self._call("GET", "agent/hitl")
-
-    async def file_request(self, body: dict[str, Any]) -> dict[str, Any]:
-        return await self._call("POST", "hitl/requests", json=body)
-
-    async def wait(self, request_id: str, timeout: int = WAIT_SLICE) -> dict[str, Any]:
-        return await self._call(
-            "GET", f"hitl/requests/{request_id}/wait", params={"timeout": timeout}
-        )
-
-    async def cancel(self, request_id: str) -> dict[str, Any]:
-        return await self._call("POST", f"hitl/requests/{request_id}/cancel")
-
-    async def skills_manifest(self, etag: str | None) -> tuple[str, list[dict[str, Any]]] | None:
-        """(etag, installed skills), or None when they are unchanged since ``etag``."""
-        headers = {"If-None-Match": etag} if etag else {}
-        try:
-            resp = await self.client.get(self.base + "agent/skills", headers=headers)
-        except httpx.HTTPError as e:
-            raise ServiceError(f"the sac service is unreachable: {type(e).__name__}") from e
-        if resp.status_code == 304:
-            return None
-        if resp.status_code != 200:
-            raise ServiceError(f"HTTP {resp.status_code}: {resp.text[:300]}")
-        data = resp.json()
-        return data["etag"], data["skills"]
-
-    async def skill_bundles(self, ids: list[int]) -> dict[str, bytes]:
-        """Bundles of installed skills in one request, by sha256; big ones are left
-        out (fetch those with ``skill_bundle``)."""
-        data = await self._call("POST", "agent/skills/bundles", json={"ids": ids})
-        try:
-            bundles = data["bundles"].items()
-            return {sha: base64.b64decode(b64, validate=True) for sha, b64 in bundles}
-        except (KeyError, AttributeError, ValueError) as e:
-            raise ServiceError(f"bad bundles answer: {type(e).__name__}") from e
-
-    async def skill_bundle(self, skill_id: int, presigned_url: str | None) -> bytes:
-        """An installed skill's bundle: from the object store when the service gave a
-        presigned URL (no credentials of ours go there), else through the service."""
-        try:
-            if presigned_url:
-                resp = await self.plain.get(presigned_url)
-            else:
-                resp = await self.client.get(self.base + f"agent/skills/{skill_id}/bundle")
-        except httpx.HTTPError as e:
-            raise ServiceError(f"bundle download failed: {type(e).__name__}") from e
-        if resp.status_code != 200:
-            raise ServiceError(f"bundle download failed: HTTP {resp.status_code}")
-        return resp.content
-
-    async def close(self) -> None:
-        await self.client.aclose()
-        await self.plain.aclose()
 
 
 class HitlBridge:

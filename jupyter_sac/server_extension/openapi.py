@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from jupyter_server.base.handlers import APIHandler
+from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from .. import __version__
+from .base import SacHandler
 
 
 def _op(summary: str, *errors: int, body: dict | None = None, ok: str = "200") -> dict:
@@ -154,7 +155,8 @@ def document(base_url: str) -> dict[str, Any]:
     }
 
 
-class OpenApiHandler(APIHandler):
+class OpenApiHandler(SacHandler):
     @web.authenticated
+    @authorized
     async def get(self) -> None:
         self.finish(json.dumps(document(self.base_url)))

@@ -16,8 +16,11 @@ import re
 from urllib.parse import unquote
 
 import httpx
-from jupyter_server.base.handlers import APIHandler
+from jupyter_server.auth.decorator import authorized
 from tornado import web
+
+from ..errors import ApiError
+from .base import SacHandler
 
 # The JSON bodies the sidebar sends are small; the service's own limit is 1 MiB.
 MAX_BODY_BYTES = 1024 * 1024
@@ -36,9 +39,12 @@ def relay_path(raw: str) -> str | None:
     return raw
 
 
-class ServiceRelayHandler(APIHandler):
+class ServiceRelayHandler(SacHandler):
     """Any method on sac/api/service/<path>: the same request to the service's
-    ``api/<path>`` with this agent's token; the answer streamed back as it is."""
+    ``api/<path>`` with this agent's token; the answer streamed back as it is.
+
+    Authorised on the ``sac`` resource by method: reading for GET, writing for
+    the rest (the agent's token may install skills or restart the agent)."""
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -49,22 +55,27 @@ class ServiceRelayHandler(APIHandler):
         return self.settings["sac_service_client"].base
 
     @web.authenticated
+    @authorized
     async def get(self, _: str) -> None:
         await self._relay()
 
     @web.authenticated
+    @authorized
     async def post(self, _: str) -> None:
         await self._relay()
 
     @web.authenticated
+    @authorized
     async def put(self, _: str) -> None:
         await self._relay()
 
     @web.authenticated
+    @authorized
     async def patch(self, _: str) -> None:
         await self._relay()
 
     @web.authenticated
+    @authorized
     async def delete(self, _: str) -> None:
         await self._relay()
 
@@ -73,10 +84,10 @@ class ServiceRelayHandler(APIHandler):
         raw = self.request.path[len(prefix) :] if self.request.path.startswith(prefix) else ""
         path = relay_path(raw)
         if path is None:
-            raise web.HTTPError(400, "not a service API path")
+            raise ApiError(400, "invalid_path", "not a service API path")
         body = self.request.body or None
         if body is not None and len(body) > MAX_BODY_BYTES:
-            raise web.HTTPError(413, f"bodies are limited to {MAX_BODY_BYTES} bytes")
+            raise ApiError(413, "too_large", f"bodies are limited to {MAX_BODY_BYTES} bytes")
         headers = {}
         if body is not None:
             headers["Content-Type"] = self.request.headers.get("Content-Type", "application/json")
@@ -98,5 +109,7 @@ class ServiceRelayHandler(APIHandler):
         except httpx.HTTPError as e:
             if self._headers_written:
                 raise
-            raise web.HTTPError(502, f"the sac service is unreachable: {type(e).__name__}") from e
+            raise ApiError(
+                502, "service_unreachable", f"the sac service is unreachable: {type(e).__name__}"
+            ) from e
         self.finish()

@@ -11,13 +11,14 @@ import json
 import time
 from typing import Any
 
+from jupyter_server.auth.decorator import authorized
 from tornado import web
 
-from ..service.errors import ApiError
+from ..errors import ApiError
 from ..skills import COMMAND_RE, SkillError, run_command, validate_values
 from .chat import validate_session_id
-from .chat_handlers import ChatBaseHandler, _authorize
-from .hitl import ServiceError
+from .chat_handlers import ChatBaseHandler
+from .service_client import ServiceError
 from .skills_sync import SkillSync, SyncError, entry_spec
 
 # How long a run in the terminal waits for a just-started Claude terminal to be ready.
@@ -47,8 +48,8 @@ class InstalledSkillsHandler(SkillsBaseHandler):
     """GET: the skills installed in this agent (as last synced) and the sync status."""
 
     @web.authenticated
+    @authorized
     async def get(self) -> None:
-        await _authorize(self, "read")
         installed = await asyncio.to_thread(self.skill_sync.installed)
         self.finish(
             json.dumps(
@@ -64,8 +65,8 @@ class SyncHandler(SkillsBaseHandler):
     """POST: sync now (the sidebar calls this after an install or uninstall)."""
 
     @web.authenticated
+    @authorized("execute")
     async def post(self) -> None:
-        await _authorize(self, "execute")
         status = await self.sync_now()
         installed = await asyncio.to_thread(self.skill_sync.installed)
         self.finish(json.dumps({"sync": status, "skills": sorted(installed)}))
@@ -79,8 +80,8 @@ class RunHandler(SkillsBaseHandler):
     is typed into the Claude terminal."""
 
     @web.authenticated
+    @authorized("execute")
     async def post(self, command: str) -> None:
-        await _authorize(self, "execute")
         body = self.json_body()
         for name in body:
             if name not in ("values", "mode", "session_id"):

@@ -48,7 +48,7 @@ from ..skills import (
     read_bundle,
     skill_markdown,
 )
-from .hitl import ServiceClient, ServiceError
+from .service_client import ServiceClient, ServiceError
 
 log = logging.getLogger("jupyter_sac.skills_sync")
 

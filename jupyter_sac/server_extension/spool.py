@@ -28,6 +28,8 @@ from typing import Any
 
 import httpx
 
+from .service_client import ServiceClient
+
 log = logging.getLogger("jupyter_sac.spool")
 
 SEGMENT_BYTES = 8 * 1024 * 1024
@@ -176,22 +178,18 @@ class HistorySpool:
 class HistoryUploader:
     """Drains the spool to ``POST api/history/ingest`` with retries and backoff."""
 
-    def __init__(self, spool: HistorySpool, service_url: str, token: str):
+    def __init__(self, spool: HistorySpool, service: ServiceClient):
         self.spool = spool
-        self.url = service_url.rstrip("/") + "/api/history/ingest"
-        self.token = token
+        self.service = service
+        self.url = service.base + "history/ingest"
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._client: httpx.AsyncClient | None = None
         self.uploaded = 0
         self.last_error: str | None = None
         self.last_upload: float | None = None
 
     def start(self) -> None:
-        if self._task is None and self.url.startswith("http") and self.token:
-            self._client = httpx.AsyncClient(
-                timeout=60, headers={"Authorization": f"Bearer {self.token}"}
-            )
+        if self._task is None and self.service.configured:
             self._task = asyncio.create_task(self._run())
 
     def wake(self) -> None:
@@ -203,13 +201,9 @@ class HistoryUploader:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
 
     async def drain_once(self) -> bool:
         """Upload everything spooled now; False if the service refused or was away."""
-        assert self._client is not None
         while True:
             events, end = await asyncio.to_thread(self.spool.read_batch)
             if not events:
@@ -217,7 +211,7 @@ class HistoryUploader:
                     await asyncio.to_thread(self.spool.commit, end)
                 return True
             try:
-                resp = await self._client.post(self.url, json={"events": events})
+                resp = await self.service.client.post(self.url, json={"events": events})
             except httpx.HTTPError as e:
                 self.last_error = f"{type(e).__name__}: {e}"
                 return False

@@ -10,10 +10,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from jupyter_server.base.handlers import APIHandler
+from jupyter_server.auth.decorator import authorized
 from tornado import web
 
+from ..errors import ApiError
 from ..workspace import PathError, clean_relative
+from .base import CONTENTS_RESOURCE, SacHandler
 
 TEXT_PREVIEW_BYTES = 1024 * 1024
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
@@ -35,39 +37,47 @@ def preview_kind(name: str, head: bytes) -> str:
     return "text"
 
 
-class WorkspaceHandler(APIHandler):
+class WorkspaceHandler(SacHandler):
     """GET: the sync's status (groups, usage against quota, refused files).
     POST: sync now (pull, then upload what changed)."""
 
+    # A sync writes the workspace's files, as Jupyter's contents API does.
+    auth_resource = CONTENTS_RESOURCE
+
     @web.authenticated
+    @authorized
     async def get(self) -> None:
         self.finish(json.dumps(self.settings["sac_workspace_sync"].status()))
 
     @web.authenticated
+    @authorized
     async def post(self) -> None:
         self.finish(json.dumps(await self.settings["sac_workspace_sync"].sync()))
 
 
-class PreviewHandler(APIHandler):
+class PreviewHandler(SacHandler):
     """GET ?path=<workspace path>: a preview. PUT ?path= {"text"}: save a text file."""
+
+    auth_resource = CONTENTS_RESOURCE
 
     def _file(self) -> tuple[str, Path]:
         raw = self.get_argument("path", "")
         try:
             wpath = clean_relative(raw)
         except PathError as e:
-            raise web.HTTPError(400, str(e)) from None
+            raise ApiError(400, "invalid_field", f"path: {e}", field="path") from None
         root = Path(self.settings["sac_workspace_sync"].root).resolve()
         path = (root / wpath).resolve()
         if root not in path.parents:
-            raise web.HTTPError(400, "the path leaves the workspace")
+            raise ApiError(400, "invalid_field", "path: leaves the workspace", field="path")
         return wpath, path
 
     @web.authenticated
+    @authorized
     async def get(self) -> None:
         wpath, path = self._file()
         if not path.is_file():
-            raise web.HTTPError(404, f"no file {wpath}")
+            raise ApiError(404, "not_found", f"no file {wpath}")
         size = path.stat().st_size
         with path.open("rb") as f:
             head = f.read(min(size, TEXT_PREVIEW_BYTES))
@@ -100,16 +110,17 @@ class PreviewHandler(APIHandler):
         self.finish(json.dumps(body))
 
     @web.authenticated
+    @authorized
     async def put(self) -> None:
         wpath, path = self._file()
         if wpath.startswith("public/"):
-            raise web.HTTPError(403, "the public workspace is read-only")
+            raise ApiError(403, "forbidden", "the public workspace is read-only")
         try:
             text = json.loads(self.request.body)["text"]
         except (ValueError, KeyError, TypeError):
-            raise web.HTTPError(400, 'expected {"text": "..."}') from None
+            raise ApiError(400, "invalid_json", 'expected {"text": "..."}') from None
         if not isinstance(text, str):
-            raise web.HTTPError(400, "text must be a string")
+            raise ApiError(400, "invalid_field", "text: must be a string", field="text")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".sac-part")
         tmp.write_text(text, "utf-8")

@@ -36,6 +36,7 @@ from urllib.parse import quote
 import httpx
 
 from ..workspace import AGENT_AREAS, conflict_name, ignored
+from .service_client import TRANSFER_TIMEOUT, ServiceClient
 
 log = logging.getLogger("jupyter_sac.workspace_sync")
 
@@ -59,19 +60,17 @@ def file_sha256(path: Path) -> str:
 class WorkspaceSync:
     def __init__(
         self,
-        service_url: str,
-        token: str,
+        service: ServiceClient,
         root: Path,
         state_file: Path,
         who: str,
         on_output: Callable[[str, str, int], None] | None = None,
     ):
-        self.base = service_url.rstrip("/") + "/api/agent/workspace"
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(300, connect=10), headers={"Authorization": f"Bearer {token}"}
-        )
-        # Presigned object-store URLs carry their own signature: no token goes there.
-        self.plain = httpx.AsyncClient(timeout=httpx.Timeout(300, connect=10))
+        self.base = service.base + "agent/workspace"
+        # The extension's one service client (whole files: TRANSFER_TIMEOUT per
+        # request), and its client without the token for presigned URLs.
+        self.client = service.client
+        self.plain = service.plain
         self.root = root
         self.state_file = state_file
         self.who = who
@@ -165,7 +164,7 @@ class WorkspaceSync:
 
     async def manifest(self) -> dict[str, Any] | None:
         headers = {"If-None-Match": self.etag} if self.etag else {}
-        resp = await self.client.get(self.base, headers=headers)
+        resp = await self.client.get(self.base, headers=headers, timeout=TRANSFER_TIMEOUT)
         if resp.status_code == 304:
             return None
         resp.raise_for_status()
@@ -247,7 +246,9 @@ class WorkspaceSync:
         """Fetch ``entries`` in one request; those still to fetch one by one (all of
         them if a file changed meanwhile, 409)."""
         body = {"files": [{"path": e["path"], "version": e["version"]} for e in entries]}
-        async with self.client.stream("POST", f"{self.base}/batch", json=body) as resp:
+        async with self.client.stream(
+            "POST", f"{self.base}/batch", json=body, timeout=TRANSFER_TIMEOUT
+        ) as resp:
             if resp.status_code == 409:
                 return entries
             resp.raise_for_status()
@@ -277,7 +278,9 @@ class WorkspaceSync:
         url = entry.get("url")
         client = self.plain if url else self.client
         digest = hashlib.sha256()
-        async with client.stream("GET", url or f"{self.base}/files/{quote(wpath)}") as resp:
+        async with client.stream(
+            "GET", url or f"{self.base}/files/{quote(wpath)}", timeout=TRANSFER_TIMEOUT
+        ) as resp:
             resp.raise_for_status()
             with part.open("wb") as f:
                 async for chunk in resp.aiter_bytes(1 << 20):
@@ -379,7 +382,10 @@ class WorkspaceSync:
             "X-Sac-Mtime": str(stat.st_mtime),
         }
         resp = await self.client.put(
-            f"{self.base}/files/{quote(wpath)}", content=data, headers=headers
+            f"{self.base}/files/{quote(wpath)}",
+            content=data,
+            headers=headers,
+            timeout=TRANSFER_TIMEOUT,
         )
         if resp.status_code == 409:
             # Someone changed it first: keep ours aside, take theirs.
@@ -421,6 +427,7 @@ class WorkspaceSync:
         resp = await self.client.delete(
             f"{self.base}/files/{quote(wpath)}",
             headers={"X-Sac-Base-Version": str(mine["version"])},
+            timeout=TRANSFER_TIMEOUT,
         )
         if resp.status_code not in (204, 404, 409):
             self.record[wpath] = mine
@@ -523,8 +530,6 @@ class WorkspaceSync:
             await asyncio.wait_for(self.scan(), flush_timeout)
         except (httpx.HTTPError, OSError, TimeoutError) as e:
             log.warning("workspace flush at stop failed: %s", e)
-        await self.client.aclose()
-        await self.plain.aclose()
 
 
 def _snapshot(path: Path) -> tuple[os.stat_result, bytes, str]:

@@ -16,13 +16,13 @@ from typing import Any
 from tornado import httputil, web
 
 from .. import settings as sac_settings
+from ..errors import ApiError
 from ..providers import PRESETS
 from ..runtimes.transcript import readable_text
 from ..settings import SettingsError
 from ..store.hitl import PENDING
 from .audit import audit_filter, entry_cursor, parse_entry_cursor
 from .base import MAX_JSON_BYTES
-from .errors import ApiError
 from .forms import (
     PROVIDERS_OVERRIDE,
     decision_body,

@@ -23,9 +23,9 @@ import hashlib
 import json
 from typing import Any
 
+from ..errors import ApiError
 from ..objects import ObjectNotFound
 from .base import BaseHandler
-from .errors import ApiError
 from .openapi import _op, _path_params, _resp
 from .operations.skills import bundle_key, bundle_model, content_fields
 from .routes import NAME

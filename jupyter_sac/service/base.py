@@ -9,8 +9,8 @@ from typing import Any
 from jupyterhub.services.auth import HubOAuthenticated
 from tornado import web
 
+from ..errors import ApiError
 from ..store import AgentRecord
-from .errors import ApiError
 from .operations import access
 from .operations.context import Actor, ServiceContext, audit
 from .principals import AGENT_TOKEN_PREFIX, Denial, Identity

@@ -16,12 +16,12 @@ from typing import Any
 
 from tornado import web
 
+from ..errors import ApiError
 from ..runtimes.transcript import prompt_text, readable_text
 from ..store.history import EventFilter, EventKey, IngestBatch, IngestEvent
 from . import metrics
 from .base import BaseHandler
 from .csv_export import stream_csv
-from .errors import ApiError
 from .openapi import _op, _path_params, _resp, query_params
 from .operations.access import require_person
 from .operations.context import Actor

@@ -16,12 +16,12 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from ..errors import ApiError
 from ..hitl import DEFAULT_POLICY, timeout_decision
 from ..store import AgentRecord
 from ..store.hitl import PENDING, request_model
 from . import metrics
 from .base import BaseHandler
-from .errors import ApiError
 from .openapi import _op, _path_params, _resp
 from .operations import hitl as hitl_ops
 from .operations.context import ServiceContext

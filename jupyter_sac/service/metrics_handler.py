@@ -12,8 +12,8 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.exposition import generate_latest
 
+from ..errors import ApiError
 from .base import BaseHandler
-from .errors import ApiError
 from .metrics import AGENTS, HITL_PENDING, HITL_WAITING, REGISTRY
 from .openapi import _op, _resp
 

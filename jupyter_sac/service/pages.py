@@ -24,9 +24,9 @@ from markupsafe import Markup
 from tornado import web
 
 from .. import __version__
+from ..errors import ApiError
 from ..providers import PRESETS
 from .base import BaseHandler
-from .errors import ApiError
 from .forms import decision_text
 from .operations.agents import create_agent
 from .operations.settings import settings_for_user

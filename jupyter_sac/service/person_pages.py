@@ -24,11 +24,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
+from ..errors import ApiError
 from ..hitl import DEFAULT_POLICY
 from ..providers import PRESETS
 from ..skills import Viewer, can_edit
 from ..store.hitl import PENDING
-from .errors import ApiError
 from .forms import (
     agent_settings_body,
     decision_body,

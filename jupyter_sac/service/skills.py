@@ -20,6 +20,7 @@ from typing import Any
 
 from tornado import web
 
+from ..errors import ApiError
 from ..objects import ObjectNotFound
 from ..skills import (
     MAX_BUNDLE_BYTES,
@@ -38,7 +39,6 @@ from ..store.skills import (
     VersionChangedError,
 )
 from .base import BaseHandler
-from .errors import ApiError
 from .openapi import _op, _path_params, _resp
 from .operations import skills as ops
 from .operations.context import ServiceContext

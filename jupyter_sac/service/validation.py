@@ -12,8 +12,8 @@ from typing import Any
 from jupyterhub.slugs import is_valid_safe_slug
 
 from .. import settings as sac_settings
+from ..errors import ApiError
 from ..providers import PRESETS, ProviderError, validate_base_url
-from .errors import ApiError
 
 CREATE_FIELDS = {
     "slug",

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+from ...errors import ApiError
 from ...store import AgentRecord
-from ..errors import ApiError
 from ..principals import Denial, Identity, agent_access, needs_admin, needs_person, user_access
 from .context import Actor, ServiceContext
 

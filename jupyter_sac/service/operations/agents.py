@@ -9,9 +9,9 @@ from typing import Any
 
 from ... import settings as sac_settings
 from ...budgets import budgets
+from ...errors import ApiError
 from ...store import AgentExistsError, AgentLimitError, AgentRecord, SandboxUsage
 from ...urls import PublicUrls
-from ..errors import ApiError
 from ..hub import HubError
 from ..validation import CREATE_FIELDS, UPDATE_FIELDS, agent_fields, check_fields, valid_slug
 from .access import authorize_user, get_agent, require_person

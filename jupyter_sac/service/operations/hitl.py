@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...errors import ApiError
 from ...hitl import DEFAULT_POLICY, PolicyError, default_option, validate_policy
 from ...store.hitl import PENDING
 from .. import metrics
-from ..errors import ApiError
 from ..validation import bad, check_fields, optional_text
 from .access import authorize_user, get_agent, require_person
 from .context import Actor, ServiceContext, audit

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from ... import settings as sac_settings
+from ...errors import ApiError
 from ...store import AgentRecord
-from ..errors import ApiError
 from ..validation import valid_settings
 from .access import require_admin
 from .context import Actor, ServiceContext, audit

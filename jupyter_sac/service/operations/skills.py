@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 from typing import Any
 
+from ...errors import ApiError
 from ...skills import (
     SkillError,
     SkillSpec,
@@ -20,7 +21,6 @@ from ...skills import (
 )
 from ...store.skills import Bundle, SkillExistsError
 from ...store.tx import Conn
-from ..errors import ApiError
 from ..principals import Identity
 from ..validation import bad, check_fields, path_id
 from .access import require_person

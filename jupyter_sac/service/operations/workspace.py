@@ -11,10 +11,10 @@ from datetime import datetime
 from typing import Any
 
 from ... import settings as sac_settings
+from ...errors import ApiError
 from ...store import AgentRecord
 from ...store.workspace import Quota, QuotaExceeded, VersionConflict
 from ...workspace import Location, PathError, clean_relative, locate, object_key, space_prefix
-from ..errors import ApiError
 from ..validation import bad
 from .context import Actor, ServiceContext, audit
 from .settings import effective_settings_for_agent

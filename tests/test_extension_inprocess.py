@@ -1,0 +1,288 @@
+"""The sandbox extension in this process, through its HTTP API (pytest-jupyter's
+``jp_serverapp`` and ``jp_fetch``), without a hub or the `sac` service: who gets
+in, and how refusals and bad input are answered. What needs the service (the
+relay's answers, syncs, HITL) is left to the full-stack tests.
+
+The server is an agent's sandbox (``SacExtensionApp.agent_sandbox``) with
+jupyter_server's own token login; the authorizer is chosen per test, as a
+deployment could replace JupyterHub's (which lets in whoever may open the server).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jupyter_server.auth import Authorizer
+
+# pytest-jupyter's fixtures, for this module only: its hooks (which would run every
+# coroutine test of the suite in its own loop) are not registered from a test module.
+from pytest_jupyter.jupyter_server import *  # noqa: F403
+from tornado import web
+from tornado.httpclient import HTTPResponse
+from tornado.simple_httpclient import HTTPTimeoutError
+from traitlets.config import Config
+
+from jupyter_sac.server_extension.app import ROUTES
+from jupyter_sac.server_extension.handlers import HookHandler
+
+# What initialize_settings puts in the environment for the processes it starts.
+SANDBOX_ENV = ("CLAUDE_CONFIG_DIR", "SAC_HOOK_URL", "SAC_HOOK_SECRET", "SAC_HOOK_STATE_DIR")
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+SESSION = "6f1c0000-0000-4000-8000-000000000000"
+
+
+class Everyone(Authorizer):
+    def is_authorized(self, handler: Any, user: Any, action: str, resource: str) -> bool:
+        return True
+
+
+class ReadOnly(Authorizer):
+    """A deployment's read-only access: look, but neither change nor run anything."""
+
+    def is_authorized(self, handler: Any, user: Any, action: str, resource: str) -> bool:
+        return action == "read"
+
+
+class Nobody(Authorizer):
+    def is_authorized(self, handler: Any, user: Any, action: str, resource: str) -> bool:
+        return False
+
+
+Fetch = Callable[..., HTTPResponse]
+
+
+@pytest.fixture
+def authorizer() -> type[Authorizer]:
+    return Everyone
+
+
+@pytest.fixture
+def jp_server_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, authorizer: type[Authorizer]
+) -> Iterator[Config]:
+    # The extension sets these for its children; monkeypatch restores them after.
+    for name in (*SANDBOX_ENV, "SAC_SERVICE_URL", "SAC_AGENT_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    # An agent's sandbox takes over SIGINT (see SacExtensionApp); give it back.
+    sigint = signal.getsignal(signal.SIGINT)
+    yield Config(
+        {
+            "ServerApp": {
+                "jpserver_extensions": {"jupyter_sac": True},
+                "authorizer_class": authorizer,
+            },
+            "SacExtensionApp": {
+                "agent_sandbox": True,
+                "workspace": str(tmp_path / "workspace"),
+                "state_dir": str(tmp_path / "state"),
+                "claude_config_dir": str(tmp_path / "claude"),
+                "skills_sync_interval": 0.0,
+            },
+        }
+    )
+    signal.signal(signal.SIGINT, sigint)
+
+
+@pytest.fixture
+def fetch(jp_fetch: Callable[..., Awaitable[HTTPResponse]], jp_asyncio_loop: Any) -> Fetch:
+    """One request to the server, run on its loop; errors are answers, not raised."""
+
+    def call(path: str, method: str = "GET", body: Any = None, **kwargs: Any) -> HTTPResponse:
+        if body is not None and not isinstance(body, (str, bytes)):
+            body = json.dumps(body)
+        if body is None and method in ("POST", "PUT", "PATCH"):
+            body = b""
+        return jp_asyncio_loop.run_until_complete(
+            jp_fetch(*path.split("?")[0].split("/"), method=method, body=body,
+                     params=_query(path), raise_error=False, allow_nonstandard_methods=True,
+                     **kwargs)
+        )  # fmt: skip
+
+    return call
+
+
+def _query(path: str) -> dict[str, str]:
+    _, _, query = path.partition("?")
+    return dict(pair.split("=", 1) for pair in query.split("&") if pair)
+
+
+def house_error(resp: HTTPResponse) -> dict[str, Any] | None:
+    """The body if it is the house error shape (docs/api.md#errors): JSON with
+    ``error`` and ``message``; else None."""
+    if not resp.headers.get("Content-Type", "").startswith("application/json"):
+        return None
+    body = json.loads(resp.body)
+    if isinstance(body.get("error"), str) and isinstance(body.get("message"), str):
+        return body
+    return None
+
+
+def error_of(resp: HTTPResponse) -> dict[str, Any]:
+    body = house_error(resp)
+    assert body is not None, (resp.headers.get("Content-Type"), resp.body)
+    return body
+
+
+def user_routes() -> list[tuple[str, str]]:
+    """(method, path) of every route of the extension that a user calls: all but
+    Claude Code's hooks, which the server's hook secret opens instead."""
+    probes = []
+    for pattern, handler in ROUTES:
+        if issubclass(handler, HookHandler):
+            continue
+        path = pattern.lstrip("/").replace("(.*)", "users/alice/agents/a1")
+        path = path.replace("([^/]+)/run", "nope/run").replace("([^/]+)", SESSION)
+        assert not re.search(r"[()\[\]]", path), path
+        for method in METHODS:
+            if getattr(handler, method.lower()) is not getattr(web.RequestHandler, method.lower()):
+                probes.append((method, path))
+    return probes
+
+
+def test_the_status_answers(fetch: Fetch) -> None:
+    resp = fetch("sac/api/status")
+    assert resp.code == 200, resp.body
+    assert json.loads(resp.body)["versions"]["jupyter_sac"]
+    activity = json.loads(fetch("sac/api/activity").body)
+    assert activity["busy"] is False
+
+
+def refusals(fetch: Fetch, probes: list[tuple[str, str, Any]], **kwargs: Any) -> list[str]:
+    """The probes not refused with 403 in the house shape, each as one line."""
+    wrong = []
+    for method, path, body in probes:
+        try:
+            # A route that lets the call through may start work that outlasts this.
+            resp = fetch(path, method, body, request_timeout=10, **kwargs)
+        except HTTPTimeoutError as e:
+            wrong.append(f"{method} {path}: let through, no answer ({type(e).__name__})")
+            continue
+        if resp.code != 403:
+            wrong.append(f"{method} {path}: {resp.code} {resp.body[:200]!r}")
+        elif (house_error(resp) or {}).get("error") != "forbidden":
+            wrong.append(f"{method} {path}: {resp.body[:200]!r}")
+    return wrong
+
+
+def test_without_a_login_every_route_is_refused(fetch: Fetch) -> None:
+    probes = [(method, path, None) for method, path in user_routes()]
+    # jupyter_server answers an API request it cannot authenticate with 403.
+    wrong = refusals(fetch, probes, headers={"Authorization": "token not-the-token"})
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("authorizer", [Nobody])
+def test_every_route_asks_the_authorizer(fetch: Fetch) -> None:
+    """A route that skips jupyter_server's authorizer is open to whoever can log in,
+    whatever the deployment's authorizer says (the terminal's POST, the workspace
+    sync's and the preview's PUT did)."""
+    probes = [(method, path, None) for method, path in user_routes()]
+    assert ("POST", "sac/api/terminal", None) in probes
+    wrong = refusals(fetch, probes)
+    assert not wrong, "\n".join(wrong)
+    message = error_of(fetch("sac/api/terminal", "POST"))["message"]
+    assert "not authorized to execute on resource: terminals" in message
+
+
+@pytest.mark.parametrize("authorizer", [ReadOnly])
+def test_read_only_access_reads_but_changes_and_runs_nothing(fetch: Fetch) -> None:
+    writes = [
+        ("POST", "sac/api/terminal", None),
+        ("POST", "sac/api/terminal/restart", None),
+        ("POST", "sac/api/chat", {"message": "hello"}),
+        ("POST", f"sac/api/chat/sessions/{SESSION}/cancel", None),
+        ("POST", "sac/api/skills/sync", None),
+        ("POST", "sac/api/skills/nope/run", {}),
+        ("POST", "sac/api/workspace", None),
+        ("PUT", "sac/api/workspace/preview?path=output/notes.txt", {"text": "changed"}),
+        ("POST", "sac/api/service/agents", {}),
+        ("DELETE", "sac/api/service/users/alice/agents/a1", None),
+    ]
+    wrong = refusals(fetch, writes)
+    assert not wrong, "\n".join(wrong)
+    terminal = json.loads(fetch("sac/api/terminal").body)
+    assert terminal["running"] is False
+    assert json.loads(fetch("sac/api/chat/sessions").body) == {"sessions": []}
+    preview = fetch("sac/api/workspace/preview?path=output/notes.txt")
+    assert preview.code == 404 and error_of(preview)["error"] == "not_found"
+
+
+def test_bad_input_is_answered_with_the_field_at_fault(fetch: Fetch) -> None:
+    cases = [
+        ("POST", "sac/api/chat", "not json", 400, "invalid_json", None),
+        ("POST", "sac/api/chat", {"message": "hi", "extra": 1}, 400, "invalid_field", "extra"),
+        ("POST", "sac/api/chat", {"message": ""}, 400, "invalid_field", "message"),
+        ("GET", "sac/api/chat/sessions/not-a-session", None, 400, "invalid_field", "session_id"),
+        ("GET", f"sac/api/chat/sessions/{SESSION}", None, 404, "not_found", None),
+        ("GET", "sac/api/chat/events?since=soon", None, 400, "invalid_field", "since"),
+        ("POST", "sac/api/skills/nope/run", {"mode": "shell"}, 400, "invalid_field", "mode"),
+        ("GET", "sac/api/workspace/preview", None, 400, "invalid_field", "path"),
+        ("GET", "sac/api/workspace/preview?path=../etc/passwd", None, 400, "invalid_field", "path"),
+        ("PUT", "sac/api/workspace/preview?path=output/a.txt", {"text": 3}, 400, "invalid_field",
+         "text"),
+        ("PUT", "sac/api/workspace/preview?path=output/a.txt", "[", 400, "invalid_json", None),
+        ("PUT", "sac/api/workspace/preview?path=public/a.txt", {"text": "x"}, 403, "forbidden",
+         None),
+        ("GET", "sac/api/service/a/../b", None, 400, "invalid_path", None),
+    ]  # fmt: skip
+    for method, path, body, status, code, field in cases:
+        resp = fetch(path, method, body)
+        assert resp.code == status, (method, path, resp.code, resp.body)
+        error = error_of(resp)
+        assert error["error"] == code, (method, path, error)
+        assert error.get("field") == field, (method, path, error)
+
+
+def test_a_preview_saves_text_in_the_workspace(fetch: Fetch, tmp_path: Path) -> None:
+    saved = fetch("sac/api/workspace/preview?path=output/notes.txt", "PUT", {"text": "hello\n"})
+    assert saved.code == 200, saved.body
+    assert (tmp_path / "workspace" / "output" / "notes.txt").read_text() == "hello\n"
+    preview = json.loads(fetch("sac/api/workspace/preview?path=output/notes.txt").body)
+    assert preview["kind"] == "text" and preview["text"] == "hello\n"
+
+
+def test_one_service_client_is_shared_and_closed_at_the_stop(
+    jp_serverapp: Any, jp_asyncio_loop: Any
+) -> None:
+    """One connection to the service per sandbox (and one without the agent's token
+    for the object store), whichever part uses it; the server's stop closes both."""
+    settings = jp_serverapp.web_app.settings
+    service = settings["sac_service_client"]
+    assert settings["sac_history_uploader"].service is service
+    assert settings["sac_hitl"].client is service
+    assert settings["sac_skill_sync"].client is service
+    assert settings["sac_workspace_sync"].client is service.client
+    assert settings["sac_workspace_sync"].plain is service.plain
+    assert "Authorization" not in service.plain.headers
+    jp_asyncio_loop.run_until_complete(jp_serverapp.extension_manager.stop_all_extensions())
+    assert service.client.is_closed and service.plain.is_closed
+
+
+def test_hooks_take_the_servers_secret_not_a_login(fetch: Fetch, jp_serverapp: Any) -> None:
+    """Claude Code's hooks are opened by the secret the server hands its children
+    ($SAC_HOOK_SECRET), not by a Jupyter login; their errors have the same shape."""
+    # As in a sandbox: JupyterHub's single-user server turns tornado's own XSRF
+    # check off (jupyter_server's handlers make theirs), and the hooks send none.
+    jp_serverapp.web_app.settings["xsrf_cookies"] = False
+    secret = os.environ["SAC_HOOK_SECRET"]
+    for path in ("sac/api/hooks/transcript", "sac/api/hooks/pre-tool-use"):
+        refused = fetch(path, "POST", {})
+        assert refused.code == 403, (path, refused.body)
+        assert error_of(refused)["error"] == "forbidden"
+        bad = fetch(path, "POST", "[]", headers={"X-SAC-Hook-Secret": secret})
+        assert bad.code == 400, (path, bad.body)
+        assert error_of(bad)["error"] == "bad_request"
+    spooled = fetch(
+        "sac/api/hooks/transcript",
+        "POST",
+        {"events": [{"uuid": "u1", "type": "user"}]},
+        headers={"X-SAC-Hook-Secret": secret, "Authorization": ""},
+    )
+    assert json.loads(spooled.body) == {"accepted": 1}
