@@ -9,7 +9,7 @@ from typing import Any
 from jupyterhub.services.auth import HubOAuthenticated
 from tornado import web
 
-from ..errors import ApiError
+from ..errors import ApiError, error_body
 from ..store import AgentRecord
 from .operations import access
 from .operations.context import Actor, ServiceContext, audit
@@ -295,26 +295,9 @@ class BaseHandler(StreamedBody, HubOAuthenticated, web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, ApiError):
-            body = {"error": exc.code, "message": exc.message, **exc.extra}
-        elif isinstance(exc, web.HTTPError):
-            body = {"error": _code_for(status_code), "message": exc.log_message or self._reason}
-        else:
-            body = {"error": "internal_error", "message": "internal error, see the service log"}
+        body = error_body(status_code, exc, "the service log")
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(json.dumps(body))
-
-
-def _code_for(status: int) -> str:
-    return {
-        400: "bad_request",
-        401: "unauthorized",
-        403: "forbidden",
-        404: "not_found",
-        405: "method_not_allowed",
-        409: "conflict",
-        413: "too_large",
-    }.get(status, "error")
 
 
 class NotFoundHandler(BaseHandler):
