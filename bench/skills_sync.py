@@ -37,9 +37,9 @@ import httpx
 import psycopg
 
 from jupyter_sac.localhost import resolve_localhost
+from jupyter_sac.rules.skills import read_bundle, skill_markdown
 from jupyter_sac.server_extension.service_client import ServiceClient
 from jupyter_sac.server_extension.skills_sync import SkillSync, entry_spec
-from jupyter_sac.skills import read_bundle, skill_markdown
 from jupyter_sac.store import Store
 from sac_testing.stack import embedded_stack
 

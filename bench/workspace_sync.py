@@ -30,11 +30,11 @@ import httpx
 
 from jupyter_sac.localhost import resolve_localhost
 from jupyter_sac.objects import LocalStore
+from jupyter_sac.rules.workspace import object_key
 from jupyter_sac.server_extension.service_client import ServiceClient
 from jupyter_sac.server_extension.workspace_sync import WorkspaceSync
 from jupyter_sac.stack import free_port
 from jupyter_sac.store import Store
-from jupyter_sac.workspace import object_key
 from sac_testing.stack import embedded_stack
 
 # The stack serves the hub, the service and each user on *.localhost hosts.

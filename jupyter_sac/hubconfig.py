@@ -13,11 +13,11 @@ from typing import Any
 
 import nativeauthenticator
 
+from .rules.urls import PublicUrls
 from .service.forwarded import PRIVATE_NETWORKS
 from .service.principals import DRIVE_SCOPE, SAC_SCOPES, USER_SCOPE
 from .spawner.mixin import max_agents_for, shared_store
 from .store.agents import may_drive_agents
-from .urls import PublicUrls
 
 SERVICE_NAME = "sac"
 # Environment the `sac` service needs (secrets stay between the hub and the service).
@@ -180,7 +180,7 @@ def configure(c: Any, config_file: str) -> None:
     c.JupyterHub.bind_url = f"http://{hub_ip}:{hub_port}"
     if subdomains_enabled():
         # The hub, the `sac` service and each user's servers on hosts of their own
-        # (see jupyter_sac/urls.py): nothing a sandbox serves shares an origin with
+        # (see jupyter_sac/rules/urls.py): nothing a sandbox serves shares an origin with
         # the hub or the service. Browsers resolve *.localhost to the loopback.
         domain = env("SAC_DOMAIN", "localhost")
         c.JupyterHub.subdomain_host = f"http://{domain}:{hub_port}"

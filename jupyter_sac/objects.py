@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from traitlets import Bool, CaselessStrEnum, Unicode
 from traitlets.config import Config, LoggingConfigurable
 
-from .urls import is_ip
+from .rules.urls import is_ip
 
 # Letters, digits and a few separators per segment: a key names a blob this
 # service chose (for example ``skill-bundles/<sha256>.tar.gz``), never a user's

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import httpx
 
-from .urls import via_proxy
+from .rules.urls import via_proxy
 
 
 class ProxyTransport(httpx.AsyncBaseTransport):

@@ -25,8 +25,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .crypto import generate_key
+from .rules.urls import PublicUrls
 from .store import migrate
-from .urls import PublicUrls
 
 PR_SET_CHILD_SUBREAPER = 36
 

@@ -16,8 +16,8 @@ from typing import TypeVar
 
 import httpx
 
+from jupyter_sac.rules.urls import PublicUrls, via_proxy
 from jupyter_sac.stack import free_port
-from jupyter_sac.urls import PublicUrls, via_proxy
 
 T = TypeVar("T")
 

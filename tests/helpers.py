@@ -17,7 +17,7 @@ import pyte
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from jupyter_sac.urls import PublicUrls, default_service_url
+from jupyter_sac.rules.urls import PublicUrls, default_service_url
 from sac_testing.stack import find_descendant, poll_until
 
 

@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from jupyter_sac.errors import ApiError
+from jupyter_sac.rules.settings import SPECS, SettingsError
+from jupyter_sac.rules.skills import Viewer
 from jupyter_sac.service.forms import (
     agent_settings_body,
     decision_body,
@@ -26,8 +28,6 @@ from jupyter_sac.service.forms import (
     visibility_value,
 )
 from jupyter_sac.service.pages import server_status, visible_tabs
-from jupyter_sac.settings import SPECS, SettingsError
-from jupyter_sac.skills import Viewer
 from jupyter_sac.store import AgentRecord
 
 
@@ -92,8 +92,8 @@ def test_the_settings_table_renders_host_lists_as_text_boxes() -> None:
     import jinja2
 
     import jupyter_sac.service
+    from jupyter_sac.rules.settings import resolve_user
     from jupyter_sac.service.admin_pages import settings_rows
-    from jupyter_sac.settings import resolve_user
 
     templates = Path(jupyter_sac.service.__file__).parent / "templates"
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates), autoescape=True)

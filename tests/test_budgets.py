@@ -15,14 +15,14 @@ import httpx
 import pytest
 from helpers import HubApi, model_agent, run_in_terminal, running_agent, script_model
 
-from jupyter_sac import settings as sac_settings
-from jupyter_sac.budgets import (
+from jupyter_sac.client import Client
+from jupyter_sac.rules import settings as sac_settings
+from jupyter_sac.rules.budgets import (
     RESERVE_OVERHEAD_TOKENS,
     next_month,
     refusal,
     reservation_tokens,
 )
-from jupyter_sac.client import Client
 from sac_testing.fake_anthropic import CACHE_READ_TOKENS, INPUT_TOKENS
 from sac_testing.stack import poll_until
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from jupyter_sac import settings as s
 from jupyter_sac.egress import ByteCounter, resolve, serve_unix
 from jupyter_sac.objects import LocalStore, S3Store
+from jupyter_sac.rules import settings as s
 from jupyter_sac.rules.egress import (
     Address,
     decide,

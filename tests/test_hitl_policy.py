@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jupyter_sac.hitl import (
+from jupyter_sac.rules.hitl import (
     DEFAULT_POLICY,
     PolicyError,
     decide,

@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 from traitlets.config import Config
 
-from jupyter_sac import settings as sac_settings
+from jupyter_sac.rules import settings as sac_settings
 from jupyter_sac.spawner.kube import KubeAgentSpawner
 from jupyter_sac.spawner.kube_manifests import describe_pod_failure
 from jupyter_sac.spawner.kube_names import is_dns_label

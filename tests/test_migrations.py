@@ -9,7 +9,7 @@ import sys
 import psycopg
 import pytest
 
-from jupyter_sac.skills import delivery_checksum
+from jupyter_sac.rules.skills import delivery_checksum
 from jupyter_sac.store import Store, list_migrations, migrate
 
 ALL_VERSIONS = [m.version for m in list_migrations()]

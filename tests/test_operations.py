@@ -18,8 +18,10 @@ import pytest_asyncio
 
 from jupyter_sac.crypto import KeyBox, generate_key
 from jupyter_sac.errors import ApiError
-from jupyter_sac.hitl import DEFAULT_POLICY
 from jupyter_sac.objects import LocalStore
+from jupyter_sac.rules.hitl import DEFAULT_POLICY
+from jupyter_sac.rules.urls import PublicUrls
+from jupyter_sac.rules.workspace import object_key
 from jupyter_sac.service.hub import HubClient
 from jupyter_sac.service.operations import agents, hitl, org_keys, settings, skills, workspace
 from jupyter_sac.service.operations.context import (
@@ -31,8 +33,6 @@ from jupyter_sac.service.operations.context import (
 from jupyter_sac.service.principals import ADMIN_SCOPE, DRIVE_SCOPE, USER_SCOPE, Identity
 from jupyter_sac.store import AgentRecord, Store
 from jupyter_sac.store.audit import AuditFilter
-from jupyter_sac.urls import PublicUrls
-from jupyter_sac.workspace import object_key
 
 ADMIN = Actor(
     Identity(name="root", kind="user", scopes=frozenset({ADMIN_SCOPE, USER_SCOPE})),

@@ -30,7 +30,7 @@ from helpers import (
     xsrf_of,
 )
 
-from jupyter_sac.urls import default_service_url
+from jupyter_sac.rules.urls import default_service_url
 from sac_testing.stack import poll_until
 
 pytestmark = pytest.mark.stack

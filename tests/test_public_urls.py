@@ -1,4 +1,4 @@
-"""Where things are with subdomains (jupyter_sac.urls) and a sandbox's own
+"""Where things are with subdomains (jupyter_sac.rules.urls) and a sandbox's own
 /etc/hosts (spawner/sandbox.py): pure rules, no stack."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 from traitlets.config import Config
 
 from jupyter_sac.proxy_transport import ProxyTransport
+from jupyter_sac.rules.urls import PublicUrls, default_service_url, via_proxy
 from jupyter_sac.spawner.sandbox import SandboxLayout, bwrap_argv, sandbox_hosts, write_in_place
-from jupyter_sac.urls import PublicUrls, default_service_url, via_proxy
 
 HUB = PublicUrls("http://localhost:8000")
 

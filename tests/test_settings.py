@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jupyter_sac import settings as s
+from jupyter_sac.rules import settings as s
 
 
 def test_defaults_resolve_without_overrides() -> None:

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from helpers import HubApi, PeakMemory, greeting_skill, service_pid
 
-from jupyter_sac.skills import (
+from jupyter_sac.rules.skills import (
     MAX_BUNDLE_BYTES,
     MAX_BUNDLE_ENTRIES,
     MAX_BUNDLE_FILE_BYTES,

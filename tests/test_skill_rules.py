@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jupyter_sac.skills import (
+from jupyter_sac.rules.skills import (
     BundleEntry,
     SkillError,
     build_spec,
@@ -250,7 +250,7 @@ def _row(owner: str, visibility: str, group: str | None = None) -> dict:
     ],
 )
 def test_who_reads_what(row: dict, reader: str, readable: bool) -> None:
-    from jupyter_sac.skills import Viewer, can_read
+    from jupyter_sac.rules.skills import Viewer, can_read
 
     groups = ("lab",) if reader == "cat" else ()
     assert can_read(row, Viewer(reader, groups=groups)) is readable
@@ -258,7 +258,7 @@ def test_who_reads_what(row: dict, reader: str, readable: bool) -> None:
 
 
 def test_who_edits_and_publishes_what() -> None:
-    from jupyter_sac.skills import OFFICIAL_SCOPE, Viewer, can_edit, check_tier
+    from jupyter_sac.rules.skills import OFFICIAL_SCOPE, Viewer, can_edit, check_tier
 
     curator = Viewer("cur", scopes=frozenset({OFFICIAL_SCOPE}))
     assert can_edit(_row("", "official"), curator)
@@ -329,8 +329,8 @@ def test_the_sync_plan_writes_only_what_changed_and_never_touches_user_skills() 
 
 
 def test_the_sandbox_writes_only_what_hashes_to_the_install_checksum() -> None:
+    from jupyter_sac.rules.skills import delivery_checksum
     from jupyter_sac.server_extension.skills_sync import SyncError, verify
-    from jupyter_sac.skills import delivery_checksum
 
     entry = {"id": 7, "command": "plot", "title": "Plot", "description": "Plots.",
              "body": "Plot it.", "parameters": [{"name": "f", "type": "text", "required": True}],

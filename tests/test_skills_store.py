@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 import pytest_asyncio
 
-from jupyter_sac.skills import SkillSpec, delivery_checksum
+from jupyter_sac.rules.skills import SkillSpec, delivery_checksum
 from jupyter_sac.store import Store
 from jupyter_sac.store.skills import Bundle, VersionChangedError
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from helpers import HubApi, agent_home, run_in_terminal, running_agent, server_url
 
-from jupyter_sac.workspace import object_key
+from jupyter_sac.rules.workspace import object_key
 from sac_testing.stack import poll_until
 
 pytestmark = pytest.mark.stack

@@ -6,8 +6,7 @@ from datetime import datetime
 
 import pytest
 
-from jupyter_sac.server_extension.workspace_handlers import preview_kind
-from jupyter_sac.workspace import (
+from jupyter_sac.rules.workspace import (
     PathError,
     clean_relative,
     conflict_name,
@@ -15,6 +14,7 @@ from jupyter_sac.workspace import (
     locate,
     object_key,
 )
+from jupyter_sac.server_extension.workspace_handlers import preview_kind
 
 
 def test_workspace_paths_map_to_spaces() -> None:

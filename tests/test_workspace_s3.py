@@ -16,7 +16,7 @@ from helpers import agent_home, run_in_terminal, running_agent
 from test_workspace import contents, listing, write
 
 from jupyter_sac.objects import S3Store
-from jupyter_sac.workspace import object_key
+from jupyter_sac.rules.workspace import object_key
 from sac_testing.s3_server import S3Endpoint
 from sac_testing.stack import poll_until
 

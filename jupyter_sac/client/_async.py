@@ -27,7 +27,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from ..proxy_transport import ProxyTransport
-from ..urls import default_service_url, via_proxy
+from ..rules.urls import default_service_url, via_proxy
 from .errors import Forbidden, SacError, SacTimeout, Unauthorized, error_for
 
 # How long one request may take (a start has its own timeout).

@@ -3,7 +3,7 @@
 Two ways a human gets asked:
 
 - **Tool calls** (any mode): Claude Code's PreToolUse hook asks the extension,
-  which applies the agent's policy (``jupyter_sac.hitl.decide``). ``allow`` and
+  which applies the agent's policy (``jupyter_sac.rules.hitl.decide``). ``allow`` and
   ``deny`` answer at once. ``ask`` in a headless chat turn files a request at
   the `sac` service and waits for the decision (or its timeout default). In an
   interactive terminal ``ask`` is left to Claude Code's own permission menu,
@@ -26,12 +26,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import hitl as policy_rules
+from ..rules import hitl as policy_rules
 from ..runtimes.prompt_detector import PromptMatch, detect
 from ..runtimes.screen import TerminalScreen
 from .service_client import ServiceClient, ServiceError
 
-log = logging.getLogger("jupyter_sac.hitl")
+log = logging.getLogger("jupyter_sac.rules.hitl")
 
 HITL_EVENT_SCHEMA_ID = "https://events.jupyter-sac.org/hitl"
 HITL_EVENT_SCHEMA: dict[str, Any] = {

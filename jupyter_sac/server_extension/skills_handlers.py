@@ -15,7 +15,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ..errors import ApiError
-from ..skills import COMMAND_RE, SkillError, run_command, validate_values
+from ..rules.skills import COMMAND_RE, SkillError, run_command, validate_values
 from .chat import validate_session_id
 from .chat_handlers import ChatBaseHandler
 from .service_client import ServiceError

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..skills import (
+from ..rules.skills import (
     SkillError,
     SkillSpec,
     build_spec,

@@ -14,7 +14,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ..errors import ApiError
-from ..workspace import PathError, clean_relative
+from ..rules.workspace import PathError, clean_relative
 from .base import CONTENTS_RESOURCE, SacHandler
 
 TEXT_PREVIEW_BYTES = 1024 * 1024

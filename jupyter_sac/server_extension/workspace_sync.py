@@ -35,7 +35,7 @@ from urllib.parse import quote
 
 import httpx
 
-from ..workspace import AGENT_AREAS, conflict_name, ignored
+from ..rules.workspace import AGENT_AREAS, conflict_name, ignored
 from .service_client import TRANSFER_TIMEOUT, ServiceClient
 
 log = logging.getLogger("jupyter_sac.workspace_sync")

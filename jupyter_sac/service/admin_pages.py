@@ -15,11 +15,11 @@ from typing import Any
 
 from tornado import httputil, web
 
-from .. import settings as sac_settings
 from ..errors import ApiError
-from ..providers import PRESETS
+from ..rules import settings as sac_settings
+from ..rules.providers import PRESETS
+from ..rules.settings import SettingsError
 from ..runtimes.transcript import readable_text
-from ..settings import SettingsError
 from ..store.hitl import PENDING
 from .audit import audit_filter, entry_cursor, parse_entry_cursor
 from .base import MAX_JSON_BYTES

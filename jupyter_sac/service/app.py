@@ -21,10 +21,10 @@ from traitlets.config import Application
 from .. import __version__
 from ..crypto import KeyBox
 from ..objects import ObjectStore, store_from_config
-from ..providers import PRESETS
+from ..rules.providers import PRESETS
+from ..rules.urls import PublicUrls
 from ..stack import default_data_dir
 from ..store import Store
-from ..urls import PublicUrls
 from . import (
     admin_pages,
     agent_skills,
@@ -169,7 +169,7 @@ class SacService(Application):
 
     @property
     def public(self) -> PublicUrls:
-        """Where browsers find the hub, this service and agents (jupyter_sac.urls)."""
+        """Where browsers find the hub, this service and agents (jupyter_sac.rules.urls)."""
         return PublicUrls(self.public_host.rstrip("/"), self.hub_prefix)
 
     official_skills_dir = Unicode(

@@ -16,10 +16,10 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from .. import settings as sac_settings
-from ..providers import PRESETS
-from ..settings import SPECS, SettingsError, SettingSpec
-from ..skills import Viewer
+from ..rules import settings as sac_settings
+from ..rules.providers import PRESETS
+from ..rules.settings import SPECS, SettingsError, SettingSpec
+from ..rules.skills import Viewer
 from ..store import AgentRecord
 from .validation import bad
 

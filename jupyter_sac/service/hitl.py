@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import ApiError
-from ..hitl import DEFAULT_POLICY, timeout_decision
+from ..rules.hitl import DEFAULT_POLICY, timeout_decision
 from ..store import AgentRecord
 from ..store.hitl import PENDING, request_model
 from . import metrics
@@ -36,7 +36,7 @@ from .validation import (
     storable,
 )
 
-log = logging.getLogger("jupyter_sac.hitl")
+log = logging.getLogger("jupyter_sac.rules.hitl")
 
 MAX_WAIT = 60
 DEFAULT_WAIT = 25

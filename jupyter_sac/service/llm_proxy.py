@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 from tornado import iostream, web
 
-from ..budgets import Refusal, reservation_tokens
-from ..budgets import refusal as budget_refusal
-from ..providers import ProviderError, auth_headers, upstream_base_url
+from ..rules.budgets import Refusal, reservation_tokens
+from ..rules.budgets import refusal as budget_refusal
+from ..rules.providers import ProviderError, auth_headers, upstream_base_url
 from ..store.usage import USAGE_FIELDS, UsageDelta
 from . import metrics
 from .base import StreamedBody

@@ -6,8 +6,8 @@ import json
 from typing import Any
 
 from .. import __version__
-from ..providers import PRESETS
-from ..settings import SPECS
+from ..rules.providers import PRESETS
+from ..rules.settings import SPECS
 from .base import BaseHandler
 
 _ERROR = {"$ref": "#/components/schemas/Error"}

@@ -25,7 +25,7 @@ from tornado import web
 
 from .. import __version__
 from ..errors import ApiError
-from ..providers import PRESETS
+from ..rules.providers import PRESETS
 from .base import BaseHandler
 from .forms import decision_text
 from .operations.agents import create_agent

@@ -25,9 +25,9 @@ from typing import Any
 from urllib.parse import quote
 
 from ..errors import ApiError
-from ..hitl import DEFAULT_POLICY
-from ..providers import PRESETS
-from ..skills import Viewer, can_edit
+from ..rules.hitl import DEFAULT_POLICY
+from ..rules.providers import PRESETS
+from ..rules.skills import Viewer, can_edit
 from ..store.hitl import PENDING
 from .forms import (
     agent_settings_body,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from .. import settings as sac_settings
-from ..providers import PRESETS
+from ..rules import settings as sac_settings
+from ..rules.providers import PRESETS
 from .base import BaseHandler
 from .operations import settings as ops
 

@@ -1,6 +1,6 @@
 """The skill marketplace API: skills in four tiers, forks, installs into agents.
 
-Thin handlers over ``store.skills`` and the pure rules in ``jupyter_sac.skills``
+Thin handlers over ``store.skills`` and the pure rules in ``jupyter_sac.rules.skills``
 (model, parameters, visibility). A skill the caller may not read answers 404,
 as if it did not exist.
 
@@ -22,7 +22,7 @@ from tornado import web
 
 from ..errors import ApiError
 from ..objects import ObjectNotFound
-from ..skills import (
+from ..rules.skills import (
     MAX_BUNDLE_BYTES,
     SkillError,
     SkillSpec,
@@ -54,7 +54,7 @@ from .operations.skills import (
 from .routes import NAME, SLUG, USER
 from .validation import bad, check_fields, path_id
 
-log = logging.getLogger("jupyter_sac.skills")
+log = logging.getLogger("jupyter_sac.rules.skills")
 
 PAGE = 50
 MAX_PAGE = 200

@@ -11,9 +11,9 @@ from typing import Any
 
 from jupyterhub.slugs import is_valid_safe_slug
 
-from .. import settings as sac_settings
 from ..errors import ApiError
-from ..providers import PRESETS, ProviderError, validate_base_url
+from ..rules import settings as sac_settings
+from ..rules.providers import PRESETS, ProviderError, validate_base_url
 
 CREATE_FIELDS = {
     "slug",

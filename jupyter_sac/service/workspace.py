@@ -20,12 +20,12 @@ from typing import Any
 
 from tornado import web
 
-from .. import settings as sac_settings
 from ..errors import ApiError
 from ..objects import ObjectNotFound
+from ..rules import settings as sac_settings
+from ..rules.workspace import Location, PathError, locate, object_key
 from ..store import AgentRecord
 from ..store.workspace import Quota
-from ..workspace import Location, PathError, locate, object_key
 from .base import BaseHandler
 from .openapi import _op, _path_params, _resp
 from .operations import workspace as ws_ops

@@ -24,9 +24,9 @@ import jupyter_sac
 
 from ..objects import store_from_config
 from ..rules.egress import is_loopback_host
+from ..rules.urls import PublicUrls
 from ..runtimes.claude import claude_binary
 from ..store import SandboxUsage
-from ..urls import PublicUrls
 from .limits import AppliedLimits, apply_limits, read_usage, release
 from .mixin import AgentContext, AgentSpawnerMixin, AgentSpawnError, locked_jupyter_env
 from .netrelay import EGRESS_PORT, HostRelays, egress_env

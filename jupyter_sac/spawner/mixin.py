@@ -19,8 +19,8 @@ from jupyterhub.spawner import SpawnException
 from traitlets import Dict, Unicode, default
 from traitlets.config import LoggingConfigurable
 
-from .. import settings as sac_settings
-from ..providers import PRESETS
+from ..rules import settings as sac_settings
+from ..rules.providers import PRESETS
 from ..store import AgentLimitError, AgentRecord, Store
 
 # Variables that must never reach a sandbox, whatever the hub's environment holds.

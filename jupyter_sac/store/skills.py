@@ -1,7 +1,7 @@
 """Skills, their versions, and their installs into agents.
 
 Visibility is applied in SQL for listings (``visible`` below) and by the service's
-pure rules (``jupyter_sac.skills.can_read``) for single reads, so one rule governs
+pure rules (``jupyter_sac.rules.skills.can_read``) for single reads, so one rule governs
 both. Shipped official skills belong to no user (owner ``''``) and are upserted by
 command: an unchanged skill keeps its version, a changed one gets the next
 version, and installs survive either way (same row).
@@ -9,7 +9,7 @@ version, and installs survive either way (same row).
 Versions and pins: ``skills`` holds each skill's current content (the head, what
 listings read); every version's content is also in ``skill_versions``, written when
 the version is made. An install pins a version and records the checksum of what
-its sandbox receives (``jupyter_sac.skills.delivery_checksum``); the agent gets
+its sandbox receives (``jupyter_sac.rules.skills.delivery_checksum``); the agent gets
 that version until its installer moves the pin (``update_install``). A version
 that is neither current nor pinned is deleted by ``prune_versions``, which the
 service calls after each change that can leave one behind.
@@ -30,7 +30,7 @@ from typing import Any
 from psycopg.errors import UniqueViolation
 from psycopg.types.json import Jsonb
 
-from ..skills import SkillSpec, delivery_checksum
+from ..rules.skills import SkillSpec, delivery_checksum
 from .tx import Conn, Pool, using
 
 OFFICIAL_OWNER = ""

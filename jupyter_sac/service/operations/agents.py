@@ -7,11 +7,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ... import settings as sac_settings
-from ...budgets import budgets
 from ...errors import ApiError
+from ...rules import settings as sac_settings
+from ...rules.budgets import budgets
+from ...rules.urls import PublicUrls
 from ...store import AgentExistsError, AgentLimitError, AgentRecord, SandboxUsage
-from ...urls import PublicUrls
 from ..hub import HubError
 from ..validation import CREATE_FIELDS, UPDATE_FIELDS, agent_fields, check_fields, valid_slug
 from .access import authorize_user, get_agent, require_person

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from ...crypto import KeyBox
 from ...objects import ObjectStore
+from ...rules.urls import PublicUrls
 from ...store import Store
 from ...store.tx import Conn
-from ...urls import PublicUrls
 from ..principals import Identity
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import ApiError
-from ...hitl import DEFAULT_POLICY, PolicyError, default_option, validate_policy
+from ...rules.hitl import DEFAULT_POLICY, PolicyError, default_option, validate_policy
 from ...store.hitl import PENDING
 from .. import metrics
 from ..validation import bad, check_fields, optional_text

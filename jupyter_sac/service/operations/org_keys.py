@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import ApiError
-from ...providers import PRESETS
+from ...rules.providers import PRESETS
 from ..validation import valid_api_key
 from .access import require_admin
 from .context import Actor, ServiceContext, audit

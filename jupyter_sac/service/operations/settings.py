@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ... import settings as sac_settings
 from ...errors import ApiError
+from ...rules import settings as sac_settings
 from ...store import AgentRecord
 from ..validation import valid_settings
 from .access import require_admin

@@ -9,7 +9,7 @@ import hashlib
 from typing import Any
 
 from ...errors import ApiError
-from ...skills import (
+from ...rules.skills import (
     SkillError,
     SkillSpec,
     Viewer,

@@ -10,11 +10,11 @@ import time
 from datetime import datetime
 from typing import Any
 
-from ... import settings as sac_settings
 from ...errors import ApiError
+from ...rules import settings as sac_settings
+from ...rules.workspace import Location, PathError, clean_relative, locate, object_key, space_prefix
 from ...store import AgentRecord
 from ...store.workspace import Quota, QuotaExceeded, VersionConflict
-from ...workspace import Location, PathError, clean_relative, locate, object_key, space_prefix
 from ..validation import bad
 from .context import Actor, ServiceContext, audit
 from .settings import effective_settings_for_agent

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .egress import parse_pattern
 from .providers import PRESETS
-from .rules.egress import parse_pattern
 
 Level = Literal["system", "user", "agent", "group"]
 LEVELS: tuple[Level, ...] = ("system", "user", "agent")
