@@ -58,6 +58,7 @@ lint: install
 	$(BIN)/ruff format --check jupyter_sac sac_testing tests bench hub_config
 	$(BIN)/deptry .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	cd labextension && npm run --silent lint
 
 test: system-deps lint
@@ -69,7 +70,7 @@ test: system-deps lint
 # run while changing code. Tests that start a stack are marked `stack` (conftest.py).
 test-fast: install
 	cd labextension && npm test --silent
-	SAC_CHP_COMMAND=$(CURDIR)/$(CHP) $(BIN)/python -m pytest -q -p no:cacheprovider -m "not stack"
+	SAC_CHP_COMMAND=$(CURDIR)/$(CHP) $(BIN)/python -m pytest -q -p no:cacheprovider -m "not stack" -n auto
 
 bench: system-deps install
 	SAC_CHP_COMMAND=$(CURDIR)/$(CHP) $(BIN)/python bench/spawn.py
