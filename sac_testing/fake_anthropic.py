@@ -10,7 +10,8 @@ script is empty it answers "ok".
 A reply is a string (a text answer) or an object:
 ``{"text": "...", "tool_use": {"name": "Bash", "input": {...}}, "delay": 0.2}``
 (text and/or one tool call; ``delay`` seconds between streamed pieces, for
-turns that must stay running while a test cancels them). Only agent-loop
+turns that must stay running while a test cancels them), or a provider's error:
+``{"status": 529, "error": {"type": "overloaded_error", "message": "..."}}``. Only agent-loop
 requests (those offering ``tools``) consume the script, so the CLI's side
 requests (titles, summaries) never eat a test's scripted answer.
 
@@ -63,6 +64,11 @@ class MessagesHandler(web.RequestHandler):
             }
         )
         reply = self.state.next_reply(body)
+        if "status" in reply:
+            # A provider's error, as the Messages API answers one.
+            self.set_status(int(reply["status"]))
+            self.finish({"type": "error", "error": reply.get("error", {})})
+            return
         text: str = reply.get("text") or ""
         tool = reply.get("tool_use")
         delay = float(reply.get("delay") or 0)
@@ -200,8 +206,10 @@ class ScriptHandler(web.RequestHandler):
 def make_app(state: State | None = None) -> web.Application:
     return web.Application(
         [
-            (r"/v1/messages", MessagesHandler),
-            (r"/v1/messages/count_tokens", CountTokensHandler),
+            # Under any path prefix too: the provider presets' base URLs have one
+            # (OpenRouter's /api, GLM's /api/anthropic), and tests point them here.
+            (r"(?:/[a-z0-9-]+)*/v1/messages", MessagesHandler),
+            (r"(?:/[a-z0-9-]+)*/v1/messages/count_tokens", CountTokensHandler),
             (r"/_fake/requests", RequestsHandler),
             (r"/_fake/script", ScriptHandler),
         ],

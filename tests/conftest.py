@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from helpers import HubApi
+from helpers import HubApi, preset_endpoints
 
 from jupyter_sac.localhost import resolve_localhost
 from jupyter_sac.stack import free_port
@@ -70,10 +70,14 @@ def fake(fake_anthropic: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """The embedded stack exactly as `sac up` starts it, on free ports."""
+def stack(tmp_path_factory: pytest.TempPathFactory, fake_anthropic: str) -> Iterator[dict]:
+    """The embedded stack exactly as `sac up` starts it, on free ports, with the
+    OpenRouter, GLM and Qwen presets' endpoints at the fake model API (this machine
+    has no route to them; each under its own path, to tell them apart)."""
     workdir = tmp_path_factory.mktemp("sac")
-    with embedded_stack(workdir, ADMIN_PASSWORD) as running:
+    config = workdir / "providers.py"
+    config.write_text(f"c.SacService.provider_base_urls = {preset_endpoints(fake_anthropic)!r}\n")
+    with embedded_stack(workdir, ADMIN_PASSWORD, extra_config=config) as running:
         try:
             yield {"url": running.url, "admin": HubApi(running.url, running.admin_token, running.harness_token),
                    "service_url": running.service_url, "pid": running.proc.pid,

@@ -417,3 +417,13 @@ class PeakMemory:
 def service_pid(stack: dict) -> int:
     """The `sac` service's process in the test stack."""
     return find_descendant(stack["pid"], b"jupyter_sac.service")
+
+
+# The presets the session stack points at the fake model API (conftest.py), each
+# under its own path so a test can tell which endpoint a call reached.
+FAKED_PRESETS = ("openrouter", "glm", "qwen")
+
+
+def preset_endpoints(fake: str) -> dict[str, str]:
+    """``c.SacService.provider_base_urls`` for the session stack."""
+    return {name: f"{fake}/{name}" for name in FAKED_PRESETS}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import socket
+
 import httpx
 import pytest
-from helpers import run_in_terminal, running_agent
+from helpers import FAKED_PRESETS, HubApi, run_in_terminal, running_agent
 
 from jupyter_sac.service.llm_proxy import MAX_REQUEST_BYTES
 
@@ -129,3 +132,71 @@ async def test_claude_cli_in_sandbox_talks_through_the_proxy(stack: dict, fake: 
             r["headers"].get("X-Api-Key") or r["headers"].get("x-api-key") for r in _requests(fake)
         }
         assert keys == {REAL_KEY}
+
+
+MESSAGE = {"model": "m", "max_tokens": 5, "tools": [{"name": "noop", "input_schema": {"type": "object"}}],
+           "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+
+
+async def _agent_token(stack: dict, user: HubApi, name: str, slug: str) -> str:
+    """The token the sandbox calls the proxy with (its ANTHROPIC_API_KEY)."""
+    out = await run_in_terminal(stack["url"], user.token, name, slug, "echo $ANTHROPIC_API_KEY")
+    token = out.strip().splitlines()[-1]
+    assert token.startswith("sac-agent-"), out
+    return token
+
+
+@pytest.mark.asyncio
+async def test_each_preset_reaches_its_endpoint_with_its_header_style(
+    stack: dict, fake: str
+) -> None:
+    """OpenRouter, GLM and Qwen take the key as a bearer token only (Anthropic's own
+    x-api-key would leak it to a second header they do not read), at their own base
+    URL; the sandbox's x-api-key (the agent token) never goes upstream."""
+    name = "presetuser"
+    with running_agent(stack["admin"], name, "shifty", **_custom_agent(fake)) as user:
+        token = await _agent_token(stack, user, name, "shifty")
+        url = stack["service_url"] + "llm/v1/messages"
+        for provider in FAKED_PRESETS:
+            key = f"sk-{provider}-real-key-0042"
+            changed = user.sac("PATCH", f"users/{name}/agents/shifty",
+                               json={"provider": provider, "api_key": key, "base_url": None})  # fmt: skip
+            assert changed.status_code == 200, changed.text
+            httpx.delete(fake + "/_fake/requests")
+            resp = httpx.post(url, headers={"x-api-key": token}, json=MESSAGE, timeout=30)
+            assert resp.status_code == 200, resp.text
+            [seen] = _requests(fake)
+            headers = {k.lower(): v for k, v in seen["headers"].items()}
+            assert seen["path"] == f"/{provider}/v1/messages"
+            assert headers["authorization"] == f"Bearer {key}"
+            assert "x-api-key" not in headers
+            assert token not in json.dumps(seen["headers"])
+
+
+@pytest.mark.asyncio
+async def test_provider_errors_and_an_unreachable_provider(stack: dict, fake: str) -> None:
+    """A provider's error reaches the sandbox as the provider said it (claude reads
+    its type and retries overloads itself) and counts one request, no tokens; a
+    provider that cannot be reached is a 502 in the Messages API's error shape."""
+    name = "erroruser"
+    with running_agent(stack["admin"], name, "unlucky", **_custom_agent(fake)) as user:
+        token = await _agent_token(stack, user, name, "unlucky")
+        url = stack["service_url"] + "llm/v1/messages"
+        overloaded = {"type": "overloaded_error", "message": "Overloaded"}
+        httpx.post(fake + "/_fake/script", json={"replies": [{"status": 529, "error": overloaded}]})
+        resp = httpx.post(url, headers={"x-api-key": token}, json=MESSAGE, timeout=30)
+        assert resp.status_code == 529
+        assert resp.json() == {"type": "error", "error": overloaded}
+        totals = user.sac("GET", f"users/{name}/agents/unlucky/usage").json()["totals"]
+        assert totals["requests"] == 1 and totals["input_tokens"] == 0
+
+        with socket.socket() as s:  # a port nothing listens on
+            s.bind(("127.0.0.1", 0))
+            closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+        moved = user.sac("PATCH", f"users/{name}/agents/unlucky", json={"base_url": closed})
+        assert moved.status_code == 200, moved.text
+        resp = httpx.post(url, headers={"x-api-key": token}, json=MESSAGE, timeout=60)
+        assert resp.status_code == 502
+        error = resp.json()
+        assert error["type"] == "error" and error["error"]["type"] == "api_error"
+        assert "could not be reached" in error["error"]["message"]
