@@ -94,6 +94,55 @@ def test_an_owner_can_cap_one_agent(stack: dict, fake: str) -> None:
         assert "0 (no limit) is above" in above.json()["message"]
 
 
+ONE_CALL = {"model": "claude-test", "max_tokens": 64,
+            "tools": [{"name": "noop", "input_schema": {"type": "object"}}],
+            "messages": [{"role": "user", "content": "hello"}]}  # fmt: skip
+
+
+async def agent_token(stack: dict, hub: HubApi, user: str, slug: str) -> str:
+    out = await run_in_terminal(stack["url"], hub.token, user, slug, "echo $ANTHROPIC_API_KEY")
+    token = out.strip().splitlines()[-1]
+    assert token.startswith("sac-agent-"), out
+    return token
+
+
+@pytest.mark.asyncio
+async def test_a_user_budget_counts_every_agent_of_the_user(stack: dict, fake: str) -> None:
+    """The user's monthly budget is what all their agents used together: once the sum
+    reaches it, an agent that itself used less is refused too."""
+    admin: HubApi = stack["admin"]
+    user = f"sum{uuid.uuid4().hex[:6]}"
+    with running_agent(admin, user, "first", **model_agent(fake)) as hub:
+        made = hub.sac("POST", "agents", json={"slug": "second", **model_agent(fake)})
+        assert made.status_code == 201, made.text
+        hub.start(user, "second")
+        proxy = stack["service_url"] + "llm/v1/messages"
+        tokens = {slug: await agent_token(stack, hub, user, slug) for slug in ("first", "second")}
+        for slug in ("first", "first", "second"):
+            resp = httpx.post(proxy, headers={"x-api-key": tokens[slug]}, json=ONE_CALL, timeout=30)
+            assert resp.status_code == 200, resp.text
+
+        def budget(slug: str) -> dict:
+            return hub.sac("GET", f"users/{user}/agents/{slug}/usage").json()["budget"]
+
+        first, second = budget("first"), budget("second")
+        assert second["agent"]["used"] < first["agent"]["used"]  # one call against two
+        assert first["user"]["used"] == second["user"]["used"]
+        assert first["user"]["used"] == first["agent"]["used"] + second["agent"]["used"]
+
+        put = admin.sac("PUT", f"users/{user}/settings",
+                        json={"user_monthly_tokens": first["user"]["used"]})  # fmt: skip
+        assert put.status_code == 200, put.text
+        before = model_calls(fake)
+        refused = httpx.post(
+            proxy, headers={"x-api-key": tokens["second"]}, json=ONE_CALL, timeout=30
+        )
+        assert refused.status_code == 429
+        message = refused.json()["error"]["message"]
+        assert "your agents have used" in message and "user_monthly_tokens" in message
+        assert model_calls(fake) == before
+
+
 BURST_BODY = json.dumps(
     {
         "model": "claude-test",
