@@ -394,3 +394,48 @@ async def test_previews_and_live_output_events(stack: dict) -> None:
         )
         assert refused.status_code == 403
         events.close()
+
+
+def test_a_group_quota_holds_for_all_members_and_the_sandbox_says_what_it_refused(
+    stack: dict,
+) -> None:
+    """A group's quota counts what every member stores there; a sandbox whose file
+    the service refuses keeps the file and shows why in its sync status (issue 18:
+    neither was tested)."""
+    admin: HubApi = stack["admin"]
+    group = f"quota{uuid.uuid4().hex[:5]}"
+    ann, bob = (f"{n}{uuid.uuid4().hex[:5]}" for n in ("gqa", "gqb"))
+    assert admin.hub("POST", f"groups/{group}").status_code == 201
+    try:
+        put = admin.sac("PUT", f"groups/{group}/workspace/quota",
+                        json={"group_quota_bytes": 1000, "group_quota_files": 5})  # fmt: skip
+        assert put.status_code == 200, put.text
+        with running_agent(admin, ann, "desk", api_key="sk-unused-key") as ann_c:
+            bob_c = admin.create_user(bob)
+            resp = admin.hub("POST", f"groups/{group}/users", json={"users": [ann, bob]})
+            assert resp.status_code == 200
+            files = f"groups/{group}/workspace/files"
+            assert bob_c.sac("PUT", f"{files}/bob.bin", content=b"b" * 700).status_code == 200
+            # Ann's own upload meets Bob's 700 bytes: 301 more is one byte over.
+            over = ann_c.sac("PUT", f"{files}/ann.bin", content=b"a" * 301)
+            assert over.status_code == 413 and over.json()["error"] == "quota_exceeded"
+            assert "1,001 of 1,000" in over.json()["message"]
+            assert ann_c.sac("PUT", f"{files}/ann.bin", content=b"a" * 300).status_code == 200
+
+            # Inside Ann's sandbox: a file the group has no room for.
+            sync_now(ann_c, ann, "desk")
+            write(ann_c, ann, "desk", f"group/{group}/big.txt", "x" * 50)
+            status = poll_until(
+                lambda: (s := sync_now(ann_c, ann, "desk"))["errors"] and s,
+                30,
+                "the refusal shown in the sandbox's sync status",
+            )
+            [(path, why)] = status["errors"].items()
+            assert path == f"group/{group}/big.txt" and "quota" in why, status
+            assert contents(ann_c, ann, "desk", f"group/{group}/big.txt").status_code == 200
+            stored = {
+                f["path"] for f in ann_c.sac("GET", f"groups/{group}/workspace").json()["files"]
+            }
+            assert stored == {f"group/{group}/bob.bin", f"group/{group}/ann.bin"}
+    finally:
+        admin.hub("DELETE", f"groups/{group}")
