@@ -439,3 +439,28 @@ def test_a_group_quota_holds_for_all_members_and_the_sandbox_says_what_it_refuse
             assert stored == {f"group/{group}/bob.bin", f"group/{group}/ann.bin"}
     finally:
         admin.hub("DELETE", f"groups/{group}")
+
+
+def test_central_changes_reach_a_running_sandbox_without_a_forced_sync(stack: dict) -> None:
+    """A file stored or deleted through the API (the admin pages, another tool) shows
+    up in, or leaves, a running sandbox by the sandbox's own polling: nobody has to
+    press sync (issue 18: every test forced a sync)."""
+    admin: HubApi = stack["admin"]
+    user, slug = f"cd{uuid.uuid4().hex[:6]}", "poller"
+    with running_agent(admin, user, slug, api_key="sk-unused-key") as client:
+        sync_now(client, user, slug)  # the starting point; from here on only its own poll
+        base = f"users/{user}/agents/{slug}/workspace/files"
+        stored = client.sac("PUT", f"{base}/private/notes.txt", content=b"from outside\n")
+        assert stored.status_code == 200, stored.text
+
+        def in_sandbox() -> bool:
+            resp = contents(client, user, slug, "private/notes.txt")
+            return resp.status_code == 200 and resp.json()["content"] == "from outside\n"
+
+        poll_until(in_sandbox, 90, "the central file pulled by the sandbox's poll")
+        assert client.sac("DELETE", f"{base}/private/notes.txt").status_code in (200, 204)
+        poll_until(
+            lambda: contents(client, user, slug, "private/notes.txt").status_code == 404,
+            90,
+            "the central delete applied by the sandbox's poll",
+        )
