@@ -255,3 +255,68 @@ async def test_other_users_cannot_see_or_answer(stack: dict, fake: str, new_user
         assert client.sac("GET", f"hitl/requests/{rid}").json()["status"] == "pending"
         client.sac("POST", f"hitl/requests/{rid}/decision", json={"decision": "deny"})
         await turn.finish()
+
+
+async def _menu_waiting(stack: dict, fake: str, client: HubApi, user: str, slug: str,
+                        target: str) -> tuple[TerminalClient, dict]:  # fmt: skip
+    """Claude in the agent's terminal showing its permission menu for a Write of
+    ``target``, and the one request the menu filed."""
+    base = server_url(stack["url"], user, slug)
+    api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=30)
+    assert api.post(base + "sac/api/terminal").status_code == 200
+    httpx.post(fake + "/_fake/script", json={"replies": [_write_tool(target), "after the menu"]})
+    term = await TerminalClient.connect(base, client.token)
+    await term.wait_for(claude_ready, 60, "claude's input box")
+    term.type("write it")
+    await term.wait_for(lambda t: "write it" in t.text(), 20, "the typed prompt")
+    term.type("\r")
+    await term.wait_for(lambda t: "Do you want to proceed?" in t.text(), 60, "the menu")
+    return term, _one_pending(client, user)
+
+
+@pytest.mark.asyncio
+async def test_a_menu_answered_by_hand_cancels_its_request(stack: dict, fake: str) -> None:
+    """The person at the terminal answers Claude's menu themselves: the request
+    filed for it is cancelled, and nobody can decide it any more."""
+    user = f"hand{uuid.uuid4().hex[:6]}"
+    with running_agent(stack["admin"], user, "tty", **model_agent(fake)) as client:
+        term, request = await _menu_waiting(stack, fake, client, user, "tty", "/workspace/hand.txt")
+        term.type("1")  # "Yes", typed by the person
+        await term.wait_for(lambda t: "after the menu" in t.text(), 60, "the turn going on")
+        done = poll_until(
+            lambda: (
+                (r := client.sac("GET", f"hitl/requests/{request['id']}").json())["status"]
+                != "pending"
+                and r
+            ),
+            30,
+            "the request settled",
+        )
+        assert done["status"] == "cancelled", done
+        late = client.sac("POST", f"hitl/requests/{request['id']}/decision",
+                          json={"decision": "deny"})  # fmt: skip
+        assert late.status_code == 409 and late.json()["error"] == "already_decided"
+        assert _pending(client, user) == []
+        term.close()
+
+
+@pytest.mark.asyncio
+async def test_a_timed_out_menu_gets_its_default_key(stack: dict, fake: str) -> None:
+    """Nobody decides a terminal prompt in time: the default (deny) is typed into
+    the terminal for it, the menu goes and the tool does not run."""
+    user = f"tmk{uuid.uuid4().hex[:6]}"
+    admin: HubApi = stack["admin"]
+    with running_agent(admin, user, "tty", **model_agent(fake)) as client:
+        resp = admin.sac("PUT", f"users/{user}/settings", json={"hitl_timeout": 5})
+        assert resp.status_code == 200, resp.text
+        term, request = await _menu_waiting(stack, fake, client, user, "tty", "/workspace/late.txt")
+        await term.wait_for(
+            lambda t: "Do you want to proceed?" not in t.text(), 60, "the menu answered by default"
+        )
+        done = client.sac("GET", f"hitl/requests/{request['id']}").json()
+        assert done["status"] == "timed_out" and done["decision"] == "deny", done
+        base = server_url(stack["url"], user, "tty")
+        files = httpx.get(base + "api/contents/late.txt",
+                          headers={"Authorization": f"token {client.token}"})  # fmt: skip
+        assert files.status_code == 404
+        term.close()
