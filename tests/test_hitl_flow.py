@@ -320,3 +320,35 @@ async def test_a_timed_out_menu_gets_its_default_key(stack: dict, fake: str) -> 
                           headers={"Authorization": f"token {client.token}"})  # fmt: skip
         assert files.status_code == 404
         term.close()
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_chat_turn_cancels_its_waiting_request(stack: dict, fake: str) -> None:
+    """A chat turn waiting on an approval is cancelled: the request goes with it
+    (status cancelled, no longer decidable) and the tool never runs."""
+    user = f"cct{uuid.uuid4().hex[:6]}"
+    base = server_url(stack["url"], user, "chatty")
+    with running_agent(stack["admin"], user, "chatty", **model_agent(fake)) as client:
+        api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=60)
+        httpx.post(fake + "/_fake/script",
+                   json={"replies": [_write_tool("/workspace/never.txt"), "too late"]})  # fmt: skip
+        resp = api.post(base + "sac/api/chat", json={"message": "write it"})
+        assert resp.status_code == 202, resp.text
+        sid = resp.json()["session_id"]
+        request = _one_pending(client, user)
+        cancel = api.post(base + f"sac/api/chat/sessions/{sid}/cancel")
+        assert cancel.status_code == 200 and cancel.json() == {"cancelled": True}
+        done = poll_until(
+            lambda: (
+                (r := client.sac("GET", f"hitl/requests/{request['id']}").json())["status"]
+                != "pending"
+                and r
+            ),
+            30,
+            "the request settled",
+        )
+        assert done["status"] == "cancelled", done
+        late = client.sac("POST", f"hitl/requests/{request['id']}/decision",
+                          json={"decision": "allow"})  # fmt: skip
+        assert late.status_code == 409 and late.json()["error"] == "already_decided"
+        assert api.get(base + "api/contents/never.txt").status_code == 404
