@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import ADMIN_PASSWORD
-from helpers import HubApi, run_in_terminal
+from helpers import HubApi, model_agent, run_in_terminal
 
 from jupyter_sac.stack import free_port
 from sac_testing.kube_cluster import RunningCluster, kube_cluster
@@ -310,3 +310,51 @@ def test_hub_restart_reattaches_to_running_agent(kube: KubeStack) -> None:
 
     client.stop(user, "steady")
     assert kube.kube.list("pods", f"sac.jupyter.org/user={user}") == []
+
+
+def test_a_pod_calls_the_model_asks_for_approval_and_keeps_history(
+    kube: KubeStack, fake: str
+) -> None:
+    """An agent in a pod does what a local one does: a chat turn's model calls go
+    through the credential proxy, its Bash call waits for a person's approval at the
+    service, and the conversation reaches the service's history (issue 18: no pod
+    had ever made a model call, filed a request or uploaded history)."""
+    user, client = kube.new_user()
+    resp = client.sac("POST", "agents", json={"slug": "asker", **model_agent(fake)})
+    assert resp.status_code == 201, resp.text
+    assert spawn_with_progress(client, user, "asker")[-1].get("ready")
+    script = [{"tool_use": {"name": "Bash", "input": {"command": "echo yes > /workspace/ok.txt"}}},
+              "written from the pod"]  # fmt: skip
+    assert httpx.post(fake + "/_fake/script", json={"replies": script}).status_code == 204
+    started = client.agent(user, "asker", "POST", "sac/api/chat", json={"message": "write ok"})
+    assert started.status_code == 202, started.text
+    session = started.json()["session_id"]
+
+    def pending() -> dict | None:
+        found = client.sac("GET", "hitl/requests", params={"status": "pending"}).json()
+        return next((r for r in found["requests"] if r["user"] == user), None)
+
+    request = poll_until(pending, 120, "the pod's approval request at the service")
+    assert request["agent"] == "asker" and request["tool"] == "Bash"
+    decided = client.sac("POST", f"hitl/requests/{request['id']}/decision",
+                         json={"decision": "allow"})  # fmt: skip
+    assert decided.status_code == 200, decided.text
+
+    def finished() -> dict | None:
+        got = client.agent(user, "asker", "GET", f"sac/api/chat/sessions/{session}").json()
+        return got if not got["running"] and got["last_result"] else None
+
+    poll_until(finished, 120, "the chat turn over")
+    written = client.agent(user, "asker", "GET", "api/contents/ok.txt", params={"content": 1})
+    assert written.status_code == 200 and written.json()["content"] == "yes\n"
+    calls = httpx.get(fake + "/_fake/requests").json()["requests"]
+    assert {c["headers"].get("X-Api-Key") or c["headers"].get("x-api-key") for c in calls} == {
+        model_agent(fake)["api_key"]
+    }
+
+    def in_history() -> list | None:
+        found = client.sac("GET", f"users/{user}/agents/asker/history/sessions").json()
+        return [s for s in found["sessions"] if s["first_prompt"] == "write ok"] or None
+
+    poll_until(in_history, 120, "the conversation in the service's history")
+    client.stop(user, "asker")

@@ -210,9 +210,17 @@ class SacExtensionApp(ExtensionApp):
     # ---- setup ------------------------------------------------------------------
 
     def _hook_url(self) -> str:
+        """Where claude's hooks reach this server: the address it listens on, or
+        loopback when it listens on every address. A server bound to one address
+        (a pod's own, an interface) does not answer on 127.0.0.1, and a hook that
+        cannot reach it denies the tool."""
         server = self.serverapp
         scheme = "https" if server.certfile else "http"
-        return f"{scheme}://127.0.0.1:{server.port}{server.base_url}sac/api/hooks/"
+        answers_on_loopback = ("", "0.0.0.0", "*", "::", "localhost")
+        host = "127.0.0.1" if server.ip in answers_on_loopback else server.ip
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{server.port}{server.base_url}sac/api/hooks/"
 
     def initialize_settings(self) -> None:
         if not self.agent_sandbox:
