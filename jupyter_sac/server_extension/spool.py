@@ -187,6 +187,7 @@ class HistoryUploader:
         self.uploaded = 0
         self.last_error: str | None = None
         self.last_upload: float | None = None
+        self.next_attempt: float | None = None  # after a failure: when it retries
 
     def start(self) -> None:
         if self._task is None and self.service.configured:
@@ -195,12 +196,23 @@ class HistoryUploader:
     def wake(self) -> None:
         self._wake.set()
 
-    async def stop(self) -> None:
+    async def stop(self, flush_timeout: float = 0) -> None:
+        """Stop uploading, after sending what is spooled (within ``flush_timeout``
+        seconds: a stopping server has about 10 s before JupyterHub escalates, and
+        must not hang on a service that does not answer). What is left stays in
+        the spool for the next start."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+            if flush_timeout > 0:
+                # A batch cut off above is sent again here: the service stores
+                # each event once.
+                try:
+                    await asyncio.wait_for(self.drain_once(), flush_timeout)
+                except Exception as e:  # a stop goes on whatever the flush met
+                    log.warning("history flush at stop failed: %s", type(e).__name__)
 
     async def drain_once(self) -> bool:
         """Upload everything spooled now; False if the service refused or was away."""
@@ -241,8 +253,10 @@ class HistoryUploader:
             if ok:
                 backoff = 1.0
                 timeout: float | None = None
+                self.next_attempt = None
             else:
                 timeout, backoff = backoff, min(backoff * 2, MAX_BACKOFF)
+                self.next_attempt = time.time() + timeout
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
@@ -253,4 +267,5 @@ class HistoryUploader:
             "uploaded": self.uploaded,
             "last_error": self.last_error,
             "last_upload": self.last_upload,
+            "next_attempt": self.next_attempt,
         }
