@@ -104,10 +104,26 @@ class HistorySpool:
             if path.exists() and path.stat().st_size >= self.segment_bytes:
                 n += 1
                 path = self._segment_path(n)
-            with open(path, "ab") as f:
-                f.write(payload)
-                f.flush()
-                os.fsync(f.fileno())
+            # Unbuffered: a buffered file that failed would write its leftover
+            # bytes again when closed.
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                start = os.fstat(fd).st_size
+                try:
+                    left = memoryview(payload)
+                    while left:
+                        left = left[os.write(fd, left) :]
+                    os.fsync(fd)
+                except OSError:
+                    # Out of room part-way (a full disk): take the partial batch
+                    # back, or the next append would continue its torn last line
+                    # and both events would be unreadable. The caller (the hook)
+                    # is told and sends the whole batch again later.
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, start)
+                    raise
+            finally:
+                os.close(fd)
 
     # ---- reading ----------------------------------------------------------------
 
