@@ -137,7 +137,7 @@ resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFIN
 try:
     spool.append([{"uuid": f"big{i}", "text": "x" * 200} for i in range(50)])
 except OSError as e:
-    print(type(e).__name__)
+    print(type(e).__name__, spool.append_error)
 """
 
 
@@ -154,7 +154,9 @@ def test_an_append_cut_off_by_a_full_disk_leaves_no_torn_line(tmp_path: Path) ->
         [sys.executable, "-c", _APPEND_AT_A_LIMIT, str(tmp_path / "spool"), str(size + 1000)],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    assert out.strip() == "OSError", out  # the caller (the hook) is told, and sends again
+    # The caller (the hook) is told, and sends again; the status says why.
+    assert out.strip() == "OSError File too large", out
     spool.append([{"uuid": "after"}])
+    assert spool.append_error is None
     events, _ = HistorySpool(tmp_path / "spool").read_batch()
     assert [e["uuid"] for e in events] == ["before", "after"]

@@ -53,6 +53,9 @@ class HistorySpool:
         self._lock = threading.Lock()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.cursor = self._load_cursor()
+        # Why the last append failed (a full disk), until one succeeds: capture is
+        # paused meanwhile, and the hooks send those entries again.
+        self.append_error: str | None = None
         self._recover()
 
     # ---- files ------------------------------------------------------------------
@@ -114,16 +117,18 @@ class HistorySpool:
                     while left:
                         left = left[os.write(fd, left) :]
                     os.fsync(fd)
-                except OSError:
+                except OSError as e:
                     # Out of room part-way (a full disk): take the partial batch
                     # back, or the next append would continue its torn last line
                     # and both events would be unreadable. The caller (the hook)
                     # is told and sends the whole batch again later.
                     with contextlib.suppress(OSError):
                         os.ftruncate(fd, start)
+                    self.append_error = e.strerror or type(e).__name__
                     raise
             finally:
                 os.close(fd)
+            self.append_error = None
 
     # ---- reading ----------------------------------------------------------------
 
@@ -284,4 +289,5 @@ class HistoryUploader:
             "last_error": self.last_error,
             "last_upload": self.last_upload,
             "next_attempt": self.next_attempt,
+            "capture_paused": self.spool.append_error,
         }
