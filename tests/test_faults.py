@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,7 +25,16 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from conftest import ADMIN_PASSWORD
-from helpers import HubApi, allow_all, model_agent, run_in_terminal, running_agent, script_model
+from helpers import (
+    HubApi,
+    agent_home,
+    allow_all,
+    model_agent,
+    run_in_terminal,
+    running_agent,
+    script_model,
+    tar_gz,
+)
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
@@ -468,3 +478,47 @@ async def test_graceful_stop_flushes_spool_and_workspace(
         # And nothing is sent twice at the next start.
         client.start(user, slug)
         await assert_history_exactly_once(stack, client, user, slug)
+
+
+def test_service_killed_during_skill_sync(faults_stack: dict[str, Any]) -> None:
+    """A skill sync is at the service when it is killed: the sandbox's own poll
+    (15 s) syncs the install once the service is back, without anyone asking
+    again, and the skill arrives whole (its SKILL.md and bundle file, nothing else)."""
+    stack = faults_stack
+    user, slug = f"s{uuid.uuid4().hex[:8]}", "skills"
+    command = f"greet-{uuid.uuid4().hex[:4]}"
+    with running_agent(stack["admin"], user, slug, api_key="sk-unused-key") as client:
+        body = {"command": command, "title": "Greet", "description": "Greets someone.",
+                "body": "---\nname: x\ndescription: x\n---\n\nSay hello.\n"}  # fmt: skip
+        created = client.sac("POST", "skills", json=body)
+        assert created.status_code == 201, created.text
+        skill_id = created.json()["id"]
+        bundle = tar_gz({"hello.txt": b"hi\n"})
+        assert client.sac("PUT", f"skills/{skill_id}/bundle", content=bundle).status_code == 200
+        folder = agent_home(stack["data_dir"], slug) / "home" / ".claude" / "skills" / command
+        install = client.sac(
+            "POST", f"users/{user}/agents/{slug}/skills", json={"skill_id": skill_id}
+        )
+        assert install.status_code == 201, install.text
+
+        pid = service_pid(stack)
+        os.kill(pid, signal.SIGSTOP)
+        assert not folder.exists(), "synced before the fault: nothing would be tested"
+        # The sync the sidebar asks for waits at the stopped service.
+        asked = threading.Thread(
+            target=lambda: client.agent(user, slug, "POST", "sac/api/skills/sync"), daemon=True
+        )
+        asked.start()
+        poll_until(lambda: largest_request_waiting(stack["service_port"]) > 0, 60,
+                   "the sync waiting at the stopped service")  # fmt: skip
+        kill_service_and_wait_for_restart(stack, pid)
+        asked.join(60)
+
+        def synced() -> set[str]:
+            return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+        poll_until(lambda: folder.exists() and "hello.txt" in synced(), 60,
+                   "the sandbox's own poll syncing the skill")  # fmt: skip
+        assert synced() == {"SKILL.md", "hello.txt"}
+        status = client.agent(user, slug, "GET", "sac/api/skills").json()["sync"]
+        assert status["last_error"] is None, status
