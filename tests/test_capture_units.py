@@ -122,3 +122,41 @@ def test_spool_keeps_lone_surrogates(tmp_path: Path) -> None:
     spool.append(events)
     batch, _ = spool.read_batch()
     assert batch[0]["payload"]["text"] == "cut \ud83d"
+
+
+# Appends a batch to the spool in a process that may write no file past ``limit``
+# bytes (RLIMIT_FSIZE: the write stops part-way, as on a full disk), and says how
+# the append ended.
+_APPEND_AT_A_LIMIT = """
+import resource, signal, sys
+from pathlib import Path
+from jupyter_sac.server_extension.spool import HistorySpool
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG)
+spool = HistorySpool(Path(sys.argv[1]))
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))
+try:
+    spool.append([{"uuid": f"big{i}", "text": "x" * 200} for i in range(50)])
+except OSError as e:
+    print(type(e).__name__, spool.append_error)
+"""
+
+
+def test_an_append_cut_off_by_a_full_disk_leaves_no_torn_line(tmp_path: Path) -> None:
+    """A write that runs out of room part-way must not leave half a line: the next
+    append would continue that line, and both events would be unreadable (lost)."""
+    import subprocess
+    import sys
+
+    spool = HistorySpool(tmp_path / "spool")
+    spool.append([{"uuid": "before"}])
+    size = sum(p.stat().st_size for p in (tmp_path / "spool").glob("*.jsonl"))
+    out = subprocess.run(
+        [sys.executable, "-c", _APPEND_AT_A_LIMIT, str(tmp_path / "spool"), str(size + 1000)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    # The caller (the hook) is told, and sends again; the status says why.
+    assert out.strip() == "OSError File too large", out
+    spool.append([{"uuid": "after"}])
+    assert spool.append_error is None
+    events, _ = HistorySpool(tmp_path / "spool").read_batch()
+    assert [e["uuid"] for e in events] == ["before", "after"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import signal
@@ -45,6 +46,10 @@ from .terminal import TERMINAL_NAME, ClaudeTerminal
 from .terminal_manager import SacTerminalManager
 from .workspace_handlers import PreviewHandler, WorkspaceHandler
 from .workspace_sync import WorkspaceSync
+
+# Seconds a stopping server spends sending its spooled history (the workspace's
+# flush has its own 8 s; both run at once, within JupyterHub's 10 s).
+HISTORY_FLUSH_TIMEOUT = 8.0
 
 # The longest HITL timeout the settings allow, plus slack: the PreToolUse hook
 # must outlive any wait the service can impose.
@@ -361,15 +366,19 @@ class SacExtensionApp(ExtensionApp):
         chat = self.settings.get("sac_chat")
         if chat is not None:
             await chat.stop()
+        # The workspace and the history spool are flushed side by side: each may
+        # take up to its flush timeout, and JupyterHub escalates after 10 s.
+        flushes = []
         workspace_sync = self.settings.get("sac_workspace_sync")
         if workspace_sync is not None:
-            await workspace_sync.stop()
+            flushes.append(workspace_sync.stop())
+        uploader = self.settings.get("sac_history_uploader")
+        if uploader is not None:
+            flushes.append(uploader.stop(flush_timeout=HISTORY_FLUSH_TIMEOUT))
+        await asyncio.gather(*flushes)
         skill_sync = self.settings.get("sac_skill_sync")
         if skill_sync is not None:
             await skill_sync.stop()
-        uploader = self.settings.get("sac_history_uploader")
-        if uploader is not None:
-            await uploader.stop()
         # Last: the parts above may still talk to the service while they stop.
         client = self.settings.get("sac_service_client")
         if client is not None:

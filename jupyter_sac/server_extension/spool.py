@@ -53,6 +53,9 @@ class HistorySpool:
         self._lock = threading.Lock()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.cursor = self._load_cursor()
+        # Why the last append failed (a full disk), until one succeeds: capture is
+        # paused meanwhile, and the hooks send those entries again.
+        self.append_error: str | None = None
         self._recover()
 
     # ---- files ------------------------------------------------------------------
@@ -104,10 +107,28 @@ class HistorySpool:
             if path.exists() and path.stat().st_size >= self.segment_bytes:
                 n += 1
                 path = self._segment_path(n)
-            with open(path, "ab") as f:
-                f.write(payload)
-                f.flush()
-                os.fsync(f.fileno())
+            # Unbuffered: a buffered file that failed would write its leftover
+            # bytes again when closed.
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                start = os.fstat(fd).st_size
+                try:
+                    left = memoryview(payload)
+                    while left:
+                        left = left[os.write(fd, left) :]
+                    os.fsync(fd)
+                except OSError as e:
+                    # Out of room part-way (a full disk): take the partial batch
+                    # back, or the next append would continue its torn last line
+                    # and both events would be unreadable. The caller (the hook)
+                    # is told and sends the whole batch again later.
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, start)
+                    self.append_error = e.strerror or type(e).__name__
+                    raise
+            finally:
+                os.close(fd)
+            self.append_error = None
 
     # ---- reading ----------------------------------------------------------------
 
@@ -187,6 +208,7 @@ class HistoryUploader:
         self.uploaded = 0
         self.last_error: str | None = None
         self.last_upload: float | None = None
+        self.next_attempt: float | None = None  # after a failure: when it retries
 
     def start(self) -> None:
         if self._task is None and self.service.configured:
@@ -195,12 +217,23 @@ class HistoryUploader:
     def wake(self) -> None:
         self._wake.set()
 
-    async def stop(self) -> None:
+    async def stop(self, flush_timeout: float = 0) -> None:
+        """Stop uploading, after sending what is spooled (within ``flush_timeout``
+        seconds: a stopping server has about 10 s before JupyterHub escalates, and
+        must not hang on a service that does not answer). What is left stays in
+        the spool for the next start."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+            if flush_timeout > 0:
+                # A batch cut off above is sent again here: the service stores
+                # each event once.
+                try:
+                    await asyncio.wait_for(self.drain_once(), flush_timeout)
+                except Exception as e:  # a stop goes on whatever the flush met
+                    log.warning("history flush at stop failed: %s", type(e).__name__)
 
     async def drain_once(self) -> bool:
         """Upload everything spooled now; False if the service refused or was away."""
@@ -241,8 +274,10 @@ class HistoryUploader:
             if ok:
                 backoff = 1.0
                 timeout: float | None = None
+                self.next_attempt = None
             else:
                 timeout, backoff = backoff, min(backoff * 2, MAX_BACKOFF)
+                self.next_attempt = time.time() + timeout
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
@@ -253,4 +288,6 @@ class HistoryUploader:
             "uploaded": self.uploaded,
             "last_error": self.last_error,
             "last_upload": self.last_upload,
+            "next_attempt": self.next_attempt,
+            "capture_paused": self.spool.append_error,
         }

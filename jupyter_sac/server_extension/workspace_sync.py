@@ -85,6 +85,7 @@ class WorkspaceSync:
         self.uploaded = 0
         self.downloaded = 0
         self._lock = asyncio.Lock()
+        self._retry = False  # an upload met a 5xx: the next poll scans again
         self._tasks: list[asyncio.Task[None]] = []
         self._stop_thread = threading.Event()
 
@@ -395,6 +396,15 @@ class WorkspaceSync:
                 current["url"] = None
                 await self._download(current)
             return True
+        if resp.status_code >= 500:
+            # The service (or its database) is away for now: not a refusal. The
+            # file stays unrecorded, so the next scan (the next poll, the flush at
+            # stop, the next start) sends it again.
+            message = _message(resp)
+            self.errors[wpath] = message
+            self._retry = True
+            log.warning("workspace: %s not stored yet (will retry): %s", wpath, message)
+            return False
         if resp.status_code >= 400:
             message = _message(resp)
             self.errors[wpath] = message
@@ -479,6 +489,9 @@ class WorkspaceSync:
             await asyncio.sleep(poll_interval)
             try:
                 await self.pull()
+                if self._retry:
+                    self._retry = False
+                    await self.scan()
                 self.last_error = None
             except (httpx.HTTPError, OSError) as e:
                 self.last_error = f"{type(e).__name__}: {e}"

@@ -8,9 +8,10 @@ from typing import Any
 
 from jupyterhub.services.auth import HubOAuthenticated
 from tornado import web
+from tornado.log import app_log
 
 from ..errors import ApiError, error_body
-from ..store import AgentRecord
+from ..store import AgentRecord, database_unavailable
 from .operations import access
 from .operations.context import Actor, ServiceContext, audit
 from .principals import AGENT_TOKEN_PREFIX, Denial, Identity
@@ -28,6 +29,9 @@ DRAIN_FACTOR = 2
 # and the connection closed). Uploads stream their bodies (StreamedBody) and raise
 # their own connection's limit once they know who is sending.
 SERVER_BODY_BYTES = DRAIN_FACTOR * MAX_JSON_BYTES
+DATABASE_UNAVAILABLE = (
+    "the SAC database (PostgreSQL) is unavailable at the moment; try again shortly"
+)
 
 
 class StreamedBody:
@@ -292,6 +296,23 @@ class BaseHandler(StreamedBody, HubOAuthenticated, web.RequestHandler):
     def write_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
         self.finish(json.dumps(data, default=str))
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        exc_info = kwargs.get("exc_info", (None, None, None))
+        if database_unavailable(exc_info[1]):
+            # PostgreSQL is away (stopped, restarting): the pool reconnects by
+            # itself, so this is a 503 to retry, not an internal error.
+            unavailable = ApiError(503, "database_unavailable", DATABASE_UNAVAILABLE)
+            kwargs["exc_info"] = (ApiError, unavailable, exc_info[2])
+            status_code = 503
+        super().send_error(status_code, **kwargs)
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if database_unavailable(value):
+            app_log.warning("%s %s: the database is unavailable: %s",
+                            self.request.method, self.request.uri, value)  # fmt: skip
+            return
+        super().log_exception(typ, value, tb)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]

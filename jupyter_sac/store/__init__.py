@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, OperationalError
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -35,9 +35,30 @@ __all__ = [
     "AgentRecord",
     "SandboxUsage",
     "Store",
+    "database_unavailable",
     "list_migrations",
     "migrate",
 ]
+
+
+# Seconds a caller waits for a connection (psycopg_pool's default is 30): while
+# PostgreSQL is away the pool has none to give, and a request should learn so
+# (a 503 to retry) in seconds, not hang half a minute.
+WAIT_FOR_CONNECTION = 10.0
+# Seconds the pool keeps retrying one lost connection, its delay doubling each
+# time (psycopg_pool's default is 300: after a two-minute outage the next try
+# could be a minute after PostgreSQL is back, and the service answered 503 all
+# that while). When it gives up, the next request that needs a connection starts
+# a new attempt at once, so the pool is back within seconds of the database.
+RECONNECT_FOR = 10.0
+
+
+def database_unavailable(exc: BaseException | None) -> bool:
+    """``exc`` says PostgreSQL cannot be reached (stopped, restarting, the network
+    gone) rather than that a query was wrong: a connection lost mid-query or
+    refused, or the pool waiting in vain for one (psycopg_pool's PoolTimeout is an
+    OperationalError too). Callers answer 503, as for any dependency that is away."""
+    return isinstance(exc, OperationalError)
 
 
 class Store:
@@ -64,7 +85,13 @@ class Store:
 
     @classmethod
     async def open(
-        cls, database_url: str, *, min_size: int = 1, max_size: int = 8, run_migrations: bool = True
+        cls,
+        database_url: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 8,
+        run_migrations: bool = True,
+        wait_timeout: float = WAIT_FOR_CONNECTION,
     ) -> Store:
         if run_migrations:
             await migrate(database_url)
@@ -75,6 +102,8 @@ class Store:
             max_size=max_size,
             kwargs={"row_factory": dict_row, "autocommit": True},
             open=False,
+            timeout=wait_timeout,
+            reconnect_timeout=RECONNECT_FOR,
             name="sac",
         )
         await pool.open(wait=True, timeout=30)

@@ -1,0 +1,524 @@
+"""Faults on the real stack (issue 18): parts killed or taken away at the worst
+moment, and afterwards every history event and workspace file is stored exactly
+once. These tests kill parts of their stack, so they run on a stack of their own
+(``faults_stack``), never the session's (docs/reliability.md lists what each proves).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from conftest import ADMIN_PASSWORD
+from helpers import (
+    HubApi,
+    agent_home,
+    allow_all,
+    model_agent,
+    run_in_terminal,
+    running_agent,
+    script_model,
+    tar_gz,
+)
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
+
+from jupyter_sac.stack import free_port
+from sac_testing.stack import embedded_stack, find_descendant, poll_until
+
+pytestmark = pytest.mark.stack
+
+# Every transcript line claude wrote in the sandbox (one JSON object per line).
+TRANSCRIPTS = "cat $CLAUDE_CONFIG_DIR/projects/*/*.jsonl 2>/dev/null"
+
+
+@pytest.fixture(scope="module")
+def faults_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A stack of this module's own, with the service on a port the tests know (to
+    see requests waiting at it while it is stopped)."""
+    workdir = tmp_path_factory.mktemp("sac-faults")
+    service_port = free_port()
+    env = {"SAC_SERVICE_PORT": str(service_port)}
+    with embedded_stack(workdir, ADMIN_PASSWORD, env=env) as running:
+        yield {"url": running.url, "pid": running.proc.pid, "data_dir": running.data_dir,
+               "admin": HubApi(running.url, running.admin_token, running.harness_token),
+               "service_port": service_port, "log": running.log_path}  # fmt: skip
+    # A PostgreSQL a test started again is this process's, not `sac up`'s child:
+    # stop it too, if `sac up` could not.
+    if (running.data_dir / "postgres" / "postmaster.pid").exists():
+        with contextlib.suppress(Exception):
+            pg_ctl({"data_dir": running.data_dir}, "-w", "-m", "fast", "stop")
+
+
+def service_pid(stack: dict[str, Any]) -> int:
+    return find_descendant(stack["pid"], b"jupyter_sac.service")
+
+
+@contextmanager
+def service_paused(stack: dict[str, Any]) -> Iterator[int]:
+    """The `sac` service stopped (SIGSTOP) for the block: the kernel still accepts
+    connections and takes requests' bytes, but nothing answers them."""
+    pid = service_pid(stack)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pid
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def largest_request_waiting(port: int) -> int:
+    """The most bytes waiting unread on one connection to ``port`` on this machine:
+    what a stopped service has been sent but has not read (/proc/net/tcp's rx_queue
+    of its established sockets)."""
+    largest = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state, queues = fields[1], fields[3], fields[4]
+            if int(local.rsplit(":", 1)[1], 16) == port and state == "01":
+                largest = max(largest, int(queues.split(":")[1], 16))
+    return largest
+
+
+async def kill_server(base: str, token: str) -> None:
+    """kill -9 the agent's single-user server, from a terminal it runs (the shell's
+    parent): no stop hook, no flush, as a crash or the OOM killer would."""
+    headers = {"Authorization": f"token {token}"}
+    name = f"killer{uuid.uuid4().hex[:6]}"
+    resp = httpx.post(base + "api/terminals", json={"name": name}, headers=headers)
+    assert resp.status_code == 200, resp.text
+    ws = base.replace("http", "ws", 1) + f"terminals/websocket/{name}"
+    conn = await websocket_connect(HTTPRequest(ws, headers=headers))
+    conn.write_message(json.dumps(["stdin", "kill -9 $PPID\r"]))
+    while await conn.read_message() is not None:
+        pass
+
+
+def stored_history(client: HubApi, user: str, slug: str) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params = {"limit": 1000, "order": "asc", **({"cursor": cursor} if cursor else {})}
+        resp = client.sac("GET", f"users/{user}/agents/{slug}/history/events", params=params)
+        assert resp.status_code == 200, resp.text
+        page = resp.json()
+        events += page["events"]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            return events
+
+
+def spool_status(client: HubApi, user: str, slug: str) -> dict[str, Any]:
+    resp = client.agent(user, slug, "GET", "sac/api/history/status")
+    assert resp.status_code == 200, resp.text
+    status: dict[str, Any] = resp.json()
+    return status
+
+
+async def assert_history_exactly_once(
+    stack: dict[str, Any], client: HubApi, user: str, slug: str
+) -> list[dict[str, Any]]:
+    """Once the spool has drained, the service holds one row per transcript line
+    claude wrote: nothing lost, nothing stored twice."""
+    poll_until(
+        lambda: (s := spool_status(client, user, slug))["backlog"] == 0 and s["last_error"] is None,
+        120,
+        "the history spool to drain",
+    )
+    text = await run_in_terminal(stack["url"], client.token, user, slug, TRANSCRIPTS)
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    assert lines, "claude wrote transcript entries"
+    events = stored_history(client, user, slug)
+    stored = [(e["session_id"], e["uuid"]) for e in events if e["uuid"]]
+    assert len(stored) == len(set(stored)), "an event was stored twice"
+    assert len(events) == len(lines), (len(events), len(lines))
+    expected = {(e.get("sessionId"), e["uuid"]) for e in lines if e.get("uuid")}
+    assert expected <= set(stored), "an event was lost"
+    return events
+
+
+def claude_direct(prompt: str, model_url: str) -> str:
+    """A headless claude turn that reaches the fake model directly (through the
+    sandbox's egress proxy, not the service's credential proxy), so it runs while
+    the service is away."""
+    return (
+        f"cd /workspace && ANTHROPIC_BASE_URL={model_url} NO_PROXY= no_proxy="
+        f" claude -p {json.dumps(prompt)} --output-format text"
+    )
+
+
+def agent_reaching_model(stack: dict[str, Any], fake: str) -> str:
+    """A new user whose sandboxes may reach the fake model's address."""
+    admin: HubApi = stack["admin"]
+    user = f"f{uuid.uuid4().hex[:8]}"
+    admin.create_user(user)
+    resp = admin.sac(
+        "PUT", f"users/{user}/settings", json={"egress_allow": [urlsplit(fake).hostname]}
+    )
+    assert resp.status_code == 200, resp.text
+    return user
+
+
+# ---- the agent's single-user server killed mid-upload ---------------------------------
+
+
+@pytest.mark.asyncio
+async def test_server_killed_during_history_upload(faults_stack: dict[str, Any], fake: str) -> None:
+    """The server dies after its upload reached the service but before the answer
+    came back: the service stored the batch, the sandbox never moved its cursor, so
+    after the next start it sends the same events again; each is stored once."""
+    stack = faults_stack
+    user, slug = agent_reaching_model(stack, fake), "rec"
+    with running_agent(stack["admin"], user, slug, **model_agent(fake)) as client:
+        allow_all(client, user, slug)
+        script_model(fake, "answered while the service was stopped", "and again")
+        base = client.server_url(user, slug)
+        with service_paused(stack):
+            await run_in_terminal(
+                stack["url"], client.token, user, slug,
+                claude_direct("first", fake) + "; " + claude_direct("second", fake),
+                timeout=180,
+            )  # fmt: skip
+            assert spool_status(client, user, slug)["backlog"] > 0
+            # An ingest batch (transcript entries: kilobytes, unlike the polls'
+            # bare GETs) has reached the stopped service, unanswered.
+            poll_until(lambda: largest_request_waiting(stack["service_port"]) > 2000, 60,
+                       "an upload waiting at the stopped service")  # fmt: skip
+            await kill_server(base, client.token)
+        # The service, running again, stores the batch it was sent: the server that
+        # sent it is gone and will never hear so.
+        poll_until(lambda: stored_history(client, user, slug), 60, "the orphaned batch stored")
+        client.stop(user, slug)
+        client.start(user, slug)
+        await assert_history_exactly_once(stack, client, user, slug)
+
+
+def write_in_lab(client: HubApi, user: str, slug: str, path: str, text: str) -> None:
+    """Write a file as JupyterLab's editor does: the sandbox's contents API, which
+    needs no `sac` service."""
+    resp = client.agent(user, slug, "PUT", f"api/contents/{path}",
+                        json={"type": "file", "format": "text", "content": text})  # fmt: skip
+    assert resp.status_code in (200, 201), resp.text
+
+
+def stored_files(client: HubApi, user: str, slug: str) -> dict[str, dict[str, Any]]:
+    resp = client.sac("GET", f"users/{user}/agents/{slug}/workspace")
+    assert resp.status_code == 200, resp.text
+    return {f["path"]: f for f in resp.json()["files"]}
+
+
+def files_in_sandbox(client: HubApi, user: str, slug: str, folder: str) -> set[str]:
+    resp = client.agent(user, slug, "GET", f"api/contents/{folder}")
+    assert resp.status_code == 200, resp.text
+    return {item["path"] for item in resp.json()["content"] if item["type"] == "file"}
+
+
+@pytest.mark.asyncio
+async def test_server_killed_during_workspace_upload(faults_stack: dict[str, Any]) -> None:
+    """The server dies while an upload is at the service: that file is stored but
+    never recorded in the sandbox, the others never left it. After the next start
+    each file is stored once, as version 1, with no conflict copy anywhere."""
+    stack = faults_stack
+    user, slug = f"w{uuid.uuid4().hex[:8]}", "files"
+    # Each file bigger than any poll's request, so an upload waiting is unmistakable.
+    files = {f"private/part{i}.txt": f"{i}" * 40_000 for i in range(3)}
+    with running_agent(stack["admin"], user, slug, api_key="sk-unused-key") as client:
+        with service_paused(stack):
+            for path, text in files.items():
+                write_in_lab(client, user, slug, path, text)
+            poll_until(lambda: largest_request_waiting(stack["service_port"]) > 30_000, 60,
+                       "an upload waiting at the stopped service")  # fmt: skip
+            await kill_server(client.server_url(user, slug), client.token)
+        poll_until(lambda: stored_files(client, user, slug), 60, "the orphaned upload stored")
+        client.stop(user, slug)
+        client.start(user, slug)
+
+        poll_until(lambda: set(stored_files(client, user, slug)) == set(files), 60,
+                   "every file stored")  # fmt: skip
+        stored = stored_files(client, user, slug)
+        for path, text in files.items():
+            assert stored[path]["sha256"] == hashlib.sha256(text.encode()).hexdigest()
+            assert stored[path]["version"] == 1, stored[path]  # sent once, or taken as such
+        assert files_in_sandbox(client, user, slug, "private") == set(files)
+
+
+# ---- the `sac` service killed -----------------------------------------------------
+
+
+def kill_service_and_wait_for_restart(stack: dict[str, Any], pid: int) -> int:
+    """kill -9 the service; JupyterHub notices at its next poll of the process
+    (every 30 s for a managed service) and starts it again. The new one's pid."""
+    os.kill(pid, signal.SIGKILL)
+    admin: HubApi = stack["admin"]
+
+    def restarted() -> int | None:
+        try:
+            new = service_pid(stack)
+        except LookupError:
+            return None
+        return new if new != pid and admin.sac("GET", "agents").status_code == 200 else None
+
+    return poll_until(restarted, 120, "JupyterHub restarting the sac service", interval=0.5)
+
+
+@pytest.mark.asyncio
+async def test_service_killed_during_ingest_batch(faults_stack: dict[str, Any], fake: str) -> None:
+    """An ingest batch is at the service when it is killed: nothing of it was
+    committed, the sandbox's upload fails and is retried against the restarted
+    service, and every event is stored once."""
+    stack = faults_stack
+    user, slug = agent_reaching_model(stack, fake), "ingest"
+    with running_agent(stack["admin"], user, slug, **model_agent(fake)) as client:
+        allow_all(client, user, slug)
+        script_model(fake, "answered while the service was stopped", "and again")
+        pid = service_pid(stack)
+        os.kill(pid, signal.SIGSTOP)
+        await run_in_terminal(
+            stack["url"], client.token, user, slug,
+            claude_direct("first", fake) + "; " + claude_direct("second", fake), timeout=180,
+        )  # fmt: skip
+        poll_until(lambda: largest_request_waiting(stack["service_port"]) > 2000, 60,
+                   "an upload waiting at the stopped service")  # fmt: skip
+        kill_service_and_wait_for_restart(stack, pid)
+        await assert_history_exactly_once(stack, client, user, slug)
+
+
+class TerminalCommand:
+    """A shell command running in the agent's terminal while the test does other things."""
+
+    def __init__(self, conn: Any):
+        self.conn = conn
+        self.output = ""
+
+    @classmethod
+    async def start(cls, base: str, token: str, command: str) -> TerminalCommand:
+        headers = {"Authorization": f"token {token}"}
+        name = httpx.post(base + "api/terminals", headers=headers).json()["name"]
+        ws = base.replace("http", "ws", 1) + f"terminals/websocket/{name}"
+        conn = await websocket_connect(HTTPRequest(ws, headers=headers))
+        script = base64.b64encode(command.encode()).decode()
+        conn.write_message(
+            json.dumps(["stdin", f"echo {script} | base64 -d | bash; echo SAC''END\r"])
+        )
+        return cls(conn)
+
+    async def finish(self, timeout: float = 180) -> str:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while "SACEND" not in self.output:
+            remaining = deadline - loop.time()
+            assert remaining > 0, f"command did not finish: {self.output!r}"
+            msg = await asyncio.wait_for(self.conn.read_message(), remaining)
+            assert msg is not None, self.output
+            kind, *rest = json.loads(msg)
+            if kind == "stdout":
+                self.output += rest[0]
+        self.conn.close()
+        return self.output
+
+
+def pending_requests(client: HubApi, user: str) -> list[dict[str, Any]]:
+    resp = client.sac("GET", "hitl/requests", params={"status": "pending"})
+    assert resp.status_code == 200, resp.text
+    return [r for r in resp.json()["requests"] if r["user"] == user]
+
+
+@pytest.mark.asyncio
+async def test_service_killed_during_hitl_wait(faults_stack: dict[str, Any], fake: str) -> None:
+    """A chat turn's tool call waits for a person when the service is killed: the
+    request is still there and decidable after the restart, the sandbox's wait
+    picks the decision up, the turn's next model call (through the service's
+    credential proxy) succeeds, and the turn's history is complete, once."""
+    stack = faults_stack
+    user, slug = f"h{uuid.uuid4().hex[:8]}", "ask"
+    with running_agent(stack["admin"], user, slug, **model_agent(fake)) as client:
+        base = client.server_url(user, slug)
+        tool = {"name": "Bash", "input": {"command": "echo yes > /workspace/approved.txt"}}
+        script_model(fake, {"tool_use": tool}, "tool finished")
+        turn = await TerminalCommand.start(
+            base, client.token,
+            "cd /workspace && SAC_CLAUDE_MODE=chat claude -p 'write it'"
+            " --permission-mode bypassPermissions --output-format text",
+        )  # fmt: skip
+        (request,) = poll_until(lambda: pending_requests(client, user), 60, "a pending request")
+
+        kill_service_and_wait_for_restart(stack, service_pid(stack))
+        assert [r["id"] for r in pending_requests(client, user)] == [request["id"]]
+        resp = client.sac(
+            "POST", f"hitl/requests/{request['id']}/decision", json={"decision": "allow"}
+        )
+        assert resp.status_code == 200, resp.text
+        assert "tool finished" in await turn.finish()
+        approved = client.agent(user, slug, "GET", "api/contents/approved.txt")
+        assert approved.status_code == 200, approved.text
+        await assert_history_exactly_once(stack, client, user, slug)
+
+
+# ---- PostgreSQL away ------------------------------------------------------------------
+
+
+def pg_ctl(stack: dict[str, Any], *args: str) -> None:
+    """pg_ctl on the stack's PostgreSQL, as the user pgserver runs it as."""
+    import pgserver
+    from pgserver._commands import pg_ctl as run_pg_ctl
+
+    server = pgserver.get_server(stack["data_dir"] / "postgres", cleanup_mode=None)
+    run_pg_ctl(list(args), pgdata=server.pgdata, user=server.system_user)
+
+
+@contextmanager
+def postgres_stopped(stack: dict[str, Any]) -> Iterator[None]:
+    """The stack's PostgreSQL stopped (fast: clients cut off) for the block, then
+    started again on the same data and socket, as an operator's restart would."""
+    import pgserver
+
+    server = pgserver.get_server(stack["data_dir"] / "postgres", cleanup_mode=None)
+    pg_ctl(stack, "-w", "-m", "fast", "stop")
+    try:
+        yield
+    finally:
+        with server._lock:
+            server.ensure_postgres_running()  # started again: same data, same socket
+
+
+def test_postgres_outage_answers_503_and_recovers_without_restart(
+    faults_stack: dict[str, Any],
+) -> None:
+    stack = faults_stack
+    admin: HubApi = stack["admin"]
+    user = f"pg{uuid.uuid4().hex[:8]}"
+    client = admin.create_user(user)
+    created = client.sac("POST", "agents", json={"slug": "later", "api_key": "sk-unused-key"})
+    assert created.status_code == 201, created.text
+    pid = service_pid(stack)
+
+    with postgres_stopped(stack):
+        answer = poll_until(
+            lambda: (r := client.sac("GET", "agents")).status_code != 200 and r, 60,
+            "the service noticing the database is gone",
+        )  # fmt: skip
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"] == "database_unavailable"
+        assert "database" in answer.json()["message"]
+        # The hub's spawner cannot read the agent either: the start fails, it
+        # does not hang.
+        resp = client.hub("POST", f"users/{user}/servers/later")
+        assert resp.status_code in (201, 202, 500, 503), resp.text
+        poll_until(lambda: not (client.server(user, "later") or {}).get("pending"), 120,
+                   "the start given up")  # fmt: skip
+        assert not (client.server(user, "later") or {}).get("ready")
+
+    # Back without restarting anything: the same service process, the same hub.
+    poll_until(lambda: client.sac("GET", "agents").status_code == 200, 60, "the service back")
+    assert service_pid(stack) == pid
+    client.start(user, "later")
+    resp = client.agent(user, "later", "GET", "sac/api/status")
+    assert resp.status_code == 200, resp.text
+    client.stop(user, "later")
+
+
+# ---- a graceful stop --------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_graceful_stop_flushes_spool_and_workspace(
+    faults_stack: dict[str, Any], fake: str
+) -> None:
+    """History and a file made while the database was away wait in the sandbox
+    (the uploader backing off, the file not refused but kept to retry); the agent
+    is stopped well before the uploader's next attempt, and both are stored by the
+    time the stop returns."""
+    stack = faults_stack
+    user, slug = agent_reaching_model(stack, fake), "stop"
+    with running_agent(stack["admin"], user, slug, **model_agent(fake)) as client:
+        allow_all(client, user, slug)
+        script_model(fake, "answered while the database was away")
+        with postgres_stopped(stack):
+            await run_in_terminal(stack["url"], client.token, user, slug,
+                                  claude_direct("during the outage", fake), timeout=180)  # fmt: skip
+            write_in_lab(client, user, slug, "output/made-during-outage.txt", "kept\n")
+            # The uploader met 503s and now waits long before its next attempt.
+            # (A condition, not a wait: the stop below must end before that attempt
+            # for what is stored to be the flush's doing; checked after it.)
+            status = poll_until(
+                lambda: (s := spool_status(client, user, slug))["backlog"] > 0
+                and (s["next_attempt"] or 0) > time.time() + 12 and s,
+                180, "the history uploader backing off",
+            )  # fmt: skip
+            assert "503" in status["last_error"], status
+        poll_until(lambda: client.sac("GET", "agents").status_code == 200, 60, "the service back")
+        stored_before = len(stored_history(client, user, slug))
+        backlog = spool_status(client, user, slug)["backlog"]
+        assert backlog > 0
+
+        client.stop(user, slug)
+        assert time.time() < status["next_attempt"], "the stop ended after the next attempt"
+        assert len(stored_history(client, user, slug)) == stored_before + backlog
+        assert "output/made-during-outage.txt" in stored_files(client, user, slug)
+
+        # And nothing is sent twice at the next start.
+        client.start(user, slug)
+        await assert_history_exactly_once(stack, client, user, slug)
+
+
+def test_service_killed_during_skill_sync(faults_stack: dict[str, Any]) -> None:
+    """A skill sync is at the service when it is killed: the sandbox's own poll
+    (15 s) syncs the install once the service is back, without anyone asking
+    again, and the skill arrives whole (its SKILL.md and bundle file, nothing else)."""
+    stack = faults_stack
+    user, slug = f"s{uuid.uuid4().hex[:8]}", "skills"
+    command = f"greet-{uuid.uuid4().hex[:4]}"
+    with running_agent(stack["admin"], user, slug, api_key="sk-unused-key") as client:
+        body = {"command": command, "title": "Greet", "description": "Greets someone.",
+                "body": "---\nname: x\ndescription: x\n---\n\nSay hello.\n"}  # fmt: skip
+        created = client.sac("POST", "skills", json=body)
+        assert created.status_code == 201, created.text
+        skill_id = created.json()["id"]
+        bundle = tar_gz({"hello.txt": b"hi\n"})
+        assert client.sac("PUT", f"skills/{skill_id}/bundle", content=bundle).status_code == 200
+        folder = agent_home(stack["data_dir"], slug) / "home" / ".claude" / "skills" / command
+        install = client.sac(
+            "POST", f"users/{user}/agents/{slug}/skills", json={"skill_id": skill_id}
+        )
+        assert install.status_code == 201, install.text
+
+        pid = service_pid(stack)
+        os.kill(pid, signal.SIGSTOP)
+        assert not folder.exists(), "synced before the fault: nothing would be tested"
+        # The sync the sidebar asks for waits at the stopped service.
+        asked = threading.Thread(
+            target=lambda: client.agent(user, slug, "POST", "sac/api/skills/sync"), daemon=True
+        )
+        asked.start()
+        poll_until(lambda: largest_request_waiting(stack["service_port"]) > 0, 60,
+                   "the sync waiting at the stopped service")  # fmt: skip
+        kill_service_and_wait_for_restart(stack, pid)
+        asked.join(60)
+
+        def synced() -> set[str]:
+            return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+        poll_until(lambda: folder.exists() and "hello.txt" in synced(), 60,
+                   "the sandbox's own poll syncing the skill")  # fmt: skip
+        assert synced() == {"SKILL.md", "hello.txt"}
+        status = client.agent(user, slug, "GET", "sac/api/skills").json()["sync"]
+        assert status["last_error"] is None, status
