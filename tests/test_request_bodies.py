@@ -95,6 +95,54 @@ def test_a_big_body_is_answered_without_being_read(stack: dict, new_user) -> Non
     assert user.sac("GET", f"skills/{mine.json()['id']}").json()["bundle"] is None
 
 
+def test_an_answer_before_the_body_reaches_the_client_through_the_proxy(
+    stack: dict, new_user
+) -> None:
+    """A refusal given before the body is read (no token, another's agent, a method
+    nobody serves) waits for a body of up to 1 MiB and keeps the connection: closing
+    it with the body unread made the kernel reset it, and the hub's proxy, still
+    writing the body, told the client 503 instead (about one request in two with
+    100 KiB bodies; with small ones on a busy machine)."""
+    name, user = new_user("early")
+    slug = f"a{uuid.uuid4().hex[:6]}"
+    assert user.sac("POST", "agents", json={"slug": slug}).status_code == 201
+    token = {"Authorization": f"token {user.token}"}
+    body = bytes(512 * 1024)
+    # (what, method, path under /services/sac/, headers, status, error code)
+    cases = [
+        ("anonymous, a sandbox's upload", "PUT", "api/agent/workspace/files/a.bin", {}, 401,
+         "unauthorized"),
+        ("a user's token, another's workspace", "PUT",
+         "api/users/admin/agents/nope/workspace/files/a.bin", token, 404, "not_found"),
+        ("a method nobody serves", "TRACE",
+         f"api/users/{name}/agents/{slug}/workspace/files/0", token, 405,
+         "method_not_allowed"),
+        ("anonymous, the credential proxy", "POST", "llm/v1/messages", {}, 401,
+         "authentication_error"),
+    ]  # fmt: skip
+    direct = stack["admin"].hub("GET", "services/sac").json()["url"].rstrip("/")
+    failures = []
+    for what, method, path, headers, status, code in cases:
+        for chunked in (False, True):
+            content = iter([body]) if chunked else body
+            # At the service's own address: answered, and the connection kept.
+            resp = httpx.request(method, f"{direct}/services/sac/{path}", content=content,
+                                 headers=headers, timeout=60)  # fmt: skip
+            if (resp.status_code, _code(resp)) != (status, code):
+                failures.append(f"{what}, direct: {resp.status_code} {resp.text[:200]!r}")
+            if resp.headers.get("connection", "").lower() == "close":
+                failures.append(f"{what}, direct: the service closed the connection")
+            # Through the proxy, again and again on one connection: always the answer.
+            with httpx.Client(timeout=60, headers=headers) as client:
+                for _ in range(8):
+                    content = iter([body]) if chunked else body
+                    resp = client.request(method, stack["service_url"] + path, content=content)
+                    if (resp.status_code, _code(resp)) != (status, code):
+                        failures.append(f"{what}, {'chunked' if chunked else 'declared'},"
+                                        f" proxied: {resp.status_code} {resp.text[:120]!r}")  # fmt: skip
+    assert not failures, "\n".join(failures)
+
+
 def _code(resp: httpx.Response) -> str | None:
     """The error code of a JSON answer (the service's, or the Anthropic format's)."""
     try:

@@ -151,14 +151,19 @@ class WorkspaceSync:
     def local_files(self) -> dict[str, Path]:
         out: dict[str, Path] = {}
         for area in ("private", "output", "public", "group"):
-            top = self.root / area
-            for folder, dirs, files in os.walk(top):
-                dirs[:] = [d for d in dirs if not ignored(d)]
-                for name in files:
-                    path = Path(folder) / name
-                    wpath = self.wpath_of(path)
-                    if wpath is not None and path.is_file() and not path.is_symlink():
-                        out[wpath] = path
+            out.update(self.files_under(self.root / area))
+        return out
+
+    def files_under(self, top: Path) -> dict[str, Path]:
+        """The files the sync handles under the folder ``top``, by workspace path."""
+        out: dict[str, Path] = {}
+        for folder, dirs, files in os.walk(top):
+            dirs[:] = [d for d in dirs if not ignored(d)]
+            for name in files:
+                path = Path(folder) / name
+                wpath = self.wpath_of(path)
+                if wpath is not None and path.is_file() and not path.is_symlink():
+                    out[wpath] = path
         return out
 
     # ---- pulling ----------------------------------------------------------------------
@@ -352,6 +357,16 @@ class WorkspaceSync:
                 if path.is_file() and not path.is_symlink():
                     if not self._unchanged(wpath, path):
                         await self._push(wpath, path)
+                elif path.is_dir() and not path.is_symlink():
+                    # A new folder. The watcher watches it only once it has seen it
+                    # made, so a file written into it at once (mkdir -p && write,
+                    # unzip) has no event of its own: look for such files here.
+                    found = await asyncio.to_thread(self.files_under, path)
+                    for inner, local in sorted(found.items()):
+                        if not inner.startswith(READ_ONLY_AREA) and not self._unchanged(
+                            inner, local
+                        ):
+                            await self._push(inner, local)
                 elif not path.exists():
                     await self._remove_under(wpath)
             self._save()

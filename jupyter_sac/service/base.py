@@ -8,6 +8,7 @@ from typing import Any
 
 from jupyterhub.services.auth import HubOAuthenticated
 from tornado import web
+from tornado.concurrent import Future, chain_future, future_set_result_unless_cancelled
 from tornado.log import app_log
 
 from ..errors import ApiError, error_body
@@ -37,17 +38,22 @@ DATABASE_UNAVAILABLE = (
 class StreamedBody:
     """The body of a ``@web.stream_request_body`` handler, taken as it arrives.
 
-    Such a handler settles who may send the body in ``prepare()`` (answering anyone
-    else at once, before the body is read) and only then calls ``accept_body``,
-    which raises this connection's limit from SERVER_BODY_BYTES to the handler's own
-    and hands each chunk to a sink (a list, a spooled file, a parser). A body that
-    is not accepted is dropped as it arrives; tornado closes the connection once
-    more than SERVER_BODY_BYTES of it have come."""
+    Such a handler settles who may send the body in ``prepare()`` (refusing anyone
+    else before the body is kept) and only then calls ``accept_body``, which raises
+    this connection's limit from SERVER_BODY_BYTES to the handler's own and hands
+    each chunk to a sink (a list, a spooled file, a parser). A body that is not
+    accepted is dropped as it arrives.
+
+    An answer given before the body is in (a refusal in ``prepare()``, tornado's
+    405 for a method no handler has) waits for a body of up to MAX_JSON_BYTES to
+    arrive and be dropped (``finish``); a larger one is answered at once, and the
+    connection closed."""
 
     request: Any  # the handler's request (tornado.web.RequestHandler)
     body_size = 0
     _body_limit = MAX_JSON_BYTES
     _body_sink: Callable[[bytes], None] | None = None
+    _deferred_answer: Callable[[], None] | None = None
 
     def accept_body(self, limit: int, sink: Callable[[bytes], None]) -> bool:
         """Take a body of up to ``limit`` bytes into ``sink``; False when its
@@ -63,7 +69,12 @@ class StreamedBody:
 
     def data_received(self, chunk: bytes) -> None:
         self.body_size += len(chunk)
-        if self.body_size > self._body_limit:
+        if self._deferred_answer is not None:
+            # Answered already; a body that grows past the drain limit (chunked)
+            # gets the answer now, before tornado's own limit cuts it off with a bare 400.
+            if self.body_size > MAX_JSON_BYTES:
+                self._deferred_answer()
+        elif self.body_size > self._body_limit:
             self._body_sink = None  # too large: the rest is dropped, the answer is 413
         elif self._body_sink is not None:
             self._body_sink(chunk)
@@ -73,14 +84,55 @@ class StreamedBody:
         return self.body_size > self._body_limit
 
     def finish(self, chunk: Any = None) -> Any:
-        # Answered before the body was read (in prepare()): tornado then closes the
-        # connection once it has read what the limit allows, without saying so. Say
-        # it, or the hub's proxy sends its next request on that connection and
-        # answers 503 when it is gone. (tornado sets _body_future on the requests of
-        # streaming handlers and resolves it once the body is in.)
         body = getattr(self.request, "_body_future", None)
-        if body is not None and not body.done():
-            self.set_header("Connection", "close")  # type: ignore[attr-defined]
+        # (tornado sets _body_future on the requests of streaming handlers and
+        # resolves it once the body is in.)
+        if body is None or body.done():
+            return super().finish(chunk)  # type: ignore[misc]
+        declared = self.request.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > MAX_JSON_BYTES:
+            return self._finish_and_close(chunk)
+        # Answered before the body is in. Tornado would send the answer and close
+        # the connection with the body's bytes unread, or still on their way; the
+        # kernel then resets the connection, and the hub's proxy, often still
+        # writing the body or not yet done reading the answer, tells the client
+        # 503 instead of this answer (busier machines, more often). So the answer
+        # waits for the body, dropped as it comes, and the connection stays usable.
+        # The handler is finished meanwhile: tornado runs no method, and a write
+        # raises as after any finish.
+        self._body_sink = None
+        self._finished = True
+        done: Future[None] = Future()
+
+        def answer() -> None:
+            if self._deferred_answer is None:
+                return
+            self._deferred_answer = None
+            self._finished = False
+            if body.done():
+                result = super(StreamedBody, self).finish(chunk)  # type: ignore[misc]
+            else:  # the body grew past the drain limit: answer now, and close
+                result = self._finish_and_close(chunk)
+            chain_future(result, done)
+
+        def body_in(future: Future[None]) -> None:
+            if future.cancelled() or future.exception() is not None:
+                # The client went away before sending it all: nobody to answer.
+                self._deferred_answer = None
+                if not done.done():
+                    future_set_result_unless_cancelled(done, None)
+            else:
+                answer()
+
+        self._deferred_answer = answer
+        body.add_done_callback(body_in)
+        return done
+
+    def _finish_and_close(self, chunk: Any) -> Any:
+        # Tornado closes the connection once this answer is out without saying so:
+        # say it, or the hub's proxy sends its next request on that connection and
+        # answers 503 when it is gone.
+        self.set_header("Connection", "close")  # type: ignore[attr-defined]
         return super().finish(chunk)  # type: ignore[misc]
 
 
