@@ -9,8 +9,10 @@ from typing import Any
 from jupyterhub.services.auth import HubOAuthenticated
 from tornado import web
 
+from ..contract import Operation
 from ..errors import ApiError, error_body
 from ..store import AgentRecord
+from .openapi import CONTRACT
 from .operations import access
 from .operations.context import Actor, ServiceContext, audit
 from .principals import AGENT_TOKEN_PREFIX, Denial, Identity
@@ -111,6 +113,17 @@ class BaseHandler(StreamedBody, HubOAuthenticated, web.RequestHandler):
     async def prepare(self) -> None:
         self.check_json_length()
         await self.authenticate()
+        operation = self.api_operation
+        if operation is not None:
+            operation.check_query(self.request.query_arguments)
+
+    @property
+    def api_operation(self) -> Operation | None:
+        """The OpenAPI operation (openapi.yaml) this request calls, if it is one."""
+        prefix = self.ctx.prefix
+        if not self.request.path.startswith(prefix):
+            return None
+        return CONTRACT.operation(self.request.method or "", "/" + self.request.path[len(prefix) :])
 
     def check_json_length(self) -> None:
         # JSON bodies (the server reads up to SERVER_BODY_BYTES, so that a body a
@@ -287,6 +300,11 @@ class BaseHandler(StreamedBody, HubOAuthenticated, web.RequestHandler):
             raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
         if not isinstance(body, dict):
             raise ApiError(400, "invalid_json", "the body must be a JSON object")
+        operation = self.api_operation
+        if operation is not None:
+            # What the document says the body may hold (openapi.yaml); the operations
+            # then check what a schema cannot say (who may, what exists, the rules).
+            operation.check_body(body)
         return body
 
     def write_json(self, data: Any, status: int = 200) -> None:
