@@ -22,7 +22,7 @@ from typing import Any
 
 from jupyter_server.base.handlers import APIHandler
 
-from ..errors import ApiError, error_body
+from ..errors import ApiError, allowed_methods, error_body
 from .openapi import CONTRACT
 
 # JSON bodies of the extension's own routes (not the relay's, which has its own).
@@ -40,6 +40,8 @@ class JsonErrors:
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         self.set_header("Content-Type", "application/json; charset=utf-8")
+        if status_code == 405:
+            self.set_header("Allow", allowed_methods(type(self)))
         self.finish(json.dumps(error_body(status_code, exc, "the server log")))
 
 

@@ -10,7 +10,7 @@ from jupyterhub.services.auth import HubOAuthenticated
 from tornado import web
 
 from ..contract import Operation
-from ..errors import ApiError, error_body
+from ..errors import ApiError, allowed_methods, error_body
 from ..store import AgentRecord
 from .openapi import CONTRACT
 from .operations import access
@@ -315,6 +315,8 @@ class BaseHandler(StreamedBody, HubOAuthenticated, web.RequestHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         body = error_body(status_code, exc, "the service log")
         self.set_header("Content-Type", "application/json; charset=utf-8")
+        if status_code == 405:
+            self.set_header("Allow", allowed_methods(type(self)))
         self.finish(json.dumps(body))
 
 
