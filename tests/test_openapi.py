@@ -131,8 +131,11 @@ def test_a_body_the_document_refuses_names_its_field(body: dict, code: str, fiel
 def test_query_parameters_are_checked_as_their_types() -> None:
     search = SERVICE.operation("GET", "/api/history/search")
     assert search is not None
-    search.check_query({"limit": [b"10"], "order": [b"asc"], "unknown": [b"x"]})
-    for name, value in (("limit", b"0"), ("limit", b"ten"), ("order", b"sideways")):
+    search.check_query({"limit": [b"10"], "order": [b"asc"], "unknown": [b"x"],
+                        "since": [b"2026-03-01T12:00:00+00:00"],
+                        "until": [b"2026-03-01T12:00:00 00:00"]})  # fmt: skip
+    for name, value in (("limit", b"0"), ("limit", b"ten"), ("order", b"sideways"),
+                        ("since", b"yesterday"), ("until", b"")):  # fmt: skip
         with pytest.raises(ApiError) as refused:
             search.check_query({name: [value]})
         assert (refused.value.code, refused.value.extra) == ("invalid_field", {"field": name})

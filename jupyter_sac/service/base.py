@@ -66,6 +66,24 @@ class StreamedBody:
         elif self._body_sink is not None:
             self._body_sink(chunk)
 
+    _refusal: ApiError | None = None
+
+    def refuse_after_body(self, error: ApiError) -> None:
+        """Answer ``error`` only once a small body (at most MAX_JSON_BYTES declared)
+        has come in, unread: answered before it, the connection closes while the
+        hub's proxy is still sending it, and the proxy tells the client 503 instead
+        of ``error`` (schemathesis found it). A larger body is refused at once, as
+        reading it would cost more than a 503. The method raises it (raise_refusal)."""
+        declared = self.request.headers.get("Content-Length", "")
+        if not declared.isdigit() or int(declared) > MAX_JSON_BYTES:
+            raise error
+        self._refusal = error
+        self.accept_body(MAX_JSON_BYTES, lambda chunk: None)
+
+    def raise_refusal(self) -> None:
+        if self._refusal is not None:
+            raise self._refusal
+
     @property
     def body_too_large(self) -> bool:
         return self.body_size > self._body_limit
@@ -113,9 +131,6 @@ class BaseHandler(StreamedBody, HubOAuthenticated, web.RequestHandler):
     async def prepare(self) -> None:
         self.check_json_length()
         await self.authenticate()
-        operation = self.api_operation
-        if operation is not None:
-            operation.check_query(self.request.query_arguments)
 
     @property
     def api_operation(self) -> Operation | None:
@@ -241,6 +256,15 @@ class BaseHandler(StreamedBody, HubOAuthenticated, web.RequestHandler):
         and a login's may be a minute old)."""
         model = await self.ctx.hub.get_user(user)
         return sorted((model or {}).get("groups") or [])
+
+    def get_argument(self, name: str, default: Any = web._ARG_DEFAULT, strip: bool = True) -> Any:  # type: ignore[override]
+        """A query argument, refused (400 naming it) when the document's schema for it
+        refuses it. Checked as the handler reads it, so after it has settled who may
+        ask: a refusal says 403 or 404 before it says what is wrong with a filter."""
+        operation = self.api_operation
+        if operation is not None and name in self.request.query_arguments:
+            operation.check_query({name: self.request.query_arguments[name]})
+        return super().get_argument(name, default, strip)
 
     def query_arg(self, name: str) -> str | None:
         """A query argument (None when absent): what the shared query parsers take."""

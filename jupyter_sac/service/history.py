@@ -301,13 +301,18 @@ class IngestHandler(HistoryBaseHandler):
     16 MiB (more than the JSON limit), taken only from an agent's own token."""
 
     async def prepare(self) -> None:
-        await self.authenticate()
-        self._agent = await self.require_agent()
         self._chunks: list[bytes] = []
+        try:
+            await self.authenticate()
+            self._agent = await self.require_agent()
+        except ApiError as refused:
+            self.refuse_after_body(refused)
+            return
         if not self.accept_body(MAX_INGEST_BYTES, self._chunks.append):
             raise _batch_too_large()
 
     async def post(self) -> None:
+        self.raise_refusal()
         agent = self._agent
         if self.body_too_large:
             raise _batch_too_large()
