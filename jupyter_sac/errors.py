@@ -38,3 +38,15 @@ def error_body(status_code: int, exc: BaseException | None, log: str) -> dict[st
             "message": exc.log_message or exc.reason or responses.get(status_code, "error"),
         }
     return {"error": "internal_error", "message": f"internal error, see {log}"}
+
+
+def allowed_methods(handler: type) -> str:
+    """The Allow header of a handler class's 405 (RFC 9110 requires one): the methods
+    it answers, those it defines rather than inherits from tornado's RequestHandler
+    (whose own answer 405, and which sends no Allow header)."""
+    base = web.RequestHandler
+    return ", ".join(
+        m
+        for m in handler.SUPPORTED_METHODS  # type: ignore[attr-defined]
+        if getattr(handler, m.lower(), None) is not getattr(base, m.lower(), None)
+    )

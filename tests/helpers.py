@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +18,10 @@ import pyte
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
+from jupyter_sac.contract import Contract
 from jupyter_sac.rules.urls import PublicUrls, default_service_url
+from jupyter_sac.server_extension.openapi import CONTRACT as EXTENSION_CONTRACT
+from jupyter_sac.service.openapi import CONTRACT as SERVICE_CONTRACT
 from sac_testing.stack import find_descendant, poll_until
 
 
@@ -33,6 +37,37 @@ def server_url(hub_url: str, user: str, agent: str) -> str:
     return urljoin(hub_url, PublicUrls.for_hub(hub_url).server(user, agent))
 
 
+# An agent's server: /user/<user>/<agent>/ then the extension's own paths.
+EXTENSION_PATH = re.compile(r"^/user/[^/]+/[^/]+(/sac/api/.*)$")
+
+
+def check_against_contract(service_url: str) -> Callable[[httpx.Response], None]:
+    """An httpx response hook: every answer of the `sac` service (under
+    ``service_url``) or of an agent's extension must be one its operation in the
+    API's OpenAPI document declares, with a JSON body inside the declared schema."""
+
+    def check(resp: httpx.Response) -> None:
+        url = str(resp.request.url).split("?")[0]
+        contract: Contract
+        if url.startswith(service_url):
+            contract, path = SERVICE_CONTRACT, "/" + url[len(service_url) :]
+        elif match := EXTENSION_PATH.match(resp.request.url.path):
+            if resp.headers.get("content-type", "").startswith("text/html"):
+                return  # the hub's page for a server that is not running, not the extension
+            contract, path = EXTENSION_CONTRACT, match[1]
+        else:
+            return
+        operation = contract.operation(resp.request.method, path)
+        if operation is None:
+            return  # an undocumented path: tests/test_openapi.py checks the routes
+        content_type = resp.headers.get("content-type", "")
+        body = resp.read() if "json" in content_type else b""
+        problem = operation.response_problem(resp.status_code, content_type, body)
+        assert problem is None, problem
+
+    return check
+
+
 class HubApi:
     """JupyterHub REST API plus the `sac` service API, through the proxy: the hub at
     ``url`` (http://localhost:<port>/), the service and agents on their own hosts."""
@@ -42,7 +77,10 @@ class HubApi:
         self.service_url = service_url(self.url)
         self.token = token
         self.client = httpx.Client(
-            base_url=self.url, timeout=60, headers={"Authorization": f"token {token}"}
+            base_url=self.url,
+            timeout=60,
+            headers={"Authorization": f"token {token}"},
+            event_hooks={"response": [check_against_contract(self.service_url)]},
         )
         # The test harness's hub service token (sac_testing.stack): it makes
         # users and their API tokens, as people do for themselves at /hub/token.

@@ -236,3 +236,14 @@ def test_settings_validation(admin: HubApi) -> None:
     assert resp.status_code == 400 and resp.json()["field"] == "mem_limit"
     assert admin.sac("GET", "settings/system").json()["overrides"] == before
     assert admin.sac("GET", "openapi.json").json()["openapi"].startswith("3.")
+
+
+def test_an_undeclared_method_is_answered_405_with_allow(admin: HubApi) -> None:
+    """RFC 9110: a 405 names the methods the resource takes (tornado's named none)."""
+    for method, path, allowed in (("DELETE", "providers", {"GET"}),
+                                  ("PUT", "agents", {"GET", "POST"})):  # fmt: skip
+        resp = admin.sac(method, path)
+        assert resp.status_code == 405, resp.text
+        assert resp.json()["error"] == "method_not_allowed"
+        allow = {m.strip() for m in resp.headers.get("Allow", "").split(",")}
+        assert allowed <= allow and method not in allow, resp.headers

@@ -286,3 +286,18 @@ def test_hooks_take_the_servers_secret_not_a_login(fetch: Fetch, jp_serverapp: A
         headers={"X-SAC-Hook-Secret": secret, "Authorization": ""},
     )
     assert json.loads(spooled.body) == {"accepted": 1}
+
+
+def test_an_undeclared_method_is_answered_405_with_allow(fetch: Fetch) -> None:
+    """RFC 9110: a 405 says which methods the resource takes (tornado's says none)."""
+    wrong = []
+    for method, path in (("DELETE", "sac/api/status"), ("PATCH", "sac/api/chat"),
+                         ("PUT", "sac/api/workspace")):  # fmt: skip
+        resp = fetch(path, method, "{}" if method != "DELETE" else None)
+        allow = {m.strip() for m in resp.headers.get("Allow", "").split(",") if m.strip()}
+        expected = {m for m, p in user_routes() if p == path}
+        if resp.code != 405 or not expected <= allow or method in allow:
+            wrong.append(f"{method} {path}: {resp.code}, Allow {sorted(allow)}")
+        elif error_of(resp)["error"] != "method_not_allowed":
+            wrong.append(f"{method} {path}: {resp.body[:200]!r}")
+    assert not wrong, "\n".join(wrong)

@@ -86,7 +86,14 @@ def test_hub_extra_has_no_sandbox_parts(wheel: zipfile.ZipFile) -> None:
 
 
 def test_base_is_what_every_part_imports(wheel: zipfile.ZipFile) -> None:
-    assert requirements(wheel, None) == {"traitlets", "tornado", "httpx", "pyyaml"}
+    # jsonschema: both APIs validate requests against their documents (jupyter_sac.contract)
+    assert requirements(wheel, None) == {"traitlets", "tornado", "httpx", "pyyaml", "jsonschema"}
+    # ...which travel in the wheel beside the code that loads them
+    names = set(wheel.namelist())
+    assert {
+        "jupyter_sac/service/openapi.yaml",
+        "jupyter_sac/server_extension/openapi.yaml",
+    } <= names
     notebook = requirements(wheel, "notebook")
     assert "ipywidgets" in notebook and "jupyterhub" not in notebook
     assert {"boto3", "botocore"} <= requirements(wheel, "s3")

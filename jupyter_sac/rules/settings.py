@@ -352,6 +352,36 @@ def _host_patterns(spec: SettingSpec, value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def json_schema(spec: SettingSpec) -> dict[str, Any]:
+    """The JSON Schema of one setting's override value, for the OpenAPI documents
+    (null clears the override). The shapes _coerce accepts, so that a request the
+    schema lets through is one the rules can judge, and the other way round."""
+    schema: dict[str, Any]
+    if spec.kind in ("int", "seconds"):
+        schema = {"type": ["integer", "null"]}
+    elif spec.kind == "float":
+        schema = {"type": ["number", "null"]}
+    elif spec.kind == "bytes":
+        schema = {"type": ["integer", "string", "null"], "pattern": _QUANTITY_RE.pattern}
+    elif spec.kind == "choice":
+        schema = {"enum": [*spec.choices, None]}
+    elif spec.kind == "providers":
+        schema = {"type": ["array", "null"], "items": {"enum": list(PRESETS)}}
+    else:  # hosts
+        schema = {
+            "type": ["array", "null"],
+            "maxItems": MAX_HOST_PATTERNS,
+            "items": {"type": "string", "maxLength": MAX_HOST_PATTERN_CHARS},
+        }
+    if spec.minimum is not None:
+        schema["minimum"] = spec.minimum
+    if spec.maximum is not None:
+        schema["maximum"] = spec.maximum
+    levels = ", ".join(sorted(spec.levels))
+    schema["description"] = f"{spec.help} (default {spec.default!r}; set per {levels})"
+    return schema
+
+
 def _union(first: Any, more: Any) -> tuple[Any, ...]:
     return tuple(dict.fromkeys([*first, *more]))
 

@@ -28,6 +28,7 @@ from .handlers import (
     ActivityHandler,
     HistoryStatusHandler,
     HitlStatusHandler,
+    OpenApiHandler,
     PreToolUseHookHandler,
     StatusHandler,
     TerminalHandler,
@@ -35,7 +36,6 @@ from .handlers import (
     TranscriptHookHandler,
 )
 from .hitl import HITL_EVENT_SCHEMA, HITL_EVENT_SCHEMA_ID, HitlBridge, TerminalPromptWatcher
-from .openapi import OpenApiHandler
 from .runtime_info import RuntimeInfo
 from .service_client import ServiceClient
 from .service_relay import ServiceRelayHandler

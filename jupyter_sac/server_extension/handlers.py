@@ -12,6 +12,16 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from .base import TERMINALS_RESOURCE, JsonErrors, SacHandler
+from .openapi import CONTRACT
+
+
+class OpenApiHandler(SacHandler):
+    """GET sac/api/openapi.json: this API's contract (openapi.yaml), as served here."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.finish(json.dumps(CONTRACT.served(self.base_url)))
 
 
 class StatusHandler(SacHandler):

@@ -115,12 +115,7 @@ class PreviewHandler(SacHandler):
         wpath, path = self._file()
         if wpath.startswith("public/"):
             raise ApiError(403, "forbidden", "the public workspace is read-only")
-        try:
-            text = json.loads(self.request.body)["text"]
-        except (ValueError, KeyError, TypeError):
-            raise ApiError(400, "invalid_json", 'expected {"text": "..."}') from None
-        if not isinstance(text, str):
-            raise ApiError(400, "invalid_field", "text: must be a string", field="text")
+        text = self.json_body()["text"]  # {"text": "..."} (openapi.yaml)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".sac-part")
         tmp.write_text(text, "utf-8")

@@ -26,7 +26,6 @@ from typing import Any
 from ..errors import ApiError
 from ..objects import ObjectNotFound
 from .base import BaseHandler
-from .openapi import _op, _path_params, _resp
 from .operations.skills import bundle_key, bundle_model, content_fields
 from .routes import NAME
 from .skills import owner_view, stream_object
@@ -162,38 +161,3 @@ def routes(prefix: str) -> list[tuple[str, Any]]:
         (prefix + "api/agent/skills/bundles", AgentBundlesHandler),
         (prefix + f"api/agent/skills/{NAME}/bundle", AgentBundleHandler),
     ]
-
-
-def openapi_paths() -> dict[str, Any]:
-    sid = _path_params("id")
-    return {
-        "/api/agent/skills": {
-            "get": _op(
-                "The calling agent's installed skills, for sync (agent token; ETag)",
-                {"200": _resp("manifest"), "304": _resp("unchanged")},
-                401,
-            ),
-        },
-        "/api/agent/skills/{id}/bundle": {
-            "get": _op(
-                "An installed skill's bundle (agent token)",
-                {"200": _resp("the archive")},
-                401,
-                404,
-                params=sid,
-            ),
-        },
-        "/api/agent/skills/bundles": {
-            "post": _op(
-                "Sandbox only (agent token): bundles of installed skills, inline by sha256",
-                {"200": _resp("bundles")},
-                400,
-                404,
-                body={
-                    "type": "object",
-                    "required": ["ids"],
-                    "properties": {"ids": {"type": "array", "items": {"type": "integer"}}},
-                },
-            )
-        },
-    }

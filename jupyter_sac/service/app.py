@@ -44,9 +44,8 @@ from .base import SERVER_BODY_BYTES, NotFoundHandler
 from .forwarded import LOOPBACK, ForwardedApplication, TrustedProxies
 from .hub import HubClient
 from .llm_proxy import LlmProxyHandler
-from .openapi import OpenApiHandler
 from .operations.context import OrganisationKeys, ServiceContext, Waiters
-from .pages import STATIC, ApiIndexHandler, IndexPage, OAuthCallbackHandler
+from .pages import STATIC, ApiIndexHandler, IndexPage, OAuthCallbackHandler, OpenApiHandler
 from .routes import SLUG, USER
 from .settings_handlers import (
     MySettingsHandler,

@@ -16,7 +16,6 @@ from ..store.audit import AuditFilter, AuditKey
 from .base import BaseHandler
 from .csv_export import stream_csv
 from .history import QueryArg, _parse_ts, text_arg, time_arg
-from .openapi import _op, _resp, query_params
 from .validation import bad, decode_cursor, encode_cursor
 
 PAGE = 100
@@ -130,71 +129,3 @@ def routes(prefix: str) -> list[tuple[str, Any]]:
         (prefix + "api/audit", AuditHandler),
         (prefix + r"api/audit/export\.csv", AuditExportHandler),
     ]
-
-
-_TIME = {"type": "string", "format": "date-time"}
-_PARAMS: dict[str, tuple[dict[str, Any], str]] = {
-    "actor": ({"type": "string", "maxLength": MAX_TEXT}, "only entries of this actor"),
-    "user": ({"type": "string", "maxLength": MAX_TEXT}, "only entries about this user's resources"),
-    "target": ({"type": "string", "maxLength": MAX_TEXT}, "only entries about this target"),
-    "action": ({"type": "string"}, "an action (agent.update) or a prefix (settings.*)"),
-    "since": (_TIME, "from this time (inclusive)"),
-    "until": (_TIME, "before this time (exclusive)"),
-    "limit": ({"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": PAGE}, "page size"),
-    "cursor": ({"type": "string"}, "next_cursor of the previous page (opaque)"),
-}
-
-
-def _query(*names: str) -> list[dict[str, Any]]:
-    return query_params(_PARAMS, *names)
-
-
-_ENTRY = {
-    "type": "object",
-    "properties": {
-        "id": {"type": "integer"},
-        "at": _TIME,
-        "actor": {"type": "string"},
-        "actor_admin": {"type": "boolean"},
-        "action": {"type": "string"},
-        "target_user": {"type": "string", "nullable": True},
-        "target": {"type": "string"},
-        "before": {"nullable": True},
-        "after": {"nullable": True},
-        "request_id": {"type": "string", "nullable": True},
-        "ip": {"type": "string", "nullable": True},
-    },
-}
-
-
-def openapi_paths() -> dict[str, Any]:
-    filters = ("actor", "user", "target", "action", "since", "until")
-    page = {
-        "type": "object",
-        "properties": {
-            "entries": {"type": "array", "items": _ENTRY},
-            "next_cursor": {"type": "string", "nullable": True},
-        },
-    }
-    csv_ok = {"200": {"description": "CSV (" + ", ".join(CSV_COLUMNS) + ")",
-                      "content": {"text/csv": {}}}}  # fmt: skip
-    return {
-        "/api/audit": {
-            "get": _op(
-                "The audit log, newest first (admins)",
-                {"200": _resp("a page of entries", page)},
-                400,
-                403,
-                params=_query(*filters, "limit", "cursor"),
-            )
-        },
-        "/api/audit/export.csv": {
-            "get": _op(
-                "The audit log as CSV, newest first, streamed (admins)",
-                csv_ok,
-                400,
-                403,
-                params=_query(*filters),
-            )
-        },
-    }

@@ -11,8 +11,10 @@ from tornado import web
 from tornado.concurrent import Future, chain_future, future_set_result_unless_cancelled
 from tornado.log import app_log
 
-from ..errors import ApiError, error_body
+from ..contract import Operation
+from ..errors import ApiError, allowed_methods, error_body
 from ..store import AgentRecord, database_unavailable
+from .openapi import CONTRACT
 from .operations import access
 from .operations.context import Actor, ServiceContext, audit
 from .principals import AGENT_TOKEN_PREFIX, Denial, Identity
@@ -78,6 +80,24 @@ class StreamedBody:
             self._body_sink = None  # too large: the rest is dropped, the answer is 413
         elif self._body_sink is not None:
             self._body_sink(chunk)
+
+    _refusal: ApiError | None = None
+
+    def refuse_after_body(self, error: ApiError) -> None:
+        """Answer ``error`` only once a small body (at most MAX_JSON_BYTES declared)
+        has come in, unread: answered before it, the connection closes while the
+        hub's proxy is still sending it, and the proxy tells the client 503 instead
+        of ``error`` (schemathesis found it). A larger body is refused at once, as
+        reading it would cost more than a 503. The method raises it (raise_refusal)."""
+        declared = self.request.headers.get("Content-Length", "")
+        if not declared.isdigit() or int(declared) > MAX_JSON_BYTES:
+            raise error
+        self._refusal = error
+        self.accept_body(MAX_JSON_BYTES, lambda chunk: None)
+
+    def raise_refusal(self) -> None:
+        if self._refusal is not None:
+            raise self._refusal
 
     @property
     def body_too_large(self) -> bool:
@@ -167,6 +187,14 @@ class BaseHandler(StreamedBody, HubOAuthenticated, web.RequestHandler):
     async def prepare(self) -> None:
         self.check_json_length()
         await self.authenticate()
+
+    @property
+    def api_operation(self) -> Operation | None:
+        """The OpenAPI operation (openapi.yaml) this request calls, if it is one."""
+        prefix = self.ctx.prefix
+        if not self.request.path.startswith(prefix):
+            return None
+        return CONTRACT.operation(self.request.method or "", "/" + self.request.path[len(prefix) :])
 
     def check_json_length(self) -> None:
         # JSON bodies (the server reads up to SERVER_BODY_BYTES, so that a body a
@@ -285,6 +313,15 @@ class BaseHandler(StreamedBody, HubOAuthenticated, web.RequestHandler):
         model = await self.ctx.hub.get_user(user)
         return sorted((model or {}).get("groups") or [])
 
+    def get_argument(self, name: str, default: Any = web._ARG_DEFAULT, strip: bool = True) -> Any:  # type: ignore[override]
+        """A query argument, refused (400 naming it) when the document's schema for it
+        refuses it. Checked as the handler reads it, so after it has settled who may
+        ask: a refusal says 403 or 404 before it says what is wrong with a filter."""
+        operation = self.api_operation
+        if operation is not None and name in self.request.query_arguments:
+            operation.check_query({name: self.request.query_arguments[name]})
+        return super().get_argument(name, default, strip)
+
     def query_arg(self, name: str) -> str | None:
         """A query argument (None when absent): what the shared query parsers take."""
         return self.get_argument(name, None)
@@ -343,6 +380,11 @@ class BaseHandler(StreamedBody, HubOAuthenticated, web.RequestHandler):
             raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
         if not isinstance(body, dict):
             raise ApiError(400, "invalid_json", "the body must be a JSON object")
+        operation = self.api_operation
+        if operation is not None:
+            # What the document says the body may hold (openapi.yaml); the operations
+            # then check what a schema cannot say (who may, what exists, the rules).
+            operation.check_body(body)
         return body
 
     def write_json(self, data: Any, status: int = 200) -> None:
@@ -370,6 +412,8 @@ class BaseHandler(StreamedBody, HubOAuthenticated, web.RequestHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         body = error_body(status_code, exc, "the service log")
         self.set_header("Content-Type", "application/json; charset=utf-8")
+        if status_code == 405:
+            self.set_header("Allow", allowed_methods(type(self)))
         self.finish(json.dumps(body))
 
 

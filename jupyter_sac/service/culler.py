@@ -22,7 +22,6 @@ import httpx
 from ..proxy_transport import ProxyTransport
 from . import metrics
 from .base import BaseHandler
-from .openapi import _op, _resp
 from .operations.context import ServiceContext
 from .operations.settings import effective_settings_for_agent
 
@@ -181,15 +180,3 @@ class CullerHandler(BaseHandler):
 
 def routes(prefix: str) -> list[tuple[str, Any]]:
     return [(prefix + "api/culler", CullerHandler)]
-
-
-def openapi_paths() -> dict[str, Any]:
-    return {
-        "/api/culler": {
-            "get": _op(
-                "Admins: the idle culler's last pass (culled, kept and why)",
-                {"200": _resp("status")},
-                403,
-            )
-        }
-    }

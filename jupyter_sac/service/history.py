@@ -22,7 +22,6 @@ from ..store.history import EventFilter, EventKey, IngestBatch, IngestEvent
 from . import metrics
 from .base import BaseHandler
 from .csv_export import stream_csv
-from .openapi import _op, _path_params, _resp, query_params
 from .operations.access import require_person
 from .operations.context import Actor
 from .routes import SLUG, USER
@@ -302,13 +301,18 @@ class IngestHandler(HistoryBaseHandler):
     16 MiB (more than the JSON limit), taken only from an agent's own token."""
 
     async def prepare(self) -> None:
-        await self.authenticate()
-        self._agent = await self.require_agent()
         self._chunks: list[bytes] = []
+        try:
+            await self.authenticate()
+            self._agent = await self.require_agent()
+        except ApiError as refused:
+            self.refuse_after_body(refused)
+            return
         if not self.accept_body(MAX_INGEST_BYTES, self._chunks.append):
             raise _batch_too_large()
 
     async def post(self) -> None:
+        self.raise_refusal()
         agent = self._agent
         if self.body_too_large:
             raise _batch_too_large()
@@ -407,147 +411,3 @@ def routes(prefix: str) -> list[tuple[str, Any]]:
         (agent + "events", EventsHandler),
         (agent + r"export\.csv", ExportHandler),
     ]
-
-
-_PARAMS: dict[str, tuple[dict[str, Any], str]] = {
-    "user": ({"type": "string"}, "only this user's agents (others: their own only)"),
-    "agent": ({"type": "string"}, "only agents with this name"),
-    "session": ({"type": "string"}, "only this session"),
-    "since": ({"type": "string", "format": "date-time"}, "from this time (inclusive)"),
-    "until": ({"type": "string", "format": "date-time"}, "before this time (exclusive)"),
-    "q": ({"type": "string", "maxLength": 200}, "text in the entry's string values"),
-    "order": ({"type": "string", "enum": ["asc", "desc"]}, "time order"),
-    "limit": ({"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": PAGE}, "page size"),
-    "cursor": ({"type": "string"}, "next_cursor of the previous page (opaque)"),
-}
-
-
-def _query(*names: str) -> list[dict[str, Any]]:
-    return query_params(_PARAMS, *names)
-
-
-_TIME = {"type": "string", "format": "date-time"}
-_EVENT_IN = {
-    "type": "object",
-    "required": ["session_id", "uuid", "ts", "kind", "payload"],
-    "additionalProperties": False,
-    "properties": {
-        "session_id": {"type": "string", "minLength": 1, "maxLength": MAX_KEY},
-        "uuid": {"type": "string", "minLength": 1, "maxLength": MAX_KEY},
-        "ts": _TIME,
-        "kind": {"type": "string", "minLength": 1, "maxLength": MAX_KIND},
-        "payload": {"type": "object"},
-    },
-}
-_EVENT = {
-    "type": "object",
-    "properties": {
-        "user": {"type": "string"},
-        "agent": {"type": "string"},
-        "session_id": {"type": "string"},
-        "uuid": {"type": "string"},
-        "ts": _TIME,
-        "kind": {"type": "string"},
-        "payload": {"type": "object"},
-    },
-}
-_CURSOR = {"type": "string", "nullable": True}
-_EVENTS = {
-    "type": "object",
-    "properties": {"events": {"type": "array", "items": _EVENT}, "next_cursor": _CURSOR},
-}
-_SESSIONS = {
-    "type": "object",
-    "properties": {
-        "sessions": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "session_id": {"type": "string"},
-                    "first_prompt": {"type": "string", "nullable": True},
-                    "events": {"type": "integer"},
-                    "prompts": {"type": "integer"},
-                    "first_ts": _TIME,
-                    "last_ts": _TIME,
-                },
-            },
-        },
-        "next_cursor": _CURSOR,
-    },
-}
-
-
-def openapi_paths() -> dict[str, Any]:
-    ua = _path_params("user", "slug")
-    filters = _query("session", "since", "until")
-    csv_ok = {"200": {"description": "CSV (" + ", ".join(CSV_COLUMNS) + ")",
-                      "content": {"text/csv": {}}}}  # fmt: skip
-    counts = {
-        "type": "object",
-        "properties": {"received": {"type": "integer"}, "stored": {"type": "integer"}},
-    }
-    return {
-        "/api/history/ingest": {
-            "post": _op(
-                "Ingest transcript entries (agent token; at most 1,000 per batch and 16 MiB;"
-                " idempotent per session and uuid; all or nothing)",
-                {"200": _resp("received and newly stored counts", counts)},
-                400,
-                413,
-                body={
-                    "type": "object",
-                    "required": ["events"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "events": {"type": "array", "maxItems": MAX_BATCH, "items": _EVENT_IN}
-                    },
-                },
-            )
-        },
-        "/api/history/search": {
-            "get": _op(
-                "Search events (own agents; admins and read-all: every user); newest first",
-                {"200": _resp("a page of events", _EVENTS)},
-                400,
-                404,
-                params=_query("user", "agent", "since", "until", "q", "order", "limit", "cursor"),
-            )
-        },
-        "/api/history/export.csv": {
-            "get": _op(
-                "Export a search as CSV (oldest first, streamed)",
-                csv_ok,
-                400,
-                404,
-                params=_query("user", "agent", "since", "until", "q"),
-            ),
-        },
-        "/api/users/{user}/agents/{slug}/history/sessions": {
-            "get": _op(
-                "An agent's sessions, most recently active first",
-                {"200": _resp("a page of sessions", _SESSIONS)},
-                400,
-                404,
-                params=ua + _query("limit", "cursor"),
-            ),
-        },
-        "/api/users/{user}/agents/{slug}/history/events": {
-            "get": _op(
-                "An agent's events (keyset pages)",
-                {"200": _resp("a page of events", _EVENTS)},
-                400,
-                404,
-                params=ua + filters + _query("order", "limit", "cursor"),
-            ),
-        },
-        "/api/users/{user}/agents/{slug}/history/export.csv": {
-            "get": _op(
-                "An agent's events as CSV (oldest first, streamed)",
-                csv_ok,
-                400,
-                404,
-                params=ua + filters,
-            ),
-        },
-    }

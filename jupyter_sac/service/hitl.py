@@ -22,7 +22,6 @@ from ..store import AgentRecord
 from ..store.hitl import PENDING, request_model
 from . import metrics
 from .base import BaseHandler
-from .openapi import _op, _path_params, _resp
 from .operations import hitl as hitl_ops
 from .operations.context import ServiceContext
 from .operations.settings import effective_settings_for_agent
@@ -323,74 +322,3 @@ def routes(prefix: str) -> list[tuple[str, Any]]:
         (prefix + f"api/hitl/requests/{NAME}/decision", DecisionHandler),
         (prefix + f"api/users/{USER}/agents/{SLUG}/hitl-policy", PolicyHandler),
     ]
-
-
-def openapi_paths() -> dict[str, Any]:
-    req = {"$ref": "#/components/schemas/HitlRequest"}
-    rid = _path_params("id")
-    ok = {"200": _resp("the request", req)}
-    return {
-        "/api/agent/hitl": {
-            "get": _op("The calling agent's HITL policy, timeout and default (agent token)", ok)
-        },
-        "/api/hitl/requests": {
-            "post": _op(
-                "File a HITL request (agent token); an equal pending one is returned with 200",
-                {"201": _resp("filed", req), "200": _resp("already pending", req)},
-                400,
-                413,
-                body={"type": "object"},
-            ),
-            "get": _op(
-                "HITL requests of my agents (admins: ?all=1 or ?user=NAME);"
-                " ?status=pending|decided|all, ?agent=, ?limit=, ?cursor=",
-                {"200": _resp("requests")},
-                400,
-                404,
-            ),
-        },
-        "/api/hitl/requests/{id}": {"get": _op("One HITL request", ok, 404, params=rid)},
-        "/api/hitl/requests/{id}/wait": {
-            "get": _op(
-                "Long-poll until decided (agent token; ?timeout=0-60 s)", ok, 404, params=rid
-            )
-        },
-        "/api/hitl/requests/{id}/cancel": {
-            "post": _op("Withdraw a pending request (agent token)", ok, 404, 409, params=rid)
-        },
-        "/api/hitl/requests/{id}/decision": {
-            "post": _op(
-                "Allow or deny a pending request (owner or admin)",
-                ok,
-                400,
-                404,
-                409,
-                body={
-                    "type": "object",
-                    "required": ["decision"],
-                    "properties": {
-                        "decision": {"enum": ["allow", "deny"]},
-                        "reason": {"type": "string"},
-                        "option": {"type": "string"},
-                    },
-                },
-                params=rid,
-            )
-        },
-        "/api/users/{user}/agents/{slug}/hitl-policy": {
-            "get": _op(
-                "An agent's HITL policy",
-                {"200": _resp("policy")},
-                404,
-                params=_path_params("user", "slug"),
-            ),
-            "put": _op(
-                "Replace an agent's HITL policy",
-                {"200": _resp("policy")},
-                400,
-                404,
-                body={"type": "object", "properties": {"policy": {"type": "object"}}},
-                params=_path_params("user", "slug"),
-            ),
-        },
-    }

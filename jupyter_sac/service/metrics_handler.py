@@ -15,7 +15,6 @@ from prometheus_client.exposition import generate_latest
 from ..errors import ApiError
 from .base import BaseHandler
 from .metrics import AGENTS, HITL_PENDING, HITL_WAITING, REGISTRY
-from .openapi import _op, _resp
 
 
 def may_scrape(admin: bool, scopes: frozenset[str]) -> bool:
@@ -46,15 +45,3 @@ class MetricsHandler(BaseHandler):
 
 def routes(prefix: str) -> list[tuple[str, Any]]:
     return [(prefix + "metrics", MetricsHandler)]
-
-
-def openapi_paths() -> dict[str, Any]:
-    return {
-        "/metrics": {
-            "get": _op(
-                "Prometheus metrics (text format); admins or a token with read:metrics",
-                {"200": _resp("metrics")},
-                403,
-            )
-        }
-    }

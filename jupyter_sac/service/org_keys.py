@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from .base import BaseHandler
-from .openapi import _op, _path_params, _resp
 from .operations import org_keys as ops
 from .routes import PROVIDER
 from .validation import check_fields
@@ -38,38 +37,3 @@ def routes(prefix: str) -> list[tuple[str, Any]]:
         (prefix + "api/organisation-keys", OrgKeysHandler),
         (prefix + f"api/organisation-keys/{PROVIDER}", OrgKeyHandler),
     ]
-
-
-def openapi_paths() -> dict[str, Any]:
-    one = _path_params("provider")
-    return {
-        "/api/organisation-keys": {
-            "get": _op(
-                "Each provider preset's organisation key: source and hint (admin)",
-                {"200": _resp("keys")},
-                403,
-            )
-        },
-        "/api/organisation-keys/{provider}": {
-            "put": _op(
-                "Set a provider's organisation key (admin; audited; never shown again)",
-                {"200": _resp("the key's source and hint")},
-                400,
-                403,
-                404,
-                body={
-                    "type": "object",
-                    "required": ["api_key"],
-                    "properties": {"api_key": {"type": "string", "minLength": 8}},
-                },
-                params=one,
-            ),
-            "delete": _op(
-                "Remove the key set in the service (admin; audited)",
-                {"204": _resp("removed")},
-                403,
-                404,
-                params=one,
-            ),
-        },
-    }

@@ -28,6 +28,7 @@ from ..errors import ApiError
 from ..rules.providers import PRESETS
 from .base import BaseHandler
 from .forms import decision_text
+from .openapi import CONTRACT
 from .operations.agents import create_agent
 from .operations.settings import settings_for_user
 from .principals import READ_ALL_SCOPE
@@ -354,6 +355,13 @@ class ApiIndexHandler(BaseHandler):
                 "openapi": f"{self.ctx.prefix}api/openapi.json",
             }
         )
+
+
+class OpenApiHandler(BaseHandler):
+    """GET api/openapi.json: this API's contract (openapi.yaml), as served here."""
+
+    async def get(self) -> None:
+        self.finish(json.dumps(CONTRACT.served(self.ctx.prefix)))
 
 
 def server_status(server: Mapping[str, Any] | None) -> str:

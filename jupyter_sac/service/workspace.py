@@ -27,7 +27,6 @@ from ..rules.workspace import Location, PathError, locate, object_key
 from ..store import AgentRecord
 from ..store.workspace import Quota
 from .base import BaseHandler
-from .openapi import _op, _path_params, _resp
 from .operations import workspace as ws_ops
 from .operations.settings import replace_group_quota
 from .operations.workspace import UNLIMITED, file_model
@@ -478,69 +477,3 @@ def routes(prefix: str) -> list[tuple[str, Any, dict[str, Any]] | tuple[str, Any
         (api + f"groups/{GROUP}/workspace/files/{FILE}", UserFileHandler, {"kind": "group"}),
         (api + f"groups/{GROUP}/workspace/quota", GroupQuotaHandler),
     ]
-
-
-def openapi_paths() -> dict[str, Any]:
-    ua = _path_params("user", "slug")
-    path = _path_params("path")
-    group = _path_params("group")
-    listing = {"200": _resp("files and usage against quota")}
-    upload = {
-        "200": _resp("the stored file (path, size, sha256, version, mtime, written_by)"),
-    }
-
-    def file_ops(params: list[dict[str, Any]], who: str) -> dict[str, Any]:
-        return {
-            "get": _op("Download a file", {"200": _resp("the file's bytes")}, 404, params=params),
-            "put": _op(
-                f"Upload a file (raw body; {who}); X-Sac-Base-Version makes it conditional",
-                upload,
-                400,
-                403,
-                404,
-                409,
-                413,
-                params=params,
-            ),
-            "delete": _op("Delete a file", {"204": _resp("deleted")}, 403, 404, 409, params=params),
-        }
-
-    return {
-        "/api/agent/workspace": {
-            "get": _op("The calling agent's workspace manifest (ETag)", listing, 401)
-        },
-        "/api/agent/workspace/batch": {
-            "post": _op(
-                "Many files' bytes back to back, in the order asked (per-agent token)",
-                {"200": _resp("the files' bytes")},
-                400,
-                404,
-                409,
-            )
-        },
-        "/api/agent/workspace/files/{path}": file_ops(path, "per-agent token"),
-        "/api/users/{user}/agents/{slug}/workspace": {
-            "get": _op("An agent's files and usage", listing, 404, params=ua)
-        },
-        "/api/users/{user}/agents/{slug}/workspace/files/{path}": file_ops(
-            ua + path, "owner or admin"
-        ),
-        "/api/workspace/public": {"get": _op("The public workspace's files", listing)},
-        "/api/workspace/public/files/{path}": file_ops(path, "admins"),
-        "/api/groups/{group}/workspace": {
-            "get": _op("A group's files and usage (members, admins)", listing, 404, params=group)
-        },
-        "/api/groups/{group}/workspace/files/{path}": file_ops(group + path, "members, admins"),
-        "/api/groups/{group}/workspace/quota": {
-            "get": _op(
-                "A group's quota", {"200": _resp("overrides and resolved")}, 404, params=group
-            ),
-            "put": _op(
-                "Set a group's quota overrides (admins; audited)",
-                {"200": _resp("overrides and resolved")},
-                400,
-                403,
-                params=group,
-            ),
-        },
-    }

@@ -1,0 +1,144 @@
+"""schemathesis against a running stack, from each API's own document (jupyter_sac
+.contract): the bounded run in tests/test_fuzz.py and bench/fuzz.py's long campaign.
+
+schemathesis (its CLI, in a subprocess: its own event loop and HTTP client, and a
+JSON report to read back) generates requests from the document, valid and invalid,
+sends them with one principal's token and checks each answer:
+
+- ``not_a_server_error``: no 5xx;
+- ``status_code_conformance``, ``content_type_conformance``,
+  ``response_schema_conformance``: the answer is one the document declares;
+- ``negative_data_rejection``: a request outside the document is refused;
+- ``unsupported_method``: a method the path does not take is answered 405, and
+  ``allow_header_conformance``: with an Allow header naming the ones it takes.
+
+"No state change on a 4xx" is checked from the audit log, which records every
+change the service makes in the change's own transaction: each request carries its
+own X-Request-Id (sac_testing/fuzz_hooks.py, loaded into schemathesis), the hooks
+note the ids answered 4xx, and no audit entry may carry one of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CHECKS = (
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_schema_conformance",
+    "negative_data_rejection",
+    "unsupported_method",
+    "allow_header_conformance",
+)
+SCHEMA_CHECKS = {
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_schema_conformance",
+    "negative_data_rejection",
+    "unsupported_method",
+    "allow_header_conformance",
+}
+
+
+@dataclass
+class FuzzRun:
+    """What one schemathesis run found."""
+
+    cases: int = 0
+    server_errors: int = 0
+    schema_violations: int = 0
+    refused_request_ids: list[str] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    output: str = ""
+
+    def add(self, other: FuzzRun) -> None:
+        self.cases += other.cases
+        self.server_errors += other.server_errors
+        self.schema_violations += other.schema_violations
+        self.refused_request_ids += other.refused_request_ids
+        self.failures += other.failures
+        self.output += other.output
+
+    def summary(self) -> str:
+        lines = [f"{self.cases} cases"]
+        for f in self.failures:
+            lines.append(f"{f['code']} x{f['count']}: {f['title']} ({', '.join(f['operations'])})")
+        return "\n".join(lines)
+
+
+def fuzz(
+    document: dict[str, Any],
+    base_url: str,
+    token: str,
+    *,
+    max_examples: int,
+    exclude_methods: tuple[str, ...] = (),
+    exclude_paths: str | None = None,
+    workers: int = 1,
+    seed: int | None = None,
+    timeout: float = 600,
+) -> FuzzRun:
+    """Run schemathesis on ``document``'s operations at ``base_url`` (the document's
+    server URL) with ``token``, leaving out ``exclude_methods`` and the paths that
+    match the regex ``exclude_paths``."""
+    with tempfile.TemporaryDirectory(prefix="sac-fuzz-") as tmp:
+        schema = Path(tmp, "openapi.json")
+        schema.write_text(json.dumps(document))
+        report = Path(tmp, "report.json")
+        refused = Path(tmp, "refused.txt")
+        command = [
+            sys.executable, "-m", "schemathesis.cli", "run", str(schema),
+            "--url", base_url.rstrip("/"),
+            "--header", f"Authorization: token {token}",
+            "--checks", ",".join(CHECKS),
+            "--max-examples", str(max_examples),
+            "--workers", str(workers),
+            "--phases", "examples,coverage,fuzzing",
+            "--request-timeout", "30",
+            "--no-shrink",
+            "--generation-database", "none",
+            "--suppress-health-check", "all",
+            "--continue-on-failure",
+            "--report", "json", "--report-json-path", str(report),
+            "--no-color",
+        ]  # fmt: skip
+        if seed is not None:
+            command += ["--seed", str(seed)]
+        for method in exclude_methods:
+            command += ["--exclude-method", method]
+        if exclude_paths:
+            command += ["--exclude-path-regex", exclude_paths]
+        env = {
+            **os.environ,
+            "SCHEMATHESIS_HOOKS": "sac_testing.fuzz_hooks",
+            "SAC_FUZZ_REFUSED": str(refused),
+        }
+        # In the temporary folder: schemathesis keeps a .schemathesis/ store where it runs.
+        proc = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, env=env, check=False,
+            cwd=tmp,
+        )  # fmt: skip
+        run = FuzzRun(output=proc.stdout + proc.stderr[-5_000:])
+        if not report.exists():
+            raise RuntimeError(f"schemathesis wrote no report:\n{run.output}")
+        data = json.loads(report.read_text())
+        if data.get("errors"):
+            raise RuntimeError(f"schemathesis could not run: {data['errors']}\n{run.output}")
+        run.cases = data["test_cases"]["generated"]
+        run.failures = data["failures"]
+        for failure in data["failures"]:
+            if failure["type"] == "not_a_server_error" or failure["code"] == "not_a_server_error":
+                run.server_errors += failure["count"]
+            else:
+                run.schema_violations += failure["count"]
+        if refused.exists():
+            run.refused_request_ids = refused.read_text().split()
+        return run
