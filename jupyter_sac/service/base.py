@@ -81,24 +81,6 @@ class StreamedBody:
         elif self._body_sink is not None:
             self._body_sink(chunk)
 
-    _refusal: ApiError | None = None
-
-    def refuse_after_body(self, error: ApiError) -> None:
-        """Answer ``error`` only once a small body (at most MAX_JSON_BYTES declared)
-        has come in, unread: answered before it, the connection closes while the
-        hub's proxy is still sending it, and the proxy tells the client 503 instead
-        of ``error`` (schemathesis found it). A larger body is refused at once, as
-        reading it would cost more than a 503. The method raises it (raise_refusal)."""
-        declared = self.request.headers.get("Content-Length", "")
-        if not declared.isdigit() or int(declared) > MAX_JSON_BYTES:
-            raise error
-        self._refusal = error
-        self.accept_body(MAX_JSON_BYTES, lambda chunk: None)
-
-    def raise_refusal(self) -> None:
-        if self._refusal is not None:
-            raise self._refusal
-
     @property
     def body_too_large(self) -> bool:
         return self.body_size > self._body_limit

@@ -302,17 +302,14 @@ class IngestHandler(HistoryBaseHandler):
 
     async def prepare(self) -> None:
         self._chunks: list[bytes] = []
-        try:
-            await self.authenticate()
-            self._agent = await self.require_agent()
-        except ApiError as refused:
-            self.refuse_after_body(refused)
-            return
+        # A refusal here is answered once a small body is in (StreamedBody.finish),
+        # so the hub's proxy delivers it rather than a 503.
+        await self.authenticate()
+        self._agent = await self.require_agent()
         if not self.accept_body(MAX_INGEST_BYTES, self._chunks.append):
             raise _batch_too_large()
 
     async def post(self) -> None:
-        self.raise_refusal()
         agent = self._agent
         if self.body_too_large:
             raise _batch_too_large()
