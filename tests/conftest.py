@@ -140,7 +140,9 @@ def s3_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
 # Fixtures that start a whole `sac up` stack (or a Kubernetes emulator with one).
 # A test that uses any of them, directly or through another fixture, is a `stack`
 # test; `make test-fast` runs the others.
-STACK_FIXTURES = frozenset({"stack", "s3_stack", "culling_stack", "faults_stack"})
+STACK_FIXTURES = frozenset(
+    {"stack", "s3_stack", "culling_stack", "faults_stack", "fuzz_stack", "kube"}
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
