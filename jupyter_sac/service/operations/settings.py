@@ -32,78 +32,55 @@ async def effective_settings_for_agent(ctx: ServiceContext, agent: AgentRecord) 
     return sac_settings.resolve(system, user_overrides, agent.overrides)
 
 
+async def _put_overrides(
+    ctx: ServiceContext,
+    actor: Actor,
+    scope: str,
+    subject: str,
+    overrides: dict[str, Any],
+    action: str,
+    *,
+    target_user: str | None = None,
+) -> dict[str, Any]:
+    """Store one level's overrides and the audit entry for it in one transaction
+    (the caller has checked ``actor`` is an administrator); the entry's target is
+    the subject (``system`` for the system level)."""
+    async with ctx.store.transaction() as conn:
+        before = await ctx.store.settings.put(scope, subject, overrides, actor.name, conn=conn)
+        await audit(ctx, actor, action, subject or scope, target_user=target_user,
+                    before=before, after=overrides, conn=conn)  # fmt: skip
+    return overrides
+
+
 async def replace_system_settings(ctx: ServiceContext, actor: Actor, body: Any) -> dict[str, Any]:
     """Replace the system overrides (administrators); returns them as stored."""
-    ident = require_admin(ctx, actor)
+    require_admin(ctx, actor)
     overrides = valid_settings(body, "system")
-    async with ctx.store.transaction() as conn:
-        before = await ctx.store.settings.put("system", "", overrides, ident.name, conn=conn)
-        await audit(
-            ctx,
-            actor,
-            "settings.system.replace",
-            "system",
-            before=before,
-            after=overrides,
-            conn=conn,
-        )
-    return overrides
+    return await _put_overrides(ctx, actor, "system", "", overrides, "settings.system.replace")
 
 
 async def replace_user_settings(
     ctx: ServiceContext, actor: Actor, user: str, body: Any
 ) -> dict[str, Any]:
     """Replace ``user``'s overrides (administrators; the user must exist on the hub)."""
-    ident = require_admin(ctx, actor)
+    require_admin(ctx, actor)
     overrides = valid_settings(body, "user")
     if await ctx.hub.get_user(user) is None:
         raise ApiError(404, "not_found", f"no such user {user!r}")
-    async with ctx.store.transaction() as conn:
-        before = await ctx.store.settings.put("user", user, overrides, ident.name, conn=conn)
-        await audit(
-            ctx,
-            actor,
-            "settings.user.replace",
-            user,
-            target_user=user,
-            before=before,
-            after=overrides,
-            conn=conn,
-        )
-    return overrides
+    return await _put_overrides(
+        ctx, actor, "user", user, overrides, "settings.user.replace", target_user=user
+    )
 
 
 async def clear_user_settings(ctx: ServiceContext, actor: Actor, user: str) -> None:
-    ident = require_admin(ctx, actor)
-    async with ctx.store.transaction() as conn:
-        before = await ctx.store.settings.put("user", user, {}, ident.name, conn=conn)
-        await audit(
-            ctx,
-            actor,
-            "settings.user.clear",
-            user,
-            target_user=user,
-            before=before,
-            after={},
-            conn=conn,
-        )
+    require_admin(ctx, actor)
+    await _put_overrides(ctx, actor, "user", user, {}, "settings.user.clear", target_user=user)
 
 
 async def replace_group_quota(
     ctx: ServiceContext, actor: Actor, group: str, body: Any
 ) -> dict[str, Any]:
     """Replace a group's quota overrides (administrators); returns them as stored."""
-    ident = require_admin(ctx, actor)
+    require_admin(ctx, actor)
     overrides = valid_settings(body, "group")
-    async with ctx.store.transaction() as conn:
-        before = await ctx.store.settings.put("group", group, overrides, ident.name, conn=conn)
-        await audit(
-            ctx,
-            actor,
-            "settings.group.replace",
-            group,
-            before=before,
-            after=overrides,
-            conn=conn,
-        )
-    return overrides
+    return await _put_overrides(ctx, actor, "group", group, overrides, "settings.group.replace")
