@@ -176,6 +176,9 @@ class Contract:
             # literal paths before templated ones (…/agents/start before …/agents/{slug})
             key=lambda item: (item[1].count("{"), -len(item[1])),
         )
+        # One Operation per (path, method), so its validators are compiled once, not
+        # for every request that asks.
+        self._operations: dict[tuple[str, str], Operation] = {}
 
     @classmethod
     def load(cls, path: Path, filled: Mapping[str, Mapping[str, Any]] | None = None) -> Contract:
@@ -198,11 +201,15 @@ class Contract:
     def operation(self, method: str, path: str) -> Operation | None:
         """The operation that answers ``method`` on ``path`` (relative to the server
         URL, starting with "/"), or None when the document has none."""
+        method = method.lower()
         for regex, template in self._routes:
             if regex.fullmatch(path):
-                spec = self.document["paths"][template].get(method.lower())
+                spec = self.document["paths"][template].get(method)
                 if spec is not None:
-                    return Operation(method.lower(), template, spec, self.document)
+                    key = (template, method)
+                    if key not in self._operations:
+                        self._operations[key] = Operation(method, template, spec, self.document)
+                    return self._operations[key]
         return None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import cached_property
 from typing import Any
 
 from jupyterhub.services.auth import HubOAuthenticated
@@ -170,9 +171,10 @@ class BaseHandler(StreamedBody, HubOAuthenticated, web.RequestHandler):
         self.check_json_length()
         await self.authenticate()
 
-    @property
+    @cached_property
     def api_operation(self) -> Operation | None:
-        """The OpenAPI operation (openapi.yaml) this request calls, if it is one."""
+        """The OpenAPI operation (openapi.yaml) this request calls, if it is one
+        (found once per request: every query argument read asks for it)."""
         prefix = self.ctx.prefix
         if not self.request.path.startswith(prefix):
             return None
