@@ -465,3 +465,74 @@ FAKED_PRESETS = ("openrouter", "glm", "qwen")
 def preset_endpoints(fake: str) -> dict[str, str]:
     """``c.SacService.provider_base_urls`` for the session stack."""
     return {name: f"{fake}/{name}" for name in FAKED_PRESETS}
+
+
+class TerminalCommand:
+    """A shell command running in the agent's terminal while the test does other things."""
+
+    def __init__(self, conn: WebSocketClientConnection):
+        self.conn = conn
+        self.output = ""
+
+    @classmethod
+    async def start(cls, base: str, token: str, command: str) -> TerminalCommand:
+        async with httpx.AsyncClient(headers={"Authorization": f"token {token}"}) as c:
+            name = (await c.post(base + "api/terminals")).json()["name"]
+        conn = await websocket_connect(
+            HTTPRequest(
+                base.replace("http", "ws", 1) + f"terminals/websocket/{name}",
+                headers={"Authorization": f"token {token}"},
+            )
+        )
+        script = base64.b64encode(command.encode()).decode()
+        conn.write_message(
+            json.dumps(["stdin", f"echo {script} | base64 -d | bash; echo SAC''END\r"])
+        )
+        return cls(conn)
+
+    async def finish(self, timeout: float = 180) -> str:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while "SACEND" not in self.output:
+            remaining = deadline - loop.time()
+            assert remaining > 0, f"command did not finish: {self.output!r}"
+            msg = await asyncio.wait_for(self.conn.read_message(), remaining)
+            assert msg is not None, self.output
+            kind, *rest = json.loads(msg)
+            if kind == "stdout":
+                self.output += rest[0]
+        self.conn.close()
+        return self.output
+
+
+def pending_requests(client: HubApi, user: str) -> list[dict[str, Any]]:
+    """``user``'s HITL requests waiting for a decision, as ``client`` sees them."""
+    resp = client.sac("GET", "hitl/requests", params={"status": "pending"})
+    assert resp.status_code == 200, resp.text
+    return [r for r in resp.json()["requests"] if r["user"] == user]
+
+
+def stored_history(client: HubApi, user: str, slug: str) -> list[dict[str, Any]]:
+    """Every history event the service stored for the agent, oldest first (all pages)."""
+    events: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params = {"limit": 1000, "order": "asc", **({"cursor": cursor} if cursor else {})}
+        resp = client.sac("GET", f"users/{user}/agents/{slug}/history/events", params=params)
+        assert resp.status_code == 200, resp.text
+        page = resp.json()
+        events += page["events"]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            return events
+
+
+async def agent_token(
+    url: str, client: HubApi, user: str, slug: str, variable: str = "SAC_AGENT_TOKEN"
+) -> str:
+    """The agent's own token as its sandbox holds it: ``SAC_AGENT_TOKEN`` for the
+    service, ``ANTHROPIC_API_KEY`` for the credential proxy (the same token)."""
+    out = await run_in_terminal(url, client.token, user, slug, f"echo ${variable}")
+    token = out.strip().splitlines()[-1]
+    assert token.startswith("sac-agent-"), out
+    return token

@@ -13,7 +13,7 @@ from datetime import date
 
 import httpx
 import pytest
-from helpers import HubApi, model_agent, run_in_terminal, running_agent, script_model
+from helpers import HubApi, agent_token, model_agent, run_in_terminal, running_agent, script_model
 
 from jupyter_sac.client import Client
 from jupyter_sac.rules import settings as sac_settings
@@ -99,13 +99,6 @@ ONE_CALL = {"model": "claude-test", "max_tokens": 64,
             "messages": [{"role": "user", "content": "hello"}]}  # fmt: skip
 
 
-async def agent_token(stack: dict, hub: HubApi, user: str, slug: str) -> str:
-    out = await run_in_terminal(stack["url"], hub.token, user, slug, "echo $ANTHROPIC_API_KEY")
-    token = out.strip().splitlines()[-1]
-    assert token.startswith("sac-agent-"), out
-    return token
-
-
 @pytest.mark.asyncio
 async def test_a_user_budget_counts_every_agent_of_the_user(stack: dict, fake: str) -> None:
     """The user's monthly budget is what all their agents used together: once the sum
@@ -117,7 +110,9 @@ async def test_a_user_budget_counts_every_agent_of_the_user(stack: dict, fake: s
         assert made.status_code == 201, made.text
         hub.start(user, "second")
         proxy = stack["service_url"] + "llm/v1/messages"
-        tokens = {slug: await agent_token(stack, hub, user, slug) for slug in ("first", "second")}
+        tokens = {
+            slug: await agent_token(stack["url"], hub, user, slug) for slug in ("first", "second")
+        }
         for slug in ("first", "first", "second"):
             resp = httpx.post(proxy, headers={"x-api-key": tokens[slug]}, json=ONE_CALL, timeout=30)
             assert resp.status_code == 200, resp.text

@@ -7,7 +7,7 @@ import socket
 
 import httpx
 import pytest
-from helpers import FAKED_PRESETS, HubApi, run_in_terminal, running_agent
+from helpers import FAKED_PRESETS, agent_token, run_in_terminal, running_agent
 
 from jupyter_sac.service.llm_proxy import MAX_REQUEST_BYTES
 
@@ -138,14 +138,6 @@ MESSAGE = {"model": "m", "max_tokens": 5, "tools": [{"name": "noop", "input_sche
            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
 
 
-async def _agent_token(stack: dict, user: HubApi, name: str, slug: str) -> str:
-    """The token the sandbox calls the proxy with (its ANTHROPIC_API_KEY)."""
-    out = await run_in_terminal(stack["url"], user.token, name, slug, "echo $ANTHROPIC_API_KEY")
-    token = out.strip().splitlines()[-1]
-    assert token.startswith("sac-agent-"), out
-    return token
-
-
 @pytest.mark.asyncio
 async def test_each_preset_reaches_its_endpoint_with_its_header_style(
     stack: dict, fake: str
@@ -155,7 +147,7 @@ async def test_each_preset_reaches_its_endpoint_with_its_header_style(
     URL; the sandbox's x-api-key (the agent token) never goes upstream."""
     name = "presetuser"
     with running_agent(stack["admin"], name, "shifty", **_custom_agent(fake)) as user:
-        token = await _agent_token(stack, user, name, "shifty")
+        token = await agent_token(stack["url"], user, name, "shifty", "ANTHROPIC_API_KEY")
         url = stack["service_url"] + "llm/v1/messages"
         for provider in FAKED_PRESETS:
             key = f"sk-{provider}-real-key-0042"
@@ -180,7 +172,7 @@ async def test_provider_errors_and_an_unreachable_provider(stack: dict, fake: st
     provider that cannot be reached is a 502 in the Messages API's error shape."""
     name = "erroruser"
     with running_agent(stack["admin"], name, "unlucky", **_custom_agent(fake)) as user:
-        token = await _agent_token(stack, user, name, "unlucky")
+        token = await agent_token(stack["url"], user, name, "unlucky", "ANTHROPIC_API_KEY")
         url = stack["service_url"] + "llm/v1/messages"
         overloaded = {"type": "overloaded_error", "message": "Overloaded"}
         httpx.post(fake + "/_fake/script", json={"replies": [{"status": 529, "error": overloaded}]})

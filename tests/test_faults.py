@@ -6,8 +6,6 @@ once. These tests kill parts of their stack, so they run on a stack of their own
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import contextlib
 import hashlib
 import json
@@ -27,12 +25,15 @@ import pytest
 from conftest import ADMIN_PASSWORD
 from helpers import (
     HubApi,
+    TerminalCommand,
     agent_home,
     allow_all,
     model_agent,
+    pending_requests,
     run_in_terminal,
     running_agent,
     script_model,
+    stored_history,
     tar_gz,
 )
 from tornado.httpclient import HTTPRequest
@@ -111,20 +112,6 @@ async def kill_server(base: str, token: str) -> None:
     conn.write_message(json.dumps(["stdin", "kill -9 $PPID\r"]))
     while await conn.read_message() is not None:
         pass
-
-
-def stored_history(client: HubApi, user: str, slug: str) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
-    cursor = None
-    while True:
-        params = {"limit": 1000, "order": "asc", **({"cursor": cursor} if cursor else {})}
-        resp = client.sac("GET", f"users/{user}/agents/{slug}/history/events", params=params)
-        assert resp.status_code == 200, resp.text
-        page = resp.json()
-        events += page["events"]
-        cursor = page.get("next_cursor")
-        if not cursor:
-            return events
 
 
 def spool_status(client: HubApi, user: str, slug: str) -> dict[str, Any]:
@@ -300,46 +287,6 @@ async def test_service_killed_during_ingest_batch(faults_stack: dict[str, Any], 
                    "an upload waiting at the stopped service")  # fmt: skip
         kill_service_and_wait_for_restart(stack, pid)
         await assert_history_exactly_once(stack, client, user, slug)
-
-
-class TerminalCommand:
-    """A shell command running in the agent's terminal while the test does other things."""
-
-    def __init__(self, conn: Any):
-        self.conn = conn
-        self.output = ""
-
-    @classmethod
-    async def start(cls, base: str, token: str, command: str) -> TerminalCommand:
-        headers = {"Authorization": f"token {token}"}
-        name = httpx.post(base + "api/terminals", headers=headers).json()["name"]
-        ws = base.replace("http", "ws", 1) + f"terminals/websocket/{name}"
-        conn = await websocket_connect(HTTPRequest(ws, headers=headers))
-        script = base64.b64encode(command.encode()).decode()
-        conn.write_message(
-            json.dumps(["stdin", f"echo {script} | base64 -d | bash; echo SAC''END\r"])
-        )
-        return cls(conn)
-
-    async def finish(self, timeout: float = 180) -> str:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while "SACEND" not in self.output:
-            remaining = deadline - loop.time()
-            assert remaining > 0, f"command did not finish: {self.output!r}"
-            msg = await asyncio.wait_for(self.conn.read_message(), remaining)
-            assert msg is not None, self.output
-            kind, *rest = json.loads(msg)
-            if kind == "stdout":
-                self.output += rest[0]
-        self.conn.close()
-        return self.output
-
-
-def pending_requests(client: HubApi, user: str) -> list[dict[str, Any]]:
-    resp = client.sac("GET", "hitl/requests", params={"status": "pending"})
-    assert resp.status_code == 200, resp.text
-    return [r for r in resp.json()["requests"] if r["user"] == user]
 
 
 @pytest.mark.asyncio

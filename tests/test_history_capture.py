@@ -14,7 +14,15 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from helpers import HubApi, allow_all, model_agent, run_in_terminal, running_agent, server_url
+from helpers import (
+    HubApi,
+    allow_all,
+    model_agent,
+    run_in_terminal,
+    running_agent,
+    server_url,
+    stored_history,
+)
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
@@ -53,19 +61,6 @@ def _transcript_keys(text: str) -> list[tuple[str, str]]:
     return keys
 
 
-def _stored(client: HubApi, user: str, slug: str) -> list[dict]:
-    events, cursor = [], None
-    while True:
-        params = {"limit": 1000, "order": "asc", **({"cursor": cursor} if cursor else {})}
-        resp = client.sac("GET", f"users/{user}/agents/{slug}/history/events", params=params)
-        assert resp.status_code == 200, resp.text
-        page = resp.json()
-        events += page["events"]
-        cursor = page.get("next_cursor")
-        if not cursor:
-            return events
-
-
 async def _matches_transcripts(stack: dict, client: HubApi, user: str, slug: str) -> list:
     text = await run_in_terminal(stack["url"], client.token, user, slug, TRANSCRIPTS)
     lines = [line for line in text.splitlines() if line.strip()]
@@ -73,7 +68,7 @@ async def _matches_transcripts(stack: dict, client: HubApi, user: str, slug: str
     assert expected, "claude wrote transcript entries"
 
     def stored_all() -> list | None:
-        events = _stored(client, user, slug)
+        events = stored_history(client, user, slug)
         return events if len(events) >= len(lines) else None
 
     try:
@@ -84,7 +79,7 @@ async def _matches_transcripts(stack: dict, client: HubApi, user: str, slug: str
             headers={"Authorization": f"token {client.token}"},
         ).text
         raise AssertionError(
-            f"{len(lines)} lines, {len(_stored(client, user, slug))} stored;"
+            f"{len(lines)} lines, {len(stored_history(client, user, slug))} stored;"
             f" the sandbox's spool: {status}"
         ) from None
     # Exactly one row per transcript line: nothing lost, nothing doubled.

@@ -5,57 +5,27 @@ made through the service API reach the agent; jupyter_events announce them."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import uuid
 
 import httpx
 import pytest
-from helpers import HubApi, TerminalClient, claude_ready, model_agent, running_agent, server_url
+from helpers import (
+    HubApi,
+    TerminalClient,
+    TerminalCommand,
+    claude_ready,
+    model_agent,
+    pending_requests,
+    running_agent,
+    server_url,
+)
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from sac_testing.stack import poll_until
 
 pytestmark = pytest.mark.stack
-
-
-class Background:
-    """A shell command running in the agent's terminal while the test does other things."""
-
-    def __init__(self, conn: WebSocketClientConnection):
-        self.conn = conn
-        self.output = ""
-
-    @classmethod
-    async def start(cls, base: str, token: str, command: str) -> Background:
-        async with httpx.AsyncClient(headers={"Authorization": f"token {token}"}) as c:
-            name = (await c.post(base + "api/terminals")).json()["name"]
-        conn = await websocket_connect(
-            HTTPRequest(
-                base.replace("http", "ws", 1) + f"terminals/websocket/{name}",
-                headers={"Authorization": f"token {token}"},
-            )
-        )
-        script = base64.b64encode(command.encode()).decode()
-        conn.write_message(
-            json.dumps(["stdin", f"echo {script} | base64 -d | bash; echo SAC''END\r"])
-        )
-        return cls(conn)
-
-    async def finish(self, timeout: float = 120) -> str:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while "SACEND" not in self.output:
-            remaining = deadline - loop.time()
-            assert remaining > 0, f"command did not finish: {self.output!r}"
-            msg = await asyncio.wait_for(self.conn.read_message(), remaining)
-            assert msg is not None, self.output
-            kind, *rest = json.loads(msg)
-            if kind == "stdout":
-                self.output += rest[0]
-        self.conn.close()
-        return self.output
 
 
 def _chat_turn(prompt: str) -> str:
@@ -66,14 +36,10 @@ def _chat_turn(prompt: str) -> str:
     )
 
 
-def _pending(client: HubApi, user: str) -> list[dict]:
-    resp = client.sac("GET", "hitl/requests", params={"status": "pending"})
-    assert resp.status_code == 200, resp.text
-    return [r for r in resp.json()["requests"] if r["user"] == user]
-
-
 def _one_pending(client: HubApi, user: str) -> dict:
-    return poll_until(lambda: (p := _pending(client, user)) and p[0], 60, "a pending request")
+    return poll_until(
+        lambda: (p := pending_requests(client, user)) and p[0], 60, "a pending request"
+    )
 
 
 async def _events(base: str, token: str) -> WebSocketClientConnection:
@@ -111,7 +77,7 @@ async def test_tool_call_waits_for_approval_and_deny_blocks_it(stack: dict, fake
             fake + "/_fake/script",
             json={"replies": [_write_tool("/workspace/approved.txt"), "tool finished"]},
         )
-        turn = await Background.start(base, client.token, _chat_turn("write it"))
+        turn = await TerminalCommand.start(base, client.token, _chat_turn("write it"))
         request = _one_pending(client, user)
         assert request["kind"] == "tool" and request["tool"] == "Bash"
         assert request["input"]["command"] == "echo yes > /workspace/approved.txt"
@@ -134,7 +100,7 @@ async def test_tool_call_waits_for_approval_and_deny_blocks_it(stack: dict, fake
             fake + "/_fake/script",
             json={"replies": [_write_tool("/workspace/denied.txt"), "gave up"]},
         )
-        turn = await Background.start(base, client.token, _chat_turn("write another"))
+        turn = await TerminalCommand.start(base, client.token, _chat_turn("write another"))
         request = _one_pending(client, user)
         resp = client.sac(
             "POST",
@@ -161,7 +127,7 @@ async def test_unanswered_request_times_out_to_the_default(stack: dict, fake: st
             fake + "/_fake/script",
             json={"replies": [_write_tool("/workspace/late.txt"), "no answer came"]},
         )
-        turn = await Background.start(base, client.token, _chat_turn("write late"))
+        turn = await TerminalCommand.start(base, client.token, _chat_turn("write late"))
         request = _one_pending(client, user)
         assert "no answer came" in await turn.finish()
         done = client.sac("GET", f"hitl/requests/{request['id']}").json()
@@ -217,7 +183,7 @@ async def test_terminal_permission_menu_is_answered_from_the_api(stack: dict, fa
             # from now on saw it.
             seen = reads()
             poll_until(lambda n=seen: reads() > n, 30, "the watcher reading the redrawn screen")
-        assert [r["id"] for r in _pending(client, user)] == [request["id"]]
+        assert [r["id"] for r in pending_requests(client, user)] == [request["id"]]
         resp = client.sac(
             "POST",
             f"hitl/requests/{request['id']}/decision",
@@ -245,9 +211,9 @@ async def test_other_users_cannot_see_or_answer(stack: dict, fake: str, new_user
             fake + "/_fake/script",
             json={"replies": [_write_tool("/workspace/x.txt"), "stranger denied"]},
         )
-        turn = await Background.start(base, client.token, _chat_turn("write x"))
+        turn = await TerminalCommand.start(base, client.token, _chat_turn("write x"))
         request = _one_pending(client, user)
-        assert _pending(stranger, user) == []
+        assert pending_requests(stranger, user) == []
         rid = request["id"]
         assert stranger.sac("GET", f"hitl/requests/{rid}").status_code == 404
         resp = stranger.sac("POST", f"hitl/requests/{rid}/decision", json={"decision": "allow"})
@@ -255,6 +221,21 @@ async def test_other_users_cannot_see_or_answer(stack: dict, fake: str, new_user
         assert client.sac("GET", f"hitl/requests/{rid}").json()["status"] == "pending"
         client.sac("POST", f"hitl/requests/{rid}/decision", json={"decision": "deny"})
         await turn.finish()
+
+
+def _assert_cancelled_for_good(client: HubApi, request: dict, late_decision: str) -> None:
+    """The request settles as cancelled, and a decision posted after is refused."""
+    rid = request["id"]
+    done = poll_until(
+        lambda: (
+            (r := client.sac("GET", f"hitl/requests/{rid}").json())["status"] != "pending" and r
+        ),
+        30,
+        "the request settled",
+    )
+    assert done["status"] == "cancelled", done
+    late = client.sac("POST", f"hitl/requests/{rid}/decision", json={"decision": late_decision})
+    assert late.status_code == 409 and late.json()["error"] == "already_decided"
 
 
 async def _menu_waiting(stack: dict, fake: str, client: HubApi, user: str, slug: str,
@@ -283,20 +264,8 @@ async def test_a_menu_answered_by_hand_cancels_its_request(stack: dict, fake: st
         term, request = await _menu_waiting(stack, fake, client, user, "tty", "/workspace/hand.txt")
         term.type("1")  # "Yes", typed by the person
         await term.wait_for(lambda t: "after the menu" in t.text(), 60, "the turn going on")
-        done = poll_until(
-            lambda: (
-                (r := client.sac("GET", f"hitl/requests/{request['id']}").json())["status"]
-                != "pending"
-                and r
-            ),
-            30,
-            "the request settled",
-        )
-        assert done["status"] == "cancelled", done
-        late = client.sac("POST", f"hitl/requests/{request['id']}/decision",
-                          json={"decision": "deny"})  # fmt: skip
-        assert late.status_code == 409 and late.json()["error"] == "already_decided"
-        assert _pending(client, user) == []
+        _assert_cancelled_for_good(client, request, "deny")
+        assert pending_requests(client, user) == []
         term.close()
 
 
@@ -338,17 +307,5 @@ async def test_a_cancelled_chat_turn_cancels_its_waiting_request(stack: dict, fa
         request = _one_pending(client, user)
         cancel = api.post(base + f"sac/api/chat/sessions/{sid}/cancel")
         assert cancel.status_code == 200 and cancel.json() == {"cancelled": True}
-        done = poll_until(
-            lambda: (
-                (r := client.sac("GET", f"hitl/requests/{request['id']}").json())["status"]
-                != "pending"
-                and r
-            ),
-            30,
-            "the request settled",
-        )
-        assert done["status"] == "cancelled", done
-        late = client.sac("POST", f"hitl/requests/{request['id']}/decision",
-                          json={"decision": "allow"})  # fmt: skip
-        assert late.status_code == 409 and late.json()["error"] == "already_decided"
+        _assert_cancelled_for_good(client, request, "allow")
         assert api.get(base + "api/contents/never.txt").status_code == 404

@@ -16,7 +16,15 @@ from typing import Any
 import httpx
 import pytest
 from conftest import S3_BUCKET
-from helpers import HubApi, agent_home, run_in_terminal, running_agent, server_url, tar_gz
+from helpers import (
+    HubApi,
+    agent_home,
+    agent_token,
+    run_in_terminal,
+    running_agent,
+    server_url,
+    tar_gz,
+)
 
 from jupyter_sac.objects import S3Store
 from sac_testing.s3_server import S3Endpoint
@@ -35,14 +43,6 @@ def skill(command: str, **extra: Any) -> dict[str, Any]:
 
 def skills_dir(stack: dict[str, Any], slug: str) -> Path:
     return agent_home(stack["data_dir"], slug) / "home" / ".claude" / "skills"
-
-
-def agent_token(stack: dict[str, Any], client: HubApi, user: str, slug: str) -> str:
-    token = asyncio.run(
-        run_in_terminal(stack["url"], client.token, user, slug, "echo $SAC_AGENT_TOKEN")
-    )
-    assert token.startswith("sac-agent-")
-    return token
 
 
 def test_bundles_live_in_s3_and_reach_the_sandbox_without_its_keys(
@@ -116,7 +116,7 @@ def test_sandbox_bundle_endpoints_answer_only_for_the_agents_own_skills(
         assert client.sac(
             "POST", f"users/{user}/agents/{slug}/skills", json={"skill_id": mine_id}
         ).status_code == 201  # fmt: skip
-        token = agent_token(s3_stack, client, user, slug)
+        token = asyncio.run(agent_token(s3_stack["url"], client, user, slug))
         api = httpx.Client(base_url=s3_stack["service_url"] + "api/", timeout=60)
         as_agent = {"Authorization": f"Bearer {token}"}
 
