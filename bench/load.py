@@ -52,7 +52,7 @@ from pathlib import Path
 import httpx
 import psycopg
 from tornado.httpclient import HTTPRequest
-from tornado.websocket import WebSocketClientConnection, websocket_connect
+from tornado.websocket import websocket_connect
 
 from jupyter_sac.localhost import resolve_localhost
 from jupyter_sac.runtimes.claude import claude_binary
@@ -64,6 +64,8 @@ from sac_testing.stack import (
     find_descendant,
     http_status,
     poll_until,
+    process_children,
+    read_terminal_until,
     stop_process,
 )
 
@@ -103,19 +105,6 @@ def pct(values: list[float], q: float) -> float:
 # ---- terminals ----------------------------------------------------------------------
 
 
-async def read_until(conn: WebSocketClientConnection, marker: str, timeout: float = 60) -> None:
-    out = ""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while marker not in out:
-        msg = await asyncio.wait_for(conn.read_message(), deadline - loop.time())
-        if msg is None:
-            raise ConnectionError("terminal closed")
-        kind, *rest = json.loads(msg)
-        if kind == "stdout":
-            out += rest[0]
-
-
 async def typist(
     load: Load, ws_url: str, headers: dict[str, str], interval: float, until: float, bare: bool
 ) -> None:
@@ -124,7 +113,7 @@ async def typist(
         conn = await websocket_connect(HTTPRequest(ws_url, headers=headers))
         conn.write_message(json.dumps(["set_size", 40, 120, 640, 960]))
         conn.write_message(json.dumps(["stdin", "\x15stty -echoctl; PS1='$ '; echo READY''X\r"]))
-        await read_until(conn, "READYX")
+        await read_terminal_until(conn, "READYX")
     except Exception as e:
         load.error("terminal_connect", f"{ws_url}: {e!r}")
         return
@@ -137,7 +126,7 @@ async def typist(
             key = "abcdefghijklmnopqrstuvwxyz"[i % 26]
             t0 = time.perf_counter()
             conn.write_message(json.dumps(["stdin", key]))
-            await read_until(conn, key, timeout=30)
+            await read_terminal_until(conn, key, timeout=30)
             (load.echo_bare if bare else load.echo).append(time.perf_counter() - t0)
             i += 1
             await asyncio.sleep(interval)
@@ -321,18 +310,6 @@ def pss_kib(pid: int) -> int:
     return 0
 
 
-def children_map() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    return children
-
-
 def tree(root: int, children: dict[int, list[int]]) -> list[int]:
     out, todo = [], [root]
     while todo:
@@ -350,7 +327,7 @@ def memory_breakdown(stack: RunningStack, slugs: list[str]) -> dict[str, list[in
         base_url=stack.url, timeout=60, headers={"Authorization": f"token {stack.harness_token}"}
     )
     servers = harness.get("hub/api/users/admin").json()["servers"]
-    children = children_map()
+    children = process_children()
     parts: dict[str, list[int]] = {"server": [], "claude": [], "other": [], "total": []}
     for slug in slugs:
         pid = (servers.get(slug) or {}).get("state", {}).get("pid")

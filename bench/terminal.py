@@ -31,7 +31,13 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from jupyter_sac.localhost import resolve_localhost
 from jupyter_sac.stack import free_port
-from sac_testing.stack import embedded_stack, http_status, poll_until, stop_process
+from sac_testing.stack import (
+    embedded_stack,
+    http_status,
+    poll_until,
+    read_terminal_until,
+    stop_process,
+)
 
 # The stack serves the hub, the service and each user on *.localhost hosts.
 resolve_localhost()
@@ -71,20 +77,6 @@ def serve_bare(port: int) -> None:
 # ---- measuring ------------------------------------------------------------------
 
 
-async def _read_until(conn: WebSocketClientConnection, marker: str, timeout: float = 60) -> str:
-    out = ""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while marker not in out:
-        msg = await asyncio.wait_for(conn.read_message(), deadline - loop.time())
-        if msg is None:
-            raise RuntimeError("terminal closed")
-        kind, *rest = json.loads(msg)
-        if kind == "stdout":
-            out += rest[0]
-    return out
-
-
 async def _drain(conn: WebSocketClientConnection, quiet: float) -> None:
     while True:
         try:
@@ -95,7 +87,7 @@ async def _drain(conn: WebSocketClientConnection, quiet: float) -> None:
 
 async def echo_latencies(conn: WebSocketClientConnection, keys: int) -> list[float]:
     conn.write_message(json.dumps(["stdin", "\x15stty -echoctl; PS1='$ '; echo READY''X\r"]))
-    await _read_until(conn, "READYX")
+    await read_terminal_until(conn, "READYX")
     await _drain(conn, 0.3)
     times = []
     for i in range(keys):
@@ -105,7 +97,7 @@ async def echo_latencies(conn: WebSocketClientConnection, keys: int) -> list[flo
         key = "abcdefghijklmnopqrstuvwxyz"[i % 26]
         t0 = time.perf_counter()
         conn.write_message(json.dumps(["stdin", key]))
-        await _read_until(conn, key)
+        await read_terminal_until(conn, key)
         times.append(time.perf_counter() - t0)
     return times
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import secrets
 import signal
@@ -12,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
@@ -171,9 +173,8 @@ def embedded_stack(
         stop_process(proc)
 
 
-def find_descendant(root: int, marker: bytes) -> int:
-    """The first process under ``root`` whose command line contains ``marker``
-    (e.g. the `sac` service of one `sac up`, among several stacks on this machine)."""
+def process_children() -> dict[int, list[int]]:
+    """Every process's children on this machine, by parent pid (from /proc)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -182,6 +183,29 @@ def find_descendant(root: int, marker: bytes) -> int:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+async def read_terminal_until(conn: Any, marker: str, timeout: float = 60) -> str:
+    """Read a Jupyter terminal's websocket ``conn`` until its output holds ``marker``;
+    the output read. Raises ConnectionError when the terminal closes first."""
+    out = ""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while marker not in out:
+        msg = await asyncio.wait_for(conn.read_message(), deadline - loop.time())
+        if msg is None:
+            raise ConnectionError("terminal closed")
+        kind, *rest = json.loads(msg)
+        if kind == "stdout":
+            out += rest[0]
+    return out
+
+
+def find_descendant(root: int, marker: bytes) -> int:
+    """The first process under ``root`` whose command line contains ``marker``
+    (e.g. the `sac` service of one `sac up`, among several stacks on this machine)."""
+    children = process_children()
     todo = [root]
     while todo:
         for child in children.get(todo.pop(), []):
