@@ -1,4 +1,4 @@
-"""The `sac` command: `sac up` (the embedded stack) and `sac doctor`."""
+"""The `sac` command: `sac up` (the embedded stack), `sac down` and `sac doctor`."""
 
 from __future__ import annotations
 
@@ -25,6 +25,22 @@ def cmd_up(args: argparse.Namespace) -> int:
         config=Path(args.config) if args.config else None,
     )
     return run(stack)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from .stack import default_data_dir, stack_running, stop_left_agents
+
+    data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+    if stack_running(data_dir):
+        print(
+            f"`sac up` runs on {data_dir}: stop it first (Ctrl-C), or stop agents from"
+            " the hub's pages while it runs",
+            file=sys.stderr,
+        )
+        return 1
+    stopped = stop_left_agents(data_dir)
+    print(f"[sac] stopped {stopped} agent{'' if stopped == 1 else 's'} left running")
+    return 0
 
 
 def _check(ok: bool, what: str, found: str, fix: str) -> bool:
@@ -146,6 +162,13 @@ def main(argv: list[str] | None = None) -> int:
         help="JupyterHub config file (default: hub_config/jupyterhub_config.py)",
     )
     up.set_defaults(func=cmd_up)
+    down = sub.add_parser(
+        "down", help="stop the agents a stopped `sac up` left running (they outlive it)"
+    )
+    down.add_argument(
+        "--data-dir", default=None, help="default: $SAC_DATA_DIR or ~/.local/share/jupyter-sac"
+    )
+    down.set_defaults(func=cmd_down)
     doctor = sub.add_parser("doctor", help="check what the stack needs and how to fix it")
     doctor.set_defaults(func=cmd_doctor)
     args = parser.parse_args(argv)

@@ -193,7 +193,9 @@ def configure(c: Any, config_file: str) -> None:
     c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{env('SAC_HUB_API_PORT', '8081')}"
     c.JupyterHub.db_url = "sqlite:///" + os.path.join(data_dir, "jupyterhub.sqlite")
     c.JupyterHub.cookie_secret_file = os.path.join(data_dir, "jupyterhub_cookie_secret")
-    c.JupyterHub.cleanup_servers = True
+    # Agents outlive a hub restart (an upgrade, `sac up` stopped and started again):
+    # the restarted hub re-attaches to their sandboxes (LocalAgentSpawner.poll).
+    c.JupyterHub.cleanup_servers = False
     c.JupyterHub.redirect_to_server = False
 
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{env('SAC_PROXY_API_PORT', '8001')}"

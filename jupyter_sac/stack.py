@@ -1,8 +1,10 @@
 """`sac up`: the embedded stack (PostgreSQL, JupyterHub + proxy + `sac` service).
 
 This process is a child subreaper: whatever its children leave behind (the proxy,
-the service, sandboxes, postgres) is reparented to it, so on Ctrl-C it can stop
-everything it started and leave no orphans.
+the service, spare sandboxes, postgres) is reparented to it, so on Ctrl-C it can
+stop everything it started and leave no orphans. Agents' sandboxes are the
+exception: they keep running through a stop (an upgrade, a restart), and the next
+`sac up` on the same data dir re-attaches them; `sac down` stops them.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import os
 import secrets
 import shutil
@@ -20,12 +23,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from .crypto import generate_key
 from .rules.urls import PublicUrls
+from .spawner.sandbox import process_alive, process_start, running_sandboxes, stop_sandboxes
 from .store import migrate
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -125,6 +130,9 @@ class Stack:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)
+        if stack_running(self.data_dir):
+            raise SystemExit(f"`sac up` already runs on {self.data_dir}")
+        write_pid_file(self.data_dir / UP_PID_FILE)
         secrets_dir = self.data_dir / "secrets"
         secrets_dir.mkdir(mode=0o700, exist_ok=True)
         fernet_key, _ = read_or_create_secret(secrets_dir / "fernet.key", generate_key)
@@ -168,9 +176,7 @@ class Stack:
                 "SAC_HUB_PORT": str(self.port),
                 "SAC_DOMAIN": self.domain,
                 "SAC_SUBDOMAINS": "1" if self.subdomains else "0",
-                "SAC_HUB_API_PORT": os.environ.get("SAC_HUB_API_PORT") or str(free_port()),
-                "SAC_PROXY_API_PORT": os.environ.get("SAC_PROXY_API_PORT") or str(free_port()),
-                "SAC_SERVICE_PORT": os.environ.get("SAC_SERVICE_PORT") or str(free_port()),
+                **stable_ports(self.data_dir / "ports.json", INTERNAL_PORTS),
                 "SAC_CHP_COMMAND": chp,
             }
         )
@@ -200,7 +206,10 @@ class Stack:
             self.say(f"Admin password: in {secrets_dir / 'admin-password'}")
         for line in where:
             self.say(line)
-        self.say(f"Open {self.url}  (Ctrl-C stops everything)")
+        self.say(
+            f"Open {self.url}  (Ctrl-C stops the stack; running agents keep running"
+            " until the next `sac up` re-attaches them, or `sac down` stops them)"
+        )
 
     def _where(self) -> list[str]:
         if not self.subdomains:
@@ -264,7 +273,75 @@ class Stack:
             with contextlib.suppress(Exception):
                 self.pg.cleanup()  # type: ignore[attr-defined]
             self.pg = None
-        kill_orphans()
+        agents = running_sandboxes(self.data_dir / "agents")
+        kill_orphans(keep={sandbox.pid for sandbox in agents})
+        with contextlib.suppress(OSError):
+            (self.data_dir / UP_PID_FILE).unlink()
+        if agents:
+            self.say(
+                f"{len(agents)} agent{'s' if len(agents) > 1 else ''} keep running: the next"
+                " `sac up` re-attaches them; `sac down` stops them"
+            )
+
+
+# The hub's API, the proxy's API and the `sac` service: agents that keep running
+# through a restart reach them at the addresses they were given, so a data dir
+# keeps its ports (an explicit $SAC_*_PORT still wins).
+INTERNAL_PORTS = ("SAC_HUB_API_PORT", "SAC_PROXY_API_PORT", "SAC_SERVICE_PORT")
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def stable_ports(path: Path, names: tuple[str, ...]) -> dict[str, str]:
+    """The ports ``names`` had on this data dir's last start, where still free (a new
+    free port otherwise), each overridden by its environment variable; saved again."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        saved = {}
+    ports = {}
+    for name in names:
+        if os.environ.get(name):
+            ports[name] = os.environ[name]
+            continue
+        previous = saved.get(name)
+        ports[name] = str(previous if isinstance(previous, int) and port_free(previous)
+                          else free_port())  # fmt: skip
+    path.write_text(json.dumps({name: int(port) for name, port in ports.items()}))
+    return ports
+
+
+UP_PID_FILE = "sac-up.json"
+
+
+def write_pid_file(path: Path) -> None:
+    found = process_start(os.getpid())
+    path.write_text(json.dumps({"pid": os.getpid(), "start_time": found[1] if found else 0}))
+
+
+def stack_running(data_dir: Path) -> bool:
+    """Whether a `sac up` runs on ``data_dir`` (its pid file names a live process)."""
+    try:
+        recorded = json.loads((data_dir / UP_PID_FILE).read_text())
+        return process_alive(int(recorded["pid"]), int(recorded["start_time"]))
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
+
+
+def stop_left_agents(data_dir: Path, grace: float = 10) -> int:
+    """`sac down`: stop the agents' sandboxes a stopped `sac up` left running (each
+    tries to flush to the service, then is killed after ``grace`` seconds; what it
+    could not send stays in its spool); how many there were."""
+    agents = running_sandboxes(data_dir / "agents")
+    stop_sandboxes(agents, grace)
+    return len(agents)
 
 
 def _children(pid: int) -> list[int]:
@@ -275,12 +352,12 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def kill_orphans(grace: float = 5) -> None:
-    """Stop whatever was reparented to us (TERM, then KILL) and reap it."""
+def kill_orphans(grace: float = 5, keep: Collection[int] = ()) -> None:
+    """Stop whatever was reparented to us (TERM, then KILL) but ``keep``, and reap it."""
     deadline = time.monotonic() + grace
     sent_term: set[int] = set()
     while True:
-        children = _children(os.getpid())
+        children = [pid for pid in _children(os.getpid()) if pid not in keep]
         for pid in children:
             sig = signal.SIGTERM if pid not in sent_term else None
             if time.monotonic() > deadline:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import httpx
 
 from jupyter_sac.rules.urls import PublicUrls, via_proxy
-from jupyter_sac.stack import free_port
+from jupyter_sac.stack import INTERNAL_PORTS, free_port, stop_left_agents
 
 T = TypeVar("T")
 
@@ -67,6 +67,9 @@ class RunningStack:
     # in for people making their API tokens at /hub/token, which the administrator
     # may not do for them (docs/security.md#operators).
     harness_token: str = ""
+    # Leave the agents running when `sac up` stops (a restart), as `sac up` does;
+    # by default the harness then stops them as `sac down` would.
+    keep_agents: bool = False
 
     @property
     def service_url(self) -> str:
@@ -143,6 +146,7 @@ def embedded_stack(
     public = PublicUrls(f"http://localhost:{port}")
     url = public.hub
     proxy_url = f"http://127.0.0.1:{port}/"
+    running = None
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "jupyter_sac.cli", "up", "--port", str(port),
@@ -168,9 +172,57 @@ def embedded_stack(
         agents, host = proxied(public.service() + "api/agents", proxy_url)
         poll_until(lambda: http_status(agents, headers={**headers, **host}) == 200,
                    60, "the sac service", interval=0.2)  # fmt: skip
-        yield RunningStack(url, token, data_dir, log_path, proc, public, proxy_url, harness_token)
+        running = RunningStack(
+            url, token, data_dir, log_path, proc, public, proxy_url, harness_token
+        )
+        yield running
     finally:
         stop_process(proc)
+        if running is None or not running.keep_agents:
+            stop_left_agents(data_dir, grace=5)
+
+
+class RestartableStack:
+    """`sac up` on one data dir and fixed ports, which a test stops and starts again
+    (an upgrade): what runs in it must survive that."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        admin_password: str,
+        extra_config: Path | None = None,
+        env: dict[str, str] | None = None,
+    ):
+        self.workdir = workdir
+        self.admin_password = admin_password
+        self.extra_config = extra_config
+        # Fixed addresses, so agents started before a restart still reach the hub.
+        self.env = {name: str(free_port()) for name in INTERNAL_PORTS} | (env or {})
+        self.port = free_port()
+        self._exits = ExitStack()
+        self.running: RunningStack | None = None
+
+    def start(self) -> RunningStack:
+        self.running = self._exits.enter_context(
+            embedded_stack(
+                self.workdir, self.admin_password, self.extra_config, self.env, self.port
+            )
+        )
+        return self.running
+
+    def stop(self) -> None:
+        """Stop `sac up`; its agents keep running, as they do for a person."""
+        assert self.running is not None
+        self.running.keep_agents = True
+        self._exits.close()
+
+    def restart(self) -> RunningStack:
+        """Stop `sac up` (agents keep running) and start it again on the same data."""
+        self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        self._exits.close()
 
 
 def process_children() -> dict[int, list[int]]:

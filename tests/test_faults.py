@@ -11,6 +11,8 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -39,8 +41,15 @@ from helpers import (
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
+from jupyter_sac.spawner.sandbox import process_alive
 from jupyter_sac.stack import free_port
-from sac_testing.stack import embedded_stack, find_descendant, poll_until
+from sac_testing.stack import (
+    RestartableStack,
+    RunningStack,
+    find_descendant,
+    poll_until,
+    read_terminal_until,
+)
 
 pytestmark = pytest.mark.stack
 
@@ -51,19 +60,32 @@ TRANSCRIPTS = "cat $CLAUDE_CONFIG_DIR/projects/*/*.jsonl 2>/dev/null"
 @pytest.fixture(scope="module")
 def faults_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A stack of this module's own, with the service on a port the tests know (to
-    see requests waiting at it while it is stopped)."""
+    see requests waiting at it while it is stopped). ``stack["restart"]()`` stops
+    `sac up` and starts it again on the same data (the dict then describes the new one)."""
     workdir = tmp_path_factory.mktemp("sac-faults")
     service_port = free_port()
-    env = {"SAC_SERVICE_PORT": str(service_port)}
-    with embedded_stack(workdir, ADMIN_PASSWORD, env=env) as running:
-        yield {"url": running.url, "pid": running.proc.pid, "data_dir": running.data_dir,
-               "admin": HubApi(running.url, running.admin_token, running.harness_token),
-               "service_port": service_port, "log": running.log_path}  # fmt: skip
-    # A PostgreSQL a test started again is this process's, not `sac up`'s child:
-    # stop it too, if `sac up` could not.
-    if (running.data_dir / "postgres" / "postmaster.pid").exists():
-        with contextlib.suppress(Exception):
-            pg_ctl({"data_dir": running.data_dir}, "-w", "-m", "fast", "stop")
+    stack = RestartableStack(workdir, ADMIN_PASSWORD, env={"SAC_SERVICE_PORT": str(service_port)})
+    described: dict[str, Any] = {}
+
+    def describe(running: RunningStack) -> None:
+        described.update(
+            url=running.url, pid=running.proc.pid, data_dir=running.data_dir,
+            admin=HubApi(running.url, running.admin_token, running.harness_token),
+            service_port=service_port, log=running.log_path,
+            restart=lambda: describe(stack.restart()),
+            stop=stack.stop, start=lambda: describe(stack.start()),
+        )  # fmt: skip
+
+    try:
+        describe(stack.start())
+        yield described
+    finally:
+        stack.close()
+        # A PostgreSQL a test started again is this process's, not `sac up`'s child:
+        # stop it too, if `sac up` could not.
+        if (workdir / "data" / "postgres" / "postmaster.pid").exists():
+            with contextlib.suppress(Exception):
+                pg_ctl({"data_dir": workdir / "data"}, "-w", "-m", "fast", "stop")
 
 
 def service_pid(stack: dict[str, Any]) -> int:
@@ -425,6 +447,118 @@ async def test_graceful_stop_flushes_spool_and_workspace(
         # And nothing is sent twice at the next start.
         client.start(user, slug)
         await assert_history_exactly_once(stack, client, user, slug)
+
+
+# ---- `sac up` stopped and started again (an upgrade) ----------------------------------
+
+
+def chat_session(client: HubApi, user: str, slug: str) -> dict[str, Any]:
+    (session,) = client.agent(user, slug, "GET", "sac/api/chat/sessions").json()["sessions"]
+    return session
+
+
+@pytest.mark.asyncio
+async def test_sac_up_restart_keeps_agents_running_and_reattaches(
+    faults_stack: dict[str, Any], fake: str
+) -> None:
+    """`sac up` stopped and started again: a running agent keeps running through it
+    (the same shell in its terminal, the same chat session), the new hub re-attaches
+    to it (its pages, its network relays: the credential proxy and the service answer
+    inside as before, so a new turn calls the model and waits on a person's approval),
+    and it stops as any agent does afterwards."""
+    stack = faults_stack
+    user, slug = f"r{uuid.uuid4().hex[:8]}", "steady"
+    with running_agent(stack["admin"], user, slug, **model_agent(fake)) as client:
+        base = client.server_url(user, slug)
+        auth = {"Authorization": f"token {client.token}"}
+        name = client.agent(user, slug, "POST", "api/terminals").json()["name"]
+        ws = base.replace("http", "ws", 1) + f"terminals/websocket/{name}"
+        term = await websocket_connect(HTTPRequest(ws, headers=auth))
+        # State only this shell holds: a variable it was told.
+        term.write_message(json.dumps(["stdin", "export SAC_MARK=kept; echo set-$((6*7))\r"]))
+        await read_terminal_until(term, "set-42")
+        term.close()
+        script_model(fake, "noted: teal")
+        turn = client.agent(user, slug, "POST", "sac/api/chat", json={"message": "remember teal"})
+        assert turn.status_code == 202, turn.text
+        sid = turn.json()["session_id"]
+        poll_until(lambda: chat_session(client, user, slug)["running"] is False, 120, "turn 1")
+        recorded = json.loads(
+            next((stack["data_dir"] / "agents").glob(f"*-{slug}/sandbox.json")).read_text()
+        )
+        sandbox = (recorded["pid"], recorded["start_time"])
+
+        stack["restart"]()
+
+        # The same process, re-attached: ready, and its pages answer through the new proxy.
+        assert process_alive(*sandbox)
+        server = client.server(user, slug)
+        assert server and server["ready"], server
+        term = await websocket_connect(HTTPRequest(ws, headers=auth))
+        term.write_message(json.dumps(["stdin", "echo mark-$SAC_MARK\r"]))
+        await read_terminal_until(term, "mark-kept")
+        term.close()
+        # The same chat session goes on: the model is called through the relayed
+        # credential proxy, sees the earlier turn, and a Bash call waits on a person
+        # at the relayed service until approved.
+        assert chat_session(client, user, slug)["turns"] == 1
+        httpx.delete(fake + "/_fake/requests")
+        tool = {"name": "Bash", "input": {"command": "echo after > /workspace/after.txt"}}
+        script_model(fake, {"tool_use": tool}, "written after the restart")
+        turn = client.agent(user, slug, "POST", "sac/api/chat",
+                            json={"message": "write it", "session_id": sid})  # fmt: skip
+        assert turn.status_code == 202, turn.text
+        (request,) = poll_until(lambda: pending_requests(client, user), 120, "a pending request")
+        decided = client.sac(
+            "POST", f"hitl/requests/{request['id']}/decision", json={"decision": "allow"}
+        )
+        assert decided.status_code == 200, decided.text
+        poll_until(lambda: chat_session(client, user, slug)["turns"] == 2
+                   and not chat_session(client, user, slug)["running"], 120, "turn 2")  # fmt: skip
+        assert "remember teal" in json.dumps(httpx.get(fake + "/_fake/requests").json())
+        written = client.agent(user, slug, "GET", "api/contents/after.txt")
+        assert written.status_code == 200 and written.json()["content"] == "after\n", written.text
+        await assert_history_exactly_once(stack, client, user, slug)
+
+        # Stopped by the new hub like any agent: the sandbox is gone.
+        client.stop(user, slug)
+        assert client.server(user, slug) is None
+        poll_until(lambda: not process_alive(*sandbox), 30, "the sandbox gone")
+
+
+def sac_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "jupyter_sac.cli", *args],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def test_sac_down_stops_the_agents_a_stopped_stack_left_running(
+    faults_stack: dict[str, Any],
+) -> None:
+    """`sac down` refuses while `sac up` runs; once it is stopped, it stops the agents
+    left running, and the next `sac up` sees them stopped (startable again)."""
+    stack = faults_stack
+    data_dir = str(stack["data_dir"])
+    user, slug = f"d{uuid.uuid4().hex[:8]}", "left"
+    with running_agent(stack["admin"], user, slug) as client:
+        recorded = json.loads(
+            next((stack["data_dir"] / "agents").glob(f"*-{slug}/sandbox.json")).read_text()
+        )
+        sandbox = (recorded["pid"], recorded["start_time"])
+        refused = sac_cli("down", "--data-dir", data_dir)
+        assert refused.returncode == 1 and "`sac up` runs on" in refused.stderr, refused
+        assert process_alive(*sandbox)
+
+        stack["stop"]()
+        assert process_alive(*sandbox), "the agent outlives `sac up`"
+        down = sac_cli("down", "--data-dir", data_dir)
+        assert down.returncode == 0, down.stderr
+        assert "stopped 1 agent left running" in down.stdout
+        assert not process_alive(*sandbox)
+        stack["start"]()
+
+        assert client.server(user, slug) is None
+        client.start(user, slug)
+        assert client.agent(user, slug, "GET", "sac/api/status").status_code == 200
 
 
 def test_service_killed_during_skill_sync(faults_stack: dict[str, Any]) -> None:

@@ -16,7 +16,6 @@ import json
 import sys
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,8 @@ import pytest
 from conftest import ADMIN_PASSWORD
 from helpers import HubApi, model_agent, run_in_terminal
 
-from jupyter_sac.stack import free_port
 from sac_testing.kube_cluster import RunningCluster, kube_cluster
-from sac_testing.stack import embedded_stack, poll_until
+from sac_testing.stack import RestartableStack, poll_until
 
 pytestmark = pytest.mark.stack
 
@@ -96,30 +94,23 @@ class KubeStack:
         self.cluster = cluster
         self.config = workdir / "kube_hub_config.py"
         self.config.write_text(HUB_CONFIG)
-        # Fixed addresses, so pods started before a restart still reach the hub.
-        self.env = {
-            "KUBECONFIG": str(cluster.kubeconfig),
-            "SAC_HUB_API_PORT": str(free_port()),
-            "SAC_PROXY_API_PORT": str(free_port()),
-            "SAC_SERVICE_PORT": str(free_port()),
-        }
-        self.port = free_port()
-        self.exits = ExitStack()
+        # Fixed addresses (RestartableStack), so pods started before a restart
+        # still reach the hub.
+        env = {"KUBECONFIG": str(cluster.kubeconfig)}
+        self.stack = RestartableStack(workdir, ADMIN_PASSWORD, self.config, env)
         self.kube = KubeApi(cluster.url)
 
     def start(self) -> None:
-        running = self.exits.enter_context(
-            embedded_stack(self.workdir, ADMIN_PASSWORD, self.config, self.env, self.port)
-        )
+        running = self.stack.start()
         self.url = running.url
         self.log = running.log_path
         self.admin = HubApi(running.url, running.admin_token, running.harness_token)
 
     def stop(self) -> None:
-        self.exits.close()
+        self.stack.close()
 
     def restart(self) -> None:
-        self.stop()
+        self.stack.stop()
         self.start()
 
     def new_user(self) -> tuple[str, HubApi]:

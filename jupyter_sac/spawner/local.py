@@ -349,6 +349,65 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         env["SHELL"] = "/bin/bash"
         return env
 
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        sandbox = getattr(self, "_sandbox", None)
+        if sandbox is not None:
+            # Enough for a restarted hub to find the sandbox again (Sandbox.attach).
+            state["sandbox"] = {
+                "root": str(sandbox.layout.root),
+                "relayed": sandbox.relays is not None,
+            }
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        self._saved_sandbox = state.get("sandbox")
+
+    def clear_state(self) -> None:
+        super().clear_state()
+        self._saved_sandbox = None
+
+    async def poll(self) -> int | None:
+        sandbox = getattr(self, "_sandbox", None)
+        if sandbox is None and getattr(self, "_saved_sandbox", None):
+            return await self._reattach(self._saved_sandbox)
+        if self.proc is None and sandbox is not None:
+            # Re-attached: not this hub's child, so no Popen to ask (and pid reuse or
+            # an unreaped zombie would fool a bare kill(pid, 0)).
+            if sandbox.alive():
+                return None
+            self.clear_state()
+            return 0
+        return await super().poll()
+
+    async def _reattach(self, saved: dict[str, Any]) -> int | None:
+        """Take over a sandbox an earlier hub started and that kept running through the
+        hub's restart: serve its relays again (they lived in that hub), put it back
+        under its limits and sample it again. None: it runs; 0: it is gone."""
+        self._saved_sandbox = None
+        sandbox = Sandbox.attach(SandboxLayout(Path(saved["root"])))
+        if sandbox is None:
+            self.clear_state()
+            return 0
+        ctx = await self.running_agent_context()
+        if ctx is None:
+            self.log.warning("%s: its agent is gone; stopping its sandbox", self._log_name)
+            sandbox.discard()
+            self.clear_state()
+            return 0
+        self._sac_agent_id = ctx.agent.id
+        self._sandbox = sandbox
+        self.pid = sandbox.pid
+        if self.server is not None:
+            self.port = self.server.port
+        if saved.get("relayed"):
+            await self._serve_relays(ctx, sandbox)
+        self._limits = self._apply_limits(ctx, sandbox)
+        self._sampler = asyncio.create_task(self._sample_usage(ctx, sandbox))
+        self.log.info("Re-attached %s to its running sandbox (pid %d)", self._log_name, self.pid)
+        return None
+
     async def start(self) -> tuple[str, int]:
         self.reset_progress()
         started = time.monotonic()

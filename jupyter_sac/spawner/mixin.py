@@ -278,6 +278,18 @@ class AgentSpawnerMixin(LoggingConfigurable):
         token = await store.tokens.issue(agent.id)
         return AgentContext(agent=agent, resolved=resolved, token=token)
 
+    async def running_agent_context(self) -> AgentContext | None:
+        """The agent and its resolved settings for a server that is already running
+        (a restarted hub re-attaching to it): no record made, no token issued (the
+        sandbox holds its own); None when the agent is gone."""
+        store = await self.sac_store()
+        agent = await store.agents.get(self.user.name, self.name)
+        if agent is None:
+            return None
+        system, user_overrides = await store.settings.for_user(self.user.name)
+        resolved = sac_settings.resolve(system, user_overrides, agent.overrides)
+        return AgentContext(agent=agent, resolved=resolved, token="")
+
     def agent_env(self, ctx: AgentContext) -> dict[str, str]:
         """Environment a sandbox gets on top of JupyterHub's own variables."""
         env = {

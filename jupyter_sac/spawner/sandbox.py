@@ -9,8 +9,11 @@ its own; when the hub runs as root, that uid is an unprivileged uid of this
 machine (``sandbox_uid``), so files only root may read stay unreadable even where
 the system is visible. It has its own network namespace with nothing but a
 loopback interface (what it may reach is relayed: netrelay.py), its own PID, IPC
-and UTS namespaces, a new session (no terminal injection into the hub's tty), and
-it dies with its parent.
+and UTS namespaces and a new session (no terminal injection into the hub's tty).
+
+A sandbox serving an agent outlives the hub: a restarted hub finds it again
+through the pid file in its directory (``Sandbox.attach``) and serves its relays
+anew. A spare nobody assigned exits when the hub's end of its stdin closes.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -76,6 +80,11 @@ class SandboxLayout:
     def net(self) -> Path:
         """The relays' sockets: the hub's, read-only inside (netrelay.py)."""
         return self.root / "net"
+
+    @property
+    def pid_file(self) -> Path:
+        """Which process is this sandbox (``SandboxProcess``), for a restarted hub."""
+        return self.root / "sandbox.json"
 
     def create(self, uid: int | None = None) -> None:
         """Make the directories; ``uid``: the machine's uid the sandbox runs as, which
@@ -252,13 +261,12 @@ def bwrap_argv(
         "--chdir", SANDBOX_WORKSPACE,
         "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
         "--hostname", hostname,
-        "--die-with-parent",
+        # No --die-with-parent here: an agent's sandbox outlives a hub restart.
         "--new-session",
     ]  # fmt: skip
     own_namespaces = [
         "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
         *(["--unshare-net"] if isolate_network else []),
-        "--die-with-parent",
         "--cap-drop", "ALL",
         "--chdir", SANDBOX_WORKSPACE,
     ]  # fmt: skip
@@ -278,6 +286,8 @@ def bwrap_argv(
         # The inner one binds the tree the outer one made, devices included.
         bwrap,
         "--dev-bind", "/", "/",
+        # The inner one goes with the outer one (its parent), never on its own.
+        "--die-with-parent",
         *own_namespaces,
         "--",
         *command,
@@ -334,11 +344,65 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def process_start(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks since boot) of ``pid`` from /proc, or None.
+    The start time tells a process from a later one given the same pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_alive(pid: int, start_time: int) -> bool:
+    """Whether ``pid`` is still the process that started at ``start_time`` and runs
+    (a zombie nobody reaped, or a new process with a recycled pid, is not it)."""
+    found = process_start(pid)
+    return found is not None and found[0] not in ("Z", "X") and found[1] == start_time
+
+
+class AttachedProcess:
+    """A sandbox process this hub did not start (it outlived the hub that did), with
+    the part of Popen's interface a Sandbox and LocalProcessSpawner use."""
+
+    stdin = None
+
+    def __init__(self, pid: int, start_time: int):
+        self.pid = pid
+        self.start_time = start_time
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        # Not our child: its exit code belongs to whoever reaps it.
+        if self.returncode is None and not process_alive(self.pid, self.start_time):
+            self.returncode = 0
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
+            time.sleep(0.05)
+        return 0
+
+    def __enter__(self) -> AttachedProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
 @dataclass
 class Sandbox:
     """One sandbox process: started, pre-imported, then assigned to exactly one agent."""
 
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | AttachedProcess
     layout: SandboxLayout
     confined: bool
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -393,8 +457,31 @@ class Sandbox:
         os.close(write_fd)
         if server is not None:
             server.close()  # the sandbox accepts on it; the hub only connects
+        found = process_start(proc.pid)
+        # Written where the sandbox cannot write (its root), moved along on adoption.
+        layout.pid_file.write_text(
+            json.dumps(
+                {"pid": proc.pid, "start_time": found[1] if found else None, "confined": confined}
+            )
+        )
         sandbox = cls(proc=proc, layout=layout, confined=confined, _ready_fd=read_fd)
         asyncio.get_running_loop().add_reader(read_fd, sandbox._on_ready_fd)
+        return sandbox
+
+    @classmethod
+    def attach(cls, layout: SandboxLayout) -> Sandbox | None:
+        """The sandbox still running in ``layout`` since an earlier hub started it
+        (its pid file names the process and when it started), or None."""
+        try:
+            recorded = json.loads(layout.pid_file.read_text())
+            pid, start_time = int(recorded["pid"]), int(recorded["start_time"])
+            confined = bool(recorded["confined"])
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        if not process_alive(pid, start_time):
+            return None
+        sandbox = cls(proc=AttachedProcess(pid, start_time), layout=layout, confined=confined)
+        sandbox.ready.set()
         return sandbox
 
     def _on_ready_fd(self) -> None:
@@ -493,6 +580,35 @@ def recover_layouts(spares_dir: Path) -> None:
             adopt_layout(SandboxLayout(spare_root), SandboxLayout(target))
         else:
             shutil.rmtree(spare_root, ignore_errors=True)
+
+
+def running_sandboxes(agents_dir: Path) -> list[Sandbox]:
+    """Agents' sandboxes still running under ``agents_dir`` (e.g. after a hub stop)."""
+    if not agents_dir.is_dir():
+        return []
+    found = []
+    for root in sorted(agents_dir.iterdir()):
+        sandbox = Sandbox.attach(SandboxLayout(root)) if root.is_dir() else None
+        if sandbox is not None:
+            found.append(sandbox)
+    return found
+
+
+def stop_sandboxes(sandboxes: Sequence[Sandbox], grace: float) -> None:
+    """Stop sandboxes as their spawner would: TERM to each server inside (so it
+    flushes what it can), then KILL whatever is left after ``grace`` seconds."""
+    for sandbox in sandboxes:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(sandbox.server_pid(), signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for sandbox in sandboxes:
+        try:
+            sandbox.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                sandbox.proc.send_signal(signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                sandbox.proc.wait(timeout=5)
 
 
 class WarmPool:
