@@ -103,6 +103,11 @@ async def splice(
         await asyncio.gather(
             pump(reader, up_writer, add(outward)), pump(up_reader, writer, add(inward))
         )
+    except asyncio.CancelledError:
+        # The hub stopping while its agents keep running (they outlive it): the
+        # connection just ends. Re-raised, asyncio's stream callback would log a
+        # traceback per open connection.
+        pass
     finally:
         # No await here: at a sandbox's exit its relays' tasks are closed mid-way.
         writer.close()
