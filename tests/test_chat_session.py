@@ -21,6 +21,7 @@ from tornado.httpserver import HTTPServer
 
 from jupyter_sac.runtimes.claude import claude_binary
 from jupyter_sac.runtimes.claude_config import merge_state
+from jupyter_sac.runtimes.claude_session import cli_flags
 from jupyter_sac.server_extension.capture import TranscriptCapture
 from jupyter_sac.server_extension.chat import ChatManager, Subscription
 from jupyter_sac.server_extension.hitl import HitlBridge
@@ -243,3 +244,13 @@ async def test_a_failing_hitl_decision_blocks_the_tool(world: dict[str, Any], fa
         if block.get("type") == "tool_result"
     ]
     assert told["is_error"] is True
+
+
+def test_chat_args_become_the_sdks_extra_args() -> None:
+    assert cli_flags(["--model", "sonnet", "--verbose", "--max-turns=5", "-x", "v"]) == {
+        "model": "sonnet",
+        "verbose": None,
+        "max-turns": "5",
+        "x": "v",
+    }
+    assert cli_flags([]) == {}

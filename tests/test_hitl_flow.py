@@ -29,7 +29,9 @@ pytestmark = pytest.mark.stack
 
 
 def _chat_turn(prompt: str) -> str:
-    # Exactly how chat mode runs a turn: headless, bypass mode, the hook decides.
+    # A headless turn in a terminal, bypass mode, the settings.json hook deciding as
+    # for a chat turn (SAC_CLAUDE_MODE=chat: fail closed). Chat sessions themselves
+    # decide in the extension's process (test_a_chat_turn_asks_once_...).
     return (
         f"cd /workspace && SAC_CLAUDE_MODE=chat claude -p {json.dumps(prompt)}"
         " --permission-mode bypassPermissions --output-format text"

@@ -57,8 +57,9 @@ T = TypeVar("T")
 
 MAX_MESSAGE_CHARS = 100_000
 TITLE_CHARS = 80
-# A released process gets this long to save and exit after its stdin closes.
-RELEASE_SECONDS = 10.0
+# A released process gets this long to save and exit after its stdin closes (a
+# stopping server has about 10 s in all before JupyterHub escalates).
+RELEASE_SECONDS = 5.0
 # A cancelled turn's events are written this long after its process was stopped.
 SETTLE_SECONDS = 10.0
 # A websocket this many events behind is closed; the client reconnects with ``since``.
