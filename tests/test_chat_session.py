@@ -198,6 +198,42 @@ async def test_turns_of_a_session_share_one_process_and_a_dead_one_is_resumed(
 
 
 @pytest.mark.asyncio
+async def test_a_process_dying_during_a_turn_ends_it_and_the_next_turn_resumes(
+    world: dict[str, Any], fake: str
+) -> None:
+    chat = world["manager"]()
+    started = world["workspace"] / "started"
+    script(
+        fake,
+        {"tool_use": {"name": "Bash", "input": {"command": f"touch {started}; sleep 20"}}},
+        "never sent",
+    )
+    _, sub = chat.subscribe(None, 0, lambda: None)
+    sent = await chat.send("take a while", None)
+    sid = sent["session_id"]
+    for _ in range(1200):
+        if started.exists():
+            break
+        await asyncio.sleep(0.05)
+    pid = (await chat.session_with_events(sid))["process"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    events = await until_end(sub, sent["turn_id"])
+    chat.unsubscribe(sub)
+    assert [e["type"] for e in events][-2:] == ["error", "turn_end"], events
+    assert "the agent stopped during the turn" in events[-2]["message"]
+    assert events[-1]["exit_code"] is None
+    assert (await chat.session_with_events(sid))["process"] is None
+
+    httpx.delete(fake + "/_fake/script")
+    httpx.delete(fake + "/_fake/requests")
+    script(fake, "back again")
+    after = await turn(chat, "are you back?", sid)
+    assert after[-2]["text"] == "back again" and after[-1]["exit_code"] == 0
+    assert (await chat.session_with_events(sid))["process"]["resumed"] is True
+    assert "take a while" in json.dumps(model_requests(fake)[0]["messages"])
+
+
+@pytest.mark.asyncio
 async def test_an_idle_session_is_released_and_resumed_with_its_conversation(
     world: dict[str, Any], fake: str
 ) -> None:
