@@ -329,7 +329,7 @@ async def test_manager_survives_a_missing_cli_and_a_crash(tmp_path) -> None:
     chat = manager()
     _, sub = chat.subscribe(None, 0, lambda: None)
     started = await chat.send("hello", None)
-    events = [sub.queue.get_nowait() for _ in range(sub.queue.qsize())]
+    events = [await asyncio.wait_for(sub.queue.get(), 60) for _ in range(3)]
     assert [e["type"] for e in events] == ["turn_start", "error", "turn_end"]
     assert "could not start the agent" in events[1]["message"]
     assert events[2]["exit_code"] is None
@@ -338,6 +338,8 @@ async def test_manager_survives_a_missing_cli_and_a_crash(tmp_path) -> None:
     assert listed["running"] is False and listed["turns"] == 1
     # Another message is accepted (nothing is left "running").
     await chat.send("again", sid)
+    events = [await asyncio.wait_for(sub.queue.get(), 60) for _ in range(3)]
+    assert [e["type"] for e in events] == ["turn_start", "error", "turn_end"]
     await chat.stop()
 
     # A server that stopped during a turn: the next start closes that turn in the log.

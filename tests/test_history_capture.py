@@ -167,3 +167,43 @@ async def test_capture_survives_service_outage_and_server_kill(stack: dict, fake
             "the spool to drain",
         )
         assert status["last_error"] is None
+
+
+@pytest.mark.asyncio
+async def test_chat_history_rows_equal_transcript_entries(stack: dict, fake: str) -> None:
+    """Chat sessions are captured by the extension itself (no hook process): each
+    transcript line of a two-turn chat session is stored once."""
+    user = f"chist{uuid.uuid4().hex[:6]}"
+    base = server_url(stack["url"], user, "rec")
+    with running_agent(stack["admin"], user, "rec", **model_agent(fake)) as client:
+        allow_all(client, user, "rec")
+        api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=60)
+        httpx.post(
+            fake + "/_fake/script",
+            json={
+                "replies": [
+                    {"tool_use": {"name": "Bash", "input": {"command": "echo captured"}}},
+                    "first answer",
+                    "second answer",
+                ]
+            },
+        )
+        events = await websocket_connect(
+            HTTPRequest(
+                base.replace("http", "ws", 1) + "sac/api/chat/events",
+                headers={"Authorization": f"token {client.token}"},
+            )
+        )
+        sid = None
+        for message in ("run echo in chat", "say more in chat"):
+            resp = api.post(base + "sac/api/chat", json={"message": message, "session_id": sid})
+            assert resp.status_code == 202, resp.text
+            sid = resp.json()["session_id"]
+            while json.loads(await events.read_message())["type"] != "turn_end":
+                pass
+        events.close()
+        stored = await _matches_transcripts(stack, client, user, "rec")
+        assert {e["session_id"] for e in stored} == {sid}
+        prompts = [e for e in stored if e["kind"] == "user"]
+        assert any("run echo in chat" in json.dumps(e["payload"]) for e in prompts)
+        assert any("say more in chat" in json.dumps(e["payload"]) for e in prompts)

@@ -29,7 +29,9 @@ pytestmark = pytest.mark.stack
 
 
 def _chat_turn(prompt: str) -> str:
-    # Exactly how chat mode runs a turn: headless, bypass mode, the hook decides.
+    # A headless turn in a terminal, bypass mode, the settings.json hook deciding as
+    # for a chat turn (SAC_CLAUDE_MODE=chat: fail closed). Chat sessions themselves
+    # decide in the extension's process (test_a_chat_turn_asks_once_...).
     return (
         f"cd /workspace && SAC_CLAUDE_MODE=chat claude -p {json.dumps(prompt)}"
         " --permission-mode bypassPermissions --output-format text"
@@ -309,3 +311,36 @@ async def test_a_cancelled_chat_turn_cancels_its_waiting_request(stack: dict, fa
         assert cancel.status_code == 200 and cancel.json() == {"cancelled": True}
         _assert_cancelled_for_good(client, request, "allow")
         assert api.get(base + "api/contents/never.txt").status_code == 404
+
+
+@pytest.mark.asyncio
+async def test_a_chat_turn_asks_once_and_runs_the_approved_tool(stack: dict, fake: str) -> None:
+    """A chat session decides tool calls in the extension (no hook process): one
+    request per call (the terminal's settings.json hook does not ask again), and
+    the approved tool runs."""
+    user = f"cha{uuid.uuid4().hex[:6]}"
+    base = server_url(stack["url"], user, "chatty")
+    with running_agent(stack["admin"], user, "chatty", **model_agent(fake)) as client:
+        api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=60)
+        httpx.post(fake + "/_fake/script",
+                   json={"replies": [_write_tool("/workspace/asked.txt"), "approved"]})  # fmt: skip
+        resp = api.post(base + "sac/api/chat", json={"message": "write it"})
+        assert resp.status_code == 202, resp.text
+        sid = resp.json()["session_id"]
+        request = _one_pending(client, user)
+        assert request["kind"] == "tool" and request["tool"] == "Bash"
+        assert request["session_id"] == sid
+        resp = client.sac(
+            "POST", f"hitl/requests/{request['id']}/decision", json={"decision": "allow"}
+        )
+        assert resp.status_code == 200, resp.text
+        poll_until(
+            lambda: api.get(base + f"sac/api/chat/sessions/{sid}").json()["running"] is False,
+            60,
+            "the turn to end",
+        )
+        assert api.get(base + "api/contents/asked.txt").status_code == 200
+        filed = client.sac("GET", "hitl/requests", params={"status": "all"}).json()["requests"]
+        assert [(r["id"], r["status"]) for r in filed if r["user"] == user] == [
+            (request["id"], "approved")
+        ]

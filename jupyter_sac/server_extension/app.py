@@ -16,6 +16,7 @@ from traitlets import Bool, Float, Integer, List, Unicode, default
 
 from ..runtimes.claude import claude_binary
 from ..runtimes.claude_config import hook_command, seed_claude_config
+from .capture import TranscriptCapture
 from .chat import ChatManager
 from .chat_handlers import (
     ChatCancelHandler,
@@ -155,9 +156,18 @@ class SacExtensionApp(ExtensionApp):
     chat_args = List(
         Unicode(),
         [],
-        help="""Extra arguments of the claude CLI in chat turns, besides the fixed
-        headless ones (-p --output-format stream-json --verbose --permission-mode
-        bypassPermissions, --session-id or --resume).""",
+        help="""Extra arguments of the claude CLI of chat sessions, besides those
+        the SDK's control protocol sets (stream-json input and output,
+        --permission-mode bypassPermissions, --session-id or --resume). A value
+        follows its flag: ["--model", "sonnet"].""",
+    ).tag(config=True)
+
+    chat_idle_release = Float(
+        300.0,
+        help="""Seconds a chat session's claude process stays up after its last turn.
+        A turn in an open session is one more message to that process (no CLI
+        start); a released session's next turn starts claude again with
+        --resume (the same conversation). 0 releases it as soon as a turn ends.""",
     ).tag(config=True)
 
     chat_interrupt_grace = Float(
@@ -320,6 +330,10 @@ class SacExtensionApp(ExtensionApp):
                     interrupt_grace=self.chat_interrupt_grace,
                     terminate_grace=self.chat_interrupt_grace,
                     on_activity=self._chat_activity,
+                    decide_tool=bridge.decide_tool,
+                    capture=TranscriptCapture(spool, state / "transcripts", uploader.wake),
+                    idle_release=self.chat_idle_release,
+                    pre_tool_timeout=MAX_HITL_WAIT,
                 ),
             }
         )

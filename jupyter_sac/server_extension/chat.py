@@ -1,15 +1,25 @@
-"""Chat mode: headless claude turns, one Claude Code conversation per chat session.
+"""Chat mode: one Claude Code conversation per chat session, one live CLI per open session.
 
-A turn runs ``claude -p --output-format stream-json --verbose`` with the message
-on stdin: ``--session-id`` the first time, ``--resume`` after that, so one chat
-session is one conversation that survives turns and server restarts. Its output
-becomes structured events (``runtimes.claude_stream``), numbered per session,
-appended to the session's event log on disk (a reload or a restart replays
-them) and fanned out to websocket subscribers.
+A session's first turn starts the pinned claude CLI under the SDK's control
+protocol (``runtimes.claude_session``) with ``--session-id``; the process stays
+up and each later turn is one more user message to it, so a turn in an open
+session does not pay for a CLI start. A session idle for ``idle_release``
+seconds has its process released (stdin closed: the CLI saves and exits); the
+next turn starts it again with ``--resume``: the same session id, the same
+transcript file, the whole conversation. A process that died between turns is
+found at the next turn and resumed the same way; one that dies during a turn
+ends that turn with an ``error``.
 
-Tools run in ``bypassPermissions`` mode: the PreToolUse hook (human-in-the-loop
-policy, ``SAC_CLAUDE_MODE=chat``) decides every call, and a headless turn could
-not show Claude Code's own prompts anyway.
+Each turn's stream-json output becomes structured events
+(``runtimes.claude_stream``), numbered per session, appended to the session's
+event log on disk (a reload or a restart replays them) and fanned out to
+websocket subscribers.
+
+Tools run in ``bypassPermissions`` mode and every call is decided by the
+human-in-the-loop policy in this process (a PreToolUse callback): allow, deny,
+or file a request and wait for a person. Any error on that path denies the
+tool. History is captured here too (``capture.TranscriptCapture``): the
+session's transcript after every turn and when its process is released.
 
 State on disk (``state_dir``, the agent's ``~/.local/share/jupyter-sac/chat``):
 ``sessions.json`` (the session index, replaced atomically) and one
@@ -29,7 +39,7 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,7 +47,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import ApiError
+from ..runtimes.claude_session import ClaudeProcess, HookCallback
 from ..runtimes.claude_stream import ClaudeStream
+from .capture import TranscriptCapture
 
 log = logging.getLogger("jupyter_sac.chat")
 
@@ -45,12 +57,11 @@ T = TypeVar("T")
 
 MAX_MESSAGE_CHARS = 100_000
 TITLE_CHARS = 80
-# One stream-json line can hold a whole file (a Write's input, an Edit's original).
-STDOUT_LIMIT = 64 * 1024 * 1024
-STDERR_TAIL_BYTES = 8 * 1024
-# After claude exits, what is still in its pipes is read for this long; longer means
-# something it started still holds them open.
-DRAIN_SECONDS = 5.0
+# A released process gets this long to save and exit after its stdin closes (a
+# stopping server has about 10 s in all before JupyterHub escalates).
+RELEASE_SECONDS = 5.0
+# A cancelled turn's events are written this long after its process was stopped.
+SETTLE_SECONDS = 10.0
 # A websocket this many events behind is closed; the client reconnects with ``since``.
 SUBSCRIBER_MAX_BEHIND = 10_000
 SESSION_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -113,7 +124,8 @@ class ProcInfo:
 
 
 def _proc_stat(pid: int) -> tuple[int, ProcInfo] | None:
-    """(parent pid, info) of a live process, from /proc/<pid>/stat."""
+    """(parent pid, info) of a live process, from /proc/<pid>/stat (None once it
+    has exited, also while it waits to be reaped)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read()
@@ -121,6 +133,8 @@ def _proc_stat(pid: int) -> tuple[int, ProcInfo] | None:
         return None
     # The command name is in parentheses and may itself hold spaces and parentheses.
     fields = raw[raw.rfind(b")") + 2 :].split()
+    if not fields or fields[0] in (b"Z", b"X"):
+        return None
     try:
         return int(fields[1]), ProcInfo(pid, int(fields[2]), int(fields[19]))
     except (IndexError, ValueError):
@@ -163,55 +177,30 @@ def kill_leftovers(procs: list[ProcInfo]) -> int:
     return killed
 
 
-def _signal_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
+def alive(info: ProcInfo) -> bool:
+    """Whether the process ``info`` describes still runs (not a later reuse of its pid)."""
+    stat = _proc_stat(info.pid)
+    return stat is not None and stat[1].start == info.start
 
 
-async def _exited(proc: asyncio.subprocess.Process, timeout: float | None = None) -> bool:
-    """Whether claude has exited (within ``timeout``).
-
-    Polls ``returncode``: ``Process.wait()`` also waits for the pipes to close,
-    which a tool process that inherited them can delay indefinitely.
-    """
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while proc.returncode is None:
-        if deadline is not None and time.monotonic() >= deadline:
+async def _gone(info: ProcInfo, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while alive(info):
+        if time.monotonic() >= deadline:
             return False
         await asyncio.sleep(0.05)
     return True
 
 
-async def _lines(stream: asyncio.StreamReader) -> AsyncIterator[bytes | None]:
-    """The stream's lines; None for a line over the reader's limit (skipped)."""
-    while True:
-        try:
-            line = await stream.readuntil(b"\n")
-        except asyncio.IncompleteReadError as e:
-            if e.partial:
-                yield e.partial
-            return
-        except asyncio.LimitOverrunError as e:
-            # Skip the rest of that line, chunk by chunk.
-            await stream.readexactly(e.consumed)
-            while True:
-                try:
-                    await stream.readuntil(b"\n")
-                    break
-                except asyncio.LimitOverrunError as more:
-                    await stream.readexactly(more.consumed)
-                except asyncio.IncompleteReadError:
-                    return
-            yield None
-            continue
-        yield line
-
-
-async def _tail(stream: asyncio.StreamReader, limit: int) -> bytes:
-    tail = b""
-    while chunk := await stream.read(65536):
-        tail = (tail + chunk)[-limit:]
-    return tail
+def _decision(decision: str, reason: str) -> dict[str, Any]:
+    """A PreToolUse hook's answer, as Claude Code reads it."""
+    return {
+        "hookSpecificOutput": {
+            "hookEventName": "PreToolUse",
+            "permissionDecision": decision,
+            "permissionDecisionReason": reason,
+        }
+    }
 
 
 # ---- sessions -----------------------------------------------------------------------
@@ -220,10 +209,13 @@ async def _tail(stream: asyncio.StreamReader, limit: int) -> bytes:
 @dataclass
 class Turn:
     turn_id: str
-    process: asyncio.subprocess.Process | None = None
     task: asyncio.Task[None] | None = None
     killer: asyncio.Task[None] | None = None
     cancel_requested: bool = False
+    # The result is in: the turn is finishing on its own and cannot be cancelled.
+    finishing: bool = False
+    # HITL decisions in flight: a cancel withdraws them (their requests too).
+    decisions: set[asyncio.Future[Any]] = field(default_factory=set)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -239,6 +231,13 @@ class Session:
     running: Turn | None = None
     # The event log, read from disk on first use (None until then).
     events: list[dict[str, Any]] | None = field(default=None, repr=False)
+    # The live CLI of this conversation and its process (None: released).
+    agent: ClaudeProcess | None = field(default=None, repr=False)
+    agent_proc: ProcInfo | None = field(default=None, repr=False)
+    release_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    releasing: asyncio.Task[None] | None = field(default=None, repr=False)
+    # Subagents' transcripts (their SubagentStop named them), captured with the session's.
+    transcripts: set[str] = field(default_factory=set, repr=False)
 
     def model(self) -> dict[str, Any]:
         return {
@@ -249,6 +248,7 @@ class Session:
             "turns": self.turns,
             "running": self.running is not None,
             "last_result": self.last_result,
+            "process": self.agent.model() if self.agent is not None else None,
         }
 
     def index_entry(self) -> dict[str, Any]:
@@ -286,9 +286,21 @@ class ChatManager:
         interrupt_grace: float = 3.0,
         terminate_grace: float = 2.0,
         on_activity: Callable[[], None] | None = None,
+        decide_tool: Callable[[dict[str, Any], str], Awaitable[dict[str, Any]]] | None = None,
+        capture: TranscriptCapture | None = None,
+        idle_release: float = 300.0,
+        pre_tool_timeout: float = 7 * 86400 + 120,
     ):
         self.dir = state_dir
+        # argv[0] is the CLI, the rest are extra arguments of every session.
         self.argv = argv
+        # The HITL decision of one tool call (HitlBridge.decide_tool); without
+        # one, every tool call is denied.
+        self.decide_tool = decide_tool
+        self.capture = capture
+        # Seconds an open session's process stays up after its last turn.
+        self.idle_release = idle_release
+        self.pre_tool_timeout = pre_tool_timeout
         self.cwd = cwd
         self.claude_config_dir = claude_config_dir
         self.env = env or {}
@@ -468,6 +480,12 @@ class ChatManager:
         """
         return any(self.claude_config_dir.glob(f"projects/*/{session_id}.jsonl"))
 
+    def _transcripts(self, session: Session) -> list[str]:
+        """The session's transcript files (blocking: globs the config dir)."""
+        sid = session.session_id
+        main = [str(p) for p in self.claude_config_dir.glob(f"projects/*/{sid}.jsonl")]
+        return main + sorted(session.transcripts)
+
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
         for key, value in DEFAULT_ENV.items():
@@ -493,7 +511,12 @@ class ChatManager:
         # Claimed before the first await: a second message now gets the 409.
         session.running = turn
         try:
-            await self._start(session, turn, message, new=session_id is None)
+            await self._ensure_events(session)
+            session.turns += 1
+            session.updated_at = now_iso()
+            self.emit(session, turn.turn_id, {"type": "turn_start", "message": message})
+            self._save_index()
+            turn.task = asyncio.create_task(self._run(session, turn, message, session_id is None))
         finally:
             if turn.task is None:  # it never ran
                 session.running = None
@@ -501,151 +524,273 @@ class ChatManager:
                 self._save_index()
         return {"session_id": session.session_id, "turn_id": turn.turn_id}
 
-    async def _start(self, session: Session, turn: Turn, message: str, new: bool) -> None:
-        sid = session.session_id
-        await self._ensure_events(session)
-        resume = not new and await self._on_io(self._conversation_exists, sid)
-        session.turns += 1
-        session.updated_at = now_iso()
-        self.emit(session, turn.turn_id, {"type": "turn_start", "message": message})
-        self._save_index()
-        if turn.cancel_requested:
-            self.emit(session, turn.turn_id, {"type": "cancelled"})
-            self.emit(session, turn.turn_id, {"type": "turn_end", "exit_code": None})
-            return
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *self.argv,
-                "-p",
-                "--output-format",
-                "stream-json",
-                "--verbose",
-                "--permission-mode",
-                "bypassPermissions",
-                *(["--resume", sid] if resume else ["--session-id", sid]),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                cwd=self.cwd,
-                env=self._environment(),
-                start_new_session=True,  # its own process group: cancel reaches its children
-                limit=STDOUT_LIMIT,
-            )
-        except Exception as e:  # no binary, bad cwd, out of processes: the turn says so
-            log.error("chat: could not start claude: %s", e)
-            self.emit_error(session, turn.turn_id, f"could not start the agent: {e}")
-            self.emit(session, turn.turn_id, {"type": "turn_end", "exit_code": None})
-            return
-        turn.process = process
-        turn.task = asyncio.create_task(self._run(session, turn, message))
-        if turn.cancel_requested:
-            turn.killer = asyncio.create_task(self._terminate(turn))
-
-    async def _run(self, session: Session, turn: Turn, message: str) -> None:
-        proc = turn.process
-        assert proc is not None and proc.stdin and proc.stdout and proc.stderr
+    async def _run(self, session: Session, turn: Turn, message: str, new: bool) -> None:
         tid = turn.turn_id
         code: int | None = None
-        got_result = False
-        stream = ClaudeStream()
-
-        async def read() -> None:
-            nonlocal got_result
-            assert proc.stdout
-            async for line in _lines(proc.stdout):
-                if line is None:
-                    limit = STDOUT_LIMIT // 2**20
-                    self.emit_error(session, tid, f"an output line over {limit} MiB was skipped")
-                    continue
-                try:
-                    data = json.loads(line)
-                except ValueError:
-                    continue  # not stream-json (a stray print): nothing to show
-                for event in stream.feed(data):
-                    if event["type"] == "result":
-                        got_result = True
-                        session.last_result = {k: v for k, v in event.items() if k != "type"}
-                    self.emit(session, tid, event)
-
-        reader = asyncio.create_task(read())
-        stderr = asyncio.create_task(_tail(proc.stderr, STDERR_TAIL_BYTES))
         try:
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                proc.stdin.write(message.encode("utf-8"))
-                await proc.stdin.drain()
-                proc.stdin.close()
-            # claude's stdout closes when it exits; the 1 s ticks catch an exit that
-            # something still holding that pipe would hide.
-            while not reader.done() and proc.returncode is None:
-                await asyncio.wait({reader}, timeout=1.0)
-            await _exited(proc)
-            code = proc.returncode
-            for task in (reader, stderr):
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(task), DRAIN_SECONDS)
-            if turn.killer is not None:
-                await turn.killer
-            err = stderr.result().decode("utf-8", "replace").strip() if stderr.done() else ""
-            if turn.cancel_requested:
+            if session.release_timer is not None:
+                session.release_timer.cancel()
+                session.release_timer = None
+            try:
+                agent = None if turn.cancel_requested else await self._agent(session, new)
+            except Exception as e:  # no binary, bad cwd, out of processes: the turn says so
+                log.error("chat: could not start claude: %s", e)
+                self.emit_error(session, tid, f"could not start the agent: {e}")
+                return
+            if agent is None or turn.cancel_requested:
                 self.emit(session, tid, {"type": "cancelled"})
-            elif code != 0 and not got_result:
-                self.emit_error(session, tid, err or f"the agent exited with status {code}")
+                return
+            code = await self._converse(session, turn, agent, message)
         except Exception as e:
             log.exception("chat: turn %s of %s failed", tid, session.session_id)
             self.emit_error(session, tid, f"internal error: {e}")
-            if proc.returncode is None:
-                await self._terminate(turn)
+            await self._stop_process(session)
         finally:
-            for task in (reader, stderr):
-                task.cancel()
+            for decision in list(turn.decisions):
+                decision.cancel()
+            await self._capture(session)
             self.emit(session, tid, {"type": "turn_end", "exit_code": code})
             session.running = None
             session.updated_at = now_iso()
             self._save_index()
             turn.done.set()
+            self._schedule_release(session)
 
-    async def _terminate(self, turn: Turn) -> None:
-        """Interrupt claude like Ctrl-C, then firmer; then whatever it left running."""
-        proc = turn.process
-        assert proc is not None
-        tree = await asyncio.to_thread(descendants, proc.pid)
-        steps = (
-            (signal.SIGINT, self.interrupt_grace),
-            (signal.SIGTERM, self.terminate_grace),
-            (signal.SIGKILL, 5.0),
+    async def _converse(
+        self, session: Session, turn: Turn, agent: ClaudeProcess, message: str
+    ) -> int | None:
+        """One turn in the live process: its events; 0 (1 for an error result) once
+        the result is in, None if the process stopped first."""
+        tid = turn.turn_id
+        stream = ClaudeStream()
+        code: int | None = None
+        failure: Exception | None = None
+        try:
+            async for data in agent.turn(message):
+                for event in stream.feed(data):
+                    if event["type"] == "result":
+                        # Past this point a cancel has nothing left to stop.
+                        turn.finishing = not turn.cancel_requested
+                        code = 1 if event.get("is_error") else 0
+                        session.last_result = {k: v for k, v in event.items() if k != "type"}
+                    self.emit(session, tid, event)
+        except Exception as e:  # the process died or was stopped: no more messages
+            failure = e
+        if turn.cancel_requested:
+            if turn.killer is not None:
+                with contextlib.suppress(Exception):
+                    await turn.killer
+            self.emit(session, tid, {"type": "cancelled"})
+            await self._stop_process(session)
+            return None
+        if code is not None:
+            return code
+        detail = agent.stderr_tail() or (str(failure) if failure else "")
+        log.warning("chat: the agent of %s stopped during a turn: %s", tid, detail)
+        self.emit_error(
+            session, tid, f"the agent stopped during the turn{': ' + detail if detail else ''}"
         )
-        for sig, wait in steps:
-            if proc.returncode is not None:
+        # Whatever is left of it is of no use: the next turn starts it again (resumed).
+        await self._stop_process(session)
+        return None
+
+    async def _agent(self, session: Session, new: bool) -> ClaudeProcess:
+        """The session's live CLI: the one running, else a new one (resumed when the
+        conversation exists)."""
+        if session.releasing is not None:
+            # Its last process is still saving: never two on one transcript.
+            await asyncio.shield(session.releasing)
+        agent, proc = session.agent, session.agent_proc
+        if agent is not None and (proc is None or not alive(proc)):
+            log.warning("chat: the agent of session %s had died; resuming", session.session_id)
+            await self._stop_process(session)
+            agent = None
+        if agent is not None:
+            return agent
+        sid = session.session_id
+        resume = not new and await self._on_io(self._conversation_exists, sid)
+        agent = await ClaudeProcess.start(
+            cli=self.argv[0],
+            args=self.argv[1:],
+            cwd=self.cwd,
+            env=self._environment(),
+            session_id=sid,
+            resume=resume,
+            pre_tool_use=self._pre_tool_use(session),
+            pre_tool_timeout=self.pre_tool_timeout,
+            subagent_stop=self._subagent_stop(session),
+        )
+        stat = await asyncio.to_thread(_proc_stat, agent.pid)
+        session.agent, session.agent_proc = agent, stat[1] if stat else None
+        log.info("chat: session %s runs in process %d (resumed: %s)", sid, agent.pid, resume)
+        return agent
+
+    # ---- hooks (answered in this process) -----------------------------------------
+
+    def _pre_tool_use(self, session: Session) -> HookCallback:
+        async def decide(hook: dict[str, Any], tool_use_id: str | None, context: Any) -> dict:
+            """Allow or deny one tool call; anything that goes wrong denies it."""
+            turn = session.running
+            if turn is None or turn.cancel_requested:
+                return _decision("deny", "the turn was cancelled; tool not run")
+            if self.decide_tool is None:
+                return _decision("deny", "no human-in-the-loop here; tool not run")
+            pending = asyncio.ensure_future(self.decide_tool(dict(hook), "chat"))
+            turn.decisions.add(pending)
+            try:
+                answer = await pending
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if pending.cancelled() and not (current and current.cancelling()):
+                    # Withdrawn by a cancel of the turn (its request with it).
+                    return _decision("deny", "the turn was cancelled; tool not run")
+                pending.cancel()
+                raise
+            except Exception as e:
+                log.exception("chat: the HITL decision failed; denying the tool")
+                return _decision("deny", f"human-in-the-loop failed ({e}); tool not run")
+            finally:
+                turn.decisions.discard(pending)
+            decision = answer.get("decision") if isinstance(answer, dict) else None
+            if decision not in ("allow", "deny"):
+                return _decision("deny", f"no decision ({answer!r}); tool not run")
+            return _decision(str(decision), str(answer.get("reason") or ""))
+
+        return decide
+
+    def _subagent_stop(self, session: Session) -> HookCallback:
+        async def captured(hook: dict[str, Any], tool_use_id: str | None, context: Any) -> dict:
+            path = hook.get("agent_transcript_path")
+            if isinstance(path, str) and path:
+                session.transcripts.add(path)
+                await self._capture(session)
+            return {}
+
+        return captured
+
+    async def _capture(self, session: Session) -> None:
+        """Spool what the session's transcripts gained (never fails a turn: what is
+        not captured now is at the next capture, from the same offset)."""
+        if self.capture is None:
+            return
+        try:
+            for path in await asyncio.to_thread(self._transcripts, session):
+                await self.capture.capture(path, session.session_id)
+        except Exception as e:
+            log.warning("chat: history capture of %s deferred: %s", session.session_id, e)
+
+    # ---- processes ------------------------------------------------------------------
+
+    def _schedule_release(self, session: Session) -> None:
+        if session.agent is None or session.releasing is not None:
+            return
+        if session.release_timer is not None:
+            session.release_timer.cancel()
+        loop = asyncio.get_running_loop()
+        session.release_timer = loop.call_later(
+            max(self.idle_release, 0), self._release_idle, session
+        )
+
+    def _release_idle(self, session: Session) -> None:
+        session.release_timer = None
+        if session.running is None and session.agent is not None and session.releasing is None:
+            session.releasing = asyncio.create_task(self._release(session))
+
+    async def _release(self, session: Session) -> None:
+        """Let the session's CLI save and exit; its conversation stays resumable."""
+        try:
+            agent, proc = session.agent, session.agent_proc
+            session.agent = session.agent_proc = None
+            if agent is None:
+                return
+            try:
+                await asyncio.wait_for(agent.disconnect(), RELEASE_SECONDS)
+            except Exception as e:
+                log.warning("chat: releasing session %s: %s", session.session_id, e)
+            if proc is not None and alive(proc):
+                await self._terminate(proc, [])
+            log.info("chat: released the idle agent of session %s", session.session_id)
+            # What the CLI wrote while exiting (its last bookkeeping lines).
+            await self._capture(session)
+        finally:
+            session.releasing = None
+
+    async def _interrupt(self, session: Session) -> None:
+        """Cancel's stop: interrupt the turn like Ctrl-C (claude stops its tools and
+        saves the conversation), then stop the process and what it left running."""
+        agent, proc = session.agent, session.agent_proc
+        # Taken first: once claude is gone, its tools' processes have another parent.
+        tree = await asyncio.to_thread(descendants, proc.pid) if proc is not None else []
+        if agent is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(agent.client.interrupt(), self.interrupt_grace)
+        await self._stop_process(session, tree)
+
+    async def _stop_process(self, session: Session, tree: list[ProcInfo] | None = None) -> None:
+        """Stop the session's CLI now (a cancel, a failure): stdin closed, then
+        SIGTERM and SIGKILL; then whatever it left running."""
+        agent, proc = session.agent, session.agent_proc
+        session.agent = session.agent_proc = None
+        tree = list(tree or [])
+        if proc is not None:
+            tree += await asyncio.to_thread(descendants, proc.pid)
+        if agent is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(agent.disconnect(), self.terminate_grace)
+        if proc is not None:
+            await self._terminate(proc, tree)
+
+    async def _terminate(self, proc: ProcInfo, tree: list[ProcInfo]) -> None:
+        """SIGTERM, then SIGKILL, until claude is gone; then its leftovers."""
+        for sig, wait in ((signal.SIGTERM, self.terminate_grace), (signal.SIGKILL, 5.0)):
+            if not alive(proc):
                 break
-            if sig != signal.SIGINT:
-                # Claude did not stop on its own: its children are ours to stop.
-                tree += await asyncio.to_thread(descendants, proc.pid)
-            _signal_group(proc.pid, sig)
-            if await _exited(proc, wait):
+            tree += await asyncio.to_thread(descendants, proc.pid)
+            # The CLI shares this server's process group: signal it alone.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(proc.pid, sig)
+            if await _gone(proc, wait):
                 break
         killed = await asyncio.to_thread(kill_leftovers, tree)
         if killed:
-            log.info("chat: killed %d process(es) left behind by a cancelled turn", killed)
+            log.info("chat: killed %d process(es) left behind by a stopped agent", killed)
 
     async def cancel(self, session_id: str) -> bool:
-        """Stop the session's running turn; True if there was one to stop."""
+        """Stop the session's running turn; True if there was one to stop.
+
+        Its HITL requests are withdrawn and its process is stopped (the tools it
+        runs with it); the next turn resumes the conversation in a new one.
+        """
         session = self.get(session_id)
         turn = session.running
-        if turn is None or (turn.process is not None and turn.process.returncode is not None):
+        if turn is None or turn.finishing:
             return False  # nothing running, or it is finishing on its own
         turn.cancel_requested = True
-        if turn.process is not None and turn.killer is None:
-            turn.killer = asyncio.create_task(self._terminate(turn))
+        for decision in list(turn.decisions):
+            decision.cancel()
+        if turn.killer is None and session.agent is not None:
+            turn.killer = asyncio.create_task(self._interrupt(session))
         # Answer once the turn is over (it says so with `cancelled` and `turn_end`).
-        limit = self.interrupt_grace + self.terminate_grace + 5.0 + DRAIN_SECONDS * 2 + 5.0
+        limit = self.interrupt_grace + self.terminate_grace + 5.0 + RELEASE_SECONDS
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(turn.done.wait(), limit)
+            await asyncio.wait_for(turn.done.wait(), limit + SETTLE_SECONDS)
         return True
 
     async def stop(self) -> None:
-        """Cancel every running turn and flush the disk queue (server shutdown)."""
+        """Cancel every running turn, release every process, flush the disk queue
+        (server shutdown)."""
         running = [s.session_id for s in self.sessions.values() if s.running is not None]
         await asyncio.gather(*(self.cancel(sid) for sid in running), return_exceptions=True)
+        releases = []
+        for session in self.sessions.values():
+            if session.release_timer is not None:
+                session.release_timer.cancel()
+                session.release_timer = None
+            if session.releasing is None and session.agent is not None:
+                session.releasing = asyncio.create_task(self._release(session))
+            if session.releasing is not None:
+                releases.append(session.releasing)
+        await asyncio.gather(*releases, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self._on_io(lambda: None)
         self._io.shutdown(wait=False)
