@@ -14,6 +14,7 @@ import pytest
 from helpers import HubApi, greeting_skill
 
 from jupyter_sac.store import Store
+from jupyter_sac.store import skills as skills_store
 
 # How the marketplace page asks: a signed-in user, no tier/owner/group filter.
 AS_ANN: dict[str, Any] = {
@@ -27,8 +28,13 @@ AS_ANN: dict[str, Any] = {
 
 
 def _catalogue(url: str, count: int, rare: str) -> None:
-    """``count`` public skills; the last one's description has the word ``rare``."""
+    """A skill named ``catalogue`` (the least installed), then ``count`` public skills
+    named ``cat-<i>``, "Catalogue <i>"; the last one's description has ``rare``."""
     with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO skills (owner, command, title, description, body, visibility, checksum)"
+            " VALUES ('author', 'catalogue', 'The index', 'Lists things.', '', 'public', 'c')"
+        )
         conn.execute(
             "INSERT INTO skills (owner, command, title, description, body, visibility, checksum)"
             " SELECT 'author', 'cat-' || i, 'Catalogue ' || i,"
@@ -42,33 +48,61 @@ def _catalogue(url: str, count: int, rare: str) -> None:
 
 
 async def _commands(store: Store, text: str, **criteria: Any) -> list[str]:
-    rows = await store.skills.search(**{**AS_ANN, **criteria}, text=text, limit=50, offset=0)
+    rows = await store.skills.search(**{**AS_ANN, "limit": 50, "offset": 0, **criteria}, text=text)
     return [r["command"] for r in rows]
 
 
+def _read_index(plan: str) -> bool:
+    """Whether a search, as EXPLAIN ANALYZE tells, read the search index."""
+    scans = [line for line in plan.splitlines() if "Index Scan on skills_search " in line]
+    return any("never executed" not in line for line in scans)
+
+
 @pytest.mark.asyncio
-async def test_a_word_only_one_skill_has_is_found_through_the_index(database_url: str) -> None:
+async def test_a_word_only_one_skill_has_is_found_through_the_index(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = await Store.open(database_url)
     try:
         _catalogue(database_url, 5000, "zanzibar")
         assert await _commands(store, "zanzibar") == ["cat-5000"]
         assert await _commands(store, "Zanz") == ["cat-5000"]
-        plan = await store.skills.search_plan(**AS_ANN, text="zanzibar")
-        assert "Index Scan on skills_search" in plan, plan
+        assert _read_index(await store.skills.search_plan(**AS_ANN, text="zanzibar"))
+
+        # A word most skills have is served from the most installed ones, in the
+        # order the index would give: first the skill it names (not among those),
+        # then every name with it; or, in no name, every description.
+        for text in ("catalogue", "skill", "number 4"):
+            assert not _read_index(await store.skills.search_plan(**AS_ANN, text=text))
+        served = {
+            (text, offset): await _commands(store, text, offset=offset)
+            for text in ("catalogue", "skill", "number 4", "cat 49")
+            for offset in (0, 480)
+        }
+        assert served["catalogue", 0][:3] == ["catalogue", "cat-5000", "cat-4999"]
+        monkeypatch.setattr(skills_store, "SEARCH_HEAD", 0)
+        for (text, offset), commands in served.items():
+            assert await _commands(store, text, offset=offset) == commands, (text, offset)
+        monkeypatch.undo()
+
         # Without the index the same search reads every row: the check above is
         # what tells the two apart.
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute("DROP INDEX skills_search")
-        plan = await store.skills.search_plan(**AS_ANN, text="zanzibar")
-        assert "on skills_search" not in plan, plan
+        assert not _read_index(await store.skills.search_plan(**AS_ANN, text="zanzibar"))
         assert await _commands(store, "zanzibar") == ["cat-5000"]
     finally:
         await store.close()
 
 
 @pytest.mark.asyncio
-async def test_exact_name_first_then_name_words_then_the_rest(database_url: str) -> None:
-    """Within each rank the marketplace's own order: most installed first."""
+@pytest.mark.parametrize("head", [skills_store.SEARCH_HEAD, 0], ids=["head", "index"])
+async def test_the_command_named_first_then_name_words_then_the_rest(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, head: int
+) -> None:
+    """Within each rank the marketplace's own order: most installed first; the same
+    whether the page comes from the most installed skills or from the index."""
+    monkeypatch.setattr(skills_store, "SEARCH_HEAD", head)
     store = await Store.open(database_url)
     try:
         with psycopg.connect(database_url, autocommit=True) as conn:
@@ -90,6 +124,9 @@ async def test_exact_name_first_then_name_words_then_the_rest(database_url: str)
         # A start of a word is no name: every name with it, most installed first.
         assert await _commands(store, "tid") == ["tidy-data", "tidy-plots", "tidy", "clean-frames"]
         assert await _commands(store, "data tidy") == ["tidy-data", "clean-frames"]
+        # A command is named as people write it: with its slash, blanks or underscores.
+        for named in ("/tidy-data", "Tidy data", "tidy_data", " TIDY-DATA "):
+            assert (await _commands(store, named))[0] == "tidy-data", named
         # Blanks only: no text to search for, the whole marketplace.
         assert (await _commands(store, "  "))[0] == "charts"
     finally:
