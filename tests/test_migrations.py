@@ -147,3 +147,35 @@ async def test_upgrade_pins_existing_installs_at_their_current_version(
         assert await store.skills.bundle_used("d" * 64)
     finally:
         await store.close()
+
+
+@pytest.mark.asyncio
+async def test_upgrade_makes_the_skills_already_there_searchable(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database from before the search index (migration 015) keeps its skills,
+    and the marketplace search finds them by their words once it is migrated."""
+    migrate_module = importlib.import_module("jupyter_sac.store.migrate")
+    every = list_migrations()
+    before = [m for m in every if m.version < 15]
+    monkeypatch.setattr(migrate_module, "list_migrations", lambda: before)
+    await migrate_module.migrate(database_url)
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "INSERT INTO skills (owner, command, title, description, body, tags, visibility,"
+            " checksum) VALUES ('ann', 'legacy-report', 'Legacy report',"
+            " 'Writes a weekly summary.', 'Do it.', '[\"finance\"]', 'public', 'c')"
+        )
+
+    monkeypatch.setattr(migrate_module, "list_migrations", lambda: every)
+    assert 15 in await migrate_module.migrate(database_url)
+    store = await Store.open(database_url)
+    try:
+        for text in ("legacy", "weekly summ", "FINANCE", "/legacy-report"):
+            rows = await store.skills.search(
+                me="bob", groups=[], admin=False, text=text, tier=None, owner=None,
+                group=None, limit=10, offset=0,
+            )  # fmt: skip
+            assert [r["command"] for r in rows] == ["legacy-report"], text
+    finally:
+        await store.close()

@@ -857,15 +857,31 @@ export function updateOffer(
     : null;
 }
 
-/** Whether a skill matches the words typed in the search box (its command, title or
- * description, case-insensitive; no words match every skill). */
+/** The words of a text as the marketplace search sees them: lower case, split at
+ * whatever is not a letter or a digit. */
+function searchWords(text: string): string[] {
+  return text
+    .toLowerCase()
+    .split(/[^\p{L}\p{N}]+/u)
+    .filter(word => word);
+}
+
+/** Whether a skill matches what is typed in the search box as the marketplace's own
+ * search does (docs/skills.md#search): every word typed is the start of a word of
+ * its command, title, tags or description; blank matches every skill, punctuation
+ * only none. */
 export function skillMatches(
-  skill: { command?: string; title?: string; description?: string },
+  skill: { command?: string; title?: string; description?: string; tags?: string[] },
   query: string
 ): boolean {
-  const words = query.trim().toLowerCase();
-  const text = `${skill.command ?? ''} ${skill.title ?? ''} ${skill.description ?? ''}`;
-  return !words || text.toLowerCase().includes(words);
+  if (!query.trim()) {
+    return true;
+  }
+  const wanted = searchWords(query);
+  const words = searchWords(
+    [skill.command, skill.title, skill.description, ...(skill.tags ?? [])].join(' ')
+  );
+  return wanted.length > 0 && wanted.every(w => words.some(word => word.startsWith(w)));
 }
 
 /** What answering a terminal prompt with one of its options means: the ones that

@@ -464,16 +464,21 @@ describe('approvals and output', () => {
     ).toEqual(['allow', 'allow', 'deny', 'deny', 'deny']);
   });
 
-  it('finds a skill by its command, title or description, whatever the case', () => {
+  it('finds a skill by the start of words of its command, title, tags or description', () => {
     const skill = {
       command: 'summarise-csv',
       title: 'Summarise a CSV',
-      description: 'Columns and totals.'
+      description: 'Columns and totals.',
+      tags: ['reporting']
     };
     expect(
-      ['', '  ', 'CSV', 'summarise-', 'totals'].map(q => skillMatches(skill, q))
-    ).toEqual([true, true, true, true, true]);
-    expect(skillMatches(skill, 'pdf')).toBe(false);
+      ['', '  ', 'CSV', 'summarise-', 'totals', 'tot sum', '/summarise-csv', 'REP'].map(
+        q => skillMatches(skill, q)
+      )
+    ).toEqual([true, true, true, true, true, true, true, true]);
+    expect(
+      ['pdf', 'ummarise', 'csv pdf', '%', "'"].map(q => skillMatches(skill, q))
+    ).toEqual([false, false, false, false, false]);
     expect(skillMatches({ command: 'bare' }, 'bare')).toBe(true);
   });
 
