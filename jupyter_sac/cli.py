@@ -14,7 +14,8 @@ from . import __version__
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from .stack import Stack, default_data_dir, run
+    from .data_dir import default_data_dir
+    from .stack import Stack, run
 
     stack = Stack(
         data_dir=Path(args.data_dir).expanduser() if args.data_dir else default_data_dir(),
@@ -28,7 +29,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from .stack import default_data_dir, stack_running, stop_left_agents
+    from .data_dir import default_data_dir
+    from .stack import stack_running, stop_left_agents
 
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
     if stack_running(data_dir):

@@ -29,15 +29,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .crypto import generate_key
+from .data_dir import default_data_dir
 from .rules.urls import PublicUrls
 from .spawner.sandbox import process_alive, process_start, running_sandboxes, stop_sandboxes
 from .store import migrate
 
 PR_SET_CHILD_SUBREAPER = 36
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("SAC_DATA_DIR") or "~/.local/share/jupyter-sac").expanduser()
 
 
 def free_port() -> int:

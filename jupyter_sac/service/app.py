@@ -20,10 +20,10 @@ from traitlets.config import Application
 
 from .. import __version__
 from ..crypto import KeyBox
+from ..data_dir import default_data_dir
 from ..objects import ObjectStore, store_from_config
 from ..rules.providers import PRESETS
 from ..rules.urls import PublicUrls
-from ..stack import default_data_dir
 from ..store import Store
 from . import (
     admin_pages,

@@ -22,6 +22,7 @@ from traitlets import Bool, Enum, Float, Integer, List, Unicode, default
 
 import jupyter_sac
 
+from ..data_dir import default_data_dir
 from ..objects import store_from_config
 from ..rules.egress import is_loopback_host
 from ..rules.urls import PublicUrls
@@ -68,10 +69,6 @@ async def http_answers(host: str, port: int, timeout: float = 2.0) -> bool:
         writer.close()
 
 
-def default_data_dir() -> str:
-    return os.environ.get("SAC_DATA_DIR") or os.path.expanduser("~/.local/share/jupyter-sac")
-
-
 class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
     """Runs each agent in a bubblewrap sandbox on this machine."""
 
@@ -82,7 +79,7 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
 
     @default("data_dir")
     def _default_data_dir(self) -> str:
-        return default_data_dir()
+        return str(default_data_dir())
 
     sandbox = Enum(
         ["auto", "bubblewrap", "none"],
