@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from jupyter_sac.runtimes.claude_config import (
-    HOOK_MODULE,
+    LEGACY_HOOK_MODULE,
     merge_hooks,
     merge_state,
     seed_claude_config,
@@ -82,15 +82,36 @@ def test_spool_survives_a_torn_append_and_commits_in_order(tmp_path: Path) -> No
 
 def test_hooks_are_installed_once_and_user_hooks_are_kept() -> None:
     user_hook = {"matcher": "Bash", "hooks": [{"type": "command", "command": "my-linter"}]}
-    settings = {"model": "x", "hooks": {"PreToolUse": [user_hook]}}
-    once = merge_hooks(settings, f"python -m {HOOK_MODULE}", 999)
-    twice = merge_hooks(once, f"/other/python -m {HOOK_MODULE}", 999)
+    user_http = {"hooks": [{"type": "http", "url": "http://example.org/audit"}]}
+    # SAC's command hooks as an older version wrote them, for an event SAC no
+    # longer hooks too: rewritten, not kept beside the new ones.
+    legacy = {"hooks": [{"type": "command", "command": f"/py -m {LEGACY_HOOK_MODULE}"}]}
+    settings = {
+        "model": "x",
+        "hooks": {"PreToolUse": [legacy, user_hook], "Stop": [legacy, user_http],
+                  "Notification": [legacy]},
+    }  # fmt: skip
+    once = merge_hooks(settings, "http://127.0.0.1:1/user/a/b/sac/api/hooks/", 999)
+    twice = merge_hooks(once, "http://127.0.0.1:2/user/a/b/sac/api/hooks", 999)
     pre = twice["hooks"]["PreToolUse"]
     assert len(pre) == 2 and pre[1] == user_hook
-    assert pre[0]["hooks"][0]["command"] == f"/other/python -m {HOOK_MODULE}"
-    assert pre[0]["hooks"][0]["timeout"] == 999
+    assert pre[0]["matcher"] == "*"
+    (hook,) = pre[0]["hooks"]
+    assert (
+        hook["type"] == "http"
+        and hook["url"] == "http://127.0.0.1:2/user/a/b/sac/api/hooks/pre-tool-use"
+    )
+    assert hook["timeout"] == 999 and hook["onFailure"] == "block"
+    # The secret is named, never written down: claude fills it in from its environment.
+    assert hook["headers"]["X-SAC-Hook-Secret"] == "$SAC_HOOK_SECRET"
+    assert "SAC_HOOK_SECRET" in hook["allowedEnvVars"]
     for event in ("UserPromptSubmit", "Stop", "SubagentStop", "SessionEnd"):
-        assert len(twice["hooks"][event]) == 1
+        (capture,) = twice["hooks"][event][0]["hooks"]
+        assert capture["url"].endswith("/sac/api/hooks/transcript")
+        # A capture that fails is taken again at the next hook: it blocks nothing.
+        assert "onFailure" not in capture
+    assert twice["hooks"]["Stop"][1:] == [user_http]
+    assert "Notification" not in twice["hooks"]
     assert twice["model"] == "x"
 
 
@@ -105,10 +126,10 @@ def test_state_trusts_workspace_and_approves_key(tmp_path: Path) -> None:
     assert state["customApiKeyResponses"]["approved"] == ["old", "k" * 20]
     assert state["projects"]["/workspace"]["hasTrustDialogAccepted"] is True
     seed_claude_config(
-        tmp_path, workspace="/w", api_key="sac-agent-abc", hook="h", pre_tool_timeout=5
+        tmp_path, workspace="/w", api_key="sac-agent-abc", hooks_url="http://h/", pre_tool_timeout=5
     )
     seed_claude_config(
-        tmp_path, workspace="/w", api_key="sac-agent-abc", hook="h", pre_tool_timeout=5
+        tmp_path, workspace="/w", api_key="sac-agent-abc", hooks_url="http://h/", pre_tool_timeout=5
     )
     saved = json.loads((tmp_path / ".claude.json").read_text())
     assert saved["customApiKeyResponses"]["approved"] == ["sac-agent-abc"]

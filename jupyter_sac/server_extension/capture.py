@@ -1,0 +1,67 @@
+"""Conversation capture: a transcript's new lines into the history spool.
+
+Claude Code's capture hooks (Stop, SessionEnd, …) post the transcript's path to
+the extension, which reads the file from where it left off and appends the new
+complete lines to the spool. The offset of each transcript is kept in a small
+state file beside a lock file (``<state_dir>/transcripts``, a pair per transcript)
+and advances only after the spool has the lines on disk, so a crash or a full
+disk in between means "read them again", never "lost" (the service stores each
+line once, whoever sends it twice).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from ..runtimes.transcript import ReadState, read_new_entries
+from .spool import HistorySpool
+
+
+class TranscriptOutsideConfig(ValueError):
+    """A transcript path that is not under claude's configuration directory."""
+
+
+class TranscriptCapture:
+    def __init__(self, spool: HistorySpool, state_dir: Path, claude_config_dir: Path):
+        self.spool = spool
+        self.state_dir = state_dir
+        # Claude Code writes every transcript (and its subagents') under here; the
+        # hooks name files, and this server reads only those.
+        self.transcripts_root = claude_config_dir.resolve() / "projects"
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+
+    def check_path(self, transcript_path: str) -> Path:
+        path = Path(transcript_path).resolve()
+        if not path.is_relative_to(self.transcripts_root):
+            raise TranscriptOutsideConfig(
+                f"{transcript_path} is not a transcript under {self.transcripts_root}"
+            )
+        return path
+
+    def capture(self, transcript_path: str, session_id: str) -> int:
+        """Spool the transcript's new lines; how many (blocking: call it in a thread)."""
+        path = self.check_path(transcript_path)
+        # Keyed by the path as claude names it: the state files of earlier
+        # versions (the hook process) stay valid.
+        key = hashlib.sha256(transcript_path.encode()).hexdigest()[:32]
+        state_file = self.state_dir / f"{key}.json"
+        with open(self.state_dir / f"{key}.lock", "w") as lock:
+            # Two hooks of one session (Stop and SubagentStop) may arrive at once,
+            # each in its own thread: one reads and spools, then the other.
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                state = ReadState.from_json(json.loads(state_file.read_text()))
+            except (OSError, ValueError):
+                state = ReadState()
+            events, new_state = read_new_entries(str(path), session_id, state)
+            if not events:
+                return 0
+            self.spool.append(events)  # durable (fsync) before the offset moves
+            tmp = state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(new_state.to_json()))
+            os.replace(tmp, state_file)
+            return len(events)
