@@ -1,9 +1,13 @@
-"""Transcript reading, the durable history spool and Claude config seeding (no stack)."""
+"""Transcript reading and capture, the durable history spool and Claude config seeding
+(no stack)."""
 
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import pytest
 
 from jupyter_sac.runtimes.claude_config import (
     LEGACY_HOOK_MODULE,
@@ -12,6 +16,7 @@ from jupyter_sac.runtimes.claude_config import (
     seed_claude_config,
 )
 from jupyter_sac.runtimes.transcript import EPOCH, ReadState, parse_new_lines, read_new_entries
+from jupyter_sac.server_extension.capture import TranscriptCapture, TranscriptOutsideConfig
 from jupyter_sac.server_extension.spool import HistorySpool, Position
 
 
@@ -181,3 +186,37 @@ def test_an_append_cut_off_by_a_full_disk_leaves_no_torn_line(tmp_path: Path) ->
     assert spool.append_error is None
     events, _ = HistorySpool(tmp_path / "spool").read_batch()
     assert [e["uuid"] for e in events] == ["before", "after"]
+
+
+def test_captures_of_one_transcript_at_once_spool_each_line_once(tmp_path: Path) -> None:
+    """Hooks of one session arriving together (Stop and SubagentStop) each take
+    the transcript's new lines under its lock: every line lands in the spool once,
+    and a server started again (a new capture on the same state) goes on from there."""
+    config = tmp_path / "claude"
+    transcript = config / "projects" / "-workspace" / "s1.jsonl"
+    transcript.parent.mkdir(parents=True)
+    transcript.write_bytes(b"".join(_line(uuid=f"u{i}", type="user") for i in range(200)))
+    spool = HistorySpool(tmp_path / "spool")
+    capture = TranscriptCapture(spool, tmp_path / "state", config)
+    with ThreadPoolExecutor(8) as pool:
+        taken = list(pool.map(lambda _: capture.capture(str(transcript), "s1"), range(8)))
+    assert sorted(taken) == [0] * 7 + [200]
+    with transcript.open("ab") as f:
+        f.write(b"".join(_line(uuid=f"u{i}", type="user") for i in range(200, 250)))
+    again = TranscriptCapture(spool, tmp_path / "state", config)
+    assert again.capture(str(transcript), "s1") == 50
+    events, _ = spool.read_batch()
+    assert [e["uuid"] for e in events] == [f"u{i}" for i in range(250)]
+
+
+def test_a_capture_reads_only_claudes_transcripts(tmp_path: Path) -> None:
+    config = tmp_path / "claude"
+    (config / "projects").mkdir(parents=True)
+    (config / "projects" / "escape").symlink_to(tmp_path)
+    secret = tmp_path / "secret.jsonl"
+    secret.write_bytes(_line(uuid="u1", type="user"))
+    capture = TranscriptCapture(HistorySpool(tmp_path / "spool"), tmp_path / "state", config)
+    for path in (secret, config / "projects" / "escape" / "secret.jsonl",
+                 config / "projects" / ".." / ".." / "secret.jsonl"):  # fmt: skip
+        with pytest.raises(TranscriptOutsideConfig):
+            capture.capture(str(path), "s1")
