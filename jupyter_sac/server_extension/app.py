@@ -286,7 +286,7 @@ class SacExtensionApp(ExtensionApp):
                 "sac_hook_secret": hook_secret,
                 "sac_history_spool": spool,
                 "sac_transcript_capture": TranscriptCapture(
-                    spool, state / "transcripts", Path(self.claude_config_dir)
+                    spool, state / "transcripts", Path(self.claude_config_dir), uploader.wake
                 ),
                 "sac_history_uploader": uploader,
                 "sac_service_client": client,

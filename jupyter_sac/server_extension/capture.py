@@ -11,11 +11,14 @@ line once, whoever sends it twice).
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..runtimes.transcript import ReadState, read_new_entries
 from .spool import HistorySpool
@@ -26,8 +29,15 @@ class TranscriptOutsideConfig(ValueError):
 
 
 class TranscriptCapture:
-    def __init__(self, spool: HistorySpool, state_dir: Path, claude_config_dir: Path):
+    def __init__(
+        self,
+        spool: HistorySpool,
+        state_dir: Path,
+        claude_config_dir: Path,
+        on_spooled: Callable[[], None] = lambda: None,
+    ):
         self.spool = spool
+        self.on_spooled = on_spooled  # the uploader's wake-up
         self.state_dir = state_dir
         # Claude Code writes every transcript (and its subagents') under here; the
         # hooks name files, and this server reads only those.
@@ -65,3 +75,21 @@ class TranscriptCapture:
             tmp.write_text(json.dumps(new_state.to_json()))
             os.replace(tmp, state_file)
             return len(events)
+
+    async def capture_hook(self, hook: dict[str, Any]) -> int:
+        """Capture what a capture hook's input names (Claude Code's JSON, from an http
+        hook or an SDK hook callback alike): its transcript and, for a subagent, the
+        subagent's. How many lines were spooled. ValueError: the input names no
+        transcript, or one outside claude's directory; OSError: the spool could not
+        take them (a full disk), and the next hook reads them again."""
+        session_id = hook.get("session_id")
+        paths = [hook.get("transcript_path"), hook.get("agent_transcript_path")]
+        paths = [p for p in paths if isinstance(p, str) and p]
+        if not isinstance(session_id, str) or not session_id or not paths:
+            raise ValueError("session_id and transcript_path are required")
+        spooled = 0
+        for path in paths:
+            spooled += await asyncio.to_thread(self.capture, path, session_id)
+        if spooled:
+            self.on_spooled()
+        return spooled

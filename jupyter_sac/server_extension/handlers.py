@@ -13,7 +13,6 @@ from tornado import web
 
 from ..runtimes.claude_config import MODE_HEADER, SECRET_HEADER
 from .base import TERMINALS_RESOURCE, JsonErrors, SacHandler
-from .capture import TranscriptOutsideConfig
 from .openapi import CONTRACT
 
 
@@ -155,23 +154,14 @@ class TranscriptHookHandler(HookHandler):
     from their last offset into the spool before the hook is answered."""
 
     async def post(self) -> None:
-        data = self.body()
-        session_id = data.get("session_id")
-        paths = [data.get("transcript_path"), data.get("agent_transcript_path")]
-        paths = [p for p in paths if isinstance(p, str) and p]
-        if not isinstance(session_id, str) or not session_id or not paths:
-            raise web.HTTPError(400, "session_id and transcript_path are required")
-        capture = self.settings["sac_transcript_capture"]
-        for path in paths:
-            try:
-                await asyncio.to_thread(capture.capture, path, session_id)
-            except TranscriptOutsideConfig as e:
-                raise web.HTTPError(400, str(e)) from None
-            except OSError as e:
-                # A full disk: the offset did not move, the next hook reads the
-                # same lines again (GET history/status says capture_paused).
-                raise web.HTTPError(503, f"history capture deferred: {e}") from None
-        self.settings["sac_history_uploader"].wake()
+        try:
+            await self.settings["sac_transcript_capture"].capture_hook(self.body())
+        except ValueError as e:
+            raise web.HTTPError(400, str(e)) from None
+        except OSError as e:
+            # A full disk: the offset did not move, the next hook reads the same
+            # lines again (GET history/status says capture_paused).
+            raise web.HTTPError(503, f"history capture deferred: {e}") from None
         # Claude Code reads a JSON object as the hook's output: nothing to say.
         self.finish("{}")
 
