@@ -1,17 +1,22 @@
-"""Transcript reading, the durable history spool and Claude config seeding (no stack)."""
+"""Transcript reading and capture, the durable history spool and Claude config seeding
+(no stack)."""
 
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from jupyter_sac.runtimes.claude_config import (
-    HOOK_MODULE,
+    LEGACY_HOOK_MODULE,
     merge_hooks,
     merge_state,
     seed_claude_config,
 )
 from jupyter_sac.runtimes.transcript import EPOCH, ReadState, parse_new_lines, read_new_entries
+from jupyter_sac.server_extension.capture import TranscriptCapture, TranscriptOutsideConfig
 from jupyter_sac.server_extension.spool import HistorySpool, Position
 
 
@@ -82,15 +87,36 @@ def test_spool_survives_a_torn_append_and_commits_in_order(tmp_path: Path) -> No
 
 def test_hooks_are_installed_once_and_user_hooks_are_kept() -> None:
     user_hook = {"matcher": "Bash", "hooks": [{"type": "command", "command": "my-linter"}]}
-    settings = {"model": "x", "hooks": {"PreToolUse": [user_hook]}}
-    once = merge_hooks(settings, f"python -m {HOOK_MODULE}", 999)
-    twice = merge_hooks(once, f"/other/python -m {HOOK_MODULE}", 999)
+    user_http = {"hooks": [{"type": "http", "url": "http://example.org/audit"}]}
+    # SAC's command hooks as an older version wrote them, for an event SAC no
+    # longer hooks too: rewritten, not kept beside the new ones.
+    legacy = {"hooks": [{"type": "command", "command": f"/py -m {LEGACY_HOOK_MODULE}"}]}
+    settings = {
+        "model": "x",
+        "hooks": {"PreToolUse": [legacy, user_hook], "Stop": [legacy, user_http],
+                  "Notification": [legacy]},
+    }  # fmt: skip
+    once = merge_hooks(settings, "http://127.0.0.1:1/user/a/b/sac/api/hooks/", 999)
+    twice = merge_hooks(once, "http://127.0.0.1:2/user/a/b/sac/api/hooks", 999)
     pre = twice["hooks"]["PreToolUse"]
     assert len(pre) == 2 and pre[1] == user_hook
-    assert pre[0]["hooks"][0]["command"] == f"/other/python -m {HOOK_MODULE}"
-    assert pre[0]["hooks"][0]["timeout"] == 999
+    assert pre[0]["matcher"] == "*"
+    (hook,) = pre[0]["hooks"]
+    assert (
+        hook["type"] == "http"
+        and hook["url"] == "http://127.0.0.1:2/user/a/b/sac/api/hooks/pre-tool-use"
+    )
+    assert hook["timeout"] == 999 and hook["onFailure"] == "block"
+    # The secret is named, never written down: claude fills it in from its environment.
+    assert hook["headers"]["X-SAC-Hook-Secret"] == "$SAC_HOOK_SECRET"
+    assert "SAC_HOOK_SECRET" in hook["allowedEnvVars"]
     for event in ("UserPromptSubmit", "Stop", "SubagentStop", "SessionEnd"):
-        assert len(twice["hooks"][event]) == 1
+        (capture,) = twice["hooks"][event][0]["hooks"]
+        assert capture["url"].endswith("/sac/api/hooks/transcript")
+        # A capture that fails is taken again at the next hook: it blocks nothing.
+        assert "onFailure" not in capture
+    assert twice["hooks"]["Stop"][1:] == [user_http]
+    assert "Notification" not in twice["hooks"]
     assert twice["model"] == "x"
 
 
@@ -105,10 +131,10 @@ def test_state_trusts_workspace_and_approves_key(tmp_path: Path) -> None:
     assert state["customApiKeyResponses"]["approved"] == ["old", "k" * 20]
     assert state["projects"]["/workspace"]["hasTrustDialogAccepted"] is True
     seed_claude_config(
-        tmp_path, workspace="/w", api_key="sac-agent-abc", hook="h", pre_tool_timeout=5
+        tmp_path, workspace="/w", api_key="sac-agent-abc", hooks_url="http://h/", pre_tool_timeout=5
     )
     seed_claude_config(
-        tmp_path, workspace="/w", api_key="sac-agent-abc", hook="h", pre_tool_timeout=5
+        tmp_path, workspace="/w", api_key="sac-agent-abc", hooks_url="http://h/", pre_tool_timeout=5
     )
     saved = json.loads((tmp_path / ".claude.json").read_text())
     assert saved["customApiKeyResponses"]["approved"] == ["sac-agent-abc"]
@@ -160,3 +186,37 @@ def test_an_append_cut_off_by_a_full_disk_leaves_no_torn_line(tmp_path: Path) ->
     assert spool.append_error is None
     events, _ = HistorySpool(tmp_path / "spool").read_batch()
     assert [e["uuid"] for e in events] == ["before", "after"]
+
+
+def test_captures_of_one_transcript_at_once_spool_each_line_once(tmp_path: Path) -> None:
+    """Hooks of one session arriving together (Stop and SubagentStop) each take
+    the transcript's new lines under its lock: every line lands in the spool once,
+    and a server started again (a new capture on the same state) goes on from there."""
+    config = tmp_path / "claude"
+    transcript = config / "projects" / "-workspace" / "s1.jsonl"
+    transcript.parent.mkdir(parents=True)
+    transcript.write_bytes(b"".join(_line(uuid=f"u{i}", type="user") for i in range(200)))
+    spool = HistorySpool(tmp_path / "spool")
+    capture = TranscriptCapture(spool, tmp_path / "state", config)
+    with ThreadPoolExecutor(8) as pool:
+        taken = list(pool.map(lambda _: capture.capture(str(transcript), "s1"), range(8)))
+    assert sorted(taken) == [0] * 7 + [200]
+    with transcript.open("ab") as f:
+        f.write(b"".join(_line(uuid=f"u{i}", type="user") for i in range(200, 250)))
+    again = TranscriptCapture(spool, tmp_path / "state", config)
+    assert again.capture(str(transcript), "s1") == 50
+    events, _ = spool.read_batch()
+    assert [e["uuid"] for e in events] == [f"u{i}" for i in range(250)]
+
+
+def test_a_capture_reads_only_claudes_transcripts(tmp_path: Path) -> None:
+    config = tmp_path / "claude"
+    (config / "projects").mkdir(parents=True)
+    (config / "projects" / "escape").symlink_to(tmp_path)
+    secret = tmp_path / "secret.jsonl"
+    secret.write_bytes(_line(uuid="u1", type="user"))
+    capture = TranscriptCapture(HistorySpool(tmp_path / "spool"), tmp_path / "state", config)
+    for path in (secret, config / "projects" / "escape" / "secret.jsonl",
+                 config / "projects" / ".." / ".." / "secret.jsonl"):  # fmt: skip
+        with pytest.raises(TranscriptOutsideConfig):
+            capture.capture(str(path), "s1")

@@ -132,6 +132,10 @@ async def test_claude_config_is_seeded_with_hooks(stack: dict, fake: str) -> Non
         settings = json.loads(settings_text)
         state = json.loads("{" + state_text)
         for event in ("PreToolUse", "UserPromptSubmit", "Stop", "SubagentStop", "SessionEnd"):
-            assert "jupyter_sac.runtimes.claude_hook" in json.dumps(settings["hooks"][event])
+            (hook,) = settings["hooks"][event][0]["hooks"]
+            assert hook["type"] == "http", hook
+            assert hook["url"].endswith(f"/user/{user}/cfg/sac/api/hooks/" + (
+                "pre-tool-use" if event == "PreToolUse" else "transcript"))  # fmt: skip
+        assert settings["hooks"]["PreToolUse"][0]["hooks"][0]["onFailure"] == "block"
         assert state["hasCompletedOnboarding"] is True
         assert state["projects"]["/workspace"]["hasTrustDialogAccepted"] is True

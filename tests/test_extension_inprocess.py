@@ -10,15 +10,18 @@ deployment could replace JupyterHub's (which lets in whoever may open the server
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import script_model
 from jupyter_server.auth import Authorizer
 
 # pytest-jupyter's fixtures, for this module only: its hooks (which would run every
@@ -29,11 +32,13 @@ from tornado.httpclient import HTTPResponse
 from tornado.simple_httpclient import HTTPTimeoutError
 from traitlets.config import Config
 
+from jupyter_sac.runtimes.claude import claude_binary
 from jupyter_sac.server_extension.app import ROUTES
 from jupyter_sac.server_extension.handlers import HookHandler
+from jupyter_sac.stack import free_port
 
 # What initialize_settings puts in the environment for the processes it starts.
-SANDBOX_ENV = ("CLAUDE_CONFIG_DIR", "SAC_HOOK_URL", "SAC_HOOK_SECRET", "SAC_HOOK_STATE_DIR")
+SANDBOX_ENV = ("CLAUDE_CONFIG_DIR", "SAC_HOOK_URL", "SAC_HOOK_SECRET")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 SESSION = "6f1c0000-0000-4000-8000-000000000000"
 
@@ -265,9 +270,13 @@ def test_one_service_client_is_shared_and_closed_at_the_stop(
     assert service.client.is_closed and service.plain.is_closed
 
 
-def test_hooks_take_the_servers_secret_not_a_login(fetch: Fetch, jp_serverapp: Any) -> None:
+def test_hooks_take_the_servers_secret_not_a_login(
+    fetch: Fetch, jp_serverapp: Any, tmp_path: Path
+) -> None:
     """Claude Code's hooks are opened by the secret the server hands its children
-    ($SAC_HOOK_SECRET), not by a Jupyter login; their errors have the same shape."""
+    ($SAC_HOOK_SECRET), not by a Jupyter login; their errors have the same shape.
+    A capture hook names a transcript, which the server reads only under claude's
+    configuration directory."""
     # As in a sandbox: JupyterHub's single-user server turns tornado's own XSRF
     # check off (jupyter_server's handlers make theirs), and the hooks send none.
     jp_serverapp.web_app.settings["xsrf_cookies"] = False
@@ -279,13 +288,22 @@ def test_hooks_take_the_servers_secret_not_a_login(fetch: Fetch, jp_serverapp: A
         bad = fetch(path, "POST", "[]", headers={"X-SAC-Hook-Secret": secret})
         assert bad.code == 400, (path, bad.body)
         assert error_of(bad)["error"] == "bad_request"
-    spooled = fetch(
-        "sac/api/hooks/transcript",
-        "POST",
-        {"events": [{"uuid": "u1", "type": "user"}]},
-        headers={"X-SAC-Hook-Secret": secret, "Authorization": ""},
-    )
-    assert json.loads(spooled.body) == {"accepted": 1}
+    transcript = tmp_path / "claude" / "projects" / "-workspace" / f"{SESSION}.jsonl"
+    transcript.parent.mkdir(parents=True)
+    transcript.write_text('{"uuid": "u1", "type": "user"}\n{"uuid": "u2", "type": "assist')
+    elsewhere = tmp_path / "elsewhere.jsonl"
+    elsewhere.write_text('{"uuid": "u3", "type": "user"}\n')
+    hook = {"session_id": SESSION, "hook_event_name": "Stop"}
+    headers = {"X-SAC-Hook-Secret": secret, "Authorization": ""}
+    outside = fetch("sac/api/hooks/transcript", "POST",
+                    {**hook, "transcript_path": str(elsewhere)}, headers=headers)  # fmt: skip
+    assert outside.code == 400 and error_of(outside)["error"] == "bad_request"
+    for _ in range(2):  # the second time, nothing new: the offset moved past u1
+        spooled = fetch("sac/api/hooks/transcript", "POST",
+                        {**hook, "transcript_path": str(transcript)}, headers=headers)  # fmt: skip
+        assert spooled.code == 200 and json.loads(spooled.body) == {}
+    # Only the complete line; the one claude is still writing waits for the next hook.
+    assert json.loads(fetch("sac/api/history/status").body)["backlog"] == 1
 
 
 def test_an_undeclared_method_is_answered_405_with_allow(fetch: Fetch) -> None:
@@ -301,3 +319,112 @@ def test_an_undeclared_method_is_answered_405_with_allow(fetch: Fetch) -> None:
         elif error_of(resp)["error"] != "method_not_allowed":
             wrong.append(f"{method} {path}: {resp.body[:200]!r}")
     assert not wrong, "\n".join(wrong)
+
+
+# ---- Claude Code's http hooks, posted by the real claude CLI ---------------------------
+
+
+def _run_claude(loop: Any, fake: str, workspace: Path, env: dict[str, str],
+                *args: str) -> list[dict[str, Any]]:  # fmt: skip
+    """One headless turn of the pinned claude CLI against the fake model, started
+    by this test on the server's loop (so the server answers its hooks meanwhile)
+    with the environment the server gives its children; its stream-json messages."""
+
+    async def run() -> bytes:
+        proc = await asyncio.create_subprocess_exec(
+            claude_binary() or "claude", "-p", "write it", "--output-format", "stream-json",
+            "--verbose", *args, cwd=workspace, stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "ANTHROPIC_BASE_URL": fake, "ANTHROPIC_API_KEY": "sk-test",
+                 "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "IS_SANDBOX": "1", **env},
+        )  # fmt: skip
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), 120)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert proc.returncode == 0, out[-2000:]
+        return out
+
+    workspace.mkdir(parents=True, exist_ok=True)
+    return [json.loads(line) for line in loop.run_until_complete(run()).splitlines() if line]
+
+
+def _tool_results(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The tool results the user of the turn sees (stream-json ``user`` messages)."""
+    return [
+        block
+        for m in messages
+        if m.get("type") == "user" and isinstance(m["message"].get("content"), list)
+        for block in m["message"]["content"]
+        if block.get("type") == "tool_result"
+    ]
+
+
+def _write_tool(path: Path) -> dict[str, Any]:
+    return {"tool_use": {"name": "Bash", "input": {"command": f"echo yes > {path}"}}}
+
+
+def test_claude_posts_its_hooks_to_the_extension(
+    fetch: Fetch, jp_serverapp: Any, jp_asyncio_loop: Any, tmp_path: Path, fake: str
+) -> None:
+    """The settings the server writes for claude hold http hooks to this server:
+    claude asks it about each tool call (here with no `sac` service to read the
+    policy from, so a chat turn's tool is denied, and claude is told why) and
+    hands it the transcript (every line claude wrote is in the spool after)."""
+    jp_serverapp.web_app.settings["xsrf_cookies"] = False  # as in a sandbox (above)
+    config = tmp_path / "claude"
+    settings = json.loads((config / "settings.json").read_text())
+    for event in ("PreToolUse", "UserPromptSubmit", "Stop", "SubagentStop", "SessionEnd"):
+        (hook,) = settings["hooks"][event][0]["hooks"]
+        assert hook["type"] == "http" and "/sac/api/hooks/" in hook["url"], hook
+    workspace = tmp_path / "workspace"
+    script_model(fake, _write_tool(workspace / "ran.txt"), "told no")
+    messages = _run_claude(jp_asyncio_loop, fake, workspace, {"SAC_CLAUDE_MODE": "chat"},
+                           "--permission-mode", "bypassPermissions")  # fmt: skip
+    (result,) = _tool_results(messages)
+    assert result["is_error"] and "no HITL policy available" in json.dumps(result), result
+    assert not (workspace / "ran.txt").exists()
+    lines = [
+        line
+        for transcript in config.glob("projects/*/*.jsonl")
+        for line in transcript.read_text().splitlines()
+        if line.strip()
+    ]
+    assert lines, "claude wrote a transcript"
+    status = json.loads(fetch("sac/api/history/status").body)
+    # Nothing is uploaded here (no service): every line waits in the spool, once.
+    assert status["backlog"] == len(lines), (status, len(lines))
+
+
+@pytest.mark.parametrize("failure", ["no secret", "unreachable"])
+def test_a_failing_hook_blocks_the_tool(
+    failure: str, fetch: Fetch, jp_serverapp: Any, jp_asyncio_loop: Any, tmp_path: Path, fake: str
+) -> None:
+    """The PreToolUse hook fails (claude lacks the server's secret and is refused,
+    or nothing answers at the hook's address): the tool does not run, even for an
+    interactive claude in bypass mode whose policy would not be asked otherwise,
+    and the turn is told why (a hook that fails must never let a tool through)."""
+    jp_serverapp.web_app.settings["xsrf_cookies"] = False  # as in a sandbox (above)
+    env = {"SAC_CLAUDE_MODE": "terminal"}
+    if failure == "no secret":
+        env["SAC_HOOK_SECRET"] = "not-the-servers-secret"
+    else:
+        # The server's own settings, with its hooks' address moved to a port
+        # nobody listens on.
+        config = tmp_path / "claude-elsewhere"
+        shutil.copytree(tmp_path / "claude", config)
+        text = (config / "settings.json").read_text()
+        port = re.search(r"http://[^/]+:(\d+)/", text)
+        assert port is not None
+        (config / "settings.json").write_text(text.replace(f":{port[1]}/", f":{free_port()}/"))
+        env["CLAUDE_CONFIG_DIR"] = str(config)
+    workspace = tmp_path / "workspace"
+    script_model(fake, _write_tool(workspace / "ran.txt"), "blocked")
+    messages = _run_claude(jp_asyncio_loop, fake, workspace, env,
+                           "--permission-mode", "bypassPermissions")  # fmt: skip
+    (result,) = _tool_results(messages)
+    assert result["is_error"], result
+    why = json.dumps(result)
+    assert "PreToolUse" in why and ("403" if failure == "no secret" else "ECONNREFUSED") in why, why
+    assert not (workspace / "ran.txt").exists()

@@ -4,47 +4,102 @@ first-run screen, with SAC's hooks installed.
 ``CLAUDE_CONFIG_DIR`` holds ``.claude.json`` (onboarding state, approved API
 keys, trusted projects) and ``settings.json`` (hooks, permissions). Both are
 merged, never replaced: what the user or Claude Code itself wrote stays, and
-SAC's own hook entries are recognised by their command and rewritten in place.
+SAC's own hook entries are recognised by their URL (or, from before SAC's hooks
+were http hooks, their command) and rewritten in place.
 Writes are atomic (temp file, then rename) so a crash never leaves half a file.
+
+SAC's hooks are Claude Code ``http`` hooks: claude posts each event straight to
+the sandbox's server extension, which already runs, instead of starting a
+Python process per event (about 120 ms each, several per turn).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-HOOK_MODULE = "jupyter_sac.runtimes.claude_hook"
+# The extension's hook routes (under the server's base URL).
+HOOKS_PATH = "sac/api/hooks/"
+PRE_TOOL_USE_ROUTE = "pre-tool-use"
+CAPTURE_ROUTE = "transcript"
+# What SAC's hooks were before they were http hooks: recognised so an agent's
+# settings from an older version are rewritten, not kept beside the new ones.
+LEGACY_HOOK_MODULE = "jupyter_sac.runtimes.claude_hook"
+# The events after which the transcript has new lines to capture: Stop (a turn's
+# end), UserPromptSubmit (a turn interrupted before its Stop is taken at the next
+# prompt), SubagentStop (a subagent's own transcript), SessionEnd (the lines
+# written after the last Stop, and /clear), PreCompact (before a compaction).
+# Not PostToolUse and the like: nothing new needs taking there.
 CAPTURE_HOOK_EVENTS = ("UserPromptSubmit", "Stop", "SubagentStop", "SessionEnd", "PreCompact")
 CAPTURE_HOOK_TIMEOUT = 60
+# The hook secret reaches the extension as a header that claude fills in from its
+# own environment (the secret is never written to settings.json); the mode tells a
+# headless chat turn (nobody to show a menu to) from an interactive claude.
+SECRET_HEADER = "X-SAC-Hook-Secret"
+MODE_HEADER = "X-SAC-Claude-Mode"
+HOOK_ENV_VARS = ("SAC_HOOK_SECRET", "SAC_CLAUDE_MODE")
 
 
-def hook_command(python: str | None = None) -> str:
-    return f"{shlex.quote(python or sys.executable)} -m {HOOK_MODULE}"
+def _hook_url(entry: Any) -> str:
+    return str(entry.get("url", "")) if isinstance(entry, dict) else ""
 
 
 def _is_sac_hook(entry: Any) -> bool:
     return isinstance(entry, dict) and any(
-        isinstance(h, dict) and HOOK_MODULE in str(h.get("command", ""))
+        isinstance(h, dict)
+        and (
+            (h.get("type") == "http" and HOOKS_PATH in _hook_url(h))
+            or LEGACY_HOOK_MODULE in str(h.get("command", ""))
+        )
         for h in entry.get("hooks") or ()
     )
 
 
-def merge_hooks(settings: dict[str, Any], command: str, pre_tool_timeout: int) -> dict[str, Any]:
-    """``settings`` with SAC's hooks installed exactly once per event (pure)."""
+def http_hook(url: str, timeout: int, *, block_on_failure: bool) -> dict[str, Any]:
+    """One of SAC's hooks: a POST of the event to ``url`` with the secret header."""
+    hook: dict[str, Any] = {
+        "type": "http",
+        "url": url,
+        "timeout": timeout,
+        "headers": {SECRET_HEADER: "$SAC_HOOK_SECRET", MODE_HEADER: "$SAC_CLAUDE_MODE"},
+        "allowedEnvVars": list(HOOK_ENV_VARS),
+    }
+    if block_on_failure:
+        # Claude Code's default for a failed http hook (unreachable, non-2xx,
+        # timed out) is to go on as if it had not run: the tool would run unchecked.
+        hook["onFailure"] = "block"
+    return hook
+
+
+def merge_hooks(settings: dict[str, Any], hooks_url: str, pre_tool_timeout: int) -> dict[str, Any]:
+    """``settings`` with SAC's hooks (posting to ``hooks_url``, the extension's
+    ``…/sac/api/hooks/``) installed exactly once per event (pure)."""
     out = dict(settings)
     hooks = dict(out.get("hooks") or {}) if isinstance(out.get("hooks"), dict) else {}
-    wanted = {event: CAPTURE_HOOK_TIMEOUT for event in CAPTURE_HOOK_EVENTS}
-    wanted["PreToolUse"] = pre_tool_timeout
-    for event, timeout in wanted.items():
+    base = hooks_url.rstrip("/") + "/"
+    wanted: dict[str, dict[str, Any]] = {
+        event: http_hook(base + CAPTURE_ROUTE, CAPTURE_HOOK_TIMEOUT, block_on_failure=False)
+        for event in CAPTURE_HOOK_EVENTS
+    }
+    # Every tool: the HITL policy may name any tool (and is changed while claude
+    # runs), and a chat turn's bypass mode leaves this hook the only check.
+    wanted["PreToolUse"] = http_hook(
+        base + PRE_TOOL_USE_ROUTE, pre_tool_timeout, block_on_failure=True
+    )
+    for event in list(hooks):
+        # Events SAC no longer hooks lose SAC's entries (the user's stay).
+        if event not in wanted and isinstance(hooks[event], list):
+            kept = [e for e in hooks[event] if not _is_sac_hook(e)]
+            if kept:
+                hooks[event] = kept
+            else:
+                del hooks[event]
+    for event, hook in wanted.items():
         entries = [e for e in hooks.get(event) or () if not _is_sac_hook(e)]
-        sac_entry: dict[str, Any] = {
-            "hooks": [{"type": "command", "command": command, "timeout": timeout}]
-        }
+        sac_entry: dict[str, Any] = {"hooks": [hook]}
         if event == "PreToolUse":
             sac_entry["matcher"] = "*"
         # SAC's hook first: HITL must decide before anything else a user added.
@@ -111,7 +166,7 @@ def seed_claude_config(
     *,
     workspace: str,
     api_key: str | None,
-    hook: str,
+    hooks_url: str,
     pre_tool_timeout: int,
     version: str | None = None,
 ) -> None:
@@ -120,4 +175,4 @@ def seed_claude_config(
     state_path = config_dir / ".claude.json"
     _write_json(state_path, merge_state(_read_json(state_path), workspace, api_key, version))
     settings_path = config_dir / "settings.json"
-    _write_json(settings_path, merge_hooks(_read_json(settings_path), hook, pre_tool_timeout))
+    _write_json(settings_path, merge_hooks(_read_json(settings_path), hooks_url, pre_tool_timeout))

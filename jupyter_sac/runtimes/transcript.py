@@ -6,8 +6,6 @@ lines after the offset. Each line becomes one history event keyed by
 (session, uuid); the key and timestamp of an entry are derived only from the
 bytes of that line and the state, so re-reading the same bytes after a crash
 yields the same events (the service stores them exactly once).
-
-Stdlib only: the hook entry point imports this and must start fast.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-# One hook call reads at most this much; the rest is taken by the next hook
+# One capture reads at most this much; the rest is taken at the next hook
 # (every turn ends with a Stop hook and the session with SessionEnd).
 MAX_READ_BYTES = 8 * 1024 * 1024
 EPOCH = "1970-01-01T00:00:00.000Z"

@@ -15,7 +15,7 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Float, Integer, List, Unicode, default
 
 from ..runtimes.claude import claude_binary
-from ..runtimes.claude_config import hook_command, seed_claude_config
+from ..runtimes.claude_config import seed_claude_config
 from .capture import TranscriptCapture
 from .chat import ChatManager
 from .chat_handlers import (
@@ -188,16 +188,6 @@ class SacExtensionApp(ExtensionApp):
         help="File HITL requests for prompts the Claude terminal shows (the prompt detector).",
     ).tag(config=True)
 
-    hook_python = Unicode(
-        help="Python that runs the Claude Code hook entry point (default: this server's).",
-    ).tag(config=True)
-
-    @default("hook_python")
-    def _default_hook_python(self) -> str:
-        import sys
-
-        return sys.executable
-
     spool_segment_bytes = Integer(
         8 * 1024 * 1024, help="Size at which the history spool starts a new segment file."
     ).tag(config=True)
@@ -255,14 +245,13 @@ class SacExtensionApp(ExtensionApp):
                 "CLAUDE_CONFIG_DIR": self.claude_config_dir,
                 "SAC_HOOK_URL": self._hook_url(),
                 "SAC_HOOK_SECRET": hook_secret,
-                "SAC_HOOK_STATE_DIR": str(state / "transcripts"),
             }
         )
         seed_claude_config(
             Path(self.claude_config_dir),
             workspace=self.workspace,
             api_key=api_key,
-            hook=hook_command(self.hook_python),
+            hooks_url=self._hook_url(),
             pre_tool_timeout=MAX_HITL_WAIT,
         )
 
@@ -300,11 +289,17 @@ class SacExtensionApp(ExtensionApp):
             env={"SAC_CLAUDE_MODE": "terminal"},
             on_start=watch,
         )
+        # One capture for the terminal's hooks and the chat sessions: the same
+        # offsets, so a conversation continued in either goes on from one place.
+        capture = TranscriptCapture(
+            spool, state / "transcripts", Path(self.claude_config_dir), uploader.wake
+        )
         self.settings.update(
             {
                 "sac_runtime_info": RuntimeInfo(runtime=self.runtime),
                 "sac_hook_secret": hook_secret,
                 "sac_history_spool": spool,
+                "sac_transcript_capture": capture,
                 "sac_history_uploader": uploader,
                 "sac_service_client": client,
                 "sac_hitl": bridge,
@@ -331,7 +326,7 @@ class SacExtensionApp(ExtensionApp):
                     terminate_grace=self.chat_interrupt_grace,
                     on_activity=self._chat_activity,
                     decide_tool=bridge.decide_tool,
-                    capture=TranscriptCapture(spool, state / "transcripts", uploader.wake),
+                    capture=capture,
                     idle_release=self.chat_idle_release,
                     pre_tool_timeout=MAX_HITL_WAIT,
                 ),

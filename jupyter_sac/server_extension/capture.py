@@ -1,16 +1,12 @@
-"""History capture in the extension's own process (chat sessions).
+"""Conversation capture: a transcript's new lines into the history spool.
 
-A chat session's CLI is driven by this server, so its transcript is read here
-rather than by a hook process: after each turn, when its process is released,
-and when a subagent stops (its own transcript). New complete lines since the
-last offset are appended to the spool (fsync'd) and only then is the offset
-moved on, so a crash in between sends the same lines again and the service
-stores them once.
-
-The offsets are the hook entry point's (one file per transcript under
-``SAC_HOOK_STATE_DIR``, named by a hash of its path, under the same file lock),
-so a chat conversation continued with ``claude --resume`` in a terminal goes on
-from the same place instead of sending everything again.
+Claude Code's capture hooks (Stop, SessionEnd, …) post the transcript's path to
+the extension, which reads the file from where it left off and appends the new
+complete lines to the spool. The offset of each transcript is kept in a small
+state file beside a lock file (``<state_dir>/transcripts``, a pair per transcript)
+and advances only after the spool has the lines on disk, so a crash or a full
+disk in between means "read them again", never "lost" (the service stores each
+line once, whoever sends it twice).
 """
 
 from __future__ import annotations
@@ -22,44 +18,78 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..runtimes.transcript import ReadState, read_new_entries
 from .spool import HistorySpool
 
 
-def state_key(transcript_path: str) -> str:
-    """The name of a transcript's offset file (as ``runtimes.claude_hook`` names it)."""
-    return hashlib.sha256(transcript_path.encode()).hexdigest()[:32]
+class TranscriptOutsideConfig(ValueError):
+    """A transcript path that is not under claude's configuration directory."""
 
 
 class TranscriptCapture:
-    def __init__(self, spool: HistorySpool, state_dir: Path, wake: Callable[[], None]):
+    def __init__(
+        self,
+        spool: HistorySpool,
+        state_dir: Path,
+        claude_config_dir: Path,
+        on_spooled: Callable[[], None] = lambda: None,
+    ):
         self.spool = spool
+        self.on_spooled = on_spooled  # the uploader's wake-up
         self.state_dir = state_dir
-        self.wake = wake
-
-    def capture_now(self, transcript_path: str, session_id: str) -> int:
-        """Spool the transcript's new entries; how many (blocking: call it in a thread)."""
+        # Claude Code writes every transcript (and its subagents') under here; the
+        # hooks name files, and this server reads only those.
+        self.transcripts_root = claude_config_dir.resolve() / "projects"
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        key = state_key(transcript_path)
+
+    def check_path(self, transcript_path: str) -> Path:
+        path = Path(transcript_path).resolve()
+        if not path.is_relative_to(self.transcripts_root):
+            raise TranscriptOutsideConfig(
+                f"{transcript_path} is not a transcript under {self.transcripts_root}"
+            )
+        return path
+
+    def capture(self, transcript_path: str, session_id: str) -> int:
+        """Spool the transcript's new lines; how many (blocking: call it in a thread)."""
+        path = self.check_path(transcript_path)
+        # Keyed by the path as claude names it: the state files of earlier
+        # versions (the hook process) stay valid.
+        key = hashlib.sha256(transcript_path.encode()).hexdigest()[:32]
         state_file = self.state_dir / f"{key}.json"
         with open(self.state_dir / f"{key}.lock", "w") as lock:
+            # Two hooks of one session (Stop and SubagentStop) may arrive at once,
+            # each in its own thread: one reads and spools, then the other.
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 state = ReadState.from_json(json.loads(state_file.read_text()))
             except (OSError, ValueError):
                 state = ReadState()
-            events, new_state = read_new_entries(transcript_path, session_id, state)
+            events, new_state = read_new_entries(str(path), session_id, state)
             if not events:
                 return 0
-            self.spool.append(events)  # durable before the offset moves
+            self.spool.append(events)  # durable (fsync) before the offset moves
             tmp = state_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(new_state.to_json()))
             os.replace(tmp, state_file)
-        return len(events)
+            return len(events)
 
-    async def capture(self, transcript_path: str, session_id: str) -> int:
-        count = await asyncio.to_thread(self.capture_now, transcript_path, session_id)
-        if count:
-            self.wake()
-        return count
+    async def capture_hook(self, hook: dict[str, Any]) -> int:
+        """Capture what a capture hook's input names (Claude Code's JSON, from an http
+        hook or an SDK hook callback alike): its transcript and, for a subagent, the
+        subagent's. How many lines were spooled. ValueError: the input names no
+        transcript, or one outside claude's directory; OSError: the spool could not
+        take them (a full disk), and the next hook reads them again."""
+        session_id = hook.get("session_id")
+        paths = [hook.get("transcript_path"), hook.get("agent_transcript_path")]
+        paths = [p for p in paths if isinstance(p, str) and p]
+        if not isinstance(session_id, str) or not session_id or not paths:
+            raise ValueError("session_id and transcript_path are required")
+        spooled = 0
+        for path in paths:
+            spooled += await asyncio.to_thread(self.capture, path, session_id)
+        if spooled:
+            self.on_spooled()
+        return spooled

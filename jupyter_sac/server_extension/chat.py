@@ -675,7 +675,9 @@ class ChatManager:
             return
         try:
             for path in await asyncio.to_thread(self._transcripts, session):
-                await self.capture.capture(path, session.session_id)
+                await self.capture.capture_hook(
+                    {"session_id": session.session_id, "transcript_path": path}
+                )
         except Exception as e:
             log.warning("chat: history capture of %s deferred: %s", session.session_id, e)
 

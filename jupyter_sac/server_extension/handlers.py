@@ -11,6 +11,7 @@ from typing import Any
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
+from ..runtimes.claude_config import MODE_HEADER, SECRET_HEADER
 from .base import TERMINALS_RESOURCE, JsonErrors, SacHandler
 from .openapi import CONTRACT
 
@@ -120,11 +121,13 @@ class HitlStatusHandler(SacHandler):
 
 
 class HookHandler(JsonErrors, web.RequestHandler):
-    """Base of the endpoints the Claude Code hook entry point calls.
+    """Base of the endpoints Claude Code's http hooks post to (the event's JSON,
+    as Claude Code sends it).
 
     Not a Jupyter API: authenticated by the per-server hook secret that only
-    processes started by this server inherit (no cookies, so no XSRF), not by
-    jupyter_server's authenticator and authorizer (no Jupyter user calls them).
+    processes started by this server inherit (claude sends it as a header filled
+    in from its environment; no cookies, so no XSRF), not by jupyter_server's
+    authenticator and authorizer (no Jupyter user calls them).
     """
 
     def set_default_headers(self) -> None:
@@ -132,7 +135,7 @@ class HookHandler(JsonErrors, web.RequestHandler):
 
     def prepare(self) -> None:
         secret = self.settings["sac_hook_secret"]
-        given = self.request.headers.get("X-SAC-Hook-Secret", "")
+        given = self.request.headers.get(SECRET_HEADER, "")
         if not hmac.compare_digest(given.encode(), secret.encode()):
             raise web.HTTPError(403, "bad hook secret")
 
@@ -147,34 +150,55 @@ class HookHandler(JsonErrors, web.RequestHandler):
 
 
 class TranscriptHookHandler(HookHandler):
-    """New transcript entries: durably spooled before we answer, then uploaded."""
+    """A capture event (Stop, SessionEnd, …): the transcripts it names are read
+    from their last offset into the spool before the hook is answered."""
 
     async def post(self) -> None:
-        events = self.body().get("events")
-        if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
-            raise web.HTTPError(400, "events must be a list of objects")
-        await asyncio.to_thread(self.settings["sac_history_spool"].append, events)
-        self.settings["sac_history_uploader"].wake()
-        self.finish(json.dumps({"accepted": len(events)}))
+        try:
+            await self.settings["sac_transcript_capture"].capture_hook(self.body())
+        except ValueError as e:
+            raise web.HTTPError(400, str(e)) from None
+        except OSError as e:
+            # A full disk: the offset did not move, the next hook reads the same
+            # lines again (GET history/status says capture_paused).
+            raise web.HTTPError(503, f"history capture deferred: {e}") from None
+        # Claude Code reads a JSON object as the hook's output: nothing to say.
+        self.finish("{}")
 
 
 class PreToolUseHookHandler(HookHandler):
-    """The HITL decision for one tool call (may wait for a human)."""
+    """The HITL decision for one tool call (may wait for a human), answered in
+    Claude Code's hook output format. No decision (an interactive claude whose
+    policy says ask) is ``{}``: Claude Code then shows its own permission menu."""
 
     _task: asyncio.Task[dict[str, Any]] | None = None
 
     async def post(self) -> None:
         data = self.body()
-        mode = str(data.pop("mode", "cli"))
+        mode = self.request.headers.get(MODE_HEADER) or "cli"
         self._task = asyncio.create_task(self.settings["sac_hitl"].decide_tool(data, mode))
         try:
             answer = await self._task
         except asyncio.CancelledError:
             return
-        self.finish(json.dumps(answer))
+        decision = answer.get("decision")
+        if decision not in ("allow", "deny"):
+            self.finish("{}")
+            return
+        self.finish(
+            json.dumps(
+                {
+                    "hookSpecificOutput": {
+                        "hookEventName": "PreToolUse",
+                        "permissionDecision": decision,
+                        "permissionDecisionReason": str(answer.get("reason") or ""),
+                    }
+                }
+            )
+        )
 
     def on_connection_close(self) -> None:
-        # The hook process died (the turn was cancelled): withdraw its request.
+        # claude went away (the turn was cancelled): withdraw its request.
         if self._task is not None and not self._task.done():
             self._task.cancel()
         with contextlib.suppress(Exception):
