@@ -78,7 +78,7 @@ async def world(tmp_path: Path, fake: str) -> AsyncIterator[dict[str, Any]]:
                 "IS_SANDBOX": "1",
             },
             decide_tool=HitlBridge(client, lambda action, request: None).decide_tool,
-            capture=TranscriptCapture(spool, tmp_path / "transcripts", lambda: None),
+            capture=TranscriptCapture(spool, tmp_path / "transcripts", config),
             **kwargs,
         )
         managers.append(chat)
