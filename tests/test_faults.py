@@ -6,11 +6,13 @@ once. These tests kill parts of their stack, so they run on a stack of their own
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -469,3 +471,83 @@ def test_service_killed_during_skill_sync(faults_stack: dict[str, Any]) -> None:
         assert synced() == {"SKILL.md", "hello.txt"}
         status = client.agent(user, slug, "GET", "sac/api/skills").json()["sync"]
         assert status["last_error"] is None, status
+
+
+# ---- the spool's disk full ------------------------------------------------------------
+
+# The extension's history spool as the sandbox sees it (its state dir in the home).
+SANDBOX_SPOOL = "/home/sac/.local/share/jupyter-sac/history-spool"
+
+
+def process_in_mount_namespace(namespace: str) -> int:
+    """A process of this machine in the mount namespace ``namespace`` (``mnt:[…]``,
+    as /proc/<pid>/ns/mnt reads): the way into a sandbox's own view of its files."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(entry / "ns" / "mnt") == namespace:
+                    return int(entry.name)
+    raise LookupError(f"no process in {namespace}")
+
+
+async def small_disk_at_spool(
+    stack: dict[str, Any], client: HubApi, user: str, slug: str, size: int
+) -> None:
+    """A real filesystem of ``size`` bytes (tmpfs) at the sandbox's spool, mounted in
+    the sandbox's own mount namespace (nsenter, as root: bubblewrap 0.8 has no sized
+    tmpfs, and a mount on the host after the sandbox started would not reach it),
+    owned by the sandbox's user. Only for a spool that holds nothing yet: it hides
+    what the directory held."""
+    namespace = await run_in_terminal(
+        stack["url"], client.token, user, slug, "readlink /proc/self/ns/mnt"
+    )
+    pid = process_in_mount_namespace(namespace.splitlines()[-1])
+    owner = (agent_home(stack["data_dir"], slug) / "home").stat().st_uid
+    options = f"size={size},uid={owner},gid={owner},mode=0700"
+    mount = ["nsenter", "-t", str(pid), "-m", "--",
+             "mount", "-t", "tmpfs", "-o", options, "sac-spool", SANDBOX_SPOOL]  # fmt: skip
+    await asyncio.to_thread(subprocess.run, mount, check=True, capture_output=True)
+
+
+@pytest.mark.asyncio
+async def test_full_spool_disk_pauses_capture_and_resumes_when_space_returns(
+    faults_stack: dict[str, Any], fake: str
+) -> None:
+    """The spool's disk is full while claude works: each hook is refused, the status
+    says capture is paused and why, and nothing reaches the service. Once space is
+    freed, capture resumes by itself, without another hook (the session has ended,
+    so none comes), and every transcript line is stored exactly once."""
+    stack = faults_stack
+    user, slug = f"d{uuid.uuid4().hex[:8]}", "full"
+    with running_agent(stack["admin"], user, slug, **model_agent(fake)) as client:
+        allow_all(client, user, slug)
+        await small_disk_at_spool(stack, client, user, slug, 4 * 1024 * 1024)
+        # The agent fills its own disk (the write ends with "No space left").
+        await run_in_terminal(stack["url"], client.token, user, slug,
+                              f"cat /dev/zero > {SANDBOX_SPOOL}/filler")  # fmt: skip
+        script_model(fake, "answered on a full disk")
+        out = await run_in_terminal(
+            stack["url"], client.token, user, slug,
+            "cd /workspace && claude -p 'hello' --output-format text", timeout=180,
+        )  # fmt: skip
+        assert "answered on a full disk" in out
+        text = await run_in_terminal(stack["url"], client.token, user, slug, TRANSCRIPTS)
+        lines = [line for line in text.splitlines() if line.strip()]
+        assert lines, "claude wrote its transcript (on another disk)"
+
+        status = spool_status(client, user, slug)
+        assert status["capture_paused"] == "No space left on device", status
+        assert status["backlog"] == 0, status
+        assert stored_history(client, user, slug) == []
+        # The refusals (507) are logged without the hook's secret (jupyter_server
+        # prints a 5xx's request headers).
+        assert "X-Sac-Hook-Secret" not in stack["log"].read_text()
+
+        await run_in_terminal(stack["url"], client.token, user, slug,
+                              f"rm {SANDBOX_SPOOL}/filler")  # fmt: skip
+        poll_until(
+            lambda: spool_status(client, user, slug)["capture_paused"] is None
+            and len(stored_history(client, user, slug)) >= len(lines),
+            60, "capture resumed and the turn stored",
+        )  # fmt: skip
+        await assert_history_exactly_once(stack, client, user, slug)

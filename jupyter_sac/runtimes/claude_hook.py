@@ -24,6 +24,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,20 @@ def state_dir() -> Path:
     return path
 
 
-def capture(transcript_path: str, session_id: str) -> int:
-    """Send the transcript's new entries; returns how many the extension accepted."""
+def _post_transcript(body: dict[str, Any]) -> None:
+    _post("transcript", body, CAPTURE_TIMEOUT)
+
+
+def capture(
+    transcript_path: str,
+    session_id: str,
+    deliver: Callable[[dict[str, Any]], None] = _post_transcript,
+) -> int:
+    """Send the transcript's new entries; returns how many were accepted.
+
+    ``deliver`` takes ``{"session_id", "transcript_path", "events"}`` and raises
+    if it could not keep them (the offset then stays): the hook posts them to the
+    extension; the extension itself, retrying after a full disk, spools them."""
     key = hashlib.sha256(transcript_path.encode()).hexdigest()[:32]
     state_file = state_dir() / f"{key}.json"
     with open(state_dir() / f"{key}.lock", "w") as lock:
@@ -73,11 +86,7 @@ def capture(transcript_path: str, session_id: str) -> int:
         events, new_state = read_new_entries(transcript_path, session_id, state)
         if not events:
             return 0
-        _post(
-            "transcript",
-            {"session_id": session_id, "transcript_path": transcript_path, "events": events},
-            CAPTURE_TIMEOUT,
-        )
+        deliver({"session_id": session_id, "transcript_path": transcript_path, "events": events})
         tmp = state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(new_state.to_json()))
         os.replace(tmp, state_file)

@@ -41,7 +41,7 @@ from .service_client import ServiceClient
 from .service_relay import ServiceRelayHandler
 from .skills_handlers import InstalledSkillsHandler, RunHandler, SyncHandler
 from .skills_sync import SkillSync
-from .spool import HistorySpool, HistoryUploader
+from .spool import DeferredCaptures, HistorySpool, HistoryUploader
 from .terminal import TERMINAL_NAME, ClaudeTerminal
 from .terminal_manager import SacTerminalManager
 from .workspace_handlers import PreviewHandler, WorkspaceHandler
@@ -296,6 +296,7 @@ class SacExtensionApp(ExtensionApp):
                 "sac_hook_secret": hook_secret,
                 "sac_history_spool": spool,
                 "sac_history_uploader": uploader,
+                "sac_deferred_captures": DeferredCaptures(spool, uploader.wake),
                 "sac_service_client": client,
                 "sac_hitl": bridge,
                 "sac_claude_terminal": terminal,
@@ -372,6 +373,9 @@ class SacExtensionApp(ExtensionApp):
         workspace_sync = self.settings.get("sac_workspace_sync")
         if workspace_sync is not None:
             flushes.append(workspace_sync.stop())
+        deferred = self.settings.get("sac_deferred_captures")
+        if deferred is not None:
+            await deferred.stop()
         uploader = self.settings.get("sac_history_uploader")
         if uploader is not None:
             flushes.append(uploader.stop(flush_timeout=HISTORY_FLUSH_TIMEOUT))

@@ -11,6 +11,7 @@ from typing import Any
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
+from ..errors import ApiError
 from .base import TERMINALS_RESOURCE, JsonErrors, SacHandler
 from .openapi import CONTRACT
 
@@ -135,6 +136,9 @@ class HookHandler(JsonErrors, web.RequestHandler):
         given = self.request.headers.get("X-SAC-Hook-Secret", "")
         if not hmac.compare_digest(given.encode(), secret.encode()):
             raise web.HTTPError(403, "bad hook secret")
+        # Checked: dropped, since jupyter_server's access log prints every header of
+        # a request answered 5xx (a full disk's 507).
+        del self.request.headers["X-SAC-Hook-Secret"]
 
     def body(self) -> dict[str, Any]:
         try:
@@ -150,10 +154,22 @@ class TranscriptHookHandler(HookHandler):
     """New transcript entries: durably spooled before we answer, then uploaded."""
 
     async def post(self) -> None:
-        events = self.body().get("events")
+        body = self.body()
+        events = body.get("events")
         if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
             raise web.HTTPError(400, "events must be a list of objects")
-        await asyncio.to_thread(self.settings["sac_history_spool"].append, events)
+        try:
+            await asyncio.to_thread(self.settings["sac_history_spool"].append, events)
+        except OSError as e:
+            # A full disk: the hook keeps its offset, and the extension reads the
+            # transcript again itself once there is room (the session may have
+            # ended: no later hook of it would).
+            path, session_id = body.get("transcript_path"), body.get("session_id")
+            if isinstance(path, str) and path and isinstance(session_id, str) and session_id:
+                self.settings["sac_deferred_captures"].defer(path, session_id)
+            raise ApiError(
+                507, "capture_paused", f"the history spool cannot be written: {e.strerror or e}"
+            ) from None
         self.settings["sac_history_uploader"].wake()
         self.finish(json.dumps({"accepted": len(events)}))
 

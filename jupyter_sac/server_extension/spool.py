@@ -7,7 +7,10 @@ cursor) is committed only after the service acknowledged a batch, so:
 
 - the service is down: the spool grows, and drains when it is back;
 - the server is killed mid-upload: the batch is sent again on restart, and the
-  service stores each (agent, session, entry uuid) once.
+  service stores each (agent, session, entry uuid) once;
+- the spool's disk is full: the hook is refused and keeps its transcript offset,
+  and the extension reads those entries again itself once there is room
+  (``DeferredCaptures``), so they do not wait for the session's next hook.
 
 Segments are JSONL files named by a sequence number; a segment is deleted once
 the cursor has moved past it.
@@ -22,12 +25,14 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from ..runtimes.claude_hook import capture
 from .service_client import ServiceClient
 
 log = logging.getLogger("jupyter_sac.spool")
@@ -36,6 +41,8 @@ SEGMENT_BYTES = 8 * 1024 * 1024
 BATCH_EVENTS = 1000
 BATCH_BYTES = 4 * 1024 * 1024
 MAX_BACKOFF = 30.0
+# Seconds between attempts to capture what a full disk kept out of the spool.
+CAPTURE_RETRY_INTERVAL = 5.0
 
 
 @dataclass(frozen=True, order=True)
@@ -194,6 +201,71 @@ class HistorySpool:
                         f.seek(self.cursor.offset)
                     count += sum(1 for line in f if line.endswith(b"\n"))
             return count
+
+
+class DeferredCaptures:
+    """Transcripts whose new entries a full disk kept out of the spool.
+
+    The hook that met the full disk left its offset where it was, so the entries
+    are still in claude's transcript, but only a later hook of the same session
+    would send them, and after a session's last hook none comes. So the extension
+    reads them itself, from the hook's offset and under the hook's lock (the same
+    ``capture``), every few seconds until they fit: capture resumes when space
+    returns, whether or not the session goes on."""
+
+    def __init__(
+        self,
+        spool: HistorySpool,
+        on_captured: Callable[[], None],
+        interval: float = CAPTURE_RETRY_INTERVAL,
+    ):
+        self.spool = spool
+        self.on_captured = on_captured
+        self.interval = interval
+        self._pending: dict[str, str] = {}  # transcript path -> session id
+        self._task: asyncio.Task[None] | None = None
+
+    def defer(self, transcript_path: str, session_id: str) -> None:
+        """Read ``transcript_path`` again later (called on the event loop)."""
+        self._pending[transcript_path] = session_id
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def retry_once(self) -> int:
+        """Capture what each deferred transcript holds beyond its hook's offset
+        (blocking); how many transcripts are still waiting for room."""
+        for path, session_id in list(self._pending.items()):
+            try:
+                capture(path, session_id, lambda body: self.spool.append(body["events"]))
+            except OSError as e:
+                if self.spool.append_error is not None:
+                    break  # still no room: the others would not fit either
+                # The transcript itself is unreadable: a later hook may still read it.
+                log.warning("history capture of %s given up: %s", path, e)
+            self._pending.pop(path, None)
+        return len(self._pending)
+
+    async def _run(self) -> None:
+        while self._pending:
+            await asyncio.sleep(self.interval)
+            before = len(self._pending)
+            try:
+                left = await asyncio.to_thread(self.retry_once)
+            except Exception:  # keep retrying whatever one attempt met
+                log.exception("history capture retry failed")
+                continue
+            if left < before:
+                self.on_captured()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
 
 
 class HistoryUploader:
