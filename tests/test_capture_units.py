@@ -160,3 +160,49 @@ def test_an_append_cut_off_by_a_full_disk_leaves_no_torn_line(tmp_path: Path) ->
     assert spool.append_error is None
     events, _ = HistorySpool(tmp_path / "spool").read_batch()
     assert [e["uuid"] for e in events] == ["before", "after"]
+
+
+# A transcript a hook could not spool (the disk full: no file may grow past the
+# spool's size now), captured again by the extension's retry once the limit is
+# lifted; then a later hook of the session finds nothing left to send.
+_RETRY_AFTER_ROOM_RETURNS = """
+import asyncio, json, os, resource, signal, sys
+from pathlib import Path
+from jupyter_sac.runtimes.claude_hook import capture
+from jupyter_sac.server_extension.spool import DeferredCaptures, HistorySpool
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+spool_dir, transcript, state = sys.argv[1:4]
+os.environ["SAC_HOOK_STATE_DIR"] = state
+spool = HistorySpool(Path(spool_dir))
+spool.append([{"uuid": "earlier"}])
+size = sum(p.stat().st_size for p in Path(spool_dir).glob("*.jsonl"))
+resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))
+
+async def main():
+    deferred = DeferredCaptures(spool, lambda: None, interval=3600)
+    deferred.defer(transcript, "S")
+    print(deferred.retry_once(), spool.append_error)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    print(deferred.retry_once(), spool.append_error)
+    await deferred.stop()
+
+asyncio.run(main())
+print(capture(transcript, "S", lambda body: spool.append(body["events"])))
+"""
+
+
+def test_a_deferred_transcript_is_captured_once_room_returns(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    transcript = tmp_path / "t.jsonl"
+    transcript.write_bytes(b"".join(_line(uuid=f"u{i}", type="user") for i in range(3)))
+    out = subprocess.run(
+        [sys.executable, "-c", _RETRY_AFTER_ROOM_RETURNS,
+         str(tmp_path / "spool"), str(transcript), str(tmp_path / "state")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    # Still no room: it waits, paused; room: captured, and the hook sends nothing twice.
+    assert out.split("\n")[:3] == ["1 File too large", "0 None", "0"], out
+    events, _ = HistorySpool(tmp_path / "spool").read_batch()
+    assert [e["uuid"] for e in events] == ["earlier", "u0", "u1", "u2"]
