@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import helpers
 import httpx
 import psycopg
 import pytest
@@ -25,6 +26,96 @@ ADMIN_PASSWORD = "admin-test-password"
 # resolve those names themselves; this process (httpx, tornado websockets) now
 # does too, for the whole session.
 resolve_localhost()
+
+
+def _check_every_response() -> None:
+    """Every answer of the `sac` service's or an extension's API that this test
+    session receives is checked against its operation in the API's document
+    (declared status, JSON body inside its schema), at the session's edges rather
+    than in each test: each httpx client gets a response hook, and each Playwright
+    browser context and page a "response" handler (helpers.contract_problem; the
+    handlers' last answers are read before a browser or context closes), and
+    pytest-jupyter's client of an in-process server (``jp_fetch``) its check."""
+    sync_init, async_init = httpx.Client.__init__, httpx.AsyncClient.__init__
+
+    def with_hook(hooks: Any, hook: Any) -> dict[str, list[Any]]:
+        hooks = {name: list(each) for name, each in (hooks or {}).items()}
+        hooks.setdefault("response", []).append(hook)
+        return hooks
+
+    def client_init(self: httpx.Client, *args: Any, event_hooks: Any = None, **kw: Any) -> None:
+        sync_init(
+            self, *args, event_hooks=with_hook(event_hooks, helpers.check_httpx_response), **kw
+        )
+
+    def async_client_init(
+        self: httpx.AsyncClient, *args: Any, event_hooks: Any = None, **kw: Any
+    ) -> None:
+        hooks = with_hook(event_hooks, helpers.check_httpx_response_async)
+        async_init(self, *args, event_hooks=hooks, **kw)
+
+    httpx.Client.__init__ = client_init  # type: ignore[method-assign]
+    httpx.AsyncClient.__init__ = async_client_init  # type: ignore[method-assign]
+
+    from playwright.sync_api import Browser, BrowserContext
+
+    checks = helpers.BROWSER_RESPONSES
+    new_context, new_page = Browser.new_context, Browser.new_page
+    close_browser, close_context = Browser.close, BrowserContext.close
+
+    def context_checked(self: Browser, *args: Any, **kw: Any) -> Any:
+        context = new_context(self, *args, **kw)
+        context.on("response", checks.on_response)
+        return context
+
+    def page_checked(self: Browser, *args: Any, **kw: Any) -> Any:
+        page = new_page(self, *args, **kw)
+        page.on("response", checks.on_response)
+        return page
+
+    def browser_closed(self: Browser, *args: Any, **kw: Any) -> None:
+        checks.drain()
+        close_browser(self, *args, **kw)
+
+    def context_closed(self: BrowserContext, *args: Any, **kw: Any) -> None:
+        checks.drain()
+        close_context(self, *args, **kw)
+
+    # pytest-jupyter's client of a server in this process (behind ``jp_fetch``).
+    from pytest_jupyter.pytest_tornasync import AsyncHTTPServerClient
+    from tornado.httpclient import HTTPClientError
+
+    fetch = AsyncHTTPServerClient.fetch
+
+    async def fetch_checked(self: AsyncHTTPServerClient, path: str, **kw: Any) -> Any:
+        try:
+            resp = await fetch(self, path, **kw)
+        except HTTPClientError as e:
+            if e.response is not None:
+                helpers.check_tornado_response(e.response)
+            raise
+        helpers.check_tornado_response(resp)
+        return resp
+
+    AsyncHTTPServerClient.fetch = fetch_checked  # type: ignore[method-assign]
+    Browser.new_context = context_checked  # type: ignore[method-assign]
+    Browser.new_page = page_checked  # type: ignore[method-assign]
+    Browser.close = browser_closed  # type: ignore[method-assign]
+    BrowserContext.close = context_closed  # type: ignore[method-assign]
+
+
+_check_every_response()
+
+
+@pytest.fixture(autouse=True)
+def check_responses() -> Iterator[None]:
+    """Fail a test that received an answer outside its API's document, including
+    one seen where a check cannot raise into the test (a browser's event)."""
+    helpers.RESPONSE_PROBLEMS.clear()
+    yield
+    problems = list(helpers.RESPONSE_PROBLEMS)
+    helpers.RESPONSE_PROBLEMS.clear()
+    assert not problems, "answers outside the API's document:\n" + "\n".join(problems)
 
 
 @pytest.fixture(scope="session")

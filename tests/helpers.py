@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 import pyte
@@ -37,35 +37,150 @@ def server_url(hub_url: str, user: str, agent: str) -> str:
     return urljoin(hub_url, PublicUrls.for_hub(hub_url).server(user, agent))
 
 
-# An agent's server: /user/<user>/<agent>/ then the extension's own paths.
+# Where each API's operations are in a URL's path (encoded, as the servers match it):
+# the `sac` service under its prefix on any stack, and an agent's server's extension
+# (/user/<user>/<agent>/ then the extension's own paths).
+SERVICE_PATH = re.compile(r"^/services/sac(/api/.*)$")
 EXTENSION_PATH = re.compile(r"^/user/[^/]+/[^/]+(/sac/api/.*)$")
+# The extension's relay to the service (sac/api/service/<path> is the service's api/<path>).
+RELAYED = re.compile(r"^/sac/api/service/(.*)$")
+
+# What the response checks found wrong since the current test began: a check that
+# runs where it cannot raise into the test (a browser's event, a request made by a
+# background thread or by product code in this process) still fails the test
+# (conftest's check_responses fixture).
+RESPONSE_PROBLEMS: list[str] = []
 
 
-def check_against_contract(service_url: str) -> Callable[[httpx.Response], None]:
-    """An httpx response hook: every answer of the `sac` service (under
-    ``service_url``) or of an agent's extension must be one its operation in the
-    API's OpenAPI document declares, with a JSON body inside the declared schema."""
+def contract_problem(
+    method: str, path: str, status: int, content_type: str, body: Callable[[], bytes]
+) -> str | None:
+    """What is wrong with an answer to ``method`` ``path`` (None: nothing, or not an
+    answer of either API): a status its operation does not declare, or a JSON body
+    outside the declared schema. ``body`` is read only for a JSON answer."""
+    contract: Contract
+    if match := SERVICE_PATH.match(path):
+        contract = SERVICE_CONTRACT
+    elif match := EXTENSION_PATH.match(path):
+        if content_type.startswith("text/html"):
+            return None  # the hub's page for a server that is not running, not the extension
+        contract = EXTENSION_CONTRACT
+        relayed = RELAYED.match(match[1])
+        relayed_path = "/api/" + relayed[1] if relayed else ""
+        if relayed and SERVICE_CONTRACT.operation(method, relayed_path) is not None:
+            # The relay answers as the service does: held to the service's operation.
+            return operation_problem(SERVICE_CONTRACT, method, relayed_path, status,
+                                     content_type, body)  # fmt: skip
+    else:
+        return None
+    return operation_problem(contract, method, match[1], status, content_type, body)
 
-    def check(resp: httpx.Response) -> None:
-        url = str(resp.request.url).split("?")[0]
-        contract: Contract
-        if url.startswith(service_url):
-            contract, path = SERVICE_CONTRACT, "/" + url[len(service_url) :]
-        elif match := EXTENSION_PATH.match(resp.request.url.path):
-            if resp.headers.get("content-type", "").startswith("text/html"):
-                return  # the hub's page for a server that is not running, not the extension
-            contract, path = EXTENSION_CONTRACT, match[1]
-        else:
+
+def operation_problem(
+    contract: Contract,
+    method: str,
+    path: str,
+    status: int,
+    content_type: str,
+    body: Callable[[], bytes],
+) -> str | None:
+    """``contract_problem`` for ``path`` relative to the API's server URL."""
+    operation = contract.operation(method, path)
+    if operation is None:
+        return None  # an undocumented path: tests/test_openapi.py checks the routes
+    return operation.response_problem(
+        status, content_type, body() if "json" in content_type else b""
+    )
+
+
+def _report(problem: str | None) -> None:
+    if problem is not None:
+        RESPONSE_PROBLEMS.append(problem)
+        raise AssertionError(problem)
+
+
+def _encoded_path(url: httpx.URL) -> str:
+    return url.raw_path.decode("ascii").split("?", 1)[0]
+
+
+def check_httpx_response(resp: httpx.Response) -> None:
+    """An httpx response hook (every client of the test session has it)."""
+    path = _encoded_path(resp.request.url)
+    content_type = resp.headers.get("content-type", "")
+    _report(contract_problem(resp.request.method, path, resp.status_code, content_type, resp.read))
+
+
+async def check_httpx_response_async(resp: httpx.Response) -> None:
+    """The same for an AsyncClient (its hooks are coroutines; the body is read first)."""
+    path = _encoded_path(resp.request.url)
+    content_type = resp.headers.get("content-type", "")
+    if "json" in content_type and (SERVICE_PATH.match(path) or EXTENSION_PATH.match(path)):
+        await resp.aread()
+    _report(contract_problem(resp.request.method, path, resp.status_code, content_type,
+                             lambda: resp.content))  # fmt: skip
+
+
+def check_tornado_response(resp: Any) -> None:
+    """The check for an answer of an extension served in this process
+    (pytest-jupyter's ``jp_fetch``: a tornado HTTPResponse, under any base URL)."""
+    path = urlsplit(resp.effective_url).path
+    where = path.find("/sac/api/")
+    if where < 0:
+        return
+    _report(operation_problem(EXTENSION_CONTRACT, resp.request.method, path[where:], resp.code,
+                              resp.headers.get("Content-Type", ""), lambda: resp.body))  # fmt: skip
+
+
+class BrowserResponses:
+    """Playwright "response" handlers' side of the checks (one for the session).
+
+    A handler's problem is recorded, not raised (an event handler's exception does
+    not reach the test). Reading a body from a handler waits until the test next
+    drives the browser (the sync API runs handlers in greenlets), so the answers
+    of the last moments before a close are read by ``drain``, which the patched
+    ``close`` methods call first."""
+
+    def __init__(self) -> None:
+        self.unchecked: list[Any] = []
+
+    def on_response(self, response: Any) -> None:
+        path = urlsplit(response.url).path
+        content_type = response.headers.get("content-type", "")
+        if not (SERVICE_PATH.match(path) or EXTENSION_PATH.match(path)):
             return
-        operation = contract.operation(resp.request.method, path)
-        if operation is None:
-            return  # an undocumented path: tests/test_openapi.py checks the routes
-        content_type = resp.headers.get("content-type", "")
-        body = resp.read() if "json" in content_type else b""
-        problem = operation.response_problem(resp.status_code, content_type, body)
-        assert problem is None, problem
+        if "json" not in content_type:
+            _record(contract_problem(response.request.method, path, response.status,
+                                     content_type, lambda: b""))  # fmt: skip
+            return
+        self.unchecked.append(response)
+        self._check(response)
 
-    return check
+    def _check(self, response: Any) -> None:
+        from playwright.sync_api import Error
+
+        try:
+            data: bytes | None = response.body()
+        except Error:
+            data = None  # gone with a navigation or a close: nothing left to check
+        if response not in self.unchecked:
+            return  # checked meanwhile (by drain, or the handler)
+        self.unchecked.remove(response)
+        if data is not None:
+            path = urlsplit(response.url).path
+            _record(contract_problem(response.request.method, path, response.status,
+                                     response.headers.get("content-type", ""), lambda: data))  # fmt: skip
+
+    def drain(self) -> None:
+        for response in list(self.unchecked):
+            self._check(response)
+
+
+def _record(problem: str | None) -> None:
+    if problem is not None:
+        RESPONSE_PROBLEMS.append(problem)
+
+
+BROWSER_RESPONSES = BrowserResponses()
 
 
 class HubApi:
@@ -80,7 +195,6 @@ class HubApi:
             base_url=self.url,
             timeout=60,
             headers={"Authorization": f"token {token}"},
-            event_hooks={"response": [check_against_contract(self.service_url)]},
         )
         # The test harness's hub service token (sac_testing.stack): it makes
         # users and their API tokens, as people do for themselves at /hub/token.

@@ -220,3 +220,53 @@ def test_a_capture_reads_only_claudes_transcripts(tmp_path: Path) -> None:
                  config / "projects" / ".." / ".." / "secret.jsonl"):  # fmt: skip
         with pytest.raises(TranscriptOutsideConfig):
             capture.capture(str(path), "s1")
+
+
+# A transcript a hook could not spool (the disk full: no file may grow past the
+# spool's size now), captured again by the extension's retry once the limit is
+# lifted; then a later hook of the session finds nothing left to send.
+_RETRY_AFTER_ROOM_RETURNS = """
+import asyncio, os, resource, signal, sys
+from pathlib import Path
+from jupyter_sac.server_extension.capture import TranscriptCapture
+from jupyter_sac.server_extension.spool import HistorySpool
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+spool_dir, transcript, state, config = sys.argv[1:5]
+spool = HistorySpool(Path(spool_dir))
+spool.append([{"uuid": "earlier"}])
+size = sum(p.stat().st_size for p in Path(spool_dir).glob("*.jsonl"))
+resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))
+capture = TranscriptCapture(spool, Path(state), Path(config), retry_interval=3600)
+
+async def main():
+    try:
+        await capture.capture_hook({"session_id": "S", "transcript_path": transcript})
+    except OSError:
+        pass
+    print(capture.retry_once(), spool.append_error)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    print(capture.retry_once(), spool.append_error)
+    await capture.stop()
+
+asyncio.run(main())
+print(capture.capture(transcript, "S"))
+"""
+
+
+def test_a_deferred_transcript_is_captured_once_room_returns(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "claude"
+    transcript = config / "projects" / "-workspace" / "t.jsonl"
+    transcript.parent.mkdir(parents=True)
+    transcript.write_bytes(b"".join(_line(uuid=f"u{i}", type="user") for i in range(3)))
+    out = subprocess.run(
+        [sys.executable, "-c", _RETRY_AFTER_ROOM_RETURNS,
+         str(tmp_path / "spool"), str(transcript), str(tmp_path / "state"), str(config)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    # Still no room: it waits, paused; room: captured, and the hook sends nothing twice.
+    assert out.split("\n")[:3] == ["1 File too large", "0 None", "0"], out
+    events, _ = HistorySpool(tmp_path / "spool").read_batch()
+    assert [e["uuid"] for e in events] == ["earlier", "u0", "u1", "u2"]

@@ -6,6 +6,7 @@ once. These tests kill parts of their stack, so they run on a stack of their own
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -26,6 +27,7 @@ import httpx
 import pytest
 from conftest import ADMIN_PASSWORD
 from helpers import (
+    CHROMIUM_ARGS,
     HubApi,
     TerminalCommand,
     agent_home,
@@ -603,3 +605,129 @@ def test_service_killed_during_skill_sync(faults_stack: dict[str, Any]) -> None:
         assert synced() == {"SKILL.md", "hello.txt"}
         status = client.agent(user, slug, "GET", "sac/api/skills").json()["sync"]
         assert status["last_error"] is None, status
+
+
+# ---- the spool's disk full ------------------------------------------------------------
+
+# The extension's history spool as the sandbox sees it (its state dir in the home).
+SANDBOX_SPOOL = "/home/sac/.local/share/jupyter-sac/history-spool"
+
+
+def process_in_mount_namespace(namespace: str) -> int:
+    """A process of this machine in the mount namespace ``namespace`` (``mnt:[…]``,
+    as /proc/<pid>/ns/mnt reads): the way into a sandbox's own view of its files."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(entry / "ns" / "mnt") == namespace:
+                    return int(entry.name)
+    raise LookupError(f"no process in {namespace}")
+
+
+async def small_disk_at_spool(
+    stack: dict[str, Any], client: HubApi, user: str, slug: str, size: int
+) -> int:
+    """A real filesystem of ``size`` bytes (tmpfs) at the sandbox's spool, mounted in
+    the sandbox's own mount namespace (nsenter, as root: bubblewrap 0.8 has no sized
+    tmpfs, and a mount on the host after the sandbox started would not reach it),
+    owned by the sandbox's user. Only for a spool that holds nothing yet: it hides
+    what the directory held. A process in the sandbox's mount namespace, for nsenter."""
+    namespace = await run_in_terminal(
+        stack["url"], client.token, user, slug, "readlink /proc/self/ns/mnt"
+    )
+    pid = process_in_mount_namespace(namespace.splitlines()[-1])
+    owner = (agent_home(stack["data_dir"], slug) / "home").stat().st_uid
+    options = f"size={size},uid={owner},gid={owner},mode=0700"
+    mount = ["nsenter", "-t", str(pid), "-m", "--",
+             "mount", "-t", "tmpfs", "-o", options, "sac-spool", SANDBOX_SPOOL]  # fmt: skip
+    await asyncio.to_thread(subprocess.run, mount, check=True, capture_output=True)
+    return pid
+
+
+def sidebar_shows_capture_paused_then_resumed(lab_url: str, token: str, free_space: Any) -> None:
+    """What the owner sees in JupyterLab's SAC sidebar: capture paused and why; then,
+    once ``free_space`` has made room, history captured again (the Agent section's
+    Refresh, as the owner would press it). A browser of its own, in a thread: the
+    sync Playwright API does not run inside the test's event loop."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            # The owner's token on every request: the server's own login, no hub form.
+            context = browser.new_context(extra_http_headers={"Authorization": f"token {token}"})
+            page = context.new_page()
+            page.goto(lab_url)
+            page.locator(".jp-SideBar .lm-TabBar-tab[data-id=jp-sac-sidebar]").click(
+                timeout=180_000
+            )
+            agent = page.locator("#jp-sac-sidebar [data-section=agent]")
+            history = agent.locator("[data-fact=history]")
+            alert = agent.locator("[data-alert=capture-paused]")
+            expect(alert).to_contain_text(
+                "History capture is paused: No space left on device", timeout=60_000
+            )
+            expect(history).to_have_text("paused: No space left on device")
+            free_space()
+
+            def captured() -> bool:
+                # What the last press brought (the first look may predate it).
+                shown = history.inner_text() == "captured"
+                agent.get_by_role("button", name="Refresh").click()
+                return shown
+
+            poll_until(captured, 60, "the sidebar showing history captured again", interval=1)
+            expect(alert).to_have_count(0)
+        finally:
+            browser.close()
+
+
+@pytest.mark.asyncio
+async def test_full_spool_disk_pauses_capture_and_resumes_when_space_returns(
+    faults_stack: dict[str, Any], fake: str
+) -> None:
+    """The spool's disk is full while claude works: each hook is refused, the status
+    (the API and the sidebar) says capture is paused and why, and nothing reaches
+    the service. Once space is freed, capture resumes by itself, without another
+    hook (the session has ended, so none comes), and every transcript line is
+    stored exactly once."""
+    stack = faults_stack
+    user, slug = f"d{uuid.uuid4().hex[:8]}", "full"
+    with running_agent(stack["admin"], user, slug, **model_agent(fake)) as client:
+        allow_all(client, user, slug)
+        pid = await small_disk_at_spool(stack, client, user, slug, 4 * 1024 * 1024)
+        # The agent fills its own disk (the write ends with "No space left").
+        await run_in_terminal(stack["url"], client.token, user, slug,
+                              f"cat /dev/zero > {SANDBOX_SPOOL}/filler")  # fmt: skip
+        script_model(fake, "answered on a full disk")
+        out = await run_in_terminal(
+            stack["url"], client.token, user, slug,
+            "cd /workspace && claude -p 'hello' --output-format text", timeout=180,
+        )  # fmt: skip
+        assert "answered on a full disk" in out
+        text = await run_in_terminal(stack["url"], client.token, user, slug, TRANSCRIPTS)
+        lines = [line for line in text.splitlines() if line.strip()]
+        assert lines, "claude wrote its transcript (on another disk)"
+
+        status = spool_status(client, user, slug)
+        assert status["capture_paused"] == "No space left on device", status
+        assert status["backlog"] == 0, status
+        assert stored_history(client, user, slug) == []
+        # The refusals (507) are logged without the hook's secret (jupyter_server
+        # prints a 5xx's request headers).
+        assert "X-Sac-Hook-Secret" not in stack["log"].read_text()
+
+        # The owner sees the pause in the sidebar, makes room, and sees capture resume.
+        remove_filler = ["nsenter", "-t", str(pid), "-m", "--", "rm", f"{SANDBOX_SPOOL}/filler"]
+        await asyncio.to_thread(
+            sidebar_shows_capture_paused_then_resumed,
+            client.server_url(user, slug) + "lab",
+            client.token,
+            lambda: subprocess.run(remove_filler, check=True, capture_output=True),
+        )
+        poll_until(
+            lambda: spool_status(client, user, slug)["capture_paused"] is None
+            and len(stored_history(client, user, slug)) >= len(lines),
+            60, "capture resumed and the turn stored",
+        )  # fmt: skip
+        await assert_history_exactly_once(stack, client, user, slug)

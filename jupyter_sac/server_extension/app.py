@@ -381,6 +381,9 @@ class SacExtensionApp(ExtensionApp):
         workspace_sync = self.settings.get("sac_workspace_sync")
         if workspace_sync is not None:
             flushes.append(workspace_sync.stop())
+        capture = self.settings.get("sac_transcript_capture")
+        if capture is not None:
+            await capture.stop()
         uploader = self.settings.get("sac_history_uploader")
         if uploader is not None:
             flushes.append(uploader.stop(flush_timeout=HISTORY_FLUSH_TIMEOUT))

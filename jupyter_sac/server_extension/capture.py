@@ -7,14 +7,20 @@ state file beside a lock file (``<state_dir>/transcripts``, a pair per transcrip
 and advances only after the spool has the lines on disk, so a crash or a full
 disk in between means "read them again", never "lost" (the service stores each
 line once, whoever sends it twice).
+
+A capture a full disk refused is retried by the extension itself every few
+seconds until the lines fit: the session may have ended, and then no later hook
+of it would read them (capture resumes when space returns).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +28,11 @@ from typing import Any
 
 from ..runtimes.transcript import ReadState, read_new_entries
 from .spool import HistorySpool
+
+log = logging.getLogger("jupyter_sac.capture")
+
+# Seconds between attempts to capture what a full disk kept out of the spool.
+CAPTURE_RETRY_INTERVAL = 5.0
 
 
 class TranscriptOutsideConfig(ValueError):
@@ -35,9 +46,14 @@ class TranscriptCapture:
         state_dir: Path,
         claude_config_dir: Path,
         on_spooled: Callable[[], None] = lambda: None,
+        retry_interval: float = CAPTURE_RETRY_INTERVAL,
     ):
         self.spool = spool
         self.on_spooled = on_spooled  # the uploader's wake-up
+        self.retry_interval = retry_interval
+        # Transcripts a full disk kept out of the spool: path -> session id.
+        self._deferred: dict[str, str] = {}
+        self._retry: asyncio.Task[None] | None = None
         self.state_dir = state_dir
         # Claude Code writes every transcript (and its subagents') under here; the
         # hooks name files, and this server reads only those.
@@ -88,8 +104,54 @@ class TranscriptCapture:
         if not isinstance(session_id, str) or not session_id or not paths:
             raise ValueError("session_id and transcript_path are required")
         spooled = 0
-        for path in paths:
-            spooled += await asyncio.to_thread(self.capture, path, session_id)
-        if spooled:
-            self.on_spooled()
+        try:
+            for path in paths:
+                try:
+                    spooled += await asyncio.to_thread(self.capture, path, session_id)
+                except OSError:
+                    if self.spool.append_error is not None:  # no room: read it again later
+                        self.defer(path, session_id)
+                    raise
+        finally:
+            if spooled:
+                self.on_spooled()
         return spooled
+
+    def defer(self, transcript_path: str, session_id: str) -> None:
+        """Read ``transcript_path`` again later (called on the event loop)."""
+        self._deferred[transcript_path] = session_id
+        if self._retry is None or self._retry.done():
+            self._retry = asyncio.create_task(self._retry_until_captured())
+
+    def retry_once(self) -> int:
+        """Capture what each deferred transcript holds beyond its offset (blocking);
+        how many transcripts still wait for room."""
+        for path, session_id in list(self._deferred.items()):
+            try:
+                self.capture(path, session_id)
+            except OSError as e:
+                if self.spool.append_error is not None:
+                    break  # still no room: the others would not fit either
+                # The transcript itself is unreadable: a later hook may still read it.
+                log.warning("history capture of %s given up: %s", path, e)
+            self._deferred.pop(path, None)
+        return len(self._deferred)
+
+    async def _retry_until_captured(self) -> None:
+        while self._deferred:
+            await asyncio.sleep(self.retry_interval)
+            before = len(self._deferred)
+            try:
+                left = await asyncio.to_thread(self.retry_once)
+            except Exception:  # keep retrying whatever one attempt met
+                log.exception("history capture retry failed")
+                continue
+            if left < before:
+                self.on_spooled()
+
+    async def stop(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retry
+            self._retry = None

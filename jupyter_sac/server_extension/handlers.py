@@ -11,6 +11,7 @@ from typing import Any
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
+from ..errors import ApiError
 from ..runtimes.claude_config import MODE_HEADER, SECRET_HEADER
 from .base import TERMINALS_RESOURCE, JsonErrors, SacHandler
 from .openapi import CONTRACT
@@ -138,6 +139,9 @@ class HookHandler(JsonErrors, web.RequestHandler):
         given = self.request.headers.get(SECRET_HEADER, "")
         if not hmac.compare_digest(given.encode(), secret.encode()):
             raise web.HTTPError(403, "bad hook secret")
+        # Checked: dropped, since jupyter_server's access log prints every header of
+        # a request answered 5xx (a full disk's 507).
+        del self.request.headers[SECRET_HEADER]
 
     def body(self) -> dict[str, Any]:
         try:
@@ -159,9 +163,12 @@ class TranscriptHookHandler(HookHandler):
         except ValueError as e:
             raise web.HTTPError(400, str(e)) from None
         except OSError as e:
-            # A full disk: the offset did not move, the next hook reads the same
-            # lines again (GET history/status says capture_paused).
-            raise web.HTTPError(503, f"history capture deferred: {e}") from None
+            # A full disk: the offset did not move, and the extension reads the
+            # transcript again itself once there is room (the session may have ended:
+            # no later hook of it would). GET history/status says capture_paused.
+            raise ApiError(
+                507, "capture_paused", f"the history spool cannot be written: {e.strerror or e}"
+            ) from None
         # Claude Code reads a JSON object as the hook's output: nothing to say.
         self.finish("{}")
 

@@ -7,7 +7,10 @@ cursor) is committed only after the service acknowledged a batch, so:
 
 - the service is down: the spool grows, and drains when it is back;
 - the server is killed mid-upload: the batch is sent again on restart, and the
-  service stores each (agent, session, entry uuid) once.
+  service stores each (agent, session, entry uuid) once;
+- the spool's disk is full: the capture is refused and keeps its transcript
+  offset, and the extension reads those entries again itself once there is room
+  (``capture.TranscriptCapture``), so they do not wait for the session's next hook.
 
 Segments are JSONL files named by a sequence number; a segment is deleted once
 the cursor has moved past it.

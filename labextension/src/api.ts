@@ -16,6 +16,8 @@
 import { PageConfig, URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
+import { IHistoryStatus } from './logic';
+
 /** An error answered by either server, with the service's `error` code. */
 export class SacError extends Error {
   constructor(
@@ -107,6 +109,11 @@ export class ExtensionClient {
 
   status(): Promise<any> {
     return this.request('status');
+  }
+
+  /** The history spool: backlog, last upload error, whether capture is paused. */
+  historyStatus(): Promise<IHistoryStatus> {
+    return this.request('history/status');
   }
 
   /** Start the agent's `claude` terminal if it is not running. */

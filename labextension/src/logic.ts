@@ -994,3 +994,33 @@ export function sandboxFacts(
         : '—'
   };
 }
+
+// ---- history capture ------------------------------------------------------------------
+
+/** What the sandbox's history spool reports (`sac/api/history/status`). */
+export interface IHistoryStatus {
+  backlog: number;
+  last_error: string | null;
+  capture_paused: string | null;
+}
+
+/** The state of history capture the sidebar shows: paused (a full disk: the
+ * reason), entries waiting for the service (how many), or all stored. */
+export function historyCapture(
+  status: IHistoryStatus | null | undefined
+):
+  | { state: 'unknown' }
+  | { state: 'paused'; reason: string }
+  | { state: 'waiting'; backlog: number }
+  | { state: 'stored' } {
+  if (!status) {
+    return { state: 'unknown' };
+  }
+  if (status.capture_paused) {
+    return { state: 'paused', reason: status.capture_paused };
+  }
+  if (status.backlog > 0) {
+    return { state: 'waiting', backlog: status.backlog };
+  }
+  return { state: 'stored' };
+}

@@ -17,6 +17,7 @@ import {
   formatBytes,
   formatCount,
   formatTime,
+  historyCapture,
   IArtifact,
   IHitlRequest,
   monthUsage,
@@ -41,6 +42,7 @@ function AgentSection(props: { ctx: ISacContext }): JSX.Element {
   const usage = useLoad(() => ctx.service.usage(), []);
   const status = useLoad(() => ctx.ext.status(), []);
   const others = useLoad(() => ctx.service.agents(), []);
+  const spool = useLoad(() => ctx.ext.historyStatus(), []);
   const [busy, setBusy] = React.useState(false);
   const [error, setError] = React.useState<unknown>(null);
 
@@ -50,6 +52,7 @@ function AgentSection(props: { ctx: ISacContext }): JSX.Element {
       if (!document.hidden) {
         usage.reload();
         record.reload();
+        spool.reload();
       }
     }, USAGE_REFRESH_MS);
     const onTurn = () => usage.reload();
@@ -66,6 +69,7 @@ function AgentSection(props: { ctx: ISacContext }): JSX.Element {
   const facts = sandboxFacts(agent?.sandbox_usage, resolved);
   const month = usage.value ? monthUsage(usage.value.days ?? [], utcMonth()) : null;
   const budget = usage.value?.budget?.agent;
+  const capture = historyCapture(spool.value);
 
   const restart = async () => {
     const answer = await showDialog({
@@ -111,11 +115,20 @@ function AgentSection(props: { ctx: ISacContext }): JSX.Element {
             record.reload();
             usage.reload();
             others.reload();
+            spool.reload();
           }}
         />
       }
     >
       <ErrorLine error={record.error || usage.error || error} />
+      {capture.state === 'paused' ? (
+        <div className="jp-SacError" role="alert" data-alert="capture-paused">
+          {trans.__(
+            "History capture is paused: %1. Claude's entries wait in its transcript and are captured once there is room again.",
+            capture.reason
+          )}
+        </div>
+      ) : null}
       <dl className="jp-SacFacts">
         <dt>{trans.__('Name')}</dt>
         <dd data-fact="name">{agent?.display_name ?? ctx.agent.slug}</dd>
@@ -145,6 +158,20 @@ function AgentSection(props: { ctx: ISacContext }): JSX.Element {
         <dt>{trans.__('Network')}</dt>
         <dd data-fact="network" title={trans.__('sent / received since it started')}>
           {facts.network}
+        </dd>
+        <dt>{trans.__('History')}</dt>
+        <dd data-fact="history">
+          {capture.state === 'paused'
+            ? trans.__('paused: %1', capture.reason)
+            : capture.state === 'waiting'
+              ? trans._n(
+                  '%1 entry waiting to upload',
+                  '%1 entries waiting to upload',
+                  capture.backlog
+                )
+              : capture.state === 'stored'
+                ? trans.__('captured')
+                : '—'}
         </dd>
         <dt>{trans.__('This month')}</dt>
         <dd data-fact="usage">

@@ -13,6 +13,7 @@ import {
   formatBytes,
   formatCount,
   formatTurnCost,
+  historyCapture,
   IChatEvent,
   IHitlRequest,
   initialValues,
@@ -588,5 +589,29 @@ describe('sandboxFacts', () => {
       '2.0 GiB / 1.0 GiB (over the limit: it will not start again)'
     );
     expect(stopped.network).toBe('—');
+  });
+});
+
+describe('historyCapture', () => {
+  it('says capture is paused and why, before anything else', () => {
+    expect(
+      historyCapture({
+        backlog: 3,
+        last_error: null,
+        capture_paused: 'No space left on device'
+      })
+    ).toEqual({ state: 'paused', reason: 'No space left on device' });
+  });
+
+  it('counts what waits for the service, else says all is stored', () => {
+    expect(
+      historyCapture({ backlog: 3, last_error: 'HTTP 503', capture_paused: null })
+    ).toEqual({ state: 'waiting', backlog: 3 });
+    expect(
+      historyCapture({ backlog: 0, last_error: null, capture_paused: null })
+    ).toEqual({
+      state: 'stored'
+    });
+    expect(historyCapture(null)).toEqual({ state: 'unknown' });
   });
 });
