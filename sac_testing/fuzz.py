@@ -65,25 +65,35 @@ class FuzzRun:
         lines = [f"{self.cases} cases"]
         for f in self.failures:
             lines.append(f"{f['code']} x{f['count']}: {f['title']} ({', '.join(f['operations'])})")
+            if f.get("example"):
+                lines.append(f"    for example: {f['example']}")
         return "\n".join(lines)
 
 
 def fuzz(
     document: dict[str, Any],
     base_url: str,
-    token: str,
+    token: str | None,
     *,
+    headers: dict[str, str] | None = None,
     max_examples: int,
     exclude_methods: tuple[str, ...] = (),
     exclude_paths: str | None = None,
     workers: int = 1,
     seed: int | None = None,
     timeout: float = 600,
+    include_paths: str | None = None,
+    path_values: dict[str, list[str]] | None = None,
 ) -> FuzzRun:
     """Run schemathesis on ``document``'s operations at ``base_url`` (the document's
-    server URL) with ``token``, leaving out ``exclude_methods`` and the paths that
-    match the regex ``exclude_paths``."""
+    server URL) with ``token`` (a hub token, as ``Authorization: token …``; None:
+    none) and ``headers``, leaving out ``exclude_methods`` and the paths that
+    match the regex ``exclude_paths`` (only those matching ``include_paths``, if
+    given). ``path_values`` names real values of path parameters (a user, an agent)
+    that half of the generated cases use, so that they reach a real resource."""
     with tempfile.TemporaryDirectory(prefix="sac-fuzz-") as tmp:
+        if path_values:
+            Path(tmp, "schemathesis.toml").write_text(_path_values_config(path_values))
         schema = Path(tmp, "openapi.json")
         schema.write_text(json.dumps(document))
         report = Path(tmp, "report.json")
@@ -91,7 +101,6 @@ def fuzz(
         command = [
             sys.executable, "-m", "schemathesis.cli", "run", str(schema),
             "--url", base_url.rstrip("/"),
-            "--header", f"Authorization: token {token}",
             "--checks", ",".join(CHECKS),
             "--max-examples", str(max_examples),
             "--workers", str(workers),
@@ -104,12 +113,18 @@ def fuzz(
             "--report", "json", "--report-json-path", str(report),
             "--no-color",
         ]  # fmt: skip
+        if token is not None:
+            command += ["--header", f"Authorization: token {token}"]
+        for name, value in (headers or {}).items():
+            command += ["--header", f"{name}: {value}"]
         if seed is not None:
             command += ["--seed", str(seed)]
         for method in exclude_methods:
             command += ["--exclude-method", method]
         if exclude_paths:
             command += ["--exclude-path-regex", exclude_paths]
+        if include_paths:
+            command += ["--include-path-regex", include_paths]
         env = {
             **os.environ,
             "SCHEMATHESIS_HOOKS": "sac_testing.fuzz_hooks",
@@ -136,3 +151,15 @@ def fuzz(
         if refused.exists():
             run.refused_request_ids = refused.read_text().split()
         return run
+
+
+def _path_values_config(path_values: dict[str, list[str]]) -> str:
+    """A schemathesis.toml drawing each named path parameter from its real values
+    for half of the cases (a dictionary; the other half stays generated)."""
+    lines = []
+    for name, values in path_values.items():
+        lines += [f"[dictionaries.{name}]", f"values = {json.dumps(values)}", ""]
+    lines.append("[parameters]")
+    for name in path_values:
+        lines.append(f'"path.{name}" = {{ dictionary = "{name}", probability = 0.5 }}')
+    return "\n".join(lines) + "\n"
