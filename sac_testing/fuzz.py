@@ -8,7 +8,8 @@ sends them with one principal's token and checks each answer:
 - ``not_a_server_error``: no 5xx;
 - ``status_code_conformance``, ``content_type_conformance``,
   ``response_schema_conformance``: the answer is one the document declares;
-- ``negative_data_rejection``: a request outside the document is refused;
+- ``negative_data_rejection``: a request outside the document is refused, and
+  ``positive_data_acceptance``: one inside it is not (but for UNSAYABLE);
 - ``unsupported_method``: a method the path does not take is answered 405, and
   ``allow_header_conformance``: with an Allow header naming the ones it takes.
 
@@ -35,11 +36,36 @@ SCHEMA_CHECKS = (
     "content_type_conformance",
     "response_schema_conformance",
     "negative_data_rejection",
+    "positive_data_acceptance",
     "unsupported_method",
     "allow_header_conformance",
 )
 # ...and every check a run makes.
 CHECKS = ("not_a_server_error", *SCHEMA_CHECKS)
+
+# Operations whose requests the schema cannot say all of, so that a request inside
+# the document may still be refused (400) for a reason the service gives: these
+# are spared "positive_data_acceptance" (a schema-valid request accepted), and only
+# these. Each with why; everything else a schema can say, the document says.
+UNSAYABLE = {
+    # An agent asks for at most its owner's limit (the owner's settings now), and a
+    # byte quantity given as text ("64Mi") is bounded by its value, not its spelling.
+    r"^/api/agents$|^/api/users/\{user\}/agents(/\{slug\})?$": "owner's limits, quantities",
+    r"^/api/settings/system$|^/api/users/\{user\}/settings$": "quantities as text",
+    r"^/api/groups/\{group\}/workspace/quota$": "quantities as text",
+    # A cursor is what the previous page returned: an invented one is refused; and
+    # the audit log's until must come after its since.
+    r"/history/(search|sessions|events)$|^/api/audit": "cursors, until after since",
+    # A path's parts are limited in UTF-8 bytes (a pattern counts characters), and
+    # each kind of space has its own first part (private/, public/, group/<g>/).
+    r"/files/\{path\}$|^/api/agent/workspace/batch$|^/sac/api/workspace/preview$": "paths",
+    # The options a terminal prompt offers have different keys (a schema's
+    # uniqueItems compares whole items), and a tool's input is at most 256 KiB.
+    r"^/api/hitl/requests$": "unique option keys, input size",
+    # A SKILL.md's front matter must be YAML, and its prompt's {{placeholders}}
+    # parameters of the skill.
+    r"^/api/skills(/\{id\})?$": "SKILL.md front matter, placeholders",
+}
 
 
 @dataclass
@@ -92,8 +118,7 @@ def fuzz(
     given). ``path_values`` names real values of path parameters (a user, an agent)
     that half of the generated cases use, so that they reach a real resource."""
     with tempfile.TemporaryDirectory(prefix="sac-fuzz-") as tmp:
-        if path_values:
-            Path(tmp, "schemathesis.toml").write_text(_path_values_config(path_values))
+        Path(tmp, "schemathesis.toml").write_text(_config(path_values or {}))
         schema = Path(tmp, "openapi.json")
         schema.write_text(json.dumps(document))
         report = Path(tmp, "report.json")
@@ -101,7 +126,6 @@ def fuzz(
         command = [
             sys.executable, "-m", "schemathesis.cli", "run", str(schema),
             "--url", base_url.rstrip("/"),
-            "--checks", ",".join(CHECKS),
             "--max-examples", str(max_examples),
             "--workers", str(workers),
             "--phases", "examples,coverage,fuzzing",
@@ -153,13 +177,23 @@ def fuzz(
         return run
 
 
-def _path_values_config(path_values: dict[str, list[str]]) -> str:
-    """A schemathesis.toml drawing each named path parameter from its real values
-    for half of the cases (a dictionary; the other half stays generated)."""
+def _config(path_values: dict[str, list[str]]) -> str:
+    """The run's schemathesis.toml: the checks (here, not on the command line, where
+    a check named would win over an operation's exception), the operations spared
+    the positive check (UNSAYABLE), and each path parameter of ``path_values`` drawn
+    from its real values for half of the cases (a dictionary; the other half stays
+    generated)."""
     lines = []
     for name, values in path_values.items():
         lines += [f"[dictionaries.{name}]", f"values = {json.dumps(values)}", ""]
-    lines.append("[parameters]")
-    for name in path_values:
-        lines.append(f'"path.{name}" = {{ dictionary = "{name}", probability = 0.5 }}')
+    if path_values:
+        lines.append("[parameters]")
+        for name in path_values:
+            lines.append(f'"path.{name}" = {{ dictionary = "{name}", probability = 0.5 }}')
+        lines.append("")
+    lines += ["[checks]", "enabled = false"]
+    lines += [f"{check}.enabled = true" for check in CHECKS]
+    for path in UNSAYABLE:
+        lines += ["", "[[operations]]", f"include-path-regex = {json.dumps(path)}"]
+        lines.append("checks.positive_data_acceptance.enabled = false")
     return "\n".join(lines) + "\n"

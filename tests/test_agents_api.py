@@ -136,6 +136,7 @@ BAD_CREATES = [
     ({"slug": "ok1", "provider": "custom", "base_url": "ftp://x"}, 400, "invalid_field"),
     ({"slug": "ok1", "provider": "custom", "base_url": "http://u:p@h"}, 400, "invalid_field"),
     ({"slug": "ok1", "base_url": "http://h"}, 400, "invalid_field"),
+    ({"slug": "ok1", "provider": "custom", "base_url": "http://[x"}, 400, "invalid_field"),
     ({"slug": "ok1", "display_name": ""}, 400, "invalid_field"),
     ({"slug": "ok1", "display_name": "a\u202eb"}, 400, "invalid_field"),
     ({"slug": "ok1", "display_name": ["x"]}, 400, "invalid_field"),
