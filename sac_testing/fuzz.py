@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -167,6 +168,9 @@ def fuzz(
             raise RuntimeError(f"schemathesis could not run: {data['errors']}\n{run.output}")
         run.cases = data["test_cases"]["generated"]
         run.failures = data["failures"]
+        for failure in run.failures:
+            # The report has no example: the CLI's own text has one per operation.
+            failure["example"] = _example(proc.stdout, failure["operations"][0])
         for failure in data["failures"]:
             if failure["type"] == "not_a_server_error" or failure["code"] == "not_a_server_error":
                 run.server_errors += failure["count"]
@@ -175,6 +179,13 @@ def fuzz(
         if refused.exists():
             run.refused_request_ids = refused.read_text().split()
         return run
+
+
+def _example(output: str, operation: str) -> str:
+    """What schemathesis printed about ``operation``'s failures (its request as curl,
+    the answer), cut short."""
+    match = re.search(rf"_+ {re.escape(operation)} _+\n(.*?)(?=\n_{{5,}} |\n={{5,}})", output, re.S)
+    return match[1].strip()[:1500] if match else ""
 
 
 def _config(path_values: dict[str, list[str]]) -> str:
