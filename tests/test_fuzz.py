@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -150,7 +151,9 @@ def campaign(stack: dict, examples: int) -> tuple[FuzzRun, list[dict]]:
             log_path=Path(stack["log"]),
         ),
     }
+    started = time.monotonic()
     total = _in_parallel(first)
+    print(f"fuzzing round 1: {time.monotonic() - started:.0f} s")
     # Round 2: the credential proxy with f1's key and wrong ones, then real starts,
     # stops and restarts of f2 (half the cases name it), then deleting agents.
     _restore(admin, person, stack["fake"])
@@ -188,6 +191,7 @@ def campaign(stack: dict, examples: int) -> tuple[FuzzRun, list[dict]]:
             }
         )
     )
+    print(f"fuzzing rounds 1 and 2: {time.monotonic() - started:.0f} s")
     return total, _audited(admin, set(total.refused_request_ids))
 
 
