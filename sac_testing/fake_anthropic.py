@@ -258,6 +258,7 @@ def running() -> Iterator[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "sac_testing.fake_anthropic", "--port", str(port)],
         stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,  # its access log: one line per call of a long campaign
     )
     url = f"http://127.0.0.1:{port}"
     try:
