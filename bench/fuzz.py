@@ -1,6 +1,8 @@
 """A long fuzzing campaign: both APIs from their OpenAPI documents, with every
 principal's token, against a stack of its own (tests/test_fuzz.py's campaign with
-many more examples per operation; at least 20,000 cases by default).
+many more examples per operation; at least 20,000 cases by default): the service,
+the extension, the credential proxy with an agent's key and wrong ones, real
+starts, stops and restarts of an agent, and the chat WebSocket's frames.
 
 Prints what failed and FIGURE lines: the cases run, the 5xx answers, the answers
 outside the document (status, content type, schema, a refused method without
@@ -22,6 +24,7 @@ from conftest import ADMIN_PASSWORD  # noqa: E402
 from helpers import HubApi  # noqa: E402
 from test_fuzz import campaign  # noqa: E402
 
+from sac_testing import fake_anthropic  # noqa: E402
 from sac_testing.stack import embedded_stack  # noqa: E402
 
 
@@ -34,12 +37,15 @@ def main() -> None:
     started = time.monotonic()
     with (
         tempfile.TemporaryDirectory(prefix="sac-bench-fuzz-") as workdir,
+        fake_anthropic.running() as fake,
         embedded_stack(Path(workdir), ADMIN_PASSWORD) as running,
     ):
         stack = {
             "url": running.url,
             "admin": HubApi(running.url, running.admin_token, running.harness_token),
             "service_url": running.service_url,
+            "log": running.log_path,
+            "fake": fake,
         }
         total, changed = campaign(stack, args.examples)
     print(total.summary())

@@ -7,7 +7,8 @@ parameters against, so what the document says and what the code accepts cannot
 drift apart (issue 18). Refusals keep the ``{"error", "message", "field"}`` shape
 of every other error: ``field`` is the dotted path of the value at fault, and the
 error code is the schema's ``x-error`` where one says it (``invalid_slug``,
-``invalid_setting``), else ``missing_field``, ``unknown_field`` or ``invalid_field``.
+``invalid_setting``), else ``missing_field``, ``unknown_field`` or ``invalid_field``;
+the message the schema's ``x-message`` where one says it.
 """
 
 from __future__ import annotations
@@ -133,7 +134,11 @@ def _from_query(text: str, schema: Mapping[str, Any]) -> Any:
 def _field(error: ValidationError, within: str) -> tuple[str, str]:
     """The dotted field an error is about, and its default code."""
     parts = [within] if within else []
-    parts += [str(p) for p in error.absolute_path]
+    for part in error.absolute_path:
+        if isinstance(part, int) and parts:
+            parts[-1] += f"[{part}]"  # options[0].key, as the rules name a list's items
+        else:
+            parts.append(str(part))
     code = "invalid_field"
     if error.validator == "required":
         missing = [n for n in error.validator_value if n not in error.instance]
@@ -154,7 +159,13 @@ def _raise_first(validator: Draft202012Validator, value: Any, within: str) -> No
     if code != "missing_field" and isinstance(error.schema, dict):
         # The schema's own code for what it refuses (x-error), as the API documents it.
         code = error.schema.get("x-error", code)
-    message = f"{field}: {error.message}"
+    # A schema's own words for what it refuses (x-message), where jsonschema's would
+    # not tell a person what to do ("'x' is not of type 'null'"): one text, or one
+    # per keyword that refuses ({"pattern": "…"}).
+    said = error.schema.get("x-message") if isinstance(error.schema, dict) else None
+    if isinstance(said, dict):
+        said = said.get(str(error.validator))
+    message = f"{field}: {said or error.message}"
     if len(message) > MESSAGE_CHARS:
         message = message[: MESSAGE_CHARS - 1] + "…"
     raise ApiError(400, code, message, field=field)

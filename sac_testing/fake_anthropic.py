@@ -23,7 +23,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
+import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tornado import web
@@ -48,13 +52,31 @@ def sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
+def json_object_or_refuse(handler: web.RequestHandler) -> dict[str, Any] | None:
+    """The request's JSON object, or None after answering 400 as the Messages API
+    does for a body that is not one (the credential proxy passes bodies on unread,
+    and its fuzzing sends such bodies)."""
+    try:
+        body = json.loads(handler.request.body)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        return body
+    handler.set_status(400)
+    error = {"type": "invalid_request_error", "message": "not a JSON object"}
+    handler.finish({"type": "error", "error": error})
+    return None
+
+
 class MessagesHandler(web.RequestHandler):
     @property
     def state(self) -> State:
         return self.settings["state"]
 
     async def post(self) -> None:
-        body = json.loads(self.request.body or b"{}")
+        body = json_object_or_refuse(self)
+        if body is None:
+            return
         self.state.requests.append(
             {
                 "path": self.request.path,
@@ -179,7 +201,8 @@ def _block_events(index: int, block: dict[str, Any]) -> list[bytes]:
 
 class CountTokensHandler(web.RequestHandler):
     def post(self) -> None:
-        self.finish({"input_tokens": INPUT_TOKENS})
+        if json_object_or_refuse(self) is not None:
+            self.finish({"input_tokens": INPUT_TOKENS})
 
 
 class RequestsHandler(web.RequestHandler):
@@ -221,6 +244,28 @@ async def serve(port: int) -> None:
     make_app().listen(port, "127.0.0.1")
     print(f"fake Anthropic API on http://127.0.0.1:{port}", flush=True)
     await asyncio.Event().wait()
+
+
+@contextmanager
+def running() -> Iterator[str]:
+    """The fake in a process of its own on a free port, for scripts (the tests have
+    their fixture): its URL."""
+    from jupyter_sac.stack import free_port
+
+    from .stack import http_status, poll_until, stop_process
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sac_testing.fake_anthropic", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,  # its access log: one line per call of a long campaign
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        poll_until(lambda: http_status(url + "/_fake/requests") == 200, 60, "fake Anthropic API")
+        yield url
+    finally:
+        stop_process(proc)
 
 
 def main() -> None:

@@ -8,7 +8,8 @@ sends them with one principal's token and checks each answer:
 - ``not_a_server_error``: no 5xx;
 - ``status_code_conformance``, ``content_type_conformance``,
   ``response_schema_conformance``: the answer is one the document declares;
-- ``negative_data_rejection``: a request outside the document is refused;
+- ``negative_data_rejection``: a request outside the document is refused, and
+  ``positive_data_acceptance``: one inside it is not (but for UNSAYABLE);
 - ``unsupported_method``: a method the path does not take is answered 405, and
   ``allow_header_conformance``: with an Allow header naming the ones it takes.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -35,11 +37,36 @@ SCHEMA_CHECKS = (
     "content_type_conformance",
     "response_schema_conformance",
     "negative_data_rejection",
+    "positive_data_acceptance",
     "unsupported_method",
     "allow_header_conformance",
 )
 # ...and every check a run makes.
 CHECKS = ("not_a_server_error", *SCHEMA_CHECKS)
+
+# Operations whose requests the schema cannot say all of, so that a request inside
+# the document may still be refused (400) for a reason the service gives: these
+# are spared "positive_data_acceptance" (a schema-valid request accepted), and only
+# these. Each with why; everything else a schema can say, the document says.
+UNSAYABLE = {
+    # An agent asks for at most its owner's limit (the owner's settings now), and a
+    # byte quantity given as text ("64Mi") is bounded by its value, not its spelling.
+    r"^/api/agents$|^/api/users/\{user\}/agents(/\{slug\})?$": "owner's limits, quantities",
+    r"^/api/settings/system$|^/api/users/\{user\}/settings$": "quantities as text",
+    r"^/api/groups/\{group\}/workspace/quota$": "quantities as text",
+    # A cursor is what the previous page returned: an invented one is refused; and
+    # the audit log's until must come after its since.
+    r"/history/(search|sessions|events)$|^/api/audit": "cursors, until after since",
+    # A path's parts are limited in UTF-8 bytes (a pattern counts characters), and
+    # each kind of space has its own first part (private/, public/, group/<g>/).
+    r"/files/\{path\}$|^/api/agent/workspace/batch$|^/sac/api/workspace/preview$": "paths",
+    # The options a terminal prompt offers have different keys (a schema's
+    # uniqueItems compares whole items), and a tool's input is at most 256 KiB.
+    r"^/api/hitl/requests$": "unique option keys, input size",
+    # A SKILL.md's front matter must be YAML, and its prompt's {{placeholders}}
+    # parameters of the skill.
+    r"^/api/skills(/\{id\})?$": "SKILL.md front matter, placeholders",
+}
 
 
 @dataclass
@@ -65,25 +92,34 @@ class FuzzRun:
         lines = [f"{self.cases} cases"]
         for f in self.failures:
             lines.append(f"{f['code']} x{f['count']}: {f['title']} ({', '.join(f['operations'])})")
+            if f.get("example"):
+                lines.append(f"    for example: {f['example']}")
         return "\n".join(lines)
 
 
 def fuzz(
     document: dict[str, Any],
     base_url: str,
-    token: str,
+    token: str | None,
     *,
+    headers: dict[str, str] | None = None,
     max_examples: int,
     exclude_methods: tuple[str, ...] = (),
     exclude_paths: str | None = None,
     workers: int = 1,
     seed: int | None = None,
     timeout: float = 600,
+    include_paths: str | None = None,
+    path_values: dict[str, list[str]] | None = None,
 ) -> FuzzRun:
     """Run schemathesis on ``document``'s operations at ``base_url`` (the document's
-    server URL) with ``token``, leaving out ``exclude_methods`` and the paths that
-    match the regex ``exclude_paths``."""
+    server URL) with ``token`` (a hub token, as ``Authorization: token …``; None:
+    none) and ``headers``, leaving out ``exclude_methods`` and the paths that
+    match the regex ``exclude_paths`` (only those matching ``include_paths``, if
+    given). ``path_values`` names real values of path parameters (a user, an agent)
+    that half of the generated cases use, so that they reach a real resource."""
     with tempfile.TemporaryDirectory(prefix="sac-fuzz-") as tmp:
+        Path(tmp, "schemathesis.toml").write_text(_config(path_values or {}))
         schema = Path(tmp, "openapi.json")
         schema.write_text(json.dumps(document))
         report = Path(tmp, "report.json")
@@ -91,8 +127,6 @@ def fuzz(
         command = [
             sys.executable, "-m", "schemathesis.cli", "run", str(schema),
             "--url", base_url.rstrip("/"),
-            "--header", f"Authorization: token {token}",
-            "--checks", ",".join(CHECKS),
             "--max-examples", str(max_examples),
             "--workers", str(workers),
             "--phases", "examples,coverage,fuzzing",
@@ -104,12 +138,18 @@ def fuzz(
             "--report", "json", "--report-json-path", str(report),
             "--no-color",
         ]  # fmt: skip
+        if token is not None:
+            command += ["--header", f"Authorization: token {token}"]
+        for name, value in (headers or {}).items():
+            command += ["--header", f"{name}: {value}"]
         if seed is not None:
             command += ["--seed", str(seed)]
         for method in exclude_methods:
             command += ["--exclude-method", method]
         if exclude_paths:
             command += ["--exclude-path-regex", exclude_paths]
+        if include_paths:
+            command += ["--include-path-regex", include_paths]
         env = {
             **os.environ,
             "SCHEMATHESIS_HOOKS": "sac_testing.fuzz_hooks",
@@ -128,6 +168,9 @@ def fuzz(
             raise RuntimeError(f"schemathesis could not run: {data['errors']}\n{run.output}")
         run.cases = data["test_cases"]["generated"]
         run.failures = data["failures"]
+        for failure in run.failures:
+            # The report has no example: the CLI's own text has one per operation.
+            failure["example"] = _example(proc.stdout, failure["operations"][0])
         for failure in data["failures"]:
             if failure["type"] == "not_a_server_error" or failure["code"] == "not_a_server_error":
                 run.server_errors += failure["count"]
@@ -136,3 +179,32 @@ def fuzz(
         if refused.exists():
             run.refused_request_ids = refused.read_text().split()
         return run
+
+
+def _example(output: str, operation: str) -> str:
+    """What schemathesis printed about ``operation``'s failures (its request as curl,
+    the answer), cut short."""
+    match = re.search(rf"_+ {re.escape(operation)} _+\n(.*?)(?=\n_{{5,}} |\n={{5,}})", output, re.S)
+    return match[1].strip()[:1500] if match else ""
+
+
+def _config(path_values: dict[str, list[str]]) -> str:
+    """The run's schemathesis.toml: the checks (here, not on the command line, where
+    a check named would win over an operation's exception), the operations spared
+    the positive check (UNSAYABLE), and each path parameter of ``path_values`` drawn
+    from its real values for half of the cases (a dictionary; the other half stays
+    generated)."""
+    lines = []
+    for name, values in path_values.items():
+        lines += [f"[dictionaries.{name}]", f"values = {json.dumps(values)}", ""]
+    if path_values:
+        lines.append("[parameters]")
+        for name in path_values:
+            lines.append(f'"path.{name}" = {{ dictionary = "{name}", probability = 0.5 }}')
+        lines.append("")
+    lines += ["[checks]", "enabled = false"]
+    lines += [f"{check}.enabled = true" for check in CHECKS]
+    for path in UNSAYABLE:
+        lines += ["", "[[operations]]", f"include-path-regex = {json.dumps(path)}"]
+        lines.append("checks.positive_data_acceptance.enabled = false")
+    return "\n".join(lines) + "\n"

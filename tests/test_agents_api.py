@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from helpers import HubApi
 
@@ -66,6 +69,31 @@ def test_delete_running_agent_stops_it(admin: HubApi, new_user) -> None:
     assert gone.status_code == 404 and gone.headers["content-type"].startswith("text/html")
 
 
+def test_a_second_start_or_stop_while_one_is_under_way_is_a_plain_409(new_user) -> None:
+    """Two restarts of one agent at once (a double click, two people): JupyterHub
+    cancels one of them halfway, which the service answered 502 `hub_refused:
+    Internal Server Error` (found by fuzzing the lifecycle). The second is told the
+    agent is busy, and the first goes through."""
+    name, dana = new_user("dana")
+    assert dana.sac("POST", "agents", json={"slug": "twice"}).status_code == 201
+    dana.start(name, "twice")
+    path = f"users/{name}/agents/twice"
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(dana.sac, "POST", f"{path}/restart")
+        time.sleep(0.3)  # the first is stopping the sandbox now (a graceful stop: seconds)
+        others = [
+            pool.submit(dana.sac, "POST", f"{path}/{action}") for action in ("restart", "stop")
+        ]
+        answers = [first.result(), *(o.result() for o in others)]
+    assert answers[0].status_code == 202, answers[0].text
+    for refused in answers[1:]:
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"] == "agent_busy", refused.text
+        assert "restarting" in refused.json()["message"]
+    assert dana.wait_ready(name, "twice")["ready"] is True
+    assert dana.sac("DELETE", path).status_code == 204
+
+
 def test_update_agent(new_user) -> None:
     name, carol = new_user("carol")
     assert carol.sac("POST", "agents", json={"slug": "x1"}).status_code == 201
@@ -108,6 +136,7 @@ BAD_CREATES = [
     ({"slug": "ok1", "provider": "custom", "base_url": "ftp://x"}, 400, "invalid_field"),
     ({"slug": "ok1", "provider": "custom", "base_url": "http://u:p@h"}, 400, "invalid_field"),
     ({"slug": "ok1", "base_url": "http://h"}, 400, "invalid_field"),
+    ({"slug": "ok1", "provider": "custom", "base_url": "http://[x"}, 400, "invalid_field"),
     ({"slug": "ok1", "display_name": ""}, 400, "invalid_field"),
     ({"slug": "ok1", "display_name": "a\u202eb"}, 400, "invalid_field"),
     ({"slug": "ok1", "display_name": ["x"]}, 400, "invalid_field"),

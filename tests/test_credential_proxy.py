@@ -78,6 +78,11 @@ def test_proxy_rejects_unknown_tokens(stack: dict, fake: str) -> None:
         assert resp.json()["error"]["type"] == "authentication_error"
     resp = httpx.post(stack["service_url"] + "llm/v1/files", json={})
     assert resp.status_code == 404
+    # Another method: a 405 that says which one it takes, in the Anthropic shape.
+    for method in ("GET", "TRACE", "PUT"):
+        resp = httpx.request(method, url, headers={"x-api-key": "sac-agent-forged"})
+        assert (resp.status_code, resp.headers.get("Allow")) == (405, "POST"), resp.text
+        assert resp.json()["error"]["type"] == "invalid_request_error"
     assert _requests(fake) == []
 
 

@@ -1,9 +1,12 @@
 """Both APIs fuzzed from their own OpenAPI documents (schemathesis, sac_testing/fuzz.py)
 against a real stack of their own (the fuzzer changes settings and keys at random,
 which the session's shared stack must not see), with the real token of each
-principal: an administrator, a person, an agent's sandbox; and the extension of a
-running agent with its owner's token. No answer may be a 5xx or outside the
-document, and no request answered 4xx may have changed anything (the audit log).
+principal: an administrator, a person, an agent's sandbox; the extension of a
+running agent with its owner's token; the credential proxy with the agent's key and
+with wrong ones; starting, stopping and restarting a real agent; and the chat
+WebSocket with generated frames (sac_testing/fuzz_socket.py). No answer may be a
+5xx or outside the document, no schema-valid request may be refused, and no
+request answered 4xx may have changed anything (the audit log).
 
 Bounded for CI: a few examples per operation (SAC_FUZZ_EXAMPLES); bench/fuzz.py
 runs the long campaign."""
@@ -12,7 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import ADMIN_PASSWORD
@@ -21,26 +28,36 @@ from helpers import HubApi, run_in_terminal
 from jupyter_sac.server_extension.openapi import CONTRACT as EXTENSION
 from jupyter_sac.service.openapi import CONTRACT as SERVICE
 from sac_testing.fuzz import FuzzRun, fuzz
+from sac_testing.fuzz_socket import fuzz_chat_socket
 from sac_testing.stack import embedded_stack
 
 pytestmark = pytest.mark.stack
 
 EXAMPLES = int(os.environ.get("SAC_FUZZ_EXAMPLES", "3"))
-# The credential proxy streams a provider's answers (not this document's); the
-# chat events are a WebSocket; starting agents spawns sandboxes (each a minute of
-# a CPU), so the fuzzer may not, and a stop of the one running agent would end the
-# extension's run.
-SERVICE_EXCLUDED = r"^/llm/|/(start|restart|stop)$"
+# Operations that would end what the other runs of the first round need (the
+# running agent whose extension, socket and key they use), fuzzed in the second:
+# the credential proxy (a key of its own), starting, stopping and restarting
+# agents, and deleting one. The chat events are a WebSocket (fuzz_socket).
+LLM = r"^/llm/"
+LIFECYCLE = r"^/api/users/\{user\}/agents/\{slug\}/(start|restart|stop)$"
+AGENT = r"^/api/users/\{user\}/agents/\{slug\}$"
+FIRST_ROUND_EXCLUDED = f"{LLM}|{LIFECYCLE}"
 EXTENSION_EXCLUDED = r"/chat/events$|/terminal(/restart)?$"
+# Each start spawns a sandbox: the lifecycle runs take one example per operation
+# (with the coverage phase, still a dozen real starts, stops and restarts).
+LIFECYCLE_EXAMPLES = 1
+SOCKET_EXAMPLES = max(10, 10 * EXAMPLES)
 
 
 @pytest.fixture(scope="module")
-def fuzz_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def fuzz_stack(tmp_path_factory: pytest.TempPathFactory, fake_anthropic: str) -> Iterator[dict]:
     with embedded_stack(tmp_path_factory.mktemp("fuzz"), ADMIN_PASSWORD) as running:
         yield {
             "url": running.url,
             "admin": HubApi(running.url, running.admin_token, running.harness_token),
             "service_url": running.service_url,
+            "log": running.log_path,
+            "fake": fake_anthropic,
         }
 
 
@@ -63,14 +80,42 @@ def _audited(admin: HubApi, request_ids: set[str]) -> list[dict]:
             return found
 
 
+def _in_parallel(runs: dict[str, Callable[[], FuzzRun]]) -> FuzzRun:
+    """Run independent fuzzing runs side by side (each is its own schemathesis
+    process, mostly waiting on the stack: about twice as fast on two cores as one
+    after the other), with each failure titled by its run."""
+    total = FuzzRun()
+    with ThreadPoolExecutor(len(runs)) as pool:
+        done = {what: pool.submit(run) for what, run in runs.items()}
+        for what, future in done.items():
+            run = future.result()
+            for failure in run.failures:
+                failure["title"] = f"{what}: {failure['title']}"
+            total.add(run)
+    return total
+
+
+def _restore(admin: HubApi, person: HubApi, fake: str) -> None:
+    """Undo what the fuzzers changed at random that the next round relies on: the
+    settings (a limit of 0 agents, a spent budget) and the running agent's provider."""
+    for path in ("settings/system", "users/fuzzer/settings"):
+        assert admin.sac("PUT", path, json={}).status_code == 200
+    agent = {"provider": "custom", "base_url": fake, "api_key": "sk-fuzz-provider-key"}
+    resp = person.sac("PATCH", "users/fuzzer/agents/f1", json=agent)
+    assert resp.status_code == 200, resp.text
+
+
 def campaign(stack: dict, examples: int) -> tuple[FuzzRun, list[dict]]:
-    """Fuzz both APIs on ``stack`` (url, admin, service_url) with every principal's
-    token, ``examples`` per operation: what schemathesis found, and the audit
-    entries written by requests that were answered 4xx (there should be none)."""
+    """Fuzz both APIs on ``stack`` (url, admin, service_url, log, fake) with every
+    principal's token, ``examples`` per operation: what schemathesis and the socket
+    fuzzer found, and the audit entries written by requests that were answered 4xx
+    (there should be none)."""
     admin: HubApi = stack["admin"]
     person = admin.create_user("fuzzer")
-    resp = person.sac("POST", "agents", json={"slug": "f1", "api_key": "sk-unused-key"})
-    assert resp.status_code == 201, resp.text
+    for slug in ("f1", "f2"):
+        resp = person.sac("POST", "agents", json={"slug": slug, "api_key": "sk-unused-key"})
+        assert resp.status_code == 201, resp.text
+    _restore(admin, person, stack["fake"])
     person.start("fuzzer", "f1")
     agent_token = asyncio.run(
         run_in_terminal(stack["url"], person.token, "fuzzer", "f1", 'echo "$SAC_AGENT_TOKEN"')
@@ -78,24 +123,75 @@ def campaign(stack: dict, examples: int) -> tuple[FuzzRun, list[dict]]:
     assert agent_token.startswith("sac-agent-"), agent_token
 
     service = SERVICE.served(stack["service_url"])
+    url = stack["service_url"]
     agent_url = person.server_url("fuzzer", "f1")
-    runs = {
-        "service, administrator": (service, stack["service_url"], admin.token, SERVICE_EXCLUDED),
-        "service, person": (service, stack["service_url"], person.token, SERVICE_EXCLUDED),
-        "service, agent": (service, stack["service_url"], agent_token, SERVICE_EXCLUDED),
-        "extension, owner": (
+
+    def service_run(token: str | None, **options: Any) -> Callable[[], FuzzRun]:
+        return lambda: fuzz(service, url, token, **{"max_examples": examples, **options})
+
+    # Round 1: everything that leaves the running agent f1 running (schemathesis
+    # reuses names it reads in answers, so a person's or an administrator's run
+    # would find f1 to delete).
+    first_excluded = f"{FIRST_ROUND_EXCLUDED}|{AGENT}"
+    first = {
+        "service, administrator": service_run(admin.token, exclude_paths=first_excluded),
+        "service, person": service_run(person.token, exclude_paths=first_excluded),
+        "service, agent": service_run(agent_token, exclude_paths=FIRST_ROUND_EXCLUDED),
+        "extension, owner": lambda: fuzz(
             EXTENSION.served(agent_url),
             agent_url,
             person.token,
-            EXTENSION_EXCLUDED,
+            max_examples=examples,
+            exclude_paths=EXTENSION_EXCLUDED,
+        ),
+        "chat socket, owner": lambda: fuzz_chat_socket(
+            agent_url.replace("http", "ws", 1) + "sac/api/chat/events",
+            person.token,
+            max_examples=SOCKET_EXAMPLES,
+            log_path=Path(stack["log"]),
         ),
     }
-    total = FuzzRun()
-    for what, (document, url, token, excluded) in runs.items():
-        run = fuzz(document, url, token, max_examples=examples, exclude_paths=excluded)
-        for failure in run.failures:
-            failure["title"] = f"{what}: {failure['title']}"
-        total.add(run)
+    started = time.monotonic()
+    total = _in_parallel(first)
+    print(f"fuzzing round 1: {time.monotonic() - started:.0f} s")
+    # Round 2: the credential proxy with f1's key and wrong ones, then real starts,
+    # stops and restarts of f2 (half the cases name it), then deleting agents.
+    _restore(admin, person, stack["fake"])
+    real = {"path_values": {"user": ["fuzzer"], "slug": ["f2"]}}
+    total.add(
+        _in_parallel(
+            {
+                "credential proxy, agent's key": service_run(
+                    None, include_paths=LLM, headers={"x-api-key": agent_token}
+                ),
+                "credential proxy, wrong key": service_run(
+                    None, include_paths=LLM, headers={"x-api-key": "sac-agent-not-a-key"}
+                ),
+                "credential proxy, person's hub token": service_run(
+                    None, include_paths=LLM, headers={"Authorization": f"Bearer {person.token}"}
+                ),
+                "lifecycle, agent": service_run(
+                    agent_token, include_paths=LIFECYCLE, max_examples=LIFECYCLE_EXAMPLES, **real
+                ),
+                "lifecycle, administrator": service_run(
+                    admin.token, include_paths=LIFECYCLE, max_examples=LIFECYCLE_EXAMPLES
+                ),
+            }
+        )
+    )
+    lifecycle = service_run(
+        person.token, include_paths=LIFECYCLE, max_examples=LIFECYCLE_EXAMPLES, **real
+    )
+    total.add(_in_parallel({"lifecycle, person (owner)": lifecycle}))
+    total.add(
+        _in_parallel(
+            {
+                "agents, administrator": service_run(admin.token, include_paths=AGENT),
+                "agents, person": service_run(person.token, include_paths=AGENT),
+            }
+        )
+    )
+    print(f"fuzzing rounds 1 and 2: {time.monotonic() - started:.0f} s")
     return total, _audited(admin, set(total.refused_request_ids))
 
 

@@ -321,6 +321,11 @@ def test_unknown_agents_and_bad_queries(agent: dict) -> None:
     assert "+00:00" in since
     resp = client.sac("GET", base + f"events?session={session}&since={since}")
     assert [e["uuid"] for e in resp.json()["events"]] == [f"{session}-2"]
+    # RFC 3339 (the document's date-time) allows a lower-case "t" and "z" (refused
+    # as "expected an ISO 8601 time" before, though the document took it).
+    lower = (T0 + timedelta(seconds=2)).strftime("%Y-%m-%dt%H:%M:%Sz")
+    resp = client.sac("GET", base + "events", params={"session": session, "since": lower})
+    assert [e["uuid"] for e in resp.json()["events"]] == [f"{session}-2"], resp.text
 
 
 def test_history_outlives_the_agent(stack: dict, admin: HubApi) -> None:

@@ -16,6 +16,7 @@ from jupyter_sac.rules.providers import PRESETS
 from jupyter_sac.rules.settings import SPECS
 from jupyter_sac.server_extension.openapi import CONTRACT as EXTENSION
 from jupyter_sac.service.openapi import CONTRACT as SERVICE
+from jupyter_sac.service.openapi import LEVEL_SCHEMAS
 
 PREFIX = "/services/sac/"
 # OAuth plumbing; the 404 catch-all; the credential proxy's route, whose two
@@ -98,7 +99,10 @@ def test_the_documents_are_valid_openapi_3_1(contract: Contract) -> None:
 
 def test_settings_and_providers_come_from_the_rules() -> None:
     schemas = SERVICE.document["components"]["schemas"]
-    assert set(schemas["SettingsOverrides"]["properties"]) == set(SPECS)
+    # One schema per level, each with the settings that level may set.
+    for schema, level in LEVEL_SCHEMAS.items():
+        settable = {name for name, spec in SPECS.items() if level in spec.levels}
+        assert set(schemas[schema]["properties"]) == settable, schema
     assert schemas["Provider"]["enum"] == list(PRESETS)
     update = SERVICE.operation("PUT", "/api/settings/system")
     assert update is not None

@@ -76,7 +76,10 @@ def validate_base_url(url: str) -> str:
     """An http(s) URL without credentials, query or fragment; trailing slash removed."""
     if not isinstance(url, str) or len(url) > 2048:
         raise ProviderError("base_url", "expected a URL string")
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:  # "http://[x": an IPv6 host left open (a 500 before)
+        raise ProviderError("base_url", "expected an http:// or https:// URL with a host") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ProviderError("base_url", "expected an http:// or https:// URL with a host")
     if parts.username or parts.password:

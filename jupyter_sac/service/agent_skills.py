@@ -29,7 +29,7 @@ from .base import BaseHandler
 from .operations.skills import bundle_key, bundle_model, content_fields
 from .routes import NAME
 from .skills import owner_view, stream_object
-from .validation import bad, check_fields, path_id
+from .validation import bad, check_fields, path_id, whole_number
 
 # A bundle this small travels inline; a bigger one gets its own download.
 INLINE_BUNDLE_BYTES = 256 * 1024
@@ -110,12 +110,10 @@ class AgentBundlesHandler(BaseHandler):
         agent = await self.require_agent()
         body = self.json_body()
         check_fields(body, {"ids"})
-        ids = body.get("ids")
-        if (
-            not isinstance(ids, list)
-            or len(ids) > MAX_IDS
-            or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
-        ):
+        asked = body.get("ids")
+        numbers = [whole_number(i) for i in asked] if isinstance(asked, list) else [None]
+        ids = [i for i in numbers if i is not None]
+        if len(numbers) > MAX_IDS or len(ids) != len(numbers):
             raise bad("ids", f"a list of at most {MAX_IDS} skill ids")
         rows = await self.ctx.store.skills.installed(
             agent.id, visible_to=await owner_view(self.ctx, agent.owner)

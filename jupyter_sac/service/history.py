@@ -53,7 +53,8 @@ def _parse_ts(value: Any, field: str) -> datetime:
     if not isinstance(value, str) or len(value) > 64:
         raise bad(field, "expected an ISO 8601 time")
     try:
-        ts = datetime.fromisoformat(value)
+        # RFC 3339 (the documents' date-time) allows "t" and "z"; fromisoformat does not.
+        ts = datetime.fromisoformat(value.upper())
         ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
     except (ValueError, OverflowError):
         raise bad(field, "expected an ISO 8601 time") from None

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 from tornado import iostream, web
 
+from ..errors import allowed_methods
 from ..rules.budgets import Refusal, reservation_tokens
 from ..rules.budgets import refusal as budget_refusal
 from ..rules.providers import ProviderError, auth_headers, upstream_base_url
@@ -161,6 +162,17 @@ class LlmProxyHandler(StreamedBody, web.RequestHandler):
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.finish(body)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        # tornado's own answers (a 405 for any method but POST, an unexpected
+        # exception) in the Anthropic shape the SDKs read, where they were its HTML
+        # page; a 405 names the method it takes (RFC 9110; found by fuzzing).
+        if status_code == 405:
+            self.set_header("Allow", allowed_methods(type(self)))
+            kind, message = "invalid_request_error", f"{self.request.method} is not allowed here"
+        else:
+            kind, message = "api_error", "the credential proxy failed; see the service log"
+        self._fail(status_code, kind, message)
 
     def _token(self) -> str | None:
         token = self.request.headers.get("x-api-key")

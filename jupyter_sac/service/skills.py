@@ -51,7 +51,7 @@ from .operations.skills import (
     store_bundle,
 )
 from .routes import NAME, SLUG, USER
-from .validation import bad, check_fields, path_id
+from .validation import bad, check_fields, path_id, whole_number
 
 log = logging.getLogger("jupyter_sac.rules.skills")
 
@@ -285,8 +285,8 @@ class AgentSkillsHandler(SkillBaseHandler):
         agent = await self.get_agent(owner, slug, "install skills", agent_may=True)
         body = self.json_body()
         check_fields(body, {"skill_id"})
-        skill_id = body.get("skill_id")
-        if not isinstance(skill_id, int) or isinstance(skill_id, bool):
+        skill_id = whole_number(body.get("skill_id"))
+        if skill_id is None:
             raise bad("skill_id", "expected a skill id")
         row = await self.readable(str(skill_id))
         skills = self.ctx.store.skills
@@ -372,10 +372,10 @@ class AgentSkillUpdateHandler(AgentSkillsHandler):
         body = self.json_body() if self.request.body else {}
         check_fields(body, {"version"})
         expected = body.get("version")
-        if expected is not None and (
-            not isinstance(expected, int) or isinstance(expected, bool) or expected < 1
-        ):
-            raise bad("version", "expected a version number")
+        if expected is not None:
+            expected = whole_number(expected)
+            if expected is None or expected < 1:
+                raise bad("version", "expected a version number")
         # Updating is installing the newer version: the caller must be able to read it.
         row = await self.readable(skill_id)
         skills = self.ctx.store.skills

@@ -97,6 +97,19 @@ def utf8_encodable(text: str) -> bool:
     return True
 
 
+def whole_number(value: Any) -> int | None:
+    """``value`` as an int when it is a whole number, else None. JSON Schema's
+    "integer" takes 3.0 as well as 3 (schemathesis sends both), and so does the API:
+    a bool is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
 def bad(field: str, message: str, code: str = "invalid_field") -> ApiError:
     return ApiError(400, code, f"{field}: {message}", field=field)
 

@@ -31,7 +31,7 @@ from .operations import workspace as ws_ops
 from .operations.settings import replace_group_quota
 from .operations.workspace import UNLIMITED, file_model
 from .routes import FILE, GROUP, SLUG, USER
-from .validation import bad
+from .validation import bad, whole_number
 
 # Presigned download URLs in a manifest stay valid this long.
 URL_SECONDS = 900
@@ -225,7 +225,8 @@ class AgentBatchHandler(AgentWorkspaceBase):
         groups = set(await self.groups_of(agent.owner))
         locations = []
         for item in wanted:
-            if not isinstance(item, dict) or not isinstance(item.get("version"), int):
+            version = whole_number(item.get("version")) if isinstance(item, dict) else None
+            if version is None:
                 raise bad("files", 'expected {"path", "version"} objects')
             try:
                 loc = locate(item.get("path"), agent.id)
@@ -233,7 +234,7 @@ class AgentBatchHandler(AgentWorkspaceBase):
                 raise bad("files", str(e)) from None
             if loc.area == "group" and loc.group not in groups:
                 raise ApiError(404, "not_found", f"no group workspace {loc.group!r}")
-            locations.append((loc, item["version"]))
+            locations.append((loc, version))
         keys = [(loc.space, loc.path) for loc, _ in locations]
         rows = await self.ctx.store.workspace.get_many(keys)
         plan = []

@@ -75,7 +75,25 @@ def agent_snapshot(agent: AgentRecord) -> dict[str, Any]:
     }
 
 
-def hub_refused(what: str, e: HubError) -> ApiError:
+async def hub_refused(
+    ctx: ServiceContext, owner: str, slug: str, what: str, e: HubError
+) -> ApiError:
+    """The answer to a start, stop or delete the hub refused: 409 when it refused
+    the request (or the server was busy starting or stopping for someone else: the
+    hub answers that race 500), 502 only for a failure of the hub or the spawn."""
+    if e.status >= 500:
+        try:
+            user = await ctx.hub.get_user(owner)
+        except HubError:
+            user = None
+        server = ((user or {}).get("servers") or {}).get(slug) or {}
+        if server.get("pending"):
+            return ApiError(
+                409,
+                "agent_busy",
+                f"{what}: agent {slug!r} of {owner} is busy ({server['pending']} pending);"
+                " try again once that is done",
+            )
     return ApiError(502 if e.status >= 500 else 409, "hub_refused", f"{what}: {e.message}")
 
 
@@ -238,10 +256,13 @@ async def set_resources(
 async def delete_agent(ctx: ServiceContext, actor: Actor, owner: str, slug: str) -> None:
     """Remove the agent's named server (stopping it), then its record."""
     await get_agent(ctx, actor, owner, slug, "delete an agent")
-    try:
-        await ctx.hub.remove_server(owner, slug)
-    except HubError as e:
-        raise hub_refused("could not stop and remove the agent's server", e) from None
+    with ctx.agent_transitions.hold(owner, slug, "being deleted"):
+        try:
+            await ctx.hub.remove_server(owner, slug)
+        except HubError as e:
+            raise await hub_refused(
+                ctx, owner, slug, "could not stop and remove the agent's server", e
+            ) from None
     agents = ctx.store.agents
     async with ctx.store.transaction() as conn:
         before = await agents.get(owner, slug, conn=conn, lock=True)
@@ -261,10 +282,11 @@ async def delete_agent(ctx: ServiceContext, actor: Actor, owner: str, slug: str)
 async def stop_agent(ctx: ServiceContext, actor: Actor, owner: str, slug: str) -> None:
     """Stop the agent's sandbox and wait until the hub reports it stopped."""
     await get_agent(ctx, actor, owner, slug, "stop an agent", driver_may=True)
-    try:
-        await ctx.hub.stop_server_and_wait(owner, slug)
-    except HubError as e:
-        raise hub_refused("could not stop the agent", e) from None
+    with ctx.agent_transitions.hold(owner, slug, "stopping"):
+        try:
+            await ctx.hub.stop_server_and_wait(owner, slug)
+        except HubError as e:
+            raise await hub_refused(ctx, owner, slug, "could not stop the agent", e) from None
     if owner != actor.name:
         await audit(ctx, actor, "agent.stop", slug, target_user=owner)
 
@@ -273,11 +295,12 @@ async def start_agent(ctx: ServiceContext, actor: Actor, owner: str, slug: str) 
     """Ask the hub to start the agent's sandbox (in the background; the hub's
     progress API follows it). Starting a running agent changes nothing."""
     await get_agent(ctx, actor, owner, slug, "start an agent", driver_may=True)
-    try:
-        await ctx.hub.start_server(owner, slug)
-    except HubError as e:
-        if not (e.status == 400 and "already" in e.message):
-            raise hub_refused("could not start the agent", e) from None
+    with ctx.agent_transitions.hold(owner, slug, "starting"):
+        try:
+            await ctx.hub.start_server(owner, slug)
+        except HubError as e:
+            if not (e.status == 400 and "already" in e.message):
+                raise await hub_refused(ctx, owner, slug, "could not start the agent", e) from None
     if owner != actor.name:
         await audit(ctx, actor, "agent.start", slug, target_user=owner)
 
@@ -288,11 +311,12 @@ async def restart_agent(ctx: ServiceContext, actor: Actor, owner: str, slug: str
     and model reach a sandbox only this way. An agent's own sandbox may restart
     it (its sidebar's Restart), not a sibling."""
     await get_agent(ctx, actor, owner, slug, "restart an agent", driver_may=True, agent_may=True)
-    try:
-        await ctx.hub.stop_server_and_wait(owner, slug)
-        await ctx.hub.start_server(owner, slug)
-    except HubError as e:
-        raise hub_refused("could not restart the agent", e) from None
+    with ctx.agent_transitions.hold(owner, slug, "restarting"):
+        try:
+            await ctx.hub.stop_server_and_wait(owner, slug)
+            await ctx.hub.start_server(owner, slug)
+        except HubError as e:
+            raise await hub_refused(ctx, owner, slug, "could not restart the agent", e) from None
     if owner != actor.name:
         await audit(ctx, actor, "agent.restart", slug, target_user=owner)
 

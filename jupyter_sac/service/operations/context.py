@@ -14,10 +14,11 @@ import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ...crypto import KeyBox
+from ...errors import ApiError
 from ...objects import ObjectStore
 from ...rules.urls import PublicUrls
 from ...store import Store
@@ -91,6 +92,38 @@ class Waiters:
         return sum(len(events) for events in self._events.values())
 
 
+class AgentTransitions:
+    """The agents this service is starting, stopping, restarting or deleting now.
+
+    JupyterHub does not serialise calls on one server: a stop that arrives while
+    another request still waits for its start cancels that start, whose request is
+    answered 500 (a CancelledError), and a stop during a pending spawn may raise
+    "pending spawn", also a 500. Two people (or a double click) restarting one agent
+    got 502 ``hub_refused: Internal Server Error`` that way (issue 18's fuzzing). One
+    change at a time per agent: the second is told 409 ``agent_busy``, plainly."""
+
+    def __init__(self) -> None:
+        self._under_way: dict[tuple[str, str], str] = {}
+
+    @contextlib.contextmanager
+    def hold(self, owner: str, slug: str, doing: str) -> Iterator[None]:
+        """Mark ``owner``'s agent ``slug`` as ``doing`` (starting, …) for the block,
+        or raise 409 ``agent_busy`` when another request is changing it now."""
+        key = (owner, slug)
+        if key in self._under_way:
+            raise ApiError(
+                409,
+                "agent_busy",
+                f"agent {slug!r} of {owner} is {self._under_way[key]} (another request);"
+                " try again once that is done",
+            )
+        self._under_way[key] = doing
+        try:
+            yield
+        finally:
+            del self._under_way[key]
+
+
 @dataclass(frozen=True)
 class ServiceContext:
     """The `sac` service's collaborators and the configuration operations read."""
@@ -112,6 +145,8 @@ class ServiceContext:
     provider_base_urls: Mapping[str, str]
     # c.SacService.workspace_max_file_bytes: the largest single workspace file.
     workspace_max_file_bytes: int
+    # Agents being started, stopped, restarted or deleted by a request now.
+    agent_transitions: AgentTransitions = field(default_factory=AgentTransitions)
 
 
 @dataclass(frozen=True)
