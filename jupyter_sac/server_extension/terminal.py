@@ -220,6 +220,8 @@ class ClaudeTerminal:
                 await term.terminate(force=True)
             self.releases += 1
             self._unwatched_since = None
+            # The old terminal's scrollback (up to 4 Mi characters) and screen model.
+            term.read_buffer.clear()
             log.info("released the idle Claude terminal (session %s)", self.session_id)
         if self.capture is not None and self.session_id and self.transcript_path:
             # SessionEnd took these already unless its hook failed; the offset makes
