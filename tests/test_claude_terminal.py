@@ -179,6 +179,8 @@ async def test_an_unwatched_claude_terminal_is_released_and_resumed_on_attach(
         api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=60)
         first = api.post(base + "sac/api/terminal").json()
         assert first["running"] is True and first["resumed"] is False
+        # (Released again at once if no browser attached in time, the websocket
+        # below then starts it again: a new conversation, as none was had yet.)
 
         script_model(fake, "Noted: the word is apricot")
         term = await TerminalClient.connect(base, client.token)
@@ -187,6 +189,8 @@ async def test_an_unwatched_claude_terminal_is_released_and_resumed_on_attach(
         await term.wait_for(lambda t: "the word apricot" in t.text(), 20, "the typed prompt")
         term.type("\r")
         await term.wait_for(lambda t: "Noted: the word is apricot" in t.text(), 90, "the answer")
+        watched = api.get(base + "sac/api/terminal").json()
+        assert watched["running"] is True and watched["clients"] == 1
         term.close()
 
         # Unwatched and quiet: released. The process is gone, the name stays listed.
@@ -194,8 +198,8 @@ async def test_an_unwatched_claude_terminal_is_released_and_resumed_on_attach(
             lambda: (s := api.get(base + "sac/api/terminal").json())["released"] and s, 60,
             "the Claude terminal's release",
         )  # fmt: skip
-        assert released["running"] is False and released["releases"] == 1
-        assert released["session_id"] == first["session_id"]
+        assert released["running"] is False and released["releases"] > watched["releases"]
+        assert released["session_id"] == watched["session_id"]
         assert [t["name"] for t in api.get(base + "api/terminals").json()] == ["claude"]
 
         # Attaching (the terminal websocket, as JupyterLab does) starts claude again.
@@ -207,8 +211,8 @@ async def test_an_unwatched_claude_terminal_is_released_and_resumed_on_attach(
         )  # fmt: skip
         resumed = api.get(base + "sac/api/terminal").json()
         assert resumed["running"] is True and resumed["resumed"] is True
-        assert resumed["pid"] != first["pid"]
-        assert resumed["session_id"] == first["session_id"]
+        assert resumed["pid"] != watched["pid"]
+        assert resumed["session_id"] == watched["session_id"]
         again.type("and now banana")
         await again.wait_for(lambda t: "now banana" in t.text(), 20, "the second prompt")
         again.type("\r")
@@ -222,13 +226,13 @@ async def test_an_unwatched_claude_terminal_is_released_and_resumed_on_attach(
         # Every transcript line stored exactly once, across the releases (the second:
         # nobody attached again; claude's last lines as it exits are in the history).
         poll_until(
-            lambda: api.get(base + "sac/api/terminal").json()["releases"] == 2, 60,
-            "the second release",
+            lambda: api.get(base + "sac/api/terminal").json()["releases"] > released["releases"],
+            60, "the second release",
         )  # fmt: skip
         transcripts = "cat $CLAUDE_CONFIG_DIR/projects/*/*.jsonl 2>/dev/null"
         text = await run_in_terminal(idle_stack["url"], client.token, user, "coder", transcripts)
         lines = [json.loads(line) for line in text.splitlines() if line.strip()]
-        assert {e.get("sessionId") for e in lines if e.get("uuid")} == {first["session_id"]}
+        assert {e.get("sessionId") for e in lines if e.get("uuid")} == {watched["session_id"]}
         keys = {(e["sessionId"], e["uuid"]) for e in lines if e.get("uuid")}
 
         def stored_all() -> list | None:

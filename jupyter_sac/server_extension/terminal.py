@@ -70,11 +70,12 @@ class ClaudeTerminal:
         self.releases = 0
         self.released_at: float | None = None
         # The conversation the terminal's claude runs: given at its first start
-        # (--session-id), followed through its hooks (/clear starts a new one), and
-        # resumed (--resume) once claude has written its transcript.
+        # (--session-id), followed through its hooks (/clear starts a new one, see
+        # note_hook), and resumed (--resume) once claude has written its transcript.
         self.session_id: str | None = None
         self.transcript_path: str | None = None
         self.resumed = False
+        self._cleared = False  # /clear ended the session; the next one is the terminal's
         self._lock = asyncio.Lock()
         self._started_term: Any = None
         self._unwatched_since: float | None = None
@@ -121,6 +122,7 @@ class ClaudeTerminal:
         else:
             self.session_id = str(uuid.uuid4())
             self.transcript_path = None
+            self._cleared = False
             session = ["--session-id", self.session_id]
             self.resumed = False
         return {
@@ -143,13 +145,25 @@ class ClaudeTerminal:
             self.on_start(term)
 
     def note_hook(self, hook: dict[str, Any], mode: str) -> None:
-        """A capture hook of some claude: the Claude terminal's (its mode) tells
-        which conversation it now runs and where claude writes it."""
+        """A capture hook of some claude in the terminal's mode: where claude writes
+        the terminal's conversation, and the new one after ``/clear``.
+
+        Only ``/clear`` (SessionEnd, reason ``clear``) moves the terminal to another
+        session: a ``claude -p`` that the terminal's claude runs as a tool inherits
+        its environment, so its hooks come in the same mode, and must not become
+        the conversation resumed after a release."""
         if mode != TERMINAL_MODE:
             return
         session_id, path = hook.get("session_id"), hook.get("transcript_path")
-        if isinstance(session_id, str) and session_id and isinstance(path, str) and path:
+        if not (isinstance(session_id, str) and session_id and isinstance(path, str) and path):
+            return
+        if session_id == self.session_id:
+            self.transcript_path = path
+            if hook.get("hook_event_name") == "SessionEnd" and hook.get("reason") == "clear":
+                self._cleared = True
+        elif self._cleared:
             self.session_id, self.transcript_path = session_id, path
+            self._cleared = False
 
     async def restart(self) -> dict[str, Any]:
         """Stop the process and start a fresh one: a new conversation."""

@@ -156,6 +156,8 @@ class SacTerminalManager(TerminalManager):
         ptywclients.ptyproc.close()
         name = ptywclients.term_name
         released = name == TERMINAL_NAME and self.claude is not None and self.claude.released
+        if released:
+            self._reattach_during_release(ptywclients)
         # A released Claude terminal stays listed (JupyterLab keeps its tab), so that
         # the next websocket to it can start claude again (get_terminal).
         if name is not None and self.terminals.get(name) is ptywclients and not released:
@@ -163,3 +165,18 @@ class SacTerminalManager(TerminalManager):
         self.log.info("Terminal %s closed", name)
         for client in list(ptywclients.clients):
             client.on_pty_died()
+
+    def _reattach_during_release(self, ptywclients: Any) -> None:
+        """Browsers that attached while claude was being released (after the idle
+        check, before it exited) get claude again, resumed, instead of a closed
+        terminal: they move to the new one."""
+        watching = [c for c in ptywclients.clients if getattr(c, "is_browser", True)]
+        if not watching:
+            return
+        ptywclients.clients[:] = [c for c in ptywclients.clients if c not in watching]
+        self.create(name=TERMINAL_NAME)
+        fresh = self.terminals[TERMINAL_NAME]
+        for client in watching:
+            client.terminal = fresh
+            fresh.clients.append(client)
+        fresh.resize_to_smallest()
