@@ -29,9 +29,10 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, HookMatcher
+if TYPE_CHECKING:
+    from claude_agent_sdk import ClaudeSDKClient
 
 # One stream-json line can hold a whole file (a Write's input, an Edit's original).
 MAX_LINE_BYTES = 64 * 1024 * 1024
@@ -97,6 +98,11 @@ class ClaudeProcess:
         subagent_stop: HookCallback,
     ) -> ClaudeProcess:
         """Start the CLI for conversation ``session_id`` (resumed if it exists)."""
+        # Imported at the first chat session, not with the server: the SDK and what
+        # it brings (mcp, pydantic, starlette, …) are ~40 MiB an agent that is only
+        # used from its terminal, or idle, never needs (see load_sdk).
+        from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, HookMatcher
+
         tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         options = ClaudeAgentOptions(
             cli_path=cli,
@@ -167,3 +173,9 @@ class ClaudeProcess:
             "resumed": self.resumed,
             "turns": self.turns,
         }
+
+
+def load_sdk() -> None:
+    """Import claude-agent-sdk (blocking: about a second of CPU on a small machine),
+    so that a chat session about to start does not wait for it."""
+    import claude_agent_sdk  # noqa: F401

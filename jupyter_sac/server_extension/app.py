@@ -43,7 +43,7 @@ from .service_relay import ServiceRelayHandler
 from .skills_handlers import InstalledSkillsHandler, RunHandler, SyncHandler
 from .skills_sync import SkillSync
 from .spool import HistorySpool, HistoryUploader
-from .terminal import TERMINAL_NAME, ClaudeTerminal
+from .terminal import TERMINAL_MODE, TERMINAL_NAME, ClaudeTerminal
 from .terminal_manager import SacTerminalManager
 from .workspace_handlers import PreviewHandler, WorkspaceHandler
 from .workspace_sync import WorkspaceSync
@@ -177,6 +177,19 @@ class SacExtensionApp(ExtensionApp):
         before SIGKILL.""",
     ).tag(config=True)
 
+    terminal_idle_release = Float(
+        600.0,
+        help="""Seconds after which an unwatched Claude terminal has its claude process
+        stopped, to free its memory (a couple of hundred MiB): no browser attached,
+        no output and no HITL request waiting for that long. Claude is stopped as a
+        closed terminal stops it (SIGHUP: it saves the conversation and runs its
+        SessionEnd hook, so the history is complete); the terminal keeps its name,
+        and the next attach (JupyterLab opening it, POST sac/api/terminal, a skill
+        run into it) starts claude again with --resume: the same conversation,
+        redrawn. Text typed into claude's input box but not sent is not kept.
+        0 never releases it.""",
+    ).tag(config=True)
+
     start_terminal = Bool(
         False,
         help="""Start the Claude terminal when the server starts. By default it starts
@@ -281,18 +294,25 @@ class SacExtensionApp(ExtensionApp):
                     # The terminal works without its watcher; HITL from the UI doesn't.
                     self.log.exception("could not watch the Claude terminal for prompts")
 
+        # One capture for the terminal's hooks and the chat sessions: the same
+        # offsets, so a conversation continued in either goes on from one place.
+        capture = TranscriptCapture(
+            spool, state / "transcripts", Path(self.claude_config_dir), uploader.wake
+        )
         binary = claude_binary() or "claude"
         terminal = ClaudeTerminal(
             lambda: self.serverapp.web_app.settings["terminal_manager"],
             argv=[binary, *self.terminal_args],
             cwd=self.workspace,
-            env={"SAC_CLAUDE_MODE": "terminal"},
+            env={"SAC_CLAUDE_MODE": TERMINAL_MODE},
             on_start=watch,
-        )
-        # One capture for the terminal's hooks and the chat sessions: the same
-        # offsets, so a conversation continued in either goes on from one place.
-        capture = TranscriptCapture(
-            spool, state / "transcripts", Path(self.claude_config_dir), uploader.wake
+            idle_release=self.terminal_idle_release,
+            # A request waiting for a human (the menu on screen) keeps claude up.
+            busy=lambda: (
+                bool(bridge.pending)
+                or (bridge.watcher is not None and bridge.watcher.current is not None)
+            ),
+            capture=capture,
         )
         self.settings.update(
             {
@@ -365,6 +385,8 @@ class SacExtensionApp(ExtensionApp):
             # A terminal made by name "claude" (JupyterLab restoring its layout)
             # is the Claude terminal, not a shell under its name.
             manager.claude = self.settings["sac_claude_terminal"]
+            # Releasing needs the manager's help (the name kept, the next attach).
+            self.settings["sac_claude_terminal"].start_idle_release()
         if self.start_terminal:
             try:
                 await self.settings["sac_claude_terminal"].ensure()
@@ -372,6 +394,9 @@ class SacExtensionApp(ExtensionApp):
                 self.log.exception("could not start the Claude terminal")
 
     async def stop_extension(self) -> None:
+        terminal = self.settings.get("sac_claude_terminal")
+        if terminal is not None:
+            await terminal.stop_idle_release()
         chat = self.settings.get("sac_chat")
         if chat is not None:
             await chat.stop()

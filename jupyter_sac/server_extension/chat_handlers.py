@@ -18,6 +18,7 @@ from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web, websocket
 
 from ..errors import ApiError
+from ..runtimes.claude_session import load_sdk
 from .base import TERMINALS_RESOURCE, JsonErrors, SacHandler
 from .chat import ChatManager, Subscription, validate_session_id
 
@@ -110,6 +111,7 @@ class ChatEventsSocket(JsonErrors, WebSocketMixin, websocket.WebSocketHandler, J
 
     def open(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         super().open(*args, **kwargs)  # WebSocketMixin: keep-alive pings
+        _load_sdk_soon()
         chat: ChatManager = self.settings["sac_chat"]
         backlog, self._sub = chat.subscribe(self._session, self._since, self._overflow)
         self._pump = asyncio.create_task(self._send(backlog, self._sub))
@@ -135,3 +137,15 @@ class ChatEventsSocket(JsonErrors, WebSocketMixin, websocket.WebSocketHandler, J
             self.settings["sac_chat"].unsubscribe(self._sub)
         if self._pump is not None:
             self._pump.cancel()
+
+
+_sdk_loading: asyncio.Future[None] | None = None
+
+
+def _load_sdk_soon() -> None:
+    """A chat panel opened (its events websocket): import the SDK in a thread now,
+    while a person types, rather than in their first turn (the server does not
+    import it at start, to stay small while idle)."""
+    global _sdk_loading
+    if _sdk_loading is None:
+        _sdk_loading = asyncio.get_running_loop().run_in_executor(None, load_sdk)

@@ -158,8 +158,12 @@ class TranscriptHookHandler(HookHandler):
     from their last offset into the spool before the hook is answered."""
 
     async def post(self) -> None:
+        hook = self.body()
+        mode = self.request.headers.get(MODE_HEADER) or ""
+        # The Claude terminal follows its conversation (to resume it after a release).
+        self.settings["sac_claude_terminal"].note_hook(hook, mode)
         try:
-            await self.settings["sac_transcript_capture"].capture_hook(self.body())
+            await self.settings["sac_transcript_capture"].capture_hook(hook)
         except ValueError as e:
             raise web.HTTPError(400, str(e)) from None
         except OSError as e:

@@ -10,7 +10,9 @@ is read, so typing latency does not change.
 
 The scrollback kept for reconnecting clients is bounded by size rather than by
 read count. And the terminal named ``claude`` is always the agent's Claude
-terminal, whoever asks for it (see ``SacTerminalManager.create``). Enabled for
+terminal, whoever asks for it (see ``SacTerminalManager.create``); released when
+idle, it stays listed under its name and its next websocket starts claude again
+(see ``terminal.ClaudeTerminal``). Enabled for
 every sandbox by the spawner (``--TerminalsExtensionApp.terminal_manager_class``).
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from typing import Any
 
 from jupyter_server_terminals.terminalmanager import TerminalManager
@@ -115,6 +118,15 @@ class SacTerminalManager(TerminalManager):
         self.claude.started(self.terminals[TERMINAL_NAME])
         return model
 
+    def get_terminal(self, term_name: str) -> Any:
+        # A websocket attaching to the released Claude terminal starts claude again
+        # (resuming its conversation) before it is handed the terminal.
+        if term_name == TERMINAL_NAME and self.claude is not None and self.claude.released:
+            held = self.terminals.get(TERMINAL_NAME)
+            if held is None or not held.ptyproc.isalive():
+                self.create(name=TERMINAL_NAME)
+        return super().get_terminal(term_name)
+
     def start_reading(self, ptywclients: Any) -> None:
         fd = ptywclients.ptyproc.fd
         self.ptys_by_fd[fd] = ptywclients
@@ -123,6 +135,7 @@ class SacTerminalManager(TerminalManager):
 
     def dispatch(self, ptywclients: Any, text: str) -> None:
         self.pre_pty_read_hook(ptywclients)  # last activity, for the culler
+        ptywclients._sac_last_output = time.monotonic()  # the Claude terminal's idle release
         # The scrollback's size is kept as a running count: this runs for every
         # keystroke echo, and terminado's buffer holds up to 1,000 reads.
         buffer = ptywclients.read_buffer
@@ -142,8 +155,28 @@ class SacTerminalManager(TerminalManager):
         self.ptys_by_fd.pop(ptywclients.ptyproc.fd, None)
         ptywclients.ptyproc.close()
         name = ptywclients.term_name
-        if name is not None and self.terminals.get(name) is ptywclients:
+        released = name == TERMINAL_NAME and self.claude is not None and self.claude.released
+        if released:
+            self._reattach_during_release(ptywclients)
+        # A released Claude terminal stays listed (JupyterLab keeps its tab), so that
+        # the next websocket to it can start claude again (get_terminal).
+        if name is not None and self.terminals.get(name) is ptywclients and not released:
             del self.terminals[name]
         self.log.info("Terminal %s closed", name)
         for client in list(ptywclients.clients):
             client.on_pty_died()
+
+    def _reattach_during_release(self, ptywclients: Any) -> None:
+        """Browsers that attached while claude was being released (after the idle
+        check, before it exited) get claude again, resumed, instead of a closed
+        terminal: they move to the new one."""
+        watching = [c for c in ptywclients.clients if getattr(c, "is_browser", True)]
+        if not watching:
+            return
+        ptywclients.clients[:] = [c for c in ptywclients.clients if c not in watching]
+        self.create(name=TERMINAL_NAME)
+        fresh = self.terminals[TERMINAL_NAME]
+        for client in watching:
+            client.terminal = fresh
+            fresh.clients.append(client)
+        fresh.resize_to_smallest()
