@@ -29,7 +29,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,13 +114,39 @@ async def splice(
         up_writer.close()
 
 
+# A unix socket's address holds at most 107 bytes of path.
+UNIX_PATH_MAX = 107
+
+
+@contextlib.contextmanager
+def unix_address(path: Path) -> Iterator[str]:
+    """An address for the socket at ``path`` that fits a unix socket address: the
+    path itself, or, for a longer one (a data dir deep in the file system), the
+    same file through an open handle on its directory (``/proc/self/fd/N/name``),
+    valid while the block runs."""
+    if len(os.fsencode(str(path))) <= UNIX_PATH_MAX:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
+async def open_unix(path: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    with unix_address(path) as address:
+        return await asyncio.open_unix_connection(address)
+
+
 def listening_unix_socket(path: Path, mode: int = 0o666) -> socket.socket:
     """A listening unix socket at ``path`` (replacing a stale one), connectable by
     the sandbox's unprivileged user."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(str(path))
+    with unix_address(path) as address:
+        sock.bind(address)
     os.chmod(path, mode)
     sock.listen(128)
     return sock
@@ -141,11 +167,9 @@ class HostRelays:
     async def serve_inbound(self, host: str, port: int) -> None:
         """The agent's server as the proxy reaches it: ``host:port`` here, relayed
         into the sandbox through its server socket."""
-        path = str(self.net_dir / SERVER_SOCKET)
+        path = self.net_dir / SERVER_SOCKET
         server = await asyncio.start_server(
-            lambda r, w: splice(
-                r, w, lambda: asyncio.open_unix_connection(path), self.traffic, into_sandbox=True
-            ),
+            lambda r, w: splice(r, w, lambda: open_unix(path), self.traffic, into_sandbox=True),
             host,
             port,
             reuse_address=True,
