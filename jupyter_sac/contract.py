@@ -190,6 +190,17 @@ class Contract:
         # One Operation per (path, method), so its validators are compiled once, not
         # for every request that asks.
         self._operations: dict[tuple[str, str], Operation] = {}
+        self._schemas: dict[str, Draft202012Validator] = {}
+
+    def check(self, schema: str, value: Any, within: str = "") -> None:
+        """Refuse ``value`` unless it is a valid ``components/schemas/<schema>``, in
+        the house shape (ApiError 400 naming the field): how an operation checks
+        what reaches it by another way than the API (an admin page's form), with
+        the rules the API document says, not a second copy of them."""
+        if schema not in self._schemas:
+            ref = {"$ref": f"#/components/schemas/{schema}"}
+            self._schemas[schema] = _validator(ref, self.document)
+        _raise_first(self._schemas[schema], value, within)
 
     @classmethod
     def load(cls, path: Path, filled: Mapping[str, Mapping[str, Any]] | None = None) -> Contract:

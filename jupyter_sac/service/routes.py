@@ -7,7 +7,7 @@ from __future__ import annotations
 
 # A JupyterHub user name: anything but a slash (the hub allows more than we check).
 USER = r"([^/]+)"
-# An agent's slug (a JupyterHub safe server name; validation.valid_slug is the rule).
+# An agent's slug (a JupyterHub safe server name; the Slug schema of openapi.yaml is the rule).
 SLUG = r"([a-z0-9-]+)"
 # A provider preset's name (providers.PRESETS).
 PROVIDER = r"([a-z0-9-]+)"

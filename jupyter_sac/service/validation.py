@@ -1,4 +1,8 @@
-"""Validation of agent requests (pure functions; raise ApiError with a field name)."""
+"""Validation the API document cannot say (pure functions; raise ApiError with a
+field name): text normalised before it is stored, rules that depend on who asks
+or on what is stored (allowed providers, limits), cursors and ids. What a request
+may hold is the document's (service/openapi.yaml), checked by jupyter_sac.contract
+for the API and by ``CONTRACT.check`` in the operations for forms."""
 
 from __future__ import annotations
 
@@ -9,32 +13,9 @@ import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
-from jupyterhub.slugs import is_valid_safe_slug
-
 from ..errors import ApiError
 from ..rules import settings as sac_settings
 from ..rules.providers import PRESETS, ProviderError, validate_base_url
-
-CREATE_FIELDS = {
-    "slug",
-    "display_name",
-    "provider",
-    "model",
-    "base_url",
-    "api_key",
-    "overrides",
-    "user",
-    "drive_agents",
-}
-UPDATE_FIELDS = {
-    "display_name",
-    "provider",
-    "model",
-    "base_url",
-    "api_key",
-    "overrides",
-    "drive_agents",
-}
 
 
 def without_nul(value: Any) -> Any:
@@ -120,21 +101,10 @@ def check_fields(body: Mapping[str, Any], allowed: set[str]) -> None:
         raise bad(unknown[0], f"unknown field; allowed: {sorted(allowed)}", "unknown_field")
 
 
-def valid_slug(value: Any) -> str:
-    """Agent slugs are JupyterHub 6 safe server names (a letter first, 1-30 of a-z0-9-)."""
-    if not isinstance(value, str):
-        raise bad("slug", "expected a string", "invalid_slug")
-    if not is_valid_safe_slug(value):
-        raise bad(
-            "slug",
-            "use 1-30 lowercase letters, digits and single hyphens, starting with a letter"
-            " and ending with a letter or digit",
-            "invalid_slug",
-        )
-    return value
-
-
 def _text(field: str, value: Any, max_len: int) -> str:
+    """What the schema cannot say of a text it let through: it is stored NFC and
+    stripped, so the length is checked again on that, and no control, format or
+    unassigned character may be in it."""
     if not isinstance(value, str):
         raise bad(field, "expected a string")
     value = unicodedata.normalize("NFC", value).strip()
@@ -150,30 +120,11 @@ def valid_display_name(value: Any) -> str:
 
 
 def valid_model(value: Any) -> str:
-    value = _text("model", value, 200)
-    if any(ch.isspace() for ch in value):
-        raise bad("model", "must not contain spaces")
-    return value
-
-
-# Provider keys, an agent's own or an organisation's: 8-1000 printable ASCII characters
-# without spaces (what providers' keys are made of; long enough for a gateway's token).
-API_KEY_LENGTH = (8, 1000)
-
-
-def valid_api_key(value: Any) -> str:
-    """A provider key (an agent's own or an organisation key): the one rule for both."""
-    low, high = API_KEY_LENGTH
-    if not isinstance(value, str) or not low <= len(value) <= high:
-        raise bad("api_key", f"expected a key of {low}-{high} characters")
-    if not value.isascii() or not value.isprintable() or any(ch.isspace() for ch in value):
-        raise bad("api_key", "expected printable ASCII without spaces")
-    return value
+    return _text("model", value, 200)
 
 
 def valid_provider(value: Any, allowed: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in PRESETS:
-        raise bad("provider", f"unknown provider; known: {list(PRESETS)}", "unknown_provider")
+    """A provider the owner may use (the document's enum said it is one at all)."""
     if value not in allowed:
         raise ApiError(
             403,
@@ -220,7 +171,11 @@ def valid_base_url(value: Any) -> str:
 def agent_fields(
     body: Mapping[str, Any], ceiling: Mapping[str, Any], *, current: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Validated column values for a create (current None) or an update.
+    """Column values for a create (current None) or an update whose body passed
+    the API document's AgentCreate or AgentUpdate (types, lengths, the key's
+    characters, the slug): here only what depends on the owner and the agent as
+    it is (allowed providers, the default provider's base_url, the overrides
+    within the owner's limits) and the text the document cannot normalise.
 
     ``api_key`` stays plaintext here; the handler encrypts it. ``api_key: null`` on
     update means "forget the agent's own key and use the organisation key".
@@ -251,12 +206,10 @@ def agent_fields(
         if current is not None and current.get("base_url"):
             out["base_url"] = None
     if "api_key" in body:
-        out["api_key"] = None if body["api_key"] is None else valid_api_key(body["api_key"])
+        out["api_key"] = body["api_key"]
     if "overrides" in body:
         out["overrides"] = valid_overrides(body["overrides"], ceiling)
     if "drive_agents" in body:
-        if not isinstance(body["drive_agents"], bool):
-            raise bad("drive_agents", "expected true or false")
         out["drive_agents"] = body["drive_agents"]
     return out
 

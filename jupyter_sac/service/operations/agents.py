@@ -13,7 +13,8 @@ from ...rules.budgets import budgets
 from ...rules.urls import PublicUrls
 from ...store import AgentExistsError, AgentLimitError, AgentRecord, SandboxUsage
 from ..hub import HubError
-from ..validation import CREATE_FIELDS, UPDATE_FIELDS, agent_fields, check_fields, valid_slug
+from ..openapi import CONTRACT
+from ..validation import agent_fields
 from .access import authorize_user, get_agent, require_person
 from .context import Actor, ServiceContext, audit
 from .settings import effective_settings_for_agent, settings_for_user, user_settings
@@ -134,12 +135,11 @@ async def create_agent(
     if not isinstance(owner, str):
         raise ApiError(400, "invalid_field", "user: expected a user name", field="user")
     authorize_user(actor, owner, "create agents", driver_may=True)
-    check_fields(body, CREATE_FIELDS)
+    # The API's own rules for the body, whether it came through the API or a form.
+    CONTRACT.check("AgentCreate", body)
     if owner != actor.name and await ctx.hub.get_user(owner) is None:
         raise ApiError(404, "not_found", f"no such user {owner!r}")
-    if "slug" not in body:
-        raise ApiError(400, "missing_field", "slug: required", field="slug")
-    slug = valid_slug(body["slug"])
+    slug = str(body["slug"])
     ceiling = await settings_for_user(ctx, owner)
     fields = agent_fields(body, ceiling)
     if fields.get("drive_agents"):
@@ -186,7 +186,7 @@ async def update_agent(
 ) -> AgentRecord:
     """Change an agent from an API body (persons and administrators)."""
     agent = await get_agent(ctx, actor, owner, slug, "change an agent")
-    check_fields(body, UPDATE_FIELDS)
+    CONTRACT.check("AgentUpdate", body)
     ceiling = await settings_for_user(ctx, owner)
     current = {"provider": agent.provider, "base_url": agent.base_url}
     changes = agent_fields(body, ceiling, current=current)

@@ -10,7 +10,7 @@ from typing import Any
 
 from ...errors import ApiError
 from ...rules.providers import PRESETS
-from ..validation import valid_api_key
+from ..openapi import CONTRACT
 from .access import require_admin
 from .context import Actor, ServiceContext, audit
 
@@ -48,7 +48,8 @@ async def set_org_key(ctx: ServiceContext, actor: Actor, provider: str, value: A
     """Set ``provider``'s organisation key (administrators; audited, never its value)."""
     ident = require_admin(ctx, actor)
     valid_provider(provider)
-    key = valid_api_key(value)
+    CONTRACT.check("ApiKey", value, within="api_key")
+    key = str(value)
     async with ctx.store.transaction() as conn:
         before = await ctx.store.org_keys.put(
             provider, ctx.keybox.encrypt(key), key_hint(key), ident.name, conn=conn
