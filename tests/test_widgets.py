@@ -276,7 +276,8 @@ def test_agent_chat_streams_text_tools_todos_and_cost(
         assert "[tool] Bash: echo from-widget" in console and "VBox" not in console
 
         # Cancel stops a running turn.
-        script_model(fake, bash("sleep 600", "Waiting."))
+        # Not a standalone sleep: Claude Code refuses those under the SDK.
+        script_model(fake, bash("echo waiting; sleep 600", "Waiting."))
         count = len(k.value("chat.items"))
         k.run("chat.prompt.value = 'wait'\nchat.send_button.click()")
         k.until(
@@ -286,7 +287,7 @@ def test_agent_chat_streams_text_tools_todos_and_cost(
         k.run("chat.cancel_button.click()")
         k.until("not chat.running", "the cancelled turn to end")
         kinds = k.value(f"[i.kind for i in chat.items[{count}:]]")
-        assert "cancelled" in kinds, kinds
+        assert "cancelled" in kinds, k.value(f"[[i.kind, i.text] for i in chat.items[{count}:]]")
 
         # A new conversation, and a failure shown as the service's message.
         k.run("chat.new_button.click()")
