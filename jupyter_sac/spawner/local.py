@@ -31,6 +31,7 @@ from ..store import SandboxUsage
 from .limits import AppliedLimits, apply_limits, read_usage, release
 from .mixin import AgentContext, AgentSpawnerMixin, AgentSpawnError, locked_jupyter_env
 from .netrelay import EGRESS_PORT, HostRelays, egress_env
+from .phases import SpawnPhases
 from .sandbox import (
     SANDBOX_HOME,
     SANDBOX_WORKSPACE,
@@ -407,7 +408,7 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
 
     async def start(self) -> tuple[str, int]:
         self.reset_progress()
-        started = time.monotonic()
+        phases = SpawnPhases()
         self.report("Preparing agent", 0)
         mode = self.confinement()
         ctx = await self.prepare_agent()
@@ -417,6 +418,7 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         )
         layout = self.agent_layout(ctx.agent.id, ctx.agent.slug)
         await self._check_disk(ctx, layout)
+        phases.mark("prepare")
         isolated = mode == "bubblewrap" and self.isolate_network
         reserved = {EGRESS_PORT, *(port for _, port in self.endpoints())}
         if self.port == 0 or (isolated and self.port in reserved):
@@ -478,10 +480,13 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
 
         if not await sandbox.wait_ready(self.start_timeout):
             raise AgentSpawnError(f"The sandbox exited while starting (code {sandbox.proc.poll()})")
+        phases.mark("sandbox")
         self._limits = self._apply_limits(ctx, sandbox)
+        phases.mark("limits")
         net = None
         if isolated:
             net = await self._serve_relays(ctx, sandbox)
+        phases.mark("relays")
         try:
             sandbox.assign(env, argv, workspace, net)
         except OSError:
@@ -490,7 +495,9 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
             ) from None
         self.report("Starting JupyterLab in the sandbox", 60)
         await self._wait_listening(sandbox)
-        self.report(f"Agent ready in {time.monotonic() - started:.1f} s", 95)
+        phases.mark("server")
+        self.report(f"Agent ready in {phases.elapsed():.1f} s", 95)
+        self.log.info(phases.log_line(self._log_name))
         self._sampler = asyncio.create_task(self._sample_usage(ctx, sandbox))
         if pool is not None:
             # Refill only now: a new spare's imports would otherwise compete for CPU.
