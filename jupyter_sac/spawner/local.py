@@ -166,7 +166,7 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
     ).tag(config=True)
 
     warm_sandboxes_max = Integer(
-        4,
+        5,
         help="""The most spares the warm pool keeps when agents start at the same moment:
         after N starts at once it keeps N spares (at most this many, at least
         warm_sandboxes) for warm_demand_window seconds, so the next such burst finds a
