@@ -176,6 +176,11 @@ def burst(client: httpx.Client, stack: RunningStack, size: int, tag: str) -> lis
     assert len(results) == size, "an agent of the burst did not start"
     times = sorted(results[s].seconds for s in slugs)
     print("  " + ", ".join(f"{t:.2f} s" for t in times), flush=True)
+    read_spawner_phases(stack, list(results.values()))
+    slowest = max(results.values(), key=lambda run: run.seconds)
+    if slowest.spawner:
+        steps = ", ".join(f"{k} {1000 * v:.0f}" for k, v in slowest.phases().items())
+        print(f"  the slowest, in ms: {steps}", flush=True)
     delete_agents(client, stack, slugs)
     return times
 
@@ -238,13 +243,17 @@ def main() -> None:
     )
     parser.add_argument("--burst", type=int, default=5, help="agents created at once (0: none)")
     parser.add_argument(
+        "--stock-runs", type=int, default=None, help="stock servers to time (default: --runs)"
+    )
+    parser.add_argument(
         "--settle", type=float, default=5.0, help="seconds for new spares' imports to finish"
     )
     args = parser.parse_args()
     print(f"LocalAgentSpawner: {args.runs} new agents (create -> ready)")
     ours, first, grown = bench_agents(args.runs, args.interval, args.burst, args.settle)
-    print(f"SimpleLocalProcessSpawner (stock): {args.runs} named servers (start -> ready)")
-    stock = bench_stock(args.runs, args.interval)
+    stock_runs = args.runs if args.stock_runs is None else args.stock_runs
+    print(f"SimpleLocalProcessSpawner (stock): {stock_runs} named servers (start -> ready)")
+    stock = bench_stock(stock_runs, args.interval) if stock_runs else [float("nan")]
     times = [run.seconds for run in ours]
     m_ours, m_stock = statistics.median(times), statistics.median(stock)
     print(
