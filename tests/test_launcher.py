@@ -52,3 +52,20 @@ def test_a_server_start_after_the_launcher_imports_no_heavy_module(tmp_path: Pat
     heavy = ("IPython", "jupyter_server", "jupyterlab", "httpcore", "h11", "notebook_shim")
     late = [name for name in imported if name.split(".")[0] in heavy]
     assert late == [], f"imported after the assignment: {late}"
+
+
+def test_the_hub_finds_the_pinned_claude_without_importing_its_sdk() -> None:
+    """The spawner looks the CLI up at every start: importing claude-agent-sdk for
+    that cost the hub's first start about a second on its event loop."""
+    script = (
+        "import json, sys\n"
+        "import jupyter_sac.spawner.local\n"
+        "from jupyter_sac.runtimes.claude import claude_binary\n"
+        "print(json.dumps([claude_binary(), 'claude_agent_sdk' in sys.modules]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    binary, imported = json.loads(out.stdout.strip().splitlines()[-1])
+    assert binary.endswith("/_bundled/claude"), binary
+    assert imported is False

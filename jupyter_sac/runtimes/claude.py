@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import shutil
 from pathlib import Path
 
 
 def claude_binary() -> str | None:
-    """The pinned CLI bundled in the claude-agent-sdk wheel, else `claude` on PATH."""
-    try:
-        import claude_agent_sdk
+    """The pinned CLI bundled in the claude-agent-sdk wheel, else `claude` on PATH.
 
-        bundled = Path(claude_agent_sdk.__file__).parent / "_bundled" / "claude"
+    Found without importing the package (its imports take about a second of CPU,
+    which the hub's first agent start paid on its event loop)."""
+    spec = importlib.util.find_spec("claude_agent_sdk")
+    if spec is not None and spec.origin:
+        bundled = Path(spec.origin).parent / "_bundled" / "claude"
         if bundled.is_file():
             return str(bundled)
-    except ImportError:
-        pass
     return shutil.which("claude")
 
 
