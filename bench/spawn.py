@@ -6,8 +6,9 @@ Each run creates a new agent (a new agent, a new sandbox) and times until its
 server answers through the proxy; the stock spawner is timed from its start
 request to the same point. Both stacks are started with `sac up` on free ports.
 Runs are --interval seconds apart (a modelled arrival rate: users create agents
-minutes apart), which is what the warm pool is sized for; the first run comes as
-soon as the pool's first spare is ready.
+minutes apart), which is what the warm pool is sized for; each run also waits
+until the pool's spare has done its imports (on a busy machine they can take
+longer than the interval), so the runs time warm starts.
 
 Each of our runs is split into phases: the service's create request, the hub's
 steps before the spawner's start (its bookkeeping, the server's token), the
@@ -27,6 +28,8 @@ Prints medians, their ratio, and FIGURE lines.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import statistics
 import sys
 import tempfile
@@ -41,6 +44,7 @@ import httpx
 
 from jupyter_sac.localhost import resolve_localhost
 from jupyter_sac.spawner.phases import parse_log_line
+from jupyter_sac.spawner.sandbox import descendants
 from sac_testing.stack import RunningStack, embedded_stack, poll_until
 
 # The stack serves the hub, the service and each user on *.localhost hosts.
@@ -185,31 +189,59 @@ def burst(client: httpx.Client, stack: RunningStack, size: int, tag: str) -> lis
     return times
 
 
-def wait_for_spares(stack: RunningStack, count: int, settle: float) -> None:
-    """Until the pool holds ``count`` spares, then ``settle`` s for their imports."""
+def cpu_ticks(pid: int) -> int:
+    """CPU time (clock ticks) used so far by ``pid`` and its descendants."""
+    total = 0
+    for each in [pid, *descendants(pid)]:
+        try:
+            with open(f"/proc/{each}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def wait_for_spares(stack: RunningStack, count: int, quiet: float = 1.0) -> None:
+    """Until the pool holds ``count`` spares whose imports are done: their processes
+    (named by each spare's pid file) used no CPU for ``quiet`` seconds."""
     poll_until(lambda: spares(stack) >= count, 120, f"{count} spares", interval=0.2)
-    time.sleep(settle)
+    pids = []
+    for root in (stack.data_dir / "sandboxes").iterdir():
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            pids.append(int(json.loads((root / "sandbox.json").read_text())["pid"]))
+    before = [-1] * len(pids)
+
+    def settled() -> bool:
+        now = [cpu_ticks(pid) for pid in pids]
+        done = now == before
+        before[:] = now
+        return done
+
+    poll_until(settled, 180, "the spares' imports", interval=quiet)
 
 
 def bench_agents(
-    runs: int, interval: float, burst_size: int, settle: float
+    runs: int, interval: float, burst_size: int
 ) -> tuple[list[AgentStart], list[float], list[float]]:
     starts = []
     with stack_client(AGENTS_CONFIG.format(burst=burst_size)) as (client, stack):
-        wait_for_spares(stack, 1, settle)
+        wait_for_spares(stack, 1)
         for i in range(runs):
             run = create_and_start(client, stack, f"bench{i}")
             starts.append(run)
             print(f"  sac agent {i + 1}/{runs}: {run.seconds:.2f} s", flush=True)
             delete_agents(client, stack, [run.slug])
             time.sleep(interval)
+            # On a busy machine a spare's imports can outlast the interval.
+            wait_for_spares(stack, 1)
         read_spawner_phases(stack, starts)
         first: list[float] = []
         grown: list[float] = []
         if burst_size:
             print(f"{burst_size} agents at once, the pool at its resting size:")
             first = burst(client, stack, burst_size, "first")
-            wait_for_spares(stack, burst_size, settle)
+            wait_for_spares(stack, burst_size)
             print(f"{burst_size} agents at once, the pool grown to the demand it saw:")
             grown = burst(client, stack, burst_size, "grown")
     return starts, first, grown
@@ -245,12 +277,9 @@ def main() -> None:
     parser.add_argument(
         "--stock-runs", type=int, default=None, help="stock servers to time (default: --runs)"
     )
-    parser.add_argument(
-        "--settle", type=float, default=5.0, help="seconds for new spares' imports to finish"
-    )
     args = parser.parse_args()
     print(f"LocalAgentSpawner: {args.runs} new agents (create -> ready)")
-    ours, first, grown = bench_agents(args.runs, args.interval, args.burst, args.settle)
+    ours, first, grown = bench_agents(args.runs, args.interval, args.burst)
     stock_runs = args.runs if args.stock_runs is None else args.stock_runs
     print(f"SimpleLocalProcessSpawner (stock): {stock_runs} named servers (start -> ready)")
     stock = bench_stock(stock_runs, args.interval) if stock_runs else [float("nan")]
