@@ -13,6 +13,7 @@ from typing import Any
 
 import nativeauthenticator
 
+from .hub_db import hub_db_kwargs
 from .rules.urls import PublicUrls
 from .service.forwarded import PRIVATE_NETWORKS
 from .service.principals import DRIVE_SCOPE, SAC_SCOPES, USER_SCOPE
@@ -191,7 +192,10 @@ def configure(c: Any, config_file: str) -> None:
         print(SHARED_ORIGIN_WARNING, file=sys.stderr, flush=True)
     public = public_urls(c)
     c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{env('SAC_HUB_API_PORT', '8081')}"
-    c.JupyterHub.db_url = "sqlite:///" + os.path.join(data_dir, "jupyterhub.sqlite")
+    hub_db = os.path.join(data_dir, "jupyterhub.sqlite")
+    c.JupyterHub.db_url = "sqlite:///" + hub_db
+    # Write-ahead log: a commit (several per agent start) waits for no disk.
+    c.JupyterHub.db_kwargs = hub_db_kwargs(hub_db)
     c.JupyterHub.cookie_secret_file = os.path.join(data_dir, "jupyterhub_cookie_secret")
     # Agents outlive a hub restart (an upgrade, `sac up` stopped and started again):
     # the restarted hub re-attaches to their sandboxes (LocalAgentSpawner.poll).

@@ -29,6 +29,8 @@ def test_jupyterlab_extensions_come_only_from_the_installation() -> None:
     # The plain form: ['…'] would be read as one path string and load nothing.
     assert f"--LabApp.labextensions_path={sys.prefix}/share/jupyter/labextensions" in args
     assert "--LabApp.extra_labextensions_path=[]" in args
+    # Nothing can be installed there, so no PyPI extension manager to set up at start.
+    assert "--LabApp.extension_manager=readonly" in args
     env = locked_jupyter_env("/usr/local", "/home/sac")
     assert env["JUPYTER_DATA_DIR"] == "/usr/local/share/jupyter"
     assert env["JUPYTER_CONFIG_DIR"] == "/usr/local/etc/jupyter-sac/sandbox"

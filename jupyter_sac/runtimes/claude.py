@@ -9,8 +9,11 @@ from pathlib import Path
 
 
 def claude_binary() -> str | None:
-    """The pinned CLI bundled in the claude-agent-sdk wheel, else `claude` on PATH."""
-    # Found without importing the SDK (tens of MiB the server only needs for chat).
+    """The pinned CLI bundled in the claude-agent-sdk wheel, else `claude` on PATH.
+
+    Found without importing the package (its imports take about a second of CPU,
+    which the hub's first agent start paid on its event loop; the server needs it
+    only for chat)."""
     spec = importlib.util.find_spec("claude_agent_sdk")
     if spec is not None and spec.origin:
         bundled = Path(spec.origin).parent / "_bundled" / "claude"

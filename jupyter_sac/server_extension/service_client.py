@@ -5,6 +5,8 @@ without it for the object store."""
 from __future__ import annotations
 
 import base64
+import os
+import ssl
 from typing import Any
 
 import httpx
@@ -20,6 +22,21 @@ class ServiceError(Exception):
     pass
 
 
+_tls_contexts: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
+
+
+def tls_context() -> ssl.SSLContext:
+    """One TLS context per process for the CA settings in the environment
+    (``SSL_CERT_FILE``, ``SSL_CERT_DIR``), as httpx would make it: loading the CA
+    bundle takes tens of milliseconds a time, and a pre-imported sandbox makes it
+    before it knows its agent (launcher.py)."""
+    key = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    context = _tls_contexts.get(key)
+    if context is None:
+        context = _tls_contexts[key] = httpx.create_ssl_context()
+    return context
+
+
 class ServiceClient:
     """The sandbox's view of the `sac` service, authenticated by its agent token.
 
@@ -32,13 +49,14 @@ class ServiceClient:
         self.base = base_url.rstrip("/") + "/api/"
         # Without both there is nothing to talk to (a server outside a spawner).
         self.configured = self.base.startswith("http") and bool(token)
+        tls = tls_context()
         self.client = httpx.AsyncClient(
-            timeout=SERVICE_TIMEOUT, headers={"Authorization": f"Bearer {token}"}
+            timeout=SERVICE_TIMEOUT, headers={"Authorization": f"Bearer {token}"}, verify=tls
         )
         # Downloads from the object store, by the presigned URLs the service hands
         # out (skill bundles, workspace files): they carry their own signature, and
         # the agent's token must never reach the object store, so no credentials here.
-        self.plain = httpx.AsyncClient(timeout=TRANSFER_TIMEOUT)
+        self.plain = httpx.AsyncClient(timeout=TRANSFER_TIMEOUT, verify=tls)
 
     async def _call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
         try:

@@ -31,6 +31,7 @@ from ..store import SandboxUsage
 from .limits import AppliedLimits, apply_limits, read_usage, release
 from .mixin import AgentContext, AgentSpawnerMixin, AgentSpawnError, locked_jupyter_env
 from .netrelay import EGRESS_PORT, HostRelays, egress_env
+from .phases import SpawnPhases
 from .sandbox import (
     SANDBOX_HOME,
     SANDBOX_WORKSPACE,
@@ -160,7 +161,22 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
     warm_sandboxes = Integer(
         1,
         help="""Pre-started sandboxes kept waiting with the single-user server's modules
-        imported, so an agent starts in about a second. 0 disables the pool.""",
+        imported, so an agent starts in well under a second. 0 disables the pool.
+        This is the pool's resting size; it grows to demand up to warm_sandboxes_max.""",
+    ).tag(config=True)
+
+    warm_sandboxes_max = Integer(
+        5,
+        help="""The most spares the warm pool keeps when agents start at the same moment:
+        after N starts at once it keeps N spares (at most this many, at least
+        warm_sandboxes) for warm_demand_window seconds, so the next such burst finds a
+        warm sandbox for each. Each spare holds about 130 MiB.""",
+    ).tag(config=True)
+
+    warm_demand_window = Float(
+        600.0,
+        help="""Seconds the warm pool remembers a burst of starts (see warm_sandboxes_max)
+        before it shrinks back to warm_sandboxes.""",
     ).tag(config=True)
 
     enforce_limits = Bool(
@@ -191,7 +207,7 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
     ).tag(config=True)
 
     ready_poll_interval = Float(
-        0.05, help="Seconds between checks that a starting sandbox listens on its port."
+        0.02, help="Seconds between checks that a starting sandbox listens on its port."
     ).tag(config=True)
 
     @default("cmd")
@@ -308,6 +324,8 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
             tuple(self.hidden_paths),
             tuple(self.readonly_paths),
             self.warm_sandboxes,
+            self.warm_sandboxes_max,
+            self.warm_demand_window,
             self.proxy_ip,
             self.machine_uid(),
             self.isolate_network,
@@ -316,7 +334,12 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         if pool is None:
             recover_layouts(self.spares_dir)
             pool = WarmPool(
-                self.spares_dir, self.warm_sandboxes, self._bwrap_argv, self.machine_uid()
+                self.spares_dir,
+                self.warm_sandboxes,
+                self._bwrap_argv,
+                self.machine_uid(),
+                ceiling=self.warm_sandboxes_max,
+                demand_window=self.warm_demand_window,
             )
             _pools[key] = pool
             pool.fill()
@@ -407,9 +430,23 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
 
     async def start(self) -> tuple[str, int]:
         self.reset_progress()
-        started = time.monotonic()
+        phases = SpawnPhases()
         self.report("Preparing agent", 0)
         mode = self.confinement()
+        pool = self._pool() if mode == "bubblewrap" else None
+        if pool is None:
+            return await self._start(mode, None, phases)
+        # The pool counts the starts in progress: how many at once is the demand it
+        # grows to, and it is topped up only when none is left.
+        pool.start_began()
+        try:
+            return await self._start(mode, pool, phases)
+        finally:
+            pool.start_ended()
+
+    async def _start(
+        self, mode: str, pool: WarmPool | None, phases: SpawnPhases
+    ) -> tuple[str, int]:
         ctx = await self.prepare_agent()
         self._sac_agent_id = ctx.agent.id
         self.report(
@@ -417,6 +454,7 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         )
         layout = self.agent_layout(ctx.agent.id, ctx.agent.slug)
         await self._check_disk(ctx, layout)
+        phases.mark("prepare")
         isolated = mode == "bubblewrap" and self.isolate_network
         reserved = {EGRESS_PORT, *(port for _, port in self.endpoints())}
         if self.port == 0 or (isolated and self.port in reserved):
@@ -449,7 +487,6 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
             env.update(egress_env(PublicUrls.from_config(self.config).domain))
         argv = [*self.cmd, *self.get_args()]
 
-        pool = self._pool() if mode == "bubblewrap" else None
         sandbox = pool.take() if pool else None
         if sandbox is not None and not await sandbox.wait_ready(self.start_timeout):
             sandbox.discard()
@@ -478,10 +515,13 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
 
         if not await sandbox.wait_ready(self.start_timeout):
             raise AgentSpawnError(f"The sandbox exited while starting (code {sandbox.proc.poll()})")
+        phases.mark("sandbox")
         self._limits = self._apply_limits(ctx, sandbox)
+        phases.mark("limits")
         net = None
         if isolated:
             net = await self._serve_relays(ctx, sandbox)
+        phases.mark("relays")
         try:
             sandbox.assign(env, argv, workspace, net)
         except OSError:
@@ -490,11 +530,10 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
             ) from None
         self.report("Starting JupyterLab in the sandbox", 60)
         await self._wait_listening(sandbox)
-        self.report(f"Agent ready in {time.monotonic() - started:.1f} s", 95)
+        phases.mark("server")
+        self.report(f"Agent ready in {phases.elapsed():.1f} s", 95)
+        self.log.info(phases.log_line(self._log_name))
         self._sampler = asyncio.create_task(self._sample_usage(ctx, sandbox))
-        if pool is not None:
-            # Refill only now: a new spare's imports would otherwise compete for CPU.
-            pool.fill()
         return (self.ip or "127.0.0.1", self.port)
 
     async def _serve_relays(self, ctx: AgentContext, sandbox: Sandbox) -> dict:

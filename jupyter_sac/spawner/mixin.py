@@ -79,6 +79,9 @@ def locked_jupyter_args(prefix: str, home: str) -> list[str]:
     return [
         f"--LabApp.labextensions_path={prefix}/share/jupyter/labextensions",
         "--LabApp.extra_labextensions_path=[]",
+        # Nothing can install extensions there (the installation is read-only), so
+        # no PyPI extension manager either: it only cost the server's start its setup.
+        "--LabApp.extension_manager=readonly",
         # Notebook trust (signing key and database) stays in the agent's home, as
         # before: the data dir is read-only now.
         f"--NotebookNotary.data_dir={home}/.local/share/jupyter",

@@ -612,14 +612,69 @@ def stop_sandboxes(sandboxes: Sequence[Sandbox], grace: float) -> None:
 
 
 class WarmPool:
-    """Pre-started, pre-imported sandboxes waiting for an agent (per hub process)."""
+    """Pre-started, pre-imported sandboxes waiting for an agent (per hub process).
 
-    def __init__(self, spares_dir: Path, size: int, make_argv, uid: int | None = None):
+    It keeps ``size`` spares at rest and grows to the demand it sees: after several
+    agents started at the same moment, it keeps as many spares as there were starts
+    at once (never more than ``ceiling``) for ``demand_window`` seconds, then goes
+    back to ``size``. It is topped up only when no start is in progress (a new
+    spare's imports would compete for CPU with the agents being started), and then
+    prefers spares whose imports are done.
+    """
+
+    # Seconds after the last start ends before the pool is topped up: the hub's
+    # readiness check, the proxy's route and the agent's first requests come right
+    # after a start, and a new spare's imports would take their CPU.
+    refill_delay = 0.5
+
+    def __init__(
+        self,
+        spares_dir: Path,
+        size: int,
+        make_argv,
+        uid: int | None = None,
+        *,
+        ceiling: int = 0,
+        demand_window: float = 600.0,
+    ):
         self.spares_dir = spares_dir
         self.size = size
+        self.ceiling = max(size, ceiling)
+        self.demand_window = demand_window
         self._make_argv = make_argv
         self._uid = uid
         self._spares: list[Sandbox] = []
+        self._starting = 0
+        # (when, how many starts were in progress at once), within demand_window.
+        self._demand: list[tuple[float, int]] = []
+        self._trim: asyncio.TimerHandle | None = None
+
+    @property
+    def starting(self) -> int:
+        """Starts in progress (between ``start_began`` and ``start_ended``)."""
+        return self._starting
+
+    def target(self, now: float | None = None) -> int:
+        """How many spares to keep: the most starts at once within the demand window,
+        at least ``size``, at most ``ceiling``."""
+        now = time.monotonic() if now is None else now
+        self._demand = [(t, n) for t, n in self._demand if now - t < self.demand_window]
+        peak = max((n for _, n in self._demand), default=0)
+        return min(self.ceiling, max(self.size, peak))
+
+    def start_began(self) -> None:
+        self._starting += 1
+        self._demand.append((time.monotonic(), self._starting))
+
+    def start_ended(self) -> None:
+        """A start is over (ready or failed): top the pool up once none is left."""
+        self._starting = max(0, self._starting - 1)
+        if self._starting == 0:
+            asyncio.get_running_loop().call_later(self.refill_delay, self._fill_when_idle)
+
+    def _fill_when_idle(self) -> None:
+        if self._starting == 0:
+            self.fill()
 
     def _launch_one(self) -> None:
         layout = SandboxLayout(self.spares_dir / uuid.uuid4().hex)
@@ -628,8 +683,8 @@ class WarmPool:
         self._spares.append(Sandbox.launch(argv, layout, confined=True))
 
     def fill(self) -> None:
-        """Top the pool up. Called when no sandbox is starting, so that the imports of a
-        new spare do not compete for CPU with an agent that is being started."""
+        """Bring the pool to its target: launch spares, or stop those beyond it (each
+        holds memory) once the demand that grew it is past."""
         live = []
         for spare in self._spares:
             if spare.alive():
@@ -637,19 +692,43 @@ class WarmPool:
             else:
                 spare.discard()
         self._spares = live
-        while len(self._spares) < self.size:
+        target = self.target()
+        while len(self._spares) > target:
+            # The youngest first: the oldest are the likeliest to be ready.
+            self._spares.pop().discard()
+        while len(self._spares) < target:
             self._launch_one()
+        if target > self.size and self._trim is None:
+            # Come back when the demand has passed, to shrink to the resting size.
+            self._trim = asyncio.get_running_loop().call_later(
+                self.demand_window, self._trim_when_idle
+            )
+
+    def _trim_when_idle(self) -> None:
+        self._trim = None
+        if self._starting == 0:
+            self.fill()
+        elif self.target() > self.size:
+            self._trim = asyncio.get_running_loop().call_later(
+                self.demand_window, self._trim_when_idle
+            )
 
     def take(self) -> Sandbox | None:
-        """The oldest live spare (possibly still importing), or None."""
-        while self._spares:
-            candidate = self._spares.pop(0)
-            if candidate.alive():
-                return candidate
-            candidate.discard()
-        return None
+        """A live spare, one whose imports are done if there is one (else the oldest,
+        still importing), or None."""
+        live = [spare for spare in self._spares if spare.alive()]
+        for spare in self._spares:
+            if spare not in live:
+                spare.discard()
+        ready = [spare for spare in live if spare.ready.is_set()]
+        chosen = (ready or live or [None])[0]
+        self._spares = [spare for spare in live if spare is not chosen]
+        return chosen
 
     def close(self) -> None:
+        if self._trim is not None:
+            self._trim.cancel()
+            self._trim = None
         for spare in self._spares:
             spare.discard()
         self._spares = []
