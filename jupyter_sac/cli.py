@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .rules.proxies import PROXIES, chosen_proxy
+from .rules.proxies import PROXIES
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument(
         "--proxy",
         choices=PROXIES,
-        default=chosen_proxy(os.environ.get("SAC_PROXY")),
+        # not validated here: `sac up` says what is wrong with a bad $SAC_PROXY
+        default=(os.environ.get("SAC_PROXY") or PROXIES[0]).strip().lower(),
         help=f"the proxy in front of the hub (default: $SAC_PROXY or {PROXIES[0]})",
     )
     up.add_argument(

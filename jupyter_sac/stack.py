@@ -144,6 +144,8 @@ class Stack:
         self.data_dir.chmod(0o700)
         if stack_running(self.data_dir):
             raise SystemExit(f"`sac up` already runs on {self.data_dir}")
+        # The proxy's program, found before anything starts.
+        proxy_env = self._proxy_env()
         write_pid_file(self.data_dir / UP_PID_FILE)
         secrets_dir = self.data_dir / "secrets"
         secrets_dir.mkdir(mode=0o700, exist_ok=True)
@@ -169,7 +171,6 @@ class Stack:
         applied = asyncio.run(migrate(database_url))
         self.say(f"Database schema: {'applied ' + str(applied) if applied else 'up to date'}")
 
-        proxy_env = self._proxy_env()
         config = self.config or find_hub_config()
         env = dict(os.environ)
         env.update(
