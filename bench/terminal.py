@@ -1,5 +1,5 @@
 """Terminal latency and throughput: an agent's terminal through the whole stack
-(browser-side websocket -> configurable-http-proxy -> single-user server in its
+(browser-side websocket -> the proxy (`--proxy chp|traefik`) -> single-user server in its
 sandbox -> PTY -> back), next to a bare terminado server measured in the same run.
 
 - Keystroke echo: one key at a time into bash's line editor, timed until the
@@ -30,6 +30,7 @@ from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from jupyter_sac.localhost import resolve_localhost
+from jupyter_sac.rules.proxies import PROXIES
 from jupyter_sac.stack import free_port
 from sac_testing.stack import (
     embedded_stack,
@@ -172,13 +173,18 @@ async def measure(
 EXTRA_CONFIG = "c.LocalAgentSpawner.warm_sandboxes = 0\n"
 
 
-def run(keys: int, megabytes: int) -> None:
+def run(keys: int, megabytes: int, proxy: str | None = None) -> None:
     port = free_port()
     bare_proc = subprocess.Popen([sys.executable, __file__, "--serve-bare", str(port)])
     try:
         with (
             tempfile.TemporaryDirectory(prefix="sac-bench-") as tmp,
-            embedded_stack(Path(tmp), PASSWORD, _write(Path(tmp), EXTRA_CONFIG)) as stack,
+            embedded_stack(
+                Path(tmp),
+                PASSWORD,
+                _write(Path(tmp), EXTRA_CONFIG),
+                env={"SAC_PROXY": proxy} if proxy else None,
+            ) as stack,
         ):
             poll_until(lambda: http_status(f"http://127.0.0.1:{port}/new") == 405, 30, "bare")
             bare_name = httpx.post(f"http://127.0.0.1:{port}/new", content=b"").json()["name"]
@@ -237,12 +243,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--keys", type=int, default=1000)
     parser.add_argument("--megabytes", type=int, default=200)
+    parser.add_argument("--proxy", choices=PROXIES, help="the stack's proxy (default: `sac up`'s)")
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
         serve_bare(args.serve_bare)
         return
-    run(args.keys, args.megabytes)
+    run(args.keys, args.megabytes, args.proxy)
 
 
 if __name__ == "__main__":

