@@ -41,6 +41,7 @@ from jupyter_sac.localhost import resolve_localhost
 from jupyter_sac.stack import free_port
 from sac_testing.stack import (
     RunningStack,
+    bare_lab,
     embedded_stack,
     http_status,
     poll_until,
@@ -142,25 +143,9 @@ def agent_rss(stack: RunningStack, slug: str) -> dict[str, int]:
 
 
 def bare_lab_rss(workdir: Path) -> int:
-    """RSS (KiB) of a JupyterLab server without the jupyter-sac extension, once it
-    served /lab."""
-    port = free_port()
-    root = workdir / "bare-lab"
-    root.mkdir(exist_ok=True)
-    config = root / "bare_config.py"
-    config.write_text('c.ServerApp.jpserver_extensions = {"jupyter_sac": False}\n')
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
-         f"--port={port}", "--ServerApp.token=", f"--ServerApp.root_dir={root}",
-         f"--config={config}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        poll_until(lambda: http_status(f"http://127.0.0.1:{port}/api/status") == 200, 120, "lab")
-        httpx.get(f"http://127.0.0.1:{port}/lab", timeout=60)
+    """RSS (KiB) of a JupyterLab server without the jupyter-sac extension, once up."""
+    with bare_lab(workdir) as proc:
         return status_kib(proc.pid, "VmRSS")
-    finally:
-        stop_process(proc)
 
 
 async def open_claude_terminal(base: str, headers: dict[str, str]) -> None:

@@ -60,6 +60,7 @@ from jupyter_sac.stack import free_port
 from jupyter_sac.store import Store
 from sac_testing.stack import (
     RunningStack,
+    bare_lab,
     embedded_stack,
     find_descendant,
     http_status,
@@ -355,24 +356,8 @@ def memory_breakdown(stack: RunningStack, slugs: list[str]) -> dict[str, list[in
 
 def bare_lab_pss(workdir: Path) -> int:
     """PSS (KiB) of a JupyterLab server without the jupyter-sac extension, once up."""
-    port = free_port()
-    root = workdir / "bare-lab"
-    root.mkdir(exist_ok=True)
-    config = root / "bare_config.py"
-    config.write_text('c.ServerApp.jpserver_extensions = {"jupyter_sac": False}\n')
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
-         f"--port={port}", "--ServerApp.token=", f"--ServerApp.root_dir={root}",
-         f"--config={config}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        poll_until(lambda: http_status(f"http://127.0.0.1:{port}/api/status") == 200, 120, "lab")
-        # The same requests an agent's server has answered: the lab page and a terminal.
-        httpx.get(f"http://127.0.0.1:{port}/lab", timeout=60)
+    with bare_lab(workdir) as proc:
         return pss_kib(proc.pid)
-    finally:
-        stop_process(proc)
 
 
 # ---- the run --------------------------------------------------------------------------------

@@ -268,3 +268,26 @@ def find_descendant(root: int, marker: bytes) -> int:
                 continue
             todo.append(child)
     raise LookupError(f"no process under {root} runs {marker!r}")
+
+
+@contextmanager
+def bare_lab(workdir: Path) -> Iterator[subprocess.Popen]:
+    """A JupyterLab server without the jupyter-sac extension (a same-run baseline of
+    what an agent's server costs), once it has served /lab as an agent's has."""
+    port = free_port()
+    root = workdir / "bare-lab"
+    root.mkdir(exist_ok=True)
+    config = root / "bare_config.py"
+    config.write_text('c.ServerApp.jpserver_extensions = {"jupyter_sac": False}\n')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
+         f"--port={port}", "--ServerApp.token=", f"--ServerApp.root_dir={root}",
+         f"--config={config}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        poll_until(lambda: http_status(f"http://127.0.0.1:{port}/api/status") == 200, 120, "lab")
+        httpx.get(f"http://127.0.0.1:{port}/lab", timeout=60)
+        yield proc
+    finally:
+        stop_process(proc)
