@@ -20,6 +20,7 @@ from helpers import (
     model_agent,
     run_in_terminal,
     running_agent,
+    script_model,
     server_url,
     stored_history,
 )
@@ -89,21 +90,16 @@ async def _matches_transcripts(stack: dict, client: HubApi, user: str, slug: str
     return events
 
 
+# Each capture test's turn: one tool call, then the two answers of two turns.
+CAPTURED_TOOL = {"tool_use": {"name": "Bash", "input": {"command": "echo captured"}}}
+
+
 @pytest.mark.asyncio
 async def test_history_rows_equal_transcript_entries(stack: dict, fake: str) -> None:
     user = f"hist{uuid.uuid4().hex[:6]}"
     with running_agent(stack["admin"], user, "rec", **model_agent(fake)) as client:
         allow_all(client, user, "rec")
-        httpx.post(
-            fake + "/_fake/script",
-            json={
-                "replies": [
-                    {"tool_use": {"name": "Bash", "input": {"command": "echo captured"}}},
-                    "first answer",
-                    "second answer",
-                ]
-            },
-        )
+        script_model(fake, CAPTURED_TOOL, "first answer", "second answer")
         out = await run_in_terminal(
             stack["url"],
             client.token,
@@ -178,16 +174,7 @@ async def test_chat_history_rows_equal_transcript_entries(stack: dict, fake: str
     with running_agent(stack["admin"], user, "rec", **model_agent(fake)) as client:
         allow_all(client, user, "rec")
         api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=60)
-        httpx.post(
-            fake + "/_fake/script",
-            json={
-                "replies": [
-                    {"tool_use": {"name": "Bash", "input": {"command": "echo captured"}}},
-                    "first answer",
-                    "second answer",
-                ]
-            },
-        )
+        script_model(fake, CAPTURED_TOOL, "first answer", "second answer")
         events = await websocket_connect(
             HTTPRequest(
                 base.replace("http", "ws", 1) + "sac/api/chat/events",
