@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from helpers import HubApi
+
+from sac_testing.stack import poll_until
 
 pytestmark = pytest.mark.stack
 
@@ -80,7 +81,9 @@ def test_a_second_start_or_stop_while_one_is_under_way_is_a_plain_409(new_user) 
     path = f"users/{name}/agents/twice"
     with ThreadPoolExecutor(3) as pool:
         first = pool.submit(dana.sac, "POST", f"{path}/restart")
-        time.sleep(0.3)  # the first is stopping the sandbox now (a graceful stop: seconds)
+        # Under way: the hub says the server is stopping (a graceful stop: seconds).
+        poll_until(lambda: (dana.server(name, "twice") or {}).get("pending"), 60,
+                   "the first restart under way", interval=0.02)  # fmt: skip
         others = [
             pool.submit(dana.sac, "POST", f"{path}/{action}") for action in ("restart", "stop")
         ]
