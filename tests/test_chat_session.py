@@ -27,7 +27,9 @@ from jupyter_sac.server_extension.chat import ChatManager, Subscription
 from jupyter_sac.server_extension.hitl import HitlBridge
 from jupyter_sac.server_extension.service_client import ServiceClient
 from jupyter_sac.server_extension.spool import HistorySpool
+from jupyter_sac.spawner.sandbox import process_start
 from jupyter_sac.stack import free_port
+from sac_testing.stack import poll_until
 
 CLI = claude_binary()
 pytestmark = pytest.mark.skipif(CLI is None, reason="the pinned claude CLI is not installed")
@@ -151,6 +153,11 @@ def transcript_lines(config: Path, session_id: str) -> list[str]:
     return [line for line in path.read_text().splitlines() if line.strip()]
 
 
+def process_gone(pid: int) -> bool:
+    found = process_start(pid)
+    return found is None or found[0] in ("Z", "X")
+
+
 @pytest.mark.asyncio
 async def test_turns_of_a_session_share_one_process_and_a_dead_one_is_resumed(
     world: dict[str, Any], fake: str
@@ -178,6 +185,9 @@ async def test_turns_of_a_session_share_one_process_and_a_dead_one_is_resumed(
 
     # The process dies between turns: the next turn resumes the conversation in a new one.
     os.kill(process["pid"], signal.SIGKILL)
+    # Gone (a kill takes effect a moment after the call returns), so the next turn
+    # comes between turns, not during the process's last moments.
+    await asyncio.to_thread(poll_until, lambda: process_gone(process["pid"]), 30, "gone")
     httpx.delete(fake + "/_fake/requests")
     third = await turn(chat, "still there?", sid)
     assert third[-2]["text"] == "third answer" and not [e for e in third if e["type"] == "error"]

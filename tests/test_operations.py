@@ -226,7 +226,7 @@ async def test_deciding_a_request_wakes_its_waiters_and_audits_an_admins_decisio
     waiting = ctx.hitl_waiters.wait(request_id, timeout=5)
     waiter = asyncio.create_task(waiting)
     await asyncio.sleep(0)
-    decided = await hitl.decide_request(ctx, ADMIN, request_id, {"decision": "approve"})
+    decided = await hitl.decide_request(ctx, ADMIN, request_id, {"decision": "allow"})
     await asyncio.wait_for(waiter, 1)  # woken at once, not after its timeout
     assert (decided["status"], decided["decision"]) == ("approved", "allow")
     [entry] = await audit_entries(ctx, "hitl.decide")

@@ -7,7 +7,6 @@ from typing import Any
 from .base import BaseHandler
 from .operations import org_keys as ops
 from .routes import PROVIDER
-from .validation import check_fields
 
 
 class OrgKeysHandler(BaseHandler):
@@ -20,7 +19,6 @@ class OrgKeyHandler(BaseHandler):
     async def put(self, provider: str) -> None:
         self.require_admin()
         body = self.json_body()
-        check_fields(body, {"api_key"})
         await ops.set_org_key(self.ctx, self.actor, provider, body.get("api_key"))
         keys = await ops.list_org_keys(self.ctx)
         self.write_json(next(k for k in keys if k["provider"] == provider))

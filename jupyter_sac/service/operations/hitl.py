@@ -9,7 +9,8 @@ from ...errors import ApiError
 from ...rules.hitl import DEFAULT_POLICY, PolicyError, default_option, validate_policy
 from ...store.hitl import PENDING
 from .. import metrics
-from ..validation import bad, check_fields, optional_text
+from ..openapi import CONTRACT
+from ..validation import bad, optional_text
 from .access import authorize_user, get_agent, require_person
 from .context import Actor, ServiceContext, audit
 
@@ -50,12 +51,8 @@ async def decide_request(
     sibling's): their scripts and their model are indistinguishable."""
     row = await own_request(ctx, actor, request_id, readers=True)
     ident = require_person(actor, "decide approvals")
-    check_fields(body, {"decision", "reason", "option"})
-    decision = body.get("decision")
-    if decision == "approve":
-        decision = "allow"
-    if decision not in ("allow", "deny"):
-        raise bad("decision", "expected 'allow' or 'deny'")
+    CONTRACT.check("HitlDecision", body)
+    decision = body["decision"]
     reason = optional_text(body, "reason", MAX_REASON)
     option = body.get("option")
     if row["kind"] == "terminal":
