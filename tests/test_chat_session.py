@@ -266,6 +266,20 @@ async def test_an_idle_session_is_released_and_resumed_with_its_conversation(
 
 
 @pytest.mark.asyncio
+async def test_idle_processes_are_bounded(world: dict[str, Any], fake: str) -> None:
+    """Sessions opened one after another keep at most max_idle_processes idle claude
+    processes: the least recently used one is released (its next turn resumes),
+    where each would have held ~200 MiB for idle_release (found by the fuzzer: its
+    chat sessions filled the agent's memory until the server died)."""
+    chat = world["manager"](max_idle_processes=1)
+    script(fake, "first", "second")
+    older = (await turn(chat, "one"))[0]["session_id"]
+    newer = (await turn(chat, "two"))[0]["session_id"]
+    await released(chat, older)
+    assert (await chat.session_with_events(newer))["process"] is not None
+
+
+@pytest.mark.asyncio
 async def test_a_failing_hitl_decision_blocks_the_tool(world: dict[str, Any], fake: str) -> None:
     """The service answers garbage where the policy should be: the decision fails,
     so the tool is denied, never run, and the model is told."""

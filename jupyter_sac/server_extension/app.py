@@ -170,6 +170,13 @@ class SacExtensionApp(ExtensionApp):
         --resume (the same conversation). 0 releases it as soon as a turn ends.""",
     ).tag(config=True)
 
+    chat_max_idle_processes = Integer(
+        2,
+        help="""How many chat sessions may keep an idle claude process (about 200 MiB
+        each) waiting for their next turn; beyond it, the least recently used one is
+        released at once (its next turn resumes). Running turns are not counted.""",
+    ).tag(config=True)
+
     chat_interrupt_grace = Float(
         3.0,
         help="""Seconds a cancelled chat turn gets to stop after SIGINT (claude then
@@ -348,6 +355,7 @@ class SacExtensionApp(ExtensionApp):
                     decide_tool=bridge.decide_tool,
                     capture=capture,
                     idle_release=self.chat_idle_release,
+                    max_idle_processes=self.chat_max_idle_processes,
                     pre_tool_timeout=MAX_HITL_WAIT,
                 ),
             }

@@ -289,6 +289,7 @@ class ChatManager:
         decide_tool: Callable[[dict[str, Any], str], Awaitable[dict[str, Any]]] | None = None,
         capture: TranscriptCapture | None = None,
         idle_release: float = 300.0,
+        max_idle_processes: int = 2,
         pre_tool_timeout: float = 7 * 86400 + 120,
     ):
         self.dir = state_dir
@@ -300,6 +301,7 @@ class ChatManager:
         self.capture = capture
         # Seconds an open session's process stays up after its last turn.
         self.idle_release = idle_release
+        self.max_idle_processes = max_idle_processes
         self.pre_tool_timeout = pre_tool_timeout
         self.cwd = cwd
         self.claude_config_dir = claude_config_dir
@@ -692,6 +694,17 @@ class ChatManager:
         session.release_timer = loop.call_later(
             max(self.idle_release, 0), self._release_idle, session
         )
+        # Idle processes are bounded: many sessions opened one after another (a
+        # script, a fuzzer) would otherwise keep a claude each for idle_release.
+        idle = sorted(
+            (s for s in self.sessions.values()
+             if s.agent is not None and s.running is None and s.releasing is None),
+            key=lambda s: s.updated_at,
+        )  # fmt: skip
+        for oldest in idle[: max(0, len(idle) - self.max_idle_processes)]:
+            if oldest.release_timer is not None:
+                oldest.release_timer.cancel()
+            self._release_idle(oldest)
 
     def _release_idle(self, session: Session) -> None:
         session.release_timer = None
