@@ -212,7 +212,7 @@ async def test_server_killed_during_history_upload(faults_stack: dict[str, Any],
             assert spool_status(client, user, slug)["backlog"] > 0
             # An ingest batch (transcript entries: kilobytes, unlike the polls'
             # bare GETs) has reached the stopped service, unanswered.
-            poll_until(lambda: largest_request_waiting(stack["service_port"]) > 2000, 60,
+            poll_until(lambda: largest_request_waiting(stack["service_port"]) > 2000, 180,
                        "an upload waiting at the stopped service")  # fmt: skip
             await kill_server(base, client.token)
         # The service, running again, stores the batch it was sent: the server that
@@ -256,7 +256,7 @@ async def test_server_killed_during_workspace_upload(faults_stack: dict[str, Any
         with service_paused(stack):
             for path, text in files.items():
                 write_in_lab(client, user, slug, path, text)
-            poll_until(lambda: largest_request_waiting(stack["service_port"]) > 30_000, 60,
+            poll_until(lambda: largest_request_waiting(stack["service_port"]) > 30_000, 180,
                        "an upload waiting at the stopped service")  # fmt: skip
             await kill_server(client.server_url(user, slug), client.token)
         poll_until(lambda: stored_files(client, user, slug), 60, "the orphaned upload stored")
