@@ -45,7 +45,9 @@ from sac_testing.stack import (
     embedded_stack,
     http_status,
     poll_until,
+    proc_kib,
     process_children,
+    process_tree,
     read_terminal_until,
     stop_process,
 )
@@ -57,25 +59,6 @@ PASSWORD = "bench-admin-password"
 BENCH = Path(__file__).resolve().parent
 BUDGET_MIB = 8 * 1024
 READY_HINT = "for shortcuts"  # claude's idle input box
-
-
-def status_kib(pid: int, field: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def tree(root: int, children: dict[int, list[int]]) -> list[int]:
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo += children.get(pid, [])
-    return out
 
 
 def ppid(pid: int) -> int:
@@ -122,7 +105,7 @@ def agent_rss(stack: RunningStack, slug: str) -> dict[str, int]:
     while parent and comm(parent) == "bwrap":
         sandbox.append(parent)
         parent = ppid(parent)
-    for proc in [*sandbox, *tree(root, process_children())]:
+    for proc in [*sandbox, *process_tree(root, process_children())]:
         try:
             cmdline = Path(f"/proc/{proc}/cmdline").read_bytes()
         except OSError:
@@ -145,7 +128,7 @@ def agent_rss(stack: RunningStack, slug: str) -> dict[str, int]:
 def bare_lab_rss(workdir: Path) -> int:
     """RSS (KiB) of a JupyterLab server without the jupyter-sac extension, once up."""
     with bare_lab(workdir) as proc:
-        return status_kib(proc.pid, "VmRSS")
+        return proc_kib(proc.pid, "VmRSS")
 
 
 async def open_claude_terminal(base: str, headers: dict[str, str]) -> None:

@@ -65,7 +65,9 @@ from sac_testing.stack import (
     find_descendant,
     http_status,
     poll_until,
+    proc_kib,
     process_children,
+    process_tree,
     read_terminal_until,
     stop_process,
 )
@@ -280,7 +282,7 @@ async def sampler(
             if rounds % 5 == 0:  # every 10 s: the agents' processes (claude runs in turns)
                 load.memory.append(await asyncio.to_thread(memory))
             rounds += 1
-            load.service_rss.append(status_kib(service_pid, "VmRSS"))
+            load.service_rss.append(proc_kib(service_pid, "VmRSS"))
             row = await (
                 await conn.execute(
                     "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
@@ -292,32 +294,6 @@ async def sampler(
 
 
 # ---- memory ---------------------------------------------------------------------------------
-
-
-def status_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def pss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def tree(root: int, children: dict[int, list[int]]) -> list[int]:
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo += children.get(pid, [])
-    return out
 
 
 def memory_breakdown(stack: RunningStack, slugs: list[str]) -> dict[str, list[int]]:
@@ -335,18 +311,18 @@ def memory_breakdown(stack: RunningStack, slugs: list[str]) -> dict[str, list[in
         if not pid:
             continue
         server = claude = other = 0
-        for proc in tree(pid, children):
+        for proc in process_tree(pid, children):
             try:
                 comm = Path(f"/proc/{proc}/comm").read_text().strip()
                 cmdline = Path(f"/proc/{proc}/cmdline").read_bytes()
             except OSError:
                 continue
             if b"jupyter_sac.spawner.launcher" in cmdline:
-                server += pss_kib(proc)
+                server += proc_kib(proc, "Pss", "smaps_rollup")
             elif comm.startswith("claude"):
-                claude += pss_kib(proc)
+                claude += proc_kib(proc, "Pss", "smaps_rollup")
             else:
-                other += pss_kib(proc)
+                other += proc_kib(proc, "Pss", "smaps_rollup")
         parts["server"].append(server)
         parts["claude"].append(claude)
         parts["other"].append(other)
@@ -357,7 +333,7 @@ def memory_breakdown(stack: RunningStack, slugs: list[str]) -> dict[str, list[in
 def bare_lab_pss(workdir: Path) -> int:
     """PSS (KiB) of a JupyterLab server without the jupyter-sac extension, once up."""
     with bare_lab(workdir) as proc:
-        return pss_kib(proc.pid)
+        return proc_kib(proc.pid, "Pss", "smaps_rollup")
 
 
 # ---- the run --------------------------------------------------------------------------------

@@ -238,6 +238,28 @@ def process_children() -> dict[int, list[int]]:
     return children
 
 
+def process_tree(root: int, children: dict[int, list[int]]) -> list[int]:
+    """``root`` and all its descendants, from ``process_children()``'s map."""
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
+def proc_kib(pid: int, field: str, file: str = "status") -> int:
+    """A KiB figure of a process from /proc (``VmRSS`` in status, ``Pss`` in
+    smaps_rollup); 0 once it has gone."""
+    try:
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 async def read_terminal_until(conn: Any, marker: str, timeout: float = 60) -> str:
     """Read a Jupyter terminal's websocket ``conn`` until its output holds ``marker``;
     the output read. Raises ConnectionError when the terminal closes first."""
