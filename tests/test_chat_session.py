@@ -19,6 +19,7 @@ import pytest_asyncio
 from tornado import web
 from tornado.httpserver import HTTPServer
 
+from jupyter_sac.errors import ApiError
 from jupyter_sac.runtimes.claude import claude_binary
 from jupyter_sac.runtimes.claude_config import merge_state
 from jupyter_sac.runtimes.claude_session import cli_flags
@@ -277,6 +278,40 @@ async def test_idle_processes_are_bounded(world: dict[str, Any], fake: str) -> N
     newer = (await turn(chat, "two"))[0]["session_id"]
     await released(chat, older)
     assert (await chat.session_with_events(newer))["process"] is not None
+
+
+@pytest.mark.asyncio
+async def test_chat_processes_are_bounded(world: dict[str, Any], fake: str) -> None:
+    """At most max_processes claude processes, running or idle: a new session's
+    turn while that many turns run is refused (409 chat_busy) and creates nothing;
+    an idle process is released to make room for it (sixty sessions opened in
+    three seconds once started sixty processes, and the sandbox's memory limit
+    killed the agent's server)."""
+    chat = world["manager"](max_processes=1)
+    started = world["workspace"] / "started"
+    script(
+        fake,
+        {"tool_use": {"name": "Bash", "input": {"command": f"touch {started}; sleep 600"}}},
+        "back again",
+        "a second session",
+    )
+    busy = await chat.send("run something long", None)
+    await asyncio.to_thread(poll_until, started.exists, 60, "the long tool")
+    with pytest.raises(ApiError) as refused:
+        await chat.send("and another thing", None)
+    assert (refused.value.status_code, refused.value.code) == (409, "chat_busy")
+    assert [s["session_id"] for s in chat.list()] == [busy["session_id"]]
+    assert await chat.cancel(busy["session_id"])
+
+    # The first session's next turn leaves it an idle process; a new session's
+    # turn takes its room.
+    first = await turn(chat, "are you there?", busy["session_id"])
+    assert first[-2]["text"] == "back again"
+    assert (await chat.session_with_events(busy["session_id"]))["process"] is not None
+    second = await turn(chat, "hello")
+    assert second[-2]["text"] == "a second session"
+    assert (await chat.session_with_events(busy["session_id"]))["process"] is None
+    assert (await chat.session_with_events(second[0]["session_id"]))["process"] is not None
 
 
 @pytest.mark.asyncio

@@ -177,6 +177,15 @@ class SacExtensionApp(ExtensionApp):
         released at once (its next turn resumes). Running turns are not counted.""",
     ).tag(config=True)
 
+    chat_max_processes = Integer(
+        4,
+        help="""How many claude processes chat sessions may hold at once, running a
+        turn, idle or saving (about 200 MiB each, within the sandbox's memory
+        limit). Idle ones are released to make room for a new session's turn; a
+        turn that needs a process while this many turns run is refused (409
+        chat_busy).""",
+    ).tag(config=True)
+
     chat_interrupt_grace = Float(
         3.0,
         help="""Seconds a cancelled chat turn gets to stop after SIGINT (claude then
@@ -356,6 +365,7 @@ class SacExtensionApp(ExtensionApp):
                     capture=capture,
                     idle_release=self.chat_idle_release,
                     max_idle_processes=self.chat_max_idle_processes,
+                    max_processes=self.chat_max_processes,
                     pre_tool_timeout=MAX_HITL_WAIT,
                 ),
             }

@@ -290,6 +290,7 @@ class ChatManager:
         capture: TranscriptCapture | None = None,
         idle_release: float = 300.0,
         max_idle_processes: int = 2,
+        max_processes: int = 4,
         pre_tool_timeout: float = 7 * 86400 + 120,
     ):
         self.dir = state_dir
@@ -302,6 +303,12 @@ class ChatManager:
         # Seconds an open session's process stays up after its last turn.
         self.idle_release = idle_release
         self.max_idle_processes = max_idle_processes
+        # Live CLIs at most (running, idle or saving): each holds ~200 MiB, and a
+        # burst of new sessions (a script, a fuzzer) once started sixty at once
+        # until the sandbox's memory limit killed this server.
+        self.max_processes = max(1, max_processes)
+        # Notified when a process is gone or a turn ends: a turn waiting for room.
+        self._room = asyncio.Condition()
         self.pre_tool_timeout = pre_tool_timeout
         self.cwd = cwd
         self.claude_config_dir = claude_config_dir
@@ -500,15 +507,18 @@ class ChatManager:
         """Start a turn; its events follow on the subscriptions."""
         message = validate_message(message)
         now = now_iso()
-        if session_id is None:
+        existing = None if session_id is None else self.get(session_id)
+        if existing is not None and existing.running is not None:
+            raise ApiError(
+                409, "turn_running", "a turn is already running in this session; cancel it"
+            )
+        if existing is None or existing.agent is None:
+            self._check_room(existing)
+        if existing is None:
             session = Session(str(uuid.uuid4()), make_title(message), now, now, events=[])
             self.sessions[session.session_id] = session
         else:
-            session = self.get(session_id)
-            if session.running is not None:
-                raise ApiError(
-                    409, "turn_running", "a turn is already running in this session; cancel it"
-                )
+            session = existing
         turn = Turn(uuid.uuid4().hex)
         # Claimed before the first await: a second message now gets the 409.
         session.running = turn
@@ -557,6 +567,7 @@ class ChatManager:
             self._save_index()
             turn.done.set()
             self._schedule_release(session)
+            await self._room_changed()  # its process is idle now: another may take its room
 
     async def _converse(
         self, session: Session, turn: Turn, agent: ClaudeProcess, message: str
@@ -596,9 +607,10 @@ class ChatManager:
         await self._stop_process(session)
         return None
 
-    async def _agent(self, session: Session, new: bool) -> ClaudeProcess:
+    async def _agent(self, session: Session, new: bool) -> ClaudeProcess | None:
         """The session's live CLI: the one running, else a new one (resumed when the
-        conversation exists)."""
+        conversation exists) once there is room for it; None if the turn was
+        cancelled while it waited."""
         if session.releasing is not None:
             # Its last process is still saving: never two on one transcript.
             await asyncio.shield(session.releasing)
@@ -609,6 +621,8 @@ class ChatManager:
             agent = None
         if agent is not None:
             return agent
+        if not await self._make_room(session):
+            return None
         sid = session.session_id
         resume = not new and await self._on_io(self._conversation_exists, sid)
         agent = await ClaudeProcess.start(
@@ -685,6 +699,53 @@ class ChatManager:
 
     # ---- processes ------------------------------------------------------------------
 
+    def _holding(self, session: Session | None) -> list[Session]:
+        """The sessions other than ``session`` that hold a CLI or are about to (a
+        turn running, a process idle or still saving)."""
+        return [
+            s for s in self.sessions.values()
+            if s is not session
+            and (s.running is not None or s.agent is not None or s.releasing is not None)
+        ]  # fmt: skip
+
+    def _check_room(self, session: Session | None) -> None:
+        """Refuse a turn that needs a new CLI while max_processes turns run already
+        (idle processes make room: they are released)."""
+        running = sum(1 for s in self._holding(session) if s.running is not None)
+        if running >= self.max_processes:
+            raise ApiError(
+                409,
+                "chat_busy",
+                f"{running} chat turns are running in this agent, the most it runs at "
+                "once; wait for one to end or cancel one",
+            )
+
+    async def _make_room(self, session: Session) -> bool:
+        """Wait until a new CLI for ``session`` keeps within max_processes, releasing
+        the least recently used idle ones; False if its turn was cancelled meanwhile."""
+        async with self._room:
+            while True:
+                turn = session.running
+                if turn is None or turn.cancel_requested:
+                    return False
+                holding = self._holding(session)
+                if len(holding) < self.max_processes:
+                    return True
+                idle = sorted(
+                    (s for s in holding
+                     if s.running is None and s.agent is not None and s.releasing is None),
+                    key=lambda s: s.updated_at,
+                )  # fmt: skip
+                for oldest in idle[: len(holding) - self.max_processes + 1]:
+                    if oldest.release_timer is not None:
+                        oldest.release_timer.cancel()
+                    self._release_idle(oldest)
+                await self._room.wait()
+
+    async def _room_changed(self) -> None:
+        async with self._room:
+            self._room.notify_all()
+
     def _schedule_release(self, session: Session) -> None:
         if session.agent is None or session.releasing is not None:
             return
@@ -729,6 +790,7 @@ class ChatManager:
             await self._capture(session)
         finally:
             session.releasing = None
+            await self._room_changed()
 
     async def _interrupt(self, session: Session) -> None:
         """Cancel's stop: interrupt the turn like Ctrl-C (claude stops its tools and
@@ -754,6 +816,7 @@ class ChatManager:
                 await asyncio.wait_for(agent.disconnect(), self.terminate_grace)
         if proc is not None:
             await self._terminate(proc, tree)
+        await self._room_changed()
 
     async def _terminate(self, proc: ProcInfo, tree: list[ProcInfo]) -> None:
         """SIGTERM, then SIGKILL, until claude is gone; then its leftovers."""
@@ -783,6 +846,7 @@ class ChatManager:
         turn.cancel_requested = True
         for decision in list(turn.decisions):
             decision.cancel()
+        await self._room_changed()  # a turn waiting for room stops waiting
         if turn.killer is None and session.agent is not None:
             turn.killer = asyncio.create_task(self._interrupt(session))
         # Answer once the turn is over (it says so with `cancelled` and `turn_end`).
