@@ -25,7 +25,7 @@ from helpers import HubApi  # noqa: E402
 from test_fuzz import campaign  # noqa: E402
 
 from sac_testing import fake_anthropic  # noqa: E402
-from sac_testing.stack import embedded_stack  # noqa: E402
+from sac_testing.stack import embedded_stack, proxy_errors  # noqa: E402
 
 
 def main() -> None:
@@ -33,12 +33,19 @@ def main() -> None:
     parser.add_argument(
         "--examples", type=int, default=150, help="examples per operation and principal"
     )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="run the stack here and keep it (its sac-up.log) instead of in a temporary folder",
+    )
     args = parser.parse_args()
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with (
-        tempfile.TemporaryDirectory(prefix="sac-bench-fuzz-") as workdir,
+        tempfile.TemporaryDirectory(prefix="sac-bench-fuzz-") as scratch,
         fake_anthropic.running() as fake,
-        embedded_stack(Path(workdir), ADMIN_PASSWORD) as running,
+        embedded_stack(args.workdir or Path(scratch), ADMIN_PASSWORD) as running,
     ):
         stack = {
             "url": running.url,
@@ -48,7 +55,10 @@ def main() -> None:
             "fake": fake,
         }
         total, changed = campaign(stack, args.examples)
+        proxied = proxy_errors(running.log_path)
     print(total.summary())
+    for line in proxied:
+        print(f"the proxy: {line}")
     for entry in changed:
         print(f"changed on a 4xx: {entry}")
     print(f"({time.monotonic() - started:.0f} s)")

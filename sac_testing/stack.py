@@ -53,6 +53,16 @@ def stop_process(proc: subprocess.Popen, timeout: float = 90) -> None:
             proc.wait()
 
 
+def proxy_errors(log_path: Path) -> list[str]:
+    """The proxy's error lines in a stack's log (configurable-http-proxy names the
+    request and why it answered 503 itself: ECONNRESET, EPIPE, ECONNREFUSED…), for
+    the message of a test that saw a 503 page."""
+    if not log_path.exists():
+        return []
+    with open(log_path, errors="replace") as log:
+        return [line.rstrip() for line in log if "[ConfigProxy]" in line and "error" in line]
+
+
 @dataclass
 class RunningStack:
     url: str  # the hub's public URL (http://localhost:<port>/); its pages under hub/
