@@ -117,6 +117,13 @@ def test_bad_input_and_other_users(new_user) -> None:
         resp = user.sac("POST", "skills", json={**greeting_skill("x-skill"), **change})
         assert resp.status_code == 400 and resp.json()["field"] == field, resp.text
     mine = user.sac("POST", "skills", json=greeting_skill("secret-one")).json()
+    # What a change or a fork may hold is the document's (openapi.yaml SkillChange,
+    # SkillFork): anything else is named, and changes nothing.
+    for method, where in (("PATCH", f"skills/{mine['id']}"), ("POST", f"skills/{mine['id']}/fork")):
+        resp = user.sac(method, where, json={"colour": "blue"})
+        assert resp.status_code == 400, resp.text
+        assert (resp.json()["error"], resp.json()["field"]) == ("unknown_field", "colour")
+    assert user.sac("GET", f"skills/{mine['id']}").json()["version"] == mine["version"]
     path = f"users/{name}/agents/helper/skills"
     assert stranger.sac("GET", path).status_code == 404
     assert stranger.sac("POST", path, json={"skill_id": mine["id"]}).status_code == 404

@@ -123,6 +123,9 @@ def parse_batch(raw: bytes) -> IngestBatch:
     body, text, dirty = load_json(raw)
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")
+    # Not the document's validator: this body is streamed (up to 16 MiB, not
+    # json_body's 1 MiB) and its events are checked one by one below, so its one
+    # top-level rule (additionalProperties: false) is checked here by hand.
     check_fields(body, {"events"})
     items = body.get("events")
     if not isinstance(items, list):

@@ -51,7 +51,7 @@ from .operations.skills import (
     store_bundle,
 )
 from .routes import NAME, SLUG, USER
-from .validation import bad, check_fields, path_id, whole_number
+from .validation import bad, path_id, whole_number
 
 log = logging.getLogger("jupyter_sac.rules.skills")
 
@@ -208,7 +208,6 @@ class SkillsHandler(SkillBaseHandler):
     async def post(self) -> None:
         self.may_author()
         body = self.json_body()
-        check_fields(body, SPEC_FIELDS | {"visibility", "group"})
         spec = self.spec(body)
         tier = self.tier(body)
         self.require_author(tier)
@@ -244,7 +243,6 @@ class ForkHandler(SkillBaseHandler):
         row = await self.readable(skill_id)
         self.require_author(("private", None))
         body = self.json_body() if self.request.body else {}
-        check_fields(body, {"command"})
         spec = self.spec({**content_fields(row), **body})
         forked = await self.create(
             self.viewer.name, spec, ("private", None), parent=row["id"], bundle=Bundle.of(row)
@@ -284,7 +282,6 @@ class AgentSkillsHandler(SkillBaseHandler):
     async def post(self, owner: str, slug: str) -> None:
         agent = await self.get_agent(owner, slug, "install skills", agent_may=True)
         body = self.json_body()
-        check_fields(body, {"skill_id"})
         skill_id = whole_number(body.get("skill_id"))
         if skill_id is None:
             raise bad("skill_id", "expected a skill id")
@@ -370,7 +367,6 @@ class AgentSkillUpdateHandler(AgentSkillsHandler):
         # write skill files itself anyway); drivers may not change another agent.
         agent = await self.get_agent(owner, slug, "update installed skills", agent_may=True)
         body = self.json_body() if self.request.body else {}
-        check_fields(body, {"version"})
         expected = body.get("version")
         if expected is not None:
             expected = whole_number(expected)

@@ -21,8 +21,9 @@ from ...rules.skills import (
 )
 from ...store.skills import Bundle, SkillExistsError
 from ...store.tx import Conn
+from ..openapi import CONTRACT
 from ..principals import Identity
-from ..validation import bad, check_fields, path_id
+from ..validation import bad, path_id
 from .access import require_person
 from .context import Actor, ServiceContext, audit
 
@@ -215,7 +216,7 @@ async def change_skill(
 ) -> dict[str, Any]:
     """Apply a PATCH body to ``row`` (a skill from ``editable``): content changes
     make a new version; a new visibility must be one the caller may publish at."""
-    check_fields(body, SPEC_FIELDS | {"visibility", "group"})
+    CONTRACT.check("SkillChange", body)
     if "command" in body and body["command"] != row["command"]:
         raise bad("command", "the command of a skill cannot change (fork it instead)")
     spec = spec_from({**content_fields(row), **body})
