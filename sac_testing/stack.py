@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -53,6 +54,11 @@ def stop_process(proc: subprocess.Popen, timeout: float = 90) -> None:
             proc.wait()
 
 
+# "…[ConfigProxy] error: 503 GET /path Error: read ECONNRESET" (not its 404s for
+# requests no route takes, such as the hub's API polled before the hub is up).
+PROXY_5XX = re.compile(r"error\S*: 5\d\d ")
+
+
 def proxy_errors(log_path: Path) -> list[str]:
     """The proxy's error lines in a stack's log (configurable-http-proxy names the
     request and why it answered 503 itself: ECONNRESET, EPIPE, ECONNREFUSED…), for
@@ -60,7 +66,7 @@ def proxy_errors(log_path: Path) -> list[str]:
     if not log_path.exists():
         return []
     with open(log_path, errors="replace") as log:
-        return [line.rstrip() for line in log if "[ConfigProxy]" in line and "error" in line]
+        return [line.rstrip() for line in log if "[ConfigProxy]" in line and PROXY_5XX.search(line)]
 
 
 @dataclass
