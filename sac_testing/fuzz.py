@@ -66,6 +66,8 @@ UNSAYABLE = {
     # A SKILL.md's front matter must be YAML, and its prompt's {{placeholders}}
     # parameters of the skill.
     r"^/api/skills(/\{id\})?$": "SKILL.md front matter, placeholders",
+    # A bundle is an archive: random bytes are seldom one.
+    r"^/api/skills/\{id\}/bundle$": "an archive's contents",
 }
 
 
