@@ -97,6 +97,22 @@ def test_the_documents_are_valid_openapi_3_1(contract: Contract) -> None:
     validate(document)
 
 
+@pytest.mark.parametrize("contract", [SERVICE, EXTENSION], ids=["service", "extension"])
+def test_every_operation_that_takes_a_body_says_it_may_be_too_large(contract: Contract) -> None:
+    """Any body may be sent larger than the server reads (1 MiB for JSON), whatever
+    its schema allows: every operation with one declares the 413 it then gets (the
+    fuzzer found a skill's 200,000-character text, escaped, past the limit)."""
+    silent = [
+        f"{method.upper()} {path}"
+        for path, operations in contract.document["paths"].items()
+        for method, operation in operations.items()
+        if isinstance(operation, dict)
+        and "requestBody" in operation
+        and "413" not in operation["responses"]
+    ]
+    assert not silent, f"no 413 declared: {silent}"
+
+
 def test_settings_and_providers_come_from_the_rules() -> None:
     schemas = SERVICE.document["components"]["schemas"]
     # One schema per level, each with the settings that level may set.
