@@ -140,6 +140,18 @@ def test_an_answer_before_the_body_reaches_the_client_through_the_proxy(
                     if (resp.status_code, _code(resp)) != (status, code):
                         failures.append(f"{what}, {'chunked' if chunked else 'declared'},"
                                         f" proxied: {resp.status_code} {resp.text[:120]!r}")  # fmt: skip
+    # A body over 1 MiB that the endpoint could have taken (an agent's history batch
+    # is up to 16 MiB), sent with a token that may not: it is read and dropped too,
+    # and the refusal reaches the client (the fuzzer got the proxy's 503 for one).
+    batch = bytes(3 * 1024 * 1024)
+    with httpx.Client(timeout=60, headers=token) as client:
+        for chunked in (False, True):
+            for _ in range(8):
+                content = iter([batch]) if chunked else batch
+                resp = client.post(stack["service_url"] + "api/history/ingest", content=content)
+                if (resp.status_code, _code(resp)) != (401, "unauthorized"):
+                    failures.append(f"a person's 3 MiB history batch: {resp.status_code}"
+                                    f" {resp.text[:120]!r}")  # fmt: skip
     assert not failures, "\n".join(failures)
 
 

@@ -428,6 +428,9 @@ class WorkspacesPage(PageHandler):
     _upload: ws_ops.Upload | None = None
     _xsrf_later = False
 
+    def drain_limit(self) -> int:
+        return FORM_UPLOAD_BYTES + FORM_AROUND_BYTES
+
     async def prepare(self) -> None:
         if self.request.method != "POST":
             return await super().prepare()

@@ -48,9 +48,9 @@ class StreamedBody:
     accepted is dropped as it arrives.
 
     An answer given before the body is in (a refusal in ``prepare()``, tornado's
-    405 for a method no handler has) waits for a body of up to MAX_JSON_BYTES to
-    arrive and be dropped (``finish``); a larger one is answered at once, and the
-    connection closed."""
+    405 for a method no handler has) waits for a body of up to ``drain_limit()``
+    (what the handler takes at most) to arrive and be dropped (``finish``); a
+    larger one is answered at once, and the connection closed."""
 
     request: Any  # the handler's request (tornado.web.RequestHandler)
     body_size = 0
@@ -75,7 +75,7 @@ class StreamedBody:
         if self._deferred_answer is not None:
             # Answered already; a body that grows past the drain limit (chunked)
             # gets the answer now, before tornado's own limit cuts it off with a bare 400.
-            if self.body_size > MAX_JSON_BYTES:
+            if self.body_size > self.drain_limit():
                 self._deferred_answer()
         elif self.body_size > self._body_limit:
             self._body_sink = None  # too large: the rest is dropped, the answer is 413
@@ -86,6 +86,13 @@ class StreamedBody:
     def body_too_large(self) -> bool:
         return self.body_size > self._body_limit
 
+    def drain_limit(self) -> int:
+        """The largest body an answer given before it is taken waits for (read and
+        dropped as it comes): the most this handler ever takes, so that a refusal of
+        a body it could have taken (a person's token on an agent's 16 MiB history
+        batch) reaches the client rather than the proxy's 503."""
+        return MAX_JSON_BYTES
+
     def finish(self, chunk: Any = None) -> Any:
         body = getattr(self.request, "_body_future", None)
         # (tornado sets _body_future on the requests of streaming handlers and
@@ -93,8 +100,12 @@ class StreamedBody:
         if body is None or body.done():
             return super().finish(chunk)  # type: ignore[misc]
         declared = self.request.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > MAX_JSON_BYTES:
+        drained = self.drain_limit()
+        if declared.isdigit() and int(declared) > drained:
             return self._finish_and_close(chunk)
+        # The server reads bodies of up to SERVER_BODY_BYTES unless told more: past
+        # the drain limit (chunked), data_received answers before tornado cuts it off.
+        self.request.connection.set_max_body_size(DRAIN_FACTOR * drained)
         # Answered before the body is in. Tornado would send the answer and close
         # the connection with the body's bytes unread, or still on their way; the
         # kernel then resets the connection, and the hub's proxy, often still

@@ -304,6 +304,9 @@ class IngestHandler(HistoryBaseHandler):
     """POST api/history/ingest (agent token): a batch of transcript entries, up to
     16 MiB (more than the JSON limit), taken only from an agent's own token."""
 
+    def drain_limit(self) -> int:
+        return MAX_INGEST_BYTES
+
     async def prepare(self) -> None:
         self._chunks: list[bytes] = []
         # A refusal here is answered once a small body is in (StreamedBody.finish),

@@ -152,6 +152,9 @@ class LlmProxyHandler(StreamedBody, web.RequestHandler):
     taken only once the path and the token are good, so nobody else can make the
     service hold more than SERVER_BODY_BYTES."""
 
+    def drain_limit(self) -> int:
+        return MAX_REQUEST_BYTES
+
     @property
     def ctx(self) -> ServiceContext:
         ctx: ServiceContext = self.settings["ctx"]

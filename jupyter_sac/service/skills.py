@@ -412,6 +412,9 @@ class BundleHandler(SkillBaseHandler):
     uploaded tar/tar.gz/zip (checked entry by entry, stored as a canonical tar.gz),
     DELETE removes it. A bundle change is a new version."""
 
+    def drain_limit(self) -> int:
+        return MAX_BUNDLE_BYTES
+
     async def prepare(self) -> None:
         if self.request.method != "PUT":
             return await super().prepare()

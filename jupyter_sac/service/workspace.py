@@ -70,6 +70,9 @@ class WorkspaceBase(BaseHandler):
 
     _upload: ws_ops.Upload | None = None
 
+    def drain_limit(self) -> int:
+        return self.ctx.workspace_max_file_bytes
+
     async def quota_of(self, space: str, agent: AgentRecord | None = None) -> Quota:
         return await ws_ops.quota_of(self.ctx, space, agent)
 
