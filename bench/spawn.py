@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -43,6 +44,7 @@ from pathlib import Path
 import httpx
 
 from jupyter_sac.localhost import resolve_localhost
+from jupyter_sac.spawner.local import LocalAgentSpawner
 from jupyter_sac.spawner.phases import parse_log_line
 from jupyter_sac.spawner.sandbox import descendants
 from sac_testing.stack import RunningStack, embedded_stack, poll_until
@@ -111,6 +113,9 @@ class AgentStart:
     start_answered: float = 0.0
     ready: float = 0.0
     spawner: dict[str, float] = field(default_factory=dict)
+    # CPU seconds its sandbox used from its start (as a spare) to ready: imports,
+    # the server's start, the first requests.
+    cpu: float = 0.0
 
     @property
     def seconds(self) -> float:
@@ -202,6 +207,13 @@ def cpu_ticks(pid: int) -> int:
     return total
 
 
+def start_cpu(stack: RunningStack, slug: str) -> float:
+    """CPU seconds the agent's sandbox (its process tree) has used so far."""
+    (pid_file,) = (stack.data_dir / "agents").glob(f"*-{slug}/sandbox.json")
+    pid = int(json.loads(pid_file.read_text())["pid"])
+    return cpu_ticks(pid) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_for_spares(stack: RunningStack, count: int, quiet: float = 1.0) -> None:
     """Until the pool holds ``count`` spares whose imports are done: their processes
     (named by each spare's pid file) used no CPU for ``quiet`` seconds."""
@@ -229,6 +241,7 @@ def bench_agents(
         wait_for_spares(stack, 1)
         for i in range(runs):
             run = create_and_start(client, stack, f"bench{i}")
+            run.cpu = start_cpu(stack, run.slug)
             starts.append(run)
             print(f"  sac agent {i + 1}/{runs}: {run.seconds:.2f} s", flush=True)
             delete_agents(client, stack, [run.slug])
@@ -303,7 +316,14 @@ def main() -> None:
     print(f"FIGURE spawn_ready_median {m_ours:.3f} s")
     print(f"FIGURE spawn_ready_median_baseline {m_stock:.3f} s")
     print(f"FIGURE spawn_speedup_ratio {m_stock / m_ours:.2f} x")
+    cpu = statistics.median(run.cpu for run in ours)
+    print(f"FIGURE spawn_start_cpu {cpu:.2f} s")
     if first:
+        # The pool at rest holds warm_sandboxes spares: the rest of a burst starts
+        # cold, and its CPU alone, shared by this machine's cores, takes at least this.
+        resting = LocalAgentSpawner.warm_sandboxes.default_value
+        floor = max(0, args.burst - resting) * cpu / (os.cpu_count() or 1)
+        print(f"FIGURE spawn_concurrent{args.burst}_first_cpu_floor {floor:.3f} s")
         print(f"FIGURE spawn_concurrent{args.burst}_first_max {max(first):.3f} s")
     if grown:
         print(f"FIGURE spawn_concurrent{args.burst}_max {max(grown):.3f} s")
