@@ -39,7 +39,7 @@ import psycopg
 
 from jupyter_sac.localhost import resolve_localhost
 from jupyter_sac.store import Store
-from sac_testing.stack import embedded_stack, find_descendant
+from sac_testing.stack import embedded_stack, find_descendant, proc_kib
 
 # The stack serves the hub, the service and each user on *.localhost hosts.
 resolve_localhost()
@@ -159,13 +159,6 @@ def database_url(data_dir: Path) -> str:
     return pgserver.get_server(data_dir / "postgres", cleanup_mode=None).get_uri()
 
 
-def status_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/{pid}/status")
-
-
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(len(values) * q))]
@@ -256,10 +249,10 @@ def run(events: int, ingest_events: int, export_events: int, queries: int, round
 
         # 3. CSV export of --export-events with the service's peak memory
         pid = find_descendant(stack.proc.pid, b"jupyter_sac.service")
-        rss_before = status_kib(pid, "VmRSS")
-        hwm_before = status_kib(pid, "VmHWM")
+        rss_before = proc_kib(pid, "VmRSS")
+        hwm_before = proc_kib(pid, "VmHWM")
         Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := current RSS
-        hwm_reset = status_kib(pid, "VmHWM")
+        hwm_reset = proc_kib(pid, "VmHWM")
         until = (T0 + timedelta(milliseconds=export_events)).isoformat()
         received = 0
 
@@ -286,8 +279,8 @@ def run(events: int, ingest_events: int, export_events: int, queries: int, round
             header = next(reader)
             exported = sum(1 for _ in reader)
         export_s = time.perf_counter() - t0
-        hwm_after = status_kib(pid, "VmHWM")
-        rss_after = status_kib(pid, "VmRSS")
+        hwm_after = proc_kib(pid, "VmHWM")
+        rss_after = proc_kib(pid, "VmRSS")
         assert header[0] == "owner" and exported == export_events, (header, exported)
         print(f"3. CSV export: {exported:,} events, {received / 1e6:.0f} M characters in"
               f" {export_s:.1f} s ({exported / export_s:,.0f} rows/s); service RSS before"
