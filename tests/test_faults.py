@@ -231,6 +231,13 @@ def write_in_lab(client: HubApi, user: str, slug: str, path: str, text: str) -> 
     assert resp.status_code in (200, 201), resp.text
 
 
+def first_pull_done(client: HubApi, user: str, slug: str) -> bool:
+    """The sandbox's workspace sync has pulled once (its status says when)."""
+    resp = client.agent(user, slug, "GET", "sac/api/workspace")
+    assert resp.status_code == 200, resp.text
+    return resp.json()["last_pull"] is not None
+
+
 def stored_files(client: HubApi, user: str, slug: str) -> dict[str, dict[str, Any]]:
     resp = client.sac("GET", f"users/{user}/agents/{slug}/workspace")
     assert resp.status_code == 200, resp.text
@@ -253,6 +260,9 @@ async def test_server_killed_during_workspace_upload(faults_stack: dict[str, Any
     # Each file bigger than any poll's request, so an upload waiting is unmistakable.
     files = {f"private/part{i}.txt": f"{i}" * 40_000 for i in range(3)}
     with running_agent(stack["admin"], user, slug, api_key="sk-unused-key") as client:
+        # The sync's first pull at start, paused halfway, would hold the uploads
+        # behind it (seen in the whole module's runs, where the agent starts later).
+        poll_until(lambda: first_pull_done(client, user, slug), 60, "the sync's first pull")
         with service_paused(stack):
             for path, text in files.items():
                 write_in_lab(client, user, slug, path, text)
