@@ -731,15 +731,8 @@ class ChatManager:
                 holding = self._holding(session)
                 if len(holding) < self.max_processes:
                     return True
-                idle = sorted(
-                    (s for s in holding
-                     if s.running is None and s.agent is not None and s.releasing is None),
-                    key=lambda s: s.updated_at,
-                )  # fmt: skip
-                for oldest in idle[: len(holding) - self.max_processes + 1]:
-                    if oldest.release_timer is not None:
-                        oldest.release_timer.cancel()
-                    self._release_idle(oldest)
+                excess = len(holding) - self.max_processes + 1
+                self._release_oldest_idle(keep=len(self._idle()) - excess)
                 await self._room.wait()
 
     async def _room_changed(self) -> None:
@@ -757,12 +750,20 @@ class ChatManager:
         )
         # Idle processes are bounded: many sessions opened one after another (a
         # script, a fuzzer) would otherwise keep a claude each for idle_release.
-        idle = sorted(
+        self._release_oldest_idle(keep=self.max_idle_processes)
+
+    def _idle(self) -> list[Session]:
+        """The sessions whose process waits for a turn, least recently used first."""
+        return sorted(
             (s for s in self.sessions.values()
              if s.agent is not None and s.running is None and s.releasing is None),
             key=lambda s: s.updated_at,
         )  # fmt: skip
-        for oldest in idle[: max(0, len(idle) - self.max_idle_processes)]:
+
+    def _release_oldest_idle(self, keep: int) -> None:
+        """Release idle processes, least recently used first, until ``keep`` are left."""
+        idle = self._idle()
+        for oldest in idle[: max(0, len(idle) - keep)]:
             if oldest.release_timer is not None:
                 oldest.release_timer.cancel()
             self._release_idle(oldest)
