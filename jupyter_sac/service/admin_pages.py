@@ -428,7 +428,7 @@ class WorkspacesPage(PageHandler):
     _upload: ws_ops.Upload | None = None
     _xsrf_later = False
 
-    def drain_limit(self) -> int:
+    def upload_limit(self) -> int:
         return FORM_UPLOAD_BYTES + FORM_AROUND_BYTES
 
     async def prepare(self) -> None:
@@ -450,10 +450,10 @@ class WorkspacesPage(PageHandler):
                 self._form = MultipartForm(content_type, "file", self._upload.write)
             except FormError as e:
                 raise bad("file", str(e)) from None
-            taken = self.accept_body(FORM_UPLOAD_BYTES + FORM_AROUND_BYTES, self._feed_form)
+            taken = self.accept_body(self._feed_form)
         else:
             self._raw: list[bytes] = []
-            taken = self.accept_body(MAX_JSON_BYTES, self._raw.append)
+            taken = self.accept_body(self._raw.append, MAX_JSON_BYTES)
         if not taken:
             raise self.upload_too_large()
 

@@ -48,7 +48,7 @@ class StreamedBody:
     accepted is dropped as it arrives.
 
     An answer given before the body is in (a refusal in ``prepare()``, tornado's
-    405 for a method no handler has) waits for a body of up to ``drain_limit()``
+    405 for a method no handler has) waits for a body of up to ``upload_limit()``
     (what the handler takes at most) to arrive and be dropped (``finish``); a
     larger one is answered at once, and the connection closed."""
 
@@ -58,9 +58,11 @@ class StreamedBody:
     _body_sink: Callable[[bytes], None] | None = None
     _deferred_answer: Callable[[], None] | None = None
 
-    def accept_body(self, limit: int, sink: Callable[[bytes], None]) -> bool:
-        """Take a body of up to ``limit`` bytes into ``sink``; False when its
-        Content-Length says it is too large even to drain (answer 413 at once)."""
+    def accept_body(self, sink: Callable[[bytes], None], limit: int | None = None) -> bool:
+        """Take a body of up to ``limit`` bytes (the handler's ``upload_limit()``)
+        into ``sink``; False when its Content-Length says it is too large even to
+        drain (answer 413 at once)."""
+        limit = self.upload_limit() if limit is None else limit
         declared = self.request.headers.get("Content-Length", "")
         self._body_limit = limit
         if declared.isdigit() and int(declared) > DRAIN_FACTOR * limit:
@@ -75,7 +77,7 @@ class StreamedBody:
         if self._deferred_answer is not None:
             # Answered already; a body that grows past the drain limit (chunked)
             # gets the answer now, before tornado's own limit cuts it off with a bare 400.
-            if self.body_size > self.drain_limit():
+            if self.body_size > self.upload_limit():
                 self._deferred_answer()
         elif self.body_size > self._body_limit:
             self._body_sink = None  # too large: the rest is dropped, the answer is 413
@@ -86,11 +88,11 @@ class StreamedBody:
     def body_too_large(self) -> bool:
         return self.body_size > self._body_limit
 
-    def drain_limit(self) -> int:
-        """The largest body an answer given before it is taken waits for (read and
-        dropped as it comes): the most this handler ever takes, so that a refusal of
-        a body it could have taken (a person's token on an agent's 16 MiB history
-        batch) reaches the client rather than the proxy's 503."""
+    def upload_limit(self) -> int:
+        """The most this handler takes (``accept_body``'s limit), and so the largest
+        body an answer given before it is taken waits for (read and dropped as it
+        comes): a refusal of a body it could have taken (a person's token on an
+        agent's 16 MiB history batch) reaches the client rather than the proxy's 503."""
         return MAX_JSON_BYTES
 
     def finish(self, chunk: Any = None) -> Any:
@@ -100,7 +102,7 @@ class StreamedBody:
         if body is None or body.done():
             return super().finish(chunk)  # type: ignore[misc]
         declared = self.request.headers.get("Content-Length", "")
-        drained = self.drain_limit()
+        drained = self.upload_limit()
         if declared.isdigit() and int(declared) > drained:
             return self._finish_and_close(chunk)
         # The server reads bodies of up to SERVER_BODY_BYTES unless told more: past

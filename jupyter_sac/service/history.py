@@ -304,7 +304,7 @@ class IngestHandler(HistoryBaseHandler):
     """POST api/history/ingest (agent token): a batch of transcript entries, up to
     16 MiB (more than the JSON limit), taken only from an agent's own token."""
 
-    def drain_limit(self) -> int:
+    def upload_limit(self) -> int:
         return MAX_INGEST_BYTES
 
     async def prepare(self) -> None:
@@ -313,7 +313,7 @@ class IngestHandler(HistoryBaseHandler):
         # so the hub's proxy delivers it rather than a 503.
         await self.authenticate()
         self._agent = await self.require_agent()
-        if not self.accept_body(MAX_INGEST_BYTES, self._chunks.append):
+        if not self.accept_body(self._chunks.append):
             raise _batch_too_large()
 
     async def post(self) -> None:

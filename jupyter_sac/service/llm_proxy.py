@@ -152,7 +152,7 @@ class LlmProxyHandler(StreamedBody, web.RequestHandler):
     taken only once the path and the token are good, so nobody else can make the
     service hold more than SERVER_BODY_BYTES."""
 
-    def drain_limit(self) -> int:
+    def upload_limit(self) -> int:
         return MAX_REQUEST_BYTES
 
     @property
@@ -262,7 +262,7 @@ class LlmProxyHandler(StreamedBody, web.RequestHandler):
             )
         self._agent, self._provider = agent, agent.provider
         self._chunks: list[bytes] = []
-        if not self.accept_body(MAX_REQUEST_BYTES, self._chunks.append):
+        if not self.accept_body(self._chunks.append):
             return self._fail(413, "request_too_large", "request body too large")
 
     async def post(self, path: str) -> None:

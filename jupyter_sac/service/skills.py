@@ -412,7 +412,7 @@ class BundleHandler(SkillBaseHandler):
     uploaded tar/tar.gz/zip (checked entry by entry, stored as a canonical tar.gz),
     DELETE removes it. A bundle change is a new version."""
 
-    def drain_limit(self) -> int:
+    def upload_limit(self) -> int:
         return MAX_BUNDLE_BYTES
 
     async def prepare(self) -> None:
@@ -426,7 +426,7 @@ class BundleHandler(SkillBaseHandler):
         self._row = await self.editable(self.path_args[0])
         self.require_author((self._row["visibility"], self._row["group_name"]), self._row)
         self._chunks: list[bytes] = []
-        if not self.accept_body(MAX_BUNDLE_BYTES, self._chunks.append):
+        if not self.accept_body(self._chunks.append):
             raise _bundle_too_large()
 
     async def get(self, skill_id: str) -> None:

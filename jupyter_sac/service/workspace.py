@@ -70,7 +70,7 @@ class WorkspaceBase(BaseHandler):
 
     _upload: ws_ops.Upload | None = None
 
-    def drain_limit(self) -> int:
+    def upload_limit(self) -> int:
         return self.ctx.workspace_max_file_bytes
 
     async def quota_of(self, space: str, agent: AgentRecord | None = None) -> Quota:
@@ -81,7 +81,7 @@ class WorkspaceBase(BaseHandler):
     def begin_upload(self) -> None:
         """Take the request body as the upload; call once the caller may write."""
         upload = self.start_spool()
-        if not self.accept_body(self.ctx.workspace_max_file_bytes, upload.write):
+        if not self.accept_body(upload.write):
             raise self.file_too_large()
 
     def file_too_large(self) -> ApiError:
