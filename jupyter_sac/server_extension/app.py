@@ -6,6 +6,7 @@ import asyncio
 import os
 import secrets
 import signal
+import socket
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +52,10 @@ from .workspace_sync import WorkspaceSync
 # Seconds a stopping server spends sending its spooled history (the workspace's
 # flush has its own 8 s; both run at once, within JupyterHub's 10 s).
 HISTORY_FLUSH_TIMEOUT = 8.0
+
+# In a local sandbox: the open file of the listening socket the hub reaches this
+# server through (the launcher names it; jupyter_sac/spawner/netrelay.py).
+SERVER_SOCKET_FD_ENV = "SAC_SERVER_SOCKET_FD"
 
 # The longest HITL timeout the settings allow, plus slack: the PreToolUse hook
 # must outlive any wait the service can impose.
@@ -381,7 +386,22 @@ class SacExtensionApp(ExtensionApp):
             return
         self.handlers.extend(ROUTES)
 
+    def _accept_on_handed_socket(self) -> None:
+        """In a local sandbox with a network of its own, the hub reaches the server
+        through a listening unix socket it made and handed over (netrelay.py); the
+        server accepts on it itself, one hop and one copy of every byte less than a
+        relay to its loopback port."""
+        fd = os.environ.pop(SERVER_SOCKET_FD_ENV, "")
+        if not fd.isdigit():
+            return
+        listener = socket.socket(fileno=int(fd))
+        # tornado accepts in its loop, which a blocking accept would stall.
+        listener.setblocking(False)
+        self.serverapp.http_server.add_socket(listener)
+
     async def _start_jupyter_server_extension(self, serverapp: object) -> None:
+        # Before anything else: the hub's readiness check comes through this socket.
+        self._accept_on_handed_socket()
         if not self.agent_sandbox:
             return
         self.settings["sac_history_uploader"].start()

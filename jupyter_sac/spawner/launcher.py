@@ -73,14 +73,26 @@ def _signal_ready() -> None:
         pass
 
 
-def _start_relays(net: dict | None, server_fd: str) -> None:
+def _start_relays(net: dict | None) -> None:
     """Inside a sandbox's own network namespace: its endpoints, relayed (netrelay.py)."""
     if not net:
         return
     from jupyter_sac.spawner.netrelay import SandboxRelays
 
-    fd = int(server_fd) if server_fd.isdigit() else None
-    SandboxRelays.from_assignment(net, fd).start()
+    SandboxRelays.from_assignment(net).start()
+
+
+def _keep_server_socket(server_fd: str) -> dict[str, str]:
+    """The listening socket the hub reaches the server through, for the server itself
+    to accept on (jupyter_sac.server_extension.app): a relay inside the sandbox would
+    add a copy of every byte and a hop to each keystroke's echo. Not inherited by
+    what the server starts (a terminal holding it could accept the hub's connections)."""
+    from jupyter_sac.server_extension import SERVER_SOCKET_FD_ENV
+
+    if not server_fd.isdigit():
+        return {}
+    os.set_inheritable(int(server_fd), False)
+    return {SERVER_SOCKET_FD_ENV: server_fd}
 
 
 def main() -> None:
@@ -96,9 +108,10 @@ def main() -> None:
     os.dup2(devnull, 0)
     os.close(devnull)
 
-    _start_relays(assignment.get("net"), server_fd)
+    _start_relays(assignment.get("net"))
     os.environ.clear()
     os.environ.update(assignment["env"])
+    os.environ.update(_keep_server_socket(server_fd))
     os.chdir(assignment["cwd"])
     sys.argv = list(assignment["argv"])
 

@@ -559,7 +559,6 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
             )
         )
         return {
-            "server_port": self.port,
             "forwards": [port for _, port in endpoints],
             "egress": True,
         }

@@ -9,7 +9,7 @@ What it may reach crosses on unix sockets in a directory the hub owns
 - inbound, the hub's proxy reaches the agent's server: the hub listens on
   ``127.0.0.1:<port>`` on the host and connects to ``server.sock``, a listening
   socket the hub made and handed to the sandbox as an open file; inside, the
-  launcher accepts on it and connects to the server on the sandbox's loopback;
+  server itself accepts on it (no relay inside: one hop less per keystroke);
 - outbound, each of the host's endpoints a sandbox may use (the proxy, the `sac`
   service) is a listener on the same port of the sandbox's loopback, relayed to
   ``tcp-<port>.sock``, where the hub connects to the real endpoint;
@@ -209,32 +209,21 @@ class HostRelays:
 
 @dataclass(frozen=True)
 class SandboxRelays:
-    """What the launcher relays inside the sandbox, from its assignment."""
+    """What the launcher relays inside the sandbox, from its assignment: the way out
+    (the server accepts on its own way in: server_extension.SERVER_SOCKET_FD_ENV)."""
 
-    server_fd: int | None
-    server_port: int
     forwards: tuple[int, ...]
     egress: bool
 
     @classmethod
-    def from_assignment(cls, net: dict, server_fd: int | None) -> SandboxRelays:
+    def from_assignment(cls, net: dict) -> SandboxRelays:
         return cls(
-            server_fd=server_fd,
-            server_port=int(net["server_port"]),
             forwards=tuple(int(p) for p in net.get("forwards", ())),
             egress=bool(net.get("egress")),
         )
 
     async def _serve(self, started: threading.Event) -> None:
         net = Path(SANDBOX_NET_DIR)
-        if self.server_fd is not None:
-            listener = socket.socket(fileno=self.server_fd)
-            await asyncio.start_unix_server(
-                lambda r, w: splice(
-                    r, w, lambda: asyncio.open_connection("127.0.0.1", self.server_port)
-                ),
-                sock=listener,
-            )
         listeners = [(port, net / forward_socket_name(port)) for port in self.forwards]
         if self.egress:
             listeners.append((EGRESS_PORT, net / EGRESS_SOCKET))
