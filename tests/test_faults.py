@@ -66,7 +66,13 @@ def faults_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
     `sac up` and starts it again on the same data (the dict then describes the new one)."""
     workdir = tmp_path_factory.mktemp("sac-faults")
     service_port = free_port()
-    stack = RestartableStack(workdir, ADMIN_PASSWORD, env={"SAC_SERVICE_PORT": str(service_port)})
+    config = workdir / "faults_config.py"
+    # A hub that does not answer is given up on sooner than the default 30 s (the
+    # paused-hub test waits for it; the hub answers the others in milliseconds).
+    config.write_text("c.SacService.hub_timeout = 5\n")
+    stack = RestartableStack(
+        workdir, ADMIN_PASSWORD, config, env={"SAC_SERVICE_PORT": str(service_port)}
+    )
     described: dict[str, Any] = {}
 
     def describe(running: RunningStack) -> None:
@@ -415,6 +421,42 @@ def test_postgres_outage_answers_503_and_recovers_without_restart(
     resp = client.agent(user, "later", "GET", "sac/api/status")
     assert resp.status_code == 200, resp.text
     client.stop(user, "later")
+
+
+@contextmanager
+def hub_paused(stack: dict[str, Any]) -> Iterator[None]:
+    """JupyterHub stopped (SIGSTOP) for the block: its API accepts connections and
+    never answers, as a hub stuck or restarting would."""
+    pid = find_descendant(stack["pid"], b"jupyterhub")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_a_hub_that_does_not_answer_gets_503_and_changes_nothing(
+    faults_stack: dict[str, Any],
+) -> None:
+    stack = faults_stack
+    admin: HubApi = stack["admin"]
+    user = f"hp{uuid.uuid4().hex[:8]}"
+    client = admin.create_user(user)
+    # The service knows the token (it keeps a login's identity for a minute), so
+    # the request reaches the step that asks the hub.
+    assert client.sac("GET", "agents").status_code == 200
+    with hub_paused(stack):
+        answer = client.sac("POST", "agents", json={"slug": "meanwhile"})
+        listed = client.sac("GET", "agents")
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["error"] == "hub_unavailable", answer.text
+    assert "JupyterHub did not answer" in answer.json()["message"]
+    # The agent was not kept without its named server (the hub never heard of it).
+    assert listed.status_code == 200, listed.text
+    assert [a["slug"] for a in listed.json()["agents"]] == []
+    # Once the hub answers again, the same request works.
+    again = client.sac("POST", "agents", json={"slug": "meanwhile"})
+    assert again.status_code == 201, again.text
 
 
 # ---- a graceful stop --------------------------------------------------------------------

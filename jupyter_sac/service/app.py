@@ -127,6 +127,13 @@ class SacService(Application):
         600, help="Seconds a model call may take through the credential proxy."
     ).tag(config=True)
 
+    hub_timeout = Float(
+        30.0,
+        help="Seconds the service waits for an answer of JupyterHub's API; past it (or"
+        " when the hub cannot be reached) a request that needed the hub is answered 503"
+        " hub_unavailable.",
+    ).tag(config=True)
+
     port = Integer(help="Port to listen on (default: from $JUPYTERHUB_SERVICE_URL).").tag(
         config=True
     )
@@ -311,7 +318,7 @@ class SacService(Application):
         await org_keys.reload(store, keybox)
         ctx = ServiceContext(
             store=store,
-            hub=HubClient(),
+            hub=HubClient(timeout=self.hub_timeout),
             keybox=keybox,
             objects=self.make_object_store(),
             org_keys=org_keys,

@@ -15,6 +15,7 @@ from tornado.log import app_log
 from ..contract import Operation
 from ..errors import ApiError, allowed_methods, error_body
 from ..store import AgentRecord, database_unavailable
+from .hub import HubUnavailable
 from .openapi import CONTRACT
 from .operations import access
 from .operations.context import Actor, ServiceContext, audit
@@ -396,12 +397,20 @@ class BaseHandler(StreamedBody, HubOAuthenticated, web.RequestHandler):
             unavailable = ApiError(503, "database_unavailable", DATABASE_UNAVAILABLE)
             kwargs["exc_info"] = (ApiError, unavailable, exc_info[2])
             status_code = 503
+        elif isinstance(exc_info[1], HubUnavailable):
+            unavailable = ApiError(503, "hub_unavailable", exc_info[1].message)
+            kwargs["exc_info"] = (ApiError, unavailable, exc_info[2])
+            status_code = 503
         super().send_error(status_code, **kwargs)
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if database_unavailable(value):
             app_log.warning("%s %s: the database is unavailable: %s",
                             self.request.method, self.request.uri, value)  # fmt: skip
+            return
+        if isinstance(value, HubUnavailable):
+            app_log.warning("%s %s: %s (%s)", self.request.method, self.request.uri,
+                            value.message, value.__cause__)  # fmt: skip
             return
         super().log_exception(typ, value, tb)
 

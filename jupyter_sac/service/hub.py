@@ -18,17 +18,32 @@ class HubError(Exception):
         self.message = message
 
 
+class HubUnavailable(HubError):
+    """The hub did not answer (not running, restarting, or too slow): a 503 to retry."""
+
+    def __init__(self, cause: httpx.TransportError):
+        super().__init__(
+            503,
+            f"JupyterHub did not answer ({type(cause).__name__}) at the moment; try again shortly",
+        )
+
+
 class HubClient:
-    def __init__(self, api_url: str | None = None, token: str | None = None):
+    def __init__(self, api_url: str | None = None, token: str | None = None, timeout: float = 30.0):
         self.api_url = (api_url or os.environ["JUPYTERHUB_API_URL"]).rstrip("/")
         token = token or os.environ["JUPYTERHUB_API_TOKEN"]
-        self.client = httpx.AsyncClient(headers={"Authorization": f"token {token}"}, timeout=30)
+        self.client = httpx.AsyncClient(
+            headers={"Authorization": f"token {token}"}, timeout=timeout
+        )
 
     async def close(self) -> None:
         await self.client.aclose()
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return await self.client.request(method, self.api_url + path, **kwargs)
+        try:
+            return await self.client.request(method, self.api_url + path, **kwargs)
+        except httpx.TransportError as e:
+            raise HubUnavailable(e) from e
 
     @staticmethod
     def _raise(resp: httpx.Response) -> None:

@@ -12,7 +12,7 @@ from ...rules import settings as sac_settings
 from ...rules.budgets import budgets
 from ...rules.urls import PublicUrls
 from ...store import AgentExistsError, AgentLimitError, AgentRecord, SandboxUsage
-from ..hub import HubError
+from ..hub import HubError, HubUnavailable
 from ..openapi import CONTRACT
 from ..validation import agent_fields
 from .access import authorize_user, get_agent, require_person
@@ -81,7 +81,10 @@ async def hub_refused(
 ) -> ApiError:
     """The answer to a start, stop or delete the hub refused: 409 when it refused
     the request (or the server was busy starting or stopping for someone else: the
-    hub answers that race 500), 502 only for a failure of the hub or the spawn."""
+    hub answers that race 500), 503 when it did not answer, 502 only for a failure of
+    the hub or the spawn."""
+    if isinstance(e, HubUnavailable):
+        return ApiError(503, "hub_unavailable", f"{what}: {e.message}")
     if e.status >= 500:
         try:
             user = await ctx.hub.get_user(owner)
@@ -168,6 +171,8 @@ async def create_agent(
     except HubError as e:
         # Keep the two in step: no agent without its named server.
         await ctx.store.agents.delete(owner, slug)
+        if isinstance(e, HubUnavailable):
+            raise ApiError(503, "hub_unavailable", e.message) from None
         raise ApiError(
             e.status if 400 <= e.status < 500 else 502,
             "hub_refused",
