@@ -69,3 +69,36 @@ def test_the_hub_finds_the_pinned_claude_without_importing_its_sdk() -> None:
     binary, imported = json.loads(out.stdout.strip().splitlines()[-1])
     assert binary.endswith("/_bundled/claude"), binary
     assert imported is False
+
+
+def test_the_launcher_runs_no_other_program_and_loads_none_of_the_hubs_code(
+    tmp_path: Path,
+) -> None:
+    """Every sandbox pays for what its launcher does before it is assigned, and a
+    burst of new agents pays it on their clock: no node process (jupyterlab asks
+    one for yarn's configuration as it is imported), and none of the hub's code
+    (its spawner, database models, the store), which a sandbox never uses."""
+    bin_dir, marker = tmp_path / "bin", tmp_path / "node-ran"
+    bin_dir.mkdir()
+    node = bin_dir / "node"
+    node.write_text(f'#!/bin/sh\ntouch {marker}\nexec /usr/bin/node "$@"\n')
+    node.chmod(0o755)
+    script = (
+        "import json, sys\n"
+        "from jupyter_sac.spawner import launcher\n"
+        "launcher._preimport()\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONNOUSERSITE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    imported = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert not marker.exists(), "the launcher started node"
+    hubs = {"jupyter_sac.spawner.local", "jupyter_sac.spawner.mixin", "jupyter_sac.store",
+            "jupyter_sac.service", "psycopg", "kubernetes_asyncio"}  # fmt: skip
+    assert imported & hubs == set()

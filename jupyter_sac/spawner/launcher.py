@@ -33,12 +33,25 @@ START_MODULES = (
 )
 
 
+def _skip_yarn_config() -> None:
+    """jupyterlab.labapp asks node for yarn's configuration as it is imported (a node
+    process, about 0.2 s of CPU: a fifth of a sandbox's start), for the npm registry
+    that building or installing extensions would use. A sandbox does neither (its
+    extension manager is read-only: spawner/mixin.py), so yarn's configuration is
+    taken to be empty, as jupyterlab itself takes it where node is missing."""
+    import jupyterlab.commands
+
+    if hasattr(jupyterlab.commands, "_yarn_config"):
+        jupyterlab.commands._yarn_config = lambda logger: {"yarn config": {}, "npm config": {}}
+
+
 def _preimport() -> None:
     # jsonschema's "iri" format checker builds a grammar of about 20 MiB (and 1.6 s
     # of CPU) when rfc3987_syntax is importable; nothing a sandbox validates uses
     # that format, so every agent would carry it for nothing (bench/density.py:
     # 163 -> 145 MiB per idle agent).
     sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
+    _skip_yarn_config()
     import jupyter_server.serverapp  # noqa: F401
     import jupyter_server_terminals  # noqa: F401
     import jupyterlab.labapp  # noqa: F401
