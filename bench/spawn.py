@@ -61,7 +61,10 @@ c.Spawner.cmd = [{singleuser!r}]
 c.Spawner.default_url = "/lab"
 """
 # Our stack as `sac up` has it, but for the pool's ceiling (the burst's size).
-AGENTS_CONFIG = "c.LocalAgentSpawner.warm_sandboxes_max = {burst}\n"
+AGENTS_CONFIG = (
+    "c.LocalAgentSpawner.warm_sandboxes_max = {burst}\n"
+    "c.LocalAgentSpawner.warm_sandboxes = {warm}\n"
+)
 SPAWNER_PHASES = ("prepare", "sandbox", "limits", "relays", "server")
 PHASES = ("service_create", "hub_before_start", *SPAWNER_PHASES, "hub_after_start", "first_request")
 
@@ -234,11 +237,12 @@ def wait_for_spares(stack: RunningStack, count: int, quiet: float = 1.0) -> None
 
 
 def bench_agents(
-    runs: int, interval: float, burst_size: int
+    runs: int, interval: float, burst_size: int, warm: int
 ) -> tuple[list[AgentStart], list[float], list[float]]:
     starts = []
-    with stack_client(AGENTS_CONFIG.format(burst=burst_size)) as (client, stack):
-        wait_for_spares(stack, 1)
+    config = AGENTS_CONFIG.format(burst=max(burst_size, warm), warm=warm)
+    with stack_client(config) as (client, stack):
+        wait_for_spares(stack, warm)
         for i in range(runs):
             run = create_and_start(client, stack, f"bench{i}")
             run.cpu = start_cpu(stack, run.slug)
@@ -247,7 +251,7 @@ def bench_agents(
             delete_agents(client, stack, [run.slug])
             time.sleep(interval)
             # On a busy machine a spare's imports can outlast the interval.
-            wait_for_spares(stack, 1)
+            wait_for_spares(stack, warm)
         read_spawner_phases(stack, starts)
         first: list[float] = []
         grown: list[float] = []
@@ -288,11 +292,18 @@ def main() -> None:
     )
     parser.add_argument("--burst", type=int, default=5, help="agents created at once (0: none)")
     parser.add_argument(
+        "--warm",
+        type=int,
+        default=LocalAgentSpawner.warm_sandboxes.default_value,
+        help="spares the pool keeps at rest (c.LocalAgentSpawner.warm_sandboxes;"
+        " default: its default)",
+    )
+    parser.add_argument(
         "--stock-runs", type=int, default=None, help="stock servers to time (default: --runs)"
     )
     args = parser.parse_args()
-    print(f"LocalAgentSpawner: {args.runs} new agents (create -> ready)")
-    ours, first, grown = bench_agents(args.runs, args.interval, args.burst)
+    print(f"LocalAgentSpawner: {args.runs} new agents (create -> ready), {args.warm} spare(s)")
+    ours, first, grown = bench_agents(args.runs, args.interval, args.burst, args.warm)
     stock_runs = args.runs if args.stock_runs is None else args.stock_runs
     print(f"SimpleLocalProcessSpawner (stock): {stock_runs} named servers (start -> ready)")
     stock = bench_stock(stock_runs, args.interval) if stock_runs else [float("nan")]
@@ -321,8 +332,7 @@ def main() -> None:
     if first:
         # The pool at rest holds warm_sandboxes spares: the rest of a burst starts
         # cold, and its CPU alone, shared by this machine's cores, takes at least this.
-        resting = LocalAgentSpawner.warm_sandboxes.default_value
-        floor = max(0, args.burst - resting) * cpu / (os.cpu_count() or 1)
+        floor = max(0, args.burst - args.warm) * cpu / (os.cpu_count() or 1)
         print(f"FIGURE spawn_concurrent{args.burst}_first_cpu_floor {floor:.3f} s")
         print(f"FIGURE spawn_concurrent{args.burst}_first_max {max(first):.3f} s")
     if grown:
