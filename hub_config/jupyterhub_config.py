@@ -3,7 +3,7 @@
 # The `sac` service loads this same file, so c.SacService.* settings go here too.
 # Operators: copy this file, then override below the configure() call, e.g.
 #   c.SacService.organisation_api_keys = {"anthropic": "sk-ant-..."}
-#   c.LocalAgentSpawner.warm_sandboxes = 2
+#   c.LocalAgentSpawner.warm_sandboxes = 4
 import os
 
 from jupyter_sac.hubconfig import configure, prewarm_when_running

@@ -159,10 +159,13 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         return sorted(p for p in paths if not p.startswith(self.data_dir))
 
     warm_sandboxes = Integer(
-        1,
+        2,
         help="""Pre-started sandboxes kept waiting with the single-user server's modules
         imported, so an agent starts in well under a second. 0 disables the pool.
-        This is the pool's resting size; it grows to demand up to warm_sandboxes_max.""",
+        This is the pool's resting size; it grows to demand up to warm_sandboxes_max.
+        Two, so that five agents created at the same moment on a 2-core machine are
+        all ready within 2 s before the pool has learned that demand (the three that
+        start cold share the cores); each spare holds about 120 MiB.""",
     ).tag(config=True)
 
     warm_sandboxes_max = Integer(
@@ -170,7 +173,7 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         help="""The most spares the warm pool keeps when agents start at the same moment:
         after N starts at once it keeps N spares (at most this many, at least
         warm_sandboxes) for warm_demand_window seconds, so the next such burst finds a
-        warm sandbox for each. Each spare holds about 130 MiB.""",
+        warm sandbox for each. Each spare holds about 120 MiB.""",
     ).tag(config=True)
 
     warm_demand_window = Float(
