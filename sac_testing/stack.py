@@ -309,6 +309,20 @@ def find_descendant(root: int, marker: bytes) -> int:
 
 
 @contextmanager
+def stack_process_paused(root: int, marker: bytes) -> Iterator[int]:
+    """The process under ``root`` that runs ``marker`` (find_descendant) stopped
+    (SIGSTOP) for the block, and its pid: the kernel still accepts connections to it
+    and takes requests' bytes, but nothing answers them, as with a process stuck
+    or restarting."""
+    pid = find_descendant(root, marker)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pid
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+@contextmanager
 def bare_lab(workdir: Path) -> Iterator[subprocess.Popen]:
     """A JupyterLab server without the jupyter-sac extension (a same-run baseline of
     what an agent's server costs), once it has served /lab as an agent's has."""

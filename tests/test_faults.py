@@ -51,6 +51,7 @@ from sac_testing.stack import (
     find_descendant,
     poll_until,
     read_terminal_until,
+    stack_process_paused,
 )
 
 pytestmark = pytest.mark.stack
@@ -100,16 +101,10 @@ def service_pid(stack: dict[str, Any]) -> int:
     return find_descendant(stack["pid"], b"jupyter_sac.service")
 
 
-@contextmanager
-def service_paused(stack: dict[str, Any]) -> Iterator[int]:
+def service_paused(stack: dict[str, Any]) -> contextlib.AbstractContextManager[int]:
     """The `sac` service stopped (SIGSTOP) for the block: the kernel still accepts
     connections and takes requests' bytes, but nothing answers them."""
-    pid = service_pid(stack)
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield pid
-    finally:
-        os.kill(pid, signal.SIGCONT)
+    return stack_process_paused(stack["pid"], b"jupyter_sac.service")
 
 
 def largest_request_waiting(port: int) -> int:
@@ -423,18 +418,6 @@ def test_postgres_outage_answers_503_and_recovers_without_restart(
     client.stop(user, "later")
 
 
-@contextmanager
-def hub_paused(stack: dict[str, Any]) -> Iterator[None]:
-    """JupyterHub stopped (SIGSTOP) for the block: its API accepts connections and
-    never answers, as a hub stuck or restarting would."""
-    pid = find_descendant(stack["pid"], b"jupyterhub")
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
-
-
 def test_a_hub_that_does_not_answer_gets_503_and_changes_nothing(
     faults_stack: dict[str, Any],
 ) -> None:
@@ -445,7 +428,8 @@ def test_a_hub_that_does_not_answer_gets_503_and_changes_nothing(
     # The service knows the token (it keeps a login's identity for a minute), so
     # the request reaches the step that asks the hub.
     assert client.sac("GET", "agents").status_code == 200
-    with hub_paused(stack):
+    # JupyterHub stopped: its API accepts connections and never answers.
+    with stack_process_paused(stack["pid"], b"jupyterhub"):
         answer = client.sac("POST", "agents", json={"slug": "meanwhile"})
         listed = client.sac("GET", "agents")
     assert answer.status_code == 503, answer.text

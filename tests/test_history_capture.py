@@ -5,11 +5,8 @@ the service is away and after the single-user server is killed mid-upload."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from urllib.parse import urlsplit
 
 import httpx
@@ -27,7 +24,7 @@ from helpers import (
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from sac_testing.stack import find_descendant, poll_until
+from sac_testing.stack import poll_until, stack_process_paused
 
 pytestmark = pytest.mark.stack
 
@@ -42,15 +39,9 @@ def _claude(prompt: str, base_url: str | None = None) -> str:
     return f"cd /workspace && {env}claude -p {json.dumps(prompt)} --output-format text"
 
 
-@contextmanager
-def service_paused(stack: dict) -> Iterator[None]:
+def service_paused(stack: dict) -> AbstractContextManager[int]:
     """The `sac` service is unreachable (stopped, not killed) for the block's duration."""
-    pid = find_descendant(stack["pid"], b"jupyter_sac.service")
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
+    return stack_process_paused(stack["pid"], b"jupyter_sac.service")
 
 
 def _transcript_keys(text: str) -> list[tuple[str, str]]:
