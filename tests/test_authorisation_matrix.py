@@ -181,6 +181,14 @@ def fresh_org_key(world: World, principal: str) -> str:
     return A + "organisation-keys/openrouter"
 
 
+def fresh_secret(world: World, principal: str) -> str:
+    """One of alice's secrets, named in the path with its owner (as an admin names it)."""
+    name = f"T{uuid.uuid4().hex[:8]}"
+    resp = world.owner.sac("PUT", f"secrets/{name}", json={"value": "matrix-secret-value"})
+    assert resp.status_code == 201, resp.text
+    return A + f"secrets/{name}?user={world.user}"
+
+
 def fresh_settings(world: World, principal: str) -> str:
     """alice's overrides (room for the throwaway agents), to be cleared."""
     resp = world.admin.sac("PUT", f"users/{world.user}/settings", json={"max_agents_per_user": 10})
@@ -283,6 +291,11 @@ SERVICE_ROWS: list[Row] = [
         fresh=fresh_org_key,
         ok=frozenset({204}),
     ),
+    # users' secrets: persons only, each their own (administrators list and remove)
+    Row("GET", A + "secrets", PERSONS, ok=frozenset({200})),
+    Row("GET", A + "secrets?user={user}", OWNER, ok=frozenset({200})),
+    Row("PUT", A + "secrets/MATRIX", PERSONS, body=NO_BODY, ok=frozenset({400})),
+    Row("DELETE", A + "secrets/{secret}", OWNER, fresh=fresh_secret, ok=frozenset({204})),
     # the credential proxy: agent tokens only (each its own agent)
     Row("POST", P + "llm/v1/messages", AGENT_TOKENS, body=NO_BODY),
     # history
@@ -862,6 +875,7 @@ SAMPLE = {
     "pskill": "8",
     "server": "user/alice/a1/",
     "hook_secret": "s",
+    "secret": "T0",
 }
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Float, Integer, List, Unicode, default
 
+from ..rules.secrets import SECRET_ENV_NAMES_VAR, SECRETS_DIR_VAR, Redactor
 from ..runtimes.claude import claude_binary
 from ..runtimes.claude_config import seed_claude_config
 from .capture import TranscriptCapture
@@ -60,6 +61,25 @@ SERVER_SOCKET_FD_ENV = "SAC_SERVER_SOCKET_FD"
 # The longest HITL timeout the settings allow, plus slack: the PreToolUse hook
 # must outlive any wait the service can impose.
 MAX_HITL_WAIT = 7 * 86400 + 120
+
+
+def granted_secrets() -> dict[str, str]:
+    """The values of the secrets this agent was given, by where they are: the
+    variables the spawner named in $SAC_SECRET_ENV and the files in
+    $SAC_SECRETS_DIR (read once, at start: what history is scrubbed of)."""
+    found: dict[str, str] = {}
+    for name in filter(None, os.environ.get(SECRET_ENV_NAMES_VAR, "").split(",")):
+        if os.environ.get(name):
+            found[name] = os.environ[name]
+    directory = os.environ.get(SECRETS_DIR_VAR)
+    if directory and os.path.isdir(directory):
+        for entry in os.scandir(directory):
+            try:
+                with open(entry.path, encoding="utf-8", errors="replace") as f:
+                    found.setdefault(entry.name, f.read())
+            except OSError:
+                continue
+    return found
 
 
 ROUTES: list[tuple[str, Any]] = [
@@ -290,10 +310,15 @@ class SacExtensionApp(ExtensionApp):
         )
 
         # One client for every part that talks to the service (closed at the stop).
+        redact = Redactor(granted_secrets())
+        if redact:
+            self.log.info("jupyter_sac: captured history is scrubbed of this agent's secrets")
         client = ServiceClient(
-            os.environ.get("SAC_SERVICE_URL", ""), os.environ.get("SAC_AGENT_TOKEN", "")
+            os.environ.get("SAC_SERVICE_URL", ""),
+            os.environ.get("SAC_AGENT_TOKEN", ""),
+            redact=redact,
         )
-        spool = HistorySpool(state / "history-spool", self.spool_segment_bytes)
+        spool = HistorySpool(state / "history-spool", self.spool_segment_bytes, redact=redact)
         uploader = HistoryUploader(spool, client)
         logger = self.serverapp.event_logger
         logger.register_event_schema(HITL_EVENT_SCHEMA)

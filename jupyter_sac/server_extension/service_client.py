@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import os
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -45,8 +46,11 @@ class ServiceClient:
     (one connection pool, one place that holds the token) with their own
     per-request timeouts where the default does not fit."""
 
-    def __init__(self, base_url: str, token: str):
+    def __init__(self, base_url: str, token: str, redact: Callable[[Any], Any] | None = None):
         self.base = base_url.rstrip("/") + "/api/"
+        # What a HITL request shows of a tool call passes through this first: the
+        # sandbox's secrets never reach the service (rules/secrets.py: Redactor).
+        self.redact: Callable[[Any], Any] = redact or (lambda value: value)
         # Without both there is nothing to talk to (a server outside a spawner).
         self.configured = self.base.startswith("http") and bool(token)
         tls = tls_context()
@@ -75,7 +79,7 @@ class ServiceClient:
         return await self._call("GET", "agent/hitl")
 
     async def file_request(self, body: dict[str, Any]) -> dict[str, Any]:
-        return await self._call("POST", "hitl/requests", json=body)
+        return await self._call("POST", "hitl/requests", json=self.redact(body))
 
     async def wait(self, request_id: str, timeout: int = WAIT_SLICE) -> dict[str, Any]:
         return await self._call(

@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,17 @@ class Position:
 class HistorySpool:
     """Append-only JSONL segments plus a committed read position."""
 
-    def __init__(self, directory: Path, segment_bytes: int = SEGMENT_BYTES):
+    def __init__(
+        self,
+        directory: Path,
+        segment_bytes: int = SEGMENT_BYTES,
+        redact: Callable[[Any], Any] | None = None,
+    ):
         self.dir = directory
         self.segment_bytes = segment_bytes
+        # Applied to every event before it is written: the sandbox's secrets never
+        # reach the spool, so never the service (rules/secrets.py: Redactor).
+        self.redact = redact
         self._lock = threading.Lock()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.cursor = self._load_cursor()
@@ -97,6 +106,8 @@ class HistorySpool:
         """Durably append events (blocking: call it in a thread)."""
         if not events:
             return
+        if self.redact is not None:
+            events = [self.redact(e) for e in events]
         payload = b"".join(
             # ASCII escapes: a transcript may hold a lone surrogate (a string cut
             # mid-emoji), which has no UTF-8 encoding.

@@ -35,6 +35,7 @@ from . import (
     metrics_handler,
     org_keys,
     person_pages,
+    secrets,
     skills,
     workspace,
 )
@@ -281,6 +282,7 @@ class SacService(Application):
             *metrics_handler.routes(p),
             *audit.routes(p),
             *org_keys.routes(p),
+            *secrets.routes(p),
             *workspace.routes(p),
             *admin_pages.routes(p),
             *person_pages.routes(p),

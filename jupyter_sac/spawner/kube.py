@@ -30,15 +30,19 @@ from kubespawner.clients import shared_client
 from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default
 
 from .._version import __version__
+from ..rules.secrets import SANDBOX_SECRETS_DIR, SECRETS_DIR_VAR
 from .kube_manifests import (
     SANDBOX_HOME,
     SANDBOX_WORKSPACE,
+    SECRET_ENV,
     NetworkRules,
     Peer,
     describe_pod_failure,
+    granted_secret_keys,
     network_policy,
     resource_traits,
     sandbox_volumes,
+    secrets_volume,
     security_contexts,
     split_secret_env,
     token_secret,
@@ -272,7 +276,15 @@ class KubeAgentSpawner(AgentSpawnerMixin, KubeSpawner):
                 "SHELL": "/bin/bash",
             }
         )
-        pod_env, self._secret_data = split_secret_env(env, self.agent_secret_name)
+        ctx = self._agent
+        env_keys, file_data = granted_secret_keys(ctx.secret_env, ctx.secret_files)
+        if file_data:
+            env[SECRETS_DIR_VAR] = SANDBOX_SECRETS_DIR
+        # Granted secrets, like the tokens, reach the pod only through its Secret.
+        pod_env, self._secret_data = split_secret_env(
+            env, self.agent_secret_name, {**SECRET_ENV, **env_keys}
+        )
+        self._secret_data.update(file_data)
         return pod_env
 
     def get_args(self) -> list[str]:
@@ -288,6 +300,11 @@ class KubeAgentSpawner(AgentSpawnerMixin, KubeSpawner):
         pod = await super().get_pod_manifest()
         claim = self.pvc_name if self.workspace_storage == "pvc" else None
         volumes, mounts = sandbox_volumes(claim, self.tmp_size_limit)
+        if self._agent is not None and self._agent.secret_files:
+            volume, mount = secrets_volume(
+                self.agent_secret_name, self._agent.secret_files, SANDBOX_SECRETS_DIR
+            )
+            volumes, mounts = [*volumes, volume], [*mounts, mount]
         spec = pod.spec
         spec.volumes = [*volumes, *(spec.volumes or [])]
         container = spec.containers[0]

@@ -10,7 +10,7 @@ camelCase, so the tests can validate it against the real schemas.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +55,37 @@ def split_secret_env(
         data[key] = value
         pod_env[name] = {"valueFrom": {"secretKeyRef": {"name": secret_name, "key": key}}}
     return pod_env, data
+
+
+def granted_secret_keys(
+    secret_env: Mapping[str, str], secret_files: Mapping[str, str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Where an agent's granted secrets go in its Secret: (variable -> the key its
+    ``valueFrom`` names, {file key: value}). Variable keys are ``env-<NAME>``, file
+    keys ``file-<name>`` (both within a Secret's key characters, and apart from the
+    tokens' keys)."""
+    env_keys = {name: f"env-{name}" for name in secret_env}
+    file_data = {f"file-{name}": value for name, value in secret_files.items()}
+    return env_keys, file_data
+
+
+def secrets_volume(
+    secret_name: str, files: Iterable[str], mount_path: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(volume, volumeMount) that show the secrets granted as files at
+    ``mount_path``: only the ``file-`` keys of the agent's Secret (never its
+    tokens), read-only, mode 0400. A Secret volume is a tmpfs: the values never
+    reach the node's disk."""
+    volume = {
+        "name": "sac-secrets",
+        "secret": {
+            "secretName": secret_name,
+            "defaultMode": 0o400,
+            "items": [{"key": f"file-{name}", "path": name} for name in sorted(files)],
+        },
+    }
+    mount = {"name": "sac-secrets", "mountPath": mount_path, "readOnly": True}
+    return volume, mount
 
 
 def token_secret(

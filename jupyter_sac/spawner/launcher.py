@@ -108,6 +108,33 @@ def _keep_server_socket(server_fd: str) -> dict[str, str]:
     return {SERVER_SOCKET_FD_ENV: server_fd}
 
 
+def _write_secret_files(secret_files: dict | None) -> None:
+    """The secrets granted as files, written before the server starts, readable by
+    the sandbox's user only (0400). In bubblewrap the directory is a tmpfs of the
+    sandbox's own, so the values never reach a disk."""
+    if not secret_files:
+        return
+    directory = secret_files["dir"]
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    # Ours when the launcher made it (an unconfined sandbox); bubblewrap's tmpfs is
+    # not, and is new at each start.
+    owned = os.stat(directory).st_uid == os.getuid()
+    if owned:
+        os.chmod(directory, 0o700)
+        for old in os.listdir(directory):  # an unconfined sandbox's earlier start
+            os.unlink(os.path.join(directory, old))
+    for name, value in secret_files["files"].items():
+        if "/" in name or name.startswith("."):
+            continue  # the service never grants such a name (rules/secrets.py)
+        fd = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+        try:
+            os.write(fd, value.encode("utf-8"))
+        finally:
+            os.close(fd)
+    if owned:
+        os.chmod(directory, 0o500)
+
+
 def main() -> None:
     server_fd = os.environ.pop("SAC_SERVER_FD", "")
     _preimport()
@@ -122,6 +149,7 @@ def main() -> None:
     os.close(devnull)
 
     _start_relays(assignment.get("net"))
+    _write_secret_files(assignment.get("secret_files"))
     os.environ.clear()
     os.environ.update(assignment["env"])
     os.environ.update(_keep_server_socket(server_fd))

@@ -25,6 +25,7 @@ import jupyter_sac
 from ..data_dir import default_data_dir
 from ..objects import store_from_config
 from ..rules.egress import is_loopback_host
+from ..rules.secrets import SANDBOX_SECRETS_DIR, SECRETS_DIR_VAR
 from ..rules.urls import PublicUrls
 from ..runtimes.claude import claude_binary
 from ..store import SandboxUsage
@@ -488,6 +489,15 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         env["PATH"] = os.pathsep.join([*tool_dirs, env.get("PATH", "/usr/bin:/bin")])
         if isolated:
             env.update(egress_env(PublicUrls.from_config(self.config).domain))
+        secret_files = None
+        if ctx.secret_files:
+            # In bubblewrap /run is the sandbox's own tmpfs: the files live in its
+            # memory only and are gone when it stops.
+            secrets_dir = (
+                SANDBOX_SECRETS_DIR if mode == "bubblewrap" else str(layout.root / "secrets")
+            )
+            env[SECRETS_DIR_VAR] = secrets_dir
+            secret_files = {"dir": secrets_dir, "files": ctx.secret_files}
         argv = [*self.cmd, *self.get_args()]
 
         sandbox = pool.take() if pool else None
@@ -526,7 +536,7 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
             net = await self._serve_relays(ctx, sandbox)
         phases.mark("relays")
         try:
-            sandbox.assign(env, argv, workspace, net)
+            sandbox.assign(env, argv, workspace, net, secret_files)
         except OSError:
             raise AgentSpawnError(
                 f"The sandbox exited before it could start (code {sandbox.proc.poll()})"

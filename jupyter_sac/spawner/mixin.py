@@ -12,15 +12,17 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from jupyterhub.spawner import SpawnException
-from traitlets import Dict, Unicode, default
+from traitlets import Dict, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
+from ..crypto import KeyBox
 from ..rules import settings as sac_settings
 from ..rules.providers import PRESETS
+from ..rules.secrets import SECRET_ENV_NAMES_VAR, deliveries
 from ..store import AgentLimitError, AgentRecord, Store
 
 # Variables that must never reach a sandbox, whatever the hub's environment holds.
@@ -111,6 +113,10 @@ class AgentContext:
     agent: AgentRecord
     resolved: dict[str, Any]
     token: str
+    # The owner's secrets granted to the agent, decrypted: as variables, and as
+    # files by name (the spawner puts those in the sandbox's $SAC_SECRETS_DIR).
+    secret_env: dict[str, str] = field(default_factory=dict)
+    secret_files: dict[str, str] = field(default_factory=dict)
 
 
 _stores: dict[str, Store] = {}
@@ -198,6 +204,17 @@ class AgentSpawnerMixin(LoggingConfigurable):
         help="Extra environment variables for every sandbox (never put secrets here).",
     ).tag(config=True)
 
+    fernet_keys = List(
+        Unicode(),
+        help="""Fernet keys that decrypt users' secrets at an agent's start: the `sac`
+        service's (c.SacService.fernet_keys), newest first. Default: $SAC_FERNET_KEY
+        (comma-separated). Without them an agent granted a secret does not start.""",
+    ).tag(config=True)
+
+    @default("fernet_keys")
+    def _default_fernet_keys(self) -> list[str]:
+        return [k for k in os.environ.get("SAC_FERNET_KEY", "").split(",") if k]
+
     @default("disable_user_config")
     def _default_disable_user_config(self) -> bool:
         # jupyterhub-singleuser then reads no configuration from the agent's home
@@ -278,8 +295,44 @@ class AgentSpawnerMixin(LoggingConfigurable):
                 " an administrator lowered it. Delete an agent or ask for a higher limit."
             )
         resolved = sac_settings.resolve(system, user_overrides, agent.overrides)
+        secret_env, secret_files = await self.granted_secrets(store, agent)
         token = await store.tokens.issue(agent.id)
-        return AgentContext(agent=agent, resolved=resolved, token=token)
+        return AgentContext(
+            agent=agent,
+            resolved=resolved,
+            token=token,
+            secret_env=secret_env,
+            secret_files=secret_files,
+        )
+
+    async def granted_secrets(
+        self, store: Store, agent: AgentRecord
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """The agent's granted secrets, decrypted: (variables, files by name). A
+        secret removed since it was granted is left out, and the spawn page says so."""
+        if not agent.secrets:
+            return {}, {}
+        if not self.fernet_keys:
+            raise AgentSpawnError(
+                "This agent is granted secrets, but the hub has no key to decrypt them"
+                " (SAC_FERNET_KEY); ask an administrator."
+            )
+        keybox = KeyBox(self.fernet_keys)
+        names = [grant["name"] for grant in agent.secrets]
+        values: dict[str, str] = {}
+        for name, encrypted in (await store.secrets.values_for(agent.owner, names)).items():
+            try:
+                values[name] = keybox.decrypt(encrypted)
+            except ValueError:
+                self.log.error(
+                    "[%s] secret %s cannot be decrypted with the hub's Fernet keys",
+                    self._log_name,
+                    name,
+                )
+        env, files, missing = deliveries(agent.secrets, values)
+        if missing:
+            self.report(f"Secrets not available, not given: {', '.join(sorted(missing))}", 8)
+        return env, files
 
     async def running_agent_context(self) -> AgentContext | None:
         """The agent and its resolved settings for a server that is already running
@@ -318,6 +371,11 @@ class AgentSpawnerMixin(LoggingConfigurable):
         for key, value in self.agent_environment.items():
             if not key.startswith(FORBIDDEN_ENV_PREFIXES):
                 env[key] = str(value)
+        # The owner's own choice for this agent wins over the deployment's extras.
+        env.update(ctx.secret_env)
+        if ctx.secret_env:
+            # For the extension to scrub captured history of these values.
+            env[SECRET_ENV_NAMES_VAR] = ",".join(sorted(ctx.secret_env))
         return env
 
     @staticmethod

@@ -33,6 +33,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..rules.secrets import SANDBOX_SECRETS_DIR
 from .netrelay import SERVER_SOCKET, HostRelays, listening_unix_socket
 
 log = logging.getLogger("jupyter_sac.sandbox")
@@ -226,6 +227,10 @@ def bwrap_argv(
             exposed.append(path)
     argv += ["--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp"]
     argv += ["--tmpfs", "/run", "--dir", "/var", "--perms", "1777", "--tmpfs", "/var/tmp"]
+    # Where the launcher writes the secrets granted as files: memory of this sandbox
+    # only. bubblewrap cannot give a tmpfs to the sandbox's uid, hence the sticky
+    # bit (one uid runs in a sandbox; the files themselves are 0400).
+    argv += ["--perms", "1777", "--tmpfs", SANDBOX_SECRETS_DIR]
     made: set[str] = set()
     for path in sorted(dict.fromkeys(readonly_paths)):
         if not os.path.exists(path) or _covered(path, exposed):
@@ -506,12 +511,25 @@ class Sandbox:
         return self.alive()
 
     def assign(
-        self, env: dict[str, str], argv: list[str], cwd: str, net: dict | None = None
+        self,
+        env: dict[str, str],
+        argv: list[str],
+        cwd: str,
+        net: dict | None = None,
+        secret_files: dict | None = None,
     ) -> None:
         """Hand this sandbox its agent: one JSON line on its stdin, then EOF
-        (``net``: what its relays serve, netrelay.SandboxRelays)."""
+        (``net``: what its relays serve, netrelay.SandboxRelays; ``secret_files``:
+        ``{"dir", "files": {name: value}}``, the secrets granted as files, which the
+        launcher writes there)."""
         assert self.proc.stdin is not None
-        assignment = {"env": env, "argv": argv, "cwd": cwd, "net": net}
+        assignment = {
+            "env": env,
+            "argv": argv,
+            "cwd": cwd,
+            "net": net,
+            "secret_files": secret_files,
+        }
         self.proc.stdin.write(json.dumps(assignment).encode() + b"\n")
         self.proc.stdin.close()
 

@@ -2,7 +2,7 @@
 
 ``Store`` wraps a psycopg AsyncConnectionPool and exposes one object per domain
 (agents, settings, tokens, usage, history, hitl, skills, audit, org_keys,
-workspace); nothing outside ``store/`` writes SQL. ``Store.transaction()`` gives a
+workspace, secrets); nothing outside ``store/`` writes SQL. ``Store.transaction()`` gives a
 connection in a transaction that the methods taking ``conn`` join (see ``tx.py``).
 """
 
@@ -22,6 +22,7 @@ from .hitl import HitlRequests
 from .migrate import list_migrations, migrate
 from .org_keys import OrganisationKeys
 from .sandbox_usage import SandboxUsage, SandboxUsageRows
+from .secrets import UserSecrets
 from .settings import SettingsRows
 from .skills import Skills
 from .tokens import AgentTokens
@@ -75,6 +76,7 @@ class Store:
         self.org_keys = OrganisationKeys(pool)
         self.workspace = WorkspaceFiles(pool)
         self.sandbox_usage = SandboxUsageRows(pool)
+        self.secrets = UserSecrets(pool)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:

@@ -39,18 +39,21 @@ class AgentRecord:
     updated_at: datetime
     # May its sandbox's JupyterHub token drive the owner's other agents?
     drive_agents: bool = False
+    # The owner's secrets its sandbox gets at start (rules/secrets.py: Grant.to_json).
+    secrets: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> AgentRecord:
         fields = {k: row[k] for k in cls.__dataclass_fields__}
         if fields["encrypted_key"] is not None:
             fields["encrypted_key"] = bytes(fields["encrypted_key"])
+        fields["secrets"] = tuple(fields["secrets"] or ())
         return cls(**fields)
 
 
 _COLUMNS = (
     "id, owner, slug, display_name, runtime, provider, model, base_url, encrypted_key,"
-    " overrides, created_at, updated_at, drive_agents"
+    " overrides, created_at, updated_at, drive_agents, secrets"
 )
 
 
@@ -68,6 +71,7 @@ UPDATABLE = (
     "encrypted_key",
     "overrides",
     "drive_agents",
+    "secrets",
 )
 
 
@@ -82,6 +86,8 @@ class Agents:
     async def create(self, *, limit: int, **fields: Any) -> AgentRecord:
         """Insert an agent unless its owner already has ``limit`` agents (atomic per owner)."""
         fields["overrides"] = Jsonb(fields.get("overrides") or {})
+        if "secrets" in fields:
+            fields["secrets"] = Jsonb(list(fields["secrets"]))
         columns = ", ".join(fields)
         placeholders = ", ".join(f"%({k})s" for k in fields)
         async with self.pool.connection() as conn, conn.transaction():
@@ -166,6 +172,8 @@ class Agents:
             return await self.get(owner, slug, conn=conn)
         if "overrides" in changes:
             changes["overrides"] = Jsonb(changes["overrides"])
+        if "secrets" in changes:
+            changes["secrets"] = Jsonb(list(changes["secrets"]))
         assignments = ", ".join(f"{k} = %({k})s" for k in changes)
         async with using(self.pool, conn) as c:
             cur = await c.execute(

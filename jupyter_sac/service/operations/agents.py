@@ -17,6 +17,7 @@ from ..openapi import CONTRACT
 from ..validation import agent_fields
 from .access import authorize_user, get_agent, require_person
 from .context import Actor, ServiceContext, audit
+from .secrets import audit_grants, grants_from_body
 from .settings import effective_settings_for_agent, settings_for_user, user_settings
 
 USAGE_TOTALS = (
@@ -73,6 +74,7 @@ def agent_snapshot(agent: AgentRecord) -> dict[str, Any]:
         "key_set": agent.encrypted_key is not None,
         "overrides": agent.overrides,
         "drive_agents": agent.drive_agents,
+        "secrets": list(agent.secrets),
     }
 
 
@@ -148,6 +150,8 @@ async def create_agent(
     if fields.get("drive_agents"):
         # An agent that drives others is a person's choice, not a driver's.
         require_person(actor, "create agents that drive others")
+    if "secrets" in body:
+        fields["secrets"] = await grants_from_body(ctx, actor, owner, body["secrets"])
     api_key = fields.pop("api_key", None)
     fields.setdefault("display_name", slug)
     try:
@@ -183,6 +187,8 @@ async def create_agent(
         await audit(
             ctx, actor, "agent.create", slug, target_user=owner, after=agent_snapshot(agent)
         )
+    if agent.secrets:
+        await audit_grants(ctx, actor, None, agent)
     return agent
 
 
@@ -198,6 +204,8 @@ async def update_agent(
     if "api_key" in changes:
         key = changes.pop("api_key")
         changes["encrypted_key"] = ctx.keybox.encrypt(key) if key else None
+    if "secrets" in body:
+        changes["secrets"] = await grants_from_body(ctx, actor, owner, body["secrets"])
     agents = ctx.store.agents
     async with ctx.store.transaction() as conn:
         before = await agents.get(owner, slug, conn=conn, lock=True)
@@ -227,6 +235,8 @@ async def update_agent(
                 after=updated.overrides,
                 conn=conn,
             )
+        # Which secrets a sandbox gets is always on the record.
+        await audit_grants(ctx, actor, before, updated, conn=conn)
         if owner == actor.name and updated.drive_agents != before.drive_agents:
             # Letting an agent drive the others widens what its sandbox can reach:
             # always on the record, whoever does it.

@@ -1,0 +1,216 @@
+"""Users' secrets: write-only values kept encrypted by the service, granted to
+agents, delivered to their sandboxes at start (a variable, a file), and scrubbed
+from the history the sandbox captures. Real stack, real claude CLI, fake model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import httpx
+import psycopg
+import pytest
+from helpers import (
+    agent_token,
+    allow_all,
+    model_agent,
+    run_in_terminal,
+    script_model,
+    server_url,
+    stack_database_url,
+    stored_history,
+)
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
+
+from sac_testing.stack import poll_until
+
+pytestmark = pytest.mark.stack
+
+VALUE = "ghp_s3cret-Value-" + uuid.uuid4().hex
+OTHER_VALUE = "gcp-key-" + uuid.uuid4().hex
+
+
+def _audit(admin, user: str) -> list[dict]:
+    resp = admin.sac("GET", "audit", params={"user": user})
+    assert resp.status_code == 200, resp.text
+    return resp.json()["entries"]
+
+
+def test_secrets_are_write_only_validated_and_audited(stack: dict, new_user, admin) -> None:
+    user, client = new_user("sec")
+    other, stranger = new_user("secx")
+
+    resp = client.sac("PUT", "secrets/GIT_TOKEN", json={"value": VALUE, "description": "GitHub"})
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["name"] == "GIT_TOKEN" and resp.json()["agents"] == []
+    assert VALUE not in resp.text
+    changed = client.sac("PUT", "secrets/GIT_TOKEN", json={"value": VALUE + "-2"})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["description"] == ""
+
+    listed = client.sac("GET", "secrets")
+    assert listed.status_code == 200
+    assert [s["name"] for s in listed.json()["secrets"]] == ["GIT_TOKEN"]
+    assert VALUE not in listed.text
+
+    # Bad input: a clear 400, nothing stored.
+    for name, body in [
+        ("1ABC", {"value": VALUE}),
+        ("A-B", {"value": VALUE}),
+        ("X" * 65, {"value": VALUE}),
+        ("SHORT", {"value": "1234567"}),
+        ("NUL", {"value": "abcdefgh\u0000ijk"}),
+        ("EXTRA", {"value": VALUE, "shown": True}),
+        ("NOVALUE", {"description": "x"}),
+    ]:
+        bad = client.sac("PUT", f"secrets/{name}", json=body)
+        assert bad.status_code == 400, (name, bad.text)
+        assert bad.json()["error"]
+    assert [s["name"] for s in client.sac("GET", "secrets").json()["secrets"]] == ["GIT_TOKEN"]
+
+    # Others see none of it; an administrator sees the names, never a value.
+    assert stranger.sac("GET", "secrets").json()["secrets"] == []
+    assert stranger.sac("GET", "secrets", params={"user": user}).status_code in (403, 404)
+    assert stranger.sac("DELETE", "secrets/GIT_TOKEN", params={"user": user}).status_code in (
+        403,
+        404,
+    )
+    assert stranger.sac("DELETE", "secrets/GIT_TOKEN").status_code == 404
+    seen = admin.sac("GET", "secrets", params={"user": user})
+    assert seen.status_code == 200 and [s["name"] for s in seen.json()["secrets"]] == ["GIT_TOKEN"]
+    assert VALUE not in seen.text
+
+    # Granting: only existing secrets, not onto the platform's variables, only by the owner.
+    resp = client.sac("POST", "agents", json={"slug": "box", "api_key": "sk-unused-key-1"})
+    assert resp.status_code == 201, resp.text
+    for grants, code in [
+        ([{"name": "NOPE"}], "invalid_grant"),
+        ([{"name": "GIT_TOKEN", "env": "PATH"}], "invalid_grant"),
+        ([{"name": "GIT_TOKEN", "env": "ANTHROPIC_API_KEY"}], "invalid_grant"),
+        ([{"name": "GIT_TOKEN", "env": "https_proxy"}], "invalid_grant"),
+        ([{"name": "GIT_TOKEN", "file": "../x"}], "invalid_field"),
+        ([{"name": "GIT_TOKEN"}, {"name": "GIT_TOKEN"}], "invalid_grant"),
+    ]:
+        bad = client.sac("PATCH", f"users/{user}/agents/box", json={"secrets": grants})
+        assert bad.status_code == 400, (grants, bad.text)
+        assert bad.json()["error"] == code, bad.text
+    by_admin = admin.sac(
+        "PATCH", f"users/{user}/agents/box", json={"secrets": [{"name": "GIT_TOKEN"}]}
+    )
+    assert by_admin.status_code == 403, by_admin.text
+    grants = [{"name": "GIT_TOKEN", "env": "GITHUB_TOKEN", "file": "github-token"}]
+    ok = client.sac("PATCH", f"users/{user}/agents/box", json={"secrets": grants})
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["secrets"] == grants
+    assert client.sac("GET", "secrets").json()["secrets"][0]["agents"] == ["box"]
+
+    # Removing a secret removes its grants.
+    assert admin.sac("DELETE", "secrets/GIT_TOKEN", params={"user": user}).status_code == 204
+    assert client.sac("DELETE", "secrets/GIT_TOKEN").status_code == 404
+    assert client.sac("GET", f"users/{user}/agents/box").json()["secrets"] == []
+
+    entries = _audit(admin, user)
+    actions = [e["action"] for e in entries]
+    assert actions.count("secret.set") == 2
+    assert actions.count("agent.secrets") == 1
+    (deleted,) = [e for e in entries if e["action"] == "secret.delete"]
+    # The grants it took away are on its entry.
+    assert deleted["before"]["agents"] == ["box"] and deleted["actor"] != user
+    assert VALUE not in json.dumps(entries)
+    assert _audit(admin, other) == []
+    client.sac("DELETE", f"users/{user}/agents/box")
+
+
+def test_a_secret_grant_cannot_be_made_by_the_agent_itself(stack: dict, new_user) -> None:
+    user, client = new_user("secag")
+    assert client.sac("PUT", "secrets/TOKEN_A", json={"value": VALUE}).status_code == 201
+    resp = client.sac("POST", "agents", json={"slug": "one", "api_key": "sk-unused-key-1"})
+    assert resp.status_code == 201, resp.text
+    client.start(user, "one")
+    try:
+        token = asyncio.run(agent_token(stack["url"], client, user, "one"))
+        agent = httpx.Client(
+            base_url=client.service_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        )
+        assert agent.get("api/secrets").status_code == 403
+        assert agent.put("api/secrets/TOKEN_B", json={"value": VALUE}).status_code == 403
+        grant = agent.patch(f"api/users/{user}/agents/one", json={"secrets": [{"name": "TOKEN_A"}]})
+        assert grant.status_code == 403, grant.text
+        assert client.sac("GET", f"users/{user}/agents/one").json()["secrets"] == []
+    finally:
+        client.sac("DELETE", f"users/{user}/agents/one")
+
+
+@pytest.mark.asyncio
+async def test_a_granted_secret_reaches_the_sandbox_and_never_the_history(
+    stack: dict, fake: str, new_user
+) -> None:
+    user, client = new_user("secrun")
+    for name, value in (("DEMO_TOKEN", VALUE), ("CLOUD_KEY", OTHER_VALUE)):
+        assert client.sac("PUT", f"secrets/{name}", json={"value": value}).status_code == 201
+    grants = [{"name": "DEMO_TOKEN"}, {"name": "CLOUD_KEY", "file": "cloud.json"}]
+    resp = client.sac(
+        "POST", "agents", json={"slug": "run", "secrets": grants, **model_agent(fake)}
+    )
+    assert resp.status_code == 201, resp.text
+    try:
+        client.start(user, "run")
+        allow_all(client, user, "run")
+        out = await run_in_terminal(
+            stack["url"], client.token, user, "run",
+            'echo "env=$DEMO_TOKEN"; echo "file=$(cat $SAC_SECRETS_DIR/cloud.json)";'
+            " stat -c '%a' $SAC_SECRETS_DIR/cloud.json; echo \"cloudenv=${CLOUD_KEY:-none}\"",
+        )  # fmt: skip
+        lines = out.splitlines()
+        assert f"env={VALUE}" in lines and f"file={OTHER_VALUE}" in lines, out
+        # A file only its user reads; a secret granted as a file only is no variable.
+        assert "400" in lines and "cloudenv=none" in lines, out
+
+        # A tool call that prints both secrets: the sandbox's own transcript has them,
+        # the history the service stores has their names instead.
+        script_model(
+            fake,
+            {
+                "tool_use": {
+                    "name": "Bash",
+                    "input": {"command": 'echo "$DEMO_TOKEN"; cat "$SAC_SECRETS_DIR/cloud.json"'},
+                }
+            },
+            "printed",
+        )
+        base = server_url(stack["url"], user, "run")
+        events = await websocket_connect(
+            HTTPRequest(
+                base.replace("http", "ws", 1) + "sac/api/chat/events",
+                headers={"Authorization": f"token {client.token}"},
+            )
+        )
+        api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=60)
+        resp = api.post(base + "sac/api/chat", json={"message": "print my token"})
+        assert resp.status_code == 202, resp.text
+        seen = []
+        while not seen or seen[-1]["type"] != "turn_end":
+            seen.append(json.loads(await events.read_message()))
+        events.close()
+        results = [e for e in seen if e["type"] == "tool_result"]
+        assert results and VALUE in json.dumps(results), seen  # the tool did print it
+
+        def stored() -> list | None:
+            events = stored_history(client, user, "run")
+            text = json.dumps(events)
+            return events if "printed" in text else None
+
+        history = json.dumps(poll_until(stored, 60, "the turn's history stored"))
+        assert VALUE not in history and OTHER_VALUE not in history
+        assert "[secret DEMO_TOKEN]" in history and "[secret cloud.json]" in history
+
+        # Nor anywhere in the database or the stack's log.
+        with psycopg.connect(stack_database_url(stack["data_dir"])) as conn:
+            for table in ("conversation_events", "audit_log", "user_secrets", "agents"):
+                rows = conn.execute(f"SELECT * FROM {table}").fetchall()
+                assert VALUE not in str(rows) and OTHER_VALUE not in str(rows), table
+        assert VALUE not in stack["log"].read_text(errors="replace")
+    finally:
+        client.sac("DELETE", f"users/{user}/agents/run")
