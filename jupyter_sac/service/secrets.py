@@ -17,6 +17,8 @@ class SecretsHandler(BaseHandler):
 
 class SecretHandler(BaseHandler):
     async def put(self, name: str) -> None:
+        # Who before what: a refused caller learns nothing of the body's rules.
+        self.require_person("set secrets")
         model, created = await ops.set_secret(self.ctx, self.actor, name, self.json_body())
         self.write_json(model, status=201 if created else 200)
 
