@@ -41,7 +41,9 @@ def kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
 
 
-def agent_context(user: str, slug: str, overrides: dict[str, Any]) -> AgentContext:
+def agent_context(
+    user: str, slug: str, overrides: dict[str, Any], **granted: dict[str, str]
+) -> AgentContext:
     now = datetime.now(UTC)
     record = AgentRecord(
         id=42, owner=user, slug=slug, display_name=slug, runtime="claude", provider="anthropic",
@@ -50,7 +52,7 @@ def agent_context(user: str, slug: str, overrides: dict[str, Any]) -> AgentConte
     )  # fmt: skip
     # As a user-level override: agents may not ask for more than their user's values.
     resolved = sac_settings.resolve({}, overrides, {})
-    return AgentContext(agent=record, resolved=resolved, token=AGENT_TOKEN)
+    return AgentContext(agent=record, resolved=resolved, token=AGENT_TOKEN, **granted)
 
 
 async def manifests_for(
@@ -58,6 +60,7 @@ async def manifests_for(
     overrides: dict[str, Any] | None = None,
     user: str = "alice",
     slug: str = "analyst",
+    **granted: dict[str, str],
 ) -> tuple[KubeAgentSpawner, dict[str, dict[str, Any]]]:
     config = Config()
     for name, value in options.items():
@@ -69,7 +72,7 @@ async def manifests_for(
     orm_spawner = SimpleNamespace(name=slug, server=None, display_name=slug)
     spawner = KubeAgentSpawner(_mock=True, config=config, user=user_obj, orm_spawner=orm_spawner)
     spawner.api_token = HUB_TOKEN
-    spawner.use_agent(agent_context(user, slug, overrides or {}))
+    spawner.use_agent(agent_context(user, slug, overrides or {}, **granted))
     return spawner, await spawner.agent_manifests()
 
 
@@ -213,6 +216,42 @@ async def test_manifests_validate_against_kubernetes_schemas(
     assert len(policy["egress"]) == 3 + bool(dns) + len(network.get("egress_destinations", []))
     ingress_from = [r["from"][0]["podSelector"]["matchLabels"] for r in policy["ingress"]]
     assert ingress_from == [{"component": "hub"}, {"component": "proxy"}]
+
+
+@pytest.mark.asyncio
+async def test_granted_secrets_reach_the_pod_by_reference_only() -> None:
+    """A user's secrets granted to the agent: variables as references into the
+    agent's Secret, files as a read-only Secret volume of only their keys; no value
+    in the pod."""
+    git, gcp = "ghp_kube-secret-value-1", '{"type": "service_account", "key": "k-2"}'
+    _, manifests = await manifests_for(
+        {}, secret_env={"GITHUB_TOKEN": git}, secret_files={"gcp.json": gcp}
+    )
+    for manifest in manifests.values():
+        for version in KUBERNETES_VERSIONS:
+            kubernetes_validate.validate(manifest, version, strict=True)
+    pod, secret = manifests["pod"], manifests["secret"]
+    assert git not in json.dumps(pod) and "k-2" not in json.dumps(pod)
+    decoded = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert decoded["env-GITHUB_TOKEN"] == git and decoded["file-gcp.json"] == gcp
+    container = pod["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["GITHUB_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": secret["metadata"]["name"],
+        "key": "env-GITHUB_TOKEN",
+    }
+    assert env["SAC_SECRET_ENV"]["value"] == "GITHUB_TOKEN"
+    assert env["SAC_SECRETS_DIR"]["value"] == "/run/sac-secrets"
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == "sac-secrets"]
+    assert volume["secret"]["items"] == [{"key": "file-gcp.json", "path": "gcp.json"}]
+    assert volume["secret"]["defaultMode"] == 0o400
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "sac-secrets"]
+    assert mount == {"name": "sac-secrets", "mountPath": "/run/sac-secrets", "readOnly": True}
+
+    # Without grants: no volume, no variable.
+    _, plain = await manifests_for({})
+    assert "sac-secrets" not in json.dumps(plain["pod"])
+    assert "SAC_SECRETS_DIR" not in json.dumps(plain["pod"])
 
 
 @pytest.mark.parametrize(
