@@ -232,6 +232,8 @@ SERVICE_ROWS: list[Row] = [
     Row("POST", P + "approvals/{rid}", OWNER, form={"decision": "maybe"}, ok=frozenset({400})),
     Row("GET", P + "agents/{user}/{slug}", OWNER, ok=frozenset({200})),
     Row("POST", P + "agents/{user}/{slug}", OWNER, form={"action": "nope"}, ok=frozenset({400})),
+    Row("GET", P + "secrets", PERSONS, ok=frozenset({200})),
+    Row("POST", P + "secrets", PERSONS, form={"action": "nope"}, ok=frozenset({400})),
     Row("GET", P + "skills/{skill}", OWNER, ok=frozenset({200})),
     Row("POST", P + "skills/{skill}", OWNER, form={"action": "nope"}, ok=frozenset({400})),
     # OAuth's callback: without the state of a login under way, everyone gets a 400.

@@ -11,15 +11,20 @@ import uuid
 import httpx
 import psycopg
 import pytest
+from conftest import ADMIN_PASSWORD
 from helpers import (
     agent_token,
     allow_all,
+    browser_client,
     model_agent,
     run_in_terminal,
     script_model,
     server_url,
+    service_url,
+    sign_up,
     stack_database_url,
     stored_history,
+    xsrf_of,
 )
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
@@ -214,3 +219,50 @@ async def test_a_granted_secret_reaches_the_sandbox_and_never_the_history(
         assert VALUE not in stack["log"].read_text(errors="replace")
     finally:
         client.sac("DELETE", f"users/{user}/agents/run")
+
+
+def test_secrets_and_grants_from_the_pages(stack: dict, admin) -> None:
+    """A person keeps a secret on the Secrets page and ticks it on an agent's
+    settings page; the pages never show its value, and an administrator's view of
+    the agent shows the grant but offers no way to change it."""
+    name, password = f"sp{uuid.uuid4().hex[:8]}", "a-long-enough-password-1"
+    sign_up(stack["url"], name, password, ADMIN_PASSWORD)
+    client = admin.create_user(name)
+    resp = client.sac("POST", "agents", json={"slug": "pg", "api_key": "sk-unused-key-0000"})
+    assert resp.status_code == 201, resp.text
+    browser = browser_client(stack["url"], name, password)
+    service = service_url(stack["url"])
+
+    def submit(path: str, form: dict[str, str]) -> httpx.Response:
+        token = xsrf_of(browser.get(service + path).text)
+        return browser.post(service + path, data={**form, "_xsrf": token}, follow_redirects=False)
+
+    empty = browser.get(service + "secrets")
+    assert empty.status_code == 200 and 'id="no-secrets"' in empty.text
+    saved = submit(
+        "secrets", {"action": "set", "name": "PAGE_TOKEN", "value": VALUE, "description": "CI"}
+    )
+    assert saved.status_code == 303, saved.text
+    listed = browser.get(service + "secrets")
+    assert "PAGE_TOKEN" in listed.text and VALUE not in listed.text
+    refused = submit("secrets", {"action": "set", "name": "1BAD", "value": VALUE})
+    assert refused.status_code == 400 and VALUE not in refused.text
+
+    settings = browser.get(service + f"agents/{name}/pg")
+    assert 'id="agent-secrets"' in settings.text and 'value="PAGE_TOKEN"' in settings.text
+    ticked = submit(f"agents/{name}/pg", {"action": "secrets", "grant": "PAGE_TOKEN"})
+    assert ticked.status_code == 303, ticked.text
+    agent = client.sac("GET", f"users/{name}/agents/pg").json()
+    assert agent["secrets"] == [{"name": "PAGE_TOKEN", "env": "PAGE_TOKEN"}]
+    seen_by_admin = admin.client.get(service + f"agents/{name}/pg")
+    assert seen_by_admin.status_code == 200
+    assert (
+        'id="agent-grants"' in seen_by_admin.text and 'id="agent-secrets"' not in seen_by_admin.text
+    )
+
+    # Untick: the agent gets none; remove the secret from the page.
+    assert submit(f"agents/{name}/pg", {"action": "secrets"}).status_code == 303
+    assert client.sac("GET", f"users/{name}/agents/pg").json()["secrets"] == []
+    assert submit("secrets", {"action": "delete", "name": "PAGE_TOKEN"}).status_code == 303
+    assert client.sac("GET", "secrets").json()["secrets"] == []
+    client.sac("DELETE", f"users/{name}/agents/pg")

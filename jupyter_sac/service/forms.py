@@ -12,7 +12,7 @@ the bodies the API's operations take, so the API's validation applies unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -168,6 +168,14 @@ def last(form: Mapping[str, list[str]], name: str) -> str:
     """A form field's value (the last one sent), or ""."""
     values = form.get(name) or [""]
     return values[-1]
+
+
+def grants_body(current: Sequence[Mapping[str, Any]], checked: Sequence[str]) -> list[dict]:
+    """An agent's grants from the settings page's ticked secrets: a secret already
+    granted keeps its targets (set through the API), a newly ticked one becomes
+    the variable of its own name."""
+    kept = {g["name"]: dict(g) for g in current}
+    return [kept.get(name, {"name": name}) for name in dict.fromkeys(checked)]
 
 
 def decision_body(form: Mapping[str, list[str]]) -> dict[str, Any]:

@@ -8,8 +8,9 @@ are a contract: the JupyterLab extension and the widgets open them (often as a
 pop-up), so keep them as they are:
 
 - ``approvals``, ``approvals/<request id>`` (GET; POST decides),
-- ``agents/<user>/<slug>`` (GET; POST with ``action`` save, policy or restart),
-- ``skills/<id>`` (GET; POST with ``action`` share or delete).
+- ``agents/<user>/<slug>`` (GET; POST with ``action`` save, policy, secrets or restart),
+- ``skills/<id>`` (GET; POST with ``action`` share or delete),
+- ``secrets`` (GET; POST with ``action`` set or delete).
 
 Only a person acting as themselves may use them (``person_page``); every token an
 agent holds gets 403, other users' things 404 (administrators may act for anyone,
@@ -32,6 +33,7 @@ from ..store.hitl import PENDING
 from .forms import (
     agent_settings_body,
     decision_body,
+    grants_body,
     last,
     needs_restart,
     visibility_body,
@@ -40,6 +42,7 @@ from .forms import (
 )
 from .operations import agents as agent_ops
 from .operations import hitl as hitl_ops
+from .operations import secrets as secret_ops
 from .operations import skills as skill_ops
 from .operations.settings import settings_for_user
 from .pages import DONE_MESSAGES, PageHandler, person_page, server_status
@@ -61,6 +64,9 @@ PERSON_DONE = {
     "policy-saved": "HITL policy saved. The agent applies it from its next tool call.",
     "agent-restarting": "The agent is restarting; open it again once it is ready.",
     "skill-saved": "Visibility saved.",
+    "secret-saved": "Secret {target} saved. Agents granted it get it at their next start.",
+    "secret-removed": "Secret {target} removed, and taken from the agents that had it.",
+    "grants-saved": "Secrets saved. They reach the agent at its next start.",
 }
 
 
@@ -142,7 +148,8 @@ class ApprovalPage(PageHandler):
 
 class AgentSettingsPage(PageHandler):
     """GET agents/<user>/<slug>: the agent's settings, key, drive permission, HITL
-    policy and Restart. POST ``action``: save, policy or restart."""
+    policy, the secrets it gets, and Restart. POST ``action``: save, policy,
+    secrets or restart."""
 
     done_messages = PERSON_DONE
 
@@ -163,6 +170,9 @@ class AgentSettingsPage(PageHandler):
             # Shown so the select keeps it; choosing it again is no change.
             allowed.append(agent.provider)
         policy = await self.ctx.store.hitl.get_policy(agent.id)
+        # Only the owner grants their secrets (an administrator sees the grants).
+        own = owner == self.actor.name
+        secrets = await self.ctx.store.secrets.list(owner) if own else []
         if policy_text is None:
             policy_text = json.dumps(policy if policy is not None else DEFAULT_POLICY, indent=2)
         self.render_page(
@@ -178,7 +188,10 @@ class AgentSettingsPage(PageHandler):
             entered=entered or {},
             policy_text=policy_text,
             policy_is_default=policy is None,
-            restart_hint=self.get_argument("done", "") == "agent-saved-restart",
+            restart_hint=self.get_argument("done", "") in ("agent-saved-restart", "grants-saved"),
+            own=own,
+            secrets=secrets,
+            grants={g["name"]: g for g in agent.secrets},
         )
 
     @person_page("change an agent's settings")
@@ -210,8 +223,12 @@ class AgentSettingsPage(PageHandler):
             elif action == "restart":
                 await agent_ops.restart_agent(self.ctx, self.actor, owner, slug)
                 done = "agent-restarting"
+            elif action == "secrets":
+                body = {"secrets": grants_body(agent.secrets, form.get("grant") or [])}
+                await agent_ops.update_agent(self.ctx, self.actor, owner, slug, body)
+                done = "grants-saved"
             else:
-                raise bad("action", "expected save, policy or restart")
+                raise bad("action", "expected save, policy, secrets or restart")
         except ApiError as e:
             if e.status_code == 404:
                 raise
@@ -233,6 +250,51 @@ class AgentSettingsPage(PageHandler):
     async def running(self, owner: str, slug: str) -> bool:
         hub_user = await self.ctx.hub.get_user(owner) or {}
         return server_status((hub_user.get("servers") or {}).get(slug)) in ("running", "starting")
+
+
+class SecretsPage(PageHandler):
+    """GET secrets: my secrets (never a value) and a form to set one. POST
+    ``action`` set (name, value, description) or delete (name), through the
+    API's operations."""
+
+    done_messages = PERSON_DONE
+
+    async def show(
+        self, status: int = 200, error: ApiError | None = None, entered: dict | None = None
+    ) -> None:
+        self.render_page(
+            "secrets.html",
+            status=status,
+            error=error,
+            active="secrets",
+            secrets=await secret_ops.list_secrets(self.ctx, self.actor, None),
+            entered=entered or {},
+        )
+
+    @person_page("keep secrets")
+    async def get(self) -> None:
+        await self.show()
+
+    @person_page("keep secrets")
+    async def post(self) -> None:
+        form = self.form()
+        action, name = last(form, "action"), last(form, "name")
+        try:
+            if action == "set":
+                body = {"value": last(form, "value"), "description": last(form, "description")}
+                await secret_ops.set_secret(self.ctx, self.actor, name, body)
+                done = "secret-saved"
+            elif action == "delete":
+                await secret_ops.delete_secret(self.ctx, self.actor, None, name)
+                done = "secret-removed"
+            else:
+                raise bad("action", "expected set or delete")
+        except ApiError as e:
+            # What was typed stays, never the value.
+            entered = {"name": name, "description": last(form, "description")}
+            await self.show(e.status_code, e, entered if action == "set" else None)
+            return
+        self.redirect_done("secrets", done, name)
 
 
 class SkillPage(PageHandler):
@@ -295,4 +357,5 @@ def routes(prefix: str) -> list[tuple[str, Any]]:
         (prefix + f"approvals/{NAME}", ApprovalPage),
         (prefix + f"agents/{USER}/{SLUG}", AgentSettingsPage),
         (prefix + f"skills/{NAME}", SkillPage),
+        (prefix + "secrets", SecretsPage),
     ]
