@@ -14,9 +14,9 @@ import pytest
 from conftest import ADMIN_PASSWORD
 from helpers import (
     agent_token,
-    allow_all,
     browser_client,
     model_agent,
+    pending_requests,
     run_in_terminal,
     script_model,
     server_url,
@@ -162,7 +162,9 @@ async def test_a_granted_secret_reaches_the_sandbox_and_never_the_history(
     assert resp.status_code == 201, resp.text
     try:
         client.start(user, "run")
-        allow_all(client, user, "run")
+        # Everything runs, but a curl asks a human (below).
+        policy = {"policy": {"default": "allow", "ask": ["Bash(curl:*)"]}}
+        assert client.sac("PUT", f"users/{user}/agents/run/hitl-policy", json=policy).is_success
         out = await run_in_terminal(
             stack["url"], client.token, user, "run",
             'echo "env=$DEMO_TOKEN"; echo "file=$(cat $SAC_SECRETS_DIR/cloud.json)";'
@@ -217,6 +219,30 @@ async def test_a_granted_secret_reaches_the_sandbox_and_never_the_history(
                 rows = conn.execute(f"SELECT * FROM {table}").fetchall()
                 assert VALUE not in str(rows) and OTHER_VALUE not in str(rows), table
         assert VALUE not in stack["log"].read_text(errors="replace")
+
+        # A tool call that holds a value (a model that read it and uses it): what the
+        # approver is shown has the name instead.
+        command = f"curl -s -H 'Authorization: token {VALUE}' https://example.org/"
+        script_model(fake, {"tool_use": {"name": "Bash", "input": {"command": command}}}, "ok")
+        events = await websocket_connect(
+            HTTPRequest(
+                base.replace("http", "ws", 1) + "sac/api/chat/events",
+                headers={"Authorization": f"token {client.token}"},
+            )
+        )
+        assert api.post(base + "sac/api/chat", json={"message": "use it"}).status_code == 202
+        request = poll_until(
+            lambda: (p := pending_requests(client, user)) and p[0], 60, "a pending request"
+        )
+        assert VALUE not in json.dumps(request)
+        assert "Authorization: token [secret DEMO_TOKEN]" in json.dumps(request)
+        decided = client.sac(
+            "POST", f"hitl/requests/{request['id']}/decision", json={"decision": "deny"}
+        )
+        assert decided.status_code == 200, decided.text
+        while json.loads(await events.read_message())["type"] != "turn_end":
+            pass
+        events.close()
     finally:
         client.sac("DELETE", f"users/{user}/agents/run")
 
