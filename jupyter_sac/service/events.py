@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from tornado import iostream
@@ -11,9 +13,26 @@ from ..errors import ApiError
 from ..rules.events import parse_event_id, sse_comment, sse_event
 from .base import BaseHandler
 from .operations import events as ops
+from .operations.context import ServiceContext
+
+log = logging.getLogger("jupyter_sac.service")
 
 # How long an EventSource waits before it reconnects after the stream ends.
 RETRY_MS = 2000
+# Seconds between deletions of events past their retention.
+PRUNE_SECONDS = 3600.0
+
+
+async def pruner(ctx: ServiceContext, days: float) -> None:
+    """Delete the users' events older than ``days`` days, once an hour (and at start)."""
+    while True:
+        try:
+            pruned = await ctx.store.events.prune(days)
+            if pruned:
+                log.info("deleted %d events older than %g days", pruned, days)
+        except Exception:
+            log.exception("could not delete old events")
+        await asyncio.sleep(PRUNE_SECONDS)
 
 
 class EventsHandler(BaseHandler):
