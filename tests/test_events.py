@@ -73,3 +73,17 @@ def test_an_event_is_written_as_server_sent_events_on_one_data_line() -> None:
     assert lines[:2] == ["id: 7", "event: hitl.requested"]
     assert json.loads(lines[2].removeprefix("data: ")) == {"summary": "a\nb\n\nid: 9"}
     assert sse_comment("keep\nalive") == ": keep alive\n\n"
+
+
+def test_a_spent_budget_is_keyed_by_its_month_and_for_an_agent_its_agent() -> None:
+    from datetime import date
+
+    from jupyter_sac.rules.events import budget_exhausted
+
+    data, key = budget_exhausted("agent", "helper", 600, 500, date(2026, 12, 31))
+    assert data == {"scope": "agent", "agent": "helper", "used": 600, "limit": 500,
+                    "month": "2026-12", "resets_on": "2027-01-01"}  # fmt: skip
+    assert key == "budget.exhausted:agent:helper:2026-12"
+    # A user's budget is one for all their agents.
+    _, user_key = budget_exhausted("user", "other", 1, 1, date(2026, 12, 1))
+    assert user_key == "budget.exhausted:user::2026-12"

@@ -472,3 +472,32 @@ async def test_old_events_are_pruned(ctx: ServiceContext) -> None:
     assert await ctx.store.events.prune(days=1) == 0
     assert await ctx.store.events.prune(days=0) == 1
     assert await ctx.store.events.after("ann", 0, 10) == []
+
+
+@pytest.mark.asyncio
+async def test_a_spent_budget_is_told_once_a_month_per_budget(ctx: ServiceContext) -> None:
+    from datetime import date
+
+    from jupyter_sac.rules.budgets import Budget
+
+    spent = {"user": Budget(1000, 1200), "agent": Budget(500, 600)}
+    await events.budget_spent(ctx, "ann", "helper", spent, date(2026, 12, 7))
+    # The next refused calls this month: nothing more; another agent's budget is its own.
+    await events.budget_spent(ctx, "ann", "helper", spent, date(2026, 12, 8))
+    await events.budget_spent(ctx, "ann", "other", {"agent": Budget(10, 10)}, date(2026, 12, 8))
+    # A new month: told again.
+    await events.budget_spent(ctx, "ann", "helper", {"user": Budget(1000, 1000)}, date(2027, 1, 2))
+    rows = await ctx.store.events.after("ann", 0, 10)
+    told = [(r["data"]["scope"], r["agent_slug"], r["data"]["month"]) for r in rows]
+    assert told == [
+        ("agent", "helper", "2026-12"),
+        ("user", "helper", "2026-12"),
+        ("agent", "other", "2026-12"),
+        ("user", "helper", "2027-01"),
+    ]
+    assert all(r["kind"] == "budget.exhausted" for r in rows)
+    assert rows[1]["data"] == {
+        "scope": "user", "agent": "helper", "used": 1200, "limit": 1000,
+        "month": "2026-12", "resets_on": "2027-01-01",
+    }  # fmt: skip
+    assert await ctx.store.events.after("bob", 0, 10) == []

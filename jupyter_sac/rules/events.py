@@ -11,11 +11,15 @@ its tool and a one-line summary; the request itself (its input) is read with
 from __future__ import annotations
 
 import json
+from datetime import date
 from typing import Any
+
+from .budgets import next_month
 
 HITL_REQUESTED = "hitl.requested"
 HITL_DECIDED = "hitl.decided"
-KINDS = (HITL_REQUESTED, HITL_DECIDED)
+BUDGET_EXHAUSTED = "budget.exhausted"
+KINDS = (HITL_REQUESTED, HITL_DECIDED, BUDGET_EXHAUSTED)
 
 # The largest event id a client may name: what a query's integer may spell (the
 # contract reads at most 18 digits), far beyond any bigserial this table reaches.
@@ -83,6 +87,26 @@ def hitl_decided(request: dict[str, Any]) -> dict[str, Any]:
         "decided_by": request["decided_by"],
         "decided_at": request["decided_at"],
     }
+
+
+def budget_exhausted(
+    scope: str, agent: str, used: int, limit: int, today: date
+) -> tuple[dict[str, Any], str]:
+    """The data of ``budget.exhausted`` and its dedupe key: the ``scope``'s budget
+    (``user``: all the owner's agents; ``agent``: that one) is spent this month,
+    and a model call of ``agent`` was refused for it. Told once a month per budget
+    (the key names the month, and the agent for an agent's budget)."""
+    month = today.strftime("%Y-%m")
+    data = {
+        "scope": scope,
+        "agent": agent,
+        "used": used,
+        "limit": limit,
+        "month": month,
+        "resets_on": next_month(today).isoformat(),
+    }
+    whose = agent if scope == "agent" else ""
+    return data, f"{BUDGET_EXHAUSTED}:{scope}:{whose}:{month}"
 
 
 def sse_event(event_id: int, kind: str, data: Any) -> str:

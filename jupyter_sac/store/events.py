@@ -32,10 +32,13 @@ class UserEvents:
         data: dict[str, Any],
         *,
         agent: str | None = None,
+        dedupe_key: str | None = None,
         conn: Conn | None = None,
-    ) -> int:
+    ) -> int | None:
         """Record event ``kind`` for ``user`` (joining the caller's transaction when
-        given ``conn``, so the event is stored with the change or not at all); its id."""
+        given ``conn``, so the event is stored with the change or not at all); its id.
+        With ``dedupe_key``, only the first event of the user with that key is
+        stored (while it is kept): None for the others."""
         # Without the caller's transaction, one of its own: the lock and the insert
         # must be in the same one (the lock ends with it).
         async with using(self.pool, conn) as c, c.transaction():
@@ -43,13 +46,14 @@ class UserEvents:
                 "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (_LOCK + user,)
             )
             cur = await c.execute(
-                "INSERT INTO user_events (username, kind, agent_slug, data)"
-                " VALUES (%s, %s, %s, %s) RETURNING id",
-                (user, kind, agent, Jsonb(data)),
+                "INSERT INTO user_events (username, kind, agent_slug, data, dedupe_key)"
+                " VALUES (%s, %s, %s, %s, %s)"
+                " ON CONFLICT (username, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING"
+                " RETURNING id",
+                (user, kind, agent, Jsonb(data), dedupe_key),
             )
             row = await cur.fetchone()
-        assert row is not None
-        return int(row["id"])
+        return int(row["id"]) if row is not None else None
 
     async def after(self, user: str, after: int, limit: int) -> list[dict[str, Any]]:
         """``user``'s events with an id above ``after``, oldest first, at most ``limit``."""

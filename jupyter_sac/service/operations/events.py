@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from datetime import date
 from typing import Any
 
+from ...rules import events
+from ...rules.budgets import Budget
 from ...store.tx import Conn
 from .access import authorize_user
 from .context import Actor, ServiceContext
@@ -46,6 +49,24 @@ def ring(ctx: ServiceContext, *users: str) -> None:
     recorded their events committed (a stream woken earlier would not see them yet
     and sleep until its next re-read)."""
     ctx.event_bells.ring(*users)
+
+
+async def budget_spent(
+    ctx: ServiceContext, owner: str, agent: str, spent: Mapping[str, Budget], today: date
+) -> None:
+    """A model call of ``owner``'s ``agent`` was refused because the budgets in
+    ``spent`` (``user``, ``agent``) are spent: ``budget.exhausted`` on the owner's
+    stream, once a month per budget (the credential proxy refuses every call past
+    it; the owner hears of it once)."""
+    told = False
+    for scope, budget in sorted(spent.items()):
+        data, key = events.budget_exhausted(scope, agent, budget.used, budget.limit, today)
+        added = await ctx.store.events.append(
+            owner, events.BUDGET_EXHAUSTED, data, agent=agent, dedupe_key=key
+        )
+        told = told or added is not None
+    if told:
+        ring(ctx, owner)
 
 
 async def open_stream(ctx: ServiceContext, actor: Actor, after: int | None) -> tuple[str, int]:

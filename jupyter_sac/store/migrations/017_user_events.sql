@@ -11,8 +11,13 @@ CREATE TABLE user_events (
     kind        text        NOT NULL,
     agent_slug  text,
     data        jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    -- An event that must be told once (a budget spent this month): a second
+    -- append with the same key for the user is dropped.
+    dedupe_key  text,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
+CREATE UNIQUE INDEX user_events_dedupe ON user_events (username, dedupe_key)
+    WHERE dedupe_key IS NOT NULL;
 -- A user's events after an id, in order (the stream, resuming).
 CREATE INDEX user_events_user_id ON user_events (username, id);
 -- Pruning by age.
