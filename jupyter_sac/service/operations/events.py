@@ -38,10 +38,10 @@ async def record(
     data: dict[str, Any],
     *,
     agent: str | None = None,
-) -> int:
+) -> None:
     """Append event ``kind`` to ``user``'s stream inside the change's transaction
     (``conn``); ring the user's bell once that has committed (``ring``)."""
-    return await ctx.store.events.append(user, kind, data, agent=agent, conn=conn)
+    await ctx.store.events.append(user, kind, data, agent=agent, conn=conn)
 
 
 def ring(ctx: ServiceContext, *users: str) -> None:
