@@ -245,3 +245,29 @@ def test_watch_pending_follows_the_stream_rather_than_polling(world: dict[str, A
     ]
     decide(world, before)
     decide(world, later)
+
+
+def _streams(stack: dict) -> float:
+    """The service's ``sac_event_streams`` gauge: streams open in its process."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    resp = stack["admin"].client.get(stack["service_url"] + "metrics")
+    assert resp.status_code == 200, resp.text
+    for family in text_string_to_metric_families(resp.text):
+        if family.name == "sac_event_streams":
+            return family.samples[0].value
+    raise AssertionError("no sac_event_streams gauge")
+
+
+def test_a_stream_ends_on_the_server_when_its_client_leaves(world: dict[str, Any]) -> None:
+    from sac_testing.stack import poll_until
+
+    stack = world["stack"]
+    before = _streams(stack)
+    stream = Stream(world["owner"])
+    ready(stream)
+    assert _streams(stack) == before + 1
+    stream.close()
+    # Its keep-alive would come after 15 s; the close wakes it at once. (The poll's
+    # limit only keeps a broken server from hanging the test.)
+    poll_until(lambda: _streams(stack) == before, 60, "the stream to end on the server")

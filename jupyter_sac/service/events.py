@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -77,16 +78,16 @@ class EventsHandler(BaseHandler):
         # The first message says where the stream starts: a client that opened it
         # without a position resumes from there.
         await self._send(f"retry: {RETRY_MS}\n" + sse_event(after, "ready", {"after": after}))
-        async for batch in ops.follow(self.ctx, user, after, wait=wait):
-            if self._gone:
-                return
-            text = (
-                "".join(sse_event(r["id"], r["kind"], self._data(r)) for r in batch)
-                if batch
-                else sse_comment("keep-alive")
-            )
-            if not await self._send(text):
-                return
+        stream = ops.follow(self.ctx, user, after, wait=wait, gone=lambda: self._gone)
+        async with contextlib.aclosing(stream):
+            async for batch in stream:
+                text = (
+                    "".join(sse_event(r["id"], r["kind"], self._data(r)) for r in batch)
+                    if batch
+                    else sse_comment("keep-alive")
+                )
+                if not await self._send(text):
+                    return
         if not self._gone:
             self.finish()
 

@@ -104,6 +104,8 @@ class Bells:
     def __init__(self) -> None:
         self._rings: dict[str, int] = defaultdict(int)
         self._events: dict[str, set[asyncio.Event]] = defaultdict(set)
+        # Streams open in this process (the ``sac_event_streams`` gauge).
+        self.streams = 0
 
     def mark(self, user: str) -> int:
         return self._rings.get(user, 0)
@@ -127,10 +129,6 @@ class Bells:
             self._events[user].discard(event)
             if not self._events[user]:
                 self._events.pop(user, None)
-
-    def listening(self) -> int:
-        """How many streams are waiting here now."""
-        return sum(len(events) for events in self._events.values())
 
 
 class AgentTransitions:

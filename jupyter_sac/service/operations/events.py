@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import date
 from typing import Any
 
@@ -86,6 +86,7 @@ async def follow(
     after: int,
     *,
     wait: float | None = None,
+    gone: Callable[[], bool] = lambda: False,
     recheck: float = RECHECK_SECONDS,
     keepalive: float = KEEPALIVE_SECONDS,
 ) -> AsyncIterator[list[dict[str, Any]]]:
@@ -93,27 +94,32 @@ async def follow(
     stored; an empty batch after ``keepalive`` seconds without one (time to show the
     stream is alive). With ``wait``, it ends that many seconds after it began, once
     what was there then has been given (``wait=0``: what is there now); without,
-    when its consumer stops."""
+    when its consumer stops or ``gone()`` says the client left (ring the user's
+    bell then, so that it notices at once)."""
     loop = asyncio.get_running_loop()
     deadline = math.inf if wait is None else loop.time() + wait
     quiet_since = loop.time()
-    while True:
-        # The mark is taken before the read: an event committed after the read
-        # rings after the mark, and the wait below returns at once.
-        mark = ctx.event_bells.mark(user)
-        rows = await ctx.store.events.after(user, after, BATCH)
-        if rows:
-            after = int(rows[-1]["id"])
-            yield rows
-            quiet_since = loop.time()
-            if len(rows) == BATCH:
-                continue  # more may be there already
-        now = loop.time()
-        if now >= deadline:
-            return
-        if now - quiet_since >= keepalive:
-            yield []
-            quiet_since = now
-        await ctx.event_bells.wait(
-            user, mark, min(recheck, keepalive - (now - quiet_since), deadline - now)
-        )
+    ctx.event_bells.streams += 1
+    try:
+        while not gone():
+            # The mark is taken before the read: an event committed after the read
+            # rings after the mark, and the wait below returns at once.
+            mark = ctx.event_bells.mark(user)
+            rows = await ctx.store.events.after(user, after, BATCH)
+            if rows:
+                after = int(rows[-1]["id"])
+                yield rows
+                quiet_since = loop.time()
+                if len(rows) == BATCH:
+                    continue  # more may be there already
+            now = loop.time()
+            if now >= deadline:
+                return
+            if now - quiet_since >= keepalive:
+                yield []
+                quiet_since = now
+            await ctx.event_bells.wait(
+                user, mark, min(recheck, keepalive - (now - quiet_since), deadline - now)
+            )
+    finally:
+        ctx.event_bells.streams -= 1
