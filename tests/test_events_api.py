@@ -271,3 +271,27 @@ def test_a_stream_ends_on_the_server_when_its_client_leaves(world: dict[str, Any
     # Its keep-alive would come after 15 s; the close wakes it at once. (The poll's
     # limit only keeps a broken server from hanging the test.)
     poll_until(lambda: _streams(stack) == before, 60, "the stream to end on the server")
+
+
+def test_the_approvals_panel_follows_the_stream_rather_than_polling(
+    world: dict[str, Any],
+) -> None:
+    from jupyter_sac.client import Client
+    from jupyter_sac.widgets import ApprovalsPanel
+    from sac_testing.stack import poll_until
+
+    stack = world["stack"]
+    before = _streams(stack)
+    client = Client(url=stack["url"], token=world["owner"].token)
+    # A poll an hour apart would never see the request filed below.
+    panel = ApprovalsPanel(client, interval=3600)
+    try:
+        poll_until(lambda: _streams(stack) == before + 1, 60, "the panel's stream open")
+        poll_until(lambda: panel.requests is not None, 60, "the panel's first listing")
+        rid = file(world, "echo panel")
+        poll_until(lambda: panel.row(rid) is not None, 60, "the request in the panel")
+        decide(world, rid)
+        poll_until(lambda: panel.row(rid) is None, 60, "the decided request dropped")
+    finally:
+        panel.close()
+        client.close()
