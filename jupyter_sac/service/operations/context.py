@@ -98,8 +98,8 @@ class Bells:
     ``ring(user)`` once an event of the user's is committed; a stream takes a
     ``mark`` before it reads the store and then ``wait``s with it, so a ring that
     lands between its read and its wait is not lost (the wait returns at once).
-    Events appended by another process (the hub's spawner, another service
-    process) ring no bell here: streams re-read the store every few seconds too."""
+    Events appended by another process (another process of the service) ring no
+    bell here: streams re-read the store every few seconds too."""
 
     def __init__(self) -> None:
         self._rings: dict[str, int] = defaultdict(int)

@@ -22,8 +22,9 @@ from .context import Actor, ServiceContext
 
 # Events read from the store at once (a client far behind gets several batches).
 BATCH = 100
-# How often a stream re-reads the store without being woken (events appended by
-# another process: the hub's spawner, another process of the service).
+# How often a stream re-reads the store without being woken: an event appended by
+# another process (another process of the service; later, the hub's spawner)
+# rings no bell here.
 RECHECK_SECONDS = 5.0
 # A comment line after this long without an event, so that proxies and clients
 # see the stream is alive (nginx and others close idle connections after 60 s).
