@@ -322,6 +322,8 @@ SERVICE_ROWS: list[Row] = [
     ),
     # Deciding: a person, never a token any agent holds.
     Row("POST", A + "hitl/requests/{rid}/decision", OWNER, body=NO_BODY, ok=frozenset({400})),
+    # the caller's event stream: wait=0 ends it once what is there is sent
+    Row("GET", A + "events?wait=0", who(PERSONS, DRIVERS), ok=frozenset({200})),
     Row("GET", AGENT + "/hitl-policy", OWN_READERS, ok=frozenset({200})),
     Row("PUT", AGENT + "/hitl-policy", OWNER, body=INVALID_POLICY, ok=frozenset({400})),
     # skills (alice's private skill; a throwaway one to delete)

@@ -58,6 +58,21 @@ def test_a_spent_user_budget_refuses_model_calls_until_raised(stack: dict, fake:
         assert "Monthly token budget spent" in refused.text, refused.events
         assert "user_monthly_tokens" in refused.text
         assert model_calls(fake) == before  # nothing reached the provider
+        # The owner's stream tells of it once, however many calls were refused.
+        token = asyncio.run(agent_token(stack["url"], hub, user, "spender"))
+        again = httpx.post(
+            stack["service_url"] + "llm/v1/messages",
+            headers={"x-api-key": token, "anthropic-version": "2023-06-01"},
+            json={"model": "claude-test", "max_tokens": 16, "messages": [
+                {"role": "user", "content": "hi"}]},
+            timeout=60,
+        )  # fmt: skip
+        assert again.status_code == 429, again.text
+        stream = hub.sac("GET", "events?after=0&wait=0")
+        assert stream.status_code == 200, stream.text
+        told = [line for line in stream.text.splitlines() if line == "event: budget.exhausted"]
+        assert len(told) == 1, stream.text
+        assert '"scope": "user"' in stream.text and f'"used": {used["used"]}' in stream.text
 
         # An administrator lifts the limit: the same conversation goes on.
         assert admin.sac("DELETE", f"users/{user}/settings").status_code in (200, 204)

@@ -41,7 +41,10 @@ EXAMPLES = int(os.environ.get("SAC_FUZZ_EXAMPLES", "3"))
 LLM = r"^/llm/"
 LIFECYCLE = r"^/api/users/\{user\}/agents/\{slug\}/(start|restart|stop)$"
 AGENT = r"^/api/users/\{user\}/agents/\{slug\}$"
-FIRST_ROUND_EXCLUDED = f"{LLM}|{LIFECYCLE}"
+# The event stream stays open (Server-Sent Events) until its client leaves, and the
+# fuzzer would wait for its end; its parameters are tested in tests/test_events_api.py.
+EVENTS = r"^/api/events$"
+FIRST_ROUND_EXCLUDED = f"{LLM}|{LIFECYCLE}|{EVENTS}"
 EXTENSION_EXCLUDED = r"/chat/events$|/terminal(/restart)?$"
 # Each start spawns a sandbox: the lifecycle runs take one example per operation
 # (with the coverage phase, still a dozen real starts, stops and restarts).

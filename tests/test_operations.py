@@ -23,7 +23,15 @@ from jupyter_sac.rules.hitl import DEFAULT_POLICY
 from jupyter_sac.rules.urls import PublicUrls
 from jupyter_sac.rules.workspace import object_key
 from jupyter_sac.service.hub import HubClient
-from jupyter_sac.service.operations import agents, hitl, org_keys, settings, skills, workspace
+from jupyter_sac.service.operations import (
+    agents,
+    events,
+    hitl,
+    org_keys,
+    settings,
+    skills,
+    workspace,
+)
 from jupyter_sac.service.operations.context import (
     Actor,
     OrganisationKeys,
@@ -324,3 +332,176 @@ async def test_skill_changes_by_others_are_audited_and_sandboxes_publish_nothing
     [deleted] = await audit_entries(ctx, "skill.delete")
     assert (deleted["target"], deleted["target_user"]) == (str(row["id"]), "ann")
     assert await ctx.store.skills.get(row["id"]) is None
+
+
+def _tool_request(agent: AgentRecord, command: str = "make deploy", **over: object) -> dict:
+    fields: dict = {
+        "session_id": None, "kind": "tool", "tool": "Bash", "input": {"command": command},
+        "question": None, "options": [], "dedupe_key": None, "timeout": 300,
+        "default_decision": "deny",
+    }  # fmt: skip
+    return {**fields, **over}
+
+
+async def _kinds(ctx: ServiceContext, user: str, after: int = 0) -> list[tuple[str, str, str]]:
+    rows = await ctx.store.events.after(user, after, 100)
+    return [(r["kind"], r["data"]["id"], r["data"].get("status", "")) for r in rows]
+
+
+@pytest.mark.asyncio
+async def test_hitl_requests_and_their_ends_are_on_the_owners_stream_only(
+    ctx: ServiceContext,
+) -> None:
+    agent = await make_agent(ctx)
+    await make_agent(ctx, owner="bob", slug="other")
+    filed, created = await hitl.file_request(ctx, agent, **_tool_request(agent))
+    assert created
+    rid = str(filed["id"])
+    [event] = await ctx.store.events.after("ann", 0, 10)
+    assert (event["kind"], event["agent_slug"]) == ("hitl.requested", "helper")
+    # What the request asks, in one line; its input is read from the HITL API.
+    assert event["data"] == {
+        "id": rid, "agent": "helper", "kind": "tool", "tool": "Bash",
+        "summary": "Bash: make deploy", "expires_at": filed["expires_at"].isoformat(),
+    }  # fmt: skip
+    assert await ctx.store.events.after("bob", 0, 10) == []
+
+    # Filing the same prompt again finds the pending request: no second event.
+    keyed = _tool_request(agent, "ls", dedupe_key="k")
+    first, _ = await hitl.file_request(ctx, agent, **keyed)
+    again, created = await hitl.file_request(ctx, agent, **keyed)
+    assert not created and again["id"] == first["id"]
+
+    await hitl.decide_request(ctx, ANN, rid, {"decision": "deny", "reason": "not today"})
+    assert await hitl.cancel_request(ctx, agent, str(first["id"])) is not None
+    expiring, _ = await hitl.file_request(ctx, agent, **_tool_request(agent, timeout=0))
+    await hitl.expire_due(ctx)
+    assert await _kinds(ctx, "ann") == [
+        ("hitl.requested", rid, ""),
+        ("hitl.requested", str(first["id"]), ""),
+        ("hitl.decided", rid, "denied"),
+        ("hitl.decided", str(first["id"]), "cancelled"),
+        ("hitl.requested", str(expiring["id"]), ""),
+        ("hitl.decided", str(expiring["id"]), "timed_out"),
+    ]
+    decided = (await ctx.store.events.after("ann", 0, 10))[2]["data"]
+    assert (decided["decision"], decided["decided_by"]) == ("deny", "ann")
+    assert await ctx.store.events.after("bob", 0, 10) == []
+
+
+@pytest.mark.asyncio
+async def test_a_decision_refused_leaves_no_event(ctx: ServiceContext) -> None:
+    agent = await make_agent(ctx)
+    filed, _ = await hitl.file_request(ctx, agent, **_tool_request(agent))
+    rid = str(filed["id"])
+    await hitl.decide_request(ctx, ANN, rid, {"decision": "allow"})
+    with pytest.raises(ApiError):
+        await hitl.decide_request(ctx, ANN, rid, {"decision": "deny"})
+    assert [k for k, _, _ in await _kinds(ctx, "ann")] == ["hitl.requested", "hitl.decided"]
+
+
+@pytest.mark.asyncio
+async def test_the_event_stream_is_the_callers_and_never_an_agent_tokens(
+    ctx: ServiceContext,
+) -> None:
+    agent = await make_agent(ctx)
+    sandbox = Actor(Identity(name="ann", kind="agent", agent=agent))
+    with pytest.raises(ApiError) as refused:
+        await events.open_stream(ctx, sandbox, None)
+    assert refused.value.status_code == 403
+    await hitl.file_request(ctx, agent, **_tool_request(agent))
+    newest = (await ctx.store.events.after("ann", 0, 10))[-1]["id"]
+    # Without a position a stream starts at the newest event; a driver may follow it.
+    assert await events.open_stream(ctx, ANN_DRIVER, None) == ("ann", newest)
+    assert await events.open_stream(ctx, ANN, 0) == ("ann", 0)
+    # An administrator follows their own events, not everybody's.
+    assert await events.open_stream(ctx, ADMIN, None) == ("root", 0)
+
+
+@pytest.mark.asyncio
+async def test_a_stream_resumed_after_an_id_gets_exactly_what_followed(
+    ctx: ServiceContext,
+) -> None:
+    agent = await make_agent(ctx)
+    ids = []
+    for n in range(5):
+        row, _ = await hitl.file_request(ctx, agent, **_tool_request(agent, f"echo {n}"))
+        ids.append(str(row["id"]))
+    rows = await ctx.store.events.after("ann", 0, 100)
+    seen = rows[1]["id"]
+    stream = events.follow(ctx, "ann", seen, wait=0)
+    got = [row async for batch in stream for row in batch]
+    assert [r["data"]["id"] for r in got] == ids[2:]
+    # More than a batch behind: every one, in order, in several batches.
+    for n in range(events.BATCH + 3):
+        await ctx.store.events.append("ann", "test.event", {"n": n})
+    batches = [batch async for batch in events.follow(ctx, "ann", seen, wait=0)]
+    got = [row for batch in batches for row in batch]
+    assert len(batches) == 2 and len(got) == 3 + events.BATCH + 3
+    assert [r["id"] for r in got] == sorted(r["id"] for r in got)
+    assert [r["data"]["n"] for r in got[3:]] == list(range(events.BATCH + 3))
+
+
+@pytest.mark.asyncio
+async def test_a_waiting_stream_is_woken_by_an_event_committed_in_this_process(
+    ctx: ServiceContext,
+) -> None:
+    agent = await make_agent(ctx)
+    # Re-reads and keep-alives an hour apart: only the bell can bring the event.
+    stream = events.follow(ctx, "ann", 0, recheck=3600, keepalive=3600)
+    first = asyncio.ensure_future(anext(stream))
+    await asyncio.sleep(0.1)
+    assert not first.done()
+    row, _ = await hitl.file_request(ctx, agent, **_tool_request(agent))
+    [event] = await asyncio.wait_for(first, 30)
+    assert event["data"]["id"] == str(row["id"])
+    await stream.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_quiet_stream_yields_keep_alives_and_ends_after_its_wait(
+    ctx: ServiceContext,
+) -> None:
+    # Nothing to tell: a keep-alive (an empty batch) comes, however long a read takes.
+    stream = events.follow(ctx, "ann", 0, keepalive=0.01)
+    assert await asyncio.wait_for(anext(stream), 30) == []
+    await stream.aclose()
+    # With wait=0, what is there (nothing) and the end.
+    assert [batch async for batch in events.follow(ctx, "ann", 0, wait=0)] == []
+
+
+@pytest.mark.asyncio
+async def test_old_events_are_pruned(ctx: ServiceContext) -> None:
+    await ctx.store.events.append("ann", "test.event", {})
+    assert await ctx.store.events.prune(days=1) == 0
+    assert await ctx.store.events.prune(days=0) == 1
+    assert await ctx.store.events.after("ann", 0, 10) == []
+
+
+@pytest.mark.asyncio
+async def test_a_spent_budget_is_told_once_a_month_per_budget(ctx: ServiceContext) -> None:
+    from datetime import date
+
+    from jupyter_sac.rules.budgets import Budget
+
+    spent = {"user": Budget(1000, 1200), "agent": Budget(500, 600)}
+    await events.budget_spent(ctx, "ann", "helper", spent, date(2026, 12, 7))
+    # The next refused calls this month: nothing more; another agent's budget is its own.
+    await events.budget_spent(ctx, "ann", "helper", spent, date(2026, 12, 8))
+    await events.budget_spent(ctx, "ann", "other", {"agent": Budget(10, 10)}, date(2026, 12, 8))
+    # A new month: told again.
+    await events.budget_spent(ctx, "ann", "helper", {"user": Budget(1000, 1000)}, date(2027, 1, 2))
+    rows = await ctx.store.events.after("ann", 0, 10)
+    told = [(r["data"]["scope"], r["agent_slug"], r["data"]["month"]) for r in rows]
+    assert told == [
+        ("agent", "helper", "2026-12"),
+        ("user", "helper", "2026-12"),
+        ("agent", "other", "2026-12"),
+        ("user", "helper", "2027-01"),
+    ]
+    assert all(r["kind"] == "budget.exhausted" for r in rows)
+    assert rows[1]["data"] == {
+        "scope": "user", "agent": "helper", "used": 1200, "limit": 1000,
+        "month": "2026-12", "resets_on": "2027-01-01",
+    }  # fmt: skip
+    assert await ctx.store.events.after("bob", 0, 10) == []

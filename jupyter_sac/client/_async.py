@@ -28,7 +28,7 @@ from tornado.websocket import websocket_connect
 
 from ..proxy_transport import ProxyTransport
 from ..rules.urls import default_service_url, via_proxy
-from .errors import Forbidden, SacError, SacTimeout, Unauthorized, error_for
+from .errors import Forbidden, NotFound, SacError, SacTimeout, Unauthorized, error_for
 
 # How long one request may take (a start has its own timeout).
 REQUEST_TIMEOUT = 60.0
@@ -147,20 +147,25 @@ class AsyncClient:
         try:
             return await self.json(method, self.service_url + "api/" + path, **kw)
         except Unauthorized as e:
-            if not self._sandbox_token:
-                raise
-            # The token of an agent's sandbox reaches the service only when its owner
-            # let the agent drive their other agents (docs/notebooks.md).
-            user = os.environ.get("JUPYTERHUB_USER", "")
-            server = os.environ.get("JUPYTERHUB_SERVER_NAME", "")
-            page = self.service_page(f"agents/{user}/{server}")
-            raise Forbidden(
-                403,
-                "forbidden",
-                f"this agent ({server}) may not drive your other agents: turn on 'Let this"
-                f" agent drive my other agents' on its settings page ({page}) and restart"
-                " it, or use an API token of yours from the hub's token page",
-            ) from e
+            raise self._refused(e) from e
+
+    def _refused(self, e: Unauthorized) -> SacError:
+        """What a 401 from the service means to this client: inside a sandbox, that
+        the agent may not drive its owner's agents, and how to let it."""
+        if not self._sandbox_token:
+            return e
+        # The token of an agent's sandbox reaches the service only when its owner
+        # let the agent drive their other agents (docs/notebooks.md).
+        user = os.environ.get("JUPYTERHUB_USER", "")
+        server = os.environ.get("JUPYTERHUB_SERVER_NAME", "")
+        page = self.service_page(f"agents/{user}/{server}")
+        return Forbidden(
+            403,
+            "forbidden",
+            f"this agent ({server}) may not drive your other agents: turn on 'Let this"
+            f" agent drive my other agents' on its settings page ({page}) and restart"
+            " it, or use an API token of yours from the hub's token page",
+        )
 
     async def hub(self, method: str, path: str, **kw: Any) -> Any:
         return await self.json(method, "hub/api/" + path, **kw)
@@ -243,14 +248,95 @@ class AsyncClient:
         return await self.sac("POST", f"hitl/requests/{quote(request_id)}/decision", json=body)
 
     async def watch_pending(self, interval: float = 1.0) -> AsyncIterator[dict[str, Any]]:
-        """Each new pending request once, as it appears (polls every ``interval`` s)."""
+        """Each new pending request once, as it appears: those pending now, then each
+        one my event stream tells of (``GET api/events``). When the stream is cut it
+        reconnects after ``interval`` s from the last event it saw, missing none."""
         seen: set[str] = set()
+        listed = False
+        async for message in self._follow(None, interval):
+            if message["event"] == "ready":
+                # The stream is open from here on: what was filed before is listed
+                # once; a request filed meanwhile is in both, and given once.
+                if not listed:
+                    listed = True
+                    for request in await self.pending():
+                        if request["id"] not in seen:
+                            seen.add(request["id"])
+                            yield request
+                continue
+            if message["event"] != "hitl.requested":
+                continue
+            request_id = str(message["data"]["id"])
+            if request_id in seen:
+                continue
+            try:
+                # The event names the request; the request (its input) is read here,
+                # where who may read it is settled again.
+                request = await self.sac("GET", f"hitl/requests/{quote(request_id)}")
+            except NotFound:
+                continue
+            if request["status"] == "pending":
+                seen.add(request_id)
+                yield request
+
+    async def events(
+        self, after: int | None = None, interval: float = 1.0
+    ) -> AsyncIterator[dict[str, Any]]:
+        """My events as they happen (``GET api/events``, docs/api.md#events): each
+        ``{"id", "event", "data"}``, in order, after event ``after`` (None: from now
+        on). When the stream is cut it reconnects after ``interval`` s with the last
+        id it saw, so none is lost or given twice."""
+        async for message in self._follow(after, interval):
+            if message["event"] != "ready":
+                yield message
+
+    async def _follow(self, after: int | None, interval: float) -> AsyncIterator[dict[str, Any]]:
+        """The event stream's messages, its ``ready`` ones too (one per connection),
+        across reconnections: each resumes after the last id received."""
         while True:
-            for request in await self.pending():
-                if request["id"] not in seen:
-                    seen.add(request["id"])
-                    yield request
+            try:
+                async for message in self._stream(after):
+                    after = message["id"]
+                    yield message
+            except SacError as e:
+                # Refusals stand; a service or proxy away (restarting) is waited out.
+                if 0 < e.status < 500:
+                    raise
+            except httpx.HTTPError:
+                pass  # the connection broke mid-stream
             await asyncio.sleep(interval)
+
+    async def _stream(self, after: int | None) -> AsyncIterator[dict[str, Any]]:
+        """One connection to ``GET api/events``: its messages as they arrive, until
+        the connection ends (Server-Sent Events: ``id``, ``event`` and ``data`` lines
+        up to a blank line; comment lines, the keep-alives, are skipped)."""
+        headers = {"Accept": "text/event-stream"}
+        if after is not None:
+            headers["Last-Event-ID"] = str(after)
+        url = self.service_url + "api/events"
+        try:
+            async with self.http.stream("GET", url, headers=headers) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    error = error_for(resp.status_code, resp.text)
+                    raise self._refused(error) if isinstance(error, Unauthorized) else error
+                event_id, kind, data = None, "message", []
+                async for line in resp.aiter_lines():
+                    if line:
+                        name, _, value = line.partition(":")
+                        value = value[1:] if value.startswith(" ") else value
+                        if name == "id" and value.isdigit():
+                            event_id = int(value)
+                        elif name == "event":
+                            kind = value
+                        elif name == "data":
+                            data.append(value)
+                        continue
+                    if data and event_id is not None:
+                        yield {"id": event_id, "event": kind, "data": json.loads("\n".join(data))}
+                    kind, data = "message", []
+        except httpx.TimeoutException as e:
+            raise SacTimeout(f"GET {url}: the event stream went quiet") from e
 
     def on_request(
         self, callback: Callable[[dict[str, Any]], Awaitable[None] | None], interval: float = 1.0

@@ -139,6 +139,10 @@ class Client:
     def watch_pending(self, interval: float = 1.0) -> Iterator[dict[str, Any]]:
         return self._loop.iterate(self.aio.watch_pending(interval))
 
+    def events(self, after: int | None = None, interval: float = 1.0) -> Iterator[dict[str, Any]]:
+        """My events as they happen (``AsyncClient.events``)."""
+        return self._loop.iterate(self.aio.events(after, interval))
+
     def on_request(self, callback: Callable[[dict[str, Any]], Any],
                    interval: float = 1.0) -> Subscription:  # fmt: skip
         """Call ``callback(request)`` (in the client's thread) for each new pending

@@ -30,6 +30,7 @@ from . import (
     agent_skills,
     audit,
     culler,
+    events,
     history,
     hitl,
     metrics_handler,
@@ -205,6 +206,14 @@ class SacService(Application):
         when jupyterhub-idle-culler runs instead). See docs/configuration.md.""",
     ).tag(config=True)
 
+    event_retention_days = Float(
+        30.0,
+        help="""Days a user's events (GET api/events: HITL requests and decisions)
+        are kept; older ones are deleted once an hour. A client that reconnects with
+        an older Last-Event-ID gets what is still kept. 0 keeps them for ever. See
+        docs/architecture.md#the-users-event-stream.""",
+    ).tag(config=True)
+
     access_audit_interval = Float(
         60.0,
         help="""Seconds between looks at who holds access to other users' servers
@@ -276,6 +285,7 @@ class SacService(Application):
             (p + r"llm/(.*)", LlmProxyHandler),
             *history.routes(p),
             *hitl.routes(p),
+            *events.routes(p),
             *skills.routes(p),
             *agent_skills.routes(p),
             *culler.routes(p),
@@ -340,6 +350,11 @@ class SacService(Application):
             # A broken shipped skill must not keep the whole service down.
             self.log.exception("could not load the official skills")
         reaper = asyncio.create_task(hitl.reaper(ctx))
+        pruning = (
+            asyncio.create_task(events.pruner(ctx, self.event_retention_days))
+            if self.event_retention_days > 0
+            else None
+        )
         idle_culler = culler.Culler(ctx, self.cull_interval) if self.cull_interval > 0 else None
         culling = asyncio.create_task(idle_culler.run()) if idle_culler else None
         access_audit = (
@@ -371,6 +386,8 @@ class SacService(Application):
         await stop.wait()
         server.stop()
         reaper.cancel()
+        if pruning is not None:
+            pruning.cancel()
         if watching is not None:
             watching.cancel()
         if culling is not None and idle_culler is not None:

@@ -20,7 +20,6 @@ from ..errors import ApiError
 from ..rules.hitl import DEFAULT_POLICY, timeout_decision
 from ..store import AgentRecord
 from ..store.hitl import PENDING, request_model
-from . import metrics
 from .base import BaseHandler
 from .operations import hitl as hitl_ops
 from .operations.context import ServiceContext
@@ -49,9 +48,7 @@ LIST_MAX = 500
 
 async def expire_due(ctx: ServiceContext) -> None:
     """Resolve every request past its expiry (the default decision) and wake its waiters."""
-    for row in await ctx.store.hitl.expire_due():
-        metrics.observe_decision("timeout")
-        ctx.hitl_waiters.notify(str(row["id"]))
+    await hitl_ops.expire_due(ctx)
 
 
 async def reaper(ctx: ServiceContext) -> None:
@@ -164,10 +161,9 @@ class RequestsHandler(HitlBaseHandler):
             # the prompt gets a fresh request rather than one already timed out.
             await expire_due(self.ctx)
         resolved = await self.resolved_for(agent)
-        row, created = await self.ctx.store.hitl.file(
-            agent_id=agent.id,
-            owner=agent.owner,
-            agent_slug=agent.slug,
+        row, created = await hitl_ops.file_request(
+            self.ctx,
+            agent,
             kind=kind,
             input=storable(tool_input),
             options=options,
@@ -175,8 +171,6 @@ class RequestsHandler(HitlBaseHandler):
             default_decision=default_decision(resolved),
             **fields,
         )
-        if created:
-            metrics.HITL_REQUESTS.labels(row["kind"]).inc()
         self.write_json(request_model(row), 201 if created else 200)
 
     async def get(self) -> None:
@@ -272,10 +266,9 @@ class WaitHandler(HitlBaseHandler):
 class CancelHandler(HitlBaseHandler):
     async def post(self, request_id: str) -> None:
         agent, row = await self.agent_request(request_id)
-        cancelled = await self.ctx.store.hitl.cancel(request_id, agent.id)
+        cancelled = await hitl_ops.cancel_request(self.ctx, agent, request_id)
         if cancelled is None:
             raise ApiError(409, "already_decided", f"the request is {row['status']}")
-        self.ctx.hitl_waiters.notify(request_id)
         self.write_json(request_model(cancelled))
 
 

@@ -21,12 +21,13 @@ import httpx
 from tornado import iostream, web
 
 from ..errors import allowed_methods
-from ..rules.budgets import Refusal, reservation_tokens
+from ..rules.budgets import Refusal, budgets, reservation_tokens
 from ..rules.budgets import refusal as budget_refusal
 from ..rules.providers import ProviderError, auth_headers, upstream_base_url
 from ..store.usage import USAGE_FIELDS, UsageDelta
 from . import metrics
 from .base import StreamedBody
+from .operations import events as event_ops
 from .operations.context import ServiceContext
 from .operations.settings import effective_settings_for_agent
 
@@ -219,15 +220,27 @@ class LlmProxyHandler(StreamedBody, web.RequestHandler):
         if made.id is not None:
             return made.id, None
         seen = made.seen
+        today = datetime.now(UTC).date()
         refused = budget_refusal(
             resolved,
             seen.agent_used,
             seen.owner_used,
-            datetime.now(UTC).date(),
+            today,
             tokens=tokens,
             agent_reserved=seen.agent_reserved,
             user_reserved=seen.owner_reserved,
         )
+        spent = {
+            scope: b
+            for scope, b in budgets(resolved, seen.agent_used, seen.owner_used).items()
+            if b.spent
+        }
+        if spent:
+            try:
+                await event_ops.budget_spent(self.ctx, agent.owner, agent.slug, spent, today)
+            except Exception:
+                # The refusal stands whether or not the owner could be told.
+                log.exception("could not record the spent budget of %s/%s", agent.owner, agent.slug)
         # The store and budgets.refusal apply the same rule; should they ever
         # disagree, refuse all the same.
         return None, refused or Refusal("Monthly token budget too low for this call.", False)

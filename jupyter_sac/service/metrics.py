@@ -47,6 +47,11 @@ HITL_WAITING = Gauge(
     "Sandboxes' long-polls parked in this process, waiting on a HITL decision.",
     registry=REGISTRY,
 )
+EVENT_STREAMS = Gauge(
+    "sac_event_streams",
+    "Event streams (GET api/events) open in this process.",
+    registry=REGISTRY,
+)
 HITL_REQUESTS = Counter(
     "sac_hitl_requests", "HITL requests filed, by kind.", ["kind"], registry=REGISTRY
 )

@@ -14,7 +14,7 @@ from prometheus_client.exposition import generate_latest
 
 from ..errors import ApiError
 from .base import BaseHandler
-from .metrics import AGENTS, HITL_PENDING, HITL_WAITING, REGISTRY
+from .metrics import AGENTS, EVENT_STREAMS, HITL_PENDING, HITL_WAITING, REGISTRY
 
 
 def may_scrape(admin: bool, scopes: frozenset[str]) -> bool:
@@ -34,6 +34,7 @@ class MetricsHandler(BaseHandler):
         store = self.ctx.store
         HITL_PENDING.set(await store.hitl.count_pending())
         HITL_WAITING.set(self.ctx.hitl_waiters.waiting())
+        EVENT_STREAMS.set(self.ctx.event_bells.streams)
         total = await store.agents.count()
         servers = [server for _, _, server in await self.ctx.hub.named_servers()]
         running = sum(1 for s in servers if s.get("ready"))

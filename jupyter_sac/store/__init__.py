@@ -2,8 +2,9 @@
 
 ``Store`` wraps a psycopg AsyncConnectionPool and exposes one object per domain
 (agents, settings, tokens, usage, history, hitl, skills, audit, org_keys,
-workspace, secrets); nothing outside ``store/`` writes SQL. ``Store.transaction()`` gives a
-connection in a transaction that the methods taking ``conn`` join (see ``tx.py``).
+workspace, sandbox_usage, secrets, events); nothing outside ``store/`` writes SQL.
+``Store.transaction()`` gives a connection in a transaction that the methods
+taking ``conn`` join (see ``tx.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from .agents import AgentExistsError, AgentLimitError, AgentRecord, Agents
 from .audit import Audit
+from .events import UserEvents
 from .history import History
 from .hitl import HitlRequests
 from .migrate import list_migrations, migrate
@@ -77,6 +79,7 @@ class Store:
         self.workspace = WorkspaceFiles(pool)
         self.sandbox_usage = SandboxUsageRows(pool)
         self.secrets = UserSecrets(pool)
+        self.events = UserEvents(pool)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:

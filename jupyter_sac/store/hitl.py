@@ -103,6 +103,7 @@ class HitlRequests:
         dedupe_key: str | None,
         timeout: float,
         default_decision: str,
+        conn: Conn | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """(the request, whether it is new). A pending request of the same agent with
         the same dedupe key is returned instead of filing a second one."""
@@ -120,12 +121,12 @@ class HitlRequests:
             default_decision,
             timeout,
         )
-        async with self.pool.connection() as conn:
+        async with using(self.pool, conn) as c:
             # The twin found by the conflict may be decided before we read it; then
             # the slot is free again and the next round files. (Read committed: each
-            # statement sees what committed before it.)
+            # statement sees what committed before it, also inside a transaction.)
             for _ in range(5):
-                cur = await conn.execute(
+                cur = await c.execute(
                     f"INSERT INTO hitl_requests (id, agent_id, owner, agent_slug, session_id,"
                     f" kind, tool, input, question, options, dedupe_key, default_decision,"
                     f" expires_at)"
@@ -139,7 +140,7 @@ class HitlRequests:
                 row = await cur.fetchone()
                 if row is not None:
                     return row, True
-                cur = await conn.execute(
+                cur = await c.execute(
                     f"SELECT {_COLUMNS} FROM hitl_requests WHERE agent_id = %s"
                     f" AND dedupe_key = %s AND status = 'pending'",
                     (agent_id, dedupe_key),
@@ -178,10 +179,10 @@ class HitlRequests:
             cur = await conn.execute(f"SELECT {_COLUMNS} FROM hitl_requests WHERE id = %s", (rid,))
             return await cur.fetchone()
 
-    async def expire_due(self) -> list[dict[str, Any]]:
+    async def expire_due(self, *, conn: Conn | None = None) -> list[dict[str, Any]]:
         """Resolve every pending request past its expiry with its default decision."""
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
+        async with using(self.pool, conn) as c:
+            cur = await c.execute(
                 f"UPDATE hitl_requests SET status = 'timed_out', decision = default_decision,"
                 f" decided_at = now(),"
                 f" reason = 'no decision within the timeout; the default applied'"
@@ -211,9 +212,11 @@ class HitlRequests:
             )
             return await cur.fetchone()
 
-    async def cancel(self, request_id: str, agent_id: int) -> dict[str, Any] | None:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
+    async def cancel(
+        self, request_id: str, agent_id: int, *, conn: Conn | None = None
+    ) -> dict[str, Any] | None:
+        async with using(self.pool, conn) as c:
+            cur = await c.execute(
                 f"UPDATE hitl_requests SET status = 'cancelled', decided_at = now()"
                 f" WHERE id = %s AND agent_id = %s AND status = 'pending' RETURNING {_COLUMNS}",
                 (uuid.UUID(request_id), agent_id),

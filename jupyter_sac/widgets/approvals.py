@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import threading
 import weakref
 from typing import Any
 
 import ipywidgets as w
 
-from ..client import Client, Conflict, Forbidden
+from ..client import Client, Conflict, Forbidden, SacError
 from ._base import (
     OK_STYLE,
     SacWidget,
@@ -202,7 +205,56 @@ def _review_html(panel: ApprovalsPanel, request_id: str) -> str:
     return f'<a href="{esc(url)}" target="_blank" rel="noopener noreferrer">{esc(label)} ↗</a>'
 
 
+# How often the refresher looks whether it was stopped while the stream runs.
+STOP_CHECK_SECONDS = 0.2
+
+
 def _refresher(ref: weakref.ref[ApprovalsPanel], stop: threading.Event, interval: float) -> None:
+    """Keep the panel's list current until ``stop``: follow the event stream, or
+    poll every ``interval`` seconds where the stream is refused (a service without
+    it). Holds the panel only while listing."""
+    if not _follow(ref, stop, interval):
+        _poll_every(ref, stop, interval)
+
+
+def _follow(ref: weakref.ref[ApprovalsPanel], stop: threading.Event, interval: float) -> bool:
+    """List the requests when the event stream opens and again whenever it tells
+    of one filed or ended (``Client.events``: it reconnects after ``interval``
+    seconds, from the last event it saw). False when the service refuses the
+    stream: the caller polls instead."""
+    panel = ref()
+    client = panel.client if panel is not None else None
+    del panel
+    if client is None:
+        return True
+
+    async def follow() -> None:
+        # _follow: the stream's ``ready`` too, which is when to list.
+        async for message in client.aio._follow(None, interval):
+            if message["event"] == "ready" or message["event"].startswith("hitl."):
+                panel = ref()
+                if panel is None:
+                    return
+                await asyncio.to_thread(panel._poll)
+                del panel
+
+    try:
+        future = client._loop.submit(follow())
+    except RuntimeError:  # the client's loop is closed
+        return True
+    while not stop.wait(STOP_CHECK_SECONDS) and not future.done():
+        pass
+    if not future.done():
+        future.cancel()
+        return True
+    with contextlib.suppress(concurrent.futures.CancelledError):
+        error = future.exception()
+        if isinstance(error, SacError) and 0 < error.status < 500:
+            return False
+    return True
+
+
+def _poll_every(ref: weakref.ref[ApprovalsPanel], stop: threading.Event, interval: float) -> None:
     """Poll for pending requests until ``stop``; holds the panel only while polling."""
     while not stop.is_set():
         panel = ref()
@@ -214,8 +266,11 @@ def _refresher(ref: weakref.ref[ApprovalsPanel], stop: threading.Event, interval
 
 
 class ApprovalsPanel(SacWidget):
-    """Requests of my agents waiting for a human, live: a background thread polls
-    every ``interval`` seconds, adds new requests and drops decided ones.
+    """Requests of my agents waiting for a human, live: a background thread follows
+    my event stream (``GET api/events``) and lists the requests again whenever one
+    is filed or ends, adding new requests and dropping decided ones (every
+    ``interval`` seconds where the service has no stream; a broken stream is
+    reconnected after ``interval`` seconds).
 
     >>> panel = ApprovalsPanel()        # Client() from the environment
     >>> panel                           # Approve / Deny each request

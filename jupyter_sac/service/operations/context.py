@@ -92,6 +92,45 @@ class Waiters:
         return sum(len(events) for events in self._events.values())
 
 
+class Bells:
+    """In-process wake-ups for the users' event streams (``GET api/events``).
+
+    ``ring(user)`` once an event of the user's is committed; a stream takes a
+    ``mark`` before it reads the store and then ``wait``s with it, so a ring that
+    lands between its read and its wait is not lost (the wait returns at once).
+    Events appended by another process (another process of the service) ring no
+    bell here: streams re-read the store every few seconds too."""
+
+    def __init__(self) -> None:
+        self._rings: dict[str, int] = defaultdict(int)
+        self._events: dict[str, set[asyncio.Event]] = defaultdict(set)
+        # Streams open in this process (the ``sac_event_streams`` gauge).
+        self.streams = 0
+
+    def mark(self, user: str) -> int:
+        return self._rings.get(user, 0)
+
+    def ring(self, *users: str) -> None:
+        for user in users:
+            self._rings[user] += 1
+            for event in self._events.get(user, ()):
+                event.set()
+
+    async def wait(self, user: str, mark: int, timeout: float) -> None:
+        """Until ``user``'s bell rings after ``mark`` (at once if it has), or ``timeout``."""
+        if self.mark(user) != mark or timeout <= 0:
+            return
+        event = asyncio.Event()
+        self._events[user].add(event)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout)
+        finally:
+            self._events[user].discard(event)
+            if not self._events[user]:
+                self._events.pop(user, None)
+
+
 class AgentTransitions:
     """The agents this service is starting, stopping, restarting or deleting now.
 
@@ -147,6 +186,8 @@ class ServiceContext:
     workspace_max_file_bytes: int
     # Agents being started, stopped, restarted or deleted by a request now.
     agent_transitions: AgentTransitions = field(default_factory=AgentTransitions)
+    # Wake-ups of the users' event streams when one of their events is committed.
+    event_bells: Bells = field(default_factory=Bells)
 
 
 @dataclass(frozen=True)

@@ -6,15 +6,81 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import ApiError
+from ...rules import events
 from ...rules.hitl import DEFAULT_POLICY, PolicyError, default_option, validate_policy
-from ...store.hitl import PENDING
+from ...store import AgentRecord
+from ...store.hitl import PENDING, request_model
+from ...store.tx import Conn
 from .. import metrics
 from ..openapi import CONTRACT
 from ..validation import bad, optional_text
 from .access import authorize_user, get_agent, require_person
 from .context import Actor, ServiceContext, audit
+from .events import record, ring
 
 MAX_REASON = 2000
+
+
+async def record_decided(ctx: ServiceContext, conn: Conn, row: dict[str, Any]) -> None:
+    """``hitl.decided`` on the owner's stream for a request that is no longer pending."""
+    model = request_model(row)
+    await record(
+        ctx, conn, row["owner"], events.HITL_DECIDED, events.hitl_decided(model),
+        agent=row["agent_slug"],
+    )  # fmt: skip
+
+
+async def file_request(
+    ctx: ServiceContext, agent: AgentRecord, **fields: Any
+) -> tuple[dict[str, Any], bool]:
+    """File a request for ``agent`` (its sandbox asks; the fields of
+    ``store.hitl.file``): (the request, whether it is new). A new one is on its
+    owner's event stream (``hitl.requested``) with it, in one transaction."""
+    async with ctx.store.transaction() as conn:
+        row, created = await ctx.store.hitl.file(
+            agent_id=agent.id, owner=agent.owner, agent_slug=agent.slug, conn=conn, **fields
+        )
+        if created:
+            model = request_model(row)
+            await record(
+                ctx, conn, agent.owner, events.HITL_REQUESTED, events.hitl_requested(model),
+                agent=agent.slug,
+            )  # fmt: skip
+    if created:
+        metrics.HITL_REQUESTS.labels(row["kind"]).inc()
+        ring(ctx, agent.owner)
+    return row, created
+
+
+async def expire_due(ctx: ServiceContext) -> None:
+    """Resolve every request past its expiry (the default decision), tell each
+    owner's stream, and wake the requests' waiters."""
+    async with ctx.store.transaction() as conn:
+        expired = await ctx.store.hitl.expire_due(conn=conn)
+        # One owner after another, in one order: appends lock the owner's stream
+        # until the transaction ends, and two transactions locking several owners
+        # in different orders could deadlock.
+        for row in sorted(expired, key=lambda r: (r["owner"], r["created_at"], str(r["id"]))):
+            await record_decided(ctx, conn, row)
+    for row in expired:
+        metrics.observe_decision("timeout")
+        ctx.hitl_waiters.notify(str(row["id"]))
+    ring(ctx, *{row["owner"] for row in expired})
+
+
+async def cancel_request(
+    ctx: ServiceContext, agent: AgentRecord, request_id: str
+) -> dict[str, Any] | None:
+    """The sandbox of ``agent`` withdraws its request (the prompt went away): the
+    cancelled request, or None when it was no longer pending."""
+    async with ctx.store.transaction() as conn:
+        cancelled = await ctx.store.hitl.cancel(request_id, agent.id, conn=conn)
+        if cancelled is not None:
+            await record_decided(ctx, conn, cancelled)
+    if cancelled is not None:
+        ctx.hitl_waiters.notify(request_id)
+        ring(ctx, agent.owner)
+    return cancelled
 
 
 def decision_snapshots(
@@ -69,6 +135,8 @@ async def decide_request(
         decided = await ctx.store.hitl.decide(
             request_id, decision, option, reason, ident.name, conn=conn
         )
+        if decided is not None:
+            await record_decided(ctx, conn, decided)
         if decided is not None and row["owner"] != ident.name:
             before, after = decision_snapshots(row, decided)
             await audit(
@@ -89,6 +157,7 @@ async def decide_request(
         raise ApiError(409, "already_decided", f"the request is already {status}")
     metrics.observe_decision(decision, row["created_at"])
     ctx.hitl_waiters.notify(request_id)
+    ring(ctx, row["owner"])
     return decided
 
 
