@@ -172,7 +172,7 @@ class AgentSettingsPage(PageHandler):
         policy = await self.ctx.store.hitl.get_policy(agent.id)
         # Only the owner grants their secrets (an administrator sees the grants).
         own = owner == self.actor.name
-        secrets = await self.ctx.store.secrets.list(owner) if own else []
+        secrets = await self.ctx.store.secrets.of_owner(owner) if own else []
         if policy_text is None:
             policy_text = json.dumps(policy if policy is not None else DEFAULT_POLICY, indent=2)
         self.render_page(

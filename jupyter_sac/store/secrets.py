@@ -34,7 +34,7 @@ class UserSecrets:
     def __init__(self, pool: Pool):
         self.pool = pool
 
-    async def list(self, owner: str, conn: Conn | None = None) -> list[UserSecret]:
+    async def of_owner(self, owner: str, conn: Conn | None = None) -> list[UserSecret]:
         """``owner``'s secrets by name."""
         async with using(self.pool, conn) as c:
             cur = await c.execute(

@@ -42,7 +42,9 @@ def _owner_of(actor: Actor, user: str | None, what: str) -> str:
 async def list_secrets(ctx: ServiceContext, actor: Actor, user: str | None) -> list[dict[str, Any]]:
     owner = _owner_of(actor, user, "list secrets")
     granted = await ctx.store.secrets.granted_to(owner)
-    return [secret_model(s, granted.get(s.name, [])) for s in await ctx.store.secrets.list(owner)]
+    return [
+        secret_model(s, granted.get(s.name, [])) for s in await ctx.store.secrets.of_owner(owner)
+    ]
 
 
 async def set_secret(
@@ -57,7 +59,7 @@ async def set_secret(
     description = str(body.get("description", ""))
     async with ctx.store.transaction() as conn:
         if await ctx.store.secrets.count(owner, conn=conn) >= rules.MAX_SECRETS_PER_USER:
-            existing = {s.name for s in await ctx.store.secrets.list(owner, conn=conn)}
+            existing = {s.name for s in await ctx.store.secrets.of_owner(owner, conn=conn)}
             if name not in existing:
                 raise ApiError(
                     403,
@@ -111,7 +113,7 @@ async def grants_from_body(
         raise ApiError(
             403, "forbidden", "only the owner grants their secrets to their agents", field="secrets"
         )
-    known = [s.name for s in await ctx.store.secrets.list(owner)]
+    known = [s.name for s in await ctx.store.secrets.of_owner(owner)]
     try:
         grants = rules.parse_grants(items, known)
     except rules.GrantError as e:
