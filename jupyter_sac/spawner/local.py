@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -52,6 +54,38 @@ from .sandbox import (
 )
 
 _pools: dict[tuple, WarmPool] = {}
+
+
+def _local_port_range() -> range:
+    """The ports the kernel gives outgoing connections (ip_local_port_range)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+# Where an isolated sandbox's server listens: below the ports of outgoing
+# connections. Inside its own network every connection the sandbox makes goes to its
+# loopback (the relays), so a server port among those could be taken by one of them
+# between jupyter_server's check and its bind, and the server exits ("The port 55605
+# is already in use", seen once in a test run).
+SERVER_PORTS = range(10000, min(_local_port_range().start, 32768))
+
+
+def server_port(reserved: set[int]) -> int:
+    """A port of SERVER_PORTS that is free on this machine (the hub's side of the
+    sandbox listens on it too) and none of ``reserved``."""
+    while True:
+        port = secrets.choice(SERVER_PORTS)
+        if port in reserved:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("", port))
+            except OSError:
+                continue
+        return port
 
 
 async def http_answers(host: str, port: int, timeout: float = 2.0) -> bool:
@@ -461,11 +495,11 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         phases.mark("prepare")
         isolated = mode == "bubblewrap" and self.isolate_network
         reserved = {EGRESS_PORT, *(port for _, port in self.endpoints())}
-        if self.port == 0 or (isolated and self.port in reserved):
+        if isolated and (self.port in reserved or self.port not in SERVER_PORTS):
             # Inside its namespace the sandbox listens on the endpoints' ports itself.
+            self.port = server_port(reserved)
+        elif self.port == 0:
             self.port = random_port()
-            while isolated and self.port in reserved:
-                self.port = random_port()
 
         if mode == "bubblewrap":
             home, workspace = SANDBOX_HOME, SANDBOX_WORKSPACE
