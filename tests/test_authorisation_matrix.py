@@ -308,6 +308,10 @@ SERVICE_ROWS: list[Row] = [
     Row("GET", AGENT + "/history/events", HISTORY_READERS, ok=frozenset({200, 404})),
     Row("GET", AGENT + "/history/export.csv", HISTORY_READERS, ok=frozenset({200, 404})),
     # human in the loop
+    Row("GET", A + "hitl/default-policy", PERSONS, ok=frozenset({200})),
+    Row("PUT", A + "hitl/default-policy", ADMIN, body=INVALID_POLICY, ok=frozenset({400})),
+    Row("DELETE", A + "hitl/default-policy", ADMIN, ok=frozenset({204})),
+    Row("POST", A + "hitl/policy-check", PERSONS, body=INVALID_POLICY, ok=frozenset({400})),
     Row("GET", A + "agent/hitl", AGENT_TOKENS, ok=frozenset({200})),
     Row("POST", A + "hitl/requests", AGENT_TOKENS, body=NO_BODY, ok=frozenset({400})),
     Row("GET", A + "hitl/requests", SIGNED_IN - {"admin_narrow"}, ok=frozenset({200})),

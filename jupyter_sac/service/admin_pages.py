@@ -27,6 +27,7 @@ from .forms import (
     PROVIDERS_OVERRIDE,
     decision_body,
     describe,
+    last,
     level_specs,
     row_tokens,
     show_value,
@@ -321,12 +322,17 @@ class HitlPage(PageHandler):
     async def get(self, *_: str) -> None:
         await self.show()
 
-    async def show(self, status: int = 200, error: ApiError | None = None) -> None:
+    async def show(
+        self, status: int = 200, error: ApiError | None = None, policy_text: str | None = None
+    ) -> None:
         owner = self.get_argument("user", "") or None
         rows = await self.ctx.store.hitl.list(
             owner=owner, agent_slug=None, status=PENDING, limit=200, before=None
         )
         now = datetime.now(UTC)
+        custom = await self.ctx.store.hitl.get_default_policy()
+        if policy_text is None:
+            policy_text = json.dumps(await hitl_ops.default_policy(self.ctx), indent=2)
         self.render_page(
             "admin/hitl.html",
             status=status,
@@ -335,6 +341,8 @@ class HitlPage(PageHandler):
             requests=[r for r in rows if r["expires_at"] is None or r["expires_at"] > now],
             now=now,
             user_filter=owner or "",
+            policy_text=policy_text,
+            policy_is_custom=custom is not None,
         )
 
     @admin_page
@@ -586,6 +594,30 @@ class HitlListPage(HitlPage):
     post = web.RequestHandler.post  # type: ignore[assignment]
 
 
+class DefaultPolicyPage(HitlPage):
+    """POST admin/hitl/default-policy: ``action`` save (``policy``: JSON) or reset
+    (the built-in default), through the API's operation."""
+
+    @admin_page
+    async def post(self) -> None:  # type: ignore[override]
+        form = self.form()
+        action, text = last(form, "action"), last(form, "policy")
+        try:
+            if action == "save":
+                try:
+                    raw = json.loads(text)
+                except ValueError as e:
+                    raise bad("policy", f"not valid JSON ({e})") from None
+                await hitl_ops.replace_default_policy(self.ctx, self.actor, raw)
+            elif action == "reset":
+                await hitl_ops.replace_default_policy(self.ctx, self.actor, None)
+            else:
+                raise bad("action", "expected save or reset")
+        except ApiError as e:
+            return await self.show(e.status_code, e, text if action == "save" else None)
+        self.redirect_done("admin/hitl", "default-policy-saved")
+
+
 def routes(prefix: str) -> list[tuple[str, Any]]:
     admin = prefix + "admin/"
     return [
@@ -598,6 +630,7 @@ def routes(prefix: str) -> list[tuple[str, Any]]:
         (admin + f"agents/{USER}/{SLUG}", AgentsPage),
         (admin + "conversations", ConversationsPage),
         (admin + "hitl", HitlListPage),
+        (admin + "hitl/default-policy", DefaultPolicyPage),
         (admin + f"hitl/{UUID}", HitlPage),
         (admin + "usage", UsagePage),
         (admin + "workspaces", WorkspacesPage),

@@ -99,11 +99,11 @@ class AgentHitlInfoHandler(HitlBaseHandler):
 
     async def get(self) -> None:
         agent = await self.require_agent()
-        policy = await self.ctx.store.hitl.get_policy(agent.id)
+        policy = await hitl_ops.agent_policy(self.ctx, agent.id)
         resolved = await self.resolved_for(agent)
         self.write_json(
             {
-                "policy": policy if policy is not None else DEFAULT_POLICY,
+                "policy": policy,
                 "timeout": resolved["hitl_timeout"],
                 "default": default_decision(resolved),
             }
@@ -300,8 +300,47 @@ class PolicyHandler(HitlBaseHandler):
         self.write_json({"policy": policy})
 
 
+class DefaultPolicyHandler(HitlBaseHandler):
+    """GET (persons): the organisation's default policy, what agents without one
+    of their own follow. PUT/DELETE (admin): replace it, or return to the built-in."""
+
+    async def get(self) -> None:
+        self.require_person("read the default HITL policy")
+        custom = await self.ctx.store.hitl.get_default_policy()
+        self.write_json(
+            {
+                "policy": custom if custom is not None else DEFAULT_POLICY,
+                "custom": custom is not None,
+            }
+        )
+
+    async def put(self) -> None:
+        self.require_admin()
+        body = self.json_body()
+        policy = await hitl_ops.replace_default_policy(self.ctx, self.actor, body.get("policy"))
+        self.write_json({"policy": policy, "custom": True})
+
+    async def delete(self) -> None:
+        self.require_admin()
+        await hitl_ops.replace_default_policy(self.ctx, self.actor, None)
+        self.set_status(204)
+        self.finish()
+
+
+class PolicyCheckHandler(HitlBaseHandler):
+    """POST (persons): is ``{"policy": …}`` a valid policy? 200 with it normalised,
+    or the 400 naming the faulty field: editors check a policy as it is typed."""
+
+    async def post(self) -> None:
+        self.require_person("check a HITL policy")
+        body = self.json_body()
+        self.write_json({"policy": hitl_ops.checked_policy(body.get("policy"))})
+
+
 def routes(prefix: str) -> list[tuple[str, Any]]:
     return [
+        (prefix + "api/hitl/default-policy", DefaultPolicyHandler),
+        (prefix + "api/hitl/policy-check", PolicyCheckHandler),
         (prefix + "api/agent/hitl", AgentHitlInfoHandler),
         (prefix + "api/hitl/requests", RequestsHandler),
         (prefix + f"api/hitl/requests/{NAME}", RequestHandler),

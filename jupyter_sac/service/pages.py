@@ -48,6 +48,10 @@ DONE_MESSAGES = {
     "agent-deleted": "{target} is deleted.",
     "hitl-allow": "Request allowed.",
     "hitl-deny": "Request denied.",
+    "default-policy-saved": (
+        "Default approval policy saved. Agents without their own follow it from their next"
+        " tool call."
+    ),
     "key-saved": "Organisation key for {target} saved.",
     "key-cleared": "Organisation key for {target} removed.",
     "public-saved": "{target} stored in the public workspace.",
@@ -119,11 +123,12 @@ class PageHandler(BaseHandler):
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Content-Type-Options", "nosniff")
-        # No scripts at all; styles only from this origin and the hub's (its own,
-        # with subdomains), forms only to them (a new agent goes on to the hub's
-        # spawn page). Never framed (frame-ancestors 'none'): every page has forms
-        # that change things, and an agent's JupyterLab (an origin its sandbox
-        # controls) must not frame one and have a person click through.
+        # Scripts only as the service's own files (none inline); styles only from
+        # this origin and the hub's (its own, with subdomains), forms only to them
+        # (a new agent goes on to the hub's spawn page). Never framed
+        # (frame-ancestors 'none'): every page has forms that change things, and an
+        # agent's JupyterLab (an origin its sandbox controls) must not frame one and
+        # have a person click through.
         hub = self.ctx.public.host
         # form-action covers a form's whole redirect chain in the browser: creating
         # an agent goes on to the hub's spawn page, which redirects straight to the
@@ -131,7 +136,10 @@ class PageHandler(BaseHandler):
         users = self.ctx.public.users_origin
         self.set_header(
             "Content-Security-Policy",
-            f"default-src 'none'; style-src 'self' {hub}; font-src 'self' {hub};"
+            # Scripts: the service's own files only (static/policy.js checks a
+            # policy as it is typed), never inline; they call the service alone.
+            f"default-src 'none'; script-src 'self'; connect-src 'self';"
+            f" style-src 'self' {hub}; font-src 'self' {hub};"
             f" img-src 'self' {hub} data:; form-action 'self' {hub} {users};"
             " frame-ancestors 'none'; base-uri 'none'",
         )

@@ -26,7 +26,6 @@ from typing import Any
 from urllib.parse import quote
 
 from ..errors import ApiError
-from ..rules.hitl import DEFAULT_POLICY
 from ..rules.providers import PRESETS
 from ..rules.skills import Viewer, can_edit
 from ..store.hitl import PENDING
@@ -174,7 +173,8 @@ class AgentSettingsPage(PageHandler):
         own = owner == self.actor.name
         secrets = await self.ctx.store.secrets.of_owner(owner) if own else []
         if policy_text is None:
-            policy_text = json.dumps(policy if policy is not None else DEFAULT_POLICY, indent=2)
+            shown = policy if policy is not None else await hitl_ops.default_policy(self.ctx)
+            policy_text = json.dumps(shown, indent=2)
         self.render_page(
             "agent.html",
             status=status,

@@ -86,6 +86,32 @@ class HitlRequests:
             )
         return dict(row["policy"]) if row else None
 
+    async def get_default_policy(self) -> dict[str, Any] | None:
+        """The organisation's default policy (None: the built-in one applies)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("SELECT policy FROM hitl_default_policy")
+            row = await cur.fetchone()
+        return dict(row["policy"]) if row else None
+
+    async def put_default_policy(
+        self, policy: dict[str, Any] | None, by: str, *, conn: Conn | None = None
+    ) -> dict[str, Any] | None:
+        """Replace the organisation's default policy (None: back to the built-in
+        one); returns the one it replaced (None: the built-in one)."""
+        async with using(self.pool, conn) as c, c.transaction():
+            cur = await c.execute("SELECT policy FROM hitl_default_policy FOR UPDATE")
+            row = await cur.fetchone()
+            if policy is None:
+                await c.execute("DELETE FROM hitl_default_policy")
+            else:
+                await c.execute(
+                    "INSERT INTO hitl_default_policy (policy, updated_by) VALUES (%s, %s)"
+                    " ON CONFLICT (only_row) DO UPDATE SET policy = EXCLUDED.policy,"
+                    " updated_at = now(), updated_by = EXCLUDED.updated_by",
+                    (Jsonb(policy), by),
+                )
+        return dict(row["policy"]) if row else None
+
     # ---- requests -----------------------------------------------------------------
 
     async def file(

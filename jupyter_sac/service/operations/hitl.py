@@ -14,7 +14,7 @@ from ...store.tx import Conn
 from .. import metrics
 from ..openapi import CONTRACT
 from ..validation import bad, optional_text
-from .access import authorize_user, get_agent, require_person
+from .access import authorize_user, get_agent, require_admin, require_person
 from .context import Actor, ServiceContext, audit
 from .events import record, ring
 
@@ -161,9 +161,44 @@ async def decide_request(
     return decided
 
 
+async def default_policy(ctx: ServiceContext) -> dict[str, Any]:
+    """What an agent without a policy of its own follows: the organisation's
+    default (set by an administrator), else the built-in one."""
+    policy = await ctx.store.hitl.get_default_policy()
+    return policy if policy is not None else DEFAULT_POLICY
+
+
 async def agent_policy(ctx: ServiceContext, agent_id: int) -> dict[str, Any]:
-    """The agent's HITL policy (the default when it has none of its own)."""
+    """The agent's HITL policy (the organisation's default when it has none)."""
     policy = await ctx.store.hitl.get_policy(agent_id)
+    return policy if policy is not None else await default_policy(ctx)
+
+
+def checked_policy(raw: Any) -> dict[str, Any]:
+    """``raw`` as a valid, normalised policy, or the 400 naming the faulty field
+    (``policy.deny[2]``): the check every editor of a policy runs, as typed too."""
+    try:
+        return validate_policy(raw)
+    except PolicyError as e:
+        raise bad(e.field, e.message) from None
+
+
+async def replace_default_policy(ctx: ServiceContext, actor: Actor, raw: Any) -> dict[str, Any]:
+    """Set the organisation's default policy (administrators; audited); ``None``
+    returns to the built-in one. Returns the default that now applies."""
+    ident = require_admin(ctx, actor)
+    policy = None if raw is None else checked_policy(raw)
+    async with ctx.store.transaction() as conn:
+        before = await ctx.store.hitl.put_default_policy(policy, ident.name, conn=conn)
+        await audit(
+            ctx,
+            actor,
+            "hitl.default_policy.replace",
+            "default",
+            before=before,
+            after=policy,
+            conn=conn,
+        )
     return policy if policy is not None else DEFAULT_POLICY
 
 
@@ -174,10 +209,7 @@ async def replace_policy(
     as the agent's policy; returns the normalised policy. Persons and administrators
     only: a policy decides what the agent may do without asking them."""
     agent = await get_agent(ctx, actor, owner, slug, "change a HITL policy")
-    try:
-        policy = validate_policy(raw)
-    except PolicyError as e:
-        raise bad(e.field, e.message) from None
+    policy = checked_policy(raw)
     async with ctx.store.transaction() as conn:
         before = await ctx.store.hitl.put_policy(agent.id, policy, actor.name, conn=conn)
         if owner != actor.name:
