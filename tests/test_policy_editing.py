@@ -1,0 +1,156 @@
+"""Approval policies people edit: the organisation's default (administrators) that
+agents without their own follow, the check as a policy is typed, and a policy
+edited in Chromium on the agent's settings page (where the JupyterLab sidebar's
+Settings leads) governing the agent's next tool call, with the real claude CLI
+against the fake model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import httpx
+import pytest
+from conftest import ADMIN_PASSWORD
+from helpers import (
+    CHROMIUM_ARGS,
+    agent_token,
+    model_agent,
+    script_model,
+    server_url,
+    service_url,
+    sign_up,
+)
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
+
+pytestmark = pytest.mark.stack
+
+ORG_DEFAULT = {"default": "deny", "allow": ["Read", "Bash(echo:*)"], "ask": [], "deny": []}
+
+
+def test_the_organisation_default_governs_agents_without_their_own(
+    stack: dict, admin, new_user
+) -> None:
+    user, client = new_user("dflt")
+    builtin = client.sac("GET", "hitl/default-policy")
+    assert builtin.status_code == 200 and builtin.json()["custom"] is False
+    assert builtin.json()["policy"]["default"] == "ask"
+
+    # Only an administrator sets it; a bad one is refused with the field named.
+    assert client.sac("PUT", "hitl/default-policy", json={"policy": ORG_DEFAULT}).status_code == 403
+    bad = admin.sac("PUT", "hitl/default-policy", json={"policy": {"default": "perhaps"}})
+    assert bad.status_code == 400 and "default" in bad.json()["field"]
+    assert client.sac("GET", "hitl/default-policy").json()["custom"] is False
+    put = admin.sac("PUT", "hitl/default-policy", json={"policy": ORG_DEFAULT})
+    assert put.status_code == 200, put.text
+    try:
+        assert client.sac("GET", "hitl/default-policy").json() == {
+            "policy": ORG_DEFAULT,
+            "custom": True,
+        }
+        # An agent without a policy of its own follows it; one with its own does not.
+        for slug in ("plain", "own"):
+            resp = client.sac("POST", "agents", json={"slug": slug, "api_key": "sk-unused-key-1"})
+            assert resp.status_code == 201, resp.text
+        own = {"default": "allow", "allow": [], "ask": [], "deny": []}
+        resp = client.sac("PUT", f"users/{user}/agents/own/hitl-policy", json={"policy": own})
+        assert resp.status_code == 200
+        assert client.sac("GET", f"users/{user}/agents/plain/hitl-policy").json() == {
+            "policy": ORG_DEFAULT
+        }
+        client.start(user, "plain")
+        token = asyncio.run(agent_token(stack["url"], client, user, "plain"))
+        seen = httpx.get(
+            service_url(stack["url"]) + "api/agent/hitl",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert seen.status_code == 200 and seen.json()["policy"] == ORG_DEFAULT
+        assert client.sac("GET", f"users/{user}/agents/own/hitl-policy").json()["policy"] == own
+        entries = admin.sac("GET", "audit", params={"action": "hitl.default_policy.replace"}).json()
+        assert entries["entries"][0]["after"] == ORG_DEFAULT
+    finally:
+        assert admin.sac("DELETE", "hitl/default-policy").status_code == 204
+        client.sac("DELETE", f"users/{user}/agents/plain")
+        client.sac("DELETE", f"users/{user}/agents/own")
+    assert client.sac("GET", "hitl/default-policy").json()["custom"] is False
+
+
+def test_a_policy_is_checked_without_being_stored(stack: dict, new_user) -> None:
+    _, client = new_user("chk")
+    ok = client.sac("POST", "hitl/policy-check", json={"policy": {"default": "allow"}})
+    assert ok.status_code == 200
+    assert ok.json()["policy"] == {"default": "allow", "allow": [], "ask": [], "deny": []}
+    bad = client.sac(
+        "POST", "hitl/policy-check", json={"policy": {"default": "ask", "deny": ["Bash(("]}}
+    )
+    assert bad.status_code == 400 and bad.json()["field"].startswith("policy.deny")
+
+
+@pytest.mark.asyncio
+async def test_a_policy_edited_in_the_browser_governs_the_next_tool_call(
+    stack: dict, fake: str, admin
+) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    name, password = f"ed{uuid.uuid4().hex[:8]}", "a-long-enough-password-1"
+    sign_up(stack["url"], name, password, ADMIN_PASSWORD)
+    client = admin.create_user(name)
+    resp = client.sac("POST", "agents", json={"slug": "edit", **model_agent(fake)})
+    assert resp.status_code == 201, resp.text
+    allow = {"policy": {"default": "allow", "allow": [], "ask": [], "deny": []}}
+    assert client.sac("PUT", f"users/{name}/agents/edit/hitl-policy", json=allow).is_success
+    client.start(name, "edit")
+    try:
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(
+                executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
+            )
+            page = await browser.new_page()
+            await page.goto(stack["url"] + "hub/login")
+            await page.fill("input[name=username]", name)
+            await page.fill("input[name=password]", password)
+            await page.click("input[type=submit], button[type=submit]")
+            await page.wait_for_url("**/hub/**")
+            await page.goto(service_url(stack["url"]) + f"agents/{name}/edit")
+            editor = page.locator("#d-policy")
+            status = page.locator("#d-policy-check")
+            # As typed: a broken rule is named before anything is sent.
+            await editor.fill('{"default": "allow", "deny": ["Bash(("]}')
+            await expect(status).to_contain_text("policy.deny")
+            await expect(editor).to_have_attribute("aria-invalid", "true")
+            await editor.fill('{"default": "allow", "deny": ["Bash"')
+            await expect(status).to_contain_text("Not valid JSON")
+            await editor.fill('{"default": "allow", "deny": ["Bash"]}')
+            await expect(status).to_have_text("Valid policy.")
+            await page.click("#policy button[type=submit]")
+            await expect(page.locator("#done")).to_contain_text("HITL policy saved")
+            await browser.close()
+        saved = client.sac("GET", f"users/{name}/agents/edit/hitl-policy").json()["policy"]
+        assert saved["deny"] == ["Bash"]
+
+        # The agent's next tool call follows it: its Bash is refused, not run.
+        script_model(
+            fake,
+            {"tool_use": {"name": "Bash", "input": {"command": "touch /workspace/ran.txt"}}},
+            "done",
+        )
+        base = server_url(stack["url"], name, "edit")
+        events = await websocket_connect(
+            HTTPRequest(
+                base.replace("http", "ws", 1) + "sac/api/chat/events",
+                headers={"Authorization": f"token {client.token}"},
+            )
+        )
+        api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=60)
+        assert api.post(base + "sac/api/chat", json={"message": "touch it"}).status_code == 202
+        seen: list[dict] = []
+        while not seen or seen[-1]["type"] != "turn_end":
+            seen.append(json.loads(await events.read_message()))
+        events.close()
+        (result,) = [e for e in seen if e["type"] == "tool_result"]
+        assert result["is_error"] is True, seen
+        assert api.get(base + "api/contents/ran.txt").status_code == 404
+    finally:
+        client.sac("DELETE", f"users/{name}/agents/edit")
