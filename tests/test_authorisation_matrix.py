@@ -494,6 +494,9 @@ SERVICE_ROWS: list[Row] = [
     Row("GET", P + "admin/hitl", ADMIN, ok=frozenset({200})),
     Row("GET", P + "admin/hitl/{rid}", ADMIN, ok=frozenset({200})),
     Row("POST", P + "admin/hitl/{rid}", ADMIN, raw=b"", ok=frozenset({400})),
+    Row(
+        "POST", P + "admin/hitl/default-policy", ADMIN, form={"action": "nope"}, ok=frozenset({400})
+    ),
     Row("GET", P + "admin/usage", ADMIN, ok=frozenset({200})),
     Row("GET", P + "admin/workspaces", ADMIN, ok=frozenset({200})),
     Row("POST", P + "admin/workspaces", ADMIN, raw=b"", ok=frozenset({400})),

@@ -16,11 +16,13 @@ from conftest import ADMIN_PASSWORD
 from helpers import (
     CHROMIUM_ARGS,
     agent_token,
+    browser_client,
     model_agent,
     script_model,
     server_url,
     service_url,
     sign_up,
+    xsrf_of,
 )
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
@@ -154,3 +156,28 @@ async def test_a_policy_edited_in_the_browser_governs_the_next_tool_call(
         assert api.get(base + "api/contents/ran.txt").status_code == 404
     finally:
         client.sac("DELETE", f"users/{name}/agents/edit")
+
+
+def test_an_administrator_edits_the_default_on_the_approvals_page(stack: dict, admin) -> None:
+    browser = browser_client(stack["url"], "admin", ADMIN_PASSWORD)
+    page_url = service_url(stack["url"]) + "admin/hitl"
+
+    def submit(form: dict[str, str]) -> httpx.Response:
+        token = xsrf_of(browser.get(page_url).text)
+        return browser.post(
+            page_url + "/default-policy", data={**form, "_xsrf": token}, follow_redirects=False
+        )
+
+    shown = browser.get(page_url)
+    assert 'id="default-policy"' in shown.text and "How a policy reads" in shown.text
+    refused = submit({"action": "save", "policy": '{"default": "never"}'})
+    assert refused.status_code == 400 and "never" in refused.text  # what was typed stays
+    assert admin.sac("GET", "hitl/default-policy").json()["custom"] is False
+    saved = submit({"action": "save", "policy": json.dumps(ORG_DEFAULT)})
+    assert saved.status_code == 303, saved.text
+    try:
+        assert admin.sac("GET", "hitl/default-policy").json()["policy"] == ORG_DEFAULT
+        assert "Back to the built-in default" in browser.get(page_url).text
+    finally:
+        assert submit({"action": "reset"}).status_code == 303
+    assert admin.sac("GET", "hitl/default-policy").json()["custom"] is False

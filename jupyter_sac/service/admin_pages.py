@@ -598,6 +598,8 @@ class DefaultPolicyPage(HitlPage):
     """POST admin/hitl/default-policy: ``action`` save (``policy``: JSON) or reset
     (the built-in default), through the API's operation."""
 
+    get = web.RequestHandler.get  # type: ignore[assignment]
+
     @admin_page
     async def post(self) -> None:  # type: ignore[override]
         form = self.form()
