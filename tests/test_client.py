@@ -264,3 +264,20 @@ def test_history_frame_reads_times_with_and_without_a_fraction() -> None:
     assert [t.isoformat() for t in frame["ts"]] == [
         "2026-12-05T21:57:22.123456+00:00", "2026-12-05T21:57:23+00:00",
     ]  # fmt: skip
+
+
+def test_a_person_reads_checks_and_sets_an_agents_policy(driven: dict[str, Any]) -> None:
+    client, agent = driven["client"], driven["agent"]
+    default = client.default_policy()
+    assert default["custom"] is False and default["policy"]["default"] == "ask"
+    assert agent.policy() == default["policy"]
+    with pytest.raises(BadRequest) as refused:
+        client.check_policy({"default": "ask", "allow": ["Bash(("]})
+    assert refused.value.field and refused.value.field.startswith("policy.allow")
+    wanted = {"default": "ask", "allow": ["Read", "Bash(git status:*)"]}
+    assert client.check_policy(wanted) == {**wanted, "ask": [], "deny": []}
+    try:
+        assert agent.set_policy(wanted) == {**wanted, "ask": [], "deny": []}
+        assert agent.policy()["allow"] == ["Read", "Bash(git status:*)"]
+    finally:
+        agent.set_policy(default["policy"])

@@ -247,6 +247,15 @@ class AsyncClient:
         body = {k: v for k, v in body.items() if v is not None}
         return await self.sac("POST", f"hitl/requests/{quote(request_id)}/decision", json=body)
 
+    async def default_policy(self) -> dict[str, Any]:
+        """The organisation's default approval policy (what agents without their own
+        follow): ``{"policy", "custom"}``."""
+        return await self.sac("GET", "hitl/default-policy")
+
+    async def check_policy(self, policy: dict[str, Any]) -> dict[str, Any]:
+        """``policy`` normalised, or SacError naming the faulty field; stores nothing."""
+        return (await self.sac("POST", "hitl/policy-check", json={"policy": policy}))["policy"]
+
     async def watch_pending(self, interval: float = 1.0) -> AsyncIterator[dict[str, Any]]:
         """Each new pending request once, as it appears: those pending now, then each
         one my event stream tells of (``GET api/events``). When the stream is cut it
@@ -406,6 +415,18 @@ class AsyncAgent:
     async def status(self) -> str:
         """``running``, ``pending`` or ``stopped``."""
         return (await self.info())["state"]
+
+    async def policy(self) -> dict[str, Any]:
+        """The agent's approval policy (the organisation's default until it has one)."""
+        return (await self.client.sac("GET", await self._base() + "/hitl-policy"))["policy"]
+
+    async def set_policy(self, policy: dict[str, Any]) -> dict[str, Any]:
+        """Replace the agent's approval policy (a person's token: no token an agent
+        holds may); it applies from the agent's next tool call. Returns it normalised."""
+        body = {"policy": policy}
+        return (await self.client.sac("PUT", await self._base() + "/hitl-policy", json=body))[
+            "policy"
+        ]
 
     async def start(self, progress: Callable[[dict[str, Any]], None] | None = None,
                     timeout: float = 300) -> None:  # fmt: skip

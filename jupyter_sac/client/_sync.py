@@ -136,6 +136,12 @@ class Client:
     def deny(self, request_id: str, reason: str | None = None) -> dict[str, Any]:
         return self._loop.run(self.aio.deny(request_id, reason))
 
+    def default_policy(self) -> dict[str, Any]:
+        return self._loop.run(self.aio.default_policy())
+
+    def check_policy(self, policy: dict[str, Any]) -> dict[str, Any]:
+        return self._loop.run(self.aio.check_policy(policy))
+
     def watch_pending(self, interval: float = 1.0) -> Iterator[dict[str, Any]]:
         return self._loop.iterate(self.aio.watch_pending(interval))
 
@@ -192,6 +198,12 @@ class Agent:
 
     def info(self) -> dict[str, Any]:
         return self._run(self.aio.info())
+
+    def policy(self) -> dict[str, Any]:
+        return self._run(self.aio.policy())
+
+    def set_policy(self, policy: dict[str, Any]) -> dict[str, Any]:
+        return self._run(self.aio.set_policy(policy))
 
     def status(self) -> str:
         return self._run(self.aio.status())
