@@ -12,7 +12,8 @@
 
   function show(ok, text) {
     out.textContent = text;
-    out.className = "form-text sac-policy-check " + (ok ? "text-success" : "text-danger");
+    out.className =
+      "form-text sac-policy-check " + (ok ? "text-success" : "text-danger");
     area.setAttribute("aria-invalid", ok ? "false" : "true");
   }
 
@@ -45,8 +46,8 @@
             if (resp.ok) {
               show(true, "Valid policy.");
             } else {
-              var where = body.field ? body.field + ": " : "";
-              show(false, where + (body.message || "HTTP " + resp.status));
+              // The service's message names the field (policy.deny[2]: …).
+              show(false, body.message || "HTTP " + resp.status);
             }
           });
       })
