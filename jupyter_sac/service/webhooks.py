@@ -26,7 +26,8 @@ class WebhookHandler(BaseHandler):
         self.write_json(await ops.get_webhook(self.ctx, self.actor, webhook_id))
 
     async def patch(self, webhook_id: str) -> None:
-        self.require_person("change webhooks")
+        # Who before what: another user's id is not found, whatever the body says.
+        await ops.get_webhook(self.ctx, self.actor, webhook_id)
         body = self.json_body()
         self.write_json(await ops.change_webhook(self.ctx, self.actor, webhook_id, body))
 
