@@ -29,7 +29,7 @@ import httpx
 
 from .. import __version__
 from ..rules import webhooks as rules
-from ..rules.egress import Address
+from ..rules.egress import Address, address_without_dns
 from ..rules.events import one_line
 from . import metrics
 from .operations.context import ServiceContext
@@ -207,10 +207,9 @@ class Deliverer:
     async def _address(self, target: rules.Target, allowed: Sequence[str]) -> Address:
         """The address to connect to: the first the host resolves to that the
         allow-list lets a delivery reach (``rules.address_allowed``)."""
-        try:
-            literal: Address | None = ipaddress.ip_address(target.host)
-        except ValueError:
-            literal = None
+        # An address, or localhost and its subdomains, are not asked of DNS (as the
+        # egress proxy and browsers do).
+        literal = address_without_dns(target.host)
         if literal is not None:
             found = [literal]
         else:
