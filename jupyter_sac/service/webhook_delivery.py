@@ -69,9 +69,14 @@ class Deliverer:
         self._sending: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         # Its own client: no redirects (a receiver could point us anywhere), no
-        # proxy from the environment (the address check is about where we connect).
+        # proxy from the environment (the address check is about where we connect),
+        # and no kept connections: they are pooled by address, and a connection
+        # whose TLS was checked for one name must not carry another name's request.
         self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout), follow_redirects=False, trust_env=False
+            timeout=httpx.Timeout(timeout),
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
         )
 
     async def close(self) -> None:
