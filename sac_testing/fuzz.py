@@ -72,6 +72,9 @@ UNSAYABLE = {
     # A SKILL.md's front matter must be YAML, and its prompt's {{placeholders}}
     # parameters of the skill.
     r"^/api/skills(/\{id\})?$": "SKILL.md front matter, placeholders",
+    # A webhook's URL must name a host on the administrator's allow-list (a
+    # setting), and must parse as an http(s) URL without credentials.
+    r"^/api/webhooks(/\{id\})?$": "the URL allow-list",
     # A bundle is an archive: random bytes are seldom one.
     r"^/api/skills/\{id\}/bundle$": "an archive's contents",
 }

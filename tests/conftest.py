@@ -167,7 +167,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, fake_anthropic: str) -> Iter
     has no route to them; each under its own path, to tell them apart)."""
     workdir = tmp_path_factory.mktemp("sac")
     config = workdir / "providers.py"
-    config.write_text(f"c.SacService.provider_base_urls = {preset_endpoints(fake_anthropic)!r}\n")
+    config.write_text(
+        f"c.SacService.provider_base_urls = {preset_endpoints(fake_anthropic)!r}\n"
+        # Webhook retries within a test's patience (tests/test_webhooks_api.py).
+        "c.SacService.webhook_backoff = [0.3, 0.3, 0.3]\n"
+    )
     with embedded_stack(workdir, ADMIN_PASSWORD, extra_config=config) as running:
         try:
             yield {"url": running.url, "admin": HubApi(running.url, running.admin_token, running.harness_token),

@@ -189,6 +189,20 @@ def fresh_secret(world: World, principal: str) -> str:
     return A + f"secrets/{name}?user={world.user}"
 
 
+# A receiver nothing listens on: the allow-list names it (world), and the
+# deliveries the table's calls queue are refused and retried, harmlessly.
+WEBHOOK_URL = "http://127.0.0.1:9/matrix"
+
+
+def fresh_webhook(world: World, principal: str) -> str:
+    """One of alice's webhooks, named with its owner (as an admin removes it)."""
+    resp = world.owner.sac(
+        "POST", "webhooks", json={"url": WEBHOOK_URL, "kinds": ["budget.exhausted"]}
+    )
+    assert resp.status_code == 201, resp.text
+    return A + f"webhooks/{resp.json()['id']}?user={world.user}"
+
+
 def fresh_settings(world: World, principal: str) -> str:
     """alice's overrides (room for the throwaway agents), to be cleared."""
     resp = world.admin.sac("PUT", f"users/{world.user}/settings", json={"max_agents_per_user": 10})
@@ -298,6 +312,16 @@ SERVICE_ROWS: list[Row] = [
     Row("GET", A + "secrets?user={user}", OWNER, ok=frozenset({200})),
     Row("PUT", A + "secrets/MATRIX", PERSONS, body=NO_BODY, ok=frozenset({400})),
     Row("DELETE", A + "secrets/{secret}", OWNER, fresh=fresh_secret, ok=frozenset({204})),
+    # users' webhooks: persons only, each their own (administrators list and remove)
+    Row("GET", A + "webhooks", PERSONS, ok=frozenset({200})),
+    Row("GET", A + "webhooks?user={user}", OWNER, ok=frozenset({200})),
+    Row("POST", A + "webhooks", PERSONS, body=NO_BODY, ok=frozenset({400})),
+    Row("GET", A + "webhooks/{webhook}", who("owner"), ok=frozenset({200})),
+    Row("PATCH", A + "webhooks/{webhook}", who("owner"), body=NO_BODY, ok=frozenset({400})),
+    Row("DELETE", A + "webhooks/{webhook}", OWNER, fresh=fresh_webhook, ok=frozenset({204})),
+    Row("GET", A + "webhooks/{webhook}/deliveries", who("owner"), ok=frozenset({200})),
+    Row("POST", A + "webhooks/{webhook}/test", who("owner"), ok=frozenset({202})),
+    Row("POST", A + "webhooks/{webhook}/secret", who("owner"), ok=frozenset({200})),
     # the credential proxy: agent tokens only (each its own agent)
     Row("POST", P + "llm/v1/messages", AGENT_TOKENS, body=NO_BODY),
     # history
@@ -699,6 +723,7 @@ def world(stack: dict, fake_anthropic: str) -> Iterator[World]:
         resp = client.sac("POST", "agents", json={"slug": slug, "drive_agents": drive, **model})
         assert resp.status_code == 201, resp.text
     sandbox: dict[str, tuple[str, str, str]] = {}
+    saved_system: dict[str, Any] | None = None
     throwaway: list[str] = []
     try:
         for client, user, slug, _ in agents:
@@ -772,6 +797,14 @@ def world(stack: dict, fake_anthropic: str) -> Iterator[World]:
             (f"groups/{group}/workspace/files/shared.txt", owner),
         ):
             assert client.sac("PUT", path, content=b"shared").status_code == 200, path
+        # Webhooks need a host on the allow-list (restored afterwards).
+        saved_system = admin.sac("GET", "settings/system").json()["overrides"]
+        allow = {**saved_system, "webhook_allowed_hosts": ["127.0.0.1"]}
+        assert admin.sac("PUT", "settings/system", json=allow).status_code == 200
+        webhook = owner.sac(
+            "POST", "webhooks", json={"url": WEBHOOK_URL, "kinds": ["budget.exhausted"]}
+        )
+        assert webhook.status_code == 201, webhook.text
         service_url = admin.service_url
         server = admin.server_url(alice, "a1")
         world = World(
@@ -794,6 +827,7 @@ def world(stack: dict, fake_anthropic: str) -> Iterator[World]:
                 "server": f"user/{alice}/a1/",
                 "hook_secret": a1[2],
                 "hub_admin": f"hadm{tag}",
+                "webhook": webhook.json()["id"],
             },
             agent_api=agent_api,
             sync_clients=sync_clients,
@@ -805,6 +839,8 @@ def world(stack: dict, fake_anthropic: str) -> Iterator[World]:
         # Leave the stack as found for the tests after this one: no organisation key
         # the table set, no agents.
         admin.sac("DELETE", "organisation-keys/openrouter")
+        if saved_system is not None:
+            admin.sac("PUT", "settings/system", json=saved_system)
         for client, user, slug, _ in agents:
             client.sac("DELETE", f"users/{user}/agents/{slug}")
         for slug in throwaway:
@@ -887,6 +923,7 @@ SAMPLE = {
     "server": "user/alice/a1/",
     "hook_secret": "s",
     "secret": "T0",
+    "webhook": "6f1c0000-0000-0000-0000-000000000001",
 }
 
 

@@ -253,6 +253,16 @@ SPECS: dict[str, SettingSpec] = {
             " the system's.",
             accumulate=True,
         ),
+        _spec(
+            "webhook_allowed_hosts",
+            "hosts",
+            (),
+            "Hosts users' webhooks may post to: a name (hooks.slack.com), *.domain, an"
+            " address or a CIDR, as egress_allow. Empty: webhooks are off. A receiver"
+            " on a non-public address (loopback, private) needs its exact name or"
+            " address here; a wildcard opens public receivers only.",
+            levels=frozenset({"system"}),
+        ),
     ]
 }
 

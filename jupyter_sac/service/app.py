@@ -24,6 +24,7 @@ from ..data_dir import default_data_dir
 from ..objects import ObjectStore, store_from_config
 from ..rules.providers import PRESETS
 from ..rules.urls import PublicUrls
+from ..rules.webhooks import BACKOFF
 from ..store import Store
 from . import (
     admin_pages,
@@ -38,6 +39,7 @@ from . import (
     person_pages,
     secrets,
     skills,
+    webhooks,
     workspace,
 )
 from .access_audit import AccessAudit
@@ -55,6 +57,7 @@ from .settings_handlers import (
     SystemSettingsHandler,
     UserSettingsHandler,
 )
+from .webhook_delivery import Deliverer
 
 
 class SacService(Application):
@@ -222,6 +225,27 @@ class SacService(Application):
         it off. See docs/security.md#operators.""",
     ).tag(config=True)
 
+    webhook_backoff = List(
+        Float(),
+        list(BACKOFF),
+        help="""Seconds between a failed webhook delivery and its next attempt: the
+        n-th retry waits the n-th delay; once they are spent the delivery has failed.
+        A 2xx answer delivers; a 4xx other than 408 and 429 fails at once. See
+        docs/operator-guide.md#notifications.""",
+    ).tag(config=True)
+
+    webhook_timeout = Float(
+        5.0,
+        help="""Seconds one webhook delivery attempt may take (connecting, sending and
+        reading the answer) before it counts as failed and is tried again.""",
+    ).tag(config=True)
+
+    webhook_concurrency = Integer(
+        8,
+        help="""Webhook deliveries sent at once: a slow receiver holds one of these,
+        never the others' deliveries.""",
+    ).tag(config=True)
+
     object_store = CaselessStrEnum(
         ["local", "s3"],
         "local",
@@ -293,6 +317,7 @@ class SacService(Application):
             *audit.routes(p),
             *org_keys.routes(p),
             *secrets.routes(p),
+            *webhooks.routes(p),
             *workspace.routes(p),
             *admin_pages.routes(p),
             *person_pages.routes(p),
@@ -355,6 +380,14 @@ class SacService(Application):
             if self.event_retention_days > 0
             else None
         )
+        deliverer = Deliverer(
+            ctx,
+            backoff=self.webhook_backoff,
+            timeout=self.webhook_timeout,
+            concurrency=max(1, self.webhook_concurrency),
+            retention_days=self.event_retention_days,
+        )
+        delivering = asyncio.create_task(deliverer.run())
         idle_culler = culler.Culler(ctx, self.cull_interval) if self.cull_interval > 0 else None
         culling = asyncio.create_task(idle_culler.run()) if idle_culler else None
         access_audit = (
@@ -386,6 +419,8 @@ class SacService(Application):
         await stop.wait()
         server.stop()
         reaper.cancel()
+        delivering.cancel()
+        await deliverer.close()
         if pruning is not None:
             pruning.cancel()
         if watching is not None:

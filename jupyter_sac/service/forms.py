@@ -3,8 +3,9 @@
 A settings form has one field per setting of the level. An empty field means "no
 override here" (the value is inherited); the list of providers is overridden only
 when its "override" box is ticked, so an empty list stays expressible. Host lists
-(``egress_allow``, ``egress_deny``) are a textarea, one pattern per line; an empty
-one inherits, and an empty list is its "none" box (``<name>__none``).
+(``egress_allow``, ``egress_deny``, ``webhook_allowed_hosts``) are a textarea, one
+pattern per line; an empty one inherits, and an empty list is its "none" box
+(``<name>__none``).
 
 The person's pages (an agent's settings, approvals, a skill) turn their forms into
 the bodies the API's operations take, so the API's validation applies unchanged.

@@ -52,6 +52,12 @@ EVENT_STREAMS = Gauge(
     "Event streams (GET api/events) open in this process.",
     registry=REGISTRY,
 )
+WEBHOOK_DELIVERIES = Counter(
+    "sac_webhook_deliveries",
+    "Webhook delivery attempts, by outcome: delivered, retry (to be tried again) or failed.",
+    ["outcome"],
+    registry=REGISTRY,
+)
 HITL_REQUESTS = Counter(
     "sac_hitl_requests", "HITL requests filed, by kind.", ["kind"], registry=REGISTRY
 )

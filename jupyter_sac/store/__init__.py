@@ -2,7 +2,7 @@
 
 ``Store`` wraps a psycopg AsyncConnectionPool and exposes one object per domain
 (agents, settings, tokens, usage, history, hitl, skills, audit, org_keys,
-workspace, sandbox_usage, secrets, events); nothing outside ``store/`` writes SQL.
+workspace, sandbox_usage, secrets, events, webhooks); nothing outside ``store/`` writes SQL.
 ``Store.transaction()`` gives a connection in a transaction that the methods
 taking ``conn`` join (see ``tx.py``).
 """
@@ -30,6 +30,7 @@ from .skills import Skills
 from .tokens import AgentTokens
 from .tx import Conn, Pool
 from .usage import Usage
+from .webhooks import Webhooks
 from .workspace import WorkspaceFiles
 
 __all__ = [
@@ -80,6 +81,7 @@ class Store:
         self.sandbox_usage = SandboxUsageRows(pool)
         self.secrets = UserSecrets(pool)
         self.events = UserEvents(pool)
+        self.webhooks = Webhooks(pool)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:

@@ -106,6 +106,9 @@ class Bells:
         self._events: dict[str, set[asyncio.Event]] = defaultdict(set)
         # Streams open in this process (the ``sac_event_streams`` gauge).
         self.streams = 0
+        # Any user's ring, for the webhook deliverer, which serves every user.
+        self._any_rings = 0
+        self._any: set[asyncio.Event] = set()
 
     def mark(self, user: str) -> int:
         return self._rings.get(user, 0)
@@ -115,6 +118,25 @@ class Bells:
             self._rings[user] += 1
             for event in self._events.get(user, ()):
                 event.set()
+        if users:
+            self._any_rings += 1
+            for event in self._any:
+                event.set()
+
+    def mark_any(self) -> int:
+        return self._any_rings
+
+    async def wait_any(self, mark: int, timeout: float) -> None:
+        """Until any user's bell rings after ``mark`` (at once if one has), or ``timeout``."""
+        if self._any_rings != mark or timeout <= 0:
+            return
+        event = asyncio.Event()
+        self._any.add(event)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout)
+        finally:
+            self._any.discard(event)
 
     async def wait(self, user: str, mark: int, timeout: float) -> None:
         """Until ``user``'s bell rings after ``mark`` (at once if it has), or ``timeout``."""
