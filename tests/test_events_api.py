@@ -295,3 +295,48 @@ def test_the_approvals_panel_follows_the_stream_rather_than_polling(
     finally:
         panel.close()
         client.close()
+
+
+def test_an_agent_that_dies_while_running_is_on_its_owners_stream(stack: dict) -> None:
+    """The hub's spawner tells the owner (``agent.failed``) when the sandbox of a
+    running agent exits without being stopped: the stream and webhooks read it."""
+    import json
+
+    from sac_testing.stack import poll_until
+
+    owner_name = f"evdie{uuid.uuid4().hex[:6]}"
+    with running_agent(stack["admin"], owner_name, "frail", api_key="sk-unused-key") as owner:
+
+        def failures() -> list[dict[str, Any]]:
+            with owner.client.stream(
+                "GET", owner.service_url + "api/events?after=0&wait=0"
+            ) as resp:
+                assert resp.status_code == 200
+                out, kind = [], None
+                for line in resp.iter_lines():
+                    if line.startswith("event: "):
+                        kind = line[len("event: ") :]
+                    elif line.startswith("data: ") and kind == "agent.failed":
+                        out.append(json.loads(line[len("data: ") :]))
+                return out
+
+        assert failures() == []
+        # A stop that was asked for is no failure.
+        owner.stop(owner_name, "frail")
+        owner.start(owner_name, "frail")
+        assert failures() == []
+        # The server killed from inside, as a crash or the OOM killer would.
+        asyncio.run(
+            run_in_terminal(
+                stack["url"], owner.token, owner_name, "frail",
+                # $PPID is the terminal's shell; its parent, the agent's server. In a
+                # session of its own, so that closing the terminal does not end it.
+                "server=$(ps -o ppid= -p $PPID);"
+                ' setsid sh -c "sleep 2; kill -9 $server" </dev/null >/dev/null 2>&1 &'
+                " echo killing",
+            )
+        )  # fmt: skip
+        # The hub notices at its next poll of the server (JupyterHub's poll_interval).
+        (failed,) = poll_until(failures, 120, "agent.failed on the owner's stream")
+        assert failed["phase"] == "exit" and failed["agent"] == "frail"
+        assert isinstance(failed["exit_code"], int)

@@ -122,9 +122,21 @@ def test_outcomes_and_backoff() -> None:
 
 def test_kinds_are_the_event_streams() -> None:
     assert rules.check_kinds(["hitl.requested", "hitl.requested"]) == ("hitl.requested",)
-    for bad in ([], ["agent.failed"], "hitl.requested", None):
+    assert rules.check_kinds(["agent.failed"]) == ("agent.failed",)
+    for bad in ([], ["chat.turn_finished"], "hitl.requested", None):
         with pytest.raises(ValueError):
             rules.check_kinds(bad)
+
+
+def test_the_slack_line_says_how_an_agent_failed() -> None:
+    start = rules.slack_text(
+        "agent.failed", "ann", "gate", {"phase": "start", "message": "no\nroom"}, "u/"
+    )
+    assert start == "ann/gate failed to start: no room"
+    gone = rules.slack_text(
+        "agent.failed", "ann", "gate", {"phase": "exit", "exit_code": 137, "message": "x"}, "u/"
+    )
+    assert "stopped unexpectedly (exit code 137)" in gone
 
 
 def test_the_slack_line_is_one_line_and_links_a_request_to_its_approval() -> None:

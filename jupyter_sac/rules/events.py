@@ -19,7 +19,10 @@ from .budgets import next_month
 HITL_REQUESTED = "hitl.requested"
 HITL_DECIDED = "hitl.decided"
 BUDGET_EXHAUSTED = "budget.exhausted"
-KINDS = (HITL_REQUESTED, HITL_DECIDED, BUDGET_EXHAUSTED)
+# Written by the hub's spawners (another process: the streams and the webhook
+# deliverer see it at their next re-read, within seconds).
+AGENT_FAILED = "agent.failed"
+KINDS = (HITL_REQUESTED, HITL_DECIDED, BUDGET_EXHAUSTED, AGENT_FAILED)
 
 # The largest event id a client may name: what a query's integer may spell (the
 # contract reads at most 18 digits), far beyond any bigserial this table reaches.
@@ -87,6 +90,16 @@ def hitl_decided(request: dict[str, Any]) -> dict[str, Any]:
         "decided_by": request["decided_by"],
         "decided_at": request["decided_at"],
     }
+
+
+def agent_failed(phase: str, message: str, exit_code: int | None = None) -> dict[str, Any]:
+    """The data of ``agent.failed``: the agent did not start (``phase`` ``start``,
+    the reason its spawn page showed) or its sandbox exited while it ran (``exit``,
+    with the exit code)."""
+    data: dict[str, Any] = {"phase": phase, "message": one_line(message, 500)}
+    if exit_code is not None:
+        data["exit_code"] = exit_code
+    return data
 
 
 def budget_exhausted(

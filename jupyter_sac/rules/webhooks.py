@@ -194,6 +194,13 @@ def slack_text(
             f"{who}: {scope} model budget for {data.get('month', 'this month')} is spent"
             f" ({data.get('used')} of {data.get('limit')}); it resets on {data.get('resets_on')}"
         )
+    if kind == "agent.failed":
+        if data.get("phase") == "exit":
+            return one_line(
+                f"{who} stopped unexpectedly (exit code {data.get('exit_code')}):"
+                f" {data.get('message', '')}"
+            )
+        return one_line(f"{who} failed to start: {data.get('message', '')}")
     if kind == TEST_KIND:
         return f"Test notification from SAC for {user}: this webhook works."
     return one_line(f"{who}: {kind}")

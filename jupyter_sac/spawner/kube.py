@@ -48,7 +48,13 @@ from .kube_manifests import (
     token_secret,
 )
 from .kube_names import agent_object_name, label_value
-from .mixin import AgentContext, AgentSpawnerMixin, AgentSpawnError, locked_jupyter_env
+from .mixin import (
+    AgentContext,
+    AgentLimitSpawnError,
+    AgentSpawnerMixin,
+    AgentSpawnError,
+    locked_jupyter_env,
+)
 
 LABEL_PREFIX = "sac.jupyter.org"
 
@@ -400,6 +406,15 @@ class KubeAgentSpawner(AgentSpawnerMixin, KubeSpawner):
     # ---- JupyterHub Spawner API -------------------------------------------------
 
     async def _start(self) -> str:
+        try:
+            return await self._start_agent()
+        except AgentLimitSpawnError:
+            raise  # a refusal, not a failure
+        except Exception as e:
+            await self.tell_owner_failed("start", str(e))
+            raise
+
+    async def _start_agent(self) -> str:
         self.reset_progress()
         started = time.monotonic()
         self.report("Preparing agent", 0)

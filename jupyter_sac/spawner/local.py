@@ -32,7 +32,13 @@ from ..rules.urls import PublicUrls
 from ..runtimes.claude import claude_binary
 from ..store import SandboxUsage
 from .limits import AppliedLimits, apply_limits, read_usage, release
-from .mixin import AgentContext, AgentSpawnerMixin, AgentSpawnError, locked_jupyter_env
+from .mixin import (
+    AgentContext,
+    AgentLimitSpawnError,
+    AgentSpawnerMixin,
+    AgentSpawnError,
+    locked_jupyter_env,
+)
 from .netrelay import EGRESS_PORT, HostRelays, egress_env
 from .phases import SpawnPhases
 from .sandbox import (
@@ -437,7 +443,14 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
                 return None
             self.clear_state()
             return 0
-        return await super().poll()
+        status = await super().poll()
+        if status is not None and getattr(self, "_running_since_start", False):
+            # It was running and nobody stopped it: the owner hears of it once.
+            self._running_since_start = False
+            await self.tell_owner_failed(
+                "exit", "the agent's sandbox exited while it was running", status
+            )
+        return status
 
     async def _reattach(self, saved: dict[str, Any]) -> int | None:
         """Take over a sandbox an earlier hub started and that kept running through the
@@ -467,6 +480,18 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         return None
 
     async def start(self) -> tuple[str, int]:
+        self._running_since_start = False
+        try:
+            url = await self._start_agent()
+        except AgentLimitSpawnError:
+            raise  # a refusal, not a failure
+        except Exception as e:
+            await self.tell_owner_failed("start", str(e))
+            raise
+        self._running_since_start = True
+        return url
+
+    async def _start_agent(self) -> tuple[str, int]:
         self.reset_progress()
         phases = SpawnPhases()
         self.report("Preparing agent", 0)
@@ -736,6 +761,7 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         return True
 
     async def stop(self, now: bool = False) -> None:
+        self._running_since_start = False  # an exit from here on was asked for
         sampler = getattr(self, "_sampler", None)
         if sampler is not None:
             sampler.cancel()

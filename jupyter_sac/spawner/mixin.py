@@ -20,6 +20,7 @@ from traitlets import Dict, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from ..crypto import KeyBox
+from ..rules import events as sac_events
 from ..rules import settings as sac_settings
 from ..rules.providers import PRESETS
 from ..rules.secrets import SECRET_ENV_NAMES_VAR, deliveries
@@ -396,6 +397,23 @@ class AgentSpawnerMixin(LoggingConfigurable):
             for k, v in env.items()
             if not k.startswith(FORBIDDEN_ENV_PREFIXES) and k not in UNSET_JUPYTER_ENV
         }
+
+    async def tell_owner_failed(
+        self, phase: str, message: str, exit_code: int | None = None
+    ) -> None:
+        """``agent.failed`` on the owner's event stream (the `sac` service's event
+        stream and webhooks read it from the store); never in the way of the
+        failure itself."""
+        if not self.database_url or not self.name:
+            return
+        try:
+            store = await self.sac_store()
+            data = sac_events.agent_failed(phase, message, exit_code)
+            await store.events.append(
+                self.user.name, sac_events.AGENT_FAILED, data, agent=self.name
+            )
+        except Exception:
+            self.log.exception("[%s] could not tell the owner the agent failed", self._log_name)
 
     async def revoke_agent_token(self) -> None:
         if not self.database_url or not self.name:
