@@ -246,6 +246,8 @@ SERVICE_ROWS: list[Row] = [
     Row("POST", P + "approvals/{rid}", OWNER, form={"decision": "maybe"}, ok=frozenset({400})),
     Row("GET", P + "agents/{user}/{slug}", OWNER, ok=frozenset({200})),
     Row("POST", P + "agents/{user}/{slug}", OWNER, form={"action": "nope"}, ok=frozenset({400})),
+    Row("GET", P + "notifications", PERSONS, ok=frozenset({200})),
+    Row("POST", P + "notifications", PERSONS, form={"action": "nope"}, ok=frozenset({400})),
     Row("GET", P + "secrets", PERSONS, ok=frozenset({200})),
     Row("POST", P + "secrets", PERSONS, form={"action": "nope"}, ok=frozenset({400})),
     Row("GET", P + "skills/{skill}", OWNER, ok=frozenset({200})),

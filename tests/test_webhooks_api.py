@@ -298,3 +298,49 @@ def test_the_allow_list_the_owner_and_the_kind_of_token_are_enforced(
         assert "webhook_allowed_hosts" in resp.json()["message"]
     finally:
         assert admin.sac("PUT", "settings/system", json=saved).status_code == 200
+
+
+def test_a_person_manages_webhooks_on_the_notifications_page(
+    world: dict[str, Any], stack: dict
+) -> None:
+    import re
+
+    from conftest import ADMIN_PASSWORD
+    from helpers import browser_client, service_url, sign_up, xsrf_of
+
+    name, password = f"whpg{uuid.uuid4().hex[:6]}", "a-long-enough-password-1"
+    sign_up(stack["url"], name, password, ADMIN_PASSWORD)
+    browser = browser_client(stack["url"], name, password)
+    page = service_url(stack["url"]) + "notifications"
+
+    def submit(form: dict[str, Any]) -> httpx.Response:
+        token = xsrf_of(browser.get(page).text)
+        return browser.post(page, data={**form, "_xsrf": token}, follow_redirects=False)
+
+    shown = browser.get(page)
+    assert shown.status_code == 200 and 'id="no-webhooks"' in shown.text
+    assert "127.0.0.1" in shown.text  # the allow-list, said
+    refused = submit({"action": "create", "url": "https://elsewhere.example/x",
+                      "format": "json", "kinds": ["hitl.requested"]})  # fmt: skip
+    assert refused.status_code == 400 and "elsewhere.example" in refused.text
+    receiver = world["receiver"]
+    made = submit({"action": "create", "url": receiver.url("/page"), "format": "json",
+                   "kinds": ["hitl.requested", "agent.failed"]})  # fmt: skip
+    assert made.status_code == 201, made.text
+    secret = re.search(r'id="new-secret">[^<]*<code>([^<]+)</code>', made.text)
+    assert secret, made.text
+    listed = browser.get(page)
+    assert receiver.url("/page") in listed.text and secret.group(1) not in listed.text
+    hook_id = re.search(r'name="id" value="([^"]+)"', listed.text).group(1)
+
+    assert submit({"action": "test", "id": hook_id}).status_code == 303
+    (got,) = receiver.wait_for("/page")
+    assert got.headers["X-SAC-Event"] == "webhook.test"
+    assert verify(secret.group(1), got.headers["X-SAC-Timestamp"], got.body,
+                  got.headers["X-SAC-Signature"])  # fmt: skip
+    poll_until(lambda: "sac-delivery-delivered" in browser.get(page).text, 20, "the delivery shown")
+
+    assert submit({"action": "disable", "id": hook_id}).status_code == 303
+    assert "disabled" in browser.get(page).text
+    assert submit({"action": "delete", "id": hook_id}).status_code == 303
+    assert 'id="no-webhooks"' in browser.get(page).text

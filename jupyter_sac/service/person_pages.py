@@ -10,7 +10,9 @@ pop-up), so keep them as they are:
 - ``approvals``, ``approvals/<request id>`` (GET; POST decides),
 - ``agents/<user>/<slug>`` (GET; POST with ``action`` save, policy, secrets or restart),
 - ``skills/<id>`` (GET; POST with ``action`` share or delete),
-- ``secrets`` (GET; POST with ``action`` set or delete).
+- ``secrets`` (GET; POST with ``action`` set or delete),
+- ``notifications`` (GET; POST with ``action`` create, test, enable, disable or
+  delete).
 
 Only a person acting as themselves may use them (``person_page``); every token an
 agent holds gets 403, other users' things 404 (administrators may act for anyone,
@@ -43,6 +45,7 @@ from .operations import agents as agent_ops
 from .operations import hitl as hitl_ops
 from .operations import secrets as secret_ops
 from .operations import skills as skill_ops
+from .operations import webhooks as webhook_ops
 from .operations.settings import settings_for_user
 from .pages import DONE_MESSAGES, PageHandler, person_page, server_status
 from .routes import NAME, SLUG, USER
@@ -66,6 +69,9 @@ PERSON_DONE = {
     "secret-saved": "Secret {target} saved. Agents granted it get it at their next start.",
     "secret-removed": "Secret {target} removed, and taken from the agents that had it.",
     "grants-saved": "Secrets saved. They reach the agent at its next start.",
+    "webhook-test": "A test notification is on its way; its delivery shows below.",
+    "webhook-saved": "Webhook saved.",
+    "webhook-deleted": "Webhook deleted.",
 }
 
 
@@ -297,6 +303,86 @@ class SecretsPage(PageHandler):
         self.redirect_done("secrets", done, name)
 
 
+# The kinds of event a person may subscribe, as the Notifications page names them.
+KIND_LABELS = (
+    ("hitl.requested", "An approval is asked for"),
+    ("hitl.decided", "An approval is decided or times out"),
+    ("budget.exhausted", "A model budget is spent"),
+    ("agent.failed", "An agent fails to start or stops unexpectedly"),
+)
+DELIVERIES_ON_PAGE = 5
+
+
+class NotificationsPage(PageHandler):
+    """GET notifications: my webhooks with their latest deliveries, and a form to
+    add one. POST ``action`` create (url, format, kinds), test, enable, disable or
+    delete (id), through the API's operations."""
+
+    done_messages = PERSON_DONE
+
+    async def show(
+        self,
+        status: int = 200,
+        error: ApiError | None = None,
+        entered: dict | None = None,
+        created: dict | None = None,
+    ) -> None:
+        webhooks = await webhook_ops.list_webhooks(self.ctx, self.actor, None)
+        for w in webhooks:
+            deliveries = await webhook_ops.list_deliveries(self.ctx, self.actor, w["id"])
+            w["deliveries"] = deliveries[:DELIVERIES_ON_PAGE]
+        self.render_page(
+            "notifications.html",
+            status=status,
+            error=error,
+            active="notifications",
+            webhooks=webhooks,
+            allowed=await webhook_ops.allowed_hosts(self.ctx),
+            kinds=KIND_LABELS,
+            default_kinds=("hitl.requested", "agent.failed"),
+            entered=entered or {},
+            created=created,
+        )
+
+    @person_page("manage notifications")
+    async def get(self) -> None:
+        await self.show()
+
+    @person_page("manage notifications")
+    async def post(self) -> None:
+        form = self.form()
+        action, webhook_id = last(form, "action"), last(form, "id")
+        try:
+            if action == "create":
+                body = {
+                    "url": last(form, "url"),
+                    "format": last(form, "format") or "json",
+                    "kinds": form.get("kinds") or [],
+                }
+                created = await webhook_ops.create_webhook(self.ctx, self.actor, body)
+                # The secret is shown once: on this answer, never behind a redirect.
+                await self.show(201, created=created)
+                return
+            if action == "test":
+                await webhook_ops.test_webhook(self.ctx, self.actor, webhook_id)
+                done = "webhook-test"
+            elif action in ("enable", "disable"):
+                body = {"enabled": action == "enable"}
+                await webhook_ops.change_webhook(self.ctx, self.actor, webhook_id, body)
+                done = "webhook-saved"
+            elif action == "delete":
+                await webhook_ops.delete_webhook(self.ctx, self.actor, None, webhook_id)
+                done = "webhook-deleted"
+            else:
+                raise bad("action", "expected create, test, enable, disable or delete")
+        except ApiError as e:
+            entered = {"url": last(form, "url"), "format": last(form, "format"),
+                       "kinds": form.get("kinds") or []}  # fmt: skip
+            await self.show(e.status_code, e, entered if action == "create" else None)
+            return
+        self.redirect_done("notifications", done)
+
+
 class SkillPage(PageHandler):
     """GET skills/<id>: a skill I may read. Its owner (or an administrator, or a
     curator for an official skill) may change its visibility or delete it: POST
@@ -358,4 +444,5 @@ def routes(prefix: str) -> list[tuple[str, Any]]:
         (prefix + f"agents/{USER}/{SLUG}", AgentSettingsPage),
         (prefix + f"skills/{NAME}", SkillPage),
         (prefix + "secrets", SecretsPage),
+        (prefix + "notifications", NotificationsPage),
     ]
