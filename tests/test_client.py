@@ -270,7 +270,8 @@ def test_a_person_reads_checks_and_sets_an_agents_policy(driven: dict[str, Any])
     client, agent = driven["client"], driven["agent"]
     default = client.default_policy()
     assert default["custom"] is False and default["policy"]["default"] == "ask"
-    assert agent.policy() == default["policy"]
+    # The module's earlier tests let this agent run every tool.
+    before = agent.policy()
     with pytest.raises(BadRequest) as refused:
         client.check_policy({"default": "ask", "allow": ["Bash(("]})
     assert refused.value.field and refused.value.field.startswith("policy.allow")
@@ -280,4 +281,5 @@ def test_a_person_reads_checks_and_sets_an_agents_policy(driven: dict[str, Any])
         assert agent.set_policy(wanted) == {**wanted, "ask": [], "deny": []}
         assert agent.policy()["allow"] == ["Read", "Bash(git status:*)"]
     finally:
-        agent.set_policy(default["policy"])
+        agent.set_policy(before)
+    assert agent.policy() == before
