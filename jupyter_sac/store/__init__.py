@@ -2,7 +2,7 @@
 
 ``Store`` wraps a psycopg AsyncConnectionPool and exposes one object per domain
 (agents, settings, tokens, usage, history, hitl, skills, audit, org_keys,
-workspace, sandbox_usage, secrets, events); nothing outside ``store/`` writes SQL.
+workspace, sandbox_usage, secrets, events, templates); nothing outside ``store/`` writes SQL.
 ``Store.transaction()`` gives a connection in a transaction that the methods
 taking ``conn`` join (see ``tx.py``).
 """
@@ -27,6 +27,7 @@ from .sandbox_usage import SandboxUsage, SandboxUsageRows
 from .secrets import UserSecrets
 from .settings import SettingsRows
 from .skills import Skills
+from .templates import Templates
 from .tokens import AgentTokens
 from .tx import Conn, Pool
 from .usage import Usage
@@ -80,6 +81,7 @@ class Store:
         self.sandbox_usage = SandboxUsageRows(pool)
         self.secrets = UserSecrets(pool)
         self.events = UserEvents(pool)
+        self.templates = Templates(pool)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:
