@@ -160,6 +160,8 @@ async def update_template(
     """The next version of a template from ``{"name"?, "definition"?}`` (a definition
     given replaces the whole definition)."""
     ident = require_person(actor, "change templates")
+    # Who before what: a caller who may not change it learns nothing of the body's rules.
+    _check_writable(ident, await _get(ctx, ident, raw_id))
     CONTRACT.check("TemplateUpdate", body)
     definition = check_definition(body["definition"]) if "definition" in body else None
     async with ctx.store.transaction() as conn:
@@ -219,8 +221,8 @@ async def fork_template(
     """A personal copy of a template the caller sees (``{"name"?}``: its name,
     else the original's)."""
     ident = require_person(actor, "fork templates")
-    CONTRACT.check("TemplateFork", body)
     source = await _get(ctx, ident, raw_id)
+    CONTRACT.check("TemplateFork", body)
     template = await _create(ctx, actor, PERSONAL, body.get("name", source.name), source.definition)
     return template_model(template, ident)
 

@@ -1,0 +1,293 @@
+"""Agent templates (docs/templates.md): the API (versions, forks, who may write
+which), agents created from a template and explicitly updated to its latest
+version, and, for every shipped preset, a chat turn of the real claude CLI against
+the fake model showing that the template's system prompt, tool limits, sub-agents
+and MCP server reach what the model is sent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from helpers import allow_all, model_agent, server_url
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
+
+from jupyter_sac.service.operations.templates import shipped_presets
+
+pytestmark = pytest.mark.stack
+
+PRESETS = shipped_presets()
+DEFINITION = {
+    "display_name": "Mine",
+    "description": "A personal template.",
+    "system_prompt": "Answer in haiku.",
+    "disallowed_tools": ["WebSearch"],
+}
+
+
+def _audit_actions(admin: Any, target: str) -> list[str]:
+    entries = admin.sac("GET", "audit", params={"target": target}).json()["entries"]
+    return [e["action"] for e in entries if e["target"] == target]
+
+
+def test_template_api_versions_forks_and_who_may_write(stack: dict, new_user, admin) -> None:
+    user, client = new_user("tpl")
+    _other, stranger = new_user("tplx")
+
+    # The shipped presets are organisation templates everyone sees; nobody edits them.
+    listed = client.sac("GET", "templates").json()["templates"]
+    presets = {t["name"]: t for t in listed if t["builtin"]}
+    assert set(presets) == set(PRESETS) >= {
+        "code-assistant", "research-agent", "data-analysis", "fullstack-team",
+        "notebook-analyst", "data-pipeline-reviewer",
+    }  # fmt: skip
+    assert all(t["scope"] == "organisation" and not t["editable"] for t in presets.values())
+    code = presets["code-assistant"]
+    assert code["definition"] == PRESETS["code-assistant"]
+    refused = admin.sac("PATCH", f"templates/{code['id']}", json={"definition": DEFINITION})
+    assert refused.status_code == 409 and refused.json()["error"] == "template_builtin"
+
+    # A personal template: created at version 1, each change a new version.
+    made = client.sac("POST", "templates", json={"name": "haiku", "definition": DEFINITION})
+    assert made.status_code == 201, made.text
+    mine = made.json()
+    assert (mine["scope"], mine["owner"], mine["version"], mine["editable"]) == (
+        "personal", user, 1, True,
+    )  # fmt: skip
+    assert (
+        client.sac("POST", "templates", json={"name": "haiku", "definition": DEFINITION}).json()[
+            "error"
+        ]
+        == "template_exists"
+    )
+    changed = client.sac(
+        "PATCH",
+        f"templates/{mine['id']}",
+        json={"definition": {**DEFINITION, "system_prompt": "Answer in limericks."}},
+    )
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["version"] == 2
+    renamed = client.sac("PATCH", f"templates/{mine['id']}", json={"name": "limerick"})
+    assert renamed.json()["version"] == 3 and renamed.json()["name"] == "limerick"
+    assert renamed.json()["definition"]["system_prompt"] == "Answer in limericks."
+
+    # Bad definitions: a clear 400 naming the field; nothing stored.
+    for body in [
+        {"name": "Bad Name", "definition": DEFINITION},
+        {"name": "x", "definition": {"description": "no display name"}},
+        {"name": "x", "definition": {**DEFINITION, "surprise": 1}},
+        {"name": "x", "definition": {**DEFINITION, "permission_mode": "bypassPermissions"}},
+        {"name": "x", "definition": {**DEFINITION, "allowed_tools": ["Bash(unclosed"]}},
+        {"name": "x", "definition": {**DEFINITION, "workspace_files": {"../escape": "x"}}},
+        {"name": "x", "definition": {**DEFINITION, "provider": "nope"}},
+        {
+            "name": "x",
+            "definition": {
+                **DEFINITION,
+                "mcp_servers": {
+                    "s": {"type": "stdio", "command": "x", "env": {"K": {"secret": "PATH"}}}
+                },
+            },
+        },
+        {"name": "x", "definition": {**DEFINITION, "mcp_servers": {"s": {"type": "ftp"}}}},
+    ]:
+        bad = client.sac("POST", "templates", json=body)
+        assert bad.status_code == 400, (body, bad.text)
+        assert bad.json()["error"] and bad.json()["message"]
+    names = {t["name"] for t in client.sac("GET", "templates").json()["templates"]}
+    assert "x" not in names and "limerick" in names
+
+    # Others never see a personal template (404, as for none), nor change it.
+    assert stranger.sac("GET", f"templates/{mine['id']}").status_code == 404
+    assert (
+        stranger.sac("PATCH", f"templates/{mine['id']}", json={"name": "mine"}).status_code == 404
+    )
+    assert stranger.sac("DELETE", f"templates/{mine['id']}").status_code == 404
+    assert "limerick" not in {
+        t["name"] for t in stranger.sac("GET", "templates").json()["templates"]
+    }
+    assert client.sac("GET", "templates/nope").status_code == 404
+
+    # Organisation templates: administrators (and template curators) only; audited.
+    org = {"name": f"org-{uuid.uuid4().hex[:6]}", "scope": "organisation", "definition": DEFINITION}
+    assert client.sac("POST", "templates", json=org).status_code == 403
+    made = admin.sac("POST", "templates", json=org)
+    assert made.status_code == 201, made.text
+    org_id = made.json()["id"]
+    assert client.sac("GET", f"templates/{org_id}").json()["editable"] is False
+    assert client.sac("PATCH", f"templates/{org_id}", json={"name": "mine"}).status_code == 403
+    assert (
+        admin.sac("PATCH", f"templates/{org_id}", json={"definition": DEFINITION}).json()["version"]
+        == 2
+    )
+    # A fork is a personal copy at version 1.
+    fork = client.sac("POST", f"templates/{org_id}/fork", json={"name": "my-copy"})
+    assert fork.status_code == 201, fork.text
+    assert (fork.json()["scope"], fork.json()["version"]) == ("personal", 1)
+    assert fork.json()["definition"] == DEFINITION
+    assert admin.sac("DELETE", f"templates/{org_id}").status_code == 204
+    assert _audit_actions(admin, org["name"]) == [
+        "template.delete", "template.update", "template.create",
+    ]  # fmt: skip
+    assert client.sac("DELETE", f"templates/{fork.json()['id']}").status_code == 204
+    assert client.sac("GET", f"templates/{fork.json()['id']}").status_code == 404
+
+
+def test_agent_from_a_template_records_its_version_and_updates_explicitly(
+    stack: dict, new_user
+) -> None:
+    user, client = new_user("tpla")
+    mine = client.sac(
+        "POST",
+        "templates",
+        json={"name": "helper", "definition": {**DEFINITION, "model": "claude-haiku-4-5"}},
+    ).json()
+
+    # By name; the body's own fields win over the template's.
+    resp = client.sac("POST", "agents", json={"slug": "h1", "template": "helper"})
+    assert resp.status_code == 201, resp.text
+    agent = resp.json()
+    assert agent["display_name"] == "Mine" and agent["model"] == "claude-haiku-4-5"
+    assert agent["template"] == {"id": mine["id"], "name": "helper", "version": 1,
+                                 "latest_version": 1}  # fmt: skip
+    resp = client.sac(
+        "POST", "agents", json={"slug": "h2", "template": mine["id"], "display_name": "Own"}
+    )
+    assert resp.status_code == 201 and resp.json()["display_name"] == "Own"
+    assert client.sac("POST", "agents", json={"slug": "h3", "template": "nope"}).status_code == 404
+
+    # A template's new version changes no agent until asked.
+    client.sac(
+        "PATCH",
+        f"templates/{mine['id']}",
+        json={"definition": {**DEFINITION, "model": "claude-sonnet-4-5"}},
+    )
+    agent = client.sac("GET", f"users/{user}/agents/h1").json()
+    assert agent["template"]["version"] == 1 and agent["template"]["latest_version"] == 2
+    assert agent["model"] == "claude-haiku-4-5"
+    updated = client.sac("POST", f"users/{user}/agents/h1/template-update")
+    assert updated.status_code == 200, updated.text
+    assert updated.json()["template"]["version"] == 2
+    assert updated.json()["model"] == "claude-sonnet-4-5"
+
+    # A template naming a secret: the agent is granted it as a variable (and it must exist).
+    refs = {
+        **DEFINITION,
+        "mcp_servers": {
+            "gh": {"type": "stdio", "command": "true", "env": {"TOKEN": {"secret": "GH_TOKEN"}}}
+        },
+    }
+    client.sac("POST", "templates", json={"name": "with-secret", "definition": refs})
+    missing = client.sac("POST", "agents", json={"slug": "s1", "template": "with-secret"})
+    assert missing.status_code == 400 and "GH_TOKEN" in missing.json()["message"]
+    client.sac("PUT", "secrets/GH_TOKEN", json={"value": "ghp_templated-value-1"})
+    granted = client.sac("POST", "agents", json={"slug": "s1", "template": "with-secret"})
+    assert granted.status_code == 201, granted.text
+    assert granted.json()["secrets"] == [{"name": "GH_TOKEN", "env": "GH_TOKEN"}]
+
+    # Deleting the template leaves its agents; they cannot be updated any more.
+    assert client.sac("DELETE", f"templates/{mine['id']}").status_code == 204
+    gone = client.sac("GET", f"users/{user}/agents/h1").json()["template"]
+    assert gone == {"id": mine["id"], "name": None, "version": 2, "latest_version": None}
+    refused = client.sac("POST", f"users/{user}/agents/h1/template-update")
+    assert refused.status_code == 409 and refused.json()["error"] == "template_gone"
+    none = client.sac("POST", "agents", json={"slug": "plain"})
+    assert client.sac("POST", f"users/{user}/agents/plain/template-update").json()["error"] == (
+        "no_template"
+    )
+    assert none.json()["template"] is None
+    for slug in ("h1", "h2", "s1", "plain"):
+        client.sac("DELETE", f"users/{user}/agents/{slug}")
+
+
+def _tool_names(rules: list[str]) -> set[str]:
+    """The plain tool names of permission rules (``Bash(git:*)`` limits Bash, it
+    does not remove or add it)."""
+    return {r for r in rules if "(" not in r}
+
+
+def _offered(body: dict[str, Any]) -> set[str]:
+    """The tools a model request offers: those in ``tools``, and the deferred ones
+    claude lists in a reminder for ToolSearch to load (MCP tools among them)."""
+    names = {t["name"] for t in body["tools"]}
+    for message in body["messages"]:
+        content = message.get("content")
+        for block in content if isinstance(content, list) else []:
+            text = block.get("text", "") if isinstance(block, dict) else ""
+            if "deferred tools are now available" in text:
+                names |= {line.strip() for line in text.splitlines()[1:] if line.strip()}
+    return names
+
+
+async def _chat_turn(base: str, token: str) -> None:
+    conn = await websocket_connect(
+        HTTPRequest(
+            base.replace("http", "ws", 1) + "sac/api/chat/events",
+            headers={"Authorization": f"token {token}"},
+        )
+    )
+    api = httpx.Client(headers={"Authorization": f"token {token}"}, timeout=60)
+    resp = api.post(base + "sac/api/chat", json={"message": "hello", "session_id": None})
+    assert resp.status_code == 202, resp.text
+    while True:
+        msg = await asyncio.wait_for(conn.read_message(), 120)
+        assert msg is not None
+        event = json.loads(msg)
+        assert event["type"] != "error", event
+        if event["type"] == "turn_end":
+            break
+    conn.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("name", sorted(PRESETS))
+async def test_each_preset_reaches_claude(stack: dict, fake: str, new_user, name: str) -> None:
+    definition = PRESETS[name]
+    user, client = new_user("tplc")
+    slug = "p1"
+    resp = client.sac("POST", "agents", json={"slug": slug, "template": name, **model_agent(fake)})
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["template"]["name"] == name
+    try:
+        client.start(user, slug)
+        allow_all(client, user, slug)
+        httpx.post(fake + "/_fake/script", json={"replies": ["Ready."]})
+        base = server_url(stack["url"], user, slug)
+        await _chat_turn(base, client.token)
+
+        bodies = [
+            b
+            for b in httpx.get(fake + "/_fake/requests").json()["requests"]
+            if b["body"].get("tools")
+        ]
+        assert bodies, "claude sent no agent-loop request"
+        body = bodies[-1]["body"]
+        system = json.dumps(body["system"])
+        # The appended system prompt (as JSON text, like the request's).
+        assert json.dumps(definition["system_prompt"])[1:80] in system
+        offered = _offered(body)
+        for denied in _tool_names(definition.get("disallowed_tools", [])):
+            assert denied not in offered, (denied, sorted(offered))
+        for allowed in _tool_names(definition.get("allowed_tools", [])):
+            assert allowed in offered, (allowed, sorted(offered))
+        # Each sub-agent is offered to the model among the agent tool's agent types.
+        context = json.dumps(body["messages"]) + json.dumps(body["tools"])
+        for sub, spec in definition.get("subagents", {}).items():
+            assert json.dumps(f"- {sub}: {spec['description']}")[1:-1] in context, sub
+        # The MCP server was started and its tools are the model's.
+        for server in definition.get("mcp_servers", {}):
+            assert any(n.startswith(f"mcp__{server}__") for n in offered), sorted(offered)
+        # The project CLAUDE.md is in the workspace, where claude reads it.
+        if definition.get("claude_md"):
+            api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=30)
+            content = api.get(base + "api/contents/CLAUDE.md")
+            assert content.status_code == 200, content.text
+            assert content.json()["content"] == definition["claude_md"]
+            assert definition["claude_md"].splitlines()[0] in json.dumps(body["messages"])
+    finally:
+        client.sac("DELETE", f"users/{user}/agents/{slug}")
