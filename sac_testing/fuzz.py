@@ -74,6 +74,9 @@ UNSAYABLE = {
     r"^/api/skills(/\{id\})?$": "SKILL.md front matter, placeholders",
     # A bundle is an archive: random bytes are seldom one.
     r"^/api/skills/\{id\}/bundle$": "an archive's contents",
+    # A template's definition is at most 64 KiB as JSON, its seed files' paths stay
+    # in the workspace, and a secret it names must be one a sandbox can be given.
+    r"^/api/templates(/\{id\})?$": "definition size, workspace paths, secret names",
 }
 
 

@@ -311,7 +311,7 @@ SERVICE_ROWS: list[Row] = [
     # agent templates (alice's personal one): persons write, drivers read too
     Row("GET", A + "templates", who(PERSONS, DRIVERS), ok=frozenset({200})),
     Row("POST", A + "templates", PERSONS, body=NO_BODY, ok=frozenset({400})),
-    Row("GET", A + "templates/{template}", who("owner", "sibling_server"), ok=frozenset({200})),
+    Row("GET", A + "templates/{template}", who(OWNER, "sibling_server"), ok=frozenset({200})),
     Row("PATCH", A + "templates/{template}", who("owner"), body=NO_BODY, ok=frozenset({400})),
     Row(
         "DELETE",
@@ -324,7 +324,7 @@ SERVICE_ROWS: list[Row] = [
     Row(
         "POST",
         A + "templates/{template}/fork",
-        who("owner"),
+        OWNER,
         body={"name": "Not A Name"},
         ok=frozenset({400}),
     ),

@@ -27,7 +27,8 @@ class TemplateHandler(BaseHandler):
         self.write_json(await ops.get_template(self.ctx, self.actor, template_id))
 
     async def patch(self, template_id: str) -> None:
-        self.require_person("change templates")
+        # Who before what: a refused caller learns nothing of the body's rules.
+        await ops.may_change(self.ctx, self.actor, template_id)
         body = self.json_body()
         self.write_json(await ops.update_template(self.ctx, self.actor, template_id, body))
 
@@ -40,6 +41,7 @@ class TemplateHandler(BaseHandler):
 class TemplateForkHandler(BaseHandler):
     async def post(self, template_id: str) -> None:
         self.require_person("fork templates")
+        await ops.get_template(self.ctx, self.actor, template_id)  # who before what
         model = await ops.fork_template(self.ctx, self.actor, template_id, self.json_body())
         self.set_header("Location", f"{self.ctx.prefix}api/templates/{model['id']}")
         self.write_json(model, status=201)

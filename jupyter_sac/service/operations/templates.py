@@ -55,7 +55,9 @@ def _may_write(ident: Identity, template: Template) -> bool:
 
 
 def _visible(ident: Identity, template: Template) -> bool:
-    return template.scope == ORGANISATION or template.owner == ident.name
+    """Organisation templates are everyone's; a personal one its owner's (and
+    administrators', who see every user's things)."""
+    return template.scope == ORGANISATION or template.owner == ident.name or ident.admin
 
 
 def _require_reader(actor: Actor) -> Identity:
@@ -159,9 +161,7 @@ async def update_template(
 ) -> dict[str, Any]:
     """The next version of a template from ``{"name"?, "definition"?}`` (a definition
     given replaces the whole definition)."""
-    ident = require_person(actor, "change templates")
-    # Who before what: a caller who may not change it learns nothing of the body's rules.
-    _check_writable(ident, await _get(ctx, ident, raw_id))
+    ident = await may_change(ctx, actor, raw_id)
     CONTRACT.check("TemplateUpdate", body)
     definition = check_definition(body["definition"]) if "definition" in body else None
     async with ctx.store.transaction() as conn:
@@ -185,6 +185,15 @@ async def update_template(
                 before=_snapshot(before), after=_snapshot(after), conn=conn,
             )  # fmt: skip
     return template_model(after, ident)
+
+
+async def may_change(ctx: ServiceContext, actor: Actor, raw_id: str) -> Identity:
+    """Refuse a caller who may not change template ``raw_id`` (404 when it may not
+    see it): asked before the body is read, so a refused caller learns nothing of
+    the body's rules."""
+    ident = require_person(actor, "change templates")
+    _check_writable(ident, await _get(ctx, ident, raw_id))
+    return ident
 
 
 def _check_writable(ident: Identity, template: Template) -> None:
@@ -247,7 +256,9 @@ def agent_body(template: Template, body: dict[str, Any]) -> dict[str, Any]:
     """An agent's create body with a template's record fields beneath the body's
     own (the body wins) and its secret references granted as variables."""
     definition = template.definition
-    out = {k: definition[k] for k in ("display_name", "provider", "model") if k in definition}
+    out: dict[str, Any] = {
+        k: definition[k] for k in ("display_name", "provider", "model") if k in definition
+    }
     out.update({k: v for k, v in body.items() if k != "template"})
     refs = rules.secret_refs(definition)
     if refs:
