@@ -72,6 +72,8 @@ def _require_reader(actor: Actor) -> Identity:
 def check_definition(definition: Any, field: str = "definition") -> dict[str, Any]:
     """A definition as stored: the document's shape, then the rules it cannot say."""
     CONTRACT.check("TemplateDefinition", definition, within=field)
+    # What PostgreSQL can store (no NUL, no lone surrogate) before it is measured.
+    definition = storable(definition)
     try:
         rules.check_definition(definition)
     except rules.TemplateError as e:
@@ -79,7 +81,7 @@ def check_definition(definition: Any, field: str = "definition") -> dict[str, An
     provider = definition.get("provider")
     if provider is not None and provider not in PRESETS:
         raise ApiError(400, "invalid_field", f"no provider {provider!r}", field=f"{field}/provider")
-    return dict(storable(definition))
+    return dict(definition)
 
 
 async def _get(
