@@ -8,12 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from typing import Any
 
 import httpx
 import pytest
-from helpers import allow_all, model_agent, server_url
+from conftest import ADMIN_PASSWORD
+from helpers import (
+    allow_all,
+    browser_client,
+    model_agent,
+    server_url,
+    service_url,
+    sign_up,
+    xsrf_of,
+)
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
@@ -203,6 +213,42 @@ def test_agent_from_a_template_records_its_version_and_updates_explicitly(
     assert none.json()["template"] is None
     for slug in ("h1", "h2", "s1", "plain"):
         client.sac("DELETE", f"users/{user}/agents/{slug}")
+
+
+def test_the_home_page_creates_an_agent_from_a_template(stack: dict, fake: str, admin) -> None:
+    name, password = f"tplh{uuid.uuid4().hex[:6]}", "template-page-pw-1"
+    sign_up(stack["url"], name, password, ADMIN_PASSWORD)
+    browser = browser_client(stack["url"], name, password)
+    service = service_url(stack["url"])
+    home = browser.get(service)
+    assert home.status_code == 200
+    code = next(
+        t
+        for t in admin.sac("GET", "templates").json()["templates"]
+        if t["name"] == "code-assistant"
+    )
+    # Every template the person may use is offered.
+    assert (
+        f'<option value="{code["id"]}"' in home.text
+        and "Code assistant (code-assistant)" in home.text
+    )
+    resp = browser.post(
+        service,
+        data={"slug": "coder", "template": str(code["id"]), **model_agent(fake),
+              "_xsrf": xsrf_of(home.text)},
+        follow_redirects=False,
+    )  # fmt: skip
+    assert resp.status_code == 303, re.sub(r"(?s).*<main", "", resp.text)[:1500]
+    agent = admin.sac("GET", f"users/{name}/agents/coder").json()
+    assert (
+        agent["template"]["name"] == "code-assistant" and agent["display_name"] == "Code assistant"
+    )
+    # An unknown one re-shows the form with the error.
+    again = browser.post(
+        service, data={"slug": "other", "template": "nope", "_xsrf": xsrf_of(home.text)}
+    )
+    assert again.status_code == 404 and "no template" in again.text
+    admin.sac("DELETE", f"users/{name}/agents/coder")
 
 
 def _tool_names(rules: list[str]) -> set[str]:
