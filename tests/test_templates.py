@@ -185,6 +185,26 @@ def test_agent_from_a_template_records_its_version_and_updates_explicitly(
     assert updated.json()["template"]["version"] == 2
     assert updated.json()["model"] == "claude-sonnet-4-5"
 
+    # A template's HITL policy and settings: the agent's from its creation.
+    governed = {
+        **DEFINITION,
+        "hitl_policy": {"default": "deny", "allow": ["Read"]},
+        "overrides": {"max_processes": 64},
+    }
+    made = client.sac("POST", "templates", json={"name": "governed", "definition": governed})
+    assert made.status_code == 201, made.text
+    resp = client.sac("POST", "agents", json={"slug": "g1", "template": "governed"})
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["overrides"] == {"max_processes": 64}
+    policy = client.sac("GET", f"users/{user}/agents/g1/hitl-policy").json()["policy"]
+    assert policy["default"] == "deny" and policy["allow"] == ["Read"]
+    bad = client.sac(
+        "POST",
+        "templates",
+        json={"name": "bad-policy", "definition": {**DEFINITION, "hitl_policy": {"allow": ["("]}}},
+    )
+    assert bad.status_code == 400, bad.text
+
     # A template naming a secret: the agent is granted it as a variable (and it must exist).
     refs = {
         **DEFINITION,
@@ -211,7 +231,7 @@ def test_agent_from_a_template_records_its_version_and_updates_explicitly(
         "no_template"
     )
     assert none.json()["template"] is None
-    for slug in ("h1", "h2", "s1", "plain"):
+    for slug in ("h1", "h2", "g1", "s1", "plain"):
         client.sac("DELETE", f"users/{user}/agents/{slug}")
 
 

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from .hitl import PolicyError, validate_policy
 from .secrets import env_name_reserved
 from .workspace import PathError, clean_relative
 
@@ -26,9 +27,10 @@ TEMPLATES_SCOPE = "custom:sac:templates"
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
-# What an agent's record takes from a template; the rest is the runtime part,
-# applied in the sandbox at each start.
-RECORD_FIELDS = ("display_name", "description", "provider", "model")
+# What an agent's record takes from a template when it is created (and when it is
+# updated to the template's latest version); the runtime part is applied in the
+# sandbox at each start.
+RECORD_FIELDS = ("display_name", "provider", "model", "overrides", "hitl_policy")
 RUNTIME_FIELDS = (
     "system_prompt",
     "claude_md",
@@ -81,6 +83,11 @@ def check_definition(definition: Mapping[str, Any]) -> None:
         raise TemplateError(
             "definition", f"{size} bytes as JSON; at most {MAX_DEFINITION_BYTES} are allowed"
         )
+    if "hitl_policy" in definition:
+        try:
+            validate_policy(definition["hitl_policy"])
+        except PolicyError as e:
+            raise TemplateError(e.field.replace("policy", "hitl_policy", 1), e.message) from None
     for path in definition.get("workspace_files") or {}:
         try:
             clean_relative(path)

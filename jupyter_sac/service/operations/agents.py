@@ -10,6 +10,7 @@ from typing import Any
 from ...errors import ApiError
 from ...rules import settings as sac_settings
 from ...rules.budgets import budgets
+from ...rules.hitl import validate_policy
 from ...rules.urls import PublicUrls
 from ...store import AgentExistsError, AgentLimitError, AgentRecord, SandboxUsage
 from ..hub import HubError, HubUnavailable
@@ -218,7 +219,22 @@ async def create_agent(
         )
     if agent.secrets:
         await audit_grants(ctx, actor, None, agent)
+    if template is not None and "hitl_policy" in template.definition:
+        await _template_policy(ctx, actor, agent, template.definition["hitl_policy"])
     return agent
+
+
+async def _template_policy(ctx: ServiceContext, actor: Actor, agent: AgentRecord, raw: Any) -> None:
+    """Give an agent its template's HITL policy (checked when the template was
+    stored), audited as a policy change when someone else's agent gets it."""
+    policy = validate_policy(raw)
+    async with ctx.store.transaction() as conn:
+        before = await ctx.store.hitl.put_policy(agent.id, policy, actor.name, conn=conn)
+        if agent.owner != actor.name:
+            await audit(
+                ctx, actor, "hitl.policy.replace", agent.slug, target_user=agent.owner,
+                before=before, after=policy, conn=conn,
+            )  # fmt: skip
 
 
 async def update_agent(
@@ -299,8 +315,13 @@ async def update_agent_template(
     body = agent_body(template, {"secrets": list(agent.secrets)} if agent.secrets else {})
     current = {"provider": agent.provider, "base_url": agent.base_url}
     ceiling = await settings_for_user(ctx, owner)
+    if template.definition.get("overrides"):
+        # The template's settings over the agent's own (its other ones stay).
+        body["overrides"] = {**agent.overrides, **template.definition["overrides"]}
     changes = agent_fields(
-        {k: v for k, v in body.items() if k in ("provider", "model")}, ceiling, current=current
+        {k: v for k, v in body.items() if k in ("provider", "model", "overrides")},
+        ceiling,
+        current=current,
     )
     if body.get("secrets") and list(body["secrets"]) != list(agent.secrets):
         changes["secrets"] = await grants_from_body(ctx, actor, owner, body["secrets"])
@@ -314,6 +335,8 @@ async def update_agent_template(
             before=agent_snapshot(agent), after=agent_snapshot(updated), conn=conn,
         )  # fmt: skip
         await audit_grants(ctx, actor, agent, updated, conn=conn)
+    if "hitl_policy" in template.definition:
+        await _template_policy(ctx, actor, updated, template.definition["hitl_policy"])
     return updated
 
 

@@ -262,6 +262,10 @@ def agent_body(template: Template, body: dict[str, Any]) -> dict[str, Any]:
         k: definition[k] for k in ("display_name", "provider", "model") if k in definition
     }
     out.update({k: v for k, v in body.items() if k != "template"})
+    if definition.get("overrides"):
+        # The template's settings (resources, limits) beneath the body's own; the
+        # owner's ceilings hold for both (validation.agent_fields).
+        out["overrides"] = {**definition["overrides"], **(body.get("overrides") or {})}
     refs = rules.secret_refs(definition)
     if refs:
         grants = list(out.get("secrets") or [])
