@@ -235,6 +235,23 @@ def test_agent_from_a_template_records_its_version_and_updates_explicitly(
         client.sac("DELETE", f"users/{user}/agents/{slug}")
 
 
+def test_the_python_client_lists_templates_and_creates_from_one(stack: dict, new_user) -> None:
+    from jupyter_sac.client import Client
+
+    user, hub = new_user("tplp")
+    client = Client(url=stack["url"], token=hub.token)
+    try:
+        names = {t["name"] for t in client.templates()}
+        assert set(PRESETS) <= names
+        agent = client.create_agent("analyst", template="data-analysis")
+        made = hub.sac("GET", f"users/{user}/agents/analyst").json()
+        assert made["template"]["name"] == "data-analysis"
+        assert made["display_name"] == "Data analysis"
+        agent.delete()
+    finally:
+        client.close()
+
+
 def test_the_home_page_creates_an_agent_from_a_template(stack: dict, fake: str, admin) -> None:
     name, password = f"tplh{uuid.uuid4().hex[:6]}", "template-page-pw-1"
     sign_up(stack["url"], name, password, ADMIN_PASSWORD)

@@ -218,6 +218,11 @@ class AsyncClient:
         created = await self.sac("POST", "agents", json={"slug": slug, **fields})
         return AsyncAgent(self, created["slug"], created["owner"])
 
+    async def templates(self) -> list[dict[str, Any]]:
+        """The agent templates I may create agents from: the organisation's and my
+        own (docs/templates.md); pass one's name or id as ``create_agent(template=)``."""
+        return (await self.sac("GET", "templates"))["templates"]
+
     # ---- skills ---------------------------------------------------------------------
 
     async def skills(self, q: str | None = None, tier: str | None = None,
