@@ -105,6 +105,7 @@ def test_template_api_versions_forks_and_who_may_write(stack: dict, new_user, ad
             },
         },
         {"name": "x", "definition": {**DEFINITION, "mcp_servers": {"s": {"type": "ftp"}}}},
+        {"name": "x", "definition": {**DEFINITION, "skills": ["no-such-official-skill"]}},
     ]:
         bad = client.sac("POST", "templates", json=body)
         assert bad.status_code == 400, (body, bad.text)
@@ -365,6 +366,11 @@ async def test_each_preset_reaches_claude(stack: dict, fake: str, new_user, name
         # The MCP server was started and its tools are the model's.
         for server in definition.get("mcp_servers", {}):
             assert any(n.startswith(f"mcp__{server}__") for n in offered), sorted(offered)
+        # Its official skills are installed (pinned) and synced to where claude finds them.
+        installed = client.sac("GET", f"users/{user}/agents/{slug}/skills").json()["skills"]
+        assert {s["command"] for s in installed} == set(definition.get("skills", []))
+        for command in definition.get("skills", []):
+            assert command in context, command
         # The project CLAUDE.md is in the workspace, where claude reads it.
         if definition.get("claude_md"):
             api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=30)

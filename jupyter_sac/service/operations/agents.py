@@ -13,6 +13,7 @@ from ...rules.budgets import budgets
 from ...rules.hitl import validate_policy
 from ...rules.urls import PublicUrls
 from ...store import AgentExistsError, AgentLimitError, AgentRecord, SandboxUsage
+from ...store.skills import CommandTakenError, SkillGoneError
 from ..hub import HubError, HubUnavailable
 from ..openapi import CONTRACT
 from ..validation import agent_fields
@@ -221,7 +222,32 @@ async def create_agent(
         await audit_grants(ctx, actor, None, agent)
     if template is not None and "hitl_policy" in template.definition:
         await _template_policy(ctx, actor, agent, template.definition["hitl_policy"])
+    if template is not None and template.definition.get("skills"):
+        await _template_skills(ctx, actor, agent, template.definition["skills"])
     return agent
+
+
+async def _template_skills(
+    ctx: ServiceContext, actor: Actor, agent: AgentRecord, commands: list[str]
+) -> None:
+    """Install a template's official skills, each pinned at its current version
+    (the sandbox's skill sync brings them in). One removed since the template was
+    written, or whose command the agent already has, is left out."""
+    found = await ctx.store.skills.official_by_command(list(commands))
+    for command in commands:
+        row = found.get(command)
+        if row is None:
+            continue
+        try:
+            async with ctx.store.transaction() as conn:
+                await ctx.store.skills.install(agent.id, row, conn=conn)
+                if agent.owner != actor.name:
+                    await audit(
+                        ctx, actor, "agent.skill.install", agent.slug, target_user=agent.owner,
+                        after={"skill_id": row["id"], "command": command}, conn=conn,
+                    )  # fmt: skip
+        except (CommandTakenError, SkillGoneError):
+            continue
 
 
 async def _template_policy(ctx: ServiceContext, actor: Actor, agent: AgentRecord, raw: Any) -> None:
@@ -337,6 +363,8 @@ async def update_agent_template(
         await audit_grants(ctx, actor, agent, updated, conn=conn)
     if "hitl_policy" in template.definition:
         await _template_policy(ctx, actor, updated, template.definition["hitl_policy"])
+    if template.definition.get("skills"):
+        await _template_skills(ctx, actor, updated, template.definition["skills"])
     return updated
 
 

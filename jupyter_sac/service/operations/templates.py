@@ -13,7 +13,6 @@ from typing import Any
 
 from ...errors import ApiError
 from ...rules import templates as rules
-from ...rules.providers import PRESETS
 from ...store.templates import Template, TemplateExistsError
 from ..openapi import CONTRACT
 from ..principals import Identity
@@ -78,10 +77,21 @@ def check_definition(definition: Any, field: str = "definition") -> dict[str, An
         rules.check_definition(definition)
     except rules.TemplateError as e:
         raise ApiError(400, "invalid_template", str(e), field=f"{field}/{e.field}") from None
-    provider = definition.get("provider")
-    if provider is not None and provider not in PRESETS:
-        raise ApiError(400, "invalid_field", f"no provider {provider!r}", field=f"{field}/provider")
-    return dict(definition)
+    return definition
+
+
+async def _check_skills(ctx: ServiceContext, definition: dict[str, Any], field: str) -> None:
+    """A template's skills are official ones that exist now (by command)."""
+    wanted = list(definition.get("skills") or [])
+    found = await ctx.store.skills.official_by_command(wanted)
+    for i, command in enumerate(wanted):
+        if command not in found:
+            raise ApiError(
+                400,
+                "invalid_template",
+                f"no official skill {command!r}",
+                field=f"{field}/skills/{i}",
+            )
 
 
 async def _get(
@@ -154,6 +164,7 @@ async def create_template(
     require_person(actor, "create templates")
     CONTRACT.check("TemplateCreate", body)
     definition = check_definition(body["definition"])
+    await _check_skills(ctx, definition, "definition")
     template = await _create(ctx, actor, body.get("scope", PERSONAL), body["name"], definition)
     return template_model(template, actor.identity)
 
@@ -166,6 +177,8 @@ async def update_template(
     ident = await may_change(ctx, actor, raw_id)
     CONTRACT.check("TemplateUpdate", body)
     definition = check_definition(body["definition"]) if "definition" in body else None
+    if definition is not None:
+        await _check_skills(ctx, definition, "definition")
     async with ctx.store.transaction() as conn:
         before = await _get(ctx, ident, raw_id, lock=True, conn=conn)
         _check_writable(ident, before)
