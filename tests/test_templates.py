@@ -16,6 +16,7 @@ import httpx
 import pytest
 from conftest import ADMIN_PASSWORD
 from helpers import (
+    TerminalClient,
     allow_all,
     browser_client,
     model_agent,
@@ -380,3 +381,48 @@ async def test_each_preset_reaches_claude(stack: dict, fake: str, new_user, name
             assert definition["claude_md"].splitlines()[0] in json.dumps(body["messages"])
     finally:
         client.sac("DELETE", f"users/{user}/agents/{slug}")
+
+
+@pytest.mark.asyncio
+async def test_the_claude_terminal_runs_with_the_template(stack: dict, fake: str, new_user) -> None:
+    """The terminal's claude gets the same template as chat, and its permission mode."""
+    user, client = new_user("tplt")
+    definition = {
+        "display_name": "Planner",
+        "system_prompt": "Terminal template prompt: plan before acting.",
+        "disallowed_tools": ["WebSearch", "WebFetch"],
+        "permission_mode": "plan",
+    }
+    made = client.sac("POST", "templates", json={"name": "planner", "definition": definition})
+    assert made.status_code == 201, made.text
+    resp = client.sac(
+        "POST", "agents", json={"slug": "t1", "template": "planner", **model_agent(fake)}
+    )
+    assert resp.status_code == 201, resp.text
+    try:
+        client.start(user, "t1")
+        allow_all(client, user, "t1")
+        httpx.post(fake + "/_fake/script", json={"replies": ["Planned it."]})
+        base = server_url(stack["url"], user, "t1")
+        api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=60)
+        assert api.post(base + "sac/api/terminal").status_code == 200
+        term = await TerminalClient.connect(base, client.token)
+        # The input box's footer says the template's mode (not the shortcuts hint).
+        await term.wait_for(lambda t: "plan mode on" in t.text(), 60, "plan mode's input box")
+        term.type("make a plan")
+        await term.wait_for(lambda t: "make a plan" in t.text(), 20, "the typed prompt")
+        term.type("\r")
+        await term.wait_for(lambda t: "Planned it." in t.text(), 90, "the answer")
+        term.close()
+        bodies = [
+            r["body"]
+            for r in httpx.get(fake + "/_fake/requests").json()["requests"]
+            if r["body"].get("tools")
+        ]
+        body = bodies[-1]
+        assert definition["system_prompt"] in json.dumps(body["system"])
+        offered = _offered(body)
+        assert "WebSearch" not in offered and "WebFetch" not in offered
+        assert "Read" in offered
+    finally:
+        client.sac("DELETE", f"users/{user}/agents/t1")
