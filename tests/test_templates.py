@@ -151,7 +151,7 @@ def test_template_api_versions_forks_and_who_may_write(stack: dict, new_user, ad
 
 
 def test_agent_from_a_template_records_its_version_and_updates_explicitly(
-    stack: dict, new_user
+    stack: dict, new_user, admin
 ) -> None:
     user, client = new_user("tpla")
     mine = client.sac(
@@ -172,6 +172,11 @@ def test_agent_from_a_template_records_its_version_and_updates_explicitly(
     )
     assert resp.status_code == 201 and resp.json()["display_name"] == "Own"
     assert client.sac("POST", "agents", json={"slug": "h3", "template": "nope"}).status_code == 404
+    # An administrator creating the user's agent names the user's own template.
+    by_admin = admin.sac("POST", f"users/{user}/agents", json={"slug": "h4", "template": "helper"})
+    assert by_admin.status_code == 201, by_admin.text
+    assert by_admin.json()["template"]["id"] == mine["id"]
+    client.sac("DELETE", f"users/{user}/agents/h4")
 
     # A template's new version changes no agent until asked.
     client.sac(

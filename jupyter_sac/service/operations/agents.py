@@ -170,7 +170,7 @@ async def create_agent(
     if "template" in body:
         # The template's provider, model, name and secret grants beneath the body's
         # own; the rest of it reaches the sandbox at each start (docs/templates.md).
-        template = await resolve(ctx, actor, body["template"])
+        template = await resolve(ctx, actor, body["template"], owner)
         body = agent_body(template, body)
         CONTRACT.check("AgentCreate", body)
     slug = str(body["slug"])

@@ -251,17 +251,21 @@ async def fork_template(
     return template_model(template, ident)
 
 
-async def resolve(ctx: ServiceContext, actor: Actor, ref: int | str) -> Template:
-    """The template an agent is to be created from: an id, or a name (the caller's
-    personal template of that name first, else the organisation's)."""
-    ident = actor.identity
+async def resolve(
+    ctx: ServiceContext, actor: Actor, ref: int | str, owner: str | None = None
+) -> Template:
+    """The template ``owner``'s (default: the caller's) agent is to be created
+    from: an id, or a name (the owner's personal template of that name first, else
+    the organisation's). An administrator creating someone's agent uses what that
+    person could: the organisation's templates and theirs."""
+    owner = owner or actor.name
     if isinstance(ref, int):
-        template = await ctx.store.templates.get(ref)
-        if template is not None and _visible(ident, template):
+        template = await visible_template(ctx, owner, ref)
+        if template is not None:
             return template
     else:
-        for scope, owner in ((PERSONAL, ident.name), (ORGANISATION, "")):
-            template = await ctx.store.templates.by_name(scope, owner, ref)
+        for scope, name in ((PERSONAL, owner), (ORGANISATION, "")):
+            template = await ctx.store.templates.by_name(scope, name, ref)
             if template is not None:
                 return template
     raise ApiError(404, "not_found", f"no template {ref!r}", field="template")
