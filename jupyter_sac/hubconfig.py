@@ -51,6 +51,7 @@ SAC_ROLE_GROUPS = (
     "sac-operators",
     "sac-admins",
     "sac-skill-curators",
+    "sac-template-curators",
     "sac-history-auditors",
 )
 
@@ -452,6 +453,12 @@ def register_service(
             "description": "Publish and curate the official skills of the SAC marketplace",
             "scopes": ["custom:sac:skills:official"],
             "groups": ["sac-skill-curators"],
+        },
+        {
+            "name": "sac-template-curator",
+            "description": "Create, change and delete the organisation's SAC agent templates",
+            "scopes": ["custom:sac:templates"],
+            "groups": ["sac-template-curators"],
         },
         {
             "name": "sac-history-auditor",

@@ -77,6 +77,9 @@ UNSAYABLE = {
     r"^/api/webhooks(/\{id\})?$": "the URL allow-list",
     # A bundle is an archive: random bytes are seldom one.
     r"^/api/skills/\{id\}/bundle$": "an archive's contents",
+    # A template's definition is at most 64 KiB as JSON, its seed files' paths stay
+    # in the workspace, and a secret it names must be one a sandbox can be given.
+    r"^/api/templates(/\{id\})?$": "definition size, workspace paths, secret names",
 }
 
 

@@ -203,6 +203,16 @@ def fresh_webhook(world: World, principal: str) -> str:
     return A + f"webhooks/{resp.json()['id']}?user={world.user}"
 
 
+def fresh_template(world: World, principal: str) -> str:
+    """One of alice's personal templates."""
+    name = f"t{uuid.uuid4().hex[:8]}"
+    resp = world.owner.sac(
+        "POST", "templates", json={"name": name, "definition": {"display_name": "Throwaway"}}
+    )
+    assert resp.status_code == 201, resp.text
+    return A + f"templates/{resp.json()['id']}"
+
+
 def fresh_settings(world: World, principal: str) -> str:
     """alice's overrides (room for the throwaway agents), to be cleared."""
     resp = world.admin.sac("PUT", f"users/{world.user}/settings", json={"max_agents_per_user": 10})
@@ -324,6 +334,28 @@ SERVICE_ROWS: list[Row] = [
     Row("GET", A + "webhooks/{webhook}/deliveries", who("owner"), ok=frozenset({200})),
     Row("POST", A + "webhooks/{webhook}/test", who("owner"), ok=frozenset({202})),
     Row("POST", A + "webhooks/{webhook}/secret", who("owner"), ok=frozenset({200})),
+    # agent templates (alice's personal one): persons write, drivers read too
+    Row("GET", A + "templates", who(PERSONS, DRIVERS), ok=frozenset({200})),
+    Row("POST", A + "templates", PERSONS, body=NO_BODY, ok=frozenset({400})),
+    Row("GET", A + "templates/{template}", who(OWNER, "sibling_server"), ok=frozenset({200})),
+    Row("PATCH", A + "templates/{template}", who("owner"), body=NO_BODY, ok=frozenset({400})),
+    Row(
+        "DELETE",
+        A + "templates/{template}",
+        who("owner"),
+        fresh=fresh_template,
+        ok=frozenset({204}),
+        intact=True,
+    ),
+    Row(
+        "POST",
+        A + "templates/{template}/fork",
+        OWNER,
+        body={"name": "Not A Name"},
+        ok=frozenset({400}),
+    ),
+    # a1 was not made from a template: those who may update it hear so
+    Row("POST", AGENT + "/template-update", OWNER, ok=frozenset({409})),
     # the credential proxy: agent tokens only (each its own agent)
     Row("POST", P + "llm/v1/messages", AGENT_TOKENS, body=NO_BODY),
     # history
@@ -793,6 +825,10 @@ def world(stack: dict, fake_anthropic: str) -> Iterator[World]:
             json={"command": f"s{tag}", **skill_spec("Spare."), "visibility": "public"},
         )
         assert spare.status_code == 201, spare.text
+        template = owner.sac(
+            "POST", "templates", json={"name": f"m{tag}", "definition": {"display_name": "M"}}
+        )
+        assert template.status_code == 201, template.text
         for path, client in (
             (f"users/{alice}/agents/a1/workspace/files/output/shared.txt", owner),
             ("workspace/public/files/shared.txt", admin),
@@ -825,6 +861,7 @@ def world(stack: dict, fake_anthropic: str) -> Iterator[World]:
                 "group": group,
                 "rid": rid.json()["id"],
                 "skill": str(skill.json()["id"]),
+                "template": str(template.json()["id"]),
                 "pskill": str(public.json()["id"]),
                 "server": f"user/{alice}/a1/",
                 "hook_secret": a1[2],
@@ -926,6 +963,7 @@ SAMPLE = {
     "hook_secret": "s",
     "secret": "T0",
     "webhook": "6f1c0000-0000-0000-0000-000000000001",
+    "template": "9",
 }
 
 

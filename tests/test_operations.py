@@ -8,6 +8,7 @@ not ask the hub, and one that did would fail the test loudly."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -505,3 +506,41 @@ async def test_a_spent_budget_is_told_once_a_month_per_budget(ctx: ServiceContex
         "month": "2026-12", "resets_on": "2027-01-01",
     }  # fmt: skip
     assert await ctx.store.events.after("bob", 0, 10) == []
+
+
+@pytest.mark.asyncio
+async def test_templates_organisation_ones_need_a_curator_and_are_audited(
+    ctx: ServiceContext,
+) -> None:
+    from jupyter_sac.rules.templates import TEMPLATES_SCOPE
+    from jupyter_sac.service.operations import templates
+
+    curator = Actor(
+        Identity(name="cur", kind="user", scopes=frozenset({USER_SCOPE, TEMPLATES_SCOPE}))
+    )
+    name = f"org-{uuid.uuid4().hex[:8]}"
+    body = {"name": name, "scope": "organisation", "definition": {"display_name": "Org"}}
+    for refused in (ANN, ANN_DRIVER):
+        with pytest.raises(ApiError) as e:
+            await templates.create_template(ctx, refused, body)
+        assert e.value.status_code == 403
+    made = await templates.create_template(ctx, curator, body)
+    assert made["version"] == 1 and made["editable"] is True
+    changed = await templates.update_template(
+        ctx, curator, str(made["id"]), {"definition": {"display_name": "Org 2"}}
+    )
+    assert changed["version"] == 2
+    assert await ctx.store.templates.version(made["id"], 1) == {"display_name": "Org"}
+    entries = [e for e in await audit_entries(ctx, "template.*") if e["target"] == name]
+    assert [e["action"] for e in entries] == ["template.update", "template.create"]
+    assert entries[0]["after"]["version"] == 2
+
+    # A personal template is its owner's: not audited, invisible (404) to others.
+    mine = await templates.create_template(
+        ctx, ANN, {"name": f"p-{uuid.uuid4().hex[:8]}", "definition": {"display_name": "P"}}
+    )
+    assert not [e for e in await audit_entries(ctx, "template.*") if e["target"] == mine["name"]]
+    with pytest.raises(ApiError) as e:
+        await templates.get_template(ctx, BOB, str(mine["id"]))
+    assert e.value.status_code == 404
+    assert (await templates.get_template(ctx, ADMIN, str(mine["id"])))["editable"] is False

@@ -178,6 +178,20 @@ def check_agents_panel(stack: dict, hub: HubApi, user: str, slug: str, k: Kernel
         "", f"created {second}"
     ]  # fmt: skip
 
+    # From a template: the shipped ones are offered; the agent records it.
+    assert "code-assistant" in k.value("[v for _, v in panel.template_input.options]")
+    third = unique("third-")
+    k.run(
+        f"panel.slug_input.value = {third!r}\n"
+        "panel.template_input.value = 'code-assistant'\n"
+        "panel.create_button.click()"
+    )
+    k.until(f"panel.row({third!r}) is not None", "the agent from a template listed")
+    made = hub.sac("GET", f"users/{user}/agents/{third}").json()
+    assert made["template"]["name"] == "code-assistant"
+    assert k.value("panel.template_input.value") == ""
+    assert hub.sac("DELETE", f"users/{user}/agents/{third}").status_code == 204
+
     # Refresh: an agent deleted elsewhere goes.
     assert hub.sac("DELETE", f"users/{user}/agents/{second}").status_code == 204
     k.run("panel.refresh_button.click()")

@@ -213,9 +213,15 @@ class AsyncClient:
 
     async def create_agent(self, slug: str, **fields: Any) -> AsyncAgent:
         """Create an agent (fields as in the service API: display_name, provider,
-        model, base_url, api_key, overrides); it is not started."""
+        model, base_url, api_key, overrides, and ``template``: an agent template's id or
+        name, docs/templates.md); it is not started."""
         created = await self.sac("POST", "agents", json={"slug": slug, **fields})
         return AsyncAgent(self, created["slug"], created["owner"])
+
+    async def templates(self) -> list[dict[str, Any]]:
+        """The agent templates I may create agents from: the organisation's and my
+        own (docs/templates.md); pass one's name or id as ``create_agent(template=)``."""
+        return (await self.sac("GET", "templates"))["templates"]
 
     # ---- skills ---------------------------------------------------------------------
 

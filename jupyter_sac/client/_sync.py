@@ -122,6 +122,9 @@ class Client:
     def create_agent(self, slug: str, **fields: Any) -> Agent:
         return Agent(self, self._loop.run(self.aio.create_agent(slug, **fields)))
 
+    def templates(self) -> list[dict[str, Any]]:
+        return self._loop.run(self.aio.templates())
+
     def skills(self, q: str | None = None, tier: str | None = None,
                limit: int = 50) -> list[dict[str, Any]]:  # fmt: skip
         return self._loop.run(self.aio.skills(q, tier, limit))

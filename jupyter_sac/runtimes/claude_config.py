@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..rules import templates as rules
+
 # The extension's hook routes (under the server's base URL).
 HOOKS_PATH = "sac/api/hooks/"
 PRE_TOOL_USE_ROUTE = "pre-tool-use"
@@ -176,3 +178,40 @@ def seed_claude_config(
     _write_json(state_path, merge_state(_read_json(state_path), workspace, api_key, version))
     settings_path = config_dir / "settings.json"
     _write_json(settings_path, merge_hooks(_read_json(settings_path), hooks_url, pre_tool_timeout))
+
+
+# Sub-agent files written from a template carry this prefix, so the next start
+# removes the ones a former version had without touching the user's own.
+TEMPLATE_AGENT_PREFIX = "sac-template-"
+
+
+def apply_template(
+    runtime: dict[str, Any], *, config_dir: Path, workspace: Path, state_dir: Path
+) -> str | None:
+    """Write a template's files where claude reads them (docs/templates.md): the
+    workspace's ``CLAUDE.md`` and seed files (only when absent: the agent's work is
+    never overwritten), its sub-agents in ``$CLAUDE_CONFIG_DIR/agents/``, and its MCP
+    servers in a ``--mcp-config`` file; return that file's path (None: no servers)."""
+    seeds = dict(runtime.get("workspace_files") or {})
+    if runtime.get("claude_md"):
+        seeds.setdefault("CLAUDE.md", runtime["claude_md"])
+    for relative, text in seeds.items():
+        path = workspace / rules.clean_relative(relative)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+    agents = config_dir / "agents"
+    agents.mkdir(parents=True, exist_ok=True)
+    for old in agents.glob(TEMPLATE_AGENT_PREFIX + "*.md"):
+        old.unlink()
+    for name, spec in (runtime.get("subagents") or {}).items():
+        target = agents / f"{TEMPLATE_AGENT_PREFIX}{name}.md"
+        target.write_text(rules.subagent_markdown(name, spec), encoding="utf-8")
+    mcp = rules.mcp_config(runtime)
+    mcp_path = state_dir / "template-mcp.json"
+    if mcp is None:
+        mcp_path.unlink(missing_ok=True)
+        return None
+    state_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(mcp_path, mcp)
+    return str(mcp_path)

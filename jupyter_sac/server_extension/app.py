@@ -16,8 +16,9 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Float, Integer, List, Unicode, default
 
 from ..rules.secrets import SECRET_ENV_NAMES_VAR, SECRETS_DIR_VAR, Redactor
+from ..rules.templates import TEMPLATE_ENV_VAR, claude_args, parse_runtime
 from ..runtimes.claude import claude_binary
-from ..runtimes.claude_config import seed_claude_config
+from ..runtimes.claude_config import apply_template, seed_claude_config
 from .capture import TranscriptCapture
 from .chat import ChatManager
 from .chat_handlers import (
@@ -309,6 +310,33 @@ class SacExtensionApp(ExtensionApp):
             pre_tool_timeout=MAX_HITL_WAIT,
         )
 
+        # The template the agent was made from (docs/templates.md): its files where
+        # claude reads them, its prompt, tool limits and MCP servers as claude's flags
+        # in the terminal and in chat alike.
+        terminal_args, chat_args = list(self.terminal_args), list(self.chat_args)
+        template = parse_runtime(os.environ.get(TEMPLATE_ENV_VAR))
+        if template is not None:
+            try:
+                mcp_path = apply_template(
+                    template,
+                    config_dir=Path(self.claude_config_dir),
+                    workspace=Path(self.workspace),
+                    state_dir=state,
+                )
+            except (OSError, ValueError):
+                # claude still runs, with the template's flags; the files are missing.
+                self.log.exception("jupyter_sac: could not write the agent template's files")
+                mcp_path = None
+            terminal_args = claude_args(
+                template, terminal_args, chat=False, mcp_config_path=mcp_path
+            )
+            chat_args = claude_args(template, chat_args, chat=True, mcp_config_path=mcp_path)
+            self.log.info(
+                "jupyter_sac: agent template %s version %s applied",
+                template.get("name") or template.get("id"),
+                template.get("version"),
+            )
+
         # One client for every part that talks to the service (closed at the stop).
         redact = Redactor(granted_secrets())
         if redact:
@@ -348,7 +376,7 @@ class SacExtensionApp(ExtensionApp):
         binary = claude_binary() or "claude"
         terminal = ClaudeTerminal(
             lambda: self.serverapp.web_app.settings["terminal_manager"],
-            argv=[binary, *self.terminal_args],
+            argv=[binary, *terminal_args],
             cwd=self.workspace,
             env={"SAC_CLAUDE_MODE": TERMINAL_MODE},
             on_start=watch,
@@ -385,7 +413,7 @@ class SacExtensionApp(ExtensionApp):
                 ),
                 "sac_chat": ChatManager(
                     state / "chat",
-                    argv=[binary, *self.chat_args],
+                    argv=[binary, *chat_args],
                     cwd=self.workspace,
                     claude_config_dir=Path(self.claude_config_dir),
                     interrupt_grace=self.chat_interrupt_grace,

@@ -39,6 +39,7 @@ from . import (
     person_pages,
     secrets,
     skills,
+    templates,
     webhooks,
     workspace,
 )
@@ -48,6 +49,7 @@ from .base import SERVER_BODY_BYTES, NotFoundHandler
 from .forwarded import LOOPBACK, ForwardedApplication, TrustedProxies
 from .hub import HubClient
 from .llm_proxy import LlmProxyHandler
+from .operations import templates as template_ops
 from .operations.context import OrganisationKeys, ServiceContext, Waiters
 from .pages import STATIC, ApiIndexHandler, IndexPage, OAuthCallbackHandler, OpenApiHandler
 from .routes import SLUG, USER
@@ -318,6 +320,7 @@ class SacService(Application):
             *org_keys.routes(p),
             *secrets.routes(p),
             *webhooks.routes(p),
+            *templates.routes(p),
             *workspace.routes(p),
             *admin_pages.routes(p),
             *person_pages.routes(p),
@@ -374,6 +377,11 @@ class SacService(Application):
         except Exception:
             # A broken shipped skill must not keep the whole service down.
             self.log.exception("could not load the official skills")
+        try:
+            await template_ops.upsert_presets(ctx)
+        except Exception:
+            # Nor a broken shipped template preset.
+            self.log.exception("could not load the template presets")
         reaper = asyncio.create_task(hitl.reaper(ctx))
         pruning = (
             asyncio.create_task(events.pruner(ctx, self.event_retention_days))

@@ -29,6 +29,7 @@ from ..rules.providers import PRESETS
 from .base import BaseHandler
 from .forms import decision_text
 from .openapi import CONTRACT
+from .operations import templates as template_ops
 from .operations.agents import create_agent
 from .operations.settings import settings_for_user
 from .principals import READ_ALL_SCOPE
@@ -279,7 +280,9 @@ def person_page(what: str) -> Callable[[PageMethod], PageMethod]:
 
 
 # The fields of the home page's "New agent" form (the API's create fields).
-NEW_AGENT_FIELDS = ("slug", "display_name", "provider", "model", "base_url", "api_key")
+NEW_AGENT_FIELDS = (
+    "slug", "display_name", "template", "provider", "model", "base_url", "api_key",
+)  # fmt: skip
 
 
 class IndexPage(PageHandler):
@@ -303,12 +306,14 @@ class IndexPage(PageHandler):
         ]
         ceiling = await settings_for_user(self.ctx, ident.name)
         allowed = [PRESETS[name] for name in ceiling["allowed_providers"] if name in PRESETS]
+        templates = await self.ctx.store.templates.visible_to(ident.name)
         context.setdefault("entered", {})
         self.render_page(
             "index.html",
             status=status,
             agents=rows,
             providers=allowed,
+            templates=templates,
             org_keys=self.ctx.org_keys,
             room=len(agents) < int(ceiling["max_agents_per_user"]),
             waiting=waiting,
@@ -331,6 +336,14 @@ class IndexPage(PageHandler):
             if form.get(name) and form[name][0].strip()
         }
         try:
+            if "template" in body:
+                # A template's id (the form's options) or name; one that names its
+                # provider uses it, not the form's (which always sends its first).
+                ref = body["template"]
+                body["template"] = int(ref) if ref.isascii() and ref.isdigit() else ref
+                template = await template_ops.resolve(self.ctx, self.actor, body["template"])
+                if "provider" in template.definition:
+                    body.pop("provider", None)
             provider = body.get("provider")
             if provider in PRESETS and "api_key" not in body and provider not in self.ctx.org_keys:
                 # The API allows it (an organisation key may come later), but a person

@@ -22,8 +22,9 @@ token it presents, never from JupyterHub's admin flag of the user behind it:
 
 Administrators are callers whose token carries ``custom:sac:admin``; history
 auditors ``custom:sac:history:read-all``; skill curators
-``custom:sac:skills:official``. An agent's server token never carries any of them
-(``c.Spawner.server_token_scopes``), whoever owns the agent.
+``custom:sac:skills:official``; template curators ``custom:sac:templates``. An
+agent's server token never carries any of them (``c.Spawner.server_token_scopes``),
+whoever owns the agent.
 
 A caller denied another user's resource gets 404 (its existence is not
 revealed); a caller denied their own resource gets 403 saying who may do it.
@@ -39,6 +40,7 @@ USER_SCOPE = "custom:sac:user"
 DRIVE_SCOPE = "custom:sac:drive"
 READ_ALL_SCOPE = "custom:sac:history:read-all"
 OFFICIAL_SCOPE = "custom:sac:skills:official"
+TEMPLATES_SCOPE = "custom:sac:templates"
 
 AGENT_TOKEN_PREFIX = "sac-agent-"
 
@@ -54,6 +56,9 @@ SAC_SCOPES: dict[str, dict[str, str]] = {
         " restart them and read their records (not settings, keys, approvals or history)."
     },
     OFFICIAL_SCOPE: {"description": "Publish and curate official skills in the SAC marketplace."},
+    TEMPLATES_SCOPE: {
+        "description": "Create, change and delete the organisation's agent templates."
+    },
     READ_ALL_SCOPE: {"description": "Read and export every user's conversation history."},
 }
 

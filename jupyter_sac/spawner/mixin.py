@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from traitlets.config import LoggingConfigurable
 from ..crypto import KeyBox
 from ..rules import events as sac_events
 from ..rules import settings as sac_settings
+from ..rules import templates as template_rules
 from ..rules.providers import PRESETS
 from ..rules.secrets import SECRET_ENV_NAMES_VAR, deliveries
 from ..store import AgentLimitError, AgentRecord, Store
@@ -118,6 +120,9 @@ class AgentContext:
     # files by name (the spawner puts those in the sandbox's $SAC_SECRETS_DIR).
     secret_env: dict[str, str] = field(default_factory=dict)
     secret_files: dict[str, str] = field(default_factory=dict)
+    # The runtime part of the template version the agent records (rules/templates.py),
+    # which the extension applies to claude at start; None when it has none.
+    template: dict[str, Any] | None = None
 
 
 _stores: dict[str, Store] = {}
@@ -297,8 +302,10 @@ class AgentSpawnerMixin(LoggingConfigurable):
             )
         resolved = sac_settings.resolve(system, user_overrides, agent.overrides)
         secret_env, secret_files = await self.granted_secrets(store, agent)
+        template = await self.agent_template(store, agent)
         token = await store.tokens.issue(agent.id)
         return AgentContext(
+            template=template,
             agent=agent,
             resolved=resolved,
             token=token,
@@ -334,6 +341,21 @@ class AgentSpawnerMixin(LoggingConfigurable):
         if missing:
             self.report(f"Secrets not available, not given: {', '.join(sorted(missing))}", 8)
         return env, files
+
+    async def agent_template(self, store: Store, agent: AgentRecord) -> dict[str, Any] | None:
+        """The runtime part of the template version ``agent`` was made from (kept
+        after the template is deleted); None when it has none."""
+        if agent.template_id is None or agent.template_version is None:
+            return None
+        definition = await store.templates.version(agent.template_id, agent.template_version)
+        if definition is None:
+            return None
+        latest = await store.templates.latest_versions([agent.template_id])
+        name = latest[agent.template_id][0] if agent.template_id in latest else ""
+        self.report(f"Template {name or agent.template_id} version {agent.template_version}", 8)
+        return template_rules.runtime_part(
+            agent.template_id, name, agent.template_version, definition
+        )
 
     async def running_agent_context(self) -> AgentContext | None:
         """The agent and its resolved settings for a server that is already running
@@ -372,6 +394,8 @@ class AgentSpawnerMixin(LoggingConfigurable):
         for key, value in self.agent_environment.items():
             if not key.startswith(FORBIDDEN_ENV_PREFIXES):
                 env[key] = str(value)
+        if ctx.template is not None:
+            env[template_rules.TEMPLATE_ENV_VAR] = json.dumps(ctx.template, ensure_ascii=False)
         # The owner's own choice for this agent wins over the deployment's extras.
         env.update(ctx.secret_env)
         if ctx.secret_env:

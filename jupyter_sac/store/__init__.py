@@ -2,9 +2,9 @@
 
 ``Store`` wraps a psycopg AsyncConnectionPool and exposes one object per domain
 (agents, settings, tokens, usage, history, hitl, skills, audit, org_keys,
-workspace, sandbox_usage, secrets, events, webhooks); nothing outside ``store/`` writes SQL.
-``Store.transaction()`` gives a connection in a transaction that the methods
-taking ``conn`` join (see ``tx.py``).
+workspace, sandbox_usage, secrets, events, webhooks, templates); nothing outside
+``store/`` writes SQL. ``Store.transaction()`` gives a connection in a transaction
+that the methods taking ``conn`` join (see ``tx.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from .sandbox_usage import SandboxUsage, SandboxUsageRows
 from .secrets import UserSecrets
 from .settings import SettingsRows
 from .skills import Skills
+from .templates import Templates
 from .tokens import AgentTokens
 from .tx import Conn, Pool
 from .usage import Usage
@@ -82,6 +83,7 @@ class Store:
         self.secrets = UserSecrets(pool)
         self.events = UserEvents(pool)
         self.webhooks = Webhooks(pool)
+        self.templates = Templates(pool)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:

@@ -41,6 +41,9 @@ class AgentRecord:
     drive_agents: bool = False
     # The owner's secrets its sandbox gets at start (rules/secrets.py: Grant.to_json).
     secrets: tuple[dict[str, Any], ...] = ()
+    # The template (and version) it was made from (docs/templates.md), if any.
+    template_id: int | None = None
+    template_version: int | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> AgentRecord:
@@ -53,7 +56,7 @@ class AgentRecord:
 
 _COLUMNS = (
     "id, owner, slug, display_name, runtime, provider, model, base_url, encrypted_key,"
-    " overrides, created_at, updated_at, drive_agents, secrets"
+    " overrides, created_at, updated_at, drive_agents, secrets, template_id, template_version"
 )
 
 
@@ -72,6 +75,8 @@ UPDATABLE = (
     "overrides",
     "drive_agents",
     "secrets",
+    "template_id",
+    "template_version",
 )
 
 

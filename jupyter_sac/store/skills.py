@@ -337,6 +337,22 @@ class Skills:
         assert created is not None
         return created
 
+    async def official_by_command(
+        self, commands: list[str], conn: Conn | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """The official skills with these commands (every user may read them), by
+        command: how a template names the skills its agents get."""
+        if not commands:
+            return {}
+        async with using(self.pool, conn) as c:
+            cur = await c.execute(
+                f"SELECT {_COLUMNS} FROM skills s WHERE s.visibility = 'official'"
+                " AND s.command = ANY(%s) ORDER BY s.id DESC",
+                (commands,),
+            )
+            rows = await cur.fetchall()
+        return {r["command"]: r for r in rows}
+
     async def get(
         self, skill_id: int, *, conn: Conn | None = None, lock: bool = False
     ) -> dict[str, Any] | None:

@@ -169,14 +169,16 @@ class AgentRow:
 class AgentsPanel(SacWidget):
     """My agents as a table, with their state and model, Start / Stop buttons (a
     start shows the hub's progress messages), an Open link to each agent's
-    JupyterLab, a form to create an agent (slug, optional model) and Refresh.
+    JupyterLab, a form to create an agent (slug, optional template and model) and
+    Refresh.
 
     >>> panel = AgentsPanel()            # Client() from $SAC_HUB_URL and the token
     >>> panel                            # in a notebook: the table; in a console: text
 
     Attributes for code: ``rows`` (``AgentRow`` list, one per agent), ``row(slug)``,
     ``agents`` (the records as last listed), ``refresh_button``, ``status`` (HTML:
-    listing errors), ``slug_input``, ``model_input``, ``create_button``,
+    listing errors), ``slug_input``, ``template_input`` (the templates' names),
+    ``model_input``, ``create_button``,
     ``create_status`` (HTML: the service's answer to a create). Network calls run
     in background threads; errors show the service's message, never a traceback.
     ``refresh(wait=True)`` lists synchronously."""
@@ -200,6 +202,11 @@ class AgentsPanel(SacWidget):
         self.model_input = w.Text(
             placeholder="the provider's default", description="Model", layout=w.Layout(width="22em")
         )
+        # The agent templates I may use (docs/templates.md), filled in by each listing.
+        self.template_input = w.Dropdown(
+            options=[("no template", "")], value="", description="Template",
+            layout=w.Layout(width="22em"),
+        )  # fmt: skip
         self.create_button = w.Button(
             description="Create", icon="plus", button_style="primary", layout=w.Layout(width="7em")
         )
@@ -222,7 +229,15 @@ class AgentsPanel(SacWidget):
             w.HBox([w.HTML("<b>My agents</b>"), self.refresh_button, self.status]),
             header,
             self.table,
-            w.HBox([self.slug_input, self.model_input, self.create_button, self.create_status]),
+            w.HBox(
+                [
+                    self.slug_input,
+                    self.template_input,
+                    self.model_input,
+                    self.create_button,
+                    self.create_status,
+                ]
+            ),
         )
         self.refresh(wait=not self._ui.interactive)
 
@@ -250,7 +265,13 @@ class AgentsPanel(SacWidget):
             return
         self.error = None
         self.agents = agents
+        try:
+            templates = self.client.templates()
+        except Exception:
+            templates = None  # the list stays as it was; creating without one still works
         self._later(self._apply, generation, agents)
+        if templates is not None:
+            self._later(self._apply_templates, templates)
 
     def _apply_error(self, generation: int, message: str) -> None:
         if generation == self._generation:
@@ -276,21 +297,36 @@ class AgentsPanel(SacWidget):
             w.HTML(muted_html("No agents yet: create one below.")),
         )
 
+    def _apply_templates(self, templates: list[dict[str, Any]]) -> None:
+        chosen = self.template_input.value
+        options = [("no template", "")] + [
+            (f"{t['definition'].get('display_name', t['name'])} ({t['name']})", t["name"])
+            for t in templates
+        ]
+        self.template_input.options = options
+        self.template_input.value = chosen if chosen in {v for _, v in options} else ""
+
     def row(self, slug: str) -> AgentRow | None:
         """The row of agent ``slug`` (None if it is not listed)."""
         return next((row for row in self.rows if row.slug == slug), None)
 
     # ---- create ----------------------------------------------------------------------
 
-    def create(self, slug: str | None = None, model: str | None = None) -> None:
-        """Create an agent from the form (or these values) in the background; it is
-        listed, stopped, when the service has it."""
+    def create(
+        self, slug: str | None = None, model: str | None = None, template: str | None = None
+    ) -> None:
+        """Create an agent from the form (or these values: ``template`` an agent
+        template's name) in the background; it is listed, stopped, when the service
+        has it."""
         slug = (self.slug_input.value if slug is None else slug).strip()
         model = (self.model_input.value if model is None else model).strip()
+        template = self.template_input.value if template is None else template
         if not slug:
             self.create_status.value = error_html("give the new agent a slug")
             return
-        fields = {"model": model} if model else {}
+        fields: dict[str, Any] = {"model": model} if model else {}
+        if template:
+            fields["template"] = template
         self.create_button.disabled = True
         self.create_status.value = muted_html(f"creating {slug}…")
 
@@ -320,6 +356,7 @@ class AgentsPanel(SacWidget):
             if self.slug_input.value.strip() == slug:
                 self.slug_input.value = ""
                 self.model_input.value = ""
+                self.template_input.value = ""
 
     # ---- text ------------------------------------------------------------------------
 

@@ -10,8 +10,10 @@ from typing import Any
 from ...errors import ApiError
 from ...rules import settings as sac_settings
 from ...rules.budgets import budgets
+from ...rules.hitl import validate_policy
 from ...rules.urls import PublicUrls
 from ...store import AgentExistsError, AgentLimitError, AgentRecord, SandboxUsage
+from ...store.skills import CommandTakenError, SkillGoneError
 from ..hub import HubError, HubUnavailable
 from ..openapi import CONTRACT
 from ..validation import agent_fields
@@ -19,6 +21,7 @@ from .access import authorize_user, get_agent, require_person
 from .context import Actor, ServiceContext, audit
 from .secrets import audit_grants, grants_from_body
 from .settings import effective_settings_for_agent, settings_for_user, user_settings
+from .templates import agent_body, resolve, visible_template
 
 USAGE_TOTALS = (
     "requests",
@@ -36,8 +39,19 @@ def agent_model(
     public: PublicUrls,
     org_keys: Mapping[str, str],
     sandbox_usage: SandboxUsage | None = None,
+    latest_templates: Mapping[int, tuple[str, int]] | None = None,
 ) -> dict[str, Any]:
     server = (hub_user or {}).get("servers", {}).get(agent.slug)
+    template = None
+    if agent.template_id is not None:
+        # The template it was made from (name and latest version null once deleted).
+        latest = (latest_templates or {}).get(agent.template_id)
+        template = {
+            "id": agent.template_id,
+            "name": latest[0] if latest else None,
+            "version": agent.template_version,
+            "latest_version": latest[1] if latest else None,
+        }
     return {
         "owner": agent.owner,
         "slug": agent.slug,
@@ -60,6 +74,7 @@ def agent_model(
         # What its sandbox uses now and the limits that hold there, as its spawner
         # last sampled them (null: never sampled).
         "sandbox_usage": sandbox_usage.to_json() if sandbox_usage else None,
+        "template": template,
     }
 
 
@@ -75,6 +90,9 @@ def agent_snapshot(agent: AgentRecord) -> dict[str, Any]:
         "overrides": agent.overrides,
         "drive_agents": agent.drive_agents,
         "secrets": list(agent.secrets),
+        "template": None
+        if agent.template_id is None
+        else {"id": agent.template_id, "version": agent.template_version},
     }
 
 
@@ -110,6 +128,9 @@ async def agent_models(ctx: ServiceContext, agents: list[AgentRecord]) -> list[d
     hub_users: dict[str, dict[str, Any] | None] = {}
     settings_cache: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
     usage = await ctx.store.sandbox_usage.for_agents(a.id for a in agents)
+    latest = await ctx.store.templates.latest_versions(
+        sorted({a.template_id for a in agents if a.template_id is not None})
+    )
     for agent in agents:
         if agent.owner not in hub_users:
             try:
@@ -127,6 +148,7 @@ async def agent_models(ctx: ServiceContext, agents: list[AgentRecord]) -> list[d
                 ctx.public,
                 ctx.org_keys,
                 usage.get(agent.id),
+                latest,
             )
         )
     return out
@@ -144,9 +166,18 @@ async def create_agent(
     CONTRACT.check("AgentCreate", body)
     if owner != actor.name and await ctx.hub.get_user(owner) is None:
         raise ApiError(404, "not_found", f"no such user {owner!r}")
+    template = None
+    if "template" in body:
+        # The template's provider, model, name and secret grants beneath the body's
+        # own; the rest of it reaches the sandbox at each start (docs/templates.md).
+        template = await resolve(ctx, actor, body["template"], owner)
+        body = agent_body(template, body)
+        CONTRACT.check("AgentCreate", body)
     slug = str(body["slug"])
     ceiling = await settings_for_user(ctx, owner)
     fields = agent_fields(body, ceiling)
+    if template is not None:
+        fields["template_id"], fields["template_version"] = template.id, template.version
     if fields.get("drive_agents"):
         # An agent that drives others is a person's choice, not a driver's.
         require_person(actor, "create agents that drive others")
@@ -189,7 +220,47 @@ async def create_agent(
         )
     if agent.secrets:
         await audit_grants(ctx, actor, None, agent)
+    if template is not None and "hitl_policy" in template.definition:
+        await _template_policy(ctx, actor, agent, template.definition["hitl_policy"])
+    if template is not None and template.definition.get("skills"):
+        await _template_skills(ctx, actor, agent, template.definition["skills"])
     return agent
+
+
+async def _template_skills(
+    ctx: ServiceContext, actor: Actor, agent: AgentRecord, commands: list[str]
+) -> None:
+    """Install a template's official skills, each pinned at its current version
+    (the sandbox's skill sync brings them in). One removed since the template was
+    written, or whose command the agent already has, is left out."""
+    found = await ctx.store.skills.official_by_command(list(commands))
+    for command in commands:
+        row = found.get(command)
+        if row is None:
+            continue
+        try:
+            async with ctx.store.transaction() as conn:
+                await ctx.store.skills.install(agent.id, row, conn=conn)
+                if agent.owner != actor.name:
+                    await audit(
+                        ctx, actor, "agent.skill.install", agent.slug, target_user=agent.owner,
+                        after={"skill_id": row["id"], "command": command}, conn=conn,
+                    )  # fmt: skip
+        except (CommandTakenError, SkillGoneError):
+            continue
+
+
+async def _template_policy(ctx: ServiceContext, actor: Actor, agent: AgentRecord, raw: Any) -> None:
+    """Give an agent its template's HITL policy (checked when the template was
+    stored), audited as a policy change when someone else's agent gets it."""
+    policy = validate_policy(raw)
+    async with ctx.store.transaction() as conn:
+        before = await ctx.store.hitl.put_policy(agent.id, policy, actor.name, conn=conn)
+        if agent.owner != actor.name:
+            await audit(
+                ctx, actor, "hitl.policy.replace", agent.slug, target_user=agent.owner,
+                before=before, after=policy, conn=conn,
+            )  # fmt: skip
 
 
 async def update_agent(
@@ -250,6 +321,50 @@ async def update_agent(
                 after={"drive_agents": updated.drive_agents},
                 conn=conn,
             )
+    return updated
+
+
+async def update_agent_template(
+    ctx: ServiceContext, actor: Actor, owner: str, slug: str
+) -> AgentRecord:
+    """Move an agent to its template's latest version (explicit: a template's new
+    version never changes the agents made from it by itself). Its provider and
+    model follow the template where the template sets them, its grants gain the
+    secrets the new version refers to; the rest reaches the sandbox at its next
+    start."""
+    agent = await get_agent(ctx, actor, owner, slug, "update an agent to its template")
+    if agent.template_id is None:
+        raise ApiError(409, "no_template", f"agent {slug!r} was not made from a template")
+    template = await visible_template(ctx, owner, agent.template_id)
+    if template is None:
+        raise ApiError(409, "template_gone", f"the template agent {slug!r} was made from is gone")
+    body = agent_body(template, {"secrets": list(agent.secrets)} if agent.secrets else {})
+    current = {"provider": agent.provider, "base_url": agent.base_url}
+    ceiling = await settings_for_user(ctx, owner)
+    if template.definition.get("overrides"):
+        # The template's settings over the agent's own (its other ones stay).
+        body["overrides"] = {**agent.overrides, **template.definition["overrides"]}
+    changes = agent_fields(
+        {k: v for k, v in body.items() if k in ("provider", "model", "overrides")},
+        ceiling,
+        current=current,
+    )
+    if body.get("secrets") and list(body["secrets"]) != list(agent.secrets):
+        changes["secrets"] = await grants_from_body(ctx, actor, owner, body["secrets"])
+    changes["template_version"] = template.version
+    async with ctx.store.transaction() as conn:
+        updated = await ctx.store.agents.update(owner, slug, changes, conn=conn)
+        if updated is None:
+            raise ApiError(404, "not_found", "no such agent")
+        await audit(
+            ctx, actor, "agent.template_update", slug, target_user=owner,
+            before=agent_snapshot(agent), after=agent_snapshot(updated), conn=conn,
+        )  # fmt: skip
+        await audit_grants(ctx, actor, agent, updated, conn=conn)
+    if "hitl_policy" in template.definition:
+        await _template_policy(ctx, actor, updated, template.definition["hitl_policy"])
+    if template.definition.get("skills"):
+        await _template_skills(ctx, actor, updated, template.definition["skills"])
     return updated
 
 
