@@ -370,6 +370,7 @@ SERVICE_ROWS: list[Row] = [
     Row("PUT", A + "hitl/default-policy", ADMIN, body=INVALID_POLICY, ok=frozenset({400})),
     Row("DELETE", A + "hitl/default-policy", ADMIN, ok=frozenset({204})),
     Row("POST", A + "hitl/policy-check", PERSONS, body=INVALID_POLICY, ok=frozenset({400})),
+    Row("POST", A + "agent/events", AGENT_TOKENS, body=NO_BODY, ok=frozenset({400})),
     Row("GET", A + "agent/hitl", AGENT_TOKENS, ok=frozenset({200})),
     Row("POST", A + "hitl/requests", AGENT_TOKENS, body=NO_BODY, ok=frozenset({400})),
     Row("GET", A + "hitl/requests", SIGNED_IN - {"admin_narrow"}, ok=frozenset({200})),

@@ -340,3 +340,71 @@ def test_an_agent_that_dies_while_running_is_on_its_owners_stream(stack: dict) -
         (failed,) = poll_until(failures, 120, "agent.failed on the owner's stream")
         assert failed["phase"] == "exit" and failed["agent"] == "frail"
         assert isinstance(failed["exit_code"], int)
+
+
+@pytest.mark.asyncio
+async def test_a_finished_chat_turn_is_on_its_owners_stream(stack: dict, fake: str) -> None:
+    """The sandbox reports each chat turn that ends (the service does not see chat):
+    once per turn, with the answer's first words, and only with the agent's own
+    token, a limited number a minute."""
+    import json
+
+    from helpers import agent_token, allow_all, model_agent, script_model, server_url
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    from sac_testing.stack import poll_until
+
+    name = f"evchat{uuid.uuid4().hex[:6]}"
+    with running_agent(stack["admin"], name, "talk", **model_agent(fake)) as owner:
+        allow_all(owner, name, "talk")
+
+        def finished() -> list[dict[str, Any]]:
+            with owner.client.stream("GET", owner.service_url + "api/events?after=0&wait=0") as r:
+                out, kind = [], None
+                for line in r.iter_lines():
+                    if line.startswith("event: "):
+                        kind = line[len("event: ") :]
+                    elif line.startswith("data: ") and kind == "chat.turn_finished":
+                        out.append(json.loads(line[len("data: ") :]))
+                return out
+
+        script_model(fake, "All three files are tidy now.")
+        base = server_url(stack["url"], name, "talk")
+        events = await websocket_connect(
+            HTTPRequest(
+                base.replace("http", "ws", 1) + "sac/api/chat/events",
+                headers={"Authorization": f"token {owner.token}"},
+            )
+        )
+        api = httpx.Client(headers={"Authorization": f"token {owner.token}"}, timeout=60)
+        resp = api.post(base + "sac/api/chat", json={"message": "tidy up"})
+        assert resp.status_code == 202, resp.text
+        sid, tid = resp.json()["session_id"], resp.json()["turn_id"]
+        while json.loads(await events.read_message())["type"] != "turn_end":
+            pass
+        events.close()
+        (told,) = poll_until(finished, 30, "chat.turn_finished on the owner's stream")
+        assert (told["session_id"], told["turn_id"], told["agent"]) == (sid, tid, "talk")
+        assert told["is_error"] is False and told["summary"] == "All three files are tidy now."
+
+        # Only the agent's own token reports, each turn once, and not without end.
+        token = await agent_token(stack["url"], owner, name, "talk")
+        sandbox = httpx.Client(
+            base_url=stack["service_url"] + "api/",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        again = sandbox.post("agent/events", json={"session_id": sid, "turn_id": tid})
+        assert again.status_code == 200 and again.json() == {"recorded": False}
+        assert owner.sac(
+            "POST", "agent/events", json={"session_id": sid, "turn_id": "x"}
+        ).status_code in (401, 403)
+        bad = sandbox.post("agent/events", json={"session_id": sid, "turn_id": "a/b"})
+        assert bad.status_code == 400
+        codes = [
+            sandbox.post("agent/events", json={"session_id": sid, "turn_id": f"t{i}"}).status_code
+            for i in range(25)
+        ]
+        assert codes.count(201) == 19 and codes[-1] == 429, codes
+        assert len(finished()) == 20

@@ -22,7 +22,13 @@ BUDGET_EXHAUSTED = "budget.exhausted"
 # Written by the hub's spawners (another process: the streams and the webhook
 # deliverer see it at their next re-read, within seconds).
 AGENT_FAILED = "agent.failed"
-KINDS = (HITL_REQUESTED, HITL_DECIDED, BUDGET_EXHAUSTED, AGENT_FAILED)
+# Reported by the agent's own sandbox (its chat runs there), with its agent token.
+CHAT_TURN_FINISHED = "chat.turn_finished"
+KINDS = (HITL_REQUESTED, HITL_DECIDED, BUDGET_EXHAUSTED, AGENT_FAILED, CHAT_TURN_FINISHED)
+# A sandbox reports at most this many finished turns a minute: a hostile one could
+# otherwise flood its owner's stream and webhooks (each turn is a model call, so a
+# real agent stays far below it).
+TURNS_PER_MINUTE = 20
 
 # The largest event id a client may name: what a query's integer may spell (the
 # contract reads at most 18 digits), far beyond any bigserial this table reaches.
@@ -100,6 +106,19 @@ def agent_failed(phase: str, message: str, exit_code: int | None = None) -> dict
     if exit_code is not None:
         data["exit_code"] = exit_code
     return data
+
+
+def chat_turn_finished(report: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The data of ``chat.turn_finished`` from a sandbox's report (checked against
+    the contract: session and turn ids, whether it ended in an error, the answer's
+    first words) and its dedupe key: one event per turn, however often reported."""
+    data = {
+        "session_id": report["session_id"],
+        "turn_id": report["turn_id"],
+        "is_error": bool(report.get("is_error", False)),
+        "summary": one_line(str(report.get("summary", ""))),
+    }
+    return data, f"{CHAT_TURN_FINISHED}:{report['turn_id']}"
 
 
 def budget_exhausted(

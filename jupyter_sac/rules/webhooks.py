@@ -194,6 +194,10 @@ def slack_text(
             f"{who}: {scope} model budget for {data.get('month', 'this month')} is spent"
             f" ({data.get('used')} of {data.get('limit')}); it resets on {data.get('resets_on')}"
         )
+    if kind == "chat.turn_finished":
+        how = "ended with an error" if data.get("is_error") else "finished"
+        summary = str(data.get("summary") or "")
+        return one_line(f"{who}: a chat turn {how}" + (f": {summary}" if summary else ""))
     if kind == "agent.failed":
         if data.get("phase") == "exit":
             return one_line(

@@ -425,6 +425,7 @@ class SacExtensionApp(ExtensionApp):
                     max_idle_processes=self.chat_max_idle_processes,
                     max_processes=self.chat_max_processes,
                     pre_tool_timeout=MAX_HITL_WAIT,
+                    on_turn_end=client.report_turn if client.configured else None,
                 ),
             }
         )

@@ -292,6 +292,7 @@ class ChatManager:
         max_idle_processes: int = 2,
         max_processes: int = 4,
         pre_tool_timeout: float = 7 * 86400 + 120,
+        on_turn_end: Callable[[dict[str, Any]], Awaitable[Any]] | None = None,
     ):
         self.dir = state_dir
         # argv[0] is the CLI, the rest are extra arguments of every session.
@@ -300,6 +301,10 @@ class ChatManager:
         # one, every tool call is denied.
         self.decide_tool = decide_tool
         self.capture = capture
+        # Told of each turn that ended with a result (the service's event stream);
+        # in the background: a slow or absent service never holds a turn up.
+        self.on_turn_end = on_turn_end
+        self._reports: set[asyncio.Task[Any]] = set()
         # Seconds an open session's process stays up after its last turn.
         self.idle_release = idle_release
         self.max_idle_processes = max_idle_processes
@@ -562,12 +567,33 @@ class ChatManager:
                 decision.cancel()
             await self._capture(session)
             self.emit(session, tid, {"type": "turn_end", "exit_code": code})
+            if code is not None and self.on_turn_end is not None:
+                self._report_turn(session, tid)
             session.running = None
             session.updated_at = now_iso()
             self._save_index()
             turn.done.set()
             self._schedule_release(session)
             await self._room_changed()  # its process is idle now: another may take its room
+
+    def _report_turn(self, session: Session, turn_id: str) -> None:
+        result = session.last_result or {}
+        report = {
+            "session_id": session.session_id,
+            "turn_id": turn_id,
+            "is_error": bool(result.get("is_error")),
+            "summary": str(result.get("text") or "")[:1000],
+        }
+        assert self.on_turn_end is not None
+        task = asyncio.ensure_future(self.on_turn_end(report))
+        self._reports.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._reports.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("chat: could not report the finished turn: %s", t.exception())
+
+        task.add_done_callback(done)
 
     async def _converse(
         self, session: Session, turn: Turn, agent: ClaudeProcess, message: str

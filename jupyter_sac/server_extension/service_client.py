@@ -75,6 +75,11 @@ class ServiceClient:
             raise ServiceError(f"HTTP {resp.status_code}: {message[:300]}")
         return resp.json() if resp.content else {}
 
+    async def report_turn(self, report: dict[str, Any]) -> dict[str, Any]:
+        """Tell the service a chat turn finished (its owner's event stream and
+        webhooks), the answer's words scrubbed of the sandbox's secrets."""
+        return await self._call("POST", "agent/events", json=self.redact(report))
+
     async def hitl_info(self) -> dict[str, Any]:
         return await self._call("GET", "agent/hitl")
 

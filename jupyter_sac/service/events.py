@@ -108,5 +108,18 @@ class EventsHandler(BaseHandler):
         return True
 
 
+class AgentEventsHandler(BaseHandler):
+    """POST (an agent's own token): its sandbox reports what only the sandbox sees
+    (a chat turn finished), for its owner's stream and webhooks."""
+
+    async def post(self) -> None:
+        agent = await self.require_agent()
+        added = await ops.turn_finished(self.ctx, agent, self.json_body())
+        self.write_json({"recorded": added}, status=201 if added else 200)
+
+
 def routes(prefix: str) -> list[tuple[str, Any]]:
-    return [(prefix + "api/events", EventsHandler)]
+    return [
+        (prefix + "api/events", EventsHandler),
+        (prefix + "api/agent/events", AgentEventsHandler),
+    ]

@@ -309,6 +309,7 @@ KIND_LABELS = (
     ("hitl.decided", "An approval is decided or times out"),
     ("budget.exhausted", "A model budget is spent"),
     ("agent.failed", "An agent fails to start or stops unexpectedly"),
+    ("chat.turn_finished", "A chat turn finishes"),
 )
 DELIVERIES_ON_PAGE = 5
 

@@ -76,6 +76,18 @@ class UserEvents:
             row = await cur.fetchone()
         return int(row["id"]) if row else 0
 
+    async def recent(self, user: str, kind: str, agent: str, seconds: float) -> int:
+        """How many events ``kind`` of ``user``'s ``agent`` were stored in the last
+        ``seconds`` (a sandbox's reports are limited by it)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT count(*) AS n FROM user_events WHERE username = %s AND kind = %s"
+                " AND agent_slug = %s AND created_at > now() - make_interval(secs => %s)",
+                (user, kind, agent, seconds),
+            )
+            row = await cur.fetchone()
+        return int(row["n"]) if row else 0
+
     async def prune(self, days: float) -> int:
         """Delete events older than ``days`` days; how many went."""
         async with self.pool.connection() as conn:

@@ -14,9 +14,12 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import date
 from typing import Any
 
+from ...errors import ApiError
 from ...rules import events
 from ...rules.budgets import Budget
+from ...store import AgentRecord
 from ...store.tx import Conn
+from ..openapi import CONTRACT
 from .access import authorize_user
 from .context import Actor, ServiceContext
 
@@ -68,6 +71,25 @@ async def budget_spent(
         told = told or added is not None
     if told:
         ring(ctx, owner)
+
+
+async def turn_finished(ctx: ServiceContext, agent: AgentRecord, report: Any) -> bool:
+    """The sandbox of ``agent`` says one of its chat turns finished:
+    ``chat.turn_finished`` on its owner's stream, once per turn (False: already
+    told). At most ``TURNS_PER_MINUTE`` a minute per agent (429 beyond)."""
+    CONTRACT.check("ChatTurnReport", report)
+    recent = await ctx.store.events.recent(agent.owner, events.CHAT_TURN_FINISHED, agent.slug, 60)
+    if recent >= events.TURNS_PER_MINUTE:
+        raise ApiError(
+            429, "too_many_events", f"at most {events.TURNS_PER_MINUTE} finished turns a minute"
+        )
+    data, key = events.chat_turn_finished(report)
+    added = await ctx.store.events.append(
+        agent.owner, events.CHAT_TURN_FINISHED, data, agent=agent.slug, dedupe_key=key
+    )
+    if added is not None:
+        ring(ctx, agent.owner)
+    return added is not None
 
 
 async def open_stream(ctx: ServiceContext, actor: Actor, after: int | None) -> tuple[str, int]:
