@@ -123,7 +123,7 @@ def test_outcomes_and_backoff() -> None:
 def test_kinds_are_the_event_streams() -> None:
     assert rules.check_kinds(["hitl.requested", "hitl.requested"]) == ("hitl.requested",)
     assert rules.check_kinds(["agent.failed"]) == ("agent.failed",)
-    for bad in ([], ["chat.turn_finished"], "hitl.requested", None):
+    for bad in ([], ["chat.turn_started"], "hitl.requested", None):
         with pytest.raises(ValueError):
             rules.check_kinds(bad)
 
