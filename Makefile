@@ -61,9 +61,12 @@ lint: install
 	$(BIN)/lint-imports
 	cd labextension && npm run --silent lint
 
+# What starts no stack runs first, on every core; the stack tests then run one at a
+# time (they share session stacks and time their own processes).
 test: system-deps lint
 	cd labextension && npx tsc --noEmit && npm test
-	SAC_CHP_COMMAND=$(CURDIR)/$(CHP) $(BIN)/python -m pytest -q -p no:cacheprovider
+	SAC_CHP_COMMAND=$(CURDIR)/$(CHP) $(BIN)/python -m pytest -q -p no:cacheprovider -m "not stack" -n auto
+	SAC_CHP_COMMAND=$(CURDIR)/$(CHP) $(BIN)/python -m pytest -q -p no:cacheprovider -m stack
 
 # Everything that needs no whole stack (pure rules, the store on a real PostgreSQL,
 # the extension in-process, manifests, the labextension's unit tests): the loop to

@@ -171,6 +171,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, fake_anthropic: str) -> Iter
         f"c.SacService.provider_base_urls = {preset_endpoints(fake_anthropic)!r}\n"
         # Webhook retries within a test's patience (tests/test_webhooks_api.py).
         "c.SacService.webhook_backoff = [0.3, 0.3, 0.3]\n"
+        # The hub notices a sandbox that died within seconds, not JupyterHub's 30
+        # (tests/test_events_api.py: agent.failed).
+        "c.Spawner.poll_interval = 5\n"
     )
     with embedded_stack(workdir, ADMIN_PASSWORD, extra_config=config) as running:
         try:
