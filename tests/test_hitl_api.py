@@ -319,3 +319,50 @@ def test_odd_text_is_stored_as_sent(agent: dict) -> None:
     )
     assert resp.status_code == 201, resp.text
     assert resp.json()["input"]["command"] == "echo \ufffd"
+
+
+def test_a_text_answer_to_a_prompt_that_takes_text(agent: dict) -> None:
+    """A terminal prompt that takes text is answered with one line of printable
+    text, no longer than it asked for; anything else is refused and changes nothing."""
+    options = [{"key": "\r", "label": "Press Enter"}]
+    filed = _file(agent, kind="terminal", options=options, text_max=20, question="Enter a name:")
+    assert filed.status_code == 201 and filed.json()["text_max"] == 20, filed.text
+    rid = filed.json()["id"]
+    person = agent["client"]
+    decide = f"hitl/requests/{rid}/decision"
+    for body, message in [
+        ({"decision": "allow", "text": "x" * 21}, "at most 20 characters"),
+        ({"decision": "allow", "text": "ok\rrm -rf ~\r"}, "U+000D"),
+        ({"decision": "allow", "text": "a\x1b[2J"}, "U+001B"),
+        ({"decision": "allow", "text": "evil\u202eexe.txt"}, "U+202E"),
+        ({"decision": "allow", "text": "\x03"}, "U+0003"),
+        ({"decision": "deny", "text": "Ada"}, "goes with allow"),
+        ({"decision": "allow", "text": "Ada", "option": "\r"}, "not both"),
+    ]:
+        resp = person.sac("POST", decide, json=body)
+        assert resp.status_code == 400, (body, resp.text)
+        assert resp.json()["field"] == "text" and message in resp.json()["message"], resp.text
+    assert person.sac("POST", decide, json={"decision": "allow", "text": ""}).status_code == 400
+    assert person.sac("GET", f"hitl/requests/{rid}").json()["status"] == "pending"
+    waiter = Waiter(agent["stack"], agent["sandbox"], rid)
+    resp = person.sac("POST", decide, json={"decision": "allow", "text": "Ada Lovelace ✓"})
+    assert resp.status_code == 200, resp.text
+    answered = waiter.answer()
+    assert answered["text"] == "Ada Lovelace ✓" and answered["option"] is None
+    late = person.sac("POST", decide, json={"decision": "allow", "text": "again"})
+    assert late.status_code == 409
+
+    # A prompt that takes no text, and a tool call, refuse one.
+    menu = _file(agent, kind="terminal", options=[{"key": "1", "label": "Yes"}]).json()
+    resp = person.sac("POST", f"hitl/requests/{menu['id']}/decision",
+                      json={"decision": "allow", "text": "yes"})  # fmt: skip
+    assert resp.status_code == 400 and "takes no text" in resp.json()["message"]
+    tool = _file(agent).json()
+    resp = person.sac("POST", f"hitl/requests/{tool['id']}/decision",
+                      json={"decision": "allow", "text": "yes"})  # fmt: skip
+    assert resp.status_code == 400 and resp.json()["field"] == "text"
+    for text_max in (0, 2001, "20"):
+        bad = _file(agent, kind="terminal", options=options, text_max=text_max)
+        assert bad.status_code == 400 and bad.json()["field"] == "text_max", bad.text
+    bad = _file(agent, text_max=20)
+    assert bad.status_code == 400 and bad.json()["field"] == "text_max", bad.text

@@ -344,3 +344,61 @@ async def test_a_chat_turn_asks_once_and_runs_the_approved_tool(stack: dict, fak
         assert [(r["id"], r["status"]) for r in filed if r["user"] == user] == [
             (request["id"], "approved")
         ]
+
+
+@pytest.mark.asyncio
+async def test_a_question_in_the_terminal_is_answered_with_text(stack: dict, fake: str) -> None:
+    """Claude asks a question (its AskUserQuestion tool) in the agent's Claude
+    terminal; the request offers a text answer; a person answers with text through
+    the API; the text reaches claude's question, and claude's next request to the
+    model carries it. A text that would act on the terminal is refused first."""
+    user = f"txt{uuid.uuid4().hex[:6]}"
+    base = server_url(stack["url"], user, "tty")
+    question = {
+        "question": "What should the new file be called?",
+        "header": "Name",
+        "multiSelect": False,
+        "options": [
+            {"label": "notes.txt", "description": "Plain text"},
+            {"label": "todo.md", "description": "Markdown"},
+        ],
+    }
+    with running_agent(stack["admin"], user, "tty", **model_agent(fake)) as client:
+        api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=30)
+        assert api.post(base + "sac/api/terminal").status_code == 200
+        httpx.delete(fake + "/_fake/requests")
+        httpx.post(
+            fake + "/_fake/script",
+            json={
+                "replies": [
+                    {"tool_use": {"name": "AskUserQuestion", "input": {"questions": [question]}}},
+                    "named it",
+                ]
+            },
+        )
+        term = await TerminalClient.connect(base, client.token)
+        await term.wait_for(claude_ready, 60, "claude's input box")
+        term.type("make a file")
+        await term.wait_for(lambda t: "make a file" in t.text(), 20, "the typed prompt")
+        term.type("\r")
+        await term.wait_for(lambda t: "new file be called?" in t.text(), 60, "the question")
+
+        request = _one_pending(client, user)
+        assert request["kind"] == "terminal" and request["text_max"] == 500
+        labels = [o["label"] for o in request["options"]]
+        assert labels[:2] == ["notes.txt Plain text", "todo.md Markdown"]
+        assert not any(label.startswith("Type something") for label in labels)
+        decide = f"hitl/requests/{request['id']}/decision"
+        refused = client.sac("POST", decide, json={"decision": "allow", "text": "x\r1"})
+        assert refused.status_code == 400 and refused.json()["field"] == "text"
+        assert "new file be called?" in term.text()
+
+        resp = client.sac("POST", decide, json={"decision": "allow", "text": "release notes.md"})
+        assert resp.status_code == 200, resp.text
+        await term.wait_for(lambda t: "named it" in t.text(), 60, "claude going on")
+        assert "→ release notes.md" in term.text()
+        turns = [r["body"] for r in httpx.get(fake + "/_fake/requests").json()["requests"]]
+        assert any("release notes.md" in json.dumps(b["messages"][-1]) for b in turns), turns
+        done = client.sac("GET", f"hitl/requests/{request['id']}").json()
+        assert done["status"] == "approved" and done["text"] == "release notes.md"
+        term.close()

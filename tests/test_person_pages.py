@@ -197,6 +197,21 @@ def test_a_person_decides_a_request_on_its_page_and_the_sandbox_sees_it(
     back = chose.headers["location"].split("services/sac/", 1)[1]
     assert "Denied. You can close this window." in page(browser, back).text
 
+    # A prompt that takes text: a field for it, and the text is the answer.
+    xid = file_request(sandbox, kind="terminal", tool="claude", text_max=40,
+                       options=[{"key": "\r", "label": "Press Enter"}],
+                       question="Enter a name:", input={"screen": "…"})  # fmt: skip
+    asked = page(browser, f"approvals/{xid}").text
+    assert 'name="text"' in asked and 'maxlength="40"' in asked
+    bad = submit(browser, f"approvals/{xid}", {"decision": "allow", "text": "a\x1b[2J"})
+    assert bad.status_code == 400 and "control character" in error_of(bad.text)
+    typed = submit(browser, f"approvals/{xid}", {"decision": "allow", "text": "Ada <Lovelace>"})
+    assert typed.status_code == 303, typed.text[:300]
+    got = sandbox.get(f"api/hitl/requests/{xid}/wait?timeout=0").json()
+    assert got["status"] == "approved" and got["text"] == "Ada <Lovelace>"
+    shown = page(browser, f"approvals/{xid}").text
+    assert "answered with the text “Ada &lt;Lovelace&gt;”" in shown
+
 
 def test_every_token_an_agent_holds_gets_403_on_every_page_and_changes_nothing(
     stack: dict, person: dict

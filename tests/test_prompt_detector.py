@@ -23,6 +23,7 @@ import pytest
 from jupyter_sac.runtimes.prompt_detector import (
     DEFAULT_THRESHOLD,
     DOWN,
+    KIND_TEXT,
     UP,
     PromptMatch,
     detect,
@@ -78,6 +79,7 @@ def judge(screen: Screen, match: PromptMatch | None) -> str:
         match.kind == want["kind"]
         and [o.key for o in match.options] == want["keys"]
         and want["question"] in match.question
+        and match.text_key == want.get("text_key")
     )
     return "TP" if right else "FN"
 
@@ -153,6 +155,7 @@ def test_screen(screen: Screen) -> None:
     )
     assert match.kind == screen.expect["kind"]
     assert [o.key for o in match.options] == screen.expect["keys"]
+    assert match.text_key == screen.expect.get("text_key")
     assert screen.expect["question"] in match.question
     assert all(o.label for o in match.options)
     assert 0 <= match.score <= 1
@@ -199,7 +202,12 @@ def test_fingerprint_is_stable_across_redraws_and_selection_moves() -> None:
     assert [o.label for o in rewrapped.options] == [o.label for o in first.options]
 
 
-SAME_PROMPT_AS_BASH_MENU = ("claude_bash_menu_moved", "claude_bash_menu_resized")
+# Screens of a prompt already in the corpus: the same prompt redrawn, or being typed in.
+SAME_PROMPT_AS_BASH_MENU = (
+    "claude_bash_menu_moved",
+    "claude_bash_menu_resized",
+    "claude_ask_text_typing",
+)
 
 
 def test_fingerprints_differ_between_prompts() -> None:
@@ -211,6 +219,10 @@ def test_fingerprints_differ_between_prompts() -> None:
             found[screen.name] = match.fingerprint
     for (a, fa), (b, fb) in itertools.combinations(found.items(), 2):
         assert fa != fb, f"{a} and {b} share a fingerprint"
+    # A person typing into a question's text field is still on the same question:
+    # its request stays (a new one per keystroke would flood the queue).
+    typing = by_name("claude_ask_text_typing")
+    assert detect(typing.lines, typing.cursor_row).fingerprint == found["claude_ask_text_question"]
     # Two Bash permissions ask the same question; the command tells them apart.
     one = detect(by_name("claude_bash_menu").lines, by_name("claude_bash_menu").cursor_row)
     assert one is not None and "echo hi > f.txt" in one.context
@@ -265,7 +277,40 @@ def test_yes_no_key_conventions() -> None:
     assert keys("Proceed ([y]/n)? ") == ["y\r", "n\r"]
     assert keys("Ok to proceed? (y) ") == ["y\r", "n\r"]
     assert keys("Press any key to continue . . .") == ["\r"]
-    assert detect(["What is your name? "], 0) is None  # free text: not a decision
+    assert detect(["Ready? "], 0) is None  # a bare question: nothing to choose or fill in
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Enter a name: ",
+        "Please type the title of the report: ",
+        "Project name [demo]: ",
+        "Commit message: ",
+        "What is your name? ",
+        "Enter the path (default: ./out): ",
+    ],
+)
+def test_a_value_asked_for_takes_text(line: str) -> None:
+    match = detect(["Setting up.", line], 1)
+    assert match is not None and match.kind == KIND_TEXT, line
+    assert match.text_key == "" and [o.key for o in match.options] == ["\r"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Enter passphrase for key '/root/.ssh/id_ed25519': ",
+        "Password: ",
+        "Enter your API key: ",
+        "Enter the verification code: ",
+        "GitHub token: ",
+        "Enter PIN: ",
+    ],
+)
+def test_secrets_are_never_asked_for(line: str) -> None:
+    """An answer is stored with its request: a person types secrets themselves."""
+    assert detect(["Connecting.", line], 1) is None
 
 
 def test_old_style_boxed_dialog_and_no_cursor() -> None:

@@ -395,6 +395,19 @@ def test_approvals_panel_decides_live(stack: dict, fake: str, tmp_path: Path) ->
             "fine",
         ]
 
+        # A prompt that takes text: an answer field, and what is typed there is the answer.
+        text_id = file(kind="terminal", tool="claude", text_max=60, question="Enter a name:",
+                       options=[{"key": "\r", "label": "Press Enter"}],
+                       input={"screen": "…"})  # fmt: skip
+        k.run("panel.refresh()")
+        k.until(f"panel.row({text_id!r}) is not None", "the prompt that takes text")
+        k.run(f"row = panel.row({text_id!r})\nrow.answer.value = 'Q4 report'")
+        k.run("row.approve_button.click()")
+        assert k.until("row.decision", "the decision") == "approved"
+        assert "Q4 report" in k.value("text(row.status)")
+        decided = hub.sac("GET", f"hitl/requests/{text_id}").json()
+        assert [decided["text"], decided["option"]] == ["Q4 report", None]
+
         # Decided elsewhere first: the 409 shows in the row, which stays until dismissed.
         late_id = file(input={"command": "make deploy"})
         k.run("panel.refresh()")

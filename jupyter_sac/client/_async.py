@@ -240,16 +240,18 @@ class AsyncClient:
         return sorted(requests, key=lambda r: r["created_at"])
 
     async def approve(self, request_id: str, option: str | None = None,
-                      reason: str | None = None) -> dict[str, Any]:  # fmt: skip
-        """Allow a request (for a terminal prompt, ``option`` picks the menu entry)."""
-        return await self._decide(request_id, "allow", option, reason)
+                      reason: str | None = None, *, text: str | None = None,
+                      ) -> dict[str, Any]:  # fmt: skip
+        """Allow a request. For a terminal prompt ``option`` picks the menu entry, or
+        ``text`` answers a prompt that takes text (its ``text_max`` says how long)."""
+        return await self._decide(request_id, "allow", option, reason, text)
 
     async def deny(self, request_id: str, reason: str | None = None) -> dict[str, Any]:
         return await self._decide(request_id, "deny", None, reason)
 
     async def _decide(self, request_id: str, decision: str, option: str | None,
-                      reason: str | None) -> dict[str, Any]:  # fmt: skip
-        body = {"decision": decision, "option": option, "reason": reason}
+                      reason: str | None, text: str | None = None) -> dict[str, Any]:  # fmt: skip
+        body = {"decision": decision, "option": option, "reason": reason, "text": text}
         body = {k: v for k, v in body.items() if v is not None}
         return await self.sac("POST", f"hitl/requests/{quote(request_id)}/decision", json=body)
 

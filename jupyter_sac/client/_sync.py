@@ -133,8 +133,9 @@ class Client:
         return self._loop.run(self.aio.pending(agent))
 
     def approve(self, request_id: str, option: str | None = None,
-                reason: str | None = None) -> dict[str, Any]:  # fmt: skip
-        return self._loop.run(self.aio.approve(request_id, option, reason))
+                reason: str | None = None, *, text: str | None = None,
+                ) -> dict[str, Any]:  # fmt: skip
+        return self._loop.run(self.aio.approve(request_id, option, reason, text=text))
 
     def deny(self, request_id: str, reason: str | None = None) -> dict[str, Any]:
         return self._loop.run(self.aio.deny(request_id, reason))

@@ -40,6 +40,7 @@ import fnmatch
 import functools
 import posixpath
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -138,6 +139,35 @@ def default_option(options: list[dict[str, str]] | None, decision: str) -> str |
     for option in options:
         if _NO_LABEL.search(option.get("label") or ""):
             return option["key"]
+    return None
+
+
+# ---- text answers to terminal prompts ---------------------------------------------------
+
+# The longest answer a prompt may ask for (its request says its own limit, at most this).
+TEXT_ANSWER_MAX = 2000
+# Characters that would act on the terminal instead of being read as the answer: C0/C1
+# controls and DEL (Enter, Escape sequences, Ctrl-C, ...), and the invisible bidi
+# controls that make text read differently from what is typed.
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
+
+def answer_text_problem(text: Any, text_max: int | None) -> str | None:
+    """Why ``text`` cannot answer a prompt that takes at most ``text_max`` characters
+    (None: it can). It is typed into the terminal as it is, then Enter: one line of
+    printable text, never a control character, so an answer can only ever be the
+    answer and not keys that act on the terminal (a second line, Escape, Ctrl-C)."""
+    if not text_max:
+        return "this prompt takes no text: choose one of its options"
+    if not isinstance(text, str) or not text:
+        return "expected text"
+    if len(text) > text_max:
+        return f"at most {text_max} characters"
+    for ch in text:
+        if unicodedata.category(ch) in ("Cc", "Cs") or ch in _BIDI_CONTROLS:
+            return f"one line of printable text (U+{ord(ch):04X} is a control character)"
     return None
 
 

@@ -36,6 +36,21 @@ Keys (``Option.key``) are exactly what to write into the PTY to choose:
   line for whatever reads next, which is harmless at a shell prompt.
 - bash ``select`` menus take the digit and Enter.
 - ``Press Enter``/``any key`` prompts take ``\\r``.
+
+Some prompts also take text (``PromptMatch.text_key`` is not None): the answer
+is typed after ``text_key``, then Enter.
+
+- Claude Code's questions (the AskUserQuestion tool) end their options with
+  ``Type something.``: its digit moves to a text field in place of the label,
+  the text fills it and Enter submits it (verified against the real CLI,
+  2.1.327: ``3my-notes.txt\\r`` answers "→ my-notes.txt"; Enter on the empty
+  field declines the question). That option is not offered on its own.
+- A line prompt that asks for a value at the cursor (``Enter a name:``,
+  ``Project title [demo]:``, terraform's ``Enter a value:`` for a variable)
+  takes the text and Enter (``text_key`` is empty), or Enter alone for its
+  default. Prompts for a password, passphrase, token, PIN or key are never
+  taken: an answer is stored with its request, so a person types those into the
+  terminal themselves.
 """
 
 from __future__ import annotations
@@ -57,6 +72,11 @@ KIND_PRESS_ENTER = "press_enter"
 KIND_NUMBERED_MENU = "numbered_menu"
 KIND_SELECT_MENU = "select_menu"
 KIND_QUESTION = "question"  # a bare question at the cursor; below the threshold
+KIND_TEXT = "text"  # a line prompt asking for a value ("Enter a name:")
+
+# The longest text answer a prompt is offered (the request says it; the service
+# refuses longer answers, and anything but one line of printable text).
+TEXT_ANSWER_LIMIT = 500
 
 
 @dataclass(frozen=True)
@@ -73,6 +93,8 @@ class PromptMatch:
     options: tuple[Option, ...]
     fingerprint: str  # same prompt on screen -> same value; another prompt -> another
     context: str = ""  # what the prompt is about (e.g. the command of a Bash permission)
+    text_key: str | None = None  # the keys before a text answer; None: it takes no text
+    text_row: int | None = None  # the row of the text field that text_key moves to
 
 
 def detect(
@@ -183,6 +205,8 @@ _CLAUDE_PERMISSION = re.compile(
     r"|Would you like to proceed|Exit plan mode\?)",
     re.I,
 )
+# The free-text option of Claude Code's questions (its label until something is typed).
+_TYPE_SOMETHING = re.compile(r"^Type something\b", re.I)
 _CLAUDE_DIALOG = re.compile(
     r"trust (?:this folder|the files)|one you trust|use this API key|Bypass Permissions mode", re.I
 )
@@ -459,8 +483,31 @@ def _score_menu(view: _View, run: list[_Item]) -> PromptMatch | None:
         extra = f"selected={at}"
     options = tuple(Option(key, label) for key, label in zip(keys, labels, strict=True))
     context = _context(view, top, q_row) if style == "tui" else ""
+    text_at = _free_text_option(view, run, labels) if kind == KIND_CLAUDE_QUESTION else None
+    if text_at is not None:
+        # Its label is what a person is typing there: the same question while they type.
+        labels = [*labels[:text_at], "Type something.", *labels[text_at + 1 :]]
     fingerprint = _fingerprint(kind, question, context, labels, extra)
-    return PromptMatch(kind, _clip(s), question, options, fingerprint, context)
+    text_key = text_row = None
+    if text_at is not None:
+        text_key, text_row = options[text_at].key, run[text_at].row
+        options = options[:text_at] + options[text_at + 1 :]
+    return PromptMatch(kind, _clip(s), question, options, fingerprint, context, text_key, text_row)
+
+
+def _free_text_option(view: _View, run: list[_Item], labels: list[str]) -> int | None:
+    """Which option of a Claude Code question is its text field: ``Type something.``,
+    the last option above the rule that sets ``Chat about this`` apart (its label is
+    the text once a person types there). Numbered questions only: the digit focuses
+    the field, where Enter would submit it empty."""
+    if run[0].num is None or len(run) < 3 or not labels[-1].lower().startswith("chat about"):
+        return None
+    at = len(run) - 2
+    if _TYPE_SOMETHING.match(labels[at]) or any(
+        view.rule(j) for j in range(run[at].row + 1, run[-1].row)
+    ):
+        return at
+    return None
 
 
 # --- inline prompts on the cursor line --------------------------------------------
@@ -495,6 +542,27 @@ _ANSWER_LINE = re.compile(
 )
 _QUOTED_YES = re.compile(r"['\"]yes['\"]", re.I)
 KIND_ANSWER_LINE = "_answer_line"
+# A value asked for at the cursor: "Enter a name:", "Please type the title:",
+# "Project name [demo]:", "Commit message:". Not a bare question ("Ready?"), which
+# stays below the threshold, and never a secret (below).
+_ASK_VERB = re.compile(
+    r"^(?:please\s+)?(?:enter|type|input|provide|specify|give)\b[^:?]{0,80}"
+    r"(?:\[[^\]]{0,40}\]|\([^)]{0,40}\))?\s*[:?]\s*$",
+    re.I,
+)
+_ASK_NOUN = re.compile(
+    r"^[A-Za-z][\w .'/-]{0,40}?\b(?:name|title|message|subject|path|directory|folder|"
+    r"file(?:name)?|url|e-?mail|description|summary|comment|reason|version|branch|tag|label|"
+    r"value|answer|host(?:name)?|port|user(?:name)?)\s*(?:\[[^\]]{0,40}\]|\([^)]{0,40}\))?"
+    r"\s*[:?]\s*$",
+    re.I,
+)
+_SECRET_PROMPT = re.compile(
+    r"pass(?:word|phrase|code)|\btoken\b|secret|\bpin\b|api[ _-]?key|private key|\botp\b|"
+    r"one[- ]time|verification code|\b2fa\b|credential",
+    re.I,
+)
+_TEXT_OPTIONS = (Option("\r", "Press Enter (leave it empty: the program's default)"),)
 
 _LETTER_LABELS = {
     "y": "yes",
@@ -545,10 +613,16 @@ def _inline(view: _View) -> PromptMatch | None:
             return None
     if kind == KIND_ANSWER_LINE:
         found = _question_for_answer_line(view, start)
-        if found is None:
+        if found is not None:
+            text, start, options = found
+            kind, s = KIND_YES_NO, 0.6
+        elif _SECRET_PROMPT.search(" ".join(view.lines[max(0, start - 2) : row + 1])):
             return None
-        text, start, options = found
-        kind, s = KIND_YES_NO, 0.6
+        else:
+            # "Enter a value:" with no yes/no question above: a value is asked for
+            # (terraform's variables), by what is printed above it.
+            kind, options, s = KIND_TEXT, _TEXT_OPTIONS, 0.45
+    text_key = "" if kind == KIND_TEXT else None
     # Where the prompt sits: on the cursor, with nothing printed after it.
     after = sum(1 for k in range(row + 1, view.last + 1) if not view.blank(k))
     if view.cursor is not None and view.cursor in (row, row + 1):
@@ -565,7 +639,7 @@ def _inline(view: _View) -> PromptMatch | None:
     context = "\n".join(ctx_rows)
     labels = [o.label for o in options]
     fingerprint = _fingerprint(kind, text, context, labels, "")
-    return PromptMatch(kind, _clip(s), text, options, fingerprint, context)
+    return PromptMatch(kind, _clip(s), text, options, fingerprint, context, text_key)
 
 
 def _question_for_answer_line(view: _View, row: int) -> tuple[str, int, tuple[Option, ...]] | None:
@@ -629,6 +703,10 @@ def _classify_inline(text: str) -> tuple[str | None, tuple[Option, ...], float]:
         # "Enter a value:" under "Do you want to perform these actions?": the
         # question is above. Classified by the caller, which can see it.
         return KIND_ANSWER_LINE, (), 0.0
+    if _ASK_VERB.match(text) or _ASK_NOUN.match(text):
+        if _SECRET_PROMPT.search(text):
+            return None, (), 0.0
+        return KIND_TEXT, _TEXT_OPTIONS, 0.45
     if text.rstrip().endswith("?"):
         if _COREUTILS.match(text):
             return KIND_YES_NO, _yes_no("y", "n"), 0.6

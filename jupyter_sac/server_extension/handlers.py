@@ -113,6 +113,7 @@ class HitlStatusHandler(SacHandler):
                         "kind": current.kind,
                         "question": current.question,
                         "options": [{"key": o.key, "label": o.label} for o in current.options],
+                        "takes_text": current.text_key is not None,
                     },
                     "terminal_reads": watcher.reads if watcher is not None else 0,
                 },

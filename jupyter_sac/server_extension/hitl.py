@@ -11,7 +11,10 @@ Two ways a human gets asked:
 - **Terminal prompts**: ``TerminalPromptWatcher`` reads the Claude terminal's
   output into a screen model, and when the prompt detector sees a prompt
   waiting for input it files one request per prompt; the chosen answer is typed
-  into the PTY. A prompt answered in the terminal itself cancels its request.
+  into the PTY. A prompt that takes text (Claude Code's "Type something.", a
+  line asking for a value) can be answered with text instead, typed only while
+  that very prompt is still on screen. A prompt answered in the terminal itself
+  cancels its request.
 
 New and decided requests are emitted as jupyter_events
 (``HITL_EVENT_SCHEMA_ID``) so JupyterLab and notebooks learn of them live.
@@ -27,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..rules import hitl as policy_rules
-from ..runtimes.prompt_detector import PromptMatch, detect
+from ..runtimes.prompt_detector import KIND_TEXT, TEXT_ANSWER_LIMIT, PromptMatch, detect
 from ..runtimes.screen import TerminalScreen
 from .service_client import ServiceClient, ServiceError
 
@@ -50,6 +53,7 @@ HITL_EVENT_SCHEMA: dict[str, Any] = {
 POLICY_CACHE_SECONDS = 5
 QUIET_SECONDS = 0.15  # the screen is read once output pauses this long
 RETYPE_AFTER = 2.0  # seconds before an answer the prompt ignored is typed again
+TEXT_FIELD_POLL = 0.05  # how often the screen is looked at while a text field opens
 
 
 class HitlBridge:
@@ -153,16 +157,27 @@ def _reason(request: dict[str, Any]) -> str:
 
 def keys_for(match: PromptMatch, request: dict[str, Any]) -> str | None:
     """What to type into the PTY for a decided terminal request."""
+    decision = request.get("decision") or "deny"
+    text = request.get("text")
+    if text is not None and match.text_key is not None and decision == "allow":
+        # The service checked it; checked again here, where it becomes keystrokes:
+        # one line of printable text, so it can only ever be the answer.
+        if policy_rules.answer_text_problem(text, TEXT_ANSWER_LIMIT) is None:
+            return f"{match.text_key}{text}\r"
+        decision = "deny"
     if request.get("option") in {o.key for o in match.options}:
         return request["option"]
     options = [{"key": o.key, "label": o.label} for o in match.options]
-    decision = request.get("decision") or "deny"
     key = policy_rules.default_option(options, decision)
     if key is not None:
         return key
-    # No options (a bare "Press Enter") or nothing that reads like "no": Enter to
-    # go on, Escape to dismiss Claude Code's menus (and most TUIs) without choosing.
-    return "\r" if decision == "allow" else "\x1b"
+    if decision == "allow":
+        return "\r"  # no options (a bare "Press Enter"): go on
+    if match.kind == KIND_TEXT:
+        return "\x03"  # a line prompt refused: interrupt what asks (Escape would be typed in)
+    # Nothing that reads like "no": Escape dismisses Claude Code's menus (and most
+    # TUIs) without choosing.
+    return "\x1b"
 
 
 class TerminalPromptWatcher:
@@ -241,7 +256,7 @@ class TerminalPromptWatcher:
         self._task = asyncio.create_task(self._ask(match))
 
     async def _ask(self, match: PromptMatch) -> None:
-        body = {
+        body: dict[str, Any] = {
             "session_id": None,
             "kind": "terminal",
             "tool": self.terminal_name,
@@ -250,6 +265,8 @@ class TerminalPromptWatcher:
             "options": [{"key": o.key, "label": o.label} for o in match.options],
             "dedupe_key": f"{self.terminal_name}:{match.fingerprint}",
         }
+        if match.text_key is not None:
+            body["text_max"] = TEXT_ANSWER_LIMIT
         try:
             self.filed += 1
             decided = await self.bridge.file_and_wait(body)
@@ -266,6 +283,10 @@ class TerminalPromptWatcher:
         self.current = None
         if not keys:
             return
+        text = decided.get("text")
+        if text is not None and keys == f"{match.text_key}{text}\r":
+            await self._type_text(match, text)
+            return
         # Claude Code drops keys typed in the instant a dialog first appears: if the
         # same prompt is still on screen a moment later, type the answer once more.
         for attempt in range(2):
@@ -279,3 +300,29 @@ class TerminalPromptWatcher:
             if still is None or still.fingerprint != match.fingerprint:
                 return
             log.info("the terminal prompt is still waiting; typing the answer again")
+
+    async def _type_text(self, match: PromptMatch, text: str) -> None:
+        """Type a text answer: first the key that opens the prompt's text field, and
+        the text only once the cursor is in it. Were that key dropped (as Claude
+        Code drops keys in the instant a dialog appears), the text and its Enter
+        would land in the menu and choose whatever is selected there."""
+        if match.text_key:
+            for _ in range(2):
+                if not self.term.ptyproc.isalive():
+                    return
+                self.term.ptyproc.write(match.text_key)
+                if await self._cursor_reaches(match.text_row, RETYPE_AFTER):
+                    break
+            else:
+                log.warning("the prompt's text field did not open; the answer was not typed")
+                return
+        if self.term.ptyproc.isalive():
+            self.term.ptyproc.write(f"{text}\r")
+
+    async def _cursor_reaches(self, row: int | None, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            await asyncio.sleep(TEXT_FIELD_POLL)
+            if row is None or self.screen.cursor_row == row:
+                return True
+        return False

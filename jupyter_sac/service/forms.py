@@ -180,7 +180,9 @@ def grants_body(current: Sequence[Mapping[str, Any]], checked: Sequence[str]) ->
 
 
 def decision_body(form: Mapping[str, list[str]]) -> dict[str, Any]:
-    """A decision form (decision, optional reason and option) as the API's body."""
+    """A decision form (decision, optional reason, and an option or a text answer)
+    as the API's body. A text typed before pressing Deny goes with nothing: Deny is
+    the answer."""
     body: dict[str, Any] = {"decision": last(form, "decision")}
     reason = last(form, "reason").strip()
     if reason:
@@ -188,6 +190,9 @@ def decision_body(form: Mapping[str, list[str]]) -> dict[str, Any]:
     option = last(form, "option")
     if option:
         body["option"] = option
+    text = last(form, "text")
+    if text and body["decision"] == "allow":
+        body["text"] = text
     return body
 
 
@@ -202,6 +207,8 @@ def decision_text(row: Mapping[str, Any], now: datetime) -> str:
             labels = {o["key"]: o["label"] for o in row["options"] or []}
             label = labels.get(row["option"])
             text += f", answer {row['option']}" + (f" ({label})" if label else "")
+        if row.get("answer_text") is not None:
+            text += f", answered with the text “{row['answer_text']}”"
         return text + (f". Reason: {row['reason']}" if row["reason"] else ".")
     if status == "timed_out":
         default = row["decision"]

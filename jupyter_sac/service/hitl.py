@@ -150,6 +150,9 @@ class RequestsHandler(HitlBaseHandler):
         options = _valid_options(body.get("options"))
         if kind == "terminal" and not options:
             raise bad("options", "a terminal prompt needs the options it offers")
+        text_max = body.get("text_max")
+        if text_max is not None and kind != "terminal":
+            raise bad("text_max", "only terminal prompts take text")
         fields = {
             "session_id": optional_text(body, "session_id", 200),
             "tool": optional_text(body, "tool", 200),
@@ -167,6 +170,7 @@ class RequestsHandler(HitlBaseHandler):
             kind=kind,
             input=storable(tool_input),
             options=options,
+            text_max=text_max,
             timeout=float(resolved["hitl_timeout"]),
             default_decision=default_decision(resolved),
             **fields,

@@ -16,7 +16,7 @@ DECIDED_STATUSES = ("approved", "denied", "timed_out", "cancelled")
 _COLUMNS = (
     "id, agent_id, owner, agent_slug, session_id, kind, tool, input, question, options,"
     " dedupe_key, status, decision, option, reason, decided_by, default_decision,"
-    " created_at, decided_at, expires_at"
+    " created_at, decided_at, expires_at, text_max, answer_text"
 )
 
 
@@ -36,9 +36,11 @@ def request_model(row: dict[str, Any]) -> dict[str, Any]:
         "input": row["input"],
         "question": row["question"],
         "options": row["options"],
+        "text_max": row["text_max"],
         "status": row["status"],
         "decision": row["decision"],
         "option": row["option"],
+        "text": row["answer_text"],
         "reason": row["reason"],
         "decided_by": row["decided_by"],
         "default_decision": row["default_decision"],
@@ -128,6 +130,7 @@ class HitlRequests:
         options: list[dict[str, str]],
         dedupe_key: str | None,
         timeout: float,
+        text_max: int | None = None,
         default_decision: str,
         conn: Conn | None = None,
     ) -> tuple[dict[str, Any], bool]:
@@ -145,6 +148,7 @@ class HitlRequests:
             Jsonb(options),
             dedupe_key,
             default_decision,
+            text_max,
             timeout,
         )
         async with using(self.pool, conn) as c:
@@ -155,8 +159,8 @@ class HitlRequests:
                 cur = await c.execute(
                     f"INSERT INTO hitl_requests (id, agent_id, owner, agent_slug, session_id,"
                     f" kind, tool, input, question, options, dedupe_key, default_decision,"
-                    f" expires_at)"
-                    f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                    f" text_max, expires_at)"
+                    f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
                     f"         now() + make_interval(secs => %s))"
                     f" ON CONFLICT (agent_id, dedupe_key)"
                     f"   WHERE status = 'pending' AND dedupe_key IS NOT NULL DO NOTHING"
@@ -224,6 +228,7 @@ class HitlRequests:
         reason: str | None,
         by: str,
         *,
+        text: str | None = None,
         conn: Conn | None = None,
     ) -> dict[str, Any] | None:
         """Decide a pending request; None if it is no longer pending (or past expiry)."""
@@ -231,10 +236,10 @@ class HitlRequests:
         async with using(self.pool, conn) as c:
             cur = await c.execute(
                 f"UPDATE hitl_requests SET status = %s, decision = %s, option = %s, reason = %s,"
-                f" decided_by = %s, decided_at = now()"
+                f" answer_text = %s, decided_by = %s, decided_at = now()"
                 f" WHERE id = %s AND status = 'pending' AND expires_at > now()"
                 f" RETURNING {_COLUMNS}",
-                (status, decision, option, reason, by, uuid.UUID(request_id)),
+                (status, decision, option, reason, text, by, uuid.UUID(request_id)),
             )
             return await cur.fetchone()
 

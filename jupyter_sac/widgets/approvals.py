@@ -31,7 +31,8 @@ class ApprovalRow:
     Attributes: ``request`` (as the service listed it), ``id``, ``agent`` and
     ``tool`` (Labels), ``input_view`` (HTML: a short rendering of the input; for a
     terminal prompt its question and options), ``option`` (Dropdown of a terminal
-    prompt's options, else None), ``reason`` (Text, optional), ``approve_button``,
+    prompt's options, else None), ``answer`` (Text: the answer to a prompt that
+    takes text, else None), ``reason`` (Text, optional), ``approve_button``,
     ``deny_button``, ``dismiss_button`` (shown once the row is settled),
     ``status`` (HTML: the outcome, or the service's refusal such as 403 or 409),
     ``decision`` (``approved``/``denied`` once decided here), ``settled`` (kept
@@ -58,6 +59,12 @@ class ApprovalRow:
                 description="Option",
                 layout=w.Layout(width="20em"),
             )
+        self.answer: w.Text | None = None
+        if request.get("text_max"):
+            self.answer = w.Text(
+                placeholder=f"or answer with text (≤ {request['text_max']})",
+                layout=w.Layout(width="16em"),
+            )
         self.reason = w.Text(placeholder="reason (optional)", layout=w.Layout(width="12em"))
         self.approve_button = w.Button(
             description="Approve",
@@ -78,7 +85,7 @@ class ApprovalRow:
         self.approve_button.on_click(lambda _: self.approve())
         self.deny_button.on_click(lambda _: self.deny())
         self.dismiss_button.on_click(lambda _: self.panel._dismiss(self))
-        controls = [c for c in (self.option, self.reason) if c is not None]
+        controls = [c for c in (self.option, self.answer, self.reason) if c is not None]
         self.box = w.VBox(
             [
                 w.HBox([self.agent, self.tool, self.input_view]),
@@ -98,18 +105,21 @@ class ApprovalRow:
             ),
         )
 
-    def approve(self, option: str | None = None) -> None:
+    def approve(self, option: str | None = None, text: str | None = None) -> None:
         """Allow the request (in the background); for a terminal prompt with the
-        chosen option (``option``, or the Dropdown's)."""
-        if option is None and self.option is not None:
+        chosen option (``option``, or the Dropdown's), or with ``text`` (or what
+        the answer field holds) for a prompt that takes text."""
+        if text is None and option is None and self.answer is not None:
+            text = self.answer.value or None
+        if text is None and option is None and self.option is not None:
             option = self.option.value
-        self._decide("allow", option)
+        self._decide("allow", option, text)
 
     def deny(self) -> None:
         """Deny the request (in the background)."""
         self._decide("deny", None)
 
-    def _decide(self, decision: str, option: str | None) -> None:
+    def _decide(self, decision: str, option: str | None, text: str | None = None) -> None:
         if self.working or self.decision:
             return
         self.working = True
@@ -122,7 +132,7 @@ class ApprovalRow:
             assert client is not None
             try:
                 if decision == "allow":
-                    decided = client.approve(self.id, option=option, reason=reason)
+                    decided = client.approve(self.id, option=option, reason=reason, text=text)
                 else:
                     decided = client.deny(self.id, reason=reason)
             except Exception as e:
@@ -136,20 +146,23 @@ class ApprovalRow:
         off = self.working or self.decision is not None or self.settled
         self.approve_button.disabled = off
         self.deny_button.disabled = off
-        if self.option is not None:
-            self.option.disabled = off
+        for field in (self.option, self.answer):
+            if field is not None:
+                field.disabled = off
         self.reason.disabled = off
         # Only a person's token decides here; an agent's hands over to the service.
         shown = "" if self.panel.can_decide else "none"
-        for control in (self.approve_button, self.deny_button, self.option, self.reason):
+        controls = (self.approve_button, self.deny_button, self.option, self.answer, self.reason)
+        for control in controls:
             if control is not None:
                 control.layout.display = shown
 
     def _decided(self, decided: dict[str, Any]) -> None:
         self.working = False
         self.decision = decided.get("status") or "decided"
-        option = decided.get("option")
+        option, answer = decided.get("option"), decided.get("text")
         text = self.decision + (f" (option {option})" if option else "")
+        text += f" (answered “{answer}”)" if answer is not None else ""
         self.status.value = f'<span style="{OK_STYLE}">{esc(text)}</span>'
         self._buttons()
         self.panel._decided(self)

@@ -811,6 +811,8 @@ export interface IHitlRequest {
   input: unknown;
   question: string | null;
   options: { key: string; label: string }[];
+  /** The prompt also takes a text answer of at most this many characters. */
+  text_max?: number | null;
   status: string;
   created_at: string;
   expires_at: string | null;

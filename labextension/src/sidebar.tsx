@@ -681,6 +681,14 @@ function ApprovalsSection(props: {
                     ))}
                   </ol>
                 ) : null}
+                {r.text_max ? (
+                  <p className="jp-SacMuted jp-SacApproval-text">
+                    {trans.__(
+                      'Or answer it with text (at most %1 characters), on the service.',
+                      r.text_max
+                    )}
+                  </p>
+                ) : null}
                 <div className="jp-SacRow">
                   <SmallButton
                     label={trans.__('Review and decide…')}

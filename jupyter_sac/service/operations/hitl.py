@@ -7,7 +7,13 @@ from typing import Any
 
 from ...errors import ApiError
 from ...rules import events
-from ...rules.hitl import DEFAULT_POLICY, PolicyError, default_option, validate_policy
+from ...rules.hitl import (
+    DEFAULT_POLICY,
+    PolicyError,
+    answer_text_problem,
+    default_option,
+    validate_policy,
+)
 from ...store import AgentRecord
 from ...store.hitl import PENDING, request_model
 from ...store.tx import Conn
@@ -87,9 +93,9 @@ def decision_snapshots(
     pending: dict[str, Any], decided: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A decided request before and after, as the audit log records it."""
-    asked = ("kind", "tool", "input", "question", "options")
+    asked = ("kind", "tool", "input", "question", "options", "text_max")
     before = {"agent": pending["agent_slug"], **{k: pending[k] for k in asked}, "status": PENDING}
-    after = {k: decided[k] for k in ("status", "decision", "option", "reason")}
+    after = {k: decided[k] for k in ("status", "decision", "option", "answer_text", "reason")}
     return before, after
 
 
@@ -121,7 +127,16 @@ async def decide_request(
     decision = body["decision"]
     reason = optional_text(body, "reason", MAX_REASON)
     option = body.get("option")
-    if row["kind"] == "terminal":
+    text = body.get("text")
+    if text is not None:
+        problem = answer_text_problem(text, row["text_max"])
+        if problem is None and decision != "allow":
+            problem = "a text answer goes with allow"
+        if problem is None and option is not None:
+            problem = "either an option or a text answer, not both"
+        if problem is not None:
+            raise bad("text", problem)
+    elif row["kind"] == "terminal":
         keys = [o["key"] for o in row["options"] or []]
         if option is None:
             option = default_option(row["options"], decision)
@@ -133,7 +148,7 @@ async def decide_request(
         raise ApiError(409, "already_decided", f"the request is already {row['status']}")
     async with ctx.store.transaction() as conn:
         decided = await ctx.store.hitl.decide(
-            request_id, decision, option, reason, ident.name, conn=conn
+            request_id, decision, option, reason, ident.name, text=text, conn=conn
         )
         if decided is not None:
             await record_decided(ctx, conn, decided)

@@ -196,8 +196,14 @@ def scenario(fn: Callable[[Context], None]) -> Callable[[Context], None]:
     return fn
 
 
-def expect(kind: str, keys: list[str], question: str) -> dict[str, Any]:
-    return {"kind": kind, "keys": keys, "question": question}
+def expect(
+    kind: str, keys: list[str], question: str, text_key: str | None = None
+) -> dict[str, Any]:
+    """What the detector should find; ``text_key`` when the prompt also takes text."""
+    want: dict[str, Any] = {"kind": kind, "keys": keys, "question": question}
+    if text_key is not None:
+        want["text_key"] = text_key
+    return want
 
 
 # --- Claude Code ----------------------------------------------------------------------
@@ -502,7 +508,8 @@ def claude_ask(ctx: Context) -> None:
         "claude_ask_question",
         p,
         f"{CLAUDE}: AskUserQuestion tool",
-        expect("claude_question", ["1", "2", "3", "4"], "Which database should the service use?"),
+        # "3. Type something." is the text answer's key, not an option of its own.
+        expect("claude_question", ["1", "2", "4"], "Which database should the service use?", "3"),
     )
     p.type("2")
     p.wait_text("Going with it.")
@@ -510,6 +517,46 @@ def claude_ask(ctx: Context) -> None:
     assert "→ SQLite" in p.text()
     cap.verified = "typing '2' answered SQLite"
     ctx.keep("claude_ask_answered", p, f"{CLAUDE}: after the question was answered", None)
+
+
+@scenario
+def claude_ask_text(ctx: Context) -> None:
+    p, _ = start_claude(ctx, "claude_ask_text")
+    question = {
+        "question": "What should the new file be called?",
+        "header": "Name",
+        "multiSelect": False,
+        "options": [
+            {"label": "notes.txt", "description": "Plain text"},
+            {"label": "todo.md", "description": "Markdown"},
+        ],
+    }
+    script(
+        ctx,
+        [
+            {"tool_use": {"name": "AskUserQuestion", "input": {"questions": [question]}}},
+            "Named it.",
+        ],
+    )
+    submit(p, "make a file")
+    p.wait_text("What should the new file be called?")
+    p.settle()
+    cap = ctx.keep(
+        "claude_ask_text_question",
+        p,
+        f"{CLAUDE}: AskUserQuestion tool, answered with text",
+        expect("claude_question", ["1", "2", "4"], "What should the new file be called?", "3"),
+    )
+    p.type("3")
+    p.settle()
+    p.type("my-notes.txt")
+    p.settle()
+    ctx.keep("claude_ask_text_typing", p, f"{CLAUDE}: the text typed, not yet sent", None)
+    p.type("\r")
+    p.wait_text("Named it.")
+    p.settle()
+    assert "→ my-notes.txt" in p.text()
+    cap.verified = "typing '3', then the text, then Enter answered my-notes.txt"
 
 
 @scenario
@@ -1089,6 +1136,26 @@ def read_prompts(ctx: Context) -> None:
         expect("press_enter", ["\r"], "Press Enter to continue..."),
     )
     p.type("\r")
+    p.wait_for(at_shell_prompt, 10, "prompt")
+    run(p, "clear; read -p 'Enter a name for the release: ' name")
+    wait_cursor_line(p, r"Enter a name")
+    p.settle()
+    cap = ctx.keep(
+        "read_p_text",
+        p,
+        "bash read -p (a value)",
+        expect("text", ["\r"], "Enter a name for the release:", ""),
+    )
+    p.type("Spring 2027\r")
+    p.wait_for(at_shell_prompt, 10, "prompt")
+    run(p, 'echo "name=$name"')
+    p.wait_text("name=Spring 2027")
+    cap.verified = "typing the text + Enter set the variable to it"
+    run(p, "clear; read -s -p 'Password for deploy@example.org: ' pw")
+    wait_cursor_line(p, r"Password for")
+    p.settle()
+    ctx.keep("read_p_password", p, "bash read -s -p (a password: never taken)", None)
+    p.type("x\r")
     p.wait_for(at_shell_prompt, 10, "prompt")
     run(p, "clear; read -n 1 -p 'Restart the service now? (y/n) ' k; echo; echo got=$k")
     wait_cursor_line(p, r"\(y/n\)")
