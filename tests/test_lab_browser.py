@@ -220,6 +220,15 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
         expect(settings.locator("#done")).to_contain_text("restart")
         settings.screenshot(path=str(artifacts / "3c-settings-page.png"))
         settings.close()
+        # Another agent, from a template: the person's home page on the service,
+        # whose form offers the templates.
+        with page.context.expect_page() as opened:
+            agent_section.get_by_role("button", name=re.compile("Create another agent")).click()
+        home = opened.value
+        home.wait_for_load_state()
+        assert home.url.split("#")[0] == stack["service_url"]
+        expect(home.locator("#new-agent")).to_contain_text("notebook-analyst")
+        home.close()
         agent_section.get_by_role("button", name="Refresh").click()
         expect(agent_section.locator("[data-fact=model]")).to_have_text("claude-opus-4-1")
         assert client.sac("GET", f"users/{name}/agents/desk").json()["model"] == "claude-opus-4-1"

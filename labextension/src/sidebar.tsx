@@ -211,6 +211,13 @@ function AgentSection(props: { ctx: ISacContext }): JSX.Element {
             )
           }
         />
+        <SmallButton
+          label={trans.__('New agent…')}
+          title={trans.__(
+            'Create another agent, from one of your templates, on your SAC home page'
+          )}
+          onClick={() => ctx.openServicePage('')}
+        />
       </div>
       {others.value && others.value.agents.length > 1 ? (
         <label className="jp-SacField">
