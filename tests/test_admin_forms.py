@@ -1,6 +1,7 @@
 """The pure rules behind the pages' forms: form fields to overrides, values back to
 fields, resolved values for reading, usage totals; the person's pages' forms to the
-API's bodies (an agent's settings, a decision, a skill's visibility)."""
+API's bodies (an agent's settings, a decision, a skill's visibility, a template's
+definition)."""
 
 from __future__ import annotations
 
@@ -21,12 +22,16 @@ from jupyter_sac.service.forms import (
     parse_form,
     show_bytes,
     show_value,
+    template_definition,
+    template_error_field,
+    template_form_values,
     usage_totals,
     validated_form,
     visibility_body,
     visibility_choices,
     visibility_value,
 )
+from jupyter_sac.service.operations.templates import shipped_presets
 from jupyter_sac.service.pages import server_status, visible_tabs
 from jupyter_sac.store import AgentRecord
 
@@ -286,3 +291,39 @@ def test_visibility_choices_and_values() -> None:
         "group": "data",
     }
     assert visibility_body({"visibility": ["public"]}) == {"visibility": "public", "group": None}
+
+
+def test_every_preset_survives_the_template_form_unchanged() -> None:
+    # A saved definition replaces the whole one: the form must lose nothing.
+    for name, definition in shipped_presets().items():
+        form = {k: [v] for k, v in template_form_values(definition).items()}
+        assert template_definition(form) == definition, name
+
+
+def test_a_template_form_as_a_definition() -> None:
+    form = {
+        "display_name": [" Notes "], "description": ["   "], "system_prompt": ["One.\r\nTwo."],
+        "max_turns": ["12"], "allowed_tools": ["Read\r\n\r\n Bash(git diff:*) \r\n"],
+        "permission_mode": [""], "subagents": [""], "workspace_files": ['{"a.md": "# A"}'],
+    }  # fmt: skip
+    assert template_definition(form) == {
+        "display_name": "Notes", "system_prompt": "One.\nTwo.", "max_turns": 12,
+        "allowed_tools": ["Read", "Bash(git diff:*)"], "workspace_files": {"a.md": "# A"},
+    }  # fmt: skip
+    # An empty display name is left for the API to refuse, by name.
+    assert template_definition({}) == {"display_name": ""}
+    with pytest.raises(ApiError) as bad_json:
+        template_definition({"display_name": ["X"], "mcp_servers": ['{"x": ']})
+    assert bad_json.value.extra["field"] == "mcp_servers"
+    assert "not valid JSON" in bad_json.value.message
+    with pytest.raises(ApiError) as bad_number:
+        template_definition({"display_name": ["X"], "max_turns": ["many"]})
+    assert bad_number.value.extra["field"] == "max_turns"
+
+
+def test_the_form_field_an_api_error_names() -> None:
+    assert template_error_field("definition.mcp_servers.x.type") == "mcp_servers"
+    assert template_error_field("definition/workspace_files/../x") == "workspace_files"
+    assert template_error_field("definition") == "definition"
+    assert template_error_field("name") == "name"
+    assert template_error_field("") == ""

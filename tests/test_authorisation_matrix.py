@@ -260,6 +260,19 @@ SERVICE_ROWS: list[Row] = [
     Row("POST", P + "notifications", PERSONS, form={"action": "nope"}, ok=frozenset({400})),
     Row("GET", P + "secrets", PERSONS, ok=frozenset({200})),
     Row("POST", P + "secrets", PERSONS, form={"action": "nope"}, ok=frozenset({400})),
+    # the templates pages: persons; changing alice's personal template is hers alone (an
+    # administrator sees it, but the save is refused before the form's invalid definition)
+    Row("GET", P + "templates", PERSONS, ok=frozenset({200})),
+    Row("GET", P + "templates/new", PERSONS, ok=frozenset({200})),
+    Row("POST", P + "templates/new", PERSONS, form={"name": "Not A Name"}, ok=frozenset({400})),
+    Row("GET", P + "templates/{template}", OWNER, ok=frozenset({200})),
+    Row(
+        "POST",
+        P + "templates/{template}",
+        who("owner"),
+        form={"action": "save", "display_name": ""},
+        ok=frozenset({400}),
+    ),
     Row("GET", P + "skills/{skill}", OWNER, ok=frozenset({200})),
     Row("POST", P + "skills/{skill}", OWNER, form={"action": "nope"}, ok=frozenset({400})),
     # OAuth's callback: without the state of a login under way, everyone gets a 400.

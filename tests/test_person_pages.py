@@ -224,8 +224,15 @@ def test_every_token_an_agent_holds_gets_403_on_every_page_and_changes_nothing(
     sid = skill.json()["id"]
     agent_before = client.sac("GET", f"users/{name}/agents/{SLUG}").json()
     policy_before = client.sac("GET", f"users/{name}/agents/{SLUG}/hitl-policy").json()
+    template = client.sac(
+        "POST", "templates", json={"name": f"t{uuid.uuid4().hex[:6]}",
+                                   "definition": {"display_name": "Mine"}}
+    )  # fmt: skip
+    assert template.status_code == 201, template.text
+    tid = template.json()["id"]
     agent_page = f"agents/{name}/{SLUG}"
-    gets = ["", "approvals", f"approvals/{rid}", agent_page, f"skills/{sid}"]
+    gets = ["", "approvals", f"approvals/{rid}", agent_page, f"skills/{sid}", "templates",
+            "templates/new", f"templates/{tid}"]  # fmt: skip
     posts = [
         (f"approvals/{rid}", {"decision": "allow"}),
         (agent_page, {"action": "save", "model": "stolen-model", "api_key": "sk-stolen-key-1"}),
@@ -234,6 +241,9 @@ def test_every_token_an_agent_holds_gets_403_on_every_page_and_changes_nothing(
         (f"skills/{sid}", {"action": "share", "visibility": "public"}),
         (f"skills/{sid}", {"action": "delete", "confirm": "1"}),
         ("", {"slug": "spawned"}),
+        (f"templates/{tid}", {"action": "save", "display_name": "Stolen"}),
+        (f"templates/{tid}", {"action": "delete"}),
+        ("templates/new", {"name": "stolen", "display_name": "Stolen"}),
     ]
     # The sandbox's agent token, and its server's hub token (a driver: drive_agents).
     for token in (agent_token, hub_token):
@@ -254,10 +264,14 @@ def test_every_token_an_agent_holds_gets_403_on_every_page_and_changes_nothing(
     assert client.sac("GET", f"users/{name}/agents/{SLUG}/hitl-policy").json() == policy_before
     assert client.sac("GET", f"skills/{sid}").json()["visibility"] == "private"
     assert client.sac("GET", f"users/{name}/agents/spawned").status_code == 404
+    kept = client.sac("GET", f"templates/{tid}").json()
+    assert (kept["version"], kept["definition"]) == (1, {"display_name": "Mine"})
+    assert "stolen" not in {t["name"] for t in client.sac("GET", "templates").json()["templates"]}
     # The person's own token may (a token made at /hub/token acts as them).
     assert page(client, f"skills/{sid}").status_code == 200
     client.sac("DELETE", f"skills/{sid}")
     client.sac("POST", f"hitl/requests/{rid}/decision", json={"decision": "deny"})
+    client.sac("DELETE", f"templates/{tid}")
 
 
 def test_the_settings_page_changes_model_key_drive_and_policy_through_the_api_rules(

@@ -39,6 +39,7 @@ from . import (
     person_pages,
     secrets,
     skills,
+    template_pages,
     templates,
     webhooks,
     workspace,
@@ -324,6 +325,7 @@ class SacService(Application):
             *workspace.routes(p),
             *admin_pages.routes(p),
             *person_pages.routes(p),
+            *template_pages.routes(p),
             (p + r"api/.*", NotFoundHandler),
         ]
         hub_auth = HubOAuth(api_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""), cache_max_age=60)

@@ -13,6 +13,8 @@ the bodies the API's operations take, so the API's validation applies unchanged.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -302,3 +304,90 @@ def visibility_body(form: Mapping[str, list[str]]) -> dict[str, Any]:
     if value.startswith("group:"):
         return {"visibility": "group", "group": value.removeprefix("group:")}
     return {"visibility": value, "group": None}
+
+
+# ---- agent templates ------------------------------------------------------------------
+
+# Every field of a template's definition (TemplateDefinition) is on the template
+# form, since a definition given to the API replaces the whole one: a field the
+# form left out would be lost at the next save. Three kinds of field:
+# text (empty: absent), one item a line (empty: absent), and JSON (empty: absent).
+TEMPLATE_TEXT_FIELDS = (
+    "display_name", "description", "provider", "model", "system_prompt", "claude_md",
+    "permission_mode",
+)  # fmt: skip
+TEMPLATE_LINE_FIELDS = ("allowed_tools", "disallowed_tools", "skills")
+TEMPLATE_JSON_FIELDS = ("mcp_servers", "subagents", "workspace_files", "hitl_policy", "overrides")
+TEMPLATE_FORM_FIELDS = (
+    *TEMPLATE_TEXT_FIELDS, "max_turns", *TEMPLATE_LINE_FIELDS, *TEMPLATE_JSON_FIELDS,
+)  # fmt: skip
+# Fields of one line: spaces around them are never meant.
+_ONE_LINE = ("display_name", "provider", "model", "permission_mode")
+
+
+def _typed_text(raw: str) -> str:
+    # Browsers send a textarea's line breaks as CRLF; a prompt is stored as typed,
+    # with the line breaks the API would have been given.
+    return raw.replace("\r\n", "\n")
+
+
+def template_definition(form: Mapping[str, list[str]]) -> dict[str, Any]:
+    """A template's definition from the template form. Only what a form alone can
+    get wrong is checked here (JSON text, a number); the definition's shape and
+    rules are the operation's (the API's own checks), so a page and the API refuse
+    the same things with the same words."""
+    definition: dict[str, Any] = {}
+    for name in TEMPLATE_TEXT_FIELDS:
+        value = _typed_text(last(form, name))
+        if name in _ONE_LINE:
+            value = value.strip()
+        if name == "display_name" or value.strip():
+            # display_name is required: an empty one is the API's 400, named.
+            definition[name] = value
+    max_turns = last(form, "max_turns").strip()
+    if max_turns:
+        try:
+            definition["max_turns"] = int(max_turns)
+        except ValueError:
+            raise bad("max_turns", f"expected a whole number, got {max_turns!r}") from None
+    for name in TEMPLATE_LINE_FIELDS:
+        items = [line.strip() for line in last(form, name).splitlines() if line.strip()]
+        if items:
+            definition[name] = items
+    for name in TEMPLATE_JSON_FIELDS:
+        text = last(form, name).strip()
+        if not text:
+            continue
+        try:
+            definition[name] = json.loads(text)
+        except ValueError as e:
+            raise bad(name, f"not valid JSON ({e})") from None
+    return definition
+
+
+def template_form_values(definition: Mapping[str, Any]) -> dict[str, str]:
+    """A stored definition as the template form shows it (and reads back)."""
+    values = {name: str(definition.get(name, "")) for name in TEMPLATE_TEXT_FIELDS}
+    values["max_turns"] = str(definition.get("max_turns", ""))
+    for name in TEMPLATE_LINE_FIELDS:
+        values[name] = "\n".join(definition.get(name) or [])
+    for name in TEMPLATE_JSON_FIELDS:
+        values[name] = (
+            json.dumps(definition[name], indent=2, ensure_ascii=False) if name in definition else ""
+        )
+    return values
+
+
+def template_typed_values(form: Mapping[str, list[str]]) -> dict[str, str]:
+    """What was typed into the template form, to show it again beside an error."""
+    return {name: last(form, name) for name in ("name", "scope", *TEMPLATE_FORM_FIELDS)}
+
+
+def template_error_field(field: str) -> str:
+    """The form field an error of the template operations names: the API names a
+    definition's part as ``definition.mcp_servers.x`` (its schema) or
+    ``definition/mcp_servers/x`` (its rules); the form's field is the part."""
+    parts = [p for p in re.split(r"[./]", field) if p]
+    if len(parts) > 1 and parts[0] == "definition":
+        return parts[1]
+    return parts[0] if parts else ""
