@@ -60,6 +60,8 @@ def test_template_api_versions_forks_and_who_may_write(stack: dict, new_user, ad
     assert all(t["scope"] == "organisation" and not t["editable"] for t in presets.values())
     code = presets["code-assistant"]
     assert code["definition"] == PRESETS["code-assistant"]
+    # Not even an administrator, whom the API tells so before trying.
+    assert admin.sac("GET", f"templates/{code['id']}").json()["editable"] is False
     refused = admin.sac("PATCH", f"templates/{code['id']}", json={"definition": DEFINITION})
     assert refused.status_code == 409 and refused.json()["error"] == "template_builtin"
 

@@ -40,10 +40,9 @@ TEMPLATE_DONE = {
 
 
 def may_edit(template: dict[str, Any]) -> bool:
-    """Does the page offer to change (and delete) it? The API's ``editable`` (may
-    write it), except for a shipped preset, which the API refuses to change even
-    to administrators (it is replaced at each start): it is forked instead."""
-    return bool(template["editable"]) and not template["builtin"]
+    """Does the page offer to change (and delete) it? The API's ``editable``: the
+    caller may write it and it is not a shipped preset (those are forked)."""
+    return bool(template["editable"])
 
 
 def template_path(template_id: int | str) -> str:

@@ -39,7 +39,8 @@ def template_model(template: Template, ident: Identity) -> dict[str, Any]:
         "version": template.version,
         "builtin": template.builtin,
         "definition": template.definition,
-        "editable": _may_write(ident, template),
+        # A shipped preset is never changed (it is replaced at each start): forked.
+        "editable": _may_write(ident, template) and not template.builtin,
         "created_by": template.created_by,
         "created_at": template.created_at.isoformat(),
         "updated_by": template.updated_by,
