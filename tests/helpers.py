@@ -619,6 +619,45 @@ class TerminalCommand:
         return self.output
 
 
+class ChatTurn:
+    """A chat turn through the agent's chat API, its events read from a socket
+    opened before the message was sent (so none is missed)."""
+
+    def __init__(self, conn: WebSocketClientConnection, accepted: dict[str, Any]):
+        self.conn = conn
+        self.accepted = accepted  # the 202's body: session_id, turn_id
+
+    @classmethod
+    async def start(cls, base: str, token: str, message: str, **body: Any) -> ChatTurn:
+        conn = await websocket_connect(
+            HTTPRequest(
+                base.replace("http", "ws", 1) + "sac/api/chat/events",
+                headers={"Authorization": f"token {token}"},
+            )
+        )
+        async with httpx.AsyncClient(headers={"Authorization": f"token {token}"}) as c:
+            resp = await c.post(
+                base + "sac/api/chat", json={"message": message, **body}, timeout=60
+            )
+        assert resp.status_code == 202, resp.text
+        return cls(conn, resp.json())
+
+    async def finish(self, timeout: float = 120) -> list[dict[str, Any]]:
+        """The events up to and including the turn's ``turn_end``."""
+        seen: list[dict[str, Any]] = []
+        while not seen or seen[-1]["type"] != "turn_end":
+            msg = await asyncio.wait_for(self.conn.read_message(), timeout)
+            assert msg is not None, f"socket closed; events so far: {seen}"
+            seen.append(json.loads(msg))
+        self.conn.close()
+        return seen
+
+
+async def chat_turn(base: str, token: str, message: str, **body: Any) -> list[dict[str, Any]]:
+    """One whole chat turn: its events up to and including ``turn_end``."""
+    return await (await ChatTurn.start(base, token, message, **body)).finish()
+
+
 def pending_requests(client: HubApi, user: str) -> list[dict[str, Any]]:
     """``user``'s HITL requests waiting for a decision, as ``client`` sees them."""
     resp = client.sac("GET", "hitl/requests", params={"status": "pending"})

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import HubApi, run_in_terminal, running_agent
+from helpers import ChatTurn, HubApi, run_in_terminal, running_agent
 
 from jupyter_sac.client import AsyncClient
 
@@ -350,8 +350,6 @@ async def test_a_finished_chat_turn_is_on_its_owners_stream(stack: dict, fake: s
     import json
 
     from helpers import agent_token, allow_all, model_agent, script_model, server_url
-    from tornado.httpclient import HTTPRequest
-    from tornado.websocket import websocket_connect
 
     from sac_testing.stack import poll_until
 
@@ -371,19 +369,9 @@ async def test_a_finished_chat_turn_is_on_its_owners_stream(stack: dict, fake: s
 
         script_model(fake, "All three files are tidy now.")
         base = server_url(stack["url"], name, "talk")
-        events = await websocket_connect(
-            HTTPRequest(
-                base.replace("http", "ws", 1) + "sac/api/chat/events",
-                headers={"Authorization": f"token {owner.token}"},
-            )
-        )
-        api = httpx.Client(headers={"Authorization": f"token {owner.token}"}, timeout=60)
-        resp = api.post(base + "sac/api/chat", json={"message": "tidy up"})
-        assert resp.status_code == 202, resp.text
-        sid, tid = resp.json()["session_id"], resp.json()["turn_id"]
-        while json.loads(await events.read_message())["type"] != "turn_end":
-            pass
-        events.close()
+        turn = await ChatTurn.start(base, owner.token, "tidy up")
+        sid, tid = turn.accepted["session_id"], turn.accepted["turn_id"]
+        await turn.finish()
         (told,) = poll_until(finished, 30, "chat.turn_finished on the owner's stream")
         assert (told["session_id"], told["turn_id"], told["agent"]) == (sid, tid, "talk")
         assert told["is_error"] is False and told["summary"] == "All three files are tidy now."

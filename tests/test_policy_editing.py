@@ -17,6 +17,7 @@ from helpers import (
     CHROMIUM_ARGS,
     agent_token,
     browser_client,
+    chat_turn,
     model_agent,
     script_model,
     server_url,
@@ -24,8 +25,6 @@ from helpers import (
     sign_up,
     xsrf_of,
 )
-from tornado.httpclient import HTTPRequest
-from tornado.websocket import websocket_connect
 
 pytestmark = pytest.mark.stack
 
@@ -139,18 +138,8 @@ async def test_a_policy_edited_in_the_browser_governs_the_next_tool_call(
             "done",
         )
         base = server_url(stack["url"], name, "edit")
-        events = await websocket_connect(
-            HTTPRequest(
-                base.replace("http", "ws", 1) + "sac/api/chat/events",
-                headers={"Authorization": f"token {client.token}"},
-            )
-        )
+        seen = await chat_turn(base, client.token, "touch it")
         api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=60)
-        assert api.post(base + "sac/api/chat", json={"message": "touch it"}).status_code == 202
-        seen: list[dict] = []
-        while not seen or seen[-1]["type"] != "turn_end":
-            seen.append(json.loads(await events.read_message()))
-        events.close()
         (result,) = [e for e in seen if e["type"] == "tool_result"]
         assert result["is_error"] is True, seen
         assert api.get(base + "api/contents/ran.txt").status_code == 404

@@ -13,8 +13,10 @@ import psycopg
 import pytest
 from conftest import ADMIN_PASSWORD
 from helpers import (
+    ChatTurn,
     agent_token,
     browser_client,
+    chat_turn,
     model_agent,
     pending_requests,
     run_in_terminal,
@@ -26,8 +28,6 @@ from helpers import (
     stored_history,
     xsrf_of,
 )
-from tornado.httpclient import HTTPRequest
-from tornado.websocket import websocket_connect
 
 from sac_testing.stack import poll_until
 
@@ -188,19 +188,7 @@ async def test_a_granted_secret_reaches_the_sandbox_and_never_the_history(
             "printed",
         )
         base = server_url(stack["url"], user, "run")
-        events = await websocket_connect(
-            HTTPRequest(
-                base.replace("http", "ws", 1) + "sac/api/chat/events",
-                headers={"Authorization": f"token {client.token}"},
-            )
-        )
-        api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=60)
-        resp = api.post(base + "sac/api/chat", json={"message": "print my token"})
-        assert resp.status_code == 202, resp.text
-        seen = []
-        while not seen or seen[-1]["type"] != "turn_end":
-            seen.append(json.loads(await events.read_message()))
-        events.close()
+        seen = await chat_turn(base, client.token, "print my token")
         results = [e for e in seen if e["type"] == "tool_result"]
         assert results and VALUE in json.dumps(results), seen  # the tool did print it
 
@@ -224,13 +212,7 @@ async def test_a_granted_secret_reaches_the_sandbox_and_never_the_history(
         # approver is shown has the name instead.
         command = f"curl -s -H 'Authorization: token {VALUE}' https://example.org/"
         script_model(fake, {"tool_use": {"name": "Bash", "input": {"command": command}}}, "ok")
-        events = await websocket_connect(
-            HTTPRequest(
-                base.replace("http", "ws", 1) + "sac/api/chat/events",
-                headers={"Authorization": f"token {client.token}"},
-            )
-        )
-        assert api.post(base + "sac/api/chat", json={"message": "use it"}).status_code == 202
+        turn = await ChatTurn.start(base, client.token, "use it")
         request = poll_until(
             lambda: (p := pending_requests(client, user)) and p[0], 60, "a pending request"
         )
@@ -240,9 +222,7 @@ async def test_a_granted_secret_reaches_the_sandbox_and_never_the_history(
             "POST", f"hitl/requests/{request['id']}/decision", json={"decision": "deny"}
         )
         assert decided.status_code == 200, decided.text
-        while json.loads(await events.read_message())["type"] != "turn_end":
-            pass
-        events.close()
+        await turn.finish()
     finally:
         client.sac("DELETE", f"users/{user}/agents/run")
 

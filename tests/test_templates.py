@@ -6,7 +6,6 @@ and MCP server reach what the model is sent."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import uuid
@@ -19,16 +18,19 @@ from helpers import (
     TerminalClient,
     allow_all,
     browser_client,
+    chat_turn,
     model_agent,
+    script_model,
     server_url,
     service_url,
     sign_up,
+    stored_history,
     xsrf_of,
 )
-from tornado.httpclient import HTTPRequest
-from tornado.websocket import websocket_connect
 
+from jupyter_sac.client.errors import SacError
 from jupyter_sac.service.operations.templates import shipped_presets
+from sac_testing.stack import poll_until
 
 pytestmark = pytest.mark.stack
 
@@ -257,6 +259,27 @@ def test_the_python_client_lists_templates_and_creates_from_one(stack: dict, new
         assert made["template"]["name"] == "data-analysis"
         assert made["display_name"] == "Data analysis"
         agent.delete()
+
+        # Templates of one's own: fork a preset, change it, make an agent from it.
+        preset = next(t for t in client.templates() if t["name"] == "code-assistant")
+        assert client.template(preset["id"])["editable"] is False
+        mine = client.fork_template(preset["id"], name="my-coder")
+        assert (mine["scope"], mine["version"], mine["editable"]) == ("personal", 1, True)
+        changed = client.update_template(
+            mine["id"], definition={**mine["definition"], "system_prompt": "Answer in haiku."}
+        )
+        assert changed["version"] == 2
+        assert client.template(mine["id"])["definition"]["system_prompt"] == "Answer in haiku."
+        made = client.create_template("notes", {"display_name": "Notes", "max_turns": 3})
+        assert made["version"] == 1 and made["definition"]["max_turns"] == 3
+        poet = client.create_agent("poet", template="my-coder")
+        assert hub.sac("GET", f"users/{user}/agents/poet").json()["template"]["version"] == 2
+        poet.delete()
+        with pytest.raises(SacError) as refused:
+            client.update_template(preset["id"], definition=DEFINITION)
+        assert refused.value.status == 409
+        client.delete_template(mine["id"])
+        assert "my-coder" not in {t["name"] for t in client.templates()}
     finally:
         client.close()
 
@@ -317,23 +340,8 @@ def _offered(body: dict[str, Any]) -> set[str]:
 
 
 async def _chat_turn(base: str, token: str) -> None:
-    conn = await websocket_connect(
-        HTTPRequest(
-            base.replace("http", "ws", 1) + "sac/api/chat/events",
-            headers={"Authorization": f"token {token}"},
-        )
-    )
-    api = httpx.Client(headers={"Authorization": f"token {token}"}, timeout=60)
-    resp = api.post(base + "sac/api/chat", json={"message": "hello", "session_id": None})
-    assert resp.status_code == 202, resp.text
-    while True:
-        msg = await asyncio.wait_for(conn.read_message(), 120)
-        assert msg is not None
-        event = json.loads(msg)
-        assert event["type"] != "error", event
-        if event["type"] == "turn_end":
-            break
-    conn.close()
+    seen = await chat_turn(base, token, "hello", session_id=None)
+    assert not [e for e in seen if e["type"] == "error"], seen
 
 
 @pytest.mark.asyncio
@@ -433,3 +441,71 @@ async def test_the_claude_terminal_runs_with_the_template(stack: dict, fake: str
         assert "Read" in offered
     finally:
         client.sac("DELETE", f"users/{user}/agents/t1")
+
+
+# A stdio MCP server in a few lines: one tool that says which token it was started with.
+PROBE_SERVER = r"""
+import json, os, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    if "id" not in msg:
+        continue
+    method, result = msg.get("method"), None
+    if method == "initialize":
+        result = {"protocolVersion": msg["params"]["protocolVersion"],
+                  "capabilities": {"tools": {}}, "serverInfo": {"name": "probe", "version": "1"}}
+    elif method == "tools/list":
+        result = {"tools": [{"name": "token", "description": "The token this server was given.",
+                             "inputSchema": {"type": "object", "properties": {}}}]}
+    elif method == "tools/call":
+        text = "token=" + os.environ.get("PROBE_TOKEN", "none")
+        result = {"content": [{"type": "text", "text": text}]}
+    reply = {"result": result} if result is not None else {
+        "error": {"code": -32601, "message": "unknown method"}}
+    print(json.dumps({"jsonrpc": "2.0", "id": msg["id"], **reply}), flush=True)
+"""
+
+
+@pytest.mark.asyncio
+async def test_a_secret_named_by_an_mcp_server_reaches_it_through_claude(
+    stack: dict, fake: str, new_user
+) -> None:
+    """A template's MCP server names one of the owner's secrets: claude (the real
+    CLI) expands the ``${NAME}`` the extension wrote into its --mcp-config from the
+    agent's environment, so the server gets the value; the history keeps the name."""
+    user, client = new_user("tplm")
+    value = "probe-" + uuid.uuid4().hex
+    assert client.sac("PUT", "secrets/PROBE_SECRET", json={"value": value}).status_code == 201
+    definition = {
+        **DEFINITION,
+        "mcp_servers": {
+            "probe": {
+                "type": "stdio",
+                "command": "python3",
+                "args": ["-c", PROBE_SERVER],
+                "env": {"PROBE_TOKEN": {"secret": "PROBE_SECRET"}},
+            }
+        },
+        "hitl_policy": {"default": "allow"},
+    }
+    made = client.sac("POST", "templates", json={"name": "probe", "definition": definition})
+    assert made.status_code == 201, made.text
+    resp = client.sac(
+        "POST", "agents", json={"slug": "m1", "template": "probe", **model_agent(fake)}
+    )
+    assert resp.status_code == 201, resp.text
+    try:
+        client.start(user, "m1")
+        script_model(fake, {"tool_use": {"name": "mcp__probe__token", "input": {}}}, "probed")
+        seen = await chat_turn(server_url(stack["url"], user, "m1"), client.token, "probe it")
+        results = [e for e in seen if e["type"] == "tool_result"]
+        assert results and f"token={value}" in json.dumps(results), seen
+
+        def stored() -> list | None:
+            events = stored_history(client, user, "m1")
+            return events if "probed" in json.dumps(events) else None
+
+        history = json.dumps(poll_until(stored, 60, "the turn's history stored"))
+        assert value not in history and "token=[secret PROBE_SECRET]" in history
+    finally:
+        client.sac("DELETE", f"users/{user}/agents/m1")

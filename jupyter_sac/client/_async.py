@@ -223,6 +223,38 @@ class AsyncClient:
         own (docs/templates.md); pass one's name or id as ``create_agent(template=)``."""
         return (await self.sac("GET", "templates"))["templates"]
 
+    async def template(self, template_id: int | str) -> dict[str, Any]:
+        """One template by id, its latest version (``editable``: may I change it)."""
+        return await self.sac("GET", f"templates/{quote(str(template_id))}")
+
+    async def create_template(self, name: str, definition: dict[str, Any],
+                              scope: str = "personal") -> dict[str, Any]:  # fmt: skip
+        """A new template at version 1 (``scope="organisation"`` for curators)."""
+        body = {"name": name, "definition": definition, "scope": scope}
+        return await self.sac("POST", "templates", json=body)
+
+    async def update_template(
+        self,
+        template_id: int | str,
+        *,
+        name: str | None = None,
+        definition: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The template's next version (a definition given replaces the whole one)."""
+        body = {k: v for k, v in (("name", name), ("definition", definition)) if v is not None}
+        return await self.sac("PATCH", f"templates/{quote(str(template_id))}", json=body)
+
+    async def fork_template(
+        self, template_id: int | str, name: str | None = None
+    ) -> dict[str, Any]:
+        """A personal copy of a template I may see, at version 1."""
+        body = {"name": name} if name else {}
+        return await self.sac("POST", f"templates/{quote(str(template_id))}/fork", json=body)
+
+    async def delete_template(self, template_id: int | str) -> None:
+        """Delete a template I may change; agents made from it keep their version."""
+        await self.sac("DELETE", f"templates/{quote(str(template_id))}")
+
     # ---- skills ---------------------------------------------------------------------
 
     async def skills(self, q: str | None = None, tier: str | None = None,

@@ -125,6 +125,24 @@ class Client:
     def templates(self) -> list[dict[str, Any]]:
         return self._loop.run(self.aio.templates())
 
+    def template(self, template_id: int | str) -> dict[str, Any]:
+        return self._loop.run(self.aio.template(template_id))
+
+    def create_template(self, name: str, definition: dict[str, Any],
+                        scope: str = "personal") -> dict[str, Any]:  # fmt: skip
+        return self._loop.run(self.aio.create_template(name, definition, scope))
+
+    def update_template(self, template_id: int | str, *, name: str | None = None,
+                        definition: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+        return self._loop.run(self.aio.update_template(template_id, name=name,
+                                                       definition=definition))  # fmt: skip
+
+    def fork_template(self, template_id: int | str, name: str | None = None) -> dict[str, Any]:
+        return self._loop.run(self.aio.fork_template(template_id, name))
+
+    def delete_template(self, template_id: int | str) -> None:
+        self._loop.run(self.aio.delete_template(template_id))
+
     def skills(self, q: str | None = None, tier: str | None = None,
                limit: int = 50) -> list[dict[str, Any]]:  # fmt: skip
         return self._loop.run(self.aio.skills(q, tier, limit))
