@@ -33,6 +33,7 @@ NAMESPACE = "sac-agents"
 IMAGE = "sac-sandbox:test"
 BROKEN_IMAGE = "sac-sandbox:broken"
 MISSING_IMAGE = "registry.example.invalid/sac-sandbox:missing"
+ANALYSIS_IMAGE = "sac-sandbox:analysis"
 
 HUB_CONFIG = f"""
 c.JupyterHub.spawner_class = "jupyter_sac.spawner.KubeAgentSpawner"
@@ -57,6 +58,20 @@ def choose_image(spawner):
 
 
 c.KubeAgentSpawner.pre_spawn_hook = choose_image
+# The profiles an administrator offers: the default changes nothing; "analysis" is
+# another image, labelled, and asks for more memory than any agent's settings allow.
+c.KubeAgentSpawner.profile_list = [
+    {{"display_name": "Standard", "slug": "standard", "default": True}},
+    {{
+        "display_name": "Analysis",
+        "slug": "analysis",
+        "kubespawner_override": {{
+            "image": {ANALYSIS_IMAGE!r},
+            "extra_labels": {{"sac.jupyter.org/profile": "analysis"}},
+            "mem_limit": "64G",
+        }},
+    }},
+]
 """
 
 BROKEN_SERVER = """#!/bin/sh
@@ -131,7 +146,11 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeStack]:
     # live there), also when it sits under a folder a container gets its own of
     # (a clone in /tmp).
     checkout = str(Path(__file__).resolve().parent.parent)
-    images = {IMAGE: [venv_bin, checkout], BROKEN_IMAGE: [str(broken), venv_bin, checkout]}
+    images = {
+        IMAGE: [venv_bin, checkout],
+        ANALYSIS_IMAGE: [venv_bin, checkout],
+        BROKEN_IMAGE: [str(broken), venv_bin, checkout],
+    }
     with kube_cluster(workdir, images, namespace=NAMESPACE) as cluster:
         stack = KubeStack(workdir, cluster)
         stack.start()
@@ -279,6 +298,43 @@ def test_crash_loop_is_a_clear_spawn_failure(kube: KubeStack) -> None:
     message = assert_spawn_failed(kube, client, user, "crash-me", "keeps crashing", "exit code 3")
     # The server's last output (the pod's termination message) tells why.
     assert "No module named 'pyte'" in message
+
+
+def test_an_agent_runs_with_the_profile_its_template_names(kube: KubeStack) -> None:
+    """A template names one of the profiles the administrator offers: its agents'
+    pods take that profile's image and labels, while CPU and memory stay the
+    agent's settings. A profile nobody offers fails the start, saying which are."""
+    user, client = kube.new_user()
+    definition = {"display_name": "Analysis", "overrides": {"profile": "analysis"}}
+    made = client.sac("POST", "templates", json={"name": "big-data", "definition": definition})
+    assert made.status_code == 201, made.text
+    resp = client.sac("POST", "agents", json={"slug": "crunch", "template": "big-data"})
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["overrides"] == {"profile": "analysis"}
+
+    assert spawn_with_progress(client, user, "crunch")[-1].get("ready")
+    (pod,) = agent_objects(kube, user)["pods"]
+    container = pod["spec"]["containers"][0]
+    assert container["image"] == ANALYSIS_IMAGE
+    assert pod["metadata"]["labels"]["sac.jupyter.org/profile"] == "analysis"
+    limit = client.sac("GET", f"users/{user}/agents/crunch").json()["resolved"]["mem_limit"]
+    assert container["resources"]["limits"]["memory"] in (str(limit), limit), container
+    assert client.agent(user, "crunch", "GET", "sac/api/status").status_code == 200
+    client.stop(user, "crunch")
+
+    # The default profile for an agent that names none; a bad slug is a 400.
+    create_agent(client, "plain")
+    assert spawn_with_progress(client, user, "plain")[-1].get("ready")
+    (pod,) = agent_objects(kube, user)["pods"]
+    assert pod["spec"]["containers"][0]["image"] == IMAGE
+    client.stop(user, "plain")
+    bad = client.sac("PATCH", f"users/{user}/agents/plain", json={"overrides": {"profile": "GPU!"}})
+    assert bad.status_code == 400 and bad.json()["field"] == "overrides.profile", bad.text
+
+    # A profile this hub does not offer.
+    resp = client.sac("PATCH", f"users/{user}/agents/plain", json={"overrides": {"profile": "gpu"}})
+    assert resp.status_code == 200, resp.text
+    assert_spawn_failed(kube, client, user, "plain", "'gpu' is not offered", "standard, analysis")
 
 
 def test_hub_restart_reattaches_to_running_agent(kube: KubeStack) -> None:

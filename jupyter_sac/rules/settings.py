@@ -56,7 +56,7 @@ class SettingsError(ValueError):
 @dataclass(frozen=True)
 class SettingSpec:
     name: str
-    kind: Literal["int", "float", "bytes", "seconds", "choice", "providers", "hosts"]
+    kind: Literal["int", "float", "bytes", "seconds", "choice", "providers", "hosts", "name"]
     default: Any
     help: str
     minimum: float | None = None
@@ -200,6 +200,14 @@ SPECS: dict[str, SettingSpec] = {
             maximum=7 * 86400,
         ),
         _spec(
+            "profile",
+            "name",
+            "",
+            "On Kubernetes, the profile an agent runs with: the slug of one of the profiles"
+            " an administrator offers (the hub's KubeAgentSpawner.profile_list: image, nodes"
+            " and other pod settings); empty: that list's default. Not used by local sandboxes.",
+        ),
+        _spec(
             "hitl_default",
             "choice",
             "deny",
@@ -304,6 +312,10 @@ def parse_bytes(value: Any) -> int:
     raise ValueError(f"expected a byte count like 536870912 or '512Mi', got {value!r}")
 
 
+# A Kubernetes-style slug (a profile's), or empty for "the default".
+_NAME_RE = re.compile(r"^(?:[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?)?$")
+
+
 def _coerce(spec: SettingSpec, value: Any) -> Any:
     if spec.kind in ("int", "seconds"):
         if isinstance(value, bool) or not isinstance(value, int):
@@ -335,6 +347,12 @@ def _coerce(spec: SettingSpec, value: Any) -> Any:
         value = tuple(dict.fromkeys(value))
     elif spec.kind == "hosts":
         value = _host_patterns(spec, value)
+    elif spec.kind == "name" and (not isinstance(value, str) or not _NAME_RE.match(value)):
+        raise SettingsError(
+            spec.name,
+            "expected a slug: 1-63 lowercase letters, digits and hyphens, a letter or"
+            f" digit at each end (or empty), got {value!r}",
+        )
     if spec.minimum is not None and isinstance(value, int | float) and value < spec.minimum:
         raise SettingsError(spec.name, f"must be at least {spec.minimum:g}")
     if spec.maximum is not None and isinstance(value, int | float) and value > spec.maximum:
@@ -377,6 +395,8 @@ def json_schema(spec: SettingSpec) -> dict[str, Any]:
         schema = {"enum": [*spec.choices, None]}
     elif spec.kind == "providers":
         schema = {"type": ["array", "null"], "items": {"enum": list(PRESETS)}}
+    elif spec.kind == "name":
+        schema = {"type": ["string", "null"], "maxLength": 63, "pattern": _NAME_RE.pattern}
     else:  # hosts
         schema = {
             "type": ["array", "null"],

@@ -118,6 +118,8 @@ def describe(spec: SettingSpec, value: Any) -> str:
         return _duration(int(value))
     if spec.kind == "bytes":
         return show_bytes(int(value)) + "B" if int(value) >= 1024 else f"{value} B"
+    if spec.kind == "name" and not value:
+        return "the default"
     return show_value(spec, value)
 
 

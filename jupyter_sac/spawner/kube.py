@@ -403,6 +403,28 @@ class KubeAgentSpawner(AgentSpawnerMixin, KubeSpawner):
             if e.status != 404:
                 self.log.warning("Could not delete %s %s: %s", kind, name, e.reason)
 
+    async def load_user_options(self) -> None:
+        """Apply the agent's profile (of ``profile_list``, which an administrator
+        approves): the one this start asked for (the hub's spawn page), else the
+        agent's ``profile`` setting (its template or settings), else the list's
+        default. An unknown one fails the start, naming those offered. CPU and
+        memory stay the agent's settings whatever a profile says: they are the
+        limits its owner's ceilings allow."""
+        wanted = self.user_options.get("profile") or (
+            self._agent.resolved.get("profile") if self._agent is not None else ""
+        )
+        if wanted:
+            self.user_options = {**self.user_options, "profile": wanted}
+            if not self.profile_list:
+                self.report(f"Profile {wanted!r} ignored: no profiles are offered here", 15)
+        try:
+            await super().load_user_options()
+        except ValueError as e:
+            raise AgentSpawnError(f"The profile {wanted!r} is not offered here. {e}") from None
+        if self._agent is not None:
+            for trait, value in resource_traits(self._agent.resolved).items():
+                setattr(self, trait, value)
+
     # ---- JupyterHub Spawner API -------------------------------------------------
 
     async def _start(self) -> str:
