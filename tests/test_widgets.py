@@ -359,6 +359,26 @@ def test_approvals_panel_decides_live(stack: dict, fake: str, tmp_path: Path) ->
         assert decided["status"] == "approved" and decided["decided_by"] == user
         k.until("panel.rows == []", "the decided request dropped")
 
+        # Its policy section: the agent's policy, checked by the service as it is
+        # typed, and saved with the person's token.
+        k.run("ed = panel.policies\nimport json")
+        k.until(f"ed.agent.value == {slug!r} and ed.policy is not None", "the policy loaded")
+        assert k.value("json.loads(ed.text.value)") == policy["policy"]
+        k.run("ed.text.value = json.dumps({'default': 'ask', 'allow': ['Bash(git *']})")
+        broken = k.until("text(ed.check)", "the broken rule reported")
+        assert "allow" in broken and "HTTP 400" in broken, broken
+        k.run("ed.text.value = '{\"default\": '")
+        assert "not JSON" in k.until("'JSON' in text(ed.check) and text(ed.check)", "bad JSON")
+        k.run("ed.text.value = json.dumps({'default': 'ask', 'allow': ['Read', 'Bash(ls:*)']})")
+        k.until("'valid policy' in text(ed.check)", "the valid policy")
+        # Checking stored nothing.
+        stored = hub.sac("GET", f"users/{user}/agents/{slug}/hitl-policy").json()["policy"]
+        assert stored == policy["policy"]
+        k.run("ed.save()")
+        k.until("'saved' in text(ed.status)", "the policy saved")
+        stored = hub.sac("GET", f"users/{user}/agents/{slug}/hitl-policy").json()["policy"]
+        assert stored["allow"] == ["Read", "Bash(ls:*)"] and stored["default"] == "ask"
+
         # The refresher stops; refresh() still polls once.
         k.run("panel.stop()")
         k.until("not panel.refreshing", "the refresher to end")
@@ -439,6 +459,11 @@ def test_approvals_panel_decides_live(stack: dict, fake: str, tmp_path: Path) ->
         link = k.value("mine.review.value")
         assert f'/services/sac/approvals/{own_id}"' in link and 'target="_blank"' in link
         assert "Review and decide on SAC" in link
+        # Nor may it change a policy (an agent must not loosen its own): no Save, a
+        # link to the agent's page where its person does.
+        k.until("own.policies.agent.value is not None", "the sandbox's policy editor")
+        assert k.value("own.policies.save_button.layout.display") == "none"
+        assert f"/services/sac/agents/{user}/" in k.value("own.policies.link.value")
         k.run("mine.approve()")
         refused = k.until("text(mine.status) if mine.settled else ''", "the 403")
         assert "may not decide approvals" in refused and "HTTP 403" in refused

@@ -7,6 +7,8 @@
   and the turn's cost and tokens.
 - ``ApprovalsPanel(client=None, interval=1.0)``: pending human-in-the-loop
   requests, live, with Approve / Deny (and the option of a terminal prompt).
+- ``PolicyEditor(client=None, agent=None)``: an agent's approval policy, checked
+  as it is typed and saved with a person's token (also inside ``ApprovalsPanel``).
 - ``SkillRunner(agent)``: pick an installed skill, fill the form its parameters
   make, Run, read the answer.
 
@@ -25,6 +27,7 @@ plain console each prints a text summary instead of ``VBox(...)``.
 from .agents import AgentRow, AgentsPanel
 from .approvals import ApprovalRow, ApprovalsPanel
 from .chat import AgentChat, ChatItem, ToolCall
+from .policy import PolicyEditor
 from .skills import SkillField, SkillRunner
 
 __all__ = [
@@ -34,6 +37,7 @@ __all__ = [
     "ApprovalRow",
     "ApprovalsPanel",
     "ChatItem",
+    "PolicyEditor",
     "SkillField",
     "SkillRunner",
     "ToolCall",

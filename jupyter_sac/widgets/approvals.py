@@ -23,6 +23,7 @@ from ._base import (
     plain_text,
     shorten,
 )
+from .policy import PolicyEditor
 
 
 class ApprovalRow:
@@ -305,8 +306,9 @@ class ApprovalsPanel(SacWidget):
     Attributes for code: ``rows`` (``ApprovalRow`` list, oldest first),
     ``row(request_id)``, ``requests`` (as last listed), ``status`` (HTML),
     ``refresh()`` (poll once now), ``stop()`` / ``start()`` (the refresher),
-    ``refreshing``. ``close()`` stops the refresher and closes a client the panel
-    made for itself."""
+    ``refreshing``, ``policies`` (a ``PolicyEditor`` of my agents' approval policies,
+    in the collapsed *Approval policies* section). ``close()`` stops the refresher
+    and closes a client the panel made for itself."""
 
     def __init__(self, client: Client | None = None, interval: float = 1.0) -> None:
         super().__init__(client, layout=w.Layout(width="100%"))
@@ -325,7 +327,11 @@ class ApprovalsPanel(SacWidget):
         self.status = w.HTML()
         self.heading = w.HTML("<b>Waiting for approval</b>")
         self.entries = w.VBox()
-        self.children = (w.HBox([self.heading, self.status]), self.entries)
+        # What decides which calls wait here: each agent's policy, edited below.
+        self.policies = PolicyEditor(self.client)
+        self.policy_section = w.Accordion(children=[self.policies], selected_index=None)
+        self.policy_section.set_title(0, "Approval policies")
+        self.children = (w.HBox([self.heading, self.status]), self.entries, self.policy_section)
         self._draw()
         if not self._ui.interactive:
             self._poll()  # a console prints the panel right away: have the list
