@@ -1,13 +1,14 @@
 """Approval policies people edit: the organisation's default (administrators) that
 agents without their own follow, the check as a policy is typed, and a policy
-edited in Chromium on the agent's settings page (where the JupyterLab sidebar's
-Settings leads) governing the agent's next tool call, with the real claude CLI
+edited in Chromium on the agent's settings page, opened from the JupyterLab
+sidebar's Settings…, governing the agent's next tool call, with the real claude CLI
 against the fake model."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 
 import httpx
@@ -114,7 +115,19 @@ async def test_a_policy_edited_in_the_browser_governs_the_next_tool_call(
             await page.fill("input[name=password]", password)
             await page.click("input[type=submit], button[type=submit]")
             await page.wait_for_url("**/hub/**")
-            await page.goto(service_url(stack["url"]) + f"agents/{name}/edit")
+            # From the agent's JupyterLab: the SAC sidebar's Settings… opens the
+            # agent's page on the service (its own origin: a sandbox's page must not
+            # change what needs its person), where the policy is edited.
+            await page.goto(server_url(stack["url"], name, "edit") + "lab")
+            await page.locator(".jp-SideBar .lm-TabBar-tab[data-id=jp-sac-sidebar]").click()
+            agent_section = page.locator("#jp-sac-sidebar [data-section=agent]")
+            async with page.context.expect_page() as opened:
+                await agent_section.get_by_role(
+                    "button", name=re.compile("approvals policy")
+                ).click(timeout=120_000)
+            page = await opened.value
+            await page.wait_for_load_state()
+            assert page.url.startswith(service_url(stack["url"]) + f"agents/{name}/edit")
             editor = page.locator("#d-policy")
             status = page.locator("#d-policy-check")
             # As typed: a broken rule is named before anything is sent.
