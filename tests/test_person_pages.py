@@ -188,8 +188,12 @@ def test_a_person_decides_a_request_on_its_page_and_the_sandbox_sees_it(
     # A terminal prompt: its options are offered, and the one chosen is what is typed.
     options = [{"key": "1", "label": "Yes"}, {"key": "2", "label": "No, and tell Claude"}]
     tid = file_request(sandbox, kind="terminal", tool="claude", options=options,
-                       question="Do you want to proceed?", input={"screen": "…"})  # fmt: skip
-    assert "2. No, and tell Claude" in page(browser, f"approvals/{tid}").text
+                       question="Do you want to proceed?",
+                       input={"screen": "rm <b>x</b>\n❯ 1. Yes\n  2. No"})  # fmt: skip
+    asked = page(browser, f"approvals/{tid}").text
+    assert "2. No, and tell Claude" in asked
+    # The screen as a person saw it: its lines, escaped, not a JSON string.
+    assert "rm &lt;b&gt;x&lt;/b&gt;\n❯ 1. Yes\n  2. No</pre>" in asked
     chose = submit(browser, f"approvals/{tid}", {"decision": "deny", "option": "2"})
     assert chose.status_code == 303 and chose.headers["location"].endswith("done=hitl-deny")
     got = sandbox.get(f"api/hitl/requests/{tid}/wait?timeout=0").json()

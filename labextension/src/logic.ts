@@ -818,6 +818,14 @@ export interface IHitlRequest {
   expires_at: string | null;
 }
 
+/** What a terminal prompt's request saw on screen, as text (null for other requests). */
+export function terminalScreen(request: IHitlRequest): string | null {
+  const input = request.input as { screen?: unknown } | null;
+  return request.kind === 'terminal' && typeof input?.screen === 'string'
+    ? input.screen
+    : null;
+}
+
 /**
  * The pending list after a HITL event (`requested`, `decided`, `cancelled`):
  * newest first, no duplicates, decided and cancelled ones gone.

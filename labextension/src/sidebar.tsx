@@ -22,6 +22,7 @@ import {
   IHitlRequest,
   monthUsage,
   optionDecision,
+  terminalScreen,
   sandboxFacts,
   secondsLeft,
   serverStatus,
@@ -670,19 +671,25 @@ function ApprovalsSection(props: {
                 {r.question ? (
                   <div className="jp-SacApproval-question">{r.question}</div>
                 ) : null}
-                {r.tool ? (
+                {r.tool && r.kind !== 'terminal' ? (
                   <code className="jp-SacApproval-input">
                     {toolSummary(r.tool, r.input)}
                   </code>
                 ) : null}
                 <details>
-                  <summary>{trans.__('Input')}</summary>
-                  <pre>{JSON.stringify(r.input, null, 2)}</pre>
+                  <summary>
+                    {r.kind === 'terminal' ? trans.__('The screen') : trans.__('Input')}
+                  </summary>
+                  <pre>{terminalScreen(r) ?? JSON.stringify(r.input, null, 2)}</pre>
                 </details>
                 {r.kind === 'terminal' && r.options?.length ? (
                   <ol className="jp-SacApproval-options">
                     {r.options.map(o => (
-                      <li key={o.key} data-decision={optionDecision(o.label)}>
+                      <li
+                        key={o.key}
+                        value={/^\d+$/.test(o.key) ? Number(o.key) : undefined}
+                        data-decision={optionDecision(o.label)}
+                      >
                         {o.label}
                       </li>
                     ))}

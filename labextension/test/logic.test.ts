@@ -29,6 +29,7 @@ import {
   serverStatus,
   serviceBase,
   servicePageUrl,
+  terminalScreen,
   skillMatches,
   toolKind,
   toolSummary,
@@ -438,6 +439,18 @@ describe('approvals and output', () => {
     status,
     created_at: created,
     expires_at: null
+  });
+
+  it("shows a terminal prompt's screen as text, and nothing for a tool call", () => {
+    const prompt = {
+      ...req('t', '2026-03-01T10:00:00Z'),
+      kind: 'terminal',
+      tool: 'claude',
+      input: { screen: '❯ 1. Yes\n  2. No' }
+    };
+    expect(terminalScreen(prompt)).toBe('❯ 1. Yes\n  2. No');
+    expect(terminalScreen(req('b', '2026-03-01T10:00:00Z'))).toBeNull();
+    expect(terminalScreen({ ...prompt, input: { screen: 7 } })).toBeNull();
   });
 
   it('keeps the pending list newest first, without duplicates or decided ones', () => {
