@@ -240,21 +240,29 @@ def _assert_cancelled_for_good(client: HubApi, request: dict, late_decision: str
     assert late.status_code == 409 and late.json()["error"] == "already_decided"
 
 
+async def _claude_shows(stack: dict, fake: str, client: HubApi, user: str, slug: str,
+                        replies: list, shown: str) -> tuple[TerminalClient, dict]:  # fmt: skip
+    """Claude in the agent's terminal, given a prompt while the model answers with
+    ``replies``, showing ``shown``; and the one request that filed."""
+    base = server_url(stack["url"], user, slug)
+    api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=30)
+    assert api.post(base + "sac/api/terminal").status_code == 200
+    httpx.post(fake + "/_fake/script", json={"replies": replies})
+    term = await TerminalClient.connect(base, client.token)
+    await term.wait_for(claude_ready, 60, "claude's input box")
+    term.type("do it")
+    await term.wait_for(lambda t: "do it" in t.text(), 20, "the typed prompt")
+    term.type("\r")
+    await term.wait_for(lambda t: shown in t.text(), 60, repr(shown))
+    return term, _one_pending(client, user)
+
+
 async def _menu_waiting(stack: dict, fake: str, client: HubApi, user: str, slug: str,
                         target: str) -> tuple[TerminalClient, dict]:  # fmt: skip
     """Claude in the agent's terminal showing its permission menu for a Write of
     ``target``, and the one request the menu filed."""
-    base = server_url(stack["url"], user, slug)
-    api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=30)
-    assert api.post(base + "sac/api/terminal").status_code == 200
-    httpx.post(fake + "/_fake/script", json={"replies": [_write_tool(target), "after the menu"]})
-    term = await TerminalClient.connect(base, client.token)
-    await term.wait_for(claude_ready, 60, "claude's input box")
-    term.type("write it")
-    await term.wait_for(lambda t: "write it" in t.text(), 20, "the typed prompt")
-    term.type("\r")
-    await term.wait_for(lambda t: "Do you want to proceed?" in t.text(), 60, "the menu")
-    return term, _one_pending(client, user)
+    replies = [_write_tool(target), "after the menu"]
+    return await _claude_shows(stack, fake, client, user, slug, replies, "Do you want to proceed?")
 
 
 @pytest.mark.asyncio
@@ -353,7 +361,6 @@ async def test_a_question_in_the_terminal_is_answered_with_text(stack: dict, fak
     the API; the text reaches claude's question, and claude's next request to the
     model carries it. A text that would act on the terminal is refused first."""
     user = f"txt{uuid.uuid4().hex[:6]}"
-    base = server_url(stack["url"], user, "tty")
     question = {
         "question": "What should the new file be called?",
         "header": "Name",
@@ -364,26 +371,11 @@ async def test_a_question_in_the_terminal_is_answered_with_text(stack: dict, fak
         ],
     }
     with running_agent(stack["admin"], user, "tty", **model_agent(fake)) as client:
-        api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=30)
-        assert api.post(base + "sac/api/terminal").status_code == 200
         httpx.delete(fake + "/_fake/requests")
-        httpx.post(
-            fake + "/_fake/script",
-            json={
-                "replies": [
-                    {"tool_use": {"name": "AskUserQuestion", "input": {"questions": [question]}}},
-                    "named it",
-                ]
-            },
+        ask = {"tool_use": {"name": "AskUserQuestion", "input": {"questions": [question]}}}
+        term, request = await _claude_shows(
+            stack, fake, client, user, "tty", [ask, "named it"], "new file be called?"
         )
-        term = await TerminalClient.connect(base, client.token)
-        await term.wait_for(claude_ready, 60, "claude's input box")
-        term.type("make a file")
-        await term.wait_for(lambda t: "make a file" in t.text(), 20, "the typed prompt")
-        term.type("\r")
-        await term.wait_for(lambda t: "new file be called?" in t.text(), 60, "the question")
-
-        request = _one_pending(client, user)
         assert request["kind"] == "terminal" and request["text_max"] == 500
         labels = [o["label"] for o in request["options"]]
         assert labels[:2] == ["notes.txt Plain text", "todo.md Markdown"]
