@@ -250,6 +250,9 @@ SERVICE_ROWS: list[Row] = [
     Row("GET", P + "static/sac.css", EVERYONE, ok=frozenset({200})),
     Row("GET", A, EVERYONE, ok=frozenset({200})),
     Row("GET", A + "openapi.json", EVERYONE, ok=frozenset({200})),
+    # health checks for probes: anyone (details only for an administrator: test_health.py)
+    Row("GET", A + "health", EVERYONE, ok=frozenset({200})),
+    Row("GET", A + "health/ready", EVERYONE, ok=frozenset({200})),
     # the person's pages (never any token an agent holds)
     Row("GET", P + "approvals", PERSONS, ok=frozenset({200})),
     Row("GET", P + "approvals/{rid}", OWNER, ok=frozenset({200})),

@@ -15,12 +15,13 @@ from urllib.parse import urlsplit
 import httpx
 from jupyterhub.services.auth import HubOAuth
 from tornado import web
-from traitlets import CaselessStrEnum, Dict, Float, Integer, List, Unicode, default
+from traitlets import Bool, CaselessStrEnum, Dict, Float, Integer, List, Unicode, default
 from traitlets.config import Application
 
 from .. import __version__
 from ..crypto import KeyBox
 from ..data_dir import default_data_dir
+from ..logs import json_logs_wanted, use_json_logs
 from ..objects import ObjectStore, store_from_config
 from ..rules.providers import PRESETS
 from ..rules.urls import PublicUrls
@@ -32,6 +33,7 @@ from . import (
     audit,
     culler,
     events,
+    health,
     history,
     hitl,
     metrics_handler,
@@ -266,6 +268,16 @@ class SacService(Application):
         docs/workspaces.md.""",
     ).tag(config=True)
 
+    log_json = Bool(
+        help="""Write the service's log as JSON, one object per line (time, level,
+        logger, message, exception), for log collectors. Only the format changes,
+        not what is logged. Default: $SAC_LOG_FORMAT is "json".""",
+    ).tag(config=True)
+
+    @default("log_json")
+    def _default_log_json(self) -> bool:
+        return json_logs_wanted()
+
     aliases = {"config": "SacService.config_file", "port": "SacService.port"}
 
     def initialize(self, argv: list[str] | None = None) -> None:
@@ -274,6 +286,8 @@ class SacService(Application):
             self.load_config_file(self.config_file)
             # command-line values win over the file
             self.update_config(self.cli_config)
+        if self.log_json:
+            use_json_logs(self.log)
         unknown = set(self.organisation_api_keys) - set(PRESETS)
         if unknown:
             raise ValueError(f"organisation_api_keys has unknown providers {sorted(unknown)}")
@@ -294,6 +308,7 @@ class SacService(Application):
             (p + "api/", ApiIndexHandler),
             (p + "oauth_callback", OAuthCallbackHandler),
             (p + "api/openapi.json", OpenApiHandler),
+            *health.routes(p),
             (p + "api/agents", AgentsHandler),
             (p + f"api/users/{USER}/agents", AgentsHandler),
             (p + f"api/users/{USER}/agents/{SLUG}", AgentHandler),

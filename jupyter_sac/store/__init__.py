@@ -9,6 +9,7 @@ that the methods taking ``conn`` join (see ``tx.py``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -117,6 +118,14 @@ class Store:
         )
         await pool.open(wait=True, timeout=30)
         return cls(pool)
+
+    async def ping(self, timeout: float) -> None:
+        """One trivial query within ``timeout`` seconds (waiting for a connection
+        included): the readiness check's proof that PostgreSQL answers. Raises
+        what the pool or the query raised, or TimeoutError."""
+        async with asyncio.timeout(timeout):
+            async with self.pool.connection(timeout=timeout) as conn:
+                await conn.execute("SELECT 1")
 
     async def close(self) -> None:
         await self.pool.close()
