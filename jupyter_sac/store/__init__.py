@@ -2,7 +2,7 @@
 
 ``Store`` wraps a psycopg AsyncConnectionPool and exposes one object per domain
 (agents, settings, tokens, usage, history, hitl, skills, audit, org_keys,
-workspace, sandbox_usage, secrets, events, webhooks, templates); nothing outside
+workspace, sandbox_usage, secrets, events, webhooks, templates, maintenance); nothing outside
 ``store/`` writes SQL. ``Store.transaction()`` gives a connection in a transaction
 that the methods taking ``conn`` join (see ``tx.py``).
 """
@@ -22,6 +22,7 @@ from .audit import Audit
 from .events import UserEvents
 from .history import History
 from .hitl import HitlRequests
+from .maintenance import Maintenance
 from .migrate import list_migrations, migrate
 from .org_keys import OrganisationKeys
 from .sandbox_usage import SandboxUsage, SandboxUsageRows
@@ -85,6 +86,7 @@ class Store:
         self.events = UserEvents(pool)
         self.webhooks = Webhooks(pool)
         self.templates = Templates(pool)
+        self.maintenance = Maintenance(pool)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:
