@@ -36,6 +36,7 @@ from . import (
     health,
     history,
     hitl,
+    maintenance,
     metrics_handler,
     org_keys,
     person_pages,
@@ -261,6 +262,15 @@ class SacService(Application):
         or through this service (local). See docs/objects.md.""",
     ).tag(config=True)
 
+    maintenance_interval = Float(
+        3600.0,
+        help="""Seconds between maintenance runs (and one at start): conversation
+        history past its history_retention_days and the stored files of agents
+        deleted longer than deleted_agent_grace_days ago are removed, in batches of
+        1,000 rows, each batch with its audit entry. 0 turns it off. See
+        docs/operator-guide.md#retention-and-cleanup.""",
+    ).tag(config=True)
+
     workspace_max_file_bytes = Integer(
         256 * 1024 * 1024,
         help="""Largest single workspace file an upload may carry (bytes). Quotas
@@ -339,6 +349,7 @@ class SacService(Application):
             *templates.routes(p),
             *workspace.routes(p),
             *admin_pages.routes(p),
+            *maintenance.routes(p),
             *person_pages.routes(p),
             *template_pages.routes(p),
             (p + r"api/.*", NotFoundHandler),
@@ -413,6 +424,11 @@ class SacService(Application):
             retention_days=self.event_retention_days,
         )
         delivering = asyncio.create_task(deliverer.run())
+        maintaining = (
+            asyncio.create_task(maintenance.maintainer(ctx, self.maintenance_interval))
+            if self.maintenance_interval > 0
+            else None
+        )
         idle_culler = culler.Culler(ctx, self.cull_interval) if self.cull_interval > 0 else None
         culling = asyncio.create_task(idle_culler.run()) if idle_culler else None
         access_audit = (
@@ -450,6 +466,8 @@ class SacService(Application):
             pruning.cancel()
         if watching is not None:
             watching.cancel()
+        if maintaining is not None:
+            maintaining.cancel()
         if culling is not None and idle_culler is not None:
             culling.cancel()
             await idle_culler.close()
