@@ -270,7 +270,8 @@ class SacExtensionApp(ExtensionApp):
 
     log_json = Bool(
         help="""Write the server's log as JSON, one object per line (time, level,
-        logger, message, exception). Default: $SAC_LOG_FORMAT is "json".""",
+        logger, message, exception) from the moment this extension loads (the
+        server's first start-up lines stay text). Default: $SAC_LOG_FORMAT is "json".""",
     ).tag(config=True)
 
     @default("log_json")
