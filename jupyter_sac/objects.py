@@ -110,6 +110,11 @@ class ObjectStore(LoggingConfigurable):
     async def list(self, prefix: str = "") -> list[ObjectInfo]:
         raise NotImplementedError
 
+    async def check(self) -> None:
+        """Raise ObjectStoreError unless the store can be reached (the readiness
+        check): one cheap call, never a listing of its objects."""
+        raise NotImplementedError
+
     def presign_get(self, key: str, expires: int = 300) -> str | None:
         """A URL anyone holding it may GET for ``expires`` seconds, or None when
         this store cannot presign (then the service streams the object)."""
@@ -266,6 +271,20 @@ class LocalStore(ObjectStore):
 
     async def list(self, prefix: str = "") -> list[ObjectInfo]:
         return await asyncio.to_thread(self._list, prefix)
+
+    def _check(self) -> None:
+        if not self.root:
+            raise ObjectStoreError("LocalStore.root is not set")
+        # The folder is made by the first write; until then its parent must be there
+        # to make it in (a missing or unwritable volume is what this should catch).
+        folder = Path(self.root)
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise ObjectStoreError(f"{folder} is not a folder this service may write to")
+
+    async def check(self) -> None:
+        await asyncio.to_thread(self._check)
 
 
 class _suppress_missing:
@@ -441,6 +460,11 @@ class S3Store(ObjectStore):
             if info is not None:
                 found.append(info)
         return found
+
+    async def check(self) -> None:
+        # One request that proves the endpoint answers, the credentials work and
+        # the bucket exists (head_bucket: no listing, no object read).
+        await self._call(lambda: self.client.head_bucket(Bucket=self.bucket))
 
     def presign_hosts(self) -> list[tuple[str, int]]:
         """From the configuration alone (no request, no credentials): the endpoint's

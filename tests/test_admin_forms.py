@@ -177,6 +177,7 @@ def test_server_status_and_tabs() -> None:
     assert server_status({"ready": False, "pending": None, "stopped": True}) == "stopped"
     assert [key for key, _ in visible_tabs(True, frozenset())] == [
         "agents", "conversations", "hitl", "usage", "workspaces", "settings", "users", "audit",
+        "maintenance",
     ]  # fmt: skip
     assert visible_tabs(False, frozenset({"custom:sac:history:read-all"})) == (
         ("conversations", "Conversations"),

@@ -28,6 +28,7 @@ PAGES = [
     "admin/usage",
     "admin/audit",
     "admin/workspaces",
+    "admin/maintenance",
 ]
 
 
@@ -454,3 +455,21 @@ def test_an_admin_manages_the_public_tree_and_group_quotas_from_the_page(
     finally:
         admin.hub("DELETE", f"groups/{group}")
         admin.hub("DELETE", f"groups/{newcomers}")
+
+
+def test_the_maintenance_preview_and_page_show_what_the_next_run_would_remove(
+    admin: HubApi, new_user
+) -> None:
+    resp = admin.sac("GET", "maintenance/preview")
+    assert resp.status_code == 200, resp.text
+    due = resp.json()
+    # The stack keeps history for ever (the default) and gives deleted agents 7 days.
+    assert due["history"]["retention_days"] == 0 and due["history"]["events"] == 0
+    assert due["deleted_agents"]["grace_days"] == 7
+    _, person = new_user("mp")
+    assert person.sac("GET", "maintenance/preview").status_code == 403
+    shown = page(admin, "admin/maintenance")
+    assert shown.status_code == 200, shown.text
+    assert 'id="maintenance-history"' in shown.text
+    assert 'id="maintenance-deleted-agents"' in shown.text
+    assert "kept for ever" in shown.text

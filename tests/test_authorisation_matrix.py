@@ -250,6 +250,9 @@ SERVICE_ROWS: list[Row] = [
     Row("GET", P + "static/sac.css", EVERYONE, ok=frozenset({200})),
     Row("GET", A, EVERYONE, ok=frozenset({200})),
     Row("GET", A + "openapi.json", EVERYONE, ok=frozenset({200})),
+    # health checks for probes: anyone (details only for an administrator: test_health.py)
+    Row("GET", A + "health", EVERYONE, ok=frozenset({200})),
+    Row("GET", A + "health/ready", EVERYONE, ok=frozenset({200})),
     # the person's pages (never any token an agent holds)
     Row("GET", P + "approvals", PERSONS, ok=frozenset({200})),
     Row("GET", P + "approvals/{rid}", OWNER, ok=frozenset({200})),
@@ -534,6 +537,7 @@ SERVICE_ROWS: list[Row] = [
     Row("PUT", A + "groups/{group}/workspace/quota", ADMIN, body={"nope": 1}, ok=frozenset({400})),
     # operations
     Row("GET", A + "culler", ADMIN, ok=frozenset({200})),
+    Row("GET", A + "maintenance/preview", ADMIN, ok=frozenset({200})),
     # metrics: administrators, and holders of JupyterHub's read:metrics (the admin flag)
     Row("GET", P + "metrics", who(ADMIN, "hub_admin"), ok=frozenset({200})),
     Row("GET", A + "audit", ADMIN, ok=frozenset({200})),
@@ -573,6 +577,7 @@ SERVICE_ROWS: list[Row] = [
     Row("GET", P + "admin/workspaces", ADMIN, ok=frozenset({200})),
     Row("POST", P + "admin/workspaces", ADMIN, raw=b"", ok=frozenset({400})),
     Row("GET", P + "admin/audit", ADMIN, ok=frozenset({200})),
+    Row("GET", P + "admin/maintenance", ADMIN, ok=frozenset({200})),
 ]
 
 # The sandbox extension of alice/a1 (jupyter_server with JupyterHub's auth): whoever

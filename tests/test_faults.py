@@ -418,6 +418,36 @@ def test_postgres_outage_answers_503_and_recovers_without_restart(
     client.stop(user, "later")
 
 
+def test_readiness_answers_503_while_postgres_is_away_and_200_once_it_is_back(
+    faults_stack: dict[str, Any],
+) -> None:
+    stack = faults_stack
+    admin: HubApi = stack["admin"]
+
+    def ready(token: str | None = None) -> httpx.Response:
+        headers = {"Authorization": f"token {token}"} if token else {}
+        return httpx.get(admin.service_url + "api/health/ready", headers=headers, timeout=30)
+
+    assert ready().status_code == 200
+    with postgres_stopped(stack):
+        anonymous = ready()
+        assert anonymous.status_code == 503, anonymous.text
+        assert anonymous.json() == {"status": "not ready"}
+        detailed = ready(admin.token)
+        assert detailed.status_code == 503, detailed.text
+        checks = detailed.json()["checks"]
+        assert checks["database"]["status"] == "failed", checks
+        assert checks["database"]["error"], checks
+        # Bounded: a database that does not answer fails its check within seconds.
+        assert checks["database"]["latency_ms"] < 5000, checks
+        assert checks["object_store"]["status"] == checks["hub"]["status"] == "ok", checks
+        # Liveness does not depend on PostgreSQL: the process is not to be restarted.
+        live = httpx.get(admin.service_url + "api/health", timeout=30)
+        assert live.status_code == 200, live.text
+    poll_until(lambda: ready().status_code == 200, 60, "readiness back")
+    assert ready(admin.token).json()["checks"]["database"]["status"] == "ok"
+
+
 def test_a_hub_that_does_not_answer_gets_503_and_changes_nothing(
     faults_stack: dict[str, Any],
 ) -> None:

@@ -179,3 +179,40 @@ async def test_upgrade_makes_the_skills_already_there_searchable(
             assert [r["command"] for r in rows] == ["legacy-report"], text
     finally:
         await store.close()
+
+
+@pytest.mark.asyncio
+async def test_upgrade_dates_the_deletion_of_agents_that_left_workspace_files(
+    database_url: str, monkeypatch
+) -> None:
+    """Agents deleted before deletions were recorded left their workspace behind:
+    the upgrade records them (named from their usage when it can), so that the
+    maintenance removes their files once the grace period from the upgrade is over."""
+    migrate_module = importlib.import_module("jupyter_sac.store.migrate")
+    every = list_migrations()
+    monkeypatch.setattr(
+        migrate_module, "list_migrations", lambda: [m for m in every if m.version < 22]
+    )
+    await migrate_module.migrate(database_url)
+    with psycopg.connect(database_url) as conn:
+        live = conn.execute(
+            "INSERT INTO agents (owner, slug, display_name, provider, model)"
+            " VALUES ('bob', 'live', 'live', 'anthropic', 'm') RETURNING id"
+        ).fetchone()[0]
+        for space in (f"agent:{live}", "agent:9001", "agent:9002", "public", "group:x"):
+            conn.execute(
+                "INSERT INTO workspace_files (space, path, size, sha256, mtime, written_by)"
+                " VALUES (%s, 'f', 1, 'x', now(), 'bob')",
+                (space,),
+            )
+        conn.execute(
+            "INSERT INTO usage_daily (agent_id, owner, agent_slug, day) VALUES (9001, 'ann', 'gone', now())"
+        )
+    monkeypatch.setattr(migrate_module, "list_migrations", lambda: every)
+    await migrate_module.migrate(database_url)
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT agent_id, owner, slug, deleted_at > now() - interval '1 minute'"
+            " FROM deleted_agents ORDER BY agent_id"
+        ).fetchall()
+    assert rows == [(9001, "ann", "gone", True), (9002, "", "", True)]

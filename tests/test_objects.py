@@ -17,6 +17,7 @@ from jupyter_sac.objects import (
     LocalStore,
     ObjectNotFound,
     ObjectStore,
+    ObjectStoreError,
     S3Store,
     check_key,
     store_from_config,
@@ -178,3 +179,23 @@ def test_store_from_config_prefers_config_over_defaults(tmp_path: Path) -> None:
     assert isinstance(s3, S3Store) and s3.bucket == "b-1"
     with pytest.raises(ValueError, match="unknown object store"):
         store_from_config("ftp", c)
+
+
+@pytest.mark.asyncio
+async def test_check_passes_for_a_usable_store(store: ObjectStore) -> None:
+    await store.check()  # before any object exists (the folder is made by the first write)
+    await store.put("a/b", b"x")
+    await store.check()
+
+
+@pytest.mark.asyncio
+async def test_check_fails_where_nothing_can_be_stored(tmp_path: Path, s3_endpoint) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ObjectStoreError):
+        await LocalStore(root=str(blocker / "objects")).check()
+    with pytest.raises(ObjectStoreError):
+        await LocalStore(root="").check()
+    config = s3_endpoint.store_config(f"missing-{uuid.uuid4().hex[:8]}")
+    with pytest.raises(ObjectStoreError):
+        await S3Store(**{**config, "create_bucket": False}).check()

@@ -262,6 +262,27 @@ SPECS: dict[str, SettingSpec] = {
             accumulate=True,
         ),
         _spec(
+            "history_retention_days",
+            "int",
+            0,
+            "Days conversation history (events and sessions) is kept, for deleted"
+            " agents too (0: for ever); older entries are deleted by the service's"
+            " maintenance.",
+            minimum=0,
+            maximum=36500,
+            levels=frozenset({"system", "user"}),
+        ),
+        _spec(
+            "deleted_agent_grace_days",
+            "int",
+            7,
+            "Days a deleted agent's stored workspace files are kept before the"
+            " service's maintenance removes them (0: at its next run).",
+            minimum=0,
+            maximum=3650,
+            levels=frozenset({"system"}),
+        ),
+        _spec(
             "webhook_allowed_hosts",
             "hosts",
             (),

@@ -74,6 +74,11 @@ def clean_relative(raw: str) -> str:
     return path
 
 
+def agent_space(agent_id: int) -> str:
+    """The space of an agent's own files (private/ and output/)."""
+    return f"agent:{agent_id}"
+
+
 def locate(workspace_path: str, agent_id: int) -> Location:
     """The area, space and space path of a workspace path of agent ``agent_id``."""
     path = clean_relative(workspace_path)
@@ -81,7 +86,7 @@ def locate(workspace_path: str, agent_id: int) -> Location:
     if area in AGENT_AREAS:
         if not rest:
             raise PathError(f"a file under {area}/ is required")
-        return Location(area, f"agent:{agent_id}", path)
+        return Location(area, agent_space(agent_id), path)
     if area == "public":
         if not rest:
             raise PathError("a file under public/ is required")

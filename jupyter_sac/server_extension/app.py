@@ -15,6 +15,7 @@ from typing import Any
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Float, Integer, List, Unicode, default
 
+from ..logs import json_logs_wanted, use_json_logs
 from ..rules.secrets import SECRET_ENV_NAMES_VAR, SECRETS_DIR_VAR, Redactor
 from ..rules.templates import TEMPLATE_ENV_VAR, claude_args, parse_runtime
 from ..runtimes.claude import claude_binary
@@ -267,6 +268,16 @@ class SacExtensionApp(ExtensionApp):
         uploads a batch (editors write a file in several steps).""",
     ).tag(config=True)
 
+    log_json = Bool(
+        help="""Write the server's log as JSON, one object per line (time, level,
+        logger, message, exception) from the moment this extension loads (the
+        server's first start-up lines stay text). Default: $SAC_LOG_FORMAT is "json".""",
+    ).tag(config=True)
+
+    @default("log_json")
+    def _default_log_json(self) -> bool:
+        return json_logs_wanted()
+
     # ---- setup ------------------------------------------------------------------
 
     def _hook_url(self) -> str:
@@ -283,6 +294,9 @@ class SacExtensionApp(ExtensionApp):
         return f"{scheme}://{host}:{server.port}{server.base_url}sac/api/hooks/"
 
     def initialize_settings(self) -> None:
+        if self.log_json:
+            # The server's logger: tornado's loggers are hooked to it (ServerApp).
+            use_json_logs(self.log, self.serverapp.log)
         if not self.agent_sandbox:
             self.settings["sac_runtime_info"] = RuntimeInfo(runtime=self.runtime)
             self.log.info(

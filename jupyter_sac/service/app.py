@@ -15,12 +15,13 @@ from urllib.parse import urlsplit
 import httpx
 from jupyterhub.services.auth import HubOAuth
 from tornado import web
-from traitlets import CaselessStrEnum, Dict, Float, Integer, List, Unicode, default
+from traitlets import Bool, CaselessStrEnum, Dict, Float, Integer, List, Unicode, default
 from traitlets.config import Application
 
 from .. import __version__
 from ..crypto import KeyBox
 from ..data_dir import default_data_dir
+from ..logs import json_logs_wanted, use_json_logs
 from ..objects import ObjectStore, store_from_config
 from ..rules.providers import PRESETS
 from ..rules.urls import PublicUrls
@@ -32,8 +33,10 @@ from . import (
     audit,
     culler,
     events,
+    health,
     history,
     hitl,
+    maintenance,
     metrics_handler,
     org_keys,
     person_pages,
@@ -259,12 +262,31 @@ class SacService(Application):
         or through this service (local). See docs/objects.md.""",
     ).tag(config=True)
 
+    maintenance_interval = Float(
+        3600.0,
+        help="""Seconds between maintenance runs (and one at start): conversation
+        history past its history_retention_days and the stored files of agents
+        deleted longer than deleted_agent_grace_days ago are removed, in batches of
+        1,000 rows, each batch with its audit entry. 0 turns it off. See
+        docs/operator-guide.md#retention-and-cleanup.""",
+    ).tag(config=True)
+
     workspace_max_file_bytes = Integer(
         256 * 1024 * 1024,
         help="""Largest single workspace file an upload may carry (bytes). Quotas
         (storage_quota_bytes, group_quota_bytes) limit the total. See
         docs/workspaces.md.""",
     ).tag(config=True)
+
+    log_json = Bool(
+        help="""Write the service's log as JSON, one object per line (time, level,
+        logger, message, exception), for log collectors. Only the format changes,
+        not what is logged. Default: $SAC_LOG_FORMAT is "json".""",
+    ).tag(config=True)
+
+    @default("log_json")
+    def _default_log_json(self) -> bool:
+        return json_logs_wanted()
 
     aliases = {"config": "SacService.config_file", "port": "SacService.port"}
 
@@ -274,6 +296,8 @@ class SacService(Application):
             self.load_config_file(self.config_file)
             # command-line values win over the file
             self.update_config(self.cli_config)
+        if self.log_json:
+            use_json_logs(self.log)
         unknown = set(self.organisation_api_keys) - set(PRESETS)
         if unknown:
             raise ValueError(f"organisation_api_keys has unknown providers {sorted(unknown)}")
@@ -294,6 +318,7 @@ class SacService(Application):
             (p + "api/", ApiIndexHandler),
             (p + "oauth_callback", OAuthCallbackHandler),
             (p + "api/openapi.json", OpenApiHandler),
+            *health.routes(p),
             (p + "api/agents", AgentsHandler),
             (p + f"api/users/{USER}/agents", AgentsHandler),
             (p + f"api/users/{USER}/agents/{SLUG}", AgentHandler),
@@ -324,6 +349,7 @@ class SacService(Application):
             *templates.routes(p),
             *workspace.routes(p),
             *admin_pages.routes(p),
+            *maintenance.routes(p),
             *person_pages.routes(p),
             *template_pages.routes(p),
             (p + r"api/.*", NotFoundHandler),
@@ -398,6 +424,11 @@ class SacService(Application):
             retention_days=self.event_retention_days,
         )
         delivering = asyncio.create_task(deliverer.run())
+        maintaining = (
+            asyncio.create_task(maintenance.maintainer(ctx, self.maintenance_interval))
+            if self.maintenance_interval > 0
+            else None
+        )
         idle_culler = culler.Culler(ctx, self.cull_interval) if self.cull_interval > 0 else None
         culling = asyncio.create_task(idle_culler.run()) if idle_culler else None
         access_audit = (
@@ -435,6 +466,8 @@ class SacService(Application):
             pruning.cancel()
         if watching is not None:
             watching.cancel()
+        if maintaining is not None:
+            maintaining.cancel()
         if culling is not None and idle_culler is not None:
             culling.cancel()
             await idle_culler.close()

@@ -53,6 +53,13 @@ class HubClient:
             message = resp.text
         raise HubError(resp.status_code, message or f"hub answered {resp.status_code}")
 
+    async def ping(self) -> None:
+        """Raise HubError unless the hub's API answers (its root: the version, no
+        database query on the hub's side): the readiness check."""
+        resp = await self._request("GET", "/")
+        if resp.status_code != 200:
+            self._raise(resp)
+
     async def get_user(self, name: str) -> dict[str, Any] | None:
         resp = await self._request(
             "GET", f"/users/{quote(name, safe='')}", params={"include_stopped_servers": "1"}

@@ -84,6 +84,21 @@ HISTORY_BATCHES = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+MAINTENANCE_REMOVED = Counter(
+    "sac_maintenance_removed",
+    "What the maintenance removed, by kind: history_events, history_sessions (past"
+    " history_retention_days), workspace_files, objects and deleted_agents (of agents"
+    " deleted longer than deleted_agent_grace_days ago).",
+    ["kind"],
+    registry=REGISTRY,
+)
+MAINTENANCE_RUNS = Counter(
+    "sac_maintenance_runs",
+    "Maintenance runs (each removes at most one batch of each kind), by outcome:"
+    " removed (something), idle (nothing was due) or failed.",
+    ["outcome"],
+    registry=REGISTRY,
+)
 
 TOKEN_KINDS = {
     "input_tokens": "input",

@@ -70,6 +70,7 @@ ADMIN_NAV = (
     ("settings", "Settings"),
     ("users", "Users"),
     ("audit", "Audit log"),
+    ("maintenance", "Maintenance"),
 )
 
 

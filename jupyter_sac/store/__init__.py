@@ -2,13 +2,14 @@
 
 ``Store`` wraps a psycopg AsyncConnectionPool and exposes one object per domain
 (agents, settings, tokens, usage, history, hitl, skills, audit, org_keys,
-workspace, sandbox_usage, secrets, events, webhooks, templates); nothing outside
+workspace, sandbox_usage, secrets, events, webhooks, templates, maintenance); nothing outside
 ``store/`` writes SQL. ``Store.transaction()`` gives a connection in a transaction
 that the methods taking ``conn`` join (see ``tx.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,6 +22,7 @@ from .audit import Audit
 from .events import UserEvents
 from .history import History
 from .hitl import HitlRequests
+from .maintenance import Maintenance
 from .migrate import list_migrations, migrate
 from .org_keys import OrganisationKeys
 from .sandbox_usage import SandboxUsage, SandboxUsageRows
@@ -84,6 +86,7 @@ class Store:
         self.events = UserEvents(pool)
         self.webhooks = Webhooks(pool)
         self.templates = Templates(pool)
+        self.maintenance = Maintenance(pool)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:
@@ -117,6 +120,14 @@ class Store:
         )
         await pool.open(wait=True, timeout=30)
         return cls(pool)
+
+    async def ping(self, timeout: float) -> None:
+        """One trivial query within ``timeout`` seconds (waiting for a connection
+        included): the readiness check's proof that PostgreSQL answers. Raises
+        what the pool or the query raised, or TimeoutError."""
+        async with asyncio.timeout(timeout):
+            async with self.pool.connection(timeout=timeout) as conn:
+                await conn.execute("SELECT 1")
 
     async def close(self) -> None:
         await self.pool.close()

@@ -196,9 +196,16 @@ class Agents:
         return int(row["n"]) if row else 0
 
     async def delete(self, owner: str, slug: str, *, conn: Conn | None = None) -> bool:
+        """Delete the agent's row (its tokens, skill installs and HITL policy go with
+        it) and remember when (deleted_agents): its stored workspace files stay for
+        deleted_agent_grace_days, then the maintenance removes them."""
         async with using(self.pool, conn) as c:
             cur = await c.execute(
-                "DELETE FROM agents WHERE owner = %s AND slug = %s", (owner, slug)
+                "WITH gone AS (DELETE FROM agents WHERE owner = %s AND slug = %s"
+                " RETURNING id, owner, slug)"
+                " INSERT INTO deleted_agents (agent_id, owner, slug)"
+                " SELECT id, owner, slug FROM gone",
+                (owner, slug),
             )
             return cur.rowcount > 0
 
