@@ -7,6 +7,7 @@ same configuration file as the hub, so `c.SacService.*` lives beside the rest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -41,6 +42,7 @@ from . import (
     skills,
     template_pages,
     templates,
+    wakeups,
     webhooks,
     workspace,
 )
@@ -49,6 +51,7 @@ from .agents import AgentActionHandler, AgentHandler, AgentsHandler, AgentUsageH
 from .base import SERVER_BODY_BYTES, NotFoundHandler
 from .forwarded import LOOPBACK, ForwardedApplication, TrustedProxies
 from .hub import HubClient
+from .leadership import Leadership, Loop
 from .llm_proxy import LlmProxyHandler
 from .operations import templates as template_ops
 from .operations.context import OrganisationKeys, ServiceContext, Waiters
@@ -283,7 +286,10 @@ class SacService(Application):
             raise ValueError(f"trusted_proxies: {e}") from None
 
     def make_app(
-        self, ctx: ServiceContext | None = None, idle_culler: culler.Culler | None = None
+        self,
+        ctx: ServiceContext | None = None,
+        idle_culler: culler.Culler | None = None,
+        leadership: Leadership | None = None,
     ) -> web.Application:
         """The tornado application serving ``ctx`` (None: only its route table, for
         the tests that read it; no handler can run without a context)."""
@@ -335,6 +341,8 @@ class SacService(Application):
             ctx=ctx,
             # The idle culler's state, shown by api/culler (None: culling is off).
             culler=idle_culler,
+            # Whether this process leads (runs the culler and the other loops).
+            leadership=leadership,
             hub_auth=hub_auth,
             cookie_secret=os.urandom(32),
             default_handler_class=NotFoundHandler,
@@ -384,12 +392,11 @@ class SacService(Application):
         except Exception:
             # Nor a broken shipped template preset.
             self.log.exception("could not load the template presets")
-        reaper = asyncio.create_task(hitl.reaper(ctx))
-        pruning = (
-            asyncio.create_task(events.pruner(ctx, self.event_retention_days))
-            if self.event_retention_days > 0
-            else None
-        )
+        # Loops that must run once in the installation run in the leader only
+        # (leadership.py); every process serves requests and relays wake-ups.
+        loops: list[Loop] = [lambda: hitl.reaper(ctx)]
+        if self.event_retention_days > 0:
+            loops.append(lambda: events.pruner(ctx, self.event_retention_days))
         deliverer = Deliverer(
             ctx,
             backoff=self.webhook_backoff,
@@ -397,14 +404,17 @@ class SacService(Application):
             concurrency=max(1, self.webhook_concurrency),
             retention_days=self.event_retention_days,
         )
-        delivering = asyncio.create_task(deliverer.run())
+        loops.append(deliverer.run)
         idle_culler = culler.Culler(ctx, self.cull_interval) if self.cull_interval > 0 else None
-        culling = asyncio.create_task(idle_culler.run()) if idle_culler else None
-        access_audit = (
-            AccessAudit(ctx, self.access_audit_interval) if self.access_audit_interval > 0 else None
-        )
-        watching = asyncio.create_task(access_audit.run()) if access_audit else None
-        app = self.make_app(ctx, idle_culler)
+        if idle_culler is not None:
+            loops.append(idle_culler.run)
+        if self.access_audit_interval > 0:
+            loops.append(AccessAudit(ctx, self.access_audit_interval).run)
+        conninfo = store.pool.conninfo
+        leadership = Leadership(conninfo, loops)
+        leading = asyncio.create_task(leadership.run())
+        relaying = asyncio.create_task(wakeups.relay(ctx, conninfo))
+        app = self.make_app(ctx, idle_culler, leadership)
         server = app.listen(
             self.port,
             self.ip,
@@ -428,15 +438,12 @@ class SacService(Application):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         server.stop()
-        reaper.cancel()
-        delivering.cancel()
+        for task in (relaying, leading):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await deliverer.close()
-        if pruning is not None:
-            pruning.cancel()
-        if watching is not None:
-            watching.cancel()
-        if culling is not None and idle_culler is not None:
-            culling.cancel()
+        if idle_culler is not None:
             await idle_culler.close()
         await ctx.upstream.aclose()
         await ctx.hub.close()

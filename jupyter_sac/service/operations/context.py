@@ -67,7 +67,8 @@ class OrganisationKeys(Mapping[str, str]):
 
 
 class Waiters:
-    """In-process wake-ups for HITL long-polls on request ids."""
+    """In-process wake-ups for HITL long-polls on request ids (a decision made
+    through another process of the service arrives through service/wakeups.py)."""
 
     def __init__(self) -> None:
         self._events: dict[str, set[asyncio.Event]] = defaultdict(set)
@@ -87,6 +88,11 @@ class Waiters:
         for event in self._events.get(request_id, ()):
             event.set()
 
+    def notify_all(self) -> None:
+        """Wake every long-poll (each re-reads its request)."""
+        for request_id in list(self._events):
+            self.notify(request_id)
+
     def waiting(self) -> int:
         """How many long-polls are parked here now (the ``sac_hitl_waiting`` gauge)."""
         return sum(len(events) for events in self._events.values())
@@ -98,8 +104,9 @@ class Bells:
     ``ring(user)`` once an event of the user's is committed; a stream takes a
     ``mark`` before it reads the store and then ``wait``s with it, so a ring that
     lands between its read and its wait is not lost (the wait returns at once).
-    Events appended by another process (another process of the service) ring no
-    bell here: streams re-read the store every few seconds too."""
+    Events appended by another process of the service ring here through
+    service/wakeups.py; streams re-read the store every few seconds too, in case
+    that connection is down."""
 
     def __init__(self) -> None:
         self._rings: dict[str, int] = defaultdict(int)
@@ -122,6 +129,10 @@ class Bells:
             self._any_rings += 1
             for event in self._any:
                 event.set()
+
+    def ring_all(self) -> None:
+        """Ring the bell of every user whose stream waits here."""
+        self.ring(*list(self._events))
 
     def mark_any(self) -> int:
         return self._any_rings
