@@ -3,7 +3,8 @@
 Each process of the service keeps parked waiters in memory (a sandbox's HITL
 long-poll, a user's event stream). A change made through another process must
 wake them, so the change's transaction also NOTIFYs a channel, and every process
-LISTENs on one dedicated connection (``Listener``) and wakes its own waiters.
+LISTENs on one dedicated connection (``Listener``) and wakes its own waiters
+(or, for the organisation keys, reloads what it keeps in memory).
 NOTIFY inside a transaction is delivered when it commits (never if it rolls
 back), so a woken waiter always finds the change. Payloads are small (a request
 id, a user's name): PostgreSQL refuses payloads of 8000 bytes or more.
@@ -21,7 +22,9 @@ from .tx import Conn
 HITL_RESOLVED = "sac_hitl_resolved"
 # An event was appended to a user's stream (user_events); payload: the user's name.
 USER_EVENTS = "sac_user_events"
-CHANNELS = (HITL_RESOLVED, USER_EVENTS)
+# An organisation key was set or removed; payload: the provider.
+ORG_KEYS_CHANGED = "sac_org_keys_changed"
+CHANNELS = (HITL_RESOLVED, USER_EVENTS, ORG_KEYS_CHANGED)
 
 # PostgreSQL's limit is 8000 bytes; a longer payload is not sent (waiters then
 # find the change at their periodic re-read, as when no process listens).

@@ -36,8 +36,9 @@ log = logging.getLogger("jupyter_sac.service")
 class OrganisationKeys(Mapping[str, str]):
     """The organisation keys in use, by provider: the configuration's
     (``c.SacService.organisation_api_keys``), overridden by those set in the service
-    (settings page or API). Reloaded after each change; this process is the only
-    writer, so the mapping is always current here."""
+    (settings page or API). Reloaded after each change: by the process that made
+    it, and by the service's other processes when its notification reaches them
+    (service/wakeups.py)."""
 
     def __init__(self, configured: Mapping[str, str]) -> None:
         self.configured: dict[str, str] = dict(configured)
