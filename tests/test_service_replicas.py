@@ -6,6 +6,7 @@ database: a stack of its own (the hub's service process, A) and a second process
 - A decision made through A wakes a sandbox's long-poll parked on B, and an
   event appended through A reaches a stream open on B, at once (PostgreSQL
   NOTIFY, service/wakeups.py), not at the waiters' 5 s re-read.
+- An organisation key set through A is used by B's credential proxy at once.
 - Exactly one process leads (runs the background loops, service/leadership.py):
   with both running, each webhook delivery is posted once; once the leader is
   killed, the other takes over within seconds and delivers.
@@ -76,6 +77,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
                 "a_pid": first,
                 "b": second.url,
                 "stack_pid": running.proc.pid,
+                "data_dir": running.data_dir,
             }
 
 
@@ -196,6 +198,48 @@ def test_an_event_appended_through_one_process_reaches_a_stream_on_another(
           " it)")  # fmt: skip
     assert arrived - sent_at < BEFORE_RECHECK, "the event came with the re-read, not a wake-up"
     on_a.close()
+
+
+def test_an_organisation_key_set_through_one_process_is_used_by_another_at_once(
+    replicas: dict[str, Any], fake: str
+) -> None:
+    """The credential proxy of every process adds the key an administrator set
+    through any of them, and stops adding it once it is removed."""
+    admin, owner, ann = replicas["admin"], replicas["owner"], replicas["ann"]
+    slug = f"lean{uuid.uuid4().hex[:4]}"
+    # An agent with no key of its own, on a provider with no organisation key yet.
+    resp = owner.sac("POST", "agents", json={"slug": slug, "provider": "custom", "base_url": fake})
+    assert resp.status_code == 201, resp.text
+    token = asyncio.run(sandbox_token(replicas["data_dir"], ann, slug))
+    message = {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    on_b = httpx.Client(base_url=replicas["b"] + "llm/", headers={"x-api-key": token}, timeout=60)
+    as_admin_on_a = client(replicas["a"], admin.token)
+    assert on_b.post("v1/messages", json=message).status_code == 401
+
+    key = "sk-org-" + uuid.uuid4().hex
+    resp = as_admin_on_a.put("organisation-keys/custom", json={"api_key": key})
+    set_at = time.monotonic()
+    assert resp.status_code == 200, resp.text
+    poll_until(
+        lambda: on_b.post("v1/messages", json=message).status_code == 200,
+        BEFORE_RECHECK,
+        "process B using the key set through A",
+        interval=0.05,
+    )
+    print(f"\nFIGURE replica_org_key {(time.monotonic() - set_at) * 1000:.0f} ms (key set on A"
+          " to B's proxy using it)")  # fmt: skip
+    sent = httpx.get(fake + "/_fake/requests").json()["requests"][-1]
+    assert key in (sent["headers"].get("Authorization", ""), sent["headers"].get("X-Api-Key"))
+
+    assert as_admin_on_a.delete("organisation-keys/custom").status_code == 204
+    poll_until(
+        lambda: on_b.post("v1/messages", json=message).status_code == 401,
+        BEFORE_RECHECK,
+        "process B no longer using the removed key",
+        interval=0.05,
+    )
+    on_b.close()
+    as_admin_on_a.close()
 
 
 def leader_of(base: str, admin: HubApi) -> tuple[bool, bool]:
