@@ -16,6 +16,9 @@ from psycopg import AsyncConnection
 # form never conflicts with the one-bigint form (the per-user locks of
 # store/events.py hash names into that one), whatever the values.
 LEADER_LOCK_KEY = (0x5AC, 1)  # (jupyter-sac's class of locks, the service's leadership)
+# How the lock's connection shows in pg_stat_activity (the leader's holds it:
+# pg_locks, locktype 'advisory', classid 1452, objid 1).
+APPLICATION_NAME = "sac-service leadership"
 
 
 class LeaderLock:
@@ -31,6 +34,7 @@ class LeaderLock:
         conn = await AsyncConnection.connect(
             conninfo,
             autocommit=True,
+            application_name=APPLICATION_NAME,
             keepalives=1,
             keepalives_idle=10,
             keepalives_interval=5,

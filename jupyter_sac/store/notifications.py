@@ -26,6 +26,9 @@ USER_EVENTS = "sac_user_events"
 ORG_KEYS_CHANGED = "sac_org_keys_changed"
 CHANNELS = (HITL_RESOLVED, USER_EVENTS, ORG_KEYS_CHANGED)
 
+# How the connection shows in pg_stat_activity.
+APPLICATION_NAME = "sac-service wake-ups"
+
 # PostgreSQL's limit is 8000 bytes; a longer payload is not sent (waiters then
 # find the change at their periodic re-read, as when no process listens).
 MAX_PAYLOAD_BYTES = 7999
@@ -61,6 +64,7 @@ class Listener:
         conn = await AsyncConnection.connect(
             conninfo,
             autocommit=True,
+            application_name=APPLICATION_NAME,
             keepalives=1,
             keepalives_idle=30,
             keepalives_interval=10,
