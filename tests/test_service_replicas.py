@@ -6,7 +6,8 @@ database: a stack of its own (the hub's service process, A) and a second process
 - A decision made through A wakes a sandbox's long-poll parked on B, and an
   event appended through A reaches a stream open on B, at once (PostgreSQL
   NOTIFY, service/wakeups.py), not at the waiters' 5 s re-read.
-- An organisation key set through A is used by B's credential proxy at once.
+- An organisation key set through A is used by B's credential proxy at once,
+  and a person signed in through A is signed in on B.
 - Exactly one process leads (runs the background loops, service/leadership.py):
   with both running, each webhook delivery is posted once; once the leader is
   killed, the other takes over within seconds and delivers.
@@ -31,7 +32,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import HubApi, stack_database_url
+from helpers import HubApi, browser_client, stack_database_url
 from prometheus_client.parser import text_string_to_metric_families
 from test_webhooks_api import start_receiver
 
@@ -78,6 +79,8 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
                 "b": second.url,
                 "stack_pid": running.proc.pid,
                 "data_dir": running.data_dir,
+                "url": running.url,
+                "service_url": running.service_url,
             }
 
 
@@ -240,6 +243,23 @@ def test_an_organisation_key_set_through_one_process_is_used_by_another_at_once(
     )
     on_b.close()
     as_admin_on_a.close()
+
+
+def test_a_person_signed_in_through_one_process_is_signed_in_on_another(
+    replicas: dict[str, Any],
+) -> None:
+    """The login cookie one process sets (after the hub's OAuth) is good on the
+    other: both sign it with the same secret."""
+    browser = browser_client(replicas["url"], "admin", ADMIN_PASSWORD)
+    try:
+        page = browser.get(replicas["service_url"])
+        assert page.status_code == 200, page.text[:300]
+        cookies = "; ".join(f"{c.name}={c.value}" for c in browser.cookies.jar)
+    finally:
+        browser.close()
+    for base in (replicas["a"], replicas["b"]):
+        resp = httpx.get(base, headers={"Cookie": cookies}, follow_redirects=False)
+        assert resp.status_code == 200, (base, resp.status_code, resp.headers.get("location"))
 
 
 def leader_of(base: str, admin: HubApi) -> tuple[bool, bool]:

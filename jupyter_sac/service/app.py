@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import os
 import signal
 from pathlib import Path
@@ -344,9 +345,21 @@ class SacService(Application):
             # Whether this process leads (runs the culler and the other loops).
             leadership=leadership,
             hub_auth=hub_auth,
-            cookie_secret=os.urandom(32),
+            cookie_secret=self.cookie_secret(),
             default_handler_class=NotFoundHandler,
         )
+
+    def cookie_secret(self) -> bytes:
+        """What signs the service's login cookie and its forms' XSRF tokens. The
+        same in every process of the service, so that a person signed in through
+        one replica is signed in on all (and a form rendered by one may be posted
+        to another): derived from the service's API token, which every replica
+        registered as the service holds and nobody else but the hub; random
+        without one."""
+        token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
+        if not token:
+            return os.urandom(32)
+        return hmac.new(token.encode(), b"jupyter-sac service cookie secret", "sha256").digest()
 
     def make_object_store(self) -> ObjectStore:
         overrides = {}
