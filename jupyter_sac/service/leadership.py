@@ -56,10 +56,6 @@ class Leadership:
         self._running: list[asyncio.Task[None]] = []
         metrics.SERVICE_LEADER.set(0)
 
-    def status(self) -> dict[str, Any]:
-        """For administrators (api/culler): whether this process leads."""
-        return {"leader": self.leader}
-
     async def run(self) -> None:
         """Until cancelled: try to lead, lead while the lock holds, step down if lost."""
         while True:
@@ -73,10 +69,13 @@ class Leadership:
                     await lock.check()
             except OperationalError as e:
                 log.warning("service leadership: database connection lost (%s)", e)
+            except Exception:
+                # Whatever it was, a process that stops trying would never lead.
+                log.exception("service leadership: unexpected failure; trying again")
             finally:
                 await self._step_down()
                 if lock is not None:
-                    with contextlib.suppress(OperationalError):
+                    with contextlib.suppress(Exception):
                         await lock.close()
             await asyncio.sleep(self.retry)
 

@@ -14,6 +14,7 @@ uses it at once), and once more after each reconnection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from psycopg import OperationalError
@@ -98,9 +99,13 @@ async def _listen(relaying: Relay, conninfo: str) -> None:
                 e,
                 delay,
             )
+        except Exception:
+            # Whatever it was, a process that stops listening only re-reads.
+            log.exception("wake-ups from other service processes failed; again in %g s", delay)
         finally:
             metrics.WAKEUPS_CONNECTED.set(0)
             if listener is not None:
-                await listener.close()
+                with contextlib.suppress(Exception):
+                    await listener.close()
         await asyncio.sleep(delay)
         delay = min(delay * 2, RECONNECT_MAX_SECONDS)
