@@ -343,3 +343,64 @@ def bare_lab(workdir: Path) -> Iterator[subprocess.Popen]:
         yield proc
     finally:
         stop_process(proc)
+
+
+@dataclass
+class ServiceReplica:
+    """Another process of a stack's `sac` service (another replica, as on
+    Kubernetes): the same command, configuration, database and keys as the one the
+    hub started, listening on its own port."""
+
+    proc: subprocess.Popen
+    url: str  # its own address and prefix (http://127.0.0.1:<port>/services/sac/)
+    log_path: Path
+
+
+def service_address(pid: int) -> str:
+    """The address and prefix a running `sac` service process listens on."""
+    environ = dict(
+        entry.split("=", 1)
+        for entry in Path(f"/proc/{pid}/environ").read_text().split("\0")
+        if "=" in entry
+    )
+    return environ["JUPYTERHUB_SERVICE_URL"].rstrip("/") + environ["JUPYTERHUB_SERVICE_PREFIX"]
+
+
+@contextmanager
+def service_replica(stack_pid: int, workdir: Path) -> Iterator[ServiceReplica]:
+    """Start a second `sac` service process beside the one under ``stack_pid`` (`sac
+    up`'s pid): its environment (database URL, Fernet keys, the hub's API token)
+    and command line, with only the listening address changed; yields once it
+    answers, stops it afterwards."""
+    first = find_descendant(stack_pid, b"jupyter_sac.service")
+    environ = dict(
+        entry.split("=", 1)
+        for entry in Path(f"/proc/{first}/environ").read_text().split("\0")
+        if "=" in entry
+    )
+    command = [a for a in Path(f"/proc/{first}/cmdline").read_text().split("\0") if a]
+    port = free_port()
+    environ["JUPYTERHUB_SERVICE_URL"] = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}{environ['JUPYTERHUB_SERVICE_PREFIX']}"
+    log_path = workdir / f"sac-service-{port}.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            command,
+            env=environ,
+            cwd=os.readlink(f"/proc/{first}/cwd"),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"the second service exited with {proc.returncode}; see {log_path}"
+                )
+            return http_status(url + "api/") is not None
+
+        poll_until(up, 60, "the second sac service process", interval=0.2)
+        yield ServiceReplica(proc, url, log_path)
+    finally:
+        stop_process(proc, timeout=30)

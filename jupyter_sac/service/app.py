@@ -7,6 +7,8 @@ same configuration file as the hub, so `c.SacService.*` lives beside the rest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hmac
 import os
 import signal
 from pathlib import Path
@@ -44,6 +46,7 @@ from . import (
     skills,
     template_pages,
     templates,
+    wakeups,
     webhooks,
     workspace,
 )
@@ -52,6 +55,7 @@ from .agents import AgentActionHandler, AgentHandler, AgentsHandler, AgentUsageH
 from .base import SERVER_BODY_BYTES, NotFoundHandler
 from .forwarded import LOOPBACK, ForwardedApplication, TrustedProxies
 from .hub import HubClient
+from .leadership import Leadership, Loop
 from .llm_proxy import LlmProxyHandler
 from .operations import templates as template_ops
 from .operations.context import OrganisationKeys, ServiceContext, Waiters
@@ -307,7 +311,10 @@ class SacService(Application):
             raise ValueError(f"trusted_proxies: {e}") from None
 
     def make_app(
-        self, ctx: ServiceContext | None = None, idle_culler: culler.Culler | None = None
+        self,
+        ctx: ServiceContext | None = None,
+        idle_culler: culler.Culler | None = None,
+        leadership: Leadership | None = None,
     ) -> web.Application:
         """The tornado application serving ``ctx`` (None: only its route table, for
         the tests that read it; no handler can run without a context)."""
@@ -361,10 +368,24 @@ class SacService(Application):
             ctx=ctx,
             # The idle culler's state, shown by api/culler (None: culling is off).
             culler=idle_culler,
+            # Whether this process leads (runs the culler and the other loops).
+            leadership=leadership,
             hub_auth=hub_auth,
-            cookie_secret=os.urandom(32),
+            cookie_secret=self.cookie_secret(),
             default_handler_class=NotFoundHandler,
         )
+
+    def cookie_secret(self) -> bytes:
+        """What signs the service's login cookie and its forms' XSRF tokens. The
+        same in every process of the service, so that a person signed in through
+        one replica is signed in on all (and a form rendered by one may be posted
+        to another): derived from the service's API token, which every replica
+        registered as the service holds and nobody else but the hub; random
+        without one."""
+        token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
+        if not token:
+            return os.urandom(32)
+        return hmac.new(token.encode(), b"jupyter-sac service cookie secret", "sha256").digest()
 
     def make_object_store(self) -> ObjectStore:
         overrides = {}
@@ -410,12 +431,11 @@ class SacService(Application):
         except Exception:
             # Nor a broken shipped template preset.
             self.log.exception("could not load the template presets")
-        reaper = asyncio.create_task(hitl.reaper(ctx))
-        pruning = (
-            asyncio.create_task(events.pruner(ctx, self.event_retention_days))
-            if self.event_retention_days > 0
-            else None
-        )
+        # Loops that must run once in the installation run in the leader only
+        # (leadership.py); every process serves requests and relays wake-ups.
+        loops: list[Loop] = [lambda: hitl.reaper(ctx)]
+        if self.event_retention_days > 0:
+            loops.append(lambda: events.pruner(ctx, self.event_retention_days))
         deliverer = Deliverer(
             ctx,
             backoff=self.webhook_backoff,
@@ -423,19 +443,19 @@ class SacService(Application):
             concurrency=max(1, self.webhook_concurrency),
             retention_days=self.event_retention_days,
         )
-        delivering = asyncio.create_task(deliverer.run())
-        maintaining = (
-            asyncio.create_task(maintenance.maintainer(ctx, self.maintenance_interval))
-            if self.maintenance_interval > 0
-            else None
-        )
+        loops.append(deliverer.run)
+        if self.maintenance_interval > 0:
+            loops.append(lambda: maintenance.maintainer(ctx, self.maintenance_interval))
         idle_culler = culler.Culler(ctx, self.cull_interval) if self.cull_interval > 0 else None
-        culling = asyncio.create_task(idle_culler.run()) if idle_culler else None
-        access_audit = (
-            AccessAudit(ctx, self.access_audit_interval) if self.access_audit_interval > 0 else None
-        )
-        watching = asyncio.create_task(access_audit.run()) if access_audit else None
-        app = self.make_app(ctx, idle_culler)
+        if idle_culler is not None:
+            loops.append(idle_culler.run)
+        if self.access_audit_interval > 0:
+            loops.append(AccessAudit(ctx, self.access_audit_interval).run)
+        conninfo = store.pool.conninfo
+        leadership = Leadership(conninfo, loops)
+        leading = asyncio.create_task(leadership.run())
+        relaying = asyncio.create_task(wakeups.relay(ctx, conninfo))
+        app = self.make_app(ctx, idle_culler, leadership)
         server = app.listen(
             self.port,
             self.ip,
@@ -459,17 +479,12 @@ class SacService(Application):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         server.stop()
-        reaper.cancel()
-        delivering.cancel()
+        for task in (relaying, leading):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await deliverer.close()
-        if pruning is not None:
-            pruning.cancel()
-        if watching is not None:
-            watching.cancel()
-        if maintaining is not None:
-            maintaining.cancel()
-        if culling is not None and idle_culler is not None:
-            culling.cancel()
+        if idle_culler is not None:
             await idle_culler.close()
         await ctx.upstream.aclose()
         await ctx.hub.close()

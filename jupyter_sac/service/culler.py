@@ -170,12 +170,15 @@ class Culler:
 
 
 class CullerHandler(BaseHandler):
-    """GET api/culler (admins): the idle culler's last pass."""
+    """GET api/culler (admins): the idle culler's last pass in this process, and
+    whether this process leads (only the leader culls: service/leadership.py)."""
 
     async def get(self) -> None:
         self.require_admin()
         culler = self.settings["culler"]
-        self.write_json(culler.status if culler else {"interval": 0, "passes": 0})
+        leadership = self.settings.get("leadership")
+        status = culler.status if culler else {"interval": 0, "passes": 0}
+        self.write_json({**status, "leader": bool(leadership and leadership.leader)})
 
 
 def routes(prefix: str) -> list[tuple[str, Any]]:

@@ -3,8 +3,10 @@
 Sandboxes (per-agent token) read their policy, file requests, long-poll for the
 decision and cancel requests whose prompt went away. Users list, read and
 decide the requests of their own agents; admins those of everyone. The
-database is the source of truth; waiters in this process are woken at once
-when a decision lands here, and re-check the database every few seconds.
+database is the source of truth; waiters are woken at once when a decision
+lands, in this process or (through its NOTIFY, service/wakeups.py) in another
+process of the service, and re-check the database every few seconds in case
+that connection is down. The reaper runs in the leader only (leadership.py).
 """
 
 from __future__ import annotations
@@ -257,8 +259,9 @@ class WaitHandler(HitlBaseHandler):
                     break
                 # Still pending: the database clock is behind ours. Look again soon.
                 until_expiry = 0.2
-            # Every few seconds the database is asked again, for decisions landing
-            # in another process of the service.
+            # Every few seconds the database is asked again: a decision in another
+            # process wakes this one through its NOTIFY, unless the listening
+            # connection is down just then.
             await self.ctx.hitl_waiters.wait(
                 request_id, min(remaining, until_expiry + 0.05, RECHECK_SECONDS)
             )

@@ -52,6 +52,18 @@ EVENT_STREAMS = Gauge(
     "Event streams (GET api/events) open in this process.",
     registry=REGISTRY,
 )
+SERVICE_LEADER = Gauge(
+    "sac_service_leader",
+    "1 while this process leads the service (runs the idle culler, HITL expiry, event"
+    " pruning, webhook deliveries and the access audit for the installation), else 0.",
+    registry=REGISTRY,
+)
+WAKEUPS_CONNECTED = Gauge(
+    "sac_service_wakeups_connected",
+    "1 while this process listens for wake-ups from the service's other processes"
+    " (PostgreSQL LISTEN), else 0 (waiters then re-read every few seconds).",
+    registry=REGISTRY,
+)
 WEBHOOK_DELIVERIES = Counter(
     "sac_webhook_deliveries",
     "Webhook delivery attempts, by outcome: delivered, retry (to be tried again) or failed.",

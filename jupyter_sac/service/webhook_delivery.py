@@ -85,6 +85,15 @@ class Deliverer:
         await self.client.aclose()
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            # Leadership lost (or the service stopping): attempts under way stop
+            # with it, so that the new leader's attempts are not doubled by ours.
+            for task in list(self._sending.values()):
+                task.cancel()
+
+    async def _run(self) -> None:
         last_prune = -PRUNE_SECONDS
         loop = asyncio.get_running_loop()
         while True:

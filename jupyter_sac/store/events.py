@@ -6,7 +6,10 @@ for one user at once could commit in the other order than their ids, and a
 reader that saw id 8 before id 7 committed would skip 7 when it resumes after 8.
 So appends for one user take a lock held until their transaction ends (an
 advisory lock on the user's name): a user's events commit in id order, and
-"after the last id seen" is exactly what a reader has not seen."""
+"after the last id seen" is exactly what a reader has not seen.
+
+Each append NOTIFYs ``USER_EVENTS`` with the user's name, delivered at commit,
+which wakes the user's streams in every process of the service."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from .notifications import USER_EVENTS, notify
 from .tx import Conn, Pool, using
 
 _COLUMNS = "id, username, kind, agent_slug, data, created_at"
@@ -53,6 +57,10 @@ class UserEvents:
                 (user, kind, agent, Jsonb(data), dedupe_key),
             )
             row = await cur.fetchone()
+            if row is not None:
+                # Sent when the transaction commits: every process of the service
+                # wakes the user's streams (store/notifications.py).
+                await notify(c, USER_EVENTS, user)
         return int(row["id"]) if row is not None else None
 
     async def after(self, user: str, after: int, limit: int) -> list[dict[str, Any]]:

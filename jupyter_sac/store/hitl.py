@@ -1,4 +1,8 @@
-"""Human-in-the-loop requests and policies: filed by sandboxes, decided by owners and admins."""
+"""Human-in-the-loop requests and policies: filed by sandboxes, decided by owners and admins.
+
+Deciding, cancelling or timing out a request NOTIFYs ``HITL_RESOLVED`` with its
+id (in the caller's transaction: sent at commit), which wakes its waiters in
+every process of the service (store/notifications.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from .notifications import HITL_RESOLVED, notify
 from .tx import Conn, Pool, using
 
 PENDING = "pending"
@@ -218,7 +223,9 @@ class HitlRequests:
                 f" reason = 'no decision within the timeout; the default applied'"
                 f" WHERE status = 'pending' AND expires_at <= now() RETURNING {_COLUMNS}"
             )
-            return await cur.fetchall()
+            expired = await cur.fetchall()
+            await notify(c, HITL_RESOLVED, *(str(row["id"]) for row in expired))
+            return expired
 
     async def decide(
         self,
@@ -241,7 +248,10 @@ class HitlRequests:
                 f" RETURNING {_COLUMNS}",
                 (status, decision, option, reason, text, by, uuid.UUID(request_id)),
             )
-            return await cur.fetchone()
+            decided = await cur.fetchone()
+            if decided is not None:
+                await notify(c, HITL_RESOLVED, str(decided["id"]))
+            return decided
 
     async def cancel(
         self, request_id: str, agent_id: int, *, conn: Conn | None = None
@@ -252,7 +262,10 @@ class HitlRequests:
                 f" WHERE id = %s AND agent_id = %s AND status = 'pending' RETURNING {_COLUMNS}",
                 (uuid.UUID(request_id), agent_id),
             )
-            return await cur.fetchone()
+            cancelled = await cur.fetchone()
+            if cancelled is not None:
+                await notify(c, HITL_RESOLVED, str(cancelled["id"]))
+            return cancelled
 
     async def list(
         self,

@@ -1,10 +1,14 @@
-"""Organisation provider keys kept in the database (encrypted by the caller)."""
+"""Organisation provider keys kept in the database (encrypted by the caller).
+
+Setting or removing one NOTIFYs ``ORG_KEYS_CHANGED`` (sent at commit), so that
+every process of the service reloads the keys it proxies model calls with."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
 
+from .notifications import ORG_KEYS_CHANGED, notify
 from .tx import Conn, Pool, using
 
 
@@ -58,6 +62,7 @@ class OrganisationKeys:
                 " updated_by = EXCLUDED.updated_by, updated_at = now()",
                 (provider, encrypted_key, hint, by),
             )
+            await notify(c, ORG_KEYS_CHANGED, provider)
         return before["hint"] if before else None
 
     async def delete(self, provider: str, conn: Conn | None = None) -> str | None:
@@ -67,4 +72,6 @@ class OrganisationKeys:
                 "DELETE FROM organisation_keys WHERE provider = %s RETURNING hint", (provider,)
             )
             row = await cur.fetchone()
+            if row is not None:
+                await notify(c, ORG_KEYS_CHANGED, provider)
         return row["hint"] if row else None

@@ -36,8 +36,9 @@ log = logging.getLogger("jupyter_sac.service")
 class OrganisationKeys(Mapping[str, str]):
     """The organisation keys in use, by provider: the configuration's
     (``c.SacService.organisation_api_keys``), overridden by those set in the service
-    (settings page or API). Reloaded after each change; this process is the only
-    writer, so the mapping is always current here."""
+    (settings page or API). Reloaded after each change: by the process that made
+    it, and by the service's other processes when its notification reaches them
+    (service/wakeups.py)."""
 
     def __init__(self, configured: Mapping[str, str]) -> None:
         self.configured: dict[str, str] = dict(configured)
@@ -67,7 +68,8 @@ class OrganisationKeys(Mapping[str, str]):
 
 
 class Waiters:
-    """In-process wake-ups for HITL long-polls on request ids."""
+    """In-process wake-ups for HITL long-polls on request ids (a decision made
+    through another process of the service arrives through service/wakeups.py)."""
 
     def __init__(self) -> None:
         self._events: dict[str, set[asyncio.Event]] = defaultdict(set)
@@ -87,6 +89,11 @@ class Waiters:
         for event in self._events.get(request_id, ()):
             event.set()
 
+    def notify_all(self) -> None:
+        """Wake every long-poll (each re-reads its request)."""
+        for request_id in list(self._events):
+            self.notify(request_id)
+
     def waiting(self) -> int:
         """How many long-polls are parked here now (the ``sac_hitl_waiting`` gauge)."""
         return sum(len(events) for events in self._events.values())
@@ -98,8 +105,9 @@ class Bells:
     ``ring(user)`` once an event of the user's is committed; a stream takes a
     ``mark`` before it reads the store and then ``wait``s with it, so a ring that
     lands between its read and its wait is not lost (the wait returns at once).
-    Events appended by another process (another process of the service) ring no
-    bell here: streams re-read the store every few seconds too."""
+    Events appended by another process of the service ring here through
+    service/wakeups.py; streams re-read the store every few seconds too, in case
+    that connection is down."""
 
     def __init__(self) -> None:
         self._rings: dict[str, int] = defaultdict(int)
@@ -122,6 +130,10 @@ class Bells:
             self._any_rings += 1
             for event in self._any:
                 event.set()
+
+    def ring_all(self) -> None:
+        """Ring the bell of every user whose stream waits here."""
+        self.ring(*list(self._events))
 
     def mark_any(self) -> int:
         return self._any_rings

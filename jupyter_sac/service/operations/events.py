@@ -3,8 +3,9 @@ starts, and its events as they are stored (``store/events.py``).
 
 Events are appended by the operations that make the change, in the change's
 transaction (``record``), and the streams of the user are woken once it is
-committed (``ring``). A stream reads the store, never the wake-ups, so an
-event committed by another process is seen at the next re-read."""
+committed (``ring``; in the service's other processes, by the append's NOTIFY,
+service/wakeups.py). A stream reads the store, never the wake-ups: a wake-up
+only says when to read again."""
 
 from __future__ import annotations
 
@@ -25,9 +26,9 @@ from .context import Actor, ServiceContext
 
 # Events read from the store at once (a client far behind gets several batches).
 BATCH = 100
-# How often a stream re-reads the store without being woken: an event appended by
-# another process (another process of the service; later, the hub's spawner)
-# rings no bell here.
+# How often a stream re-reads the store without being woken: events appended
+# elsewhere (another process of the service, the hub's spawner) ring here through
+# their NOTIFY, unless the listening connection is down just then.
 RECHECK_SECONDS = 5.0
 # A comment line after this long without an event, so that proxies and clients
 # see the stream is alive (nginx and others close idle connections after 60 s).
