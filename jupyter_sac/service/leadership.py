@@ -4,12 +4,13 @@ On Kubernetes the service may run as several replicas behind one Service. Each
 serves requests, but loops that must run once in the installation (the idle
 culler, HITL expiry, event pruning, webhook deliveries, the access audit, the
 retention maintenance) run only in the leader: the process holding the
-PostgreSQL session advisory lock of store/leadership.py. The others try to take it every few seconds; when the
-leader dies its connection ends, PostgreSQL releases the lock, and the next try
-of another process takes over. A leader that loses its connection (and so the
-lock) stops its loops at its next check, within ``CHECK_SECONDS``: for at most
-that long two processes may both run them, which each loop tolerates (an expiry
-or a delivery is recorded once in the database; see docs/reliability.md).
+PostgreSQL session advisory lock of store/leadership.py. The others try to take
+it every few seconds; when the leader dies its connection ends, PostgreSQL
+releases the lock, and the next try of another process takes over. A leader
+that loses its connection (and so the lock) stops its loops at its next check,
+within ``CHECK_SECONDS``: for at most that long two processes may both run
+them, which each loop tolerates (an expiry or a delivery is recorded once in
+the database; see docs/reliability.md).
 """
 
 from __future__ import annotations
