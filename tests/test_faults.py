@@ -423,6 +423,10 @@ def test_readiness_answers_503_while_postgres_is_away_and_200_once_it_is_back(
 ) -> None:
     stack = faults_stack
     admin: HubApi = stack["admin"]
+    user = f"rd{uuid.uuid4().hex[:8]}"
+    client = admin.create_user(user)
+    created = client.sac("POST", "agents", json={"slug": "after", "api_key": "sk-unused-key"})
+    assert created.status_code == 201, created.text
 
     def ready(token: str | None = None) -> httpx.Response:
         headers = {"Authorization": f"token {token}"} if token else {}
@@ -446,6 +450,12 @@ def test_readiness_answers_503_while_postgres_is_away_and_200_once_it_is_back(
         assert live.status_code == 200, live.text
     poll_until(lambda: ready().status_code == 200, 60, "readiness back")
     assert ready(admin.token).json()["checks"]["database"]["status"] == "ok"
+    # The connections both pools held before the restart are gone: the next
+    # requests that need the database, the hub's first among them, are answered
+    # (each pool checks a connection before handing it out).
+    assert client.sac("GET", "agents").status_code == 200
+    client.start(user, "after")
+    client.stop(user, "after")
 
 
 def test_a_hub_that_does_not_answer_gets_503_and_changes_nothing(

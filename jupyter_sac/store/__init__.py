@@ -116,6 +116,11 @@ class Store:
             open=False,
             timeout=wait_timeout,
             reconnect_timeout=RECONNECT_FOR,
+            # A connection is checked as it is handed out: after PostgreSQL restarts
+            # (an upgrade, a failover) the pool's idle connections are dead, and
+            # without the check each one failed its next request once (the hub
+            # answered 500 to an agent's start).
+            check=AsyncConnectionPool.check_connection,
             name="sac",
         )
         await pool.open(wait=True, timeout=30)
