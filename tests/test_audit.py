@@ -284,6 +284,24 @@ def test_admin_decision_on_another_users_request(stack: dict, admin: HubApi) -> 
             assert again.status_code == 409
             assert _new(admin, entry["id"], user=user) == []
 
+            # A terminal prompt answered with text: what was typed is on the record.
+            prompt = sandbox.post("hitl/requests", json={
+                "kind": "terminal", "tool": "claude", "question": "Enter a name:",
+                "options": [{"key": "\r", "label": "Press Enter"}], "text_max": 40,
+            })  # fmt: skip
+            assert prompt.status_code == 201, prompt.text
+            pid = prompt.json()["id"]
+            resp = admin.sac(
+                "POST", f"hitl/requests/{pid}/decision", json={"decision": "allow", "text": "v2.1"}
+            )
+            assert resp.status_code == 200, resp.text
+            typed = _one(admin, entry["id"], user=user)
+            assert typed["before"]["text_max"] == 40
+            assert typed["after"] == {
+                "status": "approved", "decision": "allow", "option": None, "reason": None,
+                "text": "v2.1",
+            }  # fmt: skip
+
 
 def test_skill_curation_and_changes_to_others_skills(admin: HubApi, new_user) -> None:
     name, user = new_user("aud")

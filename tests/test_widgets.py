@@ -365,7 +365,7 @@ def test_approvals_panel_decides_live(stack: dict, fake: str, tmp_path: Path) ->
         k.until(f"ed.agent.value == {slug!r} and ed.policy is not None", "the policy loaded")
         assert k.value("json.loads(ed.text.value)") == policy["policy"]
         k.run("ed.text.value = json.dumps({'default': 'ask', 'allow': ['Bash(git *']})")
-        broken = k.until("text(ed.check)", "the broken rule reported")
+        broken = k.until("'HTTP' in text(ed.check) and text(ed.check)", "the broken rule reported")
         assert "allow" in broken and "HTTP 400" in broken, broken
         k.run("ed.text.value = '{\"default\": '")
         assert "not JSON" in k.until("'JSON' in text(ed.check) and text(ed.check)", "bad JSON")
@@ -462,7 +462,9 @@ def test_approvals_panel_decides_live(stack: dict, fake: str, tmp_path: Path) ->
         # Nor may it change a policy (an agent must not loosen its own): no Save, a
         # link to the agent's page where its person does.
         k.until("own.policies.agent.value is not None", "the sandbox's policy editor")
+        k.until("'by a person' in text(own.policies.status)", "the hand-over")
         assert k.value("own.policies.save_button.layout.display") == "none"
+        assert k.value("own.policies.text.layout.display") == "none"
         assert f"/services/sac/agents/{user}/" in k.value("own.policies.link.value")
         k.run("mine.approve()")
         refused = k.until("text(mine.status) if mine.settled else ''", "the 403")

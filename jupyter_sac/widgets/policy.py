@@ -38,6 +38,9 @@ class PolicyEditor(SacWidget):
 
     >>> PolicyEditor(sac, agent="helper")
 
+    In an agent's sandbox (a token that may not change policies) it shows no
+    policy and no Save, only the link to the agent's page on SAC.
+
     Attributes for code: ``agent`` (Dropdown of my agents' slugs), ``text``
     (Textarea: the policy as JSON), ``check`` (HTML: what the check said),
     ``save_button``, ``reload_button``, ``status`` (HTML: saved, or the refusal),
@@ -107,6 +110,14 @@ class PolicyEditor(SacWidget):
         if not slug or self.client is None:
             return
         self._show_link(slug)
+        if not self.can_save:
+            # A token an agent holds may neither read nor change a policy (an agent
+            # must not learn how to get past its own): its person does, on SAC.
+            self.text.layout.display = "none"
+            self.status.value = muted_html(
+                "Approval policies are read and changed by a person, on the agent's page."
+            )
+            return
         agent = self.client.agent(slug)
         self._spawn("policy-load", self._load, agent)
 
@@ -144,22 +155,26 @@ class PolicyEditor(SacWidget):
 
     def check_now(self) -> None:
         """Ask the service whether the text is a valid policy (stores nothing)."""
+        text = self.text.value
         policy = self._parsed()
         if policy is None or self.client is None:
             return
-        self._spawn("policy-check", self._check, policy)
+        self.check.value = muted_html("checking…")
+        self._spawn("policy-check", self._check, text, policy)
 
-    def _check(self, policy: dict[str, Any]) -> None:
+    def _check(self, text: str, policy: dict[str, Any]) -> None:
         assert self.client is not None
         try:
             self.client.check_policy(policy)
         except Exception as e:
-            self._later(self._checked, error_html(error_text(e)))
+            self._later(self._checked, text, error_html(error_text(e)))
             return
-        self._later(self._checked, f'<span style="{OK_STYLE}">✓ a valid policy</span>')
+        self._later(self._checked, text, f'<span style="{OK_STYLE}">✓ a valid policy</span>')
 
-    def _checked(self, markup: str) -> None:
-        self.check.value = markup
+    def _checked(self, text: str, markup: str) -> None:
+        # Only what is in the box now: the answer for an earlier text may come late.
+        if text == self.text.value:
+            self.check.value = markup
 
     def save(self) -> None:
         """Save the text as the chosen agent's policy (a person's token)."""

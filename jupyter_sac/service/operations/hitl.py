@@ -93,9 +93,13 @@ def decision_snapshots(
     pending: dict[str, Any], decided: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A decided request before and after, as the audit log records it."""
-    asked = ("kind", "tool", "input", "question", "options", "text_max")
+    asked = ("kind", "tool", "input", "question", "options")
     before = {"agent": pending["agent_slug"], **{k: pending[k] for k in asked}, "status": PENDING}
-    after = {k: decided[k] for k in ("status", "decision", "option", "answer_text", "reason")}
+    if pending["text_max"] is not None:
+        before["text_max"] = pending["text_max"]
+    after = {k: decided[k] for k in ("status", "decision", "option", "reason")}
+    if decided["answer_text"] is not None:
+        after["text"] = decided["answer_text"]  # what was typed at the prompt
     return before, after
 
 
