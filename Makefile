@@ -62,11 +62,12 @@ lint: install
 	cd labextension && npm run --silent lint
 
 # What starts no stack runs first, on every core; the stack tests then run one at a
-# time (they share session stacks and time their own processes).
+# time (they share session stacks and time their own processes). The slowest stack
+# tests are listed at the end, to see where the suite's time goes.
 test: system-deps lint
 	cd labextension && npx tsc --noEmit && npm test
 	SAC_CHP_COMMAND=$(CURDIR)/$(CHP) $(BIN)/python -m pytest -q -p no:cacheprovider -m "not stack" -n auto
-	SAC_CHP_COMMAND=$(CURDIR)/$(CHP) $(BIN)/python -m pytest -q -p no:cacheprovider -m stack
+	SAC_CHP_COMMAND=$(CURDIR)/$(CHP) $(BIN)/python -m pytest -q -p no:cacheprovider -m stack --durations=25
 
 # Everything that needs no whole stack (pure rules, the store on a real PostgreSQL,
 # the extension in-process, manifests, the labextension's unit tests): the loop to
