@@ -689,3 +689,47 @@ async def agent_token(
     token = out.strip().splitlines()[-1]
     assert token.startswith("sac-agent-"), out
     return token
+
+
+def service_context(
+    store: Any,
+    objects_dir: Path,
+    *,
+    keybox: Any = None,
+    org_keys: Any = None,
+    workspace_max_file_bytes: int = 1024 * 1024,
+) -> Any:
+    """The `sac` service's operations' context without the service: the real store
+    and a local object store; a hub client that is never called (tests of
+    operations that ask the hub start a stack instead). Close it with
+    ``close_service_context`` (the store stays the caller's)."""
+    from jupyter_sac.crypto import KeyBox, generate_key
+    from jupyter_sac.objects import LocalStore
+    from jupyter_sac.rules.urls import PublicUrls
+    from jupyter_sac.service.hub import HubClient
+    from jupyter_sac.service.operations.context import (
+        OrganisationKeys,
+        ServiceContext,
+        Waiters,
+    )
+    from jupyter_sac.service.principals import ADMIN_SCOPE
+
+    return ServiceContext(
+        store=store,
+        hub=HubClient(api_url="http://127.0.0.1:9/hub/api", token="unused"),
+        keybox=keybox if keybox is not None else KeyBox([generate_key()]),
+        objects=LocalStore(root=str(objects_dir)),
+        org_keys=org_keys if org_keys is not None else OrganisationKeys({}),
+        hitl_waiters=Waiters(),
+        upstream=httpx.AsyncClient(),
+        prefix="/services/sac/",
+        public=PublicUrls("", "/"),
+        admin_scope=ADMIN_SCOPE,
+        provider_base_urls={},
+        workspace_max_file_bytes=workspace_max_file_bytes,
+    )
+
+
+async def close_service_context(ctx: Any) -> None:
+    await ctx.upstream.aclose()
+    await ctx.hub.close()

@@ -11,20 +11,15 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import httpx
 import psycopg
 import pytest
 import pytest_asyncio
+from helpers import close_service_context, service_context
 
 from jupyter_sac.crypto import KeyBox, generate_key
-from jupyter_sac.objects import LocalStore
-from jupyter_sac.rules.urls import PublicUrls
 from jupyter_sac.service import leadership as leadership_module
 from jupyter_sac.service import metrics, wakeups
-from jupyter_sac.service.hub import HubClient
 from jupyter_sac.service.leadership import Leadership
-from jupyter_sac.service.operations.context import OrganisationKeys, ServiceContext, Waiters
-from jupyter_sac.service.principals import ADMIN_SCOPE
 from jupyter_sac.store import Store, notifications
 from jupyter_sac.store import leadership as lock_module
 from jupyter_sac.store.notifications import HITL_RESOLVED, USER_EVENTS, Listener
@@ -144,20 +139,7 @@ async def test_the_relay_wakes_this_process_and_reconnects_when_cut(
     database_url: str, store: Store, tmp_path: Path
 ) -> None:
     keybox = KeyBox([generate_key()])
-    ctx = ServiceContext(
-        store=store,
-        hub=HubClient(api_url="http://127.0.0.1:9/hub/api", token="unused"),
-        keybox=keybox,
-        objects=LocalStore(root=str(tmp_path / "objects")),
-        org_keys=OrganisationKeys({}),
-        hitl_waiters=Waiters(),
-        upstream=httpx.AsyncClient(),
-        prefix="/services/sac/",
-        public=PublicUrls("", "/"),
-        admin_scope=ADMIN_SCOPE,
-        provider_base_urls={},
-        workspace_max_file_bytes=1024,
-    )
+    ctx = service_context(store, tmp_path / "objects", keybox=keybox)
     relaying = asyncio.create_task(wakeups.relay(ctx, database_url))
     loop = asyncio.get_running_loop()
     try:
@@ -184,5 +166,4 @@ async def test_the_relay_wakes_this_process_and_reconnects_when_cut(
         relaying.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await relaying
-        await ctx.upstream.aclose()
-        await ctx.hub.close()
+        await close_service_context(ctx)

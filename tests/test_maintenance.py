@@ -12,27 +12,21 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import psycopg
 import pytest
 import pytest_asyncio
+from helpers import close_service_context, service_context
 
-from jupyter_sac.crypto import KeyBox, generate_key
 from jupyter_sac.errors import ApiError
-from jupyter_sac.objects import LocalStore
 from jupyter_sac.rules.retention import history_cutoffs
 from jupyter_sac.rules.settings import SettingsError, validate_overrides
-from jupyter_sac.rules.urls import PublicUrls
 from jupyter_sac.rules.workspace import agent_space, object_key
 from jupyter_sac.service import metrics
 from jupyter_sac.service.history import parse_batch
-from jupyter_sac.service.hub import HubClient
 from jupyter_sac.service.operations import maintenance, settings
 from jupyter_sac.service.operations.context import (
     Actor,
-    OrganisationKeys,
     ServiceContext,
-    Waiters,
 )
 from jupyter_sac.service.principals import ADMIN_SCOPE, USER_SCOPE, Identity
 from jupyter_sac.store import AgentRecord, Store
@@ -48,26 +42,9 @@ NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 @pytest_asyncio.fixture
 async def ctx(database_url: str, tmp_path: Path) -> AsyncIterator[ServiceContext]:
     store = await Store.open(database_url)
-    keybox = KeyBox([generate_key()])
-    keys = OrganisationKeys({})
-    await keys.reload(store, keybox)
-    context = ServiceContext(
-        store=store,
-        hub=HubClient(api_url="http://127.0.0.1:9/hub/api", token="unused"),
-        keybox=keybox,
-        objects=LocalStore(root=str(tmp_path / "objects")),
-        org_keys=keys,
-        hitl_waiters=Waiters(),
-        upstream=httpx.AsyncClient(),
-        prefix="/services/sac/",
-        public=PublicUrls("", "/"),
-        admin_scope=ADMIN_SCOPE,
-        provider_base_urls={},
-        workspace_max_file_bytes=1024 * 1024,
-    )
+    context = service_context(store, tmp_path / "objects")
     yield context
-    await context.upstream.aclose()
-    await context.hub.close()
+    await close_service_context(context)
     await store.close()
 
 

@@ -13,17 +13,14 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import pytest
 import pytest_asyncio
+from helpers import close_service_context, service_context
 
 from jupyter_sac.crypto import KeyBox, generate_key
 from jupyter_sac.errors import ApiError
-from jupyter_sac.objects import LocalStore
 from jupyter_sac.rules.hitl import DEFAULT_POLICY
-from jupyter_sac.rules.urls import PublicUrls
 from jupyter_sac.rules.workspace import object_key
-from jupyter_sac.service.hub import HubClient
 from jupyter_sac.service.operations import (
     agents,
     events,
@@ -37,7 +34,6 @@ from jupyter_sac.service.operations.context import (
     Actor,
     OrganisationKeys,
     ServiceContext,
-    Waiters,
 )
 from jupyter_sac.service.principals import ADMIN_SCOPE, DRIVE_SCOPE, USER_SCOPE, Identity
 from jupyter_sac.store import AgentRecord, Store
@@ -59,23 +55,9 @@ async def ctx(database_url: str, tmp_path: Path) -> AsyncIterator[ServiceContext
     keybox = KeyBox([generate_key()])
     keys = OrganisationKeys({"anthropic": "sk-ant-configured-0000"})
     await keys.reload(store, keybox)
-    context = ServiceContext(
-        store=store,
-        hub=HubClient(api_url="http://127.0.0.1:9/hub/api", token="unused"),
-        keybox=keybox,
-        objects=LocalStore(root=str(tmp_path / "objects")),
-        org_keys=keys,
-        hitl_waiters=Waiters(),
-        upstream=httpx.AsyncClient(),
-        prefix="/services/sac/",
-        public=PublicUrls("", "/"),
-        admin_scope=ADMIN_SCOPE,
-        provider_base_urls={},
-        workspace_max_file_bytes=1024 * 1024,
-    )
+    context = service_context(store, tmp_path / "objects", keybox=keybox, org_keys=keys)
     yield context
-    await context.upstream.aclose()
-    await context.hub.close()
+    await close_service_context(context)
     await store.close()
 
 

@@ -17,24 +17,18 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import pytest_asyncio
+from helpers import close_service_context, service_context
 
-from jupyter_sac.crypto import KeyBox, generate_key
 from jupyter_sac.errors import ApiError
-from jupyter_sac.objects import LocalStore
 from jupyter_sac.rules import settings as sac_settings
 from jupyter_sac.rules import webhooks as rules
-from jupyter_sac.rules.urls import PublicUrls
-from jupyter_sac.service.hub import HubClient
 from jupyter_sac.service.operations import settings
 from jupyter_sac.service.operations import webhooks as ops
 from jupyter_sac.service.operations.context import (
     Actor,
-    OrganisationKeys,
     ServiceContext,
-    Waiters,
 )
 from jupyter_sac.service.principals import ADMIN_SCOPE, DRIVE_SCOPE, USER_SCOPE, Identity
 from jupyter_sac.service.webhook_delivery import Deliverer
@@ -187,24 +181,9 @@ BOB = Actor(Identity(name="bob", kind="user", scopes=frozenset({USER_SCOPE})))
 @pytest_asyncio.fixture
 async def ctx(database_url: str, tmp_path: Path) -> AsyncIterator[ServiceContext]:
     store = await Store.open(database_url)
-    keybox = KeyBox([generate_key()])
-    context = ServiceContext(
-        store=store,
-        hub=HubClient(api_url="http://127.0.0.1:9/hub/api", token="unused"),
-        keybox=keybox,
-        objects=LocalStore(root=str(tmp_path / "objects")),
-        org_keys=OrganisationKeys({}),
-        hitl_waiters=Waiters(),
-        upstream=httpx.AsyncClient(),
-        prefix="/services/sac/",
-        public=PublicUrls("", "/"),
-        admin_scope=ADMIN_SCOPE,
-        provider_base_urls={},
-        workspace_max_file_bytes=1024 * 1024,
-    )
+    context = service_context(store, tmp_path / "objects")
     yield context
-    await context.upstream.aclose()
-    await context.hub.close()
+    await close_service_context(context)
     await store.close()
 
 
