@@ -155,16 +155,25 @@ def _reason(request: dict[str, Any]) -> str:
     return f"{text}: {reason}" if reason else text
 
 
+def text_answer(match: PromptMatch, request: dict[str, Any]) -> str | None:
+    """The text a decided request answers ``match`` with, or None (it chose an
+    option, or was denied). The service checked it; it is checked again here,
+    where it becomes keystrokes: one line of printable text, so it can only ever
+    be the answer."""
+    text = request.get("text")
+    if text is None or match.text_key is None or request.get("decision") != "allow":
+        return None
+    return text if policy_rules.answer_text_problem(text, TEXT_ANSWER_LIMIT) is None else None
+
+
 def keys_for(match: PromptMatch, request: dict[str, Any]) -> str | None:
     """What to type into the PTY for a decided terminal request."""
     decision = request.get("decision") or "deny"
-    text = request.get("text")
-    if text is not None and match.text_key is not None and decision == "allow":
-        # The service checked it; checked again here, where it becomes keystrokes:
-        # one line of printable text, so it can only ever be the answer.
-        if policy_rules.answer_text_problem(text, TEXT_ANSWER_LIMIT) is None:
-            return f"{match.text_key}{text}\r"
-        decision = "deny"
+    text = text_answer(match, request)
+    if text is not None:
+        return f"{match.text_key}{text}\r"
+    if request.get("text") is not None:
+        decision = "deny"  # a text that failed the check answers nothing
     if request.get("option") in {o.key for o in match.options}:
         return request["option"]
     options = [{"key": o.key, "label": o.label} for o in match.options]
@@ -278,14 +287,14 @@ class TerminalPromptWatcher:
         # Type the answer only if the very same prompt still waits for it.
         if self.current is None or self.current.fingerprint != match.fingerprint:
             return
-        keys = keys_for(match, decided)
         self._answered = match.fingerprint
         self.current = None
-        if not keys:
-            return
-        text = decided.get("text")
-        if text is not None and keys == f"{match.text_key}{text}\r":
+        text = text_answer(match, decided)
+        if text is not None:
             await self._type_text(match, text)
+            return
+        keys = keys_for(match, decided)
+        if not keys:
             return
         # Claude Code drops keys typed in the instant a dialog first appears: if the
         # same prompt is still on screen a moment later, type the answer once more.
