@@ -8,11 +8,12 @@ Only the format changes, not which records are logged.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 from datetime import UTC, datetime
+
+from pythonjsonlogger.json import JsonFormatter as _LibraryJsonFormatter
 
 LOG_FORMAT_ENV = "SAC_LOG_FORMAT"
 
@@ -22,24 +23,26 @@ def json_logs_wanted() -> bool:
     return os.environ.get(LOG_FORMAT_ENV, "").strip().lower() == "json"
 
 
-class JsonFormatter(logging.Formatter):
+class JsonFormatter(_LibraryJsonFormatter):
     """One JSON object per record, on one line (newlines in the message or the
-    traceback are escaped by JSON, so a collector never splits a record)."""
+    traceback are escaped by JSON, so a collector never splits a record):
+    python-json-logger's formatter with SAC's field names and UTC times."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, str] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        elif record.exc_text:
-            entry["exception"] = record.exc_text
-        if record.stack_info:
-            entry["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+    def __init__(self) -> None:
+        super().__init__(
+            "%(asctime)s %(levelname)s %(name)s %(message)s",
+            rename_fields={
+                "asctime": "time",
+                "levelname": "level",
+                "name": "logger",
+                "exc_info": "exception",
+                "stack_info": "stack",
+            },
+            json_ensure_ascii=False,
+        )
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
 
 
 def use_json_logs(*loggers: logging.Logger) -> None:
