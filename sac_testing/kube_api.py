@@ -6,8 +6,10 @@ and timeoutSeconds), replace, merge-patch, delete (with graceful pod deletion
 left to the kubelet, as in a cluster), label and field selectors, and the
 ``Status`` error objects a client expects (404, 409, 422). It validates object
 names and label values as the real API server does, so a bad name fails here
-too. There is no scheduler, no controllers and no garbage collector: the test
-kubelet plays the node, and PVCs bind at once.
+too. Nodes are cluster-scoped objects the kubelets register, and a pod is
+bound to one through its ``binding`` subresource, as the scheduler does it
+(``kube_cluster`` runs a small scheduler). There are no controllers and no
+garbage collector: the test kubelets play the nodes, and PVCs bind at once.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ NAMESPACED = {
     "services": ("v1", "Service"),
     "networkpolicies": ("networking.k8s.io/v1", "NetworkPolicy"),
 }
+CLUSTER_SCOPED = {"nodes": ("v1", "Node")}
+KINDS = {**NAMESPACED, **CLUSTER_SCOPED}
 DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][A-Za-z0-9._-]{0,61})?[A-Za-z0-9])?$")
@@ -158,7 +162,7 @@ def _target(request: web.Request) -> tuple[str, str | None, str | None, str | No
 async def list_or_watch(request: web.Request) -> web.StreamResponse:
     cluster = _cluster(request)
     plural, namespace, _, _ = _target(request)
-    if plural not in NAMESPACED:
+    if plural not in KINDS:
         return status(
             404, "NotFound", f"the server could not find the requested resource ({plural})"
         )
@@ -166,7 +170,7 @@ async def list_or_watch(request: web.Request) -> web.StreamResponse:
     labels, fields = q.get("labelSelector"), q.get("fieldSelector")
     if q.get("watch", "").lower() in ("true", "1"):
         return await _watch(request, cluster, plural, namespace, labels, fields)
-    api_version, kind = NAMESPACED[plural]
+    api_version, kind = KINDS[plural]
     items = [o for o in cluster.items(plural, namespace) if matches(o, labels, fields)]
     return web.json_response(
         {
@@ -238,7 +242,7 @@ async def _watch(
 async def create(request: web.Request) -> web.Response:
     cluster = _cluster(request)
     plural, namespace, _, _ = _target(request)
-    if plural not in NAMESPACED or namespace is None:
+    if plural not in KINDS or (namespace is None) != (plural in CLUSTER_SCOPED):
         return status(405, "MethodNotAllowed", "create is not supported here")
     obj = await request.json()
     meta = obj.setdefault("metadata", {})
@@ -246,12 +250,14 @@ async def create(request: web.Request) -> web.Response:
         meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
     problem = invalid(plural, obj)
     if problem:
-        return status(422, "Invalid", f"{NAMESPACED[plural][1]} is invalid: {problem}")
-    key = (plural, namespace, meta["name"])
+        return status(422, "Invalid", f"{KINDS[plural][1]} is invalid: {problem}")
+    key = (plural, namespace or "", meta["name"])
     if key in cluster.objects:
         return status(409, "AlreadyExists", f'{plural} "{meta["name"]}" already exists')
-    obj["apiVersion"], obj["kind"] = NAMESPACED[plural]
-    meta.update(namespace=namespace, uid=str(uuid.uuid4()), creationTimestamp=now())
+    obj["apiVersion"], obj["kind"] = KINDS[plural]
+    meta.update(uid=str(uuid.uuid4()), creationTimestamp=now())
+    if namespace is not None:
+        meta["namespace"] = namespace
     if plural == "secrets" and "stringData" in obj:
         data = obj.setdefault("data", {})
         for k, v in obj.pop("stringData").items():
@@ -299,7 +305,7 @@ async def update(request: web.Request) -> web.Response:
     for fixed in ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp"):
         if fixed in obj["metadata"]:
             new.setdefault("metadata", {})[fixed] = obj["metadata"][fixed]
-    new["apiVersion"], new["kind"] = NAMESPACED[plural]
+    new["apiVersion"], new["kind"] = KINDS[plural]
     cluster.objects[key] = new
     await cluster.record(plural, "MODIFIED", new)
     return web.json_response(new)
@@ -329,9 +335,33 @@ async def delete(request: web.Request) -> web.Response:
             )
             await cluster.record(plural, "MODIFIED", obj)
         return web.json_response(obj)
+    if plural == "pods" and running:
+        # Forced (grace 0): the kubelet kills the containers without a grace period.
+        obj["metadata"].update(deletionTimestamp=now(), deletionGracePeriodSeconds=0)
     del cluster.objects[key]
     await cluster.record(plural, "DELETED", obj)
     return web.json_response(obj)
+
+
+async def bind(request: web.Request) -> web.Response:
+    """POST pods/{name}/binding: the scheduler's choice of a node for a pending pod."""
+    cluster = _cluster(request)
+    namespace, name = request.match_info["namespace"], request.match_info["name"]
+    pod = cluster.objects.get(("pods", namespace, name))
+    if pod is None:
+        return status(404, "NotFound", f'pods "{name}" not found')
+    target = ((await request.json()) or {}).get("target") or {}
+    if pod["spec"].get("nodeName"):
+        return status(
+            409, "Conflict", f'pod {name} is already assigned to node "{pod["spec"]["nodeName"]}"'
+        )
+    if ("nodes", "", target.get("name", "")) not in cluster.objects:
+        return status(404, "NotFound", f'nodes "{target.get("name")}" not found')
+    pod["spec"]["nodeName"] = target["name"]
+    pod.setdefault("status", {})["conditions"] = [{"type": "PodScheduled", "status": "True"}]
+    await cluster.record("pods", "MODIFIED", pod)
+    success = {"kind": "Status", "apiVersion": "v1", "status": "Success"}
+    return web.json_response(success, status=201)
 
 
 async def version(request: web.Request) -> web.Response:
@@ -353,5 +383,12 @@ def make_app() -> web.Application:
         app.router.add_delete(ns + "/{name}", delete)
         app.router.add_put(ns + "/{name}/{sub:status}", update)
         app.router.add_patch(ns + "/{name}/{sub:status}", update)
+    app.router.add_post(core + "/namespaces/{namespace}/pods/{name}/binding", bind)
+    nodes = core + "/{plural:nodes}"
+    app.router.add_post(nodes, create)
+    app.router.add_get(nodes + "/{name}", read)
+    app.router.add_put(nodes + "/{name}", update)
+    app.router.add_patch(nodes + "/{name}", update)
+    app.router.add_delete(nodes + "/{name}", delete)
     app.router.add_get("/version", version)
     return app

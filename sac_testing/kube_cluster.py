@@ -1,9 +1,12 @@
-"""A one-node test "cluster": the Kubernetes API emulator plus the test kubelet.
+"""A test "cluster": the Kubernetes API emulator, a scheduler and test kubelets.
 
-``python -m sac_testing.kube_cluster --port P --root DIR --image NAME=DIR ...``
+``python -m sac_testing.kube_cluster --port P --root DIR --image NAME=DIR ... [--nodes N]``
 serves the API on 127.0.0.1:P (plain HTTP, no authentication) and runs the
-kubelet against it over HTTP. ``kube_cluster()`` starts it in a subprocess and
-writes a kubeconfig for clients (KubeSpawner loads it through kubernetes_asyncio).
+scheduler and N kubelets (nodes) against it over HTTP. Each node has a disk of
+its own (``DIR/<node>``: emptyDirs, logs); PVCs live in ``DIR/storage``, which
+every node reaches, as network volumes are. ``kube_cluster()`` starts it in a
+subprocess and writes a kubeconfig for clients (KubeSpawner loads it through
+kubernetes_asyncio).
 """
 
 from __future__ import annotations
@@ -36,11 +39,18 @@ def parse_images(specs: list[str]) -> dict[str, list[str]]:
     return images
 
 
-async def serve(port: int, root: Path, images: dict[str, list[str]], backoff: float) -> None:
+def node_names(count: int) -> list[str]:
+    """sac-test-node, or sac-test-node-1 … -N for several."""
+    return ["sac-test-node"] if count == 1 else [f"sac-test-node-{i}" for i in range(1, count + 1)]
+
+
+async def serve(
+    port: int, root: Path, images: dict[str, list[str]], backoff: float, nodes: int = 1
+) -> None:
     from aiohttp import web
 
     from .kube_api import make_app
-    from .kubelet import Kubelet
+    from .kubelet import Kubelet, Scheduler
 
     runner = web.AppRunner(make_app())
     await runner.setup()
@@ -48,9 +58,15 @@ async def serve(port: int, root: Path, images: dict[str, list[str]], backoff: fl
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise SystemExit("the test kubelet needs bubblewrap (apt-get install bubblewrap)")
-    kubelet = Kubelet(f"http://127.0.0.1:{port}", root, images, backoff=backoff, bwrap=bwrap)
+    url = f"http://127.0.0.1:{port}"
+    used_ips: set[str] = set()
+    kubelets = [
+        Kubelet(url, root / name, images, node=name, backoff=backoff, bwrap=bwrap,
+                storage=root / "storage", used_ips=used_ips)
+        for name in node_names(nodes)
+    ]  # fmt: skip
     try:
-        await kubelet.run()
+        await asyncio.gather(Scheduler(url).run(), *(k.run() for k in kubelets))
     finally:
         await runner.cleanup()
 
@@ -61,6 +77,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--image", action="append", default=[])
     parser.add_argument("--backoff", type=float, default=0.5)
+    parser.add_argument("--nodes", type=int, default=1)
     args = parser.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)
 
@@ -69,7 +86,7 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.port, args.root, parse_images(args.image), args.backoff))
+        asyncio.run(serve(args.port, args.root, parse_images(args.image), args.backoff, args.nodes))
 
 
 def write_kubeconfig(path: Path, server: str, namespace: str) -> Path:
@@ -100,14 +117,14 @@ class RunningCluster:
 
 @contextlib.contextmanager
 def kube_cluster(
-    workdir: Path, images: dict[str, list[str]], namespace: str = "sac"
+    workdir: Path, images: dict[str, list[str]], namespace: str = "sac", nodes: int = 1
 ) -> Iterator[RunningCluster]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     root = workdir / "node"
     log_path = workdir / "kube-cluster.log"
     argv = [sys.executable, "-m", "sac_testing.kube_cluster", "--port", str(port),
-            "--root", str(root)]  # fmt: skip
+            "--root", str(root), "--nodes", str(nodes)]  # fmt: skip
     for name, dirs in images.items():
         argv += ["--image", f"{name}={os.pathsep.join(dirs)}"]
     with open(log_path, "wb") as log:

@@ -1,8 +1,11 @@
 """A test kubelet: runs each pod's real container command on this machine.
 
 It talks to the Kubernetes API (the emulator, or any API server) over HTTP
-only, as a kubelet does: it watches pods, reports their status through the
-``/status`` subresource and records Events. For each new pod it
+only, as a kubelet does: it registers its Node, watches the pods bound to it,
+reports their status through the ``/status`` subresource and records Events.
+A ``Scheduler`` binds each pending pod to a node that takes pods (one not
+cordoned), so a cluster of several kubelets moves an agent to another node
+when its node is cordoned, as a drain does. For each pod bound to its node it
 
 - "pulls" the image: an image is known when the kubelet was started with it
   (``images``: name -> directories put first on PATH, as the image's ENV PATH);
@@ -10,11 +13,13 @@ only, as a kubelet does: it watches pods, reports their status through the
 - resolves the container's environment, including ``valueFrom.secretKeyRef``
   read from the Secret through the API (a missing Secret ends in
   CreateContainerConfigError);
-- gives each volume a host directory (emptyDir per pod, a PVC's directory
-  outlives its pods) and runs the container's command under bubblewrap with
-  the volumes at their mountPaths, the node's own directories read-only as the
-  image's filesystem, the pod's runAsUser in a user namespace, its own PID
-  namespace and a read-only root when readOnlyRootFilesystem is set;
+- gives each volume a host directory (an emptyDir per pod on this node; a
+  PVC's directory, in the storage every node shares as a network volume,
+  outlives its pods; ``subPath`` mounts a folder of it, made if missing) and
+  runs the container's command under bubblewrap with the volumes at their
+  mountPaths, the node's own directories read-only as the image's filesystem,
+  the pod's runAsUser in a user namespace, its own PID namespace and a
+  read-only root when readOnlyRootFilesystem is set;
 - gives the pod an address of its own, 127.0.0.N, as its podIP. Pods share the
   node's network namespace, so where a pod's environment tells its server to
   bind every address (JUPYTERHUB_SERVICE_URL with host 0.0.0.0) the kubelet
@@ -22,8 +27,8 @@ only, as a kubelet does: it watches pods, reports their status through the
 - reports Running/Ready when the container starts; on exit, restarts it after a
   back-off (CrashLoopBackOff, with the last output as the termination message
   under FallbackToLogsOnError) as restartPolicy says;
-- on deletion stops the container (SIGTERM, SIGKILL after the grace period)
-  and removes the pod.
+- on deletion stops the container (SIGTERM, SIGKILL after the grace period;
+  SIGKILL at once for a forced deletion) and removes the pod.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import json
 import os
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -151,31 +157,15 @@ class PodRun:
     deleting: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class Kubelet:
-    def __init__(
-        self,
-        api_url: str,
-        root: Path,
-        images: dict[str, list[str]],
-        node: str = "sac-test-node",
-        backoff: float = 0.5,
-        max_backoff: float = 5.0,
-        first_ip: int = 10,
-        bwrap: str = "bwrap",
-    ):
-        self.api_url = api_url.rstrip("/")
-        self.root = root
-        self.images = images
-        self.node = node
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self.first_ip = first_ip
-        self.bwrap = bwrap
-        self.runs: dict[str, PodRun] = {}
-        self.used_ips: set[str] = set()
-        self.session: aiohttp.ClientSession | None = None
+class ApiUser:
+    """A client of the API, as a kubelet or the scheduler is: plain HTTP calls and Events."""
 
-    # ---- API calls --------------------------------------------------------------
+    component = "kubelet"
+
+    def __init__(self, api_url: str, node: str = ""):
+        self.api_url = api_url.rstrip("/")
+        self.node = node
+        self.session: aiohttp.ClientSession | None = None
 
     async def _call(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
         assert self.session is not None
@@ -203,13 +193,153 @@ class Kubelet:
             "type": kind,
             "reason": reason,
             "message": message,
-            "source": {"component": "kubelet", "host": self.node},
+            "source": {"component": self.component, "host": self.node},
             "firstTimestamp": now(),
             "lastTimestamp": now(),
             "count": 1,
         }
         with contextlib.suppress(ContainerError, aiohttp.ClientError):
             await self._call("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body)
+
+    async def watch_pods(self, on_pod: Callable[[str, dict[str, Any]], None], backoff: float
+                         ) -> None:  # fmt: skip
+        """Call ``on_pod(event type, pod)`` for every pod event, for ever."""
+        assert self.session is not None
+        version = "0"
+        while True:
+            try:
+                async with self.session.get(
+                    self.api_url + "/api/v1/pods",
+                    params={"watch": "true", "resourceVersion": version, "timeoutSeconds": "300"},
+                ) as resp:
+                    async for line in resp.content:
+                        if not line.strip():
+                            continue
+                        event = json.loads(line)
+                        pod = event["object"]
+                        version = pod["metadata"]["resourceVersion"]
+                        on_pod(event["type"], pod)
+            except aiohttp.ClientError:
+                await asyncio.sleep(backoff)
+
+
+class Scheduler(ApiUser):
+    """Binds each pending pod to a node that takes pods (``spec.unschedulable``
+    unset: not cordoned), the one running fewest pods, through the pod's
+    ``binding`` subresource, as kube-scheduler does. With no such node the pod
+    stays Pending with a FailedScheduling event, and is tried again."""
+
+    component = "default-scheduler"
+
+    def __init__(self, api_url: str, retry: float = 0.5):
+        super().__init__(api_url)
+        self.retry = retry
+        self.pending: dict[str, asyncio.Task[None]] = {}
+
+    async def run(self) -> None:
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+        try:
+            await self.watch_pods(self.on_pod, self.retry)
+        finally:
+            for task in self.pending.values():
+                task.cancel()
+            await self.session.close()
+
+    def on_pod(self, kind: str, pod: dict[str, Any]) -> None:
+        uid = pod["metadata"]["uid"]
+        if kind == "DELETED" or "deletionTimestamp" in pod["metadata"]:
+            task = self.pending.pop(uid, None)
+            if task is not None:
+                task.cancel()
+        elif not pod["spec"].get("nodeName") and uid not in self.pending:
+            # A pod bound meanwhile only gets a 409 from its binding.
+            self.pending[uid] = asyncio.create_task(self._schedule(pod))
+
+    async def _schedule(self, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        told = False
+        try:
+            while True:
+                node = await self._choose()
+                if node is not None:
+                    break
+                if not told:
+                    told = True
+                    nodes = len((await self._call("GET", "/api/v1/nodes"))["items"])
+                    await self.event(
+                        pod, "Warning", "FailedScheduling",
+                        f"0/{nodes} nodes are available: {nodes} node(s) were unschedulable.",
+                    )  # fmt: skip
+                await asyncio.sleep(self.retry)
+            binding = {
+                "apiVersion": "v1",
+                "kind": "Binding",
+                "metadata": {"name": meta["name"]},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+            }
+            with contextlib.suppress(ContainerError):  # deleted or bound meanwhile
+                path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/binding"
+                await self._call("POST", path, binding)
+                await self.event(
+                    pod, "Normal", "Scheduled",
+                    f"Successfully assigned {meta['namespace']}/{meta['name']} to {node}",
+                )  # fmt: skip
+        finally:
+            self.pending.pop(meta["uid"], None)
+
+    async def _choose(self) -> str | None:
+        nodes = (await self._call("GET", "/api/v1/nodes"))["items"]
+        open_nodes = [n["metadata"]["name"] for n in nodes if not n["spec"].get("unschedulable")]
+        if not open_nodes:
+            return None
+        pods = (await self._call("GET", "/api/v1/pods"))["items"]
+        load = {name: 0 for name in open_nodes}
+        for p in pods:
+            if p["spec"].get("nodeName") in load:
+                load[p["spec"]["nodeName"]] += 1
+        return min(open_nodes, key=lambda name: (load[name], name))
+
+
+class Kubelet(ApiUser):
+    def __init__(
+        self,
+        api_url: str,
+        root: Path,
+        images: dict[str, list[str]],
+        node: str = "sac-test-node",
+        backoff: float = 0.5,
+        max_backoff: float = 5.0,
+        first_ip: int = 10,
+        bwrap: str = "bwrap",
+        storage: Path | None = None,
+        used_ips: set[str] | None = None,
+    ):
+        super().__init__(api_url, node)
+        self.root = root
+        # PVCs' data: shared by every node (a network volume), apart from its own disk.
+        self.storage = storage or root
+        self.images = images
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.first_ip = first_ip
+        self.bwrap = bwrap
+        self.runs: dict[str, PodRun] = {}
+        # Nodes of one test cluster share this machine's loopback addresses.
+        self.used_ips: set[str] = used_ips if used_ips is not None else set()
+
+    async def register(self) -> None:
+        """Create this node's Node object (kept if it exists: a kubelet restarted)."""
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": self.node, "labels": {"kubernetes.io/hostname": self.node}},
+            "spec": {},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+        }
+        with contextlib.suppress(ContainerError):
+            await self._call("POST", "/api/v1/nodes", node)
+
+    # ---- API calls --------------------------------------------------------------
 
     async def report(self, pod: dict[str, Any], status: dict[str, Any]) -> None:
         meta = pod["metadata"]
@@ -233,27 +363,9 @@ class Kubelet:
 
     async def run(self) -> None:
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
-        version = "0"
         try:
-            while True:
-                try:
-                    async with self.session.get(
-                        self.api_url + "/api/v1/pods",
-                        params={
-                            "watch": "true",
-                            "resourceVersion": version,
-                            "timeoutSeconds": "300",
-                        },
-                    ) as resp:
-                        async for line in resp.content:
-                            if not line.strip():
-                                continue
-                            event = json.loads(line)
-                            pod = event["object"]
-                            version = pod["metadata"]["resourceVersion"]
-                            self.on_pod(event["type"], pod)
-                except aiohttp.ClientError:
-                    await asyncio.sleep(self.backoff)
+            await self.register()
+            await self.watch_pods(self.on_pod, self.backoff)
         finally:
             await self.shutdown()
 
@@ -262,8 +374,11 @@ class Kubelet:
         run = self.runs.get(uid)
         if kind == "DELETED":
             if run is not None:
+                run.pod = pod  # a forced deletion says so: no grace period
                 run.deleting.set()
             return
+        if pod["spec"].get("nodeName") != self.node:
+            return  # not bound here (yet)
         if run is None:
             if "deletionTimestamp" in pod["metadata"]:
                 return
@@ -292,14 +407,7 @@ class Kubelet:
 
     async def _run_pod(self, run: PodRun) -> None:
         pod = run.pod
-        meta = pod["metadata"]
         try:
-            await self.event(
-                pod,
-                "Normal",
-                "Scheduled",
-                f"Successfully assigned {meta['namespace']}/{meta['name']} to {self.node}",
-            )
             await self.report(
                 pod,
                 {
@@ -414,9 +522,14 @@ class Kubelet:
                     raise ContainerError(
                         "CreateContainerConfigError", f'persistentvolumeclaim "{claim}" not found'
                     ) from None
-                host = self.root / "pvcs" / namespace / claim
+                host = self.storage / "pvcs" / namespace / claim
             else:
                 host = self.root / "pods" / pod["metadata"]["uid"] / "volumes" / mount["name"]
+            sub = mount.get("subPath") or ""
+            if sub.startswith("/") or ".." in Path(sub).parts:
+                message = f"invalid subPath {sub!r}: it must stay in the volume"
+                raise ContainerError("CreateContainerConfigError", message)
+            host = host / sub if sub else host
             host.mkdir(parents=True, exist_ok=True)
             mounts.append((str(host), mount["mountPath"], bool(mount.get("readOnly"))))
         return mounts
@@ -609,7 +722,7 @@ class Kubelet:
             await self.event(run.pod, "Normal", "Killing", "Stopping container notebook")
             grace = run.pod["metadata"].get("deletionGracePeriodSeconds", 30)
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(run.proc.pid, signal.SIGTERM)
+                os.killpg(run.proc.pid, signal.SIGTERM if grace else signal.SIGKILL)
             try:
                 await asyncio.wait_for(asyncio.shield(exited), max(grace, 1))
             except TimeoutError:

@@ -733,3 +733,38 @@ def service_context(
 async def close_service_context(ctx: Any) -> None:
     await ctx.upstream.aclose()
     await ctx.hub.close()
+
+
+def largest_request_waiting(port: int) -> int:
+    """The most bytes waiting unread on one connection to ``port`` on this machine:
+    what a stopped service has been sent but has not read (/proc/net/tcp's rx_queue
+    of its established sockets)."""
+    largest = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state, queues = fields[1], fields[3], fields[4]
+            if int(local.rsplit(":", 1)[1], 16) == port and state == "01":
+                largest = max(largest, int(queues.split(":")[1], 16))
+    return largest
+
+
+def spool_status(client: HubApi, user: str, slug: str) -> dict[str, Any]:
+    resp = client.agent(user, slug, "GET", "sac/api/history/status")
+    assert resp.status_code == 200, resp.text
+    status: dict[str, Any] = resp.json()
+    return status
+
+
+def claude_direct(prompt: str, model_url: str) -> str:
+    """A headless claude turn that reaches the fake model directly (through the
+    sandbox's egress proxy, not the service's credential proxy), so it runs while
+    the service is away."""
+    return (
+        f"cd /workspace && ANTHROPIC_BASE_URL={model_url} NO_PROXY= no_proxy="
+        f" claude -p {json.dumps(prompt)} --output-format text"
+    )

@@ -32,11 +32,14 @@ from helpers import (
     TerminalCommand,
     agent_home,
     allow_all,
+    claude_direct,
+    largest_request_waiting,
     model_agent,
     pending_requests,
     run_in_terminal,
     running_agent,
     script_model,
+    spool_status,
     stored_history,
     tar_gz,
 )
@@ -107,24 +110,6 @@ def service_paused(stack: dict[str, Any]) -> contextlib.AbstractContextManager[i
     return stack_process_paused(stack["pid"], b"jupyter_sac.service")
 
 
-def largest_request_waiting(port: int) -> int:
-    """The most bytes waiting unread on one connection to ``port`` on this machine:
-    what a stopped service has been sent but has not read (/proc/net/tcp's rx_queue
-    of its established sockets)."""
-    largest = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            local, state, queues = fields[1], fields[3], fields[4]
-            if int(local.rsplit(":", 1)[1], 16) == port and state == "01":
-                largest = max(largest, int(queues.split(":")[1], 16))
-    return largest
-
-
 async def kill_server(base: str, token: str) -> None:
     """kill -9 the agent's single-user server, from a terminal it runs (the shell's
     parent): no stop hook, no flush, as a crash or the OOM killer would."""
@@ -137,13 +122,6 @@ async def kill_server(base: str, token: str) -> None:
     conn.write_message(json.dumps(["stdin", "kill -9 $PPID\r"]))
     while await conn.read_message() is not None:
         pass
-
-
-def spool_status(client: HubApi, user: str, slug: str) -> dict[str, Any]:
-    resp = client.agent(user, slug, "GET", "sac/api/history/status")
-    assert resp.status_code == 200, resp.text
-    status: dict[str, Any] = resp.json()
-    return status
 
 
 async def assert_history_exactly_once(
@@ -166,16 +144,6 @@ async def assert_history_exactly_once(
     expected = {(e.get("sessionId"), e["uuid"]) for e in lines if e.get("uuid")}
     assert expected <= set(stored), "an event was lost"
     return events
-
-
-def claude_direct(prompt: str, model_url: str) -> str:
-    """A headless claude turn that reaches the fake model directly (through the
-    sandbox's egress proxy, not the service's credential proxy), so it runs while
-    the service is away."""
-    return (
-        f"cd /workspace && ANTHROPIC_BASE_URL={model_url} NO_PROXY= no_proxy="
-        f" claude -p {json.dumps(prompt)} --output-format text"
-    )
 
 
 def agent_reaching_model(stack: dict[str, Any], fake: str) -> str:

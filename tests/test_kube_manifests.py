@@ -162,7 +162,15 @@ async def test_manifests_validate_against_kubernetes_schemas(
     assert spec["automountServiceAccountToken"] is False
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in spec["volumes"]}
-    assert "emptyDir" in volumes[mounts["/tmp"]] and "emptyDir" in volumes[mounts["/home/sac"]]
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    # The home lives where the workspace does: on the agent's PVC (its .sac-home
+    # folder), kept across stops and nodes, or in a pod-long emptyDir of its own.
+    (home,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/home/sac"]
+    if storage["workspace_storage"] == "pvc":
+        assert home["name"] == mounts["/workspace"] and home["subPath"] == ".sac-home"
+    else:
+        assert "emptyDir" in volumes[home["name"]] and "subPath" not in home
+        assert home["name"] != mounts["/workspace"]
 
     # Resources from the agent's resolved settings.
     resolved = sac_settings.resolve({}, overrides, {})

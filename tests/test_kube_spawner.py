@@ -5,7 +5,9 @@ through kubernetes_asyncio to the Kubernetes API emulator; the test kubelet runs
 each pod's real command (jupyterhub-singleuser with the jupyter_sac extension)
 under bubblewrap on its own 127.0.0.N address. Everything is checked the way a
 user or an operator would see it: the hub's progress API, the agent's own API
-through the hub's proxy, and the objects in the cluster.
+through the hub's proxy, and the objects in the cluster. The cluster has two
+nodes, with PVCs on storage both reach, so an agent can be moved as a drain
+moves it.
 """
 
 from __future__ import annotations
@@ -22,10 +24,21 @@ from typing import Any
 import httpx
 import pytest
 from conftest import ADMIN_PASSWORD
-from helpers import HubApi, model_agent, run_in_terminal
+from helpers import (
+    ChatTurn,
+    HubApi,
+    claude_direct,
+    largest_request_waiting,
+    model_agent,
+    run_in_terminal,
+    script_model,
+    spool_status,
+    stored_history,
+)
 
+from jupyter_sac.runtimes.claude import claude_binary
 from sac_testing.kube_cluster import RunningCluster, kube_cluster
-from sac_testing.stack import RestartableStack, poll_until
+from sac_testing.stack import RestartableStack, poll_until, stack_process_paused
 
 pytestmark = pytest.mark.stack
 
@@ -100,6 +113,25 @@ class KubeApi:
         resp.raise_for_status()
         return resp.json()["items"]
 
+    def cordon(self, node: str, cordoned: bool = True) -> None:
+        """kubectl cordon / uncordon: whether new pods may be scheduled to ``node``."""
+        resp = self.client.patch(
+            f"/api/v1/nodes/{node}",
+            json={"spec": {"unschedulable": cordoned or None}},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        resp.raise_for_status()
+
+    def nodes(self) -> list[str]:
+        resp = self.client.get("/api/v1/nodes")
+        resp.raise_for_status()
+        return [n["metadata"]["name"] for n in resp.json()["items"]]
+
+    def force_delete(self, plural: str, name: str) -> None:
+        """kubectl delete --force --grace-period=0: no SIGTERM, no time to save."""
+        resp = self.client.delete(f"{self._path(plural)}/{name}", params={"gracePeriodSeconds": 0})
+        resp.raise_for_status()
+
 
 class KubeStack:
     """The embedded stack on Kubernetes; restart() stops and starts the hub on the same data."""
@@ -113,12 +145,14 @@ class KubeStack:
         # still reach the hub.
         env = {"KUBECONFIG": str(cluster.kubeconfig)}
         self.stack = RestartableStack(workdir, ADMIN_PASSWORD, self.config, env)
+        self.service_port = int(self.stack.env["SAC_SERVICE_PORT"])
         self.kube = KubeApi(cluster.url)
 
     def start(self) -> None:
         running = self.stack.start()
         self.url = running.url
         self.log = running.log_path
+        self.pid = running.proc.pid
         self.admin = HubApi(running.url, running.admin_token, running.harness_token)
 
     def stop(self) -> None:
@@ -146,12 +180,14 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeStack]:
     # live there), also when it sits under a folder a container gets its own of
     # (a clone in /tmp).
     checkout = str(Path(__file__).resolve().parent.parent)
+    # The sandbox image has the pinned claude CLI on its PATH (images/sandbox).
+    claude_dir = str(Path(claude_binary() or "claude").parent)
     images = {
-        IMAGE: [venv_bin, checkout],
+        IMAGE: [venv_bin, checkout, claude_dir],
         ANALYSIS_IMAGE: [venv_bin, checkout],
         BROKEN_IMAGE: [str(broken), venv_bin, checkout],
     }
-    with kube_cluster(workdir, images, namespace=NAMESPACE) as cluster:
+    with kube_cluster(workdir, images, namespace=NAMESPACE, nodes=2) as cluster:
         stack = KubeStack(workdir, cluster)
         stack.start()
         try:
@@ -405,3 +441,104 @@ def test_a_pod_calls_the_model_asks_for_approval_and_keeps_history(
 
     poll_until(in_history, 120, "the conversation in the service's history")
     client.stop(user, "asker")
+
+
+def pod_node(kube: KubeStack, user: str) -> str:
+    (pod,) = kube.kube.list("pods", f"sac.jupyter.org/user={user}")
+    return pod["spec"]["nodeName"]
+
+
+def move_off(kube: KubeStack, node: str) -> str:
+    """Cordon ``node`` (and only it), as a drain does: the next pod goes elsewhere."""
+    (other,) = [n for n in kube.kube.nodes() if n != node]
+    kube.kube.cordon(node)
+    kube.kube.cordon(other, False)
+    return other
+
+
+def test_agent_state_moves_with_its_volume_to_another_node(kube: KubeStack, fake: str) -> None:
+    """Issue 21: an agent's home lives on its volume, not on a node. Stopped and
+    started on another node, the chat session goes on with claude's own --resume
+    (its transcript was in ~/.claude), its files and the user's Claude settings are
+    there; killed outright with history not yet uploaded, its spool is uploaded
+    from the volume at the next start, on yet another node, each entry once."""
+    user, client = kube.new_user()
+    slug = "mover"
+    resp = client.sac("POST", "agents", json={"slug": slug, **model_agent(fake)})
+    assert resp.status_code == 201, resp.text
+    assert spawn_with_progress(client, user, slug)[-1].get("ready")
+    first_node = pod_node(kube, user)
+    base = client.server_url(user, slug)
+
+    script_model(fake, "Noted: the code word is heliotrope.")
+    turn = asyncio.run(chat_in(base, client.token, "Remember the code word heliotrope."))
+    session = turn.accepted["session_id"]
+    asyncio.run(
+        run_in_terminal(
+            kube.url, client.token, user, slug,
+            "echo kept > /workspace/top.txt && mkdir -p ~/.claude"
+            " && echo '{\"cleanupPeriodDays\": 99}' > ~/.claude/settings.json && echo ok",
+        )
+    )  # fmt: skip
+
+    client.stop(user, slug)
+    second_node = move_off(kube, first_node)
+    assert spawn_with_progress(client, user, slug)[-1].get("ready")
+    assert pod_node(kube, user) == second_node
+
+    # The same session goes on: claude resumed it and sent the model the first turn.
+    httpx.delete(fake + "/_fake/requests")
+    script_model(fake, "The code word was heliotrope.")
+    asyncio.run(chat_in(base, client.token, "What was the code word?", session_id=session))
+    (call, *_) = httpx.get(fake + "/_fake/requests").json()["requests"]
+    assert "Remember the code word heliotrope." in json.dumps(call["body"]["messages"])
+    output = asyncio.run(
+        run_in_terminal(kube.url, client.token, user, slug,
+                        "cat /workspace/top.txt ~/.claude/settings.json")
+    )  # fmt: skip
+    # The user's own setting, beside the hooks the extension adds at each start.
+    kept, settings = output.split("\n", 1)
+    assert kept == "kept" and json.loads(settings)["cleanupPeriodDays"] == 99, output
+
+    # A crash with history still in the spool: the service stopped (an upload of the
+    # first claude run waits at it), a second run spooled behind it, then the pod
+    # killed without a chance to save anything.
+    script_model(fake, "first answer", "second answer")
+    with stack_process_paused(kube.pid, b"jupyter_sac.service"):
+        asyncio.run(
+            run_in_terminal(kube.url, client.token, user, slug, claude_direct("spooled one", fake),
+                            timeout=180)
+        )  # fmt: skip
+        poll_until(lambda: largest_request_waiting(kube.service_port) > 2000, 120,
+                   "an upload waiting at the stopped service")  # fmt: skip
+        before = spool_status(client, user, slug)["backlog"]
+        asyncio.run(
+            run_in_terminal(kube.url, client.token, user, slug, claude_direct("spooled two", fake),
+                            timeout=180)
+        )  # fmt: skip
+        assert spool_status(client, user, slug)["backlog"] > before
+        (pod,) = kube.kube.list("pods", f"sac.jupyter.org/user={user}")
+        kube.kube.force_delete("pods", pod["metadata"]["name"])
+    # The batch that waited is stored now; the second run's entries only the spool holds.
+    client.stop(user, slug)
+    third_node = move_off(kube, second_node)
+    assert spawn_with_progress(client, user, slug)[-1].get("ready")
+    assert pod_node(kube, user) == third_node
+
+    def with_spooled_run() -> list[dict[str, Any]] | None:
+        events = stored_history(client, user, slug)
+        return events if "spooled two" in json.dumps([e["payload"] for e in events]) else None
+
+    events = poll_until(with_spooled_run, 120, "the spooled run's history at the service")
+    stored = [(e["session_id"], e["uuid"]) for e in events if e["uuid"]]
+    assert len(stored) == len(set(stored)), "an event was stored twice"
+    kube.kube.cordon(third_node, False)
+    client.stop(user, slug)
+
+
+async def chat_in(base: str, token: str, message: str, **body: Any) -> ChatTurn:
+    """A whole chat turn; the turn (with its session) once it ended."""
+    turn = await ChatTurn.start(base, token, message, **body)
+    events = await turn.finish()
+    assert events[-1]["type"] == "turn_end", events
+    return turn

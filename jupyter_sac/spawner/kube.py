@@ -6,8 +6,10 @@ across hub restarts); this subclass adds what makes the pod an agent sandbox:
 - the agent's record, limit check, resolved settings and per-agent token
   (AgentSpawnerMixin), with CPU/memory requests and limits from the settings;
 - credentials only through the agent's Secret (``valueFrom.secretKeyRef``);
-- a hardened security context, home and /tmp as emptyDirs, the workspace on a
-  per-agent PVC (or an emptyDir), optional runtimeClassName;
+- a hardened security context, /tmp as an emptyDir, the workspace and the
+  home on one per-agent PVC (so Claude's transcripts, chat sessions and the
+  history spool survive a stop or a move to another node), or both as
+  emptyDirs; optional runtimeClassName;
 - a NetworkPolicy that lets the pod reach only the hub, the `sac` service,
   DNS and configured destinations;
 - spawn progress from the pod's events, and a clear failure (image pull error,
@@ -121,9 +123,12 @@ class KubeAgentSpawner(AgentSpawnerMixin, KubeSpawner):
     workspace_storage = Enum(
         ["pvc", "emptyDir"],
         default_value="pvc",
-        help="""Where an agent's /workspace lives: "pvc" (a PersistentVolumeClaim per
-        agent, sized by the agent's storage_quota_bytes setting, in `storage_class`)
-        or "emptyDir" (lost when the pod stops).""",
+        help="""Where an agent's /workspace and home live: "pvc" (a PersistentVolumeClaim
+        per agent, sized by the agent's storage_quota_bytes setting, in `storage_class`;
+        the home is its .sac-home folder), kept across stops, culls and nodes; or
+        "emptyDir" (lost when the pod stops: only the synced folders private/,
+        output/, public/ and group/ come back, from the object store; chat sessions
+        then start anew).""",
     ).tag(config=True)
 
     read_only_root_filesystem = Bool(

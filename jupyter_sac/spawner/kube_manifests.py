@@ -16,6 +16,9 @@ from typing import Any
 
 SANDBOX_HOME = "/home/sac"
 SANDBOX_WORKSPACE = "/workspace"
+# The agent's home on its workspace volume: /workspace/.sac-home in the sandbox
+# (hidden: JupyterLab does not list it, the workspace sync never reads it).
+HOME_SUBPATH = ".sac-home"
 
 # Environment variables that carry a credential. They reach the pod only as
 # valueFrom.secretKeyRef into the agent's Secret, never as literal values.
@@ -157,7 +160,16 @@ def security_contexts(
 def sandbox_volumes(
     workspace_claim: str | None, tmp_size: str | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(volumes, volumeMounts): home and /tmp as emptyDirs, the workspace as a PVC or emptyDir."""
+    """(volumes, volumeMounts): the workspace as the agent's PVC or an emptyDir,
+    /tmp as an emptyDir, and the home on the same volume as the workspace.
+
+    With a PVC the home is its ``HOME_SUBPATH`` folder (``subPath``, made by the
+    kubelet at the first start), so Claude Code's config and transcripts (what
+    ``--resume`` reads), the chat sessions, the history spool not uploaded yet
+    and the user's own settings move with the volume: they survive a stop, an
+    idle cull, a node drain and an image upgrade, as the workspace does. One
+    volume per agent, not two: a node attaches a limited number of volumes.
+    """
     tmp: dict[str, Any] = {"sizeLimit": tmp_size} if tmp_size else {}
     workspace: dict[str, Any] = (
         {"persistentVolumeClaim": {"claimName": workspace_claim}}
@@ -165,12 +177,16 @@ def sandbox_volumes(
         else {"emptyDir": {}}
     )
     volumes = [
-        {"name": "sac-home", "emptyDir": {}},
         {"name": "sac-tmp", "emptyDir": tmp},
         {"name": "sac-workspace", **workspace},
     ]
+    home: dict[str, Any] = {"name": "sac-workspace", "subPath": HOME_SUBPATH}
+    if not workspace_claim:
+        # Nothing is kept anyway: a home of its own, away from the workspace's files.
+        volumes.insert(0, {"name": "sac-home", "emptyDir": {}})
+        home = {"name": "sac-home"}
     mounts = [
-        {"name": "sac-home", "mountPath": SANDBOX_HOME},
+        {**home, "mountPath": SANDBOX_HOME},
         {"name": "sac-tmp", "mountPath": "/tmp"},
         {"name": "sac-workspace", "mountPath": SANDBOX_WORKSPACE},
     ]
