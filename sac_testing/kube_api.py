@@ -21,6 +21,7 @@ import copy
 import json
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -148,6 +149,20 @@ class Cluster:
 
 
 CLUSTER_KEY = web.AppKey("cluster", Cluster)
+
+
+@dataclass
+class MetricsApi:
+    """The metrics API (metrics.k8s.io, served by metrics-server in a cluster):
+    ``source(namespace, name)`` gives a pod's PodMetrics (None: not sampled).
+    ``served`` False is a cluster without it: the group answers 404."""
+
+    source: Callable[[str, str], dict[str, Any] | None] | None = None
+    served: bool = True
+
+
+METRICS_KEY = web.AppKey("metrics", MetricsApi)
+METRICS_BASE = "/apis/metrics.k8s.io/v1beta1"
 
 
 def _cluster(request: web.Request) -> Cluster:
@@ -364,13 +379,50 @@ async def bind(request: web.Request) -> web.Response:
     return web.json_response(success, status=201)
 
 
+def _metrics(request: web.Request) -> MetricsApi | None:
+    metrics = request.app[METRICS_KEY]
+    return metrics if metrics.served and metrics.source is not None else None
+
+
+async def metrics_resources(request: web.Request) -> web.Response:
+    if _metrics(request) is None:
+        return status(404, "NotFound", "the server could not find the requested resource")
+    resources = [{"name": "pods", "singularName": "", "namespaced": True, "kind": "PodMetrics",
+                  "verbs": ["get", "list"]}]  # fmt: skip
+    return web.json_response(
+        {"kind": "APIResourceList", "groupVersion": "metrics.k8s.io/v1beta1",
+         "resources": resources}
+    )  # fmt: skip
+
+
+async def pod_metrics(request: web.Request) -> web.Response:
+    metrics = _metrics(request)
+    if metrics is None or metrics.source is None:
+        return status(404, "NotFound", "the server could not find the requested resource")
+    namespace, name = request.match_info["namespace"], request.match_info["name"]
+    found = metrics.source(namespace, name)
+    if found is None:
+        return status(404, "NotFound", f'podmetrics.metrics.k8s.io "{namespace}/{name}" not found')
+    return web.json_response(found)
+
+
+async def serve_metrics(request: web.Request) -> web.Response:
+    """PUT /_emulator/metrics {"served": bool}: install or remove the metrics API
+    (the emulator's own control, as the fake model API has /_fake)."""
+    request.app[METRICS_KEY].served = bool((await request.json()).get("served"))
+    return web.json_response({"served": request.app[METRICS_KEY].served})
+
+
 async def version(request: web.Request) -> web.Response:
     return web.json_response({"major": "1", "minor": "31", "gitVersion": "v1.31.0-sac-emulator"})
 
 
-def make_app() -> web.Application:
+def make_app(
+    metrics_source: Callable[[str, str], dict[str, Any] | None] | None = None,
+) -> web.Application:
     app = web.Application(client_max_size=8 * 2**20)
     app[CLUSTER_KEY] = Cluster()
+    app[METRICS_KEY] = MetricsApi(metrics_source)
     core, net = "/api/v1", "/apis/networking.k8s.io/v1"
     for base in (core, net):
         ns = base + "/namespaces/{namespace}/{plural}"
@@ -390,5 +442,8 @@ def make_app() -> web.Application:
     app.router.add_put(nodes + "/{name}", update)
     app.router.add_patch(nodes + "/{name}", update)
     app.router.add_delete(nodes + "/{name}", delete)
+    app.router.add_get(METRICS_BASE, metrics_resources)
+    app.router.add_get(METRICS_BASE + "/namespaces/{namespace}/pods/{name}", pod_metrics)
+    app.router.add_put("/_emulator/metrics", serve_metrics)
     app.router.add_get("/version", version)
     return app

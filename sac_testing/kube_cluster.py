@@ -1,8 +1,10 @@
 """A test "cluster": the Kubernetes API emulator, a scheduler and test kubelets.
 
 ``python -m sac_testing.kube_cluster --port P --root DIR --image NAME=DIR ... [--nodes N]``
-serves the API on 127.0.0.1:P (plain HTTP, no authentication) and runs the
-scheduler and N kubelets (nodes) against it over HTTP. Each node has a disk of
+serves the API on 127.0.0.1:P (plain HTTP, no authentication), with the metrics
+API (``metrics.k8s.io``: what each kubelet measures of its pods; ``PUT
+/_emulator/metrics {"served": false}`` removes it), and runs the scheduler and
+N kubelets (nodes) against it over HTTP. Each node has a disk of
 its own (``DIR/<node>``: emptyDirs, logs); PVCs live in ``DIR/storage``, which
 every node reaches, as network volumes are. ``kube_cluster()`` starts it in a
 subprocess and writes a kubeconfig for clients (KubeSpawner loads it through
@@ -22,6 +24,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -52,9 +55,6 @@ async def serve(
     from .kube_api import make_app
     from .kubelet import Kubelet, Scheduler
 
-    runner = web.AppRunner(make_app())
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise SystemExit("the test kubelet needs bubblewrap (apt-get install bubblewrap)")
@@ -65,6 +65,15 @@ async def serve(
                 storage=root / "storage", used_ips=used_ips)
         for name in node_names(nodes)
     ]  # fmt: skip
+
+    def pod_metrics(namespace: str, name: str) -> dict[str, Any] | None:
+        # metrics-server's answer: what the kubelet running the pod measures.
+        found = (k.pod_metrics(namespace, name) for k in kubelets)
+        return next((m for m in found if m is not None), None)
+
+    runner = web.AppRunner(make_app(pod_metrics))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
         await asyncio.gather(Scheduler(url).run(), *(k.run() for k in kubelets))
     finally:

@@ -48,6 +48,8 @@ from typing import Any
 
 import aiohttp
 
+from .stack import process_children, process_tree
+
 # Node directories that are not part of an "image": a container gets its own.
 NODE_ONLY = {
     "proc",
@@ -155,6 +157,23 @@ class PodRun:
     proc: asyncio.subprocess.Process | None = None
     ip: str | None = None
     deleting: asyncio.Event = field(default_factory=asyncio.Event)
+    # (monotonic time, CPU seconds) at the last metrics sample: the next one's window.
+    cpu_mark: tuple[float, float] | None = None
+
+
+def tree_usage(root: int) -> tuple[float, int]:
+    """(CPU seconds, resident bytes) of ``root`` and every process under it, from
+    /proc, as a container's cgroup would count them (what ended is not counted)."""
+    ticks, pages = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
+    cpu, rss = 0.0, 0
+    for pid in process_tree(root, process_children()):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        cpu += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        rss += int(fields[21]) * pages
+    return cpu, rss
 
 
 class ApiUser:
@@ -338,6 +357,36 @@ class Kubelet(ApiUser):
         }
         with contextlib.suppress(ContainerError):
             await self._call("POST", "/api/v1/nodes", node)
+
+    def pod_metrics(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The ``PodMetrics`` of a pod running here, as metrics-server would serve it
+        (the CPU rate since the previous sample; the memory in use), else None."""
+        for run in self.runs.values():
+            meta = run.pod["metadata"]
+            if (meta["namespace"], meta["name"]) != (namespace, name):
+                continue
+            if run.proc is None or run.proc.returncode is not None:
+                return None
+            now_ = asyncio.get_running_loop().time()
+            cpu, rss = tree_usage(run.proc.pid)
+            since, before = run.cpu_mark or (now_ - 1.0, 0.0)
+            rate = max(0.0, cpu - before) / max(now_ - since, 1e-3)
+            run.cpu_mark = (now_, cpu)
+            container = run.pod["spec"]["containers"][0]["name"]
+            return {
+                "kind": "PodMetrics",
+                "apiVersion": "metrics.k8s.io/v1beta1",
+                "metadata": {"name": name, "namespace": namespace},
+                "timestamp": now(),
+                "window": f"{max(1, round(now_ - since))}s",
+                "containers": [
+                    {
+                        "name": container,
+                        "usage": {"cpu": f"{round(rate * 1e9)}n", "memory": f"{rss // 1024}Ki"},
+                    }
+                ],
+            }
+        return None
 
     # ---- API calls --------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import re
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -768,3 +769,17 @@ def claude_direct(prompt: str, model_url: str) -> str:
         f"cd /workspace && ANTHROPIC_BASE_URL={model_url} NO_PROXY= no_proxy="
         f" claude -p {json.dumps(prompt)} --output-format text"
     )
+
+
+async def kill_server(base: str, token: str) -> None:
+    """kill -9 the agent's single-user server, from a terminal it runs (the shell's
+    parent): no stop hook, no flush, as a crash or the OOM killer would."""
+    headers = {"Authorization": f"token {token}"}
+    name = f"killer{uuid.uuid4().hex[:6]}"
+    resp = httpx.post(base + "api/terminals", json={"name": name}, headers=headers)
+    assert resp.status_code == 200, resp.text
+    ws = base.replace("http", "ws", 1) + f"terminals/websocket/{name}"
+    conn = await websocket_connect(HTTPRequest(ws, headers=headers))
+    conn.write_message(json.dumps(["stdin", "kill -9 $PPID\r"]))
+    while await conn.read_message() is not None:
+        pass

@@ -33,6 +33,7 @@ from helpers import (
     agent_home,
     allow_all,
     claude_direct,
+    kill_server,
     largest_request_waiting,
     model_agent,
     pending_requests,
@@ -108,20 +109,6 @@ def service_paused(stack: dict[str, Any]) -> contextlib.AbstractContextManager[i
     """The `sac` service stopped (SIGSTOP) for the block: the kernel still accepts
     connections and takes requests' bytes, but nothing answers them."""
     return stack_process_paused(stack["pid"], b"jupyter_sac.service")
-
-
-async def kill_server(base: str, token: str) -> None:
-    """kill -9 the agent's single-user server, from a terminal it runs (the shell's
-    parent): no stop hook, no flush, as a crash or the OOM killer would."""
-    headers = {"Authorization": f"token {token}"}
-    name = f"killer{uuid.uuid4().hex[:6]}"
-    resp = httpx.post(base + "api/terminals", json={"name": name}, headers=headers)
-    assert resp.status_code == 200, resp.text
-    ws = base.replace("http", "ws", 1) + f"terminals/websocket/{name}"
-    conn = await websocket_connect(HTTPRequest(ws, headers=headers))
-    conn.write_message(json.dumps(["stdin", "kill -9 $PPID\r"]))
-    while await conn.read_message() is not None:
-        pass
 
 
 async def assert_history_exactly_once(

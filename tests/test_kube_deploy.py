@@ -266,14 +266,15 @@ def test_helm_merge_and_schema_check() -> None:
     ]
 
 
-def test_extra_hub_rbac_validates_and_covers_network_policies() -> None:
+def test_extra_hub_rbac_validates_and_covers_network_policies_and_metrics() -> None:
     import kubernetes_validate
 
     documents = list(yaml.safe_load_all((ROOT / "hub_config" / "sac-hub-rbac.yaml").read_text()))
     for document in documents:
         kubernetes_validate.validate(document, "1.31.0", strict=True)
     (role,) = [d for d in documents if d["kind"] == "Role"]
-    (rule,) = role["rules"]
-    assert rule["resources"] == ["networkpolicies"]
+    rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): set(r["verbs"]) for r in role["rules"]}
     # KubeAgentSpawner creates, deletes (and on a name clash deletes then re-creates).
-    assert {"create", "delete"} <= set(rule["verbs"])
+    assert {"create", "delete"} <= rules[("networking.k8s.io",), ("networkpolicies",)]
+    # ... and reads what agents' pods use, nothing more of the metrics API.
+    assert rules[("metrics.k8s.io",), ("pods",)] == {"get"}

@@ -312,3 +312,39 @@ def test_pod_failures_read_as_sentences() -> None:
     assert "could not be created" in (describe_pod_failure(config) or "")
     # Still starting (ContainerCreating) is not a failure.
     assert describe_pod_failure(pod(state={"waiting": {"reason": "ContainerCreating"}})) is None
+
+
+def test_quantities_and_what_a_pod_uses_read_as_the_metrics_api_says() -> None:
+    from jupyter_sac.spawner.kube_manifests import (
+        container_restarts,
+        container_usage,
+        parse_quantity,
+    )
+
+    assert [parse_quantity(q) for q in ("250m", "123456789n", "1.5", "5k", "2e3")] == [
+        0.25, 0.123456789, 1.5, 5000.0, 2000.0,
+    ]  # fmt: skip
+    assert [parse_quantity(q) for q in ("100Ki", "128Mi", "2Gi")] == [102400, 2**27, 2**31]
+    for bad in ("", "x", "1Zi", "1..2", "m", "1Ki2", "--1"):
+        with pytest.raises(ValueError, match="not a Kubernetes quantity"):
+            parse_quantity(bad)
+    metrics = {
+        "kind": "PodMetrics",
+        "containers": [
+            {"name": "sidecar", "usage": {"cpu": "1", "memory": "1Gi"}},
+            {"name": "notebook", "usage": {"cpu": "12500000n", "memory": "204800Ki"}},
+        ],
+    }
+    assert container_usage(metrics) == (0.0125, 200 * 2**20)
+    assert container_usage({"containers": []}) == (None, None)
+    pod = {
+        "status": {
+            "containerStatuses": [
+                {"name": "notebook", "restartCount": 2,
+                 "lastState": {"terminated": {"exitCode": 137}}},
+            ]
+        }
+    }  # fmt: skip
+    assert container_restarts(pod) == (2, 137)
+    assert container_restarts({"status": {}}) == (0, None)
+    assert container_restarts(None) == (0, None)

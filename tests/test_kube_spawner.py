@@ -28,6 +28,7 @@ from helpers import (
     ChatTurn,
     HubApi,
     claude_direct,
+    kill_server,
     largest_request_waiting,
     model_agent,
     run_in_terminal,
@@ -37,6 +38,7 @@ from helpers import (
 )
 
 from jupyter_sac.runtimes.claude import claude_binary
+from jupyter_sac.spawner.kube import NO_METRICS_API
 from sac_testing.kube_cluster import RunningCluster, kube_cluster
 from sac_testing.stack import RestartableStack, poll_until, stack_process_paused
 
@@ -57,6 +59,8 @@ c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
 c.KubeAgentSpawner.namespace = {NAMESPACE!r}
 c.KubeAgentSpawner.image = {IMAGE!r}
 c.KubeAgentSpawner.workspace_storage = "pvc"
+# What a running agent uses, sampled often enough for a test to see it change.
+c.KubeAgentSpawner.usage_interval = 0.5
 # The test "image" is this checkout's venv: its Python's prefix holds the extensions.
 c.KubeAgentSpawner.sandbox_python_prefix = {sys.prefix!r}
 
@@ -126,6 +130,11 @@ class KubeApi:
         resp = self.client.get("/api/v1/nodes")
         resp.raise_for_status()
         return [n["metadata"]["name"] for n in resp.json()["items"]]
+
+    def serve_metrics(self, served: bool) -> None:
+        """Install or remove the metrics API (metrics-server) in the test cluster."""
+        resp = self.client.put("/_emulator/metrics", json={"served": served})
+        resp.raise_for_status()
 
     def force_delete(self, plural: str, name: str) -> None:
         """kubectl delete --force --grace-period=0: no SIGTERM, no time to save."""
@@ -542,3 +551,61 @@ async def chat_in(base: str, token: str, message: str, **body: Any) -> ChatTurn:
     events = await turn.finish()
     assert events[-1]["type"] == "turn_end", events
     return turn
+
+
+def test_a_pod_shows_what_it_uses_and_a_crash_of_its_server(kube: KubeStack) -> None:
+    """Issue 21: a running agent's CPU and memory come from the cluster's metrics
+    API, with the pod's limits; without a metrics API the agent says so instead of
+    blanks; a server that crashes and is restarted in its pod is counted, shown on
+    the admin Agents page and told to its owner."""
+    user, client = kube.new_user()
+    create_agent(client, "gauge")
+    assert spawn_with_progress(client, user, "gauge")[-1].get("ready")
+
+    def usage(check) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+        def sampled() -> dict[str, Any] | None:
+            agent = client.sac("GET", f"users/{user}/agents/gauge").json()
+            found = agent.get("sandbox_usage") or {}
+            return found if found.get("running") and check(found) else None
+
+        return poll_until(sampled, 60, "a sample of the agent's pod")
+
+    now = usage(lambda u: u["memory_bytes"])
+    assert now["unavailable"] is None and now["restarts"] == 0
+    assert now["memory_bytes"] > 10 * 2**20 and now["cpu_percent"] is not None
+    agent = client.sac("GET", f"users/{user}/agents/gauge").json()
+    assert now["limits"]["memory"] == agent["resolved"]["mem_limit"]
+    assert now["limits"]["cpu"] == agent["resolved"]["cpu_limit"]
+
+    kube.kube.serve_metrics(False)
+    try:
+        gone = usage(lambda u: u["unavailable"])
+        assert gone["unavailable"] == NO_METRICS_API
+        assert gone["memory_bytes"] is None and gone["cpu_percent"] is None
+    finally:
+        kube.kube.serve_metrics(True)
+
+    asyncio.run(kill_server(client.server_url(user, "gauge"), client.token))
+    crashed = usage(lambda u: u["restarts"])
+    assert crashed["restarts"] == 1
+    # The server is back in the same pod, and the owner was told.
+    poll_until(
+        lambda: client.agent(user, "gauge", "GET", "sac/api/status").status_code == 200,
+        60, "the restarted server",
+    )  # fmt: skip
+    events = client.client.get(client.service_url + "api/events", params={"after": 0, "wait": 0})
+    assert events.status_code == 200, events.text
+    failed = [
+        json.loads(line[len("data: ") :])
+        for block in events.text.split("\n\n")
+        if "event: agent.failed" in block
+        for line in block.splitlines()
+        if line.startswith("data: ")
+    ]
+    assert [e["phase"] for e in failed] == ["restart"], failed
+    assert failed[0]["exit_code"] not in (None, 0), failed
+    page = kube.admin.client.get(kube.admin.service_url + "admin/agents", params={"user": user})
+    assert "its server crashed and was restarted once since it started" in page.text
+    client.stop(user, "gauge")
+    stopped = client.sac("GET", f"users/{user}/agents/gauge").json()["sandbox_usage"]
+    assert stopped["running"] is False and stopped["restarts"] is None

@@ -22,7 +22,22 @@ def human_bytes(value: int | None) -> str:
     raise AssertionError("unreachable")
 
 
-def usage_cells(usage: SandboxUsage | None, resolved: dict[str, Any]) -> dict[str, str]:
+def usage_notes(usage: SandboxUsage | None) -> list[str]:
+    """What a person should know beside a running agent's figures: why they are
+    missing (``unavailable``), and restarts of its server since it started (the
+    same words as the sidebar's ``usageNotes``)."""
+    if usage is None or not usage.running:
+        return []
+    notes = []
+    if usage.restarts:
+        times = "once" if usage.restarts == 1 else f"{usage.restarts} times"
+        notes.append(f"its server crashed and was restarted {times} since it started")
+    if usage.unavailable:
+        notes.append(f"live figures unavailable: {usage.unavailable}")
+    return notes
+
+
+def usage_cells(usage: SandboxUsage | None, resolved: dict[str, Any]) -> dict[str, Any]:
     """One agent's CPU, memory, processes, disk and network cells: what it uses now
     and the limit that holds (``not enforced`` where nothing enforces it). A stopped
     agent shows the limits it will be asked for and its last measured disk use."""
@@ -48,6 +63,7 @@ def usage_cells(usage: SandboxUsage | None, resolved: dict[str, Any]) -> dict[st
     sent = usage.net_sent_bytes if running and usage else None
     received = usage.net_received_bytes if running and usage else None
     return {
+        "notes": usage_notes(usage),
         "cpu": f"{now(cpu, lambda v: f'{v:g}%')} / "
         + limit("cpu", resolved.get("cpu_limit"), lambda v: f"{v:g} CPU"),
         "memory": f"{now(usage.memory_bytes if usage else None, human_bytes)} / "

@@ -14,6 +14,9 @@ across hub restarts); this subclass adds what makes the pod an agent sandbox:
   DNS and configured destinations;
 - spawn progress from the pod's events, and a clear failure (image pull error,
   crash loop, missing Secret) instead of waiting for the start timeout;
+- what a running agent uses (CPU and memory from the cluster's metrics API, or
+  why they are unavailable) and how often its server was restarted, sampled
+  into ``sandbox_usage``; the owner is told of each restart (``agent.failed``);
 - removal of the pod, Secret and NetworkPolicy on stop, and of the PVC when
   the agent is deleted (``delete_pvc``).
 """
@@ -33,15 +36,19 @@ from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default
 
 from .._version import __version__
 from ..rules.secrets import SANDBOX_SECRETS_DIR, SECRETS_DIR_VAR
+from ..store.sandbox_usage import SandboxUsage
 from .kube_manifests import (
     SANDBOX_HOME,
     SANDBOX_WORKSPACE,
     SECRET_ENV,
     NetworkRules,
     Peer,
+    container_restarts,
+    container_usage,
     describe_pod_failure,
     granted_secret_keys,
     network_policy,
+    parse_quantity,
     resource_traits,
     sandbox_volumes,
     secrets_volume,
@@ -59,6 +66,8 @@ from .mixin import (
 )
 
 LABEL_PREFIX = "sac.jupyter.org"
+METRICS_GROUP, METRICS_VERSION = "metrics.k8s.io", "v1beta1"
+NO_METRICS_API = "no metrics API in this cluster: install metrics-server for live CPU and memory"
 
 
 def serialize(obj: Any) -> Any:
@@ -214,6 +223,15 @@ class KubeAgentSpawner(AgentSpawnerMixin, KubeSpawner):
         help="Seconds between checks of a starting pod's status for errors that end the spawn.",
     ).tag(config=True)
 
+    usage_interval = Float(
+        10.0,
+        help="""Seconds between samples of what a running agent's pod uses: CPU and memory
+        from the cluster's metrics API (metrics.k8s.io, served by metrics-server; where
+        it is absent the sample says so), and its server's restarts. Stored for the
+        API, the admin Agents page and the JupyterLab sidebar; the owner is told of
+        each restart. 0: no sampling.""",
+    ).tag(config=True)
+
     # ---- names ------------------------------------------------------------------
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -221,6 +239,7 @@ class KubeAgentSpawner(AgentSpawnerMixin, KubeSpawner):
         self._set_names()
         self._agent: AgentContext | None = None
         self._secret_data: dict[str, str] = {}
+        self._sampler: asyncio.Task[None] | None = None
 
     def _set_names(self) -> None:
         if self.name:
@@ -469,6 +488,7 @@ class KubeAgentSpawner(AgentSpawnerMixin, KubeSpawner):
                 await self._remove_objects(now=True)
             raise
         self.report(f"Agent ready in {time.monotonic() - started:.1f} s", 95)
+        self._start_sampler()
         return url
 
     async def _watch_start(self, start: asyncio.Future[str]) -> str:
@@ -501,9 +521,117 @@ class KubeAgentSpawner(AgentSpawnerMixin, KubeSpawner):
             await self._delete_quietly("network_policy", self.pod_name)
 
     async def stop(self, now: bool = False) -> None:
+        await self._stop_sampler()
         await self._remove_objects(now=now)
         with contextlib.suppress(Exception):
             await self.revoke_agent_token()
+
+    async def poll(self) -> int | None:
+        status = await super().poll()
+        if status is None:
+            # Running: also after a hub restart re-attached to the pod.
+            self._start_sampler()
+        return status
+
+    # ---- what the running agent uses --------------------------------------------
+
+    def _start_sampler(self) -> None:
+        wanted = self.usage_interval > 0 and self.database_url and self.name
+        if wanted and (self._sampler is None or self._sampler.done()):
+            self._sampler = asyncio.ensure_future(self._sample_usage())
+
+    async def _stop_sampler(self) -> None:
+        sampler, self._sampler = self._sampler, None
+        if sampler is None:
+            return
+        sampler.cancel()
+        with contextlib.suppress(BaseException):
+            await sampler
+        with contextlib.suppress(Exception):
+            store = await self.sac_store()
+            agent = await store.agents.get(self.user.name, self.name)
+            if agent is not None:
+                await store.sandbox_usage.stopped(agent.id)
+
+    async def _sample_usage(self) -> None:
+        """Record what the pod uses every usage_interval while it runs, and tell the
+        owner of each restart of its server: once, by the pod's uid and the restart's
+        number, so neither a restarted hub nor a second sample tells twice."""
+        store = await self.sac_store()
+        agent = await store.agents.get(self.user.name, self.name)
+        if agent is None:
+            return
+        told = 0
+        while True:
+            try:
+                told = await self._sample_once(store, agent.id, told)
+            except Exception:  # whatever went wrong, the next sample may go right
+                self.log.exception("[%s] could not sample what its pod uses", self._log_name)
+            await asyncio.sleep(self.usage_interval)
+
+    async def _sample_once(self, store: Any, agent_id: int, told: int) -> int:
+        """One sample of the pod, if it is there; the restarts told of so far."""
+        reflector = self.pod_reflector
+        pod = reflector.pods.get(f"{self.namespace}/{self.pod_name}") if reflector else None
+        if pod is None:
+            return told
+        restarts, exit_code = container_restarts(pod)
+        if restarts > told:
+            await self.tell_owner_failed(
+                "restart",
+                f"The agent's server stopped (exit code {exit_code}) and was started"
+                f" again in its pod: {restarts} restart{'' if restarts == 1 else 's'}"
+                " since the agent started.",
+                exit_code,
+                dedupe_key=f"agent.restart:{pod['metadata']['uid']}:{restarts}",
+            )
+        cpu, memory, unavailable = await self._pod_metrics()
+        sample = SandboxUsage(
+            running=True,
+            cpu_percent=round(cpu * 100, 1) if cpu is not None else None,
+            memory_bytes=memory,
+            unavailable=unavailable,
+            restarts=restarts,
+            limits=self._held_limits(pod),
+        )
+        await store.sandbox_usage.record(agent_id, sample)
+        return max(told, restarts)
+
+    def _held_limits(self, pod: dict[str, Any]) -> dict[str, Any]:
+        """The limits the pod's container runs with (the kubelet enforces CPU and
+        memory; processes and disk are not limited per pod here)."""
+        containers = (pod.get("spec") or {}).get("containers") or [{}]
+        limits = (containers[0].get("resources") or {}).get("limits") or {}
+        held: dict[str, Any] = {"cpu": None, "memory": None, "processes": None, "disk": None}
+        with contextlib.suppress(ValueError):
+            held["cpu"] = parse_quantity(limits["cpu"]) if "cpu" in limits else None
+            held["memory"] = int(parse_quantity(limits["memory"])) if "memory" in limits else None
+        return held
+
+    async def _pod_metrics(self) -> tuple[float | None, int | None, str | None]:
+        """(CPU cores, memory bytes, why unavailable) from the metrics API."""
+        api = shared_client("CustomObjectsApi")
+        try:
+            metrics = await api.get_namespaced_custom_object(
+                METRICS_GROUP, METRICS_VERSION, self.namespace, "pods", self.pod_name
+            )
+        except ApiException as e:
+            if e.status != 404:
+                return None, None, f"the metrics API answered {e.status} {e.reason}"
+            try:
+                await api.get_api_resources(METRICS_GROUP, METRICS_VERSION)
+            except ApiException as e:
+                if e.status == 404:
+                    return None, None, NO_METRICS_API
+                return None, None, f"the metrics API answered {e.status} {e.reason}"
+            return None, None, "no sample of this pod in the metrics API yet"
+        except Exception as e:
+            return None, None, f"the metrics API did not answer: {e}"
+        try:
+            cpu, memory = container_usage(metrics)
+        except (ValueError, KeyError, TypeError) as e:
+            return None, None, f"the metrics API's answer was not understood: {e}"
+        return cpu, memory, None
 
     async def delete_forever(self) -> None:
         """The named server is removed: its PVC goes too when ``delete_pvc`` (the default)."""

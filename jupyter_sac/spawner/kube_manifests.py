@@ -10,8 +10,10 @@ camelCase, so the tests can validate it against the real schemas.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 SANDBOX_HOME = "/home/sac"
@@ -301,3 +303,67 @@ def describe_pod_failure(
             )
             return f"{text}. Its last output:\n{detail}" if detail else text + "."
     return None
+
+
+# ---- what a running pod uses ---------------------------------------------------------
+
+QUANTITY_SUFFIXES: dict[str, Decimal] = {
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "": Decimal(1),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
+    "Ki": Decimal(2**10),
+    "Mi": Decimal(2**20),
+    "Gi": Decimal(2**30),
+    "Ti": Decimal(2**40),
+    "Pi": Decimal(2**50),
+    "Ei": Decimal(2**60),
+}
+QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?$")
+
+
+def parse_quantity(text: str) -> float:
+    """A Kubernetes quantity as a plain number: ``"250m"`` -> 0.25 (cores),
+    ``"123456789n"`` -> 0.123456789, ``"128Mi"`` -> 134217728 (bytes), ``"1e3"`` -> 1000.
+    Raises ValueError for anything else."""
+    match = QUANTITY.match(str(text).strip())
+    if match is None:
+        raise ValueError(f"not a Kubernetes quantity: {text!r}")
+    try:
+        return float(Decimal(match.group(1)) * QUANTITY_SUFFIXES[match.group(2) or ""])
+    except InvalidOperation:
+        raise ValueError(f"not a Kubernetes quantity: {text!r}") from None
+
+
+def container_usage(
+    pod_metrics: Mapping[str, Any], container: str = "notebook"
+) -> tuple[float | None, int | None]:
+    """(CPU in cores, memory in bytes) of ``container`` in a ``PodMetrics`` object of
+    the metrics API (``metrics.k8s.io``: the CPU rate over its window and the
+    memory working set); None for what it does not hold."""
+    for entry in pod_metrics.get("containers") or []:
+        if entry.get("name") != container:
+            continue
+        usage = entry.get("usage") or {}
+        cpu = parse_quantity(usage["cpu"]) if "cpu" in usage else None
+        memory = int(parse_quantity(usage["memory"])) if "memory" in usage else None
+        return cpu, memory
+    return None, None
+
+
+def container_restarts(
+    pod: Mapping[str, Any] | None, container: str = "notebook"
+) -> tuple[int, int | None]:
+    """(restarts, last exit code) of ``container``: how often its kubelet restarted it
+    in place (``restartCount``), and how its last run ended, if it ended."""
+    for status in ((pod or {}).get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == container:
+            last = (status.get("lastState") or {}).get("terminated") or {}
+            return int(status.get("restartCount") or 0), last.get("exitCode")
+    return 0, None

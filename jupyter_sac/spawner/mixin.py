@@ -423,18 +423,26 @@ class AgentSpawnerMixin(LoggingConfigurable):
         }
 
     async def tell_owner_failed(
-        self, phase: str, message: str, exit_code: int | None = None
+        self,
+        phase: str,
+        message: str,
+        exit_code: int | None = None,
+        dedupe_key: str | None = None,
     ) -> None:
         """``agent.failed`` on the owner's event stream (the `sac` service's event
-        stream and webhooks read it from the store); never in the way of the
-        failure itself."""
+        stream and webhooks read it from the store), once per ``dedupe_key`` when
+        given; never in the way of the failure itself."""
         if not self.database_url or not self.name:
             return
         try:
             store = await self.sac_store()
             data = sac_events.agent_failed(phase, message, exit_code)
             await store.events.append(
-                self.user.name, sac_events.AGENT_FAILED, data, agent=self.name
+                self.user.name,
+                sac_events.AGENT_FAILED,
+                data,
+                agent=self.name,
+                dedupe_key=dedupe_key,
             )
         except Exception:
             self.log.exception("[%s] could not tell the owner the agent failed", self._log_name)

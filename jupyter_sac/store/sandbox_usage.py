@@ -20,6 +20,8 @@ COLUMNS = (
     "disk_bytes",
     "net_sent_bytes",
     "net_received_bytes",
+    "unavailable",
+    "restarts",
 )
 
 
@@ -27,7 +29,10 @@ COLUMNS = (
 class SandboxUsage:
     """One sample. ``cpu_percent`` is of one core since the previous sample; ``limits``
     maps cpu (cores), memory and disk (bytes) and processes to what holds, None where
-    nothing enforces it. None anywhere else: not measurable where the agent runs."""
+    nothing enforces it. None anywhere else: not measurable where the agent runs;
+    ``unavailable`` then says why where the figures exist but could not be read
+    (a cluster without a metrics API). ``restarts``: how often the agent's server
+    was restarted in place since the agent started (a crash loop)."""
 
     running: bool
     cpu_seconds: float | None = None
@@ -37,6 +42,8 @@ class SandboxUsage:
     disk_bytes: int | None = None
     net_sent_bytes: int | None = None
     net_received_bytes: int | None = None
+    unavailable: str | None = None
+    restarts: int | None = None
     limits: dict[str, Any] = field(default_factory=dict)
     sampled_at: datetime | None = None
 
@@ -69,7 +76,8 @@ class SandboxUsageRows:
         async with self.pool.connection() as conn:
             await conn.execute(
                 "UPDATE sandbox_usage SET running = false, cpu_percent = NULL,"
-                " memory_bytes = NULL, processes = NULL WHERE agent_id = %s",
+                " memory_bytes = NULL, processes = NULL, unavailable = NULL, restarts = NULL"
+                " WHERE agent_id = %s",
                 (agent_id,),
             )
 

@@ -956,12 +956,32 @@ export interface ISandboxUsage {
   disk_bytes: number | null;
   net_sent_bytes: number | null;
   net_received_bytes: number | null;
+  unavailable?: string | null;
+  restarts?: number | null;
   limits: {
     cpu?: number | null;
     memory?: number | null;
     processes?: number | null;
     disk?: number | null;
   };
+}
+
+/** What a person should know beside a running agent's figures: restarts of its
+ * server since it started (a crash loop), and why live figures are missing (the
+ * same words as the admin Agents page, service/usage_text.py). */
+export function usageNotes(usage: ISandboxUsage | null | undefined): string[] {
+  if (!usage || !usage.running) {
+    return [];
+  }
+  const notes: string[] = [];
+  if (usage.restarts) {
+    const times = usage.restarts === 1 ? 'once' : `${usage.restarts} times`;
+    notes.push(`its server crashed and was restarted ${times} since it started`);
+  }
+  if (usage.unavailable) {
+    notes.push(`live figures unavailable: ${usage.unavailable}`);
+  }
+  return notes;
 }
 
 /** The sidebar's resource lines: use now / limit that holds ("not enforced" where

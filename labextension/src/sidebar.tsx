@@ -28,6 +28,7 @@ import {
   serverStatus,
   toolSummary,
   transcriptRows,
+  usageNotes,
   utcMonth
 } from './logic';
 import { SkillsSection } from './skills';
@@ -160,6 +161,11 @@ function AgentSection(props: { ctx: ISacContext }): JSX.Element {
         <dd data-fact="network" title={trans.__('sent / received since it started')}>
           {facts.network}
         </dd>
+        {usageNotes(agent?.sandbox_usage).map(note => (
+          <dd key={note} data-fact="usage-note" className="jp-sac-usage-note">
+            {note}
+          </dd>
+        ))}
         <dt>{trans.__('History')}</dt>
         <dd data-fact="history">
           {capture.state === 'paused'

@@ -24,6 +24,7 @@ import {
   quotaLevel,
   quotaPercent,
   sandboxFacts,
+  usageNotes,
   reduceChat,
   secondsLeft,
   serverStatus,
@@ -549,6 +550,35 @@ describe('servicePageUrl', () => {
     expect(servicePageUrl(base, '../../hub/admin')).toBe(`${base}hub/admin`);
     expect(servicePageUrl(base, 'skills/%2e%2e/%2E/7')).toBe(`${base}skills/7`);
     expect(servicePageUrl(base, 'skills/%zz')).toBe(`${base}skills/%25zz`);
+  });
+});
+
+describe('usageNotes', () => {
+  const base = {
+    running: true,
+    cpu_percent: null,
+    memory_bytes: null,
+    processes: null,
+    disk_bytes: null,
+    net_sent_bytes: null,
+    net_received_bytes: null,
+    limits: {}
+  };
+
+  it('says why live figures are missing and how often the server was restarted', () => {
+    expect(usageNotes({ ...base, restarts: 2, unavailable: 'no metrics API' })).toEqual([
+      'its server crashed and was restarted 2 times since it started',
+      'live figures unavailable: no metrics API'
+    ]);
+    expect(usageNotes({ ...base, restarts: 1 })).toEqual([
+      'its server crashed and was restarted once since it started'
+    ]);
+  });
+
+  it('says nothing for a healthy agent, a stopped one or none', () => {
+    expect(usageNotes({ ...base, restarts: 0, unavailable: null })).toEqual([]);
+    expect(usageNotes({ ...base, running: false, restarts: 3 })).toEqual([]);
+    expect(usageNotes(null)).toEqual([]);
   });
 });
 
