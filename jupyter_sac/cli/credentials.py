@@ -101,7 +101,7 @@ def find(path: Path, url: str | None = None) -> Login | None:
     data = load(path)
     key = hub_url(url) if url else data.get("default")
     entry = data["hubs"].get(key) if key else None
-    if not isinstance(entry, dict) or not entry.get("token"):
+    if not key or not isinstance(entry, dict) or not entry.get("token"):
         return None
     return Login(key, entry["token"], entry.get("user", ""), entry.get("service_url"))
 

@@ -71,7 +71,7 @@ def usage(as_json: bool) -> None:
 
     def render() -> str:
         lines = table(found, [("agent", "slug"), *[(h, _total(k)) for h, k in USAGE_COLUMNS]])
-        user_budget = next((u["budget"] for u in found if u.get("budget")), {})
+        user_budget: dict[str, Any] = next((u["budget"] for u in found if u.get("budget")), {})
         owner = {"user": user_budget["user"]} if "user" in user_budget else {}
         return lines + ("\n\n" + budget_lines(owner) if owner else "")
 

@@ -183,7 +183,14 @@ class AsyncClient:
     async def identity(self) -> dict[str, Any]:
         """The hub's model of this token's user (``GET /hub/api/user``): ``name``,
         ``scopes``, ``token_id``..."""
-        model = await self.hub("GET", "user")
+        try:
+            model = await self.hub("GET", "user")
+        except Forbidden as e:
+            # Any valid token may read its own user: the hub answers an unknown,
+            # expired or revoked one with 403 here, where the service says 401.
+            raise Unauthorized(
+                401, "unauthorized", "the hub refused this token (expired, revoked or mistyped)"
+            ) from e
         self._user = model["name"]
         self._scopes = frozenset(model.get("scopes") or ())
         return model
