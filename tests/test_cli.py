@@ -188,6 +188,14 @@ def test_approvals_from_the_shell(person: dict[str, Any], gated: dict[str, Any])
     assert sac("hitl", "show", str(uuid.uuid4()), env=env).returncode == 4
 
 
+def test_shell_completion_names_my_agents(person: dict[str, Any], gated: dict[str, Any]) -> None:
+    # What the script of `sac completion bash` asks for when AGENT is completed.
+    env = {**person["env"], "_SAC_COMPLETE": "bash_complete",
+           "COMP_WORDS": "sac agents show ga", "COMP_CWORD": "3"}  # fmt: skip
+    completed = subprocess.run([SAC], capture_output=True, text=True, env=env, timeout=60)
+    assert completed.stdout.splitlines() == [f"plain,{gated['name']}"], completed
+
+
 def test_history_from_the_shell(person: dict[str, Any], gated: dict[str, Any]) -> None:
     env, name = person["env"], gated["name"]
     session, word = str(uuid.uuid4()), f"zebra{uuid.uuid4().hex[:6]}"

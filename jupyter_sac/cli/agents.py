@@ -77,7 +77,8 @@ def _describe(record: dict[str, Any]) -> str:
         ("updated", record.get("updated_at")),
     ]
     if usage.get("running"):
-        pairs += [("cpu", f"{usage.get('cpu_percent')} % of a core"),
+        cpu = usage.get("cpu_percent")
+        pairs += [("cpu", None if cpu is None else f"{cpu:.1f} % of a core"),
                   ("memory", _bytes(usage.get("memory_bytes"))),
                   ("processes", usage.get("processes"))]  # fmt: skip
     overrides = record.get("overrides") or {}

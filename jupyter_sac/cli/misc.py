@@ -95,6 +95,9 @@ def settings() -> None:
     """
 
 
+# Host lists can be long: a table shows their start (all of it with --json).
+SETTING_WIDTH = 40
+
 LEVEL = [
     click.option("--user", metavar="NAME", help="A user's level (default: yours)."),
     click.option("--system", is_flag=True, help="The system level (administrators)."),
@@ -123,16 +126,16 @@ def show_settings(user: str | None, system: bool, as_json: bool) -> None:
         overrides = found.get("overrides") or {}
         rows = [{"name": k, "value": v, "set here": k in overrides}
                 for k, v in (found.get("resolved") or {}).items()]  # fmt: skip
-        show(found, as_json, lambda: table(rows, [("name", "name"), ("value", "value"),
-                                                  ("set here", "set here")]))  # fmt: skip
+        columns = [("name", "name"), ("value", "value"), ("set here", "set here")]
+        show(found, as_json, lambda: table(rows, columns, width=SETTING_WIDTH))
         return
     found = c.settings()
     specs = {s["name"]: s for s in found.get("specs") or []}
-    rows = [{"name": k, "value": v, "default": specs.get(k, {}).get("default"),
-             "help": specs.get(k, {}).get("help")}
+    rows = [{"name": k, "value": v, "default": specs.get(k, {}).get("default")}
             for k, v in (found.get("resolved") or {}).items()]  # fmt: skip
-    columns = [("name", "name"), ("value", "value"), ("default", "default"), ("help", "help")]
-    show(found, as_json, lambda: table(rows, columns))
+    columns = [("name", "name"), ("value", "value"), ("default", "default")]
+    # Each setting's meaning is in --json ("specs") and docs/configuration.md.
+    show(found, as_json, lambda: table(rows, columns, width=SETTING_WIDTH))
 
 
 def _change(user: str | None, system: bool, change: Any) -> dict[str, Any]:
