@@ -157,6 +157,22 @@ def gated(stack: dict, person: dict[str, Any]) -> Iterator[dict[str, Any]]:
         sac("agents", "delete", name, "--yes", env=env)
 
 
+def test_the_hubs_word_on_a_start(person: dict[str, Any], gated: dict[str, Any]) -> None:
+    env = person["env"]
+    running = ok(sac("agents", "logs", gated["name"], env=env))
+    assert running.stdout.startswith("Server ready at ") and gated["name"] in running.stdout
+    (event,) = [json.loads(line) for line in
+                ok(sac("agents", "logs", gated["name"], "--json", env=env)).stdout.splitlines()]  # fmt: skip
+    assert event["ready"] is True and event["progress"] == 100
+
+    stopped = f"s{uuid.uuid4().hex[:6]}"
+    ok(sac("agents", "create", stopped, "--api-key-stdin", env=env, stdin="sk-unused-key\n"))
+    never = ok(sac("agents", "logs", stopped, env=env))
+    assert never.stdout == "" and "is stopped: the hub keeps no log" in never.stderr
+    ok(sac("agents", "delete", stopped, "--yes", env=env))
+    assert sac("agents", "logs", stopped, env=env).returncode == 4
+
+
 def test_approvals_from_the_shell(person: dict[str, Any], gated: dict[str, Any]) -> None:
     env = person["env"]
     filed = gated["sandbox"].post("hitl/requests", json={

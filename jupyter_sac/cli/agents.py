@@ -1,4 +1,4 @@
-"""`sac agents …`: list, show, create, start, stop, restart, delete, usage."""
+"""`sac agents …`: list, show, create, start, stop, restart, logs, delete, usage."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ from typing import Any
 
 import click
 
+from ..client.errors import SacError
 from ._app import (
+    ERROR,
+    OK,
     SacGroup,
     agent_ref,
     client,
@@ -17,7 +20,7 @@ from ._app import (
     sac,
     show,
 )
-from .output import fields, parse_value, table
+from .output import fields, json_line, parse_value, safe_text, table
 
 AGENT = click.argument("agent", metavar="AGENT", shell_complete=complete_agents)
 TIMEOUT = click.option(
@@ -221,6 +224,30 @@ def restart_agent(agent: str, timeout: float, as_json: bool) -> None:
     note(f"{handle.slug} is running")
     if as_json:
         show(handle.info(), True, str)
+
+
+@agents.command("logs")
+@AGENT
+@json_option
+def spawn_log(agent: str, as_json: bool) -> int:
+    """What the hub says of an agent's start.
+
+    While it starts: every step so far, then each as it comes, until it is
+    ready. Once it runs: where. After a failed start: why (exit code 1). The hub
+    keeps nothing more of a start; the agent's own logs are in its JupyterLab.
+    With --json, one progress event per line.
+    """
+    handle = _agent(agent)
+    failed = False
+    try:
+        for event in handle.spawn_log():
+            failed = failed or bool(event.get("failed"))
+            click.echo(json_line(event) if as_json else safe_text(str(event.get("message"))))
+    except SacError as e:
+        if e.code != "not_starting":
+            raise
+        note(f"{handle.slug} is stopped: the hub keeps no log of its earlier starts")
+    return ERROR if failed else OK
 
 
 @agents.command("delete")

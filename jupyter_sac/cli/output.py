@@ -95,6 +95,11 @@ def to_json(data: Any) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False)
 
 
+def json_line(data: Any) -> str:
+    """One JSON document on one line (a stream of events, one per line)."""
+    return json.dumps(data, ensure_ascii=False)
+
+
 def parse_value(text: str) -> Any:
     """A setting's value as typed: JSON where it parses (``10``, ``true``,
     ``["a", "b"]``, ``null``), else the text itself (``2Gi``, ``anthropic``)."""

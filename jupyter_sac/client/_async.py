@@ -640,6 +640,28 @@ class AsyncAgent:
         except TimeoutError:
             raise SacTimeout(f"{self.slug} did not start within {timeout} s") from None
 
+    async def spawn_log(self) -> AsyncIterator[dict[str, Any]]:
+        """What the hub says of the agent's start (``{"progress", "message"}``
+        events): while it starts, every step so far and then each as it comes,
+        up to ready or failed; once it runs, only where it is ready; after a
+        failed start, why it failed. The hub keeps no more than that: an agent
+        neither running, starting nor failed raises SacError ``not_starting``."""
+        owner = await self.owner()
+        url = f"hub/api/users/{quote(owner)}/servers/{self.slug}/progress"
+        async with self.client.http.stream("GET", url, timeout=None) as resp:
+            if resp.status_code >= 400:
+                await resp.aread()
+                if resp.status_code == 400:
+                    raise SacError(400, "not_starting", f"{self.slug} is not running or starting")
+                raise error_for(resp.status_code, resp.text)
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                event = json.loads(line[5:])
+                yield event
+                if event.get("ready") or event.get("failed"):
+                    return
+
     async def _follow_progress(self, path: str, progress: Callable | None,
                                started: asyncio.Future[Any]) -> None:  # fmt: skip
         url = "hub/api/" + path + "/progress"

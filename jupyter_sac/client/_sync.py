@@ -324,6 +324,9 @@ class Agent:
     def delete(self) -> None:
         self._run(self.aio.delete())
 
+    def spawn_log(self) -> Iterator[dict[str, Any]]:
+        return self.client._loop.iterate(self.aio.spawn_log())
+
     def usage(self) -> dict[str, Any]:
         return self._run(self.aio.usage())
 
