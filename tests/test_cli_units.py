@@ -166,3 +166,27 @@ def test_sac_up_keeps_its_options() -> None:
     bad = subprocess.run([SAC, "up", "--proxy", "nginx"], capture_output=True, text=True,
                          timeout=60)  # fmt: skip
     assert bad.returncode == 2 and "nginx" in bad.stderr
+
+
+def test_which_login_a_command_uses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from jupyter_sac.cli._app import NotLoggedIn, Session
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    for name in ("SAC_HUB_URL", "SAC_TOKEN", "SAC_SERVICE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    path = credentials.credentials_path()
+    assert path == tmp_path / "jupyter-sac" / "credentials.json"
+    credentials.store(path, credentials.Login("http://a:8000/", "tok-a", "alice"))
+    credentials.store(path, credentials.Login("http://b:8000/", "tok-b", "bob"))
+    assert Session().login().token == "tok-b"  # the last hub logged in to
+    assert Session(hub="http://a:8000").login().token == "tok-a"  # --hub picks another
+    monkeypatch.setenv("SAC_HUB_URL", "http://a:8000/hub/")
+    assert Session().login().token == "tok-a"
+    with pytest.raises(NotLoggedIn, match="not logged in to http://c"):
+        Session(hub="http://c").login()
+    # $SAC_TOKEN with a hub URL: no file needed (CI).
+    monkeypatch.setenv("SAC_TOKEN", "tok-env")
+    monkeypatch.setenv("SAC_SERVICE_URL", "http://a:8000/services/sac/")
+    assert Session().login() == credentials.Login(
+        "http://a:8000/", "tok-env", "", "http://a:8000/services/sac/"
+    )
