@@ -86,8 +86,11 @@ def test_hub_extra_has_no_sandbox_parts(wheel: zipfile.ZipFile) -> None:
 
 
 def test_base_is_what_every_part_imports(wheel: zipfile.ZipFile) -> None:
-    # jsonschema: both APIs validate requests against their documents (jupyter_sac.contract)
-    assert requirements(wheel, None) == {"traitlets", "tornado", "httpx", "pyyaml", "jsonschema"}
+    # jsonschema: both APIs validate requests against their documents (jupyter_sac.contract);
+    # click: the `sac` command, the package's entry point (jupyter_sac.cli)
+    assert requirements(wheel, None) == {
+        "traitlets", "tornado", "httpx", "pyyaml", "jsonschema", "click"
+    }  # fmt: skip
     # ...which travel in the wheel beside the code that loads them
     names = set(wheel.namelist())
     assert {

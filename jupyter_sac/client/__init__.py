@@ -6,7 +6,7 @@ environment; elsewhere pass ``url`` (the hub's address) and ``token`` (from
 """
 
 from ._async import Answer, AsyncAgent, AsyncClient
-from ._sync import Agent, Client, Subscription
+from ._sync import Agent, Client, Subscription, request_token
 from .errors import (
     BadRequest,
     Conflict,
@@ -35,4 +35,5 @@ __all__ = [
     "Subscription",
     "TooLarge",
     "Unauthorized",
+    "request_token",
 ]

@@ -178,9 +178,33 @@ class AsyncClient:
         return self._user
 
     async def _identify(self) -> None:
-        model = await self.hub("GET", "user")
+        await self.identity()
+
+    async def identity(self) -> dict[str, Any]:
+        """The hub's model of this token's user (``GET /hub/api/user``): ``name``,
+        ``scopes``, ``token_id``..."""
+        try:
+            model = await self.hub("GET", "user")
+        except Forbidden as e:
+            # Any valid token may read its own user: the hub answers an unknown,
+            # expired or revoked one with 403 here, where the service says 401.
+            raise Unauthorized(
+                401, "unauthorized", "the hub refused this token (expired, revoked or mistyped)"
+            ) from e
         self._user = model["name"]
         self._scopes = frozenset(model.get("scopes") or ())
+        return model
+
+    async def revoke_token(self) -> None:
+        """Revoke this client's own token on the hub (it answers 401 from then on)."""
+        model = await self.identity()
+        if not model.get("token_id"):
+            raise SacError(0, "not_a_token", "this login is not an API token the hub can revoke")
+        await self.hub("DELETE", f"users/{quote(model['name'])}/tokens/{model['token_id']}")
+
+    async def users(self) -> list[dict[str, Any]]:
+        """The hub's users (``GET /hub/api/users``: needs the hub's ``list:users``)."""
+        return await self.hub("GET", "users")
 
     async def can_decide(self) -> bool:
         """May this token decide approvals? A person's own token may; the token of an
@@ -199,12 +223,22 @@ class AsyncClient:
 
     # ---- agents ---------------------------------------------------------------------
 
-    async def agents(self) -> list[dict[str, Any]]:
-        """My agents, each with its server state (``running``, ``pending``, ``stopped``)."""
-        listed = (await self.sac("GET", "agents"))["agents"]
-        servers = (await self.hub("GET", f"users/{quote(await self.whoami())}"))["servers"]
+    async def agents(self, user: str | None = None, all_users: bool = False
+                     ) -> list[dict[str, Any]]:  # fmt: skip
+        """My agents, each with its server state (``running``, ``pending``,
+        ``stopped``); administrators: ``user``'s, or everyone's with ``all_users``."""
+        if user is None and not all_users:
+            listed = (await self.sac("GET", "agents"))["agents"]
+            servers = (await self.hub("GET", f"users/{quote(await self.whoami())}"))["servers"]
+            for agent in listed:
+                agent["state"] = _state(servers.get(agent["slug"]))
+            return listed
+        params = {"all": "1"} if all_users else {"user": user}
+        listed = (await self.sac("GET", "agents", params=params))["agents"]
         for agent in listed:
-            agent["state"] = _state(servers.get(agent["slug"]))
+            # The record's own copy of its server's state (the hub's, as the service
+            # read it): one request, however many users.
+            agent["state"] = _state(agent.get("server"))
         return listed
 
     def agent(self, slug: str, owner: str | None = None) -> AsyncAgent:
@@ -263,7 +297,107 @@ class AsyncClient:
         params = {k: v for k, v in {"q": q, "tier": tier, "limit": limit}.items() if v}
         return (await self.sac("GET", "skills", params=params))["skills"]
 
+    async def skill(self, skill_id: int) -> dict[str, Any]:
+        """One marketplace skill I may read, at its newest version."""
+        return await self.sac("GET", f"skills/{int(skill_id)}")
+
+    # ---- history --------------------------------------------------------------------
+
+    async def search_history(self, q: str | None = None, *, user: str | None = None,
+                             agent: str | None = None, since: str | None = None,
+                             until: str | None = None, order: str | None = None,
+                             limit: int = 100) -> list[dict[str, Any]]:  # fmt: skip
+        """Recorded events matching ``q`` (case-insensitive, literal) across my agents
+        (administrators: everyone's, or ``user``'s), newest first unless
+        ``order="asc"``; at most ``limit`` (docs/api.md#search)."""
+        filters = {"q": q, "user": user, "agent": agent, "since": since, "until": until,
+                   "order": order}  # fmt: skip
+        params: dict[str, Any] = {k: v for k, v in filters.items() if v}
+        events: list[dict[str, Any]] = []
+        while len(events) < limit:
+            params["limit"] = min(1000, limit - len(events))
+            page = await self.sac("GET", "history/search", params=params)
+            events += page["events"]
+            if not page.get("next_cursor"):
+                break
+            params["cursor"] = page["next_cursor"]
+        return events
+
+    async def export_history(self, q: str | None = None, *, user: str | None = None,
+                             agent: str | None = None, since: str | None = None,
+                             until: str | None = None) -> AsyncIterator[bytes]:  # fmt: skip
+        """The selection of ``search_history`` as CSV (oldest first), in chunks as
+        the service streams them."""
+        filters = {"q": q, "user": user, "agent": agent, "since": since, "until": until}
+        params = {k: v for k, v in filters.items() if v}
+        async for chunk in self.download(self.service_url + "api/history/export.csv", params):
+            yield chunk
+
+    async def download(self, url: str, params: dict[str, Any] | None = None
+                       ) -> AsyncIterator[bytes]:  # fmt: skip
+        """A GET answer's body in chunks as they come (an error raises its SacError)."""
+        try:
+            async with self.http.stream("GET", url, params=params) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    raise error_for(resp.status_code, resp.text)
+                async for chunk in resp.aiter_bytes():
+                    yield chunk
+        except httpx.TimeoutException as e:
+            raise SacTimeout(f"GET {url}: no answer in time") from e
+        except httpx.HTTPError as e:
+            raise SacError(0, "unreachable", f"GET {url}: {type(e).__name__}: {e}") from e
+
+    # ---- settings -------------------------------------------------------------------
+
+    async def settings(self) -> dict[str, Any]:
+        """My resolved settings and every setting's definition (``specs``)."""
+        return await self.sac("GET", "settings")
+
+    async def user_settings(self, user: str) -> dict[str, Any]:
+        """A user's overrides and resolved values (mine, or anyone's for administrators)."""
+        return await self.sac("GET", f"users/{quote(user, safe='')}/settings")
+
+    async def set_user_settings(self, user: str, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Replace a user's overrides (administrators)."""
+        return await self.sac("PUT", f"users/{quote(user, safe='')}/settings", json=overrides)
+
+    async def system_settings(self) -> dict[str, Any]:
+        """The system level's overrides and resolved values (administrators)."""
+        return await self.sac("GET", "settings/system")
+
+    async def set_system_settings(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Replace the system level's overrides (administrators)."""
+        return await self.sac("PUT", "settings/system", json=overrides)
+
     # ---- approvals (human in the loop) -----------------------------------------------
+
+    async def hitl_requests(self, status: str = "all", agent: str | None = None, *,
+                            user: str | None = None, all_users: bool = False,
+                            limit: int = 100) -> list[dict[str, Any]]:  # fmt: skip
+        """HITL requests of my agents (``status``: ``pending``, ``decided`` or
+        ``all``), newest first, at most ``limit``; administrators: ``user``'s, or
+        everyone's with ``all_users``."""
+        params: dict[str, Any] = {"status": status}
+        if agent:
+            params["agent"] = agent
+        if all_users:
+            params["all"] = "1"
+        elif user:
+            params["user"] = user
+        requests: list[dict[str, Any]] = []
+        while len(requests) < limit:
+            params["limit"] = min(200, limit - len(requests))
+            page = await self.sac("GET", "hitl/requests", params=params)
+            requests += page["requests"]
+            if not page.get("next_cursor"):
+                break
+            params["cursor"] = page["next_cursor"]
+        return requests
+
+    async def hitl_request(self, request_id: str) -> dict[str, Any]:
+        """One HITL request of my agents (administrators: anyone's)."""
+        return await self.sac("GET", f"hitl/requests/{quote(request_id, safe='')}")
 
     async def pending(self, agent: str | None = None) -> list[dict[str, Any]]:
         """HITL requests of my agents waiting for a decision, oldest first."""
@@ -490,6 +624,44 @@ class AsyncAgent:
         # Ready: the service's own answer (202) follows the hub's at once.
         await started
 
+    async def restart(self, progress: Callable[[dict[str, Any]], None] | None = None,
+                      timeout: float = 300) -> None:  # fmt: skip
+        """Stop the agent if it runs, start it again and wait until it is ready (how
+        changed settings reach a running agent); ``progress`` as for ``start``."""
+        owner, client = await self.owner(), self.client
+        # The service answers once the old server has stopped and the new spawn is
+        # asked for (202): the hub's progress stream then follows that spawn.
+        await client.sac("POST", await self._base() + "/restart", timeout=timeout + 10)
+        path = f"users/{quote(owner)}/servers/{self.slug}"
+        restarted: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        restarted.set_result(None)
+        try:
+            await asyncio.wait_for(self._follow_progress(path, progress, restarted), timeout)
+        except TimeoutError:
+            raise SacTimeout(f"{self.slug} did not start within {timeout} s") from None
+
+    async def spawn_log(self) -> AsyncIterator[dict[str, Any]]:
+        """What the hub says of the agent's start (``{"progress", "message"}``
+        events): while it starts, every step so far and then each as it comes,
+        up to ready or failed; once it runs, only where it is ready; after a
+        failed start, why it failed. The hub keeps no more than that: an agent
+        neither running, starting nor failed raises SacError ``not_starting``."""
+        owner = await self.owner()
+        url = f"hub/api/users/{quote(owner)}/servers/{self.slug}/progress"
+        async with self.client.http.stream("GET", url, timeout=None) as resp:
+            if resp.status_code >= 400:
+                await resp.aread()
+                if resp.status_code == 400:
+                    raise SacError(400, "not_starting", f"{self.slug} is not running or starting")
+                raise error_for(resp.status_code, resp.text)
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                event = json.loads(line[5:])
+                yield event
+                if event.get("ready") or event.get("failed"):
+                    return
+
     async def _follow_progress(self, path: str, progress: Callable | None,
                                started: asyncio.Future[Any]) -> None:  # fmt: skip
         url = "hub/api/" + path + "/progress"
@@ -524,6 +696,11 @@ class AsyncAgent:
     async def delete(self) -> None:
         """Stop the agent and delete it (its files go; its history stays readable)."""
         await self.client.sac("DELETE", await self._base())
+
+    async def usage(self) -> dict[str, Any]:
+        """Model usage per UTC day, its totals, and this month's budgets
+        (docs/api.md#usage)."""
+        return await self.client.sac("GET", await self._base() + "/usage")
 
     # ---- work -----------------------------------------------------------------------
 
@@ -692,6 +869,16 @@ class AsyncAgent:
             cursor = page["next_cursor"]
             if cursor is None or (limit is not None and len(events) >= limit):
                 return events[:limit] if limit is not None else events
+
+    async def export_history(self, session: str | None = None, since: str | None = None,
+                             until: str | None = None) -> AsyncIterator[bytes]:  # fmt: skip
+        """The agent's recorded events (one session's with ``session``) as CSV,
+        oldest first, in chunks as the service streams them."""
+        filters = {"session": session, "since": since, "until": until}
+        params = {k: v for k, v in filters.items() if v}
+        url = self.client.service_url + "api/" + await self._base() + "/history/export.csv"
+        async for chunk in self.client.download(url, params):
+            yield chunk
 
     async def history_frame(self, session: str | None = None) -> Any:
         """The events as a pandas DataFrame (needs pandas): one row per event."""

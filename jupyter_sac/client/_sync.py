@@ -12,9 +12,12 @@ import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
+from urllib.parse import quote
 
-from ._async import Answer, AsyncAgent, AsyncClient
-from .errors import SacError
+import httpx
+
+from ._async import REQUEST_TIMEOUT, Answer, AsyncAgent, AsyncClient
+from .errors import SacError, Unauthorized, error_for
 
 T = TypeVar("T")
 _END = object()
@@ -113,8 +116,19 @@ class Client:
         """The public URL of a `sac` service page (e.g. ``approvals/<id>``)."""
         return self.aio.service_page(path)
 
-    def agents(self) -> list[dict[str, Any]]:
-        return self._loop.run(self.aio.agents())
+    def identity(self) -> dict[str, Any]:
+        """The hub's model of this token's user (``GET /hub/api/user``)."""
+        return self._loop.run(self.aio.identity())
+
+    def revoke_token(self) -> None:
+        """Revoke this client's own token on the hub."""
+        self._loop.run(self.aio.revoke_token())
+
+    def users(self) -> list[dict[str, Any]]:
+        return self._loop.run(self.aio.users())
+
+    def agents(self, user: str | None = None, all_users: bool = False) -> list[dict[str, Any]]:
+        return self._loop.run(self.aio.agents(user, all_users))
 
     def agent(self, slug: str, owner: str | None = None) -> Agent:
         return Agent(self, self.aio.agent(slug, owner))
@@ -146,6 +160,50 @@ class Client:
     def skills(self, q: str | None = None, tier: str | None = None,
                limit: int = 50) -> list[dict[str, Any]]:  # fmt: skip
         return self._loop.run(self.aio.skills(q, tier, limit))
+
+    def skill(self, skill_id: int) -> dict[str, Any]:
+        return self._loop.run(self.aio.skill(skill_id))
+
+    def search_history(self, q: str | None = None, *, user: str | None = None,
+                       agent: str | None = None, since: str | None = None,
+                       until: str | None = None, order: str | None = None,
+                       limit: int = 100) -> list[dict[str, Any]]:  # fmt: skip
+        return self._loop.run(self.aio.search_history(
+            q, user=user, agent=agent, since=since, until=until, order=order, limit=limit
+        ))  # fmt: skip
+
+    def export_history(self, q: str | None = None, *, user: str | None = None,
+                       agent: str | None = None, since: str | None = None,
+                       until: str | None = None) -> Iterator[bytes]:  # fmt: skip
+        """CSV chunks of a search's selection, as the service streams them."""
+        return self._loop.iterate(self.aio.export_history(
+            q, user=user, agent=agent, since=since, until=until
+        ))  # fmt: skip
+
+    def settings(self) -> dict[str, Any]:
+        return self._loop.run(self.aio.settings())
+
+    def user_settings(self, user: str) -> dict[str, Any]:
+        return self._loop.run(self.aio.user_settings(user))
+
+    def set_user_settings(self, user: str, overrides: dict[str, Any]) -> dict[str, Any]:
+        return self._loop.run(self.aio.set_user_settings(user, overrides))
+
+    def system_settings(self) -> dict[str, Any]:
+        return self._loop.run(self.aio.system_settings())
+
+    def set_system_settings(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        return self._loop.run(self.aio.set_system_settings(overrides))
+
+    def hitl_requests(self, status: str = "all", agent: str | None = None, *,
+                      user: str | None = None, all_users: bool = False,
+                      limit: int = 100) -> list[dict[str, Any]]:  # fmt: skip
+        return self._loop.run(self.aio.hitl_requests(
+            status, agent, user=user, all_users=all_users, limit=limit
+        ))  # fmt: skip
+
+    def hitl_request(self, request_id: str) -> dict[str, Any]:
+        return self._loop.run(self.aio.hitl_request(request_id))
 
     def pending(self, agent: str | None = None) -> list[dict[str, Any]]:
         return self._loop.run(self.aio.pending(agent))
@@ -183,6 +241,28 @@ class Client:
             return self.aio.on_request(call, interval)
 
         return Subscription(self._loop, self._loop.run(start()))
+
+
+def request_token(url: str, username: str, password: str, note: str) -> str:
+    """A new API token of ``username``, asked of the hub with their password
+    (JupyterHub's ``POST /hub/api/users/{name}/tokens`` with ``auth``: the hub's
+    authenticator checks it as its login form does). Without scopes, the token
+    carries what the user may do, as one from the hub's token page does."""
+    hub = url.rstrip("/") + "/hub/api/"
+    try:
+        resp = httpx.post(
+            hub + f"users/{quote(username, safe='')}/tokens",
+            json={"auth": {"username": username, "password": password}, "note": note},
+            timeout=REQUEST_TIMEOUT,
+        )
+    except httpx.HTTPError as e:
+        raise SacError(0, "unreachable", f"{hub}: {type(e).__name__}: {e}") from e
+    if resp.status_code == 403:
+        # The hub answers every failed authentication with a bare 403.
+        raise Unauthorized(403, "unauthorized", "the hub refused this user name or password")
+    if resp.status_code >= 400:
+        raise error_for(resp.status_code, resp.text)
+    return str(resp.json()["token"])
 
 
 async def _make(url: str | None, token: str | None, service_url: str | None) -> AsyncClient:
@@ -237,8 +317,18 @@ class Agent:
     def stop(self) -> None:
         self._run(self.aio.stop())
 
+    def restart(self, progress: Callable[[dict[str, Any]], None] | None = None,
+                timeout: float = 300) -> None:  # fmt: skip
+        self._run(self.aio.restart(progress, timeout))
+
     def delete(self) -> None:
         self._run(self.aio.delete())
+
+    def spawn_log(self) -> Iterator[dict[str, Any]]:
+        return self.client._loop.iterate(self.aio.spawn_log())
+
+    def usage(self) -> dict[str, Any]:
+        return self._run(self.aio.usage())
 
     def ask(self, prompt: str, session_id: str | None = None,
             timeout: float | None = 900) -> Answer:  # fmt: skip
@@ -277,6 +367,10 @@ class Agent:
     def history_events(self, session: str | None = None,
                        limit: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
         return self._run(self.aio.history_events(session, limit))
+
+    def export_history(self, session: str | None = None, since: str | None = None,
+                       until: str | None = None) -> Iterator[bytes]:  # fmt: skip
+        return self.client._loop.iterate(self.aio.export_history(session, since, until))
 
     def history_frame(self, session: str | None = None) -> Any:
         return self._run(self.aio.history_frame(session))
