@@ -566,10 +566,12 @@ describe('usageNotes', () => {
   };
 
   it('says why live figures are missing and how often the server was restarted', () => {
-    expect(usageNotes({ ...base, restarts: 2, unavailable: 'no metrics API' })).toEqual([
-      'its server crashed and was restarted 2 times since it started',
-      'live figures unavailable: no metrics API'
-    ]);
+    expect(usageNotes({ ...base, restarts: 2, unavailable: 'no metrics API' })).toEqual(
+      [
+        'its server crashed and was restarted 2 times since it started',
+        'live figures unavailable: no metrics API'
+      ]
+    );
     expect(usageNotes({ ...base, restarts: 1 })).toEqual([
       'its server crashed and was restarted once since it started'
     ]);
