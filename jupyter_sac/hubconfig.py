@@ -379,11 +379,14 @@ def configure_agents(c: Any) -> None:
 def register_service(
     c: Any,
     service_url: str,
-    command: list[str],
+    command: list[str] | None,
     environment: dict[str, str],
     operators: tuple[str, ...] = ("admin",),
+    api_token: str | None = None,
 ) -> None:
-    """The `sac` service (started and stopped by the hub), its scopes and roles.
+    """The `sac` service, its scopes and roles: started and stopped by the hub
+    (``command``), or running elsewhere (its own Deployment) and known to the hub
+    by its URL and ``api_token``.
 
     Appends to services and roles already configured (the zero-to-jupyterhub chart
     sets its own before extraConfig runs).
@@ -400,9 +403,11 @@ def register_service(
         # (through roles): custom:sac:user (acting as themselves), the admin,
         # curator and auditor scopes.
         "oauth_client_allowed_scopes": sorted(SAC_SCOPES),
-        "command": command,
-        "environment": environment,
     }
+    if command is not None:
+        service.update(command=command, environment=environment)
+    if api_token is not None:
+        service["api_token"] = api_token
     services = [s for s in c.JupyterHub.get("services") or [] if s.get("name") != SERVICE_NAME]
     c.JupyterHub.services = [*services, service]
     roles = [
@@ -498,20 +503,28 @@ def configure_kubernetes(
     proxy_url: str = "http://proxy-public/",
     service_port: int = 10101,
     operators: tuple[str, ...] = ("admin",),
+    service: str = "hub",
+    service_host: str = "sac-service",
 ) -> None:
     """jupyter-sac inside the zero-to-jupyterhub chart (called from hub.extraConfig).
 
     The chart configures the hub, the proxy and KubeSpawner from its values; this
-    adds agents (named servers run by KubeAgentSpawner) and the `sac` service,
-    which runs inside the hub's pod on ``service_port`` and is reached by agents
-    and the proxy through the hub's Kubernetes Service (``hub_host``) on an extra
-    port. ``service_config`` is the service's own configuration file (object
-    store and other c.SacService options), mounted with hub.extraFiles.
-    ``operators`` get the sac-operator role (the hub's administration without
-    access to anyone's servers; docs/security.md#operators), as members of the
-    sac-operators group do.
+    adds agents (named servers run by KubeAgentSpawner) and the `sac` service.
+    With ``service="hub"`` the service runs inside the hub's pod on
+    ``service_port``, started by the hub, and is reached by agents and the proxy
+    through the hub's Kubernetes Service (``hub_host``) on an extra port;
+    ``service_config`` is its own configuration file (object store and other
+    c.SacService options), mounted with hub.extraFiles. With
+    ``service="deployment"`` it runs as the replicas of hub_config/sac-service.yaml
+    behind the Service ``service_host``, which the hub knows by URL and by the token
+    in $SAC_SERVICE_API_TOKEN (the replicas' own). ``operators`` get the
+    sac-operator role (the hub's administration without access to anyone's
+    servers; docs/security.md#operators), as members of the sac-operators group do.
     """
-    service_url = f"http://{hub_host}:{service_port}"
+    if service not in ("hub", "deployment"):
+        raise ValueError(f"service must be 'hub' or 'deployment', not {service!r}")
+    own_pods = service == "deployment"
+    service_url = f"http://{service_host if own_pods else hub_host}:{service_port}"
     configure_agents(c)
     c.JupyterHub.spawner_class = "jupyter_sac.spawner.KubeAgentSpawner"
     # Pods outlive a hub restart; the restarted hub re-attaches to them.
@@ -519,6 +532,9 @@ def configure_kubernetes(
     c.KubeAgentSpawner.credential_proxy_url = f"{service_url}/services/{SERVICE_NAME}/llm"
     c.KubeAgentSpawner.sac_service_url = f"{service_url}/services/{SERVICE_NAME}/"
     c.KubeAgentSpawner.sac_service_ports = [service_port]
+    if own_pods:
+        # The replicas' pods (sac-service.yaml's labels), not the hub's.
+        c.KubeAgentSpawner.sac_service_pod_selector = {"component": "sac-service"}
     # hub.config (JupyterHub.subdomain_host above all) is applied before extraConfig.
     public = public_urls(c)
     # Where the JupyterLab sidebar finds the service's pages (a path on the hub's
@@ -533,6 +549,15 @@ def configure_kubernetes(
         c.KubeAgentSpawner.sandbox_proxy_url = proxy_url
     else:
         c.KubeAgentSpawner.hub_public_url = proxy_url
+    if own_pods:
+        token = os.environ.get("SAC_SERVICE_API_TOKEN", "")
+        if not token:
+            raise ValueError(
+                "service='deployment' needs $SAC_SERVICE_API_TOKEN in the hub's environment"
+                " (the sac-service-token Secret the replicas use: docs/kubernetes.md)"
+            )
+        register_service(c, service_url, None, {}, operators, api_token=token)
+        return
     # The service's own config file must set c.SacService.ip = "0.0.0.0": its URL
     # names the Service, which is not an address of the hub's pod.
     environment = {k: os.environ[k] for k in KUBERNETES_SERVICE_ENV if k in os.environ}

@@ -21,7 +21,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 from traitlets.config import Config
 
-from jupyter_sac.service.forwarded import TrustedProxies
+from jupyter_sac.service.forwarded import PRIVATE_NETWORKS, TrustedProxies
 from sac_testing.z2jh import helm_merge, violations
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -278,3 +278,106 @@ def test_extra_hub_rbac_validates_and_covers_network_policies_and_metrics() -> N
     assert {"create", "delete"} <= rules[("networking.k8s.io",), ("networkpolicies",)]
     # ... and reads what agents' pods use, nothing more of the metrics API.
     assert rules[("metrics.k8s.io",), ("pods",)] == {"get"}
+
+
+SERVICE_DEPLOYMENT = ROOT / "hub_config" / "sac-service.yaml"
+REPLICAS_VALUES = ROOT / "hub_config" / "z2jh-values-service-replicas.yaml"
+
+
+def service_objects() -> dict[str, dict[str, Any]]:
+    return {d["kind"]: d for d in yaml.safe_load_all(SERVICE_DEPLOYMENT.read_text())}
+
+
+def service_container_env() -> dict[str, Any]:
+    (container,) = service_objects()["Deployment"]["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_the_service_deployment_validates_probes_health_and_holds_no_credential() -> None:
+    import kubernetes_validate
+
+    objects = service_objects()
+    assert set(objects) == {
+        "ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy",
+    }  # fmt: skip
+    for document in objects.values():
+        kubernetes_validate.validate(document, "1.31.0", strict=True)
+    deployment = objects["Deployment"]
+    assert deployment["spec"]["replicas"] >= 2
+    pod = deployment["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= labels.items()
+    assert objects["Service"]["spec"]["selector"] == selector
+    assert objects["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"] == selector
+    assert objects["NetworkPolicy"]["spec"]["podSelector"]["matchLabels"] == selector
+    (container,) = pod["spec"]["containers"]
+    (port,) = container["ports"]
+    (service_port,) = objects["Service"]["spec"]["ports"]
+    assert service_port["targetPort"] == port["name"] and port["containerPort"] == 10101
+    # Load balancers and Kubernetes ask the service itself (issue 23): alive while it
+    # answers, ready while PostgreSQL, the object store and the hub answer it.
+    assert container["livenessProbe"]["httpGet"]["path"] == "/services/sac/api/health"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/services/sac/api/health/ready"
+    assert container["startupProbe"]["httpGet"]["path"] == "/services/sac/api/health"
+    # Every credential from a Secret; none written here.
+    for name, value in service_container_env().items():
+        if re.search(r"KEY|PASSWORD|TOKEN|SECRET|DATABASE_URL", name):
+            assert isinstance(value, dict) and "secretKeyRef" in value, name
+    # The same service configuration as the hub-managed one in the values.
+    (config_text,) = objects["ConfigMap"]["data"].values()
+    assert config_text == load_values()["hub"]["extraFiles"]["sac-service-config"]["stringData"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert container["command"][-1] == (
+        f"{mounts['config']}/{next(iter(objects['ConfigMap']['data']))}"
+    )
+
+
+def test_replicas_values_register_the_deployment_with_the_hub(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    values = helm_merge(load_values(), yaml.safe_load(REPLICAS_VALUES.read_text()))
+    # The hub no longer holds the object store's keys, nor the service's config file.
+    assert "AWS_SECRET_ACCESS_KEY" not in values["hub"]["extraEnv"]
+    assert "sac-service-config" not in (values["hub"].get("extraFiles") or {})
+    assert values["hub"]["extraEnv"]["SAC_SERVICE_API_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "sac-service-token", "key": "token",
+    }  # fmt: skip
+    env = service_container_env()
+    assert env["JUPYTERHUB_API_TOKEN"]["secretKeyRef"] == {
+        "name": "sac-service-token", "key": "token",
+    }  # fmt: skip
+
+    def configure() -> Config:
+        c = Config()
+        for app, section in values["hub"]["config"].items():
+            c[app].update(section)
+        for name, snippet in sorted(values["hub"]["extraConfig"].items()):
+            exec(compile(snippet, f"extraConfig/{name}", "exec"), {"c": c})
+        return c
+
+    monkeypatch.delenv("SAC_SERVICE_API_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="SAC_SERVICE_API_TOKEN"):
+        configure()
+    monkeypatch.setenv("SAC_SERVICE_API_TOKEN", "token-of-the-replicas")
+    c = configure()
+    (sac,) = [s for s in c.JupyterHub.services if s["name"] == "sac"]
+    objects = service_objects()
+    service = objects["Service"]
+    url = f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    assert sac["url"] == url and sac["api_token"] == "token-of-the-replicas"
+    assert "command" not in sac and "environment" not in sac
+    assert c.KubeAgentSpawner.credential_proxy_url == f"{url}/services/sac/llm"
+    assert c.KubeAgentSpawner.sac_service_url == f"{url}/services/sac/"
+    # Agents' NetworkPolicy lets them reach the replicas' pods, on the Service's port.
+    pod_labels = objects["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert c.KubeAgentSpawner.sac_service_pod_selector.items() <= pod_labels.items()
+    assert c.KubeAgentSpawner.sac_service_ports == [service["spec"]["ports"][0]["port"]]
+    # ... and the replicas' NetworkPolicy admits agents (they carry the chart's label).
+    admitted = [p["podSelector"]["matchLabels"]
+                for rule in objects["NetworkPolicy"]["spec"]["ingress"] for p in rule["from"]]  # fmt: skip
+    assert {"hub.jupyter.org/network-access-hub": "true"} in admitted
+    # What the hub started the managed service with, the replicas get too.
+    assert env["SAC_PROXY_URL"] == "http://proxy-public/"
+    assert env["SAC_TRUSTED_PROXIES"] == ",".join(PRIVATE_NETWORKS)
+    assert env["JUPYTERHUB_SERVICE_URL"] == url

@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -317,3 +318,49 @@ def test_one_process_leads_and_another_takes_over_when_it_dies(
         on_b.close()
     finally:
         receiver.server.shutdown()
+
+
+def test_the_service_deployment_gives_each_replica_what_the_hub_gives_its_service(
+    replicas: dict[str, Any],
+) -> None:
+    """hub_config/sac-service.yaml runs the service without the hub starting it: its
+    pods must get every JUPYTERHUB_* variable the hub gives the process it starts
+    (as this stack's does), with the same values but for the hosts, which are the
+    cluster's and the example domain's there."""
+    import yaml
+
+    from jupyter_sac.hubconfig import SERVICE_NAME
+
+    managed = dict(
+        entry.split("=", 1)
+        for entry in Path(f"/proc/{replicas['a_pid']}/environ").read_text().split("\0")
+        if "=" in entry
+    )
+    root = Path(__file__).resolve().parent.parent
+    deployment = next(
+        d for d in yaml.safe_load_all((root / "hub_config" / "sac-service.yaml").read_text())
+        if d["kind"] == "Deployment"
+    )  # fmt: skip
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    given = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    # JPY_API_TOKEN is JupyterHub's old name of the token; a service has no user or
+    # server name of its own (the hub gives them empty).
+    needed = {
+        name for name, value in managed.items()
+        if name.startswith("JUPYTERHUB_") and name not in ("JUPYTERHUB_USER", "JUPYTERHUB_SERVER_NAME")
+    }  # fmt: skip
+    assert needed <= set(given), sorted(needed - set(given))
+    same = ("SERVICE_NAME", "SERVICE_PREFIX", "BASE_URL", "CLIENT_ID", "OAUTH_SCOPES",
+            "OAUTH_ACCESS_SCOPES", "OAUTH_CLIENT_ALLOWED_SCOPES", "COOKIE_HOST_PREFIX_ENABLED")  # fmt: skip
+    for name in same:
+        assert given[f"JUPYTERHUB_{name}"] == managed[f"JUPYTERHUB_{name}"], name
+    for name in ("API_URL", "OAUTH_CALLBACK_URL", "PUBLIC_URL", "PUBLIC_HUB_URL"):
+        ours, theirs = given[f"JUPYTERHUB_{name}"], managed[f"JUPYTERHUB_{name}"]
+        assert urlsplit(ours).path == urlsplit(theirs).path, name
+    # With subdomains the service's public host is sac--service.<the hub's host>.
+    hub_host = urlsplit(given["JUPYTERHUB_HOST"]).hostname
+    for name in ("OAUTH_CALLBACK_URL", "PUBLIC_URL"):
+        assert (
+            urlsplit(given[f"JUPYTERHUB_{name}"]).hostname == f"{SERVICE_NAME}--service.{hub_host}"
+        )
+    assert given["JUPYTERHUB_API_TOKEN"]["secretKeyRef"]["name"] == "sac-service-token"
