@@ -4,6 +4,10 @@ this process (pytest-jupyter, as tests/test_extension_inprocess.py): downloads
 uploads (checked before anything is written: traversal, links, bombs, duplicates,
 odd names, existing files, the quota)."""
 
+# The fixtures are imported from the in-process module by name: tests take them as
+# parameters, which ruff reads as redefinitions.
+# ruff: noqa: F811
+
 from __future__ import annotations
 
 import asyncio
@@ -174,18 +178,33 @@ def _bad_archives() -> Iterator[tuple[str, str, bytes, int, str, str]]:
         ("bell\x07.txt", "acceptable"),
         ("x" * 300 + ".txt", "255 bytes"),
     ]:
-        yield f"the name {name[:20]!r}", "output", make_zip({**ok, name: b"x"}), 400, (
-            "invalid_archive"
-        ), says
+        yield (
+            f"the name {name[:20]!r}",
+            "output",
+            make_zip({**ok, name: b"x"}),
+            400,
+            ("invalid_archive"),
+            says,
+        )
     yield "a symlink entry", "output", _symlink_zip(), 400, "invalid_archive", "symlink found"
     yield "a duplicate name", "output", _duplicate_zip(), 400, "invalid_archive", "duplicate"
-    yield "a file and a folder", "output", make_zip({"a": b"1", "a/b": b"2"}), 400, (
-        "invalid_archive"
-    ), "a file and a folder"
+    yield (
+        "a file and a folder",
+        "output",
+        make_zip({"a": b"1", "a/b": b"2"}),
+        400,
+        ("invalid_archive"),
+        "a file and a folder",
+    )
     # NFC and NFD spellings of one name are one file in the workspace.
-    yield "one name twice in two spellings", "output", make_zip(
-        {"caf\u00e9.txt": b"1", "cafe\u0301.txt": b"2"}
-    ), 400, "invalid_archive", "duplicate"
+    yield (
+        "one name twice in two spellings",
+        "output",
+        make_zip({"caf\u00e9.txt": b"1", "cafe\u0301.txt": b"2"}),
+        400,
+        "invalid_archive",
+        "duplicate",
+    )
     zeros = bytes(64 * 1024 * 1024)
     yield "a zip bomb", "output", make_zip({"bomb.bin": zeros}), 400, "invalid_archive", "bomb"
     yield "into public/", "public/docs", make_zip(ok), 403, "forbidden", "read-only"
