@@ -22,6 +22,7 @@ from urllib.parse import unquote
 
 import httpx
 import pytest
+from helpers import PeakMemory
 
 # pytest-jupyter's fixtures and this suite's in-process server (fixtures by name).
 from pytest_jupyter.jupyter_server import *  # noqa: F403
@@ -267,14 +268,7 @@ FILE_BYTES = 100 * 1024 * 1024
 # What the server may grow by while it sends 1 GiB: a few blocks in flight, the
 # client's own buffers, Python's allocator. Holding the archive (or a file) in
 # memory would be 100 MiB to 1 GiB.
-RSS_GROWTH_BOUND = 64 * 1024 * 1024
-
-
-def peak_rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
+RSS_GROWTH_MIB = 64
 
 
 def test_a_gib_folder_downloads_in_flat_memory(
@@ -312,11 +306,9 @@ def test_a_gib_folder_downloads_in_flat_memory(
                 f.write(chunk)
             return int(resp.headers["Content-Length"])
 
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-    start = peak_rss()
-    length = jp_asyncio_loop.run_until_complete(asyncio.to_thread(download))
-    growth = peak_rss() - start
-    assert growth < RSS_GROWTH_BOUND, f"peak RSS grew by {growth / 2**20:.0f} MiB"
+    with PeakMemory(os.getpid()) as peak:
+        length = jp_asyncio_loop.run_until_complete(asyncio.to_thread(download))
+    assert peak.growth < RSS_GROWTH_MIB, f"peak RSS grew by {peak.growth} MiB"
     assert target.stat().st_size == length > GIB_FILES * FILE_BYTES
     with zipfile.ZipFile(target) as z:
         assert sorted(z.namelist()) == [f"part{i}.bin" for i in range(GIB_FILES)]
