@@ -172,7 +172,7 @@ def open_zip(fileobj: IO[bytes], limits: ArchiveLimits) -> zipfile.ZipFile:
     archive and makes an object of each entry: that read is held to
     ``max_header_bytes``, and its entries are counted before zipfile sees them."""
     raw = _ZipHeaders(fileobj, limits)
-    archive = zipfile.ZipFile(raw)  # type: ignore[arg-type]  # the file methods zipfile uses
+    archive = zipfile.ZipFile(raw)
     raw.opened = True  # the members' own bytes are bounded by their checked sizes
     return archive
 
@@ -197,7 +197,7 @@ class _ZipHeaders:
 
     def read(self, size: int | None = -1, /) -> bytes:
         if self.opened:
-            return self._file.read(size)
+            return self._file.read(-1 if size is None else size)
         limits = self._limits
         if size is None or size < 0:
             here = self._file.tell()

@@ -163,7 +163,7 @@ class ArchiveHandler(StreamedBody, SacHandler):
         except PathError as e:
             raise ApiError(400, "invalid_field", f"path: {e}", field="path") from None
 
-    async def prepare(self) -> None:
+    async def prepare(self) -> None:  # type: ignore[override]  # as APIHandler's
         await super().prepare()  # jupyter_server: who is calling, XSRF, origin
         if self.request.method != "POST":
             return
@@ -178,8 +178,12 @@ class ArchiveHandler(StreamedBody, SacHandler):
             )
         self.root.mkdir(parents=True, exist_ok=True)
         # Unnamed, on the workspace's own disk: gone with the request whatever happens.
-        self._upload = tempfile.TemporaryFile(dir=self.root)  # noqa: SIM115 (closed in on_finish)
-        if not self.accept_body(self._upload.write):
+        upload = self._upload = tempfile.TemporaryFile(dir=self.root)  # noqa: SIM115 (closed in on_finish)
+
+        def keep(chunk: bytes) -> None:
+            upload.write(chunk)
+
+        if not self.accept_body(keep):
             raise ApiError(
                 413, "too_large", f"archives are limited to {MAX_ARCHIVE_UPLOAD_BYTES} bytes"
             )
