@@ -213,6 +213,14 @@ def _bad_archives() -> Iterator[tuple[str, str, bytes, int, str, str]]:
     yield "through ..", "output/../private", make_zip(ok), 400, "invalid_field", "segment"
     yield "a file in the way", "output/taken.txt", make_zip(ok), 409, "conflict", "not a folder"
     yield "a link in the way", "output/link", make_zip(ok), 409, "conflict", "is a link"
+    yield (
+        "a folder entry on a file",
+        "output",
+        make_zip({"new/": b"", "taken.txt/": b""}),
+        409,
+        ("conflict"),
+        "not a folder",
+    )
 
 
 def test_bad_archives_are_refused_and_change_nothing(

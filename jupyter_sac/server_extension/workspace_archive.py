@@ -170,6 +170,9 @@ def plan_unpack(
             plan.skipped.append(name)
             continue
         if info.is_dir():
+            there = _existing(root, target)
+            if there is not None and not stat.S_ISDIR(there.st_mode):
+                raise ApiError(409, "conflict", f"{target} is a file, not a folder", path=target)
             plan.folders.append(target)
             continue
         existing = _existing(root, target)
