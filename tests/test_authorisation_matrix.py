@@ -632,6 +632,8 @@ EXTENSION_ROWS: list[Row] = [
     Row("GET", LAB + "workspace", INTO_A1, ok=frozenset({200})),
     Row("POST", LAB + "workspace", INTO_A1, ok=frozenset({200})),
     Row("GET", LAB + "workspace/preview", INTO_A1, ok=frozenset({400})),
+    Row("GET", LAB + "workspace/archive?path=private/none", INTO_A1, ok=frozenset({404})),
+    Row("POST", LAB + "workspace/archive?path=output", INTO_A1, raw=b"", ok=frozenset({400})),
     # The relay: the sidebar's way to the service, with a1's own agent token.
     Row("GET", LAB + "service/users/{user}/agents/{slug}", INTO_A1, ok=frozenset({200})),
     Row(

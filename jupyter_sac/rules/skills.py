@@ -24,7 +24,6 @@ import hashlib
 import io
 import json
 import re
-import struct
 import tarfile
 import zipfile
 import zlib
@@ -36,6 +35,15 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, Self
 
 import yaml
+
+from .archives import (
+    ArchiveEntry,
+    ArchiveError,
+    ArchiveLimits,
+    check_entries,
+    open_zip,
+    zip_entry,
+)
 
 # libyaml's safe loader and dumper when PyYAML has them: the pure-Python ones made
 # rendering 200 skills' front matter half of a cold sync's CPU time.
@@ -71,10 +79,6 @@ MAX_EXTENDED_HEADERS = 16  # pax/GNU headers in a row before the entry they desc
 # All the unpacked bytes of a tar: the files, their headers, and the padding of
 # each to 512-byte blocks plus the end-of-archive blocks (well under 1 MiB).
 MAX_BUNDLE_UNPACKED_BYTES = MAX_BUNDLE_BYTES + MAX_BUNDLE_HEADER_BYTES + 1024 * 1024
-# Below this many unpacked bytes a high compression ratio is harmless (a page of
-# blank lines compresses 1000:1); above it, over 100:1 is treated as a bomb.
-RATIO_CHECK_BYTES = 1024 * 1024
-_UNSAFE_NAME = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 class SkillError(ValueError):
@@ -397,86 +401,39 @@ def delivery_checksum(fields: Mapping[str, Any], bundle_sha256: str | None) -> s
 # ---- bundles ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class BundleEntry:
-    name: str
-    kind: str  # file | dir | symlink | hardlink | device | other
-    size: int
-    compressed: int | None = None
+# The checks themselves are shared with the workspace's ZIP uploads (rules/archives.py).
+BundleEntry = ArchiveEntry
+BUNDLE_LIMITS = ArchiveLimits(
+    noun="bundle",
+    max_entries=MAX_BUNDLE_ENTRIES,
+    max_header_bytes=MAX_BUNDLE_HEADER_BYTES,
+    max_files=MAX_BUNDLE_FILES,
+    max_file_bytes=MAX_BUNDLE_FILE_BYTES,
+    max_total_bytes=MAX_BUNDLE_BYTES,
+    max_path_length=MAX_PATH_LENGTH,
+    max_ratio=MAX_COMPRESSION_RATIO,
+    reserved={"SKILL.md": "SKILL.md is the skill's body"},
+)
+_TOO_MANY_ENTRIES = BUNDLE_LIMITS.too_many_entries
+
+
+@contextmanager
+def _as_skill_error() -> Iterator[None]:
+    """An archive refusal as the SkillError the skills API answers with."""
+    try:
+        yield
+    except ArchiveError as e:
+        raise SkillError(e.field, e.message) from None
 
 
 def check_bundle(
     entries: Iterable[BundleEntry], compressed: int | None = None
 ) -> list[BundleEntry]:
-    """The regular files of a bundle, or SkillError naming the first bad entry.
-
-    ``entries`` may be a lazy listing: checking stops at the first bad entry, so a
-    bomb is refused before the rest of it is read. ``compressed``: the archive's
-    size, against which the files' total is held to MAX_COMPRESSION_RATIO."""
-    files, total = [], 0
-    seen: set[str] = set()
-    folders: set[str] = set()
-    for count, entry in enumerate(entries, 1):
-        field = f"bundle: {entry.name!r}"
-        if count > MAX_BUNDLE_ENTRIES:
-            raise SkillError(field, _TOO_MANY_ENTRIES)
-        if entry.kind not in ("file", "dir"):
-            raise SkillError(field, f"only regular files and folders ({entry.kind} found)")
-        name = entry.name
-        if not name or len(name) > MAX_PATH_LENGTH or "\\" in name or _UNSAFE_NAME.search(name):
-            # Control characters and bidi overrides let a name display as another
-            # (``report\u202egnp.exe``) in listings and terminals.
-            raise SkillError(field, "not an acceptable file name")
-        try:
-            name.encode("utf-8")
-        except UnicodeEncodeError:
-            # a tar name of raw bytes arrives as lone surrogates: no JSON, no database
-            raise SkillError(field, "file names must be UTF-8") from None
-        path = PurePosixPath(name)
-        if path.is_absolute() or name.startswith("/"):
-            raise SkillError(field, "absolute paths are not allowed")
-        if any(part in ("..", ".") for part in path.parts) or not path.parts:
-            raise SkillError(field, "'..' and '.' are not allowed in paths")
-        if entry.kind == "dir":
-            continue
-        key = str(path)
-        if key in seen or key == "SKILL.md":
-            raise SkillError(field, "duplicate file (SKILL.md is the skill's body)")
-        # A file cannot also be a folder on disk ("data" and "data/a.csv").
-        parents = {str(p) for p in path.parents if str(p) != "."}
-        if key in folders or parents & seen:
-            raise SkillError(field, "a file and a folder of the same name")
-        seen.add(key)
-        folders |= parents
-        if entry.size > MAX_BUNDLE_FILE_BYTES:
-            raise SkillError(field, f"files are limited to {MAX_BUNDLE_FILE_BYTES} bytes")
-        if (
-            entry.compressed is not None
-            and entry.size > RATIO_CHECK_BYTES
-            and entry.size > MAX_COMPRESSION_RATIO * max(entry.compressed, 1)
-        ):
-            raise SkillError(field, "compressed more than 100:1 (a decompression bomb?)")
-        total += entry.size
-        files.append(entry)
-        if len(files) > MAX_BUNDLE_FILES:
-            raise SkillError(field, f"bundles hold at most {MAX_BUNDLE_FILES} files")
-        if total > MAX_BUNDLE_BYTES:
-            raise SkillError(field, f"bundles are limited to {MAX_BUNDLE_BYTES} bytes")
-        # Checked on the running total (sizes from the headers), so a bomb is refused
-        # before its bytes are unpacked, not after.
-        if (
-            compressed is not None
-            and total > RATIO_CHECK_BYTES
-            and total > MAX_COMPRESSION_RATIO * max(compressed, 1)
-        ):
-            raise SkillError(field, "compressed more than 100:1 (a decompression bomb?)")
-    return files
-
-
-_TOO_MANY_ENTRIES = (
-    f"archives hold at most {MAX_BUNDLE_ENTRIES} entries"
-    " (files, folders, links and extended headers all count)"
-)
+    """The regular files of a bundle, or SkillError naming the first bad entry
+    (``archives.check_entries`` within the bundle limits; lazy listings are checked
+    as they are read)."""
+    with _as_skill_error():
+        return check_entries(entries, BUNDLE_LIMITS, compressed)
 
 
 def tar_entries(fileobj: IO[bytes]) -> list[BundleEntry]:
@@ -504,20 +461,7 @@ def _tar_entry(info: tarfile.TarInfo) -> BundleEntry:
 def zip_entries(fileobj: IO[bytes]) -> list[BundleEntry]:
     """Every member of a zip, read within the bundle limits."""
     with _open_zip(fileobj.read()) as archive:
-        return [_zip_entry(info) for info in archive.infolist()]
-
-
-def _zip_entry(info: zipfile.ZipInfo) -> BundleEntry:
-    mode = (info.external_attr >> 16) & 0o170000
-    if info.is_dir():
-        kind = "dir"
-    elif mode in (0, 0o100000):
-        kind = "file"
-    elif mode == 0o120000:
-        kind = "symlink"
-    else:
-        kind = "other"
-    return BundleEntry(info.filename, kind, info.file_size, info.compress_size)
+        return [zip_entry(info) for info in archive.infolist()]
 
 
 def read_bundle(data: bytes) -> dict[str, bytes]:
@@ -562,7 +506,7 @@ except ImportError:  # a Python built without xz: such bundles are unreadable an
 def _read_archive(data: bytes) -> dict[str, bytes]:
     if zipfile.is_zipfile(io.BytesIO(data)):
         with _open_zip(data) as archive:
-            files = check_bundle(map(_zip_entry, archive.infolist()), compressed=len(data))
+            files = check_bundle(map(zip_entry, archive.infolist()), compressed=len(data))
             return {e.name: _read_capped(archive.open(e.name), e.name) for e in files}
     out: dict[str, bytes] = {}
     with _open_tar(data) as tar:
@@ -594,66 +538,9 @@ def _read_capped(stream: IO[bytes], name: str) -> bytes:
 
 
 def _open_zip(data: bytes) -> zipfile.ZipFile:
-    """A zip opened within the bundle limits. zipfile reads the whole central
-    directory (one header per entry) in one read when it opens the archive and
-    makes an object of each entry: that read is held to MAX_BUNDLE_HEADER_BYTES,
-    and its entries are counted before zipfile sees them."""
-    raw = _ZipHeaders(data)
-    archive = zipfile.ZipFile(raw)
-    raw.opened = True  # the members' own bytes are bounded by their checked sizes
-    return archive
-
-
-# What zipfile reads to find the central directory besides it: the end record (22
-# bytes), searched for in the last 64 KiB (its comment) when it is not last, and
-# the zip64 locator and end record (20 + 56 bytes).
-_ZIP_END_SEARCH_BYTES = 2 * (22 + 65535) + 20 + 56
-_ZIP_CENTRAL = b"PK\x01\x02"
-
-
-class _ZipHeaders(io.BytesIO):
-    """A zip in memory that, until ``opened``, refuses zipfile any read over
-    MAX_BUNDLE_HEADER_BYTES (and more than that plus the end-record search in all),
-    and a central directory of more than MAX_BUNDLE_ENTRIES entries."""
-
-    def __init__(self, data: bytes):
-        super().__init__(data)
-        self.opened = False
-        self._size = len(data)
-        self._given = 0
-
-    def read(self, size: int | None = -1, /) -> bytes:
-        if self.opened:
-            return super().read(size)
-        if size is None or size < 0:
-            size = self._size - self.tell()
-        # The central directory comes in one read: no read may exceed the limit.
-        if (
-            size > MAX_BUNDLE_HEADER_BYTES
-            or self._given + size > MAX_BUNDLE_HEADER_BYTES + _ZIP_END_SEARCH_BYTES
-        ):
-            raise SkillError(
-                "bundle", f"archive headers are limited to {MAX_BUNDLE_HEADER_BYTES} bytes"
-            )
-        data = super().read(size)
-        self._given += len(data)
-        if data.startswith(_ZIP_CENTRAL) and _zip_records(data) > MAX_BUNDLE_ENTRIES:
-            raise SkillError("bundle", _TOO_MANY_ENTRIES)
-        return data
-
-
-def _zip_records(data: bytes) -> int:
-    """How many central-directory records ``data`` starts with (counting stops just
-    past MAX_BUNDLE_ENTRIES): 46 fixed bytes, then a name, an extra field and a
-    comment whose lengths are at offsets 28, 30 and 32."""
-    count = at = 0
-    while count <= MAX_BUNDLE_ENTRIES and data.startswith(_ZIP_CENTRAL, at):
-        if at + 46 > len(data):
-            break
-        name, extra, comment = struct.unpack_from("<3H", data, at + 28)
-        at += 46 + name + extra + comment
-        count += 1
-    return count
+    """A zip in memory opened within the bundle limits (archives.open_zip)."""
+    with _as_skill_error():
+        return open_zip(io.BytesIO(data), BUNDLE_LIMITS)
 
 
 def _open_tar(data: bytes) -> tarfile.TarFile:

@@ -20,6 +20,9 @@ import posixpath
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import quote
+
+from .archives import ArchiveLimits
 
 AGENT_AREAS = ("private", "output")
 AREAS = (*AGENT_AREAS, "public", "group")
@@ -133,3 +136,38 @@ def conflict_name(workspace_path: str, who: str, when: datetime) -> str:
         stem, ext = name, ""
     tag = f" (conflict, {who.replace('/', '-')}, {when.strftime('%Y-%m-%d %H.%M.%S')})"
     return posixpath.join(folder, f"{stem}{tag}{ext}")
+
+
+# ---- ZIP archives of workspace folders ------------------------------------------------
+
+# A ZIP uploaded into a workspace folder (docs/workspaces.md#archives): the body is
+# taken up to MAX_ARCHIVE_UPLOAD_BYTES into a temporary file, then its entries are
+# checked against these limits (and the agent's quota) before anything is unpacked.
+MAX_ARCHIVE_UPLOAD_BYTES = 2 * 1024**3
+ARCHIVE_LIMITS = ArchiveLimits(
+    noun="archive",
+    max_entries=20_000,
+    max_header_bytes=16 * 1024 * 1024,
+    max_files=10_000,
+    max_file_bytes=4 * 1024**3,
+    max_total_bytes=4 * 1024**3,
+    max_path_length=MAX_PATH_CHARS,
+)
+
+
+def archive_filename(folder: str) -> str:
+    """What a download of ``folder`` ("" for the whole workspace) is called: its
+    last segment (``group/analysts/q3`` -> ``q3.zip``)."""
+    name = folder.rstrip("/").rsplit("/", 1)[-1] if folder else "workspace"
+    return f"{name}.zip"
+
+
+def content_disposition(filename: str) -> str:
+    """An attachment header for any file name: an ASCII fallback with quotes,
+    backslashes, separators and control characters replaced, and the name itself in
+    RFC 6266's ``filename*`` (UTF-8, percent-encoded), which browsers prefer."""
+    folded = unicodedata.normalize("NFKD", filename).encode("ascii", "ignore").decode()
+    fallback = "".join(
+        ch if ch.isprintable() and ch not in '"\\/;%' else "_" for ch in folded
+    ).strip() or "download.zip"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"

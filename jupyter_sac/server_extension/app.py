@@ -49,7 +49,7 @@ from .skills_sync import SkillSync
 from .spool import HistorySpool, HistoryUploader
 from .terminal import TERMINAL_MODE, TERMINAL_NAME, ClaudeTerminal
 from .terminal_manager import SacTerminalManager
-from .workspace_handlers import PreviewHandler, WorkspaceHandler
+from .workspace_handlers import ArchiveHandler, PreviewHandler, WorkspaceHandler
 from .workspace_sync import WorkspaceSync
 
 # Seconds a stopping server spends sending its spooled history (the workspace's
@@ -104,6 +104,7 @@ ROUTES: list[tuple[str, Any]] = [
     (r"/sac/api/skills/([^/]+)/run", RunHandler),
     (r"/sac/api/workspace", WorkspaceHandler),
     (r"/sac/api/workspace/preview", PreviewHandler),
+    (r"/sac/api/workspace/archive", ArchiveHandler),
     (r"/sac/api/service/(.*)", ServiceRelayHandler),
 ]
 

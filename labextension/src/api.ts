@@ -189,6 +189,21 @@ export class ExtensionClient {
     return this.post('workspace');
   }
 
+  /** Where a workspace folder downloads as a ZIP ('' for the whole workspace). */
+  archiveUrl(folder: string): string {
+    return this.url('workspace/archive', folder ? { path: folder } : undefined);
+  }
+
+  /** Unpack a ZIP into a workspace folder (409 `conflict` for existing files
+   * unless ``overwrite``). */
+  uploadArchive(folder: string, zip: Blob, overwrite: boolean): Promise<any> {
+    return this.request(
+      'workspace/archive',
+      { method: 'POST', body: zip, headers: { 'Content-Type': 'application/zip' } },
+      { path: folder, overwrite: String(overwrite) }
+    );
+  }
+
   hitl(): Promise<any> {
     return this.request('hitl');
   }

@@ -10,6 +10,7 @@ import {
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
 import { ICommandPalette, MainAreaWidget, Notification } from '@jupyterlab/apputils';
+import { IFileBrowserFactory } from '@jupyterlab/filebrowser';
 import { ILauncher } from '@jupyterlab/launcher';
 import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
@@ -19,6 +20,7 @@ import { LabIcon } from '@jupyterlab/ui-components';
 
 import claudeSvg from '../style/icons/claude.svg';
 import { currentAgent, ExtensionClient, SacError, ServiceClient } from './api';
+import { addArchiveCommands } from './archives';
 import { ChatPanel } from './chat';
 import {
   COMMANDS,
@@ -52,7 +54,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
     ILayoutRestorer,
     IRenderMimeRegistry,
     ISettingRegistry,
-    ITranslator
+    ITranslator,
+    IFileBrowserFactory
   ],
   activate: async (
     app: JupyterFrontEnd,
@@ -61,7 +64,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
     restorer: ILayoutRestorer | null,
     rendermime: IRenderMimeRegistry | null,
     settingRegistry: ISettingRegistry | null,
-    translator: ITranslator | null
+    translator: ITranslator | null,
+    fileBrowsers: IFileBrowserFactory | null
   ) => {
     const trans = (translator ?? nullTranslator).load('jupyter_sac');
     const agent = currentAgent();
@@ -214,6 +218,11 @@ const plugin: JupyterFrontEndPlugin<void> = {
         );
       }
     });
+
+    // ---- workspace folders as ZIPs, from the file browser's context menu
+    if (fileBrowsers) {
+      addArchiveCommands(app, ext, trans, fileBrowsers);
+    }
 
     const category = trans.__('SAC');
     for (const command of [

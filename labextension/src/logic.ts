@@ -1054,3 +1054,11 @@ export function historyCapture(
   }
   return { state: 'stored' };
 }
+
+/** What a download of a workspace folder is saved as: its last part, or
+ * ``workspace`` for the whole workspace (the server's Content-Disposition says
+ * the same; this is the name the page asks for). */
+export function archiveName(folder: string): string {
+  const parts = folder.split('/').filter(part => part !== '');
+  return `${parts.length ? parts[parts.length - 1] : 'workspace'}.zip`;
+}

@@ -8,9 +8,11 @@ import { Dialog, Notification, showDialog } from '@jupyterlab/apputils';
 import { ReactWidget } from '@jupyterlab/ui-components';
 import * as React from 'react';
 
+import { startDownload } from './archives';
 import { ErrorLine, Section, SmallButton, UsageBar, useLoad } from './components';
 import { COMMANDS, ISacContext } from './context';
 import {
+  archiveName,
   agentOpenUrl,
   applyHitlEvent,
   applyOutputEvent,
@@ -375,6 +377,19 @@ function WorkspaceSection(props: { ctx: ISacContext }): JSX.Element {
             onClick={() => void ctx.showFolder(path)}
           />
         ))}
+      </div>
+      <div className="jp-SacRow jp-SacFolders" data-role="zip-downloads">
+        <span className="jp-SacMuted">{trans.__('ZIP:')}</span>
+        {[['', trans.__('All')] as [string, string], ...folders].map(
+          ([path, label]) => (
+            <SmallButton
+              key={path || '/'}
+              label={`⤓ ${label}`}
+              title={trans.__('Download %1 as ZIP', `/workspace/${path}`)}
+              onClick={() => startDownload(ctx.ext.archiveUrl(path), archiveName(path))}
+            />
+          )
+        )}
       </div>
       {Object.keys(status.value?.errors ?? {}).length ? (
         <ul className="jp-SacList jp-SacRefused">

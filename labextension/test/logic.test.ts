@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 
 import {
+  archiveName,
   agentLabUrl,
   agentOpenUrl,
   applyHitlEvent,
@@ -658,5 +659,13 @@ describe('historyCapture', () => {
       state: 'stored'
     });
     expect(historyCapture(null)).toEqual({ state: 'unknown' });
+  });
+});
+
+describe('archiveName', () => {
+  it('names a download after the folder, or the workspace', () => {
+    expect(archiveName('output/q3')).toBe('q3.zip');
+    expect(archiveName('group/analysts/Résumé/')).toBe('Résumé.zip');
+    expect(archiveName('')).toBe('workspace.zip');
   });
 });
