@@ -167,7 +167,8 @@ def content_disposition(filename: str) -> str:
     backslashes, separators and control characters replaced, and the name itself in
     RFC 6266's ``filename*`` (UTF-8, percent-encoded), which browsers prefer."""
     folded = unicodedata.normalize("NFKD", filename).encode("ascii", "ignore").decode()
-    fallback = "".join(
-        ch if ch.isprintable() and ch not in '"\\/;%' else "_" for ch in folded
-    ).strip() or "download.zip"
+    fallback = (
+        "".join(ch if ch.isprintable() and ch not in '"\\/;%' else "_" for ch in folded).strip()
+        or "download.zip"
+    )
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
