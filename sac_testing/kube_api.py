@@ -162,6 +162,8 @@ class MetricsApi:
 
 
 METRICS_KEY = web.AppKey("metrics", MetricsApi)
+# pods/attach: (namespace, pod name) -> the container's stdin on its node, if open.
+ATTACH_KEY = web.AppKey("attach", Callable[[str, str], asyncio.StreamWriter | None])
 METRICS_BASE = "/apis/metrics.k8s.io/v1beta1"
 
 
@@ -413,16 +415,45 @@ async def serve_metrics(request: web.Request) -> web.Response:
     return web.json_response({"served": request.app[METRICS_KEY].served})
 
 
+async def attach(request: web.Request) -> web.StreamResponse:
+    """GET pods/{name}/attach?stdin=true over a WebSocket (the v4.channel.k8s.io
+    protocol: each binary message is a channel byte, 0 for stdin, then data), as
+    ``kubectl attach -i`` and kubernetes_asyncio's WsApiClient speak it. The data
+    goes to the container's stdin; closing the socket closes it (``stdinOnce``)."""
+    namespace, name = request.match_info["namespace"], request.match_info["name"]
+    pod = _cluster(request).objects.get(("pods", namespace, name))
+    if pod is None:
+        return status(404, "NotFound", f'pods "{name}" not found')
+    container = pod["spec"]["containers"][0]
+    if not container.get("stdin"):
+        return status(400, "BadRequest", f"{container['name']}: stdin is not enabled")
+    stdin = request.app[ATTACH_KEY](namespace, name)
+    if stdin is None:
+        return status(400, "BadRequest", f"pod {name} is not running")
+    ws = web.WebSocketResponse(protocols=("v4.channel.k8s.io", "channel.k8s.io"))
+    await ws.prepare(request)
+    async for message in ws:
+        data = message.data if isinstance(message.data, bytes) else message.data.encode()
+        if data[:1] == b"\x00" and len(data) > 1:
+            stdin.write(data[1:])
+            await stdin.drain()
+    if container.get("stdinOnce"):
+        stdin.close()
+    return ws
+
+
 async def version(request: web.Request) -> web.Response:
     return web.json_response({"major": "1", "minor": "31", "gitVersion": "v1.31.0-sac-emulator"})
 
 
 def make_app(
     metrics_source: Callable[[str, str], dict[str, Any] | None] | None = None,
+    attach_stdin: Callable[[str, str], asyncio.StreamWriter | None] | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=8 * 2**20)
     app[CLUSTER_KEY] = Cluster()
     app[METRICS_KEY] = MetricsApi(metrics_source)
+    app[ATTACH_KEY] = attach_stdin or (lambda namespace, name: None)
     core, net = "/api/v1", "/apis/networking.k8s.io/v1"
     for base in (core, net):
         ns = base + "/namespaces/{namespace}/{plural}"
@@ -436,6 +467,7 @@ def make_app(
         app.router.add_put(ns + "/{name}/{sub:status}", update)
         app.router.add_patch(ns + "/{name}/{sub:status}", update)
     app.router.add_post(core + "/namespaces/{namespace}/pods/{name}/binding", bind)
+    app.router.add_get(core + "/namespaces/{namespace}/pods/{name}/attach", attach)
     nodes = core + "/{plural:nodes}"
     app.router.add_post(nodes, create)
     app.router.add_get(nodes + "/{name}", read)

@@ -71,7 +71,11 @@ async def serve(
         found = (k.pod_metrics(namespace, name) for k in kubelets)
         return next((m for m in found if m is not None), None)
 
-    runner = web.AppRunner(make_app(pod_metrics))
+    def attach_stdin(namespace: str, name: str) -> asyncio.StreamWriter | None:
+        found = (k.attach_stdin(namespace, name) for k in kubelets)
+        return next((w for w in found if w is not None), None)
+
+    runner = web.AppRunner(make_app(pod_metrics, attach_stdin))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:

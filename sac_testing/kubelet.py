@@ -50,6 +50,8 @@ import aiohttp
 
 from .stack import process_children, process_tree
 
+PIPE = asyncio.subprocess.PIPE
+
 # Node directories that are not part of an "image": a container gets its own.
 NODE_ONLY = {
     "proc",
@@ -388,6 +390,16 @@ class Kubelet(ApiUser):
             }
         return None
 
+    def attach_stdin(self, namespace: str, name: str) -> asyncio.StreamWriter | None:
+        """The stdin of a running pod's container here, if it has one open
+        (``stdin: true``), for the API server's ``pods/attach``."""
+        for run in self.runs.values():
+            meta = run.pod["metadata"]
+            proc = run.proc
+            if (meta["namespace"], meta["name"]) == (namespace, name) and proc is not None:
+                return proc.stdin if proc.returncode is None else None
+        return None
+
     # ---- API calls --------------------------------------------------------------
 
     async def report(self, pod: dict[str, Any], status: dict[str, Any]) -> None:
@@ -640,7 +652,8 @@ class Kubelet(ApiUser):
                 run.proc = await asyncio.create_subprocess_exec(
                     *argv,
                     env=env,
-                    stdin=asyncio.subprocess.DEVNULL,
+                    # `stdin: true`: open for `kubectl attach` (pods/attach), else none.
+                    stdin=PIPE if container.get("stdin") else asyncio.subprocess.DEVNULL,
                     stdout=log,
                     stderr=asyncio.subprocess.STDOUT,
                     start_new_session=True,

@@ -266,7 +266,7 @@ def test_helm_merge_and_schema_check() -> None:
     ]
 
 
-def test_extra_hub_rbac_validates_and_covers_network_policies_and_metrics() -> None:
+def test_extra_hub_rbac_validates_and_covers_what_the_spawner_does_beyond_the_chart() -> None:
     import kubernetes_validate
 
     documents = list(yaml.safe_load_all((ROOT / "hub_config" / "sac-hub-rbac.yaml").read_text()))
@@ -278,6 +278,11 @@ def test_extra_hub_rbac_validates_and_covers_network_policies_and_metrics() -> N
     assert {"create", "delete"} <= rules[("networking.k8s.io",), ("networkpolicies",)]
     # ... and reads what agents' pods use, nothing more of the metrics API.
     assert rules[("metrics.k8s.io",), ("pods",)] == {"get"}
+    # Spare pods: a spare and its PVC become the agent's (labels), and the assignment
+    # reaches the spare's stdin; nothing else (no exec, no update of specs).
+    assert rules[("",), ("pods", "persistentvolumeclaims")] == {"patch"}
+    assert rules[("",), ("pods/attach",)] == {"get", "create"}
+    assert len(rules) == 4
 
 
 SERVICE_DEPLOYMENT = ROOT / "hub_config" / "sac-service.yaml"

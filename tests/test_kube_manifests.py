@@ -348,3 +348,74 @@ def test_quantities_and_what_a_pod_uses_read_as_the_metrics_api_says() -> None:
     assert container_restarts(pod) == (2, 137)
     assert container_restarts({"status": {}}) == (0, None)
     assert container_restarts(None) == (0, None)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("overrides", "storage", "placement", "network"), MATRIX[:4] + MATRIX[-2:])
+async def test_a_spare_pod_has_the_agents_shape_and_nobodys_identity(
+    overrides: dict[str, Any],
+    storage: dict[str, Any],
+    placement: dict[str, Any],
+    network: dict[str, Any],
+) -> None:
+    import kubernetes_validate
+
+    options = {**storage, **placement, **network, "warm_pods": 1}
+    spawner, manifests = await manifests_for(options, overrides)
+    shape = await spawner._spare_shape()
+    assert shape is not None
+    key, spare = shape
+    for document in (spare.pod, *([spare.pvc] if spare.pvc else [])):
+        kubernetes_validate.validate(document, "1.31.0", strict=True)
+    agent_pod, pod = manifests["pod"], spare.pod
+    # The shape: the same image, resources, security, placement and runtime.
+    agent_container, container = agent_pod["spec"]["containers"][0], pod["spec"]["containers"][0]
+    for field_name in ("image", "resources", "securityContext", "ports", "workingDir"):
+        assert container.get(field_name) == agent_container.get(field_name), field_name
+    for field_name in ("securityContext", "nodeSelector", "tolerations", "runtimeClassName",
+                       "automountServiceAccountToken"):  # fmt: skip
+        assert pod["spec"].get(field_name) == agent_pod["spec"].get(field_name), field_name
+    # Nobody's: no name of the user or agent, no token, no Secret, stdin for the launcher.
+    text = json.dumps(spare.pod) + json.dumps(spare.pvc)
+    assert "alice" not in text and "analyst" not in text
+    assert HUB_TOKEN not in text and AGENT_TOKEN not in text and "secretKeyRef" not in text
+    assert container["stdin"] is True and container["stdinOnce"] is True
+    assert "readinessProbe" not in container and pod["spec"]["restartPolicy"] == "Never"
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes[mounts["/run/sac-secrets"]["name"]]["emptyDir"]["medium"] == "Memory"
+    if storage["workspace_storage"] == "pvc":
+        assert spare.pvc is not None
+        assert spare.pvc["spec"] == manifests["pvc"]["spec"]
+        assert mounts["/home/sac"]["subPath"] == ".sac-home"
+    else:
+        assert spare.pvc is None
+    # Another agent of the same settings has the same shape; other resources do not.
+    other, _ = await manifests_for(options, overrides, user="bob", slug="helper")
+    assert (await other._spare_shape())[0] == key  # type: ignore[index]
+    bigger, _ = await manifests_for(options, {**overrides, "mem_limit": 9 * 2**30})
+    assert (await bigger._spare_shape())[0] != key  # type: ignore[index]
+
+
+def test_an_assignment_carries_the_secrets_values_and_binds_the_spares_address() -> None:
+    from jupyter_sac.spawner.kube_manifests import assignment_env, warm_network_policy
+
+    env = assignment_env(
+        [
+            {"name": "JUPYTERHUB_SERVICE_URL", "value": "http://0.0.0.0:8888/user/a/b/"},
+            {"name": "SAC_AGENT_TOKEN",
+             "valueFrom": {"secretKeyRef": {"name": "s", "key": "sac-agent-token"}}},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        ],
+        {"sac-agent-token": AGENT_TOKEN},
+        "10.1.2.3",
+    )  # fmt: skip
+    assert env == {
+        "JUPYTERHUB_SERVICE_URL": "http://10.1.2.3:8888/user/a/b/",
+        "SAC_AGENT_TOKEN": AGENT_TOKEN,
+    }
+    import kubernetes_validate
+
+    policy = warm_network_policy("sac-warm-pods", "sac", {"app.kubernetes.io/name": "jupyter-sac"})
+    kubernetes_validate.validate(policy, "1.31.0", strict=True)
+    assert policy["spec"]["ingress"] == [] and policy["spec"]["egress"] == []

@@ -18,18 +18,23 @@ across hub restarts); this subclass adds what makes the pod an agent sandbox:
   why they are unavailable) and how often its server was restarted, sampled
   into ``sandbox_usage``; the owner is told of each restart (``agent.failed``);
 - removal of the pod, Secret and NetworkPolicy on stop, and of the PVC when
-  the agent is deleted (``delete_pvc``).
+  the agent is deleted (``delete_pvc``);
+- with ``warm_pods``, spare pods of the shapes agents started with, one of
+  which a new agent's start takes instead of waiting for a cold pod
+  (kube_pool.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from typing import Any
 
-from kubernetes_asyncio.client import ApiClient
+from kubernetes_asyncio.client import ApiClient, Configuration, CoreV1Api
 from kubernetes_asyncio.client.rest import ApiException
+from kubernetes_asyncio.stream import WsApiClient
 from kubespawner import KubeSpawner
 from kubespawner.clients import shared_client
 from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default
@@ -41,22 +46,28 @@ from .kube_manifests import (
     SANDBOX_HOME,
     SANDBOX_WORKSPACE,
     SECRET_ENV,
+    WARM_LABEL,
     NetworkRules,
     Peer,
+    assignment_env,
     container_restarts,
     container_usage,
     describe_pod_failure,
     granted_secret_keys,
     network_policy,
     parse_quantity,
+    pool_key,
     resource_traits,
     sandbox_volumes,
     secrets_volume,
     security_contexts,
     split_secret_env,
     token_secret,
+    warm_network_policy,
+    warm_pod_manifest,
 )
 from .kube_names import agent_object_name, label_value
+from .kube_pool import Shape, WarmPool, spare_name, spare_selector
 from .mixin import (
     AgentContext,
     AgentLimitSpawnError,
@@ -66,6 +77,17 @@ from .mixin import (
 )
 
 LABEL_PREFIX = "sac.jupyter.org"
+# Labels that name an agent or its owner: a spare made from an agent's pod drops them.
+IDENTITY_LABELS = frozenset(
+    {
+        "hub.jupyter.org/username",
+        "hub.jupyter.org/servername",
+        f"{LABEL_PREFIX}/user",
+        f"{LABEL_PREFIX}/agent",
+        f"{LABEL_PREFIX}/runtime",
+        f"{LABEL_PREFIX}/sandbox",
+    }
+)
 METRICS_GROUP, METRICS_VERSION = "metrics.k8s.io", "v1beta1"
 NO_METRICS_API = "no metrics API in this cluster: install metrics-server for live CPU and memory"
 
@@ -221,6 +243,30 @@ class KubeAgentSpawner(AgentSpawnerMixin, KubeSpawner):
     failure_check_interval = Float(
         0.5,
         help="Seconds between checks of a starting pod's status for errors that end the spawn.",
+    ).tag(config=True)
+
+    warm_pods = Integer(
+        0,
+        help="""Spare pods to keep for each shape of agent pod (image, resources, profile:
+        everything but the identity), so that a new agent's start takes a running,
+        pre-imported pod instead of waiting for a cold one. A shape's spares exist
+        once an agent of that shape has started. Only starts without a workspace PVC
+        yet (a new agent, or any start with workspace_storage "emptyDir") take one;
+        a spare with workspace_storage "pvc" carries a fresh PVC that becomes the
+        agent's. 0: no spares.""",
+    ).tag(config=True)
+
+    warm_pod_shapes = Integer(
+        2,
+        help="""How many shapes of agent pod keep spares: those used last. The spares of
+        a shape that drops out are deleted.""",
+    ).tag(config=True)
+
+    warm_pod_command = List(
+        Unicode(),
+        ["python3", "-m", "jupyter_sac.spawner.launcher"],
+        help="""Command of a spare pod: the pre-importing launcher, which imports the
+        server's modules and then waits on its stdin for its assignment.""",
     ).tag(config=True)
 
     usage_interval = Float(
@@ -472,6 +518,13 @@ class KubeAgentSpawner(AgentSpawnerMixin, KubeSpawner):
             f" {resolved['cpu_limit']:g} CPU, {resolved['mem_limit'] // 2**20} MiB",
             10,
         )
+        shape = await self._spare_shape()
+        if shape is not None:
+            key, spare_shape = shape
+            url = await self._start_on_spare(ctx, key, started)
+            self._refill_spares(key, spare_shape)
+            if url is not None:
+                return url
         # The Secret must exist before the pod that refers to it.
         await self.get_pod_manifest()
         await self._apply("secret", self.secret_manifest())
@@ -490,6 +543,169 @@ class KubeAgentSpawner(AgentSpawnerMixin, KubeSpawner):
         self.report(f"Agent ready in {time.monotonic() - started:.1f} s", 95)
         self._start_sampler()
         return url
+
+    # ---- spare pods (the warm pool) ---------------------------------------------
+
+    @property
+    def warm_pool(self) -> WarmPool:
+        return WarmPool.for_namespace(self.namespace)
+
+    async def _spare_shape(self) -> tuple[str, Shape] | None:
+        """(pool key, shape) of this agent's pod, when spares are kept and this start
+        may take one (no workspace PVC yet)."""
+        if self.warm_pods <= 0 or (self.workspace_storage == "pvc" and self._pvc_exists):
+            return None
+        # The profile first: it changes the pod (KubeSpawner._start applies it too).
+        await self.load_user_options()
+        agent_pod = serialize(await self.get_pod_manifest())
+        env = locked_jupyter_env(self.sandbox_python_prefix, SANDBOX_HOME)
+        env.update({"HOME": SANDBOX_HOME, "SAC_WORKSPACE": SANDBOX_WORKSPACE})
+        labels = {
+            k: v
+            for k, v in (agent_pod["metadata"].get("labels") or {}).items()
+            if k not in IDENTITY_LABELS
+        }
+        claim = "placeholder" if self.workspace_storage == "pvc" else None
+        pod = warm_pod_manifest(
+            agent_pod, "placeholder", self.namespace, labels, self.warm_pod_command, env,
+            claim, self.tmp_size_limit,
+        )  # fmt: skip
+        pvc = None
+        if claim is not None:
+            pvc = serialize(self.get_pvc_manifest())
+            pvc["metadata"] = {"name": "placeholder", "namespace": self.namespace,
+                               "labels": dict(labels)}  # fmt: skip
+        key = pool_key(pod, (pvc or {}).get("spec"))
+        return key, Shape(pod, pvc)
+
+    async def _list_spares(self, key: str | None) -> list[dict[str, Any]]:
+        found = await self.api.list_namespaced_pod(
+            self.namespace, label_selector=spare_selector(key)
+        )
+        return [serialize(p) for p in found.items]
+
+    async def _start_on_spare(self, ctx: AgentContext, key: str, started: float) -> str | None:
+        """Start the agent on a spare of its shape, if one runs: None for a cold start."""
+        pool = self.warm_pool
+        try:
+            spare = await pool.claim(key, self._list_spares)
+        except ApiException as e:
+            self.log.warning("[%s] no spare pods: %s", self._log_name, e.reason)
+            return None
+        if spare is None:
+            self.report("No spare pod of this shape: starting a new one", 15)
+            return None
+        name, ip = spare["metadata"]["name"], spare["status"]["podIP"]
+        try:
+            self.pod_name = name
+            claim = next(
+                (v["persistentVolumeClaim"]["claimName"] for v in spare["spec"]["volumes"]
+                 if v["name"] == "sac-workspace" and "persistentVolumeClaim" in v),
+                None,
+            )  # fmt: skip
+            if claim is not None:
+                self.pvc_name, self._pvc_exists = claim, True
+            self.report(f"Taking spare pod {self.namespace}/{name}", 30)
+            env = self.get_env()  # the pod's form; also the Secret's data (tokens)
+            pod_env = [{"name": k, **({"value": v} if isinstance(v, str) else v)}
+                       for k, v in env.items()]  # fmt: skip
+            assignment: dict[str, Any] = {
+                "env": assignment_env(pod_env, self._secret_data, ip),
+                "argv": [*self.cmd, *self.get_args()],
+                "cwd": self.working_dir,
+            }
+            if ctx.secret_files:
+                assignment["secret_files"] = {
+                    "dir": SANDBOX_SECRETS_DIR, "files": dict(ctx.secret_files),
+                }  # fmt: skip
+            # What the agent may reach, before it is anyone's: the spares' own policy
+            # lets nothing in or out, and stops applying once the label goes.
+            if self.network_policy_enabled:
+                await self._apply("network_policy", self.network_policy_manifest())
+            await self._relabel("pod", name)
+            if claim is not None:
+                await self._relabel("persistent_volume_claim", claim)
+            await self._send_assignment(name, json.dumps(assignment).encode() + b"\n")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._delete_quietly("pod", name)
+            self.clear_state()
+            raise
+        finally:
+            pool.release(name)
+        self.report(f"Agent assigned in {time.monotonic() - started:.1f} s", 90)
+        self._start_sampler()
+        return f"http://{ip}:{self.port}"
+
+    async def _relabel(self, kind: str, name: str) -> None:
+        """The agent's labels and annotations on a spare (or its PVC): no longer a spare."""
+        labels: dict[str, str | None] = {WARM_LABEL: None, **self.sac_labels()}
+        labels["hub.jupyter.org/username"] = label_value(self.user.name)
+        labels["hub.jupyter.org/servername"] = label_value(self.name or "")
+        patch = {"metadata": {"labels": labels, "annotations": self.sac_annotations()}}
+        await getattr(self.api, f"patch_namespaced_{kind}")(name, self.namespace, patch)
+
+    async def _send_assignment(self, name: str, line: bytes) -> None:
+        """Write ``line`` to the spare's stdin (pods/attach, over a WebSocket)."""
+        async with WsApiClient(configuration=Configuration.get_default_copy()) as client:
+            api = CoreV1Api(api_client=client)
+            connect = await api.connect_get_namespaced_pod_attach(
+                name, self.namespace, container="notebook", stdin=True, stdout=False,
+                stderr=False, tty=False, _preload_content=False,
+            )  # fmt: skip
+            async with connect as ws:
+                await ws.send_bytes(b"\x00" + line)
+
+    def _refill_spares(self, key: str, shape: Shape) -> None:
+        dropped = self.warm_pool.remember(key, shape, self.warm_pod_shapes)
+        self.warm_pool.refill_soon(key, lambda: self._refill(key, dropped))
+
+    async def _refill(self, key: str, dropped: list[str]) -> None:
+        """Delete the spares of shapes no longer kept; make ``key``'s up to warm_pods."""
+        try:
+            if self.network_policy_enabled:
+                policy = warm_network_policy(
+                    "sac-warm-pods", self.namespace, {"app.kubernetes.io/name": "jupyter-sac"}
+                )
+                with contextlib.suppress(ApiException):  # 409: it exists
+                    await self.networking_api.create_namespaced_network_policy(
+                        self.namespace, policy
+                    )
+            for old in dropped:
+                for pod in await self._list_spares(old):
+                    await self._delete_spare(pod)
+            shape = self.warm_pool.shapes.get(key)
+            if shape is None:
+                return
+            have = [p for p in await self._list_spares(key)
+                    if "deletionTimestamp" not in p["metadata"]]  # fmt: skip
+            for _ in range(self.warm_pods - len(have)):
+                await self._make_spare(key, shape)
+        except Exception:
+            self.log.exception("Could not refill the spare pods of shape %s", key)
+
+    async def _make_spare(self, key: str, shape: Shape) -> None:
+        name = spare_name()
+        pod = json.loads(json.dumps(shape.pod))
+        pod["metadata"]["name"] = name
+        pod["metadata"]["labels"].update({WARM_LABEL: key, f"{LABEL_PREFIX}/sandbox": name})
+        if shape.pvc is not None:
+            pvc = json.loads(json.dumps(shape.pvc))
+            pvc["metadata"]["name"] = f"{name}-ws"
+            pvc["metadata"]["labels"][WARM_LABEL] = key
+            await self.api.create_namespaced_persistent_volume_claim(self.namespace, pvc)
+            for volume in pod["spec"]["volumes"]:
+                if "persistentVolumeClaim" in volume:
+                    volume["persistentVolumeClaim"]["claimName"] = f"{name}-ws"
+        await self.api.create_namespaced_pod(self.namespace, pod)
+        self.log.info("Made spare pod %s/%s (shape %s)", self.namespace, name, key)
+
+    async def _delete_spare(self, pod: dict[str, Any]) -> None:
+        await self._delete_quietly("pod", pod["metadata"]["name"])
+        for volume in pod["spec"].get("volumes") or []:
+            if "persistentVolumeClaim" in volume:
+                claim = volume["persistentVolumeClaim"]["claimName"]
+                await self._delete_quietly("persistent_volume_claim", claim)
 
     async def _watch_start(self, start: asyncio.Future[str]) -> str:
         """Wait for KubeSpawner's start, relaying pod events and failing early on errors."""

@@ -10,11 +10,16 @@ camelCase, so the tests can validate it against the real schemas.
 from __future__ import annotations
 
 import base64
+import copy
+import hashlib
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
+
+from ..rules.secrets import SANDBOX_SECRETS_DIR
 
 SANDBOX_HOME = "/home/sac"
 SANDBOX_WORKSPACE = "/workspace"
@@ -367,3 +372,108 @@ def container_restarts(
             last = (status.get("lastState") or {}).get("terminated") or {}
             return int(status.get("restartCount") or 0), last.get("exitCode")
     return 0, None
+
+
+# ---- warm pods ------------------------------------------------------------------------
+
+# A spare's label: the digest of its shape (pool_key), so a start finds spares of its
+# own shape and a restarted hub finds the spares it made.
+WARM_LABEL = "sac.jupyter.org/warm"
+
+
+def warm_pod_manifest(
+    agent_pod: Mapping[str, Any],
+    name: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    command: Sequence[str],
+    env: Mapping[str, str],
+    workspace_claim: str | None,
+    tmp_size: str | None = None,
+) -> dict[str, Any]:
+    """A spare pod with an agent's shape but nobody's identity, from that agent's pod
+    manifest (API JSON): the same image, resources, security contexts, node
+    selection, tolerations and runtime class, so the spare fits the next agent of
+    that shape. Of the agent it keeps nothing else: its own name and ``labels``, no
+    annotations, ``env`` (no token, no secret), ``command`` (the pre-importing
+    launcher, which waits on stdin for its assignment: ``stdin``/``stdinOnce``), its
+    own workspace volume (``workspace_claim``: a fresh PVC, or an emptyDir), an
+    in-memory folder for secret files written at assignment, no probes, no init or
+    extra containers, and ``restartPolicy: Never`` (a spare or an assigned server
+    that exits is replaced, never restarted without its assignment)."""
+    pod = copy.deepcopy(dict(agent_pod))
+    spec = pod["spec"]
+    pod["metadata"] = {"name": name, "namespace": namespace, "labels": dict(labels)}
+    container = spec["containers"][0]
+    container.update(
+        command=list(command),
+        args=[],
+        env=[{"name": k, "value": v} for k, v in sorted(env.items())],
+        stdin=True,
+        stdinOnce=True,
+    )
+    for key in ("readinessProbe", "livenessProbe", "startupProbe", "lifecycle", "envFrom"):
+        container.pop(key, None)
+    volumes, mounts = sandbox_volumes(workspace_claim, tmp_size)
+    volumes.append({"name": "sac-secrets", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}})
+    mounts.append({"name": "sac-secrets", "mountPath": SANDBOX_SECRETS_DIR})
+    container["volumeMounts"] = mounts
+    spec.update(volumes=volumes, containers=[container], restartPolicy="Never")
+    for key in ("initContainers", "nodeName", "hostname", "subdomain"):
+        spec.pop(key, None)
+    return pod
+
+
+def pool_key(warm_pod: Mapping[str, Any], pvc_spec: Mapping[str, Any] | None = None) -> str:
+    """The digest of a spare's shape: everything but its name, labels and own volume's
+    name, and its volume claim's spec (size, class). Starts whose agents' pods would
+    differ anywhere else get spares of their own."""
+    shape = copy.deepcopy(dict(warm_pod))
+    shape["pvc"] = dict(pvc_spec or {})
+    shape.pop("metadata", None)
+    shape.pop("status", None)
+    for volume in shape["spec"].get("volumes") or []:
+        if "persistentVolumeClaim" in volume:
+            volume["persistentVolumeClaim"]["claimName"] = ""
+    digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()
+    return digest[:16]
+
+
+def assignment_env(
+    pod_env: Sequence[Mapping[str, Any]], secret_data: Mapping[str, str], pod_ip: str
+) -> dict[str, str]:
+    """An agent's environment as its assignment to a spare carries it: the values its
+    pod would have taken from its Secret written out (the assignment reaches only
+    the spare's stdin), and the server bound to the spare's own address (0.0.0.0
+    in a pod means that address)."""
+    env: dict[str, str] = {}
+    for var in pod_env:
+        if "value" in var:
+            env[var["name"]] = str(var["value"])
+            continue
+        ref = (var.get("valueFrom") or {}).get("secretKeyRef")
+        if ref is not None and ref.get("key") in secret_data:
+            env[var["name"]] = secret_data[ref["key"]]
+    if "JUPYTERHUB_SERVICE_URL" in env:
+        env["JUPYTERHUB_SERVICE_URL"] = env["JUPYTERHUB_SERVICE_URL"].replace(
+            "//0.0.0.0:", f"//{pod_ip}:"
+        )
+    return env
+
+
+def warm_network_policy(name: str, namespace: str, labels: Mapping[str, str]) -> dict[str, Any]:
+    """The spares' NetworkPolicy: nothing in, nothing out. A spare needs no network
+    before its assignment (which reaches it through its stdin, pods/attach); the
+    agent's own policy, made before the assignment is sent, then adds what the
+    agent may reach (policies add up)."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
+        "spec": {
+            "podSelector": {"matchExpressions": [{"key": WARM_LABEL, "operator": "Exists"}]},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [],
+            "egress": [],
+        },
+    }
