@@ -7,6 +7,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import helpers
@@ -160,14 +161,50 @@ def fake(fake_anthropic: str) -> str:
     return fake_anthropic
 
 
+PROBE_PACKAGE = ("sac_probe_pkg", "1.0", "from the organisation's package cache")
+
+
+def probe_wheel(folder: Path) -> Path:
+    """A minimal pure-Python wheel (as `pip wheel` makes one), for the package cache."""
+    import base64
+    import hashlib
+    import zipfile
+
+    name, version, value = PROBE_PACKAGE
+    dist = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": f"VALUE = {value!r}\n".encode(),
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: sac-tests\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n",
+    }
+    record = [
+        f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}"
+        for path, data in files.items()
+    ]
+    files[f"{dist}/RECORD"] = ("\n".join([*record, f"{dist}/RECORD,,"]) + "\n").encode()
+    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for path, data in files.items():
+            z.writestr(path, data)
+    wheel.chmod(0o644)
+    return wheel
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, fake_anthropic: str) -> Iterator[dict]:
     """The embedded stack exactly as `sac up` starts it, on free ports, with the
     OpenRouter, GLM and Qwen presets' endpoints at the fake model API (this machine
     has no route to them; each under its own path, to tell them apart)."""
     workdir = tmp_path_factory.mktemp("sac")
+    # The organisation's package cache every sandbox sees read-only (one wheel).
+    packages = workdir / "packages"
+    (packages / "wheels").mkdir(parents=True)
+    probe_wheel(packages / "wheels")
+    packages.chmod(0o755)
     config = workdir / "providers.py"
     config.write_text(
+        f"c.LocalAgentSpawner.shared_packages_path = {str(packages)!r}\n"
         f"c.SacService.provider_base_urls = {preset_endpoints(fake_anthropic)!r}\n"
         # Webhook retries within a test's patience (tests/test_webhooks_api.py).
         "c.SacService.webhook_backoff = [0.3, 0.3, 0.3]\n"
@@ -179,7 +216,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, fake_anthropic: str) -> Iter
         try:
             yield {"url": running.url, "admin": HubApi(running.url, running.admin_token, running.harness_token),
                    "service_url": running.service_url, "pid": running.proc.pid,
-                   "data_dir": running.data_dir, "log": running.log_path}  # fmt: skip
+                   "data_dir": running.data_dir, "log": running.log_path,
+                   "packages": packages}  # fmt: skip
         finally:
             if os.environ.get("SAC_TEST_SHOW_LOG"):
                 print(running.log_path.read_text()[-20000:])

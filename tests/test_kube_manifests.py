@@ -419,3 +419,27 @@ def test_an_assignment_carries_the_secrets_values_and_binds_the_spares_address()
     policy = warm_network_policy("sac-warm-pods", "sac", {"app.kubernetes.io/name": "jupyter-sac"})
     kubernetes_validate.validate(policy, "1.31.0", strict=True)
     assert policy["spec"]["ingress"] == [] and policy["spec"]["egress"] == []
+
+
+@pytest.mark.asyncio
+async def test_the_organisations_package_cache_is_mounted_read_only_in_agents_and_spares() -> None:
+    import kubernetes_validate
+
+    options = {"workspace_storage": "pvc", "warm_pods": 1, "shared_packages_claim": "org-packages"}
+    spawner, manifests = await manifests_for(options)
+    shape = await spawner._spare_shape()
+    assert shape is not None
+    for pod in (manifests["pod"], shape[1].pod):
+        kubernetes_validate.validate(pod, "1.31.0", strict=True)
+        container = pod["spec"]["containers"][0]
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/opt/sac/packages"]
+        assert mount["readOnly"] is True
+        (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
+        assert volume["persistentVolumeClaim"] == {"claimName": "org-packages", "readOnly": True}
+    env = {e["name"]: e.get("value") for e in manifests["pod"]["spec"]["containers"][0]["env"]}
+    assert env["PIP_FIND_LINKS"] == env["UV_FIND_LINKS"] == "/opt/sac/packages/wheels"
+    # Without the setting, nothing of it.
+    _, plain = await manifests_for({"workspace_storage": "pvc"})
+    assert "PIP_FIND_LINKS" not in json.dumps(plain["pod"]) and "sac-packages" not in json.dumps(
+        plain
+    )

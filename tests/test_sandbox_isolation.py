@@ -287,3 +287,29 @@ def test_required_limits_refuse_an_agent_this_machine_cannot_limit(tmp_path: Pat
             spawner._apply_limits(Ctx, Box)  # type: ignore[arg-type]
     finally:
         limits.CGROUP_ROOT = saved
+
+
+@pytest.mark.asyncio
+async def test_the_organisations_package_cache_is_shared_read_only(stack: dict) -> None:
+    """Issue 21: pip (and uv) in every sandbox take wheels from the organisation's
+    package cache (c.LocalAgentSpawner.shared_packages_path, seen read-only at
+    /opt/sac/packages) without the index; no agent can write into it (a cache two
+    agents could write would let one plant code in the other's installs), and each
+    agent's own pip cache is in its home."""
+    user = f"pk{uuid.uuid4().hex[:6]}"
+    with running_agent(stack["admin"], user, "pkg") as client:
+        output = await run_in_terminal(
+            stack["url"], client.token, user, "pkg",
+            "python -m pip install -q --no-index --target /tmp/site sac-probe-pkg 2>&1 | tail -1;"
+            " PYTHONPATH=/tmp/site python -c 'import sac_probe_pkg; print(sac_probe_pkg.VALUE)';"
+            " touch /opt/sac/packages/wheels/planted 2>/dev/null || echo read-only;"
+            " echo $PIP_FIND_LINKS $UV_FIND_LINKS; python -m pip cache dir",
+        )  # fmt: skip
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert lines[-4:] == [
+        "from the organisation's package cache",
+        "read-only",
+        "/opt/sac/packages/wheels /opt/sac/packages/wheels",
+        "/home/sac/.cache/pip",
+    ], output
+    assert not (stack["packages"] / "wheels" / "planted").exists()

@@ -61,6 +61,7 @@ from .kube_manifests import (
     sandbox_volumes,
     secrets_volume,
     security_contexts,
+    shared_packages_volume,
     split_secret_env,
     token_secret,
     warm_network_policy,
@@ -69,6 +70,7 @@ from .kube_manifests import (
 from .kube_names import agent_object_name, label_value
 from .kube_pool import Shape, WarmPool, spare_name, spare_selector
 from .mixin import (
+    SHARED_PACKAGES_DIR,
     AgentContext,
     AgentLimitSpawnError,
     AgentSpawnerMixin,
@@ -172,6 +174,17 @@ class KubeAgentSpawner(AgentSpawnerMixin, KubeSpawner):
         "1Gi",
         allow_none=True,
         help="sizeLimit of the /tmp emptyDir (a Kubernetes quantity; None: no limit).",
+    ).tag(config=True)
+
+    shared_packages_claim = Unicode(
+        "",
+        help="""A PersistentVolumeClaim (ReadOnlyMany or ReadWriteMany) holding the
+        organisation's package cache: a `wheels` folder of Python wheels an
+        administrator fills (a Job running `pip wheel -w /cache/wheels -r
+        requirements.txt`). Every agent mounts it read-only at /opt/sac/packages, and
+        pip and uv take wheels from it (PIP_FIND_LINKS, UV_FIND_LINKS) before
+        downloading. Empty: none. Each agent's own caches stay in its home, on its
+        volume.""",
     ).tag(config=True)
 
     runtime_class_name = Unicode(
@@ -343,6 +356,8 @@ class KubeAgentSpawner(AgentSpawnerMixin, KubeSpawner):
         env = self.scrub_env(env)
         env.update(self.agent_env(self._agent))
         env.update(locked_jupyter_env(self.sandbox_python_prefix, SANDBOX_HOME))
+        if self.shared_packages_claim:
+            env.update(self.shared_packages_env(SHARED_PACKAGES_DIR))
         env.update(
             {
                 "HOME": SANDBOX_HOME,
@@ -380,6 +395,9 @@ class KubeAgentSpawner(AgentSpawnerMixin, KubeSpawner):
             volume, mount = secrets_volume(
                 self.agent_secret_name, self._agent.secret_files, SANDBOX_SECRETS_DIR
             )
+            volumes, mounts = [*volumes, volume], [*mounts, mount]
+        if self.shared_packages_claim:
+            volume, mount = shared_packages_volume(self.shared_packages_claim, SHARED_PACKAGES_DIR)
             volumes, mounts = [*volumes, volume], [*mounts, mount]
         spec = pod.spec
         spec.volumes = [*volumes, *(spec.volumes or [])]

@@ -164,6 +164,14 @@ def security_contexts(
     return pod, container
 
 
+def shared_packages_volume(claim: str, mount_path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(volume, volumeMount) of the organisation's package cache: a PVC an
+    administrator fills (ReadOnlyMany or ReadWriteMany), read-only in every agent."""
+    source = {"claimName": claim, "readOnly": True}
+    volume = {"name": "sac-packages", "persistentVolumeClaim": source}
+    return volume, {"name": "sac-packages", "mountPath": mount_path, "readOnly": True}
+
+
 def sandbox_volumes(
     workspace_claim: str | None, tmp_size: str | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -376,6 +384,9 @@ def container_restarts(
 
 # ---- warm pods ------------------------------------------------------------------------
 
+# The volumes that are one agent's own (sandbox_volumes, secrets_volume).
+AGENT_VOLUMES = frozenset({"sac-home", "sac-tmp", "sac-workspace", "sac-secrets"})
+
 # A spare's label: the digest of its shape (pool_key), so a start finds spares of its
 # own shape and a restarted hub finds the spares it made.
 WARM_LABEL = "sac.jupyter.org/warm"
@@ -417,6 +428,10 @@ def warm_pod_manifest(
     volumes, mounts = sandbox_volumes(workspace_claim, tmp_size)
     volumes.append({"name": "sac-secrets", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}})
     mounts.append({"name": "sac-secrets", "mountPath": SANDBOX_SECRETS_DIR})
+    # What the deployment mounts into every agent (the shared package cache, its own
+    # volumes) stays; the agent's own volumes give way to the spare's.
+    volumes += [v for v in spec.get("volumes") or [] if v["name"] not in AGENT_VOLUMES]
+    mounts += [m for m in container.get("volumeMounts") or [] if m["name"] not in AGENT_VOLUMES]
     container["volumeMounts"] = mounts
     spec.update(volumes=volumes, containers=[container], restartPolicy="Never")
     for key in ("initContainers", "nodeName", "hostname", "subdomain"):

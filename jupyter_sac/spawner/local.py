@@ -33,6 +33,7 @@ from ..runtimes.claude import claude_binary
 from ..store import SandboxUsage
 from .limits import AppliedLimits, apply_limits, read_usage, release
 from .mixin import (
+    SHARED_PACKAGES_DIR,
     AgentContext,
     AgentLimitSpawnError,
     AgentSpawnerMixin,
@@ -162,6 +163,16 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         Unicode(),
         help="""Directories inside `system_paths` or `readonly_paths` replaced by an empty
         tmpfs (the data dir always is, when it lies inside one of them).""",
+    ).tag(config=True)
+
+    shared_packages_path = Unicode(
+        "",
+        help="""A directory of this machine holding the organisation's package cache (a
+        `wheels` folder of Python wheels, filled by an administrator: `pip wheel -w
+        <dir>/wheels -r requirements.txt`). Every sandbox sees it read-only at
+        /opt/sac/packages, and pip and uv take wheels from it (PIP_FIND_LINKS,
+        UV_FIND_LINKS) before downloading. Empty: none. Each agent's own caches stay
+        in its home.""",
     ).tag(config=True)
 
     sandbox_uid = Integer(
@@ -356,6 +367,11 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
             sandbox_uid=self.machine_uid(),
             setpriv=shutil.which("setpriv") or "setpriv",
             isolate_network=self.isolate_network,
+            mounted_readonly=(
+                {SHARED_PACKAGES_DIR: self.shared_packages_path}
+                if self.shared_packages_path
+                else None
+            ),
         )
 
     def _pool(self) -> WarmPool | None:
@@ -367,6 +383,7 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
             tuple(self.system_paths),
             tuple(self.hidden_paths),
             tuple(self.readonly_paths),
+            self.shared_packages_path,
             self.warm_sandboxes,
             self.warm_sandboxes_max,
             self.warm_demand_window,
@@ -546,6 +563,10 @@ class LocalAgentSpawner(AgentSpawnerMixin, LocalProcessSpawner):
         if claude:
             tool_dirs.append(os.path.dirname(claude))
         env["PATH"] = os.pathsep.join([*tool_dirs, env.get("PATH", "/usr/bin:/bin")])
+        if self.shared_packages_path:
+            # Unconfined, the sandbox sees the machine's own path.
+            where = SHARED_PACKAGES_DIR if mode == "bubblewrap" else self.shared_packages_path
+            env.update(self.shared_packages_env(where))
         if isolated:
             env.update(egress_env(PublicUrls.from_config(self.config).domain))
         secret_files = None

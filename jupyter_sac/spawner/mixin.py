@@ -42,6 +42,8 @@ FORBIDDEN_ENV_PREFIXES = (
 
 # Variables that would add places JupyterLab and the server read from (extensions,
 # config): a sandbox's server gets none of them.
+# Where a sandbox sees the organisation's package cache (read-only), if there is one.
+SHARED_PACKAGES_DIR = "/opt/sac/packages"
 UNSET_JUPYTER_ENV = ("JUPYTER_PATH", "JUPYTER_CONFIG_PATH")
 
 
@@ -402,6 +404,16 @@ class AgentSpawnerMixin(LoggingConfigurable):
             # For the extension to scrub captured history of these values.
             env[SECRET_ENV_NAMES_VAR] = ",".join(sorted(ctx.secret_env))
         return env
+
+    @staticmethod
+    def shared_packages_env(where: str) -> dict[str, str]:
+        """What points pip and uv at the organisation's read-only wheelhouse, seen in
+        the sandbox at ``where`` (its ``wheels`` folder): they take a wheel from it
+        before downloading one. Each agent's own caches (pip's, uv's, npm's) stay in
+        its home, which it keeps across restarts: writable by that agent alone, since
+        a cache two agents could write is one agent's way into the other's installs."""
+        wheels = f"{where.rstrip('/')}/wheels"
+        return {"PIP_FIND_LINKS": wheels, "UV_FIND_LINKS": wheels}
 
     @staticmethod
     def sac_server_args(prefix: str, home: str) -> list[str]:

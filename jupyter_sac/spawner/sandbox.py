@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,6 +204,7 @@ def bwrap_argv(
     sandbox_uid: int | None = None,
     setpriv: str = "setpriv",
     isolate_network: bool = True,
+    mounted_readonly: Mapping[str, str] | None = None,
 ) -> list[str]:
     """The bubblewrap command line for one sandbox (pure: no I/O beyond existence checks).
 
@@ -213,8 +214,9 @@ def bwrap_argv(
     the user and network namespaces. Without it (the hub is not root) one bubblewrap
     does all of it, the sandbox's uid outside being the hub's own.
     Mount order matters: the system read-only, the Python installation (possibly
-    inside a directory that is otherwise absent), hidden trees under those, the
-    agent's own directories, then everything read-only but those.
+    inside a directory that is otherwise absent), hidden trees under those,
+    ``mounted_readonly`` (path inside -> directory of the machine), the agent's own
+    directories, then everything read-only but those.
     """
     argv = [bwrap]
     exposed: list[str] = []
@@ -255,6 +257,19 @@ def bwrap_argv(
     if hosts_file is not None:
         # Its own name resolution (sandbox_hosts), read-only like the rest of /etc.
         argv += ["--ro-bind", str(hosts_file), "/etc/hosts"]
+    for inside, outside in sorted((mounted_readonly or {}).items()):
+        # A machine's directory at another path inside (the shared package cache),
+        # its parents readable (bubblewrap would make them 0700).
+        if not os.path.isdir(outside):
+            continue
+        parent, parents = os.path.dirname(inside), []
+        while parent not in ("/", "") and parent not in made and not _covered(parent, exposed):
+            parents.append(parent)
+            parent = os.path.dirname(parent)
+        for p in reversed(parents):
+            argv += ["--dir", p]
+            made.add(p)
+        argv += ["--ro-bind", outside, inside]
     argv += ["--ro-bind", str(layout.passwd), "/etc/passwd"]
     argv += ["--ro-bind", str(layout.group), "/etc/group"]
     argv += [
