@@ -37,7 +37,7 @@ from kubernetes_asyncio.client.rest import ApiException
 from kubernetes_asyncio.stream import WsApiClient
 from kubespawner import KubeSpawner
 from kubespawner.clients import shared_client
-from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default
+from traitlets import Bool, Dict, Enum, Float, Integer, List, Type, Unicode, default
 
 from .._version import __version__
 from ..rules.secrets import SANDBOX_SECRETS_DIR, SECRETS_DIR_VAR
@@ -68,7 +68,7 @@ from .kube_manifests import (
     warm_pod_manifest,
 )
 from .kube_names import agent_object_name, label_value
-from .kube_pool import Shape, WarmPool, spare_name, spare_selector
+from .kube_pool import Shape, SpareAllocator, WarmPool, spare_name, spare_selector
 from .mixin import (
     SHARED_PACKAGES_DIR,
     AgentContext,
@@ -273,6 +273,12 @@ class KubeAgentSpawner(AgentSpawnerMixin, KubeSpawner):
         2,
         help="""How many shapes of agent pod keep spares: those used last. The spares of
         a shape that drops out are deleted.""",
+    ).tag(config=True)
+
+    spare_allocator_class = Type(
+        WarmPool,
+        help="""What keeps the spare pods' books (kube_pool.SpareAllocator, made per
+        namespace by its for_namespace): the default, WarmPool, in the hub's process.""",
     ).tag(config=True)
 
     warm_pod_command = List(
@@ -565,8 +571,8 @@ class KubeAgentSpawner(AgentSpawnerMixin, KubeSpawner):
     # ---- spare pods (the warm pool) ---------------------------------------------
 
     @property
-    def warm_pool(self) -> WarmPool:
-        return WarmPool.for_namespace(self.namespace)
+    def warm_pool(self) -> SpareAllocator:
+        return self.spare_allocator_class.for_namespace(self.namespace)  # type: ignore[no-any-return]
 
     async def _spare_shape(self) -> tuple[str, Shape] | None:
         """(pool key, shape) of this agent's pod, when spares are kept and this start

@@ -25,9 +25,30 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from .kube_manifests import WARM_LABEL
+
+
+class SpareAllocator(Protocol):
+    """What KubeAgentSpawner asks of whatever keeps its spares: the interface another
+    backend implements (kubernetes-sigs/agent-sandbox's SandboxWarmPool and
+    SandboxClaim, once a claim can carry its own environment, secrets and an
+    existing volume without a cold start: docs/kubernetes.md). The spawner makes
+    and deletes spares itself (``refill``); an allocator whose backend makes them
+    would do nothing there."""
+
+    shapes: OrderedDict[str, Shape]
+
+    def remember(self, key: str, shape: Shape, max_shapes: int) -> list[str]: ...
+
+    async def claim(
+        self, key: str, list_spares: Callable[[str], Awaitable[list[dict[str, Any]]]]
+    ) -> dict[str, Any] | None: ...
+
+    def release(self, name: str) -> None: ...
+
+    def refill_soon(self, key: str, refill: Callable[[], Awaitable[None]]) -> None: ...
 
 
 @dataclass
@@ -44,7 +65,7 @@ def spare_name() -> str:
 
 
 class WarmPool:
-    """The spares of one namespace, in one hub process."""
+    """The spares of one namespace, in one hub process (the default SpareAllocator)."""
 
     _pools: ClassVar[dict[str, WarmPool]] = {}
 
