@@ -43,6 +43,7 @@ from .handlers import (
 from .hitl import HITL_EVENT_SCHEMA, HITL_EVENT_SCHEMA_ID, HitlBridge, TerminalPromptWatcher
 from .runtime_info import RuntimeInfo
 from .service_client import ServiceClient
+from .exec_handlers import ExecSocket, TerminalScreenHandler
 from .service_relay import ServiceRelayHandler
 from .skills_handlers import InstalledSkillsHandler, RunHandler, SyncHandler
 from .skills_sync import SkillSync
@@ -90,6 +91,8 @@ ROUTES: list[tuple[str, Any]] = [
     (r"/sac/api/activity", ActivityHandler),
     (r"/sac/api/terminal", TerminalHandler),
     (r"/sac/api/terminal/restart", TerminalRestartHandler),
+    (r"/sac/api/terminal/screen", TerminalScreenHandler),
+    (r"/sac/api/exec", ExecSocket),
     (r"/sac/api/history/status", HistoryStatusHandler),
     (r"/sac/api/hitl", HitlStatusHandler),
     (r"/sac/api/hooks/transcript", TranscriptHookHandler),
@@ -406,6 +409,7 @@ class SacExtensionApp(ExtensionApp):
             {
                 "sac_runtime_info": RuntimeInfo(runtime=self.runtime),
                 "sac_hook_secret": hook_secret,
+                "sac_workspace": self.workspace,
                 "sac_history_spool": spool,
                 "sac_transcript_capture": capture,
                 "sac_history_uploader": uploader,
