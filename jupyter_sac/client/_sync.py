@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from ._async import Answer, AsyncAgent, AsyncClient
+from ._async import Answer, AsyncAgent, AsyncClient, ExecResult
 from .errors import SacError
 
 T = TypeVar("T")
@@ -239,6 +239,25 @@ class Agent:
 
     def delete(self) -> None:
         self._run(self.aio.delete())
+
+    def exec(self, command: str | list[str], *, cwd: str | None = None,
+             env: dict[str, str] | None = None, stdin: str | None = None,
+             timeout: float = 60) -> ExecResult:  # fmt: skip
+        """Run ``command`` in the agent's sandbox and wait for it: stdout, stderr,
+        exit code (see ``AsyncAgent.exec``)."""
+        return self._run(self.aio.exec(command, cwd=cwd, env=env, stdin=stdin, timeout=timeout))
+
+    def exec_stream(self, command: str | list[str], *, cwd: str | None = None,
+                    env: dict[str, str] | None = None, stdin: str | None = None,
+                    timeout: float = 60) -> Iterator[dict[str, Any]]:  # fmt: skip
+        """The command's frames as they come (see ``AsyncAgent.exec_stream``)."""
+        return self.client._loop.iterate(
+            self.aio.exec_stream(command, cwd=cwd, env=env, stdin=stdin, timeout=timeout)
+        )
+
+    def screen(self) -> dict[str, Any]:
+        """The agent's Claude terminal screen now (see ``AsyncAgent.screen``)."""
+        return self._run(self.aio.screen())
 
     def ask(self, prompt: str, session_id: str | None = None,
             timeout: float | None = 900) -> Answer:  # fmt: skip
