@@ -7,12 +7,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from helpers import HubApi, TerminalClient, claude_ready, model_agent, running_agent, server_url
+from conftest import ADMIN_PASSWORD
+from helpers import (
+    CHROMIUM_ARGS,
+    HubApi,
+    TerminalClient,
+    claude_ready,
+    model_agent,
+    running_agent,
+    server_url,
+    sign_up_and_log_in,
+)
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
@@ -326,3 +338,55 @@ async def test_the_screen_shows_the_claude_terminal_and_the_detectors_verdict(
         assert any("Do you want to proceed?" in row for row in menu["rows"])
         term.close()
         assert audit(stack["admin"], user, "agent.screen")
+
+
+def test_the_agent_page_shows_the_terminal_screen_in_a_browser(
+    stack: dict, fake: str, tmp_path: Path
+) -> None:
+    """The owner, logged in in Chromium, reads the Claude terminal on the agent's page:
+    "not running" before it starts; its text once claude shows its input box."""
+    from playwright.sync_api import expect, sync_playwright
+
+    name, password = f"scr{uuid.uuid4().hex[:6]}", "a-long-enough-password-1"
+    artifacts = Path(os.environ.get("SAC_TEST_ARTIFACTS", tmp_path)) / "exec"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            page = sign_up_and_log_in(browser, stack["url"], name, password, ADMIN_PASSWORD)
+            client = stack["admin"].harness_api().token_for(name)
+            resp = client.sac("POST", "agents", json={"slug": "seen", **model_agent(fake)})
+            assert resp.status_code == 201, resp.text
+            client.start(name, "seen")
+            page.goto(stack["service_url"] + f"agents/{name}/seen")
+            page.get_by_role("button", name="Show the screen").click()
+            expect(page.locator("#screen-state")).to_have_text(
+                "The Claude terminal is not running."
+            )
+            expect(page.locator("#screen-rows")).to_be_hidden()
+
+            base = server_url(stack["url"], name, "seen")
+            api = httpx.Client(headers={"Authorization": f"token {client.token}"}, timeout=30)
+            assert api.post(base + "sac/api/terminal").status_code == 200
+            poll_until(
+                lambda: (
+                    "for shortcuts"
+                    in "\n".join(
+                        client.sac("GET", f"users/{name}/agents/seen/terminal/screen").json()[
+                            "rows"
+                        ]
+                    )
+                ),
+                60,
+                "claude's input box",
+            )
+            page.get_by_role("button", name="Refresh").click()
+            expect(page.locator("#screen-rows")).to_contain_text("for shortcuts")
+            expect(page.locator("#screen-prompt")).to_have_text(
+                "No prompt is waiting for an answer."
+            )
+            expect(page.locator("#screen-state")).to_contain_text("cursor at row")
+            page.screenshot(path=str(artifacts / "terminal-screen.png"), full_page=True)
+            client.sac("DELETE", f"users/{name}/agents/seen")
+        finally:
+            browser.close()
