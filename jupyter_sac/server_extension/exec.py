@@ -54,6 +54,9 @@ class CommandRun:
         self.stdin_bytes = 0
         self.outcome: str | None = None  # why it was killed: timeout, output_limit, gone
         self._send_lock = asyncio.Lock()
+        # Set once the request's own stdin is written (or the start failed): stdin
+        # that follows on the socket waits for it, rather than being lost.
+        self._started = asyncio.Event()
 
     async def run(self) -> Frame:
         """Run to the end; the last frame (also sent)."""
@@ -76,18 +79,18 @@ class CommandRun:
                 "exit_code": None,
                 "duration": 0.0,
             }
+            self._started.set()
             await self._send(last)
             return last
         proc = self.proc
-        if self.request.stdin:
-            await self.write_stdin(self.request.stdin)
-        if not self.request.keep_stdin_open:
-            self.close_stdin()
         assert proc.stdout is not None and proc.stderr is not None
+        # Output is read while stdin is written: a command that writes before it
+        # reads would otherwise fill its pipe and wait for us while we wait for it.
         pumps = [
             asyncio.create_task(self._pump(proc.stdout, "stdout")),
             asyncio.create_task(self._pump(proc.stderr, "stderr")),
         ]
+        feeding = asyncio.create_task(self._feed())
         try:
             await asyncio.wait_for(proc.wait(), self.request.timeout)
         except TimeoutError:
@@ -97,7 +100,7 @@ class CommandRun:
             # or everything, at a timeout or a disconnect) goes with it.
             self.kill()
             await proc.wait()
-        await asyncio.gather(*pumps, return_exceptions=True)
+        await asyncio.gather(feeding, *pumps, return_exceptions=True)
         last = {"exit_code": proc.returncode, "duration": round(time.monotonic() - started, 3)}
         if self.outcome == "timeout":
             last["error"] = "timeout"
@@ -149,7 +152,26 @@ class CommandRun:
                 self.outcome = "gone"
                 self.kill()
 
+    async def _feed(self) -> None:
+        """The request's own stdin, then closed unless it asked to keep it open."""
+        try:
+            if self.request.stdin:
+                await self._write(self.request.stdin)
+            if not self.request.keep_stdin_open:
+                self._close()
+        finally:
+            self._started.set()
+
     async def write_stdin(self, text: str) -> None:
+        """More input (a command started with ``stdin_open``), after the request's own."""
+        await self._started.wait()
+        await self._write(text)
+
+    async def close_stdin(self) -> None:
+        await self._started.wait()
+        self._close()
+
+    async def _write(self, text: str) -> None:
         proc = self.proc
         if proc is None or proc.stdin is None or proc.stdin.is_closing():
             return
@@ -161,7 +183,7 @@ class CommandRun:
             proc.stdin.write(data)
             await proc.stdin.drain()
 
-    def close_stdin(self) -> None:
+    def _close(self) -> None:
         proc = self.proc
         if proc is not None and proc.stdin is not None and not proc.stdin.is_closing():
             proc.stdin.close()

@@ -35,7 +35,7 @@ def is_sac_service(user: Any) -> bool:
     return model.get("kind") == "service" and model.get("name") == SAC_SERVICE
 
 
-class ExecSocket(JsonErrors, WebSocketMixin, websocket.WebSocketHandler, JupyterHandler):  # type: ignore[misc]
+class ExecSocket(JsonErrors, WebSocketMixin, websocket.WebSocketHandler, JupyterHandler):
     """WebSocket sac/api/exec: the first message is the request (rules/exec.py), then
     the command's frames; ``{"stdin": text}`` and ``{"eof": true}`` feed a command
     started with ``stdin_open``. A refused request gets one frame ``{"error",
@@ -48,7 +48,7 @@ class ExecSocket(JsonErrors, WebSocketMixin, websocket.WebSocketHandler, Jupyter
 
     @ws_authenticated
     @authorized("execute")
-    async def get(self, *args: Any, **kwargs: Any) -> None:
+    async def get(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         if not is_sac_service(self.current_user):
             raise ApiError(
                 403,
@@ -60,7 +60,7 @@ class ExecSocket(JsonErrors, WebSocketMixin, websocket.WebSocketHandler, Jupyter
         if res is not None:
             await res
 
-    async def on_message(self, message: str | bytes) -> None:  # type: ignore[override]
+    async def on_message(self, message: str | bytes) -> None:
         try:
             data = json.loads(message)
         except (ValueError, UnicodeDecodeError):
@@ -75,9 +75,9 @@ class ExecSocket(JsonErrors, WebSocketMixin, websocket.WebSocketHandler, Jupyter
             if isinstance(data.get("stdin"), str):
                 await self._run.write_stdin(data["stdin"])
             if data.get("eof") is True:
-                self._run.close_stdin()
+                await self._run.close_stdin()
         except ApiError as e:  # over the stdin limit: the command's stdin is closed
-            self._run.close_stdin()
+            await self._run.close_stdin()
             await self._send({"error": e.code, "message": e.message})
 
     async def _start(self, data: Any) -> None:

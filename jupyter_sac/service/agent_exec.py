@@ -84,11 +84,16 @@ class AgentExecSocket(BaseHandler, websocket.WebSocketHandler):
     _sandbox: websocket.WebSocketClientConnection | None = None
     _pump: asyncio.Task[None] | None = None
 
-    async def get(self, owner: str, slug: str) -> None:  # type: ignore[override]
+    async def get(self, owner: str, slug: str) -> None:
         self._agent = await ops.exec_agent(self.ctx, self.actor, owner, slug)
+        if self.request.headers.get("Upgrade", "").lower() != "websocket":
+            # (tornado's own answer would be a bare text 400)
+            raise ApiError(
+                400, "not_websocket", "this is a WebSocket: GET it with Upgrade: websocket"
+            )
         await super().get(owner, slug)
 
-    async def on_message(self, message: str | bytes) -> None:  # type: ignore[override]
+    async def on_message(self, message: str | bytes) -> None:
         try:
             data = json.loads(message)
         except (ValueError, UnicodeDecodeError):
