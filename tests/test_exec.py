@@ -112,7 +112,9 @@ def test_exec_runs_commands_and_streams_their_output_as_ndjson(stack: dict, fake
             assert resp.json()["field"] == field, resp.text
 
         # Audited: the command, where, the variables' names; never their values.
+        # What was refused never ran, and is not in the log.
         started = audit(stack["admin"], user, "agent.exec")
+        assert not [e for e in started if e["after"]["cwd"] in ("../../etc", "/etc", "no/such/dir")]
         greeting = next(e for e in started if "GREETING" in e["after"]["command"])
         assert greeting["actor"] == user and greeting["target"] == "box"
         assert greeting["after"]["env"] == ["GREETING"] and greeting["after"]["cwd"] is None

@@ -37,12 +37,16 @@ def is_sac_service(user: Any) -> bool:
 
 class ExecSocket(JsonErrors, WebSocketMixin, websocket.WebSocketHandler, JupyterHandler):
     """WebSocket sac/api/exec: the first message is the request (rules/exec.py), then
-    the command's frames; ``{"stdin": text}`` and ``{"eof": true}`` feed a command
+    ``{"accepted": true}`` once it is checked, and the command starts at the next
+    message, ``{"run": true}`` (the service audits it in between, so that what it
+    records is what runs, and a refused request leaves no entry); then the
+    command's frames. ``{"stdin": text}`` and ``{"eof": true}`` feed a command
     started with ``stdin_open``. A refused request gets one frame ``{"error",
     "message", "status": 400, "field"?}`` before anything runs, and the socket closes."""
 
     auth_resource = TERMINALS_RESOURCE
 
+    _accepted: CommandRun | None = None
     _run: CommandRun | None = None
     _task: asyncio.Task[Any] | None = None
 
@@ -66,8 +70,13 @@ class ExecSocket(JsonErrors, WebSocketMixin, websocket.WebSocketHandler, Jupyter
         except (ValueError, UnicodeDecodeError):
             await self._refuse(ApiError(400, "invalid_json", "a message is a JSON object"))
             return
+        if self._accepted is None:
+            await self._accept(data)
+            return
         if self._run is None:
-            await self._start(data)
+            if isinstance(data, dict) and data.get("run") is True:
+                self._run = self._accepted
+                self._task = asyncio.create_task(self._finish(self._run))
             return
         if not isinstance(data, dict):
             return
@@ -80,15 +89,15 @@ class ExecSocket(JsonErrors, WebSocketMixin, websocket.WebSocketHandler, Jupyter
             await self._run.close_stdin()
             await self._send({"error": e.code, "message": e.message})
 
-    async def _start(self, data: Any) -> None:
+    async def _accept(self, data: Any) -> None:
         try:
             request = parse_request(data)
             cwd = resolve_cwd(request.cwd, self.settings["sac_workspace"])
         except ApiError as e:
             await self._refuse(e)
             return
-        self._run = CommandRun(request, cwd, self._send)
-        self._task = asyncio.create_task(self._finish(self._run))
+        self._accepted = CommandRun(request, cwd, self._send)
+        await self._send({"accepted": True})
 
     async def _finish(self, run: CommandRun) -> None:
         await run.run()

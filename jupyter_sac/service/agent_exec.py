@@ -31,19 +31,8 @@ class AgentExecHandler(BaseHandler):
         conn = self._sandbox = await ops.start_exec(self.ctx, self.actor, agent, request)
         last: dict[str, Any] | None = None
         try:
-            first = await _frame(conn)
-            if first is None:
-                raise ApiError(502, "agent_error", "the agent's server closed the command's stream")
-            if "status" in first:
-                # The sandbox refused it before anything ran (a cwd outside the
-                # workspace, say): an ordinary error answer.
-                last = first
-                field = {"field": first["field"]} if "field" in first else {}
-                raise ApiError(
-                    int(first["status"]), str(first["error"]), str(first["message"]), **field
-                )
             self.set_header("Content-Type", "application/x-ndjson")
-            frame: dict[str, Any] | None = first
+            frame = await _frame(conn)
             while frame is not None:
                 self.write(json.dumps(frame) + "\n")
                 await self.flush()

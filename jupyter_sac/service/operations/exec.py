@@ -88,10 +88,10 @@ async def exec_agent(ctx: ServiceContext, actor: Actor, owner: str, slug: str) -
 async def start_exec(
     ctx: ServiceContext, actor: Actor, agent: AgentRecord, request: ExecRequest
 ) -> WebSocketClientConnection:
-    """Audit the command, then open the agent's exec socket and send it the request."""
+    """Open the agent's exec socket and send it the request; once the sandbox has
+    accepted it (a cwd it refuses is the 400 here), audit the command and let it
+    run. The socket then carries the command's frames."""
     url = await _running_server(ctx, agent.owner, agent.slug)
-    await audit(ctx, actor, "agent.exec", agent.slug, target_user=agent.owner,
-                after=audit_entry(request))  # fmt: skip
     ws_url, host = via_proxy(url.replace("http", "ws", 1) + "sac/api/exec", proxy_url())
     headers = {"Authorization": f"token {_service_token()}"}
     if host:
@@ -111,6 +111,19 @@ async def start_exec(
             502, "agent_unreachable", f"the agent's server did not take it: {e}"
         ) from None
     await conn.write_message(json.dumps(sandbox_request(request)))
+    answer = await conn.read_message()
+    frame = json.loads(answer) if answer is not None else {}
+    if not isinstance(frame, dict) or frame.get("accepted") is not True:
+        conn.close()
+        if isinstance(frame, dict) and "status" in frame:
+            field = {"field": frame["field"]} if "field" in frame else {}
+            raise ApiError(
+                int(frame["status"]), str(frame["error"]), str(frame["message"]), **field
+            )
+        raise ApiError(502, "agent_error", "the agent's server did not take the command")
+    await audit(ctx, actor, "agent.exec", agent.slug, target_user=agent.owner,
+                after=audit_entry(request))  # fmt: skip
+    await conn.write_message(json.dumps({"run": True}))
     return conn
 
 
