@@ -15,6 +15,7 @@ import pytest
 from jupyter_sac.errors import ApiError
 from jupyter_sac.rules.exec import MAX_OUTPUT_BYTES, audit_entry, parse_request
 from jupyter_sac.server_extension.exec import CommandRun, resolve_cwd
+from jupyter_sac.service.operations.exec import parse_frame, refusal
 
 
 async def run(body: dict[str, Any], cwd: str, feed: list[dict[str, Any]] | None = None
@@ -120,3 +121,17 @@ def test_requests_are_checked_and_audited_without_values() -> None:
         with pytest.raises(ApiError) as refused:
             parse_request(body)
         assert refused.value.extra == {"field": field}, body
+
+
+def test_the_service_takes_only_protocol_shaped_frames_from_a_sandbox() -> None:
+    """The sandbox is not trusted: a frame that is not a JSON object ends the stream,
+    and its refusal becomes a 4xx of the house shape or a 502, never its own 2xx/5xx."""
+    assert parse_frame(None) is None and parse_frame("[1]") is None
+    assert parse_frame(b"\xff") is None and parse_frame("{") is None
+    assert parse_frame('{"seq": 0}') == {"seq": 0}
+    cwd = refusal({"error": "invalid_field", "message": "cwd: no", "status": 400, "field": "cwd"})
+    assert (cwd.status_code, cwd.code, cwd.extra) == (400, "invalid_field", {"field": "cwd"})
+    for frame in (None, {}, {"status": 200}, {"status": 500}, {"status": "400"}, {"status": True}):
+        assert refusal(frame).status_code == 502, frame
+    long = refusal({"status": 403, "error": "x" * 500, "message": 7, "field": ["a"]})
+    assert len(long.code) == 100 and long.message == "7" and long.extra == {}

@@ -55,11 +55,8 @@ class AgentExecHandler(BaseHandler):
 
 
 async def _frame(conn: websocket.WebSocketClientConnection) -> dict[str, Any] | None:
-    message = await conn.read_message()
-    if message is None:
-        return None
-    frame = json.loads(message)
-    return frame if isinstance(frame, dict) else None
+    """The sandbox's next frame (None: its stream ended, or broke the protocol)."""
+    return ops.parse_frame(await conn.read_message())
 
 
 class AgentExecSocket(BaseHandler, websocket.WebSocketHandler):

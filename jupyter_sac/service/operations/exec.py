@@ -111,16 +111,10 @@ async def start_exec(
             502, "agent_unreachable", f"the agent's server did not take it: {e}"
         ) from None
     await conn.write_message(json.dumps(sandbox_request(request)))
-    answer = await conn.read_message()
-    frame = json.loads(answer) if answer is not None else {}
-    if not isinstance(frame, dict) or frame.get("accepted") is not True:
+    frame = parse_frame(await conn.read_message())
+    if frame is None or frame.get("accepted") is not True:
         conn.close()
-        if isinstance(frame, dict) and "status" in frame:
-            field = {"field": frame["field"]} if "field" in frame else {}
-            raise ApiError(
-                int(frame["status"]), str(frame["error"]), str(frame["message"]), **field
-            )
-        raise ApiError(502, "agent_error", "the agent's server did not take the command")
+        raise refusal(frame)
     await audit(ctx, actor, "agent.exec", agent.slug, target_user=agent.owner,
                 after=audit_entry(request))  # fmt: skip
     await conn.write_message(json.dumps({"run": True}))
@@ -141,6 +135,34 @@ def sandbox_request(request: ExecRequest) -> dict[str, Any]:
     return body
 
 
+def parse_frame(message: str | bytes | None) -> dict[str, Any] | None:
+    """One message of the sandbox's exec socket, or None (closed, or not a JSON
+    object: the sandbox is not trusted to speak the protocol)."""
+    if message is None:
+        return None
+    try:
+        frame = json.loads(message)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return frame if isinstance(frame, dict) else None
+
+
+def refusal(frame: dict[str, Any] | None) -> ApiError:
+    """The error to answer for the sandbox's refusal of a request: its own 4xx
+    (a cwd outside the workspace), in the house shape; anything else is a 502."""
+    status = (frame or {}).get("status")
+    if not isinstance(status, int) or isinstance(status, bool) or not 400 <= status < 500:
+        return ApiError(502, "agent_error", "the agent's server did not take the command")
+    assert frame is not None
+    field = frame.get("field")
+    return ApiError(
+        status,
+        str(frame.get("error") or "bad_request")[:100],
+        str(frame.get("message") or "refused by the agent's server")[:1000],
+        **({"field": field[:100]} if isinstance(field, str) else {}),
+    )
+
+
 async def end_exec(
     ctx: ServiceContext, actor: Actor, agent: AgentRecord, request: ExecRequest,
     last: dict[str, Any] | None,
@@ -150,8 +172,15 @@ async def end_exec(
     after: dict[str, Any] = {"command": request.command[:2000]}
     if last is None:
         after["error"] = "disconnected"
-    else:
-        after.update({k: last[k] for k in ("exit_code", "duration", "error") if k in last})
+        return await audit(ctx, actor, "agent.exec.end", agent.slug, target_user=agent.owner,
+                           after=after)  # fmt: skip
+    # What the sandbox says, kept to the shapes it may have (it is not trusted).
+    code, duration, error = last.get("exit_code"), last.get("duration"), last.get("error")
+    after["exit_code"] = code if isinstance(code, int) and not isinstance(code, bool) else None
+    if isinstance(duration, int | float) and not isinstance(duration, bool):
+        after["duration"] = duration
+    if error is not None:
+        after["error"] = str(error)[:100]
     await audit(ctx, actor, "agent.exec.end", agent.slug, target_user=agent.owner, after=after)
 
 
@@ -178,7 +207,10 @@ async def read_screen(ctx: ServiceContext, actor: Actor, owner: str, slug: str
             raise ApiError(
                 502, "agent_unreachable", f"the agent's server did not answer: {e}"
             ) from None
-    if resp.status_code != 200:
+    try:
+        screen = resp.json() if resp.status_code == 200 else None
+    except ValueError:
+        screen = None
+    if not isinstance(screen, dict):
         raise ApiError(502, "agent_error", f"the agent's server answered {resp.status_code}")
-    screen: dict[str, Any] = resp.json()
     return screen
