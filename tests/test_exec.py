@@ -392,3 +392,37 @@ def test_the_agent_page_shows_the_terminal_screen_in_a_browser(
             client.sac("DELETE", f"users/{name}/agents/seen")
         finally:
             browser.close()
+
+
+PROBE = r"""
+import ctypes, os, socket
+libc = ctypes.CDLL(None, use_errno=True)
+server = int(os.environ["SERVER_PID"])
+taken = []
+pidfd = os.pidfd_open(server)
+for number in range(64):  # (its fd directory may not be listable: every low number)
+    if libc.syscall(438, pidfd, number, 0) >= 0:  # pidfd_getfd
+        taken.append(number)
+try:
+    open(f"/proc/{server}/mem", "rb").close()
+    mem = "readable"
+except OSError as e:
+    mem = e.strerror
+print("taken", taken, "mem", mem)
+"""
+
+
+def test_a_command_cannot_take_the_servers_sockets(stack: dict, fake: str) -> None:
+    """What runs in the sandbox (as the server's user) cannot duplicate the server's
+    file descriptors or read its memory: with its listening socket it could accept
+    the connections meant for the server, and read the tokens they carry (the
+    owner's, and the `sac` service's own, which the culler, exec and screen send)."""
+    user = f"ex{uuid.uuid4().hex[:6]}"
+    with running_agent(stack["admin"], user, "box", **model_agent(fake)) as client:
+        server = output(run(client, user, "box", command="echo $PPID")).strip()
+        # (exec's /bin/sh is the server's child)
+        frames = run(
+            client, user, "box", command=["python3", "-c", PROBE], env={"SERVER_PID": server}
+        )
+        assert frames[-1]["exit_code"] == 0, frames
+        assert output(frames).strip() == "taken [] mem Permission denied", output(frames)
