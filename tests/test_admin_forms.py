@@ -113,9 +113,36 @@ def test_the_settings_table_renders_host_lists_as_text_boxes() -> None:
     assert 'name="egress_deny__none"' not in html  # adding nothing is an empty box
 
 
+def test_a_switch_is_a_select_of_true_and_false() -> None:
+    from pathlib import Path
+
+    import jinja2
+
+    import jupyter_sac.service
+    from jupyter_sac.rules.settings import resolve_user
+    from jupyter_sac.service.admin_pages import settings_rows
+
+    assert validated_form({"exec_enabled": ["false"]}, "user") == {"exec_enabled": False}
+    assert validated_form({"exec_enabled": ["true"]}, "system") == {"exec_enabled": True}
+    assert parse_form({"exec_enabled": [""]}, "system") == {}  # inherits
+    templates = Path(jupyter_sac.service.__file__).parent / "templates"
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates), autoescape=True)
+    overrides = {"exec_enabled": False}
+    rows = settings_rows("user", overrides, resolve_user({}, overrides))
+    html = env.get_template("_settings.html").module.settings_table(rows, [], (), False)
+    select = html[
+        html.index('id="f-exec_enabled"') : html.index(
+            "</select>", html.index('id="f-exec_enabled"')
+        )
+    ]
+    assert '<option value="false" selected>false</option>' in select
+    assert '<option value="true">true</option>' in select
+
+
 @pytest.mark.parametrize(
     ("form", "field"),
     [
+        ({"exec_enabled": ["yes"]}, "exec_enabled"),
         ({"hitl_timeout": ["ten"]}, "hitl_timeout"),
         ({"hitl_timeout": ["1.5"]}, "hitl_timeout"),
         ({"cpu_limit": ["nan"]}, "cpu_limit"),

@@ -295,6 +295,12 @@ SERVICE_ROWS: list[Row] = [
     Row("PATCH", AGENT, OWNER, body={"drive_agents": "yes"}, ok=frozenset({400})),
     Row("DELETE", AGENT, OWNER, fresh=fresh_agent, ok=frozenset({204}), intact=True),
     Row("GET", AGENT + "/usage", DRIVEN_READERS, ok=frozenset({200})),
+    # Exec and screen: the owner or an administrator as persons; no token a sandbox
+    # holds (not even a driver's). An empty request is refused once they are let in;
+    # a plain GET of the socket is not an upgrade (400).
+    Row("POST", AGENT + "/exec", OWNER, body=NO_BODY, ok=frozenset({400})),
+    Row("GET", AGENT + "/exec/ws", OWNER, ok=frozenset({400})),
+    Row("GET", AGENT + "/terminal/screen", OWNER, ok=frozenset({200})),
     Row(
         "POST",
         AGENT + "/start",
@@ -592,6 +598,10 @@ EXTENSION_ROWS: list[Row] = [
     Row("GET", LAB + "terminal", INTO_A1, ok=frozenset({200})),
     Row("POST", LAB + "terminal", INTO_A1, ok=frozenset({200})),
     Row("POST", LAB + "terminal/restart", INTO_A1, ok=frozenset({200})),
+    Row("GET", LAB + "terminal/screen", INTO_A1, ok=frozenset({200})),
+    # Only the sac service's own identity runs commands here (it audits them and
+    # applies exec_enabled): whoever else may open the server is refused.
+    Row("GET", LAB + "exec", NOBODY),
     Row("GET", LAB + "history/status", INTO_A1, ok=frozenset({200})),
     Row("GET", LAB + "hitl", INTO_A1, ok=frozenset({200})),
     # Claude Code's hooks also need the server's secret, which only its processes hold.

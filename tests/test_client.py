@@ -283,3 +283,28 @@ def test_a_person_reads_checks_and_sets_an_agents_policy(driven: dict[str, Any])
     finally:
         agent.set_policy(before)
     assert agent.policy() == before
+
+
+def test_exec_and_screen_from_the_client(driven: dict[str, Any], stack: dict) -> None:
+    """agent.exec runs a command and says how it ended; exec_stream yields its frames
+    as they come; agent.screen reads the Claude terminal (not running here)."""
+    agent: Agent = driven["agent"]
+    result = agent.exec("cat; echo err >&2; exit 4", stdin="in\n", env={"X_Y": "z"})
+    assert (result.stdout, result.stderr, result.exit_code) == ("in\n", "err\n", 4)
+    assert not result.ok and result.error is None
+    assert agent.exec(["printenv", "X_Y"], env={"X_Y": "z"}).stdout == "z\n"
+    frames = list(agent.exec_stream("echo one; echo two", cwd="."))
+    assert "".join(f.get("data", "") for f in frames) == "one\ntwo\n"
+    assert frames[-1]["exit_code"] == 0
+    slow = agent.exec("sleep 30", timeout=1)
+    assert slow.error == "timeout" and not slow.ok
+    with pytest.raises(BadRequest) as bad:
+        agent.exec("pwd", cwd="../..")
+    assert bad.value.field == "cwd"
+    assert agent.screen() == {"running": False, "released": False}
+
+    async def streamed() -> list[dict[str, Any]]:
+        async with AsyncClient(url=stack["url"], token=driven["hub"].token) as aio:
+            return [f async for f in aio.agent("driven").exec_stream("echo async")]
+
+    assert asyncio.run(streamed())[0]["data"] == "async\n"

@@ -44,7 +44,11 @@ AGENT = r"^/api/users/\{user\}/agents/\{slug\}$"
 # The event stream stays open (Server-Sent Events) until its client leaves, and the
 # fuzzer would wait for its end; its parameters are tested in tests/test_events_api.py.
 EVENTS = r"^/api/events$"
-FIRST_ROUND_EXCLUDED = f"{LLM}|{LIFECYCLE}|{EVENTS}"
+# Exec runs what it is given in the running agent's sandbox (a generated "vi" would
+# wait there for its hour) and its WebSocket needs a client of its own; both are
+# tested with real commands and refusals in tests/test_exec.py and test_exec_units.py.
+EXEC = r"^/api/users/\{user\}/agents/\{slug\}/exec(/ws)?$"
+FIRST_ROUND_EXCLUDED = f"{LLM}|{LIFECYCLE}|{EVENTS}|{EXEC}"
 EXTENSION_EXCLUDED = r"/chat/events$|/terminal(/restart)?$"
 # Each start spawns a sandbox: the lifecycle runs take one example per operation
 # (with the coverage phase, still a dozen real starts, stops and restarts).

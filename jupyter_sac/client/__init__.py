@@ -5,7 +5,7 @@ environment; elsewhere pass ``url`` (the hub's address) and ``token`` (from
 /hub/token). See docs/notebooks.md.
 """
 
-from ._async import Answer, AsyncAgent, AsyncClient
+from ._async import Answer, AsyncAgent, AsyncClient, ExecResult
 from ._sync import Agent, Client, Subscription, request_token
 from .errors import (
     BadRequest,
@@ -27,6 +27,7 @@ __all__ = [
     "BadRequest",
     "Client",
     "Conflict",
+    "ExecResult",
     "Forbidden",
     "NotFound",
     "SacError",

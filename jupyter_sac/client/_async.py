@@ -65,6 +65,27 @@ class Answer:
         return self.text
 
 
+@dataclass
+class ExecResult:
+    """What a command run in an agent's sandbox printed and how it ended."""
+
+    stdout: str
+    stderr: str
+    exit_code: int | None
+    duration: float | None = None
+    # Why it did not end on its own: "timeout", "output_limit", "spawn_failed".
+    error: str | None = None
+    message: str | None = None
+    frames: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.exit_code == 0
+
+    def __str__(self) -> str:
+        return self.stdout
+
+
 def _from_environment() -> tuple[str, str]:
     url = os.environ.get("SAC_HUB_URL", "")
     token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
@@ -701,6 +722,66 @@ class AsyncAgent:
         """Model usage per UTC day, its totals, and this month's budgets
         (docs/api.md#usage)."""
         return await self.client.sac("GET", await self._base() + "/usage")
+
+    # ---- exec and screen --------------------------------------------------------------
+
+    async def exec_stream(
+        self, command: str | list[str], *, cwd: str | None = None,
+        env: dict[str, str] | None = None, stdin: str | None = None, timeout: float = 60,
+    ) -> AsyncIterator[dict[str, Any]]:  # fmt: skip
+        """Run ``command`` in the agent's sandbox (a string: by ``/bin/sh -c``; a list:
+        the program and its arguments) and yield its frames as they come: output
+        ``{"seq", "stream", "data"}``, then ``{"exit_code", "duration"}`` (with
+        ``"error"`` when it was killed). Needs a person's token (the owner's or an
+        administrator's) and the agent's ``exec_enabled`` setting on."""
+        body: dict[str, Any] = {"command": command, "timeout": timeout}
+        if cwd is not None:
+            body["cwd"] = cwd
+        if env:
+            body["env"] = env
+        if stdin is not None:
+            body["stdin"] = stdin
+        url = self.client.service_url + "api/" + await self._base() + "/exec"
+        # The answer lasts as long as the command (the service waits its timeout).
+        wait = httpx.Timeout(REQUEST_TIMEOUT, read=timeout + REQUEST_TIMEOUT)
+        try:
+            async with self.client.http.stream("POST", url, json=body, timeout=wait) as resp:
+                if resp.status_code >= 400:
+                    raise error_for(resp.status_code, (await resp.aread()).decode())
+                async for line in resp.aiter_lines():
+                    if line.strip():
+                        yield json.loads(line)
+        except httpx.TimeoutException as e:
+            raise SacTimeout(f"exec in {self.slug}: no answer in time") from e
+
+    async def exec(
+        self, command: str | list[str], *, cwd: str | None = None,
+        env: dict[str, str] | None = None, stdin: str | None = None, timeout: float = 60,
+    ) -> ExecResult:  # fmt: skip
+        """Run ``command`` in the agent's sandbox and wait for it (see ``exec_stream``):
+        its stdout, stderr and exit code. A command that fails is no exception (look
+        at ``exit_code``, ``ok``); a refusal is (403 when exec is turned off)."""
+        stream = self.exec_stream(command, cwd=cwd, env=env, stdin=stdin, timeout=timeout)
+        frames = [f async for f in stream]
+        last = frames[-1] if frames and "exit_code" in frames[-1] else {}
+        return ExecResult(
+            stdout="".join(f["data"] for f in frames if f.get("stream") == "stdout"),
+            stderr="".join(f["data"] for f in frames if f.get("stream") == "stderr"),
+            exit_code=last.get("exit_code"),
+            duration=last.get("duration"),
+            error=last.get("error") if last else "disconnected",
+            message=last.get("message"),
+            frames=frames,
+        )
+
+    async def screen(self) -> dict[str, Any]:
+        """The agent's Claude terminal as it looks now: ``rows`` (text), ``cursor``,
+        ``size``, and ``prompt``, the prompt detector's verdict (None: no prompt waits);
+        ``{"running": False}`` when the terminal does not run."""
+        screen: dict[str, Any] = await self.client.sac(
+            "GET", await self._base() + "/terminal/screen"
+        )
+        return screen
 
     # ---- work -----------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import httpx
 
-from ._async import REQUEST_TIMEOUT, Answer, AsyncAgent, AsyncClient
+from ._async import REQUEST_TIMEOUT, Answer, AsyncAgent, AsyncClient, ExecResult
 from .errors import SacError, Unauthorized, error_for
 
 T = TypeVar("T")
@@ -329,6 +329,25 @@ class Agent:
 
     def usage(self) -> dict[str, Any]:
         return self._run(self.aio.usage())
+
+    def exec(self, command: str | list[str], *, cwd: str | None = None,
+             env: dict[str, str] | None = None, stdin: str | None = None,
+             timeout: float = 60) -> ExecResult:  # fmt: skip
+        """Run ``command`` in the agent's sandbox and wait for it: stdout, stderr,
+        exit code (see ``AsyncAgent.exec``)."""
+        return self._run(self.aio.exec(command, cwd=cwd, env=env, stdin=stdin, timeout=timeout))
+
+    def exec_stream(self, command: str | list[str], *, cwd: str | None = None,
+                    env: dict[str, str] | None = None, stdin: str | None = None,
+                    timeout: float = 60) -> Iterator[dict[str, Any]]:  # fmt: skip
+        """The command's frames as they come (see ``AsyncAgent.exec_stream``)."""
+        return self.client._loop.iterate(
+            self.aio.exec_stream(command, cwd=cwd, env=env, stdin=stdin, timeout=timeout)
+        )
+
+    def screen(self) -> dict[str, Any]:
+        """The agent's Claude terminal screen now (see ``AsyncAgent.screen``)."""
+        return self._run(self.aio.screen())
 
     def ask(self, prompt: str, session_id: str | None = None,
             timeout: float | None = 900) -> Answer:  # fmt: skip

@@ -56,7 +56,9 @@ class SettingsError(ValueError):
 @dataclass(frozen=True)
 class SettingSpec:
     name: str
-    kind: Literal["int", "float", "bytes", "seconds", "choice", "providers", "hosts", "name"]
+    kind: Literal[
+        "int", "float", "bytes", "seconds", "choice", "providers", "hosts", "name", "bool"
+    ]
     default: Any
     help: str
     minimum: float | None = None
@@ -283,6 +285,16 @@ SPECS: dict[str, SettingSpec] = {
             levels=frozenset({"system"}),
         ),
         _spec(
+            "exec_enabled",
+            "bool",
+            True,
+            "Whether the agent's owner and administrators may run commands in its"
+            " sandbox through the service's exec API (POST .../exec, audited). An"
+            " agent's owner may turn it off for that agent, not on where an"
+            " administrator turned it off.",
+            ceiling=True,
+        ),
+        _spec(
             "webhook_allowed_hosts",
             "hosts",
             (),
@@ -368,6 +380,9 @@ def _coerce(spec: SettingSpec, value: Any) -> Any:
         value = tuple(dict.fromkeys(value))
     elif spec.kind == "hosts":
         value = _host_patterns(spec, value)
+    elif spec.kind == "bool":
+        if not isinstance(value, bool):
+            raise SettingsError(spec.name, f"expected true or false, got {value!r}")
     elif spec.kind == "name" and (not isinstance(value, str) or not _NAME_RE.match(value)):
         raise SettingsError(
             spec.name,
@@ -416,6 +431,8 @@ def json_schema(spec: SettingSpec) -> dict[str, Any]:
         schema = {"enum": [*spec.choices, None]}
     elif spec.kind == "providers":
         schema = {"type": ["array", "null"], "items": {"enum": list(PRESETS)}}
+    elif spec.kind == "bool":
+        schema = {"type": ["boolean", "null"]}
     elif spec.kind == "name":
         schema = {"type": ["string", "null"], "maxLength": 63, "pattern": _NAME_RE.pattern}
     else:  # hosts
@@ -518,6 +535,8 @@ def check_agent_overrides(agent: Mapping[str, Any], ceiling: Mapping[str, Any]) 
     for name, value in agent.items():
         spec = SPECS[name]
         if spec.ceiling and _above(spec, value, ceiling[name]):
+            if spec.kind == "bool":
+                raise SettingsError(name, "cannot be turned on: it is turned off for this user")
             shown = "0 (no limit)" if spec.zero_is_unlimited and value == 0 else value
             raise SettingsError(name, f"{shown} is above this user's limit of {ceiling[name]}")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import logging
 import os
 import secrets
 import signal
@@ -29,6 +31,7 @@ from .chat_handlers import (
     ChatSessionHandler,
     ChatSessionsHandler,
 )
+from .exec_handlers import ExecSocket, TerminalScreenHandler
 from .handlers import (
     ActivityHandler,
     HistoryStatusHandler,
@@ -90,6 +93,8 @@ ROUTES: list[tuple[str, Any]] = [
     (r"/sac/api/activity", ActivityHandler),
     (r"/sac/api/terminal", TerminalHandler),
     (r"/sac/api/terminal/restart", TerminalRestartHandler),
+    (r"/sac/api/terminal/screen", TerminalScreenHandler),
+    (r"/sac/api/exec", ExecSocket),
     (r"/sac/api/history/status", HistoryStatusHandler),
     (r"/sac/api/hitl", HitlStatusHandler),
     (r"/sac/api/hooks/transcript", TranscriptHookHandler),
@@ -122,6 +127,27 @@ WORKSPACE_EVENT_SCHEMA = {
     },
     "required": ["action", "path"],
 }
+
+
+PR_SET_DUMPABLE = 4
+
+
+def keep_out_of_this_process(log: logging.Logger) -> None:
+    """Make the agent's server process non-dumpable, so that what runs in its
+    sandbox as the same user (the model's commands) cannot attach to it: no ptrace,
+    no /proc/<pid>/mem, no pidfd_getfd of its listening socket. With that socket a
+    process could accept the connections meant for the server, and read the tokens
+    they carry: the owner's, and the `sac` service's (the idle culler, exec and
+    screen call the server with it). Children get their own flag back at exec, so
+    the commands and claude the server starts are unaffected. (Linux; elsewhere
+    there is no such sandbox.)"""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        failed = libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0
+    except (OSError, AttributeError):
+        failed = True
+    if failed:
+        log.warning("jupyter_sac: could not make the server process non-dumpable")
 
 
 class SacExtensionApp(ExtensionApp):
@@ -298,6 +324,8 @@ class SacExtensionApp(ExtensionApp):
         if self.log_json:
             # The server's logger: tornado's loggers are hooked to it (ServerApp).
             use_json_logs(self.log, self.serverapp.log)
+        if self.agent_sandbox:
+            keep_out_of_this_process(self.log)
         if not self.agent_sandbox:
             self.settings["sac_runtime_info"] = RuntimeInfo(runtime=self.runtime)
             self.log.info(
@@ -407,6 +435,7 @@ class SacExtensionApp(ExtensionApp):
             {
                 "sac_runtime_info": RuntimeInfo(runtime=self.runtime),
                 "sac_hook_secret": hook_secret,
+                "sac_workspace": self.workspace,
                 "sac_history_spool": spool,
                 "sac_transcript_capture": capture,
                 "sac_history_uploader": uploader,

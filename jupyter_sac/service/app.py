@@ -51,6 +51,7 @@ from . import (
     workspace,
 )
 from .access_audit import AccessAudit
+from .agent_exec import AgentExecHandler, AgentExecSocket, AgentScreenHandler
 from .agents import AgentActionHandler, AgentHandler, AgentsHandler, AgentUsageHandler
 from .base import SERVER_BODY_BYTES, NotFoundHandler
 from .forwarded import LOOPBACK, ForwardedApplication, TrustedProxies
@@ -330,6 +331,9 @@ class SacService(Application):
             (p + f"api/users/{USER}/agents", AgentsHandler),
             (p + f"api/users/{USER}/agents/{SLUG}", AgentHandler),
             (p + f"api/users/{USER}/agents/{SLUG}/usage", AgentUsageHandler),
+            (p + f"api/users/{USER}/agents/{SLUG}/exec", AgentExecHandler),
+            (p + f"api/users/{USER}/agents/{SLUG}/exec/ws", AgentExecSocket),
+            (p + f"api/users/{USER}/agents/{SLUG}/terminal/screen", AgentScreenHandler),
             (p + f"api/users/{USER}/agents/{SLUG}/start", AgentActionHandler, {"action": "start"}),
             (p + f"api/users/{USER}/agents/{SLUG}/stop", AgentActionHandler, {"action": "stop"}),
             (

@@ -15,7 +15,6 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, urljoin
 
 import httpx
 
@@ -23,6 +22,7 @@ from ..proxy_transport import ProxyTransport
 from . import metrics
 from .base import BaseHandler
 from .operations.context import ServiceContext
+from .operations.exec import proxy_url, server_url
 from .operations.settings import effective_settings_for_agent
 
 log = logging.getLogger("jupyter_sac.culler")
@@ -89,8 +89,7 @@ class Culler:
         # The agents' own servers, through the hub's proxy, with the service's token:
         # connected to the proxy's own address, with each agent's public host (its
         # owner's subdomain) in the Host header, which this machine may not resolve.
-        proxy = os.environ.get("SAC_PROXY_URL") or os.environ.get("SAC_HUB_URL", "")
-        self.proxy = proxy.rstrip("/") + "/"
+        self.proxy = proxy_url()
         self.http = httpx.AsyncClient(
             headers={"Authorization": f"token {os.environ.get('JUPYTERHUB_API_TOKEN', '')}"},
             timeout=10,
@@ -153,8 +152,7 @@ class Culler:
 
     async def _activity(self, owner: str, name: str, server: dict[str, Any]
                         ) -> dict[str, Any] | None:  # fmt: skip
-        # The server's public URL as the hub reports it (absolute with subdomains).
-        base = urljoin(self.proxy, server.get("url") or f"user/{quote(owner)}/{quote(name)}/")
+        base = server_url(self.proxy, owner, name, server)
         try:
             resp = await self.http.get(base + "sac/api/activity")
         except httpx.HTTPError as e:

@@ -77,6 +77,10 @@ def parse_form(
             continue
         if spec.kind in ("int", "seconds", "float"):
             out[spec.name] = _number(spec, raw)
+        elif spec.kind == "bool":
+            # The select offers true and false; anything else is left to the
+            # settings' own check, which names the field.
+            out[spec.name] = {"true": True, "false": False}.get(raw, raw)
         else:  # bytes take quantities such as "512Mi"; choices are checked later
             out[spec.name] = raw
     return out
@@ -101,6 +105,8 @@ def show_value(spec: SettingSpec, value: Any) -> str:
         return "\n".join(value)
     if spec.kind == "float":
         return f"{value:g}"
+    if spec.kind == "bool":
+        return "true" if value else "false"
     if spec.kind in ("int", "seconds") and spec.zero_is_unlimited and value == 0:
         return "0"
     return str(value)
