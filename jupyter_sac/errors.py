@@ -26,6 +26,15 @@ class ApiError(web.HTTPError):
         self.extra = extra
 
 
+def request_error(e: ValueError) -> ApiError:
+    """The API's 400 for a rule's refusal of a request (``code``, ``message`` and
+    ``field`` where the rule's error has them, as rules/exec.py's does)."""
+    field = getattr(e, "field", None)
+    extra = {"field": field} if field else {}
+    code, message = getattr(e, "code", "invalid_field"), getattr(e, "message", str(e))
+    return ApiError(400, code, message, **extra)
+
+
 def error_body(status_code: int, exc: BaseException | None, log: str) -> dict[str, Any]:
     """The JSON body that answers ``exc``: an ApiError as it says; another HTTPError
     by its status (its log message is written for the caller); anything else as an

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from jupyter_sac.errors import ApiError
-from jupyter_sac.rules.exec import MAX_OUTPUT_BYTES, audit_entry, parse_request
+from jupyter_sac.errors import request_error
+from jupyter_sac.rules.exec import MAX_OUTPUT_BYTES, ExecRequestError, audit_entry, parse_request
 from jupyter_sac.server_extension.exec import CommandRun, resolve_cwd
 from jupyter_sac.service.operations.exec import parse_frame, refusal
 
@@ -92,9 +92,9 @@ def test_a_working_directory_stays_in_the_workspace_or_home(tmp_path: Path) -> N
     assert resolve_cwd("sub", ws, hm) == os.path.realpath(workspace / "sub")
     assert resolve_cwd(hm, ws, hm) == os.path.realpath(hm)
     for bad in ("..", "../home/..", "out", "/etc", "/", "nope"):
-        with pytest.raises(ApiError) as refused:
+        with pytest.raises(ExecRequestError) as refused:
             resolve_cwd(bad, ws, hm)
-        assert refused.value.extra == {"field": "cwd"}, bad
+        assert refused.value.field == "cwd", bad
 
 
 def test_requests_are_checked_and_audited_without_values() -> None:
@@ -118,9 +118,12 @@ def test_requests_are_checked_and_audited_without_values() -> None:
         ({"command": "x", "cwd": 1}, "cwd"),
         ({"command": "x", "other": 1}, "other"),
     ):
-        with pytest.raises(ApiError) as refused:
+        with pytest.raises(ExecRequestError) as refused:
             parse_request(body)
-        assert refused.value.extra == {"field": field}, body
+        assert refused.value.field == field, body
+        # ... which the APIs answer as a 400 naming the field.
+        answer = request_error(refused.value)
+        assert answer.status_code == 400 and answer.extra == {"field": field}, body
 
 
 def test_the_service_takes_only_protocol_shaped_frames_from_a_sandbox() -> None:

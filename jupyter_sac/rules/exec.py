@@ -10,8 +10,6 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ApiError
-
 # Seconds a command may run unless the request says otherwise, and at most.
 DEFAULT_TIMEOUT = 60.0
 MAX_TIMEOUT = 3600.0
@@ -51,8 +49,19 @@ class ExecRequest:
     timeout: float = DEFAULT_TIMEOUT
 
 
-def bad(field_name: str, message: str) -> ApiError:
-    return ApiError(400, "invalid_field", f"{field_name}: {message}", field=field_name)
+class ExecRequestError(ValueError):
+    """A request exec refuses: a 400 with ``code`` and, where one is at fault, its
+    ``field`` (jupyter_sac.errors.request_error makes the API's error of it)."""
+
+    def __init__(self, message: str, field: str | None = None, code: str = "invalid_field"):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.code = code
+
+
+def bad(field_name: str, message: str) -> ExecRequestError:
+    return ExecRequestError(f"{field_name}: {message}", field=field_name)
 
 
 def parse_request(body: Any) -> ExecRequest:
@@ -63,7 +72,7 @@ def parse_request(body: Any) -> ExecRequest:
     WebSocket keeps stdin open for ``{"stdin"}`` messages until ``{"eof": true}``),
     ``timeout`` (seconds)."""
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "the request must be a JSON object")
+        raise ExecRequestError("the request must be a JSON object", code="invalid_json")
     unknown = sorted(set(body) - {"command", "cwd", "env", "stdin", "stdin_open", "timeout"})
     if unknown:
         raise bad(unknown[0], "unknown field")

@@ -12,8 +12,8 @@ from typing import Any
 from tornado import websocket
 from tornado.iostream import StreamClosedError
 
-from ..errors import ApiError
-from ..rules.exec import ExecRequest, parse_request
+from ..errors import ApiError, request_error
+from ..rules.exec import ExecRequest, ExecRequestError, parse_request
 from ..store import AgentRecord
 from .base import BaseHandler
 from .openapi import CONTRACT
@@ -27,7 +27,10 @@ class AgentExecHandler(BaseHandler):
 
     async def post(self, owner: str, slug: str) -> None:
         agent = await ops.exec_agent(self.ctx, self.actor, owner, slug)
-        request = parse_request(self.json_body())
+        try:
+            request = parse_request(self.json_body())
+        except ExecRequestError as e:
+            raise request_error(e) from None
         conn = self._sandbox = await ops.start_exec(self.ctx, self.actor, agent, request)
         last: dict[str, Any] | None = None
         try:
@@ -96,7 +99,10 @@ class AgentExecSocket(BaseHandler, websocket.WebSocketHandler):
             if not isinstance(data, dict):
                 raise ApiError(400, "invalid_json", "the first message is a JSON object")
             CONTRACT.check("ExecRequest", data)
-            self._request = parse_request(data)
+            try:
+                self._request = parse_request(data)
+            except ExecRequestError as e:
+                raise request_error(e) from None
             assert self._agent is not None
             self._sandbox = await ops.start_exec(self.ctx, self.actor, self._agent, self._request)
         except ApiError as e:
