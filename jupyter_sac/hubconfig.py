@@ -432,7 +432,9 @@ def register_service(
         {
             "name": "sac-service",
             "services": [SERVICE_NAME],
-            # access:servers: the idle culler asks each agent whether it is busy.
+            # No access:servers: the service calls an agent's server (the idle culler,
+            # exec, the screen) with that server's own token, never its own, which a
+            # sandbox answering in its server's place would otherwise capture.
             "scopes": [
                 "list:users",
                 "read:users",
@@ -440,7 +442,6 @@ def register_service(
                 "read:groups",
                 "servers",
                 "read:roles:users",
-                "access:servers",
                 # the access audit reads who holds tokens for other users' servers
                 "read:tokens",
             ],

@@ -356,13 +356,18 @@ class ServiceReplica:
     log_path: Path
 
 
-def service_address(pid: int) -> str:
-    """The address and prefix a running `sac` service process listens on."""
-    environ = dict(
+def process_environ(pid: int) -> dict[str, str]:
+    """The environment a running process was started with (/proc/<pid>/environ)."""
+    return dict(
         entry.split("=", 1)
         for entry in Path(f"/proc/{pid}/environ").read_text().split("\0")
         if "=" in entry
     )
+
+
+def service_address(pid: int) -> str:
+    """The address and prefix a running `sac` service process listens on."""
+    environ = process_environ(pid)
     return environ["JUPYTERHUB_SERVICE_URL"].rstrip("/") + environ["JUPYTERHUB_SERVICE_PREFIX"]
 
 
@@ -373,11 +378,7 @@ def service_replica(stack_pid: int, workdir: Path) -> Iterator[ServiceReplica]:
     and command line, with only the listening address changed; yields once it
     answers, stops it afterwards."""
     first = find_descendant(stack_pid, b"jupyter_sac.service")
-    environ = dict(
-        entry.split("=", 1)
-        for entry in Path(f"/proc/{first}/environ").read_text().split("\0")
-        if "=" in entry
-    )
+    environ = process_environ(first)
     command = [a for a in Path(f"/proc/{first}/cmdline").read_text().split("\0") if a]
     port = free_port()
     environ["JUPYTERHUB_SERVICE_URL"] = f"http://127.0.0.1:{port}"

@@ -28,7 +28,7 @@ from helpers import (
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from sac_testing.stack import poll_until
+from sac_testing.stack import find_descendant, poll_until, process_environ
 
 pytestmark = pytest.mark.stack
 
@@ -227,17 +227,33 @@ async def test_only_the_owner_and_administrators_may_exec_and_never_a_sandbox(
             assert refused.value.code == status
 
         # Nobody but the service runs commands in the sandbox directly: not its owner
-        # (that would skip exec_enabled and the audit log), not its server's token.
+        # (that would skip exec_enabled and the audit log). The service calls with the
+        # server's own token (which the sandbox holds anyway) ...
         base = server_url(stack["url"], user, "box")
-        for token in (client.token, server_token):
-            with pytest.raises(HTTPClientError) as refused:
-                await websocket_connect(
-                    HTTPRequest(
-                        base.replace("http", "ws", 1) + "sac/api/exec",
-                        headers={"Authorization": f"token {token}"},
-                    )
+        with pytest.raises(HTTPClientError) as refused:
+            await websocket_connect(
+                HTTPRequest(
+                    base.replace("http", "ws", 1) + "sac/api/exec",
+                    headers={"Authorization": f"token {client.token}"},
                 )
-            assert refused.value.code == 403
+            )
+        assert refused.value.code == 403
+        own = await websocket_connect(
+            HTTPRequest(
+                base.replace("http", "ws", 1) + "sac/api/exec",
+                headers={"Authorization": f"token {server_token}"},
+            )
+        )
+        own.close()
+        # ... never its own, which opens no agent's server at all: a sandbox that
+        # answered in its server's place would capture nothing of use elsewhere.
+        environ = process_environ(find_descendant(stack["pid"], b"jupyter_sac.service"))
+        resp = httpx.get(
+            base + "api/status",
+            headers={"Authorization": f"token {environ['JUPYTERHUB_API_TOKEN']}"},
+            timeout=30,
+        )
+        assert resp.status_code == 403, resp.text
 
 
 def test_exec_enabled_turned_off_refuses_and_a_sandbox_cannot_turn_it_on(

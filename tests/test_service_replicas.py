@@ -42,6 +42,7 @@ from sac_testing.stack import (
     embedded_stack,
     find_descendant,
     poll_until,
+    process_environ,
     service_address,
     service_replica,
 )
@@ -331,11 +332,7 @@ def test_the_service_deployment_gives_each_replica_what_the_hub_gives_its_servic
 
     from jupyter_sac.hubconfig import SERVICE_NAME
 
-    managed = dict(
-        entry.split("=", 1)
-        for entry in Path(f"/proc/{replicas['a_pid']}/environ").read_text().split("\0")
-        if "=" in entry
-    )
+    managed = process_environ(replicas["a_pid"])
     root = Path(__file__).resolve().parent.parent
     deployment = next(
         d for d in yaml.safe_load_all((root / "hub_config" / "sac-service.yaml").read_text())

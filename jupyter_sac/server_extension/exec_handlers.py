@@ -1,17 +1,21 @@
 """``sac/api/exec`` (WebSocket) and ``GET sac/api/terminal/screen``: what the `sac`
 service's exec and screen API relays to (docs/api.md, "Exec and screen").
 
-Exec accepts only the `sac` service's own identity (JupyterHub's model of the
-caller: ``kind: service``, name ``sac``): the service is where the owner's
-``exec_enabled`` setting is applied and every command is audited, so neither the
-owner's browser session nor any token that opens this server may run commands
-here directly. (Those who may open the server have its terminals anyway; this
-route is the audited way in.)"""
+Exec accepts only a caller presenting this server's own hub token, which the
+`sac` service holds for it (and the sandbox itself, which runs code anyway): the
+service is where the owner's ``exec_enabled`` setting is applied and every
+command is audited, so neither the owner's browser session nor any other token
+that opens this server may run commands here directly. (Those who may open the
+server have its terminals anyway; this route is the audited way in.) The service
+never sends its own token here: a sandbox that answered in its server's place
+would capture it."""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
+import os
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized, ws_authenticated
@@ -19,20 +23,23 @@ from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web, websocket
 
-from ..errors import ApiError
-from ..rules.exec import parse_request
+from ..errors import ApiError, request_error
+from ..rules.exec import ExecRequestError, parse_request
 from .base import TERMINALS_RESOURCE, JsonErrors, SacHandler
 from .exec import CommandRun, resolve_cwd
 from .terminal_screen import screen_snapshot
 
-# The JupyterHub service the sandbox takes commands from (hubconfig.SERVICE_NAME).
-SAC_SERVICE = "sac"
 
-
-def is_sac_service(user: Any) -> bool:
-    """Whether the caller JupyterHub's single-user auth let in is the `sac` service."""
-    model = getattr(user, "hub_user", None) or {}
-    return model.get("kind") == "service" and model.get("name") == SAC_SERVICE
+def presents_own_token(request: Any, own: str | None = None) -> bool:
+    """Whether the request carries this server's own hub token (its
+    JUPYTERHUB_API_TOKEN): the credential the `sac` service calls it with (kept
+    encrypted by the spawner; service/operations/exec.server_credentials). Nobody
+    else is given it: not the owner's browser, not an administrator."""
+    own = own if own is not None else os.environ.get("JUPYTERHUB_API_TOKEN", "")
+    scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
+    if not own or scheme.lower() not in ("token", "bearer"):
+        return False
+    return hmac.compare_digest(token.strip().encode(), own.encode())
 
 
 class ExecSocket(JsonErrors, WebSocketMixin, websocket.WebSocketHandler, JupyterHandler):
@@ -53,7 +60,7 @@ class ExecSocket(JsonErrors, WebSocketMixin, websocket.WebSocketHandler, Jupyter
     @ws_authenticated
     @authorized("execute")
     async def get(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        if not is_sac_service(self.current_user):
+        if not presents_own_token(self.request):
             raise ApiError(
                 403,
                 "forbidden",
@@ -85,7 +92,7 @@ class ExecSocket(JsonErrors, WebSocketMixin, websocket.WebSocketHandler, Jupyter
                 await self._run.write_stdin(data["stdin"])
             if data.get("eof") is True:
                 await self._run.close_stdin()
-        except ApiError as e:  # over the stdin limit: the command's stdin is closed
+        except ExecRequestError as e:  # over the stdin limit: the command's stdin is closed
             await self._run.close_stdin()
             await self._send({"error": e.code, "message": e.message})
 
@@ -93,8 +100,8 @@ class ExecSocket(JsonErrors, WebSocketMixin, websocket.WebSocketHandler, Jupyter
         try:
             request = parse_request(data)
             cwd = resolve_cwd(request.cwd, self.settings["sac_workspace"])
-        except ApiError as e:
-            await self._refuse(e)
+        except ExecRequestError as e:
+            await self._refuse(request_error(e))
             return
         self._accepted = CommandRun(request, cwd, self._send)
         await self._send({"accepted": True})

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
+from ..errors import ApiError
 from ..proxy_transport import ProxyTransport
 from . import metrics
 from .base import BaseHandler
 from .operations.context import ServiceContext
-from .operations.exec import proxy_url, server_url
+from .operations.exec import proxy_url, server_credentials, server_url
 from .operations.settings import effective_settings_for_agent
 
 log = logging.getLogger("jupyter_sac.culler")
@@ -86,15 +86,12 @@ class Culler:
             "culled": [],
             "kept": {},
         }
-        # The agents' own servers, through the hub's proxy, with the service's token:
-        # connected to the proxy's own address, with each agent's public host (its
-        # owner's subdomain) in the Host header, which this machine may not resolve.
+        # The agents' own servers, through the hub's proxy, each with its own token
+        # (operations/exec.server_credentials): connected to the proxy's own address,
+        # with each agent's public host (its owner's subdomain) in the Host header,
+        # which this machine may not resolve.
         self.proxy = proxy_url()
-        self.http = httpx.AsyncClient(
-            headers={"Authorization": f"token {os.environ.get('JUPYTERHUB_API_TOKEN', '')}"},
-            timeout=10,
-            transport=ProxyTransport(self.proxy),
-        )
+        self.http = httpx.AsyncClient(timeout=10, transport=ProxyTransport(self.proxy))
 
     async def run(self) -> None:
         while True:
@@ -124,7 +121,7 @@ class Culler:
                 _parse(server.get("last_activity")),
                 float(resolved["idle_timeout"]),
                 len(pending),
-                await self._activity(owner, name, server),
+                await self._activity(agent.id, owner, name, server),
             )
             key = f"{owner}/{name}"
             if not verdict.cull:
@@ -150,11 +147,15 @@ class Culler:
         self.status["passes"] += 1
         self.status["last_pass"] = now.isoformat()
 
-    async def _activity(self, owner: str, name: str, server: dict[str, Any]
+    async def _activity(self, agent_id: int, owner: str, name: str, server: dict[str, Any]
                         ) -> dict[str, Any] | None:  # fmt: skip
         base = server_url(self.proxy, owner, name, server)
         try:
-            resp = await self.http.get(base + "sac/api/activity")
+            headers = await server_credentials(self.ctx, agent_id)
+            resp = await self.http.get(base + "sac/api/activity", headers=headers)
+        except ApiError as e:  # started before its token was kept (an upgrade)
+            log.warning("agent %s/%s: %s", owner, name, e.message)
+            return None
         except httpx.HTTPError as e:
             log.warning("agent %s/%s did not answer: %s", owner, name, e)
             return None

@@ -306,6 +306,7 @@ class AgentSpawnerMixin(LoggingConfigurable):
         secret_env, secret_files = await self.granted_secrets(store, agent)
         template = await self.agent_template(store, agent)
         token = await store.tokens.issue(agent.id)
+        await self.keep_server_token(store, agent.id)
         return AgentContext(
             template=template,
             agent=agent,
@@ -314,6 +315,15 @@ class AgentSpawnerMixin(LoggingConfigurable):
             secret_env=secret_env,
             secret_files=secret_files,
         )
+
+    async def keep_server_token(self, store: Store, agent_id: int) -> None:
+        """The server's own hub token (its JUPYTERHUB_API_TOKEN), encrypted for the
+        `sac` service, which calls this server (idle checks, exec, its screen) with
+        it: a credential the sandbox holds anyway and that opens this server only,
+        never the service's own token (store/migrations/024)."""
+        if not self.api_token or not self.fernet_keys:
+            return
+        await store.server_tokens.set(agent_id, KeyBox(self.fernet_keys).encrypt(self.api_token))
 
     async def granted_secrets(
         self, store: Store, agent: AgentRecord
@@ -466,3 +476,4 @@ class AgentSpawnerMixin(LoggingConfigurable):
         agent = await store.agents.get(self.user.name, self.name)
         if agent is not None:
             await store.tokens.revoke(agent.id)
+            await store.server_tokens.clear(agent.id)

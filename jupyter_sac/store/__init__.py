@@ -27,6 +27,7 @@ from .migrate import list_migrations, migrate
 from .org_keys import OrganisationKeys
 from .sandbox_usage import SandboxUsage, SandboxUsageRows
 from .secrets import UserSecrets
+from .server_tokens import ServerTokens
 from .settings import SettingsRows
 from .skills import Skills
 from .templates import Templates
@@ -87,6 +88,7 @@ class Store:
         self.webhooks = Webhooks(pool)
         self.templates = Templates(pool)
         self.maintenance = Maintenance(pool)
+        self.server_tokens = ServerTokens(pool)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:

@@ -50,8 +50,15 @@ def server_url(proxy: str, owner: str, slug: str, server: dict[str, Any]) -> str
     return urljoin(proxy, server.get("url") or f"user/{quote(owner)}/{quote(slug)}/")
 
 
-def _service_token() -> str:
-    return os.environ.get("JUPYTERHUB_API_TOKEN", "")
+async def server_credentials(ctx: ServiceContext, agent_id: int) -> dict[str, str]:
+    """The header the service calls an agent's server with: that server's own token
+    (its JUPYTERHUB_API_TOKEN, kept encrypted by the spawner at its start), which
+    the sandbox holds anyway and which opens that server alone. Never the service's
+    own token: a sandbox that answered in its server's place would capture it."""
+    encrypted = await ctx.store.server_tokens.get(agent_id)
+    if encrypted is None:
+        raise ApiError(409, "not_running", "the agent's server has no credentials here; restart it")
+    return {"Authorization": f"token {ctx.keybox.decrypt(encrypted)}"}
 
 
 async def _target(ctx: ServiceContext, actor: Actor, owner: str, slug: str, what: str
@@ -93,7 +100,7 @@ async def start_exec(
     run. The socket then carries the command's frames."""
     url = await _running_server(ctx, agent.owner, agent.slug)
     ws_url, host = via_proxy(url.replace("http", "ws", 1) + "sac/api/exec", proxy_url())
-    headers = {"Authorization": f"token {_service_token()}"}
+    headers = await server_credentials(ctx, agent.id)
     if host:
         headers["Host"] = host
     try:
@@ -193,11 +200,12 @@ def is_last(frame: dict[str, Any]) -> bool:
 async def read_screen(ctx: ServiceContext, actor: Actor, owner: str, slug: str
                       ) -> dict[str, Any]:  # fmt: skip
     """The agent's Claude terminal screen, from its server (audited)."""
-    await _target(ctx, actor, owner, slug, SCREEN)
+    agent = await _target(ctx, actor, owner, slug, SCREEN)
     url = await _running_server(ctx, owner, slug)
+    headers = await server_credentials(ctx, agent.id)
     await audit(ctx, actor, "agent.screen", slug, target_user=owner)
     async with httpx.AsyncClient(
-        headers={"Authorization": f"token {_service_token()}"},
+        headers=headers,
         timeout=CONNECT_TIMEOUT,
         transport=ProxyTransport(proxy_url()),
     ) as http:
