@@ -74,7 +74,10 @@ def faults_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
     config = workdir / "faults_config.py"
     # A hub that does not answer is given up on sooner than the default 30 s (the
     # paused-hub test waits for it; the hub answers the others in milliseconds).
-    config.write_text("c.SacService.hub_timeout = 5\n")
+    # Likewise a database that is away: each request of the outage tests (the
+    # uploader's five attempts before its backoff passes 12 s) waits for a
+    # connection this long, not the default 10 s.
+    config.write_text("c.SacService.hub_timeout = 5\nc.SacService.database_timeout = 3\n")
     stack = RestartableStack(
         workdir, ADMIN_PASSWORD, config, env={"SAC_SERVICE_PORT": str(service_port)}
     )
