@@ -64,6 +64,23 @@ pytestmark = pytest.mark.stack
 TRANSCRIPTS = "cat $CLAUDE_CONFIG_DIR/projects/*/*.jsonl 2>/dev/null"
 
 
+# JupyterHub notices a managed service's exit at its next poll of the process, every
+# 30 s (a spawner's poll_interval), and starts it again. JupyterHub 6.1 builds a
+# service's spawner without configuration, so the tests that kill the service (and
+# wait out that poll) get it through its class: the same restart, found within 2 s.
+SERVICE_POLLED_OFTEN = """
+import jupyterhub.services.service as _services
+from traitlets import Integer as _Integer
+
+
+class _ServiceSpawnerPolledOften(_services._ServiceSpawner):
+    poll_interval = _Integer(2)
+
+
+_services._ServiceSpawner = _ServiceSpawnerPolledOften
+"""
+
+
 @pytest.fixture(scope="module")
 def faults_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A stack of this module's own, with the service on a port the tests know (to
@@ -74,7 +91,12 @@ def faults_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
     config = workdir / "faults_config.py"
     # A hub that does not answer is given up on sooner than the default 30 s (the
     # paused-hub test waits for it; the hub answers the others in milliseconds).
-    config.write_text("c.SacService.hub_timeout = 5\n")
+    # Likewise a database that is away: each request of the outage tests (the
+    # uploader's five attempts before its backoff passes 12 s) waits for a
+    # connection this long, not the default 10 s.
+    config.write_text(
+        "c.SacService.hub_timeout = 5\nc.SacService.database_timeout = 3\n" + SERVICE_POLLED_OFTEN
+    )
     stack = RestartableStack(
         workdir, ADMIN_PASSWORD, config, env={"SAC_SERVICE_PORT": str(service_port)}
     )
@@ -243,7 +265,8 @@ async def test_server_killed_during_workspace_upload(faults_stack: dict[str, Any
 
 def kill_service_and_wait_for_restart(stack: dict[str, Any], pid: int) -> int:
     """kill -9 the service; JupyterHub notices at its next poll of the process
-    (every 30 s for a managed service) and starts it again. The new one's pid."""
+    (every 30 s for a managed service; 2 s on this stack) and starts it again. The
+    new one's pid."""
     os.kill(pid, signal.SIGKILL)
     admin: HubApi = stack["admin"]
 

@@ -6,6 +6,8 @@ too long" under pytest-xdist's longer temporary directories)."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from pathlib import Path
 
 import pytest
@@ -62,4 +64,44 @@ async def test_relays_work_under_a_deep_data_dir(tmp_path: Path) -> None:
     finally:
         relays.close()
         sandbox_server.close()
+        target.close()
+
+
+@pytest.mark.asyncio
+async def test_a_reset_at_the_endpoint_ends_the_relayed_connection(tmp_path: Path) -> None:
+    """The host's endpoint dies with a request at it (the `sac` service killed: its
+    connections are reset): the sandbox's side of the relay is ended too, so the
+    caller learns at once instead of waiting out its own timeout."""
+    net = tmp_path / "net"
+    net.mkdir()
+    received = asyncio.Event()
+
+    async def reset_after_request(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await reader.readline()
+        received.set()
+        # Closed with unread data and no linger: the kernel resets the connection,
+        # as it does for a killed process's sockets.
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    target = await asyncio.start_server(reset_after_request, "127.0.0.1", 0)
+    target_port = target.sockets[0].getsockname()[1]
+    relays = HostRelays(net)
+    await relays.serve_forward(target_port, "127.0.0.1", target_port)
+    try:
+        reader, writer = await open_unix(net / forward_socket_name(target_port))
+        writer.write(b"POST /api/history/ingest\n")
+        await asyncio.wait_for(received.wait(), 10)
+        # A hang guard, not a deadline: without the fix the read never returns.
+        try:
+            answer = await asyncio.wait_for(reader.read(), 30)
+        except ConnectionResetError:
+            answer = b""
+        assert answer == b""
+        writer.close()
+    finally:
+        relays.close()
         target.close()

@@ -28,7 +28,7 @@ from ..objects import ObjectStore, store_from_config
 from ..rules.providers import PRESETS
 from ..rules.urls import PublicUrls
 from ..rules.webhooks import BACKOFF
-from ..store import Store
+from ..store import WAIT_FOR_CONNECTION, Store
 from . import (
     admin_pages,
     agent_skills,
@@ -148,6 +148,12 @@ class SacService(Application):
         help="Seconds the service waits for an answer of JupyterHub's API; past it (or"
         " when the hub cannot be reached) a request that needed the hub is answered 503"
         " hub_unavailable.",
+    ).tag(config=True)
+
+    database_timeout = Float(
+        WAIT_FOR_CONNECTION,
+        help="Seconds a request waits for a database connection; past it (PostgreSQL"
+        " away) it is answered 503 database_unavailable.",
     ).tag(config=True)
 
     port = Integer(help="Port to listen on (default: from $JUPYTERHUB_SERVICE_URL).").tag(
@@ -401,7 +407,7 @@ class SacService(Application):
         if not self.database_url:
             raise SystemExit("sac service: no database URL (SAC_DATABASE_URL)")
         keybox = KeyBox(self.fernet_keys)
-        store = await Store.open(self.database_url)
+        store = await Store.open(self.database_url, wait_timeout=self.database_timeout)
         # Installs pinned by a migration get their checksum before any manifest is
         # served (it is computed here, not in SQL).
         filled = await store.skills.fill_install_checksums()

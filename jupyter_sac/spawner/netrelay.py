@@ -57,7 +57,11 @@ async def pump(
     writer: asyncio.StreamWriter,
     count: Callable[[int], None] | None = None,
 ) -> None:
-    """Copy until EOF, then half-close the writer so the peer sees the end."""
+    """Copy until EOF, then half-close the writer so the peer sees the end.
+
+    A connection reset on either side (a process killed with requests at it) ends
+    the other side too: half-open, its peer would wait for an answer that cannot
+    come until its own timeout (a sandbox's call to a killed service: a minute)."""
     try:
         while data := await reader.read(CHUNK):
             writer.write(data)
@@ -67,7 +71,7 @@ async def pump(
         if writer.can_write_eof():
             writer.write_eof()
     except (ConnectionError, OSError):
-        pass
+        writer.close()
 
 
 async def splice(
