@@ -274,3 +274,25 @@ def test_settings_skills_templates_and_users(stack: dict, person: dict[str, Any]
         tmp_path, SAC_HUB_URL=stack["url"], SAC_TOKEN=stack["admin"].token)))]  # fmt: skip
     assert user in names and admin in names
     assert sac("users", "list", env=env).returncode == 5
+
+
+def test_commands_run_in_an_agent_from_the_shell(person: dict[str, Any], gated: dict[str, Any]
+                                                 ) -> None:  # fmt: skip
+    """`sac agents exec` streams a command's output and exits with its exit code
+    (124 at its timeout); `sac agents screen` shows the Claude terminal."""
+    env, name = person["env"], gated["name"]
+    ran = sac("agents", "exec", name, "--env", "GREETING=hi", "--", "sh", "-c",
+              'echo "$GREETING from $(pwd)"; echo oops >&2; exit 3', env=env)  # fmt: skip
+    assert ran.returncode == 3, ran
+    assert ran.stdout == "hi from /workspace\n" and "oops" in ran.stderr
+    piped = sac("agents", "exec", name, "--stdin", "wc -c", env=env, stdin="12345")
+    assert ok(piped).stdout.strip() == "5"
+    frames = [json.loads(line) for line in ok(sac("agents", "exec", name, "--json", "--",
+                                                  "printf", "x", env=env)).stdout.splitlines()]  # fmt: skip
+    assert frames[0]["data"] == "x" and frames[-1]["exit_code"] == 0
+    slow = sac("agents", "exec", name, "--timeout", "1", "--", "sleep", "30", env=env)
+    assert slow.returncode == 124 and "killed after 1 s" in slow.stderr, slow
+    bad = sac("agents", "exec", name, "--cwd", "../..", "--", "true", env=env)
+    assert bad.returncode == 1 and bad.stderr.startswith("sac: cwd:"), bad
+    screen = sac("agents", "screen", name, "--json", env=env)
+    assert "running" in as_json(screen) or "rows" in as_json(screen)

@@ -1,4 +1,4 @@
-"""`sac agents …`: list, show, create, start, stop, restart, logs, delete, usage."""
+"""`sac agents …`: list, show, create, start, stop, restart, logs, delete, usage, exec, screen."""
 
 from __future__ import annotations
 
@@ -300,3 +300,82 @@ def agent_usage(agent: str, as_json: bool) -> None:
         return f"{days}\n\n{totals}\n\n{budget_lines(usage.get('budget') or {})}"
 
     show(usage, as_json, render)
+
+
+@agents.command("exec", context_settings={"ignore_unknown_options": True})
+@AGENT
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--cwd", metavar="DIR", help="Working directory (relative to the workspace).")
+@click.option("--env", "env_pairs", multiple=True, metavar="NAME=VALUE",
+              help="A variable (repeat).")  # fmt: skip
+@click.option("--stdin", "with_stdin", is_flag=True, help="Send this command's stdin to it.")
+@click.option("--timeout", type=float, default=60, show_default=True,
+              help="Seconds before it is killed (at most 3600).")  # fmt: skip
+@json_option
+def exec_command(agent: str, command: tuple[str, ...], cwd: str | None, env_pairs: tuple[str, ...],
+                 with_stdin: bool, timeout: float, as_json: bool) -> int:  # fmt: skip
+    """Run a command in an agent's sandbox.
+
+    COMMAND runs as given (put `--` before it when it has options of its own),
+    in the agent's workspace, as the agent; its output streams here and `sac`
+    exits with its exit code (124 when it was killed at the timeout). One word
+    with spaces runs through /bin/sh. The agent must be running and its owner
+    must not have turned exec off (exec_enabled); every command is audited.
+    --json prints the API's frames, one JSON object per line.
+    """
+    env: dict[str, str] = {}
+    for pair in env_pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{pair!r}: expected NAME=VALUE", param_hint="--env")
+        env[name] = value
+    argv: str | list[str] = command[0] if len(command) == 1 else list(command)
+    stdin = sys.stdin.read() if with_stdin else None
+    last: dict[str, Any] = {}
+    for frame in _agent(agent).exec_stream(argv, cwd=cwd, env=env or None, stdin=stdin,
+                                           timeout=timeout):  # fmt: skip
+        if as_json:
+            click.echo(json_line(frame))
+        elif frame.get("stream") in ("stdout", "stderr"):
+            out = sys.stdout if frame["stream"] == "stdout" else sys.stderr
+            # Piped, the output as the command wrote it; at a terminal, what would act
+            # on the terminal (escapes: clear, retitle, write the clipboard) is shown,
+            # since the sandbox chose those bytes.
+            out.write(printable_lines(frame["data"]) if out.isatty() else frame["data"])
+            out.flush()
+        last = frame
+    if last.get("error") == "timeout":
+        note(f"killed after {timeout:g} s")
+        return 124
+    if last.get("error"):
+        note(f"{last['error']}: {last.get('message') or ''}".rstrip(": "))
+    code = last.get("exit_code")
+    return code if isinstance(code, int) and 0 <= code < 256 else ERROR
+
+
+@agents.command("screen")
+@AGENT
+@json_option
+def screen(agent: str, as_json: bool) -> None:
+    """The agent's Claude terminal as it looks now.
+
+    Its text rows, and whether a prompt waits for an answer (the HITL detector's
+    verdict). Reading it is audited.
+    """
+    shown = _agent(agent).screen()
+
+    def render() -> str:
+        if not shown.get("running", True):
+            return "The Claude terminal is not running."
+        rows = "\n".join(safe_text(r) for r in shown.get("rows") or [])
+        prompt = shown.get("prompt")
+        what = (prompt or {}).get("summary") or (prompt or {}).get("kind") or "a prompt"
+        verdict = f"\n\nwaiting: {safe_text(what)}" if prompt else ""
+        return rows.rstrip() + verdict
+
+    show(shown, as_json, render)
+
+
+def printable_lines(text: str) -> str:
+    """``text`` safe for a terminal (output.safe_text), its line breaks kept."""
+    return "\n".join(safe_text(line) for line in text.split("\n"))
