@@ -658,6 +658,8 @@ class KubeAgentSpawner(AgentSpawnerMixin, KubeSpawner):
         finally:
             pool.release(name)
         self.report(f"Agent assigned in {time.monotonic() - started:.1f} s", 90)
+        # What KubeSpawner._start would have begun: its pod watch (poll, the sampler).
+        await self._start_watching_pods()
         self._start_sampler()
         return f"http://{ip}:{self.port}"
 
