@@ -29,6 +29,7 @@ from .chat_handlers import (
     ChatSessionHandler,
     ChatSessionsHandler,
 )
+from .task_handlers import TaskRunHandler
 from .handlers import (
     ActivityHandler,
     HistoryStatusHandler,
@@ -105,6 +106,7 @@ ROUTES: list[tuple[str, Any]] = [
     (r"/sac/api/workspace", WorkspaceHandler),
     (r"/sac/api/workspace/preview", PreviewHandler),
     (r"/sac/api/workspace/archive", ArchiveHandler),
+    (r"/sac/api/tasks/run", TaskRunHandler),
     (r"/sac/api/service/(.*)", ServiceRelayHandler),
 ]
 

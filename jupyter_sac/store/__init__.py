@@ -2,7 +2,7 @@
 
 ``Store`` wraps a psycopg AsyncConnectionPool and exposes one object per domain
 (agents, settings, tokens, usage, history, hitl, skills, audit, org_keys,
-workspace, sandbox_usage, secrets, events, webhooks, templates, maintenance); nothing outside
+workspace, sandbox_usage, secrets, events, webhooks, templates, maintenance, tasks); nothing outside
 ``store/`` writes SQL. ``Store.transaction()`` gives a connection in a transaction
 that the methods taking ``conn`` join (see ``tx.py``).
 """
@@ -29,6 +29,7 @@ from .sandbox_usage import SandboxUsage, SandboxUsageRows
 from .secrets import UserSecrets
 from .settings import SettingsRows
 from .skills import Skills
+from .tasks import Tasks
 from .templates import Templates
 from .tokens import AgentTokens
 from .tx import Conn, Pool
@@ -87,6 +88,7 @@ class Store:
         self.webhooks = Webhooks(pool)
         self.templates = Templates(pool)
         self.maintenance = Maintenance(pool)
+        self.tasks = Tasks(pool)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:
