@@ -29,6 +29,7 @@ from helpers import (
 )
 from test_faults import kill_service_and_wait_for_restart
 
+from jupyter_sac.client import Client
 from sac_testing.stack import poll_until
 
 pytestmark = pytest.mark.stack
@@ -84,8 +85,17 @@ async def test_task_starts_its_agent_writes_an_artifact_and_succeeds(
         )
         # The agent is stopped: the runner starts it.
         assert client.server(user, "worker") is None or not client.server(user, "worker")["ready"]
-        task = _submit(client, user, "worker", prompt="write the report", timeout=300)
-        assert task["status"] == "queued" and task["agent"] == "worker" and task["owner"] == user
+        # Through the Python client, as a notebook submits it.
+        with Client(url=stack["url"], token=client.token) as sac:
+            submitted = sac.agent("worker").submit("write the report", timeout=300)
+            task = submitted.model
+            assert submitted.status == "queued" and task["agent"] == "worker"
+            assert task["owner"] == user
+            assert submitted.wait(timeout=240).status == "succeeded", submitted.model
+            assert submitted.result == "The report is in output/report.md."
+            assert submitted.read_artifact("output/report.md") == b"# Report\nall good\n"
+            assert [t.id for t in sac.tasks(status="succeeded")] == [submitted.id]
+            assert [t.id for t in sac.agent("worker").tasks()] == [submitted.id]
         done = _ended(client, task["id"])
         assert done["status"] == "succeeded", done
         assert done["result"] == "The report is in output/report.md."
