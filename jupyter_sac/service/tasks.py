@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 from urllib.parse import quote, urljoin
 
@@ -168,7 +169,10 @@ class TaskRunner:
                 )
             key = str(task.id)
             self.active[key] = asyncio.create_task(self._drive(task))
-            self.active[key].add_done_callback(lambda _t, key=key: self.active.pop(key, None))
+            self.active[key].add_done_callback(partial(self._forget, key))
+
+    def _forget(self, key: str, _done: asyncio.Task[None]) -> None:
+        self.active.pop(key, None)
 
     async def _end(self, task: TaskRecord, status: str, **fields: Any) -> None:
         async with self.ctx.store.transaction() as conn:
