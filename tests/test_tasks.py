@@ -212,9 +212,16 @@ def test_timeout_and_cancel_end_running_turns(stack: dict, fake: str) -> None:
 
         script_model(fake, long_turn, "finished")
         task = _submit(client, user, "slow", prompt="take long again", timeout=600)
+        # An agent runs its tasks one at a time: the next waits, queued, and a
+        # queued task is cancelled at once.
+        waiting = _submit(client, user, "slow", prompt="after that", timeout=600)
         poll_until(
             lambda: client.sac("GET", f"tasks/{task['id']}").json()["session_id"], 120, "running"
         )
+        assert client.sac("GET", f"tasks/{waiting['id']}").json()["status"] == "queued"
+        resp = client.sac("POST", f"tasks/{waiting['id']}/cancel")
+        assert resp.status_code == 202, resp.text
+        assert resp.json()["status"] == "cancelled" and resp.json()["started_at"] is None
         resp = client.sac("POST", f"tasks/{task['id']}/cancel")
         assert resp.status_code == 202, resp.text
         assert resp.json()["cancel_requested"] is True
@@ -223,10 +230,8 @@ def test_timeout_and_cancel_end_running_turns(stack: dict, fake: str) -> None:
         session = client.agent(user, "slow", "GET", f"sac/api/chat/sessions/{done['session_id']}")
         assert [e["type"] for e in session.json()["events"]][-2:] == ["cancelled", "turn_end"]
 
-        # A queued task is cancelled at once (the runner is busy with none, but a
-        # task is queued for up to one pass: cancel it before or as it is claimed).
         statuses = client.sac("GET", "tasks", params={"agent": "slow"}).json()["tasks"]
-        assert sorted(t["status"] for t in statuses) == ["cancelled", "timed-out"]
+        assert [t["status"] for t in statuses] == ["cancelled", "cancelled", "timed-out"]
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -74,10 +74,10 @@ async def _git(args: list[str], env: dict[str, str], cwd: Path, timeout: float) 
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        raise ApiError(504, "checkout_timeout", "the repository's checkout took too long") from None
+        raise ApiError(422, "checkout_timeout", "the repository's checkout took too long") from None
     if proc.returncode != 0:
         text = out.decode(errors="replace").strip()[-2000:]
-        raise ApiError(502, "checkout_failed", f"git {args[0]} failed: {text}")
+        raise ApiError(422, "checkout_failed", f"git {args[0]} failed: {text}")
 
 
 async def check_out(workspace: Path, repository: dict[str, Any], timeout: float) -> str:

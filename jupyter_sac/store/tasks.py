@@ -114,12 +114,15 @@ class Tasks:
         return [_task(r) for r in rows]
 
     async def claim(self, conn: Conn) -> TaskRecord | None:
-        """The oldest queued task, now ``running`` (in the caller's transaction, so
-        its audit entry goes with it); another runner skips the locked row."""
+        """The oldest queued task of an agent running none, now ``running`` (in the
+        caller's transaction, so its audit entry goes with it); another runner
+        skips the locked row. An agent runs its tasks one at a time, in order."""
         cur = await conn.execute(
             "UPDATE agent_tasks SET status = 'running', started_at = now() WHERE id = ("
-            " SELECT id FROM agent_tasks WHERE status = 'queued' AND NOT cancel_requested"
-            " ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)"
+            " SELECT q.id FROM agent_tasks q WHERE q.status = 'queued'"
+            " AND NOT q.cancel_requested AND NOT EXISTS (SELECT 1 FROM agent_tasks r"
+            " WHERE r.agent_id = q.agent_id AND r.status = 'running')"
+            " ORDER BY q.created_at LIMIT 1 FOR UPDATE SKIP LOCKED)"
             f" RETURNING {_COLUMNS}"
         )
         row = await cur.fetchone()
