@@ -21,9 +21,8 @@ from ...store.tasks import TaskRecord
 from .access import authorize_user, get_agent, require_person
 from .context import Actor, ServiceContext, audit
 
-# The default and bounds of a task's timeout (seconds); the contract says the same.
+# A task's timeout when the body names none (seconds; the contract bounds it).
 DEFAULT_TIMEOUT = 600
-MAX_TIMEOUT = 24 * 3600
 LIST_LIMIT = 100
 
 
