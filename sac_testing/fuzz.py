@@ -80,6 +80,10 @@ UNSAYABLE = {
     # A template's definition is at most 64 KiB as JSON, its seed files' paths stay
     # in the workspace, and a secret it names must be one a sandbox can be given.
     r"^/api/templates(/\{id\})?$": "definition size, workspace paths, secret names",
+    # A task's repository URL must parse with a host and no credentials, and the
+    # secret it names must be one its owner has; the sandbox's checkout must work.
+    r"^/api/users/\{user\}/agents/\{slug\}/tasks$": "URL parts, the owner's secrets",
+    r"^/sac/api/tasks/run$": "a repository that can be checked out",
 }
 
 

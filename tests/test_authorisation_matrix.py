@@ -29,6 +29,7 @@ from helpers import HubApi, model_agent, run_in_terminal
 from tornado import web
 
 from jupyter_sac.server_extension.app import ROUTES as EXTENSION_ROUTES
+from sac_testing.stack import poll_until
 
 pytestmark = pytest.mark.stack
 
@@ -346,6 +347,14 @@ SERVICE_ROWS: list[Row] = [
     Row("GET", A + "secrets?user={user}", OWNER, ok=frozenset({200})),
     Row("PUT", A + "secrets/MATRIX", PERSONS, body=NO_BODY, ok=frozenset({400})),
     Row("DELETE", A + "secrets/{secret}", OWNER, fresh=fresh_secret, ok=frozenset({204})),
+    # tasks: the owner, the owner's drivers and administrators (never an agent's own
+    # token, not even for itself); the task is an ended one
+    Row("POST", AGENT + "/tasks", who(OWNER, "sibling_server"), body=NO_BODY, ok=frozenset({400})),
+    Row("GET", AGENT + "/tasks", who(OWNER, "sibling_server"), ok=frozenset({200})),
+    Row("GET", A + "tasks", who(PERSONS, DRIVERS), ok=frozenset({200})),
+    Row("GET", A + "tasks?user={user}", who(OWNER, "sibling_server"), ok=frozenset({200})),
+    Row("GET", A + "tasks/{task}", who(OWNER, "sibling_server"), ok=frozenset({200})),
+    Row("POST", A + "tasks/{task}/cancel", who(OWNER, "sibling_server"), ok=frozenset({409})),
     # users' webhooks: persons only, each their own (administrators list and remove)
     Row("GET", A + "webhooks", PERSONS, ok=frozenset({200})),
     Row("GET", A + "webhooks?user={user}", OWNER, ok=frozenset({200})),
@@ -636,6 +645,7 @@ EXTENSION_ROWS: list[Row] = [
         ok=frozenset({404}),
     ),
     Row("GET", LAB + "chat/events", INTO_A1, ok=frozenset({400})),
+    Row("POST", LAB + "tasks/run", INTO_A1, body=NO_BODY, ok=frozenset({400})),
     Row("GET", LAB + "skills", INTO_A1, ok=frozenset({200})),
     Row("POST", LAB + "skills/sync", INTO_A1, ok=frozenset({200})),
     Row("POST", LAB + "skills/nope/run", INTO_A1, body=NO_BODY, ok=frozenset({400, 404})),
@@ -874,6 +884,15 @@ def world(stack: dict, fake_anthropic: str) -> Iterator[World]:
             "POST", "webhooks", json={"url": WEBHOOK_URL, "kinds": ["budget.exhausted"]}
         )
         assert webhook.status_code == 201, webhook.text
+        # An ended task of a1's (cancelled as soon as queued, or its turn interrupted).
+        task = owner.sac("POST", f"users/{alice}/agents/a1/tasks", json={"prompt": "matrix"})
+        assert task.status_code == 201, task.text
+        assert owner.sac("POST", f"tasks/{task.json()['id']}/cancel").status_code == 202
+        poll_until(
+            lambda: owner.sac("GET", f"tasks/{task.json()['id']}").json()["status"] != "running",
+            120,
+            "the matrix's task ended",
+        )
         service_url = admin.service_url
         server = admin.server_url(alice, "a1")
         world = World(
@@ -898,6 +917,7 @@ def world(stack: dict, fake_anthropic: str) -> Iterator[World]:
                 "hook_secret": a1[2],
                 "hub_admin": f"hadm{tag}",
                 "webhook": webhook.json()["id"],
+                "task": task.json()["id"],
             },
             agent_api=agent_api,
             sync_clients=sync_clients,
@@ -995,6 +1015,7 @@ SAMPLE = {
     "secret": "T0",
     "webhook": "6f1c0000-0000-0000-0000-000000000001",
     "template": "9",
+    "task": "6f1c0000-0000-0000-0000-000000000002",
 }
 
 
@@ -1152,8 +1173,6 @@ def test_admins_get_into_no_agent_and_whoever_is_let_in_is_audited(world: World)
         resp = hub.get(world.service_origin + A + "audit", headers=admin,
                        params={"action": "server.access", "target_user": world.user})  # fmt: skip
         return [e for e in resp.json()["entries"] if e["actor"] == flagged]
-
-    from sac_testing.stack import poll_until
 
     # Within a look at the holder's moved activity, or the next full look (20 s here).
     entries = poll_until(recorded, 60, "the access audit's entry")

@@ -58,7 +58,13 @@ SOCKET_EXAMPLES = max(10, 10 * EXAMPLES)
 
 @pytest.fixture(scope="module")
 def fuzz_stack(tmp_path_factory: pytest.TempPathFactory, fake_anthropic: str) -> Iterator[dict]:
-    with embedded_stack(tmp_path_factory.mktemp("fuzz"), ADMIN_PASSWORD) as running:
+    workdir = tmp_path_factory.mktemp("fuzz")
+    config = workdir / "fuzz.py"
+    # The tasks the fuzzer submits stay queued: their API is what is fuzzed here, and
+    # running each (a real claude turn, a checkout) would only load the machine
+    # (tests/test_tasks.py runs them).
+    config.write_text("c.SacService.task_interval = 0\n")
+    with embedded_stack(workdir, ADMIN_PASSWORD, extra_config=config) as running:
         yield {
             "url": running.url,
             "admin": HubApi(running.url, running.admin_token, running.harness_token),

@@ -18,7 +18,15 @@ from typing import Any
 import httpx
 import pytest
 from conftest import ADMIN_PASSWORD
-from helpers import CHROMIUM_ARGS, HubApi, log_in, run_in_terminal
+from helpers import (
+    CHROMIUM_ARGS,
+    HubApi,
+    allow_all,
+    log_in,
+    model_agent,
+    run_in_terminal,
+    script_model,
+)
 
 from sac_testing.stack import poll_until
 
@@ -226,3 +234,90 @@ def test_approvals_panel_hands_over_to_the_service_from_jupyterlab(
             (artifacts / "widgets-console.txt").write_text("\n".join(console))
             browser.close()
     assert not errors, f"page errors: {errors}\nconsole, last lines:\n" + "\n".join(console[-30:])
+
+
+def test_tasks_panel_submits_a_task_and_shows_its_result_in_jupyterlab(
+    stack: dict, fake: str, tmp_path: Path
+) -> None:
+    """A notebook in one agent ("desk", which may drive the others) shows another
+    agent's TasksPanel; a person types a prompt and submits it; the panel follows
+    the task (the service starts the stopped worker) to its result and file."""
+    from playwright.sync_api import expect, sync_playwright
+
+    admin: HubApi = stack["admin"]
+    suffix = uuid.uuid4().hex[:4]
+    desk, worker = f"tdesk{suffix}", f"tworker{suffix}"
+    resp = admin.sac("POST", "agents", json={"slug": desk, "api_key": "sk-unused-key",
+                                             "drive_agents": True})  # fmt: skip
+    assert resp.status_code == 201, resp.text
+    resp = admin.sac("POST", "agents", json={"slug": worker, **model_agent(fake)})
+    assert resp.status_code == 201, resp.text
+    artifacts = Path(os.environ.get("SAC_TEST_ARTIFACTS", tmp_path))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    try:
+        allow_all(admin, "admin", worker)
+        admin.start("admin", desk)
+        script_model(
+            fake,
+            {"text": "Writing.", "tool_use": {"name": "Write", "input": {
+                "file_path": "/workspace/output/summary.md", "content": "short\n"}}},
+            "Summary written to output/summary.md.",
+        )  # fmt: skip
+        notebook = {
+            **NOTEBOOK,
+            "cells": [
+                {**NOTEBOOK["cells"][0], "source": src}
+                for src in (
+                    "from jupyter_sac.client import Client\n"
+                    "from jupyter_sac.widgets import TasksPanel",
+                    f"TasksPanel(Client().agent({worker!r}), interval=0.5)",
+                )
+            ],
+        }
+        (root,) = (stack["data_dir"] / "agents").glob(f"*-{desk}")
+        (root / "workspace" / "tasks.ipynb").write_text(json.dumps(notebook))
+        session = httpx.post(
+            admin.server_url("admin", desk) + "api/sessions",
+            headers={"Authorization": f"token {admin.token}"},
+            json={"path": "tasks.ipynb", "name": "tasks.ipynb", "type": "notebook",
+                  "kernel": {"name": "python3"}},
+            timeout=60,
+        )  # fmt: skip
+        assert session.status_code == 201, session.text
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1500, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            try:
+                log_in(page, stack["url"], "admin", ADMIN_PASSWORD)
+                page.goto(admin.server_url("admin", desk) + "lab/tree/tasks.ipynb")
+                page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+                kernel_name = page.locator(".jp-NotebookPanel-toolbar .jp-Toolbar-kernelName")
+                expect(kernel_name).to_contain_text("Python 3", timeout=90_000)
+                page.wait_for_selector(
+                    ".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000
+                )
+                run_cells_one_by_one(page, artifacts, len(notebook["cells"]))
+                panel = page.locator(".jp-OutputArea-output").filter(has_text=f"Tasks of {worker}")
+                expect(panel).to_contain_text("No tasks yet", timeout=60_000)
+                panel.locator("textarea").fill("Summarise the notes into output/summary.md")
+                panel.get_by_role("button", name="Submit").click()
+                expect(panel).to_contain_text("submitted", timeout=60_000)
+                expect(panel).to_contain_text("Summarise the notes", timeout=60_000)
+                # The service starts the stopped worker and runs the turn.
+                expect(panel).to_contain_text("succeeded", timeout=240_000)
+                expect(panel).to_contain_text("Summary written to output/summary.md.")
+                link = panel.get_by_role("link", name="output/summary.md")
+                expect(link).to_have_count(1)
+                expect(panel.get_by_role("button", name="Cancel")).to_be_disabled()
+                page.screenshot(path=str(artifacts / "tasks-panel.png"))
+            finally:
+                browser.close()
+        assert not errors, f"page errors: {errors}"
+        (task,) = admin.sac("GET", "tasks", params={"agent": worker}).json()["tasks"]
+        assert task["status"] == "succeeded" and task["created_by"] == "admin"
+        assert [a["path"] for a in task["artifacts"]] == ["output/summary.md"]
+    finally:
+        for slug in (desk, worker):
+            admin.sac("DELETE", f"users/admin/agents/{slug}")

@@ -5,8 +5,8 @@ environment; elsewhere pass ``url`` (the hub's address) and ``token`` (from
 /hub/token). See docs/notebooks.md.
 """
 
-from ._async import Answer, AsyncAgent, AsyncClient, ExecResult
-from ._sync import Agent, Client, Subscription, request_token
+from ._async import Answer, AsyncAgent, AsyncClient, AsyncTask, ExecResult
+from ._sync import Agent, Client, Subscription, Task, request_token
 from .errors import (
     BadRequest,
     Conflict,
@@ -24,6 +24,7 @@ __all__ = [
     "Answer",
     "AsyncAgent",
     "AsyncClient",
+    "AsyncTask",
     "BadRequest",
     "Client",
     "Conflict",
@@ -34,6 +35,7 @@ __all__ = [
     "SacTimeout",
     "ServerError",
     "Subscription",
+    "Task",
     "TooLarge",
     "Unauthorized",
     "request_token",

@@ -542,6 +542,16 @@ class AsyncClient:
         except httpx.TimeoutException as e:
             raise SacTimeout(f"GET {url}: the event stream went quiet") from e
 
+    async def tasks(self, status: str | None = None, agent: str | None = None,
+                    user: str | None = None, limit: int = 100) -> list[AsyncTask]:  # fmt: skip
+        """My tasks, newest first (an administrator: ``user``'s, ``*`` everyone's)."""
+        params = {k: v for k, v in (("status", status), ("agent", agent), ("user", user)) if v}
+        answer = await self.sac("GET", "tasks", params={**params, "limit": limit})
+        return [AsyncTask(self, t) for t in answer["tasks"]]
+
+    async def task(self, task_id: str) -> AsyncTask:
+        return AsyncTask(self, await self.sac("GET", f"tasks/{quote(task_id)}"))
+
     def on_request(
         self, callback: Callable[[dict[str, Any]], Awaitable[None] | None], interval: float = 1.0
     ) -> asyncio.Task[None]:
@@ -555,6 +565,82 @@ class AsyncClient:
                     await outcome
 
         return asyncio.ensure_future(run())
+
+
+# A task's states once it has ended (docs/api.md#tasks).
+TASK_ENDED = ("succeeded", "failed", "cancelled", "timed-out")
+
+
+class AsyncTask:
+    """A task submitted to an agent (docs/api.md#tasks): its last known state in
+    ``model``; ``refresh()`` asks again, ``wait()`` until it has ended."""
+
+    def __init__(self, client: AsyncClient, model: dict[str, Any]):
+        self.client = client
+        self.model = model
+
+    def __repr__(self) -> str:
+        return f"<Task {self.id} {self.status}>"
+
+    @property
+    def id(self) -> str:
+        return str(self.model["id"])
+
+    @property
+    def status(self) -> str:
+        """queued, running, succeeded, failed, cancelled or timed-out."""
+        return str(self.model["status"])
+
+    @property
+    def done(self) -> bool:
+        return self.status in TASK_ENDED
+
+    @property
+    def result(self) -> str | None:
+        """The turn's result text (once it has ended)."""
+        return self.model.get("result")
+
+    @property
+    def error(self) -> str | None:
+        return self.model.get("error")
+
+    @property
+    def artifacts(self) -> list[dict[str, Any]]:
+        """The files written under output/ (``path``, ``size``, ``sha256``, ``url``)."""
+        return list(self.model.get("artifacts") or [])
+
+    async def refresh(self) -> AsyncTask:
+        self.model = await self.client.sac("GET", f"tasks/{quote(self.id)}")
+        return self
+
+    async def wait(self, timeout: float | None = None, interval: float = 1.0) -> AsyncTask:
+        """Until the task has ended (SacTimeout after ``timeout`` seconds)."""
+
+        async def poll() -> None:
+            # A poll: the service has no wake-up for a task's end (yet).
+            while True:
+                if (await self.refresh()).done:
+                    return
+                await asyncio.sleep(interval)
+
+        try:
+            await asyncio.wait_for(poll(), timeout)
+        except TimeoutError:
+            raise SacTimeout(f"task {self.id} still {self.status} after {timeout} s") from None
+        return self
+
+    async def cancel(self) -> AsyncTask:
+        """Cancel it: a queued task at once, a running one by interrupting its turn
+        (``wait()`` for it to end). A task that has ended raises Conflict."""
+        self.model = await self.client.sac("POST", f"tasks/{quote(self.id)}/cancel")
+        return self
+
+    async def read_artifact(self, path: str) -> bytes:
+        """One artifact's content, by its path (``output/report.md``)."""
+        for artifact in self.artifacts:
+            if artifact["path"] == path:
+                return b"".join([c async for c in self.client.download(artifact["url"])])
+        raise NotFound(404, "not_found", f"task {self.id} has no artifact {path!r}")
 
 
 def _state(server: dict[str, Any] | None) -> str:
@@ -782,6 +868,28 @@ class AsyncAgent:
             "GET", await self._base() + "/terminal/screen"
         )
         return screen
+
+    # ---- tasks ----------------------------------------------------------------------
+
+    async def submit(self, prompt: str, *, timeout: int | None = None,
+                     repository: dict[str, Any] | str | None = None) -> AsyncTask:  # fmt: skip
+        """Queue ``prompt`` as a task of this agent (docs/api.md#tasks): the service
+        starts the agent if needed and runs one chat turn. ``repository``: a Git URL,
+        or ``{"url", "ref"?, "secret"?}`` (``secret``: one of your secrets' names),
+        checked out into the workspace first. ``timeout``: seconds (default 600)."""
+        body: dict[str, Any] = {"prompt": prompt}
+        if timeout is not None:
+            body["timeout"] = timeout
+        if repository is not None:
+            body["repository"] = {"url": repository} if isinstance(repository, str) else repository
+        return AsyncTask(self.client, await self.client.sac("POST", await self._base() + "/tasks",
+                                                              json=body))  # fmt: skip
+
+    async def tasks(self, status: str | None = None, limit: int = 100) -> list[AsyncTask]:
+        """This agent's tasks, newest first."""
+        params: dict[str, Any] = {"limit": limit, **({"status": status} if status else {})}
+        answer = await self.client.sac("GET", await self._base() + "/tasks", params=params)
+        return [AsyncTask(self.client, t) for t in answer["tasks"]]
 
     # ---- work -----------------------------------------------------------------------
 

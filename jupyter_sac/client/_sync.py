@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import httpx
 
-from ._async import REQUEST_TIMEOUT, Answer, AsyncAgent, AsyncClient, ExecResult
+from ._async import REQUEST_TIMEOUT, Answer, AsyncAgent, AsyncClient, AsyncTask, ExecResult
 from .errors import SacError, Unauthorized, error_for
 
 T = TypeVar("T")
@@ -195,6 +195,13 @@ class Client:
     def set_system_settings(self, overrides: dict[str, Any]) -> dict[str, Any]:
         return self._loop.run(self.aio.set_system_settings(overrides))
 
+    def tasks(self, status: str | None = None, agent: str | None = None,
+              user: str | None = None, limit: int = 100) -> list[Task]:  # fmt: skip
+        return [Task(self, t) for t in self._loop.run(self.aio.tasks(status, agent, user, limit))]
+
+    def task(self, task_id: str) -> Task:
+        return Task(self, self._loop.run(self.aio.task(task_id)))
+
     def hitl_requests(self, status: str = "all", agent: str | None = None, *,
                       user: str | None = None, all_users: bool = False,
                       limit: int = 100) -> list[dict[str, Any]]:  # fmt: skip
@@ -349,6 +356,14 @@ class Agent:
         """The agent's Claude terminal screen now (see ``AsyncAgent.screen``)."""
         return self._run(self.aio.screen())
 
+    def submit(self, prompt: str, *, timeout: int | None = None,
+               repository: dict[str, Any] | str | None = None) -> Task:  # fmt: skip
+        return Task(self.client, self._run(self.aio.submit(prompt, timeout=timeout,
+                                                           repository=repository)))  # fmt: skip
+
+    def tasks(self, status: str | None = None, limit: int = 100) -> list[Task]:
+        return [Task(self.client, t) for t in self._run(self.aio.tasks(status, limit))]
+
     def ask(self, prompt: str, session_id: str | None = None,
             timeout: float | None = 900) -> Answer:  # fmt: skip
         return self._run(self.aio.ask(prompt, session_id, timeout))
@@ -396,3 +411,60 @@ class Agent:
 
     def pending(self) -> list[dict[str, Any]]:
         return self._run(self.aio.pending())
+
+
+class Task:
+    """A task submitted to an agent; see AsyncTask for what each call does."""
+
+    def __init__(self, client: Client, aio: AsyncTask):
+        self.client = client
+        self.aio = aio
+
+    def __repr__(self) -> str:
+        return repr(self.aio)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.client._loop.run(coro)
+
+    @property
+    def id(self) -> str:
+        return self.aio.id
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return self.aio.model
+
+    @property
+    def status(self) -> str:
+        return self.aio.status
+
+    @property
+    def done(self) -> bool:
+        return self.aio.done
+
+    @property
+    def result(self) -> str | None:
+        return self.aio.result
+
+    @property
+    def error(self) -> str | None:
+        return self.aio.error
+
+    @property
+    def artifacts(self) -> list[dict[str, Any]]:
+        return self.aio.artifacts
+
+    def refresh(self) -> Task:
+        self._run(self.aio.refresh())
+        return self
+
+    def wait(self, timeout: float | None = None, interval: float = 1.0) -> Task:
+        self._run(self.aio.wait(timeout, interval))
+        return self
+
+    def cancel(self) -> Task:
+        self._run(self.aio.cancel())
+        return self
+
+    def read_artifact(self, path: str) -> bytes:
+        return self._run(self.aio.read_artifact(path))

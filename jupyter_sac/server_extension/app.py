@@ -32,6 +32,7 @@ from .chat_handlers import (
     ChatSessionsHandler,
 )
 from .exec_handlers import ExecSocket, TerminalScreenHandler
+from .task_handlers import TaskRunHandler
 from .handlers import (
     ActivityHandler,
     HistoryStatusHandler,
@@ -110,6 +111,7 @@ ROUTES: list[tuple[str, Any]] = [
     (r"/sac/api/workspace", WorkspaceHandler),
     (r"/sac/api/workspace/preview", PreviewHandler),
     (r"/sac/api/workspace/archive", ArchiveHandler),
+    (r"/sac/api/tasks/run", TaskRunHandler),
     (r"/sac/api/service/(.*)", ServiceRelayHandler),
 ]
 

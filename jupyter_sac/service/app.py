@@ -44,6 +44,7 @@ from . import (
     person_pages,
     secrets,
     skills,
+    tasks,
     template_pages,
     templates,
     wakeups,
@@ -273,6 +274,18 @@ class SacService(Application):
         or through this service (local). See docs/objects.md.""",
     ).tag(config=True)
 
+    task_interval = Float(
+        2.0,
+        help="""Seconds between the task runner's looks for queued tasks (and its
+        checks of running ones, at most every second). 0 turns the runner off: tasks
+        then stay queued. See docs/api.md#tasks.""",
+    ).tag(config=True)
+
+    task_concurrency = Integer(
+        8,
+        help="""Tasks the runner runs at once (each holds its agent's chat turn).""",
+    ).tag(config=True)
+
     maintenance_interval = Float(
         3600.0,
         help="""Seconds between maintenance runs (and one at start): conversation
@@ -358,6 +371,7 @@ class SacService(Application):
             *skills.routes(p),
             *agent_skills.routes(p),
             *culler.routes(p),
+            *tasks.routes(p),
             *metrics_handler.routes(p),
             *audit.routes(p),
             *org_keys.routes(p),
@@ -459,6 +473,13 @@ class SacService(Application):
         idle_culler = culler.Culler(ctx, self.cull_interval) if self.cull_interval > 0 else None
         if idle_culler is not None:
             loops.append(idle_culler.run)
+        runner = (
+            tasks.TaskRunner(ctx, self.task_interval, max(1, self.task_concurrency))
+            if self.task_interval > 0
+            else None
+        )
+        if runner is not None:
+            loops.append(runner.run)
         if self.access_audit_interval > 0:
             loops.append(AccessAudit(ctx, self.access_audit_interval).run)
         conninfo = store.pool.conninfo
@@ -496,6 +517,8 @@ class SacService(Application):
         await deliverer.close()
         if idle_culler is not None:
             await idle_culler.close()
+        if runner is not None:
+            await runner.close()
         await ctx.upstream.aclose()
         await ctx.hub.close()
         await store.close()

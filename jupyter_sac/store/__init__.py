@@ -2,7 +2,7 @@
 
 ``Store`` wraps a psycopg AsyncConnectionPool and exposes one object per domain
 (agents, settings, tokens, usage, history, hitl, skills, audit, org_keys,
-workspace, sandbox_usage, secrets, events, webhooks, templates, maintenance); nothing outside
+workspace, sandbox_usage, secrets, events, webhooks, templates, maintenance, tasks); nothing outside
 ``store/`` writes SQL. ``Store.transaction()`` gives a connection in a transaction
 that the methods taking ``conn`` join (see ``tx.py``).
 """
@@ -30,6 +30,7 @@ from .secrets import UserSecrets
 from .server_tokens import ServerTokens
 from .settings import SettingsRows
 from .skills import Skills
+from .tasks import Tasks
 from .templates import Templates
 from .tokens import AgentTokens
 from .tx import Conn, Pool
@@ -89,6 +90,7 @@ class Store:
         self.templates = Templates(pool)
         self.maintenance = Maintenance(pool)
         self.server_tokens = ServerTokens(pool)
+        self.tasks = Tasks(pool)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:

@@ -11,6 +11,9 @@
   as it is typed and saved with a person's token (also inside ``ApprovalsPanel``).
 - ``SkillRunner(agent)``: pick an installed skill, fill the form its parameters
   make, Run, read the answer.
+- ``TasksPanel(agent, interval=2.0)``: the agent's tasks with their status, result
+  and files under output/, Cancel, and a form to submit one (prompt, timeout, a
+  repository to check out first); live while a task is open.
 
 Each takes a ``jupyter_sac.client.Client`` (or the agent's) and makes ``Client()``
 from the environment when none is given. Network calls run in background
@@ -29,6 +32,7 @@ from .approvals import ApprovalRow, ApprovalsPanel
 from .chat import AgentChat, ChatItem, ToolCall
 from .policy import PolicyEditor
 from .skills import SkillField, SkillRunner
+from .tasks import TaskRow, TasksPanel
 
 __all__ = [
     "AgentChat",
@@ -40,5 +44,7 @@ __all__ = [
     "PolicyEditor",
     "SkillField",
     "SkillRunner",
+    "TaskRow",
+    "TasksPanel",
     "ToolCall",
 ]
