@@ -32,7 +32,6 @@ from .chat_handlers import (
     ChatSessionsHandler,
 )
 from .exec_handlers import ExecSocket, TerminalScreenHandler
-from .task_handlers import TaskRunHandler
 from .handlers import (
     ActivityHandler,
     HistoryStatusHandler,
@@ -51,6 +50,7 @@ from .service_relay import ServiceRelayHandler
 from .skills_handlers import InstalledSkillsHandler, RunHandler, SyncHandler
 from .skills_sync import SkillSync
 from .spool import HistorySpool, HistoryUploader
+from .task_handlers import TaskRunHandler
 from .terminal import TERMINAL_MODE, TERMINAL_NAME, ClaudeTerminal
 from .terminal_manager import SacTerminalManager
 from .workspace_handlers import ArchiveHandler, PreviewHandler, WorkspaceHandler
