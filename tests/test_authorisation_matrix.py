@@ -608,9 +608,11 @@ EXTENSION_ROWS: list[Row] = [
     Row("POST", LAB + "terminal", INTO_A1, ok=frozenset({200})),
     Row("POST", LAB + "terminal/restart", INTO_A1, ok=frozenset({200})),
     Row("GET", LAB + "terminal/screen", INTO_A1, ok=frozenset({200})),
-    # Only the sac service's own identity runs commands here (it audits them and
-    # applies exec_enabled): whoever else may open the server is refused.
-    Row("GET", LAB + "exec", NOBODY),
+    # Only this server's own token runs commands here: the sac service calls with it
+    # (it audits them and applies exec_enabled), and the sandbox holds it anyway.
+    # Whoever else may open the server is refused, another agent's server too. (The
+    # matrix's GET is no WebSocket upgrade: 400 once let in.)
+    Row("GET", LAB + "exec", who("server"), ok=frozenset({400})),
     Row("GET", LAB + "history/status", INTO_A1, ok=frozenset({200})),
     Row("GET", LAB + "hitl", INTO_A1, ok=frozenset({200})),
     # Claude Code's hooks also need the server's secret, which only its processes hold.
