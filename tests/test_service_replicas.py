@@ -78,6 +78,8 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
                 "agent_token": token,
                 "a": service_address(first),
                 "a_pid": first,
+                # What the hub started A with (A may be killed by a test below).
+                "a_environ": process_environ(first),
                 "b": second.url,
                 "stack_pid": running.proc.pid,
                 "data_dir": running.data_dir,
@@ -332,7 +334,7 @@ def test_the_service_deployment_gives_each_replica_what_the_hub_gives_its_servic
 
     from jupyter_sac.hubconfig import SERVICE_NAME
 
-    managed = process_environ(replicas["a_pid"])
+    managed = replicas["a_environ"]
     root = Path(__file__).resolve().parent.parent
     deployment = next(
         d for d in yaml.safe_load_all((root / "hub_config" / "sac-service.yaml").read_text())
