@@ -453,7 +453,8 @@ def test_a_new_user_works_with_an_agent_in_jupyterlab(
         assert {s["command"]: s["installed_version"] for s in pins}[f"tidy-{word}"] == 2
 
         # 10. The workspace's folder shortcuts open the file browser there.
-        section("workspace").get_by_role("button", name="/workspace/output").click()
+        # (exact: "Download /workspace/output as ZIP" is a button of its own)
+        section("workspace").get_by_role("button", name="/workspace/output", exact=True).click()
         browser_list = page.locator("#filebrowser .jp-DirListing-content")
         expect(page.locator("#filebrowser .jp-BreadCrumbs")).to_contain_text("output")
         expect(browser_list).to_contain_text(f"report-{word}.txt")
