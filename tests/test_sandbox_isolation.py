@@ -104,7 +104,7 @@ async def test_nothing_of_the_machine_outside_its_mounts_is_visible(
     # on this machine (a checkout under /work here, elsewhere on CI).
     mounted = {Path(p).parts[1] for p in LocalAgentSpawner().readonly_paths}
     assert visible <= {"bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "dev",
-                       "proc", "tmp", "run", "var", "home", "workspace", "root"} | mounted  # fmt: skip
+                       "proc", "tmp", "run", "var", "home", "workspace", "root", "opt"} | mounted  # fmt: skip
     assert not {"srv", "mnt", "media", "boot"} & visible
     assert var.split() == ["tmp"]
     assert (missing, denied, data_dir, absent) == ("2", "1", "1", "3")
