@@ -211,6 +211,10 @@ def campaign(stack: dict, examples: int) -> tuple[FuzzRun, list[dict]]:
     return total, _audited(admin, set(total.refused_request_ids))
 
 
+# Some 17,000 generated requests through both APIs: about 4 minutes of CPU here, with
+# the task and exec routes. The suite's 300 s per test would cut it off on a slower
+# or busier machine; this is how long it may take, not a figure it must meet.
+@pytest.mark.timeout(900)
 def test_both_apis_hold_their_contracts_under_fuzzing(fuzz_stack: dict) -> None:
     total, changed = campaign(fuzz_stack, EXAMPLES)
     print(f"FIGURE fuzz_cases {total.cases} cases")
