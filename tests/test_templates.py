@@ -176,6 +176,12 @@ def test_agent_from_a_template_records_its_version_and_updates_explicitly(
     )
     assert resp.status_code == 201 and resp.json()["display_name"] == "Own"
     assert client.sac("POST", "agents", json={"slug": "h3", "template": "nope"}).status_code == 404
+    # An id written as 7.0 is JSON Schema's integer too (it was a 500), known or not.
+    as_float = client.sac("POST", "agents", json={"slug": "h5", "template": float(mine["id"])})
+    assert as_float.status_code == 201 and as_float.json()["template"]["id"] == mine["id"]
+    client.sac("DELETE", f"users/{user}/agents/h5")
+    unknown = client.sac("POST", "agents", json={"slug": "h6", "template": 987654321.0})
+    assert unknown.status_code == 404 and unknown.json()["field"] == "template", unknown.text
     # An administrator creating the user's agent names the user's own template.
     by_admin = admin.sac("POST", f"users/{user}/agents", json={"slug": "h4", "template": "helper"})
     assert by_admin.status_code == 201, by_admin.text

@@ -253,13 +253,16 @@ async def fork_template(
 
 
 async def resolve(
-    ctx: ServiceContext, actor: Actor, ref: int | str, owner: str | None = None
+    ctx: ServiceContext, actor: Actor, ref: int | float | str, owner: str | None = None
 ) -> Template:
     """The template ``owner``'s (default: the caller's) agent is to be created
     from: an id, or a name (the owner's personal template of that name first, else
     the organisation's). An administrator creating someone's agent uses what that
     person could: the organisation's templates and theirs."""
     owner = owner or actor.name
+    if isinstance(ref, float) and ref.is_integer():
+        # JSON Schema's integer takes 7.0 too (the fuzzer found the 500 it made).
+        ref = int(ref)
     if isinstance(ref, int):
         template = await visible_template(ctx, owner, ref)
         if template is not None:
