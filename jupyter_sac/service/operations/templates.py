@@ -267,7 +267,7 @@ async def resolve(
         template = await visible_template(ctx, owner, ref)
         if template is not None:
             return template
-    else:
+    elif isinstance(ref, str):
         for scope, name in ((PERSONAL, owner), (ORGANISATION, "")):
             template = await ctx.store.templates.by_name(scope, name, ref)
             if template is not None:
