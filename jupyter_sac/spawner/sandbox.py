@@ -191,6 +191,22 @@ def _covered(path: str, by: Iterable[str]) -> bool:
     return any(path == p or path.startswith(p.rstrip("/") + "/") for p in by)
 
 
+def _readable_parents(path: str, made: set[str], exposed: list[str]) -> list[str]:
+    """``--dir`` for each parent of ``path`` not made or exposed yet, outermost first:
+    bubblewrap would otherwise make them unreadable (0700) for the sandbox.
+    Records them in ``made``."""
+    parents = []
+    parent = os.path.dirname(path)
+    while parent not in ("/", "") and parent not in made and not _covered(parent, exposed):
+        parents.append(parent)
+        parent = os.path.dirname(parent)
+    argv = []
+    for p in reversed(parents):
+        argv += ["--dir", p]
+        made.add(p)
+    return argv
+
+
 def bwrap_argv(
     bwrap: str,
     layout: SandboxLayout,
@@ -237,15 +253,7 @@ def bwrap_argv(
     for path in sorted(dict.fromkeys(readonly_paths)):
         if not os.path.exists(path) or _covered(path, exposed):
             continue
-        # Parents bubblewrap would otherwise make unreadable (0700) for the sandbox.
-        parent = os.path.dirname(path)
-        parents = []
-        while parent not in ("/", "") and parent not in made and not _covered(parent, exposed):
-            parents.append(parent)
-            parent = os.path.dirname(parent)
-        for p in reversed(parents):
-            argv += ["--dir", p]
-            made.add(p)
+        argv += _readable_parents(path, made, exposed)
         argv += ["--ro-bind", path, path]
         exposed.append(path)
     for path in hidden_paths:
@@ -258,18 +266,9 @@ def bwrap_argv(
         # Its own name resolution (sandbox_hosts), read-only like the rest of /etc.
         argv += ["--ro-bind", str(hosts_file), "/etc/hosts"]
     for inside, outside in sorted((mounted_readonly or {}).items()):
-        # A machine's directory at another path inside (the shared package cache),
-        # its parents readable (bubblewrap would make them 0700).
-        if not os.path.isdir(outside):
-            continue
-        parent, parents = os.path.dirname(inside), []
-        while parent not in ("/", "") and parent not in made and not _covered(parent, exposed):
-            parents.append(parent)
-            parent = os.path.dirname(parent)
-        for p in reversed(parents):
-            argv += ["--dir", p]
-            made.add(p)
-        argv += ["--ro-bind", outside, inside]
+        # A machine's directory at another path inside (the shared package cache).
+        if os.path.isdir(outside):
+            argv += [*_readable_parents(inside, made, exposed), "--ro-bind", outside, inside]
     argv += ["--ro-bind", str(layout.passwd), "/etc/passwd"]
     argv += ["--ro-bind", str(layout.group), "/etc/group"]
     argv += [
