@@ -35,8 +35,7 @@ from pathlib import Path
 import httpx
 
 from jupyter_sac.localhost import resolve_localhost
-from jupyter_sac.runtimes.claude import claude_binary
-from sac_testing.kube_cluster import kube_cluster
+from sac_testing.kube_cluster import KubeApi, checkout_image, hub_config, kube_cluster
 from sac_testing.stack import embedded_stack, poll_until
 
 NAMESPACE = "sac-bench"
@@ -45,17 +44,9 @@ PASSWORD = "bench-admin-password"
 WARM = "sac.jupyter.org/warm"
 # The stack serves the hub, the service and each user on *.localhost hosts.
 resolve_localhost()
-HUB_CONFIG = f"""
-c.JupyterHub.spawner_class = "jupyter_sac.spawner.KubeAgentSpawner"
-c.JupyterHub.cleanup_servers = False
-c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
-c.KubeAgentSpawner.namespace = {NAMESPACE!r}
-c.KubeAgentSpawner.image = {IMAGE!r}
-c.KubeAgentSpawner.workspace_storage = "pvc"
-c.KubeAgentSpawner.sandbox_python_prefix = {sys.prefix!r}
-c.KubeAgentSpawner.warm_pods = 1
-c.KubeAgentSpawner.usage_interval = 0
-"""
+HUB_CONFIG = hub_config(
+    NAMESPACE, IMAGE, "c.KubeAgentSpawner.warm_pods = 1\nc.KubeAgentSpawner.usage_interval = 0\n"
+)
 
 
 def timed_start(hub: httpx.Client, user: str, agent: str) -> tuple[float, dict[str, float]]:
@@ -81,42 +72,39 @@ def timed_start(hub: httpx.Client, user: str, agent: str) -> tuple[float, dict[s
     raise RuntimeError(f"{agent}: the progress stream ended before ready")
 
 
-def spares(kube: httpx.Client, running: bool) -> list[dict]:
-    pods = kube.get(f"/api/v1/namespaces/{NAMESPACE}/pods", params={"labelSelector": WARM})
-    pods.raise_for_status()
-    items = [p for p in pods.json()["items"] if "deletionTimestamp" not in p["metadata"]]
+def spares(kube: KubeApi, running: bool) -> list[dict]:
+    items = [p for p in kube.list("pods", WARM) if "deletionTimestamp" not in p["metadata"]]
     return [p for p in items if p["status"].get("phase") == "Running"] if running else items
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--interval", type=float, default=3.0,
+        help="seconds between a spare running and the next new agent: an arrival rate"
+        " (people create agents minutes apart), in which the spare's imports finish",
+    )  # fmt: skip
     args = parser.parse_args()
-    checkout = str(Path(__file__).resolve().parent.parent)
-    image = [str(Path(sys.executable).parent), checkout,
-             str(Path(claude_binary() or "claude").parent)]  # fmt: skip
     cold: list[float] = []
     warm: list[float] = []
     phases: dict[str, list[float]] = {"assignment": [], "env_delivery": [], "server_ready": []}
     with tempfile.TemporaryDirectory(prefix="sac-kube-bench-") as tmp:
         workdir = Path(tmp)
-        with kube_cluster(workdir, {IMAGE: image}, namespace=NAMESPACE) as cluster:
+        with kube_cluster(workdir, {IMAGE: checkout_image()}, namespace=NAMESPACE) as cluster:
             config = workdir / "bench_hub_config.py"
             config.write_text(HUB_CONFIG)
             env = {"KUBECONFIG": str(cluster.kubeconfig)}
             with embedded_stack(workdir, PASSWORD, config, env) as stack:
                 headers = {"Authorization": f"token {stack.admin_token}"}
                 hub = httpx.Client(base_url=stack.url, headers=headers, timeout=60)
-                kube = httpx.Client(base_url=cluster.url, timeout=30)
+                kube = KubeApi(cluster.url, NAMESPACE)
                 service = stack.service_url + "api/"
                 user = f"bench{uuid.uuid4().hex[:6]}"
                 hub.post(f"hub/api/users/{user}").raise_for_status()
                 for n in range(args.rounds):
                     for pod in spares(kube, running=False):
-                        kube.delete(
-                            f"/api/v1/namespaces/{NAMESPACE}/pods/{pod['metadata']['name']}",
-                            params={"gracePeriodSeconds": 0},
-                        )
+                        kube.force_delete("pods", pod["metadata"]["name"])
                     poll_until(lambda: not spares(kube, running=False), 60, "no spares")
                     for slug in (f"cold{n}", f"warm{n}"):
                         resp = hub.post(service + f"users/{user}/agents", json={"slug": slug})
@@ -125,9 +113,8 @@ def main() -> int:
                     assert "Taking spare pod" not in marks, marks
                     cold.append(seconds)
                     poll_until(lambda: spares(kube, running=True), 120, "a running spare")
-                    # The spare's imports are done once the launcher waits on stdin:
-                    # give them the time a spare has between starts.
-                    time.sleep(3)
+                    # The next person comes --interval seconds later.
+                    time.sleep(args.interval)
                     seconds, marks = timed_start(hub, user, f"warm{n}")
                     assert "Taking spare pod" in marks, marks
                     warm.append(seconds)

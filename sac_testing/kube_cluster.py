@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
 from jupyter_sac.stack import free_port
@@ -118,6 +119,86 @@ def write_kubeconfig(path: Path, server: str, namespace: str) -> Path:
     }
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def checkout_image() -> list[str]:
+    """The test "image" of an agent's sandbox: this checkout's venv commands first on
+    PATH, the checkout itself bound in (the venv's libraries and the editable
+    jupyter_sac live there, also when it sits under a folder a container gets its
+    own of: a clone in /tmp), and the pinned claude CLI, as images/sandbox has it."""
+    from jupyter_sac.runtimes.claude import claude_binary
+
+    checkout = str(Path(__file__).resolve().parent.parent)
+    return [
+        str(Path(sys.executable).parent),
+        checkout,
+        str(Path(claude_binary() or "claude").parent),
+    ]
+
+
+def hub_config(namespace: str, image: str, extra: str = "") -> str:
+    """A hub config running KubeAgentSpawner on the test cluster, as `sac up` starts it
+    (``extra``: more config lines)."""
+    return (
+        f"""
+c.JupyterHub.spawner_class = "jupyter_sac.spawner.KubeAgentSpawner"
+# Pods outlive the hub, as in a cluster: a restarted hub re-attaches to them.
+c.JupyterHub.cleanup_servers = False
+# Answer a spawn request at once (202), so the caller reads progress as the spawn page does.
+c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
+c.KubeAgentSpawner.namespace = {namespace!r}
+c.KubeAgentSpawner.image = {image!r}
+c.KubeAgentSpawner.workspace_storage = "pvc"
+# The test "image" is this checkout's venv: its Python's prefix holds the extensions.
+c.KubeAgentSpawner.sandbox_python_prefix = {sys.prefix!r}
+"""
+        + extra
+    )
+
+
+class KubeApi:
+    """Reads the cluster's objects over the Kubernetes REST API, as kubectl would."""
+
+    def __init__(self, url: str, namespace: str):
+        self.client = httpx.Client(base_url=url, timeout=10)
+        self.namespace = namespace
+
+    def _path(self, plural: str) -> str:
+        group = "apis/networking.k8s.io/v1" if plural == "networkpolicies" else "api/v1"
+        return f"/{group}/namespaces/{self.namespace}/{plural}"
+
+    def get(self, plural: str, name: str) -> dict[str, Any] | None:
+        resp = self.client.get(f"{self._path(plural)}/{name}")
+        return resp.json() if resp.status_code == 200 else None
+
+    def list(self, plural: str, selector: str = "") -> list[dict[str, Any]]:
+        resp = self.client.get(self._path(plural), params={"labelSelector": selector})
+        resp.raise_for_status()
+        return resp.json()["items"]
+
+    def cordon(self, node: str, cordoned: bool = True) -> None:
+        """kubectl cordon / uncordon: whether new pods may be scheduled to ``node``."""
+        resp = self.client.patch(
+            f"/api/v1/nodes/{node}",
+            json={"spec": {"unschedulable": cordoned or None}},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        resp.raise_for_status()
+
+    def nodes(self) -> list[str]:
+        resp = self.client.get("/api/v1/nodes")
+        resp.raise_for_status()
+        return [n["metadata"]["name"] for n in resp.json()["items"]]
+
+    def serve_metrics(self, served: bool) -> None:
+        """Install or remove the metrics API (metrics-server) in the test cluster."""
+        resp = self.client.put("/_emulator/metrics", json={"served": served})
+        resp.raise_for_status()
+
+    def force_delete(self, plural: str, name: str) -> None:
+        """kubectl delete --force --grace-period=0: no SIGTERM, no time to save."""
+        resp = self.client.delete(f"{self._path(plural)}/{name}", params={"gracePeriodSeconds": 0})
+        resp.raise_for_status()
 
 
 @dataclass

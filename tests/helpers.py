@@ -783,3 +783,17 @@ async def kill_server(base: str, token: str) -> None:
     conn.write_message(json.dumps(["stdin", "kill -9 $PPID\r"]))
     while await conn.read_message() is not None:
         pass
+
+
+def spawn_with_progress(client: HubApi, user: str, agent: str) -> list[dict[str, Any]]:
+    """Start an agent and read the hub's progress stream to its end, as the spawn page does."""
+    resp = client.hub("POST", f"users/{user}/servers/{agent}")
+    assert resp.status_code in (201, 202), resp.text
+    events = []
+    with client.client.stream(
+        "GET", f"hub/api/users/{user}/servers/{agent}/progress", timeout=180
+    ) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                events.append(json.loads(line[len("data:") :]))
+    return events

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,13 +32,19 @@ from helpers import (
     model_agent,
     run_in_terminal,
     script_model,
+    spawn_with_progress,
     spool_status,
     stored_history,
 )
 
-from jupyter_sac.runtimes.claude import claude_binary
 from jupyter_sac.spawner.kube import NO_METRICS_API
-from sac_testing.kube_cluster import RunningCluster, kube_cluster
+from sac_testing.kube_cluster import (
+    KubeApi,
+    RunningCluster,
+    checkout_image,
+    hub_config,
+    kube_cluster,
+)
 from sac_testing.stack import RestartableStack, poll_until, stack_process_paused
 
 pytestmark = pytest.mark.stack
@@ -50,19 +55,12 @@ BROKEN_IMAGE = "sac-sandbox:broken"
 MISSING_IMAGE = "registry.example.invalid/sac-sandbox:missing"
 ANALYSIS_IMAGE = "sac-sandbox:analysis"
 
-HUB_CONFIG = f"""
-c.JupyterHub.spawner_class = "jupyter_sac.spawner.KubeAgentSpawner"
-# Pods outlive the hub, as in a cluster: a restarted hub re-attaches to them.
-c.JupyterHub.cleanup_servers = False
-# Answer a spawn request at once (202), so the test reads progress as the spawn page does.
-c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
-c.KubeAgentSpawner.namespace = {NAMESPACE!r}
-c.KubeAgentSpawner.image = {IMAGE!r}
-c.KubeAgentSpawner.workspace_storage = "pvc"
+HUB_CONFIG = hub_config(
+    NAMESPACE,
+    IMAGE,
+    f"""
 # What a running agent uses, sampled often enough for a test to see it change.
 c.KubeAgentSpawner.usage_interval = 0.5
-# The test "image" is this checkout's venv: its Python's prefix holds the extensions.
-c.KubeAgentSpawner.sandbox_python_prefix = {sys.prefix!r}
 
 
 def choose_image(spawner):
@@ -89,57 +87,14 @@ c.KubeAgentSpawner.profile_list = [
         }},
     }},
 ]
-"""
+""",
+)
 
 BROKEN_SERVER = """#!/bin/sh
 echo "jupyterhub-singleuser: cannot import jupyter_sac.server_extension" >&2
 echo "ModuleNotFoundError: No module named 'pyte'" >&2
 exit 3
 """
-
-
-class KubeApi:
-    """Reads the cluster's objects over the Kubernetes REST API, as kubectl would."""
-
-    def __init__(self, url: str):
-        self.client = httpx.Client(base_url=url, timeout=10)
-
-    def _path(self, plural: str) -> str:
-        group = "apis/networking.k8s.io/v1" if plural == "networkpolicies" else "api/v1"
-        return f"/{group}/namespaces/{NAMESPACE}/{plural}"
-
-    def get(self, plural: str, name: str) -> dict[str, Any] | None:
-        resp = self.client.get(f"{self._path(plural)}/{name}")
-        return resp.json() if resp.status_code == 200 else None
-
-    def list(self, plural: str, selector: str) -> list[dict[str, Any]]:
-        resp = self.client.get(self._path(plural), params={"labelSelector": selector})
-        resp.raise_for_status()
-        return resp.json()["items"]
-
-    def cordon(self, node: str, cordoned: bool = True) -> None:
-        """kubectl cordon / uncordon: whether new pods may be scheduled to ``node``."""
-        resp = self.client.patch(
-            f"/api/v1/nodes/{node}",
-            json={"spec": {"unschedulable": cordoned or None}},
-            headers={"Content-Type": "application/merge-patch+json"},
-        )
-        resp.raise_for_status()
-
-    def nodes(self) -> list[str]:
-        resp = self.client.get("/api/v1/nodes")
-        resp.raise_for_status()
-        return [n["metadata"]["name"] for n in resp.json()["items"]]
-
-    def serve_metrics(self, served: bool) -> None:
-        """Install or remove the metrics API (metrics-server) in the test cluster."""
-        resp = self.client.put("/_emulator/metrics", json={"served": served})
-        resp.raise_for_status()
-
-    def force_delete(self, plural: str, name: str) -> None:
-        """kubectl delete --force --grace-period=0: no SIGTERM, no time to save."""
-        resp = self.client.delete(f"{self._path(plural)}/{name}", params={"gracePeriodSeconds": 0})
-        resp.raise_for_status()
 
 
 class KubeStack:
@@ -155,7 +110,7 @@ class KubeStack:
         env = {"KUBECONFIG": str(cluster.kubeconfig)}
         self.stack = RestartableStack(workdir, ADMIN_PASSWORD, self.config, env)
         self.service_port = int(self.stack.env["SAC_SERVICE_PORT"])
-        self.kube = KubeApi(cluster.url)
+        self.kube = KubeApi(cluster.url, NAMESPACE)
 
     def start(self) -> None:
         running = self.stack.start()
@@ -183,19 +138,8 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeStack]:
     broken.mkdir()
     (broken / "jupyterhub-singleuser").write_text(BROKEN_SERVER)
     (broken / "jupyterhub-singleuser").chmod(0o755)
-    venv_bin = str(Path(sys.executable).parent)
-    # The "image" is this checkout: its venv's commands first on PATH, and the
-    # checkout itself bound in (the venv's libraries and the editable jupyter_sac
-    # live there), also when it sits under a folder a container gets its own of
-    # (a clone in /tmp).
-    checkout = str(Path(__file__).resolve().parent.parent)
-    # The sandbox image has the pinned claude CLI on its PATH (images/sandbox).
-    claude_dir = str(Path(claude_binary() or "claude").parent)
-    images = {
-        IMAGE: [venv_bin, checkout, claude_dir],
-        ANALYSIS_IMAGE: [venv_bin, checkout],
-        BROKEN_IMAGE: [str(broken), venv_bin, checkout],
-    }
+    image = checkout_image()
+    images = {IMAGE: image, ANALYSIS_IMAGE: image, BROKEN_IMAGE: [str(broken), *image]}
     with kube_cluster(workdir, images, namespace=NAMESPACE, nodes=2) as cluster:
         stack = KubeStack(workdir, cluster)
         stack.start()
@@ -203,20 +147,6 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeStack]:
             yield stack
         finally:
             stack.stop()
-
-
-def spawn_with_progress(client: HubApi, user: str, agent: str) -> list[dict[str, Any]]:
-    """Start an agent and read the hub's progress stream to its end, as the spawn page does."""
-    resp = client.hub("POST", f"users/{user}/servers/{agent}")
-    assert resp.status_code in (201, 202), resp.text
-    events = []
-    with client.client.stream(
-        "GET", f"hub/api/users/{user}/servers/{agent}/progress", timeout=180
-    ) as stream:
-        for line in stream.iter_lines():
-            if line.startswith("data:"):
-                events.append(json.loads(line[len("data:") :]))
-    return events
 
 
 def create_agent(client: HubApi, slug: str) -> None:

@@ -15,18 +15,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import ADMIN_PASSWORD
-from helpers import HubApi, run_in_terminal
+from helpers import HubApi, run_in_terminal, spawn_with_progress
 
-from jupyter_sac.runtimes.claude import claude_binary
-from sac_testing.kube_cluster import kube_cluster
+from sac_testing.kube_cluster import KubeApi, checkout_image, hub_config, kube_cluster
 from sac_testing.stack import RestartableStack, poll_until
 
 pytestmark = pytest.mark.stack
@@ -35,46 +32,13 @@ NAMESPACE = "sac-warm"
 IMAGE = "sac-sandbox:test"
 WARM = "sac.jupyter.org/warm"
 
-HUB_CONFIG = f"""
-c.JupyterHub.spawner_class = "jupyter_sac.spawner.KubeAgentSpawner"
-c.JupyterHub.cleanup_servers = False
-c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
-c.KubeAgentSpawner.namespace = {NAMESPACE!r}
-c.KubeAgentSpawner.image = {IMAGE!r}
-c.KubeAgentSpawner.workspace_storage = "pvc"
-c.KubeAgentSpawner.sandbox_python_prefix = {sys.prefix!r}
-c.KubeAgentSpawner.warm_pods = 1
-"""
-
-
-class Cluster:
-    def __init__(self, url: str):
-        import httpx
-
-        self.client = httpx.Client(base_url=url, timeout=10)
-
-    def list(self, plural: str, selector: str = "") -> list[dict[str, Any]]:
-        group = "apis/networking.k8s.io/v1" if plural == "networkpolicies" else "api/v1"
-        resp = self.client.get(
-            f"/{group}/namespaces/{NAMESPACE}/{plural}", params={"labelSelector": selector}
-        )
-        resp.raise_for_status()
-        return resp.json()["items"]
-
-    def get(self, plural: str, name: str) -> dict[str, Any] | None:
-        group = "apis/networking.k8s.io/v1" if plural == "networkpolicies" else "api/v1"
-        resp = self.client.get(f"/{group}/namespaces/{NAMESPACE}/{plural}/{name}")
-        return resp.json() if resp.status_code == 200 else None
+HUB_CONFIG = hub_config(NAMESPACE, IMAGE, "c.KubeAgentSpawner.warm_pods = 1\n")
 
 
 @pytest.fixture(scope="module")
 def warm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     workdir = tmp_path_factory.mktemp("kube-warm")
-    venv_bin = str(Path(sys.executable).parent)
-    checkout = str(Path(__file__).resolve().parent.parent)
-    claude_dir = str(Path(claude_binary() or "claude").parent)
-    images = {IMAGE: [venv_bin, checkout, claude_dir]}
-    with kube_cluster(workdir, images, namespace=NAMESPACE) as cluster:
+    with kube_cluster(workdir, {IMAGE: checkout_image()}, namespace=NAMESPACE) as cluster:
         config = workdir / "warm_hub_config.py"
         config.write_text(HUB_CONFIG)
         stack = RestartableStack(
@@ -85,7 +49,7 @@ def warm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             yield {
                 "url": running.url,
                 "admin": HubApi(running.url, running.admin_token, running.harness_token),
-                "cluster": Cluster(cluster.url),
+                "cluster": KubeApi(cluster.url, NAMESPACE),
             }
         finally:
             stack.close()
@@ -93,20 +57,12 @@ def warm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 def spawn(client: HubApi, user: str, agent: str) -> list[str]:
     """Start an agent, reading the hub's progress to its end; the messages."""
-    resp = client.hub("POST", f"users/{user}/servers/{agent}")
-    assert resp.status_code in (201, 202), resp.text
-    events = []
-    with client.client.stream(
-        "GET", f"hub/api/users/{user}/servers/{agent}/progress", timeout=180
-    ) as stream:
-        for line in stream.iter_lines():
-            if line.startswith("data:"):
-                events.append(json.loads(line[len("data:") :]))
+    events = spawn_with_progress(client, user, agent)
     assert events[-1].get("ready"), events
     return [e.get("message", "") for e in events]
 
 
-def running_spares(cluster: Cluster) -> list[dict[str, Any]]:
+def running_spares(cluster: KubeApi) -> list[dict[str, Any]]:
     return [
         p
         for p in cluster.list("pods", WARM)
@@ -118,7 +74,7 @@ def running_spares(cluster: Cluster) -> list[dict[str, Any]]:
 def test_a_new_agent_takes_a_spare_pod_which_holds_nobodys_identity(
     warm: dict[str, Any],
 ) -> None:
-    cluster: Cluster = warm["cluster"]
+    cluster: KubeApi = warm["cluster"]
     user = f"w{uuid.uuid4().hex[:8]}"
     client = warm["admin"].create_user(user)
     for slug in ("first", "second"):
