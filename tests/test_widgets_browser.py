@@ -83,6 +83,21 @@ def run_cells_one_by_one(page: Any, artifacts: Path, count: int) -> None:
             ) from None
 
 
+def open_kernel_session(admin: HubApi, desk: str, notebook: str) -> str:
+    """The notebook's kernel session, made before the page opens, so JupyterLab
+    attaches to it instead of (sometimes) asking which kernel to start; its kernel's id."""
+    session = httpx.post(
+        admin.server_url("admin", desk) + "api/sessions",
+        headers={"Authorization": f"token {admin.token}"},
+        json={"path": notebook, "name": notebook, "type": "notebook",
+              "kernel": {"name": "python3"}},
+        timeout=60,
+    )  # fmt: skip
+    assert session.status_code == 201, session.text
+    kernel_id: str = session.json()["kernel"]["id"]
+    return kernel_id
+
+
 @pytest.fixture
 def agents(stack: dict) -> Iterator[tuple[HubApi, str, str]]:
     """Two of the admin's agents: "desk" (where the notebook runs; it may drive the
@@ -128,14 +143,7 @@ def test_approvals_panel_hands_over_to_the_service_from_jupyterlab(
 
     # The notebook's kernel session exists before the page opens, so JupyterLab
     # attaches to it instead of (sometimes) asking which kernel to start.
-    session = httpx.post(
-        admin.server_url("admin", desk) + "api/sessions",
-        headers={"Authorization": f"token {admin.token}"},
-        json={"path": "widgets.ipynb", "name": "widgets.ipynb", "type": "notebook",
-              "kernel": {"name": "python3"}},
-        timeout=60,
-    )  # fmt: skip
-    assert session.status_code == 201, session.text
+    kernel_id = open_kernel_session(admin, desk, "widgets.ipynb")
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
@@ -229,7 +237,7 @@ def test_approvals_panel_hands_over_to_the_service_from_jupyterlab(
                 admin.server_url("admin", desk) + "api/kernels",
                 headers={"Authorization": f"token {admin.token}"},
             ).json()
-            assert [k["id"] for k in kernels] == [session.json()["kernel"]["id"]]
+            assert [k["id"] for k in kernels] == [kernel_id]
         finally:
             (artifacts / "widgets-console.txt").write_text("\n".join(console))
             browser.close()
@@ -276,14 +284,7 @@ def test_tasks_panel_submits_a_task_and_shows_its_result_in_jupyterlab(
         }
         (root,) = (stack["data_dir"] / "agents").glob(f"*-{desk}")
         (root / "workspace" / "tasks.ipynb").write_text(json.dumps(notebook))
-        session = httpx.post(
-            admin.server_url("admin", desk) + "api/sessions",
-            headers={"Authorization": f"token {admin.token}"},
-            json={"path": "tasks.ipynb", "name": "tasks.ipynb", "type": "notebook",
-                  "kernel": {"name": "python3"}},
-            timeout=60,
-        )  # fmt: skip
-        assert session.status_code == 201, session.text
+        open_kernel_session(admin, desk, "tasks.ipynb")
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1500, "height": 900})
