@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import time
 from typing import Any
@@ -712,11 +713,11 @@ class KubeAgentSpawner(AgentSpawnerMixin, KubeSpawner):
 
     async def _make_spare(self, key: str, shape: Shape) -> None:
         name = spare_name()
-        pod = json.loads(json.dumps(shape.pod))
+        pod = copy.deepcopy(shape.pod)
         pod["metadata"]["name"] = name
         pod["metadata"]["labels"].update({WARM_LABEL: key, f"{LABEL_PREFIX}/sandbox": name})
         if shape.pvc is not None:
-            pvc = json.loads(json.dumps(shape.pvc))
+            pvc = copy.deepcopy(shape.pvc)
             pvc["metadata"]["name"] = f"{name}-ws"
             pvc["metadata"]["labels"][WARM_LABEL] = key
             await self.api.create_namespaced_persistent_volume_claim(self.namespace, pvc)
